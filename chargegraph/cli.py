@@ -139,7 +139,7 @@ class GracefulServer(uvicorn.Server):
 
 def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
-    from chargegraph.http_limits import HeadTimeoutProtocol, log_refusals
+    from chargegraph.http_limits import HeadTimeoutProtocol, WebSocketProtocol, log_refusals
     from graph.http import MAX_BODY
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
@@ -158,6 +158,9 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
                             # 503: idle or half-sent sockets held for ever filled the
                             # open files this process shares with the chargers' sockets.
                             http=HeadTimeoutProtocol,
+                            # Lets the app drop a websocket whose client reads nothing
+                            # (its close would wait for ever to be sent).
+                            ws=WebSocketProtocol,
                             limit_concurrency=settings.max_connections)
     log_refusals(settings.max_connections)
     return GracefulServer(config)

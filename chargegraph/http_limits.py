@@ -11,6 +11,10 @@ process, were all refused until the client let go).
   ``limit_concurrency`` answers the requests beyond them 503. Open websockets count toward
   it, though uvicorn never refuses an upgrade (the default leaves room for them). Its own line
   for each refusal is turned into one WARNING a minute at most (``RefusalLog``).
+* A GraphQL websocket whose client reads nothing can be dropped by the app
+  (``WebSocketProtocol``): uvicorn's send, the close's too, waits for the socket to be
+  writable, and its ``transport.close()`` waits for the buffer to drain, so such a socket
+  was held for as long as the client stayed connected.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ import time
 from collections.abc import Callable
 
 import h11
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+from graph.live_outbox import ABORT
 
 #: Seconds a request head may take, from the connection opening (or, on a connection
 #: kept alive, from the next request's first byte) until its blank line.
@@ -146,3 +155,36 @@ def log_refusals(limit: int) -> None:
     """Installs ``REFUSALS`` for a server whose ``limit_concurrency`` is ``limit``."""
     REFUSALS.limit = limit
     logging.getLogger("uvicorn.error").addFilter(REFUSALS)  # the same object: added once
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol, the one ``ws="auto"`` picks, offering the
+    app the ``ABORT`` extension (``graph.live_outbox``): the message drops the TCP
+    connection at once, without a close frame and whatever is still unsent. The app uses
+    it when its close waited in vain for the socket to be writable (a client that reads
+    nothing); uvicorn's ASGI offers no other way: returning from the app, or raising,
+    ends in ``transport.close()``, which waits for the unsent data to go, that is for
+    ever. The connection is then lost as any other (the app's ``receive`` says
+    ``websocket.disconnect``, a send waiting raises) and leaves the server's count."""
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none when the handshake was refused
+        if scope is not None:
+            scope["extensions"][ABORT] = {}
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == ABORT:  # type: ignore[comparison-overlap]
+            # Not after ``writable``, as every other message: the socket takes nothing.
+            self.transport.abort()
+            return
+        await super().send(message)
+
+    def keepalive_timeout(self) -> None:
+        """uvicorn's own ping went unanswered (``ws_ping_timeout``): it writes a close and
+        closes the transport, which waits for what is unsent to go; with a client that
+        reads nothing, for ever, and the app is never told. What is still unsent is
+        dropped instead."""
+        super().keepalive_timeout()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()

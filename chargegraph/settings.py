@@ -77,13 +77,14 @@ class Settings(BaseSettings):
                     "toward it (an upgrade itself is never refused), and a request beyond "
                     "it is answered 503 (logged at WARNING at most once a minute)")
     # Application-level, unlike uvicorn's websocket pings (``cli._uvicorn``), which the
-    # browser answers itself: see ``graph.live_ws.Connection.keep_alive``. At least a
+    # browser answers itself, not the page: see ``graph.live_ws.Connection.keep_alive``. At least a
     # second: a ping every millisecond on ten thousand sockets would be a busy loop.
     ws_keepalive_s: float = Field(
         25.0, ge=0, le=3600,
         description="Seconds between GraphQL websocket keep-alives: a graphql-transport-ws "
                     "socket quiet that long gets a ping and is closed (4408) if the "
-                    "client sends nothing within as long again; a legacy graphql-ws one "
+                    "client sends nothing within as long again after the socket took the "
+                    "ping; a legacy graphql-ws one "
                     "gets a ka that often. 0: none")
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = Field(9000, ge=1, le=65535)

@@ -338,84 +338,51 @@ def without_secret_value(image: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def without_credentials(url: str) -> str:
     """An upload or download URL as the audit log, the station's rollout and the wire
-    log keep it: its user information (``ftp://user:password@host/``) and its query
-    string's values ``HIDDEN``. A URL signed in its query string (an S3 presigned URL's
-    ``X-Amz-Signature``, an Azure SAS token's ``sig``: how a bucket is usually handed to
-    a charger) is a credential as much (QA s25: kept whole); the parameters' names stay,
-    to tell which URL it was. Idempotent: a URL shown so is shown as it is.
+    log keep it (one rule for all three): its user information
+    (``ftp://user:password@host/``), every query value and its fragment ``HIDDEN``. A
+    URL signed in its query string (an S3 presigned URL's ``X-Amz-Signature``, an Azure
+    SAS token's ``sig``) is a credential as much (QA s25); the parameters' names stay,
+    to tell which URL it was.
 
-    The user information ends at an ``@`` followed by a host (``_user_info_end``), not
-    always at the first ``/``, ``?`` or ``#``: a password typed with one of those
-    unencoded (``ftp://diag:p#ss@files.example.com/``, which ``_url`` accepts) was kept
-    whole (review s25). But an ``@`` after a query's ``?`` (a signed URL's
-    ``X-Goog-Credential=signer@project.iam.gserviceaccount.com/...``) ends no user
-    information, unless a password may hold that ``?``; when both readings fit, the URL
-    is shown as ``scheme://[hidden]``: no query value is ever shown (review s25: the
-    signature was shown whole)."""
-    # By hand, not ``urlsplit``: a URL shown so (``ftp://[hidden]@host/``, as older
-    # entries keep it) is read again on every audit read, and ``urlsplit`` refuses its
-    # bracketed user information as a malformed IPv6 host.
+    Fail closed, by a rule simple enough to check by eye (the readings of review s25
+    kept leaking: a password holding ``/``, ``?`` or ``#`` with an ``@`` in the query
+    showed a signature, review s26). The authority is read as RFC 3986 reads it, up to
+    the first ``/``, ``?`` or ``#`` after ``://``. Only when the URL holds exactly one
+    ``@`` and it lies in that authority is what precedes it user information, hidden.
+    Any ``@`` elsewhere (a password holding a delimiter, a query's e-mail), more than
+    one, a host that is no ``host[:port]`` or ``[IPv6][:port]``, or no scheme: the URL
+    is shown as ``scheme://[hidden]``, nothing of it read. Idempotent (``ftp://[hidden]@
+    host/`` as older entries keep it is shown as it is) and linear in the URL."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        scheme, rest = "", url
-    else:
-        end = _user_info_end(rest)
-        if end is None:
-            return f"{scheme}{sep}{HIDDEN}"
-        if end >= 0:
-            rest = f"{HIDDEN}{rest[end:]}"
-        scheme = f"{scheme}{sep}"
-    base, hashmark, fragment = rest.partition("#")
-    base, mark, query = base.partition("?")
-    return f"{scheme}{base}{mark}{_query_names(query)}{hashmark}{fragment}"
-
-
-#: A URL's host as it follows its user information's ``@``: a name or an IPv4 address,
-#: or a bracketed IPv6 one, and a port; up to the path, query or fragment.
-_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9.\-_~%]+)(?::[0-9]*)?")
-#: What ends a URL's authority (RFC 3986, 3.2): its path, query or fragment.
-_AUTHORITY_END = re.compile(r"[/?#]")
-
-
-def _user_info_end(rest: str) -> int | None:
-    """Where the user information of a URL's ``rest`` (what follows ``scheme://``) ends:
-    the index of its ``@``, -1 for none, ``None`` when that cannot be told safely.
-
-    RFC 3986 reads the authority up to the first ``/``, ``?`` or ``#``, and its user
-    information up to the last ``@`` in it. A password may hold those three unencoded
-    (``user:p/ss@host``), so an ``@`` further on followed by a host (``_HOST``, up to the
-    next of them) may end it too, the last such (hiding the most): one before the first
-    ``?`` or ``#`` (a user name or token may hold ``/``), one past it only if the RFC
-    authority holds a ``:`` outside brackets (``user:password``; a name never holds
-    ``?`` or ``#``). An ``@`` in a query string with no password before it ends nothing:
-    ``?X-Goog-Credential=signer@project.iam.gserviceaccount.com/...`` (review s25). When
-    a ``?`` precedes the ``@`` taken and the RFC reading fits too (a host and a port:
-    ``ftp://diag:12?x@host/``), what one reading shows as host and path is a query value
-    in the other: ``None``, fail closed.
-
-    Linear in ``rest``: each ``@`` looks only at the text up to the next one (the
-    reviewer's ``http://x/`` and 65536 ``@`` copied and split the rest for each)."""
+        return url if not url else HIDDEN
+    if not _SCHEME_NAME.fullmatch(scheme):
+        return HIDDEN
+    hidden = f"{scheme}://{HIDDEN}"
     first = _AUTHORITY_END.search(rest)
     authority_end = first.start() if first else len(rest)
-    rfc_at = rest.rfind("@", 0, authority_end)
-    colon = rest.find(":", 0, authority_end)
-    password = colon >= 0 and "[" not in rest[:colon]
-    marks = [i for i in (rest.find("?"), rest.find("#")) if i >= 0]
-    past = min(marks) if marks and not password else len(rest)  # no user info beyond
-    end = rfc_at
-    at = rest.find("@", authority_end, past)
-    while at >= 0:
-        following = rest.find("@", at + 1, past)
-        bound = following if following >= 0 else len(rest)
-        stop = _AUTHORITY_END.search(rest, at + 1, bound)
-        if (stop is not None or following < 0) \
-                and _HOST.fullmatch(rest, at + 1, stop.start() if stop else bound):
-            end = at
-        at = following
-    if end > authority_end and rest.find("?", 0, end) >= 0 \
-            and _HOST.fullmatch(rest, rfc_at + 1, authority_end):
-        return None  # a query value in one reading, the user information in the other
-    return end
+    at = rest.find("@", 0, authority_end)
+    if url.count("@") != (1 if at >= 0 else 0):
+        return hidden  # an '@' outside the authority, or more than one
+    host = rest[at + 1:authority_end]
+    if not _HOST.fullmatch(host):
+        return hidden
+    authority = f"{HIDDEN}@{host}" if at >= 0 else host
+    base, hashmark, _ = rest[authority_end:].partition("#")
+    path, mark, query = base.partition("?")
+    return f"{scheme}://{authority}{path}{mark}{_query_names(query)}" \
+        f"{hashmark}{HIDDEN if hashmark else ''}"
+
+
+#: A URL's scheme (RFC 3986, 3.1): a letter, then letters, digits, ``+``, ``-``, ``.``.
+_SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+#: A URL's host and port as its authority ends (RFC 3986, 3.2.2): a name or an IPv4
+#: address (letters, digits, ``-._~`` and percent-escapes), or a bracketed IPv6 address
+#: (a zone after ``%``); a port of digits.
+_HOST = re.compile(r"(?:(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+"
+                   r"|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9\-._~%]+)?\])(?::[0-9]*)?")
+#: What ends a URL's authority (RFC 3986, 3.2): its path, query or fragment.
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 #: A query parameter's name kept in a URL shown (``_query_names``): a short identifier.

@@ -96,8 +96,10 @@ class ChargerUnclaimed(ChargerOffline):
 
 class ChargerUnreachable(ChargerOffline):
     """A ``ChargerUnclaimed`` whose charger is recorded online: connected to an instance
-    that cannot hear the relay right now. Not offline (its cancels are not owed for its
-    return: ``CommandService``): try again in a moment."""
+    that cannot hear the relay right now; and a CancelReservation's ``ChargerOffline``
+    while its charger is recorded online (the relay could not publish, the instance
+    stopping). Not offline (its cancels are not owed for its return:
+    ``CommandService``): try again in a moment."""
 
 
 class ChargerBusy(ChargerError):

@@ -304,8 +304,9 @@ class UpdateFirmwareInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     location: str = strawberry.field(description=(
         "Where the charger downloads the firmware: an absolute ftp(s), sftp or http(s) "
-        "URL, at most 2000 characters (the audit log keeps it without user information "
-        "nor query string values: a presigned URL's signature)."))
+        "URL, at most 2000 characters (the audit log keeps it without user information, "
+        "query string values (a presigned URL's signature) nor fragment; a URL with an "
+        "`@` outside its host part, or more than one, as `scheme://[hidden]`)."))
     retrieve_date: datetime = strawberry.field(description=(
         "When the charger is to download it (not before): at most a year ahead "
         "(`OUT_OF_RANGE`); a past time means at once."))
@@ -390,8 +391,10 @@ class CancelReservationPayload(CommandPayload):
         description=_STATUS)
     reservation: Reservation | None = strawberry.field(description=(
         "The reservation: CANCELLED once the charger answered ACCEPTED or REJECTED (it "
-        "holds it no more), as it was otherwise. Null when refused before anything was "
-        "sent."))
+        "holds it no more), or at once when its charger is offline (CHARGER_OFFLINE: "
+        "the charger is sent the cancel when it comes back); as it was otherwise, also "
+        "when the charger is online but could not be reached (CHARGER_OFFLINE: cancel "
+        "again in a moment). Null when refused before anything was sent."))
 
 
 @strawberry.type(description="The answer to `setChargingProfile`.")

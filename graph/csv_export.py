@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import re
+from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -428,8 +429,10 @@ def _status(error: DomainError) -> int:
     return 503 if isinstance(error, StoreBusy | StoreUnavailable) else 400
 
 
-class CsvExports:
-    """The ASGI app behind ``/export/{name}``: ``name`` is ``<export>.csv``."""
+class ExportDoor(ABC):
+    """What the export apps share (the CSV exports here, the personal data copy in
+    ``graph/data_export.py``): the services, who is asking, the metrics, and GET or HEAD
+    only. ``respond`` answers one request."""
 
     def __init__(self, services: Services, viewer_of: ViewerOf,
                  metrics: Metrics = NO_METRICS) -> None:
@@ -441,10 +444,26 @@ class CsvExports:
         response = await self.respond(Request(scope, receive))
         await response(scope, receive, send)
 
+    @abstractmethod
     async def respond(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):  # an OPTIONS that is no CORS preflight
-            return error_response(DomainError("use GET", code="METHOD_NOT_ALLOWED"), 405,
-                                  {"Allow": "GET, HEAD"})
+        """The answer to ``request``: each door its own."""
+
+    @staticmethod
+    def refused_method(request: Request) -> Response | None:
+        """The answer to a method other than GET or HEAD (an OPTIONS that is no CORS
+        preflight); ``None`` for those two."""
+        if request.method in ("GET", "HEAD"):
+            return None
+        return error_response(DomainError("use GET", code="METHOD_NOT_ALLOWED"), 405,
+                              {"Allow": "GET, HEAD"})
+
+
+class CsvExports(ExportDoor):
+    """The ASGI app behind ``/export/{name}``: ``name`` is ``<export>.csv``."""
+
+    async def respond(self, request: Request) -> Response:
+        if (refused := self.refused_method(request)) is not None:
+            return refused
         file = str(request.path_params.get("name", ""))
         name = file.removesuffix(".csv")
         export = EXPORTS.get(name) if file.endswith(".csv") else None

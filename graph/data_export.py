@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from domain import entities as d
 from domain.clock import utcnow
@@ -36,12 +35,11 @@ from domain.currencies import major_units
 from domain.errors import DomainError, Forbidden, NotFound, Unauthenticated
 from domain.ids import is_id
 from domain.policy import Viewer
-from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from domain.services.personal_data import AUDIT_CAP, PersonalData
 from domain.services.refresh_tokens import still_signs_in
 from domain.wire import rfc3339
-from graph.csv_export import CsvStream, ViewerOf, error_response
+from graph.csv_export import CsvStream, ExportDoor, error_response
 from graph.ids import TYPE_BY_KIND, expect_id, to_global_id
 
 log = logging.getLogger("chargegraph.graph")
@@ -264,23 +262,12 @@ def _status(error: DomainError) -> int:
     return next((s for kind, s in _STATUS.items() if isinstance(error, kind)), 400)
 
 
-class PersonalDataExport:
+class PersonalDataExport(ExportDoor):
     """The ASGI app behind ``/export/me.json`` and ``/export/users/{user}.json``."""
 
-    def __init__(self, services: Services, viewer_of: ViewerOf,
-                 metrics: Metrics = NO_METRICS) -> None:
-        self.services = services
-        self.viewer_of = viewer_of
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.respond(Request(scope, receive))
-        await response(scope, receive, send)
-
     async def respond(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return error_response(DomainError("use GET", code="METHOD_NOT_ALLOWED"), 405,
-                                  {"Allow": "GET, HEAD"})
+        if (refused := self.refused_method(request)) is not None:
+            return refused
         raw = request.path_params.get("user")
         name = "me" if raw is None else "user"
         if request.query_params:

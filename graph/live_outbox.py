@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 
+#: The ASGI extension (in ``scope["extensions"]``) and message type by which the app asks
+#: the server to drop a websocket's TCP connection at once, without a close frame: `serve`'s
+#: uvicorn protocol offers it (``chargegraph.http_limits.WebSocketProtocol``). A close waits
+#: for the socket to take it, and a client that stopped reading never does.
+ABORT = "chargegraph.websocket.abort"
+#: Seconds a close may wait for the socket to take its frame; then the connection is
+#: dropped (``Outbox.close``).
+CLOSE_WITHIN_S = 2.0
+
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -69,8 +78,8 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> _Resume | None:
 class QueuedSend:
     """One message waiting for a socket. For events: the operation, the event and the
     ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
-    (events before it were dropped after it was queued). ``sent_at``: when it was sent
-    (``time.monotonic()``), ``None`` while it waits."""
+    (events before it were dropped after it was queued). ``sent_at``: when the socket took
+    it (its send completed, ``time.monotonic()``), ``None`` until then."""
 
     __slots__ = ("cancelled", "dropped_before", "event", "message", "op", "sent_at")
 
@@ -87,16 +96,21 @@ class QueuedSend:
 class Outbox:
     """Everything a connection sends goes through here, in order. While idle, a message
     is sent at once (eagerly, see ``start_eagerly``); while a send is suspended (socket
-    not writable) messages queue, and a writer task drains them."""
+    not writable) messages queue, and a writer task drains them. ``abort``: the server
+    offers ``ABORT``; ``close_within``: seconds a close may wait for the socket."""
 
-    def __init__(self, send: Send, queue_size: int) -> None:
+    def __init__(self, send: Send, queue_size: int, *, abort: bool = False,
+                 close_within: float = CLOSE_WITHIN_S) -> None:
         self._send = send
         self.queue_size = queue_size
+        self.abort = abort
+        self.close_within = close_within
         self._queue: deque[QueuedSend] = deque()
         self._writer: asyncio.Task[None] | None = None
         self.dead = False
-        #: ``time.monotonic()`` when a message last went to the socket (the keep-alive
-        #: pings a socket that has been quiet, ``Connection.keep_alive``).
+        #: ``time.monotonic()`` when the socket last took a message (a send completed:
+        #: the keep-alive pings a socket that has been quiet, and closes one that took
+        #: nothing for an interval, ``Connection.keep_alive``).
         self.sent_at = time.monotonic()
 
     def control(self, message: Message) -> QueuedSend:
@@ -132,13 +146,15 @@ class Outbox:
             return
         if self._writer is None:
             assert item.message is not None
-            self._now(item.message)
-            item.sent_at = self.sent_at
+            self._now(item.message, item)
         else:
             self._queue.append(item)
 
-    def _now(self, message: Message) -> None:
-        self.sent_at = time.monotonic()
+    def _now(self, message: Message, item: QueuedSend | None = None) -> None:
+        """Sends at once; stamped ``sent_at`` when the socket took it: here if the send
+        completed without suspending, else when the writer has seen it complete (a send
+        that waits for the socket to be writable has not gone out: review, a ping stamped
+        when its send began had its pong awaited while it waited)."""
         sending: Awaitable[None] = self._send(message)
         rest: Awaitable[Any] | None = sending
         if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
@@ -147,13 +163,19 @@ class Outbox:
             except Exception:
                 self._die()
                 return
-        if rest is not None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
+        if rest is None:
+            self.sent_at = time.monotonic()
+            if item is not None:
+                item.sent_at = self.sent_at
+        else:
+            self._writer = asyncio.get_running_loop().create_task(self._drain(rest, item))
 
-    async def _drain(self, first: Awaitable[Any]) -> None:
+    async def _drain(self, first: Awaitable[Any], first_item: QueuedSend | None) -> None:
         try:
             await first
             self.sent_at = time.monotonic()
+            if first_item is not None:
+                first_item.sent_at = self.sent_at
             queue = self._queue
             while queue:
                 item = queue.popleft()
@@ -178,15 +200,29 @@ class Outbox:
         self.dead = True
         self._queue.clear()
 
-    async def close(self, code: int, reason: str = "") -> None:
+    async def close(self, code: int, reason: str = "") -> bool:
+        """Closes the socket: what is queued is dropped and the close frame sent. False if
+        the socket did not take the frame within ``close_within`` (its client reads
+        nothing: uvicorn's send waits for the socket to be writable, the close's too, for
+        as long as the client is connected): its TCP connection is then dropped
+        (``ABORT``, where the server offers it) and the caller releases what it holds."""
         if self.dead:
-            return
+            return True
         self._die()
         writer = self._writer
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
-        with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            async with asyncio.timeout(self.close_within):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except TimeoutError:
+            if self.abort:
+                with contextlib.suppress(Exception):
+                    await self._send({"type": ABORT})
+            return False
+        except Exception:  # the socket is gone already
+            pass
+        return True
 
     def stop(self) -> None:
         self._die()

@@ -71,7 +71,7 @@ from graph import exact_json
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.errors import mask
-from graph.live_outbox import Outbox, QueuedSend, dumps
+from graph.live_outbox import ABORT, CLOSE_WITHIN_S, Outbox, QueuedSend, dumps
 from graph.live_render import (
     MAX_RENDERS,
     RENDER_BACKLOG,
@@ -279,7 +279,9 @@ class Connection:
         self.endpoint = endpoint
         self.hub = endpoint.hub
         self.protocol = protocol
-        self.outbox = Outbox(send, self.hub.queue_size)
+        extensions = scope.get("extensions") or {}
+        self.outbox = Outbox(send, self.hub.queue_size, abort=ABORT in extensions,
+                             close_within=endpoint.close_within_s)
         self.request = HTTPConnection(scope)
         #: Whose operations these are, for ``LiveHub``'s per-address limit.
         self.client = self.request.client.host if self.request.client else ""
@@ -300,6 +302,11 @@ class Connection:
         #: given to the outbox (it may wait there behind a backlog).
         self.ping: QueuedSend | None = None
         self.ping_queued_at = 0.0
+        #: The last ``ka`` (legacy) and ``pong`` given to the outbox: while one waits
+        #: there, another adds nothing (a client that reads nothing would otherwise have
+        #: them pile up without bound: events are bounded per operation, these were not).
+        self.ka: QueuedSend | None = None
+        self.pong: QueuedSend | None = None
         self.keep_alive_timer: asyncio.TimerHandle | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
 
@@ -338,7 +345,8 @@ class Connection:
             self.outbox.control({"type": "connection_ack"})
             self.keep_alive()
         elif kind == "ping":
-            self.outbox.control({"type": "pong"})
+            if self.pong is None or self.pong.sent_at is not None:
+                self.pong = self.outbox.control({"type": "pong"})
         elif kind == "pong":
             pass
         elif kind == "subscribe":
@@ -452,18 +460,23 @@ class Connection:
         """Starts the keep-alive of an acknowledged connection (unless it is off).
 
         A proxy or load balancer cuts a websocket that carried nothing for its idle
-        timeout (60 s for nginx's ``proxy_read_timeout`` and AWS ALB), and uvicorn's
-        websocket-level pings are answered by the browser itself: they tell neither the
-        page that the server is still there nor the server that the page still runs. So:
+        timeout (60 s for nginx's ``proxy_read_timeout`` and AWS ALB). uvicorn's
+        websocket-level pings are answered by the client's websocket stack (the browser,
+        not the page): they tell the server that the peer is connected, not that the page
+        runs or reads, and the page never sees them, so they do not tell it that the
+        server is there. So:
 
         * graphql-transport-ws: a ``ping`` once the socket has been quiet for the interval,
           quiet meaning nothing sent to the client or nothing heard from it (events going
           out do not show that anyone still reads them: a half-open socket takes them into
           its buffers without complaint). A client that sends nothing at all (no ``pong``,
-          nothing else) within a further interval from when the ping went out is closed,
-          4408 "Pong timeout", which graphql-ws's client answers by reconnecting; a ping
-          queued behind a backlog waits while the socket keeps taking messages
-          (``_pong_wait``).
+          nothing else) within a further interval from when the socket took the ping is
+          closed, 4408 "Pong timeout", which graphql-ws's client answers by reconnecting;
+          a ping not yet taken (behind a backlog, or the socket not writable) keeps the
+          socket open while the socket takes messages, and it is closed once it has taken
+          nothing for an interval, an interval after the ping at the earliest
+          (``_pong_wait``). A client that takes not even the close is dropped
+          (``close``).
         * graphql-ws (legacy): a ``ka`` every interval, busy or not, as its reference
           server sends them: Apollo's client counts only ``ka``, never data, and closes a
           socket that went 30 s without one. The protocol has no answer to it.
@@ -474,8 +487,12 @@ class Connection:
         if interval <= 0 or self.keep_alive_timer is not None:
             return
         if self.protocol == LEGACY_WS:
-            self.outbox.control({"type": "ka"})
+            self._ka()
         self._keep_alive_in(interval)
+
+    def _ka(self) -> None:
+        if self.ka is None or self.ka.sent_at is not None:  # none still waiting
+            self.ka = self.outbox.control({"type": "ka"})
 
     def _keep_alive_in(self, delay: float) -> None:
         self.keep_alive_timer = asyncio.get_running_loop().call_later(
@@ -486,7 +503,7 @@ class Connection:
             return
         interval = self.endpoint.keep_alive_s
         if self.protocol == LEGACY_WS:
-            self.outbox.control({"type": "ka"})
+            self._ka()
             self._keep_alive_in(interval)
             return
         now = time.monotonic()
@@ -494,7 +511,7 @@ class Connection:
             if self.heard_at < self.ping_queued_at:
                 wait = self._pong_wait(self.ping, now, interval)
                 if wait is None:
-                    self.closing = asyncio.ensure_future(self.outbox.close(*PONG_TIMEOUT))
+                    self.closing = asyncio.ensure_future(self.close(*PONG_TIMEOUT))
                 else:
                     self._keep_alive_in(wait)
                 return
@@ -509,15 +526,15 @@ class Connection:
 
     def _pong_wait(self, ping: QueuedSend, now: float, interval: float) -> float | None:
         """How much longer an unanswered ``ping`` may wait for its answer; ``None``: no
-        longer, the client is gone. A full interval from when it went out, not from when
-        it was queued: behind a backlog (a client on a slow link reading a burst of
-        events) it reaches the client late, and such a client was closed although it
-        read and answered (QA). While it waits in the outbox, the socket taking
-        messages (anything sent within the interval) shows that the client reads; a
-        socket that took nothing for an interval is not read by anyone."""
-        if ping.sent_at is None:
-            return interval if now - self.outbox.sent_at < interval else None
-        wait = ping.sent_at + interval - now
+        longer, the client is gone. A full interval from when the socket took it (its send
+        completed), not from when it was queued: behind a backlog (a client on a slow
+        link reading a burst of events) or a socket not yet writable it reaches the
+        client late, and such a client was closed although it read and answered (QA,
+        review). While it waits in the outbox, the socket taking messages shows that the
+        client reads; one that took nothing for an interval (``Outbox.sent_at``) is not
+        read by anyone, and is closed then."""
+        taken = self.outbox.sent_at if ping.sent_at is None else ping.sent_at
+        wait = taken + interval - now
         return wait if wait > _EARLY else None
 
     # -- operations ---------------------------------------------------------
@@ -627,7 +644,7 @@ class Connection:
         reason = await self.withdrawn()
         if reason is not None:
             self._drop(op_id)
-            await self.outbox.close(4403, reason)
+            await self.close(4403, reason)
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
                                      self.request)
@@ -743,6 +760,16 @@ class Connection:
             self._drop(op_id)
             self.outbox.control({"type": "complete", "id": op_id})
 
+    async def close(self, code: int, reason: str = "") -> None:
+        """Closes the socket. One whose client reads nothing never takes the close: it is
+        dropped (``Outbox.close``) and its operations end now, rather than go on being
+        rendered, and counted toward the limits, until TCP gives up on it (review: a
+        client that stayed connected and read nothing was held for ever)."""
+        if not await self.outbox.close(code, reason):
+            log.info("dropped a GraphQL websocket of %s that took nothing (close %s)",
+                     self.client or "?", code)
+            self.close_all()
+
     def close_all(self) -> None:
         if self.keep_alive_timer is not None:
             self.keep_alive_timer.cancel()
@@ -750,6 +777,7 @@ class Connection:
             self._stop(op_id)
         if self.access_watch is not None:
             self.access_watch.close()
+            self.access_watch = None
         self.outbox.stop()
 
 
@@ -762,6 +790,7 @@ class LiveEndpoint:
                  connection_init_timeout: timedelta = timedelta(minutes=1),
                  revalidate_every: timedelta = REVALIDATE_EVERY,
                  keep_alive: timedelta = KEEPALIVE,
+                 close_within: timedelta = timedelta(seconds=CLOSE_WITHIN_S),
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
@@ -775,6 +804,8 @@ class LiveEndpoint:
         self.revalidate_every = revalidate_every
         #: Seconds between keep-alives (``Connection.keep_alive``); 0: none.
         self.keep_alive_s = keep_alive.total_seconds()
+        #: Seconds a close may wait for the socket to take it (``Outbox.close``).
+        self.close_within_s = close_within.total_seconds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         first = await receive()
@@ -798,6 +829,8 @@ class LiveEndpoint:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     break  # websocket.disconnect
+                if connection.outbox.dead:
+                    break  # closed (or dropped) meanwhile: nothing more is handled
                 connection.heard_at = time.monotonic()
                 text = message.get("text")
                 try:
@@ -809,7 +842,7 @@ class LiveEndpoint:
                     if connection.init_received:
                         timer.cancel()
                 except _Close as close:
-                    await connection.outbox.close(close.code, close.reason)
+                    await connection.close(close.code, close.reason)
                     break
                 if connection.outbox.dead:
                     break
@@ -837,7 +870,7 @@ class LiveEndpoint:
                 log.exception("re-validating a live connection failed")
                 continue
             if reason is not None:
-                await connection.outbox.close(4403, reason)
+                await connection.close(4403, reason)
                 return
 
     @staticmethod
@@ -846,4 +879,4 @@ class LiveEndpoint:
         # it sends) would otherwise be held open for ever.
         if not connection.init_received:
             connection.closing = asyncio.ensure_future(
-                connection.outbox.close(4408, "Connection initialisation timeout"))
+                connection.close(4408, "Connection initialisation timeout"))

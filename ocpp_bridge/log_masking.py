@@ -8,10 +8,11 @@ value in it; and answers in unusual shapes (a key name written with a ``\\u`` es
 list of pairs) passed the text check (review s18). This filter sits on the wire logger and
 sees every line it writes, whoever logs it, already formatted.
 
-URLs: every URL-looking substring of a line (``url_spans``, a linear scan: ``scheme://``
-up to a space or a quote, slashes JSON-escaped or not) is written as the audit keeps an
-upload or download location (``command_rules.without_credentials``: user information and
-query values hidden), whatever frame or message holds it. A charger's CALLERROR
+URLs: every URL in a line (a JSON string's from its ``scheme://`` to its closing quote;
+elsewhere ``url_spans``, a linear scan: ``scheme://`` up to a space or a quote, slashes
+JSON-escaped or not) is written as the audit keeps an upload or download location
+(``command_rules.without_credentials``: user information, query values and fragment
+hidden, or all after the scheme), whatever frame or message holds it. A charger's CALLERROR
 repeating a presigned URL (in its description, or its details echoing the request)
 holds no action name, so ``handler.logged_frame`` never read it again, and the
 package's WARNING line of it was not read for URLs at all (review s25: an Azure ``sig``
@@ -29,6 +30,7 @@ than a password in a log shipped to everyone who reads logs.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import string
@@ -118,10 +120,65 @@ def _past_slashes(text: str, at: int) -> int:
 
 
 def without_url_credentials(text: str, cut: bool = False) -> str:
-    """``text`` with each URL in it (``url_spans``) shown as ``without_credentials``
-    shows it; ``text`` itself when none changed (or there is none: the cheap test first).
-    ``cut``: ``text`` is the start of a longer line, so a URL running to its end may
-    lack the ``@`` that ends its user information: hidden whole after its scheme."""
+    """``text`` with each URL in it shown as ``without_credentials`` shows it; ``text``
+    itself when none changed (or there is none: the cheap test first).
+
+    A JSON string literal holding ``://`` (as written or ``:\\/\\/``) is read as JSON
+    reads it (``\\"``, ``\\/``, ``\\u0040`` decoded), and from its URL's scheme to its
+    closing quote is one URL: a password holding a space, a quote or ``<`` ended the
+    scan there, and the rest of it was written (review s26). Outside such literals (free
+    text, a Python repr's quotes), a URL ends at ``_URL_END`` (``url_spans``). ``cut``:
+    ``text`` is the start of a longer line, so a URL running to its end may be missing
+    the rest of its user information: hidden whole after its scheme."""
+    if ":/" not in text and ":\\/" not in text:
+        return text
+    pieces: list[str] = []
+    done = pos = 0
+    while (quote := text.find('"', pos)) >= 0:
+        literal = _JSON_STRING.match(text, quote)
+        assert literal is not None  # it matches at any '"'
+        pos = literal.end()
+        content = literal["content"]
+        if ":/" not in content and ":\\/" not in content:
+            continue
+        shown = _string_shown(content, cut and not literal["close"] and pos == len(text))
+        if shown is not None:
+            pieces += (_free_text_shown(text[done:quote], False), '"', shown, literal["close"])
+            done = pos
+    if not pieces:
+        return _free_text_shown(text, cut)
+    pieces.append(_free_text_shown(text[done:], cut))
+    return "".join(pieces)
+
+
+#: A JSON string literal from its opening quote: up to its closing unescaped quote, or to
+#: the end of the text (a cut line, a malformed frame). Linear: no backtracking.
+_JSON_STRING = re.compile(r'"(?P<content>(?:[^"\\]+|\\.)*)(?P<close>"?)', re.DOTALL)
+
+
+def _string_shown(content: str, cut: bool) -> str | None:
+    """A JSON string's ``content`` (its text between the quotes) holding a URL, with
+    what follows its first URL's scheme shown as ``without_credentials`` shows it, as
+    JSON text; ``None`` when unchanged."""
+    try:
+        decoded = json.loads(f'"{content}"')
+    except ValueError:  # an escape JSON has not (a Python repr's), a cut one
+        decoded = None
+    if isinstance(decoded, str) and not cut:
+        start = next((s for s, _, _ in url_spans(decoded)), None)
+        if start is None:
+            return None
+        shown = without_credentials(decoded[start:])
+        if shown == decoded[start:]:
+            return None
+        return json.dumps(decoded[:start] + shown, ensure_ascii=False)[1:-1]
+    first = next(url_spans(content), None)  # undecodable or cut: nothing after the scheme
+    return None if first is None else f"{content[:first[1]]}{HIDDEN}"
+
+
+def _free_text_shown(text: str, cut: bool) -> str:
+    """``text`` (no JSON string holding a URL) with each URL in it (``url_spans``) shown
+    as ``without_credentials`` shows it."""
     if ":/" not in text and ":\\/" not in text:
         return text
     pieces: list[str] = []

@@ -995,7 +995,7 @@ class ChargingService(ChargerConnections):
         # the session's, and it holds the card and plug no longer (``PendingStart``).
         pending = started_by(await self.store.find_all(PendingStart, all_of(
             Eq("id_tag", tag), Eq("cp_id", cp_id), live_pending_starts(self.now())),
-            limit=5), connector_id)
+            limit=5), connector_id, station)
         actor = charger(cp_id)
         # One we never issued (``issued_id``) is unknown, as any other we do not hold.
         reservation = None if reservation_id is None or not issued_id(reservation_id) \

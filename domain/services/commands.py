@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from domain.availability import POINT_DOWN
@@ -70,6 +70,7 @@ from domain.services.base import (
     keeps_requested,
     maintenance_event,
     owned_by,
+    pages,
     patch,
     reservation_changed,
     reserved_for_card,
@@ -100,6 +101,19 @@ DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "
 #: (ChangeConfiguration): the setting is stored and applies after the next reboot.
 POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
+#: How many owed cancels are read at a time (``send_owed_cancels``).
+OWED_PAGE = 100
+#: Before any cancel was owed (``Reservation.cancel_owed_since``): the bound that makes
+#: a ``Range`` of it "not null" on every store (null is never within a bound).
+_EVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def owed_cancels(now: datetime) -> Filter:
+    """The reservations whose CancelReservation is owed to their charger
+    (``Reservation.cancel_owed_since`` set: cancelled here while it was offline) and that
+    have not expired at ``now`` (an expired one the charger frees by itself)."""
+    return all_of(Eq("state", ReservationState.CANCELLED),
+                  Range("cancel_owed_since", gte=_EVER), Range("expires_at", gt=now))
 
 
 #: What a charger not told Accepted may not be asked: OCPP 1.6 (4.2) has the central
@@ -254,6 +268,19 @@ class CommandOutcome:
     #: charger's last boot): settled once the charger accepts it, not before
     #: (``CommandService._hold_start``).
     superseded: list[PendingStart] = field(default_factory=list)
+
+
+#: How many times a remote start is stored again when its charger booted meanwhile
+#: (``CommandService._hold_start``).
+BOOT_RETRIES = 3
+
+
+class _Rebooted(Exception):
+    """A remote start's station booted between its read and the start's insert."""
+
+    def __init__(self, station: Station) -> None:
+        super().__init__(station.cp_id)
+        self.station = station
 
 
 def _may_start(error: DomainError | None) -> bool:
@@ -845,6 +872,24 @@ class CommandService(Service):
     async def _hold_start(self, viewer: Viewer, station: Station, payload: dict[str, Any],
                           holder: str | None, vehicle_id: str | None
                           ) -> tuple[PendingStart, list[PendingStart]]:
+        """``_hold_start_in`` the boot ``station`` is in: a boot stored since it was read
+        (the charger reconnecting as the driver taps start, on another instance) fails
+        the insert's guard, and the start is stored again in the boot read anew, a few
+        times (review s26: recorded in the boot before, it held nothing from the moment
+        it was stored, and the driver's double tap was sent too)."""
+        for _ in range(BOOT_RETRIES):
+            try:
+                return await self._hold_start_in(viewer, station, payload, holder,
+                                                 vehicle_id)
+            except _Rebooted as rebooted:
+                station = rebooted.station
+        raise Conflict("the charger is restarting: try again", field="cpId",
+                       code="IN_USE")
+
+    async def _hold_start_in(self, viewer: Viewer, station: Station,
+                             payload: dict[str, Any], holder: str | None,
+                             vehicle_id: str | None
+                             ) -> tuple[PendingStart, list[PendingStart]]:
         """Stores the remote start about to be sent (``PendingStart``), until its
         StartTransaction or its window's end. Two sent at once (two requests, two
         instances) must not both pass ``_refuse_pending``: the insert is guarded by no
@@ -861,8 +906,13 @@ class CommandService(Service):
         Not in this one's insert (review s25): a charger that did not restart still
         holds the older start and refuses this one (or never gets it), and the older
         one's StartTransaction then found nothing and lost the car chosen. Until the
-        answer both are live; a StartTransaction takes the older (``started_by``), which
-        a charger that has not answered yet is the one carrying out."""
+        answer both are live; a StartTransaction takes this one (``started_by``: the
+        newest sent since the last boot that the charger did not refuse), since the
+        charger's StartTransaction may come before its Accepted is handled (review s26:
+        relayed from another instance, it took the older start and its car).
+
+        The start records the boot it is sent in (``station_booted_at``); the insert is
+        guarded on the station still being in it (``_Rebooted`` when not)."""
         now = self.now()
         tag = stored_id_tag(payload["idTag"])
         connector_id = payload.get("connectorId") or None
@@ -874,7 +924,9 @@ class CommandService(Service):
         superseded = await self._superseded(station, tag, connector_id, now)
         others = all_of(live_pending_starts(now), NotSub("id", PendingStart.kind, In(
             "id", (pending.id, *(p.id for p in superseded)))))
-        guards = [Guard(PendingStart, all_of(others, Eq("id_tag", tag)), exists=False)]
+        guards = [Guard(PendingStart, all_of(others, Eq("id_tag", tag)), exists=False),
+                  Guard(Station, all_of(Eq("id", station.id),
+                                        Eq("booted_at", station.booted_at)))]
         if connector_id:
             guards.append(Guard(PendingStart, all_of(
                 others, Eq("station_id", station.id), Eq("connector_id", connector_id)),
@@ -883,6 +935,9 @@ class CommandService(Service):
             # Unaudited: the command's own entries (SENT, ANSWERED) say what was asked.
             await self.commit(viewer, [], unaudited=[Insert(pending)], guards=guards)
         except Conflict:
+            [now_station] = await self.store.get_many(Station, [station.id])
+            if now_station is not None and now_station.booted_at != station.booted_at:
+                raise _Rebooted(now_station) from None
             # Another start won: refused as that one's (or, if it is gone already, as
             # a clash to try again).
             await self._refuse_pending(viewer, station, payload)
@@ -1156,28 +1211,54 @@ class CommandService(Service):
         (``Reservation.cancel_owed_since``) and not expired yet (an expired one the
         charger frees by itself), as the service, audited. An
         answer (Accepted, or Rejected: not held) settles it; none, or a CALLERROR, leaves
-        it owed for the charger's next return. One run at a time per station: the
-        connection and the boot that follows it both ask."""
+        it owed for the charger's next return or the next ``sweep_owed_cancels``. One
+        run at a time per station in this process: the connection and the boot that
+        follows it both ask. The owed ones are read as such (``owed_cancels``), a page
+        at a time (review s25: the station's 100 first cancelled ones were read and the
+        owed kept of them, so a busy station's ordinary cancels hid an owed one)."""
         async with self._owing.one_at_a_time(station_id):
-            now = self.now()
-            owed = [r for r in await self.store.find_all(Reservation, all_of(
-                Eq("station_id", station_id), Eq("state", ReservationState.CANCELLED),
-                Range("expires_at", gt=now)), limit=100) if r.cancel_owed_since is not None]
-            if not owed:
-                return
             [station] = await self.store.get_many(Station, [station_id])
-            if station is None or station.registration is Registration.REJECTED:
-                return  # sent nothing (OCPP 1.6, 4.2), as ``_refuse_unregistered``
-            for reservation in owed:
-                outcome = CommandOutcome(command_id=new_id(), action="CancelReservation",
-                                         station=station, reservation=reservation,
-                                         requested_by=SYSTEM.actor)
-                await self._carry(SYSTEM, outcome, {
-                    "reservationId": reservation.reservation_id})
-                if outcome.error is not None:
-                    log.info("%s: the cancel of reservation %d owed since it was offline "
-                             "was not delivered: %s", station.cp_id,
-                             reservation.reservation_id, outcome.error.message)
+            # Sent nothing (OCPP 1.6, 4.2) if told Rejected at its last boot: what it
+            # acts on (``_refuse_unregistered``), not what its station was made since.
+            if station is None or (station.charger_registration or station.registration
+                                   ) is Registration.REJECTED:
+                return
+            async for owed in pages(self.store, Reservation, all_of(
+                    Eq("station_id", station_id), owed_cancels(self.now())), OWED_PAGE):
+                for reservation in owed:
+                    outcome = CommandOutcome(command_id=new_id(),
+                                             action="CancelReservation", station=station,
+                                             reservation=reservation,
+                                             requested_by=SYSTEM.actor)
+                    await self._carry(SYSTEM, outcome, {
+                        "reservationId": reservation.reservation_id})
+                    if outcome.error is not None:
+                        log.info("%s: the cancel of reservation %d owed since it was "
+                                 "offline was not delivered: %s", station.cp_id,
+                                 reservation.reservation_id, outcome.error.message)
+
+    async def sweep_owed_cancels(self) -> int:
+        """Sends the owed cancels (``send_owed_cancels``) of every station recorded
+        online that has one, as the housekeeping does on every instance
+        (``OWED_CANCEL_SWEEP_S``); returns how many stations it sent to. The backstop of
+        the sends at connection and boot: a cancel found its charger offline and wrote
+        its owed mark just after the charger came back (no boot: a network blip), whose
+        connection's send had found nothing owed yet (review s25: the charger, online,
+        held the plug until the expiry while our records showed it free). Through the
+        relay, which carries each to the instance holding the charger; several instances
+        sending the same one is harmless: the charger answers the second Rejected (not
+        held), and the mark is cleared once (written only onto the value read)."""
+        if self.gateway is None:
+            return 0
+        stations: set[str] = set()
+        async for owed in pages(self.store, Reservation, owed_cancels(self.now()),
+                                OWED_PAGE):
+            stations.update(r.station_id for r in owed)
+        online = [s.id for s in await self.store.get_many(Station, sorted(stations))
+                  if s is not None and s.online]
+        for station_id in online:
+            await self.send_owed_cancels(station_id)
+        return len(online)
 
     async def expire_reservations(self, limit: int = 500) -> int:
         """Stores EXPIRED on live reservations past their expiry (the charger frees the
@@ -1345,6 +1426,29 @@ class CommandService(Service):
                    "error": outcome.error.code if outcome.error else None},
         )
 
+    async def _cancel_unreached(self, outcome: CommandOutcome) -> None:
+        """A CancelReservation that did not reach its charger (``ChargerOffline``) while
+        the station is recorded online (read now) was not kept from an offline charger:
+        the charger is connected (here, its socket's close not recorded yet, or to
+        another instance), and the relay could not carry the command (Redis out of
+        reach, this instance stopping). The reservation is not cancelled here
+        (``ChargerUnreachable``: no cancel is owed, the driver tries again), as for
+        an unclaimed relay. Review s25: it was cancelled here and the cancel owed "for
+        the charger's return", which a charger that never left does not make: it held
+        the plug until the expiry while our records showed it free."""
+        error = outcome.error
+        if outcome.action != "CancelReservation" or outcome.reservation is None \
+                or not isinstance(error, ChargerOffline) \
+                or isinstance(error, ChargerUnreachable):
+            return
+        [now] = await self.store.get_many(Station, [outcome.station.id])
+        if now is None or not now.online:
+            return
+        reason = error.message.rstrip(".")
+        outcome.error = ChargerUnreachable(
+            f"{outcome.station.cp_id} could not be reached ({reason}): the reservation is "
+            "not cancelled; try again in a moment", field=error.field or "cpId")
+
     async def _reservation_answered(self, viewer: Viewer, outcome: CommandOutcome
                                     ) -> list[tuple[Change, Any]]:
         """The change a ReserveNow's or CancelReservation's answer makes to its
@@ -1385,7 +1489,9 @@ class CommandService(Service):
             # it) holds the plug until it hears of the cancel: it is cancelled here, for
             # the driver and the map, and the cancel is owed to the charger, sent when it
             # comes back (``send_owed_cancels``; QA s25: nothing but the expiry or the
-            # charger's return ended it, the driver kept from reserving elsewhere).
+            # charger's return ended it, the driver kept from reserving elsewhere). Only
+            # a charger recorded offline: one online that could not be reached is
+            # ``ChargerUnreachable`` (``_cancel_unreached``), its reservation left live.
             offline = isinstance(outcome.error, ChargerOffline) \
                 and not isinstance(outcome.error, ChargerUnreachable)
             state = ReservationState.CANCELLED if answered or offline else reservation.state
@@ -1404,6 +1510,7 @@ class CommandService(Service):
     async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
                      ) -> None:
         station = outcome.station
+        await self._cancel_unreached(outcome)
         audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
         interval = _interval_taken(outcome, payload)
         remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \

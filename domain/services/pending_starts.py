@@ -18,7 +18,8 @@ StartTransaction then lost the car the driver chose). So its StartTransaction, i
 comes, still matches it and takes its car; and a new remote start with its card or on
 its plug is sent, and settles it as superseded once the charger accepts the new one
 (``CommandService._hold_start``; review s25: settled before, a charger refusing the new
-one, as it still held the first, cost the first its car).
+one, as it still held the first, cost the first its car). While both are live a
+StartTransaction takes the new one (``started_by``; review s26).
 """
 
 from __future__ import annotations
@@ -88,17 +89,29 @@ def settle(pending: PendingStart, actor: Viewer, now: datetime) -> Update:
     return patch(pending, actor, only_if=("settled_at", None), settled_at=now)
 
 
-def started_by(pending: Sequence[PendingStart], connector_id: int) -> PendingStart | None:
-    """Of a card's live pending starts on a charger, the one a StartTransaction on
-    ``connector_id`` carries out: one that named this connector, else one that let the
-    charger pick (``connector_id`` ``None``), else one that named another connector: the
-    driver plugged into the plug beside the one they chose and tapped the card there
-    (review of 1c05ebe: left unsettled, it held the card once that session ended, and
-    the session lost the car chosen). The charger holds one transaction per card, so
-    the card's start here is this one."""
-    named = [p for p in pending if p.connector_id == connector_id]
-    free = [p for p in pending if not p.connector_id]
-    found = sorted(named or free or pending, key=lambda p: p.created_at)
+def started_by(pending: Sequence[PendingStart], connector_id: int,
+               station: Station | None) -> PendingStart | None:
+    """Of a card's live pending starts on a charger (its ``station``), the one a
+    StartTransaction on ``connector_id`` carries out: one that named this connector,
+    else one that let the charger pick (``connector_id`` ``None``), else one that named
+    another connector: the driver plugged into the plug beside the one they chose and
+    tapped the card there (review of 1c05ebe: left unsettled, it held the card once that
+    session ended, and the session lost the car chosen). The charger holds one
+    transaction per card, so the card's start here is this one.
+
+    A start sent since the charger's last boot (``holds``), the newest, before one from
+    before it: live, it was not refused (a refusal settles it), so the charger took it
+    or is about to say so, and a restarted charger forgot the older one. The older one
+    is settled only once the new one's Accepted is handled, which, relayed from another
+    instance, may come after this StartTransaction (review s26: it took the older start
+    and its car, not the one the driver just chose). One the charger refused is settled,
+    so the older start it still carries out keeps its car."""
+    current = [p for p in pending if holds(p, station)]
+    among = current or list(pending)
+    named = [p for p in among if p.connector_id == connector_id]
+    free = [p for p in among if not p.connector_id]
+    found = sorted(named or free or among, key=lambda p: p.created_at,
+                   reverse=bool(current))
     return found[0] if found else None
 
 

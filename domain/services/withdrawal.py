@@ -65,7 +65,7 @@ from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
-from domain.services.base import Service, ServiceContext, patch, stamp_new
+from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
 
 if TYPE_CHECKING:
     from domain.services.commands import CommandService
@@ -83,6 +83,8 @@ EXPIRY_LOOKBACK = timedelta(days=7)
 EXPIRY_BATCH = 500
 #: The most cards (or tags) read in one query.
 BATCH = 500
+#: How many live reservations ``cancel_reservations`` reads at a time.
+CANCEL_PAGE = 100
 ACCEPTED = "Accepted"
 #: What a withdrawal wants a list entry to hold (OCPP AuthorizationStatus).
 WITHDRAWN = ("Blocked", "Expired", "Invalid")
@@ -455,12 +457,16 @@ class Withdrawal(Service):
         for start in range(0, len(cards), BATCH):
             batch = cards[start:start + BATCH]
             holders = {(c.tag, c.user_id) for c in batch}
-            held = await self.store.find_all(Reservation, all_of(
-                In("id_tag", tuple({c.tag for c in batch})),
-                live_reservations(self.now())), limit=BATCH)
-            ids = tuple(r.id for r in held if (r.id_tag, r.user_id) in holders)
+            # Every live one of the tags, a page at a time, then those of their holders
+            # (review s25: the first 500 of the tags were read, and other holders' of the
+            # same tag strings could crowd out the cards' own).
+            ids: list[str] = []
+            async for held in pages(self.store, Reservation, all_of(
+                    In("id_tag", tuple({c.tag for c in batch})),
+                    live_reservations(self.now())), BATCH):
+                ids += [r.id for r in held if (r.id_tag, r.user_id) in holders]
             if ids:
-                await self.cancel_reservations(SYSTEM, In("id", ids))
+                await self.cancel_reservations(SYSTEM, In("id", tuple(ids)))
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str
@@ -712,28 +718,32 @@ class Withdrawal(Service):
 
     async def cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         """Cancels the live reservations ``where`` at their chargers (CancelReservation,
-        audited as ``actor``), best effort: an answered cancel stores CANCELLED, and so
-        does one its charger is offline for, the cancel owed to the charger when it is
-        back (``CommandService.send_owed_cancels``); one unanswered is left to the
-        caller's own write, to its expiry or, for a card's, to the charger's boot
-        (``_cancel_unusable``).
+        audited as ``actor``), best effort, a page at a time: an answered cancel stores
+        CANCELLED, and so does one whose charger is recorded offline, the cancel owed to
+        the charger when it is back (``CommandService.send_owed_cancels``); one
+        unanswered, or whose charger is online but could not be reached
+        (``ChargerUnreachable``), is left to the caller's own write, to its expiry or,
+        for a card's, to the charger's boot (``_cancel_unusable``).
         For withdrawn cards and users, and for connectors and stations being removed: the
         charger otherwise holds the plug for a reservation nobody here knows of."""
-        held = await self.store.find_all(Reservation, all_of(
-            where, live_reservations(self.now())), limit=100)
-        for reservation in held:
-            try:
-                outcome = await self.commands.send(
-                    SYSTEM, reservation.cp_id, "CancelReservation",
-                    {"reservationId": reservation.reservation_id}, audited_as=actor)
-            except DomainError as exc:
-                log.info("%s: reservation %d not cancelled at the charger: %s",
-                         reservation.cp_id, reservation.reservation_id, exc.message)
-                continue
-            if outcome.error is not None:
-                log.info("%s: reservation %d not cancelled at the charger: %s",
-                         reservation.cp_id, reservation.reservation_id,
-                         outcome.error.message)
+        async for held in pages(self.store, Reservation, all_of(
+                where, live_reservations(self.now())), CANCEL_PAGE):
+            for reservation in held:
+                await self._cancel_one(actor, reservation)
+
+    async def _cancel_one(self, actor: Viewer, reservation: Reservation) -> None:
+        try:
+            outcome = await self.commands.send(
+                SYSTEM, reservation.cp_id, "CancelReservation",
+                {"reservationId": reservation.reservation_id}, audited_as=actor)
+        except DomainError as exc:
+            log.info("%s: reservation %d not cancelled at the charger: %s",
+                     reservation.cp_id, reservation.reservation_id, exc.message)
+            return
+        if outcome.error is not None:
+            log.info("%s: reservation %d not cancelled at the charger: %s",
+                     reservation.cp_id, reservation.reservation_id,
+                     outcome.error.message)
 
 
 def _positive(value: Any) -> int | None:

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from domain.entities import PendingStart
+from domain.entities import PendingStart, Station
 from domain.errors import Conflict
 from domain.policy import SYSTEM
 from domain.ports import Delete, Guard, Insert, Store
 from domain.query import ALL, Eq, NotSub, Range, all_of
+from domain.services.base import patch
 from domain.services.pending_starts import live_pending_starts, settle, started_by
-from tests.contract.factories import T0, at, oid, put
+from tests.contract.factories import T0, at, oid, put, station
 
 STATION = oid(1)
 
@@ -73,7 +74,40 @@ async def test_settling_a_start_settled_or_swept_already_is_no_error(store: Stor
 
 def test_a_start_takes_the_pending_start_of_its_connector_first() -> None:
     anywhere, named = start(connector_id=None), start(connector_id=2)
-    assert started_by([anywhere, named], 2) is named
-    assert started_by([anywhere, named], 1) is anywhere
+    assert started_by([anywhere, named], 2, None) is named
+    assert started_by([anywhere, named], 1, None) is anywhere
     # The card tapped on the plug beside the one named: that start, carried out there.
-    assert started_by([named], 1) is named
+    assert started_by([named], 1, None) is named
+
+
+def test_a_start_takes_the_newest_start_sent_since_the_last_boot() -> None:
+    """Review s26: the charger restarted (``booted_at`` B1) and was sent a new start with
+    the card; the older one, sent in boot B0, is settled only once the new one's
+    Accepted is handled, which may come after the StartTransaction: that is the new
+    start's. One refused is settled (never live here), so the older keeps its car."""
+    held = start(station_booted_at=at(-3), created_at=at(-2))
+    new = start(station_booted_at=at(-1), created_at=at(-0.5))
+    newer = start(station_booted_at=at(-1), created_at=at(-0.2))
+    booted = station(id=STATION, booted_at=at(-1))
+    assert started_by([held, new], 1, booted) is new
+    assert started_by([held, new, newer], 1, booted) is newer
+    assert started_by([held], 1, booted) is held  # the new one refused: settled
+
+
+async def test_a_start_is_stored_only_in_the_boot_it_read(store: Store) -> None:
+    """The insert of a remote start is guarded on its station's ``booted_at`` still
+    being the one read (``CommandService._hold_start``): a boot stored meanwhile fails
+    it (review s26), as does a first boot of a station never booted."""
+    for booted in (at(-1), None):
+        cp = station(id=oid(7 if booted else 8), cp_id=f"CP-{booted is None}",
+                     booted_at=booted)
+        await put(store, cp)
+        read = Guard(Station, all_of(Eq("id", cp.id), Eq("booted_at", booted)))
+        first = start(station_id=cp.id, id_tag=f"TAG-{booted is None}")
+        await store.write([Insert(first)], [], guards=[read])
+        await store.write([patch(cp, SYSTEM, booted_at=at(0))], [])
+        with pytest.raises(Conflict):
+            await store.write([Insert(start(station_id=cp.id, id_tag="TAG-C"))], [],
+                              guards=[read])
+        assert [p.id for p in await store.find_all(
+            PendingStart, Eq("station_id", cp.id))] == [first.id]

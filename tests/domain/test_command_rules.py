@@ -118,12 +118,13 @@ def test_a_firmware_retrieve_date_is_at_most_a_year_ahead() -> None:
 def test_a_password_holding_a_hash_slash_or_question_mark_is_not_audited() -> None:
     """getDiagnostics/updateFirmware accept (``command_rules._url``: a scheme and a
     netloc) an FTP URL whose password holds ``#``, ``/`` or ``?`` unencoded, as users
-    type them: everything up to the ``@`` before the host is hidden, not only up to the
-    first of them (review s25), and the host and path are kept."""
+    type them: its '@' lies past the RFC 3986 authority, so the URL is hidden whole
+    after its scheme (review s25, s26: every reading that kept the host and path showed
+    a password or a query value in some URL)."""
     from domain.command_rules import RULES
     from domain.services.commands import masked
     for url in ("ftp://diag:p#ss@files.example.com/up", "ftp://diag:12/34@files.example.com/up",
                 "ftp://diag:secret?x@files.example.com/up"):
         RULES["location"](url, "location")  # accepted
         shown = masked("GetDiagnostics", {"location": url})["location"]
-        assert shown == "ftp://[hidden]@files.example.com/up", (url, shown)
+        assert shown == "ftp://[hidden]", (url, shown)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
 from graph.ids import to_global_id
-from graph.live_outbox import start_eagerly
+from graph.live_outbox import ABORT, start_eagerly
 from graph.live_render import RENDER_BACKLOG, RenderQueue
 from graph.live_ws import LiveEndpoint
 from graph.pipeline import MAX_TOKENS
@@ -102,8 +103,13 @@ class Socket:
     socket whose peer stopped reading does."""
 
     def __init__(self, app: Any, protocol: str, client: str = "test",
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 extensions: dict[str, Any] | None = None) -> None:
         self.app = app
+        self.extensions = extensions or {}
+        #: The gate holds the close too (uvicorn's send waits for a writable socket
+        #: before any message).
+        self.gate_closes = False
         self.protocol = protocol
         self.client = client
         self.headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -117,7 +123,8 @@ class Socket:
         return await self.incoming.get()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "websocket.send":
+        if message["type"] == "websocket.send" or (
+                self.gate_closes and message["type"] == "websocket.close"):
             await self.gate.wait()
         self.outgoing.put_nowait(message)
 
@@ -126,7 +133,7 @@ class Socket:
                  "query_string": b"", "headers": self.headers,
                  "subprotocols": [self.protocol],
                  "scheme": "ws", "server": ("testserver", 80),
-                 "client": (self.client, 1)}
+                 "client": (self.client, 1), "extensions": self.extensions}
         self.task = asyncio.create_task(self.app(scope, self._receive, self._send))
         self.incoming.put_nowait({"type": "websocket.connect"})
         accept = await asyncio.wait_for(self.outgoing.get(), 5)
@@ -379,6 +386,88 @@ async def test_a_socket_that_takes_nothing_is_closed_with_its_ping_unsent(
                                    "reason": "Pong timeout"}
     await socket.close()
     assert live.services.live.watching == 0
+
+
+async def test_a_ping_that_waited_for_the_socket_is_awaited_from_when_the_socket_took_it(
+        live: Setup) -> None:
+    """README: a socket is closed 4408 when its client sends nothing "within as long again
+    after the ping reached the socket". A ping given to the outbox while it is idle but the
+    socket is not writable (uvicorn's send waits for ``writable`` before it writes: the
+    transport is paused after the previous burst) is stamped ``sent_at`` when the send
+    started, not when it went out, so the client is closed moments after the ping reaches
+    it, although it answers well within an interval of receiving it."""
+    interval = 1.0
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=interval))
+    socket = await live.open("admin")
+    acked = time.monotonic()
+    socket.gate.clear()  # the socket stops taking messages; nothing is queued yet
+    # The ping is due about one interval after the init; let it wait most of an interval.
+    await asyncio.sleep(acked + 0.8 * interval - time.monotonic() + interval)
+    socket.gate.set()
+    message = await socket.raw(2)
+    assert message["type"] == "websocket.send", message
+    assert json.loads(message["text"]) == {"type": "ping"}
+    reached = time.monotonic()
+    # The client answers after 0.4 of an interval (a slow link's round trip).
+    await asyncio.sleep(0.4 * interval)
+    assert socket.nothing_pending(), await socket.raw()  # was: close 4408 "Pong timeout"
+    socket.put({"type": "pong"})
+    await asyncio.sleep(0.2 * interval)
+    assert time.monotonic() - reached < interval
+    assert socket.nothing_pending(), await socket.raw()
+    await socket.close()
+
+
+async def test_a_close_the_socket_does_not_take_drops_the_connection(live: Setup) -> None:
+    """A client that reads nothing takes no close either: after ``close_within`` the
+    server is asked to drop the connection (``ABORT``, where it offers it) and the
+    subscriptions end at once, not when the client finally goes."""
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=0.2))
+    live.endpoint.close_within_s = 0.2
+    socket = Socket(live.endpoint, "graphql-transport-ws", extensions={ABORT: {}})
+    socket.gate_closes = True
+    await socket.connect()
+    await socket.init(live.token("admin"))
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    socket.gate.clear()
+    for i in range(3):
+        await live.bus.publish(live.status("A-001", f"s{i}"))
+    assert await socket.raw(3) == {"type": ABORT}
+    assert live.services.live.watching == 0
+    assert live.endpoint.hub.running == 0
+    await socket.close()
+    assert socket.nothing_pending()
+
+
+async def test_at_most_one_pong_and_one_ka_wait_for_a_socket(live: Setup) -> None:
+    """A client that reads nothing would have them pile up without bound (its events are
+    bounded per subscription): while one waits, another adds nothing."""
+    socket = await live.open("admin")  # no keep-alive: only the pongs
+    socket.gate.clear()
+    for _ in range(5):
+        socket.put({"type": "ping"})
+    await asyncio.sleep(0.05)
+    socket.gate.set()
+    assert await socket.next() == {"type": "pong"}
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert socket.nothing_pending()
+    socket.put({"type": "ping"})  # the last one went out: the next one is answered
+    assert await socket.next() == {"type": "pong"}
+    await socket.close()
+
+    legacy = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=0.2))
+    socket = await legacy.open("admin", protocol="graphql-ws")
+    assert await socket.next() == {"type": "ka"}
+    socket.gate.clear()
+    await asyncio.sleep(1.1)  # five intervals
+    socket.gate.set()
+    assert await socket.next() == {"type": "ka"}
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert socket.nothing_pending()  # not the four others
+    await socket.close()
 
 
 async def test_events_the_process_missed_are_announced(store: CountingStore) -> None:

@@ -34,6 +34,7 @@ from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import basic_auth, connected
+from pubsub import command_relay
 from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -2847,6 +2848,100 @@ async def test_a_car_starting_is_found_behind_many_starts_holding_nothing(
                                            "vehicleId": to_global_id("vehicle", car.id)},
                           as_user="driver")
         assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
+
+
+@pytest.fixture
+async def answers_relayed_late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                               ) -> AsyncIterator[Central]:
+    """Two instances: the driver's request on one, the charger on the other; the
+    charger's answer reaches the asking instance over the bus 5 ms after the holder read
+    it (a Redis hop), while the holder goes on reading the charger's next frame at once."""
+    real = command_relay._Pending.hear
+
+    def later(self: Any, answer: Any) -> None:
+        if answer.stage != "answered":
+            real(self, answer)
+        else:
+            asyncio.get_running_loop().call_later(0.005, real, self, answer)
+    monkeypatch.setattr(command_relay._Pending, "hear", later)
+    c = await start_central(tmp_path / "central.db", relayed=True)
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+async def test_a_restarted_charger_starting_at_once_books_the_retry_s_car(
+        answers_relayed_late: Central) -> None:
+    """Review s26: the driver's start (the card's car) is accepted and held; the charger
+    restarts (it forgot the start) and boots. The driver starts again choosing their
+    second car; the car is plugged in, so the charger answers Accepted and sends its
+    StartTransaction at once. The held start is settled only once the Accepted is
+    handled, relayed after the StartTransaction: that took the older start and its car.
+    A StartTransaction takes the newest start sent since the last boot the charger did
+    not refuse."""
+    central = answers_relayed_late
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                           "idTag": "TAG-OK"}, as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        await settle()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()  # restarted: it forgot the first start
+        await cp.report_all()
+        again = await run(central, START, {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
+        assert again["status"] == "ACCEPTED", again
+        await settle()
+        [session] = await central.store.find_all(d.Session, all_of(
+            Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
+        live = [p.id for p in await central.store.find_all(d.PendingStart, ALL)
+                if p.settled_at is None]
+        assert (session.vehicle_id == second.id, live) == (True, []), (
+            "booked to the first start's car",
+            session.vehicle_id == central.vehicles["car"].id)
+
+
+async def test_a_start_sent_after_a_boot_it_did_not_see_still_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: ``send`` reads the station (its ``booted_at``) first, runs its
+    checks, then stores the start with the boot it read. A boot stored between the two
+    (the charger reconnecting as the driver taps start, on another instance) made the
+    start, sent to the charger after that boot, hold nothing from the moment it was
+    stored: the driver's double tap was sent too. The insert is guarded on the boot read
+    and stored again in the new one."""
+    central = await start_central(tmp_path / "central.db")
+    try:
+        await seed(central)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            holding_starts(cp)
+            await cp.boot()
+            await cp.report_all()
+            commands = central.services.commands
+            real = commands._refuse_pending
+            booted = [False]
+
+            async def boot_meanwhile(*args: Any, **kwargs: Any) -> None:
+                if not booted[0]:
+                    booted[0] = True
+                    await asyncio.sleep(0.01)
+                    await cp.boot()  # the charger's boot, stored meanwhile
+                await real(*args, **kwargs)
+            monkeypatch.setattr(commands, "_refuse_pending", boot_meanwhile)
+            first = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                              as_user="driver")
+            assert first["status"] == "ACCEPTED", first
+            assert booted[0]
+            again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                              as_user="driver")
+            assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
+    finally:
+        await stop_central(central)
 
 
 @pytest.mark.parametrize(("who", "start"), [

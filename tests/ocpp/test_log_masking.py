@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from domain import command_rules
 from domain import entities as d
-from domain.command_rules import without_credentials
+from domain.command_rules import _url, without_credentials
 from domain.query import Eq
 from domain.services.commands import masked
 from ocpp_bridge import handler, log_masking
@@ -57,7 +57,7 @@ SECRET = "hunter22-s3cret"
      "'https:\\/\\/h.example.com\\/up?sig=hunter22-s3cret'}}>",
      "Received a CALLError: error_details={'request': {'location': "
      "'https://h.example.com/up?sig=[hidden]'}}>"),
-    ("sent ftp://diag:hunter22/s3cret@h.example.com/up", "sent ftp://[hidden]@h.example.com/up"),
+    ("sent ftp://diag:hunter22/s3cret@h.example.com/up", "sent ftp://[hidden]"),
     # No URL credentials, no secret's name: as it came.
     ('[2,"u1","UpdateFirmware",{"location":"https://fw.example.com/1.6.bin",'
      '"retrieveDate":"2026-01-01T00:00:00Z"}]', "same"),
@@ -159,24 +159,31 @@ GCS_SIGNED = ("https://storage.googleapis.com/bkt/fw.bin?X-Goog-Algorithm=GOOG4-
 
 
 @pytest.mark.parametrize(("url", "shown"), [
-    # An '@' in the query string ends no user information (review s25: the credential's
-    # domain was taken for the host, the '?' hidden with the "user information", and
-    # X-Goog-Signature shown whole).
-    (GCS_SIGNED, "https://storage.googleapis.com/bkt/fw.bin?X-Goog-Algorithm=[hidden]"
-                 "&X-Goog-Credential=[hidden]&X-Goog-Date=[hidden]&X-Goog-Expires=[hidden]"
-                 "&X-Goog-SignedHeaders=[hidden]&X-Goog-Signature=[hidden]"),
+    # One '@', in the RFC 3986 authority (up to the first '/', '?' or '#'): the user
+    # information before it hidden; every query value and the fragment hidden.
+    ("ftp://diag:5ecre7deadbeef@files.example.com:21/up?sig=1#5ecre7",
+     "ftp://[hidden]@files.example.com:21/up?sig=[hidden]#[hidden]"),
+    ("sftp://5ecre7deadbeef@[2001:db8::1]:22/up", "sftp://[hidden]@[2001:db8::1]:22/up"),
+    ("https://h.example.com/up?5ecre7deadbeef", "https://h.example.com/up?[hidden]"),
+    ("https://h.example.com/up#5ecre7deadbeef", "https://h.example.com/up#[hidden]"),
+    ("https://%68.example.com/up", "https://%68.example.com/up"),
+    ("ftp://diag:5ecre7 deadbeef@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    # Any '@' outside the authority, or more than one: hidden whole after the scheme
+    # (review s25, s26: every reading of such a URL has shown a password or a signature).
+    (GCS_SIGNED, "https://[hidden]"),
     ("https://tok@h.example.com/up?cred=a@b.example.com/x&sig=5ecre7deadbeef",
-     "https://[hidden]@h.example.com/up?cred=[hidden]&sig=[hidden]"),
-    # A password may hold '#', '/' and '?' (and '@'): hidden up to the '@' before the host.
-    ("ftp://diag:p#ss@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
-    ("ftp://diag:12/34@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
-    ("ftp://diag:5ecre7?x@files.example.com/up?sig=1",
-     "ftp://[hidden]@files.example.com/up?sig=[hidden]"),
-    ("ftp://me@corp.example:p@ss/1@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
-    # Both readings fit (a host and a port, then a query; or a password holding '?'):
-    # hidden whole after the scheme rather than show a query value or a password.
+     "https://[hidden]"),
+    ("https://tok?5ecre7deadbeef@h.example.com/up", "https://[hidden]"),
+    ("ftp://diag:p#ss@files.example.com/up", "ftp://[hidden]"),
+    ("ftp://diag:12/34@files.example.com/up", "ftp://[hidden]"),
+    ("ftp://diag:5ecre7?x@files.example.com/up?sig=1", "ftp://[hidden]"),
+    ("ftp://me@corp.example:p@ss/1@files.example.com/up", "ftp://[hidden]"),
     ("ftp://diag:12?x=5ecre7deadbeef@files.example.com/up", "ftp://[hidden]"),
     ("https://u:pw@h.example.com/up?cred=a@b.example.com/x&sig=5ecre7deadbeef", "https://[hidden]"),
+    ("https://h.example.com/5ecre7deadbeef@x", "https://[hidden]"),
+    # A host that is no host[:port] nor [IPv6]:port: hidden whole.
+    ("ftp://files.example.com:5ecre7deadbeef/up", "ftp://[hidden]"),
+    ("ftp://[5ecre7deadbeef]/up", "ftp://[hidden]"),
 ])
 def test_a_url_is_shown_without_its_user_information_and_query_values(
         url: str, shown: str) -> None:
@@ -190,6 +197,48 @@ def test_a_url_is_shown_without_its_user_information_and_query_values(
     logged = logged_frame(frame)
     assert "5ecre7" not in logged and "p#ss" not in logged and "12/34" not in logged
     assert shown in logged.replace("\\/", "/")
+    assert "5ecre7" not in masked_line(f"upload to {url} failed")
+
+
+SECRETS = ("Zm9v", "YmFy", "5ac1d9e0SECRET", "p#ss", "TOKEN-SECRET")
+
+
+@pytest.mark.parametrize("url", [
+    # A password with '/' (a base64 one) on a GCS-style signed URL: the signature
+    # follows the credential's '@' in the query.
+    "https://diag:Zm9v/YmFy@storage.example.com/fw/cp.bin?X-Goog-Credential=fw-signer@"
+    "acme-prod.iam.gserviceaccount.com/20261206/auto/storage/goog4_request"
+    "&X-Goog-Signature=5ac1d9e0SECRET",
+    # A password with '#' and an e-mail in the query.
+    "ftp://diag:p#ss@files.example.com/fw.bin?by=ops@acme.com/x&token=TOKEN-SECRET",
+], ids=["slash-in-password", "hash-in-password"])
+def test_a_password_holding_a_delimiter_never_shows_a_query_value(url: str) -> None:
+    """A password holding '/', '?' or '#' and an '@' in the query: neither the audit's
+    reading (``without_credentials``) nor the wire log shows the password or a query
+    value (review s26: the query's '@' was taken as the user information's end and the
+    signature after it shown whole). The URL rule accepts the URL: it reaches the
+    charger whole."""
+    _url(url, "location")
+    shown = without_credentials(url)
+    frame = logged_frame(json.dumps([2, "1", "UpdateFirmware",
+                                     {"location": url, "retrieveDate": "2026-12-06T03:00:00Z"}]))
+    assert [s for s in SECRETS if s in shown or s in frame] == [], (shown, frame)
+
+
+@pytest.mark.parametrize("password", ["se cret", 'se"cret', "se'cret", "se<cret"])
+def test_the_wire_log_hides_a_password_holding_a_space_or_a_quote(password: str) -> None:
+    """``_url`` accepts a password with a space or a quote (printable); in a JSON frame
+    the location's whole string is its URL, not the text up to the space or quote
+    (review s26: the wire log and the INFO ``bad frame`` line wrote the password)."""
+    url = f"ftp://diag:{password}@files.example.com/fw.bin"
+    _url(url, "location")
+    assert password not in without_credentials(url)
+    frame = json.dumps([2, "1", "UpdateFirmware",
+                        {"location": url, "retrieveDate": "2026-12-06T03:00:00Z"}])
+    for logged in (logged_frame(frame), logged_frame(frame.replace("/", "\\/")),
+                   logged_frame(frame.replace("@", "\\u0040")),
+                   logged_frame(frame + "x" * 5000, limit=handler.BAD_FRAME_READ)):
+        assert "cret" not in logged and "files.example.com" in logged, logged
 
 
 #: The URL pattern the wire log searched every line with before review s25: what
@@ -276,23 +325,63 @@ def test_a_line_is_searched_for_urls_reading_each_character_a_few_times(
     assert text.reads <= 4 * len(line), (text.reads, len(line))
 
 
-@pytest.mark.parametrize("rest", [
-    "x/" + "@" * N,  # review s25: the rest copied and split for every '@'
-    "u:p" + "@h/" * (N // 3),
-    "u:p" + "@" + "h" * N,
-    "u:p?" + "@h?" * (N // 3),
-    "h" + "/a@b" * (N // 4),
-], ids=["many-at", "many-hosts", "long-host", "password-and-queries", "path"])
-def test_user_information_is_found_reading_each_character_a_few_times(
-        rest: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``without_credentials`` finds where a URL's user information ends in linear time:
-    each ``@`` is looked at up to the next one (counted, not timed)."""
-    monkeypatch.setattr(command_rules, "_AUTHORITY_END",
-                        CountedPattern(command_rules._AUTHORITY_END))
-    monkeypatch.setattr(command_rules, "_HOST", CountedPattern(command_rules._HOST))
-    text = Reads(rest)
-    command_rules._user_info_end(text)
-    assert text.reads <= 8 * len(rest), (text.reads, len(rest))
+class Spans:
+    """A compiled pattern counting what its calls may read, on any text: from ``pos``
+    to where a match ends, or to ``endpos``."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern, self.reads = pattern, 0
+
+    def _count(self, found: Any, pos: int, end: int) -> Any:
+        self.reads += max((found.end() if found else end) - pos, 1)
+        return found
+
+    def search(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
+        end = len(text) if endpos is None else endpos
+        return self._count(self.pattern.search(text, pos, end), pos, end)
+
+    def match(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
+        end = len(text) if endpos is None else endpos
+        return self._count(self.pattern.match(text, pos, end), pos, end)
+
+    def fullmatch(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
+        end = len(text) if endpos is None else endpos
+        self.reads += max(end - pos, 1)
+        return self.pattern.fullmatch(text, pos, end)
+
+
+@pytest.mark.parametrize("url", [
+    "http://x/" + "@" * N,  # review s25: the rest copied and split for every '@'
+    "ftp://u:p" + "@h/" * (N // 3),
+    "ftp://u:p" + "@" + "h" * N,
+    "ftp://u:p?" + "@h?" * (N // 3),
+    "ftp://h" + "/a@b" * (N // 4),
+    "ftp://u@h/?" + "a=b&" * (N // 4) + "#" * N,
+], ids=["many-at", "many-hosts", "long-host", "password-and-queries", "path", "query"])
+def test_a_url_is_masked_reading_each_character_a_few_times(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``without_credentials`` reads a URL a bounded number of times: its patterns are
+    each tried once, at most over the whole URL (counted, not timed)."""
+    patterns = {name: Spans(getattr(command_rules, name))
+                for name in ("_AUTHORITY_END", "_HOST", "_SCHEME_NAME")}
+    for name, pattern in patterns.items():
+        monkeypatch.setattr(command_rules, name, pattern)
+    without_credentials(url)
+    assert sum(p.reads for p in patterns.values()) <= 3 * len(url)
+
+
+@pytest.mark.parametrize("line", [
+    '"' + '\\"' * N + ' ftp://u:p@h/',  # every escaped quote taken for an opening one
+    '"ftp://' + '\\\\' * N + '"',
+    '"a":/' * N,
+    '"ftp://x",' * (N // 10),
+], ids=["escaped-quotes", "escaped-backslashes", "many-strings", "many-urls"])
+def test_json_strings_are_read_once(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wire log reads each JSON string literal of a line once (counted)."""
+    pattern = Spans(log_masking._JSON_STRING)
+    monkeypatch.setattr(log_masking, "_JSON_STRING", pattern)
+    log_masking.without_url_credentials(line)
+    assert pattern.reads <= 2 * len(line), (pattern.reads, len(line))
 
 
 async def test_a_bad_frame_is_masked_only_when_logged_and_only_its_start(

@@ -4,6 +4,7 @@ expires while it holds one."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 
 from domain import entities as d
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.query import Eq
-from domain.services.base import patch
+from domain.services.base import patch, stamp_new
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -123,6 +125,143 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
     assert after.state is d.ReservationState.CANCELLED
 
 
+async def _reserve_then_go_offline(central: Central) -> int:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon()}, SELECTION,
+                         as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+    await station_offline(central, "CP-1")
+    return int(held["reservation"]["reservationId"])
+
+
+async def test_an_owed_cancel_is_sent_behind_a_hundred_ordinary_cancellations(
+        central: Central) -> None:
+    """Review s25: the owed cancels were looked for among the station's first 100
+    cancelled unexpired reservations: a busy station's ordinary cancellations hid an
+    owed one, never sent (the charger held the plug until its expiry while our map
+    showed it free). The owed ones are read as such, a page at a time."""
+    [station] = await central.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    expiry = datetime.now(UTC) + timedelta(hours=3)
+    await central.store.write([Insert(stamp_new(d.Reservation(
+        reservation_id=await central.store.next_sequence("reservation"),
+        station_id=station.id, cp_id="CP-1", connector_id=1, id_tag=f"T{n}",
+        expires_at=expiry, state=d.ReservationState.CANCELLED), SYSTEM))
+        for n in range(100)], [])
+    number = await _reserve_then_go_offline(central)
+    cancel = await run(central, "cancelReservation", {"cpId": "CP-1",
+                                                      "reservationId": number},
+                       SELECTION, as_user="driver")
+    assert cancel["reservation"]["state"] == "CANCELLED", cancel
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        await back.boot()
+        await central.services.withdrawal.settled()
+        assert ("CancelReservation", {"reservation_id": number}) in back.received
+    [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert stored.cancel_owed_since is None
+
+
+async def test_a_cancel_owed_just_after_its_charger_came_back_is_sent_by_the_sweep(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s25: a cancel that found the charger offline wrote its owed mark just
+    after the charger reconnected (no boot: a network blip), whose connection's send had
+    found nothing owed yet: nothing sent it until the charger's next connection, the
+    plug held until the expiry while our records showed it free. The housekeeping's
+    sweep (every instance, ``OWED_CANCEL_SWEEP_S``) sends it, once: a second sweep
+    sends nothing."""
+    number = await _reserve_then_go_offline(central)
+    commands = central.services.commands
+    original = commands._reservation_answered
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def paused(viewer, outcome):  # type: ignore[no-untyped-def]
+        if outcome.action == "CancelReservation" and outcome.error is not None:
+            entered.set()
+            await release.wait()
+        return await original(viewer, outcome)
+    monkeypatch.setattr(commands, "_reservation_answered", paused)
+
+    cancel = asyncio.create_task(run(central, "cancelReservation",
+                                     {"cpId": "CP-1", "reservationId": number},
+                                     SELECTION, as_user="driver"))
+    await asyncio.wait_for(entered.wait(), 5)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        async def online() -> bool:
+            [s] = await central.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+            return s.online
+        await until(online)
+        await central.services.withdrawal.settled()
+        release.set()
+        answer = await cancel
+        assert answer["reservation"]["state"] == "CANCELLED", answer
+        await central.services.withdrawal.settled()
+        assert back.received == []  # the connection's send came too early
+
+        assert await commands.sweep_owed_cancels() == 1
+        assert back.received == [("CancelReservation", {"reservation_id": number})]
+        [stored] = await central.store.find_all(d.Reservation,
+                                                Eq("reservation_id", number))
+        assert stored.cancel_owed_since is None
+        assert await commands.sweep_owed_cancels() == 0
+        assert back.received == [("CancelReservation", {"reservation_id": number})]
+
+
+async def test_a_cancel_the_bus_cannot_carry_leaves_an_online_chargers_reservation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s25: an instance whose Redis could not publish (an outage, a failover)
+    got the relay's plain ChargerOffline for a charger connected to another instance,
+    took it for an offline charger, cancelled the reservation here and owed the cancel
+    "for its return": the charger never left, was never sent it, and held the plug until
+    the expiry while our records showed it free. A charger recorded online (read then)
+    is not owed a cancel: the reservation stays, the answer says it could not be
+    reached (try again); and so for a card's or user's withdrawal."""
+    central = await start_central(tmp_path / "central.db", relayed=True)
+    try:
+        await seed(central)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                     "expiryDate": soon()}, SELECTION,
+                             as_user="driver")
+            assert held["reservation"]["state"] == "ACTIVE", held
+            number = held["reservation"]["reservationId"]
+            _asker, _holder, wire = central.relays
+            real = wire.publish
+
+            async def failing(event):  # type: ignore[no-untyped-def]
+                if type(event).__name__ == "ChargerCommandRelayed":
+                    raise ConnectionError("redis: connection refused")
+                return await real(event)
+            monkeypatch.setattr(wire, "publish", failing)
+            cancel = await run(central, "cancelReservation",
+                               {"cpId": "CP-1", "reservationId": number}, SELECTION,
+                               as_user="driver")
+            assert cancel["reservation"]["state"] == "ACTIVE", cancel
+            assert [(e["field"], e["code"]) for e in cancel["errors"]] == [
+                ("cpId", "CHARGER_OFFLINE")]
+            assert "could not be reached" in cancel["errors"][0]["message"]
+            assert "try again" in cancel["errors"][0]["message"]
+            [reservation] = await central.store.find_all(d.Reservation,
+                                                         Eq("reservation_id", number))
+            await central.services.withdrawal.cancel_reservations(
+                SYSTEM, Eq("id", reservation.id))
+            [stored] = await central.store.find_all(d.Reservation,
+                                                    Eq("reservation_id", number))
+            assert stored.state is d.ReservationState.ACTIVE
+            assert stored.cancel_owed_since is None
+
+            monkeypatch.setattr(wire, "publish", real)  # Redis is back: cancel again
+            again = await run(central, "cancelReservation",
+                              {"cpId": "CP-1", "reservationId": number}, SELECTION,
+                              as_user="driver")
+            assert again["errors"] == [] and \
+                again["reservation"]["state"] == "CANCELLED", again
+            assert ("CancelReservation", {"reservation_id": number}) in cp.received
+    finally:
+        await stop_central(central)
+
+
 async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: Central
                                                                       ) -> None:
     """QA s25: a card that expired holding a reservation kept it ACTIVE until its
@@ -152,3 +291,34 @@ async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: C
         assert after.state is d.ReservationState.CANCELLED
         [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
         assert kept.state is d.ReservationState.ACTIVE
+
+
+async def test_an_expired_cards_reservation_is_found_behind_other_holders_of_its_tag(
+        central: Central) -> None:
+    """Review s25: the expiry sweep read the first 500 live reservations of the expired
+    cards' tag strings and only then kept their holders': 500 reservations of the same
+    string for no card (an operator's bare id) hid the card's own, left ACTIVE."""
+    [station] = await central.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    expiry = datetime.now(UTC) + timedelta(hours=3)
+    await central.store.write([Insert(stamp_new(d.Reservation(
+        reservation_id=await central.store.next_sequence("reservation"),
+        station_id=station.id, cp_id="CP-1", connector_id=2, id_tag="TAG-OK",
+        expires_at=expiry, state=d.ReservationState.ACTIVE), SYSTEM))
+        for _ in range(500)], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiryDate": soon(), "idTag": "TAG-OK"},
+                         SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        [stored] = await central.store.get_many(d.IdTag, [central.tags["ok"].id])
+        assert stored is not None
+        await central.store.write([patch(stored, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(seconds=1))], [])
+        await central.services.withdrawal.sweep_expired()
+        assert ("CancelReservation", {"reservation_id": number}) in cp.received
+        [after] = await central.store.find_all(d.Reservation,
+                                               Eq("reservation_id", number))
+        assert after.state is d.ReservationState.CANCELLED

@@ -8,8 +8,12 @@ must (or must not) arrive, and times nothing."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from chargegraph.cli import _uvicorn
 from chargegraph.settings import Settings
 from domain.entities import Role
+from domain.events import ConnectorStatusChanged
 from domain.policy import SYSTEM
 from graph import TokenService
 from tests.helpers import free_port, until_started
@@ -145,3 +150,87 @@ async def test_zero_turns_keepalives_off(tmp_path: Path, protocol: str) -> None:
         assert await received(ws, 2.5) == []
         assert ws.close_code is None
         await ws.close()
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """A masked text frame, as a client sends it."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else \
+        struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("by", ["keep-alive", "uvicorn's ping"])
+async def test_a_client_that_stopped_reading_is_dropped_and_its_subscriptions_end(
+        tmp_path: Path, by: str) -> None:
+    """A client that stopped reading (a frozen or suspended process, buffers full) never
+    takes the close either: uvicorn's send waits for the socket to be writable, the
+    close's too, so the socket and its subscriptions were held for as long as the client
+    stayed connected. The close waits a short time, then the connection is dropped. So
+    too when uvicorn's own ping (keep-alives off) goes unanswered: its close waited for
+    the unsent data to go, and the app was never told."""
+    port = free_port()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
+                        jwt_secret=SECRET, ocpp_enabled=False, port=port,
+                        log_level="WARNING", ws_keepalive_s=1 if by == "keep-alive" else 0)
+    server = _uvicorn(settings)
+    if by != "keep-alive":  # read as each connection starts
+        server.config.ws_ping_interval = server.config.ws_ping_timeout = 1
+    task = asyncio.create_task(server.serve())
+    await until_started(server)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        services = cast(Starlette, server.config.app).state.services
+        user = await services.accounts.create_user(
+            SYSTEM, email="ada@example.com", password="a long password", name="Ada",
+            role=Role.ADMIN)
+        token = TokenService(SECRET, timedelta(hours=1)).issue(user.id).token
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=raw)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET /graphql HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n"
+                     f"Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.write(masked_frame(json.dumps({"type": "connection_init", "payload": {
+            "authorization": f"Bearer {token}"}}).encode()))
+        assert b"connection_ack" in await asyncio.wait_for(reader.read(100), 5)
+        writer.write(masked_frame(json.dumps({"id": "1", "type": "subscribe", "payload": {
+            "query": "subscription { connectorStatusChanged { cpId info } }"}}).encode()))
+        live = services.live
+        for _ in range(500):
+            if live.watching:
+                break
+            await asyncio.sleep(0.01)
+        assert live.watching == 1
+        cast(asyncio.Transport, writer.transport).pause_reading()  # buffers fill up
+        big = "x" * 60_000
+        for i in range(200):
+            await services.ctx.bus.publish(ConnectorStatusChanged(
+                station_id="s", cp_id="CP-1", connector_record_id=None, connector_id=1,
+                status="Faulted", info=f"{i}{big}"))
+            await asyncio.sleep(0.001)
+        # Interval 1 s: pinged after one quiet interval, closed when the socket took
+        # nothing for another (two at most while the ping waits): 8 s is plenty.
+        for _ in range(80):
+            if live.watching == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert live.watching == 0, "a socket that takes nothing is still served"
+        # And its TCP connection is dropped, not left to drain for ever: the server holds
+        # no connection (each counts toward CHARGEGRAPH_MAX_CONNECTIONS and open files).
+        for _ in range(50):
+            if not server.server_state.connections:
+                break
+            await asyncio.sleep(0.1)
+        assert not server.server_state.connections, "its connection is still held"
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
