@@ -313,9 +313,9 @@ class Station(Record):
     #: next boot; or, when ``registration`` was changed after a boot answered before
     #: this was kept, the registration it was changed from. ``None``: ``registration``'s
     #: (a charger that never booted was told nothing; stations from before SQLite
-    #: migration 60, until their next boot, but those with a session open then, whose
-    #: charger was told Accepted: migration 60 and MongoDB's ``charger_registration``
-    #: step set it).
+    #: migration 60, until their next boot, but those with a session open then whose
+    #: charger booted, taken as told Accepted: migration 60 and MongoDB's
+    #: ``charger_registrations`` step set it).
     charger_registration: Registration | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.

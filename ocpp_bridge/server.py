@@ -455,7 +455,8 @@ class OcppServer:
         online with no connection (review s25).
 
         A station given a new password (``StationPasswordChanged``) has the connection
-        that signed in with the old one closed the same way (``_shut_out``)."""
+        that signed in with the old one closed the same way (``_shut_out``); one not
+        yet the gateway's when the event came is checked once it is (``_connection``)."""
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if not isinstance(event, StationRemoved | StationPasswordChanged):
@@ -758,6 +759,14 @@ class OcppServer:
                 log.info("%s: a newer connection arrived first: closing this one", cp_id)
                 await ws.close(1000, "replaced by a new connection")
                 return
+            if self.gateway.handler_of(cp_id) is handler:
+                # Now the station's connection, which ``StationPasswordChanged`` finds:
+                # a new password that landed since its handshake (while it drew its
+                # number, waited its turn, was recorded) was announced to no handler,
+                # or to the one it replaced. Checked once as stored, it is shut out
+                # now, not left connected until it chooses to send something (review
+                # s26: a silent charger kept its station online and took its commands).
+                await self._shut_out(handler)
             await handler.start()
         except ConnectionClosed:
             pass

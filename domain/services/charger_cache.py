@@ -55,18 +55,33 @@ class ChargerCache:
     def keep_rating(self, station_id: str, connector_id: int, rated_kw: float) -> None:
         self._ratings[(station_id, connector_id)] = (rated_kw, time.monotonic() + CACHE_TTL_S)
 
-    def remember(self, record: Station | Session, *, renew: bool = True) -> None:
-        """Cache ``record`` for ``CACHE_TTL_S`` (``renew``: a copy just read from the
-        store, or a new session). ``renew=False``, for a copy the charger's own write
-        patched onto the cached one: that base may be stale (an edit made on another
-        instance), so it replaces the cached copy but keeps its expiry; a charger that
-        reports every few seconds must not keep its copy from ever being read again.
-        An entry dropped meanwhile (an edit was announced while the write ran) stays
-        dropped."""
+    def remember(self, record: Station | Session) -> None:
+        """Cache ``record``, a copy just read from the store (or a new session), for
+        ``CACHE_TTL_S``."""
         if isinstance(record, Station):
-            _keep(self._stations, record.cp_id, record, renew)
+            self._stations[record.cp_id] = (record, time.monotonic() + CACHE_TTL_S)
         elif record.state is SessionState.ACTIVE:
-            _keep(self._sessions, record.transaction_id, record, renew)
+            self._sessions[record.transaction_id] = (record, time.monotonic() + CACHE_TTL_S)
+        else:
+            self._sessions.pop(record.transaction_id, None)
+
+    def patched(self, base: Station | Session, record: Station | Session) -> None:
+        """The charger's own write turned ``base`` into ``record``: it replaces the cached
+        copy, keeping its expiry (a charger that reports every few seconds must not keep
+        its copy from ever being read again), only if that copy is ``base`` itself.
+        Otherwise the entry is dropped, and the next message reads the record again:
+        the cached copy was read or patched since ``base`` was (review s26: a heartbeat's
+        write queued while the station was given a new password put its copy, read
+        before the change, back over the one read since, and the connection that signed
+        in with the new password was shut out at its next message), or ``base`` came
+        from elsewhere (a read of its own). An entry dropped meanwhile (an edit was
+        announced while the write ran) stays dropped. ``base`` may be stale itself (an
+        edit on another instance not announced yet): so is the copy it replaces, until
+        the announcement drops it."""
+        if isinstance(record, Station):
+            _replace(self._stations, record.cp_id, base, record)
+        elif record.state is SessionState.ACTIVE:
+            _replace(self._sessions, record.transaction_id, base, record)
         else:
             self._sessions.pop(record.transaction_id, None)
 
@@ -110,9 +125,11 @@ def _live(entry: tuple[V, float] | None) -> V | None:
     return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
 
-def _keep(entries: dict[K, tuple[V, float]], key: K, value: V, renew: bool) -> None:
+def _replace(entries: dict[K, tuple[V, float]], key: K, base: object, value: V) -> None:
     held = entries.get(key)
-    if renew or held is not None:
-        expires = held[1] if held is not None and not renew \
-            else time.monotonic() + CACHE_TTL_S
-        entries[key] = (value, expires)
+    if held is None:
+        return
+    if held[0] is base:
+        entries[key] = (value, held[1])
+    else:
+        del entries[key]

@@ -311,7 +311,7 @@ class ChargerConnections(Service):
                 self.clocks.charger_time(cp_id, when), actor, now=now, known=not outage,
                 ours=when)
         await self.store.write(changes, [])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
         await self.publish(StationConnectionChanged(
             **owned_by(station), online=online, at=when, connection=station.connection
             if number is None else number))

@@ -495,11 +495,17 @@ class ChargingService(ChargerConnections):
         signed in against ``signed_in_with`` (the station's password hash then; ``None``:
         none): that connection is shut out (``StationService.update_station``, README's
         "Shutting out a charger"). A password cleared shuts nothing out. From the station
-        as cached for the charger's messages (an edit drops it on every instance), or
-        ``fresh``: as stored."""
+        as cached for the charger's messages (an edit drops it on every instance), a
+        change it shows confirmed as stored (a copy read before the edit may have been
+        cached after its drop: the connection that signed in with the new password since
+        was shut out as if it held the old one, review s26); only then, so a message
+        costs no read. ``fresh``: as stored at once."""
         station = await self._require_station(cp_id, fresh=fresh)
-        return station.auth_password_hash is not None \
-            and station.auth_password_hash != signed_in_with
+        if not _other_password(station, signed_in_with):
+            return False
+        if not fresh:
+            station = await self._require_station(cp_id, fresh=True)
+        return _other_password(station, signed_in_with)
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
@@ -528,7 +534,7 @@ class ChargingService(ChargerConnections):
             update = touch(station, last_seen=now, booted_at=booted,
                            charger_registration=told)
             await self.store.write([update], [])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
         # A boot (no trigger's) settles no remote start sent before it: they stop holding
         # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
         # charger still carries out still gets its car (review s25).
@@ -557,7 +563,7 @@ class ChargingService(ChargerConnections):
         now = self.now()
         update = touch(station, last_seen=now)
         await self.telemetry.write([update])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
         return now
 
     async def seen(self, cp_id: str) -> None:
@@ -574,7 +580,7 @@ class ChargingService(ChargerConnections):
             return
         update = touch(station, last_seen=now)
         await self.telemetry.write([update])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
 
     # ------------------------------------------------------------- authorization
     async def authorize(self, cp_id: str, id_tag: str,
@@ -727,7 +733,7 @@ class ChargingService(ChargerConnections):
             await self._still_registered(cp_id)  # gone: an unknown charge point
             raise
         if reported_station is not None:
-            self.cache.remember(reported_station, renew=False)
+            self.cache.patched(station, reported_station)
         await self._announce_report(station, connector_id, at, connector, stated, previous,
                                     updated=connector is not None
                                     or reported_station is not None)
@@ -1322,7 +1328,7 @@ class ChargingService(ChargerConnections):
         else:
             await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
-            self.cache.remember(updated or session, renew=False)
+            self.cache.patched(session, updated or session)
         if updated is not None:
             await self.session_updates.offer(
                 updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
@@ -1784,7 +1790,7 @@ class ChargingService(ChargerConnections):
                 values = {"diagnostics_previous_uploading": False}
             update = edit(station, actor, **values)
             await self.commit(actor, [(update, station)])
-            self.cache.remember(cast(Station, update.record), renew=False)
+            self.cache.patched(station, cast(Station, update.record))
             return station, values, now
 
         station, values, now = await retried(report)
@@ -1968,3 +1974,9 @@ class ChargingService(ChargerConnections):
             power_w=session.power_w, state=session.state.value,
             cost_minor=session.cost_minor, currency=session.currency,
         )
+
+
+def _other_password(station: Station, signed_in_with: str | None) -> bool:
+    """Whether ``station`` has a password, and not the one hashed ``signed_in_with``."""
+    return station.auth_password_hash is not None \
+        and station.auth_password_hash != signed_in_with

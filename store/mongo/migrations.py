@@ -148,13 +148,18 @@ async def _one_kept_per_plate(db: Any, owner_id: Any, key: str, now: datetime) -
 
 async def _charger_registrations(db: Any) -> None:
     """What SQLite's migration 60 does: a station from before ``charger_registration``
-    with a session open (ACTIVE, or awaiting its late stop) was charging, so its charger
-    was told Accepted at its last boot, and acts on it until its next: it gets
-    ``Accepted``. Without the field it reads as the station's registration, and one made
-    Pending or Rejected mid-session had its stop refused after the upgrade, the session
-    left open and unbilled (review s25). Others stay without it (null: the station's
-    registration). Only a document still lacking the field: a boot since wrote what it
-    was told."""
+    with a session open (ACTIVE, or awaiting its late stop) whose charger booted was
+    charging, so its charger was told Accepted at its last boot, and acts on it until
+    its next: it gets ``Accepted``. Without the field it reads as the station's
+    registration, and one made Pending or Rejected mid-session had its stop refused
+    after the upgrade, the session left open and unbilled (review s25). Also when it
+    booted after the session started: that answer is not known, and Accepted taken
+    wrongly lasts until its next boot, within the retry interval, where the station's
+    Rejected taken wrongly refuses its stop for as long as it stays Accepted (migration
+    60's comment). Not a station whose charger never booted: it was told nothing, and
+    would keep Accepted for good (review s26). Others stay without it (null: the
+    station's registration). Only a document still lacking the field: a boot since wrote
+    what it was told."""
     open_sessions = {"$or": [{"state": "ACTIVE"},
                              {"state": "COMPLETED", "stop_reason": None}]}
     station_ids = await db["session"].distinct("station_id", open_sessions)
@@ -162,7 +167,8 @@ async def _charger_registrations(db: Any) -> None:
         if station_id is None:
             continue
         await db["station"].update_one(
-            {"_id": station_id, "charger_registration": {"$exists": False}},
+            {"_id": station_id, "charger_registration": {"$exists": False},
+             "booted_at": {"$ne": None}},
             {"$set": {"charger_registration": "Accepted", MARK: ObjectId()}})
 
 

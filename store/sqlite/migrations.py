@@ -1259,14 +1259,25 @@ CREATE TABLE "delivery_claim" (
 # made Pending or Rejected mid-session had its charger's stop, meter values and reports
 # judged by a registration the charger had not been told (review s25). Older rows: null,
 # the station's registration; but a station with a session open (ACTIVE, or awaiting its
-# late stop) was charging, so its charger was told Accepted: one made Pending or Rejected
-# mid-session under schema 59 (whose stop was taken then) would otherwise have its stop
-# refused after the upgrade, the session left open and unbilled (review s25). MongoDB:
+# late stop) whose charger booted was charging, so its charger was told Accepted: one
+# made Pending or Rejected mid-session under schema 59 (whose stop was taken then) would
+# otherwise have its stop refused after the upgrade, the session left open and unbilled
+# (review s25). Also when it booted after the session started (review s26): that boot's
+# answer is not known, but the session was open across it (a reboot mid-session, a stop
+# still queued), and the two mistakes are not alike. Told Pending or Rejected, taken as
+# Accepted: it boots again within the retry interval it was given (``RETRY_BOOT_S``),
+# which writes what it is told, and meanwhile is sent an operator's stop or unlock it
+# does not answer. Told Accepted, taken as the station's Pending or Rejected: its stop
+# refused until a boot an Accepted charger may not make for weeks, the session unbilled.
+# Not a station whose charger never booted (``booted_at`` null): it was told nothing,
+# and Accepted would never be written over (it does not boot), admitting its starts on
+# a station made Rejected for good, what review s25 closed; the station's registration
+# judges it (a stop refused meanwhile is ended by ``endSession``). MongoDB:
 # ``migrations._charger_registrations``.
 _V60 = """
 ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
 UPDATE "station" SET "charger_registration" = 'Accepted'
-WHERE EXISTS (
+WHERE "station"."booted_at" IS NOT NULL AND EXISTS (
   SELECT 1 FROM "session"
   WHERE "session"."station_id" = "station"."id"
     AND ("session"."state" = 'ACTIVE'

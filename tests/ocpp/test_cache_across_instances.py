@@ -214,6 +214,38 @@ async def test_a_registration_rejected_elsewhere_reaches_the_charger_at_once(
     assert await boot(linked.a) is d.Registration.REJECTED
 
 
+async def test_a_write_that_ends_after_an_edit_does_not_bring_back_the_copy_before_it(
+        linked: Instances) -> None:
+    """Review s26: a charger's write queued when the station was edited elsewhere ended
+    after the edit's announcement dropped the cached copy and a message had read the
+    station again, and put its copy, patched from the one read before the edit, back in
+    the cache: the charger's next messages were judged by the station as it was (here
+    Accepted: a Pending station's charger had its cards checked; a new password: the
+    connection that signed in with it was shut out). Only the copy a write patched is
+    replaced by its result."""
+    a = linked.a.charging
+    assert await boot(linked.a) is d.Registration.ACCEPTED  # cached
+    held, release = asyncio.Event(), asyncio.Event()
+    write = a.telemetry.write
+
+    async def slow_write(changes: Any) -> None:
+        a.telemetry.write = write  # type: ignore[method-assign]
+        held.set()
+        await release.wait()
+        await write(changes)
+
+    a.telemetry.write = slow_write  # type: ignore[method-assign]
+    heartbeat = asyncio.create_task(a.heartbeat("CP-1"))  # its copy read: Accepted
+    await asyncio.wait_for(held.wait(), 5)
+    await linked.b.stations.update_station(SYSTEM, linked.station.id,
+                                           registration=d.Registration.PENDING)
+    await delivered()
+    assert not await a.admits("CP-1", "Authorize")  # read again: Pending
+    release.set()
+    await heartbeat
+    assert not await a.admits("CP-1", "Authorize")
+
+
 async def test_a_station_handed_over_elsewhere_books_the_next_session_to_its_new_company(
         linked: Instances) -> None:
     """QA: a session 50 s after a handover on B went to the old company's books."""

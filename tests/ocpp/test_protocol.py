@@ -504,6 +504,167 @@ async def test_a_connection_signed_in_before_a_new_password_is_refused_at_its_ne
         await ws.close()
 
 
+async def close_code_within(ws, seconds: float) -> int | str | None:
+    """The code the central system closed ``ws`` with within ``seconds``, else "open"."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), seconds)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
+    except TimeoutError:
+        return "open"
+
+
+async def test_a_connection_that_signed_in_as_the_password_changed_is_closed_at_once(
+        tmp_path: Path) -> None:
+    """Review s26: a connection whose handshake passed with the old password while the
+    new one landed (before its handler became the gateway's: its number drawn, its turn
+    waited, its connection recorded) was missed by ``StationPasswordChanged`` and never
+    checked again once it was the station's: a silent compromised charger stayed
+    connected, its station online, and received the operator's commands. Once it is the
+    station's connection, it is checked against the password as stored, and closed
+    (1008) unasked (README, "Shutting out a charger": "closed at once")."""
+    bus = WireBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    try:
+        await seed(central)
+        station_id = central.stations["CP-1"].id
+        charging = central.services.charging
+        original = charging.draw_connection
+
+        async def password_changes_meanwhile() -> int:
+            charging.draw_connection = original  # type: ignore[method-assign]
+            await central.services.stations.update_station(SYSTEM, station_id,
+                                                           password=NEW_PASSWORD)
+            await asyncio.sleep(0.3)  # the announcement heard and acted on
+            return await original()
+
+        charging.draw_connection = password_changes_meanwhile  # type: ignore[method-assign]
+        ws = await raw(central, "CP-1", STATION_PASSWORD)  # the old password: let in
+        try:
+            code = await close_code_within(ws, 3.0)
+            delivered = None
+            if code == "open":
+                # What an operator sends the station now goes to this connection.
+                command = asyncio.create_task(central.services.commands.send(
+                    SYSTEM, "CP-1", "UnlockConnector", {"connectorId": 1}))
+                delivered = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                command.cancel()
+            assert code == 1008, (
+                f"the connection signed in with the old password is still {code} 3 s "
+                f"after the new password; an operator's command reached it: {delivered}")
+        finally:
+            await ws.close()
+        for _ in range(50):  # its close recorded as any disconnect
+            stored = await central.store.find_one(d.Station, Eq("id", station_id))
+            if stored is not None and not stored.online:
+                break
+            await asyncio.sleep(0.05)
+        assert stored is not None and not stored.online
+    finally:
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_write(
+        tmp_path: Path) -> None:
+    """Review s26: the old connection's message in flight when the password changed (its
+    heartbeat's write queued) put its copy of the station, read before the change, back
+    into the cache when its write ended, over the copy read since: the connection that
+    signed in with the new password meanwhile was refused (SecurityError) and closed
+    1008 at its next message, as if it held the old one. A charger's write replaces the
+    cached station only if that is the very copy it patched."""
+    bus = WireBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    try:
+        await seed(central)
+        station_id = central.stations["CP-1"].id
+        charging = central.services.charging
+        old = await raw(central, "CP-1", STATION_PASSWORD)
+        assert await boot_told(old) == "Accepted"
+
+        held, release = asyncio.Event(), asyncio.Event()
+        write = charging.telemetry.write
+
+        async def slow_write(changes):  # one store write that takes a while
+            charging.telemetry.write = write  # type: ignore[method-assign]
+            held.set()
+            await release.wait()
+            await write(changes)
+
+        charging.telemetry.write = slow_write  # type: ignore[method-assign]
+        await old.send(json.dumps([2, "h0", "Heartbeat", {}]))  # in flight
+        await asyncio.wait_for(held.wait(), 5)
+        await central.services.stations.update_station(SYSTEM, station_id,
+                                                       password=NEW_PASSWORD)
+        await asyncio.sleep(0.3)  # the old connection shut out
+        new = await raw(central, "CP-1", NEW_PASSWORD)
+        try:
+            assert await boot_told(new, "b1") == "Accepted"
+            release.set()  # the old connection's write ends
+            await asyncio.sleep(0.2)
+            answer = await exchange(new, json.dumps([2, "h1", "Heartbeat", {}]))
+            assert answer[0] == 3, (
+                f"the connection signed in with the new password was refused: {answer}")
+        finally:
+            await new.close()
+            await old.close()
+    finally:
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_read(
+        tmp_path: Path) -> None:
+    """Review s26: the per-message check reads the station as cached, and a read of the
+    old connection's, begun before the password changed and ended after, caches the
+    station as it was: the connection that signed in with the new password meanwhile
+    met the old password's hash at its next message, and was shut out. A difference
+    seen in the cached copy is confirmed as stored before anything is refused."""
+    bus = WireBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    try:
+        await seed(central)
+        station_id = central.stations["CP-1"].id
+        charging = central.services.charging
+        old = await raw(central, "CP-1", STATION_PASSWORD)
+        assert await boot_told(old) == "Accepted"
+        charging.cache.drop_station("CP-1")  # its copy expired: the next message reads
+        held, release = asyncio.Event(), asyncio.Event()
+        read = charging.station
+
+        async def slow_read(cp_id: str) -> d.Station | None:  # a read that takes a while
+            charging.station = read  # type: ignore[method-assign]
+            station = await read(cp_id)
+            held.set()
+            await release.wait()
+            return station
+
+        charging.station = slow_read  # type: ignore[method-assign]
+        await old.send(json.dumps([2, "h0", "Heartbeat", {}]))  # its station read
+        await asyncio.wait_for(held.wait(), 5)
+        await central.services.stations.update_station(SYSTEM, station_id,
+                                                       password=NEW_PASSWORD)
+        await asyncio.sleep(0.3)  # the old connection shut out
+        new = await raw(central, "CP-1", NEW_PASSWORD)
+        try:
+            assert await boot_told(new, "b1") == "Accepted"
+            release.set()  # the old read ends, and is cached
+            await asyncio.sleep(0.2)
+            answer = await exchange(new, json.dumps([2, "h1", "Heartbeat", {}]))
+            assert answer[0] == 3, (
+                f"the connection signed in with the new password was refused: {answer}")
+            assert await close_code_within(old, 1) == 1008
+        finally:
+            await new.close()
+            await old.close()
+    finally:
+        await stop_central(central)
+        await bus.close()
+
 async def test_a_station_made_rejected_before_its_charger_ever_booted_refuses_its_start(
         central: Central) -> None:
     """Review s25: an ``updateStation`` before any boot kept the old registration as what

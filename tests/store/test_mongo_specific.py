@@ -2126,26 +2126,32 @@ async def test_stations_charging_before_charger_registration_are_told_accepted(
     ``charger_registration`` with a session open (ACTIVE, or awaiting its late stop) was
     charging, so its charger was told Accepted; without the field it read as the
     station's registration (Rejected, made so mid-session), and its charger's stop was
-    refused after the upgrade. Others stay without it (null), and a station whose
-    charger booted since (the field written) keeps what it was told."""
+    refused after the upgrade; also one that booted after the session began. Review s26:
+    not a station whose charger never booted (told nothing). Others stay without it
+    (null), and a station whose charger booted since (the field written) keeps what it
+    was told."""
+    booted_at = {"active": T0 - timedelta(hours=1), "awaiting": T0 - timedelta(hours=1),
+                 "rebooted": T0 + timedelta(hours=1), "unbooted": None,
+                 "stopped": T0 - timedelta(hours=1), "idle": T0 - timedelta(hours=1),
+                 "booted": T0 + timedelta(hours=1)}
     stations = {name: Station(cp_id=f"CP-{name}", name=name,
-                              registration=Registration.REJECTED)
-                for name in ("active", "awaiting", "stopped", "idle", "booted")}
-    sessions = [
-        Session(station_id=stations["active"].id, cp_id="CP-active", connector_id=1,
-                transaction_id=1, id_tag="T", start_time=T0, meter_start_wh=0),
-        Session(station_id=stations["awaiting"].id, cp_id="CP-awaiting", connector_id=1,
-                transaction_id=2, id_tag="T", start_time=T0, meter_start_wh=0,
-                state=SessionState.COMPLETED),
-        Session(station_id=stations["stopped"].id, cp_id="CP-stopped", connector_id=1,
-                transaction_id=3, id_tag="T", start_time=T0, meter_start_wh=0,
-                state=SessionState.COMPLETED, stop_reason="Local"),
-        Session(station_id=stations["booted"].id, cp_id="CP-booted", connector_id=1,
-                transaction_id=4, id_tag="T", start_time=T0, meter_start_wh=0)]
+                              registration=Registration.REJECTED, booted_at=booted)
+                for name, booted in booted_at.items()}
+
+    def session(name: str, tx: int, **more: Any) -> Session:
+        return Session(station_id=stations[name].id, cp_id=f"CP-{name}", connector_id=1,
+                       transaction_id=tx, id_tag="T", start_time=T0, meter_start_wh=0,
+                       **more)
+
+    sessions = [session("active", 1), session("awaiting", 2, state=SessionState.COMPLETED),
+                session("stopped", 3, state=SessionState.COMPLETED, stop_reason="Local"),
+                session("booted", 4), session("rebooted", 5), session("unbooted", 6)]
     await mongo.write([*(Insert(s) for s in stations.values()),
                        *(Insert(s) for s in sessions)], [])
     db = raw(mongo)
     db["station"].update_many({}, {"$unset": {"charger_registration": ""}})  # from before
+    db["station"].update_one({"_id": ObjectId(stations["unbooted"].id)},
+                             {"$unset": {"booted_at": ""}})  # never written
     db["station"].update_one({"_id": ObjectId(stations["booted"].id)},
                              {"$set": {"charger_registration": "Rejected"}})  # a boot since
     db[migrations.MIGRATIONS].delete_many({})
@@ -2155,8 +2161,9 @@ async def test_stations_charging_before_charger_registration_are_told_accepted(
 
     told = {s.name: s.charger_registration for s in await mongo.find_all(Station, ALL)}
     assert told == {"active": Registration.ACCEPTED, "awaiting": Registration.ACCEPTED,
+                    "rebooted": Registration.ACCEPTED, "unbooted": None,
                     "stopped": None, "idle": None, "booted": Registration.REJECTED}
-    assert db["station"].count_documents({"charger_registration": {"$exists": True}}) == 3
+    assert db["station"].count_documents({"charger_registration": {"$exists": True}}) == 4
     assert db[migrations.MIGRATIONS].find_one(
         {"_id": "charger_registrations"})["done"] is True
 
