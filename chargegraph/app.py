@@ -266,7 +266,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.RESERVATION_SWEEP_S, services.commands.forget_pending_starts,
                 "pending-start-expiry"))
-            # Cancels owed to chargers that are online again (one owed just after its
+            # Cancels owed to the chargers connected here (one owed just after its
             # charger came back, which its connection's send did not find) are sent.
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.OWED_CANCEL_SWEEP_S, services.commands.sweep_owed_cancels,

@@ -12,9 +12,10 @@ log = logging.getLogger("chargegraph.housekeeping")
 #: How often reservations past their expiry are stored EXPIRED (reads show EXPIRED at once
 #: anyway; this is for filters on the stored state and for the live event).
 RESERVATION_SWEEP_S = 30.0
-#: How often every instance sends the cancels owed to chargers recorded online
+#: How often every instance sends the cancels owed to the chargers connected to it
 #: (``CommandService.sweep_owed_cancels``): the backstop of the sends at a charger's
-#: connection and boot, for a cancel owed just after the charger came back (review s25).
+#: connection and boot, for a cancel owed just after the charger came back, or by a
+#: withdrawal that could not reach the charger (review s25).
 OWED_CANCEL_SWEEP_S = 60.0
 #: How often cards whose expiry passed are withdrawn from the chargers' local lists
 #: (``Withdrawal.sweep_expired``): a charger itself refuses a list entry past the

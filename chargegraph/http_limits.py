@@ -14,7 +14,10 @@ process, were all refused until the client let go).
 * A GraphQL websocket whose client reads nothing can be dropped by the app
   (``WebSocketProtocol``): uvicorn's send, the close's too, waits for the socket to be
   writable, and its ``transport.close()`` waits for the buffer to drain, so such a socket
-  was held for as long as the client stayed connected.
+  was held for as long as the client stayed connected. And once a close frame has gone
+  into the transport (the app's or uvicorn's own), the connection is dropped if it is not
+  closed within ``CLOSE_WITHIN_S`` (QA s25: a backlog under the transport's 64 KiB
+  high-water mark let the close be "taken" at once, and nothing ever dropped it).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import h11
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.http11 import Request
 
-from graph.live_outbox import ABORT
+from graph.live_outbox import ABORT, CLOSE_WITHIN_S
 
 #: Seconds a request head may take, from the connection opening (or, on a connection
 #: kept alive, from the next request's first byte) until its blank line.
@@ -166,6 +170,52 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     ends in ``transport.close()``, which waits for the unsent data to go, that is for
     ever. The connection is then lost as any other (the app's ``receive`` says
     ``websocket.disconnect``, a send waiting raises) and leaves the server's count."""
+
+    #: Drops the connection ``CLOSE_WITHIN_S`` after a close frame went out, unless lost
+    #: by then (``_bound_close``).
+    _close_bound: asyncio.TimerHandle | None = None
+    _close_sent = False
+
+    @property  # type: ignore[override]
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        # uvicorn sets it wherever it writes a close frame (the app's close, its own ping
+        # timeout, a protocol error) or a refusal, then waits for the peer's echo (10 s)
+        # or closes the transport: both wait on a client that may read nothing.
+        self._close_sent = value
+        if value:
+            self._bound_close()
+
+    def _bound_close(self) -> None:
+        """A close frame was written: the connection must be lost within
+        ``CLOSE_WITHIN_S``. ``transport.close()`` (uvicorn's, at the peer's echo or its
+        10 s close timer) waits for the unsent data to go, for ever if the client reads
+        nothing, even when that backlog is below the transport's high-water mark, so that
+        the close itself was "taken" at once and the app had no cause to abort (QA s25)."""
+        if self._close_bound is None and not getattr(self, "disconnected", False):
+            self._close_bound = self.loop.call_later(CLOSE_WITHIN_S, self._close_overdue)
+
+    def _close_overdue(self) -> None:
+        self._close_bound = None
+        if not self.disconnected:
+            self.transport.abort()
+
+    def handle_close(self, event: Frame) -> None:
+        super().handle_close(event)  # the peer's close, answered (the reply is a close too)
+        self._bound_close()
+
+    def shutdown(self) -> None:
+        super().shutdown()  # 1012 (or 500) written, the transport closed
+        self._bound_close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_bound is not None:
+            self._close_bound.cancel()
+            self._close_bound = None
+        super().connection_lost(exc)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

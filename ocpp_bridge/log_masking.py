@@ -10,7 +10,8 @@ sees every line it writes, whoever logs it, already formatted.
 
 URLs: every URL in a line (a JSON string's from its ``scheme://`` to its closing quote;
 elsewhere ``url_spans``, a linear scan: ``scheme://`` up to a space or a quote, slashes
-JSON-escaped or not) is written as the audit keeps an upload or download location
+JSON-escaped or not, on to the end of the token when its rest holds an ``@``:
+``_FreeUrls``) is written as the audit keeps an upload or download location
 (``command_rules.without_credentials``: user information, query values and fragment
 hidden, or all after the scheme), whatever frame or message holds it. A charger's CALLERROR
 repeating a presigned URL (in its description, or its details echoing the request)
@@ -127,14 +128,21 @@ def without_url_credentials(text: str, cut: bool = False) -> str:
     reads it (``\\"``, ``\\/``, ``\\u0040`` decoded), and from its URL's scheme to its
     closing quote is one URL: a password holding a space, a quote or ``<`` ended the
     scan there, and the rest of it was written (review s26). Outside such literals (free
-    text, a Python repr's quotes), a URL ends at ``_URL_END`` (``url_spans``). ``cut``:
+    text, a Python repr's quotes), a URL ends at ``_URL_END`` (``url_spans``), or runs on
+    to the end of its token when that holds an ``@`` (``_FreeUrls``); a quote inside
+    such a URL opens no JSON string. ``cut``:
     ``text`` is the start of a longer line, so a URL running to its end may be missing
     the rest of its user information: hidden whole after its scheme."""
     if ":/" not in text and ":\\/" not in text:
         return text
     pieces: list[str] = []
     done = pos = 0
+    spans = _FreeUrls(text)
     while (quote := text.find('"', pos)) >= 0:
+        inside = spans.around(pos, quote)
+        if inside is not None:  # the quote is a free-text URL's, not a JSON string's
+            pos = inside
+            continue
         literal = _JSON_STRING.match(text, quote)
         assert literal is not None  # it matches at any '"'
         pos = literal.end()
@@ -182,8 +190,12 @@ def _free_text_shown(text: str, cut: bool) -> str:
     if ":/" not in text and ":\\/" not in text:
         return text
     pieces: list[str] = []
-    done = 0
+    done = reach = 0
+    spans = _FreeUrls(text)
     for start, after, end in url_spans(text):
+        if start < reach:  # in the token of the URL before
+            continue
+        end = reach = spans.extended(end)
         url = text[start:end].replace("\\/", "/")
         shown = f"{text[start:after]}{HIDDEN}" if cut and end == len(text) \
             else without_credentials(url)
@@ -194,6 +206,67 @@ def _free_text_shown(text: str, cut: bool) -> str:
         return text
     pieces.append(text[done:])
     return "".join(pieces)
+
+
+#: Whitespace: what ends a token; and what a token holding user information holds
+#: (``_FreeUrls``).
+_SPACE = re.compile(r"\s")
+_AT = re.compile("@")
+
+
+class _FreeUrls:
+    """Where a URL outside a JSON string ends, failing closed (review s25): ``url_spans``
+    ends it at a quote or a space, which a password may hold (``_url`` takes
+    ``ftp://diag:hunter"22@host/``), and a Python repr (the ``ocpp`` package's CALLERROR
+    WARNING line) does not escape; the rest of the password was written. So when a URL
+    ends at one of ``_URL_END`` and the rest of that token (up to the next whitespace, or
+    the next word when it ended at a space) holds an ``@``, the URL runs on to that
+    token's end, and ``without_credentials`` reads it whole (its one rule: user
+    information hidden, or all after the scheme when the ``@`` is elsewhere).
+
+    Linear in the text: the next whitespace and the next ``@`` are each searched for
+    from past the last one found, the queries moving forward only."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._spans = url_spans(text)
+        self._span: tuple[int, int, int] | None = None
+        self._space = self._at = -1  # the next found, from where the last search began
+
+    def _next(self, pattern: re.Pattern[str], at: int, found: int) -> int:
+        if at <= found:
+            return found  # no other between ``at`` and it: still the next
+        match = pattern.search(self.text, at)
+        return match.start() if match else len(self.text)
+
+    def extended(self, end: int) -> int:
+        """Where a URL ``url_spans`` ended at ``end`` ends, failing closed."""
+        if end >= len(self.text):
+            return end
+        self._space = self._next(_SPACE, end + 1, self._space)
+        self._at = self._next(_AT, end + 1, self._at)
+        return self._space if self._at < self._space else end
+
+    def around(self, pos: int, quote: int) -> int | None:
+        """Where the free-text URL holding the quote at ``quote`` ends, ``None`` when no
+        URL beginning in ``pos:quote`` holds it. ``pos`` and ``quote`` only grow."""
+        while self._span is None or self._span[0] < pos:
+            self._span = next(self._spans, None)
+            if self._span is None:
+                return None
+            if self._span[0] >= pos:
+                break
+        found = None
+        while self._span is not None and self._span[0] < quote:
+            end = self.extended(self._span[2])
+            if end > quote:
+                found = end
+            self._span = next(self._spans, None)
+            while self._span is not None and self._span[0] < end:
+                self._span = next(self._spans, None)
+            if found is not None:
+                return found
+        return None
 
 
 def masked_line(text: str) -> str:

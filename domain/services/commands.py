@@ -103,6 +103,9 @@ POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
 #: How many owed cancels are read at a time (``send_owed_cancels``).
 OWED_PAGE = 100
+#: How many chargers ``sweep_owed_cancels`` sends to at once: each may take up to the
+#: command timeout to answer, or not answer at all.
+OWED_SWEEP_AT_ONCE = 4
 #: Before any cancel was owed (``Reservation.cancel_owed_since``): the bound that makes
 #: a ``Range`` of it "not null" on every store (null is never within a bound).
 _EVER = datetime(1970, 1, 1, tzinfo=UTC)
@@ -261,6 +264,13 @@ class CommandOutcome:
     #: A SendLocalList of ``Withdrawal``'s own (a withdrawal or restoration): only its
     #: accepted entries remember what to put back (``record_local_list``).
     own_list: bool = False
+    #: A CancelReservation that must end its reservation (a ``Withdrawal``'s: a card
+    #: blocked, removed or expired, a user deactivated, a plug removed): one whose
+    #: charger is online but could not be reached (``ChargerUnreachable``) is cancelled
+    #: here and owed to the charger too, as for an offline one, sent by the instance the
+    #: charger is connected to (``sweep_owed_cancels``). A person's own cancel is not:
+    #: they are told to try again, the reservation theirs to keep or end.
+    owe_cancel: bool = False
     #: A RemoteStartTransaction's record of itself until its StartTransaction comes
     #: (``CommandService._hold_start``).
     pending: PendingStart | None = None
@@ -385,8 +395,8 @@ class CommandService(Service):
         self._owing = KeyedLocks()
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
-                   *, audited_as: Viewer | None = None, own_list: bool = False
-                   ) -> CommandOutcome:
+                   *, audited_as: Viewer | None = None, own_list: bool = False,
+                   owe_cancel: bool = False) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
         charger (or its absence) says comes back in the outcome's ``error``.
         ``audited_as``: whose command it is in the audit log when the service sends it
@@ -395,7 +405,8 @@ class CommandService(Service):
         not command). ``CommandCompleted`` still names the service: the person would
         otherwise be told which of another company's chargers it went to, and how they
         answered (attacker QA s17). ``own_list``: a SendLocalList ``Withdrawal`` sends
-        (``CommandOutcome.own_list``)."""
+        (``CommandOutcome.own_list``). ``owe_cancel``: a CancelReservation that ends its
+        reservation even at a charger online but unreachable (``CommandOutcome.owe_cancel``)."""
         if viewer.anonymous:
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
@@ -446,7 +457,8 @@ class CommandService(Service):
         if person is not None and action == "RemoteStartTransaction":
             await person.check_remote_start(station, payload)
         outcome = CommandOutcome(command_id=new_id(), action=action, station=station,
-                                 own_list=own_list)
+                                 own_list=own_list,
+                                 owe_cancel=owe_cancel and action == "CancelReservation")
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)
         elif action == "RemoteStartTransaction":
@@ -1238,27 +1250,44 @@ class CommandService(Service):
                                  reservation.reservation_id, outcome.error.message)
 
     async def sweep_owed_cancels(self) -> int:
-        """Sends the owed cancels (``send_owed_cancels``) of every station recorded
-        online that has one, as the housekeeping does on every instance
-        (``OWED_CANCEL_SWEEP_S``); returns how many stations it sent to. The backstop of
-        the sends at connection and boot: a cancel found its charger offline and wrote
-        its owed mark just after the charger came back (no boot: a network blip), whose
-        connection's send had found nothing owed yet (review s25: the charger, online,
-        held the plug until the expiry while our records showed it free). Through the
-        relay, which carries each to the instance holding the charger; several instances
-        sending the same one is harmless: the charger answers the second Rejected (not
-        held), and the mark is cleared once (written only onto the value read)."""
-        if self.gateway is None:
+        """Sends the owed cancels (``send_owed_cancels``) of every station that has one
+        and whose charger is connected to this instance (``ChargerGateway.is_connected``),
+        as the housekeeping does on every instance (``OWED_CANCEL_SWEEP_S``); returns how
+        many stations it sent to. The backstop of the sends at connection and boot: a
+        cancel found its charger offline and wrote its owed mark just after the charger
+        came back (no boot: a network blip), whose connection's send had found nothing
+        owed yet (review s25: the charger, online, held the plug until the expiry while
+        our records showed it free); and a withdrawal's cancel that could not reach an
+        online charger (``Withdrawal.cancel_reservations``).
+
+        Each instance sends to its own chargers only, directly: every charger is sent
+        each owed cancel once, by the one instance that holds it, whether or not the
+        bus between instances works (review s25: every instance sent every station's
+        through the relay, so each charger got one per instance). Up to
+        ``OWED_SWEEP_AT_ONCE`` chargers at a time, so one that does not answer (each
+        cancel waits up to the command timeout) holds up no other (review s25: one
+        station at a time, a silent charger stalled the sweep)."""
+        gateway = self.gateway
+        if gateway is None:
             return 0
         stations: set[str] = set()
         async for owed in pages(self.store, Reservation, owed_cancels(self.now()),
                                 OWED_PAGE):
             stations.update(r.station_id for r in owed)
-        online = [s.id for s in await self.store.get_many(Station, sorted(stations))
-                  if s is not None and s.online]
-        for station_id in online:
-            await self.send_owed_cancels(station_id)
-        return len(online)
+        here = [s.id for s in await self.store.get_many(Station, sorted(stations))
+                if s is not None and gateway.is_connected(s.cp_id)]
+        room = asyncio.Semaphore(OWED_SWEEP_AT_ONCE)
+
+        async def send(station_id: str) -> None:
+            async with room:
+                try:
+                    await self.send_owed_cancels(station_id)
+                except Exception:  # one station's failure is no other's
+                    log.exception("the owed cancels of station %s were not sent",
+                                  station_id)
+
+        await asyncio.gather(*(send(station_id) for station_id in here))
+        return len(here)
 
     async def expire_reservations(self, limit: int = 500) -> int:
         """Stores EXPIRED on live reservations past their expiry (the charger frees the
@@ -1435,19 +1464,27 @@ class CommandService(Service):
         (``ChargerUnreachable``: no cancel is owed, the driver tries again), as for
         an unclaimed relay. Review s25: it was cancelled here and the cancel owed "for
         the charger's return", which a charger that never left does not make: it held
-        the plug until the expiry while our records showed it free."""
+        the plug until the expiry while our records showed it free. A withdrawal's
+        (``owe_cancel``) is cancelled here and owed all the same: the instance holding
+        the charger sends it (``sweep_owed_cancels``), over no bus."""
         error = outcome.error
         if outcome.action != "CancelReservation" or outcome.reservation is None \
-                or not isinstance(error, ChargerOffline) \
-                or isinstance(error, ChargerUnreachable):
+                or not isinstance(error, ChargerOffline):
             return
-        [now] = await self.store.get_many(Station, [outcome.station.id])
-        if now is None or not now.online:
-            return
+        if not isinstance(error, ChargerUnreachable):
+            [now] = await self.store.get_many(Station, [outcome.station.id])
+            if now is None or not now.online:
+                return
         reason = error.message.rstrip(".")
-        outcome.error = ChargerUnreachable(
-            f"{outcome.station.cp_id} could not be reached ({reason}): the reservation is "
-            "not cancelled; try again in a moment", field=error.field or "cpId")
+        if outcome.owe_cancel:
+            outcome.error = ChargerUnreachable(
+                f"{outcome.station.cp_id} could not be reached ({reason}): the "
+                "reservation is cancelled here, and the cancel is sent by the instance "
+                "the charger is connected to within a minute", field=error.field or "cpId")
+        elif not isinstance(error, ChargerUnreachable):
+            outcome.error = ChargerUnreachable(
+                f"{outcome.station.cp_id} could not be reached ({reason}): the reservation "
+                "is not cancelled; try again in a moment", field=error.field or "cpId")
 
     async def _reservation_answered(self, viewer: Viewer, outcome: CommandOutcome
                                     ) -> list[tuple[Change, Any]]:
@@ -1491,9 +1528,11 @@ class CommandService(Service):
             # comes back (``send_owed_cancels``; QA s25: nothing but the expiry or the
             # charger's return ended it, the driver kept from reserving elsewhere). Only
             # a charger recorded offline: one online that could not be reached is
-            # ``ChargerUnreachable`` (``_cancel_unreached``), its reservation left live.
-            offline = isinstance(outcome.error, ChargerOffline) \
-                and not isinstance(outcome.error, ChargerUnreachable)
+            # ``ChargerUnreachable`` (``_cancel_unreached``), its reservation left live,
+            # unless the cancel must end it (``owe_cancel``, a withdrawal's): owed then
+            # too, the instance holding the charger sends it (``sweep_owed_cancels``).
+            offline = isinstance(outcome.error, ChargerOffline) and (
+                outcome.owe_cancel or not isinstance(outcome.error, ChargerUnreachable))
             state = ReservationState.CANCELLED if answered or offline else reservation.state
             owed = (outcome.answered_at or self.now()) if offline else None
         # Only from the state it was sent in (ReserveNow: PENDING) or, for a cancel, from

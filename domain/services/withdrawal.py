@@ -720,10 +720,14 @@ class Withdrawal(Service):
         """Cancels the live reservations ``where`` at their chargers (CancelReservation,
         audited as ``actor``), best effort, a page at a time: an answered cancel stores
         CANCELLED, and so does one whose charger is recorded offline, the cancel owed to
-        the charger when it is back (``CommandService.send_owed_cancels``); one
-        unanswered, or whose charger is online but could not be reached
-        (``ChargerUnreachable``), is left to the caller's own write, to its expiry or,
-        for a card's, to the charger's boot (``_cancel_unusable``).
+        the charger when it is back (``CommandService.send_owed_cancels``), and so does
+        one whose charger is online but could not be reached (``ChargerUnreachable``:
+        another instance holds it and the bus is out of reach), the cancel owed and sent
+        by the instance holding the charger within a minute
+        (``CommandService.sweep_owed_cancels``; review s25: such a card's reservation
+        stayed live, which the README said was cancelled); one unanswered is left to
+        the caller's own write, to its expiry or, for a card's, to the charger's boot
+        (``_cancel_unusable``).
         For withdrawn cards and users, and for connectors and stations being removed: the
         charger otherwise holds the plug for a reservation nobody here knows of."""
         async for held in pages(self.store, Reservation, all_of(
@@ -735,7 +739,8 @@ class Withdrawal(Service):
         try:
             outcome = await self.commands.send(
                 SYSTEM, reservation.cp_id, "CancelReservation",
-                {"reservationId": reservation.reservation_id}, audited_as=actor)
+                {"reservationId": reservation.reservation_id}, audited_as=actor,
+                owe_cancel=True)
         except DomainError as exc:
             log.info("%s: reservation %d not cancelled at the charger: %s",
                      reservation.cp_id, reservation.reservation_id, exc.message)

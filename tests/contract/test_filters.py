@@ -18,6 +18,8 @@ from domain.entities import (
     MeterSample,
     Record,
     Registration,
+    Reservation,
+    ReservationState,
     Role,
     Session,
     SessionState,
@@ -43,6 +45,7 @@ from domain.query import (
     all_of,
     any_of,
 )
+from domain.services.commands import owed_cancels
 from tests.contract.factories import (
     at,
     audit,
@@ -51,6 +54,7 @@ from tests.contract.factories import (
     meter_sample,
     oid,
     put,
+    reservation,
     session,
     station,
     tariff,
@@ -164,6 +168,30 @@ async def test_range_compares_instants_across_time_zones(store: Store) -> None:
     assert await matching(store, Session, Range("start_time", gt=before)) == {noon_utc.id}
     exactly = datetime(2025, 5, 1, 14, 0, tzinfo=plus2)
     assert await matching(store, Session, Eq("start_time", exactly)) == {noon_utc.id}
+
+
+async def test_a_lower_bound_on_a_date_time_keeps_out_nulls(store: Store) -> None:
+    """``Range(field, gte=1970)`` is how "this date-time is set" is asked
+    (``commands.owed_cancels``: the cancels owed to chargers, review s25): a null date
+    is in no range on either store, a set one (before, at or after any instant of
+    today) always is, and the whole owed-cancel filter reads alike."""
+    st = station()
+    ever = datetime(1970, 1, 1, tzinfo=UTC)
+    owed = reservation(st, state=ReservationState.CANCELLED, cancel_owed_since=at(1))
+    at_epoch = reservation(st, state=ReservationState.CANCELLED, cancel_owed_since=ever)
+    settled = reservation(st, state=ReservationState.CANCELLED)
+    expired = reservation(st, state=ReservationState.CANCELLED, cancel_owed_since=at(1),
+                          expires_at=at(5))
+    live = reservation(st, state=ReservationState.ACTIVE)
+    await put(store, st, owed, at_epoch, settled, expired, live)
+    assert settled.cancel_owed_since is None
+    assert await matching(store, Reservation, Range("cancel_owed_since", gte=ever)) == {
+        owed.id, at_epoch.id, expired.id}
+    assert await matching(store, Reservation, Range("cancel_owed_since", gt=ever)) == {
+        owed.id, expired.id}
+    assert await matching(store, Reservation, Range("cancel_owed_since", lt=at(60))) == {
+        owed.id, at_epoch.id, expired.id}
+    assert await matching(store, Reservation, owed_cancels(at(10))) == {owed.id, at_epoch.id}
 
 
 async def test_range_on_integers(store: Store) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.messages import CallError
 from websockets.asyncio.client import connect
 
 from domain import command_rules
@@ -241,6 +242,39 @@ def test_the_wire_log_hides_a_password_holding_a_space_or_a_quote(password: str)
         assert "cret" not in logged and "files.example.com" in logged, logged
 
 
+def test_a_callerror_echoing_a_location_with_a_quote_in_its_password_is_masked() -> None:
+    """The ``ocpp`` package logs a CALLERROR as a Python repr, not JSON: a location whose
+    password holds a '"' (``_url`` takes it and the charger is sent it) was cut at the
+    quote, outside any JSON string, and the rest of the password logged (review s25)."""
+    tail = "22s3cretTail"
+    location = f'ftp://diag:hunter"{tail}@files.example.com/up'
+    assert _url(location, "location") == location
+    error = CallError("u1", "GenericError", f"cannot upload to {location}",
+                      {"request": {"location": location}})
+    shown = masked_line(f"Received a CALLError: {error}'")  # as ocpp logs it
+    assert tail not in shown and "hunter" not in shown, shown
+    assert shown.count("ftp://[hidden]@files.example.com/up") == 2, shown
+
+
+@pytest.mark.parametrize(("line", "shown"), [
+    ("to ftp://diag:hunter 22s3cret@h.example/up now",
+     "to ftp://[hidden]@h.example/up now"),
+    ("{'location': 'ftp://diag:hu\\'n\"ter@h.example/up'}",
+     "{'location': 'ftp://[hidden]@h.example/up'}"),
+    ("ftp://h.example/up' failed for admin@example.com",
+     "ftp://h.example/up' failed for admin@example.com"),
+    ("ftp://h.example/up\"x@y z", "ftp://[hidden] z"),  # an '@' not in its authority
+    ('["ftp://h.example/x","ftp://u:p@h2.example/y"]',
+     '["ftp://h.example/x","ftp://[hidden]@h2.example/y"]'),
+], ids=["space", "both-quotes", "next-word-no-at", "quote-then-at", "json-untouched"])
+def test_a_free_text_url_cut_at_a_quote_or_space_hides_through_the_tokens_at(
+        line: str, shown: str) -> None:
+    """Outside JSON strings a URL ends at a quote or a space; when the rest of that token
+    (the next word, after a space) holds an '@', the URL runs on to its end and
+    ``without_credentials`` reads it whole: fail closed."""
+    assert masked_line(line) == shown
+
+
 #: The URL pattern the wire log searched every line with before review s25: what
 #: ``url_spans`` finds (its scan is linear, this was quadratic in a word before ':/').
 FORMER_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*:(?:\\?/){2}[^\s"'<>]*""")
@@ -382,6 +416,22 @@ def test_json_strings_are_read_once(line: str, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(log_masking, "_JSON_STRING", pattern)
     log_masking.without_url_credentials(line)
     assert pattern.reads <= 2 * len(line), (pattern.reads, len(line))
+
+
+@pytest.mark.parametrize("line", [
+    ('a://b"x' * (N // 7)),
+    ('a://b" ' * (N // 7)) + "@",
+    ('a://b"' + "c" * N + "@ ") * 4,
+    ("a://b" + " " * N) + "x@y",
+], ids=["quotes-no-space", "spaces-then-at", "long-token", "long-space-run"])
+def test_the_rest_of_a_urls_token_is_read_a_few_times(
+        line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading on past a URL's quote or space for an '@' is linear too (counted)."""
+    patterns = {name: Spans(getattr(log_masking, name)) for name in ("_SPACE", "_AT")}
+    for name, pattern in patterns.items():
+        monkeypatch.setattr(log_masking, name, pattern)
+    log_masking.without_url_credentials(line)
+    assert sum(p.reads for p in patterns.values()) <= 6 * len(line), len(line)
 
 
 async def test_a_bad_frame_is_masked_only_when_logged_and_only_its_start(

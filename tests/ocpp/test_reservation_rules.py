@@ -15,7 +15,9 @@ from domain import entities as d
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import Eq
+from domain.services import ConnectorSpec
 from domain.services.base import patch, stamp_new
+from domain.services.commands import CommandService
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -168,8 +170,8 @@ async def test_a_cancel_owed_just_after_its_charger_came_back_is_sent_by_the_swe
     after the charger reconnected (no boot: a network blip), whose connection's send had
     found nothing owed yet: nothing sent it until the charger's next connection, the
     plug held until the expiry while our records showed it free. The housekeeping's
-    sweep (every instance, ``OWED_CANCEL_SWEEP_S``) sends it, once: a second sweep
-    sends nothing."""
+    sweep (every instance, ``OWED_CANCEL_SWEEP_S``) of the instance holding the charger
+    sends it, once: a second sweep sends nothing, nor does another instance's."""
     number = await _reserve_then_go_offline(central)
     commands = central.services.commands
     original = commands._reservation_answered
@@ -198,11 +200,17 @@ async def test_a_cancel_owed_just_after_its_charger_came_back_is_sent_by_the_swe
         await central.services.withdrawal.settled()
         assert back.received == []  # the connection's send came too early
 
-        assert await commands.sweep_owed_cancels() == 1
+        holding = commands
+        if central.relays:  # this instance is not the charger's: it sends nothing
+            assert await commands.sweep_owed_cancels() == 0
+            assert back.received == []
+            holding = holder_commands(central)
+        assert await holding.sweep_owed_cancels() == 1
         assert back.received == [("CancelReservation", {"reservation_id": number})]
         [stored] = await central.store.find_all(d.Reservation,
                                                 Eq("reservation_id", number))
         assert stored.cancel_owed_since is None
+        assert await holding.sweep_owed_cancels() == 0
         assert await commands.sweep_owed_cancels() == 0
         assert back.received == [("CancelReservation", {"reservation_id": number})]
 
@@ -214,8 +222,8 @@ async def test_a_cancel_the_bus_cannot_carry_leaves_an_online_chargers_reservati
     took it for an offline charger, cancelled the reservation here and owed the cancel
     "for its return": the charger never left, was never sent it, and held the plug until
     the expiry while our records showed it free. A charger recorded online (read then)
-    is not owed a cancel: the reservation stays, the answer says it could not be
-    reached (try again); and so for a card's or user's withdrawal."""
+    is not owed a person's cancel: the reservation stays, the answer says it could not
+    be reached (try again)."""
     central = await start_central(tmp_path / "central.db", relayed=True)
     try:
         await seed(central)
@@ -242,10 +250,6 @@ async def test_a_cancel_the_bus_cannot_carry_leaves_an_online_chargers_reservati
                 ("cpId", "CHARGER_OFFLINE")]
             assert "could not be reached" in cancel["errors"][0]["message"]
             assert "try again" in cancel["errors"][0]["message"]
-            [reservation] = await central.store.find_all(d.Reservation,
-                                                         Eq("reservation_id", number))
-            await central.services.withdrawal.cancel_reservations(
-                SYSTEM, Eq("id", reservation.id))
             [stored] = await central.store.find_all(d.Reservation,
                                                     Eq("reservation_id", number))
             assert stored.state is d.ReservationState.ACTIVE
@@ -260,6 +264,141 @@ async def test_a_cancel_the_bus_cannot_carry_leaves_an_online_chargers_reservati
             assert ("CancelReservation", {"reservation_id": number}) in cp.received
     finally:
         await stop_central(central)
+
+
+def holder_commands(central: Central) -> CommandService:
+    """The command service of the instance holding a relayed central's chargers."""
+    _asker, holder, _wire = central.relays
+    return CommandService(central.services.ctx, holder)
+
+
+async def test_a_withdrawals_cancel_the_bus_cannot_carry_is_owed_and_swept_by_the_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s25: the README says a blocked card's or deactivated user's reservations
+    are cancelled the same way as at an offline charger, but one at a charger online on
+    another instance, with the bus out of reach, stayed live: nobody is told to try
+    again. It is cancelled here and the cancel owed; the instance holding the charger
+    sends it in its sweep, over no bus; the asking instance sends nothing."""
+    central = await start_central(tmp_path / "central.db", relayed=True)
+    try:
+        await seed(central)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                     "expiryDate": soon()}, SELECTION,
+                             as_user="driver")
+            assert held["reservation"]["state"] == "ACTIVE", held
+            number = held["reservation"]["reservationId"]
+            _asker, _holder, wire = central.relays
+            real = wire.publish
+
+            async def failing(event):  # type: ignore[no-untyped-def]
+                if type(event).__name__ == "ChargerCommandRelayed":
+                    raise ConnectionError("redis: connection refused")
+                return await real(event)
+            monkeypatch.setattr(wire, "publish", failing)
+            cp.received.clear()
+            [reservation] = await central.store.find_all(d.Reservation,
+                                                         Eq("reservation_id", number))
+            await central.services.withdrawal.cancel_reservations(
+                SYSTEM, Eq("id", reservation.id))
+            [stored] = await central.store.find_all(d.Reservation,
+                                                    Eq("reservation_id", number))
+            assert stored.state is d.ReservationState.CANCELLED
+            assert stored.cancel_owed_since is not None
+            assert cp.received == []
+
+            assert await central.services.commands.sweep_owed_cancels() == 0
+            assert await holder_commands(central).sweep_owed_cancels() == 1
+            assert cp.received == [("CancelReservation", {"reservation_id": number})]
+            [stored] = await central.store.find_all(d.Reservation,
+                                                    Eq("reservation_id", number))
+            assert stored.cancel_owed_since is None
+    finally:
+        await stop_central(central)
+
+
+@pytest.fixture
+async def direct(tmp_path: Path) -> AsyncIterator[Central]:
+    """One instance, holding its chargers."""
+    c = await start_central(tmp_path / "central.db")
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+async def test_the_sweep_sends_only_its_own_chargers_and_none_waits_for_a_silent_one(
+        direct: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s25: every instance swept every station with an owed cancel, one at a
+    time, through the relay: each charger was sent one per instance, and one that did
+    not answer held up the rest for the command timeout each. An instance sweeps the
+    chargers connected to it, several at once: a charger connected elsewhere (recorded
+    online, not here) is sent nothing from here, and one that does not answer delays
+    none of the others."""
+    central = direct
+    far, _ = await central.services.stations.create_station(
+        SYSTEM, cp_id="CP-FAR", name="CP-FAR", company_id=central.stations["CP-1"].company_id,
+        connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 150)], password=None)
+    expiry = datetime.now(UTC) + timedelta(hours=3)
+    numbers: dict[str, int] = {}
+    for cp_id, station_id in (("CP-1", central.stations["CP-1"].id),
+                              ("CP-OPEN", central.stations["CP-OPEN"].id),
+                              ("CP-FAR", far.id)):
+        numbers[cp_id] = await central.store.next_sequence("reservation")
+        await central.store.write([Insert(stamp_new(d.Reservation(
+            reservation_id=numbers[cp_id], station_id=station_id, cp_id=cp_id,
+            connector_id=1, id_tag="TAG-OK", expires_at=expiry,
+            state=d.ReservationState.CANCELLED,
+            cancel_owed_since=datetime.now(UTC) - timedelta(minutes=1)), SYSTEM))], [])
+    [stored_far] = await central.store.get_many(d.Station, [far.id])
+    assert stored_far is not None
+    await central.store.write([patch(stored_far, SYSTEM, online=True)], [])
+    # The charger sorted first is silent: one at a time, the other waited behind it.
+    silent = min(("CP-1", "CP-OPEN"), key=lambda cp: central.stations[cp].id)
+    heard = "CP-OPEN" if silent == "CP-1" else "CP-1"
+    gateway = central.gateway
+    real = gateway.call
+    asked: list[str] = []
+    mute, never = asyncio.Event(), asyncio.Event()
+
+    async def call(cp_id, action, payload, timeout):  # type: ignore[no-untyped-def]
+        asked.append(cp_id)
+        if cp_id == silent and action == "CancelReservation" and mute.is_set():
+            await never.wait()
+        return await real(cp_id, action, payload, timeout)
+    monkeypatch.setattr(gateway, "call", call)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as one, \
+            connected(central.url, "CP-OPEN") as other:
+        chargers = {"CP-1": one, "CP-OPEN": other}
+
+        async def both() -> bool:
+            return gateway.is_connected("CP-1") and gateway.is_connected("CP-OPEN")
+        await until(both)
+        await central.services.withdrawal.settled()  # their connections' own sends
+        for cp_id in chargers:  # owed again (their connections may have sent them)
+            [again] = await central.store.find_all(d.Reservation,
+                                                   Eq("reservation_id", numbers[cp_id]))
+            await central.store.write([patch(again, SYSTEM,
+                                             cancel_owed_since=datetime.now(UTC))], [])
+        asked.clear()
+        for charger in chargers.values():
+            charger.received.clear()
+        mute.set()
+        sweep = asyncio.create_task(central.services.commands.sweep_owed_cancels())
+        try:
+            async def delivered() -> bool:
+                [r] = await central.store.find_all(d.Reservation,
+                                                   Eq("reservation_id", numbers[heard]))
+                return r.cancel_owed_since is None
+            await until(delivered)
+            assert ("CancelReservation", {"reservation_id": numbers[heard]}) \
+                in chargers[heard].received
+            assert not sweep.done()  # the silent one is still awaited
+            assert "CP-FAR" not in asked
+        finally:
+            never.set()
+        assert await sweep == 2
+    assert "CP-FAR" not in asked
 
 
 async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: Central

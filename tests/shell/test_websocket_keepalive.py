@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from chargegraph.cli import _uvicorn
+from chargegraph.http_limits import WebSocketProtocol
 from chargegraph.settings import Settings
 from domain.entities import Role
 from domain.events import ConnectorStatusChanged
@@ -229,6 +230,81 @@ async def test_a_client_that_stopped_reading_is_dropped_and_its_subscriptions_en
                 break
             await asyncio.sleep(0.1)
         assert not server.server_state.connections, "its connection is still held"
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_client_reading_nothing_is_dropped_with_a_backlog_under_the_high_water_mark(
+        tmp_path: Path) -> None:
+    """A client that reads nothing, whose unsent backlog sits in the transport's buffer
+    below its high-water mark (64 KiB): the close frame is "taken" at once (uvicorn's
+    ``writable`` still set), so the app has no cause to abort, and ``transport.close()``
+    waits for a drain that never comes. `serve`'s protocol drops the connection
+    ``CLOSE_WITHIN_S`` after a close frame went out (QA s25)."""
+    port = free_port()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
+                        jwt_secret=SECRET, ocpp_enabled=False, port=port,
+                        log_level="WARNING", ws_keepalive_s=1)
+    server = _uvicorn(settings)
+    task = asyncio.create_task(server.serve())
+    await until_started(server)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        services = cast(Starlette, server.config.app).state.services
+        user = await services.accounts.create_user(
+            SYSTEM, email="ada@example.com", password="a long password", name="Ada",
+            role=Role.ADMIN)
+        token = TokenService(SECRET, timedelta(hours=1)).issue(user.id).token
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=raw)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET /graphql HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n"
+                     f"Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.write(masked_frame(json.dumps({"type": "connection_init", "payload": {
+            "authorization": f"Bearer {token}"}}).encode()))
+        assert b"connection_ack" in await asyncio.wait_for(reader.read(100), 5)
+        writer.write(masked_frame(json.dumps({"id": "1", "type": "subscribe", "payload": {
+            "query": "subscription { connectorStatusChanged { cpId info } }"}}).encode()))
+        live = services.live
+        for _ in range(500):
+            if live.watching:
+                break
+            await asyncio.sleep(0.01)
+        assert live.watching == 1
+        cast(asyncio.Transport, writer.transport).pause_reading()  # the client reads nothing
+        (proto,) = list(server.server_state.connections)
+        assert isinstance(proto, WebSocketProtocol)
+        # Small events until some wait in the server's transport buffer: kernel buffers
+        # full, the transport not paused (below 64 KiB).
+        for i in range(5000):
+            await services.ctx.bus.publish(ConnectorStatusChanged(
+                station_id="s", cp_id="CP-1", connector_record_id=None, connector_id=1,
+                status="Faulted", info=f"{i}" + "y" * 8000))
+            await asyncio.sleep(0.001)
+            if proto.transport.get_write_buffer_size() > 0:
+                break
+        size = proto.transport.get_write_buffer_size()
+        assert 0 < size < 65536 and proto.writable.is_set(), size
+        # ping after 1 s quiet, 4408 a further 1 s on, dropped 2 s after that at most:
+        # 14 s even covers uvicorn's own 10 s close timer.
+        for _ in range(140):
+            if not server.server_state.connections:
+                break
+            await asyncio.sleep(0.1)
+        assert live.watching == 0
+        assert not server.server_state.connections, (
+            f"connection still held, close_sent={proto.close_sent}, "
+            f"closing={proto.transport.is_closing()}, "
+            f"unsent={proto.transport.get_write_buffer_size()}")
     finally:
         if writer is not None:
             writer.transport.abort()

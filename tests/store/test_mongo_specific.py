@@ -59,6 +59,8 @@ from domain.entities import (
     Record,
     Refund,
     Registration,
+    Reservation,
+    ReservationState,
     Role,
     Session,
     SessionState,
@@ -94,6 +96,7 @@ from domain.query import (
     Sub,
     all_of,
 )
+from domain.services.commands import owed_cancels
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
@@ -193,6 +196,27 @@ async def test_a_field_added_later_reads_as_its_default(mongo: MongoStore) -> No
     assert "token_epoch" not in raw(mongo)["user"].find_one()
     loaded = (await mongo.get_many(User, [user.id]))[0]
     assert loaded is not None and loaded.token_epoch == 0
+
+
+async def test_a_reservation_stored_before_owed_cancels_owes_none(mongo: MongoStore
+                                                                  ) -> None:
+    """Migration 63 has no MongoDB step: a reservation written before
+    ``cancel_owed_since`` has no such key, which reads null and is in no range: the
+    owed-cancel filter (``Range(gte=1970)``) does not find it (review s25)."""
+    station_id = str(ObjectId())
+    old, owed = (Reservation(reservation_id=n, station_id=station_id, cp_id="CP-1",
+                             connector_id=1, id_tag="T", expires_at=T0 + timedelta(hours=1),
+                             state=ReservationState.CANCELLED,
+                             cancel_owed_since=T0) for n in (1, 2))
+    await mongo.write([Insert(old), Insert(owed)], [])
+    raw(mongo)["reservation"].update_one({"_id": ObjectId(old.id)},
+                                         {"$unset": {"cancel_owed_since": ""}})
+    assert "cancel_owed_since" not in raw(mongo)["reservation"].find_one(
+        {"_id": ObjectId(old.id)})
+    [loaded] = await mongo.get_many(Reservation, [old.id])
+    assert loaded is not None and loaded.cancel_owed_since is None
+    found = await mongo.find_all(Reservation, owed_cancels(T0))
+    assert [r.id for r in found] == [owed.id]
 
 
 async def test_a_status_event_stored_before_vendor_codes_reads_as_none(mongo: MongoStore
