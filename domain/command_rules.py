@@ -95,13 +95,25 @@ def _amount(value: Any, path: str) -> float:
     return value
 
 
+#: What RFC 3986 never lets a URL hold as it is (it is percent-encoded: ``%20``, ``%22``):
+#: whitespace, quotes and the other excluded characters.
+_NOT_IN_A_URL = re.compile(r'[\s"<>\\^`{|}]')
+
+
 def _url(value: Any, path: str) -> str:
-    """Where the charger uploads or downloads a file: an absolute URL it can reach."""
+    """Where the charger uploads or downloads a file: an absolute URL it can reach,
+    written as RFC 3986 has it. A space or a quote left unencoded (in a password, a
+    path) is refused: besides being no URL, it ended the URL where logs are read as
+    free text (a charger's CALLERROR echoing the location, logged as a Python repr),
+    and the rest of a password or a signature after it was written (review s25)."""
     text = _text(MAX_URL)(value, path)
     parts = urlsplit(text)
     if parts.scheme not in ("ftp", "ftps", "sftp", "http", "https") or not parts.netloc:
         raise ValidationError("an absolute ftp(s), sftp or http(s) URL", field=path,
                               code="INVALID")
+    if (bad := _NOT_IN_A_URL.search(text)) is not None:
+        raise ValidationError(f"{bad[0]!r} must be percent-encoded in a URL (a space is "
+                              "%20, a double quote %22)", field=path, code="INVALID")
     return text
 
 

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from domain import command_rules
 from domain import entities as d
 from domain.command_rules import _url, without_credentials
+from domain.errors import ValidationError
 from domain.query import Eq
 from domain.services.commands import masked
 from ocpp_bridge import handler, log_masking
@@ -228,11 +229,17 @@ def test_a_password_holding_a_delimiter_never_shows_a_query_value(url: str) -> N
 
 @pytest.mark.parametrize("password", ["se cret", 'se"cret', "se'cret", "se<cret"])
 def test_the_wire_log_hides_a_password_holding_a_space_or_a_quote(password: str) -> None:
-    """``_url`` accepts a password with a space or a quote (printable); in a JSON frame
-    the location's whole string is its URL, not the text up to the space or quote
-    (review s26: the wire log and the INFO ``bad frame`` line wrote the password)."""
+    """A password with a space or a quote in a JSON frame: the location's whole string
+    is its URL, not the text up to the space or quote (review s25: the wire log and the
+    INFO ``bad frame`` line wrote the password). ``_url`` now refuses such a location
+    unencoded but for the ``'`` RFC 3986 allows; a charger may still send one (set
+    before, or its own), and the log still hides it."""
     url = f"ftp://diag:{password}@files.example.com/fw.bin"
-    _url(url, "location")
+    if "'" in password:
+        assert _url(url, "location") == url
+    else:
+        with pytest.raises(ValidationError):
+            _url(url, "location")
     assert password not in without_credentials(url)
     frame = json.dumps([2, "1", "UpdateFirmware",
                         {"location": url, "retrieveDate": "2026-12-06T03:00:00Z"}])
@@ -245,10 +252,12 @@ def test_the_wire_log_hides_a_password_holding_a_space_or_a_quote(password: str)
 def test_a_callerror_echoing_a_location_with_a_quote_in_its_password_is_masked() -> None:
     """The ``ocpp`` package logs a CALLERROR as a Python repr, not JSON: a location whose
     password holds a '"' (``_url`` takes it and the charger is sent it) was cut at the
-    quote, outside any JSON string, and the rest of the password logged (review s25)."""
+    quote, outside any JSON string, and the rest of the password logged (review s25).
+    ``_url`` now refuses it unencoded; one a charger echoes anyway is still hidden."""
     tail = "22s3cretTail"
     location = f'ftp://diag:hunter"{tail}@files.example.com/up'
-    assert _url(location, "location") == location
+    with pytest.raises(ValidationError):
+        _url(location, "location")
     error = CallError("u1", "GenericError", f"cannot upload to {location}",
                       {"request": {"location": location}})
     shown = masked_line(f"Received a CALLError: {error}'")  # as ocpp logs it
@@ -465,3 +474,23 @@ async def test_a_bad_frame_is_masked_only_when_logged_and_only_its_start(
     assert "5ecre7" not in line and "diag" not in line
     assert handler.logged_frame(cut + "tail", limit=handler.BAD_FRAME_READ).endswith(
         " ftp://[hidden]")
+
+
+@pytest.mark.parametrize("location", [
+    "ftp://diag:one two thr33@files.example.com/up",
+    'https://bucket.example.com/a"b/fw.bin?X-Amz-Signature=SECRET',
+    "https://bucket.example.com/a b/fw.bin?sig=SECRET",
+    "ftp://diag:p<w>@files.example.com/up",
+])
+def test_a_location_with_a_space_or_quote_unencoded_is_refused(location: str) -> None:
+    """Review s25: a location holding a space or a double quote as it is (no URL, RFC
+    3986 has them percent-encoded) was sent to the charger, and its CALLERROR echoing it,
+    logged by the ``ocpp`` package as a Python repr, ended the URL there: the rest of a
+    password or the query's signature was written. Refused with the field, saying how
+    to write it."""
+    with pytest.raises(ValidationError) as refused:
+        _url(location, "location")
+    assert refused.value.field == "location" and refused.value.code == "INVALID"
+    assert "percent-encoded" in refused.value.message
+    assert _url(location.replace(" ", "%20").replace('"', "%22").replace("<", "%3C")
+                .replace(">", "%3E"), "location")
