@@ -448,6 +448,28 @@ class ExportDoor(ABC):
     async def respond(self, request: Request) -> Response:
         """The answer to ``request``: each door its own."""
 
+    async def signed_in(self, request: Request) -> Viewer:
+        """Who asks, by the request's bearer token; every export is of someone's records
+        (the public map has none to give), so a signed-out caller is ``Unauthenticated``."""
+        viewer = await self.viewer_of(request.headers.get("authorization"))
+        if viewer.anonymous:
+            raise Unauthenticated("sign in: send 'Authorization: Bearer <token>'")
+        return viewer
+
+    def status_of(self, error: DomainError) -> int:
+        """The HTTP status a refusal other than ``Unauthenticated`` is answered with."""
+        return _status(error)
+
+    def refusal(self, name: str, error: DomainError, request: Request) -> Response:
+        """The answer to ``error``, counted: 401 with its challenge for a caller not
+        signed in, else ``status_of``, the store's conditions counted as errors."""
+        if isinstance(error, Unauthenticated):
+            self.metrics.export_request(name, "invalid")
+            return error_response(error, 401, {"WWW-Authenticate": _challenge(request)})
+        status = self.status_of(error)
+        self.metrics.export_request(name, "error" if status >= 500 else "invalid")
+        return error_response(error, status)
+
     @staticmethod
     def refused_method(request: Request) -> Response | None:
         """The answer to a method other than GET or HEAD (an OPTIONS that is no CORS
@@ -474,13 +496,8 @@ class CsvExports(ExportDoor):
                 code="NOT_FOUND"), 404)
         try:
             pages = await self._open(export, request)
-        except Unauthenticated as exc:
-            self.metrics.export_request(name, "invalid")
-            return error_response(exc, 401, {"WWW-Authenticate": _challenge(request)})
         except DomainError as exc:
-            status = _status(exc)
-            self.metrics.export_request(name, "invalid" if status == 400 else "error")
-            return error_response(exc, status)
+            return self.refusal(name, exc, request)
         except Exception:
             self.metrics.export_request(name, "error")
             raise  # Starlette answers 500 and logs the traceback
@@ -492,10 +509,7 @@ class CsvExports(ExportDoor):
         return CsvStream(self._stream(name, export.columns, pages), headers)
 
     async def _open(self, export: Export, request: Request) -> Pages:
-        viewer = await self.viewer_of(request.headers.get("authorization"))
-        if viewer.anonymous:
-            # Every export is of someone's records; the public map has none to give.
-            raise Unauthenticated("sign in: send 'Authorization: Bearer <token>'")
+        viewer = await self.signed_in(request)
         return await export.open(self.services, viewer,
                                  Params(request.query_params, export.params))
 

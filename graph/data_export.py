@@ -32,7 +32,7 @@ from starlette.responses import Response
 from domain import entities as d
 from domain.clock import utcnow
 from domain.currencies import major_units
-from domain.errors import DomainError, Forbidden, NotFound, Unauthenticated
+from domain.errors import DomainError, Forbidden, NotFound
 from domain.ids import is_id
 from domain.policy import Viewer
 from domain.services import Services
@@ -254,16 +254,16 @@ def _actor(actor: str) -> str:
 _STATUS = {NotFound: 404, Forbidden: 403}
 
 
-def _status(error: DomainError) -> int:
-    if error.code == "ERASED":
-        return 410
-    if error.code in ("STORE_BUSY", "STORE_UNAVAILABLE"):
-        return 503
-    return next((s for kind, s in _STATUS.items() if isinstance(error, kind)), 400)
-
-
 class PersonalDataExport(ExportDoor):
     """The ASGI app behind ``/export/me.json`` and ``/export/users/{user}.json``."""
+
+    def status_of(self, error: DomainError) -> int:
+        """410 for an erased account, 404 and 403 as the API's errors say, else as the
+        CSV exports answer (the store's conditions 503)."""
+        if error.code == "ERASED":
+            return 410
+        return next((s for kind, s in _STATUS.items() if isinstance(error, kind)),
+                    super().status_of(error))
 
     async def respond(self, request: Request) -> Response:
         if (refused := self.refused_method(request)) is not None:
@@ -277,9 +277,7 @@ class PersonalDataExport(ExportDoor):
                 f"this export takes no parameters (got {next(iter(request.query_params))!r})",
                 code="INVALID"), 400)
         try:
-            viewer = await self.viewer_of(request.headers.get("authorization"))
-            if viewer.anonymous:
-                raise Unauthenticated("sign in: send 'Authorization: Bearer <token>'")
+            viewer = await self.signed_in(request)
             user_id = None if raw is None else expect_id(str(raw), "user", "id")
             if request.method == "HEAD":
                 # Checked, but neither recorded nor read: no copy was taken.
@@ -287,15 +285,8 @@ class PersonalDataExport(ExportDoor):
                 self.metrics.export_request(name, "ok")
                 return Response(media_type=MEDIA_TYPE, headers=_attachment(user_id, viewer))
             data = await self.services.personal_data.open(viewer, user_id)
-        except Unauthenticated as exc:
-            self.metrics.export_request(name, "invalid")
-            challenge = 'Bearer error="invalid_token"' \
-                if request.headers.get("authorization") else "Bearer"
-            return error_response(exc, 401, {"WWW-Authenticate": challenge})
         except DomainError as exc:
-            status = _status(exc)
-            self.metrics.export_request(name, "error" if status == 503 else "invalid")
-            return error_response(exc, status)
+            return self.refusal(name, exc, request)
         except Exception:
             self.metrics.export_request(name, "error")
             raise
