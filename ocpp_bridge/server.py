@@ -4,10 +4,12 @@
 - Subprotocol ``ocpp1.6``: chosen when offered; otherwise the handshake completes without
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
-  profile 2 when a TLS certificate is configured). Unknown cp_id: 404, or a Pending
-  station when auto-registration is on. Wrong passwords are counted and lock the guesser
-  out (429, unchecked), not the charger at an address it is known to pass from
-  (``domain.services.charger_sign_ins``).
+  profile 2 when a TLS certificate is configured). An unknown cp_id is answered as a
+  station with a password none could know (401 with the challenge, a password checked,
+  counted and locked out alike: ``_decoy``), so ids cannot be enumerated; the log says
+  why. With auto-registration on, it becomes a Pending station. Wrong passwords are
+  counted and lock the guesser out (429, unchecked), not the charger at an address it is
+  known to pass from (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
 """
 
@@ -22,11 +24,12 @@ import hmac
 import logging
 import math
 import os
+import secrets
 import socket
 import ssl
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,6 +43,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from domain.entities import Station
 from domain.errors import DomainError, StoreUnavailable
 from domain.events import StationConnectionChanged, StationPasswordChanged, StationRemoved
 from domain.ids import new_id
@@ -60,7 +64,8 @@ log = logging.getLogger("chargegraph.ocpp")
 
 SUBPROTOCOL = "ocpp1.6"
 SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
-#: The 404's body for a cpId with no station (the simulator tells it from a wrong path).
+#: Why a handshake for a cpId with no station was refused, in the log only: the charger
+#: is answered as one with a wrong password (401), so cpIds cannot be enumerated.
 UNKNOWN_CHARGE_POINT = "unknown charge point"
 #: How much of the subprotocols a refused charger offered the log line shows.
 SHOWN_OFFER = 100
@@ -95,6 +100,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 #: Refused passwords remembered per station (repeated guesses are refused without argon2;
 #: they are still counted).
 REFUSED_REMEMBERED = 32
+#: Stations (and made-up cpIds, ``_decoy``) whose refused passwords are remembered at
+#: most, the least recently refused forgotten first: a scan of made-up cpIds must not
+#: grow memory. A forgotten one is checked again (argon2), and counted as before.
+REFUSED_STATIONS = 4096
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
@@ -185,8 +194,12 @@ class OcppServer:
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
-        # cp_id → (password hash, digests of passwords it refused lately).
-        self._refused: dict[str, tuple[str, deque[bytes]]] = {}
+        # cp_id → (password hash, digests of passwords it refused lately), most recently
+        # refused last.
+        self._refused: OrderedDict[str, tuple[str, deque[bytes]]] = OrderedDict()
+        #: The hash of a random password nobody knows (``_decoy``), made at the first
+        #: unknown cpId.
+        self._decoy_hash: str | None = None
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
@@ -442,7 +455,7 @@ class OcppServer:
 
     async def _watch_removals(self, stream: Any) -> None:
         """A removed station's charger is hung up on at once, by whichever instance holds
-        it; reconnecting, it meets the 404 of an unknown charge point. (Had this event
+        it; reconnecting, it meets the 401 of an unknown charge point. (Had this event
         been lost, its next message would still find the station gone.) Its connection
         stops being the charger's now, not once its close is done (a peer that does not
         answer it takes the 10 s close timeout): meanwhile the cpId created again had
@@ -519,9 +532,11 @@ class OcppServer:
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
         peer = self._peer(connection, request)
         station = await self.charging.station_for_connection(cp_id)
+        unknown = station is None
         if station is None:
-            self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
-            return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
+            # Answered as a station whose password nobody knows, not 404: a 404 here and
+            # a 401 for a station's wrong password told anyone which cpIds exist (QA s26).
+            station = await self._decoy(cp_id)
         if station.auth_password_hash is None:
             self._signed_in[connection] = (station.id, station.auth_password_hash)
             return None  # security profile 0: the operator chose no password
@@ -538,13 +553,24 @@ class OcppServer:
             response.headers["Retry-After"] = str(verdict.retry_after)
             return response
         if not verdict:
-            self.refusals.note(cp_id, peer, "no credentials" if credentials is None
+            self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT if unknown
+                               else "no credentials" if credentials is None
                                else "wrong user name or password")
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
         self._signed_in[connection] = (station.id, station.auth_password_hash)
         return None
+
+    async def _decoy(self, cp_id: str) -> Station:
+        """What a cpId with no station is checked as: a station whose password is random
+        and never told, so every password is refused the way a known station's wrong one
+        is, as slowly (argon2 with the same parameters), counted by the same limits (a
+        lockout's 429 must not tell a station's ids either) and logged as unknown. Never
+        stored."""
+        if self._decoy_hash is None:
+            self._decoy_hash = await self.charging.hash_password(secrets.token_urlsafe(32))
+        return Station(cp_id=cp_id, name=cp_id, auth_password_hash=self._decoy_hash)
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
         """The charger's address: behind a trusted proxy, from its X-Forwarded-For."""
@@ -656,11 +682,13 @@ class OcppServer:
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
             return
-        refused = self._refused.get(station.cp_id)
+        refused = self._refused.pop(station.cp_id, None)
         if refused is None or refused[0] != station.auth_password_hash:
             refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
-            self._refused[station.cp_id] = refused
+        self._refused[station.cp_id] = refused  # most recently refused last
         refused[1].append(digest)
+        while len(self._refused) > REFUSED_STATIONS:
+            self._refused.popitem(last=False)
 
     def _counted(self, station: Any, peer: str, ok: bool) -> bool:
         """Counts a checked password (a wrong one however it was found wrong), logging a
