@@ -191,7 +191,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             graphql.app = create_graphql_app(
                 services, tokens, graphiql=settings.graphiql, metrics=metrics,
                 graphiql_assets=assets_url,
-                ws_keep_alive=timedelta(seconds=settings.ws_keepalive_s))
+                ws_keep_alive=timedelta(seconds=settings.ws_keepalive_s),
+                introspection=settings.introspection)
             sources.live = graphql.app.websocket.hub
             exports.app = graphql.app.export
             personal_data.app = graphql.app.personal_data
