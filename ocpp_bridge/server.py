@@ -5,9 +5,9 @@
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
   profile 2 when a TLS certificate is configured). An unknown cp_id is answered as a
-  station with a password none could know (401 with the challenge, a password checked,
-  counted and locked out alike: ``_decoy``), so ids cannot be enumerated; the log says
-  why. With auto-registration on, it becomes a Pending station. Wrong passwords are
+  station whose charger connected, with a wrong password (401 with the challenge, as
+  fast, counted and locked out alike: ``_decoy``), so ids cannot be enumerated; the log
+  says why. With auto-registration on, it becomes a Pending station. Wrong passwords are
   counted and lock the guesser out (429, unchecked), not the charger at an address it is
   known to pass from (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
@@ -24,12 +24,11 @@ import hmac
 import logging
 import math
 import os
-import secrets
 import socket
 import ssl
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -49,7 +48,7 @@ from domain.events import StationConnectionChanged, StationPasswordChanged, Stat
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.ports import NO_METRICS, EventBus, Metrics
-from domain.services.charger_sign_ins import Limit, Lockout
+from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
@@ -100,10 +99,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 #: Refused passwords remembered per station (repeated guesses are refused without argon2;
 #: they are still counted).
 REFUSED_REMEMBERED = 32
-#: Stations (and made-up cpIds, ``_decoy``) whose refused passwords are remembered at
-#: most, the least recently refused forgotten first: a scan of made-up cpIds must not
-#: grow memory. A forgotten one is checked again (argon2), and counted as before.
-REFUSED_STATIONS = 4096
+#: The password hash a made-up cpId is checked as (``_decoy``): no argon2 hash, so no
+#: password matches it and none is hashed for it.
+DECOY_HASH = "unknown charge point"
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
@@ -194,12 +192,13 @@ class OcppServer:
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
-        # cp_id → (password hash, digests of passwords it refused lately), most recently
-        # refused last.
-        self._refused: OrderedDict[str, tuple[str, deque[bytes]]] = OrderedDict()
-        #: The hash of a random password nobody knows (``_decoy``), made at the first
-        #: unknown cpId.
-        self._decoy_hash: str | None = None
+        # cp_id → (password hash, digests of passwords it refused lately).
+        self._refused: dict[str, tuple[str, deque[bytes]]] = {}
+        #: What wrong passwords of made-up cpIds are counted in (``_decoy``), made at the
+        #: first, with the stations' (``charging.sign_ins``) it copies: apart, so a scan
+        #: of made-up ids never pushes a real station's counts out of the throttles'
+        #: bounded memory.
+        self._decoy_sign_ins: tuple[ChargerSignIns, ChargerSignIns] | None = None
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
@@ -536,7 +535,7 @@ class OcppServer:
         if station is None:
             # Answered as a station whose password nobody knows, not 404: a 404 here and
             # a 401 for a station's wrong password told anyone which cpIds exist (QA s26).
-            station = await self._decoy(cp_id)
+            station = self._decoy(cp_id)
         if station.auth_password_hash is None:
             self._signed_in[connection] = (station.id, station.auth_password_hash)
             return None  # security profile 0: the operator chose no password
@@ -562,15 +561,27 @@ class OcppServer:
         self._signed_in[connection] = (station.id, station.auth_password_hash)
         return None
 
-    async def _decoy(self, cp_id: str) -> Station:
-        """What a cpId with no station is checked as: a station whose password is random
-        and never told, so every password is refused the way a known station's wrong one
-        is, as slowly (argon2 with the same parameters), counted by the same limits (a
-        lockout's 429 must not tell a station's ids either) and logged as unknown. Never
-        stored."""
-        if self._decoy_hash is None:
-            self._decoy_hash = await self.charging.hash_password(secrets.token_urlsafe(32))
-        return Station(cp_id=cp_id, name=cp_id, auth_password_hash=self._decoy_hash)
+    def _decoy(self, cp_id: str) -> Station:
+        """What a cpId with no station is checked as (never stored): a station with a
+        password, whose every password is refused as a known station's wrong one is, by
+        the same limits (a lockout's 429 must not tell the ids either), and as fast as
+        when its charger has connected (the digest cached: no argon2), which is most
+        stations of a network. So no argon2 either: a scan of made-up ids with
+        credentials would otherwise keep the hashing threads, which chargers and people
+        signing in share, busy for nothing. What stays told apart: a station whose
+        charger has not passed on this instance since it started checks a new guess by
+        argon2 (tens of milliseconds slower; docs/architecture.md)."""
+        return Station(cp_id=cp_id, name=cp_id, auth_password_hash=DECOY_HASH)
+
+    def _sign_ins(self, station: Any) -> ChargerSignIns:
+        """Where ``station``'s password checks are counted: made-up cpIds' apart
+        (``_decoy_sign_ins``), by the same limits and clock."""
+        real = self.charging.sign_ins
+        if station.auth_password_hash != DECOY_HASH:
+            return real
+        if self._decoy_sign_ins is None or self._decoy_sign_ins[0] is not real:
+            self._decoy_sign_ins = (real, ChargerSignIns(real.by_address.clock, real.limits))
+        return self._decoy_sign_ins[1]
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
         """The charger's address: behind a trusted proxy, from its X-Forwarded-For."""
@@ -604,6 +615,8 @@ class OcppServer:
         refused = self._locked_out(station, peer)
         if refused is not None:
             return refused
+        if station.auth_password_hash == DECOY_HASH:  # no station: nothing to check
+            return self._counted(station, peer, False)
         digest = hashlib.sha256(password.encode()).digest()
         # The password the charger passed with before the station's hash changed: its
         # charger, maybe not told yet of a new one (review s22: its retries counted
@@ -643,7 +656,7 @@ class OcppServer:
         return self._answered(station, peer, ok, former=former)
 
     def _locked_out(self, station: Any, peer: str) -> Refused | None:
-        left = self.charging.sign_ins.refused_for(station.cp_id, station.auth_password_hash,
+        left = self._sign_ins(station).refused_for(station.cp_id, station.auth_password_hash,
                                                   peer)
         if left is None:
             return None
@@ -682,18 +695,16 @@ class OcppServer:
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
             return
-        refused = self._refused.pop(station.cp_id, None)
+        refused = self._refused.get(station.cp_id)
         if refused is None or refused[0] != station.auth_password_hash:
             refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
-        self._refused[station.cp_id] = refused  # most recently refused last
+            self._refused[station.cp_id] = refused
         refused[1].append(digest)
-        while len(self._refused) > REFUSED_STATIONS:
-            self._refused.popitem(last=False)
 
     def _counted(self, station: Any, peer: str, ok: bool) -> bool:
         """Counts a checked password (a wrong one however it was found wrong), logging a
         lockout it starts once, at WARNING: an operator should see a station attacked."""
-        sign_ins = self.charging.sign_ins
+        sign_ins = self._sign_ins(station)
         if ok:
             sign_ins.succeeded(station.cp_id, station.auth_password_hash, peer)
             return True
