@@ -709,21 +709,26 @@ class OcppServer:
             sign_ins.succeeded(station.cp_id, station.auth_password_hash, peer)
             return True
         for lockout in sign_ins.failed(station.cp_id, station.auth_password_hash, peer):
-            self._log_lockout(station.cp_id, peer, lockout)
+            self._log_lockout(station.cp_id, peer, lockout,
+                              unknown=station.auth_password_hash == DECOY_HASH)
         return False
 
-    def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout) -> None:
+    def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout, *,
+                     unknown: bool = False) -> None:
         limits = self.charging.sign_ins.limits
         window = _duration(limits.window)
         if lockout.limit is Limit.ADDRESS:
-            log.warning("charge point %r: %d wrong passwords from %s within %s: that "
-                        "address is refused unchecked for %s", shown_id(cp_id),
+            # An unknown one said so: the operator has no such station to look for.
+            log.warning("%scharge point %r: %d wrong passwords from %s within %s: that "
+                        "address is refused unchecked for %s",
+                        "unknown " if unknown else "", shown_id(cp_id),
                         limits.per_address, shown_id(peer) or "?", window,
                         _duration(lockout.lasts))
         else:
-            log.warning("charge point %r: %d wrong passwords from all addresses within "
+            log.warning("%scharge point %r: %d wrong passwords from all addresses within "
                         "%s: for %s only the addresses its charger passed from are "
-                        "checked", shown_id(cp_id), limits.per_station, window,
+                        "checked", "unknown " if unknown else "", shown_id(cp_id),
+                        limits.per_station, window,
                         _duration(lockout.lasts))
 
     # ------------------------------------------------------------- connection

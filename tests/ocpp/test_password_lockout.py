@@ -256,6 +256,7 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
     assert await attempt(central, "guess-9", "203.0.113.5") == 429
     assert await attempt(central, "guess-9", "203.0.113.6", "CP-9") == 429
     assert "refused charge point 'CP-9' from 203.0.113.6: unknown charge point" in caplog.text
+    assert "unknown charge point 'CP-9': 5 wrong passwords from 203.0.113.6" in caplog.text
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # the real charger
 
 
