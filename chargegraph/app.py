@@ -222,7 +222,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 sharing = ThrottleSharing(
                     instances_bus,
                     [*services.accounts.throttles, *services.charging.sign_ins.shared,
-                     *services.personal_data.throttles],
+                     services.charging.registrations, *services.personal_data.throttles],
                     derived_key(jwt_secret, "sign-in throttle"))
                 await stack.enter_async_context(housekeeping.following(
                     sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),

@@ -43,7 +43,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from domain.entities import Station
-from domain.errors import DomainError, StoreUnavailable
+from domain.errors import DomainError, StoreUnavailable, TooManyRequests
 from domain.events import StationConnectionChanged, StationPasswordChanged, StationRemoved
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
@@ -530,7 +530,15 @@ class OcppServer:
         if cp_id is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
         peer = self._peer(connection, request)
-        station = await self.charging.station_for_connection(cp_id)
+        try:
+            station = await self.charging.station_for_connection(cp_id, peer)
+        except TooManyRequests as exc:  # auto-registration's limit: unknown ids only
+            self.refusals.note(cp_id, peer, "too many new charge points from there: "
+                                            "not registered")
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                          "too many new charge points: try again later\n")
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
         unknown = station is None
         if station is None:
             # Answered as a station whose password nobody knows, not 404: a 404 here and

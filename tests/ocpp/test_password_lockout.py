@@ -16,7 +16,8 @@ from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import Eq
+from domain.query import ALL, Eq
+from domain.services import charger_connections
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from ocpp_bridge.server import RefusalLog
 from ocpp_bridge.simulator import basic_auth
@@ -268,5 +269,27 @@ async def test_a_station_without_a_password_and_auto_registration_still_let_char
         assert await attempt(central, "anything", CHARGER, "NEW-1") == 101  # no password
         station = await central.store.find_one(d.Station, Eq("cp_id", "NEW-1"))
         assert station is not None and station.auth_password_hash is None
+    finally:
+        await stop_central(central)
+
+
+async def test_auto_registration_from_one_address_is_limited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s26: with auto-registration on, every made-up cpId was stored as a Pending
+    station, one per handshake, without limit. An address registers a few dozen an hour
+    (a depot commissioning its chargers), then is told 429 with Retry-After; stations it
+    registered still connect, and another address still registers."""
+    monkeypatch.setattr(charger_connections, "REGISTRATIONS_PER_ADDRESS", 3)
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    central.services.charging.registrations.limit = 3
+    try:
+        for i in range(3):
+            assert await attempt(central, None, "203.0.113.5", f"SCAN-{i}") == 101
+        assert await attempt(central, None, "203.0.113.5", "SCAN-3") == 429
+        assert await attempt(central, None, "203.0.113.5", "SCAN-0") == 101  # registered
+        assert await attempt(central, None, CHARGER, "DEPOT-1") == 101
+        stations = await central.store.find_all(d.Station, ALL)
+        assert sorted(s.cp_id for s in stations if s.cp_id.startswith(("SCAN", "DEPOT"))
+                      ) == ["DEPOT-1", "SCAN-0", "SCAN-1", "SCAN-2"]
     finally:
         await stop_central(central)
