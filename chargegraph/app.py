@@ -191,7 +191,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             graphql.app = create_graphql_app(
                 services, tokens, graphiql=settings.graphiql, metrics=metrics,
                 graphiql_assets=assets_url,
-                ws_keep_alive=timedelta(seconds=settings.ws_keepalive_s))
+                ws_keep_alive=timedelta(seconds=settings.ws_keepalive_s),
+                introspection=settings.introspection)
             sources.live = graphql.app.websocket.hub
             exports.app = graphql.app.export
             personal_data.app = graphql.app.personal_data
@@ -220,7 +221,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # still checks its charger's own address on another).
                 sharing = ThrottleSharing(
                     instances_bus,
-                    [*services.accounts.throttles, *services.charging.sign_ins.shared],
+                    [*services.accounts.throttles, *services.charging.sign_ins.shared,
+                     services.charging.registrations, *services.personal_data.throttles],
                     derived_key(jwt_secret, "sign-in throttle"))
                 await stack.enter_async_context(housekeeping.following(
                     sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),

@@ -181,6 +181,12 @@ class Settings(BaseSettings):
                     "follows only a delivered one, so a flap within the grace delivers "
                     "neither. 0: both at once. Live subscriptions are never delayed")
     graphiql: bool = True
+    # On by default (developers explore the API in GraphiQL); a production deployment
+    # whose clients are its own apps turns it off, and GraphiQL with it (it reads the
+    # schema by introspection). `chargegraph export-schema` writes the schema either way.
+    introspection: bool = Field(
+        True, description="Answer __schema and __type queries (and suggest names in "
+                          "errors); off, GraphiQL is not served either")
     graphiql_assets: str | None = Field(
         None, description="Where the GraphiQL page loads its scripts from instead of "
                           "unpkg.com: a folder written by `chargegraph graphiql-assets "

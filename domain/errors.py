@@ -3,6 +3,9 @@ CALLERRORs (OCPP); anything else is an unexpected failure and gets masked."""
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
+
 
 class DomainError(Exception):
     """A failure the caller can act on. ``code`` is stable and machine-readable."""
@@ -58,6 +61,23 @@ class Conflict(DomainError):
     """A uniqueness rule or a state rule would be broken (duplicate email, station in use)."""
 
     code = "CONFLICT"
+
+
+class TooManyRequests(DomainError):
+    """A limit on how often something may be done was reached: try again after
+    ``retry_after`` (HTTP answers 429 with ``Retry-After``)."""
+
+    code = "TOO_MANY_REQUESTS"
+
+    def __init__(self, message: str, *, retry_after: timedelta, field: str | None = None
+                 ) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds, at least one (what ``Retry-After`` says)."""
+        return max(1, math.ceil(self.retry_after.total_seconds()))
 
 
 class UniqueViolation(Conflict):

@@ -41,15 +41,19 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
 class GraphQLApp:
     def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool,
                  metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None,
-                 ws_keep_alive: timedelta = KEEPALIVE) -> None:
+                 ws_keep_alive: timedelta = KEEPALIVE, introspection: bool = True) -> None:
         self.services = services
         self.tokens = tokens
-        self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql,
+        #: Off, ``__schema`` and ``__type`` are refused on both doors and GraphiQL (which
+        #: reads the schema by introspection) is not served (``graph.pipeline``).
+        self.introspection = introspection
+        self.http = GraphQLHTTPHandler(schema, self.http_context,
+                                       graphiql=graphiql and introspection,
                                        metrics=metrics, graphiql_assets=graphiql_assets)
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
         self.websocket = LiveEndpoint(services, tokens, schema, self.bearer_viewer,
-                                      keep_alive=ws_keep_alive)
+                                      keep_alive=ws_keep_alive, introspection=introspection)
         # The same viewer from the same token, the same services and metrics: an export
         # sees exactly what the GraphQL lists show.
         self.export = CsvExports(services, self.bearer_viewer, metrics)
@@ -62,7 +66,8 @@ class GraphQLApp:
     async def http_context(self, request: Request) -> GraphContext:
         viewer = await resolve_viewer(self.services, self.tokens,
                                       request.headers.get("authorization"))
-        return GraphContext.build(self.services, self.tokens, viewer, request)
+        return GraphContext.build(self.services, self.tokens, viewer, request,
+                                  introspection=self.introspection)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -74,11 +79,14 @@ class GraphQLApp:
 
 def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True,
                        metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None,
-                       ws_keep_alive: timedelta = KEEPALIVE) -> GraphQLApp:
+                       ws_keep_alive: timedelta = KEEPALIVE, introspection: bool = True
+                       ) -> GraphQLApp:
     """The app; its ``websocket.hub`` tells how many sockets and operations run (the
     ``/metrics`` gauges read it at scrape time), its ``export`` serves the CSV exports.
     ``graphiql_assets``: where the GraphiQL page loads its files from instead of the CDN
     (``graph.http.ide_page``). ``ws_keep_alive``: the websockets' keep-alive interval
-    (``live_ws.Connection.keep_alive``), zero for none."""
+    (``live_ws.Connection.keep_alive``), zero for none. ``introspection``: off
+    (``CHARGEGRAPH_INTROSPECTION=false``), no ``__schema``/``__type`` and no GraphiQL."""
     return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics,
-                      graphiql_assets=graphiql_assets, ws_keep_alive=ws_keep_alive)
+                      graphiql_assets=graphiql_assets, ws_keep_alive=ws_keep_alive,
+                      introspection=introspection)

@@ -28,8 +28,12 @@ class GraphContext:
     #: One "now" per request, so time-dependent relations (the tariff in force) agree and
     #: batch into one loader.
     now: datetime = field(default_factory=utcnow)
+    #: Whether ``__schema`` and ``__type`` may be asked (``CHARGEGRAPH_INTROSPECTION``;
+    #: ``graph.pipeline``).
+    introspection: bool = True
 
     @classmethod
     def build(cls, services: Services, tokens: TokenService, viewer: Viewer,
-              request: Any = None) -> GraphContext:
-        return cls(services, tokens, viewer, Loaders(services.reads, viewer), request)
+              request: Any = None, *, introspection: bool = True) -> GraphContext:
+        return cls(services, tokens, viewer, Loaders(services.reads, viewer), request,
+                   introspection=introspection)

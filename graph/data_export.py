@@ -5,7 +5,9 @@ which, what it holds and what it leaves out: ``domain/services/personal_data.py`
 
 The same door as the CSV exports (``graph/csv_export.py``): the viewer from the same
 bearer token, the same error bodies (``{"errors": [{field, code, message}]}``: 401 without
-a valid token, 404 ``NOT_FOUND``, 403 ``FORBIDDEN``, 410 ``ERASED``, 503 while the store is
+a valid token, 404 ``NOT_FOUND``, 403 ``FORBIDDEN``, 410 ``ERASED``, 429
+``TOO_MANY_REQUESTS`` with ``Retry-After`` (too many copies of one person within the
+hour: ``domain/services/personal_data.py``), 503 while the store is
 down), the same streaming: each list is read and written a page at a time, so a heavy
 user's years of sessions are never held whole; the export is authorized and recorded
 before the answer starts, and a failure after that cuts the transfer (no end of the
@@ -32,7 +34,7 @@ from starlette.responses import Response
 from domain import entities as d
 from domain.clock import utcnow
 from domain.currencies import major_units
-from domain.errors import DomainError, Forbidden, NotFound
+from domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
 from domain.ids import is_id
 from domain.policy import Viewer
 from domain.services import Services
@@ -251,7 +253,7 @@ def _actor(actor: str) -> str:
 
 
 # ------------------------------------------------------------------------ HTTP
-_STATUS = {NotFound: 404, Forbidden: 403}
+_STATUS = {NotFound: 404, Forbidden: 403, TooManyRequests: 429}
 
 
 class PersonalDataExport(ExportDoor):
@@ -285,6 +287,10 @@ class PersonalDataExport(ExportDoor):
                 self.metrics.export_request(name, "ok")
                 return Response(media_type=MEDIA_TYPE, headers=_attachment(user_id, viewer))
             data = await self.services.personal_data.open(viewer, user_id)
+        except TooManyRequests as exc:
+            refused = self.refusal(name, exc, request)
+            refused.headers["Retry-After"] = str(exc.retry_after_s)
+            return refused
         except DomainError as exc:
             return self.refusal(name, exc, request)
         except Exception:

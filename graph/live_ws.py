@@ -218,10 +218,13 @@ class LiveHub:
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
-                 render_backlog: int = RENDER_BACKLOG) -> None:
+                 render_backlog: int = RENDER_BACKLOG, introspection: bool = True) -> None:
         self.services = services
         self.tokens = tokens
         self.schema = schema
+        #: Whether operations on the sockets may ask ``__schema`` and ``__type``
+        #: (``graph.pipeline``), as over HTTP.
+        self.introspection = introspection
         self.queue_size = queue_size
         self.groups: dict[tuple[Any, ...], RenderGroup] = {}
         self.renders = RenderQueue(max_renders, render_backlog)
@@ -262,7 +265,7 @@ class LiveHub:
         """Parsed and validated once per distinct query (clients repeat a few), with the
         limits of a request over HTTP; ``GraphQLSyntaxError`` for a query that does not
         parse."""
-        return prepared(self.schema._schema, query)
+        return prepared(self.schema._schema, query, introspection=self.introspection)
 
 
 # ------------------------------------------------------------------ connections
@@ -420,7 +423,8 @@ class Connection:
         token = bearer_token(self.authorization)
         # Read once, for the check before each new subscription (``expired``).
         self.valid_until = self.hub.tokens.subject(token).valid_until if token else None
-        context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
+        context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request,
+                                     introspection=self.hub.introspection)
         # Only what is used, not the payload: it lives as long as the socket, and a client
         # could make it as large as a message may be.
         context.connection_params = ({"authorization": self.authorization}
@@ -647,7 +651,7 @@ class Connection:
             await self.close(4403, reason)
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
-                                     self.request)
+                                     self.request, introspection=self.hub.introspection)
         try:
             result = await self.hub.schema.execute(query, variable_values=variables,
                                                    context_value=context,
@@ -794,11 +798,12 @@ class LiveEndpoint:
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
-                 render_backlog: int = RENDER_BACKLOG) -> None:
+                 render_backlog: int = RENDER_BACKLOG, introspection: bool = True) -> None:
         self.hub = LiveHub(services, tokens, schema, queue_size,
                            max_operations=max_operations,
                            max_operations_per_client=max_operations_per_client,
-                           max_renders=max_renders, render_backlog=render_backlog)
+                           max_renders=max_renders, render_backlog=render_backlog,
+                           introspection=introspection)
         self.authorize = authorize
         self.connection_init_timeout = connection_init_timeout
         self.revalidate_every = revalidate_every

@@ -9,6 +9,12 @@ whether it has that hook and wraps the ones it has in a context manager: 24 ques
 six context managers per request, ~45 µs of a ten-station page's ~2 ms
 (``python -m bench.nested_query``). One extension with three hooks costs a third of that.
 
+With introspection off (``CHARGEGRAPH_INTROSPECTION=false``, ``GraphContext.introspection``)
+``__schema`` and ``__type`` are validation errors (graphql-core's
+``NoSchemaIntrospectionCustomRule``), and the errors' "Did you mean …?" suggestions are left
+out: they name the fields, arguments, types and enum values nearest to a guess, which
+would let a prober read the schema back a guess at a time.
+
 Validation results are cached by the document's text (with the rules): the parse cache
 hands the same text the same document, and graphql-core's document nodes hash by walking
 the whole tree, which Strawberry's ``ValidationCache`` (keyed by the document) paid on
@@ -29,7 +35,7 @@ from graphql import (
     parse,
     specified_rules,
 )
-from graphql.validation import ASTValidationRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
@@ -57,14 +63,32 @@ LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (limit_rule(MAX_DEPTH, MAX_AL
 #: The rules an operation is validated with: graphql-core's (Strawberry's default) and the
 #: limits (Strawberry adds its own two in ``validate_document``).
 RULES: tuple[type[ASTValidationRule], ...] = (*specified_rules, *LIMIT_RULES)
+#: What a request is validated with besides, when introspection is off.
+NO_INTROSPECTION: tuple[type[ASTValidationRule], ...] = (NoSchemaIntrospectionCustomRule,)
+#: Where graphql-core's messages begin their suggestions (``did_you_mean``).
+SUGGESTION = " Did you mean "
 
 
-def prepared(schema: GraphQLSchema, query: str) -> tuple[DocumentNode, list[GraphQLError]]:
+def prepared(schema: GraphQLSchema, query: str, *, introspection: bool = True
+             ) -> tuple[DocumentNode, list[GraphQLError]]:
     """``query`` parsed and validated as a request over HTTP is, from the same caches: for
     the operations of a websocket (``graph.live_ws``), so both doors have the same limits.
     Raises ``GraphQLSyntaxError`` for a query that does not parse (or has too many
     tokens)."""
-    return _parsed(query), _validated(schema, query, RULES)
+    if introspection:
+        return _parsed(query), _validated(schema, query, RULES)
+    errors = _validated(schema, query, (*RULES, *NO_INTROSPECTION))
+    return _parsed(query), [without_suggestions(error) for error in errors]
+
+
+def without_suggestions(error: GraphQLError) -> GraphQLError:
+    """``error`` without its "Did you mean …?" (a new error: validation errors are
+    cached and shared)."""
+    at = error.message.find(SUGGESTION)
+    if at < 0:
+        return error
+    return GraphQLError(error.message[:at], error.nodes, error.source, error.positions,
+                        error.path, error.original_error, error.extensions)
 
 
 def operations_in(query: str) -> int:
@@ -130,10 +154,16 @@ class RequestPipeline(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
         context.validation_rules = (*context.validation_rules, *LIMIT_RULES)
+        introspection = not isinstance(context.context, GraphContext) \
+            or context.context.introspection
+        if not introspection:
+            context.validation_rules = (*context.validation_rules, *NO_INTROSPECTION)
         yield
         result = context.result
         if result is not None and result.errors:
             result.errors = [mask(error) for error in result.errors]
+            if not introspection:  # validation's, and a variable's coercion's too
+                result.errors = [without_suggestions(error) for error in result.errors]
         # graphql-core's executor is a reference cycle (its resolve-info helpers are bound
         # methods of the executor) and holds the context: without this, everything the
         # request loaded waited for the cyclic garbage collector (about 400 objects per

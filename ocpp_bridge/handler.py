@@ -747,7 +747,7 @@ class ChargePointHandler(ChargePoint):
             await self._send(frames.call_error(uid, code, exc.message))
             if exc.code == "NOT_FOUND" and exc.field == "cpId":
                 # The station was removed while its charger was connected: hang up, so
-                # it reconnects and meets the 404 of an unknown charge point.
+                # it reconnects and meets the 401 of an unknown charge point.
                 log.info("%s: the station no longer exists; closing", self.id)
                 await self.hang_up(CLOSE_UNKNOWN_STATION, "unknown charge point")
             return

@@ -4,10 +4,12 @@
 - Subprotocol ``ocpp1.6``: chosen when offered; otherwise the handshake completes without
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
-  profile 2 when a TLS certificate is configured). Unknown cp_id: 404, or a Pending
-  station when auto-registration is on. Wrong passwords are counted and lock the guesser
-  out (429, unchecked), not the charger at an address it is known to pass from
-  (``domain.services.charger_sign_ins``).
+  profile 2 when a TLS certificate is configured). An unknown cp_id is answered as a
+  station whose charger connected, with a wrong password (401 with the challenge, as
+  fast, counted and locked out alike: ``_decoy``), so ids cannot be enumerated; the log
+  says why. With auto-registration on, it becomes a Pending station. Wrong passwords are
+  counted and lock the guesser out (429, unchecked), not the charger at an address it is
+  known to pass from (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
 """
 
@@ -40,12 +42,13 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from domain.errors import DomainError, StoreUnavailable
+from domain.entities import Station
+from domain.errors import DomainError, StoreUnavailable, TooManyRequests
 from domain.events import StationConnectionChanged, StationPasswordChanged, StationRemoved
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.ports import NO_METRICS, EventBus, Metrics
-from domain.services.charger_sign_ins import Limit, Lockout
+from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
@@ -60,7 +63,8 @@ log = logging.getLogger("chargegraph.ocpp")
 
 SUBPROTOCOL = "ocpp1.6"
 SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
-#: The 404's body for a cpId with no station (the simulator tells it from a wrong path).
+#: Why a handshake for a cpId with no station was refused, in the log only: the charger
+#: is answered as one with a wrong password (401), so cpIds cannot be enumerated.
 UNKNOWN_CHARGE_POINT = "unknown charge point"
 #: How much of the subprotocols a refused charger offered the log line shows.
 SHOWN_OFFER = 100
@@ -95,6 +99,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 #: Refused passwords remembered per station (repeated guesses are refused without argon2;
 #: they are still counted).
 REFUSED_REMEMBERED = 32
+#: The password hash a made-up cpId is checked as (``_decoy``): no argon2 hash, so no
+#: password matches it and none is hashed for it.
+DECOY_HASH = "unknown charge point"
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
@@ -187,6 +194,11 @@ class OcppServer:
         self._verified: dict[str, tuple[str, bytes]] = {}
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
+        #: What wrong passwords of made-up cpIds are counted in (``_decoy``), made at the
+        #: first, with the stations' (``charging.sign_ins``) it copies: apart, so a scan
+        #: of made-up ids never pushes a real station's counts out of the throttles'
+        #: bounded memory.
+        self._decoy_sign_ins: tuple[ChargerSignIns, ChargerSignIns] | None = None
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
@@ -442,7 +454,7 @@ class OcppServer:
 
     async def _watch_removals(self, stream: Any) -> None:
         """A removed station's charger is hung up on at once, by whichever instance holds
-        it; reconnecting, it meets the 404 of an unknown charge point. (Had this event
+        it; reconnecting, it meets the 401 of an unknown charge point. (Had this event
         been lost, its next message would still find the station gone.) Its connection
         stops being the charger's now, not once its close is done (a peer that does not
         answer it takes the 10 s close timeout): meanwhile the cpId created again had
@@ -518,10 +530,20 @@ class OcppServer:
         if cp_id is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
         peer = self._peer(connection, request)
-        station = await self.charging.station_for_connection(cp_id)
+        try:
+            station = await self.charging.station_for_connection(cp_id, peer)
+        except TooManyRequests as exc:  # auto-registration's limit: unknown ids only
+            self.refusals.note(cp_id, peer, "too many new charge points from there: "
+                                            "not registered")
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                          "too many new charge points: try again later\n")
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
+        unknown = station is None
         if station is None:
-            self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
-            return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
+            # Answered as a station whose password nobody knows, not 404: a 404 here and
+            # a 401 for a station's wrong password told anyone which cpIds exist (QA s26).
+            station = self._decoy(cp_id)
         if station.auth_password_hash is None:
             self._signed_in[connection] = (station.id, station.auth_password_hash)
             return None  # security profile 0: the operator chose no password
@@ -538,13 +560,36 @@ class OcppServer:
             response.headers["Retry-After"] = str(verdict.retry_after)
             return response
         if not verdict:
-            self.refusals.note(cp_id, peer, "no credentials" if credentials is None
+            self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT if unknown
+                               else "no credentials" if credentials is None
                                else "wrong user name or password")
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
         self._signed_in[connection] = (station.id, station.auth_password_hash)
         return None
+
+    def _decoy(self, cp_id: str) -> Station:
+        """What a cpId with no station is checked as (never stored): a station with a
+        password, whose every password is refused as a known station's wrong one is, by
+        the same limits (a lockout's 429 must not tell the ids either), and as fast as
+        when its charger has connected (the digest cached: no argon2), which is most
+        stations of a network. So no argon2 either: a scan of made-up ids with
+        credentials would otherwise keep the hashing threads, which chargers and people
+        signing in share, busy for nothing. What stays told apart: a station whose
+        charger has not passed on this instance since it started checks a new guess by
+        argon2 (tens of milliseconds slower; docs/architecture.md)."""
+        return Station(cp_id=cp_id, name=cp_id, auth_password_hash=DECOY_HASH)
+
+    def _sign_ins(self, station: Any) -> ChargerSignIns:
+        """Where ``station``'s password checks are counted: made-up cpIds' apart
+        (``_decoy_sign_ins``), by the same limits and clock."""
+        real = self.charging.sign_ins
+        if station.auth_password_hash != DECOY_HASH:
+            return real
+        if self._decoy_sign_ins is None or self._decoy_sign_ins[0] is not real:
+            self._decoy_sign_ins = (real, ChargerSignIns(real.by_address.clock, real.limits))
+        return self._decoy_sign_ins[1]
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
         """The charger's address: behind a trusted proxy, from its X-Forwarded-For."""
@@ -578,6 +623,8 @@ class OcppServer:
         refused = self._locked_out(station, peer)
         if refused is not None:
             return refused
+        if station.auth_password_hash == DECOY_HASH:  # no station: nothing to check
+            return self._counted(station, peer, False)
         digest = hashlib.sha256(password.encode()).digest()
         # The password the charger passed with before the station's hash changed: its
         # charger, maybe not told yet of a new one (review s22: its retries counted
@@ -617,7 +664,7 @@ class OcppServer:
         return self._answered(station, peer, ok, former=former)
 
     def _locked_out(self, station: Any, peer: str) -> Refused | None:
-        left = self.charging.sign_ins.refused_for(station.cp_id, station.auth_password_hash,
+        left = self._sign_ins(station).refused_for(station.cp_id, station.auth_password_hash,
                                                   peer)
         if left is None:
             return None
@@ -665,26 +712,31 @@ class OcppServer:
     def _counted(self, station: Any, peer: str, ok: bool) -> bool:
         """Counts a checked password (a wrong one however it was found wrong), logging a
         lockout it starts once, at WARNING: an operator should see a station attacked."""
-        sign_ins = self.charging.sign_ins
+        sign_ins = self._sign_ins(station)
         if ok:
             sign_ins.succeeded(station.cp_id, station.auth_password_hash, peer)
             return True
         for lockout in sign_ins.failed(station.cp_id, station.auth_password_hash, peer):
-            self._log_lockout(station.cp_id, peer, lockout)
+            self._log_lockout(station.cp_id, peer, lockout,
+                              unknown=station.auth_password_hash == DECOY_HASH)
         return False
 
-    def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout) -> None:
+    def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout, *,
+                     unknown: bool = False) -> None:
         limits = self.charging.sign_ins.limits
         window = _duration(limits.window)
         if lockout.limit is Limit.ADDRESS:
-            log.warning("charge point %r: %d wrong passwords from %s within %s: that "
-                        "address is refused unchecked for %s", shown_id(cp_id),
+            # An unknown one said so: the operator has no such station to look for.
+            log.warning("%scharge point %r: %d wrong passwords from %s within %s: that "
+                        "address is refused unchecked for %s",
+                        "unknown " if unknown else "", shown_id(cp_id),
                         limits.per_address, shown_id(peer) or "?", window,
                         _duration(lockout.lasts))
         else:
-            log.warning("charge point %r: %d wrong passwords from all addresses within "
+            log.warning("%scharge point %r: %d wrong passwords from all addresses within "
                         "%s: for %s only the addresses its charger passed from are "
-                        "checked", shown_id(cp_id), limits.per_station, window,
+                        "checked", "unknown " if unknown else "", shown_id(cp_id),
+                        limits.per_station, window,
                         _duration(lockout.lasts))
 
     # ------------------------------------------------------------- connection

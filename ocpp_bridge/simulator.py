@@ -27,8 +27,6 @@ from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ocpp_bridge.server import UNKNOWN_CHARGE_POINT
-
 log = logging.getLogger("chargegraph.simulator")
 wire_log = logging.getLogger("chargegraph.simulator.wire")
 
@@ -833,15 +831,15 @@ def _why(cp_id: str, url: str, error: Exception) -> str:
     is retried like any failure (the station may be created, or its password set, while
     the simulator runs), but said plainly: its repr was a ``Response(...)`` dump."""
     if isinstance(error, InvalidStatus):
-        status, body = error.response.status_code, error.response.body or b""
-        if status == HTTPStatus.NOT_FOUND and body.startswith(UNKNOWN_CHARGE_POINT.encode()):
-            return (f"{cp_id} is not known to the server: create it (createStation) or set "
-                    "CHARGEGRAPH_AUTO_REGISTER=true")
+        status = error.response.status_code
         if status == HTTPStatus.NOT_FOUND:
             return f"{cp_id}: no OCPP endpoint at {url} (HTTP 404): use ws://host:port/ocpp"
         if status == HTTPStatus.UNAUTHORIZED:
-            return (f"{cp_id}: the server refused its credentials (HTTP 401): --password "
-                    "must be the station's password")
+            # The server answers an unknown cpId as a wrong password (ids must not be
+            # probed); its log tells the two apart.
+            return (f"{cp_id}: the server refused its credentials (HTTP 401): the station "
+                    "must exist (createStation, or CHARGEGRAPH_AUTO_REGISTER=true) and "
+                    "--password be its password; the server's log says which")
         return f"{cp_id}: the server refused the connection (HTTP {status})"
     return f"{cp_id}: {error}" if isinstance(error, Disconnected) else f"{cp_id}: {error!r}"
 

@@ -229,10 +229,14 @@ class AccountService(Service):
     # ---------------------------------------------------------------- users
     async def create_user(self, viewer: Viewer, *, email: str, password: str, name: str,
                           role: Role, company_id: str | None = None,
-                          checks: v.Checks | None = None) -> User:
+                          checks: v.Checks | None = None, client: str | None = None
+                          ) -> User:
         """Admins create anyone; operators create drivers and operators in their company.
         Every invalid field is reported at once (``checks``: the caller's own, such as
-        the ids it decoded), before the company is looked up."""
+        the ids it decoded), before the company is looked up. ``client``: the caller's
+        address; an operator's taken email is counted by it (``_counting_taken_emails``:
+        other companies' people do not exist for them, and DUPLICATE said who has an
+        account, unlimited, QA s26); an admin sees every account anyway."""
         checks = checks or v.Checks()
         email = checks(v.email, email)
         password = checks(v.password, password)
@@ -249,17 +253,18 @@ class AccountService(Service):
         checks.done()
         if company_id is not None:
             await self.visible(viewer, Company, company_id, field="companyId")
-        user = stamp_new(
-            User(
-                email=email,
-                name=name,
-                role=role,
-                company_id=company_id,
-                password_hash=await self.hash_password(password),
-            ),
-            viewer,
-        )
-        await self.commit(viewer, [(Insert(user), None)])
+        with self._counting_taken_emails(None if viewer.is_admin else client_key(client)):
+            user = stamp_new(
+                User(
+                    email=email,
+                    name=name,
+                    role=role,
+                    company_id=company_id,
+                    password_hash=await self.hash_password(password),
+                ),
+                viewer,
+            )
+            await self.commit(viewer, [(Insert(user), None)])
         return user
 
     async def update_user(self, viewer: Viewer, user_id: str, *, name: Any = UNSET,
@@ -286,8 +291,11 @@ class AccountService(Service):
         given = {"name": name, "email": email, "password_hash": password_hash,
                  "role": role, "company_id": company_id, "active": active}
         # Counted by the client's sign-in limit only: its sign-ups are no concern here
-        # (an office's ten new drivers may still fix their emails).
-        probing = email is not UNSET and viewer.user_id == user_id
+        # (an office's ten new drivers may still fix their emails). One's own email, and
+        # an operator's change of a colleague's or driver's (QA s26: unlimited, it told
+        # them which emails have an account at any company); not an admin's, who sees
+        # every account.
+        probing = email is not UNSET and (viewer.user_id == user_id or not viewer.is_admin)
         with self._counting_taken_emails(client_key(client) if probing else None):
             user, updated = await retried(
                 lambda: self._edit_user(viewer, user_id, given, current_password))

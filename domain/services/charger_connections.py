@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from domain import validation as v
@@ -24,12 +24,13 @@ from domain.entities import (
     SessionState,
     Station,
 )
-from domain.errors import Conflict, ValidationError
+from domain.errors import Conflict, TooManyRequests, ValidationError
 from domain.events import (
     StationConnectionChanged,
 )
 from domain.ports import Change, Insert
 from domain.query import Eq, In, Range, all_of
+from domain.services.accounts import client_key
 from domain.services.base import (
     Service,
     charger,
@@ -46,12 +47,20 @@ from domain.services.intervals import (
 )
 from domain.services.live_updates import LatestUpdates
 from domain.services.reboot_checks import RebootChecks, reported_available_since
+from domain.services.throttle import SignInThrottle
 
 log = logging.getLogger("chargegraph.charging")
 
 #: Sessions read when a start closes those its connector left open: more than one only
 #: while an older transaction flushed late awaits its stop.
 MAX_OPEN_PER_CONNECTOR = 10
+
+
+#: Stations auto-registered from one charger address within ``REGISTRATION_WINDOW``:
+#: a depot commissioning its chargers behind one address registers a few dozen; a scan
+#: of made-up cpIds is stopped after these (``station_for_connection``).
+REGISTRATIONS_PER_ADDRESS = 50
+REGISTRATION_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,8 @@ class ChargerConnections(Service):
     reboot_checks: RebootChecks
     session_updates: LatestUpdates
     sign_ins: ChargerSignIns
+    #: Stations auto-registered per charger address (``station_for_connection``).
+    registrations: SignInThrottle
     #: Set by the OCPP server: records again the connection it holds for a charger
     #: whose station a message found recorded offline (``_still_connected``).
     still_connected: Callable[[str], Awaitable[None]] | None
@@ -93,9 +104,12 @@ class ChargerConnections(Service):
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
 
-    async def station_for_connection(self, cp_id: str) -> Station | None:
+    async def station_for_connection(self, cp_id: str, address: str = "") -> Station | None:
         """The station a connecting charger claims to be; with auto-registration on, an
-        unknown one is registered as Pending (an operator accepts it later)."""
+        unknown one is registered as Pending (an operator accepts it later), at most
+        ``REGISTRATIONS_PER_ADDRESS`` an hour from one ``address`` (the charger's), then
+        ``TooManyRequests``: each is a station stored for good, and a scan of made-up
+        ids from one address stored one per handshake, unlimited (QA s26)."""
         station = await self.station(cp_id)
         if station is not None or not self.auto_register:
             return station
@@ -103,6 +117,13 @@ class ChargerConnections(Service):
             v.cp_id(cp_id)
         except ValidationError:
             return None
+        client = client_key(address) or ""
+        locked = self.registrations.locked_for(client)
+        if locked is not None:
+            raise TooManyRequests(f"{REGISTRATIONS_PER_ADDRESS} new charge points from "
+                                  "this address within the hour: not registered",
+                                  retry_after=locked)
+        self.registrations.failed(client)  # counted in the step that tested the lock
         actor = charger(cp_id)
         station = stamp_new(Station(cp_id=cp_id, name=cp_id,
                                     registration=Registration.PENDING), actor)

@@ -75,7 +75,12 @@ from domain.services.base import (
 from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
-from domain.services.charger_connections import MAX_OPEN_PER_CONNECTOR, ChargerConnections
+from domain.services.charger_connections import (
+    MAX_OPEN_PER_CONNECTOR,
+    REGISTRATION_WINDOW,
+    REGISTRATIONS_PER_ADDRESS,
+    ChargerConnections,
+)
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from domain.services.edits import edit, retried
 from domain.services.fleet import IN_GARAGE
@@ -121,6 +126,7 @@ from domain.services.pending_starts import (
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
+from domain.services.throttle import SignInThrottle
 from domain.tariff_bands import session_split
 
 log = logging.getLogger("chargegraph.charging")
@@ -407,6 +413,9 @@ class ChargingService(ChargerConnections):
         #: Chargers' failed password checks, which lock guessers out (the OCPP server
         #: asks before it checks a password and counts what it checked).
         self.sign_ins = ChargerSignIns(ctx.clock, sign_in_limits)
+        self.registrations = SignInThrottle(
+            ctx.clock, limit=REGISTRATIONS_PER_ADDRESS, window=REGISTRATION_WINDOW,
+            lockout=REGISTRATION_WINDOW, name="charger_registrations")
         #: How long a charger may cache an Accepted answer (``_cached_until``).
         self.auth_cache = auth_cache
         self.heartbeat_interval = heartbeat_interval

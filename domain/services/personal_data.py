@@ -32,13 +32,22 @@ an admin for "user X" could not be checked against anyone.
 
 Each export is recorded in the audit log (``EXPORT``, about the person: who exported
 whose data and when; it names nothing else), so the person reads who took a copy.
+
+How often: ``EXPORTS_PER_WINDOW`` copies of one person's data by one taker within
+``EXPORT_WINDOW`` (counted as each starts, as sign-ups are, so copies asked all at once
+meet the limit too), then ``TOO_MANY_REQUESTS`` until the window has passed. Each copy
+reads all of a person's years of records and writes an audit entry the person reads: a
+script looping on it (a leaked token, a buggy client) loaded the database and buried the
+person's audit log under thousands of ``EXPORT`` entries (QA s26). A download cut off
+and taken again, or one for each device, fits well within it. Shared by the instances
+(``ThrottleSharing``), as the sign-in limits are.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from domain.entities import (
     AuditAction,
@@ -55,10 +64,11 @@ from domain.entities import (
     Vehicle,
     Webhook,
 )
-from domain.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from domain.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthenticated
 from domain.policy import Viewer
 from domain.query import Eq, Filter, PageRequest, Sort, all_of
-from domain.services.base import Service, pages
+from domain.services.base import Service, ServiceContext, pages
+from domain.services.throttle import SignInThrottle
 
 #: Records read per store call while the document is written.
 READ_ROWS = 100
@@ -67,6 +77,10 @@ READ_ROWS = 100
 #: person asks about. The document's ``auditLogComplete`` says whether more were left out.
 AUDIT_CAP = 10_000
 NEWEST_FIRST = (Sort("at", descending=True),)
+#: Copies of one person's data one taker may start within ``EXPORT_WINDOW`` (module
+#: docstring): as many as sign-ups from one address.
+EXPORTS_PER_WINDOW = 10
+EXPORT_WINDOW = timedelta(hours=1)
 
 
 def holder_view(user: User) -> Viewer:
@@ -178,21 +192,48 @@ def _newest_first(entry: AuditEntry) -> tuple[float, str]:
 
 
 class PersonalDataService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        #: Copies started per taker and person (module docstring); a lockout lasts the
+        #: window, so it ends when the copies that reached the limit are out of it.
+        self.exports = SignInThrottle(ctx.clock, limit=EXPORTS_PER_WINDOW,
+                                      window=EXPORT_WINDOW, lockout=EXPORT_WINDOW,
+                                      name="personal_data_export")
+
+    @property
+    def throttles(self) -> list[SignInThrottle]:
+        """The limits the instances share (``ThrottleSharing``)."""
+        return [self.exports]
+
     async def open(self, viewer: Viewer, user_id: str | None) -> PersonalData:
         """Authorizes the export of ``user_id``'s data (the viewer's own when None),
         records it in the audit log and returns what to read. Raises before anything is
         written to the client: ``UNAUTHENTICATED``, ``NOT_FOUND``, ``FORBIDDEN``,
-        ``ERASED``, or the store's errors."""
+        ``ERASED``, ``TOO_MANY_REQUESTS``, or the store's errors."""
         subject = await self.check(viewer, user_id)
+        key = f"{viewer.actor}\n{subject.id}"
+        locked = self.exports.locked_for(key)
+        if locked is not None:
+            raise TooManyRequests(
+                f"at most {EXPORTS_PER_WINDOW} copies of one person's data an hour: "
+                f"try again in {max(1, round(locked.total_seconds() / 60))} min",
+                retry_after=locked)
+        # Counted as it starts, in the step that tested the lock (no await between):
+        # copies asked all at once would otherwise all pass the test.
+        self.exports.failed(key)
         now = self.now()
         # Recorded before the first byte goes out: a copy cut off half way was still
         # (partly) taken. About the person, in their company's books, as their record's
         # own entries are; it names nobody but who exported.
-        await self.store.write([], [AuditEntry(
-            entity=subject.kind, entity_id=subject.id, action=AuditAction.EXPORT,
-            actor=viewer.actor, at=now, created_at=now, updated_at=now,
-            created_by=viewer.actor, updated_by=viewer.actor,
-            company_id=subject.company_id, holder_id=subject.id)])
+        try:
+            await self.store.write([], [AuditEntry(
+                entity=subject.kind, entity_id=subject.id, action=AuditAction.EXPORT,
+                actor=viewer.actor, at=now, created_at=now, updated_at=now,
+                created_by=viewer.actor, updated_by=viewer.actor,
+                company_id=subject.company_id, holder_id=subject.id)])
+        except Exception:
+            self.exports.forgive(key)  # no copy was taken: the store refused
+            raise
         return PersonalData(subject, holder_view(subject), viewer.actor, now, self)
 
     async def check(self, viewer: Viewer, user_id: str | None) -> User:

@@ -5,6 +5,7 @@ recorded in the person's audit log; a store failing part way cuts the transfer."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from domain.clock import utcnow
 from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
+from domain.query import Eq
 from domain.services import personal_data
 from domain.services.edits import edit
 from graph.ids import to_global_id
@@ -259,3 +261,44 @@ async def test_a_deactivated_accounts_devices_are_not_signed_in(service: Running
     assert response.status_code == 200, response.text
     [device] = response.json()["devices"]
     assert (device["signedIn"], device["signedOutAt"]) == (False, None)
+
+
+async def test_copies_of_one_person_are_limited_per_hour_with_retry_after(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s26: nothing limited the copies, each reading all of a person's records and
+    writing an EXPORT entry to their audit log: a script looping on /export/me.json
+    loaded the database and buried the log. Ten copies of one person by one taker an
+    hour (asked all at once too), then 429 with Retry-After; HEAD is not counted, another
+    taker (an admin answering the person) has their own ten, and a store that refused
+    the audit entry took no copy."""
+    c, exports = service.central, service.services.personal_data.exports
+    driver = c.users["driver"]
+    token, admin = await service.token("driver"), await service.token("admin")
+    for _ in range(3):
+        assert (await download(service, "/export/me.json", token, "HEAD")).status_code == 200
+    store = service.services.ctx.store
+    real_write = store.write
+
+    async def refusing(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("the disk is full", reason="full")
+
+    monkeypatch.setattr(store, "write", refusing)
+    assert (await download(service, "/export/me.json", token)).status_code == 503
+    monkeypatch.setattr(store, "write", real_write)
+    for _ in range(3):
+        assert (await download(service, "/export/me.json", token)).status_code == 200
+    at_once = await asyncio.gather(*(download(service, "/export/me.json", token)
+                                     for _ in range(9)))
+    assert sorted(r.status_code for r in at_once) == [200] * 7 + [429] * 2
+    refused = await download(service, "/export/me.json", token)
+    assert refused.status_code == 429
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3600
+    assert refused.json()["errors"][0]["code"] == "TOO_MANY_REQUESTS"
+    entries = await store.find_all(d.AuditEntry, Eq("action", d.AuditAction.EXPORT))
+    assert len(entries) == 10
+    assert (await download(service, f"/export/users/{driver.id}.json", admin)
+            ).status_code == 200
+    # The hour over, the driver may take a copy again.
+    later = exports.clock() + personal_data.EXPORT_WINDOW
+    monkeypatch.setattr(exports, "clock", lambda: later)
+    assert (await download(service, "/export/me.json", token)).status_code == 200

@@ -433,3 +433,42 @@ async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
     assert payload["errors"] == [{"field": None, "code": "UNAUTHENTICATED", "message":
                                   "the account changed while signing in: sign in again"}]
     assert payload["token"] is None
+
+
+async def test_an_operator_probing_emails_through_their_people_spends_the_same_budget(
+        services: Services, world: World) -> None:
+    """QA s26: an operator moving a driver of their company to another's email, or
+    creating an account with it, learnt from DUPLICATE which emails have an account at
+    any company (whose people do not exist for them), unlimited: 25 in a row, never
+    refused. Counted as a changed own email is; an admin, who sees every account, is
+    not counted."""
+    accounts = services.accounts
+    accounts.client_throttle.limit = 2
+    operator, admin = world.viewer("op_a"), world.viewer("admin")
+    their_driver = world.users["driver_a"].id
+
+    async def probe(viewer: Any, email: str, client: str = "198.51.100.7",
+                    create: bool = False) -> str:
+        try:
+            if create:
+                await accounts.create_user(viewer, email=email, password=PASSWORD,
+                                           name="Probe", role=Role.DRIVER, client=client)
+            else:
+                await accounts.update_user(viewer, their_driver, email=email,
+                                           client=client)
+        except DomainError as exc:
+            return exc.code
+        return "DONE"
+
+    for _ in range(5):
+        assert await probe(admin, "op_b@example.com", "198.51.100.9") == "DUPLICATE"
+        assert await probe(admin, "driver1@example.com", "198.51.100.9",
+                           create=True) == "DUPLICATE"
+    assert await probe(operator, "op_b@example.com") == "DUPLICATE"
+    assert await probe(operator, "driver1@example.com", create=True) == "DUPLICATE"
+    assert await probe(operator, "driver2@example.com") == "TOO_MANY_ATTEMPTS"
+    assert await probe(operator, "driver2@example.com", create=True) == "TOO_MANY_ATTEMPTS"
+    # A free email is not counted, and another address is not held up.
+    assert await probe(operator, "new-a@example.com", "203.0.113.9", create=True) == "DONE"
+    assert await probe(operator, "moved-a@example.com", "203.0.113.9") == "DONE"
+    assert accounts.client_throttle.locked_for("203.0.113.9") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -15,10 +16,12 @@ from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
 from domain.policy import SYSTEM
+from domain.query import ALL, Eq
+from domain.services import charger_connections
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from ocpp_bridge.server import RefusalLog
 from ocpp_bridge.simulator import basic_auth
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, start_central, stop_central
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
 
@@ -179,8 +182,8 @@ async def test_a_scan_of_made_up_ids_writes_a_few_short_lines_and_one_summary(
     central.server.refusals.clock = lambda: now[0]
     padded = [f"SCAN-{i:03d}" + "A" * 4000 for i in range(20)]
     for cp_id in padded:
-        assert await attempt(central, None, "203.0.113.5", cp_id) == 404
-    assert await attempt(central, None, "203.0.113.5", padded[-1]) == 404  # again
+        assert await attempt(central, None, "203.0.113.5", cp_id) == 401
+    assert await attempt(central, None, "203.0.113.5", padded[-1]) == 401  # again
     refused = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
     assert len(refused) == RefusalLog.PER_REASON
     assert refused[0] == ("refused charge point 'SCAN-000" + "A" * 56 + "…' from "
@@ -188,7 +191,7 @@ async def test_a_scan_of_made_up_ids_writes_a_few_short_lines_and_one_summary(
     assert max(len(line) for line in refused) < 200
     # The minute is over: its summary comes before the next line.
     now[0] += RefusalLog.EVERY_S
-    assert await attempt(central, None, "203.0.113.5", "NOPE") == 404
+    assert await attempt(central, None, "203.0.113.5", "NOPE") == 401
     refused = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
     assert refused[RefusalLog.PER_REASON:] == [
         "15 more charge points refused: unknown charge point (16 attempts)",
@@ -202,7 +205,7 @@ async def test_a_held_back_minute_is_summed_up_at_its_end_without_another_refusa
     refusals = central.server.refusals
     refusals.clock = lambda: now[0]
     for i in range(RefusalLog.PER_REASON + 3):
-        assert await attempt(central, None, "203.0.113.5", f"SCAN-{i}") == 404
+        assert await attempt(central, None, "203.0.113.5", f"SCAN-{i}") == 401
     assert await attempt(central, "wrong-password", "203.0.113.5") == 401  # its own budget
     now[0] += RefusalLog.EVERY_S
     refusals.end_due()  # what the minute's timer runs
@@ -212,3 +215,81 @@ async def test_a_held_back_minute_is_summed_up_at_its_end_without_another_refusa
         "3 more charge points refused: unknown charge point"]
     refusals.end_due()
     assert len([r for r in caplog.records if r.name == "chargegraph.ocpp"]) == len(lines)
+
+
+async def refusal(central: Central, cp_id: str, headers: dict[str, str]
+                  ) -> tuple[int, dict[str, str], bytes]:
+    """A refused handshake as a prober sees it: status, headers (the date aside), body."""
+    with pytest.raises(InvalidStatus) as err:
+        await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                      additional_headers=headers)
+    response = err.value.response
+    shown = {k.lower(): v for k, v in response.headers.raw_items() if k.lower() != "date"}
+    return response.status_code, shown, bytes(response.body or b"")
+
+
+async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """QA s26: an unknown cpId was 404 and a known one without the right password 401, so
+    anyone could list a network's cpIds. Now the same answer (401, its challenge, its
+    body), the password checked as slowly and counted by the same lockouts (a 429 told
+    the ids as well); the log keeps the real reason."""
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its digest cached
+    checked = counting_checks(central, monkeypatch)
+    for known_as, made_up_as in (({}, {}),  # no credentials
+                                 (basic_auth("CP-1", "a-guess-1"),
+                                  basic_auth("CP-9", "a-guess-1")),  # a wrong password
+                                 (basic_auth("OTHER", "x"), basic_auth("OTHER", "x"))):
+        known = await refusal(central, "CP-1", {"X-Forwarded-For": "203.0.113.5",
+                                                **known_as})
+        made_up = await refusal(central, "CP-9", {"X-Forwarded-For": "203.0.113.6",
+                                                  **made_up_as})
+        assert known == made_up and known[0] == 401
+        assert known[1]["www-authenticate"].startswith("Basic realm=")
+    # Neither took argon2's time: the station's by its cached digest, the made-up one's
+    # not at all (a scan must not keep the hashing threads busy).
+    assert checked == []
+    for i in range(4):  # four more wrong passwords from each address: both locked out
+        assert await attempt(central, f"guess-{i}", "203.0.113.5") == 401
+        assert await attempt(central, f"guess-{i}", "203.0.113.6", "CP-9") == 401
+    assert await attempt(central, "guess-9", "203.0.113.5") == 429
+    assert await attempt(central, "guess-9", "203.0.113.6", "CP-9") == 429
+    assert "refused charge point 'CP-9' from 203.0.113.6: unknown charge point" in caplog.text
+    assert "unknown charge point 'CP-9': 5 wrong passwords from 203.0.113.6" in caplog.text
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # the real charger
+
+
+async def test_a_station_without_a_password_and_auto_registration_still_let_chargers_in(
+        tmp_path: Path) -> None:
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    try:
+        assert await attempt(central, None, CHARGER, "NEW-1") == 101  # registered Pending
+        assert await attempt(central, "anything", CHARGER, "NEW-1") == 101  # no password
+        station = await central.store.find_one(d.Station, Eq("cp_id", "NEW-1"))
+        assert station is not None and station.auth_password_hash is None
+    finally:
+        await stop_central(central)
+
+
+async def test_auto_registration_from_one_address_is_limited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s26: with auto-registration on, every made-up cpId was stored as a Pending
+    station, one per handshake, without limit. An address registers a few dozen an hour
+    (a depot commissioning its chargers), then is told 429 with Retry-After; stations it
+    registered still connect, and another address still registers."""
+    monkeypatch.setattr(charger_connections, "REGISTRATIONS_PER_ADDRESS", 3)
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    central.services.charging.registrations.limit = 3
+    try:
+        for i in range(3):
+            assert await attempt(central, None, "203.0.113.5", f"SCAN-{i}") == 101
+        assert await attempt(central, None, "203.0.113.5", "SCAN-3") == 429
+        assert await attempt(central, None, "203.0.113.5", "SCAN-0") == 101  # registered
+        assert await attempt(central, None, CHARGER, "DEPOT-1") == 101
+        stations = await central.store.find_all(d.Station, ALL)
+        assert sorted(s.cp_id for s in stations if s.cp_id.startswith(("SCAN", "DEPOT"))
+                      ) == ["DEPOT-1", "SCAN-0", "SCAN-1", "SCAN-2"]
+    finally:
+        await stop_central(central)

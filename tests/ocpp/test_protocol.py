@@ -47,10 +47,12 @@ async def boot_told(ws, uid: str = "b0") -> str:
     return answer[2]["status"]
 
 
-async def test_unknown_station_is_404(central: Central) -> None:
+async def test_unknown_station_is_401_with_the_challenge(central: Central) -> None:
+    """Not 404: that told a known cpId (401) from an unknown one (QA s26)."""
     with pytest.raises(InvalidStatus) as err:
         await raw(central, "NOPE")
-    assert err.value.response.status_code == 404
+    assert err.value.response.status_code == 401
+    assert err.value.response.headers["WWW-Authenticate"].startswith("Basic realm=")
 
 
 @pytest.mark.parametrize(("user", "password"), [("CP-1", "wrong-password"),

@@ -326,12 +326,13 @@ async def test_a_refused_handshake_is_said_plainly_and_retried(
     backoff (the station may be created meanwhile)."""
     caplog.set_level(logging.WARNING, "chargegraph.simulator")
     root = central.url.removesuffix("/ocpp")
-    cases = [(central.url, "SIM-0001", None,
-              "SIM-0001 is not known to the server: create it (createStation) or set "
-              "CHARGEGRAPH_AUTO_REGISTER=true"),
-             (central.url, "CP-1", "not-the-password",
-              "CP-1: the server refused its credentials (HTTP 401): --password must be the "
-              "station's password"),
+    # An unknown station and a wrong password read the same (the server answers both
+    # 401: cpIds are not to be probed), the line naming both causes.
+    refused = ("the server refused its credentials (HTTP 401): the station must exist "
+               "(createStation, or CHARGEGRAPH_AUTO_REGISTER=true) and --password be its "
+               "password; the server's log says which")
+    cases = [(central.url, "SIM-0001", None, f"SIM-0001: {refused}"),
+             (central.url, "CP-1", "not-the-password", f"CP-1: {refused}"),
              (f"{root}/ocpp/x/y", "CP-1", STATION_PASSWORD,
               f"CP-1: no OCPP endpoint at {root}/ocpp/x/y (HTTP 404): use "
               "ws://host:port/ocpp")]

@@ -145,6 +145,43 @@ def test_graphiql_follows_settings(tmp_path: Path) -> None:
         assert "graphiql" not in client.get("/graphql", headers=browser).text.lower()
 
 
+def test_introspection_off_refuses_schema_questions_on_both_doors(tmp_path: Path) -> None:
+    """QA s26: introspection could not be switched off. ``CHARGEGRAPH_INTROSPECTION=false``
+    refuses ``__schema`` and ``__type`` over HTTP and the websocket, leaves out the "Did
+    you mean" suggestions that read the schema back a guess at a time, and GraphiQL;
+    plain queries (``__typename`` too) still run. On by default."""
+    schema_query = {"query": "{ __schema { queryType { name } } }"}
+    typo = {"query": "{ stationz { totalCount } }"}
+    with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as on:
+        assert on.post("/graphql", json=schema_query).json() == {
+            "data": {"__schema": {"queryType": {"name": "Query"}}}}
+        assert "Did you mean 'station', 'stations'" in on.post("/graphql", json=typo).text
+    off = create_app(settings_for(tmp_path, introspection=False, public_map=True),
+                     hasher=Argon2Hasher.fast())
+    with TestClient(off) as client:
+        for query in (schema_query, {"query": '{ __type(name: "Station") { name } }'}):
+            refused = client.post("/graphql", json=query).json()
+            assert "data" not in refused
+            assert "introspection has been disabled" in refused["errors"][0]["message"]
+        refused = client.post("/graphql", json=typo).json()["errors"][0]["message"]
+        assert refused == "Cannot query field 'stationz' on type 'Query'."
+        bad_enum = client.post("/graphql", json={"query": "query($f: StationFilter) "
+                                                          "{ stations(filter: $f) { totalCount } }",
+                                                 "variables": {"f": {"cpIdz": "x"}}})
+        assert "Did you mean" not in bad_enum.text and "cpIdz" in bad_enum.text
+        assert client.post("/graphql", json={"query": "{ __typename }"}).json() == {
+            "data": {"__typename": "Query"}}
+        page = client.get("/graphql", headers={"accept": "text/html"})
+        assert "graphiql" not in page.text.lower()
+        with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+            ws.send_json({"type": "connection_init", "payload": {}})
+            assert ws.receive_json()["type"] == "connection_ack"
+            ws.send_json({"id": "1", "type": "subscribe", "payload": schema_query})
+            answer = ws.receive_json()
+            assert answer["type"] == "error", answer
+            assert "introspection has been disabled" in answer["payload"][0]["message"]
+
+
 @pytest.mark.parametrize("overrides", [{"jwt_secret": "short"},
                                        {"database_url": "postgres://db/x"},
                                        {"pubsub_url": "kafka://broker:9092"},

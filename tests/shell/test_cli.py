@@ -224,7 +224,8 @@ def test_demo_reset_refuses_a_database_open_in_another_process(
     assert (tmp_path / "cli.db").exists()
 
 
-def test_export_schema(runner: CliRunner) -> None:
+def test_export_schema(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGEGRAPH_INTROSPECTION", "false")  # the server's, not this
     schema = runner.invoke(cli, ["export-schema"])
     assert schema.exit_code == 0
     assert schema.stdout == export_sdl() and "type Query" in schema.stdout
