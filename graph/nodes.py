@@ -1148,7 +1148,7 @@ class Session(Node, Audited):
     async def meter_values(self, info: Info,
                            measurands: Annotated[list[Measurand] | None, strawberry.argument(
                                description="Only samples of these measurands; left out: "
-                                           "all. An empty list is INVALID.")] = None,
+                                           "all; an empty list: none.")] = None,
                            from_: Since = None, to: Until = None, first: int | None = None,
                            after: str | None = None, last: int | None = None,
                            before: str | None = None) -> Connection[MeterSample]:
