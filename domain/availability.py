@@ -111,11 +111,12 @@ def connectors_not_available_now(now: datetime) -> Filter:
                   Sub("station_id", "station", stations_out_of_service()))
 
 
-def connector_fits(types: Sequence[ConnectorType] = (), min_kw: float | None = None
-                   ) -> Filter:
-    """Connectors of one of ``types`` (any when none) giving at least ``min_kw`` (a
-    connector of unknown power does not)."""
-    return all_of(In("type", tuple(types)) if types else None,
+def connector_fits(types: Sequence[ConnectorType] | None = None,
+                   min_kw: float | None = None) -> Filter:
+    """Connectors of one of ``types`` (any when ``None``; none when empty, as every list
+    a filter is given means "any of these") giving at least ``min_kw`` (a connector of
+    unknown power does not)."""
+    return all_of(In("type", tuple(types)) if types is not None else None,
                   Range("max_kw", gte=min_kw) if min_kw is not None else None)
 
 

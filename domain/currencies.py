@@ -41,6 +41,26 @@ def major_units(amount_minor: int, code: str | None) -> Decimal:
     return Decimal(amount_minor).scaleb(-minor_digits(code or ""))
 
 
+def price_shown(price: Decimal, code: str | None) -> Decimal:
+    """A price as the API writes it: the currency's minor digits at least, as every
+    amount (``major_units``), and more only where the price has them: 0.35 EUR whether
+    set as "0.35" or "0.3500", 2.00 for "2", 0.0005 kept. The price itself is stored as
+    given; only its trailing zeros differ (QA s26: "0.5900" beside a fee of "2" and an
+    amount of "2.00", as typed)."""
+    digits = minor_digits(code or "")
+    trimmed = price.normalize()
+    if trimmed.as_tuple().exponent > -digits:  # type: ignore[operator]
+        return price.quantize(Decimal(1).scaleb(-digits))
+    return trimmed
+
+
+def rate_shown(rate: Decimal) -> Decimal:
+    """A rate (a tax rate, 0 to 1) without trailing zeros: 0.19 whether set as "0.190"
+    or "0.19", 0 for "0.00"."""
+    trimmed = rate.normalize()
+    return trimmed if trimmed.as_tuple().exponent <= 0 else trimmed.quantize(Decimal(1))  # type: ignore[operator]
+
+
 def minor_units(amount: Decimal, code: str | None) -> int | None:
     """1234 for 12.34 EUR; None when ``amount`` is finer than the currency's minor unit
     (12.345 EUR) or not a finite number."""

@@ -44,9 +44,9 @@ _WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenu
 @strawberry.input(description="Which stations, or whose charging, to count.")
 class AnalyticsFilter:
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
-        "Only these stations (global ids)."))
+        "Only these stations (global ids); an empty list: none."))
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        "Only the stations with these OCPP identities."))
+        "Only the stations with these OCPP identities; an empty list: none."))
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Only this company's stations. Matches nothing for a driver, who is not told "
         "which company runs a station."))

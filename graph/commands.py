@@ -164,7 +164,9 @@ class ChangeConfigurationInput:
 @strawberry.input(description="Read configuration keys of a charger (OCPP GetConfiguration).")
 class GetConfigurationInput:
     cp_id: str = strawberry.field(description=_CP_ID)
-    key: list[str] | None = strawberry.field(default=None, description="All keys if left out.")
+    key: list[str] | None = strawberry.field(default=None, description=(
+        "The keys to read; all keys if left out or empty (a command, not a filter: OCPP "
+        "has a charger asked for no key in particular report every one)."))
 
 
 @strawberry.input(description="Clear a charger's authorization cache (OCPP ClearCache).")

@@ -24,6 +24,27 @@ T = TypeVar("T")
 log = logging.getLogger("chargegraph.graph")
 
 
+#: Every code a mutation's payload may carry, for the clients that match on them (a code
+#: written nowhere is one a client cannot handle; QA s26: LIMIT_REACHED, OVERLAP,
+#: CHANGED, EXPIRED and the STORE_* codes were). README's "Mutations" lists them too.
+USER_ERROR_CODES = (
+    "Stable machine-readable code; match on it, never on `message`. The input: INVALID, "
+    "REQUIRED, TOO_SHORT, TOO_LONG, TOO_WEAK, OUT_OF_RANGE, TOO_MANY (more items than "
+    "the list takes), OVERLAP (two price bands on one time), INVALID_ID (no id of its "
+    "type), UNSUPPORTED, FORBIDDEN_ADDRESS (a webhook URL to a private address). The "
+    "stored data: NOT_FOUND, DUPLICATE, IN_USE, INVALID_STATE (the record's state "
+    "forbids it), EXPIRED (a card past its `expiresAt`), UNCHANGED (the new password is "
+    "the old one), LIMIT_REACHED (a driver's one live reservation, the webhooks a "
+    "company or owner may have), CHANGED (the record kept changing while it was "
+    "written: send it again), ERASED (an erased account). Who you are: UNAUTHENTICATED, "
+    "FORBIDDEN, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_REUSED, TOO_MANY_ATTEMPTS, "
+    "SIGN_UP_DISABLED. A charger command: CHARGER_OFFLINE, CHARGER_BUSY, "
+    "CHARGER_TIMEOUT, CHARGER_REJECTED, CHARGER_ERROR. The service: UNAVAILABLE (a part "
+    "not running on this instance), STORE_BUSY (the database was locked: nothing "
+    "written, send it again), STORE_UNAVAILABLE (it cannot write now) and STORE_REFUSED "
+    "(too large to store: the same request fails again).")
+
+
 @strawberry.type(description="An expected failure of a mutation, tied to an input field.")
 class UserError:
     field: str | None = strawberry.field(
@@ -32,9 +53,7 @@ class UserError:
     message: str = strawberry.field(description=(
         "What went wrong, in English, for people to read: a client decides by `code`, "
         "not by this."))
-    code: str = strawberry.field(
-        description="Stable machine-readable code, e.g. INVALID, DUPLICATE, NOT_FOUND."
-    )
+    code: str = strawberry.field(description=USER_ERROR_CODES)
 
 
 #: The ``errors`` of every mutation payload.

@@ -325,7 +325,8 @@ class StationFilter:
     near: NearInput | None = strawberry.field(default=None, description=(
         "Within `radiusKm` of a point; order by `DISTANCE` from it with `orderBy`."))
     connector_types: list[ConnectorType] | None = strawberry.field(default=None, description=(
-        "With a connector of one of these types (null or empty: any)."))
+        "With a connector of one of these types (null: any type; an empty list: "
+        "none, so no station)."))
     min_kw: float | None = strawberry.field(default=None, description=(
         "With a connector giving at least this power (`maxKw`; unknown power does not)."))
     available_now: bool | None = strawberry.field(default=None, description=(
@@ -352,7 +353,7 @@ class StationFilter:
         )
 
     def _connectors(self) -> Filter:
-        fits = connector_fits(self.connector_types or (),
+        fits = connector_fits(self.connector_types,
                               _min_kw(self.min_kw, "filter.minKw"))
         return stations_with(fits, available_now=self.available_now, now=utcnow())
 
@@ -376,7 +377,8 @@ class ConnectorFilter:
         "reported, as `Connector.status` shows it (a charger that started a session "
         "without reporting CHARGING is not in `CHARGING`)."))
     types: list[ConnectorType] | None = strawberry.field(default=None, description=(
-        "One of these types (null or empty: any)."))
+        "One of these types (null: any type; an empty list: none, so no "
+        "connector)."))
     min_kw: float | None = strawberry.field(default=None, description=(
         "At least this power (`maxKw`; unknown power does not match)."))
     available_now: bool | None = strawberry.field(default=None, description=(
@@ -395,7 +397,7 @@ class ConnectorFilter:
             _eq("cp_id", self.cp_id),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
             self._status(),
-            connector_fits(self.types or (), _min_kw(self.min_kw, "filter.minKw")),
+            connector_fits(self.types, _min_kw(self.min_kw, "filter.minKw")),
             _available(self.available_now),
         )
 
@@ -434,7 +436,7 @@ class SessionFilter:
     to: datetime | None = strawberry.field(default=None, description="Started before.")
     station_ids: list[strawberry.ID] | None = strawberry.field(
         default=None, description=f"Sessions at any of these stations (at most "
-                                  f"{MAX_FILTER_IDS}).")
+                                  f"{MAX_FILTER_IDS}; an empty list: none).")
     id_tag: str | None = strawberry.field(
         default=None, description="Sessions charged with this card (its tag, in any case).")
 

@@ -25,7 +25,7 @@ from domain import entities as d
 from domain import pricing
 from domain.availability import connectors_free
 from domain.command_rules import without_credentials
-from domain.currencies import major_units
+from domain.currencies import major_units, price_shown, rate_shown
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort, all_of
@@ -1148,7 +1148,7 @@ class Session(Node, Audited):
     async def meter_values(self, info: Info,
                            measurands: Annotated[list[Measurand] | None, strawberry.argument(
                                description="Only samples of these measurands; left out: "
-                                           "all. An empty list is INVALID.")] = None,
+                                           "all; an empty list: none.")] = None,
                            from_: Since = None, to: Until = None, first: int | None = None,
                            after: str | None = None, last: int | None = None,
                            before: str | None = None) -> Connection[MeterSample]:
@@ -1257,9 +1257,9 @@ class PriceBand:
         "Per kWh in the band, in its tariff's `currency` (major units), before tax."))
 
     @classmethod
-    def of(cls, doc: dict[str, Any]) -> PriceBand:
+    def of(cls, doc: dict[str, Any], currency: str) -> PriceBand:
         return cls(days=list(doc["days"]), start=doc["start"], end=doc["end"],
-                   price_per_kwh=Decimal(doc["price_per_kwh"]))
+                   price_per_kwh=price_shown(Decimal(doc["price_per_kwh"]), currency))
 
 
 @strawberry.type(description="A price list of a company or a station, from `validFrom` on.")
@@ -1305,17 +1305,19 @@ class Tariff(Node, Audited):
 
     @classmethod
     def wrap(cls, r: d.Tariff, ctx: GraphContext) -> Tariff:
+        def price(value: Decimal) -> Decimal:
+            return price_shown(value, r.currency)
         return _audited(cls, r, {
-            "price_per_kwh": r.price_per_kwh,
+            "price_per_kwh": price(r.price_per_kwh),
             "currency": r.currency,
-            "price_per_minute": r.price_per_minute,
-            "session_fee": r.session_fee,
-            "tax_rate": r.tax_rate,
+            "price_per_minute": price(r.price_per_minute),
+            "session_fee": price(r.session_fee),
+            "tax_rate": rate_shown(r.tax_rate),
             "valid_from": r.valid_from,
-            "idle_price_per_minute": r.idle_price_per_minute,
+            "idle_price_per_minute": price(r.idle_price_per_minute),
             "idle_grace_minutes": r.idle_grace_minutes,
-            "idle_fee_cap": r.idle_fee_cap,
-            "energy_bands": [PriceBand.of(band) for band in r.energy_bands],
+            "idle_fee_cap": price(r.idle_fee_cap) if r.idle_fee_cap is not None else None,
+            "energy_bands": [PriceBand.of(band, r.currency) for band in r.energy_bands],
             "time_zone": r.time_zone,
             "connector_type": r.connector_type,
             "power_type": r.power_type,

@@ -106,7 +106,8 @@ CONNECTION_ARGUMENTS = {
                "before that record; alone, it pages backward with the default size. A "
                "cursor from another list or order is an INVALID_CURSOR error."),
     "filter": ("Only the records meeting every condition given; without it, every record "
-               "the viewer may see."),
+               "the viewer may see. A list condition matches any of its values, so an "
+               "empty list matches nothing; left out or null, it asks nothing."),
     "orderBy": ("Sort keys, the first deciding first; `id` breaks ties. Without it, the "
                 "field's default order. A `NAME` key, where the list has one, sorts names "
                 "as people read them: case and accents ignored."),

@@ -87,7 +87,10 @@ SCALARS: dict[object, Any] = {
     Decimal: strawberry.scalar(
         name="Decimal",
         description="An exact decimal number (prices, rates, amounts in major units), "
-                    "returned as a string (\"0.35\"). Send it as a string, written "
+                    "returned as a string (\"0.35\"): an amount with its currency's "
+                    "minor digits (\"12.50\" EUR, \"100\" JPY), a price with them at "
+                    "least and more only where it has them (\"0.0005\"), a rate "
+                    "without trailing zeros (\"0.19\"). Send it as a string, written "
                     "plainly (no `_`, no NaN): read exactly as written, every digit. A "
                     "number is read so too when written in the query, or in the "
                     "variables of a request (or websocket message) of at most "

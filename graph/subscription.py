@@ -55,9 +55,9 @@ class SessionChange(Enum):
 @strawberry.input(description="Narrow a station feed; all the viewer may see if left out.")
 class StationEventFilter:
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        "Only events of these chargers (OCPP identities)."))
+        "Only events of these chargers (OCPP identities); an empty list: none."))
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
-        "Only events of these stations (global ids)."))
+        "Only events of these stations (global ids); an empty list: none."))
 
     def accepts(self) -> Callable[[Any], bool]:
         cp_ids = set(self.cp_ids) if self.cp_ids is not None else None

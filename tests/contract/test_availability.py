@@ -75,6 +75,11 @@ async def test_stations_with_one_connector_meeting_every_condition(store: Store)
         connector_fits([ConnectorType.TYPE2], 20), available_now=True, now=T0)) == {fast.id}
     assert await ids(store, Station, stations_with(connector_fits())) == {
         fast.id, slow.id, unknown.id}
+    # An empty list of types is "any of none", as every list filter reads one.
+    for available_now in (None, True, False):
+        assert await ids(store, Station, stations_with(
+            connector_fits([]), available_now=available_now, now=T0)) == set()
+    assert await ids(store, Connector, connector_fits([])) == set()
 
 
 async def test_stations_with_none_available_now_are_the_exact_complement(

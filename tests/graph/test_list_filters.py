@@ -135,3 +135,30 @@ async def test_connectors_in_the_order_asked(api: Api, world: World) -> None:
     assert newest_first == sorted(default, reverse=True)
     by_number = await every([{"field": "CONNECTOR_ID"}, {"field": "CP_ID"}])
     assert by_number == sorted(default, key=lambda plug: (plug[1], plug[0]))
+
+
+STATIONS = """query($f: StationFilter) { stations(first: 50, filter: $f) {
+    totalCount nodes { cpId } } }"""
+CONNECTORS = """query($f: ConnectorFilter) { connectors(first: 50, filter: $f) {
+    totalCount nodes { cpId } } }"""
+
+
+async def test_an_empty_list_in_a_filter_matches_nothing(api: Api, world: World) -> None:
+    """``[]`` is "any of none", in every list filter alike: a console whose type picker
+    has nothing ticked lists no station, as `stationIds: []` lists no session. It read
+    as "any type" for connector types alone, so unticking the last type showed them all
+    (QA s26)."""
+    for query, f in ((STATIONS, {"connectorTypes": []}),
+                     (STATIONS, {"connectorTypes": [], "availableNow": False}),
+                     (STATIONS, {"connectorTypes": [], "availableNow": True}),
+                     (CONNECTORS, {"types": []}),
+                     (SESSIONS, {"stationIds": []})):
+        data = await api.gql(query, {"f": f}, as_user=world.users["admin"].id)
+        page = next(iter(data.values()))
+        assert page["nodes"] == [], (query, f)
+        if "totalCount" in page:
+            assert page["totalCount"] == 0, (query, f)
+    # Left out (or null), a list filter asks nothing.
+    everything = await api.gql(STATIONS, {"f": {"connectorTypes": None}},
+                               as_user=world.users["admin"].id)
+    assert everything["stations"]["totalCount"] == len(world.stations)

@@ -1410,8 +1410,8 @@ async def test_a_decimal_sent_as_a_json_number_over_the_socket_is_read_as_writte
     for op_id, price, answer in (
             ("fine", "0.35000000000000001",
              {"tariff": None, "errors": [{"field": "pricePerKwh", "code": "INVALID"}]}),
-            ("kept", "0.5900",
-             {"tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []})):
+            ("kept", "0.5901",
+             {"tariff": {"pricePerKwh": "0.5901", "taxRate": "0.19"}, "errors": []})):
         socket.put(f'{{"id": "{op_id}", "type": "{kind}", "payload": '
                    f'{set_price_body(company, price).decode()}}}')
         result = await socket.next()

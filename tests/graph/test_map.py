@@ -193,7 +193,8 @@ async def test_station_filters_for_the_driver_app(api: Api, world: World,
     # One connector meets them all: no station has a Type 2 of 50 kW.
     assert await stations(api, world, {"connectorTypes": ["TYPE2"], "minKw": 50}) == set()
     assert await stations(api, world, {"connectorTypes": ["CCS2", "TYPE2"]}) == everyone
-    assert await stations(api, world, {"connectorTypes": [], "minKw": 22}) == everyone
+    assert await stations(api, world, {"connectorTypes": None, "minKw": 22}) == everyone
+    assert await stations(api, world, {"connectorTypes": [], "minKw": 22}) == set()
     assert await stations(api, world, {"connectorTypes": ["CHADEMO"]}) == set()
     near = {"near": {"lat": 52.5, "lon": 13.4, "radiusKm": 0.5}, "availableNow": True}
     assert await stations(api, world, near) == {"A-001"}  # B-001 stands there too

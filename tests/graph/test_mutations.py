@@ -678,7 +678,7 @@ async def test_tariffs(api: Api, world: World) -> None:
                {"stationId": station, "pricePerKwh": "0.5900", "currency": "EUR"},
                "tariff { id }")
     data = await api.gql(q, as_user=world.users["driver1"].id)
-    assert data["a"] == {"tariff": {"pricePerKwh": "0.5900"}}  # the station's wins
+    assert data["a"] == {"tariff": {"pricePerKwh": "0.59"}}  # the station's wins
     assert data["b"] == {"tariff": {"pricePerKwh": "0.39"}}
     assert codes(await call(api, world, "op_b", "setTariff",
                             {"stationId": station, "pricePerKwh": "1", "currency": "EUR"},
@@ -721,7 +721,7 @@ async def test_idle_fees_are_set_shown_and_checked(api: Api, world: World) -> No
     assert made["tariff"] == {"idlePricePerMinute": "0.10", "idleGraceMinutes": 15,
                               "idleFeeCap": "12.50"}
     plain = await call(api, world, "op_a", "setTariff", base, shown)
-    assert plain["tariff"] == {"idlePricePerMinute": "0", "idleGraceMinutes": 0,
+    assert plain["tariff"] == {"idlePricePerMinute": "0.00", "idleGraceMinutes": 0,
                                "idleFeeCap": None}
     for bad, field in (({"idlePricePerMinute": "-0.01"}, "idlePricePerMinute"),
                        ({"idleGraceMinutes": -1}, "idleGraceMinutes"),
@@ -853,3 +853,29 @@ async def test_a_vehicle_is_handed_to_another_driver_with_its_history(
     theirs = await api.gql("{ vehicles { nodes { licensePlate } } }",
                            as_user=world.users["driver2"].id)
     assert {"licensePlate": "B-DR 1"} in theirs["vehicles"]["nodes"]
+
+
+async def test_prices_are_written_as_amounts_are_whatever_was_typed(api: Api,
+                                                                     world: World) -> None:
+    """A price reads with its currency's minor digits at least, as every amount does
+    (`Money.amount`, a cost's lines), and more only where it has them; a rate without
+    trailing zeros. They were echoed as typed: "0.5900" on one station and "0.59" on the
+    next, a session fee of "2" beside the "2.00" it bills (QA s26)."""
+    station = gid("station", world.stations["A-001"].id)
+    shown = ("tariff { pricePerKwh pricePerMinute sessionFee taxRate idlePricePerMinute "
+             "idleFeeCap energyBands { pricePerKwh } }")
+    typed = {"stationId": station, "currency": "EUR", "pricePerKwh": "0.5900",
+             "pricePerMinute": "0.0005", "sessionFee": "2", "taxRate": "0.190",
+             "idlePricePerMinute": "0.1", "idleFeeCap": "1E+1", "timeZone": "Europe/Berlin",
+             "energyBands": [{"days": ["MON"], "start": "08:00", "end": "12:00",
+                              "pricePerKwh": "0.300000"}]}
+    made = await call(api, world, "op_a", "setTariff", typed, shown)
+    assert made["tariff"] == {"pricePerKwh": "0.59", "pricePerMinute": "0.0005",
+                              "sessionFee": "2.00", "taxRate": "0.19",
+                              "idlePricePerMinute": "0.10", "idleFeeCap": "10.00",
+                              "energyBands": [{"pricePerKwh": "0.30"}]}
+    yen = await call(api, world, "op_a", "setTariff",
+                     {"stationId": station, "currency": "JPY", "pricePerKwh": "30.00",
+                      "sessionFee": "0", "taxRate": "0"},
+                     "tariff { pricePerKwh sessionFee taxRate }")
+    assert yen["tariff"] == {"pricePerKwh": "30", "sessionFee": "0", "taxRate": "0"}

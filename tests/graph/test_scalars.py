@@ -121,8 +121,10 @@ async def test_a_decimal_sent_as_a_json_number_is_read_as_written(api: Api, worl
                                   headers=headers)
         return r.json()["data"]["setTariff"]  # type: ignore[no-any-return]
 
-    assert await set_price("0.5900") == {
-        "tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []}
+    # (A price reads with its currency's digits, trailing zeros beyond them trimmed: QA
+    # s26. Its digits, as written, are what is kept.)
+    assert await set_price("0.5901") == {
+        "tariff": {"pricePerKwh": "0.5901", "taxRate": "0.19"}, "errors": []}
     assert await set_price("0.35000000000000001") == {
         "tariff": None, "errors": [{"field": "pricePerKwh", "code": "INVALID"}]}
 
@@ -155,10 +157,10 @@ async def test_a_decimal_sent_as_a_json_number_whose_digits_were_not_kept_is_ref
         {"code": "BAD_USER_INPUT", "field": "input.taxRate"}]
     assert all("send the amount as a string" in e["message"] for e in answer["errors"])
     # The same amounts as strings.
-    r = await api.client.post("/graphql", content=padded('"0.5900"', '"0.19"'),
+    r = await api.client.post("/graphql", content=padded('"0.5901"', '"0.19"'),
                               headers=headers)
     assert r.json()["data"]["setTariff"] == {
-        "tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []}
+        "tariff": {"pricePerKwh": "0.5901", "taxRate": "0.19"}, "errors": []}
     with pytest.raises(ValueError, match="send the amount as a string"):
         SCALARS[Decimal].parse_value(0.35)
 

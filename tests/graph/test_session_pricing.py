@@ -139,7 +139,7 @@ async def test_operators_see_by_the_books_and_tariffs_as_tariffs_are(
     assert tx not in await _sessions(api, world, "op_b")  # not their books
     assert tx not in await _sessions(api, world, "driver1")  # not their session
     driver2 = (await _sessions(api, world, "driver2"))[tx]
-    assert driver2["tariff"] == {"pricePerKwh": "0.55", "pricePerMinute": "0",
+    assert driver2["tariff"] == {"pricePerKwh": "0.55", "pricePerMinute": "0.00",
                                  "company": None}
     admin = (await _sessions(api, world, "admin"))[tx]
     assert admin["tariff"]["pricePerKwh"] == str(station_tariff.price_per_kwh)
@@ -147,7 +147,7 @@ async def test_operators_see_by_the_books_and_tariffs_as_tariffs_are(
     # company shown to staff.
     s1 = (await _sessions(api, world, "op_a"))[world.sessions["s1"].transaction_id]
     assert s1["tariff"] == {"pricePerKwh": str(company.price_per_kwh),
-                            "pricePerMinute": "0", "company": {"name": "Alpha Charging"}}
+                            "pricePerMinute": "0.00", "company": {"name": "Alpha Charging"}}
 
 
 async def test_a_page_of_sessions_prices_in_a_fixed_number_of_store_calls(
