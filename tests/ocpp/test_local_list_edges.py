@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from ocpp.v16 import call
 
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.test_card_withdrawal import (
+    UPDATE_USER,
+    fleet_driver,
+    local_lists_sent,
+    send_full_list,
+    settled,
+)
 
 
 async def test_authorize_of_a_card_charging_elsewhere_is_accepted(central: Central) -> None:
@@ -27,3 +35,27 @@ async def test_authorize_of_a_card_charging_elsewhere_is_accepted(central: Centr
         _, again = await cp.start_transaction(2, "TAG-OK")
         assert again == "ConcurrentTx"  # StartTransaction is where it belongs
         await cp.stop_transaction(1)
+
+
+async def test_send_max_length_the_charger_does_not_know_is_asked_once(
+        central: Central) -> None:
+    """A charger without ``SendLocalListMaxLength`` (unknownKey) was asked it at every
+    withdrawal of more than one card: remembered until it boots again."""
+    holder = await fleet_driver(central, 3)
+    tags = [f"FLEET-{n}" for n in range(3)]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", *tags)
+        for active in (False, True, False):
+            answer = await central.gql(UPDATE_USER, {"input": {
+                "id": to_global_id("user", holder.id), "active": active}}, as_user="admin")
+            assert answer["updateUser"]["errors"] == [], answer
+            await settled(central)
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1, 2, 3, 4]
+        assert [name for name, _ in cp.received].count("GetConfiguration") == 1
+        await cp.boot()  # a reboot (new firmware) may change what it takes: asked again
+        await settled(central)
+        answer = await central.gql(UPDATE_USER, {"input": {
+            "id": to_global_id("user", holder.id), "active": True}}, as_user="admin")
+        await settled(central)
+        assert [name for name, _ in cp.received].count("GetConfiguration") == 2
