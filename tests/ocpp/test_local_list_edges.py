@@ -6,16 +6,22 @@ from __future__ import annotations
 
 from ocpp.v16 import call
 
+from domain.policy import Viewer
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_card_withdrawal import (
     UPDATE_USER,
+    entry,
     fleet_driver,
     local_lists_sent,
+    offline,
     send_full_list,
     settled,
 )
+
+REMOVE_TAG = """mutation($input: RemoveIdTagInput!) { removeIdTag(input: $input) {
+    errors { field code message } } }"""
 
 
 async def test_authorize_of_a_card_charging_elsewhere_is_accepted(central: Central) -> None:
@@ -59,3 +65,57 @@ async def test_send_max_length_the_charger_does_not_know_is_asked_once(
             "id": to_global_id("user", holder.id), "active": True}}, as_user="admin")
         await settled(central)
         assert [name for name, _ in cp.received].count("GetConfiguration") == 2
+
+
+async def test_a_removed_card_issued_again_to_its_holder_is_accepted_again(
+        central: Central) -> None:
+    """A card removed (lost) is Blocked in the lists that held it. Its holder finds it
+    and it is issued again with the same tag: it stayed Blocked at the charger, refused
+    offline while Authorize accepted it. Put back for the same holder only."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        for who, key in (("driver", "ok"), ("driver2", "other")):
+            removed = await central.gql(REMOVE_TAG, {"input": {"id": to_global_id(
+                "id_tag", central.tags[key].id)}}, as_user=who)
+            assert removed["removeIdTag"]["errors"] == [], removed
+        await settled(central)
+        assert cp.local_list["TAG-OK"] == {"status": "Blocked"}
+        assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
+
+        await central.services.fleet.issue_id_tag(
+            Viewer.of(central.users["driver"]), tag="TAG-OK")
+        # TAG-OTHER issued to another person: not what the list's sender listed.
+        await central.services.fleet.issue_id_tag(
+            Viewer.of(central.users["driver"]), tag="TAG-OTHER")
+        await settled(central)
+        assert cp.local_list["TAG-OK"]["status"] == "Accepted"
+        assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
+        back = await entry(central, "CP-1", "TAG-OK")
+        assert back is not None and (back.status, back.wanted) == ("Accepted", None)
+
+
+async def test_a_card_removed_and_issued_again_while_its_charger_was_away_stays_accepted(
+        central: Central) -> None:
+    """The removal's withdrawal never reached the charger (offline) and the card was
+    issued again to its holder meanwhile: at its boot the charger is sent nothing (it
+    holds the card Accepted, as it should), not Blocked for the card removed."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK")
+    await offline(central, "CP-1")
+    removed = await central.gql(REMOVE_TAG, {"input": {"id": to_global_id(
+        "id_tag", central.tags["ok"].id)}}, as_user="driver")
+    assert removed["removeIdTag"]["errors"] == [], removed
+    await settled(central)
+    await central.services.fleet.issue_id_tag(Viewer.of(central.users["driver"]),
+                                              tag="TAG-OK")
+    await settled(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        back.local_list_version, back.local_list = 1, {"TAG-OK": {"status": "Accepted"}}
+        await back.boot()
+        await settled(central)
+        assert back.local_list["TAG-OK"] == {"status": "Accepted"}
+        assert local_lists_sent(back) == []
+        held = await entry(central, "CP-1", "TAG-OK")
+        assert held is not None and (held.status, held.wanted) == ("Accepted", None)
