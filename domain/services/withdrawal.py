@@ -45,9 +45,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from domain.command_rules import folded_key
 from domain.entities import (
-    ConfigurationKey,
     IdTag,
     IdTagStatus,
     LocalList,
@@ -58,7 +56,7 @@ from domain.entities import (
     Station,
     User,
 )
-from domain.errors import ChargerCallError, DomainError
+from domain.errors import DomainError
 from domain.events import StationConnectionChanged
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
@@ -95,8 +93,6 @@ RESTORE_ACCEPTED = "Accepted"
 #: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
-#: The charger's configuration key bounding the entries of one SendLocalList.
-SEND_MAX_KEY = "SendLocalListMaxLength"
 #: How many entries one SendLocalList holds when the charger does not say how many it
 #: takes (no such key, no answer): few enough for the chargers we know of.
 DEFAULT_SEND_MAX = 20
@@ -357,11 +353,6 @@ class Withdrawal(Service):
         #: keeps its arrivals'). Across instances the list version keeps it right (a
         #: VersionMismatch re-reads).
         self._pushing = KeyedLocks()
-        #: Each station's ``SendLocalListMaxLength`` as its charger last answered it
-        #: when no value since its boot was stored (``_send_max``), with the boot it
-        #: holds for (``Station.booted_at``): a charger that does not know the key
-        #: was asked it at every push (QA s26).
-        self._send_max_asked: dict[str, tuple[datetime | None, int]] = {}
         ctx.published.append(self._heard)
 
     def _heard(self, event: Any) -> None:
@@ -663,41 +654,14 @@ class Withdrawal(Service):
 
     async def _send_max(self, actor: Viewer, station: Station, count: int) -> int:
         """The most entries one SendLocalList to ``station`` may hold: its
-        ``SendLocalListMaxLength`` as its stored configuration knows it since the
-        charger's last boot (``services.configuration``), else as a GetConfiguration of
-        that key answers (recorded there), else ``DEFAULT_SEND_MAX``. Asked once per
-        boot (QA s26): a charger that does not know the key (unknownKey, or a CALLERROR)
-        was asked at every push; what it answered is kept in ``_send_max_asked`` until
-        it boots again, and a value stored before its last boot (new firmware may take
-        another) is asked again. A ChangeConfiguration it took is stored, so a change is
-        followed at once. Nothing is asked for a single entry (``count``): any charger
-        takes one."""
+        ``SendLocalListMaxLength`` as the charger said it since its last boot
+        (``CommandService.list_limits``: stored, else asked once per boot), else
+        ``DEFAULT_SEND_MAX``. Nothing is asked for a single entry (``count``): any
+        charger takes one."""
         if count <= 1:
             return 1
-        known = await self.store.find_one(ConfigurationKey, all_of(
-            Eq("station_id", station.id), Eq("folded_key", folded_key(SEND_MAX_KEY))))
-        most = _positive(known.value) if known is not None \
-            and _known_since(known, station.booted_at) else None
-        if most is not None:
-            return most
-        booted, remembered = self._send_max_asked.get(station.id, (None, None))
-        if remembered is not None and booted == station.booted_at:
-            return remembered
-        try:
-            asked = await self.commands.send(SYSTEM, station.cp_id, "GetConfiguration",
-                                             {"key": [SEND_MAX_KEY]}, audited_as=actor)
-        except DomainError:  # the station went meanwhile: the send says so
-            return DEFAULT_SEND_MAX
-        for key in asked.result.get("configurationKey") or ():
-            if isinstance(key, dict) and folded_key(str(key.get("key"))) \
-                    == folded_key(SEND_MAX_KEY):
-                most = _positive(key.get("value"))
-        most = most or DEFAULT_SEND_MAX
-        # The charger's word (a value, unknownKey, a CALLERROR) stands until it boots
-        # again; no answer (a timeout, the socket gone) is asked again next time.
-        if asked.error is None or isinstance(asked.error, ChargerCallError):
-            self._send_max_asked[station.id] = (station.booted_at, most)
-        return most
+        limits = await self.commands.list_limits(station, audited_as=actor)
+        return limits.per_send or DEFAULT_SEND_MAX
 
     async def _marked(self, station_id: str) -> list[LocalListEntry]:
         """The station's entries marked wanted, as stored now."""
@@ -802,22 +766,6 @@ class Withdrawal(Service):
             log.info("%s: reservation %d not cancelled at the charger: %s",
                      reservation.cp_id, reservation.reservation_id,
                      outcome.error.message)
-
-
-def _known_since(known: ConfigurationKey, booted_at: datetime | None) -> bool:
-    """Whether ``known`` was read or changed since the charger's boot at ``booted_at``
-    (a charger that never booted: any value stored holds)."""
-    at = max((t for t in (known.read_at, known.changed_at) if t is not None), default=None)
-    return booted_at is None or (at is not None and at >= booted_at)
-
-
-def _positive(value: Any) -> int | None:
-    """A configuration value read as a positive count; ``None`` if it is not one."""
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        return None
-    return number if number > 0 else None
 
 
 def _after(cursor: tuple[datetime, str | None]) -> Filter:

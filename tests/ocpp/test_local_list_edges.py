@@ -119,3 +119,45 @@ async def test_a_card_removed_and_issued_again_while_its_charger_was_away_stays_
         assert local_lists_sent(back) == []
         held = await entry(central, "CP-1", "TAG-OK")
         assert held is not None and (held.status, held.wanted) == ("Accepted", None)
+
+
+SEND_LIST = """mutation($input: SendLocalListInput!) { sendLocalList(input: $input) {
+    status errors { field code message } } }"""
+
+
+def a_list(version: int, update: str, *tags: str) -> dict[str, object]:
+    return {"input": {"cpId": "CP-1", "listVersion": version, "updateType": update,
+                      "localAuthorizationList": [
+                          {"idTag": tag, "idTagInfo": {"status": "ACCEPTED"}}
+                          for tag in tags]}}
+
+
+async def test_a_list_longer_than_the_charger_holds_is_refused_saying_what_fits(
+        central: Central) -> None:
+    """``LocalAuthListMaxLength`` was ignored: an operator's list longer than the
+    charger holds was sent, answered Failed, and the operator shown FAILED with no
+    reason. Refused before sending, saying how many fit and which tags would not; a
+    Differential is judged on the list as recorded; the limits are asked once."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("3", True)
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+        too_long = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                     as_user="op")
+        [error] = too_long["sendLocalList"]["errors"]
+        assert (error["field"], error["code"]) == ("localAuthorizationList",
+                                                   "OUT_OF_RANGE"), too_long
+        assert "at most 2 entries in one list" in error["message"]
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        over = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1", "B2"),
+                                 as_user="op")
+        [error] = over["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", over
+        assert "holds at most 3 tags" in error["message"]
+        assert "would leave it holding 4" in error["message"]
+        assert "(B2)" in error["message"], error  # the tag that would not fit
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # none sent
+        ok = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
+        assert ok["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, ok
+        assert [name for name, _ in cp.received].count("GetConfiguration") == 1
