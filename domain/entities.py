@@ -834,6 +834,11 @@ class LocalListEntry(Record):
     #: moved on without us, so the withdrawal may have added the tag: it is taken out
     #: again); ``None``: what the charger holds is the list sender's own.
     restore: str | None = None
+    #: The holder (``User`` id) of the card ``card_id`` names, as recorded with it: a
+    #: card removed and issued again to the same person (found again, say) is put back
+    #: where its removal was withdrawn (``withdrawal.reissue_marks``; QA s26), never for
+    #: another person issued the tag. ``None``: no card, or recorded before it was kept.
+    holder_id: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -285,7 +285,10 @@ class SendLocalListInput:
     local_authorization_list: list[t.AuthorizationDataInput] | None = strawberry.field(
         default=None, description=(
             "The entries, each tag once: with FULL every tag with its `idTagInfo`; with "
-            "DIFFERENTIAL the changes."))
+            "DIFFERENTIAL the changes. OUT_OF_RANGE, nothing sent, when the charger "
+            "takes fewer in one list (its `SendLocalListMaxLength`) or its list would "
+            "hold more tags than it can (its `LocalAuthListMaxLength`; the message "
+            "names the tags that would not fit)."))
 
 
 @strawberry.input(description="Ask a charger to upload a diagnostics file (OCPP GetDiagnostics).")

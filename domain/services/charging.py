@@ -592,12 +592,30 @@ class ChargingService(ChargerConnections):
         self.cache.patched(station, cast(Station, update.record))
 
     # ------------------------------------------------------------- authorization
-    async def authorize(self, cp_id: str, id_tag: str,
-                        exclude_sessions: Collection[str] = (), *,
-                        before: int | None = None) -> IdTagInfo:
-        """The card's status for a charger. ``exclude_sessions``: open sessions that do not
-        hold the card (the one this very start opened, those it closed); ``before``: only
-        open sessions of earlier transactions hold it (a start's own view)."""
+    async def authorize(self, cp_id: str, id_tag: str) -> IdTagInfo:
+        """The card's status for a charger's Authorize (and a stop's idTagInfo): never
+        ``ConcurrentTx``, which OCPP 1.6 (7.2, AuthorizationStatus) makes "only relevant
+        for a StartTransaction.req". A card charging elsewhere was answered it, and a
+        charger that authorizes the card presented to end a session (its own, or a group
+        member's by parentIdTag) refused it: the driver could not stop with their card
+        (QA s26). Whether the card may start a second transaction is the start's
+        question (``authorize_start``)."""
+        return await self._card_answer(id_tag, None)
+
+    async def authorize_start(self, cp_id: str, id_tag: str,
+                              exclude_sessions: Collection[str] = (), *,
+                              before: int | None = None) -> IdTagInfo:
+        """The card's status for a StartTransaction: as ``authorize``, and
+        ``ConcurrentTx`` while another transaction holds it. ``exclude_sessions``: open
+        sessions that do not hold the card (the one this very start opened, those it
+        closed); ``before``: only open sessions of earlier transactions hold it (a
+        start's own view)."""
+        return await self._card_answer(id_tag, (exclude_sessions, before))
+
+    async def _card_answer(self, id_tag: str,
+                           start: tuple[Collection[str], int | None] | None) -> IdTagInfo:
+        """The card's idTagInfo; ``start``: a start's (``authorize_start``) sessions
+        left out and transaction bound, ``None`` for an Authorize (no ConcurrentTx)."""
         tag = await self.store.find_one(IdTag, Eq("tag", id_tag.strip().upper()))
         if tag is None:
             return IdTagInfo("Invalid")
@@ -607,13 +625,16 @@ class ChargingService(ChargerConnections):
             return IdTagInfo("Blocked", tag.expires_at)
         if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)
-        busy = await self.store.find_all(
-            Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE),
-                            Range("transaction_id", lt=before) if before is not None else None),
-            limit=len(exclude_sessions) + 1)
         expiry = self._cached_until(tag)
-        if any(s.id not in exclude_sessions for s in busy):
-            return IdTagInfo("ConcurrentTx", expiry, tag.parent_tag)
+        if start is not None:
+            exclude_sessions, before = start
+            busy = await self.store.find_all(
+                Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE),
+                                Range("transaction_id", lt=before)
+                                if before is not None else None),
+                limit=len(exclude_sessions) + 1)
+            if any(s.id not in exclude_sessions for s in busy):
+                return IdTagInfo("ConcurrentTx", expiry, tag.parent_tag)
         return IdTagInfo("Accepted", expiry, tag.parent_tag)
 
     def _cached_until(self, tag: IdTag) -> datetime:
@@ -881,7 +902,7 @@ class ChargingService(ChargerConnections):
                 Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
-                info = await self.authorize(cp_id, presented, (same.id,))
+                info = await self.authorize_start(cp_id, presented, (same.id,))
                 await self._answered(station, same, info)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
@@ -904,7 +925,7 @@ class ChargingService(ChargerConnections):
                     raise
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                info = await self.authorize(cp_id, presented, (opened.id,))
+                info = await self.authorize_start(cp_id, presented, (opened.id,))
                 await self._answered(station, opened, info)
                 return opened.transaction_id, _told(station, info)
             session, ended, used, repriced = opened
@@ -914,8 +935,9 @@ class ChargingService(ChargerConnections):
         # is the one told ConcurrentTx. The sessions this start closed (their stops were
         # lost) hold the card no longer: never ConcurrentTx because of them (chargers stop
         # a transaction so answered).
-        info = await self.authorize(cp_id, presented, (session.id, *(o.id for o in ended)),
-                                    before=session.transaction_id)
+        info = await self.authorize_start(cp_id, presented,
+                                          (session.id, *(o.id for o in ended)),
+                                          before=session.transaction_id)
         session = await self._answered(station, session, info)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
@@ -1398,8 +1420,6 @@ class ChargingService(ChargerConnections):
         # answer leaves idTagInfo out (optional in 1.6), as for a stop without an idTag.
         info = await self.authorize(cp_id, id_tag) \
             if id_tag and station.registration is Registration.ACCEPTED else None
-        if info is not None and info.status == "ConcurrentTx":
-            info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)
         readings = readings or []
         session = await self._transaction(cp_id, transaction_id)
         # What its records keep: none for an id we never issued (``issued_id``).

@@ -19,6 +19,7 @@ from domain.availability import POINT_DOWN
 from domain.command_rules import (
     HIDDEN,
     check_command,
+    folded_key,
     is_heartbeat_key,
     is_secret_key,
     without_credentials,
@@ -29,9 +30,12 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
+    ConfigurationKey,
     Connector,
     IdTag,
     IdTagStatus,
+    LocalList,
+    LocalListEntry,
     PendingStart,
     Registration,
     Reservation,
@@ -43,6 +47,7 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import (
+    ChargerCallError,
     ChargerError,
     ChargerOffline,
     ChargerRejected,
@@ -76,7 +81,13 @@ from domain.services.base import (
     reserved_for_card,
     stamp_new,
 )
-from domain.services.configuration import record_change, record_read, without_secrets
+from domain.services.configuration import (
+    known_count,
+    positive_count,
+    record_change,
+    record_read,
+    without_secrets,
+)
 from domain.services.edits import retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.pending_starts import (
@@ -377,6 +388,24 @@ def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
         and station.diagnostics_requested_at == rollout["diagnostics_requested_at"]
 
 
+#: The charger's configuration keys bounding its local list (OCPP 1.6, 9.1): how many
+#: tags it holds, and how many one SendLocalList may carry.
+LIST_MAX_KEY = "LocalAuthListMaxLength"
+SEND_MAX_KEY = "SendLocalListMaxLength"
+#: How many of the tags left out of a list too long for its charger a refusal names.
+NAMED_LEFT_OUT = 5
+
+
+@dataclass(frozen=True)
+class ListLimits:
+    """What a charger's local list takes (``CommandService.list_limits``); ``None``:
+    not known (the charger does not say)."""
+    #: ``LocalAuthListMaxLength``: the most tags its list holds.
+    holds: int | None = None
+    #: ``SendLocalListMaxLength``: the most entries one SendLocalList carries.
+    per_send: int | None = None
+
+
 class CommandService(Service):
     def __init__(self, ctx: ServiceContext, gateway: ChargerGateway | None = None,
                  timeout: float = COMMAND_TIMEOUT_S) -> None:
@@ -393,6 +422,11 @@ class CommandService(Service):
         self.profile_watch: ProfileWatch | None = None
         #: One ``send_owed_cancels`` at a time per station.
         self._owing = KeyedLocks()
+        #: Each station's list limits as its charger answered a GetConfiguration of
+        #: them when no value since its boot was stored (``list_limits``), with the boot
+        #: they hold for (``Station.booted_at``): a charger that does not know a key was
+        #: asked it at every push (QA s26).
+        self._list_limits: dict[str, tuple[datetime | None, ListLimits]] = {}
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False,
@@ -448,6 +482,8 @@ class CommandService(Service):
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
+        if action == "SendLocalList" and not own_list:
+            await self._check_list_fits(viewer, station, payload)
         # A person's command (the site's own limits go as SYSTEM) the site may need to
         # judge before it goes, and hear of after.
         person = self.profile_watch if viewer.actor != SYSTEM.actor else None
@@ -1040,6 +1076,100 @@ class CommandService(Service):
                             "your books", field="cpId")
 
     # ------------------------------------------------------------- smart charging
+    async def list_limits(self, station: Station, *, audited_as: Viewer | None = None
+                          ) -> ListLimits:
+        """How many tags ``station``'s charger holds in its local list and takes in one
+        SendLocalList (``LocalAuthListMaxLength``, ``SendLocalListMaxLength``): as its
+        stored configuration knows them since its last boot (``known_count``), else as
+        a GetConfiguration of them answers (recorded in the configuration too), asked
+        once per boot: the answer (a value, unknownKey, a CALLERROR) is kept until the
+        charger boots again (QA s26: one that did not know the key was asked at every
+        push). A ChangeConfiguration it took is stored, so followed at once. No answer
+        (a timeout, the charger offline) is asked again next time."""
+        stored = await self.store.find_all(ConfigurationKey, all_of(
+            Eq("station_id", station.id),
+            In("folded_key", (folded_key(LIST_MAX_KEY), folded_key(SEND_MAX_KEY)))),
+            limit=2)
+        known = {k.folded_key: known_count(k, station.booted_at) for k in stored}
+        holds = known.get(folded_key(LIST_MAX_KEY))
+        per_send = known.get(folded_key(SEND_MAX_KEY))
+        if holds is not None and per_send is not None:
+            return ListLimits(holds, per_send)
+        booted, asked = self._list_limits.get(station.id, (None, None))
+        if asked is None or booted != station.booted_at:
+            try:
+                outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
+                                          {"key": [LIST_MAX_KEY, SEND_MAX_KEY]},
+                                          audited_as=audited_as)
+            except DomainError:  # the station went meanwhile: the next send says so
+                return ListLimits(holds, per_send)
+            answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
+                        for k in outcome.result.get("configurationKey") or ()
+                        if isinstance(k, dict)}
+            asked = ListLimits(answered.get(folded_key(LIST_MAX_KEY)),
+                               answered.get(folded_key(SEND_MAX_KEY)))
+            if outcome.error is None or isinstance(outcome.error, ChargerCallError):
+                self._list_limits[station.id] = (station.booted_at, asked)
+        return ListLimits(holds or asked.holds, per_send or asked.per_send)
+
+    async def _check_list_fits(self, viewer: Viewer, station: Station,
+                               payload: dict[str, Any]) -> None:
+        """A SendLocalList (an operator's) the charger can take (``list_limits``): at
+        most its ``SendLocalListMaxLength`` entries, and a list it holds at most its
+        ``LocalAuthListMaxLength`` tags of (a Full list's entries; a Differential's
+        applied to the list as recorded). A charger answers Failed to one that does
+        not fit (1.6, 5.15), and the operator was told FAILED with no reason (QA s26):
+        refused before sending (``OUT_OF_RANGE``), saying how many fit and which tags
+        were left out. A limit the charger does not say is not checked."""
+        entries = [e for e in payload.get("localAuthorizationList") or ()
+                   if isinstance(e, dict)]
+        if len(entries) <= 1:
+            return  # any charger takes one (and an empty Full list clears it)
+        limits = await self.list_limits(station, audited_as=viewer)
+        field_name = "localAuthorizationList"
+        if limits.per_send is not None and len(entries) > limits.per_send:
+            raise ValidationError(
+                f"this charger takes at most {limits.per_send} entries in one list (its "
+                f"{SEND_MAX_KEY}), not {len(entries)}: send the first {limits.per_send} "
+                f"(a FULL list) and the rest in DIFFERENTIAL lists of at most "
+                f"{limits.per_send}, each a version above the last",
+                field=field_name, code="OUT_OF_RANGE")
+        if limits.holds is None:
+            return
+        tags = await self._list_after(station, payload, entries)
+        if tags is None or len(tags) <= limits.holds:
+            return
+        left_out = tags[limits.holds:]
+        named = ", ".join(left_out[:NAMED_LEFT_OUT])
+        more = f" and {len(left_out) - NAMED_LEFT_OUT} more" \
+            if len(left_out) > NAMED_LEFT_OUT else ""
+        raise ValidationError(
+            f"this charger's list holds at most {limits.holds} tags (its {LIST_MAX_KEY}); "
+            f"this one would leave it holding {len(tags)}: the first {limits.holds} fit, "
+            f"{len(left_out)} would not ({named}{more}). Send at most {limits.holds}",
+            field=field_name, code="OUT_OF_RANGE")
+
+    async def _list_after(self, station: Station, payload: dict[str, Any],
+                          entries: list[dict[str, Any]]) -> list[str] | None:
+        """The tags the station's list would hold after ``payload``, in the order they
+        would be taken (those held first, then the list's own in its order): a Full
+        list's; a Differential applied to the list as recorded (``LocalListEntry``),
+        ``None`` when nothing is recorded of it (not known)."""
+        given = [str(e.get("idTag")).upper() for e in entries]
+        if payload.get("updateType") == "Full":
+            return given
+        if await self.store.find_one(LocalList, Eq("station_id", station.id)) is None:
+            return None
+        held = [e.tag for e in await self.store.find_all(
+            LocalListEntry, Eq("station_id", station.id), [Sort("tag")],
+            limit=max(1, await self.store.count(LocalListEntry,
+                                                Eq("station_id", station.id))))]
+        removed = {tag for tag, e in zip(given, entries, strict=True)
+                   if e.get("idTagInfo") is None}
+        kept = [tag for tag in held if tag not in removed]
+        known = set(kept)
+        return kept + [tag for tag in given if tag not in removed and tag not in known]
+
     async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its
         connector, the one it names if it names one. A charger refuses it otherwise

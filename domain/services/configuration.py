@@ -65,6 +65,27 @@ def without_secrets(action: str, result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "configurationKey": shown}
 
 
+def known_count(known: ConfigurationKey | None, booted_at: datetime | None) -> int | None:
+    """A kept key's value as a positive count (``SendLocalListMaxLength``, say), if it
+    was read or changed since the charger's boot at ``booted_at`` (new firmware may say
+    another); ``None`` otherwise, or when it is not a positive count."""
+    if known is None or known.value is None:
+        return None
+    at = max((t for t in (known.read_at, known.changed_at) if t is not None), default=None)
+    if booted_at is not None and (at is None or at < booted_at):
+        return None
+    return positive_count(known.value)
+
+
+def positive_count(value: Any) -> int | None:
+    """A configuration value read as a positive count; ``None`` if it is not one."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        return None
+    return number if number > 0 else None
+
+
 def is_secret(known: ConfigurationKey) -> bool:
     """Whether a kept key's value is a secret, never shown: as it was recorded
     (``secret``), or by the rule as it is now (``is_secret_key``). A key kept before the

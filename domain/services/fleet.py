@@ -32,7 +32,12 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.edits import edit, removal, retried
-from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
+from domain.services.withdrawal import (
+    list_status,
+    reissue_marks,
+    restoration_marks,
+    withdrawal_marks,
+)
 
 #: The most cards of one holder whose groups one query checks (``group_left_behind``).
 GROUP_BATCH = 200
@@ -326,14 +331,19 @@ class FleetService(Service):
         if parent_tag is not None:
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
-        return await retried(lambda: self._issue_id_tag(
+        issued, reissued = await retried(lambda: self._issue_id_tag(
             viewer, tag, user_id, vehicle_id, expires_at, parent_tag))
+        if reissued:  # its holder's removed card again: put back at the chargers
+            self._restored(viewer, issued)
+        return issued
 
     async def _issue_id_tag(self, viewer: Viewer, tag: str, user_id: str | None,
                             vehicle_id: str | None, expires_at: datetime | None,
-                            parent_tag: str | None) -> IdTag:
+                            parent_tag: str | None) -> tuple[IdTag, bool]:
         """``issue_id_tag``'s reads, checks and write (``retried``: a car it links to that
-        was removed or handed over meanwhile is read again, and refused)."""
+        was removed or handed over meanwhile is read again, and refused); and whether it
+        took over list entries of its holder's removed card of the tag
+        (``reissue_marks``)."""
         owner = await self._owner(viewer, user_id, "userId")
         if not viewer.is_admin and await self._foreign_group(owner, tag, as_group=False):
             # Presented at a charger, it would take the reservations made for that group
@@ -357,8 +367,9 @@ class FleetService(Service):
             ),
             viewer,
         )
-        await self.commit(viewer, [(Insert(id_tag), None)], guards=guards)
-        return id_tag
+        marks = await reissue_marks(self.store, viewer, id_tag)
+        await self.commit(viewer, [(Insert(id_tag), None)], guards=guards, unaudited=marks)
+        return id_tag, bool(marks)
 
     async def _refuse_if_withdrawn(self, owner: User) -> None:
         """A driver issuing their own tag while one of theirs stands blocked by an operator

@@ -45,9 +45,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from domain.command_rules import folded_key
 from domain.entities import (
-    ConfigurationKey,
     IdTag,
     IdTagStatus,
     LocalList,
@@ -95,8 +93,6 @@ RESTORE_ACCEPTED = "Accepted"
 #: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
-#: The charger's configuration key bounding the entries of one SendLocalList.
-SEND_MAX_KEY = "SendLocalListMaxLength"
 #: How many entries one SendLocalList holds when the charger does not say how many it
 #: takes (no such key, no answer): few enough for the chargers we know of.
 DEFAULT_SEND_MAX = 20
@@ -199,28 +195,35 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         return False
     # A Differential right above the version recorded changed the list as we know it.
     follows = not full and current is not None and version == current.version + 1
-    cards = await _cards_named(store, [tag for tag, status in given.items()
+    named = await _cards_named(store, [tag for tag, status in given.items()
                                        if status is not None])
+    cards = {tag: card.id for tag, card in named.items()}
+    holders = {tag: card.user_id for tag, card in named.items()}
     states = await card_states(store, sorted(set(cards.values())), now)
     changes: list[Change] = []
     wanting = False
     for tag, entry in held.items():
         status = given.get(tag)
-        card_id = cards.get(tag)
+        card_id, holder_id = cards.get(tag), holders.get(tag)
         if status is None:  # not in a Full list, or removed by a Differential
             changes.append(Delete(entry))
             continue
+        if ours and card_id is None and entry.card_id is not None:
+            # Our withdrawal of a card removed since: the entry is still that card's,
+            # and its holder's, should it be issued to them again (``reissue_marks``).
+            card_id, holder_id = entry.card_id, entry.holder_id
         restore = _restore_after(entry, status, card_id, follows) if ours else None
         wanted = _recorded(entry, status, card_id, restore, states.get(card_id or ""))
         wanting = wanting or wanted is not None
-        if (status, card_id, restore, wanted) != (entry.status, entry.card_id,
-                                                  entry.restore, entry.wanted):
+        if (status, card_id, restore, wanted, holder_id) != (
+                entry.status, entry.card_id, entry.restore, entry.wanted, entry.holder_id):
             changes.append(patch(entry, actor, status=status, card_id=card_id,
-                                 restore=restore, wanted=wanted))
+                                 restore=restore, wanted=wanted, holder_id=holder_id))
     for tag, status in given.items():
         if status is not None and tag not in held:
             new = LocalListEntry(station_id=station.id, cp_id=station.cp_id, tag=tag,
-                                 status=status, card_id=cards.get(tag))
+                                 status=status, card_id=cards.get(tag),
+                                 holder_id=holders.get(tag))
             new.wanted = wanted_of(new, states.get(new.card_id or ""))
             wanting = wanting or new.wanted is not None
             changes.append(Insert(stamp_new(new, actor)))
@@ -245,12 +248,12 @@ async def card_states(store: Store, card_ids: Sequence[str], now: datetime
     return states
 
 
-async def _cards_named(store: Store, tags: Sequence[str]) -> dict[str, str]:
-    """The id of the card each of ``tags`` names now (tags of no card left out)."""
-    named: dict[str, str] = {}
+async def _cards_named(store: Store, tags: Sequence[str]) -> dict[str, IdTag]:
+    """The card each of ``tags`` names now (tags of no card left out)."""
+    named: dict[str, IdTag] = {}
     for start in range(0, len(tags), BATCH):
         batch = tuple(tags[start:start + BATCH])
-        named.update((c.tag, c.id) for c in await store.find_all(
+        named.update((c.tag, c) for c in await store.find_all(
             IdTag, In("tag", batch), limit=BATCH))
     return named
 
@@ -284,6 +287,33 @@ async def restoration_marks(store: Store, actor: Viewer, card_ids: Sequence[str]
         In("card_id", tuple(card_ids)), In("restore", RESTORES)), limit=MAX_LIST)
     return [patch(e, actor, only_if=("card_id", e.card_id), wanted=ACCEPTED) for e in held
             if e.status != ACCEPTED and e.wanted != ACCEPTED]
+
+
+async def reissue_marks(store: Store, actor: Viewer, card: IdTag) -> list[Change]:
+    """The changes that make the list entries of a removed card of ``card``'s holder,
+    with its tag, ``card``'s: it is that card issued again (found after it was removed
+    as lost, say), and what the removal's withdrawal changed is put back as for a card
+    unblocked (QA s26: it stayed Blocked at the chargers, refused offline while
+    Authorize accepted it). Only the same holder's (``LocalListEntry.holder_id``): a tag
+    issued to another person is not what the list's sender listed (review s20). Each
+    entry is taken over guarded on the card it named, and marked wanted Accepted where
+    a withdrawal of ours holds it (``restore``); one whose withdrawal is still wanted
+    is judged by the new card when sent (nothing sent for a usable card). Written in
+    the card's own commit, as ``restoration_marks``, for the boot check to find."""
+    held = await store.find_all(LocalListEntry, all_of(
+        Eq("holder_id", card.user_id), Eq("tag", card.tag)), limit=MAX_LIST)
+    old_ids = sorted({e.card_id for e in held if e.card_id not in (None, card.id)})
+    existing = {c.id for c in await store.get_many(IdTag, old_ids) if c is not None} \
+        if old_ids else set()
+    changes: list[Change] = []
+    for entry in held:
+        if entry.card_id is None or entry.card_id == card.id or entry.card_id in existing:
+            continue
+        wanted = ACCEPTED if entry.restore is not None and entry.status != ACCEPTED \
+            else entry.wanted
+        changes.append(patch(entry, actor, only_if=("card_id", entry.card_id),
+                             card_id=card.id, wanted=wanted))
+    return changes
 
 
 def _to_send(entry: LocalListEntry, card_status: str | None) -> str | None:
@@ -624,27 +654,14 @@ class Withdrawal(Service):
 
     async def _send_max(self, actor: Viewer, station: Station, count: int) -> int:
         """The most entries one SendLocalList to ``station`` may hold: its
-        ``SendLocalListMaxLength`` as its stored configuration knows it
-        (``services.configuration``), else as a GetConfiguration of that key answers
-        (recorded there, so asked once), else ``DEFAULT_SEND_MAX``. Nothing is asked
-        for a single entry (``count``): any charger takes one."""
+        ``SendLocalListMaxLength`` as the charger said it since its last boot
+        (``CommandService.list_limits``: stored, else asked once per boot), else
+        ``DEFAULT_SEND_MAX``. Nothing is asked for a single entry (``count``): any
+        charger takes one."""
         if count <= 1:
             return 1
-        known = await self.store.find_one(ConfigurationKey, all_of(
-            Eq("station_id", station.id), Eq("folded_key", folded_key(SEND_MAX_KEY))))
-        most = _positive(known.value) if known is not None else None
-        if most is not None:
-            return most
-        try:
-            asked = await self.commands.send(SYSTEM, station.cp_id, "GetConfiguration",
-                                             {"key": [SEND_MAX_KEY]}, audited_as=actor)
-        except DomainError:  # the station went meanwhile: the send says so
-            return DEFAULT_SEND_MAX
-        for key in asked.result.get("configurationKey") or ():
-            if isinstance(key, dict) and folded_key(str(key.get("key"))) \
-                    == folded_key(SEND_MAX_KEY):
-                most = _positive(key.get("value"))
-        return most or DEFAULT_SEND_MAX
+        limits = await self.commands.list_limits(station, audited_as=actor)
+        return limits.per_send or DEFAULT_SEND_MAX
 
     async def _marked(self, station_id: str) -> list[LocalListEntry]:
         """The station's entries marked wanted, as stored now."""
@@ -749,15 +766,6 @@ class Withdrawal(Service):
             log.info("%s: reservation %d not cancelled at the charger: %s",
                      reservation.cp_id, reservation.reservation_id,
                      outcome.error.message)
-
-
-def _positive(value: Any) -> int | None:
-    """A configuration value read as a positive count; ``None`` if it is not one."""
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        return None
-    return number if number > 0 else None
 
 
 def _after(cursor: tuple[datetime, str | None]) -> Filter:

@@ -32,7 +32,8 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                [("parent_tag", ASCENDING)], [("expires_at", ASCENDING)]],
     # The lists holding a card (one withdrawn: by its id, not its tag string); a
     # station's list by station and tag is the unique rule's index.
-    "local_list_entry": [[("card_id", ASCENDING)]],
+    # And a removed card's entries by its holder (one issued again: QA s26).
+    "local_list_entry": [[("card_id", ASCENDING)], [("holder_id", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
                 [("connected_instance", ASCENDING)], [("site_id", ASCENDING)],

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60 and 61).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61 and 65).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -211,6 +211,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
     await _once(db, "charger_registrations", _charger_registrations)
+    await _once(db, "local_list_holders", _local_list_holders)
     # After ``plate_keys`` (``before_indexes``), with the unique index on the key built:
     # an owner's twins are removed before the car kept takes its new key.
     await _once(db, "plate_forms", _plate_forms)
@@ -422,6 +423,29 @@ async def _payment_plugs(db: Any) -> None:
                 {"$set": {"cp_id": found.get("cp_id"),
                           "connector_id": found.get("connector_id"),
                           "vehicle_id": found.get("vehicle_id"), MARK: ObjectId()}})
+
+
+async def _local_list_holders(db: Any) -> None:
+    """List entries written before they kept the holder of the card they name
+    (``LocalListEntry.holder_id``, SQLite migration 65) take it from that card where it
+    is still there, so a removed card issued again to its holder is put back (QA s26).
+    Marked by the field itself: new documents always carry ``holder_id``, possibly
+    null, as do those whose card is gone (its holder is not known)."""
+    while True:
+        docs = await db["local_list_entry"].find({"holder_id": {"$exists": False}},
+                                                 {"card_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        # ``card_id`` is kept as text, a card's ``_id`` (and a holder) as an ObjectId.
+        card_ids = [ObjectId(doc["card_id"]) for doc in docs
+                    if ObjectId.is_valid(doc.get("card_id"))]
+        holders = {str(c["_id"]): c.get("user_id") for c in await db["id_tag"].find(
+            {"_id": {"$in": card_ids}}, {"user_id": 1}).to_list()} if card_ids else {}
+        for doc in docs:
+            await db["local_list_entry"].update_one(
+                {"_id": doc["_id"], "holder_id": {"$exists": False}},
+                {"$set": {"holder_id": holders.get(doc.get("card_id")),
+                          MARK: ObjectId()}})
 
 
 async def _voided_zero_payments(db: Any) -> None:

@@ -1351,6 +1351,19 @@ _V63 = """
 ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
 """
 
+# Version 65: the holder of the card a local list entry names (``LocalListEntry.
+# holder_id``), so a removed card issued again to the same person is put back in the lists
+# its removal withdrew it from (QA s26; ``withdrawal.reissue_marks``). Older rows take it
+# from their card where it is still there; a removed card's holder is not known: NULL,
+# left as the list holds it. (64 is another branch's.)
+_V65 = """
+ALTER TABLE "local_list_entry" ADD COLUMN "holder_id" TEXT;
+UPDATE "local_list_entry" SET "holder_id" = (
+    SELECT "user_id" FROM "id_tag" WHERE "id_tag"."id" = "local_list_entry"."card_id")
+WHERE "card_id" IS NOT NULL;
+CREATE INDEX "local_list_entry_holder_id_idx" ON "local_list_entry" ("holder_id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1377,7 +1390,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (60, _V60),
                                      (61, _V61),
                                      (62, _V62),
-                                     (63, _V63))
+                                     (63, _V63),
+                                     (65, _V65))
 
 
 def identity_left(company_id: str, name: str) -> None:

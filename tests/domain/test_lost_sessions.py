@@ -249,7 +249,7 @@ async def test_a_transaction_still_metered_after_a_boot_is_not_lost(world: World
     charging.reboot_checks.stop()
     session = await world.session(tx)
     assert (session.state, session.energy_wh) == (d.SessionState.ACTIVE, 200)
-    assert (await charging.authorize(CP, "TAG-1")).status == "ConcurrentTx"
+    assert (await charging.authorize_start(CP, "TAG-1")).status == "ConcurrentTx"
     await charging.meter_values(CP, 1, tx, register(7_000_300, 3630))
     await charging.stop_transaction(CP, tx, 7_000_400, T0 + timedelta(seconds=3645))
     stopped = await world.session(tx)

@@ -2799,3 +2799,30 @@ async def test_stations_holding_more_configuration_keys_than_kept_are_flagged(
     flags = {s.id: s.configuration_truncated for s in await mongo.find_all(Station, ALL)}
     assert flags == {many.id: True, few.id: False}
     assert await mongo.count(ConfigurationKey, ALL) == MAX_KEYS + 2
+
+
+async def test_list_entries_from_before_get_their_cards_holder(mongo: MongoStore) -> None:
+    """What SQLite migration 65 does: a local list entry written before it kept the
+    holder of its card (``LocalListEntry.holder_id``) takes it from the card where it is
+    still there (QA s26: a removed card issued again to its holder is put back); one of a
+    card gone, or of no card, holds none."""
+    from domain.entities import IdTag, LocalListEntry
+
+    holder = str(ObjectId())
+    card = IdTag(tag="T1", user_id=holder)
+    entries = {name: LocalListEntry(station_id=str(ObjectId()), cp_id="CP", tag="T1",
+                                    status="Accepted", card_id=card_id)
+               for name, card_id in (("kept", card.id), ("gone", str(ObjectId())),
+                                     ("none", None))}
+    await mongo.write([Insert(card), *(Insert(e) for e in entries.values())], [])
+    db = raw(mongo)
+    db["local_list_entry"].update_many({}, {"$unset": {"holder_id": ""}})  # from before
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    found = {e.id: e.holder_id for e in await mongo.find_all(LocalListEntry, ALL)}
+    assert {name: found[e.id] for name, e in entries.items()} == {
+        "kept": holder, "gone": None, "none": None}
+    assert db["local_list_entry"].count_documents({"holder_id": {"$exists": True}}) == 3
