@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61 and 65).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61 and 64).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -427,7 +427,7 @@ async def _payment_plugs(db: Any) -> None:
 
 async def _local_list_holders(db: Any) -> None:
     """List entries written before they kept the holder of the card they name
-    (``LocalListEntry.holder_id``, SQLite migration 65) take it from that card where it
+    (``LocalListEntry.holder_id``, SQLite migration 64) take it from that card where it
     is still there, so a removed card issued again to its holder is put back (QA s26).
     Marked by the field itself: new documents always carry ``holder_id``, possibly
     null, as do those whose card is gone (its holder is not known)."""

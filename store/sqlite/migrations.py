@@ -1351,12 +1351,12 @@ _V63 = """
 ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
 """
 
-# Version 65: the holder of the card a local list entry names (``LocalListEntry.
+# Version 64: the holder of the card a local list entry names (``LocalListEntry.
 # holder_id``), so a removed card issued again to the same person is put back in the lists
 # its removal withdrew it from (QA s26; ``withdrawal.reissue_marks``). Older rows take it
 # from their card where it is still there; a removed card's holder is not known: NULL,
 # left as the list holds it. (64 is another branch's.)
-_V65 = """
+_V64 = """
 ALTER TABLE "local_list_entry" ADD COLUMN "holder_id" TEXT;
 UPDATE "local_list_entry" SET "holder_id" = (
     SELECT "user_id" FROM "id_tag" WHERE "id_tag"."id" = "local_list_entry"."card_id")
@@ -1391,7 +1391,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (61, _V61),
                                      (62, _V62),
                                      (63, _V63),
-                                     (65, _V65))
+                                     (64, _V64))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -2802,7 +2802,7 @@ async def test_stations_holding_more_configuration_keys_than_kept_are_flagged(
 
 
 async def test_list_entries_from_before_get_their_cards_holder(mongo: MongoStore) -> None:
-    """What SQLite migration 65 does: a local list entry written before it kept the
+    """What SQLite migration 64 does: a local list entry written before it kept the
     holder of its card (``LocalListEntry.holder_id``) takes it from the card where it is
     still there (QA s26: a removed card issued again to its holder is put back); one of a
     card gone, or of no card, holds none."""

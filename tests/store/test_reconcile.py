@@ -72,7 +72,7 @@ async def test_an_earlier_local_list_text_gets_card_ids_and_its_index(
     shipped = [(v, t.replace('CREATE INDEX "local_list_entry_card_id_idx" ON "local_list_entry" '
                              '("card_id");', 'CREATE INDEX "local_list_entry_tag_idx" ON '
                              '"local_list_entry" ("tag");')) for v, t in shipped
-               if v < 65]  # 0.3.0 was long before 65, which reads card_id
+               if v < 64]  # 0.3.0 was long before 64, which reads card_id
     await migrate(path, shipped)
     assert "card_id" not in columns(path, "local_list_entry")
     with sqlite3.connect(path) as conn:  # a card, and an entry sent after it was made
@@ -85,11 +85,11 @@ async def test_an_earlier_local_list_text_gets_card_ids_and_its_index(
                 created_by, updated_by, station_id, cp_id, tag, status) VALUES
                 (?, ?, ?, 'a', 'a', ?, 'CP', 'TAG1', 'Accepted')""", (entry, at, at, station))
     with caplog.at_level(logging.WARNING, "chargegraph.store"):
-        assert await migrate(path, list(MIGRATIONS)) == [65]
+        assert await migrate(path, list(MIGRATIONS)) == [64]
     assert "card_id" in columns(path, "local_list_entry")
     assert {r[0]: r[1] for r in rows(path, "SELECT id, card_id FROM local_list_entry")} == {
         "e1": "c1", "e0": None}
-    # 65 then took each entry's holder from its card (QA s26).
+    # 64 then took each entry's holder from its card (QA s26).
     assert {r[0]: r[1] for r in rows(
         path, "SELECT id, holder_id FROM local_list_entry")} == {"e1": "u1", "e0": None}
     names = {r[0] for r in rows(path, "SELECT name FROM sqlite_master WHERE type='index'")}
