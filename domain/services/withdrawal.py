@@ -430,7 +430,17 @@ class Withdrawal(Service):
     async def sweep_expired(self) -> int:
         """Withdraws the cards that expired since the last sweep; returns how many. Paged
         by (expiry, id): cards sharing an expiry across a full batch's end are taken by
-        the next sweep, not skipped."""
+        the next sweep, not skipped.
+
+        Every instance sweeps (each with its own cursor) and marks the entries wanted,
+        but pushes only to the chargers connected to it (``_here``), as the owed
+        cancels' sweep does: each charger is sent the withdrawal once, by the instance
+        holding it, whose own sweep finds the same cards (QA s26: every instance pushed
+        every station, one-at-a-time per station only within a process, so instances
+        started together, sweeping in step, each sent a charger the same Differential
+        at one version, and all but one drew a VersionMismatch and a GetLocalListVersion
+        in its command history). A charger connected nowhere gets its entries at its
+        next connection, as ever."""
         now = self.now()
         after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
@@ -441,10 +451,19 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        for station_id in await self._stations_wanting([c.id for c in due]):
+        for station_id in await self._here(await self._stations_wanting(
+                [c.id for c in due])):
             await self.push(SYSTEM, station_id)
         await self._cancel_expired_cards(due)
         return len(due)
+
+    async def _here(self, station_ids: Sequence[str]) -> list[str]:
+        """Of ``station_ids``, those whose charger is connected to this instance."""
+        gateway = self.commands.gateway
+        if gateway is None or not station_ids:
+            return []
+        return [s.id for s in await self.store.get_many(Station, list(station_ids))
+                if s is not None and gateway.is_connected(s.cp_id)]
 
     async def _cancel_expired_cards(self, cards: Sequence[IdTag]) -> None:
         """Cancels the live reservations made for ``cards`` (``base.made_for``: the
