@@ -327,14 +327,23 @@ class Withdrawal(Service):
 
     def _heard(self, event: Any) -> None:
         """A charger connected to this process: the cancels of reservations cancelled
-        while it was offline are owed to it (``CommandService.send_owed_cancels``), sent
-        now, in the background. Its boot, if it boots, asks again (``_back``): one that
-        answered the first with a CALLERROR before its boot takes the second."""
+        while it was offline are owed to it (``CommandService.send_owed_cancels``), and
+        so are the list entries marked wanted meanwhile (``push``: a card that expired,
+        or was blocked, while it was connected nowhere), sent now, in the background.
+        Its boot, if it boots, asks again (``_back``): one that answered the first with
+        a CALLERROR before its boot takes the second. QA s26: the entries waited for a
+        boot, and a charger coming back without one (a connection handed over from an
+        instance that was killed, a network blip) kept an expired card Accepted in its
+        list until it happened to reboot."""
         if isinstance(event, StationConnectionChanged) and event.online \
                 and event.station_id is not None:
-            self._work.run(self.commands.send_owed_cancels(event.station_id),
+            self._work.run(self._connected(event.station_id),
                            f"owed-cancels-{event.station_id}",
-                           f"sending the owed cancels of station {event.station_id} failed")
+                           f"sending what is owed to station {event.station_id} failed")
+
+    async def _connected(self, station_id: str) -> None:
+        await self.commands.send_owed_cancels(station_id)
+        await self.push(SYSTEM, station_id)
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
