@@ -61,7 +61,7 @@ import orjson
 from chargegraph import __version__
 from domain.clock import utcnow
 from domain.entities import PendingDelivery, Webhook, WebhookEvent
-from domain.events import DomainEvent, StationConnectionChanged
+from domain.events import DomainEvent, StationConnectionChanged, WebhookChanged
 from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
@@ -277,8 +277,11 @@ class WebhookDispatcher:
         #: Set once ``close`` has taken what it hands over: a claim landing after that
         #: puts back what it took instead of queueing it where nobody sends it.
         self._handed_over = False
-        #: Route changes made while ``refresh`` reads (None when it does not).
-        self._meanwhile: list[tuple[Webhook, bool]] | None = None
+        #: Route changes made while ``refresh`` reads (None when it does not): each
+        #: webhook's id and the event types it is routed for (none: not routed).
+        self._meanwhile: list[tuple[str, Sequence[str]]] | None = None
+        #: Follows the webhooks changed on any instance (``WebhookChanged``).
+        self._follower: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------- lifecycle
@@ -286,8 +289,14 @@ class WebhookDispatcher:
         # Redirects are not followed: a public receiver could send us on to an
         # internal address after the check.
         self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        await self.refresh()
         ctx = self.services.ctx
+        # Subscribed before the first read: a webhook changed on another instance while
+        # it runs is routed by its announcement, not 10 s later by the next read.
+        if ctx.bus is not None:
+            changes = ctx.bus.subscribe([WebhookChanged.topic])
+            self._follower = asyncio.create_task(self._follow(changes),
+                                                 name="chargegraph-webhook-changes")
+        await self.refresh()
         ctx.published.append(self.offer)
         ctx.committed.append(self._committed)
         self.services.webhooks.sender = self
@@ -331,7 +340,7 @@ class WebhookDispatcher:
             # It stops after its claim, queueing what it took for the handover below;
             # one the store holds longer puts it back itself once it lands.
             await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
-        tasks = [t for t in (self._refresher, self._sweeper,
+        tasks = [t for t in (self._refresher, self._sweeper, self._follower,
                              *(c.task for c in self._channels.values())) if t is not None]
         for task in tasks:
             task.cancel()
@@ -383,8 +392,8 @@ class WebhookDispatcher:
             for kind in webhook.events:
                 routes.setdefault(kind, []).append(webhook.id)
         self._routes = {kind: tuple(ids) for kind, ids in routes.items()}
-        for webhook, gone in meanwhile:
-            self._route(webhook, gone=gone)
+        for webhook_id, events in meanwhile:
+            self._route(webhook_id, events)
         routed = {i for ids in self._routes.values() for i in ids}
         for webhook_id, channel in list(self._channels.items()):
             if webhook_id not in routed and channel.task is None:
@@ -407,16 +416,37 @@ class WebhookDispatcher:
         next event may follow at once); other instances' changes come with ``refresh``."""
         for change in changes:
             if isinstance(change.record, Webhook):
-                self._route(change.record, gone=isinstance(change, Delete))
+                self._route(change.record.id, _routed_for(
+                    change.record, gone=isinstance(change, Delete)))
 
-    def _route(self, webhook: Webhook, *, gone: bool) -> None:
+    async def _follow(self, changes: Any) -> None:
+        """Routes by each webhook announced changed (``WebhookChanged``), on whichever
+        instance, as stored now (QA s26: one created on another instance got none of
+        this instance's events until the next ``refresh``, up to 10 s; an outage that
+        began meanwhile never delivered its ``station.offline``). This instance's own
+        come back too (routed already by ``_committed``): read again, no harm. Lost
+        announcements (a Redis outage) are made up for by ``refresh``."""
+        async with contextlib.aclosing(changes):
+            async for event in changes:
+                if not isinstance(event, WebhookChanged):
+                    continue
+                try:
+                    [webhook] = await self.services.ctx.store.get_many(
+                        Webhook, [event.webhook_id])
+                except Exception:
+                    log.exception("reading webhook %s after its change failed; routed by "
+                                  "the next read in %gs", event.webhook_id, self.refresh_s)
+                    continue
+                self._route(event.webhook_id, _routed_for(webhook, gone=webhook is None))
+
+    def _route(self, webhook_id: str, events: Sequence[str]) -> None:
+        """Routes the webhook for ``events`` (none: for nothing)."""
         if self._meanwhile is not None:
-            self._meanwhile.append((webhook, gone))
-        routes = {kind: tuple(i for i in ids if i != webhook.id)
+            self._meanwhile.append((webhook_id, events))
+        routes = {kind: tuple(i for i in ids if i != webhook_id)
                   for kind, ids in self._routes.items()}
-        if webhook.active and not gone:
-            for kind in webhook.events:
-                routes[kind] = (*routes.get(kind, ()), webhook.id)
+        for kind in events:
+            routes[kind] = (*routes.get(kind, ()), webhook_id)
         self._routes = routes
 
     def offer(self, event: Any) -> None:
@@ -716,6 +746,13 @@ class WebhookDispatcher:
             raise Refused(f"{host} resolves to a loopback, private or reserved address"
                           f"{ALLOW_PRIVATE}")
         return addresses[0]
+
+
+def _routed_for(webhook: Webhook | None, *, gone: bool) -> Sequence[str]:
+    """The event types ``webhook`` is routed for: those it asked for while enabled."""
+    if webhook is None or gone or not webhook.active:
+        return ()
+    return webhook.events
 
 
 def _resumed(record: PendingDelivery) -> _Delivery | None:

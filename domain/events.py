@@ -287,9 +287,22 @@ class SignInsCounted(DomainEvent):
     counted: list[str]
 
 
+@dataclass(frozen=True, kw_only=True)
+class WebhookChanged(DomainEvent):
+    """Never to clients: a webhook was created, edited (its events, its URL, enabled or
+    disabled) or removed, so every instance routes its events by it at once
+    (``WebhookDispatcher``): each instance delivers the events it publishes itself, and
+    one that learned of the webhook only at its next read of them (every 10 s) delivered
+    none of its chargers' events meanwhile (QA s26). Not about one station:
+    ``station_id`` is None and ``cp_id`` empty."""
+
+    topic: ClassVar[str] = "webhook_changed"
+    webhook_id: str
+
+
 #: The topics clients may subscribe to (the relay's three, ``access``,
-#: ``station_removed``, ``station_password_changed``, ``station_changed`` and
-#: ``sign_ins_counted`` are internal;
+#: ``station_removed``, ``station_password_changed``, ``station_changed``,
+#: ``webhook_changed`` and ``sign_ins_counted`` are internal;
 #: ``station_sight`` reaches clients as ``stationConnectionChanged``, beside its topic).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
@@ -332,7 +345,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
               MaintenanceStatusChanged, ReservationChanged, CommandCompleted, PaymentChanged,
               ChargerCommandRelayed, ChargerCommandAnswered, ChargerCommandConfirmed,
               AccessChanged, StationRemoved, StationPasswordChanged, StationChanged,
-              SignInsCounted,
+              SignInsCounted, WebhookChanged,
               StationSightChanged)
 }
 

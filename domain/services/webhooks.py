@@ -47,6 +47,7 @@ from domain.events import (
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
+    WebhookChanged,
 )
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
@@ -299,6 +300,7 @@ class WebhookService(Service):
         await self._within_limit(viewer)
         stamp_new(webhook, viewer)
         await self.commit(viewer, [(Insert(webhook), None)])
+        await self._announce(webhook)
         return CreatedWebhook(webhook, webhook.secret)
 
     async def _within_limit(self, viewer: Viewer) -> None:
@@ -331,7 +333,9 @@ class WebhookService(Service):
                                             MAX_DESCRIPTION)
         active = checks(v.present, active, "active")
         checks.done()
-        return await retried(lambda: self._edit(viewer, webhook_id, updates, active))
+        webhook = await retried(lambda: self._edit(viewer, webhook_id, updates, active))
+        await self._announce(webhook)
+        return webhook
 
     async def _edit(self, viewer: Viewer, webhook_id: str, given: dict[str, Any],
                     active: Any) -> Webhook:
@@ -366,7 +370,14 @@ class WebhookService(Service):
         """Deletes it; events already queued for it are not delivered."""
         webhook = await self.visible(viewer, Webhook, webhook_id)
         await self.commit(viewer, [(Delete(webhook), webhook)])
+        await self._announce(webhook)
         return webhook
+
+    async def _announce(self, webhook: Webhook) -> None:
+        """Tells every instance that ``webhook`` changed, so each routes its events by it
+        now (``WebhookChanged``): events are delivered by the instance that published
+        them, whose periodic read of the webhooks is only the fallback."""
+        await self.publish(WebhookChanged(station_id=None, cp_id="", webhook_id=webhook.id))
 
     async def ping(self, viewer: Viewer, webhook_id: str) -> WebhookAttempt:
         """Posts a ``ping`` to the webhook at once (also while it is disabled, to check a

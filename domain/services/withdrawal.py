@@ -357,14 +357,23 @@ class Withdrawal(Service):
 
     def _heard(self, event: Any) -> None:
         """A charger connected to this process: the cancels of reservations cancelled
-        while it was offline are owed to it (``CommandService.send_owed_cancels``), sent
-        now, in the background. Its boot, if it boots, asks again (``_back``): one that
-        answered the first with a CALLERROR before its boot takes the second."""
+        while it was offline are owed to it (``CommandService.send_owed_cancels``), and
+        so are the list entries marked wanted meanwhile (``push``: a card that expired,
+        or was blocked, while it was connected nowhere), sent now, in the background.
+        Its boot, if it boots, asks again (``_back``): one that answered the first with
+        a CALLERROR before its boot takes the second. QA s26: the entries waited for a
+        boot, and a charger coming back without one (a connection handed over from an
+        instance that was killed, a network blip) kept an expired card Accepted in its
+        list until it happened to reboot."""
         if isinstance(event, StationConnectionChanged) and event.online \
                 and event.station_id is not None:
-            self._work.run(self.commands.send_owed_cancels(event.station_id),
+            self._work.run(self._connected(event.station_id),
                            f"owed-cancels-{event.station_id}",
-                           f"sending the owed cancels of station {event.station_id} failed")
+                           f"sending what is owed to station {event.station_id} failed")
+
+    async def _connected(self, station_id: str) -> None:
+        await self.commands.send_owed_cancels(station_id)
+        await self.push(SYSTEM, station_id)
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -460,7 +469,17 @@ class Withdrawal(Service):
     async def sweep_expired(self) -> int:
         """Withdraws the cards that expired since the last sweep; returns how many. Paged
         by (expiry, id): cards sharing an expiry across a full batch's end are taken by
-        the next sweep, not skipped."""
+        the next sweep, not skipped.
+
+        Every instance sweeps (each with its own cursor) and marks the entries wanted,
+        but pushes only to the chargers connected to it (``_here``), as the owed
+        cancels' sweep does: each charger is sent the withdrawal once, by the instance
+        holding it, whose own sweep finds the same cards (QA s26: every instance pushed
+        every station, one-at-a-time per station only within a process, so instances
+        started together, sweeping in step, each sent a charger the same Differential
+        at one version, and all but one drew a VersionMismatch and a GetLocalListVersion
+        in its command history). A charger connected nowhere gets its entries at its
+        next connection, as ever."""
         now = self.now()
         after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
@@ -471,10 +490,19 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        for station_id in await self._stations_wanting([c.id for c in due]):
+        for station_id in await self._here(await self._stations_wanting(
+                [c.id for c in due])):
             await self.push(SYSTEM, station_id)
         await self._cancel_expired_cards(due)
         return len(due)
+
+    async def _here(self, station_ids: Sequence[str]) -> list[str]:
+        """Of ``station_ids``, those whose charger is connected to this instance."""
+        gateway = self.commands.gateway
+        if gateway is None or not station_ids:
+            return []
+        return [s.id for s in await self.store.get_many(Station, list(station_ids))
+                if s is not None and gateway.is_connected(s.cp_id)]
 
     async def _cancel_expired_cards(self, cards: Sequence[IdTag]) -> None:
         """Cancels the live reservations made for ``cards`` (``base.made_for``: the

@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
+from domain import entities as d
+from domain.clock import utcnow
+from domain.policy import SYSTEM
+from domain.query import Eq
+from domain.services.base import patch
 from ocpp_bridge.simulator import connected
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD
 from tests.support.redis_server import RedisServer
 
@@ -91,3 +98,80 @@ async def test_guesses_spread_over_two_instances_meet_one_limit(tmp_path: Path) 
         for instance in (a, b):  # the right password, too, waits out the lockout
             locked = await instance.gql(LOGIN, {"p": "password-123"})
             assert locked["login"] == {"token": None, "errors": [{"code": "TOO_MANY_ATTEMPTS"}]}
+
+
+LOCAL_LIST = """mutation { sendLocalList(input: {cpId: "CP-1", listVersion: 5,
+    updateType: FULL, localAuthorizationList: [
+        {idTag: "TAG-OK", idTagInfo: {status: ACCEPTED}},
+        {idTag: "TAG-OTHER", idTagInfo: {status: ACCEPTED}}]}) { status errors { code } } }"""
+
+
+async def test_an_expired_card_is_withdrawn_from_a_charger_once_by_the_instance_holding_it(
+        tmp_path: Path) -> None:
+    """Every instance runs the card-expiry sweep (at its start and every 5 minutes, so
+    instances started together sweep in step): only the one holding a charger's
+    websocket sends it the withdrawal, once; the others' (here B's, the charger being
+    on A) send nothing, through the relay or otherwise."""
+    async with two_instances(tmp_path) as (a, b), connected(
+            a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        sent = await b.gql(LOCAL_LIST, token=await b.token("op"))
+        assert sent["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
+        store = a.services.ctx.store
+        cards: dict[str, d.IdTag] = {}
+        for tag in ("TAG-OK", "TAG-OTHER"):
+            card = await store.find_one(d.IdTag, Eq("tag", tag))
+            assert card is not None
+            cards[tag] = card
+        soon = utcnow() + timedelta(milliseconds=300)
+        await store.write([patch(cards["TAG-OK"], SYSTEM, expires_at=soon)], [])
+        await asyncio.sleep(0.5)
+        cp.received.clear()
+
+        assert await b.services.withdrawal.sweep_expired() == 1
+        assert cp.received == []  # B holds no charger: it marks, and sends nothing
+        assert await a.services.withdrawal.sweep_expired() == 1
+        assert [action for action, _ in cp.received] == ["SendLocalList"]
+        assert cp.local_list["TAG-OK"] == {"status": "Expired"}
+
+        # Both at once (instances started together): one withdrawal still.
+        later = utcnow() + timedelta(milliseconds=300)
+        await store.write([patch(cards["TAG-OTHER"], SYSTEM, expires_at=later)], [])
+        await asyncio.sleep(0.5)
+        cp.received.clear()
+        await asyncio.gather(a.services.withdrawal.sweep_expired(),
+                             b.services.withdrawal.sweep_expired())
+        await asyncio.sleep(0.5)  # nothing more on its way from B
+        assert [action for action, _ in cp.received] == ["SendLocalList"]
+        assert cp.local_list["TAG-OTHER"] == {"status": "Expired"}
+
+
+async def test_a_card_expired_while_its_charger_was_away_is_withdrawn_when_it_reconnects(
+        tmp_path: Path) -> None:
+    """The charger's instance was lost (killed, or the network): the card-expiry sweep
+    marks the withdrawal while the charger is connected nowhere, and the charger comes
+    back to another instance without rebooting (no BootNotification: a connection
+    handed over, a network blip). Its connection sends the withdrawal, as it sends
+    the cancels owed to it; waiting for a boot left the expired card Accepted in its
+    list until the charger happened to reboot."""
+    async with two_instances(tmp_path) as (a, b):
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            sent = await a.gql(LOCAL_LIST, token=await a.token("op"))
+            assert sent["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
+        store = a.services.ctx.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        soon = utcnow() + timedelta(milliseconds=300)
+        await store.write([patch(card, SYSTEM, expires_at=soon)], [])
+        await asyncio.sleep(0.5)
+        assert await a.services.withdrawal.sweep_expired() == 1  # connected nowhere
+
+        async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as again:
+            again.local_list_version = cp.local_list_version  # the same charger
+            again.local_list = dict(cp.local_list)
+
+            async def withdrawn() -> bool:
+                return again.local_list.get("TAG-OK") == {"status": "Expired"}
+            await until(withdrawn)
+            assert again.local_list["TAG-OTHER"] == {"status": "Accepted"}

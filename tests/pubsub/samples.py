@@ -26,6 +26,7 @@ from domain.events import (
     StationPasswordChanged,
     StationRemoved,
     StationSightChanged,
+    WebhookChanged,
 )
 
 AT = datetime(2026, 3, 29, 1, 59, 59, 123456, tzinfo=UTC)
@@ -92,6 +93,7 @@ SAMPLES: list[DomainEvent] = [
                         on_map=False, at=AT, joined=True, online=True,
                         was_company_id=None, was_owner_id=OWNER, was_on_map=True,
                         sight=9, connection=42),
+    WebhookChanged(station_id=None, cp_id="", at=AT, webhook_id="4" * 24),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 
