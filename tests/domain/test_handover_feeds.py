@@ -192,7 +192,8 @@ async def webhooks_on_b(x: Instances, **options: Any) -> AsyncIterator[Hooks]:
 def heard_on_b(x: Instances) -> Callable[[], Awaitable[None]]:
     """Waits until B's bus has carried the handover from A: what B publishes from then
     on, in Redis's order, comes after it."""
-    probe = x.b.ctx.bus.subscribe([StationSightChanged.topic])  # type: ignore[union-attr]
+    assert x.b.ctx.bus is not None
+    probe: Any = x.b.ctx.bus.subscribe([StationSightChanged.topic])
 
     async def heard() -> None:
         await asyncio.wait_for(probe.__anext__(), 5)
