@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from domain import entities as d
 from domain.clock import utcnow
@@ -52,3 +53,34 @@ async def test_the_former_companys_station_price_does_not_price_the_new_companys
     assert ended.valid_until is not None
     entries = await w.store.find_all(d.AuditEntry, Eq("entity_id", ended.id))
     assert [(e.action, e.actor) for e in entries][-1] == (d.AuditAction.UPDATE, "system")
+
+
+async def test_a_start_that_read_the_station_before_a_handover_is_the_new_companys(
+        world: World) -> None:  # noqa: F811
+    """The charger's StartTransaction reads its station (Volt's); an admin (on another
+    instance) hands it to Other AG before the session is written. The session started
+    on Other AG's station: it is in Other AG's books and priced by its tariff, not
+    booked to the company that had just left the station (whose operators could not
+    even see the station it charged on)."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await services.tariffs.set_tariff(SYSTEM, company_id=w.companies["other"].id,
+                                      price_per_kwh=Decimal("0.25"), currency="EUR",
+                                      valid_from=utcnow() - timedelta(days=1))
+    charging = services.charging
+    read, done = charging._require_station, False
+
+    async def hooked(cp_id: str, **kw: Any) -> Any:
+        nonlocal done
+        got = await read(cp_id, **kw)
+        if not done:
+            done = True
+            await services.stations.update_station(SYSTEM, cp1.id,
+                                                   company_id=w.companies["other"].id)
+        return got
+
+    charging._require_station = hooked  # type: ignore[method-assign]
+    session = await charge(w, 10_000)
+    assert session.company_id == w.companies["other"].id, "booked to the company it left"
+    assert session.cost_minor == 250
