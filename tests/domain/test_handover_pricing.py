@@ -4,15 +4,41 @@ not go on pricing the new company's sessions there (QA s26)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM
 from domain.query import Eq
-from tests.webhooks.conftest import World, world  # noqa: F401  (the fixture)
+from pubsub.memory import MemoryEventBus
+from store.mongo import MongoStore
+from store.sqlite import SqliteStore
+from tests.support.mongomock_async import async_mongomock_database
+from tests.webhooks.conftest import World, new_services, seed
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    """The webhooks tests' world (Volt GmbH's CP-1 and its 0.40 EUR tariff, Other AG,
+    a driver's TAG-OK), on either store."""
+    store: Any = SqliteStore(str(tmp_path / "pricing.db")) if request.param == "sqlite" \
+        else MongoStore(async_mongomock_database(), sweep_every=None)
+    await store.start()
+    bus = MemoryEventBus()
+    await bus.start()
+    w = World(new_services(store, bus), store, bus)
+    try:
+        await seed(w.services, w)
+        yield w
+    finally:
+        await bus.close()
+        await store.close()
 
 
 async def charge(w: World, wh: int) -> d.Session:
@@ -24,7 +50,7 @@ async def charge(w: World, wh: int) -> d.Session:
 
 
 async def test_the_former_companys_station_price_does_not_price_the_new_companys_sessions(
-        world: World) -> None:  # noqa: F811
+        world: World) -> None:
     """Volt prices CP-1 at 0.90 EUR/kWh on the station itself (its company tariff is
     0.40); an admin hands CP-1 to Other AG, whose company tariff is 0.25. A session
     there afterwards is in Other AG's books and priced by Other AG's 0.25, not by the
@@ -56,7 +82,7 @@ async def test_the_former_companys_station_price_does_not_price_the_new_companys
 
 
 async def test_a_start_that_read_the_station_before_a_handover_is_the_new_companys(
-        world: World) -> None:  # noqa: F811
+        world: World) -> None:
     """The charger's StartTransaction reads its station (Volt's); an admin (on another
     instance) hands it to Other AG before the session is written. The session started
     on Other AG's station: it is in Other AG's books and priced by its tariff, not
