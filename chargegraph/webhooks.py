@@ -29,6 +29,14 @@ delivery's outcome does to the webhook).
   settles the outage it ends. Grace 0 delivers both at once, as other events, and
   keeps no notice: a start with 0 closes those a grace left open, telling the offlines
   that still waited for it.
+* Events judged by their station's ownership are judged as ordered against the
+  station's handovers and removals (``domain.services.live.SightOrder``, the live
+  feeds' model): the dispatcher hears them from this instance's publish path and, from
+  other instances, over the bus, and an event offered after it heard of a handover is
+  the company's that has the station now, whatever ownership the event's own read of
+  the station found (QA s26: a disconnect or a plug's report that read the station
+  before a handover on another instance and was published after it went to the
+  company that had left it). Sessions' and payments' events go by their books.
 * Names are resolved here, and a name resolving to a non-public address is refused
   unless private addresses are allowed; the request then goes to the address checked
   (TLS still verifies the name), so the name cannot resolve elsewhere in between.
@@ -61,10 +69,18 @@ import orjson
 from chargegraph import __version__
 from domain.clock import utcnow
 from domain.entities import PendingDelivery, Webhook, WebhookEvent
-from domain.events import DomainEvent, StationConnectionChanged, WebhookChanged
+from domain.events import (
+    DomainEvent,
+    EventsDropped,
+    StationConnectionChanged,
+    StationRemoved,
+    StationSightChanged,
+    WebhookChanged,
+)
 from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
+from domain.services.live import SightOrder
 from domain.services.webhooks import ALLOW_PRIVATE, public_address, webhook_event
 from domain.wire import rfc3339
 from graph.ids import to_global_id
@@ -282,6 +298,10 @@ class WebhookDispatcher:
         self._meanwhile: list[tuple[str, Sequence[str]]] | None = None
         #: Follows the webhooks changed on any instance (``WebhookChanged``).
         self._follower: asyncio.Task[None] | None = None
+        #: The stations' handovers and removals heard so far, in the order heard, which
+        #: judge whose every event offered is (``_judged``).
+        self.order = SightOrder()
+        self._sights: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------- lifecycle
@@ -296,6 +316,12 @@ class WebhookDispatcher:
             changes = ctx.bus.subscribe([WebhookChanged.topic])
             self._follower = asyncio.create_task(self._follow(changes),
                                                  name="chargegraph-webhook-changes")
+        if ctx.bus is not None:
+            # Subscribed before the first event is offered: another instance's handover
+            # published from now on orders what this one publishes after hearing it.
+            stream = ctx.bus.subscribe([StationSightChanged.topic, StationRemoved.topic])
+            self._sights = asyncio.create_task(self._hear_sights(stream),
+                                               name="chargegraph-webhook-sights")
         await self.refresh()
         ctx.published.append(self.offer)
         ctx.committed.append(self._committed)
@@ -340,7 +366,7 @@ class WebhookDispatcher:
             # It stops after its claim, queueing what it took for the handover below;
             # one the store holds longer puts it back itself once it lands.
             await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
-        tasks = [t for t in (self._refresher, self._sweeper, self._follower,
+        tasks = [t for t in (self._refresher, self._sweeper, self._follower, self._sights,
                              *(c.task for c in self._channels.values())) if t is not None]
         for task in tasks:
             task.cancel()
@@ -449,11 +475,43 @@ class WebhookDispatcher:
             routes[kind] = (*routes.get(kind, ()), webhook_id)
         self._routes = routes
 
+    async def _hear_sights(self, stream: Any) -> None:
+        """Keeps ``order`` with the handovers and removals published on any instance."""
+        try:
+            async for event in stream:
+                if not isinstance(event, EventsDropped):
+                    self.order.shape(event)
+        finally:
+            await stream.aclose()
+
+    def _judged(self, event: DomainEvent) -> DomainEvent | None:
+        """``event`` with the ownership of its station as ordered against the handovers
+        heard (``SightOrder``); ``None``: the map's news of a station removed before it,
+        told to nobody."""
+        return self.order.shape(event)
+
+    def _judge_offline(self, event: StationConnectionChanged) -> StationConnectionChanged:
+        """``_judged`` for an outage's ``station.offline`` built from a read of its
+        station (``OfflineNotices``), which records the ownership it was told to."""
+        judged = self.order.owned(event)
+        assert isinstance(judged, StationConnectionChanged)
+        return judged
+
     def offer(self, event: Any) -> None:
         """Queues ``event`` for every webhook that asked for its type; never waits.
-        Whether each may see it is decided when it is delivered."""
+        Whether each may see it is decided when it is delivered, by the ownership it
+        has as judged here, in the order this instance heard of handovers."""
         if self._closed or not isinstance(event, DomainEvent):
             return
+        if isinstance(event, StationSightChanged | StationRemoved):
+            self.order.shape(event)  # before what this instance publishes next
+            return
+        if webhook_event(event) is None:
+            return  # live meter updates, what passes between instances
+        judged = self._judged(event)
+        if judged is None:
+            return
+        event = judged
         if self.offline_grace and isinstance(event, StationConnectionChanged):
             self._debounce(event)
             return
@@ -572,8 +630,8 @@ class WebhookDispatcher:
 
     async def _settle(self, event: StationConnectionChanged) -> None:
         try:
-            for settled in await self.services.offline_notices.settle(event,
-                                                                      self.offline_grace):
+            for settled in await self.services.offline_notices.settle(
+                    event, self.offline_grace, judge=self._judge_offline):
                 self._enqueue(settled)
         except Exception:
             log.exception("settling %s's outage for its webhooks failed", event.cp_id)
@@ -583,7 +641,7 @@ class WebhookDispatcher:
         that this instance wins (another may be announcing it at the same moment)."""
         notices = self.services.offline_notices
         for notice in await notices.due(self.offline_grace):
-            offline = await notices.announce(notice)
+            offline = await notices.announce(notice, judge=self._judge_offline)
             if offline is not None:
                 self._enqueue(offline)
 
@@ -597,7 +655,7 @@ class WebhookDispatcher:
         released: set[str] = set()
         while batch := [n for n in await notices.open() if n.id not in released]:
             for notice in batch:
-                offline = await notices.release(notice)
+                offline = await notices.release(notice, judge=self._judge_offline)
                 released.add(notice.id)  # one another instance keeps moving: not again
                 if offline is not None:
                     self._enqueue(offline)

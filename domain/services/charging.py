@@ -1119,8 +1119,16 @@ class ChargingService(ChargerConnections):
         holder only while they are not erased: an erasure landing after the card was
         read left an ACTIVE session on the erased account (review s22); refused, the
         start reads again, finds the card gone and is a session of no one's. The
-        erasure is guarded the other way (no ACTIVE session of theirs)."""
-        guards = [Guard(Station, Eq("id", station.id))]
+        erasure is guarded the other way (no ACTIVE session of theirs). And only while
+        the station is still in the books the session is written to (``books_of``): a
+        handover landing between the start's read and this write left a session that
+        began on the new company's station in the books of the company that had left
+        it, priced by its tariff (QA s26); refused, the start reads the station again
+        and books it to the company that has it."""
+        company_id, owner_id = books_of(station)
+        books = Eq("company_id", company_id) if company_id is not None \
+            else all_of(Eq("company_id", None), Eq("owner_id", owner_id))
+        guards = [Guard(Station, all_of(Eq("id", station.id), books))]
         if not is_new:
             guards.append(Guard(Connector, Eq("id", plug.id)))
         if card is not None:

@@ -34,8 +34,15 @@ from typing import Any
 from domain.errors import DomainError
 from domain.events import (
     ALL_TOPICS,
+    CommandCompleted,
+    ConnectorStatusChanged,
     DomainEvent,
     EventsDropped,
+    FaultReported,
+    MaintenanceStatusChanged,
+    PaymentChanged,
+    ReservationChanged,
+    SessionChanged,
     StationConnectionChanged,
     StationRemoved,
     StationSightChanged,
@@ -107,33 +114,44 @@ class SightOrder:
     A station removed (``StationRemoved``, which the stream reads for this and never
     tells) is forgotten: kept, every station ever handed over or connected stayed here
     for as long as the pump or the socket lived. Its id is remembered instead, among the
-    last ``REMOVED_REMEMBERED``: whatever of it arrives after its removal was published
-    before it (a handover's announcement, a connection event, from another instance),
-    and is told to nobody: a map told "joined" of a station already removed kept it
-    (review s25). Ids are never given again, so nothing of a new station is lost."""
+    last ``REMOVED_REMEMBERED``, with its ownership when removed: whatever of it arrives
+    after its removal was published before it (a handover's announcement, a connection
+    event, from another instance). The map's events of it (``_MAP``) are told to
+    nobody: a map told "joined" of a station already removed kept it (review s25); its
+    others (a command's answer) by the ownership it was removed with. Ids are never
+    given again, so nothing of a new station is lost.
+
+    Every company-scoped stream keeps one, not only the map's (``_read``): a plug's
+    status, a fault, a firmware report, a reservation or a command's answer read the
+    station before a handover and published after it reached the company that had
+    left it (QA s26). Events judged by the books they went to (``_BOOKED``: a session's,
+    a payment's), whose ownership fields are not the station's, pass unchanged."""
 
     __slots__ = ("connections", "removed", "sights")
 
     def __init__(self) -> None:
         self.sights: dict[str, StationSightChanged] = {}
         self.connections: dict[str, tuple[int, bool]] = {}
-        self.removed: dict[str, None] = {}  # insertion-ordered: the oldest goes first
+        #: Insertion-ordered: the oldest goes first.
+        self.removed: dict[str, StationRemoved] = {}
 
     def shape(self, event: DomainEvent) -> DomainEvent | None:
         """``event`` as it is to be told (the same object when nothing changes); ``None``:
-        told to nobody (``StationRemoved``)."""
+        told to nobody (``StationRemoved``, and what arrives of a removed station for
+        the map)."""
         station = event.station_id
-        if station is None:
+        if station is None or isinstance(event, _BOOKED):
             return event
         if isinstance(event, StationRemoved):
             self.sights.pop(station, None)
             self.connections.pop(station, None)
-            self.removed[station] = None
+            self.removed[station] = event
             if len(self.removed) > REMOVED_REMEMBERED:
                 del self.removed[next(iter(self.removed))]
             return None
-        if station in self.removed:
-            return None
+        gone = self.removed.get(station)
+        if gone is not None:
+            return None if isinstance(event, _MAP) else _as_owned(event, gone)
         if isinstance(event, StationConnectionChanged):
             self.connections[station] = (_number(event.connection), event.online)
             return self.owned(event)
@@ -157,24 +175,44 @@ class SightOrder:
         return event
 
     def owned(self, event: DomainEvent) -> DomainEvent:
-        """An event of a station (not its sight's) with the newest ownership told."""
+        """An event of a station (not its sight's) with the newest ownership told; one
+        judged by its books (``_BOOKED``) as it is."""
         newest = self.sights.get(event.station_id or "")
-        if newest is None or (event.company_id, event.owner_id, event.on_map) == (
-                newest.company_id, newest.owner_id, newest.on_map):
+        if newest is None or isinstance(event, _BOOKED):
             return event
-        return replace(event, company_id=newest.company_id, owner_id=newest.owner_id,
-                       on_map=newest.on_map)
+        return _as_owned(event, newest)
 
 
-#: Topics whose streams keep a ``SightOrder`` and so also read ``StationRemoved``.
-_ORDERED = frozenset({StationConnectionChanged.topic, StationSightChanged.topic})
+def _as_owned(event: DomainEvent, by: DomainEvent) -> DomainEvent:
+    """``event`` with the ownership ``by`` carries (the same object when it has it)."""
+    if (event.company_id, event.owner_id, event.on_map) == (by.company_id, by.owner_id,
+                                                           by.on_map):
+        return event
+    return replace(event, company_id=by.company_id, owner_id=by.owner_id, on_map=by.on_map)
+
+
+#: Events whose ``company_id``/``owner_id`` are the books they went to, not their
+#: station's ownership (``ChargingService._session_event``, ``PaymentChanged``): a
+#: station handed over mid-session leaves its session with the company that bills it.
+_BOOKED = (SessionChanged, PaymentChanged)
+#: The map's events: of a removed station, told to nobody once it is removed.
+_MAP = (StationConnectionChanged, StationSightChanged, ConnectorStatusChanged)
+#: Topics whose events are judged by their station's ownership: their streams keep a
+#: ``SightOrder`` fed with the handovers (``StationSightChanged``, told only to streams
+#: that asked for it) and removals (``StationRemoved``, told to none).
+_ORDERED = frozenset({ConnectorStatusChanged.topic, StationConnectionChanged.topic,
+                      StationSightChanged.topic, FaultReported.topic,
+                      MaintenanceStatusChanged.topic, ReservationChanged.topic,
+                      CommandCompleted.topic})
 
 
 def _read(topics: Sequence[str]) -> list[str]:
-    """The bus topics a stream of ``topics`` reads."""
+    """The bus topics a stream of ``topics`` reads: with the handovers and removals
+    that order their events, if any is judged by its station's ownership."""
     read = list(dict.fromkeys(topics))
-    if _ORDERED.intersection(read) and StationRemoved.topic not in read:
-        read.append(StationRemoved.topic)
+    if _ORDERED.intersection(read):
+        read += [t for t in (StationSightChanged.topic, StationRemoved.topic)
+                 if t not in read]
     return read
 
 
@@ -223,8 +261,8 @@ class _Pump:
                 everyone = isinstance(event, EventsDropped)
                 if not everyone:
                     shaped = self.order.shape(event)
-                    if shaped is None:
-                        continue
+                    if shaped is None or shaped.topic not in self.topics:
+                        continue  # a handover or removal read only to order the rest
                     event = shaped
                 handed = 0
                 for viewer, watches in tuple(self.by_viewer.items()):
@@ -284,9 +322,10 @@ class LiveService(Service):
         """The events on ``topics`` this viewer may see, from this call on (the
         subscription is registered before the first read); ``EventsDropped`` markers pass
         through so clients learn they missed some."""
-        return self._visible(viewer, self._bus().subscribe(_read(topics)))
+        return self._visible(viewer, frozenset(topics),
+                             self._bus().subscribe(_read(topics)))
 
-    async def _visible(self, viewer: Viewer, stream: Any
+    async def _visible(self, viewer: Viewer, topics: frozenset[str], stream: Any
                        ) -> AsyncIterator[DomainEvent | EventsDropped]:
         try:
             order = SightOrder()
@@ -295,7 +334,9 @@ class LiveService(Service):
                     yield event
                     continue
                 shaped = order.shape(event)
-                if shaped is not None and self.policy.sees_event(viewer, shaped):
+                # A handover or removal read only to order the rest is told to nobody.
+                if shaped is not None and shaped.topic in topics \
+                        and self.policy.sees_event(viewer, shaped):
                     yield shaped
         finally:
             await stream.aclose()

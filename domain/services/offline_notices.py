@@ -21,12 +21,16 @@ The online goes to whoever got the offline: the notice keeps the station's owner
 the announcement, and the online carries it (``company_id``/``owner_id``, which webhook
 visibility is decided on), so a station handed to another company meanwhile closes its
 former company's incident and tells the new one nothing of an outage it never heard of.
+The ownership an offline is announced with is the station's as read, judged by the
+caller (``judge``: the webhook dispatcher's order of handovers, in which a handover
+heard after that read wins over it, QA s26), and recorded as judged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from datetime import timedelta
 
 from domain.entities import NoticeState, OfflineNotice, Station
@@ -48,6 +52,12 @@ ROUNDS = 3
 _OPEN = (NoticeState.PENDING.value, NoticeState.ANNOUNCED.value, NoticeState.RETURNED.value)
 #: Whose webhooks see an event: the ``company_id`` and ``owner_id`` it carries.
 Ownership = tuple[str | None, str | None]
+#: Who an offline read from its station is told to (``judge`` below): as read, by default.
+Judge = Callable[[StationConnectionChanged], StationConnectionChanged]
+
+
+def _as_read(event: StationConnectionChanged) -> StationConnectionChanged:
+    return event
 
 
 class OfflineNotices(Service):
@@ -69,7 +79,8 @@ class OfflineNotices(Service):
             Eq("state", NoticeState.PENDING.value),
             Range("offline_at", lte=self.now() - grace)), (Sort("offline_at"),), limit=limit)
 
-    async def announce(self, notice: OfflineNotice) -> StationConnectionChanged | None:
+    async def announce(self, notice: OfflineNotice, judge: Judge = _as_read
+                       ) -> StationConnectionChanged | None:
         """The ``station.offline`` of a due notice, for this instance to deliver: only
         while its station is still offline with the connection that closed (read now,
         from the store: the charger may have come back to any instance), and only if no
@@ -88,17 +99,19 @@ class OfflineNotices(Service):
             await self._move(notice, NoticeState.RETURNED,
                              returned_connection=station.connection)
             return None
+        offline = judge(_offline(station, notice))  # a handover heard since the read
         if not await self._move(notice, NoticeState.ANNOUNCED, announced_at=self.now(),
-                                company_id=station.company_id, owner_id=station.owner_id):
+                                company_id=offline.company_id, owner_id=offline.owner_id):
             return None
-        return _offline(station, notice)
+        return offline
 
     async def open(self, limit: int = MAX_DUE) -> list[OfflineNotice]:
         """Every notice not closed yet, oldest first (``release``'s work)."""
         return await self.store.find_all(OfflineNotice, In("state", _OPEN),
                                          (Sort("offline_at"),), limit=limit)
 
-    async def release(self, notice: OfflineNotice) -> StationConnectionChanged | None:
+    async def release(self, notice: OfflineNotice, judge: Judge = _as_read
+                      ) -> StationConnectionChanged | None:
         """Closes ``notice`` for an instance started with no grace (it was switched back to
         0): nothing waits any more, every connection and disconnect is delivered at once.
         Its ``station.offline``, dated at the disconnect, if it was still waiting for the
@@ -111,10 +124,10 @@ class OfflineNotices(Service):
         if closed is None or closed.state is not NoticeState.PENDING or station is None \
                 or station.online or station.connection != closed.connection:
             return None
-        return _offline(station, closed)
+        return judge(_offline(station, closed))
 
-    async def settle(self, event: StationConnectionChanged, grace: timedelta
-                     ) -> list[StationConnectionChanged]:
+    async def settle(self, event: StationConnectionChanged, grace: timedelta,
+                     judge: Judge = _as_read) -> list[StationConnectionChanged]:
         """What a connection (``event``) delivers, in order, closing the outages it ends:
         its ``station.online`` if an outage it ends was announced, with the ownership the
         offline was announced with (one online per ownership, should outages it ends
@@ -139,8 +152,9 @@ class OfflineNotices(Service):
                     and event.at - closed.offline_at >= grace:
                 [station] = await self.store.get_many(Station, [closed.station_id])
                 if station is not None:
-                    offline.append(_offline(station, closed))
-                    heard.append((station.company_id, station.owner_id))
+                    told = judge(_offline(station, closed))
+                    offline.append(told)
+                    heard.append((told.company_id, told.owner_id))
         online = [dataclasses.replace(event, company_id=company_id, owner_id=owner_id)
                   for company_id, owner_id in dict.fromkeys(heard)]
         return [*offline, *online]

@@ -22,6 +22,7 @@ from domain.entities import (
     Session,
     SessionState,
     Station,
+    Tariff,
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
@@ -41,6 +42,7 @@ from domain.services.base import (
     UNSET,
     Service,
     ServiceContext,
+    books_of,
     not_erased,
     owned_by,
     patch,
@@ -386,6 +388,11 @@ class StationService(Service):
             site_id=None if company_id not in (UNSET, station.company_id) else UNSET,
         )
         updated = cast(Station, update.record)
+        changes: list[tuple[Change, Any]] = [(update, station)]
+        if books_of(updated) != books_of(station):
+            changes += await self._end_station_prices(viewer, station)
+            # None left unended by the write: one set meanwhile fails it, and it runs again.
+            guards.append(Guard(Tariff, _unended_prices(station), exists=False))
         sight = None
         if _sight_of(station) != _sight_of(updated):
             # Drawn after the read and before the write, which holds only on the version
@@ -393,8 +400,23 @@ class StationService(Service):
             # two edits of a station's sight the later has the higher number (review s25:
             # A->B and B->C published in the other order left B holding C's station).
             sight = await self.store.next_sequence("station_sight")
-        await self.commit(viewer, [(update, station)], guards=guards)
+        await self.commit(viewer, changes, guards=guards)
         return station, updated, sight
+
+    async def _end_station_prices(self, viewer: Viewer, station: Station
+                                  ) -> list[tuple[Change, Any]]:
+        """The ending, now, of every price set on ``station`` itself that is not ended
+        yet (in force, or set to begin later), for a handover to another company's (or
+        owner's) books, in its write: a station's tariff wins over its company's, so
+        the price its former company set went on pricing the new company's sessions
+        there, at a price and in a currency it never chose (QA s26). Sessions started
+        before keep what they started with (``Tariff.removed_by``), as after
+        ``removeTariff``; the new company's own prices apply from now on, and it sets
+        the station's own again if it wants one. Each is audited, by whoever moved the
+        station."""
+        now = self.now()
+        prices = await self.store.find_all(Tariff, _unended_prices(station), limit=1000)
+        return [(edit(price, viewer, valid_until=now), price) for price in prices]
 
     def _nudge(self, station: Station) -> None:
         """A charger told Pending or Rejected waits out its boot interval before it boots
@@ -686,6 +708,11 @@ class StationService(Service):
                            Eq("station_id", connector.station_id))),
             guards=[not_charging(charging)])
         return connector, cancelled
+
+
+def _unended_prices(station: Station) -> Filter:
+    """The prices set on ``station`` itself that are not ended (``Tariff.valid_until``)."""
+    return all_of(Eq("station_id", station.id), Eq("valid_until", None))
 
 
 def _sight_of(station: Station) -> tuple[Any, ...]:

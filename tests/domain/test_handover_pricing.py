@@ -1,0 +1,112 @@
+"""A station handed to another company is priced as the company that has it now prices
+it: a price its former company set on the station itself is that company's, and does
+not go on pricing the new company's sessions there (QA s26)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.policy import SYSTEM
+from domain.query import Eq
+from pubsub.memory import MemoryEventBus
+from store.mongo import MongoStore
+from store.sqlite import SqliteStore
+from tests.support.mongomock_async import async_mongomock_database
+from tests.webhooks.conftest import World, new_services, seed
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    """The webhooks tests' world (Volt GmbH's CP-1 and its 0.40 EUR tariff, Other AG,
+    a driver's TAG-OK), on either store."""
+    store: Any = SqliteStore(str(tmp_path / "pricing.db")) if request.param == "sqlite" \
+        else MongoStore(async_mongomock_database(), sweep_every=None)
+    await store.start()
+    bus = MemoryEventBus()
+    await bus.start()
+    w = World(new_services(store, bus), store, bus)
+    try:
+        await seed(w.services, w)
+        yield w
+    finally:
+        await bus.close()
+        await store.close()
+
+
+async def charge(w: World, wh: int) -> d.Session:
+    charging = w.services.charging
+    tx, _ = await charging.start_transaction("CP-1", 1, "TAG-OK", 1000, timestamp=utcnow())
+    await charging.stop_transaction("CP-1", tx, 1000 + wh, timestamp=utcnow())
+    [session] = await w.store.find_all(d.Session, Eq("transaction_id", tx))
+    return session
+
+
+async def test_the_former_companys_station_price_does_not_price_the_new_companys_sessions(
+        world: World) -> None:
+    """Volt prices CP-1 at 0.90 EUR/kWh on the station itself (its company tariff is
+    0.40); an admin hands CP-1 to Other AG, whose company tariff is 0.25. A session
+    there afterwards is in Other AG's books and priced by Other AG's 0.25, not by the
+    0.90 Volt set, which Other AG never agreed to, and its drivers are not shown it."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await services.tariffs.set_tariff(w.viewer("op"), station_id=cp1.id,
+                                      price_per_kwh=Decimal("0.90"), currency="EUR")
+    await services.tariffs.set_tariff(SYSTEM, company_id=w.companies["other"].id,
+                                      price_per_kwh=Decimal("0.25"), currency="EUR",
+                                      valid_from=utcnow() - timedelta(days=1))
+    before = await charge(w, 10_000)
+    assert (before.company_id, before.cost_minor) == (w.companies["volt"].id, 900)
+
+    await services.stations.update_station(SYSTEM, cp1.id,
+                                           company_id=w.companies["other"].id)
+    after = await charge(w, 10_000)
+    assert after.company_id == w.companies["other"].id
+    assert after.cost_minor == 250, "priced by the station tariff its former company set"
+    # Volt's receipt stays as billed; the admin who moved the station ended the price,
+    # as the audit log says.
+    [again] = await w.store.get_many(d.Session, [before.id])
+    assert again is not None and again.cost_minor == 900
+    [ended] = await w.store.find_all(d.Tariff, Eq("station_id", cp1.id))
+    assert ended.valid_until is not None
+    entries = await w.store.find_all(d.AuditEntry, Eq("entity_id", ended.id))
+    assert [(e.action, e.actor) for e in entries][-1] == (d.AuditAction.UPDATE, "system")
+
+
+async def test_a_start_that_read_the_station_before_a_handover_is_the_new_companys(
+        world: World) -> None:
+    """The charger's StartTransaction reads its station (Volt's); an admin (on another
+    instance) hands it to Other AG before the session is written. The session started
+    on Other AG's station: it is in Other AG's books and priced by its tariff, not
+    booked to the company that had just left the station (whose operators could not
+    even see the station it charged on)."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await services.tariffs.set_tariff(SYSTEM, company_id=w.companies["other"].id,
+                                      price_per_kwh=Decimal("0.25"), currency="EUR",
+                                      valid_from=utcnow() - timedelta(days=1))
+    charging = services.charging
+    read, done = charging._require_station, False
+
+    async def hooked(cp_id: str, **kw: Any) -> Any:
+        nonlocal done
+        got = await read(cp_id, **kw)
+        if not done:
+            done = True
+            await services.stations.update_station(SYSTEM, cp1.id,
+                                                   company_id=w.companies["other"].id)
+        return got
+
+    charging._require_station = hooked  # type: ignore[method-assign]
+    session = await charge(w, 10_000)
+    assert session.company_id == w.companies["other"].id, "booked to the company it left"
+    assert session.cost_minor == 250
