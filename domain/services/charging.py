@@ -872,7 +872,13 @@ class ChargingService(ChargerConnections):
                 Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
-                info = await self.authorize(cp_id, presented, (same.id,))
+                # Judged as its first copy was: only earlier transactions hold the card.
+                # A later one of the same card (tapped on another connector while this
+                # answer was lost, told ConcurrentTx) must not make the resend
+                # ConcurrentTx too: the charger stopped the very transaction it was
+                # charging, recorded as refused and billed nothing (QA s26).
+                info = await self.authorize(cp_id, presented, (same.id,),
+                                            before=same.transaction_id)
                 await self._answered(station, same, info)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
@@ -895,7 +901,8 @@ class ChargingService(ChargerConnections):
                     raise
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                info = await self.authorize(cp_id, presented, (opened.id,))
+                info = await self.authorize(cp_id, presented, (opened.id,),
+                                            before=opened.transaction_id)
                 await self._answered(station, opened, info)
                 return opened.transaction_id, _told(station, info)
             session, ended, used, repriced = opened
