@@ -139,9 +139,11 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                     "counter).",
         "RESET": "The register restarted near 0 (a meter reset or replaced).",
         "IMPLAUSIBLE_STOP": "The transaction's final register (meterStop) was below "
-                            "meterStart, more than the connector could deliver, or "
-                            "meterStart itself though the transaction's readings moved: "
-                            "the session was billed what its readings metered.",
+                            "meterStart, more than the connector could deliver, "
+                            "meterStart itself though the transaction's readings moved, "
+                            "or no register at all (negative, beyond 10^12 Wh: not "
+                            "recorded): the session was billed what its readings "
+                            "metered.",
         "STOP_BELOW_READINGS": "The final register (meterStop) was believed and billed, "
                                "but the transaction's own readings had gone more than "
                                "500 Wh higher (a glitching reading, or a register not "

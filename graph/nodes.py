@@ -975,8 +975,10 @@ class Session(Node, Audited):
     meter_start_wh: BigInt = strawberry.field(description=(
         "The charger's energy register at the start (OCPP meterStart), Wh."))
     meter_stop_wh: BigInt | None = strawberry.field(description=(
-        "The register at the end (OCPP meterStop), Wh; null while ACTIVE, and for a "
-        "session closed without its StopTransaction (`stopReason` Other)."))
+        "The register at the end (OCPP meterStop), Wh; null while ACTIVE, for a "
+        "session closed without its StopTransaction (`stopReason` Other), and for one "
+        "whose meterStop no register can read (negative, or beyond 10^12 Wh: "
+        "`meterAnomaly` IMPLAUSIBLE_STOP)."))
     stop_reason: str | None = strawberry.field(description=(
         "OCPP Reason of its StopTransaction (Local when the charger gave none), or Other "
         "when the service closed it without one (`endSession`, a lost stop); null while "
@@ -996,8 +998,9 @@ class Session(Node, Audited):
         "near 0 (reset, replaced) during the session: its energy is counted across it "
         "(the highest reading before plus those after), for an operator to review; "
         "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, "
-        "more than the connector could deliver, or meterStart though its readings "
-        "moved) and it was billed what was metered; or it was billed by a meterStop its "
+        "more than the connector could deliver, meterStart though its readings "
+        "moved, or no register at all) and it was billed what was metered; or it was "
+        "billed by a meterStop its "
         "own readings had passed (STOP_BELOW_READINGS); or, its stop lost, a newer "
         "start on its connector closed it with a meterStart below its readings, and it "
         "was billed up to that meterStart (NEXT_START_BELOW_READINGS)."))

@@ -902,7 +902,13 @@ class ChargingService(ChargerConnections):
                 Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
-                info = await self.authorize_start(cp_id, presented, (same.id,))
+                # Judged as its first copy was: only earlier transactions hold the card.
+                # A later one of the same card (tapped on another connector while this
+                # answer was lost, told ConcurrentTx) must not make the resend
+                # ConcurrentTx too: the charger stopped the very transaction it was
+                # charging, recorded as refused and billed nothing (QA s26).
+                info = await self.authorize_start(cp_id, presented, (same.id,),
+                                                  before=same.transaction_id)
                 await self._answered(station, same, info)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
@@ -925,7 +931,8 @@ class ChargingService(ChargerConnections):
                     raise
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                info = await self.authorize_start(cp_id, presented, (opened.id,))
+                info = await self.authorize_start(cp_id, presented, (opened.id,),
+                                                  before=opened.transaction_id)
                 await self._answered(station, opened, info)
                 return opened.transaction_id, _told(station, info)
             session, ended, used, repriced = opened
@@ -1419,7 +1426,11 @@ class ChargingService(ChargerConnections):
         PENDING payment. A repeated stop changes nothing. The stop of a session closed
         without it (``closed_without_stop``: as lost, or by an operator) corrects that
         close (``_stop``)."""
-        v.meter_register(meter_stop, "meterStop")
+        # No v.meter_register here: a meterStop no register can read (-1 from firmware
+        # whose meter did not answer, a number beyond any meter) is no reason to refuse
+        # the stop, which left the session ACTIVE and its driver's card held once the
+        # charger gave up resending it (QA s26). ``_stop`` bills it as one below its
+        # start: what was metered, flagged.
         end = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
         readings = believed(sound(readings or [], cp_id, transaction_id),
@@ -1546,22 +1557,26 @@ class ChargingService(ChargerConnections):
         # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
             count = RegisterCount(session, rated_kw)
-        final = count.counted(meter_stop, end, final=True)
+        # What it reads as a register; none (recorded as no meterStop) for a number no
+        # register can show: never counted as a reset or a rollover.
+        register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+        final = count.counted(register, end, final=True) if register is not None else None
         meter = count.fields()
         metered = session.energy_wh + added
         unread = final == session.meter_start_wh and metered > 0 \
             and not closed_without_stop(session)
         if final is None or final < session.meter_start_wh or unread:
             # A glitching final register (0xFFFFFFFF: more than the connector could
-            # deliver; below meterStart: less than nothing, with no rollover or reset to
-            # explain it; meterStart itself, though its readings, the stop's own among
-            # them, moved: a register the charger did not read at the stop; not so for a
-            # stop correcting a close made without it, whose word on what was delivered
-            # the billing lead asked to be final) must bill
-            # neither megawatt-hours nor nothing: the session is billed what it
-            # believably metered, as a lost stop would be, and flagged for review (QA
-            # s17: a stop below its start billed 0 without a trace; s20: one that did
-            # not move billed 0 though its Transaction.End read 1.2 kWh more). A stop
+            # deliver; -1 or beyond any meter: no register at all; below meterStart:
+            # less than nothing, with no rollover or reset to explain it; meterStart
+            # itself, though its readings, the stop's own among them, moved: a register
+            # the charger did not read at the stop; not so for a stop correcting a close
+            # made without it, whose word on what was delivered the billing lead asked
+            # to be final) must bill neither megawatt-hours nor nothing: the session is
+            # billed what it believably metered, as a lost stop would be, and flagged for
+            # review (QA s17: a stop below its start billed 0 without a trace; s20: one
+            # that did not move billed 0 though its Transaction.End read 1.2 kWh more;
+            # s26: a meterStop of -1 refused the stop, the session left ACTIVE). A stop
             # that moved decides, below a reading too (the reading may be the glitch).
             energy = metered
             log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh) is not "
@@ -1580,14 +1595,15 @@ class ChargingService(ChargerConnections):
         # At the stop, on the session's timeline: a stop stamped before the start (a
         # clock reset) must not put the session's last energy before it began.
         samples, trimmed = await self._settled_close(
-            station, session, samples, energy, meter_stop, max(end, session.start_time),
-            shares)
+            station, session, samples, energy,
+            session.meter_start_wh + energy if register is None else register,
+            max(end, session.start_time), shares)
         if closed_without_stop(session):
             log.info("%s: the stop of transaction %s, closed without it (%s Wh, ended %s), "
                      "corrects its close: %s Wh, ended %s", cp_id, session.transaction_id,
                      session.energy_wh, session.end_time, energy, end)
         closed, changes = await self._close(
-            station, session, meter_stop, end, reason or "Local", actor, energy_wh=energy,
+            station, session, register, end, reason or "Local", actor, energy_wh=energy,
             awaited=awaits_stop(session), readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
             meter=meter)

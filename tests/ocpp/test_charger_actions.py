@@ -412,6 +412,34 @@ async def test_a_refused_start_is_billed_nothing(central: Central) -> None:
     assert shown[accepted]["startRefused"] is None and shown[accepted]["tariff"] is not None
 
 
+async def test_a_resent_start_keeps_its_card_from_a_later_refused_one(
+        central: Central) -> None:
+    """QA (s26): a StartTransaction whose answer was lost, resent (as sent, or stamped
+    anew) after the same card's start on the station's other connector was told
+    ConcurrentTx (the driver tapped again there meanwhile), was told ConcurrentTx too,
+    because of that refused later session: the charger stopped the transaction it was
+    charging, recorded as refused and billed nothing. A resend is judged as its first
+    copy was: only earlier transactions hold the card."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=40)
+
+    def stamp(at: datetime) -> str:
+        return at.isoformat().replace("+00:00", "Z")
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        async def started(connector_id: int, meter: int, at: datetime) -> tuple[int, str]:
+            answer = await cp.call(call.StartTransaction(
+                connector_id=connector_id, id_tag="TAG-OK", meter_start=meter,
+                timestamp=stamp(at)))
+            return answer.transaction_id, answer.id_tag_info["status"]
+
+        first = await started(1, 5_000, start)
+        assert (await started(2, 8_000, start + timedelta(seconds=10)))[1] == "ConcurrentTx"
+        assert await started(1, 5_000, start) == first == (first[0], "Accepted")
+        assert await started(1, 5_001, start + timedelta(seconds=30)) == first  # restamped
+    charging = await central.session(first[0])
+    assert charging is not None and charging.start_refused is None
+
+
 async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.call(call.MeterValues(connector_id=2, transaction_id=987654, meter_value=[

@@ -285,3 +285,33 @@ async def test_a_reset_that_reads_like_the_old_register_bills_the_lower_count_fl
         await charger.stop(5_100)
     session = await billed(central, charger.tx)
     assert session.energy_wh == 5_100 and session.meter_anomaly is d.MeterAnomaly.RESET
+
+
+async def test_a_stop_whose_meter_stop_is_no_register_closes_the_session(
+        central: Central) -> None:
+    """QA (s26): a StopTransaction whose meterStop no register can read (-1, sent by
+    firmware whose meter did not answer at the stop; or beyond any meter, 2^70) was
+    refused whole (PropertyConstraintViolation): the session stayed ACTIVE, unbilled,
+    its driver's card ConcurrentTx everywhere, once the charger gave up resending it.
+    The stop is taken as one below its start is: billed what was metered, flagged, no
+    meterStop recorded; the card is free."""
+    sessions = []
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        for meter_stop in (-1, 2**70):
+            charger = Charger(cp)
+            await charger.start(50_000)
+            await charger.reading(52_000)
+            await charger.stop(meter_stop)
+            sessions.append(charger.tx)
+        assert await cp.authorize("TAG-OK") == "Accepted"
+        data = await central.gql(ANOMALY, as_user="op")
+    shown = {s["transactionId"]: s["meterAnomaly"] for s in data["sessions"]["nodes"]}
+    for tx in sessions:
+        session = await billed(central, tx)
+        assert (session.energy_wh, session.cost_minor, session.meter_stop_wh) == (
+            2_000, 80, None)  # 2 kWh at 0.40
+        assert session.stop_reason == "Local"
+        assert session.meter_anomaly is d.MeterAnomaly.IMPLAUSIBLE_STOP
+        assert shown[tx] == "IMPLAUSIBLE_STOP"
+        samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
+        assert sum(s.delta_wh or 0 for s in samples) == 2_000
