@@ -58,7 +58,7 @@ from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
 from ocpp_bridge.log_masking import SecretMasking, without_url_credentials
-from ocpp_bridge.pacing import FRAME_RATE, FramePacer
+from ocpp_bridge.pacing import BYTE_RATE, FRAME_RATE, FramePacer
 from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -346,18 +346,21 @@ class ChargePointHandler(ChargePoint):
 
     async def start(self) -> None:
         """The package's receive loop, paced (``ocpp_bridge/pacing.py``): a charger sending
-        frames faster than any compliant one waits, so that it cannot hold the event loop
-        every other charger and request shares."""
+        frames faster than any compliant one, or large frames back to back, waits, so
+        that it cannot hold the event loop every other charger and request shares."""
         while True:
             message = await self._connection.recv()
             self.heard_at = self.charging.now()
             if wire_log.isEnabledFor(logging.INFO):
                 wire_log.info("%s: receive message %s", self.id, logged_frame(message))
-            wait = self.pacer.delay()
+            # Characters, not UTF-8 bytes: what the loop's work on it grows with, and
+            # counted without encoding a frame of megabytes again.
+            wait = self.pacer.delay(len(message))
             if wait > 0:
                 if self.pacer.delayed == 1:
-                    log.warning("%s: sends frames faster than %d a second; taking them at "
-                                "that rate", self.id, FRAME_RATE)
+                    log.warning("%s: sends frames faster than %d a second or %d KiB a "
+                                "second; taking them at that rate", self.id, FRAME_RATE,
+                                BYTE_RATE // 1024)
                 await asyncio.sleep(wait)
             await self.route_message(message)
 
