@@ -9,6 +9,8 @@ import time
 
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 import ocpp_bridge.handler
 from ocpp_bridge.pacing import BYTE_BURST, BYTE_RATE, FramePacer
@@ -111,3 +113,34 @@ async def test_a_charger_sending_large_frames_back_to_back_leaves_the_others_ser
 async def _send_all(ws, frame: str, times: int) -> None:
     for _ in range(times):
         await ws.send(frame)
+
+
+async def test_an_oversized_frame_is_closed_1009_unread_while_the_others_are_served(
+        central: Central) -> None:
+    """A frame beyond the limit closes its socket with 1009 ("message too big") as its
+    header is read: nothing of it is parsed, and another charger's heartbeats, sent
+    meanwhile, are answered at once."""
+    oversized = await raw(central, "CP-1")
+    other = await raw(central, "CP-OPEN", None)
+    try:
+        frame = json.dumps([2, "huge", "DataTransfer", {
+            "vendorId": "V", "data": "x" * (MAX_MESSAGE + 1024)}])
+        sending = asyncio.create_task(oversized.send(frame))
+        slowest = 0.0
+        for i in range(20):
+            sent = time.monotonic()
+            assert (await exchange(other, json.dumps([2, f"hb-{i}", "Heartbeat", {}])))[0] == 3
+            slowest = max(slowest, time.monotonic() - sent)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(oversized.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        await asyncio.wait([sending], timeout=10)  # its send ends with the socket
+        assert slowest < 0.5, slowest
+        # The charger's next connection is served as any.
+        again = await raw(central, "CP-1")
+        assert (await exchange(again, '[2, "hb", "Heartbeat", {}]'))[0] == 3
+        await again.close()
+    finally:
+        if oversized.state is not State.CLOSED:
+            oversized.transport.abort()
+        await other.close()
