@@ -57,7 +57,7 @@ from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
-from ocpp_bridge.log_masking import SecretMasking, without_url_credentials
+from ocpp_bridge.log_masking import SecretMasking, masked_line, without_url_credentials
 from ocpp_bridge.pacing import BYTE_RATE, FRAME_RATE, FramePacer
 from ocpp_bridge.timefmt import parse_timestamp
 
@@ -81,6 +81,8 @@ MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
 #: How much of a frame that cannot be read the ``bad frame`` line (INFO, on by default)
 #: masks and shows the start of: logs are bounded, and masking reads what it is given.
 BAD_FRAME_READ = 2048
+#: How much of a DataTransfer's data its INFO line shows.
+DATA_SHOWN = 200
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
@@ -873,6 +875,16 @@ class ChargePointHandler(ChargePoint):
     async def data_transfer(self, p: Payload) -> Payload:
         status, reply = await self.charging.data_transfer(self.id, p["vendorId"],
                                                           p.get("messageId"), p.get("data"))
+        if log.isEnabledFor(logging.INFO):
+            # The charger's free text, masked as the wire log masks a frame (a URL's
+            # user information and query values, a secret key's value), its data cut
+            # to ``DATA_SHOWN`` characters with a URL the cut ends in hidden whole.
+            data = p.get("data")
+            shown = None if data is None else without_url_credentials(
+                data[:DATA_SHOWN], cut=len(data) > DATA_SHOWN)
+            log.info("%s", masked_line(f"DataTransfer from {self.id}: vendor="
+                                       f"{p['vendorId']} message={p.get('messageId')} "
+                                       f"data={shown}"))
         return {"status": status} if reply is None else {"status": status, "data": reply}
 
     async def diagnostics_status_notification(self, p: Payload) -> Payload:
