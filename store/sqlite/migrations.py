@@ -1351,6 +1351,15 @@ _V63 = """
 ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
 """
 
+# Version 67: the timestamp a StartTransaction carried when its charger's clock was never
+# set (before 2015: 1970), the session dated on the start's arrival instead
+# (``Session.reported_start``): a resend of that start is matched by it (QA s26). Older
+# rows: null (their sessions kept such a stamp as their start). MongoDB reads a missing
+# field as null: no step.
+_V67 = """
+ALTER TABLE "session" ADD COLUMN "reported_start" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1377,7 +1386,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (60, _V60),
                                      (61, _V61),
                                      (62, _V62),
-                                     (63, _V63))
+                                     (63, _V63),
+                                     (67, _V67))
 
 
 def identity_left(company_id: str, name: str) -> None:
