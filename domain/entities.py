@@ -561,6 +561,12 @@ class Session(Record):
     #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
     #: transaction queued offline and sent later included.
     start_clock_behind: bool = False
+    #: The timestamp its StartTransaction carried when that was no time at all (before
+    #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970) and the session was
+    #: dated on the start's arrival instead (``start_clock_behind`` set too): what a
+    #: resend of that start is matched by, as any other start is matched by
+    #: ``start_time``. Null otherwise.
+    reported_start: datetime | None = None
     #: What its charger was told of the card at the start when not Accepted (Blocked,
     #: Expired, Invalid, ConcurrentTx): a start refused, which the charger stops
     #: (DeAuthorized) or, configured so, lets run. Priced by no tariff: not billed.

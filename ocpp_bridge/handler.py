@@ -57,8 +57,8 @@ from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
-from ocpp_bridge.log_masking import SecretMasking, without_url_credentials
-from ocpp_bridge.pacing import FRAME_RATE, FramePacer
+from ocpp_bridge.log_masking import SecretMasking, masked_line, without_url_credentials
+from ocpp_bridge.pacing import BYTE_RATE, FRAME_RATE, FramePacer
 from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -81,6 +81,8 @@ MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
 #: How much of a frame that cannot be read the ``bad frame`` line (INFO, on by default)
 #: masks and shows the start of: logs are bounded, and masking reads what it is given.
 BAD_FRAME_READ = 2048
+#: How much of a DataTransfer's data its INFO line shows.
+DATA_SHOWN = 200
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
@@ -346,18 +348,21 @@ class ChargePointHandler(ChargePoint):
 
     async def start(self) -> None:
         """The package's receive loop, paced (``ocpp_bridge/pacing.py``): a charger sending
-        frames faster than any compliant one waits, so that it cannot hold the event loop
-        every other charger and request shares."""
+        frames faster than any compliant one, or large frames back to back, waits, so
+        that it cannot hold the event loop every other charger and request shares."""
         while True:
             message = await self._connection.recv()
             self.heard_at = self.charging.now()
             if wire_log.isEnabledFor(logging.INFO):
                 wire_log.info("%s: receive message %s", self.id, logged_frame(message))
-            wait = self.pacer.delay()
+            # Characters, not UTF-8 bytes: what the loop's work on it grows with, and
+            # counted without encoding a frame of megabytes again.
+            wait = self.pacer.delay(len(message))
             if wait > 0:
                 if self.pacer.delayed == 1:
-                    log.warning("%s: sends frames faster than %d a second; taking them at "
-                                "that rate", self.id, FRAME_RATE)
+                    log.warning("%s: sends frames faster than %d a second or %d KiB a "
+                                "second; taking them at that rate", self.id, FRAME_RATE,
+                                BYTE_RATE // 1024)
                 await asyncio.sleep(wait)
             await self.route_message(message)
 
@@ -870,6 +875,16 @@ class ChargePointHandler(ChargePoint):
     async def data_transfer(self, p: Payload) -> Payload:
         status, reply = await self.charging.data_transfer(self.id, p["vendorId"],
                                                           p.get("messageId"), p.get("data"))
+        if log.isEnabledFor(logging.INFO):
+            # The charger's free text, masked as the wire log masks a frame (a URL's
+            # user information and query values, a secret key's value), its data cut
+            # to ``DATA_SHOWN`` characters with a URL the cut ends in hidden whole.
+            data = p.get("data")
+            shown = None if data is None else without_url_credentials(
+                data[:DATA_SHOWN], cut=len(data) > DATA_SHOWN)
+            log.info("%s", masked_line(f"DataTransfer from {self.id}: vendor="
+                                       f"{p['vendorId']} message={p.get('messageId')} "
+                                       f"data={shown}"))
         return {"status": status} if reply is None else {"status": status, "data": reply}
 
     async def diagnostics_status_notification(self, p: Payload) -> Payload:

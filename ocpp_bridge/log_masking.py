@@ -195,7 +195,7 @@ def _free_text_shown(text: str, cut: bool) -> str:
     for start, after, end in url_spans(text):
         if start < reach:  # in the token of the URL before
             continue
-        end = reach = spans.extended(end)
+        end = reach = spans.extended(start, end)
         url = text[start:end].replace("\\/", "/")
         shown = f"{text[start:after]}{HIDDEN}" if cut and end == len(text) \
             else without_credentials(url)
@@ -222,7 +222,11 @@ class _FreeUrls:
     ends at one of ``_URL_END`` and the rest of that token (up to the next whitespace, or
     the next word when it ended at a space) holds an ``@``, the URL runs on to that
     token's end, and ``without_credentials`` reads it whole (its one rule: user
-    information hidden, or all after the scheme when the ``@`` is elsewhere).
+    information hidden, or all after the scheme when the ``@`` is elsewhere). A URL cut
+    inside its authority where no host ends (``ftp://diag:hun`` of ``ftp://diag:hun
+    ter two@host/``: a password of more than one space) runs on to the end of the token
+    holding the next ``@`` on the line (``_cut_in_authority``): the words between were
+    its password's.
 
     Linear in the text: the next whitespace and the next ``@`` are each searched for
     from past the last one found, the queries moving forward only."""
@@ -239,13 +243,21 @@ class _FreeUrls:
         match = pattern.search(self.text, at)
         return match.start() if match else len(self.text)
 
-    def extended(self, end: int) -> int:
-        """Where a URL ``url_spans`` ended at ``end`` ends, failing closed."""
+    def extended(self, start: int, end: int) -> int:
+        """Where a URL ``url_spans`` found at ``start:end`` ends, failing closed."""
         if end >= len(self.text):
             return end
         self._space = self._next(_SPACE, end + 1, self._space)
         self._at = self._next(_AT, end + 1, self._at)
-        return self._space if self._at < self._space else end
+        if self._at < self._space:
+            return self._space
+        if self._at < len(self.text) and _cut_in_authority(self.text[start:end]):
+            # Its user information goes on past more than one space or quote (``ftp://
+            # diag:hun ter two@host/``): the words between were written (QA s26). Run on
+            # to the end of the token holding the next ``@``.
+            self._space = self._next(_SPACE, self._at + 1, self._space)
+            return self._space
+        return end
 
     def around(self, pos: int, quote: int) -> int | None:
         """Where the free-text URL holding the quote at ``quote`` ends, ``None`` when no
@@ -258,7 +270,7 @@ class _FreeUrls:
                 break
         found = None
         while self._span is not None and self._span[0] < quote:
-            end = self.extended(self._span[2])
+            end = self.extended(self._span[0], self._span[2])
             if end > quote:
                 found = end
             self._span = next(self._spans, None)
@@ -267,6 +279,15 @@ class _FreeUrls:
             if found is not None:
                 return found
         return None
+
+
+def _cut_in_authority(url: str) -> bool:
+    """Whether ``url``, ended at a space or a quote, ended inside its authority where no
+    host can end (``ftp://diag:hun``: ``without_credentials`` reads no host there and
+    hides all after the scheme): then it is user information cut short, the password
+    going on. A URL with a path, a query or a host read whole ended where a URL can."""
+    url = url.replace("\\/", "/")
+    return "@" not in url and without_credentials(url).endswith(f"://{HIDDEN}")
 
 
 def masked_line(text: str) -> str:

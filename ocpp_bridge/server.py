@@ -57,6 +57,7 @@ from ocpp_bridge.handler import (
     CLOSE_UNKNOWN_STATION,
     ChargePointHandler,
 )
+from ocpp_bridge.pacing import MAX_FRAME_BYTES
 from ocpp_bridge.peers import TrustedProxies
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -70,13 +71,12 @@ UNKNOWN_CHARGE_POINT = "unknown charge point"
 SHOWN_OFFER = 100
 #: How much of a cpId (or an address) log lines show (``shown_id``).
 SHOWN_ID = 64
-#: The largest frame read (websockets closes with 1009 beyond it). A StopTransaction's
-#: transactionData grows with the session: 12 h of one-minute samples of five measurands
-#: is 450 KB, and a charger refused with 1009 retries the same frame forever, so the
-#: session never closes. 4 MiB holds a few days of such samples. It bounds one frame and
-#: reserves nothing: memory is taken as frames arrive (websockets buffers at most
-#: ``max_queue``, 16, unread frames per connection before it stops reading).
-MAX_MESSAGE = 4 * 1024 * 1024
+#: The largest frame read: websockets closes the socket with 1009 (message too big) as
+#: soon as a frame's header says it is larger, before reading it, so an oversized frame
+#: costs nothing (``pacing.MAX_FRAME_BYTES`` says why this size). What frames up to it
+#: cost the loop is paced (``pacing.BYTE_RATE``). It reserves nothing: websockets buffers
+#: at most ``max_queue``, 16, unread frames per connection before it stops reading.
+MAX_MESSAGE = MAX_FRAME_BYTES
 #: Seconds a connection the server closes waits for the charger's close frame before it
 #: drops the TCP connection (websockets' default): a charger on a slow link answering a
 #: hang-up (1008, 1013, a replaced connection) in a few seconds closes cleanly, and its

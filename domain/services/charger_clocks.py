@@ -4,13 +4,18 @@ what "now" is on a charger's clock for state changes that carry no time of their
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from domain.entities import BILLED_TIME_TOLERANCE
 
 #: How far ahead of our clock a charger's timestamp may be and still be believed as its
 #: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch.
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
+#: No OCPP 1.6 charger stamped anything before 1.6 was published (October 2015): a
+#: timestamp before this is a clock never set (1970, 2000 after its battery ran out),
+#: not a time. Believed, it dated a session 56 years long, or in 1970 with its energy
+#: and sessions counted in 1970's analytics while its payment went into today's (QA s26).
+NEVER_SET_BEFORE = datetime(2015, 1, 1, tzinfo=UTC)
 #: How long before its station's record a start may be stamped and still be believed:
 #: transactions a charger queued offline before it was registered here (moved from
 #: another central system). Older is a clock never set (1970, 2000).
@@ -56,7 +61,7 @@ class ChargerClocks:
         later report would look older, and carry every later interval there with the
         tracked clock. The price: a charger whose clock runs hours ahead has its status
         reports placed at their arrival, on our clock."""
-        return charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
+        return NEVER_SET_BEFORE <= charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
 
     def observe(self, cp_id: str, charger_time: datetime) -> bool:
         """Track the charger's clock from its newest believable timestamps. Older ones (a

@@ -74,7 +74,7 @@ from domain.services.base import (
 )
 from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
-from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
+from domain.services.charger_clocks import MAX_CLOCK_AHEAD, NEVER_SET_BEFORE, ChargerClocks
 from domain.services.charger_connections import (
     MAX_OPEN_PER_CONNECTOR,
     REGISTRATION_WINDOW,
@@ -128,6 +128,7 @@ from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 from domain.services.throttle import SignInThrottle
 from domain.tariff_bands import session_split
+from domain.wire import rfc3339
 
 log = logging.getLogger("chargegraph.charging")
 
@@ -210,6 +211,9 @@ class _StartIdentity(NamedTuple):
     glitch: bool
     #: The start shows its charger's clock behind ours (``Session.start_clock_behind``).
     clock_behind: bool = False
+    #: The timestamp it carried when that was a clock never set (``NEVER_SET_BEFORE``),
+    #: replaced by its arrival: a resend repeats it (``Session.reported_start``).
+    reported: datetime | None = None
 
     def matches(self, session: Session, now: datetime) -> bool:
         """``session`` is this start, written by an earlier copy. For a glitching start,
@@ -218,6 +222,11 @@ class _StartIdentity(NamedTuple):
         was lost."""
         if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
             return False
+        if self.reported is not None:
+            # A clock never set still ticks: its resend repeats the stamp, which no other
+            # start of it carries (review s24: a resend after the close opened a second
+            # session when this was the arrival, as for a glitch).
+            return session.reported_start == self.reported
         if self.glitch:
             return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
@@ -887,19 +896,31 @@ class ChargingService(ChargerConnections):
         # there, out of every list and day it belongs to: it started on arrival, as an
         # unbelievable stop or status report is taken. Its retries then carry the same
         # glitch but no longer the same start: they are told apart by tag and meter.
+        # So is one stamped before any OCPP 1.6 charger existed (a clock never set: 1970):
+        # dated there, the session lasted 56 years, or its energy and its count went
+        # into 1970's analytics while its payment went into today's (QA s26). Its
+        # stamp is kept (``Session.reported_start``), which a resend repeats.
+        reported = start if start < NEVER_SET_BEFORE else None
         glitch = not self.clocks.believable(start)
         if glitch:
             start = self.clocks.charger_now(cp_id)
+        if reported is not None:
+            log.warning("%s: StartTransaction stamped %s, before any OCPP 1.6 charger's "
+                        "time (its clock is not set): the session is dated on its arrival, "
+                        "%s", cp_id, rfc3339(reported), rfc3339(start))
         await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         tag = v.stored_id_tag(id_tag)
         company_id, station_owner_id = books_of(station)
-        identity = _StartIdentity(tag, start, meter_start, glitch,
-                                  self.clocks.behind_at(cp_id, start, station.created_at))
+        identity = _StartIdentity(
+            tag, start, meter_start, glitch,
+            reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
+            reported)
         for attempt in (1, 2):
             same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
-                Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
+                Eq("reported_start", reported) if reported is not None
+                else Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
                 # Judged as its first copy was: only earlier transactions hold the card.
@@ -1065,7 +1086,7 @@ class ChargingService(ChargerConnections):
             # The plug it was started on is priced (a DC tariff), not the one the
             # connector is edited to later; none for a plug not on record.
             connector_type=None if is_new else plug.type,
-            start_clock_behind=identity.clock_behind,
+            start_clock_behind=identity.clock_behind, reported_start=identity.reported,
         ), actor, self.now())  # on the service's clock, as every "now" it is compared with
         changes: list[tuple[Change, Any]] = []
         if is_new:
@@ -1857,10 +1878,10 @@ class ChargingService(ChargerConnections):
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:
         """Vendor-specific messages. We define none of our own yet, so every vendor is
-        unknown (the answer OCPP 1.6 prescribes); the message is logged for operators."""
+        unknown (the answer OCPP 1.6 prescribes). The OCPP bridge logs the message for
+        operators, masked as its wire log is: free text of the charger's may hold a URL
+        with its password (QA s26: logged here whole, at INFO)."""
         await self._require_station(cp_id)
-        log.info("DataTransfer from %s: vendor=%s message=%s data=%.200s", cp_id, vendor_id,
-                 message_id, data)
         return "UnknownVendorId", None
 
     # ------------------------------------------------------------- helpers

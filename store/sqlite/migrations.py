@@ -1355,13 +1355,22 @@ ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
 # holder_id``), so a removed card issued again to the same person is put back in the lists
 # its removal withdrew it from (QA s26; ``withdrawal.reissue_marks``). Older rows take it
 # from their card where it is still there; a removed card's holder is not known: NULL,
-# left as the list holds it. (64 is another branch's.)
+# left as the list holds it.
 _V64 = """
 ALTER TABLE "local_list_entry" ADD COLUMN "holder_id" TEXT;
 UPDATE "local_list_entry" SET "holder_id" = (
     SELECT "user_id" FROM "id_tag" WHERE "id_tag"."id" = "local_list_entry"."card_id")
 WHERE "card_id" IS NOT NULL;
 CREATE INDEX "local_list_entry_holder_id_idx" ON "local_list_entry" ("holder_id");
+"""
+
+# Version 65: the timestamp a StartTransaction carried when its charger's clock was never
+# set (before 2015: 1970), the session dated on the start's arrival instead
+# (``Session.reported_start``): a resend of that start is matched by it (QA s26). Older
+# rows: null (their sessions kept such a stamp as their start). MongoDB reads a missing
+# field as null: no step.
+_V65 = """
+ALTER TABLE "session" ADD COLUMN "reported_start" INTEGER;
 """
 
 #: Every migration, oldest first. Append only.
@@ -1391,7 +1400,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (61, _V61),
                                      (62, _V62),
                                      (63, _V63),
-                                     (64, _V64))
+                                     (64, _V64),
+                                     (65, _V65))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from domain import entities as d
 from domain.policy import SYSTEM, Policy
 from domain.ports import Store
+from domain.query import ALL
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope, ShareRow
 from tests.helpers import FastHasher
@@ -104,22 +105,28 @@ async def test_a_charger_behind_counts_the_time_that_passed(
     assert {r.connector_id: r.first_seconds for r in rows} == {1: 52.0, 2: 22.0}
 
 
-async def test_a_clock_never_set_leaves_today_alone(world: tuple[Services, Clock]) -> None:
+async def test_a_clock_never_set_is_counted_on_arrival(world: tuple[Services, Clock]
+                                                       ) -> None:
+    """A charger whose clock was never set (1970) stamps no time at all: its reports,
+    session and readings are dated on their arrival, so today saw its ten minutes, and
+    1970 nothing (QA s26: they lived in 1970, today's utilization read none of the
+    charging and its energy was counted in 1970 while its payment was today's)."""
     services = world[0]
     epoch = datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
     cp = Charger(*world, "NEVER-SET", epoch)
     await cp.charging()
     cp.wait(600)
-    # Its session and state live in 1970: today saw none of it (it read occupied and
-    # charging for all of today so far), and 1970 saw the ten minutes.
     scope = Scope(cp_ids=("NEVER-SET",))
     rows = await services.analytics.utilization(SYSTEM, scope, TODAY, TOMORROW,
                                                 by_connector=True)
-    assert usage(rows) == {1: (0.0, 0.0), 2: (0.0, 0.0)}
+    assert usage(rows)[1] == (600.0, 600.0)
     day = epoch.replace(second=0)
     rows = await services.analytics.utilization(SYSTEM, scope, day, day + timedelta(days=1),
                                                 by_connector=True)
-    assert usage(rows)[1] == (600.0, 600.0)
+    assert usage(rows) == {1: (0.0, 0.0), 2: (0.0, 0.0)}
+    [session] = await services.ctx.store.find_all(d.Session, ALL)
+    assert session.start_time >= TODAY and session.start_clock_behind
+    assert session.reported_start == epoch + timedelta(seconds=2)
 
 
 async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(

@@ -592,3 +592,47 @@ async def test_a_queue_flushed_first_to_this_process_counts_no_more_than_it_show
     seen = (datetime.now(UTC) - t).total_seconds() + 60
     assert rows[1]["availableSeconds"] <= 3600 + seen, rows[1]
     assert rows[2]["availableSeconds"] <= seen, rows[2]
+
+
+async def test_a_charger_whose_clock_was_never_set_charges_today(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s26: a charger with its clock unset (1970) starts, meters and stops a session.
+    It was dated 1970: the session list put it last, its 5 kWh and its count went into
+    1970's energy trend while its 2.00 EUR was in today's revenue (today read 0 kWh
+    earning 2.00). Its stamps are no time: the session, its readings and its stop are
+    dated on their arrival, its start flagged (``start_clock_behind``), and a resend
+    of the start still finds it (``reported_start``)."""
+    epoch = "1970-01-01T00:00:05Z"
+    begun = datetime.now(UTC)
+    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1000,
+                                  timestamp=epoch)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.StatusNotification(connector_id=1, status="Preparing",
+                                              error_code="NoError",
+                                              timestamp="1970-01-01T00:00:00Z"))
+        tx = (await cp.call(start)).transaction_id
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[{
+            "timestamp": "1970-01-01T00:00:08Z", "sampledValue": [{
+                "value": "3000", "measurand": "Energy.Active.Import.Register",
+                "unit": "Wh"}]}]))
+        assert (await cp.call(start)).transaction_id == tx  # its answer lost: resent
+        await cp.call(call.StopTransaction(meter_stop=6000, transaction_id=tx,
+                                           timestamp="1970-01-01T00:00:10Z"))
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.start_time >= begun and session.end_time is not None \
+        and session.end_time >= session.start_time
+    assert session.start_clock_behind and session.reported_start == datetime(
+        1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+    assert session.energy_wh == 5000 and session.cost_minor == 200
+    samples = await central.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+    assert samples and min(s.at for s in samples) >= begun
+    assert await central.store.count(d.Session, Eq("cp_id", "CP-1")) == 1
+    day = begun.replace(hour=0, minute=0, second=0, microsecond=0)
+    data = await central.gql(
+        """query($f: DateTime!, $t: DateTime!) {
+             energyTrend(filter: {from: $f, to: $t}, bucket: DAY) {
+               energyKwh sessions revenue } }""",
+        {"f": day.isoformat(), "t": (day + timedelta(days=1)).isoformat()}, as_user="op")
+    assert data["energyTrend"] == [{"energyKwh": 5.0, "sessions": 1, "revenue": "2.00"}]
+    assert "its clock is not set" in caplog.text

@@ -91,7 +91,8 @@ async def test_a_clock_behind_is_split_by_when_its_energy_flowed(
     behind: known at its start when its connection opened before its stamp, else from
     its readings 30 s later. A clock never set (1970) is known at its start (the
     station's record), and its steady run from 1970 is placed alike (all its energy was
-    at the receipt's band before)."""
+    at the receipt's band before); its stamps being no time, its session and readings
+    are dated on their arrival (QA s26)."""
     with moved as clock:
         t0 = clock.t0
         edge = _edge_after(t0)
@@ -119,7 +120,11 @@ async def test_a_clock_behind_is_split_by_when_its_energy_flowed(
                                                timestamp=iso(ours(300) - lag)))
     session = await central.session(tx)
     assert session is not None and session.start_clock_behind
-    assert session.start_time == began - lag  # the charger's, as it sent it
+    if behind == "1970":  # no time at all: dated on its arrival, its stamp kept (QA s26)
+        assert session.start_time == pytest.approx(began, abs=timedelta(seconds=1))
+        assert session.reported_start == began - lag
+    else:
+        assert session.start_time == began - lag  # the charger's, as it sent it
     assert session.band_energy_wh is not None
     assert session.band_energy_wh == pytest.approx([500, 2000], abs=10)
     assert session.cost_minor == 120

@@ -275,7 +275,18 @@ def test_a_callerror_echoing_a_location_with_a_quote_in_its_password_is_masked()
     ("ftp://h.example/up\"x@y z", "ftp://[hidden] z"),  # an '@' not in its authority
     ('["ftp://h.example/x","ftp://u:p@h2.example/y"]',
      '["ftp://h.example/x","ftp://[hidden]@h2.example/y"]'),
-], ids=["space", "both-quotes", "next-word-no-at", "quote-then-at", "json-untouched"])
+    # A password of more than one space, or a quote then a space (QA s26: the words
+    # between were written): cut where no host ends, the URL runs on to the next '@'.
+    ("to ftp://diag:hun ter two@h.example/up now", "to ftp://[hidden]@h.example/up now"),
+    ("{'data': 'ftp://diag:hun ter2 x@h.example/'}", "{'data': 'ftp://[hidden]@h.example/'}"),
+    ("data='ftp://diag:pa'ss wo@h.example/x'", "data='ftp://[hidden]@h.example/x'"),
+    ("ftp://diag:p>s s@h.example", "ftp://[hidden]@h.example"),
+    # Ended where a URL can (a path, a host:port): the words after are not its.
+    ("ftp://h.example:21 failed, see admin@example.com",
+     "ftp://h.example:21 failed, see admin@example.com"),
+], ids=["space", "both-quotes", "next-word-no-at", "quote-then-at", "json-untouched",
+        "two-spaces", "repr-two-spaces", "quote-then-space", "bracket-then-space",
+        "host-port-then-mail"])
 def test_a_free_text_url_cut_at_a_quote_or_space_hides_through_the_tokens_at(
         line: str, shown: str) -> None:
     """Outside JSON strings a URL ends at a quote or a space; when the rest of that token
@@ -494,3 +505,30 @@ def test_a_location_with_a_space_or_quote_unencoded_is_refused(location: str) ->
     assert "percent-encoded" in refused.value.message
     assert _url(location.replace(" ", "%20").replace('"', "%22").replace("<", "%3C")
                 .replace(">", "%3E"), "location")
+
+
+async def test_a_data_transfer_is_logged_without_the_credentials_in_its_free_text(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """A DataTransfer's vendorId, messageId and data are the charger's free text, logged
+    at INFO (on by default) for operators: a URL in them was written whole, password and
+    all (QA s26), and the data was cut at 200 characters wherever that fell."""
+    from tests.ocpp.test_protocol import exchange, raw
+
+    caplog.set_level(logging.INFO, logger="chargegraph")
+    ws = await raw(central)
+    try:
+        for uid, payload in (
+                ("d1", {"vendorId": "Acme", "data": "upload to ftp://diag:s3cret@h.example/x"}),
+                ("d2", {"vendorId": "Acme", "messageId": "ftp://u:s3cretMsg@h.example/",
+                        "data": "ftp://diag:hun s3cret two@h.example/x"}),
+                # Cut at 200 characters inside the user information.
+                ("d3", {"vendorId": "Acme",
+                        "data": "y" * 180 + "ftp://diag:longs3cretpassword@h.example/x"})):
+            answer = await exchange(ws, json.dumps([2, uid, "DataTransfer", payload]))
+            assert answer[:3] == [3, uid, {"status": "UnknownVendorId"}], answer
+    finally:
+        await ws.close()
+    lines = [r.getMessage() for r in caplog.records if "DataTransfer from" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert "vendor=Acme" in lines[0] and "ftp://[hidden]@h.example/x" in lines[0], lines
+    assert not [r for r in caplog.records if "s3cret" in r.getMessage()], lines
