@@ -85,7 +85,7 @@ async def test_an_earlier_local_list_text_gets_card_ids_and_its_index(
                 created_by, updated_by, station_id, cp_id, tag, status) VALUES
                 (?, ?, ?, 'a', 'a', ?, 'CP', 'TAG1', 'Accepted')""", (entry, at, at, station))
     with caplog.at_level(logging.WARNING, "chargegraph.store"):
-        assert await migrate(path, list(MIGRATIONS)) == [64]
+        assert await migrate(path, list(MIGRATIONS)) == [v for v, _ in MIGRATIONS if v >= 64]
     assert "card_id" in columns(path, "local_list_entry")
     assert {r[0]: r[1] for r in rows(path, "SELECT id, card_id FROM local_list_entry")} == {
         "e1": "c1", "e0": None}
