@@ -394,7 +394,8 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
 
     async def seed() -> DemoSummary:
         async with started_store(settings.database_url) as store:
-            return await seed_demo(build_services(settings, store, Argon2Hasher()))
+            return await seed_demo(build_services(settings, store, Argon2Hasher()),
+                                   database=database_location(settings.database_url))
 
     # Seeding hashes a dozen passwords before uvicorn handles signals: a stop meanwhile
     # cancels it (the next start completes the world) and the command exits 0.

@@ -9,9 +9,11 @@ import pytest
 
 from chargegraph.app import build_services
 from chargegraph.demo import ADMIN_EMAIL, DEMO_PASSWORD, DemoSummary, banner, seed_demo
+from chargegraph.errors import ConfigError
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.ports import Delete
 from domain.query import ALL, Eq
 from domain.services import Services
@@ -108,3 +110,19 @@ def seed_summary() -> DemoSummary:
     logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
     logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
     return DemoSummary(created=True, logins=logins, cp_ids=["A", "B", "C", "D"])
+
+
+async def test_a_database_the_demo_did_not_make_is_not_seeded(services: Services) -> None:
+    """QA s26: `chargegraph demo` run with the service's settings (in its container, or
+    beside its .env) seeded the production database with the demo admin, whose password
+    the README prints, and only then found its ports taken (exit 3): that admin signed in
+    to the real service."""
+    await services.accounts.create_user(
+        SYSTEM, email="boss@corp.example", password="S3cure-prod-pass", name="Boss",
+        role=d.Role.ADMIN, company_id=None)
+    before = await counts(services)
+    with pytest.raises(ConfigError, match=r"SQLite /srv/cg\.db holds accounts the demo "
+                                          r"did not make"):
+        await seed_demo(services, database="SQLite /srv/cg.db")
+    assert await counts(services) == before  # nothing written, no company either
+    assert await services.ctx.store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is None
