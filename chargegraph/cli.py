@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 
 from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
-from chargegraph.listening import listening_sockets
+from chargegraph.listening import listening_sockets, reachable_host
 from chargegraph.runtime import raise_open_file_limit, tune_garbage_collector
 from chargegraph.settings import ENV_FILE, Settings, environment_warnings, problems
 from chargegraph.signals import cancelled_by_signals
@@ -302,7 +301,7 @@ def healthcheck(
         for problem in problems(exc):
             typer.echo(f"configuration error: {problem}", err=True)
         raise typer.Exit(1) from exc
-    url = f"http://{_reachable(settings.host)}:{settings.port}/healthz"
+    url = f"http://{reachable_host(settings.host)}:{settings.port}/healthz"
     # No proxy: HTTP_PROXY in the container's environment is for the way out.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -312,18 +311,6 @@ def healthcheck(
         typer.echo(f"unhealthy: {url}: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"healthy: {url}")
-
-
-def _reachable(host: str) -> str:
-    """Where this machine reaches a server listening on ``host``, as a URL's host: a
-    wildcard address by its family's loopback."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a name
-    if address.is_unspecified:
-        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-    return f"[{address}]" if address.version == 6 else str(address)
 
 
 @app.command("export-schema")
@@ -375,6 +362,11 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             # So is sign-up: the demo is where app developers try their sign-up screen.
             settings.sign_up = True
         _logging(settings)
+        if chargers and not settings.ocpp_enabled:
+            # They would knock at a port nothing listens on, every few seconds, for ever.
+            raise ConfigError("the demo's simulated chargers need its OCPP server, which "
+                              "CHARGEGRAPH_OCPP_ENABLED=false turns off: leave it on, or "
+                              "pass --no-chargers")
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)
         if reset:
@@ -409,19 +401,27 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
         await _serve_demo(settings, server, seeding.result(), chargers)
 
 
+def demo_urls(settings: Settings) -> tuple[str, str]:
+    """Where, on this machine, the demo's GraphiQL page is opened and its simulated
+    chargers connect (``/{cpId}`` follows): a wildcard host by its loopback and an IPv6
+    address in brackets. QA s26: with ``::`` the chargers were given ``ws://:::9000/ocpp``,
+    which no client can parse, and retried it for ever; the banner showed the same."""
+    return (f"http://{reachable_host(settings.host)}:{settings.port}/graphql",
+            f"ws://{reachable_host(settings.ocpp_host)}:{settings.ocpp_port}/ocpp")
+
+
 async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
                       chargers: bool) -> None:
     from chargegraph.demo import STATION_PASSWORD, banner
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
+    graphql_url, ocpp_url = demo_urls(settings)
     stop = asyncio.Event()
 
     async def fleet() -> None:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
-        typer.echo(banner(summary, f"http://{settings.host}:{settings.port}/graphql",
-                          ocpp_url, chargers=chargers))
+        typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers))
         if chargers:
             await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
                                       password=STATION_PASSWORD, id_tags=summary.id_tags,

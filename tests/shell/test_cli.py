@@ -482,9 +482,50 @@ def test_backup_of_mongodb_points_to_mongodump(runner: CliRunner,
     ("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]"), ("10.1.2.3", "10.1.2.3"),
     ("localhost", "localhost")])
 def test_healthcheck_asks_where_the_server_listens(host: str, asked: str) -> None:
-    from chargegraph.cli import _reachable
+    from chargegraph.listening import reachable_host
 
-    assert _reachable(host) == asked
+    assert reachable_host(host) == asked
+
+
+@pytest.mark.parametrize(("host", "graphql", "ocpp"), [
+    ("127.0.0.1", "http://127.0.0.1:8000/graphql", "ws://127.0.0.1:9000/ocpp"),
+    ("0.0.0.0", "http://127.0.0.1:8000/graphql", "ws://127.0.0.1:9000/ocpp"),
+    ("::", "http://[::1]:8000/graphql", "ws://[::1]:9000/ocpp"),
+    ("::1", "http://[::1]:8000/graphql", "ws://[::1]:9000/ocpp")])
+def test_the_demo_connects_its_chargers_where_the_server_listens(
+        host: str, graphql: str, ocpp: str) -> None:
+    """QA s26: `demo --host ::` with CHARGEGRAPH_OCPP_HOST=:: gave its chargers
+    ws://:::9000/ocpp (InvalidURI, retried for ever) and printed http://:::8000/graphql."""
+    from urllib.parse import urlsplit
+
+    from chargegraph.cli import demo_urls
+    from chargegraph.settings import Settings
+
+    urls = demo_urls(Settings(host=host, ocpp_host=host))
+    assert urls == (graphql, ocpp)
+    assert all(urlsplit(url).hostname for url in urls)
+
+
+def test_the_demo_refuses_chargers_without_its_ocpp_server(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s26: with CHARGEGRAPH_OCPP_ENABLED=false the demo's eight chargers knocked at a
+    closed port every few seconds, for ever, under a banner promising them."""
+    import chargegraph.cli
+
+    served: list[bool] = []
+
+    async def demo(settings: object, server: object, chargers: bool) -> None:
+        served.append(chargers)
+
+    monkeypatch.setattr(chargegraph.cli, "_demo", demo)
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_ENABLED", "false")
+    refused = runner.invoke(cli, ["demo"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        "configuration error: the demo's simulated chargers need its OCPP server, which "
+        "CHARGEGRAPH_OCPP_ENABLED=false turns off: leave it on, or pass --no-chargers\n")
+    assert runner.invoke(cli, ["demo", "--no-chargers"]).exit_code == 0
+    assert served == [False]
 
 
 def test_healthcheck_of_a_broken_configuration_is_unhealthy_not_2(
