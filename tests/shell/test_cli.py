@@ -121,6 +121,42 @@ def test_configuration_errors_are_messages(runner: CliRunner,
         "parse string as an integer (got 'not-a-port')\n")
 
 
+@pytest.mark.parametrize(("variable", "url", "said"), [
+    ("CHARGEGRAPH_DATABASE_URL", "sqlite:///:memory:",
+     "an in-memory SQLite database cannot be served: name a file"),
+    ("CHARGEGRAPH_DATABASE_URL", "mongodb://cg:s3cret@db:27O17/cg",
+     "CHARGEGRAPH_DATABASE_URL 'mongodb://cg:***@db:27O17/cg': Port contains non-digit"),
+    ("CHARGEGRAPH_DATABASE_URL", "mongodb://cg:s3cret@[db/cg",
+     "CHARGEGRAPH_DATABASE_URL: an IPv6 address literal must be enclosed in '[' and ']'"),
+    ("CHARGEGRAPH_DATABASE_URL", "mongodb://db:99999/cg",
+     "CHARGEGRAPH_DATABASE_URL 'mongodb://db:99999/cg': Port must be an integer between"),
+    ("CHARGEGRAPH_PUBSUB_URL", "redis://:s3cret@redis:63790x/0",
+     "the pubsub URL is malformed (Port could not be cast to integer value as '63790x')"),
+    ("CHARGEGRAPH_PUBSUB_URL", "redis://:s3cret@[redis/0",
+     "the pubsub URL is malformed (Invalid IPv6 URL)")])
+@pytest.mark.parametrize("command", [["serve"], ["demo"], ["create-user", "--email",
+                                                           "x@example.com", "--password",
+                                                           PASSWORD, "--role", "admin"]])
+def test_a_url_its_backend_cannot_read_is_a_configuration_error(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        variable: str, url: str, said: str, command: list[str]) -> None:
+    """QA s26: a MongoDB or Redis URL whose port is no number (a typo, an O for a 0), a
+    malformed host or an in-memory SQLite database passed the configuration check and
+    ended `serve` with a lifespan traceback (exit 3) from PyMongo's, redis-py's or the
+    store's ValueError. Each is one configuration line now, exit 2, its password hidden."""
+    never_serve(monkeypatch)
+    monkeypatch.setenv(variable, url)
+    refused = runner.invoke(cli, command)
+    if variable == "CHARGEGRAPH_PUBSUB_URL" and command[0] == "create-user":
+        assert refused.exit_code == 0, refused.output  # it uses the database URL only
+        return
+    assert refused.exit_code == 2, refused.output
+    [line] = refused.stderr.splitlines()[-1:]
+    assert line.startswith(f"configuration error: {said}"), line
+    assert "Traceback" not in refused.output and "s3cret" not in refused.output
+    assert not list(tmp_path.glob("*.db"))  # nothing was made
+
+
 def test_demo_reset_refuses_mongodb(runner: CliRunner,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:1/cg")
