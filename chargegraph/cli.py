@@ -463,11 +463,30 @@ def _websocket_url(url: str) -> str:
     return url
 
 
+def _check_prefix(prefix: str, stations: int) -> None:
+    """Checked up front, as the URL is: a prefix no charge point identity may hold (a
+    space, a slash) had every station retried for ever under an HTTP error that named
+    neither (QA s26: "InvalidMessage('did not receive a valid HTTP response')")."""
+    from domain.errors import DomainError
+    from domain.validation import cp_id
+
+    try:
+        cp_id(f"{prefix}-{stations:04d}")  # the longest identity it makes
+    except DomainError as error:
+        raise typer.BadParameter(f"{prefix!r} makes no charge point identity "
+                                 f"({prefix}-{stations:04d}): {error}",
+                                 param_hint="'--prefix'") from None
+
+
+#: ``simulate --stations`` at most.
+MAX_SIMULATED = 20_000
+
+
 @app.command()
 def simulate(
     url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp",
                                      callback=_websocket_url)],
-    stations: Annotated[int, typer.Option(min=1, max=20_000)] = 1,
+    stations: Annotated[int, typer.Option(min=1, max=MAX_SIMULATED)] = 1,
     connectors: Annotated[int, typer.Option(min=1, max=10)] = 2,
     prefix: Annotated[str, typer.Option(help="cpId prefix: PREFIX-0001 …")] = "SIM",
     password: Annotated[str | None, typer.Option(help="HTTP Basic password")] = None,
@@ -480,6 +499,7 @@ def simulate(
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
+    _check_prefix(prefix, stations)
     with _plain_failures():
         _logging(Settings())
     plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],

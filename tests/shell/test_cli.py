@@ -423,6 +423,25 @@ def test_simulate_refuses_a_url_that_can_never_work(runner: CliRunner, url: str,
     assert "Invalid value for '--url'" in refused.stderr
 
 
+@pytest.mark.parametrize(("prefix", "stations", "why"), [
+    ("a b", "1", "'a b' makes no charge point identity (a b-0001): letters, digits"),
+    ("x/y", "1", "'x/y' makes no charge point identity (x/y-0001): letters, digits"),
+    ("A" * 43, "10000", f"'{'A' * 43}' makes no charge point identity ({'A' * 43}-10000): "
+                         "at most 48 characters")])
+def test_simulate_refuses_a_prefix_that_makes_no_charge_point_identity(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, prefix: str, stations: str,
+        why: str) -> None:
+    """QA s26: `--prefix "a b"` retried every station for ever under
+    "InvalidMessage('did not receive a valid HTTP response')", `x/y` under a 404 that
+    blamed the URL: no server could ever take such an identity."""
+    never_simulate(monkeypatch)
+    refused = runner.invoke(cli, ["simulate", "--url", "ws://127.0.0.1:9000/ocpp",
+                                  "--prefix", prefix, "--stations", stations])
+    assert refused.exit_code == 2, refused.output
+    boxed = " ".join(re.sub(r"[│╭╮╰╯─]", " ", refused.stderr).split())  # rich's box, wrapped
+    assert f"Invalid value for '--prefix': {why}" in boxed
+
+
 @pytest.mark.parametrize("url", ["ws://127.0.0.1:9000/ocpp", "wss://cs.example.com/ocpp",
                                  "ws://[::1]:9000"])
 def test_simulate_takes_websocket_urls(runner: CliRunner, url: str,
