@@ -13,7 +13,7 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import UniqueViolation
 from domain.policy import SYSTEM, Viewer
-from domain.query import ALL, Eq, In
+from domain.query import ALL, Eq, In, Range
 from domain.services import ConnectorSpec, Services
 from domain.tariff_bands import BandInput
 
@@ -82,12 +82,19 @@ async def seed_demo(services: Services, *, database: str = "the database") -> De
     # or beside its .env) seeded the production database with the demo admin, then found
     # its ports taken and exited 3, leaving that admin able to sign in to the real service.
     # A new database has no account; one whose seed was interrupted, only the demo's.
+    # A service already running on it (a new deployment, no account yet: the demo run in
+    # its container) would take those logins too; the demo only found its ports taken.
     if await store.count(d.User, ALL) > await store.count(d.User, In("email", DEMO_EMAILS)):
+        owner = "holds accounts the demo did not make"
+    elif await store.count(d.InstanceLease, Range("expires_at", gte=utcnow())):
+        owner = "is in use by a running instance of the service"
+    else:
+        owner = None
+    if owner is not None:
         raise ConfigError(
-            f"{database} holds accounts the demo did not make: the demo seeds logins "
-            f"everyone knows (password {DEMO_PASSWORD}), so it runs only on a new database "
-            "or one it made; point CHARGEGRAPH_DATABASE_URL at another (say "
-            "sqlite:///demo.db)")
+            f"{database} {owner}: the demo seeds logins everyone knows (password "
+            f"{DEMO_PASSWORD}), so it runs only on a new database or one it made; point "
+            "CHARGEGRAPH_DATABASE_URL at another (say sqlite:///demo.db)")
     summary.created = True
     operators: dict[str, d.User] = {}
     companies: dict[str, d.Company] = {}
