@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 
 
 def _show_version(value: bool) -> None:
@@ -264,9 +264,11 @@ def backup(
 def restore(
     path: Annotated[Path, typer.Argument(help="The backup to put back.")],
 ) -> None:
-    """Put a backup in place of the SQLite database, with every instance stopped. The
-    numbers it draws (transaction ids, ...) move a million ahead, so none a charger still
-    holds is given again; the database replaced is gone (back it up first if unsure)."""
+    """Put a backup in place of the SQLite database, with every instance stopped.
+
+    The numbers it draws (transaction ids, ...) move a million ahead, so none a charger
+    still holds is given again; the database replaced is gone (back it up first if
+    unsure)."""
     from chargegraph.stores import restore_sqlite_database
     from store.sqlite.backup import BackupError
 
@@ -290,8 +292,10 @@ def healthcheck(
     timeout: Annotated[float, typer.Option(min=0.1, max=60,
                                            help="Seconds to wait for the answer.")] = 2,
 ) -> None:
-    """Exit 0 when the service answers GET /healthz with 200, else 1 (a container's
-    HEALTHCHECK). It reads the settings `serve` reads, the working folder's .env included."""
+    """Exit 0 when the service answers GET /healthz with 200, else 1.
+
+    For a container's HEALTHCHECK. It reads the settings `serve` reads, the working
+    folder's .env included."""
     import urllib.request
 
     try:
