@@ -305,6 +305,9 @@ def healthcheck(
         for problem in problems(exc):
             typer.echo(f"configuration error: {problem}", err=True)
         raise typer.Exit(1) from exc
+    except ConfigError as exc:  # a .env that is not UTF-8
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     url = f"http://{reachable_host(settings.host)}:{settings.port}/healthz"
     # No proxy: HTTP_PROXY in the container's environment is for the way out.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -157,6 +157,30 @@ def test_a_url_its_backend_cannot_read_is_a_configuration_error(
     assert not list(tmp_path.glob("*.db"))  # nothing was made
 
 
+@pytest.mark.parametrize(("content", "why"), [
+    ("CHARGEGRAPH_PUBLIC_MAP=true\n".encode("utf-16"),
+     "it is UTF-16, as Windows PowerShell's > writes it"),
+    ("# Zähler\nCHARGEGRAPH_PORT=8001\n".encode("latin-1"), "byte 4 is not UTF-8")])
+@pytest.mark.parametrize(("command", "exit_code"), [
+    (["serve"], 2), (["demo"], 2), (["healthcheck"], 1), (["backup", "copy.db"], 2),
+    (["create-user", "--email", "x@example.com", "--password", PASSWORD, "--role", "admin"],
+     2), (["simulate", "--url", "ws://127.0.0.1:9/ocpp"], 2)])
+def test_a_dotenv_that_is_not_utf8_is_one_line(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes,
+        why: str, command: list[str], exit_code: int) -> None:
+    """QA s26: a .env written by Windows PowerShell (`echo ... > .env`: UTF-16) or saved
+    as Latin-1 stopped every command with pydantic-settings' UnicodeDecodeError
+    traceback. It is one configuration line naming the file and what to do."""
+    never_serve(monkeypatch)
+    never_simulate(monkeypatch)
+    (tmp_path / ".env").write_bytes(content)
+    refused = runner.invoke(cli, command)
+    assert refused.exit_code == exit_code, refused.output
+    assert refused.stderr == (f"configuration error: {tmp_path}/.env is not UTF-8 text "
+                              f"({why}): save it as UTF-8\n")
+    assert not (tmp_path / "cli.db").exists()
+
+
 def test_demo_reset_refuses_mongodb(runner: CliRunner,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:1/cg")
