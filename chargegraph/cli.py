@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
@@ -413,8 +414,22 @@ def demo_urls(settings: Settings) -> tuple[str, str]:
     chargers connect (``/{cpId}`` follows): a wildcard host by its loopback and an IPv6
     address in brackets. QA s26: with ``::`` the chargers were given ``ws://:::9000/ocpp``,
     which no client can parse, and retried it for ever; the banner showed the same."""
+    scheme = "wss" if settings.ocpp_tls_cert is not None else "ws"
     return (f"http://{reachable_host(settings.host)}:{settings.port}/graphql",
-            f"ws://{reachable_host(settings.ocpp_host)}:{settings.ocpp_port}/ocpp")
+            f"{scheme}://{reachable_host(settings.ocpp_host)}:{settings.ocpp_port}/ocpp")
+
+
+def demo_tls(settings: Settings) -> ssl.SSLContext | None:
+    """How the demo's chargers trust its OCPP server's certificate (``wss://``): that
+    certificate itself, whoever issued it, and whatever names it holds, since they
+    connect to this machine's address (QA s26: they spoke plain ws:// to the TLS port,
+    "did not receive a valid HTTP response", for ever)."""
+    if settings.ocpp_tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ocpp_tls_cert))
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a CA-issued leaf, trusted alone
+    context.check_hostname = False  # the very certificate is pinned: no name to match
+    return context
 
 
 async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
@@ -432,6 +447,7 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
         if chargers:
             await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
                                       password=STATION_PASSWORD, id_tags=summary.id_tags,
+                                      tls=demo_tls(settings),
                                       session_every_s=(15, 60), session_length_s=(30, 120),
                                       meter_interval_s=5), stop)
 
