@@ -23,6 +23,7 @@ from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
 from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
+from chargegraph.listening import url_host
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
 from chargegraph.secrets import derived_key, resolve_jwt_secret
@@ -285,7 +286,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",
-                     settings.host, settings.port, database_location(settings.database_url))
+                     url_host(settings.host), settings.port,
+                     database_location(settings.database_url))
             try:
                 yield
             finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
-from chargegraph.listening import listening_sockets
+from chargegraph.listening import listening_sockets, reachable_host
 from chargegraph.runtime import raise_open_file_limit, tune_garbage_collector
 from chargegraph.settings import ENV_FILE, Settings, environment_warnings, problems
 from chargegraph.signals import cancelled_by_signals
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 
 
 def _show_version(value: bool) -> None:
@@ -265,9 +265,11 @@ def backup(
 def restore(
     path: Annotated[Path, typer.Argument(help="The backup to put back.")],
 ) -> None:
-    """Put a backup in place of the SQLite database, with every instance stopped. The
-    numbers it draws (transaction ids, ...) move a million ahead, so none a charger still
-    holds is given again; the database replaced is gone (back it up first if unsure)."""
+    """Put a backup in place of the SQLite database, with every instance stopped.
+
+    The numbers it draws (transaction ids, ...) move a million ahead, so none a charger
+    still holds is given again; the database replaced is gone (back it up first if
+    unsure)."""
     from chargegraph.stores import restore_sqlite_database
     from store.sqlite.backup import BackupError
 
@@ -291,8 +293,10 @@ def healthcheck(
     timeout: Annotated[float, typer.Option(min=0.1, max=60,
                                            help="Seconds to wait for the answer.")] = 2,
 ) -> None:
-    """Exit 0 when the service answers GET /healthz with 200, else 1 (a container's
-    HEALTHCHECK). It reads the settings `serve` reads, the working folder's .env included."""
+    """Exit 0 when the service answers GET /healthz with 200, else 1.
+
+    For a container's HEALTHCHECK. It reads the settings `serve` reads, the working
+    folder's .env included."""
     import urllib.request
 
     try:
@@ -302,7 +306,10 @@ def healthcheck(
         for problem in problems(exc):
             typer.echo(f"configuration error: {problem}", err=True)
         raise typer.Exit(1) from exc
-    url = f"http://{_reachable(settings.host)}:{settings.port}/healthz"
+    except ConfigError as exc:  # a .env that is not UTF-8
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    url = f"http://{reachable_host(settings.host)}:{settings.port}/healthz"
     # No proxy: HTTP_PROXY in the container's environment is for the way out.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -312,18 +319,6 @@ def healthcheck(
         typer.echo(f"unhealthy: {url}: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"healthy: {url}")
-
-
-def _reachable(host: str) -> str:
-    """Where this machine reaches a server listening on ``host``, as a URL's host: a
-    wildcard address by its family's loopback."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a name
-    if address.is_unspecified:
-        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-    return f"[{address}]" if address.version == 6 else str(address)
 
 
 @app.command("export-schema")
@@ -375,6 +370,11 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             # So is sign-up: the demo is where app developers try their sign-up screen.
             settings.sign_up = True
         _logging(settings)
+        if chargers and not settings.ocpp_enabled:
+            # They would knock at a port nothing listens on, every few seconds, for ever.
+            raise ConfigError("the demo's simulated chargers need its OCPP server, which "
+                              "CHARGEGRAPH_OCPP_ENABLED=false turns off: leave it on, or "
+                              "pass --no-chargers")
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)
         if reset:
@@ -394,7 +394,8 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
 
     async def seed() -> DemoSummary:
         async with started_store(settings.database_url) as store:
-            return await seed_demo(build_services(settings, store, Argon2Hasher()))
+            return await seed_demo(build_services(settings, store, Argon2Hasher()),
+                                   database=database_location(settings.database_url))
 
     # Seeding hashes a dozen passwords before uvicorn handles signals: a stop meanwhile
     # cancels it (the next start completes the world) and the command exits 0.
@@ -408,22 +409,45 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
         await _serve_demo(settings, server, seeding.result(), chargers)
 
 
+def demo_urls(settings: Settings) -> tuple[str, str]:
+    """Where, on this machine, the demo's GraphiQL page is opened and its simulated
+    chargers connect (``/{cpId}`` follows): a wildcard host by its loopback and an IPv6
+    address in brackets. QA s26: with ``::`` the chargers were given ``ws://:::9000/ocpp``,
+    which no client can parse, and retried it for ever; the banner showed the same."""
+    scheme = "wss" if settings.ocpp_tls_cert is not None else "ws"
+    return (f"http://{reachable_host(settings.host)}:{settings.port}/graphql",
+            f"{scheme}://{reachable_host(settings.ocpp_host)}:{settings.ocpp_port}/ocpp")
+
+
+def demo_tls(settings: Settings) -> ssl.SSLContext | None:
+    """How the demo's chargers trust its OCPP server's certificate (``wss://``): that
+    certificate itself, whoever issued it, and whatever names it holds, since they
+    connect to this machine's address (QA s26: they spoke plain ws:// to the TLS port,
+    "did not receive a valid HTTP response", for ever)."""
+    if settings.ocpp_tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ocpp_tls_cert))
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a CA-issued leaf, trusted alone
+    context.check_hostname = False  # the very certificate is pinned: no name to match
+    return context
+
+
 async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
                       chargers: bool) -> None:
     from chargegraph.demo import STATION_PASSWORD, banner
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
+    graphql_url, ocpp_url = demo_urls(settings)
     stop = asyncio.Event()
 
     async def fleet() -> None:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
-        typer.echo(banner(summary, f"http://{settings.host}:{settings.port}/graphql",
-                          ocpp_url, chargers=chargers))
+        typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers))
         if chargers:
             await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
                                       password=STATION_PASSWORD, id_tags=summary.id_tags,
+                                      tls=demo_tls(settings),
                                       session_every_s=(15, 60), session_length_s=(30, 120),
                                       meter_interval_s=5), stop)
 
@@ -462,11 +486,30 @@ def _websocket_url(url: str) -> str:
     return url
 
 
+def _check_prefix(prefix: str, stations: int) -> None:
+    """Checked up front, as the URL is: a prefix no charge point identity may hold (a
+    space, a slash) had every station retried for ever under an HTTP error that named
+    neither (QA s26: "InvalidMessage('did not receive a valid HTTP response')")."""
+    from domain.errors import DomainError
+    from domain.validation import cp_id
+
+    try:
+        cp_id(f"{prefix}-{stations:04d}")  # the longest identity it makes
+    except DomainError as error:
+        raise typer.BadParameter(f"{prefix!r} makes no charge point identity "
+                                 f"({prefix}-{stations:04d}): {error}",
+                                 param_hint="'--prefix'") from None
+
+
+#: ``simulate --stations`` at most.
+MAX_SIMULATED = 20_000
+
+
 @app.command()
 def simulate(
     url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp",
                                      callback=_websocket_url)],
-    stations: Annotated[int, typer.Option(min=1, max=20_000)] = 1,
+    stations: Annotated[int, typer.Option(min=1, max=MAX_SIMULATED)] = 1,
     connectors: Annotated[int, typer.Option(min=1, max=10)] = 2,
     prefix: Annotated[str, typer.Option(help="cpId prefix: PREFIX-0001 …")] = "SIM",
     password: Annotated[str | None, typer.Option(help="HTTP Basic password")] = None,
@@ -479,6 +522,7 @@ def simulate(
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
+    _check_prefix(prefix, stations)
     with _plain_failures():
         _logging(Settings())
     plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],

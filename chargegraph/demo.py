@@ -8,11 +8,12 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from chargegraph.errors import ConfigError
 from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import UniqueViolation
 from domain.policy import SYSTEM, Viewer
-from domain.query import Eq
+from domain.query import ALL, Eq, In, Range
 from domain.services import ConnectorSpec, Services
 from domain.tariff_bands import BandInput
 
@@ -55,12 +56,19 @@ class DemoSummary:
     id_tags: list[str] = field(default_factory=list)
 
 
-async def seed_demo(services: Services) -> DemoSummary:
+#: Every account the seed makes: a database holding any other is not the demo's.
+DEMO_EMAILS = (ADMIN_EMAIL, *(email for _, email in COMPANIES.values()),
+               *(email for _, email, *_ in DRIVERS))
+
+
+async def seed_demo(services: Services, *, database: str = "the database") -> DemoSummary:
     """Seeds the demo world through the domain services, as the system.
 
     Idempotent: the demo admin is created last and marks a complete seed, so a later run
     returns at once; a run that was interrupted half-way completes the world on the next
-    start, because every step skips what exists."""
+    start, because every step skips what exists. A database the demo did not make (it
+    holds accounts of its own) is refused, ``ConfigError`` naming ``database``: the seed
+    would give it an admin whose password is in the README."""
     summary = DemoSummary(created=False)
     summary.cp_ids = [s[1] for s in STATIONS]
     summary.id_tags = [f"DEMO-{i + 1:04d}" for i in range(len(DRIVERS))]
@@ -70,6 +78,23 @@ async def seed_demo(services: Services) -> DemoSummary:
     store = services.ctx.store
     if await store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is not None:
         return summary
+    # QA s26: `chargegraph demo` run where the service's settings apply (in its container,
+    # or beside its .env) seeded the production database with the demo admin, then found
+    # its ports taken and exited 3, leaving that admin able to sign in to the real service.
+    # A new database has no account; one whose seed was interrupted, only the demo's.
+    # A service already running on it (a new deployment, no account yet: the demo run in
+    # its container) would take those logins too; the demo only found its ports taken.
+    if await store.count(d.User, ALL) > await store.count(d.User, In("email", DEMO_EMAILS)):
+        owner = "holds accounts the demo did not make"
+    elif await store.count(d.InstanceLease, Range("expires_at", gte=utcnow())):
+        owner = "is in use by a running instance of the service"
+    else:
+        owner = None
+    if owner is not None:
+        raise ConfigError(
+            f"{database} {owner}: the demo seeds logins everyone knows (password "
+            f"{DEMO_PASSWORD}), so it runs only on a new database or one it made; point "
+            "CHARGEGRAPH_DATABASE_URL at another (say sqlite:///demo.db)")
     summary.created = True
     operators: dict[str, d.User] = {}
     companies: dict[str, d.Company] = {}

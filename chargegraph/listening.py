@@ -8,6 +8,7 @@ could bind it too meanwhile, is refused by the settings (``Settings._ports_apart
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 
@@ -34,3 +35,25 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return bound
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``http://:::8000`` is no
+    URL, ``http://[::]:8000`` is)."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host  # a name, or an IPv4 address
+    return f"[{host}]" if address.version == 6 else host
+
+
+def reachable_host(host: str) -> str:
+    """Where this machine reaches a server listening on ``host``, as a URL's host: a
+    wildcard address by its family's loopback (a client cannot connect to ``::``)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return url_host(host)  # a name, or a scoped IPv6 address
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return url_host(str(address))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import difflib
 import ipaddress
@@ -9,7 +10,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chargegraph.errors import ConfigError
 from chargegraph.stores import sqlite_path
 from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.validation import MAX_HEARTBEAT_S
@@ -42,6 +44,14 @@ EMPTY_MEANS_NONE = frozenset({"cors_origins", "trusted_proxies", "graphiql_asset
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=ENV_FILE,
                                       extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        # Before pydantic-settings reads the file, whose UnicodeDecodeError was a traceback.
+        env_file = values.get("_env_file", ENV_FILE)
+        for path in env_file if isinstance(env_file, list | tuple) else [env_file]:
+            if path is not None:
+                check_env_file(Path(path))
+        super().__init__(**values)
 
     database_url: str = Field("sqlite:///chargegraph.db",
                               description="sqlite:///relative.db, sqlite:////abs.db or "
@@ -322,6 +332,28 @@ class Settings(BaseSettings):
             return self.state_dir
         database = sqlite_path(self.database_url)
         return (database.parent if database is not None else Path()) / ".chargegraph"
+
+
+def check_env_file(env_file: Path) -> None:
+    """``ConfigError`` for a ``.env`` that cannot be read as UTF-8 text, naming what to do
+    (QA s26: one written by Windows PowerShell's ``>``, UTF-16, stopped every command with
+    a UnicodeDecodeError traceback; so did a Latin-1 "ä" in a comment). No file (or a
+    folder, which pydantic-settings skips too): nothing to check."""
+    try:
+        raw = env_file.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    except OSError as error:
+        raise ConfigError(f"cannot read {env_file.resolve()}: {error.strerror or error}"
+                          ) from None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        why = ("it is UTF-16, as Windows PowerShell's > writes it"
+               if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+               else f"byte {error.start + 1} is not UTF-8")
+        raise ConfigError(f"{env_file.resolve()} is not UTF-8 text ({why}): save it as "
+                          "UTF-8") from None
 
 
 def _may_overlap(host: str, other: str) -> bool:

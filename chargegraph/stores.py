@@ -28,13 +28,43 @@ def sqlite_path(database_url: str) -> Path | None:
     path = database_url.removeprefix(SQLITE)
     if not path:
         raise ConfigError(f"the SQLite URL names no file: {USAGE}")
+    if path == ":memory:":
+        # The store opens several connections, and each would see a database of its own.
+        raise ConfigError(f"an in-memory SQLite database cannot be served: name a file, "
+                          f"{USAGE}")
     return Path(path)
 
 
 def check_database_url(database_url: str) -> None:
-    """Fails on a URL no backend understands, before anything is started."""
-    if sqlite_path(database_url) is None and not database_url.startswith(MONGO):
+    """Fails on a URL no backend understands, or one its backend cannot read (a MongoDB
+    URL whose port is no number, a malformed host or option), before anything is started:
+    QA s26 had PyMongo's ValueError end `serve` with a lifespan traceback (exit 3)."""
+    if sqlite_path(database_url) is not None:
+        return
+    if not database_url.startswith(MONGO):
         raise ConfigError(f"unsupported database URL {database_url!r}: {USAGE}")
+    import warnings
+
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_uri
+
+    from pubsub.redis import redacted
+
+    # Read as a plain mongodb:// URL: parse_uri looks a mongodb+srv:// one up in DNS,
+    # which is the start's business (its own rules, one host and no port, are checked
+    # there and fail as one line). Unknown options only warn, as the client does when it
+    # is made: that warning is the one shown.
+    plain = "mongodb://" + database_url.split("://", 1)[1]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parse_uri(plain, warn=True)
+    except (ValueError, PyMongoError) as error:
+        try:
+            shown = f" {redacted(database_url)!r}"
+        except ValueError:  # not even a URL to take the password out of: not shown
+            shown = ""
+        raise ConfigError(f"CHARGEGRAPH_DATABASE_URL{shown}: {error}") from None
 
 
 def open_store(database_url: str) -> Store:
@@ -78,6 +108,7 @@ async def started_store(database_url: str) -> AsyncIterator[Store]:
     lifespan (create-user, demo's seeding). A store that cannot be opened (an unwritable
     folder, a corrupt file, MongoDB not answering) is ``StartupFailed``, worded as `serve`
     words it."""
+    check_database_url(database_url)  # first: naming a malformed URL would fail too
     with starting(store_label(database_url)):
         store = open_store(database_url)
         try:

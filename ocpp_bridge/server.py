@@ -247,8 +247,10 @@ class OcppServer:
             ssl=self.ssl_context,
             server_header="ChargeGraph",
         )
+        # An IPv6 address in brackets, as a charger's URL writes it (ws://[::1]:9000).
+        host = f"[{self.host}]" if ":" in self.host else self.host
         log.info("OCPP 1.6J central system on %s://%s:%d/ocpp/{cpId}",
-                 "wss" if self.ssl_context else "ws", self.host, self.bound_port)
+                 "wss" if self.ssl_context else "ws", host, self.bound_port)
         if self.instances_bus is not None:
             stream = self.instances_bus.subscribe([StationConnectionChanged.topic])
             self._watcher = asyncio.create_task(self._watch_elsewhere(stream),

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -733,11 +734,16 @@ def basic_auth(cp_id: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-async def _open(url: str, cp_id: str, password: str | None) -> ClientConnection:
+async def _open(url: str, cp_id: str, password: str | None,
+                tls: ssl.SSLContext | None = None) -> ClientConnection:
     headers = basic_auth(cp_id, password) if password else None
+    # ``ssl`` only for wss:// (websockets refuses it with ws://); None there: the
+    # system's trusted certificates.
+    options: dict[str, Any] = {"ssl": tls} if tls is not None else {}
     return await connect(f"{url.rstrip('/')}/{cp_id}",
                          subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                         additional_headers=headers, compression=None, open_timeout=30)
+                         additional_headers=headers, compression=None, open_timeout=30,
+                         **options)
 
 
 @contextlib.asynccontextmanager
@@ -765,6 +771,9 @@ class FleetPlan:
     password: str | None = None
     connectors: int = 2
     id_tags: list[str] = field(default_factory=list)
+    #: How a wss:// server is trusted (the demo trusts its own certificate); None: the
+    #: system's certificates.
+    tls: ssl.SSLContext | None = None
     session_every_s: tuple[float, float] = (20.0, 90.0)
     session_length_s: tuple[float, float] = (30.0, 180.0)
     meter_interval_s: float = 10.0
@@ -848,7 +857,7 @@ def _why(cp_id: str, url: str, error: Exception) -> str:
 async def _online(plan: FleetPlan, cp: SimulatedChargePoint
                   ) -> AsyncIterator[asyncio.Task[None]]:
     """``cp`` on a new connection; yields the task reading it, which ends with it."""
-    ws = await _open(plan.url, cp.id, plan.password)
+    ws = await _open(plan.url, cp.id, plan.password, plan.tls)
     receiving = cp.attach(ws)
     try:
         yield receiving

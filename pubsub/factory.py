@@ -35,7 +35,14 @@ class ManagedEventBus(Protocol):
 def check_event_bus_url(url: str) -> str:
     """The backend a URL selects (``"memory"`` or ``"redis"``); ``ValueError`` with a
     message for anything else, so the shell can reject it before binding ports."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        # Reading the port checks it, as redis-py would only once the service starts
+        # (QA s26: redis://host:63790x/0 ended `serve` with a lifespan traceback).
+        parts.port  # noqa: B018
+    except ValueError as error:  # the URL is not shown: its password could not be cut
+        raise ValueError(f"the pubsub URL is malformed ({error}): use memory:// or "
+                         "redis://host:6379/0") from None
     scheme = parts.scheme.lower()
     if scheme == "memory" and not (parts.netloc or parts.path or parts.query):
         return "memory"

@@ -129,7 +129,7 @@ def _same_path(target: Path, other: Path) -> bool:
     return False
 
 
-def _copy(source: Path, temporary: str) -> None:
+def _copy(source: Path, temporary: str, *, doing: str = "back up") -> None:
     # mode=rw: never creates a database where there was none (a plain connect would), and
     # the last connection to close cleans up the WAL files as usual.
     uri = f"file:{quote(str(source.resolve()))}?mode=rw"
@@ -141,7 +141,9 @@ def _copy(source: Path, temporary: str) -> None:
             # origin; stepping page by page would restart whenever the service commits.
             origin.backup(copy, pages=-1)
     except sqlite3.Error as error:
-        raise BackupError(f"cannot back up {source}: {error}") from error
+        # ``doing``: what was asked, in the message (a restore said "cannot back up" of
+        # the backup it could not read).
+        raise BackupError(f"cannot {doing} {source}: {error}") from error
 
 
 def _checked_version(source: Path, temporary: str) -> int:
@@ -216,7 +218,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
                                              dir=database.parent)
     os.close(descriptor)
     try:
-        _copy(backup_file, temporary)
+        _copy(backup_file, temporary, doing="restore from")
         version = _checked_version(backup_file, temporary)
         _refuse_newer(version)
         drawn = _drawn(database) if replaced is not None else {}

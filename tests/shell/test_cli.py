@@ -121,6 +121,66 @@ def test_configuration_errors_are_messages(runner: CliRunner,
         "parse string as an integer (got 'not-a-port')\n")
 
 
+@pytest.mark.parametrize(("variable", "url", "said"), [
+    ("CHARGEGRAPH_DATABASE_URL", "sqlite:///:memory:",
+     "an in-memory SQLite database cannot be served: name a file"),
+    ("CHARGEGRAPH_DATABASE_URL", "mongodb://cg:s3cret@db:27O17/cg",
+     "CHARGEGRAPH_DATABASE_URL 'mongodb://cg:***@db:27O17/cg': Port contains non-digit"),
+    ("CHARGEGRAPH_DATABASE_URL", "mongodb://cg:s3cret@[db/cg",
+     "CHARGEGRAPH_DATABASE_URL: an IPv6 address literal must be enclosed in '[' and ']'"),
+    ("CHARGEGRAPH_DATABASE_URL", "mongodb://db:99999/cg",
+     "CHARGEGRAPH_DATABASE_URL 'mongodb://db:99999/cg': Port must be an integer between"),
+    ("CHARGEGRAPH_PUBSUB_URL", "redis://:s3cret@redis:63790x/0",
+     "the pubsub URL is malformed (Port could not be cast to integer value as '63790x')"),
+    ("CHARGEGRAPH_PUBSUB_URL", "redis://:s3cret@[redis/0",
+     "the pubsub URL is malformed (Invalid IPv6 URL)")])
+@pytest.mark.parametrize("command", [["serve"], ["demo"], ["create-user", "--email",
+                                                           "x@example.com", "--password",
+                                                           PASSWORD, "--role", "admin"]])
+def test_a_url_its_backend_cannot_read_is_a_configuration_error(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        variable: str, url: str, said: str, command: list[str]) -> None:
+    """QA s26: a MongoDB or Redis URL whose port is no number (a typo, an O for a 0), a
+    malformed host or an in-memory SQLite database passed the configuration check and
+    ended `serve` with a lifespan traceback (exit 3) from PyMongo's, redis-py's or the
+    store's ValueError. Each is one configuration line now, exit 2, its password hidden."""
+    never_serve(monkeypatch)
+    monkeypatch.setenv(variable, url)
+    refused = runner.invoke(cli, command)
+    if variable == "CHARGEGRAPH_PUBSUB_URL" and command[0] == "create-user":
+        assert refused.exit_code == 0, refused.output  # it uses the database URL only
+        return
+    assert refused.exit_code == 2, refused.output
+    [line] = refused.stderr.splitlines()[-1:]
+    assert line.startswith(f"configuration error: {said}"), line
+    assert "Traceback" not in refused.output and "s3cret" not in refused.output
+    assert not list(tmp_path.glob("*.db"))  # nothing was made
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    ("CHARGEGRAPH_PUBLIC_MAP=true\n".encode("utf-16"),
+     "it is UTF-16, as Windows PowerShell's > writes it"),
+    ("# Zähler\nCHARGEGRAPH_PORT=8001\n".encode("latin-1"), "byte 4 is not UTF-8")])
+@pytest.mark.parametrize(("command", "exit_code"), [
+    (["serve"], 2), (["demo"], 2), (["healthcheck"], 1), (["backup", "copy.db"], 2),
+    (["create-user", "--email", "x@example.com", "--password", PASSWORD, "--role", "admin"],
+     2), (["simulate", "--url", "ws://127.0.0.1:9/ocpp"], 2)])
+def test_a_dotenv_that_is_not_utf8_is_one_line(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes,
+        why: str, command: list[str], exit_code: int) -> None:
+    """QA s26: a .env written by Windows PowerShell (`echo ... > .env`: UTF-16) or saved
+    as Latin-1 stopped every command with pydantic-settings' UnicodeDecodeError
+    traceback. It is one configuration line naming the file and what to do."""
+    never_serve(monkeypatch)
+    never_simulate(monkeypatch)
+    (tmp_path / ".env").write_bytes(content)
+    refused = runner.invoke(cli, command)
+    assert refused.exit_code == exit_code, refused.output
+    assert refused.stderr == (f"configuration error: {tmp_path}/.env is not UTF-8 text "
+                              f"({why}): save it as UTF-8\n")
+    assert not (tmp_path / "cli.db").exists()
+
+
 def test_demo_reset_refuses_mongodb(runner: CliRunner,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:1/cg")
@@ -388,6 +448,25 @@ def test_simulate_refuses_a_url_that_can_never_work(runner: CliRunner, url: str,
     assert "Invalid value for '--url'" in refused.stderr
 
 
+@pytest.mark.parametrize(("prefix", "stations", "why"), [
+    ("a b", "1", "'a b' makes no charge point identity (a b-0001): letters, digits"),
+    ("x/y", "1", "'x/y' makes no charge point identity (x/y-0001): letters, digits"),
+    ("A" * 43, "10000", f"'{'A' * 43}' makes no charge point identity ({'A' * 43}-10000): "
+                         "at most 48 characters")])
+def test_simulate_refuses_a_prefix_that_makes_no_charge_point_identity(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, prefix: str, stations: str,
+        why: str) -> None:
+    """QA s26: `--prefix "a b"` retried every station for ever under
+    "InvalidMessage('did not receive a valid HTTP response')", `x/y` under a 404 that
+    blamed the URL: no server could ever take such an identity."""
+    never_simulate(monkeypatch)
+    refused = runner.invoke(cli, ["simulate", "--url", "ws://127.0.0.1:9000/ocpp",
+                                  "--prefix", prefix, "--stations", stations])
+    assert refused.exit_code == 2, refused.output
+    boxed = " ".join(re.sub(r"[│╭╮╰╯─]", " ", refused.stderr).split())  # rich's box, wrapped
+    assert f"Invalid value for '--prefix': {why}" in boxed
+
+
 @pytest.mark.parametrize("url", ["ws://127.0.0.1:9000/ocpp", "wss://cs.example.com/ocpp",
                                  "ws://[::1]:9000"])
 def test_simulate_takes_websocket_urls(runner: CliRunner, url: str,
@@ -483,9 +562,50 @@ def test_backup_of_mongodb_points_to_mongodump(runner: CliRunner,
     ("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]"), ("10.1.2.3", "10.1.2.3"),
     ("localhost", "localhost")])
 def test_healthcheck_asks_where_the_server_listens(host: str, asked: str) -> None:
-    from chargegraph.cli import _reachable
+    from chargegraph.listening import reachable_host
 
-    assert _reachable(host) == asked
+    assert reachable_host(host) == asked
+
+
+@pytest.mark.parametrize(("host", "graphql", "ocpp"), [
+    ("127.0.0.1", "http://127.0.0.1:8000/graphql", "ws://127.0.0.1:9000/ocpp"),
+    ("0.0.0.0", "http://127.0.0.1:8000/graphql", "ws://127.0.0.1:9000/ocpp"),
+    ("::", "http://[::1]:8000/graphql", "ws://[::1]:9000/ocpp"),
+    ("::1", "http://[::1]:8000/graphql", "ws://[::1]:9000/ocpp")])
+def test_the_demo_connects_its_chargers_where_the_server_listens(
+        host: str, graphql: str, ocpp: str) -> None:
+    """QA s26: `demo --host ::` with CHARGEGRAPH_OCPP_HOST=:: gave its chargers
+    ws://:::9000/ocpp (InvalidURI, retried for ever) and printed http://:::8000/graphql."""
+    from urllib.parse import urlsplit
+
+    from chargegraph.cli import demo_urls
+    from chargegraph.settings import Settings
+
+    urls = demo_urls(Settings(host=host, ocpp_host=host))
+    assert urls == (graphql, ocpp)
+    assert all(urlsplit(url).hostname for url in urls)
+
+
+def test_the_demo_refuses_chargers_without_its_ocpp_server(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s26: with CHARGEGRAPH_OCPP_ENABLED=false the demo's eight chargers knocked at a
+    closed port every few seconds, for ever, under a banner promising them."""
+    import chargegraph.cli
+
+    served: list[bool] = []
+
+    async def demo(settings: object, server: object, chargers: bool) -> None:
+        served.append(chargers)
+
+    monkeypatch.setattr(chargegraph.cli, "_demo", demo)
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_ENABLED", "false")
+    refused = runner.invoke(cli, ["demo"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        "configuration error: the demo's simulated chargers need its OCPP server, which "
+        "CHARGEGRAPH_OCPP_ENABLED=false turns off: leave it on, or pass --no-chargers\n")
+    assert runner.invoke(cli, ["demo", "--no-chargers"]).exit_code == 0
+    assert served == [False]
 
 
 def test_healthcheck_of_a_broken_configuration_is_unhealthy_not_2(

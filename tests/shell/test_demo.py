@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from chargegraph.app import build_services
 from chargegraph.demo import ADMIN_EMAIL, DEMO_PASSWORD, DemoSummary, banner, seed_demo
+from chargegraph.errors import ConfigError
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from domain import entities as d
-from domain.ports import Delete
+from domain.clock import utcnow
+from domain.policy import SYSTEM
+from domain.ports import Delete, Insert
 from domain.query import ALL, Eq
 from domain.services import Services
 from store.sqlite import SqliteStore
@@ -108,3 +112,37 @@ def seed_summary() -> DemoSummary:
     logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
     logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
     return DemoSummary(created=True, logins=logins, cp_ids=["A", "B", "C", "D"])
+
+
+async def test_a_database_the_demo_did_not_make_is_not_seeded(services: Services) -> None:
+    """QA s26: `chargegraph demo` run with the service's settings (in its container, or
+    beside its .env) seeded the production database with the demo admin, whose password
+    the README prints, and only then found its ports taken (exit 3): that admin signed in
+    to the real service."""
+    await services.accounts.create_user(
+        SYSTEM, email="boss@corp.example", password="S3cure-prod-pass", name="Boss",
+        role=d.Role.ADMIN, company_id=None)
+    before = await counts(services)
+    with pytest.raises(ConfigError, match=r"SQLite /srv/cg\.db holds accounts the demo "
+                                          r"did not make"):
+        await seed_demo(services, database="SQLite /srv/cg.db")
+    assert await counts(services) == before  # nothing written, no company either
+    assert await services.ctx.store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is None
+
+
+async def test_a_database_a_running_service_uses_is_not_seeded(services: Services) -> None:
+    """QA s26: `chargegraph demo` run in a new deployment's container (no account made
+    yet) seeded the database the service ran on, whose sign-in then took the demo
+    admin's public password; the demo itself only found its ports taken (exit 3)."""
+    now = utcnow()
+    await services.ctx.store.write([Insert(d.InstanceLease(
+        id="instance-1", host="web-1", started_at=now, expires_at=now + timedelta(seconds=30)))],
+        [])
+    with pytest.raises(ConfigError, match=r"^the database is in use by a running instance "
+                                          r"of the service: the demo seeds logins"):
+        await seed_demo(services)
+    assert (await counts(services))["User"] == 0
+    lapsed = await services.ctx.store.find_one(d.InstanceLease, Eq("id", "instance-1"))
+    assert lapsed is not None
+    await services.ctx.store.write([Delete(lapsed)], [])  # it stopped: the demo may seed
+    assert (await seed_demo(services)).created

@@ -95,3 +95,34 @@ def test_serve_with_a_key_but_no_certificate_exits_2(tmp_path: Path,
     refused = CliRunner().invoke(cli, ["serve"])
     assert refused.exit_code == 2
     assert refused.stderr.startswith("configuration error: CHARGEGRAPH_OCPP_TLS_KEY is set")
+
+
+@pytest.mark.parametrize(("cert", "key"), [("server.crt", "server.key"),
+                                           ("combined.pem", None)])
+async def test_the_demos_chargers_trust_its_wss_server(pem: Path, tmp_path: Path,
+                                                       cert: str, key: str | None) -> None:
+    """QA s26: with CHARGEGRAPH_OCPP_TLS_CERT the demo gave its chargers ws://, which the
+    TLS port never answered ("did not receive a valid HTTP response", retried for ever),
+    and its banner said ws:// too. They connect over wss:// now, trusting the server's
+    own certificate (self-signed here, its name not the address they use)."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from chargegraph.cli import demo_tls, demo_urls
+    from ocpp_bridge.simulator import _open
+
+    configured = settings(tmp_path, pem / cert, pem / key if key else None)
+    _, ocpp_url = demo_urls(configured)
+    assert ocpp_url == f"wss://127.0.0.1:{configured.ocpp_port}/ocpp"
+    reached: list[str] = []
+
+    async def handler(connection: ServerConnection) -> None:
+        reached.append(connection.request.path if connection.request else "")
+
+    async with serve(handler, "127.0.0.1", 0, ssl=ocpp_ssl_context(configured),
+                     subprotocols=["ocpp1.6"]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        connection = await _open(f"wss://127.0.0.1:{port}/ocpp", "DEMO-1", None,
+                                 demo_tls(configured))
+        await connection.wait_closed()
+    assert reached == ["/ocpp/DEMO-1"]
+    assert demo_tls(settings(tmp_path, None, None)) is None  # plain ws://: no context

@@ -245,6 +245,19 @@ async def test_a_restore_is_refused_while_the_service_runs(database: Path,
     assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
 
 
+def test_a_restore_from_a_file_that_is_no_database_says_restore(database: Path,
+                                                                  tmp_path: Path) -> None:
+    """QA s26: `chargegraph restore junk.db` said "cannot back up junk.db: file is not a
+    database", as if the command had been a backup."""
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database\n" * 100)
+    before = database.read_bytes()
+    with pytest.raises(BackupError, match=rf"^cannot restore from {junk}: file is not a "
+                                          "database$"):
+        restore(junk, database)
+    assert database.read_bytes() == before
+
+
 def test_a_backup_of_a_newer_schema_is_refused_before_the_database_is_touched(
         database: Path, tmp_path: Path) -> None:
     """Ops QA s25: a backup a newer ChargeGraph made (after an upgrade, restored with the
