@@ -36,7 +36,9 @@ delivery's outcome does to the webhook).
   the company's that has the station now, whatever ownership the event's own read of
   the station found (QA s26: a disconnect or a plug's report that read the station
   before a handover on another instance and was published after it went to the
-  company that had left it). Sessions' and payments' events go by their books.
+  company that had left it). Sessions' and payments' events go by their books. Told
+  that handovers may have been lost (the bus's ``EventsDropped``), the dispatcher
+  forgets those it heard, and events go by their own read until it hears the next.
 * Names are resolved here, and a name resolving to a non-public address is refused
   unless private addresses are allowed; the request then goes to the address checked
   (TLS still verifies the name), so the name cannot resolve elsewhere in between.
@@ -71,7 +73,6 @@ from domain.clock import utcnow
 from domain.entities import PendingDelivery, Webhook, WebhookEvent
 from domain.events import (
     DomainEvent,
-    EventsDropped,
     StationConnectionChanged,
     StationRemoved,
     StationSightChanged,
@@ -476,11 +477,13 @@ class WebhookDispatcher:
         self._routes = routes
 
     async def _hear_sights(self, stream: Any) -> None:
-        """Keeps ``order`` with the handovers and removals published on any instance."""
+        """Keeps ``order`` with the handovers and removals published on any instance.
+        Told some were lost (``EventsDropped``: the bus lost its connection or got it
+        back), it forgets what it heard (``SightOrder.read``): a handover missed left
+        the one before it judging every event of the station for good (review s26)."""
         try:
             async for event in stream:
-                if not isinstance(event, EventsDropped):
-                    self.order.shape(event)
+                self.order.read(event)
         finally:
             await stream.aclose()
 

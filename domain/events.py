@@ -358,7 +358,12 @@ class EventsDropped:
     ``interrupted``: the feed itself broke (the event bus between instances lost its
     connection, or got it back after events went past it): an unknown number of events is
     lost, so whoever shows live state must read it again. Delivered at once, not before
-    the next event, since none may come for a while."""
+    the next event, since none may come for a while: it jumps the events queued when the
+    feed broke, and ``before`` says how many of those that follow it were (published
+    before the loss). Whoever keeps a model of what it heard (``SightOrder``) trusts
+    none of it until those are through (review s26: a handover queued before the loss
+    and read after the marker was taken as the newest, for good)."""
 
     count: int
     interrupted: bool = False
+    before: int = 0

@@ -233,6 +233,18 @@ def books_of(station: Station) -> tuple[str | None, str | None]:
     return None, station.owner_id
 
 
+def still_in_books(station: Station) -> Guard:
+    """A write's ``Guard``: ``station`` is still in the books it was read in
+    (``books_of``). A handover landing between a use case's read of the station and its
+    write fails the write (``Conflict`` CHANGED); run again, the use case reads the
+    station as handed over (a session's start books it to the new company, QA s26; a
+    price set by the old company's operator is refused, review s26)."""
+    company_id, owner_id = books_of(station)
+    books = Eq("company_id", company_id) if company_id is not None \
+        else all_of(Eq("company_id", None), Eq("owner_id", owner_id))
+    return Guard(Station, all_of(Eq("id", station.id), books))
+
+
 #: The books of an audit entry about a record of no one's books.
 NO_BOOKS: tuple[str | None, str | None] = (None, None)
 

@@ -70,6 +70,7 @@ from domain.services.base import (
     reservation_changed,
     reserved_for_card,
     stamp_new,
+    still_in_books,
     touch,
 )
 from domain.services.batching import GroupCommitter
@@ -1153,10 +1154,7 @@ class ChargingService(ChargerConnections):
         began on the new company's station in the books of the company that had left
         it, priced by its tariff (QA s26); refused, the start reads the station again
         and books it to the company that has it."""
-        company_id, owner_id = books_of(station)
-        books = Eq("company_id", company_id) if company_id is not None \
-            else all_of(Eq("company_id", None), Eq("owner_id", owner_id))
-        guards = [Guard(Station, all_of(Eq("id", station.id), books))]
+        guards = [still_in_books(station)]
         if not is_new:
             guards.append(Guard(Connector, Eq("id", plug.id)))
         if card is not None:

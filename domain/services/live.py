@@ -125,15 +125,43 @@ class SightOrder:
     status, a fault, a firmware report, a reservation or a command's answer read the
     station before a handover and published after it reached the company that had
     left it (QA s26). Events judged by the books they went to (``_BOOKED``: a session's,
-    a payment's), whose ownership fields are not the station's, pass unchanged."""
+    a payment's), whose ownership fields are not the station's, pass unchanged.
 
-    __slots__ = ("connections", "removed", "sights")
+    Told that events were dropped (``EventsDropped``, read by ``read``: a slow reader,
+    or the bus between instances lost its connection or got it back), it forgets what
+    it heard of ownership and connections (``forget``): a handover it missed would
+    leave the one before it "the newest", and every event of the station, rightly owned
+    by its own fresh read, went to the company that had handed it back, until another
+    handover was heard (review s26). An interruption's marker comes ahead of the events
+    queued before the loss (``EventsDropped.before``): it forgets again once those are
+    through, so a handover among them is not taken for the newest either. Each event
+    then goes by its own read (as before QA s26) until the next handover is heard.
+    Removals stay: a station removed is gone for good, and its id is never given
+    again."""
+
+    __slots__ = ("behind", "connections", "removed", "sights")
 
     def __init__(self) -> None:
         self.sights: dict[str, StationSightChanged] = {}
         self.connections: dict[str, tuple[int, bool]] = {}
         #: Insertion-ordered: the oldest goes first.
         self.removed: dict[str, StationRemoved] = {}
+        #: Events still to be read from before the latest loss (``read``).
+        self.behind = 0
+
+    def read(self, item: DomainEvent | EventsDropped) -> DomainEvent | None:
+        """The next item of the stream's bus subscription, in its order: an event as
+        ``shape`` has it; an ``EventsDropped`` marker forgets (``None``)."""
+        if isinstance(item, EventsDropped):
+            self.forget()
+            self.behind = item.before
+            return None
+        shaped = self.shape(item)
+        if self.behind:
+            self.behind -= 1
+            if not self.behind:
+                self.forget()  # what came before the loss is through
+        return shaped
 
     def shape(self, event: DomainEvent) -> DomainEvent | None:
         """``event`` as it is to be told (the same object when nothing changes); ``None``:
@@ -173,6 +201,12 @@ class SightOrder:
         elif told[1] != event.online:
             event = replace(event, online=told[1])
         return event
+
+    def forget(self) -> None:
+        """Forget every ownership and connection heard (not the removals): events were
+        lost, one of them perhaps a handover or a connection newer than those heard."""
+        self.sights.clear()
+        self.connections.clear()
 
     def owned(self, event: DomainEvent) -> DomainEvent:
         """An event of a station (not its sight's) with the newest ownership told; one
@@ -259,8 +293,8 @@ class _Pump:
         try:
             async for event in self.stream:
                 everyone = isinstance(event, EventsDropped)
+                shaped = self.order.read(event)  # a marker: a handover may be lost
                 if not everyone:
-                    shaped = self.order.shape(event)
                     if shaped is None or shaped.topic not in self.topics:
                         continue  # a handover or removal read only to order the rest
                     event = shaped
@@ -330,10 +364,10 @@ class LiveService(Service):
         try:
             order = SightOrder()
             async for event in stream:
+                shaped = order.read(event)  # a marker: a handover may be lost
                 if isinstance(event, EventsDropped):
                     yield event
                     continue
-                shaped = order.shape(event)
                 # A handover or removal read only to order the rest is told to nobody.
                 if shaped is not None and shaped.topic in topics \
                         and self.policy.sees_event(viewer, shaped):

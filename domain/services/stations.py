@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from domain import validation as v
@@ -36,7 +37,7 @@ from domain.events import (
 )
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
-from domain.query import Eq, Filter, In, all_of
+from domain.query import Eq, Filter, In, Range, Sort, all_of
 from domain.services.background import Background
 from domain.services.base import (
     UNSET,
@@ -45,13 +46,15 @@ from domain.services.base import (
     books_of,
     not_erased,
     owned_by,
+    pages,
     patch,
     reservation_changed,
     stamp_new,
 )
 from domain.services.configuration import forget_configuration
-from domain.services.edits import edit, retried
+from domain.services.edits import edit, removal, retried
 from domain.services.offline_notices import forget_outages
+from domain.services.tariffs import removal_end
 from domain.services.withdrawal import forget_local_list
 
 log = logging.getLogger("chargegraph.services")
@@ -62,6 +65,8 @@ log = logging.getLogger("chargegraph.services")
 MAX_UNREGISTERED_CONNECTORS = 10
 MIN_STATION_PASSWORD = 8
 MAX_STATION_PASSWORD = 40  # OCPP 1.6 security whitepaper: AuthorizationKey up to 40 chars
+#: A station's unended prices a handover reads at once (it reads them all, page by page).
+PRICES_AT_ONCE = 500
 
 
 async def connector_in_range(store: Store, station: Station, connector_id: int, *,
@@ -390,9 +395,15 @@ class StationService(Service):
         updated = cast(Station, update.record)
         changes: list[tuple[Change, Any]] = [(update, station)]
         if books_of(updated) != books_of(station):
-            changes += await self._end_station_prices(viewer, station)
+            ended, since = await self._end_station_prices(viewer, station)
+            changes += ended
             # None left unended by the write: one set meanwhile fails it, and it runs again.
             guards.append(Guard(Tariff, _unended_prices(station), exists=False))
+            if since is not None:
+                # A session received meanwhile may be priced by a price ended before it.
+                guards.append(Guard(Session, all_of(
+                    Eq("station_id", station.id), Range("created_at", gte=since)),
+                    exists=False))
         sight = None
         if _sight_of(station) != _sight_of(updated):
             # Drawn after the read and before the write, which holds only on the version
@@ -404,19 +415,36 @@ class StationService(Service):
         return station, updated, sight
 
     async def _end_station_prices(self, viewer: Viewer, station: Station
-                                  ) -> list[tuple[Change, Any]]:
-        """The ending, now, of every price set on ``station`` itself that is not ended
-        yet (in force, or set to begin later), for a handover to another company's (or
-        owner's) books, in its write: a station's tariff wins over its company's, so
-        the price its former company set went on pricing the new company's sessions
-        there, at a price and in a currency it never chose (QA s26). Sessions started
-        before keep what they started with (``Tariff.removed_by``), as after
-        ``removeTariff``; the new company's own prices apply from now on, and it sets
-        the station's own again if it wants one. Each is audited, by whoever moved the
-        station."""
+                                  ) -> tuple[list[tuple[Change, Any]], datetime | None]:
+        """The removal of every price set on ``station`` itself that is not ended yet (in
+        force, or set to begin later), for a handover to another company's (or owner's)
+        books, in its write: a station's tariff wins over its company's, so the price
+        its former company set went on pricing the new company's sessions there, at a
+        price and in a currency it never chose (QA s26). Removed as ``removeTariff``
+        removes one (``tariffs.removal_end``, one rule for both): one set to begin later
+        that priced no session is deleted (ended, it ended before it began, review s26);
+        any other ends now, or just after the latest session of the station if that one
+        was received later by our clock (an instance ahead of ours priced it). Sessions
+        started before keep what they started with (``Tariff.removed_by``); the new
+        company's own prices apply from then on, and it sets the station's own again if
+        it wants one. Each is audited, by whoever moved the station. All of them, a page
+        at a time: a cap left the rest unended, and the guard on none being left failed
+        every retry (review s26). With the instant from which no session of the station
+        may be received before the write (``None``: no price)."""
         now = self.now()
-        prices = await self.store.find_all(Tariff, _unended_prices(station), limit=1000)
-        return [(edit(price, viewer, valid_until=now), price) for price in prices]
+        last = await self.store.find_all(
+            Session, Eq("station_id", station.id), (Sort("created_at", descending=True),),
+            limit=1)
+        last_priced = last[0].created_at if last else None
+        changes: list[tuple[Change, Any]] = []
+        since: datetime | None = None
+        async for page in pages(self.store, Tariff, _unended_prices(station), PRICES_AT_ONCE):
+            for price in page:
+                until, guarded = removal_end(price, now, last_priced)
+                changes.append((removal(price) if until is None
+                                else edit(price, viewer, valid_until=until), price))
+                since = guarded if since is None else min(since, guarded)
+        return changes, since
 
     def _nudge(self, station: Station) -> None:
         """A charger told Pending or Rejected waits out its boot interval before it boots

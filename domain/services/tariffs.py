@@ -25,7 +25,7 @@ from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
 from domain.ports import Guard, Insert, Store
 from domain.query import Eq, Filter, Range, Sort, all_of
-from domain.services.base import UNSET, Service, stamp_new
+from domain.services.base import UNSET, Service, stamp_new, still_in_books
 from domain.services.edits import edit, removal, retried
 from domain.tariff_bands import BandInput, checked_bands
 
@@ -48,6 +48,22 @@ AFTER_LAST_PRICED = timedelta(milliseconds=1)
 #: Versions per station or company one batch reads (the latest before the newest start of
 #: the batch); a session older than all of them is looked up alone.
 VERSIONS_PER_BATCH = 50
+
+
+def removal_end(tariff: Tariff, now: datetime, last_priced: datetime | None
+                ) -> tuple[datetime | None, datetime]:
+    """How a version is removed (``removeTariff``, a station's handover): ``None``, deleted
+    (not in force yet by ``now``, and no session of its owner received since it begins:
+    it priced none), or the instant it ends: ``now``, or just after the latest session of
+    its owner received since it begins (``last_priced``, that session's ``created_at``;
+    ``None``: none) when that is later by our clock (another instance's, ahead of ours,
+    found it in force). And the instant from which no session of its owner may be
+    received before the write (its ``Guard``): one that was may be priced by it."""
+    priced = last_priced is not None and last_priced >= tariff.valid_from
+    if tariff.valid_from > now and not priced:
+        return None, tariff.valid_from
+    until = max(now, last_priced + AFTER_LAST_PRICED) if priced and last_priced else now
+    return until, until
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,23 +258,38 @@ class TariffService(Service):
         checks(_one_scope, connector_type, power_type)
         tariff.connector_type, tariff.power_type = connector_type, power_type
         checks.done()
-        await self._may_price(viewer, company_id, station_id)
+        return await retried(lambda: self._set(viewer, tariff))
+
+    async def _set(self, viewer: Viewer, tariff: Tariff) -> Tariff:
+        """``set_tariff``'s check and write. A station's price is written only while the
+        station is in the books it was checked in (``still_in_books``): a handover
+        landing between the check and the write ended the station's prices before this
+        one was written, which then priced the new company's sessions at the former
+        company's price (review s26). Run again, the check reads the station as handed
+        over: the former company's operator is refused (NOT_FOUND: they no longer see
+        it), an admin's price is set on the station as it is now."""
+        station = await self._may_price(viewer, tariff.company_id, tariff.station_id)
         stamp_new(tariff, viewer)
-        await self.commit(viewer, [(Insert(tariff), None)])
+        guards = [still_in_books(station)] if station is not None else []
+        await self.commit(viewer, [(Insert(tariff), None)], guards=guards)
         return tariff
 
     async def _may_price(self, viewer: Viewer, company_id: str | None,
-                         station_id: str | None, field: str | None = None) -> None:
-        """The station (or company) exists for the viewer, who may set its prices."""
+                         station_id: str | None, field: str | None = None
+                         ) -> Station | None:
+        """The station (or company) exists for the viewer, who may set its prices.
+        Answers the station read (``None`` for a company's prices)."""
         if station_id is not None:
             station = await self.visible(viewer, Station, station_id,
                                          field=field or "stationId")
             if not self.policy.may_manage_station(viewer, station):
                 raise Forbidden("you may not price this station", field=field or "stationId")
+            return station
         else:
             await self.visible(viewer, Company, company_id, field=field or "companyId")
             if not self.policy.may_manage_company(viewer, company_id):
                 raise Forbidden("you may not price this company", field=field or "companyId")
+            return None
 
     async def remove_tariff(self, viewer: Viewer, tariff_id: str) -> Tariff:
         """Removes a price list version, for whoever may set it (``set_tariff``'s rule).
@@ -298,20 +329,20 @@ class TariffService(Service):
         since = all_of(Eq(field, key), Range("created_at", gte=tariff.valid_from))
         last = await self.store.find_all(Session, since, (Sort("created_at", descending=True),),
                                          limit=1)
-        if tariff.valid_from > now and not last:
-            # Nothing priced by it: the deletion holds while that stays so.
-            await self.commit(viewer, [(removal(tariff), tariff)],
-                              guards=[Guard(Session, since, exists=False)])
+        until, guarded = removal_end(tariff, now, last[0].created_at if last else None)
+        # Nothing priced by it (deleted), or a session received from its end on, before
+        # this write, would lose its price: the write holds while none comes.
+        guard = Guard(Session, all_of(Eq(field, key), Range("created_at", gte=guarded)),
+                      exists=False)
+        if until is None:
+            await self.commit(viewer, [(removal(tariff), tariff)], guards=[guard])
             return tariff
-        until = max(now, last[0].created_at + AFTER_LAST_PRICED) if last else now
         latest = await _latest(self.store, field, key, until, _scope_of(tariff))
         if latest is None or latest.id != tariff.id:
             raise ValidationError("it prices no new session already (replaced by a later "
                                   "version)", field="id", code="INVALID_STATE")
         ended = edit(tariff, viewer, valid_until=until)
-        # A session received from ``until`` on, before this write, would lose its price.
-        await self.commit(viewer, [(ended, tariff)], guards=[Guard(Session, all_of(
-            Eq(field, key), Range("created_at", gte=until)), exists=False)])
+        await self.commit(viewer, [(ended, tariff)], guards=[guard])
         return cast(Tariff, ended.record)
 
     async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET,

@@ -150,6 +150,48 @@ async def test_a_session_handed_over_mid_charge_stays_with_its_books(
     assert "SessionChanged" not in got["Beta"], got
 
 
+async def handed_back_unheard_on_b(x: Instances) -> None:
+    """Alpha -> Beta, heard on B; then B's Redis listener loses its connection (it tells
+    its local subscribers so: ``EventsDropped(interrupted=True)``), an admin on A hands
+    the station back to Alpha meanwhile, whose announcement B never gets, and the
+    listener is back (told again)."""
+    heard = heard_on_b(x)
+    await x.a.stations.update_station(SYSTEM, x.station_id, company_id=x.beta.id)
+    await heard()
+    await asyncio.sleep(0.2)
+    bus: Any = x.b.ctx.bus
+    dispatch = bus._dispatch
+    bus.local.interrupt()
+    bus._dispatch = lambda message: None
+    try:
+        await x.a.stations.update_station(SYSTEM, x.station_id, company_id=x.alpha.id)
+        await asyncio.sleep(0.3)
+    finally:
+        bus._dispatch = dispatch
+    bus.local.interrupt()  # reconnected
+    await asyncio.sleep(0.2)
+
+
+async def test_a_live_feed_across_a_lost_handover_does_not_tell_the_old_company(
+        instances: Instances) -> None:
+    """Beta's operator's ``faultReported``/``connectorStatusChanged`` subscription, open
+    across a handover back to Alpha that B missed in a Redis outage: the charger's fault
+    afterwards (B's read finds Alpha's station) is not told to Beta, which no longer has
+    the station (review s26: the feed kept the handover to Beta as the newest for good,
+    and re-owned every event of the station to Beta)."""
+    x = instances
+    topics = [ConnectorStatusChanged.topic, FaultReported.topic]
+    feeds = {name: x.b.live.events(operator_of(company), topics)
+             for name, company in (("Alpha", x.alpha), ("Beta", x.beta))}
+    await handed_back_unheard_on_b(x)
+    await x.b.charging.status_notification(CP, 1, "Faulted", "GroundFailure")
+    got = {name: sorted(type(e).__name__ for e in await told(feed)
+                        if type(e).__name__ != "EventsDropped")
+           for name, feed in feeds.items()}
+    assert got["Beta"] == [], got
+    assert got["Alpha"] == ["ConnectorStatusChanged", "FaultReported"], got
+
+
 # ------------------------------------------------------------------------ webhooks
 # Delivered by the instance that published the event (B), to receivers on 127.0.0.1.
 
@@ -294,3 +336,21 @@ async def test_an_outage_announced_across_a_handover_is_the_new_companys(
         assert hooks.told("Alpha") == [], hooks.told("Alpha")
         assert hooks.told("Beta") == ["station.offline", "station.online"], \
             hooks.told("Beta")
+
+
+async def test_a_handover_lost_in_a_redis_outage_does_not_send_events_to_the_old_company(
+        instances: Instances) -> None:
+    """B's dispatcher heard Alpha -> Beta, then missed Beta -> Alpha in a Redis outage.
+    The charger's fault afterwards (B reads the station afresh: Alpha's) goes to Alpha,
+    not to Beta, which handed the station back (review s26: the dispatcher ignored
+    ``EventsDropped`` and re-owned every event of the station to Beta for good)."""
+    x = instances
+    async with webhooks_on_b(x) as hooks:
+        await handed_back_unheard_on_b(x)
+        await x.b.charging.status_notification(CP, 1, "Faulted", "GroundFailure")
+        await delivered(hooks)
+        [station] = await x.b.ctx.store.get_many(Station, [x.station_id])
+        assert station is not None and station.company_id == x.alpha.id
+        assert hooks.told("Beta") == [], hooks.told("Beta")
+        assert hooks.told("Alpha") == ["connector.status_changed", "fault.reported"], \
+            hooks.told("Alpha")

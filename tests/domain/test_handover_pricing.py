@@ -5,6 +5,7 @@ not go on pricing the new company's sessions there (QA s26)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,8 +15,11 @@ import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import NotFound
 from domain.policy import SYSTEM
-from domain.query import Eq
+from domain.ports import Insert, Update
+from domain.query import Eq, all_of
+from domain.services.base import stamp_new
 from pubsub.memory import MemoryEventBus
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
@@ -110,3 +114,122 @@ async def test_a_start_that_read_the_station_before_a_handover_is_the_new_compan
     session = await charge(w, 10_000)
     assert session.company_id == w.companies["other"].id, "booked to the company it left"
     assert session.cost_minor == 250
+
+
+async def test_a_price_set_racing_a_handover_does_not_price_the_new_companys_sessions(
+        world: World) -> None:
+    """Volt's operator's ``setTariff`` on CP-1 has checked it (still Volt's, so they may
+    price it) when an admin on another instance hands CP-1 to Other AG, before the
+    price is written. The price is refused (the station is no longer Volt's: NOT_FOUND,
+    as for any station its operator does not see), not
+    written after the handover ended the station's prices, where it priced Other AG's
+    sessions at Volt's 0.90 (review s26)."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await services.tariffs.set_tariff(SYSTEM, company_id=w.companies["other"].id,
+                                      price_per_kwh=Decimal("0.25"), currency="EUR",
+                                      valid_from=utcnow() - timedelta(days=1))
+    tariffs = services.tariffs
+    may_price, done = tariffs._may_price, False
+
+    async def hooked(*a: Any, **kw: Any) -> Any:
+        nonlocal done
+        got = await may_price(*a, **kw)
+        if not done:
+            done = True
+            await services.stations.update_station(SYSTEM, cp1.id,
+                                                   company_id=w.companies["other"].id)
+        return got
+
+    tariffs._may_price = hooked  # type: ignore[method-assign]
+    with pytest.raises(NotFound):
+        await tariffs.set_tariff(w.viewer("op"), station_id=cp1.id,
+                                 price_per_kwh=Decimal("0.90"), currency="EUR")
+    assert await w.store.find_all(d.Tariff, Eq("station_id", cp1.id)) == []
+    after = await charge(w, 10_000)
+    assert after.company_id == w.companies["other"].id
+    assert after.cost_minor == 250, f"priced {after.cost_minor} by Volt's station price"
+
+
+async def test_an_admins_price_racing_a_handover_is_set_on_the_station_as_it_is(
+        world: World) -> None:
+    """An admin's price checked before the handover and written after it is written
+    (the admin may price the station whoever has it): it is a price of the station as
+    handed over, and prices Other AG's sessions there."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    tariffs = services.tariffs
+    may_price, done = tariffs._may_price, False
+
+    async def hooked(*a: Any, **kw: Any) -> Any:
+        nonlocal done
+        got = await may_price(*a, **kw)
+        if not done:
+            done = True
+            await services.stations.update_station(SYSTEM, cp1.id,
+                                                   company_id=w.companies["other"].id)
+        return got
+
+    tariffs._may_price = hooked  # type: ignore[method-assign]
+    await tariffs.set_tariff(SYSTEM, station_id=cp1.id, price_per_kwh=Decimal("0.30"),
+                             currency="EUR")
+    after = await charge(w, 10_000)
+    assert (after.company_id, after.cost_minor) == (w.companies["other"].id, 300)
+
+
+async def test_a_station_price_not_in_force_yet_is_called_off_by_a_handover(
+        world: World) -> None:
+    """Volt set CP-1's price for tomorrow; an admin hands CP-1 to Other AG today. The
+    version priced nothing: it is deleted, as ``removeTariff`` deletes one, not ended
+    before it begins (``validUntil`` before ``validFrom``, review s26)."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await services.tariffs.set_tariff(w.viewer("op"), station_id=cp1.id,
+                                      price_per_kwh=Decimal("0.90"), currency="EUR",
+                                      valid_from=utcnow() + timedelta(days=1))
+    await services.stations.update_station(SYSTEM, cp1.id,
+                                           company_id=w.companies["other"].id)
+    assert await w.store.find_all(d.Tariff, Eq("station_id", cp1.id)) == []
+
+
+async def test_a_handover_ends_every_price_on_the_station_however_many(
+        world: World) -> None:
+    """More unended prices on the station than one read returns (``find_all``'s 1,000):
+    the handover ends them all, and goes through (review s26: it ended the first 1,000,
+    its guard on none being left failed, and every retry failed alike)."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    now = utcnow()
+    prices = [stamp_new(d.Tariff(station_id=cp1.id, price_per_kwh=Decimal("0.90"),
+                                 currency="EUR", valid_from=now - timedelta(seconds=i)),
+                        SYSTEM) for i in range(1001)]
+    await w.store.write([Insert(p) for p in prices], [])
+    await services.stations.update_station(SYSTEM, cp1.id,
+                                           company_id=w.companies["other"].id)
+    left = await w.store.count(d.Tariff, all_of(Eq("station_id", cp1.id),
+                                                 Eq("valid_until", None)))
+    assert left == 0
+
+
+async def test_a_handover_ends_a_price_after_the_last_session_it_priced(
+        world: World) -> None:
+    """A session on CP-1 was received, by another instance whose clock is ahead of
+    ours, after our "now": the handover ends Volt's station price just after that
+    session, as ``removeTariff`` would (review s26), so the session keeps its price."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    price = await services.tariffs.set_tariff(w.viewer("op"), station_id=cp1.id,
+                                              price_per_kwh=Decimal("0.90"), currency="EUR")
+    session = await charge(w, 10_000)
+    ahead = session.created_at + timedelta(seconds=30)
+    await w.store.write([Update(replace(session, created_at=ahead), frozenset({"created_at"}))], [])
+    await services.stations.update_station(SYSTEM, cp1.id,
+                                           company_id=w.companies["other"].id)
+    [ended] = await w.store.get_many(d.Tariff, [price.id])
+    assert ended is not None and ended.valid_until is not None
+    assert ended.valid_until > ahead, (ended.valid_until, ahead)
