@@ -1355,7 +1355,7 @@ ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
 # holder_id``), so a removed card issued again to the same person is put back in the lists
 # its removal withdrew it from (QA s26; ``withdrawal.reissue_marks``). Older rows take it
 # from their card where it is still there; a removed card's holder is not known: NULL,
-# left as the list holds it. (64 is another branch's.)
+# left as the list holds it.
 _V64 = """
 ALTER TABLE "local_list_entry" ADD COLUMN "holder_id" TEXT;
 UPDATE "local_list_entry" SET "holder_id" = (
