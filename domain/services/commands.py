@@ -1119,12 +1119,18 @@ class CommandService(Service):
         ``LocalAuthListMaxLength`` tags of (a Full list's entries; a Differential's
         applied to the list as recorded). A charger answers Failed to one that does
         not fit (1.6, 5.15), and the operator was told FAILED with no reason (QA s26):
-        refused before sending (``OUT_OF_RANGE``), saying how many fit and which tags
-        were left out. A limit the charger does not say is not checked."""
+        refused before sending (``OUT_OF_RANGE``), saying how many fit and which of the
+        list's own tags would not (never one the charger holds already: another
+        company's, after a handover). A Differential of one tag is judged too (review s26:
+        one card added to a full list was sent and answered Failed; a Full list of one
+        always fits, so asks nothing); a Differential adding no tag
+        (updates of tags held, removals) never grows the list and is not judged on
+        ``LocalAuthListMaxLength``. A limit the charger does not say is not checked."""
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
-        if len(entries) <= 1:
-            return  # any charger takes one (and an empty Full list clears it)
+        full = payload.get("updateType") == "Full"
+        if (len(entries) <= 1 and full) or all(e.get("idTagInfo") is None for e in entries):
+            return  # a Full list of one always fits (none clears it); removals never grow it
         limits = await self.list_limits(station, audited_as=viewer)
         field_name = "localAuthorizationList"
         if limits.per_send is not None and len(entries) > limits.per_send:
@@ -1136,28 +1142,42 @@ class CommandService(Service):
                 field=field_name, code="OUT_OF_RANGE")
         if limits.holds is None:
             return
-        tags = await self._list_after(station, payload, entries)
-        if tags is None or len(tags) <= limits.holds:
+        after = await self._list_after(station, payload, entries)
+        if after is None:
             return
-        left_out = tags[limits.holds:]
+        tags, held = after
+        if len(tags) <= limits.holds or len(tags) <= held:
+            return  # fits, or grows nothing (updates of tags it holds)
+        # Those taken last are the list's own (``_list_after``): named, never a tag the
+        # charger held before.
+        own = {str(e.get("idTag")).upper() for e in entries}
+        left_out = [tag for tag in tags[max(limits.holds, held):] if tag in own]
         named = ", ".join(left_out[:NAMED_LEFT_OUT])
         more = f" and {len(left_out) - NAMED_LEFT_OUT} more" \
             if len(left_out) > NAMED_LEFT_OUT else ""
+        if full:
+            fit = f"the first {limits.holds} fit"
+            advice = f"Send at most {limits.holds}"
+        else:
+            room = max(0, limits.holds - held)
+            fit = f"it holds {held} already, room for {room} more"
+            advice = "Remove tags from it first, or send a FULL list"
         raise ValidationError(
             f"this charger's list holds at most {limits.holds} tags (its {LIST_MAX_KEY}); "
-            f"this one would leave it holding {len(tags)}: the first {limits.holds} fit, "
-            f"{len(left_out)} would not ({named}{more}). Send at most {limits.holds}",
+            f"this one would leave it holding {len(tags)}: {fit}, {len(left_out)} of "
+            f"this list's would not ({named}{more}). {advice}",
             field=field_name, code="OUT_OF_RANGE")
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
-                          entries: list[dict[str, Any]]) -> list[str] | None:
+                          entries: list[dict[str, Any]]) -> tuple[list[str], int] | None:
         """The tags the station's list would hold after ``payload``, in the order they
-        would be taken (those held first, then the list's own in its order): a Full
-        list's; a Differential applied to the list as recorded (``LocalListEntry``),
-        ``None`` when nothing is recorded of it (not known)."""
+        would be taken (those held first, then the list's own in its order), and how
+        many it holds before: a Full list's (0 before: it replaces them); a Differential
+        applied to the list as recorded (``LocalListEntry``), ``None`` when nothing is
+        recorded of it (not known)."""
         given = [str(e.get("idTag")).upper() for e in entries]
         if payload.get("updateType") == "Full":
-            return given
+            return given, 0
         if await self.store.find_one(LocalList, Eq("station_id", station.id)) is None:
             return None
         held = [e.tag for e in await self.store.find_all(
@@ -1168,7 +1188,8 @@ class CommandService(Service):
                    if e.get("idTagInfo") is None}
         kept = [tag for tag in held if tag not in removed]
         known = set(kept)
-        return kept + [tag for tag in given if tag not in removed and tag not in known]
+        return kept + [tag for tag in given if tag not in removed and tag not in known], \
+            len(held)
 
     async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its

@@ -161,3 +161,58 @@ async def test_a_list_longer_than_the_charger_holds_is_refused_saying_what_fits(
         ok = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
         assert ok["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, ok
         assert [name for name, _ in cp.received].count("GetConfiguration") == 1
+
+
+async def test_a_one_tag_differential_overfilling_the_list_is_refused(
+        central: Central) -> None:
+    """The commonest way an operator adds a card is a Differential of one tag. With the
+    charger's list already at its LocalAuthListMaxLength it was sent anyway (a single
+    entry was never judged), answered Failed, and the operator read FAILED with no
+    reason. Refused like a longer list; an update of a tag it holds, or a removal,
+    grows nothing and is sent."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("2", True)
+        cp.configuration["SendLocalListMaxLength"] = ("5", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        over = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
+        [error] = over["sendLocalList"]["errors"]
+        assert (error["field"], error["code"]) == ("localAuthorizationList",
+                                                   "OUT_OF_RANGE"), over
+        assert "holds 2 already, room for 0 more" in error["message"]
+        assert "(B1)" in error["message"], error
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # none sent
+        update = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "A1"), as_user="op")
+        assert update["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, update
+        removal = {"input": {"cpId": "CP-1", "listVersion": 3, "updateType": "DIFFERENTIAL",
+                             "localAuthorizationList": [{"idTag": "A2"}]}}
+        removed = await central.gql(SEND_LIST, removal, as_user="op")
+        assert removed["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, removed
+        room = await central.gql(SEND_LIST, a_list(4, "DIFFERENTIAL", "B1"), as_user="op")
+        assert room["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, room
+        assert sorted(cp.local_list) == ["A1", "B1"]
+
+
+async def test_a_refusal_names_only_the_tags_of_the_list_sent(central: Central) -> None:
+    """A charger holding more than its LocalAuthListMaxLength now says (new firmware, or
+    a list left by the company it was handed over from) is sent one tag: the refusal
+    named the tags already held past the limit, possibly another company's cards.
+    It names only the operator's own; an update of a tag held is not refused."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("3", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                 as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        cp.configuration["LocalAuthListMaxLength"] = ("2", True)
+        await cp.boot()
+        await settled(central)
+        over = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
+        [error] = over["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", over
+        assert "1 of this list's would not (B1)" in error["message"], error
+        assert "A3" not in error["message"] and "A1" not in error["message"], error
+        # An update of a tag it holds grows nothing: sent, over the limit as it is.
+        update = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "A1"), as_user="op")
+        assert update["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, update
