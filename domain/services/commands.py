@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from domain.availability import POINT_DOWN
@@ -49,6 +49,7 @@ from domain.entities import (
 from domain.errors import (
     ChargerCallError,
     ChargerError,
+    ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
@@ -392,6 +393,12 @@ def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
 #: tags it holds, and how many one SendLocalList may carry.
 LIST_MAX_KEY = "LocalAuthListMaxLength"
 SEND_MAX_KEY = "SendLocalListMaxLength"
+#: How many keys one GetConfiguration may name at the charger (1.6, 9.1.11).
+MAX_KEYS_KEY = "GetConfigurationMaxKeys"
+#: How long a charger that gave no answer to a GetConfiguration of its list limits (a
+#: timeout, a CALLERROR such as InternalError) is not asked them again: each list sent
+#: meanwhile waited a command timeout for it (review s26). A boot asks at once.
+LIST_LIMITS_RETRY_S = 300.0
 #: How many of the tags left out of a list too long for its charger a refusal names.
 NAMED_LEFT_OUT = 5
 
@@ -404,6 +411,18 @@ class ListLimits:
     holds: int | None = None
     #: ``SendLocalListMaxLength``: the most entries one SendLocalList carries.
     per_send: int | None = None
+
+
+@dataclass
+class _AskedLimits:
+    """What a charger answered a GetConfiguration of its list limits since its boot at
+    ``booted_at`` (``CommandService.list_limits``)."""
+    booted_at: datetime | None
+    #: By key as named (``LIST_MAX_KEY``, ``SEND_MAX_KEY``): the count it said, ``None``
+    #: when it said none (unknownKey, not a count, NotSupported).
+    answers: dict[str, int | None] = field(default_factory=dict)
+    #: Not asked again before this: it gave no answer (``LIST_LIMITS_RETRY_S``).
+    retry_at: datetime | None = None
 
 
 class CommandService(Service):
@@ -426,7 +445,7 @@ class CommandService(Service):
         #: them when no value since its boot was stored (``list_limits``), with the boot
         #: they hold for (``Station.booted_at``): a charger that does not know a key was
         #: asked it at every push (QA s26).
-        self._list_limits: dict[str, tuple[datetime | None, ListLimits]] = {}
+        self._list_limits: dict[str, _AskedLimits] = {}
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False,
@@ -1081,36 +1100,68 @@ class CommandService(Service):
         """How many tags ``station``'s charger holds in its local list and takes in one
         SendLocalList (``LocalAuthListMaxLength``, ``SendLocalListMaxLength``): as its
         stored configuration knows them since its last boot (``known_count``), else as
-        a GetConfiguration of them answers (recorded in the configuration too), asked
-        once per boot: the answer (a value, unknownKey, a CALLERROR) is kept until the
-        charger boots again (QA s26: one that did not know the key was asked at every
-        push). A ChangeConfiguration it took is stored, so followed at once. No answer
-        (a timeout, the charger offline) is asked again next time."""
-        stored = await self.store.find_all(ConfigurationKey, all_of(
-            Eq("station_id", station.id),
-            In("folded_key", (folded_key(LIST_MAX_KEY), folded_key(SEND_MAX_KEY)))),
-            limit=2)
-        known = {k.folded_key: known_count(k, station.booted_at) for k in stored}
-        holds = known.get(folded_key(LIST_MAX_KEY))
-        per_send = known.get(folded_key(SEND_MAX_KEY))
-        if holds is not None and per_send is not None:
-            return ListLimits(holds, per_send)
-        booted, asked = self._list_limits.get(station.id, (None, None))
-        if asked is None or booted != station.booted_at:
-            try:
-                outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
-                                          {"key": [LIST_MAX_KEY, SEND_MAX_KEY]},
-                                          audited_as=audited_as)
-            except DomainError:  # the station went meanwhile: the next send says so
-                return ListLimits(holds, per_send)
+        a GetConfiguration of those not known answers (recorded in the configuration
+        too). Both keys go in one request, each alone to a charger whose
+        ``GetConfigurationMaxKeys`` is known to be 1, and each alone again after a
+        CALLERROR to the two (review s26: a charger taking one key per request refused
+        the two, and the CALLERROR, kept for the boot, left withdrawals sized at
+        ``DEFAULT_SEND_MAX`` and answered Failed). An answer (a value, unknownKey, a
+        NotSupported: it cannot say) is kept until the charger boots again (QA s26: one
+        that did not know the key was asked at every push); no answer (a timeout, another
+        CALLERROR such as InternalError) for ``LIST_LIMITS_RETRY_S`` only, so a charger
+        not answering does not hold every list sent meanwhile for a command timeout
+        (review s26). A ChangeConfiguration it took is stored, so followed at once."""
+        keys = (LIST_MAX_KEY, SEND_MAX_KEY, MAX_KEYS_KEY)
+        stored = {k.folded_key: k for k in await self.store.find_all(ConfigurationKey, all_of(
+            Eq("station_id", station.id), In("folded_key", tuple(map(folded_key, keys)))),
+            limit=len(keys))}
+        known = {key: known_count(stored.get(folded_key(key)), station.booted_at)
+                 for key in (LIST_MAX_KEY, SEND_MAX_KEY)}
+        memo = self._list_limits.get(station.id)
+        if memo is None or memo.booted_at != station.booted_at:
+            memo = _AskedLimits(station.booted_at)
+        ask = [key for key, value in known.items()
+               if value is None and key not in memo.answers]
+        if ask and (memo.retry_at is None or self.now() >= memo.retry_at):
+            memo.retry_at = None
+            # A value read before the boot still says how the charger is likely to answer.
+            most_keys = positive_count(getattr(stored.get(folded_key(MAX_KEYS_KEY)),
+                                               "value", None))
+            alone = most_keys == 1 and len(ask) > 1
+            for batch in [[key] for key in ask] if alone else [ask]:
+                if not await self._ask_limits(station, batch, memo, audited_as):
+                    break
+            self._list_limits[station.id] = memo
+        return ListLimits(known[LIST_MAX_KEY] or memo.answers.get(LIST_MAX_KEY),
+                          known[SEND_MAX_KEY] or memo.answers.get(SEND_MAX_KEY))
+
+    async def _ask_limits(self, station: Station, keys: list[str], memo: _AskedLimits,
+                          audited_as: Viewer | None) -> bool:
+        """Asks the charger ``keys`` in one GetConfiguration, keeping its answers in
+        ``memo`` (``list_limits``); after a CALLERROR to several, asks each alone.
+        ``False`` when it gave no answer (asked again after ``LIST_LIMITS_RETRY_S``)."""
+        try:
+            outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
+                                      {"key": keys}, audited_as=audited_as)
+        except DomainError:  # the station went meanwhile: the next send says so
+            return False
+        error = outcome.error
+        if error is None or isinstance(error, ChargerNotSupported):
             answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
                         for k in outcome.result.get("configurationKey") or ()
                         if isinstance(k, dict)}
-            asked = ListLimits(answered.get(folded_key(LIST_MAX_KEY)),
-                               answered.get(folded_key(SEND_MAX_KEY)))
-            if outcome.error is None or isinstance(outcome.error, ChargerCallError):
-                self._list_limits[station.id] = (station.booted_at, asked)
-        return ListLimits(holds or asked.holds, per_send or asked.per_send)
+            for key in keys:  # not among them: unknownKey, or no GetConfiguration at all
+                memo.answers[key] = answered.get(folded_key(key))
+            return True
+        if isinstance(error, ChargerCallError) and len(keys) > 1:
+            # It answered, refusing the request: it may take fewer keys in one
+            # (GetConfigurationMaxKeys), so each alone.
+            for key in keys:
+                if not await self._ask_limits(station, [key], memo, audited_as):
+                    return False
+            return True
+        memo.retry_at = self.now() + timedelta(seconds=LIST_LIMITS_RETRY_S)
+        return False
 
     async def _check_list_fits(self, viewer: Viewer, station: Station,
                                payload: dict[str, Any]) -> None:
