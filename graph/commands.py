@@ -287,8 +287,9 @@ class SendLocalListInput:
             "The entries, each tag once: with FULL every tag with its `idTagInfo`; with "
             "DIFFERENTIAL the changes. OUT_OF_RANGE, nothing sent, when the charger "
             "takes fewer in one list (its `SendLocalListMaxLength`) or its list would "
-            "hold more tags than it can (its `LocalAuthListMaxLength`; the message "
-            "names the tags that would not fit)."))
+            "hold more tags than it can (its `LocalAuthListMaxLength`), a single tag "
+            "added to a full list too (updates of tags it holds and removals never "
+            "are); the message names this list's tags that would not fit."))
 
 
 @strawberry.input(description="Ask a charger to upload a diagnostics file (OCPP GetDiagnostics).")

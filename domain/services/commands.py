@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from domain.availability import POINT_DOWN
@@ -49,6 +49,7 @@ from domain.entities import (
 from domain.errors import (
     ChargerCallError,
     ChargerError,
+    ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
@@ -392,6 +393,12 @@ def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
 #: tags it holds, and how many one SendLocalList may carry.
 LIST_MAX_KEY = "LocalAuthListMaxLength"
 SEND_MAX_KEY = "SendLocalListMaxLength"
+#: How many keys one GetConfiguration may name at the charger (1.6, 9.1.11).
+MAX_KEYS_KEY = "GetConfigurationMaxKeys"
+#: How long a charger that gave no answer to a GetConfiguration of its list limits (a
+#: timeout, a CALLERROR such as InternalError) is not asked them again: each list sent
+#: meanwhile waited a command timeout for it (review s26). A boot asks at once.
+LIST_LIMITS_RETRY_S = 300.0
 #: How many of the tags left out of a list too long for its charger a refusal names.
 NAMED_LEFT_OUT = 5
 
@@ -404,6 +411,18 @@ class ListLimits:
     holds: int | None = None
     #: ``SendLocalListMaxLength``: the most entries one SendLocalList carries.
     per_send: int | None = None
+
+
+@dataclass
+class _AskedLimits:
+    """What a charger answered a GetConfiguration of its list limits since its boot at
+    ``booted_at`` (``CommandService.list_limits``)."""
+    booted_at: datetime | None
+    #: By key as named (``LIST_MAX_KEY``, ``SEND_MAX_KEY``): the count it said, ``None``
+    #: when it said none (unknownKey, not a count, NotSupported).
+    answers: dict[str, int | None] = field(default_factory=dict)
+    #: Not asked again before this: it gave no answer (``LIST_LIMITS_RETRY_S``).
+    retry_at: datetime | None = None
 
 
 class CommandService(Service):
@@ -426,7 +445,7 @@ class CommandService(Service):
         #: them when no value since its boot was stored (``list_limits``), with the boot
         #: they hold for (``Station.booted_at``): a charger that does not know a key was
         #: asked it at every push (QA s26).
-        self._list_limits: dict[str, tuple[datetime | None, ListLimits]] = {}
+        self._list_limits: dict[str, _AskedLimits] = {}
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False,
@@ -1081,36 +1100,68 @@ class CommandService(Service):
         """How many tags ``station``'s charger holds in its local list and takes in one
         SendLocalList (``LocalAuthListMaxLength``, ``SendLocalListMaxLength``): as its
         stored configuration knows them since its last boot (``known_count``), else as
-        a GetConfiguration of them answers (recorded in the configuration too), asked
-        once per boot: the answer (a value, unknownKey, a CALLERROR) is kept until the
-        charger boots again (QA s26: one that did not know the key was asked at every
-        push). A ChangeConfiguration it took is stored, so followed at once. No answer
-        (a timeout, the charger offline) is asked again next time."""
-        stored = await self.store.find_all(ConfigurationKey, all_of(
-            Eq("station_id", station.id),
-            In("folded_key", (folded_key(LIST_MAX_KEY), folded_key(SEND_MAX_KEY)))),
-            limit=2)
-        known = {k.folded_key: known_count(k, station.booted_at) for k in stored}
-        holds = known.get(folded_key(LIST_MAX_KEY))
-        per_send = known.get(folded_key(SEND_MAX_KEY))
-        if holds is not None and per_send is not None:
-            return ListLimits(holds, per_send)
-        booted, asked = self._list_limits.get(station.id, (None, None))
-        if asked is None or booted != station.booted_at:
-            try:
-                outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
-                                          {"key": [LIST_MAX_KEY, SEND_MAX_KEY]},
-                                          audited_as=audited_as)
-            except DomainError:  # the station went meanwhile: the next send says so
-                return ListLimits(holds, per_send)
+        a GetConfiguration of those not known answers (recorded in the configuration
+        too). Both keys go in one request, each alone to a charger whose
+        ``GetConfigurationMaxKeys`` is known to be 1, and each alone again after a
+        CALLERROR to the two (review s26: a charger taking one key per request refused
+        the two, and the CALLERROR, kept for the boot, left withdrawals sized at
+        ``DEFAULT_SEND_MAX`` and answered Failed). An answer (a value, unknownKey, a
+        NotSupported: it cannot say) is kept until the charger boots again (QA s26: one
+        that did not know the key was asked at every push); no answer (a timeout, another
+        CALLERROR such as InternalError) for ``LIST_LIMITS_RETRY_S`` only, so a charger
+        not answering does not hold every list sent meanwhile for a command timeout
+        (review s26). A ChangeConfiguration it took is stored, so followed at once."""
+        keys = (LIST_MAX_KEY, SEND_MAX_KEY, MAX_KEYS_KEY)
+        stored = {k.folded_key: k for k in await self.store.find_all(ConfigurationKey, all_of(
+            Eq("station_id", station.id), In("folded_key", tuple(map(folded_key, keys)))),
+            limit=len(keys))}
+        known = {key: known_count(stored.get(folded_key(key)), station.booted_at)
+                 for key in (LIST_MAX_KEY, SEND_MAX_KEY)}
+        memo = self._list_limits.get(station.id)
+        if memo is None or memo.booted_at != station.booted_at:
+            memo = _AskedLimits(station.booted_at)
+        ask = [key for key, value in known.items()
+               if value is None and key not in memo.answers]
+        if ask and (memo.retry_at is None or self.now() >= memo.retry_at):
+            memo.retry_at = None
+            # A value read before the boot still says how the charger is likely to answer.
+            most_keys = positive_count(getattr(stored.get(folded_key(MAX_KEYS_KEY)),
+                                               "value", None))
+            alone = most_keys == 1 and len(ask) > 1
+            for batch in [[key] for key in ask] if alone else [ask]:
+                if not await self._ask_limits(station, batch, memo, audited_as):
+                    break
+            self._list_limits[station.id] = memo
+        return ListLimits(known[LIST_MAX_KEY] or memo.answers.get(LIST_MAX_KEY),
+                          known[SEND_MAX_KEY] or memo.answers.get(SEND_MAX_KEY))
+
+    async def _ask_limits(self, station: Station, keys: list[str], memo: _AskedLimits,
+                          audited_as: Viewer | None) -> bool:
+        """Asks the charger ``keys`` in one GetConfiguration, keeping its answers in
+        ``memo`` (``list_limits``); after a CALLERROR to several, asks each alone.
+        ``False`` when it gave no answer (asked again after ``LIST_LIMITS_RETRY_S``)."""
+        try:
+            outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
+                                      {"key": keys}, audited_as=audited_as)
+        except DomainError:  # the station went meanwhile: the next send says so
+            return False
+        error = outcome.error
+        if error is None or isinstance(error, ChargerNotSupported):
             answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
                         for k in outcome.result.get("configurationKey") or ()
                         if isinstance(k, dict)}
-            asked = ListLimits(answered.get(folded_key(LIST_MAX_KEY)),
-                               answered.get(folded_key(SEND_MAX_KEY)))
-            if outcome.error is None or isinstance(outcome.error, ChargerCallError):
-                self._list_limits[station.id] = (station.booted_at, asked)
-        return ListLimits(holds or asked.holds, per_send or asked.per_send)
+            for key in keys:  # not among them: unknownKey, or no GetConfiguration at all
+                memo.answers[key] = answered.get(folded_key(key))
+            return True
+        if isinstance(error, ChargerCallError) and len(keys) > 1:
+            # It answered, refusing the request: it may take fewer keys in one
+            # (GetConfigurationMaxKeys), so each alone.
+            for key in keys:
+                if not await self._ask_limits(station, [key], memo, audited_as):
+                    return False
+            return True
+        memo.retry_at = self.now() + timedelta(seconds=LIST_LIMITS_RETRY_S)
+        return False
 
     async def _check_list_fits(self, viewer: Viewer, station: Station,
                                payload: dict[str, Any]) -> None:
@@ -1119,12 +1170,18 @@ class CommandService(Service):
         ``LocalAuthListMaxLength`` tags of (a Full list's entries; a Differential's
         applied to the list as recorded). A charger answers Failed to one that does
         not fit (1.6, 5.15), and the operator was told FAILED with no reason (QA s26):
-        refused before sending (``OUT_OF_RANGE``), saying how many fit and which tags
-        were left out. A limit the charger does not say is not checked."""
+        refused before sending (``OUT_OF_RANGE``), saying how many fit and which of the
+        list's own tags would not (never one the charger holds already: another
+        company's, after a handover). A Differential of one tag is judged too (review s26:
+        one card added to a full list was sent and answered Failed; a Full list of one
+        always fits, so asks nothing); a Differential adding no tag
+        (updates of tags held, removals) never grows the list and is not judged on
+        ``LocalAuthListMaxLength``. A limit the charger does not say is not checked."""
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
-        if len(entries) <= 1:
-            return  # any charger takes one (and an empty Full list clears it)
+        full = payload.get("updateType") == "Full"
+        if (len(entries) <= 1 and full) or all(e.get("idTagInfo") is None for e in entries):
+            return  # a Full list of one always fits (none clears it); removals never grow it
         limits = await self.list_limits(station, audited_as=viewer)
         field_name = "localAuthorizationList"
         if limits.per_send is not None and len(entries) > limits.per_send:
@@ -1136,28 +1193,42 @@ class CommandService(Service):
                 field=field_name, code="OUT_OF_RANGE")
         if limits.holds is None:
             return
-        tags = await self._list_after(station, payload, entries)
-        if tags is None or len(tags) <= limits.holds:
+        after = await self._list_after(station, payload, entries)
+        if after is None:
             return
-        left_out = tags[limits.holds:]
+        tags, held = after
+        if len(tags) <= limits.holds or len(tags) <= held:
+            return  # fits, or grows nothing (updates of tags it holds)
+        # Those taken last are the list's own (``_list_after``): named, never a tag the
+        # charger held before.
+        own = {str(e.get("idTag")).upper() for e in entries}
+        left_out = [tag for tag in tags[max(limits.holds, held):] if tag in own]
         named = ", ".join(left_out[:NAMED_LEFT_OUT])
         more = f" and {len(left_out) - NAMED_LEFT_OUT} more" \
             if len(left_out) > NAMED_LEFT_OUT else ""
+        if full:
+            fit = f"the first {limits.holds} fit"
+            advice = f"Send at most {limits.holds}"
+        else:
+            room = max(0, limits.holds - held)
+            fit = f"it holds {held} already, room for {room} more"
+            advice = "Remove tags from it first, or send a FULL list"
         raise ValidationError(
             f"this charger's list holds at most {limits.holds} tags (its {LIST_MAX_KEY}); "
-            f"this one would leave it holding {len(tags)}: the first {limits.holds} fit, "
-            f"{len(left_out)} would not ({named}{more}). Send at most {limits.holds}",
+            f"this one would leave it holding {len(tags)}: {fit}, {len(left_out)} of "
+            f"this list's would not ({named}{more}). {advice}",
             field=field_name, code="OUT_OF_RANGE")
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
-                          entries: list[dict[str, Any]]) -> list[str] | None:
+                          entries: list[dict[str, Any]]) -> tuple[list[str], int] | None:
         """The tags the station's list would hold after ``payload``, in the order they
-        would be taken (those held first, then the list's own in its order): a Full
-        list's; a Differential applied to the list as recorded (``LocalListEntry``),
-        ``None`` when nothing is recorded of it (not known)."""
+        would be taken (those held first, then the list's own in its order), and how
+        many it holds before: a Full list's (0 before: it replaces them); a Differential
+        applied to the list as recorded (``LocalListEntry``), ``None`` when nothing is
+        recorded of it (not known)."""
         given = [str(e.get("idTag")).upper() for e in entries]
         if payload.get("updateType") == "Full":
-            return given
+            return given, 0
         if await self.store.find_one(LocalList, Eq("station_id", station.id)) is None:
             return None
         held = [e.tag for e in await self.store.find_all(
@@ -1168,7 +1239,8 @@ class CommandService(Service):
                    if e.get("idTagInfo") is None}
         kept = [tag for tag in held if tag not in removed]
         known = set(kept)
-        return kept + [tag for tag in given if tag not in removed and tag not in known]
+        return kept + [tag for tag in given if tag not in removed and tag not in known], \
+            len(held)
 
     async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its

@@ -4,11 +4,22 @@ central system on a real SQLite file."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from ocpp.exceptions import InternalError, OccurenceConstraintViolationError
+from ocpp.routing import on
 from ocpp.v16 import call
+from ocpp.v16.enums import Action
 
 from domain.policy import Viewer
+from domain.services.commands import LIST_LIMITS_RETRY_S
 from graph.ids import to_global_id
-from ocpp_bridge.simulator import connected
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_card_withdrawal import (
     UPDATE_USER,
@@ -161,3 +172,196 @@ async def test_a_list_longer_than_the_charger_holds_is_refused_saying_what_fits(
         ok = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
         assert ok["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, ok
         assert [name for name, _ in cp.received].count("GetConfiguration") == 1
+
+
+def asked_configuration(cp: SimulatedChargePoint) -> list[list[str] | None]:
+    """The keys of each GetConfiguration the charger was sent, in order."""
+    return [payload["key"] for name, payload in cp.received if name == "GetConfiguration"]
+
+
+def one_key_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated chargers take one key per GetConfiguration (``GetConfigurationMaxKeys``
+    1): a request naming more is answered with a CALLERROR."""
+    original = SimulatedChargePoint.on_get_configuration
+
+    @on(Action.get_configuration)
+    def one_key(self: SimulatedChargePoint, key: list[str] | None = None) -> object:
+        if key is not None and len(key) > 1:
+            self.received.append(("GetConfiguration", {"key": key}))
+            raise OccurenceConstraintViolationError(
+                description="GetConfigurationMaxKeys is 1")
+        return original(self, key)
+
+    monkeypatch.setattr(SimulatedChargePoint, "on_get_configuration", one_key)
+
+
+async def test_a_one_tag_differential_overfilling_the_list_is_refused(
+        central: Central) -> None:
+    """The commonest way an operator adds a card is a Differential of one tag. With the
+    charger's list already at its LocalAuthListMaxLength it was sent anyway (a single
+    entry was never judged), answered Failed, and the operator read FAILED with no
+    reason. Refused like a longer list; an update of a tag it holds, or a removal,
+    grows nothing and is sent."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("2", True)
+        cp.configuration["SendLocalListMaxLength"] = ("5", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        over = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
+        [error] = over["sendLocalList"]["errors"]
+        assert (error["field"], error["code"]) == ("localAuthorizationList",
+                                                   "OUT_OF_RANGE"), over
+        assert "holds 2 already, room for 0 more" in error["message"]
+        assert "(B1)" in error["message"], error
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # none sent
+        update = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "A1"), as_user="op")
+        assert update["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, update
+        removal = {"input": {"cpId": "CP-1", "listVersion": 3, "updateType": "DIFFERENTIAL",
+                             "localAuthorizationList": [{"idTag": "A2"}]}}
+        removed = await central.gql(SEND_LIST, removal, as_user="op")
+        assert removed["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, removed
+        room = await central.gql(SEND_LIST, a_list(4, "DIFFERENTIAL", "B1"), as_user="op")
+        assert room["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, room
+        assert sorted(cp.local_list) == ["A1", "B1"]
+
+
+async def test_a_refusal_names_only_the_tags_of_the_list_sent(central: Central) -> None:
+    """A charger holding more than its LocalAuthListMaxLength now says (new firmware, or
+    a list left by the company it was handed over from) is sent one tag: the refusal
+    named the tags already held past the limit, possibly another company's cards.
+    It names only the operator's own; an update of a tag held is not refused."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("3", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                 as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        cp.configuration["LocalAuthListMaxLength"] = ("2", True)
+        await cp.boot()
+        await settled(central)
+        over = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "B1"), as_user="op")
+        [error] = over["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", over
+        assert "1 of this list's would not (B1)" in error["message"], error
+        assert "A3" not in error["message"] and "A1" not in error["message"], error
+        # An update of a tag it holds grows nothing: sent, over the limit as it is.
+        update = await central.gql(SEND_LIST, a_list(2, "DIFFERENTIAL", "A1"), as_user="op")
+        assert update["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, update
+
+
+async def test_a_charger_taking_one_key_per_get_configuration_gets_lists_it_takes(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charger whose GetConfigurationMaxKeys is 1 answers a GetConfiguration naming
+    LocalAuthListMaxLength and SendLocalListMaxLength together with a CALLERROR, which
+    was kept for its boot: withdrawals went in lists of 20, and a deactivated driver's
+    4 cards, sent at once to a charger taking 3, were answered Failed (and stayed
+    Accepted offline). Each key is asked alone after it."""
+    one_key_per_request(monkeypatch)
+    holder = await fleet_driver(central, 4)
+    tags = [f"FLEET-{n}" for n in range(4)]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["GetConfigurationMaxKeys"] = ("1", True)
+        await cp.boot()
+        await send_full_list(central, "CP-1", *tags)
+        cp.configuration["SendLocalListMaxLength"] = ("3", True)
+        await cp.boot()
+        await settled(central)
+        await central.gql(UPDATE_USER, {"input": {"id": to_global_id("user", holder.id),
+                                                  "active": False}}, as_user="admin")
+        await settled(central)
+        sent = local_lists_sent(cp)[1:]
+        assert [len(s["entries"]) for s in sent] == [3, 1], sent
+        assert {tag: cp.local_list[tag]["status"] for tag in tags} == dict.fromkeys(
+            tags, "Blocked")
+        assert asked_configuration(cp)[-3:] == [
+            ["LocalAuthListMaxLength", "SendLocalListMaxLength"],
+            ["LocalAuthListMaxLength"], ["SendLocalListMaxLength"]]
+
+
+async def test_a_charger_known_to_take_one_key_is_asked_each_alone(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its GetConfigurationMaxKeys read (kept in its configuration, from any boot): the
+    list limits are asked one key per request, never both at once."""
+    one_key_per_request(monkeypatch)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["GetConfigurationMaxKeys"] = ("1", True)
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+        read = await central.services.commands.send(
+            Viewer.of(central.users["op"]), "CP-1", "GetConfiguration",
+            {"key": ["GetConfigurationMaxKeys"]})
+        assert read.error is None, read.error
+        await cp.boot()
+        await settled(central)
+        too_long = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                     as_user="op")
+        [error] = too_long["sendLocalList"]["errors"]
+        assert "at most 2 entries in one list" in error["message"], too_long
+        assert asked_configuration(cp) == [
+            ["GetConfigurationMaxKeys"], ["LocalAuthListMaxLength"],
+            ["SendLocalListMaxLength"]]
+
+
+async def test_list_limits_left_unanswered_are_asked_again_after_a_while(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CALLERROR such as InternalError says nothing of the charger's limits: it was
+    kept until the charger booted again, and no operator's list was judged meanwhile.
+    Asked again, but only after ``LIST_LIMITS_RETRY_S``: not at every list."""
+    original = SimulatedChargePoint.on_get_configuration
+    failing = [True]
+
+    @on(Action.get_configuration)
+    def flaky(self: SimulatedChargePoint, key: list[str] | None = None) -> object:
+        if failing[0]:
+            self.received.append(("GetConfiguration", {"key": key}))
+            raise InternalError(description="busy")
+        return original(self, key)
+
+    monkeypatch.setattr(SimulatedChargePoint, "on_get_configuration", flaky)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+        unjudged = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                     as_user="op")
+        assert unjudged["sendLocalList"]["status"] == "FAILED", unjudged  # not known
+        asked = len(asked_configuration(cp))
+        failing[0] = False
+        again = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3"),
+                                  as_user="op")
+        assert again["sendLocalList"]["status"] == "FAILED", again
+        assert len(asked_configuration(cp)) == asked  # not asked at every list
+        with MovedClock(central.services.commands.ctx) as clock:
+            clock.by(timedelta(seconds=LIST_LIMITS_RETRY_S + 1))
+            later = await central.gql(SEND_LIST, a_list(3, "FULL", "A1", "A2", "A3"),
+                                      as_user="op")
+        [error] = later["sendLocalList"]["errors"]
+        assert "at most 2 entries in one list" in error["message"], later
+
+
+async def test_a_get_configuration_timing_out_does_not_hold_every_list(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charger that does not answer GetConfiguration made every sendLocalList wait a
+    full command timeout before it was sent: the timeout is kept for a while."""
+    original = SimulatedChargePoint.route_message
+
+    async def no_configuration(self: SimulatedChargePoint, raw: str | bytes) -> Any:
+        message = json.loads(raw)
+        if message[0] == 2 and message[2] == "GetConfiguration":
+            self.received.append(("GetConfiguration", message[3]))
+            return None  # never answered
+        return await original(self, raw)
+
+    monkeypatch.setattr(SimulatedChargePoint, "route_message", no_configuration)
+    central.services.commands.timeout = 0.5
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        first = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert first["sendLocalList"]["status"] == "ACCEPTED", first
+        assert len(asked_configuration(cp)) == 1
+        began = time.monotonic()
+        second = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3"),
+                                   as_user="op")
+        assert second["sendLocalList"]["status"] == "ACCEPTED", second
+        assert time.monotonic() - began < 0.4
+        assert len(asked_configuration(cp)) == 1
