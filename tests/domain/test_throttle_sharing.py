@@ -150,3 +150,32 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
     assert b.refused_for("CP-1", "hash", "198.51.100.10") is None  # the charger's address
     for _, _, follower in instances:
         follower.cancel()
+
+
+async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
+        bus: MemoryEventBus) -> None:
+    """Review s26: made-up cpIds' failures were counted on each instance apart, so a
+    lockout over two instances told a real cpId from a made-up one. Their tables of
+    their own (``ChargerSignIns.unknown``) travel as the stations' do."""
+    from domain.services.charger_sign_ins import ChargerSignIns
+
+    instances = []
+    for _ in range(2):
+        sign_ins = ChargerSignIns(lambda: NOW)
+        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        instances.append((sign_ins, sharing, asyncio.create_task(
+            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
+    await asyncio.sleep(0)  # both subscribed
+    (a, a_sharing, _), (b, _, _) = instances
+    assert a.unknown is not None and b.unknown is not None
+    for i in range(20):
+        a.unknown.failed("CP-9", "decoy", f"203.0.113.{i // 4}")
+    await a_sharing.settled()
+    for _ in range(200):  # bounded: the bus delivers within a few loop steps
+        if b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None:
+            break
+        await asyncio.sleep(0.005)
+    assert b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None
+    assert b.refused_for("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
+    for _, _, follower in instances:
+        follower.cancel()

@@ -6,6 +6,7 @@ trusted loopback proxy's X-Forwarded-For."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from ocpp_bridge.server import RefusalLog
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central, start_central, stop_central
+from tests.ocpp.test_instances import second_instance
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
 
@@ -259,6 +261,64 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
     assert "refused charge point 'CP-9' from 203.0.113.6: unknown charge point" in caplog.text
     assert "unknown charge point 'CP-9': 5 wrong passwords from 203.0.113.6" in caplog.text
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # the real charger
+
+
+async def test_two_guesses_at_once_read_the_same_for_a_real_cp_id_and_a_made_up_one(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: a station whose charger has not connected here (new, offline, every
+    station after a restart) refused a second guess at once from one address with 429
+    (a check from there under way), a made-up cpId answered 401 to both: two handshakes
+    sent at once told the ids apart. A made-up id's (skipped) check holds its slot as
+    long as an argon2 check takes, so both answer the same."""
+    charging = central.services.charging
+    real_check = charging.station_password_ok
+
+    async def argon2_speed(station, password):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.2)  # production argon2: tens to hundreds of ms
+        return await real_check(station, password)
+
+    monkeypatch.setattr(charging, "station_password_ok", argon2_speed)
+
+    async def two_at_once(cp_id: str, source: str) -> list[int]:
+        return sorted(await asyncio.gather(attempt(central, "guess-a", source, cp_id),
+                                           attempt(central, "guess-b", source, cp_id)))
+
+    known = await two_at_once("CP-1", "203.0.113.5")  # CP-1 exists, no charger yet
+    made_up = await two_at_once("CP-9", "203.0.113.6")
+    assert known == [401, 429]  # one check per station and address at a time
+    assert made_up == known
+
+
+async def test_lockouts_over_two_instances_read_the_same_for_a_real_cp_id_and_a_made_up_one(
+        central: Central) -> None:
+    """Review s26: behind a load balancer a real station's failures were counted across
+    the instances and a made-up cpId's on each instance apart: 20 guesses spread over two
+    instances locked the real one (429) and not the made-up one (401). The two servers
+    here share one ChargingService, as ``ThrottleSharing`` shares its counts."""
+    async with second_instance(central) as (_, b_url):
+        urls = (central.url, b_url)
+        answers: dict[str, list[int]] = {}
+        for cp_id in ("CP-1", "CP-9"):  # CP-1 exists, CP-9 does not
+            for i in range(20):  # 4 per address: below the per-address limit of 5
+                got = await attempt_at(urls[i % 2], cp_id, f"guess-{i}",
+                                       f"203.0.113.{i // 4}")
+                assert got == 401, (cp_id, i, got)
+            answers[cp_id] = [await attempt_at(url, cp_id, "guess-x", "192.0.2.77")
+                              for url in urls]
+        assert answers["CP-1"] == [429, 429]
+        assert answers["CP-9"] == answers["CP-1"]
+
+
+async def attempt_at(url: str, cp_id: str, password: str, source: str) -> int:
+    """``attempt`` at the server at ``url``."""
+    try:
+        ws = await connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers={"X-Forwarded-For": source,
+                                               **basic_auth(cp_id, password)})
+    except InvalidStatus as err:
+        return err.response.status_code
+    await ws.close()
+    return 101
 
 
 async def test_a_station_without_a_password_and_auto_registration_still_let_chargers_in(
