@@ -179,3 +179,41 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
     assert b.refused_for("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
     for _, _, follower in instances:
         follower.cancel()
+
+
+async def test_a_rolling_limit_is_shared_and_counts_a_rolling_window(
+        bus: MemoryEventBus) -> None:
+    """The personal data export's limit (``RollingLimit``): uses on A count on B, a use
+    given back is taken back there too, and a key is free again as soon as its oldest
+    counted use is out of the window."""
+    from datetime import timedelta
+
+    from domain.services.throttle import RollingLimit
+
+    now = [NOW]
+    limits = [RollingLimit(lambda: now[0], limit=2, window=timedelta(hours=1),
+                           name="export") for _ in range(2)]
+    sharings = [ThrottleSharing(bus, [limit], SECRET) for limit in limits]
+    followers = [asyncio.create_task(s.follow(bus.subscribe([SignInsCounted.topic])))
+                 for s in sharings]
+    await asyncio.sleep(0)
+    a, b = limits
+
+    async def told() -> None:
+        await sharings[0].settled()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+
+    a.take("k")
+    await told()  # B counts what it is told as it hears it
+    now[0] = NOW + timedelta(minutes=59)
+    a.take("k")
+    a.take("k")
+    a.give_back("k")
+    await told()
+    assert a.refused_for("k") == timedelta(minutes=1)
+    assert b.refused_for("k") == timedelta(minutes=1)  # the 08:00 use leaves at 09:00
+    now[0] = NOW + timedelta(minutes=61)
+    assert b.refused_for("k") is None
+    for follower in followers:
+        follower.cancel()
