@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
+from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services import charger_connections
@@ -351,5 +352,61 @@ async def test_auto_registration_from_one_address_is_limited(
         stations = await central.store.find_all(d.Station, ALL)
         assert sorted(s.cp_id for s in stations if s.cp_id.startswith(("SCAN", "DEPOT"))
                       ) == ["DEPOT-1", "SCAN-0", "SCAN-1", "SCAN-2"]
+    finally:
+        await stop_central(central)
+
+
+async def test_two_handshakes_of_one_new_cp_id_at_once_make_one_station(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: both handshakes read no station, both inserted one, the second's
+    insert was refused and its handshake answered 500. It finds the first's station."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    charging = central.services.charging
+    real_station = charging.station
+
+    async def slow_read(cp_id: str) -> d.Station | None:
+        found = await real_station(cp_id)
+        await asyncio.sleep(0.05)  # both handshakes read before either inserts
+        return found
+
+    monkeypatch.setattr(charging, "station", slow_read)
+    try:
+        got = await asyncio.gather(attempt(central, None, CHARGER, "NEW-1"),
+                                   attempt(central, None, CHARGER, "NEW-1"))
+        assert got == [101, 101]
+        stations = await central.store.find_all(d.Station, Eq("cp_id", "NEW-1"))
+        assert len(stations) == 1
+    finally:
+        await stop_central(central)
+
+
+async def test_auto_registration_counts_stored_stations_only_and_may_be_unlimited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: a registration was counted before its insert, so handshakes whose
+    insert failed (the store refusing, a race) spent the address's budget; and the
+    fixed 50 an hour stalled a fleet moved over from behind one carrier address
+    (``CHARGEGRAPH_AUTO_REGISTER_PER_HOUR``, 0: no limit)."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    charging = central.services.charging
+    charging.registrations.limit = 2
+    store = central.store
+    real_commit = charging.commit
+
+    async def refusing(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("the disk is full", reason="full")
+
+    try:
+        monkeypatch.setattr(charging, "commit", refusing)
+        for i in range(3):
+            assert await attempt(central, None, CHARGER, f"FAILED-{i}") == 500
+        monkeypatch.setattr(charging, "commit", real_commit)
+        for i in range(2):  # none of the failed ones was counted
+            assert await attempt(central, None, CHARGER, f"DEPOT-{i}") == 101
+        assert await attempt(central, None, CHARGER, "DEPOT-2") == 429
+        charging.registrations.limit = 0  # no limit
+        for i in range(2, 6):
+            assert await attempt(central, None, CHARGER, f"DEPOT-{i}") == 101
+        stations = await store.find_all(d.Station, ALL)
+        assert sum(s.cp_id.startswith("DEPOT") for s in stations) == 6
     finally:
         await stop_central(central)
