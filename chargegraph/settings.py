@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.errors import ConfigError
 from chargegraph.stores import sqlite_path
+from domain.services.charger_connections import REGISTRATIONS_PER_ADDRESS
 from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.validation import MAX_HEARTBEAT_S
 
@@ -157,6 +158,13 @@ class Settings(BaseSettings):
                                                 "map and its live availability")
     auto_register: bool = Field(False, description="Unknown chargers are registered as "
                                                    "Pending instead of refused")
+    # A limit on a scan of made-up ids (each would be a station stored for good); a
+    # fleet moved onto this central system from behind one NAT or mobile carrier address
+    # registers hundreds in an hour, so it is the operator's to raise, or lift (0).
+    auto_register_per_hour: int = Field(
+        REGISTRATIONS_PER_ADDRESS, ge=0, le=1_000_000,
+        description="Stations auto-registered from one charger address in any hour; "
+                    "0: no limit")
     heartbeat_interval: int = Field(300, gt=0, le=MAX_HEARTBEAT_S,
                                     description="Seconds, sent to chargers on boot")
     command_timeout: float = Field(30.0, gt=0, le=3600,

@@ -282,8 +282,9 @@ class PersonalDataExport(ExportDoor):
             viewer = await self.signed_in(request)
             user_id = None if raw is None else expect_id(str(raw), "user", "id")
             if request.method == "HEAD":
-                # Checked, but neither recorded nor read: no copy was taken.
-                await self.services.personal_data.check(viewer, user_id)
+                # Checked (the hourly limit too: refused as the GET would be), but
+                # neither counted, recorded nor read: no copy was taken.
+                await self.services.personal_data.check(viewer, user_id, limited=True)
                 self.metrics.export_request(name, "ok")
                 return Response(media_type=MEDIA_TYPE, headers=_attachment(user_id, viewer))
             data = await self.services.personal_data.open(viewer, user_id)

@@ -107,17 +107,25 @@ def graphql_error(error: DomainError) -> GraphQLError:
     return GraphQLError(error.message, extensions=extensions)
 
 
-def mask(error: GraphQLError) -> GraphQLError:
+#: Where graphql-core's messages begin their suggestions (``did_you_mean``).
+SUGGESTION = " Did you mean "
+
+
+def mask(error: GraphQLError, *, suggestions: bool = True) -> GraphQLError:
     """``error`` as a client may see it. Errors not raised on purpose (a bug, a database
     outage) get a generic message with an error id, and the exception is logged under that
     id, so clients learn nothing internal and operators can still find the cause. Domain
     errors carry their code (and field); syntax, validation and deliberate GraphQL errors
-    pass unchanged."""
+    pass unchanged, but for their "Did you mean …?" when not ``suggestions``
+    (``CHARGEGRAPH_INTROSPECTION=false``). Every error a client sees goes through here, on
+    both doors (HTTP's ``RequestPipeline``, the websocket's ``Connection._error``): review
+    s26 found a subscription's variable errors sent with their suggestions."""
     original = error.original_error
     if original is None or isinstance(original, GraphQLError):
         # A variable its type refused gets its code and path here, for both doors
         # (HTTP, and a subscription over the websocket).
-        return variable_refused(error)
+        refused = variable_refused(error)
+        return refused if suggestions else without_suggestions(refused)
     if isinstance(original, DomainError):
         return GraphQLError(
             original.message, nodes=error.nodes, path=error.path,
@@ -130,6 +138,16 @@ def mask(error: GraphQLError) -> GraphQLError:
         "Internal server error", nodes=error.nodes, path=error.path,
         extensions={"code": "INTERNAL_SERVER_ERROR", "errorId": error_id},
     )
+
+
+def without_suggestions(error: GraphQLError) -> GraphQLError:
+    """``error`` without its "Did you mean …?" (a new error: validation errors are
+    cached and shared)."""
+    at = error.message.find(SUGGESTION)
+    if at < 0:
+        return error
+    return GraphQLError(error.message[:at], error.nodes, error.source, error.positions,
+                        error.path, error.original_error, error.extensions)
 
 
 async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]], *,

@@ -570,7 +570,9 @@ class Connection:
         return operation
 
     def _error(self, op_id: str, errors: list[GraphQLError]) -> None:
-        formatted = [mask(e).formatted for e in errors]
+        # Without suggestions when introspection is off: the validation errors
+        # (``prepared``) and the variables' (``Executor.build``) alike.
+        formatted = [mask(e, suggestions=self.hub.introspection).formatted for e in errors]
         payload: Any = formatted if self.protocol == TRANSPORT_WS else formatted[0]
         self.outbox.control({"type": "error", "id": op_id, "payload": payload})
 

@@ -332,7 +332,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 ctx.viewer, email=input.email, password=input.password, name=input.name,
                 role=input.role,  # type: ignore[arg-type]
                 company_id=checked_id(checks, input.company_id, "company", "companyId"),
-                checks=checks, client=_client(ctx))
+                checks=checks)
 
         user, errors = await attempt(ctx, run, input=input)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)

@@ -12,7 +12,8 @@ six context managers per request, ~45 µs of a ten-station page's ~2 ms
 With introspection off (``CHARGEGRAPH_INTROSPECTION=false``, ``GraphContext.introspection``)
 ``__schema`` and ``__type`` are validation errors (graphql-core's
 ``NoSchemaIntrospectionCustomRule``), and the errors' "Did you mean …?" suggestions are left
-out: they name the fields, arguments, types and enum values nearest to a guess, which
+out (``graph.errors.mask``, which every error a client sees goes through, on both doors):
+they name the fields, arguments, types and enum values nearest to a guess, which
 would let a prober read the schema back a guess at a time.
 
 Validation results are cached by the document's text (with the rules): the parse cache
@@ -65,30 +66,17 @@ LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (limit_rule(MAX_DEPTH, MAX_AL
 RULES: tuple[type[ASTValidationRule], ...] = (*specified_rules, *LIMIT_RULES)
 #: What a request is validated with besides, when introspection is off.
 NO_INTROSPECTION: tuple[type[ASTValidationRule], ...] = (NoSchemaIntrospectionCustomRule,)
-#: Where graphql-core's messages begin their suggestions (``did_you_mean``).
-SUGGESTION = " Did you mean "
 
 
 def prepared(schema: GraphQLSchema, query: str, *, introspection: bool = True
              ) -> tuple[DocumentNode, list[GraphQLError]]:
     """``query`` parsed and validated as a request over HTTP is, from the same caches: for
-    the operations of a websocket (``graph.live_ws``), so both doors have the same limits.
-    Raises ``GraphQLSyntaxError`` for a query that does not parse (or has too many
-    tokens)."""
-    if introspection:
-        return _parsed(query), _validated(schema, query, RULES)
-    errors = _validated(schema, query, (*RULES, *NO_INTROSPECTION))
-    return _parsed(query), [without_suggestions(error) for error in errors]
-
-
-def without_suggestions(error: GraphQLError) -> GraphQLError:
-    """``error`` without its "Did you mean …?" (a new error: validation errors are
-    cached and shared)."""
-    at = error.message.find(SUGGESTION)
-    if at < 0:
-        return error
-    return GraphQLError(error.message[:at], error.nodes, error.source, error.positions,
-                        error.path, error.original_error, error.extensions)
+    the operations of a websocket (``graph.live_ws``), so both doors have the same limits
+    (and, ``introspection`` off, refuse ``__schema``; the errors' suggestions are left out
+    where every error is, by ``mask``). Raises ``GraphQLSyntaxError`` for a query that
+    does not parse (or has too many tokens)."""
+    rules = RULES if introspection else (*RULES, *NO_INTROSPECTION)
+    return _parsed(query), _validated(schema, query, rules)
 
 
 def operations_in(query: str) -> int:
@@ -161,9 +149,10 @@ class RequestPipeline(SchemaExtension):
         yield
         result = context.result
         if result is not None and result.errors:
-            result.errors = [mask(error) for error in result.errors]
-            if not introspection:  # validation's, and a variable's coercion's too
-                result.errors = [without_suggestions(error) for error in result.errors]
+            # Without suggestions when introspection is off: validation's, and a
+            # variable's coercion's too.
+            result.errors = [mask(error, suggestions=introspection)
+                             for error in result.errors]
         # graphql-core's executor is a reference cycle (its resolve-info helpers are bound
         # methods of the executor) and holds the context: without this, everything the
         # request loaded waited for the cyclic garbage collector (about 400 objects per

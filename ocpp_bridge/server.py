@@ -5,11 +5,12 @@
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
   profile 2 when a TLS certificate is configured). An unknown cp_id is answered as a
-  station whose charger connected, with a wrong password (401 with the challenge, as
-  fast, counted and locked out alike: ``_decoy``), so ids cannot be enumerated; the log
-  says why. With auto-registration on, it becomes a Pending station. Wrong passwords are
-  counted and lock the guesser out (429, unchecked), not the charger at an address it is
-  known to pass from (``domain.services.charger_sign_ins``).
+  station with a wrong password (401 with the challenge, counted and locked out alike,
+  shared across instances, one check per address in flight, every refusal answered
+  after an argon2 check's time: ``_decoy``, ``_password_ok``), so ids cannot be
+  enumerated; the log says why. With auto-registration on, it becomes a Pending
+  station. Wrong passwords are counted and lock the guesser out (429, unchecked), not
+  the charger at an address it is known to pass from (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
 """
 
@@ -102,6 +103,11 @@ REFUSED_REMEMBERED = 32
 #: The password hash a made-up cpId is checked as (``_decoy``): no argon2 hash, so no
 #: password matches it and none is hashed for it.
 DECOY_HASH = "unknown charge point"
+#: What a refused password's answer waits for (``OcppServer._check_s``) before this
+#: instance has timed an argon2 check of its own: about one with the default parameters.
+CHECK_S = 0.05
+#: The weight of each argon2 check timed in that running average.
+CHECK_S_WEIGHT = 0.2
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
@@ -194,11 +200,9 @@ class OcppServer:
         self._verified: dict[str, tuple[str, bytes]] = {}
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
-        #: What wrong passwords of made-up cpIds are counted in (``_decoy``), made at the
-        #: first, with the stations' (``charging.sign_ins``) it copies: apart, so a scan
-        #: of made-up ids never pushes a real station's counts out of the throttles'
-        #: bounded memory.
-        self._decoy_sign_ins: tuple[ChargerSignIns, ChargerSignIns] | None = None
+        #: How long a password check that refuses takes here (``_password_ok``): a
+        #: running average of the argon2 checks, what every refusal is answered after.
+        self._check_s = CHECK_S
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
@@ -573,25 +577,23 @@ class OcppServer:
 
     def _decoy(self, cp_id: str) -> Station:
         """What a cpId with no station is checked as (never stored): a station with a
-        password, whose every password is refused as a known station's wrong one is, by
-        the same limits (a lockout's 429 must not tell the ids either), and as fast as
-        when its charger has connected (the digest cached: no argon2), which is most
-        stations of a network. So no argon2 either: a scan of made-up ids with
+        password, whose every password is refused as a known station's wrong one is: by
+        the same limits, in tables of their own shared across instances as the
+        stations' are (``ChargerSignIns.unknown``), through the same one-at-a-time gate,
+        after the same wait (``_password_ok``). No argon2: a scan of made-up ids with
         credentials would otherwise keep the hashing threads, which chargers and people
-        signing in share, busy for nothing. What stays told apart: a station whose
-        charger has not passed on this instance since it started checks a new guess by
-        argon2 (tens of milliseconds slower; docs/architecture.md)."""
+        signing in share, busy for nothing. What may still be told apart is in
+        docs/architecture.md (argon2's time varies, the wait does not)."""
         return Station(cp_id=cp_id, name=cp_id, auth_password_hash=DECOY_HASH)
 
     def _sign_ins(self, station: Any) -> ChargerSignIns:
-        """Where ``station``'s password checks are counted: made-up cpIds' apart
-        (``_decoy_sign_ins``), by the same limits and clock."""
+        """Where ``station``'s password checks are counted: made-up cpIds' in tables of
+        their own (``ChargerSignIns.unknown``), by the same limits and clock, shared
+        across instances as the stations' are."""
         real = self.charging.sign_ins
-        if station.auth_password_hash != DECOY_HASH:
+        if station.auth_password_hash != DECOY_HASH or real.unknown is None:
             return real
-        if self._decoy_sign_ins is None or self._decoy_sign_ins[0] is not real:
-            self._decoy_sign_ins = (real, ChargerSignIns(real.by_address.clock, real.limits))
-        return self._decoy_sign_ins[1]
+        return real.unknown
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
         """The charger's address: behind a trusted proxy, from its X-Forwarded-For."""
@@ -625,8 +627,7 @@ class OcppServer:
         refused = self._locked_out(station, peer)
         if refused is not None:
             return refused
-        if station.auth_password_hash == DECOY_HASH:  # no station: nothing to check
-            return self._counted(station, peer, False)
+        decoy = station.auth_password_hash == DECOY_HASH  # no station: nothing to check
         digest = hashlib.sha256(password.encode()).digest()
         # The password the charger passed with before the station's hash changed: its
         # charger, maybe not told yet of a new one (review s22: its retries counted
@@ -636,10 +637,12 @@ class OcppServer:
         # same password again, under a new salt (QA s24: refused unchecked, the charger
         # was locked out for good on every instance it had passed on). Checked once per
         # hash: a refusal is remembered, a pass cached, like any other password's.
-        former = self._former_password(station, digest)
-        known = self._known_answer(station, digest)
-        if known is not None:
-            return self._answered(station, peer, known, former=former)
+        former = False if decoy else self._former_password(station, digest)
+        known = False if decoy else self._known_answer(station, digest)
+        if known:
+            # The password its charger passed with: reconnect storms cost no argon2, and
+            # wait for nothing.
+            return self._answered(station, peer, True, former=former)
         # argon2 costs tens of milliseconds of CPU: on the services' hashing threads (a
         # few at a time, shared with sign-ins), and one check per station at a time, so
         # a flood against one station waits behind itself rather than taking every
@@ -648,6 +651,14 @@ class OcppServer:
         # from a few addresses queues a few checks, so a real charger connecting from its
         # own address waits behind them, not behind hundreds (the handshake times out in
         # 10 s); the flood's extra attempts are told to come back (429).
+        # Every refusal goes this way, however it is known (argon2, a guess refused
+        # lately, a station whose charger connected and holds another password, a cpId
+        # with no station: no argon2 for those) and takes as long as an argon2 check
+        # here (``_check_s``), holding its slot and the station's turn meanwhile: the
+        # answers, their time and the 429 of a second guess at once are the same for
+        # every cpId, real or made up (review s26: a made-up one answered at once and
+        # never 429, a station whose charger had not connected here did). The wait is
+        # a sleep: no CPU, no hashing thread.
         slot = (station.cp_id, peer)
         if slot in self._in_flight:
             return Refused(1, "a password check from here is under way\n")
@@ -659,10 +670,22 @@ class OcppServer:
                 refused = self._locked_out(station, peer)
                 if refused is not None:
                     return refused
-                ok = await self.charging.station_password_ok(station, password)
+                started = time.monotonic()
+                if known is None:
+                    ok = await self.charging.station_password_ok(station, password)
+                    took = time.monotonic() - started
+                    self._check_s += (took - self._check_s) * CHECK_S_WEIGHT
+                else:
+                    ok = False
+                if not ok:
+                    await asyncio.sleep(max(0.0, self._check_s
+                                            - (time.monotonic() - started)))
         finally:
             self._in_flight.discard(slot)
-        self._remember(station, digest, ok)
+        if decoy:
+            return self._counted(station, peer, False)
+        if known is None:
+            self._remember(station, digest, ok)
         return self._answered(station, peer, ok, former=former)
 
     def _locked_out(self, station: Any, peer: str) -> Refused | None:

@@ -8,6 +8,7 @@ from domain.ports import ChargerGateway, PaymentProvider
 from domain.services.accounts import AccountService
 from domain.services.analytics import AnalyticsService
 from domain.services.base import UNSET, ServiceContext
+from domain.services.charger_connections import REGISTRATIONS_PER_ADDRESS
 from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.services.charging import DEFAULT_AUTH_CACHE, ChargingService
 from domain.services.commands import CommandService
@@ -35,6 +36,7 @@ class Services:
 
     def __init__(self, ctx: ServiceContext, *, gateway: ChargerGateway | None = None,
                  heartbeat_interval: int = 300, auto_register: bool = False,
+                 registrations_per_hour: int = REGISTRATIONS_PER_ADDRESS,
                  command_timeout: float = 30.0,
                  payment_provider: PaymentProvider | None = None,
                  webhooks_allow_private: bool = False, sign_up: bool = False,
@@ -52,6 +54,7 @@ class Services:
         self.tariffs = TariffService(ctx)
         self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,
                                         auto_register=auto_register,
+                                        registrations_per_hour=registrations_per_hour,
                                         auth_cache=auth_cache,
                                         sign_in_limits=charger_sign_ins)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
@@ -31,7 +31,7 @@ from domain.services.base import UNSET, Service, ServiceContext, stamp_new, touc
 from domain.services.edits import edit, retried
 from domain.services.fleet import group_left_behind
 from domain.services.stations import may_own
-from domain.services.throttle import SignInThrottle
+from domain.services.throttle import RollingLimit, Shared, SignInThrottle
 
 log = logging.getLogger("chargegraph.accounts")
 
@@ -54,6 +54,14 @@ MAX_PENDING_PER_CLIENT = 5
 #: drivers; a script making accounts, or probing which emails have one, is stopped.
 SIGN_UP_LIMIT = 10
 SIGN_UP_WINDOW = timedelta(hours=1)
+#: Taken emails an operator may be told (``createUser``, a change of one of their
+#: people's email answered DUPLICATE) within any ``OPERATOR_PROBE_WINDOW``, then
+#: ``TOO_MANY_ATTEMPTS`` until the oldest of them is out of it: other companies' people
+#: do not exist for them, so each such answer tells them who has an account (QA s26).
+#: Their own budget, by their user id: their office's sign-ins are no concern of it
+#: (review s26). A bulk import meeting a few existing accounts fits well within it.
+OPERATOR_TAKEN_EMAILS = 20
+OPERATOR_PROBE_WINDOW = timedelta(hours=1)
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -124,6 +132,10 @@ class AccountService(Service):
         self.sign_up_throttle = SignInThrottle(ctx.clock, limit=SIGN_UP_LIMIT,
                                                window=SIGN_UP_WINDOW, lockout=SIGN_UP_WINDOW,
                                                name="sign_up")
+        #: Taken emails told to each operator (``OPERATOR_TAKEN_EMAILS``).
+        self.operator_probes = RollingLimit(ctx.clock, limit=OPERATOR_TAKEN_EMAILS,
+                                            window=OPERATOR_PROBE_WINDOW,
+                                            name="operator_taken_emails")
 
     async def hash_password(self, password: str) -> str:
         """An account's password hashed in its normalized form (``password_form``);
@@ -148,11 +160,11 @@ class AccountService(Service):
         return None
 
     @property
-    def throttles(self) -> list[SignInThrottle]:
-        """Every limit on sign-ins and sign-ups, for the instances to share
-        (``ThrottleSharing``)."""
+    def throttles(self) -> list[Shared]:
+        """Every limit on sign-ins and sign-ups (and operators' taken emails), for the
+        instances to share (``ThrottleSharing``)."""
         return [self.throttle, self.email_throttle, self.client_throttle,
-                self.sign_up_throttle]
+                self.sign_up_throttle, self.operator_probes]
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:
@@ -229,14 +241,16 @@ class AccountService(Service):
     # ---------------------------------------------------------------- users
     async def create_user(self, viewer: Viewer, *, email: str, password: str, name: str,
                           role: Role, company_id: str | None = None,
-                          checks: v.Checks | None = None, client: str | None = None
-                          ) -> User:
+                          checks: v.Checks | None = None) -> User:
         """Admins create anyone; operators create drivers and operators in their company.
         Every invalid field is reported at once (``checks``: the caller's own, such as
-        the ids it decoded), before the company is looked up. ``client``: the caller's
-        address; an operator's taken email is counted by it (``_counting_taken_emails``:
-        other companies' people do not exist for them, and DUPLICATE said who has an
-        account, unlimited, QA s26); an admin sees every account anyway."""
+        the ids it decoded), before the company is looked up. An operator's taken email is
+        counted against their own budget (``_counting_operator_probes``: other
+        companies' people do not exist for them, and DUPLICATE said who has an account,
+        unlimited, QA s26); an admin sees every account anyway. Not by the caller's
+        address (review s26: counted there as each creation started, an operator's
+        parallel creations of free emails locked their office's address, and its
+        sign-ins)."""
         checks = checks or v.Checks()
         email = checks(v.email, email)
         password = checks(v.password, password)
@@ -253,7 +267,7 @@ class AccountService(Service):
         checks.done()
         if company_id is not None:
             await self.visible(viewer, Company, company_id, field="companyId")
-        with self._counting_taken_emails(None if viewer.is_admin else client_key(client)):
+        with self._counting_operator_probes(viewer):
             user = stamp_new(
                 User(
                     email=email,
@@ -277,8 +291,9 @@ class AccountService(Service):
         ``current_password``); managers (admins, and operators for their company's
         people) also role, company and activity, and reset others' passwords. The
         fields' formats are checked together (with the caller's ``checks``) before the
-        user is read. ``client``: the caller's address, which a change of one's own
-        email is counted by as a sign-up is (``_counting_taken_emails``)."""
+        user is read. A change of an email to another (the same one sent again is no
+        probe, and not counted) is counted as ``_probing_email`` says; ``client``: the
+        caller's address, which a change of one's own email is counted by."""
         checks = checks or v.Checks()
         name = name if name is UNSET else checks(v.name, name)
         email = email if email is UNSET else checks(v.email, email)
@@ -290,15 +305,8 @@ class AccountService(Service):
         password_hash = UNSET if password is UNSET else await self.hash_password(password)
         given = {"name": name, "email": email, "password_hash": password_hash,
                  "role": role, "company_id": company_id, "active": active}
-        # Counted by the client's sign-in limit only: its sign-ups are no concern here
-        # (an office's ten new drivers may still fix their emails). One's own email, and
-        # an operator's change of a colleague's or driver's (QA s26: unlimited, it told
-        # them which emails have an account at any company); not an admin's, who sees
-        # every account.
-        probing = email is not UNSET and (viewer.user_id == user_id or not viewer.is_admin)
-        with self._counting_taken_emails(client_key(client) if probing else None):
-            user, updated = await retried(
-                lambda: self._edit_user(viewer, user_id, given, current_password))
+        user, updated = await retried(
+            lambda: self._edit_user(viewer, user_id, given, current_password, client))
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self.access_changed(user.id)
@@ -345,14 +353,66 @@ class AccountService(Service):
             if not taken:
                 self.client_throttle.forgive(client)
 
+    def _probing_email(self, viewer: Viewer, user: User, email: Any, client: str | None
+                       ) -> AbstractContextManager[None]:
+        """How ``viewer``'s change of ``user``'s email to ``email`` is counted (a DUPLICATE
+        answer says who has an account): one's own by the client's sign-in limit, as a
+        sign-up is (``_counting_taken_emails``); an operator's of one of their people by
+        their own budget (``_counting_operator_probes``); an admin's not. Not at all
+        when the email is not changed (review s26: resending it was counted)."""
+        if email is UNSET or email == user.email:
+            return nullcontext()
+        if viewer.user_id == user.id:
+            return self._counting_taken_emails(client_key(client))
+        return self._counting_operator_probes(viewer)
+
+    @contextmanager
+    def _counting_operator_probes(self, viewer: Viewer) -> Iterator[None]:
+        """An operator's attempt that may find an email taken (``createUser``, a change of
+        one of their people's email): refused while they have been told
+        ``OPERATOR_TAKEN_EMAILS`` taken ones within the hour, and counted only when it is
+        told one (DUPLICATE on ``email``), by the operator, not their address: review
+        s26, counted as each attempt started by the address's sign-in limit, an
+        operator's parallel creations of free emails were refused TOO_MANY_ATTEMPTS and
+        locked their colleagues' sign-ins from the office. Attempts already under way
+        when the budget runs out still get their answer (the count lands as each ends):
+        an operator sending many at once learns at most that many more, and every one
+        is theirs, signed in. Admins are not counted: they see every account."""
+        operator = None if viewer.is_admin else viewer.user_id
+        if operator is None:
+            yield
+            return
+        wait = self.operator_probes.refused_for(operator)
+        if wait is not None:
+            minutes = max(1, round(wait.total_seconds() / 60))
+            raise Unauthenticated(
+                f"too many emails that have an account already: at most "
+                f"{self.operator_probes.limit} an hour; try again in {minutes} min",
+                code="TOO_MANY_ATTEMPTS")
+        try:
+            yield
+        except UniqueViolation as exc:
+            if exc.field == "email":
+                self.operator_probes.take(operator)
+            raise
+
     async def _edit_user(self, viewer: Viewer, user_id: str, given: dict[str, Any],
-                         current_password: Any) -> tuple[User, User]:
+                         current_password: Any, client: str | None
+                         ) -> tuple[User, User]:
         """``update_user``'s read, checks and write (``retried``): the user as read and as
-        written."""
+        written; a change of email counted (``_probing_email``) from the read on."""
         user = await self.visible(viewer, User, user_id)
         if user.erased_at is not None:
             # Its person asked to be forgotten: nothing of them is written back into it.
             raise Conflict("the account was erased", field="id", code="INVALID_STATE")
+        # Tested and counted in the step that read the user, before the slow part (the
+        # current password checked), as ``_counting_taken_emails`` requires.
+        with self._probing_email(viewer, user, given["email"], client):
+            return await self._edit_read_user(viewer, user, given, current_password)
+
+    async def _edit_read_user(self, viewer: Viewer, user: User, given: dict[str, Any],
+                              current_password: Any) -> tuple[User, User]:
+        """``_edit_user`` once the user is read."""
         email, password_hash = given["email"], given["password_hash"]
         role, company_id, active = given["role"], given["company_id"], given["active"]
         is_self = viewer.user_id == user.id

@@ -24,7 +24,7 @@ from domain.entities import (
     SessionState,
     Station,
 )
-from domain.errors import Conflict, TooManyRequests, ValidationError
+from domain.errors import Conflict, TooManyRequests, UniqueViolation, ValidationError
 from domain.events import (
     StationConnectionChanged,
 )
@@ -47,7 +47,7 @@ from domain.services.intervals import (
 )
 from domain.services.live_updates import LatestUpdates
 from domain.services.reboot_checks import RebootChecks, reported_available_since
-from domain.services.throttle import SignInThrottle
+from domain.services.throttle import RollingLimit
 
 log = logging.getLogger("chargegraph.charging")
 
@@ -56,9 +56,11 @@ log = logging.getLogger("chargegraph.charging")
 MAX_OPEN_PER_CONNECTOR = 10
 
 
-#: Stations auto-registered from one charger address within ``REGISTRATION_WINDOW``:
-#: a depot commissioning its chargers behind one address registers a few dozen; a scan
-#: of made-up cpIds is stopped after these (``station_for_connection``).
+#: Stations auto-registered from one charger address within any ``REGISTRATION_WINDOW``
+#: by default (``CHARGEGRAPH_AUTO_REGISTER_PER_HOUR``): a depot commissioning its
+#: chargers behind one address registers a few dozen; a scan of made-up cpIds is
+#: stopped after these (``station_for_connection``). A fleet moved over from behind one
+#: NAT or carrier address needs it raised, or lifted (0).
 REGISTRATIONS_PER_ADDRESS = 50
 REGISTRATION_WINDOW = timedelta(hours=1)
 
@@ -96,7 +98,7 @@ class ChargerConnections(Service):
     session_updates: LatestUpdates
     sign_ins: ChargerSignIns
     #: Stations auto-registered per charger address (``station_for_connection``).
-    registrations: SignInThrottle
+    registrations: RollingLimit
     #: Set by the OCPP server: records again the connection it holds for a charger
     #: whose station a message found recorded offline (``_still_connected``).
     still_connected: Callable[[str], Awaitable[None]] | None
@@ -107,9 +109,13 @@ class ChargerConnections(Service):
     async def station_for_connection(self, cp_id: str, address: str = "") -> Station | None:
         """The station a connecting charger claims to be; with auto-registration on, an
         unknown one is registered as Pending (an operator accepts it later), at most
-        ``REGISTRATIONS_PER_ADDRESS`` an hour from one ``address`` (the charger's), then
-        ``TooManyRequests``: each is a station stored for good, and a scan of made-up
-        ids from one address stored one per handshake, unlimited (QA s26)."""
+        ``registrations.limit`` in any hour from one ``address`` (the charger's; 0: no
+        limit), then ``TooManyRequests``: each is a station stored for good, and a scan
+        of made-up ids from one address stored one per handshake, unlimited (QA s26).
+        Only stations stored count (review s26): a registration is counted as it starts
+        (those at once meet the limit too) and given back when the insert fails. Two
+        handshakes of one new cpId at once: the second finds the first's station
+        (review s26: its insert refused, the handshake answered 500)."""
         station = await self.station(cp_id)
         if station is not None or not self.auto_register:
             return station
@@ -118,16 +124,29 @@ class ChargerConnections(Service):
         except ValidationError:
             return None
         client = client_key(address) or ""
-        locked = self.registrations.locked_for(client)
-        if locked is not None:
-            raise TooManyRequests(f"{REGISTRATIONS_PER_ADDRESS} new charge points from "
-                                  "this address within the hour: not registered",
-                                  retry_after=locked)
-        self.registrations.failed(client)  # counted in the step that tested the lock
+        limited = self.registrations.limit > 0
+        if limited:
+            wait = self.registrations.refused_for(client)
+            if wait is not None:
+                raise TooManyRequests(f"{self.registrations.limit} new charge points from "
+                                      "this address within the hour: not registered",
+                                      retry_after=wait)
+            self.registrations.take(client)  # in the step that tested the limit
         actor = charger(cp_id)
         station = stamp_new(Station(cp_id=cp_id, name=cp_id,
                                     registration=Registration.PENDING), actor)
-        await self.commit(actor, [(Insert(station), None)])
+        try:
+            await self.commit(actor, [(Insert(station), None)])
+        except Exception as exc:
+            if limited:
+                self.registrations.give_back(client)  # no station stored
+            if isinstance(exc, UniqueViolation):
+                # Registered meanwhile (another handshake of the same charger, here or
+                # on another instance): that station is this one.
+                registered = await self.station(cp_id)
+                if registered is not None:
+                    return registered
+            raise
         return station
 
     def password_ok(self, station: Station, password: str | None) -> bool:

@@ -106,20 +106,34 @@ class KnownAddresses:
 
 class ChargerSignIns:
     def __init__(self, clock: Callable[[], datetime],
-                 limits: ChargerSignInLimits = ChargerSignInLimits()) -> None:
+                 limits: ChargerSignInLimits = ChargerSignInLimits(), *,
+                 for_unknown: bool = False) -> None:
         self.limits = limits
+        prefix = "unknown_charger" if for_unknown else "charger"
         self.by_address = SignInThrottle(
             clock, limit=limits.per_address, window=limits.window, lockout=limits.lockout,
-            max_lockout=limits.max_lockout, name="charger_address")
+            max_lockout=limits.max_lockout, name=f"{prefix}_address")
         self.by_station = SignInThrottle(
             clock, limit=limits.per_station, window=limits.window, lockout=limits.lockout,
-            max_lockout=limits.max_lockout, name="charger_station")
-        self.known = KnownAddresses(clock, name="charger_known")
+            max_lockout=limits.max_lockout, name=f"{prefix}_station")
+        self.known = KnownAddresses(clock, name=f"{prefix}_known")
+        #: Where the password checks of cpIds with no station are counted
+        #: (``OcppServer._decoy``), by the same limits: tables of their own, each bounded
+        #: as these are, so a scan of made-up ids never pushes a real station's counts
+        #: out; shared across instances as these are (``shared``), so a lockout reads
+        #: the same for a made-up id as for a real one behind a load balancer (review
+        #: s26: kept per instance, 20 guesses over two instances locked a real station
+        #: and not a made-up one). ``None`` in that table itself.
+        self.unknown: ChargerSignIns | None = None if for_unknown else ChargerSignIns(
+            clock, limits, for_unknown=True)
 
     @property
     def shared(self) -> list[SignInThrottle | KnownAddresses]:
-        """What the instances share (``ThrottleSharing``)."""
-        return [self.by_address, self.by_station, self.known]
+        """What the instances share (``ThrottleSharing``): the unknown ids' tables too
+        (never a known address: no charger passes as one)."""
+        if self.unknown is None:
+            return [self.by_address, self.by_station]
+        return [self.by_address, self.by_station, self.known, *self.unknown.shared]
 
     def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
         """How long ``address`` is refused (unchecked) this station's password; ``None``:

@@ -127,7 +127,7 @@ from domain.services.pending_starts import (
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
-from domain.services.throttle import SignInThrottle
+from domain.services.throttle import RollingLimit
 from domain.tariff_bands import session_split
 from domain.wire import rfc3339
 
@@ -417,15 +417,18 @@ class BootResult:
 class ChargingService(ChargerConnections):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False,
+                 registrations_per_hour: int = REGISTRATIONS_PER_ADDRESS,
                  auth_cache: timedelta = DEFAULT_AUTH_CACHE,
                  sign_in_limits: ChargerSignInLimits = ChargerSignInLimits()) -> None:
         super().__init__(ctx)
         #: Chargers' failed password checks, which lock guessers out (the OCPP server
         #: asks before it checks a password and counts what it checked).
         self.sign_ins = ChargerSignIns(ctx.clock, sign_in_limits)
-        self.registrations = SignInThrottle(
-            ctx.clock, limit=REGISTRATIONS_PER_ADDRESS, window=REGISTRATION_WINDOW,
-            lockout=REGISTRATION_WINDOW, name="charger_registrations")
+        #: Stations auto-registered per charger address in any hour
+        #: (``CHARGEGRAPH_AUTO_REGISTER_PER_HOUR``; a limit of 0: none).
+        self.registrations = RollingLimit(
+            ctx.clock, limit=registrations_per_hour, window=REGISTRATION_WINDOW,
+            name="charger_registrations")
         #: How long a charger may cache an Accepted answer (``_cached_until``).
         self.auth_cache = auth_cache
         self.heartbeat_interval = heartbeat_interval

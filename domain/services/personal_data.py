@@ -33,9 +33,11 @@ an admin for "user X" could not be checked against anyone.
 Each export is recorded in the audit log (``EXPORT``, about the person: who exported
 whose data and when; it names nothing else), so the person reads who took a copy.
 
-How often: ``EXPORTS_PER_WINDOW`` copies of one person's data by one taker within
-``EXPORT_WINDOW`` (counted as each starts, as sign-ups are, so copies asked all at once
-meet the limit too), then ``TOO_MANY_REQUESTS`` until the window has passed. Each copy
+How often: ``EXPORTS_PER_WINDOW`` copies of one person's data by one taker within any
+``EXPORT_WINDOW`` (a rolling hour: counted as each starts, as sign-ups are, so copies
+asked all at once meet the limit too), then ``TOO_MANY_REQUESTS`` until the oldest copy
+of the last hour's ten is an hour old (``Retry-After``); a HEAD is refused alike,
+uncounted. Each copy
 reads all of a person's years of records and writes an audit entry the person reads: a
 script looping on it (a leaked token, a buggy client) loaded the database and buried the
 person's audit log under thousands of ``EXPORT`` entries (QA s26). A download cut off
@@ -68,7 +70,7 @@ from domain.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauth
 from domain.policy import Viewer
 from domain.query import Eq, Filter, PageRequest, Sort, all_of
 from domain.services.base import Service, ServiceContext, pages
-from domain.services.throttle import SignInThrottle
+from domain.services.throttle import RollingLimit
 
 #: Records read per store call while the document is written.
 READ_ROWS = 100
@@ -194,14 +196,13 @@ def _newest_first(entry: AuditEntry) -> tuple[float, str]:
 class PersonalDataService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        #: Copies started per taker and person (module docstring); a lockout lasts the
-        #: window, so it ends when the copies that reached the limit are out of it.
-        self.exports = SignInThrottle(ctx.clock, limit=EXPORTS_PER_WINDOW,
-                                      window=EXPORT_WINDOW, lockout=EXPORT_WINDOW,
-                                      name="personal_data_export")
+        #: Copies started per taker and person within the rolling window (module
+        #: docstring).
+        self.exports = RollingLimit(ctx.clock, limit=EXPORTS_PER_WINDOW,
+                                    window=EXPORT_WINDOW, name="personal_data_export")
 
     @property
-    def throttles(self) -> list[SignInThrottle]:
+    def throttles(self) -> list[RollingLimit]:
         """The limits the instances share (``ThrottleSharing``)."""
         return [self.exports]
 
@@ -211,16 +212,10 @@ class PersonalDataService(Service):
         written to the client: ``UNAUTHENTICATED``, ``NOT_FOUND``, ``FORBIDDEN``,
         ``ERASED``, ``TOO_MANY_REQUESTS``, or the store's errors."""
         subject = await self.check(viewer, user_id)
-        key = f"{viewer.actor}\n{subject.id}"
-        locked = self.exports.locked_for(key)
-        if locked is not None:
-            raise TooManyRequests(
-                f"at most {EXPORTS_PER_WINDOW} copies of one person's data an hour: "
-                f"try again in {max(1, round(locked.total_seconds() / 60))} min",
-                retry_after=locked)
-        # Counted as it starts, in the step that tested the lock (no await between):
+        key = self._limited(viewer, subject)
+        # Counted as it starts, in the step that tested the limit (no await between):
         # copies asked all at once would otherwise all pass the test.
-        self.exports.failed(key)
+        self.exports.take(key)
         now = self.now()
         # Recorded before the first byte goes out: a copy cut off half way was still
         # (partly) taken. About the person, in their company's books, as their record's
@@ -232,13 +227,16 @@ class PersonalDataService(Service):
                 created_by=viewer.actor, updated_by=viewer.actor,
                 company_id=subject.company_id, holder_id=subject.id)])
         except Exception:
-            self.exports.forgive(key)  # no copy was taken: the store refused
+            self.exports.give_back(key)  # no copy was taken: the store refused
             raise
         return PersonalData(subject, holder_view(subject), viewer.actor, now, self)
 
-    async def check(self, viewer: Viewer, user_id: str | None) -> User:
+    async def check(self, viewer: Viewer, user_id: str | None, *, limited: bool = False
+                    ) -> User:
         """Whose data ``viewer`` may export (``open`` without recording or reading
-        anything: an HTTP HEAD)."""
+        anything). ``limited``: refused ``TOO_MANY_REQUESTS`` too while the limit is
+        reached (an HTTP HEAD, which answers as the GET would, and is not counted:
+        review s26, a client checking before it downloads was told 200, then 429)."""
         if viewer.user_id is None:
             raise Unauthenticated("sign in: send 'Authorization: Bearer <token>'")
         wanted = viewer.user_id if user_id is None else user_id
@@ -254,7 +252,22 @@ class PersonalDataService(Service):
             raise Conflict(f"this account was erased on {subject.erased_at:%Y-%m-%d}: "
                            "nothing that names a person is left to export", field="id",
                            code="ERASED")
+        if limited:
+            self._limited(viewer, subject)
         return subject
+
+    def _limited(self, viewer: Viewer, subject: User) -> str:
+        """The limit's key of ``viewer`` taking ``subject``'s data; raises
+        ``TOO_MANY_REQUESTS`` while it holds ``EXPORTS_PER_WINDOW`` copies taken within the
+        last ``EXPORT_WINDOW``, with the time until the oldest of them leaves it."""
+        key = f"{viewer.actor}\n{subject.id}"
+        wait = self.exports.refused_for(key)
+        if wait is not None:
+            raise TooManyRequests(
+                f"at most {EXPORTS_PER_WINDOW} copies of one person's data an hour: "
+                f"try again in {max(1, round(wait.total_seconds() / 60))} min",
+                retry_after=wait)
+        return key
 
     def mine(self, data: PersonalData, kind: type[E]) -> AsyncIterator[list[E]]:
         """The person's records of ``kind`` in creation (id) order, by the person's own

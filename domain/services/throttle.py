@@ -180,3 +180,77 @@ class SignInThrottle:
         if entry.locked_until is not None and len(entry.times) < self.limit:
             entry.locked_until = None
             entry.strikes = max(entry.strikes - 1, 0)  # the lockout it set did not happen
+
+
+class RollingLimit:
+    """At most ``limit`` uses of a key within any ``window`` (a rolling window): a use is
+    refused while the window ending now holds ``limit`` of them, until the oldest of those
+    leaves it (``refused_for``), not for a lockout counted from the last (review s26: one
+    copy at 08:00 and nine at 08:59 refused a copy at 09:01 until 09:59, though the hour
+    before it held nine). Shared across instances as ``SignInThrottle`` is (``Shared``:
+    ``took`` and ``gave_back`` by the key's digest, applied at the time they arrive); each
+    key keeps its newest ``2 * limit`` times only, and at most ``MAX_TRACKED`` keys are
+    kept, the least recently used forgotten first."""
+
+    def __init__(self, clock: Callable[[], datetime], *, limit: int, window: timedelta,
+                 name: str = "") -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.name = name
+        self.share: Share | None = None
+        self.secret = b""
+        self._uses: OrderedDict[str, list[datetime]] = OrderedDict()
+        self._operations: dict[str, Callable[[str], None]] = {
+            "took": self._took, "gave_back": self._gave_back}
+
+    def refused_for(self, key: str) -> timedelta | None:
+        """How long until ``key`` may be used again; ``None``: now."""
+        times = self._current(digest(key, self.secret))
+        if len(times) < self.limit:
+            return None
+        return times[-self.limit] + self.window - self.clock()
+
+    def take(self, key: str) -> None:
+        """Counts a use of ``key`` now (whether or not it was refused: ask first)."""
+        self._count("took", digest(key, self.secret))
+
+    def give_back(self, key: str) -> None:
+        """Takes back the newest use counted for ``key`` (it did not happen after all)."""
+        self._count("gave_back", digest(key, self.secret))
+
+    def apply(self, operation: str, key_digest: str) -> None:
+        """An operation another instance counted (``share``); unknown ones ignored."""
+        counted = self._operations.get(operation)
+        if counted is not None:
+            counted(key_digest)
+
+    def _count(self, operation: str, key: str) -> None:
+        self._operations[operation](key)
+        if self.share is not None:
+            self.share(self.name, operation, key)
+
+    def _current(self, key: str) -> list[datetime]:
+        """``key``'s uses within the window ending now (the older ones dropped)."""
+        times = self._uses.get(key)
+        if times is None:
+            return []
+        now = self.clock()
+        times[:] = [t for t in times if now - t < self.window]
+        if not times:
+            del self._uses[key]
+        return times
+
+    def _took(self, key: str) -> None:
+        times = self._current(key)
+        self._uses.pop(key, None)
+        # Most recent last; bounded, with room for uses given back (or counted by two
+        # instances at once) beyond the limit.
+        self._uses[key] = [*times, self.clock()][-2 * self.limit:]
+        while len(self._uses) > MAX_TRACKED:
+            self._uses.popitem(last=False)
+
+    def _gave_back(self, key: str) -> None:
+        times = self._current(key)
+        if times:
+            times.pop()

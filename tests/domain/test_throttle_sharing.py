@@ -150,3 +150,70 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
     assert b.refused_for("CP-1", "hash", "198.51.100.10") is None  # the charger's address
     for _, _, follower in instances:
         follower.cancel()
+
+
+async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
+        bus: MemoryEventBus) -> None:
+    """Review s26: made-up cpIds' failures were counted on each instance apart, so a
+    lockout over two instances told a real cpId from a made-up one. Their tables of
+    their own (``ChargerSignIns.unknown``) travel as the stations' do."""
+    from domain.services.charger_sign_ins import ChargerSignIns
+
+    instances = []
+    for _ in range(2):
+        sign_ins = ChargerSignIns(lambda: NOW)
+        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        instances.append((sign_ins, sharing, asyncio.create_task(
+            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
+    await asyncio.sleep(0)  # both subscribed
+    (a, a_sharing, _), (b, _, _) = instances
+    assert a.unknown is not None and b.unknown is not None
+    for i in range(20):
+        a.unknown.failed("CP-9", "decoy", f"203.0.113.{i // 4}")
+    await a_sharing.settled()
+    for _ in range(200):  # bounded: the bus delivers within a few loop steps
+        if b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None:
+            break
+        await asyncio.sleep(0.005)
+    assert b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None
+    assert b.refused_for("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
+    for _, _, follower in instances:
+        follower.cancel()
+
+
+async def test_a_rolling_limit_is_shared_and_counts_a_rolling_window(
+        bus: MemoryEventBus) -> None:
+    """The personal data export's limit (``RollingLimit``): uses on A count on B, a use
+    given back is taken back there too, and a key is free again as soon as its oldest
+    counted use is out of the window."""
+    from datetime import timedelta
+
+    from domain.services.throttle import RollingLimit
+
+    now = [NOW]
+    limits = [RollingLimit(lambda: now[0], limit=2, window=timedelta(hours=1),
+                           name="export") for _ in range(2)]
+    sharings = [ThrottleSharing(bus, [limit], SECRET) for limit in limits]
+    followers = [asyncio.create_task(s.follow(bus.subscribe([SignInsCounted.topic])))
+                 for s in sharings]
+    await asyncio.sleep(0)
+    a, b = limits
+
+    async def told() -> None:
+        await sharings[0].settled()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+
+    a.take("k")
+    await told()  # B counts what it is told as it hears it
+    now[0] = NOW + timedelta(minutes=59)
+    a.take("k")
+    a.take("k")
+    a.give_back("k")
+    await told()
+    assert a.refused_for("k") == timedelta(minutes=1)
+    assert b.refused_for("k") == timedelta(minutes=1)  # the 08:00 use leaves at 09:00
+    now[0] = NOW + timedelta(minutes=61)
+    assert b.refused_for("k") is None
+    for follower in followers:
+        follower.cancel()

@@ -298,7 +298,47 @@ async def test_copies_of_one_person_are_limited_per_hour_with_retry_after(
     assert len(entries) == 10
     assert (await download(service, f"/export/users/{driver.id}.json", admin)
             ).status_code == 200
-    # The hour over, the driver may take a copy again.
+    # The hour over (the ten copies out of it), the driver may take a copy again.
     later = exports.clock() + personal_data.EXPORT_WINDOW
     monkeypatch.setattr(exports, "clock", lambda: later)
     assert (await download(service, "/export/me.json", token)).status_code == 200
+
+
+async def test_head_is_refused_as_the_get_would_be_once_the_limit_is_reached(
+        service: Running) -> None:
+    """Review s26: HEAD "checks" an export (README), but once GET was refused 429 it
+    still said 200: a client checking before downloading was told to go ahead. It is
+    refused alike, with Retry-After, and still not counted."""
+    token = await service.token("driver")
+    for _ in range(personal_data.EXPORTS_PER_WINDOW):
+        assert (await download(service, "/export/me.json", token)).status_code == 200
+    assert (await download(service, "/export/me.json", token)).status_code == 429
+    head = await download(service, "/export/me.json", token, "HEAD")
+    assert head.status_code == 429, head.status_code
+    assert 3500 < int(head.headers["Retry-After"]) <= 3600
+
+
+async def test_ten_copies_an_hour_is_a_rolling_hour(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: one copy at 08:00 and nine at 08:59 locked the taker out until 09:59
+    (an hour from the tenth), though at 09:01 the hour before held nine copies. Ten in
+    any hour: at 09:01 one more is taken; the next waits until the 08:59 copies are an
+    hour old, as Retry-After says."""
+    exports = service.services.personal_data.exports
+    start = exports.clock()
+    now = [start]
+    monkeypatch.setattr(exports, "clock", lambda: now[0])
+    token = await service.token("driver")
+    assert (await download(service, "/export/me.json", token)).status_code == 200
+    now[0] = start + timedelta(minutes=59)
+    for _ in range(9):
+        assert (await download(service, "/export/me.json", token)).status_code == 200
+    refused = await download(service, "/export/me.json", token)
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) == 60  # the 08:00 copy leaves at 09:00
+    now[0] = start + timedelta(minutes=61)
+    later = await download(service, "/export/me.json", token)
+    assert later.status_code == 200, (later.status_code, later.headers.get("Retry-After"))
+    refused = await download(service, "/export/me.json", token)
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) == 58 * 60  # the 08:59 copies: at 09:59

@@ -6,6 +6,7 @@ trusted loopback proxy's X-Forwarded-For."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
+from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services import charger_connections
@@ -22,6 +24,7 @@ from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from ocpp_bridge.server import RefusalLog
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central, start_central, stop_central
+from tests.ocpp.test_instances import second_instance
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
 
@@ -261,6 +264,64 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # the real charger
 
 
+async def test_two_guesses_at_once_read_the_same_for_a_real_cp_id_and_a_made_up_one(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: a station whose charger has not connected here (new, offline, every
+    station after a restart) refused a second guess at once from one address with 429
+    (a check from there under way), a made-up cpId answered 401 to both: two handshakes
+    sent at once told the ids apart. A made-up id's (skipped) check holds its slot as
+    long as an argon2 check takes, so both answer the same."""
+    charging = central.services.charging
+    real_check = charging.station_password_ok
+
+    async def argon2_speed(station, password):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.2)  # production argon2: tens to hundreds of ms
+        return await real_check(station, password)
+
+    monkeypatch.setattr(charging, "station_password_ok", argon2_speed)
+
+    async def two_at_once(cp_id: str, source: str) -> list[int]:
+        return sorted(await asyncio.gather(attempt(central, "guess-a", source, cp_id),
+                                           attempt(central, "guess-b", source, cp_id)))
+
+    known = await two_at_once("CP-1", "203.0.113.5")  # CP-1 exists, no charger yet
+    made_up = await two_at_once("CP-9", "203.0.113.6")
+    assert known == [401, 429]  # one check per station and address at a time
+    assert made_up == known
+
+
+async def test_lockouts_over_two_instances_read_the_same_for_a_real_cp_id_and_a_made_up_one(
+        central: Central) -> None:
+    """Review s26: behind a load balancer a real station's failures were counted across
+    the instances and a made-up cpId's on each instance apart: 20 guesses spread over two
+    instances locked the real one (429) and not the made-up one (401). The two servers
+    here share one ChargingService, as ``ThrottleSharing`` shares its counts."""
+    async with second_instance(central) as (_, b_url):
+        urls = (central.url, b_url)
+        answers: dict[str, list[int]] = {}
+        for cp_id in ("CP-1", "CP-9"):  # CP-1 exists, CP-9 does not
+            for i in range(20):  # 4 per address: below the per-address limit of 5
+                got = await attempt_at(urls[i % 2], cp_id, f"guess-{i}",
+                                       f"203.0.113.{i // 4}")
+                assert got == 401, (cp_id, i, got)
+            answers[cp_id] = [await attempt_at(url, cp_id, "guess-x", "192.0.2.77")
+                              for url in urls]
+        assert answers["CP-1"] == [429, 429]
+        assert answers["CP-9"] == answers["CP-1"]
+
+
+async def attempt_at(url: str, cp_id: str, password: str, source: str) -> int:
+    """``attempt`` at the server at ``url``."""
+    try:
+        ws = await connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers={"X-Forwarded-For": source,
+                                               **basic_auth(cp_id, password)})
+    except InvalidStatus as err:
+        return err.response.status_code
+    await ws.close()
+    return 101
+
+
 async def test_a_station_without_a_password_and_auto_registration_still_let_chargers_in(
         tmp_path: Path) -> None:
     central = await start_central(tmp_path / "auto.db", auto_register=True)
@@ -291,5 +352,61 @@ async def test_auto_registration_from_one_address_is_limited(
         stations = await central.store.find_all(d.Station, ALL)
         assert sorted(s.cp_id for s in stations if s.cp_id.startswith(("SCAN", "DEPOT"))
                       ) == ["DEPOT-1", "SCAN-0", "SCAN-1", "SCAN-2"]
+    finally:
+        await stop_central(central)
+
+
+async def test_two_handshakes_of_one_new_cp_id_at_once_make_one_station(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: both handshakes read no station, both inserted one, the second's
+    insert was refused and its handshake answered 500. It finds the first's station."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    charging = central.services.charging
+    real_station = charging.station
+
+    async def slow_read(cp_id: str) -> d.Station | None:
+        found = await real_station(cp_id)
+        await asyncio.sleep(0.05)  # both handshakes read before either inserts
+        return found
+
+    monkeypatch.setattr(charging, "station", slow_read)
+    try:
+        got = await asyncio.gather(attempt(central, None, CHARGER, "NEW-1"),
+                                   attempt(central, None, CHARGER, "NEW-1"))
+        assert got == [101, 101]
+        stations = await central.store.find_all(d.Station, Eq("cp_id", "NEW-1"))
+        assert len(stations) == 1
+    finally:
+        await stop_central(central)
+
+
+async def test_auto_registration_counts_stored_stations_only_and_may_be_unlimited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: a registration was counted before its insert, so handshakes whose
+    insert failed (the store refusing, a race) spent the address's budget; and the
+    fixed 50 an hour stalled a fleet moved over from behind one carrier address
+    (``CHARGEGRAPH_AUTO_REGISTER_PER_HOUR``, 0: no limit)."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    charging = central.services.charging
+    charging.registrations.limit = 2
+    store = central.store
+    real_commit = charging.commit
+
+    async def refusing(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("the disk is full", reason="full")
+
+    try:
+        monkeypatch.setattr(charging, "commit", refusing)
+        for i in range(3):
+            assert await attempt(central, None, CHARGER, f"FAILED-{i}") == 500
+        monkeypatch.setattr(charging, "commit", real_commit)
+        for i in range(2):  # none of the failed ones was counted
+            assert await attempt(central, None, CHARGER, f"DEPOT-{i}") == 101
+        assert await attempt(central, None, CHARGER, "DEPOT-2") == 429
+        charging.registrations.limit = 0  # no limit
+        for i in range(2, 6):
+            assert await attempt(central, None, CHARGER, f"DEPOT-{i}") == 101
+        stations = await store.find_all(d.Station, ALL)
+        assert sum(s.cp_id.startswith("DEPOT") for s in stations) == 6
     finally:
         await stop_central(central)

@@ -182,6 +182,34 @@ def test_introspection_off_refuses_schema_questions_on_both_doors(tmp_path: Path
             assert "introspection has been disabled" in answer["payload"][0]["message"]
 
 
+def test_the_websockets_errors_suggest_nothing_with_introspection_off(
+        tmp_path: Path) -> None:
+    """Review s26: over the websocket a subscription's variable errors (coerced by
+    ``Executor.build``) were sent with their "Did you mean" suggestions, which HTTP left
+    out. Both a variable's and a validation error's go without them on both doors."""
+    subscription = ("subscription($f: StationEventFilter) "
+                    "{ stationConnectionChanged(filter: $f) { __typename } }")
+    off = create_app(settings_for(tmp_path, introspection=False, public_map=True),
+                     hasher=Argon2Hasher.fast())
+    with TestClient(off) as client, client.websocket_connect(
+            "/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {}})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json({"id": "1", "type": "subscribe",
+                      "payload": {"query": subscription,
+                                  "variables": {"f": {"cpIdz": ["CP-1"]}}}})
+        answer = ws.receive_json()
+        assert answer["type"] == "error", answer
+        messages = " ".join(e["message"] for e in answer["payload"])
+        assert "cpIdz" in messages and "Did you mean" not in messages, messages
+        ws.send_json({"id": "2", "type": "subscribe",
+                      "payload": {"query": "{ stationz { totalCount } }"}})
+        answer = ws.receive_json()
+        assert answer["type"] == "error", answer
+        assert [e["message"] for e in answer["payload"]] == [
+            "Cannot query field 'stationz' on type 'Query'."]
+
+
 @pytest.mark.parametrize("overrides", [{"jwt_secret": "short"},
                                        {"database_url": "postgres://db/x"},
                                        {"pubsub_url": "kafka://broker:9092"},

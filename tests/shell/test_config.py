@@ -344,3 +344,16 @@ def test_one_port_on_distinct_addresses_or_without_ocpp_is_kept() -> None:
     assert Settings(host="0.0.0.0", ocpp_host="::1", port=9000).port == 9000
     assert Settings(host="::", ocpp_host="127.0.0.1", port=9000).port == 9000
     assert Settings(port=9000, ocpp_enabled=False).port == 9000
+
+
+def test_auto_registrations_per_hour_reach_the_charging_service(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CHARGEGRAPH_AUTO_REGISTER_PER_HOUR`` (review s26: 50 was fixed): 50 by default,
+    0 for no limit."""
+    from chargegraph.app import build_services
+    from chargegraph.security import Argon2Hasher
+
+    assert Settings().auto_register_per_hour == 50
+    monkeypatch.setenv("CHARGEGRAPH_AUTO_REGISTER_PER_HOUR", "0")
+    services = build_services(Settings(), store=None, hasher=Argon2Hasher.fast())  # type: ignore[arg-type]
+    assert services.charging.registrations.limit == 0
