@@ -8,8 +8,6 @@ Credentials mode is never allowed: the API's credential is a bearer token the ap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
@@ -35,9 +33,3 @@ def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
                           allow_headers=HEADERS, expose_headers=EXPOSED,
                           allow_credentials=False, max_age=PREFLIGHT_MAX_AGE_S)
 
-
-def methods(origins: list[str], allowed: Sequence[str] = ("GET", "POST")) -> list[str]:
-    """The methods a route takes (``/graphql``'s by default, the exports' ``GET``), and
-    OPTIONS only for CORS preflights (the router would answer 405 before the middleware
-    saw one)."""
-    return [*allowed, "OPTIONS"] if origins else list(allowed)

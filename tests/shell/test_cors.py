@@ -161,6 +161,27 @@ def test_other_methods_on_graphql_are_refused_as_the_api_refuses(tmp_path: Path,
                 assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
 
+@pytest.mark.parametrize("origins", ["", APP])
+@pytest.mark.parametrize("path", ["/export/sessions.csv", "/export/energy.csv",
+                                  "/export/me.json", "/export/users/x.json"])
+def test_other_methods_on_the_exports_are_refused_as_readme_says(
+        tmp_path: Path, origins: str, path: str) -> None:
+    """README: a method other than GET (or HEAD) on an export is a 405 with the API's
+    error body, `METHOD_NOT_ALLOWED`; the routes took GET only, so the router answered
+    first, in plain text, and no client ever read that code (QA s26)."""
+    with client_for(tmp_path, origins) as client:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            refused = client.request(method, path)
+            assert refused.status_code == 405, method
+            assert refused.headers["allow"] == "GET, HEAD", method
+            assert refused.headers["content-type"].startswith("application/json"), (
+                method, refused.text)
+            assert refused.json()["errors"][0]["code"] == "METHOD_NOT_ALLOWED", method
+        # GET and HEAD still reach the export: without a token, its 401.
+        assert client.get(path).status_code == 401
+        assert client.head(path).status_code == 401
+
+
 #: What a page reads of any answer without being told (the CORS-safelisted response
 #: headers), and what is said to the browser, not to the page.
 SAFELISTED = {"cache-control", "content-language", "content-length", "content-type",
