@@ -118,6 +118,17 @@ def _bullet(title: str) -> str:
     return found.group(1)
 
 
+def test_every_code_a_query_answers_is_among_the_top_level_errors() -> None:
+    """A query's failures are top-level errors: those raised by the GraphQL side of
+    ``graph`` (not its downloads) and by the use cases only queries call (analytics).
+    QA s26: analytics' TOO_MANY was named among the mutations' codes alone."""
+    bullet = _bullet("Top-level errors") + _bullet("Query limits")
+    missing = {code for code in answered_codes("graph", skip=HTTP_DOORS)
+               | answered_codes("domain/services/analytics.py")
+               if f"`{code}`" not in bullet}
+    assert not missing, f"top-level codes README does not list: {sorted(missing)}"
+
+
 def test_the_http_only_codes_are_among_the_http_answers() -> None:
     bullet = _bullet("HTTP answers")
     assert not {code for code in HTTP_ONLY if f"`{code}`" not in bullet}
