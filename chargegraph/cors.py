@@ -18,8 +18,9 @@ HEADERS = ("Authorization", "Content-Type")
 #: The headers of our answers a page may read beyond the safelisted ones (Content-Type,
 #: Content-Length, Cache-Control…): without them listed, fetch() sees none of them. An
 #: export's file name (Content-Disposition), why a token was refused (WWW-Authenticate:
-#: a 401 of /graphql or an export) and the methods a route takes (Allow: a 405).
-EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow")
+#: a 401 of /graphql or an export), the methods a route takes (Allow: a 405) and when
+#: to ask again (Retry-After: the personal data export's 429).
+EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow", "Retry-After")
 #: How long a browser may keep a preflight's answer (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE_S = 600
 

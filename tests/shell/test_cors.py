@@ -207,17 +207,24 @@ def test_a_page_reads_the_headers_our_answers_carry(tmp_path: Path) -> None:
             "origin": APP, "authorization": f"Bearer {token}"})
         assert export.status_code == 200
         assert export.headers["content-disposition"].startswith("attachment; filename=")
+        # The 429 of an eleventh copy of one person's data within the hour: a page must
+        # read its Retry-After to say when to try again (QA s26).
+        mine = [client.get("/export/me.json", headers={
+            "origin": APP, "authorization": f"Bearer {token}"}) for _ in range(11)]
         answers = [login, export,
                    client.get("/export/sessions.csv", headers={"origin": APP}),  # 401
                    client.post("/graphql", headers={"origin": APP, "authorization": "Bearer x"},
                                json=QUERY),  # 401
                    client.get("/graphql", params={"query": "mutation { logout }"},
-                              headers={"origin": APP})]  # 405
-        assert [a.status_code for a in answers] == [200, 200, 401, 401, 405]
+                              headers={"origin": APP}),  # 405
+                   client.post("/export/me.json", headers={"origin": APP}),  # 405
+                   mine[-1]]  # 429
+        assert [a.status_code for a in answers] == [200, 200, 401, 401, 405, 405, 429]
+        assert answers[-1].json()["errors"][0]["code"] == "TOO_MANY_REQUESTS"
         for answer in answers:
             assert answer.headers["access-control-allow-origin"] == APP
             exposed = {h.strip().lower() for h in
                        answer.headers["access-control-expose-headers"].split(",")}
             carried = {h for h in answer.headers if not h.startswith("access-control-")}
             assert carried - SAFELISTED - FOR_THE_BROWSER <= exposed, answer.request.url
-        assert {"content-disposition", "www-authenticate", "allow"} <= exposed
+        assert {"content-disposition", "www-authenticate", "allow", "retry-after"} <= exposed
