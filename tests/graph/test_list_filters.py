@@ -166,8 +166,9 @@ async def test_every_filter_list_of_ids_takes_at_most_a_hundred(
     router = Router([Route("/export/{name}", create_graphql_app(services, tokens).export)])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router),
                                  base_url="http://testserver") as http:
-        for name, one in (("stationIds", stations[0]), ("cpIds", "A-001")):
-            params = [*WINDOW.items(), ("bucket", "DAY"), *[(name, one)] * 101]
+        for name, value in (("stationIds", stations[0]), ("cpIds", "A-001")):
+            params: list[tuple[str, Any]] = [*WINDOW.items(), ("bucket", "DAY"),
+                                             *[(name, value)] * 101]
             r = await http.get("/export/energy.csv", params=params, headers={
                 "authorization": f"Bearer {tokens.issue(world.users['admin'].id).token}"})
             assert r.status_code == 400, r.text
