@@ -19,7 +19,6 @@ from starlette.types import Receive, Scope, Send
 
 from chargegraph import __version__, housekeeping
 from chargegraph.cors import cross_origin
-from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
 from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
@@ -330,14 +329,17 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
               methods=None),
         WebSocketRoute("/graphql", graphql),
         # A person's copy of their data (graph/data_export.py), before ``{name}``,
-        # which ``me.json`` would match too.
+        # which ``me.json`` would match too. The exports, like /graphql, take every
+        # method and refuse all but GET and HEAD themselves (``ExportDoor``): as the
+        # JSON 405 README documents, `METHOD_NOT_ALLOWED` (QA s26: the router answered
+        # first, in plain text), a CORS preflight answered by the middleware before.
         *(Route(path, cross_origin(personal_data, settings.cors_allowed_origins),
-                methods=cors_methods(settings.cors_allowed_origins, ["GET"]))
+                methods=None)
           for path in ("/export/me.json", "/export/users/{user}.json")),
-        # ``name`` is ``sessions.csv`` and the like (graph/csv_export.py): GET only, and
-        # callable from the browser apps /graphql is (a back office's download button).
+        # ``name`` is ``sessions.csv`` and the like (graph/csv_export.py), callable from
+        # the browser apps /graphql is (a back office's download button).
         Route("/export/{name}", cross_origin(exports, settings.cors_allowed_origins),
-              methods=cors_methods(settings.cors_allowed_origins, ["GET"]))]
+              methods=None)]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_page))
     if assets_route is not None:

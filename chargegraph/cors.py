@@ -8,8 +8,6 @@ Credentials mode is never allowed: the API's credential is a bearer token the ap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
@@ -20,8 +18,9 @@ HEADERS = ("Authorization", "Content-Type")
 #: The headers of our answers a page may read beyond the safelisted ones (Content-Type,
 #: Content-Length, Cache-Control…): without them listed, fetch() sees none of them. An
 #: export's file name (Content-Disposition), why a token was refused (WWW-Authenticate:
-#: a 401 of /graphql or an export) and the methods a route takes (Allow: a 405).
-EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow")
+#: a 401 of /graphql or an export), the methods a route takes (Allow: a 405) and when
+#: to ask again (Retry-After: the personal data export's 429).
+EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow", "Retry-After")
 #: How long a browser may keep a preflight's answer (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE_S = 600
 
@@ -35,9 +34,3 @@ def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
                           allow_headers=HEADERS, expose_headers=EXPOSED,
                           allow_credentials=False, max_age=PREFLIGHT_MAX_AGE_S)
 
-
-def methods(origins: list[str], allowed: Sequence[str] = ("GET", "POST")) -> list[str]:
-    """The methods a route takes (``/graphql``'s by default, the exports' ``GET``), and
-    OPTIONS only for CORS preflights (the router would answer 405 before the middleware
-    saw one)."""
-    return [*allowed, "OPTIONS"] if origins else list(allowed)

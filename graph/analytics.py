@@ -17,6 +17,7 @@ from domain.query import Sort
 from domain.services.analytics import BucketBudget, FaultGroup, GroupBy, Scope, ShareRow
 from domain.timebuckets import Bucket
 from graph.context import GraphContext
+from graph.filters import BOUNDED, bounded, global_ids
 from graph.ids import expect_id
 from graph.nodes import Money, Station, StatusEvent
 from graph.relay import Connection, PageArgs, page_connection
@@ -44,9 +45,11 @@ _WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenu
 @strawberry.input(description="Which stations, or whose charging, to count.")
 class AnalyticsFilter:
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
-        "Only these stations (global ids); an empty list: none."))
+        f"Only these stations (global ids), {BOUNDED}; an empty list: none. A dashboard "
+        "of a larger network leaves it out to count all its stations."))
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        "Only the stations with these OCPP identities; an empty list: none."))
+        f"Only the stations with these OCPP identities, {BOUNDED}; an empty list: "
+        "none."))
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Only this company's stations. Matches nothing for a driver, who is not told "
         "which company runs a station."))
@@ -55,10 +58,9 @@ class AnalyticsFilter:
 
     def to_domain(self) -> Scope:
         return Scope(
-            station_ids=tuple(expect_id(str(s), "station", "filter.stationIds")
-                              for s in self.station_ids) if self.station_ids is not None
-            else None,
-            cp_ids=tuple(self.cp_ids) if self.cp_ids is not None else None,
+            station_ids=global_ids(self.station_ids, "station", "filter.stationIds"),
+            cp_ids=None if (cp_ids := bounded(self.cp_ids, "filter.cpIds")) is None
+            else tuple(cp_ids),
             company_id=expect_id(str(self.company_id), "company", "filter.companyId")
             if self.company_id else None,
             user_id=expect_id(str(self.user_id), "user", "filter.userId")

@@ -26,7 +26,9 @@ log = logging.getLogger("chargegraph.graph")
 
 #: Every code a mutation's payload may carry, for the clients that match on them (a code
 #: written nowhere is one a client cannot handle; QA s26: LIMIT_REACHED, OVERLAP,
-#: CHANGED, EXPIRED and the STORE_* codes were). README's "Mutations" lists them too.
+#: CHANGED, EXPIRED and the STORE_* codes were). README's "Mutations" lists them too;
+#: those answered only over plain HTTP (an export's ERASED and TOO_MANY_REQUESTS) are
+#: README's "HTTP answers", not here.
 USER_ERROR_CODES = (
     "Stable machine-readable code; match on it, never on `message`. The input: INVALID, "
     "REQUIRED, TOO_SHORT, TOO_LONG, TOO_WEAK, OUT_OF_RANGE, TOO_MANY (more items than "
@@ -36,7 +38,7 @@ USER_ERROR_CODES = (
     "forbids it), EXPIRED (a card past its `expiresAt`), UNCHANGED (the new password is "
     "the old one), LIMIT_REACHED (a driver's one live reservation, the webhooks a "
     "company or owner may have), CHANGED (the record kept changing while it was "
-    "written: send it again), ERASED (an erased account). Who you are: UNAUTHENTICATED, "
+    "written: send it again). Who you are: UNAUTHENTICATED, "
     "FORBIDDEN, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_REUSED, TOO_MANY_ATTEMPTS, "
     "SIGN_UP_DISABLED. A charger command: CHARGER_OFFLINE, CHARGER_BUSY, "
     "CHARGER_TIMEOUT, CHARGER_REJECTED, CHARGER_ERROR. The service: UNAVAILABLE (a part "

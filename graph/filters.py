@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import strawberry
 
@@ -35,6 +35,8 @@ from graph.enums import (
 from graph.ids import KIND_BY_TYPE, expect_id, from_global_id
 from graph.relay import OrderDirection
 
+T = TypeVar("T")
+
 
 def _id(value: strawberry.ID | None, kind: str, field: str) -> str | None:
     return expect_id(str(value), kind, field) if value is not None else None
@@ -44,17 +46,37 @@ def _eq(field: str, value: object) -> Filter | None:
     return Eq(field, value) if value is not None else None
 
 
-#: Ids one filter may list (a page of a console's selection, not a whole network).
+#: Ids one filter list may hold (a page of a console's selection, not a whole network):
+#: every list of ids or cpIds in a filter, of lists, analytics, subscriptions and the
+#: CSV exports alike (``bounded``). To ask about more, leave the list out: all the
+#: records the viewer may see.
 MAX_FILTER_IDS = 100
+#: What a filter list's description says of its bound.
+BOUNDED = (f"at most {MAX_FILTER_IDS} (TOO_LONG; for more, leave the list out: all the "
+           "viewer may see)")
+
+
+def bounded(values: list[T] | None, field: str) -> list[T] | None:
+    """A filter's list as given, ``None`` (asks nothing) as ``None``: at most
+    ``MAX_FILTER_IDS`` items, else ``TOO_LONG`` on ``field``. The one check of every
+    filter list of ids, so none takes any number (QA s26: the analytics filters, the
+    energy export and the station feed took any, and handed them all to the store)."""
+    if values is not None and len(values) > MAX_FILTER_IDS:
+        raise ValidationError(f"at most {MAX_FILTER_IDS} ids", field=field, code="TOO_LONG")
+    return values
+
+
+def global_ids(values: list[strawberry.ID] | None, kind: str, field: str
+               ) -> tuple[str, ...] | None:
+    """The raw ids of a filter's list of global ids of ``kind`` (``bounded``)."""
+    values = bounded(values, field)
+    return None if values is None else tuple(expect_id(str(v), kind, field) for v in values)
 
 
 def _ids(values: list[strawberry.ID] | None, kind: str, field: str) -> Filter | None:
     """``In`` over the listed global ids of ``kind``; an empty list matches nothing."""
-    if values is None:
-        return None
-    if len(values) > MAX_FILTER_IDS:
-        raise ValidationError(f"at most {MAX_FILTER_IDS} ids", field=field, code="TOO_LONG")
-    return In(f"{kind}_id", tuple(expect_id(str(value), kind, field) for value in values))
+    ids = global_ids(values, kind, field)
+    return None if ids is None else In(f"{kind}_id", ids)
 
 
 #: Longer than any name, plate or address; a real MongoDB server refuses patterns past
@@ -435,8 +457,8 @@ class SessionFilter:
                                               description="Sessions started at or after.")
     to: datetime | None = strawberry.field(default=None, description="Started before.")
     station_ids: list[strawberry.ID] | None = strawberry.field(
-        default=None, description=f"Sessions at any of these stations (at most "
-                                  f"{MAX_FILTER_IDS}; an empty list: none).")
+        default=None, description=f"Sessions at any of these stations ({BOUNDED}; an "
+                                  "empty list: none).")
     id_tag: str | None = strawberry.field(
         default=None, description="Sessions charged with this card (its tag, in any case).")
 

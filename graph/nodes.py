@@ -1427,7 +1427,9 @@ class AuditEntry(Node, Audited):
         "The record before the change, as stored: snake_case fields and raw record ids "
         "(`station_id`); private fields hidden as reads hide them. `entityId` is the "
         "changed record's global id; another record's is base64 of `<TypeName>:<raw id>`, "
-        "e.g. `Station:…`. Null for a CREATE."))
+        "e.g. `Station:…`. Values as stored too, not as the API writes them out: a "
+        "price as it was typed (`\"0.5900\"`, which the tariff shows `\"0.59\"`), money "
+        "in minor units (a payment's `amount_minor`). Null for a CREATE."))
     after: JSON | None = strawberry.field(description=(
         "The record after the change, shaped as `before`. Null for a DELETE."))
     _r: strawberry.Private[d.AuditEntry]

@@ -34,6 +34,7 @@ from domain.events import (
 from domain.ids import is_id
 from graph.context import GraphContext
 from graph.enums import ConnectorStatus, ReservationState, SessionState
+from graph.filters import BOUNDED, bounded, global_ids
 from graph.ids import expect_id, to_global_id
 from graph.loaders import Loaders
 from graph.nodes import Connector, Reservation, Session, Station, User, _related
@@ -55,14 +56,16 @@ class SessionChange(Enum):
 @strawberry.input(description="Narrow a station feed; all the viewer may see if left out.")
 class StationEventFilter:
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        "Only events of these chargers (OCPP identities); an empty list: none."))
+        f"Only events of these chargers (OCPP identities), {BOUNDED}; an empty list: "
+        "none."))
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
-        "Only events of these stations (global ids); an empty list: none."))
+        f"Only events of these stations (global ids), {BOUNDED}; an empty list: none."))
 
     def accepts(self) -> Callable[[Any], bool]:
-        cp_ids = set(self.cp_ids) if self.cp_ids is not None else None
-        station_ids = {expect_id(str(s), "station", "filter.stationIds")
-                       for s in self.station_ids} if self.station_ids is not None else None
+        cp_list = bounded(self.cp_ids, "filter.cpIds")
+        cp_ids = set(cp_list) if cp_list is not None else None
+        station_list = global_ids(self.station_ids, "station", "filter.stationIds")
+        station_ids = set(station_list) if station_list is not None else None
 
         def accept(event: Any) -> bool:
             return (cp_ids is None or event.cp_id in cp_ids) and (

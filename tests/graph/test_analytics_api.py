@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -498,8 +500,17 @@ async def test_energy_trend_per_station_in_one_call(scripted: tuple[History, Api
         (None, None, None)}
 
 
+def _readme_bullet(title: str) -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(rf"\* \*\*{title}\*\*(.*?)\n\* ", readme, re.S)
+    assert found, f"README has a {title} bullet"
+    return found.group(1)
+
+
 async def test_too_many_grouped_figures_is_a_coded_error(
         scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A top-level error, written among README's top-level errors with the bound it
+    tells of (QA s26: README named TOO_MANY for price bands alone)."""
     from domain.services import analytics
 
     history, api = scripted
@@ -507,6 +518,8 @@ async def test_too_many_grouped_figures_is_a_coded_error(
     r = await api.post(GROUPED, {"f": WINDOW, "g": "STATION"},
                        token=api.token_for(history.users["admin"].id))
     assert r.json()["errors"][0]["extensions"] == {"code": "TOO_MANY", "field": "groupBy"}
+    top_level = _readme_bullet("Top-level errors")
+    assert "`TOO_MANY`" in top_level and "10,000 figures" in top_level
     r = await api.post(GROUPED, {"f": WINDOW, "g": "NOBODY"},
                        token=api.token_for(history.users["admin"].id))
     assert "AnalyticsGroup" in r.json()["errors"][0]["message"]

@@ -8,12 +8,16 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+from starlette.routing import Route, Router
+
 from domain.ids import new_id
 from domain.ports import Insert
 from domain.services import Services
 from domain.validation import stored_id_tag
+from graph import TokenService, create_graphql_app
 from graph.ids import to_global_id
-from tests.graph.conftest import Api
+from tests.graph.conftest import SECRET, Api
 from tests.graph.world import World
 
 SESSIONS = "query($f: SessionFilter) { sessions(first: 50, filter: $f) { nodes { id } } }"
@@ -135,6 +139,41 @@ async def test_connectors_in_the_order_asked(api: Api, world: World) -> None:
     assert newest_first == sorted(default, reverse=True)
     by_number = await every([{"field": "CONNECTOR_ID"}, {"field": "CP_ID"}])
     assert by_number == sorted(default, key=lambda plug: (plug[1], plug[0]))
+
+
+WINDOW = {"from": "2026-03-28T00:00:00Z", "to": "2026-03-31T00:00:00Z"}
+TREND = "query($f: EnergyTrendFilter!) { energyTrend(filter: $f, bucket: DAY) { sessions } }"
+UTILIZATION = """query($f: AnalyticsFilter) { utilization(from: "2026-03-28T00:00:00Z",
+    to: "2026-03-31T00:00:00Z", filter: $f) { cpId } }"""
+OVERVIEW = "query($f: AnalyticsFilter) { overview(filter: $f) { activeSessions } }"
+
+
+async def test_every_filter_list_of_ids_takes_at_most_a_hundred(
+        api: Api, world: World, services: Services) -> None:
+    """README: a filter argument of over 100 ids is TOO_LONG, as `SessionFilter.stationIds`
+    answered; the analytics filters and the energy export took any number and handed
+    them all to the store (QA s26). A hundred is taken, in every one of them."""
+    stations = [station(world, "A-001")]
+    for query, base in ((TREND, WINDOW), (UTILIZATION, {}), (OVERVIEW, {})):
+        for name, one in (("stationIds", stations), ("cpIds", ["A-001"])):
+            f = {**base, name: one * 101}
+            assert await errors(api, world, query, f) == [(f"filter.{name}", "TOO_LONG")], (
+                query, name)
+            await api.gql(query, {"f": {**base, name: one * 100}},
+                          as_user=world.users["admin"].id)
+    # The energy export reads its parameters as `energyTrend`'s filter: the same bound.
+    tokens = TokenService(SECRET, timedelta(hours=1))
+    router = Router([Route("/export/{name}", create_graphql_app(services, tokens).export)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router),
+                                 base_url="http://testserver") as http:
+        for name, value in (("stationIds", stations[0]), ("cpIds", "A-001")):
+            params: list[tuple[str, Any]] = [*WINDOW.items(), ("bucket", "DAY"),
+                                             *[(name, value)] * 101]
+            r = await http.get("/export/energy.csv", params=params, headers={
+                "authorization": f"Bearer {tokens.issue(world.users['admin'].id).token}"})
+            assert r.status_code == 400, r.text
+            assert r.json()["errors"][0] | {"message": ""} == {
+                "field": name, "code": "TOO_LONG", "message": ""}
 
 
 STATIONS = """query($f: StationFilter) { stations(first: 50, filter: $f) {

@@ -1380,6 +1380,27 @@ async def test_a_command_id_filter_that_is_no_id_is_refused(live: Setup) -> None
     await socket.close()
 
 
+@pytest.mark.parametrize("name", ["cpIds", "stationIds"])
+async def test_a_station_feed_filter_takes_at_most_a_hundred_ids(live: Setup,
+                                                                 name: str) -> None:
+    """A station feed's lists are bounded as every filter list (README: over 100 ids is
+    TOO_LONG); they took any number (QA s26)."""
+    from graph.ids import to_global_id
+
+    one = "A-001" if name == "cpIds" else to_global_id("station",
+                                                       live.world.stations["A-001"].id)
+    socket = await live.open("admin")
+    socket.subscribe("1", "subscription($f: StationEventFilter) { "
+                          "connectorStatusChanged(filter: $f) { cpId } }",
+                     {"f": {name: [one] * 101}})
+    message = await socket.next()
+    assert message["id"] == "1", message
+    payload = message["payload"]
+    errors = payload if isinstance(payload, list) else payload.get("errors", [payload])
+    assert errors[0]["extensions"] == {"code": "TOO_LONG", "field": f"filter.{name}"}
+    await socket.close()
+
+
 async def test_every_charger_event_names_its_station_by_global_id(live: Setup) -> None:
     """QA (s17, a frontend): only connector status events had `stationId`; a map keyed by
     station had to select `station { id }` (a load per event) on the others."""

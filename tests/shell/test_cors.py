@@ -161,6 +161,27 @@ def test_other_methods_on_graphql_are_refused_as_the_api_refuses(tmp_path: Path,
                 assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
 
+@pytest.mark.parametrize("origins", ["", APP])
+@pytest.mark.parametrize("path", ["/export/sessions.csv", "/export/energy.csv",
+                                  "/export/me.json", "/export/users/x.json"])
+def test_other_methods_on_the_exports_are_refused_as_readme_says(
+        tmp_path: Path, origins: str, path: str) -> None:
+    """README: a method other than GET (or HEAD) on an export is a 405 with the API's
+    error body, `METHOD_NOT_ALLOWED`; the routes took GET only, so the router answered
+    first, in plain text, and no client ever read that code (QA s26)."""
+    with client_for(tmp_path, origins) as client:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            refused = client.request(method, path)
+            assert refused.status_code == 405, method
+            assert refused.headers["allow"] == "GET, HEAD", method
+            assert refused.headers["content-type"].startswith("application/json"), (
+                method, refused.text)
+            assert refused.json()["errors"][0]["code"] == "METHOD_NOT_ALLOWED", method
+        # GET and HEAD still reach the export: without a token, its 401.
+        assert client.get(path).status_code == 401
+        assert client.head(path).status_code == 401
+
+
 #: What a page reads of any answer without being told (the CORS-safelisted response
 #: headers), and what is said to the browser, not to the page.
 SAFELISTED = {"cache-control", "content-language", "content-length", "content-type",
@@ -186,17 +207,24 @@ def test_a_page_reads_the_headers_our_answers_carry(tmp_path: Path) -> None:
             "origin": APP, "authorization": f"Bearer {token}"})
         assert export.status_code == 200
         assert export.headers["content-disposition"].startswith("attachment; filename=")
+        # The 429 of an eleventh copy of one person's data within the hour: a page must
+        # read its Retry-After to say when to try again (QA s26).
+        mine = [client.get("/export/me.json", headers={
+            "origin": APP, "authorization": f"Bearer {token}"}) for _ in range(11)]
         answers = [login, export,
                    client.get("/export/sessions.csv", headers={"origin": APP}),  # 401
                    client.post("/graphql", headers={"origin": APP, "authorization": "Bearer x"},
                                json=QUERY),  # 401
                    client.get("/graphql", params={"query": "mutation { logout }"},
-                              headers={"origin": APP})]  # 405
-        assert [a.status_code for a in answers] == [200, 200, 401, 401, 405]
+                              headers={"origin": APP}),  # 405
+                   client.post("/export/me.json", headers={"origin": APP}),  # 405
+                   mine[-1]]  # 429
+        assert [a.status_code for a in answers] == [200, 200, 401, 401, 405, 405, 429]
+        assert answers[-1].json()["errors"][0]["code"] == "TOO_MANY_REQUESTS"
         for answer in answers:
             assert answer.headers["access-control-allow-origin"] == APP
             exposed = {h.strip().lower() for h in
                        answer.headers["access-control-expose-headers"].split(",")}
             carried = {h for h in answer.headers if not h.startswith("access-control-")}
             assert carried - SAFELISTED - FOR_THE_BROWSER <= exposed, answer.request.url
-        assert {"content-disposition", "www-authenticate", "allow"} <= exposed
+        assert {"content-disposition", "www-authenticate", "allow", "retry-after"} <= exposed
