@@ -62,6 +62,7 @@ from domain.services.base import (
     ServiceContext,
     books_of,
     charger,
+    holding_card,
     keeps_requested,
     maintenance_event,
     not_erased,
@@ -606,7 +607,8 @@ class ChargingService(ChargerConnections):
                               exclude_sessions: Collection[str] = (), *,
                               before: int | None = None) -> IdTagInfo:
         """The card's status for a StartTransaction: as ``authorize``, and
-        ``ConcurrentTx`` while another transaction holds it. ``exclude_sessions``: open
+        ``ConcurrentTx`` while another transaction holds it (``holding_card``: open, its
+        start not refused). ``exclude_sessions``: open
         sessions that do not hold the card (the one this very start opened, those it
         closed); ``before``: only open sessions of earlier transactions hold it (a
         start's own view)."""
@@ -629,8 +631,7 @@ class ChargingService(ChargerConnections):
         if start is not None:
             exclude_sessions, before = start
             busy = await self.store.find_all(
-                Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE),
-                                Range("transaction_id", lt=before)
+                Session, all_of(holding_card(tag.tag), Range("transaction_id", lt=before)
                                 if before is not None else None),
                 limit=len(exclude_sessions) + 1)
             if any(s.id not in exclude_sessions for s in busy):
