@@ -1005,3 +1005,69 @@ async def test_a_late_stop_stamped_before_its_start_keeps_the_end_its_close_gave
     assert corrected.end_time == closed.end_time
     assert corrected.end_time is not None
     assert corrected.end_time <= (await world.session(second)).start_time
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_two_starts_of_one_card_at_once_are_never_both_accepted(
+        kind: str, tmp_path: Path) -> None:
+    """The start that drew the lower transaction id writes its session last (another
+    instance, a slower store round trip: held here between its reads and its write),
+    the other written and answered meanwhile. Each was asked about the card once its own
+    session was written and only lower ids held it: the first met no earlier one, the
+    second had been judged before the first existed, and both were Accepted (review
+    r26). The one written second is told ConcurrentTx."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        release = asyncio.Event()
+        original = charging._lost_cut_by_start
+
+        async def slow(station: d.Station, connector_id: int, identity: Any) -> Any:
+            if connector_id == 1:
+                await release.wait()
+            return await original(station, connector_id, identity)
+
+        charging._lost_cut_by_start = slow  # type: ignore[method-assign]
+        first = asyncio.create_task(charging.start_transaction(CP, 1, "TAG-1", 0, T0))
+        await asyncio.sleep(0.2)  # it drew its id and waits
+        second = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                  T0 + timedelta(seconds=1))
+        release.set()
+        (lower, told_lower), (higher, told_higher) = sorted([await first, second])
+        assert (told_lower.status, told_higher.status) == ("ConcurrentTx", "Accepted")
+        assert (await world.session(lower)).start_refused == "ConcurrentTx"
+        assert (await world.session(higher)).start_refused is None
+        # Its resend (the answer lost) is refused as its first copy was: the card is
+        # held by the higher transaction, accepted in its place.
+        charging._lost_cut_by_start = original  # type: ignore[method-assign]
+        again = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+        assert (again[0], again[1].status) == (lower, "ConcurrentTx")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_start_judged_before_another_of_its_card_was_written_is_not_accepted(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held between its card's judgement and its write: the other start of the card is
+    judged, written and answered meanwhile (the card was free for both when asked). The
+    write of the one held is guarded by the card being held by no other session: it
+    fails, the start reads again and is told ConcurrentTx."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        commit = charging.commit
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def slow_commit(actor: Any, changes: Any, *args: Any, **kwargs: Any) -> Any:
+            if not held.is_set() and any(
+                    isinstance(r, d.Session) and r.connector_id == 1
+                    for r in (getattr(c, "record", None) for c, _ in changes)):
+                held.set()
+                await release.wait()
+            return await commit(actor, changes, *args, **kwargs)
+
+        monkeypatch.setattr(charging, "commit", slow_commit)
+        first = asyncio.create_task(charging.start_transaction(CP, 1, "TAG-1", 0, T0))
+        await asyncio.wait_for(held.wait(), 5)  # judged Accepted, not written
+        _, second = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                     T0 + timedelta(seconds=1))
+        release.set()
+        _, told = await first
+        assert (told.status, second.status) == ("ConcurrentTx", "Accepted")
