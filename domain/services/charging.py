@@ -273,11 +273,13 @@ CLOSED_WITHOUT_STOP = "Other"
 def closed_without_stop(session: Session) -> bool:
     """A session the CSMS closed without its StopTransaction: as lost (a newer start on
     its connector, ``_open_session``; the grace after its charger's reboot,
-    ``_close_lost_at_reboot``) or by an operator (``end_session``). Those closes alone
-    write no meterStop (a StopTransaction always carries one) and give the reason
-    ``CLOSED_WITHOUT_STOP``. Its stop, should it come after all, corrects the close."""
-    return session.state is SessionState.COMPLETED and session.meter_stop_wh is None \
-        and session.stop_reason == CLOSED_WITHOUT_STOP
+    ``_close_lost_at_reboot``) or by an operator (``end_session``), as those closes
+    record it (``Session.closed_without_stop``). Its stop, should it come after all,
+    corrects the close. Not inferred from a null meterStop and the reason
+    ``CLOSED_WITHOUT_STOP`` those closes write: a charger's stop with meterStop -1 (no
+    register, recorded null) and reason ``Other`` reads so too, and its resend was taken
+    for a correction (review r26)."""
+    return session.state is SessionState.COMPLETED and session.closed_without_stop
 
 
 def updated_payments(changes: Sequence[tuple[Change, Any]]) -> list[Payment]:
@@ -1638,7 +1640,7 @@ class ChargingService(ChargerConnections):
                      session.energy_wh, session.end_time, energy, end)
         closed, changes = await self._close(
             station, session, register, end, reason or "Local", actor, energy_wh=energy,
-            awaited=awaits_stop(session), readings=readings,
+            awaited=awaits_stop(session), stopped=True, readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
             meter=meter)
         await self.commit(actor, changes,
@@ -1705,14 +1707,16 @@ class ChargingService(ChargerConnections):
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None, awaited: bool = False,
-                     unchanged_since: datetime | None = None,
+                     stopped: bool = False, unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
                      meter: dict[str, Any] | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
-        at its close (default: as last metered). Written only onto a session still ACTIVE
+        at its close (default: as last metered). ``stopped``: closed by its
+        StopTransaction, else by the CSMS without it (``closed_without_stop``). Written
+        only onto a session still ACTIVE
         (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
         operator's endSession racing, one closes it, and the other fails with ``Conflict``
         (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
@@ -1762,7 +1766,8 @@ class ChargingService(ChargerConnections):
             guard = ("updated_at", unchanged_since)
         close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
-                      energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
+                      energy_wh=energy, power_w=None, stop_reason=reason,
+                      closed_without_stop=not stopped, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
                       band_energy_wh=band_wh,
                       # What its live readings showed is kept: its receipt is priced alike.
