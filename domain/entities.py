@@ -572,6 +572,13 @@ class Session(Record):
     #: (DeAuthorized) or, configured so, lets run. Priced by no tariff: not billed.
     start_refused: str | None = None
     stop_reason: str | None = None
+    #: Closed by the CSMS without its StopTransaction (``charging.closed_without_stop``):
+    #: as lost (a newer start on its connector, its charger's reboot) or by an
+    #: operator's ``endSession``; its stop, should it come after all, corrects the close.
+    #: Recorded, not read from a null meterStop and the reason ``Other``: a charger's own
+    #: stop with meterStop -1 and reason ``Other`` is written so too, and its resend was
+    #: taken for a correction (written, audited and announced again, review r26).
+    closed_without_stop: bool = False
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None
     cost_minor: int | None = None

@@ -978,17 +978,26 @@ class Session(Node, Audited):
         "The charger's energy register at the start (OCPP meterStart), Wh."))
     meter_stop_wh: BigInt | None = strawberry.field(description=(
         "The register at the end (OCPP meterStop), Wh; null while ACTIVE, for a "
-        "session closed without its StopTransaction (`stopReason` Other), and for one "
+        "session closed without its StopTransaction (`closedWithoutStop`), and for one "
         "whose meterStop no register can read (negative, or beyond 10^12 Wh: "
         "`meterAnomaly` IMPLAUSIBLE_STOP)."))
     stop_reason: str | None = strawberry.field(description=(
         "OCPP Reason of its StopTransaction (Local when the charger gave none), or Other "
-        "when the service closed it without one (`endSession`, a lost stop); null while "
-        "ACTIVE, and for one ended whose StopTransaction is still to come."))
+        "when the service closed it without one (`endSession`, a lost stop: "
+        "`closedWithoutStop`; a charger may give Other too); null while ACTIVE, and for "
+        "one ended whose StopTransaction is still to come."))
+    closed_without_stop: bool = strawberry.field(description=(
+        "Whether the service closed it without its StopTransaction (an operator's "
+        "`endSession`, a stop lost with a reboot or a newer start on its connector); its "
+        "StopTransaction, should it come after all, corrects the close. False while "
+        "ACTIVE and for one closed by its charger's stop, whatever its meterStop and "
+        "reason."))
     start_refused: AuthorizationStatus | None = strawberry.field(
         description="What the charger was told of the card at the start when it was not "
                     "ACCEPTED (BLOCKED, EXPIRED, INVALID, CONCURRENT_TX): a refused start, "
-                    "billed nothing (no tariff prices it); null for an accepted one.")
+                    "billed nothing (no tariff prices it) and holding no card (the card's "
+                    "starts elsewhere are not told CONCURRENT_TX because of it); null for "
+                    "an accepted one.")
     # Plain fields, computed when wrapped: a resolver per field and row costs more than
     # the division (strawberry wraps every resolver call).
     energy_kwh: float = strawberry.field(
@@ -1021,6 +1030,8 @@ class Session(Node, Audited):
             "meter_start_wh": r.meter_start_wh,
             "meter_stop_wh": r.meter_stop_wh,
             "stop_reason": r.stop_reason,
+            "closed_without_stop": r.closed_without_stop
+            and r.state is d.SessionState.COMPLETED,
             "energy_kwh": r.energy_wh / 1000,
             "power_kw": r.power_w / 1000 if r.power_w is not None else None,
             "meter_anomaly": r.meter_anomaly,

@@ -33,6 +33,7 @@ from domain.entities import (
     Registration,
     Reservation,
     Session,
+    SessionState,
     Site,
     Station,
     Tariff,
@@ -674,6 +675,17 @@ def not_erased(user_id: str) -> Guard:
     only while they are not erased: their erasure may land on another instance between
     the read of them and the write (guarded the other way: ``erasure``)."""
     return Guard(User, all_of(Eq("id", user_id), Eq("erased_at", None)))
+
+
+def holding_card(tag: str) -> Filter:
+    """The sessions that hold a card, so that a start of it elsewhere is told
+    ``ConcurrentTx`` (and a remote start of it is refused): open, and not refused at their
+    start (``Session.start_refused``). A session the CSMS itself refused (ConcurrentTx,
+    Blocked, …) that its charger never stops held the card for good: the driver's next
+    start, after the session accepted in its place had ended, was told ConcurrentTx
+    because of it (review r26)."""
+    return all_of(Eq("id_tag", tag), Eq("state", SessionState.ACTIVE),
+                  Eq("start_refused", None))
 
 
 def touch(record: E, **updates: Any) -> Update:

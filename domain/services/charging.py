@@ -56,12 +56,13 @@ from domain.ids import stable_id
 from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
-from domain.query import Eq, In, Range, Sort, all_of
+from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.registration import admits
 from domain.services.base import (
     ServiceContext,
     books_of,
     charger,
+    holding_card,
     keeps_requested,
     maintenance_event,
     not_erased,
@@ -282,11 +283,13 @@ CLOSED_WITHOUT_STOP = "Other"
 def closed_without_stop(session: Session) -> bool:
     """A session the CSMS closed without its StopTransaction: as lost (a newer start on
     its connector, ``_open_session``; the grace after its charger's reboot,
-    ``_close_lost_at_reboot``) or by an operator (``end_session``). Those closes alone
-    write no meterStop (a StopTransaction always carries one) and give the reason
-    ``CLOSED_WITHOUT_STOP``. Its stop, should it come after all, corrects the close."""
-    return session.state is SessionState.COMPLETED and session.meter_stop_wh is None \
-        and session.stop_reason == CLOSED_WITHOUT_STOP
+    ``_close_lost_at_reboot``) or by an operator (``end_session``), as those closes
+    record it (``Session.closed_without_stop``). Its stop, should it come after all,
+    corrects the close. Not inferred from a null meterStop and the reason
+    ``CLOSED_WITHOUT_STOP`` those closes write: a charger's stop with meterStop -1 (no
+    register, recorded null) and reason ``Other`` reads so too, and its resend was taken
+    for a correction (review r26)."""
+    return session.state is SessionState.COMPLETED and session.closed_without_stop
 
 
 def updated_payments(changes: Sequence[tuple[Change, Any]]) -> list[Payment]:
@@ -619,10 +622,10 @@ class ChargingService(ChargerConnections):
                               exclude_sessions: Collection[str] = (), *,
                               before: int | None = None) -> IdTagInfo:
         """The card's status for a StartTransaction: as ``authorize``, and
-        ``ConcurrentTx`` while another transaction holds it. ``exclude_sessions``: open
-        sessions that do not hold the card (the one this very start opened, those it
-        closed); ``before``: only open sessions of earlier transactions hold it (a
-        start's own view)."""
+        ``ConcurrentTx`` while another transaction holds it (``holding_card``: open, its
+        start not refused). ``exclude_sessions``: open sessions that do not hold the card
+        (the one this very start opened, those it closes); ``before``: only open sessions
+        of earlier transactions hold it (a resent start's view of its first copy)."""
         return await self._card_answer(id_tag, (exclude_sessions, before))
 
     async def _card_answer(self, id_tag: str,
@@ -642,8 +645,7 @@ class ChargingService(ChargerConnections):
         if start is not None:
             exclude_sessions, before = start
             busy = await self.store.find_all(
-                Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE),
-                                Range("transaction_id", lt=before)
+                Session, all_of(holding_card(tag.tag), Range("transaction_id", lt=before)
                                 if before is not None else None),
                 limit=len(exclude_sessions) + 1)
             if any(s.id not in exclude_sessions for s in busy):
@@ -920,21 +922,14 @@ class ChargingService(ChargerConnections):
             tag, start, meter_start, glitch,
             reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
             reported)
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
                 Eq("reported_start", reported) if reported is not None
                 else Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
-                # Judged as its first copy was: only earlier transactions hold the card.
-                # A later one of the same card (tapped on another connector while this
-                # answer was lost, told ConcurrentTx) must not make the resend
-                # ConcurrentTx too: the charger stopped the very transaction it was
-                # charging, recorded as refused and billed nothing (QA s26).
-                info = await self.authorize_start(cp_id, presented, (same.id,),
-                                                  before=same.transaction_id)
-                await self._answered(station, same, info)
+                info = await self._resent(station, same, presented)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
             # from Available straight to StartTransaction says nothing the map hears.
@@ -949,28 +944,19 @@ class ChargingService(ChargerConnections):
                 # connector: read again, once, and answer as the winner's copy. Or the
                 # station (its connector) was removed meanwhile, on another instance
                 # maybe: the write's guards refused it whole, and its charger is told
-                # what any charger of an unknown charge point is (it is hung up on).
+                # what any charger of an unknown charge point is (it is hung up on). Or
+                # another start of the same card took it meanwhile (``_open_session``'s
+                # card guard): read again, this one is told ConcurrentTx.
                 station = await self._still_registered(cp_id)
                 company_id, station_owner_id = books_of(station)
-                if attempt == 2:
+                if attempt == 3:
                     raise
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                info = await self.authorize_start(cp_id, presented, (opened.id,),
-                                                  before=opened.transaction_id)
-                await self._answered(station, opened, info)
+                info = await self._resent(station, opened, presented)
                 return opened.transaction_id, _told(station, info)
-            session, ended, used, repriced = opened
+            session, ended, used, repriced, info = opened
             break
-        # Asked once the session is written: of two starts with one card at once (two
-        # connectors), the later transaction meets the earlier, whatever the timing, and
-        # is the one told ConcurrentTx. The sessions this start closed (their stops were
-        # lost) hold the card no longer: never ConcurrentTx because of them (chargers stop
-        # a transaction so answered).
-        info = await self.authorize_start(cp_id, presented,
-                                          (session.id, *(o.id for o in ended)),
-                                          before=session.transaction_id)
-        session = await self._answered(station, session, info)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
         self.cache.remember(session)
@@ -1011,8 +997,36 @@ class ChargingService(ChargerConnections):
             except Exception:  # the message stands, answered; the next trigger recomputes
                 log.exception("a listener of %s's %s failed", cp_id, what)
 
+    async def _resent(self, station: Station, session: Session, presented: str
+                      ) -> IdTagInfo:
+        """The answer to a start whose session a copy of it wrote (``session``): judged as
+        its first copy was. One accepted then is held up only by earlier transactions
+        still holding the card: a later one of the same card (tapped on another connector
+        while this answer was lost, told ConcurrentTx) must not make the resend
+        ConcurrentTx too, the charger stopping the very transaction it was charging,
+        recorded as refused and billed nothing (QA s26). One refused then stays refused
+        while any other session holds the card (the one accepted in its place may have
+        drawn a higher id, ``_open_session``), and is accepted once none does."""
+        info = await self.authorize_start(
+            station.cp_id, presented, (session.id,),
+            before=session.transaction_id if session.start_refused is None else None)
+        return (await self._answered(station, session, info))[1]
+
+    def _refusal(self, station: Station, session: Session, info: IdTagInfo) -> str | None:
+        """What ``session.start_refused`` becomes when its start is answered ``info``
+        (``_answered``)."""
+        if info.status == "Accepted":
+            return None
+        if session.start_refused is not None:
+            return session.start_refused  # refused again (a retry): the refusal stands
+        # Late on the charger's own clock (as its other messages show it): a clock
+        # hours behind ours stamps a live start hours ago.
+        late = not session.start_clock_behind and self.clocks.charger_now(
+            station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
+        return None if late else info.status
+
     async def _answered(self, station: Station, session: Session, info: IdTagInfo
-                        ) -> Session:
+                        ) -> tuple[Session, IdTagInfo]:
         """Records on ``session`` the answer its start got when it refused a start the
         charger could still act on (``Session.start_refused``: priced by no tariff): its
         card's status (``info``), also where the charger was told ``WITHHELD`` (a
@@ -1021,36 +1035,54 @@ class ChargingService(ChargerConnections):
         that answer). A start its charger sent long after its timestamp (flushed from an
         offline queue) charged before it was asked: billed whatever it is told now (its
         card expired since, or is busy elsewhere by then). Written only when it changes:
-        an accepted start writes nothing more."""
-        if info.status == "Accepted":
-            refused = None
-        elif session.start_refused is not None:
-            return session  # refused again (a retry): the refusal stands
-        else:
-            # Late on the charger's own clock (as its other messages show it): a clock
-            # hours behind ours stamps a live start hours ago.
-            late = not session.start_clock_behind and self.clocks.charger_now(
-                station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
-            refused = None if late else info.status
+        an accepted start writes nothing more. A refused session accepted now takes the
+        card: only while no other session holds it (``_card_free``), else it is told
+        ConcurrentTx still (returned with the session)."""
+        refused = self._refusal(station, session, info)
         if refused == session.start_refused:
-            return session
+            return session, info
         actor = charger(station.cp_id)
         change = patch(session, actor, start_refused=refused)
-        await self.commit(actor, [(change, session)])
-        return cast(Session, change.record)
+        takes_card = refused is None and session.state is SessionState.ACTIVE
+        try:
+            await self.commit(actor, [(change, session)],
+                              guards=[self._card_free(session)] if takes_card else [])
+        except Conflict:
+            if not takes_card:
+                raise
+            return session, IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
+        return cast(Session, change.record), info
+
+    @staticmethod
+    def _card_free(session: Session) -> Guard:
+        """The guard of a write that makes ``session`` hold its card (``holding_card``):
+        no other session holds it, as the store stands with the write. Two starts of one
+        card at once (two chargers, two instances) each judged the card before the
+        other's session was written, and both were Accepted (review r26): the write of
+        the second to land fails, and its start reads again and is told ConcurrentTx.
+        SQLite checks it inside the write; MongoDB after its own write (each side writes
+        first and reads second: at least one of two meets the other, ``Guard``)."""
+        others = any_of(Range("transaction_id", lt=session.transaction_id),
+                        Range("transaction_id", gt=session.transaction_id))
+        return Guard(Session, all_of(holding_card(session.id_tag), others), exists=False)
 
     async def _open_session(self, station: Station, connector_id: int, presented: str,
                             identity: _StartIdentity, reservation_id: int | None,
                             company_id: str | None, station_owner_id: str | None
                             ) -> Session | tuple[Session, list[Session], Reservation | None,
-                                                 list[Payment]]:
+                                                 list[Payment], IdTagInfo]:
         """Writes a new session, closing those its connector still has open from before
         it (their stops were lost) and using its reservation; or returns the open session
         if it is this very start, committed by another socket while the transaction id was
         drawn. A session open since later than this start, by clock and meter, stays
         open: this is an older transaction the charger flushed late, written as ended and
         awaiting its stop (``COMPLETED`` without a stop reason, ``awaits_stop``), which
-        follows it."""
+        follows it. Its card is judged on the store as read just before the write
+        (``authorize_start``), the answer recorded with it (``_answered``), and an
+        Accepted one written only while no other session holds the card (``_card_free``):
+        of two starts of one card at once the one written second is told ConcurrentTx,
+        whatever the timing, on any instance. The sessions this start closes (their stops
+        were lost) hold the card no longer: never ConcurrentTx because of them."""
         cp_id = station.cp_id
         tag, start, meter_start = identity.tag, identity.start, identity.meter_start
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
@@ -1133,11 +1165,15 @@ class ChargingService(ChargerConnections):
                         state=ReservationState.USED)
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
+        info = await self.authorize_start(cp_id, presented, [o.id for o in ended])
+        session = replace(session, start_refused=self._refusal(station, session, info))
+        guards = self._start_guards(station, plug, is_new, id_tag_record)
+        if info.status == "Accepted" and session.state is SessionState.ACTIVE:
+            guards.append(self._card_free(session))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
-        await self.commit(actor, changes, unaudited=[*samples, *consumed],
-                          guards=self._start_guards(station, plug, is_new, id_tag_record))
-        return session, ended, used, updated_payments(changes)
+        await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)
+        return session, ended, used, updated_payments(changes), info
 
     @staticmethod
     def _start_guards(station: Station, plug: Connector, is_new: bool,
@@ -1626,7 +1662,7 @@ class ChargingService(ChargerConnections):
                      session.energy_wh, session.end_time, energy, end)
         closed, changes = await self._close(
             station, session, register, end, reason or "Local", actor, energy_wh=energy,
-            awaited=awaits_stop(session), readings=readings,
+            awaited=awaits_stop(session), stopped=True, readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
             meter=meter)
         await self.commit(actor, changes,
@@ -1693,14 +1729,16 @@ class ChargingService(ChargerConnections):
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None, awaited: bool = False,
-                     unchanged_since: datetime | None = None,
+                     stopped: bool = False, unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
                      meter: dict[str, Any] | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
-        at its close (default: as last metered). Written only onto a session still ACTIVE
+        at its close (default: as last metered). ``stopped``: closed by its
+        StopTransaction, else by the CSMS without it (``closed_without_stop``). Written
+        only onto a session still ACTIVE
         (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
         operator's endSession racing, one closes it, and the other fails with ``Conflict``
         (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
@@ -1750,7 +1788,8 @@ class ChargingService(ChargerConnections):
             guard = ("updated_at", unchanged_since)
         close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
-                      energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
+                      energy_wh=energy, power_w=None, stop_reason=reason,
+                      closed_without_stop=not stopped, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
                       band_energy_wh=band_wh,
                       # What its live readings showed is kept: its receipt is priced alike.

@@ -73,6 +73,7 @@ from domain.services.base import (
     Service,
     ServiceContext,
     books_of,
+    holding_card,
     keeps_requested,
     maintenance_event,
     owned_by,
@@ -1052,8 +1053,9 @@ class CommandService(Service):
         return found[0] is not None
 
     async def _charging_with(self, tag: IdTag) -> Session | None:
-        return await self.store.find_one(Session, all_of(
-            Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)))
+        """The session holding the card (``holding_card``): one whose start the CSMS
+        refused holds nothing, the charger's StartTransaction would be Accepted."""
+        return await self.store.find_one(Session, holding_card(tag.tag))
 
     async def _refuse_charging(self, viewer: Viewer, tag: IdTag) -> None:
         session = await self._charging_with(tag)

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61 and 64).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64 and 66).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -200,6 +200,8 @@ async def migrate(db: Any) -> None:
     # Before the defaults: a station holding more keys than are kept is flagged, not
     # given false.
     await _once(db, "configuration_truncated", _configuration_truncated)
+    # Before the defaults: a session closed without its stop is flagged, not given false.
+    await _once(db, "sessions_closed_without_stop", _sessions_closed_without_stop)
     # After ``refunded_whole``: a refunded payment without the field was refunded whole,
     # not by the default 0.
     for kind, name in ADDED_WITH_DEFAULT:
@@ -270,6 +272,7 @@ ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("tariff", "energy_bands"),
     ("session", "meter_offset_wh"),
     ("session", "start_clock_behind"),
+    ("session", "closed_without_stop"),
     ("connector_interval", "known"),
     ("connection_event", "server_outage"),
     ("station", "configuration_truncated"),
@@ -399,6 +402,20 @@ async def _configuration_truncated(db: Any) -> None:
         await db["station"].update_many(
             {"_id": {"$in": [group["_id"] for group in over]}},
             {"$set": {"configuration_truncated": True, MARK: ObjectId()}})
+
+
+async def _sessions_closed_without_stop(db: Any) -> None:
+    """Sessions the CSMS closed without their StopTransaction (as lost, or by an
+    operator) are flagged (``Session.closed_without_stop``), as SQLite's migration 66
+    flags them: written before the flag, they are those with a null meterStop and the
+    reason ``Other``, save a charger's stop of -1 (no register, recorded null), which
+    always set ``IMPLAUSIBLE_STOP`` (review r26: its resend was taken for a correction).
+    Only documents still without the field: one written since carries it."""
+    await db["session"].update_many(
+        {"closed_without_stop": {"$exists": False}, "state": "COMPLETED",
+         "meter_stop_wh": None, "stop_reason": "Other",
+         "meter_anomaly": {"$ne": "IMPLAUSIBLE_STOP"}},
+        {"$set": {"closed_without_stop": True, MARK: ObjectId()}})
 
 
 async def _payment_plugs(db: Any) -> None:

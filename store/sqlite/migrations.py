@@ -1373,6 +1373,19 @@ _V65 = """
 ALTER TABLE "session" ADD COLUMN "reported_start" INTEGER;
 """
 
+# Version 66: whether a session was closed by the CSMS without its StopTransaction (as
+# lost, or by an operator's endSession: ``Session.closed_without_stop``), recorded instead
+# of read from a null meterStop and the reason 'Other': a charger's own stop with
+# meterStop -1 and reason Other was written so too, and its resend taken for a correction
+# of the close (review r26). Older rows closed so take it; a stop of -1 is told apart by
+# the flag it always set (IMPLAUSIBLE_STOP), which no close without a stop sets.
+_V66 = """
+ALTER TABLE "session" ADD COLUMN "closed_without_stop" INTEGER NOT NULL DEFAULT 0;
+UPDATE "session" SET "closed_without_stop" = 1
+WHERE "state" = 'COMPLETED' AND "meter_stop_wh" IS NULL AND "stop_reason" = 'Other'
+  AND "meter_anomaly" IS NOT 'IMPLAUSIBLE_STOP';
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1401,7 +1414,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (62, _V62),
                                      (63, _V63),
                                      (64, _V64),
-                                     (65, _V65))
+                                     (65, _V65),
+                                     (66, _V66))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -22,7 +22,7 @@ from domain.errors import Conflict
 from domain.events import DomainEvent, SessionChanged
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Store, Update
-from domain.query import Eq, all_of
+from domain.query import ALL, Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
 from domain.services.live_updates import LatestUpdates
@@ -1005,3 +1005,153 @@ async def test_a_late_stop_stamped_before_its_start_keeps_the_end_its_close_gave
     assert corrected.end_time == closed.end_time
     assert corrected.end_time is not None
     assert corrected.end_time <= (await world.session(second)).start_time
+
+
+# ------------------------------------------- review r26: meterStop -1, starts of one card
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_minus_one_stop_is_billed_and_counted_as_metered(
+        kind: str, tmp_path: Path) -> None:
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
+        await charging.meter_values(CP, 1, tx, register(52_000, 60))
+        await charging.stop_transaction(CP, tx, -1, T0 + timedelta(seconds=120))
+        s = await world.session(tx)
+        assert (s.energy_wh, s.meter_stop_wh, s.meter_anomaly) == (
+            2_000, None, d.MeterAnomaly.IMPLAUSIBLE_STOP)
+        assert not s.closed_without_stop  # its charger's stop closed it
+        samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+        assert sum(x.delta_wh or 0 for x in samples) == 2_000
+        trend = await world.services.analytics.energy_trend(
+            Viewer(user_id="admin", role=d.Role.ADMIN), Scope(cp_ids=(CP,)),
+            T0 - timedelta(days=1), T0 + timedelta(days=1), Bucket.DAY)
+        assert sum(b.energy_wh for b in trend) == 2_000
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_minus_one_stop_after_a_rollover_writes_no_impossible_register(
+        kind: str, tmp_path: Path) -> None:
+    """A 32-bit register rolled over mid-session, then a stop of -1: billed across the
+    rollover, and no sample reads a register beyond 2^32."""
+    top = 2**32
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", top - 5_000, T0)
+        await charging.meter_values(CP, 1, tx, register(top - 2_000, 60))
+        await charging.meter_values(CP, 1, tx, register(1_500, 90))
+        await charging.stop_transaction(CP, tx, -1, T0 + timedelta(seconds=120))
+        assert (await world.session(tx)).energy_wh == 6_500
+        samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+        assert sum(x.delta_wh or 0 for x in samples) == 6_500
+        assert all(x.value < top for x in samples), [(x.value, x.delta_wh) for x in samples]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_resent_minus_one_stop_of_reason_other_is_a_repeat(
+        kind: str, tmp_path: Path) -> None:
+    """A stop of meterStop -1 (no register: recorded null) and OCPP reason Other reads as
+    the CSMS's own close without a stop once inferred from a null meterStop and reason
+    Other (review r26): its resend (the answer lost) was taken for a correction, written,
+    audited and announced ENDED (``session.ended``) again. Recorded, it is a repeat."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
+        await charging.meter_values(CP, 1, tx, register(52_000, 60))
+        end = T0 + timedelta(seconds=120)
+        await charging.stop_transaction(CP, tx, -1, end, reason="Other")
+        first = await world.session(tx)
+        audits = await world.store.count(d.AuditEntry, Eq("entity_id", first.id))
+        await charging.stop_transaction(CP, tx, -1, end, reason="Other")  # resent
+        events = await world.events_until(lambda e: False)
+        again = await world.session(tx)
+        assert (again.energy_wh, again.cost_minor) == (first.energy_wh, first.cost_minor)
+        assert [e.change for e in events].count("ENDED") == 1, "session.ended sent twice"
+        assert await world.store.count(d.AuditEntry, Eq("entity_id", first.id)) == audits
+        assert again.updated_at == first.updated_at
+        assert await world.store.count(d.Payment, ALL) <= 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_minus_one_stop_of_reason_other_is_not_cut_by_the_next_start(
+        kind: str, tmp_path: Path) -> None:
+    """The next start's meterStart below a session's readings cuts only a session closed
+    without its stop (``_lost_cut_by_start``), never one its charger stopped: a stop of -1
+    with reason Other, taken for such a close, was billed only up to that meterStart
+    (1 of its 2 kWh) and flagged NEXT_START_BELOW_READINGS (review r26). Its readings
+    are clock-aligned (no transactionId), which the cut takes for the newer one's."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
+        await charging.meter_values(CP, 1, None, register(52_000, 60))  # clock-aligned
+        await charging.stop_transaction(CP, tx, -1, T0 + timedelta(seconds=120),
+                                        reason="Other")
+        await charging.start_transaction(CP, 1, "TAG-1", 51_000, T0 + timedelta(minutes=5))
+        stopped = await world.session(tx)
+        assert (stopped.energy_wh, stopped.meter_anomaly) == (
+            2_000, d.MeterAnomaly.IMPLAUSIBLE_STOP)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_two_starts_of_one_card_at_once_are_never_both_accepted(
+        kind: str, tmp_path: Path) -> None:
+    """The start that drew the lower transaction id writes its session last (another
+    instance, a slower store round trip: held here between its reads and its write),
+    the other written and answered meanwhile. Each was asked about the card once its own
+    session was written and only lower ids held it: the first met no earlier one, the
+    second had been judged before the first existed, and both were Accepted (review
+    r26). The one written second is told ConcurrentTx."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        release = asyncio.Event()
+        original = charging._lost_cut_by_start
+
+        async def slow(station: d.Station, connector_id: int, identity: Any) -> Any:
+            if connector_id == 1:
+                await release.wait()
+            return await original(station, connector_id, identity)
+
+        charging._lost_cut_by_start = slow  # type: ignore[method-assign]
+        first = asyncio.create_task(charging.start_transaction(CP, 1, "TAG-1", 0, T0))
+        await asyncio.sleep(0.2)  # it drew its id and waits
+        second = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                  T0 + timedelta(seconds=1))
+        release.set()
+        (lower, told_lower), (higher, told_higher) = sorted([await first, second])
+        assert (told_lower.status, told_higher.status) == ("ConcurrentTx", "Accepted")
+        assert (await world.session(lower)).start_refused == "ConcurrentTx"
+        assert (await world.session(higher)).start_refused is None
+        # Its resend (the answer lost) is refused as its first copy was: the card is
+        # held by the higher transaction, accepted in its place.
+        charging._lost_cut_by_start = original  # type: ignore[method-assign]
+        again = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+        assert (again[0], again[1].status) == (lower, "ConcurrentTx")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_start_judged_before_another_of_its_card_was_written_is_not_accepted(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held between its card's judgement and its write: the other start of the card is
+    judged, written and answered meanwhile (the card was free for both when asked). The
+    write of the one held is guarded by the card being held by no other session: it
+    fails, the start reads again and is told ConcurrentTx."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        commit = charging.commit
+        release, held = asyncio.Event(), asyncio.Event()
+
+        async def slow_commit(actor: Any, changes: Any, *args: Any, **kwargs: Any) -> Any:
+            if not held.is_set() and any(
+                    isinstance(r, d.Session) and r.connector_id == 1
+                    for r in (getattr(c, "record", None) for c, _ in changes)):
+                held.set()
+                await release.wait()
+            return await commit(actor, changes, *args, **kwargs)
+
+        monkeypatch.setattr(charging, "commit", slow_commit)
+        first = asyncio.create_task(charging.start_transaction(CP, 1, "TAG-1", 0, T0))
+        await asyncio.wait_for(held.wait(), 5)  # judged Accepted, not written
+        _, second = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                     T0 + timedelta(seconds=1))
+        release.set()
+        _, told = await first
+        assert (told.status, second.status) == ("ConcurrentTx", "Accepted")

@@ -213,6 +213,37 @@ async def test_a_charger_s_telemetry_meanwhile_neither_fails_nor_is_undone(
     assert plug.status.value == "Faulted"
 
 
+async def test_two_starts_of_one_card_on_two_instances_are_never_both_accepted(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26: A's start (the lower transaction id) has read everything and not yet
+    written its session when B's start of the same card, on another charger, is written
+    and answered. Each was asked about the card once its own session was written, and
+    only lower ids held it: A met no earlier transaction, B had been judged before A's
+    session existed, and both were Accepted. A's write is guarded by the card being
+    held by no other session: it reads again and is told ConcurrentTx."""
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="dora@example.com", password="pw-12345678", name="Dora",
+        role=d.Role.DRIVER)
+    await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    await two.a.stations.create_station(SYSTEM, cp_id="CP-OTHER", name="Werder",
+                                        connectors=[ConnectorSpec(1, max_kw=50)])
+    answers: list[Any] = []
+
+    async def b_starts() -> None:
+        answers.append(await two.b.charging.start_transaction(
+            "CP-OTHER", 1, "TAG-1", 0, datetime.now(UTC).replace(microsecond=0)))
+
+    monkeypatch.setattr(two.a.charging, "_lost_cut_by_start",
+                        once(b_starts, two.a.charging._lost_cut_by_start))
+    a_tx, a_told = await start(two.a)
+    [(b_tx, b_told)] = answers
+    assert a_tx < b_tx  # A drew its id first
+    assert (a_told.status, b_told.status) == ("ConcurrentTx", "Accepted")
+    held = {s.transaction_id: s.start_refused
+            for s in await two.store.find_all(d.Session, Eq("id_tag", "TAG-1"))}
+    assert held == {a_tx: "ConcurrentTx", b_tx: None}
+
+
 # ------------------------------------------------------------------ (C) owner vs demotion
 async def operator(two: Instances) -> d.User:
     return await two.a.accounts.create_user(

@@ -440,6 +440,40 @@ async def test_a_resent_start_keeps_its_card_from_a_later_refused_one(
     assert charging is not None and charging.start_refused is None
 
 
+async def test_a_start_refused_concurrent_tx_never_stopped_holds_no_card(
+        central: Central) -> None:
+    """Review r26: the card charging on connector 1 is tapped on connector 2, told
+    ConcurrentTx (its session recorded refused, ACTIVE). The charger cuts the energy but
+    never sends that StopTransaction (StopTransactionOnInvalidId false and the car left
+    plugged, or the stop lost). Once connector 1 stops, the driver's next start was told
+    ConcurrentTx, because of a session the CSMS itself had refused. A refused start holds
+    no card."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+
+    def stamp(at: datetime) -> str:
+        return at.isoformat().replace("+00:00", "Z")
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        async def started(connector_id: int, meter: int, at: datetime) -> tuple[int, str]:
+            answer = await cp.call(call.StartTransaction(
+                connector_id=connector_id, id_tag="TAG-OK", meter_start=meter,
+                timestamp=stamp(at)))
+            return answer.transaction_id, answer.id_tag_info["status"]
+
+        first, told = await started(1, 5_000, start)
+        assert told == "Accepted"
+        refused, told = await started(2, 8_000, start + timedelta(minutes=1))
+        assert told == "ConcurrentTx"
+        await cp.call(call.StopTransaction(meter_stop=6_000,
+                                           timestamp=stamp(start + timedelta(minutes=5)),
+                                           transaction_id=first))
+        _, told = await started(1, 6_000, start + timedelta(minutes=6))
+    held = await central.session(refused)
+    assert held is not None and held.start_refused == "ConcurrentTx"
+    assert held.state is d.SessionState.ACTIVE
+    assert told == "Accepted", "a session refused ConcurrentTx held the card for good"
+
+
 async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.call(call.MeterValues(connector_id=2, transaction_id=987654, meter_value=[

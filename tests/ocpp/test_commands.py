@@ -2360,10 +2360,14 @@ async def test_a_tag_in_use_by_a_session_not_the_cards_names_no_station(
         central: Central) -> None:
     """A session started with a tag of no card (a roaming or list-only tag, at any
     company's charger) made a card issued later with that tag be refused "charging at
-    <station>": where another company's session runs is not the card holder's to know."""
+    <station>": where another company's session runs is not the card holder's to know.
+    The start came late, flushed from the charger's offline queue: answered Invalid, it
+    charged before it was asked, is billed, and holds the tag (one refused on time holds
+    nothing: below)."""
+    late = (datetime.now(UTC) - timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.report_all()
-        await cp.start_transaction(1, "GHOST-1")  # no card has it: answered Invalid
+        await cp.start_transaction(1, "GHOST-1", late)  # no card has it: Invalid
         issued = await central.gql(
             'mutation($u: ID!) { issueIdTag(input: {tag: "GHOST-1", userId: $u}) '
             "{ errors { code } } }", {"u": to_global_id("user", central.users["driver"].id)},
@@ -2374,6 +2378,29 @@ async def test_a_tag_in_use_by_a_session_not_the_cards_names_no_station(
                          as_user="driver")
         assert busy["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
                                    "this card's tag is in use by a session in progress"}]
+
+
+async def test_a_session_whose_start_was_refused_does_not_hold_the_card_for_a_remote_start(
+        central: Central) -> None:
+    """Review r26: a session whose start the CSMS refused holds no card (a charger that
+    never stops it made the card ConcurrentTx for good). A remote start checks the card
+    as the charger's StartTransaction is answered: one refused Invalid on time, its tag
+    then issued as a card, does not make the card's remote start IN_USE."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        tx, told = await cp.start_transaction(1, "GHOST-1")  # no card has it
+        assert told == "Invalid"
+        issued = await central.gql(
+            'mutation($u: ID!) { issueIdTag(input: {tag: "GHOST-1", userId: $u}) '
+            "{ errors { code } } }", {"u": to_global_id("user", central.users["driver"].id)},
+            as_user="admin")
+        assert issued["issueIdTag"]["errors"] == []
+        started = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 2, "idTag": "GHOST-1"},
+                            as_user="driver")
+        assert started["errors"] == []
+    refused = await central.session(tx)
+    assert refused is not None and refused.start_refused == "Invalid"
 
 
 async def test_an_operators_remote_stop_of_another_stations_transaction_is_not_sent(

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from ocpp.v16 import call
 
 from domain import entities as d
-from domain.query import Eq
+from domain.query import ALL, Eq
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 
@@ -315,3 +315,40 @@ async def test_a_stop_whose_meter_stop_is_no_register_closes_the_session(
         assert shown[tx] == "IMPLAUSIBLE_STOP"
         samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
         assert sum(s.delta_wh or 0 for s in samples) == 2_000
+
+
+async def test_a_resent_minus_one_stop_of_reason_other_changes_nothing(
+        central: Central) -> None:
+    """Review r26: a StopTransaction with meterStop -1 and OCPP reason Other (a Reason
+    any charger may give) is recorded with meterStopWh null and stopReason Other, which
+    was read as the CSMS's own close without a stop: its resend (the answer lost) was
+    taken for a correction of that close, the session written again. Whether the CSMS
+    closed it without a stop is recorded instead (``closedWithoutStop``)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(50_000)
+        await charger.reading(52_000)
+        at = charger.at + timedelta(minutes=1)
+        data = [{"timestamp": iso(at), "sampledValue": [
+            {"value": "52500", "context": "Transaction.End"}]}]
+
+        async def stop() -> None:
+            await cp.call(call.StopTransaction(
+                meter_stop=-1, timestamp=iso(at), transaction_id=charger.tx,
+                reason="Other", transaction_data=data))
+
+        await stop()
+        first = await billed(central, charger.tx)
+        samples = await central.store.count(d.MeterSample, Eq("session_id", first.id))
+        await stop()  # the same frame, resent
+        shown = await central.gql(
+            "{ sessions(first: 5) { nodes { stopReason closedWithoutStop } } }",
+            as_user="op")
+    again = await billed(central, charger.tx)
+    assert again.meter_anomaly is d.MeterAnomaly.IMPLAUSIBLE_STOP
+    assert (again.energy_wh, again.cost_minor) == (first.energy_wh, first.cost_minor)
+    assert again.updated_at == first.updated_at, "a repeated stop must change nothing"
+    assert await central.store.count(d.MeterSample, Eq("session_id", first.id)) == samples
+    assert await central.store.count(d.Payment, ALL) == 1
+    assert shown["sessions"]["nodes"] == [{"stopReason": "Other",
+                                           "closedWithoutStop": False}]

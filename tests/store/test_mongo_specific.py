@@ -2640,7 +2640,8 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
         ("user", "token_epoch"): 0, ("payment", "refunded_minor"): 660,  # refunded whole
         ("tariff", "idle_price_per_minute"): "0", ("tariff", "idle_grace_minutes"): 0,
         ("tariff", "energy_bands"): [], ("session", "meter_offset_wh"): 0,
-        ("session", "start_clock_behind"): False, ("connector_interval", "known"): True,
+        ("session", "start_clock_behind"): False,
+        ("session", "closed_without_stop"): False, ("connector_interval", "known"): True,
         ("connection_event", "server_outage"): False,
         ("station", "configuration_truncated"): False,
         ("station", "diagnostics_previous_uploading"): False}
@@ -2826,3 +2827,35 @@ async def test_list_entries_from_before_get_their_cards_holder(mongo: MongoStore
     assert {name: found[e.id] for name, e in entries.items()} == {
         "kept": holder, "gone": None, "none": None}
     assert db["local_list_entry"].count_documents({"holder_id": {"$exists": True}}) == 3
+
+
+async def test_sessions_from_before_record_whether_they_were_closed_without_a_stop(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 66 does: a session written before ``closed_without_stop`` was
+    recorded is flagged when the CSMS closed it without its stop (null meterStop, reason
+    Other), not when a charger's stop of -1 closed it so (flagged IMPLAUSIBLE_STOP, review
+    r26: its resend was taken for a correction of the close), nor when stopped or open."""
+    from domain.entities import MeterAnomaly, Session, SessionState
+    from tests.contract.factories import session, station
+
+    where = station()
+    done: dict[str, Any] = {"state": SessionState.COMPLETED, "end_time": utcnow(),
+                            "stop_reason": "Other"}
+    made = {"lost": session(where, 1, **done),
+            "minus_one": session(where, 2, **done,
+                                 meter_anomaly=MeterAnomaly.IMPLAUSIBLE_STOP),
+            "stopped": session(where, 3, **{**done, "stop_reason": "Local"},
+                               meter_stop_wh=500),
+            "open": session(where, 4)}
+    await mongo.write([Insert(s) for s in made.values()], [])
+    db = raw(mongo)
+    db["session"].update_many({}, {"$unset": {"closed_without_stop": ""}})  # from before
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    found = {s.id: s.closed_without_stop for s in await mongo.find_all(Session, ALL)}
+    assert {name: found[s.id] for name, s in made.items()} == {
+        "lost": True, "minus_one": False, "stopped": False, "open": False}
+    assert db["session"].count_documents({"closed_without_stop": {"$exists": True}}) == 4

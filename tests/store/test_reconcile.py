@@ -209,6 +209,35 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
         glitched.id: 80.0, fine.id: 40.0, phased.id: 40.0}
 
 
+async def test_version_66_records_the_sessions_closed_without_their_stop(
+        tmp_path: Path) -> None:
+    """Before 66 a close without a stop was read from a null meterStop and the reason
+    Other, which a charger's own stop of -1 with reason Other also left (review r26: its
+    resend was taken for a correction). 66 flags the closes without a stop; the stop of
+    -1 is told apart by the IMPLAUSIBLE_STOP it always set."""
+    from tests.contract.factories import T0, put, session, station
+
+    path = tmp_path / "at64.db"
+    where = station()
+    done = {"state": d.SessionState.COMPLETED, "end_time": T0 + timedelta(hours=1),
+            "stop_reason": "Other"}
+    made = {"lost": session(where, 1, **done),
+            "minus_one": session(where, 2, **done,
+                                 meter_anomaly=d.MeterAnomaly.IMPLAUSIBLE_STOP),
+            "stopped": session(where, 3, **{**done, "stop_reason": "Local"},
+                               meter_stop_wh=500),
+            "open": session(where, 4)}
+    store = SqliteStore(str(path))
+    await store.start()
+    await put(store, where, *made.values())
+    await store.close()
+    roll_back(path, 64)  # the rows as a database at 64 holds them
+    assert 66 in await migrate(path, list(MIGRATIONS))
+    flags = {r[0]: r[1] for r in rows(path, "SELECT id, closed_without_stop FROM session")}
+    assert {name: flags[s.id] for name, s in made.items()} == {
+        "lost": 1, "minus_one": 0, "stopped": 0, "open": 0}
+
+
 def test_an_index_otherwise_defined_is_made_again_and_one_of_an_administrator_is_left(
         ) -> None:
     """Compared as written but for spacing and quotes: a literal's case is a difference
