@@ -175,3 +175,48 @@ async def test_a_card_expired_while_its_charger_was_away_is_withdrawn_when_it_re
                 return again.local_list.get("TAG-OK") == {"status": "Expired"}
             await until(withdrawn)
             assert again.local_list["TAG-OTHER"] == {"status": "Accepted"}
+
+
+async def test_a_card_renewed_after_its_withdrawing_instance_died_is_put_back_accepted(
+        tmp_path: Path) -> None:
+    """The instance sending an expired card's withdrawal is killed after the charger
+    accepted it (version 6) and before recording it (still 5). The charger comes back
+    to another instance without rebooting: its connection sends the withdrawal again at
+    6, VersionMismatch, and once more above the charger's version. What the renewal
+    puts back is what the operator's list held, Accepted (review s26: the resend,
+    not following the version recorded, was taken for a list that may have dropped
+    the tag, and renewing the card took the operator's entry out of the list)."""
+    async with two_instances(tmp_path) as (a, b):
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            sent = await a.gql(LOCAL_LIST, token=await a.token("op"))
+            assert sent["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
+        store = a.services.ctx.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        await store.write([patch(card, SYSTEM, expires_at=utcnow()
+                                 + timedelta(milliseconds=300))], [])
+        await asyncio.sleep(0.5)
+        assert await a.services.withdrawal.sweep_expired() == 1  # marked wanted
+        # What A's push did before A was killed: the charger took the withdrawal at
+        # version 6; A never recorded the answer (the store still says version 5).
+        cp.local_list_version = 6
+        cp.local_list["TAG-OK"] = {"status": "Expired"}
+
+        async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as again:
+            again.local_list_version = cp.local_list_version  # the same charger
+            again.local_list = dict(cp.local_list)
+
+            async def settled() -> bool:
+                [entry] = await store.find_all(d.LocalListEntry, Eq("tag", "TAG-OK"))
+                return entry.wanted is None and entry.status == "Expired"
+            await until(settled)
+
+            # The card is renewed: what the withdrawal changed is put back.
+            card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+            assert card is not None
+            renewed = patch(card, SYSTEM, expires_at=utcnow() + timedelta(days=365))
+            await store.write([renewed], [])
+            await b.services.withdrawal.restore_card(SYSTEM, renewed.record)  # type: ignore[arg-type]
+            assert again.local_list.get("TAG-OK", {}).get("status") == "Accepted", (
+                again.local_list, again.received)
