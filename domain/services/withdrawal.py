@@ -46,6 +46,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from domain.entities import (
+    LIVE_RESERVATION_STATES,
     IdTag,
     IdTagStatus,
     LocalList,
@@ -515,21 +516,38 @@ class Withdrawal(Service):
         start a session holds it for nobody. Their sessions go on (authorized before the
         expiry). Until QA s25 they were cancelled only at their charger's boot
         (``_cancel_unusable``), the plug shown reserved and the driver kept from
-        reserving elsewhere until then. One offline is cancelled here, the cancel owed
-        to its charger (``cancel_reservations``)."""
+        reserving elsewhere until then.
+        Every instance sweeps the same cards: each reservation is cancelled in the store
+        once, by whichever instance writes first, and its CancelReservation owed to the
+        charger (``CommandService.cancel_owed``), sent only by the instance holding it:
+        here, at once, for the reservations cancelled now or owed already (another
+        instance's sweep was first), else by that instance's ``sweep_owed_cancels`` or at
+        the charger's return. Review s26: every instance cancelled through the relay, so
+        a charger was sent the same cancel once per instance, all but the first
+        answered Rejected and recorded (audit, commandCompleted, webhooks) as a failed
+        cancel."""
+        now = self.now()
         for start in range(0, len(cards), BATCH):
             batch = cards[start:start + BATCH]
             holders = {(c.tag, c.user_id) for c in batch}
-            # Every live one of the tags, a page at a time, then those of their holders
-            # (review s25: the first 500 of the tags were read, and other holders' of the
-            # same tag strings could crowd out the cards' own).
-            ids: list[str] = []
+            # Every live (or owed) one of the tags, a page at a time, then those of their
+            # holders (review s25: the first 500 of the tags were read, and other
+            # holders' of the same tag strings could crowd out the cards' own).
+            live: list[Reservation] = []
+            owed: set[str] = set()
             async for held in pages(self.store, Reservation, all_of(
                     In("id_tag", tuple({c.tag for c in batch})),
-                    live_reservations(self.now())), BATCH):
-                ids += [r.id for r in held if (r.id_tag, r.user_id) in holders]
-            if ids:
-                await self.cancel_reservations(SYSTEM, In("id", tuple(ids)))
+                    Range("expires_at", gt=now)), BATCH):
+                for r in held:
+                    if (r.id_tag, r.user_id) not in holders:
+                        continue
+                    if r.state_at(now) in LIVE_RESERVATION_STATES:
+                        live.append(r)
+                    elif r.cancel_owed_since is not None:
+                        owed.add(r.station_id)
+            await self.commands.cancel_owed(live)
+            for station_id in await self._here(sorted(owed | {r.station_id for r in live})):
+                await self.commands.send_owed_cancels(station_id)
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str
