@@ -378,8 +378,18 @@ class Withdrawal(Service):
                            f"sending what is owed to station {event.station_id} failed")
 
     async def _connected(self, station_id: str) -> None:
-        await self.commands.send_owed_cancels(station_id)
+        await self._owed_cancels(station_id)
         await self.push(SYSTEM, station_id)
+
+    async def _owed_cancels(self, station_id: str) -> None:
+        """``CommandService.send_owed_cancels``, its failure no reason not to correct the
+        list after it (review s26: a store error sending them skipped the list's push at
+        connection, and the boot's reservation and list checks): each is retried on its
+        own (the owed-cancel sweep, the expiry sweep, the next connection or boot)."""
+        try:
+            await self.commands.send_owed_cancels(station_id)
+        except Exception:
+            log.exception("the owed cancels of station %s were not sent", station_id)
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -468,7 +478,7 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     async def _back(self, station_id: str) -> None:
-        await self.commands.send_owed_cancels(station_id)
+        await self._owed_cancels(station_id)
         await self._cancel_unusable(station_id)
         await self._correct(station_id)
 
@@ -485,7 +495,9 @@ class Withdrawal(Service):
         started together, sweeping in step, each sent a charger the same Differential
         at one version, and all but one drew a VersionMismatch and a GetLocalListVersion
         in its command history). A charger connected nowhere gets its entries at its
-        next connection, as ever."""
+        next connection, as ever. Each sweep also pushes what is still marked for the
+        chargers connected here (``_stations_marked``): a push they did not answer, or
+        refused, is retried every sweep, not only at their next connection or boot."""
         now = self.now()
         after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
@@ -496,11 +508,20 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        for station_id in await self._here(await self._stations_wanting(
-                [c.id for c in due])):
+        for station_id in await self._here(await self._stations_marked()):
             await self.push(SYSTEM, station_id)
         await self._cancel_expired_cards(due)
         return len(due)
+
+    async def _stations_marked(self) -> list[str]:
+        """Every station with a list entry marked wanted: the sweep pushes to those
+        connected here, the cards it found now and any change still unsent (review s26:
+        a push at connection, before the charger's BootNotification, that the charger
+        did not answer was sent again only at its next connection or boot, and a charger
+        handed over without one kept an expired card Accepted)."""
+        marked = await self.store.find_all(LocalListEntry, In("wanted", WANTED),
+                                           limit=MAX_LIST)
+        return sorted({e.station_id for e in marked})
 
     async def _here(self, station_ids: Sequence[str]) -> list[str]:
         """Of ``station_ids``, those whose charger is connected to this instance."""
@@ -730,14 +751,15 @@ class Withdrawal(Service):
             log.info("local list of %s not corrected: %s", station.cp_id, exc.message)
             return None
         if outcome.status == "Failed":
-            # The charger will not take it: retried only at each boot, it is left
-            # accepting the cards until someone looks (QA s24: logged at INFO alone).
+            # The charger will not take it: retried at each expiry sweep and each boot,
+            # it is left accepting the cards until someone looks (QA s24: logged at
+            # INFO alone).
             log.warning("local list of %s not corrected: the charger answered Failed to "
-                        "a Differential of %d entries (sent again at its next boot)",
-                        station.cp_id, len(wanted))
+                        "a Differential of %d entries (sent again at the next expiry "
+                        "sweep or boot)", station.cp_id, len(wanted))
         elif outcome.error is not None:
-            log.info("local list of %s not corrected now (sent again at its next boot): "
-                     "%s", station.cp_id, outcome.error.message)
+            log.info("local list of %s not corrected now (sent again at the next expiry "
+                     "sweep or boot): %s", station.cp_id, outcome.error.message)
         return outcome.status
 
     async def _items(self, wanted: Sequence[LocalListEntry]) -> list[dict[str, Any]]:
