@@ -842,10 +842,11 @@ class LocalListEntry(Record):
     #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's.
     card_id: str | None = None
     #: What a card usable again puts back, while the charger holds ``status`` because a
-    #: withdrawal of ours had it accept so: ``"Accepted"`` (its list held the card
-    #: Accepted at the version the withdrawal followed), ``"Removed"`` (the list had
-    #: moved on without us, so the withdrawal may have added the tag: it is taken out
-    #: again); ``None``: what the charger holds is the list sender's own.
+    #: withdrawal of ours had it accept so: ``"Accepted"`` (the list, as recorded, held
+    #: the card Accepted: whether or not the withdrawal followed the version recorded,
+    #: review s26), ``"Removed"`` (written until review s26 for a withdrawal above a
+    #: list that had moved on without us: the tag is taken out again); ``None``: what
+    #: the charger holds is the list sender's own.
     restore: str | None = None
     #: The holder (``User`` id) of the card ``card_id`` names, as recorded with it: a
     #: card removed and issued again to the same person (found again, say) is put back

@@ -1453,6 +1453,31 @@ class CommandService(Service):
                                  "offline was not delivered: %s", station.cp_id,
                                  reservation.reservation_id, outcome.error.message)
 
+    async def cancel_owed(self, reservations: list[Reservation]) -> None:
+        """Cancels ``reservations`` (read live) here, the CancelReservation owed to each
+        one's charger (``Reservation.cancel_owed_since``): sent by the instance holding
+        it (``send_owed_cancels``, at once by the caller where that is this one, else
+        within a minute by its ``sweep_owed_cancels``, or when the charger comes back).
+        For what every instance does at once (the card-expiry sweep): each is cancelled
+        once, guarded on its state (another instance's write first, or the charger's
+        StartTransaction, leaves it as they made it), audited and announced by the
+        instance whose write landed (review s26: every instance sent its charger the
+        cancel, the second answered Rejected and recorded as a failed cancel)."""
+        if not reservations:
+            return
+        stations = {st.id: st for st in await self.store.get_many(
+            Station, sorted({r.station_id for r in reservations})) if st is not None}
+        for reservation in reservations:
+            move = patch(reservation, SYSTEM, only_if=("state", reservation.state),
+                         required=True, state=ReservationState.CANCELLED,
+                         cancel_owed_since=self.now())
+            try:
+                await self.commit(SYSTEM, [(move, reservation)])
+            except Conflict:
+                continue  # cancelled by another instance, or used, meanwhile
+            await self.publish(reservation_changed(
+                cast(Reservation, move.record), stations.get(reservation.station_id)))
+
     async def sweep_owed_cancels(self) -> int:
         """Sends the owed cancels (``send_owed_cancels``) of every station that has one
         and whose charger is connected to this instance (``ChargerGateway.is_connected``),

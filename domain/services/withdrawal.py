@@ -46,6 +46,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from domain.entities import (
+    LIVE_RESERVATION_STATES,
     IdTag,
     IdTagStatus,
     LocalList,
@@ -91,6 +92,8 @@ WANTED = (*WITHDRAWN, ACCEPTED)
 #: ``LocalListEntry.restore``: the list held the card Accepted before our withdrawal.
 RESTORE_ACCEPTED = "Accepted"
 #: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
+#: Written until review s26 for a withdrawal landing above a list that had moved on
+#: without our record (``_restore_after``); such entries are still put back so.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
 #: How many entries one SendLocalList holds when the charger does not say how many it
@@ -120,23 +123,28 @@ def wanted_of(entry: LocalListEntry, card_status: str | None) -> str | None:
     return card_status
 
 
-def _restore_after(entry: LocalListEntry, status: str, card_id: str | None,
-                   follows: bool) -> str | None:
+def _restore_after(entry: LocalListEntry, status: str, card_id: str | None) -> str | None:
     """``entry.restore`` once the charger accepted ``status`` for it from a list of ours
     (``Withdrawal.push``; an operator's own list clears the mark, ``record_local_list``):
-    a withdrawal of the same card keeps what was to be put back, or learns it: Accepted
-    when the list held it so at the version the withdrawal followed (``follows``),
-    Removed when the list had moved on without us (the tag may be new to it). Whether
-    anything is still wanted of it is not asked: a withdrawal sent twice (two pushes at
-    once), or accepted after its card was unblocked meanwhile, still changed the list,
-    and only the mark lets it be put back. A restoration done has nothing to undo."""
+    a withdrawal of the same card keeps what was to be put back, or learns it from what
+    the list's sender's list says the entry is (``entry.status``, as recorded):
+    Accepted where it held the card Accepted. Whether our Differential followed the
+    version we had recorded is not asked (review s26): a list that moved on without our
+    record is most often our own withdrawal, accepted by the charger and never recorded
+    (its answer timed out, the instance sending it was killed), resent above the
+    charger's version after a VersionMismatch; taken for a list that may have dropped
+    the tag, it marked the entry Removed, and renewing the card took the operator's
+    Accepted entry out of the charger's list. Whether anything is still wanted of it is
+    not asked either: a withdrawal sent twice (two pushes at once), or accepted after
+    its card was unblocked meanwhile, still changed the list, and only the mark lets it
+    be put back. A restoration done has nothing to undo."""
     if status not in WITHDRAWN or card_id != entry.card_id:
         return None
     if entry.restore is not None:  # withdrawn again (expired, then blocked): as at first
         return entry.restore
     if entry.status != ACCEPTED:
         return None
-    return RESTORE_ACCEPTED if follows else RESTORE_REMOVED
+    return RESTORE_ACCEPTED
 
 
 def _recorded(entry: LocalListEntry, status: str, card_id: str | None, restore: str | None,
@@ -193,8 +201,6 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         # changed is in the later list's record already. (A Full list sets its version
         # whatever it was: an operator may start again from 1.)
         return False
-    # A Differential right above the version recorded changed the list as we know it.
-    follows = not full and current is not None and version == current.version + 1
     named = await _cards_named(store, [tag for tag, status in given.items()
                                        if status is not None])
     cards = {tag: card.id for tag, card in named.items()}
@@ -212,7 +218,7 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
             # Our withdrawal of a card removed since: the entry is still that card's,
             # and its holder's, should it be issued to them again (``reissue_marks``).
             card_id, holder_id = entry.card_id, entry.holder_id
-        restore = _restore_after(entry, status, card_id, follows) if ours else None
+        restore = _restore_after(entry, status, card_id) if ours else None
         wanted = _recorded(entry, status, card_id, restore, states.get(card_id or ""))
         wanting = wanting or wanted is not None
         if (status, card_id, restore, wanted, holder_id) != (
@@ -372,8 +378,18 @@ class Withdrawal(Service):
                            f"sending what is owed to station {event.station_id} failed")
 
     async def _connected(self, station_id: str) -> None:
-        await self.commands.send_owed_cancels(station_id)
+        await self._owed_cancels(station_id)
         await self.push(SYSTEM, station_id)
+
+    async def _owed_cancels(self, station_id: str) -> None:
+        """``CommandService.send_owed_cancels``, its failure no reason not to correct the
+        list after it (review s26: a store error sending them skipped the list's push at
+        connection, and the boot's reservation and list checks): each is retried on its
+        own (the owed-cancel sweep, the expiry sweep, the next connection or boot)."""
+        try:
+            await self.commands.send_owed_cancels(station_id)
+        except Exception:
+            log.exception("the owed cancels of station %s were not sent", station_id)
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -462,7 +478,7 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     async def _back(self, station_id: str) -> None:
-        await self.commands.send_owed_cancels(station_id)
+        await self._owed_cancels(station_id)
         await self._cancel_unusable(station_id)
         await self._correct(station_id)
 
@@ -479,7 +495,9 @@ class Withdrawal(Service):
         started together, sweeping in step, each sent a charger the same Differential
         at one version, and all but one drew a VersionMismatch and a GetLocalListVersion
         in its command history). A charger connected nowhere gets its entries at its
-        next connection, as ever."""
+        next connection, as ever. Each sweep also pushes what is still marked for the
+        chargers connected here (``_stations_marked``): a push they did not answer, or
+        refused, is retried every sweep, not only at their next connection or boot."""
         now = self.now()
         after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
@@ -490,11 +508,20 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        for station_id in await self._here(await self._stations_wanting(
-                [c.id for c in due])):
+        for station_id in await self._here(await self._stations_marked()):
             await self.push(SYSTEM, station_id)
         await self._cancel_expired_cards(due)
         return len(due)
+
+    async def _stations_marked(self) -> list[str]:
+        """Every station with a list entry marked wanted: the sweep pushes to those
+        connected here, the cards it found now and any change still unsent (review s26:
+        a push at connection, before the charger's BootNotification, that the charger
+        did not answer was sent again only at its next connection or boot, and a charger
+        handed over without one kept an expired card Accepted)."""
+        marked = await self.store.find_all(LocalListEntry, In("wanted", WANTED),
+                                           limit=MAX_LIST)
+        return sorted({e.station_id for e in marked})
 
     async def _here(self, station_ids: Sequence[str]) -> list[str]:
         """Of ``station_ids``, those whose charger is connected to this instance."""
@@ -510,21 +537,38 @@ class Withdrawal(Service):
         start a session holds it for nobody. Their sessions go on (authorized before the
         expiry). Until QA s25 they were cancelled only at their charger's boot
         (``_cancel_unusable``), the plug shown reserved and the driver kept from
-        reserving elsewhere until then. One offline is cancelled here, the cancel owed
-        to its charger (``cancel_reservations``)."""
+        reserving elsewhere until then.
+        Every instance sweeps the same cards: each reservation is cancelled in the store
+        once, by whichever instance writes first, and its CancelReservation owed to the
+        charger (``CommandService.cancel_owed``), sent only by the instance holding it:
+        here, at once, for the reservations cancelled now or owed already (another
+        instance's sweep was first), else by that instance's ``sweep_owed_cancels`` or at
+        the charger's return. Review s26: every instance cancelled through the relay, so
+        a charger was sent the same cancel once per instance, all but the first
+        answered Rejected and recorded (audit, commandCompleted, webhooks) as a failed
+        cancel."""
+        now = self.now()
         for start in range(0, len(cards), BATCH):
             batch = cards[start:start + BATCH]
             holders = {(c.tag, c.user_id) for c in batch}
-            # Every live one of the tags, a page at a time, then those of their holders
-            # (review s25: the first 500 of the tags were read, and other holders' of the
-            # same tag strings could crowd out the cards' own).
-            ids: list[str] = []
+            # Every live (or owed) one of the tags, a page at a time, then those of their
+            # holders (review s25: the first 500 of the tags were read, and other
+            # holders' of the same tag strings could crowd out the cards' own).
+            live: list[Reservation] = []
+            owed: set[str] = set()
             async for held in pages(self.store, Reservation, all_of(
                     In("id_tag", tuple({c.tag for c in batch})),
-                    live_reservations(self.now())), BATCH):
-                ids += [r.id for r in held if (r.id_tag, r.user_id) in holders]
-            if ids:
-                await self.cancel_reservations(SYSTEM, In("id", tuple(ids)))
+                    Range("expires_at", gt=now)), BATCH):
+                for r in held:
+                    if (r.id_tag, r.user_id) not in holders:
+                        continue
+                    if r.state_at(now) in LIVE_RESERVATION_STATES:
+                        live.append(r)
+                    elif r.cancel_owed_since is not None:
+                        owed.add(r.station_id)
+            await self.commands.cancel_owed(live)
+            for station_id in await self._here(sorted(owed | {r.station_id for r in live})):
+                await self.commands.send_owed_cancels(station_id)
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str
@@ -707,14 +751,15 @@ class Withdrawal(Service):
             log.info("local list of %s not corrected: %s", station.cp_id, exc.message)
             return None
         if outcome.status == "Failed":
-            # The charger will not take it: retried only at each boot, it is left
-            # accepting the cards until someone looks (QA s24: logged at INFO alone).
+            # The charger will not take it: retried at each expiry sweep and each boot,
+            # it is left accepting the cards until someone looks (QA s24: logged at
+            # INFO alone).
             log.warning("local list of %s not corrected: the charger answered Failed to "
-                        "a Differential of %d entries (sent again at its next boot)",
-                        station.cp_id, len(wanted))
+                        "a Differential of %d entries (sent again at the next expiry "
+                        "sweep or boot)", station.cp_id, len(wanted))
         elif outcome.error is not None:
-            log.info("local list of %s not corrected now (sent again at its next boot): "
-                     "%s", station.cp_id, outcome.error.message)
+            log.info("local list of %s not corrected now (sent again at the next expiry "
+                     "sweep or boot): %s", station.cp_id, outcome.error.message)
         return outcome.status
 
     async def _items(self, wanted: Sequence[LocalListEntry]) -> list[dict[str, Any]]:

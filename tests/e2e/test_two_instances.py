@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from domain import entities as d
@@ -19,6 +19,7 @@ from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD
+from tests.ocpp.test_charger_actions import RESERVE
 from tests.support.redis_server import RedisServer
 
 STATUS = "subscription { connectorStatusChanged { cpId connectorId status } }"
@@ -175,3 +176,118 @@ async def test_a_card_expired_while_its_charger_was_away_is_withdrawn_when_it_re
                 return again.local_list.get("TAG-OK") == {"status": "Expired"}
             await until(withdrawn)
             assert again.local_list["TAG-OTHER"] == {"status": "Accepted"}
+
+
+async def test_a_card_renewed_after_its_withdrawing_instance_died_is_put_back_accepted(
+        tmp_path: Path) -> None:
+    """The instance sending an expired card's withdrawal is killed after the charger
+    accepted it (version 6) and before recording it (still 5). The charger comes back
+    to another instance without rebooting: its connection sends the withdrawal again at
+    6, VersionMismatch, and once more above the charger's version. What the renewal
+    puts back is what the operator's list held, Accepted (review s26: the resend,
+    not following the version recorded, was taken for a list that may have dropped
+    the tag, and renewing the card took the operator's entry out of the list)."""
+    async with two_instances(tmp_path) as (a, b):
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            sent = await a.gql(LOCAL_LIST, token=await a.token("op"))
+            assert sent["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
+        store = a.services.ctx.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        await store.write([patch(card, SYSTEM, expires_at=utcnow()
+                                 + timedelta(milliseconds=300))], [])
+        await asyncio.sleep(0.5)
+        assert await a.services.withdrawal.sweep_expired() == 1  # marked wanted
+        # What A's push did before A was killed: the charger took the withdrawal at
+        # version 6; A never recorded the answer (the store still says version 5).
+        cp.local_list_version = 6
+        cp.local_list["TAG-OK"] = {"status": "Expired"}
+
+        async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as again:
+            again.local_list_version = cp.local_list_version  # the same charger
+            again.local_list = dict(cp.local_list)
+
+            async def settled() -> bool:
+                [entry] = await store.find_all(d.LocalListEntry, Eq("tag", "TAG-OK"))
+                return entry.wanted is None and entry.status == "Expired"
+            await until(settled)
+
+            # The card is renewed: what the withdrawal changed is put back.
+            card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+            assert card is not None
+            renewed = patch(card, SYSTEM, expires_at=utcnow() + timedelta(days=365))
+            await store.write([renewed], [])
+            await b.services.withdrawal.restore_card(SYSTEM, renewed.record)  # type: ignore[arg-type]
+            assert again.local_list.get("TAG-OK", {}).get("status") == "Accepted", (
+                again.local_list, again.received)
+
+
+async def test_an_expired_cards_reservation_is_cancelled_at_its_charger_once(
+        tmp_path: Path) -> None:
+    """Every instance's card-expiry sweep finds the expired card's reservation: it is
+    cancelled in the store once, and its charger sent the CancelReservation once, by
+    the instance holding it (review s26: each instance sent it through the relay, the
+    second answered Rejected and recorded as a failed cancel)."""
+    async with two_instances(tmp_path) as (a, b), connected(
+            a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        held = (await b.gql(RESERVE, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": expiry}}, token=await b.token("op")))["reserveNow"]
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        store = a.services.ctx.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        soon = datetime.now(UTC) + timedelta(milliseconds=300)
+        await store.write([patch(card, SYSTEM, expires_at=soon)], [])
+        await asyncio.sleep(0.5)  # expired since both instances' last sweep
+        cp.received.clear()
+
+        # Instances started together sweep in step (at start, then every 5 minutes).
+        await asyncio.gather(a.services.withdrawal.sweep_expired(),
+                             b.services.withdrawal.sweep_expired())
+        await asyncio.sleep(0.5)  # nothing more on its way from B
+        [after] = await store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert after.state is d.ReservationState.CANCELLED
+        cancels = [p for action, p in cp.received if action == "CancelReservation"]
+        assert cancels == [{"reservation_id": number}]  # once, not once per instance
+
+
+async def test_an_expired_cards_reservation_another_instance_cancelled_is_sent_by_the_holder(
+        tmp_path: Path) -> None:
+    """B's sweep, first, cancels the reservation in the store and owes the cancel to
+    the charger, which is on A: B sends nothing; A's sweep, finding it owed, sends it."""
+    async with two_instances(tmp_path) as (a, b), connected(
+            a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        held = (await a.gql(RESERVE, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": expiry}}, token=await a.token("op")))["reserveNow"]
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        store = a.services.ctx.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        soon = datetime.now(UTC) + timedelta(milliseconds=300)
+        await store.write([patch(card, SYSTEM, expires_at=soon)], [])
+        await asyncio.sleep(0.5)
+        cp.received.clear()
+
+        await b.services.withdrawal.sweep_expired()
+        await asyncio.sleep(0.3)  # nothing on its way from B
+        [owed] = await store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert owed.state is d.ReservationState.CANCELLED
+        assert owed.cancel_owed_since is not None
+        assert [p for action, p in cp.received if action == "CancelReservation"] == []
+
+        await a.services.withdrawal.sweep_expired()
+        assert [p for action, p in cp.received if action == "CancelReservation"] == [
+            {"reservation_id": number}]
+        [sent] = await store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert (sent.state, sent.cancel_owed_since) == (d.ReservationState.CANCELLED, None)

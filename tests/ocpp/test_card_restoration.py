@@ -170,8 +170,7 @@ async def test_a_reactivated_drivers_cards_are_accepted_again(central: Central) 
 
 async def test_what_the_lists_sender_blocked_is_not_put_back(central: Central) -> None:
     """An entry the operator's own list holds Blocked is theirs: unblocking the card
-    sends nothing for it. One a withdrawal landed on a list that had moved on without
-    us (VersionMismatch: it may have added the tag) is taken out again, not Accepted."""
+    sends nothing for it."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         await central.gql(SEND_LIST, {"input": {
@@ -185,12 +184,41 @@ async def test_what_the_lists_sender_blocked_is_not_put_back(central: Central) -
         assert local_lists_sent(cp)[1:] == []
         assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
 
+
+async def test_a_withdrawal_sent_above_a_list_moved_on_without_us_is_put_back_accepted(
+        central: Central) -> None:
+    """A withdrawal answered VersionMismatch (the charger's list moved on without our
+    record: most often a list of ours it accepted whose answer was lost) is sent above
+    the charger's version; what it puts back is what the operator's list, as recorded,
+    held: Accepted (review s26: it was taken out of the list, refused offline)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK")
         cp.local_list_version = 7  # changed behind our back
         await block(central, "ok", who="admin")
         await settled(central)
         assert cp.local_list["TAG-OK"] == {"status": "Blocked"}
         moved = await entry(central, "CP-1", "TAG-OK")
-        assert moved is not None and moved.restore == "Removed"
+        assert moved is not None and moved.restore == "Accepted"
+        await unblock(central, "ok", who="admin")
+        await settled(central)
+        assert cp.local_list["TAG-OK"]["status"] == "Accepted"
+        back = await entry(central, "CP-1", "TAG-OK")
+        assert back is not None and (back.status, back.restore) == ("Accepted", None)
+
+
+async def test_an_entry_marked_removed_before_review_s26_is_taken_out_again(
+        central: Central) -> None:
+    """Entries recorded ``restore`` Removed (a withdrawal above a list that had moved on,
+    until review s26) are still put back as marked: the tag taken out of the list."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK")
+        await block(central, "ok", who="admin")
+        await settled(central)
+        withdrawn = await entry(central, "CP-1", "TAG-OK")
+        assert withdrawn is not None and withdrawn.restore == "Accepted"
+        await central.store.write([patch(withdrawn, SYSTEM, restore="Removed")], [])
         await unblock(central, "ok", who="admin")
         await settled(central)
         assert local_lists_sent(cp)[-1]["entries"] == [{"id_tag": "TAG-OK"}]

@@ -608,3 +608,74 @@ async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_ba
                 if name == "CancelReservation"] == [{"reservation_id": lost.reservation_id}]
         [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
         assert kept.state is d.ReservationState.ACTIVE
+
+
+async def expired_while_away(central: Central) -> SimulatedChargePoint:
+    """CP-1's list accepts TAG-OK; the card expires while the charger is connected
+    nowhere: the sweep marks its withdrawal wanted. Returns the charger as it left."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+    await offline(central, "CP-1")
+    card = central.tags["ok"]
+    await central.store.write([patch(card, SYSTEM, expires_at=datetime.now(UTC)
+                                     - timedelta(seconds=1))], [])
+    assert await central.services.withdrawal.sweep_expired() == 1
+    marked = await entry(central, "CP-1", "TAG-OK")
+    assert marked is not None and marked.wanted == "Expired"
+    return cp
+
+
+async def test_a_withdrawal_unanswered_at_connection_is_sent_again_by_the_expiry_sweep(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: the list sent when a charger connects goes before its BootNotification;
+    one the charger does not answer was sent again only at its next connection or boot,
+    and a charger back without one kept the expired card Accepted. The expiry sweep
+    sends what is still marked to the chargers connected to it."""
+    from domain.errors import ChargerTimeout
+
+    left = await expired_while_away(central)
+    real = central.gateway.call
+    tried: list[str] = []
+
+    async def unanswered(cp_id: str, action: str, payload: dict[str, Any],
+                         timeout: float) -> dict[str, Any]:
+        if action == "SendLocalList":
+            tried.append(cp_id)
+            raise ChargerTimeout(f"{cp_id} did not answer {action}")
+        return await real(cp_id, action, payload, timeout)
+    monkeypatch.setattr(central.gateway, "call", unanswered)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        back.local_list_version, back.local_list = left.local_list_version, left.local_list
+
+        async def sent_at_connection() -> bool:
+            return tried == ["CP-1"]
+        await until(sent_at_connection)
+        await settled(central)
+        waiting = await entry(central, "CP-1", "TAG-OK")
+        assert waiting is not None and waiting.wanted == "Expired"
+        assert back.local_list["TAG-OK"] == {"status": "Accepted"}
+
+        monkeypatch.setattr(central.gateway, "call", real)
+        assert await central.services.withdrawal.sweep_expired() == 0  # none newly due
+        assert back.local_list["TAG-OK"] == {"status": "Expired"}
+        done = await entry(central, "CP-1", "TAG-OK")
+        assert done is not None and (done.status, done.wanted) == ("Expired", None)
+
+
+async def test_owed_cancels_failing_at_connection_do_not_keep_the_list_from_being_sent(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: a charger's connection sent its owed cancels, then its list: the
+    first raising (a store error) skipped the second."""
+    left = await expired_while_away(central)
+
+    async def failing(station_id: str) -> None:
+        raise RuntimeError("the store is away")
+    monkeypatch.setattr(central.services.commands, "send_owed_cancels", failing)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        back.local_list_version, back.local_list = left.local_list_version, left.local_list
+
+        async def withdrawn() -> bool:
+            return back.local_list.get("TAG-OK") == {"status": "Expired"}
+        await until(withdrawn)
+        assert back.local_list["TAG-OTHER"] == {"status": "Accepted"}

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -401,6 +402,20 @@ async def test_the_sweep_sends_only_its_own_chargers_and_none_waits_for_a_silent
     assert "CP-FAR" not in asked
 
 
+async def sent_by_the_holder(central: Central, cp: Any, number: int) -> None:
+    """Relayed (the charger on another instance): the card-expiry sweep cancels the
+    reservation here and sends its charger nothing (review s26: every instance's sweep
+    sent it, through the relay); the cancel is owed, sent by the instance holding the
+    charger in its sweep of owed cancels. Direct: sent by the sweep itself."""
+    if not central.relays:
+        return
+    [owed] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert owed.state is d.ReservationState.CANCELLED
+    assert owed.cancel_owed_since is not None
+    assert ("CancelReservation", {"reservation_id": number}) not in cp.received
+    assert await holder_commands(central).sweep_owed_cancels() == 1
+
+
 async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: Central
                                                                       ) -> None:
     """QA s25: a card that expired holding a reservation kept it ACTIVE until its
@@ -424,6 +439,7 @@ async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: C
         cp.received.clear()
 
         await central.services.withdrawal.sweep_expired()
+        await sent_by_the_holder(central, cp, mine.reservation_id)
         assert ("CancelReservation", {"reservation_id": mine.reservation_id}) \
             in cp.received
         [after] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
@@ -457,6 +473,7 @@ async def test_an_expired_cards_reservation_is_found_behind_other_holders_of_its
         await central.store.write([patch(stored, SYSTEM, expires_at=datetime.now(UTC)
                                          - timedelta(seconds=1))], [])
         await central.services.withdrawal.sweep_expired()
+        await sent_by_the_holder(central, cp, number)
         assert ("CancelReservation", {"reservation_id": number}) in cp.received
         [after] = await central.store.find_all(d.Reservation,
                                                Eq("reservation_id", number))
