@@ -83,6 +83,18 @@ MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
 BAD_FRAME_READ = 2048
 #: How much of a DataTransfer's data its INFO line shows.
 DATA_SHOWN = 200
+
+
+def data_shown(data: str) -> str:
+    """What a DataTransfer's INFO line shows of its ``data``: masked whole (``masked_line``,
+    linear), then cut to ``DATA_SHOWN`` characters, a URL the cut falls in shown as
+    ``scheme://[hidden]``. Cut first (review s26), a cut between ``ftp://diag:hun`` and
+    ``ter two@host`` left no ``@`` to tell a password went on, and its middle words
+    were written."""
+    masked = masked_line(data)
+    if len(masked) <= DATA_SHOWN:
+        return masked
+    return without_url_credentials(masked[:DATA_SHOWN], cut=True)
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
@@ -878,11 +890,9 @@ class ChargePointHandler(ChargePoint):
                                                           p.get("messageId"), p.get("data"))
         if log.isEnabledFor(logging.INFO):
             # The charger's free text, masked as the wire log masks a frame (a URL's
-            # user information and query values, a secret key's value), its data cut
-            # to ``DATA_SHOWN`` characters with a URL the cut ends in hidden whole.
+            # user information and query values, a secret key's value).
             data = p.get("data")
-            shown = None if data is None else without_url_credentials(
-                data[:DATA_SHOWN], cut=len(data) > DATA_SHOWN)
+            shown = None if data is None else data_shown(data)
             log.info("%s", masked_line(f"DataTransfer from {self.id}: vendor="
                                        f"{p['vendorId']} message={p.get('messageId')} "
                                        f"data={shown}"))
