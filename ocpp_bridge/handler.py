@@ -58,7 +58,7 @@ from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
 from ocpp_bridge.log_masking import SecretMasking, masked_line, without_url_credentials
-from ocpp_bridge.pacing import BYTE_RATE, FRAME_RATE, FramePacer
+from ocpp_bridge.pacing import BYTE_RATE, FRAME_RATE, FramePacer, frame_bytes
 from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -83,6 +83,18 @@ MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
 BAD_FRAME_READ = 2048
 #: How much of a DataTransfer's data its INFO line shows.
 DATA_SHOWN = 200
+
+
+def data_shown(data: str) -> str:
+    """What a DataTransfer's INFO line shows of its ``data``: masked whole (``masked_line``,
+    linear), then cut to ``DATA_SHOWN`` characters, a URL the cut falls in shown as
+    ``scheme://[hidden]``. Cut first (review s26), a cut between ``ftp://diag:hun`` and
+    ``ter two@host`` left no ``@`` to tell a password went on, and its middle words
+    were written."""
+    masked = masked_line(data)
+    if len(masked) <= DATA_SHOWN:
+        return masked
+    return without_url_credentials(masked[:DATA_SHOWN], cut=True)
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
@@ -288,7 +300,7 @@ async def _check_outgoing(request: Any, unique_id: str) -> None:
 class ChargePointHandler(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, charging: ChargingService, *,
                  response_timeout: float = 30, metrics: Metrics = NO_METRICS,
-                 strict_schema: bool = False) -> None:
+                 strict_schema: bool = False, pacer: FramePacer | None = None) -> None:
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.charging = charging
@@ -339,7 +351,8 @@ class ChargePointHandler(ChargePoint):
         #: when not known. A removal is its only if it is of that station: the cpId may
         #: have been created again since (``OcppServer._watch_removals``).
         self.station_id: str | None = None
-        self.pacer = FramePacer()
+        #: Its charger's pace (``OcppServer.pacers``: kept across its connections).
+        self.pacer = FramePacer() if pacer is None else pacer
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
         #: Until when (the loop's clock) a BootNotification answers a TriggerMessage of
@@ -355,9 +368,9 @@ class ChargePointHandler(ChargePoint):
             self.heard_at = self.charging.now()
             if wire_log.isEnabledFor(logging.INFO):
                 wire_log.info("%s: receive message %s", self.id, logged_frame(message))
-            # Characters, not UTF-8 bytes: what the loop's work on it grows with, and
-            # counted without encoding a frame of megabytes again.
-            wait = self.pacer.delay(len(message))
+            # Its bytes as received (UTF-8), as the README states the pace; an ASCII
+            # frame's are its length, known without reading it.
+            wait = self.pacer.delay(frame_bytes(message))
             if wait > 0:
                 if self.pacer.delayed == 1:
                     log.warning("%s: sends frames faster than %d a second or %d KiB a "
@@ -877,11 +890,9 @@ class ChargePointHandler(ChargePoint):
                                                           p.get("messageId"), p.get("data"))
         if log.isEnabledFor(logging.INFO):
             # The charger's free text, masked as the wire log masks a frame (a URL's
-            # user information and query values, a secret key's value), its data cut
-            # to ``DATA_SHOWN`` characters with a URL the cut ends in hidden whole.
+            # user information and query values, a secret key's value).
             data = p.get("data")
-            shown = None if data is None else without_url_credentials(
-                data[:DATA_SHOWN], cut=len(data) > DATA_SHOWN)
+            shown = None if data is None else data_shown(data)
             log.info("%s", masked_line(f"DataTransfer from {self.id}: vendor="
                                        f"{p['vendorId']} message={p.get('messageId')} "
                                        f"data={shown}"))

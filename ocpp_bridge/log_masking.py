@@ -39,6 +39,7 @@ from collections.abc import Iterator
 
 from domain.command_rules import (
     SECRET_KEY_PARTS,
+    is_host_and_port,
     is_secret_key,
     key_words,
     without_credentials,
@@ -226,7 +227,8 @@ class _FreeUrls:
     inside its authority where no host ends (``ftp://diag:hun`` of ``ftp://diag:hun
     ter two@host/``: a password of more than one space) runs on to the end of the token
     holding the next ``@`` on the line (``_cut_in_authority``): the words between were
-    its password's.
+    its password's; not one with no ``:`` there, nor one whose host[:port] is whole
+    but for a sentence's punctuation (``(http://host:9000)``).
 
     Linear in the text: the next whitespace and the next ``@`` are each searched for
     from past the last one found, the queries moving forward only."""
@@ -281,13 +283,24 @@ class _FreeUrls:
         return None
 
 
+#: Punctuation a sentence puts after a URL (``(http://host:9000)``, ``http://host,``).
+_CLOSING = ".,;:!?)]}"
+
+
 def _cut_in_authority(url: str) -> bool:
     """Whether ``url``, ended at a space or a quote, ended inside its authority where no
     host can end (``ftp://diag:hun``: ``without_credentials`` reads no host there and
-    hides all after the scheme): then it is user information cut short, the password
-    going on. A URL with a path, a query or a host read whole ended where a URL can."""
+    hides all after the scheme, and a ``:`` there may part a user from a password):
+    then it is user information cut short, the password going on. A URL with a path, a
+    query or a host read whole ended where a URL can; so did one whose host[:port] is
+    whole but for the sentence's punctuation after it (review s26:
+    ``(http://csms.example.com:9000) unreachable, notify noc@op.com`` hid every word up
+    to the e-mail address)."""
     url = url.replace("\\/", "/")
-    return "@" not in url and without_credentials(url).endswith(f"://{HIDDEN}")
+    if "@" in url or not without_credentials(url).endswith(f"://{HIDDEN}"):
+        return False
+    rest = url.partition("://")[2]
+    return ":" in rest and not is_host_and_port(rest.rstrip(_CLOSING))
 
 
 def masked_line(text: str) -> str:

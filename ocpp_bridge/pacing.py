@@ -35,10 +35,22 @@ BYTE_RATE = 256 * 1024
 #: Bytes it may send at once before that rate applies: one frame of the largest size, or
 #: an outage's queue of small ones, is taken without waiting.
 BYTE_BURST = MAX_FRAME_BYTES
+#: Chargers whose pacing ``ChargerPacers`` keeps before it first looks for those it may
+#: forget (their buckets full again); it looks again each time it has kept twice as many
+#: as it kept after the last look.
+PACERS_KEPT = 1024
+
+
+def frame_bytes(message: str | bytes) -> int:
+    """A frame's size in bytes, as received (UTF-8): an ASCII text's length (known without
+    reading it), else its encoding's."""
+    if isinstance(message, bytes):
+        return len(message)
+    return len(message) if message.isascii() else len(message.encode("utf-8", "replace"))
 
 
 class FramePacer:
-    """Two token buckets per connection, of frames and of bytes: ``delay(size)`` is how
+    """Two token buckets of one charger's, of frames and of bytes: ``delay(size)`` is how
     long to wait before handling the next frame, of ``size`` bytes (0 while both are
     within their bursts)."""
 
@@ -65,3 +77,38 @@ class FramePacer:
         # The frame is taken once both buckets are back at zero; the debt is already
         # counted.
         return max(-self._tokens / self.rate, -self._bytes / self.byte_rate)
+
+    def full(self) -> bool:
+        """Whether both buckets are full again: the charger's pace forgets nothing if it
+        starts afresh."""
+        elapsed = self.clock() - self._at
+        return self._tokens + elapsed * self.rate >= self.burst \
+            and self._bytes + elapsed * self.byte_rate >= self.byte_burst
+
+
+class ChargerPacers:
+    """The pace of every charger connected lately, by cpId: kept across its connections
+    (review s26: kept per connection, a flooding charger that hung up and reconnected was
+    given a fresh 4 MiB burst each time and never paced). A charger's is forgotten once
+    its buckets are full again (at most ``BYTE_BURST / BYTE_RATE`` seconds, 16, after its
+    last frame), when the next charger is added past twice as many as were kept at the
+    last look (``PACERS_KEPT`` at least): memory grows with the chargers heard within
+    that time, and the looks cost a constant per charger added."""
+
+    def __init__(self, factory: Callable[[], FramePacer] = FramePacer) -> None:
+        self.factory = factory
+        self._pacers: dict[str, FramePacer] = {}
+        self._look_at = PACERS_KEPT
+
+    def of(self, cp_id: str) -> FramePacer:
+        """``cp_id``'s pace, as its last connection left it, or a fresh one."""
+        pacer = self._pacers.get(cp_id)
+        if pacer is None:
+            if len(self._pacers) >= self._look_at:
+                self._pacers = {k: p for k, p in self._pacers.items() if not p.full()}
+                self._look_at = max(PACERS_KEPT, 2 * len(self._pacers))
+            pacer = self._pacers[cp_id] = self.factory()
+        return pacer
+
+    def __len__(self) -> int:
+        return len(self._pacers)

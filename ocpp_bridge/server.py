@@ -58,7 +58,7 @@ from ocpp_bridge.handler import (
     CLOSE_UNKNOWN_STATION,
     ChargePointHandler,
 )
-from ocpp_bridge.pacing import MAX_FRAME_BYTES
+from ocpp_bridge.pacing import MAX_FRAME_BYTES, ChargerPacers
 from ocpp_bridge.peers import TrustedProxies
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -195,6 +195,8 @@ class OcppServer:
         self._server: Server | None = None
         #: Set while ``stop`` closes the chargers' sockets.
         self._stopping = False
+        #: Each charger's intake pace, kept across its connections (``pacing``).
+        self.pacers = ChargerPacers()
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
@@ -806,7 +808,8 @@ class OcppServer:
         cp_id = cp_id_from_path(ws.request.path if ws.request else "") or ""
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
-                                     metrics=self.metrics, strict_schema=self.strict_schema)
+                                     metrics=self.metrics, strict_schema=self.strict_schema,
+                                     pacer=self.pacers.of(cp_id))
         signed_in = self._signed_in.pop(ws, None)
         if signed_in is not None:
             handler.station_id, handler.signed_in_with = signed_in

@@ -179,9 +179,13 @@ START_RETRY_WINDOW = timedelta(seconds=60)
 #: (the meter read again for the resend, QA s20 verify: 2 Wh opened a second session).
 RESEND_METER_SLACK_WH = 100
 
-#: How soon a copy of a StartTransaction stamped far in our future may follow the first
-#: (a charger retrying an unanswered CALL) and still be taken for the same start.
+#: How soon a copy of a StartTransaction stamped far in our future, or by a clock never
+#: set (1970), may follow the first (a charger retrying an unanswered CALL) and still be
+#: taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
+#: How many sessions of one connector, card and meterStart recorded within
+#: ``GLITCH_RETRY_WINDOW`` a start stamped by a clock never set is compared with.
+MAX_RESEND_CANDIDATES = 20
 
 
 def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
@@ -221,16 +225,28 @@ class _StartIdentity(NamedTuple):
         """``session`` is this start, written by an earlier copy. For a glitching start,
         only a copy recorded moments ago: an open session of the same card and meter from
         long before (many chargers send meterStart 0) is another transaction, whose stop
-        was lost."""
+        was lost. A start stamped by a clock never set (``reported``) is such a glitch
+        whose stamp a copy repeats (``Session.reported_start``; a session recorded
+        before migration 65 kept it as its start): also a session its stop closed
+        since, when recorded within ``START_RETRY_WINDOW`` and its meter moved (a queue
+        flushed again after a reconnect, review s24), for a new start reads the meter
+        where the stop left it. A closed session that metered nothing is followed by a
+        new transaction with the same figures (QA s26 review: a charger stamping the
+        epoch at every start; matched, the next start was told the closed session's id
+        and its charge billed nowhere)."""
         if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
             return False
+        age = now - session.created_at
         if self.reported is not None:
-            # A clock never set still ticks: its resend repeats the stamp, which no other
-            # start of it carries (review s24: a resend after the close opened a second
-            # session when this was the arrival, as for a glitch).
-            return session.reported_start == self.reported
+            stamp = session.start_time if session.reported_start is None \
+                else session.reported_start
+            if stamp != self.reported:
+                return False
+            if session.state is not SessionState.ACTIVE:
+                return age <= START_RETRY_WINDOW and session.meter_stop_wh is not None \
+                    and session.meter_stop_wh != session.meter_start_wh
         if self.glitch:
-            return now - session.created_at <= GLITCH_RETRY_WINDOW
+            return age <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
 
     def may_resend(self, session: Session, now: datetime) -> bool:
@@ -923,12 +939,16 @@ class ChargingService(ChargerConnections):
             reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
             reported)
         for attempt in (1, 2, 3):
-            same = await self.store.find_one(Session, all_of(
+            # A clock never set: its copies recorded lately, open or closed since; another
+            # glitch: its open copy; else the copy stamped the same.
+            asked = self.now()
+            same = next((s for s in await self.store.find_all(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
-                Eq("reported_start", reported) if reported is not None
+                Range("created_at", gte=asked - GLITCH_RETRY_WINDOW) if reported is not None
                 else Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
-                Eq("meter_start_wh", meter_start)))
-            if same is not None and identity.matches(same, self.now()):
+                Eq("meter_start_wh", meter_start)), limit=MAX_RESEND_CANDIDATES)
+                if identity.matches(s, asked)), None)
+            if same is not None:
                 info = await self._resent(station, same, presented)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going

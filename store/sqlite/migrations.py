@@ -1366,8 +1366,9 @@ CREATE INDEX "local_list_entry_holder_id_idx" ON "local_list_entry" ("holder_id"
 
 # Version 65: the timestamp a StartTransaction carried when its charger's clock was never
 # set (before 2015: 1970), the session dated on the start's arrival instead
-# (``Session.reported_start``): a resend of that start is matched by it (QA s26). Older
-# rows: null (their sessions kept such a stamp as their start). MongoDB reads a missing
+# (``Session.reported_start``): a resend of that start must repeat it (QA s26). Older
+# rows: null (their sessions kept such a stamp as their start, which a resend is then
+# compared with, ``_StartIdentity.matches``). MongoDB reads a missing
 # field as null: no step.
 _V65 = """
 ALTER TABLE "session" ADD COLUMN "reported_start" INTEGER;

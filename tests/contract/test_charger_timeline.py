@@ -153,3 +153,33 @@ async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
     rows = await services.analytics.utilization(SYSTEM, Scope(cp_ids=("NEVER-SET",)),
                                                 TODAY, TOMORROW, by_connector=True)
     assert usage(rows)[1][1] <= 90
+
+
+async def test_a_never_set_stamp_matches_only_its_recent_copy(
+        world: tuple[Services, Clock]) -> None:
+    """On either store (review s26): a start stamped by a clock never set is its open copy
+    recorded moments ago (its answer lost), and a row written before migration 65 (the
+    stamp kept as its start) is matched by its start; a session its stop closed having
+    metered nothing is followed by a new transaction with the same figures, and an open
+    one recorded long ago was another transaction whose stop was lost."""
+    from domain.services.base import patch
+
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    await charging.set_online("NEVER-SET", True)
+    first, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch)
+    clock.now += timedelta(seconds=20)
+    assert (await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch))[0] \
+        == first
+    [session] = await store.find_all(d.Session, ALL)
+    await store.write([patch(session, SYSTEM, reported_start=None, start_time=epoch)], [])
+    assert (await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch))[0] \
+        == first
+    await charging.stop_transaction("NEVER-SET", first, 100, epoch)
+    second, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch)
+    assert second != first
+    clock.now += timedelta(minutes=10)
+    third, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch)
+    assert third not in (first, second)
+    assert await store.count(d.Session, ALL) == 3

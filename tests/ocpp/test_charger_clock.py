@@ -636,3 +636,75 @@ async def test_a_charger_whose_clock_was_never_set_charges_today(
         {"f": day.isoformat(), "t": (day + timedelta(days=1)).isoformat()}, as_user="op")
     assert data["energyTrend"] == [{"energyKwh": 5.0, "sessions": 1, "revenue": "2.00"}]
     assert "its clock is not set" in caplog.text
+
+
+async def test_a_new_start_repeating_a_never_set_stamp_is_a_new_transaction(
+        central: Central) -> None:
+    """Review s26: a charger whose clock reads the epoch itself at every start starts a
+    session that delivers nothing (0 Wh), stops it, and the driver taps again: same card,
+    same meterStart, same 1970 stamp. Matched by that stamp in any state and at any age,
+    the new start was told the closed session's id, no session opened and the 8 kWh that
+    followed were billed nowhere. A resend is a copy of a start whose answer was lost:
+    a session still open recorded moments ago, or one closed since whose meter moved (a
+    new start reads the meter where the stop left it), is its first copy."""
+    epoch = "1970-01-01T00:00:00Z"
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1000,
+                                      timestamp=epoch)
+        first = (await cp.call(start)).transaction_id
+        await cp.call(call.StopTransaction(meter_stop=1000, transaction_id=first,
+                                           timestamp=epoch, reason="EVDisconnected"))
+        old = await central.session(first)
+        assert old is not None and old.state is d.SessionState.COMPLETED
+        second = (await cp.call(start)).transaction_id
+        await cp.call(call.StopTransaction(meter_stop=9000, transaction_id=second,
+                                           timestamp=epoch))
+    assert second != first
+    sessions = await central.store.find_all(d.Session, Eq("cp_id", "CP-1"))
+    assert sum(s.energy_wh or 0 for s in sessions) == 8000, [
+        (s.transaction_id, s.state, s.energy_wh) for s in sessions]
+
+
+async def test_a_never_set_stamp_resent_long_after_its_start_is_a_new_transaction(
+        central: Central) -> None:
+    """An open session of the same card, meter and epoch stamp recorded long ago is another
+    transaction whose stop was lost, as for any start whose time is no time: closed by
+    the new start, not answered with its id."""
+    epoch = "1970-01-01T00:00:00Z"
+    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1000,
+                                  timestamp=epoch)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        first = (await cp.call(start)).transaction_id
+    session = await central.session(first)
+    assert session is not None
+    await central.store.write([patch(session, SYSTEM, created_at=session.created_at
+                                     - timedelta(hours=2))], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        second = (await cp.call(start)).transaction_id
+    assert second != first
+    old = await central.session(first)
+    assert old is not None and old.state is d.SessionState.COMPLETED
+
+
+async def test_a_resend_of_a_never_set_start_recorded_before_migration_65_is_matched(
+        central: Central) -> None:
+    """Review s26: a session opened before migration 65 by a 1970-stamped start kept that
+    stamp as its ``start_time``, ``reported_start`` null. Its charger, the answer lost
+    across the upgrade, resends the start: it was looked up by ``reported_start`` only,
+    and a second session opened (the first closed as lost). Such a row is matched by its
+    ``start_time``."""
+    epoch = "1970-01-01T00:00:05Z"
+    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1000,
+                                  timestamp=epoch)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        first = (await cp.call(start)).transaction_id
+    session = await central.session(first)
+    assert session is not None
+    # As the code before migration 65 wrote it: start_time the charger's stamp.
+    await central.store.write([patch(session, SYSTEM, reported_start=None,
+                                     start_time=datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC))],
+                              [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        again = (await cp.call(start)).transaction_id
+    assert again == first
+    assert await central.store.count(d.Session, Eq("cp_id", "CP-1")) == 1

@@ -532,3 +532,36 @@ async def test_a_data_transfer_is_logged_without_the_credentials_in_its_free_tex
     assert len(lines) == 3, lines
     assert "vendor=Acme" in lines[0] and "ftp://[hidden]@h.example/x" in lines[0], lines
     assert not [r for r in caplog.records if "s3cret" in r.getMessage()], lines
+
+
+@pytest.mark.parametrize("line, kept", [
+    ("Server (http://csms.example.com:9000) unreachable, notify noc@op.com",
+     "unreachable, notify noc@op.com"),
+    ("Status page http://status.vendor.com:8080, ticket 42 assigned to ops@vendor.com",
+     "ticket 42 assigned to ops@vendor.com"),
+    ("see [ftp://h.example] or (http://h.example:21). mail ops@h.example",
+     "mail ops@h.example"),
+])
+def test_words_after_a_url_ended_by_punctuation_are_not_hidden_up_to_an_email(
+        line: str, kept: str) -> None:
+    """Review s26: a URL whose host[:port] is whole but for a sentence's punctuation
+    after it (``:9000)``, ``:8080,``) was not cut inside its authority; the words after
+    it, up to an unrelated e-mail address, were hidden and the operator lost the
+    message. Only a URL cut where its user information may go on runs on."""
+    assert masked_line(line).endswith(kept), masked_line(line)
+
+
+def test_a_data_transfer_cut_inside_a_spaced_password_writes_none_of_it() -> None:
+    """Review s26: the DataTransfer line's data was cut at ``DATA_SHOWN`` first, then
+    masked: cut between ``ftp://diag:hun`` and ``ter two@host``, no ``@`` was left to
+    tell the password went on, and ``ter tw`` was written. Masked whole, then cut."""
+    data = "x" * 178 + " ftp://diag:hun ter two@host/f"
+    assert len(data) > handler.DATA_SHOWN
+    line = masked_line(f"DataTransfer from CP-1: vendor=V message=M "
+                       f"data={handler.data_shown(data)}")
+    assert "hun" not in line and "ter" not in line.split("ftp://", 1)[1], line
+    # A URL the cut falls in is hidden whole after its scheme.
+    data = "x" * 190 + " ftp://diag:secret@host/f"
+    shown = handler.data_shown(data)
+    assert shown.endswith(" ftp://[hidden]") and len(shown) <= handler.DATA_SHOWN + 10
+    assert handler.data_shown("short ftp://u:p@h/x") == "short ftp://[hidden]@h/x"

@@ -12,8 +12,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-import ocpp_bridge.handler
-from ocpp_bridge.pacing import BYTE_BURST, BYTE_RATE, FramePacer
+from ocpp_bridge.pacing import (
+    BYTE_BURST,
+    BYTE_RATE,
+    PACERS_KEPT,
+    ChargerPacers,
+    FramePacer,
+    frame_bytes,
+)
 from ocpp_bridge.server import MAX_MESSAGE
 from tests.ocpp.conftest import Central
 from tests.ocpp.test_protocol import exchange, raw
@@ -39,7 +45,7 @@ async def test_a_charger_pipelining_frames_is_paced_and_loses_none(
         pacers.append(FramePacer(rate=20, burst=5))
         return pacers[-1]
 
-    monkeypatch.setattr(ocpp_bridge.handler, "FramePacer", small)
+    monkeypatch.setattr(central.server.pacers, "factory", small)
     ws = await raw(central)
     try:
         for i in range(20):  # all at once, no answer awaited: no compliant charger does
@@ -144,3 +150,82 @@ async def test_an_oversized_frame_is_closed_1009_unread_while_the_others_are_ser
         if oversized.state is not State.CLOSED:
             oversized.transport.abort()
         await other.close()
+
+
+async def test_a_charger_reconnecting_keeps_its_pace(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: the byte bucket lived on the connection, so a charger that had spent
+    its burst hung up, reconnected and had its next large frames taken at once again:
+    one flooding 4 MiB per connection was never paced. The pace is its cpId's. Scaled
+    down: a burst of 8,000 bytes, 2,000 a second."""
+    pacers: list[FramePacer] = []
+
+    def small() -> FramePacer:
+        pacers.append(FramePacer(byte_rate=2000, byte_burst=8000))
+        return pacers[-1]
+
+    monkeypatch.setattr(central.server.pacers, "factory", small)
+    frame = json.dumps([2, "{}", "DataTransfer", {"vendorId": "V", "data": "x" * 3900}])
+    waited = []
+    for round_ in range(3):
+        ws = await raw(central, "CP-1")
+        try:
+            began = time.monotonic()
+            for i in range(2):  # 7.8 KB: the burst, spent
+                await ws.send(frame.replace("{}", f"{round_}-{i}"))
+            for _ in range(2):
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))[0] == 3
+            waited.append(time.monotonic() - began)
+        finally:
+            await ws.close()
+    # 23.4 KB from one charger at 2,000 a second: about 8 s of waiting in all.
+    assert sum(waited) > 5.0, waited
+    assert len(pacers) == 1 and pacers[0].delayed >= 1
+
+
+def test_a_chargers_pace_is_forgotten_once_its_buckets_are_full_again() -> None:
+    """Memory stays bounded: past ``PACERS_KEPT`` chargers, those whose buckets have
+    refilled are forgotten when the next one is added; one still owing is kept."""
+    now = [0.0]
+    pacers = ChargerPacers(lambda: FramePacer(rate=10, burst=10, clock=lambda: now[0],
+                                              byte_rate=100, byte_burst=100))
+    pacers.of("FLOOD").delay(1000)  # 900 bytes owed: 9 s
+    for i in range(PACERS_KEPT - 1):
+        pacers.of(f"CP-{i}").delay(10)
+    assert len(pacers) == PACERS_KEPT
+    now[0] += 5.0  # the others' buckets are full again, FLOOD's not
+    flood = pacers.of("FLOOD")
+    pacers.of("NEW")
+    assert len(pacers) == 2 and pacers.of("FLOOD") is flood
+    assert flood.delay(0) > 0
+
+
+def test_a_frame_is_counted_in_bytes() -> None:
+    """The pace is stated in KiB: a frame's UTF-8 bytes, not its characters."""
+    assert frame_bytes("abc") == 3
+    assert frame_bytes("éé") == 4 and frame_bytes("€") == 3
+    assert frame_bytes(b"\x00\x01") == 2
+
+
+async def test_a_frame_of_multibyte_text_is_paced_by_its_bytes(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DataTransfer of 3,000 three-byte characters (9 KB) spends a burst of 8,000
+    bytes: the next frame waits."""
+    pacers: list[FramePacer] = []
+
+    def small() -> FramePacer:
+        pacers.append(FramePacer(byte_rate=100_000, byte_burst=8000))
+        return pacers[-1]
+
+    monkeypatch.setattr(central.server.pacers, "factory", small)
+    ws = await raw(central, "CP-1")
+    try:
+        await ws.send(json.dumps([2, "a", "DataTransfer", {"vendorId": "V",
+                                                           "data": "\u20ac" * 3000}],
+                                 ensure_ascii=False))
+        await ws.send(json.dumps([2, "b", "Heartbeat", {}]))
+        for _ in range(2):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))[0] == 3
+    finally:
+        await ws.close()
+    assert pacers[-1].delayed == 1
