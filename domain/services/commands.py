@@ -1166,22 +1166,29 @@ class CommandService(Service):
     async def _check_list_fits(self, viewer: Viewer, station: Station,
                                payload: dict[str, Any]) -> None:
         """A SendLocalList (an operator's) the charger can take (``list_limits``): at
-        most its ``SendLocalListMaxLength`` entries, and a list it holds at most its
-        ``LocalAuthListMaxLength`` tags of (a Full list's entries; a Differential's
-        applied to the list as recorded). A charger answers Failed to one that does
-        not fit (1.6, 5.15), and the operator was told FAILED with no reason (QA s26):
-        refused before sending (``OUT_OF_RANGE``), saying how many fit and which of the
-        list's own tags would not (never one the charger holds already: another
-        company's, after a handover). A Differential of one tag is judged too (review s26:
-        one card added to a full list was sent and answered Failed; a Full list of one
-        always fits, so asks nothing); a Differential adding no tag
-        (updates of tags held, removals) never grows the list and is not judged on
-        ``LocalAuthListMaxLength``. A limit the charger does not say is not checked."""
+        most its ``SendLocalListMaxLength`` entries, whatever they are (removals too:
+        review s26, 3 removals to a charger taking 2 were sent and answered Failed), and
+        a list it holds at most its ``LocalAuthListMaxLength`` tags of (a Full list's
+        entries; a Differential's applied to the list as recorded). A charger answers
+        Failed to one that does not fit (1.6, 5.15), and the operator was told FAILED
+        with no reason (QA s26): refused before sending (``OUT_OF_RANGE``), saying how
+        many fit and which of the list's own tags would not (never one the charger holds
+        already: another company's, after a handover). A Differential of one tag is
+        judged too (review s26: one card added to a full list was sent and answered
+        Failed); a single entry always fits one message, and a Full list of one, or a
+        Differential of one removal, always fits the list, so those ask nothing. A
+        Differential adding no tag (updates of tags held, removals) never grows the list
+        and is not refused for ``LocalAuthListMaxLength``; one adding a tag is, whenever
+        the list after it would hold more than that, also when it removes others from a
+        list already over it (review s26: one removal and one addition passed on a list
+        over its limit, answered Failed). A limit the charger does not say is not
+        checked."""
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
         full = payload.get("updateType") == "Full"
-        if (len(entries) <= 1 and full) or all(e.get("idTagInfo") is None for e in entries):
-            return  # a Full list of one always fits (none clears it); removals never grow it
+        removals = not full and all(e.get("idTagInfo") is None for e in entries)
+        if len(entries) <= 1 and (full or removals):
+            return  # fits one message (at least 1 entry), and the list (grows nothing)
         limits = await self.list_limits(station, audited_as=viewer)
         field_name = "localAuthorizationList"
         if limits.per_send is not None and len(entries) > limits.per_send:
@@ -1191,18 +1198,17 @@ class CommandService(Service):
                 f"(a FULL list) and the rest in DIFFERENTIAL lists of at most "
                 f"{limits.per_send}, each a version above the last",
                 field=field_name, code="OUT_OF_RANGE")
-        if limits.holds is None:
-            return
+        if limits.holds is None or removals:
+            return  # removals never grow the list
         after = await self._list_after(station, payload, entries)
         if after is None:
             return
-        tags, held = after
-        if len(tags) <= limits.holds or len(tags) <= held:
-            return  # fits, or grows nothing (updates of tags it holds)
-        # Those taken last are the list's own (``_list_after``): named, never a tag the
-        # charger held before.
-        own = {str(e.get("idTag")).upper() for e in entries}
-        left_out = [tag for tag in tags[max(limits.holds, held):] if tag in own]
+        tags, held, kept = after
+        if len(tags) <= limits.holds or len(tags) == kept:
+            return  # fits, or adds no tag (updates of tags it holds, removals)
+        # Those added come after the tags it keeps (``_list_after``): the list's own,
+        # never a tag the charger held before.
+        left_out = tags[max(limits.holds, kept):]
         named = ", ".join(left_out[:NAMED_LEFT_OUT])
         more = f" and {len(left_out) - NAMED_LEFT_OUT} more" \
             if len(left_out) > NAMED_LEFT_OUT else ""
@@ -1210,8 +1216,9 @@ class CommandService(Service):
             fit = f"the first {limits.holds} fit"
             advice = f"Send at most {limits.holds}"
         else:
-            room = max(0, limits.holds - held)
-            fit = f"it holds {held} already, room for {room} more"
+            room = max(0, limits.holds - kept)
+            gone = f", {held - kept} of them removed by this list" if kept < held else ""
+            fit = f"it holds {held} already{gone}, room for {room} more"
             advice = "Remove tags from it first, or send a FULL list"
         raise ValidationError(
             f"this charger's list holds at most {limits.holds} tags (its {LIST_MAX_KEY}); "
@@ -1220,15 +1227,16 @@ class CommandService(Service):
             field=field_name, code="OUT_OF_RANGE")
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
-                          entries: list[dict[str, Any]]) -> tuple[list[str], int] | None:
+                          entries: list[dict[str, Any]]
+                          ) -> tuple[list[str], int, int] | None:
         """The tags the station's list would hold after ``payload``, in the order they
-        would be taken (those held first, then the list's own in its order), and how
-        many it holds before: a Full list's (0 before: it replaces them); a Differential
-        applied to the list as recorded (``LocalListEntry``), ``None`` when nothing is
-        recorded of it (not known)."""
+        would be taken (those it keeps first, then those the list adds, in its order),
+        how many it holds before, and how many of those it keeps: a Full list's (0
+        before: it replaces them); a Differential applied to the list as recorded
+        (``LocalListEntry``), ``None`` when nothing is recorded of it (not known)."""
         given = [str(e.get("idTag")).upper() for e in entries]
         if payload.get("updateType") == "Full":
-            return given, 0
+            return list(dict.fromkeys(given)), 0, 0
         if await self.store.find_one(LocalList, Eq("station_id", station.id)) is None:
             return None
         held = [e.tag for e in await self.store.find_all(
@@ -1238,9 +1246,9 @@ class CommandService(Service):
         removed = {tag for tag, e in zip(given, entries, strict=True)
                    if e.get("idTagInfo") is None}
         kept = [tag for tag in held if tag not in removed]
-        known = set(kept)
-        return kept + [tag for tag in given if tag not in removed and tag not in known], \
-            len(held)
+        known = set(held)
+        added = [tag for tag in dict.fromkeys(given) if tag not in removed and tag not in known]
+        return kept + added, len(held), len(kept)
 
     async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its

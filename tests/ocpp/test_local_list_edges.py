@@ -365,3 +365,64 @@ async def test_a_get_configuration_timing_out_does_not_hold_every_list(
         assert second["sendLocalList"]["status"] == "ACCEPTED", second
         assert time.monotonic() - began < 0.4
         assert len(asked_configuration(cp)) == 1
+
+
+async def test_removals_longer_than_the_charger_takes_in_one_list_are_refused(
+        central: Central) -> None:
+    """Removals never grow the list, but a message of more entries than the charger's
+    SendLocalListMaxLength is answered Failed whatever they are: a Differential of 3
+    removals to a charger taking 2 skipped every check, was sent and answered Failed
+    (review s26). Refused before sending; 2 removals are sent."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+
+        def removals(version: int, *tags: str) -> dict[str, object]:
+            return {"input": {"cpId": "CP-1", "listVersion": version,
+                              "updateType": "DIFFERENTIAL",
+                              "localAuthorizationList": [{"idTag": t} for t in tags]}}
+
+        too_many = await central.gql(SEND_LIST, removals(2, "A1", "A2", "A3"), as_user="op")
+        [error] = too_many["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", too_many
+        assert "at most 2 entries in one list" in error["message"], error
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # nothing sent
+        two = await central.gql(SEND_LIST, removals(2, "A1", "A2"), as_user="op")
+        assert two["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, two
+        assert cp.local_list == {}
+
+
+async def test_a_list_over_its_limit_takes_no_new_tag_for_one_removed(
+        central: Central) -> None:
+    """A charger holding more tags than its LocalAuthListMaxLength now says: a
+    Differential removing one tag it holds and adding a new one leaves it as far over,
+    and was sent (``len(tags) <= held``) and answered Failed. Judged on the list after
+    it: refused while it would stay over the limit; removing enough first lets it in."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("3", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                 as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        cp.configuration["LocalAuthListMaxLength"] = ("2", True)
+        await cp.boot()
+        await settled(central)
+
+        def swap(version: int, *removed: str) -> dict[str, object]:
+            return {"input": {"cpId": "CP-1", "listVersion": version,
+                              "updateType": "DIFFERENTIAL", "localAuthorizationList": [
+                                  *({"idTag": t} for t in removed),
+                                  {"idTag": "B1", "idTagInfo": {"status": "ACCEPTED"}}]}}
+
+        one_for_one = await central.gql(SEND_LIST, swap(2, "A1"), as_user="op")
+        [error] = one_for_one["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", one_for_one
+        assert "holds 3 already, 1 of them removed by this list, room for 0 more" in \
+            error["message"], error
+        assert "(B1)" in error["message"], error
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # nothing sent
+        two_for_one = await central.gql(SEND_LIST, swap(2, "A1", "A2"), as_user="op")
+        assert two_for_one["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
+        assert sorted(cp.local_list) == ["A3", "B1"]
