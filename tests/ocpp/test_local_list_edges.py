@@ -18,6 +18,7 @@ from ocpp.v16.enums import Action
 from domain.policy import Viewer
 from domain.services.commands import LIST_LIMITS_RETRY_S
 from graph.ids import to_global_id
+from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -426,3 +427,33 @@ async def test_a_list_over_its_limit_takes_no_new_tag_for_one_removed(
         two_for_one = await central.gql(SEND_LIST, swap(2, "A1", "A2"), as_user="op")
         assert two_for_one["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
         assert sorted(cp.local_list) == ["A3", "B1"]
+
+
+async def test_a_list_limit_changed_reboot_required_applies_from_the_boot(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LocalAuthListMaxLength changed RebootRequired was taken as the limit at once:
+    lowered 5 -> 2, a Full list of 4 the charger still takes was refused (raised, one
+    it cannot take yet was sent). The value in force, the one before, is used until
+    the charger boots; the value set from then (review s26)."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS",
+                        simulator.REBOOT_KEYS | {"LocalAuthListMaxLength"})
+    op = Viewer.of(central.users["op"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("5", False)
+        await cp.boot()
+        read = await central.services.commands.send(
+            op, "CP-1", "GetConfiguration", {"key": ["LocalAuthListMaxLength"]})
+        assert read.error is None, read.error  # the value in force is known
+        changed = await central.services.commands.send(
+            op, "CP-1", "ChangeConfiguration",
+            {"key": "LocalAuthListMaxLength", "value": "2"})
+        assert changed.status == "RebootRequired", changed
+        four = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3", "A4"),
+                                 as_user="op")
+        assert four["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, four
+        await cp.boot()
+        await settled(central)
+        after = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3", "A4"),
+                                  as_user="op")
+        [error] = after["sendLocalList"]["errors"]
+        assert "holds at most 2 tags" in error["message"], after
