@@ -47,6 +47,8 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import (
+    OUTCOME_UNKNOWN,
+    ChargerBusy,
     ChargerCallError,
     ChargerError,
     ChargerNotSupported,
@@ -401,6 +403,16 @@ MAX_KEYS_KEY = "GetConfigurationMaxKeys"
 LIST_LIMITS_RETRY_S = 300.0
 #: How many of the tags left out of a list too long for its charger a refusal names.
 NAMED_LEFT_OUT = 5
+
+
+def not_the_chargers_answer(error: DomainError) -> bool:
+    """Whether a command's ``error`` says nothing of how its charger answers it: the
+    charger offline or unreachable (nothing sent), the command never sent (waiting
+    behind others), or the charger gone after getting it (``OUTCOME_UNKNOWN``). A
+    timeout of a connected charger, a CALLERROR or an answer we could not read are its
+    own."""
+    return isinstance(error, (ChargerOffline, ChargerBusy)) or (
+        isinstance(error, ChargerTimeout) and error.message == OUTCOME_UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -1099,18 +1111,21 @@ class CommandService(Service):
                           ) -> ListLimits:
         """How many tags ``station``'s charger holds in its local list and takes in one
         SendLocalList (``LocalAuthListMaxLength``, ``SendLocalListMaxLength``): as its
-        stored configuration knows them since its last boot (``known_count``), else as
-        a GetConfiguration of those not known answers (recorded in the configuration
-        too). Both keys go in one request, each alone to a charger whose
-        ``GetConfigurationMaxKeys`` is known to be 1, and each alone again after a
-        CALLERROR to the two (review s26: a charger taking one key per request refused
-        the two, and the CALLERROR, kept for the boot, left withdrawals sized at
-        ``DEFAULT_SEND_MAX`` and answered Failed). An answer (a value, unknownKey, a
-        NotSupported: it cannot say) is kept until the charger boots again (QA s26: one
-        that did not know the key was asked at every push); no answer (a timeout, another
-        CALLERROR such as InternalError) for ``LIST_LIMITS_RETRY_S`` only, so a charger
-        not answering does not hold every list sent meanwhile for a command timeout
-        (review s26). A ChangeConfiguration it took is stored, so followed at once."""
+        stored configuration knows the values in force since its last boot
+        (``known_count``), else as a GetConfiguration of those not known answers
+        (recorded in the configuration too). Both keys go in one request, each alone to
+        a charger whose ``GetConfigurationMaxKeys`` is known to be 1, and each alone
+        again after any CALLERROR to the two (review s26: a charger taking one key per
+        request refused the two, and the CALLERROR, kept for the boot, left withdrawals
+        sized at ``DEFAULT_SEND_MAX`` and answered Failed). An answer for a key (a value,
+        unknownKey, a NotSupported to it alone: it cannot say) is kept until the charger
+        boots again (QA s26: one that did not know the key was asked at every push); no
+        answer from the connected charger (a timeout, another CALLERROR such as
+        InternalError) for ``LIST_LIMITS_RETRY_S`` only, so a charger not answering does
+        not hold every list sent meanwhile for a command timeout (review s26); a charger
+        offline or unreachable is asked at the next list (``_ask_limits``). A
+        ChangeConfiguration it took is stored, so followed at once if Accepted, from its
+        next boot if RebootRequired (``configuration.in_force``)."""
         keys = (LIST_MAX_KEY, SEND_MAX_KEY, MAX_KEYS_KEY)
         stored = {k.folded_key: k for k in await self.store.find_all(ConfigurationKey, all_of(
             Eq("station_id", station.id), In("folded_key", tuple(map(folded_key, keys)))),
@@ -1138,21 +1153,19 @@ class CommandService(Service):
     async def _ask_limits(self, station: Station, keys: list[str], memo: _AskedLimits,
                           audited_as: Viewer | None) -> bool:
         """Asks the charger ``keys`` in one GetConfiguration, keeping its answers in
-        ``memo`` (``list_limits``); after a CALLERROR to several, asks each alone.
-        ``False`` when it gave no answer (asked again after ``LIST_LIMITS_RETRY_S``)."""
+        ``memo`` (``list_limits``): a value, or none (unknownKey, not a count; a
+        NotSupported to one key: it does not give it). Any CALLERROR to several keys,
+        NotSupported too (review s26: a charger refusing the two with NotImplemented
+        was taken to have no limits until its boot), asks each alone. ``False`` when it
+        gave no answer: a timeout or a CALLERROR from the charger is not asked again
+        before ``LIST_LIMITS_RETRY_S``; a charger offline, unreachable or busy with
+        other commands (it was not asked, or went while asked) is, at the next list."""
         try:
             outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
                                       {"key": keys}, audited_as=audited_as)
         except DomainError:  # the station went meanwhile: the next send says so
             return False
         error = outcome.error
-        if error is None or isinstance(error, ChargerNotSupported):
-            answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
-                        for k in outcome.result.get("configurationKey") or ()
-                        if isinstance(k, dict)}
-            for key in keys:  # not among them: unknownKey, or no GetConfiguration at all
-                memo.answers[key] = answered.get(folded_key(key))
-            return True
         if isinstance(error, ChargerCallError) and len(keys) > 1:
             # It answered, refusing the request: it may take fewer keys in one
             # (GetConfigurationMaxKeys), so each alone.
@@ -1160,6 +1173,15 @@ class CommandService(Service):
                 if not await self._ask_limits(station, [key], memo, audited_as):
                     return False
             return True
+        if error is None or isinstance(error, ChargerNotSupported):
+            answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
+                        for k in outcome.result.get("configurationKey") or ()
+                        if isinstance(k, dict)}
+            for key in keys:  # not among them: unknownKey, or no GetConfiguration at all
+                memo.answers[key] = answered.get(folded_key(key))
+            return True
+        if not_the_chargers_answer(error):
+            return False  # asked again at the next list
         memo.retry_at = self.now() + timedelta(seconds=LIST_LIMITS_RETRY_S)
         return False
 

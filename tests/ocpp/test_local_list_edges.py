@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from ocpp.exceptions import InternalError, OccurenceConstraintViolationError
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.routing import on
 from ocpp.v16 import call
 from ocpp.v16.enums import Action
@@ -457,3 +458,68 @@ async def test_a_list_limit_changed_reboot_required_applies_from_the_boot(
                                   as_user="op")
         [error] = after["sendLocalList"]["errors"]
         assert "holds at most 2 tags" in error["message"], after
+
+
+def not_implemented_for_two_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated chargers take one key per GetConfiguration and answer a request naming
+    more with a NotImplemented CALLERROR (a NotSupported, for the ``ocpp`` package)."""
+    original = SimulatedChargePoint.on_get_configuration
+
+    @on(Action.get_configuration)
+    def one_key(self: SimulatedChargePoint, key: list[str] | None = None) -> object:
+        if key is not None and len(key) > 1:
+            self.received.append(("GetConfiguration", {"key": key}))
+            raise OcppNotImplemented(description="GetConfigurationMaxKeys is 1")
+        return original(self, key)
+
+    monkeypatch.setattr(SimulatedChargePoint, "on_get_configuration", one_key)
+
+
+async def test_a_charger_refusing_two_keys_as_not_implemented_is_asked_each_alone(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any CALLERROR to the two keys asks each alone. A NotImplemented (NotSupported)
+    one was taken as the charger's answer until its boot, both limits unknown: a
+    deactivated driver's 4 cards went in one list to a charger taking 3, answered
+    Failed, and stayed Accepted offline (review s26)."""
+    not_implemented_for_two_keys(monkeypatch)
+    holder = await fleet_driver(central, 4)
+    tags = [f"FLEET-{n}" for n in range(4)]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", *tags)
+        cp.configuration["SendLocalListMaxLength"] = ("3", True)
+        await cp.boot()
+        await settled(central)
+        await central.gql(UPDATE_USER, {"input": {"id": to_global_id("user", holder.id),
+                                                  "active": False}}, as_user="admin")
+        await settled(central)
+        assert asked_configuration(cp)[-3:] == [
+            ["LocalAuthListMaxLength", "SendLocalListMaxLength"],
+            ["LocalAuthListMaxLength"], ["SendLocalListMaxLength"]], asked_configuration(cp)
+        sent = local_lists_sent(cp)[1:]
+        assert [len(s["entries"]) for s in sent] == [3, 1], sent
+        assert {tag: cp.local_list[tag]["status"] for tag in tags} == dict.fromkeys(
+            tags, "Blocked")
+
+
+async def test_a_charger_offline_when_asked_its_list_limits_is_asked_when_back(
+        central: Central) -> None:
+    """A charger offline (or unreachable) gave no answer of its own: it was not asked
+    again for ``LIST_LIMITS_RETRY_S``, so a list sent once it was back (reconnected, not
+    booted) went unjudged and was answered Failed. Only a connected charger's timeout
+    or CALLERROR is kept for a while."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+    await offline(central, "CP-1")
+    away = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"), as_user="op")
+    assert away["sendLocalList"]["status"] != "ACCEPTED", away
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        back.configuration["SendLocalListMaxLength"] = ("2", True)
+        await back.heartbeat()
+        await settled(central)
+        too_long = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                     as_user="op")
+        [error] = too_long["sendLocalList"]["errors"]
+        assert "at most 2 entries in one list" in error["message"], too_long
+        assert local_lists_sent(back) == []
