@@ -887,6 +887,10 @@ class ConfigurationKey(Record):
     #: Until then a read of another value (the one still in force) does not replace it
     #: (``services.configuration``).
     reboot_required: bool = False
+    #: While that change waits for the boot (``awaits_reboot``), the value it replaced
+    #: if it was known since the charger's boot: the one in force until then (what
+    #: ``services.configuration.known_count`` gives). ``None``: not known, or secret.
+    value_in_force: str | None = None
 
     def awaits_reboot(self, booted_at: datetime | None) -> bool:
         """Whether its value waits for a reboot: the last change was answered

@@ -286,10 +286,11 @@ class SendLocalListInput:
         default=None, description=(
             "The entries, each tag once: with FULL every tag with its `idTagInfo`; with "
             "DIFFERENTIAL the changes. OUT_OF_RANGE, nothing sent, when the charger "
-            "takes fewer in one list (its `SendLocalListMaxLength`) or its list would "
-            "hold more tags than it can (its `LocalAuthListMaxLength`), a single tag "
-            "added to a full list too (updates of tags it holds and removals never "
-            "are); the message names this list's tags that would not fit."))
+            "takes fewer entries in one list (its `SendLocalListMaxLength`; removals "
+            "count too) or a list adding tags would leave it holding more than it can "
+            "(its `LocalAuthListMaxLength`), a single tag added to a full list too "
+            "(updates of tags it holds and removals add none, so never are); the "
+            "message names this list's tags that would not fit."))
 
 
 @strawberry.input(description="Ask a charger to upload a diagnostics file (OCPP GetDiagnostics).")

@@ -47,6 +47,8 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import (
+    OUTCOME_UNKNOWN,
+    ChargerBusy,
     ChargerCallError,
     ChargerError,
     ChargerNotSupported,
@@ -402,6 +404,16 @@ MAX_KEYS_KEY = "GetConfigurationMaxKeys"
 LIST_LIMITS_RETRY_S = 300.0
 #: How many of the tags left out of a list too long for its charger a refusal names.
 NAMED_LEFT_OUT = 5
+
+
+def not_the_chargers_answer(error: DomainError) -> bool:
+    """Whether a command's ``error`` says nothing of how its charger answers it: the
+    charger offline or unreachable (nothing sent), the command never sent (waiting
+    behind others), or the charger gone after getting it (``OUTCOME_UNKNOWN``). A
+    timeout of a connected charger, a CALLERROR or an answer we could not read are its
+    own."""
+    return isinstance(error, (ChargerOffline, ChargerBusy)) or (
+        isinstance(error, ChargerTimeout) and error.message == OUTCOME_UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -1101,18 +1113,21 @@ class CommandService(Service):
                           ) -> ListLimits:
         """How many tags ``station``'s charger holds in its local list and takes in one
         SendLocalList (``LocalAuthListMaxLength``, ``SendLocalListMaxLength``): as its
-        stored configuration knows them since its last boot (``known_count``), else as
-        a GetConfiguration of those not known answers (recorded in the configuration
-        too). Both keys go in one request, each alone to a charger whose
-        ``GetConfigurationMaxKeys`` is known to be 1, and each alone again after a
-        CALLERROR to the two (review s26: a charger taking one key per request refused
-        the two, and the CALLERROR, kept for the boot, left withdrawals sized at
-        ``DEFAULT_SEND_MAX`` and answered Failed). An answer (a value, unknownKey, a
-        NotSupported: it cannot say) is kept until the charger boots again (QA s26: one
-        that did not know the key was asked at every push); no answer (a timeout, another
-        CALLERROR such as InternalError) for ``LIST_LIMITS_RETRY_S`` only, so a charger
-        not answering does not hold every list sent meanwhile for a command timeout
-        (review s26). A ChangeConfiguration it took is stored, so followed at once."""
+        stored configuration knows the values in force since its last boot
+        (``known_count``), else as a GetConfiguration of those not known answers
+        (recorded in the configuration too). Both keys go in one request, each alone to
+        a charger whose ``GetConfigurationMaxKeys`` is known to be 1, and each alone
+        again after any CALLERROR to the two (review s26: a charger taking one key per
+        request refused the two, and the CALLERROR, kept for the boot, left withdrawals
+        sized at ``DEFAULT_SEND_MAX`` and answered Failed). An answer for a key (a value,
+        unknownKey, a NotSupported to it alone: it cannot say) is kept until the charger
+        boots again (QA s26: one that did not know the key was asked at every push); no
+        answer from the connected charger (a timeout, another CALLERROR such as
+        InternalError) for ``LIST_LIMITS_RETRY_S`` only, so a charger not answering does
+        not hold every list sent meanwhile for a command timeout (review s26); a charger
+        offline or unreachable is asked at the next list (``_ask_limits``). A
+        ChangeConfiguration it took is stored, so followed at once if Accepted, from its
+        next boot if RebootRequired (``configuration.in_force``)."""
         keys = (LIST_MAX_KEY, SEND_MAX_KEY, MAX_KEYS_KEY)
         stored = {k.folded_key: k for k in await self.store.find_all(ConfigurationKey, all_of(
             Eq("station_id", station.id), In("folded_key", tuple(map(folded_key, keys)))),
@@ -1140,21 +1155,19 @@ class CommandService(Service):
     async def _ask_limits(self, station: Station, keys: list[str], memo: _AskedLimits,
                           audited_as: Viewer | None) -> bool:
         """Asks the charger ``keys`` in one GetConfiguration, keeping its answers in
-        ``memo`` (``list_limits``); after a CALLERROR to several, asks each alone.
-        ``False`` when it gave no answer (asked again after ``LIST_LIMITS_RETRY_S``)."""
+        ``memo`` (``list_limits``): a value, or none (unknownKey, not a count; a
+        NotSupported to one key: it does not give it). Any CALLERROR to several keys,
+        NotSupported too (review s26: a charger refusing the two with NotImplemented
+        was taken to have no limits until its boot), asks each alone. ``False`` when it
+        gave no answer: a timeout or a CALLERROR from the charger is not asked again
+        before ``LIST_LIMITS_RETRY_S``; a charger offline, unreachable or busy with
+        other commands (it was not asked, or went while asked) is, at the next list."""
         try:
             outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
                                       {"key": keys}, audited_as=audited_as)
         except DomainError:  # the station went meanwhile: the next send says so
             return False
         error = outcome.error
-        if error is None or isinstance(error, ChargerNotSupported):
-            answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
-                        for k in outcome.result.get("configurationKey") or ()
-                        if isinstance(k, dict)}
-            for key in keys:  # not among them: unknownKey, or no GetConfiguration at all
-                memo.answers[key] = answered.get(folded_key(key))
-            return True
         if isinstance(error, ChargerCallError) and len(keys) > 1:
             # It answered, refusing the request: it may take fewer keys in one
             # (GetConfigurationMaxKeys), so each alone.
@@ -1162,28 +1175,44 @@ class CommandService(Service):
                 if not await self._ask_limits(station, [key], memo, audited_as):
                     return False
             return True
+        if error is None or isinstance(error, ChargerNotSupported):
+            answered = {folded_key(str(k.get("key"))): positive_count(k.get("value"))
+                        for k in outcome.result.get("configurationKey") or ()
+                        if isinstance(k, dict)}
+            for key in keys:  # not among them: unknownKey, or no GetConfiguration at all
+                memo.answers[key] = answered.get(folded_key(key))
+            return True
+        if not_the_chargers_answer(error):
+            return False  # asked again at the next list
         memo.retry_at = self.now() + timedelta(seconds=LIST_LIMITS_RETRY_S)
         return False
 
     async def _check_list_fits(self, viewer: Viewer, station: Station,
                                payload: dict[str, Any]) -> None:
         """A SendLocalList (an operator's) the charger can take (``list_limits``): at
-        most its ``SendLocalListMaxLength`` entries, and a list it holds at most its
-        ``LocalAuthListMaxLength`` tags of (a Full list's entries; a Differential's
-        applied to the list as recorded). A charger answers Failed to one that does
-        not fit (1.6, 5.15), and the operator was told FAILED with no reason (QA s26):
-        refused before sending (``OUT_OF_RANGE``), saying how many fit and which of the
-        list's own tags would not (never one the charger holds already: another
-        company's, after a handover). A Differential of one tag is judged too (review s26:
-        one card added to a full list was sent and answered Failed; a Full list of one
-        always fits, so asks nothing); a Differential adding no tag
-        (updates of tags held, removals) never grows the list and is not judged on
-        ``LocalAuthListMaxLength``. A limit the charger does not say is not checked."""
+        most its ``SendLocalListMaxLength`` entries, whatever they are (removals too:
+        review s26, 3 removals to a charger taking 2 were sent and answered Failed), and
+        a list it holds at most its ``LocalAuthListMaxLength`` tags of (a Full list's
+        entries; a Differential's applied to the list as recorded). A charger answers
+        Failed to one that does not fit (1.6, 5.15), and the operator was told FAILED
+        with no reason (QA s26): refused before sending (``OUT_OF_RANGE``), saying how
+        many fit and which of the list's own tags would not (never one the charger holds
+        already: another company's, after a handover). A Differential of one tag is
+        judged too (review s26: one card added to a full list was sent and answered
+        Failed); a single entry always fits one message, and a Full list of one, or a
+        Differential of one removal, always fits the list, so those ask nothing. A
+        Differential adding no tag (updates of tags held, removals) never grows the list
+        and is not refused for ``LocalAuthListMaxLength``; one adding a tag is, whenever
+        the list after it would hold more than that, also when it removes others from a
+        list already over it (review s26: one removal and one addition passed on a list
+        over its limit, answered Failed). A limit the charger does not say is not
+        checked."""
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
         full = payload.get("updateType") == "Full"
-        if (len(entries) <= 1 and full) or all(e.get("idTagInfo") is None for e in entries):
-            return  # a Full list of one always fits (none clears it); removals never grow it
+        removals = not full and all(e.get("idTagInfo") is None for e in entries)
+        if len(entries) <= 1 and (full or removals):
+            return  # fits one message (at least 1 entry), and the list (grows nothing)
         limits = await self.list_limits(station, audited_as=viewer)
         field_name = "localAuthorizationList"
         if limits.per_send is not None and len(entries) > limits.per_send:
@@ -1193,18 +1222,17 @@ class CommandService(Service):
                 f"(a FULL list) and the rest in DIFFERENTIAL lists of at most "
                 f"{limits.per_send}, each a version above the last",
                 field=field_name, code="OUT_OF_RANGE")
-        if limits.holds is None:
-            return
+        if limits.holds is None or removals:
+            return  # removals never grow the list
         after = await self._list_after(station, payload, entries)
         if after is None:
             return
-        tags, held = after
-        if len(tags) <= limits.holds or len(tags) <= held:
-            return  # fits, or grows nothing (updates of tags it holds)
-        # Those taken last are the list's own (``_list_after``): named, never a tag the
-        # charger held before.
-        own = {str(e.get("idTag")).upper() for e in entries}
-        left_out = [tag for tag in tags[max(limits.holds, held):] if tag in own]
+        tags, held, kept = after
+        if len(tags) <= limits.holds or len(tags) == kept:
+            return  # fits, or adds no tag (updates of tags it holds, removals)
+        # Those added come after the tags it keeps (``_list_after``): the list's own,
+        # never a tag the charger held before.
+        left_out = tags[max(limits.holds, kept):]
         named = ", ".join(left_out[:NAMED_LEFT_OUT])
         more = f" and {len(left_out) - NAMED_LEFT_OUT} more" \
             if len(left_out) > NAMED_LEFT_OUT else ""
@@ -1212,8 +1240,9 @@ class CommandService(Service):
             fit = f"the first {limits.holds} fit"
             advice = f"Send at most {limits.holds}"
         else:
-            room = max(0, limits.holds - held)
-            fit = f"it holds {held} already, room for {room} more"
+            room = max(0, limits.holds - kept)
+            gone = f", {held - kept} of them removed by this list" if kept < held else ""
+            fit = f"it holds {held} already{gone}, room for {room} more"
             advice = "Remove tags from it first, or send a FULL list"
         raise ValidationError(
             f"this charger's list holds at most {limits.holds} tags (its {LIST_MAX_KEY}); "
@@ -1222,15 +1251,16 @@ class CommandService(Service):
             field=field_name, code="OUT_OF_RANGE")
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
-                          entries: list[dict[str, Any]]) -> tuple[list[str], int] | None:
+                          entries: list[dict[str, Any]]
+                          ) -> tuple[list[str], int, int] | None:
         """The tags the station's list would hold after ``payload``, in the order they
-        would be taken (those held first, then the list's own in its order), and how
-        many it holds before: a Full list's (0 before: it replaces them); a Differential
-        applied to the list as recorded (``LocalListEntry``), ``None`` when nothing is
-        recorded of it (not known)."""
+        would be taken (those it keeps first, then those the list adds, in its order),
+        how many it holds before, and how many of those it keeps: a Full list's (0
+        before: it replaces them); a Differential applied to the list as recorded
+        (``LocalListEntry``), ``None`` when nothing is recorded of it (not known)."""
         given = [str(e.get("idTag")).upper() for e in entries]
         if payload.get("updateType") == "Full":
-            return given, 0
+            return list(dict.fromkeys(given)), 0, 0
         if await self.store.find_one(LocalList, Eq("station_id", station.id)) is None:
             return None
         held = [e.tag for e in await self.store.find_all(
@@ -1240,9 +1270,9 @@ class CommandService(Service):
         removed = {tag for tag, e in zip(given, entries, strict=True)
                    if e.get("idTagInfo") is None}
         kept = [tag for tag in held if tag not in removed]
-        known = set(kept)
-        return kept + [tag for tag in given if tag not in removed and tag not in known], \
-            len(held)
+        known = set(held)
+        added = [tag for tag in dict.fromkeys(given) if tag not in removed and tag not in known]
+        return kept + added, len(held), len(kept)
 
     async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its

@@ -18,6 +18,10 @@ the boot decides again. A read giving the value set records that it was read; th
 still waits for the boot (many chargers report the stored value before it is in force,
 and only a boot says it is). Each read's write is guarded by the change it saw
 (``changed_at``): one that meets a change recorded meanwhile is made again, judged on it.
+The value the change replaced is kept as the one in force until the boot
+(``value_in_force``, if it was known since the charger's boot; ``in_force``): what the
+service itself acts on, such as the charger's local list limits (review s26: a
+LocalAuthListMaxLength lowered RebootRequired was applied at once).
 
 At most ``MAX_KEYS`` keys are kept of a station: of all it holds and is told of, the
 first ``MAX_KEYS`` by folded key (``kept``), the order ``Station.configuration`` lists
@@ -66,15 +70,25 @@ def without_secrets(action: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def known_count(known: ConfigurationKey | None, booted_at: datetime | None) -> int | None:
-    """A kept key's value as a positive count (``SendLocalListMaxLength``, say), if it
-    was read or changed since the charger's boot at ``booted_at`` (new firmware may say
-    another); ``None`` otherwise, or when it is not a positive count."""
-    if known is None or known.value is None:
-        return None
+    """A kept key's value in force (``in_force``) as a positive count
+    (``SendLocalListMaxLength``, say); ``None`` when that is not known, or not a
+    positive count."""
+    return None if known is None else positive_count(in_force(known, booted_at))
+
+
+def in_force(known: ConfigurationKey, booted_at: datetime | None) -> str | None:
+    """A kept key's value in force at the charger that booted at ``booted_at``, if it
+    was read or changed since that boot (new firmware may say another); ``None`` when
+    not known. While a change waits for the next boot (``awaits_reboot``) it is the
+    value that change replaced (``value_in_force``), not the one set (review s26: a
+    LocalAuthListMaxLength lowered RebootRequired refused lists the charger still took;
+    a raised one let through lists it could not)."""
+    if known.awaits_reboot(booted_at):
+        return known.value_in_force
     at = max((t for t in (known.read_at, known.changed_at) if t is not None), default=None)
     if booted_at is not None and (at is None or at < booted_at):
         return None
-    return positive_count(known.value)
+    return known.value
 
 
 def positive_count(value: Any) -> int | None:
@@ -185,7 +199,10 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
         known = held.get(folded)
         changes: list[Change] = [Delete(k) for f, k in held.items() if f not in keep]
         if known is not None:
-            changes.append(patch(known, actor, **changed))
+            # Until the boot, the value in force stays the one before (``in_force``).
+            before = in_force(known, await _booted_at(store, station)) \
+                if changed["reboot_required"] and not secret else None
+            changes.append(patch(known, actor, **changed, value_in_force=before))
         elif folded in keep:
             changes.append(Insert(stamp_new(ConfigurationKey(
                 station_id=station.id, cp_id=station.cp_id, key=key, **changed), actor, now)))

@@ -1387,6 +1387,15 @@ WHERE "state" = 'COMPLETED' AND "meter_stop_wh" IS NULL AND "stop_reason" = 'Oth
   AND "meter_anomaly" IS NOT 'IMPLAUSIBLE_STOP';
 """
 
+# Version 67: while a ChangeConfiguration answered RebootRequired waits for its charger's
+# boot, the value it replaced, the one in force until then (``ConfigurationKey.
+# value_in_force``): the value set was taken as the charger's list limit at once (review
+# s26). Older rows: null, not known (the charger is asked). MongoDB reads a missing field
+# as null: no step.
+_V67 = """
+ALTER TABLE "configuration_key" ADD COLUMN "value_in_force" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1416,7 +1425,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (63, _V63),
                                      (64, _V64),
                                      (65, _V65),
-                                     (66, _V66))
+                                     (66, _V66),
+                                     (67, _V67))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from ocpp.exceptions import InternalError, OccurenceConstraintViolationError
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.routing import on
 from ocpp.v16 import call
 from ocpp.v16.enums import Action
@@ -18,6 +19,7 @@ from ocpp.v16.enums import Action
 from domain.policy import Viewer
 from domain.services.commands import LIST_LIMITS_RETRY_S
 from graph.ids import to_global_id
+from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -365,3 +367,159 @@ async def test_a_get_configuration_timing_out_does_not_hold_every_list(
         assert second["sendLocalList"]["status"] == "ACCEPTED", second
         assert time.monotonic() - began < 0.4
         assert len(asked_configuration(cp)) == 1
+
+
+async def test_removals_longer_than_the_charger_takes_in_one_list_are_refused(
+        central: Central) -> None:
+    """Removals never grow the list, but a message of more entries than the charger's
+    SendLocalListMaxLength is answered Failed whatever they are: a Differential of 3
+    removals to a charger taking 2 skipped every check, was sent and answered Failed
+    (review s26). Refused before sending; 2 removals are sent."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+
+        def removals(version: int, *tags: str) -> dict[str, object]:
+            return {"input": {"cpId": "CP-1", "listVersion": version,
+                              "updateType": "DIFFERENTIAL",
+                              "localAuthorizationList": [{"idTag": t} for t in tags]}}
+
+        too_many = await central.gql(SEND_LIST, removals(2, "A1", "A2", "A3"), as_user="op")
+        [error] = too_many["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", too_many
+        assert "at most 2 entries in one list" in error["message"], error
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # nothing sent
+        two = await central.gql(SEND_LIST, removals(2, "A1", "A2"), as_user="op")
+        assert two["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, two
+        assert cp.local_list == {}
+
+
+async def test_a_list_over_its_limit_takes_no_new_tag_for_one_removed(
+        central: Central) -> None:
+    """A charger holding more tags than its LocalAuthListMaxLength now says: a
+    Differential removing one tag it holds and adding a new one leaves it as far over,
+    and was sent (``len(tags) <= held``) and answered Failed. Judged on the list after
+    it: refused while it would stay over the limit; removing enough first lets it in."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("3", True)
+        await cp.boot()
+        fits = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                 as_user="op")
+        assert fits["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, fits
+        cp.configuration["LocalAuthListMaxLength"] = ("2", True)
+        await cp.boot()
+        await settled(central)
+
+        def swap(version: int, *removed: str) -> dict[str, object]:
+            return {"input": {"cpId": "CP-1", "listVersion": version,
+                              "updateType": "DIFFERENTIAL", "localAuthorizationList": [
+                                  *({"idTag": t} for t in removed),
+                                  {"idTag": "B1", "idTagInfo": {"status": "ACCEPTED"}}]}}
+
+        one_for_one = await central.gql(SEND_LIST, swap(2, "A1"), as_user="op")
+        [error] = one_for_one["sendLocalList"]["errors"]
+        assert error["code"] == "OUT_OF_RANGE", one_for_one
+        assert "holds 3 already, 1 of them removed by this list, room for 0 more" in \
+            error["message"], error
+        assert "(B1)" in error["message"], error
+        assert [s["list_version"] for s in local_lists_sent(cp)] == [1]  # nothing sent
+        two_for_one = await central.gql(SEND_LIST, swap(2, "A1", "A2"), as_user="op")
+        assert two_for_one["sendLocalList"] == {"status": "ACCEPTED", "errors": []}
+        assert sorted(cp.local_list) == ["A3", "B1"]
+
+
+async def test_a_list_limit_changed_reboot_required_applies_from_the_boot(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LocalAuthListMaxLength changed RebootRequired was taken as the limit at once:
+    lowered 5 -> 2, a Full list of 4 the charger still takes was refused (raised, one
+    it cannot take yet was sent). The value in force, the one before, is used until
+    the charger boots; the value set from then (review s26)."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS",
+                        simulator.REBOOT_KEYS | {"LocalAuthListMaxLength"})
+    op = Viewer.of(central.users["op"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("5", False)
+        await cp.boot()
+        read = await central.services.commands.send(
+            op, "CP-1", "GetConfiguration", {"key": ["LocalAuthListMaxLength"]})
+        assert read.error is None, read.error  # the value in force is known
+        changed = await central.services.commands.send(
+            op, "CP-1", "ChangeConfiguration",
+            {"key": "LocalAuthListMaxLength", "value": "2"})
+        assert changed.status == "RebootRequired", changed
+        four = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3", "A4"),
+                                 as_user="op")
+        assert four["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, four
+        await cp.boot()
+        await settled(central)
+        after = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3", "A4"),
+                                  as_user="op")
+        [error] = after["sendLocalList"]["errors"]
+        assert "holds at most 2 tags" in error["message"], after
+
+
+def not_implemented_for_two_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated chargers take one key per GetConfiguration and answer a request naming
+    more with a NotImplemented CALLERROR (a NotSupported, for the ``ocpp`` package)."""
+    original = SimulatedChargePoint.on_get_configuration
+
+    @on(Action.get_configuration)
+    def one_key(self: SimulatedChargePoint, key: list[str] | None = None) -> object:
+        if key is not None and len(key) > 1:
+            self.received.append(("GetConfiguration", {"key": key}))
+            raise OcppNotImplemented(description="GetConfigurationMaxKeys is 1")
+        return original(self, key)
+
+    monkeypatch.setattr(SimulatedChargePoint, "on_get_configuration", one_key)
+
+
+async def test_a_charger_refusing_two_keys_as_not_implemented_is_asked_each_alone(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any CALLERROR to the two keys asks each alone. A NotImplemented (NotSupported)
+    one was taken as the charger's answer until its boot, both limits unknown: a
+    deactivated driver's 4 cards went in one list to a charger taking 3, answered
+    Failed, and stayed Accepted offline (review s26)."""
+    not_implemented_for_two_keys(monkeypatch)
+    holder = await fleet_driver(central, 4)
+    tags = [f"FLEET-{n}" for n in range(4)]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", *tags)
+        cp.configuration["SendLocalListMaxLength"] = ("3", True)
+        await cp.boot()
+        await settled(central)
+        await central.gql(UPDATE_USER, {"input": {"id": to_global_id("user", holder.id),
+                                                  "active": False}}, as_user="admin")
+        await settled(central)
+        assert asked_configuration(cp)[-3:] == [
+            ["LocalAuthListMaxLength", "SendLocalListMaxLength"],
+            ["LocalAuthListMaxLength"], ["SendLocalListMaxLength"]], asked_configuration(cp)
+        sent = local_lists_sent(cp)[1:]
+        assert [len(s["entries"]) for s in sent] == [3, 1], sent
+        assert {tag: cp.local_list[tag]["status"] for tag in tags} == dict.fromkeys(
+            tags, "Blocked")
+
+
+async def test_a_charger_offline_when_asked_its_list_limits_is_asked_when_back(
+        central: Central) -> None:
+    """A charger offline (or unreachable) gave no answer of its own: it was not asked
+    again for ``LIST_LIMITS_RETRY_S``, so a list sent once it was back (reconnected, not
+    booted) went unjudged and was answered Failed. Only a connected charger's timeout
+    or CALLERROR is kept for a while."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+        await cp.boot()
+    await offline(central, "CP-1")
+    away = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"), as_user="op")
+    assert away["sendLocalList"]["status"] != "ACCEPTED", away
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        back.configuration["SendLocalListMaxLength"] = ("2", True)
+        await back.heartbeat()
+        await settled(central)
+        too_long = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                     as_user="op")
+        [error] = too_long["sendLocalList"]["errors"]
+        assert "at most 2 entries in one list" in error["message"], too_long
+        assert local_lists_sent(back) == []
