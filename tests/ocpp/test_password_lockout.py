@@ -12,6 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -524,6 +525,34 @@ async def test_two_handshakes_of_one_new_cp_id_at_once_make_one_station(
         got = await asyncio.gather(attempt(central, None, CHARGER, "NEW-1"),
                                    attempt(central, None, CHARGER, "NEW-1"))
         assert got == [101, 101]
+        stations = await central.store.find_all(d.Station, Eq("cp_id", "NEW-1"))
+        assert len(stations) == 1
+    finally:
+        await stop_central(central)
+
+
+async def test_a_second_handshake_of_a_new_cp_id_finds_the_station_its_first_is_storing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security2: the second handshake of a new cpId, arriving while its first
+    stored the station with the address's last registration of the hour, found no
+    station yet and met the limit (429). It waits for the first's registration and
+    finds that station: a registration is counted only once no station is found."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    charging = central.services.charging
+    charging.registrations.limit = 1
+    real_commit = charging.commit
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)  # the insert under way when the second arrives
+        return await real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(charging, "commit", slow_commit)
+    try:
+        first = asyncio.ensure_future(attempt(central, None, CHARGER, "NEW-1"))
+        await asyncio.sleep(0.03)
+        assert await attempt(central, None, CHARGER, "NEW-1") == 101
+        assert await first == 101
+        assert await attempt(central, None, CHARGER, "NEW-2") == 429  # the limit holds
         stations = await central.store.find_all(d.Station, Eq("cp_id", "NEW-1"))
         assert len(stations) == 1
     finally:
