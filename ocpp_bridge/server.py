@@ -5,10 +5,10 @@
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
   profile 2 when a TLS certificate is configured). An unknown cp_id is answered as a
-  station with a wrong password (401 with the challenge, counted and locked out alike,
-  shared across instances, one check per address in flight, every refusal answered
-  after an argon2 check's time: ``_decoy``, ``_password_ok``), so ids cannot be
-  enumerated; the log says why. With auto-registration on, it becomes a Pending
+  station with a wrong password (401 with the challenge, counted as it arrives and locked
+  out alike, shared across instances, one check per address in flight, every refusal
+  answered ``CHARGER_REFUSAL_DELAY_S`` after its arrival: ``_decoy``, ``_password_ok``),
+  so ids cannot be enumerated; the log says why. With auto-registration on, it becomes a Pending
   station. Wrong passwords are counted and lock the guesser out (429, unchecked), not
   the charger at an address it is known to pass from (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
@@ -49,7 +49,7 @@ from domain.events import StationConnectionChanged, StationPasswordChanged, Stat
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.ports import NO_METRICS, EventBus, Metrics
-from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout
+from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout, address_key
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
@@ -103,11 +103,21 @@ REFUSED_REMEMBERED = 32
 #: The password hash a made-up cpId is checked as (``_decoy``): no argon2 hash, so no
 #: password matches it and none is hashed for it.
 DECOY_HASH = "unknown charge point"
-#: What a refused password's answer waits for (``OcppServer._check_s``) before this
-#: instance has timed an argon2 check of its own: about one with the default parameters.
-CHECK_S = 0.05
-#: The weight of each argon2 check timed in that running average.
-CHECK_S_WEIGHT = 0.2
+#: Seconds the websockets server gives a handshake (TLS, HTTP request, ``process_request``
+#: with its password check and refusal delay) before it drops the connection
+#: (websockets' default, named here so the delay below is seen to fit well inside it).
+HANDSHAKE_TIMEOUT_S = 10.0
+#: Seconds after its arrival that every refused password is answered (401), whatever
+#: refused it: argon2, a guess refused lately, a connected station's cached digest, or a
+#: cpId with no station (no check at all). Fixed, not measured: above one argon2 check
+#: with the default parameters on modest hardware (0.05 to 0.5 s), so a real station's
+#: refusal and a made-up id's take the same time; a check that took longer (the hashing
+#: threads busy) is answered when it is done. A sleep after the failure was counted and
+#: the station's turn and the hashing thread were given back: no CPU, no lock. Review
+#: r26-security2: a running average of the checks, timed from the station's lock, took
+#: in the queue, reached several seconds after a reconnect storm and stayed there.
+CHARGER_REFUSAL_DELAY_S = 1.0
+assert CHARGER_REFUSAL_DELAY_S <= HANDSHAKE_TIMEOUT_S / 5
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
@@ -157,7 +167,8 @@ class OcppServer:
                  response_timeout: float = 30, instances_bus: EventBus | None = None,
                  instances: InstanceService | None = None, lease_seconds: float = 30.0,
                  trusted_proxies: str = "127.0.0.1,::1", metrics: Metrics = NO_METRICS,
-                 strict_schema: bool = False) -> None:
+                 strict_schema: bool = False,
+                 refusal_delay: float = CHARGER_REFUSAL_DELAY_S) -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
         # start-up lost its connection with the previous process; with others, it may be
@@ -202,11 +213,13 @@ class OcppServer:
         self._verified: dict[str, tuple[str, bytes]] = {}
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
-        #: How long a password check that refuses takes here (``_password_ok``): a
-        #: running average of the argon2 checks, what every refusal is answered after.
-        self._check_s = CHECK_S
-        self._checking = KeyedLocks()  # one password check per station at a time
-        self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
+        #: Seconds after its arrival a refused password is answered
+        #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
+        self.refusal_delay = refusal_delay
+        self._checking = KeyedLocks()  # one argon2 check per station at a time
+        #: (cp_id, address as the limits count it: an IPv6 one by its /64) of the
+        #: passwords being checked or waiting for their refusal's answer.
+        self._in_flight: set[tuple[str, str]] = set()
         self.refusals = RefusalLog()
         #: A socket let in at its handshake → the id of the station it signed in as and
         #: that station's password hash then (``None``: none), until its handler takes
@@ -245,6 +258,7 @@ class OcppServer:
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             select_subprotocol=self._select_subprotocol,
             process_request=self._process_request,
+            open_timeout=HANDSHAKE_TIMEOUT_S,
             compression=None,  # chargers rarely negotiate it; it costs CPU per frame
             max_size=MAX_MESSAGE,
             close_timeout=CLOSE_TIMEOUT_S,
@@ -582,10 +596,10 @@ class OcppServer:
         password, whose every password is refused as a known station's wrong one is: by
         the same limits, in tables of their own shared across instances as the
         stations' are (``ChargerSignIns.unknown``), through the same one-at-a-time gate,
-        after the same wait (``_password_ok``). No argon2: a scan of made-up ids with
+        answered after the same delay (``_password_ok``). No argon2: a scan of made-up ids with
         credentials would otherwise keep the hashing threads, which chargers and people
         signing in share, busy for nothing. What may still be told apart is in
-        docs/architecture.md (argon2's time varies, the wait does not)."""
+        docs/architecture.md (a check slower than the delay)."""
         return Station(cp_id=cp_id, name=cp_id, auth_password_hash=DECOY_HASH)
 
     def _sign_ins(self, station: Any) -> ChargerSignIns:
@@ -622,73 +636,74 @@ class OcppServer:
     async def _password_ok(self, station: Any, password: str, peer: str = ""
                            ) -> bool | Refused:
         """Whether ``password`` is the station's, counted (``ChargerSignIns``); ``Refused``
-        (not checked) while ``peer`` is locked out of the station, or a check for the
-        same station from the same address is still under way."""
+        (not checked) while ``peer`` is locked out of the station, or a password for the
+        same station from the same address (an IPv6 one by its /64) is still under way.
+
+        Every password is counted as it arrives, before anything checks or waits for it
+        (one found right is taken back): a burst is held to the budget whatever the
+        timing (review r26-security2: counted after its answer's wait, every guess of a
+        burst passed the lockout check on arrival, and those the handshake timeout
+        cancelled were never counted). A refusal is answered ``refusal_delay`` after
+        its arrival, the same for every cpId, real or made up (``_decoy``)."""
+        arrived = time.monotonic()
         # Before anything answers for the password, the cached digests too: they settled
         # guesses for free, thousands a second, once the charger had connected (QA s22).
         refused = self._locked_out(station, peer)
         if refused is not None:
             return refused
+        # One password per station and address at a time, keyed as the limits count
+        # addresses (review r26-security2: per raw address, one host of an IPv6 /64 sent
+        # hundreds at once), the right one too: while one is checked or waits for its
+        # refusal, nothing from there is looked at (429: come back). A flood of guesses
+        # from a few addresses is a few at a time, so a real charger connecting from its
+        # own address is not held behind hundreds; and two at once read the same for a
+        # real cpId and a made-up one.
+        slot = (station.cp_id, address_key(peer))
+        if slot in self._in_flight:
+            return Refused(1, "a password check from here is under way\n")
         decoy = station.auth_password_hash == DECOY_HASH  # no station: nothing to check
         digest = hashlib.sha256(password.encode()).digest()
         # The password the charger passed with before the station's hash changed: its
         # charger, maybe not told yet of a new one (review s22: its retries counted
         # against the new password at its own address, and locked it out for up to the
-        # longest lockout once it had it). Refused, it is not counted (``_answered``).
-        # The current hash decides all the same: the station may have been given the
-        # same password again, under a new salt (QA s24: refused unchecked, the charger
-        # was locked out for good on every instance it had passed on). Checked once per
-        # hash: a refusal is remembered, a pass cached, like any other password's.
+        # longest lockout once it had it). Not counted. The current hash decides all the
+        # same: the station may have been given the same password again, under a new
+        # salt (QA s24: refused unchecked, the charger was locked out for good on every
+        # instance it had passed on). Checked once per hash: a refusal is remembered, a
+        # pass cached, like any other password's.
         former = False if decoy else self._former_password(station, digest)
         known = False if decoy else self._known_answer(station, digest)
         if known:
             # The password its charger passed with: reconnect storms cost no argon2, and
             # wait for nothing.
-            return self._answered(station, peer, True, former=former)
-        # argon2 costs tens of milliseconds of CPU: on the services' hashing threads (a
-        # few at a time, shared with sign-ins), and one check per station at a time, so
-        # a flood against one station waits behind itself rather than taking every
-        # thread. Every password is checked in turn until the lockouts say otherwise.
-        # And one check in flight per station and address: a flood of distinct guesses
-        # from a few addresses queues a few checks, so a real charger connecting from its
-        # own address waits behind them, not behind hundreds (the handshake times out in
-        # 10 s); the flood's extra attempts are told to come back (429).
-        # Every refusal goes this way, however it is known (argon2, a guess refused
-        # lately, a station whose charger connected and holds another password, a cpId
-        # with no station: no argon2 for those) and takes as long as an argon2 check
-        # here (``_check_s``), holding its slot and the station's turn meanwhile: the
-        # answers, their time and the 429 of a second guess at once are the same for
-        # every cpId, real or made up (review s26: a made-up one answered at once and
-        # never 429, a station whose charger had not connected here did). The wait is
-        # a sleep: no CPU, no hashing thread.
-        slot = (station.cp_id, peer)
-        if slot in self._in_flight:
-            return Refused(1, "a password check from here is under way\n")
+            return self._passed(station, peer)
+        sign_ins = self._sign_ins(station)
+        lockouts = [] if former else sign_ins.failed(station.cp_id,
+                                                     station.auth_password_hash, peer)
         self._in_flight.add(slot)
         try:
-            async with self._checking.one_at_a_time(station.cp_id):
-                # Again in its turn: the checks it waited behind may have used the
-                # station's budget up (checks run one at a time, so it is exact).
-                refused = self._locked_out(station, peer)
-                if refused is not None:
-                    return refused
-                started = time.monotonic()
-                if known is None:
+            ok = False
+            if known is None:
+                # argon2 costs tens to hundreds of milliseconds of CPU: on the services'
+                # hashing threads (a few at a time, shared with sign-ins), and one check
+                # per station at a time, so a flood against one station waits behind
+                # itself rather than taking every thread.
+                async with self._checking.one_at_a_time(station.cp_id):
                     ok = await self.charging.station_password_ok(station, password)
-                    took = time.monotonic() - started
-                    self._check_s += (took - self._check_s) * CHECK_S_WEIGHT
-                else:
-                    ok = False
-                if not ok:
-                    await asyncio.sleep(max(0.0, self._check_s
-                                            - (time.monotonic() - started)))
+                self._remember(station, digest, ok)
+            if ok:
+                if not former:
+                    sign_ins.forgive(station.cp_id, station.auth_password_hash, peer)
+                return self._passed(station, peer)
+            for lockout in lockouts:  # once, at WARNING: an operator should see an attack
+                self._log_lockout(station.cp_id, peer, lockout, unknown=decoy)
+            # Counted, the station's turn and the hashing thread given back: the answer
+            # waits (a sleep: no CPU) until ``refusal_delay`` after the arrival, holding
+            # only this address's slot.
+            await asyncio.sleep(max(0.0, self.refusal_delay - (time.monotonic() - arrived)))
+            return False
         finally:
             self._in_flight.discard(slot)
-        if decoy:
-            return self._counted(station, peer, False)
-        if known is None:
-            self._remember(station, digest, ok)
-        return self._answered(station, peer, ok, former=former)
 
     def _locked_out(self, station: Any, peer: str) -> Refused | None:
         left = self._sign_ins(station).refused_for(station.cp_id, station.auth_password_hash,
@@ -697,13 +712,6 @@ class OcppServer:
             return None
         return Refused(max(1, math.ceil(left.total_seconds())),
                        "too many wrong passwords: try again later\n", locked=True)
-
-    def _answered(self, station: Any, peer: str, ok: bool, *, former: bool) -> bool:
-        """``_counted``, but the former password refused is not counted: nobody learns
-        anything from a password that no longer opens the station."""
-        if former and not ok:
-            return False
-        return self._counted(station, peer, ok)
 
     def _former_password(self, station: Any, digest: bytes) -> bool:
         """Whether ``digest`` is of the password the station's charger passed with here
@@ -736,17 +744,11 @@ class OcppServer:
             self._refused[station.cp_id] = refused
         refused[1].append(digest)
 
-    def _counted(self, station: Any, peer: str, ok: bool) -> bool:
-        """Counts a checked password (a wrong one however it was found wrong), logging a
-        lockout it starts once, at WARNING: an operator should see a station attacked."""
-        sign_ins = self._sign_ins(station)
-        if ok:
-            sign_ins.succeeded(station.cp_id, station.auth_password_hash, peer)
-            return True
-        for lockout in sign_ins.failed(station.cp_id, station.auth_password_hash, peer):
-            self._log_lockout(station.cp_id, peer, lockout,
-                              unknown=station.auth_password_hash == DECOY_HASH)
-        return False
+    def _passed(self, station: Any, peer: str) -> bool:
+        """The right password: its address's count is cleared and the address known for
+        the station (``ChargerSignIns.succeeded``)."""
+        self._sign_ins(station).succeeded(station.cp_id, station.auth_password_hash, peer)
+        return True
 
     def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout, *,
                      unknown: bool = False) -> None:

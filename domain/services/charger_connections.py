@@ -28,6 +28,7 @@ from domain.errors import Conflict, TooManyRequests, UniqueViolation, Validation
 from domain.events import (
     StationConnectionChanged,
 )
+from domain.keyed_locks import KeyedLocks
 from domain.ports import Change, Insert
 from domain.query import Eq, In, Range, all_of
 from domain.services.accounts import client_key
@@ -99,6 +100,8 @@ class ChargerConnections(Service):
     sign_ins: ChargerSignIns
     #: Stations auto-registered per charger address (``station_for_connection``).
     registrations: RollingLimit
+    #: One registration of a cpId at a time on this instance (``station_for_connection``).
+    registering: KeyedLocks
     #: Set by the OCPP server: records again the connection it holds for a charger
     #: whose station a message found recorded offline (``_still_connected``).
     still_connected: Callable[[str], Awaitable[None]] | None
@@ -115,7 +118,11 @@ class ChargerConnections(Service):
         Only stations stored count (review s26): a registration is counted as it starts
         (those at once meet the limit too) and given back when the insert fails. Two
         handshakes of one new cpId at once: the second finds the first's station
-        (review s26: its insert refused, the handshake answered 500)."""
+        (review s26: its insert refused, the handshake answered 500): here, it waits for
+        the first's registration and looks for the station again before it counts one
+        (review r26-security2: with the first using the address's last registration,
+        the second met the limit, 429); on another instance, the insert refused tells
+        it, and a refusal by the limit looks once more."""
         station = await self.station(cp_id)
         if station is not None or not self.auto_register:
             return station
@@ -123,11 +130,24 @@ class ChargerConnections(Service):
             v.cp_id(cp_id)
         except ValidationError:
             return None
+        async with self.registering.one_at_a_time(cp_id):
+            return await self._register(cp_id, address)
+
+    async def _register(self, cp_id: str, address: str) -> Station:
+        """``station_for_connection``'s registration, one of a cpId at a time here."""
+        # The handshake this one waited behind may have stored it.
+        station = await self.station(cp_id)
+        if station is not None:
+            return station
         client = client_key(address) or ""
         limited = self.registrations.limit > 0
         if limited:
             wait = self.registrations.refused_for(client)
             if wait is not None:
+                # Registered meanwhile by another instance: not a new one to count.
+                registered = await self.station(cp_id)
+                if registered is not None:
+                    return registered
                 raise TooManyRequests(f"{self.registrations.limit} new charge points from "
                                       "this address within the hour: not registered",
                                       retry_after=wait)

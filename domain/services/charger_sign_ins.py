@@ -138,7 +138,7 @@ class ChargerSignIns:
     def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
         """How long ``address`` is refused (unchecked) this station's password; ``None``:
         check it."""
-        client = _client(address)
+        client = address_key(address)
         station, pair = _keys(cp_id, password_hash, client)
         locked = self.by_address.locked_for(pair)
         if locked is not None:
@@ -150,7 +150,7 @@ class ChargerSignIns:
 
     def failed(self, cp_id: str, password_hash: str, address: str) -> list[Lockout]:
         """Counts a wrong password; the lockouts it started (each is logged once)."""
-        station, pair = _keys(cp_id, password_hash, _client(address))
+        station, pair = _keys(cp_id, password_hash, address_key(address))
         started = []
         for limit, throttle, key in ((Limit.ADDRESS, self.by_address, pair),
                                      (Limit.STATION, self.by_station, station)):
@@ -158,11 +158,19 @@ class ChargerSignIns:
                 started.append(Lockout(limit, throttle.locked_for(key) or timedelta(0)))
         return started
 
+    def forgive(self, cp_id: str, password_hash: str, address: str) -> None:
+        """Takes back a failure counted as its password arrived (``failed``), found right
+        by its check since, lifting a lockout that count set (``OcppServer._password_ok``
+        counts every password it has to check before checking it)."""
+        station, pair = _keys(cp_id, password_hash, address_key(address))
+        self.by_address.forgive(pair)
+        self.by_station.forgive(station)
+
     def succeeded(self, cp_id: str, password_hash: str, address: str) -> None:
         """The right password: its address's count is cleared (only counted when there is
         one: the connection-density path stays a few digests and lookups) and the address
         is known for the station."""
-        client = _client(address)
+        client = address_key(address)
         _, pair = _keys(cp_id, password_hash, client)
         if self.by_address.tracks(pair):
             self.by_address.succeeded(pair)
@@ -170,9 +178,10 @@ class ChargerSignIns:
 
 
 @lru_cache(maxsize=4096)
-def _client(address: str) -> str:
-    """``client_key`` (an IPv6 address by its /64), cached: parsing an address costs more
-    than the rest of a right password's counting, and chargers reconnect from the same."""
+def address_key(address: str) -> str:
+    """What the limits count an address as: ``client_key`` (an IPv6 address by its /64),
+    cached: parsing an address costs more than the rest of a right password's counting,
+    and chargers reconnect from the same."""
     return client_key(address) or ""
 
 

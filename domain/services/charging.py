@@ -53,6 +53,7 @@ from domain.events import (
 )
 from domain.faults import is_fault
 from domain.ids import stable_id
+from domain.keyed_locks import KeyedLocks
 from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
@@ -448,6 +449,8 @@ class ChargingService(ChargerConnections):
         self.registrations = RollingLimit(
             ctx.clock, limit=registrations_per_hour, window=REGISTRATION_WINDOW,
             name="charger_registrations")
+        #: One registration of a cpId at a time here (``station_for_connection``).
+        self.registering = KeyedLocks()
         #: How long a charger may cache an Accepted answer (``_cached_until``).
         self.auth_cache = auth_cache
         self.heartbeat_interval = heartbeat_interval

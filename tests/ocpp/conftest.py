@@ -26,6 +26,9 @@ from tests.support.wire_bus import WireBus
 
 SECRET = "ocpp-test-secret-long-enough-for-hs256-keys"
 STATION_PASSWORD = "station-password-1"
+#: The test servers' refused-password delay (``OcppServer.refusal_delay``): production's
+#: ``CHARGER_REFUSAL_DELAY_S`` (1 s) made every wrong password of a test cost a second.
+REFUSAL_DELAY_S = 0.05
 
 
 @dataclass
@@ -86,7 +89,7 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     else:
         services.attach_gateway(gateway)
     server = OcppServer(services.charging, gateway, "127.0.0.1", port, response_timeout=5,
-                        strict_schema=strict_schema,
+                        strict_schema=strict_schema, refusal_delay=REFUSAL_DELAY_S,
                         instances=services.instances if leases else None,
                         lease_seconds=3600)
     await server.start()

@@ -23,7 +23,14 @@ from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
 from tests.helpers import until
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.conftest import (
+    REFUSAL_DELAY_S,
+    STATION_PASSWORD,
+    Central,
+    seed,
+    start_central,
+    stop_central,
+)
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +45,7 @@ async def second_instance(central: Central, bus: MemoryEventBus | None = None
     else:
         own_bus = None
     server = OcppServer(central.services.charging, OcppGateway(), "127.0.0.1", 0,
-                        response_timeout=5, instances_bus=bus)
+                        response_timeout=5, instances_bus=bus, refusal_delay=REFUSAL_DELAY_S)
     await server.start()
     try:
         yield server, f"ws://127.0.0.1:{server.bound_port}/ocpp"

@@ -7,9 +7,12 @@ trusted loopback proxy's X-Forwarded-For."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -21,9 +24,10 @@ from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services import charger_connections
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
+from ocpp_bridge import server as server_module
 from ocpp_bridge.server import RefusalLog
 from ocpp_bridge.simulator import basic_auth
-from tests.ocpp.conftest import STATION_PASSWORD, Central, start_central, stop_central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
@@ -322,6 +326,153 @@ async def attempt_at(url: str, cp_id: str, password: str, source: str) -> int:
     return 101
 
 
+async def test_a_burst_of_guesses_from_one_64_is_held_to_its_budget_and_the_right_one_too(
+        central: Central) -> None:
+    """Review r26-security2: a wrong password was counted only after its answer's wait
+    while the right one was answered at once, and one password was in flight per raw
+    address while the limits take an IPv6 address by its /64: 60 guesses at once from
+    one /64 (each from its own address) all passed the lockout check on arrival, and the
+    right password sent among them opened the station. One password of a station is
+    under way per /64, the right one too (429 while one is), and each is counted as it
+    arrives."""
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # digest cached
+    central.server.refusal_delay = 0.5  # production's is longer still
+    guesses = [attempt(central, f"wrong-{i}", f"2001:db8:77::{i + 1:x}")
+               for i in range(60)]
+
+    async def last() -> int:  # sent once the 60 are in flight
+        await asyncio.sleep(0.2)
+        return await attempt(central, STATION_PASSWORD, "2001:db8:77::ffff")
+
+    *wrong, right = await asyncio.gather(*guesses, last())
+    assert right == 429, f"the right password opened the station after {len(wrong)} guesses"
+    assert wrong.count(401) <= 5  # the /64's budget: the rest never looked at
+
+
+async def test_a_burst_from_many_addresses_is_counted_as_it_arrives(
+        central: Central) -> None:
+    """Review r26-security2: counted after the answer's wait, every guess of a burst
+    against a connected station passed the lockout check on arrival. 30 guesses at once
+    from 30 addresses (under each address's budget of 5): the station's 20 are counted
+    as they arrive, the rest refused unchecked, and the right password from a new
+    address, sent while their answers are still waited for, meets the station's
+    lockout."""
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # digest cached
+    central.server.refusal_delay = 1.0
+    guesses = [attempt(central, f"wrong-{i}", f"203.0.113.{i + 1}") for i in range(30)]
+
+    async def right_one() -> int:  # sent once the 30 are in flight
+        await asyncio.sleep(0.5)
+        return await attempt(central, STATION_PASSWORD, "192.0.2.200")
+
+    *got, right = await asyncio.gather(*guesses, right_one())
+    assert right == 429
+    assert sorted(got) == [401] * 20 + [429] * 10
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its own address
+
+
+async def test_one_password_per_station_and_ipv6_64_is_under_way_at_a_time(
+        central: Central) -> None:
+    """Review r26-security2: the one-in-flight gate was keyed by the raw address, the
+    limits by the /64: two guesses at once from two addresses of one /64 were both
+    checked. The gate keys addresses as the limits do; a real cpId and a made-up one
+    read the same."""
+    central.server.refusal_delay = 0.3
+    for cp_id in ("CP-1", "CP-9"):  # CP-1 exists (no charger connected yet), CP-9 not
+        got = await asyncio.gather(attempt(central, "guess-a", "2001:db8:5::1", cp_id),
+                                   attempt(central, "guess-b", "2001:db8:5::2", cp_id))
+        assert sorted(got) == [401, 429], cp_id
+
+
+async def test_a_refusal_is_answered_a_fixed_delay_after_it_arrived(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security2: refusals waited a running average of the checks, timed from
+    the station's lock, so the queue was in it: after 20 chargers reconnected at once
+    (no digest cached after a restart) it was several checks long and stayed so, and
+    every refusal, a made-up id's too, waited that long holding the station's turn. A
+    refusal is answered ``refusal_delay`` after it arrived whatever came before, the
+    same for a station checked by argon2 and a made-up id, and the wait holds neither
+    the station's turn nor a hashing thread: guesses at once from several addresses
+    are answered together, not one delay after another, and the charger's own check
+    behind a guess waits for that guess's check only."""
+    charging = central.services.charging
+    for i in range(20):
+        await central.services.stations.create_station(
+            SYSTEM, cp_id=f"FLEET-{i}", name=f"FLEET-{i}",
+            company_id=central.stations["CP-1"].company_id, password=STATION_PASSWORD)
+    real = charging.password_ok
+
+    def argon2_speed(station: d.Station, password: str | None) -> bool:
+        time.sleep(0.05)  # one argon2 check on a hashing thread
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2_speed)
+    got = await asyncio.gather(*(attempt(central, STATION_PASSWORD, f"198.51.100.{i + 20}",
+                                         f"FLEET-{i}") for i in range(20)))
+    assert got == [101] * 20
+    central.server.refusal_delay = 0.3
+    for cp_id in ("MADE-UP-1", "CP-1"):  # CP-1: checked by argon2 (no charger yet)
+        started = time.monotonic()
+        assert await attempt(central, "guess", "203.0.113.9", cp_id) == 401
+        took = time.monotonic() - started
+        assert 0.3 <= took < 0.45, f"{cp_id}'s refusal took {took:.2f} s"
+    started = time.monotonic()
+    got = await asyncio.gather(*(attempt(central, f"guess-{i}", f"203.0.113.{20 + i}")
+                                 for i in range(4)))
+    took = time.monotonic() - started
+    assert got == [401] * 4
+    assert took < 0.6, f"4 refusals at once took {took:.2f} s: one after another"
+    # The charger's own check (no digest cached yet) waits for the guess's argon2 check
+    # ahead of it, not for its refusal's delay.
+    central.server.refusal_delay = 1.0
+    guess = asyncio.ensure_future(attempt(central, "guess-x", "203.0.113.99"))
+    await asyncio.sleep(0.02)
+    started = time.monotonic()
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    took = time.monotonic() - started
+    assert took < 0.5, f"the charger waited {took:.2f} s behind a guess's refusal"
+    assert await guess == 401
+
+
+async def test_guesses_whose_handshake_times_out_while_queued_are_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security2: a guess was counted after its check and its wait, so those
+    queued for the station's turn behind slow checks (the hashing threads busy) when
+    the websockets server's handshake timeout dropped them were never counted. Counted
+    as they arrive, six guesses at once from six addresses lock the station (a budget
+    of 3 here) however many of them were answered."""
+    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_S", 1.0, raising=False)
+    central = await start_central(tmp_path / "slow.db")
+    try:
+        await seed(central)
+        charging = central.services.charging
+        charging.sign_ins = ChargerSignIns(charging.sign_ins.by_address.clock,
+                                           ChargerSignInLimits(per_station=3))
+        real = charging.password_ok
+
+        def busy_hashing(station: d.Station, password: str | None) -> bool:
+            time.sleep(0.6)  # argon2 with the hashing threads shared by a storm
+            return real(station, password)
+
+        monkeypatch.setattr(charging, "password_ok", busy_hashing)
+
+        async def guess(i: int) -> None:
+            with contextlib.suppress(Exception):  # refused, or dropped at the timeout
+                ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                   additional_headers={"X-Forwarded-For": f"203.0.113.{i}",
+                                                       **basic_auth("CP-1", f"wrong-{i}")},
+                                   open_timeout=5)
+                await ws.close()
+
+        await asyncio.gather(*(guess(i) for i in range(6)))
+        station = central.stations["CP-1"]
+        locked = charging.sign_ins.refused_for("CP-1", station.auth_password_hash or "",
+                                               "192.0.2.200")
+        assert locked is not None, "6 guesses at once did not lock the station (budget 3)"
+    finally:
+        await stop_central(central)
+
+
 async def test_a_station_without_a_password_and_auto_registration_still_let_chargers_in(
         tmp_path: Path) -> None:
     central = await start_central(tmp_path / "auto.db", auto_register=True)
@@ -374,6 +525,34 @@ async def test_two_handshakes_of_one_new_cp_id_at_once_make_one_station(
         got = await asyncio.gather(attempt(central, None, CHARGER, "NEW-1"),
                                    attempt(central, None, CHARGER, "NEW-1"))
         assert got == [101, 101]
+        stations = await central.store.find_all(d.Station, Eq("cp_id", "NEW-1"))
+        assert len(stations) == 1
+    finally:
+        await stop_central(central)
+
+
+async def test_a_second_handshake_of_a_new_cp_id_finds_the_station_its_first_is_storing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security2: the second handshake of a new cpId, arriving while its first
+    stored the station with the address's last registration of the hour, found no
+    station yet and met the limit (429). It waits for the first's registration and
+    finds that station: a registration is counted only once no station is found."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    charging = central.services.charging
+    charging.registrations.limit = 1
+    real_commit = charging.commit
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)  # the insert under way when the second arrives
+        return await real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(charging, "commit", slow_commit)
+    try:
+        first = asyncio.ensure_future(attempt(central, None, CHARGER, "NEW-1"))
+        await asyncio.sleep(0.03)
+        assert await attempt(central, None, CHARGER, "NEW-1") == 101
+        assert await first == 101
+        assert await attempt(central, None, CHARGER, "NEW-2") == 429  # the limit holds
         stations = await central.store.find_all(d.Station, Eq("cp_id", "NEW-1"))
         assert len(stations) == 1
     finally:
