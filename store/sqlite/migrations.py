@@ -1373,6 +1373,16 @@ _V65 = """
 ALTER TABLE "session" ADD COLUMN "reported_start" INTEGER;
 """
 
+# Version 66: the version of who sees a station (``Station.sight``), moved on by every edit
+# of its company, owner or registration on or off the map, in that edit's write; events
+# carry the version their read found, so live feeds and webhooks judge an event by the
+# newer of its own read and the handovers they heard (review s26: a handover heard, the
+# next one lost, was trusted over fresh reads for good). Older rows: 0. MongoDB reads a
+# missing field as 0 (and stores it: ``ADDED_WITH_DEFAULT``).
+_V66 = """
+ALTER TABLE "station" ADD COLUMN "sight" INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1401,7 +1411,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (62, _V62),
                                      (63, _V63),
                                      (64, _V64),
-                                     (65, _V65))
+                                     (65, _V65),
+                                     (66, _V66))
 
 
 def identity_left(company_id: str, name: str) -> None:
