@@ -362,11 +362,13 @@ class EventsDropped:
     connection, or got it back after events went past it): an unknown number of events is
     lost, so whoever shows live state must read it again. Delivered at once, not before
     the next event, since none may come for a while: it jumps the events queued when the
-    feed broke, and ``before`` says how many of those that follow it were (published
-    before the loss). Whoever keeps a model of what it heard (``SightOrder``) trusts
-    none of it until those are through (review s26: a handover queued before the loss
-    and read after the marker was taken as the newest, for good)."""
+    feed broke.
+
+    Not every loss is told: an event whose publish failed on the instance that published
+    it (its own link to Redis) is lost to the others with no marker, their subscriptions
+    never broke. Nothing that must come out right may rest on these markers: a model of
+    what was heard (``SightOrder``) orders by the stations' versions
+    (``DomainEvent.sight``) instead (review s26)."""
 
     count: int
     interrupted: bool = False
-    before: int = 0
