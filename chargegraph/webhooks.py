@@ -136,7 +136,9 @@ _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
                        # Which connection is a charger's newest, between instances only.
                        "connection",
                        # Whether the map shows the station: visibility, decided already.
-                       "on_map"})
+                       "on_map",
+                       # The version of that ownership (``Station.sight``): for judging it.
+                       "sight"})
 
 
 class Refused(Exception):
