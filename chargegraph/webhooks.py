@@ -32,13 +32,16 @@ delivery's outcome does to the webhook).
 * Events judged by their station's ownership are judged as ordered against the
   station's handovers and removals (``domain.services.live.SightOrder``, the live
   feeds' model): the dispatcher hears them from this instance's publish path and, from
-  other instances, over the bus, and an event offered after it heard of a handover is
-  the company's that has the station now, whatever ownership the event's own read of
-  the station found (QA s26: a disconnect or a plug's report that read the station
-  before a handover on another instance and was published after it went to the
-  company that had left it). Sessions' and payments' events go by their books. Told
-  that handovers may have been lost (the bus's ``EventsDropped``), the dispatcher
-  forgets those it heard, and events go by their own read until it hears the next.
+  other instances, over the bus. An event goes by the newer of its own read of the
+  station's ownership and the newest heard, by version (``Station.sight``): offered
+  after a handover was heard, one that read the station before it is the company's
+  that has the station now (QA s26: a disconnect or a plug's report that read the
+  station before a handover on another instance and was published after it went to
+  the company that had left it), and one whose read is newer than anything heard goes
+  by its read, so a handover the dispatcher missed (lost in a Redis outage, or its
+  publish failed on the instance that made it) cannot hold the station for the
+  company that handed it back (review s26). Sessions' and payments' events go by
+  their books.
 * Names are resolved here, and a name resolving to a non-public address is refused
   unless private addresses are allowed; the request then goes to the address checked
   (TLS still verifies the name), so the name cannot resolve elsewhere in between.
@@ -133,7 +136,9 @@ _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
                        # Which connection is a charger's newest, between instances only.
                        "connection",
                        # Whether the map shows the station: visibility, decided already.
-                       "on_map"})
+                       "on_map",
+                       # The version of that ownership (``Station.sight``): for judging it.
+                       "sight"})
 
 
 class Refused(Exception):
@@ -477,10 +482,10 @@ class WebhookDispatcher:
         self._routes = routes
 
     async def _hear_sights(self, stream: Any) -> None:
-        """Keeps ``order`` with the handovers and removals published on any instance.
-        Told some were lost (``EventsDropped``: the bus lost its connection or got it
-        back), it forgets what it heard (``SightOrder.read``): a handover missed left
-        the one before it judging every event of the station for good (review s26)."""
+        """Keeps ``order`` with the handovers and removals published on any instance. One
+        it misses (lost in a Redis outage, or its publish failed on the instance that
+        made it) leaves nothing wrong for good: each event is judged by the newer of its
+        own read and what was heard, by version (``SightOrder``, review s26)."""
         try:
             async for event in stream:
                 self.order.read(event)

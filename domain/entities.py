@@ -369,6 +369,15 @@ class Station(Record):
     #: any more, has had it removed. ``None``: it holds none of ours (SQLite
     #: migration 48).
     site_fallback_kw: float | None = None
+    #: The version of who sees it (``Policy.sees_event``: its company, its owner, whether
+    #: it is on the map): every edit changing that adds one, in the edit's write, which
+    #: holds only on the version of the station it read (``StationService.update_station``).
+    #: Every event of the station carries the number of the station it read
+    #: (``DomainEvent.sight``): of two readings of its ownership the higher number is the
+    #: newer, whatever the instances heard or lost (``domain.services.live.SightOrder``).
+    #: 0: never changed (and stations from before SQLite migration 68; MongoDB reads a
+    #: missing one as 0).
+    sight: int = 0
 
 
 #: ``Station.firmware_status`` from an UpdateFirmware its charger accepted until the

@@ -25,6 +25,14 @@ class DomainEvent:
     #: events (``Policy.sees_event``). True from versions before it was carried.
     on_map: bool = True
     at: datetime = field(default_factory=utcnow)
+    #: The version of the station's ownership these fields were read with
+    #: (``Station.sight``, moved on by every edit of who sees it, in its write): of two
+    #: readings of one station, the higher is the newer. A live feed or the webhook
+    #: dispatcher judges the event by the newer of this read and the highest it heard
+    #: (``domain.services.live.SightOrder``). In a ``StationSightChanged``, the edit's
+    #: own (the station as written). ``None`` for an event of no station, and from
+    #: versions before it was carried (judged by what was heard).
+    sight: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +79,9 @@ class StationSightChanged(DomainEvent):
     charger went anywhere, so it has a topic of its own, which the services that follow
     connections (commands, site limits, webhooks, caches) do not hear, and an older
     instance cannot take for a disconnect. Live maps read both topics through one
-    subscription, in one order (``LiveService.watch``), and place it by ``sight`` and
-    ``connection`` (``domain.services.live.SightOrder``)."""
+    subscription, in one order (``LiveService.watch``), and place it by ``sight`` (the
+    version the edit wrote, ``Station.sight``: of two edits the later has the higher)
+    and ``connection`` (``domain.services.live.SightOrder``)."""
 
     topic: ClassVar[str] = "station_sight"
     joined: bool
@@ -83,12 +92,6 @@ class StationSightChanged(DomainEvent):
     was_company_id: str | None = None
     was_owner_id: str | None = None
     was_on_map: bool = True
-    #: Which edit of the station's sight this is: a number the store draws between the
-    #: edit's read and its write (``Store.next_sequence("station_sight")``), so of two
-    #: edits the later has the higher, whatever the instances' clocks. Live maps judge a
-    #: sight event that arrives after a later edit's by the later edit's ownership
-    #: (``domain.services.live``). ``None`` from versions before it was carried.
-    sight: int | None = None
     #: The connection ``online`` was read with (``Station.connection``): a connection
     #: event of this connection or a newer one that reached a map first is newer than
     #: the read, and its ``online`` is told instead. ``None``: never connected, and from
@@ -359,11 +362,13 @@ class EventsDropped:
     connection, or got it back after events went past it): an unknown number of events is
     lost, so whoever shows live state must read it again. Delivered at once, not before
     the next event, since none may come for a while: it jumps the events queued when the
-    feed broke, and ``before`` says how many of those that follow it were (published
-    before the loss). Whoever keeps a model of what it heard (``SightOrder``) trusts
-    none of it until those are through (review s26: a handover queued before the loss
-    and read after the marker was taken as the newest, for good)."""
+    feed broke.
+
+    Not every loss is told: an event whose publish failed on the instance that published
+    it (its own link to Redis) is lost to the others with no marker, their subscriptions
+    never broke. Nothing that must come out right may rest on these markers: a model of
+    what was heard (``SightOrder``) orders by the stations' versions
+    (``DomainEvent.sight``) instead (review s26)."""
 
     count: int
     interrupted: bool = False
-    before: int = 0

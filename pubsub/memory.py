@@ -22,8 +22,7 @@ DEFAULT_QUEUE_SIZE = 1000
 class _Queue:
     """One subscriber's pending events; ``dropped`` counts those lost since its last read."""
 
-    __slots__ = ("before", "closed", "dropped", "interrupted", "items", "maxsize", "topics",
-                 "wakeup")
+    __slots__ = ("closed", "dropped", "interrupted", "items", "maxsize", "topics", "wakeup")
 
     def __init__(self, topics: frozenset[str], maxsize: int) -> None:
         self.topics = topics
@@ -31,8 +30,6 @@ class _Queue:
         self.items: deque[DomainEvent] = deque()
         self.dropped = 0
         self.interrupted = False
-        #: Of ``items``, how many were queued when the feed last broke (``interrupt``).
-        self.before = 0
         self.closed = False
         self.wakeup = asyncio.Event()
 
@@ -40,7 +37,6 @@ class _Queue:
         if len(self.items) >= self.maxsize:
             self.items.popleft()
             self.dropped += 1
-            self.before = max(self.before - 1, 0)
         self.items.append(event)
         self.wakeup.set()
 
@@ -89,12 +85,10 @@ class MemoryEventBus:
 
     def interrupt(self) -> None:
         """Tell every subscriber, at once, that events may have been lost: each stream
-        yields ``EventsDropped(count, interrupted=True, before)`` as its next item, ahead
-        of the ``before`` events it had queued (the Redis backend calls this when its
-        connection breaks and when it is back)."""
+        yields ``EventsDropped(count, interrupted=True)`` as its next item (the Redis
+        backend calls this when its connection breaks and when it is back)."""
         for queue in tuple(self._queues):
             queue.interrupted = True
-            queue.before = len(queue.items)  # the marker jumps them: it says how many
             queue.wakeup.set()
 
     def subscribe(self, topics: Iterable[str]) -> EventStream:
@@ -148,8 +142,7 @@ class EventStream:
             # an interruption jumps the queue too: the reader will read the state afresh.
             dropped, queue.dropped = queue.dropped, 0
             interrupted, queue.interrupted = queue.interrupted, False
-            before, queue.before = queue.before, 0
-            return EventsDropped(dropped, interrupted, before)
+            return EventsDropped(dropped, interrupted)
         return queue.items.popleft()
 
     async def aclose(self) -> None:
@@ -163,7 +156,6 @@ class EventStream:
         queue.items.clear()
         queue.dropped = 0
         queue.interrupted = False
-        queue.before = 0
         queue.wakeup.set()
         self._bus._forget(queue)
 

@@ -12,6 +12,13 @@ back, every local subscriber gets ``EventsDropped(0, interrupted=True)`` at once
 shows live state reads it afresh (twice, so the second read sees what the outage hid).
 Meanwhile this process's own events reach its own subscribers directly (``publish``).
 The listener reconnects on its own, with backoff, and logs both the loss and the recovery.
+
+Not every loss is told: an event whose PUBLISH fails here (this process's own link to
+Redis drops or times out: ``publish`` raises, or a publish tried in the background
+fails) is lost to the other instances, whose subscriptions never broke: they get no
+marker. So the markers tell a client to read again; nothing that must be right for
+good rests on them (live feeds and webhooks judge ownership by the stations' versions,
+``domain.services.live.SightOrder``).
 """
 
 from __future__ import annotations
@@ -176,8 +183,10 @@ class RedisEventBus:
         opened meanwhile is not silent (QA s19). Not once a SUBSCRIBE is on its way:
         Redis may then send it back, and an event published while the subscription is
         confirmed is in the window the reconnect's ``EventsDropped`` covers. What other
-        instances publish meanwhile is lost, as their subscribers are told at once and
-        again at the reconnect (``EventsDropped(interrupted=True)``)."""
+        instances publish meanwhile is lost, as this process's subscribers are told at
+        once and again at the reconnect (``EventsDropped(interrupted=True)``). An event
+        this publish fails to hand to Redis is lost to the other instances without a
+        marker there (see the module's docstring)."""
         if self._publisher is None:
             raise RuntimeError("RedisEventBus.publish() before start() or after close()")
         if not self._healthy and not self._subscribing:

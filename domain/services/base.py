@@ -122,10 +122,12 @@ class ServiceContext:
 
 
 def owned_by(station: Station) -> dict[str, Any]:
-    """The station fields every domain event carries (``DomainEvent``): who may see it."""
+    """The station fields every domain event carries (``DomainEvent``): who may see it,
+    and the version of that read (``Station.sight``)."""
     return {"station_id": station.id, "cp_id": station.cp_id,
             "company_id": station.company_id, "owner_id": station.owner_id,
-            "on_map": station.registration is Registration.ACCEPTED}
+            "on_map": station.registration is Registration.ACCEPTED,
+            "sight": station.sight}
 
 
 def owned_as(event: DomainEvent) -> dict[str, Any]:
@@ -133,7 +135,7 @@ def owned_as(event: DomainEvent) -> dict[str, Any]:
     event that follows another (``Service.plugs_held``)."""
     return {"station_id": event.station_id, "cp_id": event.cp_id,
             "company_id": event.company_id, "owner_id": event.owner_id,
-            "on_map": event.on_map}
+            "on_map": event.on_map, "sight": event.sight}
 
 
 async def reserved_for_card(store: Store, reservation: Reservation, presented: str,

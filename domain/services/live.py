@@ -14,13 +14,14 @@ Two ways to listen:
   ran), and a connection event reached a map before the station's earlier joining it,
   which then undid it (review s25).
 
-Either way, ``StationSightChanged`` is told as ``SightOrder`` has it: an edit's sight
-event arriving after a later edit's is judged by the later ownership, a sight event's
-connection read loses to a connection event of that connection or a newer one that
-arrived first, and an event of the station published with an ownership older than the
-newest edit's the stream was told (a disconnect that read the station before a
-handover) is judged by the newest. A stream of those topics also reads
-``StationRemoved`` (never told to anyone), to forget what it kept of a removed station.
+Either way, ``StationSightChanged`` is told as ``SightOrder`` has it: every event of a
+station is judged by the newer of its own read of the station's ownership and the
+newest the stream heard, by version (``DomainEvent.sight``, ``Station.sight``), so an
+edit's sight event arriving after a later edit's is judged by the later ownership, and
+an event that read the station before a handover (a disconnect) by the handover; a
+sight event's connection read loses to a connection event of that connection or a
+newer one that arrived first. A stream of those topics also reads ``StationRemoved``
+(never told to anyone), to forget what it kept of a removed station.
 """
 
 from __future__ import annotations
@@ -85,26 +86,37 @@ class Watch:
 REMOVED_REMEMBERED = 4096
 
 
-class SightOrder:
-    """What one ordered stream of events (a pump's, a caller's of ``events``) tells of
-    stations whose sight changed (``StationSightChanged``), kept per station:
+#: An ownership heard: the version of the station's read it came from (``Station.sight``),
+#: its company, its owner, and whether it is on the map.
+Owned = tuple[int, str | None, str | None, bool]
 
-    * the newest edit's ownership (by its ``sight`` number): a sight event of an earlier
-      edit arriving after it (two edits in a row on two instances, A->B then B->C, whose
-      events Redis carried in the other order) is judged by the newer ownership, its
-      ``was_*`` kept: those who saw the station before it and do not now are told it
-      left, those who see it now and did not joined; the middle company B is neither
-      told it joined last nor told its connection (review s25);
-    * and so is any other event of the station arriving after it with another ownership
-      (``owned``): a connection event (or a plug's status) is published with the
-      ownership its own read found, and one that read the station before the handover
-      and was published after it told the old company of a station it no longer has,
-      and the new one's map kept it online for good (a disconnect: its write is guarded
-      only by its connection number; review s25). Another ownership than the newest
-      told is older, or belongs to a newer edit whose sight event has not arrived yet:
-      judged by the one told, the old side is told it first and then that the station
-      left, and the new side joins it with this event's connection (below), so that
-      case comes out right too;
+
+class SightOrder:
+    """What one ordered stream of events (a pump's, a caller's of ``events``, the
+    webhook dispatcher's) tells of stations whose sight changed, kept per station:
+
+    * the newest ownership heard (``sights``): the highest version (``DomainEvent.sight``,
+      the ``Station.sight`` its read found, moved on by every edit of who sees the
+      station, in its write) any event of the station carried, with the ownership read
+      with it. Every event of the station is judged by the newer of that and its own
+      read, its own on a tie: one that read the station before a handover and was
+      published after it (a disconnect, a plug's status, a command's answer) is told as
+      the handover has it, not to the company that left the station (QA s26); a sight
+      event of an earlier edit arriving after a later one (A->B and B->C, carried by
+      Redis in the other order) is judged by the later ownership, its ``was_*`` kept:
+      those who saw the station before it and do not now are told it left, those who
+      see it now and did not joined; the middle company is neither told it joined last
+      nor told its connection (review s25). And an event whose own read is newer than
+      anything heard goes by its read: a handover this stream never heard (its
+      publish lost on the instance that made it, or dropped from a slow reader's queue)
+      cannot outrank a fresh read, and a stale one (a cache's, up to ``CACHE_TTL_S``)
+      is corrected by a newer handover heard (review s26: trusted over fresh reads with
+      no way to tell which was newer, a handover heard before a lost one sent every
+      event of the station to the company that had handed it back, for good). Nothing
+      is forgotten when events are lost (``EventsDropped``): the versions need no
+      marker, and not every loss has one. Versions of 0 (never changed) are not kept.
+      An event from a version before it was carried (``sight`` ``None``) goes by what
+      was heard, as before;
     * the connection last told (a connection event's, or a sight event's as told): a
       sight event's connection read, when a connection event of the same connection or
       a newer one arrived first, is older than what maps were told, and that one's
@@ -125,43 +137,22 @@ class SightOrder:
     status, a fault, a firmware report, a reservation or a command's answer read the
     station before a handover and published after it reached the company that had
     left it (QA s26). Events judged by the books they went to (``_BOOKED``: a session's,
-    a payment's), whose ownership fields are not the station's, pass unchanged.
+    a payment's), whose ownership fields are not the station's, pass unchanged."""
 
-    Told that events were dropped (``EventsDropped``, read by ``read``: a slow reader,
-    or the bus between instances lost its connection or got it back), it forgets what
-    it heard of ownership and connections (``forget``): a handover it missed would
-    leave the one before it "the newest", and every event of the station, rightly owned
-    by its own fresh read, went to the company that had handed it back, until another
-    handover was heard (review s26). An interruption's marker comes ahead of the events
-    queued before the loss (``EventsDropped.before``): it forgets again once those are
-    through, so a handover among them is not taken for the newest either. Each event
-    then goes by its own read (as before QA s26) until the next handover is heard.
-    Removals stay: a station removed is gone for good, and its id is never given
-    again."""
-
-    __slots__ = ("behind", "connections", "removed", "sights")
+    __slots__ = ("connections", "removed", "sights")
 
     def __init__(self) -> None:
-        self.sights: dict[str, StationSightChanged] = {}
+        self.sights: dict[str, Owned] = {}
         self.connections: dict[str, tuple[int, bool]] = {}
         #: Insertion-ordered: the oldest goes first.
         self.removed: dict[str, StationRemoved] = {}
-        #: Events still to be read from before the latest loss (``read``).
-        self.behind = 0
 
     def read(self, item: DomainEvent | EventsDropped) -> DomainEvent | None:
         """The next item of the stream's bus subscription, in its order: an event as
-        ``shape`` has it; an ``EventsDropped`` marker forgets (``None``)."""
+        ``shape`` has it; an ``EventsDropped`` marker changes nothing (``None``)."""
         if isinstance(item, EventsDropped):
-            self.forget()
-            self.behind = item.before
             return None
-        shaped = self.shape(item)
-        if self.behind:
-            self.behind -= 1
-            if not self.behind:
-                self.forget()  # what came before the loss is through
-        return shaped
+        return self.shape(item)
 
     def shape(self, event: DomainEvent) -> DomainEvent | None:
         """``event`` as it is to be told (the same object when nothing changes); ``None``:
@@ -179,20 +170,16 @@ class SightOrder:
             return None
         gone = self.removed.get(station)
         if gone is not None:
-            return None if isinstance(event, _MAP) else _as_owned(event, gone)
+            return None if isinstance(event, _MAP) else _as_owned(event, _owned(gone))
         if isinstance(event, StationConnectionChanged):
             self.connections[station] = (_number(event.connection), event.online)
             return self.owned(event)
         if not isinstance(event, StationSightChanged):
             return self.owned(event)
-        newest = self.sights.get(station)
-        if event.sight is not None and (newest is None or newest.sight is None
-                                        or event.sight >= newest.sight):
-            self.sights[station] = event
-        elif newest is not None and newest.sight is not None and event.sight is not None:
-            # An earlier edit, told after a later one: by the later one's ownership.
-            event = replace(event, company_id=newest.company_id, owner_id=newest.owner_id,
-                            on_map=newest.on_map)
+        # An earlier edit, told after a later one: by the later one's ownership.
+        judged = self.owned(event)
+        assert isinstance(judged, StationSightChanged)
+        event = judged
         if not event.joined:
             return event
         told = self.connections.get(station)
@@ -202,27 +189,34 @@ class SightOrder:
             event = replace(event, online=told[1])
         return event
 
-    def forget(self) -> None:
-        """Forget every ownership and connection heard (not the removals): events were
-        lost, one of them perhaps a handover or a connection newer than those heard."""
-        self.sights.clear()
-        self.connections.clear()
-
     def owned(self, event: DomainEvent) -> DomainEvent:
-        """An event of a station (not its sight's) with the newest ownership told; one
-        judged by its books (``_BOOKED``) as it is."""
-        newest = self.sights.get(event.station_id or "")
-        if newest is None or isinstance(event, _BOOKED):
+        """An event of a station by the newer of its own read and the newest ownership
+        heard (its own on a tie), which it becomes if newer; one judged by its books
+        (``_BOOKED``) as it is."""
+        station = event.station_id
+        if station is None or isinstance(event, _BOOKED):
             return event
-        return _as_owned(event, newest)
-
-
-def _as_owned(event: DomainEvent, by: DomainEvent) -> DomainEvent:
-    """``event`` with the ownership ``by`` carries (the same object when it has it)."""
-    if (event.company_id, event.owner_id, event.on_map) == (by.company_id, by.owner_id,
-                                                           by.on_map):
+        heard = self.sights.get(station)
+        read = -1 if event.sight is None else event.sight
+        if heard is not None and heard[0] > read:
+            return _as_owned(event, heard)
+        if read > 0 and (heard is None or read > heard[0]):
+            self.sights[station] = _owned(event)
         return event
-    return replace(event, company_id=by.company_id, owner_id=by.owner_id, on_map=by.on_map)
+
+
+def _owned(event: DomainEvent) -> Owned:
+    return (-1 if event.sight is None else event.sight, event.company_id, event.owner_id,
+            event.on_map)
+
+
+def _as_owned(event: DomainEvent, by: Owned) -> DomainEvent:
+    """``event`` with the ownership ``by`` (the same object when it has it)."""
+    sight, company_id, owner_id, on_map = by
+    if _owned(event) == by:
+        return event
+    return replace(event, company_id=company_id, owner_id=owner_id, on_map=on_map,
+                   sight=None if sight < 0 else sight)
 
 
 #: Events whose ``company_id``/``owner_id`` are the books they went to, not their
@@ -293,7 +287,7 @@ class _Pump:
         try:
             async for event in self.stream:
                 everyone = isinstance(event, EventsDropped)
-                shaped = self.order.read(event)  # a marker: a handover may be lost
+                shaped = self.order.read(event)
                 if not everyone:
                     if shaped is None or shaped.topic not in self.topics:
                         continue  # a handover or removal read only to order the rest
@@ -364,7 +358,7 @@ class LiveService(Service):
         try:
             order = SightOrder()
             async for event in stream:
-                shaped = order.read(event)  # a marker: a handover may be lost
+                shaped = order.read(event)
                 if isinstance(event, EventsDropped):
                     yield event
                     continue

@@ -320,7 +320,7 @@ class StationService(Service):
                  "company_id": company_id, "owner_id": owner_id,
                  "auth_password_hash": password_hash, "registration": registration,
                  "heartbeat_interval": heartbeat_interval}
-        station, updated, sight = await retried(
+        station, updated = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
         if password_hash not in (UNSET, None):
@@ -330,8 +330,8 @@ class StationService(Service):
             # a new password, it stayed connected, acting Accepted, opening sessions on
             # drivers' cards, and its station could not be removed while they ran).
             await self.publish(StationPasswordChanged(**owned_by(updated)))
-        if sight is not None:
-            await self._announce_sight(station, updated, sight)
+        if updated.sight != station.sight:
+            await self._announce_sight(station, updated)
         if updated.registration is Registration.ACCEPTED \
                 and station.registration is not Registration.ACCEPTED:
             self._nudge(updated)
@@ -341,10 +341,9 @@ class StationService(Service):
         return updated
 
     async def _edit_station(self, viewer: Viewer, station_id: str, given: dict[str, Any]
-                            ) -> tuple[Station, Station, int | None]:
+                            ) -> tuple[Station, Station]:
         """``update_station``'s read, checks and write (``retried``): the station as read
-        and as written, and when the edit changes who sees it, the number of that change
-        (``StationSightChanged.sight``)."""
+        and as written (its ``sight`` one more when the edit changes who sees it)."""
         station = await self.managed_station(viewer, station_id)
         company_id, owner_id = given["company_id"], given["owner_id"]
         if given["auth_password_hash"] not in (UNSET, None) and ":" in station.cp_id:
@@ -383,15 +382,20 @@ class StationService(Service):
         if lat is UNSET or lon is UNSET:
             v.coordinates(station.lat if lat is UNSET else lat,
                           station.lon if lon is UNSET else lon)
-        update = edit(
-            station,
-            viewer,
-            **given,
-            charger_registration=told,
-            # A station joins only its own company's site: handed to another company,
-            # it leaves the old company's site (whose limit it charged under).
-            site_id=None if company_id not in (UNSET, station.company_id) else UNSET,
-        )
+        fields = {**given, "charger_registration": told,
+                  # A station joins only its own company's site: handed to another
+                  # company, it leaves the old company's site (whose limit it charged under).
+                  "site_id": None if company_id not in (UNSET, station.company_id) else UNSET}
+        update = edit(station, viewer, **fields)
+        if _sight_of(station) != _sight_of(cast(Station, update.record)):
+            # Who sees it changes: its version moves on, in this write, which holds only
+            # on the station as read (``edit``): of two edits the later has the higher,
+            # and every event carries the version its read found (``owned_by``), so no
+            # feed takes an older ownership for a newer one, whatever it heard or lost
+            # (review s25: A->B and B->C published in the other order left B holding
+            # C's station; review s26: a handover heard, the next one lost, outranked
+            # every fresh read for good).
+            update = edit(station, viewer, **fields, sight=station.sight + 1)
         updated = cast(Station, update.record)
         changes: list[tuple[Change, Any]] = [(update, station)]
         if books_of(updated) != books_of(station):
@@ -404,15 +408,8 @@ class StationService(Service):
                 guards.append(Guard(Session, all_of(
                     Eq("station_id", station.id), Range("created_at", gte=since)),
                     exists=False))
-        sight = None
-        if _sight_of(station) != _sight_of(updated):
-            # Drawn after the read and before the write, which holds only on the version
-            # read: an edit that read this one's write draws after this one drew, so of
-            # two edits of a station's sight the later has the higher number (review s25:
-            # A->B and B->C published in the other order left B holding C's station).
-            sight = await self.store.next_sequence("station_sight")
         await self.commit(viewer, changes, guards=guards)
-        return station, updated, sight
+        return station, updated
 
     async def _end_station_prices(self, viewer: Viewer, station: Station
                                   ) -> tuple[list[tuple[Change, Any]], datetime | None]:
@@ -564,7 +561,7 @@ class StationService(Service):
         if station is not None:
             await self.publish(StationChanged(**owned_by(station)))
 
-    async def _announce_sight(self, before: Station, after: Station, sight: int) -> None:
+    async def _announce_sight(self, before: Station, after: Station) -> None:
         """When an edit changed who may see the station (its company, its owner, its
         registration on or off the map), live maps hear of it (``StationSightChanged``):
         those who lost sight of it are told it offline, those who gained it its
@@ -577,7 +574,7 @@ class StationService(Service):
         "joined, online" (review s25). One landing after this read is announced after
         it, or, published on another instance, may reach a map first: the event carries
         the connection it read, and a map's feed tells the newer state instead
-        (``domain.services.live``). ``sight`` orders the edits (``_edit_station``).
+        (``domain.services.live``). ``after.sight`` orders the edits (``_edit_station``).
 
         Best effort, as ``publish``: the edit has committed, so a store that fails this
         read (a failover) does not answer it as failed, nor skip what follows it
@@ -597,7 +594,7 @@ class StationService(Service):
             await self.publish(StationSightChanged(
                 **now, joined=joined, online=online and joined, at=self.now(),
                 was_company_id=was["company_id"], was_owner_id=was["owner_id"],
-                was_on_map=was["on_map"], sight=sight, connection=connection))
+                was_on_map=was["on_map"], connection=connection))
 
     async def _connector_changed(self, connector: Connector) -> None:
         """``_changed`` for an edit of a connector (its rating is cached with the
@@ -618,7 +615,9 @@ class StationService(Service):
             await self.publish(StationConnectionChanged(
                 **owned_by(station), online=False, at=self.now(),
                 connection=station.connection))
-        await self.publish(StationRemoved(**owned_by(station)))
+        # The last change of who sees it (``Station.sight``): what arrives of it later is
+        # older, whatever it read (``SightOrder``).
+        await self.publish(StationRemoved(**{**owned_by(station), "sight": station.sight + 1}))
 
     async def _end_state_history(self, viewer: Viewer, where: Any) -> list[Change]:
         """Ends, now, the open state intervals ``where`` (of what is being removed): left
@@ -745,6 +744,7 @@ def _unended_prices(station: Station) -> Filter:
 
 def _sight_of(station: Station) -> tuple[Any, ...]:
     """What decides who sees a station (``Policy.sees_event``): an edit changing it is
-    announced to live maps (``StationService._announce_sight``)."""
+    announced to live maps (``StationService._announce_sight``), and moves its version on
+    (``Station.sight``)."""
     owned = owned_by(station)
     return owned["company_id"], owned["owner_id"], owned["on_map"]

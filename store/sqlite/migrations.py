@@ -1396,6 +1396,16 @@ _V67 = """
 ALTER TABLE "configuration_key" ADD COLUMN "value_in_force" TEXT;
 """
 
+# Version 68: the version of who sees a station (``Station.sight``), moved on by every edit
+# of its company, owner or registration on or off the map, in that edit's write; events
+# carry the version their read found, so live feeds and webhooks judge an event by the
+# newer of its own read and the handovers they heard (review s26: a handover heard, the
+# next one lost, was trusted over fresh reads for good). Older rows: 0. MongoDB reads a
+# missing field as 0 (and stores it: ``ADDED_WITH_DEFAULT``).
+_V68 = """
+ALTER TABLE "station" ADD COLUMN "sight" INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1426,7 +1436,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (64, _V64),
                                      (65, _V65),
                                      (66, _V66),
-                                     (67, _V67))
+                                     (67, _V67),
+                                     (68, _V68))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chargegraph.webhooks import WebhookDispatcher
 from domain.clock import utcnow
@@ -192,6 +193,57 @@ async def test_a_live_feed_across_a_lost_handover_does_not_tell_the_old_company(
     assert got["Alpha"] == ["ConnectorStatusChanged", "FaultReported"], got
 
 
+async def handed_back_with_a_failed_publish(x: Instances) -> None:
+    """Alpha -> Beta, heard on B; then an admin on A hands the station back to Alpha
+    while A's PUBLISH of the handover fails (A's own link to Redis: B's subscription
+    never breaks, so B is told nothing was lost). Then B's copy of the station, which
+    the lost announcement did not drop either, expires (``CACHE_TTL_S``): B's reads
+    find Alpha's station again."""
+    heard = heard_on_b(x)
+    await x.a.stations.update_station(SYSTEM, x.station_id, company_id=x.beta.id)
+    await heard()
+    await asyncio.sleep(0.2)
+    bus: Any = x.a.ctx.bus
+    publisher = bus._publisher
+    publish = publisher.publish
+
+    async def failing(channel: Any, payload: Any) -> Any:
+        if "station_sight" in str(channel):
+            raise RedisConnectionError("Connection reset by peer")
+        return await publish(channel, payload)
+
+    publisher.publish = failing
+    try:
+        await x.a.stations.update_station(SYSTEM, x.station_id, company_id=x.alpha.id)
+        await asyncio.sleep(0.3)
+    finally:
+        publisher.publish = publish
+    await asyncio.sleep(0.2)
+    x.b.charging.cache._stations.clear()  # expired
+    [station] = await x.b.ctx.store.get_many(Station, [x.station_id])
+    assert station is not None and station.company_id == x.alpha.id
+
+
+async def test_a_live_feed_after_a_handover_whose_publish_failed_goes_by_the_fresh_read(
+        instances: Instances) -> None:
+    """The handover back to Alpha never reached B (its publish failed on A, and B's
+    subscription never broke: no ``EventsDropped``). The charger's fault afterwards,
+    which B reads afresh (Alpha's station, a newer version than the handover B heard),
+    is Alpha's, not Beta's (review s26: the feed kept the handover to Beta as the newest
+    for good, and marker-driven forgetting never ran)."""
+    x = instances
+    topics = [ConnectorStatusChanged.topic, FaultReported.topic]
+    feeds = {name: x.b.live.events(operator_of(company), topics)
+             for name, company in (("Alpha", x.alpha), ("Beta", x.beta))}
+    await handed_back_with_a_failed_publish(x)
+    await x.b.charging.status_notification(CP, 1, "Faulted", "GroundFailure")
+    got = {name: sorted(type(e).__name__ for e in await told(feed)
+                        if type(e).__name__ != "EventsDropped")
+           for name, feed in feeds.items()}
+    assert got["Beta"] == [], got
+    assert got["Alpha"] == ["ConnectorStatusChanged", "FaultReported"], got
+
+
 # ------------------------------------------------------------------------ webhooks
 # Delivered by the instance that published the event (B), to receivers on 127.0.0.1.
 
@@ -351,6 +403,21 @@ async def test_a_handover_lost_in_a_redis_outage_does_not_send_events_to_the_old
         await delivered(hooks)
         [station] = await x.b.ctx.store.get_many(Station, [x.station_id])
         assert station is not None and station.company_id == x.alpha.id
+        assert hooks.told("Beta") == [], hooks.told("Beta")
+        assert hooks.told("Alpha") == ["connector.status_changed", "fault.reported"], \
+            hooks.told("Alpha")
+
+
+async def test_webhooks_after_a_handover_whose_publish_failed_go_by_the_fresh_read(
+        instances: Instances) -> None:
+    """B's dispatcher heard Alpha -> Beta; the handover back to Alpha was lost on A's
+    side (no marker on B). The charger's fault afterwards, read afresh on B, goes to
+    Alpha's webhooks, not Beta's (review s26)."""
+    x = instances
+    async with webhooks_on_b(x) as hooks:
+        await handed_back_with_a_failed_publish(x)
+        await x.b.charging.status_notification(CP, 1, "Faulted", "GroundFailure")
+        await delivered(hooks)
         assert hooks.told("Beta") == [], hooks.told("Beta")
         assert hooks.told("Alpha") == ["connector.status_changed", "fault.reported"], \
             hooks.told("Alpha")

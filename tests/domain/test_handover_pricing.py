@@ -4,6 +4,7 @@ not go on pricing the new company's sessions there (QA s26)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -15,7 +16,7 @@ import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
-from domain.errors import NotFound
+from domain.errors import DomainError, NotFound
 from domain.policy import SYSTEM
 from domain.ports import Insert, Update
 from domain.query import Eq, all_of
@@ -33,6 +34,23 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     a driver's TAG-OK), on either store."""
     store: Any = SqliteStore(str(tmp_path / "pricing.db")) if request.param == "sqlite" \
         else MongoStore(async_mongomock_database(), sweep_every=None)
+    await store.start()
+    bus = MemoryEventBus()
+    await bus.start()
+    w = World(new_services(store, bus), store, bus)
+    try:
+        await seed(w.services, w)
+        yield w
+    finally:
+        await bus.close()
+        await store.close()
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def racing(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    """``world``, with MongoDB's operations (mongomock) interleaving as on a server."""
+    store: Any = SqliteStore(str(tmp_path / "race.db")) if request.param == "sqlite" \
+        else MongoStore(async_mongomock_database(interleave=True), sweep_every=None)
     await store.start()
     bus = MemoryEventBus()
     await bus.start()
@@ -233,3 +251,40 @@ async def test_a_handover_ends_a_price_after_the_last_session_it_priced(
     [ended] = await w.store.get_many(d.Tariff, [price.id])
     assert ended is not None and ended.valid_until is not None
     assert ended.valid_until > ahead, (ended.valid_until, ahead)
+
+
+async def test_a_price_set_concurrently_with_handovers_never_survives_one(
+        racing: World) -> None:
+    """Review s26 (kept as a regression test): the station's operator sets its price
+    while an admin hands the station over, interleaved at every offset, not hooked, on
+    both stores: the price is refused or ended by the handover, never left in force on
+    the new company's station (and each handover lands, its version moved on)."""
+    w = racing
+    s = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    holders = [("volt", "op"), ("other", "op_other")]
+    outcomes = []
+    for i in range(36):
+        (_, setter), (to, _) = holders[i % 2], holders[(i + 1) % 2]
+
+        async def later(n: int, work: Any) -> Any:
+            for _ in range(n):
+                await asyncio.sleep(0)
+            return await work
+
+        results = await asyncio.gather(
+            later(i % 6, s.tariffs.set_tariff(
+                w.viewer(setter), station_id=cp1.id,
+                price_per_kwh=Decimal(f"0.{10 + i}"), currency="EUR")),
+            s.stations.update_station(SYSTEM, cp1.id, company_id=w.companies[to].id),
+            return_exceptions=True)
+        outcomes.append(tuple(type(r).__name__ for r in results))
+        assert not isinstance(results[1], BaseException), results
+        if isinstance(results[0], BaseException):
+            assert isinstance(results[0], DomainError), results
+        [station] = await w.store.get_many(d.Station, [cp1.id])
+        assert station is not None and station.company_id == w.companies[to].id
+        assert station.sight == i + 1
+        left = await w.store.find_all(d.Tariff, all_of(Eq("station_id", cp1.id),
+                                                       Eq("valid_until", None)))
+        assert left == [], (i, outcomes, [(t.price_per_kwh, t.created_by) for t in left])

@@ -20,6 +20,8 @@ from domain.errors import StoreUnavailable
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
+    EventsDropped,
+    FaultReported,
     StationConnectionChanged,
     StationRemoved,
     StationSightChanged,
@@ -27,7 +29,7 @@ from domain.events import (
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
-from domain.services.live import LiveService
+from domain.services.live import LiveService, SightOrder
 from pubsub.memory import MemoryEventBus
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
@@ -347,6 +349,64 @@ async def test_a_connection_event_read_after_a_handover_not_yet_told_comes_out_r
                            sight(True, sight=2, company="C", was="B")], ["A", "B", "C"])
     assert got["B"][-1] == ("StationSightChanged", False), got
     assert got["C"] == [("StationSightChanged", False)], got
+
+
+def fault(company: str, *, read: int) -> FaultReported:
+    """A fault whose read of station ``s`` found ``company``'s, at version ``read``."""
+    return FaultReported(station_id="s", cp_id=CP, company_id=company, sight=read,
+                         connector_id=1, error_code="GroundFailure", status="Faulted")
+
+
+def test_an_event_goes_by_the_newer_of_its_read_and_what_was_heard() -> None:
+    """Versions decide, not what was heard last: a read older than the newest handover
+    heard (a cache's copy from before it) is judged by the handover; a read newer than
+    anything heard (a handover this stream never got) goes by its read; on a tie, the
+    read's own (review s26)."""
+    order = SightOrder()
+
+    def whose(event: DomainEvent) -> str | None:
+        told = order.read(event)
+        assert told is not None
+        return told.company_id
+
+    whose(sight(True, sight=2, company="B", was="A"))
+    assert whose(fault("A", read=1)) == "B"  # a stale read
+    assert whose(fault("B", read=2)) == "B"
+    assert whose(fault("C", read=3)) == "C"  # B -> C, never heard
+    # Heard now (from the fault's read): a read of before it, or a late sight event of an
+    # earlier edit, are judged by C.
+    assert whose(fault("B", read=2)) == "C"
+    late = order.read(sight(True, sight=2, company="B", was="A"))
+    assert isinstance(late, StationSightChanged)
+    assert (late.company_id, late.was_company_id) == ("C", "A")
+
+
+async def test_a_handover_read_after_a_loss_never_outranks_fresh_reads() -> None:
+    """A slow reader's queue overflows while it still reads what was queued before an
+    interruption (a stale handover among it): the faults read afresh after the loss are
+    told by their own read, whatever markers came (review s26: ``EventsDropped.before``
+    was reset by the overflow's marker, the forgetting after the pre-loss events never
+    ran, and the stale handover judged every later event of the station)."""
+    bus = MemoryEventBus(queue_size=4)
+    stream = bus.subscribe([StationSightChanged.topic, FaultReported.topic])
+    order = SightOrder()
+    # Queued before the loss: a fault, then A -> B of the station (version 1).
+    bus.deliver(fault("A", read=0))
+    bus.deliver(sight(True, sight=1, company="B", was="A"))
+    bus.interrupt()  # the Redis connection breaks; B -> A (version 2) is lost
+    marker = await stream.__anext__()
+    assert isinstance(marker, EventsDropped) and marker.interrupted
+    assert order.read(marker) is None
+    # After the loss, the charger's faults, each read afresh: A's station, version 2.
+    for _ in range(3):
+        bus.deliver(fault("A", read=2))  # the third overflows the queue of 4: one dropped
+    told = []
+    for _ in range(5):
+        shaped = order.read(await stream.__anext__())
+        if isinstance(shaped, FaultReported):
+            told.append(shaped.company_id)
+    assert told[-3:] == ["A", "A", "A"], told
+    await bus.close()
 
 
 async def test_a_removed_station_is_forgotten_by_the_live_path() -> None:

@@ -2644,7 +2644,7 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
         ("session", "closed_without_stop"): False, ("connector_interval", "known"): True,
         ("connection_event", "server_outage"): False,
         ("station", "configuration_truncated"): False,
-        ("station", "diagnostics_previous_uploading"): False}
+        ("station", "diagnostics_previous_uploading"): False, ("station", "sight"): 0}
     assert stored["tariff", "idle_price_per_minute"]["_n_idle_price_per_minute"] == 0.0
     assert db[migrations.MIGRATIONS].find_one({"_id": "default_user_token_epoch"})["done"]
 
