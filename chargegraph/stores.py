@@ -46,19 +46,19 @@ def check_database_url(database_url: str) -> None:
     import warnings
 
     from pymongo.errors import PyMongoError
-    from pymongo.uri_parser import parse_uri
+    from pymongo.uri_parser_shared import _validate_uri
 
     from pubsub.redis import redacted
 
-    # Read as a plain mongodb:// URL: parse_uri looks a mongodb+srv:// one up in DNS,
-    # which is the start's business (its own rules, one host and no port, are checked
-    # there and fail as one line). Unknown options only warn, as the client does when it
-    # is made: that warning is the one shown.
-    plain = "mongodb://" + database_url.split("://", 1)[1]
+    # PyMongo's own check of a URL, the part of parse_uri before a mongodb+srv:// URL's
+    # DNS lookup (which is the start's business): each scheme by its own rules (review
+    # r26-onboard: read as mongodb://, a valid SRV URL's srvServiceName or srvMaxHosts
+    # was refused, and every command stopped). Unknown options only warn, as the client
+    # does when it is made: that warning is the one shown.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parse_uri(plain, warn=True)
+            _validate_uri(database_url, warn=True)
     except (ValueError, PyMongoError) as error:
         try:
             shown = f" {redacted(database_url)!r}"

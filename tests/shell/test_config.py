@@ -15,6 +15,7 @@ from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings, problems, unknown_variables
 from chargegraph.stores import (
+    check_database_url,
     database_location,
     open_store,
     remove_sqlite_database,
@@ -124,6 +125,31 @@ def test_the_database_is_named_by_absolute_path_or_url_without_credentials(
     ) == "MongoDB mongodb://m1:27017,m2:27017/cg"
     assert database_location("mongodb+srv://app:s3cret@cluster.example.net/cg"
                              ) == "MongoDB mongodb+srv://cluster.example.net/cg"
+
+
+@pytest.mark.parametrize("url", [
+    # A custom SRV service name (MongoDB's Kubernetes operator, self-hosted SRV records)
+    "mongodb+srv://cg:secret@cluster0.example.invalid/chargegraph?srvServiceName=customname",
+    # srvMaxHosts: a sharded cluster's mongos picked at random (Atlas documents it)
+    "mongodb+srv://cg:secret@cluster0.example.invalid/chargegraph?srvMaxHosts=3",
+    "mongodb+srv://cluster0.example.invalid/cg?retryWrites=true&w=majority"])
+def test_a_valid_mongodb_srv_url_passes_the_check_without_dns(url: str) -> None:
+    """Review r26-onboard: the check read a mongodb+srv:// URL as mongodb://, where PyMongo
+    refuses the SRV-only options, so a valid URL with srvServiceName or srvMaxHosts
+    stopped every command (exit 2). Checked by PyMongo's own SRV rules now, and without
+    a DNS lookup (the host here resolves nowhere)."""
+    check_database_url(url)
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("mongodb+srv://cg:s3cret@cluster0.example.invalid:27017/cg", "must not include a port"),
+    ("mongodb+srv://a.example.invalid,b.example.invalid/cg", "one, and only one, hostname"),
+    ("mongodb://db.example.invalid/cg?srvMaxHosts=3", r"only allowed with 'mongodb\+srv://'")])
+def test_a_mongodb_url_breaking_its_schemes_rules_is_a_configuration_error(
+        url: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=said) as refused:
+        check_database_url(url)
+    assert "s3cret" not in str(refused.value)
 
 
 async def test_mongodb_urls() -> None:
