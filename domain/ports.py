@@ -206,6 +206,10 @@ class Store(Protocol):
     async def next_sequence(self, name: str) -> int:
         """Atomically increment and return the named counter (first value 1)."""
 
+    async def sequence_value(self, name: str) -> int:
+        """The named counter's value, 0 while it was never incremented; changes nothing
+        (a marker is read without writing to a database that may not be ours)."""
+
     async def scrub(self) -> None:
         """Overwrites what the database's files still hold of records as they were before
         the last writes (an erasure's): old page images of an embedded database. Returns

@@ -383,6 +383,11 @@ class MongoStore:
             return_document=ReturnDocument.AFTER)
         return int(doc["value"])
 
+    @mapping_outages
+    async def sequence_value(self, name: str) -> int:
+        doc = await self.db[COUNTERS].find_one({"_id": name}, {"value": 1})
+        return 0 if doc is None else int(doc["value"])
+
 
 def _keyed(spec: FieldSpec, keys: Sequence[Any]) -> dict[Any, Any]:
     """The caller's keys by their stored form. Text that is no ObjectId in an id field is

@@ -613,6 +613,10 @@ class SqliteStore:
             ).fetchall())
         return int(rows[0][0])
 
+    async def sequence_value(self, name: str) -> int:
+        rows = await self._read('SELECT "value" FROM "sequence" WHERE "name" = ?', (name,))
+        return int(rows[0][0]) if rows else 0
+
     async def scrub(self) -> None:
         """Old page images cut from the ``-wal`` file (``Writer.scrub``: a PASSIVE
         checkpoint then a TRUNCATE off the event loop, tried again in the background

@@ -636,6 +636,14 @@ async def test_next_sequence_counts_from_one_per_name(store: Store) -> None:
     assert await store.next_sequence("transaction") == 4
 
 
+async def test_a_sequence_is_read_without_counting(store: Store) -> None:
+    assert await store.sequence_value("demo") == 0  # never incremented: none made
+    assert await store.sequence_value("demo") == 0
+    assert await store.next_sequence("demo") == 1
+    assert [await store.sequence_value("demo"), await store.sequence_value("other")] == [1, 0]
+    assert await store.next_sequence("demo") == 2
+
+
 async def test_next_sequence_is_atomic_under_concurrency(store: Store) -> None:
     values = await asyncio.gather(*(store.next_sequence("tx") for _ in range(50)))
     assert sorted(values) == list(range(1, 51))
