@@ -15,6 +15,7 @@ like one. It is created 0600: it holds password hashes.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import stat
@@ -22,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -309,14 +311,24 @@ def refuse_running(database: Path, then: str) -> None:
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as current:
             current.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            row = current.execute('SELECT COUNT(*) FROM "instance_lease" WHERE '
+            row = current.execute('SELECT MAX("expires_at") FROM "instance_lease" WHERE '
                                   '"expires_at" > ?', (now_us,)).fetchone()
     except sqlite3.Error as error:
         _unreadable(database, error, then, schema_errors=True)
         return  # damaged, or not a ChargeGraph database: nothing runs on it
-    if row and row[0]:
-        raise BackupError(f"an instance of the service runs on {database} (its lease is "
-                          f"live): stop every instance, then {then}")
+    if row and row[0] is not None:
+        # An instance killed (kill -9, a crash) leaves its lease live until it expires:
+        # said so, with when (review r26-onboard: "runs ... stop every instance", though
+        # none ran, sent people looking for a process that was gone).
+        left = max(1, math.ceil((row[0] - now_us) / 1_000_000))
+        try:
+            until = f"until {datetime.fromtimestamp(row[0] / 1_000_000, UTC):%H:%M:%S} UTC, "
+        except (OverflowError, ValueError, OSError):  # past any calendar: no time to say
+            until = ""
+        raise BackupError(
+            f"an instance of the service runs on {database} (its lease is live {until}"
+            f"in {left} s): stop every instance, then {then}; if none runs (one was killed "
+            "or crashed), its lease is stale: try again once it lapses")
 
 
 #: SQLite's primary result codes that prove a file is no (readable) database: what a

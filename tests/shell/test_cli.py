@@ -216,6 +216,42 @@ def test_demo_reset_refuses_a_database_an_instance_runs_on(
     assert (tmp_path / "cli.db").exists()
 
 
+def test_demo_reset_after_a_killed_demo_says_the_lease_may_be_stale(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-onboard: `demo --reset` within 30 s of a demo killed (kill -9, a closed
+    terminal) said "an instance of the service runs ... stop every instance", though none
+    ran. It says the lease may be stale, and when it lapses."""
+    import asyncio
+    import contextlib
+    import time
+    from datetime import UTC, datetime
+
+    from store.sqlite import SqliteStore
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "sqlite:///cli.db")
+
+    async def migrated() -> None:
+        store = SqliteStore(str(tmp_path / "cli.db"))
+        await store.start()
+        await store.close()
+
+    asyncio.run(migrated())
+    expires = int(time.time() + 25) * 1_000_000  # the killed demo's lease, renewed 5 s ago
+    with contextlib.closing(sqlite3.connect(tmp_path / "cli.db")) as conn, conn:
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+                     ("i1", "system", "system", "host", expires))
+    never_serve(monkeypatch)
+    refused = runner.invoke(cli, ["demo", "--reset"])
+    assert refused.exit_code == 2, refused.output
+    until = datetime.fromtimestamp(expires / 1_000_000, UTC)
+    assert f"its lease is live until {until:%H:%M:%S} UTC, in " in refused.stderr
+    assert re.search(r"in 2[0-5] s\)", refused.stderr), refused.stderr
+    assert "if none runs (one was killed or crashed), its lease is stale: try again once " \
+           "it lapses" in refused.stderr
+    assert (tmp_path / "cli.db").exists()
+
+
 def test_demo_reset_removes_a_corrupt_database(tmp_path: Path) -> None:
     """Ops QA s25: the check for another process reading it raised SQLite's "file is not
     a database" out of `demo --reset` as a traceback; a damaged file is what a reset (or
