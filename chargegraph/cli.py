@@ -31,6 +31,7 @@ from chargegraph.stores import database_location, sqlite_path
 
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
+    from domain.services import Services
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
@@ -388,14 +389,35 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
 
 async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> None:
     from chargegraph.app import build_services
-    from chargegraph.demo import seed_demo
+    from chargegraph.demo import admit_demo, seed_demo
     from chargegraph.security import Argon2Hasher
-    from chargegraph.stores import started_store
+    from chargegraph.stores import database_exists, started_store
+
+    database = database_location(settings.database_url)
 
     async def seed() -> DemoSummary:
-        async with started_store(settings.database_url) as store:
-            return await seed_demo(build_services(settings, store, Argon2Hasher()),
-                                   database=database_location(settings.database_url))
+        async with contextlib.AsyncExitStack() as stack:
+            async def admitted() -> Services:
+                # Looked at before the store's start makes it: the demo seeds a database
+                # it made, or one it marked so (``admit_demo``).
+                new = not await database_exists(settings.database_url)
+                store = await stack.enter_async_context(
+                    started_store(settings.database_url))
+                services = build_services(settings, store, Argon2Hasher())
+                await admit_demo(services, new=new, database=database)
+                return services
+
+            # A stop while the store it made starts (its migrations) waits for the mark:
+            # stopped before it, the next start would find a database the demo did not
+            # mark, and refuse it.
+            admitting = asyncio.create_task(admitted())
+            try:
+                services = await asyncio.shield(admitting)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await admitting
+                raise
+            return await seed_demo(services, new=False, database=database)
 
     # Seeding hashes a dozen passwords before uvicorn handles signals: a stop meanwhile
     # cancels it (the next start completes the world) and the command exits 0.

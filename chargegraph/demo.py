@@ -11,9 +11,9 @@ from typing import Any
 from chargegraph.errors import ConfigError
 from domain import entities as d
 from domain.clock import utcnow
-from domain.errors import UniqueViolation
+from domain.errors import Conflict, UniqueViolation
 from domain.policy import SYSTEM, Viewer
-from domain.query import ALL, Eq, In, Range
+from domain.query import Eq, Range, all_of
 from domain.services import ConnectorSpec, Services
 from domain.tariff_bands import BandInput
 
@@ -56,46 +56,86 @@ class DemoSummary:
     id_tags: list[str] = field(default_factory=list)
 
 
-#: Every account the seed makes: a database holding any other is not the demo's.
-DEMO_EMAILS = (ADMIN_EMAIL, *(email for _, email in COMPANIES.values()),
-               *(email for _, email, *_ in DRIVERS))
+#: The demo's marks in a database it seeds (named counters, ``Store.next_sequence``, read
+#: by ``sequence_value``): MADE, taken by the start that made the database before it
+#: writes anything else (the first value is that start's: a second start at once is
+#: refused), so a later start knows the database for the demo's; SEEDED, once the world
+#: is complete. Not accounts found by e-mail (review r26-onboard: a database without
+#: accounts passed for the demo's, a running GraphQL-only service's among them; the demo
+#: admin renamed, as the README invites, a second start was refused).
+DEMO_MADE = "chargegraph-demo"
+DEMO_SEEDED = "chargegraph-demo-seeded"
 
 
-async def seed_demo(services: Services, *, database: str = "the database") -> DemoSummary:
-    """Seeds the demo world through the domain services, as the system.
+async def admit_demo(services: Services, *, new: bool,
+                     database: str = "the database") -> bool:
+    """Whether the demo's world is complete in this database already; marks it as the
+    demo's (``DEMO_MADE``) when this start made it. Only a database the demo makes
+    (``new``: it was not there before this start) or one it marked so is the demo's; any
+    other is refused untouched, ``ConfigError`` naming ``database``, even without accounts
+    (a deployment's service may run on it without the OCPP server, holding no lease): the
+    seed would give it an admin whose password is in the README. Refused as well while an
+    instance of the service leases it (a demo database ``serve`` runs on), and when
+    another start made it at the same time."""
+    store = services.ctx.store
+    if await store.sequence_value(DEMO_SEEDED):
+        return True
+    # QA s26: `chargegraph demo` run where the service's settings apply (in its container,
+    # or beside its .env) seeded the production database with the demo admin, then found
+    # its ports taken and exited 3, leaving that admin able to sign in to the real service.
+    marked = await store.sequence_value(DEMO_MADE) > 0
+    public = (f"the demo seeds logins everyone knows (password {DEMO_PASSWORD}), so it "
+              "runs only on a database of its own")
+    if not marked and not new:
+        raise ConfigError(
+            f"{database} was not made by the demo: {public}; run it on a file of its own "
+            "(CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo), or, if this is "
+            "a demo database an older ChargeGraph made, `chargegraph demo --reset` "
+            "deletes it and starts over")
+    if await store.count(d.InstanceLease, Range("expires_at", gte=utcnow())):
+        raise ConfigError(
+            f"{database} is in use by a running instance of the service: {public}; stop "
+            "it, or point CHARGEGRAPH_DATABASE_URL at another (say sqlite:///demo.db)")
+    if not marked and await store.next_sequence(DEMO_MADE) != 1:
+        raise ConfigError(f"{database} is being seeded by another demo started at the same "
+                          "time: run one demo per database")
+    return False
 
-    Idempotent: the demo admin is created last and marks a complete seed, so a later run
-    returns at once; a run that was interrupted half-way completes the world on the next
-    start, because every step skips what exists. A database the demo did not make (it
-    holds accounts of its own) is refused, ``ConfigError`` naming ``database``: the seed
-    would give it an admin whose password is in the README."""
+
+async def seed_demo(services: Services, *, new: bool,
+                    database: str = "the database") -> DemoSummary:
+    """Seeds the demo world through the domain services, as the system, in a database
+    ``admit_demo`` admits (``new``, ``database``: as there).
+
+    Idempotent: once complete (``DEMO_SEEDED``), a later run returns at once, whatever
+    the accounts were changed to; a run that was interrupted half-way completes the world
+    on the next start, because every step skips what exists."""
     summary = DemoSummary(created=False)
     summary.cp_ids = [s[1] for s in STATIONS]
     summary.id_tags = [f"DEMO-{i + 1:04d}" for i in range(len(DRIVERS))]
     summary.logins = [("ADMIN", ADMIN_EMAIL, DEMO_PASSWORD)]
     summary.logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
     summary.logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
-    store = services.ctx.store
-    if await store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is not None:
+    if await admit_demo(services, new=new, database=database):
         return summary
-    # QA s26: `chargegraph demo` run where the service's settings apply (in its container,
-    # or beside its .env) seeded the production database with the demo admin, then found
-    # its ports taken and exited 3, leaving that admin able to sign in to the real service.
-    # A new database has no account; one whose seed was interrupted, only the demo's.
-    # A service already running on it (a new deployment, no account yet: the demo run in
-    # its container) would take those logins too; the demo only found its ports taken.
-    if await store.count(d.User, ALL) > await store.count(d.User, In("email", DEMO_EMAILS)):
-        owner = "holds accounts the demo did not make"
-    elif await store.count(d.InstanceLease, Range("expires_at", gte=utcnow())):
-        owner = "is in use by a running instance of the service"
-    else:
-        owner = None
-    if owner is not None:
-        raise ConfigError(
-            f"{database} {owner}: the demo seeds logins everyone knows (password "
-            f"{DEMO_PASSWORD}), so it runs only on a new database or one it made; point "
-            "CHARGEGRAPH_DATABASE_URL at another (say sqlite:///demo.db)")
+    store = services.ctx.store
     summary.created = True
+    try:
+        await _world(services, summary)
+    except Conflict as exc:
+        # Two starts completing one interrupted seed at once: each step found nothing,
+        # and the other's write came first (review r26-onboard: a UniqueViolation
+        # traceback). The other goes on; this one says why it stops.
+        raise ConfigError(f"{database} is being seeded by another demo started at the same "
+                          f"time ({exc}): run one demo per database") from None
+    await store.next_sequence(DEMO_SEEDED)
+    return summary
+
+
+async def _world(services: Services, summary: DemoSummary) -> None:
+    """Each part of the world that is missing: companies with their operators and
+    tariffs, stations, the depot's site, drivers with a car and a card, the admin."""
+    store = services.ctx.store
     operators: dict[str, d.User] = {}
     companies: dict[str, d.Company] = {}
     for key, (name, email) in COMPANIES.items():
@@ -121,13 +161,15 @@ async def seed_demo(services: Services, *, database: str = "the database") -> De
                                                                strict=True):
         driver = await _user(services, email, name, d.Role.DRIVER, None)
         if await store.find_one(d.IdTag, Eq("tag", tag)) is not None:
-            continue  # vehicle and tag were made together
+            continue  # the card is issued last
         viewer = Viewer.of(driver)
-        vehicle = await services.fleet.add_vehicle(viewer, license_plate=plate, make=make,
-                                                   model=model, battery_kwh=battery)
+        # A start stopped between the two left the car: its card is issued for it.
+        vehicle = await store.find_one(d.Vehicle, all_of(
+            Eq("owner_id", driver.id), Eq("license_plate", plate), Eq("removed_at", None))) \
+            or await services.fleet.add_vehicle(viewer, license_plate=plate, make=make,
+                                                model=model, battery_kwh=battery)
         await services.fleet.issue_id_tag(viewer, tag=tag, vehicle_id=vehicle.id)
     await _user(services, ADMIN_EMAIL, "Demo Admin", d.Role.ADMIN, None)
-    return summary
 
 
 async def _tariffs(services: Services, network: str, company_id: str) -> None:

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from chargegraph.app import build_services
-from chargegraph.demo import ADMIN_EMAIL, DEMO_PASSWORD, DemoSummary, banner, seed_demo
+from chargegraph.app import build_services, create_app
+from chargegraph.demo import (
+    ADMIN_EMAIL,
+    DEMO_MADE,
+    DEMO_PASSWORD,
+    DemoSummary,
+    banner,
+    seed_demo,
+)
 from chargegraph.errors import ConfigError
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
+from chargegraph.stores import database_exists, started_store
 from domain import entities as d
 from domain.clock import utcnow
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete, Insert
 from domain.query import ALL, Eq
 from domain.services import Services
@@ -40,7 +50,7 @@ async def counts(services: Services) -> dict[str, int]:
 
 
 async def test_seed_demo_builds_the_world_once(services: Services) -> None:
-    first = await seed_demo(services)
+    first = await seed_demo(services, new=True)
     assert first.created
     world = await counts(services)
     assert world == {"Company": 2, "User": 6, "Station": 8, "Connector": 16, "Tariff": 3,
@@ -48,7 +58,7 @@ async def test_seed_demo_builds_the_world_once(services: Services) -> None:
     [depot] = await services.ctx.store.find_all(d.Site, ALL)
     assert [s.cp_id for s in await services.ctx.store.find_all(
         d.Station, Eq("site_id", depot.id))] == ["BER-TXL-01"]
-    again = await seed_demo(services)
+    again = await seed_demo(services, new=False)
     assert not again.created and again.logins == first.logins
     assert await counts(services) == world
     stations = await services.ctx.store.find_all(d.Station, ALL)
@@ -59,7 +69,7 @@ async def test_seed_demo_builds_the_world_once(services: Services) -> None:
 
 
 async def test_every_demo_login_works(services: Services) -> None:
-    summary = await seed_demo(services)
+    summary = await seed_demo(services, new=True)
     roles = {role for role, *_ in summary.logins}
     assert roles == {"ADMIN", "OPERATOR", "DRIVER"}
     for role, email, password in summary.logins:
@@ -69,21 +79,31 @@ async def test_every_demo_login_works(services: Services) -> None:
             assert user.company_id is not None
 
 
-async def test_an_interrupted_seed_is_completed(services: Services) -> None:
-    await seed_demo(services)
-    world = await counts(services)
+async def test_an_interrupted_seed_is_completed(services: Services,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     store = services.ctx.store
-    # As if the last run stopped half-way: the admin (written last) and a driver's card and
-    # car are missing.
-    for kind, field, value in ((d.User, "email", ADMIN_EMAIL), (d.IdTag, "tag", "DEMO-0002"),
-                               (d.Vehicle, "license_plate", "P-JO 77")):
-        record = await store.find_one(kind, Eq(field, value))
-        assert record is not None, (kind, value)
-        await store.write([Delete(record)], [])
-    assert (await seed_demo(services)).created
-    assert await counts(services) == world
+    issue = services.fleet.issue_id_tag
+    issued = 0
+
+    async def stopped_at_the_second_card(*args: Any, **kwargs: Any) -> d.IdTag:
+        nonlocal issued
+        issued += 1
+        if issued == 2:  # as if the demo was stopped here: no second card, no admin
+            raise asyncio.CancelledError
+        return await issue(*args, **kwargs)
+
+    monkeypatch.setattr(services.fleet, "issue_id_tag", stopped_at_the_second_card)
+    with pytest.raises(asyncio.CancelledError):
+        await seed_demo(services, new=True)
+    assert await store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is None
+    monkeypatch.undo()
+    # The next start finds the database there, marked as the demo's, and completes it.
+    assert (await seed_demo(services, new=False)).created
+    assert await counts(services) == {"Company": 2, "User": 6, "Station": 8, "Connector": 16,
+                                      "Tariff": 3, "Vehicle": 3, "IdTag": 3, "Site": 1}
     assert (await services.accounts.authenticate(ADMIN_EMAIL, DEMO_PASSWORD)).role.value == (
         "ADMIN")
+    assert not (await seed_demo(services, new=False)).created
 
 
 def test_banner_is_a_box_with_every_login() -> None:
@@ -123,26 +143,133 @@ async def test_a_database_the_demo_did_not_make_is_not_seeded(services: Services
         SYSTEM, email="boss@corp.example", password="S3cure-prod-pass", name="Boss",
         role=d.Role.ADMIN, company_id=None)
     before = await counts(services)
-    with pytest.raises(ConfigError, match=r"SQLite /srv/cg\.db holds accounts the demo "
-                                          r"did not make"):
-        await seed_demo(services, database="SQLite /srv/cg.db")
+    with pytest.raises(ConfigError, match=r"^SQLite /srv/cg\.db was not made by the demo: "
+                                          r".*sqlite:///demo\.db.*--reset"):
+        await seed_demo(services, new=False, database="SQLite /srv/cg.db")
     assert await counts(services) == before  # nothing written, no company either
     assert await services.ctx.store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is None
+    assert await services.ctx.store.sequence_value(DEMO_MADE) == 0  # not marked either
 
 
-async def test_a_database_a_running_service_uses_is_not_seeded(services: Services) -> None:
-    """QA s26: `chargegraph demo` run in a new deployment's container (no account made
-    yet) seeded the database the service ran on, whose sign-in then took the demo
-    admin's public password; the demo itself only found its ports taken (exit 3)."""
+async def test_a_database_without_accounts_the_demo_did_not_make_is_not_seeded(
+        services: Services) -> None:
+    """Review r26-onboard: the rule was "no account the demo did not make", which a new
+    deployment's database passes before its first account is made."""
+    with pytest.raises(ConfigError, match="was not made by the demo"):
+        await seed_demo(services, new=False)
+    assert (await counts(services))["User"] == 0
+    assert await services.ctx.store.sequence_value(DEMO_MADE) == 0
+
+
+async def test_the_database_a_graphql_only_service_runs_on_is_not_seeded(
+        tmp_path: Path) -> None:
+    """Review r26-onboard: the lease check only sees instances that run the OCPP server:
+    a deployment's GraphQL-only instance (CHARGEGRAPH_OCPP_ENABLED=false, README "several
+    instances") holds no lease, so `chargegraph demo --no-chargers` in its container,
+    before the first account was made, seeded the live database with the public demo
+    admin (then found port 8000 taken, exit 3)."""
+    url = f"sqlite:///{tmp_path}/prod.db"
+    settings = Settings(_env_file=None, database_url=url,  # type: ignore[call-arg]
+                        jwt_secret="p" * 40, ocpp_enabled=False)
+    app = create_app(settings, hasher=Argon2Hasher.fast())
+    async with app.router.lifespan_context(app):  # the service, up and serving
+        new = not await database_exists(url)  # as `chargegraph demo` looks before it opens
+        async with started_store(url) as store:
+            services = build_services(settings, store, Argon2Hasher.fast())
+            try:
+                with pytest.raises(ConfigError, match="was not made by the demo"):
+                    await seed_demo(services, new=new)
+            finally:
+                seeded = await store.find_one(d.User, Eq("email", ADMIN_EMAIL))
+                marked = await store.sequence_value(DEMO_MADE)
+        assert seeded is None, "the running service's database got the demo admin"
+        assert not marked
+
+
+async def test_a_demo_database_a_running_service_uses_is_not_seeded(
+        services: Services) -> None:
+    """QA s26: the lease check stays for a database the demo marked, half-seeded, that
+    an instance of the service now runs on."""
     now = utcnow()
+    await services.ctx.store.next_sequence(DEMO_MADE)  # the demo made it, then stopped
     await services.ctx.store.write([Insert(d.InstanceLease(
         id="instance-1", host="web-1", started_at=now, expires_at=now + timedelta(seconds=30)))],
         [])
     with pytest.raises(ConfigError, match=r"^the database is in use by a running instance "
                                           r"of the service: the demo seeds logins"):
-        await seed_demo(services)
+        await seed_demo(services, new=False)
     assert (await counts(services))["User"] == 0
     lapsed = await services.ctx.store.find_one(d.InstanceLease, Eq("id", "instance-1"))
     assert lapsed is not None
     await services.ctx.store.write([Delete(lapsed)], [])  # it stopped: the demo may seed
-    assert (await seed_demo(services)).created
+    assert (await seed_demo(services, new=False)).created
+
+
+async def test_a_second_start_after_the_admin_changed_its_email(services: Services) -> None:
+    """Review r26-onboard: the demo admin, trying the API the README shows, changed its
+    email (updateUser); the next `chargegraph demo` read the demo's own admin as a
+    stranger's account and refused its own database ("holds accounts the demo did not
+    make"). The demo knows its database by its marks, not its accounts' e-mails."""
+    store = services.ctx.store
+    assert (await seed_demo(services, new=True)).created
+    world = await counts(services)
+    admin = await store.find_one(d.User, Eq("email", ADMIN_EMAIL))
+    assert admin is not None
+    await services.accounts.update_user(Viewer.of(admin), admin.id, email="me@example.org",
+                                        current_password=DEMO_PASSWORD)
+    again = await seed_demo(services, new=False)
+    assert not again.created
+    assert await counts(services) == world  # no second admin made under the old e-mail
+
+
+async def test_a_database_signed_up_to_stays_the_demos(services: Services) -> None:
+    """The demo turns sign-up on: a driver's own account keeps the database the demo's."""
+    await seed_demo(services, new=True)
+    await services.accounts.create_user(
+        SYSTEM, email="tester@example.org", password="Tester-pass-1", name="Tester",
+        role=d.Role.DRIVER, company_id=None)
+    assert not (await seed_demo(services, new=False)).created
+
+
+async def test_two_demos_started_together_on_a_new_database(tmp_path: Path) -> None:
+    """Review r26-onboard: two `chargegraph demo` started at once on a new database both
+    seeded it, and the second ended in a UniqueViolation traceback. One seeds; the other
+    is one configuration line."""
+    stores = [SqliteStore(str(tmp_path / "demo.db")) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    try:
+        outcomes = await asyncio.gather(
+            *(seed_demo(build_services(Settings(), store, Argon2Hasher.fast()), new=True)
+              for store in stores), return_exceptions=True)
+    finally:
+        for store in stores:
+            await store.close()
+    [seeded] = [o for o in outcomes if isinstance(o, DemoSummary)]
+    [refused] = [o for o in outcomes if not isinstance(o, DemoSummary)]
+    assert seeded.created
+    assert isinstance(refused, ConfigError), refused
+    assert "being seeded by another demo started at the same time" in str(refused)
+
+
+async def test_two_demos_completing_one_interrupted_seed_together(tmp_path: Path) -> None:
+    """Both find the database the demo's (an interrupted seed) and complete it at once:
+    one writes each missing part, the other stops with one line, not a UniqueViolation."""
+    stores = [SqliteStore(str(tmp_path / "demo.db")) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    try:
+        await stores[0].next_sequence(DEMO_MADE)  # made, then stopped before any write
+        outcomes = await asyncio.gather(
+            *(seed_demo(build_services(Settings(), store, Argon2Hasher.fast()), new=False)
+              for store in stores), return_exceptions=True)
+        services = build_services(Settings(), stores[0], Argon2Hasher.fast())
+        failures = [o for o in outcomes if not isinstance(o, DemoSummary)]
+        assert all(isinstance(o, ConfigError) and "being seeded by another demo" in str(o)
+                   for o in failures), failures
+        if failures:  # the one that stopped: the next start completes what is left
+            await seed_demo(services, new=False)
+        assert (await counts(services))["User"] == 6
+    finally:
+        for store in stores:
+            await store.close()
