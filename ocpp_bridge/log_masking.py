@@ -300,10 +300,11 @@ def _cut_in_authority(url: str) -> bool:
     return ":" in rest and not any(c in rest for c in "/?#@")
 
 
-def masked_line(text: str) -> str:
+def masked_line(text: str, cut: bool = False) -> str:
     """``text`` with credentials in its URLs and every secret key's value hidden, or
-    withheld (see the module)."""
-    text = without_url_credentials(text)
+    withheld (see the module). ``cut``: ``text`` is the start of a longer one
+    (``without_url_credentials``)."""
+    text = without_url_credentials(text, cut)
     if "key" not in text and _secret_names(text) == 0:
         return text  # no pair to mask, no secret named
     masked = 0

@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -590,3 +591,21 @@ def test_a_data_transfer_cut_inside_a_spaced_password_writes_none_of_it() -> Non
     shown = handler.data_shown(data)
     assert shown.endswith(" ftp://[hidden]") and len(shown) <= handler.DATA_SHOWN + 10
     assert handler.data_shown("short ftp://u:p@h/x") == "short ftp://[hidden]@h/x"
+
+
+def test_a_data_transfer_line_costs_no_more_than_its_bounded_prefix() -> None:
+    """Review r26-robust2: the DataTransfer INFO line (the default level) masked the
+    charger's whole data before cutting it to 200 characters: a 4 MiB DataTransfer of
+    short URLs, which the pacer lets through at once, held the event loop (every other
+    charger, every GraphQL answer) for seconds to write 200 characters of it. Only its
+    first ``DATA_MASKED`` characters (to the end of the token there) are masked."""
+    data = "http://h:9 " * 380_000  # 4.18 MB, under the 4 MiB frame limit
+    began = time.perf_counter()
+    shown = handler.data_shown(data)
+    took = time.perf_counter() - began
+    assert took < 0.2, f"{took:.2f} s of event loop for a 200-character log line"
+    assert shown == handler.without_url_credentials(data[:handler.DATA_SHOWN], cut=True)
+    # A token running past the masked prefix and then some is cut there, a URL in it
+    # hidden whole; one ending soon after it is read whole.
+    long_url = "x " * 10 + "ftp://diag:s3cret@h/" + "p" * 20_000 + "@h2/ z"
+    assert handler.data_shown(long_url) == "x " * 10 + "ftp://[hidden]"
