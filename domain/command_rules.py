@@ -397,12 +397,6 @@ _HOST = re.compile(r"(?:(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+"
 _AUTHORITY_END = re.compile(r"[/?#]")
 
 
-def is_host_and_port(text: str) -> bool:
-    """Whether ``text`` is a URL's whole ``host[:port]`` (or ``[IPv6][:port]``), as
-    ``without_credentials`` reads one."""
-    return _HOST.fullmatch(text) is not None
-
-
 #: A query parameter's name kept in a URL shown (``_query_names``): a short identifier.
 #: Anything else may be a value sent without ``=`` (``?<token>``) and is hidden as one.
 _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}")

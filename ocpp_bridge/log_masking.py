@@ -39,7 +39,6 @@ from collections.abc import Iterator
 
 from domain.command_rules import (
     SECRET_KEY_PARTS,
-    is_host_and_port,
     is_secret_key,
     key_words,
     without_credentials,
@@ -213,6 +212,7 @@ def _free_text_shown(text: str, cut: bool) -> str:
 #: (``_FreeUrls``).
 _SPACE = re.compile(r"\s")
 _AT = re.compile("@")
+_NEWLINE = re.compile("\n")
 
 
 class _FreeUrls:
@@ -227,8 +227,9 @@ class _FreeUrls:
     inside its authority where no host ends (``ftp://diag:hun`` of ``ftp://diag:hun
     ter two@host/``: a password of more than one space) runs on to the end of the token
     holding the next ``@`` on the line (``_cut_in_authority``): the words between were
-    its password's; not one with no ``:`` there, nor one whose host[:port] is whole
-    but for a sentence's punctuation (``(http://host:9000)``).
+    its password's; not one with no ``:`` there. One whose host:port looks whole
+    (``ftp://diag:2024!``, a password's first word) runs on too: fail closed, the words
+    of a sentence up to an e-mail address hidden rather than a password's written.
 
     Linear in the text: the next whitespace and the next ``@`` are each searched for
     from past the last one found, the queries moving forward only."""
@@ -237,7 +238,8 @@ class _FreeUrls:
         self.text = text
         self._spans = url_spans(text)
         self._span: tuple[int, int, int] | None = None
-        self._space = self._at = -1  # the next found, from where the last search began
+        # The next found, from where the last search began.
+        self._space = self._at = self._newline = -1
 
     def _next(self, pattern: re.Pattern[str], at: int, found: int) -> int:
         if at <= found:
@@ -253,10 +255,11 @@ class _FreeUrls:
         self._at = self._next(_AT, end + 1, self._at)
         if self._at < self._space:
             return self._space
-        if self._at < len(self.text) and _cut_in_authority(self.text[start:end]):
+        self._newline = self._next(_NEWLINE, end + 1, self._newline)
+        if self._at < self._newline and _cut_in_authority(self.text[start:end]):
             # Its user information goes on past more than one space or quote (``ftp://
             # diag:hun ter two@host/``): the words between were written (QA s26). Run on
-            # to the end of the token holding the next ``@``.
+            # to the end of the token holding the next ``@`` on its line.
             self._space = self._next(_SPACE, self._at + 1, self._space)
             return self._space
         return end
@@ -283,30 +286,25 @@ class _FreeUrls:
         return None
 
 
-#: Punctuation a sentence puts after a URL (``(http://host:9000)``, ``http://host,``).
-_CLOSING = ".,;:!?)]}"
-
-
 def _cut_in_authority(url: str) -> bool:
-    """Whether ``url``, ended at a space or a quote, ended inside its authority where no
-    host can end (``ftp://diag:hun``: ``without_credentials`` reads no host there and
-    hides all after the scheme, and a ``:`` there may part a user from a password):
-    then it is user information cut short, the password going on. A URL with a path, a
-    query or a host read whole ended where a URL can; so did one whose host[:port] is
-    whole but for the sentence's punctuation after it (review s26:
-    ``(http://csms.example.com:9000) unreachable, notify noc@op.com`` hid every word up
-    to the e-mail address)."""
-    url = url.replace("\\/", "/")
-    if "@" in url or not without_credentials(url).endswith(f"://{HIDDEN}"):
-        return False
-    rest = url.partition("://")[2]
-    return ":" in rest and not is_host_and_port(rest.rstrip(_CLOSING))
+    """Whether ``url``, ended at a space or a quote, ended inside an authority holding a
+    ``:`` (no ``/``, ``?``, ``#`` or ``@`` after its scheme): a ``:`` there may part a
+    user from a password, cut short there, the password going on. Fail closed: whether
+    what precedes the cut reads as a whole host[:port] does not tell (review
+    r26-robust2: ``ftp://diag:2024! Go team@host/f`` was read as the host ``diag``, port
+    ``2024`` and a sentence's ``!``, and ``Go team`` was written). The price, chosen: a
+    host:port ending a sentence before an unrelated e-mail address on the same line
+    (``(http://host:9000) unreachable, notify noc@op.com``) has every word up to that
+    address hidden."""
+    rest = url.replace("\\/", "/").partition("://")[2]
+    return ":" in rest and not any(c in rest for c in "/?#@")
 
 
-def masked_line(text: str) -> str:
+def masked_line(text: str, cut: bool = False) -> str:
     """``text`` with credentials in its URLs and every secret key's value hidden, or
-    withheld (see the module)."""
-    text = without_url_credentials(text)
+    withheld (see the module). ``cut``: ``text`` is the start of a longer one
+    (``without_url_credentials``)."""
+    text = without_url_credentials(text, cut)
     if "key" not in text and _secret_names(text) == 0:
         return text  # no pair to mask, no secret named
     masked = 0

@@ -89,26 +89,47 @@ class FramePacer:
 class ChargerPacers:
     """The pace of every charger connected lately, by cpId: kept across its connections
     (review s26: kept per connection, a flooding charger that hung up and reconnected was
-    given a fresh 4 MiB burst each time and never paced). A charger's is forgotten once
-    its buckets are full again (at most ``BYTE_BURST / BYTE_RATE`` seconds, 16, after its
+    given a fresh 4 MiB burst each time and never paced). A connection takes its
+    charger's (``of``) and gives it back when it closes (``release``): one in use is never
+    forgotten (review r26-robust2: an idle connected charger's was swept once 1,024
+    others had connected, its connection went on with the forgotten one, and its
+    reconnect was given a fresh burst). One no connection uses is forgotten once its
+    buckets are full again (at most ``BYTE_BURST / BYTE_RATE`` seconds, 16, after its
     last frame), when the next charger is added past twice as many as were kept at the
-    last look (``PACERS_KEPT`` at least): memory grows with the chargers heard within
-    that time, and the looks cost a constant per charger added."""
+    last look (``PACERS_KEPT`` at least): memory grows with the chargers connected or
+    heard within that time, and the looks cost a constant per charger added. Per
+    instance: a charger reconnecting to another instance starts afresh there."""
 
     def __init__(self, factory: Callable[[], FramePacer] = FramePacer) -> None:
         self.factory = factory
         self._pacers: dict[str, FramePacer] = {}
+        #: How many live connections use each cpId's pacer (none: not a key).
+        self._users: dict[str, int] = {}
         self._look_at = PACERS_KEPT
 
     def of(self, cp_id: str) -> FramePacer:
-        """``cp_id``'s pace, as its last connection left it, or a fresh one."""
+        """``cp_id``'s pace, as its last connection left it, or a fresh one: taken by a
+        connection, which gives it back (``release``) when it closes."""
         pacer = self._pacers.get(cp_id)
         if pacer is None:
             if len(self._pacers) >= self._look_at:
-                self._pacers = {k: p for k, p in self._pacers.items() if not p.full()}
+                self._pacers = {k: p for k, p in self._pacers.items()
+                                if k in self._users or not p.full()}
                 self._look_at = max(PACERS_KEPT, 2 * len(self._pacers))
             pacer = self._pacers[cp_id] = self.factory()
+        self._users[cp_id] = self._users.get(cp_id, 0) + 1
         return pacer
+
+    def release(self, cp_id: str) -> None:
+        """A connection that took ``cp_id``'s pace (``of``) closed: once no other uses it,
+        it may be forgotten when full again."""
+        users = self._users.pop(cp_id, 0) - 1
+        if users > 0:
+            self._users[cp_id] = users
+
+    def users(self, cp_id: str) -> int:
+        """How many live connections use ``cp_id``'s pace."""
+        return self._users.get(cp_id, 0)
 
     def __len__(self) -> int:
         return len(self._pacers)

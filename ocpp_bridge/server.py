@@ -206,7 +206,8 @@ class OcppServer:
         self._server: Server | None = None
         #: Set while ``stop`` closes the chargers' sockets.
         self._stopping = False
-        #: Each charger's intake pace, kept across its connections (``pacing``).
+        #: Each charger's intake pace, kept across its connections to this instance
+        #: (``pacing.ChargerPacers``).
         self.pacers = ChargerPacers()
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
@@ -858,6 +859,8 @@ class OcppServer:
             log.warning("%s: closing, the store cannot write now (%s)", cp_id, exc.reason)
             await ws.close(CLOSE_TRY_AGAIN_LATER, "the central system cannot store now")
         finally:
+            # Its charger's pace, no longer in use by this connection (``ChargerPacers``).
+            self.pacers.release(cp_id)
             # First: a command waiting for this charger's answer fails now with
             # CHARGER_OFFLINE, not at its timeout.
             handler.connection_closed()

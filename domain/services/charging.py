@@ -180,13 +180,9 @@ START_RETRY_WINDOW = timedelta(seconds=60)
 #: (the meter read again for the resend, QA s20 verify: 2 Wh opened a second session).
 RESEND_METER_SLACK_WH = 100
 
-#: How soon a copy of a StartTransaction stamped far in our future, or by a clock never
-#: set (1970), may follow the first (a charger retrying an unanswered CALL) and still be
-#: taken for the same start.
+#: How soon a copy of a StartTransaction stamped far in our future may follow the first
+#: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
-#: How many sessions of one connector, card and meterStart recorded within
-#: ``GLITCH_RETRY_WINDOW`` a start stamped by a clock never set is compared with.
-MAX_RESEND_CANDIDATES = 20
 
 
 def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
@@ -226,28 +222,25 @@ class _StartIdentity(NamedTuple):
         """``session`` is this start, written by an earlier copy. For a glitching start,
         only a copy recorded moments ago: an open session of the same card and meter from
         long before (many chargers send meterStart 0) is another transaction, whose stop
-        was lost. A start stamped by a clock never set (``reported``) is such a glitch
-        whose stamp a copy repeats (``Session.reported_start``; a session recorded
-        before migration 65 kept it as its start): also a session its stop closed
-        since, when recorded within ``START_RETRY_WINDOW`` and its meter moved (a queue
-        flushed again after a reconnect, review s24), for a new start reads the meter
-        where the stop left it. A closed session that metered nothing is followed by a
-        new transaction with the same figures (QA s26 review: a charger stamping the
-        epoch at every start; matched, the next start was told the closed session's id
-        and its charge billed nowhere)."""
+        was lost. A start stamped by a clock never set (``reported``) is its session
+        still open that carried the same stamp (``Session.reported_start``; a session
+        recorded before migration 65 kept it as its start), however long ago: a resend
+        comes before its own stop (the charger needs the transaction id its answer lost
+        to stop it) and a reboot closes what was open, so no window is needed (review
+        r26-robust2: a queue replayed after ten minutes offline opened a second session).
+        Never a closed one: a charger stamping the epoch at every start, its meter
+        counting from 0 per transaction, repeats every figure at its next start, which
+        matched was told the closed session's id and billed nowhere (reviews s26,
+        r26-robust2); a queue replayed whole after its stop opens a phantom session
+        instead, billed nothing (``ChargingService._replayed``)."""
         if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
             return False
-        age = now - session.created_at
         if self.reported is not None:
             stamp = session.start_time if session.reported_start is None \
                 else session.reported_start
-            if stamp != self.reported:
-                return False
-            if session.state is not SessionState.ACTIVE:
-                return age <= START_RETRY_WINDOW and session.meter_stop_wh is not None \
-                    and session.meter_stop_wh != session.meter_start_wh
+            return session.state is SessionState.ACTIVE and stamp == self.reported
         if self.glitch:
-            return age <= GLITCH_RETRY_WINDOW
+            return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
 
     def may_resend(self, session: Session, now: datetime) -> bool:
@@ -942,16 +935,17 @@ class ChargingService(ChargerConnections):
             reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
             reported)
         for attempt in (1, 2, 3):
-            # A clock never set: its copies recorded lately, open or closed since; another
-            # glitch: its open copy; else the copy stamped the same.
-            asked = self.now()
-            same = next((s for s in await self.store.find_all(Session, all_of(
+            # A clock never set: its open copy of the same stamp; another glitch: its
+            # open copy; else the copy stamped the same.
+            same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
-                Range("created_at", gte=asked - GLITCH_RETRY_WINDOW) if reported is not None
+                all_of(Eq("state", SessionState.ACTIVE), any_of(
+                    Eq("reported_start", reported),
+                    all_of(Eq("reported_start", None), Eq("start_time", reported))))
+                if reported is not None
                 else Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
-                Eq("meter_start_wh", meter_start)), limit=MAX_RESEND_CANDIDATES)
-                if identity.matches(s, asked)), None)
-            if same is not None:
+                Eq("meter_start_wh", meter_start)))
+            if same is not None and identity.matches(same, self.now()):
                 info = await self._resent(station, same, presented)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
@@ -1792,7 +1786,8 @@ class ChargingService(ChargerConnections):
         tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
                                               connector_type=session.connector_type
-                                              ) if session.billable else None
+                                              ) if session.billable and not (
+            not stopped and await self._replayed(session, energy)) else None
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)
@@ -1839,6 +1834,33 @@ class ChargingService(ChargerConnections):
         elif payment is not None:
             changes.append((Insert(payment), None))
         return cast(Session, close.record), changes
+
+    async def _replayed(self, session: Session, energy: int) -> bool:
+        """``session``, closed without its stop having metered nothing, is a phantom: a
+        start stamped by a clock never set that repeated every figure (connector, card,
+        stamp, meterStart) of a session its StopTransaction had closed before it was
+        recorded. That is a queue replayed whole after its stop (``_StartIdentity.matches``
+        never answers a start with a closed session's id): it is priced nothing, neither
+        session fee nor time. A real charge of such a charger is stopped by its
+        StopTransaction and priced as any."""
+        if session.reported_start is None or energy:
+            return False
+        stamp = session.reported_start
+        earlier = await self.store.find_one(Session, all_of(
+            Eq("cp_id", session.cp_id), Eq("connector_id", session.connector_id),
+            Eq("id_tag", session.id_tag), Eq("meter_start_wh", session.meter_start_wh),
+            Eq("state", SessionState.COMPLETED), Eq("closed_without_stop", False),
+            any_of(Eq("reported_start", stamp),
+                   all_of(Eq("reported_start", None), Eq("start_time", stamp))),
+            Range("created_at", lt=session.created_at)))
+        if earlier is None:
+            return False
+        log.warning("%s: transaction %s, closed without its stop having metered nothing, "
+                    "repeated the start of transaction %s (stamped %s by a clock never set) "
+                    "after its stop: a replayed queue's phantom, priced nothing",
+                    session.cp_id, session.transaction_id, earlier.transaction_id,
+                    rfc3339(stamp))
+        return True
 
     async def _repriced_payment(self, session: Session, fresh: Payment | None, cost: int,
                                 actor: Viewer) -> list[tuple[Change, Any]]:

@@ -8,13 +8,14 @@ so any instance answers alike."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from domain import entities as d
 from domain.policy import SYSTEM, Policy
 from domain.ports import Store
-from domain.query import ALL
+from domain.query import ALL, Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope, ShareRow
 from tests.helpers import FastHasher
@@ -155,13 +156,12 @@ async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
     assert usage(rows)[1][1] <= 90
 
 
-async def test_a_never_set_stamp_matches_only_its_recent_copy(
+async def test_a_never_set_stamp_matches_only_its_open_copy(
         world: tuple[Services, Clock]) -> None:
-    """On either store (review s26): a start stamped by a clock never set is its open copy
-    recorded moments ago (its answer lost), and a row written before migration 65 (the
-    stamp kept as its start) is matched by its start; a session its stop closed having
-    metered nothing is followed by a new transaction with the same figures, and an open
-    one recorded long ago was another transaction whose stop was lost."""
+    """On either store: a start stamped by a clock never set is its open copy (its answer
+    lost), however long ago it was recorded, and a row written before migration 65 (the
+    stamp kept as its start) is matched by its start; a session closed (by its stop, or
+    as lost at a reboot) is never matched: the same figures are a new transaction."""
     from domain.services.base import patch
 
     services, clock = world
@@ -174,12 +174,98 @@ async def test_a_never_set_stamp_matches_only_its_recent_copy(
         == first
     [session] = await store.find_all(d.Session, ALL)
     await store.write([patch(session, SYSTEM, reported_start=None, start_time=epoch)], [])
+    clock.now += timedelta(hours=2)
     assert (await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch))[0] \
         == first
     await charging.stop_transaction("NEVER-SET", first, 100, epoch)
     second, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch)
     assert second != first
+    # Closed as lost, as a reboot's check closes what was open before it.
+    [open_] = await store.find_all(d.Session, Eq("transaction_id", second))
+    await store.write([patch(open_, SYSTEM, state=d.SessionState.COMPLETED,
+                             closed_without_stop=True, end_time=open_.start_time,
+                             stop_reason="Reboot")], [])
     clock.now += timedelta(minutes=10)
     third, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 100, epoch)
     assert third not in (first, second)
     assert await store.count(d.Session, ALL) == 3
+
+
+async def test_a_never_set_resend_after_a_reconnect_minutes_later_is_matched(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust2: a clock never set still ticks from 1970: its StartTransaction,
+    stamped 1970-01-01T02:13:07, is recorded, its answer lost as the link dropped; the
+    charger, offline ten minutes, replays its queue: the very same start. Only copies
+    recorded within GLITCH_RETRY_WINDOW were looked at: a second session opened and the
+    driver's real charge was closed as lost."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    stamp = datetime(1970, 1, 1, 2, 13, 7, tzinfo=UTC)
+    await charging.set_online("NEVER-SET", True)
+    first, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
+    await charging.set_online("NEVER-SET", False)
+    clock.now += timedelta(minutes=10)
+    await charging.set_online("NEVER-SET", True)
+    again, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
+    assert again == first
+    [session] = await store.find_all(d.Session, ALL)
+    assert session.state is d.SessionState.ACTIVE
+
+
+async def test_a_per_transaction_meter_restarting_soon_after_a_stop_is_a_new_transaction(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust2: a charger stamping the epoch at every start, its meter counting
+    per transaction (meterStart 0 each time): a 30 s charge of 150 Wh stopped, the same
+    card starts again 20 s later with every figure the same. The closed session, recorded
+    within START_RETRY_WINDOW and its meter moved, was taken for a resend: the new start
+    was told its id, no session opened and the next charge was billed nowhere."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    await charging.set_online("NEVER-SET", True)
+    first, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 0, epoch)
+    clock.now += timedelta(seconds=30)
+    await charging.stop_transaction("NEVER-SET", first, 150, epoch)
+    clock.now += timedelta(seconds=20)
+    second, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 0, epoch)
+    assert second != first
+    assert await store.count(d.Session, ALL) == 2
+
+
+async def test_a_never_set_queue_replayed_after_its_stop_opens_a_phantom_billed_nothing(
+        world: tuple[Services, Clock]) -> None:
+    """The trade-off of never matching a closed session (docs/architecture.md): a charger
+    whose clock was never set replays its whole queue after the stop (the start, then
+    the stop of the transaction it names). The start opens a phantom session, which the
+    next start on the connector closes as lost: it is priced nothing (no session fee, no
+    time), while the real charge and the next are billed as any."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    station = await store.find_one(d.Station, Eq("cp_id", "NEVER-SET"))
+    assert station is not None
+    await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, price_per_kwh=Decimal("0.30"),
+        price_per_minute=Decimal("0.10"), session_fee=Decimal("1.00"), currency="EUR",
+        valid_from=NOW - timedelta(days=30))
+    stamp = datetime(1970, 1, 1, 0, 42, tzinfo=UTC)
+    await charging.set_online("NEVER-SET", True)
+    real, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
+    clock.now += timedelta(minutes=30)
+    await charging.stop_transaction("NEVER-SET", real, 6000, stamp + timedelta(minutes=30))
+    clock.now += timedelta(minutes=1)
+    # The queue replayed whole: its start, then its stop (already recorded).
+    phantom, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
+    assert phantom != real
+    await charging.stop_transaction("NEVER-SET", real, 6000, stamp + timedelta(minutes=30))
+    clock.now += timedelta(hours=3)
+    following, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 6000, stamp)
+    clock.now += timedelta(minutes=10)
+    await charging.stop_transaction("NEVER-SET", following, 8000, stamp)
+    by_tx = {s.transaction_id: s for s in await store.find_all(d.Session, ALL)}
+    assert by_tx[phantom].state is d.SessionState.COMPLETED
+    assert by_tx[phantom].closed_without_stop
+    assert not by_tx[phantom].cost_minor
+    paid = {p.session_id: p.amount_minor for p in await store.find_all(d.Payment, ALL)}
+    assert by_tx[phantom].id not in paid
+    assert paid[by_tx[real].id] == 100 + 150 + 300  # fee, 5 kWh, 30 minutes
+    assert paid[by_tx[following].id] == 100 + 60 + 100

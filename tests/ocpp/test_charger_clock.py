@@ -665,27 +665,6 @@ async def test_a_new_start_repeating_a_never_set_stamp_is_a_new_transaction(
         (s.transaction_id, s.state, s.energy_wh) for s in sessions]
 
 
-async def test_a_never_set_stamp_resent_long_after_its_start_is_a_new_transaction(
-        central: Central) -> None:
-    """An open session of the same card, meter and epoch stamp recorded long ago is another
-    transaction whose stop was lost, as for any start whose time is no time: closed by
-    the new start, not answered with its id."""
-    epoch = "1970-01-01T00:00:00Z"
-    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1000,
-                                  timestamp=epoch)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        first = (await cp.call(start)).transaction_id
-    session = await central.session(first)
-    assert session is not None
-    await central.store.write([patch(session, SYSTEM, created_at=session.created_at
-                                     - timedelta(hours=2))], [])
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        second = (await cp.call(start)).transaction_id
-    assert second != first
-    old = await central.session(first)
-    assert old is not None and old.state is d.SessionState.COMPLETED
-
-
 async def test_a_resend_of_a_never_set_start_recorded_before_migration_65_is_matched(
         central: Central) -> None:
     """Review s26: a session opened before migration 65 by a 1970-stamped start kept that

@@ -181,6 +181,12 @@ async def test_a_charger_reconnecting_keeps_its_pace(
     # 23.4 KB from one charger at 2,000 a second: about 8 s of waiting in all.
     assert sum(waited) > 5.0, waited
     assert len(pacers) == 1 and pacers[0].delayed >= 1
+    # Each connection gave its charger's pace back as it closed: it may be forgotten.
+    for _ in range(250):
+        if central.server.pacers.users("CP-1") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert central.server.pacers.users("CP-1") == 0
 
 
 def test_a_chargers_pace_is_forgotten_once_its_buckets_are_full_again() -> None:
@@ -190,8 +196,10 @@ def test_a_chargers_pace_is_forgotten_once_its_buckets_are_full_again() -> None:
     pacers = ChargerPacers(lambda: FramePacer(rate=10, burst=10, clock=lambda: now[0],
                                               byte_rate=100, byte_burst=100))
     pacers.of("FLOOD").delay(1000)  # 900 bytes owed: 9 s
+    pacers.release("FLOOD")
     for i in range(PACERS_KEPT - 1):
         pacers.of(f"CP-{i}").delay(10)
+        pacers.release(f"CP-{i}")  # its connection closed
     assert len(pacers) == PACERS_KEPT
     now[0] += 5.0  # the others' buckets are full again, FLOOD's not
     flood = pacers.of("FLOOD")
@@ -229,3 +237,30 @@ async def test_a_frame_of_multibyte_text_is_paced_by_its_bytes(
     finally:
         await ws.close()
     assert pacers[-1].delayed == 1
+
+
+def test_a_connected_chargers_pace_is_never_forgotten() -> None:
+    """Review r26-robust2: a charger connected and idle (its buckets full) was swept
+    when other chargers connected past ``PACERS_KEPT``, while its live connection kept
+    using the forgotten pacer: it then flooded (its burst spent, in debt), reconnected,
+    and was handed a fresh pacer, a whole new burst at once. A pace in use by a live
+    connection is kept; once given back, and full again, it may go."""
+    now = [0.0]
+    pacers = ChargerPacers(lambda: FramePacer(rate=10, burst=10, clock=lambda: now[0],
+                                              byte_rate=100, byte_burst=100))
+    live = pacers.of("FLOOD")  # its connection's pacer, held by its handler
+    now[0] += 1.0
+    for i in range(PACERS_KEPT):  # a fleet connecting (or a restart's reconnect storm)
+        pacers.of(f"CP-{i}")
+        pacers.release(f"CP-{i}")
+    live.delay(100)  # the burst, spent on the live connection
+    assert live.delay(100) > 0  # in debt: the next frame waits
+    pacers.release("FLOOD")  # hangs up
+    again = pacers.of("FLOOD")  # and connects again
+    assert again is live, "a fresh burst after reconnecting"
+    pacers.release("FLOOD")
+    now[0] += 60.0  # full again, and no connection holds it
+    for i in range(2 * PACERS_KEPT):
+        pacers.of(f"LATER-{i}")
+        pacers.release(f"LATER-{i}")
+    assert pacers.of("FLOOD") is not live
