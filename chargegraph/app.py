@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from chargegraph import __version__, housekeeping
-from chargegraph.cors import cross_origin
+from chargegraph.cors import EXPORT_METHODS, cross_origin
 from chargegraph.errors import ConfigError
 from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
@@ -70,16 +70,27 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
     )
 
 
-class _LateBound:
-    """The GraphQL app exists only once the lifespan has built the services."""
+#: A request before the lifespan built the services: 503 in each door's error shape.
+STARTING = "starting up: try again in a moment"
+GRAPHQL_STARTING = {"errors": [{"message": STARTING,
+                                "extensions": {"code": "SERVICE_UNAVAILABLE"}}]}
+#: The downloads' shape (README "HTTP answers"), where a download client reads ``code``
+#: (review r26-api2: they answered /graphql's).
+EXPORT_STARTING = {"errors": [{"field": None, "code": "SERVICE_UNAVAILABLE",
+                               "message": STARTING}]}
 
-    def __init__(self) -> None:
+
+class _LateBound:
+    """The GraphQL app exists only once the lifespan has built the services; until then
+    a request is answered 503 with ``starting``, the door's own error shape."""
+
+    def __init__(self, starting: dict[str, Any] = GRAPHQL_STARTING) -> None:
         self.app: Any = None
+        self.starting = starting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
-            response = JSONResponse({"errors": [{"message": "starting up", "extensions": {
-                "code": "SERVICE_UNAVAILABLE"}}]}, status_code=503)
+            response = JSONResponse(self.starting, status_code=503)
             if scope["type"] == "http":
                 await response(scope, receive, send)
             return
@@ -149,8 +160,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     jwt_secret = resolve_jwt_secret(settings)
     tokens = TokenService(jwt_secret, timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
-    exports = _LateBound()  # the CSV exports, built with the GraphQL app
-    personal_data = _LateBound()  # a person's copy of their data, as JSON, likewise
+    exports = _LateBound(EXPORT_STARTING)  # the CSV exports, built with the GraphQL app
+    personal_data = _LateBound(EXPORT_STARTING)  # a person's copy of their data, likewise
     # Counters live as long as the app (a test's second lifespan keeps counting); the
     # gauges' sources are attached as the lifespan builds them.
     metrics = MetricsRegistry()
@@ -332,14 +343,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         # which ``me.json`` would match too. The exports, like /graphql, take every
         # method and refuse all but GET and HEAD themselves (``ExportDoor``): as the
         # JSON 405 README documents, `METHOD_NOT_ALLOWED` (QA s26: the router answered
-        # first, in plain text), a CORS preflight answered by the middleware before.
-        *(Route(path, cross_origin(personal_data, settings.cors_allowed_origins),
-                methods=None)
+        # first, in plain text), a CORS preflight answered by the middleware before,
+        # offering GET and HEAD alone (`EXPORT_METHODS`).
+        *(Route(path, cross_origin(personal_data, settings.cors_allowed_origins,
+                                   EXPORT_METHODS), methods=None)
           for path in ("/export/me.json", "/export/users/{user}.json")),
         # ``name`` is ``sessions.csv`` and the like (graph/csv_export.py), callable from
         # the browser apps /graphql is (a back office's download button).
-        Route("/export/{name}", cross_origin(exports, settings.cors_allowed_origins),
-              methods=None)]
+        Route("/export/{name}", cross_origin(exports, settings.cors_allowed_origins,
+                                             EXPORT_METHODS), methods=None)]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_page))
     if assets_route is not None:

@@ -14,6 +14,10 @@ from starlette.types import ASGIApp
 #: What a GraphQL client sends: queries over GET or POST (mutations over POST), JSON
 #: bodies and a bearer token. Accept is safelisted by the CORS standard already.
 METHODS = ("GET", "POST", "OPTIONS")
+#: What the downloads (``/export/…``) take: GET, and HEAD to check one without reading
+#: it. Their own, not /graphql's: a page's HEAD was refused by the preflight (400) and
+#: its POST allowed, which the export then refused with 405 (review r26-api2).
+EXPORT_METHODS = ("GET", "HEAD", "OPTIONS")
 HEADERS = ("Authorization", "Content-Type")
 #: The headers of our answers a page may read beyond the safelisted ones (Content-Type,
 #: Content-Length, Cache-Control…): without them listed, fetch() sees none of them. An
@@ -25,12 +29,14 @@ EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow", "Retry-After")
 PREFLIGHT_MAX_AGE_S = 600
 
 
-def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
-    """``app`` answering preflights and marking answers for ``origins`` (``["*"]``: any);
-    ``app`` itself when there are none, so no CORS header is ever sent."""
+def cross_origin(app: ASGIApp, origins: list[str],
+                 methods: tuple[str, ...] = METHODS) -> ASGIApp:
+    """``app`` answering preflights and marking answers for ``origins`` (``["*"]``: any),
+    a preflight allowing ``methods`` (the route's own); ``app`` itself when there are no
+    origins, so no CORS header is ever sent."""
     if not origins:
         return app
-    return CORSMiddleware(app, allow_origins=origins, allow_methods=METHODS,
+    return CORSMiddleware(app, allow_origins=origins, allow_methods=methods,
                           allow_headers=HEADERS, expose_headers=EXPOSED,
                           allow_credentials=False, max_age=PREFLIGHT_MAX_AGE_S)
 

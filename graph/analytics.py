@@ -46,7 +46,8 @@ _WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenu
 class AnalyticsFilter:
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
         f"Only these stations (global ids), {BOUNDED}; an empty list: none. A dashboard "
-        "of a larger network leaves it out to count all its stations."))
+        "of a larger network leaves it out to count all its stations, or asks by "
+        "`siteId` or `companyId`."))
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
         f"Only the stations with these OCPP identities, {BOUNDED}; an empty list: "
         "none."))
@@ -55,6 +56,10 @@ class AnalyticsFilter:
         "which company runs a station."))
     user_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
+    site_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Only the stations behind this site now (`Station.site`), however many: a site "
+        "of more stations than `stationIds` takes. Matches nothing for a driver, who is "
+        "not told which site a station is behind."))
 
     def to_domain(self) -> Scope:
         return Scope(
@@ -67,6 +72,8 @@ class AnalyticsFilter:
             if self.user_id else None,
             vehicle_id=expect_id(str(self.vehicle_id), "vehicle", "filter.vehicleId")
             if self.vehicle_id else None,
+            site_id=expect_id(str(self.site_id), "site", "filter.siteId")
+            if self.site_id else None,
         )
 
 

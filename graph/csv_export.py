@@ -361,8 +361,8 @@ async def _energy_rows(reads: ReadService, viewer: Viewer, buckets: list[EnergyB
 async def _energy(services: Services, viewer: Viewer, q: Params) -> Pages:
     scope = EnergyTrendFilter(
         from_=q.required("from"), to=q.required("to"), station_ids=q.get("stationIds"),
-        cp_ids=q.get("cpIds"), company_id=q.get("companyId"), user_id=q.get("userId"),
-        vehicle_id=q.get("vehicleId")).to_domain()
+        cp_ids=q.get("cpIds"), company_id=q.get("companyId"), site_id=q.get("siteId"),
+        user_id=q.get("userId"), vehicle_id=q.get("vehicleId")).to_domain()
     group: GroupBy | None = q.get("groupBy")
     buckets = await services.analytics.energy_trend(
         viewer, scope, q.required("from"), q.required("to"), q.required("bucket"),
@@ -400,8 +400,8 @@ EXPORTS: dict[str, Export] = {
     "energy": Export(ENERGY_COLUMNS, {
         "from": _WHEN, "to": _WHEN, "bucket": Param(_enum(Bucket)), "timeZone": Param(),
         "currency": Param(), "groupBy": Param(_enum(GroupBy)), "stationIds": _IDS,
-        "cpIds": Param(many=True), "companyId": _ID, "userId": _ID, "vehicleId": _ID},
-        _energy),
+        "cpIds": Param(many=True), "companyId": _ID, "siteId": _ID, "userId": _ID,
+        "vehicleId": _ID}, _energy),
     "audit": Export(AUDIT_COLUMNS, {
         "entity": Param(), "entityId": _ID, "actorId": _ID,
         "action": Param(_enum(d.AuditAction)), "from": _WHEN, "to": _WHEN}, _audit),

@@ -97,6 +97,9 @@ REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Close code for a charger whose connection cannot be recorded now (1013: try again
 #: later): it reconnects, as it does after any drop.
 CLOSE_TRY_AGAIN_LATER = 1013
+#: When a charger whose station could not be read (a store outage) is told to try its
+#: handshake again (the 503's Retry-After; chargers retry by themselves anyway).
+STORE_RETRY_AFTER_S = 10
 #: Refused passwords remembered per station (repeated guesses are refused without argon2;
 #: they are still counted).
 REFUSED_REMEMBERED = 32
@@ -561,6 +564,17 @@ class OcppServer:
             response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
                                           "too many new charge points: try again later\n")
             response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
+        except StoreUnavailable as exc:
+            # The store is out (MongoDB unreachable, a full disk refusing a new
+            # station): the charger is told to try again, as a connection that cannot be
+            # recorded is (1013), not websockets' bare 500 for a handshake handler that
+            # failed (review r26-api2).
+            log.warning("%s: handshake refused, its station cannot be read or registered "
+                        "now: %s", cp_id, exc.reason)
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                          "the service is unavailable: try again later\n")
+            response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
             return response
         unknown = station is None
         if station is None:

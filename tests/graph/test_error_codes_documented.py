@@ -13,8 +13,15 @@ import ast
 import functools
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from domain.errors import StoreUnavailable
+from domain.services import Services
 from graph.schema import schema
+from tests.graph.conftest import Api
+from tests.graph.world import World
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = re.compile(r"[A-Z][A-Z_]{3,}")
@@ -65,29 +72,65 @@ def _modules(*packages: str) -> dict[str, ast.Module]:
     return {path.relative_to(ROOT).as_posix(): ast.parse(path.read_text()) for path in paths}
 
 
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """A module's string constants (``PARSE_FAILED = "GRAPHQL_PARSE_FAILED"``)."""
+    return {t.id: s.value.value for s in tree.body if isinstance(s, ast.Assign)
+            and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)
+            for t in s.targets if isinstance(t, ast.Name)}
+
+
+def _error_classes() -> dict[str, str]:
+    """``domain``'s error classes by name, each with its code (its own, or inherited)."""
+    classes = {n.name: n for tree in _modules("domain").values() for n in ast.walk(tree)
+               if isinstance(n, ast.ClassDef)}
+
+    def code_of(name: str) -> str | None:
+        cls = classes.get(name)
+        if cls is None:
+            return None
+        own = [s.value.value for s in cls.body if isinstance(s, ast.Assign)
+               and any(getattr(t, "id", None) == "code" for t in s.targets)
+               and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)]
+        return own[0] if own else next(
+            (c for b in cls.bases if (c := code_of(getattr(b, "id", "")))), None)
+
+    return {name: code for name in classes if (code := code_of(name))}
+
+
 def answered_codes(*packages: str, skip: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
-    """The codes raised in ``packages`` (but for the modules ``skip``): ``code="X"`` in
-    a call, an error class's ``code = "X"``, and what a helper taking a ``code`` is
-    given or defaults to."""
+    """The codes raised in ``packages`` (but for the modules ``skip``), however given:
+    ``code="X"`` in a call, an error class's ``code = "X"``, a call of a ``domain``
+    error class without ``code`` (``StoreUnavailable(…)``: its class's), what a helper
+    taking a ``code`` is given or defaults to, and a dict literal's ``"code": "X"`` (a
+    GraphQL error's ``extensions``; review r26-api2: EVENTS_LOST went unseen), each
+    value a string or a module constant naming one."""
     modules = _modules(*packages)
     trees = [tree for path, tree in modules.items() if path not in skip]
     helpers = _code_parameters(trees + list(_modules("domain").values()))
+    errors = _error_classes()
     codes: set[str] = {default for _, default in helpers.values() if default}
     for tree in trees:
+        constants = _constants(tree)
+        values: list[ast.expr] = []
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
-                codes |= {str(s.value.value) for s in node.body
-                          if isinstance(s, ast.Assign)
-                          and any(getattr(t, "id", None) == "code" for t in s.targets)
-                          and isinstance(s.value, ast.Constant)}
+                values += [s.value for s in node.body if isinstance(s, ast.Assign)
+                           and any(getattr(t, "id", None) == "code" for t in s.targets)]
+            if isinstance(node, ast.Dict):
+                values += [v for k, v in zip(node.keys, node.values, strict=True)
+                           if isinstance(k, ast.Constant) and k.value == "code"]
             if not isinstance(node, ast.Call):
                 continue
-            values = [k.value for k in node.keywords if k.arg == "code"]
+            values += [k.value for k in node.keywords if k.arg == "code"]
             name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name in errors and not any(k.arg == "code" for k in node.keywords):
+                codes.add(errors[name])
             if name in helpers and len(node.args) > helpers[name][0]:
                 values.append(node.args[helpers[name][0]])
-            codes |= {v.value for v in values if isinstance(v, ast.Constant)
-                      and isinstance(v.value, str) and CODE.fullmatch(v.value)}
+        given = [v.value if isinstance(v, ast.Constant)
+                 else constants.get(v.id) if isinstance(v, ast.Name) else None
+                 for v in values]
+        codes |= {v for v in given if isinstance(v, str) and CODE.fullmatch(v)}
     return codes - NEVER_ANSWERED
 
 
@@ -118,13 +161,22 @@ def _bullet(title: str) -> str:
     return found.group(1)
 
 
+#: What every read of the store goes through: the failures any query may answer (review
+#: r26-api2: MongoDB's outage, STORE_UNAVAILABLE, was named among the mutations' codes
+#: alone).
+STORE_READS = {"store/mongo/outage.py", "store/mongo/query.py", "store/sqlite/reader.py",
+               "store/sqlite/paging.py"}
+
+
 def test_every_code_a_query_answers_is_among_the_top_level_errors() -> None:
     """A query's failures are top-level errors: those raised by the GraphQL side of
-    ``graph`` (not its downloads) and by the use cases only queries call (analytics).
-    QA s26: analytics' TOO_MANY was named among the mutations' codes alone."""
+    ``graph`` (not its downloads), by the use cases only queries call (analytics) and by
+    the store's reads. QA s26: analytics' TOO_MANY was named among the mutations' codes
+    alone."""
     bullet = _bullet("Top-level errors") + _bullet("Query limits")
     missing = {code for code in answered_codes("graph", skip=HTTP_DOORS)
                | answered_codes("domain/services/analytics.py")
+               | answered_codes(*sorted(STORE_READS))
                if f"`{code}`" not in bullet}
     assert not missing, f"top-level codes README does not list: {sorted(missing)}"
 
@@ -222,3 +274,28 @@ def test_an_http_only_code_is_raised_for_the_http_doors_alone() -> None:
         assert callers <= HTTP_DOORS, (
             f"{code} is raised for {sorted(callers - HTTP_DOORS)} too: a GraphQL answer "
             "may carry it, so UserError.code must name it (leave HTTP_ONLY)")
+
+
+def test_the_scan_sees_codes_given_as_extensions() -> None:
+    """graph/subscription.py ends a feed with ``extensions={"code": "EVENTS_LOST"}``:
+    a scan reading only ``code=`` keywords and class attributes let such a code go
+    undocumented (review r26-api2)."""
+    assert "EVENTS_LOST" in answered_codes("graph", skip=HTTP_DOORS)
+    assert "GRAPHQL_PARSE_FAILED" in answered_codes("graph/request_errors.py")
+
+
+async def test_a_query_in_a_store_outage_answers_a_listed_top_level_code(
+        api: Api, world: World, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read the store cannot serve (MongoDB's outage.py makes every read's outage
+    StoreUnavailable) is a query's top-level STORE_UNAVAILABLE, which README's
+    top-level errors name (review r26-api2: they did not)."""
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("the store is unreachable: try again later", reason="outage")
+
+    monkeypatch.setattr(type(services.reads), "page", down)
+    answer = await api.post("{ stations(first: 5) { nodes { id } } }", None,
+                            api.token_for(world.users["admin"].id))
+    code = answer.json()["errors"][0]["extensions"]["code"]
+    assert code == "STORE_UNAVAILABLE"
+    assert f"`{code}`" in _bullet("Top-level errors") + _bullet("Query limits")

@@ -485,6 +485,28 @@ async def test_a_station_without_a_password_and_auto_registration_still_let_char
         await stop_central(central)
 
 
+async def test_a_handshake_during_a_store_outage_is_told_to_try_again(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its station unreadable (MongoDB's outage makes every read StoreUnavailable), a
+    charger's handshake got websockets' bare 500; it is a 503 with Retry-After, as
+    README's "HTTP answers" say, and the charger connects once the store is back
+    (review r26-api2)."""
+    charging = central.services.charging
+    station_for_connection = charging.station_for_connection
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("the database does not answer now", reason="outage")
+
+    monkeypatch.setattr(charging, "station_for_connection", down)
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                      additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    assert refused.value.response.status_code == 503
+    assert int(refused.value.response.headers["Retry-After"]) >= 1
+    monkeypatch.setattr(charging, "station_for_connection", station_for_connection)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+
+
 async def test_auto_registration_from_one_address_is_limited(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """QA s26: with auto-registration on, every made-up cpId was stored as a Pending
@@ -577,7 +599,8 @@ async def test_auto_registration_counts_stored_stations_only_and_may_be_unlimite
     try:
         monkeypatch.setattr(charging, "commit", refusing)
         for i in range(3):
-            assert await attempt(central, None, CHARGER, f"FAILED-{i}") == 500
+            # Told to try again (review r26-api2: websockets' bare 500 before).
+            assert await attempt(central, None, CHARGER, f"FAILED-{i}") == 503
         monkeypatch.setattr(charging, "commit", real_commit)
         for i in range(2):  # none of the failed ones was counted
             assert await attempt(central, None, CHARGER, f"DEPOT-{i}") == 101

@@ -146,6 +146,49 @@ def test_the_csv_exports_take_the_same_origins(tmp_path: Path) -> None:
         assert client.post("/export/sessions.csv").status_code == 405
 
 
+EXPORTS = ["/export/me.json", "/export/users/x.json", "/export/sessions.csv",
+           "/export/energy.csv"]
+
+
+def export_preflight(client: TestClient, path: str, method: str) -> httpx.Response:
+    return client.options(path, headers={
+        "origin": APP, "access-control-request-method": method,
+        "access-control-request-headers": "authorization"})
+
+
+@pytest.mark.parametrize("path", EXPORTS)
+def test_a_page_may_send_the_head_an_export_takes(tmp_path: Path, path: str) -> None:
+    """A page's HEAD with its bearer token is preflighted (Authorization is no
+    safelisted header): the preflight allowed /graphql's methods, not HEAD, so it was
+    400 and the browser never sent the HEAD the export answers (review r26-api2)."""
+    with client_for(tmp_path, APP) as client:
+        answer = export_preflight(client, path, "HEAD")
+        assert answer.status_code == 200, (answer.status_code, answer.text)
+        assert set(answer.headers["access-control-allow-methods"].split(", ")) == {
+            "GET", "HEAD", "OPTIONS"}
+        head = client.head(path, headers={"origin": APP})
+        assert head.status_code == 401  # no token: the export's own answer
+        assert head.headers["access-control-allow-origin"] == APP
+
+
+@pytest.mark.parametrize("path", EXPORTS)
+def test_the_export_preflight_offers_no_method_the_export_refuses(tmp_path: Path,
+                                                                   path: str) -> None:
+    """The preflight of an export allowed POST (/graphql's methods), which the export
+    then answered 405 METHOD_NOT_ALLOWED (review r26-api2): refused at the preflight."""
+    with client_for(tmp_path, APP) as client:
+        for method in ("POST", "PUT", "DELETE"):
+            answer = export_preflight(client, path, method)
+            assert answer.status_code == 400, method
+            offered = {m.strip() for m in
+                       answer.headers.get("access-control-allow-methods", "").split(",")}
+            assert method not in offered
+        # /graphql keeps its own: POST, not HEAD.
+        assert preflight(client, APP).status_code == 200
+        assert client.options("/graphql", headers={
+            "origin": APP, "access-control-request-method": "HEAD"}).status_code == 400
+
+
 @pytest.mark.parametrize("origins", ["", APP])
 def test_other_methods_on_graphql_are_refused_as_the_api_refuses(tmp_path: Path,
                                                                  origins: str) -> None:
