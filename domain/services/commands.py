@@ -47,10 +47,10 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import (
-    OUTCOME_UNKNOWN,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerLost,
     ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
@@ -407,13 +407,15 @@ NAMED_LEFT_OUT = 5
 
 
 def not_the_chargers_answer(error: DomainError) -> bool:
-    """Whether a command's ``error`` says nothing of how its charger answers it: the
-    charger offline or unreachable (nothing sent), the command never sent (waiting
-    behind others), or the charger gone after getting it (``OUTCOME_UNKNOWN``). A
-    timeout of a connected charger, a CALLERROR or an answer we could not read are its
-    own."""
-    return isinstance(error, (ChargerOffline, ChargerBusy)) or (
-        isinstance(error, ChargerTimeout) and error.message == OUTCOME_UNKNOWN)
+    """Whether a command's ``error`` says nothing of how its charger answers it, by its
+    type: the charger offline or unreachable, no instance holding it (nothing sent:
+    ``ChargerOffline``), the command never sent (waiting behind others:
+    ``ChargerBusy``), or its way to the charger gone after it may have got it
+    (``ChargerLost``: the charger's socket closed, the service stopping, or the instance
+    holding it not heard from; review s26: a holder killed while asked was taken for
+    the charger's silence). A timeout of a connected charger, a CALLERROR or an answer
+    we could not read are its own."""
+    return isinstance(error, (ChargerOffline, ChargerBusy, ChargerLost))
 
 
 @dataclass(frozen=True)

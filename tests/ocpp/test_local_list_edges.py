@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,13 +17,14 @@ from ocpp.routing import on
 from ocpp.v16 import call
 from ocpp.v16.enums import Action
 
+from domain.events import ChargerCommandAnswered, ChargerCommandRelayed
 from domain.policy import Viewer
 from domain.services.commands import LIST_LIMITS_RETRY_S
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_card_withdrawal import (
     UPDATE_USER,
     entry,
@@ -458,6 +460,51 @@ async def test_a_list_limit_changed_reboot_required_applies_from_the_boot(
                                   as_user="op")
         [error] = after["sendLocalList"]["errors"]
         assert "holds at most 2 tags" in error["message"], after
+
+
+async def test_a_holder_instance_gone_while_asked_the_list_limits_is_not_kept_as_silence(
+        tmp_path: Path) -> None:
+    """Two instances: the one holding the charger took the GetConfiguration of the list
+    limits and was never heard from again (killed; the charger reconnects elsewhere).
+    The asker's timeout ("the instance holding it has not been heard from") was kept as
+    the charger's own silence for ``LIST_LIMITS_RETRY_S``: for 5 minutes the lists sent
+    to the charger, back and answering, went unjudged and were answered Failed (review
+    s26). A relay's failure is not the charger's answer: it is asked at the next list."""
+    central = await start_central(tmp_path / "c.db", relayed=True, command_timeout=0.5)
+    try:
+        await seed(central)
+        wire = central.relays[2]
+        original = type(wire).publish
+        dropped: set[str] = set()
+        cut = {"on": False}
+
+        async def lossy(self: Any, event: Any) -> None:
+            if cut["on"] and isinstance(event, ChargerCommandRelayed) \
+                    and event.action == "GetConfiguration":
+                dropped.add(event.request_id)
+            if isinstance(event, ChargerCommandAnswered) and event.stage != "claimed" \
+                    and event.request_id in dropped:
+                return  # the holder died after claiming it
+            await original(self, event)
+
+        wire.publish = lossy.__get__(wire)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            cp.configuration["SendLocalListMaxLength"] = ("2", True)
+            await cp.boot()
+            await settled(central)
+            cut["on"] = True
+            first = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                      as_user="op")
+            assert dropped, "the GetConfiguration was relayed and its answer lost"
+            cut["on"] = False
+            # The charger is back (reconnected; here: still connected) and answers.
+            again = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3"),
+                                      as_user="op")
+            errors = again["sendLocalList"]["errors"]
+            assert errors and "at most 2 entries in one list" in errors[0]["message"], \
+                (first, again)
+    finally:
+        await stop_central(central)
 
 
 def not_implemented_for_two_keys(monkeypatch: pytest.MonkeyPatch) -> None:
