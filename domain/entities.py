@@ -899,7 +899,9 @@ class ConfigurationKey(Record):
     reboot_required: bool = False
     #: While that change waits for the boot (``awaits_reboot``), the value it replaced
     #: if it was known since the charger's boot: the one in force until then (what
-    #: ``services.configuration.known_count`` gives). ``None``: not known, or secret.
+    #: ``services.configuration.known_count`` gives). ``None``: not known, or secret;
+    #: not known, it stays so until the boot (a read meanwhile may give the value set:
+    #: the list limits are read before a change for that, ``CommandService``).
     value_in_force: str | None = None
 
     def awaits_reboot(self, booted_at: datetime | None) -> bool:

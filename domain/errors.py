@@ -135,7 +135,17 @@ class ChargerTimeout(ChargerError):
     code = "CHARGER_TIMEOUT"
 
 
-#: A ``ChargerTimeout``'s message when the charger's socket closed after it got the
+class ChargerLost(ChargerTimeout):
+    """No answer, and none to be had: the command's way to the charger went after it
+    may have reached it: the charger's socket closed (``OUTCOME_UNKNOWN``) or another
+    connection of it took over, this service stopping, or (relayed) the instance holding
+    the charger not heard from (killed, cut off). Its outcome is unknown as any
+    timeout's, but the charger did not fail to answer: it says nothing of how the
+    charger answers (``CommandService``'s list limits are asked again at the next list;
+    review s26: a holder killed while asked was kept as the charger's silence)."""
+
+
+#: A ``ChargerLost``'s message when the charger's socket closed after it got the
 #: command (the local gateway, and a relay whose holder did not say more).
 OUTCOME_UNKNOWN = ("the charger went offline after receiving the command; its outcome is "
                    "unknown")

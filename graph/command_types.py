@@ -386,6 +386,14 @@ class ConfigurationKey:
         "`getConfiguration` meanwhile answers the one still in force and does not "
         "replace it here; one giving the value set does not clear this: only a boot "
         "does)."))
+    value_in_force: str | None = strawberry.field(default=None, description=(
+        "In `Station.configuration`: the value the charger runs with now, as far as "
+        "known. While `rebootRequired`, the one that change replaced, if it was known "
+        "since the charger's last boot (null: not known until its next boot; a "
+        "`LocalAuthListMaxLength` or `SendLocalListMaxLength` is read before it is "
+        "changed, so that it is, and local lists are not judged by one not known); "
+        "otherwise `value`. Null for a `masked` key, and in a `getConfiguration` "
+        "answer (its `value` is the charger's own)."))
 
 
 @strawberry.type(description="One period of a charger's schedule (OCPP "

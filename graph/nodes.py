@@ -801,7 +801,10 @@ class Station(Node, Audited):
         return [ConfigurationKey(key=k.key, readonly=k.readonly,
                                  value=None if is_secret(k) else k.value, masked=is_secret(k),
                                  read_at=k.read_at, changed_at=k.changed_at,
-                                 reboot_required=k.awaits_reboot(booted)) for k in known]
+                                 reboot_required=k.awaits_reboot(booted),
+                                 value_in_force=None if is_secret(k) else (
+                                     k.value_in_force if k.awaits_reboot(booted)
+                                     else k.value)) for k in known]
 
     @strawberry.field(description="When the charger connected and disconnected, newest "
                                   "first (admins and the station's operators).")

@@ -14,7 +14,7 @@ Commands (``command``) go through the package's ``call()``, which only ever hear
 answer that parses, and waits out its timeout otherwise. So each command also waits on a
 failure of its own, set at once when the charger's answer to it is malformed
 (``ChargerError``) or the socket closes (``connection_closed``: ``ChargerOffline`` if it
-was not sent yet, ``ChargerTimeout`` if the charger got it).
+was not sent yet, ``ChargerLost``, a ``ChargerTimeout``, if the charger got it).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from domain.errors import (
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerLost,
     ChargerNotSupported,
     ChargerOffline,
-    ChargerTimeout,
     DomainError,
     ValidationError,
 )
@@ -472,19 +472,19 @@ class ChargePointHandler(ChargePoint):
     def stop_commands(self, reason: str) -> None:
         """The service is stopping (the socket stays open meanwhile): a command not sent
         yet fails as never sent (``ChargerOffline``); one the charger has already got
-        fails as unanswered (``ChargerTimeout``: it may still act on it, so a reservation
-        stays PENDING); later ones are refused."""
+        fails as unanswered (``ChargerLost``, a ``ChargerTimeout``: it may still act on
+        it, so a reservation stays PENDING); later ones are refused."""
         self._fail_all(lambda unique_id: ChargerOffline(reason) if unique_id in self._sending
-                       else ChargerTimeout(reason))
+                       else ChargerLost(reason))
 
     def connection_closed(self) -> None:
         """The socket is closed: commands fail at once, and later ones are refused. One
         still waiting for its turn was never sent (``ChargerOffline``); one the charger
         got may have been carried out, its answer lost with the socket: unanswered
-        (``ChargerTimeout``, as at a stop), so a ReserveNow stays PENDING rather than be
+        (``ChargerLost``, as at a stop), so a ReserveNow stays PENDING rather than be
         called REJECTED while the charger may hold the plug."""
         self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} went offline")
-                       if unique_id in self._sending else ChargerTimeout(OUTCOME_UNKNOWN))
+                       if unique_id in self._sending else ChargerLost(OUTCOME_UNKNOWN))
 
     def superseded(self, left: str) -> None:
         """A newer connection of the charger took over (``left`` says where: "connected to
@@ -492,10 +492,10 @@ class ChargePointHandler(ChargePoint):
         may take the close timeout to close (a dead peer). Its commands fail now as at a
         close, and later ones are refused: one not sent yet as never sent
         (``ChargerOffline``), one the charger may have got as unanswered
-        (``ChargerTimeout``), each saying why."""
+        (``ChargerLost``), each saying why."""
         self.left = left
         self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} {left}")
-                       if unique_id in self._sending else ChargerTimeout(
+                       if unique_id in self._sending else ChargerLost(
                            f"{self.id} {left} while its previous connection had the "
                            "command; its outcome is unknown"))
 

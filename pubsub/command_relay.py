@@ -20,17 +20,18 @@ would have raised, so the mutation reads the same wherever it ran.
   itself (its turn behind other commands and the charger's answer, ``timeout`` each), and
   says it is still at it (``"progress"``) every third of the timeout. An asker that hears
   nothing from its holder for ``timeout`` plus ``claim_timeout`` (the holder was killed, or
-  cut off) answers ``ChargerTimeout`` then, not after the holder's whole bound (twice the
-  timeout): behind a load balancer that was a 504.
+  cut off) answers ``ChargerLost`` then (a ``ChargerTimeout`` that is not the charger's
+  silence), not after the holder's whole bound (twice the timeout): behind a load
+  balancer that was a 504.
 * The charger is recorded offline meanwhile (``StationConnectionChanged``: its socket
   closed, or the holder's lease expired and another instance swept it): the holder's
   own answer is waited for ``claim_timeout`` more (it knows whether the charger got the
-  command: ``ChargerOffline`` if not, ``ChargerTimeout`` if it did, as the local gateway
+  command: ``ChargerOffline`` if not, ``ChargerLost`` if it did, as the local gateway
   says when a socket closes under a command); without it, a command confirmed to its
-  holder may have reached the charger: ``ChargerTimeout``, its outcome unknown.
+  holder may have reached the charger: ``ChargerLost``, its outcome unknown.
 * The bus cannot publish: ``ChargerOffline`` naming the cause; nothing was sent.
 * This instance begins to stop (``stop_commands``): its commands fail at once,
-  ``ChargerOffline`` if not yet confirmed to a holder, ``ChargerTimeout`` if confirmed.
+  ``ChargerOffline`` if not yet confirmed to a holder, ``ChargerLost`` if confirmed.
 
 Redis pub/sub is at-most-once, so a relayed command is sent at most once as well.
 """
@@ -48,6 +49,7 @@ from domain.errors import (
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerLost,
     ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
@@ -85,8 +87,8 @@ CLOSE_TIMEOUT_S = 5.0
 #: field); any other arrives as a ChargerError with the same code.
 _ERRORS: dict[str, type[DomainError]] = {
     cls.__name__: cls for cls in (ChargerError, ChargerCallError, ChargerNotSupported,
-                                  ChargerOffline,
-                                  ChargerTimeout, ChargerBusy, ChargerRejected,
+                                  ChargerOffline, ChargerTimeout, ChargerLost,
+                                  ChargerBusy, ChargerRejected,
                                   ValidationError)
 }
 
@@ -125,7 +127,7 @@ class CommandRelay:
         until the relay closes after the 10 s wait (a bare 500). One no holder has claimed
         yet, or not confirmed to it, was never sent: ``ChargerOffline``; one confirmed to
         its holder may have reached the charger, which may still act on it:
-        ``ChargerTimeout``. An answer that came first wins. New commands are refused
+        ``ChargerLost``. An answer that came first wins. New commands are refused
         (``ChargerOffline``). Those this instance carries out for others fail through the
         local gateway (``stop_commands`` there), and their askers hear it."""
         self._stopping = reason
@@ -211,9 +213,10 @@ class CommandRelay:
                 raise ChargerTimeout(f"{pending.cp_id} did not answer {pending.action} "
                                      f"within {timeout:g}s")
             if now >= pending.heard + quiet:
-                raise ChargerTimeout(f"{pending.cp_id} did not answer {pending.action}: "
-                                     f"the instance holding it has not been heard from "
-                                     f"for {quiet:g}s")
+                # Not the charger's silence (``ChargerLost``): its holder's.
+                raise ChargerLost(f"{pending.cp_id} did not answer {pending.action}: "
+                                  f"the instance holding it has not been heard from "
+                                  f"for {quiet:g}s")
             try:
                 return await asyncio.wait_for(
                     asyncio.shield(pending.answered),
@@ -389,7 +392,7 @@ class _Pending:
         Not confirmed to the holder, the command was never sent (``ChargerOffline``).
         Confirmed, the charger may have got it: the holder, which knows, says so within
         ``grace`` (its answer and the offline record travel apart); if it does not, its
-        outcome is unknown (``ChargerTimeout``, as the local gateway says)."""
+        outcome is unknown (``ChargerLost``, as the local gateway says)."""
         if not self.claimed.done() or self.answered.done():
             return
         if not self.confirmed:
@@ -400,16 +403,16 @@ class _Pending:
 
     def _outcome_unknown(self) -> None:
         if not self.answered.done():
-            self.answered.set_exception(ChargerTimeout(OUTCOME_UNKNOWN))
+            self.answered.set_exception(ChargerLost(OUTCOME_UNKNOWN))
 
     def stop(self, reason: str) -> None:
         """Ends the wait because this instance is stopping: never claimed,
-        ``ChargerOffline``; confirmed to its holder (maybe sent), ``ChargerTimeout``. One
+        ``ChargerOffline``; confirmed to its holder (maybe sent), ``ChargerLost``. One
         claimed but not confirmed yet is refused by ``call`` before it confirms."""
         if not self.claimed.done():
             self.claimed.set_exception(ChargerOffline(reason))
         elif self.confirmed and not self.answered.done():
-            self.answered.set_exception(ChargerTimeout(reason))
+            self.answered.set_exception(ChargerLost(reason))
 
     def forget(self) -> None:
         """Retrieves what nobody awaited any more, so asyncio does not log it."""

@@ -47,10 +47,10 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import (
-    OUTCOME_UNKNOWN,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerLost,
     ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
@@ -86,6 +86,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.configuration import (
+    in_force,
     known_count,
     positive_count,
     record_change,
@@ -396,6 +397,7 @@ def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
 #: tags it holds, and how many one SendLocalList may carry.
 LIST_MAX_KEY = "LocalAuthListMaxLength"
 SEND_MAX_KEY = "SendLocalListMaxLength"
+_LIMIT_KEYS = frozenset(map(folded_key, (LIST_MAX_KEY, SEND_MAX_KEY)))
 #: How many keys one GetConfiguration may name at the charger (1.6, 9.1.11).
 MAX_KEYS_KEY = "GetConfigurationMaxKeys"
 #: How long a charger that gave no answer to a GetConfiguration of its list limits (a
@@ -407,13 +409,23 @@ NAMED_LEFT_OUT = 5
 
 
 def not_the_chargers_answer(error: DomainError) -> bool:
-    """Whether a command's ``error`` says nothing of how its charger answers it: the
-    charger offline or unreachable (nothing sent), the command never sent (waiting
-    behind others), or the charger gone after getting it (``OUTCOME_UNKNOWN``). A
-    timeout of a connected charger, a CALLERROR or an answer we could not read are its
-    own."""
-    return isinstance(error, (ChargerOffline, ChargerBusy)) or (
-        isinstance(error, ChargerTimeout) and error.message == OUTCOME_UNKNOWN)
+    """Whether a command's ``error`` says nothing of how its charger answers it, by its
+    type: the charger offline or unreachable, no instance holding it (nothing sent:
+    ``ChargerOffline``), the command never sent (waiting behind others:
+    ``ChargerBusy``), or its way to the charger gone after it may have got it
+    (``ChargerLost``: the charger's socket closed, the service stopping, or the instance
+    holding it not heard from; review s26: a holder killed while asked was taken for
+    the charger's silence). A timeout of a connected charger, a CALLERROR or an answer
+    we could not read are its own."""
+    return isinstance(error, (ChargerOffline, ChargerBusy, ChargerLost))
+
+
+def _in_force_unknown(known: ConfigurationKey | None, booted_at: datetime | None) -> bool:
+    """Whether a kept key's value in force is not known until the charger's next boot:
+    a change of it waits for that boot (``awaits_reboot``) and the value it replaced was
+    not known (``value_in_force``; ``CommandService._read_limit_in_force`` failed)."""
+    return known is not None and known.awaits_reboot(booted_at) \
+        and known.value_in_force is None
 
 
 @dataclass(frozen=True)
@@ -537,6 +549,8 @@ class CommandService(Service):
                                                           payload.get("reservationId"))
         outcome.requested_by = viewer.actor
         viewer = audited_as or viewer  # authorized: from here on, whose command it is
+        if action == "ChangeConfiguration":
+            await self._read_limit_in_force(viewer, station, payload)
         await self._carry(viewer, outcome, payload)
         if watched is not None:
             await watched.profile_commanded(outcome, payload)
@@ -1127,18 +1141,30 @@ class CommandService(Service):
         not hold every list sent meanwhile for a command timeout (review s26); a charger
         offline or unreachable is asked at the next list (``_ask_limits``). A
         ChangeConfiguration it took is stored, so followed at once if Accepted, from its
-        next boot if RebootRequired (``configuration.in_force``)."""
+        next boot if RebootRequired (``configuration.in_force``; the value read before
+        the change until then, ``_read_limit_in_force``). One whose value before was not
+        known leaves the limit not known until the boot (``_in_force_unknown``): not
+        asked (the charger may give the value set), not checked, and logged."""
         keys = (LIST_MAX_KEY, SEND_MAX_KEY, MAX_KEYS_KEY)
         stored = {k.folded_key: k for k in await self.store.find_all(ConfigurationKey, all_of(
             Eq("station_id", station.id), In("folded_key", tuple(map(folded_key, keys)))),
             limit=len(keys))}
         known = {key: known_count(stored.get(folded_key(key)), station.booted_at)
                  for key in (LIST_MAX_KEY, SEND_MAX_KEY)}
+        # Changed RebootRequired with the value it replaced not known: the one in force
+        # is not known until the boot, and not asked (the charger may give the value
+        # set; review s26), so lists are not judged by it meanwhile.
+        unknown = [key for key in (LIST_MAX_KEY, SEND_MAX_KEY)
+                   if _in_force_unknown(stored.get(folded_key(key)), station.booted_at)]
+        for key in unknown:
+            log.warning("%s: its %s in force is not known until its next boot (changed "
+                        "RebootRequired, the value before not known): lists sent to it "
+                        "are not checked against it", station.cp_id, key)
         memo = self._list_limits.get(station.id)
         if memo is None or memo.booted_at != station.booted_at:
             memo = _AskedLimits(station.booted_at)
         ask = [key for key, value in known.items()
-               if value is None and key not in memo.answers]
+               if value is None and key not in memo.answers and key not in unknown]
         if ask and (memo.retry_at is None or self.now() >= memo.retry_at):
             memo.retry_at = None
             # A value read before the boot still says how the charger is likely to answer.
@@ -1149,8 +1175,42 @@ class CommandService(Service):
                 if not await self._ask_limits(station, batch, memo, audited_as):
                     break
             self._list_limits[station.id] = memo
-        return ListLimits(known[LIST_MAX_KEY] or memo.answers.get(LIST_MAX_KEY),
-                          known[SEND_MAX_KEY] or memo.answers.get(SEND_MAX_KEY))
+        said = {key: None if key in unknown else known[key] or memo.answers.get(key)
+                for key in known}
+        return ListLimits(said[LIST_MAX_KEY], said[SEND_MAX_KEY])
+
+    async def _read_limit_in_force(self, viewer: Viewer, station: Station,
+                                   payload: dict[str, Any]) -> None:
+        """Before a ChangeConfiguration of a list limit (``LIST_MAX_KEY``,
+        ``SEND_MAX_KEY``) whose value since the charger's boot is not known, reads it
+        (a GetConfiguration of that key, recorded): answered RebootRequired, the change
+        keeps the value it replaces as the one in force until the boot
+        (``value_in_force``), and that must be known then. Asked after the change, many
+        chargers give the value set (review s26: a limit lowered 5 -> 2 RebootRequired,
+        never read since the boot, was taken as 2 at once and a list of 4 the charger
+        still took was refused). Not read while a change of it waits for the boot (a
+        read would give the value set, not the one in force). A read that fails leaves
+        the limit in force unknown until the boot if the change is answered
+        RebootRequired (``list_limits`` does not judge lists by it meanwhile)."""
+        key = payload.get("key")
+        if not isinstance(key, str) or folded_key(key) not in _LIMIT_KEYS:
+            return
+        stored = await self.store.find_one(ConfigurationKey, all_of(
+            Eq("station_id", station.id), Eq("folded_key", folded_key(key))))
+        if stored is not None and (stored.awaits_reboot(station.booted_at)
+                                   or in_force(stored, station.booted_at) is not None):
+            return
+        try:
+            outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
+                                      {"key": [key]}, audited_as=viewer)
+        except DomainError as exc:  # the station went meanwhile: the change says so
+            outcome_error: DomainError | None = exc
+        else:
+            outcome_error = outcome.error
+        if outcome_error is not None:
+            log.info("%s: %s not read before its change (%s): answered RebootRequired, "
+                     "its value in force is not known until the charger's next boot",
+                     station.cp_id, key, outcome_error.message)
 
     async def _ask_limits(self, station: Station, keys: list[str], memo: _AskedLimits,
                           audited_as: Viewer | None) -> bool:

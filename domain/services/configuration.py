@@ -21,7 +21,10 @@ and only a boot says it is). Each read's write is guarded by the change it saw
 The value the change replaced is kept as the one in force until the boot
 (``value_in_force``, if it was known since the charger's boot; ``in_force``): what the
 service itself acts on, such as the charger's local list limits (review s26: a
-LocalAuthListMaxLength lowered RebootRequired was applied at once).
+LocalAuthListMaxLength lowered RebootRequired was applied at once; those are read
+before they are changed, so it is known). A change's write is guarded by the version
+of the key it judged (``updated_at``): one meeting a write made meanwhile is made
+again on it.
 
 At most ``MAX_KEYS`` keys are kept of a station: of all it holds and is told of, the
 first ``MAX_KEYS`` by folded key (``kept``), the order ``Station.configuration`` lists
@@ -44,7 +47,7 @@ from typing import Any
 
 from domain.command_rules import folded_key, is_secret_key
 from domain.entities import ConfigurationKey, Station
-from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq
@@ -185,24 +188,31 @@ async def _booted_at(store: Store, station: Station) -> datetime | None:
 async def record_change(store: Store, station: Station, key: str, value: str, status: str,
                         actor: Viewer, now: datetime) -> None:
     """Keeps a ChangeConfiguration the charger took (answered ``status``, Accepted or
-    RebootRequired): the key's value now, when, and whether it waits for a reboot. A
-    key the charger changed is not readonly, whatever was read of it before. A key new
-    to a station that holds ``MAX_KEYS`` is kept only if it sorts before one it holds."""
+    RebootRequired): the key's value now, when, and whether it waits for a reboot, with
+    the value in force until then (``value_in_force``). A key the charger changed is not
+    readonly, whatever was read of it before. A key new to a station that holds
+    ``MAX_KEYS`` is kept only if it sorts before one it holds. Written over the key as
+    it was read (``updated_at``), else read and judged again."""
     secret = is_secret_key(key)
     changed: dict[str, Any] = {
         "value": None if secret else value, "secret": secret, "readonly": False,
         "changed_at": now, "reboot_required": status == REBOOT_REQUIRED}
     folded = folded_key(key)
-    for attempt in range(2):  # as ``record_read``: a key written meanwhile is read again
+    for attempt in range(3):  # as ``record_read``: a key written meanwhile is read again
         held = await _all_held(store, station)
         keep, left_out = kept(held.keys() | {folded})
         known = held.get(folded)
         changes: list[Change] = [Delete(k) for f, k in held.items() if f not in keep]
         if known is not None:
             # Until the boot, the value in force stays the one before (``in_force``).
+            # Guarded by the version it was judged on: a change (or read) recorded
+            # meanwhile (another instance's) fails the write, made again on it (review
+            # s26: an Accepted 5 -> 4 landing first left a RebootRequired's value in
+            # force at 5).
             before = in_force(known, await _booted_at(store, station)) \
                 if changed["reboot_required"] and not secret else None
-            changes.append(patch(known, actor, **changed, value_in_force=before))
+            changes.append(patch(known, actor, only_if=("updated_at", known.updated_at),
+                                 required=True, **changed, value_in_force=before))
         elif folded in keep:
             changes.append(Insert(stamp_new(ConfigurationKey(
                 station_id=station.id, cp_id=station.cp_id, key=key, **changed), actor, now)))
@@ -212,8 +222,8 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
             if changes:
                 await store.write(changes, [])
             return
-        except (UniqueViolation, NotFound):
-            if attempt:
+        except (Conflict, NotFound):  # UniqueViolation is a Conflict
+            if attempt == 2:
                 raise
 
 

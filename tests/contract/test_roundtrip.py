@@ -207,7 +207,8 @@ FULL: dict[type[Record], Callable[[], Record]] = {
     ConfigurationKey: lambda: ConfigurationKey(
         station_id=new_id(), cp_id="CP-FULL", key="MeterValueSampleInterval",
         folded_key="metervaluesampleinterval", value="60 ✓", readonly=True, secret=True,
-        read_at=at(15), changed_at=at(16), reboot_required=True, **STAMPS),
+        read_at=at(15), changed_at=at(16), reboot_required=True, value_in_force="30 ✓",
+        **STAMPS),
 }
 
 

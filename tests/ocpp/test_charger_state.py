@@ -1024,6 +1024,23 @@ async def test_a_read_does_not_overwrite_an_accepted_change_recorded_after_it(
     assert (kept.value, kept.reboot_required) == ("120", False)
 
 
+async def test_a_change_recorded_meanwhile_is_the_value_a_reboot_required_one_keeps_in_force(
+        central: Central) -> None:
+    """Two instances record two changes of a key at once: an Accepted 5 -> 4 lands
+    between a RebootRequired 4 -> 3 taking the key and writing it. The value in force
+    until the boot is 4 (the Accepted one took effect at once), not the 5 it read
+    (review s26: the write was not guarded, and a list limit kept a stale one)."""
+    station, store = central.stations["CP-1"], central.store
+    key = "LocalAuthListMaxLength"
+    answer = {"configurationKey": [{"key": key, "readonly": False, "value": "5"}]}
+    await record_read(store, station, answer, SYSTEM, datetime.now(UTC), whole=False)
+    racing = cast(Store, _ChangeFirst(store, station, key, "4", "Accepted"))
+    await record_change(racing, station, key, "3", "RebootRequired", SYSTEM,
+                        datetime.now(UTC))
+    [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert (kept.value, kept.reboot_required, kept.value_in_force) == ("3", True, "4")
+
+
 async def test_a_read_answered_after_a_boot_decides_whatever_the_station_sent_with(
         central: Central) -> None:
     """The station a read was sent with may predate a boot its answer came after: the

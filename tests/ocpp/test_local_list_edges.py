@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,13 +17,14 @@ from ocpp.routing import on
 from ocpp.v16 import call
 from ocpp.v16.enums import Action
 
+from domain.events import ChargerCommandAnswered, ChargerCommandRelayed
 from domain.policy import Viewer
 from domain.services.commands import LIST_LIMITS_RETRY_S
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_card_withdrawal import (
     UPDATE_USER,
     entry,
@@ -458,6 +460,142 @@ async def test_a_list_limit_changed_reboot_required_applies_from_the_boot(
                                   as_user="op")
         [error] = after["sendLocalList"]["errors"]
         assert "holds at most 2 tags" in error["message"], after
+
+
+#: A station's LocalAuthListMaxLength as kept, for operators.
+LIST_MAX_SHOWN = """{ station(cpId: "CP-1") { configuration {
+    key value rebootRequired valueInForce } } }"""
+
+
+async def test_a_list_limit_changed_reboot_required_unread_since_boot_waits_for_boot(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The charger booted holding LocalAuthListMaxLength 5 and nobody read it since. An
+    operator lowers it to 2, answered RebootRequired: until its boot the charger takes 5.
+    Nothing recorded the value in force, so the charger was asked at the next list, and
+    like many (and the simulator) it reported the value set: 2 was taken at once and a
+    Full list of 4 it still takes was refused (review s26). The key is read before the
+    change, so the value it replaces is known: 5, until the boot."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS",
+                        simulator.REBOOT_KEYS | {"LocalAuthListMaxLength"})
+    op = Viewer.of(central.users["op"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("5", False)
+        await cp.boot()
+        await settled(central)
+        changed = await central.services.commands.send(
+            op, "CP-1", "ChangeConfiguration",
+            {"key": "LocalAuthListMaxLength", "value": "2"})
+        assert changed.status == "RebootRequired", changed
+        shown = await central.gql(LIST_MAX_SHOWN, as_user="op")
+        assert shown["station"]["configuration"] == [
+            {"key": "LocalAuthListMaxLength", "value": "2", "rebootRequired": True,
+             "valueInForce": "5"}], shown
+        four = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3", "A4"),
+                                 as_user="op")
+        assert four["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, four
+        six = await central.gql(SEND_LIST, a_list(2, "FULL", *(f"B{n}" for n in range(6))),
+                                as_user="op")
+        [error] = six["sendLocalList"]["errors"]
+        assert "holds at most 5 tags" in error["message"], six
+        await cp.boot()
+        await settled(central)
+        after = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3", "A4"),
+                                  as_user="op")
+        [error] = after["sendLocalList"]["errors"]
+        assert "holds at most 2 tags" in error["message"], after
+
+
+async def test_a_list_limit_changed_reboot_required_unreadable_before_is_unknown_until_boot(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The read before the change fails (an InternalError here): the value in force is
+    not known until the boot. The charger is not asked it meanwhile (it would give the
+    value set, 2, not the 5 in force), lists are not judged by it, and the log says so;
+    the value set counts from the boot."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS",
+                        simulator.REBOOT_KEYS | {"LocalAuthListMaxLength"})
+    original = SimulatedChargePoint.on_get_configuration
+    failing = {"on": True}
+
+    @on(Action.get_configuration)
+    def once_failing(self: SimulatedChargePoint, key: list[str] | None = None) -> object:
+        if failing["on"]:
+            failing["on"] = False
+            self.received.append(("GetConfiguration", {"key": key}))
+            raise InternalError(description="busy")
+        return original(self, key)
+
+    monkeypatch.setattr(SimulatedChargePoint, "on_get_configuration", once_failing)
+    op = Viewer.of(central.users["op"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("5", False)
+        cp.configuration["SendLocalListMaxLength"] = ("10", True)
+        await cp.boot()
+        await settled(central)
+        changed = await central.services.commands.send(
+            op, "CP-1", "ChangeConfiguration",
+            {"key": "LocalAuthListMaxLength", "value": "2"})
+        assert changed.status == "RebootRequired", changed
+        assert asked_configuration(cp) == [["LocalAuthListMaxLength"]]  # it failed
+        with caplog.at_level("WARNING", logger="chargegraph.commands"):
+            four = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3", "A4"),
+                                     as_user="op")
+        assert four["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, four
+        assert "LocalAuthListMaxLength in force is not known until its next boot" \
+            in caplog.text
+        assert all("LocalAuthListMaxLength" not in keys
+                   for keys in asked_configuration(cp)[1:] if keys), asked_configuration(cp)
+        await cp.boot()
+        await settled(central)
+        after = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3", "A4"),
+                                  as_user="op")
+        [error] = after["sendLocalList"]["errors"]
+        assert "holds at most 2 tags" in error["message"], after
+
+
+async def test_a_holder_instance_gone_while_asked_the_list_limits_is_not_kept_as_silence(
+        tmp_path: Path) -> None:
+    """Two instances: the one holding the charger took the GetConfiguration of the list
+    limits and was never heard from again (killed; the charger reconnects elsewhere).
+    The asker's timeout ("the instance holding it has not been heard from") was kept as
+    the charger's own silence for ``LIST_LIMITS_RETRY_S``: for 5 minutes the lists sent
+    to the charger, back and answering, went unjudged and were answered Failed (review
+    s26). A relay's failure is not the charger's answer: it is asked at the next list."""
+    central = await start_central(tmp_path / "c.db", relayed=True, command_timeout=0.5)
+    try:
+        await seed(central)
+        wire = central.relays[2]
+        original = type(wire).publish
+        dropped: set[str] = set()
+        cut = {"on": False}
+
+        async def lossy(self: Any, event: Any) -> None:
+            if cut["on"] and isinstance(event, ChargerCommandRelayed) \
+                    and event.action == "GetConfiguration":
+                dropped.add(event.request_id)
+            if isinstance(event, ChargerCommandAnswered) and event.stage != "claimed" \
+                    and event.request_id in dropped:
+                return  # the holder died after claiming it
+            await original(self, event)
+
+        wire.publish = lossy.__get__(wire)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            cp.configuration["SendLocalListMaxLength"] = ("2", True)
+            await cp.boot()
+            await settled(central)
+            cut["on"] = True
+            first = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2", "A3"),
+                                      as_user="op")
+            assert dropped, "the GetConfiguration was relayed and its answer lost"
+            cut["on"] = False
+            # The charger is back (reconnected; here: still connected) and answers.
+            again = await central.gql(SEND_LIST, a_list(2, "FULL", "A1", "A2", "A3"),
+                                      as_user="op")
+            errors = again["sendLocalList"]["errors"]
+            assert errors and "at most 2 entries in one list" in errors[0]["message"], \
+                (first, again)
+    finally:
+        await stop_central(central)
 
 
 def not_implemented_for_two_keys(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from domain.errors import (
+    OUTCOME_UNKNOWN,
     ChargerError,
+    ChargerLost,
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
@@ -139,6 +141,7 @@ async def test_decimals_in_a_chargers_answer_arrive_as_numbers(
 
 @pytest.mark.parametrize("error", [
     ChargerTimeout("CP-B did not answer Reset within 5s"),
+    ChargerLost(OUTCOME_UNKNOWN),  # not the charger's silence: its socket closed
     ChargerError("CP-B answered Reset with NotSupported: no"),
     ChargerOffline("CP-B went offline"),
     ChargerRejected("the charger answered Rejected"),
@@ -309,7 +312,7 @@ async def test_a_stop_answers_a_command_the_holder_has_at_once_as_unanswered(
     asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
     await asyncio.wait_for(on_b.called.wait(), AT_ONCE)  # confirmed and sent
     a.stop_commands(STOPPING)
-    with pytest.raises(ChargerTimeout, match="shutting down"):  # the charger may act on it
+    with pytest.raises(ChargerLost, match="shutting down"):  # the charger may act on it
         await asyncio.wait_for(asked, AT_ONCE)
 
 
@@ -379,7 +382,7 @@ async def test_a_holder_killed_mid_command_is_given_up_after_its_silence(
     try:
         asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, 0.5))
         await claimed_by_a_silent_holder(buses[1], requests)
-        with pytest.raises(ChargerTimeout, match="has not been heard from"):
+        with pytest.raises(ChargerLost, match="has not been heard from"):
             await asyncio.wait_for(asked, AT_ONCE)
     finally:
         await requests.aclose()  # type: ignore[attr-defined]
@@ -427,7 +430,7 @@ async def test_a_charger_recorded_offline_ends_the_wait_at_once(
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
                                                         online=False))
         # Confirmed to its holder, which says nothing more: the charger may have got it.
-        with pytest.raises(ChargerTimeout, match=r"^the charger went offline after "
+        with pytest.raises(ChargerLost, match=r"^the charger went offline after "
                            r"receiving the command; its outcome is unknown$"):
             await asyncio.wait_for(asked, AT_ONCE)
     finally:
