@@ -2403,48 +2403,6 @@ async def test_a_session_whose_start_was_refused_does_not_hold_the_card_for_a_re
     assert refused is not None and refused.start_refused == "Invalid"
 
 
-async def test_a_session_whose_start_was_refused_does_not_hold_the_car(
-        central: Central) -> None:
-    """Review r26-tx2: a session whose start was refused holds no card (``holding_card``),
-    but the remote start's car check still counted it: one refused ConcurrentTx, booked to
-    the card's car and never stopped by its charger (it cuts the energy), had the driver's
-    remote start refused "this car is charging now" for good, and the car could not be
-    removed. It holds the car no more than the card (``holding_car``)."""
-    start = datetime.now(UTC).replace(microsecond=0)
-
-    def stamp(at: datetime) -> str:
-        return at.isoformat().replace("+00:00", "Z")
-
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        await cp.report_all()
-
-        async def started(connector_id: int, meter: int, at: datetime) -> tuple[int, str]:
-            answer = await cp.call(call.StartTransaction(
-                connector_id=connector_id, id_tag="TAG-OK", meter_start=meter,
-                timestamp=stamp(at)))
-            return answer.transaction_id, answer.id_tag_info["status"]
-
-        first, told = await started(1, 5_000, start)
-        assert told == "Accepted"
-        refused, told = await started(2, 8_000, start + timedelta(seconds=1))
-        assert told == "ConcurrentTx"  # the charger cuts the energy, never stops it
-        await cp.call(call.StopTransaction(meter_stop=6_000,
-                                           timestamp=stamp(start + timedelta(seconds=2)),
-                                           transaction_id=first))
-        await cp.status(1, "Available")
-        held = await central.session(refused)
-        assert held is not None and held.start_refused == "ConcurrentTx"
-        assert held.state is d.SessionState.ACTIVE
-        assert held.vehicle_id == central.vehicles["car"].id
-        started_ = await run(central, "remoteStartTransaction",
-                             {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"},
-                             as_user="driver")
-        assert started_["errors"] == [], started_
-        # Nor does it keep the car from being taken out of the garage.
-        await central.services.fleet.remove_vehicle(
-            Viewer.of(central.users["driver"]), central.vehicles["car"].id)
-
-
 async def test_an_operators_remote_stop_of_another_stations_transaction_is_not_sent(
         central: Central) -> None:
     """A transaction known at another station was sent to this one's charger, and the
