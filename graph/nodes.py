@@ -998,9 +998,10 @@ class Session(Node, Audited):
     start_refused: AuthorizationStatus | None = strawberry.field(
         description="What the charger was told of the card at the start when it was not "
                     "ACCEPTED (BLOCKED, EXPIRED, INVALID, CONCURRENT_TX): a refused start, "
-                    "billed nothing (no tariff prices it) and holding no card (the card's "
-                    "starts elsewhere are not told CONCURRENT_TX because of it); null for "
-                    "an accepted one.")
+                    "billed nothing (no tariff prices it) and holding neither card nor car "
+                    "(the card's starts elsewhere are not told CONCURRENT_TX because of it, "
+                    "nor a remote start of its car refused IN_USE); null for an accepted "
+                    "one.")
     # Plain fields, computed when wrapped: a resolver per field and row costs more than
     # the division (strawberry wraps every resolver call).
     energy_kwh: float = strawberry.field(

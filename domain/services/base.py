@@ -690,6 +690,17 @@ def holding_card(tag: str) -> Filter:
                   Eq("start_refused", None))
 
 
+def holding_car(vehicle_id: str) -> Filter:
+    """The sessions that hold a car (its driver's remote start of it is refused "this car
+    is charging now", its removal "charging right now"): those booked to it that hold
+    their card (``holding_card``'s rule: open, not refused at their start). A refused
+    session its charger never stopped, booked to the car, refused the driver's remote
+    start of it IN_USE for good, though a StartTransaction of the card was Accepted
+    (review r26-tx2)."""
+    return all_of(Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE),
+                  Eq("start_refused", None))
+
+
 def touch(record: E, **updates: Any) -> Update:
     """An ``Update`` of telemetry (a station's ``last_seen``, ``booted_at``) that is no
     change to the record: ``patch`` without the update stamps, which stay. They are

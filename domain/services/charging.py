@@ -9,7 +9,9 @@ entities (StatusEvent, MeterSample, ConnectionEvent) instead of the audit log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
@@ -140,6 +142,11 @@ log = logging.getLogger("chargegraph.charging")
 LAST_SEEN_EVERY = timedelta(minutes=1)
 #: How often ``endSession`` reads a session again that changed under it before it gives up.
 END_ATTEMPTS = 3
+#: How often a StartTransaction (a resend's answer too) reads again whose write met a
+#: change (another start of its card: ``ChargingService._card_free``) before it gives up.
+START_ATTEMPTS = 3
+#: The most a start waits before its n-th read again, times n (``_pause_to_retry``).
+START_RETRY_PAUSE = timedelta(milliseconds=50)
 
 #: Stored samples whose increments a late reading moved (``_late_shares``): each as read
 #: and as it is to be written, by id.
@@ -469,6 +476,9 @@ class ChargingService(ChargerConnections):
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
+        #: A fraction in [0, 1) drawn for each pause before a start reads again
+        #: (``_pause_to_retry``); each instance draws its own.
+        self.retry_jitter: Callable[[], float] = random.random
 
     # ------------------------------------------------------------- plumbing
     async def _clock_report(self, station: Station, charger_time: datetime) -> None:
@@ -934,7 +944,7 @@ class ChargingService(ChargerConnections):
             tag, start, meter_start, glitch,
             reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
             reported)
-        for attempt in (1, 2, 3):
+        for attempt in range(1, START_ATTEMPTS + 1):
             # A clock never set: its open copy of the same stamp; another glitch: its
             # open copy; else the copy stamped the same.
             same = await self.store.find_one(Session, all_of(
@@ -963,11 +973,15 @@ class ChargingService(ChargerConnections):
                 # maybe: the write's guards refused it whole, and its charger is told
                 # what any charger of an unknown charge point is (it is hung up on). Or
                 # another start of the same card took it meanwhile (``_open_session``'s
-                # card guard): read again, this one is told ConcurrentTx.
+                # card guard): read again, this one is told ConcurrentTx. Or, on
+                # MongoDB, two starts of the card met each other's write in flight and
+                # both were rolled back: each reads again after a pause of its own
+                # (``_pause_to_retry``), so they no longer meet.
                 station = await self._still_registered(cp_id)
                 company_id, station_owner_id = books_of(station)
-                if attempt == 3:
+                if attempt == START_ATTEMPTS:
                     raise
+                await self._pause_to_retry(attempt)
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
                 info = await self._resent(station, opened, presented)
@@ -987,6 +1001,19 @@ class ChargingService(ChargerConnections):
         if were_free:  # else taken before, and taken still: nothing changed
             await self.plugs_held(owned_by(station), connector_id, were_free)
         return session.transaction_id, _told(station, info)
+
+    async def _pause_to_retry(self, attempt: int) -> None:
+        """The pause before a start's write that met a change is tried again: random,
+        up to ``START_RETRY_PAUSE`` times ``attempt``. MongoDB's guard is no lock
+        (``Guard``): two starts of one card on two instances, each writing its session
+        and then reading for another, can each meet the other's write in flight, both
+        be rolled back, read again together and meet again; in step, all their attempts
+        failed, both chargers answered an error and no session written (review r26-tx2).
+        Each waiting its own random while, one writes before the other reads, and the
+        other is told ConcurrentTx. SQLite's guard is part of the write: a start that
+        met one reads a session that stays, and is told at once after the pause."""
+        await asyncio.sleep(self.retry_jitter() * attempt
+                            * START_RETRY_PAUSE.total_seconds())
 
     async def _still_registered(self, cp_id: str) -> Station:
         """The station as stored now (not as cached), or ``_unknown`` when it is gone."""
@@ -1023,11 +1050,26 @@ class ChargingService(ChargerConnections):
         ConcurrentTx too, the charger stopping the very transaction it was charging,
         recorded as refused and billed nothing (QA s26). One refused then stays refused
         while any other session holds the card (the one accepted in its place may have
-        drawn a higher id, ``_open_session``), and is accepted once none does."""
-        info = await self.authorize_start(
-            station.cp_id, presented, (session.id,),
-            before=session.transaction_id if session.start_refused is None else None)
-        return (await self._answered(station, session, info))[1]
+        drawn a higher id, ``_open_session``), and is accepted once none does: its write
+        then takes the card only while no other session holds it (``_card_free``). One
+        whose write met another session of the card reads again (after a pause,
+        ``_pause_to_retry``) before it is answered: on MongoDB the other may have met
+        this write as well and been rolled back, and the card be free (review r26-tx2:
+        it was told ConcurrentTx at once, the charger stopping what it charged while no
+        session held the card). Told ConcurrentTx when its last attempt still met one."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            info = await self.authorize_start(
+                station.cp_id, presented, (session.id,),
+                before=session.transaction_id if session.start_refused is None else None)
+            answered = await self._answered(station, session, info)
+            if answered is not None:
+                return answered[1]
+            if attempt < START_ATTEMPTS:
+                await self._pause_to_retry(attempt)
+                # As it stands now: its stop may have closed it meanwhile.
+                [fresh] = await self.store.get_many(Session, [session.id])
+                session = fresh or session
+        return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
     def _refusal(self, station: Station, session: Session, info: IdTagInfo) -> str | None:
         """What ``session.start_refused`` becomes when its start is answered ``info``
@@ -1043,7 +1085,7 @@ class ChargingService(ChargerConnections):
         return None if late else info.status
 
     async def _answered(self, station: Station, session: Session, info: IdTagInfo
-                        ) -> tuple[Session, IdTagInfo]:
+                        ) -> tuple[Session, IdTagInfo] | None:
         """Records on ``session`` the answer its start got when it refused a start the
         charger could still act on (``Session.start_refused``: priced by no tariff): its
         card's status (``info``), also where the charger was told ``WITHHELD`` (a
@@ -1053,8 +1095,8 @@ class ChargingService(ChargerConnections):
         offline queue) charged before it was asked: billed whatever it is told now (its
         card expired since, or is busy elsewhere by then). Written only when it changes:
         an accepted start writes nothing more. A refused session accepted now takes the
-        card: only while no other session holds it (``_card_free``), else it is told
-        ConcurrentTx still (returned with the session)."""
+        card: only while no other session holds it (``_card_free``), else nothing is
+        written and ``None`` returned (``_resent`` reads again)."""
         refused = self._refusal(station, session, info)
         if refused == session.start_refused:
             return session, info
@@ -1067,7 +1109,7 @@ class ChargingService(ChargerConnections):
         except Conflict:
             if not takes_card:
                 raise
-            return session, IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
+            return None
         return cast(Session, change.record), info
 
     @staticmethod

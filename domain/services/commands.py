@@ -75,6 +75,7 @@ from domain.services.base import (
     Service,
     ServiceContext,
     books_of,
+    holding_car,
     holding_card,
     keeps_requested,
     maintenance_event,
@@ -712,9 +713,10 @@ class CommandService(Service):
                                       chose: bool) -> None:
         """A car charges one session at a time, whichever of its driver's cards starts
         it: a start for a car (``vehicle_id``: the one the session would be booked to,
-        the car named, else the card's, named or picked) with a session ACTIVE booked to
-        it, or a remote start under way for it (a live ``PendingStart`` of its, by the
-        car chosen or by its card's), is refused IN_USE (on ``idTag``, as a card charging
+        the car named, else the card's, named or picked) with a session holding it
+        (``holding_car``: booked to it, open, its start not refused), or a remote start
+        under way for it (a live ``PendingStart`` of its, by the car chosen or by its
+        card's), is refused IN_USE (on ``idTag``, as a card charging
         is). A start naming neither card nor car (``chose`` false) while one of the
         driver's is under way is a double tap, refused the same way. A driver naming
         another card, or another car of theirs, starts it: a fleet driver may charge two
@@ -722,11 +724,13 @@ class CommandService(Service):
         each of the driver's two cards, and a car charging was started again with the
         other card, two sessions ACTIVE for it; review r3b: the car was checked only
         when named, and a start naming its own card, or naming nothing, booked it a
-        second session)."""
+        second session). A session whose start the CSMS refused holds the car no more
+        than its card (review r26-tx2: one its charger never stopped refused the car's
+        remote start for good, the card's StartTransaction being Accepted)."""
         if vehicle_id is None and chose:
             return
-        if vehicle_id is not None and await self.store.find_one(Session, all_of(
-                Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
+        if vehicle_id is not None and await self.store.find_one(Session,
+                                                                holding_car(vehicle_id)):
             raise Conflict("this car is charging now", field="idTag", code="IN_USE")
         # By the expiry index: the live ones are the starts of the last two minutes. A
         # car's read by it (review s25: the driver's first 20 read, those holding nothing

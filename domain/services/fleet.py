@@ -27,6 +27,7 @@ from domain.services.base import (
     UNSET,
     Service,
     ServiceContext,
+    holding_car,
     not_erased,
     pages,
     stamp_new,
@@ -300,9 +301,9 @@ class FleetService(Service):
 
     async def _remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:
         vehicle = await self._own_vehicle(viewer, vehicle_id)
-        active = await self.store.find_one(
-            Session, all_of(Eq("vehicle_id", vehicle.id), Eq("state", SessionState.ACTIVE))
-        )
+        # A session whose start the CSMS refused holds the car for nothing
+        # (``holding_car``), its charger may never stop it.
+        active = await self.store.find_one(Session, holding_car(vehicle.id))
         if active is not None:
             raise Conflict("the vehicle is charging right now", field="id", code="IN_USE")
         tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))

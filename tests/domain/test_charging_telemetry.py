@@ -763,6 +763,38 @@ async def test_a_retried_start_told_accepted_is_billed(world: World) -> None:
     assert (session.start_refused, session.cost_minor) == (None, 800)
 
 
+async def test_a_resent_refused_start_whose_card_guard_met_a_passing_write_reads_again(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-tx2: a refused start resent once the card is free takes the card only
+    while no other session holds it (``_card_free``). On MongoDB that guard may meet
+    another start's write in flight that is rolled back (the other met this one too):
+    the resend was told ConcurrentTx at once, though no session held the card, and the
+    charger stopped what it charged, billed nothing. It reads again before answering."""
+    charging = world.services.charging
+    charging.retry_jitter = lambda: 0.0
+    now = datetime.now(UTC).replace(microsecond=0)
+    first, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, now - timedelta(seconds=90))
+    second, told = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                    now - timedelta(seconds=60))
+    assert told.status == "ConcurrentTx"
+    await charging.stop_transaction(CP, first, 1000, now - timedelta(seconds=50))
+    real_write = world.store.write
+    met: list[int] = []
+
+    async def meeting_a_passing_write(changes: Any, audit: Any, guards: Any = ()) -> None:
+        if not met and any(g.kind is d.Session and not g.exists for g in guards):
+            met.append(1)  # another batch's session of the card, rolled back since
+            raise Conflict("the session changed meanwhile", field="id", code="CHANGED")
+        await real_write(changes, audit, guards)
+
+    monkeypatch.setattr(world.store, "write", meeting_a_passing_write)
+    again, told = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                   now - timedelta(seconds=60))
+    assert met == [1]
+    assert (again, told.status) == (second, "Accepted")
+    assert (await world.session(second)).start_refused is None
+
+
 async def test_a_session_closed_by_the_next_start_after_a_reboot_ends_at_the_reboot(
         world: World) -> None:
     """The charger rebooted and lost the transaction; its next start on the connector

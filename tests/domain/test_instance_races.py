@@ -5,6 +5,7 @@ instance's read and its write, so every interleaving here is forced, not hoped f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -242,6 +243,81 @@ async def test_two_starts_of_one_card_on_two_instances_are_never_both_accepted(
     held = {s.transaction_id: s.start_refused
             for s in await two.store.find_all(d.Session, Eq("id_tag", "TAG-1"))}
     assert held == {a_tx: "ConcurrentTx", b_tx: None}
+
+
+async def test_two_starts_of_one_card_colliding_in_step_resolve_to_one_accepted(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-tx2: MongoDB's card guard is no lock. Two starts of one card on two
+    instances at once, each writing its session and then reading for another (here: a
+    slow round trip between the two), each met the other's write in flight: both were
+    rolled back, read again together, met again, and after three attempts both chargers
+    got an error and no session was written. Each reads again after a pause of its own
+    (random; here one short, one long): one is Accepted, the other ConcurrentTx. On
+    SQLite the guard is part of the write: the one written second reads again."""
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="dora@example.com", password="pw-12345678", name="Dora",
+        role=d.Role.DRIVER)
+    await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    await two.a.stations.create_station(SYSTEM, cp_id="CP-OTHER", name="Werder",
+                                        connectors=[ConnectorSpec(1, max_kw=50)])
+    # In step: a session write of the card waits (a while) for the other instance's, so
+    # both are in flight together; on MongoDB each reads for the other's, and their
+    # rollbacks wait for both reads; then they read again together.
+    writes: list[asyncio.Future[None]] = []
+    checks: list[asyncio.Future[None]] = []
+    retries: list[asyncio.Future[None]] = []
+
+    async def in_step(waiting: list[asyncio.Future[None]]) -> None:
+        if waiting:
+            waiting.pop().set_result(None)
+            return
+        met = asyncio.get_running_loop().create_future()
+        waiting.append(met)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(met), 0.1)
+        if met in waiting:
+            waiting.remove(met)
+
+    for services in (two.a, two.b):
+        store = services.charging.store
+
+        async def rolled_back(cp_id: str, real: Any = services.charging._still_registered
+                              ) -> Any:
+            await in_step(retries)  # both read again together
+            return await real(cp_id)
+
+        monkeypatch.setattr(services.charging, "_still_registered", rolled_back)
+
+        async def write(changes: Any, audit: Any, guards: Any = (),
+                        real: Any = store.write) -> None:
+            if any(g.kind is d.Session and not g.exists for g in guards):
+                await in_step(writes)
+            await real(changes, audit, guards)
+
+        monkeypatch.setattr(store, "write", write)
+        if isinstance(store, MongoStore):
+            async def check(guards: Any, real: Any = store._check_guards) -> None:
+                await asyncio.sleep(0.02)  # the other's write lands meanwhile
+                try:
+                    await real(guards)
+                finally:
+                    await in_step(checks)
+
+            monkeypatch.setattr(store, "_check_guards", check)
+    monkeypatch.setattr("domain.services.charging.START_RETRY_PAUSE",
+                        timedelta(seconds=0.3))
+    two.a.charging.retry_jitter = lambda: 0.0
+    two.b.charging.retry_jitter = lambda: 0.99
+    now = datetime.now(UTC).replace(microsecond=0)
+    told = await asyncio.gather(
+        two.a.charging.start_transaction(CP, 1, "TAG-1", 0, now),
+        two.b.charging.start_transaction("CP-OTHER", 1, "TAG-1", 0, now))
+    assert sorted(info.status for _, info in told) == ["Accepted", "ConcurrentTx"]
+    held = {s.transaction_id: s.start_refused
+            for s in await two.store.find_all(d.Session, Eq("id_tag", "TAG-1"))}
+    assert sorted(held.values(), key=str) == ["ConcurrentTx", None]
+    assert {tx: info.status for tx, info in told} == {
+        tx: refused or "Accepted" for tx, refused in held.items()}
 
 
 # ------------------------------------------------------------------ (C) owner vs demotion

@@ -3,9 +3,11 @@ whichever card starts it; a repeated Preparing or a brief fault does not end a s
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from ocpp.v16 import call
 
 from domain import entities as d
 from domain.policy import Viewer
@@ -119,3 +121,45 @@ async def test_a_transient_fault_does_not_lose_the_chosen_car(central: Central) 
         [session] = await central.store.find_all(d.Session, Eq("state",
                                                                 d.SessionState.ACTIVE))
         assert session.vehicle_id == second.id, "booked to the card's car"
+
+
+async def test_a_session_whose_start_was_refused_does_not_hold_the_car(
+        central: Central) -> None:
+    """Review r26-tx2: a session whose start was refused holds no card (``holding_card``),
+    but the remote start's car check still counted it: one refused ConcurrentTx, booked to
+    the card's car and never stopped by its charger (it cuts the energy), had the driver's
+    remote start refused "this car is charging now" for good, and the car could not be
+    removed. It holds the car no more than the card (``holding_car``)."""
+    start = datetime.now(UTC).replace(microsecond=0)
+
+    def stamp(at: datetime) -> str:
+        return at.isoformat().replace("+00:00", "Z")
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+
+        async def started(connector_id: int, meter: int, at: datetime) -> tuple[int, str]:
+            answer = await cp.call(call.StartTransaction(
+                connector_id=connector_id, id_tag="TAG-OK", meter_start=meter,
+                timestamp=stamp(at)))
+            return answer.transaction_id, answer.id_tag_info["status"]
+
+        first, told = await started(1, 5_000, start)
+        assert told == "Accepted"
+        refused, told = await started(2, 8_000, start + timedelta(seconds=1))
+        assert told == "ConcurrentTx"  # the charger cuts the energy, never stops it
+        await cp.call(call.StopTransaction(meter_stop=6_000,
+                                           timestamp=stamp(start + timedelta(seconds=2)),
+                                           transaction_id=first))
+        await cp.status(1, "Available")
+        held = await central.session(refused)
+        assert held is not None and held.start_refused == "ConcurrentTx"
+        assert held.state is d.SessionState.ACTIVE
+        assert held.vehicle_id == central.vehicles["car"].id
+        started_ = await run(central, "remoteStartTransaction",
+                             {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"},
+                             as_user="driver")
+        assert started_["errors"] == [], started_
+        # Nor does it keep the car from being taken out of the garage.
+        await central.services.fleet.remove_vehicle(
+            Viewer.of(central.users["driver"]), central.vehicles["car"].id)

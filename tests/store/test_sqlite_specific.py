@@ -65,18 +65,30 @@ from domain.query import (
     Sub,
     all_of,
 )
+from domain.services.base import holding_card
+from domain.services.charging import ChargingService
 from graph.history import NEWEST_FIRST, OLDEST_FIRST
 from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
+from store.sqlite.store import _guard_query
 from store.sqlite.writer import (
     TRIM_WHEN_IDLE_S,
     WAL_KEPT_BYTES,
     WalIndex,
     cannot_write,
 )
-from tests.contract.factories import T0, audit, company, put, station, tariff, user
+from tests.contract.factories import (
+    T0,
+    audit,
+    company,
+    put,
+    session,
+    station,
+    tariff,
+    user,
+)
 from tests.support.schema_at import roll_back
 
 SQL_TYPE = {"id": "TEXT", "str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER",
@@ -1592,6 +1604,25 @@ async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
     for kind, where in queries:
         plan = await _plan(store, kind, where)
         assert "SCAN t0" not in plan, (kind.kind, plan)
+
+
+async def test_a_start_s_card_guard_reads_the_card_s_active_sessions_by_their_index(
+        store: SqliteStore) -> None:
+    """Review r26-tx2: an Accepted start is written only while no other session holds its
+    card (``ChargingService._card_free``, checked inside the write lock), and judged by
+    the same read just before (``authorize_start``). With no index on the tag both
+    scanned every ACTIVE session of the network (4-5 ms a start at 20,000 open, the
+    write lock held); they read the card's own by ``session_active_id_tag_idx``."""
+    started = session(station(), id_tag="TAG-1", transaction_id=7)
+    sql, params, _ = _guard_query(ChargingService._card_free(started))
+    plans = [await _plan_of(store, sql, params)]
+    for before in (None, 7):  # a start's read, a resend's (earlier transactions only)
+        plans.append(await _plan(store, Session, all_of(
+            holding_card("TAG-1"),
+            Range("transaction_id", lt=before) if before is not None else None)))
+    for plan in plans:
+        assert "USING INDEX session_active_id_tag_idx (id_tag=?)" in plan, plan
+        assert "SCAN" not in plan, plan
 
 
 async def test_available_now_reads_only_each_station_s_reservations(
