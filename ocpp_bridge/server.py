@@ -5,12 +5,14 @@
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
   profile 2 when a TLS certificate is configured). An unknown cp_id is answered as a
-  station with a wrong password (401 with the challenge, counted as it arrives and locked
-  out alike, shared across instances, one check per address in flight, every refusal
-  answered ``CHARGER_REFUSAL_DELAY_S`` after its arrival: ``_decoy``, ``_password_ok``),
-  so ids cannot be enumerated; the log says why. With auto-registration on, it becomes a Pending
-  station. Wrong passwords are counted and lock the guesser out (429, unchecked), not
-  the charger at an address it is known to pass from (``domain.services.charger_sign_ins``).
+  station whose stored hash no password matches (``_decoy``): the same checks on the
+  same path as a station's (counted as it arrives and locked out alike, shared across
+  instances, one check per station and per address at a time, argon2 on the same
+  threads, every refusal answered at least ``CHARGER_REFUSAL_DELAY_S`` after its
+  arrival: ``_password_ok``), so ids cannot be enumerated; the log says why. With
+  auto-registration on, it becomes a Pending station. Wrong passwords are counted and
+  lock the guesser out (429, unchecked), not the charger at an address it is known to
+  pass from (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
 """
 
@@ -29,7 +31,7 @@ import socket
 import ssl
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -103,19 +105,31 @@ STORE_RETRY_AFTER_S = 10
 #: Refused passwords remembered per station (repeated guesses are refused without argon2;
 #: they are still counted).
 REFUSED_REMEMBERED = 32
-#: The password hash a made-up cpId is checked as (``_decoy``): no argon2 hash, so no
-#: password matches it and none is hashed for it.
-DECOY_HASH = "unknown charge point"
+#: What the counts of a cpId with no station are keyed by in place of its password hash
+#: (``_limits``): the same on every instance, so they are shared as a station's are,
+#: whereas the hash it is checked against (``_decoy``) is each instance's own.
+UNKNOWN_KEY = "unknown charge point"
+#: CpIds with no station whose refused passwords are remembered (``_refused_unknown``,
+#: the oldest forgotten first): a scan of made-up ids must not grow memory without bound.
+UNKNOWN_REMEMBERED = 10_000
+#: Password checks (argon2) pending on one instance, queued or running, their handshake
+#: still there or dropped (a check runs to its end: ``_password_ok``). Beyond it, a
+#: password that needs a check is answered 503 with ``Retry-After`` at once, counted
+#: nowhere: dropped handshakes cannot pile up work without bound.
+MAX_PENDING_CHECKS = 256
+#: The ``Retry-After`` of that 503 (seconds).
+CHECKS_BUSY_RETRY_AFTER_S = 2
 #: Seconds the websockets server gives a handshake (TLS, HTTP request, ``process_request``
 #: with its password check and refusal delay) before it drops the connection
 #: (websockets' default, named here so the delay below is seen to fit well inside it).
 HANDSHAKE_TIMEOUT_S = 10.0
-#: Seconds after its arrival that every refused password is answered (401), whatever
-#: refused it: argon2, a guess refused lately, a connected station's cached digest, or a
-#: cpId with no station (no check at all). Fixed, not measured: above one argon2 check
-#: with the default parameters on modest hardware (0.05 to 0.5 s), so a real station's
-#: refusal and a made-up id's take the same time; a check that took longer (the hashing
-#: threads busy) is answered when it is done. A sleep after the failure was counted and
+#: Seconds after its arrival that every refused password is answered (401), at the
+#: earliest, whatever refused it: argon2, a guess refused lately, a connected station's
+#: cached digest, a cpId with no station (checked by argon2 against ``_decoy``'s hash as
+#: a station is). Fixed, not measured: above one argon2 check with the default
+#: parameters on modest hardware (0.05 to 0.5 s); a check that took longer (the hashing
+#: threads busy, the station's checks queued) is answered when it is done, on the same
+#: path for a real cpId and a made-up one. A sleep after the failure was counted and
 #: the station's turn and the hashing thread were given back: no CPU, no lock. Review
 #: r26-security2: a running average of the checks, timed from the station's lock, took
 #: in the queue, reached several seconds after a reconnect storm and stayed there.
@@ -130,12 +144,27 @@ LOCKED_OUT = "too many wrong passwords from there: refused unchecked"
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A handshake answered 429 without its password checked: locked out
-    (``ChargerSignIns``), or a check from the same address still under way."""
+    """A handshake answered without its password checked: 429, locked out
+    (``ChargerSignIns``) or another password from the same address still under way; 503,
+    too many checks pending on this instance (``MAX_PENDING_CHECKS``)."""
 
     retry_after: int  # seconds
     message: str
     locked: bool = False
+    status: HTTPStatus = HTTPStatus.TOO_MANY_REQUESTS
+
+
+@dataclass(eq=False, slots=True)
+class _UnderWay:
+    """A password of one station under way from one address (``OcppServer._in_flight``):
+    its check (argon2, a task no handshake's cancellation reaches; or an answer already
+    known), and the handshakes waiting for it. The address's slot is free once the check
+    is done and no handshake waits."""
+
+    digest: bytes
+    password_hash: str | None
+    check: asyncio.Future[bool]
+    handshakes: int = 0
 
 
 def cp_id_from_path(path: str) -> str | None:
@@ -215,15 +244,21 @@ class OcppServer:
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
-        # cp_id → (password hash, digests of passwords it refused lately).
+        # cp_id → (password hash, digests of passwords it refused lately); cpIds with no
+        # station in a table of their own, bounded (``UNKNOWN_REMEMBERED``).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
+        self._refused_unknown: OrderedDict[str, tuple[str, deque[bytes]]] = OrderedDict()
+        #: The hash a cpId with no station is checked against (``_decoy``), made at start.
+        self._decoy_hash: str | None = None
+        #: The argon2 checks pending (``MAX_PENDING_CHECKS``).
+        self._checks: set[asyncio.Task[bool]] = set()
         #: Seconds after its arrival a refused password is answered
         #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
         self.refusal_delay = refusal_delay
         self._checking = KeyedLocks()  # one argon2 check per station at a time
-        #: (cp_id, address as the limits count it: an IPv6 one by its /64) of the
-        #: passwords being checked or waiting for their refusal's answer.
-        self._in_flight: set[tuple[str, str]] = set()
+        #: (cp_id, address as the limits count it: an IPv6 one by its /64) → the
+        #: password being checked from there, or waiting for its refusal's answer.
+        self._in_flight: dict[tuple[str, str], _UnderWay] = {}
         self.refusals = RefusalLog()
         #: A socket let in at its handshake → the id of the station it signed in as and
         #: that station's password hash then (``None``: none), until its handler takes
@@ -240,6 +275,7 @@ class OcppServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        await self._unmatchable_hash()  # once, before any handshake
         if self.instances_bus is None:
             # One instance: what is still online lost its connection with the previous
             # process. Unless another process serves chargers on this database too (its
@@ -325,6 +361,10 @@ class OcppServer:
         finally:
             drop.cancel()
         self._server = None
+        for check in list(self._checks):  # handshakes gone: nobody waits for them
+            check.cancel()
+        if self._checks:
+            await asyncio.wait(list(self._checks))
         self.refusals.flush()  # what the last minute held back is not lost
         self._stopping = False
         if self.instances is not None:
@@ -580,7 +620,7 @@ class OcppServer:
         if station is None:
             # Answered as a station whose password nobody knows, not 404: a 404 here and
             # a 401 for a station's wrong password told anyone which cpIds exist (QA s26).
-            station = self._decoy(cp_id)
+            station = await self._decoy(cp_id)
         if station.auth_password_hash is None:
             self._signed_in[connection] = (station.id, station.auth_password_hash)
             return None  # security profile 0: the operator chose no password
@@ -593,7 +633,10 @@ class OcppServer:
         if isinstance(verdict, Refused):
             if verdict.locked:
                 self.refusals.note(cp_id, peer, LOCKED_OUT)
-            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, verdict.message)
+            elif verdict.status is HTTPStatus.SERVICE_UNAVAILABLE:
+                self.refusals.note(cp_id, peer, "too many password checks pending: "
+                                                "not checked, not counted")
+            response = connection.respond(verdict.status, verdict.message)
             response.headers["Retry-After"] = str(verdict.retry_after)
             return response
         if not verdict:
@@ -606,25 +649,38 @@ class OcppServer:
         self._signed_in[connection] = (station.id, station.auth_password_hash)
         return None
 
-    def _decoy(self, cp_id: str) -> Station:
-        """What a cpId with no station is checked as (never stored): a station with a
-        password, whose every password is refused as a known station's wrong one is: by
-        the same limits, in tables of their own shared across instances as the
-        stations' are (``ChargerSignIns.unknown``), through the same one-at-a-time gate,
-        answered after the same delay (``_password_ok``). No argon2: a scan of made-up ids with
-        credentials would otherwise keep the hashing threads, which chargers and people
-        signing in share, busy for nothing. What may still be told apart is in
-        docs/architecture.md (a check slower than the delay)."""
-        return Station(cp_id=cp_id, name=cp_id, auth_password_hash=DECOY_HASH)
+    async def _decoy(self, cp_id: str) -> Station:
+        """What a cpId with no station is checked as (never stored): a station whose
+        stored hash (``_unmatchable_hash``: argon2, the stations' parameters, made once)
+        no password matches. From there on it is a station whose charger has not
+        connected here: the same gate, turn per station, argon2 check on the same
+        threads, counts (in tables of their own shared across instances,
+        ``ChargerSignIns.unknown``, keyed by ``UNKNOWN_KEY``) and refusal delay
+        (``_password_ok``), so neither the code path nor the time can tell it from a real
+        cpId (review r26-security3: skipping argon2 for it, a burst of guesses at a real
+        station was answered a queue of checks later, a made-up id's all at the delay).
+        A scan's CPU is the guessers' budgets' (per address and per cpId), as a
+        station's is."""
+        return Station(cp_id=cp_id, name=cp_id,
+                       auth_password_hash=await self._unmatchable_hash())
 
-    def _sign_ins(self, station: Any) -> ChargerSignIns:
-        """Where ``station``'s password checks are counted: made-up cpIds' in tables of
-        their own (``ChargerSignIns.unknown``), by the same limits and clock, shared
-        across instances as the stations' are."""
+    async def _unmatchable_hash(self) -> str:
+        if self._decoy_hash is None:
+            self._decoy_hash = await self.charging.unmatchable_password_hash()
+        return self._decoy_hash
+
+    def _is_decoy(self, station: Any) -> bool:
+        return self._decoy_hash is not None and station.auth_password_hash == self._decoy_hash
+
+    def _limits(self, station: Any) -> tuple[ChargerSignIns, str]:
+        """Where ``station``'s password checks are counted, and the hash their keys
+        carry: made-up cpIds' in tables of their own (``ChargerSignIns.unknown``), by the
+        same limits and clock, keyed by ``UNKNOWN_KEY`` (the same on every instance, so
+        shared across instances as the stations' are)."""
         real = self.charging.sign_ins
-        if station.auth_password_hash != DECOY_HASH or real.unknown is None:
-            return real
-        return real.unknown
+        if not self._is_decoy(station):
+            return real, station.auth_password_hash
+        return (real.unknown if real.unknown is not None else real), UNKNOWN_KEY
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
         """The charger's address: behind a trusted proxy, from its X-Forwarded-For."""
@@ -651,33 +707,45 @@ class OcppServer:
     async def _password_ok(self, station: Any, password: str, peer: str = ""
                            ) -> bool | Refused:
         """Whether ``password`` is the station's, counted (``ChargerSignIns``); ``Refused``
-        (not checked) while ``peer`` is locked out of the station, or a password for the
-        same station from the same address (an IPv6 one by its /64) is still under way.
+        (not checked) while ``peer`` is locked out of the station, or another password for
+        the same station from the same address (an IPv6 one by its /64) is under way, or
+        (503) ``MAX_PENDING_CHECKS`` checks are pending here.
 
-        Every password is counted as it arrives, before anything checks or waits for it
-        (one found right is taken back): a burst is held to the budget whatever the
-        timing (review r26-security2: counted after its answer's wait, every guess of a
-        burst passed the lockout check on arrival, and those the handshake timeout
-        cancelled were never counted). A refusal is answered ``refusal_delay`` after
-        its arrival, the same for every cpId, real or made up (``_decoy``)."""
+        Every password not known right is counted as it arrives, before anything checks
+        or waits for it (one found right is taken back): a burst is held to the budget
+        whatever the timing (review r26-security2). Its check runs as a task the
+        handshake only awaits (``_check``): a handshake the websockets timeout drops
+        while its check waits for the hashing threads leaves the check running, and a
+        right password's count is taken back all the same (review r26-security3: the
+        cancelled check never did, and five retries of a charger in a reconnect storm
+        locked its own address out). A refusal is answered ``refusal_delay`` after its
+        arrival at the earliest, the same for every cpId, real or made up
+        (``_decoy``)."""
         arrived = time.monotonic()
+        sign_ins, key = self._limits(station)
         # Before anything answers for the password, the cached digests too: they settled
         # guesses for free, thousands a second, once the charger had connected (QA s22).
-        refused = self._locked_out(station, peer)
+        refused = self._locked_out(sign_ins, key, station.cp_id, peer)
         if refused is not None:
             return refused
+        digest = hashlib.sha256(password.encode()).digest()
         # One password per station and address at a time, keyed as the limits count
         # addresses (review r26-security2: per raw address, one host of an IPv6 /64 sent
-        # hundreds at once), the right one too: while one is checked or waits for its
-        # refusal, nothing from there is looked at (429: come back). A flood of guesses
-        # from a few addresses is a few at a time, so a real charger connecting from its
-        # own address is not held behind hundreds; and two at once read the same for a
-        # real cpId and a made-up one.
+        # hundreds at once): while one is checked or waits for its refusal, another from
+        # there is not looked at (429: come back), the right one too, before the cached
+        # digest is compared (else a burst's every guess was compared with it while one
+        # was counted). A flood from a few addresses is a few at a time, so a real
+        # charger connecting from its own address is not held behind hundreds.
         slot = (station.cp_id, address_key(peer))
-        if slot in self._in_flight:
-            return Refused(1, "a password check from here is under way\n")
-        decoy = station.auth_password_hash == DECOY_HASH  # no station: nothing to check
-        digest = hashlib.sha256(password.encode()).digest()
+        under_way = self._in_flight.get(slot)
+        if under_way is not None:
+            if under_way.password_hash != station.auth_password_hash \
+                    or not hmac.compare_digest(under_way.digest, digest):
+                return Refused(1, "a password check from here is under way\n")
+            # The same password again (its charger retrying a handshake the timeout
+            # dropped while its check queued): that check's answer, not counted again
+            # and no second check (review r26-security3: a reconnect storm).
+            return await self._answer(station, peer, slot, under_way, arrived)
         # The password the charger passed with before the station's hash changed: its
         # charger, maybe not told yet of a new one (review s22: its retries counted
         # against the new password at its own address, and locked it out for up to the
@@ -686,43 +754,86 @@ class OcppServer:
         # salt (QA s24: refused unchecked, the charger was locked out for good on every
         # instance it had passed on). Checked once per hash: a refusal is remembered, a
         # pass cached, like any other password's.
-        former = False if decoy else self._former_password(station, digest)
-        known = False if decoy else self._known_answer(station, digest)
+        former = self._former_password(station, digest)
+        known = self._known_answer(station, digest)
         if known:
-            # The password its charger passed with: reconnect storms cost no argon2, and
-            # wait for nothing.
+            # The password of the station's last accepted connection here: answered at
+            # once, never counted, never queued (reconnect storms cost no argon2).
             return self._passed(station, peer)
-        sign_ins = self._sign_ins(station)
-        lockouts = [] if former else sign_ins.failed(station.cp_id,
-                                                     station.auth_password_hash, peer)
-        self._in_flight.add(slot)
-        try:
-            ok = False
-            if known is None:
-                # argon2 costs tens to hundreds of milliseconds of CPU: on the services'
-                # hashing threads (a few at a time, shared with sign-ins), and one check
-                # per station at a time, so a flood against one station waits behind
-                # itself rather than taking every thread.
-                async with self._checking.one_at_a_time(station.cp_id):
-                    ok = await self.charging.station_password_ok(station, password)
-                self._remember(station, digest, ok)
-            if ok:
-                if not former:
-                    sign_ins.forgive(station.cp_id, station.auth_password_hash, peer)
-                return self._passed(station, peer)
+        if known is None and len(self._checks) >= MAX_PENDING_CHECKS:
+            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                           "too many password checks pending: try again later\n",
+                           status=HTTPStatus.SERVICE_UNAVAILABLE)
+        lockouts = [] if former else sign_ins.failed(station.cp_id, key, peer)
+        check: asyncio.Future[bool]
+        if known is None:
+            check = asyncio.create_task(
+                self._check(station, password, digest, former, peer, lockouts),
+                name="chargegraph-ocpp-password-check")
+            self._checks.add(check)
+        else:  # a guess refused lately: no argon2, the same count, gate and delay
+            for lockout in lockouts:
+                self._log_lockout(station.cp_id, peer, lockout, unknown=self._is_decoy(station))
+            check = asyncio.get_running_loop().create_future()
+            check.set_result(False)
+        under_way = _UnderWay(digest, station.auth_password_hash, check)
+        self._in_flight[slot] = under_way
+        check.add_done_callback(lambda done: self._check_done(done, slot, under_way))
+        return await self._answer(station, peer, slot, under_way, arrived)
+
+    async def _check(self, station: Any, password: str, digest: bytes, former: bool,
+                     peer: str, lockouts: list[Lockout]) -> bool:
+        """A password's argon2 check and what follows from it, whether or not its
+        handshake still waits: remembered, and a right one's count taken back (a wrong
+        one's stays, its lockouts logged). On the chargers' hashing threads (a few at a
+        time) and one check per station at a time, so a flood against one station waits
+        behind itself rather than taking every thread."""
+        async with self._checking.one_at_a_time(station.cp_id):
+            ok = await self.charging.station_password_ok(station, password)
+        self._remember(station, digest, ok)
+        sign_ins, key = self._limits(station)
+        if ok:
+            if not former:
+                sign_ins.forgive(station.cp_id, key, peer)
+        else:
             for lockout in lockouts:  # once, at WARNING: an operator should see an attack
-                self._log_lockout(station.cp_id, peer, lockout, unknown=decoy)
-            # Counted, the station's turn and the hashing thread given back: the answer
-            # waits (a sleep: no CPU) until ``refusal_delay`` after the arrival, holding
-            # only this address's slot.
+                self._log_lockout(station.cp_id, peer, lockout,
+                                  unknown=self._is_decoy(station))
+        return ok
+
+    def _check_done(self, check: asyncio.Future[bool], slot: tuple[str, str],
+                    under_way: _UnderWay) -> None:
+        if isinstance(check, asyncio.Task):
+            self._checks.discard(check)
+        if not check.cancelled() and check.exception() is not None and not under_way.handshakes:
+            log.error("a password check failed with nobody waiting",
+                      exc_info=check.exception())
+        self._release(slot, under_way)
+
+    def _release(self, slot: tuple[str, str], under_way: _UnderWay) -> None:
+        if under_way.check.done() and not under_way.handshakes \
+                and self._in_flight.get(slot) is under_way:
+            del self._in_flight[slot]
+
+    async def _answer(self, station: Any, peer: str, slot: tuple[str, str],
+                      under_way: _UnderWay, arrived: float) -> bool:
+        """``under_way``'s answer for a handshake: right at once; wrong not before
+        ``refusal_delay`` after the handshake arrived (a sleep: no CPU, no turn of the
+        station's, no hashing thread; only the address's slot is held). Cancelled (the
+        handshake dropped), the check goes on."""
+        under_way.handshakes += 1
+        try:
+            if await asyncio.shield(under_way.check):
+                return self._passed(station, peer)
             await asyncio.sleep(max(0.0, self.refusal_delay - (time.monotonic() - arrived)))
             return False
         finally:
-            self._in_flight.discard(slot)
+            under_way.handshakes -= 1
+            self._release(slot, under_way)
 
-    def _locked_out(self, station: Any, peer: str) -> Refused | None:
-        left = self._sign_ins(station).refused_for(station.cp_id, station.auth_password_hash,
-                                                  peer)
+    def _locked_out(self, sign_ins: ChargerSignIns, key: str, cp_id: str, peer: str
+                    ) -> Refused | None:
+        left = sign_ins.refused_for(cp_id, key, peer)
         if left is None:
             return None
         return Refused(max(1, math.ceil(left.total_seconds())),
@@ -743,26 +854,35 @@ class OcppServer:
         cached = self._verified.get(station.cp_id)
         if cached is not None and cached[0] == station.auth_password_hash:
             return hmac.compare_digest(cached[1], digest)  # the password it was set to
-        refused = self._refused.get(station.cp_id)
+        refused = self._refused_table(station).get(station.cp_id)
         if refused is not None and refused[0] == station.auth_password_hash \
                 and digest in refused[1]:
             return False
         return None
 
+    def _refused_table(self, station: Any) -> dict[str, tuple[str, deque[bytes]]]:
+        return self._refused_unknown if self._is_decoy(station) else self._refused
+
     def _remember(self, station: Any, digest: bytes, ok: bool) -> None:
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
             return
-        refused = self._refused.get(station.cp_id)
+        table = self._refused_table(station)
+        refused = table.get(station.cp_id)
         if refused is None or refused[0] != station.auth_password_hash:
             refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
-            self._refused[station.cp_id] = refused
+            table[station.cp_id] = refused
         refused[1].append(digest)
+        if table is self._refused_unknown:
+            self._refused_unknown.move_to_end(station.cp_id)
+            while len(self._refused_unknown) > UNKNOWN_REMEMBERED:
+                self._refused_unknown.popitem(last=False)
 
     def _passed(self, station: Any, peer: str) -> bool:
         """The right password: its address's count is cleared and the address known for
         the station (``ChargerSignIns.succeeded``)."""
-        self._sign_ins(station).succeeded(station.cp_id, station.auth_password_hash, peer)
+        sign_ins, key = self._limits(station)
+        sign_ins.succeeded(station.cp_id, key, peer)
         return True
 
     def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout, *,

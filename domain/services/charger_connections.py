@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -182,6 +183,15 @@ class ChargerConnections(Service):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.charger_hashing, self.password_ok,
                                           station, password)
+
+    async def unmatchable_password_hash(self) -> str:
+        """A password hash no password matches (the hash of a random secret, forgotten),
+        made by the same hasher with the same parameters as the stations' and on the
+        chargers' hashing threads: what a cpId with no station is checked against
+        (``OcppServer._decoy``), so its check costs what a station's does."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.charger_hashing, self.ctx.hasher.hash,
+                                          secrets.token_urlsafe(32))
 
     async def reset_connections(self, alive: Collection[str] = ()) -> None:
         """At start-up no charger is connected yet: a station still marked online lost its

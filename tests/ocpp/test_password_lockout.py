@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from domain.query import ALL, Eq
 from domain.services import charger_connections
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from ocpp_bridge import server as server_module
-from ocpp_bridge.server import RefusalLog
+from ocpp_bridge.server import UNKNOWN_KEY, RefusalLog
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
@@ -255,9 +256,10 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
                                                   **made_up_as})
         assert known == made_up and known[0] == 401
         assert known[1]["www-authenticate"].startswith("Basic realm=")
-    # Neither took argon2's time: the station's by its cached digest, the made-up one's
-    # not at all (a scan must not keep the hashing threads busy).
-    assert checked == []
+    # The station's guess settled by its cached digest; the made-up id's checked by
+    # argon2 against a hash no password matches, as a station's whose charger has not
+    # connected here is (review r26-security3: one code path for both).
+    assert checked == ["a-guess-1"]
     for i in range(4):  # four more wrong passwords from each address: both locked out
         assert await attempt(central, f"guess-{i}", "203.0.113.5") == 401
         assert await attempt(central, f"guess-{i}", "203.0.113.6", "CP-9") == 401
@@ -471,6 +473,171 @@ async def test_guesses_whose_handshake_times_out_while_queued_are_counted(
         assert locked is not None, "6 guesses at once did not lock the station (budget 3)"
     finally:
         await stop_central(central)
+
+
+async def attempt_or_dropped(central: Central, cp_id: str, password: str, source: str
+                             ) -> int:
+    """``attempt``, 0 when the server dropped the handshake (its handshake timeout)."""
+    try:
+        return await attempt(central, password, source, cp_id)
+    except Exception:  # dropped at the server's handshake timeout
+        return 0
+
+
+@pytest.fixture
+async def short_timeout_central(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                ) -> AsyncIterator[Central]:
+    """A server whose handshake timeout is 1 s (production's 10 s, scaled down)."""
+    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_S", 1.0)
+    central = await start_central(tmp_path / "storm.db")
+    await seed(central)
+    yield central
+    await stop_central(central)
+
+
+async def test_a_right_password_whose_handshake_timed_out_is_not_counted_against_it(
+        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security3: after a restart (no digest cached) the hashing threads are
+    busy with a reconnect storm and the charger's handshake is dropped at the handshake
+    timeout before its argon2 check ends. Its right password, counted on arrival, was
+    never taken back (the check was cancelled with the handshake): five retries from its
+    own address locked the real charger out. The check runs on to its end: the count is
+    taken back and the pass cached, so a retry is let in at once."""
+    central = short_timeout_central
+    charging = central.services.charging
+    real = charging.password_ok
+    busy = {"on": True}
+
+    def hashing(station: d.Station, password: str | None) -> bool:
+        time.sleep(1.3 if busy["on"] else 0.01)  # threads shared with the storm
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", hashing)
+    got = []
+    for _ in range(5):  # the charger retrying while the storm lasts
+        got.append(await attempt_or_dropped(central, "CP-1", STATION_PASSWORD, CHARGER))
+        await asyncio.sleep(0.4)
+    assert got[0] == 0, got  # dropped: its check outlasted the handshake
+    assert 429 not in got, got
+    busy["on"] = False  # the storm is over
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+
+
+async def test_a_reconnect_storm_behind_one_address_gets_every_charger_back_in(
+        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security3: 36 chargers of one site behind one IPv4 NAT (distinct cpIds)
+    reconnect after a restart; argon2 takes 0.3 s on the two hashing threads, the
+    handshake timeout is 1 s (10 s and a few hundred chargers in production). Those at
+    the back of the queue were dropped round after round, each drop counted as a wrong
+    password at their own address, and ended locked out. A dropped check runs on; a
+    retry of the same password from there waits for it rather than being refused or
+    checked again."""
+    central = short_timeout_central
+    charging = central.services.charging
+    company = central.stations["CP-1"].company_id
+    ids = [f"SITE-{i}" for i in range(36)]
+    for cp_id in ids:
+        await central.services.stations.create_station(
+            SYSTEM, cp_id=cp_id, name=cp_id, company_id=company, password=STATION_PASSWORD)
+    real = charging.password_ok
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        time.sleep(0.3)
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    waiting = list(ids)
+    history: dict[str, list[int]] = {cp_id: [] for cp_id in ids}
+    for _ in range(10):
+        if not waiting:
+            break
+        got = await asyncio.gather(*(attempt_or_dropped(central, cp_id, STATION_PASSWORD,
+                                                        "203.0.113.7")
+                                     for cp_id in waiting))
+        for cp_id, status in zip(waiting, got, strict=True):
+            history[cp_id].append(status)
+        waiting = [cp_id for cp_id, status in zip(waiting, got, strict=True) if status != 101]
+        await asyncio.sleep(0.7)
+    locked = {cp_id: h for cp_id, h in history.items() if 429 in h}
+    assert not locked, f"chargers locked out with their right password: {locked}"
+    assert not waiting, f"never got back in: {waiting}"
+
+
+async def test_a_burst_reads_the_same_for_a_real_cp_id_and_a_made_up_one(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security3: checks of one station run one at a time, so 8 guesses at
+    once from 8 addresses at a station whose charger has not connected here were
+    answered up to 8 argon2 checks after they arrived, a made-up id's (no argon2) all at
+    the refusal delay: one burst told which cpId exists. A made-up id is checked as a
+    station whose hash no password matches, on the same path."""
+    charging = central.services.charging
+    real = charging.password_ok
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        time.sleep(0.1)
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    central.server.refusal_delay = 0.3
+    slowest: dict[str, float] = {}
+    for n, cp_id in enumerate(("CP-9", "CP-1")):  # made up, real
+        async def timed(i: int, cp_id: str = cp_id, n: int = n) -> tuple[int, float]:
+            started = time.monotonic()
+            status = await attempt(central, f"guess-{i}", f"203.0.{113 + n}.{i + 1}", cp_id)
+            return status, time.monotonic() - started
+
+        got = await asyncio.gather(*(timed(i) for i in range(8)))
+        assert [s for s, _ in got] == [401] * 8, (cp_id, got)
+        slowest[cp_id] = max(t for _, t in got)
+    assert abs(slowest["CP-1"] - slowest["CP-9"]) < 0.15, slowest
+
+
+async def test_checks_pending_beyond_the_bound_are_answered_503_and_not_counted(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropped handshakes' checks run on, so how many may be pending is bounded per
+    instance: beyond it a password that needs a check is answered 503 with Retry-After
+    at once, counted nowhere, a real cpId's as a made-up one's; one its charger passed
+    with here (its digest cached) is still let in."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 2)
+    charging = central.services.charging
+    # One failure from an address locks it out: a 503 counted would show.
+    charging.sign_ins = ChargerSignIns(charging.sign_ins.by_address.clock,
+                                       ChargerSignInLimits(per_address=1))
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its digest cached
+    for i in range(2):
+        await central.services.stations.create_station(
+            SYSTEM, cp_id=f"SLOW-{i}", name=f"SLOW-{i}",
+            company_id=central.stations["CP-1"].company_id, password=STATION_PASSWORD)
+    real = charging.password_ok
+
+    def slow(station: d.Station, password: str | None) -> bool:
+        time.sleep(0.5)
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", slow)
+    pending = [asyncio.ensure_future(attempt(central, "guess", "203.0.113.1", f"SLOW-{i}"))
+               for i in range(2)]
+    await asyncio.sleep(0.1)  # both checks under way
+    for cp_id in ("CP-OTHER", "SLOW-0"):  # made up, real
+        with pytest.raises(InvalidStatus) as err:
+            await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                          additional_headers={"X-Forwarded-For": "203.0.113.2",
+                                              **basic_auth(cp_id, "guess")})
+        assert err.value.response.status_code == 503
+        assert int(err.value.response.headers["Retry-After"]) >= 1
+    started = time.monotonic()
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert time.monotonic() - started < 0.3  # neither queued nor refused
+    assert await asyncio.gather(*pending) == [401, 401]
+    slow_0 = await charging.station("SLOW-0")
+    assert slow_0 is not None and slow_0.auth_password_hash is not None
+    assert charging.sign_ins.refused_for("SLOW-0", slow_0.auth_password_hash,
+                                         "203.0.113.1") is not None  # counted: locked
+    assert charging.sign_ins.refused_for("SLOW-0", slow_0.auth_password_hash,
+                                         "203.0.113.2") is None  # the 503: not counted
+    assert charging.sign_ins.unknown is not None
+    assert charging.sign_ins.unknown.refused_for("CP-OTHER", UNKNOWN_KEY,
+                                                 "203.0.113.2") is None
 
 
 async def test_a_station_without_a_password_and_auto_registration_still_let_chargers_in(
