@@ -32,7 +32,10 @@ withdrawal was is put back (``CommandService.on_list_wanting`` pushes). A restor
 marked and maybe in flight is not taken for held when its card is blocked again: the
 withdrawal is sent again (``_to_send``). One push at a time per station in a process;
 across instances the list version orders them, and a VersionMismatch's resend reads
-and judges what is wanted again, after whatever list moved the charger's version.
+and judges what is wanted again, after whatever list moved the charger's version. A
+list (ours or an operator's) sent and not answered is kept pending at its version
+(``hold_pending``) and recorded as accepted, or dropped, once the charger's version is
+learnt (``settle_pending``), before anything is judged against the record.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
@@ -65,6 +68,7 @@ from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+from domain.wire import wire_json
 
 if TYPE_CHECKING:
     from domain.services.commands import CommandService
@@ -91,9 +95,9 @@ WITHDRAWN = ("Blocked", "Expired", "Invalid")
 WANTED = (*WITHDRAWN, ACCEPTED)
 #: ``LocalListEntry.restore``: the list held the card Accepted before our withdrawal.
 RESTORE_ACCEPTED = "Accepted"
-#: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
-#: Written until review s26 for a withdrawal landing above a list that had moved on
-#: without our record (``_restore_after``); such entries are still put back so.
+#: ``LocalListEntry.restore``: our withdrawal added the tag (the record did not hold it:
+#: ``record_local_list``); taken out again. Until review s26 written for any withdrawal
+#: landing above a list that had moved on without our record.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
 #: How many entries one SendLocalList holds when the charger does not say how many it
@@ -128,13 +132,16 @@ def _restore_after(entry: LocalListEntry, status: str, card_id: str | None) -> s
     (``Withdrawal.push``; an operator's own list clears the mark, ``record_local_list``):
     a withdrawal of the same card keeps what was to be put back, or learns it from what
     the list's sender's list says the entry is (``entry.status``, as recorded):
-    Accepted where it held the card Accepted. Whether our Differential followed the
-    version we had recorded is not asked (review s26): a list that moved on without our
-    record is most often our own withdrawal, accepted by the charger and never recorded
-    (its answer timed out, the instance sending it was killed), resent above the
-    charger's version after a VersionMismatch; taken for a list that may have dropped
-    the tag, it marked the entry Removed, and renewing the card took the operator's
-    Accepted entry out of the charger's list. Whether anything is still wanted of it is
+    Accepted where it held the card Accepted (a tag the record did not hold is marked
+    Removed where it is inserted, ``record_local_list``). The record is followed
+    exactly, whether or not our Differential followed the version recorded: a list
+    sent and never answered is recorded once the charger's version shows it took it
+    (``LocalList.pending``, ``settle_pending``), before a VersionMismatch's resend is
+    judged (review s26: an operator's Full list that dropped the tag, its answer lost,
+    had the withdrawal add it back and the put-back make it Accepted; and before that,
+    guessing Removed for any list moved on without us took the operator's entry out
+    when the list that moved it was our own unanswered withdrawal). Whether anything is
+    still wanted of it is
     not asked either: a withdrawal sent twice (two pushes at once), or accepted after
     its card was unblocked meanwhile, still changed the list, and only the mark lets it
     be put back. A restoration done has nothing to undo."""
@@ -169,8 +176,54 @@ async def forget_local_list(store: Store, station: Station) -> list[Change]:
     return [*(Delete(entry) for entry in entries), *(Delete(held) for held in lists)]
 
 
+async def hold_pending(store: Store, station: Station, payload: dict[str, Any],
+                       actor: Viewer, *, ours: bool) -> None:
+    """Records a SendLocalList sent to ``station`` and not answered (a timeout, the
+    connection lost after sending it; ``ours``: ``Withdrawal.push``'s) as pending at its
+    version (``LocalList.pending``): the charger may hold it or not, and only its
+    version tells (``settle_pending``). Review s26: left unrecorded, an operator's Full
+    list the charger took without its answer reaching us left a tag it dropped in our
+    record; a withdrawal of that card was resent above the charger's version and added
+    it back, and the card's put-back then made it Accepted. A later one replaces an
+    earlier one still pending (its outcome as unknown either way)."""
+    held = wire_json({"listVersion": int(payload["listVersion"]),
+                      "updateType": payload.get("updateType"),
+                      "localAuthorizationList": [
+                          e for e in payload.get("localAuthorizationList") or ()
+                          if isinstance(e, dict)],
+                      "ours": ours})
+    [current] = await store.get_many(LocalList, [station.id])
+    if current is None:  # nothing recorded yet: the list as known is empty, version 0
+        change: Change = Insert(stamp_new(LocalList(
+            id=station.id, station_id=station.id, cp_id=station.cp_id, version=0,
+            pending=held), actor))
+    else:
+        change = patch(current, actor, pending=held)
+    await store.write([change], [])
+
+
+async def settle_pending(store: Store, station: Station, theirs: int, actor: Viewer, *,
+                         now: datetime) -> bool:
+    """The charger of ``station`` says its list is at version ``theirs`` (its
+    GetLocalListVersion answer): a list pending (``hold_pending``) at or below that
+    version was taken, and is recorded as accepted (``record_local_list``) before
+    anything is judged against the record; one above it was not, and is dropped.
+    Returns whether any entry is wanted since (as ``record_local_list``)."""
+    [current] = await store.get_many(LocalList, [station.id])
+    if current is None or current.pending is None:
+        return False
+    pending = current.pending
+    if theirs >= int(pending["listVersion"]):
+        return await record_local_list(store, station, pending, actor,
+                                       ours=bool(pending.get("ours")), now=now,
+                                       settling=True)
+    await store.write([patch(current, actor, pending=None)], [])
+    return False
+
+
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
-                            actor: Viewer, *, ours: bool, now: datetime) -> bool:
+                            actor: Viewer, *, ours: bool, now: datetime,
+                            settling: bool = False) -> bool:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
     sent: OCPP field names), and for each tag the card it names now
     (``LocalListEntry.card_id``): what the list's sender put there. ``ours``: the list
@@ -179,7 +232,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
     operator's) clears that mark on every entry it names: their word stands. Each entry
     it names is then judged by its card's state at ``now`` (``_recorded``): what the
     charger should hold and does not is marked wanted. Returns whether any entry is
-    (the caller has it sent: ``CommandService.on_list_wanting``)."""
+    (the caller has it sent: ``CommandService.on_list_wanting``).
+    A list pending (unanswered, ``hold_pending``) is settled by this one: a
+    Differential accepted above its version is applied after it (the charger was past
+    the pending list's version or it had not taken it; most often it had, the answer
+    alone lost), one accepted at or below it means the charger never took it (it would
+    have answered VersionMismatch), and a Full list replaces it; either way it is no
+    longer pending. ``settling``: ``payload`` is the pending list itself
+    (``settle_pending``)."""
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     given: dict[str, str | None] = {}
     for item in entries:
@@ -193,7 +253,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         if full or given else {}
     [current] = await store.get_many(LocalList, [station.id])
     version = int(payload["listVersion"])
+    pending = current.pending if current is not None and not settling else None
+    if pending is not None and not full and version > int(pending["listVersion"]):
+        await record_local_list(store, station, pending, actor,
+                                ours=bool(pending.get("ours")), now=now, settling=True)
+        return await record_local_list(store, station, payload, actor, ours=ours, now=now)
     if not full and current is not None and version < current.version:
+        if settling:  # a pending list below what was recorded since: nothing to apply
+            await store.write([patch(current, actor, pending=None)], [])
         # A Differential below the version recorded: the charger accepted a later list
         # after it, whose record landed first (review s19: ours, delayed behind an
         # operator's Full list, put the version back and cleared what that list made
@@ -227,9 +294,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
                                  restore=restore, wanted=wanted, holder_id=holder_id))
     for tag, status in given.items():
         if status is not None and tag not in held:
+            # Our withdrawal of a tag the list did not hold, as recorded (an operator's
+            # list dropped it while the withdrawal was on its way) added it: its card,
+            # usable again, has it taken out again (``RESTORE_REMOVED``).
+            added = ours and status in WITHDRAWN and cards.get(tag) is not None
             new = LocalListEntry(station_id=station.id, cp_id=station.cp_id, tag=tag,
                                  status=status, card_id=cards.get(tag),
-                                 holder_id=holders.get(tag))
+                                 holder_id=holders.get(tag),
+                                 restore=RESTORE_REMOVED if added else None)
             new.wanted = wanted_of(new, states.get(new.card_id or ""))
             wanting = wanting or new.wanted is not None
             changes.append(Insert(stamp_new(new, actor)))
@@ -339,7 +411,7 @@ def _versioned(current: LocalList | None, station: Station, version: int, actor:
     if current is None:
         return Insert(stamp_new(LocalList(id=station.id, station_id=station.id,
                                           cp_id=station.cp_id, version=version), actor))
-    return patch(current, actor, version=version, cp_id=station.cp_id)
+    return patch(current, actor, version=version, cp_id=station.cp_id, pending=None)
 
 
 class Withdrawal(Service):
@@ -605,6 +677,7 @@ class Withdrawal(Service):
         lost, a holder reactivated while no instance ran), then pushes. An entry of no
         card (its tag named none when its list was accepted) is the list sender's own:
         not ours to withdraw."""
+        await self._settle(SYSTEM, station_id)
         ours = await self.store.find_all(LocalListEntry, all_of(
             Eq("station_id", station_id),
             any_of(Eq("status", ACCEPTED), In("restore", RESTORES))), limit=MAX_LIST)
@@ -683,7 +756,24 @@ class Withdrawal(Service):
         async with self._pushing.one_at_a_time(station_id):
             await self._push(actor, station_id)
 
+    async def _settle(self, actor: Viewer, station_id: str) -> None:
+        """A list sent to the station's charger and not answered (``LocalList.pending``)
+        is settled before anything is judged against the record: its charger, connected,
+        is asked its version (``GetLocalListVersion``, whose answer settles it:
+        ``settle_pending``). Unanswered again, it stays pending."""
+        [current] = await self.store.get_many(LocalList, [station_id])
+        [station] = await self.store.get_many(Station, [station_id])
+        if current is None or current.pending is None or station is None \
+                or not station.online:
+            return
+        try:
+            await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion", {},
+                                     audited_as=actor)
+        except DomainError as exc:
+            log.info("local list version of %s not asked: %s", station.cp_id, exc.message)
+
     async def _push(self, actor: Viewer, station_id: str) -> None:
+        await self._settle(actor, station_id)
         [station] = await self.store.get_many(Station, [station_id])
         if station is None or not station.online:
             return

@@ -104,3 +104,29 @@ async def test_a_reservation_holds_its_plug_for_the_card_it_was_made_for(
     card = world.tags["driver1"]
     made_for_it = await reserve(card.tag, "driver1", user_id=card.user_id)
     assert await reserved_for_card(store, made_for_it, card.tag, card)
+
+
+@pytest.mark.parametrize(("theirs", "held"), [(2, ["STAFF-1"]), (3, ["STAFF-1"]),
+                                              (1, ["STAFF-1", "TAG-DRIVER1"])])
+async def test_an_unanswered_list_is_recorded_once_the_chargers_version_says_it_took_it(
+        services: Services, world: World, theirs: int, held: list[str]) -> None:
+    """A Full list sent and not answered is kept pending at its version (an entry with
+    an expiry, as a put-back's, included): the charger's version at or above it records
+    it as accepted, below it drops it (review s26)."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await listed(services, world, "TAG-DRIVER1", "STAFF-1")
+    await withdrawal.hold_pending(store, station, {
+        "listVersion": 2, "updateType": "Full", "localAuthorizationList": [
+            {"idTag": "STAFF-1", "idTagInfo": {
+                "status": "Accepted", "expiryDate": utcnow() + timedelta(days=1)}}]},
+        SYSTEM, ours=False)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.version == 1
+    assert kept.pending is not None and kept.pending["listVersion"] == 2
+
+    await withdrawal.settle_pending(store, station, theirs, SYSTEM, now=utcnow())
+    entries = await store.find_all(d.LocalListEntry, Eq("station_id", station.id))
+    assert sorted(e.tag for e in entries) == held
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None and after.pending is None
+    assert after.version == (2 if theirs >= 2 else 1)
