@@ -42,6 +42,7 @@ every answer's ``expiryDate``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -60,7 +61,7 @@ from domain.entities import (
     Station,
     User,
 )
-from domain.errors import DomainError
+from domain.errors import ChargerNotSupported, DomainError
 from domain.events import StationConnectionChanged
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
@@ -100,6 +101,18 @@ RESTORE_ACCEPTED = "Accepted"
 #: landing above a list that had moved on without our record.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
+#: How many chargers an expiry sweep pushes what is marked to at once: one that does
+#: not answer (each push waits up to the command timeout) holds up no other (review
+#: s26: one at a time, before the expired cards' reservations were cancelled).
+SWEEP_PUSHES_AT_ONCE = 4
+#: How long the expiry sweeps leave a charger that refused our list (Failed,
+#: NotSupported) before sending it again, doubled at each refusal up to
+#: ``REFUSED_BACKOFF_MAX``; its boot, or a list it accepts, starts it over. Pushes for
+#: a card's change, a connection or a boot are sent whatever the wait (review s26: it
+#: was sent again at every 5-minute sweep, two audit rows, a command.completed webhook
+#: and a WARNING each time, ~288 a day).
+REFUSED_BACKOFF = timedelta(minutes=10)
+REFUSED_BACKOFF_MAX = timedelta(hours=24)
 #: How many entries one SendLocalList holds when the charger does not say how many it
 #: takes (no such key, no answer): few enough for the chargers we know of.
 DEFAULT_SEND_MAX = 20
@@ -431,6 +444,9 @@ class Withdrawal(Service):
         #: keeps its arrivals'). Across instances the list version keeps it right (a
         #: VersionMismatch re-reads).
         self._pushing = KeyedLocks()
+        #: Stations whose charger refused our list (Failed, NotSupported): when the
+        #: expiry sweep sends it again, and the wait after that (``_sweep_pushes``).
+        self._refused: dict[str, tuple[datetime, timedelta]] = {}
         ctx.published.append(self._heard)
 
     def _heard(self, event: Any) -> None:
@@ -546,6 +562,7 @@ class Withdrawal(Service):
         (``CommandService.send_owed_cancels``), its live reservations of cards no longer
         usable are cancelled (``_cancel_unusable``), and what its list should
         hold and does not is sent, now, in the background."""
+        self._refused.pop(station_id, None)  # booted: it may take it now
         self._work.run(self._back(station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
 
@@ -568,8 +585,12 @@ class Withdrawal(Service):
         at one version, and all but one drew a VersionMismatch and a GetLocalListVersion
         in its command history). A charger connected nowhere gets its entries at its
         next connection, as ever. Each sweep also pushes what is still marked for the
-        chargers connected here (``_stations_marked``): a push they did not answer, or
-        refused, is retried every sweep, not only at their next connection or boot."""
+        chargers connected here (``_stations_marked``): a push they did not answer is
+        retried every sweep, not only at their next connection or boot; one they
+        refused, less and less often (``_sweep_pushes``). The expired cards'
+        reservations are cancelled first, and the pushes go to a few chargers at once,
+        each on its own (review s26: one station after another, each up to the command
+        timeout, before any cancel: one silent charger delayed them all)."""
         now = self.now()
         after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
@@ -580,20 +601,38 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        for station_id in await self._here(await self._stations_marked()):
-            await self.push(SYSTEM, station_id)
         await self._cancel_expired_cards(due)
+        await self._sweep_pushes(await self._stations_marked())
         return len(due)
 
+    async def _sweep_pushes(self, station_ids: Sequence[str]) -> None:
+        """Pushes to each station, up to ``SWEEP_PUSHES_AT_ONCE`` at a time, each on its
+        own (one failing is no other's), but not yet to one whose charger refused our
+        list lately (``_refused``: waits from ``REFUSED_BACKOFF``, doubled at each
+        refusal, up to ``REFUSED_BACKOFF_MAX``)."""
+        now = self.now()
+        due = [s for s in station_ids
+               if s not in self._refused or self._refused[s][0] <= now]
+        room = asyncio.Semaphore(SWEEP_PUSHES_AT_ONCE)
+
+        async def one(station_id: str) -> None:
+            async with room:
+                try:
+                    await self.push(SYSTEM, station_id)
+                except Exception:
+                    log.exception("the local list of station %s was not corrected",
+                                  station_id)
+        await asyncio.gather(*(one(s) for s in due))
+
     async def _stations_marked(self) -> list[str]:
-        """Every station with a list entry marked wanted: the sweep pushes to those
-        connected here, the cards it found now and any change still unsent (review s26:
+        """Every station connected here with a list entry marked wanted: the sweep
+        pushes to them, the cards it found now and any change still unsent (review s26:
         a push at connection, before the charger's BootNotification, that the charger
         did not answer was sent again only at its next connection or boot, and a charger
         handed over without one kept an expired card Accepted)."""
         marked = await self.store.find_all(LocalListEntry, In("wanted", WANTED),
                                            limit=MAX_LIST)
-        return sorted({e.station_id for e in marked})
+        return await self._here(sorted({e.station_id for e in marked}))
 
     async def _here(self, station_ids: Sequence[str]) -> list[str]:
         """Of ``station_ids``, those whose charger is connected to this instance."""
@@ -840,17 +879,32 @@ class Withdrawal(Service):
         except DomainError as exc:  # the station went meanwhile: nothing to correct
             log.info("local list of %s not corrected: %s", station.cp_id, exc.message)
             return None
+        self._note_refusal(station.id, outcome.status, outcome.error)
         if outcome.status == "Failed":
-            # The charger will not take it: retried at each expiry sweep and each boot,
-            # it is left accepting the cards until someone looks (QA s24: logged at
-            # INFO alone).
+            # The charger will not take it: retried at its boot, and by the expiry
+            # sweeps less and less often (``_note_refusal``), it is left accepting the
+            # cards until someone looks (QA s24: logged at INFO alone).
             log.warning("local list of %s not corrected: the charger answered Failed to "
-                        "a Differential of %d entries (sent again at the next expiry "
-                        "sweep or boot)", station.cp_id, len(wanted))
+                        "a Differential of %d entries (sent again at its boot, or by an "
+                        "expiry sweep within %s)", station.cp_id, len(wanted),
+                        self._refused[station.id][1])
         elif outcome.error is not None:
             log.info("local list of %s not corrected now (sent again at the next expiry "
                      "sweep or boot): %s", station.cp_id, outcome.error.message)
         return outcome.status
+
+    def _note_refusal(self, station_id: str, status: str | None,
+                      error: DomainError | None) -> None:
+        """A charger refusing our list (Failed, NotSupported, a NotSupported CALLERROR)
+        is left by the expiry sweeps for ``REFUSED_BACKOFF``, twice as long at each
+        refusal after, up to ``REFUSED_BACKOFF_MAX`` (``_sweep_pushes``); one accepting
+        it is sent at every sweep again."""
+        if status in ("Failed", "NotSupported") or isinstance(error, ChargerNotSupported):
+            last = self._refused.get(station_id)
+            wait = REFUSED_BACKOFF if last is None else min(last[1] * 2, REFUSED_BACKOFF_MAX)
+            self._refused[station_id] = (self.now() + wait, wait)
+        elif status == ACCEPTED:
+            self._refused.pop(station_id, None)
 
     async def _items(self, wanted: Sequence[LocalListEntry]) -> list[dict[str, Any]]:
         """The Differential's entries: a withdrawal's status alone (the charger must not
