@@ -113,6 +113,8 @@ SWEEP_PUSHES_AT_ONCE = 4
 #: and a WARNING each time, ~288 a day).
 REFUSED_BACKOFF = timedelta(minutes=10)
 REFUSED_BACKOFF_MAX = timedelta(hours=24)
+#: How many stations' marked entries one query reads (``_stations_marked``).
+MARKED_BATCH = 200
 #: How many entries one SendLocalList holds when the charger does not say how many it
 #: takes (no such key, no answer): few enough for the chargers we know of.
 DEFAULT_SEND_MAX = 20
@@ -625,14 +627,29 @@ class Withdrawal(Service):
         await asyncio.gather(*(one(s) for s in due))
 
     async def _stations_marked(self) -> list[str]:
-        """Every station connected here with a list entry marked wanted: the sweep
-        pushes to them, the cards it found now and any change still unsent (review s26:
-        a push at connection, before the charger's BootNotification, that the charger
-        did not answer was sent again only at its next connection or boot, and a charger
-        handed over without one kept an expired card Accepted)."""
-        marked = await self.store.find_all(LocalListEntry, In("wanted", WANTED),
-                                           limit=MAX_LIST)
-        return await self._here(sorted({e.station_id for e in marked}))
+        """The stations connected to this instance with a list entry marked wanted: the
+        sweep pushes to them, the cards it found now and any change still unsent (review
+        s26: a push at connection, before the charger's BootNotification, that the
+        charger did not answer was sent again only at its next connection or boot, and a
+        charger handed over without one kept an expired card Accepted). Read for the
+        connected stations' ids only (review s26: every instance read every marked
+        entry of every station, unsorted, at every sweep)."""
+        gateway = self.commands.gateway
+        if gateway is None:
+            return []
+        cp_ids = sorted(gateway.connected())
+        marked: set[str] = set()
+        for start in range(0, len(cp_ids), MARKED_BATCH):
+            stations = await self.store.find_all(
+                Station, In("cp_id", tuple(cp_ids[start:start + MARKED_BATCH])),
+                limit=MARKED_BATCH)
+            if not stations:
+                continue
+            entries = await self.store.find_all(LocalListEntry, all_of(
+                In("station_id", tuple(st.id for st in stations)), In("wanted", WANTED)),
+                limit=MAX_LIST)
+            marked.update(e.station_id for e in entries)
+        return sorted(marked)
 
     async def _here(self, station_ids: Sequence[str]) -> list[str]:
         """Of ``station_ids``, those whose charger is connected to this instance."""

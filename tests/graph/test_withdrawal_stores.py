@@ -6,6 +6,7 @@ reservation holds its plug for the card it was made for, not for a tag string.""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,49 @@ async def test_an_unanswered_list_is_recorded_once_the_chargers_version_says_it_
     [after] = await store.get_many(d.LocalList, [station.id])
     assert after is not None and after.pending is None
     assert after.version == (2 if theirs >= 2 else 1)
+
+
+class _Holding:
+    """A gateway holding the chargers ``cp_ids`` here (none answers: nothing is sent,
+    the stations being recorded offline)."""
+
+    def __init__(self, *cp_ids: str) -> None:
+        self.cp_ids = set(cp_ids)
+
+    def is_connected(self, cp_id: str) -> bool:
+        return cp_id in self.cp_ids
+
+    def connected(self) -> list[str]:
+        return sorted(self.cp_ids)
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float) -> dict[str, Any]:
+        raise AssertionError(f"nothing is sent here ({action} to {cp_id})")
+
+
+async def test_the_expiry_sweep_reads_the_marked_entries_of_its_own_chargers_only(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: every instance's every sweep read every marked entry of every
+    station (up to 100,000, unsorted), and then kept those of its chargers. It reads
+    those of the stations connected to it."""
+    store = services.ctx.store
+    services.attach_gateway(_Holding("A-001"))
+    for cp_id in ("A-001", "A-002", "B-001"):
+        await withdrawal.record_local_list(store, world.stations[cp_id], {
+            "listVersion": 1, "updateType": "Full", "localAuthorizationList": [
+                {"idTag": "TAG-DRIVER1", "idTagInfo": {"status": "Accepted"}}]}, SYSTEM,
+            ours=False, now=datetime.now(UTC))
+    entries = await store.find_all(d.LocalListEntry, Eq("tag", "TAG-DRIVER1"))
+    await store.write([patch(e, SYSTEM, wanted="Blocked") for e in entries], [])
+    read: list[str] = []
+    find_all = store.find_all
+
+    async def counting(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await find_all(kind, *args, **kwargs)
+        if kind is d.LocalListEntry:
+            read.extend(e.cp_id for e in found)
+        return found
+    monkeypatch.setattr(store, "find_all", counting)
+
+    assert await services.withdrawal._stations_marked() == [world.stations["A-001"].id]
+    assert set(read) == {"A-001"}
