@@ -177,3 +177,20 @@ async def test_the_expiry_sweep_reads_the_marked_entries_of_its_own_chargers_onl
 
     assert await services.withdrawal._stations_marked() == [world.stations["A-001"].id]
     assert set(read) == {"A-001"}
+
+
+async def test_our_withdrawal_adding_a_tag_the_list_did_not_hold_is_taken_out_again(
+        services: Services, world: World) -> None:
+    """A withdrawal of ours accepted for a tag our record of the list does not hold (an
+    operator's list dropped it while the withdrawal was on its way) added it: the card,
+    usable again, has it taken out, not made Accepted (the record followed exactly)."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await listed(services, world, "STAFF-1")
+    await withdrawal.record_local_list(store, station, {
+        "listVersion": 2, "updateType": "Differential", "localAuthorizationList": [
+            {"idTag": "TAG-DRIVER1", "idTagInfo": {"status": "Blocked"}}]}, SYSTEM,
+        ours=True, now=datetime.now(UTC))
+    added = await store.find_one(d.LocalListEntry, Eq("tag", "TAG-DRIVER1"))
+    assert added is not None and added.status == "Blocked"
+    assert added.restore == withdrawal.RESTORE_REMOVED
+    assert withdrawal.wanted_of(added, "Accepted") == "Accepted"  # put back: removed
