@@ -830,6 +830,14 @@ class LocalList(Record):
     cp_id: str
     #: ``listVersion`` of the last list (Full or Differential) the charger accepted.
     version: int = 0
+    #: A SendLocalList (ours or an operator's) sent and not answered (a timeout, the
+    #: connection lost after sending it): the charger may hold it or not. As sent
+    #: (``listVersion``, ``updateType``, ``localAuthorizationList``; OCPP JSON), with
+    #: ``ours`` (``Withdrawal.push``'s). Settled when the charger's version is learnt
+    #: (``withdrawal.settle_pending``): at or above it, recorded as accepted; below,
+    #: dropped. Review s26: left unrecorded, a withdrawal was judged against a list the
+    #: charger no longer held. ``None``: nothing unanswered.
+    pending: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)
@@ -854,9 +862,10 @@ class LocalListEntry(Record):
     #: What a card usable again puts back, while the charger holds ``status`` because a
     #: withdrawal of ours had it accept so: ``"Accepted"`` (the list, as recorded, held
     #: the card Accepted: whether or not the withdrawal followed the version recorded,
-    #: review s26), ``"Removed"`` (written until review s26 for a withdrawal above a
-    #: list that had moved on without us: the tag is taken out again); ``None``: what
-    #: the charger holds is the list sender's own.
+    #: review s26), ``"Removed"`` (the record did not hold the tag: the withdrawal added
+    #: it, and it is taken out again); ``None``: what the charger holds is the list
+    #: sender's own. The record is kept right about unanswered lists by
+    #: ``LocalList.pending``.
     restore: str | None = None
     #: The holder (``User`` id) of the card ``card_id`` names, as recorded with it: a
     #: card removed and issued again to the same person (found again, say) is put back

@@ -241,6 +241,10 @@ class ChargerGateway(Protocol):
 
     def is_connected(self, cp_id: str) -> bool: ...
 
+    def connected(self) -> list[str]:
+        """The cpIds of the chargers connected to this instance."""
+        ...
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         """The charger's answer. Raises ``ChargerOffline``, ``ChargerTimeout`` or

@@ -160,6 +160,10 @@ class CommandRelay:
         ``call``; the store's ``Station.online`` is the deployment-wide view)."""
         return self.local is not None and self.local.is_connected(cp_id)
 
+    def connected(self) -> list[str]:
+        """The chargers connected to this instance (not those others hold)."""
+        return self.local.connected() if self.local is not None else []
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         if self.local is not None and self.local.is_connected(cp_id):

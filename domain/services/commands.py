@@ -104,7 +104,7 @@ from domain.services.pending_starts import (
     settle,
 )
 from domain.services.stations import connector_in_range
-from domain.services.withdrawal import record_local_list
+from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
 from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval, stored_id_tag
 from domain.wire import wire_json
 
@@ -1922,6 +1922,21 @@ class CommandService(Service):
             # lists that accept it (``Withdrawal``).
             wanting = await record_local_list(self.store, station, payload, viewer,
                                               ours=outcome.own_list, now=self.now())
+            if wanting and self.on_list_wanting is not None:
+                self.on_list_wanting(station.id)
+        elif outcome.action == "SendLocalList" and (
+                isinstance(outcome.error, ChargerTimeout)
+                or type(outcome.error) is ChargerError):
+            # Sent and not answered (or an answer we could not read): the charger may
+            # hold it. Pending until its version tells (review s26).
+            await hold_pending(self.store, station, payload, viewer, ours=outcome.own_list)
+        elif outcome.action == "GetLocalListVersion" and outcome.error is None \
+                and isinstance(outcome.result.get("listVersion"), int):
+            # The charger's version settles a list it did not answer (``hold_pending``),
+            # whoever asked, before anything is judged against the record.
+            wanting = await settle_pending(self.store, station,
+                                           outcome.result["listVersion"], viewer,
+                                           now=self.now())
             if wanting and self.on_list_wanting is not None:
                 self.on_list_wanting(station.id)
         await self._record_configuration(viewer, outcome, payload, answered_at)

@@ -32,13 +32,17 @@ withdrawal was is put back (``CommandService.on_list_wanting`` pushes). A restor
 marked and maybe in flight is not taken for held when its card is blocked again: the
 withdrawal is sent again (``_to_send``). One push at a time per station in a process;
 across instances the list version orders them, and a VersionMismatch's resend reads
-and judges what is wanted again, after whatever list moved the charger's version.
+and judges what is wanted again, after whatever list moved the charger's version. A
+list (ours or an operator's) sent and not answered is kept pending at its version
+(``hold_pending``) and recorded as accepted, or dropped, once the charger's version is
+learnt (``settle_pending``), before anything is judged against the record.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -57,7 +61,7 @@ from domain.entities import (
     Station,
     User,
 )
-from domain.errors import DomainError
+from domain.errors import ChargerNotSupported, DomainError
 from domain.events import StationConnectionChanged
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
@@ -65,6 +69,7 @@ from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+from domain.wire import wire_json
 
 if TYPE_CHECKING:
     from domain.services.commands import CommandService
@@ -91,11 +96,25 @@ WITHDRAWN = ("Blocked", "Expired", "Invalid")
 WANTED = (*WITHDRAWN, ACCEPTED)
 #: ``LocalListEntry.restore``: the list held the card Accepted before our withdrawal.
 RESTORE_ACCEPTED = "Accepted"
-#: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
-#: Written until review s26 for a withdrawal landing above a list that had moved on
-#: without our record (``_restore_after``); such entries are still put back so.
+#: ``LocalListEntry.restore``: our withdrawal added the tag (the record did not hold it:
+#: ``record_local_list``); taken out again. Until review s26 written for any withdrawal
+#: landing above a list that had moved on without our record.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
+#: How many chargers an expiry sweep pushes what is marked to at once: one that does
+#: not answer (each push waits up to the command timeout) holds up no other (review
+#: s26: one at a time, before the expired cards' reservations were cancelled).
+SWEEP_PUSHES_AT_ONCE = 4
+#: How long the expiry sweeps leave a charger that refused our list (Failed,
+#: NotSupported) before sending it again, doubled at each refusal up to
+#: ``REFUSED_BACKOFF_MAX``; its boot, or a list it accepts, starts it over. Pushes for
+#: a card's change, a connection or a boot are sent whatever the wait (review s26: it
+#: was sent again at every 5-minute sweep, two audit rows, a command.completed webhook
+#: and a WARNING each time, ~288 a day).
+REFUSED_BACKOFF = timedelta(minutes=10)
+REFUSED_BACKOFF_MAX = timedelta(hours=24)
+#: How many stations' marked entries one query reads (``_stations_marked``).
+MARKED_BATCH = 200
 #: How many entries one SendLocalList holds when the charger does not say how many it
 #: takes (no such key, no answer): few enough for the chargers we know of.
 DEFAULT_SEND_MAX = 20
@@ -128,13 +147,16 @@ def _restore_after(entry: LocalListEntry, status: str, card_id: str | None) -> s
     (``Withdrawal.push``; an operator's own list clears the mark, ``record_local_list``):
     a withdrawal of the same card keeps what was to be put back, or learns it from what
     the list's sender's list says the entry is (``entry.status``, as recorded):
-    Accepted where it held the card Accepted. Whether our Differential followed the
-    version we had recorded is not asked (review s26): a list that moved on without our
-    record is most often our own withdrawal, accepted by the charger and never recorded
-    (its answer timed out, the instance sending it was killed), resent above the
-    charger's version after a VersionMismatch; taken for a list that may have dropped
-    the tag, it marked the entry Removed, and renewing the card took the operator's
-    Accepted entry out of the charger's list. Whether anything is still wanted of it is
+    Accepted where it held the card Accepted (a tag the record did not hold is marked
+    Removed where it is inserted, ``record_local_list``). The record is followed
+    exactly, whether or not our Differential followed the version recorded: a list
+    sent and never answered is recorded once the charger's version shows it took it
+    (``LocalList.pending``, ``settle_pending``), before a VersionMismatch's resend is
+    judged (review s26: an operator's Full list that dropped the tag, its answer lost,
+    had the withdrawal add it back and the put-back make it Accepted; and before that,
+    guessing Removed for any list moved on without us took the operator's entry out
+    when the list that moved it was our own unanswered withdrawal). Whether anything is
+    still wanted of it is
     not asked either: a withdrawal sent twice (two pushes at once), or accepted after
     its card was unblocked meanwhile, still changed the list, and only the mark lets it
     be put back. A restoration done has nothing to undo."""
@@ -169,8 +191,54 @@ async def forget_local_list(store: Store, station: Station) -> list[Change]:
     return [*(Delete(entry) for entry in entries), *(Delete(held) for held in lists)]
 
 
+async def hold_pending(store: Store, station: Station, payload: dict[str, Any],
+                       actor: Viewer, *, ours: bool) -> None:
+    """Records a SendLocalList sent to ``station`` and not answered (a timeout, the
+    connection lost after sending it; ``ours``: ``Withdrawal.push``'s) as pending at its
+    version (``LocalList.pending``): the charger may hold it or not, and only its
+    version tells (``settle_pending``). Review s26: left unrecorded, an operator's Full
+    list the charger took without its answer reaching us left a tag it dropped in our
+    record; a withdrawal of that card was resent above the charger's version and added
+    it back, and the card's put-back then made it Accepted. A later one replaces an
+    earlier one still pending (its outcome as unknown either way)."""
+    held = wire_json({"listVersion": int(payload["listVersion"]),
+                      "updateType": payload.get("updateType"),
+                      "localAuthorizationList": [
+                          e for e in payload.get("localAuthorizationList") or ()
+                          if isinstance(e, dict)],
+                      "ours": ours})
+    [current] = await store.get_many(LocalList, [station.id])
+    if current is None:  # nothing recorded yet: the list as known is empty, version 0
+        change: Change = Insert(stamp_new(LocalList(
+            id=station.id, station_id=station.id, cp_id=station.cp_id, version=0,
+            pending=held), actor))
+    else:
+        change = patch(current, actor, pending=held)
+    await store.write([change], [])
+
+
+async def settle_pending(store: Store, station: Station, theirs: int, actor: Viewer, *,
+                         now: datetime) -> bool:
+    """The charger of ``station`` says its list is at version ``theirs`` (its
+    GetLocalListVersion answer): a list pending (``hold_pending``) at or below that
+    version was taken, and is recorded as accepted (``record_local_list``) before
+    anything is judged against the record; one above it was not, and is dropped.
+    Returns whether any entry is wanted since (as ``record_local_list``)."""
+    [current] = await store.get_many(LocalList, [station.id])
+    if current is None or current.pending is None:
+        return False
+    pending = current.pending
+    if theirs >= int(pending["listVersion"]):
+        return await record_local_list(store, station, pending, actor,
+                                       ours=bool(pending.get("ours")), now=now,
+                                       settling=True)
+    await store.write([patch(current, actor, pending=None)], [])
+    return False
+
+
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
-                            actor: Viewer, *, ours: bool, now: datetime) -> bool:
+                            actor: Viewer, *, ours: bool, now: datetime,
+                            settling: bool = False) -> bool:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
     sent: OCPP field names), and for each tag the card it names now
     (``LocalListEntry.card_id``): what the list's sender put there. ``ours``: the list
@@ -179,7 +247,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
     operator's) clears that mark on every entry it names: their word stands. Each entry
     it names is then judged by its card's state at ``now`` (``_recorded``): what the
     charger should hold and does not is marked wanted. Returns whether any entry is
-    (the caller has it sent: ``CommandService.on_list_wanting``)."""
+    (the caller has it sent: ``CommandService.on_list_wanting``).
+    A list pending (unanswered, ``hold_pending``) is settled by this one: a
+    Differential accepted above its version is applied after it (the charger was past
+    the pending list's version or it had not taken it; most often it had, the answer
+    alone lost), one accepted at or below it means the charger never took it (it would
+    have answered VersionMismatch), and a Full list replaces it; either way it is no
+    longer pending. ``settling``: ``payload`` is the pending list itself
+    (``settle_pending``)."""
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     given: dict[str, str | None] = {}
     for item in entries:
@@ -193,7 +268,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         if full or given else {}
     [current] = await store.get_many(LocalList, [station.id])
     version = int(payload["listVersion"])
+    pending = current.pending if current is not None and not settling else None
+    if pending is not None and not full and version > int(pending["listVersion"]):
+        await record_local_list(store, station, pending, actor,
+                                ours=bool(pending.get("ours")), now=now, settling=True)
+        return await record_local_list(store, station, payload, actor, ours=ours, now=now)
     if not full and current is not None and version < current.version:
+        if settling:  # a pending list below what was recorded since: nothing to apply
+            await store.write([patch(current, actor, pending=None)], [])
         # A Differential below the version recorded: the charger accepted a later list
         # after it, whose record landed first (review s19: ours, delayed behind an
         # operator's Full list, put the version back and cleared what that list made
@@ -227,9 +309,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
                                  restore=restore, wanted=wanted, holder_id=holder_id))
     for tag, status in given.items():
         if status is not None and tag not in held:
+            # Our withdrawal of a tag the list did not hold, as recorded (an operator's
+            # list dropped it while the withdrawal was on its way) added it: its card,
+            # usable again, has it taken out again (``RESTORE_REMOVED``).
+            added = ours and status in WITHDRAWN and cards.get(tag) is not None
             new = LocalListEntry(station_id=station.id, cp_id=station.cp_id, tag=tag,
                                  status=status, card_id=cards.get(tag),
-                                 holder_id=holders.get(tag))
+                                 holder_id=holders.get(tag),
+                                 restore=RESTORE_REMOVED if added else None)
             new.wanted = wanted_of(new, states.get(new.card_id or ""))
             wanting = wanting or new.wanted is not None
             changes.append(Insert(stamp_new(new, actor)))
@@ -339,7 +426,7 @@ def _versioned(current: LocalList | None, station: Station, version: int, actor:
     if current is None:
         return Insert(stamp_new(LocalList(id=station.id, station_id=station.id,
                                           cp_id=station.cp_id, version=version), actor))
-    return patch(current, actor, version=version, cp_id=station.cp_id)
+    return patch(current, actor, version=version, cp_id=station.cp_id, pending=None)
 
 
 class Withdrawal(Service):
@@ -359,6 +446,9 @@ class Withdrawal(Service):
         #: keeps its arrivals'). Across instances the list version keeps it right (a
         #: VersionMismatch re-reads).
         self._pushing = KeyedLocks()
+        #: Stations whose charger refused our list (Failed, NotSupported): when the
+        #: expiry sweep sends it again, and the wait after that (``_sweep_pushes``).
+        self._refused: dict[str, tuple[datetime, timedelta]] = {}
         ctx.published.append(self._heard)
 
     def _heard(self, event: Any) -> None:
@@ -474,6 +564,7 @@ class Withdrawal(Service):
         (``CommandService.send_owed_cancels``), its live reservations of cards no longer
         usable are cancelled (``_cancel_unusable``), and what its list should
         hold and does not is sent, now, in the background."""
+        self._refused.pop(station_id, None)  # booted: it may take it now
         self._work.run(self._back(station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
 
@@ -496,8 +587,12 @@ class Withdrawal(Service):
         at one version, and all but one drew a VersionMismatch and a GetLocalListVersion
         in its command history). A charger connected nowhere gets its entries at its
         next connection, as ever. Each sweep also pushes what is still marked for the
-        chargers connected here (``_stations_marked``): a push they did not answer, or
-        refused, is retried every sweep, not only at their next connection or boot."""
+        chargers connected here (``_stations_marked``): a push they did not answer is
+        retried every sweep, not only at their next connection or boot; one they
+        refused, less and less often (``_sweep_pushes``). The expired cards'
+        reservations are cancelled first, and the pushes go to a few chargers at once,
+        each on its own (review s26: one station after another, each up to the command
+        timeout, before any cancel: one silent charger delayed them all)."""
         now = self.now()
         after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
@@ -508,20 +603,53 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        for station_id in await self._here(await self._stations_marked()):
-            await self.push(SYSTEM, station_id)
         await self._cancel_expired_cards(due)
+        await self._sweep_pushes(await self._stations_marked())
         return len(due)
 
+    async def _sweep_pushes(self, station_ids: Sequence[str]) -> None:
+        """Pushes to each station, up to ``SWEEP_PUSHES_AT_ONCE`` at a time, each on its
+        own (one failing is no other's), but not yet to one whose charger refused our
+        list lately (``_refused``: waits from ``REFUSED_BACKOFF``, doubled at each
+        refusal, up to ``REFUSED_BACKOFF_MAX``)."""
+        now = self.now()
+        due = [s for s in station_ids
+               if s not in self._refused or self._refused[s][0] <= now]
+        room = asyncio.Semaphore(SWEEP_PUSHES_AT_ONCE)
+
+        async def one(station_id: str) -> None:
+            async with room:
+                try:
+                    await self.push(SYSTEM, station_id)
+                except Exception:
+                    log.exception("the local list of station %s was not corrected",
+                                  station_id)
+        await asyncio.gather(*(one(s) for s in due))
+
     async def _stations_marked(self) -> list[str]:
-        """Every station with a list entry marked wanted: the sweep pushes to those
-        connected here, the cards it found now and any change still unsent (review s26:
-        a push at connection, before the charger's BootNotification, that the charger
-        did not answer was sent again only at its next connection or boot, and a charger
-        handed over without one kept an expired card Accepted)."""
-        marked = await self.store.find_all(LocalListEntry, In("wanted", WANTED),
-                                           limit=MAX_LIST)
-        return sorted({e.station_id for e in marked})
+        """The stations connected to this instance with a list entry marked wanted: the
+        sweep pushes to them, the cards it found now and any change still unsent (review
+        s26: a push at connection, before the charger's BootNotification, that the
+        charger did not answer was sent again only at its next connection or boot, and a
+        charger handed over without one kept an expired card Accepted). Read for the
+        connected stations' ids only (review s26: every instance read every marked
+        entry of every station, unsorted, at every sweep)."""
+        gateway = self.commands.gateway
+        if gateway is None:
+            return []
+        cp_ids = sorted(gateway.connected())
+        marked: set[str] = set()
+        for start in range(0, len(cp_ids), MARKED_BATCH):
+            stations = await self.store.find_all(
+                Station, In("cp_id", tuple(cp_ids[start:start + MARKED_BATCH])),
+                limit=MARKED_BATCH)
+            if not stations:
+                continue
+            entries = await self.store.find_all(LocalListEntry, all_of(
+                In("station_id", tuple(st.id for st in stations)), In("wanted", WANTED)),
+                limit=MAX_LIST)
+            marked.update(e.station_id for e in entries)
+        return sorted(marked)
 
     async def _here(self, station_ids: Sequence[str]) -> list[str]:
         """Of ``station_ids``, those whose charger is connected to this instance."""
@@ -605,6 +733,7 @@ class Withdrawal(Service):
         lost, a holder reactivated while no instance ran), then pushes. An entry of no
         card (its tag named none when its list was accepted) is the list sender's own:
         not ours to withdraw."""
+        await self._settle(SYSTEM, station_id)
         ours = await self.store.find_all(LocalListEntry, all_of(
             Eq("station_id", station_id),
             any_of(Eq("status", ACCEPTED), In("restore", RESTORES))), limit=MAX_LIST)
@@ -683,7 +812,24 @@ class Withdrawal(Service):
         async with self._pushing.one_at_a_time(station_id):
             await self._push(actor, station_id)
 
+    async def _settle(self, actor: Viewer, station_id: str) -> None:
+        """A list sent to the station's charger and not answered (``LocalList.pending``)
+        is settled before anything is judged against the record: its charger, connected,
+        is asked its version (``GetLocalListVersion``, whose answer settles it:
+        ``settle_pending``). Unanswered again, it stays pending."""
+        [current] = await self.store.get_many(LocalList, [station_id])
+        [station] = await self.store.get_many(Station, [station_id])
+        if current is None or current.pending is None or station is None \
+                or not station.online:
+            return
+        try:
+            await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion", {},
+                                     audited_as=actor)
+        except DomainError as exc:
+            log.info("local list version of %s not asked: %s", station.cp_id, exc.message)
+
     async def _push(self, actor: Viewer, station_id: str) -> None:
+        await self._settle(actor, station_id)
         [station] = await self.store.get_many(Station, [station_id])
         if station is None or not station.online:
             return
@@ -750,17 +896,32 @@ class Withdrawal(Service):
         except DomainError as exc:  # the station went meanwhile: nothing to correct
             log.info("local list of %s not corrected: %s", station.cp_id, exc.message)
             return None
+        self._note_refusal(station.id, outcome.status, outcome.error)
         if outcome.status == "Failed":
-            # The charger will not take it: retried at each expiry sweep and each boot,
-            # it is left accepting the cards until someone looks (QA s24: logged at
-            # INFO alone).
+            # The charger will not take it: retried at its boot, and by the expiry
+            # sweeps less and less often (``_note_refusal``), it is left accepting the
+            # cards until someone looks (QA s24: logged at INFO alone).
             log.warning("local list of %s not corrected: the charger answered Failed to "
-                        "a Differential of %d entries (sent again at the next expiry "
-                        "sweep or boot)", station.cp_id, len(wanted))
+                        "a Differential of %d entries (sent again at its boot, or by an "
+                        "expiry sweep within %s)", station.cp_id, len(wanted),
+                        self._refused[station.id][1])
         elif outcome.error is not None:
             log.info("local list of %s not corrected now (sent again at the next expiry "
                      "sweep or boot): %s", station.cp_id, outcome.error.message)
         return outcome.status
+
+    def _note_refusal(self, station_id: str, status: str | None,
+                      error: DomainError | None) -> None:
+        """A charger refusing our list (Failed, NotSupported, a NotSupported CALLERROR)
+        is left by the expiry sweeps for ``REFUSED_BACKOFF``, twice as long at each
+        refusal after, up to ``REFUSED_BACKOFF_MAX`` (``_sweep_pushes``); one accepting
+        it is sent at every sweep again."""
+        if status in ("Failed", "NotSupported") or isinstance(error, ChargerNotSupported):
+            last = self._refused.get(station_id)
+            wait = REFUSED_BACKOFF if last is None else min(last[1] * 2, REFUSED_BACKOFF_MAX)
+            self._refused[station_id] = (self.now() + wait, wait)
+        elif status == ACCEPTED:
+            self._refused.pop(station_id, None)
 
     async def _items(self, wanted: Sequence[LocalListEntry]) -> list[dict[str, Any]]:
         """The Differential's entries: a withdrawal's status alone (the charger must not

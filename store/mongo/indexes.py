@@ -33,7 +33,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # The lists holding a card (one withdrawn: by its id, not its tag string); a
     # station's list by station and tag is the unique rule's index.
     # And a removed card's entries by its holder (one issued again: QA s26).
-    "local_list_entry": [[("card_id", ASCENDING)], [("holder_id", ASCENDING)]],
+    # And a station's entries marked wanted (every push; each expiry sweep, for the
+    # stations connected to its instance).
+    "local_list_entry": [[("card_id", ASCENDING)], [("holder_id", ASCENDING)],
+                         [("station_id", ASCENDING), ("wanted", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
                 [("connected_instance", ASCENDING)], [("site_id", ASCENDING)],

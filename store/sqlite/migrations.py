@@ -1418,6 +1418,18 @@ _V69 = """
 CREATE INDEX "session_active_id_tag_idx" ON "session" ("id_tag") WHERE "state" = 'ACTIVE';
 """
 
+# Version 70: a SendLocalList sent and not answered (a timeout, the connection lost after
+# it), as sent, until the charger's version tells whether it holds it
+# (``LocalList.pending``; review s26: a withdrawal was judged against a list the charger no
+# longer held). Older rows: null, nothing pending. And a station's entries by what is
+# wanted of them: every push, and every expiry sweep for the stations connected to its
+# instance, read those marked. MongoDB reads a missing field as null: its index only.
+_V70 = """
+ALTER TABLE "local_list" ADD COLUMN "pending" TEXT;
+CREATE INDEX "local_list_entry_station_id_wanted_idx"
+    ON "local_list_entry" ("station_id", "wanted");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1449,7 +1461,9 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (65, _V65),
                                      (66, _V66),
                                      (67, _V67),
-                                     (68, _V68), (69, _V69))
+                                     (68, _V68),
+                                     (69, _V69),
+                                     (70, _V70))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -217,6 +217,9 @@ class _Accepting:
     def is_connected(self, cp_id: str) -> bool:
         return True
 
+    def connected(self) -> list[str]:
+        return []
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         return {"status": "Accepted"}

@@ -6,6 +6,7 @@ reservation holds its plug for the card it was made for, not for a tag string.""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,92 @@ async def test_a_reservation_holds_its_plug_for_the_card_it_was_made_for(
     card = world.tags["driver1"]
     made_for_it = await reserve(card.tag, "driver1", user_id=card.user_id)
     assert await reserved_for_card(store, made_for_it, card.tag, card)
+
+
+@pytest.mark.parametrize(("theirs", "held"), [(2, ["STAFF-1"]), (3, ["STAFF-1"]),
+                                              (1, ["STAFF-1", "TAG-DRIVER1"])])
+async def test_an_unanswered_list_is_recorded_once_the_chargers_version_says_it_took_it(
+        services: Services, world: World, theirs: int, held: list[str]) -> None:
+    """A Full list sent and not answered is kept pending at its version (an entry with
+    an expiry, as a put-back's, included): the charger's version at or above it records
+    it as accepted, below it drops it (review s26)."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await listed(services, world, "TAG-DRIVER1", "STAFF-1")
+    await withdrawal.hold_pending(store, station, {
+        "listVersion": 2, "updateType": "Full", "localAuthorizationList": [
+            {"idTag": "STAFF-1", "idTagInfo": {
+                "status": "Accepted", "expiryDate": utcnow() + timedelta(days=1)}}]},
+        SYSTEM, ours=False)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.version == 1
+    assert kept.pending is not None and kept.pending["listVersion"] == 2
+
+    await withdrawal.settle_pending(store, station, theirs, SYSTEM, now=utcnow())
+    entries = await store.find_all(d.LocalListEntry, Eq("station_id", station.id))
+    assert sorted(e.tag for e in entries) == held
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None and after.pending is None
+    assert after.version == (2 if theirs >= 2 else 1)
+
+
+class _Holding:
+    """A gateway holding the chargers ``cp_ids`` here (none answers: nothing is sent,
+    the stations being recorded offline)."""
+
+    def __init__(self, *cp_ids: str) -> None:
+        self.cp_ids = set(cp_ids)
+
+    def is_connected(self, cp_id: str) -> bool:
+        return cp_id in self.cp_ids
+
+    def connected(self) -> list[str]:
+        return sorted(self.cp_ids)
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float) -> dict[str, Any]:
+        raise AssertionError(f"nothing is sent here ({action} to {cp_id})")
+
+
+async def test_the_expiry_sweep_reads_the_marked_entries_of_its_own_chargers_only(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: every instance's every sweep read every marked entry of every
+    station (up to 100,000, unsorted), and then kept those of its chargers. It reads
+    those of the stations connected to it."""
+    store = services.ctx.store
+    services.attach_gateway(_Holding("A-001"))
+    for cp_id in ("A-001", "A-002", "B-001"):
+        await withdrawal.record_local_list(store, world.stations[cp_id], {
+            "listVersion": 1, "updateType": "Full", "localAuthorizationList": [
+                {"idTag": "TAG-DRIVER1", "idTagInfo": {"status": "Accepted"}}]}, SYSTEM,
+            ours=False, now=datetime.now(UTC))
+    entries = await store.find_all(d.LocalListEntry, Eq("tag", "TAG-DRIVER1"))
+    await store.write([patch(e, SYSTEM, wanted="Blocked") for e in entries], [])
+    read: list[str] = []
+    find_all = store.find_all
+
+    async def counting(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await find_all(kind, *args, **kwargs)
+        if kind is d.LocalListEntry:
+            read.extend(e.cp_id for e in found)
+        return found
+    monkeypatch.setattr(store, "find_all", counting)
+
+    assert await services.withdrawal._stations_marked() == [world.stations["A-001"].id]
+    assert set(read) == {"A-001"}
+
+
+async def test_our_withdrawal_adding_a_tag_the_list_did_not_hold_is_taken_out_again(
+        services: Services, world: World) -> None:
+    """A withdrawal of ours accepted for a tag our record of the list does not hold (an
+    operator's list dropped it while the withdrawal was on its way) added it: the card,
+    usable again, has it taken out, not made Accepted (the record followed exactly)."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await listed(services, world, "STAFF-1")
+    await withdrawal.record_local_list(store, station, {
+        "listVersion": 2, "updateType": "Differential", "localAuthorizationList": [
+            {"idTag": "TAG-DRIVER1", "idTagInfo": {"status": "Blocked"}}]}, SYSTEM,
+        ours=True, now=datetime.now(UTC))
+    added = await store.find_one(d.LocalListEntry, Eq("tag", "TAG-DRIVER1"))
+    assert added is not None and added.status == "Blocked"
+    assert added.restore == withdrawal.RESTORE_REMOVED
+    assert withdrawal.wanted_of(added, "Accepted") == "Accepted"  # put back: removed

@@ -10,7 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from domain import entities as d
+from domain.errors import ChargerTimeout
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
 from domain.services.base import patch
@@ -245,3 +248,42 @@ async def test_a_reactivation_no_instance_pushed_is_put_back_at_the_boot(
     await central.store.write([patch(holder, SYSTEM, active=True)], [])  # no push
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
         await booted_and_restored(central, back, kept_version, kept)
+
+
+async def test_a_tag_the_operators_unanswered_list_dropped_is_not_put_back(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's Full list drops TAG-OK; the charger takes it, its answer is lost
+    (a timeout). The card is blocked: our Differential draws a VersionMismatch, and the
+    charger's version (at the unanswered list's) says it holds that list, recorded then,
+    so there is nothing of TAG-OK to withdraw nor, once unblocked, to put back. Review
+    s26: the record still held TAG-OK Accepted, the withdrawal was resent above the
+    charger's version and added it Blocked, and the put-back made it Accepted: the
+    charger accepted offline a tag the operator took out of its list."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        real = central.gateway.call
+
+        async def answer_lost(cp_id: str, action: str, payload: dict[str, Any],
+                              timeout: float) -> dict[str, Any]:
+            result = await real(cp_id, action, payload, timeout)
+            if action == "SendLocalList" and payload.get("updateType") == "Full":
+                raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
+            return result
+        monkeypatch.setattr(central.gateway, "call", answer_lost)
+        answer = await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 2, "updateType": "FULL",
+            "localAuthorizationList": [{"idTag": "TAG-OTHER",
+                                        "idTagInfo": {"status": "ACCEPTED"}}]}},
+            as_user="op")
+        monkeypatch.setattr(central.gateway, "call", real)
+        assert cp.local_list == {"TAG-OTHER": {"status": "Accepted"}}, answer  # applied
+
+        await block(central, "ok", who="admin")
+        await settled(central)
+        await unblock(central, "ok", who="admin")
+        await settled(central)
+        # The operator's list does not hold TAG-OK: nothing of ours puts it there.
+        assert "TAG-OK" not in cp.local_list, (cp.local_list,
+                                               await entry(central, "CP-1", "TAG-OK"))
+        assert await entry(central, "CP-1", "TAG-OK") is None

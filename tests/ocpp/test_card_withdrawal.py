@@ -679,3 +679,47 @@ async def test_owed_cancels_failing_at_connection_do_not_keep_the_list_from_bein
             return back.local_list.get("TAG-OK") == {"status": "Expired"}
         await until(withdrawn)
         assert back.local_list["TAG-OTHER"] == {"status": "Accepted"}
+
+
+async def test_a_charger_refusing_lists_is_sent_them_less_and_less_often(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: a charger answering Failed for good was sent the marked entries at
+    every 5-minute expiry sweep (two audit rows, a command.completed webhook and a
+    WARNING each time). The sweeps leave it 10 minutes, then twice as long after each
+    refusal; its boot starts over."""
+    if central.relays:
+        pytest.skip("relayed, the charger is another instance's: its sweep sends")
+    real = central.gateway.call
+    refused: list[int] = []
+
+    async def failing(cp_id: str, action: str, payload: dict[str, Any],
+                      timeout: float) -> dict[str, Any]:
+        if action == "SendLocalList" and payload.get("updateType") == "Differential":
+            refused.append(payload["listVersion"])
+            return {"status": "Failed"}
+        return await real(cp_id, action, payload, timeout)
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        monkeypatch.setattr(central.gateway, "call", failing)
+        await block(central, "ok", who="admin")
+        await settled(central)
+        assert len(refused) == 1  # the block's own push: refused, stays marked
+        withdrawal = central.services.withdrawal
+        start = datetime.now(UTC)
+
+        async def sweep_at(minutes: int) -> int:
+            monkeypatch.setattr(withdrawal.ctx, "clock",
+                                lambda: start + timedelta(minutes=minutes))
+            before = len(refused)
+            await withdrawal.sweep_expired()
+            return len(refused) - before
+
+        assert [await sweep_at(m) for m in (5, 11, 15, 25, 31, 50, 55)] \
+            == [0, 1, 0, 0, 1, 0, 0]  # waits 10, 20, then 40 minutes
+        before = len(refused)
+        await cp.boot()  # booted: it may take it now, and is sent it (refused again)
+        await settled(central)
+        assert len(refused) == before + 1
+        assert [await sweep_at(m) for m in (60, 66)] == [0, 1]  # 10 minutes again

@@ -1084,6 +1084,9 @@ class _AcceptingCharger:
     def is_connected(self, cp_id: str) -> bool:
         return True
 
+    def connected(self) -> list[str]:
+        return []
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         hook, self.before_answer = self.before_answer, None

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from domain import entities as d
+from domain.errors import ChargerTimeout
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import Eq
@@ -22,6 +23,7 @@ from domain.services.commands import CommandService
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_card_withdrawal import block, entry, send_full_list, settled
 from tests.ocpp.test_commands import run
 
 
@@ -478,3 +480,102 @@ async def test_an_expired_cards_reservation_is_found_behind_other_holders_of_its
         [after] = await central.store.find_all(d.Reservation,
                                                Eq("reservation_id", number))
         assert after.state is d.ReservationState.CANCELLED
+
+
+async def test_a_charger_silent_to_lists_does_not_hold_up_an_expired_cards_cancel(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: every expiry sweep first pushed, one station after another, every
+    station connected here with an entry still marked, and only then cancelled the
+    expired cards' reservations: a charger that never answers SendLocalList (another
+    card's withdrawal left marked there) cost the command timeout at every sweep before
+    any expired card's reservation was cancelled. The cancels come first."""
+    real = central.gateway.call
+
+    async def silent(cp_id: str, action: str, payload: dict[str, Any],
+                     timeout: float) -> dict[str, Any]:
+        if cp_id == "CP-OPEN" and action == "SendLocalList" \
+                and payload.get("updateType") == "Differential":
+            await asyncio.sleep(timeout)
+            raise ChargerTimeout(f"{cp_id} did not answer {action}")
+        return await real(cp_id, action, payload, timeout)
+
+    async with connected(central.url, "CP-OPEN") as silent_cp, connected(
+            central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await silent_cp.boot()
+        await cp.boot()
+        await cp.report_all()
+        await send_full_list(central, "CP-OPEN", "TAG-OTHER")
+        monkeypatch.setattr(central.gateway, "call", silent)
+        await block(central, "other", who="admin")
+        await settled(central)  # unanswered: stays marked
+        marked = await entry(central, "CP-OPEN", "TAG-OTHER")
+        assert marked is not None and marked.wanted == "Blocked"
+
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()},
+            "reservation { reservationId state } errors { code }")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        [stored] = await central.store.get_many(d.IdTag, [central.tags["ok"].id])
+        assert stored is not None
+        await central.store.write([patch(stored, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(seconds=1))], [])
+
+        sweep = asyncio.create_task(central.services.withdrawal.sweep_expired())
+        try:
+            await asyncio.sleep(1.5)
+            [after] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+            assert after.state is d.ReservationState.CANCELLED, after.state
+        finally:
+            await sweep
+
+
+async def test_an_expiry_sweep_pushes_to_its_chargers_side_by_side(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: the sweep pushed what is marked to one station after another, each
+    up to the command timeout: a charger that does not answer held up the next. Both
+    chargers here are sent their list before either answers (relayed: held by another
+    instance, they are not this sweep's)."""
+    real = central.gateway.call
+    called: set[str] = set()
+    both, release = asyncio.Event(), asyncio.Event()
+
+    async def unanswered(cp_id: str, action: str, payload: dict[str, Any],
+                         timeout: float) -> dict[str, Any]:
+        if action == "SendLocalList" and payload.get("updateType") == "Differential":
+            raise ChargerTimeout(f"{cp_id} did not answer {action}")
+        return await real(cp_id, action, payload, timeout)
+
+    async def held(cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float) -> dict[str, Any]:
+        if action == "SendLocalList" and payload.get("updateType") == "Differential":
+            called.add(cp_id)
+            if len(called) == 2:
+                both.set()
+            await release.wait()
+            raise ChargerTimeout(f"{cp_id} did not answer {action}")
+        return await real(cp_id, action, payload, timeout)
+
+    async with connected(central.url, "CP-OPEN") as one, connected(
+            central.url, "CP-1", password=STATION_PASSWORD) as two:
+        await one.boot()
+        await two.boot()
+        for cp_id in ("CP-OPEN", "CP-1"):
+            await send_full_list(central, cp_id, "TAG-OTHER")
+        monkeypatch.setattr(central.gateway, "call", unanswered)
+        await block(central, "other", who="admin")
+        await settled(central)  # unanswered at both: stays marked
+        for cp_id in ("CP-OPEN", "CP-1"):
+            marked = await entry(central, cp_id, "TAG-OTHER")
+            assert marked is not None and marked.wanted == "Blocked"
+
+        monkeypatch.setattr(central.gateway, "call", held)
+        sweep = asyncio.create_task(central.services.withdrawal.sweep_expired())
+        try:
+            if not central.relays:
+                await asyncio.wait_for(both.wait(), 3)
+        finally:
+            release.set()
+            await sweep
+        # Relayed, the chargers are another instance's: its own sweep sends them.
+        assert called == (set() if central.relays else {"CP-OPEN", "CP-1"})

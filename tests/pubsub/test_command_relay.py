@@ -55,6 +55,9 @@ class FakeChargers:
     def is_connected(self, cp_id: str) -> bool:
         return cp_id in self.cp_ids
 
+    def connected(self) -> list[str]:
+        return sorted(self.cp_ids)
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         self.calls.append((cp_id, action, payload, timeout))
