@@ -137,8 +137,9 @@ _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
                        "connection",
                        # Whether the map shows the station: visibility, decided already.
                        "on_map",
-                       # The version of that ownership (``Station.sight``): for judging it.
-                       "sight"})
+                       # The version of that ownership (``Station.sight``): for judging it;
+                       # and the build before's number of a handover.
+                       "version", "sight"})
 
 
 class Refused(Exception):

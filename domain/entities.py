@@ -373,7 +373,7 @@ class Station(Record):
     #: it is on the map): every edit changing that adds one, in the edit's write, which
     #: holds only on the version of the station it read (``StationService.update_station``).
     #: Every event of the station carries the number of the station it read
-    #: (``DomainEvent.sight``): of two readings of its ownership the higher number is the
+    #: (``DomainEvent.version``): of two readings of its ownership the higher number is the
     #: newer, whatever the instances heard or lost (``domain.services.live.SightOrder``).
     #: 0: never changed (and stations from before SQLite migration 68; MongoDB reads a
     #: missing one as 0).

@@ -31,8 +31,12 @@ class DomainEvent:
     #: dispatcher judges the event by the newer of this read and the highest it heard
     #: (``domain.services.live.SightOrder``). In a ``StationSightChanged``, the edit's
     #: own (the station as written). ``None`` for an event of no station, and from
-    #: versions before it was carried (judged by what was heard).
-    sight: int | None = None
+    #: builds before it was carried: such an event goes by its own read, and what it
+    #: read is never kept as heard (an older instance's edit moves no version, so
+    #: nothing orders it against one). A field of its own, not ``sight``: the build
+    #: before put a store-wide counter in ``StationSightChanged.sight``, which read as a
+    #: version outranked every handover after it (review r26-handover3).
+    version: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,8 +83,8 @@ class StationSightChanged(DomainEvent):
     charger went anywhere, so it has a topic of its own, which the services that follow
     connections (commands, site limits, webhooks, caches) do not hear, and an older
     instance cannot take for a disconnect. Live maps read both topics through one
-    subscription, in one order (``LiveService.watch``), and place it by ``sight`` (the
-    version the edit wrote, ``Station.sight``: of two edits the later has the higher)
+    subscription, in one order (``LiveService.watch``), and place it by ``version``
+    (the one the edit wrote, ``Station.sight``: of two edits the later has the higher)
     and ``connection`` (``domain.services.live.SightOrder``)."""
 
     topic: ClassVar[str] = "station_sight"
@@ -97,6 +101,12 @@ class StationSightChanged(DomainEvent):
     #: the read, and its ``online`` is told instead. ``None``: never connected, and from
     #: versions before it was carried.
     connection: int | None = None
+    #: The build before ``version``: which edit of the station's sight this is, a number
+    #: of the whole store (``Store.next_sequence("station_sight")``), drawn between the
+    #: edit's read and its write. Still drawn and sent, for instances of that build
+    #: during a rolling upgrade (their live feeds order handovers by it); never read by
+    #: this one: a store-wide number is no station's version.
+    sight: int | None = None
 
     def sides(self) -> tuple[StationConnectionChanged, StationConnectionChanged]:
         """The station as seen after the edit and before it: to ask the visibility rules
@@ -368,7 +378,7 @@ class EventsDropped:
     it (its own link to Redis) is lost to the others with no marker, their subscriptions
     never broke. Nothing that must come out right may rest on these markers: a model of
     what was heard (``SightOrder``) orders by the stations' versions
-    (``DomainEvent.sight``) instead (review s26)."""
+    (``DomainEvent.version``) instead (review s26)."""
 
     count: int
     interrupted: bool = False

@@ -36,12 +36,20 @@ class Update:
     on a session another instance has just ended (an audit entry of it is an
     ``AuditIfApplied``, skipped with it). With ``required`` as well, a guard that
     no longer holds fails the whole write with ``Conflict`` (code ``CHANGED``): a state
-    change two requests raced for (two captures of one payment) happens once."""
+    change two requests raced for (two captures of one payment) happens once.
+    ``also_if``: more fields and values the guard holds on, with ``only_if`` (a station's
+    handover written on the version of the record read and on the version of who sees it
+    read: ``Station.sight``)."""
 
     record: Record
     fields: frozenset[str] | None = None
     only_if: tuple[str, Any] | None = None
     required: bool = False
+    also_if: tuple[tuple[str, Any], ...] = ()
+
+    def conditions(self) -> tuple[tuple[str, Any], ...]:
+        """Every field and value the guard holds on (``only_if``, then ``also_if``)."""
+        return _conditions(self.only_if, self.also_if)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +58,25 @@ class Delete:
     value) only while the stored record still holds that value: otherwise, or when it is
     gone already, the whole write fails with ``Conflict`` (code ``CHANGED``), as a
     ``required`` ``Update``'s guard does. A removal judged on the version it read (an
-    erasure's cards: ``edits.removal``) must not take one changed since."""
+    erasure's cards: ``edits.removal``) must not take one changed since. ``also_if``:
+    more fields and values, with ``only_if`` (a station removed as it was read online or
+    not, and with the ownership its remover's rights were checked on: ``Station.sight``
+    and its company, review r26-handover3)."""
 
     record: Record
     only_if: tuple[str, Any] | None = None
+    also_if: tuple[tuple[str, Any], ...] = ()
+
+    def conditions(self) -> tuple[tuple[str, Any], ...]:
+        """Every field and value the delete holds on (``only_if``, then ``also_if``)."""
+        return _conditions(self.only_if, self.also_if)
+
+
+def _conditions(only_if: tuple[str, Any] | None, also_if: tuple[tuple[str, Any], ...]
+                ) -> tuple[tuple[str, Any], ...]:
+    if also_if and only_if is None:
+        raise ValueError("also_if needs only_if")
+    return () if only_if is None else (only_if, *also_if)
 
 
 Change = Insert | InsertIfAbsent | Update | Delete

@@ -127,7 +127,7 @@ def owned_by(station: Station) -> dict[str, Any]:
     return {"station_id": station.id, "cp_id": station.cp_id,
             "company_id": station.company_id, "owner_id": station.owner_id,
             "on_map": station.registration is Registration.ACCEPTED,
-            "sight": station.sight}
+            "version": station.sight}
 
 
 def owned_as(event: DomainEvent) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def owned_as(event: DomainEvent) -> dict[str, Any]:
     event that follows another (``Service.plugs_held``)."""
     return {"station_id": event.station_id, "cp_id": event.cp_id,
             "company_id": event.company_id, "owner_id": event.owner_id,
-            "on_map": event.on_map, "sight": event.sight}
+            "on_map": event.on_map, "version": event.version}
 
 
 async def reserved_for_card(store: Store, reservation: Reservation, presented: str,

@@ -13,6 +13,7 @@ without an error."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from domain.entities import Record
@@ -30,13 +31,16 @@ T = TypeVar("T")
 EDIT_ATTEMPTS = 3
 
 
-def edit(record: Record, viewer: Viewer, **updates: Any) -> Update:
+def edit(record: Record, viewer: Viewer, *, also_if: tuple[tuple[str, Any], ...] = (),
+         **updates: Any) -> Update:
     """``patch`` written only onto the version of ``record`` that was read: its
     ``updated_at`` (every audited change moves it; telemetry written with ``touch``,
-    which leaves it, changes no field an edit judges). Another write meanwhile fails the
-    whole write with ``Conflict`` (code ``CHANGED``), for ``retried`` to run again."""
-    return patch(record, viewer, only_if=("updated_at", record.updated_at), required=True,
-                 **updates)
+    which leaves it, changes no field an edit judges), and the fields ``also_if`` still
+    holding their values read. Another write meanwhile fails the whole write with
+    ``Conflict`` (code ``CHANGED``), for ``retried`` to run again."""
+    update = patch(record, viewer, only_if=("updated_at", record.updated_at), required=True,
+                   **updates)
+    return replace(update, also_if=also_if) if also_if else update
 
 
 def removal(record: Record) -> Delete:

@@ -16,7 +16,7 @@ Two ways to listen:
 
 Either way, ``StationSightChanged`` is told as ``SightOrder`` has it: every event of a
 station is judged by the newer of its own read of the station's ownership and the
-newest the stream heard, by version (``DomainEvent.sight``, ``Station.sight``), so an
+newest the stream heard, by version (``DomainEvent.version``, ``Station.sight``), so an
 edit's sight event arriving after a later edit's is judged by the later ownership, and
 an event that read the station before a handover (a disconnect) by the handover; a
 sight event's connection read loses to a connection event of that connection or a
@@ -95,7 +95,7 @@ class SightOrder:
     """What one ordered stream of events (a pump's, a caller's of ``events``, the
     webhook dispatcher's) tells of stations whose sight changed, kept per station:
 
-    * the newest ownership heard (``sights``): the highest version (``DomainEvent.sight``,
+    * the newest ownership heard (``sights``): the highest version (``DomainEvent.version``,
       the ``Station.sight`` its read found, moved on by every edit of who sees the
       station, in its write) any event of the station carried, with the ownership read
       with it. Every event of the station is judged by the newer of that and its own
@@ -114,9 +114,17 @@ class SightOrder:
       no way to tell which was newer, a handover heard before a lost one sent every
       event of the station to the company that had handed it back, for good). Nothing
       is forgotten when events are lost (``EventsDropped``): the versions need no
-      marker, and not every loss has one. Versions of 0 (never changed) are not kept.
-      An event from a version before it was carried (``sight`` ``None``) goes by what
-      was heard, as before;
+      marker, and not every loss has one. Versions of 0 (never changed) are not kept;
+      so at most one entry per station whose sight ever changed (handed over, or its
+      registration on or off the map: an accepted auto-registered charger's is 1),
+      which may be every station of the store, a small tuple each, gone at its
+      removal. An event from a build before the version was carried (``version``
+      ``None``: the ``sight`` that build's handovers carry is a number of the whole
+      store, no station's version) goes by its own read and is not kept: that build's
+      edits move no version, so nothing orders it against what was heard (review
+      r26-handover3: an older instance's handover, its number read as a version,
+      outranked every later handover, and sent the station's events to the company it
+      was handed to by the older instance until the version passed it);
     * the connection last told (a connection event's, or a sight event's as told): a
       sight event's connection read, when a connection event of the same connection or
       a newer one arrived first, is older than what maps were told, and that one's
@@ -192,12 +200,16 @@ class SightOrder:
     def owned(self, event: DomainEvent) -> DomainEvent:
         """An event of a station by the newer of its own read and the newest ownership
         heard (its own on a tie), which it becomes if newer; one judged by its books
-        (``_BOOKED``) as it is."""
+        (``_BOOKED``), and one without a version, as it is."""
         station = event.station_id
-        if station is None or isinstance(event, _BOOKED):
+        if station is None or event.version is None or isinstance(event, _BOOKED):
+            # No version (an instance of the build before it): nothing orders its read
+            # against one heard, and that build's edits move no version: by its read,
+            # and not kept (review r26-handover3: its handover's store-wide number, read
+            # as a version, outranked every handover after it, for good).
             return event
         heard = self.sights.get(station)
-        read = -1 if event.sight is None else event.sight
+        read = event.version
         if heard is not None and heard[0] > read:
             return _as_owned(event, heard)
         if read > 0 and (heard is None or read > heard[0]):
@@ -206,17 +218,17 @@ class SightOrder:
 
 
 def _owned(event: DomainEvent) -> Owned:
-    return (-1 if event.sight is None else event.sight, event.company_id, event.owner_id,
+    return (-1 if event.version is None else event.version, event.company_id, event.owner_id,
             event.on_map)
 
 
 def _as_owned(event: DomainEvent, by: Owned) -> DomainEvent:
     """``event`` with the ownership ``by`` (the same object when it has it)."""
-    sight, company_id, owner_id, on_map = by
+    version, company_id, owner_id, on_map = by
     if _owned(event) == by:
         return event
     return replace(event, company_id=company_id, owner_id=owner_id, on_map=on_map,
-                   sight=None if sight < 0 else sight)
+                   version=None if version < 0 else version)
 
 
 #: Events whose ``company_id``/``owner_id`` are the books they went to, not their

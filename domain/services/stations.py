@@ -320,7 +320,7 @@ class StationService(Service):
                  "company_id": company_id, "owner_id": owner_id,
                  "auth_password_hash": password_hash, "registration": registration,
                  "heartbeat_interval": heartbeat_interval}
-        station, updated = await retried(
+        station, updated, number = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
         if password_hash not in (UNSET, None):
@@ -331,7 +331,7 @@ class StationService(Service):
             # drivers' cards, and its station could not be removed while they ran).
             await self.publish(StationPasswordChanged(**owned_by(updated)))
         if updated.sight != station.sight:
-            await self._announce_sight(station, updated)
+            await self._announce_sight(station, updated, number)
         if updated.registration is Registration.ACCEPTED \
                 and station.registration is not Registration.ACCEPTED:
             self._nudge(updated)
@@ -341,9 +341,11 @@ class StationService(Service):
         return updated
 
     async def _edit_station(self, viewer: Viewer, station_id: str, given: dict[str, Any]
-                            ) -> tuple[Station, Station]:
+                            ) -> tuple[Station, Station, int | None]:
         """``update_station``'s read, checks and write (``retried``): the station as read
-        and as written (its ``sight`` one more when the edit changes who sees it)."""
+        and as written (its ``sight`` one more when the edit changes who sees it), and
+        the number the build before would have given a change of who sees it
+        (``StationSightChanged.sight``)."""
         station = await self.managed_station(viewer, station_id)
         company_id, owner_id = given["company_id"], given["owner_id"]
         if given["auth_password_hash"] not in (UNSET, None) and ":" in station.cp_id:
@@ -395,7 +397,17 @@ class StationService(Service):
             # (review s25: A->B and B->C published in the other order left B holding
             # C's station; review s26: a handover heard, the next one lost, outranked
             # every fresh read for good).
-            update = edit(station, viewer, **fields, sight=station.sight + 1)
+            # Guarded on the version read as well (``updated_at`` moves on with every
+            # edit, but one written by MongoDB's milliseconds is a weak witness): no two
+            # edits write one version.
+            update = edit(station, viewer, **fields, sight=station.sight + 1,
+                          also_if=(("sight", station.sight),))
+            # For instances of the build before, during a rolling upgrade: it orders
+            # handovers by a number of the whole store, drawn between the read and the
+            # write (this build never reads it: ``StationSightChanged.sight``).
+            number = await self.store.next_sequence("station_sight")
+        else:
+            number = None
         updated = cast(Station, update.record)
         changes: list[tuple[Change, Any]] = [(update, station)]
         if books_of(updated) != books_of(station):
@@ -409,7 +421,7 @@ class StationService(Service):
                     Eq("station_id", station.id), Range("created_at", gte=since)),
                     exists=False))
         await self.commit(viewer, changes, guards=guards)
-        return station, updated
+        return station, updated, number
 
     async def _end_station_prices(self, viewer: Viewer, station: Station
                                   ) -> tuple[list[tuple[Change, Any]], datetime | None]:
@@ -505,7 +517,19 @@ class StationService(Service):
         # cancels' round trips (up to 30 s each) was announced online, then hung up on
         # with no disconnect recorded or announced (review s25): the write fails, and
         # runs again on the station online.
-        changes.append((Delete(station, only_if=("online", station.online)), station))
+        # And only on the ownership the remover's rights were checked on (``Station.sight``,
+        # and its company and owner, which an instance of the build before the version
+        # changes without it): a handover landing meanwhile fails the write, and it runs
+        # again on a fresh read, its rights checked again (an operator whose company
+        # handed the station away is told NOT_FOUND). Guarded on ``online`` only, it
+        # deleted the station another company had by then, an operator's removal
+        # included, and announced its removal with the old company's ownership and the
+        # version the handover had written, so later events went to the company that
+        # had handed it away (review r26-handover3).
+        changes.append((Delete(station, only_if=("online", station.online),
+                               also_if=(("sight", station.sight),
+                                        ("company_id", station.company_id),
+                                        ("owner_id", station.owner_id))), station))
         history = await self._end_state_history(
             viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
         # Unaudited as it was written: control state, each command audited as itself.
@@ -561,7 +585,8 @@ class StationService(Service):
         if station is not None:
             await self.publish(StationChanged(**owned_by(station)))
 
-    async def _announce_sight(self, before: Station, after: Station) -> None:
+    async def _announce_sight(self, before: Station, after: Station, number: int | None
+                              ) -> None:
         """When an edit changed who may see the station (its company, its owner, its
         registration on or off the map), live maps hear of it (``StationSightChanged``):
         those who lost sight of it are told it offline, those who gained it its
@@ -574,7 +599,8 @@ class StationService(Service):
         "joined, online" (review s25). One landing after this read is announced after
         it, or, published on another instance, may reach a map first: the event carries
         the connection it read, and a map's feed tells the newer state instead
-        (``domain.services.live``). ``after.sight`` orders the edits (``_edit_station``).
+        (``domain.services.live``). ``after.sight`` orders the edits (``_edit_station``);
+        ``number`` is the build before's order of them, for its instances.
 
         Best effort, as ``publish``: the edit has committed, so a store that fails this
         read (a failover) does not answer it as failed, nor skip what follows it
@@ -594,7 +620,7 @@ class StationService(Service):
             await self.publish(StationSightChanged(
                 **now, joined=joined, online=online and joined, at=self.now(),
                 was_company_id=was["company_id"], was_owner_id=was["owner_id"],
-                was_on_map=was["on_map"], connection=connection))
+                was_on_map=was["on_map"], connection=connection, sight=number))
 
     async def _connector_changed(self, connector: Connector) -> None:
         """``_changed`` for an edit of a connector (its rating is cached with the
@@ -617,7 +643,8 @@ class StationService(Service):
                 connection=station.connection))
         # The last change of who sees it (``Station.sight``): what arrives of it later is
         # older, whatever it read (``SightOrder``).
-        await self.publish(StationRemoved(**{**owned_by(station), "sight": station.sight + 1}))
+        await self.publish(StationRemoved(**{**owned_by(station),
+                                             "version": station.sight + 1}))
 
     async def _end_state_history(self, viewer: Viewer, where: Any) -> list[Change]:
         """Ends, now, the open state intervals ``where`` (of what is being removed): left

@@ -234,8 +234,9 @@ def _target(change: Update) -> dict[str, Any]:
     if change.only_if is not None:
         if change.fields is None:
             raise ValueError("only_if needs the fields to write")
-        field, value = change.only_if
-        target[shadow(spec_by_name(type(record))[field])] = _guard(type(record), field, value)
+        for field, value in change.conditions():
+            target[shadow(spec_by_name(type(record))[field])] = _guard(type(record), field,
+                                                                       value)
     return target
 
 
@@ -285,8 +286,7 @@ async def delete(db: Any, change: Delete, expected: Version = Expect.ANY) -> Non
     collection = db[record.kind]
     version = _version_filter(expected)
     target: dict[str, Any] = {"_id": ObjectId(record.id)}
-    if change.only_if is not None:
-        field, value = change.only_if
+    for field, value in change.conditions():
         target[shadow(spec_by_name(type(record))[field])] = _guard(type(record), field, value)
     if version is not None:
         result = await collection.delete_one({**target, **version})

@@ -91,33 +91,34 @@ def _update_sql(kind: type[Record]) -> str:
     return f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?'
 
 
-_PARTIAL_SQL: dict[tuple[type[Record], frozenset[str], str | None],
+_PARTIAL_SQL: dict[tuple[type[Record], frozenset[str], tuple[str, ...]],
                    tuple[str, tuple[FieldSpec, ...]]] = {}
 
 
 def _partial_update(record: Record, fields: frozenset[str],
-                    only_if: tuple[str, Any] | None = None) -> tuple[str, tuple[SqlValue, ...]]:
-    """``UPDATE … SET`` only ``fields`` (``AND`` the ``only_if`` field still holding its
-    value); the SQL is built once per (kind, fields, guard field)."""
+                    guard: tuple[tuple[str, Any], ...] = ()
+                    ) -> tuple[str, tuple[SqlValue, ...]]:
+    """``UPDATE … SET`` only ``fields`` (``AND`` each ``guard`` field still holding its
+    value: ``Update.conditions``); the SQL is built once per (kind, fields, guard
+    fields)."""
     kind = type(record)
-    guard = only_if[0] if only_if is not None else None
-    key = (kind, fields, guard)
+    held = tuple(name for name, _ in guard)
+    key = (kind, fields, held)
     if key not in _PARTIAL_SQL:
         names = columns(kind)
-        unknown = fields - set(names) | ({guard} - set(names) if guard else set())
+        unknown = fields - set(names) | (set(held) - set(names))
         if unknown or "id" in fields:
             raise ValueError(f"cannot update {sorted(unknown or {'id'})} of {kind.kind}")
         picked = tuple(spec_of(kind, name) for name in names if name in fields)
         assignments = ", ".join(f"{quote(spec.name)} = ?" for spec in picked)
         # IS, not =: a guard may hold NULL (a session still without its stop reason).
-        condition = f' AND {quote(guard)} IS ?' if guard else ""
+        condition = "".join(f" AND {quote(name)} IS ?" for name in held)
         _PARTIAL_SQL[key] = (
             f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?{condition}', picked)
     sql, picked = _PARTIAL_SQL[key]
     # Only the written fields are encoded: a live-energy update touches 4 of 24.
-    values = (*(encode(spec, getattr(record, spec.name)) for spec in picked), record.id)
-    if only_if is not None:
-        values = (*values, encode(spec_of(kind, only_if[0]), only_if[1]))
+    values = (*(encode(spec, getattr(record, spec.name)) for spec in picked), record.id,
+              *(encode(spec_of(kind, name), value) for name, value in guard))
     return sql, values
 
 
@@ -584,7 +585,8 @@ class SqliteStore:
             if change.required and change.only_if is None:
                 raise ValueError("required needs only_if")
             if change.fields is not None:
-                sql, params = _partial_update(change.record, change.fields, change.only_if)
+                sql, params = _partial_update(change.record, change.fields,
+                                              change.conditions())
                 return sql, params, change
             if change.only_if is not None:
                 raise ValueError("only_if needs the fields to write")
@@ -593,10 +595,13 @@ class SqliteStore:
             if change.only_if is None:
                 return (f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?',
                         (change.record.id,), change)
-            field, value = change.only_if
+            guard = change.conditions()
             # IS, not =: as an update's guard (the value may be NULL).
-            return (f'DELETE FROM {quote(kind.kind)} WHERE "id" = ? AND {quote(field)} IS ?',
-                    (change.record.id, encode(spec_of(kind, field), value)), change)
+            condition = "".join(f" AND {quote(field)} IS ?" for field, _ in guard)
+            return (f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?{condition}',
+                    (change.record.id,
+                     *(encode(spec_of(kind, field), value) for field, value in guard)),
+                    change)
         raise TypeError(f"not a change: {change!r}")
 
     async def next_sequence(self, name: str) -> int:

@@ -555,6 +555,41 @@ async def test_a_delete_on_the_version_read_fails_the_write_once_it_changed(
         await store.write([Delete(fresh, ("updated_at", fresh.updated_at))], [])
 
 
+async def test_a_guard_on_more_fields_holds_on_each(store: Store) -> None:
+    """``also_if``: an update or delete guarded on more than one field (a station's
+    handover on its ``updated_at`` and its version of who sees it; its removal on its
+    connection and the ownership its remover's rights were checked on) fails with
+    CHANGED when any of them changed, the first holding or not, and applies when all
+    hold (review r26-handover3)."""
+    owner = user()
+    card = id_tag(owner, tag="TAG-G1")
+    await put(store, owner, card)
+    [read] = await store.get_many(IdTag, [card.id])
+    assert read is not None
+    # Changed meanwhile in the second field only (its version stamp left as it was).
+    await store.write([Update(dataclasses.replace(read, blocked_by="someone"),
+                              frozenset({"blocked_by"}))], [])
+    stale: list[Change] = [
+        Update(dataclasses.replace(read, parent_tag="STALE"), frozenset({"parent_tag"}),
+               ("updated_at", read.updated_at), True, (("blocked_by", read.blocked_by),)),
+        Delete(read, ("updated_at", read.updated_at), (("blocked_by", read.blocked_by),))]
+    for change in stale:
+        with pytest.raises(Conflict) as raised:
+            await store.write([change], [])
+        assert raised.value.code == "CHANGED"
+    [now] = await store.get_many(IdTag, [card.id])
+    assert now is not None and (now.blocked_by, now.parent_tag) == ("someone",
+                                                                     read.parent_tag)
+    guard = (("blocked_by", "someone"), ("user_id", owner.id))
+    await store.write([Update(dataclasses.replace(now, parent_tag="FRESH"),
+                              frozenset({"parent_tag"}), ("updated_at", now.updated_at),
+                              True, guard)], [])
+    [fresh] = await store.get_many(IdTag, [card.id])
+    assert fresh is not None and fresh.parent_tag == "FRESH"
+    await store.write([Delete(fresh, ("updated_at", fresh.updated_at), guard)], [])
+    assert await store.get_many(IdTag, [card.id]) == [None]
+
+
 @pytest.mark.parametrize("change", [Update, Delete])
 async def test_update_or_delete_of_a_missing_record_is_not_found(
     store: Store, change: type[Update] | type[Delete]

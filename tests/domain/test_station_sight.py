@@ -6,6 +6,8 @@ what its charger reports next (review s25)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,7 +18,7 @@ import pytest
 
 from domain.clock import utcnow
 from domain.entities import Company, Connector, Role, Station
-from domain.errors import StoreUnavailable
+from domain.errors import NotFound, StoreUnavailable
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
@@ -27,9 +29,12 @@ from domain.events import (
     StationSightChanged,
 )
 from domain.policy import SYSTEM, Policy, Viewer
+from domain.ports import Update
 from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
+from domain.services.base import owned_by, patch
 from domain.services.live import LiveService, SightOrder
+from pubsub import codec
 from pubsub.memory import MemoryEventBus
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
@@ -233,16 +238,19 @@ async def test_a_handover_is_done_when_its_announcement_cannot_read_the_station(
 
 # What another instance may publish in between: Redis carries it in its own order.
 
-def sight(joined: bool, *, sight: int, company: str, was: str, online: bool = True,
+def sight(joined: bool, *, version: int, company: str, was: str, online: bool = True,
           connection: int | None = 7) -> StationSightChanged:
     return StationSightChanged(station_id="s", cp_id=CP, company_id=company,
                                was_company_id=was, joined=joined, online=online and joined,
-                               sight=sight, connection=connection)
+                               version=version, connection=connection)
 
 
-def connection(online: bool, number: int | None, company: str) -> StationConnectionChanged:
+def connection(online: bool, number: int | None, company: str, *, version: int = 0
+               ) -> StationConnectionChanged:
+    """A connection event whose read of station ``s`` found ``company``'s, at
+    ``version`` (0: before any handover)."""
     return StationConnectionChanged(station_id="s", cp_id=CP, company_id=company,
-                                    online=online, connection=number)
+                                    online=online, connection=number, version=version)
 
 
 def recorder(told: list[tuple[str, bool]]) -> Callable[[Any], None]:
@@ -276,9 +284,9 @@ async def test_a_disconnect_published_first_wins_over_the_joining_read_before_it
     """Another instance records the charger's disconnect after the handover's read of
     the connection, and its event reaches Redis first: the new company is told the
     station joined offline, not online for ever."""
-    got = await maps_told([sight(False, sight=1, company="B", was="A"),
+    got = await maps_told([sight(False, version=1, company="B", was="A"),
                            connection(False, 7, "B"),
-                           sight(True, sight=1, company="B", was="A")], ["A", "B"])
+                           sight(True, version=1, company="B", was="A")], ["A", "B"])
     assert got["B"][-1] == ("StationSightChanged", False), got
     assert got["A"] == [("StationSightChanged", False)]
 
@@ -287,16 +295,16 @@ async def test_a_joining_read_on_a_newer_connection_wins_over_an_older_one() -> 
     """The charger connected again (connection 8) before the handover read it: its old
     connection's disconnect, arriving first, does not make it offline."""
     got = await maps_told([connection(False, 7, "B"),
-                           sight(True, sight=1, company="B", was="A", connection=8)], ["B"])
+                           sight(True, version=1, company="B", was="A", connection=8)], ["B"])
     assert got["B"][-1] == ("StationSightChanged", True), got
 
 
 async def test_an_earlier_handover_arriving_last_is_judged_by_the_later_one() -> None:
     """A->B, then B->C, published on two instances and carried in the other order."""
-    got = await maps_told([sight(False, sight=2, company="C", was="B"),
-                           sight(True, sight=2, company="C", was="B"),
-                           sight(False, sight=1, company="B", was="A"),
-                           sight(True, sight=1, company="B", was="A")], ["A", "B", "C"])
+    got = await maps_told([sight(False, version=2, company="C", was="B"),
+                           sight(True, version=2, company="C", was="B"),
+                           sight(False, version=1, company="B", was="A"),
+                           sight(True, version=1, company="B", was="A")], ["A", "B", "C"])
     assert got["A"] == [("StationSightChanged", False)], got
     assert got["B"] == [("StationSightChanged", False)], got
     assert got["C"] and got["C"][-1] == ("StationSightChanged", True), got
@@ -329,8 +337,8 @@ async def test_a_plug_removed_then_reported_again_is_not_stale_on_the_map(
 async def test_a_connection_event_read_before_a_handover_is_judged_by_it() -> None:
     """A->B told, then a disconnect published with A's ownership (read before it): B's
     map is told it, not A's."""
-    got = await maps_told([sight(False, sight=1, company="B", was="A"),
-                           sight(True, sight=1, company="B", was="A"),
+    got = await maps_told([sight(False, version=1, company="B", was="A"),
+                           sight(True, version=1, company="B", was="A"),
                            connection(False, 7, "A")], ["A", "B"])
     assert got["A"] == [("StationSightChanged", False)], got
     assert got["B"] == [("StationSightChanged", True),
@@ -339,21 +347,22 @@ async def test_a_connection_event_read_before_a_handover_is_judged_by_it() -> No
 
 async def test_a_connection_event_read_after_a_handover_not_yet_told_comes_out_right(
         ) -> None:
-    """A->B told, then B->C's disconnect (read after B->C) arrives before B->C's sight
-    events: judged by B's ownership first, and then B->C tells B it left and C that it
-    joined, offline as that disconnect had it."""
-    got = await maps_told([sight(False, sight=1, company="B", was="A"),
-                           sight(True, sight=1, company="B", was="A"),
-                           connection(False, 7, "C"),
-                           sight(False, sight=2, company="C", was="B"),
-                           sight(True, sight=2, company="C", was="B")], ["A", "B", "C"])
-    assert got["B"][-1] == ("StationSightChanged", False), got
-    assert got["C"] == [("StationSightChanged", False)], got
+    """A->B told, then B->C's disconnect (read after B->C, version 2) arrives before
+    B->C's sight events: C's by its read (B is not told it), and then B->C tells B it
+    left and C that it joined, offline as that disconnect had it."""
+    got = await maps_told([sight(False, version=1, company="B", was="A"),
+                           sight(True, version=1, company="B", was="A"),
+                           connection(False, 7, "C", version=2),
+                           sight(False, version=2, company="C", was="B"),
+                           sight(True, version=2, company="C", was="B")], ["A", "B", "C"])
+    assert got["B"] == [("StationSightChanged", True), ("StationSightChanged", False)], got
+    assert got["C"] == [("StationConnectionChanged", False),
+                        ("StationSightChanged", False)], got
 
 
 def fault(company: str, *, read: int) -> FaultReported:
     """A fault whose read of station ``s`` found ``company``'s, at version ``read``."""
-    return FaultReported(station_id="s", cp_id=CP, company_id=company, sight=read,
+    return FaultReported(station_id="s", cp_id=CP, company_id=company, version=read,
                          connector_id=1, error_code="GroundFailure", status="Faulted")
 
 
@@ -369,14 +378,14 @@ def test_an_event_goes_by_the_newer_of_its_read_and_what_was_heard() -> None:
         assert told is not None
         return told.company_id
 
-    whose(sight(True, sight=2, company="B", was="A"))
+    whose(sight(True, version=2, company="B", was="A"))
     assert whose(fault("A", read=1)) == "B"  # a stale read
     assert whose(fault("B", read=2)) == "B"
     assert whose(fault("C", read=3)) == "C"  # B -> C, never heard
     # Heard now (from the fault's read): a read of before it, or a late sight event of an
     # earlier edit, are judged by C.
     assert whose(fault("B", read=2)) == "C"
-    late = order.read(sight(True, sight=2, company="B", was="A"))
+    late = order.read(sight(True, version=2, company="B", was="A"))
     assert isinstance(late, StationSightChanged)
     assert (late.company_id, late.was_company_id) == ("C", "A")
 
@@ -392,7 +401,7 @@ async def test_a_handover_read_after_a_loss_never_outranks_fresh_reads() -> None
     order = SightOrder()
     # Queued before the loss: a fault, then A -> B of the station (version 1).
     bus.deliver(fault("A", read=0))
-    bus.deliver(sight(True, sight=1, company="B", was="A"))
+    bus.deliver(sight(True, version=1, company="B", was="A"))
     bus.interrupt()  # the Redis connection breaks; B -> A (version 2) is lost
     marker = await stream.__anext__()
     assert isinstance(marker, EventsDropped) and marker.interrupted
@@ -420,8 +429,8 @@ async def test_a_removed_station_is_forgotten_by_the_live_path() -> None:
     live.watch(SYSTEM, TOPICS, recorder(watched), lambda: None)
     stream = live.events(SYSTEM, TOPICS)
     [pump] = live._pumps.values()
-    for event in (sight(False, sight=1, company="B", was="A"),
-                  sight(True, sight=1, company="B", was="A"), connection(False, 7, "B"),
+    for event in (sight(False, version=1, company="B", was="A"),
+                  sight(True, version=1, company="B", was="A"), connection(False, 7, "B"),
                   StationRemoved(station_id="s", cp_id=CP, company_id="B")):
         await bus.publish(event)
     # An admin sees the station either side of the handover: told its connection only.
@@ -451,3 +460,150 @@ async def test_a_station_removed_during_its_handover_does_not_join_the_new_map(
     got = [(type(event).__name__, getattr(event, "joined", None))
            for event in await told(events)]
     assert (StationSightChanged.__name__, True) not in got, got
+
+
+# A rolling upgrade, and removals racing handovers (review r26-handover3).
+
+async def test_a_handover_by_an_instance_of_the_build_before_never_holds_the_station(
+        world: World) -> None:
+    """An instance of the build before the stations' versions hands the station Alpha ->
+    Beta: it moves no ``Station.sight`` and announces the handover with its number of
+    the whole store in ``sight`` (57, as it goes over Redis). A new instance then hands
+    the station to Gamma (version 0 -> 1), and its charger's fault, read afresh, is
+    Gamma's, not Beta's: the old number, read as a version, outranked every handover
+    after it until the station's own version passed it."""
+    alpha, beta, gamma = world.companies
+    s = world.services
+    feeds = {c.name: s.live.events(operator_of(c), [FaultReported.topic])
+             for c in (alpha, beta, gamma)}
+    # The older instance's edit: the fields given, no version.
+    [station] = await s.ctx.store.get_many(Station, [world.station_id])
+    assert station is not None
+    await s.ctx.store.write([patch(station, SYSTEM, company_id=beta.id)], [])
+    s.charging.cache._stations.clear()
+    # ... and its announcement, as its codec wrote it.
+    bus = s.ctx.bus
+    assert bus is not None
+    for joined in (False, True):
+        body = json.loads(codec.encode(StationSightChanged(
+            **{**owned_by(station), "company_id": beta.id}, joined=joined, online=joined,
+            was_company_id=alpha.id, connection=station.connection)))
+        body.pop("version", None)
+        body["sight"] = 57
+        await bus.publish(codec.decode(json.dumps(body)))
+    await asyncio.sleep(0.1)
+    # The upgrade goes on: a new instance hands the station to Gamma.
+    await s.stations.update_station(SYSTEM, world.station_id, company_id=gamma.id)
+    [now] = await s.ctx.store.get_many(Station, [world.station_id])
+    assert now is not None and (now.company_id, now.sight) == (gamma.id, 1)
+    await s.charging.status_notification(CP, 1, "Faulted", "GroundFailure")
+    got = {name: [type(e).__name__ for e in await told(feed)]
+           for name, feed in feeds.items()}
+    assert got == {"Alpha": [], "Beta": [], "Gamma": ["FaultReported"]}, got
+
+
+def handed_to_during_the_removal(world: World, company: Company,
+                                 then: Callable[[Station], None] | None = None) -> None:
+    """The next removal's first run, after its checks and the cancels' round trips and
+    before its write: an admin hands the station to ``company``; ``then`` gets the
+    station as the handover wrote it."""
+    stations = world.services.stations
+    refuse = stations._refuse_if_charging
+    ran: list[bool] = []
+
+    async def hooked(*args: Any, **kw: Any) -> None:
+        await refuse(*args, **kw)
+        if not ran:
+            ran.append(True)
+            await stations.update_station(SYSTEM, world.station_id, company_id=company.id)
+            [read] = await world.services.ctx.store.get_many(Station, [world.station_id])
+            assert read is not None and read.company_id == company.id
+            if then is not None:
+                then(read)
+
+    stations._refuse_if_charging = hooked  # type: ignore[method-assign]
+
+
+async def test_a_removal_racing_a_handover_does_not_give_later_events_to_the_old_company(
+        world: World) -> None:
+    """An admin hands Alpha's station to Beta while another removes it. The removal,
+    guarded on ``online`` only, deleted the station it read as Alpha's (version 0) and
+    announced it removed as Alpha's, version 1: a fault the charger reported before the
+    delete (read: Beta's, version 1) and published after it went to Alpha. Now the
+    removal's write fails, it runs again on Beta's station, and says so."""
+    alpha, beta, _ = world.companies
+    s = world.services
+    feeds = {c.name: s.live.events(operator_of(c), [FaultReported.topic])
+             for c in (alpha, beta)}
+    late: list[FaultReported] = []
+    handed_to_during_the_removal(world, beta, lambda read: late.append(FaultReported(
+        **owned_by(read), connector_id=1, error_code="GroundFailure", status="Faulted")))
+    removed = await s.stations.remove_station(SYSTEM, world.station_id)
+    assert (removed.company_id, removed.sight) == (beta.id, 1)
+    assert s.ctx.bus is not None
+    await s.ctx.bus.publish(late[0])  # the charger's fault, read before the delete
+    got = {name: [type(e).__name__ for e in await told(feed)]
+           for name, feed in feeds.items()}
+    assert got == {"Alpha": [], "Beta": ["FaultReported"]}, got
+
+
+async def test_an_operator_cannot_remove_a_station_handed_to_another_company_meanwhile(
+        world: World) -> None:
+    """Alpha's operator removes Alpha's station; while the removal cancels at the
+    charger, an admin hands it to Beta. The removal's write, guarded on ``online``
+    only, deleted Beta's station with rights checked on Alpha's. Now it runs again on
+    a fresh read, and Alpha's operator no longer sees the station."""
+    alpha, beta, _ = world.companies
+    handed_to_during_the_removal(world, beta)
+    with pytest.raises(NotFound):
+        await world.services.stations.remove_station(operator_of(alpha), world.station_id)
+    [left] = await world.services.ctx.store.get_many(Station, [world.station_id])
+    assert left is not None and left.company_id == beta.id
+
+
+async def test_two_handovers_never_write_one_version(world: World) -> None:
+    """Suspected in review r26-handover3: an edit is written on the ``updated_at`` it
+    read, which MongoDB keeps to the millisecond. Another handover landing between the
+    read and the write with that same stamp (here written without moving it) made the
+    two edits each write version 1, one ownership taken for the other's. The handover's
+    write holds on the version read too: it runs again on a fresh read, and writes 2."""
+    _, beta, gamma = world.companies
+    stations = world.services.stations
+    managed = stations.managed_station
+    ran: list[bool] = []
+
+    async def handed_over_meanwhile(*args: Any, **kw: Any) -> Station:
+        read = await managed(*args, **kw)
+        if not ran:
+            ran.append(True)
+            other = Update(dataclasses.replace(read, company_id=gamma.id,
+                                               sight=read.sight + 1),
+                           frozenset({"company_id", "sight"}))
+            await world.services.ctx.store.write([other], [])
+        return read
+
+    stations.managed_station = handed_over_meanwhile  # type: ignore[method-assign]
+    updated = await stations.update_station(SYSTEM, world.station_id, company_id=beta.id)
+    [stored] = await world.services.ctx.store.get_many(Station, [world.station_id])
+    assert stored is not None
+    assert (updated.company_id, updated.sight) == (stored.company_id, stored.sight) \
+        == (beta.id, 2)
+
+
+async def test_a_handover_tells_instances_of_the_build_before_their_order_too(
+        world: World) -> None:
+    """During a rolling upgrade the older instances order handovers by the build
+    before's number of the whole store (``StationSightChanged.sight``): each handover
+    still draws one, after the one before, beside the station's own version."""
+    _, beta, gamma = world.companies
+    bus = world.services.ctx.bus
+    assert bus is not None
+    events = bus.subscribe([StationSightChanged.topic])
+    for company in (beta, gamma):
+        await world.services.stations.update_station(SYSTEM, world.station_id,
+                                                     company_id=company.id)
+    got = [(e.version, e.sight) for e in await told(events)
+           if isinstance(e, StationSightChanged) and e.joined]
+    assert [version for version, _ in got] == [1, 2], got
+    first, second = (number for _, number in got)
+    assert first is not None and second is not None and second > first, got

@@ -40,7 +40,7 @@ SAMPLES: list[DomainEvent] = [
     ConnectorStatusChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY,
                            owner_id=OWNER, at=AT, connector_record_id="b" * 24,
                            connector_id=2, status="Faulted", error_code="GroundFailure",
-                           info="RCD tripped – ünïcode"),
+                           info="RCD tripped – ünïcode", version=2),
     StationConnectionChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY,
                              owner_id=OWNER, at=AT, online=False, connection=42),
     SessionChanged(station_id=STATION, cp_id="CP-1", company_id=None, owner_id=OWNER, at=AT,
@@ -92,7 +92,7 @@ SAMPLES: list[DomainEvent] = [
     StationSightChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=None,
                         on_map=False, at=AT, joined=True, online=True,
                         was_company_id=None, was_owner_id=OWNER, was_on_map=True,
-                        sight=9, connection=42),
+                        version=3, sight=9, connection=42),
     WebhookChanged(station_id=None, cp_id="", at=AT, webhook_id="4" * 24),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]

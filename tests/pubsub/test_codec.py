@@ -9,7 +9,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from domain.events import EVENT_TYPES, SessionChanged, StationConnectionChanged
+from domain.events import (
+    EVENT_TYPES,
+    SessionChanged,
+    StationConnectionChanged,
+    StationSightChanged,
+)
 from pubsub.codec import UndecodableEvent, decode, encode
 from tests.pubsub.samples import AT, SAMPLES
 
@@ -50,6 +55,20 @@ def test_fields_this_version_does_not_know_are_ignored() -> None:
     body = json.loads(encode(SAMPLES[1]))
     body["added_in_a_later_version"] = 1
     assert decode(json.dumps(body)) == SAMPLES[1]
+
+
+def test_an_older_builds_handover_number_is_no_version() -> None:
+    """The build before the stations' versions sent a number of the whole store in
+    ``StationSightChanged.sight`` (and no ``version``): it decodes, kept where it came,
+    and the event's version is unknown, so no live feed takes it for the station's
+    (review r26-handover3)."""
+    body = json.loads(encode(SAMPLES[-2]))
+    assert body["topic"] == "station_sight"
+    del body["version"]
+    body["sight"] = 57
+    event = decode(json.dumps(body))
+    assert isinstance(event, StationSightChanged)
+    assert (event.version, event.sight) == (None, 57)
 
 
 def test_ints_are_fine_for_float_fields() -> None:

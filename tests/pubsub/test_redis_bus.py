@@ -525,7 +525,7 @@ async def test_live_maps_on_every_instance_end_with_the_newest_sight_of_a_statio
     def sight(joined: bool, number: int, company: str, was: str) -> StationSightChanged:
         return StationSightChanged(station_id="s", cp_id="CP-S", company_id=company,
                                    was_company_id=was, joined=joined, online=joined,
-                                   sight=number, connection=7)
+                                   version=number, connection=7)
 
     a, b = await started(redis_server.url), await started(redis_server.url)
     try:
