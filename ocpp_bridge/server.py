@@ -46,7 +46,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from domain.entities import Station
-from domain.errors import DomainError, StoreUnavailable, TooManyRequests
+from domain.errors import DomainError, StoreBusy, StoreUnavailable, TooManyRequests
 from domain.events import StationConnectionChanged, StationPasswordChanged, StationRemoved
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
@@ -614,6 +614,16 @@ class OcppServer:
                         "now: %s", cp_id, exc.reason)
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
                                           "the service is unavailable: try again later\n")
+            response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+            return response
+        except StoreBusy:
+            # Another process (a CLI, a backup) held the SQLite database past the busy
+            # timeout while a new station was registered: nothing was written, and the
+            # charger's next try may simply succeed (review r26-api3).
+            log.warning("%s: handshake refused, the database was locked by another "
+                        "process: try again", cp_id)
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                          "the service is busy: try again later\n")
             response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
             return response
         unknown = station is None

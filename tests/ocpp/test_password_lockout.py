@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -672,6 +673,26 @@ async def test_a_handshake_during_a_store_outage_is_told_to_try_again(
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     monkeypatch.setattr(charging, "station_for_connection", station_for_connection)
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+
+
+async def test_an_auto_registration_while_another_process_holds_the_database(
+        tmp_path: Path) -> None:
+    """A new charger registering while another process (a CLI, a backup) holds the SQLite
+    write lock past the busy timeout: nothing is written (StoreBusy), and it got
+    websockets' bare 500 with a traceback in the log; it is a 503 with Retry-After, as
+    README's "HTTP answers" say, and its next try registers it (review r26-api3)."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    other = sqlite3.connect(tmp_path / "auto.db", isolation_level=None)
+    try:
+        central.store._writer.busy_timeout_ms = 200  # type: ignore[union-attr]
+        other.execute("BEGIN IMMEDIATE")
+        status = await attempt(central, None, CHARGER, "NEW-1")
+        other.execute("ROLLBACK")
+        assert status == 503, status
+        assert await attempt(central, None, CHARGER, "NEW-1") == 101
+    finally:
+        other.close()
+        await stop_central(central)
 
 
 async def test_auto_registration_from_one_address_is_limited(
