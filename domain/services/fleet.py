@@ -14,7 +14,6 @@ from domain.entities import (
     IdTagStatus,
     Record,
     Session,
-    SessionState,
     User,
     Vehicle,
 )
@@ -28,6 +27,7 @@ from domain.services.base import (
     Service,
     ServiceContext,
     holding_car,
+    holding_card,
     not_erased,
     pages,
     stamp_new,
@@ -509,10 +509,11 @@ class FleetService(Service):
         if not self.policy.may_manage_user(viewer, owner) and blocked_by_others(id_tag, owner):
             raise Forbidden("your operator blocked this card: ask them about it", field="id")
         # Its own session: one a charger runs for the same tag string before the card
-        # was issued (of no card, maybe another company's station) is not the card's.
+        # was issued (of no card, maybe another company's station) is not the card's;
+        # nor one whose start was refused (``holding_card``), which held a lost card for
+        # good when its charger never stopped it (review r26-tx3).
         charging = await self.store.find_one(Session, all_of(
-            Eq("id_tag", id_tag.tag), Eq("user_id", id_tag.user_id),
-            Eq("state", SessionState.ACTIVE)))
+            holding_card(id_tag.tag), Eq("user_id", id_tag.user_id)))
         if charging is not None:
             raise Conflict("the card is charging right now", field="id", code="IN_USE")
         # Lost for good: no charger may go on accepting it offline (BLOCKED, not unknown:
