@@ -31,7 +31,6 @@ from chargegraph.stores import database_location, sqlite_path
 
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
-    from domain.services import Services
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
@@ -356,10 +355,12 @@ def graphiql_assets(
 @app.command()
 def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None,
          chargers: Annotated[bool, typer.Option(help="Run simulated chargers.")] = True,
-         reset: Annotated[bool, typer.Option(help="Delete the (SQLite) database first and "
-                                                  "seed a fresh demo.")] = False,
+         reset: Annotated[bool, typer.Option(help="Delete the demo's database first (a "
+                                                  "MongoDB one only if the demo made it) "
+                                                  "and seed a fresh demo.")] = False,
          ) -> None:
     """Seed a demo world, serve it, and run simulated chargers against it."""
+    from chargegraph.demo_database import reset_demo_mongo_database
     from chargegraph.stores import remove_sqlite_database
 
     with _plain_failures():
@@ -378,9 +379,14 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
                               "pass --no-chargers")
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)
-        if reset:
+        if reset and sqlite_path(settings.database_url) is not None:
             for path in remove_sqlite_database(settings.database_url):
                 logging.getLogger("chargegraph").info("--reset: removed %s", path)
+        elif reset and asyncio.run(reset_demo_mongo_database(settings.database_url)):
+            # Only a database the demo marked as its own (review r26-onboard2: the
+            # refusal advised --reset, which then said it worked on SQLite only).
+            logging.getLogger("chargegraph").info(
+                "--reset: dropped %s", database_location(settings.database_url))
     tune_garbage_collector()
     raise_open_file_limit()
     with _plain_failures():  # seeding opens the store outside the server's lifespan
@@ -389,35 +395,22 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
 
 async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> None:
     from chargegraph.app import build_services
-    from chargegraph.demo import admit_demo, seed_demo
+    from chargegraph.demo import seed_demo
+    from chargegraph.demo_database import own_database, prepare_demo_database
     from chargegraph.security import Argon2Hasher
-    from chargegraph.stores import database_exists, started_store
+    from chargegraph.stores import started_store
 
     database = database_location(settings.database_url)
 
     async def seed() -> DemoSummary:
-        async with contextlib.AsyncExitStack() as stack:
-            async def admitted() -> Services:
-                # Looked at before the store's start makes it: the demo seeds a database
-                # it made, or one it marked so (``admit_demo``).
-                new = not await database_exists(settings.database_url)
-                store = await stack.enter_async_context(
-                    started_store(settings.database_url))
-                services = build_services(settings, store, Argon2Hasher())
-                await admit_demo(services, new=new, database=database)
-                return services
-
-            # A stop while the store it made starts (its migrations) waits for the mark:
-            # stopped before it, the next start would find a database the demo did not
-            # mark, and refuse it.
-            admitting = asyncio.create_task(admitted())
-            try:
-                services = await asyncio.shield(admitting)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await admitting
-                raise
-            return await seed_demo(services, new=False, database=database)
+        # Decided before any store opens (and so migrates) the database: the demo's own,
+        # made here (SQLite: built beside it and put in place once marked, so a demo
+        # killed meanwhile leaves none) or found marked; any other is refused untouched.
+        await prepare_demo_database(settings.database_url)
+        async with started_store(settings.database_url) as store:
+            services = build_services(settings, store, Argon2Hasher())
+            return await seed_demo(services, new=False, database=database,
+                                   own=own_database(settings.database_url))
 
     # Seeding hashes a dozen passwords before uvicorn handles signals: a stop meanwhile
     # cancels it (the next start completes the world) and the command exits 0.

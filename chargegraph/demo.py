@@ -67,16 +67,36 @@ DEMO_MADE = "chargegraph-demo"
 DEMO_SEEDED = "chargegraph-demo-seeded"
 
 
+#: How the demo is run on a database of its own, the advice of a refusal (SQLite's: the
+#: shell gives each store's, ``demo_database.own_database``).
+OWN_DATABASE = "CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo"
+PUBLIC = (f"the demo seeds logins everyone knows (password {DEMO_PASSWORD}), so it runs "
+          "only on a database of its own")
+
+
+def not_the_demos(database: str, own: str = OWN_DATABASE) -> ConfigError:
+    """The refusal of a database without the demo's mark: left untouched, and never
+    advised to be deleted (``--reset``): it may be a deployment's (review r26-onboard2)."""
+    return ConfigError(f"{database} was not made by the demo: {PUBLIC}; it is left "
+                       f"untouched: run the demo on a database of its own ({own})")
+
+
+def another_demo(database: str) -> ConfigError:
+    return ConfigError(f"{database} is being seeded by another demo started at the same "
+                       "time: run one demo per database")
+
+
 async def admit_demo(services: Services, *, new: bool,
-                     database: str = "the database") -> bool:
+                     database: str = "the database", own: str = OWN_DATABASE) -> bool:
     """Whether the demo's world is complete in this database already; marks it as the
-    demo's (``DEMO_MADE``) when this start made it. Only a database the demo makes
-    (``new``: it was not there before this start) or one it marked so is the demo's; any
-    other is refused untouched, ``ConfigError`` naming ``database``, even without accounts
-    (a deployment's service may run on it without the OCPP server, holding no lease): the
-    seed would give it an admin whose password is in the README. Refused as well while an
-    instance of the service leases it (a demo database ``serve`` runs on), and when
-    another start made it at the same time."""
+    demo's (``DEMO_MADE``) when this start made it (``new``). `chargegraph demo` decides
+    which database it may use before it opens one (``chargegraph.demo_database``: made and
+    marked, or found marked); this is the same rule again, on the store: a database
+    without the mark is refused untouched (``not_the_demos``, naming ``database``, advising
+    ``own``), even without accounts (a deployment's service may run on it without the OCPP
+    server, holding no lease): the seed would give it an admin whose password is in the
+    README. Refused as well while an instance of the service leases it (a demo database
+    ``serve`` runs on), and when another start made it at the same time."""
     store = services.ctx.store
     if await store.sequence_value(DEMO_SEEDED):
         return True
@@ -84,28 +104,21 @@ async def admit_demo(services: Services, *, new: bool,
     # or beside its .env) seeded the production database with the demo admin, then found
     # its ports taken and exited 3, leaving that admin able to sign in to the real service.
     marked = await store.sequence_value(DEMO_MADE) > 0
-    public = (f"the demo seeds logins everyone knows (password {DEMO_PASSWORD}), so it "
-              "runs only on a database of its own")
     if not marked and not new:
-        raise ConfigError(
-            f"{database} was not made by the demo: {public}; run it on a file of its own "
-            "(CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo), or, if this is "
-            "a demo database an older ChargeGraph made, `chargegraph demo --reset` "
-            "deletes it and starts over")
+        raise not_the_demos(database, own)
     if await store.count(d.InstanceLease, Range("expires_at", gte=utcnow())):
         raise ConfigError(
-            f"{database} is in use by a running instance of the service: {public}; stop "
+            f"{database} is in use by a running instance of the service: {PUBLIC}; stop "
             "it, or point CHARGEGRAPH_DATABASE_URL at another (say sqlite:///demo.db)")
     if not marked and await store.next_sequence(DEMO_MADE) != 1:
-        raise ConfigError(f"{database} is being seeded by another demo started at the same "
-                          "time: run one demo per database")
+        raise another_demo(database)
     return False
 
 
-async def seed_demo(services: Services, *, new: bool,
-                    database: str = "the database") -> DemoSummary:
+async def seed_demo(services: Services, *, new: bool, database: str = "the database",
+                    own: str = OWN_DATABASE) -> DemoSummary:
     """Seeds the demo world through the domain services, as the system, in a database
-    ``admit_demo`` admits (``new``, ``database``: as there).
+    ``admit_demo`` admits (``new``, ``database``, ``own``: as there).
 
     Idempotent: once complete (``DEMO_SEEDED``), a later run returns at once, whatever
     the accounts were changed to; a run that was interrupted half-way completes the world
@@ -116,7 +129,7 @@ async def seed_demo(services: Services, *, new: bool,
     summary.logins = [("ADMIN", ADMIN_EMAIL, DEMO_PASSWORD)]
     summary.logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
     summary.logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
-    if await admit_demo(services, new=new, database=database):
+    if await admit_demo(services, new=new, database=database, own=own):
         return summary
     store = services.ctx.store
     summary.created = True
@@ -126,8 +139,7 @@ async def seed_demo(services: Services, *, new: bool,
         # Two starts completing one interrupted seed at once: each step found nothing,
         # and the other's write came first (review r26-onboard: a UniqueViolation
         # traceback). The other goes on; this one says why it stops.
-        raise ConfigError(f"{database} is being seeded by another demo started at the same "
-                          f"time ({exc}): run one demo per database") from None
+        raise ConfigError(f"{another_demo(database)} ({exc})") from None
     await store.next_sequence(DEMO_SEEDED)
     return summary
 

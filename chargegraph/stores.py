@@ -102,24 +102,6 @@ def store_label(database_url: str) -> str:
     return f"the store at {redacted(database_url)}"
 
 
-async def database_exists(database_url: str) -> bool:
-    """Whether the database the URL names is there already (a SQLite file with anything in
-    it, a MongoDB database with a collection), found without making it: the demo seeds
-    only a database it made itself (or one it marked as its own when it did)."""
-    check_database_url(database_url)
-    path = sqlite_path(database_url)
-    if path is not None:
-        return path.exists() and path.stat().st_size > 0
-    from store.mongo import MongoStore
-
-    with starting(store_label(database_url)):
-        store = MongoStore.connect(database_url)
-        try:
-            return bool(await store.db.list_collection_names())
-        finally:
-            await store.close()
-
-
 @contextlib.asynccontextmanager
 async def started_store(database_url: str) -> AsyncIterator[Store]:
     """The started store, closed on exit, for commands that use it without the app's

@@ -181,11 +181,15 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(
     assert not (tmp_path / "cli.db").exists()
 
 
-def test_demo_reset_refuses_mongodb(runner: CliRunner,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_reset_on_mongodb_reads_its_database_first(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-onboard2: --reset drops a MongoDB database the demo marked (the refusal
+    of an unmarked one no longer advises it: ``test_demo``); it looks first, so a server
+    that does not answer is the one `cannot start` line, and nothing is dropped."""
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:1/cg")
     refused = runner.invoke(cli, ["demo", "--reset"])
-    assert refused.exit_code == 2 and "SQLite databases only" in refused.stderr
+    assert refused.exit_code == 3, (refused.exit_code, refused.stderr)
+    assert "cannot start the store at mongodb://127.0.0.1:1/cg" in refused.stderr
 
 
 def test_demo_reset_refuses_a_database_an_instance_runs_on(

@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
+from chargegraph import cli
 from chargegraph.app import build_services, create_app
 from chargegraph.demo import (
     ADMIN_EMAIL,
     DEMO_MADE,
     DEMO_PASSWORD,
     DemoSummary,
+    admit_demo,
     banner,
     seed_demo,
+)
+from chargegraph.demo_database import (
+    admit_mongo_database,
+    drop_demo_mongo_database,
+    own_database,
+    prepare_demo_database,
+    sqlite_marked,
 )
 from chargegraph.errors import ConfigError
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
-from chargegraph.stores import database_exists, started_store
+from chargegraph.stores import database_location, started_store
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM, Viewer
@@ -30,6 +45,8 @@ from domain.ports import Delete, Insert
 from domain.query import ALL, Eq
 from domain.services import Services
 from store.sqlite import SqliteStore
+from store.sqlite.migrations import MIGRATIONS, apply_migrations
+from tests.support.mongo_backend import open_mongo_store
 
 
 @pytest.fixture
@@ -144,8 +161,9 @@ async def test_a_database_the_demo_did_not_make_is_not_seeded(services: Services
         role=d.Role.ADMIN, company_id=None)
     before = await counts(services)
     with pytest.raises(ConfigError, match=r"^SQLite /srv/cg\.db was not made by the demo: "
-                                          r".*sqlite:///demo\.db.*--reset"):
+                                          r".*sqlite:///demo\.db") as refused:
         await seed_demo(services, new=False, database="SQLite /srv/cg.db")
+    assert "--reset" not in str(refused.value)  # never told to delete a deployment's file
     assert await counts(services) == before  # nothing written, no company either
     assert await services.ctx.store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is None
     assert await services.ctx.store.sequence_value(DEMO_MADE) == 0  # not marked either
@@ -173,12 +191,13 @@ async def test_the_database_a_graphql_only_service_runs_on_is_not_seeded(
                         jwt_secret="p" * 40, ocpp_enabled=False)
     app = create_app(settings, hasher=Argon2Hasher.fast())
     async with app.router.lifespan_context(app):  # the service, up and serving
-        new = not await database_exists(url)  # as `chargegraph demo` looks before it opens
+        with pytest.raises(ConfigError, match="was not made by the demo"):
+            await prepare_demo_database(url)  # as `chargegraph demo` looks before it opens
         async with started_store(url) as store:
             services = build_services(settings, store, Argon2Hasher.fast())
             try:
                 with pytest.raises(ConfigError, match="was not made by the demo"):
-                    await seed_demo(services, new=new)
+                    await seed_demo(services, new=False)
             finally:
                 seeded = await store.find_one(d.User, Eq("email", ADMIN_EMAIL))
                 marked = await store.sequence_value(DEMO_MADE)
@@ -273,3 +292,154 @@ async def test_two_demos_completing_one_interrupted_seed_together(tmp_path: Path
     finally:
         for store in stores:
             await store.close()
+
+
+# Review r26-onboard2: which database the demo may use is decided before any store opens
+# (and so migrates) it (``chargegraph.demo_database``).
+
+#: A `chargegraph demo` (the CLI's own ``_demo``) that stops for good once its first store
+#: has started (made and migrated its file), before anything else: where a kill -9 or a
+#: second demo finds it.
+STALLED_DEMO = """
+import asyncio, contextlib, sys
+import chargegraph.stores as stores
+from chargegraph.settings import Settings
+
+started = stores.started_store
+
+@contextlib.asynccontextmanager
+async def stalled(url):
+    async with started(url) as store:
+        print("started", flush=True)
+        await asyncio.sleep(3600)
+        yield store
+
+stores.started_store = stalled
+from chargegraph import cli
+settings = Settings(_env_file=None, database_url=sys.argv[1], jwt_secret="p" * 40)
+asyncio.run(cli._demo(settings, None, False))
+"""
+
+
+def demo_settings(url: str) -> Settings:
+    return Settings(_env_file=None, database_url=url,  # type: ignore[call-arg]
+                    jwt_secret="p" * 40)
+
+
+@contextlib.contextmanager
+def stalled_demo(url: str) -> Iterator[subprocess.Popen[str]]:
+    """A demo process stalled just after its store started; killed (SIGKILL) on exit."""
+    process = subprocess.Popen([sys.executable, "-c", STALLED_DEMO, url],
+                               stdout=subprocess.PIPE, text=True, cwd=Path.cwd(),
+                               env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "started", "the demo did not start"
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+async def past_admission(url: str) -> None:
+    """`chargegraph demo`'s seeding, as the CLI runs it, admitted: a ConfigError is a
+    refusal; any other failure comes after (no server is given: serving is not tested)."""
+    try:
+        await cli._demo(demo_settings(url), None, False)  # type: ignore[arg-type]
+    except ConfigError:
+        raise
+    except Exception:
+        pass
+
+
+async def test_a_demo_killed_while_its_store_starts_leaves_no_database(
+        tmp_path: Path) -> None:
+    """Review r26-onboard2: a demo killed (kill -9, docker kill) after its store made and
+    migrated the file, before the mark, left an unmarked file that every later demo
+    refused ("was not made by the demo"), only --reset helping. The demo now builds its
+    database beside it and puts it in place once marked: killed meanwhile, there is none,
+    and the next demo makes it (and clears what the killed one left)."""
+    url = f"sqlite:///{tmp_path}/demo.db"
+    with stalled_demo(url):
+        pass  # killed right after its store started
+    assert not (tmp_path / "demo.db").exists()
+    await past_admission(url)
+    async with started_store(url) as store:
+        assert await store.sequence_value(DEMO_MADE) == 1
+        assert await store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is not None
+    assert sorted(os.listdir(tmp_path)) == ["demo.db"]  # the killed demo's build cleared
+
+
+async def test_a_database_refused_is_not_migrated_first(tmp_path: Path) -> None:
+    """Review r26-onboard2: the store started (migrating the database) before the mark was
+    read, so `chargegraph demo` from a newer ChargeGraph, run where a deployment's
+    settings apply, upgraded the deployment's database and only then refused it (the
+    service, older, then stopped on a newer schema). README: refused untouched."""
+    path = tmp_path / "prod.db"
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    try:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await apply_migrations(conn, MIGRATIONS[:-1])  # the service's (older) schema
+    finally:
+        await conn.close()
+    with sqlite3.connect(path) as db:
+        before = db.execute('SELECT MAX("version") FROM "schema_version"').fetchone()[0]
+    with pytest.raises(ConfigError, match="was not made by the demo") as refused:
+        await cli._demo(demo_settings(f"sqlite:///{path}"), None, False)  # type: ignore[arg-type]
+    assert "--reset" not in str(refused.value)  # a deployment's file: never told to delete it
+    with sqlite3.connect(path) as db:
+        after = db.execute('SELECT MAX("version") FROM "schema_version"').fetchone()[0]
+    assert after == before, f"refused, yet migrated from schema {before} to {after}"
+
+
+async def test_a_second_demo_while_the_first_starts_its_store_is_told_so(
+        tmp_path: Path) -> None:
+    """Review r26-onboard2: two `chargegraph demo` at once on a fresh clone: the second,
+    looking after the first's store made the file but before its mark, was told the
+    demo's own new file "was not made by the demo" (and offered --reset), not the one
+    line promised for it."""
+    url = f"sqlite:///{tmp_path}/chargegraph.db"
+    # The first demo: its store started, not yet marked.
+    with stalled_demo(url), pytest.raises(ConfigError) as refused:
+        await cli._demo(demo_settings(url), None, False)  # type: ignore[arg-type]
+    assert "being seeded by another demo started at the same time" in str(refused.value), \
+        str(refused.value)
+
+
+async def test_two_demos_making_one_new_database_at_once(tmp_path: Path) -> None:
+    """The build is put in place only if nothing took the name: one demo makes the
+    database, the other is the one line (never a database replaced under the first)."""
+    url = f"sqlite:///{tmp_path}/demo.db"
+    outcomes = await asyncio.gather(prepare_demo_database(url), prepare_demo_database(url),
+                                    return_exceptions=True)
+    refused = [o for o in outcomes if o is not None]
+    assert len(refused) == 1 and "another demo" in str(refused[0]), outcomes
+    assert [name for name in os.listdir(tmp_path) if "demo-build" in name] == []
+    assert sqlite_marked(tmp_path / "demo.db", "d") == 1
+
+
+async def test_the_refusal_of_a_mongodb_database_advises_what_works() -> None:
+    """Review r26-onboard2: on MongoDB the refusal advised `chargegraph demo --reset`,
+    which answered "--reset works on SQLite databases only". A database without the
+    demo's mark is refused untouched with MongoDB's advice, never --reset (it may be a
+    deployment's); --reset drops only a database the demo marked."""
+    url = "mongodb://user:secret@mongo:27017/chargegraph"
+    database, own = database_location(url), own_database(url)
+    async with open_mongo_store() as store:  # a deployment's, or an older demo's: no mark
+        services = build_services(Settings(), store, Argon2Hasher.fast())
+        for refusal in (admit_mongo_database(store.db, database, own),
+                        admit_demo(services, new=False, database=database, own=own)):
+            with pytest.raises(ConfigError, match="was not made by the demo") as refused:
+                await refusal
+            assert "--reset" not in str(refused.value), refused.value
+            assert "CHARGEGRAPH_DATABASE_URL=mongodb://mongo:27017/chargegraph-demo" in str(
+                refused.value)
+        with pytest.raises(ConfigError, match=r"--reset: .* not dropped"):
+            await drop_demo_mongo_database(store.db, database, own)
+        assert await store.sequence_value(DEMO_MADE) == 0  # untouched
+        assert await store.db.list_collection_names()
+        await store.next_sequence(DEMO_MADE)  # the demo's
+        assert await drop_demo_mongo_database(store.db, database, own)
+        assert await store.db.list_collection_names() == []
+        await admit_mongo_database(store.db, database, own)  # empty: marked, first write
+        assert await store.sequence_value(DEMO_MADE) == 1

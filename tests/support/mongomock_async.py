@@ -240,9 +240,27 @@ class AsyncDatabase:
             return dict(self._db.client.server_info())
         return dict(self._db.command(name))
 
+    async def list_collection_names(self) -> list[str]:
+        await _io(self._interleave)
+        return list(self._db.list_collection_names())
+
+    @property
+    def client(self) -> AsyncClient:
+        return AsyncClient(self._db.client, self._interleave)
+
     def sync(self) -> Any:
         """The underlying mongomock database, for tests that inspect raw documents."""
         return self._db
+
+
+class AsyncClient:
+    def __init__(self, client: Any, interleave: bool = False) -> None:
+        self._client = client
+        self._interleave = interleave
+
+    async def drop_database(self, name: str) -> None:
+        await _io(self._interleave)
+        self._client.drop_database(name)
 
 
 def async_mongomock_database(name: str = "chargegraph", *, tz_aware: bool = True,

@@ -1,0 +1,243 @@
+"""Which database `chargegraph demo` may seed, decided before any store opens it.
+
+Review r26-onboard2: the demo started the store (which makes, migrates and reconciles the
+database) and only then read its mark, so a database it refused had been migrated first
+(a deployment's, by a newer ChargeGraph: its service then stopped on a newer schema), and a
+demo killed between the store's start and the mark left a file it refused for ever. Here
+the decision is taken by reading without writing:
+
+* SQLite: a file that is there is read through a plain read-only connection (no
+  migration): marked as the demo's, it is used; otherwise refused untouched. A file that is
+  not there is built beside it (``.NAME.demo-build-TOKEN``: migrated, then marked) and
+  linked into place only if nothing took the name meanwhile, so a demo killed while it
+  builds leaves no database (its build, stale once its lock is free, is removed by the next
+  demo) and two demos at once never overwrite one another.
+* MongoDB: read with a plain client: marked, it is used; a database without collections
+  gets the mark as its very first write, then the store starts; any other is refused
+  untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from chargegraph.demo import DEMO_MADE, another_demo, not_the_demos
+from chargegraph.errors import ConfigError
+from chargegraph.startup import starting
+from chargegraph.stores import (
+    check_database_url,
+    database_location,
+    sqlite_path,
+    started_store,
+    store_label,
+)
+
+BUILD = ".demo-build-"
+SIDE_FILES = ("-wal", "-shm", "-journal")
+COUNTERS = "_counters"  # MongoDB's named counters (``store.mongo.store.COUNTERS``)
+LEASES = "instance_lease"  # MongoDB's instance leases (``InstanceLease.kind``)
+
+
+def own_database(database_url: str) -> str:
+    """The command that runs the demo on a database of its own, for this store."""
+    if sqlite_path(database_url) is not None:
+        return "CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo"
+    parts = urlsplit(database_url)
+    hosts = parts.netloc.rpartition("@")[2]
+    other = urlunsplit((parts.scheme, hosts, "/chargegraph-demo", "", ""))
+    return f"CHARGEGRAPH_DATABASE_URL={other} chargegraph demo"
+
+
+async def prepare_demo_database(database_url: str) -> None:
+    """Makes the demo's database if there is none (SQLite: built and marked, then put in
+    place; MongoDB: marked first), or checks that the one there carries the demo's mark;
+    ``ConfigError`` otherwise, before anything opens, migrates or writes to it."""
+    check_database_url(database_url)
+    database = database_location(database_url)
+    own = own_database(database_url)
+    path = sqlite_path(database_url)
+    if path is not None:
+        with starting(store_label(database_url)):  # an unwritable folder: one line
+            await _prepare_sqlite(path.resolve(), database, own)
+        return
+    from store.mongo import MongoStore
+
+    with starting(store_label(database_url)):
+        store = MongoStore.connect(database_url)  # a plain client: nothing started
+        try:
+            await admit_mongo_database(store.db, database, own)
+        finally:
+            await store.close()
+
+
+# ---------------------------------------------------------------------------- SQLite
+async def _prepare_sqlite(path: Path, database: str, own: str) -> None:
+    if _found(path, database, own):
+        return  # the demo's: the store migrates it as usual
+    token = uuid.uuid4().hex[:12]
+    built = path.with_name(f".{path.name}{BUILD}{token}")
+    lock = _locked(built.with_name(built.name + ".lock"))
+    try:
+        async with started_store(f"sqlite:///{built}") as store:
+            await store.next_sequence(DEMO_MADE)
+        _place(built, path, database)
+    finally:
+        _remove(built)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock.name)
+        lock.close()
+
+
+def _found(path: Path, database: str, own: str) -> bool:
+    """Whether the demo's database is there (marked); ``ConfigError`` for another one, or
+    one another demo is building; False when there is none (its folder is made)."""
+    _remove_stale_builds(path, database)
+    if path.exists():
+        if sqlite_marked(path, database) > 0:
+            return True
+        raise not_the_demos(database, own)
+    path.parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
+    return False
+
+
+def _place(built: Path, path: Path, database: str) -> None:
+    """The built database under its name, only if nothing took the name meanwhile (a
+    demo started at the same time): never one replaced."""
+    _checkpoint(built)
+    try:
+        os.link(built, path)
+    except FileExistsError:
+        raise another_demo(database) from None
+    except OSError:  # a file system without hard links: the next best
+        if path.exists():
+            raise another_demo(database) from None
+        os.replace(built, path)
+
+
+def sqlite_marked(path: Path, database: str) -> int:
+    """The demo's mark in a SQLite file (0: none), read through a read-only connection
+    that migrates nothing; a file that is no ChargeGraph database has none. A file it
+    cannot read (no permission, a crashed writer's journal) is refused: no proof either
+    way."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            row = db.execute('SELECT "value" FROM "sequence" WHERE "name" = ?',
+                             (DEMO_MADE,)).fetchone()
+    except sqlite3.DatabaseError as error:
+        name = getattr(error, "sqlite_errorname", "")
+        if name == "SQLITE_NOTADB" or (name == "SQLITE_ERROR" and "no such table" in str(error)):
+            return 0
+        raise ConfigError(f"cannot tell whether the demo made {database} ({error}): it is "
+                          "left as it is; run the demo on a database of its own "
+                          "(CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo)"
+                          ) from None
+    return int(row[0]) if row else 0
+
+
+def _locked(lock_path: Path) -> Any:
+    """The build's lock file, created and held (``flock``) while the demo builds: free, it
+    tells the next demo that the build's demo is gone (killed), not building."""
+    handle = open(lock_path, "x")  # noqa: SIM115 - held until the build ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _remove_stale_builds(path: Path, database: str) -> None:
+    """Removes what a demo killed while it built left (its lock is free); a build whose
+    demo still runs is ``another_demo`` when the database is not there yet."""
+    if not path.parent.is_dir():
+        return
+    for lock_path in path.parent.glob(f".{path.name}{BUILD}*.lock"):
+        try:
+            handle = open(lock_path)  # noqa: SIM115
+        except FileNotFoundError:
+            continue  # its build just ended
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not path.exists():
+                    raise another_demo(database) from None
+                continue
+            _remove(lock_path.with_name(lock_path.name.removesuffix(".lock")))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock_path)
+
+
+def _checkpoint(built: Path) -> None:
+    """Everything in the built file itself, none in its -wal, before it is linked."""
+    with contextlib.closing(sqlite3.connect(built)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    fd = os.open(built, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(built: Path) -> None:
+    for candidate in (built, *(built.with_name(built.name + s) for s in SIDE_FILES)):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(candidate)
+
+
+# ---------------------------------------------------------------------------- MongoDB
+async def admit_mongo_database(db: Any, database: str, own: str) -> None:
+    """A MongoDB database the demo marked is used; one without collections is marked
+    (its very first write: a second demo at the same time is refused); any other is
+    refused untouched. ``db``: the database through a plain client, not started."""
+    if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is not None:
+        return
+    if await db.list_collection_names():
+        raise not_the_demos(database, own)
+    from pymongo import ReturnDocument
+
+    doc = await db[COUNTERS].find_one_and_update(
+        {"_id": DEMO_MADE}, {"$inc": {"value": 1}}, upsert=True,
+        return_document=ReturnDocument.AFTER)
+    if int(doc["value"]) != 1:
+        raise another_demo(database)
+
+
+async def drop_demo_mongo_database(db: Any, database: str, own: str) -> bool:
+    """``demo --reset`` on MongoDB: drops a database that carries the demo's mark (whether
+    it dropped one); refuses one without it (a deployment's: never dropped on a flag) and
+    one an instance of the service runs on (a live lease)."""
+    if not await db.list_collection_names():
+        return False  # nothing there: nothing to drop
+    if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is None:
+        raise ConfigError(f"--reset: {database} was not made by the demo (it has no demo "
+                          f"mark), so it is not dropped; run the demo on a database of its "
+                          f"own ({own})")
+    if await db[LEASES].count_documents({"expires_at": {"$gte": datetime.now(UTC)}}):
+        raise ConfigError(f"--reset: {database} is in use by a running instance of the "
+                          "service: stop it first")
+    await db.client.drop_database(db.name)
+    return True
+
+
+async def reset_demo_mongo_database(database_url: str) -> bool:
+    """``drop_demo_mongo_database`` for the database a MongoDB URL names."""
+    from store.mongo import MongoStore
+
+    check_database_url(database_url)
+    with starting(store_label(database_url)):
+        store = MongoStore.connect(database_url)
+        try:
+            return await drop_demo_mongo_database(
+                store.db, database_location(database_url), own_database(database_url))
+        finally:
+            await store.close()
