@@ -418,10 +418,17 @@ def test_a_store_that_cannot_be_opened_is_one_line(
     never_serve(monkeypatch)
     (tmp_path / "cli.db").write_text("this is not a database\n" * 100)
     corrupt = runner.invoke(cli, command)
-    assert corrupt.exit_code == 3, corrupt.output  # as `serve` exits on it
-    assert corrupt.stderr.splitlines()[-1] == (
-        f"cannot start the store at sqlite:///{tmp_path}/cli.db: file is not a database")
     assert "Traceback" not in corrupt.output
+    if command[0] == "demo":
+        # The demo reads a file before any store opens it: one without its mark, a
+        # file that is no database too, is refused untouched (review s26).
+        assert corrupt.exit_code == 2, corrupt.output
+        assert "left untouched" in corrupt.stderr.splitlines()[-1]
+        assert (tmp_path / "cli.db").read_text() == "this is not a database\n" * 100
+    else:
+        assert corrupt.exit_code == 3, corrupt.output  # as `serve` exits on it
+        assert corrupt.stderr.splitlines()[-1] == (
+            f"cannot start the store at sqlite:///{tmp_path}/cli.db: file is not a database")
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db/x/cg.db")
     monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)  # not beside that database
     unopenable = runner.invoke(cli, command)
