@@ -47,6 +47,12 @@ class Update:
     required: bool = False
     also_if: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        # Refused when made, whichever store writes it: checked only where each store
+        # read the conditions, an Update with ``also_if`` alone was refused by SQLite and
+        # written unguarded by MongoDB, a Delete the other way round (review r26).
+        _conditions(self.only_if, self.also_if)
+
     def conditions(self) -> tuple[tuple[str, Any], ...]:
         """Every field and value the guard holds on (``only_if``, then ``also_if``)."""
         return _conditions(self.only_if, self.also_if)
@@ -66,6 +72,12 @@ class Delete:
     record: Record
     only_if: tuple[str, Any] | None = None
     also_if: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Refused when made, whichever store writes it: checked only where each store
+        # read the conditions, an Update with ``also_if`` alone was refused by SQLite and
+        # written unguarded by MongoDB, a Delete the other way round (review r26).
+        _conditions(self.only_if, self.also_if)
 
     def conditions(self) -> tuple[tuple[str, Any], ...]:
         """Every field and value the delete holds on (``only_if``, then ``also_if``)."""

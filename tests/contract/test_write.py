@@ -555,6 +555,18 @@ async def test_a_delete_on_the_version_read_fails_the_write_once_it_changed(
         await store.write([Delete(fresh, ("updated_at", fresh.updated_at))], [])
 
 
+def test_more_fields_without_a_guard_are_refused_when_the_write_is_made() -> None:
+    """``also_if`` goes with ``only_if``: refused as the Update or Delete is made, not
+    where each store happened to read it (SQLite refused such an update and deleted
+    unguarded, MongoDB the other way round: review r26-handover4)."""
+    owner = user()
+    card = id_tag(owner, tag="TAG-ALSO")
+    with pytest.raises(ValueError):
+        Update(card, frozenset({"parent_tag"}), also_if=(("blocked_by", None),))
+    with pytest.raises(ValueError):
+        Delete(card, also_if=(("blocked_by", None),))
+
+
 async def test_a_guard_on_more_fields_holds_on_each(store: Store) -> None:
     """``also_if``: an update or delete guarded on more than one field (a station's
     handover on its ``updated_at`` and its version of who sees it; its removal on its
