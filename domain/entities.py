@@ -573,9 +573,10 @@ class Session(Record):
     #: The timestamp its StartTransaction carried when that was no time at all (before
     #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970) and the session was
     #: dated on the start's arrival instead (``start_clock_behind`` set too): what a
-    #: resend of that start repeats (``_StartIdentity.matches``: a session still ACTIVE
-    #: of the same connector, card, stamp and meterStart, at any age; never a closed
-    #: one). Null otherwise.
+    #: resend of that start repeats (``_StartIdentity.matches``: a session of the same
+    #: connector, card, stamp and meterStart recorded since its charger's last boot,
+    #: ACTIVE or closed by its own stop; only ACTIVE for the epoch itself). Null
+    #: otherwise.
     reported_start: datetime | None = None
     #: What its charger was told of the card at the start when not Accepted (Blocked,
     #: Expired, Invalid, ConcurrentTx): a start refused, which the charger stops

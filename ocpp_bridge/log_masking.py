@@ -8,9 +8,10 @@ value in it; and answers in unusual shapes (a key name written with a ``\\u`` es
 list of pairs) passed the text check (review s18). This filter sits on the wire logger and
 sees every line it writes, whoever logs it, already formatted.
 
-URLs: every URL in a line (a JSON string's from its ``scheme://`` to its closing quote;
-elsewhere ``url_spans``, a linear scan: ``scheme://`` up to a space or a quote, slashes
-JSON-escaped or not, on to the end of the token when its rest holds an ``@``:
+URLs: every URL in a line (a JSON string's from its ``scheme://`` to its closing quote,
+never read as free text; elsewhere ``url_spans``, a linear scan: ``scheme://`` up to a
+space or a quote, slashes JSON-escaped or not, on to the end of the token when its rest
+holds an ``@``, or to the next ``@`` of its line when a ``:`` follows its ``//``:
 ``_FreeUrls``) is written as the audit keeps an upload or download location
 (``command_rules.without_credentials``: user information, query values and fragment
 hidden, or all after the scheme), whatever frame or message holds it. A charger's CALLERROR
@@ -127,10 +128,10 @@ def without_url_credentials(text: str, cut: bool = False) -> str:
     A JSON string literal holding ``://`` (as written or ``:\\/\\/``) is read as JSON
     reads it (``\\"``, ``\\/``, ``\\u0040`` decoded), and from its URL's scheme to its
     closing quote is one URL: a password holding a space, a quote or ``<`` ended the
-    scan there, and the rest of it was written (review s26). Outside such literals (free
-    text, a Python repr's quotes), a URL ends at ``_URL_END`` (``url_spans``), or runs on
-    to the end of its token when that holds an ``@`` (``_FreeUrls``); a quote inside
-    such a URL opens no JSON string. ``cut``:
+    scan there, and the rest of it was written (review s26). Such a literal is never
+    read as free text. Outside such literals (free text, a Python repr's quotes), a URL
+    ends at ``_URL_END`` (``url_spans``), or runs on past it (``_FreeUrls``); a quote
+    inside such a URL opens no JSON string. ``cut``:
     ``text`` is the start of a longer line, so a URL running to its end may be missing
     the rest of its user information: hidden whole after its scheme."""
     if ":/" not in text and ":\\/" not in text:
@@ -149,14 +150,18 @@ def without_url_credentials(text: str, cut: bool = False) -> str:
         content = literal["content"]
         if ":/" not in content and ":\\/" not in content:
             continue
+        # Its URL ends at its closing quote: shown or not, the literal is no free text
+        # (review r26-robust3: read on as free text, a URL ending there, its host:port
+        # whole, ran on to the next '@' of the line and hid a configuration's keys).
         shown = _string_shown(content, cut and not literal["close"] and pos == len(text))
-        if shown is not None:
-            pieces += (_free_text_shown(text[done:quote], False), '"', shown, literal["close"])
-            done = pos
+        pieces += (_free_text_shown(text[done:quote], False), '"',
+                   content if shown is None else shown, literal["close"])
+        done = pos
     if not pieces:
         return _free_text_shown(text, cut)
     pieces.append(_free_text_shown(text[done:], cut))
-    return "".join(pieces)
+    shown = "".join(pieces)
+    return text if shown == text else shown
 
 
 #: A JSON string literal from its opening quote: up to its closing unescaped quote, or to
@@ -227,9 +232,10 @@ class _FreeUrls:
     inside its authority where no host ends (``ftp://diag:hun`` of ``ftp://diag:hun
     ter two@host/``: a password of more than one space) runs on to the end of the token
     holding the next ``@`` on the line (``_cut_in_authority``): the words between were
-    its password's; not one with no ``:`` there. One whose host:port looks whole
-    (``ftp://diag:2024!``, a password's first word) runs on too: fail closed, the words
-    of a sentence up to an e-mail address hidden rather than a password's written.
+    its password's; not one with no ``:`` after its ``//``. One whose host:port looks
+    whole (``ftp://diag:2024!``, a password's first word), or holding a ``/``, ``?`` or
+    ``#`` (``ftp://diag:Xy/9k``), runs on too: fail closed, the words of a sentence up
+    to an e-mail address hidden rather than a password's written.
 
     Linear in the text: the next whitespace and the next ``@`` are each searched for
     from past the last one found, the queries moving forward only."""
@@ -287,17 +293,17 @@ class _FreeUrls:
 
 
 def _cut_in_authority(url: str) -> bool:
-    """Whether ``url``, ended at a space or a quote, ended inside an authority holding a
-    ``:`` (no ``/``, ``?``, ``#`` or ``@`` after its scheme): a ``:`` there may part a
-    user from a password, cut short there, the password going on. Fail closed: whether
-    what precedes the cut reads as a whole host[:port] does not tell (review
-    r26-robust2: ``ftp://diag:2024! Go team@host/f`` was read as the host ``diag``, port
-    ``2024`` and a sentence's ``!``, and ``Go team`` was written). The price, chosen: a
-    host:port ending a sentence before an unrelated e-mail address on the same line
-    (``(http://host:9000) unreachable, notify noc@op.com``) has every word up to that
-    address hidden."""
-    rest = url.replace("\\/", "/").partition("://")[2]
-    return ":" in rest and not any(c in rest for c in "/?#@")
+    """Whether ``url``, ended at a space or a quote, may have been cut inside its user
+    information: a ``:`` after its ``//``, which may part a user from a password going
+    on past the cut. Fail closed: neither what precedes the cut reading as a whole
+    host[:port] (review r26-robust2: ``ftp://diag:2024! Go team@host/f`` read as the
+    host ``diag``, port ``2024`` and a sentence's ``!``) nor a ``/``, ``?`` or ``#``
+    before it (review r26-robust3: ``ftp://diag:Xy/9k two words@host``, a password
+    holding base64's ``/``) tells it ended there. The price, chosen: in free text, a URL
+    holding a ``:`` (a port, a time in its query) before an unrelated e-mail address on
+    the same line (``(http://host:9000) unreachable, notify noc@op.com``) has every word
+    up to that address hidden. Never inside a JSON string, which ends its URL."""
+    return ":" in url.replace("\\/", "/").partition("://")[2]
 
 
 def masked_line(text: str, cut: bool = False) -> str:

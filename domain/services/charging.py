@@ -15,7 +15,7 @@ import random
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial, wraps
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
@@ -59,7 +59,7 @@ from domain.keyed_locks import KeyedLocks
 from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
-from domain.query import Eq, In, Range, Sort, all_of, any_of
+from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.registration import admits
 from domain.services.base import (
     ServiceContext,
@@ -191,6 +191,9 @@ RESEND_METER_SLACK_WH = 100
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
 
+#: The stamp of a charger clock that does not tick at all (``_StartIdentity.matches``).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
     """Where a session whose StopTransaction was lost ended, on its own timeline: at its
@@ -224,31 +227,43 @@ class _StartIdentity(NamedTuple):
     #: The timestamp it carried when that was a clock never set (``NEVER_SET_BEFORE``),
     #: replaced by its arrival: a resend repeats it (``Session.reported_start``).
     reported: datetime | None = None
+    #: Its charger's last boot as we know it (``Station.booted_at``) when it arrived.
+    booted: datetime | None = None
 
     def matches(self, session: Session, now: datetime) -> bool:
         """``session`` is this start, written by an earlier copy. For a glitching start,
         only a copy recorded moments ago: an open session of the same card and meter from
         long before (many chargers send meterStart 0) is another transaction, whose stop
-        was lost. A start stamped by a clock never set (``reported``) is its session
-        still open that carried the same stamp (``Session.reported_start``; a session
-        recorded before migration 65 kept it as its start), however long ago: a resend
-        comes before its own stop (the charger needs the transaction id its answer lost
-        to stop it) and a reboot closes what was open, so no window is needed (review
-        r26-robust2: a queue replayed after ten minutes offline opened a second session).
-        Never a closed one: a charger stamping the epoch at every start, its meter
-        counting from 0 per transaction, repeats every figure at its next start, which
-        matched was told the closed session's id and billed nowhere (reviews s26,
-        r26-robust2); a queue replayed whole after its stop opens a phantom session
-        instead, billed nothing (``ChargingService._replayed``)."""
+        was lost. A start stamped by a clock never set (``reported``) is the session that
+        carried the same stamp (``Session.reported_start``; a session recorded before
+        migration 65 kept it as its start) recorded since its charger's last boot
+        (``booted``), whether still open or closed by its own stop, however long ago:
+        within one boot a clock never set still ticks, so the same stamp is the same
+        transaction (a resend after a reconnect, review r26-robust2; a queue replayed
+        whole after its stop, review r26-robust3: a phantom opened, its replayed stop
+        billed the charge twice). Nothing recorded before that boot: across a boot the
+        clock starts again and may repeat a stamp for a new charge (review r26-robust3:
+        a power cut, the car still plugged, the new charge merged into the old). A
+        stamp at the epoch itself (``EPOCH``: a clock that does not tick) only its
+        session still open: such a charger repeats every figure at the same card's next
+        start (review s26); its queue replayed after its stop opens a phantom, priced
+        nothing (``ChargingService._replayed``)."""
         if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
             return False
         if self.reported is not None:
             stamp = session.start_time if session.reported_start is None \
                 else session.reported_start
-            return session.state is SessionState.ACTIVE and stamp == self.reported
+            return stamp == self.reported and self.since_boot(session) and (
+                session.state is SessionState.ACTIVE if self.reported == EPOCH
+                else not session.closed_without_stop)
         if self.glitch:
             return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
+
+    def since_boot(self, session: Session) -> bool:
+        """``session`` was recorded since its charger's last boot (``booted``, our clock,
+        as ``created_at``; any, for a charger never seen booting)."""
+        return self.booted is None or session.created_at >= self.booted
 
     def may_resend(self, session: Session, now: datetime) -> bool:
         """``session`` may be this start's first copy, sent again with a new timestamp
@@ -943,16 +958,14 @@ class ChargingService(ChargerConnections):
         identity = _StartIdentity(
             tag, start, meter_start, glitch,
             reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
-            reported)
+            reported, station.booted_at)
         for attempt in range(1, START_ATTEMPTS + 1):
-            # A clock never set: its open copy of the same stamp; another glitch: its
-            # open copy; else the copy stamped the same.
+            # A clock never set: its copy of the same stamp recorded since the last boot,
+            # open or closed by its stop (open only, for the epoch itself); another
+            # glitch: its open copy; else the copy stamped the same.
             same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
-                all_of(Eq("state", SessionState.ACTIVE), any_of(
-                    Eq("reported_start", reported),
-                    all_of(Eq("reported_start", None), Eq("start_time", reported))))
-                if reported is not None
+                self._never_set_copies(identity) if reported is not None
                 else Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
@@ -979,6 +992,7 @@ class ChargingService(ChargerConnections):
                 # (``_pause_to_retry``), so they no longer meet.
                 station = await self._still_registered(cp_id)
                 company_id, station_owner_id = books_of(station)
+                identity = identity._replace(booted=station.booted_at)
                 if attempt == START_ATTEMPTS:
                     raise
                 await self._pause_to_retry(attempt)
@@ -1001,6 +1015,18 @@ class ChargingService(ChargerConnections):
         if were_free:  # else taken before, and taken still: nothing changed
             await self.plugs_held(owned_by(station), connector_id, were_free)
         return session.transaction_id, _told(station, info)
+
+    @staticmethod
+    def _never_set_copies(identity: _StartIdentity) -> Filter:
+        """Where the copies of a start stamped by a clock never set are looked for
+        (``_StartIdentity.matches``, which has the last word)."""
+        stamp = identity.reported
+        return all_of(
+            Eq("state", SessionState.ACTIVE) if stamp == EPOCH
+            else Eq("closed_without_stop", False),
+            any_of(Eq("reported_start", stamp),
+                   all_of(Eq("reported_start", None), Eq("start_time", stamp))),
+            Range("created_at", gte=identity.booted) if identity.booted is not None else None)
 
     async def _pause_to_retry(self, attempt: int) -> None:
         """The pause before a start's write that met a change is tried again: random,
@@ -1881,9 +1907,12 @@ class ChargingService(ChargerConnections):
         """``session``, closed without its stop having metered nothing, is a phantom: a
         start stamped by a clock never set that repeated every figure (connector, card,
         stamp, meterStart) of a session its StopTransaction had closed before it was
-        recorded. That is a queue replayed whole after its stop (``_StartIdentity.matches``
-        never answers a start with a closed session's id): it is priced nothing, neither
-        session fee nor time. A real charge of such a charger is stopped by its
+        recorded. That is a queue replayed whole after its stop that
+        ``_StartIdentity.matches`` could not give its session: one stamped at the epoch
+        itself (a clock that does not tick, whose next charge repeats every figure), or
+        one replayed after a boot. It is priced nothing, neither session fee nor time
+        (billed as lost, its driver would pay a fee and the hours until the next start
+        for nothing). A real charge of such a charger is stopped by its
         StopTransaction and priced as any."""
         if session.reported_start is None or energy:
             return False

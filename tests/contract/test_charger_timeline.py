@@ -156,12 +156,13 @@ async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
     assert usage(rows)[1][1] <= 90
 
 
-async def test_a_never_set_stamp_matches_only_its_open_copy(
+async def test_an_epoch_stamp_matches_only_its_open_copy(
         world: tuple[Services, Clock]) -> None:
-    """On either store: a start stamped by a clock never set is its open copy (its answer
-    lost), however long ago it was recorded, and a row written before migration 65 (the
-    stamp kept as its start) is matched by its start; a session closed (by its stop, or
-    as lost at a reboot) is never matched: the same figures are a new transaction."""
+    """On either store: a start stamped at the epoch itself (a clock that does not tick)
+    is its open copy (its answer lost), however long ago it was recorded, and a row
+    written before migration 65 (the stamp kept as its start) is matched by its start; a
+    session closed (by its stop, or as lost at a reboot) is never matched: the same
+    figures are a new transaction."""
     from domain.services.base import patch
 
     services, clock = world
@@ -232,31 +233,160 @@ async def test_a_per_transaction_meter_restarting_soon_after_a_stop_is_a_new_tra
     assert await store.count(d.Session, ALL) == 2
 
 
-async def test_a_never_set_queue_replayed_after_its_stop_opens_a_phantom_billed_nothing(
-        world: tuple[Services, Clock]) -> None:
-    """The trade-off of never matching a closed session (docs/architecture.md): a charger
-    whose clock was never set replays its whole queue after the stop (the start, then
-    the stop of the transaction it names). The start opens a phantom session, which the
-    next start on the connector closes as lost: it is priced nothing (no session fee, no
-    time), while the real charge and the next are billed as any."""
-    services, clock = world
-    charging, store = services.charging, services.ctx.store
-    station = await store.find_one(d.Station, Eq("cp_id", "NEVER-SET"))
+async def _tariff(services: Services) -> None:
+    station = await services.ctx.store.find_one(d.Station, Eq("cp_id", "NEVER-SET"))
     assert station is not None
     await services.tariffs.set_tariff(
         SYSTEM, station_id=station.id, price_per_kwh=Decimal("0.30"),
         price_per_minute=Decimal("0.10"), session_fee=Decimal("1.00"), currency="EUR",
         valid_from=NOW - timedelta(days=30))
-    stamp = datetime(1970, 1, 1, 0, 42, tzinfo=UTC)
+
+
+async def _charged_then_replayed(services: Services, clock: Clock, stamp: datetime,
+                                 stop_names_the_replay: bool = True) -> int:
+    """A 30-minute 5 kWh charge of a clock never set, stopped; a minute later its queue
+    replayed whole: the start (told an id), then the stop, which names the id the charger
+    was told for the replayed start (a queue filled in as it is sent) or else the one
+    first told (a queue that kept the stop as it was). The id the replay was told."""
+    charging = services.charging
     await charging.set_online("NEVER-SET", True)
     real, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
     clock.now += timedelta(minutes=30)
     await charging.stop_transaction("NEVER-SET", real, 6000, stamp + timedelta(minutes=30))
     clock.now += timedelta(minutes=1)
+    again, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
+    await charging.stop_transaction("NEVER-SET", again if stop_names_the_replay else real,
+                                    6000, stamp + timedelta(minutes=30))
+    return again
+
+
+async def test_a_never_set_queue_replayed_after_its_stop_finds_its_session(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust3: a clock never set still ticks within a boot, so a start
+    repeating a stamp of this boot is that transaction, closed by its stop or not. The
+    queue replayed whole after its stop opened a phantom session, which the replayed
+    stop (naming the id the replayed start was told) closed and billed the 5 kWh
+    charge a second time. Now the replayed start is told the closed session's id, its
+    stop changes nothing, and the charge is billed once; the next charge is billed as
+    any."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    stamp = datetime(1970, 1, 1, 0, 42, tzinfo=UTC)
+    again = await _charged_then_replayed(services, clock, stamp)
+    [real] = await store.find_all(d.Session, ALL)
+    assert again == real.transaction_id
+    clock.now += timedelta(hours=3)
+    following, _ = await charging.start_transaction(
+        "NEVER-SET", 1, "TAG-1", 6000, stamp + timedelta(hours=3))
+    clock.now += timedelta(minutes=10)
+    await charging.stop_transaction("NEVER-SET", following, 8000,
+                                    stamp + timedelta(hours=3, minutes=10))
+    by_tx = {s.transaction_id: s for s in await store.find_all(d.Session, ALL)}
+    assert set(by_tx) == {real.transaction_id, following}
+    paid = [(p.session_id, p.amount_minor) for p in await store.find_all(d.Payment, ALL)]
+    assert sorted(paid) == sorted([(real.id, 100 + 150 + 300),  # fee, 5 kWh, 30 minutes
+                                   (by_tx[following].id, 100 + 60 + 100)])
+
+
+async def test_a_never_set_queue_replayed_after_its_stop_holds_no_card(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust3: the replay's phantom held the driver's card: at another
+    charger two hours later the driver was told ConcurrentTx (the charger refuses the
+    charge) until someone started on the phantom's connector or its charger rebooted."""
+    services, clock = world
+    charging = services.charging
+    await _charged_then_replayed(services, clock, datetime(1970, 1, 1, 0, 42, tzinfo=UTC),
+                                 stop_names_the_replay=False)
+    clock.now += timedelta(hours=2)
+    await charging.set_online("BEHIND", True)
+    _, told = await charging.start_transaction("BEHIND", 1, "TAG-1", 0, clock.now)
+    assert told.status == "Accepted", told
+
+
+async def test_a_never_set_queue_replayed_after_its_stop_occupies_nothing(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust3: a 30-minute charge, its queue replayed a minute after its
+    stop, the connector then idle three hours until the next start: utilization read the
+    connector occupied 3 h 30 (the phantom's hours), and the overview an active session
+    all that time."""
+    services, clock = world
+    charging = services.charging
+    stamp = datetime(1970, 1, 1, 0, 42, tzinfo=UTC)
+    await _charged_then_replayed(services, clock, stamp, stop_names_the_replay=False)
+    clock.now += timedelta(hours=3)
+    scope = Scope(cp_ids=("NEVER-SET",))
+    overview = await services.analytics.overview(SYSTEM, scope)
+    await charging.start_transaction("NEVER-SET", 1, "TAG-1", 6000,
+                                     stamp + timedelta(hours=3))
+    clock.now += timedelta(minutes=1)
+    rows = await services.analytics.utilization(SYSTEM, scope, TODAY, TOMORROW,
+                                                by_connector=True)
+    occupied = usage(rows)[1][0]
+    assert occupied <= 32 * 60, f"occupied {occupied / 3600:.1f} h"
+    assert overview.active_sessions == 0
+
+
+async def test_a_never_set_stamp_repeated_after_a_boot_is_a_new_transaction(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust3: a charger stamping the epoch at every start, its meter
+    counting from 0 per transaction, no persistent queue. Power cut mid-charge: it boots,
+    the car still plugged (Preparing, not Available: no reboot check closes the open
+    session), and its StopTransaction is never sent. The card presented again ten
+    minutes later makes a new transaction with the very figures of the open one: taken
+    for a resend (no time window), the two charges were one session. Nothing recorded
+    before the charger's last boot is matched, whatever its stamp: the new charge opens
+    a session and closes the old one as lost; so for a ticking stamp repeated after a
+    boot."""
+    from domain.services.charging import BootInfo
+
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    for stamp, connector in ((datetime(1970, 1, 1, tzinfo=UTC), 1),
+                             (datetime(1970, 1, 1, 0, 0, 42, tzinfo=UTC), 2)):
+        await charging.set_online("NEVER-SET", True)
+        first, _ = await charging.start_transaction("NEVER-SET", connector, "TAG-1", 0,
+                                                    stamp)
+        clock.now += timedelta(minutes=40)
+        await charging.set_online("NEVER-SET", False)  # the power cut
+        clock.now += timedelta(minutes=5)
+        await charging.set_online("NEVER-SET", True)
+        await charging.boot("NEVER-SET", BootInfo(vendor="v", model="m"))
+        await charging.status_notification("NEVER-SET", connector, "Preparing", "NoError",
+                                           timestamp=stamp)
+        clock.now += timedelta(minutes=10)
+        again, _ = await charging.start_transaction("NEVER-SET", connector, "TAG-1", 0,
+                                                    stamp)
+        assert again != first, "a new charge told the open session's id"
+        by_tx = {s.transaction_id: s for s in await store.find_all(d.Session, ALL)}
+        assert by_tx[first].state is d.SessionState.COMPLETED
+        assert by_tx[first].closed_without_stop
+        assert by_tx[again].state is d.SessionState.ACTIVE
+        await charging.stop_transaction("NEVER-SET", again, 500, stamp)
+
+
+async def test_an_epoch_queue_replayed_after_its_stop_opens_a_phantom_billed_nothing(
+        world: tuple[Services, Clock]) -> None:
+    """The limit left (docs/architecture.md): a charger stamping the epoch itself at
+    every start (a clock that does not tick) cannot tell its queue replayed after its
+    stop from the same card's next charge (review s26: its meter counting from 0 per
+    transaction, every figure repeats), so only its open session is matched. The replay
+    opens a phantom session, which the next start on the connector closes as lost: it is
+    priced nothing (no session fee, no time), while the real charge and the next are
+    billed as any."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    stamp = datetime(1970, 1, 1, tzinfo=UTC)
+    await charging.set_online("NEVER-SET", True)
+    real, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
+    clock.now += timedelta(minutes=30)
+    await charging.stop_transaction("NEVER-SET", real, 6000, stamp)
+    clock.now += timedelta(minutes=1)
     # The queue replayed whole: its start, then its stop (already recorded).
     phantom, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
     assert phantom != real
-    await charging.stop_transaction("NEVER-SET", real, 6000, stamp + timedelta(minutes=30))
+    await charging.stop_transaction("NEVER-SET", real, 6000, stamp)
     clock.now += timedelta(hours=3)
     following, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 6000, stamp)
     clock.now += timedelta(minutes=10)

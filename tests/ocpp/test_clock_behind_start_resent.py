@@ -1,10 +1,11 @@
 """A StartTransaction resent after its session closed (a charger flushing its offline
-queue again after a reconnect). Stamped by a right clock, it is the same transaction.
-Stamped 1970 (a clock never set), it cannot be told from the same card's next start of a
-charger stamping the epoch every time, its meter counting from 0 per transaction (review
-r26-robust2): a closed session is never matched, and the replay opens a phantom session,
-priced nothing when the next start closes it (the chosen trade-off, docs/architecture.md;
-review s24 had matched it)."""
+queue again after a reconnect). Stamped by a right clock, it is the same transaction; so
+stamped 1970 by a clock never set that ticks, within one boot (review r26-robust3, as
+review s24 had it). Stamped at the epoch itself (a clock that does not tick), it cannot
+be told from the same card's next start of such a charger, its meter counting from 0 per
+transaction (review r26-robust2): only an open session is matched, and the replay opens a
+phantom session, priced nothing when the next start closes it (the limit left,
+docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,18 @@ async def test_control_a_start_resent_after_its_close_on_a_right_clock(
         again = await cp.call(start)
     assert again.transaction_id == tx
     assert await central.store.count(d.Session, ALL) == 1
+
+
+async def test_a_ticking_1970_start_replayed_after_its_close_is_the_same_transaction(
+        central: Central) -> None:
+    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=50_000,
+                                  timestamp="1970-01-01T00:42:00Z")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        first = await cp.call(start)
+        tx = first.transaction_id
+        await cp.call(call.StopTransaction(meter_stop=60_000, transaction_id=tx,
+                                           timestamp="1970-01-01T00:43:00Z"))
+        again = await cp.call(start)  # the very same frame, replayed
+    assert again.transaction_id == tx
+    [session] = await central.store.find_all(d.Session, ALL, limit=10)
+    assert session.energy_wh == 10_000

@@ -24,7 +24,7 @@ from domain.errors import ValidationError
 from domain.query import Eq
 from domain.services.commands import masked
 from ocpp_bridge import handler, log_masking
-from ocpp_bridge.handler import logged_frame
+from ocpp_bridge.handler import data_shown, logged_frame
 from ocpp_bridge.log_masking import masked_line
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -282,11 +282,10 @@ def test_a_callerror_echoing_a_location_with_a_quote_in_its_password_is_masked()
     ("{'data': 'ftp://diag:hun ter2 x@h.example/'}", "{'data': 'ftp://[hidden]@h.example/'}"),
     ("data='ftp://diag:pa'ss wo@h.example/x'", "data='ftp://[hidden]@h.example/x'"),
     ("ftp://diag:p>s s@h.example", "ftp://[hidden]@h.example"),
-    # Ended after a path: the words after are not its. Ended at a host:port, which a
-    # user and a password's first word read as (``diag:2024``), it fails closed: the
-    # words up to the '@' are hidden (review r26-robust2).
-    ("ftp://h.example:21/x failed, see admin@example.com",
-     "ftp://h.example:21/x failed, see admin@example.com"),
+    # Ended where a ':' follows its '//', which a user and a password's first word
+    # read as (``diag:2024``, ``diag:Xy/9k``), whatever '/', '?' or '#' it holds, it
+    # fails closed: the words up to the '@' are hidden (reviews r26-robust2, -robust3).
+    ("ftp://h.example:21/x failed, see admin@example.com", "ftp://[hidden]"),
     ("ftp://h.example:21 failed, see admin@example.com", "ftp://[hidden]@example.com"),
 ], ids=["space", "both-quotes", "next-word-no-at", "quote-then-at", "json-untouched",
         "two-spaces", "repr-two-spaces", "quote-then-space", "bracket-then-space",
@@ -558,18 +557,20 @@ def test_a_spaced_password_of_digits_is_hidden_whole(line: str, secret: str) -> 
     ("Server (http://csms.example.com:9000) unreachable, notify noc@op.com", ""),
     ("Status page http://status.vendor.com:8080, ticket 42 assigned to ops@vendor.com", ""),
     ("see [ftp://h.example] or (http://h.example:21). mail ops@h.example", ""),
-    ("Server http://csms.example.com:9000/ocpp unreachable, notify noc@op.com",
+    ("Server http://csms.example.com:9000/ocpp unreachable, notify noc@op.com", ""),
+    ("Server http://csms.example.com/ocpp unreachable, notify noc@op.com",
      "unreachable, notify noc@op.com"),
     ("Server http://csms.example.com:9000 unreachable\nnotify noc@op.com",
      "unreachable\nnotify noc@op.com"),
 ])
 def test_a_host_and_port_before_an_email_fails_closed(line: str, kept: str) -> None:
-    """The trade-off, chosen (review r26-robust2): a URL ending at a space or a quote
-    where its authority holds a ``:`` may be a password cut short, so its words run on
-    to the next ``@`` on the line and are hidden, a sentence's words up to an unrelated
-    e-mail address included (``(http://host:9000) unreachable, notify noc@op.com``):
-    nothing of a password is written. A URL with a path, or the ``@`` on another line,
-    ends where it ends."""
+    """The trade-off, chosen (reviews r26-robust2, r26-robust3): in free text a URL
+    ending at a space or a quote with a ``:`` after its ``//`` may be a password cut
+    short, whatever ``/``, ``?`` or ``#`` it holds, so its words run on to the next
+    ``@`` on the line and are hidden, a sentence's words up to an unrelated e-mail
+    address included (``(http://host:9000) unreachable, notify noc@op.com``): nothing
+    of a password is written. A URL with no ``:`` after its ``//``, or the ``@`` on
+    another line, ends where it ends."""
     shown = masked_line(line)
     assert shown.endswith(kept), shown
     if not kept:
@@ -609,3 +610,33 @@ def test_a_data_transfer_line_costs_no_more_than_its_bounded_prefix() -> None:
     # hidden whole; one ending soon after it is read whole.
     long_url = "x " * 10 + "ftp://diag:s3cret@h/" + "p" * 20_000 + "@h2/ z"
     assert handler.data_shown(long_url) == "x " * 10 + "ftp://[hidden]"
+
+
+@pytest.mark.parametrize("password", ["Xy/9k two words", "p#ss Zq7 Wk9", "p?ss Zq7 Wk9"])
+def test_a_spaced_password_holding_a_slash_is_not_written(password: str) -> None:
+    """Review r26-robust3: a password of spaced words whose first word holds a ``/``,
+    ``?`` or ``#`` (a generated one, base64's ``/``): cut at its first space,
+    ``ftp://diag:Xy/9k`` was read as ended where a URL can, and the words after it were
+    written. A ``:`` after its ``//`` and an ``@`` later on its line: hidden through."""
+    text = f"upload to ftp://diag:{password}@logs.example.com/up failed"
+    for shown in (masked_line(text), data_shown(text),
+                  masked_line(f"DataTransfer from CP-1: vendor=v message=m "
+                              f"data={data_shown(text)}")):
+        for word in password.split()[1:]:
+            assert word not in shown, shown
+
+
+def test_a_configuration_answer_is_not_cut_after_its_central_system_url() -> None:
+    """Review r26-robust3: a GetConfiguration answer on the wire log (one line, the
+    frame), CentralSystemURL a host:port with no path, then a later key whose value holds
+    an ``@`` (a support address). The URL, inside a JSON string, was read on as free
+    text: every key after it was hidden, the line ending ``"value": "ws://[hidden]``. A
+    JSON string ends its URL at its closing quote, and is masked by its own rule."""
+    frame = json.dumps([3, "42", {"configurationKey": [
+        {"key": "CentralSystemURL", "readonly": False, "value": "ws://csms.example.com:9000"},
+        {"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+        {"key": "SupportContact", "readonly": True, "value": "support@vendor.com"}]}])
+    assert masked_line(frame) is frame
+    spaced = frame.replace("ws://csms.example.com:9000", "ws://cp:pa ss w@csms.example.com")
+    assert masked_line(spaced) == frame.replace(
+        "ws://csms.example.com:9000", "ws://[hidden]@csms.example.com")
