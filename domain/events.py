@@ -220,7 +220,8 @@ class ChargerCommandAnswered(DomainEvent):
     """Between instances, never to clients: the instance holding the charger
     (``holder``) took a relayed command (``stage`` ``"claimed"``), then its answer
     (``"answered"``, with ``result``) or its failure (``"failed"``, with the error's
-    class name, code, message and field)."""
+    class name, code, message and field; ``error_lost``: a ``ChargerLost``, sent as
+    ``ChargerTimeout``, the name an older instance knows)."""
 
     topic: ClassVar[str] = "charger_command_answer"
     request_id: str
@@ -232,6 +233,7 @@ class ChargerCommandAnswered(DomainEvent):
     error_code: str | None = None
     error_message: str | None = None
     error_field: str | None = None
+    error_lost: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -390,8 +390,9 @@ class ConfigurationKey:
         "In `Station.configuration`: the value the charger runs with now, as far as "
         "known. While `rebootRequired`, the one that change replaced, if it was known "
         "since the charger's last boot (null: not known until its next boot; a "
-        "`LocalAuthListMaxLength` or `SendLocalListMaxLength` is read before it is "
-        "changed, so that it is, and local lists are not judged by one not known); "
+        "`LocalAuthListMaxLength` or `SendLocalListMaxLength` not known since the boot "
+        "is read before it is changed, so that it is if the charger answers in a short "
+        "share of the command's time, and local lists are not judged by one not known); "
         "otherwise `value`. Null for a `masked` key, and in a `getConfiguration` "
         "answer (its `value` is the charger's own)."))
 

@@ -84,13 +84,40 @@ PROGRESS_SHARE = 1 / 3
 CLOSE_TIMEOUT_S = 5.0
 
 #: Errors that cross the wire as themselves (by class name, with their code, message and
-#: field); any other arrives as a ChargerError with the same code.
+#: field); any other arrives as a ChargerError with the same code. ``ChargerLost`` is sent
+#: as a flagged ``ChargerTimeout`` (``_failure``), and read by its name from an instance
+#: that sent it so.
 _ERRORS: dict[str, type[DomainError]] = {
     cls.__name__: cls for cls in (ChargerError, ChargerCallError, ChargerNotSupported,
                                   ChargerOffline, ChargerTimeout, ChargerLost,
                                   ChargerBusy, ChargerRejected,
                                   ValidationError)
 }
+
+
+def _failure(error: DomainError) -> dict[str, Any]:
+    """``error`` as a holder's ``"failed"`` answer carries it (``_failed`` reads it). A
+    ``ChargerLost`` goes by the name ``ChargerTimeout``, flagged ``error_lost``: an older
+    asker does not know the name (it read a bare ``ChargerError``: ``site_load`` recorded
+    an ERROR, not a TIMEOUT), and takes one whose message is ``OUTCOME_UNKNOWN`` (a socket
+    closed under the command) for what it is (review r26: a rolling upgrade)."""
+    lost = isinstance(error, ChargerLost)
+    return {"error_type": ChargerTimeout.__name__ if lost else type(error).__name__,
+            "error_code": error.code, "error_message": str(error),
+            "error_field": error.field, "error_lost": lost}
+
+
+def _failed(answer: ChargerCommandAnswered) -> DomainError:
+    """The error a holder's ``"failed"`` answer carries (``_failure``): by its class name
+    (any other arrives as a ``ChargerError`` with its code), and a ``ChargerLost`` when
+    flagged so, or a ``ChargerTimeout`` saying ``OUTCOME_UNKNOWN``: what an older holder
+    sends for a socket closed under the command, not the charger's silence (review r26:
+    ``not_the_chargers_answer`` goes by the type, and kept that as the charger's)."""
+    message = answer.error_message or "the relayed command failed"
+    error_type = _ERRORS.get(answer.error_type or "", ChargerError)
+    if error_type is ChargerTimeout and (answer.error_lost or message == OUTCOME_UNKNOWN):
+        error_type = ChargerLost
+    return error_type(message, field=answer.error_field, code=answer.error_code)
 
 
 class CommandRelay:
@@ -261,8 +288,7 @@ class CommandRelay:
                 origin=request.origin, holder=self.instance, stage=stage, **fields))
 
         async def fail(error: DomainError) -> None:
-            await reply("failed", error_type=type(error).__name__, error_code=error.code,
-                        error_message=str(error), error_field=error.field)
+            await reply("failed", **_failure(error))
 
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[request.request_id] = confirmed
@@ -379,10 +405,7 @@ class _Pending:
         if answer.stage == "answered":
             self.answered.set_result(answer.result or {})
         elif answer.stage == "failed":
-            error_type = _ERRORS.get(answer.error_type or "", ChargerError)
-            self.answered.set_exception(error_type(
-                answer.error_message or "the relayed command failed",
-                field=answer.error_field, code=answer.error_code))
+            self.answered.set_exception(_failed(answer))
         # Any other stage (a newer instance's progress report) only counts as a claim.
 
     def fail(self, error: DomainError) -> None:

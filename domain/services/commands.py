@@ -87,6 +87,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.configuration import (
+    REBOOT_REQUIRED,
     in_force,
     known_count,
     positive_count,
@@ -405,6 +406,13 @@ MAX_KEYS_KEY = "GetConfigurationMaxKeys"
 #: timeout, a CALLERROR such as InternalError) is not asked them again: each list sent
 #: meanwhile waited a command timeout for it (review s26). A boot asks at once.
 LIST_LIMITS_RETRY_S = 300.0
+#: The share of the command timeout each wait (its turn, the answer) of the read of a list
+#: limit before its change (``CommandService._read_limit_in_force``) may take. The read
+#: and the change have the mutation's one budget: the change's waits are each shortened
+#: by half the time the read took, so it answers within twice the timeout, as any
+#: mutation (README; review r26: the read, a whole command of its own, made it three
+#: times the timeout and more).
+PRE_READ_SHARE = 0.1
 #: How many of the tags left out of a list too long for its charger a refusal names.
 NAMED_LEFT_OUT = 5
 
@@ -449,6 +457,9 @@ class _AskedLimits:
     answers: dict[str, int | None] = field(default_factory=dict)
     #: Not asked again before this: it gave no answer (``LIST_LIMITS_RETRY_S``).
     retry_at: datetime | None = None
+    #: The keys whose value in force is not known until the boot that were logged so
+    #: (once per boot, not at every list: review r26).
+    told_unknown: set[str] = field(default_factory=set)
 
 
 class CommandService(Service):
@@ -475,7 +486,7 @@ class CommandService(Service):
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False,
-                   owe_cancel: bool = False) -> CommandOutcome:
+                   owe_cancel: bool = False, timeout: float | None = None) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
         charger (or its absence) says comes back in the outcome's ``error``.
         ``audited_as``: whose command it is in the audit log when the service sends it
@@ -485,7 +496,9 @@ class CommandService(Service):
         otherwise be told which of another company's chargers it went to, and how they
         answered (attacker QA s17). ``own_list``: a SendLocalList ``Withdrawal`` sends
         (``CommandOutcome.own_list``). ``owe_cancel``: a CancelReservation that ends its
-        reservation even at a charger online but unreachable (``CommandOutcome.owe_cancel``)."""
+        reservation even at a charger online but unreachable (``CommandOutcome.owe_cancel``).
+        ``timeout``: how long each of its waits (its turn, the answer) may last, the
+        service's own (``timeout``) by default."""
         if viewer.anonymous:
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
@@ -550,20 +563,30 @@ class CommandService(Service):
                                                           payload.get("reservationId"))
         outcome.requested_by = viewer.actor
         viewer = audited_as or viewer  # authorized: from here on, whose command it is
+        timeout = self.timeout if timeout is None else timeout
+        unread = None
         if action == "ChangeConfiguration":
-            await self._read_limit_in_force(viewer, station, payload)
-        await self._carry(viewer, outcome, payload)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            unread = await self._read_limit_in_force(viewer, station, payload, timeout)
+            # One budget for the read and the change (``PRE_READ_SHARE``).
+            timeout = max(timeout - (loop.time() - started) / 2,
+                          timeout * (1 - PRE_READ_SHARE))
+        await self._carry(viewer, outcome, payload, timeout)
+        if unread is not None and outcome.status == REBOOT_REQUIRED:
+            await self._tell_in_force_unknown(station, str(payload["key"]), unread)
         if watched is not None:
             await watched.profile_commanded(outcome, payload)
         return outcome
 
-    async def _carry(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
-                     ) -> None:
-        """Audits, sends and records the answer of a command authorized already."""
+    async def _carry(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any],
+                     timeout: float | None = None) -> None:
+        """Audits, sends and records the answer of a command authorized already; each
+        of its waits lasts ``timeout`` (the service's by default)."""
         if self.gateway is not None:
             await self._audit_sent(viewer, outcome, payload)
         try:
-            await self._call(outcome, payload)
+            await self._call(outcome, payload, self.timeout if timeout is None else timeout)
         except asyncio.CancelledError:
             # The request ended (the service stopping, the client gone) while the charger
             # had the command: it may have acted on it, so it is audited as unanswered
@@ -573,13 +596,14 @@ class CommandService(Service):
             raise
         await self._after(viewer, outcome, payload)
 
-    async def _call(self, outcome: CommandOutcome, payload: dict[str, Any]) -> None:
+    async def _call(self, outcome: CommandOutcome, payload: dict[str, Any], timeout: float
+                    ) -> None:
         if self.gateway is None:
             outcome.error = ChargerOffline("no OCPP bridge runs in this process")
             return
         try:
             result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
-                                             self.timeout)
+                                             timeout)
         except ChargerUnclaimed as exc:
             outcome.error = await self._unclaimed(outcome.station, exc)
             return
@@ -1148,7 +1172,8 @@ class CommandService(Service):
         next boot if RebootRequired (``configuration.in_force``; the value read before
         the change until then, ``_read_limit_in_force``). One whose value before was not
         known leaves the limit not known until the boot (``_in_force_unknown``): not
-        asked (the charger may give the value set), not checked, and logged."""
+        asked (the charger may give the value set), not checked, and logged once per
+        boot (``_AskedLimits.told_unknown``)."""
         keys = (LIST_MAX_KEY, SEND_MAX_KEY, MAX_KEYS_KEY)
         stored = {k.folded_key: k for k in await self.store.find_all(ConfigurationKey, all_of(
             Eq("station_id", station.id), In("folded_key", tuple(map(folded_key, keys)))),
@@ -1160,13 +1185,16 @@ class CommandService(Service):
         # set; review s26), so lists are not judged by it meanwhile.
         unknown = [key for key in (LIST_MAX_KEY, SEND_MAX_KEY)
                    if _in_force_unknown(stored.get(folded_key(key)), station.booted_at)]
-        for key in unknown:
-            log.warning("%s: its %s in force is not known until its next boot (changed "
-                        "RebootRequired, the value before not known): lists sent to it "
-                        "are not checked against it", station.cp_id, key)
         memo = self._list_limits.get(station.id)
         if memo is None or memo.booted_at != station.booted_at:
             memo = _AskedLimits(station.booted_at)
+        for key in unknown:
+            if key not in memo.told_unknown:  # once per boot, not at every list
+                memo.told_unknown.add(key)
+                self._list_limits[station.id] = memo
+                log.warning("%s: its %s in force is not known until its next boot "
+                            "(changed RebootRequired, the value before not known): lists "
+                            "sent to it are not checked against it", station.cp_id, key)
         ask = [key for key, value in known.items()
                if value is None and key not in memo.answers and key not in unknown]
         if ask and (memo.retry_at is None or self.now() >= memo.retry_at):
@@ -1184,7 +1212,7 @@ class CommandService(Service):
         return ListLimits(said[LIST_MAX_KEY], said[SEND_MAX_KEY])
 
     async def _read_limit_in_force(self, viewer: Viewer, station: Station,
-                                   payload: dict[str, Any]) -> None:
+                                   payload: dict[str, Any], timeout: float) -> str | None:
         """Before a ChangeConfiguration of a list limit (``LIST_MAX_KEY``,
         ``SEND_MAX_KEY``) whose value since the charger's boot is not known, reads it
         (a GetConfiguration of that key, recorded): answered RebootRequired, the change
@@ -1192,29 +1220,54 @@ class CommandService(Service):
         (``value_in_force``), and that must be known then. Asked after the change, many
         chargers give the value set (review s26: a limit lowered 5 -> 2 RebootRequired,
         never read since the boot, was taken as 2 at once and a list of 4 the charger
-        still took was refused). Not read while a change of it waits for the boot (a
-        read would give the value set, not the one in force). A read that fails leaves
-        the limit in force unknown until the boot if the change is answered
-        RebootRequired (``list_limits`` does not judge lists by it meanwhile)."""
+        still took was refused). The read has ``PRE_READ_SHARE`` of ``timeout`` for
+        each of its waits: its time comes off the change's, within the mutation's one
+        budget (README: twice the timeout; review r26). Not read while a change of it
+        waits for the boot (a read would give the value set, not the one in force), nor
+        while the charger is known not to answer a GetConfiguration of its limits
+        (``_AskedLimits.retry_at``; review r26: each change waited a timeout for it).
+        Returns why the value in force is not known (``None``: it is, or the key is no
+        limit): answered RebootRequired, the limit in force is then not known until the
+        boot (``list_limits`` does not judge lists by it meanwhile;
+        ``_tell_in_force_unknown``)."""
         key = payload.get("key")
         if not isinstance(key, str) or folded_key(key) not in _LIMIT_KEYS:
-            return
+            return None
         stored = await self.store.find_one(ConfigurationKey, all_of(
             Eq("station_id", station.id), Eq("folded_key", folded_key(key))))
-        if stored is not None and (stored.awaits_reboot(station.booted_at)
-                                   or in_force(stored, station.booted_at) is not None):
-            return
+        if stored is not None and stored.awaits_reboot(station.booted_at):
+            return None if stored.value_in_force is not None else \
+                "not read: a change of it waits for the boot, the value before not known"
+        if stored is not None and in_force(stored, station.booted_at) is not None:
+            return None
+        memo = self._list_limits.get(station.id)
+        if memo is not None and memo.booted_at == station.booted_at \
+                and memo.retry_at is not None and self.now() < memo.retry_at:
+            return "not read: the charger did not answer a GetConfiguration of it lately"
         try:
             outcome = await self.send(SYSTEM, station.cp_id, "GetConfiguration",
-                                      {"key": [key]}, audited_as=viewer)
+                                      {"key": [key]}, audited_as=viewer,
+                                      timeout=timeout * PRE_READ_SHARE)
         except DomainError as exc:  # the station went meanwhile: the change says so
-            outcome_error: DomainError | None = exc
-        else:
-            outcome_error = outcome.error
-        if outcome_error is not None:
-            log.info("%s: %s not read before its change (%s): answered RebootRequired, "
-                     "its value in force is not known until the charger's next boot",
-                     station.cp_id, key, outcome_error.message)
+            return f"not read: {exc.message}"
+        if outcome.error is not None:
+            return f"not read: {outcome.error.message}"
+        given = [k for k in outcome.result.get("configurationKey") or ()
+                 if isinstance(k, dict) and folded_key(str(k.get("key"))) == folded_key(key)
+                 and k.get("value") is not None]
+        return None if given else "the charger did not give it when read"
+
+    async def _tell_in_force_unknown(self, station: Station, key: str, why: str) -> None:
+        """Logs a change of list limit ``key`` answered RebootRequired whose value before
+        was not known (``why``, ``_read_limit_in_force``), if it still is not as
+        recorded: the limit in force is not known until the charger's next boot."""
+        [now] = await self.store.get_many(Station, [station.id])
+        stored = await self.store.find_one(ConfigurationKey, all_of(
+            Eq("station_id", station.id), Eq("folded_key", folded_key(key))))
+        if _in_force_unknown(stored, (now or station).booted_at):
+            log.warning("%s: %s changed RebootRequired, the value before not known (%s): "
+                        "the one in force is not known until the charger's next boot, and "
+                        "local lists are not checked against it", station.cp_id, key, why)
 
     async def _ask_limits(self, station: Station, keys: list[str], memo: _AskedLimits,
                           audited_as: Viewer | None) -> bool:

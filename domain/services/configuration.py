@@ -22,9 +22,10 @@ The value the change replaced is kept as the one in force until the boot
 (``value_in_force``, if it was known since the charger's boot; ``in_force``): what the
 service itself acts on, such as the charger's local list limits (review s26: a
 LocalAuthListMaxLength lowered RebootRequired was applied at once; those are read
-before they are changed, so it is known). A change's write is guarded by the version
-of the key it judged (``updated_at``): one meeting a write made meanwhile is made
-again on it.
+before they are changed, so it is known). A change's write is guarded by the change
+of the key it judged (``changed_at``): one meeting another change recorded meanwhile is
+made again on it; a read recorded meanwhile (it may give the value set) is not the
+value in force.
 
 At most ``MAX_KEYS`` keys are kept of a station: of all it holds and is told of, the
 first ``MAX_KEYS`` by folded key (``kept``), the order ``Station.configuration`` lists
@@ -192,7 +193,8 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
     the value in force until then (``value_in_force``). A key the charger changed is not
     readonly, whatever was read of it before. A key new to a station that holds
     ``MAX_KEYS`` is kept only if it sorts before one it holds. Written over the key as
-    it was read (``updated_at``), else read and judged again."""
+    it was changed when read (``changed_at``), else read and judged again: a read
+    recorded meanwhile does not make the value in force (it may give the value set)."""
     secret = is_secret_key(key)
     changed: dict[str, Any] = {
         "value": None if secret else value, "secret": secret, "readonly": False,
@@ -204,14 +206,17 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
         known = held.get(folded)
         changes: list[Change] = [Delete(k) for f, k in held.items() if f not in keep]
         if known is not None:
-            # Until the boot, the value in force stays the one before (``in_force``).
-            # Guarded by the version it was judged on: a change (or read) recorded
-            # meanwhile (another instance's) fails the write, made again on it (review
-            # s26: an Accepted 5 -> 4 landing first left a RebootRequired's value in
-            # force at 5).
+            # Until the boot, the value in force stays the one before (``in_force``), as
+            # this change finds it. Guarded by the change it was judged on
+            # (``changed_at``): another change recorded meanwhile (another instance's)
+            # fails the write, made again on it (review s26: an Accepted 5 -> 4 landing
+            # first left a RebootRequired's value in force at 5). A read recorded
+            # meanwhile does not: answered after the charger took this change, it may
+            # give the value set, not the one in force (review r26: a read of 2 landing
+            # first made it the value in force of a RebootRequired 5 -> 2).
             before = in_force(known, await _booted_at(store, station)) \
                 if changed["reboot_required"] and not secret else None
-            changes.append(patch(known, actor, only_if=("updated_at", known.updated_at),
+            changes.append(patch(known, actor, only_if=("changed_at", known.changed_at),
                                  required=True, **changed, value_in_force=before))
         elif folded in keep:
             changes.append(Insert(stamp_new(ConfigurationKey(

@@ -1041,6 +1041,47 @@ async def test_a_change_recorded_meanwhile_is_the_value_a_reboot_required_one_ke
     assert (kept.value, kept.reboot_required, kept.value_in_force) == ("3", True, "4")
 
 
+class _ReadFirst:
+    """The store, where a GetConfiguration of a key answered after the charger took a
+    change of it (giving the value set, as many chargers and the simulator do) is
+    recorded just before the change's first write."""
+
+    def __init__(self, store: Store, station: d.Station, key: str, value: str) -> None:
+        self.store, self.station, self.pending = store, station, (key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def write(self, changes: list[Change], audit: list[d.AuditEntry]) -> None:
+        pending, self.pending = self.pending, None  # type: ignore[assignment]
+        if pending is not None:
+            key, value = pending
+            answer = {"configurationKey": [{"key": key, "readonly": False,
+                                            "value": value}]}
+            await record_read(self.store, self.station, answer, SYSTEM, datetime.now(UTC),
+                              whole=False)
+        await self.store.write(changes, audit)
+
+
+async def test_a_read_recorded_meanwhile_is_not_the_value_a_reboot_required_change_keeps(
+        central: Central) -> None:
+    """A RebootRequired 5 -> 2 of a key read as 5 (the read before the change): another
+    request's read of it, answered after the charger took the change, gives 2 (the value
+    set) and lands between the change taking the key and writing it. The charger runs
+    with 5 until its boot (review r26: the change's write, guarded on any write, was
+    made again on the read, and kept 2 as the value in force)."""
+    station, store = central.stations["CP-1"], central.store
+    key = "LocalAuthListMaxLength"
+    answer = {"configurationKey": [{"key": key, "readonly": False, "value": "5"}]}
+    await record_read(store, station, answer, SYSTEM,
+                      datetime.now(UTC) - timedelta(seconds=1), whole=False)
+    racing = cast(Store, _ReadFirst(store, station, key, "2"))
+    await record_change(racing, station, key, "2", "RebootRequired", SYSTEM,
+                        datetime.now(UTC))
+    [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert (kept.value, kept.reboot_required, kept.value_in_force) == ("2", True, "5")
+
+
 async def test_a_read_answered_after_a_boot_decides_whatever_the_station_sent_with(
         central: Central) -> None:
     """The station a read was sent with may predate a boot its answer came after: the

@@ -4,6 +4,7 @@ central system on a real SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import timedelta
@@ -14,7 +15,7 @@ import pytest
 from ocpp.exceptions import InternalError, OccurenceConstraintViolationError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.routing import on
-from ocpp.v16 import call
+from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
 from domain.events import ChargerCommandAnswered, ChargerCommandRelayed
@@ -551,6 +552,126 @@ async def test_a_list_limit_changed_reboot_required_unreadable_before_is_unknown
                                   as_user="op")
         [error] = after["sendLocalList"]["errors"]
         assert "holds at most 2 tags" in error["message"], after
+
+
+def get_configuration_unanswered(monkeypatch: pytest.MonkeyPatch,
+                                 slow: float | None = None) -> None:
+    """Simulated chargers never answer GetConfiguration; ``slow``: they answer
+    ClearCache and ChangeConfiguration after that long."""
+    original = SimulatedChargePoint.route_message
+
+    async def charger(self: SimulatedChargePoint, raw: str | bytes) -> Any:
+        message = json.loads(raw)
+        if message[0] == 2 and message[2] == "GetConfiguration":
+            self.received.append(("GetConfiguration", message[3]))
+            return None  # never answered
+        if slow is not None and message[0] == 2 \
+                and message[2] in ("ClearCache", "ChangeConfiguration"):
+            await asyncio.sleep(slow)
+        return await original(self, raw)
+
+    monkeypatch.setattr(SimulatedChargePoint, "route_message", charger)
+
+
+async def test_a_list_limit_change_behind_another_command_answers_within_twice_the_timeout(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: a mutation answers within twice CHARGEGRAPH_COMMAND_TIMEOUT. The read of
+    the limit before its change was a whole command of its own: behind another command
+    (its turn) and unanswered (a timeout), then the change's own turn and answer, the
+    operator waited near three timeouts (review r26). The read has a short share of the
+    one budget, and the change what is left of it."""
+    timeout, slow = 1.0, 0.9  # each answered just under the timeout
+    get_configuration_unanswered(monkeypatch, slow)
+    central.services.commands.timeout = timeout
+    op = Viewer.of(central.users["op"])
+    commands = central.services.commands
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("5", False)
+        await cp.boot()
+        await settled(central)
+        ahead = asyncio.create_task(commands.send(op, "CP-1", "ClearCache", {}))
+        await asyncio.sleep(0.05)  # the ClearCache has the charger
+        started = time.monotonic()
+        changed = await commands.send(op, "CP-1", "ChangeConfiguration",
+                                      {"key": "LocalAuthListMaxLength", "value": "2"})
+        took = time.monotonic() - started
+        await ahead
+        assert changed.error is None, changed.error
+        assert took <= 2 * timeout, f"changeConfiguration answered after {took:.2f}s"
+
+
+async def test_a_list_limit_change_is_not_read_first_at_a_charger_not_answering_that(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A charger known not to answer a GetConfiguration of its list limits (a list sent
+    before timed out asking; ``LIST_LIMITS_RETRY_S``) is not asked before a change of
+    one either: the change is sent at once (review r26: it waited a whole timeout for
+    the read first). Answered RebootRequired, the limit in force is not known until
+    the boot, and the log says so at the change."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS",
+                        simulator.REBOOT_KEYS | {"LocalAuthListMaxLength"})
+    get_configuration_unanswered(monkeypatch)
+    central.services.commands.timeout = 0.5
+    op = Viewer.of(central.users["op"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("5", False)
+        await cp.boot()
+        await settled(central)
+        first = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
+        assert first["sendLocalList"]["status"] == "ACCEPTED", first
+        assert len(asked_configuration(cp)) == 1  # unanswered
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="chargegraph.commands"):
+            changed = await central.services.commands.send(
+                op, "CP-1", "ChangeConfiguration",
+                {"key": "LocalAuthListMaxLength", "value": "2"})
+        assert time.monotonic() - began < 0.4
+        assert changed.status == "RebootRequired", changed
+        assert len(asked_configuration(cp)) == 1  # not read first
+        assert "LocalAuthListMaxLength changed RebootRequired, the value before not " \
+            "known (not read: the charger did not answer" in caplog.text, caplog.text
+        shown = await central.gql(LIST_MAX_SHOWN, as_user="op")
+        assert shown["station"]["configuration"] == [
+            {"key": "LocalAuthListMaxLength", "value": "2", "rebootRequired": True,
+             "valueInForce": None}], shown
+
+
+async def test_a_list_limit_the_charger_does_not_give_changed_reboot_required_is_logged(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The read before the change is answered, but without the key (unknownKey), and
+    the change RebootRequired: the limit in force is not known until the boot, said at
+    the change; lists sent meanwhile say it once per boot, not each (review r26: a
+    warning per withdrawal batch)."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS",
+                        simulator.REBOOT_KEYS | {"SendLocalListMaxLength"})
+
+    @on(Action.get_configuration)
+    def without_send_max(self: SimulatedChargePoint, key: list[str] | None = None) -> object:
+        self.received.append(("GetConfiguration", {"key": key}))
+        return call_result.GetConfiguration(
+            configuration_key=[], unknown_key=key or None)
+
+    monkeypatch.setattr(SimulatedChargePoint, "on_get_configuration", without_send_max)
+    op = Viewer.of(central.users["op"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["SendLocalListMaxLength"] = ("5", False)
+        await cp.boot()
+        await settled(central)
+        with caplog.at_level("WARNING", logger="chargegraph.commands"):
+            changed = await central.services.commands.send(
+                op, "CP-1", "ChangeConfiguration",
+                {"key": "SendLocalListMaxLength", "value": "2"})
+            assert changed.status == "RebootRequired", changed
+            assert asked_configuration(cp) == [["SendLocalListMaxLength"]]
+            assert "SendLocalListMaxLength changed RebootRequired, the value before not " \
+                "known (the charger did not give it when read)" in caplog.text, caplog.text
+            for version in (1, 2, 3):
+                sent = await central.gql(SEND_LIST, a_list(version, "FULL", "A1", "A2"),
+                                         as_user="op")
+                assert sent["sendLocalList"]["status"] == "ACCEPTED", sent
+        assert caplog.text.count("SendLocalListMaxLength in force is not known") == 1, \
+            caplog.text
 
 
 async def test_a_holder_instance_gone_while_asked_the_list_limits_is_not_kept_as_silence(

@@ -77,7 +77,7 @@ SAMPLES: list[DomainEvent] = [
                            result={"status": "Accepted"},
                            error_type="ChargerTimeout", error_code="CHARGER_TIMEOUT",
                            error_message="no answer",
-                           error_field="cpId"),
+                           error_field="cpId", error_lost=True),
     ChargerCommandConfirmed(station_id=None, cp_id="CP-1", at=AT, request_id="1" * 24,
                             origin="2" * 24, holder="3" * 24),
     AccessChanged(station_id=None, cp_id="", at=AT, user_id="e" * 24),

@@ -27,6 +27,7 @@ from domain.events import (
     ChargerCommandConfirmed,
     ChargerCommandRelayed,
 )
+from domain.services.commands import not_the_chargers_answer
 from pubsub import command_relay
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
@@ -504,3 +505,51 @@ async def test_a_holder_stops_in_bounded_time_when_the_bus_hangs(
         with pytest.raises(DomainError):
             await asyncio.wait_for(asked, AT_ONCE)
         await bus.close()
+
+
+# A rolling upgrade: instances of two versions, the wire carrying an error's class name
+# (review r26-locallist4).
+
+async def test_an_older_holders_socket_closed_mid_command_is_not_the_chargers_silence(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """An older holder reports a socket closed under the command as it always did,
+    ``ChargerTimeout(OUTCOME_UNKNOWN)``: it arrives as ``ChargerLost``, so the list
+    limits are asked again at the next list rather than left unasked for 5 minutes."""
+    a, _, on_b = instances
+    on_b.answer = ChargerTimeout(OUTCOME_UNKNOWN)  # what an older holder's gateway raises
+    with pytest.raises(DomainError) as raised:
+        await asyncio.wait_for(a.call("CP-B", "GetConfiguration", {"key": ["x"]}, LONG),
+                               AT_ONCE)
+    assert str(raised.value) == OUTCOME_UNKNOWN
+    assert not_the_chargers_answer(raised.value), type(raised.value)
+
+
+async def test_a_lost_command_reads_as_a_timeout_to_an_older_asker(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer holder's ``ChargerLost`` goes by a name an older asker knows
+    (``ChargerTimeout``, with its message), not as a bare ``ChargerError`` that
+    ``site_load`` records as an ERROR and ``not_the_chargers_answer`` (by the message,
+    then) takes for the charger's."""
+    a, _, on_b = instances
+    # The asker's decoding table before ChargerLost.
+    old = {k: v for k, v in command_relay._ERRORS.items() if k != "ChargerLost"}
+    monkeypatch.setattr(command_relay, "_ERRORS", old)
+    on_b.answer = ChargerLost(OUTCOME_UNKNOWN)
+    with pytest.raises(DomainError) as raised:
+        await asyncio.wait_for(a.call("CP-B", "GetConfiguration", {"key": ["x"]}, LONG),
+                               AT_ONCE)
+    error = raised.value
+    assert isinstance(error, ChargerTimeout) and error.message == OUTCOME_UNKNOWN, \
+        type(error)
+
+
+async def test_a_lost_command_of_a_newer_holder_stays_lost_whatever_its_message(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """Sent as a ``ChargerTimeout``, a ``ChargerLost`` saying why (a connection taking
+    over) is flagged so, and read back as itself by a newer asker."""
+    a, _, on_b = instances
+    on_b.answer = ChargerLost("CP-B connected to another instance while its previous "
+                              "connection had the command; its outcome is unknown")
+    with pytest.raises(ChargerLost, match="connected to another instance"):
+        await asyncio.wait_for(a.call("CP-B", "Reset", {"type": "Soft"}, LONG), AT_ONCE)
