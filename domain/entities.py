@@ -831,14 +831,18 @@ class LocalList(Record):
     cp_id: str
     #: ``listVersion`` of the last list (Full or Differential) the charger accepted.
     version: int = 0
-    #: A SendLocalList (ours or an operator's) sent and not answered (a timeout, the
-    #: connection lost after sending it): the charger may hold it or not. As sent
+    #: The SendLocalLists (ours or operators') sent and not answered (a timeout, the
+    #: connection lost after sending it), oldest first, the last 8
+    #: (``withdrawal.MAX_PENDING``): the charger may hold any of them. Each as sent
     #: (``listVersion``, ``updateType``, ``localAuthorizationList``; OCPP JSON), with
-    #: ``ours`` (``Withdrawal.push``'s). Settled when the charger's version is learnt
-    #: (``withdrawal.settle_pending``): at or above it, recorded as accepted; below,
-    #: dropped. Review s26: left unrecorded, a withdrawal was judged against a list the
-    #: charger no longer held. ``None``: nothing unanswered.
-    pending: dict[str, Any] | None = None
+    #: ``ours`` (``Withdrawal.push``'s) and an ``id``. Settled when the charger's
+    #: version is learnt (``withdrawal.settle_pending``): the last one at exactly that
+    #: version, unless it is the version recorded, is recorded as accepted with those
+    #: before it, in order; the rest are dropped. Review s26: left unrecorded, a
+    #: withdrawal was judged against a list the charger no longer held; review
+    #: r26-multi3: one kept alone, and taken at any version at or below the charger's.
+    #: Written guarded on the value read. ``None``: nothing unanswered.
+    pending: list[dict[str, Any]] | None = None
 
 
 @dataclass(kw_only=True)

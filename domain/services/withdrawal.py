@@ -33,9 +33,10 @@ marked and maybe in flight is not taken for held when its card is blocked again:
 withdrawal is sent again (``_to_send``). One push at a time per station in a process;
 across instances the list version orders them, and a VersionMismatch's resend reads
 and judges what is wanted again, after whatever list moved the charger's version. A
-list (ours or an operator's) sent and not answered is kept pending at its version
-(``hold_pending``) and recorded as accepted, or dropped, once the charger's version is
-learnt (``settle_pending``), before anything is judged against the record.
+list (ours or an operator's) sent and not answered is kept pending (``hold_pending``:
+each of them, in order, the last ``MAX_PENDING``) and, once the charger's version is
+learnt (``settle_pending``), recorded as accepted with those before it if the charger's
+version is exactly its own, or dropped, before anything is judged against the record.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
@@ -44,10 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from domain.entities import (
     LIVE_RESERVATION_STATES,
@@ -61,8 +62,9 @@ from domain.entities import (
     Station,
     User,
 )
-from domain.errors import ChargerNotSupported, DomainError
+from domain.errors import ChargerNotSupported, Conflict, DomainError
 from domain.events import StationConnectionChanged
+from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from domain.services.commands import CommandService
 
 log = logging.getLogger("chargegraph.withdrawal")
+T = TypeVar("T")
 
 #: The most entries of one station's list read at once: far above what chargers hold
 #: (``LocalAuthListMaxLength`` is in the hundreds or low thousands).
@@ -118,6 +121,11 @@ MARKED_BATCH = 200
 #: How many entries one SendLocalList holds when the charger does not say how many it
 #: takes (no such key, no answer): few enough for the chargers we know of.
 DEFAULT_SEND_MAX = 20
+#: The most unanswered SendLocalLists kept pending per station (``hold_pending``), the
+#: oldest dropped past it: the charger's version tells which it took, of these.
+MAX_PENDING = 8
+#: How many times a write of the pending lists meeting another instance's is tried.
+PENDING_ATTEMPTS = 5
 
 
 def list_status(status: IdTagStatus) -> str:
@@ -191,6 +199,43 @@ async def forget_local_list(store: Store, station: Station) -> list[Change]:
     return [*(Delete(entry) for entry in entries), *(Delete(held) for held in lists)]
 
 
+def _pendings(current: LocalList | None) -> list[dict[str, Any]]:
+    """The lists pending at a station (``LocalList.pending``), oldest first."""
+    held: Any = current.pending if current is not None else None
+    if held is None:
+        return []
+    if isinstance(held, dict):  # one list, as kept before review r26-multi3 (unreleased)
+        return [{"id": "", **held}]
+    return [p for p in held if isinstance(p, dict)]
+
+
+def _pending_written(current: LocalList, actor: Viewer, kept: Sequence[dict[str, Any]],
+                     **updates: Any) -> Change:
+    """``current`` written with ``kept`` pending (and ``updates``), guarded on the
+    pending lists as read: a list another instance held, or settled, meanwhile fails the
+    write (``CHANGED``), and it is tried again from its read (``_retried``), so neither
+    wipes the other's."""
+    return patch(current, actor, only_if=("pending", current.pending), required=True,
+                 pending=list(kept) or None, **updates)
+
+
+async def _retried(step: Callable[[], Awaitable[T]]) -> T:
+    """``step`` (read, then write ``LocalList.pending`` guarded on it) run again from its
+    read when another instance wrote meanwhile (``CHANGED``; ``DUPLICATE``: both created
+    the station's record), up to ``PENDING_ATTEMPTS`` times."""
+    for attempt in range(1, PENDING_ATTEMPTS + 1):
+        try:
+            return await step()
+        except Conflict as exc:
+            if exc.code not in ("CHANGED", "DUPLICATE") or attempt == PENDING_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _version(held: dict[str, Any]) -> int:
+    return int(held["listVersion"])
+
+
 async def hold_pending(store: Store, station: Station, payload: dict[str, Any],
                        actor: Viewer, *, ours: bool) -> None:
     """Records a SendLocalList sent to ``station`` and not answered (a timeout, the
@@ -199,46 +244,113 @@ async def hold_pending(store: Store, station: Station, payload: dict[str, Any],
     version tells (``settle_pending``). Review s26: left unrecorded, an operator's Full
     list the charger took without its answer reaching us left a tag it dropped in our
     record; a withdrawal of that card was resent above the charger's version and added
-    it back, and the card's put-back then made it Accepted. A later one replaces an
-    earlier one still pending (its outcome as unknown either way)."""
-    held = wire_json({"listVersion": int(payload["listVersion"]),
+    it back, and the card's put-back then made it Accepted.
+    Each unanswered list is kept, in the order held, the last ``MAX_PENDING`` of them:
+    the charger may have taken any of them (review r26-multi3: kept alone, an operator's
+    Full list taken with its answer lost was forgotten when its retry, never delivered,
+    took its place, and the charger's version then dropped the retry; the tag the first
+    one removed came back). A Full list does not clear those before it while it is
+    unanswered: it may not have reached the charger when they did. The write is guarded
+    on the pending lists read, and tried again (``_retried``)."""
+    held = wire_json({"id": new_id(), "listVersion": int(payload["listVersion"]),
                       "updateType": payload.get("updateType"),
                       "localAuthorizationList": [
                           e for e in payload.get("localAuthorizationList") or ()
                           if isinstance(e, dict)],
                       "ours": ours})
-    [current] = await store.get_many(LocalList, [station.id])
-    if current is None:  # nothing recorded yet: the list as known is empty, version 0
-        change: Change = Insert(stamp_new(LocalList(
-            id=station.id, station_id=station.id, cp_id=station.cp_id, version=0,
-            pending=held), actor))
-    else:
-        change = patch(current, actor, pending=held)
-    await store.write([change], [])
+
+    async def hold() -> None:
+        [current] = await store.get_many(LocalList, [station.id])
+        if current is None:  # nothing recorded yet: the list as known is empty, version 0
+            await store.write([Insert(stamp_new(LocalList(
+                id=station.id, station_id=station.id, cp_id=station.cp_id, version=0,
+                pending=[held]), actor))], [])
+            return
+        kept = [*_pendings(current), held][-MAX_PENDING:]
+        await store.write([_pending_written(current, actor, kept)], [])
+    await _retried(hold)
+
+
+def _taken(pendings: Sequence[dict[str, Any]], recorded: int, theirs: int) -> str | None:
+    """Which of ``pendings`` (oldest first) the charger's list, at version ``theirs``,
+    was last set by (its ``id``): the last one at exactly that version; ``None``: none
+    of them. The version a list was sent at is all a charger tells of it, so:
+    - only a list at exactly the charger's version was taken. One at a lower version is
+      not, a charger at its version above it (review r26-multi3: operators may start
+      their versions again from 1; an unanswered Full list v1 was taken for held by a
+      charger still at v3, and dropped tags it held from our record); one at a higher
+      version is not either (a Differential accepted after it would have raised it);
+    - a charger still at the version recorded before (``recorded``) took none of them,
+      even one sent at that very version (a Differential there would have been
+      refused, VersionMismatch; a Full list re-sent at the version recorded is the
+      guess left: taken or not, the version is the same, and it is taken for not);
+    - the ones held before it, in order, were taken as well (their answers lost as its
+      was), and those after it not (one at the same version after it is taken for the
+      one the charger kept). A Full list among them replaces what came before."""
+    if theirs == recorded:
+        return None
+    at = [p.get("id") or "" for p in pendings if _version(p) == theirs]
+    return at[-1] if at else None
 
 
 async def settle_pending(store: Store, station: Station, theirs: int, actor: Viewer, *,
                          now: datetime) -> bool:
     """The charger of ``station`` says its list is at version ``theirs`` (its
-    GetLocalListVersion answer): a list pending (``hold_pending``) at or below that
-    version was taken, and is recorded as accepted (``record_local_list``) before
-    anything is judged against the record; one above it was not, and is dropped.
-    Returns whether any entry is wanted since (as ``record_local_list``)."""
+    GetLocalListVersion answer): of the lists pending (``hold_pending``), the one it
+    was last set by (``_taken``) and those held before it are recorded as accepted
+    (``record_local_list``), in order, before anything is judged against the record;
+    the others are dropped (all of them when none is at its version). Those held after
+    this read are left for the next (its list was sent after the version was asked).
+    Each step is its own write, guarded on the pending lists read and tried again
+    (``_retried``). Returns whether any entry is wanted since (as
+    ``record_local_list``)."""
     [current] = await store.get_many(LocalList, [station.id])
-    if current is None or current.pending is None:
+    pendings = _pendings(current)
+    if current is None or not pendings:
         return False
-    pending = current.pending
-    if theirs >= int(pending["listVersion"]):
-        return await record_local_list(store, station, pending, actor,
-                                       ours=bool(pending.get("ours")), now=now,
-                                       settling=True)
-    await store.write([patch(current, actor, pending=None)], [])
-    return False
+    judged = {p.get("id") or "" for p in pendings}
+    taken = _taken(pendings, current.version, theirs)
+    wanting = False
+
+    async def step() -> tuple[bool, bool]:
+        """One pending list recorded, or the rest dropped: (wanting, done)."""
+        [current] = await store.get_many(LocalList, [station.id])
+        pendings = _pendings(current)
+        mine = [p for p in pendings if (p.get("id") or "") in judged]
+        if current is None or not mine:
+            return False, True
+        ids = [p.get("id") or "" for p in mine]
+        if taken is None or taken not in ids:
+            await store.write([_pending_written(current, actor, [
+                p for p in pendings if (p.get("id") or "") not in judged])], [])
+            return False, True
+        head = mine[0]
+        last = (head.get("id") or "") == taken
+        drop = set(ids) if last else {ids[0]}
+        kept = [p for p in pendings if (p.get("id") or "") not in drop]
+        return await _record(store, station, current, head, actor,
+                             ours=bool(head.get("ours")), now=now, kept=kept), last
+
+    while True:
+        got, done = await _retried(step)
+        wanting = wanting or got
+        if done:
+            return wanting
+
+
+def _applied_before(held: dict[str, Any], version: int, recorded: int) -> bool:
+    """Whether pending ``held`` is taken for applied before a Differential the charger
+    accepted at ``version`` (the list as recorded at ``recorded``): a list below it most
+    often was taken, its answer alone lost (the guess left: not taken, the charger takes
+    the Differential just the same); a Differential at or below the version recorded
+    never was (VersionMismatch), nor a list at or above the accepted one (that one would
+    have been refused, VersionMismatch)."""
+    at = _version(held)
+    return at < version and (held.get("updateType") == "Full" or at > recorded)
 
 
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
-                            actor: Viewer, *, ours: bool, now: datetime,
-                            settling: bool = False) -> bool:
+                            actor: Viewer, *, ours: bool, now: datetime) -> bool:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
     sent: OCPP field names), and for each tag the card it names now
     (``LocalListEntry.card_id``): what the list's sender put there. ``ours``: the list
@@ -247,14 +359,51 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
     operator's) clears that mark on every entry it names: their word stands. Each entry
     it names is then judged by its card's state at ``now`` (``_recorded``): what the
     charger should hold and does not is marked wanted. Returns whether any entry is
-    (the caller has it sent: ``CommandService.on_list_wanting``).
-    A list pending (unanswered, ``hold_pending``) is settled by this one: a
-    Differential accepted above its version is applied after it (the charger was past
-    the pending list's version or it had not taken it; most often it had, the answer
-    alone lost), one accepted at or below it means the charger never took it (it would
-    have answered VersionMismatch), and a Full list replaces it; either way it is no
-    longer pending. ``settling``: ``payload`` is the pending list itself
-    (``settle_pending``)."""
+    (the caller has it sent: ``CommandService.on_list_wanting``), for the lists pending
+    it records first as well (review r26-multi3: a blocked card a pending Full list
+    held Accepted, recorded before an operator's Differential, was marked wanted and
+    sent nothing until the next expiry sweep or boot).
+    The lists pending (unanswered, ``hold_pending``) are settled by this one: a Full
+    list replaces them all; a Differential has those it was most likely sent after and
+    that the charger most likely took (``_applied_before``) recorded first, in order,
+    drops the others at or below its version, and leaves those above it pending (sent
+    after it, the charger's version will tell). A Differential below the version
+    recorded changes nothing (see below), the pending lists included."""
+    version = int(payload["listVersion"])
+    full = payload.get("updateType") == "Full"
+    wanting = False
+
+    async def step() -> tuple[bool, bool]:
+        """One pending list recorded before ``payload``, or ``payload``: (wanting,
+        done)."""
+        [current] = await store.get_many(LocalList, [station.id])
+        pendings = _pendings(current)
+        if current is not None and not full:
+            if version < current.version:  # changes nothing (``_record``)
+                return False, True
+            before = [p for p in pendings if _applied_before(p, version, current.version)]
+            if before:
+                head = before[0]
+                kept = [p for p in pendings if p is not head]
+                return await _record(store, station, current, head, actor,
+                                     ours=bool(head.get("ours")), now=now,
+                                     kept=kept), False
+        kept = [] if full else [p for p in pendings if _version(p) > version]
+        return await _record(store, station, current, payload, actor, ours=ours, now=now,
+                             kept=kept), True
+
+    while True:
+        got, done = await _retried(step)
+        wanting = wanting or got
+        if done:
+            return wanting
+
+
+async def _record(store: Store, station: Station, current: LocalList | None,
+                  payload: dict[str, Any], actor: Viewer, *, ours: bool, now: datetime,
+                  kept: Sequence[dict[str, Any]]) -> bool:
+    """``record_local_list``'s one list (``current``: the station's record as read),
+    leaving ``kept`` pending, in one write guarded on the pending lists read."""
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     given: dict[str, str | None] = {}
     for item in entries:
@@ -262,27 +411,22 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         given[str(item["idTag"]).upper()] = info.get("status") if isinstance(info, dict) \
             else None
     full = payload.get("updateType") == "Full"
-    where = Eq("station_id", station.id) if full \
-        else all_of(Eq("station_id", station.id), In("tag", tuple(given)))
-    held = {e.tag: e for e in await store.find_all(LocalListEntry, where, limit=MAX_LIST)} \
-        if full or given else {}
-    [current] = await store.get_many(LocalList, [station.id])
     version = int(payload["listVersion"])
-    pending = current.pending if current is not None and not settling else None
-    if pending is not None and not full and version > int(pending["listVersion"]):
-        await record_local_list(store, station, pending, actor,
-                                ours=bool(pending.get("ours")), now=now, settling=True)
-        return await record_local_list(store, station, payload, actor, ours=ours, now=now)
     if not full and current is not None and version < current.version:
-        if settling:  # a pending list below what was recorded since: nothing to apply
-            await store.write([patch(current, actor, pending=None)], [])
         # A Differential below the version recorded: the charger accepted a later list
         # after it, whose record landed first (review s19: ours, delayed behind an
         # operator's Full list, put the version back and cleared what that list made
         # wanted, and a blocked card stayed accepted with nothing to mend it). What it
         # changed is in the later list's record already. (A Full list sets its version
-        # whatever it was: an operator may start again from 1.)
+        # whatever it was: an operator may start again from 1.) A pending list so (one
+        # recorded since), taken, had nothing to apply either.
+        if list(kept) != _pendings(current):
+            await store.write([_pending_written(current, actor, kept)], [])
         return False
+    where = Eq("station_id", station.id) if full \
+        else all_of(Eq("station_id", station.id), In("tag", tuple(given)))
+    held = {e.tag: e for e in await store.find_all(LocalListEntry, where, limit=MAX_LIST)} \
+        if full or given else {}
     named = await _cards_named(store, [tag for tag, status in given.items()
                                        if status is not None])
     cards = {tag: card.id for tag, card in named.items()}
@@ -320,7 +464,7 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
             new.wanted = wanted_of(new, states.get(new.card_id or ""))
             wanting = wanting or new.wanted is not None
             changes.append(Insert(stamp_new(new, actor)))
-    changes.append(_versioned(current, station, version, actor))
+    changes.append(_versioned(current, station, version, actor, kept))
     await store.write(changes, [])
     return wanting
 
@@ -421,12 +565,13 @@ def _to_send(entry: LocalListEntry, card_status: str | None) -> str | None:
     return wanted
 
 
-def _versioned(current: LocalList | None, station: Station, version: int, actor: Viewer
-               ) -> Change:
+def _versioned(current: LocalList | None, station: Station, version: int, actor: Viewer,
+               kept: Sequence[dict[str, Any]]) -> Change:
     if current is None:
         return Insert(stamp_new(LocalList(id=station.id, station_id=station.id,
-                                          cp_id=station.cp_id, version=version), actor))
-    return patch(current, actor, version=version, cp_id=station.cp_id, pending=None)
+                                          cp_id=station.cp_id, version=version,
+                                          pending=list(kept) or None), actor))
+    return _pending_written(current, actor, kept, version=version, cp_id=station.cp_id)
 
 
 class Withdrawal(Service):

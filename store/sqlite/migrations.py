@@ -1418,10 +1418,11 @@ _V69 = """
 CREATE INDEX "session_active_id_tag_idx" ON "session" ("id_tag") WHERE "state" = 'ACTIVE';
 """
 
-# Version 70: a SendLocalList sent and not answered (a timeout, the connection lost after
-# it), as sent, until the charger's version tells whether it holds it
-# (``LocalList.pending``; review s26: a withdrawal was judged against a list the charger no
-# longer held). Older rows: null, nothing pending. And a station's entries by what is
+# Version 70: the SendLocalLists sent and not answered (a timeout, the connection lost
+# after it), as sent, oldest first (a JSON array; review r26-multi3, before any release: one
+# object), until the charger's version tells which it holds (``LocalList.pending``; review
+# s26: a withdrawal was judged against a list the charger no longer held). Older rows:
+# null, nothing pending. And a station's entries by what is
 # wanted of them: every push, and every expiry sweep for the stations connected to its
 # instance, read those marked. MongoDB reads a missing field as null: its index only.
 _V70 = """

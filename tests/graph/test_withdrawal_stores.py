@@ -107,13 +107,15 @@ async def test_a_reservation_holds_its_plug_for_the_card_it_was_made_for(
     assert await reserved_for_card(store, made_for_it, card.tag, card)
 
 
-@pytest.mark.parametrize(("theirs", "held"), [(2, ["STAFF-1"]), (3, ["STAFF-1"]),
+@pytest.mark.parametrize(("theirs", "held"), [(2, ["STAFF-1"]),
+                                              (3, ["STAFF-1", "TAG-DRIVER1"]),
                                               (1, ["STAFF-1", "TAG-DRIVER1"])])
 async def test_an_unanswered_list_is_recorded_once_the_chargers_version_says_it_took_it(
         services: Services, world: World, theirs: int, held: list[str]) -> None:
     """A Full list sent and not answered is kept pending at its version (an entry with
-    an expiry, as a put-back's, included): the charger's version at or above it records
-    it as accepted, below it drops it (review s26)."""
+    an expiry, as a put-back's, included): the charger's version at exactly it records
+    it as accepted (review s26), any other drops it (review r26-multi3: one above it,
+    3, was taken for it too, though the charger's list moved on by some other list)."""
     store, station = services.ctx.store, world.stations["A-001"]
     await listed(services, world, "TAG-DRIVER1", "STAFF-1")
     await withdrawal.hold_pending(store, station, {
@@ -123,14 +125,118 @@ async def test_an_unanswered_list_is_recorded_once_the_chargers_version_says_it_
         SYSTEM, ours=False)
     [kept] = await store.get_many(d.LocalList, [station.id])
     assert kept is not None and kept.version == 1
-    assert kept.pending is not None and kept.pending["listVersion"] == 2
+    assert kept.pending is not None and [p["listVersion"] for p in kept.pending] == [2]
 
     await withdrawal.settle_pending(store, station, theirs, SYSTEM, now=utcnow())
     entries = await store.find_all(d.LocalListEntry, Eq("station_id", station.id))
     assert sorted(e.tag for e in entries) == held
     [after] = await store.get_many(d.LocalList, [station.id])
     assert after is not None and after.pending is None
-    assert after.version == (2 if theirs >= 2 else 1)
+    assert after.version == (2 if theirs == 2 else 1)
+
+
+def _full(version: int, *tags: str) -> dict[str, Any]:
+    return {"listVersion": version, "updateType": "Full", "localAuthorizationList": [
+        {"idTag": tag, "idTagInfo": {"status": "Accepted"}} for tag in tags]}
+
+
+def _differential(version: int, tag: str, status: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"idTag": tag}
+    if status is not None:
+        item["idTagInfo"] = {"status": status}
+    return {"listVersion": version, "updateType": "Differential",
+            "localAuthorizationList": [item]}
+
+
+@pytest.mark.parametrize(("theirs", "held", "version"), [
+    (2, ["STAFF-1"], 2),                        # v2 taken, v3 not: v3 dropped
+    (3, ["STAFF-1", "TAG-DRIVER2"], 3),         # both taken, in order
+    (1, ["STAFF-1", "TAG-DRIVER1"], 1),         # neither
+    (7, ["STAFF-1", "TAG-DRIVER1"], 1)])        # none at its version: neither
+async def test_every_unanswered_list_is_kept_and_settled_in_order(
+        services: Services, world: World, theirs: int, held: list[str],
+        version: int) -> None:
+    """Review r26-multi3: one pending list was kept, a second unanswered one in the
+    first's place; the first, taken, was forgotten when the charger's version dropped
+    the second. Each is kept, oldest first; the charger's version records the one at it
+    and those before it, in order, and drops the rest."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await listed(services, world, "TAG-DRIVER1", "STAFF-1")
+    await withdrawal.hold_pending(store, station, _full(2, "STAFF-1"), SYSTEM, ours=False)
+    await withdrawal.hold_pending(store, station, _differential(3, "TAG-DRIVER2", "Accepted"),
+                                  SYSTEM, ours=False)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.pending is not None
+    assert [p["listVersion"] for p in kept.pending] == [2, 3]
+
+    await withdrawal.settle_pending(store, station, theirs, SYSTEM, now=utcnow())
+    entries = await store.find_all(d.LocalListEntry, Eq("station_id", station.id))
+    assert sorted(e.tag for e in entries) == held
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None and after.pending is None and after.version == version
+
+
+async def test_the_unanswered_lists_kept_are_bounded(services: Services,
+                                                     world: World) -> None:
+    store, station = services.ctx.store, world.stations["A-001"]
+    for version in range(2, 2 + withdrawal.MAX_PENDING + 3):
+        await withdrawal.hold_pending(store, station, _full(version, "STAFF-1"), SYSTEM,
+                                      ours=False)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.pending is not None
+    assert [p["listVersion"] for p in kept.pending] == list(
+        range(5, 2 + withdrawal.MAX_PENDING + 3))
+
+
+@pytest.mark.parametrize(("pending_at", "theirs", "taken"), [
+    (2, 2, False),   # at the version recorded: the charger at it took nothing
+    (3, 3, True)])   # above it, at the charger's version: taken
+async def test_an_unanswered_differential_at_the_recorded_version_is_not_taken(
+        services: Services, world: World, pending_at: int, theirs: int,
+        taken: bool) -> None:
+    """Review r26-multi3: a pending list is taken when the charger's version is exactly
+    its own, unless that is the version recorded before it: a Differential at the
+    recorded version would have been refused (VersionMismatch), and a charger still at
+    that version took none."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await withdrawal.record_local_list(store, station, _full(pending_at - 1, "STAFF-1"),
+                                       SYSTEM, ours=False, now=utcnow())
+    if pending_at == 2:  # recorded at 2 (a Differential accepted there)
+        await withdrawal.record_local_list(store, station, _differential(2, "STAFF-2",
+                                                                         "Accepted"),
+                                           SYSTEM, ours=False, now=utcnow())
+    await withdrawal.hold_pending(store, station, _differential(pending_at, "STAFF-1", None),
+                                  SYSTEM, ours=False)
+    await withdrawal.settle_pending(store, station, theirs, SYSTEM, now=utcnow())
+    tags = {e.tag for e in await store.find_all(d.LocalListEntry,
+                                                 Eq("station_id", station.id))}
+    assert ("STAFF-1" not in tags) is taken, tags
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None and after.pending is None
+
+
+async def test_two_instances_holding_unanswered_lists_at_once_keep_both(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pending lists are written guarded on the value read (review r26-multi3): an
+    instance holding one while another held its own, after its read, wiped it. Its
+    write fails, and it is tried again from a fresh read."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    await listed(services, world, "STAFF-1")
+    write = store.write
+    other_done = False
+
+    async def racing(changes: Any, audit: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal other_done
+        if not other_done and any(isinstance(c.record, d.LocalList) for c in changes):
+            other_done = True  # the other instance's hold lands between read and write
+            await withdrawal.hold_pending(store, station, _full(3, "STAFF-1"), SYSTEM,
+                                          ours=False)
+        return await write(changes, audit, *args, **kwargs)
+    monkeypatch.setattr(store, "write", racing)
+    await withdrawal.hold_pending(store, station, _full(2, "STAFF-1"), SYSTEM, ours=True)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.pending is not None
+    assert [(p["listVersion"], p["ours"]) for p in kept.pending] == [(3, False), (2, True)]
 
 
 class _Holding:

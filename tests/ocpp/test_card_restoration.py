@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from domain import entities as d
-from domain.errors import ChargerTimeout
+from domain.errors import ChargerLost, ChargerTimeout
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
 from domain.services.base import patch
@@ -26,6 +26,7 @@ from tests.ocpp.test_card_withdrawal import (
     SEND_LIST,
     block,
     entry,
+    full_list,
     local_lists_sent,
     offline,
     send_full_list,
@@ -284,6 +285,44 @@ async def test_a_tag_the_operators_unanswered_list_dropped_is_not_put_back(
         await unblock(central, "ok", who="admin")
         await settled(central)
         # The operator's list does not hold TAG-OK: nothing of ours puts it there.
+        assert "TAG-OK" not in cp.local_list, (cp.local_list,
+                                               await entry(central, "CP-1", "TAG-OK"))
+        assert await entry(central, "CP-1", "TAG-OK") is None
+
+
+async def test_of_two_unanswered_lists_the_one_the_charger_took_is_recorded(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's Full list v2 drops TAG-OK; the charger takes it, its answer is
+    lost (a timeout). The operator tries again with v3, which never reaches the charger
+    (the connection's holder lost). Review r26-multi3: one pending list was kept, v3 in
+    v2's place; the charger's version (2) dropped v3 and v2 was never recorded, so the
+    block of TAG-OK was resent above the charger's version, added it Blocked, and the
+    unblock put it back Accepted in a list its operator took it out of. Both are kept,
+    and the charger's version records v2."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        real = central.gateway.call
+
+        async def answer_lost(cp_id: str, action: str, payload: dict[str, Any],
+                              timeout: float) -> dict[str, Any]:
+            if action == "SendLocalList" and payload.get("listVersion") == 3:
+                raise ChargerLost(f"{cp_id}: its holder went")  # never delivered
+            result = await real(cp_id, action, payload, timeout)
+            if action == "SendLocalList" and payload.get("updateType") == "Full":
+                raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
+            return result
+        monkeypatch.setattr(central.gateway, "call", answer_lost)
+        await central.gql(SEND_LIST, full_list(2, "TAG-OTHER"), as_user="op")
+        await central.gql(SEND_LIST, full_list(3, "TAG-OTHER"), as_user="op")
+        monkeypatch.setattr(central.gateway, "call", real)
+        assert cp.local_list == {"TAG-OTHER": {"status": "Accepted"}}
+        assert cp.local_list_version == 2
+
+        await block(central, "ok", who="admin")
+        await settled(central)
+        await unblock(central, "ok", who="admin")
+        await settled(central)
         assert "TAG-OK" not in cp.local_list, (cp.local_list,
                                                await entry(central, "CP-1", "TAG-OK"))
         assert await entry(central, "CP-1", "TAG-OK") is None
