@@ -39,6 +39,7 @@ from chargegraph.stores import (
     started_store,
     store_label,
 )
+from store.sqlite.backup import sync_file
 
 BUILD = ".demo-build-"
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -181,11 +182,7 @@ def _checkpoint(built: Path) -> None:
     """Everything in the built file itself, none in its -wal, before it is linked."""
     with contextlib.closing(sqlite3.connect(built)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    fd = os.open(built, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_file(str(built))
 
 
 def _remove(built: Path) -> None:

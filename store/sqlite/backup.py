@@ -84,7 +84,7 @@ def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
     try:
         _copy(source, temporary)
         version = _checked_version(source, temporary)
-        _sync(temporary)
+        sync_file(temporary)
         os.replace(temporary, target)
     except BaseException:
         # The copy's own journal too: a write that failed half-way (a full disk) leaves
@@ -165,7 +165,9 @@ def _checked_version(source: Path, temporary: str) -> int:
     return int(row[0])
 
 
-def _sync(path: str) -> None:
+def sync_file(path: str) -> None:
+    """Makes what was written to ``path`` durable (the backup's copy, a built demo
+    database before it is linked into place)."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -176,7 +178,7 @@ def _sync(path: str) -> None:
 def _sync_folder(folder: Path) -> None:
     """Makes the rename durable (a power cut right after would otherwise lose it)."""
     with contextlib.suppress(OSError):  # some filesystems cannot open a folder
-        _sync(str(folder))
+        sync_file(str(folder))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
             warnings: tuple[str, ...] = ()
         else:
             warnings = _give_the_folders_owner(temporary, database)
-        _sync(temporary)
+        sync_file(temporary)
         if replaced is not None:
             # Last, just before the file is replaced: an instance serving GraphQL only
             # holds no lease (ops QA s25: the restore went ahead under it).
