@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -779,3 +780,61 @@ async def test_auto_registration_counts_stored_stations_only_and_may_be_unlimite
         assert sum(s.cp_id.startswith("DEPOT") for s in stations) == 6
     finally:
         await stop_central(central)
+
+
+async def test_a_guess_refused_lately_reads_the_same_for_a_real_and_a_made_up_cp_id(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: a guess refused lately was answered from memory, unchecked,
+    which also spared it the pending-check bound; a real station kept its last 32, the
+    made-up ids one table for all, the oldest forgotten first. A scan pushed a made-up
+    id's guess out, and with the bound full the same guess again was 401 at a real cpId
+    and 503 at a made-up one: which cpIds exist, told by the status. No refusal is
+    answered from memory now: the guess again is checked as the first was, the same for
+    both (here: 503, the bound full). Scaled: 4 checks pending (256)."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 4)
+    prober = "203.0.113.70"
+    for cp_id in ("CP-1", "CP-9"):  # real (its charger not connected here), made up
+        assert await attempt(central, "guess-G", prober, cp_id) == 401
+    for i in range(3):  # a scan of other made-up ids
+        assert await attempt(central, "guess", f"203.0.113.{80 + i}", f"NOPE-{i}") == 401
+    charging = central.services.charging
+    real = charging.password_ok
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        time.sleep(0.4)
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    fill = [asyncio.ensure_future(attempt(central, "guess", f"203.0.113.{90 + i}",
+                                          f"FILL-{i}")) for i in range(4)]
+    await asyncio.sleep(0.1)  # the bound is full
+    answers = {cp_id: await attempt(central, "guess-G", prober, cp_id)
+               for cp_id in ("CP-1", "CP-9")}
+    await asyncio.gather(*fill)
+    assert answers == {"CP-1": 503, "CP-9": 503}, answers
+
+
+async def test_a_scan_of_long_made_up_ids_keeps_digests_not_the_ids(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: the made-up ids' refused-lately memory kept 10,000 cpIds
+    whole, as they came in the path: a cpId can be ~8 KB (websockets' request line
+    limit), so one address's scan pinned ~80 MB per instance for good. Nothing is kept
+    of a made-up id now but the throttles' digests. Driven through ``_password_ok``
+    (what a handshake calls), argon2 replaced by a fast refusal, the refusal delay 0:
+    2,200 ids of 8,000 characters (17.6 MB of ids)."""
+    server = central.server
+    server.refusal_delay = 0.0
+    charging = central.services.charging
+    monkeypatch.setattr(charging, "password_ok", lambda station, password: False)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(2_200):
+            cp_id = f"{i:06d}" + "x" * 8_000
+            station = await server._decoy(cp_id)
+            assert await server._password_ok(station, "guess", "203.0.113.66") is False
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown < 4_000_000, f"{grown / 1e6:.1f} MB kept for 2,200 made-up cpIds"
