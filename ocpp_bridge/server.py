@@ -110,8 +110,19 @@ UNKNOWN_KEY = "unknown charge point"
 #: password that needs a check is answered 503 with ``Retry-After`` at once, counted
 #: nowhere: dropped handshakes cannot pile up work without bound.
 MAX_PENDING_CHECKS = 256
-#: The ``Retry-After`` of that 503 (seconds).
+#: The ``Retry-After`` of that 503 (seconds), and of the 429 below.
 CHECKS_BUSY_RETRY_AFTER_S = 2
+#: Password checks pending on one instance for one client address (an IPv6 one by its
+#: /64) at once, across cpIds, real or made up: beyond, a password that needs a check is
+#: answered 429 with ``Retry-After`` at once, unchecked and counted against no station,
+#: as it is once the address's budget of unverified checks is spent
+#: (``ChargerSignIns.checks``). Review r26-security4: a scan from one address, one guess
+#: per made-up cpId (no per-cpId count ever met), kept all ``MAX_PENDING_CHECKS`` taken
+#: and chargers that needed a check (after a restart) answered 503 for as long as it
+#: went on; now it holds this many. Four: both hashing threads busy and one more check
+#: ready for each, so a site's chargers behind one NAT reconnecting after a restart are
+#: checked as fast as the threads go (those arriving while four are pending come back).
+MAX_PENDING_PER_ADDRESS = 4
 #: Seconds the websockets server gives a handshake (TLS, HTTP request, ``process_request``
 #: with its password check and refusal delay) before it drops the connection
 #: (websockets' default, named here so the delay below is seen to fit well inside it).
@@ -145,6 +156,8 @@ class Refused:
     message: str
     locked: bool = False
     status: HTTPStatus = HTTPStatus.TOO_MANY_REQUESTS
+    #: Why, for the log (``RefusalLog``), when it is worth a line.
+    reason: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -244,8 +257,10 @@ class OcppServer:
         self._verified: dict[str, tuple[str, bytes, str | None]] = {}
         #: The hash a cpId with no station is checked against (``_decoy``), made at start.
         self._decoy_hash: str | None = None
-        #: The argon2 checks pending (``MAX_PENDING_CHECKS``).
+        #: The argon2 checks pending (``MAX_PENDING_CHECKS``), and how many of them per
+        #: client address as the limits count it (``MAX_PENDING_PER_ADDRESS``).
         self._checks: set[asyncio.Task[bool]] = set()
+        self._pending_from: dict[str, int] = {}
         #: Seconds after its arrival a refused password is answered
         #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
         self.refusal_delay = refusal_delay
@@ -630,6 +645,8 @@ class OcppServer:
             elif verdict.status is HTTPStatus.SERVICE_UNAVAILABLE:
                 self.refusals.note(cp_id, peer, "too many password checks pending: "
                                                 "not checked, not counted")
+            elif verdict.reason:
+                self.refusals.note(cp_id, peer, verdict.reason)
             response = connection.respond(verdict.status, verdict.message)
             response.headers["Retry-After"] = str(verdict.retry_after)
             return response
@@ -702,8 +719,10 @@ class OcppServer:
                            ) -> bool | Refused:
         """Whether ``password`` is the station's, counted (``ChargerSignIns``); ``Refused``
         (not checked) while ``peer`` is locked out of the station, or another password for
-        the same station from the same address (an IPv6 one by its /64) is under way, or
-        (503) ``MAX_PENDING_CHECKS`` checks are pending here.
+        the same station from the same address (an IPv6 one by its /64) is under way, or,
+        for a password that needs a check, the address has ``MAX_PENDING_PER_ADDRESS``
+        pending or has spent its budget of unverified checks (``ChargerSignIns.checks``),
+        or (503) ``MAX_PENDING_CHECKS`` checks are pending here (``_checks_refused``).
 
         Every password not known right is counted as it arrives, before anything checks
         or waits for it (one found right is taken back): a burst is held to the budget
@@ -754,17 +773,21 @@ class OcppServer:
             # The password of the station's last accepted connection here: answered at
             # once, never counted, never queued (reconnect storms cost no argon2).
             return self._passed(station, peer)
-        if known is None and len(self._checks) >= MAX_PENDING_CHECKS:
-            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
-                           "too many password checks pending: try again later\n",
-                           status=HTTPStatus.SERVICE_UNAVAILABLE)
+        if known is None:
+            busy = self._checks_refused(peer)
+            if busy is not None:
+                return busy
         lockouts = [] if former else sign_ins.failed(station.cp_id, key, peer)
         check: asyncio.Future[bool]
         if known is None:
+            client = address_key(peer)
+            self.charging.sign_ins.check_started(peer)
             check = asyncio.create_task(
                 self._check(station, password, digest, former, peer, lockouts),
                 name="chargegraph-ocpp-password-check")
             self._checks.add(check)
+            self._pending_from[client] = self._pending_from.get(client, 0) + 1
+            check.add_done_callback(lambda _: self._check_ended(client))
         else:  # settled by the station's cached digest: no argon2, the same count and delay
             for lockout in lockouts:
                 self._log_lockout(station.cp_id, peer, lockout, unknown=self._is_decoy(station))
@@ -774,6 +797,34 @@ class OcppServer:
         self._in_flight[slot] = under_way
         check.add_done_callback(lambda done: self._check_done(done, slot, under_way))
         return await self._answer(station, peer, slot, under_way, arrived)
+
+    def _checks_refused(self, peer: str) -> Refused | None:
+        """Why a password that needs a check is not checked now, counted nowhere: its
+        address has ``MAX_PENDING_PER_ADDRESS`` checks pending here, or has spent its
+        budget of unverified checks (429: one address's work is bounded across cpIds,
+        a real cpId's and a made-up one's alike); or ``MAX_PENDING_CHECKS`` are pending
+        here (503: the instance's)."""
+        if self._pending_from.get(address_key(peer), 0) >= MAX_PENDING_PER_ADDRESS:
+            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                           "too many password checks from here: try again later\n",
+                           reason="too many password checks pending from there: not "
+                                  "checked, not counted")
+        spent = self.charging.sign_ins.checks_refused_for(peer)
+        if spent is not None:
+            return Refused(max(1, math.ceil(spent.total_seconds())),
+                           "too many password checks from here: try again later\n",
+                           reason="too many password checks from there lately: not "
+                                  "checked, not counted")
+        if len(self._checks) >= MAX_PENDING_CHECKS:
+            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                           "too many password checks pending: try again later\n",
+                           status=HTTPStatus.SERVICE_UNAVAILABLE)
+        return None
+
+    def _check_ended(self, client: str) -> None:
+        left = self._pending_from.pop(client, 0) - 1
+        if left > 0:
+            self._pending_from[client] = left
 
     async def _check(self, station: Any, password: str, digest: bytes, former: bool,
                      peer: str, lockouts: list[Lockout]) -> bool:
@@ -787,6 +838,7 @@ class OcppServer:
         self._remember(station, digest, ok, former)
         sign_ins, key = self._limits(station)
         if ok:
+            self.charging.sign_ins.check_given_back(peer)  # verified: not the budget's
             if not former:
                 sign_ins.forgive(station.cp_id, key, peer)
         else:
