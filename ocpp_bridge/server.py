@@ -370,7 +370,9 @@ class OcppServer:
         finally:
             drop.cancel()
         self._server = None
-        for check in list(self._checks):  # handshakes gone: nobody waits for them
+        # Handshakes gone: nobody waits for them. What their arrival counted is withdrawn
+        # (``_check_ended``): a password never checked counts as nothing.
+        for check in list(self._checks):
             check.cancel()
         if self._checks:
             await asyncio.wait(list(self._checks))
@@ -787,7 +789,9 @@ class OcppServer:
                 name="chargegraph-ocpp-password-check")
             self._checks.add(check)
             self._pending_from[client] = self._pending_from.get(client, 0) + 1
-            check.add_done_callback(lambda _: self._check_ended(client))
+            counted = None if former else sign_ins
+            check.add_done_callback(lambda done: self._check_ended(
+                done, client, station.cp_id, key, peer, counted))
         else:  # settled by the station's cached digest: no argon2, the same count and delay
             for lockout in lockouts:
                 self._log_lockout(station.cp_id, peer, lockout, unknown=self._is_decoy(station))
@@ -821,10 +825,22 @@ class OcppServer:
                            status=HTTPStatus.SERVICE_UNAVAILABLE)
         return None
 
-    def _check_ended(self, client: str) -> None:
+    def _check_ended(self, check: asyncio.Future[bool], client: str, cp_id: str, key: str,
+                     peer: str, counted: ChargerSignIns | None) -> None:
+        """A check is over: its address has one fewer pending. Cancelled (``stop``: the
+        instance goes, its handshakes with it), the password was never checked, so
+        what its arrival counted is withdrawn, here and (shared) on the other instances:
+        the address's check and, in ``counted`` (``None``: the charger's former password,
+        never counted), the failure, which may have started a lockout (review r26-security4:
+        a right password pending at a stop stayed counted as wrong)."""
         left = self._pending_from.pop(client, 0) - 1
         if left > 0:
             self._pending_from[client] = left
+        if not check.cancelled():
+            return
+        self.charging.sign_ins.check_given_back(peer)
+        if counted is not None:
+            counted.forgive(cp_id, key, peer)
 
     async def _check(self, station: Any, password: str, digest: bytes, former: bool,
                      peer: str, lockouts: list[Lockout]) -> bool:

@@ -953,3 +953,38 @@ async def test_an_address_has_a_budget_of_unverified_checks_across_cp_ids(
             SYSTEM, cp_id=f"SITE-{i}", name=f"SITE-{i}", company_id=company,
             password=STATION_PASSWORD)
         assert await attempt(central, STATION_PASSWORD, SCANNER, f"SITE-{i}") == 101
+
+
+async def test_a_stop_withdraws_what_the_checks_it_cancels_counted(
+        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: ``stop`` cancels the checks still pending (their handshakes
+    dropped at the handshake timeout while the hashing threads were busy), and a
+    password is counted as a failure as it arrives, taken back only when its check finds
+    it right: a charger's right password pending at a stop stayed counted as wrong (and
+    had gone over the bus to the other instances), its address's check too. A cancelled
+    check checked nothing: what its arrival counted is withdrawn. One failure locks an
+    address out here, two checks spend its budget: a count left behind would show."""
+    central = short_timeout_central
+    charging = central.services.charging
+    charging.sign_ins = ChargerSignIns(charging.sign_ins.by_address.clock,
+                                       ChargerSignInLimits(per_address=1))
+    charging.sign_ins.checks.limit = 2
+    real = charging.password_ok
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        time.sleep(1.5)  # the threads busy with a storm: past the handshake timeout
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    got = await asyncio.gather(*(attempt_or_dropped(central, cp_id, password, CHARGER)
+                                 for password, cp_id in ((STATION_PASSWORD, "CP-1"),
+                                                         ("guess", "CP-9"))))
+    assert got == [0, 0]  # both dropped, their checks still running
+    assert charging.sign_ins.checks_refused_for(CHARGER) is not None  # both counted
+    await central.server.stop()
+    password_hash = central.stations["CP-1"].auth_password_hash or ""
+    assert charging.sign_ins.refused_for("CP-1", password_hash, CHARGER) is None
+    assert charging.sign_ins.unknown is not None
+    assert charging.sign_ins.unknown.refused_for("CP-9", UNKNOWN_KEY, CHARGER) is None
+    charging.sign_ins.check_started(CHARGER)  # both given back: one more leaves one
+    assert charging.sign_ins.checks_refused_for(CHARGER) is None
