@@ -598,7 +598,8 @@ async def test_a_reconnect_storm_behind_one_address_gets_every_charger_back_in(
     out = {cp_id: h for cp_id, h in history.items() if h[-1][0] != 101}
     assert not out, f"never got back in: {out}"
     rounds = max(len(h) for h in history.values())
-    assert rounds <= 4, f"{rounds} rounds: {history}"
+    # 80 checks of 0.1 s on two threads are 4 s of hashing: three rounds at the least.
+    assert rounds <= 5, f"{rounds} rounds: {history}"
 
 
 async def test_a_burst_reads_the_same_for_a_real_cp_id_and_a_made_up_one(
