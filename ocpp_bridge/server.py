@@ -775,15 +775,18 @@ class OcppServer:
             # The password of the station's last accepted connection here: answered at
             # once, never counted, never queued (reconnect storms cost no argon2).
             return self._passed(station, peer)
-        if known is None:
-            busy = self._checks_refused(peer)
-            if busy is not None:
-                return busy
+        # A wrong password settled by the cached digest meets the same bounds as one that
+        # needs a check: otherwise a prober who spent its address's budget (or kept four
+        # checks pending) read 401 for a connected station and 429 for a made-up cpId.
+        busy = self._checks_refused(peer)
+        if busy is not None:
+            return busy
         lockouts = [] if former else sign_ins.failed(station.cp_id, key, peer)
+        if not former:  # the charger's former password spends no budget, as no count
+            self.charging.sign_ins.check_started(peer)
         check: asyncio.Future[bool]
         if known is None:
             client = address_key(peer)
-            self.charging.sign_ins.check_started(peer)
             check = asyncio.create_task(
                 self._check(station, password, digest, former, peer, lockouts),
                 name="chargegraph-ocpp-password-check")
@@ -803,7 +806,7 @@ class OcppServer:
         return await self._answer(station, peer, slot, under_way, arrived)
 
     def _checks_refused(self, peer: str) -> Refused | None:
-        """Why a password that needs a check is not checked now, counted nowhere: its
+        """Why a password not known right is not checked now, counted nowhere: its
         address has ``MAX_PENDING_PER_ADDRESS`` checks pending here, or has spent its
         budget of unverified checks (429: one address's work is bounded across cpIds,
         a real cpId's and a made-up one's alike); or ``MAX_PENDING_CHECKS`` are pending
@@ -830,16 +833,16 @@ class OcppServer:
         """A check is over: its address has one fewer pending. Cancelled (``stop``: the
         instance goes, its handshakes with it), the password was never checked, so
         what its arrival counted is withdrawn, here and (shared) on the other instances:
-        the address's check and, in ``counted`` (``None``: the charger's former password,
-        never counted), the failure, which may have started a lockout (review r26-security4:
-        a right password pending at a stop stayed counted as wrong)."""
+        in ``counted`` (``None``: the charger's former password, never counted) the
+        failure, which may have started a lockout, and the address's check (review
+        r26-security4: a right password pending at a stop stayed counted as wrong)."""
         left = self._pending_from.pop(client, 0) - 1
         if left > 0:
             self._pending_from[client] = left
         if not check.cancelled():
             return
-        self.charging.sign_ins.check_given_back(peer)
         if counted is not None:
+            self.charging.sign_ins.check_given_back(peer)
             counted.forgive(cp_id, key, peer)
 
     async def _check(self, station: Any, password: str, digest: bytes, former: bool,
@@ -854,8 +857,8 @@ class OcppServer:
         self._remember(station, digest, ok, former)
         sign_ins, key = self._limits(station)
         if ok:
-            self.charging.sign_ins.check_given_back(peer)  # verified: not the budget's
-            if not former:
+            if not former:  # verified: neither a failure nor the address's budget's
+                self.charging.sign_ins.check_given_back(peer)
                 sign_ins.forgive(station.cp_id, key, peer)
         else:
             for lockout in lockouts:  # once, at WARNING: an operator should see an attack

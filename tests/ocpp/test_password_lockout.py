@@ -928,18 +928,24 @@ async def test_an_address_has_a_budget_of_unverified_checks_across_cp_ids(
     ``CHECKS_PER_ADDRESS`` unverified checks within ``CHECKS_WINDOW`` (shared across
     instances as the counts are); beyond, a password needing a check is answered 429
     with Retry-After, unchecked and counted against no station (one failure locks an
-    address out of a cpId here: a count would show), a real cpId's as a made-up one's.
-    Right passwords are given back as they are verified; other addresses are not held."""
+    address out of a cpId here: a count would show), a real cpId's as a made-up one's,
+    a connected station's too (its cached digest would have answered 401). Right
+    passwords are given back as they are verified; other addresses are not held."""
     clock = Clock()
     charging = central.services.charging
     charging.sign_ins = ChargerSignIns(clock, ChargerSignInLimits(per_address=1))
+    company = central.stations["CP-1"].company_id
+    await central.services.stations.create_station(
+        SYSTEM, cp_id="CP-2", name="CP-2", company_id=company, password=STATION_PASSWORD)
+    assert await attempt(central, STATION_PASSWORD, CHARGER, "CP-2") == 101  # cached
     for i in range(CHECKS_PER_ADDRESS):
         assert await attempt(central, "guess", SCANNER, f"NOPE-{i}") == 401
-    for cp_id in ("NOPE-X", "CP-1"):  # made up, real: the same answer
+    for cp_id, password in (("NOPE-X", "guess"), ("CP-1", STATION_PASSWORD),
+                            ("CP-2", "guess")):  # made up, real, connected: the same
         with pytest.raises(InvalidStatus) as err:
             await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                           additional_headers={"X-Forwarded-For": SCANNER,
-                                              **basic_auth(cp_id, STATION_PASSWORD)})
+                                              **basic_auth(cp_id, password)})
         assert err.value.response.status_code == 429
         retry_after = int(err.value.response.headers["Retry-After"])
         assert 1 <= retry_after <= CHECKS_WINDOW.total_seconds()
@@ -948,7 +954,6 @@ async def test_an_address_has_a_budget_of_unverified_checks_across_cp_ids(
     # The window over: CP-1's right password from there was not counted (it would have
     # locked the address out of CP-1), and is verified and given back.
     assert await attempt(central, STATION_PASSWORD, SCANNER) == 101
-    company = central.stations["CP-1"].company_id
     for i in range(CHECKS_PER_ADDRESS + 5):  # a site's chargers: right passwords
         await central.services.stations.create_station(
             SYSTEM, cp_id=f"SITE-{i}", name=f"SITE-{i}", company_id=company,
