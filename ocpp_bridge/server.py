@@ -31,7 +31,6 @@ import socket
 import ssl
 import time
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -102,37 +101,42 @@ CLOSE_TRY_AGAIN_LATER = 1013
 #: When a charger whose station could not be read (a store outage) is told to try its
 #: handshake again (the 503's Retry-After; chargers retry by themselves anyway).
 STORE_RETRY_AFTER_S = 10
-#: Refused passwords remembered per station (repeated guesses are refused without argon2;
-#: they are still counted).
-REFUSED_REMEMBERED = 32
 #: What the counts of a cpId with no station are keyed by in place of its password hash
 #: (``_limits``): the same on every instance, so they are shared as a station's are,
 #: whereas the hash it is checked against (``_decoy``) is each instance's own.
 UNKNOWN_KEY = "unknown charge point"
-#: CpIds with no station whose refused passwords are remembered (``_refused_unknown``,
-#: the oldest forgotten first): a scan of made-up ids must not grow memory without bound.
-UNKNOWN_REMEMBERED = 10_000
 #: Password checks (argon2) pending on one instance, queued or running, their handshake
 #: still there or dropped (a check runs to its end: ``_password_ok``). Beyond it, a
 #: password that needs a check is answered 503 with ``Retry-After`` at once, counted
 #: nowhere: dropped handshakes cannot pile up work without bound.
 MAX_PENDING_CHECKS = 256
-#: The ``Retry-After`` of that 503 (seconds).
+#: The ``Retry-After`` of that 503 (seconds), and of the 429 below.
 CHECKS_BUSY_RETRY_AFTER_S = 2
+#: Password checks pending on one instance for one client address (an IPv6 one by its
+#: /64) at once, across cpIds, real or made up: beyond, a password that needs a check is
+#: answered 429 with ``Retry-After`` at once, unchecked and counted against no station,
+#: as it is once the address's budget of unverified checks is spent
+#: (``ChargerSignIns.checks``). Review r26-security4: a scan from one address, one guess
+#: per made-up cpId (no per-cpId count ever met), kept all ``MAX_PENDING_CHECKS`` taken
+#: and chargers that needed a check (after a restart) answered 503 for as long as it
+#: went on; now it holds this many. Four: both hashing threads busy and one more check
+#: ready for each, so a site's chargers behind one NAT reconnecting after a restart are
+#: checked as fast as the threads go (those arriving while four are pending come back).
+MAX_PENDING_PER_ADDRESS = 4
 #: Seconds the websockets server gives a handshake (TLS, HTTP request, ``process_request``
 #: with its password check and refusal delay) before it drops the connection
 #: (websockets' default, named here so the delay below is seen to fit well inside it).
 HANDSHAKE_TIMEOUT_S = 10.0
 #: Seconds after its arrival that every refused password is answered (401), at the
-#: earliest, whatever refused it: argon2, a guess refused lately, a connected station's
-#: cached digest, a cpId with no station (checked by argon2 against ``_decoy``'s hash as
-#: a station is). Fixed, not measured: above one argon2 check with the default
-#: parameters on modest hardware (0.05 to 0.5 s); a check that took longer (the hashing
-#: threads busy, the station's checks queued) is answered when it is done, on the same
-#: path for a real cpId and a made-up one. A sleep after the failure was counted and
-#: the station's turn and the hashing thread were given back: no CPU, no lock. Review
-#: r26-security2: a running average of the checks, timed from the station's lock, took
-#: in the queue, reached several seconds after a reconnect storm and stayed there.
+#: earliest, whatever refused it: argon2, a connected station's cached digest, a cpId
+#: with no station (checked by argon2 against ``_decoy``'s hash as a station is).
+#: Fixed, not measured: above one argon2 check with the default parameters on modest
+#: hardware (0.05 to 0.5 s); a check that took longer (the hashing threads busy, the
+#: station's checks queued) is answered when it is done, on the same path for a real
+#: cpId and a made-up one. A sleep after the failure was counted and the station's turn
+#: and the hashing thread were given back: no CPU, no lock. Review r26-security2: a
+#: running average of the checks, timed from the station's lock, took in the queue,
+#: reached several seconds after a reconnect storm and stayed there.
 CHARGER_REFUSAL_DELAY_S = 1.0
 assert CHARGER_REFUSAL_DELAY_S <= HANDSHAKE_TIMEOUT_S / 5
 #: Why a connection whose charger connected to another instance is closed (and its
@@ -152,6 +156,8 @@ class Refused:
     message: str
     locked: bool = False
     status: HTTPStatus = HTTPStatus.TOO_MANY_REQUESTS
+    #: Why, for the log (``RefusalLog``), when it is worth a line.
+    reason: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -241,17 +247,20 @@ class OcppServer:
         #: Each charger's intake pace, kept across its connections to this instance
         #: (``pacing.ChargerPacers``).
         self.pacers = ChargerPacers()
-        # cp_id → (password hash, digest of the password that matched it): reconnect
-        # storms must not cost an argon2 verification each.
-        self._verified: dict[str, tuple[str, bytes]] = {}
-        # cp_id → (password hash, digests of passwords it refused lately); cpIds with no
-        # station in a table of their own, bounded (``UNKNOWN_REMEMBERED``).
-        self._refused: dict[str, tuple[str, deque[bytes]]] = {}
-        self._refused_unknown: OrderedDict[str, tuple[str, deque[bytes]]] = OrderedDict()
+        # cp_id → (password hash, digest of the password that matched it, the newer hash
+        # that password was checked against and refused, if any): reconnect storms must
+        # not cost an argon2 verification each, nor a charger retrying the password it
+        # passed with before its station was given a new one (``_former_password``).
+        # Only stations whose charger passed here have one. No other refusal is
+        # remembered: a guess refused lately is checked again like any other, on the
+        # same path for a real cpId and a made-up one (``_known_answer``).
+        self._verified: dict[str, tuple[str, bytes, str | None]] = {}
         #: The hash a cpId with no station is checked against (``_decoy``), made at start.
         self._decoy_hash: str | None = None
-        #: The argon2 checks pending (``MAX_PENDING_CHECKS``).
+        #: The argon2 checks pending (``MAX_PENDING_CHECKS``), and how many of them per
+        #: client address as the limits count it (``MAX_PENDING_PER_ADDRESS``).
         self._checks: set[asyncio.Task[bool]] = set()
+        self._pending_from: dict[str, int] = {}
         #: Seconds after its arrival a refused password is answered
         #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
         self.refusal_delay = refusal_delay
@@ -361,7 +370,9 @@ class OcppServer:
         finally:
             drop.cancel()
         self._server = None
-        for check in list(self._checks):  # handshakes gone: nobody waits for them
+        # Handshakes gone: nobody waits for them. What their arrival counted is withdrawn
+        # (``_check_ended``): a password never checked counts as nothing.
+        for check in list(self._checks):
             check.cancel()
         if self._checks:
             await asyncio.wait(list(self._checks))
@@ -646,6 +657,8 @@ class OcppServer:
             elif verdict.status is HTTPStatus.SERVICE_UNAVAILABLE:
                 self.refusals.note(cp_id, peer, "too many password checks pending: "
                                                 "not checked, not counted")
+            elif verdict.reason:
+                self.refusals.note(cp_id, peer, verdict.reason)
             response = connection.respond(verdict.status, verdict.message)
             response.headers["Retry-After"] = str(verdict.retry_after)
             return response
@@ -718,8 +731,10 @@ class OcppServer:
                            ) -> bool | Refused:
         """Whether ``password`` is the station's, counted (``ChargerSignIns``); ``Refused``
         (not checked) while ``peer`` is locked out of the station, or another password for
-        the same station from the same address (an IPv6 one by its /64) is under way, or
-        (503) ``MAX_PENDING_CHECKS`` checks are pending here.
+        the same station from the same address (an IPv6 one by its /64) is under way, or,
+        for a password that needs a check, the address has ``MAX_PENDING_PER_ADDRESS``
+        pending or has spent its budget of unverified checks (``ChargerSignIns.checks``),
+        or (503) ``MAX_PENDING_CHECKS`` checks are pending here (``_checks_refused``).
 
         Every password not known right is counted as it arrives, before anything checks
         or waits for it (one found right is taken back): a burst is held to the budget
@@ -762,26 +777,35 @@ class OcppServer:
         # longest lockout once it had it). Not counted. The current hash decides all the
         # same: the station may have been given the same password again, under a new
         # salt (QA s24: refused unchecked, the charger was locked out for good on every
-        # instance it had passed on). Checked once per hash: a refusal is remembered, a
-        # pass cached, like any other password's.
+        # instance it had passed on). Checked once per hash: its refusal is remembered
+        # with the cached digest, a pass cached.
         former = self._former_password(station, digest)
         known = self._known_answer(station, digest)
         if known:
             # The password of the station's last accepted connection here: answered at
             # once, never counted, never queued (reconnect storms cost no argon2).
             return self._passed(station, peer)
-        if known is None and len(self._checks) >= MAX_PENDING_CHECKS:
-            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
-                           "too many password checks pending: try again later\n",
-                           status=HTTPStatus.SERVICE_UNAVAILABLE)
+        # A wrong password settled by the cached digest meets the same bounds as one that
+        # needs a check: otherwise a prober who spent its address's budget (or kept four
+        # checks pending) read 401 for a connected station and 429 for a made-up cpId.
+        busy = self._checks_refused(peer)
+        if busy is not None:
+            return busy
         lockouts = [] if former else sign_ins.failed(station.cp_id, key, peer)
+        if not former:  # the charger's former password spends no budget, as no count
+            self.charging.sign_ins.check_started(peer)
         check: asyncio.Future[bool]
         if known is None:
+            client = address_key(peer)
             check = asyncio.create_task(
                 self._check(station, password, digest, former, peer, lockouts),
                 name="chargegraph-ocpp-password-check")
             self._checks.add(check)
-        else:  # a guess refused lately: no argon2, the same count, gate and delay
+            self._pending_from[client] = self._pending_from.get(client, 0) + 1
+            counted = None if former else sign_ins
+            check.add_done_callback(lambda done: self._check_ended(
+                done, client, station.cp_id, key, peer, counted))
+        else:  # settled by the station's cached digest: no argon2, the same count and delay
             for lockout in lockouts:
                 self._log_lockout(station.cp_id, peer, lockout, unknown=self._is_decoy(station))
             check = asyncio.get_running_loop().create_future()
@@ -790,6 +814,46 @@ class OcppServer:
         self._in_flight[slot] = under_way
         check.add_done_callback(lambda done: self._check_done(done, slot, under_way))
         return await self._answer(station, peer, slot, under_way, arrived)
+
+    def _checks_refused(self, peer: str) -> Refused | None:
+        """Why a password not known right is not checked now, counted nowhere: its
+        address has ``MAX_PENDING_PER_ADDRESS`` checks pending here, or has spent its
+        budget of unverified checks (429: one address's work is bounded across cpIds,
+        a real cpId's and a made-up one's alike); or ``MAX_PENDING_CHECKS`` are pending
+        here (503: the instance's)."""
+        if self._pending_from.get(address_key(peer), 0) >= MAX_PENDING_PER_ADDRESS:
+            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                           "too many password checks from here: try again later\n",
+                           reason="too many password checks pending from there: not "
+                                  "checked, not counted")
+        spent = self.charging.sign_ins.checks_refused_for(peer)
+        if spent is not None:
+            return Refused(max(1, math.ceil(spent.total_seconds())),
+                           "too many password checks from here: try again later\n",
+                           reason="too many password checks from there lately: not "
+                                  "checked, not counted")
+        if len(self._checks) >= MAX_PENDING_CHECKS:
+            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                           "too many password checks pending: try again later\n",
+                           status=HTTPStatus.SERVICE_UNAVAILABLE)
+        return None
+
+    def _check_ended(self, check: asyncio.Future[bool], client: str, cp_id: str, key: str,
+                     peer: str, counted: ChargerSignIns | None) -> None:
+        """A check is over: its address has one fewer pending. Cancelled (``stop``: the
+        instance goes, its handshakes with it), the password was never checked, so
+        what its arrival counted is withdrawn, here and (shared) on the other instances:
+        in ``counted`` (``None``: the charger's former password, never counted) the
+        failure, which may have started a lockout, and the address's check (review
+        r26-security4: a right password pending at a stop stayed counted as wrong)."""
+        left = self._pending_from.pop(client, 0) - 1
+        if left > 0:
+            self._pending_from[client] = left
+        if not check.cancelled():
+            return
+        if counted is not None:
+            self.charging.sign_ins.check_given_back(peer)
+            counted.forgive(cp_id, key, peer)
 
     async def _check(self, station: Any, password: str, digest: bytes, former: bool,
                      peer: str, lockouts: list[Lockout]) -> bool:
@@ -800,10 +864,11 @@ class OcppServer:
         behind itself rather than taking every thread."""
         async with self._checking.one_at_a_time(station.cp_id):
             ok = await self.charging.station_password_ok(station, password)
-        self._remember(station, digest, ok)
+        self._remember(station, digest, ok, former)
         sign_ins, key = self._limits(station)
         if ok:
-            if not former:
+            if not former:  # verified: neither a failure nor the address's budget's
+                self.charging.sign_ins.check_given_back(peer)
                 sign_ins.forgive(station.cp_id, key, peer)
         else:
             for lockout in lockouts:  # once, at WARNING: an operator should see an attack
@@ -858,35 +923,37 @@ class OcppServer:
             and hmac.compare_digest(cached[1], digest)
 
     def _known_answer(self, station: Any, digest: bytes) -> bool | None:
-        """What a password already checked against the station's hash was: right (the
-        digest cached when it matched: reconnect storms cost no argon2), or a guess
-        refused lately; ``None`` when it must be checked."""
+        """What a password already checked against the station's hash was, from the
+        station's cached digest (its charger passed here): right (reconnect storms cost
+        no argon2) or wrong; or the password it passed with before, already refused by
+        the current hash. ``None``: it must be checked.
+
+        Nothing else is answered from memory (review r26-security4: guesses refused
+        lately were, skipping the pending bound, kept per station for a real cpId and in
+        one table for all made-up ones; a prober pushed a made-up id's out and told it
+        from a real one by 401 against 503; and that table held whole cpIds). A repeated
+        wrong guess costs a check again, as the first did: the lockouts bound that (5
+        per cpId and address, 20 per cpId, then refused unchecked) and the address's
+        budget (``ChargerSignIns.checks``)."""
         cached = self._verified.get(station.cp_id)
-        if cached is not None and cached[0] == station.auth_password_hash:
-            return hmac.compare_digest(cached[1], digest)  # the password it was set to
-        refused = self._refused_table(station).get(station.cp_id)
-        if refused is not None and refused[0] == station.auth_password_hash \
-                and digest in refused[1]:
-            return False
+        if cached is None:
+            return None
+        password_hash, matched, refused_by = cached
+        if password_hash == station.auth_password_hash:
+            return hmac.compare_digest(matched, digest)  # the password it was set to
+        if refused_by == station.auth_password_hash and hmac.compare_digest(matched, digest):
+            return False  # its former password, checked against this hash already
         return None
 
-    def _refused_table(self, station: Any) -> dict[str, tuple[str, deque[bytes]]]:
-        return self._refused_unknown if self._is_decoy(station) else self._refused
-
-    def _remember(self, station: Any, digest: bytes, ok: bool) -> None:
+    def _remember(self, station: Any, digest: bytes, ok: bool, former: bool) -> None:
+        """A right password's digest cached; a former one refused by the new hash noted
+        with it (only a station whose charger passed here has either)."""
         if ok:
-            self._verified[station.cp_id] = (station.auth_password_hash, digest)
+            self._verified[station.cp_id] = (station.auth_password_hash, digest, None)
             return
-        table = self._refused_table(station)
-        refused = table.get(station.cp_id)
-        if refused is None or refused[0] != station.auth_password_hash:
-            refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
-            table[station.cp_id] = refused
-        refused[1].append(digest)
-        if table is self._refused_unknown:
-            self._refused_unknown.move_to_end(station.cp_id)
-            while len(self._refused_unknown) > UNKNOWN_REMEMBERED:
-                self._refused_unknown.popitem(last=False)
+        cached = self._verified.get(station.cp_id)
+        if former and cached is not None and hmac.compare_digest(cached[1], digest):
+            self._verified[station.cp_id] = (cached[0], cached[1], station.auth_password_hash)
 
     def _passed(self, station: Any, peer: str) -> bool:
         """The right password: its address's count is cleared and the address known for

@@ -33,13 +33,24 @@ from enum import Enum
 from functools import lru_cache
 
 from domain.services.accounts import client_key
-from domain.services.throttle import MAX_TRACKED, Share, SignInThrottle, digest
+from domain.services.throttle import MAX_TRACKED, RollingLimit, Share, SignInThrottle, digest
 
 #: How long an address a charger passed the check from stays known for its station.
 KNOWN_FOR = timedelta(days=30)
 #: A known address passing again is told to the other instances at most this often (a
 #: charger reconnecting every minute must not cost an event every time).
 RETOLD_AFTER = timedelta(days=1)
+#: Password checks (argon2) one client address (an IPv6 one by its /64) may have
+#: unverified within ``CHECKS_WINDOW``, across all cpIds, real or made up
+#: (``ChargerSignIns.checks``): each is counted as it is started and given back when its
+#: password is found right, so a site's chargers reconnecting with their own passwords
+#: (dozens behind one NAT after a restart) hold only the checks under way, while a scan
+#: of made-up or real cpIds from there, one guess each, which no per-cpId count ever
+#: stops, gets this many checks a minute, then 429 unchecked (review r26-security4: it
+#: kept every pending check of an instance taken, and chargers that needed one were
+#: answered 503 as long as it went on).
+CHECKS_PER_ADDRESS = 30
+CHECKS_WINDOW = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +137,34 @@ class ChargerSignIns:
         #: and not a made-up one). ``None`` in that table itself.
         self.unknown: ChargerSignIns | None = None if for_unknown else ChargerSignIns(
             clock, limits, for_unknown=True)
+        #: Unverified password checks per client address, across cpIds (one budget for a
+        #: real cpId's and a made-up one's: ``CHECKS_PER_ADDRESS``); shared across
+        #: instances as the counts are. Unused in the made-up ids' table.
+        self.checks = RollingLimit(clock, limit=CHECKS_PER_ADDRESS, window=CHECKS_WINDOW,
+                                   name=f"{prefix}_checks")
 
     @property
-    def shared(self) -> list[SignInThrottle | KnownAddresses]:
+    def shared(self) -> list[SignInThrottle | KnownAddresses | RollingLimit]:
         """What the instances share (``ThrottleSharing``): the unknown ids' tables too
         (never a known address: no charger passes as one)."""
         if self.unknown is None:
             return [self.by_address, self.by_station]
-        return [self.by_address, self.by_station, self.known, *self.unknown.shared]
+        return [self.by_address, self.by_station, self.known, self.checks,
+                *self.unknown.shared]
+
+    def checks_refused_for(self, address: str) -> timedelta | None:
+        """How long ``address`` is refused password checks (its budget of unverified
+        ones spent, ``CHECKS_PER_ADDRESS``); ``None``: it may have one."""
+        return self.checks.refused_for(address_key(address))
+
+    def check_started(self, address: str) -> None:
+        """Counts a password check started for ``address`` against its budget."""
+        self.checks.take(address_key(address))
+
+    def check_given_back(self, address: str) -> None:
+        """A check counted for ``address`` that is not to count: its password was right,
+        or it was never done (its server stopped)."""
+        self.checks.give_back(address_key(address))
 
     def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
         """How long ``address`` is refused (unchecked) this station's password; ``None``:

@@ -181,6 +181,41 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
         follower.cancel()
 
 
+async def test_an_addresss_budget_of_password_checks_is_shared(
+        bus: MemoryEventBus) -> None:
+    """Review r26-security4: an address's checks across cpIds are bounded
+    (``ChargerSignIns.checks``), on the instances together: spent on A, refused on B;
+    one given back on A (a right password) is given back on B."""
+    from domain.services.charger_sign_ins import CHECKS_PER_ADDRESS, ChargerSignIns
+
+    instances = []
+    for _ in range(2):
+        sign_ins = ChargerSignIns(lambda: NOW)
+        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        instances.append((sign_ins, sharing, asyncio.create_task(
+            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
+    await asyncio.sleep(0)  # both subscribed
+    (a, a_sharing, _), (b, _, _) = instances
+    for _ in range(CHECKS_PER_ADDRESS):
+        a.check_started("2001:db8:7::1")
+    await a_sharing.settled()
+    for _ in range(200):  # bounded: the bus delivers within a few loop steps
+        if b.checks_refused_for("2001:db8:7::2") is not None:  # the same /64
+            break
+        await asyncio.sleep(0.005)
+    assert b.checks_refused_for("2001:db8:7::2") is not None
+    assert b.checks_refused_for("203.0.113.1") is None  # another address
+    a.check_given_back("2001:db8:7::1")
+    await a_sharing.settled()
+    for _ in range(200):
+        if b.checks_refused_for("2001:db8:7::2") is None:
+            break
+        await asyncio.sleep(0.005)
+    assert b.checks_refused_for("2001:db8:7::2") is None
+    for _, _, follower in instances:
+        follower.cancel()
+
+
 async def test_a_rolling_limit_is_shared_and_counts_a_rolling_window(
         bus: MemoryEventBus) -> None:
     """The personal data export's limit (``RollingLimit``): uses on A count on B, a use

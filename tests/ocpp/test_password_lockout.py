@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sqlite3
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,12 @@ from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services import charger_connections
-from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
+from domain.services.charger_sign_ins import (
+    CHECKS_PER_ADDRESS,
+    CHECKS_WINDOW,
+    ChargerSignInLimits,
+    ChargerSignIns,
+)
 from ocpp_bridge import server as server_module
 from ocpp_bridge.server import UNKNOWN_KEY, RefusalLog
 from ocpp_bridge.simulator import basic_auth
@@ -33,6 +40,7 @@ from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, 
 from tests.ocpp.test_instances import second_instance
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
+SCANNER = "203.0.113.66"  # one address scanning cpIds
 
 
 class Clock:
@@ -524,44 +532,75 @@ async def test_a_right_password_whose_handshake_timed_out_is_not_counted_against
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
 
 
+async def told(central: Central, cp_id: str, password: str, source: str
+               ) -> tuple[int, str]:
+    """A handshake's status and, refused, its body (a 429 of a lockout says "too many
+    wrong passwords", one of the address's check bound "too many password checks");
+    0 when the server dropped it (its handshake timeout)."""
+    try:
+        ws = await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers={"X-Forwarded-For": source,
+                                               **basic_auth(cp_id, password)})
+    except InvalidStatus as err:
+        if err.response.status_code in (429, 503):
+            assert int(err.response.headers["Retry-After"]) >= 1
+        return err.response.status_code, bytes(err.response.body or b"").decode()
+    except Exception:  # dropped at the server's handshake timeout
+        return 0, ""
+    await ws.close()
+    return 101, ""
+
+
 async def test_a_reconnect_storm_behind_one_address_gets_every_charger_back_in(
         short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Review r26-security3: 36 chargers of one site behind one IPv4 NAT (distinct cpIds)
-    reconnect after a restart; argon2 takes 0.3 s on the two hashing threads, the
-    handshake timeout is 1 s (10 s and a few hundred chargers in production). Those at
-    the back of the queue were dropped round after round, each drop counted as a wrong
-    password at their own address, and ended locked out. A dropped check runs on; a
-    retry of the same password from there waits for it rather than being refused or
-    checked again."""
+    """80 chargers of one site behind one IPv4 NAT (distinct cpIds, each with its right
+    password) reconnect after a restart (no digest cached: each needs a check); argon2
+    takes 0.1 s on the two hashing threads, the handshake timeout is 1 s (10 s in
+    production: this is a 1 s check there). Each charger comes back within a second of
+    the restart and, refused, retries 1 to 2 s later (its own reconnect timer).
+
+    Review r26-security3: those at the back of the queue were dropped round after
+    round, each drop counted as a wrong password at their own address, and they ended
+    locked out (a dropped check runs on; the same password again waits for it). Review
+    r26-security4: one address has at most ``MAX_PENDING_PER_ADDRESS`` checks pending
+    and a budget of unverified checks a minute; the site's right passwords are given
+    back to the budget as they are verified, and the pending bound keeps the hashing
+    threads busy for the site, so all are in within a few rounds, none locked out."""
     central = short_timeout_central
     charging = central.services.charging
     company = central.stations["CP-1"].company_id
-    ids = [f"SITE-{i}" for i in range(36)]
+    ids = [f"SITE-{i}" for i in range(80)]
     for cp_id in ids:
         await central.services.stations.create_station(
             SYSTEM, cp_id=cp_id, name=cp_id, company_id=company, password=STATION_PASSWORD)
     real = charging.password_ok
 
     def argon2(station: d.Station, password: str | None) -> bool:
-        time.sleep(0.3)
+        time.sleep(0.1)
         return real(station, password)
 
     monkeypatch.setattr(charging, "password_ok", argon2)
-    waiting = list(ids)
-    history: dict[str, list[int]] = {cp_id: [] for cp_id in ids}
-    for _ in range(10):
-        if not waiting:
-            break
-        got = await asyncio.gather(*(attempt_or_dropped(central, cp_id, STATION_PASSWORD,
-                                                        "203.0.113.7")
-                                     for cp_id in waiting))
-        for cp_id, status in zip(waiting, got, strict=True):
-            history[cp_id].append(status)
-        waiting = [cp_id for cp_id, status in zip(waiting, got, strict=True) if status != 101]
-        await asyncio.sleep(0.7)
-    locked = {cp_id: h for cp_id, h in history.items() if 429 in h}
+    timers = random.Random(26)
+    history: dict[str, list[tuple[int, str]]] = {cp_id: [] for cp_id in ids}
+
+    async def charger(cp_id: str) -> None:
+        await asyncio.sleep(timers.uniform(0, 1))
+        for _ in range(8):
+            history[cp_id].append(await told(central, cp_id, STATION_PASSWORD,
+                                             "203.0.113.7"))
+            if history[cp_id][-1][0] == 101:
+                return
+            await asyncio.sleep(timers.uniform(1, 2))
+
+    await asyncio.gather(*(charger(cp_id) for cp_id in ids))
+    locked = {cp_id: h for cp_id, h in history.items()
+              if any("wrong passwords" in body for _, body in h)}
     assert not locked, f"chargers locked out with their right password: {locked}"
-    assert not waiting, f"never got back in: {waiting}"
+    out = {cp_id: h for cp_id, h in history.items() if h[-1][0] != 101}
+    assert not out, f"never got back in: {out}"
+    rounds = max(len(h) for h in history.values())
+    # 80 checks of 0.1 s on two threads are 4 s of hashing: three rounds at the least.
+    assert rounds <= 5, f"{rounds} rounds: {history}"
 
 
 async def test_a_burst_reads_the_same_for_a_real_cp_id_and_a_made_up_one(
@@ -800,3 +839,179 @@ async def test_auto_registration_counts_stored_stations_only_and_may_be_unlimite
         assert sum(s.cp_id.startswith("DEPOT") for s in stations) == 6
     finally:
         await stop_central(central)
+
+
+async def test_a_guess_refused_lately_reads_the_same_for_a_real_and_a_made_up_cp_id(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: a guess refused lately was answered from memory, unchecked,
+    which also spared it the pending-check bound; a real station kept its last 32, the
+    made-up ids one table for all, the oldest forgotten first. A scan pushed a made-up
+    id's guess out, and with the bound full the same guess again was 401 at a real cpId
+    and 503 at a made-up one: which cpIds exist, told by the status. No refusal is
+    answered from memory now: the guess again is checked as the first was, the same for
+    both (here: 503, the bound full). Scaled: 4 checks pending (256)."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 4)
+    prober = "203.0.113.70"
+    for cp_id in ("CP-1", "CP-9"):  # real (its charger not connected here), made up
+        assert await attempt(central, "guess-G", prober, cp_id) == 401
+    for i in range(3):  # a scan of other made-up ids
+        assert await attempt(central, "guess", f"203.0.113.{80 + i}", f"NOPE-{i}") == 401
+    charging = central.services.charging
+    real = charging.password_ok
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        time.sleep(0.4)
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    fill = [asyncio.ensure_future(attempt(central, "guess", f"203.0.113.{90 + i}",
+                                          f"FILL-{i}")) for i in range(4)]
+    await asyncio.sleep(0.1)  # the bound is full
+    answers = {cp_id: await attempt(central, "guess-G", prober, cp_id)
+               for cp_id in ("CP-1", "CP-9")}
+    await asyncio.gather(*fill)
+    assert answers == {"CP-1": 503, "CP-9": 503}, answers
+
+
+async def test_a_scan_of_long_made_up_ids_keeps_digests_not_the_ids(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: the made-up ids' refused-lately memory kept 10,000 cpIds
+    whole, as they came in the path: a cpId can be ~8 KB (websockets' request line
+    limit), so one address's scan pinned ~80 MB per instance for good. Nothing is kept
+    of a made-up id now but the throttles' digests. Driven through ``_password_ok``
+    (what a handshake calls), argon2 replaced by a fast refusal, the refusal delay 0:
+    2,200 ids of 8,000 characters (17.6 MB of ids)."""
+    server = central.server
+    server.refusal_delay = 0.0
+    charging = central.services.charging
+    monkeypatch.setattr(charging, "password_ok", lambda station, password: False)
+    # The address's budget of checks lifted: what one address is held to, many have.
+    monkeypatch.setattr(charging.sign_ins.checks, "limit", 10_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(2_200):
+            cp_id = f"{i:06d}" + "x" * 8_000
+            station = await server._decoy(cp_id)
+            assert await server._password_ok(station, "guess", "203.0.113.66") is False
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown < 4_000_000, f"{grown / 1e6:.1f} MB kept for 2,200 made-up cpIds"
+
+
+async def test_one_address_scanning_made_up_ids_leaves_room_for_restarted_chargers(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: one address sending one guess each at made-up cpIds (a new
+    cpId each time: no per-(cpId, address) or per-cpId count is ever met) kept every
+    pending-check slot of the instance taken, so chargers needing a check after a
+    restart, from their own addresses, were answered 503 as long as the scan went on,
+    and the scan's argon2 work was unbounded. An address has at most
+    ``MAX_PENDING_PER_ADDRESS`` checks pending, the rest of its guesses answered 429 at
+    once, unchecked: each round a charger that needs a check gets in. Bound scaled down
+    (8 for 256); argon2 0.3 s on the 2 hashing threads."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 8)
+    company = central.stations["CP-1"].company_id
+    for i in range(5):  # five restarted chargers, none cached here
+        await central.services.stations.create_station(
+            SYSTEM, cp_id=f"BACK-{i}", name=f"BACK-{i}", company_id=company,
+            password=STATION_PASSWORD)
+    charging = central.services.charging
+    real = charging.password_ok
+    checked: list[str] = []
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        checked.append(station.cp_id)
+        time.sleep(0.3)
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    charger_got: list[int] = []
+    scan_got: list[int] = []
+    for wave in range(5):  # a charger arriving each ~1.5 s while the scan runs
+        guesses = [asyncio.ensure_future(attempt(central, "guess", SCANNER,
+                                                 f"NOPE-{wave}-{i}")) for i in range(8)]
+        await asyncio.sleep(0.1)  # the wave's checks are pending
+        charger_got.append(await attempt(central, STATION_PASSWORD, f"198.51.100.{20 + wave}",
+                                         f"BACK-{wave}"))
+        scan_got += await asyncio.gather(*guesses)
+    assert charger_got == [101] * 5
+    assert scan_got.count(429) >= 5 * (8 - server_module.MAX_PENDING_PER_ADDRESS)
+    scanned = [cp_id for cp_id in checked if cp_id.startswith("NOPE")]
+    assert len(scanned) <= 5 * server_module.MAX_PENDING_PER_ADDRESS
+
+
+async def test_an_address_has_a_budget_of_unverified_checks_across_cp_ids(
+        central: Central) -> None:
+    """Review r26-security4: nothing counted an address's checks across cpIds, so a scan
+    from it (one guess per cpId, real or made up) was never slowed. It has
+    ``CHECKS_PER_ADDRESS`` unverified checks within ``CHECKS_WINDOW`` (shared across
+    instances as the counts are); beyond, a password needing a check is answered 429
+    with Retry-After, unchecked and counted against no station (one failure locks an
+    address out of a cpId here: a count would show), a real cpId's as a made-up one's,
+    a connected station's too (its cached digest would have answered 401). Right
+    passwords are given back as they are verified; other addresses are not held."""
+    clock = Clock()
+    charging = central.services.charging
+    charging.sign_ins = ChargerSignIns(clock, ChargerSignInLimits(per_address=1))
+    company = central.stations["CP-1"].company_id
+    await central.services.stations.create_station(
+        SYSTEM, cp_id="CP-2", name="CP-2", company_id=company, password=STATION_PASSWORD)
+    assert await attempt(central, STATION_PASSWORD, CHARGER, "CP-2") == 101  # cached
+    for i in range(CHECKS_PER_ADDRESS):
+        assert await attempt(central, "guess", SCANNER, f"NOPE-{i}") == 401
+    for cp_id, password in (("NOPE-X", "guess"), ("CP-1", STATION_PASSWORD),
+                            ("CP-2", "guess")):  # made up, real, connected: the same
+        with pytest.raises(InvalidStatus) as err:
+            await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                          additional_headers={"X-Forwarded-For": SCANNER,
+                                              **basic_auth(cp_id, password)})
+        assert err.value.response.status_code == 429
+        retry_after = int(err.value.response.headers["Retry-After"])
+        assert 1 <= retry_after <= CHECKS_WINDOW.total_seconds()
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its own address
+    clock.now += CHECKS_WINDOW
+    # The window over: CP-1's right password from there was not counted (it would have
+    # locked the address out of CP-1), and is verified and given back.
+    assert await attempt(central, STATION_PASSWORD, SCANNER) == 101
+    for i in range(CHECKS_PER_ADDRESS + 5):  # a site's chargers: right passwords
+        await central.services.stations.create_station(
+            SYSTEM, cp_id=f"SITE-{i}", name=f"SITE-{i}", company_id=company,
+            password=STATION_PASSWORD)
+        assert await attempt(central, STATION_PASSWORD, SCANNER, f"SITE-{i}") == 101
+
+
+async def test_a_stop_withdraws_what_the_checks_it_cancels_counted(
+        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-security4: ``stop`` cancels the checks still pending (their handshakes
+    dropped at the handshake timeout while the hashing threads were busy), and a
+    password is counted as a failure as it arrives, taken back only when its check finds
+    it right: a charger's right password pending at a stop stayed counted as wrong (and
+    had gone over the bus to the other instances), its address's check too. A cancelled
+    check checked nothing: what its arrival counted is withdrawn. One failure locks an
+    address out here, two checks spend its budget: a count left behind would show."""
+    central = short_timeout_central
+    charging = central.services.charging
+    charging.sign_ins = ChargerSignIns(charging.sign_ins.by_address.clock,
+                                       ChargerSignInLimits(per_address=1))
+    charging.sign_ins.checks.limit = 2
+    real = charging.password_ok
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        time.sleep(1.5)  # the threads busy with a storm: past the handshake timeout
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    got = await asyncio.gather(*(attempt_or_dropped(central, cp_id, password, CHARGER)
+                                 for password, cp_id in ((STATION_PASSWORD, "CP-1"),
+                                                         ("guess", "CP-9"))))
+    assert got == [0, 0]  # both dropped, their checks still running
+    assert charging.sign_ins.checks_refused_for(CHARGER) is not None  # both counted
+    await central.server.stop()
+    password_hash = central.stations["CP-1"].auth_password_hash or ""
+    assert charging.sign_ins.refused_for("CP-1", password_hash, CHARGER) is None
+    assert charging.sign_ins.unknown is not None
+    assert charging.sign_ins.unknown.refused_for("CP-9", UNKNOWN_KEY, CHARGER) is None
+    charging.sign_ins.check_started(CHARGER)  # both given back: one more leaves one
+    assert charging.sign_ins.checks_refused_for(CHARGER) is None
