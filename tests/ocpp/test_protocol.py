@@ -99,10 +99,12 @@ async def test_refusals_and_disconnects_say_why_in_the_log_once_a_minute(
         r.getMessage() for r in caplog.records]
 
 
-async def test_repeated_and_known_wrong_passwords_cost_no_argon2_but_count(
+async def test_known_wrong_passwords_cost_no_argon2_and_every_guess_counts(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A guess already refused is refused without argon2, and so is any wrong one once
-    the right one was verified; each still counts towards the lockout (QA s22: the
+    """Once the right password was verified, any wrong one is refused without argon2; a
+    guess repeated before that is checked again (the memory of refused guesses is gone:
+    it told real cpIds from made-up ones, review r26-security4; repeats are held by the
+    lockouts and the address's budget). Each counts towards the lockout (QA s22: the
     cached digest settled 2,700 guesses a second with no count at all)."""
     checked: list[str] = []
     real = central.services.charging.password_ok
@@ -126,17 +128,17 @@ async def test_repeated_and_known_wrong_passwords_cost_no_argon2_but_count(
     for i in range(3):
         assert await attempt(f"wrong-password-{i}") == 401
     assert len(checked) == 3
-    assert await attempt("wrong-password-0") == 401  # repeated: no argon2 …
-    assert len(checked) == 3
+    assert await attempt("wrong-password-0") == 401  # repeated: checked again …
+    assert len(checked) == 4
     assert await attempt(STATION_PASSWORD, "198.51.100.1") == 101  # the charger, elsewhere
-    assert len(checked) == 4
+    assert len(checked) == 5
     assert await attempt("yet-another-guess") == 401  # the right one is known: no argon2
-    assert len(checked) == 4
+    assert len(checked) == 5
     # … but both were counted: five wrong ones from there, and the right password from
     # there is refused unchecked now.
     assert await attempt(STATION_PASSWORD) == 429
     assert await attempt(STATION_PASSWORD, "198.51.100.1") == 101
-    assert len(checked) == 4
+    assert len(checked) == 5
 
 
 async def test_a_flood_against_one_station_locks_nobody_out(
