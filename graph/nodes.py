@@ -973,8 +973,8 @@ class Session(Node, Audited):
     state: SessionState = strawberry.field(description="ACTIVE or COMPLETED.")
     start_time: datetime = strawberry.field(description=(
         "When it started, by the charger's clock (StartTransaction), UTC; when the "
-        "charger's timestamp was no time (before 2015: a clock never set, or ahead of "
-        "ours), when its start arrived."))
+        "charger's timestamp was no time (before 2015: a clock never set, or more than "
+        "5 minutes ahead of ours), when its start arrived."))
     end_time: datetime | None = strawberry.field(description=(
         "When it ended, by the charger's clock, UTC; null while ACTIVE."))
     meter_start_wh: BigInt = strawberry.field(description=(
