@@ -832,15 +832,17 @@ class LocalList(Record):
     #: ``listVersion`` of the last list (Full or Differential) the charger accepted.
     version: int = 0
     #: The SendLocalLists (ours or operators') sent and not answered (a timeout, the
-    #: connection lost after sending it), oldest first, the last 8
+    #: connection lost after sending it), in the order sent (``sentAt``), the last 8
     #: (``withdrawal.MAX_PENDING``): the charger may hold any of them. Each as sent
     #: (``listVersion``, ``updateType``, ``localAuthorizationList``; OCPP JSON), with
-    #: ``ours`` (``Withdrawal.push``'s) and an ``id``. Settled when the charger's
-    #: version is learnt (``withdrawal.settle_pending``): the last one at exactly that
-    #: version, unless it is the version recorded, is recorded as accepted with those
-    #: before it, in order; the rest are dropped. Review s26: left unrecorded, a
-    #: withdrawal was judged against a list the charger no longer held; review
-    #: r26-multi3: one kept alone, and taken at any version at or below the charger's.
+    #: ``ours`` (``Withdrawal.push``'s), ``sentAt`` (rfc3339) and an ``id``. Settled
+    #: when the charger's version is learnt (``withdrawal.settle_pending``): walked in
+    #: the order sent, a Differential above the version reached so far and at most the
+    #: charger's, and a Full list at exactly it (the last sent so), are recorded as
+    #: accepted; the rest are dropped (``withdrawal._taken``). Review s26: left
+    #: unrecorded, a withdrawal was judged against a list the charger no longer held;
+    #: review r26-multi3: one kept alone, and taken at any version at or below the
+    #: charger's; review r26-multi4: a Differential the charger refused recorded.
     #: Written guarded on the value read. ``None``: nothing unanswered.
     pending: list[dict[str, Any]] | None = None
 

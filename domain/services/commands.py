@@ -279,6 +279,9 @@ class CommandOutcome:
     #: When the answer (or why there is none) was recorded: what a configuration read
     #: or a firmware rollout it started is stored as of.
     answered_at: datetime | None = None
+    #: When it was handed to the charger's connection: what a SendLocalList left
+    #: unanswered is ordered by (``withdrawal.hold_pending``; review r26-multi4).
+    sent_at: datetime | None = None
     #: A SendLocalList of ``Withdrawal``'s own (a withdrawal or restoration): only its
     #: accepted entries remember what to put back (``record_local_list``).
     own_list: bool = False
@@ -495,7 +498,8 @@ class CommandService(Service):
         not command). ``CommandCompleted`` still names the service: the person would
         otherwise be told which of another company's chargers it went to, and how they
         answered (attacker QA s17). ``own_list``: a SendLocalList ``Withdrawal`` sends
-        (``CommandOutcome.own_list``). ``owe_cancel``: a CancelReservation that ends its
+        (``CommandOutcome.own_list``), or its GetLocalListVersion (whose push sends what
+        is wanted itself). ``owe_cancel``: a CancelReservation that ends its
         reservation even at a charger online but unreachable (``CommandOutcome.owe_cancel``).
         ``timeout``: how long each of its waits (its turn, the answer) may last, the
         service's own (``timeout``) by default."""
@@ -601,6 +605,7 @@ class CommandService(Service):
         if self.gateway is None:
             outcome.error = ChargerOffline("no OCPP bridge runs in this process")
             return
+        outcome.sent_at = self.now()
         try:
             result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
                                              timeout)
@@ -1982,7 +1987,8 @@ class CommandService(Service):
                 or type(outcome.error) is ChargerError):
             # Sent and not answered (or an answer we could not read): the charger may
             # hold it. Pending until its version tells (review s26).
-            await hold_pending(self.store, station, payload, viewer, ours=outcome.own_list)
+            await hold_pending(self.store, station, payload, viewer, ours=outcome.own_list,
+                               sent_at=outcome.sent_at or answered_at)
         elif outcome.action == "GetLocalListVersion" and outcome.error is None \
                 and isinstance(outcome.result.get("listVersion"), int):
             # The charger's version settles a list it did not answer (``hold_pending``),
@@ -1990,7 +1996,10 @@ class CommandService(Service):
             wanting = await settle_pending(self.store, station,
                                            outcome.result["listVersion"], viewer,
                                            now=self.now())
-            if wanting and self.on_list_wanting is not None:
+            # Asked by a push (``own_list``), which sends what is wanted next itself: a
+            # push of its own would follow each (a charger answering the version and
+            # never a list would be sent lists without end).
+            if wanting and not outcome.own_list and self.on_list_wanting is not None:
                 self.on_list_wanting(station.id)
         await self._record_configuration(viewer, outcome, payload, answered_at)
         if changes:

@@ -34,9 +34,10 @@ withdrawal is sent again (``_to_send``). One push at a time per station in a pro
 across instances the list version orders them, and a VersionMismatch's resend reads
 and judges what is wanted again, after whatever list moved the charger's version. A
 list (ours or an operator's) sent and not answered is kept pending (``hold_pending``:
-each of them, in order, the last ``MAX_PENDING``) and, once the charger's version is
-learnt (``settle_pending``), recorded as accepted with those before it if the charger's
-version is exactly its own, or dropped, before anything is judged against the record.
+each of them, in the order sent, the last ``MAX_PENDING``) and, once the charger's
+version is learnt (``settle_pending``), recorded as accepted if the charger took it as
+far as its version tells (``_taken``), or dropped, before anything is judged against
+the record.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
@@ -71,7 +72,7 @@ from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
-from domain.wire import wire_json
+from domain.wire import rfc3339, wire_json
 
 if TYPE_CHECKING:
     from domain.services.commands import CommandService
@@ -236,100 +237,137 @@ def _version(held: dict[str, Any]) -> int:
     return int(held["listVersion"])
 
 
+#: ``sentAt`` of a pending list held before it was kept (unreleased): sent first.
+_UNSENT = ""
+
+
+def _sent(held: dict[str, Any]) -> str:
+    """When pending ``held`` was sent (``rfc3339``: its strings sort as the times)."""
+    return str(held.get("sentAt") or _UNSENT)
+
+
 async def hold_pending(store: Store, station: Station, payload: dict[str, Any],
-                       actor: Viewer, *, ours: bool) -> None:
-    """Records a SendLocalList sent to ``station`` and not answered (a timeout, the
-    connection lost after sending it; ``ours``: ``Withdrawal.push``'s) as pending at its
-    version (``LocalList.pending``): the charger may hold it or not, and only its
-    version tells (``settle_pending``). Review s26: left unrecorded, an operator's Full
-    list the charger took without its answer reaching us left a tag it dropped in our
-    record; a withdrawal of that card was resent above the charger's version and added
-    it back, and the card's put-back then made it Accepted.
-    Each unanswered list is kept, in the order held, the last ``MAX_PENDING`` of them:
-    the charger may have taken any of them (review r26-multi3: kept alone, an operator's
-    Full list taken with its answer lost was forgotten when its retry, never delivered,
-    took its place, and the charger's version then dropped the retry; the tag the first
-    one removed came back). A Full list does not clear those before it while it is
-    unanswered: it may not have reached the charger when they did. The write is guarded
-    on the pending lists read, and tried again (``_retried``)."""
-    held = wire_json({"id": new_id(), "listVersion": int(payload["listVersion"]),
-                      "updateType": payload.get("updateType"),
-                      "localAuthorizationList": [
-                          e for e in payload.get("localAuthorizationList") or ()
-                          if isinstance(e, dict)],
-                      "ours": ours})
+                       actor: Viewer, *, ours: bool, sent_at: datetime | None = None) -> None:
+    """Records a SendLocalList sent to ``station`` at ``sent_at`` and not answered (a
+    timeout, the connection lost after sending it; ``ours``: ``Withdrawal.push``'s) as
+    pending at its version (``LocalList.pending``): the charger may hold it or not, and
+    only its version tells (``settle_pending``). Review s26: left unrecorded, an
+    operator's Full list the charger took without its answer reaching us left a tag it
+    dropped in our record; a withdrawal of that card was resent above the charger's
+    version and added it back, and the card's put-back then made it Accepted.
+    Each unanswered list is kept, in the order SENT (``sentAt``; lists sent at the same
+    millisecond, or held with no ``sent_at``, taken for sent after those held before
+    them), the last ``MAX_PENDING`` sent: the charger took them, or not, in the order
+    they reached it, not the order their answers failed (review r26-multi4: a list
+    sent first whose answer failed last was walked after one sent later). Review
+    r26-multi3: kept alone, an operator's Full list taken with its answer lost was
+    forgotten when its retry, never delivered, took its place. A Full list does not
+    clear those before it while it is unanswered: it may not have reached the charger
+    when they did. The write is guarded on the pending lists read, and tried again
+    (``_retried``)."""
+    fields = {"id": new_id(), "listVersion": int(payload["listVersion"]),
+              "updateType": payload.get("updateType"),
+              "localAuthorizationList": [
+                  e for e in payload.get("localAuthorizationList") or ()
+                  if isinstance(e, dict)],
+              "ours": ours}
 
     async def hold() -> None:
         [current] = await store.get_many(LocalList, [station.id])
+        pendings = _pendings(current)
+        at = rfc3339(sent_at) if sent_at is not None \
+            else max((_sent(p) for p in pendings), default=_UNSENT)
+        held = wire_json({**fields, "sentAt": at})
         if current is None:  # nothing recorded yet: the list as known is empty, version 0
             await store.write([Insert(stamp_new(LocalList(
                 id=station.id, station_id=station.id, cp_id=station.cp_id, version=0,
                 pending=[held]), actor))], [])
             return
-        kept = [*_pendings(current), held][-MAX_PENDING:]
+        # After every list sent at or before it (a stable place: ties keep hold order).
+        place = len(pendings)
+        while place > 0 and _sent(pendings[place - 1]) > at:
+            place -= 1
+        kept = [*pendings[:place], held, *pendings[place:]][-MAX_PENDING:]
         await store.write([_pending_written(current, actor, kept)], [])
     await _retried(hold)
 
 
-def _taken(pendings: Sequence[dict[str, Any]], recorded: int, theirs: int) -> str | None:
-    """Which of ``pendings`` (oldest first) the charger's list, at version ``theirs``,
-    was last set by (its ``id``): the last one at exactly that version; ``None``: none
-    of them. The version a list was sent at is all a charger tells of it, so:
-    - only a list at exactly the charger's version was taken. One at a lower version is
-      not, a charger at its version above it (review r26-multi3: operators may start
-      their versions again from 1; an unanswered Full list v1 was taken for held by a
-      charger still at v3, and dropped tags it held from our record); one at a higher
-      version is not either (a Differential accepted after it would have raised it);
-    - a charger still at the version recorded before (``recorded``) took none of them,
-      even one sent at that very version (a Differential there would have been
-      refused, VersionMismatch; a Full list re-sent at the version recorded is the
-      guess left: taken or not, the version is the same, and it is taken for not);
-    - the ones held before it, in order, were taken as well (their answers lost as its
-      was), and those after it not (one at the same version after it is taken for the
-      one the charger kept). A Full list among them replaces what came before."""
-    if theirs == recorded:
-        return None
-    at = [p.get("id") or "" for p in pendings if _version(p) == theirs]
-    return at[-1] if at else None
+def _taken(pendings: Sequence[dict[str, Any]], recorded: int, theirs: int) -> list[str]:
+    """Which of ``pendings`` (in the order sent) the charger, its list at version
+    ``theirs``, took (their ``id``s, in that order), ours at ``recorded``: each is
+    walked in the order sent, ``recorded`` following what is taken (review r26-multi4,
+    the rule as decided):
+    - a Differential is taken iff ``recorded`` < its version <= ``theirs`` (then
+      ``recorded`` is its version): one at or below the version the charger was at
+      then was refused (VersionMismatch, OCPP 1.6), so a second one sent at a version
+      already taken is not (review r26-multi4: recorded, it marked a tag Blocked the
+      charger still held Accepted, and nothing sent the withdrawal again); one above
+      the charger's version was never taken, whatever its place (review r26-multi4: one
+      at 3 sent before one at 2, the charger at 2, was recorded and the taken one
+      skipped below it);
+    - a Full list is taken iff its version is ``theirs`` and no Full list sent after it
+      is at that version too (then the record is reset to it, ``recorded`` is
+      ``theirs``): one at another version is not (review r26-multi3: operators may start
+      their versions again from 1; a Full list at 1 was taken by a charger still at 3).
+    The guesses left: of two Full lists at the charger's version, the one sent last
+    (the charger may have taken only the first, its version alone cannot tell); a Full
+    list at the charger's version is taken even when that is the version recorded
+    (re-sent at it, taken or not, the version is the same); a Differential up to the
+    charger's version is taken, though another's list (one not pending) may have moved
+    the charger there."""
+    taken: list[str] = []
+    lasts = {_version(p): p.get("id") or "" for p in pendings
+             if p.get("updateType") == "Full"}
+    for held in pendings:
+        at = _version(held)
+        if held.get("updateType") == "Full":
+            if at == theirs and lasts.get(at) == (held.get("id") or ""):
+                taken.append(held.get("id") or "")
+                recorded = theirs
+        elif recorded < at <= theirs:
+            taken.append(held.get("id") or "")
+            recorded = at
+    return taken
 
 
 async def settle_pending(store: Store, station: Station, theirs: int, actor: Viewer, *,
                          now: datetime) -> bool:
     """The charger of ``station`` says its list is at version ``theirs`` (its
-    GetLocalListVersion answer): of the lists pending (``hold_pending``), the one it
-    was last set by (``_taken``) and those held before it are recorded as accepted
-    (``record_local_list``), in order, before anything is judged against the record;
-    the others are dropped (all of them when none is at its version). Those held after
-    this read are left for the next (its list was sent after the version was asked).
-    Each step is its own write, guarded on the pending lists read and tried again
-    (``_retried``). Returns whether any entry is wanted since (as
-    ``record_local_list``)."""
+    GetLocalListVersion answer): of the lists pending (``hold_pending``), those it took
+    (``_taken``) are recorded as accepted (``record_local_list``), in the order sent,
+    before anything is judged against the record; the others are dropped. Those held
+    after this read are left for the next (its list was sent after the version was
+    asked). Each step is its own write, guarded on the pending lists read and tried
+    again (``_retried``). Returns whether any entry is wanted since (as
+    ``record_local_list``), or a list of ours was dropped: what it carried is still
+    wanted and is sent again now (review r26-multi4), not at the next sweep or boot."""
     [current] = await store.get_many(LocalList, [station.id])
     pendings = _pendings(current)
     if current is None or not pendings:
         return False
     judged = {p.get("id") or "" for p in pendings}
-    taken = _taken(pendings, current.version, theirs)
-    wanting = False
+    taken = set(_taken(pendings, current.version, theirs))
+    wanting = any(p.get("ours") and (p.get("id") or "") not in taken for p in pendings)
 
     async def step() -> tuple[bool, bool]:
-        """One pending list recorded, or the rest dropped: (wanting, done)."""
+        """The lists dropped up to the next one taken, and that one recorded; or the
+        rest dropped: (wanting, done)."""
         [current] = await store.get_many(LocalList, [station.id])
         pendings = _pendings(current)
         mine = [p for p in pendings if (p.get("id") or "") in judged]
         if current is None or not mine:
             return False, True
         ids = [p.get("id") or "" for p in mine]
-        if taken is None or taken not in ids:
+        first = next((i for i, at in enumerate(ids) if at in taken), None)
+        if first is None:
             await store.write([_pending_written(current, actor, [
                 p for p in pendings if (p.get("id") or "") not in judged])], [])
             return False, True
-        head = mine[0]
-        last = (head.get("id") or "") == taken
-        drop = set(ids) if last else {ids[0]}
+        head = mine[first]
+        drop = set(ids[:first + 1])
         kept = [p for p in pendings if (p.get("id") or "") not in drop]
         return await _record(store, station, current, head, actor,
-                             ours=bool(head.get("ours")), now=now, kept=kept), last
+                             ours=bool(head.get("ours")), now=now, kept=kept), False
 
     while True:
         got, done = await _retried(step)
@@ -969,7 +1007,7 @@ class Withdrawal(Service):
             return
         try:
             await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion", {},
-                                     audited_as=actor)
+                                     audited_as=actor, own_list=True)
         except DomainError as exc:
             log.info("local list version of %s not asked: %s", station.cp_id, exc.message)
 
@@ -988,7 +1026,7 @@ class Withdrawal(Service):
         if outcome != "VersionMismatch":
             return
         asked = await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion",
-                                         {}, audited_as=actor)
+                                         {}, audited_as=actor, own_list=True)
         theirs = asked.result.get("listVersion")
         if asked.error is not None or not isinstance(theirs, int) or theirs < 0:
             return

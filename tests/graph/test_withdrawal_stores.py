@@ -149,17 +149,18 @@ def _differential(version: int, tag: str, status: str | None) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("theirs", "held", "version"), [
-    (2, ["STAFF-1"], 2),                        # v2 taken, v3 not: v3 dropped
-    (3, ["STAFF-1", "TAG-DRIVER2"], 3),         # both taken, in order
-    (1, ["STAFF-1", "TAG-DRIVER1"], 1),         # neither
-    (7, ["STAFF-1", "TAG-DRIVER1"], 1)])        # none at its version: neither
+    (2, ["STAFF-1"], 2),                                 # Full v2 taken, v3 above: not
+    (3, ["STAFF-1", "TAG-DRIVER1", "TAG-DRIVER2"], 3),   # Full not at 3: only v3 taken
+    (1, ["STAFF-1", "TAG-DRIVER1"], 1),                  # neither
+    (7, ["STAFF-1", "TAG-DRIVER1", "TAG-DRIVER2"], 3)])  # v3 up to 7: taken; Full not
 async def test_every_unanswered_list_is_kept_and_settled_in_order(
         services: Services, world: World, theirs: int, held: list[str],
         version: int) -> None:
     """Review r26-multi3: one pending list was kept, a second unanswered one in the
     first's place; the first, taken, was forgotten when the charger's version dropped
-    the second. Each is kept, oldest first; the charger's version records the one at it
-    and those before it, in order, and drops the rest."""
+    the second. Each is kept, in the order sent, and walked so once the charger's
+    version is learnt (review r26-multi4): a Full list taken only at exactly it, a
+    Differential above the version recorded so far and up to it; the rest dropped."""
     store, station = services.ctx.store, world.stations["A-001"]
     await listed(services, world, "TAG-DRIVER1", "STAFF-1")
     await withdrawal.hold_pending(store, station, _full(2, "STAFF-1"), SYSTEM, ours=False)
@@ -237,6 +238,114 @@ async def test_two_instances_holding_unanswered_lists_at_once_keep_both(
     [kept] = await store.get_many(d.LocalList, [station.id])
     assert kept is not None and kept.pending is not None
     assert [(p["listVersion"], p["ours"]) for p in kept.pending] == [(3, False), (2, True)]
+
+
+async def _tags(services: Services, world: World) -> dict[str, str]:
+    return {e.tag: e.status for e in await services.ctx.store.find_all(
+        d.LocalListEntry, Eq("station_id", world.stations["A-001"].id))}
+
+
+@pytest.mark.parametrize("learnt_by", ["settle", "later_differential"])
+async def test_a_second_differential_at_the_taken_version_is_not_recorded(
+        services: Services, world: World, learnt_by: str) -> None:
+    """Review r26-multi4. Recorded at 1 (STAFF-1, STAFF-2 Accepted). Diff v2 (STAFF-1
+    Blocked) is sent and its answer lost; Diff v2 again (STAFF-1 and STAFF-2 Blocked: the
+    push re-sent at recorded+1 when its version check went unanswered) is refused by
+    the charger, now at 2 (VersionMismatch), its answer lost as well. The charger holds
+    STAFF-2 Accepted: learnt through its version (2) or a later accepted Differential,
+    the second is dropped (it was recorded through the version: STAFF-2 Blocked,
+    nothing wanted)."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    now = datetime.now(UTC)
+    await withdrawal.record_local_list(store, station, _full(1, "STAFF-1", "STAFF-2"),
+                                       SYSTEM, ours=False, now=now)
+    first = _differential(2, "STAFF-1", "Blocked")
+    second = {**first, "localAuthorizationList": [
+        {"idTag": "STAFF-1", "idTagInfo": {"status": "Blocked"}},
+        {"idTag": "STAFF-2", "idTagInfo": {"status": "Blocked"}}]}
+    await withdrawal.hold_pending(store, station, first, SYSTEM, ours=True)
+    await withdrawal.hold_pending(store, station, second, SYSTEM, ours=True)
+    if learnt_by == "settle":
+        await withdrawal.settle_pending(store, station, 2, SYSTEM, now=now)
+    else:
+        await withdrawal.record_local_list(store, station, _differential(3, "X-9", None),
+                                           SYSTEM, ours=False, now=now)
+    assert (await _tags(services, world))["STAFF-2"] == "Accepted"
+
+
+async def test_a_differential_above_the_chargers_version_sent_first_is_not_recorded(
+        services: Services, world: World) -> None:
+    """Review r26-multi4. Recorded at 1. Pending, in the order sent: Diff v3 removing
+    STAFF-2 (never delivered), then Diff v2 adding STAFF-3 (taken, answer lost). The
+    charger says 2: it cannot have taken v3 (it would be at 3, the v2 after it refused).
+    v3 was recorded (STAFF-2 gone, version 3) and v2 skipped below it: the record held
+    neither what the charger holds nor its version."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    now = datetime.now(UTC)
+    await withdrawal.record_local_list(store, station, _full(1, "STAFF-1", "STAFF-2"),
+                                       SYSTEM, ours=False, now=now)
+    await withdrawal.hold_pending(store, station, _differential(3, "STAFF-2", None),
+                                  SYSTEM, ours=False, sent_at=now)
+    await withdrawal.hold_pending(store, station, _differential(2, "STAFF-3", "Accepted"),
+                                  SYSTEM, ours=False, sent_at=now + timedelta(seconds=1))
+    await withdrawal.settle_pending(store, station, 2, SYSTEM, now=now)
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None
+    assert (after.version, sorted(await _tags(services, world))) == (
+        2, ["STAFF-1", "STAFF-2", "STAFF-3"])
+
+
+async def test_the_unanswered_lists_are_walked_in_the_order_sent_not_held(
+        services: Services, world: World) -> None:
+    """Review r26-multi4: two Differentials sent at 2 (STAFF-1 Blocked, then STAFF-2
+    Blocked), the second's answer failing first. The charger at 2 took the one sent
+    first and refused the other (VersionMismatch): the one held first is not it."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    now = datetime.now(UTC)
+    await withdrawal.record_local_list(store, station, _full(1, "STAFF-1", "STAFF-2"),
+                                       SYSTEM, ours=False, now=now)
+    await withdrawal.hold_pending(store, station, _differential(2, "STAFF-2", "Blocked"),
+                                  SYSTEM, ours=False, sent_at=now + timedelta(seconds=1))
+    await withdrawal.hold_pending(store, station, _differential(2, "STAFF-1", "Blocked"),
+                                  SYSTEM, ours=False, sent_at=now)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.pending is not None
+    assert [p["localAuthorizationList"][0]["idTag"] for p in kept.pending] == [
+        "STAFF-1", "STAFF-2"]
+    await withdrawal.settle_pending(store, station, 2, SYSTEM, now=now)
+    assert await _tags(services, world) == {"STAFF-1": "Blocked", "STAFF-2": "Accepted"}
+
+
+@pytest.mark.parametrize(("sent", "theirs", "held", "version"), [
+    # Diff v2 then Full v3, the charger at 3: both taken, the Full last.
+    ([_differential(2, "STAFF-2", "Blocked"), _full(3, "STAFF-3")], 3, {
+        "STAFF-3": "Accepted"}, 3),
+    # Full v3 then Diff v3: the Full taken, the Differential at its version refused.
+    ([_full(3, "STAFF-3"), _differential(3, "STAFF-2", "Accepted")], 3, {
+        "STAFF-3": "Accepted"}, 3),
+    # Two Full lists at 3: the one sent last is taken (the guess left).
+    ([_full(3, "STAFF-2"), _full(3, "STAFF-3")], 3, {"STAFF-3": "Accepted"}, 3),
+    # Full v3 then Diff v4, the charger at 4: the Full, not at 4, is taken for not
+    # (the guess left); the Differential is taken on what was recorded.
+    ([_full(3, "STAFF-3"), _differential(4, "STAFF-1", "Blocked")], 4, {
+        "STAFF-1": "Blocked", "STAFF-2": "Accepted"}, 4)])
+async def test_the_settle_rule_for_full_lists_among_differentials(
+        services: Services, world: World, sent: list[dict[str, Any]], theirs: int,
+        held: dict[str, str], version: int) -> None:
+    """Review r26-multi4, the rule as decided: a Full list is taken at exactly the
+    charger's version when no Full list sent after it is at it too, and resets the
+    record; a Differential is taken above the version recorded so far."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    now = datetime.now(UTC)
+    await withdrawal.record_local_list(store, station, _full(1, "STAFF-1", "STAFF-2"),
+                                       SYSTEM, ours=False, now=now)
+    for i, payload in enumerate(sent):
+        await withdrawal.hold_pending(store, station, payload, SYSTEM, ours=False,
+                                      sent_at=now + timedelta(seconds=i))
+    await withdrawal.settle_pending(store, station, theirs, SYSTEM, now=now)
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None and after.pending is None
+    assert (after.version, await _tags(services, world)) == (version, held)
 
 
 class _Holding:

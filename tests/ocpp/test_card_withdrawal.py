@@ -799,3 +799,45 @@ async def test_a_blocked_card_a_pending_full_list_accepts_is_withdrawn_at_once(
         await settled(central)
         assert cp.local_list.get("TAG-OTHER") == {"status": "Blocked"}, (
             cp.local_list, await entry(central, "CP-1", "TAG-OTHER"))
+
+
+async def test_a_differential_resent_at_the_version_the_charger_took_is_not_recorded(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-multi4. The charger holds TAG-OK and TAG-OTHER at v1; every answer is
+    lost. TAG-OK's card is blocked: Differential v2 reaches the charger, which takes it
+    (pending). TAG-OTHER's card is blocked: the push's version check goes unanswered and
+    v2 is sent once more, now with TAG-OTHER Blocked too; the charger, at 2, refuses it
+    (VersionMismatch; pending). Once the charger's version (2) is learnt, only the first
+    is recorded: TAG-OTHER stays wanted and is sent again at once, not recorded Blocked
+    with nothing wanted while the charger still holds it Accepted."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        real = central.gateway.call
+
+        async def answers_lost(cp_id: str, action: str, payload: dict[str, Any],
+                               timeout: float) -> dict[str, Any]:
+            if action == "GetLocalListVersion":
+                raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
+            result = await real(cp_id, action, payload, timeout)
+            if action == "SendLocalList":
+                raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
+            return result
+        monkeypatch.setattr(central.gateway, "call", answers_lost)
+        await block(central, "ok", who="admin")
+        await settled(central)
+        await block(central, "other", who="admin")
+        await settled(central)
+        monkeypatch.setattr(central.gateway, "call", real)
+        sent = [(p["list_version"], sorted(e["id_tag"] for e in p.get("entries") or ()))
+                for n, p in cp.received if n == "SendLocalList"]
+        assert sent[-2:] == [(2, ["TAG-OK"]), (2, ["TAG-OK", "TAG-OTHER"])], sent
+        assert cp.local_list_version == 2
+        assert cp.local_list["TAG-OTHER"] == {"status": "Accepted"}  # refused v2 again
+
+        # The charger's version is learnt (anyone asking, or the next push's check).
+        await central.services.commands.send(SYSTEM, "CP-1", "GetLocalListVersion", {})
+        await settled(central)
+        held = await entry(central, "CP-1", "TAG-OTHER")
+        assert cp.local_list.get("TAG-OTHER") == {"status": "Blocked"}, (
+            cp.local_list, held)
