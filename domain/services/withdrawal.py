@@ -309,19 +309,26 @@ def _taken(pendings: Sequence[dict[str, Any]], recorded: int, theirs: int) -> li
       is at that version too (then the record is reset to it, ``recorded`` is
       ``theirs``): one at another version is not (review r26-multi3: operators may start
       their versions again from 1; a Full list at 1 was taken by a charger still at 3).
+    - but not a Full list at the version we had recorded before it: the charger at the
+      same version tells nothing, and the guess leans to the record keeping the tags
+      it had, so that blocking any of them is always sent (taken for held, a Full list
+      that never arrived dropped tags the charger still accepts, and a block of one of
+      them sent nothing: the lead's call, session 26).
     The guesses left: of two Full lists at the charger's version, the one sent last
     (the charger may have taken only the first, its version alone cannot tell); a Full
-    list at the charger's version is taken even when that is the version recorded
-    (re-sent at it, taken or not, the version is the same); a Differential up to the
-    charger's version is taken, though another's list (one not pending) may have moved
-    the charger there."""
+    list re-sent at the version recorded is not taken, even when it arrived (a tag it
+    left out stays in the record: blocked later, it is sent Blocked, harmless; put back
+    when usable again, it is sent Accepted, which the operator's list had dropped); a
+    Differential up to the charger's version is taken, though another's list (one not
+    pending) may have moved the charger there."""
     taken: list[str] = []
+    before = recorded
     lasts = {_version(p): p.get("id") or "" for p in pendings
              if p.get("updateType") == "Full"}
     for held in pendings:
         at = _version(held)
         if held.get("updateType") == "Full":
-            if at == theirs and lasts.get(at) == (held.get("id") or ""):
+            if at == theirs != before and lasts.get(at) == (held.get("id") or ""):
                 taken.append(held.get("id") or "")
                 recorded = theirs
         elif recorded < at <= theirs:

@@ -328,7 +328,12 @@ async def test_the_unanswered_lists_are_walked_in_the_order_sent_not_held(
     # Full v3 then Diff v4, the charger at 4: the Full, not at 4, is taken for not
     # (the guess left); the Differential is taken on what was recorded.
     ([_full(3, "STAFF-3"), _differential(4, "STAFF-1", "Blocked")], 4, {
-        "STAFF-1": "Blocked", "STAFF-2": "Accepted"}, 4)])
+        "STAFF-1": "Blocked", "STAFF-2": "Accepted"}, 4),
+    # A Full list re-sent at the version recorded (1), the charger at 1: its version
+    # tells nothing, and the record keeps the tags it had, so that blocking one of them
+    # is sent (taken for held, the charger still accepting STAFF-1 and STAFF-2 if it
+    # never arrived, a block of either sent nothing).
+    ([_full(1, "STAFF-3")], 1, {"STAFF-1": "Accepted", "STAFF-2": "Accepted"}, 1)])
 async def test_the_settle_rule_for_full_lists_among_differentials(
         services: Services, world: World, sent: list[dict[str, Any]], theirs: int,
         held: dict[str, str], version: int) -> None:
