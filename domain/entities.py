@@ -99,13 +99,16 @@ class MeterAnomaly(StrEnum):
     transaction's own readings went higher (``STOP_BELOW_READINGS``: billed by it); or,
     closed as lost by a newer start on its connector, that start's meterStart lay below
     its readings (``NEXT_START_BELOW_READINGS``: billed up to that meterStart, the
-    energy above it being the newer session's)."""
+    energy above it being the newer session's); or it is a replay of an earlier session
+    of a clock never set, closed by its stop (``REPLAYED``: priced nothing,
+    ``ChargingService._replayed``)."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
     IMPLAUSIBLE_STOP = "IMPLAUSIBLE_STOP"
     STOP_BELOW_READINGS = "STOP_BELOW_READINGS"
     NEXT_START_BELOW_READINGS = "NEXT_START_BELOW_READINGS"
+    REPLAYED = "REPLAYED"
 
 
 class SignedEncoding(StrEnum):
@@ -571,13 +574,21 @@ class Session(Record):
     #: transaction queued offline and sent later included.
     start_clock_behind: bool = False
     #: The timestamp its StartTransaction carried when that was no time at all (before
-    #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970) and the session was
-    #: dated on the start's arrival instead (``start_clock_behind`` set too): what a
-    #: resend of that start repeats (``_StartIdentity.matches``: a session of the same
-    #: connector, card, stamp and meterStart recorded since its charger's last boot,
-    #: ACTIVE or closed by its own stop; only ACTIVE for the epoch itself). Null
-    #: otherwise.
+    #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970 or 2000) and the
+    #: session was dated on the start's arrival instead (``start_clock_behind`` set too):
+    #: what a resend of that start repeats. ``_StartIdentity.matches`` takes a start
+    #: stamped so for the session of the same connector, card, stamp and meterStart,
+    #: ACTIVE or closed by its own stop, recorded in any boot of its charger (a ticking
+    #: clock restarted at a boot repeats a stamp only if as many seconds passed); for a
+    #: stuck stamp (``charging.STUCK_CLOCK_STAMPS``: exactly 1970-01-01T00:00:00Z or
+    #: 2000-01-01T00:00:00Z, repeated at every start) only the one still ACTIVE and
+    #: recorded since the charger's last boot. Null otherwise.
     reported_start: datetime | None = None
+    #: For a session with a ``reported_start``: the timestamp its StopTransaction carried,
+    #: as sent (migration 71). A replayed queue's phantom whose stop repeats an earlier
+    #: session's stamp, meterStart, meterStop and this is a duplicate, priced nothing
+    #: (``ChargingService._replayed``). Null otherwise, and for sessions closed before it.
+    reported_end: datetime | None = None
     #: What its charger was told of the card at the start when not Accepted (Blocked,
     #: Expired, Invalid, ConcurrentTx): a start refused, which the charger stops
     #: (DeAuthorized) or, configured so, lets run. Priced by no tariff: not billed.

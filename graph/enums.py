@@ -28,7 +28,7 @@ strawberry.enum(d.AuditAction, description="What a change log entry records.")
 strawberry.enum(d.MeterAnomaly, description=(
     "What a session's energy register did that its energy is counted across, or a "
     "final register (meterStop, or the next start's meterStart) that was not believed "
-    "or that its readings passed."))
+    "or that its readings passed; or a session that is a replay of an earlier one."))
 
 Role = d.Role
 IdTagStatus = d.IdTagStatus
@@ -155,6 +155,12 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                                      "billed there), not to its last reading; a "
                                      "StopTransaction of its own arriving later still "
                                      "decides. For an operator to review.",
+        "REPLAYED": "A duplicate: its charger, whose clock was never set, replayed an "
+                    "earlier session's start (and stop) from its queue after that "
+                    "session's stop, repeating its card, start stamp and meterStart "
+                    "(and its meterStop and stop stamp, or metering nothing until the "
+                    "next start closed it). Priced nothing, no payment: the earlier "
+                    "session is the charge.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
     "WebhookEvent": {

@@ -191,8 +191,11 @@ RESEND_METER_SLACK_WH = 100
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
 
-#: The stamp of a charger clock that does not tick at all (``_StartIdentity.matches``).
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The stamps of a charger clock never set that does not tick at all, stuck at its
+#: default (README: "a clock never set reads 1970 or 2000"): the epoch and the common RTC
+#: default. Such a charger repeats its stamp at every start (``_StartIdentity.matches``).
+STUCK_CLOCK_STAMPS: tuple[datetime, ...] = (datetime(1970, 1, 1, tzinfo=UTC),
+                                            datetime(2000, 1, 1, tzinfo=UTC))
 
 
 def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
@@ -236,29 +239,37 @@ class _StartIdentity(NamedTuple):
         long before (many chargers send meterStart 0) is another transaction, whose stop
         was lost. A start stamped by a clock never set (``reported``) is the session that
         carried the same stamp (``Session.reported_start``; a session recorded before
-        migration 65 kept it as its start) recorded since its charger's last boot
-        (``booted``), whether still open or closed by its own stop, however long ago:
-        within one boot a clock never set still ticks, so the same stamp is the same
-        transaction (a resend after a reconnect, review r26-robust2; a queue replayed
-        whole after its stop, review r26-robust3: a phantom opened, its replayed stop
-        billed the charge twice). Nothing recorded before that boot: across a boot the
-        clock starts again and may repeat a stamp for a new charge (review r26-robust3:
-        a power cut, the car still plugged, the new charge merged into the old). A
-        stamp at the epoch itself (``EPOCH``: a clock that does not tick) only its
-        session still open: such a charger repeats every figure at the same card's next
-        start (review s26); its queue replayed after its stop opens a phantom, priced
-        nothing (``ChargingService._replayed``)."""
+        migration 65 kept it as its start) and meterStart. A stamp that ticks: that
+        session whether still open or closed by its own stop, recorded in whatever boot
+        of its charger: a resend after a reconnect or a reboot (reviews r26-robust2,
+        r26-robust4), a queue replayed whole after its stop, after a power cut too
+        (reviews r26-robust3, r26-robust4: a phantom opened, its replayed stop billed the
+        charge twice). A ticking clock restarted at a boot repeats an earlier stamp only
+        if exactly as many seconds passed, with the same meterStart: that rare new charge
+        is taken for the old one (the limit left, docs/architecture.md). A stuck stamp
+        (``STUCK_CLOCK_STAMPS``: a clock that does not tick) only its session still open
+        and recorded since the charger's last boot (``booted``): such a charger repeats
+        its stamp at every start, and its meter, counting from 0 per transaction, every
+        figure (reviews s26, r26-robust4); its queue replayed after its stop opens a
+        phantom, priced nothing (``ChargingService._replayed``)."""
         if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
             return False
         if self.reported is not None:
             stamp = session.start_time if session.reported_start is None \
                 else session.reported_start
-            return stamp == self.reported and self.since_boot(session) and (
-                session.state is SessionState.ACTIVE if self.reported == EPOCH
-                else not session.closed_without_stop)
+            if stamp != self.reported:
+                return False
+            if self.stuck:
+                return session.state is SessionState.ACTIVE and self.since_boot(session)
+            return not session.closed_without_stop
         if self.glitch:
             return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
+
+    @property
+    def stuck(self) -> bool:
+        """Stamped by a clock never set that does not tick (``STUCK_CLOCK_STAMPS``)."""
+        return self.reported in STUCK_CLOCK_STAMPS
 
     def since_boot(self, session: Session) -> bool:
         """``session`` was recorded since its charger's last boot (``booted``, our clock,
@@ -380,6 +391,12 @@ class IdTagInfo:
 #: What the charger of a station not Accepted is told of the card its StartTransaction
 #: names, whatever the card (``_told``).
 WITHHELD = IdTagInfo("Invalid")
+
+
+def recorded_answer(session: Session) -> IdTagInfo:
+    """What ``session``'s start was answered, as recorded (``Session.start_refused``, else
+    Accepted): what a copy of a start whose session is closed is told."""
+    return IdTagInfo(session.start_refused or "Accepted")
 
 
 def _told(station: Station, info: IdTagInfo) -> IdTagInfo:
@@ -960,15 +977,20 @@ class ChargingService(ChargerConnections):
             reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
             reported, station.booted_at)
         for attempt in range(1, START_ATTEMPTS + 1):
-            # A clock never set: its copy of the same stamp recorded since the last boot,
-            # open or closed by its stop (open only, for the epoch itself); another
-            # glitch: its open copy; else the copy stamped the same.
+            # A clock never set: its copy of the same stamp, open or closed by its stop
+            # (open and since the last boot only, for a stuck stamp); another glitch:
+            # its open copy; else the copy stamped the same.
             same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
                 self._never_set_copies(identity) if reported is not None
                 else Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
+                if same.state is not SessionState.ACTIVE:
+                    # Closed: answered as it was, never judged again nor rewritten (review
+                    # r26-robust4: a paid session's card blocked since was recorded
+                    # start_refused, its charge read as refused).
+                    return same.transaction_id, _told(station, recorded_answer(same))
                 info = await self._resent(station, same, presented)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
@@ -1019,14 +1041,16 @@ class ChargingService(ChargerConnections):
     @staticmethod
     def _never_set_copies(identity: _StartIdentity) -> Filter:
         """Where the copies of a start stamped by a clock never set are looked for
-        (``_StartIdentity.matches``, which has the last word)."""
+        (``_StartIdentity.matches``, which has the last word): open ones recorded since
+        the last boot for a stuck stamp, else open or closed by their stop."""
         stamp = identity.reported
         return all_of(
-            Eq("state", SessionState.ACTIVE) if stamp == EPOCH
+            Eq("state", SessionState.ACTIVE) if identity.stuck
             else Eq("closed_without_stop", False),
             any_of(Eq("reported_start", stamp),
                    all_of(Eq("reported_start", None), Eq("start_time", stamp))),
-            Range("created_at", gte=identity.booted) if identity.booted is not None else None)
+            Range("created_at", gte=identity.booted)
+            if identity.stuck and identity.booted is not None else None)
 
     async def _pause_to_retry(self, attempt: int) -> None:
         """The pause before a start's write that met a change is tried again: random,
@@ -1595,7 +1619,13 @@ class ChargingService(ChargerConnections):
             readings)])
         for _ in range(END_ATTEMPTS):
             if session is None or not stoppable(session):
-                break
+                # A repeated stop; a replayed queue's, naming the transaction first told,
+                # closes the phantom its replayed start opened (``_replayed``).
+                phantom = None if session is None \
+                    else await self._phantom_of(session, meter_stop, end)
+                if phantom is None:
+                    break
+                session = phantom
             try:
                 closed, repriced_payments = await self._stop(
                     station, session, meter_stop, end, reason, readings)
@@ -1627,6 +1657,26 @@ class ChargingService(ChargerConnections):
         if kept:
             await self.store.write([InsertIfAbsent(s) for s in kept], [])
         return info
+
+    async def _phantom_of(self, session: Session, meter_stop: int, stamp: datetime
+                          ) -> Session | None:
+        """The phantom a replayed queue left open when its stop names the transaction
+        first told (``session``, closed by that very stop: the same meterStop and
+        timestamp, ``Session.reported_end``): an ACTIVE session recorded after it on its
+        connector that repeats its card, stamp (a clock never set) and meterStart, and
+        metered nothing. Its stop closes it, priced nothing (``_replayed``): it held the
+        card and read as occupancy until the next start on its connector."""
+        stamp_start = session.reported_start
+        if stamp_start is None or session.closed_without_stop \
+                or session.stop_reason is None or session.meter_stop_wh != meter_stop \
+                or (session.end_time if session.reported_end is None
+                    else session.reported_end) != stamp:
+            return None
+        return await self.store.find_one(Session, all_of(
+            Eq("cp_id", session.cp_id), Eq("connector_id", session.connector_id),
+            Eq("id_tag", session.id_tag), Eq("meter_start_wh", session.meter_start_wh),
+            Eq("state", SessionState.ACTIVE), Eq("reported_start", stamp_start),
+            Eq("energy_wh", 0), Range("created_at", gt=session.created_at)))
 
     async def _finish_connector(self, station: Station, closed: Session) -> None:
         """After a StopTransaction: its connector, still charging as far as its state
@@ -1674,6 +1724,7 @@ class ChargingService(ChargerConnections):
         since it was read. With the closed session, the payment the correction repriced
         or voided (``_repriced_payment``), as written, for the caller to announce."""
         cp_id = station.cp_id
+        stamp = end  # as the stop carried it (``Session.reported_end``)
         rated_kw = await self._rated_kw(station, session.connector_id)
         count = register_count(session, rated_kw)
         samples = samples_of(station, session.connector_id, session.transaction_id,
@@ -1749,7 +1800,7 @@ class ChargingService(ChargerConnections):
             station, session, register, end, reason or "Local", actor, energy_wh=energy,
             awaited=awaits_stop(session), stopped=True, readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
-            meter=meter)
+            meter=meter, stop_stamp=stamp)
         await self.commit(actor, changes,
                           unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
         return closed, updated_payments(changes)
@@ -1817,7 +1868,8 @@ class ChargingService(ChargerConnections):
                      stopped: bool = False, unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
-                     meter: dict[str, Any] | None = None
+                     meter: dict[str, Any] | None = None,
+                     stop_stamp: datetime | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -1836,7 +1888,9 @@ class ChargingService(ChargerConnections):
         stop's, its closing sample, stored ones whose increments it lowers), which
         time-of-day prices count over the stored ones. ``meter``: its register's count as
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
-        flagged)."""
+        flagged). ``stop_stamp``: the timestamp its StopTransaction carried (``stopped``),
+        kept for a session of a clock never set (``Session.reported_end``). A replay of an
+        earlier session (``_replayed``) is priced nothing and flagged ``REPLAYED``."""
         # No close ends before its start, so no duration anywhere comes out negative (a
         # stop stamped before it was moved to "now" on the timeline already, ``_stop``);
         # one stamped by a clock set right since a start far behind ours ends when our
@@ -1851,11 +1905,15 @@ class ChargingService(ChargerConnections):
         energy = session.energy_wh if energy_wh is None else energy_wh
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
+        replay = await self._replayed(session, energy, meter_stop, stop_stamp, stopped)
         tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
                                               connector_type=session.connector_type
-                                              ) if session.billable and not (
-            not stopped and await self._replayed(session, energy)) else None
+                                              ) if session.billable and not replay else None
+        if replay:
+            meter = {**(meter or {}), "meter_anomaly": MeterAnomaly.REPLAYED}
+        kept_end = {"reported_end": stop_stamp} \
+            if stopped and session.reported_start is not None else {}
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)
@@ -1881,7 +1939,7 @@ class ChargingService(ChargerConnections):
                       # What its live readings showed is kept: its receipt is priced alike.
                       start_clock_behind=session.clock_behind,
                       **final_soc(session, readings, self.clocks.believable),
-                      **(meter or {}))
+                      **kept_end, **(meter or {}))
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
         if tariff is not None and cost is not None and cost > 0:
@@ -1903,34 +1961,50 @@ class ChargingService(ChargerConnections):
             changes.append((Insert(payment), None))
         return cast(Session, close.record), changes
 
-    async def _replayed(self, session: Session, energy: int) -> bool:
-        """``session``, closed without its stop having metered nothing, is a phantom: a
-        start stamped by a clock never set that repeated every figure (connector, card,
-        stamp, meterStart) of a session its StopTransaction had closed before it was
-        recorded. That is a queue replayed whole after its stop that
-        ``_StartIdentity.matches`` could not give its session: one stamped at the epoch
-        itself (a clock that does not tick, whose next charge repeats every figure), or
-        one replayed after a boot. It is priced nothing, neither session fee nor time
-        (billed as lost, its driver would pay a fee and the hours until the next start
-        for nothing). A real charge of such a charger is stopped by its
-        StopTransaction and priced as any."""
-        if session.reported_start is None or energy:
-            return False
+    async def _replayed(self, session: Session, energy: int, meter_stop: int | None,
+                        stop_stamp: datetime | None, stopped: bool) -> bool:
+        """``session``, of a start stamped by a clock never set, is a replayed queue's
+        phantom: it repeated every figure (connector, card, stamp, meterStart) of an
+        earlier session its own StopTransaction closed. A queue replayed whole after its
+        stop that ``_StartIdentity.matches`` could not give its session (a stuck stamp,
+        ``STUCK_CLOCK_STAMPS``: its next charge repeats every figure, so only an open
+        session is matched). Closed by its stop (``stopped``): that stop repeats the
+        earlier one's meterStop and timestamp (``Session.reported_end``) too, whichever
+        transaction id it names (``_replayed_stop``; review r26-robust4: the phantom, closed by
+        the replayed stop, billed the charge a second time). Closed without it (by the
+        next start on its connector, a reboot's check): having metered nothing. It is
+        priced nothing, neither session fee nor time, and flagged ``REPLAYED``. A real
+        charge of such a charger is priced as any, unless it ends with the very same
+        meterStop as the earlier one (the limit left, docs/architecture.md)."""
         stamp = session.reported_start
+        if stamp is None:
+            return False
+        if stopped:
+            if meter_stop is None or stop_stamp is None:
+                return False
+            stop: Filter | None = all_of(
+                Eq("meter_stop_wh", meter_stop), any_of(
+                    Eq("reported_end", stop_stamp),
+                    all_of(Eq("reported_end", None), Eq("end_time", stop_stamp))))
+        elif energy:
+            return False
+        else:
+            stop = None
         earlier = await self.store.find_one(Session, all_of(
             Eq("cp_id", session.cp_id), Eq("connector_id", session.connector_id),
             Eq("id_tag", session.id_tag), Eq("meter_start_wh", session.meter_start_wh),
             Eq("state", SessionState.COMPLETED), Eq("closed_without_stop", False),
             any_of(Eq("reported_start", stamp),
                    all_of(Eq("reported_start", None), Eq("start_time", stamp))),
-            Range("created_at", lt=session.created_at)))
-        if earlier is None:
+            Range("created_at", lt=session.created_at), stop))
+        if earlier is None or earlier.stop_reason is None:  # awaiting its stop: none yet
             return False
-        log.warning("%s: transaction %s, closed without its stop having metered nothing, "
-                    "repeated the start of transaction %s (stamped %s by a clock never set) "
-                    "after its stop: a replayed queue's phantom, priced nothing",
-                    session.cp_id, session.transaction_id, earlier.transaction_id,
-                    rfc3339(stamp))
+        log.warning("%s: transaction %s repeated transaction %s (started %s by a clock "
+                    "never set, meterStart %s Wh) %s after its stop: a replayed queue's "
+                    "phantom, priced nothing", session.cp_id, session.transaction_id,
+                    earlier.transaction_id, rfc3339(stamp), session.meter_start_wh,
+                    "and its stop" if stopped else "closed without its stop, metering "
+                    "nothing,")
         return True
 
     async def _repriced_payment(self, session: Session, fresh: Payment | None, cost: int,

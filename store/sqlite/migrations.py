@@ -1430,6 +1430,14 @@ ALTER TABLE "local_list" ADD COLUMN "pending" TEXT;
 CREATE INDEX "local_list_entry_station_id_wanted_idx"
     ON "local_list_entry" ("station_id", "wanted");
 """
+# Version 71: the timestamp a StopTransaction carried for a session whose start was
+# stamped by a clock never set (``Session.reported_end``): a replayed queue's stop
+# repeating it, with the same stamp, meterStart and meterStop, closes a duplicate, priced
+# nothing (review r26-robust4). Older rows: null (not told apart). MongoDB reads a
+# missing field as null: no step.
+_V71 = """
+ALTER TABLE "session" ADD COLUMN "reported_end" INTEGER;
+"""
 
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
@@ -1464,7 +1472,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (67, _V67),
                                      (68, _V68),
                                      (69, _V69),
-                                     (70, _V70))
+                                     (70, _V70),
+                                     (71, _V71))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -18,6 +18,7 @@ from domain.ports import Store
 from domain.query import ALL, Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope, ShareRow
+from domain.services.charging import BootInfo
 from tests.helpers import FastHasher
 from tests.support.history import Clock
 
@@ -327,23 +328,22 @@ async def test_a_never_set_queue_replayed_after_its_stop_occupies_nothing(
     assert overview.active_sessions == 0
 
 
-async def test_a_never_set_stamp_repeated_after_a_boot_is_a_new_transaction(
+async def test_a_stuck_stamp_repeated_after_a_boot_is_a_new_transaction(
         world: tuple[Services, Clock]) -> None:
-    """Review r26-robust3: a charger stamping the epoch at every start, its meter
-    counting from 0 per transaction, no persistent queue. Power cut mid-charge: it boots,
-    the car still plugged (Preparing, not Available: no reboot check closes the open
-    session), and its StopTransaction is never sent. The card presented again ten
-    minutes later makes a new transaction with the very figures of the open one: taken
-    for a resend (no time window), the two charges were one session. Nothing recorded
-    before the charger's last boot is matched, whatever its stamp: the new charge opens
-    a session and closes the old one as lost; so for a ticking stamp repeated after a
-    boot."""
-    from domain.services.charging import BootInfo
-
+    """Review r26-robust3: a charger whose clock is stuck at its default (the epoch, or
+    2000-01-01: ``STUCK_CLOCK_STAMPS``), its meter counting from 0 per transaction, no
+    persistent queue. Power cut mid-charge: it boots, the car still plugged (Preparing,
+    not Available: no reboot check closes the open session), and its StopTransaction is
+    never sent. The card presented again ten minutes later makes a new transaction with
+    the very figures of the open one: taken for a resend, the two charges were one
+    session. A stuck stamp matches only an open session recorded since the last boot:
+    the new charge opens a session and closes the old one as lost. (Until review
+    r26-robust4 so for a ticking stamp too; now a ticking stamp repeated after a boot is
+    the same transaction, ``test_a_ticking_start_resent_after_a_power_cut_is_its_session``.)"""
     services, clock = world
     charging, store = services.charging, services.ctx.store
     for stamp, connector in ((datetime(1970, 1, 1, tzinfo=UTC), 1),
-                             (datetime(1970, 1, 1, 0, 0, 42, tzinfo=UTC), 2)):
+                             (datetime(2000, 1, 1, tzinfo=UTC), 2)):
         await charging.set_online("NEVER-SET", True)
         first, _ = await charging.start_transaction("NEVER-SET", connector, "TAG-1", 0,
                                                     stamp)
@@ -365,15 +365,19 @@ async def test_a_never_set_stamp_repeated_after_a_boot_is_a_new_transaction(
         await charging.stop_transaction("NEVER-SET", again, 500, stamp)
 
 
-async def test_an_epoch_queue_replayed_after_its_stop_opens_a_phantom_billed_nothing(
-        world: tuple[Services, Clock]) -> None:
+@pytest.mark.parametrize("replayed_stop", ["names the first id", "lost"])
+async def test_an_epoch_queue_replayed_after_its_stop_closes_a_phantom_priced_nothing(
+        world: tuple[Services, Clock], replayed_stop: str) -> None:
     """The limit left (docs/architecture.md): a charger stamping the epoch itself at
     every start (a clock that does not tick) cannot tell its queue replayed after its
     stop from the same card's next charge (review s26: its meter counting from 0 per
-    transaction, every figure repeats), so only its open session is matched. The replay
-    opens a phantom session, which the next start on the connector closes as lost: it is
-    priced nothing (no session fee, no time), while the real charge and the next are
-    billed as any."""
+    transaction, every figure repeats), so only its open session is matched and the
+    replayed start opens a phantom session. Its replayed stop naming the id first told
+    repeats that session's meterStop and timestamp: it closes the phantom at once
+    (review r26-robust4; it stayed open, holding the card, until the next start), priced
+    nothing and flagged REPLAYED. A replay whose stop never comes leaves the phantom to
+    the next start on the connector, which closes it as lost: priced nothing and
+    flagged too. The real charge and the next are billed as any."""
     services, clock = world
     charging, store = services.charging, services.ctx.store
     await _tariff(services)
@@ -386,16 +390,166 @@ async def test_an_epoch_queue_replayed_after_its_stop_opens_a_phantom_billed_not
     # The queue replayed whole: its start, then its stop (already recorded).
     phantom, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, stamp)
     assert phantom != real
-    await charging.stop_transaction("NEVER-SET", real, 6000, stamp)
+    if replayed_stop == "names the first id":
+        await charging.stop_transaction("NEVER-SET", real, 6000, stamp)
+        [closed] = await store.find_all(d.Session, Eq("transaction_id", phantom))
+        assert closed.state is d.SessionState.COMPLETED
+        assert not closed.closed_without_stop
     clock.now += timedelta(hours=3)
     following, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 6000, stamp)
     clock.now += timedelta(minutes=10)
     await charging.stop_transaction("NEVER-SET", following, 8000, stamp)
     by_tx = {s.transaction_id: s for s in await store.find_all(d.Session, ALL)}
     assert by_tx[phantom].state is d.SessionState.COMPLETED
-    assert by_tx[phantom].closed_without_stop
+    assert by_tx[phantom].closed_without_stop is (replayed_stop == "lost")
+    assert by_tx[phantom].meter_anomaly is d.MeterAnomaly.REPLAYED
     assert not by_tx[phantom].cost_minor
     paid = {p.session_id: p.amount_minor for p in await store.find_all(d.Payment, ALL)}
     assert by_tx[phantom].id not in paid
     assert paid[by_tx[real].id] == 100 + 150 + 300  # fee, 5 kWh, 30 minutes
     assert paid[by_tx[following].id] == 100 + 60 + 100
+    assert by_tx[real].meter_anomaly is None and by_tx[following].meter_anomaly is None
+
+
+# Review r26-robust4: never-set clocks across a boot, closed sessions matched, stuck
+# stamps other than the epoch.
+TICKING = datetime(1970, 1, 1, 0, 42, tzinfo=UTC)  # a clock never set, ticking
+
+
+async def _booted(services: Services) -> None:
+    charging = services.charging
+    await charging.set_online("NEVER-SET", True)
+    await charging.boot("NEVER-SET", BootInfo(vendor="v", model="m"))
+
+
+async def test_a_ticking_queue_replayed_after_a_power_cut_is_billed_once(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust4: the charge (start, stop) was delivered, the power went before
+    the charger persisted the answers, and on boot it replays its queue: the start, then
+    the stop filled with the id that start is told. A ticking stamp matches its session
+    whatever boot it was recorded in: the replayed start is told the closed session's
+    id, its stop changes nothing (the phantom it opened, matched only since the last
+    boot, was billed the 30-minute charge a second time)."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    await _booted(services)
+    clock.now += timedelta(minutes=1)
+    real, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, TICKING)
+    clock.now += timedelta(minutes=30)
+    await charging.stop_transaction("NEVER-SET", real, 6000, TICKING + timedelta(minutes=30))
+    clock.now += timedelta(minutes=1)
+    await charging.set_online("NEVER-SET", False)  # the power cut
+    clock.now += timedelta(minutes=2)
+    await _booted(services)
+    again, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, TICKING)
+    assert again == real, "a phantom opened"
+    await charging.stop_transaction("NEVER-SET", again, 6000, TICKING + timedelta(minutes=30))
+    paid = [p.amount_minor for p in await store.find_all(d.Payment, ALL)]
+    assert paid == [100 + 150 + 300], f"one 5 kWh charge paid {paid}"
+    assert await store.count(d.Session, ALL) == 1
+
+
+async def test_a_ticking_start_resent_after_a_power_cut_is_its_session(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust4: the start was recorded but its answer lost in a power cut;
+    on boot the charger resends it from its queue (same ticking stamp, card,
+    meterStart), then stops that transaction. The resend is its session, recorded before
+    the boot (not matched, a second session opened and closed the first as lost, billed
+    its session fee and minutes on top)."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    await _booted(services)
+    clock.now += timedelta(minutes=1)
+    first, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, TICKING)
+    clock.now += timedelta(seconds=5)
+    await charging.set_online("NEVER-SET", False)  # the power cut, the answer lost
+    clock.now += timedelta(minutes=2)
+    await _booted(services)
+    again, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, TICKING)
+    clock.now += timedelta(seconds=5)
+    await charging.stop_transaction("NEVER-SET", again, 1000, TICKING + timedelta(seconds=10),
+                                    )
+    by_id = {s.id: s for s in await store.find_all(d.Session, ALL)}
+    paid = [(by_id[p.session_id].transaction_id, p.amount_minor)
+            for p in await store.find_all(d.Payment, ALL) if p.amount_minor]
+    assert first == again or len(paid) <= 1, f"one start paid {paid}"
+
+
+async def test_a_replay_matched_to_a_paid_session_is_answered_as_recorded(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust4: the charge is stopped and paid; the card is then blocked
+    (lost) and the charger replays its queue. The replayed start matched to the closed
+    session is answered as that session's start was (Accepted), never judged again nor
+    rewritten (``_answered`` wrote ``start_refused="Blocked"`` on the paid session,
+    which then read as a start the driver was refused)."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    await _booted(services)
+    clock.now += timedelta(minutes=1)
+    real, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, TICKING)
+    clock.now += timedelta(minutes=30)
+    await charging.stop_transaction("NEVER-SET", real, 6000, TICKING + timedelta(minutes=30))
+    tag = await store.find_one(d.IdTag, Eq("tag", "TAG-1"))
+    assert tag is not None
+    await services.fleet.update_id_tag(SYSTEM, tag.id, status=d.IdTagStatus.BLOCKED)
+    clock.now += timedelta(minutes=1)
+    again, told = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, TICKING)
+    assert again == real
+    assert told.status == "Accepted"
+    [session] = await store.find_all(d.Session, ALL)
+    [payment] = await store.find_all(d.Payment, ALL)
+    assert session.start_refused is None and session.billable, \
+        f"paid {payment.amount_minor}, now recorded refused {session.start_refused}"
+
+
+async def test_an_epoch_queue_replayed_after_its_stop_naming_the_phantom_is_billed_once(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust4: a charger stamping the epoch itself: the replayed start opens
+    a phantom (a stuck stamp matches only an open session), and the replayed stop,
+    filled with the id that start was told, repeats the real charge's meterStop and
+    timestamp: the phantom is a duplicate, priced nothing and flagged REPLAYED (it was
+    billed the charge a second time)."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    await _booted(services)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    clock.now += timedelta(minutes=1)
+    real, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, epoch)
+    clock.now += timedelta(minutes=30)
+    await charging.stop_transaction("NEVER-SET", real, 6000, epoch)
+    clock.now += timedelta(minutes=1)
+    again, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 1000, epoch)
+    await charging.stop_transaction("NEVER-SET", again, 6000, epoch)
+    paid = [p.amount_minor for p in await store.find_all(d.Payment, ALL)]
+    assert paid == [100 + 150 + 300], f"one 5 kWh charge paid {paid}"
+    [phantom] = await store.find_all(d.Session, Eq("transaction_id", again))
+    assert phantom.meter_anomaly is d.MeterAnomaly.REPLAYED
+
+
+async def test_a_clock_stuck_at_2000_starts_a_new_session_each_charge(
+        world: tuple[Services, Clock]) -> None:
+    """Review r26-robust4 (README: "a clock never set reads 1970 or 2000"): a charger
+    stamping the RTC default 2000-01-01T00:00:00Z at every start (a clock that does not
+    tick, its meter counting from 0 per transaction) charges the same card twice in one
+    boot. A stuck stamp matches only an open session: the second charge is a session of
+    its own, billed (told the first's id, its 8 kWh were billed nowhere)."""
+    services, clock = world
+    charging, store = services.charging, services.ctx.store
+    await _tariff(services)
+    await _booted(services)
+    stuck = datetime(2000, 1, 1, tzinfo=UTC)
+    clock.now += timedelta(minutes=1)
+    first, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 0, stuck)
+    clock.now += timedelta(minutes=30)
+    await charging.stop_transaction("NEVER-SET", first, 5000, stuck)
+    clock.now += timedelta(hours=2)
+    second, _ = await charging.start_transaction("NEVER-SET", 1, "TAG-1", 0, stuck)
+    clock.now += timedelta(minutes=40)
+    await charging.stop_transaction("NEVER-SET", second, 8000, stuck)
+    paid = sorted(p.amount_minor for p in await store.find_all(d.Payment, ALL))
+    assert second != first, f"a new charge told the closed session's id; paid {paid}"
+    assert paid == sorted([100 + 150 + 300, 100 + 240 + 400])  # 5 kWh 30 min, 8 kWh 40

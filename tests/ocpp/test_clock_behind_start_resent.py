@@ -1,11 +1,11 @@
 """A StartTransaction resent after its session closed (a charger flushing its offline
 queue again after a reconnect). Stamped by a right clock, it is the same transaction; so
-stamped 1970 by a clock never set that ticks, within one boot (review r26-robust3, as
-review s24 had it). Stamped at the epoch itself (a clock that does not tick), it cannot
-be told from the same card's next start of such a charger, its meter counting from 0 per
-transaction (review r26-robust2): only an open session is matched, and the replay opens a
-phantom session, priced nothing when the next start closes it (the limit left,
-docs/architecture.md)."""
+stamped 1970 by a clock never set that ticks, in any boot (reviews r26-robust3,
+r26-robust4). Stamped at the epoch itself (a clock stuck, ``STUCK_CLOCK_STAMPS``), it
+cannot be told from the same card's next start of such a charger, its meter counting from
+0 per transaction (review r26-robust2): only an open session is matched, and the replay
+opens a phantom session, priced nothing when its replayed stop or the next start closes
+it (docs/architecture.md)."""
 
 from __future__ import annotations
 
