@@ -279,6 +279,10 @@ class CommandOutcome:
     #: When the answer (or why there is none) was recorded: what a configuration read
     #: or a firmware rollout it started is stored as of.
     answered_at: datetime | None = None
+    #: A ChangeConfiguration's moment of sending (``CommandService._send_moment``, taken
+    #: before it is sent): its value in force is judged only from what was learnt
+    #: before it (``record_change``). ``None`` for other commands.
+    sent_at: datetime | None = None
     #: A SendLocalList of ``Withdrawal``'s own (a withdrawal or restoration): only its
     #: accepted entries remember what to put back (``record_local_list``).
     own_list: bool = False
@@ -583,6 +587,8 @@ class CommandService(Service):
                      timeout: float | None = None) -> None:
         """Audits, sends and records the answer of a command authorized already; each
         of its waits lasts ``timeout`` (the service's by default)."""
+        if outcome.action == "ChangeConfiguration":
+            outcome.sent_at = await self._send_moment()
         if self.gateway is not None:
             await self._audit_sent(viewer, outcome, payload)
         try:
@@ -595,6 +601,21 @@ class CommandService(Service):
             await asyncio.shield(self._after(viewer, outcome, payload))
             raise
         await self._after(viewer, outcome, payload)
+
+    async def _send_moment(self) -> datetime:
+        """A moment later than any this service's clock gave before, taken before a
+        ChangeConfiguration is sent (``CommandOutcome.sent_at``): the clock counts
+        milliseconds, and a read recorded in the millisecond of the send (the change's
+        own read of the key before it, ``_read_limit_in_force``) could not be told
+        before it or after. Waits for the clock's next millisecond (a few at most: a
+        clock that stands still, a test's, gives its moment, and what shares it is not
+        before)."""
+        first = self.now()
+        for _ in range(10):
+            await asyncio.sleep(0.001)
+            if (now := self.now()) > first:
+                return now
+        return first
 
     async def _call(self, outcome: CommandOutcome, payload: dict[str, Any], timeout: float
                     ) -> None:
@@ -1774,7 +1795,8 @@ class CommandService(Service):
                                   whole=not payload.get("key"))
             else:
                 await record_change(self.store, outcome.station, str(payload["key"]),
-                                    str(payload["value"]), outcome.status or "", viewer, now)
+                                    str(payload["value"]), outcome.status or "", viewer, now,
+                                    sent_at=outcome.sent_at)
         except DomainError as exc:
             log.warning("%s: the configuration the charger answered %s with was not "
                         "recorded: %s", outcome.station.cp_id, outcome.action, exc.message)
