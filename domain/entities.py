@@ -925,10 +925,12 @@ class ConfigurationKey(Record):
     #: (``services.configuration``).
     reboot_required: bool = False
     #: While that change waits for the boot (``awaits_reboot``), the value it replaced
-    #: if it was known since the charger's boot: the one in force until then (what
-    #: ``services.configuration.known_count`` gives). ``None``: not known, or secret;
-    #: not known, it stays so until the boot (a read meanwhile may give the value set:
-    #: the list limits are read before a change for that, ``CommandService``).
+    #: if it was known since the charger's boot and before the change was sent (read
+    #: or changed before it, ``configuration._value_before``): the one in force until
+    #: then (what ``services.configuration.known_count`` gives). ``None``: not known,
+    #: or secret; not known, it stays so until the boot (a read after the send may give
+    #: the value set: the list limits are read before a change for that,
+    #: ``CommandService``).
     value_in_force: str | None = None
 
     def awaits_reboot(self, booted_at: datetime | None) -> bool:

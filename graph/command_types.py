@@ -389,7 +389,8 @@ class ConfigurationKey:
     value_in_force: str | None = strawberry.field(default=None, description=(
         "In `Station.configuration`: the value the charger runs with now, as far as "
         "known. While `rebootRequired`, the one that change replaced, if it was known "
-        "since the charger's last boot (null: not known until its next boot; a "
+        "since the charger's last boot and before the change was sent (a read after "
+        "the send may give the value set; null: not known until its next boot; a "
         "`LocalAuthListMaxLength` or `SendLocalListMaxLength` not known since the boot "
         "is read before it is changed, so that it is if the charger answers in a short "
         "share of the command's time, and local lists are not judged by one not known); "

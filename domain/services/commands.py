@@ -280,7 +280,10 @@ class CommandOutcome:
     #: or a firmware rollout it started is stored as of.
     answered_at: datetime | None = None
     #: When it was handed to the charger's connection: what a SendLocalList left
-    #: unanswered is ordered by (``withdrawal.hold_pending``; review r26-multi4).
+    #: unanswered is ordered by (``withdrawal.hold_pending``; review r26-multi4). A
+    #: ChangeConfiguration's is taken before it is sent (``CommandService._send_moment``):
+    #: its value in force is judged only from what was learnt before it
+    #: (``record_change``).
     sent_at: datetime | None = None
     #: A SendLocalList of ``Withdrawal``'s own (a withdrawal or restoration): only its
     #: accepted entries remember what to put back (``record_local_list``).
@@ -587,6 +590,8 @@ class CommandService(Service):
                      timeout: float | None = None) -> None:
         """Audits, sends and records the answer of a command authorized already; each
         of its waits lasts ``timeout`` (the service's by default)."""
+        if outcome.action == "ChangeConfiguration":
+            outcome.sent_at = await self._send_moment()
         if self.gateway is not None:
             await self._audit_sent(viewer, outcome, payload)
         try:
@@ -600,12 +605,28 @@ class CommandService(Service):
             raise
         await self._after(viewer, outcome, payload)
 
+    async def _send_moment(self) -> datetime:
+        """A moment later than any this service's clock gave before, taken before a
+        ChangeConfiguration is sent (``CommandOutcome.sent_at``): the clock counts
+        milliseconds, and a read recorded in the millisecond of the send (the change's
+        own read of the key before it, ``_read_limit_in_force``) could not be told
+        before it or after. Waits for the clock's next millisecond (a few at most: a
+        clock that stands still, a test's, gives its moment, and what shares it is not
+        before)."""
+        first = self.now()
+        for _ in range(10):
+            await asyncio.sleep(0.001)
+            if (now := self.now()) > first:
+                return now
+        return first
+
     async def _call(self, outcome: CommandOutcome, payload: dict[str, Any], timeout: float
                     ) -> None:
         if self.gateway is None:
             outcome.error = ChargerOffline("no OCPP bridge runs in this process")
             return
-        outcome.sent_at = self.now()
+        if outcome.sent_at is None:  # a ChangeConfiguration's was taken before its audit
+            outcome.sent_at = self.now()
         try:
             result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
                                              timeout)
@@ -1779,7 +1800,8 @@ class CommandService(Service):
                                   whole=not payload.get("key"))
             else:
                 await record_change(self.store, outcome.station, str(payload["key"]),
-                                    str(payload["value"]), outcome.status or "", viewer, now)
+                                    str(payload["value"]), outcome.status or "", viewer, now,
+                                    sent_at=outcome.sent_at)
         except DomainError as exc:
             log.warning("%s: the configuration the charger answered %s with was not "
                         "recorded: %s", outcome.station.cp_id, outcome.action, exc.message)

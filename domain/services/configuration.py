@@ -22,10 +22,12 @@ The value the change replaced is kept as the one in force until the boot
 (``value_in_force``, if it was known since the charger's boot; ``in_force``): what the
 service itself acts on, such as the charger's local list limits (review s26: a
 LocalAuthListMaxLength lowered RebootRequired was applied at once; those are read
-before they are changed, so it is known). A change's write is guarded by the change
-of the key it judged (``changed_at``): one meeting another change recorded meanwhile is
-made again on it; a read recorded meanwhile (it may give the value set) is not the
-value in force.
+before they are changed, so it is known). It is judged only from what was learnt
+before the change was sent (``sent_at``; ``_value_before``): a read recorded after the
+send may have been answered after the charger took the change, giving the value set,
+so it is never the value in force, whenever it is recorded (review r26). A change's
+write is guarded by the change of the key it judged (``changed_at``): one meeting
+another change recorded meanwhile is made again on it.
 
 At most ``MAX_KEYS`` keys are kept of a station: of all it holds and is told of, the
 first ``MAX_KEYS`` by folded key (``kept``), the order ``Station.configuration`` lists
@@ -187,14 +189,15 @@ async def _booted_at(store: Store, station: Station) -> datetime | None:
 
 
 async def record_change(store: Store, station: Station, key: str, value: str, status: str,
-                        actor: Viewer, now: datetime) -> None:
-    """Keeps a ChangeConfiguration the charger took (answered ``status``, Accepted or
-    RebootRequired): the key's value now, when, and whether it waits for a reboot, with
-    the value in force until then (``value_in_force``). A key the charger changed is not
-    readonly, whatever was read of it before. A key new to a station that holds
-    ``MAX_KEYS`` is kept only if it sorts before one it holds. Written over the key as
-    it was changed when read (``changed_at``), else read and judged again: a read
-    recorded meanwhile does not make the value in force (it may give the value set)."""
+                        actor: Viewer, now: datetime, *, sent_at: datetime | None) -> None:
+    """Keeps a ChangeConfiguration the charger took (answered ``status`` at ``now``,
+    Accepted or RebootRequired; sent at ``sent_at``, ``None`` if not known): the key's
+    value now, when, and whether it waits for a reboot, with the value in force until
+    then (``value_in_force``, ``_value_before``: only what was learnt before
+    ``sent_at``). A key the charger changed is not readonly, whatever was read of it
+    before. A key new to a station that holds ``MAX_KEYS`` is kept only if it sorts
+    before one it holds. Written over the key as it was changed when read
+    (``changed_at``), else read and judged again."""
     secret = is_secret_key(key)
     changed: dict[str, Any] = {
         "value": None if secret else value, "secret": secret, "readonly": False,
@@ -206,15 +209,12 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
         known = held.get(folded)
         changes: list[Change] = [Delete(k) for f, k in held.items() if f not in keep]
         if known is not None:
-            # Until the boot, the value in force stays the one before (``in_force``), as
-            # this change finds it. Guarded by the change it was judged on
-            # (``changed_at``): another change recorded meanwhile (another instance's)
-            # fails the write, made again on it (review s26: an Accepted 5 -> 4 landing
-            # first left a RebootRequired's value in force at 5). A read recorded
-            # meanwhile does not: answered after the charger took this change, it may
-            # give the value set, not the one in force (review r26: a read of 2 landing
-            # first made it the value in force of a RebootRequired 5 -> 2).
-            before = in_force(known, await _booted_at(store, station)) \
+            # Until the boot, the value in force stays the one before, as learnt before
+            # this change was sent (``_value_before``). Guarded by the change it was
+            # judged on (``changed_at``): another change recorded meanwhile (another
+            # instance's) fails the write, made again on it (review s26: an Accepted
+            # 5 -> 4 landing first left a RebootRequired's value in force at 5).
+            before = _value_before(known, await _booted_at(store, station), sent_at) \
                 if changed["reboot_required"] and not secret else None
             changes.append(patch(known, actor, only_if=("changed_at", known.changed_at),
                                  required=True, **changed, value_in_force=before))
@@ -230,6 +230,27 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
         except (Conflict, NotFound):  # UniqueViolation is a Conflict
             if attempt == 2:
                 raise
+
+
+def _value_before(known: ConfigurationKey, booted_at: datetime | None,
+                  sent_at: datetime | None) -> str | None:
+    """The value in force that a RebootRequired change sent at ``sent_at`` keeps until
+    the boot, judged only from what was learnt before it was sent: the value in force
+    another change waiting for the boot kept (``value_in_force``), else the key's value
+    if it was last read or changed (``read_at``, ``changed_at``) before ``sent_at`` and
+    since the boot (``in_force``). A read recorded after the send, whenever it lands
+    against this record (before it starts, between its read and write, or as the key
+    this change's Insert meets), may have been answered after the charger took the
+    change and give the value set (review r26: a read of 2 made 2 the value in force
+    of a RebootRequired 5 -> 2, and lists of 3..5 the charger took were refused);
+    ``None`` then, not known until the boot, as when the send's moment is not known."""
+    if known.awaits_reboot(booted_at):
+        return known.value_in_force
+    learnt = max((t for t in (known.read_at, known.changed_at) if t is not None),
+                 default=None)
+    if learnt is None or sent_at is None or learnt >= sent_at:
+        return None
+    return in_force(known, booted_at)
 
 
 def kept(folded: set[str]) -> tuple[frozenset[str], bool]:
