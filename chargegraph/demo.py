@@ -48,6 +48,12 @@ STATIONS = [
 ]
 
 
+def demo_emails() -> list[str]:
+    """The e-mail addresses of every login the demo seeds."""
+    return [ADMIN_EMAIL, *(email for _, email in COMPANIES.values()),
+            *(email for _, email, *_ in DRIVERS)]
+
+
 @dataclass
 class DemoSummary:
     created: bool

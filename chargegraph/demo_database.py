@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from chargegraph.demo import DEMO_MADE, another_demo, in_use, not_the_demos
+from chargegraph.demo import (
+    DEMO_MADE,
+    DEMO_SEEDED,
+    another_demo,
+    demo_emails,
+    in_use,
+    not_the_demos,
+)
 from chargegraph.errors import ConfigError
 from chargegraph.startup import starting
 from chargegraph.stores import (
@@ -52,6 +59,7 @@ BUILD = ".demo-build-"
 SIDE_FILES = ("-wal", "-shm", "-journal")
 COUNTERS = "_counters"  # MongoDB's named counters (``store.mongo.store.COUNTERS``)
 LEASES = "instance_lease"  # MongoDB's instance leases (``InstanceLease.kind``)
+USERS = "user"  # MongoDB's accounts (``User.kind``)
 
 
 #: Where the refusal sends the demo: SQLite's file (relative to where it runs) and
@@ -318,6 +326,14 @@ async def admit_mongo_database(db: Any, database: str, own: str) -> None:
     if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is not None:
         if await mongo_leased(db):
             raise in_use(database, own)
+        if await db[COUNTERS].find_one({"_id": DEMO_SEEDED}) is None \
+                and await db[USERS].find_one({"email": {"$nin": demo_emails()}}) is not None:
+            # The mark is written before the store starts: a start that then failed left
+            # an empty database marked, which a service may since have been started on
+            # (review r26-onboard3). A seed never completed holds only the demo's logins
+            # (it serves nothing before it completes): anyone else's account is a
+            # service's, and the demo's public admin is not added to it.
+            raise not_the_demos(database, own)
         return
     if await db.list_collection_names():
         raise not_the_demos(database, own)

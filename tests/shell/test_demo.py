@@ -613,3 +613,28 @@ async def test_a_mongodb_demo_database_a_running_service_uses_is_refused_unopene
         with pytest.raises(ConfigError, match="in use by a running instance") as refused:
             await admit_mongo_database(store.db, database, own)
         assert "chargegraph-demo-2" in str(refused.value)
+
+
+async def test_a_marked_mongodb_database_a_service_took_over_is_not_seeded() -> None:
+    """Review r26-onboard3: MongoDB's mark is the first write, before the store starts; a
+    start that then failed left an empty database marked, on which a service may since
+    run (no lease: GraphQL only). Its seed never completed, so it holds only the demo's
+    logins if it is the demo's: with anyone else's account it is refused, untouched."""
+    from chargegraph.demo import DEMO_SEEDED
+
+    url = "mongodb://mongo:27017/chargegraph"
+    database, own = database_location(url), own_database(url)
+    async with open_mongo_store() as store:
+        services = build_services(Settings(), store, Argon2Hasher.fast())
+        await store.next_sequence(DEMO_MADE)  # a demo marked it, then failed to start
+        await services.accounts.create_user(  # an interrupted seed: the demo's logins
+            SYSTEM, email="mia@demo.chargegraph.dev", password=DEMO_PASSWORD,
+            name="Mia Driver", role=d.Role.DRIVER, company_id=None)
+        await admit_mongo_database(store.db, database, own)
+        await services.accounts.create_user(
+            SYSTEM, email="boss@corp.example", password="S3cure-prod-pass", name="Boss",
+            role=d.Role.ADMIN, company_id=None)
+        with pytest.raises(ConfigError, match="was not made by the demo"):
+            await admit_mongo_database(store.db, database, own)
+        await store.next_sequence(DEMO_SEEDED)  # complete: signed-up accounts are the demo's
+        await admit_mongo_database(store.db, database, own)
