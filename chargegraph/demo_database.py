@@ -81,9 +81,8 @@ def own_database(database_url: str) -> str:
         if not mine:
             return command
         return (f"{command}; or, if {OWN_SQLITE[0]} is an older demo's database, delete it "
-                f"(by hand, with its -wal and -shm, or with `CHARGEGRAPH_DATABASE_URL="
-                f"sqlite:///{OWN_SQLITE[0]} chargegraph demo --reset`, which deletes that "
-                "file) and start the demo again")
+                "(by hand, with its -wal and -shm, or with `chargegraph demo --reset` as "
+                "you just ran the demo, which deletes that file and starts afresh)")
     parts = urlsplit(database_url)
     hosts = parts.netloc.rpartition("@")[2]
     mine = parts.path.lstrip("/") == OWN_MONGO[0]
