@@ -48,6 +48,12 @@ STATIONS = [
 ]
 
 
+def demo_emails() -> list[str]:
+    """The e-mail addresses of every login the demo seeds."""
+    return [ADMIN_EMAIL, *(email for _, email in COMPANIES.values()),
+            *(email for _, email, *_ in DRIVERS)]
+
+
 @dataclass
 class DemoSummary:
     created: bool
@@ -76,9 +82,19 @@ PUBLIC = (f"the demo seeds logins everyone knows (password {DEMO_PASSWORD}), so 
 
 def not_the_demos(database: str, own: str = OWN_DATABASE) -> ConfigError:
     """The refusal of a database without the demo's mark: left untouched, and never
-    advised to be deleted (``--reset``): it may be a deployment's (review r26-onboard2)."""
+    advised to be deleted (``--reset``): it may be a deployment's (review r26-onboard2),
+    unless it is at the demo's own name (``own`` then says so: ``own_database``)."""
     return ConfigError(f"{database} was not made by the demo: {PUBLIC}; it is left "
-                       f"untouched: run the demo on a database of its own ({own})")
+                       f"untouched: run the demo on a database of its own: {own}")
+
+
+def in_use(database: str, own: str = OWN_DATABASE) -> ConfigError:
+    """The refusal of a demo database an instance of the service leases, complete or not
+    (its logins are public)."""
+    return ConfigError(
+        f"{database} is in use by a running instance of the service: {PUBLIC}; stop it (an "
+        "instance killed leaves its lease live until it lapses, 30 s by default: then try "
+        f"again), or run the demo on a database of its own: {own}")
 
 
 def another_demo(database: str) -> ConfigError:
@@ -96,20 +112,22 @@ async def admit_demo(services: Services, *, new: bool,
     ``own``), even without accounts (a deployment's service may run on it without the OCPP
     server, holding no lease): the seed would give it an admin whose password is in the
     README. Refused as well while an instance of the service leases it (a demo database
-    ``serve`` runs on), and when another start made it at the same time."""
+    ``serve`` or another demo runs on, complete or not), and when another start made it
+    at the same time."""
     store = services.ctx.store
-    if await store.sequence_value(DEMO_SEEDED):
-        return True
     # QA s26: `chargegraph demo` run where the service's settings apply (in its container,
     # or beside its .env) seeded the production database with the demo admin, then found
     # its ports taken and exited 3, leaving that admin able to sign in to the real service.
     marked = await store.sequence_value(DEMO_MADE) > 0
     if not marked and not new:
         raise not_the_demos(database, own)
+    # Before the complete world's early return (review r26-onboard3: a second demo served
+    # a complete demo database a running demo or service used, their chargers kicking
+    # each other off).
     if await store.count(d.InstanceLease, Range("expires_at", gte=utcnow())):
-        raise ConfigError(
-            f"{database} is in use by a running instance of the service: {PUBLIC}; stop "
-            "it, or point CHARGEGRAPH_DATABASE_URL at another (say sqlite:///demo.db)")
+        raise in_use(database, own)
+    if await store.sequence_value(DEMO_SEEDED):
+        return True
     if not marked and await store.next_sequence(DEMO_MADE) != 1:
         raise another_demo(database)
     return False

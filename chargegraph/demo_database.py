@@ -11,25 +11,39 @@ the decision is taken by reading without writing:
   not there is built beside it (``.NAME.demo-build-TOKEN``: migrated, then marked) and
   linked into place only if nothing took the name meanwhile, so a demo killed while it
   builds leaves no database (its build, stale once its lock is free, is removed by the next
-  demo) and two demos at once never overwrite one another.
+  demo) and two demos at once never overwrite one another. The build's lock is ``flock``
+  where there is ``fcntl`` (POSIX); elsewhere (Windows) the lock file holds its demo's
+  process id, and is stale once that process is gone (review r26-onboard3: importing
+  ``fcntl`` stopped every demo on Windows).
 * MongoDB: read with a plain client: marked, it is used; a database without collections
   gets the mark as its very first write, then the store starts; any other is refused
   untouched.
+
+Marked or not, a database an instance of the service leases (a live ``instance_lease``,
+read the same way as the mark: SQLite ``mode=ro``, MongoDB a plain read) is refused
+before anything opens it, a complete demo database as well (review r26-onboard3).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from chargegraph.demo import DEMO_MADE, another_demo, not_the_demos
+from chargegraph.demo import (
+    DEMO_MADE,
+    DEMO_SEEDED,
+    another_demo,
+    demo_emails,
+    in_use,
+    not_the_demos,
+)
 from chargegraph.errors import ConfigError
 from chargegraph.startup import starting
 from chargegraph.stores import (
@@ -45,16 +59,40 @@ BUILD = ".demo-build-"
 SIDE_FILES = ("-wal", "-shm", "-journal")
 COUNTERS = "_counters"  # MongoDB's named counters (``store.mongo.store.COUNTERS``)
 LEASES = "instance_lease"  # MongoDB's instance leases (``InstanceLease.kind``)
+USERS = "user"  # MongoDB's accounts (``User.kind``)
+
+
+#: Where the refusal sends the demo: SQLite's file (relative to where it runs) and
+#: MongoDB's database, and the names used when the refused database is that one.
+OWN_SQLITE = ("demo.db", "demo-2.db")
+OWN_MONGO = ("chargegraph-demo", "chargegraph-demo-2")
 
 
 def own_database(database_url: str) -> str:
-    """The command that runs the demo on a database of its own, for this store."""
-    if sqlite_path(database_url) is not None:
-        return "CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo"
+    """How the demo runs on a database of its own, for this store: never the database
+    ``database_url`` names (review r26-onboard3: refusing demo.db, the advice was to run on
+    demo.db, a loop). When that database is at the demo's own name (an older demo's,
+    made before the mark, or by a release whose killed demo left it unmarked), it also
+    says that it can be deleted; never for any other name (it may be a deployment's)."""
+    path = sqlite_path(database_url)
+    if path is not None:
+        mine = path.resolve() == Path(OWN_SQLITE[0]).resolve()
+        command = f"CHARGEGRAPH_DATABASE_URL=sqlite:///{OWN_SQLITE[mine]} chargegraph demo"
+        if not mine:
+            return command
+        return (f"{command}; or, if {OWN_SQLITE[0]} is an older demo's database, delete it "
+                "(by hand, with its -wal and -shm, or with `chargegraph demo --reset` as "
+                "you just ran the demo, which deletes that file and starts afresh)")
     parts = urlsplit(database_url)
     hosts = parts.netloc.rpartition("@")[2]
-    other = urlunsplit((parts.scheme, hosts, "/chargegraph-demo", "", ""))
-    return f"CHARGEGRAPH_DATABASE_URL={other} chargegraph demo"
+    mine = parts.path.lstrip("/") == OWN_MONGO[0]
+    other = urlunsplit((parts.scheme, hosts, f"/{OWN_MONGO[mine]}", "", ""))
+    command = f"CHARGEGRAPH_DATABASE_URL={other} chargegraph demo"
+    if not mine:
+        return command
+    return (f"{command}; or, if {OWN_MONGO[0]} is an older demo's database, drop it by hand "
+            f"(mongosh: use {OWN_MONGO[0]}, then db.dropDatabase(); --reset drops only a "
+            "database that carries the demo's mark) and start the demo again")
 
 
 async def prepare_demo_database(database_url: str) -> None:
@@ -92,17 +130,18 @@ async def _prepare_sqlite(path: Path, database: str, own: str) -> None:
         _place(built, path, database)
     finally:
         _remove(built)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(lock.name)
-        lock.close()
+        _release(Path(lock.name), lock)
 
 
 def _found(path: Path, database: str, own: str) -> bool:
-    """Whether the demo's database is there (marked); ``ConfigError`` for another one, or
-    one another demo is building; False when there is none (its folder is made)."""
+    """Whether the demo's database is there (marked, no instance running on it);
+    ``ConfigError`` for another one, one an instance leases, or one another demo is
+    building; False when there is none (its folder is made)."""
     _remove_stale_builds(path, database)
     if path.exists():
-        if sqlite_marked(path, database) > 0:
+        if sqlite_marked(path, database, own) > 0:
+            if sqlite_leased(path, database, own):
+                raise in_use(database, own)
             return True
         raise not_the_demos(database, own)
     path.parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
@@ -123,37 +162,126 @@ def _place(built: Path, path: Path, database: str) -> None:
         os.replace(built, path)
 
 
-def sqlite_marked(path: Path, database: str) -> int:
+def sqlite_marked(path: Path, database: str, own: str = "") -> int:
     """The demo's mark in a SQLite file (0: none), read through a read-only connection
     that migrates nothing; a file that is no ChargeGraph database has none. A file it
     cannot read (no permission, a crashed writer's journal) is refused: no proof either
     way."""
+    row = _read_only(path, database, own, 'SELECT "value" FROM "sequence" WHERE "name" = ?',
+                     (DEMO_MADE,))
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def sqlite_leased(path: Path, database: str, own: str = "") -> bool:
+    """Whether an instance of the service holds a live lease on a SQLite file, read as
+    the mark is (read-only: nothing migrated); a file without the table has none."""
+    now_us = int(time.time() * 1_000_000)
+    row = _read_only(path, database, own, 'SELECT MAX("expires_at") FROM "instance_lease" '
+                     'WHERE "expires_at" > ?', (now_us,))
+    return bool(row and row[0] is not None)
+
+
+def _read_only(path: Path, database: str, own: str, query: str,
+               parameters: tuple[Any, ...]) -> Any:
+    """One row read through a read-only connection (None: no such table, or no database
+    at all); ``ConfigError`` when the file cannot be read."""
     uri = f"file:{quote(str(path))}?mode=ro"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            row = db.execute('SELECT "value" FROM "sequence" WHERE "name" = ?',
-                             (DEMO_MADE,)).fetchone()
+            return db.execute(query, parameters).fetchone()
     except sqlite3.DatabaseError as error:
         name = getattr(error, "sqlite_errorname", "")
         if name == "SQLITE_NOTADB" or (name == "SQLITE_ERROR" and "no such table" in str(error)):
-            return 0
-        raise ConfigError(f"cannot tell whether the demo made {database} ({error}): it is "
-                          "left as it is; run the demo on a database of its own "
-                          "(CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo)"
-                          ) from None
-    return int(row[0]) if row else 0
+            return None
+        raise ConfigError(f"cannot tell whether the demo may use {database} ({error}): it "
+                          "is left as it is; run the demo on a database of its own: "
+                          f"{own or own_database('sqlite:///' + str(path))}") from None
+
+
+def _fcntl() -> Any:
+    """``fcntl`` where Python has it (POSIX), else None (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
 
 
 def _locked(lock_path: Path) -> Any:
-    """The build's lock file, created and held (``flock``) while the demo builds: free, it
-    tells the next demo that the build's demo is gone (killed), not building."""
+    """The build's lock file, created (``O_CREAT|O_EXCL``) and held while the demo
+    builds: free, it tells the next demo that the build's demo is gone (killed), not
+    building. Held by ``flock`` where there is ``fcntl``; elsewhere the file holds this
+    process's id (``_held``)."""
     handle = open(lock_path, "x")  # noqa: SIM115 - held until the build ends
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl = _fcntl()
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            handle.write(str(os.getpid()))
+            handle.flush()
     except BaseException:
         handle.close()
         raise
     return handle
+
+
+#: Without ``fcntl``: a build lock this old is stale whatever process holds its id now
+#: (an id reused after the build's demo was killed). A build takes seconds.
+STALE_AFTER = 600
+
+
+def _held(handle: Any) -> bool:
+    """Whether the build whose lock file ``handle`` reads still runs: its ``flock`` is
+    taken; without ``fcntl``, the process whose id it holds is alive and the file is
+    younger than ``STALE_AFTER`` (one without an id yet is being written: alive)."""
+    fcntl = _fcntl()
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+    if time.time() - os.fstat(handle.fileno()).st_mtime >= STALE_AFTER:
+        return False
+    text = handle.read().strip()
+    return not text.isdigit() or _alive(int(text))
+
+
+def _release(lock_path: Path, handle: Any) -> None:
+    """Removes a build's lock file and closes it: removed while held under ``flock`` (no
+    other demo locks a file about to go), closed first elsewhere (Windows removes no
+    open file)."""
+    if _fcntl() is None:
+        handle.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(lock_path)
+    handle.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of that id runs (Windows: ``OpenProcess``, since ``os.kill``
+    there would end it)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # pragma: no cover - Windows only
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        process = kernel32.OpenProcess(0x1000 | 0x00100000, False, pid)  # query, synchronize
+        if not process:
+            return False
+        try:
+            return bool(kernel32.WaitForSingleObject(process, 0) == 0x102)  # WAIT_TIMEOUT
+        finally:
+            kernel32.CloseHandle(process)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _remove_stale_builds(path: Path, database: str) -> None:
@@ -167,15 +295,12 @@ def _remove_stale_builds(path: Path, database: str) -> None:
         except FileNotFoundError:
             continue  # its build just ended
         with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if _held(handle):
                 if not path.exists():
-                    raise another_demo(database) from None
+                    raise another_demo(database)
                 continue
             _remove(lock_path.with_name(lock_path.name.removesuffix(".lock")))
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(lock_path)
+            _release(lock_path, handle)
 
 
 def _checkpoint(built: Path) -> None:
@@ -195,8 +320,19 @@ def _remove(built: Path) -> None:
 async def admit_mongo_database(db: Any, database: str, own: str) -> None:
     """A MongoDB database the demo marked is used; one without collections is marked
     (its very first write: a second demo at the same time is refused); any other is
-    refused untouched. ``db``: the database through a plain client, not started."""
+    refused untouched, and so is one an instance of the service leases (a plain read, as
+    the mark's). ``db``: the database through a plain client, not started."""
     if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is not None:
+        if await mongo_leased(db):
+            raise in_use(database, own)
+        if await db[COUNTERS].find_one({"_id": DEMO_SEEDED}) is None \
+                and await db[USERS].find_one({"email": {"$nin": demo_emails()}}) is not None:
+            # The mark is written before the store starts: a start that then failed left
+            # an empty database marked, which a service may since have been started on
+            # (review r26-onboard3). A seed never completed holds only the demo's logins
+            # (it serves nothing before it completes): anyone else's account is a
+            # service's, and the demo's public admin is not added to it.
+            raise not_the_demos(database, own)
         return
     if await db.list_collection_names():
         raise not_the_demos(database, own)
@@ -209,6 +345,13 @@ async def admit_mongo_database(db: Any, database: str, own: str) -> None:
         raise another_demo(database)
 
 
+async def mongo_leased(db: Any) -> bool:
+    """Whether an instance of the service holds a live lease on the database (a plain
+    read through a client that started nothing)."""
+    return bool(await db[LEASES].count_documents({"expires_at": {"$gte": datetime.now(UTC)}},
+                                                 limit=1))
+
+
 async def drop_demo_mongo_database(db: Any, database: str, own: str) -> bool:
     """``demo --reset`` on MongoDB: drops a database that carries the demo's mark (whether
     it dropped one); refuses one without it (a deployment's: never dropped on a flag) and
@@ -218,8 +361,8 @@ async def drop_demo_mongo_database(db: Any, database: str, own: str) -> bool:
     if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is None:
         raise ConfigError(f"--reset: {database} was not made by the demo (it has no demo "
                           f"mark), so it is not dropped; run the demo on a database of its "
-                          f"own ({own})")
-    if await db[LEASES].count_documents({"expires_at": {"$gte": datetime.now(UTC)}}):
+                          f"own: {own}")
+    if await mongo_leased(db):
         raise ConfigError(f"--reset: {database} is in use by a running instance of the "
                           "service: stop it first")
     await db.client.drop_database(db.name)

@@ -129,8 +129,9 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     journal); returns what was removed. Refuses a database an instance of the service
     runs on (its lease is live) or another process has open, one this user cannot tell
     that of (it may not read and write it: ``backup.refuse_inaccessible``), and other
-    backends: dropping a MongoDB database is too destructive to do on a flag. A symbolic
-    link is followed: the file it names goes, the link stays."""
+    backends (`demo --reset` on MongoDB drops only a database the demo marked:
+    ``demo_database.drop_demo_mongo_database``). A symbolic link is followed: the file it
+    names goes, the link stays."""
     path = sqlite_path(database_url)
     if path is None:
         raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "

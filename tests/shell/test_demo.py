@@ -443,3 +443,198 @@ async def test_the_refusal_of_a_mongodb_database_advises_what_works() -> None:
         assert await store.db.list_collection_names() == []
         await admit_mongo_database(store.db, database, own)  # empty: marked, first write
         assert await store.sequence_value(DEMO_MADE) == 1
+
+
+# Review r26-onboard3.
+
+#: `chargegraph demo` where Python has no ``fcntl`` (as on Windows).
+WITHOUT_FCNTL = """
+import asyncio, sys
+sys.modules["fcntl"] = None  # as on Windows: there is no fcntl module
+from chargegraph import cli
+from chargegraph.settings import Settings
+settings = Settings(_env_file=None, database_url=sys.argv[1], jwt_secret="p" * 40)
+try:
+    asyncio.run(cli._demo(settings, None, False))
+except AttributeError:  # no server given: seeding done, serving not tested
+    print("seeded")
+"""
+
+
+def test_the_demo_runs_where_python_has_no_fcntl(tmp_path: Path) -> None:
+    """Review r26-onboard3: `chargegraph/demo_database.py` imported ``fcntl`` (POSIX only)
+    at module level, so on Windows every demo, SQLite or MongoDB, ended in
+    ModuleNotFoundError before anything. The build's lock is portable now."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_FCNTL, f"sqlite:///{tmp_path}/demo.db"],
+        capture_output=True, text=True, timeout=300, cwd=Path.cwd(),
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert "seeded" in result.stdout, result.stderr[-600:]
+    assert sorted(os.listdir(tmp_path)) == ["demo.db"]  # its build and lock file removed
+
+
+def test_without_fcntl_a_build_lock_tells_a_live_demo_from_a_killed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``fcntl`` the build's lock file holds its demo's process id: a build whose
+    demo is gone (a process id no process has) is cleared; one whose demo runs is
+    another demo building."""
+    from chargegraph import demo_database
+
+    monkeypatch.setattr(demo_database, "_fcntl", lambda: None)
+    path = tmp_path / "demo.db"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    killed = tmp_path / f".demo.db{demo_database.BUILD}killed"
+    killed.write_bytes(b"half a database")
+    (tmp_path / f"{killed.name}.lock").write_text(dead)
+    assert not demo_database._found(path, "d", "own")  # the killed demo's build cleared
+    assert sorted(os.listdir(tmp_path)) == []
+    building = demo_database._locked(tmp_path / f".demo.db{demo_database.BUILD}live.lock")
+    try:
+        assert (tmp_path / f".demo.db{demo_database.BUILD}live.lock").read_text() == str(
+            os.getpid())
+        with pytest.raises(ConfigError, match="being seeded by another demo"):
+            demo_database._found(path, "d", "own")
+    finally:
+        demo_database._release(Path(building.name), building)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+async def test_the_refusal_of_demo_db_advises_another_name_and_deleting_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r26-onboard3: the refusal's only advice was "run the demo on a database of
+    its own (CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo)": refusing
+    demo.db itself (an older demo's, without the mark), it advised the very command just
+    refused. It now names another file, and, demo.db being the demo's own name, says an
+    old demo database there can be deleted; for another name it never says so."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("demo.db", "prod.db"):
+        conn = await aiosqlite.connect(str(tmp_path / name), isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await apply_migrations(conn, MIGRATIONS)  # an older demo's file: no mark
+        finally:
+            await conn.close()
+    with pytest.raises(ConfigError, match="was not made by the demo") as refused:
+        await prepare_demo_database("sqlite:///demo.db")
+    assert "sqlite:///demo.db chargegraph demo" not in str(refused.value), refused.value
+    assert "CHARGEGRAPH_DATABASE_URL=sqlite:///demo-2.db chargegraph demo" in str(
+        refused.value)
+    assert "delete it" in str(refused.value) and "--reset" in str(refused.value)
+    with pytest.raises(ConfigError, match="was not made by the demo") as refused:
+        await prepare_demo_database("sqlite:///prod.db")
+    assert str(refused.value).endswith(
+        "run the demo on a database of its own: "
+        "CHARGEGRAPH_DATABASE_URL=sqlite:///demo.db chargegraph demo"), refused.value
+    assert "delete" not in str(refused.value) and "--reset" not in str(refused.value)
+
+
+def test_the_refusal_of_chargegraph_demo_on_mongodb_advises_another_name() -> None:
+    """MongoDB's own name as well: never the refused database, and dropping it is by
+    hand (``--reset`` drops only a marked database)."""
+    own = own_database("mongodb://user:secret@mongo:27017/chargegraph-demo?authSource=admin")
+    assert own.startswith("CHARGEGRAPH_DATABASE_URL=mongodb://mongo:27017/chargegraph-demo-2 "
+                          "chargegraph demo; or, if chargegraph-demo is an older demo's"), own
+    assert "db.dropDatabase()" in own
+    assert own_database("mongodb://mongo/prod") == (
+        "CHARGEGRAPH_DATABASE_URL=mongodb://mongo/chargegraph-demo chargegraph demo")
+
+
+def micros(moment: Any) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+async def test_a_demo_database_a_running_service_uses_is_refused_before_it_is_migrated(
+        tmp_path: Path) -> None:
+    """Review r26-onboard3, README: "... is refused untouched (not even migrated), and so
+    is a demo database a running service uses". A demo database (marked, its seed
+    interrupted) an older `chargegraph serve` runs on (a live lease): the demo found the
+    mark, started the store, which migrated the running service's database, and only
+    then read the lease and refused. The lease is now read as the mark is (mode=ro)."""
+    path = tmp_path / "chargegraph.db"
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    try:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await apply_migrations(conn, MIGRATIONS[:-1])  # the running service's schema
+        await conn.execute('INSERT INTO "sequence" VALUES (?, 1)', (DEMO_MADE,))
+        now = utcnow()
+        await conn.execute(
+            'INSERT INTO "instance_lease" VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+            ("instance-1", micros(now), micros(now), "system", "system", "web-1",
+             micros(now), micros(now + timedelta(minutes=5))))
+    finally:
+        await conn.close()
+    with sqlite3.connect(path) as db:
+        before = db.execute('SELECT MAX("version") FROM "schema_version"').fetchone()[0]
+    with pytest.raises(ConfigError, match="in use by a running instance"):
+        await cli._demo(demo_settings(f"sqlite:///{path}"), None, False)  # type: ignore[arg-type]
+    with sqlite3.connect(path) as db:
+        after = db.execute('SELECT MAX("version") FROM "schema_version"').fetchone()[0]
+    assert after == before, (f"refused as in use by a running service, yet its database "
+                             f"was migrated from schema {before} to {after} first")
+
+
+async def test_a_complete_demo_database_a_running_service_uses_is_refused(
+        tmp_path: Path) -> None:
+    """Review r26-onboard3: a complete demo database a running demo or service leases was
+    not refused (the complete world returned before the lease was read), and a second demo
+    served on it, its simulated chargers and the first's kicking each other off."""
+    from chargegraph.demo import DEMO_SEEDED
+
+    url = f"sqlite:///{tmp_path}/chargegraph.db"
+    async with started_store(url) as store:
+        await store.next_sequence(DEMO_MADE)
+        await store.next_sequence(DEMO_SEEDED)
+        now = utcnow()
+        await store.write([Insert(d.InstanceLease(
+            id="instance-1", host="web-1", started_at=now,
+            expires_at=now + timedelta(minutes=5)))], [])
+        services = build_services(Settings(), store, Argon2Hasher.fast())
+        with pytest.raises(ConfigError, match="in use by a running instance"):
+            await admit_demo(services, new=False)  # the rule on the store as well
+    with pytest.raises(ConfigError, match="in use by a running instance"):
+        await prepare_demo_database(url)  # before any store opens it
+    with pytest.raises(ConfigError, match="in use by a running instance"):
+        await cli._demo(demo_settings(url), None, False)  # type: ignore[arg-type]
+
+
+async def test_a_mongodb_demo_database_a_running_service_uses_is_refused_unopened() -> None:
+    """MongoDB's parity: the lease read with the mark, by the plain client, before the
+    store starts."""
+    url = "mongodb://mongo:27017/chargegraph-demo"
+    database, own = database_location(url), own_database(url)
+    async with open_mongo_store() as store:
+        await store.next_sequence(DEMO_MADE)
+        await admit_mongo_database(store.db, database, own)  # the demo's, nobody on it
+        now = utcnow()
+        await store.write([Insert(d.InstanceLease(
+            id="0123456789abcdef01234567", host="web-1", started_at=now,
+            expires_at=now + timedelta(minutes=5)))], [])
+        with pytest.raises(ConfigError, match="in use by a running instance") as refused:
+            await admit_mongo_database(store.db, database, own)
+        assert "chargegraph-demo-2" in str(refused.value)
+
+
+async def test_a_marked_mongodb_database_a_service_took_over_is_not_seeded() -> None:
+    """Review r26-onboard3: MongoDB's mark is the first write, before the store starts; a
+    start that then failed left an empty database marked, on which a service may since
+    run (no lease: GraphQL only). Its seed never completed, so it holds only the demo's
+    logins if it is the demo's: with anyone else's account it is refused, untouched."""
+    from chargegraph.demo import DEMO_SEEDED
+
+    url = "mongodb://mongo:27017/chargegraph"
+    database, own = database_location(url), own_database(url)
+    async with open_mongo_store() as store:
+        services = build_services(Settings(), store, Argon2Hasher.fast())
+        await store.next_sequence(DEMO_MADE)  # a demo marked it, then failed to start
+        await services.accounts.create_user(  # an interrupted seed: the demo's logins
+            SYSTEM, email="mia@demo.chargegraph.dev", password=DEMO_PASSWORD,
+            name="Mia Driver", role=d.Role.DRIVER, company_id=None)
+        await admit_mongo_database(store.db, database, own)
+        await services.accounts.create_user(
+            SYSTEM, email="boss@corp.example", password="S3cure-prod-pass", name="Boss",
+            role=d.Role.ADMIN, company_id=None)
+        with pytest.raises(ConfigError, match="was not made by the demo"):
+            await admit_mongo_database(store.db, database, own)
+        await store.next_sequence(DEMO_SEEDED)  # complete: signed-up accounts are the demo's
+        await admit_mongo_database(store.db, database, own)
