@@ -32,7 +32,6 @@ from domain.events import (
 from domain.keyed_locks import KeyedLocks
 from domain.ports import Change, Insert
 from domain.query import Eq, In, Range, all_of
-from domain.services.accounts import client_key
 from domain.services.base import (
     Service,
     charger,
@@ -42,7 +41,7 @@ from domain.services.base import (
 )
 from domain.services.charger_cache import ChargerCache
 from domain.services.charger_clocks import ChargerClocks
-from domain.services.charger_sign_ins import ChargerSignIns
+from domain.services.charger_sign_ins import ChargerSignIns, address_key
 from domain.services.intervals import (
     effective_state,
     next_interval,
@@ -140,7 +139,7 @@ class ChargerConnections(Service):
         station = await self.station(cp_id)
         if station is not None:
             return station
-        client = client_key(address) or ""
+        client = address_key(address)
         limited = self.registrations.limit > 0
         if limited:
             wait = self.registrations.refused_for(client)

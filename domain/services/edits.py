@@ -50,17 +50,17 @@ def removal(record: Record) -> Delete:
     return Delete(record, only_if=("updated_at", record.updated_at))
 
 
-async def retried(operation: Callable[[], Awaitable[T]], attempts: int = EDIT_ATTEMPTS
-                  ) -> T:
+async def retried(operation: Callable[[], Awaitable[T]], attempts: int = EDIT_ATTEMPTS,
+                  codes: tuple[str, ...] = ("CHANGED",)) -> T:
     """``operation`` (read, check, write) run again from its read when its write met a
-    change made since (CHANGED), up to ``attempts`` times; then the CHANGED goes to the
-    caller (a user error on ``id``). Any other error is the operation's answer at once.
-    ``operation`` must write last: what follows a write (events, follow-ups) belongs
-    after this call, so it never runs twice."""
+    change made since (CHANGED, or another of ``codes``), up to ``attempts`` times; then
+    the conflict goes to the caller (a user error on ``id``). Any other error is the
+    operation's answer at once. ``operation`` must write last: what follows a write
+    (events, follow-ups) belongs after this call, so it never runs twice."""
     for attempt in range(1, attempts + 1):
         try:
             return await operation()
         except Conflict as exc:
-            if exc.code != "CHANGED" or attempt == attempts:
+            if exc.code not in codes or attempt == attempts:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")

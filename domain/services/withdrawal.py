@@ -63,7 +63,7 @@ from domain.entities import (
     Station,
     User,
 )
-from domain.errors import ChargerNotSupported, Conflict, DomainError
+from domain.errors import ChargerNotSupported, DomainError
 from domain.events import StationConnectionChanged
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
@@ -72,6 +72,7 @@ from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+from domain.services.edits import retried
 from domain.wire import rfc3339, wire_json
 
 if TYPE_CHECKING:
@@ -224,13 +225,7 @@ async def _retried(step: Callable[[], Awaitable[T]]) -> T:
     """``step`` (read, then write ``LocalList.pending`` guarded on it) run again from its
     read when another instance wrote meanwhile (``CHANGED``; ``DUPLICATE``: both created
     the station's record), up to ``PENDING_ATTEMPTS`` times."""
-    for attempt in range(1, PENDING_ATTEMPTS + 1):
-        try:
-            return await step()
-        except Conflict as exc:
-            if exc.code not in ("CHANGED", "DUPLICATE") or attempt == PENDING_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    return await retried(step, PENDING_ATTEMPTS, codes=("CHANGED", "DUPLICATE"))
 
 
 def _version(held: dict[str, Any]) -> int:
