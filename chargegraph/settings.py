@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         3600.0, ge=1, le=7 * 86_400,
         description="Seconds a charger password lockout lasts at most (at least the "
                     "lockout; equal: no doubling)")
+    # Off by default (review r26-security5): one client behind a carrier's CGNAT address
+    # spent the address's budget as fast as it freed and kept that address's restarted
+    # chargers out; the pending checks per address (a queue) bound a scan's CPU anyway.
+    charger_checks_per_minute: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Unverified charger password checks one address may have started "
+                    "within a minute, across cpIds; 0: no budget")
     ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
                                                          "(OCPP security profile 2)")
     ocpp_tls_key: Path | None = None
@@ -269,7 +276,8 @@ class Settings(BaseSettings):
             per_station=self.ocpp_password_failures_per_station,
             window=timedelta(seconds=self.ocpp_password_window_s),
             lockout=timedelta(seconds=self.ocpp_password_lockout_s),
-            max_lockout=timedelta(seconds=self.ocpp_password_max_lockout_s))
+            max_lockout=timedelta(seconds=self.ocpp_password_max_lockout_s),
+            checks_per_minute=self.charger_checks_per_minute)
 
     @field_validator("log_level", mode="before")
     @classmethod

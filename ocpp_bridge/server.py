@@ -31,6 +31,7 @@ import socket
 import ssl
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -113,16 +114,20 @@ MAX_PENDING_CHECKS = 256
 #: The ``Retry-After`` of that 503 (seconds), and of the 429 below.
 CHECKS_BUSY_RETRY_AFTER_S = 2
 #: Password checks pending on one instance for one client address (an IPv6 one by its
-#: /64) at once, across cpIds, real or made up: beyond, a password that needs a check is
-#: answered 429 with ``Retry-After`` at once, unchecked and counted against no station,
-#: as it is once the address's budget of unverified checks is spent
-#: (``ChargerSignIns.checks``). Review r26-security4: a scan from one address, one guess
-#: per made-up cpId (no per-cpId count ever met), kept all ``MAX_PENDING_CHECKS`` taken
-#: and chargers that needed a check (after a restart) answered 503 for as long as it
-#: went on; now it holds this many. Four: both hashing threads busy and one more check
-#: ready for each, so a site's chargers behind one NAT reconnecting after a restart are
-#: checked as fast as the threads go (those arriving while four are pending come back).
+#: /64) at once, across cpIds, real or made up. Beyond, a password that needs a check
+#: (or that the station's cached digest refuses: the same path) waits its turn in the
+#: address's queue, first come first served, within the handshake timeout
+#: (``_AddressTurns``): a scan from one address holds this many checks (review
+#: r26-security4: it kept all ``MAX_PENDING_CHECKS`` taken, and chargers needing a check
+#: were answered 503 while it went on), and a site's chargers behind one NAT reconnecting
+#: at once after a restart are checked as fast as the threads go and let in on their
+#: first try (review r26-security5: the fifth and later were answered 429 at once, and
+#: came back only on their own reconnect timers, round after round). Four: both hashing
+#: threads busy and one more check ready for each.
 MAX_PENDING_PER_ADDRESS = 4
+#: Handshakes waiting for one address's turn; beyond, 429 with ``Retry-After`` at once,
+#: unchecked and counted nowhere (so one address cannot hold every handshake waiting).
+MAX_WAITING_PER_ADDRESS = 64
 #: Seconds the websockets server gives a handshake (TLS, HTTP request, ``process_request``
 #: with its password check and refusal delay) before it drops the connection
 #: (websockets' default, named here so the delay below is seen to fit well inside it).
@@ -158,6 +163,65 @@ class Refused:
     status: HTTPStatus = HTTPStatus.TOO_MANY_REQUESTS
     #: Why, for the log (``RefusalLog``), when it is worth a line.
     reason: str = ""
+
+
+class _AddressTurns:
+    """Per client address, at most ``MAX_PENDING_PER_ADDRESS`` turns held (a check
+    pending) and at most ``MAX_WAITING_PER_ADDRESS`` handshakes waiting, first come first
+    served. A turn freed is handed to the first waiter; a waiter cancelled (its handshake
+    dropped) leaves the queue, or, woken already, hands its turn on. Addresses with
+    nothing held or waiting are forgotten."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def take_now(self, key: str) -> bool:
+        """A turn at once if one is free and nobody waits for it."""
+        if self._waiting.get(key) or self.held(key) >= MAX_PENDING_PER_ADDRESS:
+            return False
+        self._held[key] = self.held(key) + 1
+        return True
+
+    def queue_full(self, key: str) -> bool:
+        return len(self._waiting.get(key, ())) >= MAX_WAITING_PER_ADDRESS
+
+    async def wait(self, key: str) -> None:
+        """Returns holding a turn (handed over by ``release``); cancelled, holds none."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release(key)  # woken, then dropped: the turn goes on
+            else:
+                queue = self._waiting.get(key)
+                if queue is not None and turn in queue:
+                    queue.remove(turn)
+                    if not queue:
+                        del self._waiting[key]
+            raise
+
+    def release(self, key: str) -> None:
+        """A turn is over: handed to the first waiter, else freed."""
+        queue = self._waiting.get(key)
+        while queue:
+            turn = queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                if not queue:
+                    del self._waiting[key]
+                return
+        self._waiting.pop(key, None)
+        left = self.held(key) - 1
+        if left > 0:
+            self._held[key] = left
+        else:
+            self._held.pop(key, None)
 
 
 @dataclass(eq=False, slots=True)
@@ -258,9 +322,10 @@ class OcppServer:
         #: The hash a cpId with no station is checked against (``_decoy``), made at start.
         self._decoy_hash: str | None = None
         #: The argon2 checks pending (``MAX_PENDING_CHECKS``), and how many of them per
-        #: client address as the limits count it (``MAX_PENDING_PER_ADDRESS``).
+        #: client address as the limits count it, with the handshakes waiting for their
+        #: turn (``MAX_PENDING_PER_ADDRESS``, ``_AddressTurns``).
         self._checks: set[asyncio.Task[bool]] = set()
-        self._pending_from: dict[str, int] = {}
+        self._turns = _AddressTurns()
         #: Seconds after its arrival a refused password is answered
         #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
         self.refusal_delay = refusal_delay
@@ -727,14 +792,17 @@ class OcppServer:
                            f"it does not offer the subprotocol {SUBPROTOCOL}",
                            f" (offered: {shown})")
 
-    async def _password_ok(self, station: Any, password: str, peer: str = ""
+    async def _password_ok(self, station: Any, password: str, peer: str = "", *,
+                           turn: bool = False, arrived: float | None = None
                            ) -> bool | Refused:
         """Whether ``password`` is the station's, counted (``ChargerSignIns``); ``Refused``
         (not checked) while ``peer`` is locked out of the station, or another password for
         the same station from the same address (an IPv6 one by its /64) is under way, or,
-        for a password that needs a check, the address has ``MAX_PENDING_PER_ADDRESS``
-        pending or has spent its budget of unverified checks (``ChargerSignIns.checks``),
-        or (503) ``MAX_PENDING_CHECKS`` checks are pending here (``_checks_refused``).
+        for a password that needs a check, ``MAX_WAITING_PER_ADDRESS`` wait for their
+        address's turn already (beyond ``MAX_PENDING_PER_ADDRESS`` pending, one waits its
+        turn: ``_AddressTurns``), the address has spent its budget of unverified checks
+        if it has one (``ChargerSignIns.checks``), or (503) ``MAX_PENDING_CHECKS`` checks
+        are pending here (``_checks_refused``).
 
         Every password not known right is counted as it arrives, before anything checks
         or waits for it (one found right is taken back): a burst is held to the budget
@@ -746,7 +814,20 @@ class OcppServer:
         locked its own address out). A refusal is answered ``refusal_delay`` after its
         arrival at the earliest, the same for every cpId, real or made up
         (``_decoy``)."""
-        arrived = time.monotonic()
+        if arrived is None:
+            arrived = time.monotonic()
+        holding = [turn]  # one of the address's turns, until a check task takes it over
+        try:
+            return await self._password_ok_holding(station, password, peer, holding,
+                                                   arrived)
+        finally:
+            if holding[0]:
+                self._turns.release(address_key(peer))
+
+    async def _password_ok_holding(self, station: Any, password: str, peer: str,
+                                   holding: list[bool], arrived: float) -> bool | Refused:
+        """``_password_ok``; ``holding[0]``: one of the address's turns is held here
+        (``_AddressTurns``), released by ``_password_ok`` unless a check took it over."""
         sign_ins, key = self._limits(station)
         # Before anything answers for the password, the cached digests too: they settled
         # guesses for free, thousands a second, once the charger had connected (QA s22).
@@ -788,6 +869,22 @@ class OcppServer:
         # A wrong password settled by the cached digest meets the same bounds as one that
         # needs a check: otherwise a prober who spent its address's budget (or kept four
         # checks pending) read 401 for a connected station and 429 for a made-up cpId.
+        client = address_key(peer)
+        if not holding[0]:
+            if not self._turns.take_now(client):
+                # The address has its checks pending: this one waits its turn, first
+                # come first served, within the handshake timeout (dropped, it leaves the
+                # queue having counted nothing), then is looked at afresh (a lockout, a
+                # check of the same password or a cached digest may have come since).
+                if self._turns.queue_full(client):
+                    return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                                   "too many password checks from here: try again later\n",
+                                   reason="too many password checks waiting from there: "
+                                          "not checked, not counted")
+                await self._turns.wait(client)
+                return await self._password_ok(station, password, peer, turn=True,
+                                               arrived=arrived)
+            holding[0] = True
         busy = self._checks_refused(peer)
         if busy is not None:
             return busy
@@ -796,12 +893,11 @@ class OcppServer:
             self.charging.sign_ins.check_started(peer)
         check: asyncio.Future[bool]
         if known is None:
-            client = address_key(peer)
             check = asyncio.create_task(
                 self._check(station, password, digest, former, peer, lockouts),
                 name="chargegraph-ocpp-password-check")
             self._checks.add(check)
-            self._pending_from[client] = self._pending_from.get(client, 0) + 1
+            holding[0] = False  # the address's turn is the check's until it ends
             counted = None if former else sign_ins
             check.add_done_callback(lambda done: self._check_ended(
                 done, client, station.cp_id, key, peer, counted))
@@ -810,22 +906,19 @@ class OcppServer:
                 self._log_lockout(station.cp_id, peer, lockout, unknown=self._is_decoy(station))
             check = asyncio.get_running_loop().create_future()
             check.set_result(False)
+            self._turns.release(client)  # no check: the turn is not held for the delay
+            holding[0] = False
         under_way = _UnderWay(digest, station.auth_password_hash, check)
         self._in_flight[slot] = under_way
         check.add_done_callback(lambda done: self._check_done(done, slot, under_way))
         return await self._answer(station, peer, slot, under_way, arrived)
 
     def _checks_refused(self, peer: str) -> Refused | None:
-        """Why a password not known right is not checked now, counted nowhere: its
-        address has ``MAX_PENDING_PER_ADDRESS`` checks pending here, or has spent its
-        budget of unverified checks (429: one address's work is bounded across cpIds,
-        a real cpId's and a made-up one's alike); or ``MAX_PENDING_CHECKS`` are pending
-        here (503: the instance's)."""
-        if self._pending_from.get(address_key(peer), 0) >= MAX_PENDING_PER_ADDRESS:
-            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
-                           "too many password checks from here: try again later\n",
-                           reason="too many password checks pending from there: not "
-                                  "checked, not counted")
+        """Why a password not known right is not checked now, counted nowhere, once it
+        has its address's turn: its address has spent its budget of unverified checks,
+        if there is one (429: one address's work is bounded across cpIds, a real cpId's
+        and a made-up one's alike); or ``MAX_PENDING_CHECKS`` are pending here (503:
+        the instance's)."""
         spent = self.charging.sign_ins.checks_refused_for(peer)
         if spent is not None:
             return Refused(max(1, math.ceil(spent.total_seconds())),
@@ -846,9 +939,7 @@ class OcppServer:
         in ``counted`` (``None``: the charger's former password, never counted) the
         failure, which may have started a lockout, and the address's check (review
         r26-security4: a right password pending at a stop stayed counted as wrong)."""
-        left = self._pending_from.pop(client, 0) - 1
-        if left > 0:
-            self._pending_from[client] = left
+        self._turns.release(client)
         if not check.cancelled():
             return
         if counted is not None:

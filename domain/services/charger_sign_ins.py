@@ -40,16 +40,16 @@ KNOWN_FOR = timedelta(days=30)
 #: A known address passing again is told to the other instances at most this often (a
 #: charger reconnecting every minute must not cost an event every time).
 RETOLD_AFTER = timedelta(days=1)
-#: Password checks (argon2) one client address (an IPv6 one by its /64) may have
-#: unverified within ``CHECKS_WINDOW``, across all cpIds, real or made up
-#: (``ChargerSignIns.checks``): each is counted as it is started and given back when its
-#: password is found right, so a site's chargers reconnecting with their own passwords
-#: (dozens behind one NAT after a restart) hold only the checks under way, while a scan
-#: of made-up or real cpIds from there, one guess each, which no per-cpId count ever
-#: stops, gets this many checks a minute, then 429 unchecked (review r26-security4: it
-#: kept every pending check of an instance taken, and chargers that needed one were
-#: answered 503 as long as it went on).
-CHECKS_PER_ADDRESS = 30
+#: The window of the budget of unverified password checks per client address (an IPv6
+#: one by its /64), across all cpIds, real or made up (``ChargerSignIns.checks``), when
+#: it is on (``ChargerSignInLimits.checks_per_minute``, ``Settings.charger_checks_per_minute``):
+#: each check is counted as it is started and given back when its password is found
+#: right, so a site's chargers reconnecting with their own passwords hold only the checks
+#: under way, while a scan from there, one guess per cpId, which no per-cpId count ever
+#: stops, gets that many checks a minute, then 429 unchecked. Off by default (review
+#: r26-security5): one client behind a carrier's CGNAT address spent that address's budget
+#: as fast as it freed and kept every restarted charger behind the address out; the
+#: per-address bound on pending checks (``OcppServer``'s queue) bounds a scan's CPU.
 CHECKS_WINDOW = timedelta(minutes=1)
 
 
@@ -62,6 +62,9 @@ class ChargerSignInLimits:
     window: timedelta = timedelta(minutes=15)
     lockout: timedelta = timedelta(minutes=1)
     max_lockout: timedelta = timedelta(hours=1)
+    #: Unverified password checks per client address a minute (``CHECKS_WINDOW``);
+    #: 0: no budget (the default).
+    checks_per_minute: int = 0
 
 
 class Limit(Enum):
@@ -138,10 +141,11 @@ class ChargerSignIns:
         self.unknown: ChargerSignIns | None = None if for_unknown else ChargerSignIns(
             clock, limits, for_unknown=True)
         #: Unverified password checks per client address, across cpIds (one budget for a
-        #: real cpId's and a made-up one's: ``CHECKS_PER_ADDRESS``); shared across
-        #: instances as the counts are. Unused in the made-up ids' table.
-        self.checks = RollingLimit(clock, limit=CHECKS_PER_ADDRESS, window=CHECKS_WINDOW,
-                                   name=f"{prefix}_checks")
+        #: real cpId's and a made-up one's: ``limits.checks_per_minute``, 0: none);
+        #: shared across instances as the counts are. Unused in the made-up ids' table.
+        self.checks_on = limits.checks_per_minute > 0
+        self.checks = RollingLimit(clock, limit=max(1, limits.checks_per_minute),
+                                   window=CHECKS_WINDOW, name=f"{prefix}_checks")
 
     @property
     def shared(self) -> list[SignInThrottle | KnownAddresses | RollingLimit]:
@@ -154,17 +158,22 @@ class ChargerSignIns:
 
     def checks_refused_for(self, address: str) -> timedelta | None:
         """How long ``address`` is refused password checks (its budget of unverified
-        ones spent, ``CHECKS_PER_ADDRESS``); ``None``: it may have one."""
+        ones spent, ``ChargerSignInLimits.checks_per_minute``); ``None``: it may have
+        one (always, with no budget)."""
+        if not self.checks_on:
+            return None
         return self.checks.refused_for(address_key(address))
 
     def check_started(self, address: str) -> None:
-        """Counts a password check started for ``address`` against its budget."""
-        self.checks.take(address_key(address))
+        """Counts a password check started for ``address`` against its budget (if any)."""
+        if self.checks_on:
+            self.checks.take(address_key(address))
 
     def check_given_back(self, address: str) -> None:
         """A check counted for ``address`` that is not to count: its password was right,
         or it was never done (its server stopped)."""
-        self.checks.give_back(address_key(address))
+        if self.checks_on:
+            self.checks.give_back(address_key(address))
 
     def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
         """How long ``address`` is refused (unchecked) this station's password; ``None``:
