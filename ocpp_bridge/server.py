@@ -677,10 +677,8 @@ class OcppServer:
         except TooManyRequests as exc:  # auto-registration's limit: unknown ids only
             self.refusals.note(cp_id, peer, "too many new charge points from there: "
                                             "not registered")
-            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
-                                          "too many new charge points: try again later\n")
-            response.headers["Retry-After"] = str(exc.retry_after_s)
-            return response
+            return _try_later(connection, HTTPStatus.TOO_MANY_REQUESTS,
+                              "too many new charge points: try again later\n", exc.retry_after_s)
         except StoreUnavailable as exc:
             # The store is out (MongoDB unreachable, a full disk refusing a new
             # station): the charger is told to try again, as a connection that cannot be
@@ -688,20 +686,16 @@ class OcppServer:
             # failed (review r26-api2).
             log.warning("%s: handshake refused, its station cannot be read or registered "
                         "now: %s", cp_id, exc.reason)
-            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                          "the service is unavailable: try again later\n")
-            response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
-            return response
+            return _try_later(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                              "the service is unavailable: try again later\n", STORE_RETRY_AFTER_S)
         except StoreBusy:
             # Another process (a CLI, a backup) held the SQLite database past the busy
             # timeout while a new station was registered: nothing was written, and the
             # charger's next try may simply succeed (review r26-api3).
             log.warning("%s: handshake refused, the database was locked by another "
                         "process: try again", cp_id)
-            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                          "the service is busy: try again later\n")
-            response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
-            return response
+            return _try_later(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                              "the service is busy: try again later\n", STORE_RETRY_AFTER_S)
         unknown = station is None
         if station is None:
             # Answered as a station whose password nobody knows, not 404: a 404 here and
@@ -724,9 +718,7 @@ class OcppServer:
                                                 "not checked, not counted")
             elif verdict.reason:
                 self.refusals.note(cp_id, peer, verdict.reason)
-            response = connection.respond(verdict.status, verdict.message)
-            response.headers["Retry-After"] = str(verdict.retry_after)
-            return response
+            return _try_later(connection, verdict.status, verdict.message, verdict.retry_after)
         if not verdict:
             self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT if unknown
                                else "no credentials" if credentials is None
@@ -1335,3 +1327,12 @@ def _gone(host: str) -> bool:
 def _host_label() -> str:
     """Which process holds a lease, for an operator reading the store."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _try_later(connection: ServerConnection, status: HTTPStatus, body: str,
+               retry_after_s: int) -> Response:
+    """A handshake refused for now (a limit, the store out or busy): ``status`` with
+    ``Retry-After``, which chargers honour before trying again."""
+    response = connection.respond(status, body)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response

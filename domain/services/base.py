@@ -679,6 +679,10 @@ def not_erased(user_id: str) -> Guard:
     return Guard(User, all_of(Eq("id", user_id), Eq("erased_at", None)))
 
 
+#: What makes a session hold its card and car: open, and not refused at its start.
+_HOLDS_ITS_CARD = all_of(Eq("state", SessionState.ACTIVE), Eq("start_refused", None))
+
+
 def holding_card(tag: str) -> Filter:
     """The sessions that hold a card, so that a start of it elsewhere is told
     ``ConcurrentTx`` (and a remote start of it is refused): open, and not refused at their
@@ -686,8 +690,7 @@ def holding_card(tag: str) -> Filter:
     Blocked, …) that its charger never stops held the card for good: the driver's next
     start, after the session accepted in its place had ended, was told ConcurrentTx
     because of it (review r26)."""
-    return all_of(Eq("id_tag", tag), Eq("state", SessionState.ACTIVE),
-                  Eq("start_refused", None))
+    return all_of(Eq("id_tag", tag), _HOLDS_ITS_CARD)
 
 
 def holding_car(vehicle_id: str) -> Filter:
@@ -697,8 +700,7 @@ def holding_car(vehicle_id: str) -> Filter:
     session its charger never stopped, booked to the car, refused the driver's remote
     start of it IN_USE for good, though a StartTransaction of the card was Accepted
     (review r26-tx2)."""
-    return all_of(Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE),
-                  Eq("start_refused", None))
+    return all_of(Eq("vehicle_id", vehicle_id), _HOLDS_ITS_CARD)
 
 
 def touch(record: E, **updates: Any) -> Update:

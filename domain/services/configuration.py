@@ -203,7 +203,9 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
         "value": None if secret else value, "secret": secret, "readonly": False,
         "changed_at": now, "reboot_required": status == REBOOT_REQUIRED}
     folded = folded_key(key)
-    for attempt in range(3):  # as ``record_read``: a key written meanwhile is read again
+    # Read again when a key was written meanwhile, as ``record_read``; one try more, as
+    # this write is also guarded on ``changed_at``.
+    for attempt in range(3):
         held = await _all_held(store, station)
         keep, left_out = kept(held.keys() | {folded})
         known = held.get(folded)
