@@ -1120,7 +1120,8 @@ class Session(Node, Audited):
         "The tariff that prices the session: the station's, else the company's whose "
         "books it is in, in force at its start. Null when there is none, or when the "
         "viewer may not see it (as `tariffs` shows them: a removed station's price list "
-        "is kept for admins, and never replaced by its company's)."))
+        "is kept for admins, and never replaced by its company's); the operators whose "
+        "books the session is in see it, also after its station was handed over."))
     def tariff(self, info: Info) -> Tariff | None:
         ctx = _ctx(info)
         return _pricing_tariff(  # type: ignore[no-any-return]

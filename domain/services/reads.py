@@ -104,13 +104,23 @@ class ReadService(Service):
         """For sessions the viewer sees (``PricedAt.of`` each): the tariff that prices each
         (``TariffService.tariff_at``'s rule, found whatever the viewer sees of tariffs, so
         a tariff hidden from them never lets another one stand in for it), and whether
-        the viewer sees that tariff itself (the tariff scope). Two or three store calls
-        for any number of sessions."""
+        the viewer sees that tariff itself: in the tariff scope, or the price of a session
+        in their books. A station's own price list is its current operators' (the tariff
+        scope), so after a handover the operator billing a session started before it
+        read its tariff null (QA s27), though their driver and admins saw it. Two or
+        three store calls for any number of sessions."""
         priced = await tariffs_in_force(self.store, wanted)
         ids = list({t.id for t in priced if t is not None})
         shown = {t.id for t in await self.get_many(viewer, Tariff, ids) if t is not None} \
             if ids else set()
-        return [(t, t is not None and t.id in shown) for t in priced]
+        return [(t, t is not None and (t.id in shown or self._books_it(viewer, at)))
+                for t, at in zip(priced, wanted, strict=True)]
+
+    def _books_it(self, viewer: Viewer, at: PricedAt) -> bool:
+        """Whether the session priced ``at`` is in the operator's books (admins see every
+        tariff anyway)."""
+        return viewer.is_operator and self.policy.in_books(viewer, at.company_id,
+                                                           at.station_owner_id)
 
     async def idle_times(self, spans: Sequence[IdleSpan]) -> list[timedelta]:
         """How long each session's connector sat idle over its span (``IdleSpan.of``: of

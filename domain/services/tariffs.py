@@ -70,17 +70,19 @@ def removal_end(tariff: Tariff, now: datetime, last_priced: datetime | None
 class PricedAt:
     """What decides the tariff that prices a session: its station, the company whose books
     it is in, its start and its plug (``tariff_at(station, start, company_id=books,
-    connector_type=plug)``)."""
+    connector_type=plug)``). ``station_owner_id``: the rest of its books
+    (``base.books_of``), which decides who sees that tariff through it, not which it is."""
 
     station_id: str
     company_id: str | None
     at: datetime
     connector_type: ConnectorType | None = None
+    station_owner_id: str | None = None
 
     @classmethod
     def of(cls, session: Session) -> PricedAt:
         return cls(session.station_id, session.company_id, session.priced_at,
-                   session.connector_type)
+                   session.connector_type, session.station_owner_id)
 
 
 #: A tariff's scope: (field, value) of one plug standard or one power type; None for

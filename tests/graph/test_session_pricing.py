@@ -132,9 +132,11 @@ async def test_operators_see_by_the_books_and_tariffs_as_tariffs_are(
                                            owner_id=world.users["op_b"].id)
     tx = at_a2.transaction_id
     op_a = (await _sessions(api, world, "op_a"))[tx]
-    # Priced by the station's tariff, which op_a no longer sees: null, and never the
-    # company tariff standing in for it. The bill is theirs, and its lines with it.
-    assert op_a["tariff"] is None
+    # Priced by the station's tariff, no longer op_a's in ``tariffs``, but the price of
+    # a session in their books: shown on it (QA s27: null, while its driver saw it), and
+    # never the company tariff standing in for it. The bill is theirs, and its lines.
+    assert op_a["tariff"] == {"pricePerKwh": "0.55", "pricePerMinute": "0.00",
+                              "company": None}
     assert Decimal(op_a["costBreakdown"]["energy"]) == Decimal("3.85")  # 7 kWh × 0.55
     assert tx not in await _sessions(api, world, "op_b")  # not their books
     assert tx not in await _sessions(api, world, "driver1")  # not their session
