@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from domain.apportion import largest_remainder
+from domain.clock import exact_seconds
 from domain.currencies import minor_digits
 from domain.entities import Tariff
 from domain.tariff_bands import attributed_wh, bands_of
@@ -101,7 +102,7 @@ def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: dat
 
 
 def _minutes(span: timedelta) -> Decimal:
-    return Decimal(max(span.total_seconds(), 0)) / Decimal(60)
+    return max(exact_seconds(span), Decimal(0)) / Decimal(60)
 
 
 def _rounded(amount: Decimal, digits: int) -> int:

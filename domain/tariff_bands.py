@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from domain import validation as v
 from domain.apportion import largest_remainder
+from domain.clock import exact_seconds
 from domain.entities import BILLED_TIME_TOLERANCE, Session, Tariff
 from domain.errors import ValidationError
 from domain.timebuckets import offsets, zone
@@ -272,9 +273,8 @@ def _spread(bands: Sequence[PriceBand], tz: ZoneInfo, since: datetime, until: da
     if until <= since:
         return [(band_at(bands, tz, until), wh)]
     points = [since, *cuts, until]
-    span = Decimal((until - since).total_seconds())
-    return [(band_at(bands, tz, a + (b - a) / 2),
-             wh * Decimal((b - a).total_seconds()) / span)
+    span = exact_seconds(until - since)
+    return [(band_at(bands, tz, a + (b - a) / 2), wh * exact_seconds(b - a) / span)
             for a, b in pairwise(points)]
 
 

@@ -132,3 +132,36 @@ def test_idle_time_is_priced_in_whole_seconds_wherever_it_is_priced() -> None:
     whole = cost_breakdown(tariff, 1000, START, end, timedelta(seconds=59))
     assert almost == whole
     assert whole.idle == 59  # 59 s at 0.60/min = 0.59
+
+
+def test_time_is_priced_from_the_exact_duration_not_a_float_of_it() -> None:
+    """QA s27: 90.3 s at 1.00 EUR/min is 1.505 EUR, half up 1.51; the duration read as a
+    float (90.29999999999999715…) billed 1.50, the live estimate too. Stamps carry
+    milliseconds, so any duration of a tenth or hundredth of a second could land on
+    the wrong side of a half."""
+    tariff = Tariff(company_id="c" * 24, price_per_kwh=Decimal(0), currency="EUR",
+                    price_per_minute=Decimal("1.00"))
+    end = START + timedelta(seconds=90, milliseconds=300)
+    assert session_cost_minor(tariff, 0, START, end) == 151
+    assert cost_breakdown(tariff, 0, START, end).time == 151
+    # 0.3 s at 0.1 KWD/min: 0.0005 KWD exactly, half up 1 fils (0 from the float).
+    fils = Tariff(company_id="c" * 24, price_per_kwh=Decimal(0), currency="KWD",
+                  price_per_minute=Decimal("0.1"))
+    assert session_cost_minor(fils, 0, START, START + timedelta(milliseconds=300)) == 1
+
+
+def test_band_energy_is_split_by_the_exact_durations() -> None:
+    """The energy of a reading interval is spread over the bands by exact durations
+    too (QA s27): 3 Wh over 0.3 s cut at 0.1 s is 1 Wh and 2 Wh, not 0.99999… and
+    2.00000…, which the split then rounds."""
+    from zoneinfo import ZoneInfo
+
+    from domain.tariff_bands import _spread, bands_of
+    tariff = Tariff(company_id="c" * 24, price_per_kwh=Decimal("0.30"), currency="EUR",
+                    time_zone="UTC", energy_bands=[{
+                        "days": ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"],
+                        "start": "00:00", "end": "22:00", "price_per_kwh": "0.10"}])
+    cut = START + timedelta(milliseconds=100)
+    pieces = _spread(bands_of(tariff), ZoneInfo("UTC"), START,
+                     START + timedelta(milliseconds=300), Decimal(3), [cut])
+    assert [wh for _, wh in pieces] == [Decimal(1), Decimal(2)]
