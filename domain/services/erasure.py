@@ -390,9 +390,10 @@ class Erasure(Service):
             raise Conflict("a session of theirs is under way: erase the account once it "
                            "has ended", field=field, code="IN_USE")
         await self.accounts.refuse_owner_demotion(user, field)
-        # None accepted starts meanwhile (the refused ones are closed only as read).
-        charging = all_of(Eq("user_id", user.id), Eq("state", SessionState.ACTIVE),
-                          Eq("start_refused", None))
+        # Checked on the store as the write leaves it: the refused ones read are closed
+        # by it, and any session of theirs started meanwhile (accepted or refused) fails
+        # it, to be read again.
+        charging = all_of(Eq("user_id", user.id), Eq("state", SessionState.ACTIVE))
         guards = [Guard(Session, charging, exists=False),
                   Guard(Station, Eq("owner_id", user.id), exists=False)]
         if user.role is Role.ADMIN and user.active:
