@@ -65,7 +65,7 @@ class Services:
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user
         self.fleet.on_restored = self.withdrawal.restore_card
-        self.erasure = Erasure(ctx, self.accounts, self.refresh_tokens)
+        self.erasure = Erasure(ctx, self.accounts, self.refresh_tokens, self.charging)
         self.erasure.on_erased = self.withdrawal.withdraw_erased
         self.personal_data = PersonalDataService(ctx)
         self.stations.on_accepted = self.commands.ask_to_boot

@@ -1815,17 +1815,11 @@ class ChargingService(ChargerConnections):
         corrects the close as it corrects a lost one (``closed_without_stop``), its
         meterStop being what the charger metered and signed."""
         session = await self.visible(viewer, Session, session_id)
-        station = (await self.store.get_many(Station, [session.station_id]))[0]
         # Whoever keeps its books ends it: after a station changed hands mid-session, the
         # operator who will bill the session, not the one who runs the station now.
         if not self.policy.keeps_books(viewer, session):
             raise Forbidden("only the operators who keep a session's books end it")
-        if station is None:
-            # Removed while a start raced its removal: the session must still be ended
-            # and billed (its company's tariff), or it would hold its driver's card.
-            station = Station(id=session.station_id, cp_id=session.cp_id,
-                              name=session.cp_id, company_id=session.company_id,
-                              owner_id=session.station_owner_id)
+        station = (await self._stations_of([session]))[0]
         for attempt in range(1, END_ATTEMPTS + 1):
             awaited = awaits_stop(session)  # flushed late, its stop never came: billed too
             if session.state is not SessionState.ACTIVE and not awaited:
@@ -1856,6 +1850,46 @@ class ChargingService(ChargerConnections):
                 session = await self.visible(viewer, Session, session_id)  # read again
         await self._announce_end(station, closed)
         return closed
+
+    async def _stations_of(self, sessions: Sequence[Session]) -> list[Station]:
+        """The station of each of ``sessions``, as it is now; for one removed while a
+        start raced its removal, one standing in for it: the session must still be ended
+        and billed (its company's tariff), or it would hold its driver's card."""
+        stations = await self.store.get_many(Station, [s.station_id for s in sessions])
+        return [station or Station(id=session.station_id, cp_id=session.cp_id,
+                                   name=session.cp_id, company_id=session.company_id,
+                                   owner_id=session.station_owner_id)
+                for session, station in zip(sessions, stations, strict=True)]
+
+    async def refused_closes(self, viewer: Viewer, sessions: Sequence[Session]
+                             ) -> tuple[list[tuple[Station, Session]],
+                                        list[tuple[Change, Any]]]:
+        """The closes of open ``sessions`` refused at their start (``start_refused``)
+        whose chargers never stopped them, for a write of the caller's (an erasure: such
+        a session holds no card or car and bills nothing, and it kept its person's
+        account from being erased until an operator ended it). Each is closed as
+        ``end_session`` closes one, now on its timeline, audited under ``viewer``, written
+        only onto the session as read (``Conflict`` CHANGED: read them again); its stop,
+        should it come after all, corrects the close (``closed_without_stop``). The
+        closed sessions with their stations, for ``announce_closed`` once committed, and
+        the changes to commit."""
+        closed: list[tuple[Station, Session]] = []
+        changes: list[tuple[Change, Any]] = []
+        for station, session in zip(await self._stations_of(sessions), sessions,
+                                    strict=True):
+            if session.state is not SessionState.ACTIVE or session.start_refused is None:
+                raise ValueError(f"session {session.id} is not open and refused")
+            done, writes = await self._close(station, session, None,
+                                             self._timeline_now(session),
+                                             CLOSED_WITHOUT_STOP, viewer,
+                                             unchanged_since=session.updated_at)
+            closed.append((station, done))
+            changes += writes
+        return closed, changes
+
+    async def announce_closed(self, station: Station, closed: Session) -> None:
+        """What follows a committed close of ``refused_closes`` (``_announce_end``)."""
+        await self._announce_end(station, closed)
 
     def _timeline_now(self, session: Session) -> datetime:
         """"Now" on the session's timeline (``Session.now_on_timeline``, the rule the

@@ -57,6 +57,7 @@ from domain.query import Eq, Filter, In, Range, all_of, any_of
 from domain.services.accounts import AccountService, other_active_admins
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages
+from domain.services.charging import ChargingService
 from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.refresh_tokens import RefreshTokenService
@@ -203,10 +204,15 @@ async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
 
 class Erasure(Service):
     def __init__(self, ctx: ServiceContext, accounts: AccountService,
-                 refresh_tokens: RefreshTokenService) -> None:
+                 refresh_tokens: RefreshTokenService,
+                 charging: ChargingService | None = None) -> None:
         super().__init__(ctx)
         self.accounts = accounts
         self.refresh_tokens = refresh_tokens
+        #: Closes the person's refused sessions their chargers never stopped
+        #: (``_refusals``); without it (a bare erasure, in store tests) they are waited
+        #: for as an accepted one is.
+        self.charging = charging
         #: What an erasure sets off at the chargers (``Services`` wires in
         #: ``Withdrawal.withdraw_erased``: the removed cards Blocked in the lists, the
         #: live reservations cancelled); in the background, as a deactivation's.
@@ -235,10 +241,13 @@ class Erasure(Service):
         return await self._erase(viewer, user, field=None)
 
     async def _erase(self, viewer: Viewer, user: User, field: str | None) -> User:
-        erased, cards = await retried(lambda: self._write(viewer, user.id, field))
+        erased, cards, closed = await retried(lambda: self._write(viewer, user.id, field))
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
         await self.accounts.access_changed(erased.id)
+        if self.charging is not None:
+            for station, session in closed:
+                await self.charging.announce_closed(station, session)
         if self.on_erased is not None:
             self._releasing.run(self.on_erased(viewer, erased, cards),
                                 f"release-erased-{erased.id}",
@@ -280,13 +289,19 @@ class Erasure(Service):
                               erased.id)
 
     async def _write(self, viewer: Viewer, user_id: str, field: str | None
-                     ) -> tuple[User, list[IdTag]]:
+                     ) -> tuple[User, list[IdTag], list[tuple[Station, Session]]]:
         """The erasure's one write (``retried``): the account anonymised and deactivated,
         its cars removed without their plates, its cards removed (their list entries
         marked Blocked in the same write, as ``removeIdTag`` does), its webhooks removed
-        or disabled (``_webhook_changes``), and its entry."""
+        or disabled (``_webhook_changes``), its refused sessions left open closed
+        (``_refusals``), and its entry. With the cards and the closed sessions, for what
+        follows the write."""
         user = await self.visible(viewer, User, user_id)
-        guards = await self._refusals(user, field)
+        guards, refused = await self._refusals(user, field)
+        closed: list[tuple[Station, Session]] = []
+        closes: list[tuple[Change, Any]] = []
+        if refused and self.charging is not None:
+            closed, closes = await self.charging.refused_closes(viewer, refused)
         now = self.now()
         update = edit(user, viewer, name=ERASED_NAME, email=await self._placeholder(user),
                       password_hash="", active=False, token_epoch=user.token_epoch + 1,
@@ -312,10 +327,11 @@ class Erasure(Service):
         hooks_removed = sum(1 for _, webhook in hooks if webhook.company_id is None)
         entry = self._entry(viewer, user, removed, len(cards),
                             (hooks_removed, len(hooks) - hooks_removed))
-        await self.commit(viewer, [*((removal(card), card) for card in cards), *hooks],
+        await self.commit(viewer, [*((removal(card), card) for card in cards), *hooks,
+                                   *closes],
                           unaudited=unaudited, extra_audit=[entry],
                           guards=[*guards, *_nothing_else_of(user.id)])
-        return cast(User, update.record), cards
+        return cast(User, update.record), cards, closed
 
     async def _placeholder(self, user: User) -> str:
         """The email the erasure gives ``user``: the one it has if it was erased before
@@ -355,14 +371,29 @@ class Erasure(Service):
                         "(updateUser email)", user.id, user.email)
         return [u.id for u in held]
 
-    async def _refusals(self, user: User, field: str | None) -> list[Guard]:
+    async def _refusals(self, user: User, field: str | None
+                        ) -> tuple[list[Guard], list[Session]]:
         """Refuses what an erasure must wait for, and the guards that keep each check
-        true inside the write (another instance may start a session meanwhile)."""
-        charging = all_of(Eq("user_id", user.id), Eq("state", SessionState.ACTIVE))
-        if await self.store.find_one(Session, charging) is not None:
+        true inside the write (another instance may start a session meanwhile); with
+        the person's open sessions refused at their start (``Session.start_refused``),
+        for the erasure to close. A charger that never stops such a session (told
+        ConcurrentTx or Blocked, it cut the energy) held the account from being erased
+        until an operator ended it (QA s27): it holds no card or car (``holding_card``)
+        and bills nothing, so it is closed as ``endSession`` closes one, and its stop,
+        should it come after all, still corrects the close. An accepted one is being
+        charged to the person: the erasure waits for it."""
+        open_ = await every(self.store, Session,
+                            all_of(Eq("user_id", user.id), Eq("state", SessionState.ACTIVE)))
+        refused = [s for s in open_ if s.start_refused is not None] \
+            if self.charging is not None else []
+        if len(refused) < len(open_):
             raise Conflict("a session of theirs is under way: erase the account once it "
                            "has ended", field=field, code="IN_USE")
         await self.accounts.refuse_owner_demotion(user, field)
+        # Checked on the store as the write leaves it: the refused ones read are closed
+        # by it, and any session of theirs started meanwhile (accepted or refused) fails
+        # it, to be read again.
+        charging = all_of(Eq("user_id", user.id), Eq("state", SessionState.ACTIVE))
         guards = [Guard(Session, charging, exists=False),
                   Guard(Station, Eq("owner_id", user.id), exists=False)]
         if user.role is Role.ADMIN and user.active:
@@ -371,7 +402,7 @@ class Erasure(Service):
                 raise Conflict("the last admin cannot be erased: make another admin first",
                                field=field, code="IN_USE")
             guards.append(Guard(User, others))
-        return guards
+        return guards, refused
 
     def _entry(self, viewer: Viewer, user: User, cars: int, cards: int,
                webhooks: tuple[int, int]) -> AuditEntry:

@@ -18,15 +18,18 @@ from domain.entities import (
     RefreshFamily,
     RefreshToken,
     Role,
+    Session,
+    SessionState,
     User,
     Webhook,
 )
-from domain.errors import Unauthenticated
+from domain.errors import Conflict, Unauthenticated
 from domain.policy import Policy, Viewer
 from domain.ports import Store, WebhookAttempt
 from domain.query import ALL, Eq, all_of
 from domain.services.accounts import AccountService
 from domain.services.base import ServiceContext
+from domain.services.charging import ChargingService
 from domain.services.erasure import (
     ERASED_NOTE,
     ERASED_PLATE,
@@ -36,7 +39,7 @@ from domain.services.erasure import (
 )
 from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.webhooks import WebhookService
-from tests.contract.factories import audit, oid, put, user, vehicle
+from tests.contract.factories import audit, oid, put, session, station, user, vehicle
 from tests.helpers import FastHasher
 
 
@@ -255,3 +258,34 @@ async def test_erasing_a_webhooks_former_owner_keeps_its_new_owners_history(
     text = await _audit_text(store)
     assert "https://billing.example.net/hook" in text
     assert "anna.example.com" not in text
+
+
+async def test_an_erasure_closes_its_persons_refused_sessions_in_its_write(
+        store: Store) -> None:
+    """An open session refused at its start (its charger never stopped it) is closed in
+    the erasure's own write, on every store: the guard that no session of theirs is left
+    open is checked on the store as the write leaves it. One accepted still refuses the
+    erasure (IN_USE), and nothing of it is written."""
+    person, other = user(), user()
+    st = station()
+    refused = session(st, user_id=person.id, start_refused="ConcurrentTx",
+                      start_time=utcnow())
+    await put(store, person, other, st, refused)
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx),
+                      ChargingService(ctx))
+    admin = Viewer.of(user(role=Role.ADMIN))
+
+    accepted = session(st, 2, user_id=other.id, start_time=utcnow())
+    await put(store, accepted)
+    with pytest.raises(Conflict) as waits:
+        await erasure.erase_user(admin, other.id)
+    assert waits.value.code == "IN_USE"
+    [kept] = await store.find_all(User, Eq("id", other.id))
+    assert kept.erased_at is None
+
+    erased = await erasure.erase_user(admin, person.id)
+    assert erased.erased_at is not None
+    [closed] = await store.find_all(Session, Eq("id", refused.id))
+    assert (closed.state, closed.closed_without_stop, closed.cost_minor) == (
+        SessionState.COMPLETED, True, None)

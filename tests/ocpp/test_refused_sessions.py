@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
+from domain.errors import Conflict
 from domain.policy import Viewer
+from domain.query import Eq, all_of
 from ocpp_bridge.simulator import connected
 from tests.ocpp import test_commands
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -62,3 +65,57 @@ async def test_a_refused_session_does_not_keep_its_card_from_being_removed(
     # ...and it can be removed.
     await central.services.fleet.remove_id_tag(driver, central.tags["ok"].id)
     assert await central.services.ctx.store.get_many(d.IdTag, [central.tags["ok"].id]) == [None]
+
+
+async def test_an_erasure_closes_the_refused_sessions_its_chargers_never_stop(
+        central: Central) -> None:
+    """The driver asks for their account to be erased: it was refused IN_USE ("a session
+    of theirs is under way") for good, because of a session refused at its start that its
+    charger never stops, until an operator ended it. Such a session holds no card or car
+    and bills nothing: the erasure closes it itself, without its stop (as ``endSession``
+    would), and the charger's StopTransaction, should it come after all, is answered and
+    corrects the close."""
+    refused = await _refused_left_open(central)
+    driver = central.users["driver"]
+    admin = Viewer.of(central.users["admin"])
+    erased = await central.services.erasure.erase_user(admin, driver.id)
+    assert erased.erased_at is not None
+    closed = await central.session(refused)
+    assert closed is not None and closed.state is d.SessionState.COMPLETED
+    assert closed.closed_without_stop and closed.stop_reason == "Other"
+    assert closed.user_id == driver.id  # the books keep it, under the account's id
+    assert closed.cost_minor is None  # refused: priced by no tariff
+    payments = await central.store.find_all(d.Payment, Eq("session_id", closed.id))
+    assert payments == []
+    # Audited as the erasure's close, by whoever erased the account.
+    entries = await central.store.find_all(
+        d.AuditEntry, all_of(Eq("entity", "session"), Eq("entity_id", closed.id)))
+    assert [(e.action, e.actor) for e in entries][-1] == (d.AuditAction.UPDATE,
+                                                          admin.actor)
+
+    # The charger stops it after all: answered, and the close corrected by its stop.
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        answer = await cp.call(call.StopTransaction(
+            meter_stop=8_500, timestamp=_stamp(datetime.now(UTC).replace(microsecond=0)),
+            transaction_id=refused, id_tag="TAG-OK"))
+    assert answer.id_tag_info["status"] == "Invalid"  # the card went with the erasure
+    corrected = await central.session(refused)
+    assert corrected is not None and corrected.meter_stop_wh == 8_500
+    assert not corrected.closed_without_stop and corrected.cost_minor is None
+
+
+async def test_an_erasure_still_waits_for_an_accepted_session(central: Central) -> None:
+    """Only refused sessions are closed by an erasure: one its charger accepted is being
+    charged (and billed) to the person, and the erasure waits for it (IN_USE)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        answer = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1_000,
+            timestamp=_stamp(datetime.now(UTC).replace(microsecond=0))))
+        assert answer.id_tag_info["status"] == "Accepted"
+    admin = Viewer.of(central.users["admin"])
+    with pytest.raises(Conflict) as refused:
+        await central.services.erasure.erase_user(admin, central.users["driver"].id)
+    assert refused.value.code == "IN_USE"
+    still = await central.session(answer.transaction_id)
+    assert still is not None and still.state is d.SessionState.ACTIVE
