@@ -594,3 +594,52 @@ async def test_a_site_in_amperes_sends_each_connector_its_current_on_its_phases(
                                                          "phases": 4}}, token)
         assert bad["updateConnector"]["errors"] == [{"code": "OUT_OF_RANGE",
                                                      "field": "phases"}]
+
+
+class CurrentOnlyChargePoint(StrictChargePoint):
+    """Takes limits in amperes only, and says so (``ChargingScheduleAllowedChargingRateUnit``
+    ``Current``), as many AC wallboxes: a limit in W is refused."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration["ChargingScheduleAllowedChargingRateUnit"] = ("Current", True)
+
+    @on(Action.set_charging_profile)
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
+        if cs_charging_profiles["charging_schedule"]["charging_rate_unit"] != "A":
+            self.received.append(("Refused", {"profile": cs_charging_profiles}))
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return await super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+async def test_a_charger_taking_only_amperes_is_sent_its_share_in_amperes_on_a_site_in_watts(
+        service: Running) -> None:
+    # QA s27: the site sent its limits in W whatever the charger said it takes; one
+    # taking only Current refused every one, was never under control and held its whole
+    # rating (22 kW of 40), the other session getting 18 kW.
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as one, \
+            connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        await one.start_transaction(2, "TAG-OK")
+        await two.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(two)[-1:] == [20_000.0], "CP-OPEN told 20 kW")
+        await service.services.site_load.settled()
+        assert [a for a, _ in one.received if a == "Refused"] == []
+        # 20 kW on three phases at 230 V: 28.9 A (rounded down), its fallback 6 A.
+        assert limits(one)[-1] == 28.9
+        assert [(p["charging_schedule"]["charging_rate_unit"],
+                 float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+                for p in fallbacks(one)] == [("A", 6.0)]
+        shares = {a["limit"]: (a["unit"], a["answer"], a["underControl"], a["powerKw"])
+                  for a in await allocations(service, site, token)}
+        assert shares == {28.9: ("A", "ACCEPTED", True, 20.0),
+                          20_000.0: ("W", "ACCEPTED", True, 20.0)}
+        told = len(limits(one))
+        # Shared again (the site's limit unchanged): nothing new is sent to either.
+        service.services.site_load.request_site(expect_id(site, "site", "id"))
+        await service.services.site_load.settled()
+        assert len(limits(one)) == told
