@@ -78,7 +78,7 @@ from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
-from domain.services.commands import CommandOutcome, CommandService
+from domain.services.commands import ALLOWED_UNITS_KEY, CommandOutcome, CommandService
 from domain.services.pending_starts import PENDING_START_WINDOW
 from domain.services.site_fallbacks import SiteFallbacks
 from domain.validation import MAX_CONNECTOR_ID, stored_id_tag
@@ -119,9 +119,7 @@ LEVEL_UNKNOWN_FOR = timedelta(minutes=10)
 LEVEL_KNOWN_FOR = timedelta(hours=1)
 #: The configuration key saying the highest stack level a charger takes (OCPP 1.6).
 MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
-#: The configuration key listing the units a charger takes limits in (OCPP 1.6: a
-#: comma-separated list of ``Current`` and ``Power``).
-ALLOWED_UNITS_KEY = "ChargingScheduleAllowedChargingRateUnit"
+#: The units ``ALLOWED_UNITS_KEY`` names (OCPP 1.6: a comma-separated list).
 _UNIT_NAMES = {"current": ChargingRateUnit.A, "power": ChargingRateUnit.W}
 
 _ANSWERS = {a.value: a for a in LimitAnswer}
