@@ -219,6 +219,8 @@ class _Seen:
     ending: list[Session] = field(default_factory=list)
     #: The site's stations.
     stations: list[Station] = field(default_factory=list)
+    #: By cpId: the unit its limits are sent in, when known (``SiteLoad.unit_for``).
+    units: dict[str, ChargingRateUnit] = field(default_factory=dict)
 
     @property
     def live(self) -> list[Session]:
@@ -249,9 +251,11 @@ class _Seen:
         return self.record.phases
 
     def least_kw(self, session: Session) -> float:
-        """The least the session may be sent but 0 (paused): with limits in amperes, 6 A
-        on its connector's phases (IEC 61851: a charger offers no less); in watts, 0."""
-        if self.record is None or self.record.unit is not ChargingRateUnit.A:
+        """The least the session may be sent but 0 (paused): with limits in amperes (the
+        site's, or its charger's own: ``units``), 6 A on its connector's phases (IEC
+        61851: a charger offers no less); in watts, 0."""
+        if self.record is None or self.units.get(
+                session.cp_id, self.record.unit) is not ChargingRateUnit.A:
             return 0.0
         return min_session_kw(self.record.voltage, self.phases_of(session))
 
@@ -940,7 +944,9 @@ class SiteLoad(Service):
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
                      limit, settings, record=site,
                      phases={key: plug.phases for key, plug in plugs.items()},
-                     ending=ending, stations=stations)
+                     ending=ending, stations=stations,
+                     units={} if site is None else {
+                         st.cp_id: self.unit_for(st.cp_id, site.unit) for st in stations})
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
                       gone: Sequence[SiteAllocation]) -> list[Session]:
@@ -1113,14 +1119,15 @@ class SiteLoad(Service):
         raised to 6 A when its connector is rated no more (it draws its rating, which
         the site holds), else sent as 0, paused."""
         phases = seen.phases_of(session)
-        least = seen.least_kw(session)
-        if 0 < power_kw < least - 1e-9:
-            rating = seen.rating(session)
-            power_kw = least if rating is not None and rating <= least else 0.0
         # A limit told again is one to lift again once its station leaves every site.
         self._lifted.discard((session.station_id, session.transaction_id))
         level = await self._stack_level(session.cp_id)
         unit = self.unit_for(session.cp_id, site.unit)  # known once the level was read
+        seen.units[session.cp_id] = unit
+        least = seen.least_kw(session)
+        if 0 < power_kw < least - 1e-9:
+            rating = seen.rating(session)
+            power_kw = least if rating is not None and rating <= least else 0.0
         limit = limit_in_unit(power_kw, unit, site.voltage, phases)
         payload = tx_profile(session.connector_id, session.transaction_id, limit,
                              unit, phases, level)

@@ -643,3 +643,29 @@ async def test_a_charger_taking_only_amperes_is_sent_its_share_in_amperes_on_a_s
         service.services.site_load.request_site(expect_id(site, "site", "id"))
         await service.services.site_load.settled()
         assert len(limits(one)) == told
+
+
+async def test_a_charger_taking_only_amperes_is_never_sent_less_than_6_a_on_a_site_in_watts(
+        service: Running) -> None:
+    # A site in W may share less than 6 A's worth (its minimum set lower): sent in
+    # amperes, that is a current no charger offers (IEC 61851). The later session is
+    # paused instead, as on a site in A.
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    url = service.ocpp_url
+    async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as first, \
+            connected(url, "CP-1", password=STATION_PASSWORD,
+                      charge_point=CurrentOnlyChargePoint) as later:
+        await first.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(first) == [5_000.0], "CP-OPEN told 5 kW")
+        await later.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(later), "CP-1 told its limit")
+        await service.services.site_load.settled()
+        assert [limit for limit in limits(later) if 0 < limit < 6] == []
+        assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
