@@ -48,6 +48,7 @@ from domain.entities import (
 )
 from domain.errors import (
     ChargerBusy,
+    ChargerCallError,
     ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
@@ -1178,9 +1179,20 @@ class SiteLoad(Service):
         if known is not None and (known[1] is None or known[1] > self.now()):
             return known[0]
         try:
-            outcome = await self.commands.send(SYSTEM, cp_id, "GetConfiguration",
-                                               {"key": [MAX_STACK_LEVEL_KEY,
-                                                        ALLOWED_UNITS_KEY]})
+            outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY,
+                                                         ALLOWED_UNITS_KEY])
+            units = None
+            if isinstance(outcome.error, ChargerCallError) \
+                    and not isinstance(outcome.error, ChargerNotSupported):
+                # A charger taking one key per GetConfiguration (its
+                # GetConfigurationMaxKeys 1) may answer the two with a CALLERROR
+                # (NotSupported: it reads no configuration at all): each alone, the
+                # level first (without it every limit above its own is refused).
+                outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY])
+                if outcome.error is None:
+                    alone = await self._configuration(cp_id, [ALLOWED_UNITS_KEY])
+                    units = allowed_units_of(alone.result) if alone.error is None \
+                        else frozenset()
         except DomainError:
             return STACK_LEVEL
         if outcome.error is not None:
@@ -1189,11 +1201,14 @@ class SiteLoad(Service):
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
         level = stack_level_of(outcome.result)
-        self._units[cp_id] = allowed_units_of(outcome.result)
+        self._units[cp_id] = allowed_units_of(outcome.result) if units is None else units
         # Read again in a while even so: a reconnect (new firmware, another key) is
         # heard only by the instance holding the charger.
         self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
         return level
+
+    async def _configuration(self, cp_id: str, keys: list[str]) -> CommandOutcome:
+        return await self.commands.send(SYSTEM, cp_id, "GetConfiguration", {"key": keys})
 
     async def _record(self, site: Site, held: SiteAllocation | None, session: Session,
                       power_kw: float, limit: float | None, answer: LimitAnswer,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
@@ -669,3 +670,39 @@ async def test_a_charger_taking_only_amperes_is_never_sent_less_than_6_a_on_a_si
         await service.services.site_load.settled()
         assert [limit for limit in limits(later) if 0 < limit < 6] == []
         assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
+
+
+class OneKeyChargePoint(StrictChargePoint):
+    """Reads one configuration key per GetConfiguration (``GetConfigurationMaxKeys`` 1),
+    answering more with a CALLERROR, and refuses profiles above its
+    ``ChargeProfileMaxStackLevel`` (10) as chargers holding to the key do."""
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        if key is not None and len(key) > 1:
+            raise OccurrenceConstraintViolationError(description="one key at a time")
+        return super().on_get_configuration(key)
+
+    @on(Action.set_charging_profile)
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
+        if cs_charging_profiles["stack_level"] > 10:
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return await super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+async def test_a_charger_reading_one_key_at_a_time_is_told_its_limit_at_its_level(
+        service: Running) -> None:
+    # The site reads the charger's stack level and units in one GetConfiguration; a
+    # charger taking one key per request refused the two, and was sent level 90, which
+    # it refused: never under control. Each key is asked alone then.
+    site, token = await site_of_two(service, 40)
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=OneKeyChargePoint) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await service.services.site_load.settled()
+        assert [(a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)] == [("ACCEPTED", True)]
+        assert one.charging_profiles[PROFILE_ID_BASE + 2]["stack_level"] == 10
