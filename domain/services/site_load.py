@@ -179,7 +179,9 @@ def allowed_units_of(result: dict[str, Any]) -> frozenset[ChargingRateUnit]:
     (``ChargingScheduleAllowedChargingRateUnit``, words in any case); empty when it does
     not say, or names none known: then the site's own unit is sent."""
     for entry in result.get("configurationKey") or []:
-        if isinstance(entry, dict) and entry.get("key") == ALLOWED_UNITS_KEY:
+        # Keys are compared without regard to case (OCPP CiString).
+        if isinstance(entry, dict) and str(entry.get("key", "")).lower() \
+                == ALLOWED_UNITS_KEY.lower():
             words = str(entry.get("value", "")).split(",")
             return frozenset(_UNIT_NAMES[w] for w in (w.strip().lower() for w in words)
                              if w in _UNIT_NAMES)

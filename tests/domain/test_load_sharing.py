@@ -170,6 +170,8 @@ def test_a_limit_goes_in_the_unit_the_charger_takes() -> None:
         {U.A}, {U.W}, {U.A, U.W}, set(), set()]
     assert allowed_units_of({"unknownKey": ["ChargingScheduleAllowedChargingRateUnit"]}) \
         == set()
+    assert allowed_units_of({"configurationKey": [{
+        "key": "chargingscheduleallowedchargingrateunit", "value": "Current"}]}) == {U.A}
     # The site's own unit unless the charger takes only the other.
     assert [unit_to_send(U.W, frozenset(given)) for given in ({U.A}, {U.W}, {U.A, U.W}, ())
             ] == [U.A, U.W, U.W, U.W]
