@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 Info = strawberry.Info
 
 strawberry.enum(d.ChargingRateUnit, name="ChargingRateUnit",
-                description="The unit of the limits a site sends its chargers (OCPP).")
+                description="The unit of the limits a site sends its chargers (OCPP); a "
+                            "charger taking only the other is sent that.")
 strawberry.enum(d.LimitAnswer, name="LimitAnswer", description=(
     "What became of the last limit sent to a session's charger: its answer to "
     "SetChargingProfile, or why none came (PENDING: a higher limit being sent now). "
@@ -70,10 +71,11 @@ class SiteAllocation:
         "after a refusal what it had before (its connector's rating before any was "
         "accepted); after silence the higher of the two. The site holds this much for a "
         "session not under control, and shares only the rest."))
-    limit: float | None = strawberry.field(description="The limit as sent, in the site's "
-                                                       "unit; null before it was sent.")
+    limit: float | None = strawberry.field(description="The limit as sent, in `unit`; null "
+                                                       "before it was sent.")
     unit: ChargingRateUnit = strawberry.field(  # type: ignore[valid-type]
-        description="The unit of `limit`: the site's when it was sent.")
+        description="The unit of `limit`: the site's when it was sent, or the other when "
+                    "the charger's ChargingScheduleAllowedChargingRateUnit names only that.")
     limit_sent_at: datetime | None = strawberry.field(description=(
         "When the last limit was sent, UTC; null before one was."))
     answer: LimitAnswer | None = strawberry.field(  # type: ignore[valid-type]

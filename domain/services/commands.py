@@ -406,6 +406,10 @@ def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
 LIST_MAX_KEY = "LocalAuthListMaxLength"
 SEND_MAX_KEY = "SendLocalListMaxLength"
 _LIMIT_KEYS = frozenset(map(folded_key, (LIST_MAX_KEY, SEND_MAX_KEY)))
+#: The charger's configuration keys bounding a charging schedule (OCPP 1.6, 9.4): how
+#: many periods it takes, and in which units (``Current``, ``Power``).
+MAX_PERIODS_KEY = "ChargingScheduleMaxPeriods"
+ALLOWED_UNITS_KEY = "ChargingScheduleAllowedChargingRateUnit"
 #: How many keys one GetConfiguration may name at the charger (1.6, 9.1.11).
 MAX_KEYS_KEY = "GetConfigurationMaxKeys"
 #: How long a charger that gave no answer to a GetConfiguration of its list limits (a
@@ -547,6 +551,8 @@ class CommandService(Service):
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
+        if action in ("SetChargingProfile", "RemoteStartTransaction"):
+            await self._check_schedule_fits(station, payload)
         if action == "SendLocalList" and not own_list:
             await self._check_list_fits(viewer, station, payload)
         # A person's command (the site's own limits go as SYSTEM) the site may need to
@@ -1416,6 +1422,46 @@ class CommandService(Service):
         known = set(held)
         added = [tag for tag in dict.fromkeys(given) if tag not in removed and tag not in known]
         return kept + added, len(held), len(kept)
+
+    async def _check_schedule_fits(self, station: Station, payload: dict[str, Any]) -> None:
+        """A charging profile's schedule the charger takes, as far as its stored
+        configuration knows since its last boot (``in_force``; a ``getConfiguration`` or
+        the site's own read of it): at most its ``ChargingScheduleMaxPeriods`` periods
+        (``TOO_MANY``) and a ``chargingRateUnit`` its
+        ``ChargingScheduleAllowedChargingRateUnit`` names (``UNSUPPORTED``). A charger
+        answers Rejected to one it cannot take, and the operator was told
+        CHARGER_REJECTED with no reason (QA s27). Not asked when not known: the charger
+        judges it then."""
+        key = "csChargingProfiles" if "csChargingProfiles" in payload else "chargingProfile"
+        profile = payload.get(key)
+        schedule = profile.get("chargingSchedule") if isinstance(profile, dict) else None
+        if not isinstance(schedule, dict):
+            return
+        keys = (MAX_PERIODS_KEY, ALLOWED_UNITS_KEY)
+        stored = {k.folded_key: in_force(k, station.booted_at) for k in await self.store.find_all(
+            ConfigurationKey, all_of(Eq("station_id", station.id),
+                                     In("folded_key", tuple(map(folded_key, keys)))),
+            limit=len(keys))}
+        where = f"{key}.chargingSchedule"
+        most = positive_count(stored.get(folded_key(MAX_PERIODS_KEY)))
+        periods = schedule.get("chargingSchedulePeriod") or ()
+        if most is not None and len(periods) > most:
+            raise ValidationError(
+                f"this charger takes at most {most} periods in a schedule (its "
+                f"{MAX_PERIODS_KEY}), not {len(periods)}",
+                field=f"{where}.chargingSchedulePeriod", code="TOO_MANY")
+        allowed = stored.get(folded_key(ALLOWED_UNITS_KEY))
+        unit = schedule.get("chargingRateUnit")
+        names = {"A": "current", "W": "power"}
+        if allowed is not None and unit in names:
+            words = {w.strip().lower() for w in allowed.split(",")}
+            # A value naming neither says nothing the charger can be held to.
+            if words & set(names.values()) and names[unit] not in words:
+                other = "A" if unit == "W" else "W"
+                raise ValidationError(
+                    f"this charger takes limits in {other} only (its {ALLOWED_UNITS_KEY} "
+                    f"is {allowed.strip()}), not {unit}",
+                    field=f"{where}.chargingRateUnit", code="UNSUPPORTED")
 
     async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from domain.entities import Site, Station
+from domain.entities import ChargingRateUnit, Site, Station
 from domain.errors import (
     ChargerBusy,
     ChargerNotSupported,
@@ -78,9 +78,12 @@ class _Told:
 
 class SiteFallbacks:
     def __init__(self, store: Store, send: Send, stack_level: Callable[[str], Awaitable[int]],
+                 unit_for: Callable[[str, ChargingRateUnit], ChargingRateUnit],
                  now: Callable[[], datetime], look_again: Callable[[str], None],
                  run_again: Callable[[str], None]) -> None:
-        """``send``: how commands go (``CommandService.send``); ``look_again``: has a
+        """``send``: how commands go (``CommandService.send``); ``unit_for``: the unit a
+        charger takes its site's limits in, known once its stack level was read
+        (``SiteLoad.unit_for``); ``look_again``: has a
         station's site found again and its fallback sent or removed, as for a charger
         back (``SiteLoad.charger_back``); ``run_again``: has its site run again
         (``SiteLoad.request_station``)."""
@@ -88,6 +91,7 @@ class SiteFallbacks:
         self.send = send
         self.now = now
         self._stack_level = stack_level
+        self._unit_for = unit_for
         self._look_again = look_again
         self._run_again = run_again
         #: By station: the timer asking again for a fallback that did not land.
@@ -178,6 +182,11 @@ class SiteFallbacks:
                 return
             station = now
         level = await self._stack_level(station.cp_id)
+        # A charger taking limits only in the other unit refuses the site's own.
+        # (``_Told`` keeps the site's ``limit``: ``tell`` compares it with the site's.)
+        unit = self._unit_for(station.cp_id, site.unit)
+        sent = limit if unit is site.unit else limit_in_unit(
+            site.min_power_kw, unit, site.voltage, site.phases)
         if station.site_fallback_kw != site.min_power_kw:
             # Before it goes: once sent, the charger may hold it, and it must be found
             # to be removed whichever instance sees the station leave the site.
@@ -185,7 +194,7 @@ class SiteFallbacks:
         told = _Told(site.id, limit, site.unit.value, site.phases, False, self.now())
         try:
             outcome = await self.send(SYSTEM, station.cp_id, "SetChargingProfile",
-                                      fallback_profile(limit, site.unit, site.phases, level))
+                                      fallback_profile(sent, unit, site.phases, level))
         except DomainError as exc:  # not sent (gone offline, its registration refused)
             log.info("site %s: fallback for %s not sent: %s", site.id, station.cp_id,
                      exc.message)

@@ -48,6 +48,7 @@ from domain.entities import (
 )
 from domain.errors import (
     ChargerBusy,
+    ChargerCallError,
     ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
@@ -78,7 +79,7 @@ from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
-from domain.services.commands import CommandOutcome, CommandService
+from domain.services.commands import ALLOWED_UNITS_KEY, CommandOutcome, CommandService
 from domain.services.pending_starts import PENDING_START_WINDOW
 from domain.services.site_fallbacks import SiteFallbacks
 from domain.validation import MAX_CONNECTOR_ID, stored_id_tag
@@ -119,6 +120,8 @@ LEVEL_UNKNOWN_FOR = timedelta(minutes=10)
 LEVEL_KNOWN_FOR = timedelta(hours=1)
 #: The configuration key saying the highest stack level a charger takes (OCPP 1.6).
 MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
+#: The units ``ALLOWED_UNITS_KEY`` names (OCPP 1.6: a comma-separated list).
+_UNIT_NAMES = {"current": ChargingRateUnit.A, "power": ChargingRateUnit.W}
 
 _ANSWERS = {a.value: a for a in LimitAnswer}
 #: Answers after which the charger surely kept the limit it had (it said no).
@@ -171,6 +174,30 @@ def stack_level_of(result: dict[str, Any]) -> int:
     return STACK_LEVEL
 
 
+def allowed_units_of(result: dict[str, Any]) -> frozenset[ChargingRateUnit]:
+    """The units a charger takes limits in from its GetConfiguration answer
+    (``ChargingScheduleAllowedChargingRateUnit``, words in any case); empty when it does
+    not say, or names none known: then the site's own unit is sent."""
+    for entry in result.get("configurationKey") or []:
+        # Keys are compared without regard to case (OCPP CiString).
+        if isinstance(entry, dict) and str(entry.get("key", "")).lower() \
+                == ALLOWED_UNITS_KEY.lower():
+            words = str(entry.get("value", "")).split(",")
+            return frozenset(_UNIT_NAMES[w] for w in (w.strip().lower() for w in words)
+                             if w in _UNIT_NAMES)
+    return frozenset()
+
+
+def unit_to_send(site_unit: ChargingRateUnit, allowed: frozenset[ChargingRateUnit]
+             ) -> ChargingRateUnit:
+    """The unit a site's limit is sent to a charger in: the site's, unless the charger
+    takes only the other (a charger that takes only ``Current`` refuses a limit in W,
+    and a site in W never had it under control, holding its whole rating)."""
+    if not allowed or site_unit in allowed:
+        return site_unit
+    return next(iter(allowed))
+
+
 @dataclass(slots=True)
 class _Seen:
     """A site as one reading found it: its active sessions, the stations of those
@@ -195,6 +222,8 @@ class _Seen:
     ending: list[Session] = field(default_factory=list)
     #: The site's stations.
     stations: list[Station] = field(default_factory=list)
+    #: By cpId: the unit its limits are sent in, when known (``SiteLoad.unit_for``).
+    units: dict[str, ChargingRateUnit] = field(default_factory=dict)
 
     @property
     def live(self) -> list[Session]:
@@ -225,9 +254,11 @@ class _Seen:
         return self.record.phases
 
     def least_kw(self, session: Session) -> float:
-        """The least the session may be sent but 0 (paused): with limits in amperes, 6 A
-        on its connector's phases (IEC 61851: a charger offers no less); in watts, 0."""
-        if self.record is None or self.record.unit is not ChargingRateUnit.A:
+        """The least the session may be sent but 0 (paused): with limits in amperes (the
+        site's, or its charger's own: ``units``), 6 A on its connector's phases (IEC
+        61851: a charger offers no less); in watts, 0."""
+        if self.record is None or self.units.get(
+                session.cp_id, self.record.unit) is not ChargingRateUnit.A:
             return 0.0
         return min_session_kw(self.record.voltage, self.phases_of(session))
 
@@ -312,6 +343,9 @@ class SiteLoad(Service):
         #: Each charger's stack level for site limits, while it stays connected (and
         #: until when, for one that did not say: ``LEVEL_UNKNOWN_FOR``).
         self._levels: dict[str, tuple[int, datetime | None]] = {}
+        #: The units each charger said it takes limits in, read with its stack level
+        #: (``allowed_units_of``; none known: the site's unit is sent).
+        self._units: dict[str, frozenset[ChargingRateUnit]] = {}
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: Stations whose charger came back online (``charger_back``) until their site
@@ -325,8 +359,9 @@ class SiteLoad(Service):
         #: again by ``_left_behind``.
         self._lifted: set[tuple[str, int]] = set()
         #: Each charger's fallback for new sessions (a TxDefaultProfile).
-        self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level, self.now,
-                                       self.charger_back, self.request_station)
+        self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level,
+                                       self.unit_for, self.now, self.charger_back,
+                                       self.request_station)
         ctx.published.append(self._heard)
 
     # ------------------------------------------------------------- triggers
@@ -343,6 +378,7 @@ class SiteLoad(Service):
             return
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
+            self._units.pop(event.cp_id, None)
             if event.station_id is not None:
                 self.fallbacks.forget(event.station_id)
             if event.online and event.station_id is not None:
@@ -754,7 +790,8 @@ class SiteLoad(Service):
                           [seen.demand(s) for s in controlled],
                           offline + sum(bound(s) for s in loose))
         due = [(s, shares[s.id]) for s in controlled if s.id not in again
-               and self._due(site, held.get(s.id), shares[s.id], seen.phases_of(s))]
+               and self._due(site, held.get(s.id), shares[s.id], seen.phases_of(s),
+                             self.unit_for(s.cp_id, site.unit))]
         lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
         higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
         # Told again: what it accepted last at most (a raise goes only after its claim).
@@ -910,7 +947,9 @@ class SiteLoad(Service):
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
                      limit, settings, record=site,
                      phases={key: plug.phases for key, plug in plugs.items()},
-                     ending=ending, stations=stations)
+                     ending=ending, stations=stations,
+                     units={} if site is None else {
+                         st.cp_id: self.unit_for(st.cp_id, site.unit) for st in stations})
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
                       gone: Sequence[SiteAllocation]) -> list[Session]:
@@ -1020,12 +1059,14 @@ class SiteLoad(Service):
         return {(c.station_id, c.connector_id): c for c in connectors}
 
     @staticmethod
-    def _due(site: Site, held: SiteAllocation | None, power_kw: float, phases: int) -> bool:
-        """Whether a session under control must be told: its share (as sent, in the
-        site's unit, on its connector's ``phases``) changed."""
-        if held is None or held.unit != site.unit:
+    def _due(site: Site, held: SiteAllocation | None, power_kw: float, phases: int,
+             unit: ChargingRateUnit) -> bool:
+        """Whether a session under control must be told: its share (as sent, in
+        ``unit``, the one its charger takes: ``unit_for``, on its connector's
+        ``phases``) changed."""
+        if held is None or held.unit != unit:
             return True
-        return held.limit != limit_in_unit(power_kw, site.unit, site.voltage, phases)
+        return held.limit != limit_in_unit(power_kw, unit, site.voltage, phases)
 
     async def _release(self, gone: Sequence[SiteAllocation]) -> None:
         """Forgets the shares of sessions no longer charging behind the site. One still
@@ -1081,16 +1122,18 @@ class SiteLoad(Service):
         raised to 6 A when its connector is rated no more (it draws its rating, which
         the site holds), else sent as 0, paused."""
         phases = seen.phases_of(session)
+        # A limit told again is one to lift again once its station leaves every site.
+        self._lifted.discard((session.station_id, session.transaction_id))
+        level = await self._stack_level(session.cp_id)
+        unit = self.unit_for(session.cp_id, site.unit)  # known once the level was read
+        seen.units[session.cp_id] = unit
         least = seen.least_kw(session)
         if 0 < power_kw < least - 1e-9:
             rating = seen.rating(session)
             power_kw = least if rating is not None and rating <= least else 0.0
-        limit = limit_in_unit(power_kw, site.unit, site.voltage, phases)
-        # A limit told again is one to lift again once its station leaves every site.
-        self._lifted.discard((session.station_id, session.transaction_id))
-        level = await self._stack_level(session.cp_id)
+        limit = limit_in_unit(power_kw, unit, site.voltage, phases)
         payload = tx_profile(session.connector_id, session.transaction_id, limit,
-                             site.unit, phases, level)
+                             unit, phases, level)
         try:
             outcome = await self.commands.send(SYSTEM, session.cp_id, "SetChargingProfile",
                                                payload)
@@ -1114,7 +1157,7 @@ class SiteLoad(Service):
             log.warning("site %s: %s answered %s to its limit for transaction %d",
                         site.id, session.cp_id, answer.value, session.transaction_id)
         await self._record(site, held, session, power_kw, limit, answer,
-                           bound_after(bound_kw, power_kw, answer))
+                           bound_after(bound_kw, power_kw, answer), unit)
         return answer
 
     async def _command(self, viewer: Viewer, cp_id: str, action: str,
@@ -1122,6 +1165,12 @@ class SiteLoad(Service):
         """``self.commands.send`` as it is at the call (tests script the chargers by
         replacing ``commands``; the fallbacks' commands must go the same way)."""
         return await self.commands.send(viewer, cp_id, action, payload)
+
+    def unit_for(self, cp_id: str, site_unit: ChargingRateUnit) -> ChargingRateUnit:
+        """The unit the charger is sent its site's limits in (``unit_to_send``), as far as
+        its last GetConfiguration answer on this connection said (``_stack_level``
+        reads it); the site's before then."""
+        return unit_to_send(site_unit, self._units.get(cp_id, frozenset()))
 
     async def _stack_level(self, cp_id: str) -> int:
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest
@@ -1132,8 +1181,20 @@ class SiteLoad(Service):
         if known is not None and (known[1] is None or known[1] > self.now()):
             return known[0]
         try:
-            outcome = await self.commands.send(SYSTEM, cp_id, "GetConfiguration",
-                                               {"key": [MAX_STACK_LEVEL_KEY]})
+            outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY,
+                                                         ALLOWED_UNITS_KEY])
+            units = None
+            if isinstance(outcome.error, ChargerCallError) \
+                    and not isinstance(outcome.error, ChargerNotSupported):
+                # A charger taking one key per GetConfiguration (its
+                # GetConfigurationMaxKeys 1) may answer the two with a CALLERROR
+                # (NotSupported: it reads no configuration at all): each alone, the
+                # level first (without it every limit above its own is refused).
+                outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY])
+                if outcome.error is None:
+                    alone = await self._configuration(cp_id, [ALLOWED_UNITS_KEY])
+                    units = allowed_units_of(alone.result) if alone.error is None \
+                        else frozenset()
         except DomainError:
             return STACK_LEVEL
         if outcome.error is not None:
@@ -1142,17 +1203,22 @@ class SiteLoad(Service):
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
         level = stack_level_of(outcome.result)
+        self._units[cp_id] = allowed_units_of(outcome.result) if units is None else units
         # Read again in a while even so: a reconnect (new firmware, another key) is
         # heard only by the instance holding the charger.
         self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
         return level
 
+    async def _configuration(self, cp_id: str, keys: list[str]) -> CommandOutcome:
+        return await self.commands.send(SYSTEM, cp_id, "GetConfiguration", {"key": keys})
+
     async def _record(self, site: Site, held: SiteAllocation | None, session: Session,
                       power_kw: float, limit: float | None, answer: LimitAnswer,
-                      bound_kw: float) -> None:
+                      bound_kw: float, unit: ChargingRateUnit | None = None) -> None:
+        """``unit``: the one ``limit`` was sent in (the site's when not given)."""
         values: dict[str, Any] = {
             "site_id": site.id, "company_id": site.company_id, "power_kw": power_kw,
-            "bound_kw": bound_kw, "limit": limit, "unit": site.unit,
+            "bound_kw": bound_kw, "limit": limit, "unit": unit or site.unit,
             "limit_sent_at": self.now(), "answer": answer}
         change: Change
         if held is None:
@@ -1188,7 +1254,8 @@ class SiteLoad(Service):
             if now is not None:
                 # The first limit's answer recorded the share while the override was
                 # read as none (review s21): the override is written over it.
-                await self._record(site, now, session, power_kw, limit, answer, bound_kw)
+                await self._record(site, now, session, power_kw, limit, answer, bound_kw,
+                                   unit)
                 return
             # Recorded meanwhile by another instance (Conflict), or forgotten since (its
             # session ended, or the site its station left released it: NotFound): a run

@@ -157,6 +157,27 @@ def test_the_stack_level_is_the_chargers_highest_when_lower() -> None:
     assert stack_level_of({"unknownKey": ["ChargeProfileMaxStackLevel"]}) == STACK_LEVEL
 
 
+def test_a_limit_goes_in_the_unit_the_charger_takes() -> None:
+    from domain.entities import ChargingRateUnit as U
+    from domain.services.site_load import allowed_units_of, unit_to_send
+
+    def answer(value: str) -> dict[str, object]:
+        return {"configurationKey": [{"key": "ChargingScheduleAllowedChargingRateUnit",
+                                      "value": value, "readonly": True}]}
+
+    assert [allowed_units_of(answer(v)) for v in ("Current", " power ", "Current,Power",
+                                                  "Watts", "")] == [
+        {U.A}, {U.W}, {U.A, U.W}, set(), set()]
+    assert allowed_units_of({"unknownKey": ["ChargingScheduleAllowedChargingRateUnit"]}) \
+        == set()
+    assert allowed_units_of({"configurationKey": [{
+        "key": "chargingscheduleallowedchargingrateunit", "value": "Current"}]}) == {U.A}
+    # The site's own unit unless the charger takes only the other.
+    assert [unit_to_send(U.W, frozenset(given)) for given in ({U.A}, {U.W}, {U.A, U.W}, ())
+            ] == [U.A, U.W, U.W, U.W]
+    assert unit_to_send(U.A, frozenset({U.W})) is U.W
+
+
 def amps(n: int, max_kw: float | None, phases: int) -> Demand:
     """Session ``s<n>`` on a site limited in amperes (230 V): its least is 6 A on its
     connector's ``phases``."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
@@ -594,3 +595,114 @@ async def test_a_site_in_amperes_sends_each_connector_its_current_on_its_phases(
                                                          "phases": 4}}, token)
         assert bad["updateConnector"]["errors"] == [{"code": "OUT_OF_RANGE",
                                                      "field": "phases"}]
+
+
+class CurrentOnlyChargePoint(StrictChargePoint):
+    """Takes limits in amperes only, and says so (``ChargingScheduleAllowedChargingRateUnit``
+    ``Current``), as many AC wallboxes: a limit in W is refused."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration["ChargingScheduleAllowedChargingRateUnit"] = ("Current", True)
+
+    @on(Action.set_charging_profile)
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
+        if cs_charging_profiles["charging_schedule"]["charging_rate_unit"] != "A":
+            self.received.append(("Refused", {"profile": cs_charging_profiles}))
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return await super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+async def test_a_charger_taking_only_amperes_is_sent_its_share_in_amperes_on_a_site_in_watts(
+        service: Running) -> None:
+    # QA s27: the site sent its limits in W whatever the charger said it takes; one
+    # taking only Current refused every one, was never under control and held its whole
+    # rating (22 kW of 40), the other session getting 18 kW.
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as one, \
+            connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        await one.start_transaction(2, "TAG-OK")
+        await two.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(two)[-1:] == [20_000.0], "CP-OPEN told 20 kW")
+        await service.services.site_load.settled()
+        assert [a for a, _ in one.received if a == "Refused"] == []
+        # 20 kW on three phases at 230 V: 28.9 A (rounded down), its fallback 6 A.
+        assert limits(one)[-1] == 28.9
+        assert [(p["charging_schedule"]["charging_rate_unit"],
+                 float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+                for p in fallbacks(one)] == [("A", 6.0)]
+        shares = {a["limit"]: (a["unit"], a["answer"], a["underControl"], a["powerKw"])
+                  for a in await allocations(service, site, token)}
+        assert shares == {28.9: ("A", "ACCEPTED", True, 20.0),
+                          20_000.0: ("W", "ACCEPTED", True, 20.0)}
+        told = len(limits(one))
+        # Shared again (the site's limit unchanged): nothing new is sent to either.
+        service.services.site_load.request_site(expect_id(site, "site", "id"))
+        await service.services.site_load.settled()
+        assert len(limits(one)) == told
+
+
+async def test_a_charger_taking_only_amperes_is_never_sent_less_than_6_a_on_a_site_in_watts(
+        service: Running) -> None:
+    # A site in W may share less than 6 A's worth (its minimum set lower): sent in
+    # amperes, that is a current no charger offers (IEC 61851). The later session is
+    # paused instead, as on a site in A.
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    url = service.ocpp_url
+    async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as first, \
+            connected(url, "CP-1", password=STATION_PASSWORD,
+                      charge_point=CurrentOnlyChargePoint) as later:
+        await first.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(first) == [5_000.0], "CP-OPEN told 5 kW")
+        await later.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(later), "CP-1 told its limit")
+        await service.services.site_load.settled()
+        assert [limit for limit in limits(later) if 0 < limit < 6] == []
+        assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
+
+
+class OneKeyChargePoint(StrictChargePoint):
+    """Reads one configuration key per GetConfiguration (``GetConfigurationMaxKeys`` 1),
+    answering more with a CALLERROR, and refuses profiles above its
+    ``ChargeProfileMaxStackLevel`` (10) as chargers holding to the key do."""
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        if key is not None and len(key) > 1:
+            raise OccurrenceConstraintViolationError(description="one key at a time")
+        return super().on_get_configuration(key)
+
+    @on(Action.set_charging_profile)
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
+        if cs_charging_profiles["stack_level"] > 10:
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return await super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+async def test_a_charger_reading_one_key_at_a_time_is_told_its_limit_at_its_level(
+        service: Running) -> None:
+    # The site reads the charger's stack level and units in one GetConfiguration; a
+    # charger taking one key per request refused the two, and was sent level 90, which
+    # it refused: never under control. Each key is asked alone then.
+    site, token = await site_of_two(service, 40)
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=OneKeyChargePoint) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await service.services.site_load.settled()
+        assert [(a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)] == [("ACCEPTED", True)]
+        assert one.charging_profiles[PROFILE_ID_BASE + 2]["stack_level"] == 10
