@@ -59,6 +59,7 @@ from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages
 from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
+from domain.services.idempotency import IdempotencyService
 from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.webhooks import ORPHANED
 from domain.services.withdrawal import withdrawal_marks
@@ -203,10 +204,14 @@ async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
 
 class Erasure(Service):
     def __init__(self, ctx: ServiceContext, accounts: AccountService,
-                 refresh_tokens: RefreshTokenService) -> None:
+                 refresh_tokens: RefreshTokenService,
+                 idempotency: IdempotencyService | None = None) -> None:
         super().__init__(ctx)
         self.accounts = accounts
         self.refresh_tokens = refresh_tokens
+        #: The person's idempotency keys are forgotten with them: the answers kept are
+        #: theirs (their cars, cards, payments).
+        self.idempotency = idempotency
         #: What an erasure sets off at the chargers (``Services`` wires in
         #: ``Withdrawal.withdraw_erased``: the removed cards Blocked in the lists, the
         #: live reservations cancelled); in the background, as a deactivation's.
@@ -263,6 +268,8 @@ class Erasure(Service):
         runs them all."""
         await self._scrub_audit(erased)
         await self.refresh_tokens.forget(erased.id)
+        if self.idempotency is not None:
+            await self.idempotency.forget(erased.id)
         await self.store.scrub()
 
     async def _scrub_later(self, erased: User) -> None:
