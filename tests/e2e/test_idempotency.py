@@ -218,9 +218,9 @@ async def test_a_key_expires_after_24_hours(service: Running) -> None:
 async def test_a_key_it_cannot_take_is_refused_before_anything_runs(
         service: Running, query: str, who: str | None, key: str, why: str) -> None:
     token = await service.token(who) if who else None
-    headers: dict[str, str | bytes] = {"idempotency-key": key.encode()}  # UTF-8 as sent
+    headers = {b"idempotency-key": key.encode()}  # UTF-8 as sent
     if token:
-        headers["authorization"] = f"Bearer {token}"
+        headers[b"authorization"] = f"Bearer {token}".encode()
     async with httpx.AsyncClient() as client:
         answer = await client.post(f"{service.http_url}/graphql", headers=headers,
                                    json={"query": query, "variables": {"plate": "R-1"}})
