@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -34,7 +36,7 @@ from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.ids import new_id
 from domain.policy import Viewer
 from domain.ports import Delete, Insert
-from domain.query import Eq, Range
+from domain.query import ALL, Eq, Range
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
 
 log = logging.getLogger("chargegraph.idempotency")
@@ -178,10 +180,25 @@ class IdempotencyService(Service):
                 break
         return deleted
 
-    async def forget(self, user_id: str) -> None:
-        """Deletes every key of the user (an erasure: the answers kept are theirs)."""
+    async def forget(self, user_id: str, mentioning: Sequence[str] = ()) -> None:
+        """Deletes every key of the user, and every other user's whose kept answer holds
+        one of the texts ``mentioning`` (an erasure: the person's email, name and plates,
+        which an admin's ``updateUser`` or an operator's answer listing their car holds
+        as well). An answer is JSON text: each is looked for as JSON writes it. All the
+        keys are read for it (24 hours of keyed mutations, a page at a time): erasures
+        are rare. One that merely shares a text (a common name) goes too, which costs
+        only that a retry with its key runs again."""
         async for page in pages(self.store, IdempotencyKey, Eq("user_id", user_id),
                                 SWEEP_BATCH):
-            for record in page:
-                with contextlib.suppress(NotFound):
-                    await self.store.write([Delete(record)], [])
+            await self._delete_each(page)
+        wanted = [json.dumps(text, ensure_ascii=False)[1:-1] for text in mentioning if text]
+        if not wanted:
+            return
+        async for page in pages(self.store, IdempotencyKey, ALL, SWEEP_BATCH):
+            await self._delete_each([record for record in page if record.response and any(
+                text in record.response for text in wanted)])
+
+    async def _delete_each(self, records: Sequence[IdempotencyKey]) -> None:
+        for record in records:
+            with contextlib.suppress(NotFound):
+                await self.store.write([Delete(record)], [])

@@ -237,3 +237,42 @@ async def test_a_key_on_a_query_is_ignored(service: Running) -> None:
         assert answer.json() == {"data": {"me": {"email": "driver@example.com"}}}
         assert "idempotent-replayed" not in answer.headers
     assert await service.services.ctx.store.find_all(d.IdempotencyKey, ALL) == []
+
+
+class VerySlowToStart(SimulatedChargePoint):
+    @on(Action.remote_start_transaction)
+    async def on_remote_start(self, id_tag: str, connector_id: int | None = None,
+                              charging_profile: dict[str, Any] | None = None
+                              ) -> result.RemoteStartTransaction:
+        await asyncio.sleep(1.5)
+        return super().on_remote_start(id_tag, connector_id, charging_profile)
+
+
+async def test_a_client_that_gave_up_waiting_gets_the_answer_by_its_retry(
+        service: Running) -> None:
+    """The app's case: its request timed out (the connection dropped) while the charger
+    was still answering; it retries with the key until it has the answer, and the
+    charger got one RemoteStart."""
+    token = await service.token("driver")
+    start = {"i": {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=VerySlowToStart) as cp:
+        await cp.boot()
+        cp.received.clear()
+        async with httpx.AsyncClient(timeout=0.3) as impatient:
+            with pytest.raises(httpx.TimeoutException):
+                await impatient.post(f"{service.http_url}/graphql", json={
+                    "query": START, "variables": start}, headers={
+                    "authorization": f"Bearer {token}", "idempotency-key": "gave-up"})
+        statuses = []
+        for _ in range(40):
+            retry = await post(service, START, start, token=token, key="gave-up")
+            statuses.append(retry.status_code)
+            if retry.status_code == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert statuses[0] == 409 and statuses[-1] == 200, statuses
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["data"]["remoteStartTransaction"] == {"status": "ACCEPTED",
+                                                                  "errors": []}
+        assert [action for action, _ in cp.received] == ["RemoteStartTransaction"]
