@@ -1354,8 +1354,9 @@ class IdempotencyKey(Record):
     user_id: str
     #: The key as the client sent it (not secret: chosen to be unique, not unguessable).
     key: str
-    #: SHA-256 of the operation and its variables: the same key with anything else is
-    #: a reuse, refused.
+    #: HMAC-SHA256 of the operation and its variables, keyed by the service's secret (the
+    #: variables may hold a password: ``graph.http``): the same key with anything else
+    #: is a reuse, refused.
     fingerprint: str
     state: IdempotencyState
     #: Which claim wrote it (a fresh id per request): only that request answers it.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +25,7 @@ from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services.base import patch
+from graph.pipeline import normalized
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
 from tests.ocpp.conftest import STATION_PASSWORD
@@ -276,3 +279,33 @@ async def test_a_client_that_gave_up_waiting_gets_the_answer_by_its_retry(
         assert retry.json()["data"]["remoteStartTransaction"] == {"status": "ACCEPTED",
                                                                   "errors": []}
         assert [action for action, _ in cp.received] == ["RemoteStartTransaction"]
+
+
+UPDATE_ME = """mutation($input: UpdateUserInput!) { updateUser(input: $input) {
+    user { email } errors { code field } } }"""
+
+
+async def test_a_database_copy_cannot_test_password_guesses_against_a_kept_key(
+        service: Running) -> None:
+    """A key's fingerprint is over the request's variables, a password among them
+    (``updateUser``'s ``currentPassword``/``password``, ``eraseMyAccount``'s,
+    ``createStation``'s charger password). A plain SHA-256 of it, kept in the database
+    for a day, let whoever holds a copy (a backup) test guesses at billions a second,
+    where the accounts' argon2 hashes allow a handful: it is keyed by the service's
+    secret, which the database does not hold."""
+    token = await service.token("driver")
+    me = (await post(service, "{ me { id } }", token=token)).json()["data"]["me"]["id"]
+    variables = {"input": {"id": me, "currentPassword": "password-123",
+                           "password": "Zebra-Quartz-91!"}}
+    changed = await post(service, UPDATE_ME, variables, token=token, key="new-pw")
+    assert changed.json()["data"]["updateUser"]["errors"] == []
+    [kept] = await service.services.ctx.store.find_all(d.IdempotencyKey, ALL)
+
+    def guessed(password: str) -> str:  # what the service computed from the request
+        tried = {**variables, "input": {**variables["input"], "password": password}}
+        return hashlib.sha256(json.dumps(
+            [normalized(UPDATE_ME), None, tried], sort_keys=True, separators=(",", ":"),
+            ensure_ascii=False, default=str).encode()).hexdigest()
+
+    assert kept.fingerprint not in {guessed(p) for p in
+                                    ("password-124", "Zebra-Quartz-91!", "hunter2")}
