@@ -234,6 +234,7 @@ class GraphQLHTTPHandler:
         self.context_factory = context_factory
         self.graphiql = graphiql
         self.metrics = metrics
+
         self._ide_html = ide_page(graphiql_assets) if graphiql else ""
 
     async def __call__(self, request: Request) -> Response:
@@ -317,8 +318,8 @@ class GraphQLHTTPHandler:
         failures: list[str] = []
         marker = retryable_failure.set(failures)
         try:
-            response, outcome = await self._execute(query, variables, operation_name,
-                                                    allowed, context, media, "POST")
+            response, outcome, ran = await self._execute(
+                query, variables, operation_name, allowed, context, media, "POST")
         except Exception:
             await idempotency.release(begun)
             raise
@@ -327,7 +328,7 @@ class GraphQLHTTPHandler:
         # Cancelled (the client gone, the service stopping) it stays claimed: whether the
         # mutation ran is not known, so the key lapses (``LEASE``) rather than run again.
         self.metrics.graphql_request("mutation", outcome)
-        if outcome == "ok" and not failures:
+        if ran and not failures:
             await idempotency.finish(begun, bytes(response.body).decode())
         else:
             await idempotency.release(begun)
@@ -336,7 +337,7 @@ class GraphQLHTTPHandler:
     async def execute(self, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, allowed: set[OperationType],
                       context: GraphContext, media: str, method: str) -> Response:
-        response, outcome = await self._execute(query, variables, operation_name, allowed,
+        response, outcome, _ = await self._execute(query, variables, operation_name, allowed,
                                                 context, media, method)
         self.metrics.graphql_request(operation_type(query, operation_name), outcome)
         return response
@@ -344,14 +345,19 @@ class GraphQLHTTPHandler:
     async def _execute(self, query: str, variables: dict[str, Any] | None,
                        operation_name: str | None, allowed: set[OperationType],
                        context: GraphContext, media: str, method: str
-                       ) -> tuple[Response, str]:
-        """The response and its outcome for the metrics: ``ok``, ``error`` (executed,
-        with errors) or ``invalid`` (refused before execution)."""
+                       ) -> tuple[Response, str, bool]:
+        """The response, its outcome for the metrics (``ok``, ``error``: executed, with
+        errors, or ``invalid``: refused before execution), and whether the operation's
+        root fields all completed: an error is a root field's own (its use case failed,
+        path ``[field]``) or one of a field read for its answer after it ran
+        (``[field, …]``). ``_once`` keeps the answer of a mutation that ran, whatever
+        failed in reading its answer: released, the retry ran the mutation again (QA: a
+        car added twice, DUPLICATE)."""
         if operation_name is None and operations_in(query) > 1:
             # Strawberry would run the first one; the GraphQL spec asks for an error.
             return self._request_failure(
                 "Must provide operation name if query contains multiple operations.",
-                media, OPERATION_RESOLUTION_FAILURE), "invalid"
+                media, OPERATION_RESOLUTION_FAILURE), "invalid", False
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context,
@@ -360,12 +366,13 @@ class GraphQLHTTPHandler:
         except InvalidOperationTypeError as exc:
             if method == "GET" and exc.operation_type is OperationType.MUTATION:
                 return _response(_error_body("mutations need POST"), 405, media,
-                                 {"Allow": "POST"}), "invalid"
+                                 {"Allow": "POST"}), "invalid", False
             return self._request_failure(
-                "subscriptions run over the websocket endpoint", media, BAD_REQUEST), "invalid"
+                "subscriptions run over the websocket endpoint", media, BAD_REQUEST), \
+                "invalid", False
         except CannotGetOperationTypeError as exc:  # no operation of that name
             return self._request_failure(exc.as_http_error_reason(), media,
-                                         OPERATION_RESOLUTION_FAILURE), "invalid"
+                                         OPERATION_RESOLUTION_FAILURE), "invalid", False
         errors = [e.formatted for e in result.errors] if result.errors else None
         no_data = isinstance(result, PreExecutionError) or (
             result.data is None and result.errors is not None
@@ -379,7 +386,9 @@ class GraphQLHTTPHandler:
         status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
         outcome = "invalid" if isinstance(result, PreExecutionError) \
             else "error" if errors else "ok"
-        return _response(payload, status, media), outcome
+        ran = not no_data and not any(e.path is None or len(e.path) < 2
+                                      for e in result.errors or ())
+        return _response(payload, status, media), outcome, ran
 
     @staticmethod
     def _request_failure(message: str, media: str, code: str) -> Response:

@@ -309,3 +309,52 @@ async def test_a_database_copy_cannot_test_password_guesses_against_a_kept_key(
 
     assert kept.fingerprint not in {guessed(p) for p in
                                     ("password-124", "Zebra-Quartz-91!", "hunter2")}
+
+
+async def test_an_answer_whose_mutation_ran_is_kept_though_a_field_of_it_failed(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The car was added; reading its owner for the answer failed (the database out of
+    reach a moment, a top-level error at ``addVehicle.vehicle.owner``). Released, the
+    key let the retry add it again (``DUPLICATE``, or a second RemoteStart for a
+    command): an answer is released only when the mutation itself failed."""
+    token = await service.token("driver")
+    reads = type(service.services.reads)
+    get_many = reads.get_many
+    outages = [StoreUnavailable("the database cannot be reached", reason="outage")]
+
+    async def flaky(self: Any, viewer: Any, kind: Any, ids: Any) -> Any:
+        if kind is d.User and outages:
+            raise outages.pop()
+        return await get_many(self, viewer, kind, ids)
+
+    monkeypatch.setattr(reads, "get_many", flaky)
+    with_owner = """mutation($plate: String!) { addVehicle(input: {licensePlate: $plate}) {
+        vehicle { licensePlate owner { name } } errors { code } } }"""
+    first = await post(service, with_owner, {"plate": "F-AIL 1"}, token=token, key="half")
+    body = first.json()
+    assert body["data"]["addVehicle"]["vehicle"]["licensePlate"] == "F-AIL 1"
+    assert body["errors"][0]["path"] == ["addVehicle", "vehicle", "owner"]
+    retry = await post(service, with_owner, {"plate": "F-AIL 1"}, token=token, key="half")
+    assert retry.headers.get("idempotent-replayed") == "true", retry.text
+    assert retry.content == first.content
+    assert len(await cars_of(service, "F-AIL 1")) == 1
+
+
+async def test_a_mutation_that_failed_unexpectedly_runs_again_on_its_retry(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await service.token("driver")
+    fleet = service.services.fleet
+    add_vehicle = fleet.add_vehicle
+    bugs = [RuntimeError("a bug")]
+
+    async def buggy(*args: Any, **kwargs: Any) -> d.Vehicle:
+        if bugs:
+            raise bugs.pop()
+        return await add_vehicle(*args, **kwargs)
+
+    monkeypatch.setattr(fleet, "add_vehicle", buggy)
+    failed = await post(service, ADD_CAR, {"plate": "B-UG 1"}, token=token, key="bug")
+    assert failed.json()["errors"][0]["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+    retry = await post(service, ADD_CAR, {"plate": "B-UG 1"}, token=token, key="bug")
+    assert "idempotent-replayed" not in retry.headers
+    assert retry.json()["data"]["addVehicle"]["errors"] == []
