@@ -294,6 +294,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.PAYMENT_CHARGER_FIELDS_S,
                 services.payments.fill_charger_fields, "payment-charger-fields"))
+            # Clients' idempotency keys past their 24 hours are deleted (a claim finds
+            # one as a fresh key anyway: this keeps the table from growing).
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.IDEMPOTENCY_SWEEP_S, services.idempotency.sweep,
+                "idempotency-key-expiry"))
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",

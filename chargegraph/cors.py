@@ -18,13 +18,17 @@ METHODS = ("GET", "POST", "OPTIONS")
 #: it. Their own, not /graphql's: a page's HEAD was refused by the preflight (400) and
 #: its POST allowed, which the export then refused with 405 (review r26-api2).
 EXPORT_METHODS = ("GET", "HEAD", "OPTIONS")
-HEADERS = ("Authorization", "Content-Type")
+#: ``Idempotency-Key``: a page's retry of a mutation (``graph.http``).
+HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
 #: The headers of our answers a page may read beyond the safelisted ones (Content-Type,
 #: Content-Length, Cache-Control…): without them listed, fetch() sees none of them. An
 #: export's file name (Content-Disposition), why a token was refused (WWW-Authenticate:
 #: a 401 of /graphql or an export), the methods a route takes (Allow: a 405) and when
-#: to ask again (Retry-After: the personal data export's 429).
-EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow", "Retry-After")
+#: to ask again (Retry-After: the personal data export's 429, an idempotency key in
+#: progress), and whether an answer is one kept for an idempotency key
+#: (Idempotent-Replayed).
+EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow", "Retry-After",
+           "Idempotent-Replayed")
 #: How long a browser may keep a preflight's answer (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE_S = 600
 

@@ -27,6 +27,9 @@ CARD_EXPIRY_SWEEP_S = 300.0
 #: charger. Each round reads only the payments opened since the one before.
 PAYMENT_CHARGER_FIELDS_S = 300.0
 
+#: How often clients' idempotency keys past their expiry (24 hours) are deleted
+#: (``IdempotencyService.sweep``).
+IDEMPOTENCY_SWEEP_S = 600.0
 
 def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str
           ) -> contextlib.AbstractAsyncContextManager[None]:

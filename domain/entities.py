@@ -1333,6 +1333,43 @@ class RefreshToken(Record):
     used_at: datetime | None = None
 
 
+class IdempotencyState(StrEnum):
+    """Where the request an ``IdempotencyKey`` was sent with stands."""
+
+    #: Claimed by the request running it: another with the key is told to wait.
+    RUNNING = "RUNNING"
+    #: Answered: another with the key and the same request gets ``response`` again.
+    DONE = "DONE"
+
+
+@dataclass(kw_only=True)
+class IdempotencyKey(Record):
+    """A client's ``Idempotency-Key`` for one mutation request of one user
+    (``domain.services.idempotency``). Its id is derived from the user and the key
+    (``idempotency.key_id``), so the first request's insert is the claim every other
+    instance's fails on. Control state the service writes, not audited; no read shows it
+    (``policy.CREDENTIAL_KINDS``)."""
+
+    kind: ClassVar[str] = "idempotency_key"
+    user_id: str
+    #: The key as the client sent it (not secret: chosen to be unique, not unguessable).
+    key: str
+    #: HMAC-SHA256 of the operation and its variables, keyed by the service's secret (the
+    #: variables may hold a password: ``graph.http``): the same key with anything else
+    #: is a reuse, refused.
+    fingerprint: str
+    state: IdempotencyState
+    #: Which claim wrote it (a fresh id per request): only that request answers it.
+    claimant: str
+    #: Until when a RUNNING claim holds: one left by an instance that died mid-request
+    #: lapses then, and a retry runs the mutation.
+    lease_until: datetime
+    #: The JSON body answered (DONE).
+    response: str | None = None
+    #: Forgotten from then on (24 hours after the first request).
+    expires_at: datetime
+
+
 ENTITY_TYPES: tuple[type[Record], ...] = (
     Company,
     User,
@@ -1364,6 +1401,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     RefreshToken,
     Site,
     SiteAllocation,
+    IdempotencyKey,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

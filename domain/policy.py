@@ -147,8 +147,10 @@ def metered_on(stations: Filter) -> Filter:
 
 
 #: Kinds no read shows anyone, admins included: sign-in credentials, used only by
-#: ``AccountService``/``RefreshTokenService`` straight from the store.
-CREDENTIAL_KINDS = frozenset({"refresh_family", "refresh_token"})
+#: ``AccountService``/``RefreshTokenService`` straight from the store; and the clients'
+#: idempotency keys (the answers they keep are their users' alone), used only by
+#: ``IdempotencyService``.
+CREDENTIAL_KINDS = frozenset({"refresh_family", "refresh_token", "idempotency_key"})
 
 
 @dataclass(frozen=True, slots=True)

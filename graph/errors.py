@@ -8,6 +8,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, TypeVar
 
 import strawberry
@@ -77,7 +78,21 @@ def camel(field: str | None) -> str | None:
     return _SNAKE.sub(lambda m: m.group(1).upper(), field)
 
 
+#: Codes of the service's own failures, not the request's: nothing was written and the
+#: same request may succeed sent again (README). An answer carrying one is not kept for
+#: its idempotency key (``graph.http``), so the client's retry with the key runs it.
+RETRYABLE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "CHANGED", "UNAVAILABLE"})
+#: Set by ``graph.http`` around a request with an idempotency key: whether a payload of
+#: it carries a ``RETRYABLE_CODES`` error. Every payload error is made by ``user_error``,
+#: whichever resolver makes it, so it is told here, whether or not the client selected
+#: ``errors { code }``.
+retryable_failure: ContextVar[list[str] | None] = ContextVar("retryable_failure",
+                                                             default=None)
+
+
 def user_error(error: DomainError) -> UserError:
+    if error.code in RETRYABLE_CODES and (seen := retryable_failure.get()) is not None:
+        seen.append(error.code)
     return UserError(field=camel(error.field), message=error.message, code=error.code)
 
 

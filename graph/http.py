@@ -9,12 +9,16 @@ framework's view predates ``application/graphql-response+json`` and its status c
   nothing acceptable is 406.
 - Malformed requests (bad JSON, wrong parameter types) are 400 for both types; a bad
   bearer token is 401; a browser asking for HTML gets GraphiQL.
+- ``Idempotency-Key`` on a POST of a mutation: run once per signed-in user and key
+  (``domain.services.idempotency``); a retry with the key gets the first answer again
+  (``Idempotent-Replayed: true``), see ``_once``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,11 +31,13 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
-from domain.errors import Unauthenticated
+from domain.errors import DomainError, Unauthenticated
 from domain.ports import NO_METRICS, Metrics
+from domain.services.idempotency import Claim, Refusal, Replay
 from graph import exact_json
 from graph.context import GraphContext
-from graph.pipeline import operation_type, operations_in
+from graph.errors import retryable_failure
+from graph.pipeline import mutation_fields, normalized, operation_type, operations_in
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -59,6 +65,21 @@ BAD_REQUEST = "BAD_REQUEST"
 #: The code of a document whose operation to run cannot be told (several and no
 #: ``operationName``, or no operation of that name): Apollo's name again.
 OPERATION_RESOLUTION_FAILURE = "OPERATION_RESOLUTION_FAILURE"
+
+
+#: The header a client names a mutation request by, to send it again safely (Stripe's,
+#: and the IETF's draft ``Idempotency-Key`` header field).
+IDEMPOTENCY_KEY = "idempotency-key"
+#: A key: 1 to 255 visible ASCII characters (a UUID is the usual choice).
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+#: The key came with another operation or other variables than its first request (422).
+IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+#: The key's first request is still running (409, ``Retry-After``).
+IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
+#: The mutations a key is refused for: they answer credentials shown this once (an access
+#: and a refresh token), which the service keeps nowhere in clear, so there is no answer
+#: to give again; and sending them again is safe (another sign-in).
+KEYLESS_MUTATIONS = frozenset({"login", "signUp", "refreshToken", "changePassword"})
 
 
 class RequestError(Exception):
@@ -179,6 +200,20 @@ async def read_post(request: Request) -> dict[str, Any]:
     return parsed
 
 
+def _key_refusal(key: str, context: GraphContext, fields: list[str]) -> str | None:
+    """Why an ``Idempotency-Key`` cannot be taken with this request, if it cannot."""
+    if not _KEY.fullmatch(key):
+        return "an Idempotency-Key is 1 to 255 visible ASCII characters (a UUID)"
+    if context.viewer.anonymous:
+        return "an Idempotency-Key is kept per user: sign in first"
+    if len(fields) != 1:
+        return "an Idempotency-Key covers one mutation: send each in a request of its own"
+    if fields[0] in KEYLESS_MUTATIONS:
+        return f"{fields[0]} takes no Idempotency-Key: its answer holds credentials that " \
+               "are never kept; send it again without one"
+    return None
+
+
 def _response(payload: dict[str, Any], status: int, media: str,
               headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
@@ -199,6 +234,7 @@ class GraphQLHTTPHandler:
         self.context_factory = context_factory
         self.graphiql = graphiql
         self.metrics = metrics
+
         self._ide_html = ide_page(graphiql_assets) if graphiql else ""
 
     async def __call__(self, request: Request) -> Response:
@@ -227,13 +263,81 @@ class GraphQLHTTPHandler:
             self.metrics.graphql_request(operation_type(query, operation_name), "invalid")
             return _response(_error_body(exc.message, exc.code), 401, media,
                              {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        if key is not None and request.method == "POST" \
+                and operation_type(query, operation_name) == "mutation":
+            # A key on a query is ignored: a query runs again harmlessly.
+            return await self._once(key, query, variables, operation_name, allowed,
+                                    context, media)
         return await self.execute(query, variables, operation_name, allowed, context, media,
                                   request.method)
+
+    async def _once(self, key: str, query: str, variables: dict[str, Any] | None,
+                    operation_name: str | None, allowed: set[OperationType],
+                    context: GraphContext, media: str) -> Response:
+        """A mutation with an idempotency key: run if the key is new, else its first
+        answer again, or a refusal. The key covers the request, so it must hold one
+        mutation (the unit a retry repeats; with two, one failing for the service's
+        reasons could not be released without running the other again); credentials
+        are never kept (``KEYLESS_MUTATIONS``); keys are kept per signed-in user. An
+        answer is kept unless the service failed: a top-level error (an unexpected
+        failure, the database out of reach as it ran) or a payload error of
+        ``RETRYABLE_CODES``; then the key is released and the retry runs."""
+        refused = _key_refusal(key, context, mutation_fields(query, operation_name))
+        if refused is not None:
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(refused), 400, media)
+        # Keyed by the service's secret: the variables may hold a password (updateUser,
+        # eraseMyAccount, a charger's), which a plain hash kept for a day would let a
+        # copy of the database test guesses against at a hash's speed.
+        fingerprint = context.tokens.keyed_digest("idempotency-fingerprint", json.dumps(
+            [normalized(query), operation_name, variables or {}], sort_keys=True,
+            separators=(",", ":"), ensure_ascii=False, default=str).encode())
+        idempotency = context.services.idempotency
+        try:
+            begun = await idempotency.begin(context.viewer, key, fingerprint)
+        except DomainError as exc:  # the database out of reach: nothing ran
+            self.metrics.graphql_request("mutation", "error")
+            return _response(_error_body(exc.message, exc.code), 503, media)
+        if isinstance(begun, Replay):
+            self.metrics.graphql_request("mutation", "replayed")
+            return Response(begun.response, status_code=200,
+                            media_type=f"{media}; charset=utf-8",
+                            headers={"Idempotent-Replayed": "true"})
+        if begun is Refusal.REUSED:
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(
+                "this Idempotency-Key was sent with another operation or other variables:"
+                " use a new key for a new request", IDEMPOTENCY_KEY_REUSED), 422, media)
+        if not isinstance(begun, Claim):
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(
+                "a request with this Idempotency-Key is still running: send it again "
+                "in a moment for its answer", IDEMPOTENCY_KEY_IN_PROGRESS), 409, media,
+                {"Retry-After": "1"})
+        failures: list[str] = []
+        marker = retryable_failure.set(failures)
+        try:
+            response, outcome, ran = await self._execute(
+                query, variables, operation_name, allowed, context, media, "POST")
+        except Exception:
+            await idempotency.release(begun)
+            raise
+        finally:
+            retryable_failure.reset(marker)
+        # Cancelled (the client gone, the service stopping) it stays claimed: whether the
+        # mutation ran is not known, so the key lapses (``LEASE``) rather than run again.
+        self.metrics.graphql_request("mutation", outcome)
+        if ran and not failures:
+            await idempotency.finish(begun, bytes(response.body).decode())
+        else:
+            await idempotency.release(begun)
+        return response
 
     async def execute(self, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, allowed: set[OperationType],
                       context: GraphContext, media: str, method: str) -> Response:
-        response, outcome = await self._execute(query, variables, operation_name, allowed,
+        response, outcome, _ = await self._execute(query, variables, operation_name, allowed,
                                                 context, media, method)
         self.metrics.graphql_request(operation_type(query, operation_name), outcome)
         return response
@@ -241,14 +345,19 @@ class GraphQLHTTPHandler:
     async def _execute(self, query: str, variables: dict[str, Any] | None,
                        operation_name: str | None, allowed: set[OperationType],
                        context: GraphContext, media: str, method: str
-                       ) -> tuple[Response, str]:
-        """The response and its outcome for the metrics: ``ok``, ``error`` (executed,
-        with errors) or ``invalid`` (refused before execution)."""
+                       ) -> tuple[Response, str, bool]:
+        """The response, its outcome for the metrics (``ok``, ``error``: executed, with
+        errors, or ``invalid``: refused before execution), and whether the operation's
+        root fields all completed: an error is a root field's own (its use case failed,
+        path ``[field]``) or one of a field read for its answer after it ran
+        (``[field, …]``). ``_once`` keeps the answer of a mutation that ran, whatever
+        failed in reading its answer: released, the retry ran the mutation again (QA: a
+        car added twice, DUPLICATE)."""
         if operation_name is None and operations_in(query) > 1:
             # Strawberry would run the first one; the GraphQL spec asks for an error.
             return self._request_failure(
                 "Must provide operation name if query contains multiple operations.",
-                media, OPERATION_RESOLUTION_FAILURE), "invalid"
+                media, OPERATION_RESOLUTION_FAILURE), "invalid", False
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context,
@@ -257,12 +366,13 @@ class GraphQLHTTPHandler:
         except InvalidOperationTypeError as exc:
             if method == "GET" and exc.operation_type is OperationType.MUTATION:
                 return _response(_error_body("mutations need POST"), 405, media,
-                                 {"Allow": "POST"}), "invalid"
+                                 {"Allow": "POST"}), "invalid", False
             return self._request_failure(
-                "subscriptions run over the websocket endpoint", media, BAD_REQUEST), "invalid"
+                "subscriptions run over the websocket endpoint", media, BAD_REQUEST), \
+                "invalid", False
         except CannotGetOperationTypeError as exc:  # no operation of that name
             return self._request_failure(exc.as_http_error_reason(), media,
-                                         OPERATION_RESOLUTION_FAILURE), "invalid"
+                                         OPERATION_RESOLUTION_FAILURE), "invalid", False
         errors = [e.formatted for e in result.errors] if result.errors else None
         no_data = isinstance(result, PreExecutionError) or (
             result.data is None and result.errors is not None
@@ -276,7 +386,9 @@ class GraphQLHTTPHandler:
         status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
         outcome = "invalid" if isinstance(result, PreExecutionError) \
             else "error" if errors else "ok"
-        return _response(payload, status, media), outcome
+        ran = not no_data and not any(e.path is None or len(e.path) < 2
+                                      for e in result.errors or ())
+        return _response(payload, status, media), outcome, ran
 
     @staticmethod
     def _request_failure(message: str, media: str, code: str) -> Response:

@@ -24,16 +24,22 @@ every request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
 from graphql import (
     DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
     GraphQLSchema,
+    InlineFragmentNode,
     OperationDefinitionNode,
+    SelectionNode,
     parse,
+    print_ast,
     specified_rules,
 )
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
@@ -100,6 +106,47 @@ def operation_type(query: str, operation_name: str | None) -> str:
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)
                   and (operation_name is None or (d.name and d.name.value == operation_name))]
     return operations[0].operation.value if len(operations) == 1 else "unknown"
+
+
+def mutation_fields(query: str, operation_name: str | None) -> list[str]:
+    """The root fields the mutation ``query`` runs (``operation_name``'s, or the only
+    one), one per selection (aliases of one field count apart), through fragments;
+    ``__typename`` left out. Empty when it does not parse or names no operation."""
+    try:
+        document = _parsed(query)
+    except GraphQLError:
+        return []
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)
+                  and (operation_name is None or (d.name and d.name.value == operation_name))]
+    if len(operations) != 1:
+        return []
+    fragments = {d.name.value: d for d in document.definitions
+                 if isinstance(d, FragmentDefinitionNode)}
+    fields: list[str] = []
+
+    def collect(selections: Sequence[SelectionNode], seen: frozenset[str]) -> None:
+        for selection in selections:
+            if isinstance(selection, FieldNode):
+                if selection.name.value != "__typename":
+                    fields.append(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                collect(selection.selection_set.selections, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name in fragments and name not in seen:  # a cycle is invalid anyway
+                    collect(fragments[name].selection_set.selections, seen | {name})
+
+    collect(operations[0].selection_set.selections, frozenset())
+    return fields
+
+
+def normalized(query: str) -> str:
+    """``query`` printed from its parse: the same document whatever its spacing and
+    comments (an idempotency key's request compared with its retry)."""
+    try:
+        return print_ast(_parsed(query))
+    except GraphQLError:
+        return query
 
 
 @lru_cache(maxsize=CACHED_DOCUMENTS)

@@ -14,6 +14,7 @@ from domain.services.charging import DEFAULT_AUTH_CACHE, ChargingService
 from domain.services.commands import CommandService
 from domain.services.erasure import Erasure
 from domain.services.fleet import FleetService
+from domain.services.idempotency import IdempotencyService
 from domain.services.instances import InstanceService
 from domain.services.live import LiveService
 from domain.services.offline_notices import OfflineNotices
@@ -65,7 +66,10 @@ class Services:
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user
         self.fleet.on_restored = self.withdrawal.restore_card
-        self.erasure = Erasure(ctx, self.accounts, self.refresh_tokens, self.charging)
+        #: Clients' idempotency keys (``graph.http`` takes them from the request).
+        self.idempotency = IdempotencyService(ctx)
+        self.erasure = Erasure(ctx, self.accounts, self.refresh_tokens,
+                               charging=self.charging, idempotency=self.idempotency)
         self.erasure.on_erased = self.withdrawal.withdraw_erased
         self.personal_data = PersonalDataService(ctx)
         self.stations.on_accepted = self.commands.ask_to_boot

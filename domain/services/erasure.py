@@ -60,6 +60,7 @@ from domain.services.base import Service, ServiceContext, pages
 from domain.services.charging import ChargingService
 from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
+from domain.services.idempotency import IdempotencyService
 from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.webhooks import ORPHANED
 from domain.services.withdrawal import withdrawal_marks
@@ -205,7 +206,8 @@ async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
 class Erasure(Service):
     def __init__(self, ctx: ServiceContext, accounts: AccountService,
                  refresh_tokens: RefreshTokenService,
-                 charging: ChargingService | None = None) -> None:
+                 charging: ChargingService | None = None,
+                 idempotency: IdempotencyService | None = None) -> None:
         super().__init__(ctx)
         self.accounts = accounts
         self.refresh_tokens = refresh_tokens
@@ -213,6 +215,9 @@ class Erasure(Service):
         #: (``_refusals``); without it (a bare erasure, in store tests) they are waited
         #: for as an accepted one is.
         self.charging = charging
+        #: The person's idempotency keys are forgotten with them: the answers kept are
+        #: theirs (their cars, cards, payments).
+        self.idempotency = idempotency
         #: What an erasure sets off at the chargers (``Services`` wires in
         #: ``Withdrawal.withdraw_erased``: the removed cards Blocked in the lists, the
         #: live reservations cancelled); in the background, as a deactivation's.
@@ -241,6 +246,10 @@ class Erasure(Service):
         return await self._erase(viewer, user, field=None)
 
     async def _erase(self, viewer: Viewer, user: User, field: str | None) -> User:
+        # What names the person, read before the write anonymises it: the answers kept
+        # for idempotency keys that hold it are forgotten (``_tidy``).
+        cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
+        mentions = (user.email, user.name, *(car.license_plate for car in cars))
         erased, cards, closed = await retried(lambda: self._write(viewer, user.id, field))
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
@@ -253,34 +262,39 @@ class Erasure(Service):
                                 f"release-erased-{erased.id}",
                                 f"withdrawing erased user {erased.id}'s cards failed")
         try:
-            await self._tidy(erased)
+            await self._tidy(erased, mentions)
         except Exception:
             # The erasure stands and is the caller's answer; the scrub is retried.
             log.exception("scrubbing the audit log of erased user %s failed: retried in "
                           "the background", erased.id)
-            self._releasing.run(self._scrub_later(erased), f"scrub-erased-{erased.id}",
+            self._releasing.run(self._scrub_later(erased, mentions),
+                                f"scrub-erased-{erased.id}",
                                 f"scrubbing the audit log of erased user {erased.id} "
                                 f"failed again: erase the account again to finish it")
         return erased
 
-    async def _tidy(self, erased: User) -> None:
+    async def _tidy(self, erased: User, mentions: Sequence[str] = ()) -> None:
         """What follows the erasure's write and may fail without undoing it: the audit
         log scrubbed, the refresh tokens deleted (signed out already by the raised token
-        epoch), and then the store's files scrubbed of the old versions of what those
-        writes overwrote (``Store.scrub``: SQLite kept them in its ``-wal`` file until
-        the service stopped, QA s24). All are repeatable, so a retry, or erasing again,
-        runs them all."""
+        epoch), the answers kept for idempotency keys that are the person's or hold
+        ``mentions`` (their email, name, plates as they were) deleted, and then the
+        store's files scrubbed of the old versions of what those writes overwrote
+        (``Store.scrub``: SQLite kept them in its ``-wal`` file until the service
+        stopped, QA s24). All are repeatable, so a retry, or erasing again, runs them
+        all."""
         await self._scrub_audit(erased)
         await self.refresh_tokens.forget(erased.id)
+        if self.idempotency is not None:
+            await self.idempotency.forget(erased.id, mentions)
         await self.store.scrub()
 
-    async def _scrub_later(self, erased: User) -> None:
+    async def _scrub_later(self, erased: User, mentions: Sequence[str] = ()) -> None:
         """``_tidy`` again after each pause of ``SCRUB_RETRY_S`` until it succeeds; the
         last failure is raised (logged by ``Background``)."""
         for attempt, pause in enumerate(SCRUB_RETRY_S, start=1):
             await asyncio.sleep(pause)
             try:
-                await self._tidy(erased)
+                await self._tidy(erased, mentions)
                 return
             except Exception:
                 if attempt == len(SCRUB_RETRY_S):

@@ -136,6 +136,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # token's hash has its unique index from ``UNIQUE_RULES``).
     "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
     "refresh_token": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
+    # Clients' idempotency keys: a user's (an erasure forgets them), the expired (the
+    # sweep). The claim is the ``_id``, derived from the user and the key.
+    "idempotency_key": [[("user_id", ASCENDING)], [("expires_at", ASCENDING)]],
     # Remote starts awaiting their StartTransaction: by card (a start's checks and the
     # StartTransaction consuming it), by station (the plug checks), by expiry (the sweep).
     "pending_start": [[("id_tag", ASCENDING), ("expires_at", ASCENDING)],

@@ -1439,6 +1439,31 @@ _V71 = """
 ALTER TABLE "session" ADD COLUMN "reported_end" INTEGER;
 """
 
+# Version 73: the clients' idempotency keys (``IdempotencyKey``): one row per user and
+# key, its id derived from both, so the first request's insert is the claim a second
+# instance's fails on (the primary key). A user's are found by ``user_id`` (an erasure
+# forgets them), the expired by ``expires_at`` (the sweep). Self-contained (a table of its
+# own): 72 is another change's.
+_V73 = """
+CREATE TABLE "idempotency_key" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "user_id" TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    "fingerprint" TEXT NOT NULL,
+    "state" TEXT NOT NULL,
+    "claimant" TEXT NOT NULL,
+    "lease_until" INTEGER NOT NULL,
+    "response" TEXT,
+    "expires_at" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "idempotency_key_user_id_idx" ON "idempotency_key" ("user_id");
+CREATE INDEX "idempotency_key_expires_at_idx" ON "idempotency_key" ("expires_at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1473,7 +1498,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (68, _V68),
                                      (69, _V69),
                                      (70, _V70),
-                                     (71, _V71))
+                                     (71, _V71),
+                                     (73, _V73))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -15,6 +15,7 @@ from domain.clock import utcnow
 from domain.entities import (
     AuditAction,
     AuditEntry,
+    IdempotencyKey,
     RefreshFamily,
     RefreshToken,
     Role,
@@ -37,6 +38,7 @@ from domain.services.erasure import (
     Erasure,
     erased_email,
 )
+from domain.services.idempotency import Claim, IdempotencyService
 from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.webhooks import WebhookService
 from tests.contract.factories import audit, oid, put, session, station, user, vehicle
@@ -273,7 +275,7 @@ async def test_an_erasure_closes_its_persons_refused_sessions_in_its_write(
     await put(store, person, other, st, refused)
     ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
     erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx),
-                      ChargingService(ctx))
+                      charging=ChargingService(ctx))
     admin = Viewer.of(user(role=Role.ADMIN))
 
     accepted = session(st, 2, user_id=other.id, start_time=utcnow())
@@ -289,3 +291,32 @@ async def test_an_erasure_closes_its_persons_refused_sessions_in_its_write(
     [closed] = await store.find_all(Session, Eq("id", refused.id))
     assert (closed.state, closed.closed_without_stop, closed.cost_minor) == (
         SessionState.COMPLETED, True, None)
+
+
+async def test_an_erasure_forgets_every_kept_answer_that_names_the_person(
+        store: Store) -> None:
+    """Idempotency keys keep mutations' answers for 24 hours: the person's own, and
+    others' that name them (an admin's ``updateUser`` of their email, an operator's
+    answer listing their car). An erasure left the latter, the person's email and plate
+    in the store for a day after it (and in SQLite's files past the scrub)."""
+    person, admin = user(name="Lena Example", email="lena@example.com"), user()
+    car = vehicle(person, license_plate="B-LE 123")
+    await put(store, person, admin, car)
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    keys = IdempotencyService(ctx)
+    answers = [
+        (person, "own", '{"data":{"addVehicle":{"vehicle":{"id":"VmVoaWNsZTox"}}}}'),
+        (admin, "email", '{"data":{"updateUser":{"user":{"email":"lena@example.com"}}}}'),
+        (admin, "plate", '{"data":{"x":{"licensePlate":"B-LE 123","name":"Other"}}}'),
+        (admin, "name", '{"data":{"x":{"name":"Lena Example"}}}'),
+        (admin, "unrelated", '{"data":{"x":{"email":"someone@example.com"}}}')]
+    for who, key, answer in answers:
+        claim = await keys.begin(Viewer.of(who), key, "fp")
+        assert isinstance(claim, Claim)
+        await keys.finish(claim, answer)
+
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx), idempotency=keys)
+    await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
+
+    left = await store.find_all(IdempotencyKey, ALL)
+    assert [(k.user_id, k.key) for k in left] == [(admin.id, "unrelated")]

@@ -23,6 +23,8 @@ from domain.entities import (
     ConnectorStatus,
     ConnectorType,
     DeliveryClaim,
+    IdempotencyKey,
+    IdempotencyState,
     IdTag,
     IdTagStatus,
     InstanceLease,
@@ -209,6 +211,12 @@ FULL: dict[type[Record], Callable[[], Record]] = {
         folded_key="metervaluesampleinterval", value="60 ✓", readonly=True, secret=True,
         read_at=at(15), changed_at=at(16), reboot_required=True, value_in_force="30 ✓",
         **STAMPS),
+    # The answer kept byte for byte: a retry gets exactly what the first request got.
+    IdempotencyKey: lambda: IdempotencyKey(
+        user_id=new_id(), key="6f1c-✗-key", fingerprint="ef" * 32,
+        state=IdempotencyState.DONE, claimant=new_id(), lease_until=at(17),
+        response='{"data":{"addVehicle":{"vehicle":{"plate":"B-EV 1 ✓"},"errors":[]}}}',
+        expires_at=at(1440), **STAMPS),
 }
 
 
@@ -269,6 +277,9 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
     RefreshFamily: lambda: RefreshFamily(user_id=new_id(), token_epoch=0, expires_at=T0),
     RefreshToken: lambda: RefreshToken(family_id=new_id(), user_id=new_id(),
                                        token_hash="cd" * 32, expires_at=T0),
+    IdempotencyKey: lambda: IdempotencyKey(user_id=new_id(), key="k", fingerprint="f",
+                                           state=IdempotencyState.RUNNING, claimant="c",
+                                           lease_until=T0, expires_at=T0),
 }
 
 

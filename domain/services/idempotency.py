@@ -1,0 +1,204 @@
+"""Idempotency keys: a client's retry of a mutation whose answer it never got (a bad
+network) gets the first answer again instead of running the mutation twice (two cars
+registered, two RemoteStarts sent to a charger, a refund paid twice).
+
+A key is the client's (``Idempotency-Key`` on the HTTP request, ``graph.http``), kept per
+signed-in user for ``DEFAULT_TTL``. The first request with it claims it: one insert of an
+``IdempotencyKey`` whose id is derived from the user and the key, which any other
+instance's insert fails on, so two requests with one key (on one instance or on two
+behind a load balancer, on either store) run the mutation once. What comes of it:
+
+- answered: the record keeps the answer (``finish``); a request with the key and the same
+  operation and variables (``fingerprint``) gets it again without running anything, one
+  with anything else is a reuse (``Reused``), refused;
+- a failure of the service (an outage, an unexpected error: the caller decides which,
+  ``release``): the claim is deleted, so the retry runs the mutation;
+- still running: another request with the key is told so (``InProgress``) rather than
+  waiting (across instances it could only poll); a claim whose instance died lapses after
+  ``LEASE``, and then a retry runs the mutation.
+
+Expired keys are forgotten: a claim finds one as a fresh key, and the sweep deletes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+
+from domain.entities import IdempotencyKey, IdempotencyState
+from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.ids import new_id
+from domain.policy import Viewer
+from domain.ports import Delete, Insert
+from domain.query import ALL, Eq, Range
+from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+
+log = logging.getLogger("chargegraph.idempotency")
+
+#: How long a key is remembered after its first request (Stripe's 24 hours).
+DEFAULT_TTL = timedelta(hours=24)
+#: How long a claim holds while its request runs: longer than any mutation takes (a charger
+#: command waits ``command_timeout``, 30 s by default). One whose instance died mid-request
+#: lapses then.
+LEASE = timedelta(minutes=5)
+#: Expired keys deleted per store write by the sweep.
+SWEEP_BATCH = 500
+#: Claims tried before a request is told its key is busy (each lost race re-reads).
+CLAIM_TRIES = 3
+
+
+def key_id(user_id: str, key: str) -> str:
+    """The record id of ``user_id``'s ``key``: 24 hex digits (a store id) of their
+    SHA-256, so the key's first insert is the claim another instance's fails on."""
+    return hashlib.sha256(f"{user_id}\n{key}".encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The key is this request's: run the mutation, then ``finish`` or ``release``."""
+
+    record: IdempotencyKey
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The key was answered already, for this very request: answer ``response`` again."""
+
+    response: str
+
+
+class Refusal(Enum):
+    #: The key was sent with another operation or other variables.
+    REUSED = "reused"
+    #: A request with the key is running still.
+    IN_PROGRESS = "in progress"
+
+
+Begun = Claim | Replay | Refusal
+
+
+class IdempotencyService(Service):
+    def __init__(self, ctx: ServiceContext, ttl: timedelta = DEFAULT_TTL,
+                 lease: timedelta = LEASE) -> None:
+        super().__init__(ctx)
+        self.ttl = ttl
+        self.lease = lease
+
+    async def begin(self, viewer: Viewer, key: str, fingerprint: str) -> Begun:
+        """Claims ``key`` of ``viewer`` (signed in) for a request of ``fingerprint``, or
+        says why not: answered already (``Replay``), or ``Refusal``."""
+        assert viewer.user_id is not None, "keys are kept per signed-in user"
+        now = self.now()
+        fresh = stamp_new(IdempotencyKey(
+            id=key_id(viewer.user_id, key), user_id=viewer.user_id, key=key,
+            fingerprint=fingerprint, state=IdempotencyState.RUNNING, claimant=new_id(),
+            lease_until=now + self.lease, expires_at=now + self.ttl), viewer, now)
+        for _ in range(CLAIM_TRIES):
+            try:
+                await self.store.write([Insert(fresh)], [])
+                return Claim(fresh)
+            except UniqueViolation:
+                pass
+            found = (await self.store.get_many(IdempotencyKey, [fresh.id]))[0]
+            if found is None:
+                continue  # released or swept since the insert failed: claim it again
+            lapsed = found.state is IdempotencyState.RUNNING and found.lease_until <= now
+            if found.expires_at > now and not lapsed:
+                if found.fingerprint != fingerprint:
+                    return Refusal.REUSED
+                if found.state is IdempotencyState.RUNNING or found.response is None:
+                    return Refusal.IN_PROGRESS
+                return Replay(found.response)
+            # Forgotten (expired, not swept yet), or its request's instance died: taken
+            # over as a fresh key, only while it is still as read (another request may
+            # be taking it over too: one wins, the other reads again).
+            taken = patch(found, viewer, only_if=("claimant", found.claimant),
+                          required=True, fingerprint=fingerprint, key=key,
+                          state=IdempotencyState.RUNNING, claimant=fresh.claimant,
+                          lease_until=fresh.lease_until, response=None,
+                          expires_at=fresh.expires_at)
+            try:
+                await self.store.write([taken], [])
+            except (Conflict, NotFound):
+                continue
+            return Claim(taken.record)  # type: ignore[arg-type]
+        return Refusal.IN_PROGRESS
+
+    async def finish(self, claim: Claim, response: str) -> None:
+        """Keeps ``response`` as the key's answer. A failure is logged, not raised: the
+        mutation ran and its caller gets its answer; the claim lapses after ``LEASE``
+        (a retry before then is told the key is in progress, one after runs again)."""
+        record = claim.record
+        try:
+            await self.store.write([patch(
+                record, Viewer(user_id=record.user_id), only_if=("claimant", record.claimant),
+                required=True, state=IdempotencyState.DONE, response=response)], [])
+        except (Conflict, NotFound):
+            # Taken over after its lease lapsed (a request longer than LEASE), or the user
+            # was erased meanwhile: the answer is kept no longer.
+            log.warning("the answer for idempotency key %r of user %s was not kept: the "
+                        "claim lapsed while the request ran", record.key, record.user_id)
+        except Exception:
+            log.exception("keeping the answer for idempotency key %r of user %s failed; "
+                          "the key lapses in %s", record.key, record.user_id, self.lease)
+
+    async def release(self, claim: Claim) -> None:
+        """Gives the key up (the request failed for a reason of the service's, not the
+        client's): a retry with it runs the mutation. Only while it is still this claim's."""
+        record = claim.record
+        try:
+            await self.store.write([Delete(record, only_if=("claimant", record.claimant))],
+                                   [])
+        except (Conflict, NotFound):
+            return
+        except Exception:
+            log.warning("releasing idempotency key %r of user %s failed; it lapses in %s",
+                        record.key, record.user_id, self.lease, exc_info=True)
+
+    async def sweep(self) -> int:
+        """Deletes the keys past their expiry (each only while unchanged: one taken over
+        as a fresh key meanwhile stays); how many."""
+        deleted = 0
+        while expired := await self.store.find_all(
+                IdempotencyKey, Range("expires_at", lte=self.now()), limit=SWEEP_BATCH):
+            gone = [Delete(r, only_if=("claimant", r.claimant)) for r in expired]
+            try:
+                await self.store.write(gone, [])
+                deleted += len(gone)
+            except (Conflict, NotFound):
+                for one in gone:  # one of them taken over or swept meanwhile
+                    with contextlib.suppress(Conflict, NotFound):
+                        await self.store.write([one], [])
+                        deleted += 1
+            if len(expired) < SWEEP_BATCH:
+                break
+        return deleted
+
+    async def forget(self, user_id: str, mentioning: Sequence[str] = ()) -> None:
+        """Deletes every key of the user, and every other user's whose kept answer holds
+        one of the texts ``mentioning`` (an erasure: the person's email, name and plates,
+        which an admin's ``updateUser`` or an operator's answer listing their car holds
+        as well). An answer is JSON text: each is looked for as JSON writes it. All the
+        keys are read for it (24 hours of keyed mutations, a page at a time): erasures
+        are rare. One that merely shares a text (a common name) goes too, which costs
+        only that a retry with its key runs again."""
+        async for page in pages(self.store, IdempotencyKey, Eq("user_id", user_id),
+                                SWEEP_BATCH):
+            await self._delete_each(page)
+        wanted = [json.dumps(text, ensure_ascii=False)[1:-1] for text in mentioning if text]
+        if not wanted:
+            return
+        async for page in pages(self.store, IdempotencyKey, ALL, SWEEP_BATCH):
+            await self._delete_each([record for record in page if record.response and any(
+                text in record.response for text in wanted)])
+
+    async def _delete_each(self, records: Sequence[IdempotencyKey]) -> None:
+        for record in records:
+            with contextlib.suppress(NotFound):
+                await self.store.write([Delete(record)], [])

@@ -1,0 +1,128 @@
+"""Clients' idempotency keys (``IdempotencyService``) on both stores: a key is claimed
+once however many requests race for it, per user; its answer is given again to the same
+request and refused to another; a released key runs again; an expired or abandoned one
+is a fresh key; the sweep and an erasure delete them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from domain.entities import IdempotencyKey, IdempotencyState
+from domain.policy import Policy, Viewer
+from domain.ports import Store
+from domain.query import ALL
+from domain.services import ServiceContext
+from domain.services.idempotency import (
+    LEASE,
+    Claim,
+    IdempotencyService,
+    Refusal,
+    Replay,
+    key_id,
+)
+from tests.contract.factories import oid
+from tests.helpers import FastHasher
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+ANNA = Viewer(user_id=oid(1))
+BEN = Viewer(user_id=oid(2))
+ANSWER = '{"data":{"addVehicle":{"vehicle":{"id":"V1"},"errors":[]}}}'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def service(store: Store, clock: Clock) -> IdempotencyService:
+    return IdempotencyService(ServiceContext(store=store, policy=Policy(),
+                                             hasher=FastHasher(), clock=clock))
+
+
+async def test_a_key_answered_gives_its_answer_again_and_refuses_other_input(
+        store: Store) -> None:
+    keys = service(store, Clock())
+    first = await keys.begin(ANNA, "k-1", "fp-a")
+    assert isinstance(first, Claim)
+    assert await keys.begin(ANNA, "k-1", "fp-a") is Refusal.IN_PROGRESS
+    await keys.finish(first, ANSWER)
+
+    assert await keys.begin(ANNA, "k-1", "fp-a") == Replay(ANSWER)
+    assert await keys.begin(ANNA, "k-1", "fp-b") is Refusal.REUSED
+    # Per user: Ben's "k-1" is another key.
+    assert isinstance(await keys.begin(BEN, "k-1", "fp-b"), Claim)
+    stored = (await store.get_many(IdempotencyKey, [key_id(ANNA.user_id or "", "k-1")]))[0]
+    assert stored is not None and stored.state is IdempotencyState.DONE
+    assert stored.expires_at == T0 + timedelta(hours=24)
+
+
+async def test_requests_racing_for_one_key_claim_it_once(store: Store) -> None:
+    keys = service(store, Clock())
+    begun = await asyncio.gather(*(keys.begin(ANNA, "race", "fp") for _ in range(8)))
+    assert sum(isinstance(b, Claim) for b in begun) == 1
+    assert all(b is Refusal.IN_PROGRESS for b in begun if not isinstance(b, Claim))
+
+
+async def test_a_released_key_runs_again(store: Store) -> None:
+    keys = service(store, Clock())
+    first = await keys.begin(ANNA, "k", "fp")
+    assert isinstance(first, Claim)
+    await keys.release(first)
+    assert await store.find_all(IdempotencyKey, ALL) == []
+    again = await keys.begin(ANNA, "k", "fp")
+    assert isinstance(again, Claim) and again.record.claimant != first.record.claimant
+    # The first claim's late release (or answer) does not touch the second's.
+    await keys.release(first)
+    await keys.finish(first, ANSWER)
+    assert await keys.begin(ANNA, "k", "fp") is Refusal.IN_PROGRESS
+
+
+async def test_an_expired_key_is_a_fresh_key_and_the_sweep_deletes_it(store: Store) -> None:
+    clock = Clock()
+    keys = service(store, clock)
+    old = await keys.begin(ANNA, "old", "fp-a")
+    assert isinstance(old, Claim)
+    await keys.finish(old, ANSWER)
+    other = await keys.begin(ANNA, "other", "fp")
+    assert isinstance(other, Claim)
+    await keys.finish(other, ANSWER)
+
+    clock.now = T0 + timedelta(hours=24)
+    # Not swept yet: found expired, it is taken over, whatever it was sent with before.
+    fresh = await keys.begin(ANNA, "old", "fp-b")
+    assert isinstance(fresh, Claim)
+    await keys.finish(fresh, "{}")
+    assert await keys.begin(ANNA, "old", "fp-b") == Replay("{}")
+
+    assert await keys.sweep() == 1  # "other"; "old" lives 24 hours from its new claim
+    assert [k.key for k in await store.find_all(IdempotencyKey, ALL)] == ["old"]
+
+
+async def test_a_claim_whose_request_died_lapses_after_its_lease(store: Store) -> None:
+    clock = Clock()
+    keys = service(store, clock)
+    dead = await keys.begin(ANNA, "k", "fp")
+    assert isinstance(dead, Claim)
+    clock.now = T0 + LEASE - timedelta(seconds=1)
+    assert await keys.begin(ANNA, "k", "fp") is Refusal.IN_PROGRESS
+    clock.now = T0 + LEASE
+    retry = await keys.begin(ANNA, "k", "fp")
+    assert isinstance(retry, Claim)
+    # The dead request's answer, come late, is not kept over the retry's claim.
+    await keys.finish(dead, '{"late":true}')
+    await keys.finish(retry, ANSWER)
+    assert await keys.begin(ANNA, "k", "fp") == Replay(ANSWER)
+
+
+async def test_forget_deletes_every_key_of_the_user(store: Store) -> None:
+    keys = service(store, Clock())
+    for key in ("a", "b"):
+        claim = await keys.begin(ANNA, key, "fp")
+        assert isinstance(claim, Claim)
+    assert isinstance(await keys.begin(BEN, "a", "fp"), Claim)
+    await keys.forget(ANNA.user_id or "")
+    assert [k.user_id for k in await store.find_all(IdempotencyKey, ALL)] == [BEN.user_id]

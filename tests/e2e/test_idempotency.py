@@ -1,0 +1,360 @@
+"""Idempotency keys over real HTTP (uvicorn, SQLite files, a charger on a websocket): a
+mutation retried with its ``Idempotency-Key`` runs once, whether the retry comes after
+the answer, while the first still runs, or on another instance on the same database;
+the service's own failures are not kept; keys expire after 24 hours."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
+
+from domain import entities as d
+from domain.errors import StoreUnavailable
+from domain.policy import SYSTEM
+from domain.query import ALL, Eq
+from domain.services.base import patch
+from graph.pipeline import normalized
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.e2e.conftest import Running, running_service
+from tests.ocpp.conftest import STATION_PASSWORD
+
+ADD_CAR = """mutation($plate: String!) { addVehicle(input: {licensePlate: $plate}) {
+    vehicle { id licensePlate } errors { code field } } }"""
+START = """mutation($i: RemoteStartTransactionInput!) {
+    remoteStartTransaction(input: $i) { status errors { code field } } }"""
+
+
+async def post(service: Running, query: str, variables: dict[str, Any] | None = None, *,
+               token: str | None = None, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    if key is not None:
+        headers["idempotency-key"] = key
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(f"{service.http_url}/graphql", headers=headers,
+                                 json={"query": query, "variables": variables})
+
+
+async def cars_of(service: Running, plate: str) -> list[d.Vehicle]:
+    return await service.services.ctx.store.find_all(d.Vehicle, Eq("license_plate", plate))
+
+
+async def test_a_retry_gets_the_first_answer_and_runs_nothing(service: Running) -> None:
+    token = await service.token("driver")
+    first = await post(service, ADD_CAR, {"plate": "M-XY 42"}, token=token, key="car-1")
+    assert first.status_code == 200
+    assert first.json()["data"]["addVehicle"]["errors"] == []
+    assert "idempotent-replayed" not in first.headers
+
+    # The same request again (spelled otherwise: the same document) is the first answer.
+    again = await post(service, "mutation ($plate: String!) {addVehicle(input: "
+                       "{licensePlate: $plate}) {vehicle {id licensePlate} errors {code "
+                       "field}}}", {"plate": "M-XY 42"}, token=token, key="car-1")
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert len(await cars_of(service, "M-XY 42")) == 1
+
+    # The same key with other input: refused, nothing runs.
+    other = await post(service, ADD_CAR, {"plate": "M-XY 43"}, token=token, key="car-1")
+    assert other.status_code == 422
+    assert other.json()["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert await cars_of(service, "M-XY 43") == []
+
+    # Another user's key of the same text is another key.
+    theirs = await post(service, ADD_CAR, {"plate": "M-XY 42"},
+                        token=await service.token("driver2"), key="car-1")
+    assert theirs.json()["data"]["addVehicle"]["errors"] == []
+    assert "idempotent-replayed" not in theirs.headers
+
+    # An answer with user errors is kept too: the retry gets the same DUPLICATE.
+    duplicate = await post(service, ADD_CAR, {"plate": "M-XY 42"}, token=token, key="car-2")
+    assert duplicate.json()["data"]["addVehicle"]["errors"] == [
+        {"code": "DUPLICATE", "field": "licensePlate"}]
+    retried = await post(service, ADD_CAR, {"plate": "M-XY 42"}, token=token, key="car-2")
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert retried.content == duplicate.content
+
+
+class SlowToStart(SimulatedChargePoint):
+    """Answers a RemoteStartTransaction after a pause: a mobile network's retry comes
+    while the first is still at the charger."""
+
+    @on(Action.remote_start_transaction)
+    async def on_remote_start(self, id_tag: str, connector_id: int | None = None,
+                              charging_profile: dict[str, Any] | None = None
+                              ) -> result.RemoteStartTransaction:
+        await asyncio.sleep(0.5)
+        return super().on_remote_start(id_tag, connector_id, charging_profile)
+
+
+async def test_two_requests_at_once_with_one_key_send_one_remote_start(
+        service: Running) -> None:
+    token = await service.token("driver")
+    start = {"i": {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowToStart) as cp:
+        await cp.boot()
+        cp.received.clear()
+        answers = await asyncio.gather(*(post(service, START, start, token=token,
+                                              key="start-1") for _ in range(2)))
+        assert sorted(a.status_code for a in answers) == [200, 409]
+        busy = next(a for a in answers if a.status_code == 409)
+        assert busy.json()["errors"][0]["extensions"]["code"] \
+            == "IDEMPOTENCY_KEY_IN_PROGRESS"
+        assert busy.headers["retry-after"] == "1"
+        ran = next(a for a in answers if a.status_code == 200)
+        assert ran.json()["data"]["remoteStartTransaction"] == {"status": "ACCEPTED",
+                                                                "errors": []}
+        # The retry after the answer: the answer again, no second RemoteStart.
+        later = await post(service, START, start, token=token, key="start-1")
+        assert later.content == ran.content
+        assert [action for action, _ in cp.received] == ["RemoteStartTransaction"]
+
+
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path: Path) -> AsyncIterator[tuple[Running, Running]]:
+    """Instances A (with the demo data) and B on A's SQLite file (behind one balancer)."""
+    async with running_service(tmp_path / "a") as a:  # noqa: SIM117
+        async with running_service(tmp_path / "b", database_url=a.settings.database_url,
+                                   seed_data=False) as b:
+            yield a, b
+
+
+async def test_a_retry_landing_on_another_instance_gets_the_first_answer(
+        tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (a, b):
+        token = await a.token("driver")
+        first = await post(a, ADD_CAR, {"plate": "HH-AB 1"}, token=token, key="k-ab")
+        retry = await post(b, ADD_CAR, {"plate": "HH-AB 1"}, token=token, key="k-ab")
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.content == first.content
+
+        # Both at once, one to each: one car. The other is told to wait, or (had the
+        # first finished) gets its answer.
+        answers = await asyncio.gather(
+            post(a, ADD_CAR, {"plate": "HH-AB 2"}, token=token, key="k-both"),
+            post(b, ADD_CAR, {"plate": "HH-AB 2"}, token=token, key="k-both"))
+        assert len(await cars_of(a, "HH-AB 2")) == 1
+        ran = [r for r in answers if r.status_code == 200
+               and "idempotent-replayed" not in r.headers]
+        assert len(ran) == 1
+        assert ran[0].json()["data"]["addVehicle"]["errors"] == []
+        for other in answers:
+            if other is not ran[0]:
+                assert other.status_code == 409 or other.content == ran[0].content
+
+
+async def test_a_failure_of_the_service_is_not_kept_so_the_retry_runs(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await service.token("driver")
+    fleet = service.services.fleet
+    add_vehicle = fleet.add_vehicle
+    outages = [StoreUnavailable("the database cannot take writes now: try again",
+                                reason="disk full")]
+
+    async def flaky(*args: Any, **kwargs: Any) -> d.Vehicle:
+        if outages:
+            raise outages.pop()
+        return await add_vehicle(*args, **kwargs)
+
+    monkeypatch.setattr(fleet, "add_vehicle", flaky)
+    failed = await post(service, ADD_CAR, {"plate": "K-OUT 1"}, token=token, key="out")
+    assert failed.json()["data"]["addVehicle"]["errors"] == [
+        {"code": "STORE_UNAVAILABLE", "field": None}]
+    retry = await post(service, ADD_CAR, {"plate": "K-OUT 1"}, token=token, key="out")
+    assert "idempotent-replayed" not in retry.headers
+    assert retry.json()["data"]["addVehicle"]["errors"] == []
+    assert len(await cars_of(service, "K-OUT 1")) == 1
+    # Not even selected: the payload's code still decides.
+    quiet = "mutation($plate: String!) { addVehicle(input: {licensePlate: $plate}) " \
+            "{ vehicle { id } } }"
+    outages.append(StoreUnavailable("down", reason="disk full"))
+    await post(service, quiet, {"plate": "K-OUT 2"}, token=token, key="out-2")
+    assert (await post(service, quiet, {"plate": "K-OUT 2"}, token=token,
+                       key="out-2")).json()["data"]["addVehicle"]["vehicle"] is not None
+
+
+async def test_a_key_expires_after_24_hours(service: Running) -> None:
+    token = await service.token("driver")
+    first = await post(service, ADD_CAR, {"plate": "EX-P 1"}, token=token, key="old")
+    assert first.json()["data"]["addVehicle"]["errors"] == []
+    store = service.services.ctx.store
+    kept = await store.find_all(d.IdempotencyKey, ALL)
+    assert len(kept) == 1
+    assert kept[0].expires_at - kept[0].created_at == timedelta(hours=24)
+    # A day later (the record aged, as the clock would): the key is new again and the
+    # mutation runs (here into the car the first one added).
+    await store.write([patch(kept[0], SYSTEM, expires_at=kept[0].created_at)], [])
+    again = await post(service, ADD_CAR, {"plate": "EX-P 1"}, token=token, key="old")
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["data"]["addVehicle"]["errors"] == [
+        {"code": "DUPLICATE", "field": "licensePlate"}]
+    renewed = await store.find_all(d.IdempotencyKey, ALL)
+    await store.write([patch(renewed[0], SYSTEM, expires_at=renewed[0].created_at)], [])
+    assert await service.services.idempotency.sweep() == 1
+    assert await store.find_all(d.IdempotencyKey, ALL) == []
+
+
+@pytest.mark.parametrize(("query", "who", "key", "why"), [
+    (ADD_CAR, None, "k", "sign in"),
+    ("""mutation { login(email: "driver@example.com", password: "password-123")
+       { token } }""", "driver", "k", "login takes no Idempotency-Key"),
+    ("""mutation($plate: String!) { a: addVehicle(input: {licensePlate: $plate}) { vehicle
+       { id } } b: addVehicle(input: {licensePlate: "B-2"}) { vehicle { id } } }""",
+     "driver", "k", "one mutation"),
+    (ADD_CAR, "driver", "", "1 to 255"),
+    (ADD_CAR, "driver", "x" * 256, "1 to 255"),
+    (ADD_CAR, "driver", "ä-key", "1 to 255"),
+])
+async def test_a_key_it_cannot_take_is_refused_before_anything_runs(
+        service: Running, query: str, who: str | None, key: str, why: str) -> None:
+    token = await service.token(who) if who else None
+    headers = {b"idempotency-key": key.encode()}  # UTF-8 as sent
+    if token:
+        headers[b"authorization"] = f"Bearer {token}".encode()
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{service.http_url}/graphql", headers=headers,
+                                   json={"query": query, "variables": {"plate": "R-1"}})
+    assert answer.status_code == 400
+    error = answer.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_REQUEST" and why in error["message"]
+    assert await cars_of(service, "R-1") == []
+
+
+async def test_a_key_on_a_query_is_ignored(service: Running) -> None:
+    token = await service.token("driver")
+    for _ in range(2):
+        answer = await post(service, "{ me { email } }", token=token, key="q")
+        assert answer.json() == {"data": {"me": {"email": "driver@example.com"}}}
+        assert "idempotent-replayed" not in answer.headers
+    assert await service.services.ctx.store.find_all(d.IdempotencyKey, ALL) == []
+
+
+class VerySlowToStart(SimulatedChargePoint):
+    @on(Action.remote_start_transaction)
+    async def on_remote_start(self, id_tag: str, connector_id: int | None = None,
+                              charging_profile: dict[str, Any] | None = None
+                              ) -> result.RemoteStartTransaction:
+        await asyncio.sleep(1.5)
+        return super().on_remote_start(id_tag, connector_id, charging_profile)
+
+
+async def test_a_client_that_gave_up_waiting_gets_the_answer_by_its_retry(
+        service: Running) -> None:
+    """The app's case: its request timed out (the connection dropped) while the charger
+    was still answering; it retries with the key until it has the answer, and the
+    charger got one RemoteStart."""
+    token = await service.token("driver")
+    start = {"i": {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=VerySlowToStart) as cp:
+        await cp.boot()
+        cp.received.clear()
+        async with httpx.AsyncClient(timeout=0.3) as impatient:
+            with pytest.raises(httpx.TimeoutException):
+                await impatient.post(f"{service.http_url}/graphql", json={
+                    "query": START, "variables": start}, headers={
+                    "authorization": f"Bearer {token}", "idempotency-key": "gave-up"})
+        statuses = []
+        for _ in range(40):
+            retry = await post(service, START, start, token=token, key="gave-up")
+            statuses.append(retry.status_code)
+            if retry.status_code == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert statuses[0] == 409 and statuses[-1] == 200, statuses
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["data"]["remoteStartTransaction"] == {"status": "ACCEPTED",
+                                                                  "errors": []}
+        assert [action for action, _ in cp.received] == ["RemoteStartTransaction"]
+
+
+UPDATE_ME = """mutation($input: UpdateUserInput!) { updateUser(input: $input) {
+    user { email } errors { code field } } }"""
+
+
+async def test_a_database_copy_cannot_test_password_guesses_against_a_kept_key(
+        service: Running) -> None:
+    """A key's fingerprint is over the request's variables, a password among them
+    (``updateUser``'s ``currentPassword``/``password``, ``eraseMyAccount``'s,
+    ``createStation``'s charger password). A plain SHA-256 of it, kept in the database
+    for a day, let whoever holds a copy (a backup) test guesses at billions a second,
+    where the accounts' argon2 hashes allow a handful: it is keyed by the service's
+    secret, which the database does not hold."""
+    token = await service.token("driver")
+    me = (await post(service, "{ me { id } }", token=token)).json()["data"]["me"]["id"]
+    variables = {"input": {"id": me, "currentPassword": "password-123",
+                           "password": "Zebra-Quartz-91!"}}
+    changed = await post(service, UPDATE_ME, variables, token=token, key="new-pw")
+    assert changed.json()["data"]["updateUser"]["errors"] == []
+    [kept] = await service.services.ctx.store.find_all(d.IdempotencyKey, ALL)
+
+    def guessed(password: str) -> str:  # what the service computed from the request
+        tried = {**variables, "input": {**variables["input"], "password": password}}
+        return hashlib.sha256(json.dumps(
+            [normalized(UPDATE_ME), None, tried], sort_keys=True, separators=(",", ":"),
+            ensure_ascii=False, default=str).encode()).hexdigest()
+
+    assert kept.fingerprint not in {guessed(p) for p in
+                                    ("password-124", "Zebra-Quartz-91!", "hunter2")}
+
+
+async def test_an_answer_whose_mutation_ran_is_kept_though_a_field_of_it_failed(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The car was added; reading its owner for the answer failed (the database out of
+    reach a moment, a top-level error at ``addVehicle.vehicle.owner``). Released, the
+    key let the retry add it again (``DUPLICATE``, or a second RemoteStart for a
+    command): an answer is released only when the mutation itself failed."""
+    token = await service.token("driver")
+    reads = type(service.services.reads)
+    get_many = reads.get_many
+    outages = [StoreUnavailable("the database cannot be reached", reason="outage")]
+
+    async def flaky(self: Any, viewer: Any, kind: Any, ids: Any) -> Any:
+        if kind is d.User and outages:
+            raise outages.pop()
+        return await get_many(self, viewer, kind, ids)
+
+    monkeypatch.setattr(reads, "get_many", flaky)
+    with_owner = """mutation($plate: String!) { addVehicle(input: {licensePlate: $plate}) {
+        vehicle { licensePlate owner { name } } errors { code } } }"""
+    first = await post(service, with_owner, {"plate": "F-AIL 1"}, token=token, key="half")
+    body = first.json()
+    assert body["data"]["addVehicle"]["vehicle"]["licensePlate"] == "F-AIL 1"
+    assert body["errors"][0]["path"] == ["addVehicle", "vehicle", "owner"]
+    retry = await post(service, with_owner, {"plate": "F-AIL 1"}, token=token, key="half")
+    assert retry.headers.get("idempotent-replayed") == "true", retry.text
+    assert retry.content == first.content
+    assert len(await cars_of(service, "F-AIL 1")) == 1
+
+
+async def test_a_mutation_that_failed_unexpectedly_runs_again_on_its_retry(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await service.token("driver")
+    fleet = service.services.fleet
+    add_vehicle = fleet.add_vehicle
+    bugs = [RuntimeError("a bug")]
+
+    async def buggy(*args: Any, **kwargs: Any) -> d.Vehicle:
+        if bugs:
+            raise bugs.pop()
+        return await add_vehicle(*args, **kwargs)
+
+    monkeypatch.setattr(fleet, "add_vehicle", buggy)
+    failed = await post(service, ADD_CAR, {"plate": "B-UG 1"}, token=token, key="bug")
+    assert failed.json()["errors"][0]["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+    retry = await post(service, ADD_CAR, {"plate": "B-UG 1"}, token=token, key="bug")
+    assert "idempotent-replayed" not in retry.headers
+    assert retry.json()["data"]["addVehicle"]["errors"] == []
