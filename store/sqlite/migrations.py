@@ -1439,6 +1439,16 @@ _V71 = """
 ALTER TABLE "session" ADD COLUMN "reported_end" INTEGER;
 """
 
+# Version 72: webhook deliveries stored when queued, not only at a graceful stop
+# (``PendingDelivery.instance_id``: the instance delivering it, null once handed over), so
+# a crashed instance's are taken over once its lease expired; and leases of instances
+# that serve no chargers (``InstanceLease.serves_chargers``), held for their deliveries.
+_V72 = """
+ALTER TABLE "pending_delivery" ADD COLUMN "instance_id" TEXT;
+CREATE INDEX "pending_delivery_instance_idx" ON "pending_delivery" ("instance_id");
+ALTER TABLE "instance_lease" ADD COLUMN "serves_chargers" INTEGER NOT NULL DEFAULT 1;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1473,7 +1483,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (68, _V68),
                                      (69, _V69),
                                      (70, _V70),
-                                     (71, _V71))
+                                     (71, _V71),
+                                     (72, _V72))
 
 
 def identity_left(company_id: str, name: str) -> None:
