@@ -119,7 +119,7 @@ async def test_with_the_store_out_deliveries_still_go_out_from_memory(
         async def failing(changes: list[object], audit: object, *rest: object) -> None:
             if out and any(isinstance(getattr(c, "record", None), d.PendingDelivery)
                            for c in changes):
-                raise StoreUnavailable("the store is out of reach")
+                raise StoreUnavailable("the store is out of reach", reason="out")
             await real_write(changes, audit, *rest)  # type: ignore[arg-type]
         store.write = failing  # type: ignore[method-assign,assignment]
         dispatcher = await world.dispatcher(first)
