@@ -238,6 +238,9 @@ class _Delivery:
     record_id: str = dataclasses.field(default_factory=new_id)
     #: Its record is in the store (written, and not deleted since).
     stored: bool = False
+    #: A write storing it failed: it may have landed all the same (a MongoDB batch
+    #: half-written, an answer lost), so once over it is deleted too, if it is there.
+    maybe_stored: bool = False
     #: Delivered, given up or dropped: its record goes.
     over: bool = False
 
@@ -666,7 +669,7 @@ class WebhookDispatcher:
         for key, (webhook_id, delivery) in batch.items():
             # Settled: its outcome was final, a stop cutting the rest short.
             if delivery.over or (handing_over and delivery.settled):
-                if delivery.stored:
+                if delivery.stored or delivery.maybe_stored:
                     records["over"].append(delivery.handed_over(webhook_id, mine))
                     kept[key] = (webhook_id, delivery)
             elif not handing_over:
@@ -684,6 +687,8 @@ class WebhookDispatcher:
         try:
             await self.services.webhooks.keep_deliveries(mine, **records)
         except Exception as failure:
+            for delivery in new:
+                delivery.maybe_stored = True
             for key, entry in kept.items():
                 self._unwritten.setdefault(key, entry)
             if handing_over:
@@ -699,7 +704,7 @@ class WebhookDispatcher:
             delivery.stored = True
         for _, delivery in batch.values():
             if delivery.over or (handing_over and delivery.settled):
-                delivery.stored = False
+                delivery.stored = delivery.maybe_stored = False
         if self._persist_failing:
             self._persist_failing = False
             log.info("storing webhook deliveries works again")
@@ -784,8 +789,8 @@ class WebhookDispatcher:
             log.exception("resuming handed-over webhook deliveries failed; looking again "
                           "in %gs", self.refresh_s)
         if resumed:
-            log.info("resumed %d webhook deliveries a stopped instance handed over",
-                     resumed)
+            log.info("resumed %d webhook deliveries of an instance that stopped (or "
+                     "crashed: its lease expired)", resumed)
         return resumed
 
     async def _put_back(self, claimed: list[PendingDelivery]) -> None:

@@ -151,3 +151,41 @@ async def test_a_removed_webhooks_stored_deliveries_go_with_it(tmp_path: Path) -
         await until(stored)
         await first.webhooks.remove_webhook(world.viewer("op"), webhook.id)
         assert await handed_over(world) == []
+
+
+async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
+        tmp_path: Path) -> None:
+    """The write storing a delivery lands, but its answer is an error (a MongoDB batch
+    half-written, a connection lost after the commit): once the delivery is over it is
+    deleted all the same, not left in the store as this instance's, to be posted again
+    by whoever takes it over after this instance stops."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)  # no answer: its one try times out
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        store = first.webhooks.store
+        real_write = store.write
+        failures = 1
+
+        async def landed_then_failed(changes: list[object], audit: object,
+                                     *rest: object) -> None:
+            nonlocal failures
+            await real_write(changes, audit, *rest)  # type: ignore[arg-type]
+            if failures and any(isinstance(getattr(c, "record", None), d.PendingDelivery)
+                                for c in changes):
+                failures -= 1
+                raise StoreUnavailable("the answer was lost", reason="lost")
+        store.write = landed_then_failed  # type: ignore[method-assign,assignment]
+        dispatcher = await world.dispatcher(first, timeout=0.5, tries=1)
+        await available(world)
+
+        async def over() -> bool:  # its one try failed: given up
+            return (await world.stored(webhook)).last_error is not None
+        await until(over, attempts=300)
+        dispatcher._to_write.set()  # its next write, without waiting PERSIST_RETRY_S
+
+        async def written() -> bool:
+            return not dispatcher._unwritten and not dispatcher._persist_failing
+        await until(written, attempts=500)
+        assert failures == 0
+        assert await handed_over(world) == []
+
