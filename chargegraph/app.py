@@ -39,6 +39,7 @@ from chargegraph.stores import (
 from chargegraph.tls import ocpp_ssl_context
 from chargegraph.webhooks import WebhookDispatcher
 from domain.events import SignInsCounted
+from domain.ids import new_id
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
@@ -192,9 +193,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             stack.push_async_callback(_settle, services)
             # Delivers what this instance publishes (each event from one instance); it
             # stops after the OCPP server, before the store closes.
+            # One id for this instance: its OCPP server's lease is the one its stored
+            # webhook deliveries live by (a GraphQL-only instance holds one for them).
+            instance_id = new_id()
             webhooks = WebhookDispatcher(services,
                                          allow_private=settings.webhooks_allow_private,
-                                         offline_grace=settings.offline_webhook_grace_s)
+                                         offline_grace=settings.offline_webhook_grace_s,
+                                         instance_id=instance_id,
+                                         lease_s=settings.instance_lease_seconds,
+                                         serves_chargers=settings.ocpp_enabled)
             with starting("webhook delivery"):
                 await webhooks.start()
             stack.push_async_callback(webhooks.close)
@@ -263,7 +270,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                                         lease_seconds=settings.instance_lease_seconds,
                                         trusted_proxies=settings.trusted_proxies,
                                         metrics=metrics,
-                                        strict_schema=settings.ocpp_strict_schema)
+                                        strict_schema=settings.ocpp_strict_schema,
+                                        instance_id=instance_id)
                     await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

@@ -12,15 +12,22 @@ delivery's outcome does to the webhook).
 * A delivery is up to ``tries`` POSTs with backoff between them; before each, the
   webhook and its owner are read again, so a disabled or removed webhook, or a revoked
   owner, gets nothing more.
-* A graceful stop (``close``) hands over what is still queued or waiting for a retry:
-  each delivery is stored (``PendingDelivery``: its body, delivery id, tries made, next
-  try's time), in one write, the stop bounded by ``HANDOVER_S`` in all, and the next
-  instance to start (or any running one, every ``refresh_s``) claims it, with all of
-  its webhook's (under the webhook's ``DeliveryClaim``, which one instance wins), and
-  resumes it where it was: the same body and delivery id, the tries left, the next one
-  when it was due; a full queue never drops one taken over. A claim landing after its
-  instance's stop handed over puts back what it took. A crash hands over nothing: what
-  it had in memory is lost.
+* Each delivery is stored when it is queued (``PendingDelivery``: its body, delivery
+  id, tries made, next try's time, and this instance's id), its tries written as they
+  change, and deleted once delivered or given up: writes batched, one store write per
+  ``persist_s`` at most (``_persist_loop``), never on ``offer``'s path. The instance
+  holds a lease (``InstanceLease``, shared with its OCPP server) while it runs. A
+  graceful stop (``close``) writes what is still queued or waiting for a retry as
+  handed over (no instance), the stop bounded by ``HANDOVER_S`` in all; a crash
+  leaves them as they were last written, this instance's, until its lease expires.
+  Any instance (at its start, and every ``refresh_s``) claims such deliveries, with
+  all of its webhook's that no live instance delivers (under the webhook's
+  ``DeliveryClaim``, which one instance wins; each row's owner written by a guarded
+  update), and resumes them where they were: the same body and delivery id, the tries
+  left, the next one when it was due; a full queue never drops one taken over. A crash
+  loses what it queued within its last ``persist_s`` (and the write under way), and
+  resends a try whose outcome it had not written yet; with the store out of reach,
+  deliveries still go out from memory and nothing new is durable until it answers.
 * ``station.offline`` waits out a grace (``offline_grace``, the setting
   ``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``) and ``station.online`` follows only an
   announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
@@ -57,6 +64,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import socket
 import time
 import uuid
@@ -81,7 +89,7 @@ from domain.events import (
     StationSightChanged,
     WebhookChanged,
 )
-from domain.ids import is_id
+from domain.ids import is_id, new_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
 from domain.services.live import SightOrder
@@ -117,6 +125,16 @@ MIN_SWEEP_S = 0.05
 #: How long a stop waits for the store to take what it hands over: a store that does
 #: not answer must not hold the stop (uvicorn's graceful shutdown is 10 s in all).
 HANDOVER_S = 5.0
+#: How long queued deliveries, and their tries, gather before one store write stores
+#: them (a crash loses what was queued within it: ``docs/performance.md``).
+PERSIST_S = 0.05
+#: After a failed store write of deliveries, the wait before the next (they still go
+#: out from memory meanwhile).
+PERSIST_RETRY_S = 2.0
+#: The lease this instance holds for its stored deliveries when no OCPP server holds it
+#: (``CHARGEGRAPH_INSTANCE_LEASE_SECONDS``): another instance takes them over once it
+#: has expired.
+LEASE_S = 30.0
 #: The types whose events wait for an outage to be settled instead of being queued.
 _DEBOUNCED = (WebhookEvent.STATION_OFFLINE.value, WebhookEvent.STATION_ONLINE.value)
 
@@ -212,9 +230,19 @@ class _Delivery:
     due_at: datetime | None = None
     #: Its outcome is final (succeeded, or failed its last try): nothing to hand over.
     settled: bool = False
-    #: Taken over from a stopped instance (claimed: deleted from the store), so never
-    #: dropped by a full queue: it is stored nowhere else.
+    #: Taken over from another instance (claimed), so never dropped by a full queue.
     resumed: bool = False
+    #: The event as instances carry it between them (``pubsub/codec.py``), as stored.
+    encoded: str | None = None
+    #: Its ``PendingDelivery``'s id.
+    record_id: str = dataclasses.field(default_factory=new_id)
+    #: Its record is in the store (written, and not deleted since).
+    stored: bool = False
+    #: A write storing it failed: it may have landed all the same (a MongoDB batch
+    #: half-written, an answer lost), so once over it is deleted too, if it is there.
+    maybe_stored: bool = False
+    #: Delivered, given up or dropped: its record goes.
+    over: bool = False
 
     def begun(self) -> tuple[bytes, str]:
         if self.body is None or self.delivery_id is None:
@@ -223,13 +251,18 @@ class _Delivery:
             self.delivery_id = "dlv_" + uuid.uuid4().hex  # receivers dedupe by it
         return self.body, self.delivery_id
 
-    def handed_over(self, webhook_id: str) -> PendingDelivery:
+    def handed_over(self, webhook_id: str, instance_id: str | None = None
+                    ) -> PendingDelivery:
+        """Its record, as ``instance_id``'s (None: handed over)."""
         body, delivery_id = self.begun()  # one still queued gets its body now
-        return PendingDelivery(webhook_id=webhook_id, delivery_id=delivery_id,
-                               event_type=self.kind, body=body.decode(),
-                               event=encode(self.event).decode(),
+        if self.encoded is None:
+            self.encoded = encode(self.event).decode()
+        return PendingDelivery(id=self.record_id, webhook_id=webhook_id,
+                               delivery_id=delivery_id, event_type=self.kind,
+                               body=body.decode(), event=self.encoded,
                                tries_made=self.tries_made,
-                               due_at=self.due_at or utcnow(), queued_at=self.queued_at)
+                               due_at=self.due_at or self.queued_at,
+                               queued_at=self.queued_at, instance_id=instance_id)
 
 
 class _Channel:
@@ -261,7 +294,9 @@ class WebhookDispatcher:
                  tries: int = TRIES, backoff: Sequence[float] = BACKOFF_S,
                  timeout: float = TIMEOUT_S, queue_size: int = QUEUE_SIZE,
                  refresh_s: float = REFRESH_S, offline_grace: float = 0.0,
-                 sweep_s: float | None = None, handover_s: float = HANDOVER_S) -> None:
+                 sweep_s: float | None = None, handover_s: float = HANDOVER_S,
+                 instance_id: str | None = None, lease_s: float = LEASE_S,
+                 serves_chargers: bool = False, persist_s: float = PERSIST_S) -> None:
         if tries < 1 or queue_size < 1 or not backoff:
             raise ValueError("tries and queue_size must be positive, backoff not empty")
         if offline_grace < 0:
@@ -274,6 +309,21 @@ class WebhookDispatcher:
         self.queue_size = queue_size
         self.refresh_s = refresh_s
         self.handover_s = handover_s
+        #: Which instance this is (its ``InstanceLease``, shared with its OCPP server):
+        #: the deliveries it stores are its own until it stops or its lease expires.
+        self.instance_id = instance_id or new_id()
+        self.lease = timedelta(seconds=lease_s)
+        self.serves_chargers = serves_chargers
+        self.persist_s = persist_s
+        #: Deliveries whose record is to be written (stored, updated or deleted) by the
+        #: next batch, by record id.
+        self._unwritten: dict[str, tuple[str, _Delivery]] = {}
+        self._to_write = asyncio.Event()
+        self._persister: asyncio.Task[None] | None = None
+        #: The batch being written (``close`` waits for it).
+        self._writing: asyncio.Task[bool] | None = None
+        self._persist_failing = False
+        self._lease_keeper: asyncio.Task[None] | None = None
         #: How long a charger stays offline before its ``station.offline`` is delivered
         #: (0: at once, and ``station.online`` always).
         self.offline_grace = timedelta(seconds=offline_grace)
@@ -329,6 +379,13 @@ class WebhookDispatcher:
             stream = ctx.bus.subscribe([StationSightChanged.topic, StationRemoved.topic])
             self._sights = asyncio.create_task(self._hear_sights(stream),
                                                name="chargegraph-webhook-sights")
+        # Held before anything is stored as this instance's: without a live lease its
+        # deliveries would be any instance's to take over.
+        await self._renew_lease()
+        self._lease_keeper = asyncio.create_task(self._keep_lease(),
+                                                 name="chargegraph-webhook-lease")
+        self._persister = asyncio.create_task(self._persist_loop(),
+                                              name="chargegraph-webhook-store")
         await self.refresh()
         ctx.published.append(self.offer)
         ctx.committed.append(self._committed)
@@ -374,17 +431,22 @@ class WebhookDispatcher:
             # one the store holds longer puts it back itself once it lands.
             await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
         tasks = [t for t in (self._refresher, self._sweeper, self._follower, self._sights,
+                             self._persister, self._lease_keeper,
                              *(c.task for c in self._channels.values())) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        if self._writing is not None and not self._writing.done():
+            # The batch under way: what it stores decides what the handover updates.
+            await asyncio.wait([self._writing], timeout=max(0.0, deadline - loop.time()))
         unfinished = [(channel.webhook_id, delivery)
                       for channel in self._channels.values()
                       for delivery in channel.unfinished()]
         self._channels.clear()
         self._handed_over = True
         await self._hand_over(unfinished, max(0.0, deadline - loop.time()))
+        await self._release_lease()
         if self._resuming is not None and not self._resuming.done():
             log.warning("a claim of handed-over webhook deliveries is still waiting for "
                         "the store: it puts back what it takes if it lands before the "
@@ -399,7 +461,14 @@ class WebhookDispatcher:
         """Nothing waits or is being delivered, and no outage is being recorded or
         settled (tests wait on it; a pending outage waiting out its grace is idle)."""
         return not self._settling and all(c.task is None and not c.queue
-                                          for c in self._channels.values())
+                                          for c in self._channels.values()) \
+            and self.persisted
+
+    @property
+    def persisted(self) -> bool:
+        """Every delivery's record is written as it is now (or failing to be)."""
+        return (not self._unwritten or self._persist_failing) and (
+            self._writing is None or self._writing.done())
 
     def queue_lengths(self) -> list[int]:
         """How many events each webhook with a queue has waiting (``/metrics``)."""
@@ -534,8 +603,13 @@ class WebhookDispatcher:
         assert kind is not None  # it has targets
         event_id = "evt_" + uuid.uuid4().hex  # the same for every webhook it goes to
         queued_at = utcnow()
+        # Built now, once for every webhook: stored as it will be posted.
+        body = payload(event_id, kind.value, event.at, event_data(event))
+        encoded = encode(event).decode()
         for webhook_id in targets:
-            self._queue(webhook_id, _Delivery(event, kind.value, event_id, queued_at))
+            self._queue(webhook_id, _Delivery(
+                event, kind.value, event_id, queued_at, body=body,
+                delivery_id="dlv_" + uuid.uuid4().hex, encoded=encoded))
 
     def _queue(self, webhook_id: str, delivery: _Delivery) -> None:
         channel = self._channels.get(webhook_id)
@@ -546,33 +620,143 @@ class WebhookDispatcher:
             # hold more of those than its size; then the new event is dropped).
             channel.dropped += 1
             oldest = next((n for n, d in enumerate(channel.queue) if not d.resumed), None)
-            if oldest is not None:
-                del channel.queue[oldest]
-                channel.queue.append(delivery)
-        else:
-            channel.queue.append(delivery)
+            if oldest is None:
+                return
+            self._finished(webhook_id, channel.queue[oldest])
+            del channel.queue[oldest]
+        channel.queue.append(delivery)
+        if not delivery.stored:
+            self._note(webhook_id, delivery)
         if channel.task is None and not self._closed:  # closing: handed over instead
             channel.task = asyncio.get_running_loop().create_task(
                 self._drain(channel), name=f"chargegraph-webhook-{webhook_id}")
 
+    # ------------------------------------------------------------- storing
+    def _note(self, webhook_id: str, delivery: _Delivery) -> None:
+        """``delivery``'s record is to be written as it is now, by the next batch."""
+        self._unwritten[delivery.record_id] = (webhook_id, delivery)
+        self._to_write.set()
+
+    def _finished(self, webhook_id: str, delivery: _Delivery) -> None:
+        """``delivery`` is over (delivered, given up, dropped): its record goes."""
+        delivery.over = True
+        self._note(webhook_id, delivery)
+
+    async def _persist_loop(self) -> None:
+        """Writes what deliveries did, a batch at a time: at most one write per
+        ``persist_s``, and one at a time (each batch sees what the one before stored)."""
+        while True:
+            await self._to_write.wait()
+            await asyncio.sleep(self.persist_s)
+            self._to_write.clear()
+            # Shielded: a stop waits for the write under way instead of cutting it.
+            self._writing = asyncio.get_running_loop().create_task(self._persist())
+            if not await asyncio.shield(self._writing):
+                await asyncio.sleep(PERSIST_RETRY_S)
+                self._to_write.set()
+
+    async def _persist(self, *, handing_over: bool = False,
+                       unfinished: Sequence[tuple[str, _Delivery]] = ()) -> bool:
+        """One write of the deliveries noted since the last (new ones stored, tries
+        written, finished ones deleted); ``handing_over``: and ``unfinished`` written as
+        handed over. False, with the batch kept for the next, when the store fails."""
+        batch, self._unwritten = self._unwritten, {}
+        mine = self.instance_id
+        new: list[_Delivery] = []
+        records: dict[str, list[PendingDelivery]] = {"new": [], "progressed": [],
+                                                     "over": []}
+        kept: dict[str, tuple[str, _Delivery]] = {}
+        for key, (webhook_id, delivery) in batch.items():
+            # Settled: its outcome was final, a stop cutting the rest short.
+            if delivery.over or (handing_over and delivery.settled):
+                if delivery.stored or delivery.maybe_stored:
+                    records["over"].append(delivery.handed_over(webhook_id, mine))
+                    kept[key] = (webhook_id, delivery)
+            elif not handing_over:
+                owner = mine
+                if delivery.stored:
+                    records["progressed"].append(delivery.handed_over(webhook_id, owner))
+                else:
+                    records["new"].append(delivery.handed_over(webhook_id, owner))
+                    new.append(delivery)
+                kept[key] = (webhook_id, delivery)
+        for webhook_id, delivery in unfinished:
+            # Handed over: no instance's, any instance's to resume.
+            records["progressed" if delivery.stored else "new"].append(
+                delivery.handed_over(webhook_id, None))
+        try:
+            await self.services.webhooks.keep_deliveries(mine, **records)
+        except Exception as failure:
+            for delivery in new:
+                delivery.maybe_stored = True
+            for key, entry in kept.items():
+                self._unwritten.setdefault(key, entry)
+            if handing_over:
+                raise
+            if not self._persist_failing:
+                self._persist_failing = True
+                log.warning("storing webhook deliveries failed (%s): they still go out "
+                            "from memory, but a crash of this instance loses them; "
+                            "trying again every %gs", failure, PERSIST_RETRY_S,
+                            exc_info=True)
+            return False
+        for delivery in new:
+            delivery.stored = True
+        for _, delivery in batch.values():
+            if delivery.over or (handing_over and delivery.settled):
+                delivery.stored = delivery.maybe_stored = False
+        if self._persist_failing:
+            self._persist_failing = False
+            log.info("storing webhook deliveries works again")
+        return True
+
+    async def _renew_lease(self) -> None:
+        try:
+            await self.services.instances.renew(self.instance_id, _host_label(), self.lease,
+                                                serves_chargers=self.serves_chargers)
+        except Exception:
+            log.exception("renewing this instance's lease for its webhook deliveries "
+                          "failed: another instance may take them over")
+
+    async def _keep_lease(self) -> None:
+        """Renews the lease a few times per lease period: without it, another instance
+        takes this one's stored deliveries over (an OCPP server sharing it renews it too;
+        either keeps it)."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            await self._renew_lease()
+
+    async def _release_lease(self) -> None:
+        """At the end of a stop, with the deliveries handed over (an OCPP server sharing
+        the lease released it already, after its disconnects were recorded: a renewal
+        since would keep it until it expires)."""
+        try:
+            async with asyncio.timeout(self.handover_s):
+                await self.services.instances.release(self.instance_id)
+        except Exception:
+            log.warning("releasing this instance's lease failed; it expires on its own",
+                        exc_info=True)
+
     # ------------------------------------------------------------- handing over
     async def _hand_over(self, unfinished: list[tuple[str, _Delivery]],
                          within: float) -> None:
-        """Stores what this stopping instance still had to deliver, for another to
-        resume; a store that does not take it ``within`` seconds does not hold the stop
-        (what it had is then lost, as a crash loses it)."""
-        if not unfinished:
+        """Writes what this stopping instance still had to deliver as handed over, for
+        another to resume at once, and what ended since the last batch; a store that does
+        not take it ``within`` seconds does not hold the stop (what was stored stays
+        this instance's, taken over once its lease expires; what was not is lost)."""
+        if not unfinished and not self._unwritten:
             return
         try:
-            records = [delivery.handed_over(webhook_id) for webhook_id, delivery in unfinished]
             async with asyncio.timeout(within):
-                await self.services.webhooks.hand_over(records)
+                await self._persist(handing_over=True, unfinished=unfinished)
         except Exception:  # TimeoutError included
             log.exception("handing over %d webhook deliveries for the next instance "
-                          "failed: they may be lost", len(unfinished))
+                          "failed: those stored are taken over once this instance's "
+                          "lease expires, the others are lost", len(unfinished))
             return
-        log.info("handed over %d webhook deliveries for the next instance",
-                 len(unfinished))
+        if unfinished:
+            log.info("handed over %d webhook deliveries for the next instance",
+                     len(unfinished))
 
     async def resume_handed_over(self) -> int:
         """Claims the deliveries stopped instances handed over, oldest first, and queues
@@ -583,23 +767,30 @@ class WebhookDispatcher:
         resumed = 0
         try:
             while not self._closed and (
-                    claimed := await self.services.webhooks.claim_handed_over()) is not None:
+                    claimed := await self.services.webhooks.claim_handed_over(
+                        instance_id=self.instance_id)) is not None:
                 if self._handed_over:
                     # Landed after the stop took what it hands over: nobody would send
                     # these nor hand them over, so they go back to the store.
                     await self._put_back(claimed)
                     break
+                unreadable: list[PendingDelivery] = []
                 for record in claimed:
                     delivery = _resumed(record)
                     if delivery is not None:
                         self._queue(record.webhook_id, delivery)
                         resumed += 1
+                    else:
+                        unreadable.append(record)
+                if unreadable:  # not left to be claimed again for ever
+                    await self.services.webhooks.keep_deliveries(self.instance_id,
+                                                                 over=unreadable)
         except Exception:
             log.exception("resuming handed-over webhook deliveries failed; looking again "
                           "in %gs", self.refresh_s)
         if resumed:
-            log.info("resumed %d webhook deliveries a stopped instance handed over",
-                     resumed)
+            log.info("resumed %d webhook deliveries of an instance that stopped (or "
+                     "crashed: its lease expired)", resumed)
         return resumed
 
     async def _put_back(self, claimed: list[PendingDelivery]) -> None:
@@ -607,7 +798,10 @@ class WebhookDispatcher:
             return
         try:
             async with asyncio.timeout(self.handover_s):
-                await self.services.webhooks.hand_over(claimed)
+                # They are this instance's in the store now: handed over again.
+                await self.services.webhooks.keep_deliveries(
+                    self.instance_id,
+                    progressed=[dataclasses.replace(c, instance_id=None) for c in claimed])
         except Exception:
             log.exception("putting back %d handed-over webhook deliveries claimed as "
                           "this instance stopped failed: they may be lost", len(claimed))
@@ -688,6 +882,7 @@ class WebhookDispatcher:
                                   channel.webhook_id)
                 # Not on a cancellation (a stop): the delivery under way is handed over.
                 channel.current = None
+                self._finished(channel.webhook_id, delivery)
         finally:
             channel.task = None
 
@@ -716,11 +911,14 @@ class WebhookDispatcher:
             if not final:
                 delivery.due_at = utcnow() + timedelta(
                     seconds=self.backoff[min(attempt, len(self.backoff)) - 1])
+                self._note(channel.webhook_id, delivery)  # a crash resumes the tries left
             dropped, channel.dropped = channel.dropped, 0
             written = await webhooks.record_attempt(webhook, outcome, final=final,
                                                     dropped=dropped)
             if written is None or not written.active:
-                channel.queue.clear()  # removed or disabled: what waits goes too
+                for waiting in channel.queue:  # removed or disabled: what waits goes too
+                    self._finished(channel.webhook_id, waiting)
+                channel.queue.clear()
                 return
             if final:
                 return
@@ -823,7 +1021,7 @@ def _routed_for(webhook: Webhook | None, *, gone: bool) -> Sequence[str]:
 
 
 def _resumed(record: PendingDelivery) -> _Delivery | None:
-    """A handed-over delivery as this instance goes on with it (None, logged, for one
+    """A delivery taken over as this instance goes on with it (None, logged, for one
     this version cannot read)."""
     body = record.body.encode()
     try:
@@ -835,7 +1033,9 @@ def _resumed(record: PendingDelivery) -> _Delivery | None:
         return None
     return _Delivery(event, record.event_type, event_id, record.queued_at, body=body,
                      delivery_id=record.delivery_id, tries_made=record.tries_made,
-                     due_at=record.due_at, resumed=True)
+                     due_at=record.due_at, resumed=True, encoded=record.event,
+                     # Claimed as this instance's, it stays stored until it is over.
+                     record_id=record.id, stored=record.instance_id is not None)
 
 
 async def _error_text(response: httpx.Response) -> str:
@@ -848,3 +1048,9 @@ async def _error_text(response: httpx.Response) -> str:
     text = head[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
     text = "".join(c if c.isprintable() else " " for c in text)
     return f"HTTP {response.status_code}" + (f": {text}" if text else "")
+
+
+def _host_label() -> str:
+    """Which process holds a lease, for an operator reading the store (as the OCPP
+    server labels its own)."""
+    return f"{socket.gethostname()}:{os.getpid()}"

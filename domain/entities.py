@@ -828,6 +828,11 @@ class InstanceLease(Record):
     host: str
     started_at: datetime
     expires_at: datetime
+    #: False for an instance that serves no chargers (GraphQL only): it holds a lease for
+    #: the webhook deliveries it stores (``PendingDelivery.instance_id``), and is no
+    #: sign that chargers could connect (``InstanceService.others_alive``,
+    #: ``settle_outages``). Older rows: true.
+    serves_chargers: bool = True
 
 
 @dataclass(kw_only=True)
@@ -1256,13 +1261,15 @@ class OfflineNotice(Record):
 
 @dataclass(kw_only=True)
 class PendingDelivery(Record):
-    """A webhook delivery an instance still had queued or waiting for a retry when it
-    stopped gracefully, handed over for whichever instance starts (or runs) next to
-    claim and resume: by deleting it with a guard (``Delete(only_if=...)``), which one
-    instance wins. Exactly what the receiver would have got: the body already built (its
-    event id, and the signature computed over it), the delivery id it was (or would have
-    been) posted with, the tries made and when the next is due. Control state written by
-    the service, not audited."""
+    """A webhook delivery not yet delivered nor given up: stored when it is queued (a
+    batch at a time, ``WebhookDispatcher``), its tries and next try's time written as
+    they change, deleted once it is over. ``instance_id`` is the instance delivering it;
+    a graceful stop hands it over (``None``), and an instance whose lease expired (a
+    crash) leaves it to be taken over. Another instance claims such deliveries (a
+    guarded write, which one instance wins) and resumes them. Exactly what the receiver
+    would have got: the body already built (its event id, and the signature computed
+    over it), the delivery id it is posted with, the tries made and when the next is
+    due. Control state written by the service, not audited."""
 
     kind: ClassVar[str] = "pending_delivery"
     webhook_id: str
@@ -1281,6 +1288,10 @@ class PendingDelivery(Record):
     #: When it was queued: claimed and resumed in this order (``id`` breaking ties), so
     #: a webhook's deliveries keep their order.
     queued_at: datetime
+    #: The instance delivering it (its ``InstanceLease`` id); ``None``: handed over at a
+    #: graceful stop (and every delivery stored before migration 72), for any instance.
+    #: One whose instance's lease has expired is any instance's to take over too.
+    instance_id: str | None = None
 
 
 @dataclass(kw_only=True)

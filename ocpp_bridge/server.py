@@ -269,7 +269,7 @@ class OcppServer:
                  response_timeout: float = 30, instances_bus: EventBus | None = None,
                  instances: InstanceService | None = None, lease_seconds: float = 30.0,
                  trusted_proxies: str = "127.0.0.1,::1", metrics: Metrics = NO_METRICS,
-                 strict_schema: bool = False,
+                 strict_schema: bool = False, instance_id: str | None = None,
                  refusal_delay: float = CHARGER_REFUSAL_DELAY_S) -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
@@ -282,7 +282,9 @@ class OcppServer:
         # sweep for those of dead instances (``domain.services.instances``); ``None``
         # runs without (tests of a single server).
         self.instances = instances
-        self.instance_id = new_id()
+        # Shared with the instance's webhook delivery, whose stored deliveries another
+        # instance takes over once this lease expires.
+        self.instance_id = instance_id or new_id()
         self.host_label = _host_label()
         self.lease = timedelta(seconds=lease_seconds)
         self._lease_keeper: asyncio.Task[None] | None = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from domain.entities import ConnectorInterval, InstanceLease, Station
 from domain.errors import Conflict, NotFound
@@ -59,21 +60,28 @@ class InstanceService(Service):
         super().__init__(ctx)
         self.charging = charging
 
-    async def renew(self, instance_id: str, host: str, lease: timedelta) -> bool:
+    async def renew(self, instance_id: str, host: str, lease: timedelta, *,
+                    serves_chargers: bool = True) -> bool:
         """Extends the instance's lease to ``lease`` from now. True when there was no valid
         lease (first start, or it lapsed and may have been swept): the caller then records
-        its connections again."""
+        its connections again. ``serves_chargers`` False: a lease held only for the
+        instance's webhook deliveries (it runs no OCPP server); an OCPP server renewing
+        the same lease makes it one that serves chargers."""
         now = self.now()
         current = await self._lease(instance_id)
         if current is not None:
+            updates: dict[str, Any] = {"expires_at": now + lease}
+            if serves_chargers and not current.serves_chargers:
+                updates["serves_chargers"] = True
             try:
-                await self.store.write([patch(current, SYSTEM, expires_at=now + lease)], [])
+                await self.store.write([patch(current, SYSTEM, **updates)], [])
             except NotFound:
                 pass  # swept between the read and the write: start a new lease
             else:
                 return current.expires_at <= now
         await self.store.write([Insert(stamp_new(
-            InstanceLease(id=instance_id, host=host, started_at=now, expires_at=now + lease),
+            InstanceLease(id=instance_id, host=host, started_at=now, expires_at=now + lease,
+                          serves_chargers=serves_chargers),
             SYSTEM, now))], [])
         return True
 
@@ -109,7 +117,7 @@ class InstanceService(Service):
         chargers on this database right now."""
         live = await self.store.find_all(InstanceLease, Range("expires_at", gte=self.now()),
                                          limit=100)
-        return [lease for lease in live if lease.id != instance_id]
+        return [lease for lease in live if lease.id != instance_id and lease.serves_chargers]
 
     async def release(self, instance_id: str) -> None:
         """At a clean stop, once every disconnect is recorded: the lease is of no more use."""
@@ -161,7 +169,9 @@ class InstanceService(Service):
         (``Conflict``) and nothing is written twice."""
         now = self.now()
         due = now - RECONNECT_GRACE
-        leases = await self.store.find_all(InstanceLease, ALL, limit=LEASES_READ)
+        # Instances serving no chargers (GraphQL only) were no place to connect to.
+        leases = [lease for lease in await self.store.find_all(
+            InstanceLease, ALL, limit=LEASES_READ) if lease.serves_chargers]
         if not leases or min(lease.started_at for lease in leases) > due:
             return []  # no interval can be due yet: not even a read of them
         unknown = await self.store.find_all(ConnectorInterval, all_of(

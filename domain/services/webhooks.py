@@ -28,7 +28,14 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from domain import validation as v
-from domain.entities import DeliveryClaim, PendingDelivery, User, Webhook, WebhookEvent
+from domain.entities import (
+    DeliveryClaim,
+    InstanceLease,
+    PendingDelivery,
+    User,
+    Webhook,
+    WebhookEvent,
+)
 from domain.errors import (
     Conflict,
     DomainError,
@@ -51,9 +58,25 @@ from domain.events import (
 )
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
-from domain.ports import Delete, Insert, Update, WebhookAttempt, WebhookSender
-from domain.query import ALL, Eq, NotSub, Range, Sort, all_of
-from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
+from domain.ports import (
+    Change,
+    Delete,
+    Insert,
+    InsertIfAbsent,
+    Update,
+    WebhookAttempt,
+    WebhookSender,
+)
+from domain.query import ALL, Eq, Filter, NotSub, Or, Range, Sort, all_of
+from domain.services.base import (
+    STAMPS,
+    UNSET,
+    Service,
+    ServiceContext,
+    changed,
+    patch,
+    stamp_new,
+)
 from domain.services.edits import edit, retried
 
 log = logging.getLogger("chargegraph.webhooks")
@@ -76,6 +99,12 @@ CLAIM_BATCH = 1000
 #: A claim's lock older than this was left by an instance that died claiming: broken by
 #: the next claim (a live claim holds it for a few writes).
 CLAIM_STALE = timedelta(minutes=5)
+
+#: What a stored delivery's progress writes: its tries, the next try's time, and which
+#: instance delivers it (``None``: handed over).
+PROGRESS_FIELDS = frozenset({"tries_made", "due_at", "instance_id"}) | STAMPS
+#: A removed webhook's stored deliveries deleted per write.
+FORGET_BATCH = 1000
 
 #: The health fields a delivery writes, without the update stamps: who last changed the
 #: webhook stays its owner (``updatedBy``), not the instance that delivered.
@@ -367,11 +396,28 @@ class WebhookService(Service):
         return self.policy.takes_over_webhook(webhook, owner, enabler)
 
     async def remove_webhook(self, viewer: Viewer, webhook_id: str) -> Webhook:
-        """Deletes it; events already queued for it are not delivered."""
+        """Deletes it; events already queued for it are not delivered, and its stored
+        deliveries go too (an instance holding one drops it at its try)."""
         webhook = await self.visible(viewer, Webhook, webhook_id)
         await self.commit(viewer, [(Delete(webhook), webhook)])
         await self._announce(webhook)
+        try:
+            await self.forget_deliveries(webhook.id)
+        except Exception:  # the removal stands; what is left is dropped at its try
+            log.exception("deleting removed webhook %s's stored deliveries failed",
+                          webhook.id)
         return webhook
+
+    async def forget_deliveries(self, webhook_id: str) -> None:
+        """Deletes the stored deliveries of a removed webhook, whoever delivers them. One
+        deleted meanwhile (delivered, claimed) fails a batch: read again."""
+        for _ in range(100):
+            found = await self.store.find_all(PendingDelivery, Eq("webhook_id", webhook_id),
+                                              limit=FORGET_BATCH)
+            if not found:
+                return
+            with contextlib.suppress(NotFound):
+                await self.store.write([Delete(d) for d in found], [])
 
     async def _announce(self, webhook: Webhook) -> None:
         """Tells every instance that ``webhook`` changed, so each routes its events by it
@@ -492,11 +538,40 @@ class WebhookService(Service):
         now = self.now()
         await self.store.write([Insert(stamp_new(d, SYSTEM, now)) for d in deliveries], [])
 
-    async def claim_handed_over(self, batch: int = CLAIM_BATCH
+    async def keep_deliveries(self, owner: str, *, new: Sequence[PendingDelivery] = (),
+                              progressed: Sequence[PendingDelivery] = (),
+                              over: Sequence[PendingDelivery] = ()) -> None:
+        """One write of what ``owner``'s deliveries did since its last: ``new`` ones
+        stored (queued), ``progressed`` ones' tries, next try and instance written (a
+        graceful stop hands them over: ``instance_id`` None), ``over`` ones deleted
+        (delivered, given up, dropped). Updates and deletes hold only while the delivery
+        is still ``owner``'s: one another instance took over (this one's lease had
+        lapsed) stays that instance's. A write failing for a delivery that is gone (its
+        webhook removed, taken over) is written again change by change without it."""
+        now = self.now()
+        changes: list[Change] = [InsertIfAbsent(stamp_new(d, SYSTEM, now)) for d in new]
+        for delivery in progressed:
+            delivery.updated_at, delivery.updated_by = now, SYSTEM.actor
+            changes.append(Update(delivery, PROGRESS_FIELDS, only_if=("instance_id", owner)))
+        changes += [Delete(d, only_if=("instance_id", owner)) for d in over]
+        if not changes:
+            return
+        try:
+            await self.store.write(changes, [])
+        except (Conflict, NotFound):
+            for change in changes:
+                with contextlib.suppress(Conflict, NotFound):
+                    await self.store.write([change], [])
+
+    async def claim_handed_over(self, batch: int = CLAIM_BATCH, *,
+                                instance_id: str | None = None
                                 ) -> list[PendingDelivery] | None:
-        """The handed-over deliveries of one webhook (the one whose is oldest, among
-        those no other instance is claiming), all of them, in order, now this
-        instance's alone; ``None`` when none are left to take now.
+        """The deliveries of one webhook that no live instance delivers (handed over at
+        a graceful stop, or of an instance whose lease expired: it crashed), the webhook
+        whose is oldest among those no other instance is claiming: all of them, in
+        order, now this instance's alone; ``None`` when none are left to take now.
+        ``instance_id``: this instance's, written on them (they stay stored, its own,
+        until delivered); without it they are deleted (taken into memory only).
 
         One webhook's together, by one instance: split between instances, they would be
         posted side by side, out of order. So the claim first takes the webhook's
@@ -508,7 +583,9 @@ class WebhookService(Service):
         await self._break_stale_claims(now)
         order = (Sort("queued_at"), Sort("id"))
         unclaimed = NotSub("webhook_id", DeliveryClaim.kind, ALL)
-        oldest = await self.store.find_all(PendingDelivery, unclaimed, order, limit=1)
+        orphaned = _orphaned(now, instance_id)
+        oldest = await self.store.find_all(PendingDelivery, all_of(unclaimed, orphaned),
+                                           order, limit=1)
         if not oldest:
             return None
         lock = stamp_new(DeliveryClaim(id=oldest[0].webhook_id, claimant=new_id(),
@@ -519,11 +596,13 @@ class WebhookService(Service):
             return []  # another instance is taking this webhook's
         taken: list[PendingDelivery] = []
         try:
-            mine = Eq("webhook_id", lock.id)
+            # Only the webhook's that no live instance delivers: another's own stay its.
+            mine = all_of(Eq("webhook_id", lock.id), orphaned)
             while found := await self.store.find_all(PendingDelivery, mine, order,
                                                      limit=batch):
+                claims = [_taken(d, instance_id) for d in found]
                 try:
-                    await self.store.write([_taken(d) for d in found], [])
+                    await self.store.write(claims, [])
                 except (Conflict, NotFound):
                     break  # deleted meanwhile (its webhook removed): the rest stays
                 except Exception:
@@ -534,7 +613,7 @@ class WebhookService(Service):
                     log.exception("claiming webhook %s's handed-over deliveries failed "
                                   "after %d of them", lock.id, len(taken))
                     break
-                taken += found
+                taken += [cast(PendingDelivery, c.record) for c in claims]
         finally:
             try:
                 await self.store.write([Delete(lock, only_if=("claimant", lock.claimant))],
@@ -555,7 +634,25 @@ class WebhookService(Service):
                     [Delete(stale, only_if=("claimant", stale.claimant))], [])
 
 
-def _taken(delivery: PendingDelivery) -> Delete:
-    """The claim of ``delivery``: its deletion, only while it is still there (the guard
-    fails the write, ``Conflict``, once another instance deleted it)."""
-    return Delete(delivery, only_if=("delivery_id", delivery.delivery_id))
+def _orphaned(now: datetime, instance_id: str | None) -> Filter:
+    """Stored deliveries no live instance delivers: handed over (no instance), or of an
+    instance whose lease has expired or is gone (it crashed; a lease is deleted once
+    swept), and never ``instance_id``'s own (in its memory, whatever its lease says)."""
+    dead = NotSub("instance_id", InstanceLease.kind, Range("expires_at", gte=now))
+    if instance_id is None:
+        return dead
+    # "Not this instance's": a null, or any other id (above or below it).
+    others = Or((Eq("instance_id", None), Range("instance_id", lt=instance_id),
+                 Range("instance_id", gt=instance_id)))
+    return all_of(dead, others)
+
+
+def _taken(delivery: PendingDelivery, instance_id: str | None) -> Delete | Update:
+    """The claim of ``delivery``: made ``instance_id``'s (or deleted, without one), only
+    while it is still as read (the guard fails the write, ``Conflict``, once another
+    instance took it)."""
+    if instance_id is None:
+        return Delete(delivery, only_if=("delivery_id", delivery.delivery_id))
+    return Update(changed(delivery, SYSTEM, instance_id=instance_id), PROGRESS_FIELDS,
+                  only_if=("instance_id", delivery.instance_id), required=True,
+                  also_if=(("delivery_id", delivery.delivery_id),))

@@ -127,11 +127,12 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # station's open ones (each connection of a charger looks).
     "offline_notice": [[("state", ASCENDING), ("offline_at", ASCENDING)],
                        [("station_id", ASCENDING), ("state", ASCENDING)]],
-    # Webhook deliveries handed over at a graceful stop: the oldest, then all of its
-    # webhook's, in order (one instance claims a webhook's together).
+    # Webhook deliveries waiting: the oldest, then all of its webhook's, in order (one
+    # instance claims a webhook's together), and an instance's (migration 72's index).
     "pending_delivery": [[("queued_at", ASCENDING), ("_id", ASCENDING)],
                          [("webhook_id", ASCENDING), ("queued_at", ASCENDING),
-                          ("_id", ASCENDING)]],
+                          ("_id", ASCENDING)],
+                         [("instance_id", ASCENDING)]],
     # A user's expired refresh tokens and families, deleted at their next sign-in (the
     # token's hash has its unique index from ``UNIQUE_RULES``).
     "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],

@@ -278,6 +278,7 @@ ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("station", "configuration_truncated"),
     ("station", "diagnostics_previous_uploading"),
     ("station", "sight"),
+    ("instance_lease", "serves_chargers"),
 )
 
 

@@ -1439,6 +1439,16 @@ _V71 = """
 ALTER TABLE "session" ADD COLUMN "reported_end" INTEGER;
 """
 
+# Version 72: webhook deliveries stored when queued, not only at a graceful stop
+# (``PendingDelivery.instance_id``: the instance delivering it, null once handed over), so
+# a crashed instance's are taken over once its lease expired; and leases of instances
+# that serve no chargers (``InstanceLease.serves_chargers``), held for their deliveries.
+_V72 = """
+ALTER TABLE "pending_delivery" ADD COLUMN "instance_id" TEXT;
+CREATE INDEX "pending_delivery_instance_idx" ON "pending_delivery" ("instance_id");
+ALTER TABLE "instance_lease" ADD COLUMN "serves_chargers" INTEGER NOT NULL DEFAULT 1;
+"""
+
 # Version 73: the clients' idempotency keys (``IdempotencyKey``): one row per user and
 # key, its id derived from both, so the first request's insert is the claim a second
 # instance's fails on (the primary key). A user's are found by ``user_id`` (an erasure
@@ -1499,6 +1509,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (69, _V69),
                                      (70, _V70),
                                      (71, _V71),
+                                     (72, _V72),
                                      (73, _V73))
 
 

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = {
     "ocpp_validation": ["--messages", "200"],
     "store_inserts": ["--messages", "200", "--chargers", "10"],
+    "webhook_store": ["--deliveries", "100", "--batch", "10"],
     "nested_query": ["--repeat", "1"],
     "analytics": ["--samples", "20000", "--repeat", "1"],
     "ocpp_throughput": ["--cps", "10", "--seconds", "1", "--rate", "0"],

@@ -1,21 +1,24 @@
-"""Webhook deliveries handed over at a graceful stop (``PendingDelivery``), in both
-stores: kept byte for byte, claimed oldest webhook first with all of that webhook's in
-order, and claimed once: the guarded delete fails for whoever comes second, also when
-two claim at the same moment."""
+"""Webhook deliveries stored (``PendingDelivery``), in both stores: kept byte for byte,
+claimed oldest webhook first with all of that webhook's in order, and claimed once: the
+guarded write fails for whoever comes second, also when two claim at the same moment.
+Stored when queued, as their instance's: taken over only once that instance's lease has
+expired (a crash), never while it lives, and written (tries, deletion) only by the
+instance that has them."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace as dataclasses_replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from domain.entities import DeliveryClaim, PendingDelivery
+from domain.entities import DeliveryClaim, InstanceLease, PendingDelivery
 from domain.errors import Conflict
 from domain.policy import Policy
-from domain.ports import Delete, Insert, Store
-from domain.query import ALL
+from domain.ports import Delete, Insert, Store, Update
+from domain.query import ALL, Eq
 from domain.services import ServiceContext
 from domain.services.webhooks import CLAIM_STALE, WebhookService
 from tests.contract.factories import oid
@@ -30,11 +33,12 @@ def service(store: Store) -> WebhookService:
     return WebhookService(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
 
 
-def pending(webhook: int, number: int, *, tries: int = 0) -> PendingDelivery:
+def pending(webhook: int, number: int, *, tries: int = 0,
+            instance: str | None = None) -> PendingDelivery:
     return PendingDelivery(webhook_id=oid(webhook), delivery_id=f"dlv_{webhook}_{number}",
                            event_type="payment.captured", body=BODY, event="{}",
                            tries_made=tries, due_at=T0 + timedelta(seconds=30),
-                           queued_at=T0 + timedelta(seconds=number))
+                           queued_at=T0 + timedelta(seconds=number), instance_id=instance)
 
 
 async def test_handed_over_deliveries_are_claimed_a_webhook_at_a_time_in_order(
@@ -196,3 +200,102 @@ async def test_mongo_a_claim_half_written_leaves_the_webhook_to_its_claimer(
         claims = [[p.delivery_id for p in c] for c in (a_claim, b_claim, later) if c]
         left = await store.find_all(PendingDelivery, ALL)
     assert claims == [["dlv_1_0", "dlv_1_1", "dlv_1_2"]] and left == [], claims
+
+
+#: Instances (ids as the stores keep them).
+ALIVE, CRASHED, SWEPT, ME, OTHER, B, C = (oid(n) for n in range(101, 108))
+
+
+async def lease(store: Store, instance: str, *, expires_in: timedelta) -> None:
+    now = datetime.now(UTC)
+    await store.write([Insert(InstanceLease(id=instance, host="h:1", started_at=now,
+                                            expires_at=now + expires_in))], [])
+
+
+async def test_a_crashed_instances_deliveries_are_taken_over_a_live_ones_never(
+        store: Store) -> None:
+    """Stored when queued, each as its instance's: another instance takes over those
+    whose instance's lease has expired (it crashed) or is gone (swept), and those handed
+    over (none), as its own (they stay stored, now its, until delivered); never those
+    of an instance whose lease is live, nor its own, of the same webhook or not."""
+    webhooks = service(store)
+    await lease(store, ALIVE, expires_in=timedelta(minutes=1))
+    await lease(store, ME, expires_in=timedelta(minutes=1))
+    await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
+    await webhooks.keep_deliveries(ALIVE, new=[pending(1, 0, instance=ALIVE),
+                                                 pending(2, 9, instance=ALIVE)])
+    await webhooks.keep_deliveries(CRASHED, new=[pending(1, 1, instance=CRASHED,
+                                                           tries=2)])
+    await webhooks.keep_deliveries(SWEPT, new=[pending(1, 2, instance=SWEPT)])
+    await webhooks.hand_over([pending(1, 3)])
+    await webhooks.keep_deliveries(ME, new=[pending(1, 4, instance=ME)])
+
+    claimed = await webhooks.claim_handed_over(instance_id=ME)
+    assert [(p.delivery_id, p.tries_made, p.instance_id) for p in claimed or []] == [
+        ("dlv_1_1", 2, ME), ("dlv_1_2", 0, ME), ("dlv_1_3", 0, ME)]
+    assert await webhooks.claim_handed_over(instance_id=ME) is None
+    assert await webhooks.claim_handed_over(instance_id=OTHER) is None  # ME lives
+    held = {p.delivery_id: p.instance_id for p in await store.find_all(PendingDelivery, ALL)}
+    assert held == {"dlv_1_0": ALIVE, "dlv_2_9": ALIVE, "dlv_1_1": ME,
+                    "dlv_1_2": ME, "dlv_1_3": ME, "dlv_1_4": ME}
+    assert claimed is not None and claimed[0].body == BODY
+
+
+async def test_a_takeover_is_claimed_once_by_instances_racing(store: Store) -> None:
+    """Two surviving instances (their leases live) take a crashed one's over at the same
+    moment: one of them gets them all, in order, once."""
+    await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
+    for survivor in (B, C):
+        await lease(store, survivor, expires_in=timedelta(minutes=1))
+    await service(store).keep_deliveries(
+        CRASHED, new=[pending(1, n, instance=CRASHED) for n in range(3)])
+    racing = _WritesTogether(store, 2)
+    claims = await asyncio.gather(*(
+        service(racing).claim_handed_over(instance_id=name)  # type: ignore[arg-type]
+        for name in (B, C)))
+    won = sorted(claims, key=lambda c: len(c or []))
+    assert won[0] == [] and [p.delivery_id for p in won[1] or []] == [
+        "dlv_1_0", "dlv_1_1", "dlv_1_2"]
+    owners = {p.instance_id for p in await store.find_all(PendingDelivery, ALL)}
+    assert len(owners) == 1 and owners < {B, C}
+
+
+async def test_progress_and_deletion_are_written_only_by_the_instance_holding_them(
+        store: Store) -> None:
+    """One write for all: new ones stored, tries written, finished ones deleted; a
+    delivery another instance took over meanwhile (this one's lease had lapsed) or
+    deleted (its webhook removed) is skipped, the rest written."""
+    webhooks = service(store)
+    kept = [pending(1, n, instance=ME) for n in range(4)]
+    await webhooks.keep_deliveries(ME, new=kept[:3])
+    # Taken over by another instance meanwhile, and one deleted.
+    await store.write([Delete(kept[2])], [])
+    taken = dataclasses_replace(kept[1], instance_id=OTHER)
+    await store.write([Update(taken, frozenset({"instance_id"}))], [])
+
+    progressed = dataclasses_replace(kept[0], tries_made=3, due_at=T0 + timedelta(hours=1))
+    await webhooks.keep_deliveries(
+        ME, new=[kept[3]], progressed=[progressed, dataclasses_replace(kept[1], tries_made=4)],
+        over=[kept[2]])
+    stored = {p.delivery_id: (p.tries_made, p.instance_id, p.due_at)
+              for p in await store.find_all(PendingDelivery, ALL)}
+    assert stored == {"dlv_1_0": (3, ME, T0 + timedelta(hours=1)),
+                      "dlv_1_1": (0, OTHER, T0 + timedelta(seconds=30)),
+                      "dlv_1_3": (0, ME, T0 + timedelta(seconds=30))}
+    # Handed over at a graceful stop: no instance's; finished: deleted.
+    await webhooks.keep_deliveries(ME, progressed=[dataclasses_replace(
+        kept[0], instance_id=None)], over=[kept[3], kept[1]])
+    left = {p.delivery_id: p.instance_id for p in await store.find_all(PendingDelivery, ALL)}
+    assert left == {"dlv_1_0": None, "dlv_1_1": OTHER}
+    # Stored again (a write retried after a failure that had landed): no error, no twin.
+    await webhooks.keep_deliveries(ME, new=[kept[3], kept[3]])
+    assert await store.count(PendingDelivery, Eq("delivery_id", "dlv_1_3")) == 1
+
+
+async def test_a_removed_webhooks_stored_deliveries_are_forgotten(store: Store) -> None:
+    webhooks = service(store)
+    await webhooks.keep_deliveries(ME, new=[pending(1, n, instance=ME) for n in range(5)]
+                                   + [pending(2, 0, instance=ME)])
+    await webhooks.hand_over([pending(1, 7)])
+    await webhooks.forget_deliveries(oid(1))
+    assert [p.delivery_id for p in await store.find_all(PendingDelivery, ALL)] == ["dlv_2_0"]

@@ -210,7 +210,7 @@ def test_demo_reset_refuses_a_database_an_instance_runs_on(
     asyncio.run(migrated())
     with contextlib.closing(sqlite3.connect(tmp_path / "cli.db")) as conn, conn:
         far = 10**18  # a lease that expires in the far future: an instance runs
-        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?, 1)',
                      ("i1", "system", "system", "host", far))
     never_serve(monkeypatch)
     refused = runner.invoke(cli, ["demo", "--reset"])
@@ -243,7 +243,7 @@ def test_demo_reset_after_a_killed_demo_says_the_lease_may_be_stale(
     asyncio.run(migrated())
     expires = int(time.time() + 25) * 1_000_000  # the killed demo's lease, renewed 5 s ago
     with contextlib.closing(sqlite3.connect(tmp_path / "cli.db")) as conn, conn:
-        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?, 1)',
                      ("i1", "system", "system", "host", expires))
     never_serve(monkeypatch)
     refused = runner.invoke(cli, ["demo", "--reset"])

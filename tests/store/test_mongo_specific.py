@@ -52,6 +52,7 @@ from domain.entities import (
     ConnectorStatus,
     ConnectorType,
     IdTag,
+    InstanceLease,
     MeterSample,
     Payment,
     PaymentStatus,
@@ -2625,7 +2626,8 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
               payment(session(where), status=PaymentStatus.REFUNDED, amount_minor=660),
               ConnectorInterval(station_id=where.id, cp_id=where.cp_id, connector_id=1,
                                 status=ConnectorStatus.AVAILABLE, start=utcnow()),
-              ConnectionEvent(station_id=where.id, cp_id=where.cp_id, online=False)]
+              ConnectionEvent(station_id=where.id, cp_id=where.cp_id, online=False),
+              InstanceLease(host="old:1", started_at=utcnow(), expires_at=utcnow())]
     await mongo.write([Insert(r) for r in legacy], [])
     db = raw(mongo)
     for kind, name in migrations.ADDED_WITH_DEFAULT:  # written before the fields
@@ -2644,7 +2646,8 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
         ("session", "closed_without_stop"): False, ("connector_interval", "known"): True,
         ("connection_event", "server_outage"): False,
         ("station", "configuration_truncated"): False,
-        ("station", "diagnostics_previous_uploading"): False, ("station", "sight"): 0}
+        ("station", "diagnostics_previous_uploading"): False, ("station", "sight"): 0,
+        ("instance_lease", "serves_chargers"): True}
     assert stored["tariff", "idle_price_per_minute"]["_n_idle_price_per_minute"] == 0.0
     assert db[migrations.MIGRATIONS].find_one({"_id": "default_user_token_epoch"})["done"]
 

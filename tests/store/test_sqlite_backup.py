@@ -238,7 +238,7 @@ async def test_a_restore_is_refused_while_the_service_runs(database: Path,
     backup(database, tmp_path / "copy.db")
     with contextlib.closing(sqlite3.connect(database)) as conn, conn:
         far = 10**18  # a lease that expires in the far future: an instance runs
-        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?, 1)',
                      ("i1", "system", "system", "host", far))
     with pytest.raises(BackupError, match="an instance of the service runs"):
         restore(tmp_path / "copy.db", database)
@@ -533,7 +533,7 @@ async def test_a_restore_by_a_user_who_cannot_read_the_database_is_refused_under
     try:
         with contextlib.closing(sqlite3.connect(database)) as conn, conn:
             far = 10**18  # a lease that expires in the far future: an instance runs
-            conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+            conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?, 1)',
                          ("i1", "system", "system", "host", far))
         inode = database.stat().st_ino
 

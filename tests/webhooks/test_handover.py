@@ -15,7 +15,7 @@ from typing import Any
 from domain import entities as d
 from domain.clock import utcnow
 from domain.events import ConnectorStatusChanged
-from domain.ports import Delete
+from domain.ports import Update
 from domain.query import ALL, Eq
 from pubsub.codec import encode
 from tests.helpers import until
@@ -242,7 +242,7 @@ async def test_a_stop_with_a_full_queue_is_taken_over_by_one_instance_together(
 async def test_a_claim_still_running_when_the_stop_gives_up_puts_back_what_it_took(
         tmp_path: Path) -> None:
     """A running instance's claim is held by a slow store past the stop's wait for it
-    (``handover_s``): what it then deletes goes back to the store, for the next
+    (``handover_s``): what it then takes is handed over again, for the next
     instance, not into queues nobody sends nor hands over (review of the handover)."""
     async with two_instances(tmp_path) as (world, first, second):
         receiver = await world.receiver()
@@ -253,7 +253,8 @@ async def test_a_claim_still_running_when_the_stop_gives_up_puts_back_what_it_to
         claiming, claimed = asyncio.Event(), asyncio.Event()
 
         async def slow_claims(changes: Any, audit: Any, *rest: Any) -> None:
-            if changes and all(isinstance(c, Delete) for c in changes) \
+            # The claim: its guarded writes of the deliveries' instance.
+            if changes and all(isinstance(c, Update) and c.required for c in changes) \
                     and isinstance(changes[0].record, d.PendingDelivery):
                 claiming.set()
                 await asyncio.sleep(1.0)  # slower than handover_s
@@ -273,8 +274,8 @@ async def test_a_claim_still_running_when_the_stop_gives_up_puts_back_what_it_to
         world.dispatchers.remove(running)
         await asyncio.wait_for(claimed.wait(), 5)  # the claim's deletes land after it
 
-        async def put_back() -> bool:
-            return await world.store.count(d.PendingDelivery, ALL) == 3
+        async def put_back() -> bool:  # handed over again: no instance's
+            return await world.store.count(d.PendingDelivery, Eq("instance_id", None)) == 3
         await until(put_back)
         stored = await handed_over(world)
         assert [p.delivery_id for p in stored] == [f"{webhook.id}-{n}" for n in range(3)]

@@ -1,0 +1,191 @@
+"""A crash loses no delivery: each is stored when it is queued, as its instance's, its
+tries written as they are made, and deleted once over; an instance whose lease has
+expired (it crashed: no handover) has its deliveries taken over by one surviving
+instance, which goes on with them as they were. Dispatchers over real SQLite stores on
+one file; receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from chargegraph.webhooks import WebhookDispatcher
+from domain import entities as d
+from domain.errors import StoreUnavailable
+from domain.query import ALL
+from tests.helpers import until
+from tests.webhooks.conftest import World, two_instances
+from tests.webhooks.receiver import DRIP
+from tests.webhooks.test_delivery import available
+from tests.webhooks.test_handover import handed_over, requests_at_least
+
+#: A retry waits this long: a crash and a takeover fit in it.
+BACKOFF_S = 1.5
+#: The crashing instance's lease: it expires soon after the crash.
+LEASE_S = 0.6
+
+
+async def crash(world: World, dispatcher: WebhookDispatcher) -> None:
+    """As a SIGKILL leaves it: its tasks stop where they are, nothing is written after,
+    its lease is no longer renewed (and expires)."""
+    dispatcher._closed = True
+    with contextlib.suppress(ValueError):
+        dispatcher.services.ctx.published.remove(dispatcher.offer)
+    tasks = [t for t in (dispatcher._refresher, dispatcher._persister,
+                         dispatcher._lease_keeper, dispatcher._follower, dispatcher._sights,
+                         dispatcher._writing,
+                         *(c.task for c in dispatcher._channels.values())) if t is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    world.dispatchers.remove(dispatcher)
+
+
+async def stored_tries(world: World) -> list[int]:
+    return [p.tries_made for p in await handed_over(world)]
+
+
+async def test_a_crashed_instances_deliveries_are_resumed_once_by_one_survivor(
+        tmp_path: Path) -> None:
+    """The receiver is down for the first try of the first of three events; the
+    instance crashes while that retry waits and two more wait behind it. Two instances
+    (one the crashed one started again, one that ran all along) look for deliveries to
+    take over every 50 ms: once the lease has expired, one of them takes all three, and
+    each arrives once, in order, the retry with the delivery id and body of its first
+    try, signed with the webhook's secret."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(503, 200)
+        webhook, secret = await world.webhook("op", receiver, "connector.status_changed")
+        crashing = await world.dispatcher(first, backoff=(BACKOFF_S,), lease_s=LEASE_S)
+        for _ in range(3):
+            await available(world)
+        await requests_at_least(receiver, 1)
+
+        async def written() -> bool:  # the first try's outcome, and the two queued
+            return sorted(await stored_tries(world)) == [0, 0, 1]
+        await until(written)
+        stored = await handed_over(world)
+        assert {p.instance_id for p in stored} == {crashing.instance_id}
+        await crash(world, crashing)
+
+        survivors = [await world.dispatcher(services, backoff=(BACKOFF_S,), refresh_s=0.05)
+                     for services in (first, second)]
+        await requests_at_least(receiver, 4, attempts=800)
+        await world.settled()
+        await asyncio.sleep(0.3)  # more looks for deliveries to take over: nothing more
+        assert await handed_over(world) == []  # delivered: gone from the store
+        assert len(receiver.requests) == 4
+        assert sum(1 for s in survivors for c in s._channels.values()
+                   if c.webhook_id == webhook.id) <= 2
+    first_try, retry, *queued = receiver.requests
+    assert retry.headers["x-chargegraph-delivery"] == \
+        first_try.headers["x-chargegraph-delivery"]
+    assert retry.body == first_try.body and retry.signed_with(secret)
+    assert [r.json["data"]["status"] for r in (retry, *queued)] == [
+        "Available", "Preparing", "Available"]
+    assert len({r.headers["x-chargegraph-delivery"] for r in (retry, *queued)}) == 3
+    assert all(r.signed_with(secret) for r in queued)
+
+
+async def test_a_live_instances_deliveries_are_not_taken_over(tmp_path: Path) -> None:
+    """Another instance looking for deliveries to take over leaves alone those of an
+    instance whose lease is live, waiting for their retry: posted once, by it."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(503, 200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        await world.dispatcher(first, backoff=(0.8,), lease_s=LEASE_S)
+        await world.dispatcher(second, refresh_s=0.05)
+        await available(world)
+        await requests_at_least(receiver, 2)
+        await world.settled()
+        await asyncio.sleep(0.3)
+        assert len(receiver.requests) == 2
+        assert await handed_over(world) == []
+
+
+async def test_with_the_store_out_deliveries_still_go_out_from_memory(
+        tmp_path: Path) -> None:
+    """The store refusing every write of deliveries: they are delivered all the same
+    (only not durable meanwhile), and what is stored once it answers again is right:
+    nothing of those delivered."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        store = first.webhooks.store
+        real_write = store.write
+        out = True
+
+        async def failing(changes: list[object], audit: object, *rest: object) -> None:
+            if out and any(isinstance(getattr(c, "record", None), d.PendingDelivery)
+                           for c in changes):
+                raise StoreUnavailable("the store is out of reach", reason="out")
+            await real_write(changes, audit, *rest)  # type: ignore[arg-type]
+        store.write = failing  # type: ignore[method-assign,assignment]
+        dispatcher = await world.dispatcher(first)
+        await available(world)
+        await available(world)
+        await requests_at_least(receiver, 2)
+        out = False
+        dispatcher._to_write.set()  # its next try, without waiting PERSIST_RETRY_S
+
+        async def written() -> bool:
+            return not dispatcher._unwritten and not dispatcher._persist_failing
+        await until(written, attempts=500)
+        assert await world.store.find_all(d.PendingDelivery, ALL) == []
+
+
+async def test_a_removed_webhooks_stored_deliveries_go_with_it(tmp_path: Path) -> None:
+    """Removed while its deliveries wait (stored, their instance alive), the webhook's
+    stored deliveries are deleted with it: no instance takes them over later."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        await world.dispatcher(first, timeout=30.0)
+        for _ in range(3):
+            await available(world)
+        await requests_at_least(receiver, 1)  # the first hangs, two wait
+
+        async def stored() -> bool:
+            return len(await handed_over(world)) == 3
+        await until(stored)
+        await first.webhooks.remove_webhook(world.viewer("op"), webhook.id)
+        assert await handed_over(world) == []
+
+
+async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
+        tmp_path: Path) -> None:
+    """The write storing a delivery lands, but its answer is an error (a MongoDB batch
+    half-written, a connection lost after the commit): once the delivery is over it is
+    deleted all the same, not left in the store as this instance's, to be posted again
+    by whoever takes it over after this instance stops."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)  # no answer: its one try times out
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        store = first.webhooks.store
+        real_write = store.write
+        failures = 1
+
+        async def landed_then_failed(changes: list[object], audit: object,
+                                     *rest: object) -> None:
+            nonlocal failures
+            await real_write(changes, audit, *rest)  # type: ignore[arg-type]
+            if failures and any(isinstance(getattr(c, "record", None), d.PendingDelivery)
+                                for c in changes):
+                failures -= 1
+                raise StoreUnavailable("the answer was lost", reason="lost")
+        store.write = landed_then_failed  # type: ignore[method-assign,assignment]
+        dispatcher = await world.dispatcher(first, timeout=0.5, tries=1)
+        await available(world)
+
+        async def over() -> bool:  # its one try failed: given up
+            return (await world.stored(webhook)).last_error is not None
+        await until(over, attempts=300)
+        dispatcher._to_write.set()  # its next write, without waiting PERSIST_RETRY_S
+
+        async def written() -> bool:
+            return not dispatcher._unwritten and not dispatcher._persist_failing
+        await until(written, attempts=500)
+        assert failures == 0
+        assert await handed_over(world) == []
+
