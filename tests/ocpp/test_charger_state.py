@@ -311,6 +311,52 @@ async def test_an_idle_before_the_download_is_due_leaves_the_rollout_requested(
     assert seen == ["Requested", "Downloading", "Requested", "Idle"]
 
 
+@pytest.mark.parametrize(("kind", "ends"), [
+    ("FIRMWARE", ("Installed", "InstallationFailed", "DownloadFailed")),
+    ("DIAGNOSTICS", ("Uploaded", "UploadFailed")),
+])
+async def test_a_triggered_idle_leaves_the_end_of_the_last_rollout_or_upload(
+        central: Central, bus: MemoryEventBus, kind: str, ends: tuple[str, ...]) -> None:
+    """QA s27: an operator triggering a Firmware/DiagnosticsStatusNotification (OCPP 1.6
+    has the charger answer Idle when it is doing nothing) lost the outcome of the last
+    rollout or upload: an InstallationFailed, an Installed, an Uploaded read Idle from
+    then on, with the trigger's time, and was announced as Idle, so a fleet refreshed
+    this way showed no failed install any more. An Idle after an end is no news (the
+    charger is idle because it is done): the end stays, with its time, nothing is
+    announced. After a status that is no end (Downloading) an Idle is news (the charger
+    dropped the download) and is shown."""
+    field = "firmwareStatus" if kind == "FIRMWARE" else "diagnosticsStatus"
+    requested = "FIRMWARE_STATUS_NOTIFICATION" if kind == "FIRMWARE" \
+        else "DIAGNOSTICS_STATUS_NOTIFICATION"
+    notification = call.FirmwareStatusNotification if kind == "FIRMWARE" \
+        else call.DiagnosticsStatusNotification
+    under_way = "Downloading" if kind == "FIRMWARE" else "Uploading"
+    events = bus.subscribe(["maintenance"])
+    seen: list[str] = []
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            for end in ends:
+                await cp.call(notification(status=end))
+                ended = await firmware(central)
+                assert ended[field] == end
+                seen.append((await next_maintenance(events)).status)
+                # The simulator answers the trigger with an Idle, as OCPP 1.6 has it.
+                answer = await run(central, "triggerMessage", {
+                    "cpId": "CP-1", "requestedMessage": requested}, "status")
+                assert answer["status"] == "ACCEPTED"
+                await settle()
+                await cp.call(notification(status="Idle"))  # the same, to be sure it came
+                assert await firmware(central) == ended
+            await cp.call(notification(status=under_way))
+            await cp.call(notification(status="Idle"))
+            assert (await firmware(central))[field] == "Idle"
+            seen += [(await next_maintenance(events)).status for _ in range(2)]
+    finally:
+        await events.aclose()
+    assert seen == [*ends, under_way, "Idle"]
+
+
 class _ReportsFirst:
     """A charger whose ``kind`` notification of ``status`` is handled before its
     ``answer`` to the command (the two race in the central system)."""
