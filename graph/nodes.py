@@ -548,7 +548,9 @@ class DiagnosticsRequest:
         "When it was sent to the charger (which accepted it): its statuses from then on "
         "are this upload's, the first of them often handled before the answer."))
     file_name: str = strawberry.field(description=(
-        "The name of the file the charger said it would upload (its answer's `fileName`)."))
+        "The name of the file the charger said it would upload (its answer's `fileName`, "
+        "as its other text is shown: without control characters, a line break a "
+        "space)."))
 
     @classmethod
     def of(cls, r: d.Station) -> DiagnosticsRequest | None:

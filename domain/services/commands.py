@@ -106,7 +106,12 @@ from domain.services.pending_starts import (
 )
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
-from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval, stored_id_tag
+from domain.validation import (
+    MAX_CONNECTOR_ID,
+    heartbeat_interval,
+    shown_text,
+    stored_id_tag,
+)
 from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
@@ -643,6 +648,12 @@ class CommandService(Service):
         # Whoever the answer reaches (the caller, ``commandCompleted``, webhooks) is not
         # told a secret a charger read back.
         outcome.result = without_secrets(outcome.action, result)
+        name = outcome.result.get("fileName")
+        if outcome.action == "GetDiagnostics" and isinstance(name, str):
+            # The charger's text, shown in dashboards as its vendor or model is: without
+            # escape codes or line breaks (QA s27: kept and shown as sent). Nothing left
+            # of it is no file to upload.
+            outcome.result = {**outcome.result, "fileName": shown_text(name)}
         outcome.status = result.get("status")
         if outcome.status is not None and outcome.status not in POSITIVE:
             outcome.error = ChargerRejected(f"the charger answered {outcome.status}")

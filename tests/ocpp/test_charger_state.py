@@ -357,6 +357,33 @@ async def test_a_triggered_idle_leaves_the_end_of_the_last_rollout_or_upload(
     assert seen == [*ends, under_way, "Idle"]
 
 
+class _NamesItsFileWithControls(simulator.SimulatedChargePoint):
+    """A charger whose diagnostics file name carries an escape code and a line break."""
+
+    @on(Action.get_diagnostics)
+    def on_get_diagnostics(self, location: str, **options: Any) -> result.GetDiagnostics:
+        return result.GetDiagnostics(file_name="diag\x1b[31m-7\n.zip")
+
+
+async def test_a_diagnostics_file_name_is_shown_as_other_charger_text(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s27: the file name a charger answers a GetDiagnostics with was kept and shown
+    as sent, escape codes and line breaks included, where every other text a charger
+    reports (vendor, model, firmware, status info) is shown without them
+    (``validation.shown_text``): a dashboard listing requests printed the charger's
+    terminal codes. The answer, the station's request and the audit read it alike."""
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_upload_diagnostics",
+                        _reports_nothing)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=_NamesItsFileWithControls) as cp:
+        await cp.boot()
+        answer = await run(central, "getDiagnostics", {
+            "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName errors { code }")
+    assert answer == {**answer, "fileName": "diag[31m-7 .zip", "errors": []}
+    station = await diagnostics(central)
+    assert station["diagnosticsRequest"]["fileName"] == "diag[31m-7 .zip"
+
+
 class _ReportsFirst:
     """A charger whose ``kind`` notification of ``status`` is handled before its
     ``answer`` to the command (the two race in the central system)."""
