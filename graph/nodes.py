@@ -521,8 +521,8 @@ class IdTag(Node, Audited):
 @strawberry.type(description="A firmware update its charger accepted (OCPP UpdateFirmware).")
 class FirmwareRollout:
     requested_at: datetime = strawberry.field(description=(
-        "When it was sent to the charger (which accepted it): its statuses from then on "
-        "are this rollout's, the first of them often handled before the answer."))
+        "When the charger accepted it, or when it reported on it, if that came first "
+        "(a charger acts at once): its statuses from then on are this rollout's."))
     location: str = strawberry.field(description=(
         "Where the charger was to fetch the firmware from, without the URL's user "
         "information nor its query string's values, where a presigned URL carries its "
@@ -545,8 +545,8 @@ class FirmwareRollout:
     "name)."))
 class DiagnosticsRequest:
     requested_at: datetime = strawberry.field(description=(
-        "When it was sent to the charger (which accepted it): its statuses from then on "
-        "are this upload's, the first of them often handled before the answer."))
+        "When the charger accepted it, or when it reported on it, if that came first "
+        "(a charger acts at once): its statuses from then on are this upload's."))
     file_name: str = strawberry.field(description=(
         "The name of the file the charger said it would upload (its answer's `fileName`, "
         "as its other text is shown: without control characters, a line break a "
@@ -593,8 +593,8 @@ class Station(Node, Audited):
         "InstallationFailed (a triggered FirmwareStatusNotification: the charger is done) "
         "leaves that end. See `firmwareStatusAt`. Staff only."))
     firmware_status_at: datetime | None = strawberry.field(description=(
-        "When `firmwareStatus` was set (the notification came, or, for `Requested`, "
-        "the rollout was sent); null for a status kept before times were. Staff only."))
+        "When `firmwareStatus` was set (the notification came, or the rollout was "
+        "accepted); null for a status kept before times were. Staff only."))
     firmware_rollout: FirmwareRollout | None = strawberry.field(description=(
         "The last `updateFirmware` its charger accepted; null before any. Firmware "
         "statuses from `firmwareRollout.requestedAt` on are this rollout's. Staff only."))
@@ -607,8 +607,8 @@ class Station(Node, Audited):
         "DiagnosticsStatusNotification: the charger is done) leaves that end. See "
         "`diagnosticsStatusAt`. Staff only."))
     diagnostics_status_at: datetime | None = strawberry.field(description=(
-        "When `diagnosticsStatus` was set (the notification came, or, for `Requested`, "
-        "the upload was sent); null for a status kept before times were. Staff only."))
+        "When `diagnosticsStatus` was set (the notification came, or the upload was "
+        "accepted); null for a status kept before times were. Staff only."))
     diagnostics_request: DiagnosticsRequest | None = strawberry.field(description=(
         "The last `getDiagnostics` its charger accepted with a file name; null before "
         "any. Diagnostics statuses from `diagnosticsRequest.requestedAt` on are this "

@@ -258,7 +258,7 @@ class MaintenanceEvent(_OfStation):
                                                "Or `Requested`: an `updateFirmware` or "
                                                "`getDiagnostics` the charger accepted.")
     at: datetime = strawberry.field(description=(
-        "When it was reported (`Requested`: sent), UTC: the station's "
+        "When it was reported (or the update accepted), UTC: the station's "
         "`firmwareStatusAt` or `diagnosticsStatusAt`."))
     requested_at: datetime | None = strawberry.field(description=(
         "The request the status follows: FIRMWARE, the rollout "

@@ -348,8 +348,7 @@ def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
     has no status: any answer but a CALLERROR is a yes), or the diagnostics upload a
     GetDiagnostics it accepted does (its answer names the file it will upload: without
     a ``fileName`` it has nothing to upload, and nothing starts), as its station records
-    it; empty for any other command or outcome. The location as the audit keeps it.
-    ``now``: when it was sent, before the charger could act on it."""
+    it; empty for any other command or outcome. The location as the audit keeps it."""
     if outcome.error is not None:
         return {}
     if outcome.action == "GetDiagnostics":
@@ -1781,11 +1780,17 @@ class CommandService(Service):
                 # older than that report's and its entry's images of the station
                 # before it (review r2: the audit chain broke, ``updated_at`` went
                 # back). Read and decided again when another write came between.
-                beside = patch(current, viewer, **rollout,
+                # Dated from that report when it came first (a charger acts at once,
+                # and its first report is often handled before its answer): "statuses
+                # from the request on are its" holds for the one taken as its. QA s27:
+                # stamped with the answer's time, the report read as older than its
+                # own request.
+                at = getattr(current, f"{field}_at")
+                dated = {**rollout, asked: min(rollout[asked], at)} if at else rollout
+                beside = patch(current, viewer, **dated,
                                only_if=("updated_at", current.updated_at))
                 await self.commit(viewer, [(beside, current)])
                 if await self.landed([beside.record]):
-                    at = getattr(current, f"{field}_at")
                     if reported is not None and at is not None:
                         # Announced when it came, before this request was recorded,
                         # with the one before it (QA s27: a webhook consumer filed the
@@ -1978,14 +1983,10 @@ class CommandService(Service):
         remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \
             if interval is not None and interval != station.heartbeat_interval else []
         answered_at = outcome.answered_at = self.now()
-        # A rollout or upload is the request's from when it was sent: a charger acts at
-        # once, and its first report is often handled before its answer (QA s27: stamped
-        # with the answer's time, that report read as older than its own request).
-        asked = outcome.sent_at or answered_at
-        rollout = _rollout(outcome, payload, asked)
+        rollout = _rollout(outcome, payload, answered_at)
         if rollout:
             remembered.append((_requested(station, viewer, _kind(outcome.action), rollout,
-                                          asked), station))
+                                          answered_at), station))
 
         # A remote start the charger refused (or never got) holds its card and plug no
         # longer; one accepted, or unanswered (it may have taken it), holds them until
@@ -2020,7 +2021,7 @@ class CommandService(Service):
             await self.publish(StationChanged(**owned_by(station)))
         if rollout:
             await self._announce_requested(viewer, _kind(outcome.action), station,
-                                           remembered[-1][0].record, rollout, asked)
+                                           remembered[-1][0].record, rollout, answered_at)
         if outcome.action == "SendLocalList" and outcome.error is None:
             # What the charger's list holds now: a blocked card is withdrawn from the
             # lists that accept it (``Withdrawal``).

@@ -441,9 +441,9 @@ async def test_a_status_that_beat_the_answer_is_the_new_requests(
     `requestedAt` on are this request's") the station's status read as not the new
     request's, and its event, published before the request was recorded, named the
     request before (or none), so a webhook consumer filed it under last month's rollout.
-    The request is now stamped when it was sent, before anything the charger did about
-    it, and once it is recorded beside the status it raced, that status is announced
-    again with it."""
+    A request recorded beside the status that raced its answer is now dated from that
+    status (the charger's first word on it), and the status is announced again with
+    it."""
     charging = central.services.charging
     report = charging.firmware_status if kind == "FIRMWARE" else charging.diagnostics_status
     field, request = ("firmware", "firmwareRollout") if kind == "FIRMWARE" \
