@@ -520,7 +520,9 @@ class IdTag(Node, Audited):
 # ------------------------------------------------------------------------- stations
 @strawberry.type(description="A firmware update its charger accepted (OCPP UpdateFirmware).")
 class FirmwareRollout:
-    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
+    requested_at: datetime = strawberry.field(description=(
+        "When the charger accepted it, or when it reported on it, if that came first "
+        "(a charger acts at once): its statuses from then on are this rollout's."))
     location: str = strawberry.field(description=(
         "Where the charger was to fetch the firmware from, without the URL's user "
         "information nor its query string's values, where a presigned URL carries its "
@@ -542,9 +544,13 @@ class FirmwareRollout:
     "A diagnostics upload its charger accepted (OCPP GetDiagnostics answered with a file "
     "name)."))
 class DiagnosticsRequest:
-    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
+    requested_at: datetime = strawberry.field(description=(
+        "When the charger accepted it, or when it reported on it, if that came first "
+        "(a charger acts at once): its statuses from then on are this upload's."))
     file_name: str = strawberry.field(description=(
-        "The name of the file the charger said it would upload (its answer's `fileName`)."))
+        "The name of the file the charger said it would upload (its answer's `fileName`, "
+        "as its other text is shown: without control characters, a line break a "
+        "space)."))
 
     @classmethod
     def of(cls, r: d.Station) -> DiagnosticsRequest | None:
@@ -583,7 +589,9 @@ class Station(Node, Audited):
         "InstallationFailed, Idle), or `Requested`: an `updateFirmware` the charger "
         "accepted (`firmwareRollout`) and has not reported on yet. An Idle before "
         "`firmwareRollout.retrieveDate` leaves `Requested` (the download is not due); "
-        "from then on it is shown. See `firmwareStatusAt`. Staff only."))
+        "from then on it is shown. An Idle after Installed, DownloadFailed or "
+        "InstallationFailed (a triggered FirmwareStatusNotification: the charger is done) "
+        "leaves that end. See `firmwareStatusAt`. Staff only."))
     firmware_status_at: datetime | None = strawberry.field(description=(
         "When `firmwareStatus` was set (the notification came, or the rollout was "
         "accepted); null for a status kept before times were. Staff only."))
@@ -595,7 +603,9 @@ class Station(Node, Audited):
         "UploadFailed), or `Requested`: a `getDiagnostics` the charger accepted "
         "(`diagnosticsRequest`) and has not reported on yet. An Uploaded or UploadFailed "
         "while the upload before it was still Uploading is that upload's end and leaves "
-        "`Requested`. See `diagnosticsStatusAt`. Staff only."))
+        "`Requested`; an Idle after Uploaded or UploadFailed (a triggered "
+        "DiagnosticsStatusNotification: the charger is done) leaves that end. See "
+        "`diagnosticsStatusAt`. Staff only."))
     diagnostics_status_at: datetime | None = strawberry.field(description=(
         "When `diagnosticsStatus` was set (the notification came, or the upload was "
         "accepted); null for a status kept before times were. Staff only."))

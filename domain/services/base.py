@@ -226,6 +226,24 @@ def keeps_requested(station: Station, kind: str, status: str, now: datetime) -> 
         and station.diagnostics_previous_uploading and status in UPLOAD_ENDS
 
 
+#: The FirmwareStatusNotification statuses that end a rollout.
+ROLLOUT_ENDS = frozenset({"Installed", "InstallationFailed", "DownloadFailed"})
+
+
+def keeps_outcome(station: Station, kind: str, status: str) -> bool:
+    """Whether a charger's firmware (``FIRMWARE``) or diagnostics report of ``status``
+    leaves the end of the last rollout (``ROLLOUT_ENDS``) or upload (``UPLOAD_ENDS``)
+    the station reads: an ``Idle``, which OCPP 1.6 has a charger send only when a
+    TriggerMessage asks and it is doing nothing, says no more than the end does (it is
+    idle because it is done). Taken, it wrote an InstallationFailed over with the
+    trigger's time, so an operator refreshing a fleet's statuses lost every failed
+    install (QA s27). After any other status (Downloading, Uploading) an Idle is news:
+    the charger dropped what it was doing."""
+    ended = station.firmware_status in ROLLOUT_ENDS if kind == "FIRMWARE" \
+        else station.diagnostics_status in UPLOAD_ENDS
+    return status == "Idle" and ended
+
+
 def books_of(station: Station) -> tuple[str | None, str | None]:
     """Whose books a session on ``station`` goes to (``Session.company_id`` and
     ``station_owner_id``): its company's; a station of no company, its owner's. The

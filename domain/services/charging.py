@@ -66,6 +66,7 @@ from domain.services.base import (
     books_of,
     charger,
     holding_card,
+    keeps_outcome,
     keeps_requested,
     maintenance_event,
     not_erased,
@@ -2107,7 +2108,8 @@ class ChargingService(ChargerConnections):
         the rollout or upload the station records (a status belongs to the last one).
         A report that is no news of a ``Requested`` one (``keeps_requested``: a firmware
         Idle before the download is due, the late end of the upload before) leaves it
-        ``Requested`` and is not announced: the station reads what it did. Judged on the
+        ``Requested``, and an Idle after the end of a rollout or upload leaves that end
+        (``keeps_outcome``); neither is announced: the station reads what it did. Judged on the
         station as stored, not as cached, and written only onto that version
         (``edits.edit``; read again and judged again when another write came between):
         a request answered on another instance an instant ago is what the report is news
@@ -2121,6 +2123,8 @@ class ChargingService(ChargerConnections):
             station = await self._require_station(cp_id, fresh=True)
             now = self.now()
             values: dict[str, Any] = {field: status, f"{field}_at": now}
+            if keeps_outcome(station, kind, status):
+                return station, {}, now  # the end says it: done, so idle
             if keeps_requested(station, kind, status, now):
                 if kind == "FIRMWARE":
                     return station, {}, now  # the rollout's date says when it is due
@@ -2135,9 +2139,9 @@ class ChargingService(ChargerConnections):
         if field in values:
             await self.publish(maintenance_event(station, kind, status, now))
         else:
-            log.info("%s reported %s %s while %s is requested: not its news, the station "
-                     "still reads Requested", cp_id, kind.lower(), status,
-                     "a rollout" if kind == "FIRMWARE" else "an upload")
+            log.info("%s reported %s %s while the station reads %s: not news of it, the "
+                     "station still reads %s", cp_id, kind.lower(), status,
+                     getattr(station, field), getattr(station, field))
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:

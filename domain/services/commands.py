@@ -106,7 +106,12 @@ from domain.services.pending_starts import (
 )
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
-from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval, stored_id_tag
+from domain.validation import (
+    MAX_CONNECTOR_ID,
+    heartbeat_interval,
+    shown_text,
+    stored_id_tag,
+)
 from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
@@ -648,6 +653,12 @@ class CommandService(Service):
         # Whoever the answer reaches (the caller, ``commandCompleted``, webhooks) is not
         # told a secret a charger read back.
         outcome.result = without_secrets(outcome.action, result)
+        name = outcome.result.get("fileName")
+        if outcome.action == "GetDiagnostics" and isinstance(name, str):
+            # The charger's text, shown in dashboards as its vendor or model is: without
+            # escape codes or line breaks (QA s27: kept and shown as sent). Nothing left
+            # of it is no file to upload.
+            outcome.result = {**outcome.result, "fileName": shown_text(name)}
         outcome.status = result.get("status")
         if outcome.status is not None and outcome.status not in POSITIVE:
             outcome.error = ChargerRejected(f"the charger answered {outcome.status}")
@@ -1815,10 +1826,24 @@ class CommandService(Service):
                 # older than that report's and its entry's images of the station
                 # before it (review r2: the audit chain broke, ``updated_at`` went
                 # back). Read and decided again when another write came between.
-                beside = patch(current, viewer, **rollout,
+                # Dated from that report when it came first (a charger acts at once,
+                # and its first report is often handled before its answer): "statuses
+                # from the request on are its" holds for the one taken as its. QA s27:
+                # stamped with the answer's time, the report read as older than its
+                # own request.
+                at = getattr(current, f"{field}_at")
+                dated = {**rollout, asked: min(rollout[asked], at)} if at else rollout
+                beside = patch(current, viewer, **dated,
                                only_if=("updated_at", current.updated_at))
                 await self.commit(viewer, [(beside, current)])
                 if await self.landed([beside.record]):
+                    if reported is not None and at is not None:
+                        # Announced when it came, before this request was recorded,
+                        # with the one before it (QA s27: a webhook consumer filed the
+                        # new rollout's first status under last month's): told again,
+                        # as what the station reads now, this request's.
+                        await self.publish(maintenance_event(
+                            cast(Station, beside.record), kind, reported, at))
                     return
                 continue
             await self.commit(viewer, [(again, current)])

@@ -311,20 +311,97 @@ async def test_an_idle_before_the_download_is_due_leaves_the_rollout_requested(
     assert seen == ["Requested", "Downloading", "Requested", "Idle"]
 
 
+@pytest.mark.parametrize(("kind", "ends"), [
+    ("FIRMWARE", ("Installed", "InstallationFailed", "DownloadFailed")),
+    ("DIAGNOSTICS", ("Uploaded", "UploadFailed")),
+])
+async def test_a_triggered_idle_leaves_the_end_of_the_last_rollout_or_upload(
+        central: Central, bus: MemoryEventBus, kind: str, ends: tuple[str, ...]) -> None:
+    """QA s27: an operator triggering a Firmware/DiagnosticsStatusNotification (OCPP 1.6
+    has the charger answer Idle when it is doing nothing) lost the outcome of the last
+    rollout or upload: an InstallationFailed, an Installed, an Uploaded read Idle from
+    then on, with the trigger's time, and was announced as Idle, so a fleet refreshed
+    this way showed no failed install any more. An Idle after an end is no news (the
+    charger is idle because it is done): the end stays, with its time, nothing is
+    announced. After a status that is no end (Downloading) an Idle is news (the charger
+    dropped the download) and is shown."""
+    field = "firmwareStatus" if kind == "FIRMWARE" else "diagnosticsStatus"
+    requested = "FIRMWARE_STATUS_NOTIFICATION" if kind == "FIRMWARE" \
+        else "DIAGNOSTICS_STATUS_NOTIFICATION"
+    notification = call.FirmwareStatusNotification if kind == "FIRMWARE" \
+        else call.DiagnosticsStatusNotification
+    under_way = "Downloading" if kind == "FIRMWARE" else "Uploading"
+    events = bus.subscribe(["maintenance"])
+    seen: list[str] = []
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            for end in ends:
+                await cp.call(notification(status=end))
+                ended = await firmware(central)
+                assert ended[field] == end
+                seen.append((await next_maintenance(events)).status)
+                # The simulator answers the trigger with an Idle, as OCPP 1.6 has it.
+                answer = await run(central, "triggerMessage", {
+                    "cpId": "CP-1", "requestedMessage": requested}, "status")
+                assert answer["status"] == "ACCEPTED"
+                await settle()
+                await cp.call(notification(status="Idle"))  # the same, to be sure it came
+                assert await firmware(central) == ended
+            await cp.call(notification(status=under_way))
+            await cp.call(notification(status="Idle"))
+            assert (await firmware(central))[field] == "Idle"
+            seen += [(await next_maintenance(events)).status for _ in range(2)]
+    finally:
+        await events.aclose()
+    assert seen == [*ends, under_way, "Idle"]
+
+
+class _NamesItsFileWithControls(simulator.SimulatedChargePoint):
+    """A charger whose diagnostics file name carries an escape code and a line break."""
+
+    @on(Action.get_diagnostics)
+    def on_get_diagnostics(self, location: str, **options: Any) -> result.GetDiagnostics:
+        return result.GetDiagnostics(file_name="diag\x1b[31m-7\n.zip")
+
+
+async def test_a_diagnostics_file_name_is_shown_as_other_charger_text(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s27: the file name a charger answers a GetDiagnostics with was kept and shown
+    as sent, escape codes and line breaks included, where every other text a charger
+    reports (vendor, model, firmware, status info) is shown without them
+    (``validation.shown_text``): a dashboard listing requests printed the charger's
+    terminal codes. The answer, the station's request and the audit read it alike."""
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_upload_diagnostics",
+                        _reports_nothing)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=_NamesItsFileWithControls) as cp:
+        await cp.boot()
+        answer = await run(central, "getDiagnostics", {
+            "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName errors { code }")
+    assert answer == {**answer, "fileName": "diag[31m-7 .zip", "errors": []}
+    station = await diagnostics(central)
+    assert station["diagnosticsRequest"]["fileName"] == "diag[31m-7 .zip"
+
+
 class _ReportsFirst:
     """A charger whose ``kind`` notification of ``status`` is handled before its
     ``answer`` to the command (the two race in the central system)."""
 
-    def __init__(self, central: Central, kind: str, status: str, answer: dict[str, Any]
-                 ) -> None:
+    def __init__(self, central: Central, kind: str, status: str, answer: dict[str, Any],
+                 pause: float = 0.0) -> None:
         self.central, self.kind, self.status, self.answer = central, kind, status, answer
+        #: Seconds before the report and before the answer: each in a later millisecond.
+        self.pause = pause
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         charging = self.central.services.charging
         report = charging.firmware_status if self.kind == "FIRMWARE" \
             else charging.diagnostics_status
+        await asyncio.sleep(self.pause)
         await report(cp_id, self.status)
+        await asyncio.sleep(self.pause)
         return self.answer
 
 
@@ -349,6 +426,61 @@ async def test_a_diagnostics_report_that_beat_the_answer(
     station = await diagnostics(central)
     assert station["diagnosticsStatus"] == shown
     assert station["diagnosticsRequest"]["fileName"] == "diag.zip"
+
+
+@pytest.mark.parametrize(("kind", "racing", "command", "answer"), [
+    ("FIRMWARE", "Downloading", "updateFirmware", {}),
+    ("DIAGNOSTICS", "Uploading", "getDiagnostics", {"fileName": "diag-2.zip"}),
+])
+async def test_a_status_that_beat_the_answer_is_the_new_requests(
+        central: Central, bus: MemoryEventBus, kind: str, racing: str, command: str,
+        answer: dict[str, Any]) -> None:
+    """QA s27: a charger reporting at once (the simulator does: its Downloading follows
+    its answer) has its first report handled before the answer. The request was stamped
+    with the answer's time, after that report: by the API's own rule ("statuses from
+    `requestedAt` on are this request's") the station's status read as not the new
+    request's, and its event, published before the request was recorded, named the
+    request before (or none), so a webhook consumer filed it under last month's rollout.
+    A request recorded beside the status that raced its answer is now dated from that
+    status (the charger's first word on it), and the status is announced again with
+    it."""
+    charging = central.services.charging
+    report = charging.firmware_status if kind == "FIRMWARE" else charging.diagnostics_status
+    field, request = ("firmware", "firmwareRollout") if kind == "FIRMWARE" \
+        else ("diagnostics", "diagnosticsRequest")
+    query = f"""{{ station(cpId: "CP-1") {{ {field}Status {field}StatusAt
+        {request} {{ requestedAt }} }} }}"""
+    location = "https://fw.example.com/1.0.bin" if kind == "FIRMWARE" \
+        else "https://diag.example.com/up"
+    inputs = {"cpId": "CP-1", "location": location}
+    if kind == "FIRMWARE":
+        inputs["retrieveDate"] = datetime.now(UTC).isoformat()
+    events = bus.subscribe(["maintenance"])
+    try:
+        # The request before, ended.
+        central.services.attach_gateway(_ReportsFirst(  # type: ignore[arg-type]
+            central, kind, racing, {"fileName": "diag-1.zip"} if answer else {}))
+        await run(central, command, inputs, "errors { code }")
+        await report("CP-1", "Installed" if kind == "FIRMWARE" else "Uploaded")
+        before = (await central.gql(query, as_user="op"))["station"][request]
+        while (await next_maintenance(events)).status not in ("Installed", "Uploaded"):
+            pass
+        central.services.attach_gateway(_ReportsFirst(  # type: ignore[arg-type]
+            central, kind, racing, answer, pause=0.005))
+        got = await run(central, command, inputs, "errors { code }")
+        assert got["errors"] == []
+        station = (await central.gql(query, as_user="op"))["station"]
+        asked = when(station[request]["requestedAt"])
+        assert asked > when(before["requestedAt"])  # the new request is recorded
+        assert station[f"{field}Status"] == racing
+        assert when(station[f"{field}StatusAt"]) >= asked  # ... and the status is its
+        raced = await next_maintenance(events)  # published before the request was known
+        assert (raced.status, raced.requested_at) == (racing, when(before["requestedAt"]))
+        again = await next_maintenance(events)
+        assert (again.kind, again.status, again.at, again.requested_at) == (
+            kind, racing, when(station[f"{field}StatusAt"]), asked)
+    finally:
+        await events.aclose()
 
 
 @pytest.mark.parametrize(("due", "shown"), [(timedelta(hours=3), "Requested"),
@@ -513,8 +645,12 @@ async def test_a_report_landing_before_the_requested_write_leaves_no_entry_of_it
         assert entry.before == previous.after
     # The last entry is the station's version stored (telemetry since is no version).
     assert entries[-1].after["updated_at"] == rfc3339(stored.updated_at)  # type: ignore[index]
-    assert [e.status for e in published if isinstance(e, MaintenanceStatusChanged)] == [
-        report]
+    # No Requested: the report, and the report again once the request is beside it, as
+    # that request's (``test_a_status_that_beat_the_answer_is_the_new_requests``).
+    told = [e for e in published if isinstance(e, MaintenanceStatusChanged)]
+    assert [e.status for e in told] == [report, report]
+    assert told[-1].requested_at == (stored.firmware_requested_at if kind == "FIRMWARE"
+                                     else stored.diagnostics_requested_at)
 
 
 @pytest.mark.parametrize(("kind", "reports"), [("FIRMWARE", ("Downloading", "Downloaded")),
