@@ -85,6 +85,7 @@ from domain.services.base import (
     reservation_changed,
     reserved_for_card,
     stamp_new,
+    still_in_books,
 )
 from domain.services.configuration import (
     REBOOT_REQUIRED,
@@ -510,6 +511,36 @@ class CommandService(Service):
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
             raise Unauthenticated("sign in first")
+        # Read, checked and recorded again from the station's read when the record's
+        # write met a handover (``_new_reservation``'s books guard, CHANGED).
+        asked = payload
+        outcome, payload, watched = await retried(lambda: self._authorized(
+            viewer, cp_id, action, asked, own_list=own_list, owe_cancel=owe_cancel))
+        station = outcome.station
+        outcome.requested_by = viewer.actor
+        viewer = audited_as or viewer  # authorized: from here on, whose command it is
+        timeout = self.timeout if timeout is None else timeout
+        unread = None
+        if action == "ChangeConfiguration":
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            unread = await self._read_limit_in_force(viewer, station, payload, timeout)
+            # One budget for the read and the change (``PRE_READ_SHARE``).
+            timeout = max(timeout - (loop.time() - started) / 2,
+                          timeout * (1 - PRE_READ_SHARE))
+        await self._carry(viewer, outcome, payload, timeout)
+        if unread is not None and outcome.status == REBOOT_REQUIRED:
+            await self._tell_in_force_unknown(station, str(payload["key"]), unread)
+        if watched is not None:
+            await watched.profile_commanded(outcome, payload)
+        return outcome
+
+    async def _authorized(self, viewer: Viewer, cp_id: str, action: str,
+                          payload: dict[str, Any], *, own_list: bool, owe_cancel: bool
+                          ) -> tuple[CommandOutcome, dict[str, Any], ProfileWatch | None]:
+        """``send``'s read of the station, its checks, and the records the command
+        implies (a reservation, a pending start): the outcome to carry, the payload as
+        checked, and the site watching it (``ProfileWatch``). Raises the refusals."""
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
@@ -568,23 +599,7 @@ class CommandService(Service):
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
-        outcome.requested_by = viewer.actor
-        viewer = audited_as or viewer  # authorized: from here on, whose command it is
-        timeout = self.timeout if timeout is None else timeout
-        unread = None
-        if action == "ChangeConfiguration":
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            unread = await self._read_limit_in_force(viewer, station, payload, timeout)
-            # One budget for the read and the change (``PRE_READ_SHARE``).
-            timeout = max(timeout - (loop.time() - started) / 2,
-                          timeout * (1 - PRE_READ_SHARE))
-        await self._carry(viewer, outcome, payload, timeout)
-        if unread is not None and outcome.status == REBOOT_REQUIRED:
-            await self._tell_in_force_unknown(station, str(payload["key"]), unread)
-        if watched is not None:
-            await watched.profile_commanded(outcome, payload)
-        return outcome
+        return outcome, payload, watched
 
     async def _carry(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any],
                      timeout: float | None = None) -> None:
@@ -1483,7 +1498,15 @@ class CommandService(Service):
         payload["reservationId"] = reservation.reservation_id
         # Which of its plugs were free before it: the map hears of those it takes only.
         were_free = await self.plugs_free(station.id, connector_id)
-        await self.commit(viewer, [(Insert(reservation), None)])
+        # Only while the station is in the books it was read in (``still_in_books``), as
+        # a session's start and a price are: a handover landing between ``send``'s read
+        # and this write booked the reservation to the company that had left the
+        # station, told its webhooks and feeds of it, and let its operator reserve a
+        # charger they no longer ran (QA s27). Refused (CHANGED), ``send`` reads the
+        # station again: the former company's operator no longer sees it (NOT_FOUND), a
+        # driver's reservation is the new company's.
+        await self.commit(viewer, [(Insert(reservation), None)],
+                          guards=[still_in_books(station)])
         try:
             # Checked again with ours stored: two requests (here or on another instance)
             # can both pass the first check, but of two stored clashing reservations each
