@@ -1521,6 +1521,8 @@ class CommandService(Service):
             reservation_id=await self.store.next_sequence("reservation"),
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             id_tag=str(payload["idTag"]).upper(), expires_at=expiry,
+            parent_id_tag=str(payload["parentIdTag"]).upper()
+            if payload.get("parentIdTag") else None,
             user_id=tag.user_id if tag else None, company_id=company_id,
             station_owner_id=station_owner_id), viewer)
         payload["reservationId"] = reservation.reservation_id
