@@ -955,6 +955,11 @@ class Reservation(Record):
     id_tag: str
     expires_at: datetime
     user_id: str | None = None
+    #: The group its charger was told it serves too (ReserveNow's parentIdTag, an
+    #: operator's or admin's: ``CommandService._check_driver``), upper case; ``None``:
+    #: the card's own group only (``base.reserved_for_card``). Kept so that a card of
+    #: that group, which the charger lets start on it, takes it up here too (QA s27).
+    parent_id_tag: str | None = None
     state: ReservationState = ReservationState.PENDING
     #: Whose books this is, from its station when it was made: the station's company, or
     #: for a station of no company its owner (``base.books_of``), as sessions record

@@ -144,7 +144,9 @@ async def reserved_for_card(store: Store, reservation: Reservation, presented: s
     its own id tag, a card whose parentIdTag is the reserved id, or one of the reserved
     card's group. One rule for a start (``ChargingService``) and a driver's remote start
     (``CommandService``). A group is a company's: a card of another company carrying
-    the same parentIdTag is not of it (``same_company``). The reserved card is the one
+    the same parentIdTag is not of it (``same_company``). A group named beside the card
+    (``Reservation.parent_id_tag``) is served too, as its charger serves it. The
+    reserved card is the one
     the reservation was made for (``made_for``): a card issued with the reserved id
     later, by another company, is not it, and presenting it takes the reservation only
     as a bare id's, for its maker's company."""
@@ -158,6 +160,11 @@ async def reserved_for_card(store: Store, reservation: Reservation, presented: s
             or await same_company(store, card, None, reservation)
     if card is None or card.parent_tag is None:
         return False
+    if reservation.parent_id_tag is not None and card.parent_tag == reservation.parent_id_tag:
+        # The group its maker named beside the card (ReserveNow's parentIdTag), which the
+        # charger holds the plug for too: their company's group, as a bare group id is
+        # (QA s27: its cards were refused here, and their start left it live).
+        return await same_company(store, card, None, reservation)
     if card.parent_tag != reservation.id_tag and (
             reserved is None or reserved.parent_tag != card.parent_tag):
         return False

@@ -85,6 +85,7 @@ from domain.services.base import (
     reservation_changed,
     reserved_for_card,
     stamp_new,
+    still_in_books,
 )
 from domain.services.configuration import (
     REBOOT_REQUIRED,
@@ -519,6 +520,36 @@ class CommandService(Service):
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
             raise Unauthenticated("sign in first")
+        # Read, checked and recorded again from the station's read when the record's
+        # write met a handover (``_new_reservation``'s books guard, CHANGED).
+        asked = payload
+        outcome, payload, watched = await retried(lambda: self._authorized(
+            viewer, cp_id, action, asked, own_list=own_list, owe_cancel=owe_cancel))
+        station = outcome.station
+        outcome.requested_by = viewer.actor
+        viewer = audited_as or viewer  # authorized: from here on, whose command it is
+        timeout = self.timeout if timeout is None else timeout
+        unread = None
+        if action == "ChangeConfiguration":
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            unread = await self._read_limit_in_force(viewer, station, payload, timeout)
+            # One budget for the read and the change (``PRE_READ_SHARE``).
+            timeout = max(timeout - (loop.time() - started) / 2,
+                          timeout * (1 - PRE_READ_SHARE))
+        await self._carry(viewer, outcome, payload, timeout)
+        if unread is not None and outcome.status == REBOOT_REQUIRED:
+            await self._tell_in_force_unknown(station, str(payload["key"]), unread)
+        if watched is not None:
+            await watched.profile_commanded(outcome, payload)
+        return outcome
+
+    async def _authorized(self, viewer: Viewer, cp_id: str, action: str,
+                          payload: dict[str, Any], *, own_list: bool, owe_cancel: bool
+                          ) -> tuple[CommandOutcome, dict[str, Any], ProfileWatch | None]:
+        """``send``'s read of the station, its checks, and the records the command
+        implies (a reservation, a pending start): the outcome to carry, the payload as
+        checked, and the site watching it (``ProfileWatch``). Raises the refusals."""
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
@@ -579,23 +610,7 @@ class CommandService(Service):
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
-        outcome.requested_by = viewer.actor
-        viewer = audited_as or viewer  # authorized: from here on, whose command it is
-        timeout = self.timeout if timeout is None else timeout
-        unread = None
-        if action == "ChangeConfiguration":
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            unread = await self._read_limit_in_force(viewer, station, payload, timeout)
-            # One budget for the read and the change (``PRE_READ_SHARE``).
-            timeout = max(timeout - (loop.time() - started) / 2,
-                          timeout * (1 - PRE_READ_SHARE))
-        await self._carry(viewer, outcome, payload, timeout)
-        if unread is not None and outcome.status == REBOOT_REQUIRED:
-            await self._tell_in_force_unknown(station, str(payload["key"]), unread)
-        if watched is not None:
-            await watched.profile_commanded(outcome, payload)
-        return outcome
+        return outcome, payload, watched
 
     async def _carry(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any],
                      timeout: float | None = None) -> None:
@@ -686,8 +701,8 @@ class CommandService(Service):
             raise Forbidden("only operators and admins reserve for a card group",
                             field="parentIdTag")
         if action in ("RemoteStartTransaction", "ReserveNow"):
-            return await self._own_tag(viewer, payload,
-                                       starting=action == "RemoteStartTransaction")
+            return await self._own_tag(viewer, payload, station if action ==
+                                       "RemoteStartTransaction" else None)
         if action == "RemoteStopTransaction":
             session = await self.store.find_one(Session, all_of(
                 Eq("transaction_id", payload.get("transactionId")), Eq("cp_id", station.cp_id)))
@@ -710,20 +725,22 @@ class CommandService(Service):
         if session is not None and session.station_id != station.id:
             raise NotFound("no such transaction on this station", field="transactionId")
 
-    async def _own_tag(self, viewer: Viewer, payload: dict[str, Any], *, starting: bool
-                       ) -> str | None:
+    async def _own_tag(self, viewer: Viewer, payload: dict[str, Any],
+                       starting: Station | None) -> str | None:
         """A driver charges with their own tag: the one given, or (none given) the one
-        linked to the vehicle given (``vehicleId``), else their first usable tag. The
-        vehicle, given, must be theirs and kept (``NOT_FOUND``), with a tag given too: it
-        is the car the session is booked to (returned; QA s23: it was ignored beside an
-        idTag, the session booked to the card's car, another driver's car never
-        checked; and a car no card is linked to read "no usable id tag" though the
-        driver held one). To start charging (``starting``) the tag must not be charging
-        already nor have a remote start pending (``_refuse_pending``): the charger would
-        accept the remote start and then refuse its StartTransaction (ConcurrentTx), the
-        driver left at a dead plug; nor the car be starting or charging, nor (naming
-        neither card nor car) the driver be starting (``_refuse_driver_starting``).
-        Returns the car the start is for: the one given, else the card's."""
+        linked to the vehicle given (``vehicleId``), else their first usable tag; to
+        start charging (``starting``: on that station) one a live reservation there holds
+        the plug for before any (``_reserved_first``). The vehicle, given, must be theirs
+        and kept (``NOT_FOUND``), with a tag given too: it is the car the session is
+        booked to (returned; QA s23: it was ignored beside an idTag, the session booked
+        to the card's car, another driver's car never checked; and a car no card is
+        linked to read "no usable id tag" though the driver held one). To start
+        charging the tag must not be charging already nor have a remote start pending
+        (``_refuse_pending``): the charger would accept the remote start and then refuse
+        its StartTransaction (ConcurrentTx), the driver left at a dead plug; nor the car
+        be starting or charging, nor (naming neither card nor car) the driver be starting
+        (``_refuse_driver_starting``). Returns the car the start is for: the one given,
+        else the card's."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
         now = self.now()
@@ -742,7 +759,7 @@ class CommandService(Service):
                 # hold the connector for a card that cannot charge.
                 raise ValidationError(f"this id tag is {status.value.lower()}",
                                       field="idTag", code="INVALID_STATE")
-            if starting:
+            if starting is not None:
                 await self._refuse_charging(viewer, tag)
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
@@ -751,12 +768,14 @@ class CommandService(Service):
             if vehicle_id is not None:
                 # The car's own card first; any other of theirs charges it too.
                 tags.sort(key=lambda t: t.vehicle_id != vehicle_id)
+            if starting is not None:
+                tags = await self._reserved_first(starting, payload, tags)
             if not tags:
                 raise ValidationError("no usable id tag for this driver",
                                       field="vehicleId" if vehicle_id else "idTag",
                                       code="REQUIRED")
             tag = tags[0]
-            if starting:
+            if starting is not None:
                 # The first card that is not charging now nor starting; if all are, why
                 # not.
                 for candidate in tags:
@@ -767,7 +786,7 @@ class CommandService(Service):
                 else:
                     await self._refuse_charging(viewer, tag)
         car = vehicle_id if vehicle_id is not None else tag.vehicle_id
-        if starting:
+        if starting is not None:
             # The car the session will be booked to, however it was chosen: the card's
             # own, named or picked, is checked as a car named is (review r3b: the car
             # charging with another card was booked a second session through its own).
@@ -775,6 +794,30 @@ class CommandService(Service):
                 viewer, car, chose=bool(tag_value) or vehicle_id is not None)
         payload["idTag"] = tag.tag
         return car
+
+    async def _reserved_first(self, station: Station, payload: dict[str, Any],
+                              tags: list[IdTag]) -> list[IdTag]:
+        """``tags`` (a driver's usable cards, in the order they would be picked), those a
+        live reservation on ``station`` holds the start's plug for first (its connector
+        named, or any when none is; connector 0's holds every one): only such a card may
+        start there (OCPP 1.6, 5.13; ``_refuse_reserved``). A driver who reserved with
+        one of their cards and tapped start in the app naming none, or naming a car
+        whose own card is another, was sent another card of theirs and refused "reserved
+        for another card" at the plug held for them (QA s27). The car chosen stays the
+        session's (``_own_tag``): any card of theirs charges it."""
+        connector_id = payload.get("connectorId")
+        where = ALL if not connector_id else In("connector_id", (connector_id, 0))
+        held = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), where, live_reservations(self.now())), limit=10)
+        if not held:
+            return tags
+        reserved = set()
+        for tag in tags:
+            for reservation in held:
+                if await reserved_for_card(self.store, reservation, tag.tag, tag):
+                    reserved.add(tag.id)
+                    break
+        return sorted(tags, key=lambda t: t.id not in reserved)
 
     async def _refuse_driver_starting(self, viewer: Viewer, vehicle_id: str | None, *,
                                       chose: bool) -> None:
@@ -1535,12 +1578,22 @@ class CommandService(Service):
             reservation_id=await self.store.next_sequence("reservation"),
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             id_tag=str(payload["idTag"]).upper(), expires_at=expiry,
+            parent_id_tag=str(payload["parentIdTag"]).upper()
+            if payload.get("parentIdTag") else None,
             user_id=tag.user_id if tag else None, company_id=company_id,
             station_owner_id=station_owner_id), viewer)
         payload["reservationId"] = reservation.reservation_id
         # Which of its plugs were free before it: the map hears of those it takes only.
         were_free = await self.plugs_free(station.id, connector_id)
-        await self.commit(viewer, [(Insert(reservation), None)])
+        # Only while the station is in the books it was read in (``still_in_books``), as
+        # a session's start and a price are: a handover landing between ``send``'s read
+        # and this write booked the reservation to the company that had left the
+        # station, told its webhooks and feeds of it, and let its operator reserve a
+        # charger they no longer ran (QA s27). Refused (CHANGED), ``send`` reads the
+        # station again: the former company's operator no longer sees it (NOT_FOUND), a
+        # driver's reservation is the new company's.
+        await self.commit(viewer, [(Insert(reservation), None)],
+                          guards=[still_in_books(station)])
         try:
             # Checked again with ours stored: two requests (here or on another instance)
             # can both pass the first check, but of two stored clashing reservations each

@@ -674,21 +674,26 @@ class Withdrawal(Service):
     async def withdraw_card(self, actor: Viewer, card: IdTag, status: IdTagStatus, *,
                             stop: bool) -> None:
         """``card`` is ``status`` now (blocked, expired; a removed card BLOCKED), by
-        ``actor``. ``stop``: it may not go on charging (blocked or removed, not expired:
-        a session started before its expiry was authorized), so its session under way is
-        stopped and its live reservations cancelled. Only what was this card's: the list
-        entries recorded for its id, the sessions it started and the reservations made
-        for it (its tag and its holder), never what another carried the same tag string
-        for (a tag a charger knew before the card was issued, another company's group
-        id). ``FleetService`` runs it in the background."""
+        ``actor``. Its live reservations are cancelled: it may not start a session, so a
+        plug held for it is held for nobody. ``stop``: it may not go on charging either
+        (blocked or removed, not expired: a session started before its expiry was
+        authorized), so its session under way is stopped. Only what was this card's: the
+        list entries recorded for its id, the sessions it started and the reservations
+        made for it (its tag and its holder), never what another carried the same tag
+        string for (a tag a charger knew before the card was issued, another company's
+        group id). ``FleetService`` runs it in the background."""
         await self._mark_wanted(actor, [card.id], list_status(status))
+        # A session, and a reservation, names its card's holder when the tag named a
+        # card as it was made (``base.made_for``); of a tag of no card, no one.
         if stop:
-            # A session, and a reservation, names its card's holder when the tag named a
-            # card as it was made (``base.made_for``); of a tag of no card, no one.
             await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
                                                     Eq("user_id", card.user_id)))
-            await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
-                                                          Eq("user_id", card.user_id)))
+        # An expired card's too (QA s27): one made expired by an edit of its expiry to a
+        # moment the expiry sweep had passed already (``sweep_expired`` walks expiries
+        # from where it stopped) was never the sweep's, and kept its plug held for up to
+        # a day, shown reserved, other drivers refused.
+        await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
+                                                      Eq("user_id", card.user_id)))
         for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
 

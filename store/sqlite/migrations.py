@@ -1474,6 +1474,15 @@ CREATE INDEX "idempotency_key_user_id_idx" ON "idempotency_key" ("user_id");
 CREATE INDEX "idempotency_key_expires_at_idx" ON "idempotency_key" ("expires_at");
 """
 
+# Version 74: the group a reservation was made for beside its card (``Reservation.
+# parent_id_tag``, ReserveNow's parentIdTag), which its charger holds the plug for too:
+# a card of it takes the reservation up here as at the charger (QA s27: the charger ended
+# it, and here it held the plug until its expiry). Older rows: null, the card's own group
+# only, as before. MongoDB reads a missing field as null: no step.
+_V74 = """
+ALTER TABLE "reservation" ADD COLUMN "parent_id_tag" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1510,7 +1519,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (70, _V70),
                                      (71, _V71),
                                      (72, _V72),
-                                     (73, _V73))
+                                     (73, _V73),
+                                     (74, _V74))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -288,3 +288,30 @@ async def test_a_price_set_concurrently_with_handovers_never_survives_one(
         left = await w.store.find_all(d.Tariff, all_of(Eq("station_id", cp1.id),
                                                        Eq("valid_until", None)))
         assert left == [], (i, outcomes, [(t.price_per_kwh, t.created_by) for t in left])
+
+
+async def test_a_reservation_racing_a_handover_is_booked_to_the_new_company(
+        racing: World) -> None:
+    """A driver's ReserveNow on CP-1 has read the station (Volt's) when an admin on
+    another instance hands it to Other AG, before the reservation is stored: it is in
+    Other AG's books, as a session started there then is, on either store (QA s27)."""
+    w = racing
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    commands = services.commands
+    check, done = commands._refuse_charging_plug, False
+
+    async def hooked(*a: Any, **kw: Any) -> None:
+        nonlocal done
+        await check(*a, **kw)
+        if not done:
+            done = True
+            await services.stations.update_station(SYSTEM, cp1.id,
+                                                   company_id=w.companies["other"].id)
+
+    commands._refuse_charging_plug = hooked  # type: ignore[method-assign]
+    await commands.send(w.viewer("driver"), "CP-1", "ReserveNow", {
+        "connectorId": 1, "expiryDate": utcnow() + timedelta(hours=1)})
+    [reservation] = await w.store.find_all(d.Reservation, Eq("station_id", cp1.id))
+    assert (reservation.company_id, reservation.station_owner_id) == (
+        w.companies["other"].id, None), "booked to the company that had left the station"

@@ -1,0 +1,67 @@
+"""A card made expired by an edit of its expiry to a moment already past (QA s27): the
+expiry sweep walks expiries from where it last stopped, so one set before that moment
+was never its; the withdrawal the edit set off marked the chargers' lists and left the
+card's reservations ACTIVE, the plug held for a card that could no longer charge (shown
+reserved, other drivers refused) until the reservation's own expiry, up to a day."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from domain import entities as d
+from domain.policy import Viewer
+from domain.query import Eq
+from ocpp_bridge.simulator import connected
+from tests.helpers import until
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_card_withdrawal import settled
+from tests.ocpp.test_commands import run
+
+
+@pytest.fixture
+async def central(tmp_path: Path) -> AsyncIterator[Central]:
+    c = await start_central(tmp_path / "central.db")
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+SELECTION = "status reservation { reservationId state } errors { field code message }"
+
+
+async def test_a_card_expired_by_an_edit_has_its_reservation_cancelled(central: Central
+                                                                        ) -> None:
+    """The driver holds plug 1 with TAG-OK; the expiry sweep has run; an admin
+    then sets TAG-OK's expiry to an hour ago (the card was to end then). The card's
+    reservation is cancelled at the charger, as a card expiring in the sweep's time
+    has it; another card's stays."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        for connector, tag in ((1, "TAG-OK"), (2, "TAG-OTHER")):
+            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                                     "expiryDate": expiry, "idTag": tag},
+                             SELECTION)
+            assert held["reservation"]["state"] == "ACTIVE", held
+        [mine] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        await central.services.withdrawal.sweep_expired()  # its cursor: now
+
+        await central.services.fleet.update_id_tag(
+            Viewer.of(central.users["admin"]), central.tags["ok"].id,
+            expires_at=datetime.now(UTC) - timedelta(hours=1))
+        await settled(central)
+        await central.services.withdrawal.sweep_expired()
+
+        async def cancelled() -> bool:
+            [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+            return now.state is d.ReservationState.CANCELLED
+        await until(cancelled)
+        assert ("CancelReservation", {"reservation_id": mine.reservation_id}) \
+            in cp.received
+        [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
+        assert kept.state is d.ReservationState.ACTIVE
