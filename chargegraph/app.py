@@ -307,6 +307,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.IDEMPOTENCY_SWEEP_S, services.idempotency.sweep,
                 "idempotency-key-expiry"))
+            # Refunds a crash left claimed and unsettled are settled under their key.
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.REFUND_CLAIM_SWEEP_S, services.payments.settle_stale_refunds,
+                "refund-claims"))
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",

@@ -26,6 +26,10 @@ CARD_EXPIRY_SWEEP_S = 300.0
 #: until then revenue misses them from a vehicle's figures and groups them under no
 #: charger. Each round reads only the payments opened since the one before.
 PAYMENT_CHARGER_FIELDS_S = 300.0
+#: How often refunds claimed and left unsettled by a crash (claimed longer ago than
+#: ``payments.STALE_REFUND_CLAIM``) are asked of the provider again under their own key
+#: and settled (``PaymentService.settle_stale_refunds``).
+REFUND_CLAIM_SWEEP_S = 300.0
 
 #: How often clients' idempotency keys past their expiry (24 hours) are deleted
 #: (``IdempotencyService.sweep``).

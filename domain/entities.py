@@ -1091,6 +1091,17 @@ class Payment(Record):
     #: Paid back so far, in minor units: refunds may be partial (a disputed part of a
     #: session); the payment is REFUNDED once it reaches ``amount_minor``.
     refunded_minor: int = 0
+    #: Being paid back: the refunds claimed and not settled yet, in minor units. A refund
+    #: reserves its amount here (``refund_claims``) before the provider is asked, so what
+    #: is left to refund is ``amount_minor - refunded_minor - refunding_minor`` on every
+    #: instance; its settlement moves it to ``refunded_minor``, a refusal releases it.
+    refunding_minor: int = 0
+    #: The claims ``refunding_minor`` sums, oldest first: ``{"key", "amount_minor",
+    #: "at", "by"}`` each; ``key`` is the refund's own idempotency key at the provider
+    #: (and its ``Refund`` record's id once settled), ``at`` when it was claimed (ISO
+    #: 8601), ``by`` who asked. ``None``: none pending (``PaymentService.refund``; one a
+    #: crash left is settled by ``settle_stale_refunds``).
+    refund_claims: list[dict[str, Any]] | None = None
     #: Whose books this is, from its station when it happened: the station's company, or
     #: for a station of no company its owner (``base.books_of``). Operators keep
     #: their books when a station is removed or changes hands.

@@ -63,6 +63,13 @@ class Conflict(DomainError):
     code = "CONFLICT"
 
 
+class PaymentDeclined(Conflict):
+    """The payment provider refused to move the money (a refund of a card closed since,
+    a dispute): nothing moved. Raised by a ``PaymentProvider``."""
+
+    code = "DECLINED"
+
+
 class TooManyRequests(DomainError):
     """A limit on how often something may be done was reached: try again after
     ``retry_after`` (HTTP answers 429 with ``Retry-After``)."""

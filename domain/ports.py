@@ -300,11 +300,15 @@ class PaymentProvider(Protocol):
         the same payment (a retried or raced request), it must not move money twice:
         the payment's id and the step are the idempotency key."""
 
-    async def refund(self, payment: Any, amount_minor: int) -> str:
+    async def refund(self, payment: Any, amount_minor: int, key: str) -> str:
         """Pay ``amount_minor`` of a captured payment back (all or part of what is left);
-        returns the provider's reference. The idempotency key is the payment's id with
-        its ``refunded_minor`` before this refund: a retried refund is the same one, a
-        second partial refund another."""
+        returns the provider's reference. ``key`` is this refund's idempotency key, its
+        own (claimed in the store before the provider is asked: ``Payment.refund_claims``):
+        asked again with the same key (a sweep settling a refund a crash interrupted), it
+        must not pay back twice and answers with the first refund's reference; two
+        refunds, even of the same amount at the same moment, have two keys. Raises
+        ``PaymentDeclined`` when it refuses to pay back (nothing moved: the claim is
+        released); any other failure leaves the claim for the sweep."""
 
 
 @dataclass(frozen=True, slots=True)

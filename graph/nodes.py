@@ -1403,6 +1403,16 @@ class Payment(Node, Audited):
         return Money(amount_minor=BigInt(self._r.refunded_minor), currency=self._r.currency)
 
     @strawberry.field(description=(
+        "Being paid back: refunds asked of the payment provider and not answered yet "
+        "(0 when none). Reserved against the payment: a refund may ask at most "
+        "`amount` less `refunded` less this. A refund whose request was interrupted (a "
+        "crash) stays here until a sweep asks the provider again under the refund's own "
+        "key, within minutes, and records it in `refunded` (or gives it back when the "
+        "provider refuses)."))
+    def refunding(self) -> Money:
+        return Money(amount_minor=BigInt(self._r.refunding_minor), currency=self._r.currency)
+
+    @strawberry.field(description=(
         "What was paid back, one entry per refund (partial ones too), newest first: "
         "the ledger `refunded` sums. Seen by whoever sees the payment. At most the "
         f"newest {MAX_REFUNDS}."))

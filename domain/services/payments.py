@@ -5,7 +5,10 @@ REFUNDED, in one refund or several partial ones (``refunded_minor`` counts what 
 back; the payment stays CAPTURED until all of it was). PENDING or FAILED → VOIDED when
 its session's corrected cost is 0 (``repriced``): nothing is left to collect. Nothing
 else: no refund of money never captured or beyond what is left, no double capture, no
-capture of a voided payment.
+capture of a voided payment. A refund is claimed on the payment (``refunding_minor``,
+``refund_claims``) before the provider is asked, and settled or released after its
+answer (``PaymentService.refund``); one a crash left is settled by
+``settle_stale_refunds``.
 
 Every change of a payment's status or amount publishes one ``PaymentChanged`` after its
 commit (``payment_changed``): a settlement here, a reprice or a void where a late
@@ -20,13 +23,14 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
 from domain.currencies import major_units, minor_units
 from domain.entities import Payment, PaymentStatus, Refund, Session
-from domain.errors import Conflict, Forbidden, ValidationError
+from domain.errors import Conflict, Forbidden, PaymentDeclined, ValidationError
 from domain.events import PaymentChanged
-from domain.policy import Viewer
+from domain.ids import new_id
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Insert, PaymentProvider, Update
 from domain.query import MAX_PAGE_SIZE, Eq, PageRequest, Range, Sort, all_of
 from domain.services.base import Service, ServiceContext, patch, stamp_new
@@ -56,6 +60,14 @@ CHARGER_FIELDS_LOOKBACK = timedelta(days=7)
 #: Each later round looks this far before the previous round began: a payment is dated
 #: by its writer's clock before it is stored, and instances' clocks differ.
 CHARGER_FIELDS_MARGIN = timedelta(minutes=10)
+#: How old a refund's claim is before ``settle_stale_refunds`` settles it: well past
+#: any provider's answer, so a refund still waiting for one is left to its request (were
+#: it asked anyway, the provider answers the same key once, and the payment's guard
+#: writes one settlement).
+STALE_REFUND_CLAIM = timedelta(minutes=10)
+#: Tries of a refund's claim, settlement or release, each lost to another write of the
+#: payment (another refund's) that came between its read and its write.
+REFUND_WRITE_TRIES = 20
 
 
 def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
@@ -107,8 +119,8 @@ class ManualPaymentProvider:
     async def capture(self, payment: Payment) -> str:
         return f"manual:capture:{payment.id}"
 
-    async def refund(self, payment: Payment, amount_minor: int) -> str:
-        return f"manual:refund:{payment.id}:{payment.refunded_minor + amount_minor}"
+    async def refund(self, payment: Payment, amount_minor: int, key: str) -> str:
+        return f"manual:refund:{payment.id}:{key}"
 
 
 class PaymentService(Service):
@@ -265,18 +277,52 @@ class PaymentService(Service):
     async def refund(self, viewer: Viewer, payment_id: str,
                      amount: Decimal | None = None) -> Payment:
         """Pay ``amount`` (in the payment's currency; default: all that is left) of a
-        CAPTURED payment back."""
+        CAPTURED payment back.
+
+        Claimed in the store before the provider is asked (``_claim_refund``): the
+        amount is reserved against what is left (``Payment.refunding_minor``) by a write
+        guarded on the payment as read, under the refund's own idempotency key. Of
+        refunds racing, on this instance or another on the same store, each is checked
+        against what the others left: one that does not fit is refused up front, and the
+        provider is never asked for more than was captured (QA s27: 3, 2 and 1.50 EUR of
+        4.00 all reached it, under one key). The provider's answer settles the claim
+        (``_settle_claim``: refunded, with its ``Refund`` record); its refusal
+        (``PaymentDeclined``) releases it. Any other failure, or a crash, leaves the
+        claim: shown on the payment as being refunded, and settled by
+        ``settle_stale_refunds``, which asks the provider again under the same key."""
         payment = await self._managed(viewer, payment_id)
-        left = payment.amount_minor - payment.refunded_minor
-        if payment.status is not PaymentStatus.CAPTURED or left <= 0:
+        # Its session before the provider pays anything back: what the refund's record
+        # is reported by (sessions are never removed).
+        session, = await self.store.get_many(Session, [payment.session_id])
+        if session is None:
+            raise Conflict("the payment's session is gone", field="id", code="INVALID_STATE")
+        claimed, claim = await self._claim_refund(viewer, payment, amount)
+        try:
+            reference = await self.provider.refund(claimed, claim["amount_minor"],
+                                                   claim["key"])
+        except PaymentDeclined:
+            await self._release_claim(viewer, payment.id, claim["key"])
+            raise
+        settled = await self._settle_claim(viewer, payment.id, claim, reference, session)
+        return settled or await self._managed(viewer, payment_id)
+
+    def _refundable(self, payment: Payment, amount: Decimal | None) -> int:
+        """The minor units ``amount`` pays back of ``payment`` as read (all that is
+        left: ``None``), or why it cannot: left is what neither was refunded nor is
+        being refunded (claimed by a refund not settled yet)."""
+        unpaid = payment.amount_minor - payment.refunded_minor
+        if payment.status is not PaymentStatus.CAPTURED or unpaid <= 0:
             raise Conflict(f"a {payment.status.value} payment of "
-                           f"{major_units(left, payment.currency)} {payment.currency} left "
-                           "cannot be refunded", field="id", code="INVALID_STATE")
+                           f"{major_units(unpaid, payment.currency)} {payment.currency} "
+                           "left cannot be refunded", field="id", code="INVALID_STATE")
+        left = unpaid - payment.refunding_minor
+        pending = (f" ({major_units(payment.refunding_minor, payment.currency)} "
+                   f"{payment.currency} being refunded)" if payment.refunding_minor else "")
         if amount is not None and amount.is_finite() and amount.adjusted() > MAX_DIGITS:
             # Beyond any payment (1e999999 overflowed the conversion: a 500).
             raise ValidationError(f"at most the {major_units(left, payment.currency)} "
-                                  f"{payment.currency} not yet refunded", field="amount",
-                                  code="OUT_OF_RANGE")
+                                  f"{payment.currency} not yet refunded{pending}",
+                                  field="amount", code="OUT_OF_RANGE")
         amount_minor = left if amount is None else minor_units(amount, payment.currency)
         if amount_minor is None:
             raise ValidationError(f"give the amount in whole {payment.currency} minor units",
@@ -284,28 +330,139 @@ class PaymentService(Service):
         if not 0 < amount_minor <= left:
             raise ValidationError(
                 f"refund more than 0 and at most the {major_units(left, payment.currency)} "
-                f"{payment.currency} not yet refunded", field="amount", code="OUT_OF_RANGE")
-        # Its session before the provider pays anything back: what the refund's record
-        # is reported by (sessions are never removed).
-        session, = await self.store.get_many(Session, [payment.session_id])
-        if session is None:
-            raise Conflict("the payment's session is gone", field="id", code="INVALID_STATE")
-        reference = await self.provider.refund(payment, amount_minor)
-        refunded = payment.refunded_minor + amount_minor
-        record = self._refund_record(viewer, payment, session, amount_minor, reference)
-        # Guarded by the payment's last write: every refund is one, so of two racing (two
-        # partial refunds of the last 5 EUR) one writes and the other is told. (Not by
-        # ``refunded_minor``: a MongoDB payment written before it has no such field.)
-        move = patch(payment, viewer, only_if=("updated_at", payment.updated_at),
-                     required=True, refunded_minor=refunded,
-                     status=PaymentStatus.REFUNDED if refunded == payment.amount_minor
-                     else PaymentStatus.CAPTURED,
-                     provider=self.provider.name, provider_ref=reference)
-        # The refund's own record rides in the same write: reports book it when it was
-        # made. Not audited on its own: the payment's audited update says who paid back
-        # how much, and when.
-        return await self._settled(viewer, move, payment, "refunded", "REFUNDED",
-                                   [Insert(record)])
+                f"{payment.currency} not yet refunded{pending}", field="amount",
+                code="OUT_OF_RANGE")
+        return amount_minor
+
+    async def _claim_refund(self, viewer: Viewer, payment: Payment, amount: Decimal | None
+                            ) -> tuple[Payment, dict[str, Any]]:
+        """Reserves the refund's amount on ``payment`` (``refunding_minor``, and the claim
+        in ``refund_claims`` with a key of its own), guarded by the payment's last write:
+        of refunds racing, one writes and the others read the payment again and are
+        checked against what it left (refused up front when they no longer fit). The
+        payment as claimed, and the claim."""
+        for _ in range(REFUND_WRITE_TRIES):  # each miss is another refund's write
+            amount_minor = self._refundable(payment, amount)
+            claim: dict[str, Any] = {"key": new_id(), "amount_minor": amount_minor,
+                                     "at": self.now().isoformat(), "by": viewer.actor}
+            move = patch(payment, viewer, only_if=("updated_at", payment.updated_at),
+                         required=True,
+                         refunding_minor=payment.refunding_minor + amount_minor,
+                         refund_claims=[*(payment.refund_claims or ()), claim])
+            if await self._wrote(viewer, move, payment):
+                return cast(Payment, move.record), claim
+            payment = await self._managed(viewer, payment.id)
+        raise Conflict("the payment kept changing: read it again", field="id",
+                       code="INVALID_STATE")
+
+    async def _wrote(self, viewer: Viewer, move: Update, before: Payment,
+                     also: Sequence[Change] = ()) -> bool:
+        """Writes ``move`` (guarded on ``before``'s last write) and ``also``; False when
+        another write of the payment came first (nothing written)."""
+        try:
+            await self.commit(viewer, [(move, before)], unaudited=also)
+        except Conflict as exc:
+            if exc.code != "CHANGED":
+                raise
+            return False
+        return True
+
+    async def _with_claim(self, payment_id: str, key: str
+                          ) -> tuple[Payment, dict[str, Any]] | None:
+        """The payment as stored and its claim ``key``; ``None`` once it is not pending
+        any more (settled or released meanwhile: by the sweep, or by the request)."""
+        [payment] = await self.store.get_many(Payment, [payment_id])
+        claim = next((c for c in (payment.refund_claims or ()) if c["key"] == key), None
+                     ) if payment is not None else None
+        return None if payment is None or claim is None else (payment, claim)
+
+    async def _settle_claim(self, viewer: Viewer, payment_id: str, claim: dict[str, Any],
+                            reference: str | None, session: Session) -> Payment | None:
+        """Records the claimed refund as paid back (the provider answered
+        ``reference``): its amount moves from ``refunding_minor`` to ``refunded_minor``,
+        and its ``Refund`` record (id: the claim's key) is written with it, by whoever
+        asked for it. ``None`` when it was settled (or released) meanwhile."""
+        for _ in range(REFUND_WRITE_TRIES):
+            found = await self._with_claim(payment_id, claim["key"])
+            if found is None:
+                return None
+            now, pending = found
+            amount_minor = pending["amount_minor"]
+            refunded = now.refunded_minor + amount_minor
+            record = self._refund_record(viewer, now, session, amount_minor, reference)
+            record.id, record.created_by, record.updated_by = (
+                pending["key"], pending["by"], pending["by"])
+            move = patch(now, viewer, only_if=("updated_at", now.updated_at),
+                         required=True, refunded_minor=refunded,
+                         refunding_minor=now.refunding_minor - amount_minor,
+                         refund_claims=[c for c in now.refund_claims or ()
+                                        if c["key"] != pending["key"]] or None,
+                         status=PaymentStatus.REFUNDED if refunded == now.amount_minor
+                         else PaymentStatus.CAPTURED,
+                         provider=self.provider.name, provider_ref=reference)
+            # The refund's own record rides in the same write: reports book it when it
+            # was paid back. Not audited on its own: the payment's audited update says
+            # who paid back how much, and when.
+            if await self._wrote(viewer, move, now, [Insert(record)]):
+                settled = cast(Payment, move.record)
+                await self.publish(payment_changed(settled, "REFUNDED"))
+                return settled
+        raise Conflict("the payment kept changing: read it again", field="id",
+                       code="INVALID_STATE")
+
+    async def _release_claim(self, viewer: Viewer, payment_id: str, key: str) -> None:
+        """Gives the amount of claim ``key`` back to what is left to refund: the provider
+        refused it, nothing moved."""
+        for _ in range(REFUND_WRITE_TRIES):
+            found = await self._with_claim(payment_id, key)
+            if found is None:
+                return
+            now, pending = found
+            move = patch(now, viewer, only_if=("updated_at", now.updated_at),
+                         required=True,
+                         refunding_minor=now.refunding_minor - pending["amount_minor"],
+                         refund_claims=[c for c in now.refund_claims or ()
+                                        if c["key"] != key] or None)
+            if await self._wrote(viewer, move, now):
+                return
+        raise Conflict("the payment kept changing: read it again", field="id",
+                       code="INVALID_STATE")
+
+    async def settle_stale_refunds(self) -> int:
+        """Settles the refunds claimed more than ``STALE_REFUND_CLAIM`` ago and never
+        settled: their instance crashed, or lost the store, between the claim and the
+        provider's answer. Each is asked of the provider again under its own key (a
+        provider keeping the port's promise pays back once, and answers with the refund
+        it made, or makes it now): its answer settles the claim, its refusal releases
+        it, any other failure leaves it for the next round. Housekeeping, every few
+        minutes; returns how many it settled or released."""
+        stale = self.now() - STALE_REFUND_CLAIM
+        done = 0
+        for payment in await self.store.find_all(Payment, Range("refunding_minor", gt=0),
+                                                 [Sort("id")], limit=MAX_PAGE_SIZE):
+            session, = await self.store.get_many(Session, [payment.session_id])
+            for claim in payment.refund_claims or ():
+                if datetime.fromisoformat(claim["at"]) > stale or session is None:
+                    continue
+                try:
+                    reference = await self.provider.refund(payment, claim["amount_minor"],
+                                                           claim["key"])
+                except PaymentDeclined:
+                    await self._release_claim(SYSTEM, payment.id, claim["key"])
+                    log.warning("refund %s of payment %s, claimed at %s, was refused by "
+                                "the provider: released", claim["key"], payment.id,
+                                claim["at"])
+                except Exception:
+                    log.exception("refund %s of payment %s, claimed at %s, is still "
+                                  "unsettled: the provider failed", claim["key"],
+                                  payment.id, claim["at"])
+                    continue
+                else:
+                    await self._settle_claim(SYSTEM, payment.id, claim, reference, session)
+                done += 1
+        if done:
+            log.info("settled %d refunds an interrupted request left claimed", done)
+        return done
 
     def _refund_record(self, viewer: Viewer, payment: Payment, session: Session,
                        amount_minor: int, reference: str | None) -> Refund:

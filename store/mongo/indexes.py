@@ -94,7 +94,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "payment": [[("station_id", ASCENDING)], [("created_at", ASCENDING)],
                 [("user_id", ASCENDING), ("created_at", ASCENDING)],
                 [("company_id", ASCENDING), ("created_at", ASCENDING)],
-                [("station_owner_id", ASCENDING), ("created_at", ASCENDING)]],
+                [("station_owner_id", ASCENDING), ("created_at", ASCENDING)],
+                # Those being refunded: the sweep settling claims a crash left.
+                [("refunding_minor", ASCENDING)]],
     # Refunds by time within each viewer's scope (analytics: an operator's books, a
     # driver's own, an admin's all), and a payment's.
     "refund": [[("payment_id", ASCENDING)], [("at", ASCENDING)],

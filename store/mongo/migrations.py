@@ -258,7 +258,7 @@ async def _search_folded(db: Any, kind: str, name: str) -> None:
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
 #: SQLite's ``ADD COLUMN … NOT NULL DEFAULT`` stored the default in every older row
-#: (migrations 7, 24, 26, 27, 32, 42, 51 and 68); here older documents lack the field. They
+#: (migrations 7, 24, 26, 27, 32, 42, 51, 68, 72 and 75); here older documents lack the field. They
 #: read as the default (``fields.build``), but a filter or a guard compares what is
 #: stored: a user without ``token_epoch`` matched no guard ``token_epoch == 0`` and could
 #: never be deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
@@ -267,6 +267,7 @@ async def _search_folded(db: Any, kind: str, name: str) -> None:
 ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("user", "token_epoch"),
     ("payment", "refunded_minor"),
+    ("payment", "refunding_minor"),
     ("tariff", "idle_price_per_minute"),
     ("tariff", "idle_grace_minutes"),
     ("tariff", "energy_bands"),

@@ -1483,6 +1483,19 @@ _V74 = """
 ALTER TABLE "reservation" ADD COLUMN "parent_id_tag" TEXT;
 """
 
+# Version 75: refunds claimed before the payment provider is asked (QA s27: refunds at
+# once all reached the provider, 6.50 EUR of a 4.00 capture under one key): what is
+# being paid back (``Payment.refunding_minor``, the amount reserved against what is
+# left) and the claims it sums (``Payment.refund_claims``, a JSON array, each with its
+# own idempotency key), until each is settled or released. The sweep settling those a
+# crash left (``settle_stale_refunds``) finds them by the amount. Older rows: 0 and
+# null, nothing pending. MongoDB stores the 0 (``ADDED_WITH_DEFAULT``) and has the index.
+_V75 = """
+ALTER TABLE "payment" ADD COLUMN "refunding_minor" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE "payment" ADD COLUMN "refund_claims" TEXT;
+CREATE INDEX "payment_refunding_minor_idx" ON "payment" ("refunding_minor");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1520,7 +1533,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (71, _V71),
                                      (72, _V72),
                                      (73, _V73),
-                                     (74, _V74))
+                                     (74, _V74),
+                                     (75, _V75))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -268,8 +268,8 @@ class IdempotentProvider:
         self.collected.setdefault(payment.id, payment.amount_minor)
         return f"cap-{payment.id}"
 
-    async def refund(self, payment: d.Payment, amount_minor: int) -> str:
-        return f"ref-{payment.id}"
+    async def refund(self, payment: d.Payment, amount_minor: int, key: str) -> str:
+        return f"ref-{key}"
 
 
 @pytest.mark.parametrize(("stop_wh", "corrected"), [

@@ -302,7 +302,10 @@ async def test_payment_state_machine(scripted: tuple[History, Api]) -> None:
         action before after actor } } }""", {"id": first}, as_user=history.users["admin"].id)
     statuses = [(n["before"]["status"], n["after"]["status"]) for n in log["auditLog"]["nodes"]
                 if n["action"] == "UPDATE"]
-    assert statuses == [("CAPTURED", "REFUNDED"), ("PENDING", "CAPTURED")]
+    # The refund's claim (its amount reserved before the provider is asked), then its
+    # settlement.
+    assert statuses == [("CAPTURED", "REFUNDED"), ("CAPTURED", "CAPTURED"),
+                        ("PENDING", "CAPTURED")]
 
 
 REFUND = """mutation($id: ID!, $amount: Decimal) { refundPayment(input: {id: $id,
@@ -325,9 +328,12 @@ async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]
         return answer["refundPayment"]  # type: ignore[no-any-return]
 
     part = await refund("2.50")
+    # The manual provider's reference names the refund's own key: its record's id.
+    [made] = await history.services.ctx.store.find_all(d.Refund,
+                                                        Eq("payment_id", payment.id))
     assert part == {"payment": {"status": "CAPTURED", "refunded": {"amount": "2.50",
                                                                    "currency": "EUR"},
-                                "providerRef": f"manual:refund:{payment.id}:250",
+                                "providerRef": f"manual:refund:{payment.id}:{made.id}",
                                 "amount": {"amount": "6.60"}}, "errors": []}
     for amount, code in (("4.11", "OUT_OF_RANGE"), ("0", "OUT_OF_RANGE"),
                          ("-1", "OUT_OF_RANGE"), ("1.234", "INVALID"),
@@ -342,8 +348,13 @@ async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]
         action before after } } }""", {"id": gid}, as_user=history.users["admin"].id)
     refunds = [(n["before"]["refunded_minor"], n["after"]["refunded_minor"],
                 n["after"]["status"]) for n in log["auditLog"]["nodes"]
-               if n["action"] == "UPDATE" and n["after"]["refunded_minor"]]
+               if n["action"] == "UPDATE"
+               and n["after"]["refunded_minor"] != n["before"]["refunded_minor"]]
     assert refunds == [(250, 660, "REFUNDED"), (0, 250, "CAPTURED")]
+    # Each settled a claim written before the provider was asked: 4.10, then 2.50.
+    claims = [n["after"]["refunding_minor"] for n in log["auditLog"]["nodes"]
+              if n["action"] == "UPDATE" and n["after"].get("refunding_minor")]
+    assert claims == [410, 250]
 
 
 async def _captured_660(history: History, api: Api) -> tuple[str, str, str]:
@@ -403,9 +414,9 @@ async def test_a_refund_written_in_the_query_finer_than_a_cent_is_refused(
 
 async def test_two_partial_refunds_at_once_pay_back_once(
         scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two refunds of 5.00 of a 6.60 payment, both past the check before either writes:
-    one is recorded, the other told the payment was refunded meanwhile (never 10.00
-    refunded of 6.60, nor one of them lost)."""
+    """Two refunds of 5.00 of a 6.60 payment at once: one claims its 5.00 before the
+    provider is asked, the other is refused up front on its amount (1.60 left) and never
+    reaches the provider (QA s27: both reached it, under one key, and one was recorded)."""
     history, api = scripted
     payments = history.services.payments
     [payment] = [p for p in await history.services.ctx.store.find_all(d.Payment, ALL)
@@ -413,14 +424,15 @@ async def test_two_partial_refunds_at_once_pay_back_once(
     gid = to_global_id("payment", payment.id)
     op = history.users["op_a"].id
     await api.gql(PAY % "capturePayment", {"id": gid}, as_user=op)
-    both_asked = asyncio.Barrier(2)
+    asked: list[tuple[str, int]] = []
 
     class SlowProvider:
         name = "manual"
 
-        async def refund(self, paid: d.Payment, amount_minor: int) -> str:
-            await asyncio.wait_for(both_asked.wait(), 5)
-            return f"manual:refund:{paid.id}:{paid.refunded_minor + amount_minor}"
+        async def refund(self, paid: d.Payment, amount_minor: int, key: str) -> str:
+            asked.append((key, amount_minor))
+            await asyncio.sleep(0.05)
+            return f"manual:refund:{paid.id}:{key}"
 
     monkeypatch.setattr(payments, "provider", SlowProvider())
     answers = await asyncio.gather(*(api.gql(REFUND, {"id": gid, "amount": "5.00"},
@@ -428,13 +440,14 @@ async def test_two_partial_refunds_at_once_pay_back_once(
     results = [a["refundPayment"] for a in answers]
     assert sorted(bool(r["payment"]) for r in results) == [False, True]
     assert [r["errors"] for r in results if r["errors"]] == [
-        [{"field": "id", "code": "INVALID_STATE"}]]
+        [{"field": "amount", "code": "OUT_OF_RANGE"}]]
+    [(key, _)] = asked
     [stored] = await history.services.ctx.store.get_many(d.Payment, [payment.id])
-    assert stored is not None and stored.refunded_minor == 500
-    # The loser's refund record went with its payment write: reports count 5.00 once.
+    assert stored is not None and (stored.refunded_minor, stored.refunding_minor) == (500, 0)
+    # Reports count 5.00 once: the refund's record, under its own key.
     [record] = await history.services.ctx.store.find_all(d.Refund,
                                                           Eq("payment_id", payment.id))
-    assert record.amount_minor == 500
+    assert (record.id, record.amount_minor) == (key, 500)
 
 
 MONEY = """query($f: EnergyTrendFilter!) { energyTrend(filter: $f, bucket: DAY,

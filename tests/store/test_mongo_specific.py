@@ -2640,6 +2640,7 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
               migrations.ADDED_WITH_DEFAULT}
     assert {key: doc.get(key[1]) for key, doc in stored.items()} == {
         ("user", "token_epoch"): 0, ("payment", "refunded_minor"): 660,  # refunded whole
+        ("payment", "refunding_minor"): 0,
         ("tariff", "idle_price_per_minute"): "0", ("tariff", "idle_grace_minutes"): 0,
         ("tariff", "energy_bands"): [], ("session", "meter_offset_wh"): 0,
         ("session", "start_clock_behind"): False,

@@ -1,0 +1,213 @@
+"""Refunds claimed in the store before the payment provider is asked (QA s27): refunds at
+once (3.00, 2.00 and 1.50 EUR of a 4.00 capture) all reached a slow provider, 6.50 under
+one idempotency key, and one was recorded. Each refund now reserves its amount against
+what is left (``Payment.refunding``) under a key of its own; one that does not fit is
+refused up front; a crash between the claim and the provider's answer leaves the claim,
+shown on the payment and settled by the sweep under the same key. Over the GraphQL API,
+on both stores, and with two instances on one SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import domain.entities as d
+from domain.errors import PaymentDeclined
+from domain.policy import Policy
+from domain.ports import Update
+from domain.query import Eq
+from domain.services import ServiceContext, Services
+from domain.services.payments import STALE_REFUND_CLAIM
+from graph import TokenService, create_graphql_app
+from graph.ids import to_global_id
+from store.sqlite import SqliteStore
+from tests.graph.conftest import SECRET, Api
+from tests.graph.world import World, build_world
+from tests.helpers import FastHasher
+
+REFUND = """mutation($id: ID!, $amount: Decimal) { refundPayment(input: {id: $id,
+  amount: $amount}) { payment { status refunded { amount } refunding { amount } }
+  errors { field code } } }"""
+READ = """query($id: ID!) { node(id: $id) { ... on Payment { status refunded { amount }
+  refunding { amount } refunds { amount { amount } providerRef } } } }"""
+ASKED = ("3.00", "2.00", "1.50")
+
+
+class SlowAcquirer:
+    """A provider that answers slowly and keeps the port's promise: asked again under a
+    key it paid back, it pays nothing more and answers with the first refund."""
+
+    name = "acquirer"
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+        self.asked: list[tuple[str, int]] = []
+        self.paid: dict[str, int] = {}
+
+    async def capture(self, payment: d.Payment) -> str:
+        return f"cap-{payment.id}"
+
+    async def refund(self, payment: d.Payment, amount_minor: int, key: str) -> str:
+        self.asked.append((key, amount_minor))
+        await asyncio.sleep(self.delay)
+        self.paid.setdefault(key, amount_minor)
+        return f"ref-{key}"
+
+
+async def _captured_400(services: Services, world: World) -> d.Payment:
+    """s3 (A's books) billed 4.00 EUR and captured."""
+    payment = world.payments["s3"]
+    await services.ctx.store.write([Update(dataclasses.replace(payment, amount_minor=400),
+                                           frozenset({"amount_minor"}))], [])
+    return await services.payments.capture(world.viewer("op_a"), payment.id)
+
+
+async def _stored(services: Services, payment_id: str) -> d.Payment:
+    [payment] = await services.ctx.store.get_many(d.Payment, [payment_id])
+    assert payment is not None
+    return payment
+
+
+async def _paid_back_once_within_the_capture(apis: list[Api], services: Services,
+                                             world: World, acquirer: SlowAcquirer) -> None:
+    payment = await _captured_400(services, world)
+    gid, op = to_global_id("payment", payment.id), world.users["op_a"].id
+    answers = await asyncio.gather(*(
+        apis[i % len(apis)].gql(REFUND, {"id": gid, "amount": amount}, as_user=op)
+        for i, amount in enumerate(ASKED)))
+    results = [a["refundPayment"] for a in answers]
+    # Never more asked of the provider than was captured, each refund under its own key.
+    keys = [key for key, _ in acquirer.asked]
+    assert len(set(keys)) == len(keys)
+    asked = sum(amount for _, amount in acquirer.asked)
+    assert 0 < asked <= 400
+    # What was paid back is what is recorded: every refund the provider made, once.
+    stored = await _stored(services, payment.id)
+    assert (stored.refunded_minor, stored.refunding_minor, stored.refund_claims) == (
+        asked, 0, None)
+    records = await services.ctx.store.find_all(d.Refund, Eq("payment_id", payment.id))
+    assert sorted((r.id, r.amount_minor) for r in records) == sorted(acquirer.paid.items())
+    assert sorted(r.provider_ref or "" for r in records) == sorted(f"ref-{k}" for k in keys)
+    # The others were refused up front, on the amount: it no longer fit what was left.
+    made = [Decimal(a) for a, r in zip(ASKED, results, strict=True) if r["payment"]]
+    refused = [r for r in results if not r["payment"]]
+    assert sum(made) * 100 == asked
+    assert refused and all(r["errors"] == [{"field": "amount", "code": "OUT_OF_RANGE"}]
+                           for r in refused)
+
+
+async def test_refunds_at_once_never_ask_the_provider_for_more_than_was_captured(
+        api: Api, services: Services, world: World) -> None:
+    acquirer = SlowAcquirer()
+    services.payments.provider = acquirer
+    await _paid_back_once_within_the_capture([api], services, world, acquirer)
+
+
+@pytest.fixture
+async def two_instances(tmp_path: Path) -> AsyncIterator[tuple[list[Services], list[Api]]]:
+    """Two app instances, each with its store, on one SQLite file."""
+    stores = [SqliteStore(str(tmp_path / "shared.db")) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    services = [Services(ServiceContext(store=store, policy=Policy(public_map=False),
+                                        hasher=FastHasher())) for store in stores]
+    tokens = TokenService(SECRET, timedelta(hours=1))
+    apis = [Api(create_graphql_app(s, tokens), tokens) for s in services]
+    yield services, apis
+    for api in apis:
+        await api.client.aclose()
+    for store in stores:
+        await store.close()
+
+
+async def test_refunds_on_two_instances_of_one_store_never_ask_for_more_than_was_captured(
+        two_instances: tuple[list[Services], list[Api]]) -> None:
+    """A lock in one process would not cover the other: the claim is in the store."""
+    services, apis = two_instances
+    world = await build_world(services[0])
+    acquirer = SlowAcquirer()
+    for each in services:
+        each.payments.provider = acquirer
+    await _paid_back_once_within_the_capture(apis, services[0], world, acquirer)
+
+
+async def test_a_refund_a_crash_interrupted_is_shown_reserved_and_settled_once_by_the_sweep(
+        api: Api, services: Services, world: World) -> None:
+    """The instance dies while the provider pays 3.00 back: the claim stays, the payment
+    shows it being refunded and keeps it from being refunded again; the sweep asks the
+    provider again under the same key, which pays nothing twice, and records it."""
+    payment = await _captured_400(services, world)
+    gid, op = to_global_id("payment", payment.id), world.users["op_a"].id
+    acquirer = SlowAcquirer()
+    asked = asyncio.Event()
+
+    class Dying(SlowAcquirer):
+        async def refund(self, paid: d.Payment, amount_minor: int, key: str) -> str:
+            reference = await acquirer.refund(paid, amount_minor, key)  # money moved
+            asked.set()
+            await asyncio.Event().wait()  # the answer never gets back: a crash
+            return reference
+
+    services.payments.provider = Dying()
+    request = asyncio.create_task(services.payments.refund(world.viewer("op_a"), payment.id,
+                                                           Decimal("3.00")))
+    await asyncio.wait_for(asked.wait(), 5)
+    request.cancel()
+    await asyncio.wait([request])
+    [(key, amount)] = acquirer.paid.items()
+    assert amount == 300
+    shown = (await api.gql(READ, {"id": gid}, as_user=op))["node"]
+    assert shown == {"status": "CAPTURED", "refunded": {"amount": "0.00"},
+                     "refunding": {"amount": "3.00"}, "refunds": []}
+    # Not lost: what is left is 1.00, not 4.00.
+    services.payments.provider = acquirer
+    refused = await api.gql(REFUND, {"id": gid, "amount": "2.00"}, as_user=op)
+    assert refused["refundPayment"] == {
+        "payment": None, "errors": [{"field": "amount", "code": "OUT_OF_RANGE"}]}
+    # A claim still young may be waiting for its answer: the sweep leaves it.
+    assert await services.payments.settle_stale_refunds() == 0
+    real = services.ctx.clock
+    services.ctx.clock = lambda: real() + STALE_REFUND_CLAIM + timedelta(seconds=1)
+    assert await services.payments.settle_stale_refunds() == 1
+    # Asked again under the same key: paid back once.
+    assert [k for k, _ in acquirer.asked] == [key, key]
+    assert acquirer.paid == {key: 300}
+    shown = (await api.gql(READ, {"id": gid}, as_user=op))["node"]
+    assert shown == {"status": "CAPTURED", "refunded": {"amount": "3.00"},
+                     "refunding": {"amount": "0.00"},
+                     "refunds": [{"amount": {"amount": "3.00"}, "providerRef": f"ref-{key}"}]}
+    [record] = await services.ctx.store.find_all(d.Refund, Eq("payment_id", payment.id))
+    assert (record.id, record.created_by) == (key, world.users["op_a"].id)
+    # Settled once: another round finds nothing.
+    assert await services.payments.settle_stale_refunds() == 0
+    done = await api.gql(REFUND, {"id": gid}, as_user=op)
+    assert done["refundPayment"]["payment"]["refunded"] == {"amount": "4.00"}
+
+
+async def test_a_refund_the_provider_refuses_gives_its_amount_back(
+        api: Api, services: Services, world: World) -> None:
+    payment = await _captured_400(services, world)
+    gid, op = to_global_id("payment", payment.id), world.users["op_a"].id
+
+    class Refusing(SlowAcquirer):
+        async def refund(self, paid: d.Payment, amount_minor: int, key: str) -> str:
+            raise PaymentDeclined("the card was closed", field="id")
+
+    services.payments.provider = Refusing()
+    refused = await api.gql(REFUND, {"id": gid, "amount": "3.00"}, as_user=op)
+    assert refused["refundPayment"] == {
+        "payment": None, "errors": [{"field": "id", "code": "DECLINED"}]}
+    stored = await _stored(services, payment.id)
+    assert (stored.refunded_minor, stored.refunding_minor, stored.refund_claims) == (
+        0, 0, None)
+    services.payments.provider = SlowAcquirer(0)
+    whole = await api.gql(REFUND, {"id": gid}, as_user=op)
+    assert whole["refundPayment"]["payment"]["refunded"] == {"amount": "4.00"}
+
+
