@@ -1439,6 +1439,15 @@ _V71 = """
 ALTER TABLE "session" ADD COLUMN "reported_end" INTEGER;
 """
 
+# Version 78: when a station went into the books it is in now (``Station.books_since``,
+# set by a handover): company-scoped analytics count its state history from then, so its
+# new operator is not told of the old one's time there (QA s27). Older rows: null, in
+# their books since they were added (a handover before it is not known). MongoDB reads a
+# missing field as null: no step.
+_V78 = """
+ALTER TABLE "station" ADD COLUMN "books_since" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1473,7 +1482,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (68, _V68),
                                      (69, _V69),
                                      (70, _V70),
-                                     (71, _V71))
+                                     (71, _V71), (78, _V78))
 
 
 def identity_left(company_id: str, name: str) -> None:
