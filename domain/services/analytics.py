@@ -737,7 +737,8 @@ class AnalyticsService(Service):
         spans = self._spans(start, end, bucket, time_zone, budget)
         # Occupancy is the station's, as its charging time is: scoped by the stations the
         # viewer runs, not by the books the sessions went to (a station handed over read
-        # an hour of charging and no occupancy for its new operator).
+        # an hour of charging and no occupancy for its new operator); both from when it
+        # went into the viewer's books (``_handed_over``).
         return await self._share_rows(
             viewer, scope, by_connector, spans,
             (Session, scope.sessions(), TIMES[Session]),
