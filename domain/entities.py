@@ -381,6 +381,12 @@ class Station(Record):
     #: 0: never changed (and stations from before SQLite migration 68; MongoDB reads a
     #: missing one as 0).
     sight: int = 0
+    #: When the station went into the books it is in now (``base.books_of``: handed to
+    #: another company, or to another owner of no company), on our clock; None: in them
+    #: since it was added (and stations from before SQLite migration 76). Company-scoped
+    #: analytics of its state history count from then (``AnalyticsService``): its new
+    #: operator runs it from the handover, and is not told of the old one's time there.
+    books_since: datetime | None = None
 
 
 #: ``Station.firmware_status`` from an UpdateFirmware its charger accepted until the

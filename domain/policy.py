@@ -79,7 +79,8 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
                           "firmware_location", "firmware_retrieve_date",
                           "diagnostics_requested_at", "diagnostics_file_name",
                           "diagnostics_previous_uploading",
-                          "configuration_truncated", "site_fallback_kw"}),
+                          "configuration_truncated", "site_fallback_kw",
+                          "books_since"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),

@@ -53,7 +53,9 @@ class AnalyticsFilter:
         "none."))
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Only this company's stations. Matches nothing for a driver, who is not told "
-        "which company runs a station."))
+        "which company runs a station. As for its operators: sessions, energy and revenue "
+        "by its books, and a station handed to it counts its state history (utilization, "
+        "availability, faults) from the handover on."))
     user_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
     site_id: strawberry.ID | None = strawberry.field(default=None, description=(
@@ -304,7 +306,8 @@ class FaultReport:
                      last: int | None = None, before: str | None = None
                      ) -> Connection[StatusEvent]:
         ctx: GraphContext = info.context
-        where = ctx.services.analytics.fault_events_filter(self._scope, self._from, self._to)
+        where = await ctx.services.analytics.fault_events_filter(
+            ctx.viewer, self._scope, self._from, self._to)
         return await page_connection(ctx, d.StatusEvent, StatusEvent.wrap, where,
                                      [Sort("at", descending=True)],
                                      PageArgs(first=first, after=after, last=last,

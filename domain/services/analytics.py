@@ -34,7 +34,19 @@ from domain.entities import (
 from domain.errors import Unauthenticated, ValidationError
 from domain.faults import fault_filter
 from domain.policy import Viewer, metered_on
-from domain.query import ALL, NONE, Eq, Filter, In, Or, Range, Sub, all_of, any_of
+from domain.query import (
+    ALL,
+    NONE,
+    Eq,
+    Filter,
+    In,
+    NotSub,
+    Or,
+    Range,
+    Sub,
+    all_of,
+    any_of,
+)
 from domain.services.base import Service
 from domain.services.intervals import POINT_DOWN
 from domain.timebuckets import Bucket, plan, zone
@@ -448,6 +460,15 @@ def _group_fields(group: GroupKey) -> dict[str, Any]:
             "connector_id": int(connector) if connector is not None else None}
 
 
+def _by_instant(handed: dict[str, datetime]) -> dict[datetime, set[str]]:
+    """``AnalyticsService._handed_over``'s stations grouped by the instant they count
+    from: one pair of sums per instant."""
+    groups: dict[datetime, set[str]] = {}
+    for station_id, since in handed.items():
+        groups.setdefault(since, set()).add(station_id)
+    return groups
+
+
 def _check_cells(cells: int, field: str) -> None:
     if cells > MAX_CELLS:
         raise ValidationError(
@@ -462,6 +483,26 @@ class AnalyticsService(Service):
         overview by company and cpIds must not learn who runs a station from its count."""
         return all_of(self.policy.scope(viewer, kind),
                       self.policy.guard_nested(viewer, kind, where))
+
+    async def _handed_over(self, viewer: Viewer, scope: Scope, start: datetime,
+                           end: datetime) -> dict[str, datetime]:
+        """The stations whose state history counts, for this viewer and scope, only from
+        when they went into their present books (``Station.books_since``) because that
+        was after ``start``: station id to that instant (``end`` at most). Company-scoped
+        figures (an operator's, or those of a company asked for) are the books': a
+        station handed over counts for its new company from the handover, as if it had
+        joined its network then (the window before is time nothing was known of it), and
+        the old company's occupancy, charging and faults there are not the new one's to
+        read (QA s27: they were, its drivers' sessions' times included). Energy, sessions
+        and revenue follow their sessions' books already (``Scope.samples``). An admin's
+        unfiltered view is the station's whole history. Handovers are rare: the stations
+        read are those handed over since ``start``."""
+        if not (viewer.is_operator or scope.company_id):
+            return {}
+        stations = await self.store.find_all(
+            Station, self._scoped(viewer, "station", all_of(
+                scope.stations(), Range("books_since", gt=start))), limit=100_000)
+        return {s.id: min(s.books_since, end) for s in stations if s.books_since}
 
     # ------------------------------------------------------------- energy trend
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
@@ -653,11 +694,33 @@ class AnalyticsService(Service):
             budget.spend(len(spans) * (groups - 1))
         firsts = await self._overlaps(viewer, *first, spans)
         seconds = await self._overlaps(viewer, *second, spans)
+        handed = await self._handed_over(viewer, scope, spans[0].lo, spans[-1].hi)
+        for since, ids in _by_instant(handed).items():
+            await self._count_from(viewer, since, ids, spans, first, firsts)
+            await self._count_from(viewer, since, ids, spans, second, seconds)
         rows = [row for span, a, b in zip(spans, firsts, seconds, strict=True)
                 for row in self._rows(connectors, by_connector, span.elapsed, a, b,
                                       span.bucket)]
         # Stable: each connector's (station's) buckets stay in time order.
         return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
+
+    async def _count_from(self, viewer: Viewer, since: datetime, station_ids: set[str],
+                          spans: list[_Span], sums: tuple[type[Record], Filter, _Times],
+                          found: list[dict[tuple[Any, ...], float]]) -> None:
+        """Replaces in ``found`` (``_overlaps``' sums, per span) those of ``station_ids``
+        by their overlaps from ``since`` on (``_handed_over``): each span's part after it,
+        none for a span wholly before it."""
+        kind, where, fields = sums
+        after = [i for i, s in enumerate(spans) if max(s.lo, since) < s.hi]
+        clipped = await self._overlaps(
+            viewer, kind, all_of(where, In("station_id", tuple(sorted(station_ids)))),
+            fields, [replace(spans[i], lo=max(spans[i].lo, since)) for i in after]
+        ) if after else []
+        for figures in found:
+            for key in [k for k in figures if k[0] in station_ids]:
+                del figures[key]
+        for i, figures in zip(after, clipped, strict=True):
+            found[i].update(figures)
 
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                           by_connector: bool, bucket: Bucket | None = None,
@@ -674,7 +737,8 @@ class AnalyticsService(Service):
         spans = self._spans(start, end, bucket, time_zone, budget)
         # Occupancy is the station's, as its charging time is: scoped by the stations the
         # viewer runs, not by the books the sessions went to (a station handed over read
-        # an hour of charging and no occupancy for its new operator).
+        # an hour of charging and no occupancy for its new operator); both from when it
+        # went into the viewer's books (``_handed_over``).
         return await self._share_rows(
             viewer, scope, by_connector, spans,
             (Session, scope.sessions(), TIMES[Session]),
@@ -714,15 +778,46 @@ class AnalyticsService(Service):
              TIMES[ConnectorInterval]), budget if bucket is not None else None)
 
     # ------------------------------------------------------------- faults
-    def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
+    def _fault_events(self, scope: Scope, start: datetime, end: datetime) -> Filter:
         """The individual fault reports in the window (StatusEvents stating a fault,
         ``domain.faults``: an error code, or status Faulted whatever its code)."""
         _per_connector(scope)
         _window(start, end)
         return all_of(scope.on_stations(), fault_filter(), Range("at", gte=start, lt=end))
 
+    async def fault_events_filter(self, viewer: Viewer, scope: Scope, start: datetime,
+                                  end: datetime) -> Filter:
+        """``_fault_events``, a station handed over in the window counting from the
+        handover for company-scoped viewers (``_handed_over``), as its fault groups do."""
+        where = self._fault_events(scope, start, end)
+        handed = await self._handed_over(viewer, scope, start, end)
+        if not handed:
+            return where
+        return all_of(where, any_of(
+            NotSub("station_id", "station", In("id", tuple(sorted(handed)))),
+            *(all_of(Eq("station_id", station_id), Range("at", gte=since))
+              for station_id, since in sorted(handed.items()))))
+
     async def fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
                             end: datetime) -> list[FaultGroup]:
+        """``_fault_reports``; a station handed over in the window, for company-scoped
+        viewers, from the handover on (``_handed_over``): the faults of its window's part
+        after it, one still going then carried in (count 0)."""
+        _signed_in(viewer)
+        groups = await self._fault_reports(viewer, scope, start, end)
+        handed = await self._handed_over(viewer, scope, start, end)
+        if not handed:
+            return groups
+        groups = [g for g in groups if g.station_id not in handed]
+        for since, station_ids in _by_instant(handed).items():
+            if since < end:
+                groups += await self._fault_reports(
+                    viewer, replace(scope, station_ids=tuple(sorted(station_ids))),
+                    since, end)
+        return sorted(groups, key=lambda g: (g.cp_id, g.connector_id, g.error_code))
+
+    async def _fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
+                             end: datetime) -> list[FaultGroup]:
         """Faults by station, connector and error code: how often reported, first and last
         report, total time in that fault within the window (and how much of it the
         station was offline), and whether it is still reported now. A fault is what
@@ -743,7 +838,7 @@ class AnalyticsService(Service):
         _signed_in(viewer)
         reports = await self.store.aggregate(
             StatusEvent, self._scoped(viewer, "status_event",
-                                      self.fault_events_filter(scope, start, end)),
+                                      self._fault_events(scope, start, end)),
             FAULT_KEYS, {"n": Count(), "first": Min("at"), "last": Max("at")})
         groups = {_key(r): (int(r["n"]), r["first"], r["last"]) for r in reports}
         times = await self._fault_times(viewer, scope, start, end)

@@ -389,6 +389,11 @@ class StationService(Service):
                   # company, it leaves the old company's site (whose limit it charged under).
                   "site_id": None if company_id not in (UNSET, station.company_id) else UNSET}
         update = edit(station, viewer, **fields)
+        if books_of(cast(Station, update.record)) != books_of(station):
+            # Its new books' analytics count its state history from now (QA s27: the new
+            # company read the old one's drivers' occupancy, charging and faults).
+            fields["books_since"] = self.now()
+            update = edit(station, viewer, **fields)
         if _sight_of(station) != _sight_of(cast(Station, update.record)):
             # Who sees it changes: its version moves on, in this write, which holds only
             # on the station as read (``edit``): of two edits the later has the higher,

@@ -1496,6 +1496,15 @@ ALTER TABLE "payment" ADD COLUMN "refund_claims" TEXT;
 CREATE INDEX "payment_refunding_minor_idx" ON "payment" ("refunding_minor");
 """
 
+# Version 76: when a station went into the books it is in now (``Station.books_since``,
+# set by a handover): company-scoped analytics count its state history from then, so its
+# new operator is not told of the old one's time there (QA s27). Older rows: null, in
+# their books since they were added (a handover before it is not known). MongoDB reads a
+# missing field as null: no step.
+_V76 = """
+ALTER TABLE "station" ADD COLUMN "books_since" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1534,7 +1543,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (72, _V72),
                                      (73, _V73),
                                      (74, _V74),
-                                     (75, _V75))
+                                     (75, _V75),
+                                     (76, _V76))
 
 
 def identity_left(company_id: str, name: str) -> None:

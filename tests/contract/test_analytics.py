@@ -309,13 +309,15 @@ def at_31(hour: int, minute: int = 0) -> datetime:
     return utc(31, hour, minute)
 
 
-async def two_plug_station(h: History) -> tuple[d.Station, list[d.Connector]]:
+async def two_plug_station(h: History, company_id: str | None = None
+                           ) -> tuple[d.Station, list[d.Connector]]:
     """R1, two connectors, online from 13:00 on the 31st; both charge 14:00 → 15:00
     (driver1 on 1, driver2 on 2)."""
     charging = h.services.charging
     h.clock.now = at_31(13)
     station, connectors = await h.services.stations.create_station(
-        SYSTEM, cp_id="R1", name="R1", connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+        SYSTEM, cp_id="R1", name="R1", connectors=[ConnectorSpec(1), ConnectorSpec(2)],
+        company_id=company_id)
     await charging.set_online("R1", True)
     for c in (1, 2):
         await charging.status_notification("R1", c, "Available", "NoError",
@@ -523,7 +525,7 @@ async def test_a_faulted_status_is_a_fault_whatever_its_error_code(history: Hist
     assert fault_rows(await analytics.fault_reports(admin, r1, at_31(16), at_31(18))) == [
         (0, "NoError", 0, at_31(15, 30), 1.0, 0.0, False)]
     events = await history.services.ctx.store.find_all(
-        d.StatusEvent, analytics.fault_events_filter(r1, at_31(13), at_31(18)))
+        d.StatusEvent, await analytics.fault_events_filter(admin, r1, at_31(13), at_31(18)))
     assert sorted((e.connector_id, e.status, e.vendor_error_code, e.info)
                   for e in events) == [
         (0, d.ConnectorStatus.FAULTED, None, None),
@@ -595,14 +597,55 @@ async def test_availability_tells_the_time_nothing_was_known(history: History) -
             station.second_seconds / H) == (14.0, 8.0, 10.0)
 
 
-async def test_a_station_handed_over_keeps_its_occupancy_with_its_charging_time(
+async def test_a_station_handed_over_counts_for_its_new_company_from_the_handover(
         history: History) -> None:
-    """Utilization is the station's: its new operator sees the hour it was occupied as
-    well as the hour it was charging (occupancy used to follow the sessions' books)."""
-    station, _ = await two_plug_station(history)
-    op_b = history.users["op_b"]
-    await history.services.stations.update_station(SYSTEM, station.id,
-                                                   company_id=op_b.company_id)
-    rows = await history.services.analytics.utilization(
-        history.viewer("op_b"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), True)
-    assert figures(rows) == [(1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]
+    """R1 was A's when both plugs charged 14:00 → 15:00 and plug 1 was faulted
+    15:30 → 15:45 (and reported it late for 13:30); handed to B at 16:00. B runs it from
+    16:00 only: of 13:00 → 17:00 it reads none of A's occupancy, charging or fault, and
+    the three hours before it ran the station are unknown to it, as if the station had
+    joined its network then (it used to read A's drivers' hour of occupancy, A's
+    charging and A's fault). An admin, and A's energy by its sessions' books, keep the
+    whole history."""
+    a, b = (history.users[who].company_id for who in ("op_a", "op_b"))
+    station, _ = await two_plug_station(history, a)
+    charging, analytics = history.services.charging, history.services.analytics
+    history.clock.now = at_31(15, 30)
+    await charging.status_notification("R1", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(13, 30))  # late: history only
+    await charging.status_notification("R1", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(15, 30))
+    history.clock.now = at_31(15, 45)
+    await charging.status_notification("R1", 1, "Available", "NoError",
+                                       timestamp=at_31(15, 45))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station.id, company_id=b)
+    history.clock.now = at_31(17)
+    r1, window = Scope(cp_ids=("R1",)), (at_31(13), at_31(17))
+    op_b, admin = history.viewer("op_b"), history.viewer("admin")
+    assert figures(await analytics.utilization(op_b, r1, *window, True)) == [
+        (1, 4.0, 0.0, 0.0, 0.0), (2, 4.0, 0.0, 0.0, 0.0)]
+    assert [(r.connector_id, r.first_seconds / H, r.second_seconds / H) for r in
+            await analytics.availability(op_b, r1, *window, True)] == [
+        (1, 1.0, 1.0), (2, 1.0, 1.0)]
+    assert await analytics.fault_reports(op_b, r1, *window) == []
+
+    async def fault_events(who: str) -> list[datetime]:
+        viewer = history.viewer(who)
+        where = await analytics.fault_events_filter(viewer, r1, *window)
+        return sorted(e.at for e in await history.services.ctx.store.find_all(
+            d.StatusEvent, all_of(Policy().scope(viewer, "status_event"), where)))
+
+    assert await fault_events("op_b") == []
+    assert await fault_events("admin") == [at_31(13, 30), at_31(15, 30)]
+    # Per bucket too: the hours before the handover are empty, the one after is B's.
+    hours = await analytics.availability(op_b, r1, *window, False, Bucket.HOUR)
+    assert [r.first_seconds / H for r in hours] == [0.0, 0.0, 0.0, 2.0]
+    # The whole history stays the station's for an admin.
+    assert figures(await analytics.utilization(admin, r1, *window, True)) == [
+        (1, 4.0, 1.0, 1.0, 0.25), (2, 4.0, 1.0, 1.0, 0.25)]
+    assert [(g.connector_id, g.error_code, g.duration_seconds / H) for g in
+            await analytics.fault_reports(admin, r1, *window)] == [
+        (1, "GroundFailure", 0.25)]
+    # And the sessions stay in A's books: A's energy is the two kWh it charged.
+    trend = await analytics.energy_trend(history.viewer("op_a"), r1, *window, Bucket.DAY)
+    assert sum(x.energy_wh for x in trend) == 2000
