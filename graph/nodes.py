@@ -520,9 +520,7 @@ class IdTag(Node, Audited):
 # ------------------------------------------------------------------------- stations
 @strawberry.type(description="A firmware update its charger accepted (OCPP UpdateFirmware).")
 class FirmwareRollout:
-    requested_at: datetime = strawberry.field(description=(
-        "When the charger accepted it, or when it reported on it, if that came first "
-        "(a charger acts at once): its statuses from then on are this rollout's."))
+    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
     location: str = strawberry.field(description=(
         "Where the charger was to fetch the firmware from, without the URL's user "
         "information nor its query string's values, where a presigned URL carries its "
@@ -544,9 +542,7 @@ class FirmwareRollout:
     "A diagnostics upload its charger accepted (OCPP GetDiagnostics answered with a file "
     "name)."))
 class DiagnosticsRequest:
-    requested_at: datetime = strawberry.field(description=(
-        "When the charger accepted it, or when it reported on it, if that came first "
-        "(a charger acts at once): its statuses from then on are this upload's."))
+    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
     file_name: str = strawberry.field(description=(
         "The name of the file the charger said it would upload (its answer's `fileName`, "
         "as its other text is shown: without control characters, a line break a "

@@ -263,9 +263,7 @@ class MaintenanceEvent(_OfStation):
     requested_at: datetime | None = strawberry.field(description=(
         "The request the status follows: FIRMWARE, the rollout "
         "(`Station.firmwareRollout.requestedAt`); DIAGNOSTICS, the upload "
-        "(`Station.diagnosticsRequest.requestedAt`). Null before any was recorded. A "
-        "status the charger reported before its answer to the request was handled is "
-        "told again, with the request, once the request is recorded."))
+        "(`Station.diagnosticsRequest.requestedAt`). Null before any was recorded."))
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[MaintenanceStatusChanged]
 

@@ -1879,24 +1879,10 @@ class CommandService(Service):
                 # older than that report's and its entry's images of the station
                 # before it (review r2: the audit chain broke, ``updated_at`` went
                 # back). Read and decided again when another write came between.
-                # Dated from that report when it came first (a charger acts at once,
-                # and its first report is often handled before its answer): "statuses
-                # from the request on are its" holds for the one taken as its. QA s27:
-                # stamped with the answer's time, the report read as older than its
-                # own request.
-                at = getattr(current, f"{field}_at")
-                dated = {**rollout, asked: min(rollout[asked], at)} if at else rollout
-                beside = patch(current, viewer, **dated,
+                beside = patch(current, viewer, **rollout,
                                only_if=("updated_at", current.updated_at))
                 await self.commit(viewer, [(beside, current)])
                 if await self.landed([beside.record]):
-                    if reported is not None and at is not None:
-                        # Announced when it came, before this request was recorded,
-                        # with the one before it (QA s27: a webhook consumer filed the
-                        # new rollout's first status under last month's): told again,
-                        # as what the station reads now, this request's.
-                        await self.publish(maintenance_event(
-                            cast(Station, beside.record), kind, reported, at))
                     return
                 continue
             await self.commit(viewer, [(again, current)])
