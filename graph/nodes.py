@@ -585,9 +585,9 @@ class Station(Node, Audited):
         "InstallationFailed, Idle), or `Requested`: an `updateFirmware` the charger "
         "accepted (`firmwareRollout`) and has not reported on yet. An Idle before "
         "`firmwareRollout.retrieveDate` leaves `Requested` (the download is not due); "
-        "from then on it is shown. An Idle after Installed, DownloadFailed or "
-        "InstallationFailed (a triggered FirmwareStatusNotification: the charger is done) "
-        "leaves that end. See `firmwareStatusAt`. Staff only."))
+        "from then on it is shown. An Idle after this rollout's Installed, DownloadFailed "
+        "or InstallationFailed (a triggered FirmwareStatusNotification: the charger is "
+        "done) leaves that end. See `firmwareStatusAt`. Staff only."))
     firmware_status_at: datetime | None = strawberry.field(description=(
         "When `firmwareStatus` was set (the notification came, or the rollout was "
         "accepted); null for a status kept before times were. Staff only."))
@@ -599,7 +599,7 @@ class Station(Node, Audited):
         "UploadFailed), or `Requested`: a `getDiagnostics` the charger accepted "
         "(`diagnosticsRequest`) and has not reported on yet. An Uploaded or UploadFailed "
         "while the upload before it was still Uploading is that upload's end and leaves "
-        "`Requested`; an Idle after Uploaded or UploadFailed (a triggered "
+        "`Requested`; an Idle after this upload's Uploaded or UploadFailed (a triggered "
         "DiagnosticsStatusNotification: the charger is done) leaves that end. See "
         "`diagnosticsStatusAt`. Staff only."))
     diagnostics_status_at: datetime | None = strawberry.field(description=(

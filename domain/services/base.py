@@ -245,10 +245,20 @@ def keeps_outcome(station: Station, kind: str, status: str) -> bool:
     idle because it is done). Taken, it wrote an InstallationFailed over with the
     trigger's time, so an operator refreshing a fleet's statuses lost every failed
     install (QA s27). After any other status (Downloading, Uploading) an Idle is news:
-    the charger dropped what it was doing."""
-    ended = station.firmware_status in ROLLOUT_ENDS if kind == "FIRMWARE" \
-        else station.diagnostics_status in UPLOAD_ENDS
-    return status == "Idle" and ended
+    the charger dropped what it was doing. Only the end of the request the station
+    records (``Station.firmware_requested_at``, ``diagnostics_requested_at``): an end
+    from before it (the last rollout's Installed, raced by the new one's answer and left
+    standing beside it) is not the new request's, and an Idle then is news of that one
+    (review r27: dropped, the station read the new rollout as installed until the charger
+    fetched it, hours later)."""
+    if kind == "FIRMWARE":
+        ended, at, asked = (station.firmware_status in ROLLOUT_ENDS,
+                            station.firmware_status_at, station.firmware_requested_at)
+    else:
+        ended, at, asked = (station.diagnostics_status in UPLOAD_ENDS,
+                            station.diagnostics_status_at, station.diagnostics_requested_at)
+    current = asked is None or at is None or at >= asked
+    return status == "Idle" and ended and current
 
 
 def books_of(station: Station) -> tuple[str | None, str | None]:

@@ -471,7 +471,8 @@ async def test_reports_that_beat_the_answer_are_told_once_each_as_they_came(
     report told again as the request's, claimed only the last of two (a quick download,
     a small upload): the first read as older than its own request and was never told
     with it, while the docs said every such report was. OCPP 1.6 reports name no
-    request, and one sent before the answer is as likely the last request's end, so
+    request, and one sent before the answer is as likely the last request's end (see
+    ``test_the_last_rollouts_end_racing_a_new_answer_stays_the_last_rollouts``), so
     none is claimed: each is told once, in order, when it came, with the request before
     it; the request is dated from its answer, after them."""
     inputs: dict[str, Any] = {"cpId": "CP-1", "location": "https://x.example.com/f"}
@@ -496,6 +497,47 @@ async def test_reports_that_beat_the_answer_are_told_once_each_as_they_came(
     assert all(e.at < asked and e.requested_at is None for e in told), (told, asked)
     assert station[f"{field}Status"] == raced[-1]
     assert when(station[f"{field}StatusAt"]) < asked
+
+
+async def test_the_last_rollouts_end_racing_a_new_answer_stays_the_last_rollouts(
+        central: Central, bus: MemoryEventBus) -> None:
+    """Review r27: rollout A is Installing; the operator sends rollout B, due in three
+    hours, and A's Installed is handled before B's answer. Dated from that report and
+    told again as B's, it read B installed three hours before the charger even fetched
+    it, and the charger's triggered Idle (B is not due) was dropped as "no news after
+    an end", so nothing corrected it. B is dated from its answer: the Installed is A's
+    (before ``requestedAt``), told once, as A's; and an Idle after an end from before
+    the request the station records is news, shown as B's."""
+    charging = central.services.charging
+    now = datetime.now(UTC).replace(microsecond=0)
+    inputs = {"cpId": "CP-1", "location": "https://fw.example.com/a.bin",
+              "retrieveDate": now.isoformat()}
+    central.services.attach_gateway(_ReportsFirst(  # type: ignore[arg-type]
+        central, "FIRMWARE", [], {}))
+    assert (await run(central, "updateFirmware", inputs, "errors { code }"))["errors"] == []
+    a_asked = when((await firmware(central))["firmwareRollout"]["requestedAt"])
+    await asyncio.sleep(0.005)
+    await charging.firmware_status("CP-1", "Installing")  # rollout A, nearly done
+    events = bus.subscribe(["maintenance"])
+    try:
+        central.services.attach_gateway(_ReportsFirst(  # type: ignore[arg-type]
+            central, "FIRMWARE", "Installed", {}, pause=0.005))
+        got = await run(central, "updateFirmware", {
+            **inputs, "location": "https://fw.example.com/b.bin",
+            "retrieveDate": (now + timedelta(hours=3)).isoformat()}, "errors { code }")
+        assert got["errors"] == []
+        await asyncio.sleep(0.005)
+        await charging.firmware_status("CP-1", "Idle")  # a triggered refresh: B not due
+        told = await _drained(events)
+    finally:
+        await events.aclose()
+    station = await firmware(central)
+    asked = when(station["firmwareRollout"]["requestedAt"])
+    assert station["firmwareRollout"]["location"] == "https://fw.example.com/b.bin"
+    assert [(e.status, e.requested_at) for e in told] == [
+        ("Installed", a_asked), ("Idle", asked)]
+    assert station["firmwareStatus"] == "Idle"
+    assert when(station["firmwareStatusAt"]) >= asked
 
 
 async def test_no_status_is_told_after_a_newer_one(
