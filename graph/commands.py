@@ -445,7 +445,8 @@ class SendLocalListPayload(CommandPayload):
 class GetDiagnosticsPayload(CommandPayload):
     file_name: str | None = strawberry.field(description=(
         "The name of the file the charger will upload (kept as the station's "
-        "`diagnosticsRequest`); null when it has nothing to upload (or did not answer)."))
+        "`diagnosticsRequest`; U+FFFD for a name of hidden characters only); null when it "
+        "has nothing to upload (or did not answer)."))
 
 
 @strawberry.type(description="The answer to `updateFirmware`.")

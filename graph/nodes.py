@@ -546,7 +546,7 @@ class DiagnosticsRequest:
     file_name: str = strawberry.field(description=(
         "The name of the file the charger said it would upload (its answer's `fileName`, "
         "as its other text is shown: without control characters, a line break a "
-        "space)."))
+        "space; made of hidden characters only, U+FFFD)."))
 
     @classmethod
     def of(cls, r: d.Station) -> DiagnosticsRequest | None:

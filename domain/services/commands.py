@@ -369,6 +369,12 @@ def _kind(action: str) -> str:
     return "FIRMWARE" if action == "UpdateFirmware" else "DIAGNOSTICS"
 
 
+#: The file name a GetDiagnostics answer reads with when the charger's was made of
+#: hidden characters only (escape codes, zero-width spaces): a file is coming, its name
+#: cannot be shown.
+UNREADABLE_FILE_NAME = "\ufffd"
+
+
 #: Rounds ``_announce_requested`` reads and writes again before it gives up.
 ANNOUNCE_ROUNDS = 5
 
@@ -669,11 +675,14 @@ class CommandService(Service):
         # told a secret a charger read back.
         outcome.result = without_secrets(outcome.action, result)
         name = outcome.result.get("fileName")
-        if outcome.action == "GetDiagnostics" and isinstance(name, str):
+        if outcome.action == "GetDiagnostics" and isinstance(name, str) and name:
             # The charger's text, shown in dashboards as its vendor or model is: without
-            # escape codes or line breaks (QA s27: kept and shown as sent). Nothing left
-            # of it is no file to upload.
-            outcome.result = {**outcome.result, "fileName": shown_text(name)}
+            # escape codes or line breaks (QA s27: kept and shown as sent). A name of
+            # hidden characters only is still a file the charger will upload (only an
+            # empty one is none): it reads as ``UNREADABLE_FILE_NAME`` (review r27: it
+            # became null, "nothing to upload", and no request was recorded).
+            outcome.result = {**outcome.result,
+                              "fileName": shown_text(name) or UNREADABLE_FILE_NAME}
         outcome.status = result.get("status")
         if outcome.status is not None and outcome.status not in POSITIVE:
             outcome.error = ChargerRejected(f"the charger answered {outcome.status}")

@@ -28,7 +28,7 @@ from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Store, Update
 from domain.query import Eq, Sort, all_of
 from domain.services.base import touch
-from domain.services.commands import ANNOUNCE_ROUNDS, CommandService
+from domain.services.commands import ANNOUNCE_ROUNDS, UNREADABLE_FILE_NAME, CommandService
 from domain.services.configuration import MAX_KEYS, record_change, record_read
 from domain.services.webhooks import webhook_event
 from domain.wire import rfc3339
@@ -382,6 +382,32 @@ async def test_a_diagnostics_file_name_is_shown_as_other_charger_text(
     assert answer == {**answer, "fileName": "diag[31m-7 .zip", "errors": []}
     station = await diagnostics(central)
     assert station["diagnosticsRequest"]["fileName"] == "diag[31m-7 .zip"
+
+
+class _NamesItsFileInvisibly(simulator.SimulatedChargePoint):
+    """A charger whose diagnostics file name is an escape code and a zero-width space."""
+
+    @on(Action.get_diagnostics)
+    def on_get_diagnostics(self, location: str, **options: Any) -> result.GetDiagnostics:
+        return result.GetDiagnostics(file_name="\x1b\u200b")
+
+
+async def test_a_diagnostics_file_name_of_hidden_characters_is_still_a_file(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r27: a file name with nothing left once shown as charger text became null,
+    "nothing to upload", and no request was recorded, though the charger accepted and
+    uploads. It reads as U+FFFD (``UNREADABLE_FILE_NAME``): the request is recorded."""
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_upload_diagnostics",
+                        _reports_nothing)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=_NamesItsFileInvisibly) as cp:
+        await cp.boot()
+        answer = await run(central, "getDiagnostics", {
+            "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName errors { code }")
+    assert answer == {**answer, "fileName": UNREADABLE_FILE_NAME, "errors": []}
+    station = await diagnostics(central)
+    assert station["diagnosticsStatus"] == "Requested"
+    assert station["diagnosticsRequest"]["fileName"] == UNREADABLE_FILE_NAME
 
 
 class _ReportsFirst:
