@@ -1428,8 +1428,10 @@ class Payment(Node, Audited):
     "Money paid back of a payment, recorded when it was made: reports book it then. "
     "`createdBy` is who paid it back."))
 class Refund(Audited):
-    at: datetime = strawberry.field(description="When it was paid back (reports book it "
-                                                "in this period).")
+    at: datetime = strawberry.field(description=(
+        "When it was recorded as paid back: the provider's answer; for a refund an "
+        "interrupted request left, when the sweep recorded it (the provider's answer "
+        "does not say when it paid). Reports book it in this period."))
     provider_ref: str | None = strawberry.field(
         description="The payment provider's reference of the refund.")
     _r: strawberry.Private[d.Refund]
