@@ -3,7 +3,12 @@ unit of the tariff's currency (cents, whole yen, fils).
 
 One computation (``cost_breakdown``) gives the total and its parts: the total billed
 (``session_cost_minor``, stored as the session's ``cost_minor``) is its ``gross``, so a
-receipt's lines always add up to what was billed, rounding included."""
+receipt's lines always add up to what was billed, rounding included.
+
+A completed session's receipt (``receipt``) is that computation again over what it was
+billed for, shown only when it gives exactly the bill; a session billed before the
+minutes were counted exactly (638a0ed) may have been billed one minor unit off the
+exact price, and its receipt is then its bill's computation of that time."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from domain.apportion import largest_remainder
 from domain.clock import exact_seconds
 from domain.currencies import minor_digits
-from domain.entities import Tariff
+from domain.entities import Session, Tariff
 from domain.tariff_bands import attributed_wh, bands_of
 
 
@@ -44,9 +49,15 @@ def cost_breakdown(tariff: Tariff, energy_wh: int, start: datetime, end: datetim
     net rounded the same way, the tax what is left. The net is split into its parts by
     largest remainder: each part is its exact amount rounded down or up (never by more
     than one minor unit), chosen so that they add up."""
+    return _breakdown(tariff, energy_wh, start, _minutes(end - start), idle, band_wh)
+
+
+def _breakdown(tariff: Tariff, energy_wh: int, start: datetime, minutes: Decimal,
+               idle: timedelta, band_wh: Sequence[int] | None) -> CostBreakdown:
+    """``cost_breakdown`` for a duration of ``minutes``."""
     digits = minor_digits(tariff.currency)
     exact = (energy_amount(tariff, energy_wh, start, band_wh),
-             _minutes(end - start) * tariff.price_per_minute,
+             minutes * tariff.price_per_minute,
              tariff.session_fee, idle_fee(tariff, idle))
     net_exact = sum(exact, Decimal(0))
     gross = _rounded(net_exact * (Decimal(1) + tariff.tax_rate), digits)
@@ -101,8 +112,39 @@ def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: dat
     return cost_breakdown(tariff, energy_wh, start, end, idle, band_wh).gross
 
 
+def receipt(tariff: Tariff, session: Session) -> CostBreakdown | None:
+    """The lines of a completed session's bill (its ``cost_minor``): ``tariff``'s
+    pricing of what it was billed for (its energy, split by band as measured at its
+    close, its span, its idle seconds), or ``None`` when they do not add up to exactly
+    what it was billed in its currency (the tariff may have changed since, a version an
+    admin dated back: there is no true split to show).
+
+    A session billed before its minutes were counted exactly (638a0ed) was priced from
+    its duration as a float, which fell short of a half: 90.3 s at 1.00 EUR/min was
+    billed 1.50, and is 1.51 exactly. When the exact pricing is not the bill, the float
+    one is tried too and shown when it is (``_float_minutes``, kept for those receipts
+    only): its lines add up to what was billed, and are the lines it was billed by. New
+    bills are never priced by it."""
+    if session.cost_minor is None or session.end_time is None:
+        return None
+    span = session.end_time - session.start_time
+    for minutes in (_minutes(span), _float_minutes(span)):
+        lines = _breakdown(tariff, session.energy_wh, session.start_time, minutes,
+                           timedelta(seconds=session.idle_seconds or 0),
+                           session.band_energy_wh)
+        if lines.gross == session.cost_minor and lines.currency == session.currency:
+            return lines
+    return None
+
+
 def _minutes(span: timedelta) -> Decimal:
     return max(exact_seconds(span), Decimal(0)) / Decimal(60)
+
+
+def _float_minutes(span: timedelta) -> Decimal:
+    """``span``'s minutes as bills before 638a0ed counted them: from its seconds as a
+    float (90.3 s read 90.29999999999999715…). For the receipts of those bills only."""
+    return Decimal(max(span.total_seconds(), 0)) / Decimal(60)
 
 
 def _rounded(amount: Decimal, digits: int) -> int:

@@ -1135,17 +1135,18 @@ class Session(Node, Audited):
             if tariff is not None and shown else None)
 
     @strawberry.field(description=(
-        "The `cost` of a COMPLETED session split into its lines; null for other states, "
-        "a session priced by no tariff, and one whose tariff no longer gives the cost it "
-        "was billed (a version an admin dated back since)."))
+        "The `cost` of a COMPLETED session split into its lines, which add up to it; "
+        "null for other states, a session priced by no tariff, and one whose tariff no "
+        "longer gives the cost it was billed (a version an admin dated back since). A "
+        "session billed before durations were priced exactly (from a float of its "
+        "seconds, at times one minor unit less) shows the lines it was billed by."))
     def cost_breakdown(self, info: Info) -> CostBreakdown | None:
         r = self._r
         if r.state is not d.SessionState.COMPLETED or r.cost_minor is None \
                 or r.end_time is None:
             return None
-        end = r.end_time
         return _pricing_tariff(  # type: ignore[no-any-return]
-            _ctx(info), r, lambda tariff, _shown: _receipt(r, tariff, end))
+            _ctx(info), r, lambda tariff, _shown: _receipt(r, tariff))
 
     @strawberry.field(description=(
         "An estimate of what an ACTIVE session costs so far: its tariff's price of the "
@@ -1220,20 +1221,11 @@ def _estimate(ctx: GraphContext, session: d.Session, tariff: d.Tariff | None,
     return later()
 
 
-def _receipt(session: d.Session, tariff: d.Tariff | None, end: datetime
-             ) -> CostBreakdown | None:
-    """The lines of a completed session's bill, by its tariff's pricing of what it was
-    billed for (its idle time and energy by band as measured at its close); none unless
-    they add up to exactly what it was billed (the tariff may have changed since: then
-    there is no true split to show)."""
-    if tariff is None:
-        return None
-    lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end,
-                                   timedelta(seconds=session.idle_seconds or 0),
-                                   session.band_energy_wh)
-    if lines.gross != session.cost_minor or lines.currency != session.currency:
-        return None
-    return CostBreakdown.of(lines)
+def _receipt(session: d.Session, tariff: d.Tariff | None) -> CostBreakdown | None:
+    """The lines of a completed session's bill (``pricing.receipt``: none unless they
+    add up to exactly what it was billed)."""
+    lines = pricing.receipt(tariff, session) if tariff is not None else None
+    return CostBreakdown.of(lines) if lines is not None else None
 
 
 @strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")
@@ -1432,8 +1424,10 @@ class Payment(Node, Audited):
     "Money paid back of a payment, recorded when it was made: reports book it then. "
     "`createdBy` is who paid it back."))
 class Refund(Audited):
-    at: datetime = strawberry.field(description="When it was paid back (reports book it "
-                                                "in this period).")
+    at: datetime = strawberry.field(description=(
+        "When it was recorded as paid back: the provider's answer; for a refund an "
+        "interrupted request left, when the sweep recorded it (the provider's answer "
+        "does not say when it paid). Reports book it in this period."))
     provider_ref: str | None = strawberry.field(
         description="The payment provider's reference of the refund.")
     _r: strawberry.Private[d.Refund]

@@ -18,8 +18,10 @@ its session's ENDED event carries the price.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -68,6 +70,13 @@ STALE_REFUND_CLAIM = timedelta(minutes=10)
 #: Tries of a refund's claim, settlement or release, each lost to another write of the
 #: payment (another refund's) that came between its read and its write.
 REFUND_WRITE_TRIES = 20
+#: How long ``settle_stale_refunds`` waits for the provider's answer to one refund before
+#: leaving its claim for the next round (``PaymentService.refund_timeout_s``).
+REFUND_PROVIDER_TIMEOUT_S = 30.0
+#: How long one round of ``settle_stale_refunds`` goes on asking before it leaves the
+#: rest to the next round (``PaymentService.refund_sweep_budget_s``): within the sweep's
+#: 5 minutes, a provider call's timeout included.
+REFUND_SWEEP_BUDGET_S = 240.0
 
 
 def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
@@ -130,6 +139,11 @@ class PaymentService(Service):
         #: Where the next round of ``fill_charger_fields`` starts; ``None`` before the
         #: first.
         self._charger_fields_since: datetime | None = None
+        #: Where the next round of ``settle_stale_refunds`` goes on (the cursor of the
+        #: last payment the previous one asked for); ``None``: from the first.
+        self._refunds_after: str | None = None
+        self.refund_timeout_s = REFUND_PROVIDER_TIMEOUT_S
+        self.refund_sweep_budget_s = REFUND_SWEEP_BUDGET_S
 
     async def fill_charger_fields(self) -> int:
         """Gives the payments an instance of an older version opened without their
@@ -434,34 +448,78 @@ class PaymentService(Service):
         provider's answer. Each is asked of the provider again under its own key (a
         provider keeping the port's promise pays back once, and answers with the refund
         it made, or makes it now): its answer settles the claim, its refusal releases
-        it, any other failure leaves it for the next round. Housekeeping, every few
-        minutes; returns how many it settled or released."""
+        it, any other failure leaves it for the next round, and so does a provider that
+        does not answer within ``refund_timeout_s`` (one that never answers held the
+        sweep for good, on every instance). Housekeeping, every few minutes; returns how
+        many it settled or released.
+
+        The payments being refunded are read a page at a time, by id, from where the
+        previous round stopped: a round asks for ``refund_sweep_budget_s`` at most (and
+        for one payment's claims at least), and the next one goes on after the last it
+        asked; one that reached the end starts again from the first. A backlog the
+        provider keeps failing on is not asked over and over in front of the claims
+        after it (review s27: only the first 100 were ever read). Settled refunds are
+        dated when the sweep records them (the provider's answer does not say when it
+        paid)."""
         stale = self.now() - STALE_REFUND_CLAIM
-        done = 0
-        for payment in await self.store.find_all(Payment, Range("refunding_minor", gt=0),
-                                                 [Sort("id")], limit=MAX_PAGE_SIZE):
-            session, = await self.store.get_many(Session, [payment.session_id])
-            for claim in payment.refund_claims or ():
-                if datetime.fromisoformat(claim["at"]) > stale or session is None:
-                    continue
-                try:
-                    reference = await self.provider.refund(payment, claim["amount_minor"],
-                                                           claim["key"])
-                except PaymentDeclined:
-                    await self._release_claim(SYSTEM, payment.id, claim["key"])
-                    log.warning("refund %s of payment %s, claimed at %s, was refused by "
-                                "the provider: released", claim["key"], payment.id,
-                                claim["at"])
-                except Exception:
-                    log.exception("refund %s of payment %s, claimed at %s, is still "
-                                  "unsettled: the provider failed", claim["key"],
-                                  payment.id, claim["at"])
-                    continue
-                else:
-                    await self._settle_claim(SYSTEM, payment.id, claim, reference, session)
-                done += 1
+        began = time.monotonic()
+        done, looked_at, after = 0, 0, self._refunds_after
+        while True:
+            page = await self.store.find_page(
+                Payment, Range("refunding_minor", gt=0), [Sort("id")],
+                PageRequest(first=MAX_PAGE_SIZE, after=after))
+            for payment, cursor in zip(page.items, page.cursors, strict=True):
+                if looked_at and time.monotonic() - began >= self.refund_sweep_budget_s:
+                    self._refunds_after = after
+                    log.info("the refund sweep ran out of its %gs after %d payments: the "
+                             "next round goes on from there", self.refund_sweep_budget_s,
+                             looked_at)
+                    return self._swept(done)
+                done += await self._settle_stale(payment, stale)
+                looked_at += 1
+                after = cursor
+            if not page.has_next:
+                break
+        self._refunds_after = None
+        return self._swept(done)
+
+    @staticmethod
+    def _swept(done: int) -> int:
         if done:
             log.info("settled %d refunds an interrupted request left claimed", done)
+        return done
+
+    async def _settle_stale(self, payment: Payment, stale: datetime) -> int:
+        """Asks the provider again for each of ``payment``'s claims made before ``stale``
+        and settles or releases it by the answer; how many it settled or released."""
+        session, = await self.store.get_many(Session, [payment.session_id])
+        done = 0
+        for claim in payment.refund_claims or ():
+            if datetime.fromisoformat(claim["at"]) > stale or session is None:
+                continue
+            try:
+                reference = await asyncio.wait_for(
+                    self.provider.refund(payment, claim["amount_minor"], claim["key"]),
+                    self.refund_timeout_s)
+            except PaymentDeclined:
+                await self._release_claim(SYSTEM, payment.id, claim["key"])
+                log.warning("refund %s of payment %s, claimed at %s, was refused by "
+                            "the provider: released", claim["key"], payment.id,
+                            claim["at"])
+            except TimeoutError:
+                log.warning("refund %s of payment %s, claimed at %s, is still unsettled: "
+                            "the provider did not answer within %gs; asked again next "
+                            "round", claim["key"], payment.id, claim["at"],
+                            self.refund_timeout_s)
+                continue
+            except Exception:
+                log.exception("refund %s of payment %s, claimed at %s, is still "
+                              "unsettled: the provider failed", claim["key"],
+                              payment.id, claim["at"])
+                continue
+            else:
+                await self._settle_claim(SYSTEM, payment.id, claim, reference, session)
+            done += 1
         return done
 
     def _refund_record(self, viewer: Viewer, payment: Payment, session: Session,

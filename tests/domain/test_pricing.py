@@ -1,3 +1,4 @@
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -165,3 +166,27 @@ def test_band_energy_is_split_by_the_exact_durations() -> None:
     pieces = _spread(bands_of(tariff), ZoneInfo("UTC"), START,
                      START + timedelta(milliseconds=300), Decimal(3), [cut])
     assert [wh for _, wh in pieces] == [Decimal(1), Decimal(2)]
+
+
+def test_a_receipt_shows_the_lines_a_session_was_billed_by() -> None:
+    """Review s27: a bill is itemised exactly when it can be; one written before
+    durations were priced exactly (90.3 s at 1.00 EUR/min billed 1.50, not 1.51) by the
+    float computation it was billed by; a bill neither gives (another tariff's) not at
+    all."""
+    from domain.entities import Session, SessionState
+    from domain.pricing import receipt
+    tariff = Tariff(company_id="c" * 24, price_per_kwh=Decimal(0), currency="EUR",
+                    price_per_minute=Decimal("1.00"))
+
+    def billed(cost_minor: int) -> Session:
+        return Session(transaction_id=1, station_id="s" * 24, cp_id="CP", connector_id=1,
+                       id_tag="TAG", start_time=START, meter_start_wh=0, energy_wh=0,
+                       state=SessionState.COMPLETED,
+                       end_time=START + timedelta(seconds=90, milliseconds=300),
+                       cost_minor=cost_minor, currency="EUR")
+    exact = receipt(tariff, billed(151))
+    assert exact is not None and (exact.time, exact.gross) == (151, 151)
+    before = receipt(tariff, billed(150))
+    assert before is not None and (before.time, before.net, before.gross) == (150, 150, 150)
+    assert receipt(tariff, billed(149)) is None
+    assert receipt(dataclasses.replace(tariff, currency="USD"), billed(151)) is None

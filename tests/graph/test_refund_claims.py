@@ -19,9 +19,10 @@ import pytest
 
 import domain.entities as d
 from domain.errors import PaymentDeclined
+from domain.ids import new_id
 from domain.policy import Policy
-from domain.ports import Update
-from domain.query import Eq
+from domain.ports import Insert, Update
+from domain.query import MAX_PAGE_SIZE, Eq
 from domain.services import ServiceContext, Services
 from domain.services.payments import STALE_REFUND_CLAIM
 from graph import TokenService, create_graphql_app
@@ -211,3 +212,94 @@ async def test_a_refund_the_provider_refuses_gives_its_amount_back(
     assert whole["refundPayment"]["payment"]["refunded"] == {"amount": "4.00"}
 
 
+
+
+async def _stale_claims(services: Services, world: World, n: int) -> list[d.Payment]:
+    """``n`` captured payments of 1.00 EUR, each with all of it claimed by a refund a
+    crash interrupted well before the sweep's ``STALE_REFUND_CLAIM``; by id."""
+    store = services.ctx.store
+    claimed_at = services.ctx.clock() - STALE_REFUND_CLAIM - timedelta(minutes=5)
+    payments: list[d.Payment] = []
+    for _ in range(n):
+        session = dataclasses.replace(
+            world.sessions["s3"], id=new_id(),
+            transaction_id=await store.next_sequence("transaction"),
+            state=d.SessionState.COMPLETED)
+        payment = dataclasses.replace(
+            world.payments["s3"], id=new_id(), session_id=session.id,
+            status=d.PaymentStatus.CAPTURED, amount_minor=100, refunded_minor=0,
+            refunding_minor=100, refund_claims=[{"key": new_id(), "amount_minor": 100,
+                                                 "at": claimed_at.isoformat(),
+                                                 "by": world.users["op_a"].id}])
+        await store.write([Insert(session), Insert(payment)], [])
+        payments.append(payment)
+    return sorted(payments, key=lambda p: p.id)
+
+
+class Failing(SlowAcquirer):
+    """Pays back the refunds of ``ok`` payments; fails on the others (an error of its
+    own), or, ``hangs``, never answers them."""
+
+    def __init__(self, ok: set[str], hangs: bool = False) -> None:
+        super().__init__(delay=0)
+        self.ok, self.hangs = ok, hangs
+        self.failed: list[str] = []
+
+    async def refund(self, payment: d.Payment, amount_minor: int, key: str) -> str:
+        if payment.id not in self.ok:
+            self.failed.append(payment.id)
+            if self.hangs:
+                await asyncio.Event().wait()
+            raise RuntimeError("the provider's own error")
+        return await super().refund(payment, amount_minor, key)
+
+
+async def test_a_stale_claim_behind_a_page_of_failing_ones_is_still_settled(
+        services: Services, world: World) -> None:
+    """Review s27: the sweep read the first 100 payments being refunded and never paged
+    on: behind 100 claims the provider keeps failing on, a claim was never asked again,
+    its money shown being refunded and locked out of any refund for good."""
+    *failing, last = await _stale_claims(services, world, MAX_PAGE_SIZE + 1)
+    provider = Failing({last.id})
+    services.payments.provider = provider
+    for _ in range(3):  # three rounds: 15 minutes
+        await services.payments.settle_stale_refunds()
+    assert last.refund_claims
+    assert provider.paid == {last.refund_claims[0]["key"]: 100}, "never asked again"
+    stored = await _stored(services, last.id)
+    assert (stored.refunded_minor, stored.refunding_minor) == (100, 0)
+    assert {p.id for p in failing} <= set(provider.failed)
+
+
+async def test_a_provider_that_never_answers_holds_the_sweep_no_longer_than_its_timeout(
+        services: Services, world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """A refund call that never returns held the sweep's loop for good, on every
+    instance: each call is bounded, its claim left for the next round, and logged."""
+    hung, answered = await _stale_claims(services, world, 2)
+    provider = Failing({answered.id}, hangs=True)
+    services.payments.provider = provider
+    services.payments.refund_timeout_s = 0.05
+    assert await asyncio.wait_for(services.payments.settle_stale_refunds(), 5) == 1
+    assert (await _stored(services, answered.id)).refunded_minor == 100
+    left = await _stored(services, hung.id)
+    assert (left.refunded_minor, left.refunding_minor) == (0, 100)
+    assert left.refund_claims == hung.refund_claims
+    assert any(hung.id in r.getMessage() and "did not answer" in r.getMessage()
+               for r in caplog.records)
+    # The next round asks it again.
+    assert await asyncio.wait_for(services.payments.settle_stale_refunds(), 5) == 0
+    assert provider.failed == [hung.id, hung.id]
+
+
+async def test_a_round_out_of_time_leaves_the_rest_to_the_next_which_goes_on_from_there(
+        services: Services, world: World) -> None:
+    """Each round's asking is bounded (``refund_sweep_budget_s``, one payment at
+    least); the next goes on after the last it asked, not from the first again, and one
+    that reached the end starts over."""
+    payments = await _stale_claims(services, world, 3)
+    provider = Failing(set())
+    services.payments.provider = provider
+    services.payments.refund_sweep_budget_s = 0
+    for _ in range(4):
+        await services.payments.settle_stale_refunds()
+    assert provider.failed == [p.id for p in payments] + [payments[0].id]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
@@ -115,6 +115,29 @@ async def test_a_bill_no_longer_matching_its_tariff_is_not_itemised(
     again = (await _sessions(api, world, "driver1"))[s1.transaction_id]
     assert again["costBreakdown"] is None
     assert again["tariff"]["pricePerKwh"] == "0.31"  # what would price it now
+
+
+async def test_a_session_billed_before_exact_durations_keeps_its_receipt(
+        api: Api, services: Services, world: World) -> None:
+    """Review s27: 90.3 s at 1.00 EUR/min closed before durations were priced exactly
+    was billed 1.50 (the float 90.29999… s fell short of the half); priced again exactly
+    it is 1.51, and its receipt vanished though nothing of it or its tariff changed. It
+    shows the lines it was billed by, adding up to what was billed."""
+    await _company_tariff(services, world, "a", price_per_kwh="0", price_per_minute="1.00")
+    session = await _started(services, world, "A-001", "driver1", timedelta(hours=1), 0,
+                             done=True)
+    span = timedelta(seconds=90, microseconds=300_000)
+    billed = int((Decimal(span.total_seconds()) / 60).scaleb(2).quantize(
+        Decimal(1), ROUND_HALF_UP))
+    assert billed == 150  # what the build before billed
+    await services.ctx.store.write([Update(replace(
+        session, end_time=session.start_time + span, meter_stop_wh=0, cost_minor=billed,
+        currency="EUR"), frozenset({"end_time", "meter_stop_wh", "cost_minor", "currency"}))], [])
+    seen = (await _sessions(api, world, "driver1"))[session.transaction_id]
+    assert seen["cost"] == {"amountMinor": 150, "currency": "EUR"}
+    assert seen["costBreakdown"] == {"energy": "0.00", "time": "1.50", "fee": "0.00",
+                                     "idle": "0.00", "net": "1.50", "tax": "0.00",
+                                     "gross": "1.50", "currency": "EUR"}
 
 
 async def test_operators_see_by_the_books_and_tariffs_as_tariffs_are(
