@@ -1736,7 +1736,8 @@ class CommandService(Service):
                                  "offline was not delivered: %s", station.cp_id,
                                  reservation.reservation_id, outcome.error.message)
 
-    async def cancel_owed(self, reservations: list[Reservation]) -> None:
+    async def cancel_owed(self, reservations: list[Reservation], actor: Viewer = SYSTEM
+                          ) -> None:
         """Cancels ``reservations`` (read live) here, the CancelReservation owed to each
         one's charger (``Reservation.cancel_owed_since``): sent by the instance holding
         it (``send_owed_cancels``, at once by the caller where that is this one, else
@@ -1751,11 +1752,11 @@ class CommandService(Service):
         stations = {st.id: st for st in await self.store.get_many(
             Station, sorted({r.station_id for r in reservations})) if st is not None}
         for reservation in reservations:
-            move = patch(reservation, SYSTEM, only_if=("state", reservation.state),
+            move = patch(reservation, actor, only_if=("state", reservation.state),
                          required=True, state=ReservationState.CANCELLED,
                          cancel_owed_since=self.now())
             try:
-                await self.commit(SYSTEM, [(move, reservation)])
+                await self.commit(actor, [(move, reservation)])
             except Conflict:
                 continue  # cancelled by another instance, or used, meanwhile
             await self.publish(reservation_changed(
