@@ -91,7 +91,9 @@ def _common(outcome: CommandOutcome | None, errors: list[UserError]) -> dict[str
 class RemoteStartTransactionInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int | None = strawberry.field(default=None, description=(
-        "The connector to charge on, from 1; left out: the charger picks one. Refused "
+        "The connector to charge on, from 1; left out: the charger picks one (a "
+        "driver's start with a card a reservation of theirs holds one connector for is "
+        "sent for that one). Refused "
         "(IN_USE) while it charges a session or is reserved for another card; for "
         "drivers also (INVALID_STATE; on `cpId` when left out) while it, or the charger "
         "as a whole, last reported FAULTED or UNAVAILABLE. Left out, refused the same "
@@ -99,7 +101,8 @@ class RemoteStartTransactionInput:
         "while another remote start, not started yet (up to 120 s), waits on it, or left "
         "out, when every free connector is awaited so."))
     id_tag: str | None = strawberry.field(default=None, description=(
-        "Drivers may leave it out: their vehicle's card, else their first usable one not "
+        "Drivers may leave it out: the card a reservation of theirs on the station "
+        "holds the plug for, else their vehicle's card, else their first usable one not "
         "charging. Refused (IN_USE) while the card charges, or has a remote start not "
         "started yet (up to 120 s); a driver's start naming neither card nor vehicle, "
         "while a start of theirs is not started yet."))

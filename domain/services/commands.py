@@ -69,7 +69,7 @@ from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
-from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of
+from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.registration import admits
 from domain.services.base import (
     Service,
@@ -127,6 +127,8 @@ POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
 #: How many owed cancels are read at a time (``send_owed_cancels``).
 OWED_PAGE = 100
+#: The driver's live reservations on a station read at a time (``_held_for_driver``).
+HELD_PAGE = 50
 #: How many chargers ``sweep_owed_cancels`` sends to at once: each may take up to the
 #: command timeout to answer, or not answer at all.
 OWED_SWEEP_AT_ONCE = 4
@@ -753,6 +755,7 @@ class CommandService(Service):
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
         now = self.now()
+        held: list[Reservation] = []  # starting: the driver's holding the plug there
         if vehicle_id is not None:
             vehicle = await self.store.find_one(Vehicle, all_of(
                 Eq("id", vehicle_id), Eq("owner_id", viewer.user_id), IN_GARAGE))
@@ -770,6 +773,7 @@ class CommandService(Service):
                                       field="idTag", code="INVALID_STATE")
             if starting is not None:
                 await self._refuse_charging(viewer, tag)
+                held = await self._held_for_driver(viewer, starting, payload, [tag])
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             tags = [t for t in await self.store.find_all(IdTag, where, limit=20)
@@ -778,7 +782,8 @@ class CommandService(Service):
                 # The car's own card first; any other of theirs charges it too.
                 tags.sort(key=lambda t: t.vehicle_id != vehicle_id)
             if starting is not None:
-                tags = await self._reserved_first(starting, payload, tags)
+                held = await self._held_for_driver(viewer, starting, payload, tags)
+                tags = await self._reserved_first(held, tags)
             if not tags:
                 raise ValidationError("no usable id tag for this driver",
                                       field="vehicleId" if vehicle_id else "idTag",
@@ -801,23 +806,43 @@ class CommandService(Service):
             # charging with another card was booked a second session through its own).
             await self._refuse_driver_starting(
                 viewer, car, chose=bool(tag_value) or vehicle_id is not None)
+            if not payload.get("connectorId"):
+                await self._to_reserved_plug(held, payload, tag)
         payload["idTag"] = tag.tag
         return car
 
-    async def _reserved_first(self, station: Station, payload: dict[str, Any],
-                              tags: list[IdTag]) -> list[IdTag]:
-        """``tags`` (a driver's usable cards, in the order they would be picked), those a
-        live reservation on ``station`` holds the start's plug for first (its connector
-        named, or any when none is; connector 0's holds every one): only such a card may
-        start there (OCPP 1.6, 5.13; ``_refuse_reserved``). A driver who reserved with
-        one of their cards and tapped start in the app naming none, or naming a car
-        whose own card is another, was sent another card of theirs and refused "reserved
-        for another card" at the plug held for them (QA s27). The car chosen stays the
-        session's (``_own_tag``): any card of theirs charges it."""
+    async def _held_for_driver(self, viewer: Viewer, station: Station,
+                               payload: dict[str, Any], tags: list[IdTag]
+                               ) -> list[Reservation]:
+        """The live reservations on ``station`` holding the start's plug (its connector
+        named, or any when none is; connector 0's holds every one) that are the driver's:
+        made for a card of theirs (``Reservation.user_id``: ``base.made_for``), or for
+        the group of one of ``tags`` (its id reserved, or named beside the card:
+        ``Reservation.parent_id_tag``). All of them, a page at a time (review
+        r27-reserve: the station's first 10 live ones were read, unsorted, so at a site
+        with more the driver's own could be missed, their start sent with another of
+        their cards and refused). A reservation for another driver's card of their group
+        is not theirs: their start does not go for it."""
         connector_id = payload.get("connectorId")
-        where = ALL if not connector_id else In("connector_id", (connector_id, 0))
-        held = await self.store.find_all(Reservation, all_of(
-            Eq("station_id", station.id), where, live_reservations(self.now())), limit=10)
+        groups = tuple(sorted({t.parent_tag for t in tags if t.parent_tag}))
+        theirs = any_of(Eq("user_id", viewer.user_id),
+                        *((In("id_tag", groups), In("parent_id_tag", groups))
+                          if groups else ()))
+        where = all_of(Eq("station_id", station.id), theirs,
+                       In("connector_id", (connector_id, 0)) if connector_id else None,
+                       live_reservations(self.now()))
+        return [r async for page in pages(self.store, Reservation, where, HELD_PAGE)
+                for r in page]
+
+    async def _reserved_first(self, held: list[Reservation], tags: list[IdTag]
+                              ) -> list[IdTag]:
+        """``tags`` (a driver's usable cards, in the order they would be picked), those
+        one of ``held`` (``_held_for_driver``) holds the start's plug for first: only
+        such a card may start there (OCPP 1.6, 5.13; ``_refuse_reserved``). A driver who
+        reserved with one of their cards and tapped start in the app naming none, or
+        naming a car whose own card is another, was sent another card of theirs and
+        refused "reserved for another card" at the plug held for them (QA s27). The car
+        chosen stays the session's (``_own_tag``): any card of theirs charges it."""
         if not held:
             return tags
         reserved = set()
@@ -827,6 +852,19 @@ class CommandService(Service):
                     reserved.add(tag.id)
                     break
         return sorted(tags, key=lambda t: t.id not in reserved)
+
+    async def _to_reserved_plug(self, held: list[Reservation], payload: dict[str, Any],
+                                tag: IdTag) -> None:
+        """A start naming no connector, with a card one of ``held`` holds a connector
+        for (not connector 0, which holds them all), is sent for that connector: a
+        charger told no connector may start it on any free one (OCPP 1.6), and did, the
+        reservation left ACTIVE, its plug held until its expiry and the driver kept from
+        reserving again (review r27-reserve)."""
+        for reservation in held:
+            if reservation.connector_id and await reserved_for_card(
+                    self.store, reservation, tag.tag, tag):
+                payload["connectorId"] = reservation.connector_id
+                return
 
     async def _refuse_driver_starting(self, viewer: Viewer, vehicle_id: str | None, *,
                                       chose: bool) -> None:
@@ -1745,7 +1783,8 @@ class CommandService(Service):
                                  "offline was not delivered: %s", station.cp_id,
                                  reservation.reservation_id, outcome.error.message)
 
-    async def cancel_owed(self, reservations: list[Reservation]) -> None:
+    async def cancel_owed(self, reservations: list[Reservation], actor: Viewer = SYSTEM
+                          ) -> None:
         """Cancels ``reservations`` (read live) here, the CancelReservation owed to each
         one's charger (``Reservation.cancel_owed_since``): sent by the instance holding
         it (``send_owed_cancels``, at once by the caller where that is this one, else
@@ -1760,11 +1799,11 @@ class CommandService(Service):
         stations = {st.id: st for st in await self.store.get_many(
             Station, sorted({r.station_id for r in reservations})) if st is not None}
         for reservation in reservations:
-            move = patch(reservation, SYSTEM, only_if=("state", reservation.state),
+            move = patch(reservation, actor, only_if=("state", reservation.state),
                          required=True, state=ReservationState.CANCELLED,
                          cancel_owed_since=self.now())
             try:
-                await self.commit(SYSTEM, [(move, reservation)])
+                await self.commit(actor, [(move, reservation)])
             except Conflict:
                 continue  # cancelled by another instance, or used, meanwhile
             await self.publish(reservation_changed(

@@ -478,12 +478,22 @@ class FleetService(Service):
     def _withdrawn_as(self, before: IdTag, after: IdTag) -> IdTagStatus | None:
         """What a card that could charge and no longer can, or one blocked now (an
         expired one too: a session it started before its expiry may still run), is
-        withdrawn as; ``None`` for a change that withdraws nothing."""
+        withdrawn as; ``None`` for a change that withdraws nothing. An expired card
+        whose expiry is moved and which stays expired is withdrawn again (EXPIRED): the
+        expiry sweep takes each card once, when it walks past its expiry from where it
+        last stopped, so one expired lately (not swept yet) whose expiry is moved back
+        before that point is never its (review r27-reserve: its reservation kept the plug
+        held, and the chargers' lists kept it Accepted, the edit seeing it expired before
+        and after). What it was withdrawn of already is left as it is: the withdrawal
+        takes back only what is still held for it."""
         now = self.now()
         became = after.status_at(now)
         blocked = became is IdTagStatus.BLOCKED and before.status is not IdTagStatus.BLOCKED
-        if blocked or (before.status_at(now) is IdTagStatus.ACCEPTED
-                       and became is not IdTagStatus.ACCEPTED):
+        was = before.status_at(now)
+        if blocked or (was is IdTagStatus.ACCEPTED and became is not IdTagStatus.ACCEPTED):
+            return became
+        if was is IdTagStatus.EXPIRED and became is IdTagStatus.EXPIRED \
+                and after.expires_at != before.expires_at:
             return became
         return None
 

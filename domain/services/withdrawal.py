@@ -688,12 +688,21 @@ class Withdrawal(Service):
         if stop:
             await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
                                                     Eq("user_id", card.user_id)))
-        # An expired card's too (QA s27): one made expired by an edit of its expiry to a
-        # moment the expiry sweep had passed already (``sweep_expired`` walks expiries
-        # from where it stopped) was never the sweep's, and kept its plug held for up to
-        # a day, shown reserved, other drivers refused.
-        await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
-                                                      Eq("user_id", card.user_id)))
+        if status is IdTagStatus.EXPIRED:
+            # An expired card's too (QA s27): one made expired by an edit of its expiry to
+            # a moment the expiry sweep had passed already (``sweep_expired`` walks
+            # expiries from where it stopped) was never the sweep's, and kept its plug
+            # held for up to a day, shown reserved, other drivers refused. As the sweep
+            # cancels them (``_cancel_expired_cards``): an instance's sweep may find the
+            # same card (its cursor behind the expiry), so each is cancelled in the store
+            # once, guarded on its state, and its charger sent the cancel once, by the
+            # instance holding it (review r27-reserve: the edit's cancel went through the
+            # relay beside the sweep's, the charger was sent both, and the second's
+            # Rejected was recorded as a failed cancel).
+            await self._cancel_expired_cards([card], actor)
+        else:
+            await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
+                                                          Eq("user_id", card.user_id)))
         for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
 
@@ -849,7 +858,8 @@ class Withdrawal(Service):
         return [s.id for s in await self.store.get_many(Station, list(station_ids))
                 if s is not None and gateway.is_connected(s.cp_id)]
 
-    async def _cancel_expired_cards(self, cards: Sequence[IdTag]) -> None:
+    async def _cancel_expired_cards(self, cards: Sequence[IdTag],
+                                    actor: Viewer = SYSTEM) -> None:
         """Cancels the live reservations made for ``cards`` (``base.made_for``: the
         card's tag and holder), which expired: a plug held for a card that may no longer
         start a session holds it for nobody. Their sessions go on (authorized before the
@@ -884,7 +894,7 @@ class Withdrawal(Service):
                         live.append(r)
                     elif r.cancel_owed_since is not None:
                         owed.add(r.station_id)
-            await self.commands.cancel_owed(live)
+            await self.commands.cancel_owed(live, actor)
             for station_id in await self._here(sorted(owed | {r.station_id for r in live})):
                 await self.commands.send_owed_cancels(station_id)
 

@@ -8,11 +8,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from domain import entities as d
 from domain.clock import utcnow
-from domain.policy import SYSTEM
-from domain.query import Eq
+from domain.policy import SYSTEM, Viewer
+from domain.query import Eq, all_of
 from domain.services.base import patch
 from ocpp_bridge.simulator import connected
 from tests.e2e.conftest import Running, running_service
@@ -291,3 +292,68 @@ async def test_an_expired_cards_reservation_another_instance_cancelled_is_sent_b
             {"reservation_id": number}]
         [sent] = await store.find_all(d.Reservation, Eq("reservation_id", number))
         assert (sent.state, sent.cancel_owed_since) == (d.ReservationState.CANCELLED, None)
+
+
+async def test_a_card_expired_by_an_edit_on_one_instance_and_swept_on_the_other_is_cancelled_once(
+        tmp_path: Path) -> None:
+    """An admin on B sets TAG-OK's expiry to a moment just past, after A's sweep last
+    stopped: the edit's withdrawal and A's sweep both find its reservation, the edit's
+    reading it live just before A's sweep cancels it (review r27-reserve: the edit's
+    CancelReservation, through the relay, followed the sweep's, the charger answered it
+    Rejected, and it was recorded as a failed cancel). Cancelled once, the charger sent
+    the cancel once, by A, the instance holding it, and no cancel recorded refused."""
+    async with two_instances(tmp_path) as (a, b), connected(
+            a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        held = (await a.gql(RESERVE, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": expiry}}, token=await a.token("op")))["reserveNow"]
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        store = a.services.ctx.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        await a.services.withdrawal.sweep_expired()  # A's cursor: now
+        await asyncio.sleep(0.05)
+        cp.received.clear()
+
+        # A's sweep runs while B's withdrawal is under way, once it has read the card.
+        commands = b.services.commands
+        carry, cancel_owed = commands._carry, commands.cancel_owed
+        swept: list[bool] = []
+
+        async def sweep_on_a() -> None:
+            if not swept:
+                swept.append(True)
+                await a.services.withdrawal.sweep_expired()
+
+        async def carry_after_a(*args: Any, **kwargs: Any) -> None:
+            if args[1].action == "CancelReservation":
+                await sweep_on_a()
+            await carry(*args, **kwargs)
+
+        async def cancel_after_a(*args: Any, **kwargs: Any) -> None:
+            await sweep_on_a()
+            await cancel_owed(*args, **kwargs)
+
+        commands._carry = carry_after_a  # type: ignore[method-assign]
+        commands.cancel_owed = cancel_after_a  # type: ignore[method-assign]
+        await b.services.fleet.update_id_tag(
+            Viewer.of(a.central.users["admin"]), card.id,
+            expires_at=datetime.now(UTC) - timedelta(milliseconds=1))
+        await b.services.fleet.settled()
+        await b.services.withdrawal.settled()
+        await a.services.withdrawal.sweep_expired()
+        await a.services.commands.sweep_owed_cancels()
+        await asyncio.sleep(0.5)  # nothing more on its way from B
+
+        [after] = await store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert after.state is d.ReservationState.CANCELLED
+        assert [p for action, p in cp.received if action == "CancelReservation"] == [
+            {"reservation_id": number}]
+        answers = [e.after for e in await store.find_all(d.AuditEntry, all_of(
+            Eq("command", "CancelReservation"), Eq("action", d.AuditAction.COMMAND)))
+            if e.after and e.after.get("stage") == "ANSWERED"]
+        assert [(x["status"], x["error"]) for x in answers] == [("Accepted", None)], answers

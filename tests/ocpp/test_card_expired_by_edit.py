@@ -6,6 +6,7 @@ reserved, other drivers refused) until the reservation's own expiry, up to a day
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,3 +66,38 @@ async def test_a_card_expired_by_an_edit_has_its_reservation_cancelled(central: 
             in cp.received
         [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
         assert kept.state is d.ReservationState.ACTIVE
+
+
+async def test_an_expired_card_whose_expiry_is_moved_earlier_loses_its_reservation(
+        central: Central) -> None:
+    """TAG-OK's expiry passes after the sweep's last run (the next one minutes away);
+    an admin then corrects it to the day before, when the contract really ended, before
+    where the sweep stopped. Expired before the edit and after it, the card was withdrawn
+    by neither (review r27-reserve): the edit saw no change of state, and the sweep walks
+    on from its cursor, past the corrected expiry. Its reservation is cancelled at the
+    charger all the same, once."""
+    admin = Viewer.of(central.users["admin"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await central.services.withdrawal.sweep_expired()  # its cursor: now
+        # The card is to end in a second (still usable: nothing withdrawn) ...
+        await central.services.fleet.update_id_tag(
+            admin, central.tags["ok"].id, expires_at=datetime.now(UTC) + timedelta(seconds=1))
+        await asyncio.sleep(1.5)  # ... it has expired; the next sweep is minutes away
+        await central.services.fleet.update_id_tag(
+            admin, central.tags["ok"].id, expires_at=datetime.now(UTC) - timedelta(days=1))
+        await settled(central)
+        await central.services.withdrawal.sweep_expired()  # the next sweep
+        await settled(central)
+
+        async def cancelled() -> bool:
+            [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+            return now.state is d.ReservationState.CANCELLED
+        await until(cancelled)
+        assert [p for name, p in cp.received if name == "CancelReservation"] == [
+            {"reservation_id": held["reservation"]["reservationId"]}]
