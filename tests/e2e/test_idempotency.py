@@ -21,7 +21,7 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain import entities as d
-from domain.errors import StoreUnavailable
+from domain.errors import StoreBusy, StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services.base import patch
@@ -358,3 +358,47 @@ async def test_a_mutation_that_failed_unexpectedly_runs_again_on_its_retry(
     retry = await post(service, ADD_CAR, {"plate": "B-UG 1"}, token=token, key="bug")
     assert "idempotent-replayed" not in retry.headers
     assert retry.json()["data"]["addVehicle"]["errors"] == []
+
+
+UNLOCK = """mutation($i: UnlockConnectorInput!) {
+    unlockConnector(input: $i) { status errors { code field } } }"""
+
+
+@pytest.mark.parametrize("failure", [StoreBusy("the database is locked: try again"),
+                                     RuntimeError("a bug")], ids=["store-busy", "bug"])
+async def test_a_failure_after_the_charger_acted_is_kept_so_the_retry_sends_nothing(
+        service: Running, monkeypatch: pytest.MonkeyPatch, failure: Exception) -> None:
+    """The charger got (and carried out) the command; recording its answer met a locked
+    database (STORE_BUSY), or a bug. Review s27: the key was released as if nothing had
+    been done, and the client's retry with the key sent the command a second time. Once
+    a charger was reached the answer is kept, whatever it says."""
+    token = await service.token("op")
+    commands = service.services.commands
+    call, commit = commands._call, commands.commit
+    armed: list[bool] = []
+
+    async def answered(*args: Any, **kwargs: Any) -> None:
+        await call(*args, **kwargs)
+        armed.append(True)
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            armed.clear()
+            raise failure
+        return await commit(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "_call", answered)
+    monkeypatch.setattr(commands, "commit", locked)
+    unlock = {"i": {"cpId": "CP-1", "connectorId": 1}}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        cp.received.clear()
+        first = await post(service, UNLOCK, unlock, token=token, key="unlock-1")
+        assert [a for a, _ in cp.received] == ["UnlockConnector"], first.text
+        monkeypatch.setattr(commands, "_call", call)
+        retry = await post(service, UNLOCK, unlock, token=token, key="unlock-1")
+        # The retry with the key must not reach the charger again: it is the first answer.
+        assert [a for a, _ in cp.received] == ["UnlockConnector"], (first.text, retry.text)
+        assert retry.headers.get("idempotent-replayed") == "true"
+        assert retry.content == first.content
+
