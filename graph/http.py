@@ -323,6 +323,12 @@ class GraphQLHTTPHandler:
             return _response(_error_body(
                 "this Idempotency-Key was sent with another operation or other variables:"
                 " use a new key for a new request", IDEMPOTENCY_KEY_REUSED), 422, media)
+        if begun is Refusal.ACCESS_CHANGED:
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(
+                "your access changed since the request with this Idempotency-Key ran: it "
+                "ran once and is not run again; read its outcome with a query",
+                FORBIDDEN), 403, media)
         if not isinstance(begun, Claim):
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(

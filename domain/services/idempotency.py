@@ -10,7 +10,10 @@ behind a load balancer, on either store) run the mutation once. What comes of it
 
 - answered: the record keeps the answer (``finish``); a request with the key and the same
   operation and variables (``fingerprint``) gets it again without running anything, one
-  with anything else is a reuse (``Reused``), refused;
+  with anything else is a reuse (``Reused``), refused; so is the answer to a user whose
+  access changed since it ran (``ACCESS_CHANGED``: demoted, moved to another company),
+  since it may hold what they may no longer see (a webhook's secret), and it is not run
+  again either;
 - a failure of the service (an outage, an unexpected error: the caller decides which,
   ``release``): the claim is deleted, so the retry runs the mutation;
 - still running: another request with the key is told so (``InProgress``) rather than
@@ -53,6 +56,13 @@ SWEEP_BATCH = 500
 CLAIM_TRIES = 3
 
 
+def access_of(viewer: Viewer) -> str:
+    """What ``viewer`` may do, as a key keeps it (``IdempotencyKey.access``): their role
+    and company. A token of another epoch (a password change) is the same access; a
+    revoked one never gets this far (``AccountService.viewer_for``)."""
+    return f"{viewer.role.value if viewer.role else ''} {viewer.company_id or ''}"
+
+
 def key_id(user_id: str, key: str) -> str:
     """The record id of ``user_id``'s ``key``: 24 hex digits (a store id) of their
     SHA-256, so the key's first insert is the claim another instance's fails on."""
@@ -78,6 +88,9 @@ class Refusal(Enum):
     REUSED = "reused"
     #: A request with the key is running still.
     IN_PROGRESS = "in progress"
+    #: The key's request ran, but the user's access (``access_of``) changed since: its
+    #: answer is not given them, and it is not run again.
+    ACCESS_CHANGED = "access changed"
 
 
 Begun = Claim | Replay | Refusal
@@ -98,7 +111,8 @@ class IdempotencyService(Service):
         fresh = stamp_new(IdempotencyKey(
             id=key_id(viewer.user_id, key), user_id=viewer.user_id, key=key,
             fingerprint=fingerprint, state=IdempotencyState.RUNNING, claimant=new_id(),
-            lease_until=now + self.lease, expires_at=now + self.ttl), viewer, now)
+            access=access_of(viewer), lease_until=now + self.lease,
+            expires_at=now + self.ttl), viewer, now)
         for _ in range(CLAIM_TRIES):
             try:
                 await self.store.write([Insert(fresh)], [])
@@ -114,6 +128,8 @@ class IdempotencyService(Service):
                     return Refusal.REUSED
                 if found.state is IdempotencyState.RUNNING or found.response is None:
                     return Refusal.IN_PROGRESS
+                if found.access != fresh.access:
+                    return Refusal.ACCESS_CHANGED
                 return Replay(found.response)
             # Forgotten (expired, not swept yet), or its request's instance died: taken
             # over as a fresh key, only while it is still as read (another request may
@@ -121,7 +137,7 @@ class IdempotencyService(Service):
             taken = patch(found, viewer, only_if=("claimant", found.claimant),
                           required=True, fingerprint=fingerprint, key=key,
                           state=IdempotencyState.RUNNING, claimant=fresh.claimant,
-                          lease_until=fresh.lease_until, response=None,
+                          access=fresh.access, lease_until=fresh.lease_until, response=None,
                           expires_at=fresh.expires_at)
             try:
                 await self.store.write([taken], [])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from domain.entities import IdempotencyKey, IdempotencyState
+from domain.entities import IdempotencyKey, IdempotencyState, Role
 from domain.policy import Policy, Viewer
 from domain.ports import Store
 from domain.query import ALL
@@ -126,3 +126,23 @@ async def test_forget_deletes_every_key_of_the_user(store: Store) -> None:
     assert isinstance(await keys.begin(BEN, "a", "fp"), Claim)
     await keys.forget(ANNA.user_id or "")
     assert [k.user_id for k in await store.find_all(IdempotencyKey, ALL)] == [BEN.user_id]
+
+
+async def test_an_answer_is_refused_to_its_user_once_their_access_changed(
+        store: Store) -> None:
+    """Review s27: a demoted operator's retry got the kept answer (a webhook's secret).
+    The answer is kept with what its user could do when it ran (role and company); a
+    retry by them with other access is refused, and nothing is claimed to run again."""
+    keys = service(store, Clock())
+    operator = Viewer(user_id=oid(3), role=Role.OPERATOR, company_id=oid(7))
+    claim = await keys.begin(operator, "hook-1", "fp-a")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    demoted = Viewer(user_id=operator.user_id, role=Role.DRIVER)
+    moved = Viewer(user_id=operator.user_id, role=Role.OPERATOR, company_id=oid(8))
+    for changed in (demoted, moved):
+        assert await keys.begin(changed, "hook-1", "fp-a") is Refusal.ACCESS_CHANGED
+    stored = (await store.get_many(IdempotencyKey, [key_id(oid(3), "hook-1")]))[0]
+    assert stored is not None and stored.state is IdempotencyState.DONE
+    # Their access as it was: the answer again.
+    assert await keys.begin(operator, "hook-1", "fp-a") == Replay(ANSWER)

@@ -25,6 +25,7 @@ from domain.errors import StoreBusy, StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services.base import patch
+from graph.ids import to_global_id
 from graph.pipeline import normalized
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -401,4 +402,38 @@ async def test_a_failure_after_the_charger_acted_is_kept_so_the_retry_sends_noth
         assert [a for a, _ in cp.received] == ["UnlockConnector"], (first.text, retry.text)
         assert retry.headers.get("idempotent-replayed") == "true"
         assert retry.content == first.content
+
+
+CREATE_HOOK = """mutation($i: CreateWebhookInput!) { createWebhook(input: $i) {
+    secret webhook { id } errors { code field } } }"""
+
+
+async def test_a_caller_whose_access_changed_is_refused_the_kept_answer(service: Running) -> None:
+    """An operator's createWebhook answer (its signing secret) is kept for the key; an
+    admin demotes them to driver. Review s27: their retry with the key was answered the
+    kept answer, secret included, though the same request without a key is FORBIDDEN.
+    A replay to a caller whose access changed since is refused, and runs nothing."""
+    op = await service.token("op_other")
+    hook = {"i": {"url": "https://hooks.example.com/in", "events": ["SESSION_STARTED"]}}
+    first = await post(service, CREATE_HOOK, hook, token=op, key="hook-1")
+    body = first.json()
+    assert body["data"]["createWebhook"]["errors"] == [], body
+    assert body["data"]["createWebhook"]["secret"]
+    admin = await service.token("admin")
+    op_id = service.central.users["op_other"].id
+    demote = await post(service, """mutation($i: UpdateUserInput!) { updateUser(input: $i)
+        { errors { code } } }""", {"i": {"id": to_global_id("user", op_id), "role": "DRIVER"}},
+                        token=admin)
+    assert demote.json()["data"]["updateUser"]["errors"] == [], demote.text
+    driver_now = await service.token("op_other")
+    plain = await post(service, CREATE_HOOK, hook, token=driver_now)
+    assert plain.json()["data"]["createWebhook"]["errors"][0]["code"] == "FORBIDDEN"
+    replay = await post(service, CREATE_HOOK, hook, token=driver_now, key="hook-1")
+    assert replay.status_code == 403, replay.text
+    assert "secret" not in replay.text or \
+        replay.json()["data"]["createWebhook"]["secret"] is None, replay.text
+    assert replay.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    hooks = await service.services.ctx.store.find_all(
+        d.Webhook, Eq("url", "https://hooks.example.com/in"))
+    assert len(hooks) == 1  # not run again either
 
