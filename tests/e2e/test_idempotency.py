@@ -437,3 +437,28 @@ async def test_a_caller_whose_access_changed_is_refused_the_kept_answer(service:
         d.Webhook, Eq("url", "https://hooks.example.com/in"))
     assert len(hooks) == 1  # not run again either
 
+
+UPDATE_USER = """mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+    user { email } errors { code field } } }"""
+
+
+async def test_an_erasure_forgets_kept_answers_holding_the_persons_former_email(
+        service: Running) -> None:
+    """An admin corrects driver2's email twice (two keyed updateUser); the person is
+    then erased. The first answer holds the email they had in between. Review s27: the
+    erasure looked only for the email they had at the end, so that answer stayed for a
+    day; it looks for those the audit log shows they had too."""
+    admin = await service.token("admin")
+    uid = to_global_id("user", service.central.users["driver2"].id)
+    one = await post(service, UPDATE_USER, {"i": {"id": uid, "email": "kim.b@example.org"}},
+                     token=admin, key="fix-1")
+    assert one.json()["data"]["updateUser"]["errors"] == [], one.text
+    two = await post(service, UPDATE_USER, {"i": {"id": uid, "email": "kim.c@example.org"}},
+                     token=admin, key="fix-2")
+    assert two.json()["data"]["updateUser"]["errors"] == [], two.text
+    erased = await post(service, """mutation($i: EraseUserInput!) { eraseUser(input: $i)
+        { errors { code } } }""", {"i": {"id": uid}}, token=admin)
+    assert erased.json()["data"]["eraseUser"]["errors"] == [], erased.text
+    kept = await service.services.ctx.store.find_all(d.IdempotencyKey, ALL)
+    holding = [k.key for k in kept if k.response and "kim." in k.response]
+    assert holding == [], holding
