@@ -25,6 +25,7 @@ Expired keys are forgotten: a claim finds one as a fresh key, and the sweep dele
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -54,6 +55,10 @@ LEASE = timedelta(minutes=5)
 SWEEP_BATCH = 500
 #: Claims tried before a request is told its key is busy (each lost race re-reads).
 CLAIM_TRIES = 3
+#: The pauses before each further try of keeping an answer the store failed to take
+#: (``finish``): a locked SQLite database frees within moments. About a second at most,
+#: added to that request's answer only when the store fails.
+FINISH_PAUSES_S: tuple[float, ...] = (0.05, 0.25, 0.75)
 
 
 def access_of(viewer: Viewer) -> str:
@@ -147,22 +152,37 @@ class IdempotencyService(Service):
         return Refusal.IN_PROGRESS
 
     async def finish(self, claim: Claim, response: str) -> None:
-        """Keeps ``response`` as the key's answer. A failure is logged, not raised: the
-        mutation ran and its caller gets its answer; the claim lapses after ``LEASE``
-        (a retry before then is told the key is in progress, one after runs again)."""
+        """Keeps ``response`` as the key's answer, trying again after each of
+        ``FINISH_PAUSES_S`` should the store fail (a locked database, a moment's outage:
+        left running, the claim would lapse and a retry then run the mutation again).
+        The last failure is logged, not raised: the mutation ran and its caller gets its
+        answer; the claim lapses after ``LEASE`` (a retry before then is told the key is
+        in progress, one after runs again)."""
         record = claim.record
-        try:
-            await self.store.write([patch(
-                record, Viewer(user_id=record.user_id), only_if=("claimant", record.claimant),
-                required=True, state=IdempotencyState.DONE, response=response)], [])
-        except (Conflict, NotFound):
-            # Taken over after its lease lapsed (a request longer than LEASE), or the user
-            # was erased meanwhile: the answer is kept no longer.
-            log.warning("the answer for idempotency key %r of user %s was not kept: the "
-                        "claim lapsed while the request ran", record.key, record.user_id)
-        except Exception:
-            log.exception("keeping the answer for idempotency key %r of user %s failed; "
-                          "the key lapses in %s", record.key, record.user_id, self.lease)
+        write = patch(record, Viewer(user_id=record.user_id),
+                      only_if=("claimant", record.claimant), required=True,
+                      state=IdempotencyState.DONE, response=response)
+        for pause in (*FINISH_PAUSES_S, None):
+            try:
+                await self.store.write([write], [])
+                return
+            except (Conflict, NotFound):
+                # Taken over after its lease lapsed (a request longer than LEASE), or the
+                # user was erased meanwhile: the answer is kept no longer.
+                log.warning("the answer for idempotency key %r of user %s was not kept: "
+                            "the claim lapsed while the request ran", record.key,
+                            record.user_id)
+                return
+            except Exception:
+                if pause is None:
+                    log.exception("keeping the answer for idempotency key %r of user %s "
+                                  "failed; the key lapses in %s", record.key,
+                                  record.user_id, self.lease)
+                    return
+                log.warning("keeping the answer for idempotency key %r of user %s failed;"
+                            " trying again in %ss", record.key, record.user_id, pause,
+                            exc_info=True)
+                await asyncio.sleep(pause)
 
     async def release(self, claim: Claim) -> None:
         """Gives the key up (the request failed for a reason of the service's, not the
