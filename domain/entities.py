@@ -1394,6 +1394,10 @@ class IdempotencyKey(Record):
     state: IdempotencyState
     #: Which claim wrote it (a fresh id per request): only that request answers it.
     claimant: str
+    #: What the user could do when the request ran (``idempotency.access_of``: role and
+    #: company): a retry by them once it changed (demoted, moved to another company) is
+    #: refused its answer, which may hold what they may no longer see (a webhook's secret).
+    access: str
     #: Until when a RUNNING claim holds: one left by an instance that died mid-request
     #: lapses then, and a retry runs the mutation.
     lease_until: datetime

@@ -44,9 +44,11 @@ USER_ERROR_CODES = (
     "FORBIDDEN, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_REUSED, TOO_MANY_ATTEMPTS, "
     "SIGN_UP_DISABLED. A charger command: CHARGER_OFFLINE, CHARGER_BUSY, "
     "CHARGER_TIMEOUT, CHARGER_REJECTED, CHARGER_ERROR. The service: UNAVAILABLE (a part "
-    "not running on this instance), STORE_BUSY (the database was locked: nothing "
-    "written, send it again), STORE_UNAVAILABLE (it cannot write now) and STORE_REFUSED "
-    "(too large to store: the same request fails again).")
+    "not running on this instance), STORE_BUSY (the database was locked: not recorded, "
+    "send it again), STORE_UNAVAILABLE (it cannot write now) and STORE_REFUSED "
+    "(too large to store: the same request fails again). After a charger command was "
+    "sent or a payment asked of the provider, what the charger or provider did stands "
+    "though these say it was not recorded: read it with a query before sending again.")
 
 
 @strawberry.type(description="An expected failure of a mutation, tied to an input field.")
@@ -79,9 +81,11 @@ def camel(field: str | None) -> str | None:
     return _SNAKE.sub(lambda m: m.group(1).upper(), field)
 
 
-#: Codes of the service's own failures, not the request's: nothing was written and the
-#: same request may succeed sent again (README). An answer carrying one is not kept for
-#: its idempotency key (``graph.http``), so the client's retry with the key runs it.
+#: Codes of the service's own failures, not the request's: its own write did not happen
+#: and the same request may succeed sent again (README). An answer carrying one is not
+#: kept for its idempotency key (``graph.http``), so the client's retry with the key runs
+#: it, unless the request reached outside the service first (a charger command, a
+#: payment: ``domain.outside``), whose effect stands: then the answer is kept.
 RETRYABLE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "CHANGED", "UNAVAILABLE"})
 #: Set by ``graph.http`` around a request with an idempotency key: whether a payload of
 #: it carries a ``RETRYABLE_CODES`` error. Every payload error is made by ``user_error``,

@@ -32,6 +32,7 @@ from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
 from domain.errors import DomainError, Unauthenticated
+from domain.outside import outside_effects
 from domain.ports import NO_METRICS, Metrics
 from domain.services.idempotency import Claim, Refusal, Replay
 from graph import exact_json
@@ -76,6 +77,15 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 #: The key's first request is still running (409, ``Retry-After``).
 IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
+#: The key's request ran, but the caller's access (role, company) changed since: its kept
+#: answer is not shown them, nor is it run again (403).
+FORBIDDEN = "FORBIDDEN"
+#: What a mutation with a key that failed unexpectedly after reaching a charger or the
+#: payment provider answers (500), kept for the key.
+INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+REACHED_OUTSIDE = ("the request failed after it reached a charger or the payment provider:"
+                   " it is not run again with this Idempotency-Key; read its outcome with a"
+                   " query")
 #: The mutations a key is refused for: they answer credentials shown this once (an access
 #: and a refresh token), which the service keeps nowhere in clear, so there is no answer
 #: to give again; and sending them again is safe (another sign-in).
@@ -280,9 +290,13 @@ class GraphQLHTTPHandler:
         mutation (the unit a retry repeats; with two, one failing for the service's
         reasons could not be released without running the other again); credentials
         are never kept (``KEYLESS_MUTATIONS``); keys are kept per signed-in user. An
-        answer is kept unless the service failed: a top-level error (an unexpected
-        failure, the database out of reach as it ran) or a payload error of
-        ``RETRYABLE_CODES``; then the key is released and the retry runs."""
+        answer is kept unless the service failed before anything outside it was
+        attempted: a top-level error (an unexpected failure, the database out of reach
+        as it ran) or a payload error of ``RETRYABLE_CODES`` releases the key (the retry
+        runs) only while no charger command, payment or ping went out
+        (``domain.outside``); after one, the service cannot know what the outside did,
+        so whatever the answer is, it is kept (Stripe keeps its 500s too) and the client
+        reads the outcome with a query."""
         refused = _key_refusal(key, context, mutation_fields(query, operation_name))
         if refused is not None:
             self.metrics.graphql_request("mutation", "invalid")
@@ -309,6 +323,12 @@ class GraphQLHTTPHandler:
             return _response(_error_body(
                 "this Idempotency-Key was sent with another operation or other variables:"
                 " use a new key for a new request", IDEMPOTENCY_KEY_REUSED), 422, media)
+        if begun is Refusal.ACCESS_CHANGED:
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(
+                "your access changed since the request with this Idempotency-Key ran: it "
+                "ran once and is not run again; read its outcome with a query",
+                FORBIDDEN), 403, media)
         if not isinstance(begun, Claim):
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(
@@ -316,19 +336,28 @@ class GraphQLHTTPHandler:
                 "in a moment for its answer", IDEMPOTENCY_KEY_IN_PROGRESS), 409, media,
                 {"Retry-After": "1"})
         failures: list[str] = []
+        reached: list[str] = []
         marker = retryable_failure.set(failures)
+        outside = outside_effects.set(reached)
         try:
             response, outcome, ran = await self._execute(
                 query, variables, operation_name, allowed, context, media, "POST")
         except Exception:
-            await idempotency.release(begun)
-            raise
+            if not reached:
+                await idempotency.release(begun)
+                raise
+            # A charger or the payment provider was reached: not run again, even so.
+            log.exception("a mutation with an idempotency key failed after it reached "
+                          "outside the service (%s); its answer is kept", ", ".join(reached))
+            response, outcome, ran = _response(_error_body(
+                REACHED_OUTSIDE, INTERNAL_SERVER_ERROR), 500, media), "error", False
         finally:
             retryable_failure.reset(marker)
+            outside_effects.reset(outside)
         # Cancelled (the client gone, the service stopping) it stays claimed: whether the
         # mutation ran is not known, so the key lapses (``LEASE``) rather than run again.
         self.metrics.graphql_request("mutation", outcome)
-        if ran and not failures:
+        if reached or (ran and not failures):
             await idempotency.finish(begun, bytes(response.body).decode())
         else:
             await idempotency.release(begun)

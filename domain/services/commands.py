@@ -67,6 +67,7 @@ from domain.errors import (
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
+from domain.outside import reaching_out
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
 from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
@@ -661,6 +662,9 @@ class CommandService(Service):
             return
         if outcome.sent_at is None:  # a ChangeConfiguration's was taken before its audit
             outcome.sent_at = self.now()
+        # Past here the charger may get it (written to its socket, or relayed to the
+        # instance holding it): a keyed request is no longer run again by its retry.
+        reaching_out(outcome.action)
         try:
             result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
                                              timeout)

@@ -74,6 +74,14 @@ ERASED_NAME = "Erased user"
 ERASED_PLATE = "ERASED"
 #: Audit entries rewritten per store write while scrubbing.
 SCRUB_BATCH = 200
+#: The most texts naming the person (emails, names, plates, now and as the audit log shows
+#: they were) the answers kept for idempotency keys are searched for; beyond, the rest
+#: are left out (the current ones come first).
+MAX_MENTIONS = 200
+#: The fields of a person's records whose former values a kept answer may show: what
+#: ``_mentions`` gathers from the audit log's images (the derived keys never are shown).
+MENTIONED_FIELDS: dict[str, tuple[str, ...]] = {
+    "user": ("email", "name"), "vehicle": ("license_plate",)}
 #: The pauses before each background retry of a scrub that failed (a store away for a
 #: moment); after the last, the log says to erase the account again.
 SCRUB_RETRY_S: tuple[float, ...] = (1.0, 10.0)
@@ -166,6 +174,15 @@ def _nothing_else_of(user_id: str) -> list[Guard]:
                                                  Eq("active", True))), exists=False)]
 
 
+def _about(user_id: str, cars: Sequence[Vehicle]) -> Filter:
+    """The audit entries about account ``user_id`` and its ``cars``."""
+    about = all_of(Eq("entity", "user"), Eq("entity_id", user_id))
+    if cars:
+        about = any_of(about, all_of(Eq("entity", "vehicle"),
+                                     In("entity_id", tuple(c.id for c in cars))))
+    return about
+
+
 def _webhook_changes(viewer: Viewer, webhooks: Sequence[Webhook]
                      ) -> list[tuple[Change, Webhook]]:
     """What an erasure does to the webhooks the person owns. Their own (of no company:
@@ -246,10 +263,10 @@ class Erasure(Service):
         return await self._erase(viewer, user, field=None)
 
     async def _erase(self, viewer: Viewer, user: User, field: str | None) -> User:
-        # What names the person, read before the write anonymises it: the answers kept
-        # for idempotency keys that hold it are forgotten (``_tidy``).
-        cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
-        mentions = (user.email, user.name, *(car.license_plate for car in cars))
+        # What names the person, read before the write anonymises it and the scrub the
+        # audit log: the answers kept for idempotency keys that hold it are forgotten
+        # (``_tidy``).
+        mentions = await self._mentions(user)
         erased, cards, closed = await retried(lambda: self._write(viewer, user.id, field))
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
@@ -272,6 +289,27 @@ class Erasure(Service):
                                 f"scrubbing the audit log of erased user {erased.id} "
                                 f"failed again: erase the account again to finish it")
         return erased
+
+    async def _mentions(self, user: User) -> tuple[str, ...]:
+        """What names ``user``: their email, name and cars' plates now, and those the
+        audit log's images of their account and cars show they had (review s27: an
+        email corrected twice, a removed car's plate, stayed in the answers kept for a
+        day), at most ``MAX_MENTIONS``. Not the erased placeholders (a re-run's)."""
+        cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
+        texts = dict.fromkeys([user.email, user.name, *(car.license_plate for car in cars)])
+        placeholders = {ERASED_NAME, ERASED_PLATE}
+        async for entries in pages(self.store, AuditEntry, _about(user.id, cars),
+                                   SCRUB_BATCH):
+            for entry in entries:
+                for image in (entry.after, entry.before):
+                    for field in MENTIONED_FIELDS.get(entry.entity, ()):
+                        value = (image or {}).get(field)
+                        if isinstance(value, str) and value and value not in placeholders \
+                                and not value.endswith("@erased.invalid"):
+                            texts.setdefault(value)
+            if len(texts) >= MAX_MENTIONS:
+                break
+        return tuple(texts)[:MAX_MENTIONS]
 
     async def _tidy(self, erased: User, mentions: Sequence[str] = ()) -> None:
         """What follows the erasure's write and may fail without undoing it: the audit
@@ -441,10 +479,7 @@ class Erasure(Service):
         cars = await every(self.store, Vehicle, Eq("owner_id", erased.id))
         values = {"user": {f: getattr(erased, f) for f in PERSONAL_FIELDS["user"]},
                   "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE)}
-        about = all_of(Eq("entity", "user"), Eq("entity_id", erased.id))
-        if cars:
-            about = any_of(about, all_of(Eq("entity", "vehicle"),
-                                         In("entity_id", tuple(c.id for c in cars))))
+        about = _about(erased.id, cars)
         hooks = await self._webhooks_owned(erased)
         if hooks:
             about = any_of(about, all_of(Eq("entity", "webhook"), In("entity_id", hooks)))

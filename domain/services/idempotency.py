@@ -10,7 +10,10 @@ behind a load balancer, on either store) run the mutation once. What comes of it
 
 - answered: the record keeps the answer (``finish``); a request with the key and the same
   operation and variables (``fingerprint``) gets it again without running anything, one
-  with anything else is a reuse (``Reused``), refused;
+  with anything else is a reuse (``Reused``), refused; so is the answer to a user whose
+  access changed since it ran (``ACCESS_CHANGED``: demoted, moved to another company),
+  since it may hold what they may no longer see (a webhook's secret), and it is not run
+  again either;
 - a failure of the service (an outage, an unexpected error: the caller decides which,
   ``release``): the claim is deleted, so the retry runs the mutation;
 - still running: another request with the key is told so (``InProgress``) rather than
@@ -22,6 +25,7 @@ Expired keys are forgotten: a claim finds one as a fresh key, and the sweep dele
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -51,6 +55,17 @@ LEASE = timedelta(minutes=5)
 SWEEP_BATCH = 500
 #: Claims tried before a request is told its key is busy (each lost race re-reads).
 CLAIM_TRIES = 3
+#: The pauses before each further try of keeping an answer the store failed to take
+#: (``finish``): a locked SQLite database frees within moments. About a second at most,
+#: added to that request's answer only when the store fails.
+FINISH_PAUSES_S: tuple[float, ...] = (0.05, 0.25, 0.75)
+
+
+def access_of(viewer: Viewer) -> str:
+    """What ``viewer`` may do, as a key keeps it (``IdempotencyKey.access``): their role
+    and company. A token of another epoch (a password change) is the same access; a
+    revoked one never gets this far (``AccountService.viewer_for``)."""
+    return f"{viewer.role.value if viewer.role else ''} {viewer.company_id or ''}"
 
 
 def key_id(user_id: str, key: str) -> str:
@@ -78,6 +93,9 @@ class Refusal(Enum):
     REUSED = "reused"
     #: A request with the key is running still.
     IN_PROGRESS = "in progress"
+    #: The key's request ran, but the user's access (``access_of``) changed since: its
+    #: answer is not given them, and it is not run again.
+    ACCESS_CHANGED = "access changed"
 
 
 Begun = Claim | Replay | Refusal
@@ -98,7 +116,8 @@ class IdempotencyService(Service):
         fresh = stamp_new(IdempotencyKey(
             id=key_id(viewer.user_id, key), user_id=viewer.user_id, key=key,
             fingerprint=fingerprint, state=IdempotencyState.RUNNING, claimant=new_id(),
-            lease_until=now + self.lease, expires_at=now + self.ttl), viewer, now)
+            access=access_of(viewer), lease_until=now + self.lease,
+            expires_at=now + self.ttl), viewer, now)
         for _ in range(CLAIM_TRIES):
             try:
                 await self.store.write([Insert(fresh)], [])
@@ -114,6 +133,8 @@ class IdempotencyService(Service):
                     return Refusal.REUSED
                 if found.state is IdempotencyState.RUNNING or found.response is None:
                     return Refusal.IN_PROGRESS
+                if found.access != fresh.access:
+                    return Refusal.ACCESS_CHANGED
                 return Replay(found.response)
             # Forgotten (expired, not swept yet), or its request's instance died: taken
             # over as a fresh key, only while it is still as read (another request may
@@ -121,7 +142,7 @@ class IdempotencyService(Service):
             taken = patch(found, viewer, only_if=("claimant", found.claimant),
                           required=True, fingerprint=fingerprint, key=key,
                           state=IdempotencyState.RUNNING, claimant=fresh.claimant,
-                          lease_until=fresh.lease_until, response=None,
+                          access=fresh.access, lease_until=fresh.lease_until, response=None,
                           expires_at=fresh.expires_at)
             try:
                 await self.store.write([taken], [])
@@ -131,22 +152,37 @@ class IdempotencyService(Service):
         return Refusal.IN_PROGRESS
 
     async def finish(self, claim: Claim, response: str) -> None:
-        """Keeps ``response`` as the key's answer. A failure is logged, not raised: the
-        mutation ran and its caller gets its answer; the claim lapses after ``LEASE``
-        (a retry before then is told the key is in progress, one after runs again)."""
+        """Keeps ``response`` as the key's answer, trying again after each of
+        ``FINISH_PAUSES_S`` should the store fail (a locked database, a moment's outage:
+        left running, the claim would lapse and a retry then run the mutation again).
+        The last failure is logged, not raised: the mutation ran and its caller gets its
+        answer; the claim lapses after ``LEASE`` (a retry before then is told the key is
+        in progress, one after runs again)."""
         record = claim.record
-        try:
-            await self.store.write([patch(
-                record, Viewer(user_id=record.user_id), only_if=("claimant", record.claimant),
-                required=True, state=IdempotencyState.DONE, response=response)], [])
-        except (Conflict, NotFound):
-            # Taken over after its lease lapsed (a request longer than LEASE), or the user
-            # was erased meanwhile: the answer is kept no longer.
-            log.warning("the answer for idempotency key %r of user %s was not kept: the "
-                        "claim lapsed while the request ran", record.key, record.user_id)
-        except Exception:
-            log.exception("keeping the answer for idempotency key %r of user %s failed; "
-                          "the key lapses in %s", record.key, record.user_id, self.lease)
+        write = patch(record, Viewer(user_id=record.user_id),
+                      only_if=("claimant", record.claimant), required=True,
+                      state=IdempotencyState.DONE, response=response)
+        for pause in (*FINISH_PAUSES_S, None):
+            try:
+                await self.store.write([write], [])
+                return
+            except (Conflict, NotFound):
+                # Taken over after its lease lapsed (a request longer than LEASE), or the
+                # user was erased meanwhile: the answer is kept no longer.
+                log.warning("the answer for idempotency key %r of user %s was not kept: "
+                            "the claim lapsed while the request ran", record.key,
+                            record.user_id)
+                return
+            except Exception:
+                if pause is None:
+                    log.exception("keeping the answer for idempotency key %r of user %s "
+                                  "failed; the key lapses in %s", record.key,
+                                  record.user_id, self.lease)
+                    return
+                log.warning("keeping the answer for idempotency key %r of user %s failed;"
+                            " trying again in %ss", record.key, record.user_id, pause,
+                            exc_info=True)
+                await asyncio.sleep(pause)
 
     async def release(self, claim: Claim) -> None:
         """Gives the key up (the request failed for a reason of the service's, not the

@@ -32,6 +32,7 @@ from domain.entities import Payment, PaymentStatus, Refund, Session
 from domain.errors import Conflict, Forbidden, PaymentDeclined, ValidationError
 from domain.events import PaymentChanged
 from domain.ids import new_id
+from domain.outside import reaching_out
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Insert, PaymentProvider, Update
 from domain.query import MAX_PAGE_SIZE, Eq, PageRequest, Range, Sort, all_of
@@ -209,6 +210,7 @@ class PaymentService(Service):
                            field="id", code="INVALID_STATE")
         reference = payment.provider_ref
         if step == "capture":
+            reaching_out("capture")
             reference = await self.provider.capture(payment)
         # Only onto the payment as read (its last write, not only its status): of two
         # requests racing (two captures, a capture and a fail), one moves the payment and
@@ -311,6 +313,7 @@ class PaymentService(Service):
         if session is None:
             raise Conflict("the payment's session is gone", field="id", code="INVALID_STATE")
         claimed, claim = await self._claim_refund(viewer, payment, amount)
+        reaching_out("refund")
         try:
             reference = await self.provider.refund(claimed, claim["amount_minor"],
                                                    claim["key"])

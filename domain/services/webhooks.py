@@ -57,6 +57,7 @@ from domain.events import (
     WebhookChanged,
 )
 from domain.ids import new_id
+from domain.outside import reaching_out
 from domain.policy import SYSTEM, Viewer
 from domain.ports import (
     Change,
@@ -433,6 +434,7 @@ class WebhookService(Service):
         if self.sender is None:
             raise DomainError("webhook delivery is not running on this instance",
                               code="UNAVAILABLE")
+        reaching_out("ping")
         return await self.sender.ping(webhook)
 
     # ------------------------------------------------------------- what delivery asks

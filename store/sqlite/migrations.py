@@ -1451,9 +1451,10 @@ ALTER TABLE "instance_lease" ADD COLUMN "serves_chargers" INTEGER NOT NULL DEFAU
 
 # Version 73: the clients' idempotency keys (``IdempotencyKey``): one row per user and
 # key, its id derived from both, so the first request's insert is the claim a second
-# instance's fails on (the primary key). A user's are found by ``user_id`` (an erasure
-# forgets them), the expired by ``expires_at`` (the sweep). Self-contained (a table of its
-# own): 72 is another change's.
+# instance's fails on (the primary key); ``access`` is what the user could do when it
+# ran (a replay to them once it changed is refused). A user's are found by ``user_id``
+# (an erasure forgets them), the expired by ``expires_at`` (the sweep). Self-contained
+# (a table of its own): 72 is another change's.
 _V73 = """
 CREATE TABLE "idempotency_key" (
     "id" TEXT PRIMARY KEY NOT NULL,
@@ -1466,6 +1467,7 @@ CREATE TABLE "idempotency_key" (
     "fingerprint" TEXT NOT NULL,
     "state" TEXT NOT NULL,
     "claimant" TEXT NOT NULL,
+    "access" TEXT NOT NULL,
     "lease_until" INTEGER NOT NULL,
     "response" TEXT,
     "expires_at" INTEGER NOT NULL

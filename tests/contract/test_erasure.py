@@ -320,3 +320,41 @@ async def test_an_erasure_forgets_every_kept_answer_that_names_the_person(
 
     left = await store.find_all(IdempotencyKey, ALL)
     assert [(k.user_id, k.key) for k in left] == [(admin.id, "unrelated")]
+
+
+async def test_an_erasure_forgets_kept_answers_naming_what_the_person_was_called_before(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s27: an erasure looked for the email, name and plates the person had at its
+    end, so an answer holding an email corrected since, or a removed car's former plate,
+    stayed kept for a day. Their former values are read from the audit log's images of
+    their account and cars (which the scrub then rewrites), across batches."""
+    person, admin = user(name="Lena Example", email="lena@example.com"), user()
+    car = vehicle(person, license_plate="B-LE 123")
+    await put(store, person, admin, car)
+    await store.write([], [
+        audit(person, admin.id, action=AuditAction.UPDATE,
+              before={"email": "lena.old@example.com", "name": "Lena Old"},
+              after={"email": "lena.mid@example.com", "name": "Lena Example"}),
+        audit(person, admin.id, action=AuditAction.UPDATE,
+              before={"email": "lena.mid@example.com"}, after={"email": "lena@example.com"}),
+        audit(car, person.id, action=AuditAction.UPDATE,
+              before={"license_plate": "B-OLD 9"}, after={"license_plate": "B-LE 123"})])
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    keys = IdempotencyService(ctx)
+    answers = [
+        ("old", '{"data":{"updateUser":{"user":{"email":"lena.old@example.com"}}}}'),
+        ("mid", '{"data":{"updateUser":{"user":{"email":"lena.mid@example.com"}}}}'),
+        ("name", '{"data":{"x":{"name":"Lena Old"}}}'),
+        ("plate", '{"data":{"x":{"licensePlate":"B-OLD 9"}}}'),
+        ("unrelated", '{"data":{"x":{"email":"someone@example.com"}}}')]
+    for key, answer in answers:
+        claim = await keys.begin(Viewer.of(admin), key, "fp")
+        assert isinstance(claim, Claim)
+        await keys.finish(claim, answer)
+
+    monkeypatch.setattr("domain.services.erasure.SCRUB_BATCH", 2)  # several batches
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx), idempotency=keys)
+    await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
+
+    left = await store.find_all(IdempotencyKey, ALL)
+    assert [k.key for k in left] == ["unrelated"]

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from domain.entities import IdempotencyKey, IdempotencyState
+import pytest
+
+from domain.entities import IdempotencyKey, IdempotencyState, Role
+from domain.errors import StoreBusy
 from domain.policy import Policy, Viewer
 from domain.ports import Store
 from domain.query import ALL
@@ -126,3 +130,52 @@ async def test_forget_deletes_every_key_of_the_user(store: Store) -> None:
     assert isinstance(await keys.begin(BEN, "a", "fp"), Claim)
     await keys.forget(ANNA.user_id or "")
     assert [k.user_id for k in await store.find_all(IdempotencyKey, ALL)] == [BEN.user_id]
+
+
+async def test_an_answer_is_refused_to_its_user_once_their_access_changed(
+        store: Store) -> None:
+    """Review s27: a demoted operator's retry got the kept answer (a webhook's secret).
+    The answer is kept with what its user could do when it ran (role and company); a
+    retry by them with other access is refused, and nothing is claimed to run again."""
+    keys = service(store, Clock())
+    operator = Viewer(user_id=oid(3), role=Role.OPERATOR, company_id=oid(7))
+    claim = await keys.begin(operator, "hook-1", "fp-a")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    demoted = Viewer(user_id=operator.user_id, role=Role.DRIVER)
+    moved = Viewer(user_id=operator.user_id, role=Role.OPERATOR, company_id=oid(8))
+    for changed in (demoted, moved):
+        assert await keys.begin(changed, "hook-1", "fp-a") is Refusal.ACCESS_CHANGED
+    stored = (await store.get_many(IdempotencyKey, [key_id(oid(3), "hook-1")]))[0]
+    assert stored is not None and stored.state is IdempotencyState.DONE
+    # Their access as it was: the answer again.
+    assert await keys.begin(operator, "hook-1", "fp-a") == Replay(ANSWER)
+
+
+async def test_keeping_an_answer_is_tried_again_while_the_store_is_busy(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s27 (suspicion): one locked write keeping the answer left the key running
+    until its lease lapsed, and a retry then ran the mutation again. It is tried again a
+    few times; only a store failing all of them leaves it to lapse (not raised)."""
+    keys = service(store, Clock())
+    monkeypatch.setattr("domain.services.idempotency.FINISH_PAUSES_S", (0.0, 0.0))
+    write = store.write
+    busy: list[StoreBusy] = []
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        if busy:
+            raise busy.pop()
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write", locked)
+    claim = await keys.begin(ANNA, "k-busy", "fp-a")
+    assert isinstance(claim, Claim)
+    busy.extend(StoreBusy("the database is locked") for _ in range(2))
+    await keys.finish(claim, ANSWER)
+    assert await keys.begin(ANNA, "k-busy", "fp-a") == Replay(ANSWER)
+
+    claim = await keys.begin(ANNA, "k-down", "fp-a")
+    assert isinstance(claim, Claim)
+    busy.extend(StoreBusy("the database is locked") for _ in range(3))
+    await keys.finish(claim, ANSWER)  # logged: what remains is the lease's lapse
+    assert await keys.begin(ANNA, "k-down", "fp-a") is Refusal.IN_PROGRESS

@@ -214,7 +214,7 @@ FULL: dict[type[Record], Callable[[], Record]] = {
     # The answer kept byte for byte: a retry gets exactly what the first request got.
     IdempotencyKey: lambda: IdempotencyKey(
         user_id=new_id(), key="6f1c-✗-key", fingerprint="ef" * 32,
-        state=IdempotencyState.DONE, claimant=new_id(), lease_until=at(17),
+        state=IdempotencyState.DONE, claimant=new_id(), access="OPERATOR ✓", lease_until=at(17),
         response='{"data":{"addVehicle":{"vehicle":{"plate":"B-EV 1 ✓"},"errors":[]}}}',
         expires_at=at(1440), **STAMPS),
 }
@@ -279,7 +279,7 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
                                        token_hash="cd" * 32, expires_at=T0),
     IdempotencyKey: lambda: IdempotencyKey(user_id=new_id(), key="k", fingerprint="f",
                                            state=IdempotencyState.RUNNING, claimant="c",
-                                           lease_until=T0, expires_at=T0),
+                                           access="", lease_until=T0, expires_at=T0),
 }
 
 

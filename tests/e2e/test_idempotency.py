@@ -21,10 +21,11 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain import entities as d
-from domain.errors import StoreUnavailable
+from domain.errors import StoreBusy, StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services.base import patch
+from graph.ids import to_global_id
 from graph.pipeline import normalized
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -358,3 +359,106 @@ async def test_a_mutation_that_failed_unexpectedly_runs_again_on_its_retry(
     retry = await post(service, ADD_CAR, {"plate": "B-UG 1"}, token=token, key="bug")
     assert "idempotent-replayed" not in retry.headers
     assert retry.json()["data"]["addVehicle"]["errors"] == []
+
+
+UNLOCK = """mutation($i: UnlockConnectorInput!) {
+    unlockConnector(input: $i) { status errors { code field } } }"""
+
+
+@pytest.mark.parametrize("failure", [StoreBusy("the database is locked: try again"),
+                                     RuntimeError("a bug")], ids=["store-busy", "bug"])
+async def test_a_failure_after_the_charger_acted_is_kept_so_the_retry_sends_nothing(
+        service: Running, monkeypatch: pytest.MonkeyPatch, failure: Exception) -> None:
+    """The charger got (and carried out) the command; recording its answer met a locked
+    database (STORE_BUSY), or a bug. Review s27: the key was released as if nothing had
+    been done, and the client's retry with the key sent the command a second time. Once
+    a charger was reached the answer is kept, whatever it says."""
+    token = await service.token("op")
+    commands = service.services.commands
+    call, commit = commands._call, commands.commit
+    armed: list[bool] = []
+
+    async def answered(*args: Any, **kwargs: Any) -> None:
+        await call(*args, **kwargs)
+        armed.append(True)
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            armed.clear()
+            raise failure
+        return await commit(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "_call", answered)
+    monkeypatch.setattr(commands, "commit", locked)
+    unlock = {"i": {"cpId": "CP-1", "connectorId": 1}}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        cp.received.clear()
+        first = await post(service, UNLOCK, unlock, token=token, key="unlock-1")
+        assert [a for a, _ in cp.received] == ["UnlockConnector"], first.text
+        monkeypatch.setattr(commands, "_call", call)
+        retry = await post(service, UNLOCK, unlock, token=token, key="unlock-1")
+        # The retry with the key must not reach the charger again: it is the first answer.
+        assert [a for a, _ in cp.received] == ["UnlockConnector"], (first.text, retry.text)
+        assert retry.headers.get("idempotent-replayed") == "true"
+        assert retry.content == first.content
+
+
+CREATE_HOOK = """mutation($i: CreateWebhookInput!) { createWebhook(input: $i) {
+    secret webhook { id } errors { code field } } }"""
+
+
+async def test_a_caller_whose_access_changed_is_refused_the_kept_answer(service: Running) -> None:
+    """An operator's createWebhook answer (its signing secret) is kept for the key; an
+    admin demotes them to driver. Review s27: their retry with the key was answered the
+    kept answer, secret included, though the same request without a key is FORBIDDEN.
+    A replay to a caller whose access changed since is refused, and runs nothing."""
+    op = await service.token("op_other")
+    hook = {"i": {"url": "https://hooks.example.com/in", "events": ["SESSION_STARTED"]}}
+    first = await post(service, CREATE_HOOK, hook, token=op, key="hook-1")
+    body = first.json()
+    assert body["data"]["createWebhook"]["errors"] == [], body
+    assert body["data"]["createWebhook"]["secret"]
+    admin = await service.token("admin")
+    op_id = service.central.users["op_other"].id
+    demote = await post(service, """mutation($i: UpdateUserInput!) { updateUser(input: $i)
+        { errors { code } } }""", {"i": {"id": to_global_id("user", op_id), "role": "DRIVER"}},
+                        token=admin)
+    assert demote.json()["data"]["updateUser"]["errors"] == [], demote.text
+    driver_now = await service.token("op_other")
+    plain = await post(service, CREATE_HOOK, hook, token=driver_now)
+    assert plain.json()["data"]["createWebhook"]["errors"][0]["code"] == "FORBIDDEN"
+    replay = await post(service, CREATE_HOOK, hook, token=driver_now, key="hook-1")
+    assert replay.status_code == 403, replay.text
+    assert "secret" not in replay.text or \
+        replay.json()["data"]["createWebhook"]["secret"] is None, replay.text
+    assert replay.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    hooks = await service.services.ctx.store.find_all(
+        d.Webhook, Eq("url", "https://hooks.example.com/in"))
+    assert len(hooks) == 1  # not run again either
+
+
+UPDATE_USER = """mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+    user { email } errors { code field } } }"""
+
+
+async def test_an_erasure_forgets_kept_answers_holding_the_persons_former_email(
+        service: Running) -> None:
+    """An admin corrects driver2's email twice (two keyed updateUser); the person is
+    then erased. The first answer holds the email they had in between. Review s27: the
+    erasure looked only for the email they had at the end, so that answer stayed for a
+    day; it looks for those the audit log shows they had too."""
+    admin = await service.token("admin")
+    uid = to_global_id("user", service.central.users["driver2"].id)
+    one = await post(service, UPDATE_USER, {"i": {"id": uid, "email": "kim.b@example.org"}},
+                     token=admin, key="fix-1")
+    assert one.json()["data"]["updateUser"]["errors"] == [], one.text
+    two = await post(service, UPDATE_USER, {"i": {"id": uid, "email": "kim.c@example.org"}},
+                     token=admin, key="fix-2")
+    assert two.json()["data"]["updateUser"]["errors"] == [], two.text
+    erased = await post(service, """mutation($i: EraseUserInput!) { eraseUser(input: $i)
+        { errors { code } } }""", {"i": {"id": uid}}, token=admin)
+    assert erased.json()["data"]["eraseUser"]["errors"] == [], erased.text
+    kept = await service.services.ctx.store.find_all(d.IdempotencyKey, ALL)
+    holding = [k.key for k in kept if k.response and "kim." in k.response]
+    assert holding == [], holding

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import domain.entities as d
-from domain.errors import PaymentDeclined
+from domain.errors import PaymentDeclined, StoreBusy
 from domain.ids import new_id
 from domain.policy import Policy
 from domain.ports import Insert, Update
@@ -303,3 +304,42 @@ async def test_a_round_out_of_time_leaves_the_rest_to_the_next_which_goes_on_fro
     for _ in range(4):
         await services.payments.settle_stale_refunds()
     assert provider.failed == [p.id for p in payments] + [payments[0].id]
+
+
+KEYED_REFUND = """mutation($i: RefundPaymentInput!) { refundPayment(input: $i) {
+    payment { refunded { amountMinor } } errors { code field } } }"""
+
+
+async def test_a_refund_whose_recording_met_a_locked_database_is_paid_once_by_its_retry(
+        api: Api, services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    payments = services.payments
+    s3 = world.payments["s3"].id
+    await payments.capture(world.viewer("op_a"), s3)
+    paid: list[int] = []
+    refund = payments.provider.refund
+
+    async def counted(payment: Any, amount_minor: int, key: str) -> str:
+        paid.append(amount_minor)
+        return await refund(payment, amount_minor, key)
+
+    settle = payments._settle_claim
+    busy = [StoreBusy("the database is locked: try again")]
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        if busy:
+            raise busy.pop()
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(payments.provider, "refund", counted)
+    monkeypatch.setattr(payments, "_settle_claim", locked)
+    token = api.token_for(world.users["op_a"].id)
+    ask = {"i": {"id": to_global_id("payment", s3), "amount": "1.00"}}
+    first = await api.post(KEYED_REFUND, ask, token, **{"idempotency-key": "refund-1"})
+    assert paid == [100], first.text
+    retry = await api.post(KEYED_REFUND, ask, token, **{"idempotency-key": "refund-1"})
+    # The client sent one refund, twice: the provider must pay it once (review s27: the
+    # STORE_BUSY answer released the key, and the retry paid a second refund). The
+    # first answer is kept: the client reads the outcome with a query.
+    assert paid == [100], (first.text, retry.text)
+    assert retry.headers.get("idempotent-replayed") == "true"
+    assert retry.content == first.content
