@@ -41,10 +41,10 @@ async def add_history(services: Services, world: World) -> None:
     s1, s2, s3 = (world.sessions[k] for k in ("s1", "s2", "s3"))
     a1, b1 = world.stations["A-001"], world.stations["B-001"]
     # Status reports in their station's books, as they arrived (``books_of``).
-    a_books = {"company_id": a1.company_id,
-               "station_owner_id": None if a1.company_id else a1.owner_id}
-    b_books = {"company_id": b1.company_id,
-               "station_owner_id": None if b1.company_id else b1.owner_id}
+    a_books: dict[str, Any] = {"company_id": a1.company_id,
+                               "station_owner_id": None if a1.company_id else a1.owner_id}
+    b_books: dict[str, Any] = {"company_id": b1.company_id,
+                               "station_owner_id": None if b1.company_id else b1.owner_id}
     records: list[d.Record] = [
         *(sample(s1, minutes(n), ENERGY, 1000 + 100 * n, "Wh", context="Sample.Periodic")
           for n in range(6)),
