@@ -381,12 +381,6 @@ class Station(Record):
     #: 0: never changed (and stations from before SQLite migration 68; MongoDB reads a
     #: missing one as 0).
     sight: int = 0
-    #: When the station went into the books it is in now (``base.books_of``: handed to
-    #: another company, or to another owner of no company), on our clock; None: in them
-    #: since it was added (and stations from before SQLite migration 76). Company-scoped
-    #: analytics of its state history count from then (``AnalyticsService``): its new
-    #: operator runs it from the handover, and is not told of the old one's time there.
-    books_since: datetime | None = None
 
 
 #: ``Station.firmware_status`` from an UpdateFirmware its charger accepted until the
@@ -763,6 +757,12 @@ class StatusEvent(Record):
     #: reported; null when it sent none (and in history stored before it was kept).
     vendor_error_code: str | None = None
     at: datetime = field(default_factory=utcnow)
+    #: Whose books the report went to, from its station when it arrived (``base.
+    #: books_of``), as a session's do: its company, or for a station of no company its
+    #: owner. A company keeps the history of a station it handed over, and the new one
+    #: reads only its own (``Policy``'s ``status_event`` scope; SQLite migration 76).
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -792,7 +792,14 @@ class ConnectorInterval(Record):
     (``OverlapSeconds.since``). Null in history recorded before it was kept (SQLite
     migration 46), for the stretches the central system places on our own clock
     (``intervals.known_offline``), and where nothing told the offset: such an open
-    interval lasts until our "now", as all did before."""
+    interval lasts until our "now", as all did before.
+
+    ``company_id``/``station_owner_id``: whose books the stretch is in (``base.books_of``),
+    as a status report's are. The next interval takes those of the one before it; a
+    handover ends every open one of its station at its charger's "now" (by
+    ``observed_at``) and opens the same state in the new books (``intervals.
+    handed_over``), so time is the books' by its arrival on our side, whatever the
+    charger's clock says (SQLite migration 76)."""
 
     kind: ClassVar[str] = "connector_interval"
     station_id: str
@@ -807,6 +814,8 @@ class ConnectorInterval(Record):
     end: datetime | None = None
     known: bool = True
     observed_at: datetime | None = None
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 @dataclass(kw_only=True)

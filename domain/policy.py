@@ -79,10 +79,11 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
                           "firmware_location", "firmware_retrieve_date",
                           "diagnostics_requested_at", "diagnostics_file_name",
                           "diagnostics_previous_uploading",
-                          "configuration_truncated", "site_fallback_kw",
-                          "books_since"}),
+                          "configuration_truncated", "site_fallback_kw"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
+    "status_event": frozenset({"company_id", "station_owner_id"}),
+    "connector_interval": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),
     "refund": frozenset({"company_id", "station_owner_id"}),
     "reservation": frozenset({"company_id", "station_owner_id"}),
@@ -270,7 +271,14 @@ class Policy:
                 # Live on the wall clock, as a request's own "now" is (services pass
                 # their own clock's now to ``live_reservations`` where they decide).
                 return any_of(books, all_of(live_reservations(utcnow()), on_stations))
-            case "connector" | "status_event" | "connection_event" | "connector_interval":
+            case "status_event" | "connector_interval":
+                # A station's state history by whose books each record went to when it
+                # reached us (``StatusEvent.company_id``), as sessions: the company that
+                # handed a station over keeps its status reports and its time there, and
+                # the new one reads none of them (review r27: ``statusHistory`` showed
+                # it the old one's faults and its drivers' charging times).
+                return books
+            case "connector" | "connection_event":
                 return on_stations
             case "configuration_key":
                 # Its charger's internals, as the station's private view: those who run

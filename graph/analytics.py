@@ -53,9 +53,10 @@ class AnalyticsFilter:
         "none."))
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Only this company's stations. Matches nothing for a driver, who is not told "
-        "which company runs a station. As for its operators: sessions, energy and revenue "
-        "by its books, and a station handed to it counts its state history (utilization, "
-        "availability, faults) from the handover on."))
+        "which company runs a station. As for its operators: what went to its books, "
+        "sessions, energy and revenue and a station's state history (utilization, "
+        "availability, faults) alike: a station handed to it counts from the handover on, "
+        "one it handed to another company up to the handover."))
     user_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
     site_id: strawberry.ID | None = strawberry.field(default=None, description=(
@@ -159,7 +160,9 @@ _CURRENCY = ("ISO 4217 code of the revenue and refunds counted (those in other c
              "in the window have, else EUR.")
 _ROW_GROUP = "A row per station (default) or per connector."
 _ROW_BUCKET = "Split the rows into buckets of this size; without it, one row for the window."
-_ROW_STATION = "The station, if the viewer may see it."
+_ROW_STATION = ("The station, if the viewer may see it: null on the rows of a station its "
+                "company handed to another one, which keep the state history of its time "
+                "there (as its sessions do).")
 
 
 @strawberry.type(description="How much of the window connectors were occupied and charging.")
@@ -306,8 +309,7 @@ class FaultReport:
                      last: int | None = None, before: str | None = None
                      ) -> Connection[StatusEvent]:
         ctx: GraphContext = info.context
-        where = await ctx.services.analytics.fault_events_filter(
-            ctx.viewer, self._scope, self._from, self._to)
+        where = ctx.services.analytics.fault_events_filter(self._scope, self._from, self._to)
         return await page_connection(ctx, d.StatusEvent, StatusEvent.wrap, where,
                                      [Sort("at", descending=True)],
                                      PageArgs(first=first, after=after, last=last,

@@ -34,19 +34,7 @@ from domain.entities import (
 from domain.errors import Unauthenticated, ValidationError
 from domain.faults import fault_filter
 from domain.policy import Viewer, metered_on
-from domain.query import (
-    ALL,
-    NONE,
-    Eq,
-    Filter,
-    In,
-    NotSub,
-    Or,
-    Range,
-    Sub,
-    all_of,
-    any_of,
-)
+from domain.query import ALL, NONE, Eq, Filter, In, Or, Range, Sub, all_of, any_of
 from domain.services.base import Service
 from domain.services.intervals import POINT_DOWN
 from domain.timebuckets import Bucket, plan, zone
@@ -93,6 +81,14 @@ class Scope:
     def on_stations(self, field: str = "station_id") -> Filter:
         wanted = self.stations()
         return ALL if wanted == ALL else Sub(field, "station", wanted)
+
+    def history(self) -> Filter:
+        """State history (``StatusEvent``, ``ConnectorInterval``) on the asked-for
+        stations: a company's is what went to its books (the records' ``company_id``), as
+        its sessions are (``booked_sessions``), also on a station it has handed to
+        another one since, and none of a station handed to it from before the handover."""
+        plugs = replace(self, company_id=None).on_stations()
+        return all_of(plugs, Eq("company_id", self.company_id) if self.company_id else None)
 
     def sessions(self) -> Filter:
         """Sessions on the asked-for stations (what happened at the plugs)."""
@@ -460,15 +456,6 @@ def _group_fields(group: GroupKey) -> dict[str, Any]:
             "connector_id": int(connector) if connector is not None else None}
 
 
-def _by_instant(handed: dict[str, datetime]) -> dict[datetime, set[str]]:
-    """``AnalyticsService._handed_over``'s stations grouped by the instant they count
-    from: one pair of sums per instant."""
-    groups: dict[datetime, set[str]] = {}
-    for station_id, since in handed.items():
-        groups.setdefault(since, set()).add(station_id)
-    return groups
-
-
 def _check_cells(cells: int, field: str) -> None:
     if cells > MAX_CELLS:
         raise ValidationError(
@@ -483,26 +470,6 @@ class AnalyticsService(Service):
         overview by company and cpIds must not learn who runs a station from its count."""
         return all_of(self.policy.scope(viewer, kind),
                       self.policy.guard_nested(viewer, kind, where))
-
-    async def _handed_over(self, viewer: Viewer, scope: Scope, start: datetime,
-                           end: datetime) -> dict[str, datetime]:
-        """The stations whose state history counts, for this viewer and scope, only from
-        when they went into their present books (``Station.books_since``) because that
-        was after ``start``: station id to that instant (``end`` at most). Company-scoped
-        figures (an operator's, or those of a company asked for) are the books': a
-        station handed over counts for its new company from the handover, as if it had
-        joined its network then (the window before is time nothing was known of it), and
-        the old company's occupancy, charging and faults there are not the new one's to
-        read (QA s27: they were, its drivers' sessions' times included). Energy, sessions
-        and revenue follow their sessions' books already (``Scope.samples``). An admin's
-        unfiltered view is the station's whole history. Handovers are rare: the stations
-        read are those handed over since ``start``."""
-        if not (viewer.is_operator or scope.company_id):
-            return {}
-        stations = await self.store.find_all(
-            Station, self._scoped(viewer, "station", all_of(
-                scope.stations(), Range("books_since", gt=start))), limit=100_000)
-        return {s.id: min(s.books_since, end) for s in stations if s.books_since}
 
     # ------------------------------------------------------------- energy trend
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
@@ -609,14 +576,22 @@ class AnalyticsService(Service):
 
     # ------------------------------------------------------------- utilization, availability
     async def _connectors(self, viewer: Viewer, scope: Scope) -> list[Connector]:
-        """The connectors to give rows for: those whose state history (the intervals) the
-        viewer may see. Drivers and the public map see every connector's live status but
-        no station's history; a row for them would read 0 seconds available or charging
-        as if measured, so they get no row, as a hidden record reads like a missing one.
-        The interval scope is by station (``station_id``), which connectors share."""
-        return await self.store.find_all(
-            Connector, all_of(self._scoped(viewer, "connector", scope.on_stations()),
-                              self.policy.scope(viewer, "connector_interval")),
+        """The connectors to give rows for: those of the asked-for stations the viewer
+        runs now, and those of stations with state history in its books (``Scope.
+        history``): a company that handed a station over keeps rows of its time there,
+        as it keeps the station's sessions (their ``station`` null: it no longer sees
+        it). Drivers and the public map see every connector's live status but no
+        station's history; a row for them would read 0 seconds available or charging as
+        if measured, so they get no row, as a hidden record reads like a missing one.
+        A removed connector has none."""
+        books = self.policy.scope(viewer, "connector_interval")
+        if books == NONE:
+            return []
+        plugs = replace(scope, company_id=None).on_stations()
+        return await self.store.find_all(Connector, any_of(
+            self._scoped(viewer, "connector", scope.on_stations()),
+            all_of(plugs, Sub("station_id", "connector_interval", self._scoped(
+                viewer, "connector_interval", scope.history()), select="station_id"))),
             limit=100_000)
 
     @staticmethod
@@ -694,33 +669,11 @@ class AnalyticsService(Service):
             budget.spend(len(spans) * (groups - 1))
         firsts = await self._overlaps(viewer, *first, spans)
         seconds = await self._overlaps(viewer, *second, spans)
-        handed = await self._handed_over(viewer, scope, spans[0].lo, spans[-1].hi)
-        for since, ids in _by_instant(handed).items():
-            await self._count_from(viewer, since, ids, spans, first, firsts)
-            await self._count_from(viewer, since, ids, spans, second, seconds)
         rows = [row for span, a, b in zip(spans, firsts, seconds, strict=True)
                 for row in self._rows(connectors, by_connector, span.elapsed, a, b,
                                       span.bucket)]
         # Stable: each connector's (station's) buckets stay in time order.
         return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
-
-    async def _count_from(self, viewer: Viewer, since: datetime, station_ids: set[str],
-                          spans: list[_Span], sums: tuple[type[Record], Filter, _Times],
-                          found: list[dict[tuple[Any, ...], float]]) -> None:
-        """Replaces in ``found`` (``_overlaps``' sums, per span) those of ``station_ids``
-        by their overlaps from ``since`` on (``_handed_over``): each span's part after it,
-        none for a span wholly before it."""
-        kind, where, fields = sums
-        after = [i for i, s in enumerate(spans) if max(s.lo, since) < s.hi]
-        clipped = await self._overlaps(
-            viewer, kind, all_of(where, In("station_id", tuple(sorted(station_ids)))),
-            fields, [replace(spans[i], lo=max(spans[i].lo, since)) for i in after]
-        ) if after else []
-        for figures in found:
-            for key in [k for k in figures if k[0] in station_ids]:
-                del figures[key]
-        for i, figures in zip(after, clipped, strict=True):
-            found[i].update(figures)
 
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                           by_connector: bool, bucket: Bucket | None = None,
@@ -735,16 +688,16 @@ class AnalyticsService(Service):
         _per_connector(scope)
         _window(start, end)
         spans = self._spans(start, end, bucket, time_zone, budget)
-        # Occupancy is the station's, as its charging time is: scoped by the stations the
-        # viewer runs, not by the books the sessions went to (a station handed over read
-        # an hour of charging and no occupancy for its new operator); both from when it
-        # went into the viewer's books (``_handed_over``).
+        # Occupancy and charging time both by the books, the sessions' and the state
+        # intervals' own (``Scope.history``): a station handed over is its old company's
+        # up to the handover and its new one's after it, both of its sessions and of its
+        # state (review r27).
         return await self._share_rows(
             viewer, scope, by_connector, spans,
-            (Session, scope.sessions(), TIMES[Session]),
+            (Session, scope.booked_sessions(), TIMES[Session]),
             # Charging while its station was online: offline, the status is only the
             # last one reported, and nobody can tell the charging went on.
-            (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
+            (ConnectorInterval, all_of(scope.history(), Eq("online", True),
                                        Eq("status", ConnectorStatus.CHARGING)),
              TIMES[ConnectorInterval]), budget if bucket is not None else None)
 
@@ -769,55 +722,25 @@ class AnalyticsService(Service):
         usable = [s for s in ConnectorStatus if s not in UNUSABLE]
         return await self._share_rows(
             viewer, scope, by_connector, spans,
-            (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
+            (ConnectorInterval, all_of(scope.history(), Eq("online", True),
                                        In("status", tuple(usable))),
              TIMES[ConnectorInterval]),
             # Every stretch of state history, offline ones included (known to be
             # offline), but the central system's outages: nobody was listening.
-            (ConnectorInterval, all_of(scope.on_stations(), Eq("known", True)),
+            (ConnectorInterval, all_of(scope.history(), Eq("known", True)),
              TIMES[ConnectorInterval]), budget if bucket is not None else None)
 
     # ------------------------------------------------------------- faults
-    def _fault_events(self, scope: Scope, start: datetime, end: datetime) -> Filter:
+    def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
         """The individual fault reports in the window (StatusEvents stating a fault,
-        ``domain.faults``: an error code, or status Faulted whatever its code)."""
+        ``domain.faults``: an error code, or status Faulted whatever its code), in the
+        books asked for (``Scope.history``), as the groups count them."""
         _per_connector(scope)
         _window(start, end)
-        return all_of(scope.on_stations(), fault_filter(), Range("at", gte=start, lt=end))
-
-    async def fault_events_filter(self, viewer: Viewer, scope: Scope, start: datetime,
-                                  end: datetime) -> Filter:
-        """``_fault_events``, a station handed over in the window counting from the
-        handover for company-scoped viewers (``_handed_over``), as its fault groups do."""
-        where = self._fault_events(scope, start, end)
-        handed = await self._handed_over(viewer, scope, start, end)
-        if not handed:
-            return where
-        return all_of(where, any_of(
-            NotSub("station_id", "station", In("id", tuple(sorted(handed)))),
-            *(all_of(Eq("station_id", station_id), Range("at", gte=since))
-              for station_id, since in sorted(handed.items()))))
+        return all_of(scope.history(), fault_filter(), Range("at", gte=start, lt=end))
 
     async def fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
                             end: datetime) -> list[FaultGroup]:
-        """``_fault_reports``; a station handed over in the window, for company-scoped
-        viewers, from the handover on (``_handed_over``): the faults of its window's part
-        after it, one still going then carried in (count 0)."""
-        _signed_in(viewer)
-        groups = await self._fault_reports(viewer, scope, start, end)
-        handed = await self._handed_over(viewer, scope, start, end)
-        if not handed:
-            return groups
-        groups = [g for g in groups if g.station_id not in handed]
-        for since, station_ids in _by_instant(handed).items():
-            if since < end:
-                groups += await self._fault_reports(
-                    viewer, replace(scope, station_ids=tuple(sorted(station_ids))),
-                    since, end)
-        return sorted(groups, key=lambda g: (g.cp_id, g.connector_id, g.error_code))
-
-    async def _fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
-                             end: datetime) -> list[FaultGroup]:
         """Faults by station, connector and error code: how often reported, first and last
         report, total time in that fault within the window (and how much of it the
         station was offline), and whether it is still reported now. A fault is what
@@ -834,11 +757,17 @@ class AnalyticsService(Service):
         A fault already going when the window opens (reported before it, cleared inside
         it or not at all) is a group too, from its state intervals: no report in the
         window (count 0), the time it spent inside the window, and as first and last seen
-        the last report of it before the window."""
+        the last report of it before the window.
+
+        Reports and time are those of the viewer's books (and of a company asked for,
+        ``Scope.history``): a fault going when its station was handed over is the new
+        company's from the handover, where its state interval began in its books, and
+        first and last seen are that instant if it has no report of its own (review r27:
+        they told the old company's report)."""
         _signed_in(viewer)
         reports = await self.store.aggregate(
             StatusEvent, self._scoped(viewer, "status_event",
-                                      self._fault_events(scope, start, end)),
+                                      self.fault_events_filter(scope, start, end)),
             FAULT_KEYS, {"n": Count(), "first": Min("at"), "last": Max("at")})
         groups = {_key(r): (int(r["n"]), r["first"], r["last"]) for r in reports}
         times = await self._fault_times(viewer, scope, start, end)
@@ -868,7 +797,7 @@ class AnalyticsService(Service):
         own faults (its error code while the charge point was not down), and the charge
         point's (connector 0: its error code beside every connector's stretch)."""
         lo, hi, observed = TIMES[ConnectorInterval]
-        within = all_of(scope.on_stations(), _overlapping(lo, hi, start, end))
+        within = all_of(scope.history(), _overlapping(lo, hi, start, end))
         # An open fault lasts until its own now on its charger's timeline (``TIMES``).
         metrics: dict[str, Metric] = {
             "s": OverlapSeconds(lo, hi, start, end, self.now(), observed), "since": Min(lo)}
@@ -904,7 +833,7 @@ class AnalyticsService(Service):
         history of those faults."""
         rows = await self.store.aggregate(
             StatusEvent, self._scoped(viewer, "status_event", all_of(
-                scope.on_stations(),
+                scope.history(),
                 In("station_id", tuple(sorted({k[0] for k in wanted}))),
                 In("error_code", tuple(sorted({k[3] for k in wanted}))),
                 fault_filter(), Range("at", lt=start))),

@@ -744,9 +744,27 @@ class ChargingService(ChargerConnections):
                                   error_code: str, *, info: str | None = None,
                                   timestamp: datetime | None = None,
                                   vendor_error_code: str | None = None) -> None:
+        """A StatusNotification, taken again from its reads when its write met a change
+        made since (``Conflict`` CHANGED): a handover on another instance that ended the
+        state interval it read (``intervals.handed_over``), its station then read from
+        the store, not the cache: the report is in the new books."""
+        tries = 0
+
+        async def report() -> None:
+            nonlocal tries
+            tries += 1
+            await self._status_notification(
+                cp_id, connector_id, status, error_code, info=info, timestamp=timestamp,
+                vendor_error_code=vendor_error_code, fresh=tries > 1)
+        await retried(report)
+
+    async def _status_notification(self, cp_id: str, connector_id: int, status: str,
+                                   error_code: str, *, info: str | None,
+                                   timestamp: datetime | None,
+                                   vendor_error_code: str | None, fresh: bool) -> None:
         reported = v.instant(as_utc(timestamp), "timestamp") if timestamp else None
         info, vendor_error_code = v.shown_text(info), v.shown_text(vendor_error_code)
-        station = await self._require_station(cp_id)
+        station = await self._require_station(cp_id, fresh=fresh)
         # The state changes at the report's timestamp; one we cannot believe (far in our
         # future: a clock glitch) is taken as made on arrival, so the next sane report
         # wins. Its history (the StatusEvent) keeps the timestamp as reported.
@@ -758,11 +776,15 @@ class ChargingService(ChargerConnections):
         reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
+        # In the books of its station as it arrived: a handover reaches this instance's
+        # cached copy with its event, and a report that raced it is taken again.
+        company_id, station_owner_id = books_of(station)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
                             status=new_status, error_code=error_code, info=info,
-                            vendor_error_code=vendor_error_code, at=reported)
+                            vendor_error_code=vendor_error_code, at=reported,
+                            company_id=company_id, station_owner_id=station_owner_id)
         telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, reported))]
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None

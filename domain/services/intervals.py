@@ -4,7 +4,7 @@ tells apart (status, error code, online), on the charger's timeline."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -17,10 +17,11 @@ from domain.entities import (
     Session,
     Station,
 )
+from domain.ids import new_id
 from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
-from domain.services.base import charger, patch, stamp_new
+from domain.services.base import books_of, charger, patch, stamp_new
 
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
@@ -84,11 +85,53 @@ async def next_interval(store: Store, station: Station, connector_id: int,
             return changes
         changes.append(_close(current, max(at, current.start), actor))
     start = max(at, current.start) if current else at
+    company_id, station_owner_id = _books(current, station)
     changes.append(Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
         point_error_code=point_error_code, known=known, start=start,
-        observed_at=_observed(current, start, at, ours, now)), actor, at)))
+        observed_at=_observed(current, start, at, ours, now), company_id=company_id,
+        station_owner_id=station_owner_id), actor, at)))
+    return changes
+
+
+def _books(before: ConnectorInterval | None, station: Station
+           ) -> tuple[str | None, str | None]:
+    """Whose books an interval following ``before`` is in: ``before``'s, which a
+    handover moved to the new books (``handed_over``), so a copy of the station cached
+    from before it (another instance's, until it hears of it) books nothing to the old
+    company; the station's (``books_of``) for a connector's first."""
+    if before is None:
+        return books_of(station)
+    return before.company_id, before.station_owner_id
+
+
+async def handed_over(store: Store, station: Station, to: Station, actor: Viewer,
+                      now: datetime) -> list[Change]:
+    """A handover's part of the state history, for its write: every open interval of
+    ``station`` ends at its charger's "now" (its start plus what our clock saw since
+    ``observed_at``; our now where no offset is kept) and the same state goes on from
+    there in ``to``'s books (``books_of``). So the history is the books' by when it
+    reached us, on the charger's timeline: a charger's clock hours behind or ahead of
+    ours moves no stretch into the other books (review r27: a cut at our instant
+    compared with its stamps did). Guarded on each being still open: a report of its
+    charger that closed one meanwhile fails the write (``Conflict``), which the edit
+    runs again."""
+    company_id, station_owner_id = books_of(to)
+    changes: list[Change] = []
+    for current in await store.find_all(ConnectorInterval, all_of(
+            Eq("cp_id", station.cp_id), Eq("end", None), Eq("station_id", station.id)),
+            limit=1000):
+        if current.observed_at is None:
+            at, observed = max(now, current.start), None
+        else:
+            at = max(current.start + (now - current.observed_at), current.start)
+            observed = now
+        changes += [patch(current, actor, only_if=("end", None), required=True, end=at),
+                    Insert(stamp_new(replace(
+                        current, id=new_id(), start=at, end=None, observed_at=observed,
+                        company_id=company_id, station_owner_id=station_owner_id),
+                        actor))]
     return changes
 
 
@@ -138,7 +181,8 @@ async def _offline_change(store: Store, station: Station, connector_id: int,
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=False, point_status=point_status,
         point_error_code=point_error_code, known=True, start=at, end=outage.end,
-        observed_at=_observed(outage, at, at, ours, now)), actor, at))]
+        observed_at=_observed(outage, at, at, ours, now), company_id=outage.company_id,
+        station_owner_id=outage.station_owner_id), actor, at))]
 
 
 def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
@@ -146,10 +190,10 @@ def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
     outage) only while it is still open: ``known_offline`` may end it on another
     instance at the same moment, and a connection written over a read taken before that
     would leave two intervals open. The connect that loses reads again (``Conflict``:
-    ``ChargingService.connect`` retries). Known intervals keep the plain write: only
-    their charger's own messages end them, one at a time."""
-    if current.known:
-        return patch(current, actor, end=at)
+    ``ChargingService.connect`` retries). A known one too: a handover ends it on
+    another instance (``handed_over``), and a report written over a read taken before
+    that would open a second interval, in the old books; the report is taken again
+    (``ChargingService.status_notification``)."""
     return patch(current, actor, only_if=("end", None), required=True, end=at)
 
 
@@ -165,7 +209,8 @@ def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> li
         station_id=current.station_id, cp_id=current.cp_id,
         connector_id=current.connector_id, status=current.status,
         error_code=current.error_code, online=False, point_status=current.point_status,
-        point_error_code=current.point_error_code, known=True, start=start), actor))]
+        point_error_code=current.point_error_code, known=True, start=start,
+        company_id=current.company_id, station_owner_id=current.station_owner_id), actor))]
 
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,

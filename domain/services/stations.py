@@ -53,6 +53,7 @@ from domain.services.base import (
 )
 from domain.services.configuration import forget_configuration
 from domain.services.edits import edit, removal, retried
+from domain.services.intervals import handed_over
 from domain.services.offline_notices import forget_outages
 from domain.services.tariffs import removal_end
 from domain.services.withdrawal import forget_local_list
@@ -389,11 +390,6 @@ class StationService(Service):
                   # company, it leaves the old company's site (whose limit it charged under).
                   "site_id": None if company_id not in (UNSET, station.company_id) else UNSET}
         update = edit(station, viewer, **fields)
-        if books_of(cast(Station, update.record)) != books_of(station):
-            # Its new books' analytics count its state history from now (QA s27: the new
-            # company read the old one's drivers' occupancy, charging and faults).
-            fields["books_since"] = self.now()
-            update = edit(station, viewer, **fields)
         if _sight_of(station) != _sight_of(cast(Station, update.record)):
             # Who sees it changes: its version moves on, in this write, which holds only
             # on the station as read (``edit``): of two edits the later has the higher,
@@ -415,7 +411,12 @@ class StationService(Service):
             number = None
         updated = cast(Station, update.record)
         changes: list[tuple[Change, Any]] = [(update, station)]
+        history: list[Change] = []
         if books_of(updated) != books_of(station):
+            # Its state history goes on in the new books from now, on its charger's
+            # timeline (review r27): the old company keeps what it ran, the new one reads
+            # its own only.
+            history = await handed_over(self.store, station, updated, viewer, self.now())
             ended, since = await self._end_station_prices(viewer, station)
             changes += ended
             # None left unended by the write: one set meanwhile fails it, and it runs again.
@@ -425,7 +426,7 @@ class StationService(Service):
                 guards.append(Guard(Session, all_of(
                     Eq("station_id", station.id), Range("created_at", gte=since)),
                     exists=False))
-        await self.commit(viewer, changes, guards=guards)
+        await self.commit(viewer, changes, unaudited=history, guards=guards)
         return station, updated, number
 
     async def _end_station_prices(self, viewer: Viewer, station: Station

@@ -72,7 +72,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("connector_id", ASCENDING),
-                      ("at", ASCENDING), ("_id", ASCENDING)], [("at", ASCENDING)]],
+                      ("at", ASCENDING), ("_id", ASCENDING)], [("at", ASCENDING)],
+                     # An operator's (and a ``companyId`` filter's) by their books.
+                     [("company_id", ASCENDING), ("at", ASCENDING)],
+                     [("station_owner_id", ASCENDING), ("at", ASCENDING)]],
     # By charger too: lists and analytics filtered by cpId.
     "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
                          [("cp_id", ASCENDING), ("at", ASCENDING)]],
@@ -80,7 +83,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),
                             ("end", ASCENDING)], [("start", ASCENDING)],
-                           [("known", ASCENDING), ("end", ASCENDING), ("start", ASCENDING)]],
+                           [("known", ASCENDING), ("end", ASCENDING), ("start", ASCENDING)],
+                           [("company_id", ASCENDING), ("start", ASCENDING)],
+                           [("station_owner_id", ASCENDING), ("start", ASCENDING)]],
     # A new reservation looks for live ones on its connector (expires_at > now); an
     # operator reads those in their books.
     "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64 and 66).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66 and 76).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -194,6 +194,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "audit_holders", _audit_holders)
     await _once(db, "audit_commands", _audit_commands)
     await _once(db, "reservation_books", _reservation_books)
+    await _once(db, "state_history_books", _state_history_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
     await _once(db, "name_identities", _name_identities)
@@ -689,6 +690,26 @@ async def _reservation_books(db: Any) -> None:
     (who read them until then), else none. Marked by the field itself: new documents
     always carry ``company_id``, possibly null."""
     await _fill_books(db, "reservation")
+
+
+async def _state_history_books(db: Any) -> None:
+    """Status reports and state intervals written before they recorded whose books they
+    are (``StatusEvent.company_id``, SQLite migration 76) take their station's books
+    now, where it still exists (who read them until then), else none: one update per
+    station, as there are many of them to few stations. Marked by the field itself: new
+    documents always carry ``company_id``, possibly null."""
+    for kind in ("status_event", "connector_interval"):
+        unmarked = {"company_id": {"$exists": False}}
+        station_ids = await db[kind].distinct("station_id", unmarked)
+        for first in range(0, len(station_ids), BATCH):
+            part = station_ids[first:first + BATCH]
+            books = await _station_books(db, part)
+            for station_id in part:
+                company, owner = books.get(station_id) or (None, None)
+                await db[kind].update_many(
+                    {"station_id": station_id, **unmarked},
+                    {"$set": {"company_id": company, "station_owner_id": owner,
+                              MARK: ObjectId()}})
 
 
 async def _books(db: Any) -> None:

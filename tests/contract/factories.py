@@ -163,6 +163,9 @@ def status_event(st: Station, **kw: Any) -> StatusEvent:
     kw.setdefault("status", ConnectorStatus.AVAILABLE)
     kw.setdefault("connector_id", 1)
     kw.setdefault("at", T0)
+    # In its station's books, as a report arriving now is (``books_of``).
+    kw.setdefault("company_id", st.company_id)
+    kw.setdefault("station_owner_id", None if st.company_id else st.owner_id)
     return StatusEvent(station_id=st.id, cp_id=st.cp_id, **kw)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -525,7 +525,7 @@ async def test_a_faulted_status_is_a_fault_whatever_its_error_code(history: Hist
     assert fault_rows(await analytics.fault_reports(admin, r1, at_31(16), at_31(18))) == [
         (0, "NoError", 0, at_31(15, 30), 1.0, 0.0, False)]
     events = await history.services.ctx.store.find_all(
-        d.StatusEvent, await analytics.fault_events_filter(admin, r1, at_31(13), at_31(18)))
+        d.StatusEvent, analytics.fault_events_filter(r1, at_31(13), at_31(18)))
     assert sorted((e.connector_id, e.status, e.vendor_error_code, e.info)
                   for e in events) == [
         (0, d.ConnectorStatus.FAULTED, None, None),
@@ -631,7 +631,7 @@ async def test_a_station_handed_over_counts_for_its_new_company_from_the_handove
 
     async def fault_events(who: str) -> list[datetime]:
         viewer = history.viewer(who)
-        where = await analytics.fault_events_filter(viewer, r1, *window)
+        where = analytics.fault_events_filter(r1, *window)
         return sorted(e.at for e in await history.services.ctx.store.find_all(
             d.StatusEvent, all_of(Policy().scope(viewer, "status_event"), where)))
 
@@ -646,6 +646,142 @@ async def test_a_station_handed_over_counts_for_its_new_company_from_the_handove
     assert [(g.connector_id, g.error_code, g.duration_seconds / H) for g in
             await analytics.fault_reports(admin, r1, *window)] == [
         (1, "GroundFailure", 0.25)]
-    # And the sessions stay in A's books: A's energy is the two kWh it charged.
-    trend = await analytics.energy_trend(history.viewer("op_a"), r1, *window, Bucket.DAY)
+    # And the sessions stay in A's books: A's energy is the two kWh it charged, and A
+    # keeps its occupancy, charging and fault there up to the handover, as an admin
+    # asking for A's figures reads them.
+    op_a = history.viewer("op_a")
+    trend = await analytics.energy_trend(op_a, r1, *window, Bucket.DAY)
     assert sum(x.energy_wh for x in trend) == 2000
+    for viewer, scope in ((op_a, r1), (admin, Scope(cp_ids=("R1",), company_id=a))):
+        assert figures(await analytics.utilization(viewer, scope, *window, True)) == [
+            (1, 4.0, 1.0, 1.0, 0.25), (2, 4.0, 1.0, 1.0, 0.25)]
+        assert [(g.connector_id, g.error_code, g.count, g.open) for g in
+                await analytics.fault_reports(viewer, scope, *window)] == [
+            (1, "GroundFailure", 2, False)]
+    assert await fault_events("op_a") == [at_31(13, 30), at_31(15, 30)]
+
+
+async def _r9(h: History, offset: timedelta) -> tuple[str, str]:
+    """R9 of company A, online from our 13:00, its charger's clock ``offset`` from ours;
+    its id and company B's."""
+    a, b = (h.users[who].company_id for who in ("op_a", "op_b"))
+    h.clock.now = at_31(13)
+    station, _ = await h.services.stations.create_station(
+        SYSTEM, cp_id="R9", name="R9", connectors=[ConnectorSpec(1)], company_id=a)
+    await h.services.charging.set_online("R9", True)
+    await h.services.charging.status_notification("R9", 1, "Available", "NoError",
+                                                  timestamp=h.clock.now + offset)
+    return station.id, cast(str, b)
+
+
+async def _report_r9(h: History, at: datetime, offset: timedelta, status: str,
+                     code: str) -> None:
+    h.clock.now = at
+    await h.services.charging.status_notification("R9", 1, status, code,
+                                                  timestamp=at + offset)
+
+
+async def test_a_charger_behind_ours_books_its_fault_after_a_handover_to_the_new_company(
+        history: History) -> None:
+    """Charger 2 h behind. Handed to B at our 16:00; at our 16:30 (its 14:30) it reports
+    GroundFailure, still going at our 17:00. The fault happened in B's books, and B
+    reads it as an admin does (review r27: a cut at our 16:00 compared with the
+    charger's stamps hid it: its report at 14:30, its time before 16:00)."""
+    behind = -timedelta(hours=2)
+    station_id, b = await _r9(history, behind)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    await _report_r9(history, at_31(16, 30), behind, "Faulted", "GroundFailure")
+    history.clock.now = at_31(17)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    window = (at_31(0), at_31(23))
+
+    async def faults(who: str) -> list[tuple[Any, ...]]:
+        return [(g.connector_id, g.error_code, g.count, g.open, g.duration_seconds / H)
+                for g in await analytics.fault_reports(history.viewer(who), r9, *window)]
+
+    assert await faults("admin") == [(1, "GroundFailure", 1, True, 0.5)]
+    assert await faults("op_b") == [(1, "GroundFailure", 1, True, 0.5)]
+    assert await faults("op_a") == []
+
+
+async def test_a_charger_behind_ours_gives_the_new_company_the_time_it_ran_it(
+        history: History) -> None:
+    """Same charger, 2 h behind, online and Available all along: B has run it from our
+    16:00 to 17:00, and its availability reads that hour known and available; A its
+    three hours before (review r27: B read no known time at all)."""
+    behind = -timedelta(hours=2)
+    station_id, b = await _r9(history, behind)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    for who, hours in (("op_b", 1.0), ("op_a", 3.0)):
+        [row] = await history.services.analytics.availability(
+            history.viewer(who), Scope(cp_ids=("R9",)), at_31(0), at_31(23), True)
+        assert (round(row.first_seconds / H, 3), round(row.second_seconds / H, 3)) == (
+            hours, hours), who
+
+
+async def test_a_charger_ahead_of_ours_keeps_the_old_company_s_fault_from_the_new_one(
+        history: History) -> None:
+    """Charger 2 h ahead. At our 15:00 (its 17:00) A's plug faults, cleared at our 15:30
+    (its 17:30); handed to B at our 16:00. The fault is A's: B's faultReports is empty,
+    A's has it (review r27: B read it, its stamps after a cut at our 16:00)."""
+    ahead = timedelta(hours=2)
+    station_id, b = await _r9(history, ahead)
+    await _report_r9(history, at_31(15), ahead, "Faulted", "GroundFailure")
+    await _report_r9(history, at_31(15, 30), ahead, "Available", "NoError")
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(18)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    window = (at_31(0), at_31(23, 59))
+    assert await analytics.fault_reports(history.viewer("op_b"), r9, *window) == []
+    assert [(g.error_code, g.count, g.duration_seconds / H) for g in
+            await analytics.fault_reports(history.viewer("op_a"), r9, *window)] == [
+        ("GroundFailure", 1, 0.5)]
+
+
+async def test_a_station_handed_back_keeps_its_company_s_own_history(
+        history: History) -> None:
+    """R1 is A's; both plugs charge 14:00 -> 15:00 (A's drivers, A's books). At 16:00 an
+    admin hands it to B by mistake and back to A at 16:05: A's utilization of its 14:00
+    hour reads as before, as its energy does (review r27: only the latest handover was
+    kept, and A's own hour read nothing)."""
+    a, b = (history.users[who].company_id for who in ("op_a", "op_b"))
+    station, _ = await two_plug_station(history, a)
+    op_a, r1 = history.viewer("op_a"), Scope(cp_ids=("R1",))
+    history.clock.now = at_31(16)
+    before = figures(await history.services.analytics.utilization(
+        op_a, r1, at_31(13), at_31(16), True))
+    assert before == [(1, 3.0, 1.0, 1.0, 1 / 3), (2, 3.0, 1.0, 1.0, 1 / 3)]
+    await history.services.stations.update_station(SYSTEM, station.id, company_id=b)
+    history.clock.now = at_31(16, 5)
+    await history.services.stations.update_station(SYSTEM, station.id, company_id=a)
+    history.clock.now = at_31(17)
+    after = figures(await history.services.analytics.utilization(
+        op_a, r1, at_31(13), at_31(16), True))
+    assert after == before
+
+
+async def test_a_fault_carried_over_a_handover_is_the_new_company_s_from_the_handover(
+        history: History) -> None:
+    """A's plug faults at 15:30 (A's books) and is still faulted when B takes R9 at 16:00.
+    B's group is carried in (count 0) and seen from 16:00, when it went into B's books
+    (review r27: its first and last seen told B of A's report at 15:30); A's has its
+    report and its half hour."""
+    same = timedelta(0)
+    station_id, b = await _r9(history, same)
+    await _report_r9(history, at_31(15, 30), same, "Faulted", "GroundFailure")
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    [group] = await analytics.fault_reports(
+        history.viewer("op_b"), r9, at_31(13), at_31(17))
+    assert (group.count, group.duration_seconds / H, group.first_seen, group.last_seen,
+            group.open) == (0, 1.0, at_31(16), at_31(16), True)
+    [group] = await analytics.fault_reports(
+        history.viewer("op_a"), r9, at_31(13), at_31(17))
+    assert (group.count, group.duration_seconds / H, group.first_seen,
+            group.open) == (1, 0.5, at_31(15, 30), False)

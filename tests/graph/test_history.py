@@ -40,6 +40,11 @@ async def add_history(services: Services, world: World) -> None:
     report statuses and connections."""
     s1, s2, s3 = (world.sessions[k] for k in ("s1", "s2", "s3"))
     a1, b1 = world.stations["A-001"], world.stations["B-001"]
+    # Status reports in their station's books, as they arrived (``books_of``).
+    a_books: dict[str, Any] = {"company_id": a1.company_id,
+                               "station_owner_id": None if a1.company_id else a1.owner_id}
+    b_books: dict[str, Any] = {"company_id": b1.company_id,
+                               "station_owner_id": None if b1.company_id else b1.owner_id}
     records: list[d.Record] = [
         *(sample(s1, minutes(n), ENERGY, 1000 + 100 * n, "Wh", context="Sample.Periodic")
           for n in range(6)),
@@ -51,18 +56,18 @@ async def add_history(services: Services, world: World) -> None:
         # A sample of no session on A-001 (an unknown transaction): in no session's list.
         d.MeterSample(session_id=None, cp_id="A-001", connector_id=1, at=minutes(3),
                       measurand="SoC", value=99, station_id=a1.id),
-        d.StatusEvent(station_id=a1.id, cp_id="A-001", connector_id=1,
+        d.StatusEvent(**a_books, station_id=a1.id, cp_id="A-001", connector_id=1,
                       status=d.ConnectorStatus.AVAILABLE, at=minutes(0)),
-        d.StatusEvent(station_id=a1.id, cp_id="A-001", connector_id=1,
+        d.StatusEvent(**a_books, station_id=a1.id, cp_id="A-001", connector_id=1,
                       status=d.ConnectorStatus.PREPARING, at=minutes(1)),
-        d.StatusEvent(station_id=a1.id, cp_id="A-001", connector_id=1,
+        d.StatusEvent(**a_books, station_id=a1.id, cp_id="A-001", connector_id=1,
                       status=d.ConnectorStatus.CHARGING, at=minutes(1)),  # same instant
-        d.StatusEvent(station_id=a1.id, cp_id="A-001", connector_id=1,
+        d.StatusEvent(**a_books, station_id=a1.id, cp_id="A-001", connector_id=1,
                       status=d.ConnectorStatus.FAULTED, error_code="GroundFailure",
                       info="RCD tripped", at=minutes(5)),
-        d.StatusEvent(station_id=a1.id, cp_id="A-001", connector_id=2,
+        d.StatusEvent(**a_books, station_id=a1.id, cp_id="A-001", connector_id=2,
                       status=d.ConnectorStatus.AVAILABLE, at=minutes(2)),
-        d.StatusEvent(station_id=b1.id, cp_id="B-001", connector_id=1,
+        d.StatusEvent(**b_books, station_id=b1.id, cp_id="B-001", connector_id=1,
                       status=d.ConnectorStatus.AVAILABLE, at=minutes(2)),
         d.ConnectionEvent(station_id=a1.id, cp_id="A-001", online=True, at=minutes(0)),
         d.ConnectionEvent(station_id=a1.id, cp_id="A-001", online=False, at=minutes(3)),
@@ -353,7 +358,8 @@ async def test_anonymous_sees_no_history_even_on_the_public_map(
 async def test_a_session_s_samples_follow_its_books_when_the_station_changes_hands(
         api: Api, services: Services, history_world: World) -> None:
     """B-001 goes to company A: B keeps the books of s2 and its charging curve; A runs the
-    station now, so its status and connection history, but not B's session."""
+    station now, so its connection history, but not B's session, nor B's status reports
+    (in B's books, as the session: review r27)."""
     b1 = history_world.stations["B-001"]
     await services.stations.update_station(SYSTEM, b1.id,
                                            company_id=history_world.companies["a"].id)
@@ -362,7 +368,8 @@ async def test_a_session_s_samples_follow_its_books_when_the_station_changes_han
     assert "B-001" not in curves(await api.gql(SESSIONS, as_user=op_a))
     s2 = to_global_id("session", history_world.sessions["s2"].id)
     assert (await api.gql(NODE_SESSION, {"id": s2}, as_user=op_a))["node"] is None
-    assert station_history(await api.gql(STATIONS, as_user=op_a))["B-001"] == B001
+    assert station_history(await api.gql(STATIONS, as_user=op_a))["B-001"] == (
+        [True], {1: [], 2: []})
     assert "B-001" not in station_history(await api.gql(STATIONS, as_user=op_b))
 
 
@@ -444,3 +451,37 @@ async def test_connectors_status_history_costs_a_call_per_connector_number(
     assert await calls(14) == small
     # token viewer, page, connectors, connection history, status history of 1 and of 2
     assert small == 6
+
+
+FAULTS = """query($from: DateTime!, $to: DateTime!) { faultReports(
+  from: $from, to: $to, filter: {cpIds: ["A-001"]}) {
+  groups { errorCode count } events(first: 10) { nodes { id status errorCode } } } }"""
+CONNECTOR_HISTORY = """query($id: ID!) { node(id: $id) { ... on Connector {
+  statusHistory(first: 10) { totalCount nodes { id status errorCode info } } } } }"""
+NODE_EVENT = """query($id: ID!) { node(id: $id) { ... on StatusEvent { status info } } }"""
+
+
+async def test_status_history_after_a_handover_is_each_company_s_own(
+        api: Api, services: Services, history_world: World) -> None:
+    """A-001 handed to company B: B reads none of A's status reports, neither in
+    ``faultReports`` nor one field away in ``Connector.statusHistory`` or by
+    ``node(id:)`` (review r27: it read A's GroundFailure "RCD tripped" and its drivers'
+    Preparing and Charging times); A keeps them, by ``node(id:)`` and its fault report,
+    as it keeps its sessions there."""
+    station = history_world.stations["A-001"]
+    await services.stations.update_station(SYSTEM, station.id,
+                                           company_id=history_world.companies["b"].id)
+    op_a, op_b = (history_world.users[who].id for who in ("op_a", "op_b"))
+    window = {"from": T0.isoformat(), "to": services.ctx.clock().isoformat()}
+    faults: Any = await api.gql(FAULTS, window, as_user=op_b)
+    assert faults["faultReports"] == {"groups": [], "events": {"nodes": []}}
+    connector = to_global_id("connector", history_world.connectors["A-001"][0].id)
+    seen: Any = await api.gql(CONNECTOR_HISTORY, {"id": connector}, as_user=op_b)
+    assert seen["node"]["statusHistory"] == {"totalCount": 0, "nodes": []}
+    kept: Any = await api.gql(FAULTS, window, as_user=op_a)
+    assert kept["faultReports"]["groups"] == [{"errorCode": "GroundFailure", "count": 1}]
+    [event] = kept["faultReports"]["events"]["nodes"]
+    for who, expected in ((op_a, {"status": "FAULTED", "info": "RCD tripped"}),
+                          (op_b, None)):
+        found: Any = await api.gql(NODE_EVENT, {"id": event["id"]}, as_user=who)
+        assert found["node"] == expected, who

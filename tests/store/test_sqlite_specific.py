@@ -1685,7 +1685,8 @@ async def test_a_page_s_charging_curves_come_out_of_the_sample_index(
 
 @pytest.mark.parametrize(("kind", "key", "where", "sort", "index"), [
     pytest.param(StatusEvent, "station_id", Eq("connector_id", 1), NEWEST_FIRST,
-                 "status_event_station_connector_at_idx", id="Connector.statusHistory"),
+                 "status_event_station_connector_at_books_idx",
+                 id="Connector.statusHistory"),
     pytest.param(ConnectionEvent, "station_id", ALL, NEWEST_FIRST,
                  "connection_event_station_at_idx", id="Station.connectionHistory"),
 ])
