@@ -28,6 +28,11 @@ ALLOWED: dict[tuple[str, tuple[str, ...]], str] = {
     ("meter_sample", ("at", "delta_wh")): "energy sums",
     # A station has a handful of reservations: (station_id) finds them.
     ("reservation", ("station_id", "expires_at")): "Station.reservations",
+    # SQLite carries a status report's books in its history index so the per-viewer
+    # filter reads the index alone; MongoDB walks (station, connector, at, _id), the
+    # nested list's order, and tests the books on the few documents it returns.
+    ("status_event", ("station_id", "connector_id", "at", "_id", "company_id",
+                      "station_owner_id")): "Connector.statusHistory",
 }
 
 Index = tuple[str, tuple[str, ...]]
