@@ -666,12 +666,17 @@ class WebhookDispatcher:
         records: dict[str, list[PendingDelivery]] = {"new": [], "progressed": [],
                                                      "over": []}
         kept: dict[str, tuple[str, _Delivery]] = {}
+        #: What this write deletes, as decided now: one that ends while the write is
+        #: under way (noted again, for the next batch) is judged by what was written,
+        #: not by what it is when the write returns.
+        deleted: list[_Delivery] = []
         for key, (webhook_id, delivery) in batch.items():
             # Settled: its outcome was final, a stop cutting the rest short.
             if delivery.over or (handing_over and delivery.settled):
                 if delivery.stored or delivery.maybe_stored:
                     records["over"].append(delivery.handed_over(webhook_id, mine))
                     kept[key] = (webhook_id, delivery)
+                    deleted.append(delivery)
             elif not handing_over:
                 owner = mine
                 if delivery.stored:
@@ -700,11 +705,12 @@ class WebhookDispatcher:
                             "trying again every %gs", failure, PERSIST_RETRY_S,
                             exc_info=True)
             return False
+        # Review r27: a delivery stored by this write that ended meanwhile is stored
+        # (its record landed): the next batch, which it is noted for, deletes it.
         for delivery in new:
             delivery.stored = True
-        for _, delivery in batch.values():
-            if delivery.over or (handing_over and delivery.settled):
-                delivery.stored = delivery.maybe_stored = False
+        for delivery in deleted:
+            delivery.stored = delivery.maybe_stored = False
         if self._persist_failing:
             self._persist_failing = False
             log.info("storing webhook deliveries works again")

@@ -14,9 +14,10 @@ from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.errors import StoreUnavailable
 from domain.query import ALL
+from domain.services import Services
 from tests.helpers import until
 from tests.webhooks.conftest import World, two_instances
-from tests.webhooks.receiver import DRIP
+from tests.webhooks.receiver import DRIP, Receiver
 from tests.webhooks.test_delivery import available
 from tests.webhooks.test_handover import handed_over, requests_at_least
 
@@ -188,4 +189,58 @@ async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
         await until(written, attempts=500)
         assert failures == 0
         assert await handed_over(world) == []
+
+
+
+class SlowReceiver(Receiver):
+    """Answers after 0.1 s (an ordinary receiver on the internet)."""
+
+    async def _handle(self, reader, writer):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.1)
+        await super()._handle(reader, writer)
+
+
+async def delivered_while_stored(world: World, services: Services) -> Receiver:
+    """A delivery answered 200 while the batch storing it is still being written."""
+    receiver = await SlowReceiver(200).start()
+    world.receivers.append(receiver)
+    await world.webhook("op", receiver, "connector.status_changed")
+    store = services.webhooks.store
+    real_write = store.write
+
+    async def slow(changes, audit, *rest):  # type: ignore[no-untyped-def]
+        if any(isinstance(getattr(c, "record", None), d.PendingDelivery) for c in changes):
+            await asyncio.sleep(0.2)  # the write storing it is under way
+        await real_write(changes, audit, *rest)
+    store.write = slow  # type: ignore[method-assign]
+    return receiver
+
+
+async def test_a_delivery_delivered_while_its_record_is_written_is_deleted_after(
+        tmp_path: Path) -> None:
+    """Review r27: seen over once the write storing it returned, it was taken for never
+    stored, and its record stayed, this instance's, for good."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await delivered_while_stored(world, first)
+        await world.dispatcher(first)
+        await available(world)
+        await world.settled()
+        assert len(receiver.requests) == 1
+        assert await handed_over(world) == []
+
+
+async def test_a_delivery_delivered_while_its_record_is_written_is_not_resent_after_a_stop(
+        tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await delivered_while_stored(world, first)
+        stopping = await world.dispatcher(first)
+        await available(world)
+        await world.settled()
+        assert len(receiver.requests) == 1
+        await stopping.close()  # a rolling restart
+        world.dispatchers.remove(stopping)
+        await world.dispatcher(second, refresh_s=0.05)
+        await asyncio.sleep(0.5)
+        await world.settled()
+        assert len(receiver.requests) == 1
 
