@@ -430,6 +430,13 @@ class WebhookDispatcher:
             # It stops after its claim, queueing what it took for the handover below;
             # one the store holds longer puts it back itself once it lands.
             await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
+        recording = [c.task for c in self._channels.values() if c.task is not None
+                     and c.current is not None and c.current.settled]
+        if recording:
+            # A final outcome (a 200, or the last try failed) being written: its health
+            # is worth half of what is left (the drain ends after it: closed).
+            await asyncio.wait(recording,
+                               timeout=max(0.0, deadline - loop.time()) / 2)
         tasks = [t for t in (self._refresher, self._sweeper, self._follower, self._sights,
                              self._persister, self._lease_keeper,
                              *(c.task for c in self._channels.values())) if t is not None]
@@ -437,6 +444,13 @@ class WebhookDispatcher:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        for channel in self._channels.values():
+            # Review r27: one whose outcome is known but whose write the stop cut is
+            # over all the same: its record goes with the handover's write, wherever
+            # (whichever batch) it was stored, not left as this instance's for the
+            # next one to post again.
+            if channel.current is not None and channel.current.settled:
+                self._finished(channel.webhook_id, channel.current)
         if self._writing is not None and not self._writing.done():
             # The batch under way: what it stores decides what the handover updates.
             await asyncio.wait([self._writing], timeout=max(0.0, deadline - loop.time()))
