@@ -16,9 +16,11 @@ delivery's outcome does to the webhook).
   id, tries made, next try's time, and this instance's id), its tries written as they
   change, and deleted once delivered or given up: writes batched, one store write per
   ``persist_s`` at most (``_persist_loop``), never on ``offer``'s path. The instance
-  holds a lease (``InstanceLease``, shared with its OCPP server) while it runs. A
-  graceful stop (``close``) writes what is still queued or waiting for a retry as
-  handed over (no instance), the stop bounded by ``HANDOVER_S`` in all; a crash
+  holds a lease (``InstanceLease``, shared with its OCPP server, which each holds:
+  the last to stop releases it) while it runs. A graceful stop (``close``) writes
+  what is still queued or waiting for a retry as handed over (no instance), and
+  deletes every delivery whose outcome is known (one whose final outcome is being
+  written is waited for briefly), the stop bounded by ``HANDOVER_S`` in all; a crash
   leaves them as they were last written, this instance's, until its lease expires.
   Any instance (at its start, and every ``refresh_s``) claims such deliveries, with
   all of its webhook's that no live instance delivers (under the webhook's
@@ -382,6 +384,10 @@ class WebhookDispatcher:
         # Held before anything is stored as this instance's: without a live lease its
         # deliveries would be any instance's to take over.
         await self._renew_lease()
+        # Its own hold on the lease: an OCPP server sharing it stops first, and its
+        # release must not leave this instance's deliveries to others while they are
+        # still posted from here (review r27); the last to release it deletes it.
+        self.services.instances.hold(self.instance_id)
         self._lease_keeper = asyncio.create_task(self._keep_lease(),
                                                  name="chargegraph-webhook-lease")
         self._persister = asyncio.create_task(self._persist_loop(),
@@ -747,9 +753,9 @@ class WebhookDispatcher:
             await self._renew_lease()
 
     async def _release_lease(self) -> None:
-        """At the end of a stop, with the deliveries handed over (an OCPP server sharing
-        the lease released it already, after its disconnects were recorded: a renewal
-        since would keep it until it expires)."""
+        """At the end of a stop, with the deliveries handed over: this instance's hold
+        on the lease let go, and the lease deleted unless an OCPP server sharing it still
+        holds it (it stops first, so this is normally the last hold)."""
         try:
             async with asyncio.timeout(self.handover_s):
                 await self.services.instances.release(self.instance_id)

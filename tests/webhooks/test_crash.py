@@ -15,6 +15,8 @@ from domain import entities as d
 from domain.errors import StoreUnavailable
 from domain.query import ALL
 from domain.services import Services
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.server import OcppServer
 from tests.helpers import until
 from tests.webhooks.conftest import World, two_instances
 from tests.webhooks.receiver import DRIP, Receiver
@@ -243,4 +245,33 @@ async def test_a_delivery_delivered_while_its_record_is_written_is_not_resent_af
         await asyncio.sleep(0.5)
         await world.settled()
         assert len(receiver.requests) == 1
+
+
+async def test_the_ocpp_servers_stop_leaves_the_lease_to_the_webhook_delivery_sharing_it(
+        tmp_path: Path) -> None:
+    """Review r27: as ``create_app`` wires them, the OCPP server shares its lease with the
+    instance's webhook delivery and stops first; its release orphaned every delivery the
+    dispatcher still posted, and another instance took them over and posted them too."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(503, 200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        running = await world.dispatcher(first, backoff=(0.8,), serves_chargers=True)
+        server = OcppServer(first.charging, OcppGateway(), "127.0.0.1", 0,
+                            instances=first.instances, instance_id=running.instance_id)
+        await server.start()
+        await available(world)
+        await requests_at_least(receiver, 1)
+
+        async def written() -> bool:
+            return await stored_tries(world) == [1]
+        await until(written)
+        await world.dispatcher(second, refresh_s=0.05)
+        await server.stop()  # the dispatcher's close comes later
+        await asyncio.sleep(1.2)  # the retry is due meanwhile
+        await world.settled()
+        assert len(receiver.requests) == 2, "the retry was posted by both instances"
+        await running.close()
+        world.dispatchers.remove(running)
+        # The last to let the lease go deletes it.
+        assert await world.store.get_many(d.InstanceLease, [running.instance_id]) == [None]
 
