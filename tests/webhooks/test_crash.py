@@ -13,6 +13,7 @@ from pathlib import Path
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.errors import StoreUnavailable
+from domain.policy import SYSTEM
 from domain.query import ALL
 from domain.services import Services
 from ocpp_bridge.gateway import OcppGateway
@@ -155,6 +156,27 @@ async def test_a_removed_webhooks_stored_deliveries_go_with_it(tmp_path: Path) -
         await first.webhooks.remove_webhook(world.viewer("op"), webhook.id)
         assert await handed_over(world) == []
 
+
+async def test_an_erased_persons_removed_webhooks_stored_deliveries_go_with_it(
+        tmp_path: Path) -> None:
+    """Review r27: an erasure removes the person's own webhooks (of no company), and
+    their stored deliveries stayed, to be claimed and dropped (or kept for good)."""
+    async with two_instances(tmp_path) as (world, first, _):
+        world.users["admin2"] = await first.accounts.create_user(
+            SYSTEM, email="admin2@example.com", password="password-123", name="admin2",
+            role=d.Role.ADMIN)
+        receiver = await world.receiver(DRIP)
+        await world.webhook("admin2", receiver, "connector.status_changed")
+        await world.dispatcher(first, timeout=30.0)
+        for _ in range(3):
+            await available(world)
+        await requests_at_least(receiver, 1)  # the first hangs, two wait
+
+        async def stored() -> bool:
+            return len(await handed_over(world)) == 3
+        await until(stored)
+        await first.erasure.erase_user(world.viewer("admin"), world.users["admin2"].id)
+        assert await handed_over(world) == []
 
 async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
         tmp_path: Path) -> None:
