@@ -326,6 +326,9 @@ class WebhookDispatcher:
         self._writing: asyncio.Task[bool] | None = None
         self._persist_failing = False
         self._lease_keeper: asyncio.Task[None] | None = None
+        #: Until when (the loop's clock) this instance's lease is known live, by its last
+        #: renewal: nothing is stored as its own past it.
+        self._lease_until = 0.0
         #: How long a charger stays offline before its ``station.offline`` is delivered
         #: (0: at once, and ``station.online`` always).
         self.offline_grace = timedelta(seconds=offline_grace)
@@ -680,6 +683,15 @@ class WebhookDispatcher:
         """One write of the deliveries noted since the last (new ones stored, tries
         written, finished ones deleted); ``handing_over``: and ``unfinished`` written as
         handed over. False, with the batch kept for the next, when the store fails."""
+        if not handing_over and not await self._lease_live():
+            # Review r27: stored as this instance's without a live lease, they were any
+            # instance's to take over and post while this one posted them too.
+            if not self._persist_failing:
+                self._persist_failing = True
+                log.warning("this instance holds no live lease: its webhook deliveries "
+                            "are not stored until it does (they still go out from "
+                            "memory); trying again every %gs", PERSIST_RETRY_S)
+            return False
         batch, self._unwritten = self._unwritten, {}
         mine = self.instance_id
         new: list[_Delivery] = []
@@ -736,21 +748,38 @@ class WebhookDispatcher:
             log.info("storing webhook deliveries works again")
         return True
 
-    async def _renew_lease(self) -> None:
+    async def _renew_lease(self) -> bool:
+        """Whether the lease was renewed."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             await self.services.instances.renew(self.instance_id, _host_label(), self.lease,
                                                 serves_chargers=self.serves_chargers)
         except Exception:
             log.exception("renewing this instance's lease for its webhook deliveries "
                           "failed: another instance may take them over")
+            return False
+        self._lease_until = max(self._lease_until, began + self.lease.total_seconds())
+        return True
+
+    async def _lease_live(self) -> bool:
+        """Whether the lease is live now, as this instance last renewed it (renewed now
+        if not: its first renewal failed, or the store was out of reach past it)."""
+        if asyncio.get_running_loop().time() < self._lease_until:
+            return True
+        return await self._renew_lease()
 
     async def _keep_lease(self) -> None:
         """Renews the lease a few times per lease period: without it, another instance
         takes this one's stored deliveries over (an OCPP server sharing it renews it too;
-        either keeps it)."""
+        either keeps it). A failed renewal is tried again within ``PERSIST_RETRY_S``."""
+        period = self.lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
-            await self._renew_lease()
+            await asyncio.sleep(period)
+            if not await self._renew_lease():
+                period = min(self.lease.total_seconds() / 3, PERSIST_RETRY_S)
+            else:
+                period = self.lease.total_seconds() / 3
 
     async def _release_lease(self) -> None:
         """At the end of a stop, with the deliveries handed over: this instance's hold

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
@@ -297,3 +298,29 @@ async def test_the_ocpp_servers_stop_leaves_the_lease_to_the_webhook_delivery_sh
         # The last to let the lease go deletes it.
         assert await world.store.get_many(d.InstanceLease, [running.instance_id]) == [None]
 
+
+async def test_nothing_is_stored_as_an_instances_own_before_its_lease_is_live(
+        tmp_path: Path) -> None:
+    """Review r27: the first renewal of the lease failing was only logged, and the
+    deliveries stored meanwhile as this instance's (no live lease) were any instance's
+    to take over and post while this one posted them too."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        failed: list[bool] = []
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if not failed:
+                failed.append(True)
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            return await real_renew(*args, **kwargs)
+        first.instances.renew = renew  # type: ignore[method-assign]
+        await world.dispatcher(first, timeout=30.0)
+        await world.dispatcher(second, refresh_s=0.05)
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await asyncio.sleep(0.5)  # the second instance looks ten times meanwhile
+        assert len(receiver.requests) == 1, "posted by both instances"
+        assert [p.instance_id for p in await handed_over(world)] == [
+            world.dispatchers[0].instance_id]
