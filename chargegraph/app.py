@@ -195,6 +195,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # stops after the OCPP server, before the store closes.
             # One id for this instance: its OCPP server's lease is the one its stored
             # webhook deliveries live by (a GraphQL-only instance holds one for them).
+            # Each holds it (``InstanceService.hold``): the OCPP server stops first, and
+            # the lease stays until the dispatcher, stopping after it, has handed over.
             instance_id = new_id()
             webhooks = WebhookDispatcher(services,
                                          allow_private=settings.webhooks_allow_private,

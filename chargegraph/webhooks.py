@@ -16,9 +16,11 @@ delivery's outcome does to the webhook).
   id, tries made, next try's time, and this instance's id), its tries written as they
   change, and deleted once delivered or given up: writes batched, one store write per
   ``persist_s`` at most (``_persist_loop``), never on ``offer``'s path. The instance
-  holds a lease (``InstanceLease``, shared with its OCPP server) while it runs. A
-  graceful stop (``close``) writes what is still queued or waiting for a retry as
-  handed over (no instance), the stop bounded by ``HANDOVER_S`` in all; a crash
+  holds a lease (``InstanceLease``, shared with its OCPP server, which each holds:
+  the last to stop releases it) while it runs. A graceful stop (``close``) writes
+  what is still queued or waiting for a retry as handed over (no instance), and
+  deletes every delivery whose outcome is known (one whose final outcome is being
+  written is waited for briefly), the stop bounded by ``HANDOVER_S`` in all; a crash
   leaves them as they were last written, this instance's, until its lease expires.
   Any instance (at its start, and every ``refresh_s``) claims such deliveries, with
   all of its webhook's that no live instance delivers (under the webhook's
@@ -324,6 +326,9 @@ class WebhookDispatcher:
         self._writing: asyncio.Task[bool] | None = None
         self._persist_failing = False
         self._lease_keeper: asyncio.Task[None] | None = None
+        #: Until when (the loop's clock) this instance's lease is known live, by its last
+        #: renewal: nothing is stored as its own past it.
+        self._lease_until = 0.0
         #: How long a charger stays offline before its ``station.offline`` is delivered
         #: (0: at once, and ``station.online`` always).
         self.offline_grace = timedelta(seconds=offline_grace)
@@ -382,6 +387,10 @@ class WebhookDispatcher:
         # Held before anything is stored as this instance's: without a live lease its
         # deliveries would be any instance's to take over.
         await self._renew_lease()
+        # Its own hold on the lease: an OCPP server sharing it stops first, and its
+        # release must not leave this instance's deliveries to others while they are
+        # still posted from here (review r27); the last to release it deletes it.
+        self.services.instances.hold(self.instance_id)
         self._lease_keeper = asyncio.create_task(self._keep_lease(),
                                                  name="chargegraph-webhook-lease")
         self._persister = asyncio.create_task(self._persist_loop(),
@@ -430,6 +439,13 @@ class WebhookDispatcher:
             # It stops after its claim, queueing what it took for the handover below;
             # one the store holds longer puts it back itself once it lands.
             await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
+        recording = [c.task for c in self._channels.values() if c.task is not None
+                     and c.current is not None and c.current.settled]
+        if recording:
+            # A final outcome (a 200, or the last try failed) being written: its health
+            # is worth half of what is left (the drain ends after it: closed).
+            await asyncio.wait(recording,
+                               timeout=max(0.0, deadline - loop.time()) / 2)
         tasks = [t for t in (self._refresher, self._sweeper, self._follower, self._sights,
                              self._persister, self._lease_keeper,
                              *(c.task for c in self._channels.values())) if t is not None]
@@ -437,6 +453,13 @@ class WebhookDispatcher:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        for channel in self._channels.values():
+            # Review r27: one whose outcome is known but whose write the stop cut is
+            # over all the same: its record goes with the handover's write, wherever
+            # (whichever batch) it was stored, not left as this instance's for the
+            # next one to post again.
+            if channel.current is not None and channel.current.settled:
+                self._finished(channel.webhook_id, channel.current)
         if self._writing is not None and not self._writing.done():
             # The batch under way: what it stores decides what the handover updates.
             await asyncio.wait([self._writing], timeout=max(0.0, deadline - loop.time()))
@@ -660,18 +683,32 @@ class WebhookDispatcher:
         """One write of the deliveries noted since the last (new ones stored, tries
         written, finished ones deleted); ``handing_over``: and ``unfinished`` written as
         handed over. False, with the batch kept for the next, when the store fails."""
+        if not handing_over and not await self._lease_live():
+            # Review r27: stored as this instance's without a live lease, they were any
+            # instance's to take over and post while this one posted them too.
+            if not self._persist_failing:
+                self._persist_failing = True
+                log.warning("this instance holds no live lease: its webhook deliveries "
+                            "are not stored until it does (they still go out from "
+                            "memory); trying again every %gs", PERSIST_RETRY_S)
+            return False
         batch, self._unwritten = self._unwritten, {}
         mine = self.instance_id
         new: list[_Delivery] = []
         records: dict[str, list[PendingDelivery]] = {"new": [], "progressed": [],
                                                      "over": []}
         kept: dict[str, tuple[str, _Delivery]] = {}
+        #: What this write deletes, as decided now: one that ends while the write is
+        #: under way (noted again, for the next batch) is judged by what was written,
+        #: not by what it is when the write returns.
+        deleted: list[_Delivery] = []
         for key, (webhook_id, delivery) in batch.items():
             # Settled: its outcome was final, a stop cutting the rest short.
             if delivery.over or (handing_over and delivery.settled):
                 if delivery.stored or delivery.maybe_stored:
                     records["over"].append(delivery.handed_over(webhook_id, mine))
                     kept[key] = (webhook_id, delivery)
+                    deleted.append(delivery)
             elif not handing_over:
                 owner = mine
                 if delivery.stored:
@@ -700,36 +737,54 @@ class WebhookDispatcher:
                             "trying again every %gs", failure, PERSIST_RETRY_S,
                             exc_info=True)
             return False
+        # Review r27: a delivery stored by this write that ended meanwhile is stored
+        # (its record landed): the next batch, which it is noted for, deletes it.
         for delivery in new:
             delivery.stored = True
-        for _, delivery in batch.values():
-            if delivery.over or (handing_over and delivery.settled):
-                delivery.stored = delivery.maybe_stored = False
+        for delivery in deleted:
+            delivery.stored = delivery.maybe_stored = False
         if self._persist_failing:
             self._persist_failing = False
             log.info("storing webhook deliveries works again")
         return True
 
-    async def _renew_lease(self) -> None:
+    async def _renew_lease(self) -> bool:
+        """Whether the lease was renewed."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             await self.services.instances.renew(self.instance_id, _host_label(), self.lease,
                                                 serves_chargers=self.serves_chargers)
         except Exception:
             log.exception("renewing this instance's lease for its webhook deliveries "
                           "failed: another instance may take them over")
+            return False
+        self._lease_until = max(self._lease_until, began + self.lease.total_seconds())
+        return True
+
+    async def _lease_live(self) -> bool:
+        """Whether the lease is live now, as this instance last renewed it (renewed now
+        if not: its first renewal failed, or the store was out of reach past it)."""
+        if asyncio.get_running_loop().time() < self._lease_until:
+            return True
+        return await self._renew_lease()
 
     async def _keep_lease(self) -> None:
         """Renews the lease a few times per lease period: without it, another instance
         takes this one's stored deliveries over (an OCPP server sharing it renews it too;
-        either keeps it)."""
+        either keeps it). A failed renewal is tried again within ``PERSIST_RETRY_S``."""
+        period = self.lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
-            await self._renew_lease()
+            await asyncio.sleep(period)
+            if not await self._renew_lease():
+                period = min(self.lease.total_seconds() / 3, PERSIST_RETRY_S)
+            else:
+                period = self.lease.total_seconds() / 3
 
     async def _release_lease(self) -> None:
-        """At the end of a stop, with the deliveries handed over (an OCPP server sharing
-        the lease released it already, after its disconnects were recorded: a renewal
-        since would keep it until it expires)."""
+        """At the end of a stop, with the deliveries handed over: this instance's hold
+        on the lease let go, and the lease deleted unless an OCPP server sharing it still
+        holds it (it stops first, so this is normally the last hold)."""
         try:
             async with asyncio.timeout(self.handover_s):
                 await self.services.instances.release(self.instance_id)

@@ -403,6 +403,9 @@ class OcppServer:
                 self._follow_changes(changes), name="chargegraph-ocpp-cache")
         self.charging.still_connected = self._still_connected
         if self.instances is not None:
+            # Released by the stop, and kept while webhook delivery sharing the lease
+            # still runs (``InstanceService.hold``).
+            self.instances.hold(self.instance_id)
             self._lease_keeper = asyncio.create_task(self._keep_lease(),
                                                      name="chargegraph-ocpp-lease")
 

@@ -62,7 +62,7 @@ from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.idempotency import IdempotencyService
 from domain.services.refresh_tokens import RefreshTokenService
-from domain.services.webhooks import ORPHANED
+from domain.services.webhooks import ORPHANED, forget_deliveries
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
@@ -267,7 +267,16 @@ class Erasure(Service):
         # audit log: the answers kept for idempotency keys that hold it are forgotten
         # (``_tidy``).
         mentions = await self._mentions(user)
-        erased, cards, closed = await retried(lambda: self._write(viewer, user.id, field))
+        erased, cards, closed, removed = await retried(
+            lambda: self._write(viewer, user.id, field))
+        for webhook_id in removed:
+            # Their removed webhooks' stored deliveries go with them, as a removal's do
+            # (review r27: they stayed, to be claimed and dropped, or kept for good).
+            try:
+                await forget_deliveries(self.store, webhook_id)
+            except Exception:  # the erasure stands; what is left is dropped at its try
+                log.exception("deleting erased user %s's removed webhook %s's stored "
+                              "deliveries failed", user.id, webhook_id)
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
         await self.accounts.access_changed(erased.id)
@@ -341,13 +350,13 @@ class Erasure(Service):
                               erased.id)
 
     async def _write(self, viewer: Viewer, user_id: str, field: str | None
-                     ) -> tuple[User, list[IdTag], list[tuple[Station, Session]]]:
+                     ) -> tuple[User, list[IdTag], list[tuple[Station, Session]], list[str]]:
         """The erasure's one write (``retried``): the account anonymised and deactivated,
         its cars removed without their plates, its cards removed (their list entries
         marked Blocked in the same write, as ``removeIdTag`` does), its webhooks removed
         or disabled (``_webhook_changes``), its refused sessions left open closed
-        (``_refusals``), and its entry. With the cards and the closed sessions, for what
-        follows the write."""
+        (``_refusals``), and its entry. With the cards, the closed sessions and the
+        removed webhooks' ids, for what follows the write."""
         user = await self.visible(viewer, User, user_id)
         guards, refused = await self._refusals(user, field)
         closed: list[tuple[Station, Session]] = []
@@ -383,7 +392,8 @@ class Erasure(Service):
                                    *closes],
                           unaudited=unaudited, extra_audit=[entry],
                           guards=[*guards, *_nothing_else_of(user.id)])
-        return cast(User, update.record), cards, closed
+        return cast(User, update.record), cards, closed, [
+            webhook.id for _, webhook in hooks if webhook.company_id is None]
 
     async def _placeholder(self, user: User) -> str:
         """The email the erasure gives ``user``: the one it has if it was erased before

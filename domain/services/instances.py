@@ -59,6 +59,9 @@ class InstanceService(Service):
     def __init__(self, ctx: ServiceContext, charging: ChargingService) -> None:
         super().__init__(ctx)
         self.charging = charging
+        #: The parts of this process living by each of its leases (its OCPP server, its
+        #: webhook delivery: ``hold``), which ``release`` leaves it to until the last.
+        self._holders: dict[str, int] = {}
 
     async def renew(self, instance_id: str, host: str, lease: timedelta, *,
                     serves_chargers: bool = True) -> bool:
@@ -119,8 +122,22 @@ class InstanceService(Service):
                                          limit=100)
         return [lease for lease in live if lease.id != instance_id and lease.serves_chargers]
 
+    def hold(self, instance_id: str) -> None:
+        """One more part of this process lives by the lease (it shares one id): the
+        lease stays until each has released it."""
+        self._holders[instance_id] = self._holders.get(instance_id, 0) + 1
+
     async def release(self, instance_id: str) -> None:
-        """At a clean stop, once every disconnect is recorded: the lease is of no more use."""
+        """At a clean stop, once every disconnect is recorded and every delivery handed
+        over: the lease is of no more use, once the last part holding it lets it go (one
+        that never called ``hold`` is the only one). Review r27: the OCPP server, which
+        stops first, released the lease its webhook delivery still lived by, and
+        another instance took over deliveries this one was still posting."""
+        held = self._holders.get(instance_id, 0)
+        if held > 1:
+            self._holders[instance_id] = held - 1
+            return
+        self._holders.pop(instance_id, None)
         current = await self._lease(instance_id)
         if current is not None:
             with contextlib.suppress(NotFound):  # another instance swept it

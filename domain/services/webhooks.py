@@ -64,6 +64,7 @@ from domain.ports import (
     Delete,
     Insert,
     InsertIfAbsent,
+    Store,
     Update,
     WebhookAttempt,
     WebhookSender,
@@ -410,15 +411,8 @@ class WebhookService(Service):
         return webhook
 
     async def forget_deliveries(self, webhook_id: str) -> None:
-        """Deletes the stored deliveries of a removed webhook, whoever delivers them. One
-        deleted meanwhile (delivered, claimed) fails a batch: read again."""
-        for _ in range(100):
-            found = await self.store.find_all(PendingDelivery, Eq("webhook_id", webhook_id),
-                                              limit=FORGET_BATCH)
-            if not found:
-                return
-            with contextlib.suppress(NotFound):
-                await self.store.write([Delete(d) for d in found], [])
+        """Deletes the stored deliveries of a removed webhook (``forget_deliveries``)."""
+        await forget_deliveries(self.store, webhook_id)
 
     async def _announce(self, webhook: Webhook) -> None:
         """Tells every instance that ``webhook`` changed, so each routes its events by it
@@ -634,6 +628,19 @@ class WebhookService(Service):
             with contextlib.suppress(Conflict, NotFound):
                 await self.store.write(
                     [Delete(stale, only_if=("claimant", stale.claimant))], [])
+
+
+async def forget_deliveries(store: Store, webhook_id: str) -> None:
+    """Deletes the stored deliveries of a removed webhook (by its owner, or with its
+    owner's erasure), whoever delivers them. One deleted meanwhile (delivered, claimed)
+    fails a batch: read again."""
+    for _ in range(100):
+        found = await store.find_all(PendingDelivery, Eq("webhook_id", webhook_id),
+                                     limit=FORGET_BATCH)
+        if not found:
+            return
+        with contextlib.suppress(NotFound):
+            await store.write([Delete(d) for d in found], [])
 
 
 def _orphaned(now: datetime, instance_id: str | None) -> Filter:

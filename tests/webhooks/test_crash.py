@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.errors import StoreUnavailable
+from domain.policy import SYSTEM
 from domain.query import ALL
+from domain.services import Services
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.server import OcppServer
 from tests.helpers import until
 from tests.webhooks.conftest import World, two_instances
-from tests.webhooks.receiver import DRIP
+from tests.webhooks.receiver import DRIP, Receiver
 from tests.webhooks.test_delivery import available
 from tests.webhooks.test_handover import handed_over, requests_at_least
 
@@ -153,6 +158,27 @@ async def test_a_removed_webhooks_stored_deliveries_go_with_it(tmp_path: Path) -
         assert await handed_over(world) == []
 
 
+async def test_an_erased_persons_removed_webhooks_stored_deliveries_go_with_it(
+        tmp_path: Path) -> None:
+    """Review r27: an erasure removes the person's own webhooks (of no company), and
+    their stored deliveries stayed, to be claimed and dropped (or kept for good)."""
+    async with two_instances(tmp_path) as (world, first, _):
+        world.users["admin2"] = await first.accounts.create_user(
+            SYSTEM, email="admin2@example.com", password="password-123", name="admin2",
+            role=d.Role.ADMIN)
+        receiver = await world.receiver(DRIP)
+        await world.webhook("admin2", receiver, "connector.status_changed")
+        await world.dispatcher(first, timeout=30.0)
+        for _ in range(3):
+            await available(world)
+        await requests_at_least(receiver, 1)  # the first hangs, two wait
+
+        async def stored() -> bool:
+            return len(await handed_over(world)) == 3
+        await until(stored)
+        await first.erasure.erase_user(world.viewer("admin"), world.users["admin2"].id)
+        assert await handed_over(world) == []
+
 async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
         tmp_path: Path) -> None:
     """The write storing a delivery lands, but its answer is an error (a MongoDB batch
@@ -189,3 +215,112 @@ async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
         assert failures == 0
         assert await handed_over(world) == []
 
+
+
+class SlowReceiver(Receiver):
+    """Answers after 0.1 s (an ordinary receiver on the internet)."""
+
+    async def _handle(self, reader, writer):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.1)
+        await super()._handle(reader, writer)
+
+
+async def delivered_while_stored(world: World, services: Services) -> Receiver:
+    """A delivery answered 200 while the batch storing it is still being written."""
+    receiver = await SlowReceiver(200).start()
+    world.receivers.append(receiver)
+    await world.webhook("op", receiver, "connector.status_changed")
+    store = services.webhooks.store
+    real_write = store.write
+
+    async def slow(changes, audit, *rest):  # type: ignore[no-untyped-def]
+        if any(isinstance(getattr(c, "record", None), d.PendingDelivery) for c in changes):
+            await asyncio.sleep(0.2)  # the write storing it is under way
+        await real_write(changes, audit, *rest)
+    store.write = slow  # type: ignore[method-assign]
+    return receiver
+
+
+async def test_a_delivery_delivered_while_its_record_is_written_is_deleted_after(
+        tmp_path: Path) -> None:
+    """Review r27: seen over once the write storing it returned, it was taken for never
+    stored, and its record stayed, this instance's, for good."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await delivered_while_stored(world, first)
+        await world.dispatcher(first)
+        await available(world)
+        await world.settled()
+        assert len(receiver.requests) == 1
+        assert await handed_over(world) == []
+
+
+async def test_a_delivery_delivered_while_its_record_is_written_is_not_resent_after_a_stop(
+        tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await delivered_while_stored(world, first)
+        stopping = await world.dispatcher(first)
+        await available(world)
+        await world.settled()
+        assert len(receiver.requests) == 1
+        await stopping.close()  # a rolling restart
+        world.dispatchers.remove(stopping)
+        await world.dispatcher(second, refresh_s=0.05)
+        await asyncio.sleep(0.5)
+        await world.settled()
+        assert len(receiver.requests) == 1
+
+
+async def test_the_ocpp_servers_stop_leaves_the_lease_to_the_webhook_delivery_sharing_it(
+        tmp_path: Path) -> None:
+    """Review r27: as ``create_app`` wires them, the OCPP server shares its lease with the
+    instance's webhook delivery and stops first; its release orphaned every delivery the
+    dispatcher still posted, and another instance took them over and posted them too."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(503, 200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        running = await world.dispatcher(first, backoff=(0.8,), serves_chargers=True)
+        server = OcppServer(first.charging, OcppGateway(), "127.0.0.1", 0,
+                            instances=first.instances, instance_id=running.instance_id)
+        await server.start()
+        await available(world)
+        await requests_at_least(receiver, 1)
+
+        async def written() -> bool:
+            return await stored_tries(world) == [1]
+        await until(written)
+        await world.dispatcher(second, refresh_s=0.05)
+        await server.stop()  # the dispatcher's close comes later
+        await asyncio.sleep(1.2)  # the retry is due meanwhile
+        await world.settled()
+        assert len(receiver.requests) == 2, "the retry was posted by both instances"
+        await running.close()
+        world.dispatchers.remove(running)
+        # The last to let the lease go deletes it.
+        assert await world.store.get_many(d.InstanceLease, [running.instance_id]) == [None]
+
+
+async def test_nothing_is_stored_as_an_instances_own_before_its_lease_is_live(
+        tmp_path: Path) -> None:
+    """Review r27: the first renewal of the lease failing was only logged, and the
+    deliveries stored meanwhile as this instance's (no live lease) were any instance's
+    to take over and post while this one posted them too."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        failed: list[bool] = []
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if not failed:
+                failed.append(True)
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            return await real_renew(*args, **kwargs)
+        first.instances.renew = renew  # type: ignore[method-assign]
+        await world.dispatcher(first, timeout=30.0)
+        await world.dispatcher(second, refresh_s=0.05)
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await asyncio.sleep(0.5)  # the second instance looks ten times meanwhile
+        assert len(receiver.requests) == 1, "posted by both instances"
+        assert [p.instance_id for p in await handed_over(world)] == [
+            world.dispatchers[0].instance_id]

@@ -305,6 +305,60 @@ async def test_a_full_queue_never_drops_a_delivery_taken_over(tmp_path: Path) ->
         assert channel.dropped == 1
 
 
+
+async def answered_then_stopped(world: World, services: Any, outcome_s: float,
+                                **options: Any) -> Receiver:
+    """A delivery stored by one batch and answered 200, then a stop while that
+    outcome's write (``record_attempt``) takes ``outcome_s``; the next instance runs."""
+    receiver = await world.receiver(200)
+    await world.webhook("op", receiver, "connector.status_changed")
+    store = services.webhooks.store
+    real_write = store.write
+
+    async def slow_outcome(changes, audit, *rest):  # type: ignore[no-untyped-def]
+        if receiver.requests and any(isinstance(getattr(c, "record", None), d.Webhook)
+                                     for c in changes):
+            await asyncio.sleep(outcome_s)
+        await real_write(changes, audit, *rest)
+    store.write = slow_outcome
+    stopping = await world.dispatcher(services, **options)
+    await available(world)
+
+    async def stored() -> bool:
+        return len(await handed_over(world)) == 1 and len(receiver.requests) == 1
+    await until(stored)
+    await asyncio.sleep(0.2)
+    await stopping.close()  # SIGTERM while the 200's outcome is written
+    world.dispatchers.remove(stopping)
+    return receiver
+
+
+async def test_a_delivery_answered_before_a_stop_is_not_posted_again(tmp_path: Path) -> None:
+    """Review r27: the stop cut the write of its outcome, and its record (stored by an
+    earlier batch) stayed, as this instance's, for the next instance to post again. The
+    outcome's write is waited for (within the stop's bound), so its health is kept."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await answered_then_stopped(world, first, 1.0)
+        assert await handed_over(world) == []
+        assert (await world.stored((await world.store.find_all(d.Webhook, ALL))[0])
+                ).last_status == 200
+        await world.dispatcher(second, refresh_s=0.05)
+        await asyncio.sleep(0.5)
+        await world.settled()
+        assert len(receiver.requests) == 1
+
+
+async def test_a_delivery_answered_before_a_stop_that_cannot_wait_for_its_outcome_is_deleted(
+        tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await answered_then_stopped(world, first, 5.0, handover_s=1.0)
+        assert await handed_over(world) == []
+        await world.dispatcher(second, refresh_s=0.05)
+        await asyncio.sleep(0.5)
+        await world.settled()
+        assert len(receiver.requests) == 1
+
+
 def _pending(webhook_id: str, number: int, event: str) -> d.PendingDelivery:
     now = utcnow()
     body = (f'{{"id":"evt_{webhook_id}_{number}","type":"connector.status_changed",'
