@@ -4,7 +4,10 @@ of "a session holding the card" goes by that rule (review r26-tx3)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from ocpp.v16 import call
@@ -119,3 +122,81 @@ async def test_an_erasure_still_waits_for_an_accepted_session(central: Central) 
     assert refused.value.code == "IN_USE"
     still = await central.session(answer.transaction_id)
     assert still is not None and still.state is d.SessionState.ACTIVE
+
+
+async def _erased(central: Central, session: d.Session) -> None:
+    await central.services.erasure.erase_user(Viewer.of(central.users["admin"]),
+                                              central.users["driver"].id)
+
+
+async def _ended(central: Central, session: d.Session) -> None:
+    await central.services.charging.end_session(Viewer.of(central.users["op"]), session.id)
+
+
+async def _card_removed(central: Central, session: d.Session) -> None:
+    await central.services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
+                                               central.tags["ok"].id)
+
+
+@pytest.mark.parametrize(("landing", "told", "closed"), [
+    (_erased, "ConcurrentTx", True),
+    (_ended, "ConcurrentTx", True),
+    (_card_removed, "Invalid", False),
+], ids=["erasure", "end-session", "card-removed"])
+async def test_a_resent_refused_start_is_not_accepted_onto_what_landed_meanwhile(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        landing: Callable[[Central, d.Session], Awaitable[None]], told: str,
+        closed: bool) -> None:
+    """The charger lost the answer to a refused start (ConcurrentTx) and resends it once
+    the card is free: it would be Accepted. Between that judgement and its write, the
+    driver's erasure (or an operator's endSession) closes the refused session, or the
+    card is removed. The resend's write is refused (the session is no longer open as
+    read, its holder erased, its card gone) and it is judged again on what stands: the
+    charger is not told to charge on a card that is gone, the closed session stays
+    closed and refused, and its stop bills no one (review r27-accounts: Accepted, and a
+    PENDING payment of the erased account)."""
+    services = central.services
+    start = datetime.now(UTC).replace(microsecond=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        first = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=5_000, timestamp=_stamp(start)))
+        assert first.id_tag_info["status"] == "Accepted"
+        refused_start = call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=8_000,
+            timestamp=_stamp(start + timedelta(seconds=1)))
+        refused = await cp.call(refused_start)
+        assert refused.id_tag_info["status"] == "ConcurrentTx"
+        await cp.call(call.StopTransaction(
+            meter_stop=6_000, timestamp=_stamp(start + timedelta(seconds=2)),
+            transaction_id=first.transaction_id))
+
+        real_commit = services.charging.commit
+        landed: list[bool] = []
+
+        async def commit(actor: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+            for change, before in changes:
+                if not landed and isinstance(change.record, d.Session) \
+                        and change.record.start_refused is None \
+                        and before is not None and before.start_refused:
+                    landed.append(True)
+                    await landing(central, before)
+            await real_commit(actor, changes, *args, **kwargs)
+
+        monkeypatch.setattr(services.charging, "commit", commit)
+        resent = await cp.call(refused_start)
+        monkeypatch.undo()
+        assert landed
+        assert resent.id_tag_info["status"] == told
+        after = await central.session(refused.transaction_id)
+        assert after is not None and after.start_refused == "ConcurrentTx"
+        assert (after.state is d.SessionState.COMPLETED) is closed
+        # The car charged 100 Wh on it all the same: its stop bills no one.
+        await asyncio.sleep(1)
+        await cp.call(call.StopTransaction(
+            meter_stop=8_100, timestamp=_stamp(datetime.now(UTC).replace(microsecond=0)),
+            transaction_id=refused.transaction_id, id_tag="TAG-OK"))
+    session = await central.session(refused.transaction_id)
+    assert session is not None
+    assert session.start_refused == "ConcurrentTx" and session.cost_minor is None
+    assert await central.store.find_all(d.Payment, Eq("session_id", session.id)) == []
