@@ -1889,10 +1889,16 @@ class ChargingService(ChargerConnections):
         a session holds no card or car and bills nothing, and it kept its person's
         account from being erased until an operator ended it). Each is closed as
         ``end_session`` closes one, now on its timeline, audited under ``viewer``, written
-        only onto the session as read (``Conflict`` CHANGED: read them again); its stop,
-        should it come after all, corrects the close (``closed_without_stop``). The
-        closed sessions with their stations, for ``announce_closed`` once committed, and
-        the changes to commit."""
+        only while it is still open and refused as read (``Conflict`` CHANGED: read them
+        again): not onto the session unchanged, as ``end_session`` writes, since a refused
+        session bills nothing, and a charger still sending MeterValues for it moved it
+        before every write, the erasure refused CHANGED for good (review r27-accounts);
+        the energy it closes with may miss the last sample. Not onto one a resent start
+        has made accepted meanwhile (``_answered``, guarded the other way): that one is
+        being charged to the person, and the erasure reads again and waits for it. Its
+        stop, should it come after all, corrects the close (``closed_without_stop``).
+        The closed sessions with their stations, for ``announce_closed`` once committed,
+        and the changes to commit."""
         closed: list[tuple[Station, Session]] = []
         changes: list[tuple[Change, Any]] = []
         for station, session in zip(await self._stations_of(sessions), sessions,
@@ -1901,10 +1907,13 @@ class ChargingService(ChargerConnections):
                 raise ValueError(f"session {session.id} is not open and refused")
             done, writes = await self._close(station, session, None,
                                              self._timeline_now(session),
-                                             CLOSED_WITHOUT_STOP, viewer,
-                                             unchanged_since=session.updated_at)
+                                             CLOSED_WITHOUT_STOP, viewer)
+            [(close, before), *rest] = writes
+            assert isinstance(close, Update) and close.only_if == (
+                "state", SessionState.ACTIVE)
+            close = replace(close, also_if=(("start_refused", session.start_refused),))
             closed.append((station, done))
-            changes += writes
+            changes += [(close, before), *rest]
         return closed, changes
 
     async def announce_closed(self, station: Station, closed: Session) -> None:

@@ -200,3 +200,99 @@ async def test_a_resent_refused_start_is_not_accepted_onto_what_landed_meanwhile
     assert session is not None
     assert session.start_refused == "ConcurrentTx" and session.cost_minor is None
     assert await central.store.find_all(d.Payment, Eq("session_id", session.id)) == []
+
+
+async def test_an_erasure_closes_a_refused_session_its_charger_still_meters(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused session whose charger keeps sending MeterValues (it cut the energy but
+    goes on reporting its register) is closed by the erasure all the same: its close
+    depends on the session being open and refused, not on its meter standing still (it
+    bills nothing, and its stop corrects the close). Written only onto the session as
+    read, every sample landing between the erasure's read and its write failed it, and
+    the erasure was refused CHANGED after three tries."""
+    refused = await _refused_left_open(central)
+    services = central.services
+    real_closes = services.charging.refused_closes
+    metered = [8_000]
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        async def closes(viewer: Viewer, sessions: Any) -> Any:
+            made = await real_closes(viewer, sessions)
+            metered.append(metered[-1] + 10)  # a sample lands before the erasure's write
+            await cp.call(call.MeterValues(
+                connector_id=2, transaction_id=refused, meter_value=[{
+                    "timestamp": _stamp(datetime.now(UTC)), "sampledValue": [{
+                        "value": str(metered[-1]), "unit": "Wh",
+                        "measurand": "Energy.Active.Import.Register"}]}]))
+            return made
+
+        monkeypatch.setattr(services.charging, "refused_closes", closes)
+        erased = await services.erasure.erase_my_account(
+            Viewer.of(central.users["driver"]), "password-123")
+    assert erased.erased_at is not None
+    assert len(metered) == 2  # closed in its first write
+    closed = await central.session(refused)
+    assert closed is not None and closed.state is d.SessionState.COMPLETED
+    assert closed.start_refused == "ConcurrentTx" and closed.cost_minor is None
+
+
+async def test_an_erasure_of_ones_own_account_that_keeps_meeting_changes_names_no_field(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eraseMyAccount has no ``id`` argument: when its write keeps meeting a change (here
+    a refused start of the person's blocked card landing before each write) its CHANGED
+    error names no field; eraseUser's names ``id``. (Each start on the other connector:
+    a second one on the same connector soon after would read as a resend of the
+    first.)"""
+    await _refused_left_open(central)
+    services = central.services
+    real_closes = services.charging.refused_closes
+    meter = [9_000]
+
+    async def closes(viewer: Viewer, sessions: Any) -> Any:
+        made = await real_closes(viewer, sessions)
+        meter.append(meter[-1] + 100)
+        _, info = await services.charging.start_transaction(
+            "CP-1", len(meter) % 2 + 1, "TAG-BLOCKED", meter[-1],
+            datetime.now(UTC) + timedelta(seconds=len(meter)))
+        assert info.status == "Blocked"
+        return made
+
+    monkeypatch.setattr(services.charging, "refused_closes", closes)
+    driver = central.users["driver"]
+    with pytest.raises(Conflict) as own:
+        await services.erasure.erase_my_account(Viewer.of(driver), "password-123")
+    assert (own.value.code, own.value.field) == ("CHANGED", None)
+    with pytest.raises(Conflict) as admins:
+        await services.erasure.erase_user(Viewer.of(central.users["admin"]), driver.id)
+    assert (admins.value.code, admins.value.field) == ("CHANGED", "id")
+
+
+async def test_an_erasure_does_not_close_a_refused_session_a_resend_accepted_meanwhile(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The erasure closes a refused session only while it is refused as read: a resend of
+    its start accepted between the erasure's read and its write (the card was free) makes
+    it a session being charged to the person, which the erasure waits for (IN_USE), not
+    one it closes unbilled under an account it erases."""
+    refused = await _refused_left_open(central)
+    services = central.services
+    held = await central.session(refused)
+    assert held is not None
+    real_closes = services.charging.refused_closes
+    told: list[str] = []
+
+    async def closes(viewer: Viewer, sessions: Any) -> Any:
+        made = await real_closes(viewer, sessions)
+        if not told:
+            _, info = await services.charging.start_transaction(
+                "CP-1", held.connector_id, "TAG-OK", held.meter_start_wh, held.start_time)
+            told.append(info.status)
+        return made
+
+    monkeypatch.setattr(services.charging, "refused_closes", closes)
+    with pytest.raises(Conflict) as waits:
+        await services.erasure.erase_user(Viewer.of(central.users["admin"]),
+                                          central.users["driver"].id)
+    assert told == ["Accepted"] and waits.value.code == "IN_USE"
+    accepted = await central.session(refused)
+    assert accepted is not None and accepted.state is d.SessionState.ACTIVE
+    assert accepted.start_refused is None
