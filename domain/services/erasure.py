@@ -250,7 +250,17 @@ class Erasure(Service):
         # for idempotency keys that hold it are forgotten (``_tidy``).
         cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
         mentions = (user.email, user.name, *(car.license_plate for car in cars))
-        erased, cards, closed = await retried(lambda: self._write(viewer, user.id, field))
+        try:
+            erased, cards, closed = await retried(
+                lambda: self._write(viewer, user.id, field))
+        except Conflict as exc:
+            if exc.code != "CHANGED":
+                raise
+            # Named on the caller's own field: eraseMyAccount has no ``id`` (the
+            # store's conflict names one).
+            raise Conflict("the account's sessions, stations or admins kept changing "
+                           "while it was erased: try again", field=field,
+                           code="CHANGED") from exc
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
         await self.accounts.access_changed(erased.id)
