@@ -566,10 +566,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
                               errors=errors)
 
-    @strawberry.mutation(description="Removes a station and its connectors (its live "
-                                     "reservations cancelled at the charger first); its "
-                                     "sessions, payments and price lists stay in the "
-                                     "history.")
+    @strawberry.mutation(description=(
+        "Removes a station and its connectors (its live reservations cancelled at the "
+        "charger first); its sessions, payments and price lists stay in the history. "
+        "IN_USE while a session charges there; one refused at its start (its charger "
+        "never stopped it) is closed (an ENDED event), billing nothing."))
     async def remove_station(self, info: Info, input: RemoveStationInput) -> StationPayload:
         ctx = _ctx(info)
 
@@ -619,7 +620,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description=(
         "Remove a plug (admins and its station's operators); not while it charges "
-        "(IN_USE). Its live reservations are cancelled, at the charger too. Returns it "
+        "(IN_USE): a session refused at its start left open on it is closed (an ENDED "
+        "event). Its live reservations are cancelled, at the charger too. Returns it "
         "as it was."))
     async def remove_connector(self, info: Info, input: RemoveConnectorInput) -> ConnectorPayload:
         ctx = _ctx(info)

@@ -296,3 +296,44 @@ async def test_an_erasure_does_not_close_a_refused_session_a_resend_accepted_mea
     accepted = await central.session(refused)
     assert accepted is not None and accepted.state is d.SessionState.ACTIVE
     assert accepted.start_refused is None
+
+
+@pytest.mark.parametrize("what", ["station", "connector"])
+async def test_a_refused_session_does_not_keep_its_station_from_being_removed(
+        central: Central, what: str) -> None:
+    """An operator removes the station (or the plug) a refused session was left open on:
+    it was refused IN_USE "a charging session is active" for good, though that session
+    charges nothing (its charger cut the energy and never stops it). The removal closes
+    it in its own write, as ``endSession`` would, billing nothing; an accepted session
+    still refuses it."""
+    refused = await _refused_left_open(central)
+    op = Viewer.of(central.users["op"])
+    station = central.stations["CP-1"]
+    if what == "station":
+        await central.services.stations.remove_station(op, station.id)
+    else:
+        plug = await central.store.find_one(d.Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", 2)))
+        assert plug is not None
+        await central.services.stations.remove_connector(op, plug.id)
+    closed = await central.session(refused)
+    assert closed is not None and closed.state is d.SessionState.COMPLETED
+    assert closed.closed_without_stop and closed.cost_minor is None
+    assert closed.start_refused == "ConcurrentTx"
+    assert await central.store.find_all(d.Payment, Eq("session_id", closed.id)) == []
+
+
+async def test_an_accepted_session_still_keeps_its_station_from_being_removed(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        answer = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1_000,
+            timestamp=_stamp(datetime.now(UTC).replace(microsecond=0))))
+        assert answer.id_tag_info["status"] == "Accepted"
+    with pytest.raises(Conflict) as refused:
+        await central.services.stations.remove_station(
+            Viewer.of(central.users["op"]), central.stations["CP-1"].id)
+    assert refused.value.code == "IN_USE"
+    still = await central.session(answer.transaction_id)
+    assert still is not None and still.state is d.SessionState.ACTIVE
