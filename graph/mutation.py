@@ -376,8 +376,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         "cards are removed (chargers refuse them) and its cars removed (sessions keep "
         "showing the car); its own webhooks (of no company) are removed, their URL and "
         "errors scrubbed from the audit log, and its company's disabled. Its sessions, "
-        "payments and refunds stay under its id. IN_USE while a session of theirs is "
-        "under way, while they own stations, and for the last admin."))
+        "payments and refunds stay under its id; a session of theirs refused at its "
+        "start (its charger never stopped it) is closed (an ENDED event), billing "
+        "nothing. IN_USE while a session of theirs accepted at its start is under way, "
+        "while they own stations, and for the last admin; CHANGED when it kept meeting "
+        "changes (try again)."))
     async def erase_user(self, info: Info, input: EraseUserInput) -> UserPayload:
         ctx = _ctx(info)
 
@@ -390,8 +393,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description=(
         "Erase your own account, confirmed with your password (`eraseUser` says what "
-        "goes and what stays). Signs you out everywhere; the payload's user is the "
-        "account as erased."))
+        "goes and what stays: your sessions refused at their start are closed, an "
+        "ENDED event; IN_USE while one accepted is under way). Signs you out "
+        "everywhere; the payload's user is the account as erased. Its IN_USE and "
+        "CHANGED errors name no field."))
     async def erase_my_account(self, info: Info, input: EraseMyAccountInput
                                ) -> UserPayload:
         ctx = _ctx(info)
@@ -561,10 +566,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
                               errors=errors)
 
-    @strawberry.mutation(description="Removes a station and its connectors (its live "
-                                     "reservations cancelled at the charger first); its "
-                                     "sessions, payments and price lists stay in the "
-                                     "history.")
+    @strawberry.mutation(description=(
+        "Removes a station and its connectors (its live reservations cancelled at the "
+        "charger first); its sessions, payments and price lists stay in the history. "
+        "IN_USE while a session charges there; one refused at its start (its charger "
+        "never stopped it) is closed (an ENDED event), billing nothing."))
     async def remove_station(self, info: Info, input: RemoveStationInput) -> StationPayload:
         ctx = _ctx(info)
 
@@ -614,7 +620,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description=(
         "Remove a plug (admins and its station's operators); not while it charges "
-        "(IN_USE). Its live reservations are cancelled, at the charger too. Returns it "
+        "(IN_USE): a session refused at its start left open on it is closed (an ENDED "
+        "event). Its live reservations are cancelled, at the charger too. Returns it "
         "as it was."))
     async def remove_connector(self, info: Info, input: RemoveConnectorInput) -> ConnectorPayload:
         ctx = _ctx(info)

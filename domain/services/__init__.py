@@ -62,6 +62,8 @@ class Services:
         self.withdrawal = Withdrawal(ctx, self.commands)
         self.commands.on_list_wanting = self.withdrawal.push_later
         self.stations.cancel_at_chargers = self.withdrawal.cancel_reservations
+        self.stations.close_refused = self.charging.refused_closes
+        self.stations.announce_closed = self.charging.announce_closed
         self.accounts.on_deactivated = self.withdrawal.withdraw_user
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user

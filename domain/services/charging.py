@@ -1139,9 +1139,13 @@ class ChargingService(ChargerConnections):
                 return answered[1]
             if attempt < START_ATTEMPTS:
                 await self._pause_to_retry(attempt)
-                # As it stands now: its stop may have closed it meanwhile.
+                # As it stands now: its stop, an operator's endSession or its holder's
+                # erasure may have closed it meanwhile, and a closed one is answered as
+                # recorded, as any copy of a closed session's start is.
                 [fresh] = await self.store.get_many(Session, [session.id])
                 session = fresh or session
+                if session.state is not SessionState.ACTIVE:
+                    return recorded_answer(session)
         return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
     def _refusal(self, station: Station, session: Session, info: IdTagInfo) -> str | None:
@@ -1169,19 +1173,34 @@ class ChargingService(ChargerConnections):
         card expired since, or is busy elsewhere by then). Written only when it changes:
         an accepted start writes nothing more. A refused session accepted now takes the
         card: only while no other session holds it (``_card_free``), else nothing is
-        written and ``None`` returned (``_resent`` reads again)."""
+        written and ``None`` returned (``_resent`` reads again).
+
+        Written only onto the session as judged: still open and refused (or accepted) as
+        read. Cleared only while its holder is not erased (``not_erased``) and its card
+        is still on record: an erasure, or an operator's endSession, closing the refused
+        session (or a removal of the card) between the judgement and this write left a
+        COMPLETED session made an accepted one, the charger told Accepted for a card
+        that was gone, and its stop billed to the erased account (review r27-accounts).
+        When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
+        again, and answers a closed session as recorded (refused)."""
         refused = self._refusal(station, session, info)
         if refused == session.start_refused:
             return session, info
+        if session.state is not SessionState.ACTIVE:
+            return None  # closed since it was read: answered as recorded (``_resent``)
         actor = charger(station.cp_id)
-        change = patch(session, actor, start_refused=refused)
-        takes_card = refused is None and session.state is SessionState.ACTIVE
+        change = replace(patch(session, actor, only_if=("state", SessionState.ACTIVE),
+                               required=True, start_refused=refused),
+                         also_if=(("start_refused", session.start_refused),))
+        guards: list[Guard] = []
+        if refused is None:  # it takes the card
+            guards.append(self._card_free(session))
+            guards.append(Guard(IdTag, Eq("tag", session.id_tag)))
+            if session.user_id is not None:
+                guards.append(not_erased(session.user_id))
         try:
-            await self.commit(actor, [(change, session)],
-                              guards=[self._card_free(session)] if takes_card else [])
+            await self.commit(actor, [(change, session)], guards=guards)
         except Conflict:
-            if not takes_card:
-                raise
             return None
         return cast(Session, change.record), info
 
@@ -1892,10 +1911,16 @@ class ChargingService(ChargerConnections):
         a session holds no card or car and bills nothing, and it kept its person's
         account from being erased until an operator ended it). Each is closed as
         ``end_session`` closes one, now on its timeline, audited under ``viewer``, written
-        only onto the session as read (``Conflict`` CHANGED: read them again); its stop,
-        should it come after all, corrects the close (``closed_without_stop``). The
-        closed sessions with their stations, for ``announce_closed`` once committed, and
-        the changes to commit."""
+        only while it is still open and refused as read (``Conflict`` CHANGED: read them
+        again): not onto the session unchanged, as ``end_session`` writes, since a refused
+        session bills nothing, and a charger still sending MeterValues for it moved it
+        before every write, the erasure refused CHANGED for good (review r27-accounts);
+        the energy it closes with may miss the last sample. Not onto one a resent start
+        has made accepted meanwhile (``_answered``, guarded the other way): that one is
+        being charged to the person, and the erasure reads again and waits for it. Its
+        stop, should it come after all, corrects the close (``closed_without_stop``).
+        The closed sessions with their stations, for ``announce_closed`` once committed,
+        and the changes to commit."""
         closed: list[tuple[Station, Session]] = []
         changes: list[tuple[Change, Any]] = []
         for station, session in zip(await self._stations_of(sessions), sessions,
@@ -1904,10 +1929,13 @@ class ChargingService(ChargerConnections):
                 raise ValueError(f"session {session.id} is not open and refused")
             done, writes = await self._close(station, session, None,
                                              self._timeline_now(session),
-                                             CLOSED_WITHOUT_STOP, viewer,
-                                             unchanged_since=session.updated_at)
+                                             CLOSED_WITHOUT_STOP, viewer)
+            [(close, before), *rest] = writes
+            assert isinstance(close, Update) and close.only_if == (
+                "state", SessionState.ACTIVE)
+            close = replace(close, also_if=(("start_refused", session.start_refused),))
             closed.append((station, done))
-            changes += writes
+            changes += [(close, before), *rest]
         return closed, changes
 
     async def announce_closed(self, station: Station, closed: Session) -> None:

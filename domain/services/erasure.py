@@ -267,8 +267,17 @@ class Erasure(Service):
         # audit log: the answers kept for idempotency keys that hold it are forgotten
         # (``_tidy``).
         mentions = await self._mentions(user)
-        erased, cards, closed, removed = await retried(
-            lambda: self._write(viewer, user.id, field))
+        try:
+            erased, cards, closed, removed = await retried(
+                lambda: self._write(viewer, user.id, field))
+        except Conflict as exc:
+            if exc.code != "CHANGED":
+                raise
+            # Named on the caller's own field: eraseMyAccount has no ``id`` (the
+            # store's conflict names one).
+            raise Conflict("the account's sessions, stations or admins kept changing "
+                           "while it was erased: try again", field=field,
+                           code="CHANGED") from exc
         for webhook_id in removed:
             # Their removed webhooks' stored deliveries go with them, as a removal's do
             # (review r27: they stayed, to be claimed and dropped, or kept for good).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -178,13 +178,26 @@ def owner_still(owner: User, viewer: Viewer) -> Guard:
     return Guard(User, where)
 
 
+#: What closes open sessions refused at their start in a write of the caller's, and
+#: what announces each close once committed (``ChargingService.refused_closes``,
+#: ``announce_closed``).
+RefusedCloses = Callable[[Viewer, Sequence[Session]],
+                         Awaitable[tuple[list[tuple[Station, Session]],
+                                         list[tuple[Change, Any]]]]]
+
+
 def not_charging(where: Filter) -> Guard:
-    """A removal holds only while no session is active ``where``: checked by a read
-    first (``_refuse_if_charging``, for the user's IN_USE), a start on another instance
+    """A removal holds only while no session is active ``where``, as the store stands
+    with its write (the refused ones it read closed by it, ``_refuse_if_charging``):
+    checked by a read first (for the user's IN_USE), a start on another instance
     could still land before the removal's write and leave a session charging on a
     station that no longer exists (QA s21); the start is guarded the other way
     (``ChargingService._open_session``)."""
     return Guard(Session, all_of(where, Eq("state", SessionState.ACTIVE)), exists=False)
+
+
+#: The open sessions a removal reads at most ``where`` it removes: more refuses it (IN_USE).
+OPEN_AT_ONCE = 100
 
 
 class StationService(Service):
@@ -201,6 +214,14 @@ class StationService(Service):
         #: (``Services`` wires in ``Withdrawal.cancel_reservations``): cancelled here
         #: only, the charger kept the plug reserved for the old card until it expired.
         self.cancel_at_chargers: Callable[[Viewer, Filter], Awaitable[None]] | None = None
+        #: Closes, in a removal's write, the sessions refused at their start
+        #: (``start_refused``) left open on what it removes, and announces each close
+        #: after it (``Services`` wires in ``ChargingService.refused_closes`` and
+        #: ``announce_closed``): such a session charges nothing, yet a charger that never
+        #: stops it kept its station from being removed for good (review r27-accounts).
+        #: Without them (a bare service) it refuses the removal as an accepted one does.
+        self.close_refused: RefusedCloses | None = None
+        self.announce_closed: Callable[[Station, Session], Awaitable[None]] | None = None
         self._nudging = Background()
 
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
@@ -480,11 +501,13 @@ class StationService(Service):
         charger's configuration and local list; then its outages' webhook notices
         (nothing would end them). Its sessions, payments, history and tariffs stay for the
         books (a session's ``tariff`` is the one that priced it, not the company's that
-        would have stood in); refused while a session is active. Its live reservations are
-        cancelled at the charger first."""
+        would have stood in); refused while a session is charging on it, and one refused
+        at its start left open there is closed by the removal (``close_refused``). Its
+        live reservations are cancelled at the charger first."""
         asked: list[bool] = []  # the chargers are asked once, whatever runs again
-        station, cancelled = await retried(
+        station, cancelled, closed = await retried(
             lambda: self._remove_station(viewer, station_id, asked))
+        await self._announce_closed(closed)
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         # After the removal's write, not in it: a connection may close a notice meanwhile,
@@ -506,16 +529,19 @@ class StationService(Service):
         return station
 
     async def _remove_station(self, viewer: Viewer, station_id: str, asked: list[bool]
-                              ) -> tuple[Station, list[Reservation]]:
+                              ) -> tuple[Station, list[Reservation],
+                                         list[tuple[Station, Session]]]:
         """``remove_station``'s read, checks and write (``retried``: a start that beat the
-        write is then refused as IN_USE by the check): the station and the reservations
-        it cancelled. ``asked``: whether its chargers were asked to cancel already."""
+        write is then refused as IN_USE by the check): the station, the reservations
+        it cancelled and the refused sessions it closed. ``asked``: whether its chargers
+        were asked to cancel already."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
         await self._cancel_at_chargers(viewer, Eq("station_id", station.id),
                                        Eq("station_id", station.id), asked)
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
+        closed = await self._refused_closed(viewer, Eq("station_id", station.id), changes)
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
         # Only as it was read: whether it is announced offline is decided from the
@@ -545,7 +571,7 @@ class StationService(Service):
             # of no station: the write fails, and runs again with it.
             guards=[not_charging(Eq("station_id", station.id)),
                     Guard(Connector, Eq("station_id", station.id), exists=False)])
-        return station, cancelled
+        return station, cancelled, closed
 
     async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter,
                                   asked: list[bool]) -> None:
@@ -662,12 +688,37 @@ class StationService(Service):
                 for interval in await self.store.find_all(
                     ConnectorInterval, all_of(where, Eq("end", None)), limit=1000)]
 
-    async def _refuse_if_charging(self, where: Any) -> None:
-        active = await self.store.find_one(
-            Session, all_of(where, Eq("state", SessionState.ACTIVE))
-        )
-        if active is not None:
+    async def _refuse_if_charging(self, where: Any) -> list[Session]:
+        """Refuses a removal (IN_USE) while a session is charging ``where``: open and
+        accepted at its start. The open ones refused at their start (``start_refused``:
+        told ConcurrentTx or Blocked, their chargers cut the energy) charge nothing and
+        are returned, for the removal's write to close (``close_refused``); without it
+        they refuse it too."""
+        open_ = await self.store.find_all(
+            Session, all_of(where, Eq("state", SessionState.ACTIVE)), limit=OPEN_AT_ONCE)
+        refused = [s for s in open_ if s.start_refused is not None] \
+            if self.close_refused is not None else []
+        if len(refused) < len(open_) or len(open_) == OPEN_AT_ONCE:
             raise Conflict("a charging session is active", field="id", code="IN_USE")
+        return refused
+
+    async def _refused_closed(self, viewer: Viewer, where: Any,
+                              changes: list[tuple[Change, Any]]
+                              ) -> list[tuple[Station, Session]]:
+        """Adds to ``changes`` the closes of the refused sessions open ``where`` (as read
+        now, after the cancels' round trips), refusing the removal while one charging is;
+        the closed sessions with their stations, for ``_announce_closed``."""
+        refused = await self._refuse_if_charging(where)
+        if not refused or self.close_refused is None:
+            return []
+        closed, closes = await self.close_refused(viewer, refused)
+        changes += closes
+        return closed
+
+    async def _announce_closed(self, closed: Sequence[tuple[Station, Session]]) -> None:
+        if self.announce_closed is not None:
+            for station, session in closed:
+                await self.announce_closed(station, session)
 
     # ---------------------------------------------------------------- connectors
     async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec,
@@ -719,8 +770,9 @@ class StationService(Service):
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
         asked: list[bool] = []
-        connector, cancelled = await retried(
+        connector, cancelled, closed = await retried(
             lambda: self._remove_connector(viewer, connector_id, asked))
+        await self._announce_closed(closed)
         [station] = await self.store.get_many(Station, [connector.station_id])
         if cancelled:
             await self._announce(cancelled, station)
@@ -749,7 +801,8 @@ class StationService(Service):
             status=ConnectorStatus.UNAVAILABLE.value, free=False))
 
     async def _remove_connector(self, viewer: Viewer, connector_id: str, asked: list[bool]
-                                ) -> tuple[Connector, list[Reservation]]:
+                                ) -> tuple[Connector, list[Reservation],
+                                           list[tuple[Station, Session]]]:
         """``remove_connector``'s read, checks and write (``retried``, as
         ``_remove_station``)."""
         connector = await self.managed_connector(viewer, connector_id)
@@ -760,6 +813,7 @@ class StationService(Service):
                       Eq("connector_id", connector.connector_id))
         await self._cancel_at_chargers(viewer, held, charging, asked)
         changes: list[tuple[Change, Any]] = []
+        closed = await self._refused_closed(viewer, charging, changes)
         cancelled = await self._cancel_reservations(viewer, held, changes)
         changes.append((Delete(connector), connector))
         await self.commit(viewer, changes, unaudited=await self._end_state_history(
@@ -767,7 +821,7 @@ class StationService(Service):
                            Eq("connector_id", connector.connector_id),
                            Eq("station_id", connector.station_id))),
             guards=[not_charging(charging)])
-        return connector, cancelled
+        return connector, cancelled, closed
 
 
 def _unended_prices(station: Station) -> Filter:

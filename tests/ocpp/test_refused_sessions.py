@@ -4,7 +4,10 @@ of "a session holding the card" goes by that rule (review r26-tx3)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from ocpp.v16 import call
@@ -116,6 +119,221 @@ async def test_an_erasure_still_waits_for_an_accepted_session(central: Central) 
     admin = Viewer.of(central.users["admin"])
     with pytest.raises(Conflict) as refused:
         await central.services.erasure.erase_user(admin, central.users["driver"].id)
+    assert refused.value.code == "IN_USE"
+    still = await central.session(answer.transaction_id)
+    assert still is not None and still.state is d.SessionState.ACTIVE
+
+
+async def _erased(central: Central, session: d.Session) -> None:
+    await central.services.erasure.erase_user(Viewer.of(central.users["admin"]),
+                                              central.users["driver"].id)
+
+
+async def _ended(central: Central, session: d.Session) -> None:
+    await central.services.charging.end_session(Viewer.of(central.users["op"]), session.id)
+
+
+async def _card_removed(central: Central, session: d.Session) -> None:
+    await central.services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
+                                               central.tags["ok"].id)
+
+
+@pytest.mark.parametrize(("landing", "told", "closed"), [
+    (_erased, "ConcurrentTx", True),
+    (_ended, "ConcurrentTx", True),
+    (_card_removed, "Invalid", False),
+], ids=["erasure", "end-session", "card-removed"])
+async def test_a_resent_refused_start_is_not_accepted_onto_what_landed_meanwhile(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        landing: Callable[[Central, d.Session], Awaitable[None]], told: str,
+        closed: bool) -> None:
+    """The charger lost the answer to a refused start (ConcurrentTx) and resends it once
+    the card is free: it would be Accepted. Between that judgement and its write, the
+    driver's erasure (or an operator's endSession) closes the refused session, or the
+    card is removed. The resend's write is refused (the session is no longer open as
+    read, its holder erased, its card gone) and it is judged again on what stands: the
+    charger is not told to charge on a card that is gone, the closed session stays
+    closed and refused, and its stop bills no one (review r27-accounts: Accepted, and a
+    PENDING payment of the erased account)."""
+    services = central.services
+    start = datetime.now(UTC).replace(microsecond=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        first = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=5_000, timestamp=_stamp(start)))
+        assert first.id_tag_info["status"] == "Accepted"
+        refused_start = call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=8_000,
+            timestamp=_stamp(start + timedelta(seconds=1)))
+        refused = await cp.call(refused_start)
+        assert refused.id_tag_info["status"] == "ConcurrentTx"
+        await cp.call(call.StopTransaction(
+            meter_stop=6_000, timestamp=_stamp(start + timedelta(seconds=2)),
+            transaction_id=first.transaction_id))
+
+        real_commit = services.charging.commit
+        landed: list[bool] = []
+
+        async def commit(actor: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+            for change, before in changes:
+                if not landed and isinstance(change.record, d.Session) \
+                        and change.record.start_refused is None \
+                        and before is not None and before.start_refused:
+                    landed.append(True)
+                    await landing(central, before)
+            await real_commit(actor, changes, *args, **kwargs)
+
+        monkeypatch.setattr(services.charging, "commit", commit)
+        resent = await cp.call(refused_start)
+        monkeypatch.undo()
+        assert landed
+        assert resent.id_tag_info["status"] == told
+        after = await central.session(refused.transaction_id)
+        assert after is not None and after.start_refused == "ConcurrentTx"
+        assert (after.state is d.SessionState.COMPLETED) is closed
+        # The car charged 100 Wh on it all the same: its stop bills no one.
+        await asyncio.sleep(1)
+        await cp.call(call.StopTransaction(
+            meter_stop=8_100, timestamp=_stamp(datetime.now(UTC).replace(microsecond=0)),
+            transaction_id=refused.transaction_id, id_tag="TAG-OK"))
+    session = await central.session(refused.transaction_id)
+    assert session is not None
+    assert session.start_refused == "ConcurrentTx" and session.cost_minor is None
+    assert await central.store.find_all(d.Payment, Eq("session_id", session.id)) == []
+
+
+async def test_an_erasure_closes_a_refused_session_its_charger_still_meters(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused session whose charger keeps sending MeterValues (it cut the energy but
+    goes on reporting its register) is closed by the erasure all the same: its close
+    depends on the session being open and refused, not on its meter standing still (it
+    bills nothing, and its stop corrects the close). Written only onto the session as
+    read, every sample landing between the erasure's read and its write failed it, and
+    the erasure was refused CHANGED after three tries."""
+    refused = await _refused_left_open(central)
+    services = central.services
+    real_closes = services.charging.refused_closes
+    metered = [8_000]
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        async def closes(viewer: Viewer, sessions: Any) -> Any:
+            made = await real_closes(viewer, sessions)
+            metered.append(metered[-1] + 10)  # a sample lands before the erasure's write
+            await cp.call(call.MeterValues(
+                connector_id=2, transaction_id=refused, meter_value=[{
+                    "timestamp": _stamp(datetime.now(UTC)), "sampledValue": [{
+                        "value": str(metered[-1]), "unit": "Wh",
+                        "measurand": "Energy.Active.Import.Register"}]}]))
+            return made
+
+        monkeypatch.setattr(services.charging, "refused_closes", closes)
+        erased = await services.erasure.erase_my_account(
+            Viewer.of(central.users["driver"]), "password-123")
+    assert erased.erased_at is not None
+    assert len(metered) == 2  # closed in its first write
+    closed = await central.session(refused)
+    assert closed is not None and closed.state is d.SessionState.COMPLETED
+    assert closed.start_refused == "ConcurrentTx" and closed.cost_minor is None
+
+
+async def test_an_erasure_of_ones_own_account_that_keeps_meeting_changes_names_no_field(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eraseMyAccount has no ``id`` argument: when its write keeps meeting a change (here
+    a refused start of the person's blocked card landing before each write) its CHANGED
+    error names no field; eraseUser's names ``id``. (Each start on the other connector:
+    a second one on the same connector soon after would read as a resend of the
+    first.)"""
+    await _refused_left_open(central)
+    services = central.services
+    real_closes = services.charging.refused_closes
+    meter = [9_000]
+
+    async def closes(viewer: Viewer, sessions: Any) -> Any:
+        made = await real_closes(viewer, sessions)
+        meter.append(meter[-1] + 100)
+        _, info = await services.charging.start_transaction(
+            "CP-1", len(meter) % 2 + 1, "TAG-BLOCKED", meter[-1],
+            datetime.now(UTC) + timedelta(seconds=len(meter)))
+        assert info.status == "Blocked"
+        return made
+
+    monkeypatch.setattr(services.charging, "refused_closes", closes)
+    driver = central.users["driver"]
+    with pytest.raises(Conflict) as own:
+        await services.erasure.erase_my_account(Viewer.of(driver), "password-123")
+    assert (own.value.code, own.value.field) == ("CHANGED", None)
+    with pytest.raises(Conflict) as admins:
+        await services.erasure.erase_user(Viewer.of(central.users["admin"]), driver.id)
+    assert (admins.value.code, admins.value.field) == ("CHANGED", "id")
+
+
+async def test_an_erasure_does_not_close_a_refused_session_a_resend_accepted_meanwhile(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The erasure closes a refused session only while it is refused as read: a resend of
+    its start accepted between the erasure's read and its write (the card was free) makes
+    it a session being charged to the person, which the erasure waits for (IN_USE), not
+    one it closes unbilled under an account it erases."""
+    refused = await _refused_left_open(central)
+    services = central.services
+    held = await central.session(refused)
+    assert held is not None
+    real_closes = services.charging.refused_closes
+    told: list[str] = []
+
+    async def closes(viewer: Viewer, sessions: Any) -> Any:
+        made = await real_closes(viewer, sessions)
+        if not told:
+            _, info = await services.charging.start_transaction(
+                "CP-1", held.connector_id, "TAG-OK", held.meter_start_wh, held.start_time)
+            told.append(info.status)
+        return made
+
+    monkeypatch.setattr(services.charging, "refused_closes", closes)
+    with pytest.raises(Conflict) as waits:
+        await services.erasure.erase_user(Viewer.of(central.users["admin"]),
+                                          central.users["driver"].id)
+    assert told == ["Accepted"] and waits.value.code == "IN_USE"
+    accepted = await central.session(refused)
+    assert accepted is not None and accepted.state is d.SessionState.ACTIVE
+    assert accepted.start_refused is None
+
+
+@pytest.mark.parametrize("what", ["station", "connector"])
+async def test_a_refused_session_does_not_keep_its_station_from_being_removed(
+        central: Central, what: str) -> None:
+    """An operator removes the station (or the plug) a refused session was left open on:
+    it was refused IN_USE "a charging session is active" for good, though that session
+    charges nothing (its charger cut the energy and never stops it). The removal closes
+    it in its own write, as ``endSession`` would, billing nothing; an accepted session
+    still refuses it."""
+    refused = await _refused_left_open(central)
+    op = Viewer.of(central.users["op"])
+    station = central.stations["CP-1"]
+    if what == "station":
+        await central.services.stations.remove_station(op, station.id)
+    else:
+        plug = await central.store.find_one(d.Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", 2)))
+        assert plug is not None
+        await central.services.stations.remove_connector(op, plug.id)
+    closed = await central.session(refused)
+    assert closed is not None and closed.state is d.SessionState.COMPLETED
+    assert closed.closed_without_stop and closed.cost_minor is None
+    assert closed.start_refused == "ConcurrentTx"
+    assert await central.store.find_all(d.Payment, Eq("session_id", closed.id)) == []
+
+
+async def test_an_accepted_session_still_keeps_its_station_from_being_removed(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        answer = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1_000,
+            timestamp=_stamp(datetime.now(UTC).replace(microsecond=0))))
+        assert answer.id_tag_info["status"] == "Accepted"
+    with pytest.raises(Conflict) as refused:
+        await central.services.stations.remove_station(
+            Viewer.of(central.users["op"]), central.stations["CP-1"].id)
     assert refused.value.code == "IN_USE"
     still = await central.session(answer.transaction_id)
     assert still is not None and still.state is d.SessionState.ACTIVE
