@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from domain.command_rules import folded_key
 from domain.entities import (
     DEFAULT_PHASES,
     SYSTEM_ACTOR,
@@ -166,7 +167,9 @@ def stack_level_of(result: dict[str, Any]) -> int:
     """The stack level for a charger from its GetConfiguration answer:
     ``STACK_LEVEL``, or its ChargeProfileMaxStackLevel when that is lower."""
     for entry in result.get("configurationKey") or []:
-        if isinstance(entry, dict) and entry.get("key") == MAX_STACK_LEVEL_KEY:
+        # Keys are compared without regard to case (OCPP CiString), as the units are.
+        if isinstance(entry, dict) and folded_key(str(entry.get("key", ""))) \
+                == folded_key(MAX_STACK_LEVEL_KEY):
             try:
                 return max(0, min(STACK_LEVEL, int(str(entry.get("value", "")).strip())))
             except ValueError:
@@ -180,8 +183,8 @@ def allowed_units_of(result: dict[str, Any]) -> frozenset[ChargingRateUnit]:
     not say, or names none known: then the site's own unit is sent."""
     for entry in result.get("configurationKey") or []:
         # Keys are compared without regard to case (OCPP CiString).
-        if isinstance(entry, dict) and str(entry.get("key", "")).lower() \
-                == ALLOWED_UNITS_KEY.lower():
+        if isinstance(entry, dict) and folded_key(str(entry.get("key", ""))) \
+                == folded_key(ALLOWED_UNITS_KEY):
             words = str(entry.get("value", "")).split(",")
             return frozenset(_UNIT_NAMES[w] for w in (w.strip().lower() for w in words)
                              if w in _UNIT_NAMES)
