@@ -349,6 +349,9 @@ class SiteLoad(Service):
         #: The units each charger said it takes limits in, read with its stack level
         #: (``allowed_units_of``; none known: the site's unit is sent).
         self._units: dict[str, frozenset[ChargingRateUnit]] = {}
+        #: Chargers found to take one configuration key per GetConfiguration, while they
+        #: stay connected: asked each key alone at once (``_read_keys``).
+        self._one_key: set[str] = set()
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: Stations whose charger came back online (``charger_back``) until their site
@@ -382,6 +385,7 @@ class SiteLoad(Service):
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
             self._units.pop(event.cp_id, None)
+            self._one_key.discard(event.cp_id)
             if event.station_id is not None:
                 self.fallbacks.forget(event.station_id)
             if event.online and event.station_id is not None:
@@ -1179,38 +1183,64 @@ class SiteLoad(Service):
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest
         it takes (its ChargeProfileMaxStackLevel) when that is lower: a charger holding
         to the key refuses a profile above it. Read once per connection (forgotten when
-        it connects or goes); a charger that does not say is sent ``STACK_LEVEL``."""
+        it connects or goes), with the units it takes (``_units``); a charger that does
+        not say is sent ``STACK_LEVEL``."""
         known = self._levels.get(cp_id)
         if known is not None and (known[1] is None or known[1] > self.now()):
             return known[0]
         try:
-            outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY,
-                                                         ALLOWED_UNITS_KEY])
-            units = None
-            if isinstance(outcome.error, ChargerCallError) \
-                    and not isinstance(outcome.error, ChargerNotSupported):
-                # A charger taking one key per GetConfiguration (its
-                # GetConfigurationMaxKeys 1) may answer the two with a CALLERROR
-                # (NotSupported: it reads no configuration at all): each alone, the
-                # level first (without it every limit above its own is refused).
-                outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY])
-                if outcome.error is None:
-                    alone = await self._configuration(cp_id, [ALLOWED_UNITS_KEY])
-                    units = allowed_units_of(alone.result) if alone.error is None \
-                        else frozenset()
+            result = await self._read_keys(cp_id)
         except DomainError:
             return STACK_LEVEL
-        if outcome.error is not None:
+        if result is None:
             # Not asked again before every limit (QA s16: twice the traffic and the
             # audit entries, and a silent charger's timeout each time): for a while.
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
-        level = stack_level_of(outcome.result)
-        self._units[cp_id] = allowed_units_of(outcome.result) if units is None else units
+        level = stack_level_of(result)
+        self._units[cp_id] = allowed_units_of(result)
         # Read again in a while even so: a reconnect (new firmware, another key) is
         # heard only by the instance holding the charger.
         self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
         return level
+
+    async def _read_keys(self, cp_id: str) -> dict[str, Any] | None:
+        """The charger's answer for ``MAX_STACK_LEVEL_KEY`` and ``ALLOWED_UNITS_KEY``
+        (their entries together, as one GetConfiguration answer); ``None`` when it gave
+        none for the level. Both in one GetConfiguration; a key the answer neither gives
+        nor calls unknown, or both after any CALLERROR to the two (NotSupported and
+        NotImplemented too, as the list limits' read: review r27, a charger taking one
+        key per request refused the two with NotImplemented and was sent level 90,
+        refusing every limit), are asked each alone, the level first. A charger found
+        to take one key at a time is asked so from then on, on this connection
+        (``_one_key``): not three GetConfigurations at each read."""
+        keys = [MAX_STACK_LEVEL_KEY, ALLOWED_UNITS_KEY]
+        entries: list[Any] = []
+        if cp_id in self._one_key:
+            missing = keys
+        else:
+            outcome = await self._configuration(cp_id, keys)
+            if outcome.error is not None and not isinstance(outcome.error, ChargerCallError):
+                return None  # no answer (a timeout, offline): nothing to ask alone
+            said = set() if outcome.error is not None else {
+                folded_key(str(k)) for k in outcome.result.get("unknownKey") or ()}
+            entries = [] if outcome.error is not None else [
+                e for e in outcome.result.get("configurationKey") or ()
+                if isinstance(e, dict)]
+            said |= {folded_key(str(e.get("key", ""))) for e in entries}
+            missing = [k for k in keys if folded_key(k) not in said]
+        for key in missing:
+            alone = await self._configuration(cp_id, [key])
+            if alone.error is not None:
+                if key == MAX_STACK_LEVEL_KEY:
+                    return None  # the level not known: its units are not asked
+                continue  # the units not known: the site's unit is sent
+            given = [e for e in alone.result.get("configurationKey") or ()
+                     if isinstance(e, dict)]
+            if any(folded_key(str(e.get("key", ""))) == folded_key(key) for e in given):
+                self._one_key.add(cp_id)  # refused or left out with the other, given alone
+            entries.extend(given)
+        return {"configurationKey": entries}
 
     async def _configuration(self, cp_id: str, keys: list[str]) -> CommandOutcome:
         return await self.commands.send(SYSTEM, cp_id, "GetConfiguration", {"key": keys})

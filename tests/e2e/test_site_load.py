@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
@@ -19,6 +21,7 @@ from ocpp.v16.enums import Action
 
 from domain.entities import Station
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
+from domain.services.site_load import MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -706,3 +709,73 @@ async def test_a_charger_reading_one_key_at_a_time_is_told_its_limit_at_its_leve
         assert [(a["answer"], a["underControl"])
                 for a in await allocations(service, site, token)] == [("ACCEPTED", True)]
         assert one.charging_profiles[PROFILE_ID_BASE + 2]["stack_level"] == 10
+
+
+class LevelCappedChargePoint(StrictChargePoint):
+    """Refuses profiles above its ``ChargeProfileMaxStackLevel`` (10), as chargers
+    holding to the key do, noting each level it was sent; notes every GetConfiguration
+    it is asked (``asked``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.levels_sent: list[int] = []
+        self.asked: list[list[str] | None] = []
+
+    @on(Action.set_charging_profile)
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
+        self.levels_sent.append(cs_charging_profiles["stack_level"])
+        if cs_charging_profiles["stack_level"] > 10:
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return await super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+class OneKeyNotImplementedChargePoint(LevelCappedChargePoint):
+    """Reads one key per GetConfiguration, answering more with a CALLERROR
+    NotImplemented (as the list limits' read already expects)."""
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.asked.append(key)
+        if key is not None and len(key) > 1:
+            raise OcppNotImplemented(description="one key at a time")
+        return super().on_get_configuration(key)
+
+
+class LastKeyOnlyChargePoint(LevelCappedChargePoint):
+    """Reads one key per GetConfiguration, answering several with the last one alone
+    (neither giving the others nor calling them unknown)."""
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.asked.append(key)
+        return super().on_get_configuration(key[-1:] if key else key)
+
+
+@pytest.mark.parametrize("charger", [OneKeyNotImplementedChargePoint,
+                                     LastKeyOnlyChargePoint])
+async def test_a_charger_refusing_or_leaving_out_two_keys_is_told_its_limit_at_its_level(
+        service: Running, charger: type[LevelCappedChargePoint]) -> None:
+    # Review r27: the one-key retry left out NotImplemented/NotSupported CALLERRORs (and
+    # answers leaving the level out): the level unknown, 90 was sent, refused, and the
+    # session never under control (the site held its whole rating). Asked alone, as the
+    # site's read did before it asked the two keys at once.
+    site, token = await site_of_two(service, 40)
+    site_load = service.services.site_load
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=charger) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: len(one.levels_sent) >= 2, "CP-1 sent its fallback and limit")
+        await site_load.settled()
+        assert one.levels_sent[:2] == [10, 10]
+        assert [(a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)] == [("ACCEPTED", True)]
+        assert one.charging_profiles[PROFILE_ID_BASE + 2]["stack_level"] == 10
+        # Read again once its level's while is over (an hour): each key alone at once,
+        # the charger being known to take one at a time, not three requests each hour.
+        asked = len(one.asked)
+        site_load._levels.pop("CP-1")
+        assert await site_load._stack_level("CP-1") == 10
+        assert one.asked[asked:] == [[MAX_STACK_LEVEL_KEY],
+                                     ["ChargingScheduleAllowedChargingRateUnit"]]
