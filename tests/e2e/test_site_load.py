@@ -779,3 +779,26 @@ async def test_a_charger_refusing_or_leaving_out_two_keys_is_told_its_limit_at_i
         assert await site_load._stack_level("CP-1") == 10
         assert one.asked[asked:] == [[MAX_STACK_LEVEL_KEY],
                                      ["ChargingScheduleAllowedChargingRateUnit"]]
+
+
+async def test_a_charger_taking_only_amperes_gets_no_fallback_below_6_a_on_a_site_in_watts(
+        service: Running) -> None:
+    # Review r27: a session's share sent in amperes is never between 0 and 6 A, but the
+    # site's fallback (what each new session draws until its share lands) was its
+    # minimum converted without that floor: 1 kW on three 230 V phases sent as 1.4 A,
+    # a current no charger offers. Raised to 6 A, the least a session on it charges at
+    # (the fallback is never 0: it would start nothing while ChargeGraph is unreachable).
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    station = to_global_id("station", service.central.stations["CP-1"].id)
+    assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+    assert assigned["assignStationToSite"]["errors"] == []
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as cp:
+        await until(lambda: fallbacks(cp), "CP-1 sent its fallback")
+        await service.services.site_load.settled()
+        assert [(p["charging_schedule"]["charging_rate_unit"],
+                 float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+                for p in fallbacks(cp)] == [("A", 6.0)]
