@@ -37,6 +37,7 @@ from domain.entities import (
     AuditAction,
     AuditEntry,
     ChargingRateUnit,
+    ConfigurationKey,
     Connector,
     ConnectorStatus,
     LimitAnswer,
@@ -81,6 +82,7 @@ from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
 from domain.services.commands import ALLOWED_UNITS_KEY, CommandOutcome, CommandService
+from domain.services.configuration import in_force
 from domain.services.pending_starts import PENDING_START_WINDOW
 from domain.services.site_fallbacks import SiteFallbacks
 from domain.validation import MAX_CONNECTOR_ID, stored_id_tag
@@ -227,6 +229,9 @@ class _Seen:
     stations: list[Station] = field(default_factory=list)
     #: By cpId: the unit its limits are sent in, when known (``SiteLoad.unit_for``).
     units: dict[str, ChargingRateUnit] = field(default_factory=dict)
+    #: By cpId: the units its charger takes as its stored configuration says, in force
+    #: since its boot (``SiteLoad._stored_units``): read by whichever instance asked.
+    allowed: dict[str, frozenset[ChargingRateUnit]] = field(default_factory=dict)
 
     @property
     def live(self) -> list[Session]:
@@ -798,7 +803,7 @@ class SiteLoad(Service):
                           offline + sum(bound(s) for s in loose))
         due = [(s, shares[s.id]) for s in controlled if s.id not in again
                and self._due(site, held.get(s.id), shares[s.id], seen.phases_of(s),
-                             self.unit_for(s.cp_id, site.unit))]
+                             seen.units.get(s.cp_id, site.unit))]
         lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
         higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
         # Told again: what it accepted last at most (a raise goes only after its claim).
@@ -951,12 +956,36 @@ class SiteLoad(Service):
         limit = site.max_power_kw if site is not None else 0.0
         settings = () if site is None else (site.max_power_kw, site.min_power_kw,
                                             site.unit, site.voltage, site.phases)
+        allowed = await self._stored_units(stations) if sessions else {}
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
                      limit, settings, record=site,
                      phases={key: plug.phases for key, plug in plugs.items()},
-                     ending=ending, stations=stations,
+                     ending=ending, stations=stations, allowed=allowed,
                      units={} if site is None else {
-                         st.cp_id: self.unit_for(st.cp_id, site.unit) for st in stations})
+                         st.cp_id: self.unit_for(st.cp_id, site.unit, allowed.get(st.cp_id))
+                         for st in stations})
+
+    async def _stored_units(self, stations: Sequence[Station]
+                            ) -> dict[str, frozenset[ChargingRateUnit]]:
+        """By cpId, the units each station's charger takes as its stored configuration
+        says (``ConfigurationKey``, in force since its last boot: written by every
+        GetConfiguration answer, the site's own read on whichever instance made it, an
+        operator's ``getConfiguration``). Each instance shares a site with the same
+        least per session so: one that had not read a charger itself took its least as
+        0 (limits in W), lowered another session to make room, then paused the charger
+        taking only amperes, and the power went unused (review r27). One query per run
+        of a site with sessions; none on a charger's handler path."""
+        found = await self.store.find_all(ConfigurationKey, all_of(
+            In("station_id", tuple(st.id for st in stations)),
+            Eq("folded_key", folded_key(ALLOWED_UNITS_KEY))), limit=len(stations))
+        booted = {st.id: st.booted_at for st in stations}
+        units: dict[str, frozenset[ChargingRateUnit]] = {}
+        for known in found:
+            value = in_force(known, booted.get(known.station_id))
+            if value is not None:
+                units[known.cp_id] = allowed_units_of({"configurationKey": [
+                    {"key": known.key, "value": value}]})
+        return units
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
                       gone: Sequence[SiteAllocation]) -> list[Session]:
@@ -1132,7 +1161,8 @@ class SiteLoad(Service):
         # A limit told again is one to lift again once its station leaves every site.
         self._lifted.discard((session.station_id, session.transaction_id))
         level = await self._stack_level(session.cp_id)
-        unit = self.unit_for(session.cp_id, site.unit)  # known once the level was read
+        # Known once the level was read (else as stored, ``_Seen.allowed``).
+        unit = self.unit_for(session.cp_id, site.unit, seen.allowed.get(session.cp_id))
         seen.units[session.cp_id] = unit
         least = seen.least_kw(session)
         if 0 < power_kw < least - 1e-9:
@@ -1173,11 +1203,16 @@ class SiteLoad(Service):
         replacing ``commands``; the fallbacks' commands must go the same way)."""
         return await self.commands.send(viewer, cp_id, action, payload)
 
-    def unit_for(self, cp_id: str, site_unit: ChargingRateUnit) -> ChargingRateUnit:
+    def unit_for(self, cp_id: str, site_unit: ChargingRateUnit,
+                 stored: frozenset[ChargingRateUnit] | None = None) -> ChargingRateUnit:
         """The unit the charger is sent its site's limits in (``unit_to_send``), as far as
-        its last GetConfiguration answer on this connection said (``_stack_level``
-        reads it); the site's before then."""
-        return unit_to_send(site_unit, self._units.get(cp_id, frozenset()))
+        its last GetConfiguration answer to this instance on this connection said
+        (``_stack_level`` reads it); before then as its ``stored`` configuration says
+        (``_stored_units``: another instance's read); the site's when neither does."""
+        allowed = self._units.get(cp_id)
+        if allowed is None:
+            allowed = stored or frozenset()
+        return unit_to_send(site_unit, allowed)
 
     async def _stack_level(self, cp_id: str) -> int:
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest

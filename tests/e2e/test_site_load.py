@@ -802,3 +802,39 @@ async def test_a_charger_taking_only_amperes_gets_no_fallback_below_6_a_on_a_sit
         assert [(p["charging_schedule"]["charging_rate_unit"],
                  float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
                 for p in fallbacks(cp)] == [("A", 6.0)]
+
+
+async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_one_that_did(
+        service: Running) -> None:
+    # Review r27: the units a charger takes were known only to the instance that read
+    # them. Another (here: this one with its memory emptied) shared with the
+    # current-only charger's least at 0, lowered the other session to an equal share,
+    # then paused the current-only one below 6 A: the power taken went unused. Every
+    # instance reads them from the charger's stored configuration.
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    url = service.ocpp_url
+    site_load = service.services.site_load
+    async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as first, \
+            connected(url, "CP-1", password=STATION_PASSWORD,
+                      charge_point=CurrentOnlyChargePoint) as later:
+        await first.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(first) == [5_000.0], "CP-OPEN told 5 kW")
+        await later.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(later), "CP-1 told its limit")
+        await site_load.settled()
+        assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
+        # Another instance's view: nothing read from these chargers itself.
+        site_load._units.clear()
+        site_load._levels.clear()
+        site_load.request_site(expect_id(site, "site", "id"))
+        await site_load.settled()
+        # Nothing changed on the site: the 5 kW stay with CP-OPEN.
+        assert limits(first)[-1] == 5_000.0, (limits(first), limits(later))
+        assert limits(later)[-1] == 0.0
