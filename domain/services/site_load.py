@@ -620,9 +620,12 @@ class SiteLoad(Service):
             rating = None if plug is None else plug.max_kw
             bound_kw = max(site.max_power_kw if rating is None else rating,
                            0.0 if held is None else held.bound_kw)
+            # The limit last sent stays with the unit it was sent in (amperes to a
+            # charger taking only those), not the site's (review r27: "28.9 W").
             await self._record(site, held, session, 0.0 if held is None else held.power_kw,
                                None if held is None else held.limit,
-                               LimitAnswer.OVERRIDDEN, bound_kw)
+                               LimitAnswer.OVERRIDDEN, bound_kw,
+                               None if held is None else held.unit)
 
     async def _lift_overrides(self, station: Station, payload: dict[str, Any]) -> None:
         """A clear of every TxProfile on a connector (no id, no stack level, purpose

@@ -838,3 +838,31 @@ async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_on
         # Nothing changed on the site: the 5 kW stay with CP-OPEN.
         assert limits(first)[-1] == 5_000.0, (limits(first), limits(later))
         assert limits(later)[-1] == 0.0
+
+
+async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
+        service: Running) -> None:
+    # Review r27: an allocation overridden by a person's profile kept the limit sent in
+    # amperes but took the site's unit: "28.9 W", where the schema promises the limit
+    # as sent, in ``unit``.
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as one, \
+            connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        tx1, _ = await one.start_transaction(2, "TAG-OK")
+        await two.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(one)[-1:] == [28.9], "CP-1 told 28.9 A")
+        await service.services.site_load.settled()
+        over = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-1", "connectorId": 2, "csChargingProfiles": {
+                "chargingProfileId": 5, "stackLevel": 11, "transactionId": tx1,
+                "chargingProfilePurpose": "TX_PROFILE", "chargingProfileKind": "RELATIVE",
+                "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+                    {"startPeriod": 0, "limit": 32}]}}}}, token)
+        assert over["setChargingProfile"] == {"status": "ACCEPTED", "errors": []}
+        await service.services.site_load.settled()
+        mine = [(a["limit"], a["unit"], a["answer"])
+                for a in await allocations(service, site, token)
+                if a["session"]["idTag"] == "TAG-OK"]
+        assert mine == [(28.9, "A", "OVERRIDDEN")]
