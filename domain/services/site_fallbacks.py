@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from domain.entities import ChargingRateUnit, Site, Station
+from domain.entities import MIN_CURRENT_A, ChargingRateUnit, Site, Station
 from domain.errors import (
     ChargerBusy,
     ChargerNotSupported,
@@ -58,6 +58,20 @@ MAX_AT_ONCE = 16
 BUSY_AGAIN_S = 2.0
 
 Send = Callable[[Viewer, str, str, dict[str, Any]], Awaitable[CommandOutcome]]
+
+
+def fallback_in(site: Site, unit: ChargingRateUnit) -> float:
+    """The site's fallback (its ``min_power_kw``) as sent in ``unit``, the one its
+    charger takes: in amperes never below 6 A on the site's phases (IEC 61851: no AC
+    charger offers less). A site in W may set its minimum below that (1 kW: 1.4 A on
+    three 230 V phases; review r27), which a charger taking only amperes cannot charge
+    at. Raised to 6 A, not sent as 0: the fallback is the least a session charges at,
+    never 0, which would start nothing while ChargeGraph is unreachable (the choice
+    the fallback is built on); the site counts a session on such a charger at 6 A at
+    least anyway (``Demand.least_kw``), and a new one at its rating until it took its
+    share."""
+    limit = limit_in_unit(site.min_power_kw, unit, site.voltage, site.phases)
+    return max(limit, MIN_CURRENT_A) if unit is ChargingRateUnit.A else limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +199,7 @@ class SiteFallbacks:
         # A charger taking limits only in the other unit refuses the site's own.
         # (``_Told`` keeps the site's ``limit``: ``tell`` compares it with the site's.)
         unit = self._unit_for(station.cp_id, site.unit)
-        sent = limit if unit is site.unit else limit_in_unit(
-            site.min_power_kw, unit, site.voltage, site.phases)
+        sent = limit if unit is site.unit else fallback_in(site, unit)
         if station.site_fallback_kw != site.min_power_kw:
             # Before it goes: once sent, the charger may hold it, and it must be found
             # to be removed whichever instance sees the station leave the site.

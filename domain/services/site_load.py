@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from domain.command_rules import folded_key
 from domain.entities import (
     DEFAULT_PHASES,
     SYSTEM_ACTOR,
     AuditAction,
     AuditEntry,
     ChargingRateUnit,
+    ConfigurationKey,
     Connector,
     ConnectorStatus,
     LimitAnswer,
@@ -80,6 +82,7 @@ from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
 from domain.services.commands import ALLOWED_UNITS_KEY, CommandOutcome, CommandService
+from domain.services.configuration import in_force
 from domain.services.pending_starts import PENDING_START_WINDOW
 from domain.services.site_fallbacks import SiteFallbacks
 from domain.validation import MAX_CONNECTOR_ID, stored_id_tag
@@ -166,7 +169,9 @@ def stack_level_of(result: dict[str, Any]) -> int:
     """The stack level for a charger from its GetConfiguration answer:
     ``STACK_LEVEL``, or its ChargeProfileMaxStackLevel when that is lower."""
     for entry in result.get("configurationKey") or []:
-        if isinstance(entry, dict) and entry.get("key") == MAX_STACK_LEVEL_KEY:
+        # Keys are compared without regard to case (OCPP CiString), as the units are.
+        if isinstance(entry, dict) and folded_key(str(entry.get("key", ""))) \
+                == folded_key(MAX_STACK_LEVEL_KEY):
             try:
                 return max(0, min(STACK_LEVEL, int(str(entry.get("value", "")).strip())))
             except ValueError:
@@ -180,8 +185,8 @@ def allowed_units_of(result: dict[str, Any]) -> frozenset[ChargingRateUnit]:
     not say, or names none known: then the site's own unit is sent."""
     for entry in result.get("configurationKey") or []:
         # Keys are compared without regard to case (OCPP CiString).
-        if isinstance(entry, dict) and str(entry.get("key", "")).lower() \
-                == ALLOWED_UNITS_KEY.lower():
+        if isinstance(entry, dict) and folded_key(str(entry.get("key", ""))) \
+                == folded_key(ALLOWED_UNITS_KEY):
             words = str(entry.get("value", "")).split(",")
             return frozenset(_UNIT_NAMES[w] for w in (w.strip().lower() for w in words)
                              if w in _UNIT_NAMES)
@@ -224,6 +229,9 @@ class _Seen:
     stations: list[Station] = field(default_factory=list)
     #: By cpId: the unit its limits are sent in, when known (``SiteLoad.unit_for``).
     units: dict[str, ChargingRateUnit] = field(default_factory=dict)
+    #: By cpId: the units its charger takes as its stored configuration says, in force
+    #: since its boot (``SiteLoad._stored_units``): read by whichever instance asked.
+    allowed: dict[str, frozenset[ChargingRateUnit]] = field(default_factory=dict)
 
     @property
     def live(self) -> list[Session]:
@@ -346,6 +354,9 @@ class SiteLoad(Service):
         #: The units each charger said it takes limits in, read with its stack level
         #: (``allowed_units_of``; none known: the site's unit is sent).
         self._units: dict[str, frozenset[ChargingRateUnit]] = {}
+        #: Chargers found to take one configuration key per GetConfiguration, while they
+        #: stay connected: asked each key alone at once (``_read_keys``).
+        self._one_key: set[str] = set()
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: Stations whose charger came back online (``charger_back``) until their site
@@ -379,6 +390,7 @@ class SiteLoad(Service):
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
             self._units.pop(event.cp_id, None)
+            self._one_key.discard(event.cp_id)
             if event.station_id is not None:
                 self.fallbacks.forget(event.station_id)
             if event.online and event.station_id is not None:
@@ -608,9 +620,12 @@ class SiteLoad(Service):
             rating = None if plug is None else plug.max_kw
             bound_kw = max(site.max_power_kw if rating is None else rating,
                            0.0 if held is None else held.bound_kw)
+            # The limit last sent stays with the unit it was sent in (amperes to a
+            # charger taking only those), not the site's (review r27: "28.9 W").
             await self._record(site, held, session, 0.0 if held is None else held.power_kw,
                                None if held is None else held.limit,
-                               LimitAnswer.OVERRIDDEN, bound_kw)
+                               LimitAnswer.OVERRIDDEN, bound_kw,
+                               None if held is None else held.unit)
 
     async def _lift_overrides(self, station: Station, payload: dict[str, Any]) -> None:
         """A clear of every TxProfile on a connector (no id, no stack level, purpose
@@ -791,7 +806,7 @@ class SiteLoad(Service):
                           offline + sum(bound(s) for s in loose))
         due = [(s, shares[s.id]) for s in controlled if s.id not in again
                and self._due(site, held.get(s.id), shares[s.id], seen.phases_of(s),
-                             self.unit_for(s.cp_id, site.unit))]
+                             seen.units.get(s.cp_id, site.unit))]
         lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
         higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
         # Told again: what it accepted last at most (a raise goes only after its claim).
@@ -944,12 +959,36 @@ class SiteLoad(Service):
         limit = site.max_power_kw if site is not None else 0.0
         settings = () if site is None else (site.max_power_kw, site.min_power_kw,
                                             site.unit, site.voltage, site.phases)
+        allowed = await self._stored_units(stations) if sessions else {}
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
                      limit, settings, record=site,
                      phases={key: plug.phases for key, plug in plugs.items()},
-                     ending=ending, stations=stations,
+                     ending=ending, stations=stations, allowed=allowed,
                      units={} if site is None else {
-                         st.cp_id: self.unit_for(st.cp_id, site.unit) for st in stations})
+                         st.cp_id: self.unit_for(st.cp_id, site.unit, allowed.get(st.cp_id))
+                         for st in stations})
+
+    async def _stored_units(self, stations: Sequence[Station]
+                            ) -> dict[str, frozenset[ChargingRateUnit]]:
+        """By cpId, the units each station's charger takes as its stored configuration
+        says (``ConfigurationKey``, in force since its last boot: written by every
+        GetConfiguration answer, the site's own read on whichever instance made it, an
+        operator's ``getConfiguration``). Each instance shares a site with the same
+        least per session so: one that had not read a charger itself took its least as
+        0 (limits in W), lowered another session to make room, then paused the charger
+        taking only amperes, and the power went unused (review r27). One query per run
+        of a site with sessions; none on a charger's handler path."""
+        found = await self.store.find_all(ConfigurationKey, all_of(
+            In("station_id", tuple(st.id for st in stations)),
+            Eq("folded_key", folded_key(ALLOWED_UNITS_KEY))), limit=len(stations))
+        booted = {st.id: st.booted_at for st in stations}
+        units: dict[str, frozenset[ChargingRateUnit]] = {}
+        for known in found:
+            value = in_force(known, booted.get(known.station_id))
+            if value is not None:
+                units[known.cp_id] = allowed_units_of({"configurationKey": [
+                    {"key": known.key, "value": value}]})
+        return units
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
                       gone: Sequence[SiteAllocation]) -> list[Session]:
@@ -1125,7 +1164,8 @@ class SiteLoad(Service):
         # A limit told again is one to lift again once its station leaves every site.
         self._lifted.discard((session.station_id, session.transaction_id))
         level = await self._stack_level(session.cp_id)
-        unit = self.unit_for(session.cp_id, site.unit)  # known once the level was read
+        # Known once the level was read (else as stored, ``_Seen.allowed``).
+        unit = self.unit_for(session.cp_id, site.unit, seen.allowed.get(session.cp_id))
         seen.units[session.cp_id] = unit
         least = seen.least_kw(session)
         if 0 < power_kw < least - 1e-9:
@@ -1166,48 +1206,79 @@ class SiteLoad(Service):
         replacing ``commands``; the fallbacks' commands must go the same way)."""
         return await self.commands.send(viewer, cp_id, action, payload)
 
-    def unit_for(self, cp_id: str, site_unit: ChargingRateUnit) -> ChargingRateUnit:
+    def unit_for(self, cp_id: str, site_unit: ChargingRateUnit,
+                 stored: frozenset[ChargingRateUnit] | None = None) -> ChargingRateUnit:
         """The unit the charger is sent its site's limits in (``unit_to_send``), as far as
-        its last GetConfiguration answer on this connection said (``_stack_level``
-        reads it); the site's before then."""
-        return unit_to_send(site_unit, self._units.get(cp_id, frozenset()))
+        its last GetConfiguration answer to this instance on this connection said
+        (``_stack_level`` reads it); before then as its ``stored`` configuration says
+        (``_stored_units``: another instance's read); the site's when neither does."""
+        allowed = self._units.get(cp_id)
+        if allowed is None:
+            allowed = stored or frozenset()
+        return unit_to_send(site_unit, allowed)
 
     async def _stack_level(self, cp_id: str) -> int:
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest
         it takes (its ChargeProfileMaxStackLevel) when that is lower: a charger holding
         to the key refuses a profile above it. Read once per connection (forgotten when
-        it connects or goes); a charger that does not say is sent ``STACK_LEVEL``."""
+        it connects or goes), with the units it takes (``_units``); a charger that does
+        not say is sent ``STACK_LEVEL``."""
         known = self._levels.get(cp_id)
         if known is not None and (known[1] is None or known[1] > self.now()):
             return known[0]
         try:
-            outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY,
-                                                         ALLOWED_UNITS_KEY])
-            units = None
-            if isinstance(outcome.error, ChargerCallError) \
-                    and not isinstance(outcome.error, ChargerNotSupported):
-                # A charger taking one key per GetConfiguration (its
-                # GetConfigurationMaxKeys 1) may answer the two with a CALLERROR
-                # (NotSupported: it reads no configuration at all): each alone, the
-                # level first (without it every limit above its own is refused).
-                outcome = await self._configuration(cp_id, [MAX_STACK_LEVEL_KEY])
-                if outcome.error is None:
-                    alone = await self._configuration(cp_id, [ALLOWED_UNITS_KEY])
-                    units = allowed_units_of(alone.result) if alone.error is None \
-                        else frozenset()
+            result = await self._read_keys(cp_id)
         except DomainError:
             return STACK_LEVEL
-        if outcome.error is not None:
+        if result is None:
             # Not asked again before every limit (QA s16: twice the traffic and the
             # audit entries, and a silent charger's timeout each time): for a while.
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
-        level = stack_level_of(outcome.result)
-        self._units[cp_id] = allowed_units_of(outcome.result) if units is None else units
+        level = stack_level_of(result)
+        self._units[cp_id] = allowed_units_of(result)
         # Read again in a while even so: a reconnect (new firmware, another key) is
         # heard only by the instance holding the charger.
         self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
         return level
+
+    async def _read_keys(self, cp_id: str) -> dict[str, Any] | None:
+        """The charger's answer for ``MAX_STACK_LEVEL_KEY`` and ``ALLOWED_UNITS_KEY``
+        (their entries together, as one GetConfiguration answer); ``None`` when it gave
+        none for the level. Both in one GetConfiguration; a key the answer neither gives
+        nor calls unknown, or both after any CALLERROR to the two (NotSupported and
+        NotImplemented too, as the list limits' read: review r27, a charger taking one
+        key per request refused the two with NotImplemented and was sent level 90,
+        refusing every limit), are asked each alone, the level first. A charger found
+        to take one key at a time is asked so from then on, on this connection
+        (``_one_key``): not three GetConfigurations at each read."""
+        keys = [MAX_STACK_LEVEL_KEY, ALLOWED_UNITS_KEY]
+        entries: list[Any] = []
+        if cp_id in self._one_key:
+            missing = keys
+        else:
+            outcome = await self._configuration(cp_id, keys)
+            if outcome.error is not None and not isinstance(outcome.error, ChargerCallError):
+                return None  # no answer (a timeout, offline): nothing to ask alone
+            said = set() if outcome.error is not None else {
+                folded_key(str(k)) for k in outcome.result.get("unknownKey") or ()}
+            entries = [] if outcome.error is not None else [
+                e for e in outcome.result.get("configurationKey") or ()
+                if isinstance(e, dict)]
+            said |= {folded_key(str(e.get("key", ""))) for e in entries}
+            missing = [k for k in keys if folded_key(k) not in said]
+        for key in missing:
+            alone = await self._configuration(cp_id, [key])
+            if alone.error is not None:
+                if key == MAX_STACK_LEVEL_KEY:
+                    return None  # the level not known: its units are not asked
+                continue  # the units not known: the site's unit is sent
+            given = [e for e in alone.result.get("configurationKey") or ()
+                     if isinstance(e, dict)]
+            if any(folded_key(str(e.get("key", ""))) == folded_key(key) for e in given):
+                self._one_key.add(cp_id)  # refused or left out with the other, given alone
+            entries.extend(given)
+        return {"configurationKey": entries}
 
     async def _configuration(self, cp_id: str, keys: list[str]) -> CommandOutcome:
         return await self.commands.send(SYSTEM, cp_id, "GetConfiguration", {"key": keys})

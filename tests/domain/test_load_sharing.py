@@ -157,6 +157,18 @@ def test_the_stack_level_is_the_chargers_highest_when_lower() -> None:
     assert stack_level_of({"unknownKey": ["ChargeProfileMaxStackLevel"]}) == STACK_LEVEL
 
 
+def test_the_stack_level_is_read_whatever_the_keys_case() -> None:
+    # OCPP keys are CiStrings: a charger echoing them lowercased had its units
+    # followed and was sent level 90 above its own 10, refusing every limit (review r27).
+    from domain.services.site_load import allowed_units_of, stack_level_of
+    answer = {"configurationKey": [
+        {"key": "chargeprofilemaxstacklevel", "value": "10", "readonly": True},
+        {"key": "chargingscheduleallowedchargingrateunit", "value": "Current",
+         "readonly": True}]}
+    assert allowed_units_of(answer)
+    assert stack_level_of(answer) == 10
+
+
 def test_a_limit_goes_in_the_unit_the_charger_takes() -> None:
     from domain.entities import ChargingRateUnit as U
     from domain.services.site_load import allowed_units_of, unit_to_send

@@ -6,6 +6,7 @@ with no reason."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ocpp.routing import on
@@ -84,3 +85,36 @@ async def test_a_schedule_the_charger_cannot_take_is_refused_naming_the_field(
         # say others): sent again, for the charger to judge.
         await cp.boot()
         assert (await set_profile("A", 3))["errors"][0]["code"] == "CHARGER_REJECTED"
+
+
+def readme_words() -> str:
+    """The README, its lines run together (a field may be wrapped onto the next)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    return " ".join(text.split())
+
+
+async def test_a_remote_starts_profile_is_refused_on_its_own_field_which_the_readme_names(
+        service: Running) -> None:
+    # A remote start carries its profile in chargingProfile, not csChargingProfiles:
+    # the error names that field, and the README said the other (review r27).
+    token = await service.token("op")
+    start = """mutation($i: RemoteStartTransactionInput!) {
+      remoteStartTransaction(input: $i) { status errors { code field } } }"""
+    too_long = {**default_profile("A", 3), "chargingProfilePurpose": "TX_PROFILE"}
+    in_watts = {**default_profile("W", 1), "chargingProfilePurpose": "TX_PROFILE"}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=BoundedChargePoint):
+        read = await service.gql(GET_CONFIGURATION, {"i": {"cpId": "CP-1"}}, token)
+        assert read["getConfiguration"]["errors"] == []
+        fields = []
+        for profile in (too_long, in_watts):
+            refused = await service.gql(start, {"i": {
+                "cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK",
+                "chargingProfile": profile}}, token)
+            fields.append(refused["remoteStartTransaction"]["errors"])
+    assert fields == [
+        [{"code": "TOO_MANY", "field": "chargingProfile.chargingSchedule.chargingSchedulePeriod"}],
+        [{"code": "UNSUPPORTED", "field": "chargingProfile.chargingSchedule.chargingRateUnit"}]]
+    readme = readme_words()
+    for [error] in fields:
+        assert f"`{error['field']}`" in readme, error

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
@@ -19,6 +21,7 @@ from ocpp.v16.enums import Action
 
 from domain.entities import Station
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
+from domain.services.site_load import MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -706,3 +709,160 @@ async def test_a_charger_reading_one_key_at_a_time_is_told_its_limit_at_its_leve
         assert [(a["answer"], a["underControl"])
                 for a in await allocations(service, site, token)] == [("ACCEPTED", True)]
         assert one.charging_profiles[PROFILE_ID_BASE + 2]["stack_level"] == 10
+
+
+class LevelCappedChargePoint(StrictChargePoint):
+    """Refuses profiles above its ``ChargeProfileMaxStackLevel`` (10), as chargers
+    holding to the key do, noting each level it was sent; notes every GetConfiguration
+    it is asked (``asked``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.levels_sent: list[int] = []
+        self.asked: list[list[str] | None] = []
+
+    @on(Action.set_charging_profile)
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
+        self.levels_sent.append(cs_charging_profiles["stack_level"])
+        if cs_charging_profiles["stack_level"] > 10:
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return await super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+class OneKeyNotImplementedChargePoint(LevelCappedChargePoint):
+    """Reads one key per GetConfiguration, answering more with a CALLERROR
+    NotImplemented (as the list limits' read already expects)."""
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.asked.append(key)
+        if key is not None and len(key) > 1:
+            raise OcppNotImplemented(description="one key at a time")
+        return super().on_get_configuration(key)
+
+
+class LastKeyOnlyChargePoint(LevelCappedChargePoint):
+    """Reads one key per GetConfiguration, answering several with the last one alone
+    (neither giving the others nor calling them unknown)."""
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.asked.append(key)
+        return super().on_get_configuration(key[-1:] if key else key)
+
+
+@pytest.mark.parametrize("charger", [OneKeyNotImplementedChargePoint,
+                                     LastKeyOnlyChargePoint])
+async def test_a_charger_refusing_or_leaving_out_two_keys_is_told_its_limit_at_its_level(
+        service: Running, charger: type[LevelCappedChargePoint]) -> None:
+    # Review r27: the one-key retry left out NotImplemented/NotSupported CALLERRORs (and
+    # answers leaving the level out): the level unknown, 90 was sent, refused, and the
+    # session never under control (the site held its whole rating). Asked alone, as the
+    # site's read did before it asked the two keys at once.
+    site, token = await site_of_two(service, 40)
+    site_load = service.services.site_load
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=charger) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: len(one.levels_sent) >= 2, "CP-1 sent its fallback and limit")
+        await site_load.settled()
+        assert one.levels_sent[:2] == [10, 10]
+        assert [(a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)] == [("ACCEPTED", True)]
+        assert one.charging_profiles[PROFILE_ID_BASE + 2]["stack_level"] == 10
+        # Read again once its level's while is over (an hour): each key alone at once,
+        # the charger being known to take one at a time, not three requests each hour.
+        asked = len(one.asked)
+        site_load._levels.pop("CP-1")
+        assert await site_load._stack_level("CP-1") == 10
+        assert one.asked[asked:] == [[MAX_STACK_LEVEL_KEY],
+                                     ["ChargingScheduleAllowedChargingRateUnit"]]
+
+
+async def test_a_charger_taking_only_amperes_gets_no_fallback_below_6_a_on_a_site_in_watts(
+        service: Running) -> None:
+    # Review r27: a session's share sent in amperes is never between 0 and 6 A, but the
+    # site's fallback (what each new session draws until its share lands) was its
+    # minimum converted without that floor: 1 kW on three 230 V phases sent as 1.4 A,
+    # a current no charger offers. Raised to 6 A, the least a session on it charges at
+    # (the fallback is never 0: it would start nothing while ChargeGraph is unreachable).
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    station = to_global_id("station", service.central.stations["CP-1"].id)
+    assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+    assert assigned["assignStationToSite"]["errors"] == []
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as cp:
+        await until(lambda: fallbacks(cp), "CP-1 sent its fallback")
+        await service.services.site_load.settled()
+        assert [(p["charging_schedule"]["charging_rate_unit"],
+                 float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+                for p in fallbacks(cp)] == [("A", 6.0)]
+
+
+async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_one_that_did(
+        service: Running) -> None:
+    # Review r27: the units a charger takes were known only to the instance that read
+    # them. Another (here: this one with its memory emptied) shared with the
+    # current-only charger's least at 0, lowered the other session to an equal share,
+    # then paused the current-only one below 6 A: the power taken went unused. Every
+    # instance reads them from the charger's stored configuration.
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    url = service.ocpp_url
+    site_load = service.services.site_load
+    async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as first, \
+            connected(url, "CP-1", password=STATION_PASSWORD,
+                      charge_point=CurrentOnlyChargePoint) as later:
+        await first.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(first) == [5_000.0], "CP-OPEN told 5 kW")
+        await later.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(later), "CP-1 told its limit")
+        await site_load.settled()
+        assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
+        # Another instance's view: nothing read from these chargers itself.
+        site_load._units.clear()
+        site_load._levels.clear()
+        site_load.request_site(expect_id(site, "site", "id"))
+        await site_load.settled()
+        # Nothing changed on the site: the 5 kW stay with CP-OPEN.
+        assert limits(first)[-1] == 5_000.0, (limits(first), limits(later))
+        assert limits(later)[-1] == 0.0
+
+
+async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
+        service: Running) -> None:
+    # Review r27: an allocation overridden by a person's profile kept the limit sent in
+    # amperes but took the site's unit: "28.9 W", where the schema promises the limit
+    # as sent, in ``unit``.
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as one, \
+            connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        tx1, _ = await one.start_transaction(2, "TAG-OK")
+        await two.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(one)[-1:] == [28.9], "CP-1 told 28.9 A")
+        await service.services.site_load.settled()
+        over = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-1", "connectorId": 2, "csChargingProfiles": {
+                "chargingProfileId": 5, "stackLevel": 11, "transactionId": tx1,
+                "chargingProfilePurpose": "TX_PROFILE", "chargingProfileKind": "RELATIVE",
+                "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+                    {"startPeriod": 0, "limit": 32}]}}}}, token)
+        assert over["setChargingProfile"] == {"status": "ACCEPTED", "errors": []}
+        await service.services.site_load.settled()
+        mine = [(a["limit"], a["unit"], a["answer"])
+                for a in await allocations(service, site, token)
+                if a["session"]["idTag"] == "TAG-OK"]
+        assert mine == [(28.9, "A", "OVERRIDDEN")]
