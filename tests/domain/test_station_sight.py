@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from domain.clock import utcnow
-from domain.entities import Company, Connector, Role, Station
+from domain.entities import Company, Connector, Role, Session, Station
 from domain.errors import NotFound, StoreUnavailable
 from domain.events import (
     ConnectorStatusChanged,
@@ -511,8 +511,8 @@ def handed_to_during_the_removal(world: World, company: Company,
     refuse = stations._refuse_if_charging
     ran: list[bool] = []
 
-    async def hooked(*args: Any, **kw: Any) -> None:
-        await refuse(*args, **kw)
+    async def hooked(*args: Any, **kw: Any) -> list[Session]:
+        refused = await refuse(*args, **kw)
         if not ran:
             ran.append(True)
             await stations.update_station(SYSTEM, world.station_id, company_id=company.id)
@@ -520,6 +520,7 @@ def handed_to_during_the_removal(world: World, company: Company,
             assert read is not None and read.company_id == company.id
             if then is not None:
                 then(read)
+        return refused
 
     stations._refuse_if_charging = hooked  # type: ignore[method-assign]
 
