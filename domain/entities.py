@@ -623,6 +623,18 @@ class Session(Record):
     #: sessions before it was kept and for a plug not on record): what it is priced by.
     connector_type: ConnectorType | None = None
 
+    @property
+    def start_as_reported(self) -> datetime:
+        """Its start as its StartTransaction stamped it: ``reported_start`` for a clock
+        never set (the session dated on arrival), else ``start_time``."""
+        return self.start_time if self.reported_start is None else self.reported_start
+
+    @property
+    def end_as_reported(self) -> datetime | None:
+        """Its end as its StopTransaction stamped it (``reported_end``, else
+        ``end_time``)."""
+        return self.end_time if self.reported_end is None else self.reported_end
+
     def now_on_timeline(self, ours: datetime) -> datetime:
         """"Now" (``ours``, our clock's) on the session's timeline. Its start is on the
         charger's clock, which may run ahead of ours: the start plus the time our clock

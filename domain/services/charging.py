@@ -256,9 +256,7 @@ class _StartIdentity(NamedTuple):
         if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
             return False
         if self.reported is not None:
-            stamp = session.start_time if session.reported_start is None \
-                else session.reported_start
-            if stamp != self.reported:
+            if session.start_as_reported != self.reported:
                 return False
             if self.stuck:
                 return session.state is SessionState.ACTIVE and self.since_boot(session)
@@ -311,6 +309,20 @@ class _StartIdentity(NamedTuple):
         Where the meter cannot tell (chargers that count every transaction from 0), the
         clock decides: a live session is not closed by a flushed one."""
         return session.start_time > self.start and session.meter_start_wh >= self.meter_start
+
+
+def started_as_reported(stamp: datetime) -> Filter:
+    """Sessions whose StartTransaction carried ``stamp`` (``Session.start_as_reported``,
+    as a store filter)."""
+    return any_of(Eq("reported_start", stamp),
+                  all_of(Eq("reported_start", None), Eq("start_time", stamp)))
+
+
+def ended_as_reported(stamp: datetime) -> Filter:
+    """Sessions whose StopTransaction carried ``stamp`` (``Session.end_as_reported``, as a
+    store filter)."""
+    return any_of(Eq("reported_end", stamp),
+                  all_of(Eq("reported_end", None), Eq("end_time", stamp)))
 
 
 def awaits_stop(session: Session) -> bool:
@@ -1065,13 +1077,14 @@ class ChargingService(ChargerConnections):
     def _never_set_copies(identity: _StartIdentity) -> Filter:
         """Where the copies of a start stamped by a clock never set are looked for
         (``_StartIdentity.matches``, which has the last word): open ones recorded since
-        the last boot for a stuck stamp, else open or closed by their stop."""
+        the last boot for a stuck stamp, else open or closed by their stop. Only for a
+        start so stamped (``reported`` set)."""
         stamp = identity.reported
+        assert stamp is not None
         return all_of(
             Eq("state", SessionState.ACTIVE) if identity.stuck
             else Eq("closed_without_stop", False),
-            any_of(Eq("reported_start", stamp),
-                   all_of(Eq("reported_start", None), Eq("start_time", stamp))),
+            started_as_reported(stamp),
             Range("created_at", gte=identity.booted)
             if identity.stuck and identity.booted is not None else None)
 
@@ -1711,8 +1724,7 @@ class ChargingService(ChargerConnections):
         stamp_start = session.reported_start
         if stamp_start is None or session.closed_without_stop \
                 or session.stop_reason is None or session.meter_stop_wh != meter_stop \
-                or (session.end_time if session.reported_end is None
-                    else session.reported_end) != stamp:
+                or session.end_as_reported != stamp:
             return None
         return await self.store.find_one(Session, all_of(
             Eq("cp_id", session.cp_id), Eq("connector_id", session.connector_id),
@@ -2067,10 +2079,8 @@ class ChargingService(ChargerConnections):
         if stopped:
             if meter_stop is None or stop_stamp is None:
                 return False
-            stop: Filter | None = all_of(
-                Eq("meter_stop_wh", meter_stop), any_of(
-                    Eq("reported_end", stop_stamp),
-                    all_of(Eq("reported_end", None), Eq("end_time", stop_stamp))))
+            stop: Filter | None = all_of(Eq("meter_stop_wh", meter_stop),
+                                         ended_as_reported(stop_stamp))
         elif energy:
             return False
         else:
@@ -2079,8 +2089,7 @@ class ChargingService(ChargerConnections):
             Eq("cp_id", session.cp_id), Eq("connector_id", session.connector_id),
             Eq("id_tag", session.id_tag), Eq("meter_start_wh", session.meter_start_wh),
             Eq("state", SessionState.COMPLETED), Eq("closed_without_stop", False),
-            any_of(Eq("reported_start", stamp),
-                   all_of(Eq("reported_start", None), Eq("start_time", stamp))),
+            started_as_reported(stamp),
             Range("created_at", lt=session.created_at), stop))
         if earlier is None or earlier.stop_reason is None:  # awaiting its stop: none yet
             return False
