@@ -449,8 +449,8 @@ def name_key(text: str) -> str:
 
 def name_identity(text: str) -> str:
     """What two names are one name by, where a name must be unique (companies'): case
-    folded and normalized for compatibility (NFKC), the fold emails (``email``) and
-    searches (``query.search_folded``) build on too, so "BÄCKEREI", an
+    folded and normalized for compatibility (NFKC), the fold emails (``email``) build on
+    too (searches, ``query.search_folded``, drop the accents besides), so "BÄCKEREI", an
     "ä" typed as "a" and a combining diaeresis, a full-width "Ａ" or the ligature "ﬁ"
     make no second name. Accents are kept, unlike ``name_key``'s: "Müller" and "Muller"
     are two names that read apart (and two families), only sorted together."""

@@ -201,7 +201,8 @@ AuditOrderField, AuditOrder = _order("Audit", {"AT": "at"}, "Sortable audit fiel
                                      {"AT": "When the change happened."})
 
 
-_SEARCH = "Text found anywhere (case ignored, at most 200 characters)"
+_SEARCH = ("Text found anywhere (case and accents ignored: \"munchen\" finds "
+           "\"München\"; at most 200 characters)")
 
 
 @strawberry.input(description="Which companies to list.")
@@ -223,7 +224,8 @@ class UserFilter:
         "Of this company."))
     active: bool | None = strawberry.field(default=None, description=(
         "Active (true) or deactivated (false)."))
-    search: str | None = strawberry.field(default=None, description="In name and email.")
+    search: str | None = strawberry.field(default=None, description=f"{_SEARCH}, in "
+                                                                    "name and email.")
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -239,8 +241,9 @@ class VehicleFilter:
     owner_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Owned by this user."))
     search: str | None = strawberry.field(
-        default=None, description="In plate, make, model. A plate is also found by its "
-                                  "letters and digits alone: \"bmi 2024\" finds \"B-MI 2024\".")
+        default=None, description=f"{_SEARCH}, in plate, make, model. A plate is also "
+                                  "found by its letters and digits alone: \"bmi 2024\" "
+                                  "finds \"B-MI 2024\".")
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -342,8 +345,8 @@ class StationFilter:
         "Owned by this user. Private, as `companyId`."))
     online: bool | None = strawberry.field(default=None, description=(
         "Whether its charger is connected now."))
-    search: str | None = strawberry.field(default=None,
-                                          description="In name, cpId and address.")
+    search: str | None = strawberry.field(default=None, description=f"{_SEARCH}, in "
+                                                                    "name, cpId and address.")
     near: NearInput | None = strawberry.field(default=None, description=(
         "Within `radiusKm` of a point; order by `DISTANCE` from it with `orderBy`."))
     connector_types: list[ConnectorType] | None = strawberry.field(default=None, description=(

@@ -222,6 +222,11 @@ async def migrate(db: Any) -> None:
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
             await _once(db, f"search_folded_{kind}_{name}", _search_folding(kind, name))
+    # After the shadows are there: those folded before searches dropped accents.
+    for kind, fields in sorted(SEARCHED.items()):
+        for name in sorted(fields):
+            await _once(db, f"search_unaccented_{kind}_{name}",
+                        _search_refolding(kind, name))
 
 
 def _search_folding(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
@@ -254,6 +259,45 @@ async def _search_folded(db: Any, kind: str, name: str) -> None:
             value = doc.get(name)
             await db[kind].update_one(
                 {"_id": doc["_id"], shadow_name: {"$exists": False}, name: value},
+                {"$set": {shadow_name: folded(value), MARK: ObjectId()}})
+
+
+def _search_refolding(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
+    async def refold(db: Any) -> None:
+        await _search_refolded(db, kind, name)
+    return refold
+
+
+#: Text with a character outside ASCII, the only text ``search_folded`` folds otherwise
+#: than lower-casing it (a server-side regex: PCRE2 and Python's ``re`` read it alike).
+_NOT_ASCII = {"$regex": "[^\\x00-\\x7f]"}
+
+
+async def _search_refolded(db: Any, kind: str, name: str) -> None:
+    """Searches drop accents since QA s27 ("munchen" finds "München"): a shadow folded
+    before keeps them ("münchen"), which no needle folded now matches, so the document
+    would be found by no spelling at all. The shadows of non-ASCII text are folded again
+    (ASCII text folds as it did); each is written only while the document still holds
+    the text it was folded from, as ``_search_folded`` writes. An instance of the version
+    before writing meanwhile (a rolling upgrade) stores the old fold: that record is
+    found again once a later version writes it."""
+    shadow_name = folded_name(name)
+    last: Any = None
+    while True:
+        query: dict[str, Any] = {name: _NOT_ASCII}
+        if last is not None:
+            query["_id"] = {"$gt": last}
+        docs = await db[kind].find(query, {name: 1, shadow_name: 1}).sort(
+            [("_id", 1)]).limit(BATCH).to_list()
+        if not docs:
+            break
+        last = docs[-1]["_id"]
+        for doc in docs:
+            value = doc.get(name)
+            if doc.get(shadow_name) == folded(value):
+                continue
+            await db[kind].update_one(
+                {"_id": doc["_id"], name: value},
                 {"$set": {shadow_name: folded(value), MARK: ObjectId()}})
 
 

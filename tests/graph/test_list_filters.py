@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from starlette.routing import Route, Router
 
+from domain import entities as d
 from domain.ids import new_id
 from domain.ports import Insert
 from domain.services import Services
@@ -201,3 +202,35 @@ async def test_an_empty_list_in_a_filter_matches_nothing(api: Api, world: World)
     everything = await api.gql(STATIONS, {"f": {"connectorTypes": None}},
                                as_user=world.users["admin"].id)
     assert everything["stations"]["totalCount"] == len(world.stations)
+
+
+async def test_a_search_ignores_accents_as_name_order_does(
+        api: Api, world: World, services: Services) -> None:
+    """A driver on a keyboard without umlauts types "munchen" for München and "skoda"
+    for their Škoda; NAME order sorts them with the plain letters, and a search found
+    them only spelt with the accent (QA s27). Both ways, both stores, every searched
+    list: the accent typed finds the plain spelling too."""
+    from domain.policy import SYSTEM
+    from domain.services import ConnectorSpec
+
+    await services.stations.create_station(
+        SYSTEM, cp_id="K-1", name="Kadıköy İskele", company_id=world.companies["a"].id,
+        owner_id=world.users["op_a"].id, lat=41.0, lon=29.0,
+        address="Rıhtım Cd. 5, München", password="station-secret-1",
+        connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 50.0)])
+    driver = world.users["driver1"].id
+    await services.fleet.add_vehicle(world.viewer("driver1"), license_plate="M-SK 1",
+                                     make="Škoda", model="Enyaq Coupé")
+    for needle in ("munchen", "MUNCHEN", "München", "kadikoy", "KADIKÖY", "Kadıköy",
+                   "rihtim"):
+        found = await api.gql(STATIONS, {"f": {"search": needle}}, as_user=driver)
+        assert [n["cpId"] for n in found["stations"]["nodes"]] == ["K-1"], needle
+        assert found["stations"]["totalCount"] == 1, needle
+    # Still the text as typed, found anywhere: the words in another order are not.
+    plain = await api.gql(STATIONS, {"f": {"search": "münchen 5"}}, as_user=driver)
+    assert plain["stations"]["nodes"] == []
+    cars = "query($s: String) { vehicles(filter: {search: $s}) { nodes { make model } } }"
+    for needle in ("skoda", "ŠKODA", "coupe", "enyaq coupé"):
+        found = await api.gql(cars, {"s": needle}, as_user=driver)
+        assert found["vehicles"]["nodes"] == [{"make": "Škoda", "model": "Enyaq Coupé"}], \
+            needle

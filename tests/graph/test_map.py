@@ -129,6 +129,24 @@ async def test_a_cursor_from_another_point_is_refused(api: Api, world: World) ->
     assert error["extensions"] == {"code": "INVALID_CURSOR", "field": "after"}
 
 
+async def test_a_name_cursor_pages_on_under_another_point(api: Api, world: World,
+                                                          services: Services) -> None:
+    """Only a distance is measured from the point: a cursor of a NAME order taken near
+    one point pages on from its station's name near another, as under any other filter
+    (the README said it was refused too)."""
+    for cp_id, km in (("A-001", 3.0), ("A-002", 0.4), ("B-001", 0.4), ("B-002", 9.0)):
+        await arrange(services, world, cp_id, km=km)
+    by_name = """query($after: String, $lat: Float!) { stations(first: 1, after: $after,
+        filter: {near: {lat: $lat, lon: 13.405, radiusKm: 50}}, orderBy: [{field: NAME}]) {
+        nodes { cpId } pageInfo { endCursor } } }"""
+    driver = world.users["driver1"].id
+    first = await api.gql(by_name, {"lat": 52.52}, as_user=driver)
+    assert first["stations"]["nodes"] == [{"cpId": "A-001"}]
+    on = await api.gql(by_name, {"lat": 52.53, "after": first["stations"]["pageInfo"][
+        "endCursor"]}, as_user=driver)
+    assert on["stations"]["nodes"] == [{"cpId": "A-002"}]
+
+
 async def test_distance_km_of_a_station_anywhere(api: Api, world: World,
                                                  services: Services) -> None:
     await arrange(services, world, "A-001", km=2.0)

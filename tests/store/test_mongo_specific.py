@@ -1822,6 +1822,38 @@ async def test_searched_text_from_before_its_folded_shadow_gets_it_at_start_up(
     assert looked == []
 
 
+async def test_shadows_folded_before_searches_dropped_accents_are_folded_again(
+        mongo: MongoStore) -> None:
+    """A shadow folded when searches kept accents ("münchen") matches no needle folded
+    now ("munchen", and "München" folds to that too): the next start folds the shadows of
+    non-ASCII text again, once (QA s27), and leaves a text renamed meanwhile to its
+    writer."""
+    from tests.contract.factories import station
+
+    munich = station(name="Ladepark München", address="Straße 1")
+    plain = station(name="Plain Name")
+    await mongo.write([Insert(munich), Insert(plain)], [])
+    db = raw(mongo)
+    # As the version before folded them: case only.
+    db["station"].update_one({"_id": ObjectId(munich.id)},
+                             {"$set": {"_f_name": "ladepark münchen"}})
+    plain_before = db["station"].find_one({"_id": ObjectId(plain.id)})
+    assert await mongo.find_all(Station, Search(("name",), "munchen")) == []
+    db[migrations.MIGRATIONS].delete_many({"_id": {"$regex": "^search_unaccented_"}})
+
+    await mongo.start()
+
+    for needle in ("munchen", "MÜNCHEN", "München"):
+        assert [s.id for s in await mongo.find_all(Station, Search(("name",), needle))] == [
+            munich.id], needle
+    assert [s.id for s in await mongo.find_all(Station, Search(("address",), "strasse"))
+            ] == [munich.id]
+    # ASCII text folded as before: not written again.
+    assert db["station"].find_one({"_id": ObjectId(plain.id)}) == plain_before
+    assert db[migrations.MIGRATIONS].find_one(
+        {"_id": "search_unaccented_station_name"})["done"] is True
+
+
 async def test_the_folded_shadow_is_not_filled_from_text_renamed_meanwhile(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Several instances may run the step at once, and one of the version before may
