@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import ocpp
 import orjson
 
-from ocpp_bridge.schema import SchemaError, compile_pruner, compile_schema
+from ocpp_bridge.schema import Pruned, SchemaError, compile_pruner, compile_schema
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 
@@ -208,7 +208,7 @@ def _schema(message_type: int, action: str) -> dict[str, Any]:
 
 
 @cache
-def _pruner(message_type: int, action: str) -> Callable[[Any], list[str]]:
+def _pruner(message_type: int, action: str) -> Callable[[Any], Pruned]:
     return compile_pruner(_schema(message_type, action))
 
 
@@ -281,22 +281,33 @@ def validate(message_type: int, action: str, payload: dict[str, Any], unique_id:
     """Validate a payload against the 1.6 JSON schema of ``action``, raising the CALLERROR
     the 1.6 table prescribes for what is wrong. Not ``strict``, properties the schema does
     not know are removed from ``payload`` instead (vendors add fields of their own, and a
-    charger refused its boot for one never charges), the values ``LENIENT`` names for a
-    charger's ``action`` are mended, and the rest is checked as strictly. Clean payloads
-    pay one validation: the rest runs only after a refusal."""
+    charger refused its boot for one never charges), and so are optional ones sent as
+    ``null`` (a serializer's way of saying "no value": read as absent, reported among
+    the mended), the values ``LENIENT`` names for a charger's ``action`` are mended, and
+    the rest is checked as strictly. Clean payloads pay one validation: the rest runs
+    only after a refusal."""
     try:
         _validator(message_type, action)(payload)
         return CLEAN
     except SchemaError as error:
         if strict:
             _refuse(error, unique_id)
-    removed = _pruner(message_type, action)(payload)
-    mended = _mend(action, payload) if message_type == CALL else []
+    pruned = _pruner(message_type, action)(payload)
+    mended = [Mended(path, f"null {_rule_of(path)}", f"{path} is null")
+              for path in pruned.nulls]
+    if message_type == CALL:
+        mended += _mend(action, payload)
     try:
         _validator(message_type, action)(payload)
     except SchemaError as error:
         _refuse(error, unique_id)
-    return Checked(removed, mended)
+    return Checked(pruned.unknown, mended)
+
+
+def _rule_of(path: str) -> str:
+    """``path`` without its array indexes (``meterValue[0].sampledValue[2].unit`` is
+    ``meterValue[].sampledValue[].unit``): what is logged once per connection."""
+    return re.sub(r"\[\d+\]", "[]", path)
 
 
 def _mend(action: str, payload: dict[str, Any]) -> list[Mended]:

@@ -759,6 +759,67 @@ async def test_fields_a_vendor_adds_are_left_out_unless_strict(
             await stop_central(central)
 
 
+async def test_optional_fields_sent_as_null_read_as_absent_unless_strict(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Firmware whose serializer writes ``null`` for an optional field it has no value
+    for had its boot refused (TypeConstraintViolation: it never charged), its starts
+    (``"reservationId": null``) and its meter values refused, and a stop's
+    ``"reason": null`` read as Other. A null is no value: left out as absent (logged
+    once per field and connection), a required field's null still refused;
+    ``strict_schema`` keeps the 1.6 schemas' letter."""
+    for strict in (False, True):
+        central = await start_central(tmp_path / f"strict-{strict}.db", strict_schema=strict)
+        await seed(central)
+        ws = await raw(central)
+
+        async def call(uid: str, action: str, payload: dict, ws=ws) -> list:
+            return await exchange(ws, json.dumps([2, uid, action, payload]))
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+                booted = await call("b1", "BootNotification", {
+                    "chargePointVendor": "V", "chargePointModel": "M",
+                    "chargePointSerialNumber": None, "firmwareVersion": None})
+                started = await call("s1", "StartTransaction", {
+                    "connectorId": 1, "idTag": "TAG-OK", "meterStart": 100,
+                    "timestamp": now(), "reservationId": None})
+                if strict:
+                    assert booted[:3] == [4, "b1", "TypeConstraintViolation"], booted
+                    assert started[:3] == [4, "s1", "TypeConstraintViolation"], started
+                    continue
+                assert booted[0] == 3 and booted[2]["status"] == "Accepted", booted
+                assert started[0] == 3, started
+                assert started[2]["idTagInfo"]["status"] == "Accepted", started
+                tx = started[2]["transactionId"]
+                metered = await call("m1", "MeterValues", {
+                    "connectorId": 1, "transactionId": tx, "meterValue": [{
+                        "timestamp": now(), "sampledValue": [
+                            {"value": "400", "unit": None, "context": None}]}]})
+                assert metered[:3] == [3, "m1", {}], metered
+                status = await call("n1", "StatusNotification", {
+                    "connectorId": 1, "status": "Charging", "errorCode": "NoError",
+                    "timestamp": None, "info": None})
+                assert status[:3] == [3, "n1", {}], status
+                stopped = await call("e1", "StopTransaction", {
+                    "transactionId": tx, "meterStop": 600, "timestamp": now(),
+                    "idTag": None, "reason": None, "transactionData": None})
+                assert stopped[:3] == [3, "e1", {}], stopped
+                # A required field's null is still the charger's to correct.
+                refused = await call("a1", "Authorize", {"idTag": None})
+                assert refused[:3] == [4, "a1", "TypeConstraintViolation"], refused
+                session = await central.session(tx)
+                assert session is not None and session.state is d.SessionState.COMPLETED
+                assert session.stop_reason == "Local"  # absent: OCPP 1.6's default
+                samples = await central.store.find_all(d.MeterSample,
+                                                       Eq("transaction_id", tx))
+                assert 400.0 in [s.value for s in samples]
+        finally:
+            await ws.close()
+            await stop_central(central)
+        assert caplog.text.count("reservationId is null") == 1
+        assert "meterValue[0].sampledValue[0].unit is null" in caplog.text
+
+
 async def test_a_stop_with_a_secondary_field_out_of_schema_is_kept(
         central: Central, caplog: pytest.LogCaptureFixture) -> None:
     """A StopTransaction with a 21-character idTag, a reason outside the enumeration or a
