@@ -1134,6 +1134,35 @@ async def test_callerror_keeps_unique_id(central: Central) -> None:
         await ws.close()
 
 
+async def test_a_unique_id_longer_than_36_characters_is_answered_under_itself(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger writing its uniqueIds as braced GUIDs (38 characters) had every CALL
+    refused, its boot too (it never charged), and refused under the id cut to 36
+    characters: it could not match the CALLERROR to its call and waited out its
+    timeout. Now it is answered under its own id; strict, refused under it."""
+    long_id = "{0f8fad5b-d9cb-469f-a165-70867728950e}"
+    for strict in (False, True):
+        central = await start_central(tmp_path / f"strict-{strict}.db", strict_schema=strict)
+        await seed(central)
+        ws = await raw(central)
+        try:
+            with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+                booted = await exchange(ws, json.dumps([2, long_id, "BootNotification", {
+                    "chargePointVendor": "V", "chargePointModel": "M"}]))
+                beat = await exchange(ws, json.dumps([2, long_id + "x", "Heartbeat", {}]))
+            if strict:
+                assert booted[:3] == [4, long_id, "FormationViolation"], booted
+                assert beat[:3] == [4, long_id + "x", "FormationViolation"], beat
+            else:
+                assert booted[:2] == [3, long_id], booted
+                assert booted[2]["status"] == "Accepted", booted
+                assert beat[:2] == [3, long_id + "x"], beat
+                assert caplog.text.count("longer than OCPP-J's 36 characters") == 1
+        finally:
+            await ws.close()
+            await stop_central(central)
+
+
 async def test_second_connection_replaces_first(central: Central) -> None:
     first = await raw(central)
     second = await raw(central)
