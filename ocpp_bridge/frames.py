@@ -227,10 +227,13 @@ class Mend:
     property of the payload, through arrays (``transactionData[].sampledValue[]``: every
     sampled value of every reading); ending in ``[]`` it is the items of an array, each
     left out on its own (an item whose array would then hold fewer than its schema's
-    ``minItems`` is kept, and so is the error: nothing usable would be left)."""
+    ``minItems`` is kept, and so is the error: nothing usable would be left).
+    ``as_text``: a JSON number where the schema wants a string is replaced by its text
+    (a value of another kind is left for the next rule)."""
 
     path: str
     replacement: str | None = None
+    as_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,7 @@ class Mended:
 #: before its reading is judged.
 LENIENT: dict[str, tuple[Mend, ...]] = {
     "StopTransaction": (
+        Mend("transactionData[].sampledValue[].value", as_text=True),
         Mend("transactionData[].sampledValue[]"),
         Mend("transactionData[]"),  # a reading without a readable timestamp
         Mend("transactionData"),  # not even a list of readings
@@ -265,6 +269,10 @@ LENIENT: dict[str, tuple[Mend, ...]] = {
         Mend("reason", "Other"),  # a reason the 1.6 enumeration does not have
     ),
     "MeterValues": (
+        # A reading sent as a JSON number (1200.5, not "1200.5"): the same reading. Left
+        # out as any refused sampled value, a charger writing them all so lost every
+        # MeterValues frame (refused: nothing left) and its stop's readings.
+        Mend("meterValue[].sampledValue[].value", as_text=True),
         Mend("meterValue[].sampledValue[]"),
         Mend("meterValue[]"),  # a reading without a timestamp, or no value left
     ),
@@ -345,12 +353,18 @@ def _mend_one(action: str, rule: Mend, step: str, where: str, parent: dict[str, 
         reason = _refusal(check, parent[name])
         if reason is None:
             return []
-        if rule.replacement is None:
+        replacement = rule.replacement
+        if rule.as_text:
+            value = parent[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return []
+            replacement = str(value)
+        if replacement is None:
             del parent[name]
         else:
-            parent[name] = rule.replacement
+            parent[name] = replacement
         return [Mended(f"{where}{name}", rule.path, f"{where}{name}{reason}",
-                       rule.replacement)]
+                       replacement)]
     items = parent[name]
     if not isinstance(items, list):
         return []

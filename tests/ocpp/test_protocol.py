@@ -926,6 +926,48 @@ async def test_meter_values_and_status_reports_lose_only_the_bad_field(
     assert faulted[0].info is None and faulted[0].vendor_error_code is None
 
 
+async def test_sampled_values_sent_as_numbers_are_read_as_their_text(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger writing its readings as JSON numbers ("value": 1200.5) had every
+    MeterValues frame refused (each sampled value left out, nothing left: the session's
+    live energy never moved) and its stop's readings dropped. A number is the same
+    reading as its text: read so, logged once per connection; a value of another kind
+    is still left out."""
+    ws = await raw(central)
+
+    async def call(uid: str, action: str, payload: dict) -> list:
+        return await exchange(ws, json.dumps([2, uid, action, payload]))
+
+    energy = "Energy.Active.Import.Register"
+    try:
+        with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+            started = await call("s1", "StartTransaction", {
+                "connectorId": 1, "idTag": "TAG-OK", "meterStart": 1000,
+                "timestamp": now()})
+            tx = started[2]["transactionId"]
+            metered = await call("m1", "MeterValues", {
+                "connectorId": 1, "transactionId": tx, "meterValue": [{
+                    "timestamp": now(), "sampledValue": [
+                        {"value": 1500, "measurand": energy, "unit": "Wh"},
+                        {"value": 7.4, "measurand": "Power.Active.Import", "unit": "kW"},
+                        {"value": {"odd": 1}, "measurand": "Temperature"}]}]})
+            assert metered[:3] == [3, "m1", {}], metered
+            live = await central.session(tx)
+            assert live is not None and live.energy_wh == 500
+            stopped = await call("e1", "StopTransaction", {
+                "transactionId": tx, "meterStop": 1800, "timestamp": now(),
+                "transactionData": [{"timestamp": now(), "sampledValue": [
+                    {"value": 31, "measurand": "Temperature", "unit": "Celsius"}]}]})
+            assert stopped[:3] == [3, "e1", {}], stopped
+    finally:
+        await ws.close()
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+    values = sorted((s.measurand, s.value) for s in kept)
+    assert ("Power.Active.Import", 7.4) in values and ("Temperature", 31.0) in values
+    assert (energy, 1500.0) in values
+    assert caplog.text.count("sampledValue[0].value must be string") == 2  # once each
+
+
 async def test_strict_schema_mends_nothing(tmp_path: Path) -> None:
     """``CHARGEGRAPH_OCPP_STRICT_SCHEMA``: the 1.6 schemas' letter, for testing a
     charger: a stop with a reason outside the enumeration is refused."""
