@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import ocpp
 import orjson
 
-from ocpp_bridge.schema import SchemaError, compile_pruner, compile_schema
+from ocpp_bridge.schema import Pruned, SchemaError, compile_pruner, compile_schema
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 
@@ -95,8 +95,16 @@ _CALL_HEAD = re.compile(r'\s*\[\s*2\s*,\s*"(?P<uid>[^"\\]{1,36})"')
 _HEAD_CHARS = 128
 
 
-def parse(raw: str | bytes) -> Frame:
-    """Parse one websocket message into a frame, or raise ``FrameError``."""
+#: OCPP-J 1.6's bound on a message's unique id ("to allow for GUIDs").
+UNIQUE_ID_MAX = 36
+
+
+def parse(raw: str | bytes, *, strict: bool = True) -> Frame:
+    """Parse one websocket message into a frame, or raise ``FrameError``. Not ``strict``,
+    a CALL's unique id longer than ``UNIQUE_ID_MAX`` is taken (and answered under):
+    refused, its charger never booted, and refused under the id cut to 36 characters
+    (as before), the charger could not even tell which of its calls was refused and
+    waited out its timeout. Strict, it is refused, under the charger's id as sent."""
     try:
         # orjson: a third of json.loads' time per frame, and stricter (no NaN/Infinity,
         # no lone surrogates), which OCPP-J's plain JSON never needs.
@@ -128,9 +136,9 @@ def parse(raw: str | bytes) -> Frame:
                 message[2], str):
             raise FrameError(FORMATION_VIOLATION,
                              "a CALL is [2, uniqueId, action, payload]", unique_id)
-        if len(message[1]) > 36:
-            raise FrameError(FORMATION_VIOLATION, "uniqueId is at most 36 characters",
-                             unique_id[:36])
+        if strict and len(message[1]) > UNIQUE_ID_MAX:
+            raise FrameError(FORMATION_VIOLATION,
+                             f"uniqueId is at most {UNIQUE_ID_MAX} characters", unique_id)
         if not isinstance(message[3], dict):
             raise FrameError(FORMATION_VIOLATION, "the payload must be a JSON object",
                              unique_id)
@@ -208,7 +216,7 @@ def _schema(message_type: int, action: str) -> dict[str, Any]:
 
 
 @cache
-def _pruner(message_type: int, action: str) -> Callable[[Any], list[str]]:
+def _pruner(message_type: int, action: str) -> Callable[[Any], Pruned]:
     return compile_pruner(_schema(message_type, action))
 
 
@@ -219,10 +227,13 @@ class Mend:
     property of the payload, through arrays (``transactionData[].sampledValue[]``: every
     sampled value of every reading); ending in ``[]`` it is the items of an array, each
     left out on its own (an item whose array would then hold fewer than its schema's
-    ``minItems`` is kept, and so is the error: nothing usable would be left)."""
+    ``minItems`` is kept, and so is the error: nothing usable would be left).
+    ``as_text``: a JSON number where the schema wants a string is replaced by its text
+    (a value of another kind is left for the next rule)."""
 
     path: str
     replacement: str | None = None
+    as_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,7 @@ class Mended:
 #: before its reading is judged.
 LENIENT: dict[str, tuple[Mend, ...]] = {
     "StopTransaction": (
+        Mend("transactionData[].sampledValue[].value", as_text=True),
         Mend("transactionData[].sampledValue[]"),
         Mend("transactionData[]"),  # a reading without a readable timestamp
         Mend("transactionData"),  # not even a list of readings
@@ -257,6 +269,10 @@ LENIENT: dict[str, tuple[Mend, ...]] = {
         Mend("reason", "Other"),  # a reason the 1.6 enumeration does not have
     ),
     "MeterValues": (
+        # A reading sent as a JSON number (1200.5, not "1200.5"): the same reading. Left
+        # out as any refused sampled value, a charger writing them all so lost every
+        # MeterValues frame (refused: nothing left) and its stop's readings.
+        Mend("meterValue[].sampledValue[].value", as_text=True),
         Mend("meterValue[].sampledValue[]"),
         Mend("meterValue[]"),  # a reading without a timestamp, or no value left
     ),
@@ -281,22 +297,33 @@ def validate(message_type: int, action: str, payload: dict[str, Any], unique_id:
     """Validate a payload against the 1.6 JSON schema of ``action``, raising the CALLERROR
     the 1.6 table prescribes for what is wrong. Not ``strict``, properties the schema does
     not know are removed from ``payload`` instead (vendors add fields of their own, and a
-    charger refused its boot for one never charges), the values ``LENIENT`` names for a
-    charger's ``action`` are mended, and the rest is checked as strictly. Clean payloads
-    pay one validation: the rest runs only after a refusal."""
+    charger refused its boot for one never charges), and so are optional ones sent as
+    ``null`` (a serializer's way of saying "no value": read as absent, reported among
+    the mended), the values ``LENIENT`` names for a charger's ``action`` are mended, and
+    the rest is checked as strictly. Clean payloads pay one validation: the rest runs
+    only after a refusal."""
     try:
         _validator(message_type, action)(payload)
         return CLEAN
     except SchemaError as error:
         if strict:
             _refuse(error, unique_id)
-    removed = _pruner(message_type, action)(payload)
-    mended = _mend(action, payload) if message_type == CALL else []
+    pruned = _pruner(message_type, action)(payload)
+    mended = [Mended(path, f"null {_rule_of(path)}", f"{path} is null")
+              for path in pruned.nulls]
+    if message_type == CALL:
+        mended += _mend(action, payload)
     try:
         _validator(message_type, action)(payload)
     except SchemaError as error:
         _refuse(error, unique_id)
-    return Checked(removed, mended)
+    return Checked(pruned.unknown, mended)
+
+
+def _rule_of(path: str) -> str:
+    """``path`` without its array indexes (``meterValue[0].sampledValue[2].unit`` is
+    ``meterValue[].sampledValue[].unit``): what is logged once per connection."""
+    return re.sub(r"\[\d+\]", "[]", path)
 
 
 def _mend(action: str, payload: dict[str, Any]) -> list[Mended]:
@@ -326,12 +353,18 @@ def _mend_one(action: str, rule: Mend, step: str, where: str, parent: dict[str, 
         reason = _refusal(check, parent[name])
         if reason is None:
             return []
-        if rule.replacement is None:
+        replacement = rule.replacement
+        if rule.as_text:
+            value = parent[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return []
+            replacement = str(value)
+        if replacement is None:
             del parent[name]
         else:
-            parent[name] = rule.replacement
+            parent[name] = replacement
         return [Mended(f"{where}{name}", rule.path, f"{where}{name}{reason}",
-                       rule.replacement)]
+                       replacement)]
     items = parent[name]
     if not isinstance(items, list):
         return []

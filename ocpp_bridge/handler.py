@@ -711,7 +711,7 @@ class ChargePointHandler(ChargePoint):
         to the command waiting for it, malformed or not, and is never answered (OCPP-J
         answers CALLs only). The connection stays up whatever arrives."""
         try:
-            frame = frames.parse(raw_msg)
+            frame = frames.parse(raw_msg, strict=self.strict_schema)
         except FrameError as exc:
             # At INFO, logged by default: its start masked as the wire log's is, and
             # only when the line is written (review s25: a 4 MiB frame was masked whole
@@ -727,6 +727,11 @@ class ChargePointHandler(ChargePoint):
                                                    exc.description))
             return
         if frame.message_type == frames.CALL:
+            if len(frame.unique_id) > frames.UNIQUE_ID_MAX \
+                    and self._first_time("", "long uniqueId"):
+                log.warning("%s: sends uniqueIds longer than OCPP-J's %d characters (%d): "
+                            "answered under them; not logged again on this connection",
+                            self.id, frames.UNIQUE_ID_MAX, len(frame.unique_id))
             await self._answer(frame)
         elif frame.message_type == frames.CALLRESULT:
             self._deliver(CallResult(frame.unique_id, frame.payload))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 Check = Callable[[Any], None]
 
@@ -354,12 +354,24 @@ class _Retry(Exception):
     """The fast pass found something wrong; the ordered pass says what."""
 
 
-def compile_pruner(schema: dict[str, Any]) -> Callable[[Any], list[str]]:
+class Pruned(NamedTuple):
+    """What ``compile_pruner``'s function left out of a value: the paths of properties
+    the schema does not know, and of optional ones that were ``null``."""
+
+    unknown: list[str]
+    nulls: list[str]
+
+
+def compile_pruner(schema: dict[str, Any]) -> Callable[[Any], Pruned]:
     """A function removing, in place, the properties ``schema`` does not know from the
-    closed objects (``additionalProperties: false``) of a value, and returning their
-    paths (``idTagInfo.vendorFlag``). Applied only to values the schema refused for such
-    properties: firmware adding a field of its own to a BootNotification would otherwise
-    never boot."""
+    closed objects (``additionalProperties: false``) of a value, and the optional ones
+    (not ``required``) whose value is ``null``, and returning their paths
+    (``idTagInfo.vendorFlag``). Applied only to values the schema refused: firmware
+    adding a field of its own to a BootNotification would otherwise never boot, and
+    firmware writing ``null`` for an optional field it has no value for (a serializer's
+    default: ``"reservationId": null``, ``"chargePointSerialNumber": null``) never booted
+    or started a session either. A ``null`` is no value: left out, the field reads as
+    absent (a stop's ``"reason": null`` is Local, as a stop without one)."""
     root = schema
 
     def resolve(node: dict[str, Any]) -> dict[str, Any]:
@@ -370,24 +382,36 @@ def compile_pruner(schema: dict[str, Any]) -> Callable[[Any], list[str]]:
             node = target
         return node
 
-    def prune(node: dict[str, Any], value: Any, path: str, removed: list[str]) -> None:
+    def prune(node: dict[str, Any], value: Any, path: str, pruned: Pruned) -> None:
         node = resolve(node)
         if isinstance(value, dict):
             properties = node.get("properties", {})
             if node.get("additionalProperties", True) is False:
                 for name in [name for name in value if name not in properties]:
                     del value[name]
-                    removed.append(f"{path}.{name}".lstrip("."))
+                    pruned.unknown.append(f"{path}.{name}".lstrip("."))
+            required = node.get("required", ())
+            for name in [name for name in properties
+                         if name in value and value[name] is None and name not in required
+                         and not _allows_null(resolve(properties[name]))]:
+                del value[name]
+                pruned.nulls.append(f"{path}.{name}".lstrip("."))
             for name, sub in properties.items():
                 if name in value:
-                    prune(sub, value[name], f"{path}.{name}", removed)
+                    prune(sub, value[name], f"{path}.{name}", pruned)
         elif isinstance(value, list) and isinstance(node.get("items"), dict):
             for index, element in enumerate(value):
-                prune(node["items"], element, f"{path}[{index}]", removed)
+                prune(node["items"], element, f"{path}[{index}]", pruned)
 
-    def pruned(value: Any) -> list[str]:
-        removed: list[str] = []
-        prune(schema, value, "", removed)
-        return removed
+    def pruned(value: Any) -> Pruned:
+        found = Pruned([], [])
+        prune(schema, value, "", found)
+        return found
 
     return pruned
+
+
+def _allows_null(node: dict[str, Any]) -> bool:
+    """Whether a property's schema takes ``null`` (the 1.6 schemas' never do)."""
+    kind = node.get("type")
+    return kind == "null" or (isinstance(kind, list) and "null" in kind)

@@ -759,6 +759,67 @@ async def test_fields_a_vendor_adds_are_left_out_unless_strict(
             await stop_central(central)
 
 
+async def test_optional_fields_sent_as_null_read_as_absent_unless_strict(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Firmware whose serializer writes ``null`` for an optional field it has no value
+    for had its boot refused (TypeConstraintViolation: it never charged), its starts
+    (``"reservationId": null``) and its meter values refused, and a stop's
+    ``"reason": null`` read as Other. A null is no value: left out as absent (logged
+    once per field and connection), a required field's null still refused;
+    ``strict_schema`` keeps the 1.6 schemas' letter."""
+    for strict in (False, True):
+        central = await start_central(tmp_path / f"strict-{strict}.db", strict_schema=strict)
+        await seed(central)
+        ws = await raw(central)
+
+        async def call(uid: str, action: str, payload: dict, ws=ws) -> list:
+            return await exchange(ws, json.dumps([2, uid, action, payload]))
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+                booted = await call("b1", "BootNotification", {
+                    "chargePointVendor": "V", "chargePointModel": "M",
+                    "chargePointSerialNumber": None, "firmwareVersion": None})
+                started = await call("s1", "StartTransaction", {
+                    "connectorId": 1, "idTag": "TAG-OK", "meterStart": 100,
+                    "timestamp": now(), "reservationId": None})
+                if strict:
+                    assert booted[:3] == [4, "b1", "TypeConstraintViolation"], booted
+                    assert started[:3] == [4, "s1", "TypeConstraintViolation"], started
+                    continue
+                assert booted[0] == 3 and booted[2]["status"] == "Accepted", booted
+                assert started[0] == 3, started
+                assert started[2]["idTagInfo"]["status"] == "Accepted", started
+                tx = started[2]["transactionId"]
+                metered = await call("m1", "MeterValues", {
+                    "connectorId": 1, "transactionId": tx, "meterValue": [{
+                        "timestamp": now(), "sampledValue": [
+                            {"value": "400", "unit": None, "context": None}]}]})
+                assert metered[:3] == [3, "m1", {}], metered
+                status = await call("n1", "StatusNotification", {
+                    "connectorId": 1, "status": "Charging", "errorCode": "NoError",
+                    "timestamp": None, "info": None})
+                assert status[:3] == [3, "n1", {}], status
+                stopped = await call("e1", "StopTransaction", {
+                    "transactionId": tx, "meterStop": 600, "timestamp": now(),
+                    "idTag": None, "reason": None, "transactionData": None})
+                assert stopped[:3] == [3, "e1", {}], stopped
+                # A required field's null is still the charger's to correct.
+                refused = await call("a1", "Authorize", {"idTag": None})
+                assert refused[:3] == [4, "a1", "TypeConstraintViolation"], refused
+                session = await central.session(tx)
+                assert session is not None and session.state is d.SessionState.COMPLETED
+                assert session.stop_reason == "Local"  # absent: OCPP 1.6's default
+                samples = await central.store.find_all(d.MeterSample,
+                                                       Eq("transaction_id", tx))
+                assert 400.0 in [s.value for s in samples]
+        finally:
+            await ws.close()
+            await stop_central(central)
+        assert caplog.text.count("reservationId is null") == 1
+        assert "meterValue[0].sampledValue[0].unit is null" in caplog.text
+
+
 async def test_a_stop_with_a_secondary_field_out_of_schema_is_kept(
         central: Central, caplog: pytest.LogCaptureFixture) -> None:
     """A StopTransaction with a 21-character idTag, a reason outside the enumeration or a
@@ -863,6 +924,48 @@ async def test_meter_values_and_status_reports_lose_only_the_bad_field(
                if c.connector_id == 2]
     assert faulted[0].status is d.ConnectorStatus.FAULTED
     assert faulted[0].info is None and faulted[0].vendor_error_code is None
+
+
+async def test_sampled_values_sent_as_numbers_are_read_as_their_text(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger writing its readings as JSON numbers ("value": 1200.5) had every
+    MeterValues frame refused (each sampled value left out, nothing left: the session's
+    live energy never moved) and its stop's readings dropped. A number is the same
+    reading as its text: read so, logged once per connection; a value of another kind
+    is still left out."""
+    ws = await raw(central)
+
+    async def call(uid: str, action: str, payload: dict) -> list:
+        return await exchange(ws, json.dumps([2, uid, action, payload]))
+
+    energy = "Energy.Active.Import.Register"
+    try:
+        with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+            started = await call("s1", "StartTransaction", {
+                "connectorId": 1, "idTag": "TAG-OK", "meterStart": 1000,
+                "timestamp": now()})
+            tx = started[2]["transactionId"]
+            metered = await call("m1", "MeterValues", {
+                "connectorId": 1, "transactionId": tx, "meterValue": [{
+                    "timestamp": now(), "sampledValue": [
+                        {"value": 1500, "measurand": energy, "unit": "Wh"},
+                        {"value": 7.4, "measurand": "Power.Active.Import", "unit": "kW"},
+                        {"value": {"odd": 1}, "measurand": "Temperature"}]}]})
+            assert metered[:3] == [3, "m1", {}], metered
+            live = await central.session(tx)
+            assert live is not None and live.energy_wh == 500
+            stopped = await call("e1", "StopTransaction", {
+                "transactionId": tx, "meterStop": 1800, "timestamp": now(),
+                "transactionData": [{"timestamp": now(), "sampledValue": [
+                    {"value": 31, "measurand": "Temperature", "unit": "Celsius"}]}]})
+            assert stopped[:3] == [3, "e1", {}], stopped
+    finally:
+        await ws.close()
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+    values = sorted((s.measurand, s.value) for s in kept)
+    assert ("Power.Active.Import", 7.4) in values and ("Temperature", 31.0) in values
+    assert (energy, 1500.0) in values
+    assert caplog.text.count("sampledValue[0].value must be string") == 2  # once each
 
 
 async def test_strict_schema_mends_nothing(tmp_path: Path) -> None:
@@ -1071,6 +1174,35 @@ async def test_callerror_keeps_unique_id(central: Central) -> None:
         assert reply[:3] == [4, "abc-123", "NotImplemented"]
     finally:
         await ws.close()
+
+
+async def test_a_unique_id_longer_than_36_characters_is_answered_under_itself(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger writing its uniqueIds as braced GUIDs (38 characters) had every CALL
+    refused, its boot too (it never charged), and refused under the id cut to 36
+    characters: it could not match the CALLERROR to its call and waited out its
+    timeout. Now it is answered under its own id; strict, refused under it."""
+    long_id = "{0f8fad5b-d9cb-469f-a165-70867728950e}"
+    for strict in (False, True):
+        central = await start_central(tmp_path / f"strict-{strict}.db", strict_schema=strict)
+        await seed(central)
+        ws = await raw(central)
+        try:
+            with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+                booted = await exchange(ws, json.dumps([2, long_id, "BootNotification", {
+                    "chargePointVendor": "V", "chargePointModel": "M"}]))
+                beat = await exchange(ws, json.dumps([2, long_id + "x", "Heartbeat", {}]))
+            if strict:
+                assert booted[:3] == [4, long_id, "FormationViolation"], booted
+                assert beat[:3] == [4, long_id + "x", "FormationViolation"], beat
+            else:
+                assert booted[:2] == [3, long_id], booted
+                assert booted[2]["status"] == "Accepted", booted
+                assert beat[:2] == [3, long_id + "x"], beat
+                assert caplog.text.count("longer than OCPP-J's 36 characters") == 1
+        finally:
+            await ws.close()
+            await stop_central(central)
 
 
 async def test_second_connection_replaces_first(central: Central) -> None:
