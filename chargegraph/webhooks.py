@@ -22,7 +22,8 @@ delivery's outcome does to the webhook).
   deletes every delivery whose outcome is known (one whose final outcome is being
   written is waited for briefly), the stop bounded by ``HANDOVER_S`` in all; a crash
   leaves them as they were last written, this instance's, until its lease expires.
-  Any instance (at its start, and every ``refresh_s``) claims such deliveries, with
+  Any instance (at its start, and every ``refresh_s``, while its own lease is known
+  live: what it claims is written as its own) claims such deliveries, with
   all of its webhook's that no live instance delivers (under the webhook's
   ``DeliveryClaim``, which one instance wins; each row's owner written by a guarded
   update), and resumes them where they were: the same body and delivery id, the tries
@@ -327,7 +328,7 @@ class WebhookDispatcher:
         self._persist_failing = False
         self._lease_keeper: asyncio.Task[None] | None = None
         #: Until when (the loop's clock) this instance's lease is known live, by its last
-        #: renewal: nothing is stored as its own past it.
+        #: renewal: nothing is stored nor claimed as its own past it.
         self._lease_until = 0.0
         #: How long a charger stays offline before its ``station.offline`` is delivered
         #: (0: at once, and ``station.online`` always).
@@ -821,7 +822,11 @@ class WebhookDispatcher:
         logged: they stay stored for the next look."""
         resumed = 0
         try:
-            while not self._closed and (
+            # Review r27-durable2: claimed without a live lease, they were written as
+            # this instance's and so orphaned at once: another instance claimed and
+            # posted them too. Nothing is claimed until the lease is live (as nothing is
+            # stored, ``_persist``); checked before each claim, the next look tries again.
+            while not self._closed and await self._lease_live() and (
                     claimed := await self.services.webhooks.claim_handed_over(
                         instance_id=self.instance_id)) is not None:
                 if self._handed_over:

@@ -324,3 +324,39 @@ async def test_nothing_is_stored_as_an_instances_own_before_its_lease_is_live(
         assert len(receiver.requests) == 1, "posted by both instances"
         assert [p.instance_id for p in await handed_over(world)] == [
             world.dispatchers[0].instance_id]
+
+
+async def test_nothing_is_claimed_as_an_instances_own_before_its_lease_is_live(
+        tmp_path: Path) -> None:
+    """Review r27-durable2: the claim of handed-over deliveries wrote them as this
+    instance's while its lease was not live (its first renewal failed): another instance
+    found them orphaned, claimed them too, and posted them while this one posted them."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        # An instance that stops while posting hands its delivery over.
+        stopping = await world.dispatcher(first, timeout=30.0)
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await stopping.close()
+        world.dispatchers.remove(stopping)
+        [record] = await handed_over(world)
+        assert record.instance_id is None
+
+        real_renew = second.instances.renew
+        failed: list[bool] = []
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if not failed:  # one transient failure, at the start
+                failed.append(True)
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            return await real_renew(*args, **kwargs)
+        second.instances.renew = renew  # type: ignore[method-assign]
+        claimer = await world.dispatcher(second, timeout=30.0)
+        await requests_at_least(receiver, 2)  # resumed, posted by the claimer
+        [record] = await handed_over(world)
+        assert record.instance_id == claimer.instance_id
+        # Another instance running meanwhile looks for orphaned deliveries.
+        await world.dispatcher(first, refresh_s=0.05, timeout=30.0)
+        await asyncio.sleep(0.5)
+        assert len(receiver.requests) == 2, "the resumed delivery was posted by both"
