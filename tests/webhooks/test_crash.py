@@ -360,3 +360,32 @@ async def test_nothing_is_claimed_as_an_instances_own_before_its_lease_is_live(
         await world.dispatcher(first, refresh_s=0.05, timeout=30.0)
         await asyncio.sleep(0.5)
         assert len(receiver.requests) == 2, "the resumed delivery was posted by both"
+
+
+async def test_nothing_is_stored_as_an_instances_own_near_the_end_of_its_lease(
+        tmp_path: Path) -> None:
+    """Review r27-durable2: the lease counted live up to its very end, so a delivery
+    stored in its last instant was orphaned as it landed. It counts live for two thirds
+    of the lease from its last renewal: past that, with renewals failing, a new delivery
+    goes out from memory and is not stored as this instance's."""
+    lease_s = 2.4
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        loop = asyncio.get_running_loop()
+        renewed: list[float] = []
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if renewed:  # the first works, every later one fails
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            renewed.append(loop.time())
+            return await real_renew(*args, **kwargs)
+        first.instances.renew = renew  # type: ignore[method-assign]
+        await world.dispatcher(first, timeout=30.0, lease_s=lease_s)
+        # Between two thirds of the lease and its end.
+        await asyncio.sleep(renewed[0] + lease_s * 5 / 6 - loop.time())
+        await available(world)
+        await requests_at_least(receiver, 1)  # delivered from memory
+        await asyncio.sleep(0.1)  # a batch would have been written meanwhile
+        assert await handed_over(world) == [], "stored as its own as the lease lapsed"
