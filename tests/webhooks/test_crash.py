@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
@@ -389,3 +392,40 @@ async def test_nothing_is_stored_as_an_instances_own_near_the_end_of_its_lease(
         await requests_at_least(receiver, 1)  # delivered from memory
         await asyncio.sleep(0.1)  # a batch would have been written meanwhile
         assert await handed_over(world) == [], "stored as its own as the lease lapsed"
+
+
+async def test_a_lease_renewal_failing_for_long_is_logged_once_and_its_recovery_too(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review r27-durable2: with the store out past the lease, the lease keeper and every
+    retried batch logged each failed renewal with its traceback (about one a second).
+    The first failure has its traceback, later ones a line at most once a minute, the
+    recovery one line."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        out = False
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if out:
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            return await real_renew(*args, **kwargs)
+        first.instances.renew = renew  # type: ignore[method-assign]
+        caplog.set_level(logging.INFO, logger="chargegraph.webhooks")
+        # Renewed every 0.1 s, and its batches retried, while the store is out.
+        await world.dispatcher(first, timeout=30.0, lease_s=0.3)
+        out = True
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await asyncio.sleep(1.0)
+        renewals = [r for r in caplog.records if "lease" in r.getMessage()
+                    and "renewing" in r.getMessage()]
+        assert len(renewals) == 1 and renewals[0].exc_info, [
+            r.getMessage() for r in renewals]
+        out = False
+
+        async def recovered() -> bool:
+            return any("works again" in r.getMessage() and "lease" in r.getMessage()
+                       for r in caplog.records)
+        await until(recovered)
+        assert len([r for r in caplog.records if r.exc_info]) == 1
