@@ -17,9 +17,10 @@ import pytest
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.errors import StoreUnavailable
+from domain.events import AccessChanged
 from domain.policy import SYSTEM
 from domain.query import ALL
-from domain.services import Services
+from domain.services import Services, erasure
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from tests.helpers import until
@@ -180,6 +181,44 @@ async def test_an_erased_persons_removed_webhooks_stored_deliveries_go_with_it(
             return len(await handed_over(world)) == 3
         await until(stored)
         await first.erasure.erase_user(world.viewer("admin"), world.users["admin2"].id)
+        assert await handed_over(world) == []
+
+
+async def test_an_erasure_revokes_sockets_before_its_stored_deliveries_are_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r27-durable2: deleting the erased person's removed webhooks' stored
+    deliveries ran before their open sockets were revoked (``AccessChanged``), so a
+    slow store held the revocation back."""
+    async with two_instances(tmp_path) as (world, first, _):
+        world.users["admin2"] = await first.accounts.create_user(
+            SYSTEM, email="admin2@example.com", password="password-123", name="admin2",
+            role=d.Role.ADMIN)
+        receiver = await world.receiver(DRIP)
+        await world.webhook("admin2", receiver, "connector.status_changed")
+        await world.dispatcher(first, timeout=30.0)
+        await available(world)
+        await requests_at_least(receiver, 1)
+
+        async def stored() -> bool:
+            return len(await handed_over(world)) == 1
+        await until(stored)
+        store_answers = asyncio.Event()
+        real_forget = erasure.forget_deliveries
+
+        async def slow_forget(*args: Any) -> None:
+            await store_answers.wait()
+            await real_forget(*args)
+        monkeypatch.setattr(erasure, "forget_deliveries", slow_forget)
+        access = world.bus.subscribe([AccessChanged.topic])
+        erasing = asyncio.create_task(first.erasure.erase_user(
+            world.viewer("admin"), world.users["admin2"].id))
+        try:
+            revoked = await asyncio.wait_for(anext(access), 2.0)
+            assert isinstance(revoked, AccessChanged)
+            assert revoked.user_id == world.users["admin2"].id
+        finally:
+            store_answers.set()
+            await erasing
         assert await handed_over(world) == []
 
 async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
