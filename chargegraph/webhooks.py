@@ -22,7 +22,8 @@ delivery's outcome does to the webhook).
   deletes every delivery whose outcome is known (one whose final outcome is being
   written is waited for briefly), the stop bounded by ``HANDOVER_S`` in all; a crash
   leaves them as they were last written, this instance's, until its lease expires.
-  Any instance (at its start, and every ``refresh_s``) claims such deliveries, with
+  Any instance (at its start, and every ``refresh_s``, while its own lease is known
+  live: what it claims is written as its own) claims such deliveries, with
   all of its webhook's that no live instance delivers (under the webhook's
   ``DeliveryClaim``, which one instance wins; each row's owner written by a guarded
   update), and resumes them where they were: the same body and delivery id, the tries
@@ -137,6 +138,16 @@ PERSIST_RETRY_S = 2.0
 #: (``CHARGEGRAPH_INSTANCE_LEASE_SECONDS``): another instance takes them over once it
 #: has expired.
 LEASE_S = 30.0
+#: The share of the lease, from the start of its last renewal, during which this instance
+#: counts it live (stores and claims deliveries as its own): what it writes then has a
+#: third of the lease left before another instance may take it over (review
+#: r27-durable2: counted live to the lease's very end, a row written in its last instant
+#: was orphaned as it landed). The renewals, every third of it, keep it so.
+LEASE_TRUSTED = 2 / 3
+#: While renewing the lease keeps failing (the database out of reach), how often at most
+#: it is said again: the first failure is logged with its traceback, the rest as one line
+#: with their count at most this often, the recovery as one line.
+RENEW_LOG_S = 60.0
 #: The types whose events wait for an outage to be settled instead of being queued.
 _DEBOUNCED = (WebhookEvent.STATION_OFFLINE.value, WebhookEvent.STATION_ONLINE.value)
 
@@ -327,8 +338,14 @@ class WebhookDispatcher:
         self._persist_failing = False
         self._lease_keeper: asyncio.Task[None] | None = None
         #: Until when (the loop's clock) this instance's lease is known live, by its last
-        #: renewal: nothing is stored as its own past it.
+        #: renewal (``LEASE_TRUSTED`` of it): nothing is stored nor claimed as its own
+        #: past it.
         self._lease_until = 0.0
+        #: Renewals failed since the last that worked (0: it works), those not yet
+        #: logged, and when (the loop's clock) they may be said again.
+        self._renew_failures = 0
+        self._renew_unlogged = 0
+        self._next_renew_log = 0.0
         #: How long a charger stays offline before its ``station.offline`` is delivered
         #: (0: at once, and ``station.online`` always).
         self.offline_grace = timedelta(seconds=offline_grace)
@@ -749,22 +766,45 @@ class WebhookDispatcher:
         return True
 
     async def _renew_lease(self) -> bool:
-        """Whether the lease was renewed."""
+        """Whether the lease was renewed. A failure is logged with its traceback the
+        first time, then as one line at most every ``RENEW_LOG_S`` while they go on (the
+        keeper and every waiting batch retry within ``PERSIST_RETRY_S``: review
+        r27-durable2, a traceback a second during an outage), and the recovery once."""
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
             await self.services.instances.renew(self.instance_id, _host_label(), self.lease,
                                                 serves_chargers=self.serves_chargers)
-        except Exception:
-            log.exception("renewing this instance's lease for its webhook deliveries "
-                          "failed: another instance may take them over")
+        except Exception as failure:
+            self._renew_failures += 1
+            now = loop.time()
+            if self._renew_failures == 1:
+                self._next_renew_log = now + RENEW_LOG_S
+                log.exception("renewing this instance's lease for its webhook deliveries "
+                              "failed (retried within %gs): once it is not known live, "
+                              "nothing is stored or claimed as this instance's, and "
+                              "another instance may take over what is", PERSIST_RETRY_S)
+            else:
+                self._renew_unlogged += 1
+                if now >= self._next_renew_log:
+                    self._next_renew_log = now + RENEW_LOG_S
+                    log.warning("renewing this instance's lease for its webhook deliveries "
+                                "still fails (%d more failures, the last: %s: %s)",
+                                self._renew_unlogged, type(failure).__name__, failure)
+                    self._renew_unlogged = 0
             return False
-        self._lease_until = max(self._lease_until, began + self.lease.total_seconds())
+        self._lease_until = max(self._lease_until,
+                                began + self.lease.total_seconds() * LEASE_TRUSTED)
+        if self._renew_failures:
+            log.info("renewing this instance's lease for its webhook deliveries works "
+                     "again (after %d failures)", self._renew_failures)
+            self._renew_failures = self._renew_unlogged = 0
         return True
 
     async def _lease_live(self) -> bool:
-        """Whether the lease is live now, as this instance last renewed it (renewed now
-        if not: its first renewal failed, or the store was out of reach past it)."""
+        """Whether the lease is live now, as this instance last renewed it, with a
+        margin (``LEASE_TRUSTED``); renewed now if not (its first renewal failed, or the
+        store was out of reach past it)."""
         if asyncio.get_running_loop().time() < self._lease_until:
             return True
         return await self._renew_lease()
@@ -821,7 +861,11 @@ class WebhookDispatcher:
         logged: they stay stored for the next look."""
         resumed = 0
         try:
-            while not self._closed and (
+            # Review r27-durable2: claimed without a live lease, they were written as
+            # this instance's and so orphaned at once: another instance claimed and
+            # posted them too. Nothing is claimed until the lease is live (as nothing is
+            # stored, ``_persist``); checked before each claim, the next look tries again.
+            while not self._closed and await self._lease_live() and (
                     claimed := await self.services.webhooks.claim_handed_over(
                         instance_id=self.instance_id)) is not None:
                 if self._handed_over:

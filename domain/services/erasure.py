@@ -278,20 +278,22 @@ class Erasure(Service):
             raise Conflict("the account's sessions, stations or admins kept changing "
                            "while it was erased: try again", field=field,
                            code="CHANGED") from exc
-        for webhook_id in removed:
-            # Their removed webhooks' stored deliveries go with them, as a removal's do
-            # (review r27: they stayed, to be claimed and dropped, or kept for good).
-            try:
-                await forget_deliveries(self.store, webhook_id)
-            except Exception:  # the erasure stands; what is left is dropped at its try
-                log.exception("deleting erased user %s's removed webhook %s's stored "
-                              "deliveries failed", user.id, webhook_id)
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
         await self.accounts.access_changed(erased.id)
         if self.charging is not None:
             for station, session in closed:
                 await self.charging.announce_closed(station, session)
+        for webhook_id in removed:
+            # Their removed webhooks' stored deliveries go with them, as a removal's do
+            # (review r27: they stayed, to be claimed and dropped, or kept for good);
+            # after the sockets' revocation and the announcements, which a slow store
+            # must not hold back (review r27-durable2).
+            try:
+                await forget_deliveries(self.store, webhook_id)
+            except Exception:  # the erasure stands; what is left is dropped at its try
+                log.exception("deleting erased user %s's removed webhook %s's stored "
+                              "deliveries failed", user.id, webhook_id)
         if self.on_erased is not None:
             self._releasing.run(self.on_erased(viewer, erased, cards),
                                 f"release-erased-{erased.id}",

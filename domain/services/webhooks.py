@@ -567,7 +567,10 @@ class WebhookService(Service):
         whose is oldest among those no other instance is claiming: all of them, in
         order, now this instance's alone; ``None`` when none are left to take now.
         ``instance_id``: this instance's, written on them (they stay stored, its own,
-        until delivered); without it they are deleted (taken into memory only).
+        until delivered); without it they are deleted (taken into memory only). Its
+        lease must be live (the caller's to know, review r27-durable2): under an id with
+        no live lease they are orphaned again as they land, for another instance to
+        claim and post too.
 
         One webhook's together, by one instance: split between instances, they would be
         posted side by side, out of order. So the claim first takes the webhook's

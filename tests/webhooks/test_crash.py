@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.errors import StoreUnavailable
+from domain.events import AccessChanged
 from domain.policy import SYSTEM
 from domain.query import ALL
-from domain.services import Services
+from domain.services import Services, erasure
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from tests.helpers import until
@@ -179,6 +183,44 @@ async def test_an_erased_persons_removed_webhooks_stored_deliveries_go_with_it(
         await first.erasure.erase_user(world.viewer("admin"), world.users["admin2"].id)
         assert await handed_over(world) == []
 
+
+async def test_an_erasure_revokes_sockets_before_its_stored_deliveries_are_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r27-durable2: deleting the erased person's removed webhooks' stored
+    deliveries ran before their open sockets were revoked (``AccessChanged``), so a
+    slow store held the revocation back."""
+    async with two_instances(tmp_path) as (world, first, _):
+        world.users["admin2"] = await first.accounts.create_user(
+            SYSTEM, email="admin2@example.com", password="password-123", name="admin2",
+            role=d.Role.ADMIN)
+        receiver = await world.receiver(DRIP)
+        await world.webhook("admin2", receiver, "connector.status_changed")
+        await world.dispatcher(first, timeout=30.0)
+        await available(world)
+        await requests_at_least(receiver, 1)
+
+        async def stored() -> bool:
+            return len(await handed_over(world)) == 1
+        await until(stored)
+        store_answers = asyncio.Event()
+        real_forget = erasure.forget_deliveries
+
+        async def slow_forget(*args: Any) -> None:
+            await store_answers.wait()
+            await real_forget(*args)
+        monkeypatch.setattr(erasure, "forget_deliveries", slow_forget)
+        access = world.bus.subscribe([AccessChanged.topic])
+        erasing = asyncio.create_task(first.erasure.erase_user(
+            world.viewer("admin"), world.users["admin2"].id))
+        try:
+            revoked = await asyncio.wait_for(anext(access), 2.0)
+            assert isinstance(revoked, AccessChanged)
+            assert revoked.user_id == world.users["admin2"].id
+        finally:
+            store_answers.set()
+            await erasing
+        assert await handed_over(world) == []
+
 async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
         tmp_path: Path) -> None:
     """The write storing a delivery lands, but its answer is an error (a MongoDB batch
@@ -324,3 +366,105 @@ async def test_nothing_is_stored_as_an_instances_own_before_its_lease_is_live(
         assert len(receiver.requests) == 1, "posted by both instances"
         assert [p.instance_id for p in await handed_over(world)] == [
             world.dispatchers[0].instance_id]
+
+
+async def test_nothing_is_claimed_as_an_instances_own_before_its_lease_is_live(
+        tmp_path: Path) -> None:
+    """Review r27-durable2: the claim of handed-over deliveries wrote them as this
+    instance's while its lease was not live (its first renewal failed): another instance
+    found them orphaned, claimed them too, and posted them while this one posted them."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        # An instance that stops while posting hands its delivery over.
+        stopping = await world.dispatcher(first, timeout=30.0)
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await stopping.close()
+        world.dispatchers.remove(stopping)
+        [record] = await handed_over(world)
+        assert record.instance_id is None
+
+        real_renew = second.instances.renew
+        failed: list[bool] = []
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if not failed:  # one transient failure, at the start
+                failed.append(True)
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            return await real_renew(*args, **kwargs)
+        second.instances.renew = renew  # type: ignore[method-assign]
+        claimer = await world.dispatcher(second, timeout=30.0)
+        await requests_at_least(receiver, 2)  # resumed, posted by the claimer
+        [record] = await handed_over(world)
+        assert record.instance_id == claimer.instance_id
+        # Another instance running meanwhile looks for orphaned deliveries.
+        await world.dispatcher(first, refresh_s=0.05, timeout=30.0)
+        await asyncio.sleep(0.5)
+        assert len(receiver.requests) == 2, "the resumed delivery was posted by both"
+
+
+async def test_nothing_is_stored_as_an_instances_own_near_the_end_of_its_lease(
+        tmp_path: Path) -> None:
+    """Review r27-durable2: the lease counted live up to its very end, so a delivery
+    stored in its last instant was orphaned as it landed. It counts live for two thirds
+    of the lease from its last renewal: past that, with renewals failing, a new delivery
+    goes out from memory and is not stored as this instance's."""
+    lease_s = 2.4
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        loop = asyncio.get_running_loop()
+        renewed: list[float] = []
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if renewed:  # the first works, every later one fails
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            renewed.append(loop.time())
+            return await real_renew(*args, **kwargs)
+        first.instances.renew = renew  # type: ignore[method-assign]
+        await world.dispatcher(first, timeout=30.0, lease_s=lease_s)
+        # Between two thirds of the lease and its end.
+        await asyncio.sleep(renewed[0] + lease_s * 5 / 6 - loop.time())
+        await available(world)
+        await requests_at_least(receiver, 1)  # delivered from memory
+        await asyncio.sleep(0.1)  # a batch would have been written meanwhile
+        assert await handed_over(world) == [], "stored as its own as the lease lapsed"
+
+
+async def test_a_lease_renewal_failing_for_long_is_logged_once_and_its_recovery_too(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review r27-durable2: with the store out past the lease, the lease keeper and every
+    retried batch logged each failed renewal with its traceback (about one a second).
+    The first failure has its traceback, later ones a line at most once a minute, the
+    recovery one line."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        out = False
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            if out:
+                raise StoreUnavailable("the database is out of reach", reason="test")
+            return await real_renew(*args, **kwargs)
+        first.instances.renew = renew  # type: ignore[method-assign]
+        caplog.set_level(logging.INFO, logger="chargegraph.webhooks")
+        # Renewed every 0.1 s, and its batches retried, while the store is out.
+        await world.dispatcher(first, timeout=30.0, lease_s=0.3)
+        out = True
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await asyncio.sleep(1.0)
+        renewals = [r for r in caplog.records if "lease" in r.getMessage()
+                    and "renewing" in r.getMessage()]
+        assert len(renewals) == 1 and renewals[0].exc_info, [
+            r.getMessage() for r in renewals]
+        out = False
+
+        async def recovered() -> bool:
+            return any("works again" in r.getMessage() and "lease" in r.getMessage()
+                       for r in caplog.records)
+        await until(recovered)
+        assert len([r for r in caplog.records if r.exc_info]) == 1
