@@ -1334,6 +1334,13 @@ class ChargingService(ChargerConnections):
         guards = self._start_guards(station, plug, is_new, id_tag_record)
         if info.status == "Accepted" and session.state is SessionState.ACTIVE:
             guards.append(self._card_free(session))
+            if id_tag_record is not None:
+                # Accepted on the card read: only while it is still on record. A removal
+                # landing between that read and this write left an ACTIVE session billed
+                # on a card that was gone (review r27-accounts2); refused, the start reads
+                # again and is told Invalid. The removal is guarded the other way
+                # (``FleetService._remove_id_tag``: no session holding the card).
+                guards.append(Guard(IdTag, Eq("id", id_tag_record.id)))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)

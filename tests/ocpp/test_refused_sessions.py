@@ -337,3 +337,50 @@ async def test_an_accepted_session_still_keeps_its_station_from_being_removed(
     assert refused.value.code == "IN_USE"
     still = await central.session(answer.transaction_id)
     assert still is not None and still.state is d.SessionState.ACTIVE
+
+
+async def test_a_resend_accepted_inside_a_card_removal_keeps_the_card(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver removes their card: the removal has read "no session holds it", and
+    the charger's resend of a refused start of the card (its answer lost) is judged
+    Accepted and written before the card's delete. The delete is guarded (no session
+    holding the card as the store stands with it): it runs again and is refused IN_USE,
+    the card stays for the session now charging on it (review r27-accounts2: the card
+    was deleted under an ACTIVE, billed session whose charger was told Accepted)."""
+    services = central.services
+    start = datetime.now(UTC).replace(microsecond=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        first = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=5_000, timestamp=_stamp(start)))
+        assert first.id_tag_info["status"] == "Accepted"
+        refused_start = call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=8_000,
+            timestamp=_stamp(start + timedelta(seconds=1)))
+        refused = await cp.call(refused_start)
+        assert refused.id_tag_info["status"] == "ConcurrentTx"
+        await cp.call(call.StopTransaction(
+            meter_stop=6_000, timestamp=_stamp(start + timedelta(seconds=2)),
+            transaction_id=first.transaction_id))
+
+        real_commit = services.fleet.commit
+        told: list[str] = []
+
+        async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+            # Between the removal's read and its delete: the resend lands.
+            if not told and any(isinstance(before, d.IdTag) for _, before in changes):
+                resent = await cp.call(refused_start)
+                told.append(resent.id_tag_info["status"])
+            await real_commit(viewer, changes, *args, **kwargs)
+
+        monkeypatch.setattr(services.fleet, "commit", commit)
+        with pytest.raises(Conflict) as raised:
+            await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
+                                               central.tags["ok"].id)
+        monkeypatch.undo()
+    assert told == ["Accepted"]
+    assert raised.value.code == "IN_USE"
+    session = await central.session(refused.transaction_id)
+    assert session is not None and session.state is d.SessionState.ACTIVE
+    assert session.start_refused is None
+    assert await central.store.get_many(d.IdTag, [central.tags["ok"].id]) != [None]
