@@ -94,6 +94,14 @@ async def start(services: Services) -> Any:
         CP, 1, "TAG-1", 0, datetime.now(UTC).replace(microsecond=0))
 
 
+async def card_issued(two: Instances) -> None:
+    """TAG-1 issued to a driver: its start is Accepted (charging), not refused Invalid."""
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="tina@example.com", password="pw-12345678", name="Tina",
+        role=d.Role.DRIVER)
+    await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+
+
 # ------------------------------------------------------------------ (A) removal vs start
 async def test_a_start_whose_station_was_removed_meanwhile_writes_nothing(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +125,9 @@ async def test_a_removal_that_a_start_beat_is_refused_in_use(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """A has checked that nothing charges on the station; B's start commits before A's
     write. A's write is refused, run again, and answered as a removal of a station
-    that charges is: IN_USE. The session keeps its station."""
+    that charges is: IN_USE. The session keeps its station. (An issued card: a start
+    refused Invalid charges nothing, and the removal closes it.)"""
+    await card_issued(two)
     stations = two.a.stations
     monkeypatch.setattr(stations, "_end_state_history", once(
         lambda: start(two.b), stations._end_state_history))
@@ -131,6 +141,7 @@ async def test_a_removal_that_a_start_beat_is_refused_in_use(
 
 async def test_a_connector_removal_that_a_start_beat_is_refused_in_use(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    await card_issued(two)
     stations = two.a.stations
     monkeypatch.setattr(stations, "_end_state_history", once(
         lambda: start(two.b), stations._end_state_history))
