@@ -51,7 +51,7 @@ from domain.events import (
     ReservationChanged,
 )
 from domain.ids import is_id
-from domain.policy import HOLDER_PRIVATE_KINDS, PRIVATE_FIELDS, Policy, Viewer
+from domain.policy import HOLDER_PRIVATE_KINDS, PRIVATE_FIELDS, SYSTEM, Policy, Viewer
 from domain.ports import (
     Audit,
     AuditIfApplied,
@@ -467,15 +467,36 @@ class Service:
     async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]],
                      unaudited: Sequence[Change] = (),
                      extra_audit: Sequence[AuditEntry] = (),
-                     guards: Sequence[Guard] = ()) -> None:
+                     guards: Sequence[Guard] = (), *,
+                     by_system: Sequence[tuple[Change, Record | None]] = ()) -> None:
         """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
         and one audit entry per change, in a single store operation: the entry of an
         update the store may skip (``only_if`` without ``required``) only if it applied
         (``AuditIfApplied``), so no entry records a change that did not land.
         ``unaudited`` changes (telemetry with a history of its own) ride along in the
         same operation, and so do ``extra_audit`` entries that record actions rather
-        than record changes; the operation holds only if ``guards`` do (``Guard``)."""
+        than record changes; the operation holds only if ``guards`` do (``Guard``).
+        ``by_system``: changes the system makes because of ``viewer``'s act, not as
+        theirs (a removal closing the refused sessions left open on what it removes,
+        maybe in books the remover cannot see): written in the same operation, audited
+        under ``system`` (review r27-accounts2)."""
         now = utcnow()
+        audit = [*await self._entries(viewer, changes, now),
+                 *await self._entries(SYSTEM, by_system, now)]
+        written = [*(c for c, _ in changes), *(c for c, _ in by_system), *unaudited]
+        if guards:
+            await self.store.write(written, [*audit, *extra_audit], guards)
+        else:
+            await self.store.write(written, [*audit, *extra_audit])
+        for listener in self.ctx.committed:
+            listener([*(c for c, _ in changes), *(c for c, _ in by_system)])
+
+    async def _entries(self, viewer: Viewer,
+                       changes: Sequence[tuple[Change, Record | None]],
+                       now: datetime) -> list[Audit]:
+        """The audit entries of ``changes`` made by ``viewer`` (``commit``)."""
+        if not changes:
+            return []
         whose = await self._whose(changes, viewer)
         audit: list[Audit] = []
         for change, before in changes:
@@ -509,13 +530,7 @@ class Service:
                 audit.append(AuditIfApplied(entry, change))
             else:
                 audit.append(entry)
-        written = [*(c for c, _ in changes), *unaudited]
-        if guards:
-            await self.store.write(written, [*audit, *extra_audit], guards)
-        else:
-            await self.store.write(written, [*audit, *extra_audit])
-        for listener in self.ctx.committed:
-            listener([c for c, _ in changes])
+        return audit
 
     async def _whose(self, changes: Sequence[tuple[Change, Record | None]],
                      viewer: Viewer) -> dict[str, Whose]:

@@ -1152,13 +1152,15 @@ class ChargingService(ChargerConnections):
                 return answered[1]
             if attempt < START_ATTEMPTS:
                 await self._pause_to_retry(attempt)
-                # As it stands now: its stop, an operator's endSession or its holder's
-                # erasure may have closed it meanwhile, and a closed one is answered as
-                # recorded, as any copy of a closed session's start is.
-                [fresh] = await self.store.get_many(Session, [session.id])
-                session = fresh or session
-                if session.state is not SessionState.ACTIVE:
-                    return recorded_answer(session)
+            # As it stands now: its stop, an operator's endSession or its holder's
+            # erasure may have closed it meanwhile, and a closed one is answered as
+            # recorded, as any copy of a closed session's start is; after the last
+            # attempt too (review r27-accounts2: one refused Blocked, closed as its
+            # last write was tried, was told ConcurrentTx).
+            [fresh] = await self.store.get_many(Session, [session.id])
+            session = fresh or session
+            if session.state is not SessionState.ACTIVE:
+                return recorded_answer(session)
         return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
     def _refusal(self, station: Station, session: Session, info: IdTagInfo) -> str | None:
@@ -1208,7 +1210,13 @@ class ChargingService(ChargerConnections):
         guards: list[Guard] = []
         if refused is None:  # it takes the card
             guards.append(self._card_free(session))
-            guards.append(Guard(IdTag, Eq("tag", session.id_tag)))
+            # Its card still on record, and still its holder's: the tag text alone let
+            # a removed tag issued again to another driver accept the resend against
+            # their card, billed to the first (review r27-accounts2). The session keeps
+            # no card id (the holder stands in for it): a tag issued again to the same
+            # driver is theirs, and accepts it.
+            guards.append(Guard(IdTag, all_of(Eq("tag", session.id_tag),
+                                              Eq("user_id", session.user_id))))
             if session.user_id is not None:
                 guards.append(not_erased(session.user_id))
         try:
@@ -1334,6 +1342,13 @@ class ChargingService(ChargerConnections):
         guards = self._start_guards(station, plug, is_new, id_tag_record)
         if info.status == "Accepted" and session.state is SessionState.ACTIVE:
             guards.append(self._card_free(session))
+            if id_tag_record is not None:
+                # Accepted on the card read: only while it is still on record. A removal
+                # landing between that read and this write left an ACTIVE session billed
+                # on a card that was gone (review r27-accounts2); refused, the start reads
+                # again and is told Invalid. The removal is guarded the other way
+                # (``FleetService._remove_id_tag``: no session holding the card).
+                guards.append(Guard(IdTag, Eq("id", id_tag_record.id)))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)

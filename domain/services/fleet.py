@@ -522,8 +522,8 @@ class FleetService(Service):
         # was issued (of no card, maybe another company's station) is not the card's;
         # nor one whose start was refused (``holding_card``), which held a lost card for
         # good when its charger never stopped it (review r26-tx3).
-        charging = await self.store.find_one(Session, all_of(
-            holding_card(id_tag.tag), Eq("user_id", id_tag.user_id)))
+        its_own = all_of(holding_card(id_tag.tag), Eq("user_id", id_tag.user_id))
+        charging = await self.store.find_one(Session, its_own)
         if charging is not None:
             raise Conflict("the card is charging right now", field="id", code="IN_USE")
         # Lost for good: no charger may go on accepting it offline (BLOCKED, not unknown:
@@ -531,7 +531,15 @@ class FleetService(Service):
         # the delete's own commit: the push runs in the background, and a crash before it
         # must not leave the lists accepting the card (a charger's boot sends the mark).
         marks = await withdrawal_marks(self.store, viewer, [id_tag.id], "Blocked")
-        await self.commit(viewer, [(removal(id_tag), id_tag)], unaudited=marks)
+        # The read above is no lock: a start of the card (a fresh one, or a resent
+        # refused one now accepted) written between it and the delete left an ACTIVE,
+        # billed session on a card that was gone, its charger told Accepted (review
+        # r27-accounts2). So the delete holds only while none holds it, as the store
+        # stands with it (by the index of open sessions' tags, migration 69); it runs
+        # again on a trip and is refused IN_USE. The starts are guarded the other way
+        # (their card still on record: ``ChargingService._start_guards``, ``_answered``).
+        await self.commit(viewer, [(removal(id_tag), id_tag)], unaudited=marks,
+                          guards=[Guard(Session, its_own, exists=False)])
         return id_tag
 
     async def _parent_tag(self, viewer: Viewer, owner: User, group: str | None

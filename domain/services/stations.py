@@ -35,7 +35,7 @@ from domain.events import (
     StationRemoved,
     StationSightChanged,
 )
-from domain.policy import Viewer
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of
 from domain.services.background import Background
@@ -541,7 +541,8 @@ class StationService(Service):
                                        Eq("station_id", station.id), asked)
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
-        closed = await self._refused_closed(viewer, Eq("station_id", station.id), changes)
+        closes: list[tuple[Change, Any]] = []
+        closed = await self._refused_closed(Eq("station_id", station.id), closes)
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
         # Only as it was read: whether it is announced offline is decided from the
@@ -570,7 +571,8 @@ class StationService(Service):
             # A connector added on another instance meanwhile would be left behind,
             # of no station: the write fails, and runs again with it.
             guards=[not_charging(Eq("station_id", station.id)),
-                    Guard(Connector, Eq("station_id", station.id), exists=False)])
+                    Guard(Connector, Eq("station_id", station.id), exists=False)],
+            by_system=closes)
         return station, cancelled, closed
 
     async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter,
@@ -702,17 +704,23 @@ class StationService(Service):
             raise Conflict("a charging session is active", field="id", code="IN_USE")
         return refused
 
-    async def _refused_closed(self, viewer: Viewer, where: Any,
-                              changes: list[tuple[Change, Any]]
+    async def _refused_closed(self, where: Any, closes: list[tuple[Change, Any]]
                               ) -> list[tuple[Station, Session]]:
-        """Adds to ``changes`` the closes of the refused sessions open ``where`` (as read
+        """Adds to ``closes`` the closes of the refused sessions open ``where`` (as read
         now, after the cancels' round trips), refusing the removal while one charging is;
-        the closed sessions with their stations, for ``_announce_closed``."""
+        the closed sessions with their stations, for ``_announce_closed``. Closed by the
+        system because of the removal, not as the remover's act (``commit``'s
+        ``by_system``): a station handed over mid-session leaves its sessions in the old
+        company's books, which the new company's operator removing it may not see nor
+        end (``endSession``); audited under them, the old company's books named another
+        company's operator closing its session (review r27-accounts2). Closed all the
+        same: a removed station can never stop it, and it bills nothing. ENDED is
+        announced to the session's books, as any close."""
         refused = await self._refuse_if_charging(where)
         if not refused or self.close_refused is None:
             return []
-        closed, closes = await self.close_refused(viewer, refused)
-        changes += closes
+        closed, writes = await self.close_refused(SYSTEM, refused)
+        closes += writes
         return closed
 
     async def _announce_closed(self, closed: Sequence[tuple[Station, Session]]) -> None:
@@ -813,14 +821,15 @@ class StationService(Service):
                       Eq("connector_id", connector.connector_id))
         await self._cancel_at_chargers(viewer, held, charging, asked)
         changes: list[tuple[Change, Any]] = []
-        closed = await self._refused_closed(viewer, charging, changes)
+        closes: list[tuple[Change, Any]] = []
+        closed = await self._refused_closed(charging, closes)
         cancelled = await self._cancel_reservations(viewer, held, changes)
         changes.append((Delete(connector), connector))
         await self.commit(viewer, changes, unaudited=await self._end_state_history(
             viewer, all_of(Eq("cp_id", connector.cp_id),
                            Eq("connector_id", connector.connector_id),
                            Eq("station_id", connector.station_id))),
-            guards=[not_charging(charging)])
+            guards=[not_charging(charging)], by_system=closes)
         return connector, cancelled, closed
 
 

@@ -94,6 +94,14 @@ async def start(services: Services) -> Any:
         CP, 1, "TAG-1", 0, datetime.now(UTC).replace(microsecond=0))
 
 
+async def card_issued(two: Instances) -> None:
+    """TAG-1 issued to a driver: its start is Accepted (charging), not refused Invalid."""
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="tina@example.com", password="pw-12345678", name="Tina",
+        role=d.Role.DRIVER)
+    await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+
+
 # ------------------------------------------------------------------ (A) removal vs start
 async def test_a_start_whose_station_was_removed_meanwhile_writes_nothing(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +125,9 @@ async def test_a_removal_that_a_start_beat_is_refused_in_use(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """A has checked that nothing charges on the station; B's start commits before A's
     write. A's write is refused, run again, and answered as a removal of a station
-    that charges is: IN_USE. The session keeps its station."""
+    that charges is: IN_USE. The session keeps its station. (An issued card: a start
+    refused Invalid charges nothing, and the removal closes it.)"""
+    await card_issued(two)
     stations = two.a.stations
     monkeypatch.setattr(stations, "_end_state_history", once(
         lambda: start(two.b), stations._end_state_history))
@@ -131,6 +141,7 @@ async def test_a_removal_that_a_start_beat_is_refused_in_use(
 
 async def test_a_connector_removal_that_a_start_beat_is_refused_in_use(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    await card_issued(two)
     stations = two.a.stations
     monkeypatch.setattr(stations, "_end_state_history", once(
         lambda: start(two.b), stations._end_state_history))
@@ -515,6 +526,58 @@ async def test_a_card_its_operator_blocked_meanwhile_is_not_removed_by_its_drive
     assert kept.blocked_by == boss.id
     assert [e.action for e in await entries_of(two.store, card.id)] == [
         d.AuditAction.CREATE, d.AuditAction.UPDATE]
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
+async def test_a_card_removal_that_a_start_of_it_beat_is_refused_in_use(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's removal of a card has read that no session holds it; B's start of the card
+    is Accepted and written before A's delete. The delete is guarded (no session holding
+    the card as the store stands with it): it runs again and is refused IN_USE, the
+    card stays with the session charging on it (review r27-accounts2: deleted under an
+    ACTIVE, billed session whose charger was told Accepted)."""
+    _, driver, _, card = await fleet_of(two)
+    fleet = two.a.fleet
+    real_commit = fleet.commit
+    answers: list[Any] = []
+
+    async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+        if not answers and any(isinstance(before, d.IdTag) for _, before in changes):
+            answers.append(await two.b.charging.start_transaction(
+                CP, 1, card.tag, 0, datetime.now(UTC).replace(microsecond=0)))
+        await real_commit(viewer, changes, *args, **kwargs)
+
+    monkeypatch.setattr(fleet, "commit", commit)
+    with pytest.raises(Conflict) as raised:
+        await fleet.remove_id_tag(Viewer.of(driver), card.id)
+    assert raised.value.code == "IN_USE"
+    [(_, told)] = answers
+    assert told.status == "Accepted"
+    [session] = await sessions(two.store)
+    assert session.state is d.SessionState.ACTIVE and session.start_refused is None
+    assert await two.store.get_many(d.IdTag, [card.id]) != [None]
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
+async def test_a_start_whose_card_was_removed_meanwhile_is_not_accepted(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's start has judged the card (Accepted); A removes the card before B writes
+    the session. B's write is refused (its card no longer on record), it reads again
+    and the charger is told Invalid: no session charging, billed, on a card that is
+    gone (review r27-accounts2)."""
+    _, driver, _, card = await fleet_of(two)
+    charging = two.b.charging
+    monkeypatch.setattr(charging, "authorize_start", once(
+        lambda: two.a.fleet.remove_id_tag(Viewer.of(driver), card.id),
+        charging.authorize_start))
+    _, told = await charging.start_transaction(
+        CP, 1, card.tag, 0, datetime.now(UTC).replace(microsecond=0))
+    assert told.status == "Invalid"
+    assert await two.store.get_many(d.IdTag, [card.id]) == [None]
+    [session] = await sessions(two.store)
+    assert session.start_refused == "Invalid" and session.user_id is None
     await two.a.fleet.settled()
     await two.b.fleet.settled()
 

@@ -13,9 +13,10 @@ import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
-from domain.errors import Conflict
-from domain.policy import Viewer
+from domain.errors import Conflict, Forbidden, NotFound
+from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
+from domain.services.charging import START_ATTEMPTS
 from ocpp_bridge.simulator import connected
 from tests.ocpp import test_commands
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -337,3 +338,149 @@ async def test_an_accepted_session_still_keeps_its_station_from_being_removed(
     assert refused.value.code == "IN_USE"
     still = await central.session(answer.transaction_id)
     assert still is not None and still.state is d.SessionState.ACTIVE
+
+
+async def test_a_resend_accepted_inside_a_card_removal_keeps_the_card(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver removes their card: the removal has read "no session holds it", and
+    the charger's resend of a refused start of the card (its answer lost) is judged
+    Accepted and written before the card's delete. The delete is guarded (no session
+    holding the card as the store stands with it): it runs again and is refused IN_USE,
+    the card stays for the session now charging on it (review r27-accounts2: the card
+    was deleted under an ACTIVE, billed session whose charger was told Accepted)."""
+    services = central.services
+    start = datetime.now(UTC).replace(microsecond=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        first = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=5_000, timestamp=_stamp(start)))
+        assert first.id_tag_info["status"] == "Accepted"
+        refused_start = call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=8_000,
+            timestamp=_stamp(start + timedelta(seconds=1)))
+        refused = await cp.call(refused_start)
+        assert refused.id_tag_info["status"] == "ConcurrentTx"
+        await cp.call(call.StopTransaction(
+            meter_stop=6_000, timestamp=_stamp(start + timedelta(seconds=2)),
+            transaction_id=first.transaction_id))
+
+        real_commit = services.fleet.commit
+        told: list[str] = []
+
+        async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+            # Between the removal's read and its delete: the resend lands.
+            if not told and any(isinstance(before, d.IdTag) for _, before in changes):
+                resent = await cp.call(refused_start)
+                told.append(resent.id_tag_info["status"])
+            await real_commit(viewer, changes, *args, **kwargs)
+
+        monkeypatch.setattr(services.fleet, "commit", commit)
+        with pytest.raises(Conflict) as raised:
+            await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
+                                               central.tags["ok"].id)
+        monkeypatch.undo()
+    assert told == ["Accepted"]
+    assert raised.value.code == "IN_USE"
+    session = await central.session(refused.transaction_id)
+    assert session is not None and session.state is d.SessionState.ACTIVE
+    assert session.start_refused is None
+    assert await central.store.get_many(d.IdTag, [central.tags["ok"].id]) != [None]
+
+
+async def test_a_removal_closes_a_refused_session_of_other_books_as_the_system(
+        central: Central) -> None:
+    """A station handed over mid-session leaves its refused session in the old
+    company's books, which the new company's operator may not see nor end
+    (``endSession``). Their removal of the station closes it all the same (a removed
+    station can never stop it, and it bills nothing), but as the system's act because
+    of the removal, not theirs: audited under ``system`` in the old company's books
+    (review r27-accounts2: the old company's log named the other company's operator)."""
+    refused = await _refused_left_open(central)
+    services = central.services
+    station = central.stations["CP-1"]
+    other = central.users["op_other"]
+    await services.stations.update_station(SYSTEM, station.id, company_id=other.company_id,
+                                           owner_id=other.id)
+    held = await central.session(refused)
+    assert held is not None and held.company_id != other.company_id
+    with pytest.raises((Forbidden, NotFound)):  # endSession: not theirs to see or end
+        await services.charging.end_session(Viewer.of(other), held.id)
+    await services.stations.remove_station(Viewer.of(other), station.id)
+    after = await central.session(refused)
+    assert after is not None and after.state is d.SessionState.COMPLETED
+    assert after.updated_by == d.SYSTEM_ACTOR
+    [close] = [e for e in await central.store.find_all(d.AuditEntry,
+                                                       Eq("entity_id", held.id))
+               if e.action is d.AuditAction.UPDATE and e.after
+               and e.after.get("state") == d.SessionState.COMPLETED.value]
+    assert close.actor == d.SYSTEM_ACTOR
+    assert close.company_id == held.company_id  # in the books it was kept in
+    # The station's own removal stays the remover's act.
+    [gone] = [e for e in await central.store.find_all(d.AuditEntry,
+                                                      Eq("entity_id", station.id))
+              if e.action is d.AuditAction.DELETE]
+    assert gone.actor == other.id
+
+
+async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start refused Blocked; the card is unblocked and the charger resends the start
+    (its answer lost): it would be Accepted, but every write meets a change, and an
+    operator's endSession closes the session as the last one is tried. The charger is
+    told what was recorded (Blocked), read again, not ConcurrentTx (review
+    r27-accounts2: the last attempt answered ConcurrentTx without reading again)."""
+    services = central.services
+    charging = services.charging
+    started = call.StartTransaction(
+        connector_id=1, id_tag="TAG-BLOCKED", meter_start=1_000,
+        timestamp=_stamp(datetime.now(UTC).replace(microsecond=0)))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        first = await cp.call(started)
+        assert first.id_tag_info["status"] == "Blocked"
+        await services.fleet.update_id_tag(SYSTEM, central.tags["blocked"].id,
+                                           status=d.IdTagStatus.ACCEPTED)
+        tries: list[int] = []
+
+        async def answered(station: d.Station, session: d.Session, info: Any) -> None:
+            assert info.status == "Accepted"
+            tries.append(1)
+            if len(tries) == START_ATTEMPTS:  # closed as its last write is tried
+                await charging.end_session(Viewer.of(central.users["op"]), session.id)
+            return None
+
+        async def no_pause(attempt: int) -> None:
+            return None
+
+        monkeypatch.setattr(charging, "_answered", answered)
+        monkeypatch.setattr(charging, "_pause_to_retry", no_pause)
+        resent = await cp.call(started)
+        monkeypatch.undo()
+    assert len(tries) == START_ATTEMPTS
+    assert resent.id_tag_info["status"] == "Blocked"
+    session = await central.session(first.transaction_id)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.start_refused == "Blocked"
+
+
+async def test_a_resend_is_not_accepted_on_its_tag_issued_again_to_another_driver(
+        central: Central) -> None:
+    """A refused session of TAG-OK is left open; the driver removes the card and the tag
+    is issued again to another driver. The charger's resend of the refused start is not
+    Accepted against the other driver's card, to be billed to the first (review
+    r27-accounts2: the resend's guard matched the tag text only)."""
+    refused = await _refused_left_open(central)
+    services = central.services
+    await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
+                                       central.tags["ok"].id)
+    await services.fleet.issue_id_tag(Viewer.of(central.users["driver2"]), tag="TAG-OK")
+    held = await central.session(refused)
+    assert held is not None
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        resent = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=8_000,
+            timestamp=_stamp(held.start_time)))
+    assert resent.transaction_id == refused
+    assert resent.id_tag_info["status"] != "Accepted"
+    after = await central.session(refused)
+    assert after is not None and after.start_refused == "ConcurrentTx"
