@@ -36,7 +36,7 @@ import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from domain.entities import (
     AuditAction,
@@ -122,7 +122,7 @@ def erased_email(user_id: str, suffix: str = "") -> str:
     return f"erased-{user_id}{f'-{suffix}' if suffix else ''}@erased.invalid"
 
 
-def _names_someone(value: Any) -> bool:
+def _names_someone(value: Any) -> TypeGuard[str]:
     """Whether ``value`` (an email, name or plate) may name a person: a text that is none
     of an erasure's placeholders (``ERASED_NAME``, ``ERASED_PLATE``, ``erased_email``'s,
     with or without a suffix), which every erased person's records read alike."""
