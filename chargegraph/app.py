@@ -113,7 +113,8 @@ async def _settle(services: Services) -> None:
 
 async def _settled_in_order(services: Services) -> None:
     await asyncio.gather(services.accounts.settled(), services.stations.settled(),
-                         services.fleet.settled(), services.erasure.settled())
+                         services.fleet.settled(), services.erasure.settled(),
+                         services.idempotency.settled())
     await services.withdrawal.settled()
 
 

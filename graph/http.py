@@ -346,7 +346,12 @@ class GraphQLHTTPHandler:
             if not reached:
                 await idempotency.release(begun)
                 raise
-            # A charger or the payment provider was reached: not run again, even so.
+            # Reached only by a failure outside GraphQL execution (of this door's own
+            # code): execution catches a resolver's, a use case's bug included, and
+            # ``_execute`` returns it as a masked top-level ``INTERNAL_SERVER_ERROR``
+            # with HTTP 200, kept below as any answer once the outside was reached
+            # (review r27-idem2: README said such a failure was this 500). A charger or
+            # the payment provider was reached: not run again, even so.
             log.exception("a mutation with an idempotency key failed after it reached "
                           "outside the service (%s); its answer is kept", ", ".join(reached))
             response, outcome, ran = _response(_error_body(

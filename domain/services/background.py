@@ -17,9 +17,10 @@ class Background:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def run(self, work: Awaitable[None], name: str, failure: str) -> None:
+    def run(self, work: Awaitable[None], name: str, failure: str) -> asyncio.Task[None]:
         """Runs ``work`` as a task of its own; ``failure`` is logged (with the traceback)
-        if it raises: what started it stands regardless."""
+        if it raises: what started it stands regardless. The task, for a caller that
+        waits for it a while (``asyncio.wait``, which never cancels it)."""
         async def guarded() -> None:
             try:
                 await work
@@ -29,6 +30,7 @@ class Background:
         task = asyncio.create_task(guarded(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def settled(self) -> None:
         """Waits until no follow-up runs (new ones started meanwhile included)."""

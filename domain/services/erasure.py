@@ -18,8 +18,9 @@ files still hold (``Store.scrub``).
 
 Not while a session of theirs is under way (it would be billed to nobody's card), nor
 for the last active admin, nor while they own stations (hand them over first, as for a
-demotion). Erasing an erased account again is allowed: it scrubs the audit log again
-(what to do when a crash stopped the scrub, which runs after the erasure's write).
+demotion). Erasing an erased account again is allowed: it forgets the kept answers
+naming the person and scrubs the audit log again (what to do when a crash stopped
+either, which run after the erasure's write, ``_tidy``).
 
 What the write sets off (the person signed out everywhere, their cards withdrawn at the
 chargers) starts as soon as it commits, before the scrub: a scrub that fails must leave
@@ -35,7 +36,7 @@ import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from domain.entities import (
     AuditAction,
@@ -119,6 +120,15 @@ def erased_email(user_id: str, suffix: str = "") -> str:
     """The email an erasure gives account ``user_id``; with ``suffix`` when another
     account holds the plain one (``Erasure._placeholder``)."""
     return f"erased-{user_id}{f'-{suffix}' if suffix else ''}@erased.invalid"
+
+
+def _names_someone(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` (an email, name or plate) may name a person: a text that is none
+    of an erasure's placeholders (``ERASED_NAME``, ``ERASED_PLATE``, ``erased_email``'s,
+    with or without a suffix), which every erased person's records read alike."""
+    return isinstance(value, str) and bool(value) \
+        and value not in (ERASED_NAME, ERASED_PLATE) \
+        and not value.endswith("@erased.invalid")
 
 
 def scrubbed(image: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any] | None:
@@ -314,36 +324,43 @@ class Erasure(Service):
         """What names ``user``: their email, name and cars' plates now, and those the
         audit log's images of their account and cars show they had (review s27: an
         email corrected twice, a removed car's plate, stayed in the answers kept for a
-        day), at most ``MAX_MENTIONS``. Not the erased placeholders (a re-run's)."""
+        day), at most ``MAX_MENTIONS``. Never the erased placeholders (``_placeholder``),
+        neither the account's current values on a re-run nor the audit log's: every
+        erased person's read so, and an answer showing one (an operator's refund of an
+        erased driver's payment) names nobody (review r27-idem2: a re-run forgot them,
+        and their retries ran again)."""
         cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
-        texts = dict.fromkeys([user.email, user.name, *(car.license_plate for car in cars)])
-        placeholders = {ERASED_NAME, ERASED_PLATE}
+        texts = dict.fromkeys(v for v in [user.email, user.name,
+                                          *(car.license_plate for car in cars)]
+                              if _names_someone(v))
         async for entries in pages(self.store, AuditEntry, _about(user.id, cars),
                                    SCRUB_BATCH):
             for entry in entries:
                 for image in (entry.after, entry.before):
                     for field in MENTIONED_FIELDS.get(entry.entity, ()):
                         value = (image or {}).get(field)
-                        if isinstance(value, str) and value and value not in placeholders \
-                                and not value.endswith("@erased.invalid"):
+                        if _names_someone(value):
                             texts.setdefault(value)
             if len(texts) >= MAX_MENTIONS:
                 break
         return tuple(texts)[:MAX_MENTIONS]
 
     async def _tidy(self, erased: User, mentions: Sequence[str] = ()) -> None:
-        """What follows the erasure's write and may fail without undoing it: the audit
-        log scrubbed, the refresh tokens deleted (signed out already by the raised token
-        epoch), the answers kept for idempotency keys that are the person's or hold
-        ``mentions`` (their email, name, plates as they were) deleted, and then the
+        """What follows the erasure's write and may fail without undoing it: the answers
+        kept for idempotency keys that are the person's or hold ``mentions`` (their
+        email, name, plates as they were) deleted, the audit log scrubbed, the refresh
+        tokens deleted (signed out already by the raised token epoch), and then the
         store's files scrubbed of the old versions of what those writes overwrote
         (``Store.scrub``: SQLite kept them in its ``-wal`` file until the service
         stopped, QA s24). All are repeatable, so a retry, or erasing again, runs them
-        all."""
-        await self._scrub_audit(erased)
-        await self.refresh_tokens.forget(erased.id)
+        all. The kept answers go before the scrub: once the account is anonymised, the
+        audit log's images are all that still tell what to look for in them
+        (``_mentions``), so a failure leaves those for erasing again to read (review
+        r27-idem2: the scrub ran first, and a re-run no longer knew the email)."""
         if self.idempotency is not None:
             await self.idempotency.forget(erased.id, mentions)
+        await self._scrub_audit(erased)
+        await self.refresh_tokens.forget(erased.id)
         await self.store.scrub()
 
     async def _scrub_later(self, erased: User, mentions: Sequence[str] = ()) -> None:

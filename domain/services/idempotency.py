@@ -36,11 +36,12 @@ from datetime import timedelta
 from enum import Enum
 
 from domain.entities import IdempotencyKey, IdempotencyState
-from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound, StoreRefused, UniqueViolation
 from domain.ids import new_id
 from domain.policy import Viewer
 from domain.ports import Delete, Insert
 from domain.query import ALL, Eq, Range
+from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
 
 log = logging.getLogger("chargegraph.idempotency")
@@ -55,10 +56,20 @@ LEASE = timedelta(minutes=5)
 SWEEP_BATCH = 500
 #: Claims tried before a request is told its key is busy (each lost race re-reads).
 CLAIM_TRIES = 3
-#: The pauses before each further try of keeping an answer the store failed to take
-#: (``finish``): a locked SQLite database frees within moments. About a second at most,
-#: added to that request's answer only when the store fails.
-FINISH_PAUSES_S: tuple[float, ...] = (0.05, 0.25, 0.75)
+#: The most a request's answer waits for the store to keep it (``finish``). The keeping
+#: goes on in the background past it: each try of a store's write may take the store's
+#: own timeout (SQLite's ``busy_timeout`` while another process holds the database,
+#: MongoDB's ``serverSelectionTimeoutMS`` while it elects or is away: 5 s each by
+#: default), and a request's answer (a charger command's, a refund's) was held for all of
+#: them (review r27-idem2: some 21 s).
+FINISH_WAIT_S = 1.0
+#: The pauses before each further try of keeping an answer the store failed to take, in
+#: the background (a locked SQLite database frees within moments, a MongoDB election
+#: takes seconds): with the tries' own timeouts, the keeping ends within half a minute
+#: whatever the store does, while the key stays running (a retry meanwhile is told it
+#: is in progress, 409, then gets the answer). Not for a write the store refuses for
+#: good (``StoreRefused``: the same write fails again).
+FINISH_PAUSES_S: tuple[float, ...] = (0.25, 1.0, 2.0)
 
 
 def access_of(viewer: Viewer) -> str:
@@ -107,6 +118,8 @@ class IdempotencyService(Service):
         super().__init__(ctx)
         self.ttl = ttl
         self.lease = lease
+        #: The answers being kept past ``FINISH_WAIT_S`` (``finish``).
+        self._keeping = Background()
 
     async def begin(self, viewer: Viewer, key: str, fingerprint: str) -> Begun:
         """Claims ``key`` of ``viewer`` (signed in) for a request of ``fingerprint``, or
@@ -151,13 +164,26 @@ class IdempotencyService(Service):
             return Claim(taken.record)  # type: ignore[arg-type]
         return Refusal.IN_PROGRESS
 
+    async def settled(self) -> None:
+        """Waits for the answers still being kept in the background (tests, shutdown)."""
+        await self._keeping.settled()
+
     async def finish(self, claim: Claim, response: str) -> None:
-        """Keeps ``response`` as the key's answer, trying again after each of
-        ``FINISH_PAUSES_S`` should the store fail (a locked database, a moment's outage:
-        left running, the claim would lapse and a retry then run the mutation again).
-        The last failure is logged, not raised: the mutation ran and its caller gets its
-        answer; the claim lapses after ``LEASE`` (a retry before then is told the key is
-        in progress, one after runs again)."""
+        """Keeps ``response`` as the key's answer, waiting for it at most
+        ``FINISH_WAIT_S``: the keeping goes on in the background past that (``_keep``:
+        tried again after each of ``FINISH_PAUSES_S`` should the store fail, a locked
+        database, a moment's outage; left running, the claim would lapse and a retry
+        then run the mutation again). Never raised: the mutation ran and its caller gets
+        its answer at once; until the answer is kept, a retry is told the key is in
+        progress, and should every try fail (logged), the claim lapses after ``LEASE``
+        (a retry then runs again)."""
+        keeping = self._keeping.run(self._keep(claim, response),
+                                    f"idempotency-finish-{claim.record.id}",
+                                    f"keeping the answer for idempotency key "
+                                    f"{claim.record.key!r} failed")
+        await asyncio.wait({keeping}, timeout=FINISH_WAIT_S)  # never cancels it
+
+    async def _keep(self, claim: Claim, response: str) -> None:
         record = claim.record
         write = patch(record, Viewer(user_id=record.user_id),
                       only_if=("claimant", record.claimant), required=True,
@@ -165,6 +191,13 @@ class IdempotencyService(Service):
         for pause in (*FINISH_PAUSES_S, None):
             try:
                 await self.store.write([write], [])
+                return
+            except StoreRefused:
+                # Refused for good (an answer past MongoDB's document size): the same
+                # write fails again.
+                log.exception("the store refused the answer for idempotency key %r of user"
+                              " %s; the key lapses in %s", record.key, record.user_id,
+                              self.lease)
                 return
             except (Conflict, NotFound):
                 # Taken over after its lease lapsed (a request longer than LEASE), or the

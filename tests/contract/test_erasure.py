@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from domain.entities import (
     User,
     Webhook,
 )
-from domain.errors import Conflict, Unauthenticated
+from domain.errors import Conflict, StoreBusy, Unauthenticated
 from domain.policy import Policy, Viewer
 from domain.ports import Store, WebhookAttempt
 from domain.query import ALL, Eq, all_of
@@ -32,6 +33,7 @@ from domain.services.accounts import AccountService
 from domain.services.base import ServiceContext
 from domain.services.charging import ChargingService
 from domain.services.erasure import (
+    ERASED_NAME,
     ERASED_NOTE,
     ERASED_PLATE,
     ERASED_URL,
@@ -358,3 +360,79 @@ async def test_an_erasure_forgets_kept_answers_naming_what_the_person_was_called
 
     left = await store.find_all(IdempotencyKey, ALL)
     assert [k.key for k in left] == ["unrelated"]
+
+
+async def _keep(keys: IdempotencyService, who: Any, key: str, answer: str) -> None:
+    claim = await keys.begin(Viewer.of(who), key, "fp")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, answer)
+
+
+async def test_erasing_again_keeps_the_answers_that_show_only_an_erased_persons_placeholders(
+        store: Store) -> None:
+    """Review r27-idem2: erasing an erased account again looked for its current values
+    too, the placeholders every erased person's records read ("Erased user", "ERASED",
+    the ``.invalid`` email), and forgot an operator's kept answer (a refund's) that
+    merely showed some erased driver: a retry with its key would refund again. An
+    erasure never looks for the placeholders."""
+    person, admin, operator = (user(name="Lena Example", email="lena@example.com"),
+                               user(), user(role=Role.OPERATOR))
+    car = vehicle(person, license_plate="B-LE 123")
+    await put(store, person, admin, operator, car)
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    keys = IdempotencyService(ctx)
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx), idempotency=keys)
+    admin_viewer = Viewer.of(user(role=Role.ADMIN))
+    await erasure.erase_user(admin_viewer, person.id)
+    await erasure.settled()
+
+    # After it, an operator refunds a payment of an erased driver (this one or another).
+    await _keep(keys, operator, "refund-1",
+                '{"data":{"refundPayment":{"payment":{"session":{"user":'
+                f'{{"name":"{ERASED_NAME}","email":"{erased_email(person.id)}"}},'
+                f'"vehicle":{{"licensePlate":"{ERASED_PLATE}"}}}}}},"errors":[]}}}}')
+    await erasure.erase_user(admin_viewer, person.id)  # again
+    await erasure.settled()
+
+    left = await store.find_all(IdempotencyKey, ALL)
+    assert [k.key for k in left] == ["refund-1"]
+
+
+async def test_erasing_again_forgets_the_kept_answers_a_failed_erasure_left(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: should the tidy-up after an erasure fail, "erasing the account again ...
+    finishes it too". Review r27-idem2: the audit log was scrubbed before the kept
+    answers were forgotten; when forgetting them failed (a locked database, the
+    background retry too), erasing again read the anonymised account and the scrubbed
+    audit log, no longer knew the email, and the admin's answer holding it stayed kept
+    for the day. They are forgotten first, so the audit log still tells a re-run."""
+    person, admin = user(name="Lena Example", email="lena@example.com"), user()
+    await put(store, person, admin)
+    # The account's creation, audited as every account's is (``AccountService``).
+    await store.write([], [audit(person, admin.id, action=AuditAction.CREATE,
+                                 after={"email": person.email, "name": person.name})])
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    keys = IdempotencyService(ctx)
+    await _keep(keys, admin, "email",
+                '{"data":{"updateUser":{"user":{"email":"lena@example.com"}}}}')
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx), idempotency=keys)
+    monkeypatch.setattr("domain.services.erasure.SCRUB_RETRY_S", (0.0,))
+    forget = keys.forget
+
+    async def locked(*args: Any, **kwargs: Any) -> None:
+        raise StoreBusy("the database is locked")
+
+    monkeypatch.setattr(keys, "forget", locked)
+    admin_viewer = Viewer.of(user(role=Role.ADMIN))
+    await erasure.erase_user(admin_viewer, person.id)
+    await erasure.settled()  # the background retry failed as well: "erase it again"
+
+    monkeypatch.setattr(keys, "forget", forget)
+    await erasure.erase_user(admin_viewer, person.id)
+    await erasure.settled()
+
+    left = await store.find_all(IdempotencyKey, ALL)
+    assert [k.key for k in left] == []
+    # And the audit log is scrubbed now.
+    entries = await store.find_all(AuditEntry, Eq("entity_id", person.id))
+    assert "lena@example.com" not in json.dumps([e.after for e in entries])

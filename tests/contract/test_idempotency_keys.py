@@ -6,15 +6,18 @@ is a fresh key; the sweep and an erasure delete them."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from domain.entities import IdempotencyKey, IdempotencyState, Role
-from domain.errors import StoreBusy
+from domain.errors import StoreBusy, StoreRefused
 from domain.policy import Policy, Viewer
-from domain.ports import Store
+from domain.ports import Store, Update
 from domain.query import ALL
 from domain.services import ServiceContext
 from domain.services.idempotency import (
@@ -25,6 +28,7 @@ from domain.services.idempotency import (
     Replay,
     key_id,
 )
+from store.sqlite import SqliteStore
 from tests.contract.factories import oid
 from tests.helpers import FastHasher
 
@@ -179,3 +183,57 @@ async def test_keeping_an_answer_is_tried_again_while_the_store_is_busy(
     busy.extend(StoreBusy("the database is locked") for _ in range(3))
     await keys.finish(claim, ANSWER)  # logged: what remains is the lease's lapse
     assert await keys.begin(ANNA, "k-down", "fp-a") is Refusal.IN_PROGRESS
+
+
+async def test_keeping_an_answer_in_a_locked_database_holds_the_answer_a_second_at_most(
+        tmp_path: Path) -> None:
+    """Review r27-idem2: each try of keeping the answer waits the store's own timeout
+    (SQLite's ``busy_timeout``, 5 s by default) before it fails, so four tries and their
+    pauses held the caller's answer (a charger command's, a refund's) some 21 s. It waits
+    ``FINISH_WAIT_S`` at most; the keeping goes on in the background, the key running
+    meanwhile (a retry is told so), and once the database is free the answer is kept."""
+    path = str(tmp_path / "locked.db")
+    store = SqliteStore(path)  # the service's default busy_timeout
+    await store.start()
+    try:
+        keys = service(store, Clock())
+        claim = await keys.begin(ANNA, "k", "fp-a")
+        assert isinstance(claim, Claim)
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process (a shell, a backup) writes
+        try:
+            began = time.monotonic()
+            await keys.finish(claim, ANSWER)
+            took = time.monotonic() - began
+            assert took < 2.0, f"finish held the answer {took:.1f}s"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await keys.settled()
+        assert await keys.begin(ANNA, "k", "fp-a") == Replay(ANSWER)
+    finally:
+        await store.close()
+
+
+async def test_an_answer_the_store_refuses_for_good_is_not_tried_again(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``StoreRefused`` (an answer past MongoDB's document size) fails the same way on
+    every try: it is logged once, and the key lapses."""
+    keys = service(store, Clock())
+    write = store.write
+    tries: list[int] = []
+
+    async def refusing(*args: Any, **kwargs: Any) -> Any:
+        [change] = args[0]
+        if isinstance(change, Update) and "response" in (change.fields or ()):
+            tries.append(1)
+            raise StoreRefused("too large", reason="document too large")
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write", refusing)
+    claim = await keys.begin(ANNA, "k-big", "fp-a")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    await keys.settled()
+    assert tries == [1]
+    assert await keys.begin(ANNA, "k-big", "fp-a") is Refusal.IN_PROGRESS

@@ -404,6 +404,43 @@ async def test_a_failure_after_the_charger_acted_is_kept_so_the_retry_sends_noth
         assert retry.content == first.content
 
 
+async def test_an_unexpected_failure_after_the_charger_acted_is_a_kept_http_200_error(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README ("Retries"): once a charger was reached, "an unexpected failure then is a
+    top-level `INTERNAL_SERVER_ERROR` ... HTTP 200, kept too". Review r27-idem2: README
+    said HTTP 500, but GraphQL execution catches a bug raised while recording the
+    charger's answer: the client gets, and every retry replays, an HTTP 200 whose
+    top-level error is the masked "Internal server error"."""
+    token = await service.token("op")
+    commands = service.services.commands
+    call, commit = commands._call, commands.commit
+    armed: list[bool] = []
+
+    async def answered(*args: Any, **kwargs: Any) -> None:
+        await call(*args, **kwargs)
+        armed.append(True)
+
+    async def buggy(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            armed.clear()
+            raise RuntimeError("a bug")
+        return await commit(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "_call", answered)
+    monkeypatch.setattr(commands, "commit", buggy)
+    unlock = {"i": {"cpId": "CP-1", "connectorId": 1}}
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        first = await post(service, UNLOCK, unlock, token=token, key="unlock-bug")
+        retry = await post(service, UNLOCK, unlock, token=token, key="unlock-bug")
+    assert first.status_code == 200, first.text
+    [error] = first.json()["errors"]
+    assert (error["message"], error["extensions"]["code"]) == (
+        "Internal server error", "INTERNAL_SERVER_ERROR")
+    assert (retry.status_code, retry.headers.get("idempotent-replayed")) == (200, "true")
+    assert retry.content == first.content
+
+
 CREATE_HOOK = """mutation($i: CreateWebhookInput!) { createWebhook(input: $i) {
     secret webhook { id } errors { code field } } }"""
 
