@@ -231,6 +231,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         drawn = _drawn(database) if replaced is not None else {}
         sequences = _moved_sequences(temporary, drawn)
         _mark_open_sessions(temporary)
+        _expire_leases(temporary)
         if replaced is not None:
             _keep_mode_and_owner(temporary, database, replaced)
             warnings: tuple[str, ...] = ()
@@ -287,6 +288,19 @@ def _mark_open_sessions(temporary: str) -> None:
     with contextlib.closing(sqlite3.connect(temporary)) as copy, copy:
         copy.execute('UPDATE "session" SET "open_at_restore" = ? WHERE "state" = ?',
                      (now_us, "ACTIVE"))
+
+
+def _expire_leases(temporary: str) -> None:
+    """Ends every instance lease the copy holds: none of those instances runs on the
+    restored file (``refuse_running`` checked the one replaced). A backup taken while the
+    service ran holds its live lease (restore QA s27: a second restore was then refused,
+    "an instance of the service runs", though none did, and a starting instance took the
+    phantom for one holding chargers and deliveries); expired, the first instance to
+    start sweeps what it held (its stations recorded offline, its deliveries taken)."""
+    now_us = int(time.time() * 1_000_000)
+    with contextlib.closing(sqlite3.connect(temporary)) as copy, copy:
+        copy.execute('UPDATE "instance_lease" SET "expires_at" = ? WHERE "expires_at" > ?',
+                     (now_us, now_us))
 
 
 def _keep_mode_and_owner(temporary: str, database: Path, replaced: os.stat_result) -> None:
