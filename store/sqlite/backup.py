@@ -191,6 +191,9 @@ class RestoreReport:
     sequences: dict[str, int]
     #: What the operator must still see to (the restored file left root's), one line each.
     warnings: tuple[str, ...] = ()
+    #: The schema the restored database has: this build's, a backup of an older one
+    #: migrated by the restore.
+    migrated_to: int = 0
 
 
 def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
@@ -253,7 +256,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         raise
     _sync_folder(database.parent)
     return RestoreReport(database=database, schema_version=version, sequences=sequences,
-                         warnings=warnings)
+                         warnings=warnings, migrated_to=MIGRATIONS[-1][0])
 
 
 def _migrate(temporary: str) -> None:

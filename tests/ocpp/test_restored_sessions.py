@@ -17,8 +17,10 @@ from ocpp.v16 import call
 from domain import entities as d
 from ocpp_bridge.simulator import connected
 from store.sqlite.backup import backup, restore
+from store.sqlite.migrations import MIGRATIONS
 from tests.ocpp.conftest import STATION_PASSWORD, seed, start_central
 from tests.ocpp.test_lost_sessions import meter, stamp, start, stopping
+from tests.support.schema_at import roll_back
 
 
 async def test_a_session_open_at_the_backup_is_closed_once_its_connector_reports_free(
@@ -91,5 +93,30 @@ async def test_a_session_its_charger_still_meters_after_the_restore_stays_open(
             assert still is not None and still.state is d.SessionState.ACTIVE
             ended = await second.session(other)
             assert ended is not None and ended.state is d.SessionState.COMPLETED
+    finally:
+        await stopping(second)
+
+
+async def test_a_backup_of_the_previous_schema_is_migrated_and_its_open_sessions_marked(
+        tmp_path: Path) -> None:
+    """A backup the version before this one made (schema 76, no column to mark): the
+    restore migrates it first, so its open sessions are marked as any."""
+    database, copy = tmp_path / "central.db", tmp_path / "backup.db"
+    first = await start_central(database)
+    await seed(first)
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx = await start(cp, 1000, datetime.now(UTC))
+    await stopping(first)
+    backup(database, copy)
+    roll_back(copy, 76)
+
+    report = restore(copy, database)
+
+    assert (report.schema_version, report.migrated_to) == (76, MIGRATIONS[-1][0])
+    second = await start_central(database)
+    try:
+        kept = await second.session(tx)
+        assert kept is not None and kept.open_at_restore is not None
     finally:
         await stopping(second)
