@@ -231,6 +231,16 @@ def last_known(session: Session, restored: datetime) -> datetime:
     return max([session.start_time, *read])
 
 
+def unheard_since_restore(session: Session) -> bool:
+    """Whether a restore brought ``session`` back open (``Session.open_at_restore``) and
+    no MeterValues named it since: its charger may have ended it any time after its last
+    reading, and a close without its stop ends it there (``last_known``), not at the
+    next start on its connector, hours or days later, all of it billed by a per-minute
+    price or an idle fee (restore QA s27)."""
+    return session.open_at_restore is not None and (
+        session.named_at is None or session.named_at < session.open_at_restore)
+
+
 #: A connector reported so holds no transaction (OCPP 1.6: Available, or Preparing for
 #: the next one): a session a restore brought back open there has ended.
 FREE_AFTER_RESTORE = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.PREPARING})
@@ -1420,7 +1430,9 @@ class ChargingService(ChargerConnections):
         ``NEXT_START_BELOW_READINGS`` (QA s21: billed to its last reading, the newer
         from its meterStart, the energy between twice)."""
         actor = charger(station.cp_id)
-        end = lost_end(stale, station.booted_at, min(identity.start, self.now()))
+        end = last_known(stale, cast(datetime, stale.open_at_restore)) \
+            if unheard_since_restore(stale) \
+            else lost_end(stale, station.booted_at, min(identity.start, self.now()))
         register = cut_at_next_start(stale, identity.meter_start,
                                      await self._own_register(stale))
         if register is None:

@@ -120,3 +120,35 @@ async def test_a_backup_of_the_previous_schema_is_migrated_and_its_open_sessions
         assert kept is not None and kept.open_at_restore is not None
     finally:
         await stopping(second)
+
+
+async def test_a_newer_start_ends_a_session_open_at_the_restore_at_its_last_reading(
+        tmp_path: Path) -> None:
+    """Closed by the next start on its connector, days after the restore perhaps, a
+    session the restore brought back ran to that start: its per-minute price and idle
+    fee billed the whole time nobody charged (restore QA s27)."""
+    database, copy = tmp_path / "central.db", tmp_path / "backup.db"
+    first = await start_central(database)
+    await seed(first)
+    now = datetime.now(UTC)
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx = await start(cp, 1000, now - timedelta(hours=3))
+        last_read = now - timedelta(hours=2, minutes=30)
+        await meter(cp, tx, 9000, last_read)
+    await stopping(first)
+    backup(database, copy)
+    restore(copy, database)
+
+    second = await start_central(database)
+    try:
+        async with connected(second.url, "CP-1", password=STATION_PASSWORD) as cp:
+            answer = await cp.call(call.StartTransaction(
+                connector_id=1, id_tag="TAG-OTHER", meter_start=20_000, timestamp=stamp(now)))
+            assert answer.id_tag_info["status"] == "Accepted"
+            ended = await second.session(tx)
+            assert ended is not None and ended.state is d.SessionState.COMPLETED
+            assert ended.end_time is not None
+            assert abs(ended.end_time - last_read) < timedelta(seconds=1)
+    finally:
+        await stopping(second)
