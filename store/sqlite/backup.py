@@ -22,7 +22,7 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,14 +80,13 @@ def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
     if not source.is_file():
         raise BackupError(f"there is no database at {source}")
     _check_target(source, target, overwrite=overwrite)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                                             dir=target.parent)
-    os.close(descriptor)
+    temporary = _temporary(target, "the backup")
     try:
         _copy(source, temporary)
         version = _checked_version(source, temporary)
-        sync_file(temporary)
-        os.replace(temporary, target)
+        with _writing(target, "the backup"):
+            sync_file(temporary)
+            os.replace(temporary, target)
     except BaseException:
         # The copy's own journal too: a write that failed half-way (a full disk) leaves
         # SQLite's rollback journal beside it, which nobody would ever clean up.
@@ -97,6 +96,28 @@ def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
         raise
     _sync_folder(target.parent)
     return BackupReport(target=target, size=target.stat().st_size, schema_version=version)
+
+
+def _temporary(target: Path, what: str) -> str:
+    """A new private file beside ``target``, to write ``what`` into before it is renamed
+    into place."""
+    with _writing(target, what):
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.",
+                                                 suffix=".part", dir=target.parent)
+    os.close(descriptor)
+    return temporary
+
+
+@contextlib.contextmanager
+def _writing(target: Path, what: str) -> Iterator[None]:
+    """A file ``target``'s folder refuses (this user may not write it, a read-only
+    mount, a full disk) is one line of the command, not a traceback (restore QA s27:
+    a backup into another user's backup mount ended in tempfile's PermissionError)."""
+    try:
+        yield
+    except OSError as error:
+        raise BackupError(f"cannot write {what} in {target.parent}: "
+                          f"{error.strerror or error}") from error
 
 
 def _check_target(source: Path, target: Path, *, overwrite: bool) -> None:
@@ -223,9 +244,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     if replaced is not None:
         refuse_inaccessible(database, "restore")
         refuse_running(database, "restore")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{database.name}.", suffix=".part",
-                                             dir=database.parent)
-    os.close(descriptor)
+    temporary = _temporary(database, "the restored database")
     try:
         _copy(backup_file, temporary, doing="restore from")
         version = _checked_version(backup_file, temporary)
@@ -240,15 +259,17 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
             warnings: tuple[str, ...] = ()
         else:
             warnings = _give_the_folders_owner(temporary, database)
-        sync_file(temporary)
+        with _writing(database, "the restored database"):
+            sync_file(temporary)
         if replaced is not None:
             # Last, just before the file is replaced: an instance serving GraphQL only
             # holds no lease (ops QA s25: the restore went ahead under it).
             refuse_open(database, "restore")
-        for suffix in SIDE_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{database}{suffix}")
-        os.replace(temporary, database)
+        with _writing(database, "the restored database"):
+            for suffix in SIDE_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{database}{suffix}")
+            os.replace(temporary, database)
     except BaseException:
         for leftover in (temporary, *(temporary + suffix for suffix in SIDE_FILES)):
             with contextlib.suppress(FileNotFoundError):
