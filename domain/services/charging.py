@@ -971,8 +971,9 @@ class ChargingService(ChargerConnections):
         unless a MeterValues names it meanwhile. One read per such report, of the
         connector's open sessions (at most a few)."""
         restored = [s.open_at_restore for s in await self.store.find_all(
-            Session, all_of(Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
-                            Eq("state", SessionState.ACTIVE)),
+            # By the (station, state) index both stores have: one read per report.
+            Session, all_of(Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
+                            Eq("connector_id", connector_id)),
             limit=MAX_OPEN_PER_CONNECTOR) if s.open_at_restore is not None]
         if restored:
             self.restore_checks.schedule(station.cp_id, connector_id, max(restored))
@@ -989,8 +990,8 @@ class ChargingService(ChargerConnections):
         if station is None:
             return
         open_ = await self.store.find_all(Session, all_of(
-            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
-            Eq("state", SessionState.ACTIVE), Range("open_at_restore", lte=restored)),
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
+            Eq("connector_id", connector_id), Range("open_at_restore", lte=restored)),
             limit=MAX_OPEN_PER_CONNECTOR)
         for session in open_:
             await self._close_if_lost(station, session, cast(datetime,
