@@ -99,6 +99,7 @@ class _LateBound:
 
 
 async def _settle(services: Services) -> None:
+    services.charging.restore_checks.stop()
     services.charging.reboot_checks.stop()  # the store is closing; the boot time is stored
     # Its chargers are gone (the OCPP server stopped first): nothing left to tell them.
     await services.site_load.close()

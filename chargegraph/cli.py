@@ -282,8 +282,10 @@ def restore(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
     numbers = ", ".join(f"{name} {value}" for name, value in sorted(report.sequences.items()))
+    migrated = f", migrated to {report.migrated_to}" \
+        if report.migrated_to > report.schema_version else ""
     typer.echo(f"restored {path} to {report.database} (schema version "
-               f"{report.schema_version}); next numbers: {numbers}")
+               f"{report.schema_version}{migrated}); next numbers: {numbers}")
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
 

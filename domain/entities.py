@@ -567,6 +567,13 @@ class Session(Record):
     #: charger still has the transaction, and the reboot's check does not close it as
     #: lost (``ChargingService._close_lost_at_reboot``). Null otherwise.
     named_at: datetime | None = None
+    #: When (our clock) ``chargegraph restore`` put back a backup in which this session
+    #: was open: its charger may have ended it since the backup was taken, its
+    #: StopTransaction gone with the database replaced, and it never comes again. Such a
+    #: session is closed as lost once its connector is reported free (Available or
+    #: Preparing) unless a MeterValues named it since (``named_at``: its charger still
+    #: has it); see ``ChargingService._close_open_at_restore``. Null otherwise.
+    open_at_restore: datetime | None = None
     #: Its charger's clock was behind ours when it started (``ChargerClocks.behind_at``):
     #: its start predates its station's record, or came long after its timestamp over a
     #: connection open since before it. Such a session is billed no longer than our

@@ -216,6 +216,36 @@ def lost_end(session: Session, booted: datetime | None, cap: datetime) -> dateti
     return max([end, *read])
 
 
+def last_known(session: Session, restored: datetime) -> datetime:
+    """Where a session a restore brought back open (``Session.open_at_restore``) and
+    its connector then reported free ended, on its own timeline: at its last reading
+    (its start when none), readings stamped past the restore (``restored``, on our
+    clock or moved onto the session's, whichever is later: a start sent late from a
+    charger's queue looks like a clock behind) being clock glitches. It ended somewhere
+    between that reading and the restore, which may be days later; a per-minute price or
+    an idle fee must not bill those days."""
+    cap = max(restored,
+              session.start_time + max(restored - session.created_at, timedelta(0)))
+    read = [t for t in (session.meter_at, session.power_at, session.soc_at)
+            if t is not None and t <= cap]
+    return max([session.start_time, *read])
+
+
+def unheard_since_restore(session: Session) -> bool:
+    """Whether a restore brought ``session`` back open (``Session.open_at_restore``) and
+    no MeterValues named it since: its charger may have ended it any time after its last
+    reading, and a close without its stop ends it there (``last_known``), not at the
+    next start on its connector, hours or days later, all of it billed by a per-minute
+    price or an idle fee (restore QA s27)."""
+    return session.open_at_restore is not None and (
+        session.named_at is None or session.named_at < session.open_at_restore)
+
+
+#: A connector reported so holds no transaction (OCPP 1.6: Available, or Preparing for
+#: the next one): a session a restore brought back open there has ended.
+FREE_AFTER_RESTORE = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.PREPARING})
+
+
 class _StartIdentity(NamedTuple):
     """What makes two StartTransactions the same start: a charger's retry repeats its tag,
     time and meter. ``glitch``: the time it sent was unbelievable and replaced by the
@@ -506,6 +536,9 @@ class ChargingService(ChargerConnections):
         self.clocks = ChargerClocks(self.now)
         self.unreadable = UnreadableValues()
         self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
+        #: The same grace for sessions a restore brought back open
+        #: (``Session.open_at_restore``), keyed by the restore's time.
+        self.restore_checks = RebootChecks(self._close_open_at_restore)
         self.session_updates = LatestUpdates(self.publish)
         #: Sessions whose metering after their close without a stop was logged.
         self._metered_after_close: set[str] = set()
@@ -874,6 +907,8 @@ class ChargingService(ChargerConnections):
         if connector is not None and new_status is ConnectorStatus.AVAILABLE \
                 and station.booted_at is not None:
             self.reboot_checks.schedule(station.cp_id, connector_id, station.booted_at)
+        if connector is not None and new_status in FREE_AFTER_RESTORE:
+            await self._arm_restore_check(station, connector_id)
         if connector is not None and preparing_since is not None and new_status in GIVEN_UP:
             await self._start_given_up(station, connector_id, preparing_since)
 
@@ -940,7 +975,43 @@ class ChargingService(ChargerConnections):
         for session in lost:
             await self._close_if_lost(station, session, booted)
 
-    async def _close_if_lost(self, station: Station, session: Session, booted: datetime
+    async def _arm_restore_check(self, station: Station, connector_id: int) -> None:
+        """A connector reported free (``FREE_AFTER_RESTORE``) with a session open there
+        that a restore brought back (``Session.open_at_restore``): its charger ended it
+        after the backup was taken, its StopTransaction gone with the database replaced.
+        Closed as lost after the reboot's grace (its stop, if queued, comes first),
+        unless a MeterValues names it meanwhile. One read per such report, of the
+        connector's open sessions (at most a few)."""
+        restored = [s.open_at_restore for s in await self.store.find_all(
+            # By the (station, state) index both stores have: one read per report.
+            Session, all_of(Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
+                            Eq("connector_id", connector_id)),
+            limit=MAX_OPEN_PER_CONNECTOR) if s.open_at_restore is not None]
+        if restored:
+            self.restore_checks.schedule(station.cp_id, connector_id, max(restored))
+
+    async def _close_open_at_restore(self, cp_id: str, connector_id: int,
+                                     restored: datetime) -> None:
+        """After the grace (``_arm_restore_check``): what is still open on the connector
+        from a restore at or before ``restored`` is closed as a lost stop is (reason
+        ``Other``, energy as metered), ending at its last reading: when it ended between
+        the backup and the restore is not known, and the time up to the restore (hours,
+        days) was not charging to bill. A stop its charger sends later still corrects
+        the close (``closed_without_stop``)."""
+        station = await self.station(cp_id)
+        if station is None:
+            return
+        open_ = await self.store.find_all(Session, all_of(
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
+            Eq("connector_id", connector_id), Range("open_at_restore", lte=restored)),
+            limit=MAX_OPEN_PER_CONNECTOR)
+        for session in open_:
+            await self._close_if_lost(station, session, cast(datetime,
+                                                             session.open_at_restore),
+                                      ended=last_known)
+
+    async def _close_if_lost(self, station: Station, session: Session, booted: datetime,
+                             *, ended: Callable[[Session, datetime], datetime] | None = None
                              ) -> None:
         """Closes ``session`` as lost at the boot at ``booted``, unless a MeterValues
         named it since (``Session.named_at``): a charger that sent a BootNotification
@@ -948,13 +1019,15 @@ class ChargingService(ChargerConnections):
         metering the transaction still has it (QA s20: closed after 2 minutes while
         its meter values kept coming, its energy frozen and its card free elsewhere).
         Written only onto the session as read: a frame naming it meanwhile makes it read
-        again and decide anew."""
+        again and decide anew. ``ended``: where it ended (by default ``lost_end``, at
+        the boot)."""
         actor = charger(station.cp_id)
         for _ in range(END_ATTEMPTS):
             if session.state is not SessionState.ACTIVE \
                     or (session.named_at is not None and session.named_at >= booted):
                 return  # stopped or closed meanwhile, or its charger still meters it
-            end = lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
+            end = ended(session, booted) if ended is not None \
+                else lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
             closed, changes = await self._close(station, session, None, end,
                                                 CLOSED_WITHOUT_STOP, actor,
                                                 unchanged_since=session.updated_at)
@@ -1405,7 +1478,9 @@ class ChargingService(ChargerConnections):
         ``NEXT_START_BELOW_READINGS`` (QA s21: billed to its last reading, the newer
         from its meterStart, the energy between twice)."""
         actor = charger(station.cp_id)
-        end = lost_end(stale, station.booted_at, min(identity.start, self.now()))
+        end = last_known(stale, cast(datetime, stale.open_at_restore)) \
+            if unheard_since_restore(stale) \
+            else lost_end(stale, station.booted_at, min(identity.start, self.now()))
         register = cut_at_next_start(stale, identity.meter_start,
                                      await self._own_register(stale))
         if register is None:
@@ -1630,10 +1705,14 @@ class ChargingService(ChargerConnections):
         after its boot, without its StopTransaction, keeps it open until its stop or an
         operator's endSession."""
         booted = station.booted_at
-        if booted is None or session.created_at >= booted:
-            return None  # no boot since it was recorded: nothing for a check to close
-        if session.named_at is not None and session.named_at >= booted:
-            return None  # named since this boot already
+        # Likewise since the restore that brought it back open: its charger still has
+        # it (``_close_open_at_restore``).
+        doubted = [t for t in (booted if booted is not None and session.created_at < booted
+                               else None, session.open_at_restore) if t is not None]
+        if not doubted:
+            return None  # no boot nor restore since it was recorded: nothing to close
+        if session.named_at is not None and session.named_at >= max(doubted):
+            return None  # named since then already
         return self.now()
 
     def _still_metered(self, session: Session, transaction_id: int) -> None:

@@ -14,6 +14,7 @@ like one. It is created 0600: it holds password hashes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -21,7 +22,8 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,14 +80,13 @@ def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
     if not source.is_file():
         raise BackupError(f"there is no database at {source}")
     _check_target(source, target, overwrite=overwrite)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                                             dir=target.parent)
-    os.close(descriptor)
+    temporary = _temporary(target, "the backup")
     try:
         _copy(source, temporary)
         version = _checked_version(source, temporary)
-        sync_file(temporary)
-        os.replace(temporary, target)
+        with _writing(target, "the backup"):
+            sync_file(temporary)
+            os.replace(temporary, target)
     except BaseException:
         # The copy's own journal too: a write that failed half-way (a full disk) leaves
         # SQLite's rollback journal beside it, which nobody would ever clean up.
@@ -95,6 +96,28 @@ def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
         raise
     _sync_folder(target.parent)
     return BackupReport(target=target, size=target.stat().st_size, schema_version=version)
+
+
+def _temporary(target: Path, what: str) -> str:
+    """A new private file beside ``target``, to write ``what`` into before it is renamed
+    into place."""
+    with _writing(target, what):
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.",
+                                                 suffix=".part", dir=target.parent)
+    os.close(descriptor)
+    return temporary
+
+
+@contextlib.contextmanager
+def _writing(target: Path, what: str) -> Iterator[None]:
+    """A file ``target``'s folder refuses (this user may not write it, a read-only
+    mount, a full disk) is one line of the command, not a traceback (restore QA s27:
+    a backup into another user's backup mount ended in tempfile's PermissionError)."""
+    try:
+        yield
+    except OSError as error:
+        raise BackupError(f"cannot write {what} in {target.parent}: "
+                          f"{error.strerror or error}") from error
 
 
 def _check_target(source: Path, target: Path, *, overwrite: bool) -> None:
@@ -189,6 +212,9 @@ class RestoreReport:
     sequences: dict[str, int]
     #: What the operator must still see to (the restored file left root's), one line each.
     warnings: tuple[str, ...] = ()
+    #: The schema the restored database has: this build's, a backup of an older one
+    #: migrated by the restore.
+    migrated_to: int = 0
 
 
 def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
@@ -218,29 +244,32 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     if replaced is not None:
         refuse_inaccessible(database, "restore")
         refuse_running(database, "restore")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{database.name}.", suffix=".part",
-                                             dir=database.parent)
-    os.close(descriptor)
+    temporary = _temporary(database, "the restored database")
     try:
         _copy(backup_file, temporary, doing="restore from")
         version = _checked_version(backup_file, temporary)
         _refuse_newer(version)
+        _migrate(temporary)
         drawn = _drawn(database) if replaced is not None else {}
         sequences = _moved_sequences(temporary, drawn)
+        _mark_open_sessions(temporary)
+        _expire_leases(temporary)
         if replaced is not None:
             _keep_mode_and_owner(temporary, database, replaced)
             warnings: tuple[str, ...] = ()
         else:
             warnings = _give_the_folders_owner(temporary, database)
-        sync_file(temporary)
+        with _writing(database, "the restored database"):
+            sync_file(temporary)
         if replaced is not None:
             # Last, just before the file is replaced: an instance serving GraphQL only
             # holds no lease (ops QA s25: the restore went ahead under it).
             refuse_open(database, "restore")
-        for suffix in SIDE_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{database}{suffix}")
-        os.replace(temporary, database)
+        with _writing(database, "the restored database"):
+            for suffix in SIDE_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{database}{suffix}")
+            os.replace(temporary, database)
     except BaseException:
         for leftover in (temporary, *(temporary + suffix for suffix in SIDE_FILES)):
             with contextlib.suppress(FileNotFoundError):
@@ -248,7 +277,54 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         raise
     _sync_folder(database.parent)
     return RestoreReport(database=database, schema_version=version, sequences=sequences,
-                         warnings=warnings)
+                         warnings=warnings, migrated_to=MIGRATIONS[-1][0])
+
+
+def _migrate(temporary: str) -> None:
+    """Brings the copy to this build's schema, as the service's start would: what the
+    restore writes into it next (``_mark_open_sessions``) is of this schema, and a
+    migration that fails stops the restore with the database still in place. In a
+    thread of its own: the store is asynchronous, and the restore may be called from a
+    running event loop."""
+    from store.sqlite.store import SqliteStore
+
+    async def run() -> None:
+        store = SqliteStore(temporary)
+        await store.start()
+        await store.close()
+
+    try:
+        with ThreadPoolExecutor(1) as worker:
+            worker.submit(asyncio.run, run()).result()
+    except sqlite3.Error as error:
+        raise BackupError(f"cannot migrate the backup to this version's schema: "
+                          f"{error}") from error
+
+
+def _mark_open_sessions(temporary: str) -> None:
+    """Marks every session open in the copy as open at this restore
+    (``Session.open_at_restore``): its charger may well have ended it since the backup
+    was taken, and that StopTransaction went to the database replaced (restore QA s27:
+    it stayed open for ever, its driver's card ConcurrentTx on every charger). The
+    service closes it as lost once its connector is reported free, unless its charger
+    names it in a MeterValues first (it still charges)."""
+    now_us = int(time.time() * 1_000_000)
+    with contextlib.closing(sqlite3.connect(temporary)) as copy, copy:
+        copy.execute('UPDATE "session" SET "open_at_restore" = ? WHERE "state" = ?',
+                     (now_us, "ACTIVE"))
+
+
+def _expire_leases(temporary: str) -> None:
+    """Ends every instance lease the copy holds: none of those instances runs on the
+    restored file (``refuse_running`` checked the one replaced). A backup taken while the
+    service ran holds its live lease (restore QA s27: a second restore was then refused,
+    "an instance of the service runs", though none did, and a starting instance took the
+    phantom for one holding chargers and deliveries); expired, the first instance to
+    start sweeps what it held (its stations recorded offline, its deliveries taken)."""
+    now_us = int(time.time() * 1_000_000)
+    with contextlib.closing(sqlite3.connect(temporary)) as copy, copy:
+        copy.execute('UPDATE "instance_lease" SET "expires_at" = ? WHERE "expires_at" > ?',
+                     (now_us, now_us))
 
 
 def _keep_mode_and_owner(temporary: str, database: Path, replaced: os.stat_result) -> None:

@@ -1530,6 +1530,15 @@ CREATE INDEX "connector_interval_station_owner_start_idx"
 """
 
 #: Every migration, oldest first. Append only.
+# Version 77: when a restore put back the backup a session was open in
+# (``Session.open_at_restore``, our clock, written by ``chargegraph restore``): its
+# charger may have ended it since the backup, its StopTransaction lost with the database
+# replaced (restore QA s27: open for ever, its card ConcurrentTx everywhere). Older rows:
+# null. MongoDB reads a missing field as null: no step.
+_V77 = """
+ALTER TABLE "session" ADD COLUMN "open_at_restore" INTEGER;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1568,7 +1577,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (73, _V73),
                                      (74, _V74),
                                      (75, _V75),
-                                     (76, _V76))
+                                     (76, _V76), (77, _V77))
 
 
 def identity_left(company_id: str, name: str) -> None:

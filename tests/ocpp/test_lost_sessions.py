@@ -42,6 +42,7 @@ async def stopping(central: Central) -> None:
     """Stops the central system as a SIGTERM does: its pending reboot checks dropped
     (``chargegraph.app._settle``), the OCPP server and the store closed."""
     central.services.charging.reboot_checks.stop()
+    central.services.charging.restore_checks.stop()
     await stop_central(central)
 
 

@@ -714,3 +714,28 @@ def test_demo_reset_by_a_user_who_cannot_write_the_database_is_refused_while_it_
         asyncio.run(seeding())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_backup_and_restore_into_a_folder_they_may_not_write_say_so(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore QA s27: a backup into a folder this user may not write (a backup mount
+    of another user's, read-only) ended in a traceback of tempfile's PermissionError,
+    as did a restore into a database folder so; each is one line now, exit code 1."""
+    import tempfile
+
+    assert runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    assert runner.invoke(cli, ["backup", "copy.db"]).exit_code == 0
+
+    def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied", str(kwargs.get("dir")))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    made = runner.invoke(cli, ["backup", "other.db"])
+    assert (made.exit_code, made.stderr) == (
+        1, f"error: cannot write the backup in {Path('other.db').parent}: Permission "
+           "denied\n"), made.output
+    put_back = runner.invoke(cli, ["restore", "copy.db"])
+    assert (put_back.exit_code, put_back.stderr) == (
+        1, f"error: cannot write the restored database in {tmp_path}: Permission "
+           "denied\n"), put_back.output

@@ -583,3 +583,27 @@ def test_a_restore_where_the_database_is_gone_removes_what_it_left_beside_it(
 
     assert [side for side in stale if side.exists()] == []
     assert counts(gone) == (1, 1)
+
+
+async def test_a_restore_brings_back_no_live_lease_of_the_instance_the_backup_ran_under(
+        database: Path, tmp_path: Path) -> None:
+    """Restore QA s27: a backup taken while the service ran holds that instance's live
+    lease. Restored once the instance had stopped, the lease came back live with it: a
+    second restore (the right backup after a wrong one) was refused ("an instance of the
+    service runs") for as long as the lease, no instance running, and a starting
+    instance took that phantom for one serving the chargers and deliveries it held.
+    Expired in the restored file: the first instance to start sweeps what it held."""
+    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+        far = 10**18  # live when the backup is taken: the service runs
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?, 1)',
+                     ("gone", "system", "system", "host", far))
+    backup(database, tmp_path / "copy.db")
+    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+        conn.execute('DELETE FROM "instance_lease"')  # the instance stopped
+
+    restore(tmp_path / "copy.db", database)
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        (expires,) = conn.execute('SELECT "expires_at" FROM "instance_lease" WHERE "id" = ?',
+                                  ("gone",)).fetchone()
+    assert expires < far
+    restore(tmp_path / "copy.db", database)  # not refused: no instance runs
