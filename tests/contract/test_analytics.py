@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import domain.services.charger_connections as connections
+import domain.services.charging as charging_module
 from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
@@ -785,3 +787,108 @@ async def test_a_fault_carried_over_a_handover_is_the_new_company_s_from_the_han
         history.viewer("op_a"), r9, at_31(13), at_31(17))
     assert (group.count, group.duration_seconds / H, group.first_seen,
             group.open) == (1, 0.5, at_31(15, 30), False)
+
+
+# ------------------------------------------------- what races a handover (r27-analytics2)
+async def test_a_disconnect_racing_its_charger_s_last_status_report_takes_it_offline(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No handover: R9's charger sends a StatusNotification (Unavailable) and closes its
+    socket; the report is written while the disconnect is between its read of the open
+    state intervals and its write. The disconnect reads again and is recorded: a
+    changed interval is no newer connection (R9 read online until its charger came
+    back)."""
+    station_id, _ = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    real = connections.next_interval
+    raced = False
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        nonlocal raced
+        changes = await real(*args, **kw)
+        if not raced:
+            raced = True
+            await history.services.charging.status_notification(
+                "R9", 1, "Unavailable", "NoError", timestamp=at_31(16))
+        return changes
+
+    monkeypatch.setattr(connections, "next_interval", racing)
+    assert await history.services.charging.disconnect("R9") == at_31(16)
+    monkeypatch.setattr(connections, "next_interval", real)
+    assert raced
+    [station] = await history.services.ctx.store.find_all(
+        d.Station, Eq("id", station_id), limit=1)
+    assert station.online is False, "the disconnect was dropped: R9 reads online"
+    [open_interval] = await history.services.ctx.store.find_all(
+        d.ConnectorInterval, all_of(Eq("cp_id", "R9"), Eq("end", None)), limit=5)
+    assert (open_interval.status, open_interval.online) == (
+        d.ConnectorStatus.UNAVAILABLE, False)
+
+
+async def test_a_disconnect_racing_a_handover_still_takes_the_station_offline(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R9 (A's) is online. Its socket closes at 16:00 while an admin hands it to B: the
+    handover's write lands between the disconnect's read and its write. The disconnect
+    is still recorded: R9 is offline, and B's availability counts none of the
+    charger's absence as online Available time."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    real = connections.next_interval
+    handed = False
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        nonlocal handed
+        changes = await real(*args, **kw)
+        if not handed:
+            handed = True
+            await history.services.stations.update_station(SYSTEM, station_id,
+                                                           company_id=b)
+        return changes
+
+    monkeypatch.setattr(connections, "next_interval", racing)
+    await history.services.charging.disconnect("R9")
+    monkeypatch.setattr(connections, "next_interval", real)
+    assert handed
+    [station] = await history.services.ctx.store.find_all(
+        d.Station, Eq("id", station_id), limit=1)
+    assert (station.company_id, station.online) == (b, False)
+    history.clock.now = at_31(18)
+    [row] = await history.services.analytics.availability(
+        history.viewer("op_b"), Scope(cp_ids=("R9",)), at_31(0), at_31(23), True)
+    assert row.first_seconds == 0  # offline from 16:00: none of it available
+
+
+async def test_a_stop_racing_a_handover_still_leaves_its_connector_finishing(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R9 charges from 14:00; its StopTransaction at 16:00 is written while an admin
+    hands R9 to B, between the Finishing's read of the open interval and its write (the
+    handover ends that interval). The Finishing is read again and written, in B's
+    books: the connector's charging time ends with the session (it was left Charging,
+    counted as charging until the charger's next report)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(14)
+    tx, _ = await charging.start_transaction("R9", 1, "TAG-driver1", 0, at_31(14))
+    await _report_r9(history, at_31(14), timedelta(0), "Charging", "NoError")
+    real = charging_module.finishing
+    handed = False
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        nonlocal handed
+        changes = await real(*args, **kw)
+        if not handed:
+            handed = True
+            await history.services.stations.update_station(SYSTEM, station_id,
+                                                           company_id=b)
+        return changes
+
+    monkeypatch.setattr(charging_module, "finishing", racing)
+    history.clock.now = at_31(16)
+    await charging.stop_transaction("R9", tx, 1000, at_31(16))
+    assert handed
+    [open_interval] = await history.services.ctx.store.find_all(
+        d.ConnectorInterval, all_of(Eq("cp_id", "R9"), Eq("end", None)), limit=5)
+    assert (open_interval.status, open_interval.company_id) == (
+        d.ConnectorStatus.FINISHING, b)
+    [connector] = await history.services.ctx.store.find_all(
+        d.Connector, Eq("station_id", station_id), limit=1)
+    assert connector.status is d.ConnectorStatus.FINISHING
