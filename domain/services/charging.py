@@ -94,6 +94,7 @@ from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
+    books_at,
     effective_state,
     finishing,
     idle_times,
@@ -760,7 +761,8 @@ class ChargingService(ChargerConnections):
         """A StatusNotification, taken again from its reads when its write met a change
         made since (``Conflict`` CHANGED): a handover on another instance that ended the
         state interval it read (``intervals.handed_over``), its station then read from
-        the store, not the cache: the report is in the new books."""
+        the store, not the cache. Its books are those of the state interval its time
+        falls in (``intervals.books_at``), never the cached station's."""
         tries = 0
 
         async def report() -> None:
@@ -789,9 +791,10 @@ class ChargingService(ChargerConnections):
         reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
-        # In the books of its station as it arrived: a handover reaches this instance's
-        # cached copy with its event, and a report that raced it is taken again.
-        company_id, station_owner_id = books_of(station)
+        # In the books of the state interval its time falls in (``books_at``), whatever
+        # this instance's cached station says: a report that raced a handover is taken
+        # again (its write meets the interval the handover ended).
+        company_id, station_owner_id = await books_at(self.store, station, connector_id, at)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,

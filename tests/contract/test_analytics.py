@@ -892,3 +892,58 @@ async def test_a_stop_racing_a_handover_still_leaves_its_connector_finishing(
     [connector] = await history.services.ctx.store.find_all(
         d.Connector, Eq("station_id", station_id), limit=1)
     assert connector.status is d.ConnectorStatus.FINISHING
+
+
+async def test_a_report_through_a_cache_not_told_of_a_handover_is_in_the_new_books(
+        history: History) -> None:
+    """Two instances: R9's charger reports GroundFailure at 16:30 to one whose cached R9
+    has not heard of the handover to B at 16:00 (its announcement in flight). The
+    report takes the books of the state interval it falls in (B's, as the handover
+    rolled it over in the store), never the cached station's: A read B's fault report,
+    and B's group counted none."""
+    station_id, b = await _r9(history, timedelta(0))
+    store, charging = history.services.ctx.store, history.services.charging
+    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    await _report_r9(history, at_31(16, 30), timedelta(0), "Faulted", "GroundFailure")
+    history.clock.now = at_31(17)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+
+    async def faults(who: str) -> list[tuple[Any, ...]]:
+        return [(g.error_code, g.count, g.duration_seconds / H) for g in
+                await analytics.fault_reports(history.viewer(who), r9, at_31(0), at_31(23))]
+
+    assert await faults("op_a") == []
+    assert await faults("op_b") == [("GroundFailure", 1, 0.5)]
+
+
+async def test_a_fault_queued_through_an_outage_across_a_handover_is_in_its_time_s_books(
+        history: History) -> None:
+    """R9 (A's) goes offline at 15:00; A hands it to B at 16:00; at 17:00 it comes back and
+    flushes the GroundFailure it queued at 15:30, then Available. The report is in the
+    books its time is placed in on the charger's timeline (A's outage), not those of its
+    arrival: A has the report with its half hour of fault; B reads nothing of R9 from
+    before it had it (it read a report of 15:30, and A half an hour of fault with
+    none)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(15)
+    await charging.set_online("R9", False)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    await charging.set_online("R9", True)
+    await charging.status_notification("R9", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(15, 30))
+    await _report_r9(history, at_31(17, 1), timedelta(0), "Available", "NoError")
+    history.clock.now = at_31(18)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    groups = {who: [(g.count, g.first_seen, g.duration_seconds / H) for g in
+                    await analytics.fault_reports(history.viewer(who), r9, at_31(0),
+                                                  at_31(23))]
+              for who in ("op_a", "op_b")}
+    assert groups["op_a"] == [(1, at_31(15, 30), 0.5)], groups
+    assert all(count == 0 and first_seen >= at_31(16)
+               for count, first_seen, _ in groups["op_b"]), groups
