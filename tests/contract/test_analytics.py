@@ -947,3 +947,40 @@ async def test_a_fault_queued_through_an_outage_across_a_handover_is_in_its_time
     assert groups["op_a"] == [(1, at_31(15, 30), 0.5)], groups
     assert all(count == 0 and first_seen >= at_31(16)
                for count, first_seen, _ in groups["op_b"]), groups
+
+
+async def test_the_former_company_keeps_its_figures_after_the_new_one_removes_the_station(
+        history: History) -> None:
+    """R9 is A's from 13:00, online and Available; handed to B at 16:00, which removes it
+    at 17:00. A keeps its figures of the time it ran R9, as it keeps its sessions there:
+    its rows come from the state history in its books, not from the connectors the
+    removal deleted."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    analytics = history.services.analytics
+
+    async def a_rows() -> list[tuple[Any, ...]]:
+        return [(row.cp_id, row.connector_id, row.second_seconds / H)
+                for row in await analytics.availability(
+                    history.viewer("op_a"), Scope(), at_31(13), at_31(16), True)
+                if row.cp_id == "R9"]
+
+    assert await a_rows() == [("R9", 1, 3.0)]
+    await history.services.stations.remove_station(SYSTEM, station_id)
+    assert await a_rows() == [("R9", 1, 3.0)]
+
+
+async def test_no_row_of_a_station_handed_away_before_the_window(history: History) -> None:
+    """A handed R9 to B at 16:00: A's rows of a window after that have none of R9 (zeros
+    read as measured), those of a window before it have R9's."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(20)
+    analytics, op_a = history.services.analytics, history.viewer("op_a")
+    for lo, hi, rows in ((at_31(17), at_31(19), []), (at_31(13), at_31(19), ["R9"])):
+        for figures_of in (analytics.availability, analytics.utilization):
+            assert [row.cp_id for row in await figures_of(op_a, Scope(), lo, hi, False)
+                    if row.cp_id == "R9"] == rows
