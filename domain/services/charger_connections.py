@@ -34,6 +34,7 @@ from domain.ports import Change, Insert
 from domain.query import Eq, In, Range, all_of
 from domain.services.base import (
     Service,
+    books_of,
     charger,
     owned_by,
     patch,
@@ -386,8 +387,13 @@ class ChargerConnections(Service):
         now = self.now()
         when = now if at is None else at
         actor = charger(cp_id)
+        # In the books of the station as read from the store (a handover since fails the
+        # write: its state intervals were ended, ``intervals._close``, and it is read
+        # again).
+        company_id, station_owner_id = books_of(station)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
-                                server_outage=outage)
+                                server_outage=outage, company_id=company_id,
+                                station_owner_id=station_owner_id)
         fields: dict[str, Any] = {"online": online,
                                   "connected_instance": instance if online else None}
         if not outage and (heard or last_heard is not None):

@@ -984,3 +984,19 @@ async def test_no_row_of_a_station_handed_away_before_the_window(history: Histor
         for figures_of in (analytics.availability, analytics.utilization):
             assert [row.cp_id for row in await figures_of(op_a, Scope(), lo, hi, False)
                     if row.cp_id == "R9"] == rows
+
+
+async def test_connection_events_are_in_the_books_of_their_time(history: History) -> None:
+    """R9 connects under A at 13:00, is handed to B at 16:00 and disconnects at 17:00:
+    the connect is in A's books, the disconnect in B's (``Station.connectionHistory``
+    reads an operator's own)."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    await history.services.charging.disconnect("R9")
+    events = await history.services.ctx.store.find_all(
+        d.ConnectionEvent, Eq("station_id", station_id), limit=10)
+    a = history.users["op_a"].company_id
+    assert sorted((e.at, e.online, e.company_id) for e in events) == [
+        (at_31(13), True, a), (at_31(17), False, b)]
