@@ -842,7 +842,10 @@ class ConnectionEvent(Record):
     """A charger's websocket connected or disconnected: the station's online history.
     ``server_outage``: a disconnect the central system recorded for its own outage (it
     stopped and closed the socket itself, or crashed and the disconnect was found later),
-    not the charger's leaving."""
+    not the charger's leaving. ``company_id``/``station_owner_id``: whose books it went
+    to, its station's as the connect or disconnect was written (``base.books_of``), as
+    a status report's are: the company that handed a station over keeps its connection
+    history, the new one reads its own (SQLite migration 76)."""
 
     kind: ClassVar[str] = "connection_event"
     station_id: str
@@ -850,6 +853,8 @@ class ConnectionEvent(Record):
     online: bool
     at: datetime = field(default_factory=utcnow)
     server_outage: bool = False
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 @dataclass(kw_only=True)

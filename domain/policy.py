@@ -84,6 +84,7 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     "session": frozenset({"company_id", "station_owner_id"}),
     "status_event": frozenset({"company_id", "station_owner_id"}),
     "connector_interval": frozenset({"company_id", "station_owner_id"}),
+    "connection_event": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),
     "refund": frozenset({"company_id", "station_owner_id"}),
     "reservation": frozenset({"company_id", "station_owner_id"}),
@@ -271,14 +272,16 @@ class Policy:
                 # Live on the wall clock, as a request's own "now" is (services pass
                 # their own clock's now to ``live_reservations`` where they decide).
                 return any_of(books, all_of(live_reservations(utcnow()), on_stations))
-            case "status_event" | "connector_interval":
+            case "status_event" | "connector_interval" | "connection_event":
                 # A station's state history by whose books each record went to when it
                 # reached us (``StatusEvent.company_id``), as sessions: the company that
-                # handed a station over keeps its status reports and its time there, and
-                # the new one reads none of them (review r27: ``statusHistory`` showed
-                # it the old one's faults and its drivers' charging times).
+                # handed a station over keeps its status reports, its time and its
+                # charger's connects and disconnects there, and the new one reads none
+                # of them (review r27: ``statusHistory`` showed it the old one's faults
+                # and its drivers' charging times; r27-analytics2: ``connectionHistory``
+                # its charger's comings and goings).
                 return books
-            case "connector" | "connection_event":
+            case "connector":
                 return on_stations
             case "configuration_key":
                 # Its charger's internals, as the station's private view: those who run

@@ -813,7 +813,9 @@ class Station(Node, Audited):
                                      else k.value)) for k in known]
 
     @strawberry.field(description="When the charger connected and disconnected, newest "
-                                  "first (admins and the station's operators).")
+                                  "first (admins, and the operators of the books each "
+                                  "went to: of a station handed over, those from the "
+                                  "handover on).")
     async def connection_history(self, info: Info, from_: Since = None, to: Until = None,
                                  first: int | None = None, after: str | None = None,
                                  last: int | None = None, before: str | None = None

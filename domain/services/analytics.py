@@ -418,6 +418,16 @@ class _Span:
         return _elapsed(self.lo, min(self.now, self.hi))
 
 
+@dataclass(frozen=True, slots=True)
+class _Plug:
+    """A connector a share row is of (``AnalyticsService._connectors``): one that
+    exists, or one known from the state history in the viewer's books."""
+
+    station_id: str
+    cp_id: str
+    connector_id: int
+
+
 #: A group of a grouped trend: (station id, cp id) or (station id, cp id, connector id);
 #: () when not grouped.
 GroupKey = tuple[Any, ...]
@@ -575,35 +585,46 @@ class AnalyticsService(Service):
         return counts.most_common(1)[0][0] if counts else "EUR"
 
     # ------------------------------------------------------------- utilization, availability
-    async def _connectors(self, viewer: Viewer, scope: Scope) -> list[Connector]:
-        """The connectors to give rows for: those of the asked-for stations the viewer
-        runs now, and those of stations with state history in its books (``Scope.
-        history``): a company that handed a station over keeps rows of its time there,
-        as it keeps the station's sessions (their ``station`` null: it no longer sees
-        it). Drivers and the public map see every connector's live status but no
-        station's history; a row for them would read 0 seconds available or charging as
-        if measured, so they get no row, as a hidden record reads like a missing one.
-        A removed connector has none."""
+    async def _connectors(self, viewer: Viewer, scope: Scope, lo: datetime, hi: datetime
+                          ) -> list[_Plug]:
+        """The connectors to give rows for, over ``lo`` .. ``hi``: those of the asked-for
+        stations the viewer runs now (their connectors as they are: a removed one has
+        no row), and of any other station those with state history in its books
+        overlapping the window (``Scope.history``), read from that history: a company
+        that handed a station over keeps rows of its time there, as it keeps the
+        station's sessions (their ``station`` null: it no longer sees it), also once the
+        new company removed the station or a connector of it (review r27-analytics2:
+        rows came from the connectors the removal deleted), and gets no row of a station
+        it handed away before the window (zeros read as measured). Drivers and the
+        public map see every connector's live status but no station's history; a row
+        for them would read 0 seconds available or charging as if measured, so they get
+        no row, as a hidden record reads like a missing one."""
         books = self.policy.scope(viewer, "connector_interval")
         if books == NONE:
             return []
-        plugs = replace(scope, company_id=None).on_stations()
-        return await self.store.find_all(Connector, any_of(
-            self._scoped(viewer, "connector", scope.on_stations()),
-            all_of(plugs, Sub("station_id", "connector_interval", self._scoped(
-                viewer, "connector_interval", scope.history()), select="station_id"))),
-            limit=100_000)
+        plugs = {(c.station_id, c.connector_id): _Plug(c.station_id, c.cp_id, c.connector_id)
+                 for c in await self.store.find_all(Connector, self._scoped(
+                     viewer, "connector", scope.on_stations()), limit=100_000)}
+        run_now = {station_id for station_id, _ in plugs}
+        for row in await self.store.aggregate(
+                ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                    scope.history(), _overlapping("start", "end", lo, hi))),
+                [*PER_CONNECTOR, ByField("cp_id")], {"n": Count()}):
+            if row["g0"] not in run_now:
+                plugs[(row["g0"], row["g1"])] = _Plug(row["g0"], row["g2"], row["g1"])
+        return list(plugs.values())
 
     @staticmethod
-    def _rows(connectors: list[Connector], by_connector: bool, window: float,
+    def _rows(connectors: list[_Plug], by_connector: bool, window: float,
               first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float],
               bucket: datetime | None = None) -> list[ShareRow]:
-        """A row per connector that exists, or per station the sum of its connectors'
-        rows, so the two add up and a station's share is the mean of its connectors'.
-        The store sums per connector; a connector counts at most the whole window, also
-        when its records overlap (sessions of a charger whose clock stepped back).
-        History of a removed connector is not counted: it has no row, and its time is not
-        part of its station's window either."""
+        """A row per connector (``_connectors``), or per station the sum of its
+        connectors' rows, so the two add up and a station's share is the mean of its
+        connectors'. The store sums per connector; a connector counts at most the whole
+        window, also when its records overlap (sessions of a charger whose clock stepped
+        back). On a station the viewer runs, history of a removed connector is not
+        counted: it has no row, and its time is not part of its station's window
+        either."""
         rows = []
         for c in connectors:
             key = (c.station_id, c.connector_id)
@@ -661,7 +682,7 @@ class AnalyticsService(Service):
         its span (``_rows``). The rows' number is known before the sums: beyond
         ``MAX_CELLS``, or beyond what is left of the request's ``budget`` (its spans were
         spent by ``_spans``), it is refused before they are."""
-        connectors = await self._connectors(viewer, scope)
+        connectors = await self._connectors(viewer, scope, spans[0].lo, spans[-1].hi)
         groups = len(connectors) if by_connector else len({c.station_id for c in connectors})
         if len(spans) > 1:
             _check_cells(len(spans) * groups, "bucket")

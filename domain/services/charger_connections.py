@@ -34,6 +34,7 @@ from domain.ports import Change, Insert
 from domain.query import Eq, In, Range, all_of
 from domain.services.base import (
     Service,
+    books_of,
     charger,
     owned_by,
     patch,
@@ -64,6 +65,12 @@ MAX_OPEN_PER_CONNECTOR = 10
 #: NAT or carrier address needs it raised, or lifted (0).
 REGISTRATIONS_PER_ADDRESS = 50
 REGISTRATION_WINDOW = timedelta(hours=1)
+
+#: How many times a disconnect is read and written again when its write met a change
+#: made since that leaves its connection the station's (``disconnect``), and the most
+#: it waits before its n-th try, times n (random: two instances in step part).
+RECORD_ATTEMPTS = 5
+RECORD_RETRY_PAUSE = timedelta(milliseconds=50)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,8 @@ class ChargerConnections(Service):
     #: Set by the OCPP server: records again the connection it holds for a charger
     #: whose station a message found recorded offline (``_still_connected``).
     still_connected: Callable[[str], Awaitable[None]] | None
+    #: A fraction in [0, 1) drawn for each pause before a write is tried again.
+    retry_jitter: Callable[[], float]
 
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
@@ -320,23 +329,39 @@ class ChargerConnections(Service):
         close frame (the socket died, or it stopped answering pings), so it was last
         heard at ``last_heard`` (its last frame), not at the close found now."""
         await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
-        station = await self.station(cp_id)
-        if station is None or not station.online:
-            return None
         guard: tuple[str, Any] | None = None
         if number is not None:
             guard = ("connection", number)
         elif instance is not None:
             guard = ("connected_instance", instance)
-        if guard is not None and getattr(station, guard[0]) != guard[1]:
-            return None
-        try:
-            return await self._record_connection(
-                station, False, guard=guard, outage=stopping or lost is not None,
-                at=None if lost is None else self._lost_at(station, lost),
-                heard=heard, last_heard=_later(station.last_seen, last_heard))
-        except Conflict:  # a newer connection was recorded meanwhile
-            return None
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            station = await self.station(cp_id)
+            if station is None or not station.online:
+                return None
+            if guard is not None and getattr(station, guard[0]) != guard[1]:
+                return None  # a newer connection was recorded
+            try:
+                return await self._record_connection(
+                    station, False, guard=guard, outage=stopping or lost is not None,
+                    at=None if lost is None else self._lost_at(station, lost),
+                    heard=heard, last_heard=_later(station.last_seen, last_heard))
+            except Conflict:
+                # Something changed since the read: a newer connection (the station's
+                # guard), or a state interval the write closes, ended meanwhile by the
+                # charger's last status report handled beside its close, or by a
+                # handover (``intervals._close``). Read again: only the first stops
+                # the disconnect (review r27-analytics2: taken for a newer connection,
+                # every such race left the station online until its charger came back).
+                if attempt == RECORD_ATTEMPTS:
+                    raise
+                await self._pause_to_record_again(attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _pause_to_record_again(self, attempt: int) -> None:
+        """The pause before a write that met a change is read and tried again: random,
+        up to ``RECORD_RETRY_PAUSE`` times ``attempt``."""
+        await asyncio.sleep(self.retry_jitter() * attempt
+                            * RECORD_RETRY_PAUSE.total_seconds())
 
     def _lost_at(self, station: Station, lost: Lost) -> datetime:
         """When a connection lost with its process was last known to be there (``Lost``):
@@ -362,8 +387,13 @@ class ChargerConnections(Service):
         now = self.now()
         when = now if at is None else at
         actor = charger(cp_id)
+        # In the books of the station as read from the store (a handover since fails the
+        # write: its state intervals were ended, ``intervals._close``, and it is read
+        # again).
+        company_id, station_owner_id = books_of(station)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
-                                server_outage=outage)
+                                server_outage=outage, company_id=company_id,
+                                station_owner_id=station_owner_id)
         fields: dict[str, Any] = {"online": online,
                                   "connected_instance": instance if online else None}
         if not outage and (heard or last_heard is not None):

@@ -83,6 +83,7 @@ from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import MAX_CLOCK_AHEAD, NEVER_SET_BEFORE, ChargerClocks
 from domain.services.charger_connections import (
     MAX_OPEN_PER_CONNECTOR,
+    RECORD_ATTEMPTS,
     REGISTRATION_WINDOW,
     REGISTRATIONS_PER_ADDRESS,
     ChargerConnections,
@@ -93,6 +94,7 @@ from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
+    books_at,
     effective_state,
     finishing,
     idle_times,
@@ -792,7 +794,8 @@ class ChargingService(ChargerConnections):
         """A StatusNotification, taken again from its reads when its write met a change
         made since (``Conflict`` CHANGED): a handover on another instance that ended the
         state interval it read (``intervals.handed_over``), its station then read from
-        the store, not the cache: the report is in the new books."""
+        the store, not the cache. Its books are those of the state interval its time
+        falls in (``intervals.books_at``), never the cached station's."""
         tries = 0
 
         async def report() -> None:
@@ -821,9 +824,10 @@ class ChargingService(ChargerConnections):
         reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
-        # In the books of its station as it arrived: a handover reaches this instance's
-        # cached copy with its event, and a report that raced it is taken again.
-        company_id, station_owner_id = books_of(station)
+        # In the books of the state interval its time falls in (``books_at``), whatever
+        # this instance's cached station says: a report that raced a handover is taken
+        # again (its write meets the interval the handover ended).
+        company_id, station_owner_id = await books_at(self.store, station, connector_id, at)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
@@ -1831,29 +1835,47 @@ class ChargingService(ChargerConnections):
         goes, is Finishing from the stop on (``intervals.finishing``), so charging time
         ends with the session. Not when another transaction is open on the connector
         (this stop was flushed late: the state is that one's), nor when the charger
-        reported the connector meanwhile."""
-        connector = await self.store.find_one(Connector, all_of(
-            Eq("station_id", station.id), Eq("connector_id", closed.connector_id)))
-        if connector is None or closed.end_time is None:
+        reported the connector meanwhile. A write that met a change made since is read
+        and tried again (``RECORD_ATTEMPTS``): a report of the connector meanwhile then
+        stands (``finishing`` writes nothing), while a state interval ended by another
+        change (a disconnect, a handover, a report of connector 0) is no reason to
+        leave the connector Charging (review r27-analytics2)."""
+        if closed.end_time is None:
             return
-        if await self.store.find_one(Session, all_of(
-                Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
-                Eq("state", SessionState.ACTIVE))) is not None:
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            if attempt > 1:
+                await self._pause_to_record_again(attempt - 1)
+                found = await self.station(station.cp_id)  # as stored: online, books
+                if found is None or found.id != station.id:
+                    return
+                station = found
+            connector = await self.store.find_one(Connector, all_of(
+                Eq("station_id", station.id), Eq("connector_id", closed.connector_id)))
+            if connector is None:
+                return
+            if await self.store.find_one(Session, all_of(
+                    Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
+                    Eq("state", SessionState.ACTIVE))) is not None:
+                return
+            changes = await finishing(self.store, station, connector, closed.end_time,
+                                      charger(station.cp_id),
+                                      self.clocks.ours_at(station.cp_id, closed.end_time),
+                                      self.now())
+            if not changes:
+                return  # reported meanwhile: the charger's own word stands
+            try:
+                await self.store.write(changes, [])
+            except Conflict:
+                continue
+            await self.publish(ConnectorStatusChanged(
+                **owned_by(station), at=closed.end_time, connector_record_id=connector.id,
+                connector_id=connector.connector_id,
+                status=ConnectorStatus.FINISHING.value, error_code=connector.error_code,
+                info=None))
             return
-        changes = await finishing(self.store, station, connector, closed.end_time,
-                                  charger(station.cp_id),
-                                  self.clocks.ours_at(station.cp_id, closed.end_time),
-                                  self.now())
-        if not changes:
-            return
-        try:
-            await self.store.write(changes, [])
-        except Conflict:
-            return  # reported meanwhile: the charger's own word stands
-        await self.publish(ConnectorStatusChanged(
-            **owned_by(station), at=closed.end_time, connector_record_id=connector.id,
-            connector_id=connector.connector_id, status=ConnectorStatus.FINISHING.value,
-            error_code=connector.error_code, info=None))
+        # The stop stands (written and answered); only its Finishing is not.
+        log.warning("%s: connector %s left in its transaction's state after its stop: "
+                    "changed on every try", station.cp_id, closed.connector_id)
 
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
         """The charger's session of ``transaction_id`` (another charger's is none, and so

@@ -106,6 +106,32 @@ def _books(before: ConnectorInterval | None, station: Station
     return before.company_id, before.station_owner_id
 
 
+async def books_at(store: Store, station: Station, connector_id: int, at: datetime
+                   ) -> tuple[str | None, str | None]:
+    """Whose books a status report of ``connector_id`` (0: the charge point) stamped
+    ``at`` (the charger's timeline, as the intervals) is in: those of the state interval
+    its time falls in, which it opens or continues (on connector 0, any connector's):
+    the interval chain a handover rolled over in the store (``handed_over``), never the
+    station as cached (another instance's copy not yet told of a handover booked the
+    report to the old company while its time went to the new one), and for a report
+    queued through an outage the books its time is placed in (``_offline_change``),
+    not those of its arrival. A report stamped before all of the connector's history
+    goes with its open interval; none at all (a plug's first report): the station's
+    books, as its first interval (``_books``). Review r27-analytics2: report and time in
+    one company's books."""
+    plug = Eq("connector_id", connector_id) if connector_id else None
+    where = all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug)
+    for found in (
+            await store.find_all(ConnectorInterval, all_of(
+                where, Range("start", lte=at), any_of(Eq("end", None), Range("end", gt=at))),
+                (Sort("start", descending=True),), limit=1),
+            await store.find_all(ConnectorInterval, all_of(where, Eq("end", None)),
+                                 (Sort("start", descending=True),), limit=1)):
+        if found:
+            return found[0].company_id, found[0].station_owner_id
+    return books_of(station)
+
+
 async def handed_over(store: Store, station: Station, to: Station, actor: Viewer,
                       now: datetime) -> list[Change]:
     """A handover's part of the state history, for its write: every open interval of

@@ -78,7 +78,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                      [("station_owner_id", ASCENDING), ("at", ASCENDING)]],
     # By charger too: lists and analytics filtered by cpId.
     "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
-                         [("cp_id", ASCENDING), ("at", ASCENDING)]],
+                         [("cp_id", ASCENDING), ("at", ASCENDING)],
+                         # An operator's by their books.
+                         [("company_id", ASCENDING), ("at", ASCENDING)],
+                         [("station_owner_id", ASCENDING), ("at", ASCENDING)]],
     # The open unknown ones (``settle_outages``, every lease round): few ever are unknown.
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),

@@ -737,12 +737,12 @@ async def _reservation_books(db: Any) -> None:
 
 
 async def _state_history_books(db: Any) -> None:
-    """Status reports and state intervals written before they recorded whose books they
-    are (``StatusEvent.company_id``, SQLite migration 76) take their station's books
-    now, where it still exists (who read them until then), else none: one update per
+    """Status reports, state intervals and connection events written before they recorded
+    whose books they are (``StatusEvent.company_id``, SQLite migration 76) take their
+    station's books now, where it still exists (who read them until then), else none: one update per
     station, as there are many of them to few stations. Marked by the field itself: new
     documents always carry ``company_id``, possibly null."""
-    for kind in ("status_event", "connector_interval"):
+    for kind in ("status_event", "connector_interval", "connection_event"):
         unmarked = {"company_id": {"$exists": False}}
         station_ids = await db[kind].distinct("station_id", unmarked)
         for first in range(0, len(station_ids), BATCH):

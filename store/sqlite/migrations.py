@@ -1499,30 +1499,43 @@ CREATE INDEX "payment_refunding_minor_idx" ON "payment" ("refunding_minor");
 """
 
 # Version 76: a station's state history records whose books it went to
-# (``StatusEvent``/``ConnectorInterval`` ``company_id``/``station_owner_id``), as
-# sessions do (version 8): a company that hands a station over keeps its status reports
-# and its time there, and the new one reads its own only (review r27). Older rows take
-# their station's books now, where it still exists (who read them until then), else
-# none. Operators and a ``companyId`` filter read them by these columns, by time; a
+# (``StatusEvent``/``ConnectorInterval``/``ConnectionEvent``
+# ``company_id``/``station_owner_id``), as sessions do (version 8): a company that hands
+# a station over keeps its status reports, its time and its connection history there,
+# and the new one reads its own only (review r27). Older rows take their station's books
+# now, where it still exists (who read them until then), else none. Operators and a
+# ``companyId`` filter read reports and intervals by these columns, by time; a
 # connector's page of reports (``statusHistory``) still comes out of its index in order,
-# the books beside it (migration 21's index, the two columns added).
+# the books beside it (migration 21's index, the two columns added), and so does a
+# station's page of connection events (``connectionHistory``, migration 34's index).
 _V76 = """
 ALTER TABLE "status_event" ADD COLUMN "company_id" TEXT;
 ALTER TABLE "status_event" ADD COLUMN "station_owner_id" TEXT;
 ALTER TABLE "connector_interval" ADD COLUMN "company_id" TEXT;
 ALTER TABLE "connector_interval" ADD COLUMN "station_owner_id" TEXT;
+ALTER TABLE "connection_event" ADD COLUMN "company_id" TEXT;
+ALTER TABLE "connection_event" ADD COLUMN "station_owner_id" TEXT;
 UPDATE "status_event" SET ("company_id", "station_owner_id") = (
     SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
     WHERE "station"."id" = "status_event"."station_id");
 UPDATE "connector_interval" SET ("company_id", "station_owner_id") = (
     SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
     WHERE "station"."id" = "connector_interval"."station_id");
+UPDATE "connection_event" SET ("company_id", "station_owner_id") = (
+    SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
+    WHERE "station"."id" = "connection_event"."station_id");
 DROP INDEX IF EXISTS "status_event_station_connector_at_idx";
 CREATE INDEX "status_event_station_connector_at_books_idx" ON "status_event" (
     "station_id", "connector_id", "at", "id", "company_id", "station_owner_id");
 CREATE INDEX "status_event_company_at_idx" ON "status_event" ("company_id", "at");
 CREATE INDEX "status_event_station_owner_at_idx"
     ON "status_event" ("station_owner_id", "at");
+DROP INDEX IF EXISTS "connection_event_station_at_idx";
+CREATE INDEX "connection_event_station_at_books_idx" ON "connection_event" (
+    "station_id", "at", "id", "company_id", "station_owner_id");
+CREATE INDEX "connection_event_company_at_idx" ON "connection_event" ("company_id", "at");
+CREATE INDEX "connection_event_station_owner_at_idx"
+    ON "connection_event" ("station_owner_id", "at");
 CREATE INDEX "connector_interval_company_start_idx"
     ON "connector_interval" ("company_id", "start");
 CREATE INDEX "connector_interval_station_owner_start_idx"

@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import domain.services.charger_connections as connections
+import domain.services.charging as charging_module
 from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
@@ -785,3 +787,216 @@ async def test_a_fault_carried_over_a_handover_is_the_new_company_s_from_the_han
         history.viewer("op_a"), r9, at_31(13), at_31(17))
     assert (group.count, group.duration_seconds / H, group.first_seen,
             group.open) == (1, 0.5, at_31(15, 30), False)
+
+
+# ------------------------------------------------- what races a handover (r27-analytics2)
+async def test_a_disconnect_racing_its_charger_s_last_status_report_takes_it_offline(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No handover: R9's charger sends a StatusNotification (Unavailable) and closes its
+    socket; the report is written while the disconnect is between its read of the open
+    state intervals and its write. The disconnect reads again and is recorded: a
+    changed interval is no newer connection (R9 read online until its charger came
+    back)."""
+    station_id, _ = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    real = connections.next_interval
+    raced = False
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        nonlocal raced
+        changes = await real(*args, **kw)
+        if not raced:
+            raced = True
+            await history.services.charging.status_notification(
+                "R9", 1, "Unavailable", "NoError", timestamp=at_31(16))
+        return changes
+
+    monkeypatch.setattr(connections, "next_interval", racing)
+    assert await history.services.charging.disconnect("R9") == at_31(16)
+    monkeypatch.setattr(connections, "next_interval", real)
+    assert raced
+    [station] = await history.services.ctx.store.find_all(
+        d.Station, Eq("id", station_id), limit=1)
+    assert station.online is False, "the disconnect was dropped: R9 reads online"
+    [open_interval] = await history.services.ctx.store.find_all(
+        d.ConnectorInterval, all_of(Eq("cp_id", "R9"), Eq("end", None)), limit=5)
+    assert (open_interval.status, open_interval.online) == (
+        d.ConnectorStatus.UNAVAILABLE, False)
+
+
+async def test_a_disconnect_racing_a_handover_still_takes_the_station_offline(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R9 (A's) is online. Its socket closes at 16:00 while an admin hands it to B: the
+    handover's write lands between the disconnect's read and its write. The disconnect
+    is still recorded: R9 is offline, and B's availability counts none of the
+    charger's absence as online Available time."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    real = connections.next_interval
+    handed = False
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        nonlocal handed
+        changes = await real(*args, **kw)
+        if not handed:
+            handed = True
+            await history.services.stations.update_station(SYSTEM, station_id,
+                                                           company_id=b)
+        return changes
+
+    monkeypatch.setattr(connections, "next_interval", racing)
+    await history.services.charging.disconnect("R9")
+    monkeypatch.setattr(connections, "next_interval", real)
+    assert handed
+    [station] = await history.services.ctx.store.find_all(
+        d.Station, Eq("id", station_id), limit=1)
+    assert (station.company_id, station.online) == (b, False)
+    history.clock.now = at_31(18)
+    [row] = await history.services.analytics.availability(
+        history.viewer("op_b"), Scope(cp_ids=("R9",)), at_31(0), at_31(23), True)
+    assert row.first_seconds == 0  # offline from 16:00: none of it available
+
+
+async def test_a_stop_racing_a_handover_still_leaves_its_connector_finishing(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R9 charges from 14:00; its StopTransaction at 16:00 is written while an admin
+    hands R9 to B, between the Finishing's read of the open interval and its write (the
+    handover ends that interval). The Finishing is read again and written, in B's
+    books: the connector's charging time ends with the session (it was left Charging,
+    counted as charging until the charger's next report)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(14)
+    tx, _ = await charging.start_transaction("R9", 1, "TAG-driver1", 0, at_31(14))
+    await _report_r9(history, at_31(14), timedelta(0), "Charging", "NoError")
+    real = charging_module.finishing
+    handed = False
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        nonlocal handed
+        changes = await real(*args, **kw)
+        if not handed:
+            handed = True
+            await history.services.stations.update_station(SYSTEM, station_id,
+                                                           company_id=b)
+        return changes
+
+    monkeypatch.setattr(charging_module, "finishing", racing)
+    history.clock.now = at_31(16)
+    await charging.stop_transaction("R9", tx, 1000, at_31(16))
+    assert handed
+    [open_interval] = await history.services.ctx.store.find_all(
+        d.ConnectorInterval, all_of(Eq("cp_id", "R9"), Eq("end", None)), limit=5)
+    assert (open_interval.status, open_interval.company_id) == (
+        d.ConnectorStatus.FINISHING, b)
+    [connector] = await history.services.ctx.store.find_all(
+        d.Connector, Eq("station_id", station_id), limit=1)
+    assert connector.status is d.ConnectorStatus.FINISHING
+
+
+async def test_a_report_through_a_cache_not_told_of_a_handover_is_in_the_new_books(
+        history: History) -> None:
+    """Two instances: R9's charger reports GroundFailure at 16:30 to one whose cached R9
+    has not heard of the handover to B at 16:00 (its announcement in flight). The
+    report takes the books of the state interval it falls in (B's, as the handover
+    rolled it over in the store), never the cached station's: A read B's fault report,
+    and B's group counted none."""
+    station_id, b = await _r9(history, timedelta(0))
+    store, charging = history.services.ctx.store, history.services.charging
+    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    await _report_r9(history, at_31(16, 30), timedelta(0), "Faulted", "GroundFailure")
+    history.clock.now = at_31(17)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+
+    async def faults(who: str) -> list[tuple[Any, ...]]:
+        return [(g.error_code, g.count, g.duration_seconds / H) for g in
+                await analytics.fault_reports(history.viewer(who), r9, at_31(0), at_31(23))]
+
+    assert await faults("op_a") == []
+    assert await faults("op_b") == [("GroundFailure", 1, 0.5)]
+
+
+async def test_a_fault_queued_through_an_outage_across_a_handover_is_in_its_time_s_books(
+        history: History) -> None:
+    """R9 (A's) goes offline at 15:00; A hands it to B at 16:00; at 17:00 it comes back and
+    flushes the GroundFailure it queued at 15:30, then Available. The report is in the
+    books its time is placed in on the charger's timeline (A's outage), not those of its
+    arrival: A has the report with its half hour of fault; B reads nothing of R9 from
+    before it had it (it read a report of 15:30, and A half an hour of fault with
+    none)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(15)
+    await charging.set_online("R9", False)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    await charging.set_online("R9", True)
+    await charging.status_notification("R9", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(15, 30))
+    await _report_r9(history, at_31(17, 1), timedelta(0), "Available", "NoError")
+    history.clock.now = at_31(18)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    groups = {who: [(g.count, g.first_seen, g.duration_seconds / H) for g in
+                    await analytics.fault_reports(history.viewer(who), r9, at_31(0),
+                                                  at_31(23))]
+              for who in ("op_a", "op_b")}
+    assert groups["op_a"] == [(1, at_31(15, 30), 0.5)], groups
+    assert all(count == 0 and first_seen >= at_31(16)
+               for count, first_seen, _ in groups["op_b"]), groups
+
+
+async def test_the_former_company_keeps_its_figures_after_the_new_one_removes_the_station(
+        history: History) -> None:
+    """R9 is A's from 13:00, online and Available; handed to B at 16:00, which removes it
+    at 17:00. A keeps its figures of the time it ran R9, as it keeps its sessions there:
+    its rows come from the state history in its books, not from the connectors the
+    removal deleted."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    analytics = history.services.analytics
+
+    async def a_rows() -> list[tuple[Any, ...]]:
+        return [(row.cp_id, row.connector_id, row.second_seconds / H)
+                for row in await analytics.availability(
+                    history.viewer("op_a"), Scope(), at_31(13), at_31(16), True)
+                if row.cp_id == "R9"]
+
+    assert await a_rows() == [("R9", 1, 3.0)]
+    await history.services.stations.remove_station(SYSTEM, station_id)
+    assert await a_rows() == [("R9", 1, 3.0)]
+
+
+async def test_no_row_of_a_station_handed_away_before_the_window(history: History) -> None:
+    """A handed R9 to B at 16:00: A's rows of a window after that have none of R9 (zeros
+    read as measured), those of a window before it have R9's."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(20)
+    analytics, op_a = history.services.analytics, history.viewer("op_a")
+    for lo, hi, rows in ((at_31(17), at_31(19), []), (at_31(13), at_31(19), ["R9"])):
+        for figures_of in (analytics.availability, analytics.utilization):
+            assert [row.cp_id for row in await figures_of(op_a, Scope(), lo, hi, False)
+                    if row.cp_id == "R9"] == rows
+
+
+async def test_connection_events_are_in_the_books_of_their_time(history: History) -> None:
+    """R9 connects under A at 13:00, is handed to B at 16:00 and disconnects at 17:00:
+    the connect is in A's books, the disconnect in B's (``Station.connectionHistory``
+    reads an operator's own)."""
+    station_id, b = await _r9(history, timedelta(0))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    await history.services.charging.disconnect("R9")
+    events = await history.services.ctx.store.find_all(
+        d.ConnectionEvent, Eq("station_id", station_id), limit=10)
+    a = history.users["op_a"].company_id
+    assert sorted((e.at, e.online, e.company_id) for e in events) == [
+        (at_31(13), True, a), (at_31(17), False, b)]

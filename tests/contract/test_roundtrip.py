@@ -128,7 +128,8 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                                      at=at(5), company_id=new_id(),
                                      station_owner_id=new_id(), **STAMPS),
     ConnectionEvent: lambda: ConnectionEvent(station_id=new_id(), cp_id="CP-FULL",
-                                             online=True, at=at(7), **STAMPS),
+                                             online=True, at=at(7), company_id=new_id(),
+                                             station_owner_id=new_id(), **STAMPS),
     ConnectorInterval: lambda: ConnectorInterval(
         station_id=new_id(), cp_id="CP-FULL", connector_id=2, status=ConnectorStatus.FAULTED,
         error_code="GroundFailure", online=False, start=at(8), end=at(9),

@@ -33,6 +33,9 @@ ALLOWED: dict[tuple[str, tuple[str, ...]], str] = {
     # nested list's order, and tests the books on the few documents it returns.
     ("status_event", ("station_id", "connector_id", "at", "_id", "company_id",
                       "station_owner_id")): "Connector.statusHistory",
+    # The same for a station's connects and disconnects.
+    ("connection_event", ("station_id", "at", "_id", "company_id", "station_owner_id")):
+        "Station.connectionHistory",
 }
 
 Index = tuple[str, tuple[str, ...]]

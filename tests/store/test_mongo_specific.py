@@ -2087,6 +2087,42 @@ async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
     assert got == {"LOST-1": driver.id, "FINE-1": None}
 
 
+async def test_state_and_connection_history_from_before_get_their_books(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 76 does: status reports, state intervals and connection
+    events written before they recorded their books take their station's now (none when
+    it is gone); once, and a record written since keeps its own."""
+    from domain.ids import new_id
+    from tests.contract.factories import company, station, user
+
+    co, owner, gone = company(), user(), new_id()
+    of_company, of_owner = station(company_id=co.id), station(owner_id=owner.id)
+    records: list[Record] = [co, owner, of_company, of_owner]
+    for st_id, cp_id in ((of_company.id, of_company.cp_id), (of_owner.id, of_owner.cp_id),
+                         (gone, "GONE")):
+        records += [
+            StatusEvent(station_id=st_id, cp_id=cp_id, connector_id=1,
+                        status=ConnectorStatus.AVAILABLE),
+            ConnectorInterval(station_id=st_id, cp_id=cp_id, connector_id=1,
+                              status=ConnectorStatus.AVAILABLE, start=utcnow()),
+            ConnectionEvent(station_id=st_id, cp_id=cp_id, online=True)]
+    await mongo.write([Insert(r) for r in records], [])
+    for name in ("status_event", "connector_interval", "connection_event"):
+        raw(mongo)[name].update_many({}, {"$unset": {"company_id": "",
+                                                     "station_owner_id": ""}})
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+    expected = {of_company.id: (co.id, None), of_owner.id: (None, owner.id),
+                gone: (None, None)}
+    kinds: tuple[type[StatusEvent | ConnectorInterval | ConnectionEvent], ...] = (
+        StatusEvent, ConnectorInterval, ConnectionEvent)
+    got = {kind.kind: {r.station_id: (r.company_id, r.station_owner_id)
+                       for r in await mongo.find_all(kind, ALL)} for kind in kinds}
+    assert got == dict.fromkeys(("status_event", "connector_interval", "connection_event"),
+                                expected)
+
+
 async def test_station_audit_entries_from_before_get_their_books(mongo: MongoStore) -> None:
     """What SQLite migration 18 does: entries of a station or a reservation take the
     station's books (none when it is gone), other entries are left alone; once."""

@@ -856,6 +856,25 @@ async def test_version_23_gives_reservations_their_books(db_path: str) -> None:
         ("r1", "co1", None), ("r2", None, "u1"), ("r3", None, None)]
 
 
+async def test_version_76_gives_connection_events_their_books(db_path: str) -> None:
+    """Connection events written before version 76 take their station's books now (its
+    company, or for a station of no company its owner), where the station still exists,
+    as its status reports and state intervals do (review r27-analytics2)."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:75])
+        stamps = "0, 0, 'system', 'system'"
+        await two_stations(conn)
+        for event_id, station_id in (("e1", "st1"), ("e2", "st2"), ("e3", "gone")):
+            await conn.execute(
+                'INSERT INTO "connection_event" ("id", "created_at", "updated_at", '
+                '"created_by", "updated_by", "station_id", "cp_id", "online", "at") '
+                f"VALUES (?, {stamps}, ?, ?, 1, 0)", (event_id, station_id, station_id))
+        assert await apply_migrations(conn, MIGRATIONS[:76]) == [76]
+    assert raw(db_path, 'SELECT "id", "company_id", "station_owner_id" FROM '
+                        '"connection_event" ORDER BY "id"') == [
+        ("e1", "co1", None), ("e2", None, "u1"), ("e3", None, None)]
+
+
 async def test_version_24_counts_refunded_payments_as_refunded_whole(db_path: str) -> None:
     """Payments refunded before refunds could be partial were refunded whole; the others
     have had nothing paid back."""
@@ -1688,7 +1707,7 @@ async def test_a_page_s_charging_curves_come_out_of_the_sample_index(
                  "status_event_station_connector_at_books_idx",
                  id="Connector.statusHistory"),
     pytest.param(ConnectionEvent, "station_id", ALL, NEWEST_FIRST,
-                 "connection_event_station_at_idx", id="Station.connectionHistory"),
+                 "connection_event_station_at_books_idx", id="Station.connectionHistory"),
 ])
 async def test_a_page_s_history_comes_out_of_an_index_in_order(
         store: SqliteStore, monkeypatch: pytest.MonkeyPatch, kind: type[Record], key: str,
