@@ -92,8 +92,8 @@ class RemoteStartTransactionInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int | None = strawberry.field(default=None, description=(
         "The connector to charge on, from 1; left out: the charger picks one (a "
-        "driver's start with a card a reservation of theirs holds one connector for is "
-        "sent for that one). Refused "
+        "start with a card a reservation of its holder holds one connector for is sent "
+        "for that one when it can take the start, else it goes naming none). Refused "
         "(IN_USE) while it charges a session or is reserved for another card; for "
         "drivers also (INVALID_STATE; on `cpId` when left out) while it, or the charger "
         "as a whole, last reported FAULTED or UNAVAILABLE. Left out, refused the same "

@@ -580,18 +580,27 @@ class CommandService(Service):
                                   "give idTag", field="vehicleId", code="INVALID")
         # A remote start's card's holder, and the car its session is for: the one a
         # driver chose (``vehicleId``), else the card's car, as a tap's.
-        holder, vehicle_id = None, None
+        # A start naming no connector, with a card a reservation there holds a plug
+        # for: that plug (``_reserved_plug``), sent for it when it can take the start.
+        holder, vehicle_id, reserved = None, None, None
         if not manages:
-            vehicle_id = await self._check_driver(viewer, station, action, payload)
+            vehicle_id, reserved = await self._check_driver(viewer, station, action,
+                                                            payload)
             holder = viewer.user_id
         elif action == "RemoteStartTransaction":
             card = await self._check_start_tag(viewer, payload)
             holder, vehicle_id = card.user_id, card.vehicle_id
+            if not payload.get("connectorId"):
+                reserved = await self._reserved_plug(await self._held_for(
+                    card.user_id, station, payload, [card]), card)
         elif action == "RemoteStopTransaction":
             await self._refuse_transaction_elsewhere(station, payload)
         if payload.get("connectorId"):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "RemoteStartTransaction":
+            if reserved is not None:
+                await self._to_reserved_plug(viewer, station, payload, reserved,
+                                             driver=not manages)
             await self._check_plug(station, payload, driver=not manages)
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
@@ -706,9 +715,11 @@ class CommandService(Service):
 
     # ------------------------------------------------------------- driver rules
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,
-                            payload: dict[str, Any]) -> str | None:
+                            payload: dict[str, Any]) -> tuple[str | None, int | None]:
         """Raises what a driver may not send; returns the car a start or reservation is
-        for: the one they named (``vehicleId``), else their card's (``_own_tag``)."""
+        for (the one they named, ``vehicleId``, else their card's) and, for a start
+        naming no connector, the plug a reservation of theirs holds for its card
+        (``_own_tag``)."""
         if action == "ReserveNow" and payload.get("parentIdTag") is not None:
             # Every card of the group named would take the plug held for them (OCPP 1.6
             # ReserveNow): groups are their operators' to name, as for cards (QA s23: a
@@ -726,7 +737,7 @@ class CommandService(Service):
             if session.state is not SessionState.ACTIVE:
                 raise ValidationError("the session has ended", field="transactionId",
                                       code="INVALID_STATE")
-        return None
+        return None, None
 
     async def _refuse_transaction_elsewhere(self, station: Station,
                                             payload: dict[str, Any]) -> None:
@@ -741,7 +752,7 @@ class CommandService(Service):
             raise NotFound("no such transaction on this station", field="transactionId")
 
     async def _own_tag(self, viewer: Viewer, payload: dict[str, Any],
-                       starting: Station | None) -> str | None:
+                       starting: Station | None) -> tuple[str | None, int | None]:
         """A driver charges with their own tag: the one given, or (none given) the one
         linked to the vehicle given (``vehicleId``), else their first usable tag; to
         start charging (``starting``: on that station) one a live reservation there holds
@@ -754,8 +765,9 @@ class CommandService(Service):
         (``_refuse_pending``): the charger would accept the remote start and then refuse
         its StartTransaction (ConcurrentTx), the driver left at a dead plug; nor the car
         be starting or charging, nor (naming neither card nor car) the driver be starting
-        (``_refuse_driver_starting``). Returns the car the start is for: the one given,
-        else the card's."""
+        (``_refuse_driver_starting``). Returns the car the start is for (the one given,
+        else the card's) and, for a start naming no connector, the plug one of their
+        reservations there holds for the card (``_reserved_plug``), or ``None``."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
         now = self.now()
@@ -777,7 +789,7 @@ class CommandService(Service):
                                       field="idTag", code="INVALID_STATE")
             if starting is not None:
                 await self._refuse_charging(viewer, tag)
-                held = await self._held_for_driver(viewer, starting, payload, [tag])
+                held = await self._held_for(viewer.user_id, starting, payload, [tag])
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             tags = [t for t in await self.store.find_all(IdTag, where, limit=20)
@@ -786,7 +798,7 @@ class CommandService(Service):
                 # The car's own card first; any other of theirs charges it too.
                 tags.sort(key=lambda t: t.vehicle_id != vehicle_id)
             if starting is not None:
-                held = await self._held_for_driver(viewer, starting, payload, tags)
+                held = await self._held_for(viewer.user_id, starting, payload, tags)
                 tags = await self._reserved_first(held, tags)
             if not tags:
                 raise ValidationError("no usable id tag for this driver",
@@ -804,6 +816,7 @@ class CommandService(Service):
                 else:
                     await self._refuse_charging(viewer, tag)
         car = vehicle_id if vehicle_id is not None else tag.vehicle_id
+        plug = None
         if starting is not None:
             # The car the session will be booked to, however it was chosen: the card's
             # own, named or picked, is checked as a car named is (review r3b: the car
@@ -811,27 +824,36 @@ class CommandService(Service):
             await self._refuse_driver_starting(
                 viewer, car, chose=bool(tag_value) or vehicle_id is not None)
             if not payload.get("connectorId"):
-                await self._to_reserved_plug(held, payload, tag)
+                plug = await self._reserved_plug(held, tag)
         payload["idTag"] = tag.tag
-        return car
+        return car, plug
 
-    async def _held_for_driver(self, viewer: Viewer, station: Station,
-                               payload: dict[str, Any], tags: list[IdTag]
-                               ) -> list[Reservation]:
+    async def _held_for(self, user_id: str | None, station: Station,
+                        payload: dict[str, Any], tags: list[IdTag]) -> list[Reservation]:
         """The live reservations on ``station`` holding the start's plug (its connector
-        named, or any when none is; connector 0's holds every one) that are the driver's:
-        made for a card of theirs (``Reservation.user_id``: ``base.made_for``), or for
-        the group of one of ``tags`` (its id reserved, or named beside the card:
-        ``Reservation.parent_id_tag``). All of them, a page at a time (review
+        named, or any when none is; connector 0's holds every one) that are the card
+        holder's (``user_id``: the driver starting, or the holder of the card an
+        operator's start names): made for a card of theirs (``Reservation.user_id``:
+        ``base.made_for``), for the tag of one of ``tags`` before it was issued to them
+        (no holder then: the charger holds the plug for the tag all the same; review
+        r27-misc), or for the group of one of ``tags`` (its id reserved, or named beside
+        the card: ``Reservation.parent_id_tag``). All of them, a page at a time (review
         r27-reserve: the station's first 10 live ones were read, unsorted, so at a site
         with more the driver's own could be missed, their start sent with another of
         their cards and refused). A reservation for another driver's card of their group
-        is not theirs: their start does not go for it."""
+        is not theirs: their start does not go for it. Whether each holds its plug for a
+        card is ``reserved_for_card``'s to say."""
         connector_id = payload.get("connectorId")
-        groups = tuple(sorted({t.parent_tag for t in tags if t.parent_tag}))
-        theirs = any_of(Eq("user_id", viewer.user_id),
-                        *((In("id_tag", groups), In("parent_id_tag", groups))
-                          if groups else ()))
+        groups = {t.parent_tag for t in tags if t.parent_tag}
+        named = tuple(sorted(groups | {t.tag for t in tags}))
+        parts: list[Filter] = [Eq("user_id", user_id)] if user_id is not None else []
+        if named:
+            parts.append(In("id_tag", named))
+        if groups:
+            parts.append(In("parent_id_tag", tuple(sorted(groups))))
+        if not parts:
+            return []
+        theirs = any_of(*parts)
         where = all_of(Eq("station_id", station.id), theirs,
                        In("connector_id", (connector_id, 0)) if connector_id else None,
                        live_reservations(self.now()))
@@ -841,7 +863,7 @@ class CommandService(Service):
     async def _reserved_first(self, held: list[Reservation], tags: list[IdTag]
                               ) -> list[IdTag]:
         """``tags`` (a driver's usable cards, in the order they would be picked), those
-        one of ``held`` (``_held_for_driver``) holds the start's plug for first: only
+        one of ``held`` (``_held_for``) holds the start's plug for first: only
         such a card may start there (OCPP 1.6, 5.13; ``_refuse_reserved``). A driver who
         reserved with one of their cards and tapped start in the app naming none, or
         naming a car whose own card is another, was sent another card of theirs and
@@ -857,18 +879,39 @@ class CommandService(Service):
                     break
         return sorted(tags, key=lambda t: t.id not in reserved)
 
-    async def _to_reserved_plug(self, held: list[Reservation], payload: dict[str, Any],
-                                tag: IdTag) -> None:
-        """A start naming no connector, with a card one of ``held`` holds a connector
-        for (not connector 0, which holds them all), is sent for that connector: a
-        charger told no connector may start it on any free one (OCPP 1.6), and did, the
-        reservation left ACTIVE, its plug held until its expiry and the driver kept from
-        reserving again (review r27-reserve)."""
+    async def _reserved_plug(self, held: list[Reservation], tag: IdTag) -> int | None:
+        """The connector one of ``held`` (``_held_for``) holds for ``tag`` (not connector
+        0, which holds them all), for a start naming none: a charger told no connector
+        may start it on any free one (OCPP 1.6), and did, the reservation left ACTIVE,
+        its plug held until its expiry and the driver kept from reserving again (review
+        r27-reserve). Sent for it only if it can take the start
+        (``_to_reserved_plug``)."""
         for reservation in held:
             if reservation.connector_id and await reserved_for_card(
                     self.store, reservation, tag.tag, tag):
-                payload["connectorId"] = reservation.connector_id
-                return
+                return reservation.connector_id
+        return None
+
+    async def _to_reserved_plug(self, viewer: Viewer, station: Station,
+                                payload: dict[str, Any], plug: int, *, driver: bool
+                                ) -> None:
+        """A start naming no connector is sent for ``plug``, the one a reservation holds
+        for its card (``_reserved_plug``), when that plug can take it: the checks of a
+        start naming it pass (in range, ``_check_plug``, ``_refuse_pending``). Otherwise
+        it goes as it came, naming none, judged as such (the charger picks a free plug,
+        or it is refused on ``cpId``): review r27-misc, the plug was named before the
+        checks, so a reserved plug reporting itself Faulted (or the charger Faulted, or
+        a connector-0 reservation for another card) refused the start on
+        ``connectorId``, a field the caller never sent, though another plug was free.
+        A refusal is never on a field the caller did not send."""
+        trial = {**payload, "connectorId": plug}
+        try:
+            await connector_in_range(self.store, station, plug)
+            await self._check_plug(station, trial, driver=driver)
+            await self._refuse_pending(viewer, station, trial)
+        except DomainError:
+            return
+        payload["connectorId"] = plug
 
     async def _refuse_driver_starting(self, viewer: Viewer, vehicle_id: str | None, *,
                                       chose: bool) -> None:

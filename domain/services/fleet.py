@@ -12,13 +12,15 @@ from domain.clock import utcnow
 from domain.entities import (
     IdTag,
     IdTagStatus,
+    LocalListEntry,
     Record,
+    Reservation,
     Session,
     User,
     Vehicle,
 )
 from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, ValidationError
-from domain.policy import Viewer
+from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, Filter, In, NotSub, Range, all_of, any_of
 from domain.services.background import Background
@@ -34,6 +36,7 @@ from domain.services.base import (
 )
 from domain.services.edits import edit, removal, retried
 from domain.services.withdrawal import (
+    ACCEPTED,
     list_status,
     reissue_marks,
     restoration_marks,
@@ -142,12 +145,14 @@ class FleetService(Service):
         await self._withdrawing.settled()
 
     def _withdrawn(self, viewer: Viewer, card: IdTag, status: IdTagStatus, *,
-                   stop: bool) -> None:
+                   stop: bool, again: bool = False) -> None:
         """The card stands ``status`` now: what the chargers hold of it is taken back
-        (``Withdrawal``); ``stop``: its session and reservations end too."""
+        (``Withdrawal``); ``stop``: its session and reservations end too; ``again``: it
+        was unusable before the change too (``Withdrawal.withdraw_card``)."""
         if self.on_withdrawn is None:
             return
-        self._withdrawing.run(self.on_withdrawn(viewer, card, status, stop=stop),
+        self._withdrawing.run(self.on_withdrawn(viewer, card, status, stop=stop,
+                                                again=again),
                               f"withdraw-{card.tag}", f"withdrawing card {card.tag} failed")
 
     def _restored(self, viewer: Viewer, card: IdTag) -> None:
@@ -395,21 +400,25 @@ class FleetService(Service):
         if parent_tag not in (UNSET, None):
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
-        updated, became, restored = await retried(lambda: self._edit_id_tag(
+        updated, withdrawn, restored = await retried(lambda: self._edit_id_tag(
             viewer, id_tag_id, status, vehicle_id, expires_at, parent_tag))
-        if became is not None:
-            # Blocked (a lost card) it may not go on charging; expired, a session it
-            # started before stays authorized.
-            self._withdrawn(viewer, updated, became, stop=became is IdTagStatus.BLOCKED)
+        if withdrawn is not None:
+            # Blocked now (a lost card) it may not go on charging; expired, a session it
+            # started before stays authorized. Withdrawn again (unusable before the edit
+            # too), what it still holds is taken back, its sessions left as they are.
+            became, again = withdrawn
+            self._withdrawn(viewer, updated, became, again=again,
+                            stop=became is IdTagStatus.BLOCKED and not again)
         if restored:
             self._restored(viewer, updated)
         return updated
 
     async def _edit_id_tag(self, viewer: Viewer, id_tag_id: str, status: Any,
                            vehicle_id: Any, expires_at: Any, parent_tag: Any
-                           ) -> tuple[IdTag, IdTagStatus | None, bool]:
+                           ) -> tuple[IdTag, tuple[IdTagStatus, bool] | None, bool]:
         """``update_id_tag``'s read, checks and write (``retried``): the card as written,
-        what it was withdrawn as (``_withdrawn_as``) and whether it is usable again."""
+        what it was withdrawn as and whether again (``_withdrawn_as``), and whether it is
+        usable again."""
         id_tag = await self.visible(viewer, IdTag, id_tag_id)
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
@@ -457,14 +466,14 @@ class FleetService(Service):
             # caller was told nothing (QA s24). Moving nothing, they are told what to move.
             raise Conflict("the card's expiry is past: move expiresAt later or clear it "
                            "to make it usable", field="expiresAt", code="EXPIRED")
-        became = self._withdrawn_as(id_tag, updated)
+        withdrawn = await self._withdrawn_as(id_tag, updated)
         restored = self._usable_again(id_tag, updated)
-        marks = [] if became is None else await withdrawal_marks(
-            self.store, viewer, [id_tag.id], list_status(became))
+        marks = [] if withdrawn is None else await withdrawal_marks(
+            self.store, viewer, [id_tag.id], list_status(withdrawn[0]))
         if restored:  # marked in the same commit, as a withdrawal is (a crash loses none)
             marks += await restoration_marks(self.store, viewer, [id_tag.id])
         await self.commit(viewer, [(update, id_tag)], unaudited=marks, guards=guards)
-        return updated, became, restored
+        return updated, withdrawn, restored
 
     def _usable_again(self, before: IdTag, after: IdTag) -> bool:
         """Whether a card that could not charge can now: unblocked, re-validated, its
@@ -475,27 +484,44 @@ class FleetService(Service):
         return before.status_at(now) is not IdTagStatus.ACCEPTED \
             and after.status_at(now) is IdTagStatus.ACCEPTED
 
-    def _withdrawn_as(self, before: IdTag, after: IdTag) -> IdTagStatus | None:
-        """What a card that could charge and no longer can, or one blocked now (an
+    async def _withdrawn_as(self, before: IdTag, after: IdTag
+                            ) -> tuple[IdTagStatus, bool] | None:
+        """What an edited card that cannot charge after the edit is withdrawn as, and
+        whether again (it could not before either); ``None`` for an edit that withdraws
+        nothing. A card that could charge and no longer can, or one blocked now (an
         expired one too: a session it started before its expiry may still run), is
-        withdrawn as; ``None`` for a change that withdraws nothing. An expired card
-        whose expiry is moved and which stays expired is withdrawn again (EXPIRED): the
-        expiry sweep takes each card once, when it walks past its expiry from where it
-        last stopped, so one expired lately (not swept yet) whose expiry is moved back
-        before that point is never its (review r27-reserve: its reservation kept the plug
-        held, and the chargers' lists kept it Accepted, the edit seeing it expired before
-        and after). What it was withdrawn of already is left as it is: the withdrawal
-        takes back only what is still held for it."""
+        withdrawn. So is one unusable before and after (expired by its date or its
+        status, blocked) that still holds what a withdrawal takes back
+        (``_still_holds``: a live reservation, a list entry Accepted), whatever the edit
+        changed: the expiry sweep takes each card once, when it walks past its expiry
+        from where it last stopped, and reads Accepted cards only, so one expired lately
+        (not swept yet) whose expiry is moved back before that point, or which is marked
+        EXPIRED (status only), is never its (review r27-reserve, r27-misc: its
+        reservation kept the plug held, and the chargers' lists kept it Accepted, the
+        edit seeing it expired before and after). What it was withdrawn of already is
+        left as it is: the withdrawal takes back only what is still held for it."""
         now = self.now()
         became = after.status_at(now)
-        blocked = became is IdTagStatus.BLOCKED and before.status is not IdTagStatus.BLOCKED
-        was = before.status_at(now)
-        if blocked or (was is IdTagStatus.ACCEPTED and became is not IdTagStatus.ACCEPTED):
-            return became
-        if was is IdTagStatus.EXPIRED and became is IdTagStatus.EXPIRED \
-                and after.expires_at != before.expires_at:
-            return became
+        if became is IdTagStatus.ACCEPTED:
+            return None
+        if before.status_at(now) is IdTagStatus.ACCEPTED or (
+                became is IdTagStatus.BLOCKED and before.status is not IdTagStatus.BLOCKED):
+            return became, False
+        if await self._still_holds(after):
+            return became, True
         return None
+
+    async def _still_holds(self, card: IdTag) -> bool:
+        """Whether ``card`` still has what a withdrawal takes back: a live reservation
+        made for it (``base.made_for``: its tag and holder) or a list entry holding it
+        Accepted."""
+        reserved = await self.store.find_one(Reservation, all_of(
+            Eq("id_tag", card.tag), Eq("user_id", card.user_id),
+            live_reservations(self.now())))
+        if reserved is not None:
+            return True
+        return await self.store.find_one(LocalListEntry, all_of(
+            Eq("card_id", card.id), Eq("status", ACCEPTED))) is not None
 
     async def remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
         """Removes a card (mistyped, lost for good, replaced). Its sessions keep the tag

@@ -672,7 +672,7 @@ class Withdrawal(Service):
 
     # ------------------------------------------------------------- triggers
     async def withdraw_card(self, actor: Viewer, card: IdTag, status: IdTagStatus, *,
-                            stop: bool) -> None:
+                            stop: bool, again: bool = False) -> None:
         """``card`` is ``status`` now (blocked, expired; a removed card BLOCKED), by
         ``actor``. Its live reservations are cancelled: it may not start a session, so a
         plug held for it is held for nobody. ``stop``: it may not go on charging either
@@ -681,25 +681,31 @@ class Withdrawal(Service):
         list entries recorded for its id, the sessions it started and the reservations
         made for it (its tag and its holder), never what another carried the same tag
         string for (a tag a charger knew before the card was issued, another company's
-        group id). ``FleetService`` runs it in the background."""
+        group id). ``again``: it was unusable before too (an edit of a card expired or
+        blocked that still holds a reservation or a list entry Accepted:
+        ``FleetService._withdrawn_as``); what it holds may be being taken back already
+        (the sweep, a first withdrawal), so its reservations are cancelled the once-only
+        way, whatever its status. ``FleetService`` runs it in the background."""
         await self._mark_wanted(actor, [card.id], list_status(status))
         # A session, and a reservation, names its card's holder when the tag named a
         # card as it was made (``base.made_for``); of a tag of no card, no one.
         if stop:
             await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
                                                     Eq("user_id", card.user_id)))
-        if status is IdTagStatus.EXPIRED:
+        if status is IdTagStatus.EXPIRED or again:
             # An expired card's too (QA s27): one made expired by an edit of its expiry to
             # a moment the expiry sweep had passed already (``sweep_expired`` walks
             # expiries from where it stopped) was never the sweep's, and kept its plug
             # held for up to a day, shown reserved, other drivers refused. As the sweep
-            # cancels them (``_cancel_expired_cards``): an instance's sweep may find the
+            # cancels them (``_cancel_held``): an instance's sweep may find the
             # same card (its cursor behind the expiry), so each is cancelled in the store
             # once, guarded on its state, and its charger sent the cancel once, by the
             # instance holding it (review r27-reserve: the edit's cancel went through the
             # relay beside the sweep's, the charger was sent both, and the second's
-            # Rejected was recorded as a failed cancel).
-            await self._cancel_expired_cards([card], actor)
+            # Rejected was recorded as a failed cancel). A card withdrawn again (an edit
+            # of one unusable before: review r27-misc) is cancelled so too: the sweep or
+            # the first withdrawal may be cancelling the same reservations.
+            await self._cancel_held([card], actor)
         else:
             await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
                                                           Eq("user_id", card.user_id)))
@@ -802,7 +808,7 @@ class Withdrawal(Service):
         last = due[-1] if len(due) == EXPIRY_BATCH else None
         self._swept = (last.expires_at, last.id) if last is not None \
             and last.expires_at is not None else (now, None)
-        await self._cancel_expired_cards(due)
+        await self._cancel_held(due)
         await self._sweep_pushes(await self._stations_marked())
         return len(due)
 
@@ -858,14 +864,13 @@ class Withdrawal(Service):
         return [s.id for s in await self.store.get_many(Station, list(station_ids))
                 if s is not None and gateway.is_connected(s.cp_id)]
 
-    async def _cancel_expired_cards(self, cards: Sequence[IdTag],
-                                    actor: Viewer = SYSTEM) -> None:
+    async def _cancel_held(self, cards: Sequence[IdTag], actor: Viewer = SYSTEM) -> None:
         """Cancels the live reservations made for ``cards`` (``base.made_for``: the
-        card's tag and holder), which expired: a plug held for a card that may no longer
-        start a session holds it for nobody. Their sessions go on (authorized before the
-        expiry). Until QA s25 they were cancelled only at their charger's boot
-        (``_cancel_unusable``), the plug shown reserved and the driver kept from
-        reserving elsewhere until then.
+        card's tag and holder), which expired (or, withdrawn again by an edit, are
+        unusable otherwise): a plug held for a card that may no longer start a session
+        holds it for nobody. Their sessions go on (authorized before the expiry). Until
+        QA s25 they were cancelled only at their charger's boot (``_cancel_unusable``),
+        the plug shown reserved and the driver kept from reserving elsewhere until then.
         Every instance sweeps the same cards: each reservation is cancelled in the store
         once, by whichever instance writes first, and its CancelReservation owed to the
         charger (``CommandService.cancel_owed``), sent only by the instance holding it:

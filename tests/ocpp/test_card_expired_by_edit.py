@@ -101,3 +101,36 @@ async def test_an_expired_card_whose_expiry_is_moved_earlier_loses_its_reservati
         await until(cancelled)
         assert [p for name, p in cp.received if name == "CancelReservation"] == [
             {"reservation_id": held["reservation"]["reservationId"]}]
+
+
+async def test_an_expired_card_marked_expired_loses_its_reservation(central: Central) -> None:
+    """TAG-OK's expiry passes after the sweep's last run (the next one minutes away); an
+    admin then marks it EXPIRED (status only, tidying up). That takes it out of the
+    sweep (it reads Accepted cards), and the edit saw it expired before and after, so it
+    was withdrawn by neither (review r27-misc): the plug stayed held until the
+    reservation's own expiry. An edit leaving a card unusable that still holds a
+    reservation withdraws it, whatever it changed; cancelled at the charger once."""
+    admin = Viewer.of(central.users["admin"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await central.services.withdrawal.sweep_expired()  # its cursor: now
+        await central.services.fleet.update_id_tag(
+            admin, central.tags["ok"].id, expires_at=datetime.now(UTC) + timedelta(seconds=1))
+        await asyncio.sleep(1.5)  # it has expired; the next sweep is minutes away
+        await central.services.fleet.update_id_tag(
+            admin, central.tags["ok"].id, status=d.IdTagStatus.EXPIRED)
+        await settled(central)
+        await central.services.withdrawal.sweep_expired()  # the next sweep
+        await settled(central)
+
+        async def cancelled() -> bool:
+            [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+            return now.state is d.ReservationState.CANCELLED
+        await until(cancelled)
+        assert [p for name, p in cp.received if name == "CancelReservation"] == [
+            {"reservation_id": held["reservation"]["reservationId"]}]

@@ -170,3 +170,94 @@ async def test_a_drivers_start_finds_their_reservation_among_many_on_the_station
                 if name == "RemoteStartTransaction"] == ["TAG-TWO"]
         session = await started(central, held["reservation"]["reservationId"])
     assert (session.station_id, session.id_tag) == (site.id, "TAG-TWO")
+
+
+async def test_a_start_naming_no_plug_is_not_refused_on_a_faulted_reserved_plug(
+        central: Central) -> None:
+    """The driver holds plug 2 with TAG-TWO; plug 2 then reports itself Faulted. Their
+    start naming no plug was sent for plug 2 before the plug checks, and refused
+    INVALID_STATE on ``connectorId``, a field they never sent, though plug 1 was free
+    (review r27-misc). A reserved plug that cannot take the start is not named: the
+    start goes as it came, naming none, and the charger picks a free plug."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon(), "idTag": "TAG-TWO"},
+                         SELECTION, as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await cp.status(2, "Faulted", error_code="GroundFailure")
+        start = await run(central, "remoteStartTransaction", {"cpId": "CP-1"}, START,
+                          as_user="driver")
+        assert start["errors"] == [] and start["status"] == "ACCEPTED", start
+        assert [(p["id_tag"], p.get("connector_id")) for name, p in cp.received
+                if name == "RemoteStartTransaction"] == [("TAG-TWO", None)]
+
+
+async def test_a_start_naming_no_plug_at_a_faulted_charger_is_refused_on_the_station(
+        central: Central) -> None:
+    """The charger as a whole reports itself Faulted (connector 0) while the driver holds
+    plug 2: their start naming no plug is refused on ``cpId`` (the field they sent, as
+    the API says of a start naming none), not on ``connectorId``; nothing is sent."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon(), "idTag": "TAG-TWO"},
+                         SELECTION, as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await cp.status(0, "Faulted", error_code="GroundFailure")
+
+        async def down() -> bool:
+            [now] = await central.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+            return now.status is d.ConnectorStatus.FAULTED
+        await until(down)
+        start = await run(central, "remoteStartTransaction", {"cpId": "CP-1"}, START,
+                          as_user="driver")
+        assert [(e["field"], e["code"]) for e in start["errors"]] == [
+            ("cpId", "INVALID_STATE")], start
+        assert "RemoteStartTransaction" not in [name for name, _ in cp.received]
+
+
+async def test_an_operators_start_naming_no_plug_is_sent_for_the_plug_reserved(
+        central: Central) -> None:
+    """An operator starts the driver's reserved card (TAG-TWO, plug 2 held for it)
+    naming no plug (support, on the phone with the driver). It went out naming none, the
+    charger put it on plug 1 and the reservation stayed ACTIVE (review r27-misc): it is
+    sent for plug 2, as a driver's is, and takes the reservation up."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon(), "idTag": "TAG-TWO"},
+                         SELECTION, as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        start = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "idTag": "TAG-TWO"}, START, as_user="op")
+        assert start["errors"] == [] and start["status"] == "ACCEPTED", start
+        assert [p for name, p in cp.received if name == "RemoteStartTransaction"] == [
+            {"id_tag": "TAG-TWO", "connector_id": 2}]
+        session = await started(central, held["reservation"]["reservationId"])
+    assert (session.id_tag, session.connector_id) == ("TAG-TWO", 2)
+
+
+async def test_a_drivers_start_finds_a_reservation_of_their_tag_before_it_was_issued(
+        central: Central) -> None:
+    """An admin reserved plug 2 for the id TAG-NEW (no card of it yet: no holder); it is
+    then issued to the driver. Their start naming no card nor plug read only the
+    reservations naming them as holder (review r27-misc): it went with TAG-OK and no
+    plug. The charger holds plug 2 for the tag: the start goes with TAG-NEW for plug 2."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon(), "idTag": "TAG-NEW"},
+                         SELECTION, as_user="admin")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await central.services.fleet.issue_id_tag(Viewer.of(central.users["driver"]),
+                                                  tag="TAG-NEW")
+        start = await run(central, "remoteStartTransaction", {"cpId": "CP-1"}, START,
+                          as_user="driver")
+        assert start["errors"] == [] and start["status"] == "ACCEPTED", start
+        assert [p for name, p in cp.received if name == "RemoteStartTransaction"] == [
+            {"id_tag": "TAG-NEW", "connector_id": 2}]
