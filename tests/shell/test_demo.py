@@ -559,7 +559,10 @@ async def test_a_demo_database_a_running_service_uses_is_refused_before_it_is_mi
         await conn.execute('INSERT INTO "sequence" VALUES (?, 1)', (DEMO_MADE,))
         now = utcnow()
         await conn.execute(
-            'INSERT INTO "instance_lease" VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+            # Columns named: later migrations add some with defaults (72).
+            'INSERT INTO "instance_lease" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "host", "started_at", "expires_at") '
+            'VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
             ("instance-1", micros(now), micros(now), "system", "system", "web-1",
              micros(now), micros(now + timedelta(minutes=5))))
     finally:
