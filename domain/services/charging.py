@@ -613,8 +613,10 @@ class ChargingService(ChargerConnections):
             "serial": v.shown_text(info.serial), "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
         # Our clock, as sessions' created_at; stored, for a restart of ours. A triggered
-        # boot is no restart: the last one stays.
-        booted = station.booted_at if info.triggered else now
+        # boot is no restart: the last one stays. The first on a connection is dated when
+        # the connection opened (``ChargerClocks.boot_at``): what the charger answered
+        # on it before this boot was recorded is in force since the boot.
+        booted = station.booted_at if info.triggered else self.clocks.boot_at(cp_id, now)
         # What the charger is told, and acts on until its next boot (a triggered one's
         # answer too): its reports are judged by it (``domain.registration``).
         told = station.registration

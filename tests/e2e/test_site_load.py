@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
-from domain.entities import Station
+from domain.entities import ConfigurationKey, Station
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
+from domain.query import Eq, all_of
+from domain.services.commands import ALLOWED_UNITS_KEY as UNITS_KEY
 from domain.services.site_load import MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
@@ -130,6 +133,19 @@ async def site_of_two(service: Running, max_kw: float) -> tuple[str, str]:
         assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
         assert assigned["assignStationToSite"]["errors"] == []
     return site, token
+
+
+async def _depot_of_two(service: Running) -> str:
+    """A site of 5 kW, its minimum 1 kW, in W, holding CP-1 and CP-OPEN; its id."""
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    return str(site)
 
 
 async def allocations(service: Running, site: str, token: str) -> list[dict[str, Any]]:
@@ -810,26 +826,37 @@ async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_on
     # them. Another (here: this one with its memory emptied) shared with the
     # current-only charger's least at 0, lowered the other session to an equal share,
     # then paused the current-only one below 6 A: the power taken went unused. Every
-    # instance reads them from the charger's stored configuration.
-    token = await service.token("op")
-    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
-                                             "minPowerKw": 1}}, token)
-    site = created["createSite"]["site"]["id"]
-    for cp_id in ("CP-1", "CP-OPEN"):
-        station = to_global_id("station", service.central.stations[cp_id].id)
-        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
-        assert assigned["assignStationToSite"]["errors"] == []
+    # instance reads them from the charger's stored configuration, in force since its
+    # boot. Booting as chargers do (review r27 smart2): the site reads the units when
+    # the charger connects (its fallback), often before the BootNotification is
+    # recorded; that read was taken for one older than the boot, for up to an hour.
+    site = await _depot_of_two(service)
     url = service.ocpp_url
     site_load = service.services.site_load
+    store = service.services.ctx.store
+    [station] = await store.find_all(Station, Eq("cp_id", "CP-1"), limit=1)
     async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as first, \
             connected(url, "CP-1", password=STATION_PASSWORD,
                       charge_point=CurrentOnlyChargePoint) as later:
+        # Booted once the fallback (read with the units) went out: the read is made
+        # on the connection, before its boot, as it often is unforced.
+        await until(lambda: fallbacks(later), "CP-1 sent its fallback")
+        [units] = await store.find_all(ConfigurationKey, all_of(
+            Eq("station_id", station.id), Eq("folded_key", UNITS_KEY.lower())))
+        assert units.value == "Current" and units.read_at is not None
+        before_boot = datetime.now(UTC)
+        await first.boot()
+        await later.boot()
+        await site_load.settled()
         await first.start_transaction(2, "TAG-OTHER")
         await until(lambda: limits(first) == [5_000.0], "CP-OPEN told 5 kW")
         await later.start_transaction(2, "TAG-OK")
         await until(lambda: limits(later), "CP-1 told its limit")
         await site_load.settled()
         assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
+        # Premise: the units as stored are that read, made before the boot was sent.
+        [read] = await store.get_many(ConfigurationKey, [units.id])
+        assert read is not None and read.read_at == units.read_at < before_boot
         # Another instance's view: nothing read from these chargers itself.
         site_load._units.clear()
         site_load._levels.clear()
