@@ -1236,16 +1236,25 @@ class SiteLoad(Service):
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
         level = stack_level_of(result)
-        self._units[cp_id] = allowed_units_of(result)
-        # Read again in a while even so: a reconnect (new firmware, another key) is
-        # heard only by the instance holding the charger.
-        self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
+        if ALLOWED_UNITS_KEY not in result.get("unread", ()):
+            self._units[cp_id] = allowed_units_of(result)
+            # Read again in a while even so: a reconnect (new firmware, another key) is
+            # heard only by the instance holding the charger.
+            self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
+        else:
+            # Its units not read (the read of that key alone failed): not taken for "it
+            # takes any" (review r27: limits in W to a charger its stored keys say
+            # takes only Current, refused for an hour); the last known on this
+            # connection stay, else the stored ones (``unit_for``), and both keys are
+            # read again in a while, not an hour.
+            self._levels[cp_id] = (level, self.now() + LEVEL_UNKNOWN_FOR)
         return level
 
     async def _read_keys(self, cp_id: str) -> dict[str, Any] | None:
         """The charger's answer for ``MAX_STACK_LEVEL_KEY`` and ``ALLOWED_UNITS_KEY``
-        (their entries together, as one GetConfiguration answer); ``None`` when it gave
-        none for the level. Both in one GetConfiguration; a key the answer neither gives
+        (their entries together, as one GetConfiguration answer, and under ``unread``
+        the units key when its read failed: that says nothing of it); ``None`` when it
+        gave none for the level. Both in one GetConfiguration; a key the answer neither gives
         nor calls unknown, or both after any CALLERROR to the two (NotSupported and
         NotImplemented too, as the list limits' read: review r27, a charger taking one
         key per request refused the two with NotImplemented and was sent level 90,
@@ -1254,6 +1263,7 @@ class SiteLoad(Service):
         (``_one_key``): not three GetConfigurations at each read."""
         keys = [MAX_STACK_LEVEL_KEY, ALLOWED_UNITS_KEY]
         entries: list[Any] = []
+        unread: list[str] = []
         if cp_id in self._one_key:
             missing = keys
         else:
@@ -1272,13 +1282,14 @@ class SiteLoad(Service):
             if alone.error is not None:
                 if key == MAX_STACK_LEVEL_KEY:
                     return None  # the level not known: its units are not asked
-                continue  # the units not known: the site's unit is sent
+                unread.append(key)  # not known: as before the read (``_stack_level``)
+                continue
             given = [e for e in alone.result.get("configurationKey") or ()
                      if isinstance(e, dict)]
             if any(folded_key(str(e.get("key", ""))) == folded_key(key) for e in given):
                 self._one_key.add(cp_id)  # refused or left out with the other, given alone
             entries.extend(given)
-        return {"configurationKey": entries}
+        return {"configurationKey": entries, "unread": unread}
 
     async def _configuration(self, cp_id: str, keys: list[str]) -> CommandOutcome:
         return await self.commands.send(SYSTEM, cp_id, "GetConfiguration", {"key": keys})

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from ocpp.exceptions import InternalError as OcppInternalError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import on
@@ -24,7 +25,7 @@ from domain.entities import ConfigurationKey, Station
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from domain.query import Eq, all_of
 from domain.services.commands import ALLOWED_UNITS_KEY as UNITS_KEY
-from domain.services.site_load import MAX_STACK_LEVEL_KEY
+from domain.services.site_load import LEVEL_UNKNOWN_FOR, MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -865,6 +866,57 @@ async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_on
         # Nothing changed on the site: the 5 kW stay with CP-OPEN.
         assert limits(first)[-1] == 5_000.0, (limits(first), limits(later))
         assert limits(later)[-1] == 0.0
+
+
+class FlakyOneKeyCurrentOnlyChargePoint(CurrentOnlyChargePoint):
+    """Takes amperes only; reads one key per GetConfiguration (NotImplemented to more);
+    while ``flaky``, its lone read of the units key fails once (an InternalError; a
+    timeout does the same)."""
+
+    flaky = False
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        if key is not None and len(key) > 1:
+            raise OcppNotImplemented(description="one key at a time")
+        if self.flaky and key == [UNITS_KEY]:
+            self.flaky = False
+            raise OcppInternalError(description="busy")
+        return super().on_get_configuration(key)
+
+
+async def test_a_failed_read_of_a_chargers_units_leaves_its_stored_ones_in_use(
+        service: Running) -> None:
+    # Review r27 smart2: a failed read of the units key alone was kept as "it names
+    # none", over the units its stored configuration (in force since its boot) says:
+    # every limit went in W to a charger taking only Current, refused before it went
+    # by the schedule check (ERROR), the site holding its rating, for an hour.
+    site, token = await site_of_two(service, 40)
+    site_load = service.services.site_load
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=FlakyOneKeyCurrentOnlyChargePoint) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await site_load.settled()
+        assert [(a["unit"], a["answer"]) for a in await allocations(service, site, token)
+                ] == [("A", "ACCEPTED")]
+        # Another instance (or this one an hour later) reads it again; the units read
+        # fails this once.
+        site_load._units.clear()
+        site_load._levels.clear()
+        site_load._one_key.clear()
+        one.flaky = True
+        assert (await service.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 10}},
+                                  token))["updateSite"]["errors"] == []
+        await site_load.settled()
+        assert not one.flaky  # the read failed
+        assert [(a["unit"], a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)
+                ] == [("A", "ACCEPTED", True)]
+        # Read again in a while, not in an hour.
+        [(_, until_at)] = [v for k, v in site_load._levels.items() if k == "CP-1"]
+        assert until_at is not None \
+            and until_at - datetime.now(UTC) <= LEVEL_UNKNOWN_FOR
 
 
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
