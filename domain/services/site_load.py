@@ -371,7 +371,7 @@ class SiteLoad(Service):
         self._lifted: set[tuple[str, int]] = set()
         #: Each charger's fallback for new sessions (a TxDefaultProfile).
         self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level,
-                                       self.unit_for, self.now, self.charger_back,
+                                       self._unit_of, self.now, self.charger_back,
                                        self.request_station)
         ctx.published.append(self._heard)
 
@@ -1216,6 +1216,17 @@ class SiteLoad(Service):
         if allowed is None:
             allowed = stored or frozenset()
         return unit_to_send(site_unit, allowed)
+
+    async def _unit_of(self, station: Station, site_unit: ChargingRateUnit
+                       ) -> ChargingRateUnit:
+        """``unit_for`` the station's charger from the same sources as its sessions'
+        limits (``_Seen.allowed``): read here, else its stored configuration. The
+        fallback took the site's unit whenever this instance had not read the units
+        itself (review r27: its read failed, or another instance made it)."""
+        if station.cp_id in self._units:
+            return self.unit_for(station.cp_id, site_unit)
+        stored = await self._stored_units([station])
+        return self.unit_for(station.cp_id, site_unit, stored.get(station.cp_id))
 
     async def _stack_level(self, cp_id: str) -> int:
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest

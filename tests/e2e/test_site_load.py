@@ -919,6 +919,39 @@ async def test_a_failed_read_of_a_chargers_units_leaves_its_stored_ones_in_use(
             and until_at - datetime.now(UTC) <= LEVEL_UNKNOWN_FOR
 
 
+async def test_a_fallback_goes_in_the_unit_the_chargers_stored_configuration_says(
+        service: Running) -> None:
+    # Review r27 smart2: the fallback took the site's unit whenever this instance had
+    # not read the charger's units itself (another instance did, or the read failed),
+    # where its sessions' limits take the stored ones: W to a charger taking only
+    # Current, refused, and nothing held it while ChargeGraph was unreachable.
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    station = to_global_id("station", service.central.stations["CP-1"].id)
+    assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+    assert assigned["assignStationToSite"]["errors"] == []
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=FlakyOneKeyCurrentOnlyChargePoint) as cp:
+        await until(lambda: fallbacks(cp), "CP-1 sent its fallback")
+        await service.services.site_load.settled()
+    # Connected again: its units read fails this time; stored, they say Current.
+    FlakyOneKeyCurrentOnlyChargePoint.flaky = True
+    try:
+        async with connected(url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=FlakyOneKeyCurrentOnlyChargePoint) as cp:
+            await until(lambda: fallbacks(cp), "CP-1 sent its fallback again")
+            await service.services.site_load.settled()
+            assert not cp.flaky  # the read failed
+            assert [(p["charging_schedule"]["charging_rate_unit"],
+                     float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+                    for p in fallbacks(cp)] == [("A", 6.0)]
+    finally:
+        FlakyOneKeyCurrentOnlyChargePoint.flaky = False
+
+
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
         service: Running) -> None:
     # Review r27: an allocation overridden by a person's profile kept the limit sent in
