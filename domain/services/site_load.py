@@ -60,6 +60,7 @@ from domain.errors import (
 )
 from domain.events import (
     ConnectorStatusChanged,
+    EventsDropped,
     SessionChanged,
     StationChanged,
     StationConnectionChanged,
@@ -357,6 +358,9 @@ class SiteLoad(Service):
         #: Chargers found to take one configuration key per GetConfiguration, while they
         #: stay connected: asked each key alone at once (``_read_keys``).
         self._one_key: set[str] = set()
+        #: By cpId: the connection of its charger this instance's services last
+        #: announced (``_heard``): a ``followed`` announcement of another is elsewhere.
+        self._connections: dict[str, int | None] = {}
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: Stations whose charger came back online (``charger_back``) until their site
@@ -388,9 +392,8 @@ class SiteLoad(Service):
                 self.request_station(event.station_id)
             return
         if isinstance(event, StationConnectionChanged):
-            self._levels.pop(event.cp_id, None)  # read again: it may be another charger
-            self._units.pop(event.cp_id, None)
-            self._one_key.discard(event.cp_id)
+            self._connections[event.cp_id] = event.connection
+            self._forget(event.cp_id)  # read again: it may be another charger
             if event.station_id is not None:
                 self.fallbacks.forget(event.station_id)
             if event.online and event.station_id is not None:
@@ -399,6 +402,32 @@ class SiteLoad(Service):
         if isinstance(event, SessionChanged | StationConnectionChanged | StationChanged) \
                 and event.station_id is not None:
             self.request_station(event.station_id)
+
+    def _forget(self, cp_id: str) -> None:
+        """Forgets what was read of the charger (its stack level, its units, one key at
+        a time): read again before its next limit."""
+        self._levels.pop(cp_id, None)
+        self._units.pop(cp_id, None)
+        self._one_key.discard(cp_id)
+
+    def followed(self, event: Any) -> None:
+        """An event announced between instances (``ChargingService.follow``, any
+        instance's): the charger connected or went on another instance (a connection
+        newer than the last this instance's services announced, ``_connections``) is
+        forgotten here too (``_forget``). This instance had read its level and units
+        (a site limit or a fallback sent through the instance holding it) and kept them
+        up to ``LEVEL_KNOWN_FOR``: a reconnect (new firmware, another charger) went unseen.
+        Events lost between instances may have been such: all is forgotten."""
+        if isinstance(event, EventsDropped):
+            self._levels.clear()
+            self._units.clear()
+            self._one_key.clear()
+        elif isinstance(event, StationConnectionChanged):
+            mine = self._connections.get(event.cp_id)
+            # Newer than the last this instance announced (connection numbers grow
+            # across instances); its own, delivered back, are not read again.
+            if mine is None or event.connection is None or event.connection > mine:
+                self._forget(event.cp_id)
 
     def charger_back(self, station_id: str) -> None:
         """The station's charger came back online (connected, or its boot accepted):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain.entities import ConfigurationKey, Station
+from domain.events import StationConnectionChanged
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from domain.query import Eq, all_of
 from domain.services.commands import ALLOWED_UNITS_KEY as UNITS_KEY
@@ -950,6 +952,39 @@ async def test_a_fallback_goes_in_the_unit_the_chargers_stored_configuration_say
                     for p in fallbacks(cp)] == [("A", 6.0)]
     finally:
         FlakyOneKeyCurrentOnlyChargePoint.flaky = False
+
+
+async def test_a_chargers_level_and_units_are_read_again_once_it_connects_elsewhere(
+        service: Running) -> None:
+    # Review r27 smart2: an instance not holding the charger kept the level and units
+    # it read (through the instance holding it) for an hour after the charger
+    # connected again elsewhere (new firmware, another charger); the announcement of
+    # that connection, which every instance follows already, forgets them. Its own
+    # announcements, heard back, do not.
+    await site_of_two(service, 40)
+    site_load = service.services.site_load
+    bus = service.services.ctx.bus
+    assert bus is not None
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await site_load.settled()
+        [station] = await service.services.ctx.store.find_all(
+            Station, Eq("cp_id", "CP-1"), limit=1)
+        assert "CP-1" in site_load._levels and station.connection is not None
+        mine = StationConnectionChanged(station_id=station.id, cp_id="CP-1",
+                                        company_id=station.company_id,
+                                        owner_id=station.owner_id, online=True,
+                                        connection=station.connection)
+        heard: list[Any] = []
+        service.services.charging.on_followed.append(heard.append)  # after the site's
+        await bus.publish(mine)
+        await until(lambda: mine in heard, "its own announcement followed")
+        assert "CP-1" in site_load._levels and "CP-1" in site_load._units
+        await bus.publish(replace(mine, connection=station.connection + 1))
+        await until(lambda: "CP-1" not in site_load._levels, "CP-1's level forgotten")
+        assert "CP-1" not in site_load._units
 
 
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
