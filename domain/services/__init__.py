@@ -88,6 +88,7 @@ class Services:
         self.stations.on_site_left = self.site_load.request_site
         self.charging.on_start_answered.append(self.site_load.request_station)
         self.charging.on_boot_accepted.append(self.site_load.charger_back)
+        self.charging.on_followed.append(self.site_load.followed)
         self.charging.on_boot_accepted.append(self.withdrawal.charger_back)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:

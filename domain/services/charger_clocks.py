@@ -31,10 +31,29 @@ class ChargerClocks:
         self._connected: dict[str, datetime] = {}
         # Chargers connected again whose connection has sent no timestamp yet.
         self._fresh: set[str] = set()
+        # Chargers whose current connection (to this instance) brought a boot already.
+        self._booted: set[str] = set()
 
     def connected(self, cp_id: str, at: datetime) -> None:
         self._connected[cp_id] = at
         self._fresh.add(cp_id)
+        self._booted.discard(cp_id)
+
+    def boot_at(self, cp_id: str, now: datetime) -> datetime:
+        """When the charger booted, on our clock, for its BootNotification arriving
+        ``now``: the first on its connection is dated when that connection opened (it
+        booted before it connected; our commands at its connection, answered before its
+        boot was recorded, were answered by this boot: review r27, the site's read of
+        its units at the connection, milliseconds before the boot, counted as older
+        than the boot, and another instance took a charger taking only amperes for one
+        taking watts); a later one on the same connection (a charger restarting its
+        software, a simulator) at its arrival. Not known (the connection was not opened
+        on this instance): at its arrival."""
+        opened = self._connected.get(cp_id)
+        if opened is None or cp_id in self._booted:
+            return now
+        self._booted.add(cp_id)
+        return min(opened, now)
 
     def behind_at(self, cp_id: str, start: datetime, station_since: datetime) -> bool:
         """Whether a start stamped ``start`` shows its charger's clock behind ours: it

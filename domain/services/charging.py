@@ -553,6 +553,10 @@ class ChargingService(ChargerConnections):
         #: (``boot_accepted``): a charger that rebooted may have lost the site's limit
         #: it was charging under, and it is sent again.
         self.on_boot_accepted: list[Callable[[str], None]] = []
+        #: Told each event ``follow`` hears (any instance's), after the cache dropped
+        #: what it names: what other services keep of a charger on this instance
+        #: (``SiteLoad.followed``: the stack level and units it read).
+        self.on_followed: list[Callable[[DomainEvent | EventsDropped], None]] = []
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
@@ -581,9 +585,15 @@ class ChargingService(ChargerConnections):
         change at its next message, not up to ``CACHE_TTL_S`` later: a registration
         Rejected or a station handed to another company on another instance, a session
         ended there (``endSession``: its meter values must not go on adding energy), a
-        station removed there."""
+        station removed there. Then ``on_followed``."""
         async for event in events:
             self.cache.drop(event)
+            for listener in self.on_followed:
+                try:
+                    listener(event)
+                except Exception:  # one listener's fault stops no other, nor the cache
+                    log.exception("a listener of followed %s events failed",
+                                  type(event).__name__)
 
     async def _rated_kw(self, station: Station, connector_id: int) -> float:
         """The connector's rating (``MAX_BELIEVABLE_KW`` when not known), cached as
@@ -648,8 +658,10 @@ class ChargingService(ChargerConnections):
             "serial": v.shown_text(info.serial), "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
         # Our clock, as sessions' created_at; stored, for a restart of ours. A triggered
-        # boot is no restart: the last one stays.
-        booted = station.booted_at if info.triggered else now
+        # boot is no restart: the last one stays. The first on a connection is dated when
+        # the connection opened (``ChargerClocks.boot_at``): what the charger answered
+        # on it before this boot was recorded is in force since the boot.
+        booted = station.booted_at if info.triggered else self.clocks.boot_at(cp_id, now)
         # What the charger is told, and acts on until its next boot (a triggered one's
         # answer too): its reports are judged by it (``domain.registration``).
         told = station.registration

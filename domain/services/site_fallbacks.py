@@ -92,15 +92,16 @@ class _Told:
 
 class SiteFallbacks:
     def __init__(self, store: Store, send: Send, stack_level: Callable[[str], Awaitable[int]],
-                 unit_for: Callable[[str, ChargingRateUnit], ChargingRateUnit],
+                 unit_for: Callable[[Station, ChargingRateUnit],
+                                    Awaitable[ChargingRateUnit]],
                  now: Callable[[], datetime], look_again: Callable[[str], None],
                  run_again: Callable[[str], None]) -> None:
         """``send``: how commands go (``CommandService.send``); ``unit_for``: the unit a
-        charger takes its site's limits in, known once its stack level was read
-        (``SiteLoad.unit_for``); ``look_again``: has a
-        station's site found again and its fallback sent or removed, as for a charger
-        back (``SiteLoad.charger_back``); ``run_again``: has its site run again
-        (``SiteLoad.request_station``)."""
+        charger takes its site's limits in, as for its sessions' limits: read with its
+        stack level, else as its stored configuration says (``SiteLoad._unit_of``);
+        ``look_again``: has a station's site found again and its fallback sent or
+        removed, as for a charger back (``SiteLoad.charger_back``); ``run_again``: has
+        its site run again (``SiteLoad.request_station``)."""
         self.store = store
         self.send = send
         self.now = now
@@ -198,7 +199,7 @@ class SiteFallbacks:
         level = await self._stack_level(station.cp_id)
         # A charger taking limits only in the other unit refuses the site's own.
         # (``_Told`` keeps the site's ``limit``: ``tell`` compares it with the site's.)
-        unit = self._unit_for(station.cp_id, site.unit)
+        unit = await self._unit_for(station, site.unit)
         sent = limit if unit is site.unit else fallback_in(site, unit)
         if station.site_fallback_kw != site.min_power_kw:
             # Before it goes: once sent, the charger may hold it, and it must be found

@@ -60,6 +60,7 @@ from domain.errors import (
 )
 from domain.events import (
     ConnectorStatusChanged,
+    EventsDropped,
     SessionChanged,
     StationChanged,
     StationConnectionChanged,
@@ -357,6 +358,9 @@ class SiteLoad(Service):
         #: Chargers found to take one configuration key per GetConfiguration, while they
         #: stay connected: asked each key alone at once (``_read_keys``).
         self._one_key: set[str] = set()
+        #: By cpId: the connection of its charger this instance's services last
+        #: announced (``_heard``): a ``followed`` announcement of another is elsewhere.
+        self._connections: dict[str, int | None] = {}
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: Stations whose charger came back online (``charger_back``) until their site
@@ -371,7 +375,7 @@ class SiteLoad(Service):
         self._lifted: set[tuple[str, int]] = set()
         #: Each charger's fallback for new sessions (a TxDefaultProfile).
         self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level,
-                                       self.unit_for, self.now, self.charger_back,
+                                       self._unit_of, self.now, self.charger_back,
                                        self.request_station)
         ctx.published.append(self._heard)
 
@@ -388,9 +392,8 @@ class SiteLoad(Service):
                 self.request_station(event.station_id)
             return
         if isinstance(event, StationConnectionChanged):
-            self._levels.pop(event.cp_id, None)  # read again: it may be another charger
-            self._units.pop(event.cp_id, None)
-            self._one_key.discard(event.cp_id)
+            self._connections[event.cp_id] = event.connection
+            self._forget(event.cp_id)  # read again: it may be another charger
             if event.station_id is not None:
                 self.fallbacks.forget(event.station_id)
             if event.online and event.station_id is not None:
@@ -399,6 +402,32 @@ class SiteLoad(Service):
         if isinstance(event, SessionChanged | StationConnectionChanged | StationChanged) \
                 and event.station_id is not None:
             self.request_station(event.station_id)
+
+    def _forget(self, cp_id: str) -> None:
+        """Forgets what was read of the charger (its stack level, its units, one key at
+        a time): read again before its next limit."""
+        self._levels.pop(cp_id, None)
+        self._units.pop(cp_id, None)
+        self._one_key.discard(cp_id)
+
+    def followed(self, event: Any) -> None:
+        """An event announced between instances (``ChargingService.follow``, any
+        instance's): the charger connected or went on another instance (a connection
+        newer than the last this instance's services announced, ``_connections``) is
+        forgotten here too (``_forget``). This instance had read its level and units
+        (a site limit or a fallback sent through the instance holding it) and kept them
+        up to ``LEVEL_KNOWN_FOR``: a reconnect (new firmware, another charger) went unseen.
+        Events lost between instances may have been such: all is forgotten."""
+        if isinstance(event, EventsDropped):
+            self._levels.clear()
+            self._units.clear()
+            self._one_key.clear()
+        elif isinstance(event, StationConnectionChanged):
+            mine = self._connections.get(event.cp_id)
+            # Newer than the last this instance announced (connection numbers grow
+            # across instances); its own, delivered back, are not read again.
+            if mine is None or event.connection is None or event.connection > mine:
+                self._forget(event.cp_id)
 
     def charger_back(self, station_id: str) -> None:
         """The station's charger came back online (connected, or its boot accepted):
@@ -1217,6 +1246,17 @@ class SiteLoad(Service):
             allowed = stored or frozenset()
         return unit_to_send(site_unit, allowed)
 
+    async def _unit_of(self, station: Station, site_unit: ChargingRateUnit
+                       ) -> ChargingRateUnit:
+        """``unit_for`` the station's charger from the same sources as its sessions'
+        limits (``_Seen.allowed``): read here, else its stored configuration. The
+        fallback took the site's unit whenever this instance had not read the units
+        itself (review r27: its read failed, or another instance made it)."""
+        if station.cp_id in self._units:
+            return self.unit_for(station.cp_id, site_unit)
+        stored = await self._stored_units([station])
+        return self.unit_for(station.cp_id, site_unit, stored.get(station.cp_id))
+
     async def _stack_level(self, cp_id: str) -> int:
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest
         it takes (its ChargeProfileMaxStackLevel) when that is lower: a charger holding
@@ -1236,16 +1276,25 @@ class SiteLoad(Service):
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
         level = stack_level_of(result)
-        self._units[cp_id] = allowed_units_of(result)
-        # Read again in a while even so: a reconnect (new firmware, another key) is
-        # heard only by the instance holding the charger.
-        self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
+        if ALLOWED_UNITS_KEY not in result.get("unread", ()):
+            self._units[cp_id] = allowed_units_of(result)
+            # Read again in a while even so: a reconnect (new firmware, another key) is
+            # heard only by the instance holding the charger.
+            self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
+        else:
+            # Its units not read (the read of that key alone failed): not taken for "it
+            # takes any" (review r27: limits in W to a charger its stored keys say
+            # takes only Current, refused for an hour); the last known on this
+            # connection stay, else the stored ones (``unit_for``), and both keys are
+            # read again in a while, not an hour.
+            self._levels[cp_id] = (level, self.now() + LEVEL_UNKNOWN_FOR)
         return level
 
     async def _read_keys(self, cp_id: str) -> dict[str, Any] | None:
         """The charger's answer for ``MAX_STACK_LEVEL_KEY`` and ``ALLOWED_UNITS_KEY``
-        (their entries together, as one GetConfiguration answer); ``None`` when it gave
-        none for the level. Both in one GetConfiguration; a key the answer neither gives
+        (their entries together, as one GetConfiguration answer, and under ``unread``
+        the units key when its read failed: that says nothing of it); ``None`` when it
+        gave none for the level. Both in one GetConfiguration; a key the answer neither gives
         nor calls unknown, or both after any CALLERROR to the two (NotSupported and
         NotImplemented too, as the list limits' read: review r27, a charger taking one
         key per request refused the two with NotImplemented and was sent level 90,
@@ -1254,6 +1303,7 @@ class SiteLoad(Service):
         (``_one_key``): not three GetConfigurations at each read."""
         keys = [MAX_STACK_LEVEL_KEY, ALLOWED_UNITS_KEY]
         entries: list[Any] = []
+        unread: list[str] = []
         if cp_id in self._one_key:
             missing = keys
         else:
@@ -1272,13 +1322,14 @@ class SiteLoad(Service):
             if alone.error is not None:
                 if key == MAX_STACK_LEVEL_KEY:
                     return None  # the level not known: its units are not asked
-                continue  # the units not known: the site's unit is sent
+                unread.append(key)  # not known: as before the read (``_stack_level``)
+                continue
             given = [e for e in alone.result.get("configurationKey") or ()
                      if isinstance(e, dict)]
             if any(folded_key(str(e.get("key", ""))) == folded_key(key) for e in given):
                 self._one_key.add(cp_id)  # refused or left out with the other, given alone
             entries.extend(given)
-        return {"configurationKey": entries}
+        return {"configurationKey": entries, "unread": unread}
 
     async def _configuration(self, cp_id: str, keys: list[str]) -> CommandOutcome:
         return await self.commands.send(SYSTEM, cp_id, "GetConfiguration", {"key": keys})

@@ -62,6 +62,9 @@ async def test_a_schedule_the_charger_cannot_take_is_refused_naming_the_field(
 
     async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
                          charge_point=BoundedChargePoint) as cp:
+        # Booted as chargers do on connecting (what it answers on this connection holds
+        # for that boot: ``ChargerClocks.boot_at``); its next boot is a restart.
+        await cp.boot()
         # Not known yet: sent, and the charger judges it.
         assert (await set_profile("W", 1))["errors"][0]["code"] == "CHARGER_REJECTED"
         read = await service.gql(GET_CONFIGURATION, {"i": {"cpId": "CP-1"}}, token)

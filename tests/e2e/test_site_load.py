@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from ocpp.exceptions import InternalError as OcppInternalError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.exceptions import OccurrenceConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
-from domain.entities import Station
+from domain.entities import ConfigurationKey, Station
+from domain.events import StationConnectionChanged
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
-from domain.services.site_load import MAX_STACK_LEVEL_KEY
+from domain.query import Eq, all_of
+from domain.services.commands import ALLOWED_UNITS_KEY as UNITS_KEY
+from domain.services.site_load import LEVEL_UNKNOWN_FOR, MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -130,6 +136,19 @@ async def site_of_two(service: Running, max_kw: float) -> tuple[str, str]:
         assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
         assert assigned["assignStationToSite"]["errors"] == []
     return site, token
+
+
+async def _depot_of_two(service: Running) -> str:
+    """A site of 5 kW, its minimum 1 kW, in W, holding CP-1 and CP-OPEN; its id."""
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    return str(site)
 
 
 async def allocations(service: Running, site: str, token: str) -> list[dict[str, Any]]:
@@ -810,26 +829,37 @@ async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_on
     # them. Another (here: this one with its memory emptied) shared with the
     # current-only charger's least at 0, lowered the other session to an equal share,
     # then paused the current-only one below 6 A: the power taken went unused. Every
-    # instance reads them from the charger's stored configuration.
-    token = await service.token("op")
-    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
-                                             "minPowerKw": 1}}, token)
-    site = created["createSite"]["site"]["id"]
-    for cp_id in ("CP-1", "CP-OPEN"):
-        station = to_global_id("station", service.central.stations[cp_id].id)
-        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
-        assert assigned["assignStationToSite"]["errors"] == []
+    # instance reads them from the charger's stored configuration, in force since its
+    # boot. Booting as chargers do (review r27 smart2): the site reads the units when
+    # the charger connects (its fallback), often before the BootNotification is
+    # recorded; that read was taken for one older than the boot, for up to an hour.
+    site = await _depot_of_two(service)
     url = service.ocpp_url
     site_load = service.services.site_load
+    store = service.services.ctx.store
+    [station] = await store.find_all(Station, Eq("cp_id", "CP-1"), limit=1)
     async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as first, \
             connected(url, "CP-1", password=STATION_PASSWORD,
                       charge_point=CurrentOnlyChargePoint) as later:
+        # Booted once the fallback (read with the units) went out: the read is made
+        # on the connection, before its boot, as it often is unforced.
+        await until(lambda: fallbacks(later), "CP-1 sent its fallback")
+        [units] = await store.find_all(ConfigurationKey, all_of(
+            Eq("station_id", station.id), Eq("folded_key", UNITS_KEY.lower())))
+        assert units.value == "Current" and units.read_at is not None
+        before_boot = datetime.now(UTC)
+        await first.boot()
+        await later.boot()
+        await site_load.settled()
         await first.start_transaction(2, "TAG-OTHER")
         await until(lambda: limits(first) == [5_000.0], "CP-OPEN told 5 kW")
         await later.start_transaction(2, "TAG-OK")
         await until(lambda: limits(later), "CP-1 told its limit")
         await site_load.settled()
         assert limits(later)[-1] == 0.0 and limits(first)[-1] == 5_000.0
+        # Premise: the units as stored are that read, made before the boot was sent.
+        [read] = await store.get_many(ConfigurationKey, [units.id])
+        assert read is not None and read.read_at == units.read_at < before_boot
         # Another instance's view: nothing read from these chargers itself.
         site_load._units.clear()
         site_load._levels.clear()
@@ -838,6 +868,123 @@ async def test_an_instance_that_did_not_read_the_chargers_units_shares_as_the_on
         # Nothing changed on the site: the 5 kW stay with CP-OPEN.
         assert limits(first)[-1] == 5_000.0, (limits(first), limits(later))
         assert limits(later)[-1] == 0.0
+
+
+class FlakyOneKeyCurrentOnlyChargePoint(CurrentOnlyChargePoint):
+    """Takes amperes only; reads one key per GetConfiguration (NotImplemented to more);
+    while ``flaky``, its lone read of the units key fails once (an InternalError; a
+    timeout does the same)."""
+
+    flaky = False
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        if key is not None and len(key) > 1:
+            raise OcppNotImplemented(description="one key at a time")
+        if self.flaky and key == [UNITS_KEY]:
+            self.flaky = False
+            raise OcppInternalError(description="busy")
+        return super().on_get_configuration(key)
+
+
+async def test_a_failed_read_of_a_chargers_units_leaves_its_stored_ones_in_use(
+        service: Running) -> None:
+    # Review r27 smart2: a failed read of the units key alone was kept as "it names
+    # none", over the units its stored configuration (in force since its boot) says:
+    # every limit went in W to a charger taking only Current, refused before it went
+    # by the schedule check (ERROR), the site holding its rating, for an hour.
+    site, token = await site_of_two(service, 40)
+    site_load = service.services.site_load
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=FlakyOneKeyCurrentOnlyChargePoint) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await site_load.settled()
+        assert [(a["unit"], a["answer"]) for a in await allocations(service, site, token)
+                ] == [("A", "ACCEPTED")]
+        # Another instance (or this one an hour later) reads it again; the units read
+        # fails this once.
+        site_load._units.clear()
+        site_load._levels.clear()
+        site_load._one_key.clear()
+        one.flaky = True
+        assert (await service.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 10}},
+                                  token))["updateSite"]["errors"] == []
+        await site_load.settled()
+        assert not one.flaky  # the read failed
+        assert [(a["unit"], a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)
+                ] == [("A", "ACCEPTED", True)]
+        # Read again in a while, not in an hour.
+        [(_, until_at)] = [v for k, v in site_load._levels.items() if k == "CP-1"]
+        assert until_at is not None \
+            and until_at - datetime.now(UTC) <= LEVEL_UNKNOWN_FOR
+
+
+async def test_a_fallback_goes_in_the_unit_the_chargers_stored_configuration_says(
+        service: Running) -> None:
+    # Review r27 smart2: the fallback took the site's unit whenever this instance had
+    # not read the charger's units itself (another instance did, or the read failed),
+    # where its sessions' limits take the stored ones: W to a charger taking only
+    # Current, refused, and nothing held it while ChargeGraph was unreachable.
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 5,
+                                             "minPowerKw": 1}}, token)
+    site = created["createSite"]["site"]["id"]
+    station = to_global_id("station", service.central.stations["CP-1"].id)
+    assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+    assert assigned["assignStationToSite"]["errors"] == []
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=FlakyOneKeyCurrentOnlyChargePoint) as cp:
+        await until(lambda: fallbacks(cp), "CP-1 sent its fallback")
+        await service.services.site_load.settled()
+    # Connected again: its units read fails this time; stored, they say Current.
+    FlakyOneKeyCurrentOnlyChargePoint.flaky = True
+    try:
+        async with connected(url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=FlakyOneKeyCurrentOnlyChargePoint) as cp:
+            await until(lambda: fallbacks(cp), "CP-1 sent its fallback again")
+            await service.services.site_load.settled()
+            assert not cp.flaky  # the read failed
+            assert [(p["charging_schedule"]["charging_rate_unit"],
+                     float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+                    for p in fallbacks(cp)] == [("A", 6.0)]
+    finally:
+        FlakyOneKeyCurrentOnlyChargePoint.flaky = False
+
+
+async def test_a_chargers_level_and_units_are_read_again_once_it_connects_elsewhere(
+        service: Running) -> None:
+    # Review r27 smart2: an instance not holding the charger kept the level and units
+    # it read (through the instance holding it) for an hour after the charger
+    # connected again elsewhere (new firmware, another charger); the announcement of
+    # that connection, which every instance follows already, forgets them. Its own
+    # announcements, heard back, do not.
+    await site_of_two(service, 40)
+    site_load = service.services.site_load
+    bus = service.services.ctx.bus
+    assert bus is not None
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=CurrentOnlyChargePoint) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await site_load.settled()
+        [station] = await service.services.ctx.store.find_all(
+            Station, Eq("cp_id", "CP-1"), limit=1)
+        assert "CP-1" in site_load._levels and station.connection is not None
+        mine = StationConnectionChanged(station_id=station.id, cp_id="CP-1",
+                                        company_id=station.company_id,
+                                        owner_id=station.owner_id, online=True,
+                                        connection=station.connection)
+        heard: list[Any] = []
+        service.services.charging.on_followed.append(heard.append)  # after the site's
+        await bus.publish(mine)
+        await until(lambda: mine in heard, "its own announcement followed")
+        assert "CP-1" in site_load._levels and "CP-1" in site_load._units
+        await bus.publish(replace(mine, connection=station.connection + 1))
+        await until(lambda: "CP-1" not in site_load._levels, "CP-1's level forgotten")
+        assert "CP-1" not in site_load._units
 
 
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
