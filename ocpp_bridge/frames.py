@@ -90,13 +90,17 @@ class Frame:
 #: The start of a CALLRESULT or CALLERROR, read from text that is not JSON: the message
 #: type, then the unique id when it is there whole (a JSON string without escapes).
 _ANSWER_HEAD = re.compile(r'\s*\[\s*(?P<type>[34])\s*(?:,\s*"(?P<uid>[^"\\]*)"|,|$)')
-_CALL_HEAD = re.compile(r'\s*\[\s*2\s*,\s*"(?P<uid>[^"\\]{1,36})"')
-#: Enough text for the message type and a unique id (at most 36 characters).
-_HEAD_CHARS = 128
+_CALL_HEAD = re.compile(r'\s*\[\s*2\s*,\s*"(?P<uid>[^"\\]{1,255})"')
+#: Enough text for the message type and a unique id (at most ``UNIQUE_ID_LENIENT_MAX``
+#: characters: a braced GUID's 38 are answered under themselves too, review r27).
+_HEAD_CHARS = 300
 
 
 #: OCPP-J 1.6's bound on a message's unique id ("to allow for GUIDs").
 UNIQUE_ID_MAX = 36
+#: The bound not ``strict``: a braced GUID (38) or a vendor's prefixed id is taken, but
+#: an id is echoed in every answer, so one of any length is not (review r27).
+UNIQUE_ID_LENIENT_MAX = 255
 
 
 def parse(raw: str | bytes, *, strict: bool = True) -> Frame:
@@ -139,6 +143,9 @@ def parse(raw: str | bytes, *, strict: bool = True) -> Frame:
         if strict and len(message[1]) > UNIQUE_ID_MAX:
             raise FrameError(FORMATION_VIOLATION,
                              f"uniqueId is at most {UNIQUE_ID_MAX} characters", unique_id)
+        if len(message[1]) > UNIQUE_ID_LENIENT_MAX:
+            raise FrameError(FORMATION_VIOLATION, f"uniqueId is at most {UNIQUE_ID_MAX} "
+                             f"characters (up to {UNIQUE_ID_LENIENT_MAX} are taken)", "-1")
         if not isinstance(message[3], dict):
             raise FrameError(FORMATION_VIOLATION, "the payload must be a JSON object",
                              unique_id)

@@ -600,6 +600,9 @@ class ChargePointHandler(ChargePoint):
         except (FrameError, OSError):
             return  # the package refuses it with its own words
         self._note_unknown(action, checked.unknown)
+        # Optional fields answered null, left out: logged once per connection as a
+        # message's are (review r27: an answer's were left out silently).
+        self._note_mended(action, checked.mended)
 
     def _keep_long_values(self, response: CallResult) -> None:
         """A GetConfiguration answer whose values go beyond OCPP 1.6's 500 characters is
