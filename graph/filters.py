@@ -139,7 +139,8 @@ _BY_TIMES = {"CREATED_AT": "When the record was created.",
 #: put "aachen" and "Ärztehaus" after "Zoo"; the name is shown as entered.
 _BY_NAME = {"NAME": "name_key"}
 _NAME_ORDER = ("NAME: as people read names, case and accents ignored (\"Ärztehaus\" with "
-               "the a's, \"aachen\" before \"Zoo\"), ties by id.")
+               "the a's, \"aachen\" before \"Zoo\"; \"ł\", \"ø\", \"đ\", \"ħ\" are "
+               "letters of their own, after \"z\"), ties by id.")
 _BY_NAME_MEANING = {"NAME": "The name as people read it: case and accents ignored."}
 CompanyOrderField, CompanyOrder = _order("Company", {**_BY_NAME, **_AUDIT_TIMES},
                                          f"Sortable company fields. {_NAME_ORDER}",
@@ -202,7 +203,9 @@ AuditOrderField, AuditOrder = _order("Audit", {"AT": "at"}, "Sortable audit fiel
 
 
 _SEARCH = ("Text found anywhere (case and accents ignored: \"munchen\" finds "
-           "\"München\"; at most 200 characters)")
+           "\"München\", and Arabic and Hebrew vowel marks, as NAME order ignores them; "
+           "a letter with a stroke or slash, \"ł\", \"ø\", \"đ\", \"ħ\", is a letter "
+           "of its own: \"wroclaw\" misses \"Wrocław\"; at most 200 characters)")
 
 
 @strawberry.input(description="Which companies to list.")

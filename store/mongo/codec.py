@@ -16,7 +16,8 @@ engine then never decides what case is: PCRE2's caseless matching has no "İ"/"i
 (a real server's "istanbul" missed "İstanbul", which mongomock, using Python's ``re``,
 found), and SQLite folds the same way (``store/sqlite/sql_filter.py``). Every write
 derives it from the field (``to_doc``, ``written_names``); ``migrations._search_folded``
-fills it in for documents stored before.
+fills it in for documents stored before, and ``migrations`` folds it again where an
+earlier version folded it otherwise (``_search_refolded``, ``heal_search_shadows``).
 
 Stations also carry ``_geo``, the unit vector of their position: "within r km of P" is then
 ``|_geo - P|² <= (2 sin(r / 2R))²`` (the squared chord), exact at a metre as at a continent

@@ -25,7 +25,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
-from domain.query import SEARCHED
+from domain.query import FOLD_VERSION, SEARCHED
 from domain.services.configuration import MAX_KEYS
 from domain.validation import name_identity, name_key, plate_key, plate_shown
 from store.mongo.codec import (
@@ -222,11 +222,12 @@ async def migrate(db: Any) -> None:
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
             await _once(db, f"search_folded_{kind}_{name}", _search_folding(kind, name))
-    # After the shadows are there: those folded before searches dropped accents.
+    # After the shadows are there: those folded by an earlier rule, once per rule.
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
-            await _once(db, f"search_unaccented_{kind}_{name}",
-                        _search_refolding(kind, name))
+            await _once(db, _refold_step(kind, name), _search_refolding(kind, name))
+    # And those an instance of the version before wrote since (a rolling upgrade).
+    await heal_search_shadows(db)
 
 
 def _search_folding(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
@@ -241,8 +242,9 @@ async def _search_folded(db: Any, kind: str, name: str) -> None:
     them. One step per field, so a field searched later gets its own. Marked by the
     shadow itself: new documents always carry it, possibly null. Each is written only
     while it still lacks the shadow and holds the text it was folded from (an instance
-    of the version before may rename it meanwhile, in a rolling upgrade; what it writes
-    after the step is found again once a later version writes the record)."""
+    of a version before the shadows may rename it meanwhile, in a rolling upgrade; a
+    record it inserts after the step gets its shadow from ``heal_search_shadows`` where
+    its text is not ASCII, else from the next write of the field)."""
     shadow_name = folded_name(name)
     last: Any = None
     while True:
@@ -262,9 +264,20 @@ async def _search_folded(db: Any, kind: str, name: str) -> None:
                 {"$set": {shadow_name: folded(value), MARK: ObjectId()}})
 
 
+def _refold_step(kind: str, name: str, version: int = FOLD_VERSION) -> str:
+    """The name of the step folding ``kind.name``'s shadows again by rule ``version``
+    (``domain.query.FOLD_VERSION``); version 2's kept the name it had."""
+    prefix = "search_unaccented" if version == 2 else f"search_fold{version}"
+    return f"{prefix}_{kind}_{name}"
+
+
 def _search_refolding(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
     async def refold(db: Any) -> None:
-        await _search_refolded(db, kind, name)
+        after: Any = None
+        while True:
+            after = await _search_refolded(db, kind, name, after, BATCH)
+            if after is None:
+                break
     return refold
 
 
@@ -272,33 +285,55 @@ def _search_refolding(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
 #: than lower-casing it (a server-side regex: PCRE2 and Python's ``re`` read it alike).
 _NOT_ASCII = {"$regex": "[^\\x00-\\x7f]"}
 
+#: The most documents of one searched field ``heal_search_shadows`` reads in one round.
+HEAL_ROUND = 5 * BATCH
+#: Where ``heal_search_shadows`` records how far its rounds have read, by field.
+_HEAL = "search_heal_{kind}_{name}"
 
-async def _search_refolded(db: Any, kind: str, name: str) -> None:
-    """Searches drop accents since QA s27 ("munchen" finds "München"): a shadow folded
-    before keeps them ("münchen"), which no needle folded now matches, so the document
-    would be found by no spelling at all. The shadows of non-ASCII text are folded again
-    (ASCII text folds as it did); each is written only while the document still holds
-    the text it was folded from, as ``_search_folded`` writes. An instance of the version
-    before writing meanwhile (a rolling upgrade) stores the old fold: that record is
-    found again once a later version writes it."""
+
+async def _search_refolded(db: Any, kind: str, name: str, after: Any, limit: int) -> Any:
+    """Folds again the shadows of non-ASCII text that its fold by the current rule
+    (``domain.query.search_folded``) no longer gives, in the first ``limit`` such
+    documents after id ``after``; returns the last id read (``None``: none are left).
+    A shadow folded by an earlier rule keeps what it no longer drops ("münchen", when
+    searches came to drop accents: QA s27), which no needle folded now matches, so the
+    document would be found by no spelling at all. ASCII text folds as it always did.
+    Each is written only while the document still holds the text it was folded from,
+    as ``_search_folded`` writes. Compared, not marked: an instance of the version
+    before writes the old fold with no mark of the new one, and a later partial write
+    (a heartbeat) leaves the shadow of a field it does not write (review r27-lists)."""
     shadow_name = folded_name(name)
-    last: Any = None
-    while True:
-        query: dict[str, Any] = {name: _NOT_ASCII}
-        if last is not None:
-            query["_id"] = {"$gt": last}
-        docs = await db[kind].find(query, {name: 1, shadow_name: 1}).sort(
-            [("_id", 1)]).limit(BATCH).to_list()
-        if not docs:
-            break
-        last = docs[-1]["_id"]
-        for doc in docs:
-            value = doc.get(name)
-            if doc.get(shadow_name) == folded(value):
-                continue
-            await db[kind].update_one(
-                {"_id": doc["_id"], name: value},
-                {"$set": {shadow_name: folded(value), MARK: ObjectId()}})
+    query: dict[str, Any] = {name: _NOT_ASCII}
+    if after is not None:
+        query["_id"] = {"$gt": after}
+    docs = await db[kind].find(query, {name: 1, shadow_name: 1}).sort(
+        [("_id", 1)]).limit(limit).to_list()
+    for doc in docs:
+        value = doc.get(name)
+        if doc.get(shadow_name) == folded(value):
+            continue
+        await db[kind].update_one(
+            {"_id": doc["_id"], name: value},
+            {"$set": {shadow_name: folded(value), MARK: ObjectId()}})
+    return docs[-1]["_id"] if len(docs) == limit else None
+
+
+async def heal_search_shadows(db: Any) -> None:
+    """One round of folding again the shadows an instance of an earlier version wrote
+    after this version's one-time step (``_refold_step``) passed them: in a rolling
+    upgrade it still folds by its own rule, and no later write of another field
+    rewrites the shadow. Run at every start and hourly (``MongoStore``); each round
+    reads at most ``HEAL_ROUND`` documents of non-ASCII text per searched field, on
+    from where the last round of any instance stopped (kept in ``MIGRATIONS``), and
+    starts over past the last. Several instances may run it at once (each write is
+    guarded by the text it folds)."""
+    for kind, fields in sorted(SEARCHED.items()):
+        for name in sorted(fields):
+            mark = _HEAL.format(kind=kind, name=name)
+            state = await db[MIGRATIONS].find_one({"_id": mark}) or {}
+            last = await _search_refolded(db, kind, name, state.get("after"), HEAL_ROUND)
+            await db[MIGRATIONS].update_one({"_id": mark}, {"$set": {"after": last}},
+                                            upsert=True)
 
 
 #: The fields added with a default to a kind that had documents already: (kind, field).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from store.fields import FieldSpec, changed_meanwhile
 from store.mongo import aggregate, batch, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
-from store.mongo.migrations import before_indexes, migrate
+from store.mongo.migrations import before_indexes, heal_search_shadows, migrate
 from store.mongo.outage import client_options, mapping_outages
 from store.mongo.query import (
     Query,
@@ -85,10 +86,16 @@ def _version_of(info: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(part) for part in list(parts)[:2])
 
 
+#: Seconds between rounds of ``migrations.heal_search_shadows`` besides the one at each
+#: start (only while the store sweeps periodically: ``sweep_every``).
+HEAL_EVERY_S = 3600.0
+
+
 class MongoStore:
     """``db`` is an async database (PyMongo's ``AsyncDatabase``, or the tests' mongomock
     adapter); ``client`` is closed by ``close()`` when given. ``sweep_every``: seconds
-    between sweeps for batches a dead writer left (``None``: only at start)."""
+    between sweeps for batches a dead writer left (``None``: only at start); the same
+    loop folds search shadows again hourly (``HEAL_EVERY_S``)."""
 
     #: Each read is a round trip to the server: started together, they overlap.
     overlapping_reads = True
@@ -126,9 +133,22 @@ class MongoStore:
     async def _sweep_forever(self, every: float) -> None:
         # Another instance may die while this one runs: its batches go stale and are
         # rolled back here, not only when someone restarts.
+        healed = time.monotonic()
         while True:
             await asyncio.sleep(every)
             await self._sweep_once()
+            if time.monotonic() - healed >= HEAL_EVERY_S:
+                healed = time.monotonic()
+                await self._heal_once()
+
+    async def _heal_once(self) -> None:
+        # Search shadows an instance of an earlier version folded by its rule after this
+        # version's start folded them again (``migrations.heal_search_shadows``): a
+        # failed round is the next hour's to do, not the end of the sweeping.
+        try:
+            await heal_search_shadows(self.db)
+        except Exception:
+            log.warning("search shadow healing failed; retrying later", exc_info=True)
 
     async def _sweep_once(self) -> None:
         # Neither a start nor the sweeping depends on a sweep: what it cannot roll back
