@@ -20,6 +20,10 @@ NEVER_SET_BEFORE = datetime(2015, 1, 1, tzinfo=UTC)
 #: transactions a charger queued offline before it was registered here (moved from
 #: another central system). Older is a clock never set (1970, 2000).
 MAX_QUEUED_BEFORE_RECORD = timedelta(days=30)
+#: How soon after its connection opened a boot is taken for the one the charger made
+#: before connecting (``ChargerClocks.boot_at``): a charger sends its BootNotification
+#: first, within seconds; later it is a restart on a live connection.
+BOOT_OPENS_CONNECTION = timedelta(seconds=60)
 
 
 class ChargerClocks:
@@ -48,11 +52,18 @@ class ChargerClocks:
         than the boot, and another instance took a charger taking only amperes for one
         taking watts); a later one on the same connection (a charger restarting its
         software, a simulator) at its arrival. Not known (the connection was not opened
-        on this instance): at its arrival."""
+        on this instance): at its arrival. Only a boot that opens its connection is dated
+        so: sent before anything stamped on it (``_fresh``: a start, a status report) and
+        within ``BOOT_OPENS_CONNECTION`` of it; a charger that connected without booting
+        (a network drop, our restart) and restarts its software hours later on the same
+        connection boots then (review r27-smart3: dated at the connection, the sessions
+        started on it were taken for ones since that boot and never closed as lost)."""
         opened = self._connected.get(cp_id)
         if opened is None or cp_id in self._booted:
             return now
         self._booted.add(cp_id)
+        if cp_id not in self._fresh or now - opened > BOOT_OPENS_CONNECTION:
+            return now
         return min(opened, now)
 
     def behind_at(self, cp_id: str, start: datetime, station_since: datetime) -> bool:
