@@ -108,14 +108,15 @@ async def _settle(services: Services) -> None:
         await asyncio.wait_for(_settled_in_order(services), SETTLE_TIMEOUT_S)
     except TimeoutError:
         log.warning("background work of the services (deactivated users' and blocked "
-                    "cards' withdrawal, accepted stations' boot requests) still running "
+                    "cards' withdrawal, accepted stations' boot requests, status requests "
+                    "after a restore) still running "
                     "at stop")
 
 
 async def _settled_in_order(services: Services) -> None:
     await asyncio.gather(services.accounts.settled(), services.stations.settled(),
                          services.fleet.settled(), services.erasure.settled(),
-                         services.idempotency.settled())
+                         services.idempotency.settled(), services.charging.asking.settled())
     await services.withdrawal.settled()
 
 

@@ -141,7 +141,10 @@ class RemoveStationInput:
 class EndSessionInput:
     id: strawberry.ID = strawberry.field(description=_id_of("session"))
     end_time: datetime | None = strawberry.field(
-        default=None, description="When it ended (default now); not before its start.")
+        default=None, description=(
+            "When it ended (default now; for a session open in a restored backup and "
+            "not metered since the restore, its last meter reading); not before its "
+            "start."))
 
 
 @strawberry.input(description="The connector to remove.")

@@ -367,6 +367,9 @@ class OcppServer:
                           "CHARGEGRAPH_PUBSUB_URL=redis://…", other.host,
                           other.expires_at.isoformat())
             await self.charging.reset_connections({other.id for other in alive})
+        # Where sessions a restore brought back open are (a restore runs with every
+        # instance stopped): known before the first charger connects.
+        await self.charging.load_restored()
         if self.instances is not None:
             await self.instances.renew(self.instance_id, self.host_label, self.lease)
         self._server = await serve(

@@ -75,6 +75,7 @@ class Services:
         self.erasure.on_erased = self.withdrawal.withdraw_erased
         self.personal_data = PersonalDataService(ctx)
         self.stations.on_accepted = self.commands.ask_to_boot
+        self.charging.on_restored_connect = self.commands.ask_for_status
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)
         self.analytics = AnalyticsService(ctx)

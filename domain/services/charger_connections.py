@@ -32,6 +32,7 @@ from domain.events import (
 from domain.keyed_locks import KeyedLocks
 from domain.ports import Change, Insert
 from domain.query import Eq, In, Range, all_of
+from domain.services.background import Background
 from domain.services.base import (
     Service,
     books_of,
@@ -48,7 +49,11 @@ from domain.services.intervals import (
     next_interval,
 )
 from domain.services.live_updates import LatestUpdates
-from domain.services.reboot_checks import RebootChecks, reported_available_since
+from domain.services.reboot_checks import (
+    RebootChecks,
+    reported_available_since,
+    reported_free_since,
+)
 from domain.services.throttle import RollingLimit
 
 log = logging.getLogger("chargegraph.charging")
@@ -103,6 +108,10 @@ class ChargerConnections(Service):
     cache: ChargerCache
     clocks: ChargerClocks
     reboot_checks: RebootChecks
+    restore_checks: RebootChecks
+    restored_open: dict[str, dict[int, datetime]]
+    on_restored_connect: Callable[[Station], Awaitable[None]] | None
+    asking: Background
     session_updates: LatestUpdates
     sign_ins: ChargerSignIns
     #: Stations auto-registered per charger address (``station_for_connection``).
@@ -280,6 +289,11 @@ class ChargerConnections(Service):
                 # here must not refuse the charger. The next connect arms it again.
                 log.warning("%s: arming its reboot checks again failed", cp_id,
                             exc_info=True)
+            try:
+                await self._resume_restore_checks(station)
+            except Exception:  # likewise: the next connect or status report arms them
+                log.warning("%s: arming its restore checks again failed", cp_id,
+                            exc_info=True)
             return Connected(at, number)
 
     async def _resume_reboot_checks(self, station: Station) -> None:
@@ -310,6 +324,32 @@ class ChargerConnections(Service):
             if any(s.connector_id == plug.connector_id for s in lost):
                 self.reboot_checks.schedule(station.cp_id, plug.connector_id, booted,
                                             reported_at=plug.updated_at, now=now)
+
+    async def _resume_restore_checks(self, station: Station) -> None:
+        """For a charger with sessions a restore brought back open (``restored_open``,
+        in memory: a normal connection reads nothing more): arms again the restore's
+        checks of the connectors it reported free since the restore, for what is left of
+        the grace (review r27-restore: the check, pending in a process restarted within
+        the grace, was lost, and the session stayed open for ever), and asks it for its
+        connectors' status (``on_restored_connect``, TriggerMessage StatusNotification,
+        in the background): a charger connecting again reports nothing by itself, and
+        one whose connector was free in the backup already moved no stamp reporting it
+        again."""
+        restored = self.restored_open.get(station.id)
+        if not restored:
+            return
+        actor = charger(station.cp_id).actor
+        now = self.now()
+        for plug in await self.store.find_all(Connector, Eq("station_id", station.id),
+                                              limit=100):
+            at = restored.get(plug.connector_id)
+            if at is not None and reported_free_since(plug, at, actor):
+                self.restore_checks.schedule(station.cp_id, plug.connector_id, at,
+                                             reported_at=plug.updated_at, now=now)
+        if self.on_restored_connect is not None:
+            self.asking.run(self.on_restored_connect(station),
+                            f"status-after-restore-{station.cp_id}",
+                            f"asking charger {station.cp_id} for its status failed")
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
                          instance: str | None = None, lost: Lost | None = None,

@@ -61,6 +61,7 @@ from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.registration import admits
+from domain.services.background import Background
 from domain.services.base import (
     ServiceContext,
     books_of,
@@ -131,7 +132,10 @@ from domain.services.pending_starts import (
     settle,
     started_by,
 )
-from domain.services.reboot_checks import RebootChecks
+from domain.services.reboot_checks import (
+    FREE_AFTER_RESTORE,
+    RebootChecks,
+)
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 from domain.services.throttle import RollingLimit
@@ -243,9 +247,19 @@ def unheard_since_restore(session: Session) -> bool:
         session.named_at is None or session.named_at < session.open_at_restore)
 
 
-#: A connector reported so holds no transaction (OCPP 1.6: Available, or Preparing for
-#: the next one): a session a restore brought back open there has ended.
-FREE_AFTER_RESTORE = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.PREPARING})
+def end_without_stop(session: Session, booted: datetime | None, cap: datetime) -> datetime:
+    """Where ``session``, closed without its StopTransaction, ended: the one rule for
+    every such close (the reboot's check, the restore's, a newer start on its
+    connector, an operator's ``endSession`` by default). A session a restore brought
+    back open and not heard of since (``unheard_since_restore``) ended at its last
+    reading (``last_known``), whatever closes it: its charger ended it at some point
+    between that reading and the restore, and a later end (its charger's reboot after
+    the restore, the next start, now) bills the hours between with a per-minute price or
+    an idle fee (review r27-restore: the reboot's check, run first, closed it at the
+    boot). Any other ends by ``lost_end`` (``booted``, ``cap`` as there)."""
+    if unheard_since_restore(session):
+        return last_known(session, cast(datetime, session.open_at_restore))
+    return lost_end(session, booted, cap)
 
 
 class _StartIdentity(NamedTuple):
@@ -540,7 +554,15 @@ class ChargingService(ChargerConnections):
         self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
         #: The same grace for sessions a restore brought back open
         #: (``Session.open_at_restore``), keyed by the restore's time.
-        self.restore_checks = RebootChecks(self._close_open_at_restore)
+        self.restore_checks = RebootChecks(self._close_open_at_restore,
+                                           lost_at="the restore")
+        #: Where such sessions are open: station id → connector → the restore's time
+        #: (``load_restored``, at start-up; a connector left with none is dropped).
+        self.restored_open: dict[str, dict[int, datetime]] = {}
+        #: Asks a charger connecting with such sessions for its connectors' status
+        #: (``Services`` wires in ``CommandService.ask_for_status``), in the background.
+        self.on_restored_connect: Callable[[Station], Awaitable[None]] | None = None
+        self.asking = Background()
         self.session_updates = LatestUpdates(self.publish)
         #: Sessions whose metering after their close without a stop was logged.
         self._metered_after_close: set[str] = set()
@@ -924,7 +946,7 @@ class ChargingService(ChargerConnections):
                 and station.booted_at is not None:
             self.reboot_checks.schedule(station.cp_id, connector_id, station.booted_at)
         if connector is not None and new_status in FREE_AFTER_RESTORE:
-            await self._arm_restore_check(station, connector_id)
+            self._arm_restore_check(station, connector_id)
         if connector is not None and preparing_since is not None and new_status in GIVEN_UP:
             await self._start_given_up(station, connector_id, preparing_since)
 
@@ -991,29 +1013,52 @@ class ChargingService(ChargerConnections):
         for session in lost:
             await self._close_if_lost(station, session, booted)
 
-    async def _arm_restore_check(self, station: Station, connector_id: int) -> None:
-        """A connector reported free (``FREE_AFTER_RESTORE``) with a session open there
-        that a restore brought back (``Session.open_at_restore``): its charger ended it
-        after the backup was taken, its StopTransaction gone with the database replaced.
-        Closed as lost after the reboot's grace (its stop, if queued, comes first),
-        unless a MeterValues names it meanwhile. One read per such report, of the
-        connector's open sessions (at most a few)."""
-        restored = [s.open_at_restore for s in await self.store.find_all(
-            # By the (station, state) index both stores have: one read per report.
-            Session, all_of(Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
-                            Eq("connector_id", connector_id)),
-            limit=MAX_OPEN_PER_CONNECTOR) if s.open_at_restore is not None]
+    async def load_restored(self) -> None:
+        """Learns, at start-up, where sessions a restore brought back open
+        (``Session.open_at_restore``) are still open (``restored_open``): a restore
+        happens only with every instance stopped, so what a process starts with is all
+        there will be. One read at the start, so that a status report, the hottest path
+        there is, decides without reading (review r27-restore: one more read per
+        Available or Preparing report, on databases never restored too)."""
+        found = await self.store.find_all(Session, all_of(
+            Eq("state", SessionState.ACTIVE),
+            Range("open_at_restore", gte=datetime(1970, 1, 1, tzinfo=UTC))),
+            limit=100_000)
+        restored: dict[str, dict[int, datetime]] = {}
+        for session in found:
+            at = cast(datetime, session.open_at_restore)
+            plugs = restored.setdefault(session.station_id, {})
+            plugs[session.connector_id] = max(at, plugs.get(session.connector_id, at))
+        self.restored_open = restored
         if restored:
-            self.restore_checks.schedule(station.cp_id, connector_id, max(restored))
+            log.info("%d session(s) open at the restore, on %d station(s): each is "
+                     "closed at its last reading once its connector is reported free",
+                     len(found), len(restored))
+
+    def _arm_restore_check(self, station: Station, connector_id: int, *,
+                           reported_at: datetime | None = None,
+                           now: datetime | None = None) -> None:
+        """A connector reported free (``FREE_AFTER_RESTORE``) where a session a restore
+        brought back is open (``restored_open``): its charger ended it after the backup
+        was taken, its StopTransaction gone with the database replaced. Closed as lost
+        after the reboot's grace (its stop, if queued, comes first), unless a MeterValues
+        names it meanwhile. Decided from memory: no read on a status report; the check
+        reads when its grace is over, in the background, where a failing read is logged
+        and left to the next report or connection (``RebootChecks``)."""
+        restored = self.restored_open.get(station.id, {}).get(connector_id)
+        if restored is not None:
+            self.restore_checks.schedule(station.cp_id, connector_id, restored,
+                                         reported_at=reported_at, now=now)
 
     async def _close_open_at_restore(self, cp_id: str, connector_id: int,
                                      restored: datetime) -> None:
         """After the grace (``_arm_restore_check``): what is still open on the connector
         from a restore at or before ``restored`` is closed as a lost stop is (reason
-        ``Other``, energy as metered), ending at its last reading: when it ended between
-        the backup and the restore is not known, and the time up to the restore (hours,
-        days) was not charging to bill. A stop its charger sends later still corrects
-        the close (``closed_without_stop``)."""
+        ``Other``, energy as metered), ending at its last reading (``end_without_stop``):
+        when it ended between the backup and the restore is not known, and the time up
+        to the restore (hours, days) was not charging to bill. A stop its charger sends
+        later still corrects the close (``closed_without_stop``). A connector left with
+        none such is forgotten (``restored_open``)."""
         station = await self.station(cp_id)
         if station is None:
             return
@@ -1021,29 +1066,36 @@ class ChargingService(ChargerConnections):
             Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
             Eq("connector_id", connector_id), Range("open_at_restore", lte=restored)),
             limit=MAX_OPEN_PER_CONNECTOR)
+        kept = False
         for session in open_:
-            await self._close_if_lost(station, session, cast(datetime,
-                                                             session.open_at_restore),
-                                      ended=last_known)
+            kept |= not await self._close_if_lost(
+                station, session, cast(datetime, session.open_at_restore))
+        if not kept:
+            plugs = self.restored_open.get(station.id, {})
+            if plugs.get(connector_id) == restored:
+                del plugs[connector_id]
+            if not plugs:
+                self.restored_open.pop(station.id, None)
 
-    async def _close_if_lost(self, station: Station, session: Session, booted: datetime,
-                             *, ended: Callable[[Session, datetime], datetime] | None = None
-                             ) -> None:
+    async def _close_if_lost(self, station: Station, session: Session, booted: datetime
+                             ) -> bool:
         """Closes ``session`` as lost at the boot at ``booted``, unless a MeterValues
         named it since (``Session.named_at``): a charger that sent a BootNotification
         without losing anything (a periodic one, a controller restart) and goes on
         metering the transaction still has it (QA s20: closed after 2 minutes while
         its meter values kept coming, its energy frozen and its card free elsewhere).
         Written only onto the session as read: a frame naming it meanwhile makes it read
-        again and decide anew. ``ended``: where it ended (by default ``lost_end``, at
-        the boot)."""
+        again and decide anew. It ends at the boot, or at its last reading when a restore
+        brought it back open and it was not heard of since (``end_without_stop``).
+        Whether it is closed now (here or meanwhile); false: its charger still meters
+        it."""
         actor = charger(station.cp_id)
         for _ in range(END_ATTEMPTS):
-            if session.state is not SessionState.ACTIVE \
-                    or (session.named_at is not None and session.named_at >= booted):
-                return  # stopped or closed meanwhile, or its charger still meters it
-            end = ended(session, booted) if ended is not None \
-                else lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
+            if session.state is not SessionState.ACTIVE:
+                return True  # stopped or closed meanwhile
+            if session.named_at is not None and session.named_at >= booted:
+                return False  # its charger still meters it
+            end = end_without_stop(session, booted, booted + MAX_CLOCK_AHEAD)
             closed, changes = await self._close(station, session, None, end,
                                                 CLOSED_WITHOUT_STOP, actor,
                                                 unchanged_since=session.updated_at)
@@ -1054,14 +1106,15 @@ class ChargingService(ChargerConnections):
                 # named or metered it. Read again.
                 again = await self.store.get_many(Session, [session.id])
                 if again[0] is None:
-                    return
+                    return True
                 session = again[0]
                 continue
             await self._announce_end(station, closed)
-            return
+            return True
         log.warning("%s: transaction %s kept changing while its reboot's check closed it; "
                     "left open (its stop or an operator's endSession ends it)",
                     station.cp_id, session.transaction_id)
+        return False
 
     # ------------------------------------------------------------- transactions
     async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,
@@ -1494,9 +1547,7 @@ class ChargingService(ChargerConnections):
         ``NEXT_START_BELOW_READINGS`` (QA s21: billed to its last reading, the newer
         from its meterStart, the energy between twice)."""
         actor = charger(station.cp_id)
-        end = last_known(stale, cast(datetime, stale.open_at_restore)) \
-            if unheard_since_restore(stale) \
-            else lost_end(stale, station.booted_at, min(identity.start, self.now()))
+        end = end_without_stop(stale, station.booted_at, min(identity.start, self.now()))
         register = cut_at_next_start(stale, identity.meter_start,
                                      await self._own_register(stale))
         if register is None:
@@ -2009,8 +2060,11 @@ class ChargingService(ChargerConnections):
                                       code="INVALID_STATE")
             now = self._timeline_now(session)
             # One awaiting its stop ended before the newer session began: by default, as
-            # recorded (at its start; no later time is known).
-            default = session.end_time if awaited and session.end_time is not None else now
+            # recorded (at its start; no later time is known). One a restore brought back
+            # open and not heard of since: at its last reading, as every close without
+            # its stop ends it (``end_without_stop``), not now, days after it may be.
+            default = session.end_time if awaited and session.end_time is not None \
+                else min(end_without_stop(session, None, now), now)
             end = default if end_time is None else v.instant(end_time, "endTime")
             if not session.start_time <= end <= now:
                 raise ValidationError("between the session's start and now",

@@ -1744,6 +1744,20 @@ class CommandService(Service):
         """Asks the charger of a station just accepted to boot again (TriggerMessage
         BootNotification, as the system), so it learns now. Nothing is sent to one not
         connected: it boots on connecting."""
+        await self._trigger(station, "BootNotification", "accepted, was not asked to "
+                            "boot again")
+
+    async def ask_for_status(self, station: Station) -> None:
+        """Asks the charger of ``station`` for every connector's status (TriggerMessage
+        StatusNotification, no connectorId, as the system): one connecting with sessions
+        a restore brought back open (``ChargingService.on_restored_connect``) reports
+        none by itself, and a free connector's report is what closes them."""
+        await self._trigger(station, "StatusNotification", "was not asked for its status")
+
+    async def _trigger(self, station: Station, requested: str, failed: str) -> None:
+        """Sends TriggerMessage ``requested`` (as the system) to the charger of
+        ``station``, as it is stored now, when it is connected and may be sent it; an
+        error is logged (``failed``), not raised: what asked stands regardless."""
         [now] = await self.store.get_many(Station, [station.id])
         if now is None or not now.online or now.registration is not Registration.ACCEPTED:
             return
@@ -1753,10 +1767,9 @@ class CommandService(Service):
             # interval (at most ``charging.RETRY_BOOT_S``) and is told Accepted then.
             return
         outcome = await self.send(SYSTEM, now.cp_id, "TriggerMessage",
-                                  {"requestedMessage": "BootNotification"})
+                                  {"requestedMessage": requested})
         if outcome.error is not None:
-            log.info("charger %s, accepted, was not asked to boot again: %s", now.cp_id,
-                     outcome.error.message)
+            log.info("charger %s %s: %s", now.cp_id, failed, outcome.error.message)
 
     async def _refuse_clash(self, viewer: Viewer, station: Station, connector_id: int,
                             now: datetime, own: str | None = None) -> None:

@@ -39,9 +39,27 @@ def reported_available_since(plug: Connector, booted: datetime, charger_actor: s
         and plug.updated_at >= booted
 
 
+#: A connector reported so holds no transaction (OCPP 1.6: Available, or Preparing for
+#: the next one): a session a restore brought back open there has ended
+#: (``ChargingService.restore_checks``).
+FREE_AFTER_RESTORE = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.PREPARING})
+
+
+def reported_free_since(plug: Connector, restored: datetime, charger_actor: str) -> bool:
+    """Whether ``plug``'s charger reported it free (``FREE_AFTER_RESTORE``) since the
+    restore at ``restored`` (our clock), as the stored record shows (as
+    ``reported_available_since``). A report repeating the state it had in the backup
+    moves no stamp: that charger is asked for its status on connecting instead."""
+    return plug.status in FREE_AFTER_RESTORE and plug.updated_by == charger_actor \
+        and plug.updated_at >= restored
+
+
 class RebootChecks:
-    def __init__(self, close_lost: CloseLost, grace_s: float = REBOOT_STOP_GRACE_S) -> None:
+    def __init__(self, close_lost: CloseLost, grace_s: float = REBOOT_STOP_GRACE_S, *,
+                 lost_at: str = "its reboot") -> None:
         self.close_lost = close_lost
+        #: What lost the sessions it closes, for its log lines.
+        self.lost_at = lost_at
         #: Tests shorten it.
         self.grace_s = grace_s
         #: (cp_id, connector) → (the boot it is for, the check's task).
@@ -94,4 +112,5 @@ class RebootChecks:
         try:
             await self.close_lost(cp_id, connector_id, booted)
         except Exception:  # the session stays open: its stop or an operator ends it
-            log.exception("%s: closing the session lost at its reboot failed", cp_id)
+            # (a store read or write failing: the next report or connection arms it again)
+            log.exception("%s: closing the session lost at %s failed", cp_id, self.lost_at)
