@@ -351,17 +351,20 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
     hour = (at_31(14), at_31(15))
     assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
         (None, 2.0, 2.0, 2.0, 1.0)]
-    # A removed connector is no longer counted, neither its window nor its sessions and
-    # states: the station row stays the sum of the connector rows, shares within 0..1.
+    # A removed connector keeps its rows of the time it was there (its history is in the
+    # window): removing it rewrites no past figures, and the station row stays the sum
+    # of the connector rows, shares within 0..1. A window after the removal has none.
     history.clock.now = at_31(16)
     await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
-    for by_connector in (True, False):
-        assert figures(await analytics.utilization(admin, r1, *hour, by_connector)) == [
-            (1 if by_connector else None, 1.0, 1.0, 1.0, 1.0)]
-    day = (at_31(13), at_31(16))
-    assert figures(await analytics.availability(admin, r1, *day, False)) == [
-        (None, 3.0, 3.0, 3.0, 1.0)]  # available, and known, the whole 3 hours
-    # Connector 2 is added again: the same plug, its history counts again.
+    assert figures(await analytics.utilization(admin, r1, *hour, True)) == [
+        (1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]
+    assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
+        (None, 2.0, 2.0, 2.0, 1.0)]
+    history.clock.now = at_31(18)
+    after = (at_31(17), at_31(18))
+    assert figures(await analytics.availability(admin, r1, *after, False)) == [
+        (None, 1.0, 1.0, 1.0, 1.0)]  # plug 1 alone, available and known the hour
+    # Connector 2 is added again: the same plug, its history counts as before.
     await history.services.stations.add_connector(SYSTEM, station.id, ConnectorSpec(2))
     assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
         (None, 2.0, 2.0, 2.0, 1.0)]
@@ -1053,6 +1056,30 @@ async def test_the_former_company_keeps_its_figures_after_the_new_one_removes_th
     assert await a_rows() == [("R9", 1, 3.0)]
     await history.services.stations.remove_station(SYSTEM, station_id)
     assert await a_rows() == [("R9", 1, 3.0)]
+
+
+async def test_a_plug_removed_while_handed_away_keeps_its_rows_when_the_station_comes_back(
+        history: History) -> None:
+    """R1 (A's, two plugs charging 14:00 -> 15:00) is handed to B at 16:00; B removes plug
+    2 at 16:30 and hands R1 back at 17:00. A runs R1 again, and its rows of 13:00 -> 16:00
+    still have plug 2's hour of charging: rows of a station run now are its connectors
+    and the connectors with history in the viewer's books in the window (review
+    r27-analytics3: they were the current connectors only, and plug 2's figures of A's
+    first period vanished)."""
+    a, b = (history.users[who].company_id for who in ("op_a", "op_b"))
+    station, connectors = await two_plug_station(history, a)
+    stations = history.services.stations
+    history.clock.now = at_31(16)
+    await stations.update_station(SYSTEM, station.id, company_id=b)
+    history.clock.now = at_31(16, 30)
+    await stations.remove_connector(SYSTEM, connectors[1].id)
+    history.clock.now = at_31(17)
+    await stations.update_station(SYSTEM, station.id, company_id=a)
+    history.clock.now = at_31(18)
+    r1 = Scope(cp_ids=("R1",))
+    assert figures(await history.services.analytics.utilization(
+        history.viewer("op_a"), r1, at_31(13), at_31(16), True)) == [
+        (1, 3.0, 1.0, 1.0, 1 / 3), (2, 3.0, 1.0, 1.0, 1 / 3)]
 
 
 async def test_no_row_of_a_station_handed_away_before_the_window(history: History) -> None:
