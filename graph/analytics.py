@@ -139,13 +139,14 @@ async def _station(info: Info, station_id: str) -> Station | None:
 
 
 _WINDOW = ("The window up to now (its end, or the present if earlier), once per connector "
-           "counted: a station row counts the connectors the station has now and adds up "
+           "counted: a station row counts the connectors it has a row of and adds up "
            "their rows.")
 _START = ("With `bucket`: the bucket's start (UTC instant of the local hour, midnight, "
           "Monday or month start); its window is the bucket's part of `from`..`to` up to "
           "now. Null without `bucket`.")
-_ROWS = ("A row per connector the station has now (its seconds at most the window), or per "
-         "station the sum of those rows; a removed connector's history is not counted. "
+_ROWS = ("A row per connector the station has now, and per connector removed since with "
+         "history in the window (its seconds at most the window), or per station the sum "
+         "of those rows. "
          "With `bucket` (aligned in `timeZone`, IANA), those rows per bucket, each capped "
          "to its bucket, ordered by station and connector, then time; at most 10,000 rows "
          "(TOO_MANY).")

@@ -588,14 +588,16 @@ class AnalyticsService(Service):
     async def _connectors(self, viewer: Viewer, scope: Scope, lo: datetime, hi: datetime
                           ) -> list[_Plug]:
         """The connectors to give rows for, over ``lo`` .. ``hi``: those of the asked-for
-        stations the viewer runs now (their connectors as they are: a removed one has
-        no row), and of any other station those with state history in its books
-        overlapping the window (``Scope.history``), read from that history: a company
-        that handed a station over keeps rows of its time there, as it keeps the
-        station's sessions (their ``station`` null: it no longer sees it), also once the
-        new company removed the station or a connector of it (review r27-analytics2:
-        rows came from the connectors the removal deleted), and gets no row of a station
-        it handed away before the window (zeros read as measured). Drivers and the
+        stations the viewer runs now, and of every station those with state history in
+        its books overlapping the window (``Scope.history``), read from that history
+        (one aggregate): a company that handed a station over keeps rows of its time
+        there, as it keeps the station's sessions (their ``station`` null: it no longer
+        sees it), also once the new company removed the station or a connector of it
+        (review r27-analytics2: rows came from the connectors the removal deleted), and
+        a removed connector keeps its rows of the time it was there, also on a station
+        handed back since (review r27-analytics3: a plug the other company removed lost
+        the figures of the first period); a station handed away before the window has no
+        row (zeros read as measured). Drivers and the
         public map see every connector's live status but no station's history; a row
         for them would read 0 seconds available or charging as if measured, so they get
         no row, as a hidden record reads like a missing one."""
@@ -605,13 +607,11 @@ class AnalyticsService(Service):
         plugs = {(c.station_id, c.connector_id): _Plug(c.station_id, c.cp_id, c.connector_id)
                  for c in await self.store.find_all(Connector, self._scoped(
                      viewer, "connector", scope.on_stations()), limit=100_000)}
-        run_now = {station_id for station_id, _ in plugs}
         for row in await self.store.aggregate(
                 ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                     scope.history(), _overlapping("start", "end", lo, hi))),
                 [*PER_CONNECTOR, ByField("cp_id")], {"n": Count()}):
-            if row["g0"] not in run_now:
-                plugs[(row["g0"], row["g1"])] = _Plug(row["g0"], row["g2"], row["g1"])
+            plugs.setdefault((row["g0"], row["g1"]), _Plug(row["g0"], row["g2"], row["g1"]))
         return list(plugs.values())
 
     @staticmethod
@@ -622,9 +622,7 @@ class AnalyticsService(Service):
         connectors' rows, so the two add up and a station's share is the mean of its
         connectors'. The store sums per connector; a connector counts at most the whole
         window, also when its records overlap (sessions of a charger whose clock stepped
-        back). On a station the viewer runs, history of a removed connector is not
-        counted: it has no row, and its time is not part of its station's window
-        either."""
+        back)."""
         rows = []
         for c in connectors:
             key = (c.station_id, c.connector_id)

@@ -94,13 +94,14 @@ from domain.services.edits import edit, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
     POINT_STATUSES,
+    Books,
     IdleSpan,
-    books_at,
     effective_state,
     finishing,
     idle_times,
-    next_interval,
+    open_books,
     rebase_intervals,
+    record_state,
 )
 from domain.services.live_updates import LatestUpdates
 from domain.services.metering import (
@@ -828,8 +829,9 @@ class ChargingService(ChargerConnections):
         """A StatusNotification, taken again from its reads when its write met a change
         made since (``Conflict`` CHANGED): a handover on another instance that ended the
         state interval it read (``intervals.handed_over``), its station then read from
-        the store, not the cache. Its books are those of the state interval its time
-        falls in (``intervals.books_at``), never the cached station's."""
+        the store, not the cache. Its books are those of the state interval its state is
+        recorded in (``intervals.record_state``: the one it opens or continues), never
+        the cached station's: report and time in one company's books."""
         tries = 0
 
         async def report() -> None:
@@ -858,17 +860,12 @@ class ChargingService(ChargerConnections):
         reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
-        # In the books of the state interval its time falls in (``books_at``), whatever
-        # this instance's cached station says: a report that raced a handover is taken
-        # again (its write meets the interval the handover ended).
-        company_id, station_owner_id = await books_at(self.store, station, connector_id, at)
-        event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
-                                         status, error_code),
-                            station_id=station.id, cp_id=cp_id, connector_id=connector_id,
-                            status=new_status, error_code=error_code, info=info,
-                            vendor_error_code=vendor_error_code, at=reported,
-                            company_id=company_id, station_owner_id=station_owner_id)
-        telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, reported))]
+        # The report goes in the books of the state interval its state is recorded in
+        # (``record_state``), whatever this instance's cached station says: a report
+        # that raced a handover is taken again (its write meets the interval the
+        # handover ended). None yet: it records no state (``open_books``).
+        books: Books | None = None
+        telemetry: list[Change] = []
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
         reported_station: Station | None = None
@@ -897,11 +894,13 @@ class ChargingService(ChargerConnections):
                 # none of them could charge (availability, faults).
                 for plug in await self.store.find_all(
                         Connector, Eq("station_id", station.id), limit=100):
-                    telemetry += await next_interval(self.store,
+                    recorded = await record_state(self.store,
                         reported_station, plug.connector_id,
                         *effective_state(reported_station, plug.status, plug.error_code),
                         station.online, at, actor, now=self.now(),
                         ours=self.clocks.ours_at(cp_id, at))
+                    telemetry += recorded.changes
+                    books = books or recorded.books  # a point's: its plugs' (all alike)
         else:
             current, is_new = await self._connector(station, connector_id)
             previous = None if is_new else _Reported.of_connector(current)
@@ -923,11 +922,22 @@ class ChargingService(ChargerConnections):
                     audited.append((Insert(connector), None))
                 else:
                     telemetry.append(update)
-                telemetry += await next_interval(self.store,
+                recorded = await record_state(self.store,
                     station, connector_id, *effective_state(station, new_status, error_code),
                     station.online, at, actor, now=self.now(),
                     ours=self.clocks.ours_at(cp_id, at))
+                telemetry += recorded.changes
+                books = recorded.books
             # else: an older report arriving late is history, not the current state
+        company_id, station_owner_id = books if books is not None else await open_books(
+            self.store, station, connector_id)
+        event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
+                                         status, error_code),
+                            station_id=station.id, cp_id=cp_id, connector_id=connector_id,
+                            status=ConnectorStatus(status), error_code=error_code,
+                            info=info, vendor_error_code=vendor_error_code, at=reported,
+                            company_id=company_id, station_owner_id=station_owner_id)
+        telemetry.insert(0, InsertIfAbsent(stamp_new(event, actor, reported)))
         try:
             # A plug new here is written only while its station is there: a removal on
             # another instance between this report's read and its write left a

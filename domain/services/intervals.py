@@ -56,10 +56,34 @@ def point_state(station: Station) -> tuple[ConnectorStatus | None, str]:
     return station.status, station.error_code or "NoError"
 
 
+#: Whose books a record is in: (company_id, station_owner_id), as ``books_of``.
+Books = tuple[str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A state report's part of the history (``record_state``): the ``changes`` to
+    write, and the ``books`` of the interval its state is recorded in, which the report
+    (its ``StatusEvent``) takes, so report and time are in one company's books."""
+
+    changes: list[Change]
+    books: Books
+
+
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
                         at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
                         ours: datetime | None = None) -> list[Change]:
+    """``record_state``'s changes, for writes that book nothing beside them (connects,
+    disconnects, stops)."""
+    return (await record_state(store, station, connector_id, status, error_code, online,
+                               at, actor, now=now, known=known, ours=ours)).changes
+
+
+async def record_state(store: Store, station: Station, connector_id: int,
+                       status: ConnectorStatus, error_code: str, online: bool,
+                       at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
+                       ours: datetime | None = None) -> Recorded:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
     ``effective_state`` was given: its status is the charge point's during the stretch.
@@ -69,67 +93,72 @@ async def next_interval(store: Store, station: Station, connector_id: int,
     tracked clock, ``ChargerClocks.ours_at``); without it (nothing of that clock seen by
     this process yet) the charger's clock is taken to be as far from ours as when the
     interval before began (``_observed``). ``now``: our clock's, which no
-    ``observed_at`` passes."""
+    ``observed_at`` passes.
+
+    Its ``books``: those of the interval the state is recorded in from the report's
+    time on: the one it opens or continues (the open interval's books, carried over:
+    ``_books``; a repeat writes none and is the open interval's), or for a report
+    queued through an outage the offline stretch it splits (``_offline_change``). So a
+    report and its time are in one company's books by construction (review
+    r27-analytics3: a report stamped just before a handover's cut but handled after it
+    was booked to the old company, its time, which cannot start before the open
+    interval, to the new). One store read, the open interval, as before; a plug with no
+    open interval (its first report, or after ``removeConnector``) reads its station's
+    books from the store too."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
+    books = await _books(store, current, station)
+    recorded = books
     if current is not None:
         if at < current.start:
             # A report queued through an outage: what the charger did while away, offline.
-            changes += await _offline_change(store, station, connector_id, status,
-                                             error_code, at, actor, now, ours)
+            offline, outage_books = await _offline_change(
+                store, station, connector_id, status, error_code, at, actor, now, ours)
+            changes += offline
+            recorded = outage_books or books
         if (current.status, current.error_code, current.online, current.point_status,
                 current.point_error_code, current.known) == (
                     status, error_code, online, point_status, point_error_code, known):
-            return changes
+            return Recorded(changes, recorded)
         changes.append(_close(current, max(at, current.start), actor))
     start = max(at, current.start) if current else at
-    company_id, station_owner_id = _books(current, station)
+    company_id, station_owner_id = books
     changes.append(Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
         point_error_code=point_error_code, known=known, start=start,
         observed_at=_observed(current, start, at, ours, now), company_id=company_id,
         station_owner_id=station_owner_id), actor, at)))
-    return changes
+    return Recorded(changes, recorded)
 
 
-def _books(before: ConnectorInterval | None, station: Station
-           ) -> tuple[str | None, str | None]:
+async def _books(store: Store, before: ConnectorInterval | None, station: Station) -> Books:
     """Whose books an interval following ``before`` is in: ``before``'s, which a
     handover moved to the new books (``handed_over``), so a copy of the station cached
     from before it (another instance's, until it hears of it) books nothing to the old
-    company; the station's (``books_of``) for a connector's first."""
-    if before is None:
-        return books_of(station)
-    return before.company_id, before.station_owner_id
+    company. A connector's first (no interval open: its first report, or its first
+    after ``removeConnector``): its station's as stored (``books_of``), not as cached:
+    a cached copy not told of a handover booked the plug's whole history, every
+    interval after copying it, to the old company (review r27-analytics3). A station
+    removed meanwhile: as cached (its write fails on the station's guard, or writes
+    history of no station)."""
+    if before is not None:
+        return before.company_id, before.station_owner_id
+    stored = await store.find_one(Station, Eq("id", station.id))
+    return books_of(stored if stored is not None else station)
 
 
-async def books_at(store: Store, station: Station, connector_id: int, at: datetime
-                   ) -> tuple[str | None, str | None]:
-    """Whose books a status report of ``connector_id`` (0: the charge point) stamped
-    ``at`` (the charger's timeline, as the intervals) is in: those of the state interval
-    its time falls in, which it opens or continues (on connector 0, any connector's):
-    the interval chain a handover rolled over in the store (``handed_over``), never the
-    station as cached (another instance's copy not yet told of a handover booked the
-    report to the old company while its time went to the new one), and for a report
-    queued through an outage the books its time is placed in (``_offline_change``),
-    not those of its arrival. A report stamped before all of the connector's history
-    goes with its open interval; none at all (a plug's first report): the station's
-    books, as its first interval (``_books``). Review r27-analytics2: report and time in
-    one company's books."""
+async def open_books(store: Store, station: Station, connector_id: int) -> Books:
+    """The books of ``connector_id``'s open state interval (0: the charge point, any of
+    its connectors'), for a status report that records no state (one older than the
+    state it has: history only), else its station's as stored (``_books``): one store
+    read, as ``record_state``'s."""
     plug = Eq("connector_id", connector_id) if connector_id else None
-    where = all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug)
-    for found in (
-            await store.find_all(ConnectorInterval, all_of(
-                where, Range("start", lte=at), any_of(Eq("end", None), Range("end", gt=at))),
-                (Sort("start", descending=True),), limit=1),
-            await store.find_all(ConnectorInterval, all_of(where, Eq("end", None)),
-                                 (Sort("start", descending=True),), limit=1)):
-        if found:
-            return found[0].company_id, found[0].station_owner_id
-    return books_of(station)
+    current = await store.find_one(ConnectorInterval, all_of(
+        Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug, Eq("end", None)))
+    return await _books(store, current, station)
 
 
 async def handed_over(store: Store, station: Station, to: Station, actor: Viewer,
@@ -183,7 +212,7 @@ def _observed(current: ConnectorInterval | None, start: datetime, at: datetime,
 async def _offline_change(store: Store, station: Station, connector_id: int,
                           status: ConnectorStatus, error_code: str, at: datetime,
                           actor: Viewer, now: datetime, ours: datetime | None
-                          ) -> list[Change]:
+                          ) -> tuple[list[Change], Books | None]:
     """A report stamped ``at``, before the connector's open interval began, that falls
     inside an interval its disconnect recorded offline (``known``): the state changes
     there, offline, until that interval's end (a later queued report's, or the
@@ -192,23 +221,26 @@ async def _offline_change(store: Store, station: Station, connector_id: int,
     so availability and idle fees (online only) count none of it. Intervals are on the
     charger's timeline, so this needs no clock this process knows: a reconnect to
     another instance, or after a restart, splits the outage the same way. Observed by
-    ``ours``, else by the offline interval's own offset (``_observed``)."""
+    ``ours``, else by the offline interval's own offset (``_observed``). With the changes,
+    the books of the outage's stretch the report's state is recorded in (None: nothing
+    split)."""
     found = await store.find_all(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("online", False),
         Eq("known", True), Range("start", lte=at), Range("end", gt=at)), limit=1)
     if not found:
-        return []
+        return [], None
     outage = found[0]
     point_status, point_error_code = point_state(station)
     if (outage.status, outage.error_code, outage.point_status, outage.point_error_code) \
             == (status, error_code, point_status, point_error_code):
-        return []
+        return [], None
     return [patch(outage, actor, end=at), Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=False, point_status=point_status,
         point_error_code=point_error_code, known=True, start=at, end=outage.end,
         observed_at=_observed(outage, at, at, ours, now), company_id=outage.company_id,
-        station_owner_id=outage.station_owner_id), actor, at))]
+        station_owner_id=outage.station_owner_id), actor, at))], (
+            outage.company_id, outage.station_owner_id)
 
 
 def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
