@@ -13,9 +13,12 @@ import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
+from domain.clock import utcnow
 from domain.errors import Conflict, Forbidden, NotFound
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Insert
 from domain.query import Eq, all_of
+from domain.services.base import stamp_new
 from domain.services.charging import START_ATTEMPTS
 from ocpp_bridge.simulator import connected
 from tests.ocpp import test_commands
@@ -420,6 +423,44 @@ async def test_a_removal_closes_a_refused_session_of_other_books_as_the_system(
                                                       Eq("entity_id", station.id))
               if e.action is d.AuditAction.DELETE]
     assert gone.actor == other.id
+
+
+@pytest.mark.parametrize("removed", ["station", "connector"])
+async def test_a_removal_cancels_a_reservation_of_other_books_as_the_system(
+        central: Central, removed: str) -> None:
+    """A live reservation on a station handed over since stays in the old company's
+    books. The new company's operator removes the station (or the reserved connector):
+    the reservation is cancelled as the system's act because of the removal, audited
+    under ``system`` in the books it is kept in, as the refused sessions the removal
+    closes are (review r27-accounts3: the old company's log named the other company's
+    operator, who may not see the reservation, as the one who cancelled it)."""
+    services = central.services
+    store = central.store
+    station = central.stations["CP-1"]
+    old_company = station.company_id
+    reservation = stamp_new(d.Reservation(
+        reservation_id=await store.next_sequence("reservation"),
+        station_id=station.id, cp_id=station.cp_id, connector_id=1, id_tag="TAG-OK",
+        user_id=central.tags["ok"].user_id, expires_at=utcnow() + timedelta(hours=1),
+        state=d.ReservationState.ACTIVE, company_id=old_company), SYSTEM)
+    await store.write([Insert(reservation)], [])
+    other = central.users["op_other"]
+    await services.stations.update_station(SYSTEM, station.id, company_id=other.company_id,
+                                           owner_id=other.id)
+    if removed == "station":
+        await services.stations.remove_station(Viewer.of(other), station.id)
+    else:
+        plug = await store.find_one(d.Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", 1)))
+        assert plug is not None
+        await services.stations.remove_connector(Viewer.of(other), plug.id)
+    [after] = await store.get_many(d.Reservation, [reservation.id])
+    assert after is not None and after.state is d.ReservationState.CANCELLED
+    assert after.updated_by == d.SYSTEM_ACTOR
+    [cancel] = [e for e in await store.find_all(d.AuditEntry, Eq("entity_id", reservation.id))
+                if e.action is d.AuditAction.UPDATE]
+    assert cancel.company_id == old_company  # in the books it was kept in
+    assert cancel.actor == d.SYSTEM_ACTOR
 
 
 async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
