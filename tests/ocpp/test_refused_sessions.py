@@ -504,24 +504,45 @@ async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
     assert session.start_refused == "Blocked"
 
 
-async def test_a_resend_is_not_accepted_on_its_tag_issued_again_to_another_driver(
-        central: Central) -> None:
-    """A refused session of TAG-OK is left open; the driver removes the card and the tag
-    is issued again to another driver. The charger's resend of the refused start is not
-    Accepted against the other driver's card, to be billed to the first (review
-    r27-accounts2: the resend's guard matched the tag text only)."""
-    refused = await _refused_left_open(central)
+@pytest.mark.parametrize("tag", ["ok", "blocked"])
+async def test_a_resend_on_its_tag_issued_again_to_another_driver_is_told_as_recorded(
+        central: Central, monkeypatch: pytest.MonkeyPatch, tag: str) -> None:
+    """A refused session is left open (TAG-OK told ConcurrentTx, or TAG-BLOCKED told
+    Blocked); the card is removed and its tag issued again to another driver. The
+    charger's resend of the refused start is not Accepted against the other driver's
+    card, to be billed to the first (review r27-accounts2: the resend's guard matched
+    the tag text only): that card is not the one the session was judged on, so it is
+    told the refusal recorded, at once, no retry (review r27-accounts3: its guard could
+    never hold, and after three tries a Blocked one was told ConcurrentTx)."""
     services = central.services
-    await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
-                                       central.tags["ok"].id)
-    await services.fleet.issue_id_tag(Viewer.of(central.users["driver2"]), tag="TAG-OK")
+    card = central.tags[tag]
+    if tag == "ok":
+        refused = await _refused_left_open(central)
+        await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]), card.id)
+    else:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.report_all()
+            first = await cp.call(call.StartTransaction(
+                connector_id=2, id_tag=card.tag, meter_start=8_000,
+                timestamp=_stamp(datetime.now(UTC).replace(microsecond=0))))
+        refused = first.transaction_id
+        await services.fleet.remove_id_tag(SYSTEM, card.id)
+    recorded = "ConcurrentTx" if tag == "ok" else "Blocked"
+    await services.fleet.issue_id_tag(Viewer.of(central.users["driver2"]), tag=card.tag)
     held = await central.session(refused)
-    assert held is not None
+    assert held is not None and held.start_refused == recorded
+    pauses: list[int] = []
+
+    async def pause(attempt: int) -> None:
+        pauses.append(attempt)
+    monkeypatch.setattr(services.charging, "_pause_to_retry", pause)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         resent = await cp.call(call.StartTransaction(
-            connector_id=2, id_tag="TAG-OK", meter_start=8_000,
+            connector_id=2, id_tag=card.tag, meter_start=8_000,
             timestamp=_stamp(held.start_time)))
     assert resent.transaction_id == refused
-    assert resent.id_tag_info["status"] != "Accepted"
+    assert resent.id_tag_info["status"] == recorded
+    assert pauses == []
     after = await central.session(refused)
-    assert after is not None and after.start_refused == "ConcurrentTx"
+    assert after is not None and after.start_refused == recorded
+    assert after.user_id == card.user_id
