@@ -757,19 +757,27 @@ class ChargingService(ChargerConnections):
 
     async def authorize_start(self, cp_id: str, id_tag: str,
                               exclude_sessions: Collection[str] = (), *,
-                              before: int | None = None) -> IdTagInfo:
+                              before: int | None = None,
+                              card: tuple[IdTag | None] | None = None) -> IdTagInfo:
         """The card's status for a StartTransaction: as ``authorize``, and
         ``ConcurrentTx`` while another transaction holds it (``holding_card``: open, its
         start not refused). ``exclude_sessions``: open sessions that do not hold the card
         (the one this very start opened, those it closes); ``before``: only open sessions
-        of earlier transactions hold it (a resent start's view of its first copy)."""
-        return await self._card_answer(id_tag, (exclude_sessions, before))
+        of earlier transactions hold it (a resent start's view of its first copy).
+        ``card``: the card as the caller read it by the tag (``(None,)``: none on record),
+        judged as read, not read again: the session written is the decision's (review
+        r27-accounts3: a card issued between two reads was Accepted, the session written
+        of no one's)."""
+        return await self._card_answer(id_tag, (exclude_sessions, before), card)
 
     async def _card_answer(self, id_tag: str,
-                           start: tuple[Collection[str], int | None] | None) -> IdTagInfo:
+                           start: tuple[Collection[str], int | None] | None,
+                           card: tuple[IdTag | None] | None = None) -> IdTagInfo:
         """The card's idTagInfo; ``start``: a start's (``authorize_start``) sessions
-        left out and transaction bound, ``None`` for an Authorize (no ConcurrentTx)."""
-        tag = await self.store.find_one(IdTag, Eq("tag", id_tag.strip().upper()))
+        left out and transaction bound, ``None`` for an Authorize (no ConcurrentTx);
+        ``card``: the card already read, else it is read here."""
+        [tag] = card if card is not None else [
+            await self.store.find_one(IdTag, Eq("tag", id_tag.strip().upper()))]
         if tag is None:
             return IdTagInfo("Invalid")
         user = (await self.store.get_many(User, [tag.user_id]))[0]
@@ -1294,11 +1302,21 @@ class ChargingService(ChargerConnections):
         ``_pause_to_retry``) before it is answered: on MongoDB the other may have met
         this write as well and been rolled back, and the card be free (review r26-tx2:
         it was told ConcurrentTx at once, the charger stopping what it charged while no
-        session held the card). Told ConcurrentTx when its last attempt still met one."""
+        session held the card). Told ConcurrentTx when its last attempt still met one.
+        One refused that its card as read now would accept, but that card is not the
+        one it was judged on (not its holder's: a tag refused Invalid issued since, or
+        issued again to another driver), is answered as recorded at once: its write's
+        guard (``_answered``) could never hold, and it was tried three times and told
+        ConcurrentTx while no transaction held the card (review r27-accounts3)."""
         for attempt in range(1, START_ATTEMPTS + 1):
+            card = await self.store.find_one(IdTag, Eq("tag", presented))
             info = await self.authorize_start(
                 station.cp_id, presented, (session.id,),
-                before=session.transaction_id if session.start_refused is None else None)
+                before=session.transaction_id if session.start_refused is None else None,
+                card=(card,))
+            if session.start_refused is not None and info.status == "Accepted" and (
+                    card is None or card.user_id != session.user_id):
+                return recorded_answer(session)
             answered = await self._answered(station, session, info)
             if answered is not None:
                 return answered[1]
@@ -1489,18 +1507,25 @@ class ChargingService(ChargerConnections):
                         state=ReservationState.USED)
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
-        info = await self.authorize_start(cp_id, presented, [o.id for o in ended])
+        # Judged on the card as read above, the one the session is written with (its
+        # holder, its car): read again here, a card issued in between was Accepted onto
+        # a session of no one's, which its removal did not see (review r27-accounts3).
+        info = await self.authorize_start(cp_id, presented, [o.id for o in ended],
+                                          card=(id_tag_record,))
         session = replace(session, start_refused=self._refusal(station, session, info))
         guards = self._start_guards(station, plug, is_new, id_tag_record)
-        if info.status == "Accepted" and session.state is SessionState.ACTIVE:
+        if id_tag_record is None:
+            # None on record as read: a card issued meanwhile fails the write, and the
+            # start reads again and is judged on it.
+            guards.append(Guard(IdTag, Eq("tag", presented), exists=False))
+        elif info.status == "Accepted" and session.state is SessionState.ACTIVE:
             guards.append(self._card_free(session))
-            if id_tag_record is not None:
-                # Accepted on the card read: only while it is still on record. A removal
-                # landing between that read and this write left an ACTIVE session billed
-                # on a card that was gone (review r27-accounts2); refused, the start reads
-                # again and is told Invalid. The removal is guarded the other way
-                # (``FleetService._remove_id_tag``: no session holding the card).
-                guards.append(Guard(IdTag, Eq("id", id_tag_record.id)))
+            # Accepted on the card read: only while it is still on record. A removal
+            # landing between that read and this write left an ACTIVE session billed
+            # on a card that was gone (review r27-accounts2); refused, the start reads
+            # again and is told Invalid. The removal is guarded the other way
+            # (``FleetService._remove_id_tag``: no session holding the card).
+            guards.append(Guard(IdTag, Eq("id", id_tag_record.id)))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)

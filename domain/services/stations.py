@@ -537,14 +537,13 @@ class StationService(Service):
         were asked to cancel already."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
-        await self._cancel_at_chargers(viewer, Eq("station_id", station.id),
+        await self._cancel_at_chargers(Eq("station_id", station.id),
                                        Eq("station_id", station.id), asked)
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
         closes: list[tuple[Change, Any]] = []
         closed = await self._refused_closed(Eq("station_id", station.id), closes)
-        cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
-                                                    changes)
+        cancelled = await self._cancel_reservations(Eq("station_id", station.id), closes)
         # Only as it was read: whether it is announced offline is decided from the
         # station as deleted (``_hang_up_charger``). Its charger connecting during the
         # cancels' round trips (up to 30 s each) was announced online, then hung up on
@@ -575,33 +574,39 @@ class StationService(Service):
             by_system=closes)
         return station, cancelled, closed
 
-    async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter,
-                                  asked: list[bool]) -> None:
+    async def _cancel_at_chargers(self, held: Filter, charging: Filter, asked: list[bool]
+                                  ) -> None:
         """The live reservations ``held`` cancelled at their chargers first (those not
         answered are cancelled by the removal's own write). Then whether a session is
         ``charging`` is asked again: a start during those round trips (the holder at the
         plug, most likely) would otherwise have its station or connector removed under
         it, and its session never close (review s20). Once per removal (``asked``): a
         removal run again (``retried``) sent every unanswered cancel again, up to 30 s
-        each (review s21)."""
+        each (review s21). Sent, and the reservations so cancelled written, by the
+        system because of the removal, as its own write cancels the rest
+        (``_cancel_reservations``; review r27-accounts3)."""
         if self.cancel_at_chargers is not None and not asked:
             asked.append(True)
-            await self.cancel_at_chargers(viewer, held)
+            await self.cancel_at_chargers(SYSTEM, held)
             await self._refuse_if_charging(charging)
 
-    async def _cancel_reservations(self, viewer: Viewer, where: Any,
-                                   changes: list[tuple[Change, Any]]) -> list[Reservation]:
-        """Adds to ``changes`` the cancelling of the live reservations ``where`` (on what is
+    async def _cancel_reservations(self, where: Any, closes: list[tuple[Change, Any]]
+                                   ) -> list[Reservation]:
+        """Adds to ``closes`` the cancelling of the live reservations ``where`` (on what is
         being removed): left live, one would keep its driver from reserving elsewhere,
         and the plug (a cpId or connector id used again) from being reserved, until it
-        expired. Guarded: one the charger ended meanwhile stays as it is."""
+        expired. Guarded: one the charger ended meanwhile stays as it is. Cancelled by
+        the system because of the removal (``commit``'s ``by_system``), as the refused
+        sessions it closes are (``_refused_closed``): a station handed over keeps its
+        reservations in the old company's books, whose log named the new company's
+        operator cancelling them (review r27-accounts3)."""
         live = await self.store.find_all(
             Reservation, all_of(where, In("state", LIVE_RESERVATION_STATES)), limit=1000)
         cancelled = []
         for reservation in live:
-            update = patch(reservation, viewer, only_if=("state", reservation.state),
+            update = patch(reservation, SYSTEM, only_if=("state", reservation.state),
                            state=ReservationState.CANCELLED)
-            changes.append((update, reservation))
+            closes.append((update, reservation))
             cancelled.append(cast(Reservation, update.record))
         return cancelled
 
@@ -819,11 +824,11 @@ class StationService(Service):
         await self._refuse_if_charging(charging)
         held = all_of(Eq("station_id", connector.station_id),
                       Eq("connector_id", connector.connector_id))
-        await self._cancel_at_chargers(viewer, held, charging, asked)
+        await self._cancel_at_chargers(held, charging, asked)
         changes: list[tuple[Change, Any]] = []
         closes: list[tuple[Change, Any]] = []
         closed = await self._refused_closed(charging, closes)
-        cancelled = await self._cancel_reservations(viewer, held, changes)
+        cancelled = await self._cancel_reservations(held, closes)
         changes.append((Delete(connector), connector))
         await self.commit(viewer, changes, unaudited=await self._end_state_history(
             viewer, all_of(Eq("cp_id", connector.cp_id),

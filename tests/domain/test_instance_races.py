@@ -582,6 +582,73 @@ async def test_a_start_whose_card_was_removed_meanwhile_is_not_accepted(
     await two.b.fleet.settled()
 
 
+async def test_a_card_issued_inside_a_start_is_accepted_only_as_its_holders(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's start reads the card by its tag (none yet), then A issues it to a driver
+    before B judges the start. Judged and written from one read of the card, guarded on
+    it as read: the write meets the new card, the start reads again and is Accepted as
+    the driver's, billed to them and holding the card, whose removal is refused IN_USE
+    while it charges (review r27-accounts3: Accepted on the later read, written on the
+    earlier, a session of no one's the card could be removed under)."""
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="tina@example.com", password="pw-12345678", name="Tina",
+        role=d.Role.DRIVER)
+    charging = two.b.charging
+    issued: list[d.IdTag] = []
+
+    async def issue() -> None:
+        if not issued:
+            issued.append(await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1"))
+    real = charging.authorize_start
+
+    async def authorize_start(*args: Any, **kw: Any) -> Any:
+        await issue()
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(charging, "authorize_start", authorize_start)
+    _, told = await charging.start_transaction(
+        CP, 1, "TAG-1", 0, datetime.now(UTC).replace(microsecond=0))
+    [session] = await sessions(two.store)
+    assert told.status == "Accepted"
+    assert session.state is d.SessionState.ACTIVE and session.start_refused is None
+    assert session.user_id == driver.id
+    with pytest.raises(Conflict) as raised:
+        await two.a.fleet.remove_id_tag(Viewer.of(driver), issued[0].id)
+    assert raised.value.code == "IN_USE"
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
+async def test_a_resend_of_an_invalid_start_after_its_card_is_issued_is_told_invalid(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start of an unknown tag is refused Invalid (a session of no one's). The tag is
+    then issued to a driver and the charger resends the start (its answer lost). The
+    session was judged on no card, so the new card is not the one its resend may accept
+    it on: it is told what was recorded (Invalid) at once, without retries (review
+    r27-accounts3: its guard could never hold, and after three tries it was told
+    ConcurrentTx while no transaction held the card)."""
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    charging = two.b.charging
+    tx, first = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
+    assert first.status == "Invalid"
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="tina@example.com", password="pw-12345678", name="Tina",
+        role=d.Role.DRIVER)
+    await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    pauses: list[int] = []
+
+    async def pause(attempt: int) -> None:
+        pauses.append(attempt)
+    monkeypatch.setattr(charging, "_pause_to_retry", pause)
+    again, told = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
+    assert again == tx
+    [session] = await sessions(two.store)
+    assert (told.status, session.start_refused, session.user_id) == ("Invalid", "Invalid", None)
+    assert pauses == []
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
 async def test_a_card_removed_after_an_edit_meanwhile_is_audited_as_it_was(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator reads a card to remove it; another sets its expiry before the

@@ -13,9 +13,12 @@ import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
+from domain.clock import utcnow
 from domain.errors import Conflict, Forbidden, NotFound
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Insert
 from domain.query import Eq, all_of
+from domain.services.base import stamp_new
 from domain.services.charging import START_ATTEMPTS
 from ocpp_bridge.simulator import connected
 from tests.ocpp import test_commands
@@ -422,6 +425,44 @@ async def test_a_removal_closes_a_refused_session_of_other_books_as_the_system(
     assert gone.actor == other.id
 
 
+@pytest.mark.parametrize("removed", ["station", "connector"])
+async def test_a_removal_cancels_a_reservation_of_other_books_as_the_system(
+        central: Central, removed: str) -> None:
+    """A live reservation on a station handed over since stays in the old company's
+    books. The new company's operator removes the station (or the reserved connector):
+    the reservation is cancelled as the system's act because of the removal, audited
+    under ``system`` in the books it is kept in, as the refused sessions the removal
+    closes are (review r27-accounts3: the old company's log named the other company's
+    operator, who may not see the reservation, as the one who cancelled it)."""
+    services = central.services
+    store = central.store
+    station = central.stations["CP-1"]
+    old_company = station.company_id
+    reservation = stamp_new(d.Reservation(
+        reservation_id=await store.next_sequence("reservation"),
+        station_id=station.id, cp_id=station.cp_id, connector_id=1, id_tag="TAG-OK",
+        user_id=central.tags["ok"].user_id, expires_at=utcnow() + timedelta(hours=1),
+        state=d.ReservationState.ACTIVE, company_id=old_company), SYSTEM)
+    await store.write([Insert(reservation)], [])
+    other = central.users["op_other"]
+    await services.stations.update_station(SYSTEM, station.id, company_id=other.company_id,
+                                           owner_id=other.id)
+    if removed == "station":
+        await services.stations.remove_station(Viewer.of(other), station.id)
+    else:
+        plug = await store.find_one(d.Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", 1)))
+        assert plug is not None
+        await services.stations.remove_connector(Viewer.of(other), plug.id)
+    [after] = await store.get_many(d.Reservation, [reservation.id])
+    assert after is not None and after.state is d.ReservationState.CANCELLED
+    assert after.updated_by == d.SYSTEM_ACTOR
+    [cancel] = [e for e in await store.find_all(d.AuditEntry, Eq("entity_id", reservation.id))
+                if e.action is d.AuditAction.UPDATE]
+    assert cancel.company_id == old_company  # in the books it was kept in
+    assert cancel.actor == d.SYSTEM_ACTOR
+
+
 async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """A start refused Blocked; the card is unblocked and the charger resends the start
@@ -463,24 +504,45 @@ async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
     assert session.start_refused == "Blocked"
 
 
-async def test_a_resend_is_not_accepted_on_its_tag_issued_again_to_another_driver(
-        central: Central) -> None:
-    """A refused session of TAG-OK is left open; the driver removes the card and the tag
-    is issued again to another driver. The charger's resend of the refused start is not
-    Accepted against the other driver's card, to be billed to the first (review
-    r27-accounts2: the resend's guard matched the tag text only)."""
-    refused = await _refused_left_open(central)
+@pytest.mark.parametrize("tag", ["ok", "blocked"])
+async def test_a_resend_on_its_tag_issued_again_to_another_driver_is_told_as_recorded(
+        central: Central, monkeypatch: pytest.MonkeyPatch, tag: str) -> None:
+    """A refused session is left open (TAG-OK told ConcurrentTx, or TAG-BLOCKED told
+    Blocked); the card is removed and its tag issued again to another driver. The
+    charger's resend of the refused start is not Accepted against the other driver's
+    card, to be billed to the first (review r27-accounts2: the resend's guard matched
+    the tag text only): that card is not the one the session was judged on, so it is
+    told the refusal recorded, at once, no retry (review r27-accounts3: its guard could
+    never hold, and after three tries a Blocked one was told ConcurrentTx)."""
     services = central.services
-    await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]),
-                                       central.tags["ok"].id)
-    await services.fleet.issue_id_tag(Viewer.of(central.users["driver2"]), tag="TAG-OK")
+    card = central.tags[tag]
+    if tag == "ok":
+        refused = await _refused_left_open(central)
+        await services.fleet.remove_id_tag(Viewer.of(central.users["driver"]), card.id)
+    else:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.report_all()
+            first = await cp.call(call.StartTransaction(
+                connector_id=2, id_tag=card.tag, meter_start=8_000,
+                timestamp=_stamp(datetime.now(UTC).replace(microsecond=0))))
+        refused = first.transaction_id
+        await services.fleet.remove_id_tag(SYSTEM, card.id)
+    recorded = "ConcurrentTx" if tag == "ok" else "Blocked"
+    await services.fleet.issue_id_tag(Viewer.of(central.users["driver2"]), tag=card.tag)
     held = await central.session(refused)
-    assert held is not None
+    assert held is not None and held.start_refused == recorded
+    pauses: list[int] = []
+
+    async def pause(attempt: int) -> None:
+        pauses.append(attempt)
+    monkeypatch.setattr(services.charging, "_pause_to_retry", pause)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         resent = await cp.call(call.StartTransaction(
-            connector_id=2, id_tag="TAG-OK", meter_start=8_000,
+            connector_id=2, id_tag=card.tag, meter_start=8_000,
             timestamp=_stamp(held.start_time)))
     assert resent.transaction_id == refused
-    assert resent.id_tag_info["status"] != "Accepted"
+    assert resent.id_tag_info["status"] == recorded
+    assert pauses == []
     after = await central.session(refused)
-    assert after is not None and after.start_refused == "ConcurrentTx"
+    assert after is not None and after.start_refused == recorded
+    assert after.user_id == card.user_id
