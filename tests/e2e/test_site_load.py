@@ -17,7 +17,8 @@ import orjson
 import pytest
 from ocpp.exceptions import InternalError as OcppInternalError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.exceptions import OccurrenceConstraintViolationError
+from ocpp.exceptions import NotSupportedError as OcppNotSupported
+from ocpp.exceptions import OccurrenceConstraintViolationError, OCPPError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
@@ -919,6 +920,53 @@ async def test_a_failed_read_of_a_chargers_units_leaves_its_stored_ones_in_use(
         [(_, until_at)] = [v for k, v in site_load._levels.items() if k == "CP-1"]
         assert until_at is not None \
             and until_at - datetime.now(UTC) <= LEVEL_UNKNOWN_FOR
+
+
+class NoUnitsKeyChargePoint(LevelCappedChargePoint):
+    """Reads one key per GetConfiguration and has no units key: asked for it (or for
+    more than one key) it answers a CALLERROR (``refusal``: NotImplemented, or
+    NotSupported), as some firmware answers an optional key it lacks."""
+
+    refusal: type[OCPPError] = OcppNotImplemented
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.asked.append(key)
+        if key is not None and (len(key) > 1 or UNITS_KEY in key):
+            raise self.refusal(description="no such key")
+        return super().on_get_configuration(key)
+
+
+class NoUnitsKeyNotSupportedChargePoint(NoUnitsKeyChargePoint):
+    refusal = OcppNotSupported
+
+
+@pytest.mark.parametrize("charger", [NoUnitsKeyChargePoint,
+                                     NoUnitsKeyNotSupportedChargePoint])
+async def test_a_charger_without_the_units_key_is_sent_the_sites_unit_and_read_hourly(
+        service: Running, charger: type[NoUnitsKeyChargePoint]) -> None:
+    # Review r27-smart3: a NotImplemented/NotSupported to the units key read alone is
+    # the charger saying it has no such key (as the list limits' read takes it), not a
+    # failed read: it was left unread, and both keys read again every 10 minutes for
+    # ever (two or three audited GetConfigurations each time). Not configured, as an
+    # unknownKey: the site's unit is sent and the read kept for the hour.
+    site, token = await site_of_two(service, 40)
+    site_load = service.services.site_load
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=charger) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await site_load.settled()
+        assert [UNITS_KEY] in one.asked  # asked alone, refused
+        assert [(a["unit"], a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)
+                ] == [("W", "ACCEPTED", True)]
+        [(_, until_at)] = [v for k, v in site_load._levels.items() if k == "CP-1"]
+        assert until_at is not None \
+            and until_at - datetime.now(UTC) > LEVEL_UNKNOWN_FOR
+        asked = len(one.asked)
+        assert await site_load._stack_level("CP-1") == 10
+        assert one.asked[asked:] == []  # not asked again within the hour
 
 
 async def test_a_fallback_goes_in_the_unit_the_chargers_stored_configuration_says(
