@@ -417,7 +417,9 @@ class SiteLoad(Service):
         forgotten here too (``_forget``). This instance had read its level and units
         (a site limit or a fallback sent through the instance holding it) and kept them
         up to ``LEVEL_KNOWN_FOR``: a reconnect (new firmware, another charger) went unseen.
-        Events lost between instances may have been such: all is forgotten."""
+        Events lost between instances may have been such: all is forgotten. Told only
+        where the OCPP server runs (its subscription): an instance serving the API alone
+        keeps them for their hour (docs/architecture.md, review r27-smart3)."""
         if isinstance(event, EventsDropped):
             self._levels.clear()
             self._units.clear()
