@@ -417,7 +417,9 @@ class SiteLoad(Service):
         forgotten here too (``_forget``). This instance had read its level and units
         (a site limit or a fallback sent through the instance holding it) and kept them
         up to ``LEVEL_KNOWN_FOR``: a reconnect (new firmware, another charger) went unseen.
-        Events lost between instances may have been such: all is forgotten."""
+        Events lost between instances may have been such: all is forgotten. Told only
+        where the OCPP server runs (its subscription): an instance serving the API alone
+        keeps them for their hour (docs/architecture.md, review r27-smart3)."""
         if isinstance(event, EventsDropped):
             self._levels.clear()
             self._units.clear()
@@ -1282,7 +1284,8 @@ class SiteLoad(Service):
             # heard only by the instance holding the charger.
             self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
         else:
-            # Its units not read (the read of that key alone failed): not taken for "it
+            # Its units not read (the read of that key alone failed, not NotSupported
+            # nor NotImplemented: those say it has no such key): not taken for "it
             # takes any" (review r27: limits in W to a charger its stored keys say
             # takes only Current, refused for an hour); the last known on this
             # connection stay, else the stored ones (``unit_for``), and both keys are
@@ -1293,7 +1296,9 @@ class SiteLoad(Service):
     async def _read_keys(self, cp_id: str) -> dict[str, Any] | None:
         """The charger's answer for ``MAX_STACK_LEVEL_KEY`` and ``ALLOWED_UNITS_KEY``
         (their entries together, as one GetConfiguration answer, and under ``unread``
-        the units key when its read failed: that says nothing of it); ``None`` when it
+        the units key when its read failed: that says nothing of it; a NotSupported or
+        NotImplemented to it alone, as an unknownKey, says it is not configured: the
+        site's unit is sent, read again in ``LEVEL_KNOWN_FOR``); ``None`` when it
         gave none for the level. Both in one GetConfiguration; a key the answer neither gives
         nor calls unknown, or both after any CALLERROR to the two (NotSupported and
         NotImplemented too, as the list limits' read: review r27, a charger taking one
@@ -1322,7 +1327,12 @@ class SiteLoad(Service):
             if alone.error is not None:
                 if key == MAX_STACK_LEVEL_KEY:
                     return None  # the level not known: its units are not asked
-                unread.append(key)  # not known: as before the read (``_stack_level``)
+                if not isinstance(alone.error, ChargerNotSupported):
+                    unread.append(key)  # not known: as before the read (``_stack_level``)
+                # NotSupported/NotImplemented to the key alone: the charger has no such
+                # key (as the list limits' read takes it), and says so at every read:
+                # read as unknownKey, not configured (review r27-smart3: taken for a
+                # failed read, both keys were read again every 10 minutes for ever).
                 continue
             given = [e for e in alone.result.get("configurationKey") or ()
                      if isinstance(e, dict)]

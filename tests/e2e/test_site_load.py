@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,18 @@ import orjson
 import pytest
 from ocpp.exceptions import InternalError as OcppInternalError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.exceptions import OccurrenceConstraintViolationError
+from ocpp.exceptions import NotSupportedError as OcppNotSupported
+from ocpp.exceptions import OccurrenceConstraintViolationError, OCPPError
 from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain.entities import ConfigurationKey, Station
 from domain.events import StationConnectionChanged
-from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
+from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE, ChargingRateUnit
 from domain.query import Eq, all_of
 from domain.services.commands import ALLOWED_UNITS_KEY as UNITS_KEY
+from domain.services.commands import CommandOutcome
 from domain.services.site_load import LEVEL_UNKNOWN_FOR, MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
@@ -921,6 +923,53 @@ async def test_a_failed_read_of_a_chargers_units_leaves_its_stored_ones_in_use(
             and until_at - datetime.now(UTC) <= LEVEL_UNKNOWN_FOR
 
 
+class NoUnitsKeyChargePoint(LevelCappedChargePoint):
+    """Reads one key per GetConfiguration and has no units key: asked for it (or for
+    more than one key) it answers a CALLERROR (``refusal``: NotImplemented, or
+    NotSupported), as some firmware answers an optional key it lacks."""
+
+    refusal: type[OCPPError] = OcppNotImplemented
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.asked.append(key)
+        if key is not None and (len(key) > 1 or UNITS_KEY in key):
+            raise self.refusal(description="no such key")
+        return super().on_get_configuration(key)
+
+
+class NoUnitsKeyNotSupportedChargePoint(NoUnitsKeyChargePoint):
+    refusal = OcppNotSupported
+
+
+@pytest.mark.parametrize("charger", [NoUnitsKeyChargePoint,
+                                     NoUnitsKeyNotSupportedChargePoint])
+async def test_a_charger_without_the_units_key_is_sent_the_sites_unit_and_read_hourly(
+        service: Running, charger: type[NoUnitsKeyChargePoint]) -> None:
+    # Review r27-smart3: a NotImplemented/NotSupported to the units key read alone is
+    # the charger saying it has no such key (as the list limits' read takes it), not a
+    # failed read: it was left unread, and both keys read again every 10 minutes for
+    # ever (two or three audited GetConfigurations each time). Not configured, as an
+    # unknownKey: the site's unit is sent and the read kept for the hour.
+    site, token = await site_of_two(service, 40)
+    site_load = service.services.site_load
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=charger) as one:
+        await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one), "CP-1 told its limit")
+        await site_load.settled()
+        assert [UNITS_KEY] in one.asked  # asked alone, refused
+        assert [(a["unit"], a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)
+                ] == [("W", "ACCEPTED", True)]
+        [(_, until_at)] = [v for k, v in site_load._levels.items() if k == "CP-1"]
+        assert until_at is not None \
+            and until_at - datetime.now(UTC) > LEVEL_UNKNOWN_FOR
+        asked = len(one.asked)
+        assert await site_load._stack_level("CP-1") == 10
+        assert one.asked[asked:] == []  # not asked again within the hour
+
+
 async def test_a_fallback_goes_in_the_unit_the_chargers_stored_configuration_says(
         service: Running) -> None:
     # Review r27 smart2: the fallback took the site's unit whenever this instance had
@@ -985,6 +1034,46 @@ async def test_a_chargers_level_and_units_are_read_again_once_it_connects_elsewh
         await bus.publish(replace(mine, connection=station.connection + 1))
         await until(lambda: "CP-1" not in site_load._levels, "CP-1's level forgotten")
         assert "CP-1" not in site_load._units
+
+
+async def test_an_api_only_instance_keeps_a_chargers_level_until_its_hour_is_over(
+        tmp_path: Path) -> None:
+    # Review r27-smart3: the announcement of a charger's newer connection reaches
+    # ``SiteLoad.followed`` through the OCPP server's subscription
+    # (``ChargingService.follow``); an instance serving the API alone
+    # (CHARGEGRAPH_OCPP_ENABLED=false) has none to hear it on, and keeps the level and
+    # units it read (an operator's updateSite there) for their hour, as
+    # docs/architecture.md says; then they are read again.
+    async with running_service(tmp_path, ocpp_enabled=False) as service:
+        site_load = service.services.site_load
+        bus = service.services.ctx.bus
+        assert bus is not None
+        station = service.central.stations["CP-1"]
+        # As read through the instance holding the charger (a site run here).
+        site_load._levels["CP-1"] = (10, datetime.now(UTC) + timedelta(hours=1))
+        site_load._units["CP-1"] = frozenset({ChargingRateUnit.A})
+        # Another instance announces the charger's newer connection.
+        await bus.publish(StationConnectionChanged(
+            station_id=station.id, cp_id="CP-1", company_id=station.company_id,
+            owner_id=station.owner_id, online=True, connection=10_000))
+        await asyncio.sleep(0.2)
+        assert site_load._levels["CP-1"][0] == 10
+        assert site_load._units["CP-1"] == frozenset({ChargingRateUnit.A})
+        # The hour over: asked again, with its units.
+        asked: list[list[str]] = []
+
+        async def configuration(cp_id: str, keys: list[str]) -> CommandOutcome:
+            asked.append(keys)
+            return CommandOutcome(command_id="c", action="GetConfiguration",
+                                  station=station, result={"configurationKey": [
+                                      {"key": MAX_STACK_LEVEL_KEY, "value": "5"},
+                                      {"key": UNITS_KEY, "value": "Power"}]})
+
+        site_load._configuration = configuration  # type: ignore[method-assign]
+        site_load._levels["CP-1"] = (10, datetime.now(UTC) - timedelta(seconds=1))
+        assert await site_load._stack_level("CP-1") == 5
+        assert asked == [[MAX_STACK_LEVEL_KEY, UNITS_KEY]]
+        assert site_load._units["CP-1"] == frozenset({ChargingRateUnit.W})
 
 
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
