@@ -599,8 +599,7 @@ class CommandService(Service):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "RemoteStartTransaction":
             if reserved is not None:
-                await self._to_reserved_plug(viewer, station, payload, reserved,
-                                             driver=not manages)
+                await self._to_reserved_plug(viewer, station, payload, reserved)
             await self._check_plug(station, payload, driver=not manages)
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
@@ -893,8 +892,7 @@ class CommandService(Service):
         return None
 
     async def _to_reserved_plug(self, viewer: Viewer, station: Station,
-                                payload: dict[str, Any], plug: int, *, driver: bool
-                                ) -> None:
+                                payload: dict[str, Any], plug: int) -> None:
         """A start naming no connector is sent for ``plug``, the one a reservation holds
         for its card (``_reserved_plug``), when that plug can take it: the checks of a
         start naming it pass (in range, ``_check_plug``, ``_refuse_pending``). Otherwise
@@ -903,11 +901,16 @@ class CommandService(Service):
         checks, so a reserved plug reporting itself Faulted (or the charger Faulted, or
         a connector-0 reservation for another card) refused the start on
         ``connectorId``, a field the caller never sent, though another plug was free.
-        A refusal is never on a field the caller did not send."""
+        A refusal is never on a field the caller did not send. The trial checks the plug
+        as a driver's start naming it, out of service included, for an operator's start
+        too: that check chooses the plug, it refuses nothing (review r27-reserve3: an
+        operator's start was sent for a reserved plug reporting itself Faulted, which a
+        real charger rejects, where naming none it would take a free one). An operator
+        naming the plug keeps staff's rules (``_check_plug``)."""
         trial = {**payload, "connectorId": plug}
         try:
             await connector_in_range(self.store, station, plug)
-            await self._check_plug(station, trial, driver=driver)
+            await self._check_plug(station, trial, driver=True)
             await self._refuse_pending(viewer, station, trial)
         except DomainError:
             return

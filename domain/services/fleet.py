@@ -514,14 +514,17 @@ class FleetService(Service):
     async def _still_holds(self, card: IdTag) -> bool:
         """Whether ``card`` still has what a withdrawal takes back: a live reservation
         made for it (``base.made_for``: its tag and holder) or a list entry holding it
-        Accepted."""
+        Accepted that no withdrawal is under way for (not marked wanted withdrawn: one
+        marked so is the sweep's, its push unanswered or refused; review r27-reserve3:
+        each edit of the card pushed it again, past the sweep's backoff)."""
         reserved = await self.store.find_one(Reservation, all_of(
             Eq("id_tag", card.tag), Eq("user_id", card.user_id),
             live_reservations(self.now())))
         if reserved is not None:
             return True
         return await self.store.find_one(LocalListEntry, all_of(
-            Eq("card_id", card.id), Eq("status", ACCEPTED))) is not None
+            Eq("card_id", card.id), Eq("status", ACCEPTED),
+            any_of(Eq("wanted", None), Eq("wanted", ACCEPTED)))) is not None
 
     async def remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
         """Removes a card (mistyped, lost for good, replaced). Its sessions keep the tag

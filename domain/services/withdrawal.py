@@ -684,31 +684,25 @@ class Withdrawal(Service):
         group id). ``again``: it was unusable before too (an edit of a card expired or
         blocked that still holds a reservation or a list entry Accepted:
         ``FleetService._withdrawn_as``); what it holds may be being taken back already
-        (the sweep, a first withdrawal), so its reservations are cancelled the once-only
-        way, whatever its status. ``FleetService`` runs it in the background."""
+        (the sweep, a first withdrawal), which the once-only cancel (``_cancel_held``),
+        every withdrawal's of a card, leaves as it is. ``FleetService`` runs it in the
+        background."""
         await self._mark_wanted(actor, [card.id], list_status(status))
         # A session, and a reservation, names its card's holder when the tag named a
         # card as it was made (``base.made_for``); of a tag of no card, no one.
         if stop:
             await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
                                                     Eq("user_id", card.user_id)))
-        if status is IdTagStatus.EXPIRED or again:
-            # An expired card's too (QA s27): one made expired by an edit of its expiry to
-            # a moment the expiry sweep had passed already (``sweep_expired`` walks
-            # expiries from where it stopped) was never the sweep's, and kept its plug
-            # held for up to a day, shown reserved, other drivers refused. As the sweep
-            # cancels them (``_cancel_held``): an instance's sweep may find the
-            # same card (its cursor behind the expiry), so each is cancelled in the store
-            # once, guarded on its state, and its charger sent the cancel once, by the
-            # instance holding it (review r27-reserve: the edit's cancel went through the
-            # relay beside the sweep's, the charger was sent both, and the second's
-            # Rejected was recorded as a failed cancel). A card withdrawn again (an edit
-            # of one unusable before: review r27-misc) is cancelled so too: the sweep or
-            # the first withdrawal may be cancelling the same reservations.
-            await self._cancel_held([card], actor)
-        else:
-            await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
-                                                          Eq("user_id", card.user_id)))
+        # Its reservations are cancelled once, whoever else is cancelling them
+        # (``_cancel_held``): each in the store, guarded on its state, and at its charger
+        # by the instance holding it. The sweep may find an expired card (its cursor
+        # behind the expiry; QA s27, review r27-reserve), and an edit of a card unusable
+        # already withdraws it again (review r27-misc). A block's cancel went by the
+        # relay (``cancel_reservations``), its reservation ACTIVE until the charger
+        # answered, so an edit of the card before that answer found it still held and
+        # cancelled it again beside it: the charger was sent the cancel twice and the
+        # second's Rejected recorded as a failed cancel (review r27-reserve3).
+        await self._cancel_held([card], actor)
         for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
 

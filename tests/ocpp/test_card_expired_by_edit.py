@@ -10,13 +10,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
 from domain import entities as d
 from domain.policy import Viewer
 from domain.query import Eq
-from ocpp_bridge.simulator import connected
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_card_withdrawal import settled
@@ -132,5 +136,63 @@ async def test_an_expired_card_marked_expired_loses_its_reservation(central: Cen
             [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
             return now.state is d.ReservationState.CANCELLED
         await until(cancelled)
+        assert [p for name, p in cp.received if name == "CancelReservation"] == [
+            {"reservation_id": held["reservation"]["reservationId"]}]
+
+
+class SlowCancel(SimulatedChargePoint):
+    """Answers its first CancelReservation once ``gate`` is set (a charger a few seconds
+    slow to answer)."""
+
+    gate: asyncio.Event | None = None
+
+    @on(Action.cancel_reservation)
+    async def on_cancel_reservation(self, reservation_id: int, **_: Any
+                                    ) -> result.CancelReservation:
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.received.append(("CancelReservation", {"reservation_id": reservation_id}))
+            await gate.wait()
+            for state in self.connectors.values():
+                if state.reservation_id == reservation_id:
+                    state.reservation_id, state.reserved_for = None, ()
+                    return result.CancelReservation(status="Accepted")  # type: ignore[arg-type]
+            return result.CancelReservation(status="Rejected")  # type: ignore[arg-type]
+        return super().on_cancel_reservation(reservation_id)
+
+
+async def test_an_edit_of_a_card_just_blocked_does_not_cancel_its_reservation_twice(
+        central: Central) -> None:
+    """Review r27-reserve3: an edit of a card blocked a moment ago, while the block's
+    CancelReservation is still on its way, found the reservation still ACTIVE and
+    cancelled it again: the charger was sent the cancel twice, the second Rejected."""
+    admin = Viewer.of(central.users["admin"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowCancel) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        gate = asyncio.Event()
+        cp.gate = gate  # type: ignore[attr-defined]
+        # The card is lost: blocked. Its reservation's cancel goes to the charger ...
+        await central.services.fleet.update_id_tag(admin, central.tags["ok"].id,
+                                                   status=d.IdTagStatus.BLOCKED)
+        async def sent() -> bool:
+            return any(n == "CancelReservation" for n, _ in cp.received)
+        await until(sent)
+        # ... and, while it is on its way, the operator also sets the card's expiry.
+        await central.services.fleet.update_id_tag(
+            admin, central.tags["ok"].id, expires_at=datetime.now(UTC) + timedelta(days=30))
+        await asyncio.sleep(1.0)
+        gate.set()
+        await settled(central)
+        await asyncio.sleep(1.0)
+        await settled(central)
+
+        [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert now.state is d.ReservationState.CANCELLED
         assert [p for name, p in cp.received if name == "CancelReservation"] == [
             {"reservation_id": held["reservation"]["reservationId"]}]

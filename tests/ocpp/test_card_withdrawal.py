@@ -841,3 +841,39 @@ async def test_a_differential_resent_at_the_version_the_charger_took_is_not_reco
         held = await entry(central, "CP-1", "TAG-OTHER")
         assert cp.local_list.get("TAG-OTHER") == {"status": "Blocked"}, (
             cp.local_list, held)
+
+
+async def test_an_edit_of_a_blocked_card_its_refusing_charger_still_accepts_is_not_resent(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r27-reserve3: each edit of a blocked card whose entry at a charger
+    refusing lists was still Accepted (marked wanted Blocked, its push refused) withdrew
+    it again and pushed the list once more (a SendLocalList, audit rows, webhooks per
+    edit), past the sweeps' backoff. Its withdrawal is under way: the edit leaves it."""
+    if central.relays:
+        pytest.skip("relayed, the charger is another instance's: its sweep sends")
+    real = central.gateway.call
+    refused: list[int] = []
+
+    async def failing(cp_id: str, action: str, payload: dict[str, Any],
+                      timeout: float) -> dict[str, Any]:
+        if action == "SendLocalList" and payload.get("updateType") == "Differential":
+            refused.append(payload["listVersion"])
+            return {"status": "Failed"}
+        return await real(cp_id, action, payload, timeout)
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        monkeypatch.setattr(central.gateway, "call", failing)
+        await block(central, "ok", who="admin")
+        await settled(central)
+        assert len(refused) == 1  # the block's own push: refused, stays marked
+        admin = Viewer.of(central.users["admin"])
+        for days in (10, 20):
+            await central.services.fleet.update_id_tag(
+                admin, central.tags["ok"].id,
+                expires_at=datetime.now(UTC) + timedelta(days=days))
+            await settled(central)
+        assert len(refused) == 1
+        held = await entry(central, "CP-1", "TAG-OK")
+        assert held is not None and held.wanted == "Blocked"

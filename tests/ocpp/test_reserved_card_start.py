@@ -261,3 +261,23 @@ async def test_a_drivers_start_finds_a_reservation_of_their_tag_before_it_was_is
         assert start["errors"] == [] and start["status"] == "ACCEPTED", start
         assert [p for name, p in cp.received if name == "RemoteStartTransaction"] == [
             {"id_tag": "TAG-NEW", "connector_id": 2}]
+
+
+async def test_an_operators_start_naming_no_plug_is_not_sent_for_a_faulted_reserved_plug(
+        central: Central) -> None:
+    """Review r27-reserve3: README has an operator's start naming no plug go naming none
+    when the reserved plug reports itself out of service; it was sent for the Faulted
+    plug (the trial skipped staff's out-of-service check), which a charger rejects."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon(), "idTag": "TAG-TWO"},
+                         SELECTION, as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await cp.status(2, "Faulted", error_code="GroundFailure")
+        start = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "idTag": "TAG-TWO"}, START, as_user="op")
+        assert start["errors"] == [], start
+        assert [(p["id_tag"], p.get("connector_id")) for name, p in cp.received
+                if name == "RemoteStartTransaction"] == [("TAG-TWO", None)]
