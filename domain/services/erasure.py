@@ -288,22 +288,29 @@ class Erasure(Service):
             raise Conflict("the account's sessions, stations or admins kept changing "
                            "while it was erased: try again", field=field,
                            code="CHANGED") from exc
-        # First what the committed write must set off, whatever the scrub does next.
-        # Open sockets of theirs, on every instance, are checked again now: revoked.
-        await self.accounts.access_changed(erased.id)
+        # First what the committed write must set off, whatever the scrub does next,
+        # each step on its own: one failing (a store out of reach) is logged and skips
+        # none of the others, and the erasure, committed, stands and is the answer
+        # (review r27-durable3: a failed announcement raised past the deletion of the
+        # removed webhooks' stored deliveries, which a re-run cannot find again).
+        # Open sockets of theirs, on every instance, are checked again now: revoked
+        # (had this been lost, the periodic re-check catches them within a minute).
+        await _logged(self.accounts.access_changed(erased.id),
+                      "revoking erased user %s's open sockets failed", user.id)
         if self.charging is not None:
             for station, session in closed:
-                await self.charging.announce_closed(station, session)
+                await _logged(self.charging.announce_closed(station, session),
+                              "announcing the close of erased user %s's refused session "
+                              "%s failed", user.id, session.id)
         for webhook_id in removed:
             # Their removed webhooks' stored deliveries go with them, as a removal's do
             # (review r27: they stayed, to be claimed and dropped, or kept for good);
             # after the sockets' revocation and the announcements, which a slow store
-            # must not hold back (review r27-durable2).
-            try:
-                await forget_deliveries(self.store, webhook_id)
-            except Exception:  # the erasure stands; what is left is dropped at its try
-                log.exception("deleting erased user %s's removed webhook %s's stored "
-                              "deliveries failed", user.id, webhook_id)
+            # must not hold back (review r27-durable2). What a failure leaves is
+            # dropped at its try (its webhook is gone).
+            await _logged(forget_deliveries(self.store, webhook_id),
+                          "deleting erased user %s's removed webhook %s's stored "
+                          "deliveries failed", user.id, webhook_id)
         if self.on_erased is not None:
             self._releasing.run(self.on_erased(viewer, erased, cards),
                                 f"release-erased-{erased.id}",
@@ -557,3 +564,12 @@ class Erasure(Service):
             return None
         return Update(dataclasses.replace(entry, before=before, after=after),
                       frozenset({"before", "after"}))
+
+
+async def _logged(step: Awaitable[None], message: str, *args: Any) -> None:
+    """Runs one of what a committed erasure sets off; a failure is logged (``message``
+    with ``args``, and its traceback), not raised: the next step runs all the same."""
+    try:
+        await step
+    except Exception:
+        log.exception(message, *args)

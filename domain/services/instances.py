@@ -53,6 +53,9 @@ RECONNECT_GRACE = timedelta(minutes=5)
 SETTLE_BATCH = 500
 #: Leases read to tell when the service was up (a deployment runs a handful).
 LEASES_READ = 100
+#: Reads and guarded writes of one renewal before its conflict is the caller's: two
+#: parts of one instance renew its lease, a few times per lease period each.
+RENEW_TRIES = 5
 
 
 class InstanceService(Service):
@@ -65,23 +68,36 @@ class InstanceService(Service):
 
     async def renew(self, instance_id: str, host: str, lease: timedelta, *,
                     serves_chargers: bool = True) -> bool:
-        """Extends the instance's lease to ``lease`` from now. True when there was no valid
-        lease (first start, or it lapsed and may have been swept): the caller then records
-        its connections again. ``serves_chargers`` False: a lease held only for the
+        """Extends the instance's lease to ``lease`` from now, never back: the OCPP server
+        and the webhook delivery renew the same lease, and the dispatcher counts it live
+        from its own last renewal (review r27-durable3: the server's renewal landing late,
+        after the dispatcher's, wrote an older expiry under it). Each write holds only on
+        the expiry as read, and keeps the later of the two; one that lost a race with
+        another renewal (or a sweep) reads again. True when there was no valid lease
+        (first start, or it lapsed and may have been swept): the caller then records its
+        connections again. ``serves_chargers`` False: a lease held only for the
         instance's webhook deliveries (it runs no OCPP server); an OCPP server renewing
         the same lease makes it one that serves chargers."""
-        now = self.now()
-        current = await self._lease(instance_id)
-        if current is not None:
-            updates: dict[str, Any] = {"expires_at": now + lease}
+        for attempt in range(RENEW_TRIES):
+            now = self.now()
+            current = await self._lease(instance_id)
+            if current is None:
+                break
+            updates: dict[str, Any] = {"expires_at": max(current.expires_at, now + lease)}
             if serves_chargers and not current.serves_chargers:
                 updates["serves_chargers"] = True
             try:
-                await self.store.write([patch(current, SYSTEM, **updates)], [])
-            except NotFound:
-                pass  # swept between the read and the write: start a new lease
-            else:
-                return current.expires_at <= now
+                await self.store.write([patch(current, SYSTEM,
+                                              only_if=("expires_at", current.expires_at),
+                                              required=True, **updates)], [])
+            except Conflict:
+                # Renewed by the other part of this instance meanwhile (read again), or
+                # swept (then gone: a new lease is started).
+                if attempt == RENEW_TRIES - 1:
+                    raise
+                continue
+            return current.expires_at <= now
+        now = self.now()
         await self.store.write([Insert(stamp_new(
             InstanceLease(id=instance_id, host=host, started_at=now, expires_at=now + lease,
                           serves_chargers=serves_chargers),
@@ -157,8 +173,15 @@ class InstanceService(Service):
                 if await self._disconnect(station, lease):
                     swept.append(station.cp_id)
             if not await self.store.find_all(Station, held, limit=1):
-                with contextlib.suppress(NotFound):  # another sweep deleted it first
-                    await self.store.write([Delete(lease)], [])
+                # Only the lease as read, expired: its instance may have renewed it
+                # since (its store answering again), and counts it live; deleted under
+                # it, another instance would take over what it stores as its own
+                # (review r27-durable3). Changed, or deleted by another sweep first:
+                # left (a lapse again is the next sweep's).
+                with contextlib.suppress(Conflict):
+                    await self.store.write([Delete(
+                        lease, only_if=("expires_at", lease.expires_at),
+                        also_if=(("updated_at", lease.updated_at),))], [])
         return swept
 
     async def _lease(self, instance_id: str) -> InstanceLease | None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from domain.entities import (
     AuditAction,
     AuditEntry,
     IdempotencyKey,
+    PendingDelivery,
     RefreshFamily,
     RefreshToken,
     Role,
@@ -25,7 +28,7 @@ from domain.entities import (
     User,
     Webhook,
 )
-from domain.errors import Conflict, StoreBusy, Unauthenticated
+from domain.errors import Conflict, StoreBusy, StoreUnavailable, Unauthenticated
 from domain.policy import Policy, Viewer
 from domain.ports import Store, WebhookAttempt
 from domain.query import ALL, Eq, all_of
@@ -436,3 +439,41 @@ async def test_erasing_again_forgets_the_kept_answers_a_failed_erasure_left(
     # And the audit log is scrubbed now.
     entries = await store.find_all(AuditEntry, Eq("entity_id", person.id))
     assert "lena@example.com" not in json.dumps([e.after for e in entries])
+
+
+async def test_a_failed_announcement_skips_nothing_the_erasure_sets_off(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """Review r27-durable3: an announcement of a closed refused session that failed (a
+    store read out of reach) raised past the deletion of the removed webhooks' stored
+    deliveries, which a re-run could not find again (no webhook left to remove). Each
+    step runs on its own: the failure is logged, and the erasure, committed, stands."""
+    person = user(role=Role.ADMIN, name="Anna")
+    admin = user(role=Role.ADMIN)
+    st = station()
+    refused = session(st, user_id=person.id, start_refused="ConcurrentTx",
+                      start_time=utcnow())
+    await put(store, person, admin, st, refused)
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    charging = ChargingService(ctx)
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx), charging=charging)
+    hooks = WebhookService(ctx, allow_private=True)
+    created = (await hooks.create_webhook(
+        Viewer.of(person), url="https://anna.example.com/hook",
+        events=["session.ended"])).webhook
+    now = utcnow()
+    await hooks.hand_over([PendingDelivery(
+        webhook_id=created.id, delivery_id="dlv_anna", event_type="session.ended",
+        body='{"id":"evt_1","data":{"email":"anna@example.com"}}', event="{}",
+        tries_made=1, due_at=now + timedelta(seconds=30), queued_at=now)])
+
+    async def announce_closed(*args: Any) -> None:
+        raise StoreUnavailable("the database is out of reach", reason="test")
+    charging.announce_closed = announce_closed  # type: ignore[method-assign,assignment]
+    caplog.set_level(logging.ERROR, logger="chargegraph.erasure")
+    erased = await erasure.erase_user(Viewer.of(admin), person.id)
+
+    assert erased.erased_at is not None
+    assert await store.find_all(PendingDelivery, ALL) == [], \
+        "the erased person's removed webhook's stored delivery was kept"
+    assert [r.exc_info is not None for r in caplog.records
+            if "announcing the close" in r.getMessage()] == [True]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ import pytest
 
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
+from domain.clock import utcnow
 from domain.errors import StoreUnavailable
 from domain.events import AccessChanged
 from domain.policy import SYSTEM
 from domain.query import ALL
 from domain.services import Services, erasure
+from domain.services.base import patch
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from tests.helpers import until
@@ -468,3 +471,117 @@ async def test_a_lease_renewal_failing_for_long_is_logged_once_and_its_recovery_
                        for r in caplog.records)
         await until(recovered)
         assert len([r for r in caplog.records if r.exc_info]) == 1
+
+
+async def _lapse_and_renew_during_a_sweep(world: World, first: Services, second: Services,
+                                          dispatcher: WebhookDispatcher) -> None:
+    """``dispatcher``'s lease lapsed (its store out of reach past it); another instance's
+    sweep reads it expired, then looks for its stations, and meanwhile the instance
+    renews it (its store answers again); then the sweep goes on."""
+    lease = await first.instances._lease(dispatcher.instance_id)
+    assert lease is not None
+    await world.store.write([patch(lease, SYSTEM,
+                                   expires_at=utcnow() - timedelta(seconds=1))], [])
+    dispatcher._lease_until = 0.0
+    store = second.instances.store
+    real_find_all = store.find_all
+    reading = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def find_all(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        if kind is d.Station and not go_on.is_set():
+            reading.set()
+            await go_on.wait()
+        return await real_find_all(kind, *args, **kwargs)
+    store.find_all = find_all  # type: ignore[method-assign]
+    try:
+        sweeping = asyncio.create_task(second.instances.sweep("other-instance"))
+        await reading.wait()
+        assert await dispatcher._renew_lease()
+        go_on.set()
+        await sweeping
+    finally:
+        store.find_all = real_find_all  # type: ignore[method-assign]
+
+
+async def test_a_sweep_leaves_a_lease_renewed_after_it_read_it_expired(
+        tmp_path: Path) -> None:
+    """Review r27-durable3: the sweep's deletion held on nothing, and took the lease its
+    instance had just renewed and counted live."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        mine = await world.dispatcher(first, timeout=30.0)
+        await _lapse_and_renew_during_a_sweep(world, first, second, mine)
+
+        assert await mine._lease_live()
+        assert await first.instances._lease(mine.instance_id) is not None
+
+
+async def test_a_delivery_stored_after_a_sweep_raced_a_renewal_is_posted_once(
+        tmp_path: Path) -> None:
+    """Review r27-durable3: with its lease deleted under it, the instance stored a
+    delivery as its own under an id with no lease row, and another instance claimed and
+    posted it too."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        mine = await world.dispatcher(first, timeout=30.0)
+        await _lapse_and_renew_during_a_sweep(world, first, second, mine)
+
+        await world.dispatcher(second, refresh_s=0.05, timeout=30.0)  # looks every 50 ms
+        await available(world)  # stored as this instance's: its lease counts live
+        await requests_at_least(receiver, 1)
+        await asyncio.sleep(0.5)
+        assert len(receiver.requests) == 1, "posted by both instances"
+
+
+async def test_a_late_renewal_never_moves_the_shared_lease_back(tmp_path: Path) -> None:
+    """Review r27-durable3: the OCPP server and the webhook delivery renew one lease, and
+    the dispatcher counts it live from its own last renewal. The server's renewal, its
+    write held up past the dispatcher's, wrote its older expiry under it: a delivery
+    stored as the dispatcher's then was claimed and posted by another instance too."""
+    lease_s = 3.0
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        await world.webhook("op", receiver, "connector.status_changed")
+        loop = asyncio.get_running_loop()
+        mine = await world.dispatcher(first, timeout=30.0, lease_s=lease_s)
+        assert mine._lease_keeper is not None
+        mine._lease_keeper.cancel()  # its renewals made by hand below
+        store = second.instances.store
+        real_write = store.write
+        held = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def write(changes: Any, *args: Any, **kwargs: Any) -> Any:
+            if not go_on.is_set() and any(
+                    getattr(getattr(c, "record", None), "kind", None)
+                    == d.InstanceLease.kind for c in changes):
+                held.set()
+                await go_on.wait()
+            return await real_write(changes, *args, **kwargs)
+        store.write = write  # type: ignore[method-assign]
+        try:
+            began = loop.time()
+            server = asyncio.create_task(second.instances.renew(
+                mine.instance_id, "host:1", timedelta(seconds=lease_s)))
+            await held.wait()
+            await asyncio.sleep(lease_s / 2)
+            assert await mine._renew_lease()  # the dispatcher's renewal, meanwhile
+            renewed = await first.instances._lease(mine.instance_id)
+            assert renewed is not None
+            go_on.set()
+            await server  # the server's held-up write lands
+        finally:
+            store.write = real_write  # type: ignore[method-assign]
+        lease = await first.instances._lease(mine.instance_id)
+        assert lease is not None and lease.expires_at >= renewed.expires_at
+
+        await world.dispatcher(second, refresh_s=0.05, timeout=30.0)
+        await asyncio.sleep(began + lease_s + 0.1 - loop.time())
+        assert await mine._lease_live(), "still counted live by the dispatcher"
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await asyncio.sleep(0.5)
+        assert len(receiver.requests) == 1, "posted by both instances"

@@ -64,3 +64,15 @@ def test_the_readme_names_every_key_of_every_webhook_type() -> None:
         sent[kind.value] = list(event_data(event))
     assert set(sent) == set(WebhookEvent), "an event for every type"
     assert documented() == sent
+
+
+def test_the_architecture_says_a_graphql_only_instance_holds_a_lease_as_the_readme_does(
+        ) -> None:
+    """Review r27-durable3: the README says an instance serving GraphQL only holds a
+    lease (for its webhook deliveries), which restore and demo refuse under; the
+    architecture's restore and demo sections still said it holds none."""
+    text = re.sub(r"\s+", " ", (README.parent / "docs" / "architecture.md").read_text())
+    readme = re.sub(r"\s+", " ", README.read_text())
+    assert "serving GraphQL only holds a lease too" in readme
+    assert "GraphQL only holds no lease" not in text
+    assert "counts for nothing else" not in text
