@@ -604,7 +604,12 @@ class CommandService(Service):
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
-        if action in ("SetChargingProfile", "RemoteStartTransaction"):
+        # Not for the site's own limits (sent as SYSTEM: its share and its fallback):
+        # it picked their unit from these very keys (``allowed_units_of``) and sends
+        # one period, so the check could only read the keys again, once per session
+        # at every site run. People's profiles and remote starts are checked.
+        site_own = action == "SetChargingProfile" and viewer.actor == SYSTEM.actor
+        if action in ("SetChargingProfile", "RemoteStartTransaction") and not site_own:
             await self._check_schedule_fits(station, payload)
         if action == "SendLocalList" and not own_list:
             await self._check_list_fits(viewer, station, payload)
