@@ -96,6 +96,7 @@ from domain.services.intervals import (
     POINT_STATUSES,
     Books,
     IdleSpan,
+    StoredBooks,
     effective_state,
     finishing,
     idle_times,
@@ -874,6 +875,10 @@ class ChargingService(ChargerConnections):
         # that raced a handover is taken again (its write meets the interval the
         # handover ended). None yet: it records no state (``open_books``).
         books: Books | None = None
+        # The station's books as stored, read once for the report whatever number of its
+        # plugs open their first interval (connector 0: each plug's), and not at all
+        # when taken again: ``fresh`` read the station from the store just now.
+        stored = StoredBooks(self.store, station, books_of(station) if fresh else None)
         telemetry: list[Change] = []
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
@@ -907,7 +912,7 @@ class ChargingService(ChargerConnections):
                         reported_station, plug.connector_id,
                         *effective_state(reported_station, plug.status, plug.error_code),
                         station.online, at, actor, now=self.now(),
-                        ours=self.clocks.ours_at(cp_id, at))
+                        ours=self.clocks.ours_at(cp_id, at), stored=stored)
                     telemetry += recorded.changes
                     books = books or recorded.books  # a point's: its plugs' (all alike)
         else:
@@ -934,12 +939,12 @@ class ChargingService(ChargerConnections):
                 recorded = await record_state(self.store,
                     station, connector_id, *effective_state(station, new_status, error_code),
                     station.online, at, actor, now=self.now(),
-                    ours=self.clocks.ours_at(cp_id, at))
+                    ours=self.clocks.ours_at(cp_id, at), stored=stored)
                 telemetry += recorded.changes
                 books = recorded.books
             # else: an older report arriving late is history, not the current state
         company_id, station_owner_id = books if books is not None else await open_books(
-            self.store, station, connector_id)
+            self.store, station, connector_id, stored)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
