@@ -44,6 +44,7 @@ from domain.services.base import (
 from domain.services.charger_cache import ChargerCache
 from domain.services.charger_clocks import ChargerClocks
 from domain.services.charger_sign_ins import ChargerSignIns, address_key
+from domain.services.edits import retried
 from domain.services.intervals import (
     effective_state,
     next_interval,
@@ -72,10 +73,9 @@ REGISTRATIONS_PER_ADDRESS = 50
 REGISTRATION_WINDOW = timedelta(hours=1)
 
 #: How many times a disconnect is read and written again when its write met a change
-#: made since that leaves its connection the station's (``disconnect``), and the most
-#: it waits before its n-th try, times n (random: two instances in step part).
+#: made since that leaves its connection the station's (``disconnect``); it pauses
+#: before each (``_pause_to_retry``, random: two instances in step part).
 RECORD_ATTEMPTS = 5
-RECORD_RETRY_PAUSE = timedelta(milliseconds=50)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +123,10 @@ class ChargerConnections(Service):
     still_connected: Callable[[str], Awaitable[None]] | None
     #: A fraction in [0, 1) drawn for each pause before a write is tried again.
     retry_jitter: Callable[[], float]
+    #: The pause before a write that met a change is read and tried again: one for a
+    #: start's and a disconnect's (``ChargingService._pause_to_retry``, random, up to
+    #: ``START_RETRY_PAUSE`` times the attempt), not a copy of it here.
+    _pause_to_retry: Callable[[int], Awaitable[None]]
 
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
@@ -374,34 +378,25 @@ class ChargerConnections(Service):
             guard = ("connection", number)
         elif instance is not None:
             guard = ("connected_instance", instance)
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
+        async def record() -> datetime | None:
             station = await self.station(cp_id)
             if station is None or not station.online:
                 return None
             if guard is not None and getattr(station, guard[0]) != guard[1]:
                 return None  # a newer connection was recorded
-            try:
-                return await self._record_connection(
-                    station, False, guard=guard, outage=stopping or lost is not None,
-                    at=None if lost is None else self._lost_at(station, lost),
-                    heard=heard, last_heard=_later(station.last_seen, last_heard))
-            except Conflict:
-                # Something changed since the read: a newer connection (the station's
-                # guard), or a state interval the write closes, ended meanwhile by the
-                # charger's last status report handled beside its close, or by a
-                # handover (``intervals._close``). Read again: only the first stops
-                # the disconnect (review r27-analytics2: taken for a newer connection,
-                # every such race left the station online until its charger came back).
-                if attempt == RECORD_ATTEMPTS:
-                    raise
-                await self._pause_to_record_again(attempt)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            return await self._record_connection(
+                station, False, guard=guard, outage=stopping or lost is not None,
+                at=None if lost is None else self._lost_at(station, lost),
+                heard=heard, last_heard=_later(station.last_seen, last_heard))
 
-    async def _pause_to_record_again(self, attempt: int) -> None:
-        """The pause before a write that met a change is read and tried again: random,
-        up to ``RECORD_RETRY_PAUSE`` times ``attempt``."""
-        await asyncio.sleep(self.retry_jitter() * attempt
-                            * RECORD_RETRY_PAUSE.total_seconds())
+        # A Conflict: something changed since the read: a newer connection (the
+        # station's guard), or a state interval the write closes, ended meanwhile by the
+        # charger's last status report handled beside its close, or by a handover
+        # (``intervals._close``). Read again (any Conflict, ``codes=None``): only the
+        # first stops the disconnect (review r27-analytics2: taken for a newer
+        # connection, every such race left the station online until its charger came
+        # back). ``retried``'s loop, not a copy of it.
+        return await retried(record, RECORD_ATTEMPTS, codes=None, pause=self._pause_to_retry)
 
     def _lost_at(self, station: Station, lost: Lost) -> datetime:
         """When a connection lost with its process was last known to be there (``Lost``):

@@ -96,6 +96,7 @@ from domain.services.intervals import (
     POINT_STATUSES,
     Books,
     IdleSpan,
+    StoredBooks,
     effective_state,
     finishing,
     idle_times,
@@ -153,7 +154,8 @@ END_ATTEMPTS = 3
 #: How often a StartTransaction (a resend's answer too) reads again whose write met a
 #: change (another start of its card: ``ChargingService._card_free``) before it gives up.
 START_ATTEMPTS = 3
-#: The most a start waits before its n-th read again, times n (``_pause_to_retry``).
+#: The most a start (or a disconnect, a stop's Finishing: ``RECORD_ATTEMPTS``) waits before
+#: its n-th read again, times n (``_pause_to_retry``: the one pause, the one constant).
 START_RETRY_PAUSE = timedelta(milliseconds=50)
 
 #: Stored samples whose increments a late reading moved (``_late_shares``): each as read
@@ -873,6 +875,10 @@ class ChargingService(ChargerConnections):
         # that raced a handover is taken again (its write meets the interval the
         # handover ended). None yet: it records no state (``open_books``).
         books: Books | None = None
+        # The station's books as stored, read once for the report whatever number of its
+        # plugs open their first interval (connector 0: each plug's), and not at all
+        # when taken again: ``fresh`` read the station from the store just now.
+        stored = StoredBooks(self.store, station, books_of(station) if fresh else None)
         telemetry: list[Change] = []
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
@@ -906,7 +912,7 @@ class ChargingService(ChargerConnections):
                         reported_station, plug.connector_id,
                         *effective_state(reported_station, plug.status, plug.error_code),
                         station.online, at, actor, now=self.now(),
-                        ours=self.clocks.ours_at(cp_id, at))
+                        ours=self.clocks.ours_at(cp_id, at), stored=stored)
                     telemetry += recorded.changes
                     books = books or recorded.books  # a point's: its plugs' (all alike)
         else:
@@ -933,12 +939,12 @@ class ChargingService(ChargerConnections):
                 recorded = await record_state(self.store,
                     station, connector_id, *effective_state(station, new_status, error_code),
                     station.online, at, actor, now=self.now(),
-                    ours=self.clocks.ours_at(cp_id, at))
+                    ours=self.clocks.ours_at(cp_id, at), stored=stored)
                 telemetry += recorded.changes
                 books = recorded.books
             # else: an older report arriving late is history, not the current state
         company_id, station_owner_id = books if books is not None else await open_books(
-            self.store, station, connector_id)
+            self.store, station, connector_id, stored)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
@@ -1249,15 +1255,17 @@ class ChargingService(ChargerConnections):
             if identity.stuck and identity.booted is not None else None)
 
     async def _pause_to_retry(self, attempt: int) -> None:
-        """The pause before a start's write that met a change is tried again: random,
-        up to ``START_RETRY_PAUSE`` times ``attempt``. MongoDB's guard is no lock
-        (``Guard``): two starts of one card on two instances, each writing its session
-        and then reading for another, can each meet the other's write in flight, both
-        be rolled back, read again together and meet again; in step, all their attempts
-        failed, both chargers answered an error and no session written (review r26-tx2).
-        Each waiting its own random while, one writes before the other reads, and the
-        other is told ConcurrentTx. SQLite's guard is part of the write: a start that
-        met one reads a session that stays, and is told at once after the pause."""
+        """The pause before a start's write that met a change is tried again: random, up
+        to ``START_RETRY_PAUSE`` times ``attempt``; the one pause of a charger's records
+        (a disconnect's and a stop's Finishing too: ``retried``'s ``pause``). MongoDB's
+        guard is no lock (``Guard``): two starts of one card on two instances, each
+        writing its session and then reading for another, can each meet the other's
+        write in flight, both be rolled back, read again together and meet again; in
+        step, all their attempts failed, both chargers answered an error and no session
+        written (review r26-tx2). Each waiting its own random while, one writes before
+        the other reads, and the other is told ConcurrentTx. SQLite's guard is part of
+        the write: a start that met one reads a session that stays, and is told at once
+        after the pause."""
         await asyncio.sleep(self.retry_jitter() * attempt
                             * START_RETRY_PAUSE.total_seconds())
 
@@ -1940,40 +1948,50 @@ class ChargingService(ChargerConnections):
         leave the connector Charging (review r27-analytics2)."""
         if closed.end_time is None:
             return
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            if attempt > 1:
-                await self._pause_to_record_again(attempt - 1)
+        end_time = closed.end_time
+        tries = 0
+
+        async def mark() -> Connector | None:
+            """One read and write; the connector marked Finishing, or ``None``."""
+            nonlocal station, tries
+            tries += 1
+            if tries > 1:
                 found = await self.station(station.cp_id)  # as stored: online, books
                 if found is None or found.id != station.id:
-                    return
+                    return None
                 station = found
             connector = await self.store.find_one(Connector, all_of(
                 Eq("station_id", station.id), Eq("connector_id", closed.connector_id)))
             if connector is None:
-                return
+                return None
             if await self.store.find_one(Session, all_of(
                     Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
                     Eq("state", SessionState.ACTIVE))) is not None:
-                return
-            changes = await finishing(self.store, station, connector, closed.end_time,
+                return None
+            changes = await finishing(self.store, station, connector, end_time,
                                       charger(station.cp_id),
-                                      self.clocks.ours_at(station.cp_id, closed.end_time),
+                                      self.clocks.ours_at(station.cp_id, end_time),
                                       self.now())
             if not changes:
-                return  # reported meanwhile: the charger's own word stands
-            try:
-                await self.store.write(changes, [])
-            except Conflict:
-                continue
+                return None  # reported meanwhile: the charger's own word stands
+            await self.store.write(changes, [])
+            return connector
+
+        try:
+            # ``retried``'s loop (any Conflict, paused as a disconnect is), not a copy.
+            connector = await retried(mark, RECORD_ATTEMPTS, codes=None,
+                                      pause=self._pause_to_retry)
+        except Conflict:
+            # The stop stands (written and answered); only its Finishing is not.
+            log.warning("%s: connector %s left in its transaction's state after its "
+                        "stop: changed on every try", station.cp_id, closed.connector_id)
+            return
+        if connector is not None:
             await self.publish(ConnectorStatusChanged(
-                **owned_by(station), at=closed.end_time, connector_record_id=connector.id,
+                **owned_by(station), at=end_time, connector_record_id=connector.id,
                 connector_id=connector.connector_id,
                 status=ConnectorStatus.FINISHING.value, error_code=connector.error_code,
                 info=None))
-            return
-        # The stop stands (written and answered); only its Finishing is not.
-        log.warning("%s: connector %s left in its transaction's state after its stop: "
-                    "changed on every try", station.cp_id, closed.connector_id)
 
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
         """The charger's session of ``transaction_id`` (another charger's is none, and so

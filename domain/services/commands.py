@@ -30,6 +30,7 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
+    ChargingRateUnit,
     ConfigurationKey,
     Connector,
     IdTag,
@@ -425,6 +426,19 @@ _LIMIT_KEYS = frozenset(map(folded_key, (LIST_MAX_KEY, SEND_MAX_KEY)))
 #: many periods it takes, and in which units (``Current``, ``Power``).
 MAX_PERIODS_KEY = "ChargingScheduleMaxPeriods"
 ALLOWED_UNITS_KEY = "ChargingScheduleAllowedChargingRateUnit"
+#: The units ``ALLOWED_UNITS_KEY`` names (OCPP 1.6: a comma-separated list).
+_UNIT_NAMES = {"current": ChargingRateUnit.A, "power": ChargingRateUnit.W}
+
+
+def units_named(value: str) -> frozenset[ChargingRateUnit]:
+    """The units an ``ALLOWED_UNITS_KEY`` value names (words in any case, spaces
+    around them ignored); empty when it names none known. The one reading of the
+    setting: the schedule check here and the site's choice of unit (``site_load``)
+    must agree on what a charger takes."""
+    words = (w.strip().lower() for w in value.split(","))
+    return frozenset(_UNIT_NAMES[w] for w in words if w in _UNIT_NAMES)
+
+
 #: How many keys one GetConfiguration may name at the charger (1.6, 9.1.11).
 MAX_KEYS_KEY = "GetConfigurationMaxKeys"
 #: How long a charger that gave no answer to a GetConfiguration of its list limits (a
@@ -604,7 +618,12 @@ class CommandService(Service):
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
-        if action in ("SetChargingProfile", "RemoteStartTransaction"):
+        # Not for the site's own limits (sent as SYSTEM: its share and its fallback):
+        # it picked their unit from these very keys (``allowed_units_of``) and sends
+        # one period, so the check could only read the keys again, once per session
+        # at every site run. People's profiles and remote starts are checked.
+        site_own = action == "SetChargingProfile" and viewer.actor == SYSTEM.actor
+        if action in ("SetChargingProfile", "RemoteStartTransaction") and not site_own:
             await self._check_schedule_fits(station, payload)
         if action == "SendLocalList" and not own_list:
             await self._check_list_fits(viewer, station, payload)
@@ -1603,11 +1622,10 @@ class CommandService(Service):
                 field=f"{where}.chargingSchedulePeriod", code="TOO_MANY")
         allowed = stored.get(folded_key(ALLOWED_UNITS_KEY))
         unit = schedule.get("chargingRateUnit")
-        names = {"A": "current", "W": "power"}
-        if allowed is not None and unit in names:
-            words = {w.strip().lower() for w in allowed.split(",")}
+        if allowed is not None and unit in tuple(ChargingRateUnit):
+            units = units_named(allowed)
             # A value naming neither says nothing the charger can be held to.
-            if words & set(names.values()) and names[unit] not in words:
+            if units and ChargingRateUnit(unit) not in units:
                 other = "A" if unit == "W" else "W"
                 raise ValidationError(
                     f"this charger takes limits in {other} only (its {ALLOWED_UNITS_KEY} "

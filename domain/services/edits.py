@@ -51,16 +51,22 @@ def removal(record: Record) -> Delete:
 
 
 async def retried(operation: Callable[[], Awaitable[T]], attempts: int = EDIT_ATTEMPTS,
-                  codes: tuple[str, ...] = ("CHANGED",)) -> T:
+                  codes: tuple[str, ...] | None = ("CHANGED",), *,
+                  pause: Callable[[int], Awaitable[None]] | None = None) -> T:
     """``operation`` (read, check, write) run again from its read when its write met a
-    change made since (CHANGED, or another of ``codes``), up to ``attempts`` times; then
-    the conflict goes to the caller (a user error on ``id``). Any other error is the
-    operation's answer at once. ``operation`` must write last: what follows a write
-    (events, follow-ups) belongs after this call, so it never runs twice."""
+    change made since (CHANGED, or another of ``codes``; ``None``: any ``Conflict``), up
+    to ``attempts`` times; then the conflict goes to the caller (a user error on ``id``).
+    Any other error is the operation's answer at once. ``operation`` must write last:
+    what follows a write (events, follow-ups) belongs after this call, so it never runs
+    twice. ``pause``: awaited with the attempt's number after each that met a conflict
+    and before the next (a charger's records, where two instances in step would meet
+    again: ``ChargerConnections._pause_to_retry``); none by default (an edit)."""
     for attempt in range(1, attempts + 1):
         try:
             return await operation()
         except Conflict as exc:
-            if exc.code not in codes or attempt == attempts:
+            if (codes is not None and exc.code not in codes) or attempt == attempts:
                 raise
+        if pause is not None:
+            await pause(attempt)
     raise AssertionError("unreachable: the last attempt returns or raises")

@@ -83,7 +83,8 @@ async def next_interval(store: Store, station: Station, connector_id: int,
 async def record_state(store: Store, station: Station, connector_id: int,
                        status: ConnectorStatus, error_code: str, online: bool,
                        at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
-                       ours: datetime | None = None) -> Recorded:
+                       ours: datetime | None = None, stored: StoredBooks | None = None
+                       ) -> Recorded:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
     ``effective_state`` was given: its status is the charge point's during the stretch.
@@ -104,12 +105,13 @@ async def record_state(store: Store, station: Station, connector_id: int,
     was booked to the old company, its time, which cannot start before the open
     interval, to the new). One store read, the open interval, as before; a plug with no
     open interval (its first report, or after ``removeConnector``) reads its station's
-    books from the store too."""
+    books from the store too, through ``stored`` when given (``StoredBooks``: one read
+    for a report's every plug)."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
-    books = await _books(store, current, station)
+    books = await _books(store, current, station, stored)
     recorded = books
     if current is not None:
         if at < current.start:
@@ -134,7 +136,25 @@ async def record_state(store: Store, station: Station, connector_id: int,
     return Recorded(changes, recorded)
 
 
-async def _books(store: Store, before: ConnectorInterval | None, station: Station) -> Books:
+class StoredBooks:
+    """A station's books as stored (``books_of``), read from the store at most once and
+    only when asked: a report of connector 0 records each plug's state (``_books`` of
+    each with no open interval read the same station again, N reads per report), and a
+    report taken again after a conflict read the station from the store already
+    (``known``: its books, no read at all). A station removed meanwhile: as cached."""
+
+    def __init__(self, store: Store, station: Station, known: Books | None = None) -> None:
+        self._store, self._station, self._books = store, station, known
+
+    async def books(self) -> Books:
+        if self._books is None:
+            stored = await self._store.find_one(Station, Eq("id", self._station.id))
+            self._books = books_of(stored if stored is not None else self._station)
+        return self._books
+
+
+async def _books(store: Store, before: ConnectorInterval | None, station: Station,
+                 stored: StoredBooks | None = None) -> Books:
     """Whose books an interval following ``before`` is in: ``before``'s, which a
     handover moved to the new books (``handed_over``), so a copy of the station cached
     from before it (another instance's, until it hears of it) books nothing to the old
@@ -146,11 +166,11 @@ async def _books(store: Store, before: ConnectorInterval | None, station: Statio
     history of no station)."""
     if before is not None:
         return before.company_id, before.station_owner_id
-    stored = await store.find_one(Station, Eq("id", station.id))
-    return books_of(stored if stored is not None else station)
+    return await (stored or StoredBooks(store, station)).books()
 
 
-async def open_books(store: Store, station: Station, connector_id: int) -> Books:
+async def open_books(store: Store, station: Station, connector_id: int,
+                     stored: StoredBooks | None = None) -> Books:
     """The books of ``connector_id``'s open state interval (0: the charge point, any of
     its connectors'), for a status report that records no state (one older than the
     state it has: history only), else its station's as stored (``_books``): one store
@@ -158,7 +178,7 @@ async def open_books(store: Store, station: Station, connector_id: int) -> Books
     plug = Eq("connector_id", connector_id) if connector_id else None
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug, Eq("end", None)))
-    return await _books(store, current, station)
+    return await _books(store, current, station, stored)
 
 
 async def handed_over(store: Store, station: Station, to: Station, actor: Viewer,

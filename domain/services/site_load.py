@@ -82,7 +82,12 @@ from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
-from domain.services.commands import ALLOWED_UNITS_KEY, CommandOutcome, CommandService
+from domain.services.commands import (
+    ALLOWED_UNITS_KEY,
+    CommandOutcome,
+    CommandService,
+    units_named,
+)
 from domain.services.configuration import in_force
 from domain.services.pending_starts import PENDING_START_WINDOW
 from domain.services.site_fallbacks import SiteFallbacks
@@ -124,8 +129,6 @@ LEVEL_UNKNOWN_FOR = timedelta(minutes=10)
 LEVEL_KNOWN_FOR = timedelta(hours=1)
 #: The configuration key saying the highest stack level a charger takes (OCPP 1.6).
 MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
-#: The units ``ALLOWED_UNITS_KEY`` names (OCPP 1.6: a comma-separated list).
-_UNIT_NAMES = {"current": ChargingRateUnit.A, "power": ChargingRateUnit.W}
 
 _ANSWERS = {a.value: a for a in LimitAnswer}
 #: Answers after which the charger surely kept the limit it had (it said no).
@@ -188,9 +191,8 @@ def allowed_units_of(result: dict[str, Any]) -> frozenset[ChargingRateUnit]:
         # Keys are compared without regard to case (OCPP CiString).
         if isinstance(entry, dict) and folded_key(str(entry.get("key", ""))) \
                 == folded_key(ALLOWED_UNITS_KEY):
-            words = str(entry.get("value", "")).split(",")
-            return frozenset(_UNIT_NAMES[w] for w in (w.strip().lower() for w in words)
-                             if w in _UNIT_NAMES)
+            # Read as the schedule check reads the stored key (``units_named``).
+            return units_named(str(entry.get("value", "")))
     return frozenset()
 
 
@@ -1017,8 +1019,7 @@ class SiteLoad(Service):
         for known in found:
             value = in_force(known, booted.get(known.station_id))
             if value is not None:
-                units[known.cp_id] = allowed_units_of({"configurationKey": [
-                    {"key": known.key, "value": value}]})
+                units[known.cp_id] = units_named(value)
         return units
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
