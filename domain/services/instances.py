@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from domain.entities import ConnectorInterval, InstanceLease, Station
-from domain.errors import Conflict, NotFound
+from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Insert
 from domain.query import ALL, Eq, In, Range, all_of
@@ -82,7 +82,19 @@ class InstanceService(Service):
             now = self.now()
             current = await self._lease(instance_id)
             if current is None:
-                break
+                try:
+                    await self.store.write([Insert(stamp_new(
+                        InstanceLease(id=instance_id, host=host, started_at=now,
+                                      expires_at=now + lease,
+                                      serves_chargers=serves_chargers),
+                        SYSTEM, now))], [])
+                except UniqueViolation:
+                    # The other part of this instance started it again meanwhile (both
+                    # found it swept, review r27-durable5): renew that one.
+                    if attempt == RENEW_TRIES - 1:
+                        raise
+                    continue
+                return True
             updates: dict[str, Any] = {"expires_at": max(current.expires_at, now + lease)}
             if serves_chargers and not current.serves_chargers:
                 updates["serves_chargers"] = True
@@ -97,12 +109,7 @@ class InstanceService(Service):
                     raise
                 continue
             return current.expires_at <= now
-        now = self.now()
-        await self.store.write([Insert(stamp_new(
-            InstanceLease(id=instance_id, host=host, started_at=now, expires_at=now + lease,
-                          serves_chargers=serves_chargers),
-            SYSTEM, now))], [])
-        return True
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def lost(self, connections: Mapping[str, int | None]
                    ) -> tuple[list[str], list[str]]:

@@ -3,6 +3,7 @@ only an expired lease as it read it, and a renewal never moves a lease's expiry 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -69,3 +70,37 @@ async def test_a_renewal_never_moves_a_leases_expiry_back(store: Store) -> None:
     after = await service._lease("a" * 24)
     assert after is not None and after.expires_at == longer.expires_at
     assert await store.find_all(InstanceLease, ALL) == [after]
+
+
+async def test_both_parts_renewing_a_swept_lease_at_once_both_renew(store: Store) -> None:
+    """The OCPP server and the webhook delivery of one instance both find its lease swept
+    and start it again: the second renews the first's (review r27-durable5: it failed
+    with a UniqueViolation, skipping that round's upkeep)."""
+    service = instances(store)
+    real_get_many = store.get_many
+    both_read = asyncio.Barrier(2)
+    reads = 0
+
+    async def get_many(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        found = await real_get_many(kind, *args, **kwargs)
+        if kind is InstanceLease and reads < 2:
+            # The lease swept: both parts read it gone before either writes (their
+            # first reads only: a renewal reading again goes on at once).
+            reads += 1
+            async with asyncio.timeout(2):
+                await both_read.wait()
+        return found
+    store.get_many = get_many  # type: ignore[method-assign]
+    try:
+        server, dispatcher = await asyncio.gather(
+            service.renew("a" * 24, "host:1", timedelta(seconds=30)),
+            service.renew("a" * 24, "host:1", timedelta(seconds=30),
+                          serves_chargers=False),
+            return_exceptions=True)
+    finally:
+        store.get_many = real_get_many  # type: ignore[method-assign]
+    assert not isinstance(server, BaseException), f"the server's renewal: {server!r}"
+    assert not isinstance(dispatcher, BaseException), \
+        f"the dispatcher's renewal: {dispatcher!r}"
+    assert len(await store.find_all(InstanceLease, ALL)) == 1
