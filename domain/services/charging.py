@@ -1528,12 +1528,16 @@ class ChargingService(ChargerConnections):
             guards.append(Guard(IdTag, Eq("tag", presented), exists=False))
         elif info.status == "Accepted" and session.state is SessionState.ACTIVE:
             guards.append(self._card_free(session))
-            # Accepted on the card read: only while it is still on record. A removal
-            # landing between that read and this write left an ACTIVE session billed
-            # on a card that was gone (review r27-accounts2); refused, the start reads
-            # again and is told Invalid. The removal is guarded the other way
-            # (``FleetService._remove_id_tag``: no session holding the card).
-            guards.append(Guard(IdTag, Eq("id", id_tag_record.id)))
+            # Accepted on the card read: only while it is still on record, unchanged
+            # (its ``updated_at``). A removal landing between that read and this write
+            # left an ACTIVE session billed on a card that was gone (review
+            # r27-accounts2), a block (or an expiry moved into the past) one holding a
+            # blocked card, the charger told Accepted (review r27-accounts4); refused,
+            # the start reads again and is judged on the card as it is now. The
+            # removal is guarded the other way (``FleetService._remove_id_tag``: no
+            # session holding the card).
+            guards.append(Guard(IdTag, all_of(
+                Eq("id", id_tag_record.id), Eq("updated_at", id_tag_record.updated_at))))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)
