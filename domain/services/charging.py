@@ -1311,20 +1311,23 @@ class ChargingService(ChargerConnections):
         this write as well and been rolled back, and the card be free (review r26-tx2:
         it was told ConcurrentTx at once, the charger stopping what it charged while no
         session held the card). Told ConcurrentTx when its last attempt still met one.
-        One refused that its card as read now would accept, but that card is not the
-        one it was judged on (not its holder's: a tag refused Invalid issued since, or
-        issued again to another driver), is answered as recorded at once: its write's
-        guard (``_answered``) could never hold, and it was tried three times and told
-        ConcurrentTx while no transaction held the card (review r27-accounts3)."""
+        One refused whose card as read now is not the one it was judged on (another
+        holder's: a tag refused Invalid issued since, or issued again to another
+        driver) is answered as recorded at once, that card not judged at all, whatever
+        its status: Accepted, its write's guard (``_answered``) could never hold, and it
+        was tried three times and told ConcurrentTx while no transaction held the card
+        (review r27-accounts3); else the charger was told another driver's card's
+        status, Blocked for an Invalid start (review r27-accounts4). One whose card is
+        on record no more is judged (Invalid): no one else's status is told."""
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
+            if session.start_refused is not None and card is not None \
+                    and card.user_id != session.user_id:
+                return recorded_answer(session)
             info = await self.authorize_start(
                 station.cp_id, presented, (session.id,),
                 before=session.transaction_id if session.start_refused is None else None,
                 card=(card,))
-            if session.start_refused is not None and info.status == "Accepted" and (
-                    card is None or card.user_id != session.user_id):
-                return recorded_answer(session)
             answered = await self._answered(station, session, info)
             if answered is not None:
                 return answered[1]

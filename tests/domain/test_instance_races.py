@@ -674,6 +674,32 @@ async def test_a_card_blocked_inside_a_start_is_not_accepted(
     await two.b.fleet.settled()
 
 
+async def test_a_resend_of_an_invalid_start_after_its_tag_is_issued_and_blocked_is_told_invalid(
+        two: Instances) -> None:
+    """A start of an unknown tag is refused Invalid (a session of no one's). The tag is
+    then issued to a driver, who blocks it (lost), and the charger resends the start. The
+    card is not the one the session was judged on (none), so whatever its status the
+    resend is told the refusal recorded (Invalid), never that other driver's card's
+    status (review r27-accounts4: it was told Blocked)."""
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    charging = two.b.charging
+    tx, first = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
+    assert first.status == "Invalid"
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="tina@example.com", password="pw-12345678", name="Tina",
+        role=d.Role.DRIVER)
+    card = await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    await two.a.fleet.update_id_tag(Viewer.of(driver), card.id,
+                                    status=d.IdTagStatus.BLOCKED)
+    again, told = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
+    assert again == tx
+    [session] = await sessions(two.store)
+    assert (session.start_refused, session.user_id) == ("Invalid", None)
+    assert told.status == "Invalid", told.status
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
 async def test_a_card_removed_after_an_edit_meanwhile_is_audited_as_it_was(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator reads a card to remove it; another sets its expiry before the
