@@ -1311,20 +1311,23 @@ class ChargingService(ChargerConnections):
         this write as well and been rolled back, and the card be free (review r26-tx2:
         it was told ConcurrentTx at once, the charger stopping what it charged while no
         session held the card). Told ConcurrentTx when its last attempt still met one.
-        One refused that its card as read now would accept, but that card is not the
-        one it was judged on (not its holder's: a tag refused Invalid issued since, or
-        issued again to another driver), is answered as recorded at once: its write's
-        guard (``_answered``) could never hold, and it was tried three times and told
-        ConcurrentTx while no transaction held the card (review r27-accounts3)."""
+        One refused whose card as read now is not the one it was judged on (another
+        holder's: a tag refused Invalid issued since, or issued again to another
+        driver) is answered as recorded at once, that card not judged at all, whatever
+        its status: Accepted, its write's guard (``_answered``) could never hold, and it
+        was tried three times and told ConcurrentTx while no transaction held the card
+        (review r27-accounts3); else the charger was told another driver's card's
+        status, Blocked for an Invalid start (review r27-accounts4). One whose card is
+        on record no more is judged (Invalid): no one else's status is told."""
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
+            if session.start_refused is not None and card is not None \
+                    and card.user_id != session.user_id:
+                return recorded_answer(session)
             info = await self.authorize_start(
                 station.cp_id, presented, (session.id,),
                 before=session.transaction_id if session.start_refused is None else None,
                 card=(card,))
-            if session.start_refused is not None and info.status == "Accepted" and (
-                    card is None or card.user_id != session.user_id):
-                return recorded_answer(session)
             answered = await self._answered(station, session, info)
             if answered is not None:
                 return answered[1]
@@ -1528,12 +1531,16 @@ class ChargingService(ChargerConnections):
             guards.append(Guard(IdTag, Eq("tag", presented), exists=False))
         elif info.status == "Accepted" and session.state is SessionState.ACTIVE:
             guards.append(self._card_free(session))
-            # Accepted on the card read: only while it is still on record. A removal
-            # landing between that read and this write left an ACTIVE session billed
-            # on a card that was gone (review r27-accounts2); refused, the start reads
-            # again and is told Invalid. The removal is guarded the other way
-            # (``FleetService._remove_id_tag``: no session holding the card).
-            guards.append(Guard(IdTag, Eq("id", id_tag_record.id)))
+            # Accepted on the card read: only while it is still on record, unchanged
+            # (its ``updated_at``). A removal landing between that read and this write
+            # left an ACTIVE session billed on a card that was gone (review
+            # r27-accounts2), a block (or an expiry moved into the past) one holding a
+            # blocked card, the charger told Accepted (review r27-accounts4); refused,
+            # the start reads again and is judged on the card as it is now. The
+            # removal is guarded the other way (``FleetService._remove_id_tag``: no
+            # session holding the card).
+            guards.append(Guard(IdTag, all_of(
+                Eq("id", id_tag_record.id), Eq("updated_at", id_tag_record.updated_at))))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)

@@ -649,6 +649,57 @@ async def test_a_resend_of_an_invalid_start_after_its_card_is_issued_is_told_inv
     await two.b.fleet.settled()
 
 
+async def test_a_card_blocked_inside_a_start_is_not_accepted(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's start reads the card (Accepted); A's operator blocks it (a lost card) while B
+    reads the plug, before B writes the start. The Accepted write is guarded on the card
+    unchanged as read: it trips, the start reads again and is told Blocked, recorded
+    refused (review r27-accounts4: only the card's existence was guarded, and the
+    charger was told Accepted, an ACTIVE billed session holding a blocked card that the
+    block's withdrawal had run before and not seen)."""
+    boss, _, _, card = await fleet_of(two)
+    charging = two.b.charging
+    monkeypatch.setattr(charging, "_connector", once(
+        lambda: two.a.fleet.update_id_tag(Viewer.of(boss), card.id,
+                                          status=d.IdTagStatus.BLOCKED),
+        charging._connector))
+    _, told = await charging.start_transaction(
+        CP, 1, card.tag, 0, datetime.now(UTC).replace(microsecond=0))
+    [stored] = await two.store.get_many(d.IdTag, [card.id])
+    assert stored is not None and stored.status is d.IdTagStatus.BLOCKED
+    [session] = await sessions(two.store)
+    assert told.status == "Blocked", (told.status, session.start_refused)
+    assert session.start_refused == "Blocked"
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
+async def test_a_resend_of_an_invalid_start_after_its_tag_is_issued_and_blocked_is_told_invalid(
+        two: Instances) -> None:
+    """A start of an unknown tag is refused Invalid (a session of no one's). The tag is
+    then issued to a driver, who blocks it (lost), and the charger resends the start. The
+    card is not the one the session was judged on (none), so whatever its status the
+    resend is told the refusal recorded (Invalid), never that other driver's card's
+    status (review r27-accounts4: it was told Blocked)."""
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    charging = two.b.charging
+    tx, first = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
+    assert first.status == "Invalid"
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="tina@example.com", password="pw-12345678", name="Tina",
+        role=d.Role.DRIVER)
+    card = await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    await two.a.fleet.update_id_tag(Viewer.of(driver), card.id,
+                                    status=d.IdTagStatus.BLOCKED)
+    again, told = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
+    assert again == tx
+    [session] = await sessions(two.store)
+    assert (session.start_refused, session.user_id) == ("Invalid", None)
+    assert told.status == "Invalid", told.status
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
 async def test_a_card_removed_after_an_edit_meanwhile_is_audited_as_it_was(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator reads a card to remove it; another sets its expiry before the
