@@ -29,6 +29,7 @@ from domain.currencies import major_units, price_shown, rate_shown
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort, all_of
+from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import IdleSpan
@@ -1153,7 +1154,9 @@ class Session(Node, Audited):
     @strawberry.field(description=(
         "An estimate of what an ACTIVE session costs so far: its tariff's price of the "
         "energy metered up to now, of its duration up to now (on the session's own "
-        "timeline) and of its idle time so far, tax included. Not what will be billed: "
+        "timeline; a session a restore brought back open and not heard of since: up to "
+        "its last reading, where any close bills it) and of its idle time so far, tax "
+        "included. Not what will be billed: "
         "that is `cost`, when it ends. Null for other states and when no tariff prices "
         "the session."))
     def estimated_cost(self, info: Info) -> Money | None:
@@ -1163,8 +1166,12 @@ class Session(Node, Audited):
         ctx = _ctx(info)
         now = ctx.now
         # Ends where endSession would bill it (``Session.billed_end``): a charger clock
-        # set right since the start does not estimate years.
-        end = r.billed_end(r.now_on_timeline(now), now)
+        # set right since the start does not estimate years; a session a restore brought
+        # back open, unheard since, at its last reading, as any close bills it
+        # (``end_without_stop``; review r27-restore2: it estimated hours no close bills).
+        end = last_known(r, r.open_at_restore) \
+            if unheard_since_restore(r) and r.open_at_restore is not None \
+            else r.billed_end(r.now_on_timeline(now), now)
         return _pricing_tariff(  # type: ignore[no-any-return]
             ctx, r, lambda tariff, _shown: _estimate(ctx, r, tariff, end))
 
