@@ -370,6 +370,33 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
         (None, 2.0, 2.0, 2.0, 1.0)]
 
 
+async def test_a_removed_plug_has_no_rows_in_the_buckets_after_its_removal(
+        history: History) -> None:
+    """R1's plug 2 removed at 16:00, plug 1 available all along. Asked hour by hour
+    15:00 -> 19:00, a bucket after the removal reads as that hour asked alone: plug 1
+    alone, 100 % available (README: "a plug removed by anyone keeps its rows of the
+    windows it was there in, none after"); the removed plug has a row only in the bucket
+    it was there in, and the whole window counts only its time there, so the buckets
+    add up to it (review r27-analytics4: a zero row in every bucket after, 50 %)."""
+    station, connectors = await two_plug_station(history)
+    analytics, admin = history.services.analytics, history.viewer("admin")
+    r1 = Scope(cp_ids=("R1",))
+    history.clock.now = at_31(16)
+    await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
+    history.clock.now = at_31(19)
+    alone = figures(await analytics.availability(admin, r1, at_31(17), at_31(18), False))
+    assert alone == [(None, 1.0, 1.0, 1.0, 1.0)]
+    hourly = await analytics.availability(admin, r1, at_31(15), at_31(19), False,
+                                          Bucket.HOUR)
+    by_hour = {r.start: figures([r])[0] for r in hourly}
+    assert by_hour[at_31(17)] == alone[0], by_hour
+    per_plug = await analytics.availability(admin, r1, at_31(15), at_31(19), True,
+                                            Bucket.HOUR)
+    assert {r.start for r in per_plug if r.connector_id == 2} == {at_31(15)}
+    whole = figures(await analytics.availability(admin, r1, at_31(15), at_31(19), False))
+    assert whole == [(None, 5.0, 5.0, 5.0, 1.0)]  # plug 1's 4 hours, plug 2's 1
+
+
 async def overlapping_sessions_on_r1(history: History) -> None:
     """``two_plug_station``, and R1's first connector a second session stamped 14:30 →
     15:10 after the first (14:00 → 15:00) stopped (the charger's clock stepped back half
@@ -653,13 +680,16 @@ async def test_a_station_handed_over_counts_for_its_new_company_from_the_handove
         (1, "GroundFailure", 0.25)]
     # And the sessions stay in A's books: A's energy is the two kWh it charged, and A
     # keeps its occupancy, charging and fault there up to the handover, as an admin
-    # asking for A's figures reads them.
+    # asking for A's figures reads them: of the three hours it ran the station (its
+    # window; the hour after the handover is no row of A's, review r27-analytics4).
     op_a = history.viewer("op_a")
     trend = await analytics.energy_trend(op_a, r1, *window, Bucket.DAY)
     assert sum(x.energy_wh for x in trend) == 2000
     for viewer, scope in ((op_a, r1), (admin, Scope(cp_ids=("R1",), company_id=a))):
         assert figures(await analytics.utilization(viewer, scope, *window, True)) == [
-            (1, 4.0, 1.0, 1.0, 0.25), (2, 4.0, 1.0, 1.0, 0.25)]
+            (1, 3.0, 1.0, 1.0, 1 / 3), (2, 3.0, 1.0, 1.0, 1 / 3)]
+        hours = await analytics.utilization(viewer, scope, *window, False, Bucket.HOUR)
+        assert [r.start for r in hours] == [at_31(13), at_31(14), at_31(15)]
         assert [(g.connector_id, g.error_code, g.count, g.open) for g in
                 await analytics.fault_reports(viewer, scope, *window)] == [
             (1, "GroundFailure", 2, False)]
