@@ -100,7 +100,7 @@ from domain.services.intervals import (
     effective_state,
     finishing,
     idle_times,
-    open_books,
+    late_books,
     rebase_intervals,
     record_state,
 )
@@ -873,7 +873,8 @@ class ChargingService(ChargerConnections):
         # The report goes in the books of the state interval its state is recorded in
         # (``record_state``), whatever this instance's cached station says: a report
         # that raced a handover is taken again (its write meets the interval the
-        # handover ended). None yet: it records no state (``open_books``).
+        # handover ended). None yet: it records no state (``late_books``: the books of
+        # the interval its stamp falls in).
         books: Books | None = None
         # The station's books as stored, read once for the report whatever number of its
         # plugs open their first interval (connector 0: each plug's), and not at all
@@ -943,8 +944,8 @@ class ChargingService(ChargerConnections):
                 telemetry += recorded.changes
                 books = recorded.books
             # else: an older report arriving late is history, not the current state
-        company_id, station_owner_id = books if books is not None else await open_books(
-            self.store, station, connector_id, stored)
+        company_id, station_owner_id = books if books is not None else await late_books(
+            self.store, station, connector_id, at, stored)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,

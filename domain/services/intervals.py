@@ -169,15 +169,24 @@ async def _books(store: Store, before: ConnectorInterval | None, station: Statio
     return await (stored or StoredBooks(store, station)).books()
 
 
-async def open_books(store: Store, station: Station, connector_id: int,
+async def late_books(store: Store, station: Station, connector_id: int, at: datetime,
                      stored: StoredBooks | None = None) -> Books:
-    """The books of ``connector_id``'s open state interval (0: the charge point, any of
-    its connectors'), for a status report that records no state (one older than the
-    state it has: history only), else its station's as stored (``_books``): one store
-    read, as ``record_state``'s."""
+    """The books of a status report that records no state (one older than the state it
+    has: history only), stamped ``at``: those of ``connector_id``'s state interval its
+    stamp falls in on the charger's timeline (0: the charge point, any of its
+    connectors'), so a report stamped before a handover but received after it stays in
+    the former company's books (review r27-analytics4: the open interval's books gave
+    the new company a fault of before it had the station). Stamped before all of that
+    history: the open interval's books, else its station's as stored (``_books``). One
+    store read more than ``record_state``'s, only for such late reports."""
     plug = Eq("connector_id", connector_id) if connector_id else None
-    current = await store.find_one(ConnectorInterval, all_of(
-        Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug, Eq("end", None)))
+    where = all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug)
+    found = await store.find_all(ConnectorInterval, all_of(
+        where, Range("start", lte=at), any_of(Eq("end", None), Range("end", gt=at))),
+        (Sort("start", descending=True),), limit=1)
+    if found:
+        return found[0].company_id, found[0].station_owner_id
+    current = await store.find_one(ConnectorInterval, all_of(where, Eq("end", None)))
     return await _books(store, current, station, stored)
 
 

@@ -1010,6 +1010,28 @@ async def test_a_new_plug_s_first_report_through_a_cache_not_told_of_a_handover_
     assert await _faults_r9(history, "op_b") == [(2, "GroundFailure", 1, 0.5)]
 
 
+async def test_a_late_report_stamped_before_a_handover_stays_in_the_former_books(
+        history: History) -> None:
+    """R9 (A's) reports Available at 15:00; A hands it to B at 16:00; at 16:30 a
+    GroundFailure the charger stamped 14:30 arrives late (older than the state it has:
+    history only, it records no state). It is in the books of the interval its stamp
+    falls in on the charger's timeline, A's: B reads no fault of before it had R9, and
+    A keeps its own (review r27-analytics4: it took the open interval's books, B's)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(15)
+    await charging.status_notification("R9", 1, "Available", "NoError",
+                                       timestamp=at_31(15))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(16, 30)
+    await charging.status_notification("R9", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(14, 30))
+    history.clock.now = at_31(17)
+    assert await _faults_r9(history, "op_b") == []
+    assert [g[:3] for g in await _faults_r9(history, "op_a")] == [(1, "GroundFailure", 1)]
+
+
 async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_recorded_in(
         history: History) -> None:
     """R9 online, clocks alike. The charger reports GroundFailure stamped 15:59:50; the
@@ -1032,9 +1054,10 @@ async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_rec
 async def test_a_status_report_reads_no_more_than_its_connector_and_open_interval(
         history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hot path: a StatusNotification of a known plug, its station cached, reads the
-    store twice (its connector, its open state interval), a change, a repeat or a late
-    one alike: its books come from the interval it reads anyway (review r27-analytics3:
-    two more reads booked it by its stamp)."""
+    store twice (its connector, its open state interval), a change or a repeat alike:
+    its books come from the interval it reads anyway (review r27-analytics3: two more
+    reads booked it by its stamp). A late one (history only) reads the interval its
+    stamp falls in instead, whose books it takes (review r27-analytics4)."""
     await _r9(history, timedelta(0))
     store = history.services.ctx.store
     reads: list[str] = []
@@ -1059,8 +1082,9 @@ async def test_a_status_report_reads_no_more_than_its_connector_and_open_interva
         history.clock.now = at_31(16, 3)
         await history.services.charging.status_notification(
             "R9", 1, status, "NoError", timestamp=at_31(16, minute))
-        assert sorted(reads) == ["find_one Connector", "find_one ConnectorInterval"], (
-            minute, reads)
+        interval = "find_all" if minute == 1 else "find_one"  # late: the one at its stamp
+        assert sorted(reads) == sorted(["find_one Connector", f"{interval} ConnectorInterval"]
+                                       ), (minute, reads)
     events = await store.find_all(d.StatusEvent, Eq("cp_id", "R9"), limit=10)
     assert {e.company_id for e in events} == {history.users["op_a"].company_id}
 
