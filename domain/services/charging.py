@@ -953,12 +953,17 @@ class ChargingService(ChargerConnections):
                             info=info, vendor_error_code=vendor_error_code, at=reported,
                             company_id=company_id, station_owner_id=station_owner_id)
         telemetry.insert(0, InsertIfAbsent(stamp_new(event, actor, reported)))
+        # A plug new here is written only while its station is there: a removal on
+        # another instance between this report's read and its write left a connector of
+        # no station, its state interval open for good (review s21). A plug's first
+        # interval only while its station is in the books it took (``StoredBooks.guard``):
+        # a handover meanwhile rolled over no interval of it (review r27-analytics4).
+        guards = [Guard(Station, Eq("id", station.id))] if audited else []
+        in_books = stored.guard()
+        if in_books is not None:
+            guards.append(in_books)
         try:
-            # A plug new here is written only while its station is there: a removal on
-            # another instance between this report's read and its write left a
-            # connector of no station, its state interval open for good (review s21).
-            await self.commit(actor, audited, unaudited=telemetry, guards=[
-                Guard(Station, Eq("id", station.id))] if audited else [])
+            await self.commit(actor, audited, unaudited=telemetry, guards=guards)
         except Conflict:
             await self._still_registered(cp_id)  # gone: an unknown charge point
             raise

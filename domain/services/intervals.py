@@ -19,9 +19,9 @@ from domain.entities import (
 )
 from domain.ids import new_id
 from domain.policy import Viewer
-from domain.ports import Change, Insert, Store
+from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
-from domain.services.base import books_of, charger, patch, stamp_new
+from domain.services.base import books_of, charger, patch, stamp_new, still_in_books
 
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
@@ -141,16 +141,28 @@ class StoredBooks:
     only when asked: a report of connector 0 records each plug's state (``_books`` of
     each with no open interval read the same station again, N reads per report), and a
     report taken again after a conflict read the station from the store already
-    (``known``: its books, no read at all). A station removed meanwhile: as cached."""
+    (``known``: its books, no read at all). A station removed meanwhile: as cached.
+    Once asked, its ``guard`` keeps the write to those books (``still_in_books`` of the
+    station they were read from): a handover landing between the read and the write
+    rolls over only open intervals, not a plug's first one, which kept the old books for
+    good (review r27-analytics4); it fails the write, taken again (``Conflict``)."""
 
     def __init__(self, store: Store, station: Station, known: Books | None = None) -> None:
         self._store, self._station, self._books = store, station, known
+        self._asked = False
 
     async def books(self) -> Books:
+        self._asked = True
         if self._books is None:
             stored = await self._store.find_one(Station, Eq("id", self._station.id))
-            self._books = books_of(stored if stored is not None else self._station)
+            if stored is not None:
+                self._station = stored
+            self._books = books_of(self._station)
         return self._books
+
+    def guard(self) -> Guard | None:
+        """The write's guard on the books read, once they were (else None)."""
+        return still_in_books(self._station) if self._asked else None
 
 
 async def _books(store: Store, before: ConnectorInterval | None, station: Station,

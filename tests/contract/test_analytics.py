@@ -12,6 +12,7 @@ import pytest
 
 import domain.services.charger_connections as connections
 import domain.services.charging as charging_module
+import domain.services.intervals as intervals
 from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
@@ -378,7 +379,7 @@ async def test_a_removed_plug_has_no_rows_in_the_buckets_after_its_removal(
     windows it was there in, none after"); the removed plug has a row only in the bucket
     it was there in, and the whole window counts only its time there, so the buckets
     add up to it (review r27-analytics4: a zero row in every bucket after, 50 %)."""
-    station, connectors = await two_plug_station(history)
+    _, connectors = await two_plug_station(history)
     analytics, admin = history.services.analytics, history.viewer("admin")
     r1 = Scope(cp_ids=("R1",))
     history.clock.now = at_31(16)
@@ -1030,6 +1031,43 @@ async def test_a_late_report_stamped_before_a_handover_stays_in_the_former_books
     history.clock.now = at_31(17)
     assert await _faults_r9(history, "op_b") == []
     assert [g[:3] for g in await _faults_r9(history, "op_a")] == [(1, "GroundFailure", 1)]
+
+
+async def test_a_new_plug_s_first_report_racing_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances: one handles plug 2's first report (no open interval: it reads R9's
+    books as stored, A's), the other commits the handover to B before that report's
+    write. The handover rolls over only open intervals (plug 2 has none yet), so the
+    write is guarded on the station's books as read (``still_in_books``): it fails, and
+    the report, taken again, books plug 2's first interval (and so every later one) to
+    B (review r27-analytics4: A's for good)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    real = intervals.StoredBooks.books
+    raced: list[bool] = []
+
+    async def books(self: Any) -> Any:
+        found = await real(self)
+        if not raced:  # the other instance's handover lands between read and write
+            raced.append(True)
+            await history.services.stations.update_station(SYSTEM, station_id,
+                                                           company_id=b)
+        return found
+
+    monkeypatch.setattr(intervals.StoredBooks, "books", books)
+    history.clock.now = at_31(16)
+    await charging.status_notification("R9", 2, "Faulted", "GroundFailure",
+                                       timestamp=at_31(16))
+    assert raced
+    history.clock.now = at_31(16, 30)
+    await charging.status_notification("R9", 2, "Available", "NoError",
+                                       timestamp=at_31(16, 30))  # B's station now
+    history.clock.now = at_31(17)
+    assert await _faults_r9(history, "op_a") == []
+    assert await _faults_r9(history, "op_b") == [(2, "GroundFailure", 1, 0.5)]
+    rows = await history.services.analytics.availability(
+        history.viewer("op_b"), Scope(cp_ids=("R9",)), at_31(16), at_31(17), True)
+    assert {r.connector_id: r.second_seconds / H for r in rows}.get(2) == 1.0
 
 
 async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_recorded_in(
