@@ -144,9 +144,10 @@ _WINDOW = ("The window up to now (its end, or the present if earlier), once per 
 _START = ("With `bucket`: the bucket's start (UTC instant of the local hour, midnight, "
           "Monday or month start); its window is the bucket's part of `from`..`to` up to "
           "now. Null without `bucket`.")
-_ROWS = ("A row per connector the station has now, and per connector removed since with "
-         "history in the window (its seconds at most the window), or per station the sum "
-         "of those rows. "
+_ROWS = ("A row per connector the station has now, and per connector removed since (or "
+         "of a station handed away) with history in the viewer's books in the window: "
+         "its window only that time there, none where it has none; or per station the "
+         "sum of those rows. "
          "With `bucket` (aligned in `timeZone`, IANA), those rows per bucket, each capped "
          "to its bucket, ordered by station and connector, then time; at most 10,000 rows "
          "(TOO_MANY).")

@@ -421,11 +421,12 @@ class _Span:
 @dataclass(frozen=True, slots=True)
 class _Plug:
     """A connector a share row is of (``AnalyticsService._connectors``): one that
-    exists, or one known from the state history in the viewer's books."""
+    exists (``current``), or one known from the state history in the viewer's books."""
 
     station_id: str
     cp_id: str
     connector_id: int
+    current: bool = True
 
 
 #: A group of a grouped trend: (station id, cp id) or (station id, cp id, connector id);
@@ -597,7 +598,8 @@ class AnalyticsService(Service):
         a removed connector keeps its rows of the time it was there, also on a station
         handed back since (review r27-analytics3: a plug the other company removed lost
         the figures of the first period); a station handed away before the window has no
-        row (zeros read as measured). Drivers and the
+        row (zeros read as measured). A connector known from history only has rows
+        only where that history overlaps (``_rows``). Drivers and the
         public map see every connector's live status but no station's history; a row
         for them would read 0 seconds available or charging as if measured, so they get
         no row, as a hidden record reads like a missing one."""
@@ -611,25 +613,36 @@ class AnalyticsService(Service):
                 ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                     scope.history(), _overlapping("start", "end", lo, hi))),
                 [*PER_CONNECTOR, ByField("cp_id")], {"n": Count()}):
-            plugs.setdefault((row["g0"], row["g1"]), _Plug(row["g0"], row["g2"], row["g1"]))
+            plugs.setdefault((row["g0"], row["g1"]),
+                             _Plug(row["g0"], row["g2"], row["g1"], current=False))
         return list(plugs.values())
 
     @staticmethod
     def _rows(connectors: list[_Plug], by_connector: bool, window: float,
               first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float],
-              bucket: datetime | None = None) -> list[ShareRow]:
+              bucket: datetime | None = None,
+              there: dict[tuple[Any, ...], float] | None = None) -> list[ShareRow]:
         """A row per connector (``_connectors``), or per station the sum of its
         connectors' rows, so the two add up and a station's share is the mean of its
         connectors'. The store sums per connector; a connector counts at most the whole
         window, also when its records overlap (sessions of a charger whose clock stepped
-        back)."""
+        back). A connector known from history only (removed, or of a station the viewer
+        no longer runs) has a row only where its history in the viewer's books overlaps
+        the window (``there``: those seconds), and only that part is its window: a plug
+        removed at 16:00 has no row, and drags no share, in a bucket after it, and the
+        buckets add up to the whole window (review r27-analytics4)."""
         rows = []
         for c in connectors:
             key = (c.station_id, c.connector_id)
+            span = window
+            if not c.current:
+                span = min((there or {}).get(key, 0.0), window)
+                if span <= 0:
+                    continue
             rows.append(ShareRow(station_id=c.station_id, cp_id=c.cp_id,
-                                 connector_id=c.connector_id, window_seconds=window,
-                                 first_seconds=min(first.get(key, 0.0), window),
-                                 second_seconds=min(second.get(key, 0.0), window),
+                                 connector_id=c.connector_id, window_seconds=span,
+                                 first_seconds=min(first.get(key, 0.0), span),
+                                 second_seconds=min(second.get(key, 0.0), span),
                                  start=bucket))
         if not by_connector:
             rows = _per_station(rows)
@@ -688,9 +701,15 @@ class AnalyticsService(Service):
             budget.spend(len(spans) * (groups - 1))
         firsts = await self._overlaps(viewer, *first, spans)
         seconds = await self._overlaps(viewer, *second, spans)
-        rows = [row for span, a, b in zip(spans, firsts, seconds, strict=True)
+        # Where the connectors known from history only were there (one more aggregate,
+        # only when there are any).
+        theres: list[dict[tuple[Any, ...], float]] = [{} for _ in spans]
+        if not all(c.current for c in connectors):
+            theres = await self._overlaps(viewer, ConnectorInterval, scope.history(),
+                                          TIMES[ConnectorInterval], spans)
+        rows = [row for span, a, b, there in zip(spans, firsts, seconds, theres, strict=True)
                 for row in self._rows(connectors, by_connector, span.elapsed, a, b,
-                                      span.bucket)]
+                                      span.bucket, there)]
         # Stable: each connector's (station's) buckets stay in time order.
         return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
 

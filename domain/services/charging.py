@@ -100,7 +100,7 @@ from domain.services.intervals import (
     effective_state,
     finishing,
     idle_times,
-    open_books,
+    late_books,
     rebase_intervals,
     record_state,
 )
@@ -873,7 +873,8 @@ class ChargingService(ChargerConnections):
         # The report goes in the books of the state interval its state is recorded in
         # (``record_state``), whatever this instance's cached station says: a report
         # that raced a handover is taken again (its write meets the interval the
-        # handover ended). None yet: it records no state (``open_books``).
+        # handover ended). None yet: it records no state (``late_books``: the books of
+        # the interval its stamp falls in).
         books: Books | None = None
         # The station's books as stored, read once for the report whatever number of its
         # plugs open their first interval (connector 0: each plug's), and not at all
@@ -943,8 +944,8 @@ class ChargingService(ChargerConnections):
                 telemetry += recorded.changes
                 books = recorded.books
             # else: an older report arriving late is history, not the current state
-        company_id, station_owner_id = books if books is not None else await open_books(
-            self.store, station, connector_id, stored)
+        company_id, station_owner_id = books if books is not None else await late_books(
+            self.store, station, connector_id, at, stored)
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
@@ -952,12 +953,17 @@ class ChargingService(ChargerConnections):
                             info=info, vendor_error_code=vendor_error_code, at=reported,
                             company_id=company_id, station_owner_id=station_owner_id)
         telemetry.insert(0, InsertIfAbsent(stamp_new(event, actor, reported)))
+        # A plug new here is written only while its station is there: a removal on
+        # another instance between this report's read and its write left a connector of
+        # no station, its state interval open for good (review s21). A plug's first
+        # interval only while its station is in the books it took (``StoredBooks.guard``):
+        # a handover meanwhile rolled over no interval of it (review r27-analytics4).
+        guards = [Guard(Station, Eq("id", station.id))] if audited else []
+        in_books = stored.guard()
+        if in_books is not None:
+            guards.append(in_books)
         try:
-            # A plug new here is written only while its station is there: a removal on
-            # another instance between this report's read and its write left a
-            # connector of no station, its state interval open for good (review s21).
-            await self.commit(actor, audited, unaudited=telemetry, guards=[
-                Guard(Station, Eq("id", station.id))] if audited else [])
+            await self.commit(actor, audited, unaudited=telemetry, guards=guards)
         except Conflict:
             await self._still_registered(cp_id)  # gone: an unknown charge point
             raise

@@ -19,9 +19,9 @@ from domain.entities import (
 )
 from domain.ids import new_id
 from domain.policy import Viewer
-from domain.ports import Change, Insert, Store
+from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
-from domain.services.base import books_of, charger, patch, stamp_new
+from domain.services.base import books_of, charger, patch, stamp_new, still_in_books
 
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
@@ -141,16 +141,28 @@ class StoredBooks:
     only when asked: a report of connector 0 records each plug's state (``_books`` of
     each with no open interval read the same station again, N reads per report), and a
     report taken again after a conflict read the station from the store already
-    (``known``: its books, no read at all). A station removed meanwhile: as cached."""
+    (``known``: its books, no read at all). A station removed meanwhile: as cached.
+    Once asked, its ``guard`` keeps the write to those books (``still_in_books`` of the
+    station they were read from): a handover landing between the read and the write
+    rolls over only open intervals, not a plug's first one, which kept the old books for
+    good (review r27-analytics4); it fails the write, taken again (``Conflict``)."""
 
     def __init__(self, store: Store, station: Station, known: Books | None = None) -> None:
         self._store, self._station, self._books = store, station, known
+        self._asked = False
 
     async def books(self) -> Books:
+        self._asked = True
         if self._books is None:
             stored = await self._store.find_one(Station, Eq("id", self._station.id))
-            self._books = books_of(stored if stored is not None else self._station)
+            if stored is not None:
+                self._station = stored
+            self._books = books_of(self._station)
         return self._books
+
+    def guard(self) -> Guard | None:
+        """The write's guard on the books read, once they were (else None)."""
+        return still_in_books(self._station) if self._asked else None
 
 
 async def _books(store: Store, before: ConnectorInterval | None, station: Station,
@@ -169,15 +181,24 @@ async def _books(store: Store, before: ConnectorInterval | None, station: Statio
     return await (stored or StoredBooks(store, station)).books()
 
 
-async def open_books(store: Store, station: Station, connector_id: int,
+async def late_books(store: Store, station: Station, connector_id: int, at: datetime,
                      stored: StoredBooks | None = None) -> Books:
-    """The books of ``connector_id``'s open state interval (0: the charge point, any of
-    its connectors'), for a status report that records no state (one older than the
-    state it has: history only), else its station's as stored (``_books``): one store
-    read, as ``record_state``'s."""
+    """The books of a status report that records no state (one older than the state it
+    has: history only), stamped ``at``: those of ``connector_id``'s state interval its
+    stamp falls in on the charger's timeline (0: the charge point, any of its
+    connectors'), so a report stamped before a handover but received after it stays in
+    the former company's books (review r27-analytics4: the open interval's books gave
+    the new company a fault of before it had the station). Stamped before all of that
+    history: the open interval's books, else its station's as stored (``_books``). One
+    store read more than ``record_state``'s, only for such late reports."""
     plug = Eq("connector_id", connector_id) if connector_id else None
-    current = await store.find_one(ConnectorInterval, all_of(
-        Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug, Eq("end", None)))
+    where = all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug)
+    found = await store.find_all(ConnectorInterval, all_of(
+        where, Range("start", lte=at), any_of(Eq("end", None), Range("end", gt=at))),
+        (Sort("start", descending=True),), limit=1)
+    if found:
+        return found[0].company_id, found[0].station_owner_id
+    current = await store.find_one(ConnectorInterval, all_of(where, Eq("end", None)))
     return await _books(store, current, station, stored)
 
 

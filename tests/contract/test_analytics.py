@@ -12,6 +12,7 @@ import pytest
 
 import domain.services.charger_connections as connections
 import domain.services.charging as charging_module
+import domain.services.intervals as intervals
 from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
@@ -370,6 +371,33 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
         (None, 2.0, 2.0, 2.0, 1.0)]
 
 
+async def test_a_removed_plug_has_no_rows_in_the_buckets_after_its_removal(
+        history: History) -> None:
+    """R1's plug 2 removed at 16:00, plug 1 available all along. Asked hour by hour
+    15:00 -> 19:00, a bucket after the removal reads as that hour asked alone: plug 1
+    alone, 100 % available (README: "a plug removed by anyone keeps its rows of the
+    windows it was there in, none after"); the removed plug has a row only in the bucket
+    it was there in, and the whole window counts only its time there, so the buckets
+    add up to it (review r27-analytics4: a zero row in every bucket after, 50 %)."""
+    _, connectors = await two_plug_station(history)
+    analytics, admin = history.services.analytics, history.viewer("admin")
+    r1 = Scope(cp_ids=("R1",))
+    history.clock.now = at_31(16)
+    await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
+    history.clock.now = at_31(19)
+    alone = figures(await analytics.availability(admin, r1, at_31(17), at_31(18), False))
+    assert alone == [(None, 1.0, 1.0, 1.0, 1.0)]
+    hourly = await analytics.availability(admin, r1, at_31(15), at_31(19), False,
+                                          Bucket.HOUR)
+    by_hour = {r.start: figures([r])[0] for r in hourly}
+    assert by_hour[at_31(17)] == alone[0], by_hour
+    per_plug = await analytics.availability(admin, r1, at_31(15), at_31(19), True,
+                                            Bucket.HOUR)
+    assert {r.start for r in per_plug if r.connector_id == 2} == {at_31(15)}
+    whole = figures(await analytics.availability(admin, r1, at_31(15), at_31(19), False))
+    assert whole == [(None, 5.0, 5.0, 5.0, 1.0)]  # plug 1's 4 hours, plug 2's 1
+
+
 async def overlapping_sessions_on_r1(history: History) -> None:
     """``two_plug_station``, and R1's first connector a second session stamped 14:30 →
     15:10 after the first (14:00 → 15:00) stopped (the charger's clock stepped back half
@@ -653,13 +681,16 @@ async def test_a_station_handed_over_counts_for_its_new_company_from_the_handove
         (1, "GroundFailure", 0.25)]
     # And the sessions stay in A's books: A's energy is the two kWh it charged, and A
     # keeps its occupancy, charging and fault there up to the handover, as an admin
-    # asking for A's figures reads them.
+    # asking for A's figures reads them: of the three hours it ran the station (its
+    # window; the hour after the handover is no row of A's, review r27-analytics4).
     op_a = history.viewer("op_a")
     trend = await analytics.energy_trend(op_a, r1, *window, Bucket.DAY)
     assert sum(x.energy_wh for x in trend) == 2000
     for viewer, scope in ((op_a, r1), (admin, Scope(cp_ids=("R1",), company_id=a))):
         assert figures(await analytics.utilization(viewer, scope, *window, True)) == [
-            (1, 4.0, 1.0, 1.0, 0.25), (2, 4.0, 1.0, 1.0, 0.25)]
+            (1, 3.0, 1.0, 1.0, 1 / 3), (2, 3.0, 1.0, 1.0, 1 / 3)]
+        hours = await analytics.utilization(viewer, scope, *window, False, Bucket.HOUR)
+        assert [r.start for r in hours] == [at_31(13), at_31(14), at_31(15)]
         assert [(g.connector_id, g.error_code, g.count, g.open) for g in
                 await analytics.fault_reports(viewer, scope, *window)] == [
             (1, "GroundFailure", 2, False)]
@@ -980,6 +1011,65 @@ async def test_a_new_plug_s_first_report_through_a_cache_not_told_of_a_handover_
     assert await _faults_r9(history, "op_b") == [(2, "GroundFailure", 1, 0.5)]
 
 
+async def test_a_late_report_stamped_before_a_handover_stays_in_the_former_books(
+        history: History) -> None:
+    """R9 (A's) reports Available at 15:00; A hands it to B at 16:00; at 16:30 a
+    GroundFailure the charger stamped 14:30 arrives late (older than the state it has:
+    history only, it records no state). It is in the books of the interval its stamp
+    falls in on the charger's timeline, A's: B reads no fault of before it had R9, and
+    A keeps its own (review r27-analytics4: it took the open interval's books, B's)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(15)
+    await charging.status_notification("R9", 1, "Available", "NoError",
+                                       timestamp=at_31(15))
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(16, 30)
+    await charging.status_notification("R9", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(14, 30))
+    history.clock.now = at_31(17)
+    assert await _faults_r9(history, "op_b") == []
+    assert [g[:3] for g in await _faults_r9(history, "op_a")] == [(1, "GroundFailure", 1)]
+
+
+async def test_a_new_plug_s_first_report_racing_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances: one handles plug 2's first report (no open interval: it reads R9's
+    books as stored, A's), the other commits the handover to B before that report's
+    write. The handover rolls over only open intervals (plug 2 has none yet), so the
+    write is guarded on the station's books as read (``still_in_books``): it fails, and
+    the report, taken again, books plug 2's first interval (and so every later one) to
+    B (review r27-analytics4: A's for good)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    real = intervals.StoredBooks.books
+    raced: list[bool] = []
+
+    async def books(self: Any) -> Any:
+        found = await real(self)
+        if not raced:  # the other instance's handover lands between read and write
+            raced.append(True)
+            await history.services.stations.update_station(SYSTEM, station_id,
+                                                           company_id=b)
+        return found
+
+    monkeypatch.setattr(intervals.StoredBooks, "books", books)
+    history.clock.now = at_31(16)
+    await charging.status_notification("R9", 2, "Faulted", "GroundFailure",
+                                       timestamp=at_31(16))
+    assert raced
+    history.clock.now = at_31(16, 30)
+    await charging.status_notification("R9", 2, "Available", "NoError",
+                                       timestamp=at_31(16, 30))  # B's station now
+    history.clock.now = at_31(17)
+    assert await _faults_r9(history, "op_a") == []
+    assert await _faults_r9(history, "op_b") == [(2, "GroundFailure", 1, 0.5)]
+    rows = await history.services.analytics.availability(
+        history.viewer("op_b"), Scope(cp_ids=("R9",)), at_31(16), at_31(17), True)
+    assert {r.connector_id: r.second_seconds / H for r in rows}.get(2) == 1.0
+
+
 async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_recorded_in(
         history: History) -> None:
     """R9 online, clocks alike. The charger reports GroundFailure stamped 15:59:50; the
@@ -1002,9 +1092,10 @@ async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_rec
 async def test_a_status_report_reads_no_more_than_its_connector_and_open_interval(
         history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hot path: a StatusNotification of a known plug, its station cached, reads the
-    store twice (its connector, its open state interval), a change, a repeat or a late
-    one alike: its books come from the interval it reads anyway (review r27-analytics3:
-    two more reads booked it by its stamp)."""
+    store twice (its connector, its open state interval), a change or a repeat alike:
+    its books come from the interval it reads anyway (review r27-analytics3: two more
+    reads booked it by its stamp). A late one (history only) reads the interval its
+    stamp falls in instead, whose books it takes (review r27-analytics4)."""
     await _r9(history, timedelta(0))
     store = history.services.ctx.store
     reads: list[str] = []
@@ -1029,8 +1120,9 @@ async def test_a_status_report_reads_no_more_than_its_connector_and_open_interva
         history.clock.now = at_31(16, 3)
         await history.services.charging.status_notification(
             "R9", 1, status, "NoError", timestamp=at_31(16, minute))
-        assert sorted(reads) == ["find_one Connector", "find_one ConnectorInterval"], (
-            minute, reads)
+        interval = "find_all" if minute == 1 else "find_one"  # late: the one at its stamp
+        assert sorted(reads) == sorted(["find_one Connector", f"{interval} ConnectorInterval"]
+                                       ), (minute, reads)
     events = await store.find_all(d.StatusEvent, Eq("cp_id", "R9"), limit=10)
     assert {e.company_id for e in events} == {history.users["op_a"].company_id}
 
