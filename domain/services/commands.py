@@ -1865,18 +1865,22 @@ class CommandService(Service):
                                  reservation.reservation_id, outcome.error.message)
 
     async def cancel_owed(self, reservations: list[Reservation], actor: Viewer = SYSTEM
-                          ) -> None:
+                          ) -> list[Reservation]:
         """Cancels ``reservations`` (read live) here, the CancelReservation owed to each
         one's charger (``Reservation.cancel_owed_since``): sent by the instance holding
         it (``send_owed_cancels``, at once by the caller where that is this one, else
-        within a minute by its ``sweep_owed_cancels``, or when the charger comes back).
+        within a minute by its ``sweep_owed_cancels``, or when the charger comes back;
+        a withdrawal's caller sends it at once through the relay: ``Withdrawal``'s
+        ``_cancel_held``).
         For what every instance does at once (the card-expiry sweep): each is cancelled
         once, guarded on its state (another instance's write first, or the charger's
         StartTransaction, leaves it as they made it), audited and announced by the
         instance whose write landed (review s26: every instance sent its charger the
-        cancel, the second answered Rejected and recorded as a failed cancel)."""
+        cancel, the second answered Rejected and recorded as a failed cancel). Returns
+        those this call cancelled (its write landed)."""
         if not reservations:
-            return
+            return []
+        cancelled: list[Reservation] = []
         stations = {st.id: st for st in await self.store.get_many(
             Station, sorted({r.station_id for r in reservations})) if st is not None}
         for reservation in reservations:
@@ -1887,8 +1891,10 @@ class CommandService(Service):
                 await self.commit(actor, [(move, reservation)])
             except Conflict:
                 continue  # cancelled by another instance, or used, meanwhile
+            cancelled.append(cast(Reservation, move.record))
             await self.publish(reservation_changed(
                 cast(Reservation, move.record), stations.get(reservation.station_id)))
+        return cancelled
 
     async def sweep_owed_cancels(self) -> int:
         """Sends the owed cancels (``send_owed_cancels``) of every station that has one

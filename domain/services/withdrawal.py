@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -701,17 +701,20 @@ class Withdrawal(Service):
         # relay (``cancel_reservations``), its reservation ACTIVE until the charger
         # answered, so an edit of the card before that answer found it still held and
         # cancelled it again beside it: the charger was sent the cancel twice and the
-        # second's Rejected recorded as a failed cancel (review r27-reserve3).
-        await self._cancel_held([card], actor)
+        # second's Rejected recorded as a failed cancel (review r27-reserve3). Sent at
+        # once even where another instance holds the charger (``prompt``).
+        await self._cancel_held([card], actor, prompt=True)
         for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
 
     async def withdraw_user(self, actor: Viewer, user: User) -> None:
         """``user`` was deactivated by ``actor``: their cards are withdrawn, their
-        sessions stopped, their live reservations cancelled (as the system: the user's
-        operator may not run those stations; audited as ``actor``'s). One whose charger
-        cannot be reached keeps its state, as any unanswered command's.
-        ``AccountService`` runs it in the background."""
+        sessions stopped, their live reservations cancelled once (``_cancel_once``:
+        stored CANCELLED at once, the CancelReservation owed to the charger and sent
+        by the instance holding it, at once through the relay; a charger offline is
+        sent it when it is back) as the system (the user's operator may not run those
+        stations), audited as ``actor``'s. ``AccountService`` runs it in the
+        background."""
         cards = await self.store.find_all(IdTag, Eq("user_id", user.id), limit=MAX_LIST)
         await self._withdraw_holder(actor, user, [c.id for c in cards])
 
@@ -729,7 +732,10 @@ class Withdrawal(Service):
                                ) -> None:
         await self._mark_wanted(actor, card_ids, "Blocked")
         await self._stop_sessions(actor, Eq("user_id", user.id))
-        await self.cancel_reservations(actor, Eq("user_id", user.id))
+        # Cancelled once, as a card's are (``_cancel_once``): through the relay, a
+        # reservation stayed ACTIVE until its charger answered, and a block of the
+        # holder's card meanwhile cancelled it again (review r27-reserve5).
+        await self._cancel_once(actor, Eq("user_id", user.id), prompt=True)
         for station_id in await self._stations_wanting(card_ids):
             await self.push(actor, station_id)
 
@@ -858,44 +864,78 @@ class Withdrawal(Service):
         return [s.id for s in await self.store.get_many(Station, list(station_ids))
                 if s is not None and gateway.is_connected(s.cp_id)]
 
-    async def _cancel_held(self, cards: Sequence[IdTag], actor: Viewer = SYSTEM) -> None:
+    async def _cancel_held(self, cards: Sequence[IdTag], actor: Viewer = SYSTEM, *,
+                           prompt: bool = False) -> None:
         """Cancels the live reservations made for ``cards`` (``base.made_for``: the
         card's tag and holder), which expired (or, withdrawn again by an edit, are
         unusable otherwise): a plug held for a card that may no longer start a session
         holds it for nobody. Their sessions go on (authorized before the expiry). Until
         QA s25 they were cancelled only at their charger's boot (``_cancel_unusable``),
         the plug shown reserved and the driver kept from reserving elsewhere until then.
-        Every instance sweeps the same cards: each reservation is cancelled in the store
-        once, by whichever instance writes first, and its CancelReservation owed to the
-        charger (``CommandService.cancel_owed``), sent only by the instance holding it:
-        here, at once, for the reservations cancelled now or owed already (another
-        instance's sweep was first), else by that instance's ``sweep_owed_cancels`` or at
-        the charger's return. Review s26: every instance cancelled through the relay, so
-        a charger was sent the same cancel once per instance, all but the first
-        answered Rejected and recorded (audit, commandCompleted, webhooks) as a failed
-        cancel."""
-        now = self.now()
+        Each cancelled once (``_cancel_once``). Every live (or owed) one of the tags is
+        read a page at a time, and those of their holders kept (review s25: the first
+        500 of the tags were read, and other holders' of the same tag strings could
+        crowd out the cards' own)."""
         for start in range(0, len(cards), BATCH):
             batch = cards[start:start + BATCH]
             holders = {(c.tag, c.user_id) for c in batch}
-            # Every live (or owed) one of the tags, a page at a time, then those of their
-            # holders (review s25: the first 500 of the tags were read, and other
-            # holders' of the same tag strings could crowd out the cards' own).
-            live: list[Reservation] = []
-            owed: set[str] = set()
-            async for held in pages(self.store, Reservation, all_of(
-                    In("id_tag", tuple({c.tag for c in batch})),
-                    Range("expires_at", gt=now)), BATCH):
-                for r in held:
-                    if (r.id_tag, r.user_id) not in holders:
-                        continue
-                    if r.state_at(now) in LIVE_RESERVATION_STATES:
-                        live.append(r)
-                    elif r.cancel_owed_since is not None:
-                        owed.add(r.station_id)
-            await self.commands.cancel_owed(live, actor)
-            for station_id in await self._here(sorted(owed | {r.station_id for r in live})):
-                await self.commands.send_owed_cancels(station_id)
+            await self._cancel_once(actor, In("id_tag", tuple({c.tag for c in batch})),
+                                    prompt=prompt, holders=holders)
+
+    async def _cancel_once(self, actor: Viewer, where: Filter, *, prompt: bool,
+                           holders: Collection[tuple[str, str | None]] | None = None
+                           ) -> None:
+        """Cancels the live reservations ``where`` (made for one of ``holders``, (tag,
+        holder) pairs, when given) once, however many withdrawals of them overlap (a
+        card's expiry, block or edit, its holder's deactivation or erasure): each in
+        the store, guarded on its state, by whichever caller writes first, and its
+        CancelReservation owed to the charger
+        (``CommandService.cancel_owed``) and sent, once, by the owed record: here at
+        once, for the reservations cancelled now or owed already, where the charger is
+        connected to this instance; else, with ``prompt`` (one instance's withdrawal,
+        not the expiry sweep every instance runs, whose holder's own sweep sends it),
+        through the relay at once to the instance holding it, for those this call
+        cancelled; and otherwise by that instance's ``sweep_owed_cancels`` or at the
+        charger's return. Review s26: every instance cancelled through the relay, so a
+        charger was sent the same cancel once per instance, all but the first answered
+        Rejected and recorded (audit, commandCompleted, webhooks) as a failed cancel.
+        Review r27-reserve5: a card blocked on an instance not holding its charger (a
+        GraphQL-only one) had its cancel wait for the holder's sweep, up to a minute,
+        the plug shown free and another driver's reservation refused Occupied."""
+        now = self.now()
+        live: list[Reservation] = []
+        owed: set[str] = set()
+        async for held in pages(self.store, Reservation, all_of(
+                where, Range("expires_at", gt=now)), BATCH):
+            for r in held:
+                if holders is not None and (r.id_tag, r.user_id) not in holders:
+                    continue
+                if r.state_at(now) in LIVE_RESERVATION_STATES:
+                    live.append(r)
+                elif r.cancel_owed_since is not None:
+                    owed.add(r.station_id)
+        cancelled = await self.commands.cancel_owed(live, actor)
+        here = await self._here(sorted(owed | {r.station_id for r in live}))
+        for station_id in here:
+            await self.commands.send_owed_cancels(station_id)
+        if prompt:
+            await self._send_owed_elsewhere(
+                sorted({r.station_id for r in cancelled} - set(here)))
+
+    async def _send_owed_elsewhere(self, station_ids: Sequence[str]) -> None:
+        """Sends the owed cancels of the stations online whose charger another instance
+        holds, through the relay (``CommandService.send_owed_cancels``, which the
+        gateway relays), each on its own: one not reached stays owed, for the holder's
+        sweep or the charger's return. A station recorded offline is sent nothing now."""
+        if self.commands.gateway is None or not station_ids:
+            return
+        for station in await self.store.get_many(Station, list(station_ids)):
+            if station is None or not station.online:
+                continue
+            try:
+                await self.commands.send_owed_cancels(station.id)
+            except Exception:
+                log.exception("the owed cancels of station %s were not sent", station.id)
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str
@@ -1178,8 +1218,10 @@ class Withdrawal(Service):
         stayed live, which the README said was cancelled); one unanswered is left to
         the caller's own write, to its expiry or, for a card's, to the charger's boot
         (``_cancel_unusable``).
-        For withdrawn cards and users, and for connectors and stations being removed: the
-        charger otherwise holds the plug for a reservation nobody here knows of."""
+        For connectors and stations being removed, and the boot's check
+        (``_cancel_unusable``): the charger otherwise holds the plug for a reservation
+        nobody here knows of. Withdrawn cards and users cancel once instead
+        (``_cancel_once``, review r27-reserve5)."""
         async for held in pages(self.store, Reservation, all_of(
                 where, live_reservations(self.now())), CANCEL_PAGE):
             for reservation in held:

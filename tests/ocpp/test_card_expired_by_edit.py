@@ -196,3 +196,85 @@ async def test_an_edit_of_a_card_just_blocked_does_not_cancel_its_reservation_tw
         assert now.state is d.ReservationState.CANCELLED
         assert [p for name, p in cp.received if name == "CancelReservation"] == [
             {"reservation_id": held["reservation"]["reservationId"]}]
+
+
+async def test_a_block_after_a_deactivation_does_not_cancel_the_reservation_twice(
+        central: Central) -> None:
+    """Review r27-reserve5: the holder is deactivated (their reservation's cancel on its
+    way to the charger), then their card is blocked while that cancel is unanswered. The
+    deactivation cancelled through the relay, the reservation ACTIVE until the charger
+    answered, so the block found it live and cancelled it again: two CancelReservations,
+    the second Rejected. Every withdrawal now cancels once (``_cancel_held``)."""
+    admin = Viewer.of(central.users["admin"])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowCancel) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        gate = asyncio.Event()
+        cp.gate = gate  # type: ignore[attr-defined]
+        await central.services.accounts.deactivate_user(admin, central.users["driver"].id)
+
+        async def sent() -> bool:
+            return any(n == "CancelReservation" for n, _ in cp.received)
+        await until(sent)
+        # While the deactivation's cancel is on its way, the card is blocked (lost).
+        await central.services.fleet.update_id_tag(admin, central.tags["ok"].id,
+                                                   status=d.IdTagStatus.BLOCKED)
+        await asyncio.sleep(1.0)
+        gate.set()
+        await settled(central)
+        await asyncio.sleep(1.0)
+        await settled(central)
+
+        [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert now.state is d.ReservationState.CANCELLED
+        cancels = [p for name, p in cp.received if name == "CancelReservation"]
+        assert cancels == [{"reservation_id": held["reservation"]["reservationId"]}], cancels
+
+
+@pytest.fixture
+async def relayed(tmp_path: Path) -> AsyncIterator[Central]:
+    """Commands from an instance that does not hold the charger (through the relay)."""
+    c = await start_central(tmp_path / "central.db", relayed=True)
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+async def test_a_block_on_another_instance_frees_the_plug_at_the_charger_at_once(
+        relayed: Central) -> None:
+    """Review r27-reserve5: a card blocked on an instance that does not hold the
+    charger (GraphQL-only, or the other of two) had its reservation stored CANCELLED at
+    once, but its CancelReservation waited for the holder's owed-cancel sweep (up to a
+    minute): the plug read free, and another driver's reservation there was refused by
+    the charger, still holding it for the blocked card. The instance that cancelled it
+    asks the holder (through the relay) to send the owed cancel now."""
+    central = relayed
+    admin = Viewer.of(central.users["admin"])
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
+            SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        await central.services.fleet.update_id_tag(admin, central.tags["ok"].id,
+                                                   status=d.IdTagStatus.BLOCKED)
+        await settled(central)
+        await asyncio.sleep(1.0)
+        cancels = [p for name, p in cp.received if name == "CancelReservation"]
+        # The plug reads free here: another driver reserves it.
+        other = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER", "expiryDate": expiry},
+            SELECTION)
+        assert cancels == [{"reservation_id": held["reservation"]["reservationId"]}], (
+            cancels, other)
+        assert other["reservation"] is not None \
+            and other["reservation"]["state"] == "ACTIVE", other
+        [mine] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert mine.cancel_owed_since is None  # settled: the sweep sends nothing more
