@@ -334,9 +334,9 @@ async def test_a_card_expired_by_an_edit_on_one_instance_and_swept_on_the_other_
                 await sweep_on_a()
             await carry(*args, **kwargs)
 
-        async def cancel_after_a(*args: Any, **kwargs: Any) -> None:
+        async def cancel_after_a(*args: Any, **kwargs: Any) -> list[d.Reservation]:
             await sweep_on_a()
-            await cancel_owed(*args, **kwargs)
+            return await cancel_owed(*args, **kwargs)
 
         commands._carry = carry_after_a  # type: ignore[method-assign]
         commands.cancel_owed = cancel_after_a  # type: ignore[method-assign]
