@@ -855,6 +855,39 @@ async def test_a_vehicle_is_handed_to_another_driver_with_its_history(
     assert {"licensePlate": "B-DR 1"} in theirs["vehicles"]["nodes"]
 
 
+async def test_a_vehicle_handed_over_stays_on_its_former_owners_sessions(
+        api: Api, world: World) -> None:
+    """QA s28 (org): `ownerId` promises a handed-over car's past sessions stay "with the
+    drivers who charged them", but the driver who charged with it read their own
+    sessions' `vehicle` as null from then on (a driver saw only the cars they own now).
+    They read it as an operator of those sessions does, by plate, make and model:
+    not its battery, its new owner, nor a way to change it; and it is not in their
+    garage."""
+    van = gid("vehicle", world.vehicles["driver1"].id)
+    moved = await call(api, world, "admin", "updateVehicle",
+                       {"id": van, "ownerId": gid("user", world.users["driver2"].id)},
+                       "vehicle { id }")
+    assert moved["errors"] == []
+    driver1 = world.users["driver1"].id
+    mine = await api.gql("""query($s: ID!, $v: ID!) {
+        s: node(id: $s) { ... on Session { vehicle { licensePlate make batteryKwh
+                                                     owner { name } } } }
+        v: node(id: $v) { ... on Vehicle { licensePlate } }
+        me { vehicles { totalCount } } }""",
+        {"s": gid("session", world.sessions["s2"].id), "v": van}, as_user=driver1)
+    assert mine["s"]["vehicle"] == {"licensePlate": "B-DR 1", "make": "VW",
+                                    "batteryKwh": None, "owner": None}
+    assert mine["v"] == {"licensePlate": "B-DR 1"}
+    assert mine["me"]["vehicles"]["totalCount"] == 0  # no longer in their garage
+    assert codes(await call(api, world, "driver1", "updateVehicle",
+                            {"id": van, "make": "Mine"}, "vehicle { id }")
+                 ) == [("id", "NOT_FOUND")]
+    # A driver who never charged with it reads none of it.
+    other = await api.gql("query($v: ID!) { node(id: $v) { id } }", {"v": van},
+                          as_user=world.users["driver_a"].id)
+    assert other["node"] is None
+
+
 async def test_prices_are_written_as_amounts_are_whatever_was_typed(api: Api,
                                                                      world: World) -> None:
     """A price reads with its currency's minor digits at least, as every amount does
