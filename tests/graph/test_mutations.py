@@ -523,6 +523,39 @@ async def test_a_driver_cannot_issue_a_card_around_an_operators_block(api: Api,
     assert "AROUND-1" not in {n["tag"] for n in tags["idTags"]["nodes"]}
 
 
+async def test_a_driver_cannot_issue_a_card_around_a_card_marked_expired(
+        api: Api, world: World) -> None:
+    """QA s28 (org): a card marked EXPIRED (a status only operators and admins set: the
+    contract behind it ended) was no bar to its driver issuing themselves a new card
+    with no expiry the next minute, which every charger accepted: the rule that holds
+    for a card blocked by their operator (no new card until it is lifted) did not hold
+    for one expired by them. Their operator may still give them one."""
+    own = gid("id_tag", world.tags["driver_a"].id)
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": own, "status": "EXPIRED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-EXP"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
+    # Nor by blocking it themselves, which made the block theirs to lift (ACCEPTED
+    # again, the expiry gone), nor by removing it and then issuing a new one.
+    assert codes(await call(api, world, "driver_a", "updateIdTag",
+                            {"id": own, "status": "BLOCKED"}, "idTag { id }")
+                 ) == [("id", "FORBIDDEN")]
+    assert codes(await call(api, world, "driver_a", "removeIdTag", {"id": own},
+                            "idTag { id }")) == [("id", "FORBIDDEN")]
+    card = await api.gql("query($id: ID!) { node(id: $id) { ... on IdTag { status } } }",
+                         {"id": own}, as_user=world.users["driver_a"].id)
+    assert card["node"] == {"status": "EXPIRED"}
+    assert codes(await call(api, world, "op_a", "issueIdTag",
+                            {"tag": "RENEWED-1", "userId": gid("user",
+                                                               world.users["driver_a"].id)},
+                            "idTag { id }")) == []
+    # Re-validated, it bars nothing.
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": own, "status": "ACCEPTED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "SPARE-1"},
+                            "idTag { id }")) == []
+
+
 async def test_a_driver_lifts_only_their_own_block(api: Api, world: World) -> None:
     own = gid("id_tag", world.tags["driver1"].id)
     assert codes(await call(api, world, "admin", "updateIdTag",
