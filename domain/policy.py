@@ -370,7 +370,13 @@ class Policy:
             case "company":
                 return Eq("id", viewer.company_id) if viewer.company_id else NONE
             case "vehicle":
-                return Eq("owner_id", me)
+                # Their cars, and the cars of their own sessions: a car handed to another
+                # owner (``updateVehicle`` ``ownerId``) stays on the sessions its former
+                # driver charged with it (QA s28: their history read it as null), seen as
+                # an operator of those sessions sees it (plate, make, model: its private
+                # view and every change stay its owner's, ``private_view``).
+                return any_of(Eq("owner_id", me),
+                              Sub("id", "session", Eq("user_id", me), select="vehicle_id"))
             case "id_tag" | "session" | "reservation" | "payment" | "refund":
                 return Eq("user_id", me)
             case "meter_sample" | "signed_meter_value":

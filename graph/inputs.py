@@ -206,7 +206,9 @@ class UpdateIdTagInput:
     id: strawberry.ID = strawberry.field(description=_id_of("id tag"))
     status: IdTagStatus | None = strawberry.field(default=strawberry.UNSET, description=(
         "BLOCKED: its holder (a lost card) or a manager; ACCEPTED again: a holder lifts "
-        "only their own block, admins and the holder's operators any; EXPIRED: managers. "
+        "only their own block, admins and the holder's operators any; EXPIRED: managers "
+        "(a card a manager blocked or marked EXPIRED its holder may not change nor "
+        "remove, FORBIDDEN on `id`, and issues themselves no new card meanwhile). "
         "ACCEPTED does not lift an expiry: on a card whose `expiresAt` is past (as given "
         "here, or as it is) nothing is changed and EXPIRED is answered on `expiresAt`: "
         "move it later or clear it."))

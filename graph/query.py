@@ -151,8 +151,9 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
                            before)
 
     @strawberry.field(description=(
-        "Vehicles in garages (not those removed), in id order: a driver's own; an "
-        "operator's own, their company's people's and those of sessions in their books; "
+        "Vehicles in garages (not those removed), in id order: a driver's own and "
+        "those of their sessions (a car handed to another owner since, in its reduced "
+        "view); an operator's own, their company's people's and those of sessions in their books; "
         "an admin's all. None when signed out. A removed vehicle is read as its sessions' "
         "`vehicle` or by `node(id:)`."))
     async def vehicles(self, info: Info, filter: VehicleFilter | None = None,

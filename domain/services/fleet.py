@@ -78,6 +78,15 @@ def blocked_by_others(tag: IdTag, owner: User) -> bool:
     return tag.status is IdTagStatus.BLOCKED and tag.blocked_by != owner.id
 
 
+def withdrawn_by_others(tag: IdTag, owner: User) -> bool:
+    """Whether ``tag`` was made unusable by an operator or admin, which its owner may not
+    get round: blocked by them (``blocked_by_others``), or marked EXPIRED, a status only
+    they set (QA s28: its driver blocked it themselves, which made the block theirs to
+    lift, and lifted it, the card Accepted again; or issued themselves a new card). A
+    card whose expiry date passed is not: its driver may have chosen that date."""
+    return blocked_by_others(tag, owner) or tag.status is IdTagStatus.EXPIRED
+
+
 def _future(expires_at: datetime | None) -> datetime | None:
     """A new card's expiry: none, or a zoned instant still to come."""
     expires_at = v.aware(expires_at, "expiresAt")
@@ -380,12 +389,17 @@ class FleetService(Service):
     async def _refuse_if_withdrawn(self, owner: User) -> None:
         """A driver issuing their own tag while one of theirs stands blocked by an operator
         or admin would be charging around the block. (A card they blocked themselves,
-        lost, is what a new one replaces.)"""
-        blocked = await self.store.find_all(IdTag, all_of(
-            Eq("user_id", owner.id), Eq("status", IdTagStatus.BLOCKED)), limit=100)
-        if any(blocked_by_others(tag, owner) for tag in blocked):
-            raise Forbidden("a card of yours was blocked by your operator: ask them for a "
-                            "new one", field="tag")
+        lost, is what a new one replaces.) So would one while a card of theirs stands
+        marked EXPIRED: only operators and admins set that status (QA s28: the next
+        minute the driver charged on a card of their own with no expiry). A card whose
+        expiry date passed is not: it may be the one the driver chose when they issued
+        it, and a new card replaces it."""
+        withdrawn = await self.store.find_all(IdTag, all_of(
+            Eq("user_id", owner.id),
+            In("status", (IdTagStatus.BLOCKED, IdTagStatus.EXPIRED))), limit=100)
+        if any(withdrawn_by_others(tag, owner) for tag in withdrawn):
+            raise Forbidden("a card of yours was blocked or marked expired by your "
+                            "operator: ask them for a new one", field="tag")
 
     async def update_id_tag(self, viewer: Viewer, id_tag_id: str, *, status: Any = UNSET,
                             vehicle_id: Any = UNSET, expires_at: Any = UNSET,
@@ -426,11 +440,12 @@ class FleetService(Service):
         if not self.policy.may_manage_user(viewer, owner):
             # Drivers may block their own card (it was lost) but not lift a block or an
             # expiry that an operator or admin set: those decide who may charge.
-            if blocked_by_others(id_tag, owner):
+            if withdrawn_by_others(id_tag, owner):
                 # Not even rewritten as it is: the card is their operator's to decide on
-                # now (a no-op rewrite once made the block look like the driver's own).
-                raise Forbidden("your operator blocked this card: ask them about it",
-                                field="id")
+                # now (a no-op rewrite once made the block look like the driver's own;
+                # a block of a card marked EXPIRED was the driver's own, theirs to lift).
+                raise Forbidden("your operator blocked this card or marked it expired: "
+                                "ask them about it", field="id")
             # A card they blocked themselves (they found it again) they may unblock.
             own_block = id_tag.status is IdTagStatus.BLOCKED and id_tag.blocked_by == owner.id
             if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status) \
@@ -531,7 +546,8 @@ class FleetService(Service):
         as it was charged with (history); the tag may be issued again. Not while it is
         charging; its live reservations are cancelled and the chargers' lists holding it
         told it is blocked, in the background. A driver cannot remove a card their
-        operator blocked (issuing a new one would then get round the block)."""
+        operator blocked or marked EXPIRED (issuing a new one would then get round the
+        block: ``withdrawn_by_others``)."""
         id_tag = await retried(lambda: self._remove_id_tag(viewer, id_tag_id))
         self._withdrawn(viewer, id_tag, IdTagStatus.BLOCKED, stop=True)
         return id_tag
@@ -545,8 +561,10 @@ class FleetService(Service):
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
             raise Forbidden("you may not change this id tag")
-        if not self.policy.may_manage_user(viewer, owner) and blocked_by_others(id_tag, owner):
-            raise Forbidden("your operator blocked this card: ask them about it", field="id")
+        if not self.policy.may_manage_user(viewer, owner) \
+                and withdrawn_by_others(id_tag, owner):
+            raise Forbidden("your operator blocked this card or marked it expired: ask "
+                            "them about it", field="id")
         # Its own session: one a charger runs for the same tag string before the card
         # was issued (of no card, maybe another company's station) is not the card's;
         # nor one whose start was refused (``holding_card``), which held a lost card for

@@ -523,6 +523,39 @@ async def test_a_driver_cannot_issue_a_card_around_an_operators_block(api: Api,
     assert "AROUND-1" not in {n["tag"] for n in tags["idTags"]["nodes"]}
 
 
+async def test_a_driver_cannot_issue_a_card_around_a_card_marked_expired(
+        api: Api, world: World) -> None:
+    """QA s28 (org): a card marked EXPIRED (a status only operators and admins set: the
+    contract behind it ended) was no bar to its driver issuing themselves a new card
+    with no expiry the next minute, which every charger accepted: the rule that holds
+    for a card blocked by their operator (no new card until it is lifted) did not hold
+    for one expired by them. Their operator may still give them one."""
+    own = gid("id_tag", world.tags["driver_a"].id)
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": own, "status": "EXPIRED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-EXP"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
+    # Nor by blocking it themselves, which made the block theirs to lift (ACCEPTED
+    # again, the expiry gone), nor by removing it and then issuing a new one.
+    assert codes(await call(api, world, "driver_a", "updateIdTag",
+                            {"id": own, "status": "BLOCKED"}, "idTag { id }")
+                 ) == [("id", "FORBIDDEN")]
+    assert codes(await call(api, world, "driver_a", "removeIdTag", {"id": own},
+                            "idTag { id }")) == [("id", "FORBIDDEN")]
+    card = await api.gql("query($id: ID!) { node(id: $id) { ... on IdTag { status } } }",
+                         {"id": own}, as_user=world.users["driver_a"].id)
+    assert card["node"] == {"status": "EXPIRED"}
+    assert codes(await call(api, world, "op_a", "issueIdTag",
+                            {"tag": "RENEWED-1", "userId": gid("user",
+                                                               world.users["driver_a"].id)},
+                            "idTag { id }")) == []
+    # Re-validated, it bars nothing.
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": own, "status": "ACCEPTED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "SPARE-1"},
+                            "idTag { id }")) == []
+
+
 async def test_a_driver_lifts_only_their_own_block(api: Api, world: World) -> None:
     own = gid("id_tag", world.tags["driver1"].id)
     assert codes(await call(api, world, "admin", "updateIdTag",
@@ -853,6 +886,39 @@ async def test_a_vehicle_is_handed_to_another_driver_with_its_history(
     theirs = await api.gql("{ vehicles { nodes { licensePlate } } }",
                            as_user=world.users["driver2"].id)
     assert {"licensePlate": "B-DR 1"} in theirs["vehicles"]["nodes"]
+
+
+async def test_a_vehicle_handed_over_stays_on_its_former_owners_sessions(
+        api: Api, world: World) -> None:
+    """QA s28 (org): `ownerId` promises a handed-over car's past sessions stay "with the
+    drivers who charged them", but the driver who charged with it read their own
+    sessions' `vehicle` as null from then on (a driver saw only the cars they own now).
+    They read it as an operator of those sessions does, by plate, make and model:
+    not its battery, its new owner, nor a way to change it; and it is not in their
+    garage."""
+    van = gid("vehicle", world.vehicles["driver1"].id)
+    moved = await call(api, world, "admin", "updateVehicle",
+                       {"id": van, "ownerId": gid("user", world.users["driver2"].id)},
+                       "vehicle { id }")
+    assert moved["errors"] == []
+    driver1 = world.users["driver1"].id
+    mine = await api.gql("""query($s: ID!, $v: ID!) {
+        s: node(id: $s) { ... on Session { vehicle { licensePlate make batteryKwh
+                                                     owner { name } } } }
+        v: node(id: $v) { ... on Vehicle { licensePlate } }
+        me { vehicles { totalCount } } }""",
+        {"s": gid("session", world.sessions["s2"].id), "v": van}, as_user=driver1)
+    assert mine["s"]["vehicle"] == {"licensePlate": "B-DR 1", "make": "VW",
+                                    "batteryKwh": None, "owner": None}
+    assert mine["v"] == {"licensePlate": "B-DR 1"}
+    assert mine["me"]["vehicles"]["totalCount"] == 0  # no longer in their garage
+    assert codes(await call(api, world, "driver1", "updateVehicle",
+                            {"id": van, "make": "Mine"}, "vehicle { id }")
+                 ) == [("id", "NOT_FOUND")]
+    # A driver who never charged with it reads none of it.
+    other = await api.gql("query($v: ID!) { node(id: $v) { id } }", {"v": van},
+                          as_user=world.users["driver_a"].id)
+    assert other["node"] is None
 
 
 async def test_prices_are_written_as_amounts_are_whatever_was_typed(api: Api,
