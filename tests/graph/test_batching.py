@@ -130,10 +130,12 @@ async def test_a_page_of_connectors_loads_each_level_once(
         assert one["node"] == node
 
 
-async def _more_stations(services, world: World, count: int, batch: str = "X") -> None:
+async def _more_stations(services, world: World, count: int, batch: str = "X"
+                         ) -> list[d.Station]:
     """``count`` more stations for each company, each with a live reservation and a paid
     session on plug 1 (by driver1), so every nested path below has rows per station."""
     store = services.ctx.store
+    made = []
     for company in ("a", "b"):
         for i in range(count):
             station, _ = await services.stations.create_station(
@@ -141,6 +143,7 @@ async def _more_stations(services, world: World, count: int, batch: str = "X") -
                 company_id=world.companies[company].id,
                 owner_id=world.users[f"op_{company}"].id,
                 connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+            made.append(station)
             company_id, owner_id = books_of(station)
             start = utcnow() - timedelta(hours=2)
             session = d.Session(
@@ -164,6 +167,7 @@ async def _more_stations(services, world: World, count: int, batch: str = "X") -
                     expires_at=utcnow() + timedelta(hours=1), company_id=company_id,
                     station_owner_id=owner_id)),
             ], [])
+    return made
 
 
 CONNECTORS_BELOW = "cpId connectors { connectorId station { cpId } " \
@@ -232,3 +236,55 @@ async def test_nodes_by_ids_load_each_kind_in_one_call(
     assert len(store.calls) == 3
     assert [n and n["cpId"] for n in seen] == [
         s["cpId"] if s["cpId"].startswith("A-") else None for s in stations]
+
+
+LAST_UNDER_PARENTS = (
+    "{ stations(first: 50) { nodes { cpId sessions(last: 1) { totalCount "
+    "pageInfo { hasNextPage hasPreviousPage startCursor endCursor } "
+    "edges { cursor node { transactionId } } } } } }")
+
+
+async def test_last_of_nested_lists_loads_once_per_level(
+        api: Api, world: World, services, store: CountingStore) -> None:
+    """``sessions(last: n)`` under a page of stations is batched as ``first`` is (QA s28:
+    a store call per station, and one more per station for ``totalCount``), and answers
+    as the store's own backward page of each list: its last rows in the list's order,
+    their cursors, ``hasPreviousPage`` when rows come before them."""
+    admin = world.users["admin"].id
+    await _more_stations(services, world, 1)
+    store.calls.clear()
+    await api.gql(LAST_UNDER_PARENTS, as_user=admin)
+    few_calls = list(store.calls)
+    made = await _more_stations(services, world, 6, batch="Y")
+    # A second session on some stations, so some lists have more than their last row.
+    for station in (world.stations["A-001"], made[0], made[-1]):
+        company_id, owner_id = books_of(station)
+        await services.ctx.store.write([Insert(d.Session(
+            transaction_id=await services.ctx.store.next_sequence("transaction"),
+            station_id=station.id, cp_id=station.cp_id, connector_id=2, id_tag="OTHER",
+            start_time=utcnow() - timedelta(minutes=5), meter_start_wh=0,
+            company_id=company_id, station_owner_id=owner_id))], [])
+    store.calls.clear()
+    stations = (await api.gql(LAST_UNDER_PARENTS, as_user=admin))["stations"]["nodes"]
+    assert store.calls == few_calls
+    # token viewer, page, sessions, their counts
+    assert len(store.calls) == 4
+    assert sum(s["sessions"]["totalCount"] > 1 for s in stations) >= 3
+    for station in stations:
+        got = station["sessions"]
+        whole = (await api.gql(
+            f'{{ station(cpId: "{station["cpId"]}") {{ sessions(first: 100) {{ '
+            "edges { cursor node { transactionId } } } } }", as_user=admin)
+        )["station"]["sessions"]["edges"]
+        assert got["edges"] == whole[-1:]
+        assert got["totalCount"] == len(whole)
+        assert got["pageInfo"] == {
+            "hasNextPage": False, "hasPreviousPage": len(whole) > 1,
+            "startCursor": whole[-1]["cursor"] if whole else None,
+            "endCursor": whole[-1]["cursor"] if whole else None}
+        if len(whole) > 1:  # its cursor pages on backward, in that parent's list
+            before = (await api.gql(
+                f'{{ station(cpId: "{station["cpId"]}") {{ sessions(last: 100, before: '
+                f'"{whole[-1]["cursor"]}") {{ edges {{ cursor node {{ transactionId }} }} }} '
+                "} }", as_user=admin))["station"]["sessions"]["edges"]
+            assert before == whole[:-1]
