@@ -721,10 +721,14 @@ class Station(Node, Audited):
         return self._load_connectors(info)  # type: ignore[return-value]
 
     async def _load_connectors(self, info: Info) -> list[Connector]:
-        # Reached one station at a time (``session { station { connectors } }``): the
-        # same prefetch, which the loaders batch across the stations of this level.
+        # Reached one station at a time (a company's or a user's stations, a reservation's
+        # or payment's session's station, ``nodes(ids:)``): through the batched load, so
+        # every station of this level shares one store call, and their connectors'
+        # active sessions and what is below them load per level through the connectors'
+        # own resolvers (batched too). A prefetch here (``fetch`` sends its keys at once)
+        # cost a store call per station at each level (QA s28).
         ctx = _ctx(info)
-        await Station.prefetch(ctx, [self._r], lambda *path: wants(info, *path[1:]))
+        ctx.loaders.by_id(d.Station).prime(self._r.id, self._r)  # ``connector { station }``
         return [Connector.wrap(c, ctx)
                 for c in await _connectors_of(ctx).load(self._r.id)]
 

@@ -134,6 +134,12 @@ class PageArgs:
         """Only ``first`` given: the case a DataLoader can batch across parents."""
         return self.after is None and self.last is None and self.before is None
 
+    @property
+    def simple_last(self) -> bool:
+        """Only ``last`` given: the end of the list, batched across parents too."""
+        return self.last is not None and self.first is None and self.after is None \
+            and self.before is None
+
 
 Wrap = Callable[[Any, "GraphContext"], Any]
 
@@ -209,18 +215,36 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
     ``where`` that, beyond ``key_field``, make the list the parent's own (its cursors
     belong to it alone, ``query.nested_list``)."""
     within = nested_list(key_field, key, *parent)
-    if not args.simple_first:
+    backward = args.simple_last
+    if not (args.simple_first or backward):
         return await page_connection(ctx, kind, wrap, where, sort, args, (key_field, key),
                                      within)
-    limit = args.first if args.first is not None else 20
+    limit = args.last if backward else args.first
+    if limit is None:
+        limit = 20
     if not 0 <= limit <= MAX_PAGE_SIZE:
         args.request()  # raises the same error as a top-level list
-    rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
-    records = rows[:limit]
+    # ``last`` alone is the first rows of the reversed order, flipped back, as the stores
+    # read a backward page: batched across parents like ``first`` (each parent's list
+    # was a store call of its own, and its ``totalCount`` another; QA s28).
+    order = reversed_order(sort) if backward else tuple(sort)
+    rows = await ctx.loaders.many_by(kind, key_field, where, order, limit + 1).load(key)
+    records = rows[:limit][::-1] if backward else rows[:limit]
     cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id, within)
                for r in records]
 
     async def total() -> int:
         return int(await ctx.loaders.count_by(kind, key_field, where).load(key))
 
-    return _connection(ctx, records, cursors, len(rows) > limit, False, wrap, total)
+    more = len(rows) > limit
+    return _connection(ctx, records, cursors, not backward and more, backward and more,
+                       wrap, total)
+
+
+def reversed_order(sort: Sequence[Sort]) -> tuple[Sort, ...]:
+    """``sort`` read backward, its ``id`` tie-breaker too (the stores append it ascending
+    unless ``sort`` names ``id``)."""
+    flipped = tuple(Sort(s.field, not s.descending, s.origin) for s in sort)
+    if all(s.field != "id" for s in sort):
+        flipped += (Sort("id", descending=True),)
+    return flipped

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
+import pytest
+
+from domain import entities as d
+from domain.clock import utcnow
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.services import ConnectorSpec
+from domain.services.charging import books_of
 from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World, build_world
 
@@ -119,3 +128,163 @@ async def test_a_page_of_connectors_loads_each_level_once(
                             f'connectorId station {{ cpId }} activeSession {{ '
                             f'{SESSION_FIELDS} }} }} }} }}', as_user=admin)
         assert one["node"] == node
+
+
+async def _more_stations(services, world: World, count: int, batch: str = "X"
+                         ) -> list[d.Station]:
+    """``count`` more stations for each company, each with a live reservation and a paid
+    session on plug 1 (by driver1), so every nested path below has rows per station."""
+    store = services.ctx.store
+    made = []
+    for company in ("a", "b"):
+        for i in range(count):
+            station, _ = await services.stations.create_station(
+                SYSTEM, cp_id=f"{company.upper()}-{batch}{i:03d}", name=f"Extra {i}",
+                company_id=world.companies[company].id,
+                owner_id=world.users[f"op_{company}"].id,
+                connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+            made.append(station)
+            company_id, owner_id = books_of(station)
+            start = utcnow() - timedelta(hours=2)
+            session = d.Session(
+                transaction_id=await store.next_sequence("transaction"),
+                station_id=station.id, cp_id=station.cp_id, connector_id=1,
+                id_tag=world.tags["driver1"].tag, user_id=world.users["driver1"].id,
+                vehicle_id=world.vehicles["driver1"].id, start_time=start,
+                meter_start_wh=0, energy_wh=1000, state=d.SessionState.COMPLETED,
+                end_time=start + timedelta(hours=1), meter_stop_wh=1000,
+                created_at=start, updated_at=start, company_id=company_id,
+                station_owner_id=owner_id)
+            await store.write([
+                Insert(session),
+                Insert(d.Payment(session_id=session.id, station_id=station.id,
+                                 user_id=session.user_id, amount_minor=100, currency="EUR",
+                                 company_id=company_id, station_owner_id=owner_id)),
+                Insert(d.Reservation(
+                    reservation_id=await store.next_sequence("reservation"),
+                    station_id=station.id, cp_id=station.cp_id, connector_id=2,
+                    id_tag=world.tags["driver1"].tag, user_id=world.users["driver1"].id,
+                    expires_at=utcnow() + timedelta(hours=1), company_id=company_id,
+                    station_owner_id=owner_id)),
+            ], [])
+    return made
+
+
+CONNECTORS_BELOW = "cpId connectors { connectorId station { cpId } " \
+                   "activeSession { transactionId user { name } } }"
+
+#: Stations reached other than as a page of ``stations``: their connectors (and the
+#: connectors' active sessions and drivers) must cost one store call per level too.
+STATIONS_UNDER_PARENTS = {
+    "company": f"{{ companies(first: 5) {{ nodes {{ stations(first: 20) {{ nodes {{ "
+               f"{CONNECTORS_BELOW} }} }} }} }} }}",
+    "owner": f"{{ users(first: 10) {{ nodes {{ stations(first: 20) {{ nodes {{ "
+             f"{CONNECTORS_BELOW} }} }} }} }} }}",
+    "reservation": f"{{ reservations(first: 50) {{ nodes {{ station {{ "
+                   f"{CONNECTORS_BELOW} }} }} }} }}",
+    "payment": f"{{ payments(first: 50) {{ nodes {{ session {{ station {{ "
+               f"{CONNECTORS_BELOW} }} }} }} }} }}",
+}
+
+
+@pytest.mark.parametrize("path", sorted(STATIONS_UNDER_PARENTS))
+async def test_connectors_of_stations_under_other_parents_load_once_per_level(
+        api: Api, world: World, services, store: CountingStore, path: str) -> None:
+    """``companies { stations { connectors } }``, a reservation's or a payment's station
+    …: the connectors of every station of the level come from one store call, as under
+    a page of stations (QA s28: each station's connectors and active sessions were a
+    call of their own, 40 calls for a company's 20 stations)."""
+    document = STATIONS_UNDER_PARENTS[path]
+    viewer = world.users["op_a"].id
+    await _more_stations(services, world, 1)
+    store.calls.clear()
+    few = await api.gql(document, as_user=viewer)
+    few_calls = list(store.calls)
+    await _more_stations(services, world, 8, batch="Y")
+    store.calls.clear()
+    many = await api.gql(document, as_user=viewer)
+    # many more stations (and their connectors) listed, for the same calls
+    assert json.dumps(many).count('"cpId"') > 2 * json.dumps(few).count('"cpId"')
+    assert store.calls == few_calls
+    # connectors, active sessions and their drivers: one call each at any size
+    assert store.calls.count("find_grouped") <= 3 + ("users" in document)
+
+
+async def test_nodes_by_ids_load_each_kind_in_one_call(
+        api: Api, world: World, services, store: CountingStore) -> None:
+    """``nodes(ids:)`` loads its ids of each kind in one store call (QA s28: awaited one
+    by one, 100 ids were 100 calls), answers in the order asked, null for a hidden one."""
+    await _more_stations(services, world, 5)
+    admin = world.users["admin"].id
+    stations = (await api.gql("{ stations(first: 50) { nodes { id cpId } } }",
+                              as_user=admin))["stations"]["nodes"]
+    users = (await api.gql("{ users(first: 50) { nodes { id name } } }",
+                           as_user=admin))["users"]["nodes"]
+    ids = [n["id"] for pair in zip(stations, users, strict=False) for n in pair]
+    document = ("query($ids: [ID!]!) { nodes(ids: $ids) { id ... on Station { cpId "
+                "connectors { connectorId } } ... on User { name } } }")
+    store.calls.clear()
+    nodes = (await api.gql(document, {"ids": ids}, as_user=admin))["nodes"]
+    assert [n["id"] for n in nodes] == ids
+    # token viewer, stations, users, the stations' connectors
+    assert sorted(store.calls) == ["find_grouped", "get_many", "get_many", "get_many"]
+    # An operator of A: B's stations read null, in their places.
+    op_a = world.users["op_a"].id
+    ids = [s["id"] for s in stations]
+    store.calls.clear()
+    seen = (await api.gql(document, {"ids": ids}, as_user=op_a))["nodes"]
+    assert len(store.calls) == 3
+    assert [n and n["cpId"] for n in seen] == [
+        s["cpId"] if s["cpId"].startswith("A-") else None for s in stations]
+
+
+LAST_UNDER_PARENTS = (
+    "{ stations(first: 50) { nodes { cpId sessions(last: 1) { totalCount "
+    "pageInfo { hasNextPage hasPreviousPage startCursor endCursor } "
+    "edges { cursor node { transactionId } } } } } }")
+
+
+async def test_last_of_nested_lists_loads_once_per_level(
+        api: Api, world: World, services, store: CountingStore) -> None:
+    """``sessions(last: n)`` under a page of stations is batched as ``first`` is (QA s28:
+    a store call per station, and one more per station for ``totalCount``), and answers
+    as the store's own backward page of each list: its last rows in the list's order,
+    their cursors, ``hasPreviousPage`` when rows come before them."""
+    admin = world.users["admin"].id
+    await _more_stations(services, world, 1)
+    store.calls.clear()
+    await api.gql(LAST_UNDER_PARENTS, as_user=admin)
+    few_calls = list(store.calls)
+    made = await _more_stations(services, world, 6, batch="Y")
+    # A second session on some stations, so some lists have more than their last row.
+    for station in (world.stations["A-001"], made[0], made[-1]):
+        company_id, owner_id = books_of(station)
+        await services.ctx.store.write([Insert(d.Session(
+            transaction_id=await services.ctx.store.next_sequence("transaction"),
+            station_id=station.id, cp_id=station.cp_id, connector_id=2, id_tag="OTHER",
+            start_time=utcnow() - timedelta(minutes=5), meter_start_wh=0,
+            company_id=company_id, station_owner_id=owner_id))], [])
+    store.calls.clear()
+    stations = (await api.gql(LAST_UNDER_PARENTS, as_user=admin))["stations"]["nodes"]
+    assert store.calls == few_calls
+    # token viewer, page, sessions, their counts
+    assert len(store.calls) == 4
+    assert sum(s["sessions"]["totalCount"] > 1 for s in stations) >= 3
+    for station in stations:
+        got = station["sessions"]
+        whole = (await api.gql(
+            f'{{ station(cpId: "{station["cpId"]}") {{ sessions(first: 100) {{ '
+            "edges { cursor node { transactionId } } } } }", as_user=admin)
+        )["station"]["sessions"]["edges"]
+        assert got["edges"] == whole[-1:]
+        assert got["totalCount"] == len(whole)
+        assert got["pageInfo"] == {
+            "hasNextPage": False, "hasPreviousPage": len(whole) > 1,
+            "startCursor": whole[-1]["cursor"] if whole else None,
+            "endCursor": whole[-1]["cursor"] if whole else None}
+        if len(whole) > 1:  # its cursor pages on backward, in that parent's list
+            before = (await api.gql(
+                f'{{ station(cpId: "{station["cpId"]}") {{ sessions(last: 100, before: '
+                f'"{whole[-1]["cursor"]}") {{ edges {{ cursor node {{ transactionId }} }} }} '
+                "} }", as_user=admin))["station"]["sessions"]["edges"]
+            assert before == whole[:-1]
