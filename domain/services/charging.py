@@ -1981,13 +1981,20 @@ class ChargingService(ChargerConnections):
                     Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
                     Eq("state", SessionState.ACTIVE))) is not None:
                 return None
+            # A plug's first interval (none open to end) in its station's books as
+            # stored, and written only while the station is in them: a handover
+            # meanwhile rolled over no interval of it (``StoredBooks.guard``), as for a
+            # status report (review r27-analytics4).
+            stored = StoredBooks(self.store, station,
+                                 books_of(station) if tries > 1 else None)
             changes = await finishing(self.store, station, connector, end_time,
                                       charger(station.cp_id),
                                       self.clocks.ours_at(station.cp_id, end_time),
-                                      self.now())
+                                      self.now(), stored)
             if not changes:
                 return None  # reported meanwhile: the charger's own word stands
-            await self.store.write(changes, [])
+            in_books = stored.guard()
+            await self.store.write(changes, [], [in_books] if in_books is not None else [])
             return connector
 
         try:

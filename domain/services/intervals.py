@@ -73,11 +73,14 @@ class Recorded:
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
                         at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
-                        ours: datetime | None = None) -> list[Change]:
+                        ours: datetime | None = None, stored: StoredBooks | None = None
+                        ) -> list[Change]:
     """``record_state``'s changes, for writes that book nothing beside them (connects,
-    disconnects, stops)."""
+    disconnects, stops). ``stored``: the station's books as the write takes them, whose
+    ``guard`` the write carries (a plug's first interval, as a status report's)."""
     return (await record_state(store, station, connector_id, status, error_code, online,
-                               at, actor, now=now, known=known, ours=ours)).changes
+                               at, actor, now=now, known=known, ours=ours,
+                               stored=stored)).changes
 
 
 async def record_state(store: Store, station: Station, connector_id: int,
@@ -313,7 +316,8 @@ def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> li
 
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,
-                    actor: Viewer, ours: datetime | None, now: datetime) -> list[Change]:
+                    actor: Viewer, ours: datetime | None, now: datetime,
+                    stored: StoredBooks | None = None) -> list[Change]:
     """The connector's state after its transaction's StopTransaction at ``at`` (charger
     timeline): still in the transaction's state (``IN_TRANSACTION``) and not reported
     since, it is Finishing from then on, as OCPP 1.6 has it (stopped, not yet free),
@@ -322,7 +326,7 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     and after its return until it reported again (QA s5: 10 s of charging for a 2 s
     session). Written only onto the state as read (``status_at``): a report that came
     meanwhile stands. Nothing for a connector in any other state. ``ours``: ``at`` on
-    our clock, ``now`` our now (``next_interval``)."""
+    our clock, ``now`` our now, ``stored`` the station's books (``next_interval``)."""
     if connector.status not in IN_TRANSACTION or (
             connector.status_at is not None and connector.status_at > at):
         return []
@@ -334,7 +338,7 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     return [update, *await next_interval(
         store, station, connector.connector_id,
         *effective_state(station, ConnectorStatus.FINISHING, connector.error_code),
-        station.online, at, actor, now=now, ours=ours)]
+        station.online, at, actor, now=now, ours=ours, stored=stored)]
 
 
 async def rebase_intervals(store: Store, station: Station, at: datetime,
