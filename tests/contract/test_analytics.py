@@ -21,6 +21,7 @@ from domain.ports import Delete, Insert, Store
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
+from domain.services.base import patch
 from domain.timebuckets import Bucket
 from tests.helpers import FastHasher
 from tests.support.history import (
@@ -1158,6 +1159,30 @@ async def test_a_stop_opening_a_plug_s_first_interval_racing_a_handover_is_in_th
     assert raced
     [finishing] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)
     assert (finishing.status, finishing.company_id) == (d.ConnectorStatus.FINISHING, b)
+
+
+async def test_a_connector_0_report_is_in_its_station_s_own_books_not_its_first_plug_s(
+        history: History) -> None:
+    """A report of connector 0 is the charge point's, the station's own: it goes in the
+    station's books as stored (B's, R9 handed over), not in those of whichever plug's
+    interval the loop read first. Here plug 1's open interval was left in A's books (an
+    older instance's connect racing the handover, before connects were guarded): the
+    point's Faulted was A's report, of a station B runs (B read no fault group)."""
+    station_id, b = await _r9(history, timedelta(0))
+    store, charging = history.services.ctx.store, history.services.charging
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    a = history.users["op_a"].company_id
+    [current] = await store.find_all(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R9"), Eq("end", None)), limit=5)
+    await store.write([patch(current, SYSTEM, company_id=a)], [])  # the stale chain
+    charging.cache.drop_station("R9")
+    history.clock.now = at_31(16, 30)
+    await charging.status_notification("R9", 0, "Faulted", "PowerSwitchFailure",
+                                       timestamp=at_31(16, 30))
+    [event] = await store.find_all(d.StatusEvent, all_of(
+        Eq("cp_id", "R9"), Eq("connector_id", 0)), limit=5)
+    assert (event.company_id, event.station_owner_id) == (b, None)
 
 
 async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_recorded_in(
