@@ -18,10 +18,10 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain import entities as d
-from domain.policy import SYSTEM, Viewer
-from domain.services.base import patch
 from domain.keyed_locks import KeyedLocks
+from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
+from domain.services.base import patch
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
