@@ -1338,7 +1338,7 @@ class ChargingService(ChargerConnections):
                 station.cp_id, presented, (session.id,),
                 before=session.transaction_id if session.start_refused is None else None,
                 card=(card,))
-            answered = await self._answered(station, session, info)
+            answered = await self._answered(station, session, info, card)
             if answered is not None:
                 return answered[1]
             if attempt < START_ATTEMPTS:
@@ -1367,8 +1367,8 @@ class ChargingService(ChargerConnections):
             station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
         return None if late else info.status
 
-    async def _answered(self, station: Station, session: Session, info: IdTagInfo
-                        ) -> tuple[Session, IdTagInfo] | None:
+    async def _answered(self, station: Station, session: Session, info: IdTagInfo,
+                        card: IdTag | None = None) -> tuple[Session, IdTagInfo] | None:
         """Records on ``session`` the answer its start got when it refused a start the
         charger could still act on (``Session.start_refused``: priced by no tariff): its
         card's status (``info``), also where the charger was told ``WITHHELD`` (a
@@ -1387,6 +1387,10 @@ class ChargingService(ChargerConnections):
         session (or a removal of the card) between the judgement and this write left a
         COMPLETED session made an accepted one, the charger told Accepted for a card
         that was gone, and its stop billed to the erased account (review r27-accounts).
+        Accepted onto the card as judged (``card``, the one ``info`` was given on): only
+        while it is unchanged (its ``updated_at``), as a first start's is; guarded on
+        its tag and holder alone, a block landing between the judgement and the write
+        was told Accepted, a billed session holding a blocked card (review r28).
         When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
         again, and answers a closed session as recorded (refused)."""
         refused = self._refusal(station, session, info)
@@ -1408,6 +1412,9 @@ class ChargingService(ChargerConnections):
             # driver is theirs, and accepts it.
             guards.append(Guard(IdTag, all_of(Eq("tag", session.id_tag),
                                               Eq("user_id", session.user_id))))
+            if card is not None:
+                guards.append(Guard(IdTag, all_of(Eq("id", card.id),
+                                                  Eq("updated_at", card.updated_at))))
             if session.user_id is not None:
                 guards.append(not_erased(session.user_id))
         try:
