@@ -915,11 +915,14 @@ class ChargingService(ChargerConnections):
                         station.online, at, actor, now=self.now(),
                         ours=self.clocks.ours_at(cp_id, at), stored=stored)
                     telemetry += recorded.changes
+                    if recorded.queued:  # in the outage's books, with its time there
+                        books = books or recorded.books
                 # The point's report is the station's own: in its books as stored (and
                 # written only while it is in them, ``StoredBooks.guard``), not those of
                 # whichever plug's interval was read first, which the plugs need not
-                # share (a chain left in the former books).
-                books = await stored.books()
+                # share (a chain left in the former books). One queued through an
+                # outage: those of the offline stretch its state splits, as a plug's.
+                books = books or await stored.books()
         else:
             current, is_new = await self._connector(station, connector_id)
             previous = None if is_new else _Reported.of_connector(current)

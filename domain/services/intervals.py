@@ -64,10 +64,13 @@ Books = tuple[str | None, str | None]
 class Recorded:
     """A state report's part of the history (``record_state``): the ``changes`` to
     write, and the ``books`` of the interval its state is recorded in, which the report
-    (its ``StatusEvent``) takes, so report and time are in one company's books."""
+    (its ``StatusEvent``) takes, so report and time are in one company's books.
+    ``queued``: a report queued through an outage, its state recorded in the offline
+    stretch it splits (``books`` that stretch's)."""
 
     changes: list[Change]
     books: Books
+    queued: bool = False
 
 
 async def next_interval(store: Store, station: Station, connector_id: int,
@@ -115,18 +118,18 @@ async def record_state(store: Store, station: Station, connector_id: int,
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
     books = await _books(store, current, station, stored)
-    recorded = books
+    recorded, queued = books, False
     if current is not None:
         if at < current.start:
             # A report queued through an outage: what the charger did while away, offline.
             offline, outage_books = await _offline_change(
                 store, station, connector_id, status, error_code, at, actor, now, ours)
             changes += offline
-            recorded = outage_books or books
+            recorded, queued = outage_books or books, outage_books is not None
         if (current.status, current.error_code, current.online, current.point_status,
                 current.point_error_code, current.known) == (
                     status, error_code, online, point_status, point_error_code, known):
-            return Recorded(changes, recorded)
+            return Recorded(changes, recorded, queued)
         changes.append(_close(current, max(at, current.start), actor))
     start = max(at, current.start) if current else at
     company_id, station_owner_id = books
@@ -136,7 +139,7 @@ async def record_state(store: Store, station: Station, connector_id: int,
         point_error_code=point_error_code, known=known, start=start,
         observed_at=_observed(current, start, at, ours, now), company_id=company_id,
         station_owner_id=station_owner_id), actor, at)))
-    return Recorded(changes, recorded)
+    return Recorded(changes, recorded, queued)
 
 
 class StoredBooks:

@@ -984,6 +984,37 @@ async def test_a_fault_queued_through_an_outage_across_a_handover_is_with_its_ti
     assert groups["op_b"] == [(0, at_31(17), round(1 / 60, 3))], groups
 
 
+async def test_a_point_fault_queued_through_an_outage_across_a_handover_is_with_its_time(
+        history: History) -> None:
+    """As above for connector 0: R9 (A's) offline at 15:00, handed to B at 16:00, back
+    at 17:00 flushing the point's PowerSwitchFailure queued at 15:30, then Available.
+    Its state is recorded in the offline stretch of A's outage it splits, so the report
+    is A's with its half hour; B has only the minute the fault went on once R9 was back
+    in its books, never a report of 15:30. The point's report is the station's own
+    books as stored only when it is not queued into an outage."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(15)
+    await charging.set_online("R9", False)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    await charging.set_online("R9", True)
+    await charging.status_notification("R9", 0, "Faulted", "PowerSwitchFailure",
+                                       timestamp=at_31(15, 30))
+    history.clock.now = at_31(17, 1)
+    await charging.status_notification("R9", 0, "Available", "NoError",
+                                       timestamp=at_31(17, 1))
+    history.clock.now = at_31(18)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    groups = {who: [(g.connector_id, g.count, g.first_seen) for g in
+                    await analytics.fault_reports(history.viewer(who), r9, at_31(0),
+                                                  at_31(23))]
+              for who in ("op_a", "op_b")}
+    assert groups["op_a"] == [(0, 1, at_31(15, 30))], groups
+    assert [g[:2] for g in groups["op_b"]] == [(0, 0)], groups
+
+
 async def _faults_r9(h: History, who: str) -> list[tuple[Any, ...]]:
     return [(g.connector_id, g.error_code, g.count, round(g.duration_seconds / H, 2))
             for g in await h.services.analytics.fault_reports(
