@@ -890,13 +890,13 @@ class Withdrawal(Service):
         card's expiry, block or edit, its holder's deactivation or erasure): each in
         the store, guarded on its state, by whichever caller writes first, and its
         CancelReservation owed to the charger
-        (``CommandService.cancel_owed``) and sent, once, by the owed record: here at
-        once, for the reservations cancelled now or owed already, where the charger is
-        connected to this instance; else, with ``prompt`` (one instance's withdrawal,
-        not the expiry sweep every instance runs, whose holder's own sweep sends it),
-        through the relay at once to the instance holding it, for those this call
-        cancelled; and otherwise by that instance's ``sweep_owed_cancels`` or at the
-        charger's return. Review s26: every instance cancelled through the relay, so a
+        (``CommandService.cancel_owed``) and sent, once, by the owed record. With
+        ``prompt`` (one instance's withdrawal, not the expiry sweep every instance runs)
+        only those this call cancelled (its claim won) are sent, at once, here where the
+        charger is connected to this instance, else through the relay to the instance
+        holding it. Without, the holder sends every one owed at the stations read, here
+        (the sweep's winners elsewhere relay nothing). Otherwise by the holder's
+        ``sweep_owed_cancels`` or at the charger's return. Review s26: every instance cancelled through the relay, so a
         charger was sent the same cancel once per instance, all but the first answered
         Rejected and recorded (audit, commandCompleted, webhooks) as a failed cancel.
         Review r27-reserve5: a card blocked on an instance not holding its charger (a
