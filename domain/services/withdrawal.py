@@ -897,8 +897,9 @@ class Withdrawal(Service):
         holding it. Without, the holder sends every one owed at the stations read, here
         (the sweep's winners elsewhere relay nothing). Otherwise by the holder's
         ``sweep_owed_cancels`` or at the charger's return. Review s26: every instance
-        cancelled through the relay, so a charger was sent the same cancel once per instance, all but the first answered
-        Rejected and recorded (audit, commandCompleted, webhooks) as a failed cancel.
+        cancelled through the relay, so a charger was sent the same cancel once per
+        instance, all but the first answered Rejected and recorded (audit,
+        commandCompleted, webhooks) as a failed cancel.
         Review r27-reserve5: a card blocked on an instance not holding its charger (a
         GraphQL-only one) had its cancel wait for the holder's sweep, up to a minute,
         the plug shown free and another driver's reservation refused Occupied."""
