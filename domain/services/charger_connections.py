@@ -40,12 +40,14 @@ from domain.services.base import (
     owned_by,
     patch,
     stamp_new,
+    still_in_books,
 )
 from domain.services.charger_cache import ChargerCache
 from domain.services.charger_clocks import ChargerClocks
 from domain.services.charger_sign_ins import ChargerSignIns, address_key
 from domain.services.edits import retried
 from domain.services.intervals import (
+    StoredBooks,
     effective_state,
     next_interval,
 )
@@ -422,10 +424,15 @@ class ChargerConnections(Service):
         now = self.now()
         when = now if at is None else at
         actor = charger(cp_id)
-        # In the books of the station as read from the store (a handover since fails the
-        # write: its state intervals were ended, ``intervals._close``, and it is read
-        # again).
+        # In the books of the station as read from the store, and written only while it
+        # is still in them (``still_in_books``): a handover since fails the write and it
+        # is read again. Its open state intervals alone (``intervals._close``) did not
+        # tell: a handover rolls over only open intervals, and a plug's first one (a
+        # station's first connect, a plug added while online) and a station of no plug
+        # have none, so the connection and the plug's whole history stayed the former
+        # company's (as a status report's first interval, review r27-analytics4).
         company_id, station_owner_id = books_of(station)
+        stored = StoredBooks(self.store, station, (company_id, station_owner_id))
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
                                 server_outage=outage, company_id=company_id,
                                 station_owner_id=station_owner_id)
@@ -443,8 +450,8 @@ class ChargerConnections(Service):
                 station, connector.connector_id,
                 *effective_state(station, connector.status, connector.error_code), online,
                 self.clocks.charger_time(cp_id, when), actor, now=now, known=not outage,
-                ours=when)
-        await self.store.write(changes, [])
+                ours=when, stored=stored)
+        await self.store.write(changes, [], [still_in_books(station)])
         self.cache.patched(station, cast(Station, update.record))
         await self.publish(StationConnectionChanged(
             **owned_by(station), online=online, at=when, connection=station.connection

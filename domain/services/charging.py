@@ -915,7 +915,14 @@ class ChargingService(ChargerConnections):
                         station.online, at, actor, now=self.now(),
                         ours=self.clocks.ours_at(cp_id, at), stored=stored)
                     telemetry += recorded.changes
-                    books = books or recorded.books  # a point's: its plugs' (all alike)
+                    if recorded.queued:  # in the outage's books, with its time there
+                        books = books or recorded.books
+                # The point's report is the station's own: in its books as stored (and
+                # written only while it is in them, ``StoredBooks.guard``), not those of
+                # whichever plug's interval was read first, which the plugs need not
+                # share (a chain left in the former books). One queued through an
+                # outage: those of the offline stretch its state splits, as a plug's.
+                books = books or await stored.books()
         else:
             current, is_new = await self._connector(station, connector_id)
             previous = None if is_new else _Reported.of_connector(current)
@@ -1334,7 +1341,7 @@ class ChargingService(ChargerConnections):
                 station.cp_id, presented, (session.id,),
                 before=session.transaction_id if session.start_refused is None else None,
                 card=(card,))
-            answered = await self._answered(station, session, info)
+            answered = await self._answered(station, session, info, card)
             if answered is not None:
                 return answered[1]
             if attempt < START_ATTEMPTS:
@@ -1363,8 +1370,8 @@ class ChargingService(ChargerConnections):
             station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
         return None if late else info.status
 
-    async def _answered(self, station: Station, session: Session, info: IdTagInfo
-                        ) -> tuple[Session, IdTagInfo] | None:
+    async def _answered(self, station: Station, session: Session, info: IdTagInfo,
+                        card: IdTag | None = None) -> tuple[Session, IdTagInfo] | None:
         """Records on ``session`` the answer its start got when it refused a start the
         charger could still act on (``Session.start_refused``: priced by no tariff): its
         card's status (``info``), also where the charger was told ``WITHHELD`` (a
@@ -1383,6 +1390,10 @@ class ChargingService(ChargerConnections):
         session (or a removal of the card) between the judgement and this write left a
         COMPLETED session made an accepted one, the charger told Accepted for a card
         that was gone, and its stop billed to the erased account (review r27-accounts).
+        Accepted onto the card as judged (``card``, the one ``info`` was given on): only
+        while it is unchanged (its ``updated_at``), as a first start's is; guarded on
+        its tag and holder alone, a block landing between the judgement and the write
+        was told Accepted, a billed session holding a blocked card (review r28).
         When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
         again, and answers a closed session as recorded (refused)."""
         refused = self._refusal(station, session, info)
@@ -1404,6 +1415,9 @@ class ChargingService(ChargerConnections):
             # driver is theirs, and accepts it.
             guards.append(Guard(IdTag, all_of(Eq("tag", session.id_tag),
                                               Eq("user_id", session.user_id))))
+            if card is not None:
+                guards.append(Guard(IdTag, all_of(Eq("id", card.id),
+                                                  Eq("updated_at", card.updated_at))))
             if session.user_id is not None:
                 guards.append(not_erased(session.user_id))
         try:
@@ -1981,13 +1995,20 @@ class ChargingService(ChargerConnections):
                     Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
                     Eq("state", SessionState.ACTIVE))) is not None:
                 return None
+            # A plug's first interval (none open to end) in its station's books as
+            # stored, and written only while the station is in them: a handover
+            # meanwhile rolled over no interval of it (``StoredBooks.guard``), as for a
+            # status report (review r27-analytics4).
+            stored = StoredBooks(self.store, station,
+                                 books_of(station) if tries > 1 else None)
             changes = await finishing(self.store, station, connector, end_time,
                                       charger(station.cp_id),
                                       self.clocks.ours_at(station.cp_id, end_time),
-                                      self.now())
+                                      self.now(), stored)
             if not changes:
                 return None  # reported meanwhile: the charger's own word stands
-            await self.store.write(changes, [])
+            in_books = stored.guard()
+            await self.store.write(changes, [], [in_books] if in_books is not None else [])
             return connector
 
         try:

@@ -64,20 +64,26 @@ Books = tuple[str | None, str | None]
 class Recorded:
     """A state report's part of the history (``record_state``): the ``changes`` to
     write, and the ``books`` of the interval its state is recorded in, which the report
-    (its ``StatusEvent``) takes, so report and time are in one company's books."""
+    (its ``StatusEvent``) takes, so report and time are in one company's books.
+    ``queued``: a report queued through an outage, its state recorded in the offline
+    stretch it splits (``books`` that stretch's)."""
 
     changes: list[Change]
     books: Books
+    queued: bool = False
 
 
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
                         at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
-                        ours: datetime | None = None) -> list[Change]:
+                        ours: datetime | None = None, stored: StoredBooks | None = None
+                        ) -> list[Change]:
     """``record_state``'s changes, for writes that book nothing beside them (connects,
-    disconnects, stops)."""
+    disconnects, stops). ``stored``: the station's books as the write takes them, whose
+    ``guard`` the write carries (a plug's first interval, as a status report's)."""
     return (await record_state(store, station, connector_id, status, error_code, online,
-                               at, actor, now=now, known=known, ours=ours)).changes
+                               at, actor, now=now, known=known, ours=ours,
+                               stored=stored)).changes
 
 
 async def record_state(store: Store, station: Station, connector_id: int,
@@ -112,18 +118,18 @@ async def record_state(store: Store, station: Station, connector_id: int,
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
     books = await _books(store, current, station, stored)
-    recorded = books
+    recorded, queued = books, False
     if current is not None:
         if at < current.start:
             # A report queued through an outage: what the charger did while away, offline.
             offline, outage_books = await _offline_change(
                 store, station, connector_id, status, error_code, at, actor, now, ours)
             changes += offline
-            recorded = outage_books or books
+            recorded, queued = outage_books or books, outage_books is not None
         if (current.status, current.error_code, current.online, current.point_status,
                 current.point_error_code, current.known) == (
                     status, error_code, online, point_status, point_error_code, known):
-            return Recorded(changes, recorded)
+            return Recorded(changes, recorded, queued)
         changes.append(_close(current, max(at, current.start), actor))
     start = max(at, current.start) if current else at
     company_id, station_owner_id = books
@@ -133,7 +139,7 @@ async def record_state(store: Store, station: Station, connector_id: int,
         point_error_code=point_error_code, known=known, start=start,
         observed_at=_observed(current, start, at, ours, now), company_id=company_id,
         station_owner_id=station_owner_id), actor, at)))
-    return Recorded(changes, recorded)
+    return Recorded(changes, recorded, queued)
 
 
 class StoredBooks:
@@ -313,7 +319,8 @@ def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> li
 
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,
-                    actor: Viewer, ours: datetime | None, now: datetime) -> list[Change]:
+                    actor: Viewer, ours: datetime | None, now: datetime,
+                    stored: StoredBooks | None = None) -> list[Change]:
     """The connector's state after its transaction's StopTransaction at ``at`` (charger
     timeline): still in the transaction's state (``IN_TRANSACTION``) and not reported
     since, it is Finishing from then on, as OCPP 1.6 has it (stopped, not yet free),
@@ -322,7 +329,7 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     and after its return until it reported again (QA s5: 10 s of charging for a 2 s
     session). Written only onto the state as read (``status_at``): a report that came
     meanwhile stands. Nothing for a connector in any other state. ``ours``: ``at`` on
-    our clock, ``now`` our now (``next_interval``)."""
+    our clock, ``now`` our now, ``stored`` the station's books (``next_interval``)."""
     if connector.status not in IN_TRANSACTION or (
             connector.status_at is not None and connector.status_at > at):
         return []
@@ -334,7 +341,7 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     return [update, *await next_interval(
         store, station, connector.connector_id,
         *effective_state(station, ConnectorStatus.FINISHING, connector.error_code),
-        station.online, at, actor, now=now, ours=ours)]
+        station.online, at, actor, now=now, ours=ours, stored=stored)]
 
 
 async def rebase_intervals(store: Store, station: Station, at: datetime,

@@ -890,15 +890,16 @@ class Withdrawal(Service):
         card's expiry, block or edit, its holder's deactivation or erasure): each in
         the store, guarded on its state, by whichever caller writes first, and its
         CancelReservation owed to the charger
-        (``CommandService.cancel_owed``) and sent, once, by the owed record: here at
-        once, for the reservations cancelled now or owed already, where the charger is
-        connected to this instance; else, with ``prompt`` (one instance's withdrawal,
-        not the expiry sweep every instance runs, whose holder's own sweep sends it),
-        through the relay at once to the instance holding it, for those this call
-        cancelled; and otherwise by that instance's ``sweep_owed_cancels`` or at the
-        charger's return. Review s26: every instance cancelled through the relay, so a
-        charger was sent the same cancel once per instance, all but the first answered
-        Rejected and recorded (audit, commandCompleted, webhooks) as a failed cancel.
+        (``CommandService.cancel_owed``) and sent, once, by the owed record. With
+        ``prompt`` (one instance's withdrawal, not the expiry sweep every instance runs)
+        only those this call cancelled (its claim won) are sent, at once, here where the
+        charger is connected to this instance, else through the relay to the instance
+        holding it. Without, the holder sends every one owed at the stations read, here
+        (the sweep's winners elsewhere relay nothing). Otherwise by the holder's
+        ``sweep_owed_cancels`` or at the charger's return. Review s26: every instance
+        cancelled through the relay, so a charger was sent the same cancel once per
+        instance, all but the first answered Rejected and recorded (audit,
+        commandCompleted, webhooks) as a failed cancel.
         Review r27-reserve5: a card blocked on an instance not holding its charger (a
         GraphQL-only one) had its cancel wait for the holder's sweep, up to a minute,
         the plug shown free and another driver's reservation refused Occupied."""
@@ -915,25 +916,36 @@ class Withdrawal(Service):
                 elif r.cancel_owed_since is not None:
                     owed.add(r.station_id)
         cancelled = await self.commands.cancel_owed(live, actor)
-        here = await self._here(sorted(owed | {r.station_id for r in live}))
+        # The claim decides who sends (review r28): a prompt withdrawal sends the
+        # cancels its own claim won, here or through the relay, and no other: two
+        # instances withdrawing at one station at once each sent every cancel owed
+        # there, the other's still unanswered one too, and the charger answered the
+        # second Rejected (recorded as a failed cancel). Without ``prompt`` (the expiry
+        # sweep, on every instance, whose winners relay nothing) the holder sends all.
+        mine = {r.id for r in cancelled} if prompt else None
+        here = await self._here(sorted(
+            {r.station_id for r in cancelled} if prompt
+            else owed | {r.station_id for r in live}))
         for station_id in here:
-            await self.commands.send_owed_cancels(station_id)
+            await self.commands.send_owed_cancels(station_id, mine)
         if prompt:
             await self._send_owed_elsewhere(
-                sorted({r.station_id for r in cancelled} - set(here)))
+                sorted({r.station_id for r in cancelled} - set(here)), mine)
 
-    async def _send_owed_elsewhere(self, station_ids: Sequence[str]) -> None:
-        """Sends the owed cancels of the stations online whose charger another instance
-        holds, through the relay (``CommandService.send_owed_cancels``, which the
-        gateway relays), each on its own: one not reached stays owed, for the holder's
-        sweep or the charger's return. A station recorded offline is sent nothing now."""
+    async def _send_owed_elsewhere(self, station_ids: Sequence[str],
+                                   only: Collection[str] | None = None) -> None:
+        """Sends the owed cancels (of ``only``, when given) of the stations online whose
+        charger another instance holds, through the relay
+        (``CommandService.send_owed_cancels``, which the gateway relays), each on its
+        own: one not reached stays owed, for the holder's sweep or the charger's return.
+        A station recorded offline is sent nothing now."""
         if self.commands.gateway is None or not station_ids:
             return
         for station in await self.store.get_many(Station, list(station_ids)):
             if station is None or not station.online:
                 continue
             try:
-                await self.commands.send_owed_cancels(station.id)
+                await self.commands.send_owed_cancels(station.id, only)
             except Exception:
                 log.exception("the owed cancels of station %s were not sent", station.id)
 
@@ -1004,7 +1016,12 @@ class Withdrawal(Service):
         usable = {(c.tag, c.user_id) for c in cards if states.get(c.id) == ACCEPTED}
         dead = [r.id for r in held if (r.id_tag, r.user_id) not in usable]
         if dead:
-            await self.cancel_reservations(SYSTEM, In("id", tuple(dead)))
+            # Once, as every withdrawal (``_cancel_once``): stored CANCELLED and owed
+            # before the send, which this instance, holding the charger, makes at once.
+            # Through the relay the reservation stayed ACTIVE until the charger
+            # answered, and the expiry sweep or a block of the card meanwhile cancelled
+            # it again: the charger sent it twice, the second Rejected (review r28).
+            await self._cancel_once(SYSTEM, In("id", tuple(dead)), prompt=True)
 
     async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
         """Each entry's (by id) card's state now, as a list spells it
@@ -1218,10 +1235,10 @@ class Withdrawal(Service):
         stayed live, which the README said was cancelled); one unanswered is left to
         the caller's own write, to its expiry or, for a card's, to the charger's boot
         (``_cancel_unusable``).
-        For connectors and stations being removed, and the boot's check
-        (``_cancel_unusable``): the charger otherwise holds the plug for a reservation
-        nobody here knows of. Withdrawn cards and users cancel once instead
-        (``_cancel_once``, review r27-reserve5)."""
+        For connectors and stations being removed: the charger otherwise holds the plug
+        for a reservation nobody here knows of. Withdrawn cards and users, and the
+        boot's check (``_cancel_unusable``), cancel once instead (``_cancel_once``,
+        review r27-reserve5, r28)."""
         async for held in pages(self.store, Reservation, all_of(
                 where, live_reservations(self.now())), CANCEL_PAGE):
             for reservation in held:

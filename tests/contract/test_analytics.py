@@ -17,10 +17,11 @@ from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, SYSTEM, Policy
-from domain.ports import Insert, Store
+from domain.ports import Delete, Insert, Store
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
+from domain.services.base import patch
 from domain.timebuckets import Bucket
 from tests.helpers import FastHasher
 from tests.support.history import (
@@ -983,6 +984,37 @@ async def test_a_fault_queued_through_an_outage_across_a_handover_is_with_its_ti
     assert groups["op_b"] == [(0, at_31(17), round(1 / 60, 3))], groups
 
 
+async def test_a_point_fault_queued_through_an_outage_across_a_handover_is_with_its_time(
+        history: History) -> None:
+    """As above for connector 0: R9 (A's) offline at 15:00, handed to B at 16:00, back
+    at 17:00 flushing the point's PowerSwitchFailure queued at 15:30, then Available.
+    Its state is recorded in the offline stretch of A's outage it splits, so the report
+    is A's with its half hour; B has only the minute the fault went on once R9 was back
+    in its books, never a report of 15:30. The point's report is the station's own
+    books as stored only when it is not queued into an outage."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging = history.services.charging
+    history.clock.now = at_31(15)
+    await charging.set_online("R9", False)
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.clock.now = at_31(17)
+    await charging.set_online("R9", True)
+    await charging.status_notification("R9", 0, "Faulted", "PowerSwitchFailure",
+                                       timestamp=at_31(15, 30))
+    history.clock.now = at_31(17, 1)
+    await charging.status_notification("R9", 0, "Available", "NoError",
+                                       timestamp=at_31(17, 1))
+    history.clock.now = at_31(18)
+    analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
+    groups = {who: [(g.connector_id, g.count, g.first_seen) for g in
+                    await analytics.fault_reports(history.viewer(who), r9, at_31(0),
+                                                  at_31(23))]
+              for who in ("op_a", "op_b")}
+    assert groups["op_a"] == [(0, 1, at_31(15, 30))], groups
+    assert [g[:2] for g in groups["op_b"]] == [(0, 0)], groups
+
+
 async def _faults_r9(h: History, who: str) -> list[tuple[Any, ...]]:
     return [(g.connector_id, g.error_code, g.count, round(g.duration_seconds / H, 2))
             for g in await h.services.analytics.fault_reports(
@@ -1068,6 +1100,120 @@ async def test_a_new_plug_s_first_report_racing_a_handover_is_in_the_new_books(
     rows = await history.services.analytics.availability(
         history.viewer("op_b"), Scope(cp_ids=("R9",)), at_31(16), at_31(17), True)
     assert {r.connector_id: r.second_seconds / H for r in rows}.get(2) == 1.0
+
+
+def _handover_at_books(h: History, monkeypatch: pytest.MonkeyPatch, station_id: str,
+                       to: str) -> list[bool]:
+    """The other instance's handover to ``to`` lands between the station's books being
+    read for a plug's first interval (``StoredBooks.books``) and the write; returns the
+    flag that says it did."""
+    real = intervals.StoredBooks.books
+    raced: list[bool] = []
+
+    async def books(self: Any) -> Any:
+        found = await real(self)
+        if not raced:
+            raced.append(True)
+            await h.services.stations.update_station(SYSTEM, station_id, company_id=to)
+        return found
+
+    monkeypatch.setattr(intervals.StoredBooks, "books", books)
+    return raced
+
+
+async def _state_books(h: History, cp_id: str) -> set[tuple[str | None, str | None]]:
+    store = h.services.ctx.store
+    return {(r.company_id, r.station_owner_id) for r in await store.find_all(
+        d.ConnectorInterval, Eq("cp_id", cp_id), limit=100)} | {
+        (r.company_id, r.station_owner_id) for r in await store.find_all(
+            d.ConnectionEvent, Eq("cp_id", cp_id), limit=100)}
+
+
+async def test_a_connect_opening_a_plug_s_first_interval_racing_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R8 (A's) was never connected: no state interval yet. Its charger connects on one
+    instance while the other commits the handover to B between the connect's read of
+    R8's books and its write. The handover rolls over only open intervals (none), so the
+    connect's write is guarded on the station's books as read (``still_in_books``), as
+    a status report's first interval is: it is read again and its connection and
+    intervals are B's (review r27-analytics4 left it: A's for good, every later
+    interval of the plug copying its predecessor's books)."""
+    a, b = (history.users[who].company_id for who in ("op_a", "op_b"))
+    history.clock.now = at_31(13)
+    station, _ = await history.services.stations.create_station(
+        SYSTEM, cp_id="R8", name="R8", connectors=[ConnectorSpec(1)], company_id=a)
+    raced = _handover_at_books(history, monkeypatch, station.id, cast(str, b))
+    await history.services.charging.set_online("R8", True)
+    assert raced
+    assert await _state_books(history, "R8") == {(b, None)}
+
+
+async def test_a_disconnect_opening_a_plug_s_first_interval_racing_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above for a disconnect: R8 online with no plug, plug 1 added (no interval
+    yet); the charger's disconnect opens plug 1's first interval while the handover to
+    B lands between its read of the books and its write: taken again, B's."""
+    a, b = (history.users[who].company_id for who in ("op_a", "op_b"))
+    history.clock.now = at_31(13)
+    station, _ = await history.services.stations.create_station(
+        SYSTEM, cp_id="R8", name="R8", connectors=[], company_id=a)
+    await history.services.charging.set_online("R8", True)
+    await history.services.stations.add_connector(SYSTEM, station.id, ConnectorSpec(1))
+    history.clock.now = at_31(14)
+    raced = _handover_at_books(history, monkeypatch, station.id, cast(str, b))
+    await history.services.charging.set_online("R8", False)
+    assert raced
+    store = history.services.ctx.store
+    [plug] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R8"), limit=10)
+    assert (plug.company_id, plug.station_owner_id, plug.online) == (b, None, False)
+    [event] = await store.find_all(d.ConnectionEvent, all_of(
+        Eq("cp_id", "R8"), Eq("online", False)), limit=10)
+    assert event.company_id == b
+
+
+async def test_a_stop_opening_a_plug_s_first_interval_racing_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop's Finishing on a plug with no open interval (its history from before
+    state history was kept) opens the plug's first one: in R9's books as stored, and
+    guarded on them (``StoredBooks.guard``). A handover to B between that read and the
+    write fails it; read again, the Finishing is B's (it stayed A's for good)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging, store = history.services.charging, history.services.ctx.store
+    history.clock.now = at_31(14)
+    tx, _ = await charging.start_transaction("R9", 1, "TAG-driver1", 0, at_31(14))
+    await _report_r9(history, at_31(14), timedelta(0), "Charging", "NoError")
+    await store.write([Delete(i) for i in await store.find_all(
+        d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)], [])
+    raced = _handover_at_books(history, monkeypatch, station_id, b)
+    history.clock.now = at_31(16)
+    await charging.stop_transaction("R9", tx, 1000, at_31(16))
+    assert raced
+    [finishing] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)
+    assert (finishing.status, finishing.company_id) == (d.ConnectorStatus.FINISHING, b)
+
+
+async def test_a_connector_0_report_is_in_its_station_s_own_books_not_its_first_plug_s(
+        history: History) -> None:
+    """A report of connector 0 is the charge point's, the station's own: it goes in the
+    station's books as stored (B's, R9 handed over), not in those of whichever plug's
+    interval the loop read first. Here plug 1's open interval was left in A's books (an
+    older instance's connect racing the handover, before connects were guarded): the
+    point's Faulted was A's report, of a station B runs (B read no fault group)."""
+    station_id, b = await _r9(history, timedelta(0))
+    store, charging = history.services.ctx.store, history.services.charging
+    history.clock.now = at_31(16)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    a = history.users["op_a"].company_id
+    [current] = await store.find_all(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R9"), Eq("end", None)), limit=5)
+    await store.write([patch(current, SYSTEM, company_id=a)], [])  # the stale chain
+    charging.cache.drop_station("R9")
+    history.clock.now = at_31(16, 30)
+    await charging.status_notification("R9", 0, "Faulted", "PowerSwitchFailure",
+                                       timestamp=at_31(16, 30))
+    [event] = await store.find_all(d.StatusEvent, all_of(
+        Eq("cp_id", "R9"), Eq("connector_id", 0)), limit=5)
+    assert (event.company_id, event.station_owner_id) == (b, None)
 
 
 async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_recorded_in(

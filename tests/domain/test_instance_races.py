@@ -700,6 +700,34 @@ async def test_a_resend_of_an_invalid_start_after_its_tag_is_issued_and_blocked_
     await two.b.fleet.settled()
 
 
+async def test_a_resend_accepted_onto_a_refused_start_is_guarded_on_the_card_as_judged(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start of a blocked card is refused Blocked; the card is unblocked (found) and
+    the charger resends the start (its answer lost): judged Accepted. The operator
+    blocks the card again between that judgement and the resend's write. The write is
+    guarded on the card unchanged as judged (its ``updated_at``), as a first start's
+    is: it trips, the resend reads again and is told Blocked, the session still
+    refused. Guarded only on the tag and holder, it was told Accepted and billed, an
+    ACTIVE session holding a blocked card (review r28)."""
+    boss, _, _, card = await fleet_of(two)
+    fleet, charging = two.a.fleet, two.b.charging
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.BLOCKED)
+    tx, first = await charging.start_transaction(CP, 1, card.tag, 0, stamp)
+    assert first.status == "Blocked"
+    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.ACCEPTED)
+    monkeypatch.setattr(charging, "authorize_start", once(
+        lambda: fleet.update_id_tag(Viewer.of(boss), card.id,
+                                    status=d.IdTagStatus.BLOCKED),
+        charging.authorize_start))
+    again, told = await charging.start_transaction(CP, 1, card.tag, 0, stamp)
+    assert again == tx
+    [session] = await sessions(two.store)
+    assert (told.status, session.start_refused) == ("Blocked", "Blocked")
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
 async def test_a_card_removed_after_an_edit_meanwhile_is_audited_as_it_was(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator reads a card to remove it; another sets its expiry before the

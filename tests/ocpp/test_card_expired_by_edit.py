@@ -18,8 +18,10 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain import entities as d
-from domain.policy import Viewer
+from domain.keyed_locks import KeyedLocks
+from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
+from domain.services.base import patch
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -278,3 +280,88 @@ async def test_a_block_on_another_instance_frees_the_plug_at_the_charger_at_once
             and other["reservation"]["state"] == "ACTIVE", other
         [mine] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
         assert mine.cancel_owed_since is None  # settled: the sweep sends nothing more
+
+
+async def test_two_withdrawals_on_two_instances_relay_each_cancel_once(
+        relayed: Central) -> None:
+    """Two instances that do not hold CP-1's charger withdraw, at the same moment, two
+    cards with reservations there: TAG-OK's (plug 1) and TAG-OTHER's (plug 2). The
+    first's CancelReservation is on its way (unanswered) when the second's withdrawal
+    relays its own. Each instance relays the cancels its own claim won
+    (``cancel_owed``'s guarded write), not every cancel owed at the station: the second
+    read the first's still owed and relayed it again, the charger sent it twice and the
+    second answered Rejected, recorded as a failed cancel."""
+    central = relayed
+    admin = Viewer.of(central.users["admin"])
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowCancel) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = {}
+        for plug, tag in ((1, "TAG-OK"), (2, "TAG-OTHER")):
+            made = await run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": plug, "idTag": tag, "expiryDate": expiry},
+                SELECTION)
+            assert made["reservation"]["state"] == "ACTIVE", made
+            held[tag] = made["reservation"]["reservationId"]
+        gate = asyncio.Event()
+        cp.gate = gate  # type: ignore[attr-defined]
+        await central.services.fleet.update_id_tag(admin, central.tags["ok"].id,
+                                                   status=d.IdTagStatus.BLOCKED)
+
+        async def sent() -> bool:
+            return any(n == "CancelReservation" for n, _ in cp.received)
+        await until(sent)
+        # The other instance: its own one-send-at-a-time per station.
+        central.services.commands._owing = KeyedLocks()
+        await central.services.fleet.update_id_tag(admin, central.tags["other"].id,
+                                                   status=d.IdTagStatus.BLOCKED)
+        await asyncio.sleep(1.0)
+        gate.set()
+        await settled(central)
+        await asyncio.sleep(0.5)
+        cancels = sorted(p["reservation_id"] for n, p in cp.received
+                         if n == "CancelReservation")
+        assert cancels == sorted(held.values()), cancels
+
+
+async def test_the_boot_check_and_the_expiry_sweep_cancel_a_reservation_once(
+        central: Central) -> None:
+    """TAG-OK expired with its reservation live (no sweep saw it yet). CP-1 boots: the
+    boot's check (``_cancel_unusable``) cancels it, and while that cancel is unanswered
+    the expiry sweep finds the card. The boot's check cancelled through the relay, the
+    reservation ACTIVE until the charger answered, so the sweep cancelled it again: two
+    CancelReservations, the second Rejected and recorded as a failed cancel. It cancels
+    once now (``_cancel_once``): stored CANCELLED and owed at once, sent by the owed
+    record."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowCancel) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        store = central.store
+        card = await store.find_one(d.IdTag, Eq("tag", "TAG-OK"))
+        assert card is not None
+        await store.write([patch(card, SYSTEM, expires_at=datetime.now(UTC)
+                                 - timedelta(seconds=1))], [])  # no withdrawal ran
+        gate = asyncio.Event()
+        cp.gate = gate  # type: ignore[attr-defined]
+        await cp.boot()
+
+        async def sent() -> bool:
+            return any(n == "CancelReservation" for n, _ in cp.received)
+        await until(sent)
+        sweep = asyncio.create_task(central.services.withdrawal.sweep_expired())
+        await asyncio.sleep(1.0)
+        gate.set()
+        await sweep
+        await settled(central)
+        await asyncio.sleep(0.5)
+        [now] = await store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert (now.state, now.cancel_owed_since) == (d.ReservationState.CANCELLED, None)
+        cancels = [p for n, p in cp.received if n == "CancelReservation"]
+        assert cancels == [{"reservation_id": held["reservation"]["reservationId"]}], cancels

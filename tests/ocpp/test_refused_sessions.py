@@ -483,7 +483,8 @@ async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
                                            status=d.IdTagStatus.ACCEPTED)
         tries: list[int] = []
 
-        async def answered(station: d.Station, session: d.Session, info: Any) -> None:
+        async def answered(station: d.Station, session: d.Session, info: Any,
+                           *_: Any) -> None:
             assert info.status == "Accepted"
             tries.append(1)
             if len(tries) == START_ATTEMPTS:  # closed as its last write is tried
