@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from bson import ObjectId
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConfigurationError, DuplicateKeyError
 
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
 from domain.query import FOLD_VERSION, SEARCHED
@@ -40,6 +40,7 @@ from store.mongo.codec import (
     to_doc,
 )
 from store.mongo.journal import MARK
+from store.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 log = logging.getLogger("chargegraph.store")
 
@@ -47,6 +48,38 @@ log = logging.getLogger("chargegraph.store")
 MIGRATIONS = "schema_migrations"
 #: Documents are read in pages of this many.
 BATCH = 1_000
+
+#: The record in ``MIGRATIONS`` of the newest schema a build started on this database
+#: knows (``version``), so an older build refuses it as it refuses a newer SQLite file.
+SCHEMA = "schema"
+#: This build's schema: SQLite's number, since both stores keep one model and every
+#: change of it is a SQLite migration (MongoDB's steps here follow those).
+SCHEMA_VERSION = SQLITE_MIGRATIONS[-1][0]
+
+
+class NewerSchema(ConfigurationError):
+    """A newer ChargeGraph started on the database. A configuration error (PyMongo's), so
+    a start fails with one line naming it (``chargegraph/startup.py``)."""
+
+
+async def refuse_newer(db: Any, known: int = SCHEMA_VERSION) -> None:
+    """Refuses, before anything is written, a database a build knowing a newer schema
+    than ``known`` started on: going back to an older build means restoring a backup
+    made with it (review s28: an older build started, and wrote documents without the
+    fields the newer one relies on, which its steps, recorded done, never fill)."""
+    found = await db[MIGRATIONS].find_one({"_id": SCHEMA}, {"version": 1})
+    version = found.get("version") if found else None
+    if isinstance(version, int) and version > known:
+        raise NewerSchema(f"the database has schema version {version}, written by a newer "
+                          f"ChargeGraph (this one knows up to {known}): run that version, "
+                          "or restore a backup made with this one")
+
+
+async def record_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
+    """Records that a build knowing ``known`` migrated the database; never lowers it (two
+    builds started at once: the newer one's number stays)."""
+    await db[MIGRATIONS].update_one({"_id": SCHEMA}, {"$max": {"version": known}},
+                                    upsert=True)
 
 
 async def before_indexes(db: Any) -> None:

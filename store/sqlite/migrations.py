@@ -12,6 +12,7 @@ the wrong type instead of silently storing it, which catches codec mistakes earl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -1651,6 +1652,47 @@ class NewerSchema(sqlite3.DatabaseError):
     """The database was migrated by a newer ChargeGraph than this one."""
 
 
+#: How long a start waits for another process holding the database's write lock, beyond
+#: the connection's busy timeout: an instance started beside one migrating the database
+#: waits for that migration, which may take minutes on a large database (a column filled
+#: on every status report), rather than end with "database is locked" (QA s28).
+MIGRATION_LOCK_WAIT_S = 30 * 60
+
+
+async def waiting_for_the_lock(conn: aiosqlite.Connection, statement: str, *,
+                               patience_s: float = MIGRATION_LOCK_WAIT_S) -> None:
+    """Runs ``statement`` (one taking a lock: BEGIN IMMEDIATE, the switch to WAL) on
+    ``conn``, waiting up to ``patience_s`` for the lock while another process holds it
+    (each attempt waits the connection's busy timeout), said once in the log so an
+    operator knows why the instance is not up yet."""
+    deadline: float | None = None
+    while True:
+        try:
+            await conn.execute(statement)
+            return
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY \
+                    and "database is locked" not in str(error):
+                raise
+            if deadline is None:
+                deadline = time.monotonic() + patience_s
+                log.warning("another process holds the database's write lock (an instance "
+                            "migrating it?): waiting for it, up to %d minutes",
+                            round(patience_s / 60))
+            elif time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(
+                    f"database is locked: another process held its write lock for "
+                    f"{round(patience_s / 60)} minutes (an instance still migrating it? "
+                    "start this one once that one answers /healthz)") from error
+        # A busy timeout of 0 returns at once: not a spin.
+        await asyncio.sleep(0.05)
+
+
+async def begin_migrating(conn: aiosqlite.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's migration (``waiting_for_the_lock``)."""
+    await waiting_for_the_lock(conn, "BEGIN IMMEDIATE")
+
+
 async def current_version(conn: aiosqlite.Connection) -> int:
     rows = await conn.execute_fetchall('SELECT MAX("version") FROM "schema_version"')
     value = next(iter(rows))[0]
@@ -1685,13 +1727,14 @@ async def apply_migrations(
         async def unchanged() -> bool:
             return await current_version(conn) == found
 
-        await reconcile(conn, wanted, unchanged)
+        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn))
     applied: list[int] = []
     for version, script in migrations:
         statements = split_statements(script)
         # IMMEDIATE takes the write lock before we re-read the version: two processes
-        # starting at once cannot both apply the same migration.
-        await conn.execute("BEGIN IMMEDIATE")
+        # starting at once cannot both apply the same migration, and the one waiting
+        # finds the migration done.
+        await begin_migrating(conn)
         try:
             current = await current_version(conn)
             if current >= version:

@@ -188,13 +188,15 @@ def repairs(found: Schema, wanted: Schema) -> list[str]:
 
 
 async def reconcile(conn: aiosqlite.Connection, wanted: Schema,
-                    still: Callable[[], Awaitable[bool]]) -> list[str]:
+                    still: Callable[[], Awaitable[bool]],
+                    begin: Callable[[], Awaitable[None]]) -> list[str]:
     """Brings the database on ``conn`` (autocommit mode) to ``wanted`` in one
     transaction, and returns the statements that took (none when it matched). ``still``,
     asked inside the transaction, says whether ``wanted`` is still the database's
     version's: another process may have migrated it further meanwhile (and repaired it
-    before), and what a newer version adds must not be taken for extra."""
-    await conn.execute("BEGIN IMMEDIATE")
+    before), and what a newer version adds must not be taken for extra. ``begin`` opens
+    the transaction with the write lock (``migrations.begin_migrating``)."""
+    await begin()
     try:
         statements = repairs(await _read(conn), wanted) if await still() else []
         for statement in statements:

@@ -48,7 +48,7 @@ from store.sqlite.codec import (
     to_row,
 )
 from store.sqlite.constraints import unique_violation
-from store.sqlite.migrations import apply_migrations
+from store.sqlite.migrations import apply_migrations, waiting_for_the_lock
 from store.sqlite.reader import InlineReader, open_inline_reader
 from store.sqlite.sql_filter import (
     HAVERSINE,
@@ -315,8 +315,9 @@ class SqliteStore:
         create_private(self.path)
         migrator = await self._connect()
         try:
-            # Persistent in the file; only the first start actually switches the mode.
-            await migrator.execute("PRAGMA journal_mode = WAL")
+            # Persistent in the file; only the first start actually switches the mode
+            # (also a restored file's, which two instances may start on at once).
+            await waiting_for_the_lock(migrator, "PRAGMA journal_mode = WAL")
             await apply_migrations(migrator)
         finally:
             await migrator.close()

@@ -3003,3 +3003,40 @@ async def test_sessions_from_before_record_whether_they_were_closed_without_a_st
     assert {name: found[s.id] for name, s in made.items()} == {
         "lost": True, "minus_one": False, "stopped": False, "open": False}
     assert db["session"].count_documents({"closed_without_stop": {"$exists": True}}) == 4
+
+
+async def test_a_database_a_newer_chargegraph_started_on_is_refused() -> None:
+    """QA (s28, upgrade): README's "an older version refuses to start on a database a
+    newer one migrated" held on SQLite only: on MongoDB, a rollback to an older build
+    (its image reinstalled instead of the backup restored) started on the newer
+    database and wrote documents without the fields the newer one relies on. A start
+    records the schema its build knows (SQLite's number: one model for both stores); a
+    build knowing less refuses to start, writing nothing."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    newer = MongoStore(db, sweep_every=None)
+    await newer.start()
+    await newer.close()
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest
+    await db[migrations.MIGRATIONS].update_one({"_id": migrations.SCHEMA},
+                                               {"$set": {"version": latest + 1}})
+    db.sync()["company"].drop_indexes()
+    older = MongoStore(db, sweep_every=None)
+    message = (rf"the database has schema version {latest + 1}, written by a newer "
+               rf"ChargeGraph \(this one knows up to {latest}\)")
+    with pytest.raises(StartupFailed, match="cannot start the store at mongodb://h/db: "
+                                            + message), starting("the store at mongodb://h/db"):
+        await older.start()
+    await older.close()
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest + 1
+    assert list(db.sync()["company"].index_information()) in ([], ["_id_"])  # none built
+    # An older database (a build before this one's schema) is taken up to it.
+    await db[migrations.MIGRATIONS].update_one({"_id": migrations.SCHEMA},
+                                               {"$set": {"version": latest - 1}})
+    current = MongoStore(db, sweep_every=None)
+    await current.start()
+    await current.close()
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest

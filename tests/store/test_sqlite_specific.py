@@ -704,6 +704,52 @@ async def test_a_database_of_a_newer_chargegraph_is_refused(store: SqliteStore,
     assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
 
 
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+async def test_an_instance_starting_while_another_migrates_waits_for_it(
+        db_path: str, journal: str, caplog: pytest.LogCaptureFixture) -> None:
+    """QA (s28, upgrade): two instances started at once on an older database (replicas,
+    `docker compose up`): the one not migrating waited the busy timeout (5 s) for the
+    write lock and then died with a bare "database is locked", while migrating a large
+    database takes minutes. It waits for the migration and starts on the schema made;
+    also on a restored file (out of WAL mode: switching it back needs the lock too)."""
+    from store.sqlite.migrations import MIGRATION_FUNCTIONS
+
+    caplog.set_level(logging.INFO, logger="chargegraph.store")
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await conn.execute(f"PRAGMA journal_mode = {journal}")
+        await apply_migrations(conn, MIGRATIONS[:-1])
+    latest, script = MIGRATIONS[-1]
+    holding = asyncio.Event()
+
+    def migrating_instance(loop: asyncio.AbstractEventLoop) -> None:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            for name, arity, function in MIGRATION_FUNCTIONS:
+                other.create_function(name, arity, function, deterministic=True)
+            other.execute("BEGIN IMMEDIATE")
+            loop.call_soon_threadsafe(holding.set)
+            time.sleep(1.5)  # a long migration: many times the other's busy timeout
+            for statement in split_statements(script):
+                other.execute(statement)
+            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest,))
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    migrating = asyncio.create_task(asyncio.to_thread(migrating_instance,
+                                                      asyncio.get_running_loop()))
+    await holding.wait()
+    second = SqliteStore(db_path, busy_timeout=0.2)
+    try:
+        await second.start()
+    finally:
+        await second.close()
+    await migrating
+    assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest,)]
+    assert any("waiting" in r.getMessage() and "migrating" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING), caplog.text
+
+
 async def test_version_14_makes_company_names_unique_keeping_every_company(
         db_path: str) -> None:
     """Duplicates made before the rule keep their history: the oldest keeps the name, the
