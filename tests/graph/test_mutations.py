@@ -5,11 +5,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.entities import Connector
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert, Update
 from domain.query import ALL
+from domain.services import Services, fleet
 from domain.services.base import stamp_new
 from graph.ids import from_global_id, to_global_id
 from graph.schema import schema
@@ -553,6 +556,63 @@ async def test_a_driver_cannot_issue_a_card_around_a_card_marked_expired(
     assert codes(await call(api, world, "op_a", "updateIdTag",
                             {"id": own, "status": "ACCEPTED"}, "idTag { id }")) == []
     assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "SPARE-1"},
+                            "idTag { id }")) == []
+
+
+@pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED"])
+async def test_a_card_withdrawn_while_its_driver_issues_one_bars_the_new_card(
+        api: Api, world: World, services: Services, monkeypatch: pytest.MonkeyPatch,
+        status: str) -> None:
+    """Review r28-org: the operator marks a driver's card EXPIRED (or blocks it) between
+    that driver's issue reading their cards and writing the new one (two requests, or
+    two instances). The new card was written with no guard on those cards: the driver
+    held an Accepted card of their own beside the withdrawn one. The write is guarded by
+    the check, so the overlap is refused as the same issue after the withdrawal is."""
+    own = world.tags["driver_a"]
+    op = Viewer.of(world.users["op_a"])
+    original = fleet.reissue_marks  # read after the check, just before the write
+    withdrawn = False
+
+    async def then_the_operator_withdraws_it(*args: Any) -> Any:
+        nonlocal withdrawn
+        if not withdrawn:
+            withdrawn = True
+            await services.fleet.update_id_tag(op, own.id, status=d.IdTagStatus[status])
+        return await original(*args)
+
+    monkeypatch.setattr(fleet, "reissue_marks", then_the_operator_withdraws_it)
+    answer = await call(api, world, "driver_a", "issueIdTag", {"tag": "RACE-1"},
+                        "idTag { id }")
+    assert codes(answer) == [("tag", "FORBIDDEN")]
+    tags = await api.gql("{ idTags { nodes { tag status } } }",
+                         as_user=world.users["driver_a"].id)
+    assert {(n["tag"], n["status"]) for n in tags["idTags"]["nodes"]} \
+        == {(own.tag, status)}
+
+
+@pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED"])
+async def test_a_card_withdrawn_bars_a_new_one_behind_a_hundred_lost_cards(
+        api: Api, world: World, services: Services, status: str) -> None:
+    """Review r28-org: the check read at most 100 of the driver's BLOCKED or EXPIRED
+    cards and looked for one their operator withdrew among those: a driver who blocked
+    100 lost cards of their own (each allowed, each replaced) was not barred by a card
+    their operator marked EXPIRED (or blocked) after them. The store is asked for such a
+    card itself."""
+    driver = Viewer.of(world.users["driver_a"])
+    for n in range(100):
+        lost = await services.fleet.issue_id_tag(driver, tag=f"LOST-{n}")
+        await services.fleet.update_id_tag(driver, lost.id, status=d.IdTagStatus.BLOCKED)
+    latest = await services.fleet.issue_id_tag(driver, tag="LATEST-1")
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": gid("id_tag", latest.id), "status": status},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-100"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
+    # Their own blocks alone bar nothing: re-validated, the card no longer does either.
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": gid("id_tag", latest.id), "status": "ACCEPTED"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-101"},
                             "idTag { id }")) == []
 
 
