@@ -955,7 +955,8 @@ async def test_a_vehicle_handed_over_stays_on_its_former_owners_sessions(
     sessions' `vehicle` as null from then on (a driver saw only the cars they own now).
     They read it as an operator of those sessions does, by plate, make and model:
     not its battery, its new owner, nor a way to change it; and it is not in their
-    garage."""
+    garage, nor in their top-level `vehicles` list (review r28-org: their apps pick a
+    remote start's car from that list, and this one answers NOT_FOUND there)."""
     van = gid("vehicle", world.vehicles["driver1"].id)
     moved = await call(api, world, "admin", "updateVehicle",
                        {"id": van, "ownerId": gid("user", world.users["driver2"].id)},
@@ -966,12 +967,14 @@ async def test_a_vehicle_handed_over_stays_on_its_former_owners_sessions(
         s: node(id: $s) { ... on Session { vehicle { licensePlate make batteryKwh
                                                      owner { name } } } }
         v: node(id: $v) { ... on Vehicle { licensePlate } }
-        me { vehicles { totalCount } } }""",
+        me { vehicles { totalCount } }
+        vehicles { totalCount nodes { id } } }""",
         {"s": gid("session", world.sessions["s2"].id), "v": van}, as_user=driver1)
     assert mine["s"]["vehicle"] == {"licensePlate": "B-DR 1", "make": "VW",
                                     "batteryKwh": None, "owner": None}
     assert mine["v"] == {"licensePlate": "B-DR 1"}
     assert mine["me"]["vehicles"]["totalCount"] == 0  # no longer in their garage
+    assert mine["vehicles"] == {"totalCount": 0, "nodes": []}  # nor in their list
     assert codes(await call(api, world, "driver1", "updateVehicle",
                             {"id": van, "make": "Mine"}, "vehicle { id }")
                  ) == [("id", "NOT_FOUND")]
