@@ -219,6 +219,21 @@ class Policy:
             return self._driver_scope(viewer, kind)
         return NONE
 
+    @staticmethod
+    def theirs(viewer: Viewer, kind: str) -> Filter:
+        """Within a driver's scope of ``kind``, the records that are their own: all of it,
+        but for cars, whose scope also takes the cars of their own sessions (a car handed
+        to another owner since, in its reduced view: for their sessions' ``vehicle`` and
+        ``node(id:)`` only); theirs are those they own, their garage. What the top-level
+        ``vehicles`` list shows a driver (their apps pick the car of a remote start from
+        it, where a car not theirs answers ``NOT_FOUND``) and a person's copy of their
+        data holds ("theirs and nobody else's": review r28-org, a handed-over car was
+        exported as its former driver's, with its new owner's battery). ``ALL`` for the
+        other roles, whose lists are their scopes."""
+        if kind == "vehicle" and viewer.is_driver and viewer.user_id is not None:
+            return Eq("owner_id", viewer.user_id)
+        return ALL
+
     def scope_under(self, viewer: Viewer, kind: str, key_field: str, keys: Sequence[Any]
                     ) -> Filter:
         """The scope of ``kind`` listed under its parents, the records whose ``key_field``
@@ -374,7 +389,8 @@ class Policy:
                 # owner (``updateVehicle`` ``ownerId``) stays on the sessions its former
                 # driver charged with it (QA s28: their history read it as null), seen as
                 # an operator of those sessions sees it (plate, make, model: its private
-                # view and every change stay its owner's, ``private_view``).
+                # view and every change stay its owner's, ``private_view``). Their lists
+                # of cars and their copy of their data hold their own only (``theirs``).
                 return any_of(Eq("owner_id", me),
                               Sub("id", "session", Eq("user_id", me), select="vehicle_id"))
             case "id_tag" | "session" | "reservation" | "payment" | "refund":

@@ -87,6 +87,17 @@ def withdrawn_by_others(tag: IdTag, owner: User) -> bool:
     return blocked_by_others(tag, owner) or tag.status is IdTagStatus.EXPIRED
 
 
+def withdrawn_from(owner: User) -> Filter:
+    """``owner``'s cards that are ``withdrawn_by_others``, as a store filter: marked
+    EXPIRED, or BLOCKED by anyone but them (who blocked it unrecorded counts as another:
+    ``blocked_by`` null)."""
+    not_by_them = any_of(Eq("blocked_by", None), Range("blocked_by", lt=owner.id),
+                         Range("blocked_by", gt=owner.id))
+    return all_of(Eq("user_id", owner.id),
+                  any_of(Eq("status", IdTagStatus.EXPIRED),
+                         all_of(Eq("status", IdTagStatus.BLOCKED), not_by_them)))
+
+
 def _future(expires_at: datetime | None) -> datetime | None:
     """A new card's expiry: none, or a zoned instant still to come."""
     expires_at = v.aware(expires_at, "expiresAt")
@@ -371,7 +382,7 @@ class FleetService(Service):
         if vehicle_id is not None:
             guards.append(kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner))
         if not self.policy.may_manage_user(viewer, owner):
-            await self._refuse_if_withdrawn(owner)
+            guards.append(await self._refuse_if_withdrawn(owner))
         id_tag = stamp_new(
             IdTag(
                 tag=tag,
@@ -386,20 +397,26 @@ class FleetService(Service):
         await self.commit(viewer, [(Insert(id_tag), None)], guards=guards, unaudited=marks)
         return id_tag, bool(marks)
 
-    async def _refuse_if_withdrawn(self, owner: User) -> None:
+    async def _refuse_if_withdrawn(self, owner: User) -> Guard:
         """A driver issuing their own tag while one of theirs stands blocked by an operator
         or admin would be charging around the block. (A card they blocked themselves,
         lost, is what a new one replaces.) So would one while a card of theirs stands
         marked EXPIRED: only operators and admins set that status (QA s28: the next
         minute the driver charged on a card of their own with no expiry). A card whose
         expiry date passed is not: it may be the one the driver chose when they issued
-        it, and a new card replaces it."""
-        withdrawn = await self.store.find_all(IdTag, all_of(
-            Eq("user_id", owner.id),
-            In("status", (IdTagStatus.BLOCKED, IdTagStatus.EXPIRED))), limit=100)
-        if any(withdrawn_by_others(tag, owner) for tag in withdrawn):
+        it, and a new card replaces it.
+
+        The store is asked for one such card (``withdrawn_from``), not for their blocked
+        and expired cards to be sifted here (review r28-org: the first 100 of those,
+        all blocked by the driver themselves, lost, hid an operator's). Returns the
+        guard the new card's write carries: a card blocked or marked EXPIRED by their
+        operator between this read and that write (another request or instance) fails
+        the write, and the issue, read again, is refused as it would have been after."""
+        withdrawn = withdrawn_from(owner)
+        if await self.store.find_one(IdTag, withdrawn) is not None:
             raise Forbidden("a card of yours was blocked or marked expired by your "
                             "operator: ask them for a new one", field="tag")
+        return Guard(IdTag, withdrawn, exists=False)
 
     async def update_id_tag(self, viewer: Viewer, id_tag_id: str, *, status: Any = UNSET,
                             vehicle_id: Any = UNSET, expires_at: Any = UNSET,

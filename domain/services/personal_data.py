@@ -14,8 +14,11 @@ What: the records that are the person's, read as the person reads them
 (``holder_view``: their own account, cars, cards, sessions, reservations, payments and
 refunds, by the driver scopes, which are "mine"), whoever asks, so an admin hands on the
 same document the person would download: a session's books (which company billed it)
-and other drivers' records stay out, as they do in every read the person makes. Cars
-removed from the garage are in (their sessions name them). Webhooks they own, as they
+and other drivers' records stay out, as they do in every read the person makes. Their
+cars are those they own (``Policy.theirs``), removed from the garage too (their sessions
+name them); not a car of their sessions handed to another owner since, which the driver
+scope also reads (reduced): its session names it by id only (review r28-org: it was
+exported as theirs, with its new owner's battery). Webhooks they own, as they
 read webhooks (an operator's company's, their own of no company). Their signed-in
 devices (refresh token families: when each signed in, last refreshed, expires, ended),
 never a token or its hash. The audit log's entries about what was theirs
@@ -271,8 +274,11 @@ class PersonalDataService(Service):
 
     def mine(self, data: PersonalData, kind: type[E]) -> AsyncIterator[list[E]]:
         """The person's records of ``kind`` in creation (id) order, by the person's own
-        scope: theirs and nobody else's."""
-        return pages(self.store, kind, self.policy.scope(data.holder, kind.kind), READ_ROWS)
+        scope, narrowed to what is theirs (``Policy.theirs``: the cars they own, not those
+        of their sessions handed to another owner since): theirs and nobody else's."""
+        where = all_of(self.policy.scope(data.holder, kind.kind),
+                       self.policy.theirs(data.holder, kind.kind))
+        return pages(self.store, kind, where, READ_ROWS)
 
     def webhooks(self, data: PersonalData) -> AsyncIterator[list[Webhook]]:
         """The webhooks they own that they read (``webhook_scope`` with their own role:

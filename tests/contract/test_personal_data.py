@@ -107,6 +107,26 @@ async def test_each_section_holds_the_persons_records_only_a_page_at_a_time(
             entry.company_id) == ("user", person.id, person.id, person.id, volt.id)
 
 
+async def test_a_car_handed_over_is_not_in_its_former_drivers_copy(store: Store) -> None:
+    """Review r28-org: the copy's cars are those the person owns. Since a driver's vehicle
+    scope also takes the cars of their sessions (a car handed over stays on its former
+    driver's sessions), reading "their cars" by that scope exported a car handed to
+    another owner as the former driver's, with its new owner's private battery figure
+    and its ``removedAt``."""
+    former, new_owner = user(), user()
+    st = station()
+    car = vehicle(new_owner, battery_kwh=77.0)  # charged by ``former``, handed over since
+    past = session(st, user_id=former.id, vehicle_id=car.id, start_time=T0,
+                   state=SessionState.COMPLETED)
+    await put(store, former, new_owner, st, car, past)
+    data = await service(store).open(Viewer.of(former), None)
+    assert flat(await every(data.vehicles())) == []
+    assert [s.id for s in flat(await every(data.sessions()))] == [past.id]
+    theirs = await service(store).open(Viewer.of(new_owner), None)
+    assert [(v.id, v.battery_kwh) for v in flat(await every(theirs.vehicles()))] \
+        == [(car.id, 77.0)]
+
+
 async def test_the_audit_log_merges_about_and_made_by_newest_first_capped(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     # An admin, who reads every entry they made (a driver reads fewer: the next test).

@@ -5,11 +5,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.entities import Connector
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert, Update
 from domain.query import ALL
+from domain.services import Services, fleet
 from domain.services.base import stamp_new
 from graph.ids import from_global_id, to_global_id
 from graph.schema import schema
@@ -556,6 +559,63 @@ async def test_a_driver_cannot_issue_a_card_around_a_card_marked_expired(
                             "idTag { id }")) == []
 
 
+@pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED"])
+async def test_a_card_withdrawn_while_its_driver_issues_one_bars_the_new_card(
+        api: Api, world: World, services: Services, monkeypatch: pytest.MonkeyPatch,
+        status: str) -> None:
+    """Review r28-org: the operator marks a driver's card EXPIRED (or blocks it) between
+    that driver's issue reading their cards and writing the new one (two requests, or
+    two instances). The new card was written with no guard on those cards: the driver
+    held an Accepted card of their own beside the withdrawn one. The write is guarded by
+    the check, so the overlap is refused as the same issue after the withdrawal is."""
+    own = world.tags["driver_a"]
+    op = Viewer.of(world.users["op_a"])
+    original = fleet.reissue_marks  # read after the check, just before the write
+    withdrawn = False
+
+    async def then_the_operator_withdraws_it(*args: Any) -> Any:
+        nonlocal withdrawn
+        if not withdrawn:
+            withdrawn = True
+            await services.fleet.update_id_tag(op, own.id, status=d.IdTagStatus[status])
+        return await original(*args)
+
+    monkeypatch.setattr(fleet, "reissue_marks", then_the_operator_withdraws_it)
+    answer = await call(api, world, "driver_a", "issueIdTag", {"tag": "RACE-1"},
+                        "idTag { id }")
+    assert codes(answer) == [("tag", "FORBIDDEN")]
+    tags = await api.gql("{ idTags { nodes { tag status } } }",
+                         as_user=world.users["driver_a"].id)
+    assert {(n["tag"], n["status"]) for n in tags["idTags"]["nodes"]} \
+        == {(own.tag, status)}
+
+
+@pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED"])
+async def test_a_card_withdrawn_bars_a_new_one_behind_a_hundred_lost_cards(
+        api: Api, world: World, services: Services, status: str) -> None:
+    """Review r28-org: the check read at most 100 of the driver's BLOCKED or EXPIRED
+    cards and looked for one their operator withdrew among those: a driver who blocked
+    100 lost cards of their own (each allowed, each replaced) was not barred by a card
+    their operator marked EXPIRED (or blocked) after them. The store is asked for such a
+    card itself."""
+    driver = Viewer.of(world.users["driver_a"])
+    for n in range(100):
+        lost = await services.fleet.issue_id_tag(driver, tag=f"LOST-{n}")
+        await services.fleet.update_id_tag(driver, lost.id, status=d.IdTagStatus.BLOCKED)
+    latest = await services.fleet.issue_id_tag(driver, tag="LATEST-1")
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": gid("id_tag", latest.id), "status": status},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-100"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
+    # Their own blocks alone bar nothing: re-validated, the card no longer does either.
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": gid("id_tag", latest.id), "status": "ACCEPTED"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-101"},
+                            "idTag { id }")) == []
+
+
 async def test_a_driver_lifts_only_their_own_block(api: Api, world: World) -> None:
     own = gid("id_tag", world.tags["driver1"].id)
     assert codes(await call(api, world, "admin", "updateIdTag",
@@ -895,7 +955,8 @@ async def test_a_vehicle_handed_over_stays_on_its_former_owners_sessions(
     sessions' `vehicle` as null from then on (a driver saw only the cars they own now).
     They read it as an operator of those sessions does, by plate, make and model:
     not its battery, its new owner, nor a way to change it; and it is not in their
-    garage."""
+    garage, nor in their top-level `vehicles` list (review r28-org: their apps pick a
+    remote start's car from that list, and this one answers NOT_FOUND there)."""
     van = gid("vehicle", world.vehicles["driver1"].id)
     moved = await call(api, world, "admin", "updateVehicle",
                        {"id": van, "ownerId": gid("user", world.users["driver2"].id)},
@@ -906,12 +967,14 @@ async def test_a_vehicle_handed_over_stays_on_its_former_owners_sessions(
         s: node(id: $s) { ... on Session { vehicle { licensePlate make batteryKwh
                                                      owner { name } } } }
         v: node(id: $v) { ... on Vehicle { licensePlate } }
-        me { vehicles { totalCount } } }""",
+        me { vehicles { totalCount } }
+        vehicles { totalCount nodes { id } } }""",
         {"s": gid("session", world.sessions["s2"].id), "v": van}, as_user=driver1)
     assert mine["s"]["vehicle"] == {"licensePlate": "B-DR 1", "make": "VW",
                                     "batteryKwh": None, "owner": None}
     assert mine["v"] == {"licensePlate": "B-DR 1"}
     assert mine["me"]["vehicles"]["totalCount"] == 0  # no longer in their garage
+    assert mine["vehicles"] == {"totalCount": 0, "nodes": []}  # nor in their list
     assert codes(await call(api, world, "driver1", "updateVehicle",
                             {"id": van, "make": "Mine"}, "vehicle { id }")
                  ) == [("id", "NOT_FOUND")]
