@@ -209,8 +209,9 @@ async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: F
 async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_field: str,
                             key: Any, where: Filter, sort: Sequence[Sort], args: PageArgs,
                             parent: Sequence[tuple[str, Any]] = ()) -> Connection[Any]:
-    """A list under a parent (``Station.sessions``). With only ``first``, the rows for all
-    parents come from one batched query; paging within one parent's list with cursors is
+    """A list under a parent (``Station.sessions``). With only ``first``, or only ``last``
+    (the reversed order read, then flipped), the rows for all parents come from one batched
+    query; paging within one parent's list with cursors is
     a query of its own (clients do that for one parent at a time). ``parent``: keys of
     ``where`` that, beyond ``key_field``, make the list the parent's own (its cursors
     belong to it alone, ``query.nested_list``)."""
