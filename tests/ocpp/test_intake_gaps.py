@@ -5,10 +5,12 @@ updateFirmware left unanswered, and a charger connecting under its cpId in other
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ocpp.v16 import call
 
+from domain.policy import SYSTEM
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -34,3 +36,28 @@ async def test_a_frame_starting_with_a_bom_is_read_as_the_json_after_it(
         boot = await cp.boot()
         assert boot.status == "Accepted"
         assert (await cp.call(call.Heartbeat())).current_time
+
+
+async def test_a_resent_start_of_a_closed_session_gets_the_first_answers_id_tag_info(
+        central: Central) -> None:
+    """The first answer carried the card's expiryDate and parentIdTag; its resend, once
+    the session was stopped, was told a bare Accepted, which a charger caches for good
+    (no expiryDate: the card charges offline there after it is blocked) and files without
+    its group. The resend is told what the first copy was."""
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+    await central.services.fleet.update_id_tag(SYSTEM, central.tags["ok"].id,
+                                                parent_tag="FLEET-A", expires_at=expires)
+    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1000,
+                                  timestamp=simulator.now())
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         response_timeout=5) as cp:
+        await cp.boot()
+        first = await cp.call(start)
+        assert first.id_tag_info["status"] == "Accepted"
+        assert first.id_tag_info["parent_id_tag"] == "FLEET-A"
+        assert first.id_tag_info["expiry_date"]
+        await cp.call(call.StopTransaction(meter_stop=2000, timestamp=simulator.now(),
+                                           transaction_id=first.transaction_id))
+        resent = await cp.call(start)
+    assert resent.transaction_id == first.transaction_id
+    assert resent.id_tag_info == first.id_tag_info
