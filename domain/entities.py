@@ -387,6 +387,13 @@ class Station(Record):
 #: charger reports on it: ours, not one of OCPP 1.6's FirmwareStatus values, so the last
 #: rollout's "Installed" is not read as the new one's.
 FIRMWARE_REQUESTED = "Requested"
+#: ``Station.firmware_status`` from an UpdateFirmware its charger did not answer (in
+#: time, or readably): sent, so the charger may have started the rollout, which its next
+#: FirmwareStatusNotification settles (QA s28: nothing was recorded, and the station
+#: showed no rollout while its charger downloaded one). Ours too.
+FIRMWARE_UNANSWERED = "Unanswered"
+#: The statuses a rollout recorded by us reads until its charger reports on it.
+FIRMWARE_AWAITING = frozenset({FIRMWARE_REQUESTED, FIRMWARE_UNANSWERED})
 #: ``Station.diagnostics_status`` from a GetDiagnostics its charger accepted (its answer
 #: named a file) until the charger reports on it: ours too, so the last upload's
 #: "Uploaded" is not read as the new one's.

@@ -5,15 +5,21 @@ updateFirmware left unanswered, and a charger connecting under its cpId in other
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from ocpp.routing import on
 from ocpp.v16 import call
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
 from domain.policy import SYSTEM
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import connected
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_commands import run
 
 BOM = "\ufeff"
 
@@ -61,3 +67,49 @@ async def test_a_resent_start_of_a_closed_session_gets_the_first_answers_id_tag_
         resent = await cp.call(start)
     assert resent.transaction_id == first.transaction_id
     assert resent.id_tag_info == first.id_tag_info
+
+
+class _AnswersUpdateFirmwareLate(simulator.SimulatedChargePoint):
+    """A charger that starts a rollout and answers UpdateFirmware after the central
+    system's command timeout (a slow modem, a busy controller)."""
+
+    @on(Action.update_firmware)
+    async def on_update_firmware(self, location: str, retrieve_date: str, **options: Any
+                                 ) -> result.UpdateFirmware:
+        await asyncio.sleep(1.5)
+        return result.UpdateFirmware()
+
+
+FIRMWARE = """{ station(cpId: "CP-1") { firmwareStatus firmwareStatusAt
+    firmwareRollout { requestedAt location retrieveDate } } }"""
+
+
+async def test_an_unanswered_update_firmware_is_recorded_for_its_reports_to_settle(
+        tmp_path: Path) -> None:
+    """An updateFirmware the charger did not answer in time recorded no rollout: the
+    station showed no firmware status at all while the charger downloaded it, and its
+    Downloading came as news of nothing. The rollout is recorded as sent and unanswered
+    (``Unanswered``), and the charger's next FirmwareStatusNotification settles it."""
+    central = await start_central(tmp_path / "central.db", command_timeout=1)
+    await seed(central)
+    fetch = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=_AnswersUpdateFirmwareLate) as cp:
+            await cp.boot()
+            answer = await run(central, "updateFirmware", {
+                "cpId": "CP-1", "location": "https://fw:pw@fw.example.com/2.0.bin",
+                "retrieveDate": fetch.isoformat()}, "accepted errors { code }")
+            assert answer["accepted"] is False
+            assert [e["code"] for e in answer["errors"]] == ["CHARGER_TIMEOUT"]
+            unanswered = (await central.gql(FIRMWARE, as_user="op"))["station"]
+            rollout = unanswered["firmwareRollout"]
+            assert unanswered["firmwareStatus"] == "Unanswered"
+            assert rollout["location"] == "https://[hidden]@fw.example.com/2.0.bin"
+            assert datetime.fromisoformat(rollout["retrieveDate"]) == fetch
+            await cp.call(call.FirmwareStatusNotification(status="Downloading"))
+            settled = (await central.gql(FIRMWARE, as_user="op"))["station"]
+            assert settled["firmwareStatus"] == "Downloading"
+            assert settled["firmwareRollout"] == rollout
+    finally:
+        await stop_central(central)
