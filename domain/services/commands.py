@@ -22,6 +22,7 @@ from domain.command_rules import (
     folded_key,
     is_heartbeat_key,
     is_secret_key,
+    with_data_bounded,
     without_credentials,
 )
 from domain.entities import (
@@ -175,6 +176,13 @@ def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("location"), str):
         out["location"] = without_credentials(out["location"])
     return out
+
+
+def _audited(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A command's request as its audit entries keep it: ``masked``, and a
+    DataTransfer's ``data`` bounded (``command_rules.with_data_bounded``)."""
+    request = masked(action, wire_json(payload))
+    return with_data_bounded(request) if action == "DataTransfer" else request
 
 
 def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
@@ -2115,7 +2123,7 @@ class CommandService(Service):
             updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,
-                   "stage": stage, "request": masked(outcome.action, wire_json(payload)),
+                   "stage": stage, "request": _audited(outcome.action, payload),
                    "status": outcome.status,
                    "error": outcome.error.code if outcome.error else None},
         )

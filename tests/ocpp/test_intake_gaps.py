@@ -6,6 +6,7 @@ updateFirmware left unanswered, and a charger connecting under its cpId in other
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,11 @@ from ocpp.v16 import call
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
+from domain import entities as d
+from domain.command_rules import AUDIT_DATA_KEPT
 from domain.policy import SYSTEM
+from domain.query import Eq
+from domain.services.base import books_of
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -113,3 +118,61 @@ async def test_an_unanswered_update_firmware_is_recorded_for_its_reports_to_sett
             assert settled["firmwareRollout"] == rollout
     finally:
         await stop_central(central)
+
+
+AUDIT = """{ auditLog(first: 50, filter: {entity: "station"}) {
+    nodes { action after } } }"""
+
+
+async def test_the_audit_keeps_a_bounded_start_of_a_data_transfers_data(
+        central: Central) -> None:
+    """A dataTransfer's ``data`` (up to the API's 1 MB body) was kept whole in both of its
+    audit entries, for good, read by every operator and in every audit export. The
+    charger gets it whole; the audit keeps its start (``AUDIT_DATA_KEPT`` characters),
+    its length and digest (what support matches a charger's log against), and the
+    vendorId and messageId whole."""
+    data = "cfg;" + "0123456789abcdef" * 12_500  # 200,004 characters
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        answer = await run(central, "dataTransfer", {
+            "cpId": "CP-1", "vendorId": simulator.VENDOR, "messageId": "SetCfg",
+            "data": data}, "status errors { code }")
+        assert (answer["status"], answer["errors"]) == ("ACCEPTED", [])
+        assert cp.received[-1] == ("DataTransfer", {"vendor_id": simulator.VENDOR,
+                                                    "data": data})
+    nodes = (await central.gql(AUDIT, as_user="op"))["auditLog"]["nodes"]
+    kept = [n["after"] for n in nodes if n["action"] == "COMMAND"
+            and n["after"]["command"] == "DataTransfer"]
+    assert [k["stage"] for k in kept] == ["ANSWERED", "SENT"]
+    for entry in kept:
+        request = entry["request"]
+        assert request["vendorId"] == simulator.VENDOR
+        assert request["messageId"] == "SetCfg"
+        assert request["data"] == data[:AUDIT_DATA_KEPT]
+        assert request["dataLength"] == len(data)
+        assert request["dataSha256"] == hashlib.sha256(data.encode()).hexdigest()
+    # As written: the entries themselves are bounded, not only what is read of them.
+    stored = await central.store.find_all(d.AuditEntry, Eq("command", "DataTransfer"))
+    assert len(stored) == 2
+    assert all(e.after is not None and e.after["request"]["data"] == data[:AUDIT_DATA_KEPT]
+               for e in stored)
+
+
+async def test_an_older_audit_entry_of_a_data_transfer_is_read_bounded(
+        central: Central) -> None:
+    """Entries written whole before QA s28 are read as a new one is written."""
+    station = central.stations["CP-1"]
+    company_id, owner_id = books_of(station)
+    data = "x" * (AUDIT_DATA_KEPT + 1)
+    await central.store.write([], [d.AuditEntry(
+        entity="station", entity_id=station.id, action=d.AuditAction.COMMAND,
+        command="DataTransfer", actor="user:op", created_by="user:op",
+        updated_by="user:op", company_id=company_id, station_owner_id=owner_id,
+        after={"command": "DataTransfer", "commandId": "c1", "stage": "SENT",
+               "request": {"vendorId": "V", "data": data}, "status": None,
+               "error": None})])
+    nodes = (await central.gql(AUDIT, as_user="op"))["auditLog"]["nodes"]
+    [request] = [n["after"]["request"] for n in nodes if n["action"] == "COMMAND"]
+    assert request == {"vendorId": "V", "data": data[:AUDIT_DATA_KEPT],
+                       "dataLength": len(data),
+                       "dataSha256": hashlib.sha256(data.encode()).hexdigest()}
