@@ -285,6 +285,13 @@ class Station(Record):
     #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
     #: name by ``services.base`` (``stamp_new``, ``patch``); never given by a client nor shown.
     name_key: str = ""
+    #: Its cpId without regard to case (``validation.cp_id_key``), written with it by
+    #: ``services.base``: OCPP 1.6 has a charge point's identity case-insensitive
+    #: (CiString), so a charger connecting as ``cp-001`` is station ``CP-001``'s, and no
+    #: two stations are created one whatever the case. Not unique in the store: stations
+    #: stored before (SQLite migration 83) may share it; see
+    #: ``ChargerConnections.station``.
+    cp_id_key: str = ""
     owner_id: str | None = None
     company_id: str | None = None
     lat: float | None = None

@@ -681,7 +681,9 @@ DERIVED_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     # creations at once through (review r2).
     ("name", "name_identity", v.name_identity),
     # A charger's configuration key is one whatever its case (``ConfigurationKey``).
-    ("key", "folded_key", folded_key))
+    ("key", "folded_key", folded_key),
+    # A station's cpId too (``Station.cp_id_key``).
+    ("cp_id", "cp_id_key", v.cp_id_key))
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:

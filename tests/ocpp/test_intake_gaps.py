@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ocpp.routing import on
 from ocpp.v16 import call
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
+from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
 from domain.command_rules import AUDIT_DATA_KEPT
 from domain.policy import SYSTEM
+from domain.ports import Update
 from domain.query import Eq
 from domain.services.base import books_of
 from ocpp_bridge import simulator
@@ -176,3 +180,53 @@ async def test_an_older_audit_entry_of_a_data_transfer_is_read_bounded(
     assert request == {"vendorId": "V", "data": data[:AUDIT_DATA_KEPT],
                        "dataLength": len(data),
                        "dataSha256": hashlib.sha256(data.encode()).hexdigest()}
+
+
+async def test_a_charger_connecting_under_its_cp_id_in_other_case_is_its_station(
+        central: Central) -> None:
+    """OCPP 1.6 has a charge point's identity a CiString (case-insensitive), and
+    installers type it as they read it off a label: a charger set up as ``cp-1`` for the
+    station ``CP-1`` was refused 401 "unknown charge point" (with auto-registration, a
+    second, Pending station was made). It is the station ``CP-1``, its messages booked
+    there; and no station can be created whose cpId differs from another's only in
+    case."""
+    async with connected(central.url, "cp-1", password=STATION_PASSWORD,
+                         response_timeout=5) as cp:
+        assert (await cp.boot()).status == "Accepted"
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Preparing"))
+        start = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=0, timestamp=simulator.now()))
+        assert start.id_tag_info["status"] == "Accepted"
+    session = await central.session(start.transaction_id)
+    assert session is not None and session.cp_id == "CP-1"
+    assert session.station_id == central.stations["CP-1"].id
+    created = await central.gql("""mutation { createStation(input: {cpId: "cp-1",
+        name: "again"}) { station { id } errors { field code } } }""", as_user="admin")
+    assert created["createStation"] == {"station": None, "errors": [
+        {"field": "cpId", "code": "DUPLICATE"}]}
+
+
+async def test_stations_stored_differing_only_in_case_each_keep_their_charger(
+        central: Central) -> None:
+    """Two stations stored before cpIds were one whatever their case (``CP-1`` and
+    ``cp-1``): each charger connecting under its own cpId is its own station's, and one
+    connecting under a third spelling, which could be either, is refused as unknown
+    rather than given one of them."""
+    twin, _ = await central.services.stations.create_station(
+        SYSTEM, cp_id="cp-twin", name="twin")
+    # As migration 83 leaves such a pair: each with its own cpId's key.
+    await central.store.write([Update(replace(twin, cp_id="cp-1", cp_id_key="cp-1"),
+                                      frozenset({"cp_id", "cp_id_key"}))], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Accepted"
+    async with connected(central.url, "cp-1") as cp:
+        assert (await cp.boot()).status == "Accepted"
+    [first, second] = [await central.store.find_one(d.Station, Eq("id", s))
+                       for s in (central.stations["CP-1"].id, twin.id)]
+    assert first is not None and second is not None
+    assert first.booted_at is not None and second.booted_at is not None
+    with pytest.raises(InvalidStatus) as refused:
+        async with connected(central.url, "Cp-1", password=STATION_PASSWORD):
+            pass
+    assert refused.value.response.status_code == 401
