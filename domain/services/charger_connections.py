@@ -174,15 +174,21 @@ class ChargerConnections(Service):
             v.cp_id(cp_id)
         except ValidationError:
             return None
-        async with self.registering.one_at_a_time(cp_id):
+        # One of a cpId at a time whatever its case: two spellings of a new charger's
+        # arriving at once registered two stations one whatever their case.
+        async with self.registering.one_at_a_time(v.cp_id_key(cp_id)):
             return await self._register(cp_id, address)
 
-    async def _register(self, cp_id: str, address: str) -> Station:
+    async def _register(self, cp_id: str, address: str) -> Station | None:
         """``station_for_connection``'s registration, one of a cpId at a time here."""
         # The handshake this one waited behind may have stored it.
-        station = await self.station(cp_id)
+        station = await self.station_whatever_case(cp_id)
         if station is not None:
             return station
+        if await self.store.find_one(Station, Eq("cp_id_key", v.cp_id_key(cp_id))):
+            # Stations that differ only in case have it, none spelt so: which one it is
+            # cannot be told (``station_whatever_case``), and a third is not made.
+            return None
         client = address_key(address)
         limited = self.registrations.limit > 0
         if limited:

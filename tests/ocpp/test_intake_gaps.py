@@ -23,7 +23,7 @@ from domain import entities as d
 from domain.command_rules import AUDIT_DATA_KEPT
 from domain.policy import SYSTEM
 from domain.ports import Update
-from domain.query import Eq
+from domain.query import ALL, Eq
 from domain.services.base import books_of
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import connected
@@ -230,3 +230,29 @@ async def test_stations_stored_differing_only_in_case_each_keep_their_charger(
         async with connected(central.url, "Cp-1", password=STATION_PASSWORD):
             pass
     assert refused.value.response.status_code == 401
+
+
+async def test_auto_registration_makes_no_station_one_whatever_the_case_of_another(
+        tmp_path: Path) -> None:
+    """With auto-registration, ``cp-1`` for the station ``CP-1`` registered a second,
+    Pending station, and two spellings of a new charger two. Each is the one station;
+    a spelling of case twins stored before registers no third."""
+    central = await start_central(tmp_path / "central.db", auto_register=True)
+    await seed(central)
+    try:
+        async with connected(central.url, "cp-1", password=STATION_PASSWORD) as cp:
+            assert (await cp.boot()).status == "Accepted"
+        for spelling in ("new-9", "NEW-9"):
+            async with connected(central.url, spelling) as cp:
+                assert (await cp.boot()).status == "Pending"
+        twin, _ = await central.services.stations.create_station(
+            SYSTEM, cp_id="cp-twin", name="twin")
+        await central.store.write([Update(replace(twin, cp_id="cp-open", cp_id_key="cp-open"),
+                                          frozenset({"cp_id", "cp_id_key"}))], [])
+        with pytest.raises(InvalidStatus):
+            async with connected(central.url, "Cp-Open"):
+                pass
+        stations = await central.store.find_all(d.Station, ALL)
+        assert sorted(s.cp_id for s in stations) == ["CP-1", "CP-OPEN", "cp-open", "new-9"]
+    finally:
+        await stop_central(central)
