@@ -13,6 +13,7 @@ twice. Lengths follow the 1.6 CiString types.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable
@@ -325,16 +326,40 @@ def key_words(key: str) -> list[str]:
 HIDDEN = "[hidden]"
 
 
+#: How much of a DataTransfer's ``data`` its audit entries keep (``with_data_bounded``).
+AUDIT_DATA_KEPT = 1000
+
+
+def with_data_bounded(request: dict[str, Any]) -> dict[str, Any]:
+    """A DataTransfer request as the audit log keeps it: its ``data`` cut to its first
+    ``AUDIT_DATA_KEPT`` characters when longer, with its whole length (``dataLength``)
+    and the SHA-256 of its UTF-8 bytes (``dataSha256``), which support matches against
+    what the charger logged; its vendorId and messageId whole. Kept whole (QA s28), a
+    dataTransfer carried up to the API's 1 MB body into each of its two entries, kept
+    for good, read by every operator of the station and in every audit export."""
+    data = request.get("data")
+    if not isinstance(data, str) or len(data) <= AUDIT_DATA_KEPT:
+        return request
+    return {**request, "data": data[:AUDIT_DATA_KEPT], "dataLength": len(data),
+            "dataSha256": hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
 def without_secret_value(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A COMMAND audit image (``commands.masked`` wrote it) with a ChangeConfiguration's
     value ``HIDDEN`` when its key is a secret by the rule as it is now: entries written
     before the rule named the key one (review s23: a vendor's ``MqttPwd`` changed before
     QA s23 was read back in clear by every operator of the station, for good); and an
     upload or download location without its credentials (``without_credentials``), for
-    entries written before its query values were hidden (QA s25)."""
+    entries written before its query values were hidden (QA s25). A DataTransfer's
+    ``data`` bounded (``with_data_bounded``), also in entries written whole before."""
     if image is None:
         return image
     request = image.get("request")
+    if image.get("command") == "DataTransfer" and isinstance(request, dict):
+        bounded = with_data_bounded(request)
+        if bounded is not request:
+            image = {**image, "request": bounded}
+        return image
     if isinstance(request, dict) and isinstance(request.get("location"), str):
         shown = without_credentials(request["location"])
         if shown != request["location"]:

@@ -285,6 +285,13 @@ class Station(Record):
     #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
     #: name by ``services.base`` (``stamp_new``, ``patch``); never given by a client nor shown.
     name_key: str = ""
+    #: Its cpId without regard to case (``validation.cp_id_key``), written with it by
+    #: ``services.base``: OCPP 1.6 has a charge point's identity case-insensitive
+    #: (CiString), so a charger connecting as ``cp-001`` is station ``CP-001``'s, and no
+    #: two stations are created one whatever the case. Not unique in the store: stations
+    #: stored before (SQLite migration 83) may share it; see
+    #: ``ChargerConnections.station``.
+    cp_id_key: str = ""
     owner_id: str | None = None
     company_id: str | None = None
     lat: float | None = None
@@ -387,6 +394,13 @@ class Station(Record):
 #: charger reports on it: ours, not one of OCPP 1.6's FirmwareStatus values, so the last
 #: rollout's "Installed" is not read as the new one's.
 FIRMWARE_REQUESTED = "Requested"
+#: ``Station.firmware_status`` from an UpdateFirmware its charger did not answer (in
+#: time, or readably): sent, so the charger may have started the rollout, which its next
+#: FirmwareStatusNotification settles (QA s28: nothing was recorded, and the station
+#: showed no rollout while its charger downloaded one). Ours too.
+FIRMWARE_UNANSWERED = "Unanswered"
+#: The statuses a rollout recorded by us reads until its charger reports on it.
+FIRMWARE_AWAITING = frozenset({FIRMWARE_REQUESTED, FIRMWARE_UNANSWERED})
 #: ``Station.diagnostics_status`` from a GetDiagnostics its charger accepted (its answer
 #: named a file) until the charger reports on it: ours too, so the last upload's
 #: "Uploaded" is not read as the new one's.

@@ -476,6 +476,12 @@ def cp_id(value: str | None, field: str = "cpId") -> str:
     return value
 
 
+def cp_id_key(cp_id: str) -> str:
+    """A cpId as it is one whatever its case (``Station.cp_id_key``): OCPP 1.6's
+    chargeBoxIdentity is a CiString, case-insensitive. cpIds are ASCII (``cp_id``)."""
+    return cp_id.lower()
+
+
 def id_tag(value: str | None, field: str = "tag") -> str:
     """OCPP 1.6 IdToken: CiString20Type, case-insensitive by the spec; stored upper-case."""
     cleaned = _given(value, field).strip()

@@ -237,7 +237,10 @@ class ConnectorInput:
 
 @strawberry.input(description="A new station (admins and operators).")
 class CreateStationInput:
-    cp_id: str = strawberry.field(description="OCPP identity (websocket path segment).")
+    cp_id: str = strawberry.field(description=(
+        "OCPP identity (websocket path segment), one whatever its case as OCPP has it: "
+        "`DUPLICATE` when another station's differs only in case, and its charger may "
+        "connect as `cp-001` for `CP-001`."))
     name: str = strawberry.field(description=_NAME)
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "The company that runs it; an operator's own company, always."))

@@ -519,9 +519,11 @@ class IdTag(Node, Audited):
 
 
 # ------------------------------------------------------------------------- stations
-@strawberry.type(description="A firmware update its charger accepted (OCPP UpdateFirmware).")
+@strawberry.type(description=(
+    "A firmware update its charger accepted, or did not answer (OCPP UpdateFirmware)."))
 class FirmwareRollout:
-    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
+    requested_at: datetime = strawberry.field(description=(
+        "When the charger accepted it (or its answer was given up on)."))
     location: str = strawberry.field(description=(
         "Where the charger was to fetch the firmware from, without the URL's user "
         "information nor its query string's values, where a presigned URL carries its "
@@ -584,8 +586,11 @@ class Station(Node, Audited):
         "Its charger's last FirmwareStatusNotification as OCPP 1.6 spells it "
         "(Downloading, Downloaded, Installing, Installed, DownloadFailed, "
         "InstallationFailed, Idle), or `Requested`: an `updateFirmware` the charger "
-        "accepted (`firmwareRollout`) and has not reported on yet. An Idle before "
-        "`firmwareRollout.retrieveDate` leaves `Requested` (the download is not due); "
+        "accepted (`firmwareRollout`) and has not reported on yet, or `Unanswered`: one "
+        "sent that the charger did not answer in time (it may have started it; its next "
+        "FirmwareStatusNotification settles it). An Idle before "
+        "`firmwareRollout.retrieveDate` leaves `Requested` or `Unanswered` (the download "
+        "is not due); "
         "from then on it is shown. An Idle after this rollout's Installed, DownloadFailed "
         "or InstallationFailed (a triggered FirmwareStatusNotification: the charger is "
         "done) leaves that end. See `firmwareStatusAt`. Staff only."))
@@ -593,7 +598,8 @@ class Station(Node, Audited):
         "When `firmwareStatus` was set (the notification came, or the rollout was "
         "accepted); null for a status kept before times were. Staff only."))
     firmware_rollout: FirmwareRollout | None = strawberry.field(description=(
-        "The last `updateFirmware` its charger accepted; null before any. Firmware "
+        "The last `updateFirmware` its charger accepted or did not answer; null before "
+        "any. Firmware "
         "statuses from `firmwareRollout.requestedAt` on are this rollout's. Staff only."))
     diagnostics_status: str | None = strawberry.field(description=(
         "Its charger's last DiagnosticsStatusNotification (Idle, Uploading, Uploaded, "

@@ -239,7 +239,7 @@ class FaultEvent(_OfStation):
 @strawberry.enum(description="What a charger reports the progress of.")
 class MaintenanceKind(Enum):
     FIRMWARE = strawberry.enum_value("FIRMWARE", description=(
-        "A firmware update (FirmwareStatusNotification, or `Requested`)."))
+        "A firmware update (FirmwareStatusNotification, or `Requested`, `Unanswered`)."))
     DIAGNOSTICS = strawberry.enum_value("DIAGNOSTICS", description=(
         "A diagnostics upload (DiagnosticsStatusNotification, or `Requested`)."))
 

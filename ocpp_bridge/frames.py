@@ -108,7 +108,14 @@ def parse(raw: str | bytes, *, strict: bool = True) -> Frame:
     a CALL's unique id longer than ``UNIQUE_ID_MAX`` is taken (and answered under):
     refused, its charger never booted, and refused under the id cut to 36 characters
     (as before), the charger could not even tell which of its calls was refused and
-    waited out its timeout. Strict, it is refused, under the charger's id as sent."""
+    waited out its timeout. Strict, it is refused, under the charger's id as sent.
+
+    A frame starting with a UTF-8 byte order mark (some .NET and Windows-based charger
+    stacks write one) is read as the JSON after it, as lenient central systems read it:
+    JSON text has no BOM (RFC 8259 8.1), but a parser may ignore one, and refused it was
+    answered under uniqueId "-1", which told the charger nothing, its boot never
+    answered (QA s28)."""
+    raw = _without_bom(raw)
     try:
         # orjson: a third of json.loads' time per frame, and stricter (no NaN/Infinity,
         # no lone surrogates), which OCPP-J's plain JSON never needs.
@@ -163,6 +170,18 @@ def parse(raw: str | bytes, *, strict: bool = True) -> Frame:
         return Frame(CALLERROR, message[1], error_code=str(message[2]),
                      error_description=str(message[3]), error_details=message[4])
     raise FrameError(FORMATION_VIOLATION, f"unknown message type {kind!r}", unique_id)
+
+
+#: A UTF-8 byte order mark, as text and as the bytes of a binary frame.
+_BOM_TEXT = "\ufeff"
+_BOM_BYTES = _BOM_TEXT.encode()
+
+
+def _without_bom(raw: str | bytes) -> str | bytes:
+    """``raw`` without the one byte order mark it may start with."""
+    if isinstance(raw, str):
+        return raw[1:] if raw.startswith(_BOM_TEXT) else raw
+    return raw[len(_BOM_BYTES):] if raw.startswith(_BOM_BYTES) else raw
 
 
 def _text(message: list[Any]) -> str:

@@ -338,9 +338,10 @@ class OcppServer:
         self.refusals = RefusalLog()
         #: A socket let in at its handshake → the id of the station it signed in as and
         #: that station's password hash then (``None``: none), until its handler takes
-        #: them (``_connection``).
+        #: them (``_connection``); and the station's cpId as stored, which the charger
+        #: is known by from then on whatever the case it connected under (QA s28).
         self._signed_in: weakref.WeakKeyDictionary[
-            ServerConnection, tuple[str, str | None]] = weakref.WeakKeyDictionary()
+            ServerConnection, tuple[str, str | None, str]] = weakref.WeakKeyDictionary()
         self.proxies = TrustedProxies(trusted_proxies)
         #: Where every connection's handler counts the CALLs it answers (``/metrics``).
         self.metrics = metrics
@@ -710,13 +711,16 @@ class OcppServer:
             # a 401 for a station's wrong password told anyone which cpIds exist (QA s26).
             station = await self._decoy(cp_id)
         if station.auth_password_hash is None:
-            self._signed_in[connection] = (station.id, station.auth_password_hash)
+            self._signed_in[connection] = (station.id, station.auth_password_hash,
+                                           station.cp_id)
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
         # A user name other than the cpId is refused before any password is looked at:
         # nothing about the password is learnt from it, so it is not counted either.
         verdict: bool | Refused = False
-        if credentials is not None and credentials[0] == cp_id:
+        # The user name is the charger's identity, a CiString as its cpId is: whatever
+        # its case (QA s28), the station's, not the spelling of the path.
+        if credentials is not None and credentials[0].lower() == station.cp_id.lower():
             verdict = await self._password_ok(station, credentials[1], peer)
         if isinstance(verdict, Refused):
             if verdict.locked:
@@ -734,7 +738,7 @@ class OcppServer:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
-        self._signed_in[connection] = (station.id, station.auth_password_hash)
+        self._signed_in[connection] = (station.id, station.auth_password_hash, station.cp_id)
         return None
 
     async def _decoy(self, cp_id: str) -> Station:
@@ -1110,14 +1114,18 @@ class OcppServer:
             self._note_wrong_subprotocol(ws)
             await ws.close(1002, "subprotocol ocpp1.6 required")
             return
-        cp_id = cp_id_from_path(ws.request.path if ws.request else "") or ""
+        signed_in = self._signed_in.pop(ws, None)
+        # Known by its station's cpId as stored: a charger connecting as ``cp-001`` is
+        # station ``CP-001``'s (``ChargerConnections.station_whatever_case``), and every
+        # record (sessions, connectors, the gateway's table) names it so.
+        cp_id = signed_in[2] if signed_in is not None \
+            else cp_id_from_path(ws.request.path if ws.request else "") or ""
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema,
                                      pacer=self.pacers.of(cp_id))
-        signed_in = self._signed_in.pop(ws, None)
         if signed_in is not None:
-            handler.station_id, handler.signed_in_with = signed_in
+            handler.station_id, handler.signed_in_with, _ = signed_in
             handler.signed_in = True
         try:
             # The number ordering this connection among the charger's others (here and on

@@ -18,7 +18,7 @@ from domain.clock import utcnow
 from domain.command_rules import folded_key
 from domain.entities import (
     DIAGNOSTICS_REQUESTED,
-    FIRMWARE_REQUESTED,
+    FIRMWARE_AWAITING,
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
@@ -215,9 +215,9 @@ UPLOAD_ENDS = frozenset({"Uploaded", "UploadFailed"})
 
 def keeps_requested(station: Station, kind: str, status: str, now: datetime) -> bool:
     """Whether a charger's firmware (``FIRMWARE``) or diagnostics report of ``status``,
-    coming while ``station`` reads ``Requested``, is not news of that request, so the
-    station goes on reading ``Requested``. A firmware ``Idle`` before the rollout's
-    ``firmware_retrieve_date``: the charger is not doing anything yet because the
+    coming while ``station`` reads ``Requested`` (or a firmware ``Unanswered``), is not
+    news of that request, so the station goes on reading it. A firmware ``Idle`` before
+    the rollout's ``firmware_retrieve_date``: the charger is not doing anything yet because the
     download is not due (answering a TriggerMessage, say), which is what ``Requested``
     with the rollout's date says already; from that date on an ``Idle`` is news (the
     charger dropped or has not begun a download it should have) and is kept. A
@@ -227,7 +227,7 @@ def keeps_requested(station: Station, kind: str, status: str, now: datetime) -> 
     every other report is taken as the request's."""
     if kind == "FIRMWARE":
         due = station.firmware_retrieve_date
-        return station.firmware_status == FIRMWARE_REQUESTED and status == "Idle" \
+        return station.firmware_status in FIRMWARE_AWAITING and status == "Idle" \
             and due is not None and due > now
     return station.diagnostics_status == DIAGNOSTICS_REQUESTED \
         and station.diagnostics_previous_uploading and status in UPLOAD_ENDS
@@ -681,7 +681,9 @@ DERIVED_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     # creations at once through (review r2).
     ("name", "name_identity", v.name_identity),
     # A charger's configuration key is one whatever its case (``ConfigurationKey``).
-    ("key", "folded_key", folded_key))
+    ("key", "folded_key", folded_key),
+    # A station's cpId too (``Station.cp_id_key``).
+    ("cp_id", "cp_id_key", v.cp_id_key))
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:

@@ -133,6 +133,26 @@ class ChargerConnections(Service):
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
 
+    async def station_whatever_case(self, cp_id: str) -> Station | None:
+        """The station of ``cp_id`` as OCPP 1.6 has a charge point's identity, a
+        CiString: whatever its case (``Station.cp_id_key``; QA s28: a charger set up as
+        ``cp-001`` for the station ``CP-001`` was refused as unknown, or registered as a
+        second station). The one stored so exactly first: stations stored before cpIds
+        were one whatever their case may differ only in it, and each keeps its charger.
+        Of several such, none spelt so: ``None``, as an unknown cpId (which one is meant
+        cannot be told, and a charger is never given another's station)."""
+        station = await self.station(cp_id)
+        if station is not None:
+            return station
+        alike = await self.store.find_all(Station, Eq("cp_id_key", v.cp_id_key(cp_id)),
+                                          limit=2)
+        if len(alike) > 1:
+            log.warning("a charger connected under a cpId no station has, which "
+                        "stations %s have in other case: refused as unknown; rename all "
+                        "but one", ", ".join(sorted(s.cp_id for s in alike)))
+            return None
+        return alike[0] if alike else None
+
     async def station_for_connection(self, cp_id: str, address: str = "") -> Station | None:
         """The station a connecting charger claims to be; with auto-registration on, an
         unknown one is registered as Pending (an operator accepts it later), at most
@@ -146,23 +166,31 @@ class ChargerConnections(Service):
         the first's registration and looks for the station again before it counts one
         (review r26-security2: with the first using the address's last registration,
         the second met the limit, 429); on another instance, the insert refused tells
-        it, and a refusal by the limit looks once more."""
-        station = await self.station(cp_id)
+        it, and a refusal by the limit looks once more. Found whatever the case of
+        ``cp_id`` (``station_whatever_case``): the charger then connects as the station's
+        cpId as stored."""
+        station = await self.station_whatever_case(cp_id)
         if station is not None or not self.auto_register:
             return station
         try:
             v.cp_id(cp_id)
         except ValidationError:
             return None
-        async with self.registering.one_at_a_time(cp_id):
+        # One of a cpId at a time whatever its case: two spellings of a new charger's
+        # arriving at once registered two stations one whatever their case.
+        async with self.registering.one_at_a_time(v.cp_id_key(cp_id)):
             return await self._register(cp_id, address)
 
-    async def _register(self, cp_id: str, address: str) -> Station:
+    async def _register(self, cp_id: str, address: str) -> Station | None:
         """``station_for_connection``'s registration, one of a cpId at a time here."""
         # The handshake this one waited behind may have stored it.
-        station = await self.station(cp_id)
+        station = await self.station_whatever_case(cp_id)
         if station is not None:
             return station
+        if await self.store.find_one(Station, Eq("cp_id_key", v.cp_id_key(cp_id))):
+            # Stations that differ only in case have it, none spelt so: which one it is
+            # cannot be told (``station_whatever_case``), and a third is not made.
+            return None
         client = address_key(address)
         limited = self.registrations.limit > 0
         if limited:

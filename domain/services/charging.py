@@ -457,7 +457,8 @@ WITHHELD = IdTagInfo("Invalid")
 
 def recorded_answer(session: Session) -> IdTagInfo:
     """What ``session``'s start was answered, as recorded (``Session.start_refused``, else
-    Accepted): what a copy of a start whose session is closed is told."""
+    Accepted), its status alone: what a copy of a refused start is told when its card is
+    another holder's now (``ChargingService._recorded_answer`` tells the rest)."""
     return IdTagInfo(session.start_refused or "Accepted")
 
 
@@ -760,7 +761,8 @@ class ChargingService(ChargerConnections):
     async def authorize_start(self, cp_id: str, id_tag: str,
                               exclude_sessions: Collection[str] = (), *,
                               before: int | None = None,
-                              card: tuple[IdTag | None] | None = None) -> IdTagInfo:
+                              card: tuple[IdTag | None] | None = None,
+                              at: datetime | None = None) -> IdTagInfo:
         """The card's status for a StartTransaction: as ``authorize``, and
         ``ConcurrentTx`` while another transaction holds it (``holding_card``: open, its
         start not refused). ``exclude_sessions``: open sessions that do not hold the card
@@ -769,12 +771,14 @@ class ChargingService(ChargerConnections):
         ``card``: the card as the caller read it by the tag (``(None,)``: none on record),
         judged as read, not read again: the session written is the decision's (review
         r27-accounts3: a card issued between two reads was Accepted, the session written
-        of no one's)."""
-        return await self._card_answer(id_tag, (exclude_sessions, before), card)
+        of no one's). ``at``: the moment the expiryDate counts from (``_cached_until``),
+        now by default."""
+        return await self._card_answer(id_tag, (exclude_sessions, before), card, at)
 
     async def _card_answer(self, id_tag: str,
                            start: tuple[Collection[str], int | None] | None,
-                           card: tuple[IdTag | None] | None = None) -> IdTagInfo:
+                           card: tuple[IdTag | None] | None = None,
+                           at: datetime | None = None) -> IdTagInfo:
         """The card's idTagInfo; ``start``: a start's (``authorize_start``) sessions
         left out and transaction bound, ``None`` for an Authorize (no ConcurrentTx);
         ``card``: the card already read, else it is read here."""
@@ -788,7 +792,7 @@ class ChargingService(ChargerConnections):
             return IdTagInfo("Blocked", tag.expires_at)
         if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)
-        expiry = self._cached_until(tag)
+        expiry = self._cached_until(tag, at)
         if start is not None:
             exclude_sessions, before = start
             busy = await self.store.find_all(
@@ -799,13 +803,36 @@ class ChargingService(ChargerConnections):
                 return IdTagInfo("ConcurrentTx", expiry, tag.parent_tag)
         return IdTagInfo("Accepted", expiry, tag.parent_tag)
 
-    def _cached_until(self, tag: IdTag) -> datetime:
+    def _cached_until(self, tag: IdTag, at: datetime | None = None) -> datetime:
         """The expiryDate an answer carries: how long a charger may keep it in its
         authorization cache. Without one a charger keeps an Accepted card for good and
         lets it charge offline after it was blocked; so the card's own expiry if sooner,
-        else ``auth_cache`` from now."""
-        bound = self.now() + self.auth_cache
+        else ``auth_cache`` from ``at`` (now by default; a start's: its session's
+        ``created_at``, which its resends are answered from, ``_recorded_answer``)."""
+        bound = (self.now() if at is None else at) + self.auth_cache
         return bound if tag.expires_at is None else min(tag.expires_at, bound)
+
+    async def _recorded_answer(self, session: Session) -> IdTagInfo:
+        """What a copy of the start of ``session``, closed, is told: what its first copy
+        was, never judged again (``recorded_answer``'s status), with the idTagInfo that
+        answer carried, from its holder's card: the expiryDate counted from the
+        session's ``created_at`` as the first answer's was (``_open_session``) and the
+        card's parentIdTag for Accepted and ConcurrentTx, the card's expiry for Blocked
+        and Expired. Told a bare Accepted (QA s28), a charger cached the card for good,
+        and charged it offline after it was blocked, and filed it without its group. A
+        card removed since, or another holder's now, tells nothing but the status: its
+        fields are no longer this session's card's."""
+        info = recorded_answer(session)
+        if info.status == "Invalid":
+            return info
+        card = await self.store.find_one(IdTag, all_of(
+            Eq("tag", session.id_tag), Eq("user_id", session.user_id)))
+        if card is None:
+            return info
+        if info.status in ("Blocked", "Expired"):
+            return IdTagInfo(info.status, card.expires_at)
+        return IdTagInfo(info.status, self._cached_until(card, session.created_at),
+                         card.parent_tag)
 
     # ------------------------------------------------------------- connectors
     async def check_connector_id(self, cp_id: str, connector_id: int, *,
@@ -1204,7 +1231,8 @@ class ChargingService(ChargerConnections):
                     # Closed: answered as it was, never judged again nor rewritten (review
                     # r26-robust4: a paid session's card blocked since was recorded
                     # start_refused, its charge read as refused).
-                    return same.transaction_id, _told(station, recorded_answer(same))
+                    return same.transaction_id, _told(station,
+                                                      await self._recorded_answer(same))
                 info = await self._resent(station, same, presented)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
@@ -1354,7 +1382,7 @@ class ChargingService(ChargerConnections):
             [fresh] = await self.store.get_many(Session, [session.id])
             session = fresh or session
             if session.state is not SessionState.ACTIVE:
-                return recorded_answer(session)
+                return await self._recorded_answer(session)
         return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
     def _refusal(self, station: Station, session: Session, info: IdTagInfo) -> str | None:
@@ -1541,8 +1569,10 @@ class ChargingService(ChargerConnections):
         # Judged on the card as read above, the one the session is written with (its
         # holder, its car): read again here, a card issued in between was Accepted onto
         # a session of no one's, which its removal did not see (review r27-accounts3).
+        # Its expiryDate counted from the session's own moment: a resend once it is
+        # closed is told the same (``_recorded_answer``).
         info = await self.authorize_start(cp_id, presented, [o.id for o in ended],
-                                          card=(id_tag_record,))
+                                          card=(id_tag_record,), at=session.created_at)
         session = replace(session, start_refused=self._refusal(station, session, info))
         guards = self._start_guards(station, plug, is_new, id_tag_record)
         if id_tag_record is None:

@@ -22,11 +22,14 @@ from domain.command_rules import (
     folded_key,
     is_heartbeat_key,
     is_secret_key,
+    with_data_bounded,
     without_credentials,
 )
 from domain.entities import (
     DIAGNOSTICS_REQUESTED,
+    FIRMWARE_AWAITING,
     FIRMWARE_REQUESTED,
+    FIRMWARE_UNANSWERED,
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
@@ -173,6 +176,13 @@ def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("location"), str):
         out["location"] = without_credentials(out["location"])
     return out
+
+
+def _audited(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A command's request as its audit entries keep it: ``masked``, and a
+    DataTransfer's ``data`` bounded (``command_rules.with_data_bounded``)."""
+    request = masked(action, wire_json(payload))
+    return with_data_bounded(request) if action == "DataTransfer" else request
 
 
 def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
@@ -353,8 +363,13 @@ def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
     has no status: any answer but a CALLERROR is a yes), or the diagnostics upload a
     GetDiagnostics it accepted does (its answer names the file it will upload: without
     a ``fileName`` it has nothing to upload, and nothing starts), as its station records
-    it; empty for any other command or outcome. The location as the audit keeps it."""
-    if outcome.error is not None:
+    it; empty for any other command or outcome. The location as the audit keeps it. An
+    UpdateFirmware not answered (``_may_start``: no answer in time, or one we could not
+    read) may have started its rollout too: it is recorded as well, ``Unanswered``
+    (``_awaiting``), and the charger's reports settle it."""
+    if outcome.action == "UpdateFirmware" and not _may_start(outcome.error):
+        return {}
+    if outcome.action != "UpdateFirmware" and outcome.error is not None:
         return {}
     if outcome.action == "GetDiagnostics":
         name = outcome.result.get("fileName")
@@ -366,6 +381,14 @@ def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
     return {"firmware_requested_at": now,
             "firmware_location": without_credentials(str(payload.get("location", ""))),
             "firmware_retrieve_date": retrieve if isinstance(retrieve, datetime) else None}
+
+
+def _awaiting(outcome: CommandOutcome) -> str:
+    """What the station reads for the rollout (or upload) ``outcome`` records
+    (``_rollout``) until its charger reports on it."""
+    if outcome.action != "UpdateFirmware":
+        return DIAGNOSTICS_REQUESTED
+    return FIRMWARE_REQUESTED if outcome.error is None else FIRMWARE_UNANSWERED
 
 
 def _kind(action: str) -> str:
@@ -384,8 +407,9 @@ ANNOUNCE_ROUNDS = 5
 
 
 def _requested(station: Station, viewer: Viewer, kind: str, rollout: dict[str, Any],
-               now: datetime) -> Update:
-    """The station's new rollout (or upload), its status ``Requested`` from ``now``: the
+               now: datetime, status: str = FIRMWARE_REQUESTED) -> Update:
+    """The station's new rollout (or upload), its status ``Requested`` from ``now`` (a
+    rollout's: ``status``, ``Unanswered`` for one its charger did not answer): the
     last one's "Installed" or "Uploaded" is not the new one's. Written only onto the
     version of ``station`` it was decided on (``updated_at``, which every report's write
     moves, the one clearing ``diagnostics_previous_uploading`` too), else skipped: a
@@ -397,7 +421,7 @@ def _requested(station: Station, viewer: Viewer, kind: str, rollout: dict[str, A
     version = ("updated_at", station.updated_at)
     if kind == "FIRMWARE":
         return patch(station, viewer, only_if=version,
-                     firmware_status=FIRMWARE_REQUESTED, firmware_status_at=now, **rollout)
+                     firmware_status=status, firmware_status_at=now, **rollout)
     uploading = station.diagnostics_status == "Uploading" or (
         station.diagnostics_status == DIAGNOSTICS_REQUESTED
         and station.diagnostics_previous_uploading)
@@ -411,7 +435,7 @@ def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
     answer writes that status with this request's time (``firmware_requested_at``,
     ``diagnostics_requested_at``), whatever else was written to the station since."""
     if kind == "FIRMWARE":
-        return station.firmware_status == FIRMWARE_REQUESTED \
+        return station.firmware_status in FIRMWARE_AWAITING \
             and station.firmware_requested_at == rollout["firmware_requested_at"]
     return station.diagnostics_status == DIAGNOSTICS_REQUESTED \
         and station.diagnostics_requested_at == rollout["diagnostics_requested_at"]
@@ -1968,8 +1992,8 @@ class CommandService(Service):
 
     # ------------------------------------------------------------- what chargers took
     async def _announce_requested(self, viewer: Viewer, kind: str, sent: Station,
-                                  wrote: Any, rollout: dict[str, Any], answered_at: datetime
-                                  ) -> None:
+                                  wrote: Any, rollout: dict[str, Any], answered_at: datetime,
+                                  status: str = FIRMWARE_REQUESTED) -> None:
         """After a rollout (or upload) was recorded: announced as ``Requested`` once that
         status is what the station holds for it (``_holds``: a write that came after it,
         a connector-0 StatusNotification say, does not make it any less ours). It did
@@ -1981,7 +2005,8 @@ class CommandService(Service):
         station's version read (another report since: read and decided again), unless
         it is no news of the request (``keeps_requested``: a firmware Idle before the
         download is due, the end of the upload before): then ``Requested`` is written
-        over it, as it would have been had it come first."""
+        over it, as it would have been had it come first. ``status``: what a rollout
+        reads (``_awaiting``: ``Unanswered`` for one its charger did not answer)."""
         first = requested = cast(Station, wrote)
         field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
         asked = "firmware_requested_at" if kind == "FIRMWARE" else "diagnostics_requested_at"
@@ -2005,10 +2030,10 @@ class CommandService(Service):
             if getattr(current, f"{field}_at") == getattr(sent, f"{field}_at"):
                 # No report since sending: decided again on what is stored now, so a
                 # flag a late end cleared meanwhile is not set again from ``sent``.
-                again = _requested(current, viewer, kind, rollout, answered_at)
+                again = _requested(current, viewer, kind, rollout, answered_at, status)
             elif reported is not None and keeps_requested(first, kind, reported,
                                                           self.now()):
-                again = _requested(current, viewer, kind, rollout, self.now())
+                again = _requested(current, viewer, kind, rollout, self.now(), status)
             else:
                 # The report stands; the request is recorded beside it, unless a newer
                 # request was recorded meanwhile (review s23: this older answer wrote
@@ -2029,7 +2054,7 @@ class CommandService(Service):
             await self.commit(viewer, [(again, current)])
             requested = cast(Station, again.record)
         if kind == "FIRMWARE":
-            await self.publish(maintenance_event(requested, kind, FIRMWARE_REQUESTED,
+            await self.publish(maintenance_event(requested, kind, status,
                                                  cast(datetime, requested.firmware_status_at)))
         else:
             await self.publish(maintenance_event(
@@ -2104,7 +2129,7 @@ class CommandService(Service):
             updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,
-                   "stage": stage, "request": masked(outcome.action, wire_json(payload)),
+                   "stage": stage, "request": _audited(outcome.action, payload),
                    "status": outcome.status,
                    "error": outcome.error.code if outcome.error else None},
         )
@@ -2212,7 +2237,7 @@ class CommandService(Service):
         rollout = _rollout(outcome, payload, answered_at)
         if rollout:
             remembered.append((_requested(station, viewer, _kind(outcome.action), rollout,
-                                          answered_at), station))
+                                          answered_at, _awaiting(outcome)), station))
 
         # A remote start the charger refused (or never got) holds its card and plug no
         # longer; one accepted, or unanswered (it may have taken it), holds them until
@@ -2247,7 +2272,8 @@ class CommandService(Service):
             await self.publish(StationChanged(**owned_by(station)))
         if rollout:
             await self._announce_requested(viewer, _kind(outcome.action), station,
-                                           remembered[-1][0].record, rollout, answered_at)
+                                           remembered[-1][0].record, rollout, answered_at,
+                                           _awaiting(outcome))
         if outcome.action == "SendLocalList" and outcome.error is None:
             # What the charger's list holds now: a blocked card is withdrawn from the
             # lists that accept it (``Withdrawal``).

@@ -37,7 +37,7 @@ from domain.events import (
 )
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
-from domain.query import Eq, Filter, In, Range, Sort, all_of
+from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import (
     UNSET,
@@ -200,6 +200,12 @@ def not_charging(where: Filter) -> Guard:
 OPEN_AT_ONCE = 100
 
 
+def _same_cp_id() -> UniqueViolation:
+    """A station of the cpId being created, whatever its case, exists already."""
+    return UniqueViolation("a station with this cpId exists (cpIds are one whatever their "
+                           "case, as OCPP has them)", field="cpId")
+
+
 class StationService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
@@ -287,7 +293,22 @@ class StationService(Service):
         created = [stamp_new(self._connector(station, spec), viewer) for spec in specs]
         changes: list[tuple[Change, Any]] = [(Insert(station), None)]
         changes += [(Insert(c), None) for c in created]
-        await self.commit(viewer, changes, guards=guards)
+        # A cpId is one whatever its case (``Station.cp_id_key``): a charger set up as
+        # ``cp-001`` connects as station ``CP-001``, so no second station may be it. Not
+        # a unique index (stations stored before may differ only in case): read first,
+        # and guarded in the write against one created meanwhile.
+        same = Eq("cp_id_key", station.cp_id_key)
+        if await self.store.find_one(Station, same) is not None:
+            raise _same_cp_id()
+        try:
+            # Another than this one, which the guard sees written.
+            other = any_of(Range("id", lt=station.id), Range("id", gt=station.id))
+            await self.commit(viewer, changes, guards=[
+                *guards, Guard(Station, all_of(same, other), exists=False)])
+        except Conflict:
+            if await self.store.find_one(Station, same) is not None:
+                raise _same_cp_id() from None
+            raise
         return station, created
 
     @staticmethod

@@ -40,7 +40,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
                 [("connected_instance", ASCENDING)], [("site_id", ASCENDING)],
-                [("name_key", ASCENDING), ("_id", ASCENDING)]],
+                [("name_key", ASCENDING), ("_id", ASCENDING)],
+                # A charger connecting under its cpId in other case (``cp_id_key``).
+                [("cp_id_key", ASCENDING)]],
     # A company's sites (the policy's scope); a site's sessions' shares.
     "site": [[("company_id", ASCENDING)]],
     "site_allocation": [[("site_id", ASCENDING)], [("company_id", ASCENDING)]],

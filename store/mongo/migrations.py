@@ -27,7 +27,7 @@ from pymongo.errors import ConfigurationError, DuplicateKeyError
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
 from domain.query import FOLD_VERSION, SEARCHED
 from domain.services.configuration import MAX_KEYS
-from domain.validation import name_identity, name_key, plate_key, plate_shown
+from domain.validation import cp_id_key, name_identity, name_key, plate_key, plate_shown
 from store.mongo.codec import (
     compared,
     encode,
@@ -230,6 +230,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "state_history_books", _state_history_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
+    await _once(db, "cp_id_keys", _cp_id_keys)
     await _once(db, "name_identities", _name_identities)
     # Before the defaults: a station holding more keys than are kept is flagged, not
     # given false.
@@ -608,6 +609,22 @@ async def _name_keys(db: Any) -> None:
                 await db[kind].update_one(
                     {"_id": doc["_id"], "name_key": {"$exists": False}},
                     {"$set": {"name_key": name_key(doc["name"]), MARK: ObjectId()}})
+
+
+async def _cp_id_keys(db: Any) -> None:
+    """A station's cpId without regard to case (``Station.cp_id_key``), as SQLite's
+    migration 83 computes it for stations from before; without it they read as an empty
+    key, and a charger connecting under their cpId in other case would not find them.
+    Marked by the field itself: new documents always carry ``cp_id_key``."""
+    while True:
+        docs = await db["station"].find({"cp_id_key": {"$exists": False}},
+                                        {"cp_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        for doc in docs:
+            await db["station"].update_one(
+                {"_id": doc["_id"], "cp_id_key": {"$exists": False}},
+                {"$set": {"cp_id_key": cp_id_key(doc["cp_id"]), MARK: ObjectId()}})
 
 
 async def _name_identities(db: Any) -> None:

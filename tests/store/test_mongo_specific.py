@@ -2643,6 +2643,27 @@ async def test_names_from_before_their_sort_key_get_it_at_start_up(
     assert looked == []
 
 
+async def test_stations_from_before_their_cp_id_key_get_it_at_start_up(
+        mongo: MongoStore) -> None:
+    """What SQLite's migration 83 does: stations stored before get their cpId's key
+    (``Station.cp_id_key``), twins that differ only in case both kept."""
+    from tests.contract.factories import station
+
+    records = [station(cp_id=cp_id) for cp_id in ("CP-001", "cp-001", "Acme-7")]
+    await mongo.write([Insert(r) for r in records], [])
+    db = raw(mongo)
+    db["station"].update_many({}, {"$unset": {"cp_id_key": ""}})  # as written before
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await mongo.start()
+
+    found = await mongo.find_all(Station, Eq("cp_id_key", "cp-001"))
+    assert sorted(s.cp_id for s in found) == ["CP-001", "cp-001"]
+    [acme] = await mongo.find_all(Station, Eq("cp_id_key", "acme-7"))
+    assert acme.cp_id == "Acme-7"
+    assert db[migrations.MIGRATIONS].find_one({"_id": "cp_id_keys"})["done"] is True
+
+
 async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
         mongo: MongoStore) -> None:
     """What SQLite migration 14 does: before the unique index is built, every duplicate
@@ -2751,7 +2772,7 @@ def test_every_field_sqlite_added_with_a_default_is_back_filled() -> None:
     """A field added later with a default must be stored in older documents as SQLite's
     column default stores it in older rows (``plate_key`` and ``name_key`` have steps
     of their own: their values are the plate's and the name's keys)."""
-    own_step = {("vehicle", "plate_key"),
+    own_step = {("vehicle", "plate_key"), ("station", "cp_id_key"),
                 *((kind, "name_key") for kind in migrations.NAME_KEYED)}
     assert set(migrations.ADDED_WITH_DEFAULT) == added_with_default_in_sqlite() - own_step
 
