@@ -289,7 +289,7 @@ class Station(Record):
     #: ``services.base``: OCPP 1.6 has a charge point's identity case-insensitive
     #: (CiString), so a charger connecting as ``cp-001`` is station ``CP-001``'s, and no
     #: two stations are created one whatever the case. Not unique in the store: stations
-    #: stored before (SQLite migration 83) may share it; see
+    #: stored before (SQLite migration 78) may share it; see
     #: ``ChargerConnections.station``.
     cp_id_key: str = ""
     owner_id: str | None = None

@@ -613,7 +613,7 @@ async def _name_keys(db: Any) -> None:
 
 async def _cp_id_keys(db: Any) -> None:
     """A station's cpId without regard to case (``Station.cp_id_key``), as SQLite's
-    migration 83 computes it for stations from before; without it they read as an empty
+    migration 78 computes it for stations from before; without it they read as an empty
     key, and a charger connecting under their cpId in other case would not find them.
     Marked by the field itself: new documents always carry ``cp_id_key``."""
     while True:

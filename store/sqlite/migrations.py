@@ -1553,13 +1553,13 @@ _V77 = """
 ALTER TABLE "session" ADD COLUMN "open_at_restore" INTEGER;
 """
 
-# Version 83: a station's cpId without regard to case (``Station.cp_id_key``,
+# Version 78: a station's cpId without regard to case (``Station.cp_id_key``,
 # ``validation.cp_id_key``: OCPP 1.6's chargeBoxIdentity is a CiString): what a charger
 # connecting as ``cp-001`` finds station ``CP-001`` by, and what createStation refuses a
 # second of (QA s28). Not unique: stations stored before may differ only in case, and
 # keep working, each under its own cpId (``ChargerConnections.station``). cpIds are ASCII,
 # which SQLite's lower() folds as Python's does. (78 to 82 are other branches'.)
-_V83 = """
+_V78 = """
 ALTER TABLE "station" ADD COLUMN "cp_id_key" TEXT NOT NULL DEFAULT '';
 UPDATE "station" SET "cp_id_key" = lower("cp_id");
 CREATE INDEX "station_cp_id_key_idx" ON "station" ("cp_id_key");
@@ -1604,7 +1604,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (74, _V74),
                                      (75, _V75),
                                      (76, _V76), (77, _V77),
-                                     (83, _V83))
+                                     (78, _V78))
 
 
 def identity_left(company_id: str, name: str) -> None:

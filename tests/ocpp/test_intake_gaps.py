@@ -215,7 +215,7 @@ async def test_stations_stored_differing_only_in_case_each_keep_their_charger(
     rather than given one of them."""
     twin, _ = await central.services.stations.create_station(
         SYSTEM, cp_id="cp-twin", name="twin")
-    # As migration 83 leaves such a pair: each with its own cpId's key.
+    # As migration 78 leaves such a pair: each with its own cpId's key.
     await central.store.write([Update(replace(twin, cp_id="cp-1", cp_id_key="cp-1"),
                                       frozenset({"cp_id", "cp_id_key"}))], [])
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:

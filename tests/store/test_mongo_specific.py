@@ -2645,7 +2645,7 @@ async def test_names_from_before_their_sort_key_get_it_at_start_up(
 
 async def test_stations_from_before_their_cp_id_key_get_it_at_start_up(
         mongo: MongoStore) -> None:
-    """What SQLite's migration 83 does: stations stored before get their cpId's key
+    """What SQLite's migration 78 does: stations stored before get their cpId's key
     (``Station.cp_id_key``), twins that differ only in case both kept."""
     from tests.contract.factories import station
 

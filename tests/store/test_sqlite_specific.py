@@ -1812,12 +1812,12 @@ async def test_the_open_unknown_intervals_are_read_from_their_own_index(
     assert "connector_interval_open_unknown_idx" in plan, plan
 
 
-async def test_version_83_keys_each_station_by_its_cp_id_whatever_the_case(
+async def test_version_78_keys_each_station_by_its_cp_id_whatever_the_case(
         db_path: str) -> None:
     """Stations from before get their cpId's key (``Station.cp_id_key``), twins that
     differ only in case both kept (QA s28: no unique rule, they keep their chargers)."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        before = [m for m in MIGRATIONS if m[0] < 83]
+        before = [m for m in MIGRATIONS if m[0] < 78]
         await apply_migrations(conn, before)
         # Every column a row needs then, as plain as its type allows.
         columns = await (await conn.execute('PRAGMA table_info("station")')).fetchall()
@@ -1830,6 +1830,6 @@ async def test_version_83_keys_each_station_by_its_cp_id_whatever_the_case(
             await conn.execute(f'INSERT INTO "station" ({names}) VALUES ({marks})',
                                tuple(row.values()))
         assert await apply_migrations(conn, [*before, *(m for m in MIGRATIONS
-                                                        if m[0] == 83)]) == [83]
+                                                        if m[0] == 78)]) == [78]
     assert raw(db_path, 'SELECT "id", "cp_id_key" FROM "station" ORDER BY "id"') == [
         ("s1", "cp-001"), ("s2", "cp-001"), ("s3", "acme-7")]
