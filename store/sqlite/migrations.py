@@ -1553,6 +1553,15 @@ _V77 = """
 ALTER TABLE "session" ADD COLUMN "open_at_restore" INTEGER;
 """
 
+# Version 82: when a send of a reservation's owed CancelReservation claimed it
+# (``Reservation.cancel_sending_since``, our clock): other sends leave it to that one for a
+# while (review r28-leftan: the holder's sweep sent the charger a cancel another instance
+# was relaying, twice). Older rows: null, no send has it. MongoDB reads a missing field
+# as null: no step.
+_V82 = """
+ALTER TABLE "reservation" ADD COLUMN "cancel_sending_since" INTEGER;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1591,7 +1600,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (73, _V73),
                                      (74, _V74),
                                      (75, _V75),
-                                     (76, _V76), (77, _V77))
+                                     (76, _V76), (77, _V77), (82, _V82))
 
 
 def identity_left(company_id: str, name: str) -> None:
