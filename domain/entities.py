@@ -1026,6 +1026,12 @@ class Reservation(Record):
     #: sent the cancel when it comes back, before it expires (``CommandService.
     #: send_owed_cancels``); ``None`` once the charger answered it, or for any other.
     cancel_owed_since: datetime | None = None
+    #: When a send of that owed cancel claimed it (our clock): another send leaves it to
+    #: that one for ``CANCEL_CLAIM_S`` (a withdrawal's relayed from another instance and
+    #: the holder's sweep sent the charger the same cancel twice, review r28-leftan);
+    #: ``None`` when no send has it, or one let it go undelivered
+    #: (``CommandService._claim_cancel``).
+    cancel_sending_since: datetime | None = None
 
     def state_at(self, now: datetime) -> ReservationState:
         """EXPIRED once a live (PENDING or ACTIVE) reservation is past its expiry, before

@@ -137,6 +137,11 @@ HELD_PAGE = 50
 #: How many chargers ``sweep_owed_cancels`` sends to at once: each may take up to the
 #: command timeout to answer, or not answer at all.
 OWED_SWEEP_AT_ONCE = 4
+#: How long a send's claim of an owed cancel (``Reservation.cancel_sending_since``) keeps
+#: other sends of it away: past the command's timeout (``COMMAND_TIMEOUT_S``) with time
+#: for a relay, so a send still waiting for its answer is never doubled; a claim left by
+#: a process that died mid-send lapses after it (``_claim_cancel``).
+CANCEL_CLAIM_S = 2 * int(COMMAND_TIMEOUT_S)
 #: Before any cancel was owed (``Reservation.cancel_owed_since``): the bound that makes
 #: a ``Range`` of it "not null" on every store (null is never within a bound).
 _EVER = datetime(1970, 1, 1, tzinfo=UTC)
@@ -1883,9 +1888,12 @@ class CommandService(Service):
                 for reservation in owed:
                     if only is not None and reservation.id not in only:
                         continue
+                    claimed = await self._claim_cancel(reservation)
+                    if claimed is None:
+                        continue  # another send has it on its way
                     outcome = CommandOutcome(command_id=new_id(),
                                              action="CancelReservation", station=station,
-                                             reservation=reservation,
+                                             reservation=claimed,
                                              requested_by=SYSTEM.actor)
                     await self._carry(SYSTEM, outcome, {
                         "reservationId": reservation.reservation_id})
@@ -1893,6 +1901,45 @@ class CommandService(Service):
                         log.info("%s: the cancel of reservation %d owed since it was "
                                  "offline was not delivered: %s", station.cp_id,
                                  reservation.reservation_id, outcome.error.message)
+                        await self._release_cancel(claimed)
+
+    async def _claim_cancel(self, reservation: Reservation) -> Reservation | None:
+        """Claims the send of ``reservation``'s owed cancel (``Reservation.
+        cancel_sending_since``: now), unless another send claimed it within
+        ``CANCEL_CLAIM_S`` (by either clock) and has not let it go: the reservation as
+        claimed, else None (left to that send). Guarded on the claim as read, so of two
+        sends reading it at once one claims it. Every send of an owed cancel claims it,
+        whoever asked: a withdrawal's relayed through another instance, the holder's
+        sweep (``sweep_owed_cancels``), its expiry sweep's, the charger's return (review
+        r28-leftan: the holder's sweeps sent every cancel owed at their stations, one
+        another instance was relaying that moment too, and the charger's answer to the
+        second was Rejected, recorded as a failed cancel). One process's sends to a
+        station never overlap (``_owing``), so a claim read is another process's or one
+        let go, or left by a process that died mid-send: that one lapses."""
+        now, since = self.now(), reservation.cancel_sending_since
+        if since is not None and abs(now - since) < timedelta(seconds=CANCEL_CLAIM_S):
+            return None
+        claim = patch(reservation, SYSTEM, only_if=("cancel_sending_since", since),
+                      required=True, cancel_sending_since=now)
+        try:
+            await self.store.write([claim], [])
+        except Conflict:
+            return None  # another send claimed it first
+        return cast(Reservation, claim.record)
+
+    async def _release_cancel(self, claimed: Reservation) -> None:
+        """Lets go of a send's claim (``_claim_cancel``) once its cancel was not
+        delivered (no answer, the charger gone): the next send (the charger's return,
+        the holder's sweep) need not wait for it to lapse. Best effort: it lapses."""
+        try:
+            await self.store.write([patch(
+                claimed, SYSTEM, only_if=("cancel_sending_since",
+                                          claimed.cancel_sending_since),
+                cancel_sending_since=None)], [])
+        except Exception:
+            log.exception("%s: the claim of reservation %d's cancel was not let go (it "
+                          "lapses in %d s)", claimed.cp_id, claimed.reservation_id,
+                          CANCEL_CLAIM_S)
 
     async def cancel_owed(self, reservations: list[Reservation], actor: Viewer = SYSTEM
                           ) -> list[Reservation]:

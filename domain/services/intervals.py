@@ -237,6 +237,23 @@ async def handed_over(store: Store, station: Station, to: Station, actor: Viewer
     return changes
 
 
+def left_in_books(station: Station) -> Guard:
+    """A handover's ``Guard`` (``exists=False``): no state interval of ``station`` is
+    open in the books it is handed over from (``books_of``) once the write is done. The
+    handover closes every open one it read (``handed_over``) and opens its successor in
+    the new books, so one found is a plug's first interval written in the old books
+    after that read (a stop's Finishing, a first report, a connect, each guarded on the
+    station still in those books, ``StoredBooks.guard``, which it still was). It fails
+    the write (``Conflict``), which the edit runs again, reading it and rolling it over
+    too (review r28-leftan: it stayed in the old books, and the plug's every later
+    interval with it). Of the two writes, at least one sees the other's on either
+    store (each writes before its guards are read) and is taken again."""
+    company_id, owner_id = books_of(station)
+    return Guard(ConnectorInterval, all_of(
+        Eq("cp_id", station.cp_id), Eq("station_id", station.id), Eq("end", None),
+        Eq("company_id", company_id), Eq("station_owner_id", owner_id)), exists=False)
+
+
 def _observed(current: ConnectorInterval | None, start: datetime, at: datetime,
               ours: datetime | None, now: datetime) -> datetime | None:
     """The new interval's ``observed_at``: when its charger's clock read ``start``, on

@@ -53,7 +53,7 @@ from domain.services.base import (
 )
 from domain.services.configuration import forget_configuration
 from domain.services.edits import edit, removal, retried
-from domain.services.intervals import handed_over
+from domain.services.intervals import handed_over, left_in_books
 from domain.services.offline_notices import forget_outages
 from domain.services.tariffs import removal_end
 from domain.services.withdrawal import forget_local_list
@@ -459,6 +459,9 @@ class StationService(Service):
             # timeline (review r27): the old company keeps what it ran, the new one reads
             # its own only.
             history = await handed_over(self.store, station, updated, viewer, self.now())
+            # None left open in the old books: a plug's first interval opened there
+            # after that read fails the write, and it runs again (rolling it over).
+            guards.append(left_in_books(station))
             ended, since = await self._end_station_prices(viewer, station)
             changes += ended
             # None left unended by the write: one set meanwhile fails it, and it runs again.

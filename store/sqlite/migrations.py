@@ -1558,11 +1558,20 @@ ALTER TABLE "session" ADD COLUMN "open_at_restore" INTEGER;
 # connecting as ``cp-001`` finds station ``CP-001`` by, and what createStation refuses a
 # second of (QA s28). Not unique: stations stored before may differ only in case, and
 # keep working, each under its own cpId (``ChargerConnections.station``). cpIds are ASCII,
-# which SQLite's lower() folds as Python's does. (78 to 82 are other branches'.)
+# which SQLite's lower() folds as Python's does.
 _V78 = """
 ALTER TABLE "station" ADD COLUMN "cp_id_key" TEXT NOT NULL DEFAULT '';
 UPDATE "station" SET "cp_id_key" = lower("cp_id");
 CREATE INDEX "station_cp_id_key_idx" ON "station" ("cp_id_key");
+"""
+
+# Version 79: when a send of a reservation's owed CancelReservation claimed it
+# (``Reservation.cancel_sending_since``, our clock): other sends leave it to that one for a
+# while (review r28-leftan: the holder's sweep sent the charger a cancel another instance
+# was relaying, twice). Older rows: null, no send has it. MongoDB reads a missing field
+# as null: no step.
+_V79 = """
+ALTER TABLE "reservation" ADD COLUMN "cancel_sending_since" INTEGER;
 """
 
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
@@ -1604,7 +1613,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (74, _V74),
                                      (75, _V75),
                                      (76, _V76), (77, _V77),
-                                     (78, _V78))
+                                     (78, _V78), (79, _V79))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 import domain.services.charger_connections as connections
 import domain.services.charging as charging_module
 import domain.services.intervals as intervals
+import domain.services.stations as stations_module
 from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
@@ -1190,6 +1191,87 @@ async def test_a_stop_opening_a_plug_s_first_interval_racing_a_handover_is_in_th
     assert raced
     [finishing] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)
     assert (finishing.status, finishing.company_id) == (d.ConnectorStatus.FINISHING, b)
+
+
+def _first_interval_in_handover(h: History, monkeypatch: pytest.MonkeyPatch,
+                                during: Callable[[], Awaitable[Any]]) -> list[bool]:
+    """The other order: the other instance's write opening a plug's first interval
+    (``during``) lands after the handover read the station's open intervals
+    (``intervals.handed_over``) and before the handover's write; returns the flag
+    that says it did."""
+    real = stations_module.handed_over
+    raced: list[bool] = []
+
+    async def handed_over(*args: Any, **kwargs: Any) -> Any:
+        found = await real(*args, **kwargs)
+        if not raced:
+            raced.append(True)
+            await during()
+        return found
+
+    monkeypatch.setattr(stations_module, "handed_over", handed_over)
+    return raced
+
+
+async def test_a_stop_s_first_interval_landing_inside_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop's Finishing opens plug 1's first interval (none open) after the handover to
+    B read R9's open intervals and before its write: the stop's write passes its guard
+    (R9 still A's), and the handover, which rolls over what it read, is guarded on no
+    open interval left in A's books (``intervals.left_in_books``): it fails, runs
+    again, and rolls the Finishing over to B (review r28-leftan: A's for good)."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging, store = history.services.charging, history.services.ctx.store
+    history.clock.now = at_31(14)
+    tx, _ = await charging.start_transaction("R9", 1, "TAG-driver1", 0, at_31(14))
+    await _report_r9(history, at_31(14), timedelta(0), "Charging", "NoError")
+    await store.write([Delete(i) for i in await store.find_all(
+        d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)], [])
+    history.clock.now = at_31(16)
+    raced = _first_interval_in_handover(history, monkeypatch, lambda: charging.stop_transaction(
+        "R9", tx, 1000, at_31(16)))
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    assert raced
+    [station] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
+    assert station.company_id == b
+    open_ = [i for i in await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"),
+                                              limit=10) if i.end is None]
+    assert [(i.status, i.company_id) for i in open_] == [(d.ConnectorStatus.FINISHING, b)]
+
+
+async def test_a_first_report_landing_inside_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plug 2, added to R9 while online (no interval yet), reports Available while the
+    handover to B is between its read of the open intervals and its write: both of
+    R9's plugs go on in B's books."""
+    station_id, b = await _r9(history, timedelta(0))
+    charging, store = history.services.charging, history.services.ctx.store
+    await history.services.stations.add_connector(SYSTEM, station_id, ConnectorSpec(2))
+    history.clock.now = at_31(16)
+    raced = _first_interval_in_handover(history, monkeypatch, lambda: charging.status_notification(
+        "R9", 2, "Available", "NoError", timestamp=at_31(16)))
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    assert raced
+    open_ = [i for i in await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"),
+                                              limit=10) if i.end is None]
+    assert {(i.connector_id, i.company_id) for i in open_} == {(1, b), (2, b)}
+
+
+async def test_a_connect_s_first_interval_landing_inside_a_handover_is_in_the_new_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R8 (A's) never connected; its connect lands inside the handover to B (after its
+    read of the open intervals, none): its intervals are B's, or A's and closed."""
+    a, b = (history.users[who].company_id for who in ("op_a", "op_b"))
+    history.clock.now = at_31(13)
+    station, _ = await history.services.stations.create_station(
+        SYSTEM, cp_id="R8", name="R8", connectors=[ConnectorSpec(1)], company_id=a)
+    store = history.services.ctx.store
+    raced = _first_interval_in_handover(history, monkeypatch, lambda: history.services.charging
+                                        .set_online("R8", True))
+    await history.services.stations.update_station(SYSTEM, station.id, company_id=b)
+    assert raced
+    rows = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R8"), limit=10)
+    assert {(i.company_id, i.end is None) for i in rows} <= {(b, True), (a, False)}, rows
 
 
 async def test_a_connector_0_report_is_in_its_station_s_own_books_not_its_first_plug_s(

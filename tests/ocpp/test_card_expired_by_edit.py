@@ -326,6 +326,49 @@ async def test_two_withdrawals_on_two_instances_relay_each_cancel_once(
         assert cancels == sorted(held.values()), cancels
 
 
+async def test_the_holder_s_sweep_does_not_send_a_cancel_another_instance_is_relaying(
+        relayed: Central) -> None:
+    """An instance not holding CP-1 blocks TAG-OK: its claim (``cancel_owed``) won, and
+    it relays the CancelReservation, unanswered yet, when the holder's owed-cancel sweep
+    (every minute, its own process: its own one-send-at-a-time per station) comes
+    round. The sweep sent every cancel owed at its stations, that one too: the charger
+    was sent it twice, the second answered Rejected and recorded as a failed cancel
+    (review r28-leftan). A send claims the cancel first (``Reservation.
+    cancel_sending_since``), and one claimed within ``CANCEL_CLAIM_S`` is left to it."""
+    central = relayed
+    admin = Viewer.of(central.users["admin"])
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowCancel) as cp:
+        await cp.boot()
+        await cp.report_all()
+        made = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
+            SELECTION)
+        assert made["reservation"]["state"] == "ACTIVE", made
+        gate = asyncio.Event()
+        cp.gate = gate  # type: ignore[attr-defined]
+        blocking = asyncio.create_task(central.services.fleet.update_id_tag(
+            admin, central.tags["ok"].id, status=d.IdTagStatus.BLOCKED))
+
+        async def sent() -> bool:
+            return any(n == "CancelReservation" for n, _ in cp.received)
+        await until(sent)
+        central.services.commands._owing = KeyedLocks()  # the holder's own process
+        [station] = await central.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+        sweep = asyncio.create_task(central.services.commands.send_owed_cancels(station.id))
+        await asyncio.sleep(1.0)
+        gate.set()
+        await blocking
+        await sweep
+        await settled(central)
+        await asyncio.sleep(0.5)
+        cancels = [p for n, p in cp.received if n == "CancelReservation"]
+        assert cancels == [{"reservation_id": made["reservation"]["reservationId"]}], cancels
+        [mine] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert mine.cancel_owed_since is None  # answered: settled
+
+
 async def test_the_boot_check_and_the_expiry_sweep_cancel_a_reservation_once(
         central: Central) -> None:
     """TAG-OK expired with its reservation live (no sweep saw it yet). CP-1 boots: the

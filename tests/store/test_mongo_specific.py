@@ -74,7 +74,7 @@ from domain.entities import (
     audit_after,
 )
 from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
-from domain.policy import Policy, Viewer
+from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import (
     PARTIAL_UNIQUE_RULES,
     UNIQUE_RULES,
@@ -97,6 +97,7 @@ from domain.query import (
     Sub,
     all_of,
 )
+from domain.services.base import patch
 from domain.services.commands import owed_cancels
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
@@ -197,6 +198,35 @@ async def test_a_field_added_later_reads_as_its_default(mongo: MongoStore) -> No
     assert "token_epoch" not in raw(mongo)["user"].find_one()
     loaded = (await mongo.get_many(User, [user.id]))[0]
     assert loaded is not None and loaded.token_epoch == 0
+
+
+async def test_a_reservation_stored_before_cancel_claims_is_claimed_and_let_go(
+        mongo: MongoStore) -> None:
+    """Migration 79 has no MongoDB step: a reservation written before
+    ``cancel_sending_since`` has no such key. A send's claim, guarded on the claim read
+    (null), takes it; its release, guarded on the claim it wrote (our clock's
+    microseconds, stored to the millisecond), lets it go."""
+    owed = Reservation(reservation_id=1, station_id=str(ObjectId()), cp_id="CP-1",
+                       connector_id=1, id_tag="T", expires_at=T0 + timedelta(hours=1),
+                       state=ReservationState.CANCELLED, cancel_owed_since=T0)
+    await mongo.write([Insert(owed)], [])
+    raw(mongo)["reservation"].update_one({"_id": ObjectId(owed.id)},
+                                         {"$unset": {"cancel_sending_since": ""}})
+    [old] = await mongo.get_many(Reservation, [owed.id])
+    assert old is not None and old.cancel_sending_since is None
+    at = T0 + timedelta(microseconds=123_456)
+    claim = patch(old, SYSTEM, only_if=("cancel_sending_since", None), required=True,
+                  cancel_sending_since=at)
+    await mongo.write([claim], [])
+    with pytest.raises(Conflict):  # a second send reading it unclaimed loses
+        await mongo.write([patch(old, SYSTEM, only_if=("cancel_sending_since", None),
+                                 required=True, cancel_sending_since=at)], [])
+    claimed = cast(Reservation, claim.record)
+    await mongo.write([patch(claimed, SYSTEM, required=True,
+                             only_if=("cancel_sending_since", claimed.cancel_sending_since),
+                             cancel_sending_since=None)], [])
+    [let_go] = await mongo.get_many(Reservation, [owed.id])
+    assert let_go is not None and let_go.cancel_sending_since is None
 
 
 async def test_a_reservation_stored_before_owed_cancels_owes_none(mongo: MongoStore
