@@ -345,13 +345,13 @@ def writes_meet(central: Central, monkeypatch: pytest.MonkeyPatch) -> asyncio.Ev
     waiting: list[object] = []
     met = asyncio.Event()
 
-    async def write(changes: Any, audit: Any) -> None:
+    async def write(changes: Any, audit: Any, *guards: Any) -> None:
         waiting.append(changes)
         if len(waiting) == 2:
             met.set()
             monkeypatch.setattr(central.store, "write", real)
         await asyncio.wait_for(met.wait(), 5)
-        await real(changes, audit)
+        await real(changes, audit, *guards)
     monkeypatch.setattr(central.store, "write", write)
     return met
 
@@ -406,7 +406,7 @@ async def test_a_charger_connecting_as_it_is_settled_is_written_once(
                                  leases=True)
     real = second.store.write
 
-    async def settled_first(changes: Any, audit: Any) -> None:
+    async def settled_first(changes: Any, audit: Any, *guards: Any) -> None:
         if any(isinstance(c, Update) and isinstance(c.record, d.Station) and c.record.online
                for c in changes):
             monkeypatch.setattr(second.store, "write", real)
