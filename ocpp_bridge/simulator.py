@@ -443,6 +443,17 @@ class SimulatedChargePoint(ChargePoint):
                 state.power_w = 0.0
             await self.meter_values(connector_id, step)
 
+    def cards_in_use(self) -> set[str]:
+        """The tags charging here, and the one a remote start was accepted for and is
+        about to start (or starting: Preparing)."""
+        tags = {c.id_tag for c in self.connectors.values() if c.id_tag is not None
+                and (c.transaction_id is not None or c.status == "Preparing")}
+        if self._remote_target is not None:
+            pending = self.connectors[self._remote_target].id_tag
+            if pending is not None:
+                tags.add(pending)
+        return tags
+
     def _later(self, coro: Any) -> None:
         """Run a follow-up message after answering: never call the central system from
         inside a handler (the receive loop would wait on itself)."""
@@ -478,9 +489,8 @@ class SimulatedChargePoint(ChargePoint):
         self._later(self._start_remotely(id_tag))
 
     async def _start_remotely(self, id_tag: str) -> None:
-        target = self._remote_target
+        target, self._remote_target = self._remote_target, None
         if target is not None and self.connectors[target].transaction_id is None:
-            self._remote_target = None
             state = self.connectors[target]
             # The start names the reservation it takes up (OCPP 1.6: reservationId).
             held = state.reservation_id if state.reserved_for else None
@@ -779,8 +789,15 @@ class FleetPlan:
     meter_interval_s: float = 10.0
     #: The first delay before connecting again and the longest (``Backoff``).
     reconnect_s: tuple[float, float] = (1.0, 30.0)
+    #: How long a card rests after its session before the fleet charges it again (its
+    #: driver drove off): the demo's drivers sign in with these cards, and a card the
+    #: fleet charged again the moment it was free left them nothing to remote-start or
+    #: reserve with (QA s28: ``IN_USE`` nearly every time). (0, 0): at once.
+    rest_s: tuple[float, float] = (0.0, 0.0)
     #: The cards charging now, across the plan's stations.
     charging: set[str] = field(default_factory=set)
+    #: When each card that has charged may charge again (the loop's clock, ``rest_s``).
+    resting: dict[str, float] = field(default_factory=dict)
     #: The plan's chargers by cpId, as ``run_station`` made them (they outlive their
     #: connections).
     chargers: dict[str, SimulatedChargePoint] = field(default_factory=dict)
@@ -887,8 +904,7 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
             next_beat += cp.heartbeat_interval
         free = [i for i, c in cp.connectors.items()
                 if c.transaction_id is None and c.status == "Available"]
-        # A card charges one car at a time: the fleet's drivers wait for theirs.
-        cards = [tag for tag in plan.id_tags if tag not in plan.charging]
+        cards = _cards_free(plan, loop.time())
         if cards and free:
             tag = random.choice(cards)
             plan.charging.add(tag)
@@ -897,6 +913,17 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
             sessions.add(task)
             task.add_done_callback(sessions.discard)
             task.add_done_callback(partial(_report, cp.id))
+
+
+def _cards_free(plan: FleetPlan, now: float) -> list[str]:
+    """The plan's cards the fleet may charge with now. A card charges one car at a time:
+    not one the fleet charges, nor one resting after its session (``rest_s``), nor one
+    its driver started themself on one of the plan's chargers (a remote start accepted,
+    or its transaction running), which the central system would refuse as ConcurrentTx."""
+    own = {tag.upper() for charger in plan.chargers.values()
+           for tag in charger.cards_in_use()}
+    return [tag for tag in plan.id_tags if tag not in plan.charging
+            and plan.resting.get(tag, now) <= now and tag.upper() not in own]
 
 
 async def _pause(stop: asyncio.Event, receiving: asyncio.Task[None], seconds: float) -> None:
@@ -920,6 +947,7 @@ async def _session(cp: SimulatedChargePoint, plan: FleetPlan, connector_id: int,
                         step_s=plan.meter_interval_s)
         await cp.delivered()
     finally:
+        plan.resting[tag] = asyncio.get_running_loop().time() + random.uniform(*plan.rest_s)
         plan.charging.discard(tag)
 
 

@@ -116,6 +116,58 @@ async def test_a_fleet_never_charges_one_card_twice_at_once(central: Central) ->
     assert refused == []
 
 
+async def test_a_fleet_card_rests_between_its_sessions(central: Central) -> None:
+    """QA s28: the demo's fleet charged a driver's card again the moment its session
+    ended, so the driver signing in found it busy (`IN_USE`) nearly every time. A card
+    now rests for ``rest_s`` before the fleet takes it again."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), rest_s=(1.0, 1.0), meter_interval_s=0.1)
+    stop = asyncio.Event()
+    station = asyncio.create_task(run_station(plan, "CP-1", stop))
+    try:
+        async def two() -> bool:
+            return len(await central.store.find_all(d.Session, ALL)) >= 2
+
+        await until(two, attempts=400, step=0.05)
+    finally:
+        stop.set()
+        await station
+    first, second = sorted(await central.store.find_all(d.Session, ALL),
+                           key=lambda s: s.start_time)
+    assert first.end_time is not None
+    assert second.start_time - first.end_time >= timedelta(seconds=0.9)
+
+
+async def test_a_fleet_leaves_alone_a_card_its_driver_started(central: Central) -> None:
+    """A driver's remote start on one of the fleet's chargers: the fleet does not start
+    that card on another one meanwhile (the central system refused it as ConcurrentTx,
+    a refused session in the driver's list)."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), meter_interval_s=0.1)
+    # Resting while the driver starts it: the fleet may take it from then on.
+    plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 0.5
+    stop = asyncio.Event()
+    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
+                for cp_id in plan.cp_ids]
+    try:
+        async def both_online() -> bool:
+            return all(s.online for s in await central.store.find_all(d.Station, ALL))
+
+        await until(both_online, attempts=400, step=0.01)
+        started = await central.gql(
+            'mutation { remoteStartTransaction(input: {cpId: "CP-1", connectorId: 1, '
+            'idTag: "TAG-OK"}) { status } }', as_user="driver")
+        assert started["remoteStartTransaction"]["status"] == "ACCEPTED"
+        await asyncio.sleep(1.5)  # the rest is over: the fleet looks for cards
+    finally:
+        stop.set()
+        await asyncio.gather(*stations)
+    [session] = await central.store.find_all(d.Session, ALL)
+    assert session.cp_id == "CP-1" and session.stop_reason == "Local"
+
+
 async def test_a_station_that_stops_ends_what_it_charges(central: Central) -> None:
     """Stopped mid-session (the demo shutting down), a simulated station sends its
     StopTransaction before it goes: left open, its card was busy with a session no
