@@ -444,10 +444,11 @@ class SimulatedChargePoint(ChargePoint):
             await self.meter_values(connector_id, step)
 
     def cards_in_use(self) -> set[str]:
-        """The tags charging here, and the one a remote start was accepted for and is
-        about to start (or starting: Preparing)."""
+        """The tags charging here, the one a remote start was accepted for and is about
+        to start (or starting: Preparing), and those a reservation holds a plug for."""
         tags = {c.id_tag for c in self.connectors.values() if c.id_tag is not None
                 and (c.transaction_id is not None or c.status == "Preparing")}
+        tags.update(tag for c in self.connectors.values() for tag in c.reserved_for)
         if self._remote_target is not None:
             pending = self.connectors[self._remote_target].id_tag
             if pending is not None:
@@ -621,7 +622,24 @@ class SimulatedChargePoint(ChargePoint):
         state.reservation_id = reservation_id
         state.reserved_for = tuple(t.upper() for t in (id_tag, parent_id_tag) if t)
         self._later(self.status(target, "Reserved"))
+        self._later(self._expire_reservation(target, reservation_id, expiry_date))
         return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
+
+    async def _expire_reservation(self, connector_id: int, reservation_id: int,
+                                  expiry_date: str) -> None:
+        """OCPP 1.6 (5.13): a reservation not used by its expiryDate ends there, and the
+        charger frees the plug itself; the central system sends nothing. QA s28: the
+        simulated charger held it for ever, so the demo's map showed the plug RESERVED
+        (not free) long after the reservation had expired, and refused it to everyone."""
+        expires = datetime.fromisoformat(expiry_date.replace("Z", "+00:00"))
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()))
+        state = self.connectors[connector_id]
+        if state.reservation_id == reservation_id:
+            state.reservation_id, state.reserved_for = None, ()
+            if state.status == "Reserved":  # not charging, nor made unavailable since
+                await self.status(connector_id, "Available")
 
     @on(Action.cancel_reservation)
     def on_cancel_reservation(self, reservation_id: int) -> result.CancelReservation:
@@ -919,7 +937,8 @@ def _cards_free(plan: FleetPlan, now: float) -> list[str]:
     """The plan's cards the fleet may charge with now. A card charges one car at a time:
     not one the fleet charges, nor one resting after its session (``rest_s``), nor one
     its driver started themself on one of the plan's chargers (a remote start accepted,
-    or its transaction running), which the central system would refuse as ConcurrentTx."""
+    or its transaction running), which the central system would refuse as ConcurrentTx,
+    nor one a reservation there holds a plug for (its driver is on the way to it)."""
     own = {tag.upper() for charger in plan.chargers.values()
            for tag in charger.cards_in_use()}
     return [tag for tag in plan.id_tags if tag not in plan.charging
