@@ -884,6 +884,16 @@ def _why(cp_id: str, url: str, error: Exception) -> str:
             return (f"{cp_id}: the server refused its credentials (HTTP 401): the station "
                     "must exist (createStation, or CHARGEGRAPH_AUTO_REGISTER=true) and "
                     "--password be its password; the server's log says which")
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            # QA s28: `simulate` started before its stations were created, as the README
+            # allows, turned to a bare "HTTP 429" after five tries: the server's lockout
+            # of refused attempts from this address, which says nothing of itself.
+            after = error.response.headers.get("Retry-After")
+            return (f"{cp_id}: the server holds this address off for now (HTTP 429"
+                    + (f", Retry-After {after} s" if after else "") + "): too many "
+                    "refused attempts from here (a station it does not know, a wrong "
+                    "--password) or checks under way; the station gets in once it exists, "
+                    "its password is right and the hold is over")
         return f"{cp_id}: the server refused the connection (HTTP {status})"
     return f"{cp_id}: {error}" if isinstance(error, Disconnected) else f"{cp_id}: {error!r}"
 

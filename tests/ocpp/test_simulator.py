@@ -476,6 +476,24 @@ async def test_a_refused_handshake_is_said_plainly_and_retried(
         assert "Response(" not in caplog.text
 
 
+def test_a_held_off_handshake_says_why() -> None:
+    """QA s28: `simulate` started before its stations exist (the README allows it) is
+    refused 429 after five tries, the server's lockout of that address, and said only
+    "the server refused the connection (HTTP 429)"."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from ocpp_bridge.simulator import _why
+
+    held_off = InvalidStatus(Response(429, "Too Many Requests",
+                                      Headers({"Retry-After": "60"})))
+    said = _why("SIM-0001", "ws://127.0.0.1:9000/ocpp", held_off)
+    assert said.startswith("SIM-0001: the server holds this address off for now "
+                           "(HTTP 429, Retry-After 60 s): too many refused attempts")
+    assert "a station it does not know, a wrong --password" in said
+
+
 def held(cp: SimulatedChargePoint, connector: int, profile_id: int, purpose: str,
          level: int, limit_w: float, transaction_id: int | None = None) -> None:
     profile: dict[str, Any] = {
