@@ -453,9 +453,10 @@ def demo_tls(settings: Settings) -> ssl.SSLContext | None:
 def demo_fleet(settings: Settings, summary: DemoSummary) -> FleetPlan:
     """The demo's simulated chargers, charging with its drivers' cards. Each card rests
     between its sessions, longer on average than a session lasts, so a driver who signs
-    in finds their card free more often than not, to start or reserve with themself (QA s28: the
-    fleet took a card back the moment it was free, and `remoteStartTransaction` answered
-    `IN_USE`, "this card is charging at …", nearly every time)."""
+    in finds their card free more often than not, to start or reserve with themself
+    (QA s28: the fleet took a card back the moment it was free, and
+    `remoteStartTransaction` answered `IN_USE`, "this card is charging at …", nearly
+    every time)."""
     from chargegraph.demo import STATION_PASSWORD
     from ocpp_bridge.simulator import FleetPlan
 
