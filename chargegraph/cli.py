@@ -31,6 +31,7 @@ from chargegraph.stores import database_location, sqlite_path
 
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
+    from ocpp_bridge.simulator import FleetPlan
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
@@ -449,10 +450,26 @@ def demo_tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def demo_fleet(settings: Settings, summary: DemoSummary) -> FleetPlan:
+    """The demo's simulated chargers, charging with its drivers' cards. Each card rests
+    between its sessions, longer on average than a session lasts, so a driver who signs
+    in finds their card free more often than not, to start or reserve with themself
+    (QA s28: the fleet took a card back the moment it was free, and
+    `remoteStartTransaction` answered `IN_USE`, "this card is charging at …", nearly
+    every time)."""
+    from chargegraph.demo import STATION_PASSWORD
+    from ocpp_bridge.simulator import FleetPlan
+
+    return FleetPlan(url=demo_urls(settings)[1], cp_ids=summary.cp_ids,
+                     password=STATION_PASSWORD, id_tags=summary.id_tags,
+                     tls=demo_tls(settings), session_every_s=(15, 60),
+                     session_length_s=(30, 120), rest_s=(60, 150), meter_interval_s=5)
+
+
 async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
                       chargers: bool) -> None:
-    from chargegraph.demo import STATION_PASSWORD, banner
-    from ocpp_bridge.simulator import FleetPlan, run_fleet
+    from chargegraph.demo import banner
+    from ocpp_bridge.simulator import run_fleet
 
     graphql_url, ocpp_url = demo_urls(settings)
     stop = asyncio.Event()
@@ -462,11 +479,7 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
             await asyncio.sleep(0.1)
         typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers))
         if chargers:
-            await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
-                                      password=STATION_PASSWORD, id_tags=summary.id_tags,
-                                      tls=demo_tls(settings),
-                                      session_every_s=(15, 60), session_length_s=(30, 120),
-                                      meter_interval_s=5), stop)
+            await run_fleet(demo_fleet(settings, summary), stop)
 
     fleet_task = asyncio.create_task(fleet())
 

@@ -443,6 +443,18 @@ class SimulatedChargePoint(ChargePoint):
                 state.power_w = 0.0
             await self.meter_values(connector_id, step)
 
+    def cards_in_use(self) -> set[str]:
+        """The tags charging here, the one a remote start was accepted for and is about
+        to start (or starting: Preparing), and those a reservation holds a plug for."""
+        tags = {c.id_tag for c in self.connectors.values() if c.id_tag is not None
+                and (c.transaction_id is not None or c.status == "Preparing")}
+        tags.update(tag for c in self.connectors.values() for tag in c.reserved_for)
+        if self._remote_target is not None:
+            pending = self.connectors[self._remote_target].id_tag
+            if pending is not None:
+                tags.add(pending)
+        return tags
+
     def _later(self, coro: Any) -> None:
         """Run a follow-up message after answering: never call the central system from
         inside a handler (the receive loop would wait on itself)."""
@@ -478,9 +490,8 @@ class SimulatedChargePoint(ChargePoint):
         self._later(self._start_remotely(id_tag))
 
     async def _start_remotely(self, id_tag: str) -> None:
-        target = self._remote_target
+        target, self._remote_target = self._remote_target, None
         if target is not None and self.connectors[target].transaction_id is None:
-            self._remote_target = None
             state = self.connectors[target]
             # The start names the reservation it takes up (OCPP 1.6: reservationId).
             held = state.reservation_id if state.reserved_for else None
@@ -611,7 +622,24 @@ class SimulatedChargePoint(ChargePoint):
         state.reservation_id = reservation_id
         state.reserved_for = tuple(t.upper() for t in (id_tag, parent_id_tag) if t)
         self._later(self.status(target, "Reserved"))
+        self._later(self._expire_reservation(target, reservation_id, expiry_date))
         return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
+
+    async def _expire_reservation(self, connector_id: int, reservation_id: int,
+                                  expiry_date: str) -> None:
+        """OCPP 1.6 (5.13): a reservation not used by its expiryDate ends there, and the
+        charger frees the plug itself; the central system sends nothing. QA s28: the
+        simulated charger held it for ever, so the demo's map showed the plug RESERVED
+        (not free) long after the reservation had expired, and refused it to everyone."""
+        expires = datetime.fromisoformat(expiry_date.replace("Z", "+00:00"))
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()))
+        state = self.connectors[connector_id]
+        if state.reservation_id == reservation_id:
+            state.reservation_id, state.reserved_for = None, ()
+            if state.status == "Reserved":  # not charging, nor made unavailable since
+                await self.status(connector_id, "Available")
 
     @on(Action.cancel_reservation)
     def on_cancel_reservation(self, reservation_id: int) -> result.CancelReservation:
@@ -779,8 +807,15 @@ class FleetPlan:
     meter_interval_s: float = 10.0
     #: The first delay before connecting again and the longest (``Backoff``).
     reconnect_s: tuple[float, float] = (1.0, 30.0)
+    #: How long a card rests after its session before the fleet charges it again (its
+    #: driver drove off): the demo's drivers sign in with these cards, and a card the
+    #: fleet charged again the moment it was free left them nothing to remote-start or
+    #: reserve with (QA s28: ``IN_USE`` nearly every time). (0, 0): at once.
+    rest_s: tuple[float, float] = (0.0, 0.0)
     #: The cards charging now, across the plan's stations.
     charging: set[str] = field(default_factory=set)
+    #: When each card that has charged may charge again (the loop's clock, ``rest_s``).
+    resting: dict[str, float] = field(default_factory=dict)
     #: The plan's chargers by cpId, as ``run_station`` made them (they outlive their
     #: connections).
     chargers: dict[str, SimulatedChargePoint] = field(default_factory=dict)
@@ -849,6 +884,16 @@ def _why(cp_id: str, url: str, error: Exception) -> str:
             return (f"{cp_id}: the server refused its credentials (HTTP 401): the station "
                     "must exist (createStation, or CHARGEGRAPH_AUTO_REGISTER=true) and "
                     "--password be its password; the server's log says which")
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            # QA s28: `simulate` started before its stations were created, as the README
+            # allows, turned to a bare "HTTP 429" after five tries: the server's lockout
+            # of refused attempts from this address, which says nothing of itself.
+            after = error.response.headers.get("Retry-After")
+            return (f"{cp_id}: the server holds this address off for now (HTTP 429"
+                    + (f", Retry-After {after} s" if after else "") + "): too many "
+                    "refused attempts from here (a station it does not know, a wrong "
+                    "--password) or checks under way; the station gets in once it exists, "
+                    "its password is right and the hold is over")
         return f"{cp_id}: the server refused the connection (HTTP {status})"
     return f"{cp_id}: {error}" if isinstance(error, Disconnected) else f"{cp_id}: {error!r}"
 
@@ -887,8 +932,7 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
             next_beat += cp.heartbeat_interval
         free = [i for i, c in cp.connectors.items()
                 if c.transaction_id is None and c.status == "Available"]
-        # A card charges one car at a time: the fleet's drivers wait for theirs.
-        cards = [tag for tag in plan.id_tags if tag not in plan.charging]
+        cards = _cards_free(plan, loop.time())
         if cards and free:
             tag = random.choice(cards)
             plan.charging.add(tag)
@@ -897,6 +941,18 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
             sessions.add(task)
             task.add_done_callback(sessions.discard)
             task.add_done_callback(partial(_report, cp.id))
+
+
+def _cards_free(plan: FleetPlan, now: float) -> list[str]:
+    """The plan's cards the fleet may charge with now. A card charges one car at a time:
+    not one the fleet charges, nor one resting after its session (``rest_s``), nor one
+    its driver started themself on one of the plan's chargers (a remote start accepted,
+    or its transaction running), which the central system would refuse as ConcurrentTx,
+    nor one a reservation there holds a plug for (its driver is on the way to it)."""
+    own = {tag.upper() for charger in plan.chargers.values()
+           for tag in charger.cards_in_use()}
+    return [tag for tag in plan.id_tags if tag not in plan.charging
+            and plan.resting.get(tag, now) <= now and tag.upper() not in own]
 
 
 async def _pause(stop: asyncio.Event, receiving: asyncio.Task[None], seconds: float) -> None:
@@ -920,6 +976,7 @@ async def _session(cp: SimulatedChargePoint, plan: FleetPlan, connector_id: int,
                         step_s=plan.meter_interval_s)
         await cp.delivered()
     finally:
+        plan.resting[tag] = asyncio.get_running_loop().time() + random.uniform(*plan.rest_s)
         plan.charging.discard(tag)
 
 

@@ -10,7 +10,7 @@ import gc
 import logging
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +19,7 @@ from ocpp.v16 import call
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import ALL, Eq
+from domain.query import ALL, Eq, all_of
 from ocpp_bridge.simulator import (
     FleetPlan,
     SimulatedChargePoint,
@@ -114,6 +114,126 @@ async def test_a_fleet_never_charges_one_card_twice_at_once(central: Central) ->
     refused = [s for s in await central.store.find_all(d.Session, ALL)
                if s.stop_reason == "DeAuthorized"]
     assert refused == []
+
+
+async def test_a_fleet_card_rests_between_its_sessions(central: Central) -> None:
+    """QA s28: the demo's fleet charged a driver's card again the moment its session
+    ended, so the driver signing in found it busy (`IN_USE`) nearly every time. A card
+    now rests for ``rest_s`` before the fleet takes it again."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), rest_s=(1.0, 1.0), meter_interval_s=0.1)
+    stop = asyncio.Event()
+    station = asyncio.create_task(run_station(plan, "CP-1", stop))
+    try:
+        async def two() -> bool:
+            return len(await central.store.find_all(d.Session, ALL)) >= 2
+
+        await until(two, attempts=400, step=0.05)
+    finally:
+        stop.set()
+        await station
+    first, second = sorted(await central.store.find_all(d.Session, ALL),
+                           key=lambda s: s.start_time)
+    assert first.end_time is not None
+    assert second.start_time - first.end_time >= timedelta(seconds=0.9)
+
+
+async def test_a_fleet_leaves_alone_a_card_its_driver_started(central: Central) -> None:
+    """A driver's remote start on one of the fleet's chargers: the fleet does not start
+    that card on another one meanwhile (the central system refused it as ConcurrentTx,
+    a refused session in the driver's list)."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), meter_interval_s=0.1)
+    # Resting while the driver starts it: the fleet may take it from then on.
+    plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 0.5
+    stop = asyncio.Event()
+    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
+                for cp_id in plan.cp_ids]
+    try:
+        async def both_online() -> bool:
+            return all(s.online for s in await central.store.find_all(d.Station, ALL))
+
+        await until(both_online, attempts=400, step=0.01)
+        started = await central.gql(
+            'mutation { remoteStartTransaction(input: {cpId: "CP-1", connectorId: 1, '
+            'idTag: "TAG-OK"}) { status } }', as_user="driver")
+        assert started["remoteStartTransaction"]["status"] == "ACCEPTED"
+        await asyncio.sleep(1.5)  # the rest is over: the fleet looks for cards
+    finally:
+        stop.set()
+        await asyncio.gather(*stations)
+    [session] = await central.store.find_all(d.Session, ALL)
+    assert session.cp_id == "CP-1" and session.stop_reason == "Local"
+
+
+async def connector_status(central: Central, cp_id: str, number: int) -> d.ConnectorStatus:
+    connector = await central.store.find_one(d.Connector, all_of(
+        Eq("cp_id", cp_id), Eq("connector_id", number)))
+    assert connector is not None
+    return connector.status
+
+
+async def test_a_reservation_ends_on_the_charger_at_its_expiry(central: Central) -> None:
+    """QA s28: the simulated charger held a reserved plug for ever: the demo's map showed
+    it RESERVED (not free) long after the reservation expired, its charger answered every
+    new reservation there Occupied and refused other cards' starts on it. As OCPP 1.6
+    has it (5.13), the charger now frees the plug itself at the expiryDate."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        soon = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+        reserved = await central.gql(
+            'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
+            'expiryDate: $e}) { status errors { code } } }', {"e": soon}, as_user="driver")
+        assert reserved["reserveNow"]["status"] == "ACCEPTED", reserved
+
+        async def held() -> bool:
+            return await connector_status(central, "CP-1", 1) is d.ConnectorStatus.RESERVED
+
+        await until(held)
+
+        async def freed() -> bool:
+            return await connector_status(central, "CP-1", 1) is d.ConnectorStatus.AVAILABLE
+
+        await until(freed, attempts=100, step=0.05)
+        assert datetime.now(UTC) >= datetime.fromisoformat(soon)
+        assert cp.connectors[1].reservation_id is None
+        assert cp.on_remote_start("TAG-OTHER", 1).status == "Accepted"
+
+
+async def test_a_fleet_leaves_alone_a_card_its_driver_reserved_with(
+        central: Central) -> None:
+    """The driver is on the way to the plug they reserved: the fleet does not charge
+    their card elsewhere meanwhile (a driver of the demo who reserved found their card
+    charging at the next plug), and takes it again once the reservation is over."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), meter_interval_s=0.1)
+    plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 0.5
+    stop = asyncio.Event()
+    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
+                for cp_id in plan.cp_ids]
+    try:
+        async def both_online() -> bool:
+            return all(s.online for s in await central.store.find_all(d.Station, ALL))
+
+        await until(both_online, attempts=400, step=0.01)
+        ends = datetime.now(UTC) + timedelta(seconds=1.5)
+        reserved = await central.gql(
+            'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
+            'expiryDate: $e}) { status } }', {"e": ends.isoformat()}, as_user="driver")
+        assert reserved["reserveNow"]["status"] == "ACCEPTED"
+
+        async def charged_again() -> bool:
+            return bool(await central.store.find_all(d.Session, ALL))
+
+        await until(charged_again, attempts=200, step=0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*stations)
+    first = min(s.start_time for s in await central.store.find_all(d.Session, ALL))
+    assert first >= ends
 
 
 async def test_a_station_that_stops_ends_what_it_charges(central: Central) -> None:
@@ -354,6 +474,24 @@ async def test_a_refused_handshake_is_said_plainly_and_retried(
         lines = [record.getMessage() for record in caplog.records]
         assert all(line.startswith(f"{said}, reconnecting in ") for line in lines), lines
         assert "Response(" not in caplog.text
+
+
+def test_a_held_off_handshake_says_why() -> None:
+    """QA s28: `simulate` started before its stations exist (the README allows it) is
+    refused 429 after five tries, the server's lockout of that address, and said only
+    "the server refused the connection (HTTP 429)"."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from ocpp_bridge.simulator import _why
+
+    held_off = InvalidStatus(Response(429, "Too Many Requests",
+                                      Headers({"Retry-After": "60"})))
+    said = _why("SIM-0001", "ws://127.0.0.1:9000/ocpp", held_off)
+    assert said.startswith("SIM-0001: the server holds this address off for now "
+                           "(HTTP 429, Retry-After 60 s): too many refused attempts")
+    assert "a station it does not know, a wrong --password" in said
 
 
 def held(cp: SimulatedChargePoint, connector: int, profile_id: int, purpose: str,

@@ -633,6 +633,23 @@ def test_the_demo_connects_its_chargers_where_the_server_listens(
     assert all(urlsplit(url).hostname for url in urls)
 
 
+def test_the_demo_leaves_its_drivers_cards_free_more_often_than_not() -> None:
+    """QA s28: the demo's fleet charged every driver's card back to back, so a driver
+    signing in to try `remoteStartTransaction` or `reserveNow` got `IN_USE` nearly every
+    time. Each card now rests between its sessions, longer on average than one lasts."""
+    from chargegraph.cli import demo_fleet
+    from chargegraph.demo import DemoSummary
+    from chargegraph.settings import Settings
+
+    plan = demo_fleet(Settings(), DemoSummary(created=True, cp_ids=["A"], id_tags=["T"]))
+
+    def mean(span: tuple[float, float]) -> float:
+        return sum(span) / 2
+
+    assert mean(plan.rest_s) > mean(plan.session_length_s)
+    assert plan.url == "ws://127.0.0.1:9000/ocpp" and plan.id_tags == ["T"]
+
+
 def test_the_demo_refuses_chargers_without_its_ocpp_server(
         runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     """QA s26: with CHARGEGRAPH_OCPP_ENABLED=false the demo's eight chargers knocked at a
