@@ -54,3 +54,4 @@ async def test_a_heartbeat_interval_taken_is_audited_on_the_station_as_it_stands
     assert interval.after["name"] == "Hall 2"
     assert interval.after["updated_at"] == rename.after["updated_at"] or \
         interval.after["updated_at"] > rename.after["updated_at"]
+
