@@ -2212,6 +2212,24 @@ class CommandService(Service):
                 f"{outcome.station.cp_id} could not be reached ({reason}): the reservation "
                 "is not cancelled; try again in a moment", field=error.field or "cpId")
 
+    async def _interval_remembered(self, viewer: Viewer, station: Station,
+                                   interval: int | None) -> list[tuple[Change, Any]]:
+        """The HeartbeatInterval the charger took (``_interval_taken``) as its station's,
+        written onto the station as stored now and only onto that version (``required``:
+        a write between this read and the commit runs ``_after``'s write again,
+        ``retried``). Not onto the copy read when the command was sent: the round trip
+        takes up to the command timeout, and an edit or a charger's report landing
+        meanwhile was audited as undone by this update, its before and after images
+        that older copy (QA s28 audit2: a rename during a ChangeConfiguration read in
+        the audit log as renamed back). Nothing when the station is gone or has it."""
+        if interval is None:
+            return []
+        [now] = await self.store.get_many(Station, [station.id])
+        if now is None or now.heartbeat_interval == interval:
+            return []
+        return [(patch(now, viewer, only_if=("updated_at", now.updated_at), required=True,
+                       heartbeat_interval=interval), now)]
+
     async def _reservation_answered(self, viewer: Viewer, outcome: CommandOutcome
                                     ) -> list[tuple[Change, Any]]:
         """The change a ReserveNow's or CancelReservation's answer makes to its
@@ -2278,13 +2296,14 @@ class CommandService(Service):
         await self._cancel_unreached(outcome)
         audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
         interval = _interval_taken(outcome, payload)
-        remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \
-            if interval is not None and interval != station.heartbeat_interval else []
         answered_at = outcome.answered_at = self.now()
         rollout = _rollout(outcome, payload, answered_at)
-        if rollout:
-            remembered.append((_requested(station, viewer, _kind(outcome.action), rollout,
-                                          answered_at, _awaiting(outcome)), station))
+        # The rollout is decided on the station as read when the command was sent
+        # (``_requested``: skipped when a report came since); the interval is written
+        # onto the station as it stands (``_interval_remembered``).
+        remembered = [(_requested(station, viewer, _kind(outcome.action), rollout,
+                                  answered_at, _awaiting(outcome)), station)] \
+            if rollout else []
 
         # A remote start the charger refused (or never got) holds its card and plug no
         # longer; one accepted, or unanswered (it may have taken it), holds them until
@@ -2296,10 +2315,16 @@ class CommandService(Service):
         if outcome.pending is not None and outcome.error is None:
             freed += [settle(p, viewer, answered_at) for p in outcome.superseded]
 
-        async def write() -> list[tuple[Change, Any]]:
-            changes = await self._reservation_answered(viewer, outcome)
-            await self.commit(viewer, [*changes, *remembered], extra_audit=[audit],
+        #: The station's own changes as committed: the interval's is read on each try.
+        station_changes: list[tuple[Change, Any]] = list(remembered)
+
+        async def write(reservation: bool = True) -> list[tuple[Change, Any]]:
+            changes = await self._reservation_answered(viewer, outcome) if reservation \
+                else []
+            taken = await self._interval_remembered(viewer, station, interval)
+            await self.commit(viewer, [*changes, *taken, *remembered], extra_audit=[audit],
                               unaudited=freed)
+            station_changes[:] = [*taken, *remembered]
             return changes
 
         try:
@@ -2308,11 +2333,10 @@ class CommandService(Service):
             # The reservation changed under each of three tries (a charger using it and
             # a removal racing the answer): it is left as those made it, and the
             # answer is still recorded.
-            log.warning("%s: the answer to %s found its reservation changing under it "
+            log.warning("%s: the answer to %s found what it changes changing under it "
                         "three times; left as it is", station.cp_id, outcome.action)
-            changes = []
-            await self.commit(viewer, remembered, extra_audit=[audit], unaudited=freed)
-        if remembered:
+            changes = await retried(lambda: write(reservation=False))
+        if station_changes:
             # Every instance drops its cached copy: the one holding the charger answers
             # its next boot from it, and its firmware and diagnostics reports name the
             # new rollout or upload.

@@ -45,6 +45,7 @@ answer, and are read more widely than the charger itself.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +55,7 @@ from domain.errors import Conflict, NotFound
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq
-from domain.services.base import patch, stamp_new
+from domain.services.base import patch, stamp_new, touch
 
 #: The most keys kept of one station: far above what chargers have (the OCPP 1.6 core
 #: profile defines about 40, vendors add tens to a few hundred). Which ones: ``kept``.
@@ -163,7 +164,7 @@ async def _write_read(store: Store, station: Station, given: dict[str, dict[str,
             # the write, which ``record_read`` makes again on the keys as they are now.
             changes.append(patch(known, actor, only_if=("changed_at", known.changed_at),
                                  required=True, **read))
-    changes.extend(_truncation(station, actor, left_out, whole))
+    changes.extend(_truncation(station, left_out, whole))
     if changes:
         await store.write(changes, [])
 
@@ -224,7 +225,7 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
             changes.append(Insert(stamp_new(ConfigurationKey(
                 station_id=station.id, cp_id=station.cp_id, key=key, **changed), actor, now)))
         # A change tells nothing of the other keys: it may cut the list, never clear it.
-        changes.extend(_truncation(station, actor, left_out, whole=False))
+        changes.extend(_truncation(station, left_out, whole=False))
         try:
             if changes:
                 await store.write(changes, [])
@@ -264,16 +265,19 @@ def kept(folded: set[str]) -> tuple[frozenset[str], bool]:
     return frozenset(ordered[:MAX_KEYS]), len(ordered) > MAX_KEYS
 
 
-def _truncation(station: Station, actor: Viewer, left_out: bool, whole: bool
-                ) -> list[Change]:
+def _truncation(station: Station, left_out: bool, whole: bool) -> list[Change]:
     """``Station.configuration_truncated`` as a write left it: set when keys were left
     out, cleared by a read of every key that left none out (a read of some keys says
     nothing of the others), else as it is. Guarded by the value it replaces, so it is
-    written only when it changes, whatever the caller's copy of the station says."""
+    written only when it changes, whatever the caller's copy of the station says.
+    Control state, unaudited as the keys are: written without the update stamps
+    (``touch``), which say who changed the station and when in its audited changes
+    (QA s28 audit2: ``updatedBy`` named whoever read the configuration, its version
+    moved, and no entry told of it)."""
     if not left_out and not whole:
         return []
-    return [patch(station, actor, only_if=("configuration_truncated", not left_out),
-                  configuration_truncated=left_out)]
+    return [replace(touch(station, configuration_truncated=left_out),
+                    only_if=("configuration_truncated", not left_out))]
 
 
 async def _all_held(store: Store, station: Station) -> dict[str, ConfigurationKey]:
