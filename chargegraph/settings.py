@@ -424,8 +424,10 @@ def _origin(entry: str) -> str:
 
 
 #: CHARGEGRAPH_* variables the project itself reads outside Settings (the test suite's
-#: MongoDB server, CI's demand that the Redis tests run): set on purpose, not misspelt.
-NOT_SETTINGS = frozenset({"CHARGEGRAPH_TEST_MONGODB_URL", "CHARGEGRAPH_REQUIRE_REDIS"})
+#: MongoDB server, CI's demand that the Redis tests run, scripts/test's worker count): set
+#: on purpose, not misspelt.
+NOT_SETTINGS = frozenset({"CHARGEGRAPH_TEST_MONGODB_URL", "CHARGEGRAPH_REQUIRE_REDIS",
+                          "CHARGEGRAPH_TEST_WORKERS"})
 
 
 def unknown_variables(sources: Mapping[str, Iterable[str]]) -> list[str]:

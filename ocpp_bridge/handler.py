@@ -392,8 +392,22 @@ class ChargePointHandler(ChargePoint):
                     log.warning("%s: sends frames faster than %d a second or %d KiB a "
                                 "second; taking them at that rate", self.id, FRAME_RATE,
                                 BYTE_RATE // 1024)
-                await asyncio.sleep(wait)
+                if await self._closed_while_paced(wait):
+                    # It hung up, or a stop closed it, while paced: nothing more is read,
+                    # and the frame held would be answered to nobody.
+                    return
             await self.route_message(message)
+
+    async def _closed_while_paced(self, wait: float) -> bool:
+        """Waits ``wait`` seconds, or less when the connection closes meanwhile: a stop
+        waits for every connection's handler, and would otherwise wait out a flooding
+        charger's pace (up to 16 s for a burst of large frames), as would a charger that
+        hung up. ``wait_closed`` is safe to cancel (websockets shields its waiter)."""
+        try:
+            await asyncio.wait_for(self._connection.wait_closed(), wait)
+        except TimeoutError:
+            return False
+        return True
 
     # ------------------------------------------------------------- commands
     async def command(self, request: Any, timeout: float) -> Any:

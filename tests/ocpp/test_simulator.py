@@ -363,7 +363,11 @@ async def test_a_transaction_ended_while_the_server_is_down_is_closed_once_it_is
     station = asyncio.create_task(run_station(plan, "CP-1", stop))
     try:
         async def charging() -> bool:
-            return await session_of(central) is not None
+            # Recorded here, and its answer (the transaction id) heard by the charger:
+            # the session is written before the answer goes out.
+            charger = plan.chargers.get("CP-1")
+            return await session_of(central) is not None and charger is not None \
+                and any(c.transaction_id for c in charger.connectors.values())
 
         await until(charging, attempts=400, step=0.025)
         running = None
