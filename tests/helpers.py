@@ -78,7 +78,7 @@ async def graphql_in_process(services: Any, tokens: Any, query: str,
     return body["data"]  # type: ignore[no-any-return]
 
 
-def wait_healthy(process: Any, url: str, seconds: float = 30) -> None:
+def wait_healthy(process: Any, url: str, seconds: float = 90) -> None:
     """Waits (bounded) until the ``chargegraph`` process started as ``process`` answers
     ``{url}/healthz`` with 200; fails with its output if it exits first."""
     import time
