@@ -28,6 +28,7 @@ from chargegraph.metrics import MetricsRegistry, Sources, scrape
 from chargegraph.secrets import derived_key, resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
+from chargegraph.signals import StoppableStart
 from chargegraph.startup import PlainStartupFailures, starting
 from chargegraph.stores import (
     check_database_url,
@@ -171,8 +172,12 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     metrics = MetricsRegistry()
     sources = Sources(version=__version__)
 
+    # A stop while the lifespan starts cancels the start (``cli.GracefulServer``).
+    start = StoppableStart()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        start.begin()
         async with AsyncExitStack() as stack:
             # Opening is inside `starting` too: making the SQLite file's folder can fail.
             store = await stack.enter_async_context(started_store(settings.database_url))
@@ -321,6 +326,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",
                      url_host(settings.host), settings.port,
                      database_location(settings.database_url))
+            start.end()
             try:
                 yield
             finally:
@@ -378,8 +384,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         routes.append(Route("/metrics", metrics_page))
     if assets_route is not None:
         routes.append(assets_route)
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(PlainStartupFailures), Middleware(SecurityHeaders)],
+        middleware=[Middleware(PlainStartupFailures, start=start),
+                    Middleware(SecurityHeaders)],
         lifespan=lifespan,
     )
+    app.state.start = start
+    return app

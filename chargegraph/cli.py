@@ -10,10 +10,11 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -25,7 +26,7 @@ from chargegraph.errors import ConfigError
 from chargegraph.listening import listening_sockets, reachable_host
 from chargegraph.runtime import raise_open_file_limit, tune_garbage_collector
 from chargegraph.settings import ENV_FILE, Settings, environment_warnings, problems
-from chargegraph.signals import cancelled_by_signals
+from chargegraph.signals import StoppableStart, cancelled_by_signals
 from chargegraph.startup import StartupFailed, starting
 from chargegraph.stores import database_location, sqlite_path
 
@@ -107,9 +108,17 @@ class GracefulServer(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
+    #: Set while the app starts: what a stop signal calls (``_stoppably``).
+    _stop_starting: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._stop_starting is not None:
+            self._stop_starting()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is not None:
-            await super().startup(sockets)
+            await self._stoppably(super().startup(sockets))
             return
         host, port = self.config.host, self.config.port
         try:
@@ -118,9 +127,63 @@ class GracefulServer(uvicorn.Server):
         except StartupFailed as failure:
             logging.getLogger("chargegraph").error("%s", failure)
             sys.exit(STARTUP_FAILURE)
-        await super().startup(sockets)
+        if not await self._stoppably(super().startup(sockets)):
+            for bound in sockets:
+                bound.close()
+            return
         # uvicorn names the address only for sockets it bound itself.
         self._log_started_message(sockets)
+
+    async def _stoppably(self, startup: Coroutine[Any, Any, None]) -> bool:
+        """Runs uvicorn's ``startup``, whose lifespan a stop signal cancels while the app
+        starts (``signals.StoppableStart``): uvicorn only notes a signal then, and the
+        start may wait long (a SQLite store for another instance's migration, up to 30
+        minutes; review r28-upgrade: SIGTERM and SIGINT went unanswered meanwhile).
+        ``False`` when stopped so: nothing served, and the process exits 0."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        async def exit_kept() -> SystemExit | None:
+            # uvicorn's failed start is ``sys.exit``: raised here, in the server's task,
+            # not out of a task of its own (the loop would let it through, traceback and
+            # all).
+            try:
+                await startup
+            except SystemExit as exit_:
+                return exit_
+            return None
+
+        starting_up = asyncio.ensure_future(exit_kept())
+        stopping = asyncio.ensure_future(stop.wait())
+
+        def stop_starting() -> None:  # in a signal handler: handed to the loop
+            loop.call_soon_threadsafe(stop.set)
+
+        self._stop_starting = stop_starting
+        if self.should_exit:  # a signal came before
+            stop.set()
+        try:
+            await asyncio.wait([starting_up, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stop_starting = None
+            stopping.cancel()
+        start = getattr(getattr(self.config.app, "state", None), "start", None)
+        if starting_up.done() or not isinstance(start, StoppableStart) or not start.stop():
+            # Started, failed, or past the app's own start: uvicorn's own way from here
+            # (a stop then is a shutdown).
+            failed = await starting_up
+            if failed is not None:
+                raise failed
+            return True
+        # Not waiting for uvicorn's startup, which would log the cancelled start as a
+        # failure: for the lifespan, unwinding (the store closes as on a failed start).
+        starting_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting_up
+        await self.lifespan.startup_event.wait()
+        logging.getLogger("chargegraph").info(
+            "Stopped while starting (nothing was served); the next start begins again")
+        return False
 
     #: Run first when a shutdown begins, while everything still serves (the demo's
     #: simulated chargers end their transactions).

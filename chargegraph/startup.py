@@ -5,14 +5,19 @@ checked earlier, with the configuration: ``chargegraph/tls.py``.)"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from chargegraph.signals import StoppableStart
 
 
 class StartupFailed(Exception):
@@ -53,10 +58,12 @@ class PlainStartupFailures:
 
     Starlette sends ``lifespan.startup.failed`` from inside its ``except`` block, so the
     exception being handled is the lifespan's own failure; anything else keeps its
-    traceback, since it is a bug to report."""
+    traceback, since it is a bug to report. A start cancelled by a stop (``start``:
+    ``signals.StoppableStart``) is no failure, and logs nothing."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, start: StoppableStart | None = None) -> None:
         self.app = app
+        self.start = start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -68,6 +75,12 @@ class PlainStartupFailures:
             if message["type"] == "lifespan.startup.failed" \
                     and isinstance(failure, StartupFailed):
                 message = {**message, "message": str(failure)}
+            elif message["type"] == "lifespan.startup.failed" \
+                    and isinstance(failure, asyncio.CancelledError) \
+                    and self.start is not None and self.start.stopped:
+                # A stop signal cancelled the start: no failure (the server says so).
+                message = {key: value for key, value in message.items()
+                           if key != "message"}
             await send(message)
 
         await self.app(scope, receive, send_plainly)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 
-from bson import ObjectId
+from bson import Decimal128, ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import ConfigurationError, DuplicateKeyError
 
@@ -62,24 +62,41 @@ class NewerSchema(ConfigurationError):
     a start fails with one line naming it (``chargegraph/startup.py``)."""
 
 
-async def refuse_newer(db: Any, known: int = SCHEMA_VERSION) -> None:
-    """Refuses, before anything is written, a database a build knowing a newer schema
-    than ``known`` started on: going back to an older build means restoring a backup
-    made with it (review s28: an older build started, and wrote documents without the
-    fields the newer one relies on, which its steps, recorded done, never fill)."""
-    found = await db[MIGRATIONS].find_one({"_id": SCHEMA}, {"version": 1})
-    version = found.get("version") if found else None
-    if isinstance(version, int) and version > known:
-        raise NewerSchema(f"the database has schema version {version}, written by a newer "
+def schema_number(value: object) -> Decimal | None:
+    """The schema number a ``version`` holds, whatever numeric type it was written as
+    (mongosh writes a double, ``NumberLong`` an Int64, ``NumberDecimal`` a Decimal128);
+    ``None`` for anything else."""
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    number = Decimal(value)
+    return number if number.is_finite() else None
+
+
+async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
+    """Records, before anything else is written, that a build knowing schema ``known``
+    starts on the database (never lowering the number: two builds started at once, the
+    newer one's stays), and refuses one a build knowing a newer schema started on: going
+    back to an older build means restoring a backup made with it (QA s28: an older build
+    started, and wrote documents without the fields the newer one relies on, which its
+    steps, recorded done, never fill).
+
+    One atomic update, read back as it was: the record moves up before the migration
+    runs, since each step records itself done as it finishes; a newer build killed
+    half-way left its steps done and the older number, and the older build, the natural
+    rollback, started (review r28-upgrade). A database a newer build has begun to
+    migrate is that build's."""
+    found = await db[MIGRATIONS].find_one_and_update(
+        {"_id": SCHEMA}, {"$max": {"version": known}}, upsert=True,
+        return_document=ReturnDocument.BEFORE)
+    version = schema_number(found.get("version")) if found else None
+    if version is not None and version > known:
+        # ``$max`` left the newer number as it was: nothing was written.
+        shown = int(version) if version == version.to_integral_value() else version
+        raise NewerSchema(f"the database has schema version {shown}, written by a newer "
                           f"ChargeGraph (this one knows up to {known}): run that version, "
                           "or restore a backup made with this one")
-
-
-async def record_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
-    """Records that a build knowing ``known`` migrated the database; never lowers it (two
-    builds started at once: the newer one's number stays)."""
-    await db[MIGRATIONS].update_one({"_id": SCHEMA}, {"$max": {"version": known}},
-                                    upsert=True)
 
 
 async def before_indexes(db: Any) -> None:

@@ -30,13 +30,7 @@ from store.fields import FieldSpec, changed_meanwhile
 from store.mongo import aggregate, batch, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
-from store.mongo.migrations import (
-    before_indexes,
-    heal_search_shadows,
-    migrate,
-    record_schema,
-    refuse_newer,
-)
+from store.mongo.migrations import before_indexes, claim_schema, heal_search_shadows, migrate
 from store.mongo.outage import client_options, mapping_outages
 from store.mongo.query import (
     Query,
@@ -124,18 +118,19 @@ class MongoStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Checks the server is recent enough (``check_server_version``) and the database
-        was not migrated by a newer build (``refuse_newer``), creates the indexes, rolls
-        back batches a crash left and brings documents written under older rules up to
-        date (``store/mongo/migrations.py``); idempotent."""
+        """Checks the server is recent enough (``check_server_version``), claims the
+        database for this build's schema, refusing one a newer build started on
+        (``claim_schema``), creates the indexes, rolls back batches a crash left and
+        brings documents written under older rules up to date
+        (``store/mongo/migrations.py``); idempotent."""
         await check_server_version(self.db)
-        await refuse_newer(self.db)
+        # Before anything else is written: from here an instance of an older build
+        # refuses the database, also if this start stops half-way through migrating it.
+        await claim_schema(self.db)
         await before_indexes(self.db)
         await ensure_indexes(self.db)
         await self._sweep_once()
         await migrate(self.db)
-        # Once migrated: an instance of an older build refuses it from now on.
-        await record_schema(self.db)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
                                                 name="chargegraph-mongo-journal-sweep")

@@ -1710,15 +1710,35 @@ async def waiting_for_the_lock(conn: aiosqlite.Connection, statement: str, *,
         await asyncio.sleep(0.05)
 
 
-async def begin_migrating(conn: aiosqlite.Connection) -> None:
-    """BEGIN IMMEDIATE, waiting for another process's migration (``waiting_for_the_lock``)."""
-    await waiting_for_the_lock(conn, "BEGIN IMMEDIATE")
-
-
 async def current_version(conn: aiosqlite.Connection) -> int:
     rows = await conn.execute_fetchall('SELECT MAX("version") FROM "schema_version"')
     value = next(iter(rows))[0]
     return int(value) if value is not None else 0
+
+
+def refuse_newer(found: int, known: int | None) -> None:
+    """Raises ``NewerSchema`` when the database's version ``found`` is past ``known``, the
+    last migration this build has (``None``: it has none, and refuses nothing)."""
+    if known is not None and found > known:
+        # A rollback to an older ChargeGraph: it would write rows without the columns
+        # and rules the newer one relies on, or misread what it finds.
+        raise NewerSchema(f"the database has schema version {found}, written by a newer "
+                          f"ChargeGraph (this one knows up to {known}): run that "
+                          "version, or restore a backup made with this one")
+
+
+async def begin_migrating(conn: aiosqlite.Connection, known: int | None) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's migration (``waiting_for_the_lock``),
+    then refuses (``refuse_newer``, the transaction rolled back) a database that a newer
+    build migrated meanwhile: an instance of an older build waiting out a newer one's
+    migration found every migration it knows done and started on the newer schema
+    (review r28-upgrade)."""
+    await waiting_for_the_lock(conn, "BEGIN IMMEDIATE")
+    try:
+        refuse_newer(await current_version(conn), known)
+    except BaseException:
+        await conn.rollback()
+        raise
 
 
 async def apply_migrations(
@@ -1733,13 +1753,11 @@ async def apply_migrations(
     await conn.execute(_BOOTSTRAP)
     for name, arity, function in MIGRATION_FUNCTIONS:
         await conn.create_function(name, arity, function, deterministic=True)
+    known = versions[-1] if versions else None
     found = await current_version(conn)
-    if versions and found > versions[-1]:
-        # A rollback to an older ChargeGraph: it would write rows without the columns
-        # and rules the newer one relies on, or misread what it finds.
-        raise NewerSchema(f"the database has schema version {found}, written by a newer "
-                          f"ChargeGraph (this one knows up to {versions[-1]}): run that "
-                          "version, or restore a backup made with this one")
+    # Before anything is written; again in each transaction below, since another process
+    # may migrate the database while this one waits for the lock.
+    refuse_newer(found, known)
     if found:
         # A migration changed after release left databases at its version without what
         # today's text makes (``reconcile``): repaired before the newer ones build on it.
@@ -1749,14 +1767,14 @@ async def apply_migrations(
         async def unchanged() -> bool:
             return await current_version(conn) == found
 
-        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn))
+        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn, known))
     applied: list[int] = []
     for version, script in migrations:
         statements = split_statements(script)
         # IMMEDIATE takes the write lock before we re-read the version: two processes
         # starting at once cannot both apply the same migration, and the one waiting
-        # finds the migration done.
-        await begin_migrating(conn)
+        # finds the migration done (or a newer build's schema: refused).
+        await begin_migrating(conn, known)
         try:
             current = await current_version(conn)
             if current >= version:

@@ -3,9 +3,11 @@ with SIGTERM like a container runtime or systemd would."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -13,11 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosqlite
 import httpx
 import pytest
 
 from chargegraph import __version__
-from store.sqlite.migrations import MIGRATIONS
+from store.sqlite.migrations import MIGRATIONS, apply_migrations
 from tests.helpers import free_port, wait_healthy
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
@@ -275,6 +278,59 @@ def test_a_stop_while_the_demo_seeds_exits_0(launch: list[subprocess.Popen[str]]
         "data": {"stations": {"totalCount": 8}}}
     admin_id(url)
     stop(process)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_waiting_for_another_instances_migration_exits_0(
+        launch: list[subprocess.Popen[str]], tmp_path: Path, stop_signal: signal.Signals
+        ) -> None:
+    """Review r28-upgrade: a start waits (up to 30 minutes) for another process holding
+    the SQLite write lock (an instance migrating the database), in the lifespan's
+    start-up, which uvicorn does not cancel: an operator who read the "waiting" line and
+    stopped the instance (Ctrl+C; `docker stop`, systemd: SIGTERM) got no answer until
+    the lock came free. A stop cancels the start: it ends within the store's busy
+    timeout, exits 0, and serves nothing."""
+    database = tmp_path / "data" / "svc.db"
+    database.parent.mkdir()
+
+    async def older() -> None:
+        async with aiosqlite.connect(database, isolation_level=None) as conn:
+            await conn.execute("PRAGMA journal_mode = wal")
+            await apply_migrations(conn, MIGRATIONS[:-1])
+
+    asyncio.run(older())
+    holder = sqlite3.connect(database, isolation_level=None)  # an instance migrating
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chargegraph", "serve", "--port", str(free_port()),
+             "--ocpp-port", str(free_port())], cwd=tmp_path, env=clean_env(tmp_path),
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        launch.append(process)
+        assert process.stderr is not None
+        seen, deadline = "", time.monotonic() + 30
+        while "waiting for it" not in seen and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            assert line, (seen, process.communicate())
+            seen += line
+        assert "waiting for it" in seen, seen
+        process.send_signal(stop_signal)
+        stopped_at = time.monotonic()
+        stdout, stderr = process.communicate(timeout=20)
+        took = time.monotonic() - stopped_at
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert process.returncode == 0, seen + stderr
+    assert took < 10, took  # the busy timeout (5 s) at most, not the lock's 30 minutes
+    assert "Stopped while starting" in stderr, seen + stderr
+    assert "Traceback" not in stderr and "ERROR" not in stderr, seen + stderr
+    assert "ChargeGraph ready" not in stderr and "Uvicorn running" not in stderr
+    assert stdout == ""
+    # Nothing migrated: the next start does it.
+    with sqlite3.connect(database) as conn:
+        assert conn.execute('SELECT MAX("version") FROM "schema_version"').fetchone() == (
+            MIGRATIONS[-2][0],)
 
 
 def test_every_log_line_has_the_apps_format(launch: list[subprocess.Popen[str]],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import sqlite3
@@ -3070,6 +3071,76 @@ async def test_a_database_a_newer_chargegraph_started_on_is_refused() -> None:
     await newer.close()
     record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
     assert record is not None and record["version"] == latest
+
+
+async def test_a_newer_build_stopped_mid_migration_still_locks_out_an_older_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r28-upgrade: the record moved up only after the whole migration, while each
+    step records itself done as it finishes. A newer build killed (or failing) between
+    the two left steps done and the older number: the older build, the operator's
+    natural rollback after a failed upgrade, started and wrote documents without the
+    fields those steps filled, which the newer build, started again, never fills (they
+    are done). The record moves up before anything is migrated: the database is the
+    newer build's from its first write, as a SQLite file is from its first migration."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    current = MongoStore(db, sweep_every=None)
+    await current.start()
+    await current.close()
+    real_migrate = store_module.migrate
+
+    async def newer_migrate_killed_midway(database: Any) -> None:
+        await real_migrate(database)
+        # The newer build's own step, recorded done, then the process dies.
+        await database[migrations.MIGRATIONS].update_one(
+            {"_id": "newer_only_step"}, {"$set": {"done": True}}, upsert=True)
+        raise RuntimeError("killed mid-upgrade")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "claim_schema",
+                        functools.partial(migrations.claim_schema, known=latest + 1))
+        patched.setattr(store_module, "migrate", newer_migrate_killed_midway)
+        newer = MongoStore(db, sweep_every=None)
+        with pytest.raises(RuntimeError, match="killed mid-upgrade"):
+            await newer.start()
+        await newer.close()
+
+    older = MongoStore(db, sweep_every=None)
+    try:
+        with pytest.raises(migrations.NewerSchema,
+                           match=rf"schema version {latest + 1}, written by a newer"):
+            await older.start()
+    finally:
+        await older.close()
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest + 1
+
+
+# (Decimal128 is read too; mongomock's $max cannot compare one with a number.)
+@pytest.mark.parametrize("stored", [float, bson.Int64], ids=["double", "long"])
+async def test_a_newer_schema_number_of_any_numeric_type_is_refused(
+        stored: Callable[[int], object]) -> None:
+    """Review r28-upgrade: only an int counted, and mongosh writes numbers as doubles: a
+    record an operator set there (`updateOne({_id: "schema"}, {$set: {version: 80}})`)
+    let an older build start on the database."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    await db[migrations.MIGRATIONS].insert_one({"_id": migrations.SCHEMA,
+                                                "version": stored(latest + 1)})
+    older = MongoStore(db, sweep_every=None)
+    try:
+        with pytest.raises(migrations.NewerSchema,
+                           match=rf"schema version {latest + 1}, written by a newer "
+                                 rf"ChargeGraph \(this one knows up to {latest}\)"):
+            await older.start()
+    finally:
+        await older.close()
+    # The same number, written as one of those, is this build's: it starts.
+    await db[migrations.MIGRATIONS].update_one({"_id": migrations.SCHEMA},
+                                               {"$set": {"version": stored(latest)}})
+    current = MongoStore(db, sweep_every=None)
+    await current.start()
+    await current.close()
     await db[migrations.MIGRATIONS].update_one({"_id": migrations.SCHEMA},
                                                {"$set": {"version": latest + 1}})
     db.sync()["company"].drop_indexes()

@@ -750,6 +750,52 @@ async def test_an_instance_starting_while_another_migrates_waits_for_it(
                for r in caplog.records if r.levelno == logging.WARNING), caplog.text
 
 
+async def test_an_older_instance_waiting_out_a_newer_ones_migration_refuses_it(
+        db_path: str) -> None:
+    """Review r28-upgrade: the newer-schema check was made once, before the wait for the
+    lock; an instance of an older build started while a newer build migrates the
+    database (an old replica the orchestrator restarts, one image not yet updated)
+    waited, found every migration it knows done, and started on the newer schema,
+    writing rows without its columns. Each transaction taken after a wait checks again."""
+    from store.sqlite.migrations import MIGRATION_FUNCTIONS, NewerSchema
+
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await conn.execute("PRAGMA journal_mode = wal")
+        await apply_migrations(conn, MIGRATIONS[:-1])
+    latest, script = MIGRATIONS[-1]
+    holding = asyncio.Event()
+
+    def newer_build_migrating(loop: asyncio.AbstractEventLoop) -> None:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            for name, arity, function in MIGRATION_FUNCTIONS:
+                other.create_function(name, arity, function, deterministic=True)
+            other.execute("BEGIN IMMEDIATE")
+            loop.call_soon_threadsafe(holding.set)
+            time.sleep(1.5)
+            for statement in split_statements(script):
+                other.execute(statement)
+            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest,))
+            # The newer build's own migration, unknown to this build.
+            other.execute('CREATE TABLE "newer_only" ("a" TEXT)')
+            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest + 1,))
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    migrating = asyncio.create_task(asyncio.to_thread(newer_build_migrating,
+                                                      asyncio.get_running_loop()))
+    await holding.wait()
+    older = SqliteStore(db_path, busy_timeout=0.2)
+    try:
+        with pytest.raises(NewerSchema, match=rf"schema version {latest + 1}.*up to {latest}"):
+            await older.start()
+    finally:
+        await older.close()
+        await migrating
+    assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
+
+
 async def test_version_14_makes_company_names_unique_keeping_every_company(
         db_path: str) -> None:
     """Duplicates made before the rule keep their history: the oldest keeps the name, the
