@@ -3,11 +3,12 @@ Charge (``Session.meterValues``, ``Session.socPercent``), a connector's status r
 (``Connector.statusHistory``) and a station's connections (``Station.connectionHistory``).
 
 They are nested connections like the others (``relay.nested_connection``): with only
-``first`` (or only ``last``), the rows of every parent of a page come from one batched store call, and a
-session's State of Charge from one more for the page. Who sees what is the policy's: a
-session's samples are seen by whoever sees the session (``Policy.scope_under``), status
-and connection history by the scopes of ``status_event`` and ``connection_event``
-(admins, and the operators running the station; no driver, nobody anonymous).
+``first`` (or only ``last``), the rows of every parent of a page come from one batched
+store call, and a session's State of Charge from one more for the page. Who sees what
+is the policy's: a session's samples are seen by whoever sees the session
+(``Policy.scope_under``), status and connection history by the scopes of
+``status_event`` and ``connection_event`` (admins, and the operators running the
+station; no driver, nobody anonymous).
 """
 
 from __future__ import annotations
