@@ -44,11 +44,12 @@ USER_ERROR_CODES = (
     "FORBIDDEN, INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_REUSED, TOO_MANY_ATTEMPTS, "
     "SIGN_UP_DISABLED. A charger command: CHARGER_OFFLINE, CHARGER_BUSY, "
     "CHARGER_TIMEOUT, CHARGER_REJECTED, CHARGER_ERROR. The service: UNAVAILABLE (a part "
-    "not running on this instance), STORE_BUSY (the database was locked: not recorded, "
-    "send it again), STORE_UNAVAILABLE (it cannot write now) and STORE_REFUSED "
-    "(too large to store: the same request fails again). After a charger command was "
-    "sent or a payment asked of the provider, what the charger or provider did stands "
-    "though these say it was not recorded: read it with a query before sending again.")
+    "not running on this instance), STORE_BUSY (the database was locked, or too slow to "
+    "take the write in time: not recorded, send it again), STORE_UNAVAILABLE (it cannot "
+    "write now) and STORE_REFUSED (too large to store: the same request fails again). "
+    "After a charger command was sent or a payment asked of the provider, what the "
+    "charger or provider did stands though these say it was not recorded: read it with a "
+    "query before sending again.")
 
 
 @strawberry.type(description="An expected failure of a mutation, tied to an input field.")

@@ -10,14 +10,16 @@ from typing import Any
 
 import pymongo
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from domain.entities import Record
-from domain.errors import DomainError
+from domain.errors import DomainError, StoreBusy
 from domain.ports import Audit, Change, Delete, Insert, Update
 from store.fields import audit_parts, changed_meanwhile
 from store.mongo import journal, writes
 from store.mongo.codec import to_doc
 from store.mongo.journal import MARK, key_of
+from store.mongo.outage import at_time_limit
 from store.mongo.writes import Expect, Step, Version
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -26,8 +28,18 @@ log = logging.getLogger("chargegraph.store.mongo")
 Key = tuple[str, ObjectId]
 
 
-class BatchTimeout(TimeoutError):
-    """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back."""
+class BatchTimeout(StoreBusy):
+    """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back: nothing of
+    it stays, and the same request may simply be sent again, as SQLite answers a write
+    its lock timed out (``STORE_BUSY``). A ``TimeoutError`` before (QA s28 mongo2): an
+    internal error, logged as a bug with its traceback, and no client could tell that
+    sending it again was all it took. The server stopping one of the batch's operations
+    at the time the deadline leaves it (``pymongo.timeout``: MaxTimeMSExpired) is this
+    too, once the batch rolled back (``write``)."""
+
+    def __init__(self) -> None:
+        super().__init__("the database did not take the write in time; nothing was "
+                         "written: send it again")
 
 
 class Yielded(Exception):
@@ -58,13 +70,26 @@ async def write(db: Any, changes: Sequence[Change], audit: Sequence[Audit],
     attempt) bounds the attempts."""
     journal_id: ObjectId | None = None
     deadline = time.monotonic() + journal.BATCH_DEADLINE_S
-    while True:
-        batch = await Batch.open(db, changes, audit, journal_id, deadline)
-        try:
-            await batch.run(changes, audit, check)
-            return
-        except Yielded:
-            journal_id = batch.id
+    try:
+        while True:
+            batch = await Batch.open(db, changes, audit, journal_id, deadline)
+            try:
+                await batch.run(changes, audit, check)
+                return
+            except Yielded:
+                journal_id = batch.id
+    except (BatchTimeout, PyMongoError) as error:
+        # Rolled back already (``Batch.run``; the journal of one stopped while opening,
+        # by ``journal.open_batch``). The server's MaxTimeMSExpired is the deadline's
+        # doing too: it is what the deadline leaves each operation (``Batch._apply``).
+        if isinstance(error, PyMongoError) and not at_time_limit(error):
+            raise
+        log.warning("a write batch of %d changes ran past its %g s deadline (a slow or "
+                    "overloaded database) and was rolled back: answered STORE_BUSY",
+                    len(changes), journal.BATCH_DEADLINE_S)
+        if isinstance(error, BatchTimeout):
+            raise
+        raise BatchTimeout() from error
 
 
 class Batch:
@@ -248,7 +273,7 @@ def _time_left(deadline: float) -> float:
     write, so a batch that has written rolls back, and one that has not stops there)."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise BatchTimeout("a write batch ran past its deadline; none of it stays")
+        raise BatchTimeout()
     return remaining
 
 

@@ -48,6 +48,11 @@ TOO_LARGE_CODES = frozenset({10334, 17419, 17420, 7655103})
 #: with that message.
 BAD_VALUE = 2
 TOO_LARGE_TO_INSERT = "too large"
+#: MaxTimeMSExpired: the server stopped an operation at the time limit it was sent with
+#: (PyMongo's ``ExecutionTimeout``; PyMongo raises it with this code too before sending
+#: one whose time is already up). Not a write concern timeout (64): that write landed,
+#: only its replication was not confirmed.
+TIME_LIMIT = 50
 
 
 def unavailable(error: PyMongoError) -> StoreUnavailable | StoreRefused | None:
@@ -74,6 +79,13 @@ def _server_errors(error: PyMongoError) -> list[tuple[int | None, str]]:
     if isinstance(error, OperationFailure):
         return [(error.code, str((error.details or {}).get("errmsg") or error))]
     return []
+
+
+def at_time_limit(error: PyMongoError) -> bool:
+    """Whether the server (or PyMongo, before sending) stopped an operation, or a write of
+    a bulk one, at the time limit it carried: only a write batch's operations carry one
+    (``batch.py``, which answers it as its own deadline, ``batch.BatchTimeout``)."""
+    return any(code == TIME_LIMIT for code, _ in _server_errors(error))
 
 
 def _too_large(code: int | None, message: str) -> bool:

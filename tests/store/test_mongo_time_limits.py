@@ -1,0 +1,102 @@
+"""A MongoDB write batch that runs out of time: past its own deadline
+(``journal.BATCH_DEADLINE_S``), or stopped by the server at the time limit the batch gives
+each of its operations (``pymongo.timeout``: the server answers MaxTimeMSExpired, code 50,
+which mongomock never does). Either way the batch is rolled back, nothing of it stays, and
+the caller is told so as SQLite tells a write its lock timed out: ``STORE_BUSY``, send it
+again (QA s28 mongo2: an internal error, logged as a bug with its traceback, and a
+GraphQL client could not tell that a retry was all it took)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import _csot
+from pymongo.errors import BulkWriteError, ExecutionTimeout, OperationFailure
+
+from domain.entities import AuditAction, AuditEntry, Company, Station, audit_after
+from domain.errors import StoreBusy
+from domain.ports import Insert, Update
+from domain.query import ALL
+from store.mongo import MongoStore, journal
+from store.mongo.journal import JOURNAL
+from tests.support.mongomock_async import AsyncCollection
+
+#: What a server answers an operation that ran past its ``maxTimeMS``.
+TIME_LIMIT = {"ok": 0, "errmsg": "operation exceeded time limit", "code": 50,
+              "codeName": "MaxTimeMSExpired"}
+
+
+def entry(record: Any, action: AuditAction) -> AuditEntry:
+    return AuditEntry(entity=record.kind, entity_id=record.id, action=action,
+                      actor="tester", after=audit_after(None, record))
+
+
+def raw(store: MongoStore) -> Any:
+    return store.db.sync()
+
+
+async def test_a_batch_past_its_deadline_is_store_busy(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal, "BATCH_DEADLINE_S", 0.0)
+    company = Company(name="Late")
+
+    with pytest.raises(StoreBusy) as raised:
+        await mongo.write([Insert(company)], [entry(company, AuditAction.CREATE)])
+
+    assert raised.value.code == "STORE_BUSY"
+    assert "nothing was written" in raised.value.message
+    assert await mongo.count(Company, ALL) == 0
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+def server_time_limit(monkeypatch: pytest.MonkeyPatch, method: str, error: Exception
+                      ) -> None:
+    """``method`` of the station collection fails as a server fails it at the time limit
+    a batch's operation carries (only there: a write alone has none)."""
+    getattr_ = AsyncCollection.__getattr__
+
+    def timed(collection: AsyncCollection, name: str) -> Any:
+        real = getattr_(collection, name)
+        if name != method or collection._c.name != "station":
+            return real
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if _csot.get_timeout() is not None:
+                raise error
+            return await real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(AsyncCollection, "__getattr__", timed)
+
+
+@pytest.mark.parametrize(("method", "error"), [
+    ("update_one", ExecutionTimeout("operation exceeded time limit", 50, TIME_LIMIT)),
+    ("update_one", OperationFailure("operation exceeded time limit", 50, TIME_LIMIT)),
+    ("insert_many", BulkWriteError({"writeErrors": [{"index": 0, **TIME_LIMIT}],
+                                    "nInserted": 0})),
+], ids=["ExecutionTimeout", "OperationFailure", "BulkWriteError"])
+async def test_the_servers_time_limit_in_a_batch_is_store_busy_and_rolled_back(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, method: str,
+        error: Exception) -> None:
+    station = Station(cp_id="CP-T", name="Before")
+    await mongo.write([Insert(station)], [])
+    renamed = Station(**{**station.__dict__, "name": "After"})
+    other = Station(cp_id="CP-U", name="New")
+    server_time_limit(monkeypatch, method, error)
+
+    with pytest.raises(StoreBusy) as raised:
+        await mongo.write([Insert(other), Update(renamed, frozenset({"name"}))],
+                          [entry(renamed, AuditAction.UPDATE)])
+
+    assert raised.value.code == "STORE_BUSY"
+    monkeypatch.undo()
+    [kept] = await mongo.get_many(Station, [station.id])
+    assert kept is not None and kept.name == "Before"
+    assert (await mongo.get_many(Station, [other.id])) == [None]
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert raw(mongo)["station"].count_documents({"_id": ObjectId(other.id)}) == 0
