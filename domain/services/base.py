@@ -64,7 +64,7 @@ from domain.ports import (
     Store,
     Update,
 )
-from domain.query import Eq, Filter, Range, Sort, all_of
+from domain.query import Eq, Filter, Range, Sort, all_of, any_of
 
 log = logging.getLogger("chargegraph.services")
 
@@ -694,6 +694,18 @@ def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
     for source, key, make in _derived_keys(type(record)):
         setattr(record, key, make(getattr(record, source)))
     return record
+
+
+def no_case_twin(station: Station) -> Guard:
+    """What a new ``station``'s insert is guarded by: no other station has its cpId
+    whatever the case (``Station.cp_id_key``). Not a unique index (stations stored before
+    cpIds were one whatever their case may differ only in it), so a read before the
+    write is not enough: another instance's insert of a twin between the read and the
+    write (createStation, or a charger's auto-registration) fails this one CHANGED.
+    Another than this one: the guard sees the write's own insert."""
+    return Guard(Station, all_of(Eq("cp_id_key", station.cp_id_key),
+                                 any_of(Range("id", lt=station.id),
+                                        Range("id", gt=station.id))), exists=False)
 
 
 STAMPS = frozenset({"updated_at", "updated_by"})

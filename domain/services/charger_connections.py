@@ -25,7 +25,7 @@ from domain.entities import (
     SessionState,
     Station,
 )
-from domain.errors import Conflict, TooManyRequests, UniqueViolation, ValidationError
+from domain.errors import Conflict, TooManyRequests, ValidationError
 from domain.events import (
     StationConnectionChanged,
 )
@@ -37,6 +37,7 @@ from domain.services.base import (
     Service,
     books_of,
     charger,
+    no_case_twin,
     owned_by,
     patch,
     stamp_new,
@@ -78,6 +79,11 @@ REGISTRATION_WINDOW = timedelta(hours=1)
 #: made since that leaves its connection the station's (``disconnect``); it pauses
 #: before each (``_pause_to_retry``, random: two instances in step part).
 RECORD_ATTEMPTS = 5
+
+#: How many times an auto-registration is read and written again when its insert met
+#: neither the twin it was guarded against nor its own station standing (MongoDB: two
+#: inserts in step each see the other's before it rolls back, ``_register``).
+REGISTER_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +171,10 @@ class ChargerConnections(Service):
         (review s26: its insert refused, the handshake answered 500): here, it waits for
         the first's registration and looks for the station again before it counts one
         (review r26-security2: with the first using the address's last registration,
-        the second met the limit, 429); on another instance, the insert refused tells
-        it, and a refusal by the limit looks once more. Found whatever the case of
+        the second met the limit, 429); on another instance, whose lock does not hold
+        it up, its insert is refused (the cpId's unique index, or the guard against a
+        station of it in any case: ``_register``) and the station read again, and a
+        refusal by the limit looks once more. Found whatever the case of
         ``cp_id`` (``station_whatever_case``): the charger then connects as the station's
         cpId as stored."""
         station = await self.station_whatever_case(cp_id)
@@ -182,8 +190,20 @@ class ChargerConnections(Service):
             return await self._register(cp_id, address)
 
     async def _register(self, cp_id: str, address: str) -> Station | None:
-        """``station_for_connection``'s registration, one of a cpId at a time here."""
-        # The handshake this one waited behind may have stored it.
+        """``station_for_connection``'s registration, one of a cpId at a time here (the
+        lock is this instance's). Its insert is guarded against another station of the
+        cpId whatever its case (``no_case_twin``; review r28-leftocpp: two spellings at
+        two instances at once registered two stations differing only in case): one
+        another instance registered meanwhile fails it, and is read again and given to
+        this charger. Where the read finds none (on MongoDB two inserts in step may each
+        fail on the other's before it rolls back), read and tried again, after a random
+        pause (``_pause_to_retry``), up to ``REGISTER_ATTEMPTS`` times."""
+        return await retried(lambda: self._register_once(cp_id, address),
+                             REGISTER_ATTEMPTS, pause=self._pause_to_retry)
+
+    async def _register_once(self, cp_id: str, address: str) -> Station | None:
+        """One attempt of ``_register``."""
+        # The handshake this one waited behind may have stored it, or another instance.
         station = await self.station_whatever_case(cp_id)
         if station is not None:
             return station
@@ -197,7 +217,7 @@ class ChargerConnections(Service):
             wait = self.registrations.refused_for(client)
             if wait is not None:
                 # Registered meanwhile by another instance: not a new one to count.
-                registered = await self.station(cp_id)
+                registered = await self.station_whatever_case(cp_id)
                 if registered is not None:
                     return registered
                 raise TooManyRequests(f"{self.registrations.limit} new charge points from "
@@ -208,14 +228,16 @@ class ChargerConnections(Service):
         station = stamp_new(Station(cp_id=cp_id, name=cp_id,
                                     registration=Registration.PENDING), actor)
         try:
-            await self.commit(actor, [(Insert(station), None)])
+            await self.commit(actor, [(Insert(station), None)],
+                              guards=[no_case_twin(station)])
         except Exception as exc:
             if limited:
                 self.registrations.give_back(client)  # no station stored
-            if isinstance(exc, UniqueViolation):
-                # Registered meanwhile (another handshake of the same charger, here or
-                # on another instance): that station is this one.
-                registered = await self.station(cp_id)
+            if isinstance(exc, Conflict):
+                # Registered meanwhile whatever the case (another handshake of the same
+                # charger, here or on another instance: its cpId taken, UniqueViolation,
+                # or the guard, CHANGED): that station is this one.
+                registered = await self.station_whatever_case(cp_id)
                 if registered is not None:
                     return registered
             raise

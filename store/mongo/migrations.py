@@ -247,7 +247,8 @@ async def migrate(db: Any) -> None:
     await _once(db, "state_history_books", _state_history_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
-    await _once(db, "cp_id_keys", _cp_id_keys)
+    # At every start, not once: see ``heal_cp_id_keys``.
+    await heal_cp_id_keys(db)
     await _once(db, "name_identities", _name_identities)
     # Before the defaults: a station holding more keys than are kept is flagged, not
     # given false.
@@ -628,20 +629,29 @@ async def _name_keys(db: Any) -> None:
                     {"$set": {"name_key": name_key(doc["name"]), MARK: ObjectId()}})
 
 
-async def _cp_id_keys(db: Any) -> None:
+async def heal_cp_id_keys(db: Any, most: int | None = None) -> None:
     """A station's cpId without regard to case (``Station.cp_id_key``), as SQLite's
-    migration 78 computes it for stations from before; without it they read as an empty
+    migration 78 computes it, for stations without it; without it they read as an empty
     key, and a charger connecting under their cpId in other case would not find them.
-    Marked by the field itself: new documents always carry ``cp_id_key``."""
-    while True:
-        docs = await db["station"].find({"cp_id_key": {"$exists": False}},
-                                        {"cp_id": 1}).limit(BATCH).to_list()
+    Not once: in a rolling upgrade an instance of a build from before the field still
+    registers and creates stations without it after this build's start passed (review
+    r28-leftocpp), so it runs at every start (all of them) and at every sweep
+    (``MongoStore._sweep_forever``, at most ``most``). Cheap when there is none: the
+    field is never null where it is written, so ``null`` (absent) is one bound of its
+    index (``station_cp_id_key``), which holds only such stations."""
+    left = most
+    while left is None or left > 0:
+        size = BATCH if left is None else min(BATCH, left)
+        docs = await db["station"].find({"cp_id_key": None}, {"cp_id": 1}
+                                        ).limit(size).to_list()
         if not docs:
             break
         for doc in docs:
             await db["station"].update_one(
-                {"_id": doc["_id"], "cp_id_key": {"$exists": False}},
+                {"_id": doc["_id"], "cp_id_key": None},
                 {"$set": {"cp_id_key": cp_id_key(doc["cp_id"]), MARK: ObjectId()}})
+        if left is not None:
+            left -= len(docs)
 
 
 async def _name_identities(db: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from domain import entities as d
-from domain.errors import Conflict, Forbidden, ValidationError
+from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Store
 from domain.query import Eq, Sort
@@ -779,3 +779,53 @@ async def test_a_car_removed_while_its_card_is_blocked_audits_the_card_as_it_is(
     assert entries[1].before == entries[0].after
     await two.a.fleet.settled()
     await two.b.fleet.settled()
+
+
+async def test_two_case_twins_created_in_step_on_mongodb_make_one_station(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB's guard is no lock (``MongoStore._check_guards``: read after the write):
+    ``cp-new`` and ``CP-NEW`` created at the same moment on two instances each wrote its
+    station, each guard then read the other's in flight, and both were rolled back: no
+    station, and neither caller had one (review r28-leftocpp). Exactly one is created;
+    the other caller is told its cpId exists (``DUPLICATE``)."""
+    async with two_stores("mongo", tmp_path / "unused.db") as (first, second):
+        a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()))
+                for s in (first, second))
+        read, wrote, checking = asyncio.Barrier(2), asyncio.Barrier(2), asyncio.Barrier(2)
+        for services, store in ((a, first), (b, second)):
+            commit, check = services.stations.commit, store._check_guards  # type: ignore[attr-defined]
+            hooked = [False, False]
+
+            async def in_step(*args: Any, commit: Any = commit, hooked: list[bool] = hooked,
+                              **kw: Any) -> Any:
+                if not hooked[0]:  # both have read for a twin before either writes
+                    hooked[0] = True
+                    await asyncio.wait_for(read.wait(), 2)
+                return await commit(*args, **kw)
+
+            async def checked(*args: Any, check: Any = check, hooked: list[bool] = hooked,
+                              **kw: Any) -> Any:
+                if hooked[1]:
+                    return await check(*args, **kw)
+                hooked[1] = True
+                # Both have written before either checks its guard, and both have
+                # checked before either rolls back.
+                await asyncio.wait_for(wrote.wait(), 2)
+                try:
+                    return await check(*args, **kw)
+                finally:
+                    await asyncio.wait_for(checking.wait(), 2)
+
+            monkeypatch.setattr(services.stations, "commit", in_step)
+            monkeypatch.setattr(store, "_check_guards", checked)
+        got = await asyncio.gather(
+            a.stations.create_station(SYSTEM, cp_id="cp-new", name="A"),
+            b.stations.create_station(SYSTEM, cp_id="CP-NEW", name="B"),
+            return_exceptions=True)
+        stored = await first.find_all(d.Station, Eq("cp_id_key", "cp-new"))
+        assert len(stored) == 1, (stored, got)
+        created = [g for g in got if not isinstance(g, BaseException)]
+        refused = [g for g in got if isinstance(g, BaseException)]
+        assert [station.id for station, _ in created] == [stored[0].id]
+        assert [(type(e), getattr(e, "code", None)) for e in refused] == \
+            [(UniqueViolation, "DUPLICATE")]

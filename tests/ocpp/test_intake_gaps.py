@@ -256,3 +256,43 @@ async def test_auto_registration_makes_no_station_one_whatever_the_case_of_anoth
         assert sorted(s.cp_id for s in stations) == ["CP-1", "CP-OPEN", "cp-open", "new-9"]
     finally:
         await stop_central(central)
+
+
+async def test_two_instances_register_one_station_whatever_the_case(tmp_path: Path) -> None:
+    """Two spellings of one new charger's cpId arriving at two instances at once (a
+    charger behind a load balancer retrying with its cpId spelt as its installer typed it
+    in two places) registered two stations differing only in case: the one-at-a-time is
+    per instance, and the insert was guarded by nothing but the case-sensitive unique
+    index on cp_id. One station is registered; the other handshake is given it."""
+    a = await start_central(tmp_path / "central.db", auto_register=True)
+    await seed(a)
+    b = await start_central(tmp_path / "central.db", auto_register=True)
+    barrier = asyncio.Barrier(2)
+    for central in (a, b):
+        service = central.services.charging
+        commit = service.commit
+
+        async def in_step(actor: Any, changes: Any, *args: Any, commit: Any = commit,
+                          **kwargs: Any) -> Any:
+            if any(isinstance(getattr(c, "record", None), d.Station) for c, _ in changes):
+                # Both instances have looked for the cpId before either writes: what two
+                # handshakes arriving at the same moment on two instances do.
+                await asyncio.wait_for(barrier.wait(), 2)
+            return await commit(actor, changes, *args, **kwargs)
+
+        service.commit = in_step  # type: ignore[method-assign,assignment]
+    try:
+        got = await asyncio.gather(
+            a.services.charging.station_for_connection("new-9", "10.0.0.1"),
+            b.services.charging.station_for_connection("NEW-9", "10.0.0.2"),
+            return_exceptions=True)
+        assert not [g for g in got if isinstance(g, BaseException)], got
+        stations = await a.store.find_all(d.Station, ALL)
+        twins = sorted(s.cp_id for s in stations if s.cp_id.lower() == "new-9")
+        assert len(twins) == 1, twins
+        # Each handshake is given that station.
+        assert [s.id if isinstance(s, d.Station) else s for s in got] == \
+            [stations[[s.cp_id for s in stations].index(twins[0])].id] * 2
+    finally:
+        await stop_central(b)
+        await stop_central(a)

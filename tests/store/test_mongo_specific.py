@@ -2692,7 +2692,40 @@ async def test_stations_from_before_their_cp_id_key_get_it_at_start_up(
     assert sorted(s.cp_id for s in found) == ["CP-001", "cp-001"]
     [acme] = await mongo.find_all(Station, Eq("cp_id_key", "acme-7"))
     assert acme.cp_id == "Acme-7"
-    assert db[migrations.MIGRATIONS].find_one({"_id": "cp_id_keys"})["done"] is True
+
+
+async def test_a_station_an_older_build_writes_after_the_backfill_gets_its_key(
+        mongo: MongoStore) -> None:
+    """A rolling upgrade: an instance of a build from before ``Station.cp_id_key``, still
+    running after this build's start gave every station its key, registers a station
+    without one (review r28-leftocpp: the backfill ran once, so a charger connecting
+    under its cpId in other case never found it). It gets its key at this build's next
+    start, and within a sweep of a running instance."""
+    from tests.contract.factories import station
+
+    db = raw(mongo)
+    older = station(cp_id="Old-1")
+    await mongo.write([Insert(older)], [])
+    db["station"].update_one({"cp_id": "Old-1"}, {"$unset": {"cp_id_key": ""}})
+    assert await mongo.find_all(Station, Eq("cp_id_key", "old-1")) == []
+    await mongo.start()  # the next start
+    [found] = await mongo.find_all(Station, Eq("cp_id_key", "old-1"))
+    assert found.id == older.id
+
+    later = station(cp_id="Old-2")
+    await mongo.write([Insert(later)], [])
+    running = MongoStore(mongo.db, sweep_every=0.01)  # an instance sweeping meanwhile
+    await running.start()
+    db["station"].update_one({"cp_id": "Old-2"}, {"$unset": {"cp_id_key": ""}})
+    try:
+        for _ in range(200):  # sweeps every 10 ms
+            await asyncio.sleep(0.01)
+            if await mongo.find_all(Station, Eq("cp_id_key", "old-2")):
+                break
+    finally:
+        await running.close()
+    [found] = await mongo.find_all(Station, Eq("cp_id_key", "old-2"))
+    assert found.id == later.id
 
 
 async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
