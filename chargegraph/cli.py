@@ -521,10 +521,14 @@ def demo_fleet(settings: Settings, summary: DemoSummary) -> FleetPlan:
     `remoteStartTransaction` answered `IN_USE`, "this card is charging at …", nearly
     every time)."""
     from chargegraph.demo import STATION_PASSWORD
-    from ocpp_bridge.simulator import FleetPlan
+    from domain import entities as d
+    from ocpp_bridge.simulator import FleetPlan, Plug
 
+    plugs = {cp_id: tuple(Plug(d.POWER_OF_PLUG.get(spec.type, d.PowerType.AC).value,
+                               (spec.max_kw or 22) * 1000) for spec in specs)
+             for cp_id, specs in summary.connectors.items()}
     return FleetPlan(url=demo_urls(settings)[1], cp_ids=summary.cp_ids,
-                     password=STATION_PASSWORD, id_tags=summary.id_tags,
+                     password=STATION_PASSWORD, id_tags=summary.id_tags, plugs=plugs,
                      tls=demo_tls(settings), session_every_s=(15, 60),
                      session_length_s=(30, 120), rest_s=(60, 150), meter_interval_s=5)
 

@@ -60,6 +60,9 @@ class DemoSummary:
     logins: list[tuple[str, str, str]] = field(default_factory=list)  # role, email, password
     cp_ids: list[str] = field(default_factory=list)
     id_tags: list[str] = field(default_factory=list)
+    #: Each station's connectors as seeded: its simulated charger charges as they are
+    #: rated (a CCS2 plug at 150 kW DC, a Type 2 at up to 22 kW AC).
+    connectors: dict[str, list[ConnectorSpec]] = field(default_factory=dict)
 
 
 #: The demo's marks in a database it seeds (named counters, ``Store.next_sequence``, read
@@ -143,6 +146,7 @@ async def seed_demo(services: Services, *, new: bool, database: str = "the datab
     on the next start, because every step skips what exists."""
     summary = DemoSummary(created=False)
     summary.cp_ids = [s[1] for s in STATIONS]
+    summary.connectors = {s[1]: station_connectors(index) for index, s in enumerate(STATIONS)}
     summary.id_tags = [f"DEMO-{i + 1:04d}" for i in range(len(DRIVERS))]
     summary.logins = [("ADMIN", ADMIN_EMAIL, DEMO_PASSWORD)]
     summary.logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
@@ -175,15 +179,12 @@ async def _world(services: Services, summary: DemoSummary) -> None:
         if await store.find_one(d.Tariff, Eq("company_id", company.id)) is None:
             await _tariffs(services, key, company.id)
     for index, (network, cp_id, name, lat, lon, address) in enumerate(STATIONS):
-        fast = index % 2 == 0  # every other station has a CCS2 fast charger
         try:
             await services.stations.create_station(
                 SYSTEM, cp_id=cp_id, name=name, company_id=companies[network].id,
                 owner_id=operators[network].id, lat=lat, lon=lon, address=address,
                 password=STATION_PASSWORD,
-                connectors=[ConnectorSpec(1, d.ConnectorType.CCS2 if fast
-                                          else d.ConnectorType.TYPE2, 150 if fast else 22),
-                            ConnectorSpec(2, d.ConnectorType.TYPE2, 22)])
+                connectors=station_connectors(index))
         except UniqueViolation:
             continue  # a station of that id exists already: keep it
     await _site(services, companies["havel"])
@@ -221,6 +222,15 @@ async def _tariffs(services: Services, network: str, company_id: str) -> None:
         await services.tariffs.set_tariff(
             SYSTEM, price_per_kwh=Decimal("0.45"), session_fee=Decimal("0.50"),
             energy_bands=[peak], time_zone="Europe/Berlin", **common)
+
+
+def station_connectors(index: int) -> list[ConnectorSpec]:
+    """The connectors of ``STATIONS[index]``: every other station has a CCS2 fast
+    charger."""
+    fast = index % 2 == 0
+    return [ConnectorSpec(1, d.ConnectorType.CCS2 if fast else d.ConnectorType.TYPE2,
+                          150 if fast else 22),
+            ConnectorSpec(2, d.ConnectorType.TYPE2, 22)]
 
 
 #: The demo's site: the Tegel depot's grid connection, shared by its two plugs (a

@@ -12,10 +12,11 @@ import base64
 import contextlib
 import logging
 import random
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from http import HTTPStatus
@@ -40,6 +41,39 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class Plug:
+    """A connector's current and rating, as its station's record has them: an AC plug
+    gives a car what its on-board charger takes, up to ``max_w``; a DC plug charges at
+    ``max_w`` and tapers as the car's battery fills (``car_power_w``)."""
+    kind: str = "AC"  # "AC" or "DC"
+    max_w: float = 22_000.0
+
+    @property
+    def dc(self) -> bool:
+        return self.kind == "DC"
+
+
+#: What cars' on-board chargers take from an AC plug (W): single-phase 7.4 kW, 11 and
+#: 22 kW on three phases.
+ON_BOARD_CHARGERS_W = (7_400.0, 11_000.0, 22_000.0)
+#: Usable battery capacities of the cars that arrive (Wh).
+BATTERIES_WH = (40_000.0, 58_000.0, 77_000.0, 100_000.0)
+#: What a car's battery is filled to when the car stops charging by itself (%).
+FULL_SOC = 100.0
+
+
+def dc_taper(soc: float) -> float:
+    """The share of its rating a DC plug delivers at the car's State of Charge, as fast
+    chargers' curves go: the full rating up to 50 %, half of it at 80 %, a trickle
+    (8 %) at the top."""
+    if soc <= 50.0:
+        return 1.0
+    if soc <= 80.0:
+        return 1.0 - 0.5 * (soc - 50.0) / 30.0
+    return max(0.08, 0.5 - 0.42 * (soc - 80.0) / 20.0)
+
+
 @dataclass
 class ConnectorState:
     status: str = "Available"
@@ -52,7 +86,23 @@ class ConnectorState:
     reservation_id: int | None = None
     #: The tags the reservation holds the connector for: its own, and its parent's.
     reserved_for: tuple[str, ...] = ()
+    #: Operative (ChangeAvailability): an inoperative connector is Unavailable once idle
+    #: and takes no start nor reservation.
     available: bool = True
+    #: The availability a ChangeAvailability answered Scheduled asked for: applied when
+    #: the transaction under way ends (OCPP 1.6, 5.2).
+    scheduled: bool | None = None
+    plug: Plug = field(default_factory=Plug)
+    #: The car plugged in: its battery (Wh) and what it takes from the plug (W, before
+    #: the plug's taper and the charging profiles' limits).
+    battery_wh: float = 60_000.0
+    car_max_w: float = 0.0
+
+    def idle_status(self) -> str:
+        """What the connector shows without a transaction."""
+        if not self.available:
+            return "Unavailable"
+        return "Reserved" if self.reservation_id is not None else "Available"
 
 
 class Disconnected(ConnectionError):
@@ -98,6 +148,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 REBOOT_KEYS = frozenset({"WebSocketPingInterval"})
 
 
+def _valid_value(key: str, value: str) -> bool:
+    """Whether a charger takes ``value`` for ``key``: a whole number of seconds or
+    times, a boolean (``true``/``false``), anything for the others."""
+    if key in INTEGER_KEYS:
+        return value.isdigit()
+    if key in BOOLEAN_KEYS:
+        return value.lower() in ("true", "false")
+    return True
+
+
 @dataclass
 class SimulatorConfig:
     connectors: int = 2
@@ -106,6 +166,67 @@ class SimulatorConfig:
     vendor: str = VENDOR
     model: str = "SimCharger 2"
     firmware: str = "1.4.2"
+    #: Each connector's plug, connector 1 first; connectors beyond them AC at
+    #: ``max_power_w`` (``chargegraph simulate``'s stations).
+    plugs: tuple[Plug, ...] = ()
+    #: The State of Charge the cars arrive with (%, drawn between the two).
+    arrival_soc: tuple[float, float] = (10.0, 50.0)
+    #: Seconds an UpdateFirmware's download and installation take, each.
+    firmware_step_s: float = 1.0
+
+    def plug(self, connector_id: int) -> Plug:
+        if connector_id <= len(self.plugs):
+            return self.plugs[connector_id - 1]
+        return Plug("AC", self.max_power_w)
+
+
+#: OCPP 1.6's configuration keys the simulated charger holds (value, readonly), as a
+#: Core, LocalAuthListManagement, Reservation, SmartCharging, FirmwareManagement and
+#: RemoteTrigger charger has them; ``NumberOfConnectors`` and ``MeterValueSampleInterval``
+#: are filled in from its config.
+STANDARD_CONFIGURATION: dict[str, tuple[str, bool]] = {
+    "AllowOfflineTxForUnknownId": ("false", False),
+    "AuthorizationCacheEnabled": ("true", False),
+    "AuthorizeRemoteTxRequests": ("false", False),
+    "ClockAlignedDataInterval": ("900", False),
+    "ConnectionTimeOut": ("60", False),
+    "ConnectorPhaseRotation": ("0.RST", False),
+    "GetConfigurationMaxKeys": ("50", True),
+    "HeartbeatInterval": ("300", False),
+    "LocalAuthorizeOffline": ("true", False),
+    "LocalPreAuthorize": ("false", False),
+    "MeterValuesAlignedData": ("Energy.Active.Import.Register", False),
+    "MeterValuesSampledData": ("Energy.Active.Import.Register,Power.Active.Import,"
+                               "Current.Import,Voltage,SoC", False),
+    "ResetRetries": ("3", False),
+    "StopTransactionOnEVSideDisconnect": ("true", False),
+    "StopTransactionOnInvalidId": ("true", False),
+    "StopTxnAlignedData": ("", False),
+    "StopTxnSampledData": ("Energy.Active.Import.Register", False),
+    "SupportedFeatureProfiles": ("Core,FirmwareManagement,LocalAuthListManagement,"
+                                 "Reservation,SmartCharging,RemoteTrigger", True),
+    "TransactionMessageAttempts": ("3", False),
+    "TransactionMessageRetryInterval": ("60", False),
+    "UnlockConnectorOnEVSideDisconnect": ("true", False),
+    "LocalAuthListEnabled": ("true", False),
+    "ReserveConnectorZeroSupported": ("false", True),
+    "ChargeProfileMaxStackLevel": ("10", True),
+    "ChargingScheduleAllowedChargingRateUnit": ("Current,Power", True),
+    "ChargingScheduleMaxPeriods": ("24", True),
+    "MaxChargingProfilesInstalled": ("10", True),
+    "WebSocketPingInterval": ("60", False),
+}
+#: Keys whose values are whole numbers (a ChangeConfiguration of anything else is
+#: Rejected, as chargers check what they are sent), and those that are booleans.
+INTEGER_KEYS = frozenset({
+    "ClockAlignedDataInterval", "ConnectionTimeOut", "HeartbeatInterval",
+    "MeterValueSampleInterval", "ResetRetries", "TransactionMessageAttempts",
+    "TransactionMessageRetryInterval", "WebSocketPingInterval"})
+BOOLEAN_KEYS = frozenset({
+    "AllowOfflineTxForUnknownId", "AuthorizationCacheEnabled", "AuthorizeRemoteTxRequests",
+    "LocalAuthorizeOffline", "LocalPreAuthorize", "StopTransactionOnEVSideDisconnect",
+    "StopTransactionOnInvalidId", "UnlockConnectorOnEVSideDisconnect",
+    "LocalAuthListEnabled"})
 
 
 class SimulatedChargePoint(ChargePoint):
@@ -114,20 +235,23 @@ class SimulatedChargePoint(ChargePoint):
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.config = config or SimulatorConfig()
-        self.connectors = {i: ConnectorState(meter_wh=random.uniform(1e5, 5e6))
+        self.connectors = {i: ConnectorState(meter_wh=random.uniform(1e5, 5e6),
+                                             plug=self.config.plug(i))
                            for i in range(1, self.config.connectors + 1)}
         self.configuration: dict[str, tuple[str, bool]] = {
-            "HeartbeatInterval": ("300", False),
+            **STANDARD_CONFIGURATION,
             "MeterValueSampleInterval": (str(int(self.config.meter_interval_s)), False),
             "NumberOfConnectors": (str(self.config.connectors), True),
-            "AuthorizeRemoteTxRequests": ("false", False),
-            "LocalAuthListEnabled": ("true", False),
-            "ChargeProfileMaxStackLevel": ("10", True),
-            "WebSocketPingInterval": ("60", False),
         }
+        #: The charge point as a whole (connector 0) operative (ChangeAvailability), and
+        #: what a ChangeAvailability for it asked while a connector still charges.
+        self.available = True
+        self._charger_operative: bool | None = None
         self.local_list_version = 0
         self.local_list: dict[str, dict[str, Any]] = {}
         self.charging_profiles: dict[int, dict[str, Any]] = {}
+        #: The last UpdateFirmware's location and retrieveDate.
+        self.firmware_update: tuple[str, str] = ("", now())
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.heartbeat_interval = 300
         #: What its last BootNotification was answered (Accepted, Pending, Rejected).
@@ -283,6 +407,9 @@ class SimulatedChargePoint(ChargePoint):
             status=status or "Available", info=info, timestamp=now()))
 
     async def report_all(self) -> None:
+        """Every connector's status, the charge point's own (connector 0) first: without
+        it a station's status stayed null on the map for as long as it was connected."""
+        await self.status(0, "Available" if self.available else "Unavailable")
         for connector_id in self.connectors:
             await self.status(connector_id)
 
@@ -335,29 +462,73 @@ class SimulatedChargePoint(ChargePoint):
         return state.transaction_id, status
 
     async def meter_values(self, connector_id: int, seconds: float | None = None) -> None:
-        """One MeterValues with energy, power, current, voltage and SoC, after charging
-        ``seconds`` at the connector's power."""
+        """One MeterValues after charging ``seconds`` at the connector's power: energy,
+        power, current and voltage; on a DC plug also the car's State of Charge, which
+        only a DC charger learns from the car (an AC one cannot know it)."""
         state = self.connectors[connector_id]
         power = self.drawn_w(connector_id)
         if seconds:
             state.meter_wh += power * seconds / 3600
-            state.soc = min(100.0, state.soc + power * seconds / 3600 / 600)
-        current = power / (3 * 230)
+            state.soc = min(FULL_SOC, state.soc + power * seconds / 36 / state.battery_wh)
+        sampled: list[dict[str, str]] = [
+            # Whole Wh as the start and stop send them (truncated): a rounded reading
+            # ended a session 1 Wh above its meterStop.
+            {"value": str(int(state.meter_wh)), "measurand":
+                "Energy.Active.Import.Register", "unit": "Wh",
+             "context": "Sample.Periodic"},
+            {"value": f"{power:.0f}", "measurand": "Power.Active.Import", "unit": "W"}]
+        if state.plug.dc:
+            # The battery's voltage, rising as it fills (a 400 V pack).
+            volts = 360.0 + 0.6 * state.soc
+            sampled += [
+                {"value": f"{power / volts:.1f}", "measurand": "Current.Import",
+                 "unit": "A"},
+                {"value": f"{volts:.1f}", "measurand": "Voltage", "unit": "V"},
+                {"value": f"{state.soc:.0f}", "measurand": "SoC", "unit": "Percent"}]
+        else:
+            sampled += [
+                {"value": f"{power / (3 * 230):.1f}", "measurand": "Current.Import",
+                 "unit": "A", "phase": "L1"},
+                {"value": "230.0", "measurand": "Voltage", "unit": "V", "phase": "L1-N"}]
         await self.call(call.MeterValues(
             connector_id=connector_id, transaction_id=state.transaction_id,
-            meter_value=[{"timestamp": now(), "sampledValue": [
-                # Whole Wh as the start and stop send them (truncated): a rounded reading
-                # ended a session 1 Wh above its meterStop.
-                {"value": str(int(state.meter_wh)), "measurand":
-                    "Energy.Active.Import.Register", "unit": "Wh",
-                 "context": "Sample.Periodic"},
-                {"value": f"{power:.0f}", "measurand": "Power.Active.Import",
-                 "unit": "W"},
-                {"value": f"{current:.1f}", "measurand": "Current.Import", "unit": "A",
-                 "phase": "L1"},
-                {"value": "230.0", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},
-                {"value": f"{state.soc:.0f}", "measurand": "SoC", "unit": "Percent"},
-            ]}]))
+            meter_value=[{"timestamp": now(), "sampledValue": sampled}]))
+
+    def plug_in(self, connector_id: int, power_w: float | None = None) -> None:
+        """A car arrives at the connector: its battery, its State of Charge, and what it
+        takes (``power_w``, else its on-board charger's on an AC plug up to the plug's
+        rating, the plug's rating on a DC one)."""
+        state = self.connectors[connector_id]
+        state.battery_wh = random.choice(BATTERIES_WH)
+        state.soc = random.uniform(*self.config.arrival_soc)
+        if power_w:
+            state.car_max_w = power_w
+        elif state.plug.dc:
+            state.car_max_w = state.plug.max_w
+        else:
+            state.car_max_w = min(state.plug.max_w, random.choice(ON_BOARD_CHARGERS_W))
+        state.power_w = self.car_power_w(connector_id)
+
+    def car_power_w(self, connector_id: int) -> float:
+        """What the car asks for now: nothing once full; on a DC plug its rating
+        tapering as the battery fills (``dc_taper``)."""
+        state = self.connectors[connector_id]
+        if state.soc >= FULL_SOC:
+            return 0.0
+        return state.car_max_w * (dc_taper(state.soc) if state.plug.dc else 1.0)
+
+    async def charging_step(self, connector_id: int, seconds: float) -> bool:
+        """A meter interval of a session under way: the car's power for ``seconds``
+        reported; False once the car is full (it has reported SuspendedEV then, and
+        the session is for its driver to end)."""
+        state = self.connectors[connector_id]
+        await self.meter_values(connector_id, seconds)
+        state.power_w = self.car_power_w(connector_id)
+        if state.power_w > 0:
+            return True
+        if state.status != "SuspendedEV":
+            await self.status(connector_id, "SuspendedEV")
+        return False
 
     def drawn_w(self, connector_id: int) -> float:
         """What the connector draws: its car's power, within the charging profiles it
@@ -405,43 +576,49 @@ class SimulatedChargePoint(ChargePoint):
         await self.call(call.StopTransaction(
             meter_stop=int(state.meter_wh), timestamp=now(), transaction_id=transaction_id,
             reason=reason, id_tag=state.id_tag))
-        await self.status(connector_id, "Available")
+        if state.scheduled is not None:  # a ChangeAvailability that waited for it
+            state.available, state.scheduled = state.scheduled, None
+            self._charger_availability_settled()
+        await self.status(connector_id, state.idle_status())
 
     async def charge(self, connector_id: int, id_tag: str, *, duration_s: float,
                      step_s: float | None = None, power_w: float | None = None) -> int:
-        """A whole session: start, meter values every ``step_s`` for ``duration_s``, stop.
-        A start the central system does not accept (ConcurrentTx, Blocked, …) is stopped
-        at once, as chargers do (``StopTransactionOnInvalidId``)."""
+        """A whole session: a car plugged in (``plug_in``), start, meter values every
+        ``step_s`` for ``duration_s`` or until the car is full, stop. A start the central
+        system does not accept (ConcurrentTx, Blocked, …) is stopped at once, as chargers
+        do (``StopTransactionOnInvalidId``)."""
+        self.plug_in(connector_id, power_w)
         transaction_id, status = await self.start_transaction(connector_id, id_tag)
         if status != "Accepted":
             await self.stop_transaction(connector_id, "DeAuthorized")
             return transaction_id
-        state = self.connectors[connector_id]
-        state.power_w = power_w or self.config.max_power_w * random.uniform(0.6, 1.0)
         step = step_s or self.config.meter_interval_s
-        elapsed = 0.0
-        while elapsed < duration_s and state.transaction_id == transaction_id:
-            await asyncio.sleep(step)
-            elapsed += step
-            if state.transaction_id != transaction_id:
-                break  # stopped meanwhile (remotely, by a reset)
-            await self.meter_values(connector_id, step)
-        if state.transaction_id == transaction_id:
+        await self._meter(connector_id, transaction_id, step, duration_s)
+        if self.connectors[connector_id].transaction_id == transaction_id:
             await self.stop_transaction(connector_id)
         return transaction_id
 
     async def meter_until_stopped(self, connector_id: int, transaction_id: int) -> None:
-        """Meter values every ``meter_interval_s`` while the transaction runs (one started
-        remotely ends by a remote stop, or when the car is full: then it draws nothing)."""
+        """Meter values every ``meter_interval_s`` while the transaction runs: one started
+        remotely ends by a remote stop, or once its car is full (SuspendedEV for an
+        interval, then its driver ends it: Finishing, StopTransaction). It used to go on
+        drawing nothing for ever, the plug Charging on the map."""
+        await self._meter(connector_id, transaction_id, self.config.meter_interval_s)
+        if self.connectors[connector_id].transaction_id == transaction_id:
+            await self.stop_transaction(connector_id)
+
+    async def _meter(self, connector_id: int, transaction_id: int, step: float,
+                     duration_s: float = float("inf")) -> None:
+        """``charging_step`` every ``step`` for ``duration_s``, until the transaction ends
+        otherwise (remotely, by a reset), or an interval after its car is full."""
         state = self.connectors[connector_id]
-        step = self.config.meter_interval_s
-        while True:
+        elapsed, full = 0.0, False
+        while elapsed < duration_s:
             await asyncio.sleep(step)
-            if state.transaction_id != transaction_id:
+            elapsed += step
+            if state.transaction_id != transaction_id or full:
                 return
-            if state.soc >= 100.0:
-                state.power_w = 0.0
-            await self.meter_values(connector_id, step)
+            full = not await self.charging_step(connector_id, step)
 
     def cards_in_use(self) -> set[str]:
         """The tags charging here, the one a remote start was accepted for and is about
@@ -473,7 +650,10 @@ class SimulatedChargePoint(ChargePoint):
         target = connector_id or next((i for i, c in self.connectors.items()
                                        if c.status == "Available"), None)
         if target is None or target not in self.connectors \
-                or self.connectors[target].transaction_id is not None:
+                or self.connectors[target].transaction_id is not None \
+                or not (self.available and self.connectors[target].available):
+            # Nor on an inoperative connector or charger (ChangeAvailability): it used
+            # to start a transaction on a plug the map showed Unavailable.
             return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
         reserved = self.connectors[target].reserved_for
         if reserved and id_tag.upper() not in reserved:
@@ -495,12 +675,12 @@ class SimulatedChargePoint(ChargePoint):
             state = self.connectors[target]
             # The start names the reservation it takes up (OCPP 1.6: reservationId).
             held = state.reservation_id if state.reserved_for else None
+            self.plug_in(target)
             transaction_id, status = await self.start_transaction(target, id_tag,
                                                                   reservation_id=held)
             if status != "Accepted":
                 await self.stop_transaction(target, "DeAuthorized")
                 return
-            self.connectors[target].power_w = self.config.max_power_w * 0.8
             self._later(self.meter_until_stopped(target, transaction_id))
 
     @on(Action.remote_stop_transaction)
@@ -515,22 +695,33 @@ class SimulatedChargePoint(ChargePoint):
     @on(Action.reset)
     def on_reset(self, type: str) -> result.Reset:
         self.received.append(("Reset", {"type": type}))
-        self._later(self._reboot())
+        # OCPP 1.6 (5.14): its transactions end with the reset's reason (a hard reset's
+        # too: it used to be told SoftReset), then it reboots.
+        self._later(self._reboot("HardReset" if type == "Hard" else "SoftReset"))
         return result.Reset(status="Accepted")  # type: ignore[arg-type]
 
-    async def _reboot(self) -> None:
+    async def _reboot(self, reason: str) -> None:
+        """Ends what charges with ``reason``, then boots anew (BootNotification and every
+        connector's status, connector 0's first). What it was told to be (availability,
+        configuration, the local list) outlives the reboot, as OCPP 1.6 wants."""
         await asyncio.sleep(0.05)
         for connector_id, state in self.connectors.items():
             if state.transaction_id is not None:
-                await self.stop_transaction(connector_id, "SoftReset")
+                await self.stop_transaction(connector_id, reason)
         await self.boot()
         await self.report_all()
 
     @on(Action.unlock_connector)
     def on_unlock(self, connector_id: int) -> result.UnlockConnector:
         self.received.append(("UnlockConnector", {"connector_id": connector_id}))
-        status = "Unlocked" if connector_id in self.connectors else "NotSupported"
-        return result.UnlockConnector(status=status)  # type: ignore[arg-type]
+        state = self.connectors.get(connector_id)
+        if state is None:
+            return result.UnlockConnector(status="NotSupported")  # type: ignore[arg-type]
+        if state.transaction_id is not None:
+            # OCPP 1.6 (5.18): a transaction on it ends first (reason UnlockCommand): the
+            # cable released, the car charges no more.
+            self._later(self.stop_transaction(connector_id, "UnlockCommand"))
+        return result.UnlockConnector(status="Unlocked")  # type: ignore[arg-type]
 
     @on(Action.change_availability)
     def on_change_availability(self, connector_id: int, type: str
@@ -540,21 +731,45 @@ class SimulatedChargePoint(ChargePoint):
         targets = list(self.connectors) if connector_id == 0 else [connector_id]
         if any(t not in self.connectors for t in targets):
             return result.ChangeAvailability(status="Rejected")  # type: ignore[arg-type]
-        if any(self.connectors[t].transaction_id is not None for t in targets):
-            return result.ChangeAvailability(status="Scheduled")  # type: ignore[arg-type]
-        new = "Unavailable" if type == "Inoperative" else "Available"
+        operative = type == "Operative"
+        if connector_id == 0:
+            self._charger_operative = operative
+        # OCPP 1.6 (5.2): a connector charging changes once its transaction ends (it
+        # used to answer Scheduled and never change); the others change now.
+        scheduled = False
         for t in targets:
-            self._later(self.status(t, new))
-        return result.ChangeAvailability(status="Accepted")  # type: ignore[arg-type]
+            state = self.connectors[t]
+            if state.transaction_id is not None and state.available != operative:
+                state.scheduled, scheduled = operative, True
+                continue
+            state.available, state.scheduled = operative, None
+            if state.transaction_id is None and state.status != "Preparing":
+                self._later(self.status(t, state.idle_status()))
+        if connector_id == 0:
+            self._charger_availability_settled()
+        status = "Scheduled" if scheduled else "Accepted"
+        return result.ChangeAvailability(status=status)  # type: ignore[arg-type]
+
+    def _charger_availability_settled(self) -> None:
+        """Connector 0 follows a ChangeAvailability for it once none of its connectors
+        waits for a transaction's end any more: Unavailable, or Available again."""
+        target = self._charger_operative
+        if target is None or target == self.available \
+                or any(c.scheduled is not None for c in self.connectors.values()):
+            return
+        self.available, self._charger_operative = target, None
+        self._later(self.status(0, "Available" if target else "Unavailable"))
 
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str) -> result.ChangeConfiguration:
         self.received.append(("ChangeConfiguration", {"key": key, "value": value}))
         if key not in self.configuration:
             return result.ChangeConfiguration(status="NotSupported")  # type: ignore[arg-type]
-        if self.configuration[key][1]:
+        if self.configuration[key][1] or not _valid_value(key, value):
             return result.ChangeConfiguration(status="Rejected")  # type: ignore[arg-type]
         self.configuration[key] = (value, False)
+        if key == "HeartbeatInterval" and int(value) > 0:
+            self.heartbeat_interval = int(value)
         if key in REBOOT_KEYS:
             return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
         return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
@@ -617,6 +832,8 @@ class SimulatedChargePoint(ChargePoint):
             return result.ReserveNow(status="Rejected")  # type: ignore[arg-type]
         if state.error_code != "NoError":
             return result.ReserveNow(status="Faulted")  # type: ignore[arg-type]
+        if not (self.available and state.available):
+            return result.ReserveNow(status="Unavailable")  # type: ignore[arg-type]
         if state.transaction_id is not None or state.reservation_id is not None:
             return result.ReserveNow(status="Occupied")  # type: ignore[arg-type]
         state.reservation_id = reservation_id
@@ -639,7 +856,7 @@ class SimulatedChargePoint(ChargePoint):
         if state.reservation_id == reservation_id:
             state.reservation_id, state.reserved_for = None, ()
             if state.status == "Reserved":  # not charging, nor made unavailable since
-                await self.status(connector_id, "Available")
+                await self.status(connector_id, state.idle_status())
 
     @on(Action.cancel_reservation)
     def on_cancel_reservation(self, reservation_id: int) -> result.CancelReservation:
@@ -647,7 +864,7 @@ class SimulatedChargePoint(ChargePoint):
         for connector_id, state in self.connectors.items():
             if state.reservation_id == reservation_id:
                 state.reservation_id, state.reserved_for = None, ()
-                self._later(self.status(connector_id, "Available"))
+                self._later(self.status(connector_id, state.idle_status()))
                 return result.CancelReservation(status="Accepted")  # type: ignore[arg-type]
         return result.CancelReservation(status="Rejected")  # type: ignore[arg-type]
 
@@ -748,12 +965,33 @@ class SimulatedChargePoint(ChargePoint):
                            ) -> result.UpdateFirmware:
         self.received.append(("UpdateFirmware", {"location": location,
                                                  "retrieve_date": retrieve_date}))
+        self.firmware_update = (location, retrieve_date)
         self._later(self._install_firmware())
         return result.UpdateFirmware()
 
     async def _install_firmware(self) -> None:
+        """OCPP 1.6 (6.4): from its retrieveDate on, downloads, then installs once no car
+        charges (as chargers do: a session is not cut short by an update), saying so,
+        then reboots into the new firmware (its BootNotification says which: the version
+        in the file's name, when it has one). It used to stop at Installed, its boot
+        still naming the old firmware."""
+        location, retrieve_date = self.firmware_update
+        begins = datetime.fromisoformat(retrieve_date.replace("Z", "+00:00"))
+        if begins.tzinfo is None:
+            begins = begins.replace(tzinfo=UTC)
+        await asyncio.sleep(max(0.0, (begins - datetime.now(UTC)).total_seconds()))
         for status in ("Downloading", "Downloaded", "Installing", "Installed"):
+            if status == "Installing":
+                while any(c.transaction_id is not None  # noqa: ASYNC110 - no event
+                          for c in self.connectors.values()):  # marks a session's end
+                    await asyncio.sleep(0.1)
             await self.call(call.FirmwareStatusNotification(status=status))
+            if status in ("Downloading", "Installing"):
+                await asyncio.sleep(self.config.firmware_step_s)
+        version = re.search(r"\d+(?:\.\d+)+", location.rsplit("/", 1)[-1])
+        if version is not None:
+            self.config = replace(self.config, firmware=version.group())
+        await self._reboot("Reboot")
 
 
 # ------------------------------------------------------------------ running simulators
@@ -816,6 +1054,9 @@ class FleetPlan:
     charging: set[str] = field(default_factory=set)
     #: When each card that has charged may charge again (the loop's clock, ``rest_s``).
     resting: dict[str, float] = field(default_factory=dict)
+    #: Each station's plugs by cpId (``SimulatorConfig.plugs``): the demo's as it seeded
+    #: them; a station not named has ``connectors`` AC plugs of 22 kW.
+    plugs: dict[str, tuple[Plug, ...]] = field(default_factory=dict)
     #: The plan's chargers by cpId, as ``run_station`` made them (they outlive their
     #: connections).
     chargers: dict[str, SimulatedChargePoint] = field(default_factory=dict)
@@ -845,8 +1086,10 @@ async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
     plan's id tags. A connection that ends is noticed at once (its reading ends) and
     retried after ``plan.reconnect_s``'s growing delays; transactions go on meanwhile,
     their messages kept for the next connection, as a real charger's."""
+    plugs = plan.plugs.get(cp_id, ())
     cp = SimulatedChargePoint(cp_id, None, SimulatorConfig(
-        connectors=plan.connectors, meter_interval_s=plan.meter_interval_s))
+        connectors=len(plugs) or plan.connectors,
+        meter_interval_s=plan.meter_interval_s, plugs=plugs))
     plan.chargers[cp_id] = cp
     sessions: set[asyncio.Task[None]] = set()
     delays = Backoff(*plan.reconnect_s)

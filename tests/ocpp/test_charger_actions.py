@@ -17,7 +17,7 @@ from ocpp.v16.enums import Action
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq, all_of
-from ocpp_bridge.simulator import SimulatedChargePoint, connected, now
+from ocpp_bridge.simulator import Plug, SimulatedChargePoint, SimulatorConfig, connected, now
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -272,7 +272,10 @@ async def test_authorize_statuses(central: Central) -> None:
 
 
 async def test_full_session_with_meter_values_cost_and_payment(central: Central) -> None:
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+    # CP-1's plug 1 as seeded (a CCS2 plug): a DC charger reports the car's SoC too.
+    plugs = SimulatorConfig(plugs=(Plug("DC", 150_000), Plug("AC", 22_000)))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         config=plugs) as cp:
         await cp.boot()
         cp.connectors[1].meter_wh = 10_000
         tx, status = await cp.start_transaction(1, "TAG-OK")

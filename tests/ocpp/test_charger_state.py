@@ -33,7 +33,7 @@ from domain.services.configuration import MAX_KEYS, record_change, record_read
 from domain.services.webhooks import webhook_event
 from domain.wire import rfc3339
 from ocpp_bridge import simulator
-from ocpp_bridge.simulator import connected
+from ocpp_bridge.simulator import connected, now
 from pubsub.memory import MemoryEventBus
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -97,8 +97,7 @@ async def test_a_firmware_rollout_reads_requested_then_the_chargers_statuses_wit
             await cp.boot()
             # Last year's rollout, installed: the simulator reports all its statuses.
             await run(central, "updateFirmware", {**base, "location": "https://fw/1.4",
-                                                  "retrieveDate": fetch.isoformat()},
-                      "accepted")
+                                                  "retrieveDate": now()}, "accepted")
             while (await next_maintenance(events)).status != "Installed":
                 pass
             installed = await firmware(central)

@@ -33,7 +33,7 @@ from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
-from ocpp_bridge.simulator import basic_auth, connected
+from ocpp_bridge.simulator import SimulatorConfig, basic_auth, connected
 from pubsub import command_relay
 from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -66,13 +66,16 @@ async def settle() -> None:
 
 async def test_every_command_reaches_the_charger(central: Central) -> None:
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    due = datetime.now(UTC).isoformat()  # the firmware's retrieveDate: now
     profile = {"chargingProfileId": 7, "stackLevel": 1,
                "chargingProfilePurpose": "TX_DEFAULT_PROFILE",
                "chargingProfileKind": "ABSOLUTE",
                "chargingSchedule": {"chargingRateUnit": "A",
                                     "chargingSchedulePeriod": [{"startPeriod": 0,
                                                                 "limit": 16.0}]}}
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+    # Firmware installed at once (once the remote start's transaction below ends).
+    fast = SimulatorConfig(firmware_step_s=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=fast) as cp:
         await cp.boot()
         await cp.report_all()
         base = {"cpId": "CP-1"}
@@ -80,6 +83,9 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
             ("reset", {"type": "SOFT"}, "status", "ACCEPTED"),
             ("unlockConnector", {"connectorId": 1}, "status", "UNLOCKED"),
             ("changeAvailability", {"connectorId": 2, "type": "INOPERATIVE"}, "status",
+             "ACCEPTED"),
+            # Operative again: an inoperative connector takes no reservation (below).
+            ("changeAvailability", {"connectorId": 2, "type": "OPERATIVE"}, "status",
              "ACCEPTED"),
             ("changeConfiguration", {"key": "HeartbeatInterval", "value": "120"}, "status",
              "ACCEPTED"),
@@ -125,7 +131,7 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
         assert diag["fileName"] == "diagnostics-CP-1.log"
         firmware = await run(central, "updateFirmware",
                              {**base, "location": "https://fw.example.com/1.5.bin",
-                              "retrieveDate": future}, "accepted")
+                              "retrieveDate": due}, "accepted")
         assert firmware["accepted"] is True
         reserve = await run(central, "reserveNow",
                             {**base, "connectorId": 2, "expiryDate": future,
@@ -160,7 +166,7 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
     # Each command twice: before the charger had it (SENT; QA s17, a kill -9 while it
     # was held left no trace of it), and with its answer.
     stages = Counter((a.after or {})["stage"] for a in audit)
-    assert stages == {"SENT": 21, "ANSWERED": 21}, stages
+    assert stages == {"SENT": 22, "ANSWERED": 22}, stages
     sent = {(a.after or {})["commandId"] for a in audit if (a.after or {})["stage"] == "SENT"}
     assert sent == {(a.after or {})["commandId"] for a in audit
                     if (a.after or {})["stage"] == "ANSWERED"}
@@ -1915,12 +1921,13 @@ async def test_firmware_and_diagnostics_progress_is_published(tmp_path: Path) ->
     central = await start_central(tmp_path / "central.db", bus=bus)
     await seed(central)
     events = bus.subscribe(["maintenance"])
-    future = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    # Due now: a charger downloads from the retrieveDate on.
+    due = datetime.now(UTC).isoformat()
     try:
         async with connected(central.url, "CP-1", password=STATION_PASSWORD):
             base = {"cpId": "CP-1"}
             await run(central, "updateFirmware", {**base, "location": "https://fw.example/1",
-                                                  "retrieveDate": future}, "accepted")
+                                                  "retrieveDate": due}, "accepted")
             await run(central, "getDiagnostics", {**base, "location": "ftp://d.example/"},
                       "fileName")
             seen: list[tuple[str, str]] = []

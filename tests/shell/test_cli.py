@@ -650,6 +650,23 @@ def test_the_demo_leaves_its_drivers_cards_free_more_often_than_not() -> None:
     assert plan.url == "ws://127.0.0.1:9000/ocpp" and plan.id_tags == ["T"]
 
 
+def test_the_demos_chargers_charge_as_its_plugs_are_rated() -> None:
+    """QA s28: every demo plug drew 13-22 kW, the 150 kW CCS2 ones too: the fleet now
+    charges each station's plugs as the demo seeded them (DC at 150 kW, AC at 22)."""
+    from chargegraph.cli import demo_fleet
+    from chargegraph.demo import STATIONS, DemoSummary, station_connectors
+    from chargegraph.settings import Settings
+    from ocpp_bridge.simulator import Plug
+
+    fast, slow = STATIONS[0][1], STATIONS[1][1]
+    summary = DemoSummary(created=True, cp_ids=[fast, slow], id_tags=["T"],
+                          connectors={fast: station_connectors(0),
+                                      slow: station_connectors(1)})
+    plan = demo_fleet(Settings(), summary)
+    assert plan.plugs == {fast: (Plug("DC", 150_000), Plug("AC", 22_000)),
+                          slow: (Plug("AC", 22_000), Plug("AC", 22_000))}
+
+
 def test_the_demo_refuses_chargers_without_its_ocpp_server(
         runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     """QA s26: with CHARGEGRAPH_OCPP_ENABLED=false the demo's eight chargers knocked at a

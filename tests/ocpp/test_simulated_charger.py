@@ -1,0 +1,227 @@
+"""The simulated charger behaves as a real OCPP 1.6J one, against the real server over
+real websockets (QA s28): it charges as its plugs are rated (a DC plug tapering as the
+car's battery fills, the SoC reported), a session ends when the car is full, connector 0
+is reported at boot, and commands are obeyed with their status sequences."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import Plug, SimulatedChargePoint, SimulatorConfig, connected
+from tests.helpers import until
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.test_commands import run
+
+#: CP-1 as the tests' seed has it: a 150 kW CCS2 plug and a 22 kW Type 2.
+CP1 = (Plug("DC", 150_000), Plug("AC", 22_000))
+
+
+class Recording(SimulatedChargePoint):
+    """Keeps what it sends: the status sequences are what a map shows."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[Any] = []
+
+    async def call(self, payload: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(payload)
+        return await super().call(payload, *args, **kwargs)
+
+    def statuses(self, connector_id: int) -> list[str]:
+        return [p.status for p in self.sent if isinstance(p, call.StatusNotification)
+                and p.connector_id == connector_id]
+
+
+async def soon(holds: Callable[[], bool]) -> None:
+    """Waits (bounded, 10 s) until the charger's own state ``holds``."""
+    async def check() -> bool:
+        return holds()
+
+    await until(check, attempts=200, step=0.05)
+
+
+async def closed(central: Central, transaction_id: int | None) -> d.Session:
+    """The session of ``transaction_id`` once the central system has closed it."""
+    async def done() -> bool:
+        found = await central.session(transaction_id or 0)
+        return found is not None and found.state is d.SessionState.COMPLETED
+
+    await until(done, attempts=200, step=0.05)
+    found = await central.session(transaction_id or 0)
+    assert found is not None
+    return found
+
+
+async def remote_start(central: Central, connector_id: int) -> str:
+    answer = await central.gql(
+        'mutation($c: Int!) { remoteStartTransaction(input: {cpId: "CP-1", '
+        'connectorId: $c, idTag: "TAG-OK"}) { status errors { code message } } }',
+        {"c": connector_id}, as_user="driver")
+    started = answer["remoteStartTransaction"]
+    return str(started["status"] or started["errors"])
+
+
+async def test_a_dc_plug_charges_at_its_rating_and_tapers_as_the_battery_fills(
+        central: Central) -> None:
+    """QA s28: every plug drew 60-100 % of 22 kW, the demo's 150 kW CCS2 plugs too, flat
+    to the end, and an AC plug reported a SoC no AC charger can know."""
+    config = SimulatorConfig(plugs=CP1, arrival_soc=(30, 30))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         config=config) as cp:
+        await cp.boot()
+        cp.plug_in(1)
+        tx, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        powers, socs = [], []
+        for _ in range(200):  # a minute a step, until the car is full
+            powers.append(cp.drawn_w(1))
+            if not await cp.charging_step(1, 60):
+                break
+            socs.append(cp.connectors[1].soc)
+        assert powers[0] == 150_000  # its rating at 30 %
+        assert powers == sorted(powers, reverse=True) and powers[-2] < 20_000  # tapered
+        assert socs == sorted(socs) and cp.connectors[1].soc == 100
+        assert cp.connectors[1].status == "SuspendedEV"  # full: it draws no more
+        await cp.stop_transaction(1)
+    done = await central.session(tx)
+    assert done is not None
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", done.id))
+    reported = sorted(float(s.value) for s in samples if s.measurand == "SoC")
+    assert reported[0] > 30 and reported[-1] == 100
+
+
+async def test_an_ac_plug_gives_what_the_car_takes_up_to_its_rating_and_no_soc(
+        central: Central) -> None:
+    config = SimulatorConfig(plugs=(Plug("AC", 11_000), Plug("AC", 11_000)))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         config=config) as cp:
+        await cp.boot()
+        cp.plug_in(1)
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        assert 7_400 <= cp.drawn_w(1) <= 11_000
+        await cp.charging_step(1, 600)
+        await cp.stop_transaction(1)
+    done = await central.session(tx)
+    assert done is not None
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", done.id))
+    assert samples and "SoC" not in {s.measurand for s in samples}
+
+
+async def test_a_remotely_started_session_ends_when_the_car_is_full(
+        central: Central) -> None:
+    """QA s28: a remote start went on for ever once the car was full, drawing nothing,
+    the plug Charging on the map: it now reports SuspendedEV, then its driver ends it
+    (Finishing, StopTransaction, Available)."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        assert await remote_start(central, 1) == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        tx = cp.connectors[1].transaction_id
+        cp.connectors[1].soc = 100.0  # the car is full
+        done = await closed(central, tx)
+        assert cp.statuses(1)[-3:] == ["SuspendedEV", "Finishing", "Available"]
+    assert done.stop_reason == "Local"
+
+
+async def test_a_station_reports_connector_0_at_boot(central: Central) -> None:
+    """QA s28: the simulated chargers reported their connectors only, so every demo
+    station's own status (``Station.status``) stayed null."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+
+        async def reported() -> bool:
+            station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return station is not None and station.status is not None
+
+        await until(reported)
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None and station.status is d.ConnectorStatus.AVAILABLE
+
+
+async def test_an_inoperative_connector_takes_no_start_and_a_scheduled_change_happens(
+        central: Central) -> None:
+    """QA s28: ChangeAvailability Inoperative while charging answered Scheduled and never
+    changed anything; and a connector made Unavailable still took a remote start."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        base = {"cpId": "CP-1"}
+        answer = await run(central, "changeAvailability",
+                           {**base, "connectorId": 2, "type": "INOPERATIVE"})
+        assert answer["status"] == "ACCEPTED"
+        await soon(lambda: cp.connectors[2].status == "Unavailable")
+        # The server refuses it itself; another central system may not: the charger does.
+        assert "INVALID_STATE" in await remote_start(central, 2)
+        assert cp.on_remote_start("TAG-OK", connector_id=2).status == "Rejected"
+        assert cp.connectors[2].transaction_id is None
+
+        assert await remote_start(central, 1) == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        answer = await run(central, "changeAvailability",
+                           {**base, "connectorId": 1, "type": "INOPERATIVE"})
+        assert answer["status"] == "SCHEDULED"
+        tx = cp.connectors[1].transaction_id
+        await run(central, "remoteStopTransaction", {**base, "transactionId": tx})
+        await closed(central, tx)
+        await soon(lambda: cp.connectors[1].status == "Unavailable")
+        assert cp.statuses(1)[-2:] == ["Finishing", "Unavailable"]
+        answer = await run(central, "changeAvailability",
+                           {**base, "connectorId": 1, "type": "OPERATIVE"})
+        assert answer["status"] == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].status == "Available")
+
+
+async def test_reset_unlock_and_firmware_end_sessions_and_reboot_as_a_charger_does(
+        central: Central) -> None:
+    """QA s28: a hard reset ended sessions as SoftReset; an unlock left the car charging
+    on a released cable; a firmware update stopped at Installed without the reboot, the
+    station still naming its old firmware."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        base = {"cpId": "CP-1"}
+        reasons = []
+        for command, extra in (("reset", {"type": "HARD"}),
+                               ("unlockConnector", {"connectorId": 1})):
+            assert await remote_start(central, 1) == "ACCEPTED"
+            await soon(lambda: cp.connectors[1].transaction_id is not None)
+            tx = cp.connectors[1].transaction_id
+            await run(central, command, {**base, **extra})
+            await soon(lambda: cp.connectors[1].transaction_id is None)
+            reasons.append((await closed(central, tx)).stop_reason)
+            await soon(lambda: cp.connectors[1].status == "Available")
+            await asyncio.sleep(0.1)
+        assert reasons == ["HardReset", "UnlockCommand"]
+
+        boots = sum(isinstance(p, call.BootNotification) for p in cp.sent)
+        answer = await run(central, "updateFirmware", {
+            **base, "location": "https://fw.example.com/simcharger-2.1.0.bin",
+            "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+        assert answer["accepted"] is True
+
+        async def rebooted() -> bool:
+            station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return station is not None and station.firmware == "2.1.0"
+
+        await until(rebooted, attempts=200, step=0.05)
+        firmware = [p.status for p in cp.sent
+                    if isinstance(p, call.FirmwareStatusNotification)]
+        assert firmware == ["Downloading", "Downloaded", "Installing", "Installed"]
+        assert sum(isinstance(p, call.BootNotification) for p in cp.sent) == boots + 1
