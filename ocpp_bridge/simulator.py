@@ -28,6 +28,7 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 
 log = logging.getLogger("chargegraph.simulator")
 wire_log = logging.getLogger("chargegraph.simulator.wire")
@@ -1128,17 +1129,46 @@ def _why(cp_id: str, url: str, error: Exception) -> str:
                     "must exist (createStation, or CHARGEGRAPH_AUTO_REGISTER=true) and "
                     "--password be its password; the server's log says which")
         if status == HTTPStatus.TOO_MANY_REQUESTS:
-            # QA s28: `simulate` started before its stations were created, as the README
-            # allows, turned to a bare "HTTP 429" after five tries: the server's lockout
-            # of refused attempts from this address, which says nothing of itself.
-            after = error.response.headers.get("Retry-After")
-            return (f"{cp_id}: the server holds this address off for now (HTTP 429"
-                    + (f", Retry-After {after} s" if after else "") + "): too many "
-                    "refused attempts from here (a station it does not know, a wrong "
-                    "--password) or checks under way; the station gets in once it exists, "
-                    "its password is right and the hold is over")
+            return _held_off(cp_id, error.response)
         return f"{cp_id}: the server refused the connection (HTTP {status})"
     return f"{cp_id}: {error}" if isinstance(error, Disconnected) else f"{cp_id}: {error!r}"
+
+
+def _held_off(cp_id: str, response: Response) -> str:
+    """Why the server answered a handshake 429, by the text it sent (the reason phrase
+    and ``Retry-After`` are the same for every limit). QA s28 (`simulate` started before
+    its stations existed) read a bare "HTTP 429"; review r28-firstrun: the line then
+    blamed every 429 on refused attempts and sent the user checking passwords, also for
+    a server with CHARGEGRAPH_AUTO_REGISTER=true that had registered its hourly limit of
+    new stations from this address, where no password is wrong."""
+    after = response.headers.get("Retry-After")
+    status = "HTTP 429" + (f", Retry-After {after} s" if after else "")
+    text = bytes(response.body).decode("utf-8", "replace").strip()
+    said = text.lower()
+    if "new charge point" in said:
+        # OcppServer: an unknown cpId beyond CHARGEGRAPH_AUTO_REGISTER_PER_HOUR
+        # auto-registrations from one address; a station that exists is not held.
+        return (f"{cp_id}: the server registers no more new charge points from this "
+                f"address for now ({status}): it has auto-registered its hourly limit "
+                "from here (CHARGEGRAPH_AUTO_REGISTER_PER_HOUR on the server, 50 by "
+                "default); the station gets in as the hour moves on, or at once once "
+                "created (createStation)")
+    if "wrong password" in said:
+        # ChargerSignIns: a lockout of this station's password from this address (or
+        # from every address its charger never passed from); other stations are checked.
+        return (f"{cp_id}: the server locks this station out from this address for now "
+                f"({status}): too many refused attempts of it from here (a station the "
+                "server does not know, a wrong --password); other stations are not held "
+                "off; it gets in once it exists, its password is right and the lockout is "
+                "over")
+    if "password check" in said:
+        # A check of this station's from here under way, or this address's checks
+        # queued or their budget (CHARGEGRAPH_CHARGER_CHECKS_PER_MINUTE) spent.
+        return (f"{cp_id}: the server is busy with password checks from this address "
+                f"({status}): it tries again")
+    # Another server's, or a proxy's: its own words, if any.
+    return (f"{cp_id}: the server holds the station off for now ({status})"
+            + (f": {text}" if text else "") + "; it tries again")
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,9 @@ from typing import Any, cast
 
 import pytest
 from ocpp.v16 import call
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 from domain import entities as d
 from domain.policy import SYSTEM
@@ -24,6 +27,8 @@ from ocpp_bridge.simulator import (
     FleetPlan,
     SimulatedChargePoint,
     SimulatorConfig,
+    _open,
+    _why,
     connected,
     run_station,
 )
@@ -480,22 +485,64 @@ async def test_a_refused_handshake_is_said_plainly_and_retried(
         assert "Response(" not in caplog.text
 
 
-def test_a_held_off_handshake_says_why() -> None:
-    """QA s28: `simulate` started before its stations exist (the README allows it) is
-    refused 429 after five tries, the server's lockout of that address, and said only
-    "the server refused the connection (HTTP 429)"."""
-    from websockets.datastructures import Headers
-    from websockets.exceptions import InvalidStatus
-    from websockets.http11 import Response
+async def refused_status(url: str, cp_id: str, password: str | None) -> InvalidStatus:
+    with pytest.raises(InvalidStatus) as refused:
+        ws = await _open(url, cp_id, password)
+        await ws.close()
+    return refused.value
 
-    from ocpp_bridge.simulator import _why
 
-    held_off = InvalidStatus(Response(429, "Too Many Requests",
-                                      Headers({"Retry-After": "60"})))
-    said = _why("SIM-0001", "ws://127.0.0.1:9000/ocpp", held_off)
-    assert said.startswith("SIM-0001: the server holds this address off for now "
-                           "(HTTP 429, Retry-After 60 s): too many refused attempts")
-    assert "a station it does not know, a wrong --password" in said
+async def test_a_locked_out_station_is_said_to_be_held_off_from_here_only(
+        central: Central) -> None:
+    """QA s28: `simulate --password` started before its stations exist (the README allows
+    it) is refused 429 after five tries, the server's lockout of that station from that address,
+    and said only "the server refused the connection (HTTP 429)". Review r28-firstrun:
+    the line said the whole address was held off; the lockout is per station and address,
+    and the address's other stations get in."""
+    for _ in range(10):
+        refused = await refused_status(central.url, "SIM-0001", STATION_PASSWORD)
+        if refused.response.status_code == 429:
+            break
+        assert refused.response.status_code == 401
+    said = _why("SIM-0001", central.url, refused)
+    assert said.startswith("SIM-0001: the server locks this station out from this "
+                           "address for now (HTTP 429, Retry-After "), said
+    assert "too many refused attempts of it from here (a station the server does not " \
+           "know, a wrong --password); other stations are not held off" in said, said
+    ws = await _open(central.url, "CP-1", STATION_PASSWORD)  # as the line says
+    await ws.close()
+
+
+async def test_the_auto_registration_limit_is_not_said_to_be_refused_attempts(
+        tmp_path: Path) -> None:
+    """README: `simulate` against a server with CHARGEGRAPH_AUTO_REGISTER=true registers
+    its stations as Pending; beyond CHARGEGRAPH_AUTO_REGISTER_PER_HOUR new cpIds from one
+    address the server answers 429 "too many new charge points". Review r28-firstrun: the
+    line blamed refused attempts and wrong passwords, none of which was so; it names the
+    registration limit and the setting that raises it."""
+    central = await start_central(tmp_path / "c.db", auto_register=True)
+    try:
+        central.services.charging.registrations.limit = 1  # stands for the 50 an hour
+        first = await _open(central.url, "SIM-0001", None)
+        await first.close()
+        refused = await refused_status(central.url, "SIM-0002", None)
+        assert refused.response.status_code == 429
+        said = _why("SIM-0002", central.url, refused)
+        assert "refused attempts" not in said and "password" not in said, said
+        assert said.startswith("SIM-0002: the server registers no more new charge points "
+                               "from this address for now (HTTP 429, Retry-After "), said
+        assert "CHARGEGRAPH_AUTO_REGISTER_PER_HOUR" in said, said
+    finally:
+        await stop_central(central)
+
+
+def test_another_servers_429_is_said_in_its_own_words() -> None:
+    """A 429 from a proxy or another server: its text, not a guess at ChargeGraph's."""
+    refused = InvalidStatus(Response(429, "Too Many Requests", Headers({"Retry-After": "9"}),
+                                     b"slow down\n"))
+    assert _why("SIM-0001", "ws://127.0.0.1:9000/ocpp", refused) == (
+        "SIM-0001: the server holds the station off for now (HTTP 429, Retry-After 9 s): "
+        "slow down; it tries again")
 
 
 def held(cp: SimulatedChargePoint, connector: int, profile_id: int, purpose: str,
