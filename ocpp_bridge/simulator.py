@@ -259,6 +259,8 @@ class SimulatedChargePoint(ChargePoint):
         self.registration: str | None = None
         # The connector a RemoteStartTransaction was accepted for, started right after.
         self._remote_target: int | None = None
+        # The tags (upper case) taken here since ``cards_taken`` was last asked.
+        self._taken: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starts: set[asyncio.Future[tuple[int, str]]] = set()
         #: Transaction messages not delivered yet, oldest first (``_kept``).
@@ -458,6 +460,7 @@ class SimulatedChargePoint(ChargePoint):
         status = str(response.id_tag_info["status"])
         state.transaction_id = int(response.transaction_id)
         state.id_tag = id_tag
+        self._taken.add(id_tag.upper())
         state.reservation_id, state.reserved_for = None, ()
         await self.status(connector_id, "Charging")
         return state.transaction_id, status
@@ -633,6 +636,14 @@ class SimulatedChargePoint(ChargePoint):
                 tags.add(pending)
         return tags
 
+    def cards_taken(self) -> set[str]:
+        """The tags (upper case) ``cards_in_use`` has come to hold since the last call (a
+        remote start accepted, a transaction started, a reservation made), whether it
+        still holds them or not: a fleet that looks now and then learns of a hold that
+        began and ended between two looks."""
+        taken, self._taken = self._taken, set()
+        return taken
+
     def _later(self, coro: Any) -> None:
         """Run a follow-up message after answering: never call the central system from
         inside a handler (the receive loop would wait on itself)."""
@@ -662,6 +673,7 @@ class SimulatedChargePoint(ChargePoint):
             return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
         self.connectors[target].id_tag = id_tag
         self._remote_target = target
+        self._taken.add(id_tag.upper())
         return result.RemoteStartTransaction(status="Accepted")  # type: ignore[arg-type]
 
     @after(Action.remote_start_transaction)
@@ -839,6 +851,7 @@ class SimulatedChargePoint(ChargePoint):
             return result.ReserveNow(status="Occupied")  # type: ignore[arg-type]
         state.reservation_id = reservation_id
         state.reserved_for = tuple(t.upper() for t in (id_tag, parent_id_tag) if t)
+        self._taken.update(state.reserved_for)
         self._later(self.status(target, "Reserved"))
         self._later(self._expire_reservation(target, reservation_id, expiry_date))
         return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
@@ -1047,14 +1060,18 @@ class FleetPlan:
     #: The first delay before connecting again and the longest (``Backoff``).
     reconnect_s: tuple[float, float] = (1.0, 30.0)
     #: How long a card rests after its session before the fleet charges it again (its
-    #: driver drove off): the demo's drivers sign in with these cards, and a card the
-    #: fleet charged again the moment it was free left them nothing to remote-start or
-    #: reserve with (QA s28: ``IN_USE`` nearly every time). (0, 0): at once.
+    #: driver drove off), the fleet's own or its driver's, and after a reservation that
+    #: held it: the demo's drivers sign in with these cards, and a card the fleet charged
+    #: again the moment it was free left them nothing to remote-start or reserve with
+    #: (QA s28: ``IN_USE`` nearly every time). (0, 0): at once.
     rest_s: tuple[float, float] = (0.0, 0.0)
     #: The cards charging now, across the plan's stations.
     charging: set[str] = field(default_factory=set)
     #: When each card that has charged may charge again (the loop's clock, ``rest_s``).
     resting: dict[str, float] = field(default_factory=dict)
+    #: The cards (upper case) the plan's chargers held at the fleet's last look
+    #: (``SimulatedChargePoint.cards_in_use``): one no longer held rests from then on.
+    held: set[str] = field(default_factory=set)
     #: Each station's plugs by cpId (``SimulatorConfig.plugs``): the demo's as it seeded
     #: them; a station not named has ``connectors`` AC plugs of 22 kW.
     plugs: dict[str, tuple[Plug, ...]] = field(default_factory=dict)
@@ -1221,9 +1238,23 @@ def _cards_free(plan: FleetPlan, now: float) -> list[str]:
     not one the fleet charges, nor one resting after its session (``rest_s``), nor one
     its driver started themself on one of the plan's chargers (a remote start accepted,
     or its transaction running), which the central system would refuse as ConcurrentTx,
-    nor one a reservation there holds a plug for (its driver is on the way to it)."""
+    nor one a reservation there holds a plug for (its driver is on the way to it).
+
+    A card the chargers held at the last look and hold no more (its driver's session
+    ended, a reservation cancelled, expired, or used and its session over) starts its
+    rest now, as after the fleet's own sessions: review r28-firstrun, only those rested,
+    and the fleet took a driver's card at its next look, ~5 s after the driver stopped,
+    their next start or reservation refused IN_USE. Told at the look, before any station
+    may take it, whichever way the hold ended, also one that began and ended between
+    two looks (``SimulatedChargePoint.cards_taken``)."""
+    taken = {tag for charger in plan.chargers.values() for tag in charger.cards_taken()}
     own = {tag.upper() for charger in plan.chargers.values()
            for tag in charger.cards_in_use()}
+    released, plan.held = (plan.held | taken) - own, own
+    for tag in plan.id_tags:
+        if tag.upper() in released:
+            plan.resting[tag] = max(plan.resting.get(tag, now),
+                                    now + random.uniform(*plan.rest_s))
     return [tag for tag in plan.id_tags if tag not in plan.charging
             and plan.resting.get(tag, now) <= now and tag.upper() not in own]
 

@@ -27,6 +27,7 @@ from ocpp_bridge.simulator import (
     FleetPlan,
     SimulatedChargePoint,
     SimulatorConfig,
+    _cards_free,
     _open,
     _why,
     connected,
@@ -239,6 +240,109 @@ async def test_a_fleet_leaves_alone_a_card_its_driver_reserved_with(
         await asyncio.gather(*stations)
     first = min(s.start_time for s in await central.store.find_all(d.Session, ALL))
     assert first >= ends
+
+
+async def test_a_card_rests_after_its_drivers_own_session(central: Central) -> None:
+    """README: "each card resting a minute or more between its sessions, so a driver
+    signed in finds theirs free". Review r28-firstrun: only the fleet's own sessions were
+    followed by a rest; after a session its driver started and stopped themself the fleet
+    took the card at its next look (the demo's 8 stations look every ~5 s between them),
+    and the driver who stopped to reserve or start elsewhere got IN_USE."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), rest_s=(1.0, 1.0), meter_interval_s=0.1)
+    plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 60  # the driver's turn
+    stop = asyncio.Event()
+    stations = [asyncio.create_task(run_station(plan, cp_id, stop)) for cp_id in plan.cp_ids]
+    try:
+        async def both_online() -> bool:
+            return all(s.online for s in await central.store.find_all(d.Station, ALL))
+
+        await until(both_online, attempts=400, step=0.01)
+        started = await central.gql(
+            'mutation { remoteStartTransaction(input: {cpId: "CP-1", connectorId: 1, '
+            'idTag: "TAG-OK"}) { status } }', as_user="driver")
+        assert started["remoteStartTransaction"]["status"] == "ACCEPTED"
+
+        async def running() -> bool:
+            return any(s.transaction_id for s in await central.store.find_all(d.Session, ALL))
+
+        await until(running, attempts=200, step=0.02)
+        plan.resting.clear()  # long over by the time the driver stops (a real session)
+        [session] = await central.store.find_all(d.Session, ALL)
+        await central.gql(
+            f'mutation {{ remoteStopTransaction(input: {{cpId: "CP-1", '
+            f'transactionId: {session.transaction_id}}}) {{ status }} }}', as_user="driver")
+
+        async def ended() -> bool:
+            return all(s.end_time for s in await central.store.find_all(d.Session, ALL))
+
+        await until(ended, attempts=200, step=0.02)
+        await asyncio.sleep(0.8)
+    finally:
+        stop.set()
+        await asyncio.gather(*stations)
+    mine, *later = sorted(await central.store.find_all(d.Session, ALL),
+                          key=lambda s: s.start_time)
+    assert mine.end_time is not None
+    early = [s for s in later if s.start_time - mine.end_time < timedelta(seconds=0.8)]
+    assert early == [], [(s.cp_id, s.start_time - mine.end_time) for s in early]
+
+
+async def test_a_card_rests_after_a_reservation_that_held_it(central: Central) -> None:
+    """A reservation's end (here its expiry) frees the card as a session's does: it
+    rests before the fleet takes it (review r28-firstrun: taken at the next look)."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), rest_s=(1.0, 1.0), meter_interval_s=0.1)
+    plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 60  # the driver's turn
+    stop = asyncio.Event()
+    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
+                for cp_id in plan.cp_ids]
+    try:
+        async def both_online() -> bool:
+            return all(s.online for s in await central.store.find_all(d.Station, ALL))
+
+        await until(both_online, attempts=400, step=0.01)
+        ends = datetime.now(UTC) + timedelta(seconds=1)
+        reserved = await central.gql(
+            'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
+            'expiryDate: $e}) { status } }', {"e": ends.isoformat()}, as_user="driver")
+        assert reserved["reserveNow"]["status"] == "ACCEPTED"
+
+        async def held() -> bool:
+            return "TAG-OK" in plan.chargers["CP-1"].cards_in_use()
+
+        await until(held, attempts=200, step=0.01)
+        plan.resting.clear()  # long over by the time the reservation ends
+
+        async def charged_again() -> bool:
+            return bool(await central.store.find_all(d.Session, ALL))
+
+        await until(charged_again, attempts=200, step=0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*stations)
+    first = min(s.start_time for s in await central.store.find_all(d.Session, ALL))
+    assert first - ends >= timedelta(seconds=0.8), first - ends
+
+
+async def test_a_reservation_cancelled_between_two_looks_still_rests_its_card(
+        central: Central) -> None:
+    """The fleet looks for cards now and then: a hold that began and ended between two
+    looks (a reservation made and cancelled at once) is a hold all the same, and its
+    card rests before the fleet takes it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        plan = FleetPlan(url=central.url, cp_ids=["CP-1"], id_tags=["TAG-OK"],
+                         rest_s=(60.0, 60.0), chargers={"CP-1": cp})
+        assert _cards_free(plan, 0.0) == ["TAG-OK"]
+        soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+        assert cp.on_reserve_now(1, soon, "tag-ok", 7).status == "Accepted"
+        assert cp.on_cancel_reservation(7).status == "Accepted"
+        assert _cards_free(plan, 1.0) == []
+        assert plan.resting["TAG-OK"] == 61.0
+        assert _cards_free(plan, 61.0) == ["TAG-OK"]
+        await cp.stop_follow_ups()
 
 
 async def test_a_station_that_stops_ends_what_it_charges(central: Central) -> None:
