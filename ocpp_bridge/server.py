@@ -54,6 +54,7 @@ from domain.ports import NO_METRICS, EventBus, Metrics
 from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout, address_key
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
+from domain.validation import cp_id_key
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import (
     CLOSE_PASSWORD_CHANGED,
@@ -720,7 +721,7 @@ class OcppServer:
         verdict: bool | Refused = False
         # The user name is the charger's identity, a CiString as its cpId is: whatever
         # its case (QA s28), the station's, not the spelling of the path.
-        if credentials is not None and credentials[0].lower() == station.cp_id.lower():
+        if credentials is not None and cp_id_key(credentials[0]) == cp_id_key(station.cp_id):
             verdict = await self._password_ok(station, credentials[1], peer)
         if isinstance(verdict, Refused):
             if verdict.locked:

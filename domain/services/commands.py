@@ -1883,11 +1883,12 @@ class CommandService(Service):
             if station is None or (station.charger_registration or station.registration
                                    ) is Registration.REJECTED:
                 return
+            # Only those named, when named: read by id, not sifted from the station's.
+            named = In("id", tuple(sorted(only))) if only is not None else None
             async for owed in pages(self.store, Reservation, all_of(
-                    Eq("station_id", station_id), owed_cancels(self.now())), OWED_PAGE):
+                    Eq("station_id", station_id), owed_cancels(self.now()), named),
+                    OWED_PAGE):
                 for reservation in owed:
-                    if only is not None and reservation.id not in only:
-                        continue
                     claimed = await self._claim_cancel(reservation)
                     if claimed is None:
                         continue  # another send has it on its way
