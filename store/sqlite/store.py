@@ -412,6 +412,10 @@ class SqliteStore:
         found = {record.id: record for record in (from_row(kind, row) for row in rows)}
         return [found.get(i) if isinstance(i, str) else None for i in ids]
 
+    async def get_committed(self, kind: type[E], ids: Sequence[str]) -> list[E | None]:
+        # Reads see only committed transactions here.
+        return await self.get_many(kind, ids)
+
     async def find_one(self, kind: type[E], where: Filter) -> E | None:
         # The first match in id order (the port's rule; MongoDB's too): without ORDER BY
         # SQLite returned whichever row its plan met first. The hot paths look up a
