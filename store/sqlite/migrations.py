@@ -1565,6 +1565,16 @@ UPDATE "station" SET "cp_id_key" = lower("cp_id");
 CREATE INDEX "station_cp_id_key_idx" ON "station" ("cp_id_key");
 """
 
+#: What gives a station written without its cpId's key (``cp_id_key`` '', the column's
+#: DEFAULT) its key, as migration 78 gave every station then: in a rolling upgrade an
+#: instance of a build from before migration 78, started before a newer one migrated the
+#: file, keeps inserting stations with the columns it knows (review r28-batch), and a
+#: charger connecting under their cpId in other case found none of them. Run at every
+#: start and every ``SqliteStore.heal_every`` (``SqliteStore._heal_cp_id_keys``), as
+#: MongoDB's ``heal_cp_id_keys``: one lookup of the index ``station_cp_id_key_idx`` when
+#: there is none, as a rule.
+HEAL_CP_ID_KEYS = """UPDATE "station" SET "cp_id_key" = lower("cp_id") WHERE "cp_id_key" = ''"""
+
 # Version 79: when a send of a reservation's owed CancelReservation claimed it
 # (``Reservation.cancel_sending_since``, our clock): other sends leave it to that one for a
 # while (review r28-leftan: the holder's sweep sent the charger a cancel another instance

@@ -1879,3 +1879,49 @@ async def test_version_78_keys_each_station_by_its_cp_id_whatever_the_case(
                                                         if m[0] == 78)]) == [78]
     assert raw(db_path, 'SELECT "id", "cp_id_key" FROM "station" ORDER BY "id"') == [
         ("s1", "cp-001"), ("s2", "cp-001"), ("s3", "acme-7")]
+
+
+def written_by_an_older_build(db_path: str, cp_id: str) -> None:
+    """The station as an instance of a build from before migration 78 leaves it, still
+    running in a rolling upgrade: its INSERT names no ``cp_id_key``, the DEFAULT fills it."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("""UPDATE "station" SET "cp_id_key" = '' WHERE "cp_id" = ?""", (cp_id,))
+
+
+async def test_a_station_an_older_build_writes_gets_its_key_at_the_next_start(
+        db_path: str) -> None:
+    """MongoDB gives such a station its key at every start and sweep (``heal_cp_id_keys``);
+    on SQLite nothing did (review r28-batch): a charger connecting under its cpId in other
+    case never found it, and createStation accepted a case twin of it."""
+    store = SqliteStore(db_path, heal_every=None)
+    await store.start()
+    older = station(cp_id="Old-1")
+    await store.write([Insert(older)], [])
+    await store.close()
+    written_by_an_older_build(db_path, "Old-1")
+    store = SqliteStore(db_path, heal_every=None)
+    await store.start()  # this build's next start
+    try:
+        assert [s.id for s in await store.find_all(Station, Eq("cp_id_key", "old-1"))] \
+            == [older.id]
+    finally:
+        await store.close()
+
+
+async def test_a_station_an_older_build_writes_meanwhile_gets_its_key_within_a_round(
+        db_path: str) -> None:
+    store = SqliteStore(db_path, heal_every=0.01)
+    await store.start()
+    try:
+        later = station(cp_id="Old-2")
+        await store.write([Insert(later)], [])
+        written_by_an_older_build(db_path, "Old-2")
+        for _ in range(200):
+            if raw(db_path, """SELECT "cp_id_key" FROM "station" WHERE "id" = ?""",
+                   (later.id,)) == [("old-2",)]:
+                break
+            await asyncio.sleep(0.01)
+        assert [s.id for s in await store.find_all(Station, Eq("cp_id_key", "old-2"))] \
+            == [later.id]
+    finally:
+        await store.close()
