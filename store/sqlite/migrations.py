@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from domain.validation import name_identity, name_key, plate_key, plate_shown
-from store.sqlite.reconcile import SOC_FROM_SAMPLES, reconcile, reference
+from store.sqlite.reconcile import SOC_FROM_SAMPLES, Stoppable, reconcile, reference
 
 log = logging.getLogger("chargegraph.store")
 
@@ -1756,10 +1756,19 @@ async def apply_migrations(
 ) -> list[int]:
     """Apply the migrations newer than the database, each in its own transaction, and
     return the versions applied. ``conn`` must be in autocommit mode (``isolation_level``
-    ``None``) so the explicit BEGIN/COMMIT here are the only transactions."""
+    ``None``) so the explicit BEGIN/COMMIT here are the only transactions. Cancelled (a
+    stop while it migrates), the statement under way ends at once and its migration is
+    rolled back whole (``reconcile.Stoppable``)."""
     versions = [version for version, _ in migrations]
     if versions != sorted(set(versions)):
         raise ValueError("migration versions must be unique and ascending")
+    async with Stoppable(conn) as stoppable:
+        return await _apply(conn, migrations, versions, stoppable)
+
+
+async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
+                 versions: list[int], stoppable: Stoppable) -> list[int]:
+    """``apply_migrations``' work, its statements stoppable."""
     await conn.execute(_BOOTSTRAP)
     for name, arity, function in MIGRATION_FUNCTIONS:
         await conn.create_function(name, arity, function, deterministic=True)
@@ -1777,7 +1786,8 @@ async def apply_migrations(
         async def unchanged() -> bool:
             return await current_version(conn) == found
 
-        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn, known))
+        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn, known),
+                        stoppable)
     applied: list[int] = []
     for version, script in migrations:
         statements = split_statements(script)
@@ -1803,8 +1813,8 @@ async def apply_migrations(
                 (version, int(time.time() * 1_000_000)),
             )
             await conn.commit()
-        except BaseException:
-            await conn.rollback()
+        except BaseException as error:
+            await stoppable.roll_back(error)
             raise
         applied.append(version)
     return applied
