@@ -201,6 +201,16 @@ class Store(Protocol):
 
     async def find_one(self, kind: type[E], where: Filter) -> E | None: ...
 
+    async def get_committed(self, kind: type[E], ids: Sequence[str]) -> list[E | None]:
+        """``get_many`` as committed: each record as stored once no write still in
+        flight wrote it last, ``None`` where none is stored then. A store whose reads
+        see only committed writes (SQLite) reads at once; on MongoDB, whose reads see a
+        batch in flight (no multi-document transactions), a record such a batch wrote
+        (inserted) may yet be rolled back: this waits for that batch to commit or roll
+        back, a few seconds at most, and raises ``Conflict`` (code ``CHANGED``) when it
+        has not by then. For a read whose record is handed on to be kept (a charger
+        given the station it signs in as: review r28-batch)."""
+
     async def find_page(
         self, kind: type[E], where: Filter, sort: Sequence[Sort], page: PageRequest
     ) -> Page[E]:

@@ -245,6 +245,27 @@ class MongoStore:
         return [found.get(str(i)) for i in ids]  # type: ignore[misc]
 
     @mapping_outages
+    async def get_committed(self, kind: type[E], ids: Sequence[str]) -> list[E | None]:
+        """The documents once no batch in flight (its journal still there) wrote them
+        last: such a batch may yet roll back what it wrote, an insert among them. Waits
+        for it as a batch waits for another (``journal.wait_settled``, up to
+        ``journal.SETTLE_WAIT_S``; a dead writer's stale journal is swept at once), then
+        reads again; ``Conflict`` CHANGED when it is still in flight by then."""
+        wanted = [ObjectId(str(i)) for i in dict.fromkeys(ids) if ObjectId.is_valid(str(i))]
+        if not wanted:
+            return [None] * len(ids)
+        deadline = time.monotonic() + journal.SETTLE_WAIT_S
+        while True:
+            docs = await self.db[kind.kind].find({"_id": {"$in": wanted}}).to_list(None)
+            busy = await journal.in_flight(self.db, docs)
+            if not busy:
+                break
+            if not await journal.wait_settled(self.db, busy, deadline - time.monotonic()):
+                raise changed_meanwhile(kind.kind)
+        found = {str(doc["_id"]): from_doc(kind, doc) for doc in docs}
+        return [found.get(str(i)) for i in ids]  # type: ignore[misc]
+
+    @mapping_outages
     async def find_one(self, kind: type[E], where: Filter) -> E | None:
         found = await self.find_all(kind, where, (), limit=1)
         return found[0] if found else None

@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from domain.validation import name_identity, name_key, plate_key, plate_shown
-from store.sqlite.reconcile import SOC_FROM_SAMPLES, reconcile, reference
+from store.sqlite.reconcile import SOC_FROM_SAMPLES, Stoppable, reconcile, reference
 
 log = logging.getLogger("chargegraph.store")
 
@@ -1565,6 +1565,16 @@ UPDATE "station" SET "cp_id_key" = lower("cp_id");
 CREATE INDEX "station_cp_id_key_idx" ON "station" ("cp_id_key");
 """
 
+#: What gives a station written without its cpId's key (``cp_id_key`` '', the column's
+#: DEFAULT) its key, as migration 78 gave every station then: in a rolling upgrade an
+#: instance of a build from before migration 78, started before a newer one migrated the
+#: file, keeps inserting stations with the columns it knows (review r28-batch), and a
+#: charger connecting under their cpId in other case found none of them. Run at every
+#: start and every ``SqliteStore.heal_every`` (``SqliteStore._heal_cp_id_keys``), as
+#: MongoDB's ``heal_cp_id_keys``: one lookup of the index ``station_cp_id_key_idx`` when
+#: there is none, as a rule.
+HEAL_CP_ID_KEYS = """UPDATE "station" SET "cp_id_key" = lower("cp_id") WHERE "cp_id_key" = ''"""
+
 # Version 79: when a send of a reservation's owed CancelReservation claimed it
 # (``Reservation.cancel_sending_since``, our clock): other sends leave it to that one for a
 # while (review r28-leftan: the holder's sweep sent the charger a cancel another instance
@@ -1746,10 +1756,19 @@ async def apply_migrations(
 ) -> list[int]:
     """Apply the migrations newer than the database, each in its own transaction, and
     return the versions applied. ``conn`` must be in autocommit mode (``isolation_level``
-    ``None``) so the explicit BEGIN/COMMIT here are the only transactions."""
+    ``None``) so the explicit BEGIN/COMMIT here are the only transactions. Cancelled (a
+    stop while it migrates), the statement under way ends at once and its migration is
+    rolled back whole (``reconcile.Stoppable``)."""
     versions = [version for version, _ in migrations]
     if versions != sorted(set(versions)):
         raise ValueError("migration versions must be unique and ascending")
+    async with Stoppable(conn) as stoppable:
+        return await _apply(conn, migrations, versions, stoppable)
+
+
+async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
+                 versions: list[int], stoppable: Stoppable) -> list[int]:
+    """``apply_migrations``' work, its statements stoppable."""
     await conn.execute(_BOOTSTRAP)
     for name, arity, function in MIGRATION_FUNCTIONS:
         await conn.create_function(name, arity, function, deterministic=True)
@@ -1767,7 +1786,8 @@ async def apply_migrations(
         async def unchanged() -> bool:
             return await current_version(conn) == found
 
-        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn, known))
+        await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn, known),
+                        stoppable)
     applied: list[int] = []
     for version, script in migrations:
         statements = split_statements(script)
@@ -1793,8 +1813,8 @@ async def apply_migrations(
                 (version, int(time.time() * 1_000_000)),
             )
             await conn.commit()
-        except BaseException:
-            await conn.rollback()
+        except BaseException as error:
+            await stoppable.roll_back(error)
             raise
         applied.append(version)
     return applied

@@ -20,9 +20,11 @@ only read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,49 @@ from typing import Any
 import aiosqlite
 
 log = logging.getLogger("chargegraph.store")
+
+#: How many SQLite virtual machine steps a migrating statement runs between two looks at
+#: whether the start was stopped (``Stoppable``): well under a millisecond.
+STOP_CHECK_STEPS = 10_000
+
+
+class Stoppable:
+    """A migrating connection whose statement under way ends at once when the start is
+    stopped (SIGTERM, Ctrl+C: ``signals.StoppableStart`` cancels the start's task). The
+    statement runs on aiosqlite's thread, which a cancel does not reach: the rollback was
+    queued behind it, and a stop waited out a statement of minutes (review r28-batch).
+    ``roll_back`` of a cancel flags the stop, which a progress handler on the connection
+    reads every ``STOP_CHECK_STEPS`` steps (``sqlite3.Connection.set_progress_handler``;
+    one non-zero answer aborts the statement as ``interrupt()`` does, also one the
+    thread had not begun when the cancel came), and interrupts the statement running
+    (``interrupt()``, safe from another thread); then the handler goes (queued after the
+    statement, so the rollback is never aborted) and the transaction is rolled back."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+        self._stopped = threading.Event()
+
+    def _stop_asked(self) -> int:
+        return 1 if self._stopped.is_set() else 0
+
+    async def __aenter__(self) -> Stoppable:
+        await self.conn.set_progress_handler(self._stop_asked, STOP_CHECK_STEPS)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._remove_handler()
+
+    async def _remove_handler(self) -> None:
+        await self.conn.set_progress_handler(None, 0)  # type: ignore[arg-type]
+
+    async def roll_back(self, error: BaseException | None = None) -> None:
+        """Rolls back the transaction ``error`` ended (a cancel: the statement under
+        way stopped first)."""
+        if isinstance(error, asyncio.CancelledError):
+            self._stopped.set()
+            await self.conn.interrupt()
+            await self._remove_handler()
+        await self.conn.rollback()
 
 
 @dataclass(frozen=True)
@@ -189,21 +234,26 @@ def repairs(found: Schema, wanted: Schema) -> list[str]:
 
 async def reconcile(conn: aiosqlite.Connection, wanted: Schema,
                     still: Callable[[], Awaitable[bool]],
-                    begin: Callable[[], Awaitable[None]]) -> list[str]:
+                    begin: Callable[[], Awaitable[None]],
+                    stoppable: Stoppable | None = None) -> list[str]:
     """Brings the database on ``conn`` (autocommit mode) to ``wanted`` in one
     transaction, and returns the statements that took (none when it matched). ``still``,
     asked inside the transaction, says whether ``wanted`` is still the database's
     version's: another process may have migrated it further meanwhile (and repaired it
     before), and what a newer version adds must not be taken for extra. ``begin`` opens
-    the transaction with the write lock (``migrations.begin_migrating``)."""
+    the transaction with the write lock (``migrations.begin_migrating``); ``stoppable``:
+    ``conn`` as one whose statement a stop ends at once (``Stoppable``)."""
     await begin()
     try:
         statements = repairs(await _read(conn), wanted) if await still() else []
         for statement in statements:
             await conn.execute(statement)
         await conn.commit()
-    except BaseException:
-        await conn.rollback()
+    except BaseException as error:
+        if stoppable is not None:
+            await stoppable.roll_back(error)
+        else:
+            await conn.rollback()
         raise
     if statements:
         # Loud: it means a release changed a migration it had shipped.

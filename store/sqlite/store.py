@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -48,7 +49,7 @@ from store.sqlite.codec import (
     to_row,
 )
 from store.sqlite.constraints import unique_violation
-from store.sqlite.migrations import apply_migrations, waiting_for_the_lock
+from store.sqlite.migrations import HEAL_CP_ID_KEYS, apply_migrations, waiting_for_the_lock
 from store.sqlite.reader import InlineReader, open_inline_reader
 from store.sqlite.sql_filter import (
     HAVERSINE,
@@ -286,23 +287,48 @@ def create_private(path: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+log = logging.getLogger("chargegraph.store.sqlite")
+
+
+async def _heal_at_start(conn: aiosqlite.Connection) -> None:
+    """``migrations.HEAL_CP_ID_KEYS`` at a start, on the migrating connection (its own
+    transaction: autocommit). Not the start's to fail on: a round later does it."""
+    try:
+        healed = (await conn.execute(HEAL_CP_ID_KEYS)).rowcount
+    except sqlite3.Error:
+        log.warning("giving stations their cpId's key failed; retrying later",
+                    exc_info=True)
+        return
+    if healed > 0:
+        log.info("gave %d stations an older build wrote their cpId's key", healed)
+
+#: How often an open store gives stations an older build wrote their cpId's key
+#: (``migrations.HEAL_CP_ID_KEYS``), as MongoDB's sweep does (``SWEEP_EVERY_S``).
+HEAL_EVERY_S = 60.0
+
+
 class SqliteStore:
     """The Store port on one SQLite file (``path``), in WAL mode.
 
     ``busy_timeout`` (seconds) is how long a statement waits for another process holding
-    the write lock (a CLI command next to the server) before failing.
+    the write lock (a CLI command next to the server) before failing. ``heal_every``:
+    seconds between rounds giving stations an instance of an older build wrote their
+    cpId's key (``migrations.HEAL_CP_ID_KEYS``; ``None``: only at start).
     """
 
     #: Reads run inline on the event loop (or, when slow, one at a time on one thread):
     #: started together, they would still run one after the other.
     overlapping_reads = False
 
-    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 5.0,
+                 heal_every: float | None = HEAL_EVERY_S) -> None:
         if path == ":memory:" or not path:
             # Two connections to ":memory:" would be two different databases.
             raise ValueError("SqliteStore needs a database file path")
         self.path = path
         self.busy_timeout = busy_timeout
+        self._heal_every = heal_every
+        self._healer: asyncio.Task[None] | None = None
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._inline: InlineReader | None = None
@@ -319,6 +345,7 @@ class SqliteStore:
             # (also a restored file's, which two instances may start on at once).
             await waiting_for_the_lock(migrator, "PRAGMA journal_mode = WAL")
             await apply_migrations(migrator)
+            await _heal_at_start(migrator)
         finally:
             await migrator.close()
         writer = Writer(self.path, busy_timeout=self.busy_timeout)
@@ -339,6 +366,31 @@ class SqliteStore:
         self._writer, self._reader, self._inline = writer, reader, inline
         # One an instance that stopped left owed (``Writer.scrub_if_owed``).
         writer.scrub_if_owed()
+        if self._heal_every is not None:
+            self._healer = asyncio.create_task(self._heal_forever(self._heal_every),
+                                               name="chargegraph-sqlite-cp-id-keys")
+
+    async def _heal_forever(self, every: float) -> None:
+        # Stations an instance of an older build writes while this one runs (a rolling
+        # upgrade): found by a charger in other case within a round, not at the next start.
+        while True:
+            await asyncio.sleep(every)
+            await self._heal_cp_id_keys()
+
+    async def _heal_cp_id_keys(self) -> None:
+        """``migrations.HEAL_CP_ID_KEYS`` in a transaction of its own. A round that
+        fails (the file busy, the disk full) is the next one's to do: neither a start
+        nor the rounds depend on it."""
+        writer = self._writer_conn()
+        try:
+            async with self._write_lock:
+                healed = await writer.run(lambda conn: conn.execute(HEAL_CP_ID_KEYS).rowcount)
+        except Exception:
+            log.warning("giving stations their cpId's key failed; retrying later",
+                        exc_info=True)
+            return
+        if healed:
+            log.info("gave %d stations an older build wrote their cpId's key", healed)
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions from the sqlite3 module; every
@@ -359,6 +411,11 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
+        if self._healer is not None:
+            self._healer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._healer
+            self._healer = None
         writer, reader, inline = self._writer, self._reader, self._inline
         self._writer = self._reader = self._inline = None
         if inline is not None:
@@ -411,6 +468,10 @@ class SqliteStore:
         )
         found = {record.id: record for record in (from_row(kind, row) for row in rows)}
         return [found.get(i) if isinstance(i, str) else None for i in ids]
+
+    async def get_committed(self, kind: type[E], ids: Sequence[str]) -> list[E | None]:
+        # Reads see only committed transactions here.
+        return await self.get_many(kind, ids)
 
     async def find_one(self, kind: type[E], where: Filter) -> E | None:
         # The first match in id order (the port's rule; MongoDB's too): without ORDER BY

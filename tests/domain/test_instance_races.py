@@ -829,3 +829,57 @@ async def test_two_case_twins_created_in_step_on_mongodb_make_one_station(
         assert [station.id for station, _ in created] == [stored[0].id]
         assert [(type(e), getattr(e, "code", None)) for e in refused] == \
             [(UniqueViolation, "DUPLICATE")]
+
+
+async def test_two_spellings_registering_in_step_on_mongodb_are_given_the_stored_station(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto-registration's insert is guarded on no case twin (``no_case_twin``). Two
+    spellings of a new charger's cpId at two instances at once: both inserts written,
+    each guard reads the other's in flight, both batches roll back. The instance whose
+    rollback finishes first read ``station_whatever_case`` while the other's rolled-back
+    insert was still there (MongoDB reads see a batch in flight) and signed its charger
+    in as that station, never stored, while the other registered a new one (review
+    r28-batch). Every handshake is given the one station stored."""
+    async with two_stores("mongo", tmp_path / "unused.db") as (first, second):
+        a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()),
+                         auto_register=True)
+                for s in (first, second))
+        read, wrote, checking = asyncio.Barrier(2), asyncio.Barrier(2), asyncio.Barrier(2)
+        for services in (a, b):
+            commit = services.charging.commit
+            first_commit = [False]
+
+            async def in_step(*args: Any, commit: Any = commit, first_commit: list[bool]
+                              = first_commit, **kw: Any) -> Any:
+                if not first_commit[0]:  # both have looked for the cpId before either writes
+                    first_commit[0] = True
+                    await asyncio.wait_for(read.wait(), 2)
+                return await commit(*args, **kw)
+
+            monkeypatch.setattr(services.charging, "commit", in_step)
+        for store, late in ((first, False), (second, True)):
+            check = store._check_guards  # type: ignore[attr-defined]
+            hooked = [False]
+
+            async def checked(*args: Any, check: Any = check, hooked: list[bool] = hooked,
+                              late: bool = late, **kw: Any) -> Any:
+                if hooked[0]:
+                    return await check(*args, **kw)
+                hooked[0] = True
+                await asyncio.wait_for(wrote.wait(), 2)  # both inserts written
+                try:
+                    return await check(*args, **kw)  # each sees the other's
+                finally:
+                    await asyncio.wait_for(checking.wait(), 2)
+                    if late:
+                        # B's rollback a moment after A's: ordinary scheduling.
+                        await asyncio.sleep(0.2)
+
+            monkeypatch.setattr(store, "_check_guards", checked)
+        got = await asyncio.gather(
+            a.charging.station_for_connection("new-9", "10.0.0.1"),
+            b.charging.station_for_connection("NEW-9", "10.0.0.2"),
+            return_exceptions=True)
+        stored = await first.find_all(d.Station, Eq("cp_id_key", "new-9"))
+        assert len(stored) == 1, (stored, got)
+        assert [getattr(g, "id", g) for g in got] == [stored[0].id] * 2, (stored, got)

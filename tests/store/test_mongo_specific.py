@@ -966,6 +966,31 @@ async def test_two_failing_batches_on_one_document_leave_nothing_of_either(
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
+async def test_a_read_as_committed_waits_for_the_batch_in_flight_that_wrote_it(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``get_committed``: a station a batch in flight inserted is read (``get_many``)
+    while that batch may still roll it back; read as committed it is the station once
+    the batch has settled, here none (review r28-batch: a charger signed in as it)."""
+    station = Station(cp_id="CP-Q", name="in flight")
+    inserting = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, list) and any(change.record.id == station.id for change in step))
+    blocked = Blocked(monkeypatch)
+    a = asyncio.create_task(mongo.write([Insert(station), Update(GHOST)], []))
+    await asyncio.wait_for(inserting.reached.wait(), 5)
+    assert await mongo.get_many(Station, [station.id]) == [station]  # uncommitted
+    read = asyncio.create_task(mongo.get_committed(Station, [station.id]))
+    await asyncio.wait_for(blocked.event.wait(), 5)
+    assert not read.done()
+    inserting.resume.set()
+    with pytest.raises(NotFound):
+        await a
+    assert await asyncio.wait_for(read, 5) == [None]
+    committed = Station(cp_id="CP-Q2", name="committed")
+    await mongo.write([Insert(committed), Insert(Company(name="with it"))], [])
+    assert await mongo.get_committed(Station, [committed.id, station.id]) == [committed, None]
+
+
 async def test_a_batch_another_batch_holds_up_too_long_fails_changed(
     mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -687,6 +687,44 @@ async def test_a_failing_migration_leaves_no_trace_and_the_next_start_retries(
     assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
 
 
+#: A migration statement of minutes (a column filled on every status report): far more
+#: rows than it can write within the test's bound.
+ENDLESS_FILL = """
+INSERT INTO "t" ("x")
+    WITH RECURSIVE "c"("x") AS (SELECT 1 UNION ALL SELECT "x" + 1 FROM "c"
+                                WHERE "x" < 1000000000)
+    SELECT "x" FROM "c";
+"""
+
+
+async def test_a_stop_while_migrating_ends_the_statement_under_way_and_rolls_it_back(
+        db_path: str) -> None:
+    """README "Upgrading": an instance stopped (SIGTERM, Ctrl+C) while it migrates exits
+    within seconds, its migration rolled back whole. The stop cancels the start's task
+    (``signals.StoppableStart``), but the statement runs on aiosqlite's thread, which a
+    cancel does not reach, and the rollback was queued behind it: the stop waited out the
+    statement, minutes for a long one (review r28-batch)."""
+    conn = await aiosqlite.connect(db_path, isolation_level=None)
+    try:
+        migrations = ((1, 'CREATE TABLE "t" ("x" INTEGER) STRICT;'), (2, ENDLESS_FILL))
+        task = asyncio.create_task(apply_migrations(conn, migrations))
+        await asyncio.sleep(0.5)  # migrating version 2 now
+        task.cancel()  # what StoppableStart.stop does to the lifespan's task
+        done, _ = await asyncio.wait([task], timeout=20)  # generous: not a timing test
+        assert done, "the cancelled migration went on with its statement"
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rows = await conn.execute_fetchall('SELECT MAX("version") FROM "schema_version"')
+        assert list(rows) == [(1,)]  # version 2 rolled back whole
+        assert list(await conn.execute_fetchall('SELECT COUNT(*) FROM "t"')) == [(0,)]
+        # The connection migrates again afterwards: nothing of the stop is left on it.
+        assert await apply_migrations(conn, ((1, migrations[0][1]),
+                                             (2, 'INSERT INTO "t" VALUES (7);'))) == [2]
+    finally:
+        await conn.interrupt()  # a failed run: not minutes more of the statement
+        await conn.close()
+
+
 async def test_a_database_of_a_newer_chargegraph_is_refused(store: SqliteStore,
                                                             db_path: str) -> None:
     """After a rollback to an older release: refused with a message, nothing changed."""
@@ -1879,3 +1917,49 @@ async def test_version_78_keys_each_station_by_its_cp_id_whatever_the_case(
                                                         if m[0] == 78)]) == [78]
     assert raw(db_path, 'SELECT "id", "cp_id_key" FROM "station" ORDER BY "id"') == [
         ("s1", "cp-001"), ("s2", "cp-001"), ("s3", "acme-7")]
+
+
+def written_by_an_older_build(db_path: str, cp_id: str) -> None:
+    """The station as an instance of a build from before migration 78 leaves it, still
+    running in a rolling upgrade: its INSERT names no ``cp_id_key``, the DEFAULT fills it."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("""UPDATE "station" SET "cp_id_key" = '' WHERE "cp_id" = ?""", (cp_id,))
+
+
+async def test_a_station_an_older_build_writes_gets_its_key_at_the_next_start(
+        db_path: str) -> None:
+    """MongoDB gives such a station its key at every start and sweep (``heal_cp_id_keys``);
+    on SQLite nothing did (review r28-batch): a charger connecting under its cpId in other
+    case never found it, and createStation accepted a case twin of it."""
+    store = SqliteStore(db_path, heal_every=None)
+    await store.start()
+    older = station(cp_id="Old-1")
+    await store.write([Insert(older)], [])
+    await store.close()
+    written_by_an_older_build(db_path, "Old-1")
+    store = SqliteStore(db_path, heal_every=None)
+    await store.start()  # this build's next start
+    try:
+        assert [s.id for s in await store.find_all(Station, Eq("cp_id_key", "old-1"))] \
+            == [older.id]
+    finally:
+        await store.close()
+
+
+async def test_a_station_an_older_build_writes_meanwhile_gets_its_key_within_a_round(
+        db_path: str) -> None:
+    store = SqliteStore(db_path, heal_every=0.01)
+    await store.start()
+    try:
+        later = station(cp_id="Old-2")
+        await store.write([Insert(later)], [])
+        written_by_an_older_build(db_path, "Old-2")
+        for _ in range(200):
+            if raw(db_path, """SELECT "cp_id_key" FROM "station" WHERE "id" = ?""",
+                   (later.id,)) == [("old-2",)]:
+                break
+            await asyncio.sleep(0.01)
+        assert [s.id for s in await store.find_all(Station, Eq("cp_id_key", "old-2"))] \
+            == [later.id]
+    finally:
+        await store.close()
