@@ -151,9 +151,11 @@ REBOOT_KEYS = frozenset({"WebSocketPingInterval"})
 
 def _valid_value(key: str, value: str) -> bool:
     """Whether a charger takes ``value`` for ``key``: a whole number of seconds or
-    times, a boolean (``true``/``false``), anything for the others."""
+    times (ASCII digits: review r28-sim, ``str.isdigit`` took "²", stored it, then
+    ``int`` failed the handler), a boolean (``true``/``false``), anything for the
+    others."""
     if key in INTEGER_KEYS:
-        return value.isdigit()
+        return value.isascii() and value.isdigit()
     if key in BOOLEAN_KEYS:
         return value.lower() in ("true", "false")
     return True

@@ -225,3 +225,19 @@ async def test_reset_unlock_and_firmware_end_sessions_and_reboot_as_a_charger_do
                     if isinstance(p, call.FirmwareStatusNotification)]
         assert firmware == ["Downloading", "Downloaded", "Installing", "Installed"]
         assert sum(isinstance(p, call.BootNotification) for p in cp.sent) == boots + 1
+
+
+def test_an_integer_key_takes_ascii_digits_only_and_a_refused_value_is_not_stored(
+        ) -> None:
+    """Review r28-sim: ``str.isdigit`` takes "²" (and other Unicode digits): the value
+    was stored, then ``int`` failed the handler (an InternalError to the central system,
+    GetConfiguration showing HeartbeatInterval "²")."""
+    cp = SimulatedChargePoint("CP-X", None)
+    for key in ("HeartbeatInterval", "MeterValueSampleInterval", "ConnectionTimeOut"):
+        before = cp.configuration[key]
+        for value in ("²", "٣", "１٠", "-5", "1.5", ""):
+            assert cp.on_change_configuration(key, value).status == "Rejected", (key, value)
+            assert cp.configuration[key] == before
+    assert cp.heartbeat_interval == 300
+    assert cp.on_change_configuration("HeartbeatInterval", "120").status == "Accepted"
+    assert cp.heartbeat_interval == 120
