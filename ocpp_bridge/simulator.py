@@ -590,7 +590,8 @@ class SimulatedChargePoint(ChargePoint):
     async def charge(self, connector_id: int, id_tag: str, *, duration_s: float,
                      step_s: float | None = None, power_w: float | None = None) -> int:
         """A whole session: a car plugged in (``plug_in``), start, meter values every
-        ``step_s`` for ``duration_s`` or until the car is full, stop. A start the central
+        ``step_s`` (by default its MeterValueSampleInterval, as it is at each sample)
+        for ``duration_s`` or until the car is full, stop. A start the central
         system does not accept (ConcurrentTx, Blocked, …) is stopped at once, as chargers
         do (``StopTransactionOnInvalidId``)."""
         self.plug_in(connector_id, power_w)
@@ -598,33 +599,34 @@ class SimulatedChargePoint(ChargePoint):
         if status != "Accepted":
             await self.stop_transaction(connector_id, "DeAuthorized")
             return transaction_id
-        step = step_s or self.config.meter_interval_s
-        await self._meter(connector_id, transaction_id, step, duration_s)
+        await self._meter(connector_id, transaction_id, step_s, duration_s)
         if self.connectors[connector_id].transaction_id == transaction_id:
             await self.stop_transaction(connector_id)
         return transaction_id
 
     async def meter_until_stopped(self, connector_id: int, transaction_id: int) -> None:
-        """Meter values every ``meter_interval_s`` while the transaction runs: one started
+        """Meter values every MeterValueSampleInterval while the transaction runs: one started
         remotely ends by a remote stop, or once its car is full (SuspendedEV for an
         interval, then its driver ends it: Finishing, StopTransaction). It used to go on
         drawing nothing for ever, the plug Charging on the map."""
-        await self._meter(connector_id, transaction_id, self.config.meter_interval_s)
+        await self._meter(connector_id, transaction_id, None)
         if self.connectors[connector_id].transaction_id == transaction_id:
             await self.stop_transaction(connector_id)
 
-    async def _meter(self, connector_id: int, transaction_id: int, step: float,
+    async def _meter(self, connector_id: int, transaction_id: int, step: float | None,
                      duration_s: float = float("inf")) -> None:
-        """``charging_step`` every ``step`` for ``duration_s``, until the transaction ends
-        otherwise (remotely, by a reset), or an interval after its car is full."""
+        """``charging_step`` every ``step`` (None: the MeterValueSampleInterval at each
+        sample, ``config.meter_interval_s``) for ``duration_s``, until the transaction
+        ends otherwise (remotely, by a reset), or an interval after its car is full."""
         state = self.connectors[connector_id]
         elapsed, full = 0.0, False
         while elapsed < duration_s:
-            await asyncio.sleep(step)
-            elapsed += step
+            step_s = step or self.config.meter_interval_s
+            await asyncio.sleep(step_s)
+            elapsed += step_s
             if state.transaction_id != transaction_id or full:
                 return
-            full = not await self.charging_step(connector_id, step)
+            full = not await self.charging_step(connector_id, step_s)
 
     def cards_in_use(self) -> set[str]:
         """The tags charging here, the one a remote start was accepted for and is about
@@ -785,6 +787,9 @@ class SimulatedChargePoint(ChargePoint):
         self.configuration[key] = (value, False)
         if key == "HeartbeatInterval" and int(value) > 0:
             self.heartbeat_interval = int(value)
+        if key == "MeterValueSampleInterval" and int(value) > 0:
+            # Review r28-sim: Accepted, yet its sessions went on sampling at the old one.
+            self.config = replace(self.config, meter_interval_s=float(value))
         if key in REBOOT_KEYS:
             return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
         return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
@@ -1278,8 +1283,7 @@ async def _session(cp: SimulatedChargePoint, plan: FleetPlan, connector_id: int,
     the central system has the session's end: started elsewhere before, it would be
     refused as still charging."""
     try:
-        await cp.charge(connector_id, tag, duration_s=random.uniform(*plan.session_length_s),
-                        step_s=plan.meter_interval_s)
+        await cp.charge(connector_id, tag, duration_s=random.uniform(*plan.session_length_s))
         await cp.delivered()
     finally:
         plan.resting[tag] = asyncio.get_running_loop().time() + random.uniform(*plan.rest_s)

@@ -241,3 +241,23 @@ def test_an_integer_key_takes_ascii_digits_only_and_a_refused_value_is_not_store
     assert cp.heartbeat_interval == 300
     assert cp.on_change_configuration("HeartbeatInterval", "120").status == "Accepted"
     assert cp.heartbeat_interval == 120
+
+
+async def test_a_changed_meter_value_sample_interval_is_what_sessions_sample_at(
+        central: Central) -> None:
+    """Review r28-sim: ChangeConfiguration MeterValueSampleInterval was Accepted, and the
+    charger went on sampling at its old interval (10 s here)."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=10)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        answer = await run(central, "changeConfiguration",
+                           {"cpId": "CP-1", "key": "MeterValueSampleInterval", "value": "1"})
+        assert answer["status"] == "ACCEPTED"
+        assert await remote_start(central, 1) == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        await asyncio.sleep(3.5)
+        samples = [p for p in cp.sent if isinstance(p, call.MeterValues)]
+        assert len(samples) >= 2, f"{len(samples)} MeterValues in 3.5 s at a 1 s interval"
