@@ -261,6 +261,8 @@ class SimulatedChargePoint(ChargePoint):
         self.registration: str | None = None
         # The connector a RemoteStartTransaction was accepted for, started right after.
         self._remote_target: int | None = None
+        # The connectors whose StartTransaction is under way (Preparing, unanswered).
+        self._starting: set[int] = set()
         # The tags (upper case) taken here since ``cards_taken`` was last asked.
         self._taken: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -425,7 +427,12 @@ class SimulatedChargePoint(ChargePoint):
     async def start_transaction(self, connector_id: int, id_tag: str,
                                 timestamp: str | None = None,
                                 reservation_id: int | None = None) -> tuple[int, str]:
-        await self.status(connector_id, "Preparing")
+        self._starting.add(connector_id)
+        try:
+            await self.status(connector_id, "Preparing")
+        except BaseException:
+            self._starting.discard(connector_id)
+            raise
         # Shielded: a session cancelled while its start is being answered (the station
         # switching off) still learns the transaction the central system opened, so
         # ``_stop_transactions`` stops it instead of leaving it open there.
@@ -452,15 +459,21 @@ class SimulatedChargePoint(ChargePoint):
             # No transaction: the plug is free again (reported once connected). A start
             # the central system got but could not answer is closed there as lost, once
             # this connector is reported Available after the next boot.
-            await self.status(connector_id, "Available")
+            self._not_started(connector_id)
+            await self.status(connector_id, state.idle_status())
+            raise
+        except BaseException:
+            self._starting.discard(connector_id)
             raise
         if response is None:
             # A CALLERROR (the station is not accepted, the central system failed): no
             # transaction; the plug is free again. It used to crash the charging task.
-            await self.status(connector_id, "Available")
+            self._not_started(connector_id)
+            await self.status(connector_id, state.idle_status())
             return 0, CALL_ERROR
         status = str(response.id_tag_info["status"])
         state.transaction_id = int(response.transaction_id)
+        self._starting.discard(connector_id)
         state.id_tag = id_tag
         self._taken.add(id_tag.upper())
         state.reservation_id, state.reserved_for = None, ()
@@ -582,10 +595,30 @@ class SimulatedChargePoint(ChargePoint):
         await self.call(call.StopTransaction(
             meter_stop=int(state.meter_wh), timestamp=now(), transaction_id=transaction_id,
             reason=reason, id_tag=state.id_tag))
-        if state.scheduled is not None:  # a ChangeAvailability that waited for it
+        self._apply_scheduled(connector_id)
+        await self.status(connector_id, state.idle_status())
+
+    def _apply_scheduled(self, connector_id: int) -> None:
+        """Applies the ChangeAvailability that waited for the connector's transaction (or
+        its start) to end, if one did."""
+        state = self.connectors[connector_id]
+        if state.scheduled is not None:
             state.available, state.scheduled = state.scheduled, None
             self._charger_availability_settled()
-        await self.status(connector_id, state.idle_status())
+
+    def _not_started(self, connector_id: int) -> None:
+        """A start that made no transaction: the plug is idle, and a ChangeAvailability
+        that waited for it is made now."""
+        self._starting.discard(connector_id)
+        self._apply_scheduled(connector_id)
+
+    def _busy(self, connector_id: int) -> bool:
+        """Whether a transaction runs on the connector or one is starting there: a remote
+        start accepted for it, or its StartTransaction not answered yet. (A Preparing of
+        a car plugged in before any start is not: a remote start is what it waits for.)"""
+        state = self.connectors[connector_id]
+        return state.transaction_id is not None or self._remote_target == connector_id \
+            or connector_id in self._starting
 
     async def charge(self, connector_id: int, id_tag: str, *, duration_s: float,
                      step_s: float | None = None, power_w: float | None = None) -> int:
@@ -665,8 +698,7 @@ class SimulatedChargePoint(ChargePoint):
                                                          "connector_id": connector_id}))
         target = connector_id or next((i for i, c in self.connectors.items()
                                        if c.status == "Available"), None)
-        if target is None or target not in self.connectors \
-                or self.connectors[target].transaction_id is not None \
+        if target is None or target not in self.connectors or self._busy(target) \
                 or not (self.available and self.connectors[target].available):
             # Nor on an inoperative connector or charger (ChangeAvailability): it used
             # to start a transaction on a plug the map showed Unavailable.
@@ -752,15 +784,18 @@ class SimulatedChargePoint(ChargePoint):
         if connector_id == 0:
             self._charger_operative = operative
         # OCPP 1.6 (5.2): a connector charging changes once its transaction ends (it
-        # used to answer Scheduled and never change); the others change now.
+        # used to answer Scheduled and never change), and so does one a start is under
+        # way on (review r28-sim: answered Accepted, then its transaction ran on the
+        # plug just said to be inoperative; a start that fails applies it too); the
+        # others change now.
         scheduled = False
         for t in targets:
             state = self.connectors[t]
-            if state.transaction_id is not None and state.available != operative:
+            if self._busy(t) and state.available != operative:
                 state.scheduled, scheduled = operative, True
                 continue
             state.available, state.scheduled = operative, None
-            if state.transaction_id is None and state.status != "Preparing":
+            if not self._busy(t):
                 self._later(self.status(t, state.idle_status()))
         if connector_id == 0:
             self._charger_availability_settled()

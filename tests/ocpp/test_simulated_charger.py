@@ -261,3 +261,30 @@ async def test_a_changed_meter_value_sample_interval_is_what_sessions_sample_at(
         await asyncio.sleep(3.5)
         samples = [p for p in cp.sent if isinstance(p, call.MeterValues)]
         assert len(samples) >= 2, f"{len(samples)} MeterValues in 3.5 s at a 1 s interval"
+
+
+async def test_inoperative_while_a_remote_start_is_under_way_is_scheduled_for_its_end(
+        central: Central) -> None:
+    """Review r28-sim: a ChangeAvailability Inoperative between an accepted remote start
+    and its StartTransaction was answered Accepted, and the transaction then ran on the
+    connector just said to be inoperative. A start under way makes the plug busy: the
+    change is Scheduled, and made once that session ends."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Accepted"
+        cp.after_remote_start("TAG-OK")
+        assert cp.on_change_availability(1, "Inoperative").status == "Scheduled"
+        # Nor does a second start take the plug meanwhile.
+        assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Rejected"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        tx = cp.connectors[1].transaction_id
+        assert cp.connectors[1].available
+        await run(central, "remoteStopTransaction", {"cpId": "CP-1", "transactionId": tx})
+        await closed(central, tx)
+        await soon(lambda: cp.connectors[1].status == "Unavailable")
+        assert cp.statuses(1)[-2:] == ["Finishing", "Unavailable"]
+        assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Rejected"
