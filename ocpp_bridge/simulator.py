@@ -253,8 +253,13 @@ class SimulatedChargePoint(ChargePoint):
         self.local_list_version = 0
         self.local_list: dict[str, dict[str, Any]] = {}
         self.charging_profiles: dict[int, dict[str, Any]] = {}
-        #: The last UpdateFirmware's location and retrieveDate.
+        #: The last UpdateFirmware's location and retrieveDate, and its installation.
         self.firmware_update: tuple[str, str] = ("", now())
+        self._firmware: asyncio.Future[Any] | None = None
+        # The update downloaded and not yet rebooted into (``firmware_pending``), and the
+        # one installing (Installing sent): no later update replaces that one.
+        self._pending: asyncio.Task[Any] | None = None
+        self._installing: asyncio.Task[Any] | None = None
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.heartbeat_interval = 300
         #: What its last BootNotification was answered (Accepted, Pending, Rejected).
@@ -681,13 +686,14 @@ class SimulatedChargePoint(ChargePoint):
         taken, self._taken = self._taken, set()
         return taken
 
-    def _later(self, coro: Any) -> None:
+    def _later(self, coro: Any) -> asyncio.Future[Any]:
         """Run a follow-up message after answering: never call the central system from
         inside a handler (the receive loop would wait on itself)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(partial(_report, self.id))
+        return task
 
     # ------------------------------------------------------------- central system → charger
     @on(Action.remote_start_transaction)
@@ -699,9 +705,11 @@ class SimulatedChargePoint(ChargePoint):
         target = connector_id or next((i for i, c in self.connectors.items()
                                        if c.status == "Available"), None)
         if target is None or target not in self.connectors or self._busy(target) \
-                or not (self.available and self.connectors[target].available):
+                or not (self.available and self.connectors[target].available) \
+                or self.firmware_pending:
             # Nor on an inoperative connector or charger (ChangeAvailability): it used
-            # to start a transaction on a plug the map showed Unavailable.
+            # to start a transaction on a plug the map showed Unavailable. Nor while a
+            # firmware update waits to install (review r28-sim: the reboot ended it).
             return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
         reserved = self.connectors[target].reserved_for
         if reserved and id_tag.upper() not in reserved:
@@ -1022,32 +1030,60 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("UpdateFirmware", {"location": location,
                                                  "retrieve_date": retrieve_date}))
         self.firmware_update = (location, retrieve_date)
-        self._later(self._install_firmware())
+        if self._firmware is not None and self._firmware is not self._installing:
+            # Review r28-sim: a later update replaces one still waiting (for its
+            # retrieveDate, its download, or the cars to leave); each used to run on,
+            # the earlier rebooting the charger again, into the older version.
+            self._firmware.cancel()
+        self._firmware = self._later(self._install_firmware(location, retrieve_date,
+                                                            self._installing))
         return result.UpdateFirmware()
 
-    async def _install_firmware(self) -> None:
-        """OCPP 1.6 (6.4): from its retrieveDate on, downloads, then installs once no car
-        charges (as chargers do: a session is not cut short by an update), saying so,
-        then reboots into the new firmware (its BootNotification says which: the version
-        in the file's name, when it has one). It used to stop at Installed, its boot
-        still naming the old firmware."""
-        location, retrieve_date = self.firmware_update
-        begins = datetime.fromisoformat(retrieve_date.replace("Z", "+00:00"))
-        if begins.tzinfo is None:
-            begins = begins.replace(tzinfo=UTC)
-        await asyncio.sleep(max(0.0, (begins - datetime.now(UTC)).total_seconds()))
-        for status in ("Downloading", "Downloaded", "Installing", "Installed"):
-            if status == "Installing":
-                while any(c.transaction_id is not None  # noqa: ASYNC110 - no event
-                          for c in self.connectors.values()):  # marks a session's end
-                    await asyncio.sleep(0.1)
-            await self.call(call.FirmwareStatusNotification(status=status))
-            if status in ("Downloading", "Installing"):
-                await asyncio.sleep(self.config.firmware_step_s)
-        version = re.search(r"\d+(?:\.\d+)+", location.rsplit("/", 1)[-1])
-        if version is not None:
-            self.config = replace(self.config, firmware=version.group())
-        await self._reboot("Reboot")
+    @property
+    def firmware_pending(self) -> bool:
+        """Whether an update downloaded waits to install, or installs: from then until
+        its reboot the charger takes no new start (a RemoteStart is Rejected, the fleet
+        leaves it alone), and it installs once none runs."""
+        return self._pending is not None
+
+    async def _install_firmware(self, location: str, retrieve_date: str,
+                                after: asyncio.Task[Any] | None) -> None:
+        """OCPP 1.6 (6.4): once the installation under way (``after``) is over, from its
+        retrieveDate on, downloads; then takes no new start (``firmware_pending``) and
+        installs once no car charges or starts to, as chargers do: a session is not cut
+        short by an update; saying so, then reboots into the new firmware (its
+        BootNotification says which: the version in the file's name, when it has one).
+        It used to stop at Installed, its boot still naming the old firmware; review
+        r28-sim: it still took starts while installing, and its reboot ended them."""
+        try:
+            if after is not None:
+                await asyncio.wait({after})
+            begins = datetime.fromisoformat(retrieve_date.replace("Z", "+00:00"))
+            if begins.tzinfo is None:
+                begins = begins.replace(tzinfo=UTC)
+            await asyncio.sleep(max(0.0, (begins - datetime.now(UTC)).total_seconds()))
+            await self.call(call.FirmwareStatusNotification(status="Downloading"))
+            await asyncio.sleep(self.config.firmware_step_s)
+            await self.call(call.FirmwareStatusNotification(status="Downloaded"))
+            self._pending = asyncio.current_task()
+            await self._idle()
+            self._installing = self._pending
+            await self.call(call.FirmwareStatusNotification(status="Installing"))
+            await asyncio.sleep(self.config.firmware_step_s)
+            await self.call(call.FirmwareStatusNotification(status="Installed"))
+            version = re.search(r"\d+(?:\.\d+)+", location.rsplit("/", 1)[-1])
+            if version is not None:
+                self.config = replace(self.config, firmware=version.group())
+            await self._idle()  # a start that slipped in (a fleet's, decided before)
+            await self._reboot("Reboot")
+        finally:
+            if self._pending is asyncio.current_task():
+                self._pending = self._installing = None
+
+    async def _idle(self) -> None:
+        """Waits until no transaction runs or starts on any connector (``_busy``)."""
+        while any(self._busy(i) for i in self.connectors):  # noqa: ASYNC110 - no event
+            await asyncio.sleep(0.1)  # marks a session's end
 
 
 # ------------------------------------------------------------------ running simulators
@@ -1262,8 +1298,9 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
         if loop.time() >= next_beat:
             await cp.heartbeat()
             next_beat += cp.heartbeat_interval
-        free = [i for i, c in cp.connectors.items()
-                if c.transaction_id is None and c.status == "Available"]
+        free = [] if cp.firmware_pending else [
+            i for i, c in cp.connectors.items()
+            if c.transaction_id is None and c.status == "Available"]
         cards = _cards_free(plan, loop.time())
         if cards and free:
             tag = random.choice(cards)
