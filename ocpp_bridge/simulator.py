@@ -293,6 +293,9 @@ class SimulatedChargePoint(ChargePoint):
         # An answer owed on the last connection never comes; a late one must not be read
         # as one on this connection.
         self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
+        # A remote start whose Accepted could not be sent was never carried out (the
+        # ocpp package runs no after-handler then): its plug is not busy with it.
+        self._remote_target = None
         receiving = asyncio.create_task(self.start(), name=f"{self.id} receive")
         receiving.add_done_callback(self._lost)
         self._receiving = receiving
@@ -703,7 +706,8 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("RemoteStartTransaction", {"id_tag": id_tag,
                                                          "connector_id": connector_id}))
         target = connector_id or next((i for i, c in self.connectors.items()
-                                       if c.status == "Available"), None)
+                                       if c.status == "Available" and not self._busy(i)),
+                                      None)
         if target is None or target not in self.connectors or self._busy(target) \
                 or not (self.available and self.connectors[target].available) \
                 or self.firmware_pending:
