@@ -212,7 +212,10 @@ STANDARD_CONFIGURATION: dict[str, tuple[str, bool]] = {
     "TransactionMessageRetryInterval": ("60", False),
     "UnlockConnectorOnEVSideDisconnect": ("true", False),
     "LocalAuthListEnabled": ("true", False),
-    "ReserveConnectorZeroSupported": ("false", True),
+    "LocalAuthListMaxLength": ("1000", True),
+    "SendLocalListMaxLength": ("100", True),
+    # A ReserveNow for connector 0 is taken (it holds the first free connector).
+    "ReserveConnectorZeroSupported": ("true", True),
     "ChargeProfileMaxStackLevel": ("10", True),
     "ChargingScheduleAllowedChargingRateUnit": ("Current,Power", True),
     "ChargingScheduleMaxPeriods": ("24", True),

@@ -358,3 +358,18 @@ async def test_a_later_update_firmware_replaces_one_still_waiting(central: Centr
         await asyncio.sleep(1.5)
         assert cp.config.firmware == "2.1.0", f"rebooted again into {cp.config.firmware}"
         assert sum(isinstance(p, call.BootNotification) for p in cp.sent) == boots + 1
+
+
+async def test_the_key_set_says_what_the_charger_does() -> None:
+    """Review r28-sim: a LocalAuthListManagement charger names its list limits, and
+    ReserveConnectorZeroSupported said false while a ReserveNow for connector 0 was
+    taken (it holds the first free connector)."""
+    cp = SimulatedChargePoint("CP-X", None)
+    keys = {k["key"]: k for k in cp.on_get_configuration().configuration_key}
+    assert keys["LocalAuthListMaxLength"]["readonly"] is True
+    assert keys["SendLocalListMaxLength"]["readonly"] is True
+    assert keys["ReserveConnectorZeroSupported"]["value"] == "true"
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    assert cp.on_reserve_now(0, expires, "TAG-OK", 7).status == "Accepted"
+    assert cp.connectors[1].reservation_id == 7
+    await cp.stop_follow_ups()
