@@ -151,9 +151,11 @@ REBOOT_KEYS = frozenset({"WebSocketPingInterval"})
 
 def _valid_value(key: str, value: str) -> bool:
     """Whether a charger takes ``value`` for ``key``: a whole number of seconds or
-    times, a boolean (``true``/``false``), anything for the others."""
+    times (ASCII digits: review r28-sim, ``str.isdigit`` took "²", stored it, then
+    ``int`` failed the handler), a boolean (``true``/``false``), anything for the
+    others."""
     if key in INTEGER_KEYS:
-        return value.isdigit()
+        return value.isascii() and value.isdigit()
     if key in BOOLEAN_KEYS:
         return value.lower() in ("true", "false")
     return True
@@ -210,7 +212,10 @@ STANDARD_CONFIGURATION: dict[str, tuple[str, bool]] = {
     "TransactionMessageRetryInterval": ("60", False),
     "UnlockConnectorOnEVSideDisconnect": ("true", False),
     "LocalAuthListEnabled": ("true", False),
-    "ReserveConnectorZeroSupported": ("false", True),
+    "LocalAuthListMaxLength": ("1000", True),
+    "SendLocalListMaxLength": ("100", True),
+    # A ReserveNow for connector 0 is taken (it holds the first free connector).
+    "ReserveConnectorZeroSupported": ("true", True),
     "ChargeProfileMaxStackLevel": ("10", True),
     "ChargingScheduleAllowedChargingRateUnit": ("Current,Power", True),
     "ChargingScheduleMaxPeriods": ("24", True),
@@ -251,14 +256,21 @@ class SimulatedChargePoint(ChargePoint):
         self.local_list_version = 0
         self.local_list: dict[str, dict[str, Any]] = {}
         self.charging_profiles: dict[int, dict[str, Any]] = {}
-        #: The last UpdateFirmware's location and retrieveDate.
+        #: The last UpdateFirmware's location and retrieveDate, and its installation.
         self.firmware_update: tuple[str, str] = ("", now())
+        self._firmware: asyncio.Future[Any] | None = None
+        # The update downloaded and not yet rebooted into (``firmware_pending``), and the
+        # one installing (Installing sent): no later update replaces that one.
+        self._pending: asyncio.Task[Any] | None = None
+        self._installing: asyncio.Task[Any] | None = None
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.heartbeat_interval = 300
         #: What its last BootNotification was answered (Accepted, Pending, Rejected).
         self.registration: str | None = None
         # The connector a RemoteStartTransaction was accepted for, started right after.
         self._remote_target: int | None = None
+        # The connectors whose StartTransaction is under way (Preparing, unanswered).
+        self._starting: set[int] = set()
         # The tags (upper case) taken here since ``cards_taken`` was last asked.
         self._taken: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -284,6 +296,9 @@ class SimulatedChargePoint(ChargePoint):
         # An answer owed on the last connection never comes; a late one must not be read
         # as one on this connection.
         self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
+        # A remote start whose Accepted could not be sent was never carried out (the
+        # ocpp package runs no after-handler then): its plug is not busy with it.
+        self._remote_target = None
         receiving = asyncio.create_task(self.start(), name=f"{self.id} receive")
         receiving.add_done_callback(self._lost)
         self._receiving = receiving
@@ -423,7 +438,12 @@ class SimulatedChargePoint(ChargePoint):
     async def start_transaction(self, connector_id: int, id_tag: str,
                                 timestamp: str | None = None,
                                 reservation_id: int | None = None) -> tuple[int, str]:
-        await self.status(connector_id, "Preparing")
+        self._starting.add(connector_id)
+        try:
+            await self.status(connector_id, "Preparing")
+        except BaseException:
+            self._starting.discard(connector_id)
+            raise
         # Shielded: a session cancelled while its start is being answered (the station
         # switching off) still learns the transaction the central system opened, so
         # ``_stop_transactions`` stops it instead of leaving it open there.
@@ -450,15 +470,21 @@ class SimulatedChargePoint(ChargePoint):
             # No transaction: the plug is free again (reported once connected). A start
             # the central system got but could not answer is closed there as lost, once
             # this connector is reported Available after the next boot.
-            await self.status(connector_id, "Available")
+            self._not_started(connector_id)
+            await self.status(connector_id, state.idle_status())
+            raise
+        except BaseException:
+            self._starting.discard(connector_id)
             raise
         if response is None:
             # A CALLERROR (the station is not accepted, the central system failed): no
             # transaction; the plug is free again. It used to crash the charging task.
-            await self.status(connector_id, "Available")
+            self._not_started(connector_id)
+            await self.status(connector_id, state.idle_status())
             return 0, CALL_ERROR
         status = str(response.id_tag_info["status"])
         state.transaction_id = int(response.transaction_id)
+        self._starting.discard(connector_id)
         state.id_tag = id_tag
         self._taken.add(id_tag.upper())
         state.reservation_id, state.reserved_for = None, ()
@@ -580,15 +606,36 @@ class SimulatedChargePoint(ChargePoint):
         await self.call(call.StopTransaction(
             meter_stop=int(state.meter_wh), timestamp=now(), transaction_id=transaction_id,
             reason=reason, id_tag=state.id_tag))
-        if state.scheduled is not None:  # a ChangeAvailability that waited for it
+        self._apply_scheduled(connector_id)
+        await self.status(connector_id, state.idle_status())
+
+    def _apply_scheduled(self, connector_id: int) -> None:
+        """Applies the ChangeAvailability that waited for the connector's transaction (or
+        its start) to end, if one did."""
+        state = self.connectors[connector_id]
+        if state.scheduled is not None:
             state.available, state.scheduled = state.scheduled, None
             self._charger_availability_settled()
-        await self.status(connector_id, state.idle_status())
+
+    def _not_started(self, connector_id: int) -> None:
+        """A start that made no transaction: the plug is idle, and a ChangeAvailability
+        that waited for it is made now."""
+        self._starting.discard(connector_id)
+        self._apply_scheduled(connector_id)
+
+    def _busy(self, connector_id: int) -> bool:
+        """Whether a transaction runs on the connector or one is starting there: a remote
+        start accepted for it, or its StartTransaction not answered yet. (A Preparing of
+        a car plugged in before any start is not: a remote start is what it waits for.)"""
+        state = self.connectors[connector_id]
+        return state.transaction_id is not None or self._remote_target == connector_id \
+            or connector_id in self._starting
 
     async def charge(self, connector_id: int, id_tag: str, *, duration_s: float,
                      step_s: float | None = None, power_w: float | None = None) -> int:
         """A whole session: a car plugged in (``plug_in``), start, meter values every
-        ``step_s`` for ``duration_s`` or until the car is full, stop. A start the central
+        ``step_s`` (by default its MeterValueSampleInterval, as it is at each sample)
+        for ``duration_s`` or until the car is full, stop. A start the central
         system does not accept (ConcurrentTx, Blocked, …) is stopped at once, as chargers
         do (``StopTransactionOnInvalidId``)."""
         self.plug_in(connector_id, power_w)
@@ -596,33 +643,34 @@ class SimulatedChargePoint(ChargePoint):
         if status != "Accepted":
             await self.stop_transaction(connector_id, "DeAuthorized")
             return transaction_id
-        step = step_s or self.config.meter_interval_s
-        await self._meter(connector_id, transaction_id, step, duration_s)
+        await self._meter(connector_id, transaction_id, step_s, duration_s)
         if self.connectors[connector_id].transaction_id == transaction_id:
             await self.stop_transaction(connector_id)
         return transaction_id
 
     async def meter_until_stopped(self, connector_id: int, transaction_id: int) -> None:
-        """Meter values every ``meter_interval_s`` while the transaction runs: one started
+        """Meter values every MeterValueSampleInterval while the transaction runs: one started
         remotely ends by a remote stop, or once its car is full (SuspendedEV for an
         interval, then its driver ends it: Finishing, StopTransaction). It used to go on
         drawing nothing for ever, the plug Charging on the map."""
-        await self._meter(connector_id, transaction_id, self.config.meter_interval_s)
+        await self._meter(connector_id, transaction_id, None)
         if self.connectors[connector_id].transaction_id == transaction_id:
             await self.stop_transaction(connector_id)
 
-    async def _meter(self, connector_id: int, transaction_id: int, step: float,
+    async def _meter(self, connector_id: int, transaction_id: int, step: float | None,
                      duration_s: float = float("inf")) -> None:
-        """``charging_step`` every ``step`` for ``duration_s``, until the transaction ends
-        otherwise (remotely, by a reset), or an interval after its car is full."""
+        """``charging_step`` every ``step`` (None: the MeterValueSampleInterval at each
+        sample, ``config.meter_interval_s``) for ``duration_s``, until the transaction
+        ends otherwise (remotely, by a reset), or an interval after its car is full."""
         state = self.connectors[connector_id]
         elapsed, full = 0.0, False
         while elapsed < duration_s:
-            await asyncio.sleep(step)
-            elapsed += step
+            step_s = step or self.config.meter_interval_s
+            await asyncio.sleep(step_s)
+            elapsed += step_s
             if state.transaction_id != transaction_id or full:
                 return
-            full = not await self.charging_step(connector_id, step)
+            full = not await self.charging_step(connector_id, step_s)
 
     def cards_in_use(self) -> set[str]:
         """The tags charging here, the one a remote start was accepted for and is about
@@ -644,13 +692,14 @@ class SimulatedChargePoint(ChargePoint):
         taken, self._taken = self._taken, set()
         return taken
 
-    def _later(self, coro: Any) -> None:
+    def _later(self, coro: Any) -> asyncio.Future[Any]:
         """Run a follow-up message after answering: never call the central system from
         inside a handler (the receive loop would wait on itself)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(partial(_report, self.id))
+        return task
 
     # ------------------------------------------------------------- central system → charger
     @on(Action.remote_start_transaction)
@@ -660,12 +709,14 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("RemoteStartTransaction", {"id_tag": id_tag,
                                                          "connector_id": connector_id}))
         target = connector_id or next((i for i, c in self.connectors.items()
-                                       if c.status == "Available"), None)
-        if target is None or target not in self.connectors \
-                or self.connectors[target].transaction_id is not None \
-                or not (self.available and self.connectors[target].available):
+                                       if c.status == "Available" and not self._busy(i)),
+                                      None)
+        if target is None or target not in self.connectors or self._busy(target) \
+                or not (self.available and self.connectors[target].available) \
+                or self.firmware_pending:
             # Nor on an inoperative connector or charger (ChangeAvailability): it used
-            # to start a transaction on a plug the map showed Unavailable.
+            # to start a transaction on a plug the map showed Unavailable. Nor while a
+            # firmware update waits to install (review r28-sim: the reboot ended it).
             return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
         reserved = self.connectors[target].reserved_for
         if reserved and id_tag.upper() not in reserved:
@@ -748,15 +799,18 @@ class SimulatedChargePoint(ChargePoint):
         if connector_id == 0:
             self._charger_operative = operative
         # OCPP 1.6 (5.2): a connector charging changes once its transaction ends (it
-        # used to answer Scheduled and never change); the others change now.
+        # used to answer Scheduled and never change), and so does one a start is under
+        # way on (review r28-sim: answered Accepted, then its transaction ran on the
+        # plug just said to be inoperative; a start that fails applies it too); the
+        # others change now.
         scheduled = False
         for t in targets:
             state = self.connectors[t]
-            if state.transaction_id is not None and state.available != operative:
+            if self._busy(t) and state.available != operative:
                 state.scheduled, scheduled = operative, True
                 continue
             state.available, state.scheduled = operative, None
-            if state.transaction_id is None and state.status != "Preparing":
+            if not self._busy(t):
                 self._later(self.status(t, state.idle_status()))
         if connector_id == 0:
             self._charger_availability_settled()
@@ -783,6 +837,9 @@ class SimulatedChargePoint(ChargePoint):
         self.configuration[key] = (value, False)
         if key == "HeartbeatInterval" and int(value) > 0:
             self.heartbeat_interval = int(value)
+        if key == "MeterValueSampleInterval" and int(value) > 0:
+            # Review r28-sim: Accepted, yet its sessions went on sampling at the old one.
+            self.config = replace(self.config, meter_interval_s=float(value))
         if key in REBOOT_KEYS:
             return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
         return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
@@ -980,32 +1037,60 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("UpdateFirmware", {"location": location,
                                                  "retrieve_date": retrieve_date}))
         self.firmware_update = (location, retrieve_date)
-        self._later(self._install_firmware())
+        if self._firmware is not None and self._firmware is not self._installing:
+            # Review r28-sim: a later update replaces one still waiting (for its
+            # retrieveDate, its download, or the cars to leave); each used to run on,
+            # the earlier rebooting the charger again, into the older version.
+            self._firmware.cancel()
+        self._firmware = self._later(self._install_firmware(location, retrieve_date,
+                                                            self._installing))
         return result.UpdateFirmware()
 
-    async def _install_firmware(self) -> None:
-        """OCPP 1.6 (6.4): from its retrieveDate on, downloads, then installs once no car
-        charges (as chargers do: a session is not cut short by an update), saying so,
-        then reboots into the new firmware (its BootNotification says which: the version
-        in the file's name, when it has one). It used to stop at Installed, its boot
-        still naming the old firmware."""
-        location, retrieve_date = self.firmware_update
-        begins = datetime.fromisoformat(retrieve_date.replace("Z", "+00:00"))
-        if begins.tzinfo is None:
-            begins = begins.replace(tzinfo=UTC)
-        await asyncio.sleep(max(0.0, (begins - datetime.now(UTC)).total_seconds()))
-        for status in ("Downloading", "Downloaded", "Installing", "Installed"):
-            if status == "Installing":
-                while any(c.transaction_id is not None  # noqa: ASYNC110 - no event
-                          for c in self.connectors.values()):  # marks a session's end
-                    await asyncio.sleep(0.1)
-            await self.call(call.FirmwareStatusNotification(status=status))
-            if status in ("Downloading", "Installing"):
-                await asyncio.sleep(self.config.firmware_step_s)
-        version = re.search(r"\d+(?:\.\d+)+", location.rsplit("/", 1)[-1])
-        if version is not None:
-            self.config = replace(self.config, firmware=version.group())
-        await self._reboot("Reboot")
+    @property
+    def firmware_pending(self) -> bool:
+        """Whether an update downloaded waits to install, or installs: from then until
+        its reboot the charger takes no new start (a RemoteStart is Rejected, the fleet
+        leaves it alone), and it installs once none runs."""
+        return self._pending is not None
+
+    async def _install_firmware(self, location: str, retrieve_date: str,
+                                after: asyncio.Task[Any] | None) -> None:
+        """OCPP 1.6 (6.4): once the installation under way (``after``) is over, from its
+        retrieveDate on, downloads; then takes no new start (``firmware_pending``) and
+        installs once no car charges or starts to, as chargers do: a session is not cut
+        short by an update; saying so, then reboots into the new firmware (its
+        BootNotification says which: the version in the file's name, when it has one).
+        It used to stop at Installed, its boot still naming the old firmware; review
+        r28-sim: it still took starts while installing, and its reboot ended them."""
+        try:
+            if after is not None:
+                await asyncio.wait({after})
+            begins = datetime.fromisoformat(retrieve_date.replace("Z", "+00:00"))
+            if begins.tzinfo is None:
+                begins = begins.replace(tzinfo=UTC)
+            await asyncio.sleep(max(0.0, (begins - datetime.now(UTC)).total_seconds()))
+            await self.call(call.FirmwareStatusNotification(status="Downloading"))
+            await asyncio.sleep(self.config.firmware_step_s)
+            await self.call(call.FirmwareStatusNotification(status="Downloaded"))
+            self._pending = asyncio.current_task()
+            await self._idle()
+            self._installing = self._pending
+            await self.call(call.FirmwareStatusNotification(status="Installing"))
+            await asyncio.sleep(self.config.firmware_step_s)
+            await self.call(call.FirmwareStatusNotification(status="Installed"))
+            version = re.search(r"\d+(?:\.\d+)+", location.rsplit("/", 1)[-1])
+            if version is not None:
+                self.config = replace(self.config, firmware=version.group())
+            await self._idle()  # a start that slipped in (a fleet's, decided before)
+            await self._reboot("Reboot")
+        finally:
+            if self._pending is asyncio.current_task():
+                self._pending = self._installing = None
+
+    async def _idle(self) -> None:
+        """Waits until no transaction runs or starts on any connector (``_busy``)."""
+        while any(self._busy(i) for i in self.connectors):  # noqa: ASYNC110 - no event
+            await asyncio.sleep(0.1)  # marks a session's end
 
 
 # ------------------------------------------------------------------ running simulators
@@ -1220,8 +1305,9 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
         if loop.time() >= next_beat:
             await cp.heartbeat()
             next_beat += cp.heartbeat_interval
-        free = [i for i, c in cp.connectors.items()
-                if c.transaction_id is None and c.status == "Available"]
+        free = [] if cp.firmware_pending else [
+            i for i, c in cp.connectors.items()
+            if c.transaction_id is None and c.status == "Available"]
         cards = _cards_free(plan, loop.time())
         if cards and free:
             tag = random.choice(cards)
@@ -1276,8 +1362,7 @@ async def _session(cp: SimulatedChargePoint, plan: FleetPlan, connector_id: int,
     the central system has the session's end: started elsewhere before, it would be
     refused as still charging."""
     try:
-        await cp.charge(connector_id, tag, duration_s=random.uniform(*plan.session_length_s),
-                        step_s=plan.meter_interval_s)
+        await cp.charge(connector_id, tag, duration_s=random.uniform(*plan.session_length_s))
         await cp.delivered()
     finally:
         plan.resting[tag] = asyncio.get_running_loop().time() + random.uniform(*plan.rest_s)

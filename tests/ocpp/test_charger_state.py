@@ -150,7 +150,7 @@ async def test_a_firmware_rollout_reads_requested_then_the_chargers_statuses_wit
     assert hidden == dict.fromkeys(hidden)  # staff only, as the firmware status itself
 
 
-async def _reports_nothing(self: simulator.SimulatedChargePoint) -> None:
+async def _reports_nothing(self: simulator.SimulatedChargePoint, *_: Any) -> None:
     """A charger that takes an update and reports on it later (the test sends them)."""
 
 

@@ -2457,7 +2457,7 @@ def holding_starts(cp: Any) -> Any:
     """``cp`` answers remote starts as it did but starts none itself: the car is not
     plugged in yet (the test sends the StartTransaction when it is)."""
     async def waiting_for_the_car(id_tag: str) -> None:
-        return None
+        cp._remote_target = None  # taken, as the real one does: the plug is not busy
 
     cp._start_remotely = waiting_for_the_car
     return cp

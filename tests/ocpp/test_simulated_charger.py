@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ocpp.v16 import call
@@ -225,3 +225,151 @@ async def test_reset_unlock_and_firmware_end_sessions_and_reboot_as_a_charger_do
                     if isinstance(p, call.FirmwareStatusNotification)]
         assert firmware == ["Downloading", "Downloaded", "Installing", "Installed"]
         assert sum(isinstance(p, call.BootNotification) for p in cp.sent) == boots + 1
+
+
+def test_an_integer_key_takes_ascii_digits_only_and_a_refused_value_is_not_stored(
+        ) -> None:
+    """Review r28-sim: ``str.isdigit`` takes "²" (and other Unicode digits): the value
+    was stored, then ``int`` failed the handler (an InternalError to the central system,
+    GetConfiguration showing HeartbeatInterval "²")."""
+    cp = SimulatedChargePoint("CP-X", None)
+    for key in ("HeartbeatInterval", "MeterValueSampleInterval", "ConnectionTimeOut"):
+        before = cp.configuration[key]
+        for value in ("²", "٣", "１٠", "-5", "1.5", ""):
+            assert cp.on_change_configuration(key, value).status == "Rejected", (key, value)
+            assert cp.configuration[key] == before
+    assert cp.heartbeat_interval == 300
+    assert cp.on_change_configuration("HeartbeatInterval", "120").status == "Accepted"
+    assert cp.heartbeat_interval == 120
+
+
+async def test_a_changed_meter_value_sample_interval_is_what_sessions_sample_at(
+        central: Central) -> None:
+    """Review r28-sim: ChangeConfiguration MeterValueSampleInterval was Accepted, and the
+    charger went on sampling at its old interval (10 s here)."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=10)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        answer = await run(central, "changeConfiguration",
+                           {"cpId": "CP-1", "key": "MeterValueSampleInterval", "value": "1"})
+        assert answer["status"] == "ACCEPTED"
+        assert await remote_start(central, 1) == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        await asyncio.sleep(3.5)
+        samples = [p for p in cp.sent if isinstance(p, call.MeterValues)]
+        assert len(samples) >= 2, f"{len(samples)} MeterValues in 3.5 s at a 1 s interval"
+
+
+async def test_inoperative_while_a_remote_start_is_under_way_is_scheduled_for_its_end(
+        central: Central) -> None:
+    """Review r28-sim: a ChangeAvailability Inoperative between an accepted remote start
+    and its StartTransaction was answered Accepted, and the transaction then ran on the
+    connector just said to be inoperative. A start under way makes the plug busy: the
+    change is Scheduled, and made once that session ends."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Accepted"
+        cp.after_remote_start("TAG-OK")
+        assert cp.on_change_availability(1, "Inoperative").status == "Scheduled"
+        # Nor does a second start take the plug meanwhile.
+        assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Rejected"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        tx = cp.connectors[1].transaction_id
+        assert cp.connectors[1].available
+        await run(central, "remoteStopTransaction", {"cpId": "CP-1", "transactionId": tx})
+        await closed(central, tx)
+        await soon(lambda: cp.connectors[1].status == "Unavailable")
+        assert cp.statuses(1)[-2:] == ["Finishing", "Unavailable"]
+        assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Rejected"
+
+
+async def test_a_downloaded_firmware_takes_no_new_start_and_cuts_no_session_short(
+        central: Central) -> None:
+    """Review r28-sim: the charger waited for its sessions to end once, before
+    Installing, then took remote starts while installing, and its reboot ended them
+    (reason Reboot). From the download on it refuses new starts, installs once none
+    runs, reboots, and takes starts again."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0.3)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        assert await remote_start(central, 1) == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        tx = cp.connectors[1].transaction_id
+        await run(central, "updateFirmware", {
+            "cpId": "CP-1", "location": "https://fw.example.com/simcharger-2.1.0.bin",
+            "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+
+        def firmware() -> list[str]:
+            return [p.status for p in cp.sent
+                    if isinstance(p, call.FirmwareStatusNotification)]
+
+        await soon(lambda: cp.firmware_pending)  # downloaded
+        # (The server refuses TAG-OK itself now: charging on connector 1.)
+        assert cp.on_remote_start("TAG-OTHER", connector_id=2).status == "Rejected"
+        await asyncio.sleep(0.5)
+        assert firmware() == ["Downloading", "Downloaded"], "installing while charging"
+        await run(central, "remoteStopTransaction", {"cpId": "CP-1", "transactionId": tx})
+        assert (await closed(central, tx)).stop_reason == "Remote"
+
+        async def rebooted() -> bool:
+            station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return station is not None and station.firmware == "2.1.0"
+
+        await until(rebooted, attempts=200, step=0.05)
+        assert firmware() == ["Downloading", "Downloaded", "Installing", "Installed"]
+        await soon(lambda: not cp.firmware_pending)
+        assert await remote_start(central, 2) == "ACCEPTED"
+
+
+async def test_a_later_update_firmware_replaces_one_still_waiting(central: Central) -> None:
+    """Review r28-sim: each UpdateFirmware ran on, none replacing a pending one: an
+    operator who scheduled 2.0.0 for later and then sent 2.1.0 for now got 2.1.0, then a
+    second reboot downgrading the charger to 2.0.0."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        boots = sum(isinstance(p, call.BootNotification) for p in cp.sent)
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        await run(central, "updateFirmware", {
+            "cpId": "CP-1", "location": "https://fw.example.com/simcharger-2.0.0.bin",
+            "retrieveDate": later.isoformat()}, "accepted")
+        await run(central, "updateFirmware", {
+            "cpId": "CP-1", "location": "https://fw.example.com/simcharger-2.1.0.bin",
+            "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+
+        async def firmware_is(version: str) -> bool:
+            station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return station is not None and station.firmware == version
+
+        await until(lambda: firmware_is("2.1.0"), attempts=100, step=0.05)
+        await asyncio.sleep(1.5)
+        assert cp.config.firmware == "2.1.0", f"rebooted again into {cp.config.firmware}"
+        assert sum(isinstance(p, call.BootNotification) for p in cp.sent) == boots + 1
+
+
+async def test_the_key_set_says_what_the_charger_does() -> None:
+    """Review r28-sim: a LocalAuthListManagement charger names its list limits, and
+    ReserveConnectorZeroSupported said false while a ReserveNow for connector 0 was
+    taken (it holds the first free connector)."""
+    cp = SimulatedChargePoint("CP-X", None)
+    keys = {k["key"]: k for k in cp.on_get_configuration().configuration_key}
+    assert keys["LocalAuthListMaxLength"]["readonly"] is True
+    assert keys["SendLocalListMaxLength"]["readonly"] is True
+    assert keys["ReserveConnectorZeroSupported"]["value"] == "true"
+    expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    assert cp.on_reserve_now(0, expires, "TAG-OK", 7).status == "Accepted"
+    assert cp.connectors[1].reservation_id == 7
+    await cp.stop_follow_ups()
