@@ -1444,8 +1444,7 @@ class ChargingService(ChargerConnections):
             guards.append(Guard(IdTag, all_of(Eq("tag", session.id_tag),
                                               Eq("user_id", session.user_id))))
             if card is not None:
-                guards.append(Guard(IdTag, all_of(Eq("id", card.id),
-                                                  Eq("updated_at", card.updated_at))))
+                guards.append(self._card_unchanged(card))
             if session.user_id is not None:
                 guards.append(not_erased(session.user_id))
         try:
@@ -1466,6 +1465,12 @@ class ChargingService(ChargerConnections):
         others = any_of(Range("transaction_id", lt=session.transaction_id),
                         Range("transaction_id", gt=session.transaction_id))
         return Guard(Session, all_of(holding_card(session.id_tag), others), exists=False)
+
+    @staticmethod
+    def _card_unchanged(card: IdTag) -> Guard:
+        """The guard of a write judged on ``card`` as read: it still stands as it was (its
+        ``updated_at``), neither removed nor edited (blocked, expired) meanwhile."""
+        return Guard(IdTag, all_of(Eq("id", card.id), Eq("updated_at", card.updated_at)))
 
     async def _open_session(self, station: Station, connector_id: int, presented: str,
                             identity: _StartIdentity, reservation_id: int | None,
@@ -1589,8 +1594,7 @@ class ChargingService(ChargerConnections):
             # the start reads again and is judged on the card as it is now. The
             # removal is guarded the other way (``FleetService._remove_id_tag``: no
             # session holding the card).
-            guards.append(Guard(IdTag, all_of(
-                Eq("id", id_tag_record.id), Eq("updated_at", id_tag_record.updated_at))))
+            guards.append(self._card_unchanged(id_tag_record))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)
