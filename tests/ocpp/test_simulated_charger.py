@@ -129,6 +129,8 @@ async def test_a_remotely_started_session_ends_when_the_car_is_full(
         tx = cp.connectors[1].transaction_id
         cp.connectors[1].soc = 100.0  # the car is full
         done = await closed(central, tx)
+        # Available follows the StopTransaction's answer, so it may still be on its way.
+        await soon(lambda: cp.statuses(1)[-1:] == ["Available"])
         assert cp.statuses(1)[-3:] == ["SuspendedEV", "Finishing", "Available"]
     assert done.stop_reason == "Local"
 
