@@ -29,8 +29,11 @@ VOLUME ["/data"]
 EXPOSE 8000 9000
 # `chargegraph healthcheck` reads the settings `serve` reads (the environment, then
 # /data/.env), so it asks the host and port the server listens on; it exits 1 on a 503
-# (the store down), on no answer and on a configuration error.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+# (the store down), on no answer and on a configuration error. The start period covers
+# the longest start: an instance waits up to 30 minutes for another's SQLite migration
+# before it listens, and failures inside the period do not count; the first answer ends
+# it, and it is probed every 5 s meanwhile (Docker 25+), so a quick start is healthy soon.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30m --start-interval=5s --retries=3 \
   CMD ["chargegraph", "healthcheck"]
 # No --host: the interface is CHARGEGRAPH_HOST above, which `docker run -e` or compose
 # replaces (an option here would override the user's value, and the health check would

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from chargegraph import __version__
-from store.sqlite.migrations import MIGRATIONS, apply_migrations
+from store.sqlite.migrations import MIGRATION_LOCK_WAIT_S, MIGRATIONS, apply_migrations
 from tests.helpers import free_port, wait_healthy
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
@@ -205,6 +205,20 @@ def image_command(instruction: str) -> list[str]:
     program = {"chargegraph": [sys.executable, "-m", "chargegraph"],
                "python": [sys.executable]}[command[0]]
     return [*program, *command[1:]]
+
+
+def test_the_images_health_check_waits_out_the_longest_start() -> None:
+    """QA s28: the image allowed 10 s to start, but an instance waits up to
+    ``MIGRATION_LOCK_WAIT_S`` for another's SQLite migration before it listens, so Docker
+    marked it unhealthy (and an orchestrator restarted it) while it rightly waited."""
+    text = (CHECKOUT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK "))
+    options = dict(option.removeprefix("--").split("=", 1)
+                   for option in line[:line.index(" CMD ")].split()[1:])
+    seconds = {"s": 1, "m": 60, "h": 3600}
+    period = options["start-period"]
+    assert int(period[:-1]) * seconds[period[-1]] >= MIGRATION_LOCK_WAIT_S
+    assert "start-interval" in options  # a quick start is seen soon, not after 15 s
 
 
 def test_the_images_health_check_and_command_follow_the_users_configuration(
