@@ -455,8 +455,8 @@ async def test_a_block_sends_the_station_s_older_owed_cancels_at_once(
             cancels = sorted(p["reservation_id"] for n, p in cp.received
                              if n == "CancelReservation")
             assert cancels == sorted(held.values()), cancels
-            [older] = await store.get_many(d.Reservation, [older.id])
-            assert older is not None and older.cancel_owed_since is None  # settled
+            [sent] = await store.get_many(d.Reservation, [older.id])
+            assert sent is not None and sent.cancel_owed_since is None  # settled
             [still] = await store.get_many(d.Reservation, [claimed.id])
             assert still is not None and still.cancel_owed_since is not None
     finally:
