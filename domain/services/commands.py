@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
@@ -1861,8 +1861,7 @@ class CommandService(Service):
                                   field="reservationId", code="INVALID_STATE")
         return reservation
 
-    async def send_owed_cancels(self, station_id: str,
-                                only: Collection[str] | None = None) -> None:
+    async def send_owed_cancels(self, station_id: str) -> None:
         """Sends the station's charger, come back (connected, or its boot accepted), the
         CancelReservation of each reservation cancelled while it was offline
         (``Reservation.cancel_owed_since``) and not expired yet (an expired one the
@@ -1872,10 +1871,9 @@ class CommandService(Service):
         run at a time per station in this process: the connection and the boot that
         follows it both ask. The owed ones are read as such (``owed_cancels``), a page
         at a time (review s25: the station's 100 first cancelled ones were read and the
-        owed kept of them, so a busy station's ordinary cancels hid an owed one).
-        ``only``: the ids of the reservations to send of those (a withdrawal's own, the
-        ones its cancel-once claim won: ``cancel_owed``), the others left to whoever
-        claimed them, the holder's sweep or the charger's return."""
+        owed kept of them, so a busy station's ordinary cancels hid an owed one). Each
+        sent only if its claim wins (``_claim_cancel``): one another send has on its way
+        is left to it."""
         async with self._owing.one_at_a_time(station_id):
             [station] = await self.store.get_many(Station, [station_id])
             # Sent nothing (OCPP 1.6, 4.2) if told Rejected at its last boot: what it
@@ -1883,11 +1881,8 @@ class CommandService(Service):
             if station is None or (station.charger_registration or station.registration
                                    ) is Registration.REJECTED:
                 return
-            # Only those named, when named: read by id, not sifted from the station's.
-            named = In("id", tuple(sorted(only))) if only is not None else None
             async for owed in pages(self.store, Reservation, all_of(
-                    Eq("station_id", station_id), owed_cancels(self.now()), named),
-                    OWED_PAGE):
+                    Eq("station_id", station_id), owed_cancels(self.now())), OWED_PAGE):
                 for reservation in owed:
                     claimed = await self._claim_cancel(reservation)
                     if claimed is None:

@@ -892,10 +892,11 @@ class Withdrawal(Service):
         CancelReservation owed to the charger
         (``CommandService.cancel_owed``) and sent, once, by the owed record. With
         ``prompt`` (one instance's withdrawal, not the expiry sweep every instance runs)
-        only those this call cancelled (its claim won) are sent, at once, here where the
-        charger is connected to this instance, else through the relay to the instance
-        holding it. Without, the holder sends every one owed at the stations read, here
-        (the sweep's winners elsewhere relay nothing). Otherwise by the holder's
+        every cancel owed at the stations read (theirs, and older ones there) is sent at
+        once, here where the charger is connected to this instance, else through the
+        relay to the instance holding it, each one only if its send's claim wins
+        (``CommandService._claim_cancel``). Without, the holder sends them, here (the
+        sweep's winners elsewhere relay nothing). Otherwise by the holder's
         ``sweep_owed_cancels`` or at the charger's return. Review s26: every instance
         cancelled through the relay, so a charger was sent the same cancel once per
         instance, all but the first answered Rejected and recorded (audit,
@@ -915,37 +916,35 @@ class Withdrawal(Service):
                     live.append(r)
                 elif r.cancel_owed_since is not None:
                     owed.add(r.station_id)
-        cancelled = await self.commands.cancel_owed(live, actor)
-        # The claim decides who sends (review r28): a prompt withdrawal sends the
-        # cancels its own claim won, here or through the relay, and no other: two
-        # instances withdrawing at one station at once each sent every cancel owed
-        # there, the other's still unanswered one too, and the charger answered the
-        # second Rejected (recorded as a failed cancel). Without ``prompt`` (the expiry
-        # sweep, on every instance, whose winners relay nothing) the holder sends all.
-        mine = {r.id for r in cancelled} if prompt else None
-        here = await self._here(sorted(
-            {r.station_id for r in cancelled} if prompt
-            else owed | {r.station_id for r in live}))
+        await self.commands.cancel_owed(live, actor)
+        # Every cancel owed at these stations is sent, each by whichever send claims it
+        # (``CommandService._claim_cancel``): one another instance is sending (claimed
+        # within ``CANCEL_CLAIM_S``) is left to it, so no charger gets one twice (review
+        # r28: two instances withdrawing at one station each relayed the other's
+        # unanswered cancel, the second answered Rejected). A prompt withdrawal sends
+        # the station's older owed cancels too, at once (session 29: it sent only those
+        # it cancelled itself, the others left to the holder's sweep, up to a minute).
+        # Without ``prompt`` (the expiry sweep, on every instance) winners elsewhere
+        # relay nothing: the holder sends all.
+        stations = owed | {r.station_id for r in live}
+        here = await self._here(sorted(stations))
         for station_id in here:
-            await self.commands.send_owed_cancels(station_id, mine)
+            await self.commands.send_owed_cancels(station_id)
         if prompt:
-            await self._send_owed_elsewhere(
-                sorted({r.station_id for r in cancelled} - set(here)), mine)
+            await self._send_owed_elsewhere(sorted(stations - set(here)))
 
-    async def _send_owed_elsewhere(self, station_ids: Sequence[str],
-                                   only: Collection[str] | None = None) -> None:
-        """Sends the owed cancels (of ``only``, when given) of the stations online whose
-        charger another instance holds, through the relay
-        (``CommandService.send_owed_cancels``, which the gateway relays), each on its
-        own: one not reached stays owed, for the holder's sweep or the charger's return.
-        A station recorded offline is sent nothing now."""
+    async def _send_owed_elsewhere(self, station_ids: Sequence[str]) -> None:
+        """Sends the owed cancels of the stations online whose charger another instance
+        holds, through the relay (``CommandService.send_owed_cancels``, which the
+        gateway relays), each on its own: one not reached stays owed, for the holder's
+        sweep or the charger's return. A station recorded offline is sent nothing now."""
         if self.commands.gateway is None or not station_ids:
             return
         for station in await self.store.get_many(Station, list(station_ids)):
             if station is None or not station.online:
                 continue
             try:
-                await self.commands.send_owed_cancels(station.id, only)
+                await self.commands.send_owed_cancels(station.id)
             except Exception:
                 log.exception("the owed cancels of station %s were not sent", station.id)
 

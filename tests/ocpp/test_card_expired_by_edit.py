@@ -20,8 +20,9 @@ from ocpp.v16.enums import Action
 from domain import entities as d
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Insert
 from domain.query import Eq
-from domain.services.base import patch
+from domain.services.base import patch, stamp_new
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -408,3 +409,55 @@ async def test_the_boot_check_and_the_expiry_sweep_cancel_a_reservation_once(
         assert (now.state, now.cancel_owed_since) == (d.ReservationState.CANCELLED, None)
         cancels = [p for n, p in cp.received if n == "CancelReservation"]
         assert cancels == [{"reservation_id": held["reservation"]["reservationId"]}], cancels
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+async def test_a_block_sends_the_station_s_older_owed_cancels_at_once(
+        tmp_path: Path, relayed: bool) -> None:
+    """Session 29: a withdrawal (TAG-OK blocked) sent only the cancel it made itself;
+    TAG-OTHER's, owed at the same charger since it was cancelled here while the charger
+    was unreachable (``cancel_owed``), waited for the holder's minute sweep, the plug
+    held at the charger meanwhile. It is sent at once too, directly or through the
+    relay; one another send claimed a moment ago (``cancel_sending_since``) is left to
+    that send, never sent twice."""
+    central = await start_central(tmp_path / "central.db", relayed=relayed)
+    await seed(central)
+    admin = Viewer.of(central.users["admin"])
+    expiry = datetime.now(UTC) + timedelta(hours=1)
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await cp.report_all()
+            held = {}
+            for plug, tag in ((1, "TAG-OK"), (2, "TAG-OTHER")):
+                made = await run(central, "reserveNow", {
+                    "cpId": "CP-1", "connectorId": plug, "idTag": tag,
+                    "expiryDate": expiry.isoformat()}, SELECTION)
+                assert made["reservation"]["state"] == "ACTIVE", made
+                held[tag] = made["reservation"]["reservationId"]
+            store = central.store
+            [older] = await store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
+            assert await central.services.commands.cancel_owed([older]) != []
+            # Owed too, but another instance's send claimed it a moment ago.
+            station = central.stations["CP-1"]
+            claimed = stamp_new(d.Reservation(
+                reservation_id=await store.next_sequence("reservation"),
+                station_id=station.id, cp_id="CP-1", connector_id=0, id_tag="TAG-GONE",
+                expires_at=expiry, state=d.ReservationState.CANCELLED,
+                cancel_owed_since=datetime.now(UTC),
+                cancel_sending_since=datetime.now(UTC)), SYSTEM)
+            await store.write([Insert(claimed)], [])
+            assert [n for n, _ in cp.received if n == "CancelReservation"] == []
+
+            await central.services.fleet.update_id_tag(admin, central.tags["ok"].id,
+                                                       status=d.IdTagStatus.BLOCKED)
+            await settled(central)
+            cancels = sorted(p["reservation_id"] for n, p in cp.received
+                             if n == "CancelReservation")
+            assert cancels == sorted(held.values()), cancels
+            [sent] = await store.get_many(d.Reservation, [older.id])
+            assert sent is not None and sent.cancel_owed_since is None  # settled
+            [still] = await store.get_many(d.Reservation, [claimed.id])
+            assert still is not None and still.cancel_owed_since is not None
+    finally:
+        await stop_central(central)

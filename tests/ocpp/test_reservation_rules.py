@@ -77,6 +77,36 @@ async def test_a_plug_charging_a_session_is_not_reserved(central: Central) -> No
         assert free["errors"] == [] and free["reservation"]["state"] == "ACTIVE", free
 
 
+async def test_a_reservation_the_charger_refuses_is_audited_as_made_then_rejected(
+        central: Central) -> None:
+    """Session 29 (a leftover said a refusal was audited as a CREATE and a DELETE): a
+    reserveNow is stored PENDING before it is sent (the charger may use it before its
+    answer is recorded, and the clash check needs it stored), so the audit log says
+    what was: the reservation made (CREATE, PENDING), the command sent and answered,
+    and the refusal (UPDATE to REJECTED), the record kept. Nothing is deleted, for each
+    refusal a charger gives (Occupied, Faulted, Unavailable)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        plug = cp.connectors[1]
+        for status, refusing in (("OCCUPIED", "reservation_id"), ("FAULTED", "error_code"),
+                                 ("UNAVAILABLE", "available")):
+            saved = getattr(plug, refusing)
+            setattr(plug, refusing, {"reservation_id": 99, "error_code": "GroundFailure",
+                                     "available": False}[refusing])
+            refused = await run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+                "expiryDate": soon()}, SELECTION)
+            setattr(plug, refusing, saved)
+            assert refused["status"] == status, refused
+            assert refused["reservation"]["state"] == "REJECTED", refused
+            [made] = await central.store.find_all(d.Reservation, Eq(
+                "reservation_id", refused["reservation"]["reservationId"]))
+            audit = sorted(await central.store.find_all(
+                d.AuditEntry, Eq("entity_id", made.id)), key=lambda e: e.at)
+            assert [(e.action, (e.after or {}).get("state")) for e in audit] == [
+                (d.AuditAction.CREATE, "PENDING"), (d.AuditAction.UPDATE, "REJECTED")]
+
+
 async def station_offline(central: Central, cp_id: str) -> None:
     async def offline() -> bool:
         [station] = await central.store.find_all(d.Station, Eq("cp_id", cp_id))
