@@ -787,10 +787,16 @@ async def test_two_case_twins_created_in_step_on_mongodb_make_one_station(
     ``cp-new`` and ``CP-NEW`` created at the same moment on two instances each wrote its
     station, each guard then read the other's in flight, and both were rolled back: no
     station, and neither caller had one (review r28-leftocpp). Exactly one is created;
-    the other caller is told its cpId exists (``DUPLICATE``)."""
+    the other caller is told its cpId exists (``DUPLICATE``). Each tries again after
+    the one pause of writes tried again, its jitter the instance's (``retry_jitter``,
+    wired by ``Services``: ``createStation`` had a copy drawing ``random`` of its own)."""
     async with two_stores("mongo", tmp_path / "unused.db") as (first, second):
         a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()))
                 for s in (first, second))
+        drawn: list[str] = []
+        for name, services, jitter in (("a", a, 0.0), ("b", b, 0.99)):
+            services.charging.retry_jitter = \
+                lambda name=name, jitter=jitter: drawn.append(name) or jitter
         read, wrote, checking = asyncio.Barrier(2), asyncio.Barrier(2), asyncio.Barrier(2)
         for services, store in ((a, first), (b, second)):
             commit, check = services.stations.commit, store._check_guards  # type: ignore[attr-defined]
@@ -829,6 +835,8 @@ async def test_two_case_twins_created_in_step_on_mongodb_make_one_station(
         assert [station.id for station, _ in created] == [stored[0].id]
         assert [(type(e), getattr(e, "code", None)) for e in refused] == \
             [(UniqueViolation, "DUPLICATE")]
+        # The one that wrote again paused first (the other may find its station then).
+        assert drawn and set(drawn) <= {"a", "b"}, drawn
 
 
 async def test_two_spellings_registering_in_step_on_mongodb_are_given_the_stored_station(
