@@ -180,6 +180,10 @@ class Store(Protocol):
     #: and callers with several independent reads await them one by one instead of
     #: paying for tasks and loop turns that could not overlap anything.
     overlapping_reads: bool
+    #: Whether a read may see a write still in flight, which may yet be rolled back
+    #: (MongoDB: no multi-document transactions). False (SQLite): every record read is
+    #: committed, and ``get_committed`` of it would only read it again.
+    reads_in_flight: bool
 
     async def start(self) -> None:
         """Open connections, run migrations / create indexes, finish interrupted writes."""

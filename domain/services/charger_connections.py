@@ -147,17 +147,16 @@ class ChargerConnections(Service):
         were one whatever their case may differ only in it, and each keeps its charger.
         Of several such, none spelt so: ``None``, as an unknown cpId (which one is meant
         cannot be told, and a charger is never given another's station)."""
+        return _one_of(await self._stations_whatever_case(cp_id))
+
+    async def _stations_whatever_case(self, cp_id: str) -> list[Station]:
+        """``station_whatever_case``'s reads: the station spelt so alone, else up to two
+        of the cpId in any case (two: which one is meant cannot be told)."""
         station = await self.station(cp_id)
         if station is not None:
-            return station
-        alike = await self.store.find_all(Station, Eq("cp_id_key", v.cp_id_key(cp_id)),
-                                          limit=2)
-        if len(alike) > 1:
-            log.warning("a charger connected under a cpId no station has, which "
-                        "stations %s have in other case: refused as unknown; rename all "
-                        "but one", ", ".join(sorted(s.cp_id for s in alike)))
-            return None
-        return alike[0] if alike else None
+            return [station]
+        return await self.store.find_all(Station, Eq("cp_id_key", v.cp_id_key(cp_id)),
+                                         limit=2)
 
     async def station_for_connection(self, cp_id: str, address: str = "") -> Station | None:
         """The station a connecting charger claims to be; with auto-registration on, an
@@ -169,31 +168,30 @@ class ChargerConnections(Service):
         (those at once meet the limit too) and given back when the insert fails. Two
         handshakes of one new cpId at once: the second finds the first's station
         (review s26: its insert refused, the handshake answered 500): here, it waits for
-        the first's registration and looks for the station again before it counts one
-        (review r26-security2: with the first using the address's last registration,
-        the second met the limit, 429); on another instance, whose lock does not hold
-        it up, its insert is refused (the cpId's unique index, or the guard against a
-        station of it in any case: ``_register``) and the station read again, and a
-        refusal by the limit looks once more. Found whatever the case of
-        ``cp_id`` (``station_whatever_case``): the charger then connects as the station's
-        cpId as stored."""
-        station = await self.station_whatever_case(cp_id)
-        if station is not None or not self.auto_register:
-            return station
-        try:
-            v.cp_id(cp_id)
-        except ValidationError:
-            return None
-        # One of a cpId at a time whatever its case: two spellings of a new charger's
-        # arriving at once registered two stations one whatever their case.
+        the first's registration and looks for the station then (review r26-security2:
+        with the first using the address's last registration, the second met the limit,
+        429); on another instance, whose lock does not hold it up, its insert is refused
+        (the cpId's unique index, or the guard against a station of it in any case:
+        ``_register``) and the station read again. Found whatever the case of ``cp_id``
+        (``station_whatever_case``): the charger then connects as the station's cpId as
+        stored."""
+        if not self.auto_register:
+            # No handshake writes a station: what it finds is what it gets.
+            return await self.station_whatever_case(cp_id)
+        # Looked for under the cpId's lock, whatever its case, and only there: a look
+        # before it found another handshake's registration still in flight here (on
+        # MongoDB, reads see it) and gave that station to its charger without waiting
+        # for it to commit: one rolled back (its twin's on another instance in step)
+        # signed the charger in as a station never stored (three registrations of one
+        # charger at once). And an unknown cpId was read for twice.
         async with self.registering.one_at_a_time(v.cp_id_key(cp_id)):
             return await self._register(cp_id, address)
 
     async def _register(self, cp_id: str, address: str) -> Station | None:
-        """``station_for_connection``'s registration, one of a cpId at a time here (the
-        lock is this instance's). Its insert is guarded against another station of the
-        cpId whatever its case (``no_case_twin``; review r28-leftocpp: two spellings at
-        two instances at once registered two stations differing only in case): one
+        """``station_for_connection`` with auto-registration, one of a cpId at a time here
+        (the lock is this instance's). Its insert is guarded against another station of
+        the cpId whatever its case (``no_case_twin``; review r28-leftocpp: two spellings
+        at two instances at once registered two stations differing only in case): one
         another instance registered meanwhile fails it, and is read again and given to
         this charger. Where the read finds none (on MongoDB two inserts in step may each
         fail on the other's before it rolls back), read and tried again, after a random
@@ -206,24 +204,28 @@ class ChargerConnections(Service):
                              REGISTER_ATTEMPTS, pause=self._pause_to_retry)
 
     async def _register_once(self, cp_id: str, address: str) -> Station | None:
-        """One attempt of ``_register``."""
+        """One attempt of ``_register``: its one look for the station (two reads for an
+        unknown cpId, one for a station spelt so), then the limit, then the insert."""
         # The handshake this one waited behind may have stored it, or another instance.
-        station = await self._committed(await self.station_whatever_case(cp_id))
+        found = await self._stations_whatever_case(cp_id)
+        station = await self._committed(_one_of(found))
         if station is not None:
             return station
-        if await self.store.find_one(Station, Eq("cp_id_key", v.cp_id_key(cp_id))):
+        if len(found) > 1:
             # Stations that differ only in case have it, none spelt so: which one it is
             # cannot be told (``station_whatever_case``), and a third is not made.
+            return None
+        try:
+            v.cp_id(cp_id)
+        except ValidationError:
             return None
         client = address_key(address)
         limited = self.registrations.limit > 0
         if limited:
+            # Right after the look, no read between: a station registered by then (by
+            # another instance too) was found and its charger let in whatever the limit.
             wait = self.registrations.refused_for(client)
             if wait is not None:
-                # Registered meanwhile by another instance: not a new one to count.
-                registered = await self._committed(await self.station_whatever_case(cp_id))
-                if registered is not None:
-                    return registered
                 raise TooManyRequests(f"{self.registrations.limit} new charge points from "
                                       "this address within the hour: not registered",
                                       retry_after=wait)
@@ -251,9 +253,11 @@ class ChargerConnections(Service):
     async def _committed(self, station: Station | None) -> Station | None:
         """``station`` as committed (``Store.get_committed``): ``None`` when the write
         that stored it was rolled back. ``Conflict`` CHANGED (the registration tried
-        again) when that write is still in flight after the store's wait."""
-        if station is None:
-            return None
+        again) when that write is still in flight after the store's wait. A store whose
+        reads see no write in flight (SQLite, ``Store.reads_in_flight``) read it so:
+        not read again."""
+        if station is None or not self.store.reads_in_flight:
+            return station
         [stored] = await self.store.get_committed(Station, [station.id])
         return stored
 
@@ -529,6 +533,17 @@ class ChargerConnections(Service):
         if not station.online and self.still_connected is not None:
             await self.still_connected(station.cp_id)
             self.cache.drop_station(station.cp_id)  # read what it recorded
+
+
+def _one_of(found: list[Station]) -> Station | None:
+    """The station ``_stations_whatever_case`` found; ``None`` for none, or for several
+    (logged: the operator renames all but one)."""
+    if len(found) > 1:
+        log.warning("a charger connected under a cpId no station has, which stations %s "
+                    "have in other case: refused as unknown; rename all but one",
+                    ", ".join(sorted(s.cp_id for s in found)))
+        return None
+    return found[0] if found else None
 
 
 def _later(known: datetime | None, heard: datetime | None) -> datetime | None:

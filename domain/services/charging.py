@@ -586,8 +586,8 @@ class ChargingService(ChargerConnections):
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
-        #: A fraction in [0, 1) drawn for each pause before a start reads again
-        #: (``_pause_to_retry``); each instance draws its own.
+        #: A fraction in [0, 1) drawn for each pause before a write tried again reads
+        #: again (``_pause_to_retry``); each instance draws its own.
         self.retry_jitter: Callable[[], float] = random.random
 
     # ------------------------------------------------------------- plumbing
@@ -1298,7 +1298,9 @@ class ChargingService(ChargerConnections):
     async def _pause_to_retry(self, attempt: int) -> None:
         """The pause before a start's write that met a change is tried again: random, up
         to ``START_RETRY_PAUSE`` times ``attempt``; the one pause of a charger's records
-        (a disconnect's and a stop's Finishing too: ``retried``'s ``pause``). MongoDB's
+        (a disconnect's and a stop's Finishing too: ``retried``'s ``pause``), an
+        auto-registration's and ``createStation``'s (``StationService.pause_to_retry``,
+        wired by ``Services``). MongoDB's
         guard is no lock (``Guard``): two starts of one card on two instances, each
         writing its session and then reading for another, can each meet the other's
         write in flight, both be rolled back, read again together and meet again; in

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -203,16 +201,9 @@ def not_charging(where: Filter) -> Guard:
 OPEN_AT_ONCE = 100
 
 #: How many times ``create_station`` writes its station when a write met neither a twin
-#: nor anything else standing (``_create_once``), and the most it pauses before the next
-#: (random, times the attempt: two instances in step part).
+#: nor anything else standing, pausing before each next one (``StationService.
+#: pause_to_retry``: random, two instances in step part).
 CREATE_ATTEMPTS = 3
-CREATE_RETRY_PAUSE_S = 0.05
-
-
-async def _pause_to_create_again(attempt: int) -> None:
-    """``create_station``'s pause before a write tried again: random, up to
-    ``CREATE_RETRY_PAUSE_S`` times ``attempt``."""
-    await asyncio.sleep(random.random() * CREATE_RETRY_PAUSE_S * attempt)
 
 
 def _same_cp_id() -> UniqueViolation:
@@ -243,6 +234,11 @@ class StationService(Service):
         #: Without them (a bare service) it refuses the removal as an accepted one does.
         self.close_refused: RefusedCloses | None = None
         self.announce_closed: Callable[[Station, Session], Awaitable[None]] | None = None
+        #: The pause before ``create_station`` writes again, with the attempt's number
+        #: (``Services`` wires in ``ChargingService._pause_to_retry``: the one pause of
+        #: writes tried again, random, its jitter injectable: ``retry_jitter``). A bare
+        #: service tries again at once.
+        self.pause_to_retry: Callable[[int], Awaitable[None]] | None = None
         self._nudging = Background()
 
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
@@ -330,7 +326,7 @@ class StationService(Service):
         # write in flight and both rolled back (review r28-leftocpp: neither created).
         # Read and written again, after a random pause: of two such, at least one finds
         # no twin in its read after its own rollback, and so one is created.
-        await retried(create, CREATE_ATTEMPTS, pause=_pause_to_create_again)
+        await retried(create, CREATE_ATTEMPTS, pause=self.pause_to_retry)
         return station, created
 
     @staticmethod

@@ -109,6 +109,7 @@ class MongoStore:
 
     #: Each read is a round trip to the server: started together, they overlap.
     overlapping_reads = True
+    reads_in_flight = True  # Store.reads_in_flight
 
     def __init__(self, db: Any, client: Any = None, *,
                  sweep_every: float | None = journal.SWEEP_EVERY_S) -> None:

@@ -319,6 +319,7 @@ class SqliteStore:
     #: Reads run inline on the event loop (or, when slow, one at a time on one thread):
     #: started together, they would still run one after the other.
     overlapping_reads = False
+    reads_in_flight = False  # Store.reads_in_flight
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0,
                  heal_every: float | None = HEAL_EVERY_S) -> None:

@@ -787,10 +787,19 @@ async def test_two_case_twins_created_in_step_on_mongodb_make_one_station(
     ``cp-new`` and ``CP-NEW`` created at the same moment on two instances each wrote its
     station, each guard then read the other's in flight, and both were rolled back: no
     station, and neither caller had one (review r28-leftocpp). Exactly one is created;
-    the other caller is told its cpId exists (``DUPLICATE``)."""
+    the other caller is told its cpId exists (``DUPLICATE``). Each tries again after
+    the one pause of writes tried again, its jitter the instance's (``retry_jitter``,
+    wired by ``Services``: ``createStation`` had a copy drawing ``random`` of its own)."""
     async with two_stores("mongo", tmp_path / "unused.db") as (first, second):
         a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()))
                 for s in (first, second))
+        drawn: list[str] = []
+        for name, services, jitter in (("a", a, 0.0), ("b", b, 0.99)):
+            def drawing(name: str = name, jitter: float = jitter) -> float:
+                drawn.append(name)
+                return jitter
+
+            services.charging.retry_jitter = drawing
         read, wrote, checking = asyncio.Barrier(2), asyncio.Barrier(2), asyncio.Barrier(2)
         for services, store in ((a, first), (b, second)):
             commit, check = services.stations.commit, store._check_guards  # type: ignore[attr-defined]
@@ -829,21 +838,27 @@ async def test_two_case_twins_created_in_step_on_mongodb_make_one_station(
         assert [station.id for station, _ in created] == [stored[0].id]
         assert [(type(e), getattr(e, "code", None)) for e in refused] == \
             [(UniqueViolation, "DUPLICATE")]
+        # The one that wrote again paused first (the other may find its station then).
+        assert drawn and set(drawn) <= {"a", "b"}, drawn
 
 
-async def test_two_spellings_registering_in_step_on_mongodb_are_given_the_stored_station(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("third", [False, True], ids=["two", "three"])
+async def test_spellings_registering_in_step_on_mongodb_are_given_the_stored_station(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, third: bool) -> None:
     """Auto-registration's insert is guarded on no case twin (``no_case_twin``). Two
     spellings of a new charger's cpId at two instances at once: both inserts written,
     each guard reads the other's in flight, both batches roll back. The instance whose
     rollback finishes first read ``station_whatever_case`` while the other's rolled-back
     insert was still there (MongoDB reads see a batch in flight) and signed its charger
     in as that station, never stored, while the other registered a new one (review
-    r28-batch). Every handshake is given the one station stored."""
+    r28-batch). Every handshake is given the one station stored. ``third``: a third
+    handshake of the charger (at a third instance, C, on A's connection) arrives while
+    A's insert is in flight: its first look, before the cpId's lock, found that insert
+    and gave it to its charger at once, not read as committed (session 29)."""
     async with two_stores("mongo", tmp_path / "unused.db") as (first, second):
-        a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()),
-                         auto_register=True)
-                for s in (first, second))
+        a, b, c = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()),
+                            auto_register=True)
+                   for s in (first, second, first))
         read, wrote, checking = asyncio.Barrier(2), asyncio.Barrier(2), asyncio.Barrier(2)
         for services in (a, b):
             commit = services.charging.commit
@@ -857,6 +872,17 @@ async def test_two_spellings_registering_in_step_on_mongodb_are_given_the_stored
                 return await commit(*args, **kw)
 
             monkeypatch.setattr(services.charging, "commit", in_step)
+        # C's handshake, started once both inserts are written, A's checked after C read.
+        c_read = asyncio.Event()
+        c_got: list[asyncio.Future[Any]] = []
+        c_station = c.charging.station
+
+        async def c_looked(cp_id: str) -> d.Station | None:
+            found = await c_station(cp_id)
+            c_read.set()
+            return found
+
+        monkeypatch.setattr(c.charging, "station", c_looked)
         for store, late in ((first, False), (second, True)):
             check = store._check_guards  # type: ignore[attr-defined]
             hooked = [False]
@@ -867,6 +893,10 @@ async def test_two_spellings_registering_in_step_on_mongodb_are_given_the_stored
                     return await check(*args, **kw)
                 hooked[0] = True
                 await asyncio.wait_for(wrote.wait(), 2)  # both inserts written
+                if third and not late:
+                    c_got.append(asyncio.ensure_future(
+                        c.charging.station_for_connection("new-9", "10.0.0.3")))
+                    await asyncio.wait_for(c_read.wait(), 2)  # it saw A's insert
                 try:
                     return await check(*args, **kw)  # each sees the other's
                 finally:
@@ -876,10 +906,11 @@ async def test_two_spellings_registering_in_step_on_mongodb_are_given_the_stored
                         await asyncio.sleep(0.2)
 
             monkeypatch.setattr(store, "_check_guards", checked)
-        got = await asyncio.gather(
+        got: list[Any] = [*await asyncio.gather(
             a.charging.station_for_connection("new-9", "10.0.0.1"),
-            b.charging.station_for_connection("NEW-9", "10.0.0.2"),
-            return_exceptions=True)
+            b.charging.station_for_connection("NEW-9", "10.0.0.2"), return_exceptions=True),
+            *await asyncio.gather(*c_got, return_exceptions=True)]  # C's, once started
         stored = await first.find_all(d.Station, Eq("cp_id_key", "new-9"))
         assert len(stored) == 1, (stored, got)
-        assert [getattr(g, "id", g) for g in got] == [stored[0].id] * 2, (stored, got)
+        assert [getattr(g, "id", g) for g in got] == [stored[0].id] * (2 + third), \
+            (stored, got)

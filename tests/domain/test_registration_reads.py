@@ -1,0 +1,72 @@
+"""What a charger's handshake reads with auto-registration on (session 29): an unknown
+cpId refused by the address's limit cost seven store reads, five before the limit was
+asked, and SQLite read a station it had just found once more to have it committed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from domain.errors import TooManyRequests
+from domain.policy import SYSTEM, Policy
+from domain.ports import Store
+from domain.services import ServiceContext, Services
+from store.mongo import MongoStore
+from store.sqlite import SqliteStore
+from tests.graph.conftest import CountingStore
+from tests.helpers import FastHasher
+from tests.support.mongomock_async import async_mongomock_database
+
+ADDRESS = "203.0.113.5"
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path
+                ) -> AsyncIterator[CountingStore]:
+    inner: Store = SqliteStore(str(tmp_path / "reg.db")) if request.param == "sqlite" \
+        else MongoStore(async_mongomock_database(), sweep_every=None)
+    await inner.start()
+    try:
+        yield CountingStore(inner)
+    finally:
+        await inner.close()
+
+
+def services_over(store: CountingStore) -> Services:
+    return Services(ServiceContext(store=store, policy=Policy(),  # type: ignore[arg-type]
+                                   hasher=FastHasher()),
+                    auto_register=True, registrations_per_hour=1)
+
+
+async def test_an_unknown_cp_id_over_the_limit_costs_one_look(store: CountingStore) -> None:
+    """The look for the station (the cpId spelt so, then in any case) is read once, the
+    limit asked right after it: a station registered by then is let in whatever the
+    limit (``test_auto_registration_from_one_address_is_limited``), and nothing else
+    is read before the refusal."""
+    charging = services_over(store).charging
+    assert await charging.station_for_connection("NEW-1", ADDRESS) is not None
+    store.calls.clear()
+    with pytest.raises(TooManyRequests):
+        await charging.station_for_connection("NEW-2", ADDRESS)
+    assert store.calls == ["find_one", "find_all"]
+
+
+async def test_a_known_station_is_read_as_committed_only_where_reads_see_writes_in_flight(
+        store: CountingStore) -> None:
+    """A station found by a handshake with auto-registration on is read as committed
+    (``Store.get_committed``) on MongoDB, whose reads see a registration in flight; on
+    SQLite, whose reads see only committed rows, the station found is not read again."""
+    services = services_over(store)
+    station, _ = await services.stations.create_station(SYSTEM, cp_id="CP-1", name="One")
+    store.calls.clear()
+    found = await services.charging.station_for_connection("cp-1", ADDRESS)
+    assert found is not None and found.id == station.id
+    looked = ["find_one", "find_all"]  # spelt otherwise: by its key
+    assert store.calls == ([*looked, "get_committed"] if store.inner.reads_in_flight
+                           else looked)
+    store.calls.clear()
+    assert await services.charging.station_for_connection("CP-1", ADDRESS) == found
+    assert store.calls == (["find_one", "get_committed"] if store.inner.reads_in_flight
+                           else ["find_one"])
