@@ -13,7 +13,7 @@ import random
 import sqlite3
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,19 @@ async def test_lockouts_over_two_instances_read_the_same_for_a_real_cp_id_and_a_
         assert answers["CP-9"] == answers["CP-1"]
 
 
+async def fastest_of(run: Callable[[int], Awaitable[None]], runs: int = 3) -> float:
+    """The shortest of ``runs`` timings of ``run(n)``. A loaded machine only ever adds
+    time, at random; what these tests look for (a refusal waiting out a queue, checks
+    one after another) adds it every time: so the fastest of a few tells them apart
+    where one timing failed under load (helpers' runs, session 29)."""
+    timings = []
+    for n in range(runs):
+        started = time.monotonic()
+        await run(n)
+        timings.append(time.monotonic() - started)
+    return min(timings)
+
+
 async def attempt_at(url: str, cp_id: str, password: str, source: str) -> int:
     """``attempt`` at the server at ``url``."""
     try:
@@ -426,19 +439,25 @@ async def test_a_refusal_is_answered_a_fixed_delay_after_it_arrived(
     assert got == [101] * 20
     central.server.refusal_delay = 0.3
     for cp_id in ("MADE-UP-1", "CP-1"):  # CP-1: checked by argon2 (no charger yet)
-        started = time.monotonic()
-        assert await attempt(central, "guess", "203.0.113.9", cp_id) == 401
-        took = time.monotonic() - started
+        async def refused(n: int, cp_id: str = cp_id) -> None:
+            assert await attempt(central, "guess", f"203.0.113.{9 + n}", cp_id) == 401
+
+        took = await fastest_of(refused)
         assert 0.3 <= took < 0.45, f"{cp_id}'s refusal took {took:.2f} s"
-    started = time.monotonic()
-    got = await asyncio.gather(*(attempt(central, f"guess-{i}", f"203.0.113.{20 + i}")
-                                 for i in range(4)))
-    took = time.monotonic() - started
-    assert got == [401] * 4
+
+    async def four_at_once(n: int) -> None:
+        got = await asyncio.gather(*(attempt(central, f"guess-{i}",
+                                             f"203.0.113.{20 + 4 * n + i}")
+                                     for i in range(4)))
+        assert got == [401] * 4
+
+    took = await fastest_of(four_at_once)
     assert took < 0.6, f"4 refusals at once took {took:.2f} s: one after another"
     # The charger's own check (no digest cached yet) waits for the guess's argon2 check
     # ahead of it, not for its refusal's delay.
     central.server.refusal_delay = 1.0
+    # Once only: its digest is cached once it is let in, so a second time would not
+    # tell.
     guess = asyncio.ensure_future(attempt(central, "guess-x", "203.0.113.99"))
     await asyncio.sleep(0.02)
     started = time.monotonic()
@@ -624,14 +643,15 @@ async def test_a_burst_reads_the_same_for_a_real_cp_id_and_a_made_up_one(
     central.server.refusal_delay = 0.3
     slowest: dict[str, float] = {}
     for n, cp_id in enumerate(("CP-9", "CP-1")):  # made up, real
-        async def timed(i: int, cp_id: str = cp_id, n: int = n) -> tuple[int, float]:
-            started = time.monotonic()
-            status = await attempt(central, f"guess-{i}", f"203.0.{113 + n}.{i + 1}", cp_id)
-            return status, time.monotonic() - started
+        async def burst(run: int, cp_id: str = cp_id, n: int = n) -> None:
+            got = await asyncio.gather(*(
+                attempt(central, f"guess-{i}", f"203.{run}.{113 + n}.{i + 1}", cp_id)
+                for i in range(8)))
+            assert got == [401] * 8, (cp_id, got)
 
-        got = await asyncio.gather(*(timed(i) for i in range(8)))
-        assert [s for s, _ in got] == [401] * 8, (cp_id, got)
-        slowest[cp_id] = max(t for _, t in got)
+        # Two bursts (the station's budget is 20 guesses): the last answer's time, the
+        # burst's, is what an attacker reads.
+        slowest[cp_id] = await fastest_of(burst, runs=2)
     assert abs(slowest["CP-1"] - slowest["CP-9"]) < 0.15, slowest
 
 
