@@ -405,6 +405,9 @@ async def test_meter_values_carry_what_meter_values_sampled_data_lists(
                                 {"cpId": "CP-1", "key": key, "value": value})
             assert refused["status"] == "REJECTED", (value, refused)
         assert cp.configuration[key] == STANDARD_CONFIGURATION[key]
+        # Its other lists of measurands likewise.
+        assert cp.on_change_configuration("StopTxnSampledData", "Frequency").status \
+            == "Rejected"
         changed = await run(central, "changeConfiguration", {
             "cpId": "CP-1", "key": key, "value": "SoC, Energy.Active.Import.Register"})
         assert changed["status"] == "ACCEPTED", changed
