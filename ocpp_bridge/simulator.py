@@ -158,7 +158,15 @@ def _valid_value(key: str, value: str) -> bool:
         return value.isascii() and value.isdigit()
     if key in BOOLEAN_KEYS:
         return value.lower() in ("true", "false")
+    if key in MEASURAND_KEYS:
+        # A charger refuses to sample what it has no meter for (OCPP 1.6, 9.1).
+        return all(m in MEASURANDS for m in _measurands(value))
     return True
+
+
+def _measurands(value: str) -> list[str]:
+    """The measurands a comma-separated list (``MeterValuesSampledData``, …) names."""
+    return [m.strip() for m in value.split(",") if m.strip()]
 
 
 @dataclass
@@ -233,6 +241,12 @@ BOOLEAN_KEYS = frozenset({
     "LocalAuthorizeOffline", "LocalPreAuthorize", "StopTransactionOnEVSideDisconnect",
     "StopTransactionOnInvalidId", "UnlockConnectorOnEVSideDisconnect",
     "LocalAuthListEnabled"})
+#: What the simulated charger meters (a DC plug the SoC only: an AC one cannot know it),
+#: and the keys naming measurands to report: a change naming another is Rejected.
+MEASURANDS = frozenset({"Energy.Active.Import.Register", "Power.Active.Import",
+                        "Current.Import", "Voltage", "SoC"})
+MEASURAND_KEYS = frozenset({"MeterValuesSampledData", "MeterValuesAlignedData",
+                            "StopTxnSampledData", "StopTxnAlignedData"})
 
 
 class SimulatedChargePoint(ChargePoint):
@@ -255,6 +269,8 @@ class SimulatedChargePoint(ChargePoint):
         self._charger_operative: bool | None = None
         self.local_list_version = 0
         self.local_list: dict[str, dict[str, Any]] = {}
+        # The values in force of keys changed RebootRequired since the last boot.
+        self._until_boot: dict[str, str] = {}
         self.charging_profiles: dict[int, dict[str, Any]] = {}
         #: The last UpdateFirmware's location and retrieveDate, and its installation.
         self.firmware_update: tuple[str, str] = ("", now())
@@ -403,6 +419,7 @@ class SimulatedChargePoint(ChargePoint):
 
     # ------------------------------------------------------------- charger → central system
     async def boot(self) -> result.BootNotification:
+        self._until_boot.clear()  # booted: the values set RebootRequired are in force
         response = await self.call(call.BootNotification(
             charge_point_vendor=self.config.vendor, charge_point_model=self.config.model,
             charge_point_serial_number=f"SIM-{self.id}", firmware_version=self.config.firmware))
@@ -492,34 +509,41 @@ class SimulatedChargePoint(ChargePoint):
         return state.transaction_id, status
 
     async def meter_values(self, connector_id: int, seconds: float | None = None) -> None:
-        """One MeterValues after charging ``seconds`` at the connector's power: energy,
-        power, current and voltage; on a DC plug also the car's State of Charge, which
-        only a DC charger learns from the car (an AC one cannot know it)."""
+        """One MeterValues after charging ``seconds`` at the connector's power, carrying
+        the measurands its ``MeterValuesSampledData`` lists, in its order, of energy,
+        power, current, voltage and, on a DC plug only, the car's State of Charge (only
+        a DC charger learns it from the car). It used to send all of them whatever the
+        key said, a change of it Accepted and ignored. None listed: none sent."""
         state = self.connectors[connector_id]
         power = self.drawn_w(connector_id)
         if seconds:
             state.meter_wh += power * seconds / 3600
             state.soc = min(FULL_SOC, state.soc + power * seconds / 36 / state.battery_wh)
-        sampled: list[dict[str, str]] = [
+        measured: dict[str, dict[str, str]] = {
             # Whole Wh as the start and stop send them (truncated): a rounded reading
             # ended a session 1 Wh above its meterStop.
-            {"value": str(int(state.meter_wh)), "measurand":
-                "Energy.Active.Import.Register", "unit": "Wh",
-             "context": "Sample.Periodic"},
-            {"value": f"{power:.0f}", "measurand": "Power.Active.Import", "unit": "W"}]
+            "Energy.Active.Import.Register": {
+                "value": str(int(state.meter_wh)), "unit": "Wh",
+                "context": "Sample.Periodic"},
+            "Power.Active.Import": {"value": f"{power:.0f}", "unit": "W"}}
         if state.plug.dc:
             # The battery's voltage, rising as it fills (a 400 V pack).
             volts = 360.0 + 0.6 * state.soc
-            sampled += [
-                {"value": f"{power / volts:.1f}", "measurand": "Current.Import",
-                 "unit": "A"},
-                {"value": f"{volts:.1f}", "measurand": "Voltage", "unit": "V"},
-                {"value": f"{state.soc:.0f}", "measurand": "SoC", "unit": "Percent"}]
+            measured |= {
+                "Current.Import": {"value": f"{power / volts:.1f}", "unit": "A"},
+                "Voltage": {"value": f"{volts:.1f}", "unit": "V"},
+                "SoC": {"value": f"{state.soc:.0f}", "unit": "Percent"}}
         else:
-            sampled += [
-                {"value": f"{power / (3 * 230):.1f}", "measurand": "Current.Import",
-                 "unit": "A", "phase": "L1"},
-                {"value": "230.0", "measurand": "Voltage", "unit": "V", "phase": "L1-N"}]
+            measured |= {
+                "Current.Import": {"value": f"{power / (3 * 230):.1f}", "unit": "A",
+                                   "phase": "L1"},
+                "Voltage": {"value": "230.0", "unit": "V", "phase": "L1-N"}}
+        wanted = self.in_force("MeterValuesSampledData")  # a charger without it: all
+        listed = list(measured) if wanted is None else _measurands(wanted)
+        sampled = [{**measured[m], "measurand": m} for m in dict.fromkeys(listed)
+                   if m in measured]
+        if not sampled:
+            return
         await self.call(call.MeterValues(
             connector_id=connector_id, transaction_id=state.transaction_id,
             meter_value=[{"timestamp": now(), "sampledValue": sampled}]))
@@ -834,6 +858,8 @@ class SimulatedChargePoint(ChargePoint):
             return result.ChangeConfiguration(status="NotSupported")  # type: ignore[arg-type]
         if self.configuration[key][1] or not _valid_value(key, value):
             return result.ChangeConfiguration(status="Rejected")  # type: ignore[arg-type]
+        if key in REBOOT_KEYS:
+            self._until_boot.setdefault(key, self.configuration[key][0])
         self.configuration[key] = (value, False)
         if key == "HeartbeatInterval" and int(value) > 0:
             self.heartbeat_interval = int(value)
@@ -898,7 +924,9 @@ class SimulatedChargePoint(ChargePoint):
         target = connector_id or next((i for i, c in self.connectors.items()
                                        if c.status == "Available"), 0)
         state = self.connectors.get(target)
-        if state is None:
+        if state is None or self.firmware_pending:
+            # Nor while a firmware update waits to install, as it takes no start then
+            # (``on_remote_start``): the reservation's start would be Rejected.
             return result.ReserveNow(status="Rejected")  # type: ignore[arg-type]
         if state.error_code != "NoError":
             return result.ReserveNow(status="Faulted")  # type: ignore[arg-type]
@@ -1005,21 +1033,41 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("SendLocalList", {"list_version": list_version,
                                                 "update_type": update_type,
                                                 "entries": local_authorization_list}))
-        most = self.configuration.get("SendLocalListMaxLength")
-        if most is not None and len(local_authorization_list or []) > int(most[0]):
+        entries = local_authorization_list or []
+        if len(entries) > self._limit("SendLocalListMaxLength"):
             # OCPP 1.6, 5.15: a list longer than the charger takes in one message.
             return result.SendLocalList(status="Failed")  # type: ignore[arg-type]
         if update_type == "Differential" and list_version <= self.local_list_version:
             return result.SendLocalList(status="VersionMismatch")  # type: ignore[arg-type]
-        if update_type == "Full":
-            self.local_list = {}
-        for entry in local_authorization_list or []:
+        after = {} if update_type == "Full" else dict(self.local_list)
+        for entry in entries:
             if entry.get("id_tag_info") is None:
-                self.local_list.pop(entry["id_tag"], None)
+                after.pop(entry["id_tag"], None)
             else:
-                self.local_list[entry["id_tag"]] = entry["id_tag_info"]
-        self.local_list_version = list_version
+                after[entry["id_tag"]] = entry["id_tag_info"]
+        adds = update_type == "Full" or not after.keys() <= self.local_list.keys()
+        if adds and len(after) > self._limit("LocalAuthListMaxLength"):
+            # Nor one leaving it more tags than its list holds (9.1), changing nothing:
+            # it used to take them all, past the limit it reports. A Differential adding
+            # no tag is taken, on a list over a limit lowered since too, as the central
+            # system judges lists (``CommandService._check_list_fits``).
+            return result.SendLocalList(status="Failed")  # type: ignore[arg-type]
+        self.local_list, self.local_list_version = after, list_version
         return result.SendLocalList(status="Accepted")  # type: ignore[arg-type]
+
+    def _limit(self, key: str) -> float:
+        """A list limit in force (``in_force``); none without the key (some chargers do
+        not have it, and tests take it away to be one)."""
+        value = self.in_force(key)
+        return int(value) if value is not None else float("inf")
+
+    def in_force(self, key: str) -> str | None:
+        """The value of ``key`` the charger runs with: a change answered RebootRequired
+        counts from its next boot (GetConfiguration shows the value set already)."""
+        if key in self._until_boot:
+            return self._until_boot[key]
+        held = self.configuration.get(key)
+        return held[0] if held is not None else None
 
     @on(Action.get_diagnostics)
     def on_get_diagnostics(self, location: str, **options: Any) -> result.GetDiagnostics:

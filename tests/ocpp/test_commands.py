@@ -36,6 +36,7 @@ from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatorConfig, basic_auth, connected
 from pubsub import command_relay
 from pubsub.memory import MemoryEventBus
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 
@@ -129,10 +130,7 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
         diag = await run(central, "getDiagnostics",
                          {**base, "location": "ftp://diag.example.com/"}, "fileName")
         assert diag["fileName"] == "diagnostics-CP-1.log"
-        firmware = await run(central, "updateFirmware",
-                             {**base, "location": "https://fw.example.com/1.5.bin",
-                              "retrieveDate": due}, "accepted")
-        assert firmware["accepted"] is True
+        # Before the update: a charger with firmware waiting to install takes none.
         reserve = await run(central, "reserveNow",
                             {**base, "connectorId": 2, "expiryDate": future,
                              "idTag": "TAG-OK"}, "status reservation { reservationId state }")
@@ -146,12 +144,22 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
         ended = await run(central, "cancelReservation", {**base, "reservationId": reservation_id})
         assert [(e["field"], e["code"]) for e in ended["errors"]] == [
             ("reservationId", "INVALID_STATE")]
+        firmware = await run(central, "updateFirmware",
+                             {**base, "location": "https://fw.example.com/1.5.bin",
+                              "retrieveDate": due}, "accepted")
+        assert firmware["accepted"] is True
         await settle()
         tx = cp.connectors[1].transaction_id
         assert tx is not None  # the remote start became a real transaction
         stop = await run(central, "remoteStopTransaction", {**base, "transactionId": tx})
         assert stop["status"] == "ACCEPTED"
-        await settle()
+
+        async def installed() -> bool:
+            station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return station is not None and station.firmware_status == "Installed"
+
+        # The update installs once that transaction has ended (told, not waited for).
+        await until(installed, attempts=200, step=0.05)
         actions = {name for name, _ in cp.received}
         assert len(actions) == 19, sorted(actions)
     session = await central.session(tx)

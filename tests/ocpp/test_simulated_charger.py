@@ -14,7 +14,13 @@ from ocpp.v16 import call
 
 from domain import entities as d
 from domain.query import Eq
-from ocpp_bridge.simulator import Plug, SimulatedChargePoint, SimulatorConfig, connected
+from ocpp_bridge.simulator import (
+    STANDARD_CONFIGURATION,
+    Plug,
+    SimulatedChargePoint,
+    SimulatorConfig,
+    connected,
+)
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_commands import run
@@ -375,3 +381,118 @@ async def test_the_key_set_says_what_the_charger_does() -> None:
     assert cp.on_reserve_now(0, expires, "TAG-OK", 7).status == "Accepted"
     assert cp.connectors[1].reservation_id == 7
     await cp.stop_follow_ups()
+
+
+def measurands_sent(cp: Recording, connector_id: int) -> list[list[str]]:
+    """The measurands of each MeterValues the charger sent for ``connector_id``."""
+    return [[v["measurand"] for v in p.meter_value[0]["sampledValue"]] for p in cp.sent
+            if isinstance(p, call.MeterValues) and p.connector_id == connector_id]
+
+
+async def test_meter_values_carry_what_meter_values_sampled_data_lists(
+        central: Central) -> None:
+    """MeterValuesSampledData was reported and its change Accepted, yet every MeterValues
+    carried all five measurands. They carry those the key lists, in its order (SoC on
+    the DC plug only), from the next sample on; a measurand the charger does not meter
+    is Rejected, nothing stored."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         config=SimulatorConfig(plugs=CP1), charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        key = "MeterValuesSampledData"
+        for value in ("Energy.Active.Import.Register,Frequency", "Temperature"):
+            refused = await run(central, "changeConfiguration",
+                                {"cpId": "CP-1", "key": key, "value": value})
+            assert refused["status"] == "REJECTED", (value, refused)
+        assert cp.configuration[key] == STANDARD_CONFIGURATION[key]
+        # Its other lists of measurands likewise.
+        assert cp.on_change_configuration("StopTxnSampledData", "Frequency").status \
+            == "Rejected"
+        changed = await run(central, "changeConfiguration", {
+            "cpId": "CP-1", "key": key, "value": "SoC, Energy.Active.Import.Register"})
+        assert changed["status"] == "ACCEPTED", changed
+        txs = []
+        for connector_id in (1, 2):  # DC, AC
+            cp.plug_in(connector_id)
+            tx, status = await cp.start_transaction(connector_id, ("TAG-OK", "TAG-OTHER")[
+                connector_id - 1])
+            assert status == "Accepted"
+            txs.append(tx)
+            await cp.charging_step(connector_id, 60)
+        assert measurands_sent(cp, 1) == [["SoC", "Energy.Active.Import.Register"]]
+        assert measurands_sent(cp, 2) == [["Energy.Active.Import.Register"]]  # no SoC on AC
+        cp.on_change_configuration(key, "Power.Active.Import")
+        await cp.charging_step(1, 60)
+        assert measurands_sent(cp, 1)[-1] == ["Power.Active.Import"]
+        for connector_id in (1, 2):
+            await cp.stop_transaction(connector_id)
+    done = await central.session(txs[0])
+    assert done is not None
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", done.id))
+    assert {s.measurand for s in samples} >= {"SoC", "Power.Active.Import"}
+    assert not {s.measurand for s in samples} & {"Voltage", "Current.Import"}
+
+
+async def test_a_local_list_over_the_chargers_limits_fails_and_changes_nothing(
+        central: Central) -> None:
+    """LocalAuthListMaxLength was reported and not held to: a list leaving the charger
+    more tags than that was taken. OCPP 1.6 (5.15, 9.1): Failed, its list and version
+    as they were; as is one longer than SendLocalListMaxLength. An operator whose list
+    the central system cannot judge (the charger's list not recorded there) reads the
+    charger's FAILED."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.configuration["LocalAuthListMaxLength"] = ("3", True)
+        cp.configuration["SendLocalListMaxLength"] = ("2", True)
+
+        def entries(*tags: str) -> list[dict[str, Any]]:
+            return [{"id_tag": t, "id_tag_info": {"status": "Accepted"}} for t in tags]
+
+        assert cp.on_send_local_list(1, "Full", entries("A1", "A2")).status == "Accepted"
+        held = dict(cp.local_list)
+        for version, update, tags in ((2, "Full", ("B1", "B2", "B3")),  # too long
+                                      (2, "Differential", ("A3", "A4"))):  # 4 tags
+            answer = cp.on_send_local_list(version, update, entries(*tags))
+            assert answer.status == "Failed", (update, tags)
+            assert (cp.local_list, cp.local_list_version) == (held, 1)
+        # Replacing or removing keeps it within: taken.
+        assert cp.on_send_local_list(2, "Differential", entries("A2", "A3")).status \
+            == "Accepted"
+        assert sorted(cp.local_list) == ["A1", "A2", "A3"]
+
+        await cp.boot()
+        one_more = {"input": {"cpId": "CP-1", "listVersion": 3,
+                              "updateType": "DIFFERENTIAL", "localAuthorizationList": [
+                                  {"idTag": "A4", "idTagInfo": {"status": "ACCEPTED"}}]}}
+        answer = await central.gql(
+            'mutation($input: SendLocalListInput!) { sendLocalList(input: $input) { '
+            'status errors { code message } } }', one_more, as_user="op")
+        assert answer["sendLocalList"] == {"status": "FAILED", "errors": [{
+            "code": "CHARGER_REJECTED", "message": "the charger answered Failed"}]}, answer
+        assert sorted(cp.local_list) == ["A1", "A2", "A3"] and cp.local_list_version == 2
+
+
+async def test_a_downloaded_firmware_takes_no_reservation(central: Central) -> None:
+    """It refused starts from the download on, but accepted a ReserveNow, whose driver's
+    start it would then refuse: Rejected as that start, until it has rebooted."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        assert await remote_start(central, 1) == "ACCEPTED"
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
+        tx = cp.connectors[1].transaction_id
+        cp.on_update_firmware("https://fw.example.com/simcharger-2.1.0.bin",
+                              datetime.now(UTC).isoformat())
+        await soon(lambda: cp.firmware_pending)  # downloaded, waiting for the car
+        expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+        for connector_id in (2, 0):
+            answer = cp.on_reserve_now(connector_id, expires, "TAG-OTHER", 8)
+            assert answer.status == "Rejected", connector_id
+        assert cp.connectors[2].reservation_id is None
+        await run(central, "remoteStopTransaction", {"cpId": "CP-1", "transactionId": tx})
+        await closed(central, tx)
+        await soon(lambda: not cp.firmware_pending)  # rebooted
+        assert cp.on_reserve_now(2, expires, "TAG-OTHER", 9).status == "Accepted"
+        await cp.stop_follow_ups()
