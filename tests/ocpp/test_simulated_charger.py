@@ -13,7 +13,7 @@ from typing import Any
 from ocpp.v16 import call
 
 from domain import entities as d
-from domain.query import Eq
+from domain.query import Eq, all_of
 from ocpp_bridge.simulator import (
     STANDARD_CONFIGURATION,
     Plug,
@@ -63,6 +63,19 @@ async def closed(central: Central, transaction_id: int | None) -> d.Session:
     found = await central.session(transaction_id or 0)
     assert found is not None
     return found
+
+
+async def stored(central: Central, connector_id: int, status: d.ConnectorStatus) -> None:
+    """Waits (bounded, 10 s) until the central system has recorded CP-1's
+    ``connector_id`` as ``status``."""
+    async def heard() -> bool:
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None
+        connector = await central.store.find_one(d.Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", connector_id)))
+        return connector is not None and connector.status is status
+
+    await until(heard, attempts=200, step=0.05)
 
 
 async def remote_start(central: Central, connector_id: int) -> str:
@@ -172,6 +185,7 @@ async def test_an_inoperative_connector_takes_no_start_and_a_scheduled_change_ha
                            {**base, "connectorId": 2, "type": "INOPERATIVE"})
         assert answer["status"] == "ACCEPTED"
         await soon(lambda: cp.connectors[2].status == "Unavailable")
+        await stored(central, 2, d.ConnectorStatus.UNAVAILABLE)  # sent is not yet heard
         # The server refuses it itself; another central system may not: the charger does.
         assert "INVALID_STATE" in await remote_start(central, 2)
         assert cp.on_remote_start("TAG-OK", connector_id=2).status == "Rejected"
