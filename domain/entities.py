@@ -257,7 +257,7 @@ class IdTag(Record):
     #: owner, a date they chose that bars nothing once passed, or their operator or an
     #: admin, whose passed date the owner may not get round, as an EXPIRED mark
     #: (``fleet.staff_expiry_passed``). Cards stored before (SQLite migration 81) take
-    #: their creator, or their last writer when that is another than their owner.
+    #: their creator, or their last writer when their owner created them.
     expiry_set_by: str | None = None
 
     def status_at(self, now: datetime) -> IdTagStatus:

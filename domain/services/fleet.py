@@ -428,9 +428,10 @@ class FleetService(Service):
         The store is asked for one such card (``withdrawn_from``), not for their blocked
         and expired cards to be sifted here (review r28-org: the first 100 of those,
         all blocked by the driver themselves, lost, hid an operator's). Returns the
-        guard the new card's write carries: a card blocked or marked EXPIRED by their
-        operator between this read and that write (another request or instance) fails
-        the write, and the issue, read again, is refused as it would have been after."""
+        guard the new card's write carries: a card blocked, marked EXPIRED or given a
+        past expiry by their operator between this read and that write (another request
+        or instance) fails the write, and the issue, read again, is refused as it would
+        have been after."""
         withdrawn = withdrawn_from(owner, self.now())
         if await self.store.find_one(IdTag, withdrawn) is not None:
             raise Forbidden("a card of yours was blocked or expired by your "
