@@ -253,6 +253,12 @@ class IdTag(Record):
     #: Who blocked it (while BLOCKED): its owner (a lost card) or their operator or an
     #: admin, whose block the owner may not get round (``fleet.blocked_by_others``).
     blocked_by: str | None = None
+    #: Who set ``expires_at`` (written whenever it changes; ``None`` with no expiry): its
+    #: owner, a date they chose that bars nothing once passed, or their operator or an
+    #: admin, whose passed date the owner may not get round, as an EXPIRED mark
+    #: (``fleet.staff_expiry_passed``). Cards stored before (SQLite migration 81) take
+    #: their creator, or their last writer when their owner created them.
+    expiry_set_by: str | None = None
 
     def status_at(self, now: datetime) -> IdTagStatus:
         """Its status as a charger should be told it at ``now``: EXPIRED once past its

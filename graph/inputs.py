@@ -207,7 +207,8 @@ class UpdateIdTagInput:
     status: IdTagStatus | None = strawberry.field(default=strawberry.UNSET, description=(
         "BLOCKED: its holder (a lost card) or a manager; ACCEPTED again: a holder lifts "
         "only their own block, admins and the holder's operators any; EXPIRED: managers "
-        "(a card a manager blocked or marked EXPIRED its holder may not change nor "
+        "(a card a manager blocked, marked EXPIRED or gave an expiry now past its "
+        "holder may not change nor "
         "remove, FORBIDDEN on `id`, and issues themselves no new card meanwhile). "
         "ACCEPTED does not lift an expiry: on a card whose `expiresAt` is past (as given "
         "here, or as it is) nothing is changed and EXPIRED is answered on `expiresAt`: "
@@ -215,7 +216,9 @@ class UpdateIdTagInput:
     vehicle_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description=(
         "A vehicle of the card's holder it charges; null unlinks it."))
     expires_at: datetime | None = strawberry.field(default=strawberry.UNSET, description=(
-        "When chargers stop accepting it; null: never. Admins and the holder's operators."))
+        "When chargers stop accepting it; null: never. Admins and the holder's operators: "
+        "once past, a date they set bars the holder as EXPIRED does "
+        "(`IdTag.expirySetByStaff`)."))
     parent_id_tag: str | None = strawberry.field(default=strawberry.UNSET,
                                                  description=_PARENT + " Null removes it.")
 

@@ -485,6 +485,11 @@ class IdTag(Node, Audited):
         "case-insensitive)."))
     expires_at: datetime | None = strawberry.field(description=(
         "When chargers stop accepting it (it reads EXPIRED then); null: never."))
+    expiry_set_by_staff: bool | None = strawberry.field(description=(
+        "Whether `expiresAt` was set by an operator or admin: once past, such a date bars "
+        "its holder as EXPIRED does (they may not change nor remove the card, and issue "
+        "themselves no new card); false: its holder chose it, and it bars nothing else; "
+        "null: no expiry."))
     parent_id_tag: str | None = strawberry.field(
         description="The card's group (OCPP parentIdTag), as chargers are told it.")
     _r: strawberry.Private[d.IdTag]
@@ -494,6 +499,9 @@ class IdTag(Node, Audited):
         return _audited(cls, r, {
             "tag": r.tag,
             "expires_at": r.expires_at,
+            # As ``fleet.staff_expiry_passed`` reads it: anyone but the holder is staff.
+            "expiry_set_by_staff": None if r.expires_at is None
+            else r.expiry_set_by != r.user_id,
             "parent_id_tag": r.parent_tag,
         })
 

@@ -78,24 +78,42 @@ def blocked_by_others(tag: IdTag, owner: User) -> bool:
     return tag.status is IdTagStatus.BLOCKED and tag.blocked_by != owner.id
 
 
-def withdrawn_by_others(tag: IdTag, owner: User) -> bool:
-    """Whether ``tag`` was made unusable by an operator or admin, which its owner may not
-    get round: blocked by them (``blocked_by_others``), or marked EXPIRED, a status only
-    they set (QA s28: its driver blocked it themselves, which made the block theirs to
-    lift, and lifted it, the card Accepted again; or issued themselves a new card). A
-    card whose expiry date passed is not: its driver may have chosen that date."""
-    return blocked_by_others(tag, owner) or tag.status is IdTagStatus.EXPIRED
+def staff_expiry_passed(tag: IdTag, owner: User, now: datetime) -> bool:
+    """Whether ``tag``'s expiry date has passed at ``now`` and was set by someone other
+    than its owner (an operator or admin: ``IdTag.expiry_set_by``; unrecorded counts as
+    another, as an unrecorded blocker does). Such a date bars the owner as an EXPIRED
+    mark does (QA s29: the driver issued themselves a new card the minute their
+    operator's date passed); one they chose themselves bars nothing."""
+    return tag.expires_at is not None and tag.expires_at <= now \
+        and tag.expiry_set_by != owner.id
 
 
-def withdrawn_from(owner: User) -> Filter:
-    """``owner``'s cards that are ``withdrawn_by_others``, as a store filter: marked
-    EXPIRED, or BLOCKED by anyone but them (who blocked it unrecorded counts as another:
-    ``blocked_by`` null)."""
-    not_by_them = any_of(Eq("blocked_by", None), Range("blocked_by", lt=owner.id),
-                         Range("blocked_by", gt=owner.id))
+def withdrawn_by_others(tag: IdTag, owner: User, now: datetime) -> bool:
+    """Whether ``tag`` was made unusable by an operator or admin at ``now``, which its
+    owner may not get round: blocked by them (``blocked_by_others``), marked EXPIRED, a
+    status only they set (QA s28: its driver blocked it themselves, which made the block
+    theirs to lift, and lifted it, the card Accepted again; or issued themselves a new
+    card), or past an expiry date they set (``staff_expiry_passed``). A card past an
+    expiry date its driver chose is not."""
+    return blocked_by_others(tag, owner) or tag.status is IdTagStatus.EXPIRED \
+        or staff_expiry_passed(tag, owner, now)
+
+
+def _not_by(owner: User, field: str) -> Filter:
+    """Cards whose ``field`` (a user id) names anyone but ``owner``, or no one."""
+    return any_of(Eq(field, None), Range(field, lt=owner.id), Range(field, gt=owner.id))
+
+
+def withdrawn_from(owner: User, now: datetime) -> Filter:
+    """``owner``'s cards that are ``withdrawn_by_others`` at ``now``, as a store filter:
+    marked EXPIRED, BLOCKED by anyone but them (who blocked it unrecorded counts as
+    another: ``blocked_by`` null), or past an expiry anyone but them set."""
     return all_of(Eq("user_id", owner.id),
                   any_of(Eq("status", IdTagStatus.EXPIRED),
-                         all_of(Eq("status", IdTagStatus.BLOCKED), not_by_them)))
+                         all_of(Eq("status", IdTagStatus.BLOCKED),
+                                _not_by(owner, "blocked_by")),
+                         all_of(Range("expires_at", lte=now),
+                                _not_by(owner, "expiry_set_by"))))
 
 
 def _future(expires_at: datetime | None) -> datetime | None:
@@ -389,6 +407,7 @@ class FleetService(Service):
                 user_id=owner.id,
                 vehicle_id=vehicle_id,
                 expires_at=expires_at,
+                expiry_set_by=None if expires_at is None else viewer.actor,
                 parent_tag=parent_tag,
             ),
             viewer,
@@ -402,19 +421,20 @@ class FleetService(Service):
         or admin would be charging around the block. (A card they blocked themselves,
         lost, is what a new one replaces.) So would one while a card of theirs stands
         marked EXPIRED: only operators and admins set that status (QA s28: the next
-        minute the driver charged on a card of their own with no expiry). A card whose
-        expiry date passed is not: it may be the one the driver chose when they issued
-        it, and a new card replaces it.
+        minute the driver charged on a card of their own with no expiry), or one past an
+        expiry date they set (``staff_expiry_passed``). A card past an expiry date the
+        driver chose when they issued it is not: a new card replaces it.
 
         The store is asked for one such card (``withdrawn_from``), not for their blocked
         and expired cards to be sifted here (review r28-org: the first 100 of those,
         all blocked by the driver themselves, lost, hid an operator's). Returns the
-        guard the new card's write carries: a card blocked or marked EXPIRED by their
-        operator between this read and that write (another request or instance) fails
-        the write, and the issue, read again, is refused as it would have been after."""
-        withdrawn = withdrawn_from(owner)
+        guard the new card's write carries: a card blocked, marked EXPIRED or given a
+        past expiry by their operator between this read and that write (another request
+        or instance) fails the write, and the issue, read again, is refused as it would
+        have been after."""
+        withdrawn = withdrawn_from(owner, self.now())
         if await self.store.find_one(IdTag, withdrawn) is not None:
-            raise Forbidden("a card of yours was blocked or marked expired by your "
+            raise Forbidden("a card of yours was blocked or expired by your "
                             "operator: ask them for a new one", field="tag")
         return Guard(IdTag, withdrawn, exists=False)
 
@@ -457,11 +477,11 @@ class FleetService(Service):
         if not self.policy.may_manage_user(viewer, owner):
             # Drivers may block their own card (it was lost) but not lift a block or an
             # expiry that an operator or admin set: those decide who may charge.
-            if withdrawn_by_others(id_tag, owner):
+            if withdrawn_by_others(id_tag, owner, self.now()):
                 # Not even rewritten as it is: the card is their operator's to decide on
                 # now (a no-op rewrite once made the block look like the driver's own;
                 # a block of a card marked EXPIRED was the driver's own, theirs to lift).
-                raise Forbidden("your operator blocked this card or marked it expired: "
+                raise Forbidden("your operator blocked this card or expired it: "
                                 "ask them about it", field="id")
             # A card they blocked themselves (they found it again) they may unblock.
             own_block = id_tag.status is IdTagStatus.BLOCKED and id_tag.blocked_by == owner.id
@@ -482,6 +502,11 @@ class FleetService(Service):
             blocked_by = viewer.actor  # an operator blocking a self-blocked card makes it theirs
         elif status is not UNSET and status is not IdTagStatus.BLOCKED:
             blocked_by = None
+        # Who set the expiry is written with every change of it (a driver changes none:
+        # refused above), and stays otherwise, whoever writes to the card later.
+        moved = expires_at is not UNSET and expires_at != id_tag.expires_at
+        expiry_set_by: Any = UNSET if not moved \
+            else None if expires_at is None else viewer.actor
         update = edit(
             id_tag,
             viewer,
@@ -489,6 +514,7 @@ class FleetService(Service):
             blocked_by=blocked_by,
             vehicle_id=vehicle_id,
             expires_at=expires_at,
+            expiry_set_by=expiry_set_by,
             parent_tag=parent_tag,
         )
         updated = cast(IdTag, update.record)
@@ -579,8 +605,8 @@ class FleetService(Service):
         if not self.policy.may_act_for_user(viewer, owner):
             raise Forbidden("you may not change this id tag")
         if not self.policy.may_manage_user(viewer, owner) \
-                and withdrawn_by_others(id_tag, owner):
-            raise Forbidden("your operator blocked this card or marked it expired: ask "
+                and withdrawn_by_others(id_tag, owner, self.now()):
+            raise Forbidden("your operator blocked this card or expired it: ask "
                             "them about it", field="id")
         # Its own session: one a charger runs for the same tag string before the card
         # was issued (of no card, maybe another company's station) is not the card's;

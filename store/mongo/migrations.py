@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66 and 76).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76 and 81).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -240,6 +240,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "books", _books)
     await _minor_units(db)
     await _blockers(db)
+    await _once(db, "expiry_setters", _expiry_setters)
     await _once(db, "audit_books", _audit_books)
     await _once(db, "audit_holders", _audit_holders)
     await _once(db, "audit_commands", _audit_commands)
@@ -699,6 +700,26 @@ async def _blockers(db: Any) -> None:
             await db["id_tag"].update_one(
                 {"_id": doc["_id"], "blocked_by": {"$exists": False}},
                 {"$set": {"blocked_by": doc.get("updated_by"), MARK: ObjectId()}})
+
+
+async def _expiry_setters(db: Any) -> None:
+    """Cards with an expiry written before they recorded who set it
+    (``IdTag.expiry_set_by``) take their creator, or their last writer when the creator
+    is their holder (SQLite migration 81 says why). Marked by the field itself: new
+    documents always carry ``expiry_set_by``, possibly null."""
+    while True:
+        docs = await db["id_tag"].find(
+            {"expires_at": {"$ne": None}, "expiry_set_by": {"$exists": False}},
+            {"created_by": 1, "updated_by": 1, "user_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        for doc in docs:
+            creator = doc.get("created_by")  # an actor's text; the holder an ObjectId
+            setter = doc.get("updated_by") if creator == str(doc.get("user_id")) \
+                else creator
+            await db["id_tag"].update_one(
+                {"_id": doc["_id"], "expiry_set_by": {"$exists": False}},
+                {"$set": {"expiry_set_by": setter, MARK: ObjectId()}})
 
 
 async def _audit_books(db: Any) -> None:

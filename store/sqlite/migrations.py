@@ -1584,6 +1584,21 @@ _V79 = """
 ALTER TABLE "reservation" ADD COLUMN "cancel_sending_since" INTEGER;
 """
 
+# Version 81: who set a card's expiry (``IdTag.expiry_set_by``): its holder's own date
+# bars nothing once passed, their operator's bars them as an EXPIRED mark does. Cards
+# stored with an expiry take their creator (a driver set one only when issuing their
+# card: edits of it were refused them), or, when that is the holder, their last writer:
+# another than the holder may have moved it since, and unless it was the holder the
+# date is read as staff's, as migration 16 read a block (an operator's later edit of
+# something else bars a driver on their own date until an operator clears or moves it;
+# the other reading would let a driver round an operator's date).
+_V81 = """
+ALTER TABLE "id_tag" ADD COLUMN "expiry_set_by" TEXT;
+UPDATE "id_tag" SET "expiry_set_by" = CASE WHEN "created_by" = "user_id"
+    THEN "updated_by" ELSE "created_by" END
+    WHERE "expires_at" IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1623,7 +1638,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (74, _V74),
                                      (75, _V75),
                                      (76, _V76), (77, _V77),
-                                     (78, _V78), (79, _V79))
+                                     (78, _V78), (79, _V79),
+                                     (81, _V81))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from domain import entities as d
+from domain.clock import utcnow
 from domain.entities import Connector
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert, Update
@@ -559,25 +561,73 @@ async def test_a_driver_cannot_issue_a_card_around_a_card_marked_expired(
                             "idTag { id }")) == []
 
 
-@pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED"])
+async def test_an_expiry_date_their_operator_set_bars_a_driver_once_past(
+        api: Api, world: World, services: Services) -> None:
+    """QA s29: a card whose expiry date its operator set, once past, was no bar to its
+    driver: they issued themselves a new card and went on charging, nothing recording
+    who set the date (a date the driver chose themselves, past, must not bar them). It
+    bars them as the EXPIRED mark does, and is not theirs to clear or move."""
+    own = gid("id_tag", world.tags["driver_a"].id)
+    soon = (utcnow() + timedelta(hours=1)).isoformat()
+    set_by_op = await call(api, world, "op_a", "updateIdTag",
+                           {"id": own, "expiresAt": soon}, "idTag { expirySetByStaff }")
+    assert set_by_op["idTag"] == {"expirySetByStaff": True}
+    for moved in (None, (utcnow() + timedelta(days=30)).isoformat()):
+        assert codes(await call(api, world, "driver_a", "updateIdTag",
+                                {"id": own, "expiresAt": moved}, "idTag { id }")
+                     ) == [("expiresAt", "FORBIDDEN")]
+    # Their own card's date, past by then, is theirs and bars nothing.
+    spare = await call(api, world, "driver_a", "issueIdTag",
+                       {"tag": "OWN-DATE-1", "expiresAt": soon}, "idTag { id }")
+    # An operator's later edit of something else leaves the date the driver's.
+    unlinked = await call(api, world, "op_a", "updateIdTag",
+                          {"id": spare["idTag"]["id"], "vehicleId": None},
+                          "idTag { expirySetByStaff }")
+    assert unlinked["idTag"] == {"expirySetByStaff": False}
+    real = services.ctx.clock
+    services.ctx.clock = lambda: real() + timedelta(hours=2)
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "AROUND-DATE"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
+    for change in ({"status": "BLOCKED"}, {"expiresAt": None}, {"vehicleId": None}):
+        assert codes(await call(api, world, "driver_a", "updateIdTag",
+                                {"id": own, **change}, "idTag { id }")
+                     ) == [("id", "FORBIDDEN")], change
+    assert codes(await call(api, world, "driver_a", "removeIdTag", {"id": own},
+                            "idTag { id }")) == [("id", "FORBIDDEN")]
+    # Their operator clears it: it bars nothing, and the driver's own past date never did.
+    cleared = await call(api, world, "op_a", "updateIdTag",
+                         {"id": own, "expiresAt": None}, "idTag { expirySetByStaff }")
+    assert cleared["idTag"] == {"expirySetByStaff": None}
+    assert codes(await call(api, world, "driver_a", "issueIdTag", {"tag": "NEXT-1"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver_a", "removeIdTag",
+                            {"id": spare["idTag"]["id"]}, "idTag { id }")) == []
+    tags = await api.gql("{ idTags { nodes { tag } } }", as_user=world.users["driver_a"].id)
+    assert "AROUND-DATE" not in {n["tag"] for n in tags["idTags"]["nodes"]}
+
+
+@pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED", "DATE"])
 async def test_a_card_withdrawn_while_its_driver_issues_one_bars_the_new_card(
         api: Api, world: World, services: Services, monkeypatch: pytest.MonkeyPatch,
         status: str) -> None:
-    """Review r28-org: the operator marks a driver's card EXPIRED (or blocks it) between
-    that driver's issue reading their cards and writing the new one (two requests, or
-    two instances). The new card was written with no guard on those cards: the driver
-    held an Accepted card of their own beside the withdrawn one. The write is guarded by
-    the check, so the overlap is refused as the same issue after the withdrawal is."""
+    """Review r28-org: the operator marks a driver's card EXPIRED (or blocks it, or moves
+    its expiry into the past: QA s29) between that driver's issue reading their cards
+    and writing the new one (two requests, or two instances). The new card was written
+    with no guard on those cards: the driver held an Accepted card of their own beside
+    the withdrawn one. The write is guarded by the check, so the overlap is refused as
+    the same issue after the withdrawal is."""
     own = world.tags["driver_a"]
     op = Viewer.of(world.users["op_a"])
     original = fleet.reissue_marks  # read after the check, just before the write
     withdrawn = False
+    change: dict[str, Any] = {"expires_at": utcnow() - timedelta(minutes=1)} \
+        if status == "DATE" else {"status": d.IdTagStatus[status]}
 
     async def then_the_operator_withdraws_it(*args: Any) -> Any:
         nonlocal withdrawn
         if not withdrawn:
             withdrawn = True
-            await services.fleet.update_id_tag(op, own.id, status=d.IdTagStatus[status])
+            await services.fleet.update_id_tag(op, own.id, **change)
         return await original(*args)
 
     monkeypatch.setattr(fleet, "reissue_marks", then_the_operator_withdraws_it)
@@ -587,7 +637,7 @@ async def test_a_card_withdrawn_while_its_driver_issues_one_bars_the_new_card(
     tags = await api.gql("{ idTags { nodes { tag status } } }",
                          as_user=world.users["driver_a"].id)
     assert {(n["tag"], n["status"]) for n in tags["idTags"]["nodes"]} \
-        == {(own.tag, status)}
+        == {(own.tag, "EXPIRED" if status == "DATE" else status)}
 
 
 @pytest.mark.parametrize("status", ["EXPIRED", "BLOCKED"])

@@ -2212,6 +2212,36 @@ async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
     assert got == {"LOST-1": driver.id, "FINE-1": None}
 
 
+async def test_cards_from_before_record_who_set_their_expiry(mongo: MongoStore) -> None:
+    """What SQLite migration 81 does: a card with an expiry written before
+    ``expiry_set_by`` existed takes its creator, or its last writer when its holder
+    created it (a driver set an expiry only when issuing their card); one without an
+    expiry none. Once, and a card written since keeps its own."""
+    from domain.entities import IdTag
+    from tests.contract.factories import user
+
+    driver = user()
+    at = utcnow() + timedelta(days=1)
+    cards = [IdTag(tag="OWN-1", user_id=driver.id, expires_at=at, created_by=driver.id,
+                   updated_by=driver.id),
+             IdTag(tag="MOVED-1", user_id=driver.id, expires_at=at, created_by=driver.id,
+                   updated_by="op-1"),
+             IdTag(tag="GIVEN-1", user_id=driver.id, expires_at=at, created_by="op-1",
+                   updated_by=driver.id),
+             IdTag(tag="NEVER-1", user_id=driver.id, created_by="op-1", updated_by="op-1")]
+    await mongo.write([Insert(r) for r in (driver, *cards)], [])
+    raw(mongo)["id_tag"].update_many({}, {"$unset": {"expiry_set_by": ""}})  # as before
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
+    await migrations.migrate(mongo.db)
+    since = IdTag(tag="SINCE-1", user_id=driver.id, expires_at=at, created_by=driver.id,
+                  updated_by="op-1", expiry_set_by=driver.id)
+    await mongo.write([Insert(since)], [])
+    await migrations.migrate(mongo.db)  # another start
+    got = {t.tag: t.expiry_set_by for t in await mongo.find_all(IdTag, ALL)}
+    assert got == {"OWN-1": driver.id, "MOVED-1": "op-1", "GIVEN-1": "op-1",
+                   "NEVER-1": None, "SINCE-1": driver.id}
+
+
 async def test_state_and_connection_history_from_before_get_their_books(
         mongo: MongoStore) -> None:
     """What SQLite migration 76 does: status reports, state intervals and connection

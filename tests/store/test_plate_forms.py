@@ -72,10 +72,17 @@ async def upgraded(backend: str, tmp_path: Path, records: Iterable[d.Record]
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 61])
             for record in records:
-                names = columns(type(record))
+                # Only the columns the table had then (a card's ``expiry_set_by`` came
+                # with migration 81).
+                cursor = await conn.execute(f"PRAGMA table_info({quote(record.kind)})")
+                had = {row[1] for row in await cursor.fetchall()}
+                kept = [(name, value) for name, value
+                        in zip(columns(type(record)), to_row(record), strict=True)
+                        if name in had]
                 await conn.execute(
-                    f"INSERT INTO {quote(record.kind)} ({', '.join(map(quote, names))}) "
-                    f"VALUES ({', '.join('?' * len(names))})", to_row(record))
+                    f"INSERT INTO {quote(record.kind)} "
+                    f"({', '.join(quote(name) for name, _ in kept)}) "
+                    f"VALUES ({', '.join('?' * len(kept))})", [value for _, value in kept])
         store = SqliteStore(path)
         await store.start()
     else:
