@@ -256,7 +256,7 @@ class IdTag(Record):
     #: Who set ``expires_at`` (written whenever it changes; ``None`` with no expiry): its
     #: owner, a date they chose that bars nothing once passed, or their operator or an
     #: admin, whose passed date the owner may not get round, as an EXPIRED mark
-    #: (``fleet.staff_expiry_passed``). Cards stored before (SQLite migration 81) take
+    #: (``fleet.staff_expiry_passed``). Cards stored before (SQLite migration 80) take
     #: their creator, or their last writer when their owner created them.
     expiry_set_by: str | None = None
 

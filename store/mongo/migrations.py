@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76 and 81).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76 and 80).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -705,7 +705,7 @@ async def _blockers(db: Any) -> None:
 async def _expiry_setters(db: Any) -> None:
     """Cards with an expiry written before they recorded who set it
     (``IdTag.expiry_set_by``) take their creator, or their last writer when the creator
-    is their holder (SQLite migration 81 says why). Marked by the field itself: new
+    is their holder (SQLite migration 80 says why). Marked by the field itself: new
     documents always carry ``expiry_set_by``, possibly null."""
     while True:
         docs = await db["id_tag"].find(

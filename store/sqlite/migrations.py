@@ -1584,7 +1584,7 @@ _V79 = """
 ALTER TABLE "reservation" ADD COLUMN "cancel_sending_since" INTEGER;
 """
 
-# Version 81: who set a card's expiry (``IdTag.expiry_set_by``): its holder's own date
+# Version 80: who set a card's expiry (``IdTag.expiry_set_by``): its holder's own date
 # bars nothing once passed, their operator's bars them as an EXPIRED mark does. Cards
 # stored with an expiry take their creator (a driver set one only when issuing their
 # card: edits of it were refused them), or, when that is the holder, their last writer:
@@ -1592,7 +1592,7 @@ ALTER TABLE "reservation" ADD COLUMN "cancel_sending_since" INTEGER;
 # date is read as staff's, as migration 16 read a block (an operator's later edit of
 # something else bars a driver on their own date until an operator clears or moves it;
 # the other reading would let a driver round an operator's date).
-_V81 = """
+_V80 = """
 ALTER TABLE "id_tag" ADD COLUMN "expiry_set_by" TEXT;
 UPDATE "id_tag" SET "expiry_set_by" = CASE WHEN "created_by" = "user_id"
     THEN "updated_by" ELSE "created_by" END
@@ -1639,7 +1639,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (75, _V75),
                                      (76, _V76), (77, _V77),
                                      (78, _V78), (79, _V79),
-                                     (81, _V81))
+                                     (80, _V80))
 
 
 def identity_left(company_id: str, name: str) -> None:

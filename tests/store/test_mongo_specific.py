@@ -2213,7 +2213,7 @@ async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
 
 
 async def test_cards_from_before_record_who_set_their_expiry(mongo: MongoStore) -> None:
-    """What SQLite migration 81 does: a card with an expiry written before
+    """What SQLite migration 80 does: a card with an expiry written before
     ``expiry_set_by`` existed takes its creator, or its last writer when its holder
     created it (a driver set an expiry only when issuing their card); one without an
     expiry none. Once, and a card written since keeps its own."""

@@ -73,7 +73,7 @@ async def upgraded(backend: str, tmp_path: Path, records: Iterable[d.Record]
             await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 61])
             for record in records:
                 # Only the columns the table had then (a card's ``expiry_set_by`` came
-                # with migration 81).
+                # with migration 80).
                 cursor = await conn.execute(f"PRAGMA table_info({quote(record.kind)})")
                 had = {row[1] for row in await cursor.fetchall()}
                 kept = [(name, value) for name, value

@@ -877,7 +877,7 @@ async def test_version_81_records_who_set_each_cards_expiry(db_path: str) -> Non
     them): a card with one takes its creator, or its last writer when its holder created
     it (another may have moved it since); a card without one none."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        before = [m for m in MIGRATIONS if m[0] < 81]
+        before = [m for m in MIGRATIONS if m[0] < 80]
         await apply_migrations(conn, before)
         for tag_id, expires, creator, writer in (("t1", 1, "u-1", "u-1"),
                                                  ("t2", 1, "u-1", "op-1"),
@@ -888,7 +888,7 @@ async def test_version_81_records_who_set_each_cards_expiry(db_path: str) -> Non
                 '"updated_by", "tag", "user_id", "status", "expires_at") '
                 "VALUES (?, 0, 0, ?, ?, ?, 'u-1', 'Accepted', ?)",
                 (tag_id, creator, writer, tag_id, expires))
-        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 81]) == [81]
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 80]) == [80]
     assert raw(db_path, 'SELECT "id", "expiry_set_by" FROM "id_tag" ORDER BY "id"') == [
         ("t1", "u-1"), ("t2", "op-1"), ("t3", "op-1"), ("t4", None)]
 
