@@ -3,6 +3,7 @@ compared with figures worked out by hand."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -1149,6 +1150,27 @@ async def test_a_connect_opening_a_plug_s_first_interval_racing_a_handover_is_in
     assert await _state_books(history, "R8") == {(b, None)}
 
 
+async def test_a_connect_and_a_disconnect_hold_their_books_in_the_station_s_own_write(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect or disconnect writes once with no guard beside its station's update: the
+    books it read are a condition of that update (``patch_in_books``), which a handover
+    meanwhile fails (the races above), not a guard read of the same row (session 29:
+    each was one read more in every connect and disconnect's write on MongoDB, one
+    query more in SQLite's)."""
+    a = history.users["op_a"].company_id
+    history.clock.now = at_31(13)
+    await history.services.stations.create_station(
+        SYSTEM, cp_id="R8", name="R8", connectors=[ConnectorSpec(1)], company_id=a)
+    calls = _store_calls(history.services.ctx.store, monkeypatch)
+    for online in (True, False, True):
+        calls.clear()
+        history.clock.now += timedelta(minutes=10)
+        assert await history.services.charging.set_online("R8", online) is not None
+        assert sorted(calls) == sorted(["find_one Station", "find_all Connector",
+                                        "find_one ConnectorInterval", "write"]), calls
+    assert await _state_books(history, "R8") == {(a, None)}
+
+
 async def test_a_disconnect_opening_a_plug_s_first_interval_racing_a_handover_is_in_the_new_books(
         history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     """As above for a disconnect: R8 online with no plug, plug 1 added (no interval
@@ -1318,10 +1340,13 @@ async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_rec
 
 
 def _store_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What the store is asked from now on, one entry per call: each read as "find_one
-    Kind", each write as "write" and the kind of each of its guards ("guard Kind"). A
-    read a guard's check makes inside a write (MongoDB's) is no call of the caller's."""
+    """What the calling task asks the store from now on, one entry per call: each read
+    as "find_one Kind", each write as "write" and the kind of each of its guards ("guard
+    Kind"). A read a store makes inside its own call (a find_one's find_all, MongoDB's
+    guard check in a write) is none of the caller's; nor is one of another task (a
+    background job an earlier message started, reading meanwhile)."""
     calls: list[str] = []
+    caller = asyncio.current_task()
     inside: list[str] = []
     for name in ("find_one", "find_all", "find_page", "count", "find_grouped", "aggregate",
                  "write"):
@@ -1329,7 +1354,9 @@ def _store_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any
                           ) -> Any:
-            if not inside:  # a store's find_one may call its own find_all: one read
+            if asyncio.current_task() is not caller:
+                return await _real(*args, **kw)
+            if not inside:
                 if _name == "write":
                     guards = args[2] if len(args) > 2 else kw.get("guards", ())
                     calls.extend(["write", *(f"guard {g.kind.__name__}" for g in guards)])
