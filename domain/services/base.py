@@ -277,10 +277,31 @@ def still_in_books(station: Station) -> Guard:
     write fails the write (``Conflict`` CHANGED); run again, the use case reads the
     station as handed over (a session's start books it to the new company, QA s26; a
     price set by the old company's operator is refused, review s26)."""
+    return Guard(Station, all_of(Eq("id", station.id),
+                                 *(Eq(name, value) for name, value in _books_held(station))))
+
+
+def patch_in_books(station: Station, viewer: Viewer, *, held: tuple[str, Any] | None = None,
+                   **updates: Any) -> Update:
+    """``patch`` of ``station`` written only while it is in the books it was read in
+    (``still_in_books`` as the update's own condition, on the row it writes: no guard
+    read beside it) and, with ``held``, while that field still holds its value; else
+    the whole write fails (``Conflict`` CHANGED, ``required``). The condition is checked
+    where the update lands in its write: a write that must see what another wrote
+    before it (a handover's) puts it after the rest, as a ``Guard`` is read after them
+    (``ChargerConnections._record_connection``)."""
+    conditions = ((held,) if held is not None else ()) + _books_held(station)
+    return dataclasses.replace(
+        patch(station, viewer, only_if=conditions[0], required=True, **updates),
+        also_if=conditions[1:])
+
+
+def _books_held(station: Station) -> tuple[tuple[str, Any], ...]:
+    """The station's fields and values that say its books (``books_of``)."""
     company_id, owner_id = books_of(station)
-    books = Eq("company_id", company_id) if company_id is not None \
-        else all_of(Eq("company_id", None), Eq("owner_id", owner_id))
-    return Guard(Station, all_of(Eq("id", station.id), books))
+    if company_id is not None:
+        return (("company_id", company_id),)
+    return ("company_id", None), ("owner_id", owner_id)
 
 
 #: The books of an audit entry about a record of no one's books.

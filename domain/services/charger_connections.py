@@ -39,9 +39,8 @@ from domain.services.base import (
     charger,
     no_case_twin,
     owned_by,
-    patch,
+    patch_in_books,
     stamp_new,
-    still_in_books,
 )
 from domain.services.charger_cache import ChargerCache
 from domain.services.charger_clocks import ChargerClocks
@@ -493,7 +492,7 @@ class ChargerConnections(Service):
         when = now if at is None else at
         actor = charger(cp_id)
         # In the books of the station as read from the store, and written only while it
-        # is still in them (``still_in_books``): a handover since fails the write and it
+        # is still in them (``patch_in_books``): a handover since fails the write and it
         # is read again. Its open state intervals alone (``intervals._close``) did not
         # tell: a handover rolls over only open intervals, and a plug's first one (a
         # station's first connect, a plug added while online) and a station of no plug
@@ -510,8 +509,13 @@ class ChargerConnections(Service):
             fields["last_seen"] = now if heard else last_heard
         if online:
             fields["connection"] = number
-        update = patch(station, actor, only_if=guard, required=guard is not None, **fields)
-        changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
+        # The books are held by the station's own update (``patch_in_books``: one
+        # condition on the row it writes, no guard read beside it), written last: on
+        # MongoDB (no transaction) it checks them once the intervals are written, as a
+        # guard read after them did, so of it and a handover's write (``left_in_books``)
+        # at least one sees the other.
+        update = patch_in_books(station, actor, held=guard, **fields)
+        changes: list[Change] = [Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
             changes += await next_interval(self.store,
@@ -519,7 +523,7 @@ class ChargerConnections(Service):
                 *effective_state(station, connector.status, connector.error_code), online,
                 self.clocks.charger_time(cp_id, when), actor, now=now, known=not outage,
                 ours=when, stored=stored)
-        await self.store.write(changes, [], [still_in_books(station)])
+        await self.store.write([*changes, update], [])
         self.cache.patched(station, cast(Station, update.record))
         await self.publish(StationConnectionChanged(
             **owned_by(station), online=online, at=when, connection=station.connection

@@ -904,9 +904,13 @@ class ChargingService(ChargerConnections):
         # the interval its stamp falls in).
         books: Books | None = None
         # The station's books as stored, read once for the report whatever number of its
-        # plugs open their first interval (connector 0: each plug's), and not at all
-        # when taken again: ``fresh`` read the station from the store just now.
-        stored = StoredBooks(self.store, station, books_of(station) if fresh else None)
+        # plugs open their first interval, and not at all when taken again: ``fresh``
+        # read the station from the store just now. Connector 0 (the point's own report,
+        # which takes them every time) reads none either: the books of the station it
+        # has serve, as the write is guarded on them (``StoredBooks.guard``), and a
+        # cached copy not told of a handover fails it, taken again ``fresh``.
+        stored = StoredBooks(self.store, station,
+                             books_of(station) if fresh or connector_id == 0 else None)
         telemetry: list[Change] = []
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None

@@ -243,7 +243,8 @@ def left_in_books(station: Station) -> Guard:
     handover closes every open one it read (``handed_over``) and opens its successor in
     the new books, so one found is a plug's first interval written in the old books
     after that read (a stop's Finishing, a first report, a connect, each guarded on the
-    station still in those books, ``StoredBooks.guard``, which it still was). It fails
+    station still in those books, ``StoredBooks.guard`` or a connect's
+    ``patch_in_books``, which it still was). It fails
     the write (``Conflict``), which the edit runs again, reading it and rolling it over
     too (review r28-leftan: it stayed in the old books, and the plug's every later
     interval with it). Of the two writes, at least one sees the other's on either

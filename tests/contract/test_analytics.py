@@ -3,6 +3,7 @@ compared with figures worked out by hand."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -1149,6 +1150,27 @@ async def test_a_connect_opening_a_plug_s_first_interval_racing_a_handover_is_in
     assert await _state_books(history, "R8") == {(b, None)}
 
 
+async def test_a_connect_and_a_disconnect_hold_their_books_in_the_station_s_own_write(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect or disconnect writes once with no guard beside its station's update: the
+    books it read are a condition of that update (``patch_in_books``), which a handover
+    meanwhile fails (the races above), not a guard read of the same row (session 29:
+    each was one read more in every connect and disconnect's write on MongoDB, one
+    query more in SQLite's)."""
+    a = history.users["op_a"].company_id
+    history.clock.now = at_31(13)
+    await history.services.stations.create_station(
+        SYSTEM, cp_id="R8", name="R8", connectors=[ConnectorSpec(1)], company_id=a)
+    calls = _store_calls(history.services.ctx.store, monkeypatch)
+    for online in (True, False, True):
+        calls.clear()
+        history.clock.now += timedelta(minutes=10)
+        assert await history.services.charging.set_online("R8", online) is not None
+        assert sorted(calls) == sorted(["find_one Station", "find_all Connector",
+                                        "find_one ConnectorInterval", "write"]), calls
+    assert await _state_books(history, "R8") == {(a, None)}
+
+
 async def test_a_disconnect_opening_a_plug_s_first_interval_racing_a_handover_is_in_the_new_books(
         history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     """As above for a disconnect: R8 online with no plug, plug 1 added (no interval
@@ -1317,6 +1339,39 @@ async def test_a_report_in_flight_at_a_handover_is_in_the_books_its_state_is_rec
     assert await _faults_r9(history, "op_b") == [(1, "GroundFailure", 1, 1.0)]
 
 
+def _store_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the calling task asks the store from now on, one entry per call: each read
+    as "find_one Kind", each write as "write" and the kind of each of its guards ("guard
+    Kind"). A read a store makes inside its own call (a find_one's find_all, MongoDB's
+    guard check in a write) is none of the caller's; nor is one of another task (a
+    background job an earlier message started, reading meanwhile)."""
+    calls: list[str] = []
+    caller = asyncio.current_task()
+    inside: list[str] = []
+    for name in ("find_one", "find_all", "find_page", "count", "find_grouped", "aggregate",
+                 "write"):
+        real = getattr(store, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any
+                          ) -> Any:
+            if asyncio.current_task() is not caller:
+                return await _real(*args, **kw)
+            if not inside:
+                if _name == "write":
+                    guards = args[2] if len(args) > 2 else kw.get("guards", ())
+                    calls.extend(["write", *(f"guard {g.kind.__name__}" for g in guards)])
+                else:
+                    calls.append(f"{_name} {getattr(args[0], '__name__', args[0])}")
+            inside.append(_name)
+            try:
+                return await _real(*args, **kw)
+            finally:
+                inside.pop()
+
+        monkeypatch.setattr(store, name, counted)
+    return calls
+
+
 async def test_a_status_report_reads_no_more_than_its_connector_and_open_interval(
         history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hot path: a StatusNotification of a known plug, its station cached, reads the
@@ -1326,22 +1381,7 @@ async def test_a_status_report_reads_no_more_than_its_connector_and_open_interva
     stamp falls in instead, whose books it takes (review r27-analytics4)."""
     await _r9(history, timedelta(0))
     store = history.services.ctx.store
-    reads: list[str] = []
-    inside: list[str] = []
-    for name in ("find_one", "find_all", "find_page", "count", "find_grouped", "aggregate"):
-        real = getattr(store, name)
-
-        async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any
-                          ) -> Any:
-            if not inside:  # a store's find_one may call its own find_all: one read
-                reads.append(f"{_name} {getattr(args[0], '__name__', args[0])}")
-            inside.append(_name)
-            try:
-                return await _real(*args, **kw)
-            finally:
-                inside.pop()
-
-        monkeypatch.setattr(store, name, counted)
+    reads = _store_calls(store, monkeypatch)
     # A change, a repeat, and one older than the state (history only: the open one's).
     for minute, status in ((2, "Unavailable"), (3, "Unavailable"), (1, "Faulted")):
         reads.clear()
@@ -1349,10 +1389,42 @@ async def test_a_status_report_reads_no_more_than_its_connector_and_open_interva
         await history.services.charging.status_notification(
             "R9", 1, status, "NoError", timestamp=at_31(16, minute))
         interval = "find_all" if minute == 1 else "find_one"  # late: the one at its stamp
-        assert sorted(reads) == sorted(["find_one Connector", f"{interval} ConnectorInterval"]
-                                       ), (minute, reads)
+        assert sorted(reads) == sorted(["find_one Connector", f"{interval} ConnectorInterval",
+                                        "write"]), (minute, reads)
     events = await store.find_all(d.StatusEvent, Eq("cp_id", "R9"), limit=10)
     assert {e.company_id for e in events} == {history.users["op_a"].company_id}
+
+
+async def test_a_connector_0_report_reads_no_station_and_stays_guarded_on_its_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The charge point's own report, its station cached: it reads its plugs and each
+    one's open interval, not the station again (one read more on every such report,
+    session 29): the books of the station it has serve, as its write is guarded on
+    them (``still_in_books``), a change or a repeat alike. A copy not told of a
+    handover to B fails that guard, and the report, taken again from the store, is B's."""
+    station_id, b = await _r9(history, timedelta(0))
+    store, charging = history.services.ctx.store, history.services.charging
+    calls = _store_calls(store, monkeypatch)
+    for minute, status in ((2, "Unavailable"), (3, "Unavailable")):
+        calls.clear()
+        history.clock.now = at_31(16, minute)
+        await charging.status_notification("R9", 0, status, "NoError",
+                                           timestamp=at_31(16, minute))
+        assert sorted(calls) == sorted(["find_all Connector", "find_one ConnectorInterval",
+                                        "write", "guard Station"]), (minute, calls)
+    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
+    history.clock.now = at_31(16, 4)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    history.clock.now = at_31(16, 5)
+    await charging.status_notification("R9", 0, "Faulted", "PowerSwitchFailure",
+                                       timestamp=at_31(16, 5))
+    [event] = await store.find_all(d.StatusEvent, all_of(
+        Eq("cp_id", "R9"), Eq("connector_id", 0), Eq("status", d.ConnectorStatus.FAULTED)),
+        limit=5)
+    assert (event.company_id, event.station_owner_id) == (b, None)
+    [point] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
+    assert point.status is d.ConnectorStatus.FAULTED
 
 
 async def test_the_former_company_keeps_its_figures_after_the_new_one_removes_the_station(
