@@ -22,6 +22,7 @@ from chargegraph.cors import EXPORT_METHODS, cross_origin
 from chargegraph.errors import ConfigError
 from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
+from chargegraph.http_limits import HEALTHZ
 from chargegraph.listening import url_host
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
@@ -360,7 +361,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         return Response(await scrape(metrics, sources), media_type=METRICS_TYPE)
 
     routes: list[BaseRoute] = [
-        Route("/", home), Route("/healthz", healthz),
+        Route("/", home), Route(HEALTHZ, healthz),
         # Every method reaches the handler, which refuses all but GET and POST itself:
         # as JSON with the API's error code, and an Allow header that offers no HEAD
         # (the router's own 405 is plain text and offers the HEAD it adds to GET).

@@ -10,7 +10,9 @@ process, were all refused until the client let go).
 * At most ``CHARGEGRAPH_MAX_CONNECTIONS`` connections are served at once: uvicorn's
   ``limit_concurrency`` answers the requests beyond them 503. Open websockets count toward
   it, though uvicorn never refuses an upgrade (the default leaves room for them). Its own line
-  for each refusal is turned into one WARNING a minute at most (``RefusalLog``).
+  for each refusal is turned into one WARNING a minute at most (``RefusalLog``). A GET (or
+  HEAD) of ``/healthz`` is served through the cap (``_HealthThroughCap``): a 503 there
+  told an orchestrator that a busy instance was down, and it was killed.
 * A GraphQL websocket whose client reads nothing can be dropped by the app
   (``WebSocketProtocol``): uvicorn's send, the close's too, waits for the socket to be
   writable, and its ``transport.close()`` waits for the buffer to drain, so such a socket
@@ -39,6 +41,9 @@ from graph.live_outbox import ABORT, CLOSE_WITHIN_S
 #: Seconds a request head may take, from the connection opening (or, on a connection
 #: kept alive, from the next request's first byte) until its blank line.
 HEAD_TIMEOUT_S = 10.0
+
+#: The health check's path (``app.create_app``), served at the connection cap too.
+HEALTHZ = "/healthz"
 
 #: What uvicorn logs (at WARNING, on ``uvicorn.error``) for each request it answers 503
 #: at ``limit_concurrency``.
@@ -69,7 +74,30 @@ class _HeadTimer:
             self.transport.close()
 
 
-class H11HeadTimeout(_HeadTimer, H11Protocol):
+class _HealthThroughCap:
+    """Serves a GET or HEAD of ``HEALTHZ`` whatever the connection cap. uvicorn reads its
+    ``limit_concurrency`` once a request's head is complete, its ``scope`` built (both
+    protocols), and answers 503 at the cap; here it reads no cap for the health check,
+    one small answer that tells whether the instance serves. Every other request, and an
+    upgrade (never refused), is capped as before."""
+
+    root_path: str
+    _cap: int | None = None
+
+    @property
+    def limit_concurrency(self) -> int | None:
+        scope = getattr(self, "scope", None)  # the request whose head just completed
+        if scope is not None and scope.get("method") in ("GET", "HEAD") \
+                and scope.get("path") == self.root_path + HEALTHZ:
+            return None
+        return self._cap
+
+    @limit_concurrency.setter
+    def limit_concurrency(self, cap: int | None) -> None:
+        self._cap = cap  # uvicorn's ``__init__`` sets it from its config
+
+
+class H11HeadTimeout(_HeadTimer, _HealthThroughCap, H11Protocol):
     """uvicorn's h11 protocol (where httptools is not installed) with the head timeout:
     h11 reports the peer ``IDLE`` until a request's head is complete."""
 
@@ -95,7 +123,7 @@ try:
 except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools on CPython
     HeadTimeoutProtocol = H11HeadTimeout
 else:
-    class HttpToolsHeadTimeout(_HeadTimer, HttpToolsProtocol):
+    class HttpToolsHeadTimeout(_HeadTimer, _HealthThroughCap, HttpToolsProtocol):
         """uvicorn's httptools protocol (the one ``http="auto"`` picks when httptools is
         installed) with the head timeout: armed when the connection opens and when a
         request begins, stopped when its head is complete (a websocket upgrade's too: the

@@ -86,7 +86,8 @@ class Settings(BaseSettings):
         12_000, ge=1, le=1_000_000,
         description="Connections the GraphQL port serves at once; open websockets count "
                     "toward it (an upgrade itself is never refused), and a request beyond "
-                    "it is answered 503 (logged at WARNING at most once a minute)")
+                    "it is answered 503 (logged at WARNING at most once a minute), but for "
+                    "GET or HEAD /healthz")
     # Application-level, unlike uvicorn's websocket pings (``cli._uvicorn``), which the
     # browser answers itself, not the page: see ``graph.live_ws.Connection.keep_alive``. At least a
     # second: a ping every millisecond on ten thousand sockets would be a busy loop.

@@ -229,7 +229,9 @@ class Policy:
         it, where a car not theirs answers ``NOT_FOUND``) and a person's copy of their
         data holds ("theirs and nobody else's": review r28-org, a handed-over car was
         exported as its former driver's, with its new owner's battery). ``ALL`` for the
-        other roles, whose lists are their scopes."""
+        other roles, whose lists are their scopes. A branch of the scope it narrows, so
+        ANDed with it the read is this filter alone (``all_of`` absorbs the scope): one
+        indexed condition, without the sessions' sub-select, a ``$lookup`` on MongoDB."""
         if kind == "vehicle" and viewer.is_driver and viewer.user_id is not None:
             return Eq("owner_id", viewer.user_id)
         return ALL

@@ -193,7 +193,8 @@ NONE: Filter = Or(())
 
 
 def all_of(*parts: Filter | None) -> Filter:
-    """AND of the given filters, flattening trivial cases (``None`` and ``ALL`` vanish)."""
+    """AND of the given filters, flattening trivial cases (``None`` and ``ALL`` vanish,
+    and an OR one of whose branches is also ANDed)."""
     kept: list[Filter] = []
     for part in parts:
         if part is None or part == ALL:
@@ -204,6 +205,11 @@ def all_of(*parts: Filter | None) -> Filter:
             kept.extend(part.parts)
         else:
             kept.append(part)
+    # Absorption, A AND (A OR B) is A: a read narrowed to one branch of a scope (a
+    # driver's garage, ``Policy.theirs``) asks that branch alone, not also the other
+    # branches' sub-selects (each a ``$lookup`` on MongoDB) for an answer they cannot change.
+    kept = [part for part in kept if not (isinstance(part, Or) and any(
+        other in part.parts for other in kept if other is not part))]
     if not kept:
         return ALL
     if len(kept) == 1:

@@ -28,7 +28,7 @@ from domain.command_rules import without_credentials
 from domain.currencies import major_units, price_shown, rate_shown
 from domain.geo import distance_km
 from domain.ids import is_id
-from domain.query import ALL, Eq, Range, Sort, all_of
+from domain.query import ALL, Eq, Filter, Range, Sort, all_of
 from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE
@@ -81,6 +81,14 @@ MAX_CONFIGURATION_KEYS = MAX_KEYS
 
 def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]
+
+
+def garage(ctx: GraphContext) -> Filter:
+    """The cars a list of vehicles shows: in garages (``IN_GARAGE``), and of a driver
+    their own only (``Policy.theirs``), not the handed-over cars of their sessions that
+    their scope also reads. A driver's list thus asks the owner's index alone
+    (``all_of`` absorbs their scope's sub-select of sessions)."""
+    return all_of(IN_GARAGE, ctx.services.policy.theirs(ctx.viewer, d.Vehicle.kind))
 
 
 async def _load(info: Info, kind: type[d.Record], record_id: str | None) -> Any:
@@ -395,7 +403,7 @@ class User(Node, Audited):
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Vehicle]:
         return await nested_connection(_ctx(info), d.Vehicle, Vehicle.wrap, "owner_id",
-                                       self._r.id, IN_GARAGE, (),
+                                       self._r.id, garage(_ctx(info)), (),
                                        _page(first, after, last, before))
 
     @strawberry.field(name="idTags", description="Their charging cards, in creation order, "

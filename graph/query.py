@@ -10,7 +10,6 @@ import strawberry
 from domain import entities as d
 from domain.errors import DomainError
 from domain.query import ALL, Eq, Filter, Sort, all_of
-from domain.services.fleet import IN_GARAGE
 from graph.analytics import AnalyticsQuery
 from graph.context import GraphContext
 from graph.filters import (
@@ -49,6 +48,7 @@ from graph.nodes import (
     Tariff,
     User,
     Vehicle,
+    garage,
     wants,
 )
 from graph.relay import Connection, Node, PageArgs, page_connection, sort_keys
@@ -168,10 +168,8 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         # A driver's list is their garage (``Policy.theirs``), not the whole of their
         # scope, which also takes their sessions' cars handed over since (review
         # r28-org: their apps offered such a car for a remote start, NOT_FOUND there).
-        ctx = _ctx(info)
-        garage = all_of(IN_GARAGE, ctx.services.policy.theirs(ctx.viewer, d.Vehicle.kind))
         return await _list(info, d.Vehicle, Vehicle, filter, order_by, (), first, after, last,
-                           before, within=garage)
+                           before, within=garage(_ctx(info)))
 
     @strawberry.field(name="idTags", description=(
         "Charging cards (OCPP idTags), in id order: a driver's own, an operator's own and "

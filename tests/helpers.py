@@ -6,10 +6,29 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import Argon2Error, InvalidHashError
+
+from domain.query import And, Filter, NotSub, Or, Sub
+
+
+def is_filter(value: object) -> TypeGuard[Filter]:
+    """Whether ``value`` is a filter of the query language."""
+    return isinstance(value, get_args(Filter))
+
+
+def subselects(where: Filter) -> list[Sub | NotSub]:
+    """The sub-selects in ``where``: each a join of the store (a ``$lookup`` on MongoDB,
+    a sub-query on SQLite)."""
+    match where:
+        case And(parts) | Or(parts):
+            return [sub for part in parts for sub in subselects(part)]
+        case Sub() | NotSub():
+            return [where]
+        case _:
+            return []
 
 
 class FastHasher:

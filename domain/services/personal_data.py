@@ -275,7 +275,8 @@ class PersonalDataService(Service):
     def mine(self, data: PersonalData, kind: type[E]) -> AsyncIterator[list[E]]:
         """The person's records of ``kind`` in creation (id) order, by the person's own
         scope, narrowed to what is theirs (``Policy.theirs``: the cars they own, not those
-        of their sessions handed to another owner since): theirs and nobody else's."""
+        of their sessions handed to another owner since): theirs and nobody else's. Read
+        by that alone where it is a branch of the scope (``all_of`` absorbs the rest)."""
         where = all_of(self.policy.scope(data.holder, kind.kind),
                        self.policy.theirs(data.holder, kind.kind))
         return pages(self.store, kind, where, READ_ROWS)

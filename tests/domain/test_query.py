@@ -13,6 +13,7 @@ from domain.query import (
     Or,
     PageRequest,
     Sort,
+    Sub,
     all_of,
     any_of,
     decode_cursor,
@@ -29,6 +30,20 @@ def test_all_of_and_any_of_simplify() -> None:
     assert any_of(a, ALL) == ALL
     assert any_of() == NONE
     assert any_of(a, Or((b,))) == Or((a, b))
+
+
+def test_all_of_drops_an_or_one_of_whose_branches_it_also_ands() -> None:
+    """Absorption: a driver's garage (their own cars) within their scope of cars (their
+    own, or their sessions' through a sub-select) is their own cars alone."""
+    own, c = Eq("owner_id", "u1"), Eq("removed_at", None)
+    sessions = Sub("id", "session", Eq("user_id", "u1"), select="vehicle_id")
+    scope = any_of(own, sessions)
+    assert all_of(scope, all_of(c, own)) == And((c, own))
+    assert all_of(own, scope) == own
+    # Kept: no branch of it ANDed as such (another owner's cars, or any car in a garage).
+    assert all_of(scope, c) == And((scope, c))
+    assert all_of(scope, Eq("owner_id", "u2")) == And((scope, Eq("owner_id", "u2")))
+    assert all_of(any_of(own, c), any_of(own, c)) == And((any_of(own, c),) * 2)
 
 
 def test_cursor_round_trip_and_ordering_check() -> None:

@@ -9,22 +9,25 @@ import httpx
 import pytest
 
 from domain.policy import Policy
+from domain.query import Filter
 from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from store.sqlite import SqliteStore
 from tests.graph.world import World, build_world
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, is_filter
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
 
 
 class CountingStore:
-    """Wraps a store and counts calls of its public methods."""
+    """Wraps a store and counts calls of its public methods, keeping the filters they were
+    given by kind (``asked``)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls: list[str] = []
         self.detail: list[str] = []
+        self.asked: list[tuple[str, Filter]] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -35,6 +38,8 @@ class CountingStore:
             self.calls.append(name)
             kind = args[0].kind if args and hasattr(args[0], "kind") else ""
             self.detail.append(f"{name}:{kind}")
+            self.asked += [(kind, arg) for arg in (*args, *kwargs.values())
+                           if is_filter(arg)]
             return await attr(*args, **kwargs)
 
         return counted

@@ -23,7 +23,7 @@ import chargegraph.http_limits as http_limits
 from chargegraph.cli import _uvicorn
 from chargegraph.settings import Settings
 from graph.live_ws import MAX_OPERATIONS
-from tests.helpers import free_port, until_started
+from tests.helpers import free_port, until, until_started
 
 #: The head timeout in these tests (10 s in service).
 HEAD_TIMEOUT = 0.5
@@ -127,7 +127,7 @@ async def test_connections_beyond_the_cap_are_answered_503_and_logged_now_and_th
     monkeypatch.setattr(http_limits.REFUSALS, "_last", None)  # other tests' refusals
     monkeypatch.setattr(http_limits.REFUSALS, "_refused", 0)
     async with serving(tmp_path, max_connections=3) as port:
-        url = f"http://127.0.0.1:{port}/healthz"
+        url = f"http://127.0.0.1:{port}/graphql"  # not /healthz: served through the cap
         holding = [opened(port) for _ in range(3)]
         await asyncio.sleep(0.1)
         with caplog.at_level(logging.WARNING):
@@ -144,7 +144,31 @@ async def test_connections_beyond_the_cap_are_answered_503_and_logged_now_and_th
             sock.close()
         await asyncio.sleep(0.1)
         async with httpx.AsyncClient() as client:
-            assert (await client.get(url)).status_code == 200
+            assert (await client.get(url)).status_code != 503
+
+
+async def test_the_health_check_is_served_at_the_cap(
+        tmp_path: Path, head_timeout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An orchestrator probing /healthz of an instance busy at its cap was answered 503,
+    and killed a healthy instance. The health check (GET or HEAD) is served; the rest
+    of the port, /healthz by another method included, stays capped."""
+    monkeypatch.setattr(http_limits.REFUSALS, "_last", None)  # its refusals: not others'
+    monkeypatch.setattr(http_limits.REFUSALS, "_refused", 0)
+    async with serving(tmp_path, max_connections=3) as port, httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{port}"
+        holding = [opened(port) for _ in range(3)]
+
+        async def at_cap() -> bool:
+            return (await client.get(f"{base}/graphql")).status_code == 503
+
+        await until(at_cap)  # the server counts the held connections
+        health = await client.get(f"{base}/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert (await client.head(f"{base}/healthz")).status_code == 200
+        assert (await client.post(f"{base}/healthz")).status_code == 503
+        assert (await client.get(f"{base}/")).status_code == 503
+        for sock in holding:
+            sock.close()
 
 
 def test_refusals_are_logged_once_a_while_with_their_count() -> None:
