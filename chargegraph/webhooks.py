@@ -30,7 +30,10 @@ delivery's outcome does to the webhook).
   left, the next one when it was due; a full queue never drops one taken over. A crash
   loses what it queued within its last ``persist_s`` (and the write under way), and
   resends a try whose outcome it had not written yet; with the store out of reach,
-  deliveries still go out from memory and nothing new is durable until it answers.
+  deliveries still go out from memory and nothing new is durable until it answers,
+  but one stored as this instance's waits for its lease to be live, and once the lease
+  may have lapsed it is posted only if it is still this instance's (``_still_mine``:
+  another instance may have taken it over).
 * ``station.offline`` waits out a grace (``offline_grace``, the setting
   ``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``) and ``station.online`` follows only an
   announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
@@ -256,6 +259,9 @@ class _Delivery:
     maybe_stored: bool = False
     #: Delivered, given up or dropped: its record goes.
     over: bool = False
+    #: Stored as this instance's when its lease may have lapsed since (``_lapsed``):
+    #: another instance may have taken it over, read again before it is posted.
+    recheck: bool = False
 
     def begun(self) -> tuple[bytes, str]:
         if self.body is None or self.delivery_id is None:
@@ -341,6 +347,9 @@ class WebhookDispatcher:
         #: renewal (``LEASE_TRUSTED`` of it): nothing is stored nor claimed as its own
         #: past it.
         self._lease_until = 0.0
+        #: When (the loop's clock) the lease ends at the latest by this instance's last
+        #: renewal: one renewal begun later may follow a lapse (``_lapsed``).
+        self._lease_end = 0.0
         #: Renewals failed since the last that worked (0: it works), those not yet
         #: logged, and when (the loop's clock) they may be said again.
         self._renew_failures = 0
@@ -773,8 +782,9 @@ class WebhookDispatcher:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            await self.services.instances.renew(self.instance_id, _host_label(), self.lease,
-                                                serves_chargers=self.serves_chargers)
+            lapsed = await self.services.instances.renew(
+                self.instance_id, _host_label(), self.lease,
+                serves_chargers=self.serves_chargers)
         except Exception as failure:
             self._renew_failures += 1
             now = loop.time()
@@ -793,12 +803,51 @@ class WebhookDispatcher:
                                 self._renew_unlogged, type(failure).__name__, failure)
                     self._renew_unlogged = 0
             return False
+        if lapsed or began >= self._lease_end:
+            # No lease, or none renewed by this instance for its whole length (an OCPP
+            # server sharing it may have renewed it, or not): what is stored as its own
+            # may be another's now.
+            self._lapsed()
         self._lease_until = max(self._lease_until,
                                 began + self.lease.total_seconds() * LEASE_TRUSTED)
+        self._lease_end = max(self._lease_end, began + self.lease.total_seconds())
         if self._renew_failures:
             log.info("renewing this instance's lease for its webhook deliveries works "
                      "again (after %d failures)", self._renew_failures)
             self._renew_failures = self._renew_unlogged = 0
+        return True
+
+    def _lapsed(self) -> None:
+        """The lease may have lapsed: every delivery stored as this instance's is read
+        again before its next try (``_still_mine``)."""
+        for channel in self._channels.values():
+            for delivery in (channel.current, *channel.queue):
+                if delivery is not None and (delivery.stored or delivery.maybe_stored):
+                    delivery.recheck = True
+
+    async def _still_mine(self, delivery: _Delivery) -> bool:
+        """Whether ``delivery`` is still this instance's to post (review s29: one
+        instance posted what another had taken over once its lease lapsed, a stall or
+        the store out of reach, and both posted it). One stored as its own waits for a
+        live lease (renewed once past its trusted part: ``_lease_live``); if it may
+        have lapsed since, the record is read again, and one another instance took over
+        or finished is given up (not posted, its record left to that one)."""
+        if not (delivery.stored or delivery.maybe_stored):
+            return True  # in this instance's memory only: nobody else can take it
+        while not await self._lease_live():
+            if self._closed:
+                return False
+            await asyncio.sleep(PERSIST_RETRY_S)  # the keeper tries too meanwhile
+        if not delivery.recheck:
+            return True
+        record = await self.services.webhooks.stored_delivery(delivery.record_id)
+        if (record is None and delivery.stored) or (
+                record is not None and record.instance_id != self.instance_id):
+            log.info("webhook delivery %s was taken over by another instance while this "
+                     "one's lease had lapsed: left to it", delivery.delivery_id)
+            delivery.stored = delivery.maybe_stored = False  # its record is not ours
+            return False
+        delivery.recheck = False
         return True
 
     async def _lease_live(self) -> bool:
@@ -867,7 +916,10 @@ class WebhookDispatcher:
             # stored, ``_persist``); checked before each claim, the next look tries again.
             while not self._closed and await self._lease_live() and (
                     claimed := await self.services.webhooks.claim_handed_over(
-                        instance_id=self.instance_id)) is not None:
+                        instance_id=self.instance_id,
+                        # What lands as its own has what the lease keeps beyond its
+                        # trusted part left before it may be taken over.
+                        margin=self.lease * (1 - LEASE_TRUSTED))) is not None:
                 if self._handed_over:
                     # Landed after the stop took what it hands over: nobody would send
                     # these nor hand them over, so they go back to the store.
@@ -1000,7 +1052,7 @@ class WebhookDispatcher:
             # Read again before every try: disabled, removed, or its owner revoked
             # meanwhile means nothing more is sent.
             webhook = await webhooks.deliverable(channel.webhook_id, delivery.event)
-            if webhook is None:
+            if webhook is None or not await self._still_mine(delivery):
                 return
             outcome = await self.post(webhook, delivery.kind, delivery_id, body)
             final = outcome.ok or attempt == tries

@@ -256,7 +256,12 @@ class IdempotencyService(Service):
         as well). An answer is JSON text: each is looked for as JSON writes it. All the
         keys are read for it (24 hours of keyed mutations, a page at a time): erasures
         are rare. One that merely shares a text (a common name) goes too, which costs
-        only that a retry with its key runs again."""
+        only that a retry with its key runs again.
+
+        The answers this instance is still keeping (``finish`` past ``FINISH_WAIT_S``)
+        are waited for first: not stored yet, they were not found, and landed after the
+        erasure holding the person's data for a day (review s29)."""
+        await self._keeping.settled()
         async for page in pages(self.store, IdempotencyKey, Eq("user_id", user_id),
                                 SWEEP_BATCH):
             await self._delete_each(page)

@@ -62,6 +62,7 @@ from domain.policy import SYSTEM, Viewer
 from domain.ports import (
     Change,
     Delete,
+    Guard,
     Insert,
     InsertIfAbsent,
     Store,
@@ -69,7 +70,7 @@ from domain.ports import (
     WebhookAttempt,
     WebhookSender,
 )
-from domain.query import ALL, Eq, Filter, NotSub, Or, Range, Sort, all_of
+from domain.query import ALL, Eq, Filter, In, NotSub, Or, Range, Sort, all_of
 from domain.services.base import (
     STAMPS,
     UNSET,
@@ -559,8 +560,14 @@ class WebhookService(Service):
                 with contextlib.suppress(Conflict, NotFound):
                     await self.store.write([change], [])
 
+    async def stored_delivery(self, record_id: str) -> PendingDelivery | None:
+        """The stored delivery ``record_id`` as it is now (None: gone), for an instance
+        to tell whether it is still its own."""
+        return (await self.store.get_many(PendingDelivery, [record_id]))[0]
+
     async def claim_handed_over(self, batch: int = CLAIM_BATCH, *,
-                                instance_id: str | None = None
+                                instance_id: str | None = None,
+                                margin: timedelta = timedelta(0)
                                 ) -> list[PendingDelivery] | None:
         """The deliveries of one webhook that no live instance delivers (handed over at
         a graceful stop, or of an instance whose lease expired: it crashed), the webhook
@@ -577,7 +584,16 @@ class WebhookService(Service):
         ``DeliveryClaim`` (one insert, which one instance wins, on either store), then
         deletes its deliveries, ``batch`` to a write, each delete guarded (taken once),
         and gives the lock back. Empty when another instance won the lock (look again:
-        that webhook is skipped while it holds it)."""
+        that webhook is skipped while it holds it).
+
+        Each batch is read and written at the clock's time then, the write guarded on the
+        instances it takes from still having no live lease (one renewed since the read,
+        a stall over, is posting them still) and, with ``instance_id``, on that one's
+        lease holding ``margin`` longer (review s29: one claim of many batches outlived
+        the lease it was begun under, and rows written as its own after that were
+        orphaned as they landed, another instance claiming and posting them too). A
+        guard that fails ends the claim there: the rest stays for a later one (the
+        caller renews its lease first)."""
         now = self.now()
         await self._break_stale_claims(now)
         order = (Sort("queued_at"), Sort("id"))
@@ -595,15 +611,24 @@ class WebhookService(Service):
             return []  # another instance is taking this webhook's
         taken: list[PendingDelivery] = []
         try:
-            # Only the webhook's that no live instance delivers: another's own stay its.
-            mine = all_of(Eq("webhook_id", lock.id), orphaned)
-            while found := await self.store.find_all(PendingDelivery, mine, order,
-                                                     limit=batch):
+            while True:
+                # Only the webhook's that no live instance delivers now: another's own
+                # stay its.
+                now = self.now()
+                found = await self.store.find_all(
+                    PendingDelivery, all_of(Eq("webhook_id", lock.id),
+                                            _orphaned(now, instance_id)),
+                    order, limit=batch)
+                if not found:
+                    break
                 claims = [_taken(d, instance_id) for d in found]
                 try:
-                    await self.store.write(claims, [])
+                    await self.store.write(claims, [], _claim_guards(
+                        found, now, instance_id, margin))
                 except (Conflict, NotFound):
-                    break  # deleted meanwhile (its webhook removed): the rest stays
+                    # Deleted meanwhile (its webhook removed), taken, or a lease guard
+                    # no longer holds: the rest stays.
+                    break
                 except Exception:
                     if not taken:
                         raise
@@ -657,6 +682,23 @@ def _orphaned(now: datetime, instance_id: str | None) -> Filter:
     others = Or((Eq("instance_id", None), Range("instance_id", lt=instance_id),
                  Range("instance_id", gt=instance_id)))
     return all_of(dead, others)
+
+
+def _claim_guards(found: Sequence[PendingDelivery], now: datetime, instance_id: str | None,
+                  margin: timedelta) -> list[Guard]:
+    """What a claim's write of ``found`` (read as orphaned at ``now``) holds on: none of
+    the instances they were of has a live lease again, and ``instance_id``'s (when they
+    are made its) lasts ``margin`` more, so what lands as its own is not orphaned."""
+    guards: list[Guard] = []
+    owners = tuple(sorted({d.instance_id for d in found if d.instance_id is not None}))
+    if owners:
+        guards.append(Guard(InstanceLease, all_of(In("id", owners),
+                                                  Range("expires_at", gte=now)),
+                            exists=False))
+    if instance_id is not None:
+        guards.append(Guard(InstanceLease, all_of(Eq("id", instance_id),
+                                                  Range("expires_at", gte=now + margin))))
+    return guards
 
 
 def _taken(delivery: PendingDelivery, instance_id: str | None) -> Delete | Update:

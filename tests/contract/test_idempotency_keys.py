@@ -136,6 +136,52 @@ async def test_forget_deletes_every_key_of_the_user(store: Store) -> None:
     assert [k.user_id for k in await store.find_all(IdempotencyKey, ALL)] == [BEN.user_id]
 
 
+async def test_an_erasure_forgets_an_answer_still_being_kept_that_names_the_person(
+        store: Store) -> None:
+    """Review s29: an answer naming the erased person (an admin's ``updateUser``) still
+    being kept (its write slow) when the erasure looked for it was not found, and landed
+    after, kept for a day. The erasure waits for what is being kept, then looks."""
+    keys = service(store, Clock())
+    claim = await keys.begin(BEN, "update-anna", "fp")
+    assert isinstance(claim, Claim)
+    real_write, real_find_all = store.write, store.find_all
+    real_settled = keys._keeping.settled
+    entered, lands = asyncio.Event(), asyncio.Event()
+    reads = 0
+
+    async def write(changes: Any, audit: Any, *rest: Any) -> None:
+        if any(isinstance(c, Update) and isinstance(c.record, IdempotencyKey)
+               for c in changes):  # the answer's keeping, held
+            entered.set()
+            await lands.wait()
+        await real_write(changes, audit, *rest)
+
+    async def find_all(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        found = await real_find_all(kind, *args, **kwargs)
+        reads += kind is IdempotencyKey
+        if reads == 2:  # the erasure's look at every answer is over: it lands now
+            lands.set()
+        return found
+
+    async def settled() -> None:  # the erasure waits for it: it lands now
+        lands.set()
+        await real_settled()
+    store.write = write  # type: ignore[method-assign,assignment]
+    store.find_all = find_all  # type: ignore[method-assign]
+    keys._keeping.settled = settled  # type: ignore[method-assign]
+    try:
+        finishing = asyncio.create_task(keys.finish(
+            claim, '{"data":{"updateUser":{"user":{"email":"anna@example.com"}}}}'))
+        await asyncio.wait_for(entered.wait(), 5)
+        await keys.forget(ANNA.user_id or "", ["anna@example.com"])
+        await finishing
+        await keys.settled()
+    finally:
+        store.write, store.find_all = real_write, real_find_all  # type: ignore[method-assign]
+    assert await store.find_all(IdempotencyKey, ALL) == []
+
+
 async def test_an_answer_is_refused_to_its_user_once_their_access_changed(
         store: Store) -> None:
     """Review s27: a demoted operator's retry got the kept answer (a webhook's secret).

@@ -299,3 +299,20 @@ async def test_a_removed_webhooks_stored_deliveries_are_forgotten(store: Store) 
     await webhooks.hand_over([pending(1, 7)])
     await webhooks.forget_deliveries(oid(1))
     assert [p.delivery_id for p in await store.find_all(PendingDelivery, ALL)] == ["dlv_2_0"]
+
+
+async def test_a_claim_takes_nothing_as_an_instance_whose_lease_ends_within_its_margin(
+        store: Store) -> None:
+    """Review s29: what a claim writes as its instance's must outlast the write by the
+    margin asked for (else it is orphaned as it lands, for another instance to claim and
+    post too); within it, nothing is taken."""
+    webhooks = service(store)
+    await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
+    await lease(store, ME, expires_in=timedelta(seconds=10))
+    await webhooks.keep_deliveries(CRASHED, new=[pending(1, n, instance=CRASHED)
+                                                 for n in range(2)])
+    assert await webhooks.claim_handed_over(instance_id=ME,
+                                            margin=timedelta(seconds=30)) == []
+    assert {p.instance_id for p in await store.find_all(PendingDelivery, ALL)} == {CRASHED}
+    claimed = await webhooks.claim_handed_over(instance_id=ME, margin=timedelta(seconds=5))
+    assert [p.delivery_id for p in claimed or []] == ["dlv_1_0", "dlv_1_1"]

@@ -243,7 +243,8 @@ async def test_a_claim_still_running_when_the_stop_gives_up_puts_back_what_it_to
         tmp_path: Path) -> None:
     """A running instance's claim is held by a slow store past the stop's wait for it
     (``handover_s``): what it then takes is handed over again, for the next
-    instance, not into queues nobody sends nor hands over (review of the handover)."""
+    instance, not into queues nobody sends nor hands over (review of the handover); or
+    it takes nothing, its lease released by the stop (review s29)."""
     async with two_instances(tmp_path) as (world, first, second):
         receiver = await world.receiver()
         webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
@@ -258,8 +259,12 @@ async def test_a_claim_still_running_when_the_stop_gives_up_puts_back_what_it_to
                     and isinstance(changes[0].record, d.PendingDelivery):
                 claiming.set()
                 await asyncio.sleep(1.0)  # slower than handover_s
-                await real_write(changes, audit, *rest)
-                claimed.set()
+                try:
+                    await real_write(changes, audit, *rest)
+                finally:
+                    # Landed, or refused: the stop released the lease its writes are
+                    # guarded on (review s29), and they stay handed over as they were.
+                    claimed.set()
                 return
             await real_write(changes, audit, *rest)
         store.write = slow_claims  # type: ignore[method-assign,assignment]

@@ -1,0 +1,162 @@
+"""Review s29: an instance whose lease lapses while it holds stored deliveries (a claim of
+many batches outliving it, a stall, the store out of reach) writes and posts nothing
+another instance has taken over since. Two instances' services over one SQLite file;
+their clocks moved by hand (``MovedClock``); receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.ids import new_id
+from domain.policy import SYSTEM
+from domain.ports import Insert, Update
+from domain.query import ALL
+from domain.services import Services
+from domain.services.base import patch
+from tests.helpers import MovedClock, until
+from tests.webhooks.conftest import World, two_instances
+from tests.webhooks.test_delivery import available
+from tests.webhooks.test_handover import handed_over, requests_at_least
+
+#: Margin a claimer's lease must have left (a third of a 60 s lease).
+MARGIN = timedelta(seconds=20)
+
+
+async def lease(world: World, *, expires_in: timedelta) -> str:
+    """A new instance's lease, expiring ``expires_in`` from now; its id."""
+    instance_id, now = new_id(), utcnow()
+    await world.store.write([Insert(d.InstanceLease(
+        id=instance_id, host="h:1", started_at=now, expires_at=now + expires_in))], [])
+    return instance_id
+
+
+async def owners(world: World) -> dict[str, str | None]:
+    return {p.delivery_id: p.instance_id
+            for p in await world.store.find_all(d.PendingDelivery, ALL)}
+
+
+def after_claim_writes(services: Services, then: Any) -> None:
+    """Runs ``then()`` after each of ``services``' store writes that claims deliveries
+    (before the next batch is read)."""
+    store = services.webhooks.store
+    real_write = store.write
+
+    async def write(changes: Any, audit: Any, *rest: Any) -> None:
+        await real_write(changes, audit, *rest)
+        if any(isinstance(c, Update) and isinstance(c.record, d.PendingDelivery)
+               for c in changes):
+            await then()
+    store.write = write  # type: ignore[method-assign,assignment]
+
+
+async def test_a_claim_of_many_batches_stops_once_its_lease_is_near_its_end(
+        tmp_path: Path) -> None:
+    """A claim one delivery to a write: after its first write, the clocks pass the end
+    of the claimer's lease. What it goes on to take would be orphaned as it lands (and
+    another instance would claim and post it too): the claim stops there, the rest left
+    to whoever claims next."""
+    async with two_instances(tmp_path) as (world, first, second):
+        crashed = await lease(world, expires_in=-timedelta(seconds=1))
+        claimer = await lease(world, expires_in=timedelta(seconds=60))
+        await first.webhooks.keep_deliveries(crashed, new=[
+            pending(n, crashed) for n in range(3)])
+        clocks = [MovedClock(first.ctx), MovedClock(second.ctx)]
+
+        async def lease_ends() -> None:
+            for clock in clocks:
+                clock.by(timedelta(seconds=70))
+        after_claim_writes(first, lease_ends)
+
+        claimed = await first.webhooks.claim_handed_over(batch=1, instance_id=claimer,
+                                                         margin=MARGIN)
+
+        assert [p.delivery_id for p in claimed or []] == ["dlv_0"]
+        assert await owners(world) == {"dlv_0": claimer, "dlv_1": crashed,
+                                       "dlv_2": crashed}
+
+
+async def test_a_claim_leaves_an_instance_that_renewed_its_lease_after_the_read(
+        tmp_path: Path) -> None:
+    """An instance's lease read expired (a stall), then renewed before the claim's write
+    lands: its deliveries are its own again, posted by it, and stay so."""
+    async with two_instances(tmp_path) as (world, first, second):
+        stalled = await lease(world, expires_in=-timedelta(seconds=1))
+        claimer = await lease(world, expires_in=timedelta(seconds=60))
+        await first.webhooks.keep_deliveries(stalled, new=[
+            pending(n, stalled) for n in range(2)])
+        store = second.webhooks.store
+        real_write = store.write
+
+        async def write(changes: Any, audit: Any, *rest: Any) -> None:
+            if any(isinstance(c, Update) and isinstance(c.record, d.PendingDelivery)
+                   for c in changes):
+                # The stall ends: the instance renews its lease as the claim writes.
+                await first.instances.renew(stalled, "h:1", timedelta(seconds=60))
+            await real_write(changes, audit, *rest)
+        store.write = write  # type: ignore[method-assign,assignment]
+
+        claimed = await second.webhooks.claim_handed_over(instance_id=claimer,
+                                                          margin=MARGIN)
+
+        assert claimed == []
+        assert await owners(world) == {"dlv_0": stalled, "dlv_1": stalled}
+
+
+async def test_an_instance_whose_lease_lapsed_leaves_what_another_took_over(
+        tmp_path: Path) -> None:
+    """The first try fails (503) and the retry is held just before it is posted; the
+    instance's lease lapses meanwhile (a stall: no renewal, the store says expired), and
+    another instance takes the delivery over and posts the retry (200). The first one,
+    going on, renews its lease, finds the delivery no longer its own, and posts
+    nothing: the receiver gets two requests, not three."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(503, 200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        lapsing = await world.dispatcher(first, timeout=30.0, refresh_s=600.0)
+        assert lapsing._lease_keeper is not None
+        lapsing._lease_keeper.cancel()  # the stall: no renewal but the one below
+        real_deliverable = first.webhooks.deliverable
+        tries, held, go = 0, asyncio.Event(), asyncio.Event()
+
+        async def deliverable(webhook_id: str, event: Any) -> Any:
+            nonlocal tries
+            tries += 1
+            if tries == 2:  # the retry, held
+                held.set()
+                await go.wait()
+            return await real_deliverable(webhook_id, event)
+        first.webhooks.deliverable = deliverable  # type: ignore[method-assign]
+        await available(world)
+        await asyncio.wait_for(held.wait(), 10)
+
+        async def first_try_written() -> bool:
+            return [p.tries_made for p in await handed_over(world)] == [1]
+        await until(first_try_written)
+        own = await first.instances._lease(lapsing.instance_id)
+        assert own is not None
+        await world.store.write([patch(own, SYSTEM,
+                                       expires_at=utcnow() - timedelta(seconds=1))], [])
+        lapsing._lease_until = 0.0
+        await world.dispatcher(second, timeout=30.0)  # takes it over as it starts
+        await requests_at_least(receiver, 2)
+
+        go.set()
+        await world.settled()
+
+        assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+def pending(number: int, instance_id: str, webhook_id: str = "0" * 24
+            ) -> d.PendingDelivery:
+    now = utcnow()
+    return d.PendingDelivery(webhook_id=webhook_id, delivery_id=f"dlv_{number}",
+                             event_type="payment.captured", body="{}", event="{}",
+                             tries_made=1, due_at=now,
+                             queued_at=now + timedelta(seconds=number),
+                             instance_id=instance_id)
