@@ -37,6 +37,7 @@ from domain.services.base import (
     Service,
     books_of,
     charger,
+    committed,
     no_case_twin,
     owned_by,
     patch,
@@ -198,7 +199,7 @@ class ChargerConnections(Service):
         this charger. Where the read finds none (on MongoDB two inserts in step may each
         fail on the other's before it rolls back), read and tried again, after a random
         pause (``_pause_to_retry``), up to ``REGISTER_ATTEMPTS`` times. Every station
-        this finds is read as committed (``_committed``): on MongoDB such a read may
+        this finds is read as committed (``base.committed``): on MongoDB such a read may
         find another's insert still in flight, which its rollback then takes away
         (review r28-batch: two spellings at two instances, both rolled back, and the
         one finishing first signed its charger in as the other's station, never stored)."""
@@ -208,7 +209,7 @@ class ChargerConnections(Service):
     async def _register_once(self, cp_id: str, address: str) -> Station | None:
         """One attempt of ``_register``."""
         # The handshake this one waited behind may have stored it, or another instance.
-        station = await self._committed(await self.station_whatever_case(cp_id))
+        station = await committed(self.store, await self.station_whatever_case(cp_id))
         if station is not None:
             return station
         if await self.store.find_one(Station, Eq("cp_id_key", v.cp_id_key(cp_id))):
@@ -221,7 +222,7 @@ class ChargerConnections(Service):
             wait = self.registrations.refused_for(client)
             if wait is not None:
                 # Registered meanwhile by another instance: not a new one to count.
-                registered = await self._committed(await self.station_whatever_case(cp_id))
+                registered = await committed(self.store, await self.station_whatever_case(cp_id))
                 if registered is not None:
                     return registered
                 raise TooManyRequests(f"{self.registrations.limit} new charge points from "
@@ -242,20 +243,11 @@ class ChargerConnections(Service):
                 # charger, here or on another instance: its cpId taken, UniqueViolation,
                 # or the guard, CHANGED): that station is this one, once committed (one
                 # rolled back meanwhile: none, and the registration is tried again).
-                registered = await self._committed(await self.station_whatever_case(cp_id))
+                registered = await committed(self.store, await self.station_whatever_case(cp_id))
                 if registered is not None:
                     return registered
             raise
         return station
-
-    async def _committed(self, station: Station | None) -> Station | None:
-        """``station`` as committed (``Store.get_committed``): ``None`` when the write
-        that stored it was rolled back. ``Conflict`` CHANGED (the registration tried
-        again) when that write is still in flight after the store's wait."""
-        if station is None:
-            return None
-        [stored] = await self.store.get_committed(Station, [station.id])
-        return stored
 
     def password_ok(self, station: Station, password: str | None) -> bool:
         """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a
