@@ -908,7 +908,9 @@ class LocalList(Record):
     version: int = 0
     #: The SendLocalLists (ours or operators') sent and not answered (a timeout, the
     #: connection lost after sending it), in the order sent (``sentAt``), the last 8
-    #: (``withdrawal.MAX_PENDING``): the charger may hold any of them. Each as sent
+    #: (``withdrawal.MAX_PENDING``) weighing at most ``withdrawal.PENDING_BYTES``
+    #: together (one record within MongoDB's 16 MiB): the charger may hold any of
+    #: them. Each as sent
     #: (``listVersion``, ``updateType``, ``localAuthorizationList``; OCPP JSON), with
     #: ``ours`` (``Withdrawal.push``'s), ``sentAt`` (rfc3339) and an ``id``. Settled
     #: when the charger's version is learnt (``withdrawal.settle_pending``): walked in

@@ -729,6 +729,19 @@ def no_case_twin(station: Station) -> Guard:
                                         Range("id", gt=station.id))), exists=False)
 
 
+async def committed(store: Store, station: Station | None) -> Station | None:
+    """``station`` (a twin found by cpId) as committed (``Store.get_committed``): ``None``
+    when the write that stored it was rolled back, as a batch in flight on MongoDB may
+    yet be (its reads see it). ``Conflict`` CHANGED when that write is still in flight
+    after the store's wait: the caller's write is tried again (``retried``). A store
+    whose reads see no write in flight (SQLite, ``Store.reads_in_flight``) read it so:
+    it is not read again."""
+    if station is None or not store.reads_in_flight:
+        return station
+    [stored] = await store.get_committed(Station, [station.id])
+    return stored
+
+
 STAMPS = frozenset({"updated_at", "updated_by"})
 
 

@@ -37,6 +37,7 @@ from domain.services.base import (
     Service,
     books_of,
     charger,
+    committed,
     no_case_twin,
     owned_by,
     patch_in_books,
@@ -195,7 +196,7 @@ class ChargerConnections(Service):
         this charger. Where the read finds none (on MongoDB two inserts in step may each
         fail on the other's before it rolls back), read and tried again, after a random
         pause (``_pause_to_retry``), up to ``REGISTER_ATTEMPTS`` times. Every station
-        this finds is read as committed (``_committed``): on MongoDB such a read may
+        this finds is read as committed (``base.committed``): on MongoDB such a read may
         find another's insert still in flight, which its rollback then takes away
         (review r28-batch: two spellings at two instances, both rolled back, and the
         one finishing first signed its charger in as the other's station, never stored)."""
@@ -207,7 +208,7 @@ class ChargerConnections(Service):
         unknown cpId, one for a station spelt so), then the limit, then the insert."""
         # The handshake this one waited behind may have stored it, or another instance.
         found = await self._stations_whatever_case(cp_id)
-        station = await self._committed(_one_of(found))
+        station = await committed(self.store, _one_of(found))
         if station is not None:
             return station
         if len(found) > 1:
@@ -243,22 +244,11 @@ class ChargerConnections(Service):
                 # charger, here or on another instance: its cpId taken, UniqueViolation,
                 # or the guard, CHANGED): that station is this one, once committed (one
                 # rolled back meanwhile: none, and the registration is tried again).
-                registered = await self._committed(await self.station_whatever_case(cp_id))
+                registered = await committed(self.store, await self.station_whatever_case(cp_id))
                 if registered is not None:
                     return registered
             raise
         return station
-
-    async def _committed(self, station: Station | None) -> Station | None:
-        """``station`` as committed (``Store.get_committed``): ``None`` when the write
-        that stored it was rolled back. ``Conflict`` CHANGED (the registration tried
-        again) when that write is still in flight after the store's wait. A store whose
-        reads see no write in flight (SQLite, ``Store.reads_in_flight``) read it so:
-        not read again."""
-        if station is None or not self.store.reads_in_flight:
-            return station
-        [stored] = await self.store.get_committed(Station, [station.id])
-        return stored
 
     def password_ok(self, station: Station, password: str | None) -> bool:
         """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a

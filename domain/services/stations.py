@@ -44,6 +44,7 @@ from domain.services.base import (
     Service,
     ServiceContext,
     books_of,
+    committed,
     no_case_twin,
     not_erased,
     owned_by,
@@ -310,15 +311,25 @@ class StationService(Service):
         # and guarded in the write against one created meanwhile (``no_case_twin``).
         same = Eq("cp_id_key", station.cp_id_key)
 
+        async def twin() -> Station | None:
+            # As committed: on MongoDB a read sees another create's insert in flight,
+            # which may yet roll back (QA s29 mongo: refused DUPLICATE against it).
+            return await committed(self.store, await self.store.find_one(Station, same))
+
         async def create() -> None:
-            if await self.store.find_one(Station, same) is not None:
+            if await twin() is not None:
                 raise _same_cp_id()
             try:
                 await self.commit(viewer, changes,
                                   guards=[*guards, no_case_twin(station)])
-            except Conflict:
-                if await self.store.find_one(Station, same) is not None:
+            except Conflict as exc:
+                if await twin() is not None:
                     raise _same_cp_id() from None
+                if exc.code == "DUPLICATE":
+                    # The unique index met a twin's insert that rolled back since: no
+                    # station has the cpId, so the create is tried again.
+                    raise Conflict("the station changed meanwhile", field="id",
+                                   code="CHANGED") from exc
                 raise
 
         # Refused with no twin standing: on MongoDB the guard is read after the write

@@ -34,7 +34,8 @@ withdrawal is sent again (``_to_send``). One push at a time per station in a pro
 across instances the list version orders them, and a VersionMismatch's resend reads
 and judges what is wanted again, after whatever list moved the charger's version. A
 list (ours or an operator's) sent and not answered is kept pending (``hold_pending``:
-each of them, in the order sent, the last ``MAX_PENDING``) and, once the charger's
+each of them, in the order sent, the last ``MAX_PENDING``, within ``PENDING_BYTES``)
+and, once the charger's
 version is learnt (``settle_pending``), recorded as accepted if the charger took it as
 far as its version tells (``_taken``), or dropped, before anything is judged against
 the record.
@@ -45,6 +46,7 @@ every answer's ``expiryDate``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
@@ -126,6 +128,17 @@ DEFAULT_SEND_MAX = 20
 #: The most unanswered SendLocalLists kept pending per station (``hold_pending``), the
 #: oldest dropped past it: the charger's version tells which it took, of these.
 MAX_PENDING = 8
+#: The most the lists kept pending at a station may weigh together, as compact JSON
+#: (``_bounded``), the oldest dropped past it as past ``MAX_PENDING``. They are kept in
+#: the station's one ``LocalList`` record, written guarded on the value read: on MongoDB
+#: an update carries them twice (the guard's filter and the ``$set``) within the
+#: server's 16 MiB, and BSON takes up to about 1.6 times compact JSON's bytes (removals
+#: of one-letter tags): 3 MB is at most ~10 MB so. Eight lists of what an operator may
+#: send (``graph.http.MAX_BODY``, 1 MB) passed it, and so may one push to a charger
+#: taking many entries per list (QA s29 mongo). A list weighing more alone is not
+#: kept: as a list dropped, it is not taken for held, and ours is sent again
+#: (``settle_pending``).
+PENDING_BYTES = 3_000_000
 #: How many times a write of the pending lists meeting another instance's is tried.
 PENDING_ATTEMPTS = 5
 
@@ -228,6 +241,20 @@ async def _retried(step: Callable[[], Awaitable[T]]) -> T:
     return await retried(step, PENDING_ATTEMPTS, codes=("CHANGED", "DUPLICATE"))
 
 
+def _bounded(pendings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last of ``pendings`` (in the order sent) weighing at most ``PENDING_BYTES``
+    together: the older ones are dropped, as past ``MAX_PENDING``."""
+    size = 0
+    for start in range(len(pendings) - 1, -1, -1):
+        size += len(json.dumps(pendings[start], separators=(",", ":")))
+        if size > PENDING_BYTES:
+            log.warning("the unanswered SendLocalLists of a station weigh over %d bytes: "
+                        "the %d oldest are no longer kept pending", PENDING_BYTES,
+                        start + 1)
+            return list(pendings[start + 1:])
+    return list(pendings)
+
+
 def _version(held: dict[str, Any]) -> int:
     return int(held["listVersion"])
 
@@ -276,13 +303,13 @@ async def hold_pending(store: Store, station: Station, payload: dict[str, Any],
         if current is None:  # nothing recorded yet: the list as known is empty, version 0
             await store.write([Insert(stamp_new(LocalList(
                 id=station.id, station_id=station.id, cp_id=station.cp_id, version=0,
-                pending=[held]), actor))], [])
+                pending=_bounded([held]) or None), actor))], [])
             return
         # After every list sent at or before it (a stable place: ties keep hold order).
         place = len(pendings)
         while place > 0 and _sent(pendings[place - 1]) > at:
             place -= 1
-        kept = [*pendings[:place], held, *pendings[place:]][-MAX_PENDING:]
+        kept = _bounded([*pendings[:place], held, *pendings[place:]][-MAX_PENDING:])
         await store.write([_pending_written(current, actor, kept)], [])
     await _retried(hold)
 

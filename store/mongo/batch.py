@@ -13,13 +13,13 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from domain.entities import Record
-from domain.errors import DomainError, StoreBusy
+from domain.errors import DomainError, StoreBusy, StoreUnavailable
 from domain.ports import Audit, Change, Delete, Insert, Update
 from store.fields import audit_parts, changed_meanwhile
 from store.mongo import journal, writes
 from store.mongo.codec import to_doc
 from store.mongo.journal import MARK, key_of
-from store.mongo.outage import at_time_limit
+from store.mongo.outage import answer_timed_out, at_time_limit
 from store.mongo.writes import Expect, Step, Version
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -40,6 +40,19 @@ class BatchTimeout(StoreBusy):
     def __init__(self) -> None:
         super().__init__("the database did not take the write in time; nothing was "
                          "written: send it again")
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The driver gave up waiting for one of a batch's operations (``answer_timed_out``)
+    and the batch's rollback did not finish either (the database still not answering, or
+    another writer changed what the batch wrote since): what stays of the write is not
+    known until a sweep finishes the rollback (its journal stays; ``journal.STALE_AFTER``).
+    Said so, rather than "nothing was written" (QA s29 mongo)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the database did not answer in time and the write could not be "
+                         "undone yet: part of it may stay; read before sending it again",
+                         reason=reason)
 
 
 class Yielded(Exception):
@@ -82,7 +95,10 @@ async def write(db: Any, changes: Sequence[Change], audit: Sequence[Audit],
         # Rolled back already (``Batch.run``; the journal of one stopped while opening,
         # by ``journal.open_batch``). The server's MaxTimeMSExpired is the deadline's
         # doing too: it is what the deadline leaves each operation (``Batch._apply``).
-        if isinstance(error, PyMongoError) and not at_time_limit(error):
+        # A timed-out answer here is one of ``Batch.open``'s (reading the images,
+        # writing the journal): nothing of the batch was written yet.
+        if isinstance(error, PyMongoError) and not (at_time_limit(error)
+                                                    or answer_timed_out(error)):
             raise
         log.warning("a write batch of %d changes ran past its %g s deadline (a slow or "
                     "overloaded database) and was rolled back: answered STORE_BUSY",
@@ -181,9 +197,24 @@ class Batch:
                 raise changed_meanwhile(exc.kind) from exc
             raise
         except BaseException as exc:
-            await self.roll_back(set() if _wrote_nothing(step, exc) else _keys(_records(step)))
+            undone = await self.roll_back(
+                set() if _wrote_nothing(step, exc) else _keys(_records(step)))
+            if answer_timed_out(exc):
+                # The server's time limit (the deadline's) ends the operation no later
+                # than the socket's, so nothing of it lands after this rollback: one that
+                # finished leaves nothing, as the server's own time limit (QA s29 mongo:
+                # STORE_UNAVAILABLE, "try again later", either way).
+                if undone:
+                    raise BatchTimeout() from exc
+                raise OutcomeUnknown(str(exc).strip() or type(exc).__name__) from exc
             raise
-        await journal.close_batch(self.db, self.id, self.layout.parts)
+        try:
+            await journal.close_batch(self.db, self.id, self.layout.parts)
+        except PyMongoError as exc:
+            # Closed (committed), or not and a sweep rolls it all back: not known.
+            if answer_timed_out(exc):
+                raise OutcomeUnknown(str(exc).strip() or type(exc).__name__) from exc
+            raise
 
     async def _write(self, step: Step, mark: ObjectId | None) -> None:
         while True:

@@ -24,6 +24,7 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DocumentTooLarge,
+    NetworkTimeout,
     OperationFailure,
     PyMongoError,
 )
@@ -86,6 +87,15 @@ def at_time_limit(error: PyMongoError) -> bool:
     a bulk one, at the time limit it carried: only a write batch's operations carry one
     (``batch.py``, which answers it as its own deadline, ``batch.BatchTimeout``)."""
     return any(code == TIME_LIMIT for code, _ in _server_errors(error))
+
+
+def answer_timed_out(error: BaseException) -> bool:
+    """Whether the driver gave up waiting for an operation's answer (``NetworkTimeout``:
+    its socket timed out, under a batch's ``pymongo.timeout`` or the URL's
+    ``socketTimeoutMS``), the server's own time limit (``at_time_limit``) not having
+    answered first: what the operation did is not known from its answer. Not a server
+    that cannot be selected (``ServerSelectionTimeoutError``: nothing was sent)."""
+    return isinstance(error, NetworkTimeout)
 
 
 def _too_large(code: int | None, message: str) -> bool:

@@ -5,6 +5,7 @@ reservation holds its plug for the card it was made for, not for a tag string.""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -187,6 +188,33 @@ async def test_the_unanswered_lists_kept_are_bounded(services: Services,
     assert kept is not None and kept.pending is not None
     assert [p["listVersion"] for p in kept.pending] == list(
         range(5, 2 + withdrawal.MAX_PENDING + 3))
+
+
+async def test_the_unanswered_lists_kept_are_bounded_by_their_weight_too(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They are kept in one record, which on MongoDB carries at most 16 MiB, written
+    guarded on the value read (the guard's filter and the update each hold them): eight
+    lists as large as an operator may send passed it (QA s29 mongo). The oldest go past
+    ``PENDING_BYTES`` as past ``MAX_PENDING``; a list weighing more alone is not kept."""
+    store, station = services.ctx.store, world.stations["A-001"]
+    tags = [f"STAFF-{i:03d}" for i in range(20)]
+    one = len(json.dumps(_full(2, *tags), separators=(",", ":")))
+    monkeypatch.setattr(withdrawal, "PENDING_BYTES", 3 * one + 3 * 150)  # 3 + their stamps
+    for version in range(2, 7):
+        await withdrawal.hold_pending(store, station, _full(version, *tags), SYSTEM,
+                                      ours=False)
+    [kept] = await store.get_many(d.LocalList, [station.id])
+    assert kept is not None and kept.pending is not None
+    assert [p["listVersion"] for p in kept.pending] == [4, 5, 6]
+    assert len(json.dumps(kept.pending, separators=(",", ":"))) <= withdrawal.PENDING_BYTES
+
+    await withdrawal.hold_pending(store, station, _full(7, *tags * 4), SYSTEM,
+                                  ours=False)  # over the weight alone: dropped, all before it
+    [after] = await store.get_many(d.LocalList, [station.id])
+    assert after is not None and after.pending is None
+    await withdrawal.hold_pending(store, station, _full(8, *tags), SYSTEM, ours=False)
+    [last] = await store.get_many(d.LocalList, [station.id])
+    assert last is not None and [p["listVersion"] for p in last.pending or ()] == [8]
 
 
 @pytest.mark.parametrize(("pending_at", "theirs", "taken"), [

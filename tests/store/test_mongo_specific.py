@@ -991,6 +991,52 @@ async def test_a_read_as_committed_waits_for_the_batch_in_flight_that_wrote_it(
     assert await mongo.get_committed(Station, [committed.id, station.id]) == [committed, None]
 
 
+@pytest.mark.parametrize(("spelt", "late"), [("CP-TWIN", False), ("cp-twin", False),
+                                             ("CP-TWIN", True)])
+async def test_create_station_is_not_refused_for_a_twin_whose_insert_rolls_back(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, spelt: str, late: bool
+) -> None:
+    """Another create's station with the cpId (or its case twin), in flight and rolled
+    back after, is no twin: the read for one (or, ``late``: inserted after that read,
+    the unique index) met it, and createStation answered DUPLICATE though no station
+    kept the cpId (QA s29 mongo). It waits for that write to settle and, finding no
+    station committed, creates its own (``late``: tried again)."""
+    from domain.services import ServiceContext, Services
+    from domain.services.base import stamp_new
+    from tests.helpers import FastHasher
+
+    services = Services(ServiceContext(store=mongo, policy=Policy(), hasher=FastHasher()))
+    other = stamp_new(Station(cp_id=spelt, name="rolled back"), SYSTEM)
+    inserting = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, list) and any(change.record.id == other.id for change in step))
+    blocked = Blocked(monkeypatch)
+
+    async def other_inserts() -> None:
+        await mongo.write([Insert(other), Update(GHOST)], [])
+
+    a = asyncio.create_task(other_inserts())
+    if late:  # between createStation's read for a twin and its write
+        commit = services.stations.commit
+
+        async def after_read(*args: Any, **kw: Any) -> Any:
+            await asyncio.wait_for(inserting.reached.wait(), 5)
+            return await commit(*args, **kw)
+
+        monkeypatch.setattr(services.stations, "commit", after_read)
+    else:
+        await asyncio.wait_for(inserting.reached.wait(), 5)
+    create = asyncio.create_task(
+        services.stations.create_station(SYSTEM, cp_id="CP-TWIN", name="kept"))
+    await asyncio.wait_for(blocked.event.wait(), 5)  # waits for the write in flight
+    assert not create.done()
+    inserting.resume.set()
+    with pytest.raises(NotFound):
+        await a
+    station, _ = await asyncio.wait_for(create, 5)
+    assert [s.id for s in await mongo.find_all(Station, Eq("cp_id_key", "cp-twin"))] \
+        == [station.id]
+
+
 async def test_a_batch_another_batch_holds_up_too_long_fails_changed(
     mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
