@@ -70,6 +70,9 @@ FINISH_WAIT_S = 1.0
 #: is in progress, 409, then gets the answer). Not for a write the store refuses for
 #: good (``StoreRefused``: the same write fails again).
 FINISH_PAUSES_S: tuple[float, ...] = (0.25, 1.0, 2.0)
+#: How long an erasure waits for the answers being kept when it starts: the keeping of
+#: each ends within about half a minute (``FINISH_PAUSES_S``), whatever the store does.
+KEEPING_ENDS_WITHIN_S = 30.0
 
 
 def access_of(viewer: Viewer) -> str:
@@ -260,8 +263,11 @@ class IdempotencyService(Service):
 
         The answers this instance is still keeping (``finish`` past ``FINISH_WAIT_S``)
         are waited for first: not stored yet, they were not found, and landed after the
-        erasure holding the person's data for a day (review s29)."""
-        await self._keeping.settled()
+        erasure holding the person's data for a day (review s29). Those under way when
+        it starts only, for ``KEEPING_ENDS_WITHIN_S`` at most: others' keyed mutations
+        go on meanwhile, and waiting for them too held the erasure for as long as they
+        did (review r29)."""
+        await self._keeping.under_way(KEEPING_ENDS_WITHIN_S)
         async for page in pages(self.store, IdempotencyKey, Eq("user_id", user_id),
                                 SWEEP_BATCH):
             await self._delete_each(page)

@@ -145,7 +145,7 @@ async def test_an_erasure_forgets_an_answer_still_being_kept_that_names_the_pers
     claim = await keys.begin(BEN, "update-anna", "fp")
     assert isinstance(claim, Claim)
     real_write, real_find_all = store.write, store.find_all
-    real_settled = keys._keeping.settled
+    real_under_way = keys._keeping.under_way
     entered, lands = asyncio.Event(), asyncio.Event()
     reads = 0
 
@@ -164,12 +164,12 @@ async def test_an_erasure_forgets_an_answer_still_being_kept_that_names_the_pers
             lands.set()
         return found
 
-    async def settled() -> None:  # the erasure waits for it: it lands now
+    async def under_way(timeout: float) -> None:  # the erasure waits for it: it lands now
         lands.set()
-        await real_settled()
+        await real_under_way(timeout)
     store.write = write  # type: ignore[method-assign,assignment]
     store.find_all = find_all  # type: ignore[method-assign]
-    keys._keeping.settled = settled  # type: ignore[method-assign]
+    keys._keeping.under_way = under_way  # type: ignore[method-assign]
     try:
         finishing = asyncio.create_task(keys.finish(
             claim, '{"data":{"updateUser":{"user":{"email":"anna@example.com"}}}}'))
@@ -180,6 +180,47 @@ async def test_an_erasure_forgets_an_answer_still_being_kept_that_names_the_pers
     finally:
         store.write, store.find_all = real_write, real_find_all  # type: ignore[method-assign]
     assert await store.find_all(IdempotencyKey, ALL) == []
+
+
+async def test_an_erasure_waits_for_the_answers_being_kept_when_it_began_only(
+        store: Store) -> None:
+    """Review r29: the erasure waited until no answer at all was being kept, those of
+    keyed mutations arriving meanwhile too, so under steady traffic it never began. It
+    waits for the answers being kept when it starts, not for later ones."""
+    keys = service(store, Clock())
+    real_write = store.write
+    held: dict[str, asyncio.Event] = {}
+    entered: dict[str, asyncio.Event] = {}
+
+    async def write(changes: Any, audit: Any, *rest: Any) -> None:
+        for c in changes:
+            if isinstance(c, Update) and isinstance(c.record, IdempotencyKey):
+                entered[c.record.key].set()
+                await held[c.record.key].wait()
+        await real_write(changes, audit, *rest)
+
+    async def keeping(key: str) -> asyncio.Task[None]:
+        claim = await keys.begin(BEN, key, "fp")
+        assert isinstance(claim, Claim)
+        held[key], entered[key] = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(keys.finish(claim, ANSWER))
+        await asyncio.wait_for(entered[key].wait(), 5)
+        return task
+
+    store.write = write  # type: ignore[method-assign,assignment]
+    try:
+        first = await keeping("before")
+        erasure = asyncio.create_task(keys.forget(ANNA.user_id or ""))
+        later = await keeping("meanwhile")  # begun after the erasure
+        held["before"].set()
+        await asyncio.wait_for(erasure, 5)  # not waiting for "meanwhile"
+        assert not held["meanwhile"].is_set()
+        held["meanwhile"].set()
+        await first
+        await later
+        await keys.settled()
+    finally:
+        store.write = real_write  # type: ignore[method-assign]
 
 
 async def test_an_answer_is_refused_to_its_user_once_their_access_changed(
