@@ -993,10 +993,12 @@ class ChargingService(ChargerConnections):
         # no station, its state interval open for good (review s21). A plug's first
         # interval only while its station is in the books it took (``GuardedBooks.guard``):
         # a handover meanwhile rolled over no interval of it (review r27-analytics4).
-        guards = [Guard(Station, Eq("id", station.id))] if audited else []
+        # The books' guard names the station, so it holds its being there too: a new
+        # plug, whose first interval always takes them, is written on that one alone
+        # (one read of the station on MongoDB, not two).
         in_books = stored.guard()
-        if in_books is not None:
-            guards.append(in_books)
+        guards = [in_books] if in_books is not None \
+            else [Guard(Station, Eq("id", station.id))] if audited else []
         try:
             await self.commit(actor, audited, unaudited=telemetry, guards=guards)
         except Conflict:

@@ -1467,6 +1467,27 @@ async def test_a_plug_s_first_report_reads_no_station_and_stays_guarded_on_its_b
     assert (first.company_id, first.station_owner_id, event.company_id) == (b, None, b)
 
 
+async def test_a_plug_we_did_not_know_is_written_on_one_guard_of_its_station(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plug 2, never registered, reports: its record is written only while R9 is there
+    and its first interval only while R9 is in the books it took, one guard of the
+    station holding both (the books' names it), not two reads of it on MongoDB."""
+    station_id, _ = await _r9(history, timedelta(0))
+    store = history.services.ctx.store
+    await _cached_copy(history, station_id)
+    calls = _store_calls(store, monkeypatch)
+    history.clock.now = at_31(16, 2)
+    await history.services.charging.status_notification("R9", 2, "Unavailable", "NoError",
+                                                        timestamp=at_31(16, 2))
+    assert calls.count("guard Station") == 1, calls
+    [plug] = await store.find_all(d.Connector, all_of(
+        Eq("station_id", station_id), Eq("connector_id", 2)), limit=5)
+    [first] = await store.find_all(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R9"), Eq("connector_id", 2)), limit=5)
+    assert (plug.status, first.company_id) == (
+        d.ConnectorStatus.UNAVAILABLE, history.users["op_a"].company_id)
+
+
 async def _charging_without_history(h: History, at: datetime) -> int:
     """A transaction on R9's plug 1 from ``at``, reported Charging, and the plug's state
     history then deleted (as kept before there was one): its stop's Finishing opens the
