@@ -61,6 +61,7 @@ class Services:
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
         self.withdrawal = Withdrawal(ctx, self.commands)
         self.commands.on_list_wanting = self.withdrawal.push_later
+        self.commands.on_cancel_answered = self.withdrawal.owed_cancels_later
         self.stations.cancel_at_chargers = self.withdrawal.cancel_reservations
         self.stations.close_refused = self.charging.refused_closes
         self.stations.announce_closed = self.charging.announce_closed

@@ -48,7 +48,7 @@ from domain.services.charger_clocks import ChargerClocks
 from domain.services.charger_sign_ins import ChargerSignIns, address_key
 from domain.services.edits import retried
 from domain.services.intervals import (
-    StoredBooks,
+    GuardedBooks,
     effective_state,
     next_interval,
 )
@@ -489,7 +489,7 @@ class ChargerConnections(Service):
         # have none, so the connection and the plug's whole history stayed the former
         # company's (as a status report's first interval, review r27-analytics4).
         company_id, station_owner_id = books_of(station)
-        stored = StoredBooks(self.store, station, (company_id, station_owner_id))
+        stored = GuardedBooks(station)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
                                 server_outage=outage, company_id=company_id,
                                 station_owner_id=station_owner_id)

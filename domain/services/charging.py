@@ -95,8 +95,8 @@ from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
     POINT_STATUSES,
     Books,
+    GuardedBooks,
     IdleSpan,
-    StoredBooks,
     effective_state,
     finishing,
     idle_times,
@@ -903,14 +903,11 @@ class ChargingService(ChargerConnections):
         # handover ended). None yet: it records no state (``late_books``: the books of
         # the interval its stamp falls in).
         books: Books | None = None
-        # The station's books as stored, read once for the report whatever number of its
-        # plugs open their first interval, and not at all when taken again: ``fresh``
-        # read the station from the store just now. Connector 0 (the point's own report,
-        # which takes them every time) reads none either: the books of the station it
-        # has serve, as the write is guarded on them (``StoredBooks.guard``), and a
-        # cached copy not told of a handover fails it, taken again ``fresh``.
-        stored = StoredBooks(self.store, station,
-                             books_of(station) if fresh or connector_id == 0 else None)
+        # The books of a plug's first interval (none open to take them from), and of
+        # connector 0's own report: those of the station it has, read from no store, as
+        # the write is guarded on them (``GuardedBooks.guard``): a cached copy not told
+        # of a handover fails it, and the report is taken again ``fresh``.
+        stored = GuardedBooks(station)
         telemetry: list[Change] = []
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
@@ -949,7 +946,7 @@ class ChargingService(ChargerConnections):
                     if recorded.queued:  # in the outage's books, with its time there
                         books = books or recorded.books
                 # The point's report is the station's own: in its books as stored (and
-                # written only while it is in them, ``StoredBooks.guard``), not those of
+                # written only while it is in them, ``GuardedBooks.guard``), not those of
                 # whichever plug's interval was read first, which the plugs need not
                 # share (a chain left in the former books). One queued through an
                 # outage: those of the offline stretch its state splits, as a plug's.
@@ -994,12 +991,14 @@ class ChargingService(ChargerConnections):
         # A plug new here is written only while its station is there: a removal on
         # another instance between this report's read and its write left a connector of
         # no station, its state interval open for good (review s21). A plug's first
-        # interval only while its station is in the books it took (``StoredBooks.guard``):
+        # interval only while its station is in the books it took (``GuardedBooks.guard``):
         # a handover meanwhile rolled over no interval of it (review r27-analytics4).
-        guards = [Guard(Station, Eq("id", station.id))] if audited else []
+        # The books' guard names the station, so it holds its being there too: a new
+        # plug, whose first interval always takes them, is written on that one alone
+        # (one read of the station on MongoDB, not two).
         in_books = stored.guard()
-        if in_books is not None:
-            guards.append(in_books)
+        guards = [in_books] if in_books is not None \
+            else [Guard(Station, Eq("id", station.id))] if audited else []
         try:
             await self.commit(actor, audited, unaudited=telemetry, guards=guards)
         except Conflict:
@@ -2035,12 +2034,12 @@ class ChargingService(ChargerConnections):
                     Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
                     Eq("state", SessionState.ACTIVE))) is not None:
                 return None
-            # A plug's first interval (none open to end) in its station's books as
-            # stored, and written only while the station is in them: a handover
-            # meanwhile rolled over no interval of it (``StoredBooks.guard``), as for a
-            # status report (review r27-analytics4).
-            stored = StoredBooks(self.store, station,
-                                 books_of(station) if tries > 1 else None)
+            # A plug's first interval (none open to end) in the books of the station the
+            # stop has, and written only while the station is in them
+            # (``GuardedBooks.guard``), as for a status report: a handover meanwhile
+            # rolled over no interval of it (review r27-analytics4), and a cached copy
+            # not told of one fails it too, read again on the next try.
+            stored = GuardedBooks(station)
             changes = await finishing(self.store, station, connector, end_time,
                                       charger(station.cp_id),
                                       self.clocks.ours_at(station.cp_id, end_time),

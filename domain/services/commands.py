@@ -350,6 +350,12 @@ def _may_start(error: DomainError | None) -> bool:
     return error is None or isinstance(error, ChargerTimeout) or type(error) is ChargerError
 
 
+def _answered(outcome: CommandOutcome) -> bool:
+    """Whether the charger answered the command: Accepted, or a refusal (Rejected), not
+    a CALLERROR, no answer or a command never sent."""
+    return outcome.error is None or isinstance(outcome.error, ChargerRejected)
+
+
 def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | None:
     """The HeartbeatInterval a charger took (Accepted, or RebootRequired: stored for its
     next reboot), which its station's boots are answered with from now on; ``None`` for
@@ -541,6 +547,10 @@ class CommandService(Service):
         #: blocked again while its restoration was in flight, an operator's list
         #: accepting a blocked card.
         self.on_list_wanting: Callable[[str], None] | None = None
+        #: Told a station's id when its charger answered a CancelReservation sent by
+        #: ``send`` (a driver's or an operator's, a removal's): it is reachable, so the
+        #: cancels still owed to it go now too (``Withdrawal.owed_cancels_later``).
+        self.on_cancel_answered: Callable[[str], None] | None = None
         #: Told of every Set/ClearChargingProfile sent by someone other than the service
         #: itself (the site's own limits are sent as ``SYSTEM``).
         self.profile_watch: ProfileWatch | None = None
@@ -590,6 +600,12 @@ class CommandService(Service):
             timeout = max(timeout - (loop.time() - started) / 2,
                           timeout * (1 - PRE_READ_SHARE))
         await self._carry(viewer, outcome, payload, timeout)
+        if action == "CancelReservation" and _answered(outcome) \
+                and self.on_cancel_answered is not None:
+            # Its charger's older owed cancels (cancelled here while it was offline)
+            # waited for the holder's minute sweep, the plugs held at the charger
+            # (session 29): a withdrawal's cancel sent them at once, this one did not.
+            self.on_cancel_answered(station.id)
         if unread is not None and outcome.status == REBOOT_REQUIRED:
             await self._tell_in_force_unknown(station, str(payload["key"]), unread)
         if watched is not None:
@@ -2238,7 +2254,7 @@ class CommandService(Service):
         if sent is None:
             return []
         reservation = (await self.store.get_many(Reservation, [sent.id]))[0] or sent
-        answered = outcome.error is None or isinstance(outcome.error, ChargerRejected)
+        answered = _answered(outcome)
         if sent.state is ReservationState.CANCELLED:
             # A cancel owed to the charger (``send_owed_cancels``): done once it answered
             # (Accepted, or Rejected: it holds no such reservation any more).

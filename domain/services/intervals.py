@@ -76,7 +76,7 @@ class Recorded:
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
                         at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
-                        ours: datetime | None = None, stored: StoredBooks | None = None
+                        ours: datetime | None = None, stored: GuardedBooks
                         ) -> list[Change]:
     """``record_state``'s changes, for writes that book nothing beside them (connects,
     disconnects, stops). ``stored``: the station's books as the write takes them, whose
@@ -89,7 +89,7 @@ async def next_interval(store: Store, station: Station, connector_id: int,
 async def record_state(store: Store, station: Station, connector_id: int,
                        status: ConnectorStatus, error_code: str, online: bool,
                        at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
-                       ours: datetime | None = None, stored: StoredBooks | None = None
+                       ours: datetime | None = None, stored: GuardedBooks
                        ) -> Recorded:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
@@ -110,14 +110,13 @@ async def record_state(store: Store, station: Station, connector_id: int,
     r27-analytics3: a report stamped just before a handover's cut but handled after it
     was booked to the old company, its time, which cannot start before the open
     interval, to the new). One store read, the open interval, as before; a plug with no
-    open interval (its first report, or after ``removeConnector``) reads its station's
-    books from the store too, through ``stored`` when given (``StoredBooks``: one read
-    for a report's every plug)."""
+    open interval (its first report, or after ``removeConnector``) takes its station's
+    books through ``stored`` (``GuardedBooks``: no read, the write guarded on them)."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
-    books = await _books(store, current, station, stored)
+    books = await _books(current, stored)
     recorded, queued = books, False
     if current is not None:
         if at < current.start:
@@ -142,60 +141,56 @@ async def record_state(store: Store, station: Station, connector_id: int,
     return Recorded(changes, recorded, queued)
 
 
-class StoredBooks:
-    """A station's books as stored (``books_of``), read from the store at most once and
-    only when asked: a report of connector 0 records each plug's state (``_books`` of
-    each with no open interval read the same station again, N reads per report), and a
-    report taken again after a conflict read the station from the store already
-    (``known``: its books, no read at all). A station removed meanwhile: as cached.
-    Once asked, its ``guard`` keeps the write to those books (``still_in_books`` of the
-    station they were read from): a handover landing between the read and the write
-    rolls over only open intervals, not a plug's first one, which kept the old books for
-    good (review r27-analytics4); it fails the write, taken again (``Conflict``)."""
+class GuardedBooks:
+    """The books of a plug's first interval (none open to take them from, ``_books``):
+    those of the station the write has (``books_of``), cached or just read, and once
+    asked, the write's ``guard`` holding it to them (``still_in_books``). So no read of
+    the station is needed for them: a copy not told of a handover fails the guard, and
+    the write, taken again from the station as stored, is in the new books (session 29:
+    a plug's first report and a stop's Finishing read the station again for them). A
+    handover landing between the station's read and the write rolls over
+    only open intervals, not a plug's first one, which kept the old books for good
+    (review r27-analytics4): the guard fails it too, taken again (``Conflict``).
+    Asked through ``books``, where a write takes its books (tests hold a handover
+    there)."""
 
-    def __init__(self, store: Store, station: Station, known: Books | None = None) -> None:
-        self._store, self._station, self._books = store, station, known
+    def __init__(self, station: Station) -> None:
+        self._station = station
         self._asked = False
 
     async def books(self) -> Books:
         self._asked = True
-        if self._books is None:
-            stored = await self._store.find_one(Station, Eq("id", self._station.id))
-            if stored is not None:
-                self._station = stored
-            self._books = books_of(self._station)
-        return self._books
+        return books_of(self._station)
 
     def guard(self) -> Guard | None:
-        """The write's guard on the books read, once they were (else None)."""
+        """The write's guard on the books taken, once they were (else None)."""
         return still_in_books(self._station) if self._asked else None
 
 
-async def _books(store: Store, before: ConnectorInterval | None, station: Station,
-                 stored: StoredBooks | None = None) -> Books:
+async def _books(before: ConnectorInterval | None, stored: GuardedBooks) -> Books:
     """Whose books an interval following ``before`` is in: ``before``'s, which a
     handover moved to the new books (``handed_over``), so a copy of the station cached
     from before it (another instance's, until it hears of it) books nothing to the old
     company. A connector's first (no interval open: its first report, or its first
-    after ``removeConnector``): its station's as stored (``books_of``), not as cached:
-    a cached copy not told of a handover booked the plug's whole history, every
-    interval after copying it, to the old company (review r27-analytics3). A station
-    removed meanwhile: as cached (its write fails on the station's guard, or writes
-    history of no station)."""
+    after ``removeConnector``): its station's, held by the write's guard
+    (``GuardedBooks``): a cached copy not told of a handover no longer books the plug's
+    whole history, every interval after copying it, to the old company (review
+    r27-analytics3); it fails the write, taken again from the station as stored. A
+    station removed meanwhile fails that guard too."""
     if before is not None:
         return before.company_id, before.station_owner_id
-    return await (stored or StoredBooks(store, station)).books()
+    return await stored.books()
 
 
 async def late_books(store: Store, station: Station, connector_id: int, at: datetime,
-                     stored: StoredBooks | None = None) -> Books:
+                     stored: GuardedBooks) -> Books:
     """The books of a status report that records no state (one older than the state it
     has: history only), stamped ``at``: those of ``connector_id``'s state interval its
     stamp falls in on the charger's timeline (0: the charge point, any of its
     connectors'), so a report stamped before a handover but received after it stays in
     the former company's books (review r27-analytics4: the open interval's books gave
     the new company a fault of before it had the station). Stamped before all of that
-    history: the open interval's books, else its station's as stored (``_books``). One
+    history: the open interval's books, else its station's (``_books``, guarded). One
     store read more than ``record_state``'s, only for such late reports."""
     plug = Eq("connector_id", connector_id) if connector_id else None
     where = all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id), plug)
@@ -205,7 +200,7 @@ async def late_books(store: Store, station: Station, connector_id: int, at: date
     if found:
         return found[0].company_id, found[0].station_owner_id
     current = await store.find_one(ConnectorInterval, all_of(where, Eq("end", None)))
-    return await _books(store, current, station, stored)
+    return await _books(current, stored)
 
 
 async def handed_over(store: Store, station: Station, to: Station, actor: Viewer,
@@ -243,7 +238,7 @@ def left_in_books(station: Station) -> Guard:
     handover closes every open one it read (``handed_over``) and opens its successor in
     the new books, so one found is a plug's first interval written in the old books
     after that read (a stop's Finishing, a first report, a connect, each guarded on the
-    station still in those books, ``StoredBooks.guard`` or a connect's
+    station still in those books, ``GuardedBooks.guard`` or a connect's
     ``patch_in_books``, which it still was). It fails
     the write (``Conflict``), which the edit runs again, reading it and rolling it over
     too (review r28-leftan: it stayed in the old books, and the plug's every later
@@ -338,7 +333,7 @@ def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> li
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,
                     actor: Viewer, ours: datetime | None, now: datetime,
-                    stored: StoredBooks | None = None) -> list[Change]:
+                    stored: GuardedBooks) -> list[Change]:
     """The connector's state after its transaction's StopTransaction at ``at`` (charger
     timeline): still in the transaction's state (``IN_TRANSACTION``) and not reported
     since, it is Finishing from then on, as OCPP 1.6 has it (stopped, not yet free),

@@ -791,6 +791,15 @@ class Withdrawal(Service):
         self._work.run(self.push(SYSTEM, station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
 
+    def owed_cancels_later(self, station_id: str) -> None:
+        """The station's charger answered a CancelReservation
+        (``CommandService.on_cancel_answered``): the cancels still owed to it are sent
+        now (``CommandService.send_owed_cancels``, here or through the relay to the
+        instance holding it, each only if its send's claim wins), as a withdrawal's
+        cancel sends them, in the background: the cancel's caller is answered first."""
+        self._work.run(self._owed_cancels(station_id), f"owed-cancels-{station_id}",
+                       f"sending what is owed to station {station_id} failed")
+
     def charger_back(self, station_id: str) -> None:
         """A charger booted (its boot answered Accepted): the cancels owed to it are sent
         (``CommandService.send_owed_cancels``), its live reservations of cards no longer

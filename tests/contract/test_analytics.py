@@ -1077,7 +1077,7 @@ async def test_a_new_plug_s_first_report_racing_a_handover_is_in_the_new_books(
     B (review r27-analytics4: A's for good)."""
     station_id, b = await _r9(history, timedelta(0))
     charging = history.services.charging
-    real = intervals.StoredBooks.books
+    real = intervals.GuardedBooks.books
     raced: list[bool] = []
 
     async def books(self: Any) -> Any:
@@ -1088,7 +1088,7 @@ async def test_a_new_plug_s_first_report_racing_a_handover_is_in_the_new_books(
                                                            company_id=b)
         return found
 
-    monkeypatch.setattr(intervals.StoredBooks, "books", books)
+    monkeypatch.setattr(intervals.GuardedBooks, "books", books)
     history.clock.now = at_31(16)
     await charging.status_notification("R9", 2, "Faulted", "GroundFailure",
                                        timestamp=at_31(16))
@@ -1107,9 +1107,9 @@ async def test_a_new_plug_s_first_report_racing_a_handover_is_in_the_new_books(
 def _handover_at_books(h: History, monkeypatch: pytest.MonkeyPatch, station_id: str,
                        to: str) -> list[bool]:
     """The other instance's handover to ``to`` lands between the station's books being
-    read for a plug's first interval (``StoredBooks.books``) and the write; returns the
+    read for a plug's first interval (``GuardedBooks.books``) and the write; returns the
     flag that says it did."""
-    real = intervals.StoredBooks.books
+    real = intervals.GuardedBooks.books
     raced: list[bool] = []
 
     async def books(self: Any) -> Any:
@@ -1119,7 +1119,7 @@ def _handover_at_books(h: History, monkeypatch: pytest.MonkeyPatch, station_id: 
             await h.services.stations.update_station(SYSTEM, station_id, company_id=to)
         return found
 
-    monkeypatch.setattr(intervals.StoredBooks, "books", books)
+    monkeypatch.setattr(intervals.GuardedBooks, "books", books)
     return raced
 
 
@@ -1198,7 +1198,7 @@ async def test_a_stop_opening_a_plug_s_first_interval_racing_a_handover_is_in_th
         history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop's Finishing on a plug with no open interval (its history from before
     state history was kept) opens the plug's first one: in R9's books as stored, and
-    guarded on them (``StoredBooks.guard``). A handover to B between that read and the
+    guarded on them (``GuardedBooks.guard``). A handover to B between that read and the
     write fails it; read again, the Finishing is B's (it stayed A's for good)."""
     station_id, b = await _r9(history, timedelta(0))
     charging, store = history.services.charging, history.services.ctx.store
@@ -1425,6 +1425,119 @@ async def test_a_connector_0_report_reads_no_station_and_stays_guarded_on_its_bo
     assert (event.company_id, event.station_owner_id) == (b, None)
     [point] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
     assert point.status is d.ConnectorStatus.FAULTED
+
+
+async def _cached_copy(h: History, station_id: str) -> d.Station:
+    """R9 as stored now, remembered as the charging service's cached copy."""
+    [station] = await h.services.ctx.store.find_all(d.Station, Eq("id", station_id),
+                                                    limit=1)
+    h.services.charging.cache.remember(station)
+    return station
+
+
+async def test_a_plug_s_first_report_reads_no_station_and_stays_guarded_on_its_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plug 2, added while R9 is online (no state interval yet), reports with R9 cached:
+    it reads its connector and finds no open interval, not the station again (session
+    29: read for its books on every such report): the books of the station it has
+    serve, as its write is guarded on them (``still_in_books``). Plug 3's first report,
+    on a copy not told of a handover to B, fails that guard and, taken again from the
+    store, opens plug 3's history in B's books."""
+    station_id, b = await _r9(history, timedelta(0))
+    store, charging = history.services.ctx.store, history.services.charging
+    for plug in (2, 3):
+        await history.services.stations.add_connector(SYSTEM, station_id,
+                                                      ConnectorSpec(plug))
+    before = await _cached_copy(history, station_id)
+    calls = _store_calls(store, monkeypatch)
+    history.clock.now = at_31(16, 2)
+    await charging.status_notification("R9", 2, "Unavailable", "NoError",
+                                       timestamp=at_31(16, 2))
+    assert sorted(calls) == sorted(["find_one Connector", "find_one ConnectorInterval",
+                                    "write", "guard Station"]), calls
+    history.clock.now = at_31(16, 4)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    history.clock.now = at_31(16, 5)
+    await charging.status_notification("R9", 3, "Faulted", "GroundFailure",
+                                       timestamp=at_31(16, 5))
+    plug_3 = all_of(Eq("cp_id", "R9"), Eq("connector_id", 3))
+    [first] = await store.find_all(d.ConnectorInterval, plug_3, limit=5)
+    [event] = await store.find_all(d.StatusEvent, plug_3, limit=5)
+    assert (first.company_id, first.station_owner_id, event.company_id) == (b, None, b)
+
+
+async def test_a_plug_we_did_not_know_is_written_on_one_guard_of_its_station(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plug 2, never registered, reports: its record is written only while R9 is there
+    and its first interval only while R9 is in the books it took, one guard of the
+    station holding both (the books' names it), not two reads of it on MongoDB."""
+    station_id, _ = await _r9(history, timedelta(0))
+    store = history.services.ctx.store
+    await _cached_copy(history, station_id)
+    calls = _store_calls(store, monkeypatch)
+    history.clock.now = at_31(16, 2)
+    await history.services.charging.status_notification("R9", 2, "Unavailable", "NoError",
+                                                        timestamp=at_31(16, 2))
+    assert calls.count("guard Station") == 1, calls
+    [plug] = await store.find_all(d.Connector, all_of(
+        Eq("station_id", station_id), Eq("connector_id", 2)), limit=5)
+    [first] = await store.find_all(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R9"), Eq("connector_id", 2)), limit=5)
+    assert (plug.status, first.company_id) == (
+        d.ConnectorStatus.UNAVAILABLE, history.users["op_a"].company_id)
+
+
+async def _charging_without_history(h: History, at: datetime) -> int:
+    """A transaction on R9's plug 1 from ``at``, reported Charging, and the plug's state
+    history then deleted (as kept before there was one): its stop's Finishing opens the
+    plug's first interval. Its transaction id."""
+    store = h.services.ctx.store
+    h.clock.now = at
+    tx, _ = await h.services.charging.start_transaction("R9", 1, "TAG-driver1", 0, at)
+    await _report_r9(h, at, timedelta(0), "Charging", "NoError")
+    await store.write([Delete(i) for i in await store.find_all(
+        d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)], [])
+    return tx
+
+
+async def test_a_stop_s_finishing_reads_no_station_and_stays_guarded_on_its_books(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop's Finishing opening plug 1's first interval, R9 cached, reads no station
+    for its books (session 29: one read more): those of the station the stop has, its
+    write guarded on them (``GuardedBooks.guard``)."""
+    station_id, _ = await _r9(history, timedelta(0))
+    store = history.services.ctx.store
+    tx = await _charging_without_history(history, at_31(14))
+    await _cached_copy(history, station_id)
+    calls = _store_calls(store, monkeypatch)
+    history.clock.now = at_31(16)
+    await history.services.charging.stop_transaction("R9", tx, 1000, at_31(16))
+    # The Finishing's own: its connector, no open session on it, no open interval.
+    assert calls[-5:] == ["find_one Connector", "find_one Session",
+                          "find_one ConnectorInterval", "write", "guard Station"], calls
+    assert "find_one Station" not in calls, calls
+    [finishing] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)
+    assert (finishing.status, finishing.company_id) == (
+        d.ConnectorStatus.FINISHING, history.users["op_a"].company_id)
+
+
+async def test_a_stop_on_a_copy_not_told_of_a_handover_opens_its_finishing_in_the_new_books(
+        history: History) -> None:
+    """R9 handed to B while its session runs; the instance taking the stop has a copy
+    cached before that. The Finishing it opens (plug 1's first interval) takes that
+    copy's books, A's, and its write, guarded on them, fails: read again, it is B's."""
+    station_id, b = await _r9(history, timedelta(0))
+    store = history.services.ctx.store
+    tx = await _charging_without_history(history, at_31(14))
+    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
+    history.clock.now = at_31(15)
+    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
+    history.services.charging.cache.remember(before)  # the other instance's copy
+    history.clock.now = at_31(16)
+    await history.services.charging.stop_transaction("R9", tx, 1000, at_31(16))
+    [finishing] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)
+    assert (finishing.status, finishing.company_id) == (d.ConnectorStatus.FINISHING, b)
 
 
 async def test_the_former_company_keeps_its_figures_after_the_new_one_removes_the_station(

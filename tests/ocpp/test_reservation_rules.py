@@ -160,6 +160,48 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
     assert after.state is d.ReservationState.CANCELLED
 
 
+async def test_a_drivers_cancel_sends_the_station_s_older_owed_cancels_at_once(
+        central: Central) -> None:
+    """Session 29: a driver's own cancelReservation reached the charger, and another
+    cancel owed there (driver2's, cancelled here while the charger could not be
+    reached, ``cancel_owed``) still waited for the holder's minute sweep, the plug held
+    at the charger meanwhile, though a withdrawal's cancel sends it at once. It is sent
+    at once too, directly or through the relay; one another send claimed a moment ago
+    (``cancel_sending_since``) is left to that send, never sent twice."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = {}
+        for plug, who in ((1, "driver"), (2, "driver2")):
+            made = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": plug,
+                                                     "expiryDate": soon()}, SELECTION,
+                             as_user=who)
+            assert made["reservation"]["state"] == "ACTIVE", made
+            held[who] = made["reservation"]["reservationId"]
+        store = central.store
+        [older] = await store.find_all(d.Reservation, Eq("reservation_id", held["driver2"]))
+        assert await central.services.commands.cancel_owed([older]) != []
+        # Owed too, but another instance's send claimed it a moment ago.
+        claimed = stamp_new(d.Reservation(
+            reservation_id=await store.next_sequence("reservation"),
+            station_id=older.station_id, cp_id="CP-1", connector_id=0, id_tag="TAG-GONE",
+            expires_at=older.expires_at, state=d.ReservationState.CANCELLED,
+            cancel_owed_since=datetime.now(UTC), cancel_sending_since=datetime.now(UTC)),
+            SYSTEM)
+        await store.write([Insert(claimed)], [])
+
+        cancel = await run(central, "cancelReservation", {
+            "cpId": "CP-1", "reservationId": held["driver"]}, SELECTION, as_user="driver")
+        assert (cancel["status"], cancel["errors"]) == ("ACCEPTED", []), cancel
+        await central.services.withdrawal.settled()
+        cancels = [p["reservation_id"] for n, p in cp.received if n == "CancelReservation"]
+        assert sorted(cancels) == sorted(held.values()), cancels
+        [sent] = await store.get_many(d.Reservation, [older.id])
+        assert sent is not None and sent.cancel_owed_since is None  # settled
+        [still] = await store.get_many(d.Reservation, [claimed.id])
+        assert still is not None and still.cancel_owed_since is not None
+
+
 async def _reserve_then_go_offline(central: Central) -> int:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
