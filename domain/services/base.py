@@ -729,14 +729,26 @@ def no_case_twin(station: Station) -> Guard:
                                         Range("id", gt=station.id))), exists=False)
 
 
-async def committed(store: Store, station: Station | None) -> Station | None:
+#: How long after it was stamped a station found may still be another's insert in flight,
+#: which its rollback would take away: a MongoDB batch lasts at most its deadline (half a
+#: minute), and this leaves room for instances' clocks to differ. An older one stood
+#: committed long ago.
+INSERT_IN_FLIGHT_FOR = timedelta(minutes=10)
+
+
+async def committed(store: Store, station: Station | None, now: datetime
+                    ) -> Station | None:
     """``station`` (a twin found by cpId) as committed (``Store.get_committed``): ``None``
     when the write that stored it was rolled back, as a batch in flight on MongoDB may
     yet be (its reads see it). ``Conflict`` CHANGED when that write is still in flight
     after the store's wait: the caller's write is tried again (``retried``). A store
-    whose reads see no write in flight (SQLite, ``Store.reads_in_flight``) read it so:
-    it is not read again."""
-    if station is None or not store.reads_in_flight:
+    whose reads see no write in flight (SQLite, ``Store.reads_in_flight``) read it so,
+    and a station created before ``INSERT_IN_FLIGHT_FOR`` is no insert in flight: neither
+    is read again (review r29: every handshake of a known charger read its station
+    twice on MongoDB, and waited out any write in flight on it, a disconnect's, up to
+    failing)."""
+    if (station is None or not store.reads_in_flight
+            or station.created_at < now - INSERT_IN_FLIGHT_FOR):
         return station
     [stored] = await store.get_committed(Station, [station.id])
     return stored

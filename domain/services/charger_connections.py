@@ -208,7 +208,7 @@ class ChargerConnections(Service):
         unknown cpId, one for a station spelt so), then the limit, then the insert."""
         # The handshake this one waited behind may have stored it, or another instance.
         found = await self._stations_whatever_case(cp_id)
-        station = await committed(self.store, _one_of(found))
+        station = await committed(self.store, _one_of(found), self.now())
         if station is not None:
             return station
         if len(found) > 1:
@@ -244,7 +244,8 @@ class ChargerConnections(Service):
                 # charger, here or on another instance: its cpId taken, UniqueViolation,
                 # or the guard, CHANGED): that station is this one, once committed (one
                 # rolled back meanwhile: none, and the registration is tried again).
-                registered = await committed(self.store, await self.station_whatever_case(cp_id))
+                registered = await committed(self.store, await self.station_whatever_case(cp_id),
+                                             self.now())
                 if registered is not None:
                     return registered
             raise

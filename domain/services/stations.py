@@ -314,7 +314,8 @@ class StationService(Service):
         async def twin() -> Station | None:
             # As committed: on MongoDB a read sees another create's insert in flight,
             # which may yet roll back (QA s29 mongo: refused DUPLICATE against it).
-            return await committed(self.store, await self.store.find_one(Station, same))
+            return await committed(self.store, await self.store.find_one(Station, same),
+                                   self.now())
 
         async def create() -> None:
             if await twin() is not None:
