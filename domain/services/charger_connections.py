@@ -77,7 +77,7 @@ REGISTRATION_WINDOW = timedelta(hours=1)
 
 #: How many times a disconnect is read and written again when its write met a change
 #: made since that leaves its connection the station's (``disconnect``); it pauses
-#: before each (``_pause_to_retry``, random: two instances in step part).
+#: before each (``pause_to_retry``, random: two instances in step part).
 RECORD_ATTEMPTS = 5
 
 #: How many times an auto-registration is read and written again when its insert met
@@ -132,9 +132,9 @@ class ChargerConnections(Service):
     #: A fraction in [0, 1) drawn for each pause before a write is tried again.
     retry_jitter: Callable[[], float]
     #: The pause before a write that met a change is read and tried again: one for a
-    #: start's and a disconnect's (``ChargingService._pause_to_retry``, random, up to
+    #: start's and a disconnect's (``ChargingService.pause_to_retry``, random, up to
     #: ``START_RETRY_PAUSE`` times the attempt), not a copy of it here.
-    _pause_to_retry: Callable[[int], Awaitable[None]]
+    pause_to_retry: Callable[[int], Awaitable[None]]
 
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
@@ -195,13 +195,13 @@ class ChargerConnections(Service):
         another instance registered meanwhile fails it, and is read again and given to
         this charger. Where the read finds none (on MongoDB two inserts in step may each
         fail on the other's before it rolls back), read and tried again, after a random
-        pause (``_pause_to_retry``), up to ``REGISTER_ATTEMPTS`` times. Every station
+        pause (``pause_to_retry``), up to ``REGISTER_ATTEMPTS`` times. Every station
         this finds is read as committed (``base.committed``): on MongoDB such a read may
         find another's insert still in flight, which its rollback then takes away
         (review r28-batch: two spellings at two instances, both rolled back, and the
         one finishing first signed its charger in as the other's station, never stored)."""
         return await retried(lambda: self._register_once(cp_id, address),
-                             REGISTER_ATTEMPTS, pause=self._pause_to_retry)
+                             REGISTER_ATTEMPTS, pause=self.pause_to_retry)
 
     async def _register_once(self, cp_id: str, address: str) -> Station | None:
         """One attempt of ``_register``: its one look for the station (two reads for an
@@ -456,7 +456,7 @@ class ChargerConnections(Service):
         # first stops the disconnect (review r27-analytics2: taken for a newer
         # connection, every such race left the station online until its charger came
         # back). ``retried``'s loop, not a copy of it.
-        return await retried(record, RECORD_ATTEMPTS, codes=None, pause=self._pause_to_retry)
+        return await retried(record, RECORD_ATTEMPTS, codes=None, pause=self.pause_to_retry)
 
     def _lost_at(self, station: Station, lost: Lost) -> datetime:
         """When a connection lost with its process was last known to be there (``Lost``):

@@ -155,7 +155,7 @@ END_ATTEMPTS = 3
 #: change (another start of its card: ``ChargingService._card_free``) before it gives up.
 START_ATTEMPTS = 3
 #: The most a start (or a disconnect, a stop's Finishing: ``RECORD_ATTEMPTS``) waits before
-#: its n-th read again, times n (``_pause_to_retry``: the one pause, the one constant).
+#: its n-th read again, times n (``pause_to_retry``: the one pause, the one constant).
 START_RETRY_PAUSE = timedelta(milliseconds=50)
 
 #: Stored samples whose increments a late reading moved (``_late_shares``): each as read
@@ -587,7 +587,7 @@ class ChargingService(ChargerConnections):
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
         #: A fraction in [0, 1) drawn for each pause before a write tried again reads
-        #: again (``_pause_to_retry``); each instance draws its own.
+        #: again (``pause_to_retry``); each instance draws its own.
         self.retry_jitter: Callable[[], float] = random.random
 
     # ------------------------------------------------------------- plumbing
@@ -1256,13 +1256,13 @@ class ChargingService(ChargerConnections):
                 # card guard): read again, this one is told ConcurrentTx. Or, on
                 # MongoDB, two starts of the card met each other's write in flight and
                 # both were rolled back: each reads again after a pause of its own
-                # (``_pause_to_retry``), so they no longer meet.
+                # (``pause_to_retry``), so they no longer meet.
                 station = await self._still_registered(cp_id)
                 company_id, station_owner_id = books_of(station)
                 identity = identity._replace(booted=station.booted_at)
                 if attempt == START_ATTEMPTS:
                     raise
-                await self._pause_to_retry(attempt)
+                await self.pause_to_retry(attempt)
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
                 info = await self._resent(station, opened, presented)
@@ -1298,7 +1298,7 @@ class ChargingService(ChargerConnections):
             Range("created_at", gte=identity.booted)
             if identity.stuck and identity.booted is not None else None)
 
-    async def _pause_to_retry(self, attempt: int) -> None:
+    async def pause_to_retry(self, attempt: int) -> None:
         """The pause before a start's write that met a change is tried again: random, up
         to ``START_RETRY_PAUSE`` times ``attempt``; the one pause of a charger's records
         (a disconnect's and a stop's Finishing too: ``retried``'s ``pause``), an
@@ -1353,7 +1353,7 @@ class ChargingService(ChargerConnections):
         drawn a higher id, ``_open_session``), and is accepted once none does: its write
         then takes the card only while no other session holds it (``_card_free``). One
         whose write met another session of the card reads again (after a pause,
-        ``_pause_to_retry``) before it is answered: on MongoDB the other may have met
+        ``pause_to_retry``) before it is answered: on MongoDB the other may have met
         this write as well and been rolled back, and the card be free (review r26-tx2:
         it was told ConcurrentTx at once, the charger stopping what it charged while no
         session held the card). Told ConcurrentTx when its last attempt still met one.
@@ -1378,7 +1378,7 @@ class ChargingService(ChargerConnections):
             if answered is not None:
                 return answered[1]
             if attempt < START_ATTEMPTS:
-                await self._pause_to_retry(attempt)
+                await self.pause_to_retry(attempt)
             # As it stands now: its stop, an operator's endSession or its holder's
             # erasure may have closed it meanwhile, and a closed one is answered as
             # recorded, as any copy of a closed session's start is; after the last
@@ -2053,7 +2053,7 @@ class ChargingService(ChargerConnections):
         try:
             # ``retried``'s loop (any Conflict, paused as a disconnect is), not a copy.
             connector = await retried(mark, RECORD_ATTEMPTS, codes=None,
-                                      pause=self._pause_to_retry)
+                                      pause=self.pause_to_retry)
         except Conflict:
             # The stop stands (written and answered); only its Finishing is not.
             log.warning("%s: connector %s left in its transaction's state after its "

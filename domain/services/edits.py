@@ -60,7 +60,7 @@ async def retried(operation: Callable[[], Awaitable[T]], attempts: int = EDIT_AT
     what follows a write (events, follow-ups) belongs after this call, so it never runs
     twice. ``pause``: awaited with the attempt's number after each that met a conflict
     and before the next (a charger's records, where two instances in step would meet
-    again: ``ChargerConnections._pause_to_retry``); none by default (an edit)."""
+    again: ``ChargerConnections.pause_to_retry``); none by default (an edit)."""
     for attempt in range(1, attempts + 1):
         try:
             return await operation()

@@ -236,7 +236,7 @@ class StationService(Service):
         self.close_refused: RefusedCloses | None = None
         self.announce_closed: Callable[[Station, Session], Awaitable[None]] | None = None
         #: The pause before ``create_station`` writes again, with the attempt's number
-        #: (``Services`` wires in ``ChargingService._pause_to_retry``: the one pause of
+        #: (``Services`` wires in ``ChargingService.pause_to_retry``: the one pause of
         #: writes tried again, random, its jitter injectable: ``retry_jitter``). A bare
         #: service tries again at once.
         self.pause_to_retry: Callable[[int], Awaitable[None]] | None = None

@@ -639,7 +639,7 @@ async def test_a_resend_of_an_invalid_start_after_its_card_is_issued_is_told_inv
 
     async def pause(attempt: int) -> None:
         pauses.append(attempt)
-    monkeypatch.setattr(charging, "_pause_to_retry", pause)
+    monkeypatch.setattr(charging, "pause_to_retry", pause)
     again, told = await charging.start_transaction(CP, 1, "TAG-1", 0, stamp)
     assert again == tx
     [session] = await sessions(two.store)

@@ -495,7 +495,7 @@ async def test_a_resend_whose_last_write_met_its_close_is_answered_as_recorded(
             return None
 
         monkeypatch.setattr(charging, "_answered", answered)
-        monkeypatch.setattr(charging, "_pause_to_retry", no_pause)
+        monkeypatch.setattr(charging, "pause_to_retry", no_pause)
         resent = await cp.call(started)
         monkeypatch.undo()
     assert len(tries) == START_ATTEMPTS
@@ -536,7 +536,7 @@ async def test_a_resend_on_its_tag_issued_again_to_another_driver_is_told_as_rec
 
     async def pause(attempt: int) -> None:
         pauses.append(attempt)
-    monkeypatch.setattr(services.charging, "_pause_to_retry", pause)
+    monkeypatch.setattr(services.charging, "pause_to_retry", pause)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         resent = await cp.call(call.StartTransaction(
             connector_id=2, id_tag=card.tag, meter_start=8_000,
