@@ -136,8 +136,9 @@ MAX_PENDING = 8
 #: of one-letter tags): 3 MB is at most ~10 MB so. Eight lists of what an operator may
 #: send (``graph.http.MAX_BODY``, 1 MB) passed it, and so may one push to a charger
 #: taking many entries per list (QA s29 mongo). A list weighing more alone is not
-#: kept: as a list dropped, it is not taken for held, and ours is sent again
-#: (``settle_pending``).
+#: kept, nor any older one: as lists dropped past ``MAX_PENDING``, none is taken for
+#: held, so what ours carried stays wanted against the record and is pushed again by
+#: the next push or boot check, not at ``settle_pending`` (it finds none pending).
 PENDING_BYTES = 3_000_000
 #: How many times a write of the pending lists meeting another instance's is tried.
 PENDING_ATTEMPTS = 5
@@ -243,7 +244,8 @@ async def _retried(step: Callable[[], Awaitable[T]]) -> T:
 
 def _bounded(pendings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The last of ``pendings`` (in the order sent) weighing at most ``PENDING_BYTES``
-    together: the older ones are dropped, as past ``MAX_PENDING``."""
+    together: the older ones are dropped, as past ``MAX_PENDING`` (all, when the newest
+    alone weighs more)."""
     size = 0
     for start in range(len(pendings) - 1, -1, -1):
         size += len(json.dumps(pendings[start], separators=(",", ":")))
