@@ -138,7 +138,7 @@ MAX_PENDING = 8
 #: taking many entries per list (QA s29 mongo). A list weighing more alone is not
 #: kept, nor any older one: as lists dropped past ``MAX_PENDING``, none is taken for
 #: held, so what ours carried stays wanted against the record and is pushed again by
-#: the next push or boot check, not at ``settle_pending`` (it finds none pending).
+#: the next expiry sweep, push or boot, not at ``settle_pending`` (it finds none pending).
 PENDING_BYTES = 3_000_000
 #: How many times a write of the pending lists meeting another instance's is tried.
 PENDING_ATTEMPTS = 5
