@@ -78,6 +78,13 @@ async def stored(central: Central, connector_id: int, status: d.ConnectorStatus)
     await until(heard, attempts=200, step=0.05)
 
 
+async def remotely_started(central: Central, cp: SimulatedChargePoint) -> int | None:
+    """The transaction of a remote start on CP-1's connector 1, once its charger has it."""
+    assert await remote_start(central, 1) == "ACCEPTED"
+    await soon(lambda: cp.connectors[1].transaction_id is not None)
+    return cp.connectors[1].transaction_id
+
+
 async def remote_start(central: Central, connector_id: int) -> str:
     answer = await central.gql(
         'mutation($c: Int!) { remoteStartTransaction(input: {cpId: "CP-1", '
@@ -143,9 +150,7 @@ async def test_a_remotely_started_session_ends_when_the_car_is_full(
                          charge_point=Recording) as cp:
         assert isinstance(cp, Recording)
         await cp.boot()
-        assert await remote_start(central, 1) == "ACCEPTED"
-        await soon(lambda: cp.connectors[1].transaction_id is not None)
-        tx = cp.connectors[1].transaction_id
+        tx = await remotely_started(central, cp)
         cp.connectors[1].soc = 100.0  # the car is full
         done = await closed(central, tx)
         # Available follows the StopTransaction's answer, so it may still be on its way.
@@ -324,9 +329,7 @@ async def test_a_downloaded_firmware_takes_no_new_start_and_cuts_no_session_shor
         assert isinstance(cp, Recording)
         await cp.boot()
         await cp.report_all()
-        assert await remote_start(central, 1) == "ACCEPTED"
-        await soon(lambda: cp.connectors[1].transaction_id is not None)
-        tx = cp.connectors[1].transaction_id
+        tx = await remotely_started(central, cp)
         await run(central, "updateFirmware", {
             "cpId": "CP-1", "location": "https://fw.example.com/simcharger-2.1.0.bin",
             "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
@@ -494,9 +497,7 @@ async def test_a_downloaded_firmware_takes_no_reservation(central: Central) -> N
         assert isinstance(cp, Recording)
         await cp.boot()
         await cp.report_all()
-        assert await remote_start(central, 1) == "ACCEPTED"
-        await soon(lambda: cp.connectors[1].transaction_id is not None)
-        tx = cp.connectors[1].transaction_id
+        tx = await remotely_started(central, cp)
         cp.on_update_firmware("https://fw.example.com/simcharger-2.1.0.bin",
                               datetime.now(UTC).isoformat())
         await soon(lambda: cp.firmware_pending)  # downloaded, waiting for the car

@@ -8,6 +8,7 @@ GraphQL client could not tell that a retry was all it took)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -73,6 +74,28 @@ def server_time_limit(monkeypatch: pytest.MonkeyPatch, method: str, error: Excep
     monkeypatch.setattr(AsyncCollection, "__getattr__", timed)
 
 
+async def rolled_back_rename(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch,
+                             fail: Callable[[], None]) -> StoreBusy:
+    """A batch of an insert and a rename, timed out as ``fail`` makes it: its error,
+    once checked that nothing of it stands (the station's old name, no new station,
+    no audit), with ``fail`` undone."""
+    station = Station(cp_id="CP-T", name="Before")
+    await mongo.write([Insert(station)], [])
+    renamed = Station(**{**station.__dict__, "name": "After"})
+    other = Station(cp_id="CP-U", name="New")
+    fail()
+    with pytest.raises(StoreBusy) as raised:
+        await mongo.write([Insert(other), Update(renamed, frozenset({"name"}))],
+                          [entry(renamed, AuditAction.UPDATE)])
+    monkeypatch.undo()
+    [kept] = await mongo.get_many(Station, [station.id])
+    assert kept is not None and kept.name == "Before"
+    assert (await mongo.get_many(Station, [other.id])) == [None]
+    assert raw(mongo)["station"].count_documents({"_id": ObjectId(other.id)}) == 0
+    assert await mongo.count(AuditEntry, ALL) == 0
+    return raised.value
+
+
 @pytest.mark.parametrize(("method", "error"), [
     ("update_one", ExecutionTimeout("operation exceeded time limit", 50, TIME_LIMIT)),
     ("update_one", OperationFailure("operation exceeded time limit", 50, TIME_LIMIT)),
@@ -82,24 +105,10 @@ def server_time_limit(monkeypatch: pytest.MonkeyPatch, method: str, error: Excep
 async def test_the_servers_time_limit_in_a_batch_is_store_busy_and_rolled_back(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, method: str,
         error: Exception) -> None:
-    station = Station(cp_id="CP-T", name="Before")
-    await mongo.write([Insert(station)], [])
-    renamed = Station(**{**station.__dict__, "name": "After"})
-    other = Station(cp_id="CP-U", name="New")
-    server_time_limit(monkeypatch, method, error)
-
-    with pytest.raises(StoreBusy) as raised:
-        await mongo.write([Insert(other), Update(renamed, frozenset({"name"}))],
-                          [entry(renamed, AuditAction.UPDATE)])
-
-    assert raised.value.code == "STORE_BUSY"
-    monkeypatch.undo()
-    [kept] = await mongo.get_many(Station, [station.id])
-    assert kept is not None and kept.name == "Before"
-    assert (await mongo.get_many(Station, [other.id])) == [None]
-    assert await mongo.count(AuditEntry, ALL) == 0
+    refused = await rolled_back_rename(
+        mongo, monkeypatch, lambda: server_time_limit(monkeypatch, method, error))
+    assert refused.code == "STORE_BUSY"
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
-    assert raw(mongo)["station"].count_documents({"_id": ObjectId(other.id)}) == 0
 
 
 def answer_lost(monkeypatch: pytest.MonkeyPatch, collection_name: str, method: str) -> None:
@@ -134,23 +143,10 @@ async def test_an_answer_the_driver_gave_up_on_in_a_batch_is_store_busy_once_rol
     STORE_UNAVAILABLE, "try again later", where the server's limit is STORE_BUSY, though
     the batch was rolled back alike): the batch, rolled back, says so, as the server's
     time limit does. Its journal's write timing out is too: nothing was written yet."""
-    station = Station(cp_id="CP-T", name="Before")
-    await mongo.write([Insert(station)], [])
-    renamed = Station(**{**station.__dict__, "name": "After"})
-    other = Station(cp_id="CP-U", name="New")
-    answer_lost(monkeypatch, collection, method)
-
-    with pytest.raises(StoreBusy) as raised:
-        await mongo.write([Insert(other), Update(renamed, frozenset({"name"}))],
-                          [entry(renamed, AuditAction.UPDATE)])
-
-    assert raised.value.code == "STORE_BUSY"
-    assert "nothing was written" in raised.value.message
-    monkeypatch.undo()
-    [kept] = await mongo.get_many(Station, [station.id])
-    assert kept is not None and kept.name == "Before"
-    assert (await mongo.get_many(Station, [other.id])) == [None]
-    assert await mongo.count(AuditEntry, ALL) == 0
+    refused = await rolled_back_rename(
+        mongo, monkeypatch, lambda: answer_lost(monkeypatch, collection, method))
+    assert refused.code == "STORE_BUSY"
+    assert "nothing was written" in refused.message
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
