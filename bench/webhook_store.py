@@ -13,15 +13,16 @@ import argparse
 import asyncio
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.common import report
 from chargegraph.webhooks import event_data, payload
-from domain.entities import PendingDelivery
+from domain.entities import InstanceLease, PendingDelivery
 from domain.events import ConnectorStatusChanged
 from domain.ids import new_id
 from domain.policy import Policy
+from domain.ports import Insert
 from domain.services import ServiceContext
 from domain.services.webhooks import WebhookService
 from pubsub.codec import encode
@@ -65,6 +66,10 @@ async def written(path: Path, count: int, batch: int) -> float:
     await store.start()
     webhooks = WebhookService(ServiceContext(store=store, policy=Policy(),
                                              hasher=FastHasher()))
+    # Stored as OWNER's only while its lease lives (as a running instance's are).
+    now = datetime.now(UTC)
+    await store.write([Insert(InstanceLease(id=OWNER, host="bench", started_at=now,
+                                            expires_at=now + timedelta(hours=1)))], [])
     work = [delivery(new_id()) for _ in range(count)]
     start = time.perf_counter()
     for i in range(0, count, batch):

@@ -33,7 +33,9 @@ delivery's outcome does to the webhook).
   deliveries still go out from memory and nothing new is durable until it answers,
   but one stored as this instance's waits for its lease to be live, and once the lease
   may have lapsed it is posted only if it is still this instance's (``_still_mine``:
-  another instance may have taken it over).
+  another instance may have taken it over); a new one is stored as its own only while
+  the lease lasts the margin (``keep_deliveries``' guard), else kept in memory and
+  stored once the lease is renewed.
 * ``station.offline`` waits out a grace (``offline_grace``, the setting
   ``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``) and ``station.online`` follows only an
   announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
@@ -254,8 +256,9 @@ class _Delivery:
     record_id: str = dataclasses.field(default_factory=new_id)
     #: Its record is in the store (written, and not deleted since).
     stored: bool = False
-    #: A write storing it failed: it may have landed all the same (a MongoDB batch
-    #: half-written, an answer lost), so once over it is deleted too, if it is there.
+    #: A write storing it is under way or failed: it may have landed (a MongoDB batch
+    #: half-written, an answer lost or not come yet), so once over it is deleted too, if
+    #: it is there, and a lapse of the lease meanwhile has it read again (``_lapsed``).
     maybe_stored: bool = False
     #: Delivered, given up or dropped: its record goes.
     over: bool = False
@@ -747,11 +750,15 @@ class WebhookDispatcher:
             # Handed over: no instance's, any instance's to resume.
             records["progressed" if delivery.stored else "new"].append(
                 delivery.handed_over(webhook_id, None))
+        # Under way, they may land (and be taken over) before the answer comes: a lapse
+        # noticed meanwhile reads them again before their next try (``_lapsed``).
+        unsure = {delivery.record_id for delivery in new if not delivery.maybe_stored}
+        for delivery in new:
+            delivery.maybe_stored = True
         try:
-            await self.services.webhooks.keep_deliveries(mine, **records)
+            refused = await self.services.webhooks.keep_deliveries(
+                mine, margin=self._margin, **records)
         except Exception as failure:
-            for delivery in new:
-                delivery.maybe_stored = True
             for key, entry in kept.items():
                 self._unwritten.setdefault(key, entry)
             if handing_over:
@@ -765,10 +772,25 @@ class WebhookDispatcher:
             return False
         # Review r27: a delivery stored by this write that ended meanwhile is stored
         # (its record landed): the next batch, which it is noted for, deletes it.
+        not_stored = {record.id for record in refused}
         for delivery in new:
-            delivery.stored = True
+            if delivery.record_id not in not_stored:
+                delivery.stored = True
+            elif delivery.record_id in unsure:
+                delivery.maybe_stored = False  # the guard left nothing of the write
         for delivery in deleted:
             delivery.stored = delivery.maybe_stored = False
+        if refused:
+            # Review s29: the lease did not last the margin, the write landing late: as
+            # stored, they would have been another's to claim and post too. Kept in
+            # memory (nobody else has them) and stored again once the lease is renewed.
+            for key in not_stored:
+                self._unwritten.setdefault(key, kept[key])
+            self._lease_until = 0.0
+            log.warning("this instance's lease ended before %d webhook deliveries were "
+                        "stored: they go out from memory, stored once it is renewed",
+                        len(refused))
+            return False
         if self._persist_failing:
             self._persist_failing = False
             log.info("storing webhook deliveries works again")
@@ -850,6 +872,13 @@ class WebhookDispatcher:
         delivery.recheck = False
         return True
 
+    @property
+    def _margin(self) -> timedelta:
+        """What the lease must last past a write of rows as this instance's (a claim, a
+        new delivery stored): what it keeps beyond its trusted part, before another
+        instance may take them over."""
+        return self.lease * (1 - LEASE_TRUSTED)
+
     async def _lease_live(self) -> bool:
         """Whether the lease is live now, as this instance last renewed it, with a
         margin (``LEASE_TRUSTED``); renewed now if not (its first renewal failed, or the
@@ -916,10 +945,7 @@ class WebhookDispatcher:
             # stored, ``_persist``); checked before each claim, the next look tries again.
             while not self._closed and await self._lease_live() and (
                     claimed := await self.services.webhooks.claim_handed_over(
-                        instance_id=self.instance_id,
-                        # What lands as its own has what the lease keeps beyond its
-                        # trusted part left before it may be taken over.
-                        margin=self.lease * (1 - LEASE_TRUSTED))) is not None:
+                        instance_id=self.instance_id, margin=self._margin)) is not None:
                 if self._handed_over:
                     # Landed after the stop took what it hands over: nobody would send
                     # these nor hand them over, so they go back to the store.

@@ -537,28 +537,55 @@ class WebhookService(Service):
 
     async def keep_deliveries(self, owner: str, *, new: Sequence[PendingDelivery] = (),
                               progressed: Sequence[PendingDelivery] = (),
-                              over: Sequence[PendingDelivery] = ()) -> None:
+                              over: Sequence[PendingDelivery] = (),
+                              margin: timedelta = timedelta(0)) -> list[PendingDelivery]:
         """One write of what ``owner``'s deliveries did since its last: ``new`` ones
         stored (queued), ``progressed`` ones' tries, next try and instance written (a
         graceful stop hands them over: ``instance_id`` None), ``over`` ones deleted
         (delivered, given up, dropped). Updates and deletes hold only while the delivery
         is still ``owner``'s: one another instance took over (this one's lease had
         lapsed) stays that instance's. A write failing for a delivery that is gone (its
-        webhook removed, taken over) is written again change by change without it."""
+        webhook removed, taken over) is written again change by change without it.
+
+        New ones stored as ``owner``'s are stored only while its lease lasts ``margin``
+        past the clock's time now, as a claim's are (``_lease_guard``; review s29: a
+        slow write landed after the lease ended, rows of an instance another had
+        declared dead and claimed from). Returned when that guard fails, none of them
+        stored: still only in ``owner``'s memory, nobody else's to take, to be stored
+        once its lease is renewed; the rest of the write is written without them (a
+        delete of a delivered one must not wait for the lease: a claimer would post it
+        again)."""
         now = self.now()
-        changes: list[Change] = [InsertIfAbsent(stamp_new(d, SYSTEM, now)) for d in new]
+        owned = [d for d in new if d.instance_id == owner]
+        # Handed over (no instance's): any instance's to take, whatever the lease.
+        others: list[Change] = [InsertIfAbsent(stamp_new(d, SYSTEM, now)) for d in new
+                                if d.instance_id != owner]
         for delivery in progressed:
             delivery.updated_at, delivery.updated_by = now, SYSTEM.actor
-            changes.append(Update(delivery, PROGRESS_FIELDS, only_if=("instance_id", owner)))
-        changes += [Delete(d, only_if=("instance_id", owner)) for d in over]
-        if not changes:
-            return
+            others.append(Update(delivery, PROGRESS_FIELDS, only_if=("instance_id", owner)))
+        others += [Delete(d, only_if=("instance_id", owner)) for d in over]
+        stored: list[Change] = [InsertIfAbsent(stamp_new(d, SYSTEM, now)) for d in owned]
+        guards = [_lease_guard(owner, now, margin)] if owned else []
+        if not stored and not others:
+            return []
         try:
-            await self.store.write(changes, [])
+            await self.store.write([*stored, *others], [], guards)
+            return []
         except (Conflict, NotFound):
-            for change in changes:
-                with contextlib.suppress(Conflict, NotFound):
-                    await self.store.write([change], [])
+            pass
+        # A delete of one gone or taken over, or the lease: told apart by writing the
+        # owned inserts alone, on the guard (an InsertIfAbsent fails on nothing else),
+        # judged at the clock's time now (the first write may have been slow).
+        refused: list[PendingDelivery] = []
+        if stored:
+            try:
+                await self.store.write(stored, [], [_lease_guard(owner, self.now(), margin)])
+            except Conflict:
+                refused = owned
+        for change in others:
+            with contextlib.suppress(Conflict, NotFound):
+                await self.store.write([change], [])
+        return refused
 
     async def stored_delivery(self, record_id: str) -> PendingDelivery | None:
         """The stored delivery ``record_id`` as it is now (None: gone), for an instance
@@ -696,9 +723,17 @@ def _claim_guards(found: Sequence[PendingDelivery], now: datetime, instance_id: 
                                                   Range("expires_at", gte=now)),
                             exists=False))
     if instance_id is not None:
-        guards.append(Guard(InstanceLease, all_of(Eq("id", instance_id),
-                                                  Range("expires_at", gte=now + margin))))
+        guards.append(_lease_guard(instance_id, now, margin))
     return guards
+
+
+def _lease_guard(instance_id: str, now: datetime, margin: timedelta) -> Guard:
+    """A write of rows as ``instance_id``'s holds on its lease lasting ``margin`` past
+    ``now``: one landing on a lease that has ended is orphaned as it lands, for another
+    instance to claim and post too. ``now`` is the writer's: a write landing more than
+    ``margin`` after it is still taken (stores know no time of their own)."""
+    return Guard(InstanceLease, all_of(Eq("id", instance_id),
+                                       Range("expires_at", gte=now + margin)))
 
 
 def _taken(delivery: PendingDelivery, instance_id: str | None) -> Delete | Update:

@@ -16,10 +16,11 @@ import pytest
 
 from domain.entities import DeliveryClaim, InstanceLease, PendingDelivery
 from domain.errors import Conflict
-from domain.policy import Policy
+from domain.policy import SYSTEM, Policy
 from domain.ports import Delete, Insert, Store, Update
 from domain.query import ALL, Eq
 from domain.services import ServiceContext
+from domain.services.base import stamp_new
 from domain.services.webhooks import CLAIM_STALE, WebhookService
 from tests.contract.factories import oid
 from tests.helpers import FastHasher
@@ -212,6 +213,12 @@ async def lease(store: Store, instance: str, *, expires_in: timedelta) -> None:
                                             expires_at=now + expires_in))], [])
 
 
+async def stored_while_live(store: Store, deliveries: list[PendingDelivery]) -> None:
+    """``deliveries`` as their instance stored them while its lease lived (it lapsed, or
+    was swept, since: ``keep_deliveries`` stores none as an instance's without it)."""
+    await store.write([Insert(stamp_new(d, SYSTEM, T0)) for d in deliveries], [])
+
+
 async def test_a_crashed_instances_deliveries_are_taken_over_a_live_ones_never(
         store: Store) -> None:
     """Stored when queued, each as its instance's: another instance takes over those
@@ -224,9 +231,8 @@ async def test_a_crashed_instances_deliveries_are_taken_over_a_live_ones_never(
     await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
     await webhooks.keep_deliveries(ALIVE, new=[pending(1, 0, instance=ALIVE),
                                                  pending(2, 9, instance=ALIVE)])
-    await webhooks.keep_deliveries(CRASHED, new=[pending(1, 1, instance=CRASHED,
-                                                           tries=2)])
-    await webhooks.keep_deliveries(SWEPT, new=[pending(1, 2, instance=SWEPT)])
+    await stored_while_live(store, [pending(1, 1, instance=CRASHED, tries=2),
+                                    pending(1, 2, instance=SWEPT)])
     await webhooks.hand_over([pending(1, 3)])
     await webhooks.keep_deliveries(ME, new=[pending(1, 4, instance=ME)])
 
@@ -247,8 +253,7 @@ async def test_a_takeover_is_claimed_once_by_instances_racing(store: Store) -> N
     await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
     for survivor in (B, C):
         await lease(store, survivor, expires_in=timedelta(minutes=1))
-    await service(store).keep_deliveries(
-        CRASHED, new=[pending(1, n, instance=CRASHED) for n in range(3)])
+    await stored_while_live(store, [pending(1, n, instance=CRASHED) for n in range(3)])
     racing = _WritesTogether(store, 2)
     claims = await asyncio.gather(*(
         service(racing).claim_handed_over(instance_id=name)  # type: ignore[arg-type]
@@ -266,6 +271,7 @@ async def test_progress_and_deletion_are_written_only_by_the_instance_holding_th
     delivery another instance took over meanwhile (this one's lease had lapsed) or
     deleted (its webhook removed) is skipped, the rest written."""
     webhooks = service(store)
+    await lease(store, ME, expires_in=timedelta(minutes=1))
     kept = [pending(1, n, instance=ME) for n in range(4)]
     await webhooks.keep_deliveries(ME, new=kept[:3])
     # Taken over by another instance meanwhile, and one deleted.
@@ -294,6 +300,7 @@ async def test_progress_and_deletion_are_written_only_by_the_instance_holding_th
 
 async def test_a_removed_webhooks_stored_deliveries_are_forgotten(store: Store) -> None:
     webhooks = service(store)
+    await lease(store, ME, expires_in=timedelta(minutes=1))
     await webhooks.keep_deliveries(ME, new=[pending(1, n, instance=ME) for n in range(5)]
                                    + [pending(2, 0, instance=ME)])
     await webhooks.hand_over([pending(1, 7)])
@@ -309,10 +316,41 @@ async def test_a_claim_takes_nothing_as_an_instance_whose_lease_ends_within_its_
     webhooks = service(store)
     await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
     await lease(store, ME, expires_in=timedelta(seconds=10))
-    await webhooks.keep_deliveries(CRASHED, new=[pending(1, n, instance=CRASHED)
-                                                 for n in range(2)])
+    await stored_while_live(store, [pending(1, n, instance=CRASHED) for n in range(2)])
     assert await webhooks.claim_handed_over(instance_id=ME,
                                             margin=timedelta(seconds=30)) == []
     assert {p.instance_id for p in await store.find_all(PendingDelivery, ALL)} == {CRASHED}
     claimed = await webhooks.claim_handed_over(instance_id=ME, margin=timedelta(seconds=5))
     assert [p.delivery_id for p in claimed or []] == ["dlv_1_0", "dlv_1_1"]
+
+
+async def test_an_instance_stores_no_new_delivery_as_its_own_past_its_lease(
+        store: Store) -> None:
+    """Review s29: a write storing new deliveries as an instance's holds on its lease
+    lasting the margin asked for, as a claim's does (landing on an ended lease, they were
+    another instance's to claim and post too). Refused, they are returned, none stored;
+    the same write's deletes and tries are written all the same, and a delete of one
+    another instance took is skipped as before. With the lease lasting, they are
+    stored."""
+    webhooks = service(store)
+    await lease(store, ME, expires_in=timedelta(seconds=10))
+    kept = [pending(1, n, instance=ME) for n in range(5)]
+    assert await webhooks.keep_deliveries(ME, new=kept[:3]) == []
+    taken = dataclasses_replace(kept[2], instance_id=OTHER)
+    await store.write([Update(taken, frozenset({"instance_id"}))], [])
+
+    refused = await webhooks.keep_deliveries(
+        ME, new=kept[3:], progressed=[dataclasses_replace(kept[1], tries_made=2)],
+        over=[kept[0], kept[2]], margin=timedelta(seconds=30))
+
+    assert [p.delivery_id for p in refused] == ["dlv_1_3", "dlv_1_4"]
+    left = {p.delivery_id: (p.instance_id, p.tries_made)
+            for p in await store.find_all(PendingDelivery, ALL)}
+    assert left == {"dlv_1_1": (ME, 2), "dlv_1_2": (OTHER, 0)}
+    # Without the deletes to fail the first write, the guard alone refuses it too.
+    assert len(await webhooks.keep_deliveries(ME, new=kept[3:],
+                                              margin=timedelta(seconds=30))) == 2
+    assert await webhooks.keep_deliveries(ME, new=kept[3:],
+                                          margin=timedelta(seconds=5)) == []
+    assert {p.delivery_id for p in await store.find_all(PendingDelivery, ALL)} == {
+        "dlv_1_1", "dlv_1_2", "dlv_1_3", "dlv_1_4"}

@@ -10,14 +10,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.clock import utcnow
 from domain.ids import new_id
 from domain.policy import SYSTEM
-from domain.ports import Insert, Update
+from domain.ports import Insert, InsertIfAbsent, Update
 from domain.query import ALL
 from domain.services import Services
 from domain.services.base import patch
+from tests.contract.test_pending_deliveries import stored_while_live
 from tests.helpers import MovedClock, until
 from tests.webhooks.conftest import World, two_instances
 from tests.webhooks.test_delivery import available
@@ -63,8 +67,7 @@ async def test_a_claim_of_many_batches_stops_once_its_lease_is_near_its_end(
     async with two_instances(tmp_path) as (world, first, second):
         crashed = await lease(world, expires_in=-timedelta(seconds=1))
         claimer = await lease(world, expires_in=timedelta(seconds=60))
-        await first.webhooks.keep_deliveries(crashed, new=[
-            pending(n, crashed) for n in range(3)])
+        await stored_while_live(world.store, [pending(n, crashed) for n in range(3)])
         clocks = [MovedClock(first.ctx), MovedClock(second.ctx)]
 
         async def lease_ends() -> None:
@@ -87,8 +90,7 @@ async def test_a_claim_leaves_an_instance_that_renewed_its_lease_after_the_read(
     async with two_instances(tmp_path) as (world, first, second):
         stalled = await lease(world, expires_in=-timedelta(seconds=1))
         claimer = await lease(world, expires_in=timedelta(seconds=60))
-        await first.webhooks.keep_deliveries(stalled, new=[
-            pending(n, stalled) for n in range(2)])
+        await stored_while_live(world.store, [pending(n, stalled) for n in range(2)])
         store = second.webhooks.store
         real_write = store.write
 
@@ -146,6 +148,119 @@ async def test_an_instance_whose_lease_lapsed_leaves_what_another_took_over(
         await requests_at_least(receiver, 2)
 
         go.set()
+        await world.settled()
+
+        assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+async def lapsing_with_a_held_retry(world: World, first: Services
+                                    ) -> tuple[WebhookDispatcher, Any, asyncio.Event,
+                                               asyncio.Event]:
+    """The first services' dispatcher, its lease keeper stopped (a stall: no renewal but
+    those the test makes), a webhook whose receiver fails the first try (503); the
+    retry held just before it is posted until ``go`` is set (``held`` once it is).
+    Returns ``(dispatcher, receiver, held, go)``."""
+    receiver = await world.receiver(503, 200)
+    await world.webhook("op", receiver, "connector.status_changed")
+    lapsing = await world.dispatcher(first, timeout=30.0, refresh_s=600.0)
+    assert lapsing._lease_keeper is not None
+    lapsing._lease_keeper.cancel()
+    real_deliverable = first.webhooks.deliverable
+    tries, held, go = 0, asyncio.Event(), asyncio.Event()
+
+    async def deliverable(webhook_id: str, event: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 2:  # the retry, held
+            held.set()
+            await go.wait()
+        return await real_deliverable(webhook_id, event)
+    first.webhooks.deliverable = deliverable  # type: ignore[method-assign]
+    return lapsing, receiver, held, go
+
+
+def around_storing(services: Services, around: Any) -> None:
+    """``services``' first store write storing a new delivery goes through
+    ``around(write)``, ``write()`` making it; every other write as it is."""
+    store = services.webhooks.store
+    real_write = store.write
+    hooked = False
+
+    async def write(changes: Any, audit: Any, *rest: Any) -> None:
+        nonlocal hooked
+        if hooked or not any(isinstance(c, InsertIfAbsent)
+                             and isinstance(c.record, d.PendingDelivery) for c in changes):
+            return await real_write(changes, audit, *rest)
+        hooked = True
+        return await around(lambda: real_write(changes, audit, *rest))
+    store.write = write  # type: ignore[method-assign,assignment]
+
+
+async def lease_ended(world: World, instance_id: str) -> None:
+    own = await world.services.instances._lease(instance_id)
+    assert own is not None
+    await world.store.write([patch(own, SYSTEM,
+                                   expires_at=utcnow() - timedelta(seconds=1))], [])
+
+
+async def test_a_delivery_whose_store_write_lands_after_the_lease_ended_is_kept_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s29: the write storing a new delivery is slow; the instance's lease ends
+    (a stall) before it lands. Landed, it would be a dead instance's, which another
+    instance starting then claims (and posts). The write is refused instead: nothing
+    lands, the other instance takes nothing, and the delivery stays the first one's,
+    posted by it from memory (503 then 200, one delivery id), stored once its lease is
+    renewed."""
+    # Its next batch (renewing the lease first) follows the refused one at once.
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        taken: dict[str, str | None] = {}
+
+        async def lands_late(write: Any) -> None:
+            await asyncio.wait_for(held.wait(), 10)  # the first try was made (503)
+            await lease_ended(world, lapsing.instance_id)
+            lapsing._lease_until = 0.0  # the stall outlasted its trust too
+            try:
+                await write()
+            finally:
+                claimer = await world.dispatcher(second, timeout=30.0)  # claims at start
+                taken.update({k: v for k, v in (await owners(world)).items()
+                              if v == claimer.instance_id})
+                go.set()
+        around_storing(first, lands_late)
+        await available(world)
+        await asyncio.wait_for(go.wait(), 10)
+        await world.settled()
+
+        assert taken == {}, "landed as the dead instance's and claimed by another"
+        assert len(receiver.requests) == 2
+        assert await owners(world) == {}  # stored once renewed, deleted once delivered
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+async def test_an_instance_reads_again_a_delivery_taken_over_before_its_write_answered(
+        tmp_path: Path) -> None:
+    """Review s29: the write storing a new delivery lands while the lease lives, but its
+    answer is slow: meanwhile the lease lapses, another instance takes the delivery over
+    and posts it (200), and the first renews its lease (a lapse) before the answer comes.
+    The first, going on with its retry, reads it again and leaves it: two requests, not
+    three."""
+    async with two_instances(tmp_path) as (world, first, second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+
+        async def answers_late(write: Any) -> None:
+            await write()
+            await asyncio.wait_for(held.wait(), 10)
+            await lease_ended(world, lapsing.instance_id)
+            await world.dispatcher(second, timeout=30.0)  # takes it over as it starts
+            await requests_at_least(receiver, 2)
+            assert await lapsing._renew_lease()
+            go.set()
+        around_storing(first, answers_late)
+        await available(world)
+        await asyncio.wait_for(go.wait(), 10)
         await world.settled()
 
         assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
