@@ -152,8 +152,9 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
         async def started() -> bool:
             return cp.connectors[1].transaction_id is not None
 
-        await until(started)  # the remote start became a real transaction
+        await until(started)
         tx = cp.connectors[1].transaction_id
+        assert tx is not None  # the remote start became a real transaction
         stop = await run(central, "remoteStopTransaction", {**base, "transactionId": tx})
         assert stop["status"] == "ACCEPTED"
 
