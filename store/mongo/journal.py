@@ -689,11 +689,12 @@ def _restoring(before: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
 
 
 async def sweep(db: Any, now: datetime | None = None,
-                stale_after: timedelta = STALE_AFTER) -> int:
-    """Rolls back the batches whose writers died; returns how many. Journal documents
-    without ``at`` (older versions) count as stale."""
+                stale_after: timedelta | None = None) -> int:
+    """Rolls back the batches whose writers died (older than ``stale_after``,
+    ``STALE_AFTER`` as it is at the call: tests on mongomock scale it with the deadline);
+    returns how many. Journal documents without ``at`` (older versions) count as stale."""
     now = now or datetime.now(UTC)
-    cutoff = now - stale_after
+    cutoff = now - (STALE_AFTER if stale_after is None else stale_after)
     rolled_back = 0
     stale = await db[JOURNAL].find({"$or": [{"at": {"$lt": cutoff}}, {"at": None}]}
                                    ).to_list(None)

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from domain import entities as d
 from domain.query import Eq
 from domain.services.configuration import MAX_KEYS, record_read
 from tests.graph.conftest import CountingStore
 from tests.graph.world import World
+from tests.support.mongo_backend import unhurried_batches
 
 
 async def test_a_configuration_cut_off_moves_neither_the_station_s_version_nor_its_author(
-        store: CountingStore, world: World) -> None:
+        store: CountingStore, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """It moves neither the station's version nor its ``updatedBy``. It was written with
     the update stamps and no audit entry: the station's ``updatedBy`` named the operator
     who read its configuration, its ``updatedAt`` moved, and no entry told of a change
     (QA s28 audit2)."""
+    unhurried_batches(monkeypatch)
     op = world.viewer("op_a")
     station = world.stations["A-001"]
     assert not station.configuration_truncated

@@ -21,6 +21,7 @@ from domain.services import Services
 from tests.contract.factories import id_tag, vehicle
 from tests.graph.test_erasure import NO_WEBHOOKS
 from tests.graph.world import World
+from tests.support.mongo_backend import unhurried_batches
 
 #: What names driver2 in the world: their name, email, plate and its key.
 PERSONAL = ("Driver2", "driver2@example.com", "B-DR 2", "BDR2")
@@ -188,6 +189,7 @@ async def test_erasing_again_keeps_when_and_counts_only_what_it_removed(
 async def test_a_fleet_of_over_a_thousand_cards_and_cars_goes_whole(
         services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """More than ``find_all``'s default limit (1000) of each."""
+    unhurried_batches(monkeypatch)
     person = world.users["driver2"]
     store = services.ctx.store
     await store.write([Insert(id_tag(person, tag=f"FLEET-{i:05d}")) for i in range(1000)]

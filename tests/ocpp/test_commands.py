@@ -148,18 +148,24 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
                              {**base, "location": "https://fw.example.com/1.5.bin",
                               "retrieveDate": due}, "accepted")
         assert firmware["accepted"] is True
-        await settle()
+
+        async def started() -> bool:
+            return cp.connectors[1].transaction_id is not None
+
+        await until(started)
         tx = cp.connectors[1].transaction_id
         assert tx is not None  # the remote start became a real transaction
         stop = await run(central, "remoteStopTransaction", {**base, "transactionId": tx})
         assert stop["status"] == "ACCEPTED"
 
-        async def installed() -> bool:
+        async def done() -> bool:
             station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
-            return station is not None and station.firmware_status == "Installed"
+            return station is not None and station.firmware_status == "Installed" \
+                and station.diagnostics_status == "Uploaded"
 
-        # The update installs once that transaction has ended (told, not waited for).
-        await until(installed, attempts=200, step=0.05)
+        # The update installs once that transaction has ended (told, not waited for);
+        # bounded, not timed: each step is a round trip, slow on a loaded machine.
+        await until(done, attempts=600, step=0.05)
         actions = {name for name, _ in cp.received}
         assert len(actions) == 19, sorted(actions)
     session = await central.session(tx)

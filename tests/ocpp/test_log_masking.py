@@ -601,9 +601,14 @@ def test_a_data_transfer_line_costs_no_more_than_its_bounded_prefix() -> None:
     charger, every GraphQL answer) for seconds to write 200 characters of it. Only its
     first ``DATA_MASKED`` characters (to the end of the token there) are masked."""
     data = "http://h:9 " * 380_000  # 4.18 MB, under the 4 MiB frame limit
-    began = time.perf_counter()
-    shown = handler.data_shown(data)
-    took = time.perf_counter() - began
+    # The fastest of a few: a loaded machine only ever adds time, at random; masking
+    # the whole data adds seconds every time (QA s29: one timing against 0.2 s).
+    timings = []
+    for _ in range(3):
+        began = time.perf_counter()
+        shown = handler.data_shown(data)
+        timings.append(time.perf_counter() - began)
+    took = min(timings)
     assert took < 0.2, f"{took:.2f} s of event loop for a 200-character log line"
     assert shown == handler.without_url_credentials(data[:handler.DATA_SHOWN], cut=True)
     # A token running past the masked prefix and then some is cut there, a URL in it

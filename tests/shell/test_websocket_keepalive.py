@@ -284,8 +284,13 @@ async def test_a_client_reading_nothing_is_dropped_with_a_backlog_under_the_high
         (proto,) = list(server.server_state.connections)
         assert isinstance(proto, WebSocketProtocol)
         # Small events until some wait in the server's transport buffer: kernel buffers
-        # full, the transport not paused (below 64 KiB).
+        # full, the transport not paused (below 64 KiB). The client talks meanwhile (an
+        # unsolicited pong), so the keep-alive counts from the end of the filling, not
+        # from its start: the megabytes loopback buffers took a loaded machine past the
+        # ping and its 4408, and the socket was gone before anything waited (QA s29).
+        pong = masked_frame(json.dumps({"type": "pong"}).encode())
         for i in range(5000):
+            writer.write(pong)
             await services.ctx.bus.publish(ConnectorStatusChanged(
                 station_id="s", cp_id="CP-1", connector_record_id=None, connector_id=1,
                 status="Faulted", info=f"{i}" + "y" * 8000))

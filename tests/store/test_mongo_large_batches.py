@@ -13,6 +13,7 @@ scaled-down limit (``JOURNAL_DOC_BYTES`` and the guard's limit by the same facto
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from domain.services.metering import MeterReading, SampledValue
 from store.mongo import MongoStore, journal, outage, writes
 from store.mongo import batch as batch_module
 from tests.domain.test_charging_telemetry import CP, world_on
+from tests.support.mongo_backend import unhurried_batches
 from tests.support.mongomock_async import AsyncCollection, async_mongomock_database
 
 SERVER_LIMIT = 16 * 1024 * 1024
@@ -155,6 +157,7 @@ async def test_a_week_long_sessions_stop_is_journaled_within_the_servers_limit(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bigstop.py: 50,400 samples in the StopTransaction's transactionData."""
+    unhurried_batches(monkeypatch)
     minutes = 7 * 24 * 60
     guard = SizeGuard(monkeypatch)
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes + 5)
@@ -168,6 +171,22 @@ async def test_a_week_long_sessions_stop_is_journaled_within_the_servers_limit(
         assert (session.state, session.energy_wh) == (d.SessionState.COMPLETED, minutes * 100)
         assert await world.store.count(d.MeterSample, ALL) == minutes * 5
     assert 0 < guard.largest_journal <= SERVER_LIMIT
+
+
+async def test_unhurried_batches_are_left_to_their_writers_as_long_as_they_may_run(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``unhurried_batches`` scales the deadline, and the sweeps keep well past it: a
+    batch as old as a server's stale age is a live writer's, not swept (the periodic
+    sweep took ``STALE_AFTER`` as it was when ``sweep`` was defined, and would have rolled
+    back a batch still within the scaled deadline); once past the scaled age it is."""
+    stale = journal.STALE_AFTER
+    unhurried_batches(monkeypatch)
+    assert journal.STALE_AFTER.total_seconds() > journal.BATCH_DEADLINE_S
+    dead = await batch_module.Batch.open(mongo.db, [Insert(Company(name="Slow"))], [])
+    assert dead.deadline - time.monotonic() > journal.BATCH_DEADLINE_S - 60
+    assert await journal.sweep(mongo.db, datetime.now(UTC) + stale * 2) == 0
+    later = datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+    assert await journal.sweep(mongo.db, later) == 1
 
 
 async def test_an_inserted_documents_undo_keeps_no_image(mongo: MongoStore) -> None:

@@ -10,10 +10,25 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 
-from store.mongo import MongoStore
+import pytest
+
+from store.mongo import MongoStore, journal
 from tests.support.mongomock_async import async_mongomock_database
 
 URL_VARIABLE = "CHARGEGRAPH_TEST_MONGODB_URL"
+#: How much longer a batch of a test of what large batches write may take than a server's
+#: (``unhurried_batches``).
+UNHURRIED = 10
+
+
+def unhurried_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test of what a large batch writes, not of when one gives up: mongomock runs
+    every operation of a batch in the test's own process, and a batch of thousands of
+    documents ran past a server's 30 s deadline on a loaded machine (QA s29:
+    ``BatchTimeout``). The deadline, and the age at which a sweep takes a batch's writer
+    for dead (which must stay well past it), are scaled by ``UNHURRIED``."""
+    monkeypatch.setattr(journal, "BATCH_DEADLINE_S", journal.BATCH_DEADLINE_S * UNHURRIED)
+    monkeypatch.setattr(journal, "STALE_AFTER", journal.STALE_AFTER * UNHURRIED)
 
 
 @contextlib.asynccontextmanager
