@@ -311,9 +311,10 @@ LENIENT: dict[str, tuple[Mend, ...]] = {
 #: or a few per frame, each of its measurands per phase: tens of values. Each costs the
 #: event loop tens of µs, checked against the schema, mended, made a stored sample, and
 #: the loop is every charger's and every request's: the 36,600 of a 4 MiB frame held it
-#: 0.5 s, and 47 s when each was mended (session 29). Beyond the bound a frame is refused
-#: before it is read further (``bound``). Not a StopTransaction's transactionData: a long
-#: session's grows with it, and a stop refused is retried forever, its session open.
+#: 0.5 s, and 0.8 s when each was mended or late (session 29). Beyond the bound a frame
+#: is refused before it is read further (``bound``). Not a StopTransaction's
+#: transactionData: a long session's grows with it, and a stop refused is retried
+#: forever, its session open.
 MAX_SAMPLED_VALUES = 1000
 
 

@@ -1,22 +1,29 @@
 """A MeterValues carrying more sampled values than any charger sends is refused before it
 is read further (``frames.bound``): the 36,600 of a 4 MiB frame held the event loop, every
-charger's and request's, 0.5 s when valid and 47 s when each was mended (session 29)."""
+charger's and request's, 0.5 s when valid, and over a minute when its readings were late
+(session 29; ``ChargingService._late_shares`` read every sample for each late one)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
+from ocpp.v16 import call
 
 from domain import entities as d
-from domain.query import ALL
+from domain.query import ALL, Eq
+from domain.services import charging
+from domain.services.metering import samples_of
 from ocpp_bridge import frames
 from ocpp_bridge.frames import MAX_SAMPLED_VALUES, FrameError
 from ocpp_bridge.server import MAX_MESSAGE
-from tests.ocpp.conftest import Central
+from ocpp_bridge.simulator import connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.test_meter_anomalies import Charger, iso
 from tests.ocpp.test_protocol import exchange, raw
 
 
@@ -73,3 +80,38 @@ async def test_a_huge_meter_values_is_refused_and_the_connection_and_others_serv
     finally:
         await big.close()
         await other.close()
+
+
+class _Counted(list):  # type: ignore[type-arg]
+    """A frame's samples, counting the times they are read through."""
+
+    reads = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _Counted.reads += 1
+        return super().__iter__()
+
+
+async def test_many_late_readings_in_one_frame_read_its_samples_a_few_times(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each late reading looked for the frame's first sample with an increment after it
+    by reading all the frame's samples: a frame of 36,600 samples, thousands of them
+    late, held the event loop for a minute (session 29). Now they are read a few times
+    whatever the number of late readings, and each still takes its share: 100 readings
+    flushed after the live one at +200 min each take the 100 Wh counted up to them."""
+    monkeypatch.setattr(charging, "samples_of",
+                        lambda *args: _Counted(samples_of(*args)))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        start = charger.at = charger.at - timedelta(hours=4)
+        await charger.start(0)
+        await charger.reading(20_000, at=start + timedelta(minutes=200))
+        _Counted.reads = 0
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=charger.tx,
+                                       meter_value=[{
+            "timestamp": iso(start + timedelta(minutes=k)),
+            "sampledValue": [{"value": str(100 * k)}]} for k in range(1, 101)]))
+        assert _Counted.reads < 10, _Counted.reads
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    shares = {round((s.at - start).total_seconds() / 60): s.delta_wh for s in kept}
+    assert shares == {**{k: 100 for k in range(1, 101)}, 200: 10_000}
