@@ -765,6 +765,8 @@ class ChargePointHandler(ChargePoint):
                 code = frames.NOT_SUPPORTED if action in frames.KNOWN_UNSERVED \
                     else frames.NOT_IMPLEMENTED
                 raise FrameError(code, f"{action} is not served here", uid)
+            # Before the checks, which would read every one of too many sampled values.
+            frames.bound(action, frame.payload, uid)
             checked = frames.validate(frames.CALL, action, frame.payload, uid,
                                       strict=self.strict_schema)
             if checked is not frames.CLEAN:
