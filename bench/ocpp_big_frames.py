@@ -151,41 +151,40 @@ def main(kinds: list[str] | None, profile: str | None, repeat: int) -> None:
         # Unpaced: the pace would hold the next frame back, and each is measured alone.
         server.central.server.pacers.factory = lambda: FramePacer(
             rate=1e9, burst=1e9, byte_rate=1e12, byte_burst=1e12)
-        ws = connect(f"{server.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        with connect(f"{server.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                      additional_headers=basic_auth("CP-1", STATION_PASSWORD),
-                     max_size=None, ping_interval=None)
-        ws.send(json.dumps([2, "s", "StartTransaction", {
-            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0,
-            "timestamp": "2026-01-01T00:00:00Z"}]))
-        tx = json.loads(ws.recv(10))[2]["transactionId"]
-        built = frames(tx)
-        assert all(len(f.encode()) <= MAX_FRAME_BYTES for f in built.values())
-        rows = []
-        for kind in kinds or ([profile] if profile else list(built)):
-            frame = built[kind]
-            holds = []
-            answer: list[Any] = []
-            for _ in range(repeat):
-                profiler = cProfile.Profile() if profile == kind else None
-                server.on_loop(server.reset)
-                if profiler is not None:
-                    server.on_loop(profiler.enable)  # on the server's thread
-                began = time.perf_counter()
-                ws.send(frame)
-                answer = json.loads(ws.recv(600))
-                took = time.perf_counter() - began
-                if profiler is not None:
-                    server.on_loop(profiler.disable)
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-                holds.append(server.held())
-            print(kind, f"{min(holds) * 1000:.0f} ms", flush=True)
-            rows.append({"kind": kind, "bytes": len(frame.encode()),
-                         "answer": answer[2] if answer[0] == 4 else "CALLRESULT",
-                         # The machine's load only ever adds: the fastest and the
-                         # slowest of the runs.
-                         "hold_ms": min(holds) * 1000, "hold_max_ms": max(holds) * 1000,
-                         "round_trip_ms": took * 1000})
-        ws.close()
+                     max_size=None, ping_interval=None) as ws:
+            ws.send(json.dumps([2, "s", "StartTransaction", {
+                "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0,
+                "timestamp": "2026-01-01T00:00:00Z"}]))
+            tx = json.loads(ws.recv(10))[2]["transactionId"]
+            built = frames(tx)
+            assert all(len(f.encode()) <= MAX_FRAME_BYTES for f in built.values())
+            rows = []
+            for kind in kinds or ([profile] if profile else list(built)):
+                frame = built[kind]
+                holds = []
+                answer: list[Any] = []
+                for _ in range(repeat):
+                    profiler = cProfile.Profile() if profile == kind else None
+                    server.on_loop(server.reset)
+                    if profiler is not None:
+                        server.on_loop(profiler.enable)  # on the server's thread
+                    began = time.perf_counter()
+                    ws.send(frame)
+                    answer = json.loads(ws.recv(600))
+                    took = time.perf_counter() - began
+                    if profiler is not None:
+                        server.on_loop(profiler.disable)
+                        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+                    holds.append(server.held())
+                print(kind, f"{min(holds) * 1000:.0f} ms", flush=True)
+                rows.append({"kind": kind, "bytes": len(frame.encode()),
+                             "answer": answer[2] if answer[0] == 4 else "CALLRESULT",
+                             # The machine's load only ever adds: the fastest and the
+                             # slowest of the runs.
+                             "hold_ms": min(holds) * 1000, "hold_max_ms": max(holds) * 1000,
+                             "round_trip_ms": took * 1000})
         server.stop()
     report("ocpp_big_frames", rows)
 

@@ -20,6 +20,7 @@ SMOKE = {
     "analytics": ["--samples", "20000", "--repeat", "1"],
     "ocpp_throughput": ["--cps", "10", "--seconds", "1", "--rate", "0"],
     "ocpp_density": ["--cps", "50"],
+    "ocpp_big_frames": ["--kinds", "dt_ascii", "mv_valid", "--repeat", "1"],
     "subscription_fanout": ["--subscribers", "10", "--rate", "20", "--seconds", "1"],
     # Two addresses of three nested subscriptions: the render queue, droppedBefore
     # accounting and the client processes all run, in a few seconds.
