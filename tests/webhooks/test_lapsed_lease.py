@@ -197,11 +197,13 @@ def around_storing(services: Services, around: Any) -> None:
     store.write = write  # type: ignore[method-assign,assignment]
 
 
-async def lease_ended(world: World, instance_id: str) -> None:
+async def lease_ended(world: World, instance_id: str,
+                      ends_in: timedelta = -timedelta(seconds=1)) -> None:
+    """``instance_id``'s lease in the store made to end ``ends_in`` from now (by default,
+    a second ago)."""
     own = await world.services.instances._lease(instance_id)
     assert own is not None
-    await world.store.write([patch(own, SYSTEM,
-                                   expires_at=utcnow() - timedelta(seconds=1))], [])
+    await world.store.write([patch(own, SYSTEM, expires_at=utcnow() + ends_in)], [])
 
 
 async def test_a_delivery_whose_store_write_lands_after_the_lease_ended_is_kept_in_memory(
@@ -265,6 +267,46 @@ async def test_an_instance_reads_again_a_delivery_taken_over_before_its_write_an
 
         assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
         assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+async def test_a_look_stops_at_a_claim_refused_for_the_lookers_own_lease(
+        tmp_path: Path) -> None:
+    """Review s29-hooks3: the store's lease of an instance ends within the claim's margin
+    while the instance still trusts it by its last renewal (its wall clock stepped ahead
+    of its monotonic one; its row swept). A claim then takes nothing, and the look stops
+    there: one claim, not one after another, each locking, reading and writing, until the
+    trust ran out. The next look renews the lease first, and takes them."""
+    async with two_instances(tmp_path) as (world, first, _second):
+        looking = await world.dispatcher(first, refresh_s=600.0)
+        assert looking._lease_keeper is not None
+        looking._lease_keeper.cancel()  # no renewal but those the looks make
+        crashed = await lease(world, expires_in=-timedelta(seconds=1))
+        await stored_while_live(world.store, [pending(n, crashed) for n in range(2)])
+        await lease_ended(world, looking.instance_id, ends_in=timedelta(seconds=1))
+        real_claim = first.webhooks.claim_handed_over
+        #: Each claim's outcome: the deliveries it took, None, or what it raised.
+        claims: list[list[str] | str | None] = []
+
+        async def claim(*args: Any, **kwargs: Any) -> list[d.PendingDelivery] | None:
+            if len(claims) == 3:  # bounds the loop that looked again with nothing changed
+                raise AssertionError("claimed again at once, its lease as short as before")
+            try:
+                taken = await real_claim(*args, **kwargs)
+            except Exception as refused:
+                claims.append(type(refused).__name__)
+                raise
+            claims.append(None if taken is None else [p.delivery_id for p in taken])
+            return taken
+        first.webhooks.claim_handed_over = claim  # type: ignore[method-assign]
+
+        await looking.resume_handed_over()
+
+        assert claims == ["LeaseTooShort"]
+        assert await owners(world) == {"dlv_0": crashed, "dlv_1": crashed}
+        await looking.resume_handed_over()
+        assert claims == ["LeaseTooShort", ["dlv_0", "dlv_1"], None]
+        renewed = await first.instances._lease(looking.instance_id)
+        assert renewed is not None and renewed.expires_at > utcnow() + MARGIN
 
 
 def pending(number: int, instance_id: str, webhook_id: str = "0" * 24
