@@ -858,7 +858,11 @@ class WebhookDispatcher:
         the store out of reach, and both posted it). One stored as its own waits for a
         live lease (renewed once past its trusted part: ``_lease_live``); if it may
         have lapsed since, the record is read again, and one another instance took over
-        or finished is given up (not posted, its record left to that one)."""
+        or finished is given up (not posted, its record left to that one). Gone while
+        only maybe stored, the write storing it under way, its answer is waited for
+        and the record read again: gone once stored, another finished it (review
+        s29-hooks3: both posted it). Gone after a write that failed, it is posted: it
+        may never have landed, and a batch storing it again would not tell either."""
         if not (delivery.stored or delivery.maybe_stored):
             return True  # in this instance's memory only: nobody else can take it
         while not await self._lease_live():
@@ -868,6 +872,12 @@ class WebhookDispatcher:
         if not delivery.recheck:
             return True
         record = await self.services.webhooks.stored_delivery(delivery.record_id)
+        writing = self._writing
+        if record is None and not delivery.stored and writing is not None \
+                and not writing.done():
+            # Landed, taken over and finished, or not landed yet: its answer tells.
+            await asyncio.wait([writing])  # not cancelled with this task (a stop)
+            record = await self.services.webhooks.stored_delivery(delivery.record_id)
         if (record is None and delivery.stored) or (
                 record is not None and record.instance_id != self.instance_id):
             log.info("webhook delivery %s was taken over by another instance while this "

@@ -269,6 +269,83 @@ async def test_an_instance_reads_again_a_delivery_taken_over_before_its_write_an
         assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
 
 
+async def test_an_instance_leaves_a_delivery_finished_by_another_before_its_write_answered(
+        tmp_path: Path) -> None:
+    """Review s29-hooks3: as above, but the other instance has delivered it and deleted
+    its record when the first, its write's answer still to come, reads it again: gone,
+    and only maybe stored by the first (it cannot tell whether its write landed). The
+    first waits for the answer, which says stored, so gone means finished by another:
+    left, two requests, not three."""
+    async with two_instances(tmp_path) as (world, first, second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        landed, answer = asyncio.Event(), asyncio.Event()
+
+        async def answers_late(write: Any) -> None:
+            await write()
+            landed.set()
+            await answer.wait()
+        around_storing(first, answers_late)
+        real_stored_delivery = first.webhooks.stored_delivery
+
+        async def stored_delivery(record_id: str) -> d.PendingDelivery | None:
+            record = await real_stored_delivery(record_id)
+            answer.set()  # the answer comes once the first has read it again
+            return record
+        first.webhooks.stored_delivery = stored_delivery  # type: ignore[method-assign]
+        await available(world)
+        await asyncio.wait_for(asyncio.gather(held.wait(), landed.wait()), 10)
+        await lease_ended(world, lapsing.instance_id)
+        await world.dispatcher(second, timeout=30.0)  # takes it over as it starts
+
+        async def finished_by_the_other() -> bool:
+            return len(receiver.requests) == 2 and await owners(world) == {}
+        await until(finished_by_the_other)
+        assert await lapsing._renew_lease()
+        go.set()
+        await asyncio.wait_for(answer.wait(), 10)
+        await world.settled()
+
+        assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+async def test_a_delivery_whose_write_under_way_never_lands_is_posted_though_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s29-hooks3, what the test above must not cost: the same lapse, but the
+    write storing the delivery, under way when it is read again (gone), is refused (the
+    lease ended again before it). Never stored, nobody else has it: it is still posted
+    (503 then 200, one delivery id), and stored once the lease is renewed, then deleted."""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, _second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        read = asyncio.Event()
+
+        async def refused_late(write: Any) -> None:
+            await asyncio.wait_for(held.wait(), 10)  # the first try was made (503)
+            await lease_ended(world, lapsing.instance_id)
+            assert await lapsing._renew_lease()  # a lapse: read again before the retry
+            await lease_ended(world, lapsing.instance_id)
+            go.set()
+            await asyncio.wait_for(read.wait(), 10)
+            await write()
+        around_storing(first, refused_late)
+        real_stored_delivery = first.webhooks.stored_delivery
+
+        async def stored_delivery(record_id: str) -> d.PendingDelivery | None:
+            record = await real_stored_delivery(record_id)
+            read.set()
+            return record
+        first.webhooks.stored_delivery = stored_delivery  # type: ignore[method-assign]
+        await available(world)
+        await asyncio.wait_for(go.wait(), 10)
+        await requests_at_least(receiver, 2)
+        await world.settled()
+
+        assert len(receiver.requests) == 2
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+        assert await owners(world) == {}
+
+
 async def test_a_look_stops_at_a_claim_refused_for_the_lookers_own_lease(
         tmp_path: Path) -> None:
     """Review s29-hooks3: the store's lease of an instance ends within the claim's margin
