@@ -31,7 +31,8 @@ delivery's outcome does to the webhook).
   loses what it queued within its last ``persist_s`` (and the write under way), and
   resends a try whose outcome it had not written yet; with the store out of reach,
   deliveries still go out from memory and nothing new is durable until it answers,
-  but one stored as this instance's waits for its lease to be live, and once the lease
+  but one stored as this instance's waits for its lease to be live (and, a webhook's
+  deliveries going in order, those queued behind it wait with it), and once the lease
   may have lapsed it is posted only if it is still this instance's (``_still_mine``:
   another instance may have taken it over); a new one is stored as its own only while
   the lease lasts the margin (``keep_deliveries``' guard), else kept in memory and
@@ -724,7 +725,8 @@ class WebhookDispatcher:
                 self._persist_failing = True
                 log.warning("this instance holds no live lease: its webhook deliveries "
                             "are not stored until it does (they still go out from "
-                            "memory); trying again every %gs", PERSIST_RETRY_S)
+                            "memory, but not past one stored before, which waits for "
+                            "it); trying again every %gs", PERSIST_RETRY_S)
             return False
         batch, self._unwritten = self._unwritten, {}
         mine = self.instance_id

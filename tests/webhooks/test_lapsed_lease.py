@@ -15,6 +15,7 @@ import pytest
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import StoreUnavailable
 from domain.ids import new_id
 from domain.policy import SYSTEM
 from domain.ports import Insert, InsertIfAbsent, Update
@@ -344,6 +345,53 @@ async def test_a_delivery_whose_write_under_way_never_lands_is_posted_though_gon
         assert len(receiver.requests) == 2
         assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
         assert await owners(world) == {}
+
+
+async def test_what_is_queued_behind_a_delivery_waiting_for_the_lease_waits_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s29-hooks3: a webhook's deliveries go in order (README), so one never
+    stored (the lease not live, nothing is), queued behind a stored one whose retry
+    waits for the lease (renewals failing: the store out of reach), waits with it; once
+    the lease is renewed, both go, in order."""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, _second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        await available(world)  # Available: 503, its retry held
+        await asyncio.wait_for(held.wait(), 10)
+
+        async def first_try_written() -> bool:
+            return [p.tries_made for p in await handed_over(world)] == [1]
+        await until(first_try_written)
+        real_renew, renewals = first.instances.renew, 0
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            nonlocal renewals
+            renewals += 1
+            raise StoreUnavailable("out of reach", reason="test")
+        first.instances.renew = renew  # type: ignore[method-assign]
+        lapsing._lease_until = 0.0
+        await available(world)  # Preparing: behind it, not stored
+        go.set()
+
+        async def waited() -> bool:  # each loop (batch, retry) renews every 10 ms
+            return renewals >= 20
+        await until(waited)
+        [channel] = lapsing._channels.values()
+        assert channel.current is not None and channel.current.tries_made == 1
+        assert [q.stored for q in channel.queue] == [False]
+        assert len(receiver.requests) == 1
+        first.instances.renew = real_renew  # type: ignore[method-assign]
+        await requests_at_least(receiver, 3)
+        await world.settled()
+
+        ids = [r.headers["x-chargegraph-delivery"] for r in receiver.requests]
+        assert ids[0] == ids[1] != ids[2]
+        assert [r.json["data"]["status"] for r in receiver.requests] == [
+            "Available", "Available", "Preparing"]
+
+        async def deleted() -> bool:  # settled counts a failing batch as written
+            return await owners(world) == {}
+        await until(deleted)
 
 
 async def test_a_look_stops_at_a_claim_refused_for_the_lookers_own_lease(
