@@ -31,7 +31,8 @@ delivery's outcome does to the webhook).
   loses what it queued within its last ``persist_s`` (and the write under way), and
   resends a try whose outcome it had not written yet; with the store out of reach,
   deliveries still go out from memory and nothing new is durable until it answers,
-  but one stored as this instance's waits for its lease to be live, and once the lease
+  but one stored as this instance's waits for its lease to be live (and, a webhook's
+  deliveries going in order, those queued behind it wait with it), and once the lease
   may have lapsed it is posted only if it is still this instance's (``_still_mine``:
   another instance may have taken it over); a new one is stored as its own only while
   the lease lasts the margin (``keep_deliveries``' guard), else kept in memory and
@@ -101,7 +102,12 @@ from domain.ids import is_id, new_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
 from domain.services.live import SightOrder
-from domain.services.webhooks import ALLOW_PRIVATE, public_address, webhook_event
+from domain.services.webhooks import (
+    ALLOW_PRIVATE,
+    LeaseTooShort,
+    public_address,
+    webhook_event,
+)
 from domain.wire import rfc3339
 from graph.ids import to_global_id
 from pubsub.codec import decode, encode
@@ -719,7 +725,8 @@ class WebhookDispatcher:
                 self._persist_failing = True
                 log.warning("this instance holds no live lease: its webhook deliveries "
                             "are not stored until it does (they still go out from "
-                            "memory); trying again every %gs", PERSIST_RETRY_S)
+                            "memory, but not past one stored before, which waits for "
+                            "it); trying again every %gs", PERSIST_RETRY_S)
             return False
         batch, self._unwritten = self._unwritten, {}
         mine = self.instance_id
@@ -853,7 +860,11 @@ class WebhookDispatcher:
         the store out of reach, and both posted it). One stored as its own waits for a
         live lease (renewed once past its trusted part: ``_lease_live``); if it may
         have lapsed since, the record is read again, and one another instance took over
-        or finished is given up (not posted, its record left to that one)."""
+        or finished is given up (not posted, its record left to that one). Gone while
+        only maybe stored, the write storing it under way, its answer is waited for
+        and the record read again: gone once stored, another finished it (review
+        s29-hooks3: both posted it). Gone after a write that failed, it is posted: it
+        may never have landed, and a batch storing it again would not tell either."""
         if not (delivery.stored or delivery.maybe_stored):
             return True  # in this instance's memory only: nobody else can take it
         while not await self._lease_live():
@@ -863,6 +874,12 @@ class WebhookDispatcher:
         if not delivery.recheck:
             return True
         record = await self.services.webhooks.stored_delivery(delivery.record_id)
+        writing = self._writing
+        if record is None and not delivery.stored and writing is not None \
+                and not writing.done():
+            # Landed, taken over and finished, or not landed yet: its answer tells.
+            await asyncio.wait([writing])  # not cancelled with this task (a stop)
+            record = await self.services.webhooks.stored_delivery(delivery.record_id)
         if (record is None and delivery.stored) or (
                 record is not None and record.instance_id != self.instance_id):
             log.info("webhook delivery %s was taken over by another instance while this "
@@ -962,6 +979,13 @@ class WebhookDispatcher:
                 if unreadable:  # not left to be claimed again for ever
                     await self.services.webhooks.keep_deliveries(self.instance_id,
                                                                  over=unreadable)
+        except LeaseTooShort:
+            # Review s29-hooks3: the store's lease ends sooner than this instance trusts
+            # it (its wall clock stepped ahead, its row swept): each look would fail so
+            # until it is renewed, which the next look (and batch) now does first.
+            self._lease_until = 0.0
+            log.warning("this instance's lease does not last long enough to claim "
+                        "handed-over webhook deliveries; renewed before the next look")
         except Exception:
             log.exception("resuming handed-over webhook deliveries failed; looking again "
                           "in %gs", self.refresh_s)

@@ -285,6 +285,14 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
+class LeaseTooShort(Exception):
+    """A claim took nothing because the claimer's own lease does not last its margin
+    (``claim_handed_over``): all it would take would be orphaned as it lands, and looking
+    again changes nothing until the lease is renewed (review s29-hooks3: taken for "none
+    taken, look again", the claimer looked again at once, a busy loop, for as long as it
+    trusted its lease: its wall clock ahead of its monotonic one, its lease row gone)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CreatedWebhook:
     webhook: Webhook
@@ -620,7 +628,9 @@ class WebhookService(Service):
         the lease it was begun under, and rows written as its own after that were
         orphaned as they landed, another instance claiming and posting them too). A
         guard that fails ends the claim there: the rest stays for a later one (the
-        caller renews its lease first)."""
+        caller renews its lease first). Its own lease's guard failing before anything
+        was taken raises ``LeaseTooShort``: the caller stops looking until it has
+        renewed its lease."""
         now = self.now()
         await self._break_stale_claims(now)
         order = (Sort("queued_at"), Sort("id"))
@@ -654,7 +664,12 @@ class WebhookService(Service):
                         found, now, instance_id, margin))
                 except (Conflict, NotFound):
                     # Deleted meanwhile (its webhook removed), taken, or a lease guard
-                    # no longer holds: the rest stays.
+                    # no longer holds: the rest stays. Its own lease is told apart (a
+                    # read of the guard's condition): a look again fails the same way.
+                    if not taken and instance_id is not None and not \
+                            await self.store.find_all(InstanceLease, _lasting(
+                                instance_id, now, margin), limit=1):
+                        raise LeaseTooShort(instance_id) from None
                     break
                 except Exception:
                     if not taken:
@@ -732,8 +747,12 @@ def _lease_guard(instance_id: str, now: datetime, margin: timedelta) -> Guard:
     ``now``: one landing on a lease that has ended is orphaned as it lands, for another
     instance to claim and post too. ``now`` is the writer's: a write landing more than
     ``margin`` after it is still taken (stores know no time of their own)."""
-    return Guard(InstanceLease, all_of(Eq("id", instance_id),
-                                       Range("expires_at", gte=now + margin)))
+    return Guard(InstanceLease, _lasting(instance_id, now, margin))
+
+
+def _lasting(instance_id: str, now: datetime, margin: timedelta) -> Filter:
+    """``instance_id``'s lease, while it lasts ``margin`` past ``now``."""
+    return all_of(Eq("id", instance_id), Range("expires_at", gte=now + margin))
 
 
 def _taken(delivery: PendingDelivery, instance_id: str | None) -> Delete | Update:

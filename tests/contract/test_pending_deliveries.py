@@ -21,7 +21,7 @@ from domain.ports import Delete, Insert, Store, Update
 from domain.query import ALL, Eq
 from domain.services import ServiceContext
 from domain.services.base import stamp_new
-from domain.services.webhooks import CLAIM_STALE, WebhookService
+from domain.services.webhooks import CLAIM_STALE, LeaseTooShort, WebhookService
 from tests.contract.factories import oid
 from tests.helpers import FastHasher
 
@@ -312,14 +312,19 @@ async def test_a_claim_takes_nothing_as_an_instance_whose_lease_ends_within_its_
         store: Store) -> None:
     """Review s29: what a claim writes as its instance's must outlast the write by the
     margin asked for (else it is orphaned as it lands, for another instance to claim and
-    post too); within it, nothing is taken."""
+    post too); within it, nothing is taken, and the claim says its lease is why
+    (review s29-hooks3: told from "none taken, look again", its caller looked again at
+    once and failed alike, a busy loop), as it does with no lease row at all."""
     webhooks = service(store)
     await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
     await lease(store, ME, expires_in=timedelta(seconds=10))
     await stored_while_live(store, [pending(1, n, instance=CRASHED) for n in range(2)])
-    assert await webhooks.claim_handed_over(instance_id=ME,
-                                            margin=timedelta(seconds=30)) == []
+    with pytest.raises(LeaseTooShort):
+        await webhooks.claim_handed_over(instance_id=ME, margin=timedelta(seconds=30))
+    with pytest.raises(LeaseTooShort):
+        await webhooks.claim_handed_over(instance_id=OTHER)  # no lease row
     assert {p.instance_id for p in await store.find_all(PendingDelivery, ALL)} == {CRASHED}
+    assert await store.count(DeliveryClaim, ALL) == 0  # the lock given back
     claimed = await webhooks.claim_handed_over(instance_id=ME, margin=timedelta(seconds=5))
     assert [p.delivery_id for p in claimed or []] == ["dlv_1_0", "dlv_1_1"]
 

@@ -15,6 +15,7 @@ import pytest
 from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import StoreUnavailable
 from domain.ids import new_id
 from domain.policy import SYSTEM
 from domain.ports import Insert, InsertIfAbsent, Update
@@ -197,11 +198,13 @@ def around_storing(services: Services, around: Any) -> None:
     store.write = write  # type: ignore[method-assign,assignment]
 
 
-async def lease_ended(world: World, instance_id: str) -> None:
+async def lease_ended(world: World, instance_id: str,
+                      ends_in: timedelta = -timedelta(seconds=1)) -> None:
+    """``instance_id``'s lease in the store made to end ``ends_in`` from now (by default,
+    a second ago)."""
     own = await world.services.instances._lease(instance_id)
     assert own is not None
-    await world.store.write([patch(own, SYSTEM,
-                                   expires_at=utcnow() - timedelta(seconds=1))], [])
+    await world.store.write([patch(own, SYSTEM, expires_at=utcnow() + ends_in)], [])
 
 
 async def test_a_delivery_whose_store_write_lands_after_the_lease_ended_is_kept_in_memory(
@@ -265,6 +268,170 @@ async def test_an_instance_reads_again_a_delivery_taken_over_before_its_write_an
 
         assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
         assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+async def test_an_instance_leaves_a_delivery_finished_by_another_before_its_write_answered(
+        tmp_path: Path) -> None:
+    """Review s29-hooks3: as above, but the other instance has delivered it and deleted
+    its record when the first, its write's answer still to come, reads it again: gone,
+    and only maybe stored by the first (it cannot tell whether its write landed). The
+    first waits for the answer, which says stored, so gone means finished by another:
+    left, two requests, not three."""
+    async with two_instances(tmp_path) as (world, first, second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        landed, answer = asyncio.Event(), asyncio.Event()
+
+        async def answers_late(write: Any) -> None:
+            await write()
+            landed.set()
+            await answer.wait()
+        around_storing(first, answers_late)
+        real_stored_delivery = first.webhooks.stored_delivery
+
+        async def stored_delivery(record_id: str) -> d.PendingDelivery | None:
+            record = await real_stored_delivery(record_id)
+            answer.set()  # the answer comes once the first has read it again
+            return record
+        first.webhooks.stored_delivery = stored_delivery  # type: ignore[method-assign]
+        await available(world)
+        await asyncio.wait_for(asyncio.gather(held.wait(), landed.wait()), 10)
+        await lease_ended(world, lapsing.instance_id)
+        await world.dispatcher(second, timeout=30.0)  # takes it over as it starts
+
+        async def finished_by_the_other() -> bool:
+            return len(receiver.requests) == 2 and await owners(world) == {}
+        await until(finished_by_the_other)
+        assert await lapsing._renew_lease()
+        go.set()
+        await asyncio.wait_for(answer.wait(), 10)
+        await world.settled()
+
+        assert len(receiver.requests) == 2, "posted again by the instance whose lease lapsed"
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+
+
+async def test_a_delivery_whose_write_under_way_never_lands_is_posted_though_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s29-hooks3, what the test above must not cost: the same lapse, but the
+    write storing the delivery, under way when it is read again (gone), is refused (the
+    lease ended again before it). Never stored, nobody else has it: it is still posted
+    (503 then 200, one delivery id), and stored once the lease is renewed, then deleted."""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, _second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        read = asyncio.Event()
+
+        async def refused_late(write: Any) -> None:
+            await asyncio.wait_for(held.wait(), 10)  # the first try was made (503)
+            await lease_ended(world, lapsing.instance_id)
+            assert await lapsing._renew_lease()  # a lapse: read again before the retry
+            await lease_ended(world, lapsing.instance_id)
+            go.set()
+            await asyncio.wait_for(read.wait(), 10)
+            await write()
+        around_storing(first, refused_late)
+        real_stored_delivery = first.webhooks.stored_delivery
+
+        async def stored_delivery(record_id: str) -> d.PendingDelivery | None:
+            record = await real_stored_delivery(record_id)
+            read.set()
+            return record
+        first.webhooks.stored_delivery = stored_delivery  # type: ignore[method-assign]
+        await available(world)
+        await asyncio.wait_for(go.wait(), 10)
+        await requests_at_least(receiver, 2)
+        await world.settled()
+
+        assert len(receiver.requests) == 2
+        assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+        assert await owners(world) == {}
+
+
+async def test_what_is_queued_behind_a_delivery_waiting_for_the_lease_waits_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s29-hooks3: a webhook's deliveries go in order (README), so one never
+    stored (the lease not live, nothing is), queued behind a stored one whose retry
+    waits for the lease (renewals failing: the store out of reach), waits with it; once
+    the lease is renewed, both go, in order."""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, _second):
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
+        await available(world)  # Available: 503, its retry held
+        await asyncio.wait_for(held.wait(), 10)
+
+        async def first_try_written() -> bool:
+            return [p.tries_made for p in await handed_over(world)] == [1]
+        await until(first_try_written)
+        real_renew, renewals = first.instances.renew, 0
+
+        async def renew(*args: Any, **kwargs: Any) -> bool:
+            nonlocal renewals
+            renewals += 1
+            raise StoreUnavailable("out of reach", reason="test")
+        first.instances.renew = renew  # type: ignore[method-assign]
+        lapsing._lease_until = 0.0
+        await available(world)  # Preparing: behind it, not stored
+        go.set()
+
+        async def waited() -> bool:  # each loop (batch, retry) renews every 10 ms
+            return renewals >= 20
+        await until(waited)
+        [channel] = lapsing._channels.values()
+        assert channel.current is not None and channel.current.tries_made == 1
+        assert [q.stored for q in channel.queue] == [False]
+        assert len(receiver.requests) == 1
+        first.instances.renew = real_renew  # type: ignore[method-assign]
+        await requests_at_least(receiver, 3)
+        await world.settled()
+
+        ids = [r.headers["x-chargegraph-delivery"] for r in receiver.requests]
+        assert ids[0] == ids[1] != ids[2]
+        assert [r.json["data"]["status"] for r in receiver.requests] == [
+            "Available", "Available", "Preparing"]
+
+        async def deleted() -> bool:  # settled counts a failing batch as written
+            return await owners(world) == {}
+        await until(deleted)
+
+
+async def test_a_look_stops_at_a_claim_refused_for_the_lookers_own_lease(
+        tmp_path: Path) -> None:
+    """Review s29-hooks3: the store's lease of an instance ends within the claim's margin
+    while the instance still trusts it by its last renewal (its wall clock stepped ahead
+    of its monotonic one; its row swept). A claim then takes nothing, and the look stops
+    there: one claim, not one after another, each locking, reading and writing, until the
+    trust ran out. The next look renews the lease first, and takes them."""
+    async with two_instances(tmp_path) as (world, first, _second):
+        looking = await world.dispatcher(first, refresh_s=600.0)
+        assert looking._lease_keeper is not None
+        looking._lease_keeper.cancel()  # no renewal but those the looks make
+        crashed = await lease(world, expires_in=-timedelta(seconds=1))
+        await stored_while_live(world.store, [pending(n, crashed) for n in range(2)])
+        await lease_ended(world, looking.instance_id, ends_in=timedelta(seconds=1))
+        real_claim = first.webhooks.claim_handed_over
+        #: Each claim's outcome: the deliveries it took, None, or what it raised.
+        claims: list[list[str] | str | None] = []
+
+        async def claim(*args: Any, **kwargs: Any) -> list[d.PendingDelivery] | None:
+            if len(claims) == 3:  # bounds the loop that looked again with nothing changed
+                raise AssertionError("claimed again at once, its lease as short as before")
+            try:
+                taken = await real_claim(*args, **kwargs)
+            except Exception as refused:
+                claims.append(type(refused).__name__)
+                raise
+            claims.append(None if taken is None else [p.delivery_id for p in taken])
+            return taken
+        first.webhooks.claim_handed_over = claim  # type: ignore[method-assign]
+
+        await looking.resume_handed_over()
+
+        assert claims == ["LeaseTooShort"]
+        assert await owners(world) == {"dlv_0": crashed, "dlv_1": crashed}
+        await looking.resume_handed_over()
+        assert claims == ["LeaseTooShort", ["dlv_0", "dlv_1"], None]
+        renewed = await first.instances._lease(looking.instance_id)
+        assert renewed is not None and renewed.expires_at > utcnow() + MARGIN
 
 
 def pending(number: int, instance_id: str, webhook_id: str = "0" * 24
