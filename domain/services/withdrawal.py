@@ -663,6 +663,9 @@ class Withdrawal(Service):
         #: Stations whose charger refused our list (Failed, NotSupported): when the
         #: expiry sweep sends it again, and the wait after that (``_sweep_pushes``).
         self._refused: dict[str, tuple[datetime, timedelta]] = {}
+        #: Stations whose owed cancels are queued to be sent and not begun
+        #: (``owed_cancels_later``): one queued reads all that is owed when it runs.
+        self._owed_queued: set[str] = set()
         ctx.published.append(self._heard)
 
     def _heard(self, event: Any) -> None:
@@ -798,8 +801,19 @@ class Withdrawal(Service):
         (``CommandService.on_cancel_answered``): the cancels still owed to it are sent
         now (``CommandService.send_owed_cancels``, here or through the relay to the
         instance holding it, each only if its send's claim wins), as a withdrawal's
-        cancel sends them, in the background: the cancel's caller is answered first."""
-        self._work.run(self._owed_cancels(station_id), f"owed-cancels-{station_id}",
+        cancel sends them, in the background: the cancel's caller is answered first.
+        Once per station while one is queued and not begun (review r29: a station's
+        removal cancelling N reservations queued N runs, each reading its owed cancels
+        again); one begun reads them afresh, so a later answer queues another."""
+        if station_id in self._owed_queued:
+            return
+        self._owed_queued.add(station_id)
+
+        async def owed() -> None:
+            self._owed_queued.discard(station_id)
+            await self._owed_cancels(station_id)
+
+        self._work.run(owed(), f"owed-cancels-{station_id}",
                        f"sending what is owed to station {station_id} failed")
 
     def charger_back(self, station_id: str) -> None:
