@@ -77,7 +77,8 @@ def frames(tx: int) -> dict[str, str]:
         "mv_one_bad": _meter_values(tx, str, {"value": "1", "measurand": "Nope"}),
         "mv_key_value": _meter_values(tx, lambda i: "key value"),
         # At the bound (``frames.MAX_SAMPLED_VALUES``): the numbers resend the valid
-        # frame's readings, each late and mended.
+        # frame's readings, each late and mended, so only after ``mv_1000_valid`` in the
+        # same run (the default order; with ``--kinds``, name both).
         "mv_1000_valid": _meter_values(tx, str, readings_sent=200),
         "mv_1000_numbers": _meter_values(tx, float, readings_sent=200),
         "mv_1000_one_bad": _meter_values(tx, str, {"value": "1", "measurand": "Nope"}, 200),

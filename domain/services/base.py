@@ -731,7 +731,9 @@ def no_case_twin(station: Station) -> Guard:
 
 #: How long after it was stamped a station found may still be another's insert in flight,
 #: which its rollback would take away: a MongoDB batch lasts at most its deadline (half a
-#: minute), and this leaves room for instances' clocks to differ. An older one stood
+#: minute), and one whose writer died is rolled back by the next sweep once stale (the
+#: MongoDB store's ``journal.STALE_AFTER`` plus ``SWEEP_EVERY_S``: three minutes; a test
+#: holds this above them), with room for instances' clocks to differ. An older one stood
 #: committed long ago.
 INSERT_IN_FLIGHT_FOR = timedelta(minutes=10)
 

@@ -490,7 +490,7 @@ class ChargerConnections(Service):
         # have none, so the connection and the plug's whole history stayed the former
         # company's (as a status report's first interval, review r27-analytics4).
         company_id, station_owner_id = books_of(station)
-        stored = GuardedBooks(station)
+        stored = GuardedBooks(station)  # its books only: ``patch_in_books`` guards them
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
                                 server_outage=outage, company_id=company_id,
                                 station_owner_id=station_owner_id)

@@ -16,7 +16,7 @@ from domain.policy import SYSTEM, Policy
 from domain.ports import Store
 from domain.services import ServiceContext, Services
 from domain.services.base import INSERT_IN_FLIGHT_FOR
-from store.mongo import MongoStore
+from store.mongo import MongoStore, journal
 from store.sqlite import SqliteStore
 from tests.graph.conftest import CountingStore
 from tests.helpers import FastHasher
@@ -82,3 +82,11 @@ async def test_a_known_station_is_read_as_committed_only_where_reads_see_writes_
     store.calls.clear()
     assert await services.charging.station_for_connection("CP-1", ADDRESS) == found
     assert store.calls == ["find_one"]
+
+
+def test_a_station_is_taken_for_committed_only_after_any_sweep_would_have_rolled_it_back(
+        ) -> None:
+    """Review r29: the bound rests on the MongoDB store's sweep of a dead writer's batch
+    (stale after ``STALE_AFTER``, swept every ``SWEEP_EVERY_S``), which nothing tied to
+    it."""
+    assert journal.STALE_AFTER + timedelta(seconds=journal.SWEEP_EVERY_S) < INSERT_IN_FLIGHT_FOR

@@ -629,7 +629,7 @@ async def test_a_list_limit_change_is_not_read_first_at_a_charger_not_answering_
                         simulator.REBOOT_KEYS | {"LocalAuthListMaxLength"})
     get_configuration_unanswered(monkeypatch)
     # Long enough that a loaded machine's round trip stays within it (QA s29).
-    timeout = central.services.commands.timeout = 2.0
+    central.services.commands.timeout = 2.0
     op = Viewer.of(central.users["op"])
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         cp.configuration["LocalAuthListMaxLength"] = ("5", False)
@@ -638,12 +638,10 @@ async def test_a_list_limit_change_is_not_read_first_at_a_charger_not_answering_
         first = await central.gql(SEND_LIST, a_list(1, "FULL", "A1", "A2"), as_user="op")
         assert first["sendLocalList"]["status"] == "ACCEPTED", first
         assert len(asked_configuration(cp)) == 1  # unanswered
-        began = time.monotonic()
         with caplog.at_level("WARNING", logger="chargegraph.commands"):
             changed = await central.services.commands.send(
                 op, "CP-1", "ChangeConfiguration",
                 {"key": "LocalAuthListMaxLength", "value": "2"})
-        assert time.monotonic() - began < timeout  # not held for a read first
         assert changed.status == "RebootRequired", changed
         assert len(asked_configuration(cp)) == 1  # not read first
         assert "LocalAuthListMaxLength changed RebootRequired, the value before not " \
