@@ -939,11 +939,7 @@ async def test_a_report_through_a_cache_not_told_of_a_handover_is_in_the_new_boo
     rolled it over in the store), never the cached station's: A read B's fault report,
     and B's group counted none."""
     station_id, b = await _r9(history, timedelta(0))
-    store, charging = history.services.ctx.store, history.services.charging
-    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
-    history.clock.now = at_31(16)
-    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
-    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    await _handed_over_behind_its_copy(history, station_id, b, at_31(16))
     await _report_r9(history, at_31(16, 30), timedelta(0), "Faulted", "GroundFailure")
     history.clock.now = at_31(17)
     analytics, r9 = history.services.analytics, Scope(cp_ids=("R9",))
@@ -1031,11 +1027,8 @@ async def test_a_new_plug_s_first_report_through_a_cache_not_told_of_a_handover_
     report and its time, and every later interval of that plug copies its predecessor's
     books: the plug's history was A's for good (review r27-analytics3)."""
     station_id, b = await _r9(history, timedelta(0))
-    store, charging = history.services.ctx.store, history.services.charging
-    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
-    history.clock.now = at_31(16)
-    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
-    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    charging = history.services.charging
+    await _handed_over_behind_its_copy(history, station_id, b, at_31(16))
     history.clock.now = at_31(16, 30)
     await charging.status_notification("R9", 2, "Faulted", "GroundFailure",
                                        timestamp=at_31(16, 30))
@@ -1412,10 +1405,7 @@ async def test_a_connector_0_report_reads_no_station_and_stays_guarded_on_its_bo
                                            timestamp=at_31(16, minute))
         assert sorted(calls) == sorted(["find_all Connector", "find_one ConnectorInterval",
                                         "write", "guard Station"]), (minute, calls)
-    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
-    history.clock.now = at_31(16, 4)
-    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
-    charging.cache.remember(before)  # the other instance's copy, read before the handover
+    await _handed_over_behind_its_copy(history, station_id, b, at_31(16, 4))
     history.clock.now = at_31(16, 5)
     await charging.status_notification("R9", 0, "Faulted", "PowerSwitchFailure",
                                        timestamp=at_31(16, 5))
@@ -1425,6 +1415,17 @@ async def test_a_connector_0_report_reads_no_station_and_stays_guarded_on_its_bo
     assert (event.company_id, event.station_owner_id) == (b, None)
     [point] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
     assert point.status is d.ConnectorStatus.FAULTED
+
+
+async def _handed_over_behind_its_copy(h: History, station_id: str, company_id: str,
+                                      at: datetime) -> d.Station:
+    """R9 handed over to ``company_id`` at ``at``, the charging service left holding its
+    copy from before (another instance's, not told of the handover): that copy."""
+    [before] = await h.services.ctx.store.find_all(d.Station, Eq("id", station_id), limit=1)
+    h.clock.now = at
+    await h.services.stations.update_station(SYSTEM, station_id, company_id=company_id)
+    h.services.charging.cache.remember(before)
+    return before
 
 
 async def _cached_copy(h: History, station_id: str) -> d.Station:
@@ -1530,10 +1531,7 @@ async def test_a_stop_on_a_copy_not_told_of_a_handover_opens_its_finishing_in_th
     station_id, b = await _r9(history, timedelta(0))
     store = history.services.ctx.store
     tx = await _charging_without_history(history, at_31(14))
-    [before] = await store.find_all(d.Station, Eq("id", station_id), limit=1)
-    history.clock.now = at_31(15)
-    await history.services.stations.update_station(SYSTEM, station_id, company_id=b)
-    history.services.charging.cache.remember(before)  # the other instance's copy
+    await _handed_over_behind_its_copy(history, station_id, b, at_31(15))
     history.clock.now = at_31(16)
     await history.services.charging.stop_transaction("R9", tx, 1000, at_31(16))
     [finishing] = await store.find_all(d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)
