@@ -37,6 +37,15 @@ async def requests_at_least(receiver: Receiver, count: int, attempts: int = 500)
     await until(enough, attempts=attempts)
 
 
+async def failure_recorded(world: World, webhook: d.Webhook) -> None:
+    """Waits (bounded) until the first try's failure is recorded: the receiver having
+    the request is not enough, as a stop before its answer came back hands the delivery
+    over with the try not counted (a load-sensitive run, session 29)."""
+    async def recorded() -> bool:
+        return (await world.stored(webhook)).last_attempt_at is not None
+    await until(recorded)
+
+
 async def test_a_stop_hands_over_a_retry_and_the_queue_behind_it_to_the_next_instance(
         tmp_path: Path) -> None:
     """The receiver fails the first try of the first event; the instance stops while
@@ -51,6 +60,7 @@ async def test_a_stop_hands_over_a_retry_and_the_queue_behind_it_to_the_next_ins
         await available(world)
         await requests_at_least(receiver, 1)
         failed_at = time.monotonic()
+        await failure_recorded(world, webhook)  # the retry waits (not the first try)
         await stopping.close()
         world.dispatchers.remove(stopping)
 
