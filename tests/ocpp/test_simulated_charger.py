@@ -6,7 +6,8 @@ is reported at boot, and commands are obeyed with their status sequences."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,6 +77,20 @@ async def stored(central: Central, connector_id: int, status: d.ConnectorStatus)
         return connector is not None and connector.status is status
 
     await until(heard, attempts=200, step=0.05)
+
+
+@asynccontextmanager
+async def charging_on_1(central: Central, firmware_step_s: float
+                        ) -> AsyncIterator[tuple[Recording, int | None]]:
+    """CP-1 (``Recording``, a fast meter) booted, its connectors reported, charging on
+    plug 1 by a remote start: the charger and its transaction."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=firmware_step_s)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
+                         charge_point=Recording) as cp:
+        assert isinstance(cp, Recording)
+        await cp.boot()
+        await cp.report_all()
+        yield cp, await remotely_started(central, cp)
 
 
 async def remotely_started(central: Central, cp: SimulatedChargePoint) -> int | None:
@@ -323,13 +338,7 @@ async def test_a_downloaded_firmware_takes_no_new_start_and_cuts_no_session_shor
     Installing, then took remote starts while installing, and its reboot ended them
     (reason Reboot). From the download on it refuses new starts, installs once none
     runs, reboots, and takes starts again."""
-    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0.3)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
-        tx = await remotely_started(central, cp)
+    async with charging_on_1(central, firmware_step_s=0.3) as (cp, tx):
         await run(central, "updateFirmware", {
             "cpId": "CP-1", "location": "https://fw.example.com/simcharger-2.1.0.bin",
             "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
@@ -491,13 +500,7 @@ async def test_a_local_list_over_the_chargers_limits_fails_and_changes_nothing(
 async def test_a_downloaded_firmware_takes_no_reservation(central: Central) -> None:
     """It refused starts from the download on, but accepted a ReserveNow, whose driver's
     start it would then refuse: Rejected as that start, until it has rebooted."""
-    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
-        tx = await remotely_started(central, cp)
+    async with charging_on_1(central, firmware_step_s=0) as (cp, tx):
         cp.on_update_firmware("https://fw.example.com/simcharger-2.1.0.bin",
                               datetime.now(UTC).isoformat())
         await soon(lambda: cp.firmware_pending)  # downloaded, waiting for the car

@@ -118,22 +118,7 @@ async def test_an_instance_whose_lease_lapsed_leaves_what_another_took_over(
     going on, renews its lease, finds the delivery no longer its own, and posts
     nothing: the receiver gets two requests, not three."""
     async with two_instances(tmp_path) as (world, first, second):
-        receiver = await world.receiver(503, 200)
-        await world.webhook("op", receiver, "connector.status_changed")
-        lapsing = await world.dispatcher(first, timeout=30.0, refresh_s=600.0)
-        assert lapsing._lease_keeper is not None
-        lapsing._lease_keeper.cancel()  # the stall: no renewal but the one below
-        real_deliverable = first.webhooks.deliverable
-        tries, held, go = 0, asyncio.Event(), asyncio.Event()
-
-        async def deliverable(webhook_id: str, event: Any) -> Any:
-            nonlocal tries
-            tries += 1
-            if tries == 2:  # the retry, held
-                held.set()
-                await go.wait()
-            return await real_deliverable(webhook_id, event)
-        first.webhooks.deliverable = deliverable  # type: ignore[method-assign]
+        lapsing, receiver, held, go = await lapsing_with_a_held_retry(world, first)
         await available(world)
         await asyncio.wait_for(held.wait(), 10)
 
