@@ -80,16 +80,23 @@ async def stored(central: Central, connector_id: int, status: d.ConnectorStatus)
 
 
 @asynccontextmanager
-async def charging_on_1(central: Central, firmware_step_s: float
-                        ) -> AsyncIterator[tuple[Recording, int | None]]:
-    """CP-1 (``Recording``, a fast meter) booted, its connectors reported, charging on
-    plug 1 by a remote start: the charger and its transaction."""
-    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=firmware_step_s)
+async def booted(central: Central, config: SimulatorConfig) -> AsyncIterator[Recording]:
+    """CP-1 (``Recording``) connected, booted and its connectors reported."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
                          charge_point=Recording) as cp:
         assert isinstance(cp, Recording)
         await cp.boot()
         await cp.report_all()
+        yield cp
+
+
+@asynccontextmanager
+async def charging_on_1(central: Central, firmware_step_s: float
+                        ) -> AsyncIterator[tuple[Recording, int | None]]:
+    """CP-1 (``Recording``, a fast meter) booted, its connectors reported, charging on
+    plug 1 by a remote start: the charger and its transaction."""
+    config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=firmware_step_s)
+    async with booted(central, config) as cp:
         yield cp, await remotely_started(central, cp)
 
 
@@ -195,11 +202,7 @@ async def test_an_inoperative_connector_takes_no_start_and_a_scheduled_change_ha
     """QA s28: ChangeAvailability Inoperative while charging answered Scheduled and never
     changed anything; and a connector made Unavailable still took a remote start."""
     config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
+    async with booted(central, config) as cp:
         base = {"cpId": "CP-1"}
         answer = await run(central, "changeAvailability",
                            {**base, "connectorId": 2, "type": "INOPERATIVE"})
@@ -233,11 +236,7 @@ async def test_reset_unlock_and_firmware_end_sessions_and_reboot_as_a_charger_do
     on a released cable; a firmware update stopped at Installed without the reboot, the
     station still naming its old firmware."""
     config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
+    async with booted(central, config) as cp:
         base = {"cpId": "CP-1"}
         reasons = []
         for command, extra in (("reset", {"type": "HARD"}),
@@ -290,11 +289,7 @@ async def test_a_changed_meter_value_sample_interval_is_what_sessions_sample_at(
     """Review r28-sim: ChangeConfiguration MeterValueSampleInterval was Accepted, and the
     charger went on sampling at its old interval (10 s here)."""
     config = SimulatorConfig(plugs=CP1, meter_interval_s=10)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
+    async with booted(central, config) as cp:
         answer = await run(central, "changeConfiguration",
                            {"cpId": "CP-1", "key": "MeterValueSampleInterval", "value": "1"})
         assert answer["status"] == "ACCEPTED"
@@ -312,11 +307,7 @@ async def test_inoperative_while_a_remote_start_is_under_way_is_scheduled_for_it
     connector just said to be inoperative. A start under way makes the plug busy: the
     change is Scheduled, and made once that session ends."""
     config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
+    async with booted(central, config) as cp:
         assert cp.on_remote_start("TAG-OK", connector_id=1).status == "Accepted"
         cp.after_remote_start("TAG-OK")
         assert cp.on_change_availability(1, "Inoperative").status == "Scheduled"
@@ -370,11 +361,7 @@ async def test_a_later_update_firmware_replaces_one_still_waiting(central: Centr
     operator who scheduled 2.0.0 for later and then sent 2.1.0 for now got 2.1.0, then a
     second reboot downgrading the charger to 2.0.0."""
     config = SimulatorConfig(plugs=CP1, meter_interval_s=0.05, firmware_step_s=0)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
-        assert isinstance(cp, Recording)
-        await cp.boot()
-        await cp.report_all()
+    async with booted(central, config) as cp:
         boots = sum(isinstance(p, call.BootNotification) for p in cp.sent)
         later = datetime.now(UTC) + timedelta(seconds=1)
         await run(central, "updateFirmware", {
