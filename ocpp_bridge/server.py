@@ -46,7 +46,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from domain.entities import Station
-from domain.errors import DomainError, StoreBusy, StoreUnavailable, TooManyRequests
+from domain.errors import Conflict, DomainError, StoreBusy, StoreUnavailable, TooManyRequests
 from domain.events import StationConnectionChanged, StationPasswordChanged, StationRemoved
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
@@ -706,6 +706,15 @@ class OcppServer:
                         "process: try again", cp_id)
             return _try_later(connection, HTTPStatus.SERVICE_UNAVAILABLE,
                               "the service is busy: try again later\n", STORE_RETRY_AFTER_S)
+        except Conflict:
+            # Its station's insert (an operator's createStation, another handshake's
+            # registration) is still in flight on MongoDB after the store's wait, and
+            # may yet roll back: not signed in as it yet (session 29: websockets' bare
+            # 500 for a handshake handler that failed).
+            log.warning("%s: handshake refused, its station is still being stored: try "
+                        "again", cp_id)
+            return _try_later(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                              "the service is busy: try again later\n", STORE_RETRY_AFTER_S)
         unknown = station is None
         if station is None:
             # Answered as a station whose password nobody knows, not 404: a 404 here and
@@ -1085,10 +1094,14 @@ class OcppServer:
         held = self._numbers.get(current) if current is not None else None
         return held is not None and held > number
 
-    async def _take(self, handler: ChargePointHandler, number: int, peer: Any) -> None:
+    async def _take(self, handler: ChargePointHandler, number: int, peer: Any) -> bool:
         """Makes the arrival ``handler`` (numbered ``number``) the charger's connection
         here and records it; called holding the charge point's arrival lock, so the
-        next arrival finds its number (``_newer_here``)."""
+        next arrival finds its number (``_newer_here``). False when its station is gone
+        since the handshake (removed meanwhile, its ``StationRemoved`` heard before this
+        connection was the gateway's to hang up): nothing was recorded, and the arrival
+        is let go as a removed station's (``ChargePointHandler.station_removed``), out
+        of the gateway, so its close records nothing either; the caller hangs up."""
         cp_id = handler.id
         previous = self.gateway.register(handler)
         if previous is not None:
@@ -1101,7 +1114,11 @@ class OcppServer:
         connected = await self.charging.connect(cp_id, instance=self.instance_id,
                                                 number=number)
         if connected is None:
-            return
+            log.warning("%s: its station is gone since it signed in (removed meanwhile): "
+                        "closing as an unknown charge point", cp_id)
+            handler.station_removed()
+            self.gateway.unregister(handler)
+            return False
         self._numbers[handler] = connected.number
         handler.connected_at = connected.at
         newer = self._newer_elsewhere.pop(cp_id, None)
@@ -1109,6 +1126,7 @@ class OcppServer:
             # The charger connected to another instance after this socket arrived
             # there: this one goes.
             self._lost_to_elsewhere(handler)
+        return True
 
     async def _connection(self, ws: ServerConnection) -> None:
         if ws.subprotocol != SUBPROTOCOL:
@@ -1144,8 +1162,12 @@ class OcppServer:
                 if ws.state is not State.OPEN:
                     return  # gone while it waited its turn: nothing to record (review s18)
                 stale = self._newer_here(cp_id, number)
-                if not stale:
-                    await self._take(handler, number, ws.remote_address)
+                gone = not stale and not await self._take(handler, number,
+                                                          ws.remote_address)
+            if gone:
+                # Outside the lock, as below: its station was never recorded online.
+                await ws.close(CLOSE_UNKNOWN_STATION, "unknown charge point")
+                return
             if stale:
                 # Its turn came after a newer arrival's (its number drawn first, it got
                 # the lock last): the charger has left this socket. Closed outside the

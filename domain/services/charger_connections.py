@@ -174,10 +174,17 @@ class ChargerConnections(Service):
         (the cpId's unique index, or the guard against a station of it in any case:
         ``_register``) and the station read again. Found whatever the case of ``cp_id``
         (``station_whatever_case``): the charger then connects as the station's cpId as
-        stored."""
+        stored. Auto-registration on or off, the station found is read as committed
+        (``base.committed``): ``None`` for one whose insert rolled back, ``Conflict``
+        CHANGED for one whose insert is still in flight after the store's wait."""
         if not self.auto_register:
-            # No handshake writes a station: what it finds is what it gets.
-            return await self.station_whatever_case(cp_id)
+            # No handshake writes a station, but one found may be an operator's
+            # createStation still in flight on MongoDB, which its rollback takes away:
+            # read as committed (``base.committed``; a station stored long since, or any
+            # on SQLite, is not read again), else the charger was signed in as a station
+            # never stored (session 29).
+            return await committed(self.store, await self.station_whatever_case(cp_id),
+                                   self.now())
         # Looked for under the cpId's lock, whatever its case, and only there: a look
         # before it found another handshake's registration still in flight here (on
         # MongoDB, reads see it) and gave that station to its charger without waiting

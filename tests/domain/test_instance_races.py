@@ -914,3 +914,44 @@ async def test_spellings_registering_in_step_on_mongodb_are_given_the_stored_sta
         assert len(stored) == 1, (stored, got)
         assert [getattr(g, "id", g) for g in got] == [stored[0].id] * (2 + third), \
             (stored, got)
+
+
+async def test_a_charger_connecting_while_its_station_s_creation_rolls_back_is_unknown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto-registration off: an operator's createStation on A, and its charger's
+    handshake on B while A's batch is in flight (MongoDB reads see it). The handshake's
+    look took the station as found, and A's batch then rolled back (its instance failed
+    before the journal closed): the charger was signed in as a station never stored
+    (session 29). It is read as committed, and the charger is unknown."""
+    async with two_stores("mongo", tmp_path / "unused.db") as (first, second):
+        a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()))
+                for s in (first, second))
+        seen: list[d.Station | None] = []
+        looked = asyncio.Event()
+        b_station = b.charging.station
+
+        async def b_looked(cp_id: str) -> d.Station | None:
+            found = await b_station(cp_id)
+            seen.append(found)
+            looked.set()
+            return found
+
+        monkeypatch.setattr(b.charging, "station", b_looked)
+        handshakes: list[asyncio.Future[Any]] = []
+        check = first._check_guards  # type: ignore[attr-defined]
+
+        async def fails_once_looked_at(*args: Any, **kw: Any) -> Any:
+            await check(*args, **kw)  # the guard holds: everything is written
+            handshakes.append(asyncio.ensure_future(
+                b.charging.station_for_connection("CP-LATE", "10.0.0.1")))
+            await asyncio.wait_for(looked.wait(), 2)
+            raise RuntimeError("A lost its database before the batch's end")
+
+        monkeypatch.setattr(first, "_check_guards", fails_once_looked_at)
+        with pytest.raises(RuntimeError):
+            await a.stations.create_station(SYSTEM, cp_id="CP-LATE", name="Late")
+        [handshake] = handshakes
+        got = await asyncio.wait_for(handshake, 5)
+        assert [s.cp_id if s else None for s in seen] == ["CP-LATE"]  # in flight, seen
+        assert await second.find_all(d.Station, Eq("cp_id", "CP-LATE")) == []
+        assert got is None

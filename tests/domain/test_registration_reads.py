@@ -1,6 +1,7 @@
-"""What a charger's handshake reads with auto-registration on (session 29): an unknown
+"""What a charger's handshake reads (session 29): with auto-registration on, an unknown
 cpId refused by the address's limit cost seven store reads, five before the limit was
-asked, and SQLite read a station it had just found once more to have it committed."""
+asked, and SQLite read a station it had just found once more to have it committed; with
+it off, a station found was not read as committed at all."""
 
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path
         await inner.close()
 
 
-def services_over(store: CountingStore,
-                  clock: Callable[[], datetime] = utcnow) -> Services:
+def services_over(store: CountingStore, clock: Callable[[], datetime] = utcnow, *,
+                  auto_register: bool = True) -> Services:
     return Services(ServiceContext(store=store, policy=Policy(),  # type: ignore[arg-type]
                                    hasher=FastHasher(), clock=clock),
-                    auto_register=True, registrations_per_hour=1)
+                    auto_register=auto_register, registrations_per_hour=1)
 
 
 async def test_an_unknown_cp_id_over_the_limit_costs_one_look(store: CountingStore) -> None:
@@ -57,14 +58,17 @@ async def test_an_unknown_cp_id_over_the_limit_costs_one_look(store: CountingSto
     assert store.calls == ["find_one", "find_all"]
 
 
+@pytest.mark.parametrize("auto_register", [True, False], ids=["auto", "no-auto"])
 async def test_a_known_station_is_read_as_committed_only_where_reads_see_writes_in_flight(
-        store: CountingStore) -> None:
-    """A station found by a handshake with auto-registration on is read as committed
-    (``Store.get_committed``) on MongoDB, whose reads see a registration in flight, while
-    it is new enough to be one; on SQLite, whose reads see only committed rows, the
-    station found is not read again."""
+        store: CountingStore, auto_register: bool) -> None:
+    """A station found by a handshake is read as committed (``Store.get_committed``) on
+    MongoDB, whose reads see a registration or a createStation in flight, while it is
+    new enough to be one; on SQLite, whose reads see only committed rows, the station
+    found is not read again. With auto-registration off too (session 29: its look took
+    the station as found, and a charger connecting while an operator's createStation
+    rolled back was signed in as a station never stored)."""
     now = [utcnow()]
-    services = services_over(store, lambda: now[0])
+    services = services_over(store, lambda: now[0], auto_register=auto_register)
     station, _ = await services.stations.create_station(SYSTEM, cp_id="CP-1", name="One")
     store.calls.clear()
     found = await services.charging.station_for_connection("cp-1", ADDRESS)

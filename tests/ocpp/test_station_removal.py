@@ -692,3 +692,33 @@ async def test_a_late_removal_leaves_the_connection_of_the_station_created_again
             await ws.close()
         await stop_central(central)
         await bus.close()
+
+
+async def test_a_charger_whose_station_goes_between_its_handshake_and_its_connection_is_closed(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Session 29: a station removed after its charger's handshake let it in and before
+    its connection was recorded (its ``StationRemoved`` found no connection of it to hang
+    up). ``connect`` found no station and recorded nothing, and the socket was kept as
+    the charger's anyway: in the gateway, taking commands, online to nobody until its
+    first message met the missing station. It is closed at once as an unknown charge
+    point, its arrival and its close recording nothing."""
+    charging = central.services.charging
+    draw = charging.draw_connection
+    removed = central.stations["CP-1"]
+
+    async def removed_meanwhile() -> int:
+        await central.services.stations.remove_station(SYSTEM, removed.id)
+        return await draw()
+
+    monkeypatch.setattr(charging, "draw_connection", removed_meanwhile)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    try:
+        await hung_up_as_unknown(ws)  # without a word from it
+    finally:
+        await ws.close()
+    assert central.gateway.handler_of("CP-1") is None
+    assert await central.store.find_all(d.ConnectionEvent,
+                                        Eq("station_id", removed.id)) == []
+    assert "CP-1: its station is gone since it signed in" in caplog.text
