@@ -194,3 +194,15 @@ class StoreUnavailable(DomainError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The database stopped answering in the middle of a write, and what stands of it is
+    not known yet (MongoDB: a write batch whose rollback failed too, or whose committing
+    journal deletion went unanswered, finished by a sweep within minutes). Unlike
+    ``StoreUnavailable``, part of the write may stay: a request sent again could apply it
+    twice, or be refused for its own first write (``DUPLICATE``), so the answer is kept
+    for its idempotency key (not ``graph.errors.RETRYABLE_CODES``) and the caller reads
+    before sending it again. A SQLite write is one transaction and never raises it."""
+
+    code = "STORE_OUTCOME_UNKNOWN"

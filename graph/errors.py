@@ -46,7 +46,9 @@ USER_ERROR_CODES = (
     "CHARGER_TIMEOUT, CHARGER_REJECTED, CHARGER_ERROR. The service: UNAVAILABLE (a part "
     "not running on this instance), STORE_BUSY (the database was locked, or too slow to "
     "take the write in time: not recorded, send it again), STORE_UNAVAILABLE (it cannot "
-    "write now) and STORE_REFUSED (too large to store: the same request fails again). "
+    "write now), STORE_OUTCOME_UNKNOWN (the database stopped answering in the middle of "
+    "the write: part of it may stay; read before sending it again) and STORE_REFUSED "
+    "(too large to store: the same request fails again). "
     "After a charger command was sent or a payment asked of the provider, what the "
     "charger or provider did stands though these say it was not recorded: read it with a "
     "query before sending again.")
@@ -86,7 +88,10 @@ def camel(field: str | None) -> str | None:
 #: and the same request may succeed sent again (README). An answer carrying one is not
 #: kept for its idempotency key (``graph.http``), so the client's retry with the key runs
 #: it, unless the request reached outside the service first (a charger command, a
-#: payment: ``domain.outside``), whose effect stands: then the answer is kept.
+#: payment: ``domain.outside``), whose effect stands: then the answer is kept. Not
+#: ``STORE_OUTCOME_UNKNOWN`` (a ``STORE_UNAVAILABLE`` before): part of the write may
+#: stand, and a retry ran it again over it (a car added, then its retry refused as
+#: ``DUPLICATE`` of itself), so its answer is kept and the client reads first.
 RETRYABLE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "CHANGED", "UNAVAILABLE"})
 #: Set by ``graph.http`` around a request with an idempotency key: whether a payload of
 #: it carries a ``RETRYABLE_CODES`` error. Every payload error is made by ``user_error``,

@@ -13,7 +13,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from domain.entities import Record
-from domain.errors import DomainError, StoreBusy, StoreUnavailable
+from domain.errors import DomainError, StoreBusy, StoreOutcomeUnknown
 from domain.ports import Audit, Change, Delete, Insert, Update
 from store.fields import audit_parts, changed_meanwhile
 from store.mongo import journal, writes
@@ -42,12 +42,15 @@ class BatchTimeout(StoreBusy):
                          "written: send it again")
 
 
-class OutcomeUnknown(StoreUnavailable):
+class OutcomeUnknown(StoreOutcomeUnknown):
     """The driver gave up waiting for one of a batch's operations (``answer_timed_out``)
     and the batch's rollback did not finish either (the database still not answering, or
     another writer changed what the batch wrote since): what stays of the write is not
     known until a sweep finishes the rollback (its journal stays; ``journal.STALE_AFTER``).
-    Said so, rather than "nothing was written" (QA s29 mongo)."""
+    Said so, rather than "nothing was written" (QA s29 mongo). Until then its documents
+    stand, visible: a request sent again met them (a unique rule's ``DUPLICATE``, a
+    guard, ``CHANGED`` after waiting for the batch), or, committed, applied it twice;
+    hence its own code, whose answer an idempotency key keeps."""
 
     def __init__(self, reason: str) -> None:
         super().__init__("the database did not answer in time and the write could not be "
