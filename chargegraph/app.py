@@ -282,6 +282,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                                         trusted_proxies=settings.trusted_proxies,
                                         metrics=metrics,
                                         strict_schema=settings.ocpp_strict_schema,
+                                        max_sampled_values=settings.ocpp_max_sampled_values,
                                         instance_id=instance_id)
                     await server.start()
                 # Registered after the store's close: stopped first, so every charger's

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
                            "connection (vendors add fields of their own), and a stop's, "
                            "a meter value's or a status report's secondary field the "
                            "schemas refuse is mended (ocpp_bridge.frames.LENIENT)")
+    # Above 1,000 for chargers that batch a backlog into one MeterValues; each value
+    # costs the event loop, every charger's and request's, ~25 µs (ocpp_bridge.frames
+    # .MAX_SAMPLED_VALUES): 100,000 holds it 2.5 s. Below 100, a charger reporting many
+    # measurands per phase would have ordinary frames refused.
+    ocpp_max_sampled_values: int = Field(
+        1000, ge=100, le=100_000,
+        description="Sampled values one MeterValues may carry over all its readings; "
+                    "beyond, it is refused (CALLERROR OccurenceConstraintViolation), the "
+                    "connection kept")
     # Chargers' Basic-auth passwords (QA s22: guessed at 2,700 a second). Per address a
     # few failures, as a misconfigured charger retrying makes; per station enough that
     # a handful of the station's own addresses failing (a password change not yet on

@@ -306,8 +306,10 @@ LENIENT: dict[str, tuple[Mend, ...]] = {
 }
 
 
-#: The most sampled values one MeterValues may carry, over all its readings (a reading
-#: holding none counts as one). OCPP 1.6 sets no bound, but a charger reports a reading
+#: The most sampled values one MeterValues may carry by default, over all its readings (a
+#: reading holding none counts as one); ``OcppServer``'s ``max_sampled_values`` (the
+#: ``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES`` setting) raises it for chargers that batch a
+#: backlog into one frame. OCPP 1.6 sets no bound, but a charger reports a reading
 #: or a few per frame, each of its measurands per phase: tens of values. Each costs the
 #: event loop tens of µs, checked against the schema, mended, made a stored sample, and
 #: the loop is every charger's and every request's: the 36,600 of a 4 MiB frame held it
@@ -318,11 +320,26 @@ LENIENT: dict[str, tuple[Mend, ...]] = {
 MAX_SAMPLED_VALUES = 1000
 
 
-def bound(action: str, payload: dict[str, Any], unique_id: str) -> None:
-    """Refuses a MeterValues of more than ``MAX_SAMPLED_VALUES`` sampled values with an
+class TooManySampledValues(FrameError):
+    """A MeterValues refused by ``bound``: ``count`` sampled values, more than ``limit``
+    (for the log line telling the operator what to raise)."""
+
+    def __init__(self, count: int, limit: int, unique_id: str) -> None:
+        super().__init__(OCCURENCE_CONSTRAINT_VIOLATION,
+                         f"meterValue: more than {limit} sampled values in one "
+                         "MeterValues; send them in smaller frames", unique_id)
+        self.count = count
+        self.limit = limit
+
+
+def bound(action: str, payload: dict[str, Any], unique_id: str,
+          limit: int = MAX_SAMPLED_VALUES) -> None:
+    """Refuses a MeterValues of more than ``limit`` sampled values with an
     OccurenceConstraintViolation (too many occurrences of one field, in the 1.6 table's
-    words), the connection kept: the charger can send them in smaller frames. Counting
-    costs a step per reading; a payload of another shape is left to ``validate``."""
+    words; ``TooManySampledValues``), the connection kept: the charger can send them in
+    smaller frames. Counting costs a step per reading (all of them, for the count the
+    log names: fewer than the parse of the frame cost); a payload of another shape is
+    left to ``validate``."""
     readings = payload.get("meterValue") if action == "MeterValues" else None
     if not isinstance(readings, list):
         return
@@ -330,10 +347,8 @@ def bound(action: str, payload: dict[str, Any], unique_id: str) -> None:
     for reading in readings:
         values = reading.get("sampledValue") if isinstance(reading, dict) else None
         count += max(len(values), 1) if isinstance(values, list) else 1
-        if count > MAX_SAMPLED_VALUES:
-            raise FrameError(OCCURENCE_CONSTRAINT_VIOLATION,
-                             f"meterValue: more than {MAX_SAMPLED_VALUES} sampled values "
-                             "in one MeterValues; send them in smaller frames", unique_id)
+    if count > limit:
+        raise TooManySampledValues(count, limit, unique_id)
 
 
 @dataclass(frozen=True, slots=True)

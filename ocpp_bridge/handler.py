@@ -316,7 +316,8 @@ async def _check_outgoing(request: Any, unique_id: str) -> None:
 class ChargePointHandler(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, charging: ChargingService, *,
                  response_timeout: float = 30, metrics: Metrics = NO_METRICS,
-                 strict_schema: bool = False, pacer: FramePacer | None = None) -> None:
+                 strict_schema: bool = False, pacer: FramePacer | None = None,
+                 max_sampled_values: int = frames.MAX_SAMPLED_VALUES) -> None:
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.charging = charging
@@ -325,6 +326,8 @@ class ChargePointHandler(ChargePoint):
         #: leaving them out, and refuse the values ``frames.LENIENT`` would mend
         #: (``frames.validate``): the schemas' letter, for testing a charger.
         self.strict_schema = strict_schema
+        #: The most sampled values one MeterValues may carry (``frames.bound``).
+        self.max_sampled_values = max_sampled_values
         #: (action, path) of the unknown properties, and (action, rule) of the values
         #: mended (``frames.LENIENT``), this connection was told about in the log
         #: already: once each, not at every frame.
@@ -677,6 +680,15 @@ class ChargePointHandler(ChargePoint):
                             "not logged again on this connection", self.id, action,
                             fix.reason, kept)
 
+    def _note_too_many(self, refused: frames.TooManySampledValues) -> None:
+        """A WARNING, once per connection (a charger retries the frame it was refused):
+        the charger, its count and the setting to raise, for an operator whose chargers
+        batch a backlog into one MeterValues."""
+        if self._first_time("MeterValues", "sampled values bound"):
+            log.warning("%s: sends a MeterValues of %d sampled values, more than %d "
+                        "(CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES): refused; not logged again "
+                        "on this connection", self.id, refused.count, refused.limit)
+
     def _first_time(self, action: str, path: str) -> bool:
         """Whether (``action``, ``path``) is told about for the first time on this
         connection (and at most 100 of them)."""
@@ -766,7 +778,11 @@ class ChargePointHandler(ChargePoint):
                     else frames.NOT_IMPLEMENTED
                 raise FrameError(code, f"{action} is not served here", uid)
             # Before the checks, which would read every one of too many sampled values.
-            frames.bound(action, frame.payload, uid)
+            try:
+                frames.bound(action, frame.payload, uid, self.max_sampled_values)
+            except frames.TooManySampledValues as exc:
+                self._note_too_many(exc)
+                raise
             checked = frames.validate(frames.CALL, action, frame.payload, uid,
                                       strict=self.strict_schema)
             if checked is not frames.CLEAN:

@@ -7,7 +7,7 @@ rate, the rest waiting in its socket (TCP pushes back on the sender).
 
 Frames are paced by their bytes too: what a frame costs the loop grows with its size
 (parsed, checked against the schema, a sample written per sampled value: a 4 MiB
-MeterValues held it 0.7 s, one of more than ``frames.MAX_SAMPLED_VALUES`` is refused
+MeterValues held it 0.7 s, one of more than the bound (``frames.bound``) is refused
 since session 29 once parsed and counted, before its schema check), and a charger
 sending large frames back to back, within the frame rate by far, had the loop nearly to
 itself: another charger's Heartbeat was answered once per large frame, 15 in 3 s

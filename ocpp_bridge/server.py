@@ -55,6 +55,7 @@ from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout, add
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from domain.validation import cp_id_key
+from ocpp_bridge.frames import MAX_SAMPLED_VALUES
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import (
     CLOSE_PASSWORD_CHANGED,
@@ -271,7 +272,8 @@ class OcppServer:
                  instances: InstanceService | None = None, lease_seconds: float = 30.0,
                  trusted_proxies: str = "127.0.0.1,::1", metrics: Metrics = NO_METRICS,
                  strict_schema: bool = False, instance_id: str | None = None,
-                 refusal_delay: float = CHARGER_REFUSAL_DELAY_S) -> None:
+                 refusal_delay: float = CHARGER_REFUSAL_DELAY_S,
+                 max_sampled_values: int = MAX_SAMPLED_VALUES) -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
         # start-up lost its connection with the previous process; with others, it may be
@@ -308,6 +310,8 @@ class OcppServer:
         self.ping_interval = ping_interval
         self.response_timeout = response_timeout
         self.strict_schema = strict_schema
+        #: The most sampled values a charger's MeterValues may carry (``frames.bound``).
+        self.max_sampled_values = max_sampled_values
         self._server: Server | None = None
         #: Set while ``stop`` closes the chargers' sockets.
         self._stopping = False
@@ -1142,7 +1146,8 @@ class OcppServer:
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema,
-                                     pacer=self.pacers.of(cp_id))
+                                     pacer=self.pacers.of(cp_id),
+                                     max_sampled_values=self.max_sampled_values)
         if signed_in is not None:
             handler.station_id, handler.signed_in_with, _ = signed_in
             handler.signed_in = True

@@ -17,6 +17,7 @@ from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.services import ConnectorSpec, ServiceContext, Services
 from graph import TokenService
+from ocpp_bridge.frames import MAX_SAMPLED_VALUES
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from pubsub.command_relay import CommandRelay
@@ -60,7 +61,8 @@ class Central:
 async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
                         command_timeout: float = 5.0, relayed: bool = False,
                         strict_schema: bool = False, port: int = 0,
-                        ahead: timedelta = timedelta(0), leases: bool = False) -> Central:
+                        ahead: timedelta = timedelta(0), leases: bool = False,
+                        max_sampled_values: int = MAX_SAMPLED_VALUES) -> Central:
     """A central system on ``path``. ``relayed``: commands go the way they go between two
     instances, through a ``CommandRelay`` without chargers to one holding this server's
     connections, over a bus that carries them as JSON. ``port``: the OCPP server's (one
@@ -68,7 +70,8 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     the services' clock runs that far ahead of the real one (a restart that long after
     the previous process stopped). ``leases``: the OCPP server holds an instance lease
     (of an hour: its own rounds never run in a test, which calls ``server.upkeep``), as
-    ``chargegraph`` runs it."""
+    ``chargegraph`` runs it. ``max_sampled_values``: the server's bound on a MeterValues
+    (``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES``)."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
@@ -91,7 +94,7 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     server = OcppServer(services.charging, gateway, "127.0.0.1", port, response_timeout=5,
                         strict_schema=strict_schema, refusal_delay=REFUSAL_DELAY_S,
                         instances=services.instances if leases else None,
-                        lease_seconds=3600)
+                        lease_seconds=3600, max_sampled_values=max_sampled_values)
     await server.start()
     return Central(services, store, server, gateway,
                    f"ws://127.0.0.1:{server.bound_port}/ocpp",

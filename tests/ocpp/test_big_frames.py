@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
 from domain import entities as d
@@ -22,7 +25,7 @@ from ocpp_bridge import frames
 from ocpp_bridge.frames import MAX_SAMPLED_VALUES, FrameError
 from ocpp_bridge.server import MAX_MESSAGE
 from ocpp_bridge.simulator import connected
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_meter_anomalies import Charger, iso
 from tests.ocpp.test_protocol import exchange, raw
 
@@ -52,6 +55,65 @@ def test_the_bound_counts_every_reading_s_sampled_values() -> None:
     # Shapes the schema refuses are left to it, and other actions are not counted.
     frames.bound("MeterValues", {"meterValue": "many"}, "u")
     frames.bound("StopTransaction", {"transactionData": _readings(MAX_SAMPLED_VALUES)}, "u")
+
+
+def test_the_bound_is_the_one_given_and_the_refusal_tells_the_whole_count() -> None:
+    """``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES`` reaches ``bound`` as its limit; refused,
+    the count for the log is every reading's, not where counting passed the limit."""
+    backlog = {"connectorId": 1, "meterValue": _readings(2 * MAX_SAMPLED_VALUES // 5)}
+    frames.bound("MeterValues", backlog, "u", 2 * MAX_SAMPLED_VALUES)  # taken
+    with pytest.raises(frames.TooManySampledValues) as refused:
+        frames.bound("MeterValues", backlog, "u", 2 * MAX_SAMPLED_VALUES - 1)
+    assert (refused.value.count, refused.value.limit) == (2 * MAX_SAMPLED_VALUES,
+                                                          2 * MAX_SAMPLED_VALUES - 1)
+    assert f"more than {2 * MAX_SAMPLED_VALUES - 1} sampled values" \
+        in refused.value.description
+
+
+async def test_a_raised_bound_takes_a_backlog_and_a_refusal_names_what_to_raise(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger flushing a backlog of 300 readings of five measurands (1,500 values, over
+    the default bound) into one MeterValues, on a server whose bound is raised to 2,000:
+    taken, every reading stored. One of 2,005 is refused (OccurenceConstraintViolation),
+    nothing of it stored, with a WARNING naming the charger, the count and the setting,
+    once on the connection (the charger retries it)."""
+    central = await start_central(tmp_path / "bound.db", max_sampled_values=2000)
+    try:
+        await seed(central)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            charger = Charger(cp)
+            await charger.start(0)
+
+            def backlog(readings: int) -> call.MeterValues:
+                return call.MeterValues(connector_id=1, transaction_id=charger.tx,
+                                        meter_value=[{
+                    "timestamp": iso(charger.at + timedelta(seconds=k)),
+                    "sampledValue": [
+                        {"value": str(k)},
+                        {"value": "7000", "measurand": "Power.Active.Import", "unit": "W"},
+                        {"value": "230", "measurand": "Voltage", "unit": "V"},
+                        {"value": "30", "measurand": "Current.Import", "unit": "A"},
+                        {"value": "20", "measurand": "Temperature", "unit": "Celsius"}]}
+                    for k in range(1, readings + 1)])
+
+            assert MAX_SAMPLED_VALUES < 300 * 5
+            await cp.call(backlog(300), suppress=False)
+            energy = Eq("measurand", "Energy.Active.Import.Register")
+            stored = await central.store.count(d.MeterSample, energy)
+            assert stored == 300
+            with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+                for _ in range(2):
+                    with pytest.raises(OCPPError) as refused:
+                        await cp.call(backlog(401), suppress=False)
+                    assert refused.value.code == frames.OCCURENCE_CONSTRAINT_VIOLATION
+            assert await central.store.count(d.MeterSample, energy) == stored
+        told = [(r.levelno, r.getMessage()) for r in caplog.records
+                if r.name == "chargegraph.ocpp" and "sampled values" in r.getMessage()]
+        assert told == [(logging.WARNING, "CP-1: sends a MeterValues of 2005 sampled "
+                         "values, more than 2000 (CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES): "
+                         "refused; not logged again on this connection")]
+    finally:
+        await stop_central(central)
 
 
 async def test_a_huge_meter_values_is_refused_and_the_connection_and_others_served(

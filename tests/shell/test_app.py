@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -428,3 +429,41 @@ def test_the_app_delivers_webhooks_and_refuses_private_urls_by_default(
     assert Settings().webhooks_allow_private is True
     assert _webhook_to_loopback(tmp_path / "off", False) == "FORBIDDEN_ADDRESS"
     assert _webhook_to_loopback(tmp_path / "on", True) == "http://127.0.0.1:9/in"
+
+
+def test_the_sampled_values_bound_reaches_the_ocpp_server(tmp_path: Path) -> None:
+    """``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES`` through the app to each charger's handler:
+    raised to 2,000, a MeterValues of 1,500 values (refused by default) passes the bound
+    and reaches the next check (this auto-registered station is pending: SecurityError),
+    one of 2,001 is refused by the bound (OccurenceConstraintViolation)."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from ocpp_bridge import frames
+    from tests.helpers import free_port
+
+    port = free_port()
+    app = create_app(settings_for(tmp_path, ocpp_enabled=True, ocpp_port=port,
+                                  auto_register=True, ocpp_max_sampled_values=2000),
+                     hasher=Argon2Hasher.fast())
+
+    def meter_values(count: int) -> str:
+        return json.dumps([2, f"mv{count}", "MeterValues", {"connectorId": 1, "meterValue": [
+            {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1"}] * count}]}])
+
+    async def answers() -> list[str]:
+        async with connect(f"ws://127.0.0.1:{port}/ocpp/NEW-CP-1",
+                           subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            codes = []
+            for count in (1500, 2001):
+                await ws.send(meter_values(count))
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert answer[:2] == [4, f"mv{count}"], answer
+                codes.append(answer[2])
+            return codes
+
+    assert frames.MAX_SAMPLED_VALUES < 1500
+    with TestClient(app) as client:
+        codes = client.portal.call(answers)  # type: ignore[union-attr]
+    assert codes == [frames.SECURITY_ERROR, frames.OCCURENCE_CONSTRAINT_VIOLATION]

@@ -383,3 +383,55 @@ def test_auto_registrations_per_hour_reach_the_charging_service(
     monkeypatch.setenv("CHARGEGRAPH_AUTO_REGISTER_PER_HOUR", "0")
     services = build_services(Settings(), store=None, hasher=Argon2Hasher.fast())  # type: ignore[arg-type]
     assert services.charging.registrations.limit == 0
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("99", "Input should be greater than or equal to 100"),
+    ("0", "Input should be greater than or equal to 100"),
+    ("-1000", "Input should be greater than or equal to 100"),
+    # 4 MiB of the smallest sampled values holds 300,000: beyond, no bound at all.
+    ("100001", "Input should be less than or equal to 100000"),
+    ("1e6", "Input should be a valid integer, unable to parse string as an integer"),
+    ("2000.5", "Input should be a valid integer, unable to parse string as an integer"),
+    ("many", "Input should be a valid integer, unable to parse string as an integer"),
+])
+def test_a_nonsense_sampled_values_bound_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES", value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert problems(refused.value) == [
+        f"CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES: {message} (got {value!r})"]
+
+
+def test_the_sampled_values_bound_defaults_to_the_ocpp_server_s(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES``: ``frames.MAX_SAMPLED_VALUES`` unless
+    raised (chargers batching a backlog) or lowered."""
+    from ocpp_bridge.frames import MAX_SAMPLED_VALUES
+
+    monkeypatch.chdir(tmp_path)
+    assert Settings().ocpp_max_sampled_values == MAX_SAMPLED_VALUES == 1000
+    for value in ("100", "10000", "100000"):
+        monkeypatch.setenv("CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES", value)
+        assert Settings().ocpp_max_sampled_values == int(value)
+
+
+def test_every_setting_has_a_row_in_the_readme_s_table() -> None:
+    """Each setting's variable starts a row of the README's settings table, whole or as
+    a ``/ `_SUFFIX``` after a sibling's (``CHARGEGRAPH_OCPP_TLS_CERT` / `_KEY``)."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    cells = [line.split(" | ")[0] for line in readme.read_text(encoding="utf-8").splitlines()
+             if line.startswith("| `CHARGEGRAPH_")]
+    named = [re.findall(r"`([A-Z0-9_]+)`", cell) for cell in cells]
+
+    def has_a_row(variable: str) -> bool:
+        return any(variable == whole or any(
+            variable.endswith(suffix) and whole.startswith(variable[:-len(suffix)])
+            for suffix in suffixes) for whole, *suffixes in named)
+
+    assert [f"CHARGEGRAPH_{name.upper()}" for name in Settings.model_fields
+            if not has_a_row(f"CHARGEGRAPH_{name.upper()}")] == []
