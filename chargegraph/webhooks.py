@@ -524,9 +524,12 @@ class WebhookDispatcher:
 
     @property
     def persisted(self) -> bool:
-        """Every delivery's record is written as it is now (or failing to be)."""
-        return (not self._unwritten or self._persist_failing) and (
-            self._writing is None or self._writing.done())
+        """Every delivery's record is written as it is now: no batch waits and none is
+        being written. A batch whose write failed (or waits for the lease) is not: it
+        waits for its next try, the store still holding what it held before (QA s29:
+        counted as written, ``idle`` held while a delivered one's record was still
+        there). Only the stop gives a batch up for good, and says so (``_hand_over``)."""
+        return not self._unwritten and (self._writing is None or self._writing.done())
 
     def queue_lengths(self) -> list[int]:
         """How many events each webhook with a queue has waiting (``/metrics``)."""
@@ -766,10 +769,16 @@ class WebhookDispatcher:
             refused = await self.services.webhooks.keep_deliveries(
                 mine, margin=self._margin, **records)
         except Exception as failure:
+            if handing_over:
+                raise  # given up for good, as the stop says (``_hand_over``)
+            if self._handed_over:
+                # Written after the stop's handover (which gave up waiting for it):
+                # nothing tries it again.
+                log.warning("storing %d webhook deliveries failed after this instance "
+                            "handed over (%s): given up", len(kept), failure)
+                return False
             for key, entry in kept.items():
                 self._unwritten.setdefault(key, entry)
-            if handing_over:
-                raise
             if not self._persist_failing:
                 self._persist_failing = True
                 log.warning("storing webhook deliveries failed (%s): they still go out "
@@ -941,8 +950,9 @@ class WebhookDispatcher:
                 await self._persist(handing_over=True, unfinished=unfinished)
         except Exception:  # TimeoutError included
             log.exception("handing over %d webhook deliveries for the next instance "
-                          "failed: those stored are taken over once this instance's "
-                          "lease expires, the others are lost", len(unfinished))
+                          "failed (given up): those stored are taken over once this "
+                          "instance's lease expires, the others are lost",
+                          len(unfinished))
             return
         if unfinished:
             log.info("handed over %d webhook deliveries for the next instance",

@@ -92,3 +92,16 @@ class Receiver:
             writer.write(b"z")
             await writer.drain()
             await asyncio.sleep(0.02)
+
+
+class HeldReceiver(Receiver):
+    """Reads each request once ``go`` is set (until then, it waits unread)."""
+
+    def __init__(self, *statuses: int) -> None:
+        super().__init__(*statuses)
+        self.go = asyncio.Event()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> None:
+        await self.go.wait()
+        await super()._handle(reader, writer)

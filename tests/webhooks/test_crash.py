@@ -21,6 +21,7 @@ from domain.clock import utcnow
 from domain.errors import StoreUnavailable
 from domain.events import AccessChanged
 from domain.policy import SYSTEM
+from domain.ports import Delete
 from domain.query import ALL
 from domain.services import Services, erasure
 from domain.services.base import patch
@@ -28,7 +29,7 @@ from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from tests.helpers import until
 from tests.webhooks.conftest import World, two_instances
-from tests.webhooks.receiver import DRIP, Receiver
+from tests.webhooks.receiver import DRIP, HeldReceiver, Receiver
 from tests.webhooks.test_delivery import available
 from tests.webhooks.test_handover import handed_over, requests_at_least
 
@@ -140,10 +141,7 @@ async def test_with_the_store_out_deliveries_still_go_out_from_memory(
         await requests_at_least(receiver, 2)
         out = False
         dispatcher._to_write.set()  # its next try, without waiting PERSIST_RETRY_S
-
-        async def written() -> bool:
-            return not dispatcher._unwritten and not dispatcher._persist_failing
-        await until(written, attempts=500)
+        await world.settled()  # the batch landed: one failing is not settled
         assert await world.store.find_all(d.PendingDelivery, ALL) == []
 
 
@@ -253,13 +251,48 @@ async def test_a_store_write_that_landed_but_failed_leaves_no_delivery_behind(
             return (await world.stored(webhook)).last_error is not None
         await until(over, attempts=300)
         dispatcher._to_write.set()  # its next write, without waiting PERSIST_RETRY_S
-
-        async def written() -> bool:
-            return not dispatcher._unwritten and not dispatcher._persist_failing
-        await until(written, attempts=500)
+        await world.settled()  # the batch landed: one failing is not settled
         assert failures == 0
         assert await handed_over(world) == []
 
+
+
+async def test_settled_waits_for_a_failing_batch_to_land(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s29: a batch whose write kept failing counted as written (``persisted``), so
+    ``settled`` returned while the store still held a delivered one's record, its delete
+    failing. The delete fails three times, then the store answers: settled only once it
+    landed. (Each retry waits longer than ``until``'s step, so a failing batch counted
+    as written is seen.)"""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.05)
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = HeldReceiver(200)  # answers once the delivery is stored
+        world.receivers.append(await receiver.start())
+        await world.webhook("op", receiver, "connector.status_changed")
+        store = first.webhooks.store
+        real_write = store.write
+        failures = 3
+
+        async def failing_deletes(changes: list[object], audit: object,
+                                  *rest: object) -> None:
+            nonlocal failures
+            if failures and any(isinstance(c, Delete) and isinstance(
+                    c.record, d.PendingDelivery) for c in changes):
+                failures -= 1
+                raise StoreUnavailable("the store is out of reach", reason="out")
+            await real_write(changes, audit, *rest)  # type: ignore[arg-type]
+            if any(isinstance(getattr(c, "record", None), d.PendingDelivery)
+                   for c in changes):
+                receiver.go.set()  # stored: answered now, its record to be deleted
+        store.write = failing_deletes  # type: ignore[method-assign,assignment]
+        await world.dispatcher(first)
+        await available(world)
+
+        await world.settled()
+
+        assert failures == 0
+        assert len(receiver.requests) == 1
+        assert await handed_over(world) == []
 
 
 class SlowReceiver(Receiver):

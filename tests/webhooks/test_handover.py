@@ -7,20 +7,26 @@ only. Receivers on 127.0.0.1; dispatchers over real SQLite stores."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import StoreUnavailable
 from domain.events import ConnectorStatusChanged
 from domain.ports import Update
 from domain.query import ALL, Eq
+from domain.services import Services
 from pubsub.codec import encode
 from tests.helpers import until
 from tests.webhooks.conftest import World, two_instances
-from tests.webhooks.receiver import DRIP, Receiver
+from tests.webhooks.receiver import DRIP, HeldReceiver, Receiver
 from tests.webhooks.test_delivery import available
 
 #: A retry waits this long: long enough to stop and hand over before it is due.
@@ -221,6 +227,79 @@ async def test_a_stop_does_not_hang_on_a_store_that_does_not_answer(
         await asyncio.wait_for(stopping.close(), 5)
         world.dispatchers.remove(stopping)
         assert time.monotonic() - started < 2
+
+
+def deliveries_written(services: Services, then: Callable[[], Awaitable[None]]) -> None:
+    """Each of ``services``' store writes of deliveries runs ``then()`` first (it may
+    wait; raising, it fails the write)."""
+    store = services.webhooks.store
+    real_write = store.write
+
+    async def write(changes: Any, audit: Any, *rest: Any) -> None:
+        if any(isinstance(getattr(c, "record", None), d.PendingDelivery) for c in changes):
+            await then()
+        await real_write(changes, audit, *rest)
+    store.write = write  # type: ignore[method-assign,assignment]
+
+
+async def refused() -> None:
+    raise StoreUnavailable("the store is out of reach", reason="test")
+
+
+async def test_a_handover_the_store_refuses_is_given_up_and_said_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s29: the delete of a stored delivery given up (its one try failed) fails, and
+    so does the stop's write of it: given up for good (logged), not left waiting for a
+    retry nobody makes, the stopped dispatcher has nothing unwritten."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = HeldReceiver(500)
+        world.receivers.append(await receiver.start())
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        stopping = await world.dispatcher(first, tries=1, handover_s=0.3)
+        await available(world)
+
+        async def stored() -> bool:
+            return len(await handed_over(world)) == 1
+        await until(stored)
+        deliveries_written(first, refused)
+        receiver.go.set()
+        await failure_recorded(world, webhook)  # over: its record to be deleted
+        with caplog.at_level(logging.ERROR, "chargegraph.webhooks"):
+            await asyncio.wait_for(stopping.close(), 5)
+        world.dispatchers.remove(stopping)
+        assert "webhook deliveries for the next instance failed" in caplog.text
+        assert stopping.persisted
+        assert len(await handed_over(world)) == 1  # left: taken over once its lease ends
+
+
+async def test_a_batch_failing_after_the_stop_gave_up_waiting_for_it_is_given_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch's write outlives the stop's wait for it (``handover_s``), then fails: it
+    is given up, said so, not kept as unwritten for a retry nobody makes."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(500)
+        await world.webhook("op", receiver, "connector.status_changed")
+        answer = asyncio.Event()
+
+        async def held_then_refused() -> None:
+            await answer.wait()
+            await refused()
+        deliveries_written(first, held_then_refused)
+        stopping = await world.dispatcher(first, backoff=(60.0,), handover_s=0.3)
+        await available(world)
+
+        async def writing() -> bool:
+            return stopping._writing is not None and not stopping._writing.done()
+        await until(writing)
+        with caplog.at_level(logging.WARNING, "chargegraph.webhooks"):
+            await asyncio.wait_for(stopping.close(), 5)
+            world.dispatchers.remove(stopping)
+            late = stopping._writing
+            assert late is not None and not late.done()
+            answer.set()
+            assert await late is False
+        assert "failed after this instance handed over" in caplog.text
+        assert stopping.persisted
 
 
 async def test_a_stop_with_a_full_queue_is_taken_over_by_one_instance_together(
