@@ -6,7 +6,6 @@ is reported at boot, and commands are obeyed with their status sequences."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from ocpp_bridge.simulator import (
     SimulatorConfig,
     connected,
 )
-from tests.helpers import until
+from tests.helpers import soon, until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_commands import run
 
@@ -43,14 +42,6 @@ class Recording(SimulatedChargePoint):
     def statuses(self, connector_id: int) -> list[str]:
         return [p.status for p in self.sent if isinstance(p, call.StatusNotification)
                 and p.connector_id == connector_id]
-
-
-async def soon(holds: Callable[[], bool]) -> None:
-    """Waits (bounded, 10 s) until the charger's own state ``holds``."""
-    async def check() -> bool:
-        return holds()
-
-    await until(check, attempts=200, step=0.05)
 
 
 async def closed(central: Central, transaction_id: int | None) -> d.Session:
