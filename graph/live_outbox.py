@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -79,7 +79,7 @@ class QueuedSend:
     """One message waiting for a socket. For events: the operation, the event and the
     ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
     (events before it were dropped after it was queued). ``sent_at``: when the socket took
-    it (its send completed, ``time.monotonic()``), ``None`` until then."""
+    it (its send completed, ``Outbox.clock()``), ``None`` until then."""
 
     __slots__ = ("cancelled", "dropped_before", "event", "message", "op", "sent_at")
 
@@ -100,18 +100,21 @@ class Outbox:
     offers ``ABORT``; ``close_within``: seconds a close may wait for the socket."""
 
     def __init__(self, send: Send, queue_size: int, *, abort: bool = False,
-                 close_within: float = CLOSE_WITHIN_S) -> None:
+                 close_within: float = CLOSE_WITHIN_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
+        #: What ``sent_at`` reads: the keep-alive's clock (``live_ws.Timers.now``).
+        self.clock = clock
         self.queue_size = queue_size
         self.abort = abort
         self.close_within = close_within
         self._queue: deque[QueuedSend] = deque()
         self._writer: asyncio.Task[None] | None = None
         self.dead = False
-        #: ``time.monotonic()`` when the socket last took a message (a send completed:
+        #: ``clock()`` when the socket last took a message (a send completed:
         #: the keep-alive pings a socket that has been quiet, and closes one that took
         #: nothing for an interval, ``Connection.keep_alive``).
-        self.sent_at = time.monotonic()
+        self.sent_at = self.clock()
 
     def control(self, message: Message) -> QueuedSend:
         """Sends ``message`` after everything before it; the item tells when it went out
@@ -164,7 +167,7 @@ class Outbox:
                 self._die()
                 return
         if rest is None:
-            self.sent_at = time.monotonic()
+            self.sent_at = self.clock()
             if item is not None:
                 item.sent_at = self.sent_at
         else:
@@ -173,7 +176,7 @@ class Outbox:
     async def _drain(self, first: Awaitable[Any], first_item: QueuedSend | None) -> None:
         try:
             await first
-            self.sent_at = time.monotonic()
+            self.sent_at = self.clock()
             if first_item is not None:
                 first_item.sent_at = self.sent_at
             queue = self._queue
@@ -189,7 +192,7 @@ class Outbox:
                     assert op is not None and item.event is not None
                     message = await op.group.render_alone(op, item.event, item.dropped_before)
                 await self._send(message)
-                self.sent_at = item.sent_at = time.monotonic()
+                self.sent_at = item.sent_at = self.clock()
         except Exception:
             self._die()
         finally:

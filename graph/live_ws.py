@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from graphql import (
@@ -119,8 +119,25 @@ KEEPALIVE = timedelta(seconds=25)
 #: time: graphql-ws's own recipe for a pong timeout (a client closing with 4408 "Request
 #: Timeout"), and a code its client retries (1011 is among those it gives up on).
 PONG_TIMEOUT = (4408, "Pong timeout")
-#: How early by ``time.monotonic()`` a timer may run: a deadline this close is reached.
+#: How early by ``Timers.now()`` a timer may run: a deadline this close is reached.
 _EARLY = 0.001
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers:
+    """The keep-alive's time: ``time.monotonic`` and the running loop's ``call_later``,
+    in one place so that a test can run it on a clock it moves itself (by order, not by
+    how fast a loaded machine runs; tests/graph/test_live_ws.py)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
 
 Authorize = Callable[[str | None], Awaitable[Viewer]]
 
@@ -284,7 +301,8 @@ class Connection:
         self.protocol = protocol
         extensions = scope.get("extensions") or {}
         self.outbox = Outbox(send, self.hub.queue_size, abort=ABORT in extensions,
-                             close_within=endpoint.close_within_s)
+                             close_within=endpoint.close_within_s,
+                             clock=endpoint.timers.now)
         self.request = HTTPConnection(scope)
         #: Whose operations these are, for ``LiveHub``'s per-address limit.
         self.client = self.request.client.host if self.request.client else ""
@@ -299,8 +317,8 @@ class Connection:
         self.init_received = False
         #: The init timeout's or the keep-alive's close, kept referenced until it ran.
         self.closing: asyncio.Future[None] | None = None
-        #: ``time.monotonic()`` when the client last sent a message.
-        self.heard_at = time.monotonic()
+        #: ``Timers.now()`` when the client last sent a message.
+        self.heard_at = endpoint.timers.now()
         #: The keep-alive's ``ping`` that no message has answered yet, and when it was
         #: given to the outbox (it may wait there behind a backlog).
         self.ping: QueuedSend | None = None
@@ -310,7 +328,7 @@ class Connection:
         #: them pile up without bound: events are bounded per operation, these were not).
         self.ka: QueuedSend | None = None
         self.pong: QueuedSend | None = None
-        self.keep_alive_timer: asyncio.TimerHandle | None = None
+        self.keep_alive_timer: Cancellable | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
 
     # -- messages -----------------------------------------------------------
@@ -499,8 +517,7 @@ class Connection:
             self.ka = self.outbox.control({"type": "ka"})
 
     def _keep_alive_in(self, delay: float) -> None:
-        self.keep_alive_timer = asyncio.get_running_loop().call_later(
-            delay, self._keep_alive_due)
+        self.keep_alive_timer = self.endpoint.timers.call_later(delay, self._keep_alive_due)
 
     def _keep_alive_due(self) -> None:
         if self.outbox.dead:
@@ -510,7 +527,7 @@ class Connection:
             self._ka()
             self._keep_alive_in(interval)
             return
-        now = time.monotonic()
+        now = self.endpoint.timers.now()
         if self.ping is not None:
             if self.heard_at < self.ping_queued_at:
                 wait = self._pong_wait(self.ping, now, interval)
@@ -800,7 +817,8 @@ class LiveEndpoint:
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
-                 render_backlog: int = RENDER_BACKLOG, introspection: bool = True) -> None:
+                 render_backlog: int = RENDER_BACKLOG, introspection: bool = True,
+                 timers: Timers | None = None) -> None:
         self.hub = LiveHub(services, tokens, schema, queue_size,
                            max_operations=max_operations,
                            max_operations_per_client=max_operations_per_client,
@@ -811,6 +829,8 @@ class LiveEndpoint:
         self.revalidate_every = revalidate_every
         #: Seconds between keep-alives (``Connection.keep_alive``); 0: none.
         self.keep_alive_s = keep_alive.total_seconds()
+        #: The keep-alive's clock and timers (``time.monotonic``, the loop's by default).
+        self.timers = timers or Timers()
         #: Seconds a close may wait for the socket to take it (``Outbox.close``).
         self.close_within_s = close_within.total_seconds()
 
@@ -838,7 +858,7 @@ class LiveEndpoint:
                     break  # websocket.disconnect
                 if connection.outbox.dead:
                     break  # closed (or dropped) meanwhile: nothing more is handled
-                connection.heard_at = time.monotonic()
+                connection.heard_at = self.timers.now()
                 text = message.get("text")
                 try:
                     if text is None:

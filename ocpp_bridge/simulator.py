@@ -339,6 +339,13 @@ class SimulatedChargePoint(ChargePoint):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def followed_up(self) -> None:
+        """Waits for the follow-ups started so far (a reboot's boot and statuses, a status
+        change's notification) to have been sent and answered; not for those they start
+        (a remote start's metering runs until its stop). A reservation's expiry waits
+        for its expiry: wait only for follow-ups that end."""
+        await asyncio.gather(*self._tasks)
+
     async def call(self, payload: Any, suppress: bool = True, unique_id: Any = None,
                    skip_schema_validation: bool = False) -> Any:
         """``ChargePoint.call`` as a charger that may lose its connection: a transaction

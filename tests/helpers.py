@@ -75,6 +75,15 @@ async def until(condition: Callable[[], Awaitable[Any]], attempts: int = 500,
     raise AssertionError("condition never held")
 
 
+async def soon(holds: Callable[[], bool]) -> None:
+    """Waits (bounded, 10 s) until ``holds()``: state of the test's own (a simulated
+    charger's, a socket's), read without awaiting."""
+    async def check() -> bool:
+        return holds()
+
+    await until(check, attempts=200, step=0.05)
+
+
 async def graphql_in_process(services: Any, tokens: Any, query: str,
                              variables: dict[str, Any] | None = None,
                              user_id: str | None = None) -> dict[str, Any]:

@@ -5,10 +5,10 @@ holding anyone up, and both protocols behave as Strawberry's handlers did."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -33,14 +33,14 @@ from graph.context import GraphContext
 from graph.ids import to_global_id
 from graph.live_outbox import ABORT, start_eagerly
 from graph.live_render import RENDER_BACKLOG, RenderQueue
-from graph.live_ws import LiveEndpoint
+from graph.live_ws import LiveEndpoint, Timers
 from graph.pipeline import MAX_TOKENS
 from graph.schema import schema
 from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
 from tests.graph.test_scalars import set_price_body
 from tests.graph.world import World, build_world
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, soon
 from tests.support.fragments import counting_parser, doubling
 from tests.support.garbage import left_to_the_collector
 
@@ -58,7 +58,7 @@ class Setup:
     def __init__(self, services: Services, world: World, bus: MemoryEventBus,
                  queue_size: int = 1000,
                  revalidate_every: timedelta = timedelta(hours=1),
-                 keep_alive: timedelta = NO_KEEPALIVE) -> None:
+                 keep_alive: timedelta = NO_KEEPALIVE, timers: Timers | None = None) -> None:
         self.services = services
         self.world = world
         self.bus = bus
@@ -70,7 +70,7 @@ class Setup:
         self.endpoint = LiveEndpoint(services, self.tokens, schema, authorize,
                                      queue_size=queue_size,
                                      revalidate_every=revalidate_every,
-                                     keep_alive=keep_alive)
+                                     keep_alive=keep_alive, timers=timers)
 
     def token(self, name: str) -> str:
         return self.tokens.issue(self.world.users[name].id).token
@@ -396,26 +396,55 @@ async def test_a_ping_that_waited_for_the_socket_is_awaited_from_when_the_socket
     transport is paused after the previous burst) is stamped ``sent_at`` when the send
     started, not when it went out, so the client is closed moments after the ping reaches
     it, although it answers well within an interval of receiving it."""
-    interval = 1.0
-    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=interval))
-    socket = await live.open("admin")
-    acked = time.monotonic()
+    timers = ManualTimers()
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=1),
+                 timers=timers)
+    socket = await live.open("admin")  # acknowledged at 0
     socket.gate.clear()  # the socket stops taking messages; nothing is queued yet
-    # The ping is due about one interval after the init; let it wait most of an interval.
-    await asyncio.sleep(acked + 0.8 * interval - time.monotonic() + interval)
+    await timers.advance_to(1.0)  # the ping is due, given to the outbox, and waits
+    assert socket.nothing_pending()
+    await timers.advance_to(1.8)  # most of an interval later the socket takes it
     socket.gate.set()
-    message = await socket.raw(2)
-    assert message["type"] == "websocket.send", message
-    assert json.loads(message["text"]) == {"type": "ping"}
-    reached = time.monotonic()
-    # The client answers after 0.4 of an interval (a slow link's round trip).
-    await asyncio.sleep(0.4 * interval)
+    assert await socket.next() == {"type": "ping"}
+    # The client answers after 0.4 of an interval (a slow link's round trip), past the
+    # pong timer's first look (at 2.0, an interval after the ping was queued).
+    await timers.advance_to(2.2)
     assert socket.nothing_pending(), await socket.raw()  # was: close 4408 "Pong timeout"
     socket.put({"type": "pong"})
-    await asyncio.sleep(0.2 * interval)
-    assert time.monotonic() - reached < interval
-    assert socket.nothing_pending(), await socket.raw()
+    await soon(socket.incoming.empty)  # the server has taken it (and noted when)
+    # Answered: the next look (an interval after the ping reached the socket) pings again.
+    await timers.advance_to(2.8)
+    assert await socket.next() == {"type": "ping"}
     await socket.close()
+
+
+class ManualTimers(Timers):
+    """The keep-alive's clock, moved by the test: its timers run as it passes them."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.order = itertools.count()
+        self.due: list[tuple[float, int, asyncio.Handle, Callable[[], None]]] = []
+
+    def now(self) -> float:
+        return self.at
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, (), asyncio.get_running_loop())  # cancellable
+        self.due.append((self.at + delay, next(self.order), handle, callback))
+        return handle
+
+    async def advance_to(self, at: float) -> None:
+        """Runs the timers due by ``at`` in order, each at its time, and then what they
+        started (a close, a send) as far as it goes without waiting."""
+        while (due := sorted(self.due)) and due[0][0] <= at:
+            self.due.remove(due[0])
+            self.at, _, handle, callback = due[0]
+            if not handle.cancelled():
+                callback()
+        self.at = at
+        for _ in range(20):
+            await asyncio.sleep(0)
 
 
 async def test_a_close_the_socket_does_not_take_drops_the_connection(live: Setup) -> None:

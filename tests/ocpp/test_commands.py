@@ -36,7 +36,7 @@ from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatorConfig, basic_auth, connected
 from pubsub import command_relay
 from pubsub.memory import MemoryEventBus
-from tests.helpers import until
+from tests.helpers import soon, until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 
@@ -61,7 +61,10 @@ async def run(central: Central, name: str, input: dict[str, Any], selection: str
 
 
 async def settle() -> None:
-    """Let the simulator's follow-up messages (sent after answering) arrive."""
+    """Gives the charger time to receive what it should NOT (a command refused here,
+    sent all the same) and its follow-ups time to arrive, only before a check that
+    nothing came: what must come is waited for (``soon``, ``followed_up``), bounded. A
+    command answered is in ``cp.received`` as its mutation returns."""
     await asyncio.sleep(0.2)
 
 
@@ -118,7 +121,9 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
             assert answer["errors"] == [] or expected == "REJECTED", (name, answer)
             assert answer["status"] == expected, (name, answer)
             assert answer["commandId"]
-            await settle()
+            # The next command finds the charger as this one left it (rebooted, its plug
+            # operative again): its follow-ups sent and answered.
+            await asyncio.wait_for(cp.followed_up(), 10)
         config = await run(central, "getConfiguration",
                            {**base, "key": ["HeartbeatInterval", "Bogus"]},
                            "configurationKey { key readonly value } unknownKey")
@@ -149,10 +154,7 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
                               "retrieveDate": due}, "accepted")
         assert firmware["accepted"] is True
 
-        async def started() -> bool:
-            return cp.connectors[1].transaction_id is not None
-
-        await until(started)
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
         tx = cp.connectors[1].transaction_id
         assert tx is not None  # the remote start became a real transaction
         stop = await run(central, "remoteStopTransaction", {**base, "transactionId": tx})
@@ -209,7 +211,7 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
             errors = [(e["field"], e["code"]) for e in answer["errors"]]
             assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (
                 registration, name, answer)
-        await settle()
+        await settle()  # refused ones are not sent
         assert [name for name, _ in cp.received] == ["GetConfiguration"]
 
 
@@ -272,7 +274,7 @@ async def test_a_charger_told_pending_or_rejected_is_asked_only_what_ocpp_allows
             answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
             errors = [(e["field"], e["code"]) for e in answer["errors"]]
             assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (name, answer)
-        await settle()
+        await settle()  # nothing refused is sent
         assert [name for name, _ in cp.received] == (
             ["GetConfiguration", "TriggerMessage"] if pending else [])
         assert (await cp.boot()).status == "Accepted"  # told Accepted: all of it now
@@ -306,7 +308,7 @@ async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central:
                 asked.append(requested.value)
         assert MessageTrigger.METER_VALUES.value not in asked
         assert len(asked) == len(MessageTrigger) - 1  # MeterValues alone is refused
-        await settle()
+        await settle()  # no trigger but those asked
         triggers = [p["requested_message"] for name, p in cp.received
                     if name == "TriggerMessage"]
         assert triggers == asked
@@ -331,7 +333,7 @@ async def test_accepting_a_station_asks_its_charger_to_boot_again(central: Centr
         await stations.update_station(SYSTEM, station_id,
                                       registration=d.Registration.ACCEPTED)
         await stations.settled()
-        await settle()
+        await soon(lambda: cp.registration == "Accepted")  # it booted again, told
         assert cp.received == [("TriggerMessage", {"requested_message": "BootNotification",
                                                    "connector_id": None})]
         assert cp.registration == "Accepted" and cp.heartbeat_interval == 3600
@@ -366,7 +368,7 @@ async def test_an_operators_remote_start_with_a_card_we_would_refuse_is_refused(
         other = await run(central, "remoteStartTransaction",
                           {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"})
         assert other["errors"] == [] and other["status"] == "ACCEPTED", other
-        await settle()
+        await settle()  # no start but the one accepted
         assert [name for name, _ in cp.received] == ["RemoteStartTransaction"]
 
 
@@ -403,7 +405,7 @@ async def test_a_driver_does_not_remote_start_on_a_connector_reserved_for_anothe
         own = await run(central, "remoteStartTransaction",
                         {"cpId": "CP-1", "connectorId": 1}, as_user="driver2")
         assert own["errors"] == [], own
-        await settle()
+        await settle()  # no start but those accepted
         assert [(name, body.get("connector_id")) for name, body in cp.received
                 if name == "RemoteStartTransaction"] == [("RemoteStartTransaction", 2),
                                                          ("RemoteStartTransaction", 1)]
@@ -653,7 +655,7 @@ async def test_driver_commands(central: Central) -> None:
                                                           central.vehicles["car"].id)},
                                as_user="driver")
         assert by_vehicle["status"] == "ACCEPTED"
-        await settle()
+        await soon(lambda: cp.connectors[1].transaction_id is not None)  # it started
         assert cp.connectors[1].id_tag == "TAG-OK"
         tx = cp.connectors[1].transaction_id
         not_theirs = await run(central, "remoteStopTransaction",
@@ -817,7 +819,7 @@ async def test_bad_command_input_is_a_user_error_and_nothing_is_sent(central: Ce
             assert [(e["field"], e["code"]) for e in answer["errors"]] == [(field, code)], (
                 name, extra, answer)
             assert answer["commandId"] is None
-        await settle()
+        await settle()  # nothing refused is sent
         assert cp.received == []
         good = await run(central, "setChargingProfile",
                          {"cpId": "CP-1", "connectorId": 0, "csChargingProfiles": PROFILE})
@@ -910,7 +912,7 @@ async def test_every_invalid_field_of_a_command_is_told_at_once_in_the_inputs_or
             assert [(e["field"], e["code"]) for e in answer["errors"]] == expected, (
                 name, answer)
             assert answer["commandId"] is None
-        await settle()
+        await settle()  # nothing refused is sent
         assert cp.received == []
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 0
 
@@ -945,7 +947,7 @@ async def test_reservations_made_at_the_same_moment_never_both_hold(
                                         "expiryDate": soon,
                                         **({"idTag": t} if t else {})}, as_user=user)
             for connector, t in ((first, tags[0]), (second, tags[1]))))
-        await settle()
+        await settle()  # no ReserveNow for a refused one
         held = [a for a in answers if a["status"] == "ACCEPTED"]
         refused = [a for a in answers if a["errors"]]
         assert len(held) <= 1 and len(held) + len(refused) == 2, answers
@@ -1074,7 +1076,7 @@ async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> 
         other = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
                                                   "idTag": "TAG-OTHER", "expiryDate": soon})
         assert other["status"] == "ACCEPTED"
-        await settle()
+        await settle()  # no ReserveNow for a refused one
         assert [name for name, _ in cp.received] == ["ReserveNow", "ReserveNow"]
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 2
 
@@ -1225,7 +1227,7 @@ async def test_a_request_that_breaks_the_schema_is_ours_and_never_sent(central: 
                                        {"connectorId": 1, "csChargingProfiles": profile}, 2)
         assert info.value.field == "input"
         assert "breaks the OCPP 1.6 schema" in info.value.message
-        await settle()
+        await settle()  # nothing is sent
         assert cp.received == []
 
 
@@ -1636,7 +1638,7 @@ async def test_a_driver_sends_no_charging_profile_with_a_remote_start(central: C
                                                  "chargingSchedule": PROFILE[
                                                      "chargingSchedule"]}})
         assert allowed["errors"] == [] and allowed["status"] == "ACCEPTED", allowed
-        await settle()
+        await settle()  # no start but the one allowed
         assert [name for name, _ in cp.received] == ["RemoteStartTransaction"]
 
 
@@ -1654,7 +1656,7 @@ async def test_a_driver_cannot_remote_start_a_card_that_is_charging(central: Cen
                              {"cpId": "CP-1", "connectorId": 2, **extra}, as_user="driver")
             assert busy["errors"] == [{"field": "idTag", "code": "IN_USE",
                                        "message": "this card is charging at CP-1"}], extra
-        await settle()
+        await settle()  # no start is sent
         assert cp.received == []
         await cp.stop_transaction(1)
         free = await run(central, "remoteStartTransaction",
@@ -1692,7 +1694,7 @@ async def test_a_start_with_a_card_charging_elsewhere_names_only_a_station_seen(
                         {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK"})
         assert own["errors"] == [{"field": "idTag", "code": "IN_USE",
                                   "message": "this card is charging at CP-1"}]
-        await settle()
+        await settle()  # no start is sent
         assert cp.received == [] and other.received == []
 
 
@@ -1730,7 +1732,7 @@ async def test_a_driver_cannot_reserve_for_a_card_group(central: Central) -> Non
             "cpId": "CP-1", "connectorId": 1, "expiryDate": future,
             "parentIdTag": "SOMEONE-ELSES"}, "__typename", as_user="driver")
         assert _codes(grouped) == [("parentIdTag", "FORBIDDEN")]
-        await settle()
+        await settle()  # no ReserveNow is sent
         assert cp.received == []
         by_op = await run(central, "reserveNow", {
             "cpId": "CP-1", "connectorId": 1, "expiryDate": future, "idTag": "TAG-OK",
@@ -1776,7 +1778,7 @@ async def test_a_remote_start_on_a_plug_charging_another_session_is_refused(
             busy = await run(central, "remoteStartTransaction",
                              {"cpId": "CP-1", "connectorId": 1, **extra}, as_user=as_user)
             assert _codes(busy) == [("connectorId", "IN_USE")], (as_user, busy)
-        await settle()
+        await settle()  # no start is sent
         assert _starts_sent(cp) == []
         other = await central.session(transaction_id)
         assert other is not None and other.state is d.SessionState.ACTIVE
@@ -1921,7 +1923,7 @@ async def test_a_tx_profile_is_for_the_transaction_under_way(central: Central) -
             "csChargingProfiles": {**tx_profile, "transactionId": tx}})
         assert [(e["field"], e["code"]) for e in ended["errors"]] == [
             ("csChargingProfiles.transactionId", "INVALID_STATE")]
-        await settle()
+        await settle()  # nothing sent for the ended transaction
         assert [name for name, _ in cp.received] == ["SetChargingProfile"] * 2
 
 
@@ -1984,7 +1986,7 @@ async def test_secrets_in_a_commands_request_are_not_audited(
                              {"cpId": "CP-1", "location": "https://fw:pw@fw.example.com/1.bin",
                               "retrieveDate": future}, "accepted")
         assert firmware["errors"] == []
-        await settle()
+        await settle()  # the follow-ups' lines must not carry the secret either
         sent = dict(cp.received)
         assert sent["GetDiagnostics"]["location"] == "ftp://diag:s3cret@diag.example.com/up"
     audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
@@ -2020,7 +2022,7 @@ async def test_a_presigned_locations_signature_is_not_audited(
         firmware = await run(central, "updateFirmware", {
             "cpId": "CP-1", "location": download, "retrieveDate": future}, "accepted")
         assert firmware["errors"] == []
-        await settle()
+        await settle()  # the follow-ups' lines must not carry the signature either
         sent = dict(cp.received)
         assert sent["GetDiagnostics"]["location"] == upload
         assert sent["UpdateFirmware"]["location"] == download

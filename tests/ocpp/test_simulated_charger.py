@@ -6,7 +6,7 @@ is reported at boot, and commands are obeyed with their status sequences."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from ocpp_bridge.simulator import (
     SimulatorConfig,
     connected,
 )
-from tests.helpers import until
+from tests.helpers import soon, until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_commands import run
 
@@ -44,14 +44,6 @@ class Recording(SimulatedChargePoint):
     def statuses(self, connector_id: int) -> list[str]:
         return [p.status for p in self.sent if isinstance(p, call.StatusNotification)
                 and p.connector_id == connector_id]
-
-
-async def soon(holds: Callable[[], bool]) -> None:
-    """Waits (bounded, 10 s) until the charger's own state ``holds``."""
-    async def check() -> bool:
-        return holds()
-
-    await until(check, attempts=200, step=0.05)
 
 
 async def closed(central: Central, transaction_id: int | None) -> d.Session:
