@@ -682,12 +682,12 @@ class ChargePointHandler(ChargePoint):
 
     def _note_too_many(self, refused: frames.TooManySampledValues) -> None:
         """A WARNING, once per connection (a charger retries the frame it was refused):
-        the charger, its count and the setting to raise, for an operator whose chargers
+        the charger, the bound and the setting to raise, for an operator whose chargers
         batch a backlog into one MeterValues."""
         if self._first_time("MeterValues", "sampled values bound"):
-            log.warning("%s: sends a MeterValues of %d sampled values, more than %d "
+            log.warning("%s: sends a MeterValues of more than %d sampled values "
                         "(CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES): refused; not logged again "
-                        "on this connection", self.id, refused.count, refused.limit)
+                        "on this connection", self.id, refused.limit)
 
     def _first_time(self, action: str, path: str) -> bool:
         """Whether (``action``, ``path``) is told about for the first time on this
