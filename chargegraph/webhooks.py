@@ -796,6 +796,12 @@ class WebhookDispatcher:
                 delivery.maybe_stored = False  # the guard left nothing of the write
         for delivery in deleted:
             delivery.stored = delivery.maybe_stored = False
+        if refused and self._handed_over:
+            # Landed after the stop released the lease (which gave up waiting for it):
+            # nothing renews it, nor tries these again (review r29).
+            log.warning("storing %d webhook deliveries was refused after this instance "
+                        "handed over (its lease released): given up", len(refused))
+            return False
         if refused:
             # Review s29: the lease did not last the margin, the write landing late: as
             # stored, they would have been another's to claim and post too. Kept in

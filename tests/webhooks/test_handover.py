@@ -272,19 +272,25 @@ async def test_a_handover_the_store_refuses_is_given_up_and_said_so(
         assert len(await handed_over(world)) == 1  # left: taken over once its lease ends
 
 
-async def test_a_batch_failing_after_the_stop_gave_up_waiting_for_it_is_given_up(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A batch's write outlives the stop's wait for it (``handover_s``), then fails: it
-    is given up, said so, not kept as unwritten for a retry nobody makes."""
+@pytest.mark.parametrize(("fails", "said"), [
+    (True, "failed after this instance handed over"),
+    (False, "refused after this instance handed over")], ids=["fails", "lands"])
+async def test_a_batch_outliving_the_stop_s_wait_is_given_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, fails: bool, said: str) -> None:
+    """A batch's write outlives the stop's wait for it (``handover_s``), then fails, or
+    lands after the stop released the instance's lease, so that the store refuses its new
+    deliveries for want of it (review r29): either way it is given up, said so, not kept
+    as unwritten for a retry (or a lease renewal) nobody makes."""
     async with two_instances(tmp_path) as (world, first, _):
         receiver = await world.receiver(500)
         await world.webhook("op", receiver, "connector.status_changed")
         answer = asyncio.Event()
 
-        async def held_then_refused() -> None:
+        async def held() -> None:
             await answer.wait()
-            await refused()
-        deliveries_written(first, held_then_refused)
+            if fails:
+                await refused()
+        deliveries_written(first, held)
         stopping = await world.dispatcher(first, backoff=(60.0,), handover_s=0.3)
         await available(world)
 
@@ -298,7 +304,7 @@ async def test_a_batch_failing_after_the_stop_gave_up_waiting_for_it_is_given_up
             assert late is not None and not late.done()
             answer.set()
             assert await late is False
-        assert "failed after this instance handed over" in caplog.text
+        assert said in caplog.text
         assert stopping.persisted
 
 
