@@ -378,12 +378,12 @@ async def test_a_driver_does_not_remote_start_on_a_connector_reserved_for_anothe
     was sent (the demo's charger started it, ending the reservation). Refused on that
     connector (and on any, while the station's connector 0 is reserved); the reserving
     driver's own start goes through."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-OPEN") as cp:
         await cp.boot()
         anywhere = await run(central, "reserveNow", {"cpId": "CP-OPEN", "connectorId": 0,
                                                      "idTag": "TAG-OTHER",
-                                                     "expiryDate": soon},
+                                                     "expiryDate": expiry},
                              "reservation { reservationId }")
         assert anywhere["errors"] == []
         refused = await run(central, "remoteStartTransaction",
@@ -436,14 +436,14 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
     the reservation (the demo's, after a remote start; field chargers after a tap) left it
     ACTIVE through the session: the driver could reserve nothing else until it expired.
     It is USED by the start of its card on its connector, not by another card's."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         mine = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                 "expiryDate": soon},
+                                                 "expiryDate": expiry},
                          "reservation { reservationId }", as_user="driver")
         other = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                  "expiryDate": soon},
+                                                  "expiryDate": expiry},
                           "reservation { reservationId }", as_user="driver2")
         assert mine["errors"] == other["errors"] == []
         await cp.start_transaction(2, "TAG-OK")  # on driver2's connector: not theirs
@@ -461,9 +461,9 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
 
 async def reserved_for_an_hour(central: Central) -> int:
     """Connector 2 of CP-1 (connected) reserved for TAG-OK for an hour; its number."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                             "expiryDate": soon, "idTag": "TAG-OK"},
+                                             "expiryDate": expiry, "idTag": "TAG-OK"},
                      "reservation { reservationId state }", as_user="op")
     assert held["reservation"]["state"] == "ACTIVE", held
     return int(held["reservation"]["reservationId"])
@@ -548,11 +548,11 @@ async def test_a_vehicle_is_a_drivers_shorthand_and_a_request_never_sent_holds_n
     """QA (s16): an operator's reserveNow/remoteStart with vehicleId reached the gateway,
     which could not build the request (a Python error as the message), and the
     reservation stored first stayed PENDING, blocking the plug for every driver."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     vehicle = to_global_id("vehicle", central.vehicles["car"].id)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        for name, extra in (("reserveNow", {"expiryDate": soon}),
+        for name, extra in (("reserveNow", {"expiryDate": expiry}),
                             ("remoteStartTransaction", {})):
             answer = await run(central, name, {"cpId": "CP-1", "connectorId": 1,
                                                "idTag": "TAG-OK", "vehicleId": vehicle,
@@ -563,7 +563,7 @@ async def test_a_vehicle_is_a_drivers_shorthand_and_a_request_never_sent_holds_n
     assert await central.store.find_all(d.Reservation, ALL) == []
     central.services.commands.gateway = _Unbuildable()  # type: ignore[assignment]
     refused = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                "idTag": "TAG-OK", "expiryDate": soon},
+                                                "idTag": "TAG-OK", "expiryDate": expiry},
                         "reservation { state }")
     assert [(e["field"], e["code"]) for e in refused["errors"]] == [("input", "INVALID")]
     [kept] = await central.store.find_all(d.Reservation, ALL)
@@ -927,7 +927,7 @@ async def test_reservations_made_at_the_same_moment_never_both_hold(
         first: int, second: int, code: tuple[str | None, str]) -> None:
     """Both requests pass the first check before either is stored (as two instances, or
     two coroutines, can): the check made again after storing keeps at most one."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     both_checked = asyncio.Barrier(2)
     numbering = central.store.next_sequence
 
@@ -944,7 +944,7 @@ async def test_reservations_made_at_the_same_moment_never_both_hold(
         await cp.report_all()
         answers = await asyncio.gather(*(
             run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
-                                        "expiryDate": soon,
+                                        "expiryDate": expiry,
                                         **({"idTag": t} if t else {})}, as_user=user)
             for connector, t in ((first, tags[0]), (second, tags[1]))))
         await settle()  # no ReserveNow for a refused one
@@ -965,20 +965,20 @@ async def test_a_reservation_the_charger_left_unanswered_still_holds(tmp_path: P
     ended reservation cannot be cancelled."""
     central = await start_central(tmp_path / "central.db", command_timeout=0.5)
     await seed(central)
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     try:
         ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                            additional_headers=basic_auth("CP-1", STATION_PASSWORD))
         try:
             silent = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                       "idTag": "TAG-OK", "expiryDate": soon},
+                                                       "idTag": "TAG-OK", "expiryDate": expiry},
                                "status reservation { state reservationId }")
             assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"]
             [held] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
             assert held.state is d.ReservationState.PENDING
             again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
                                                       "idTag": "TAG-OTHER",
-                                                      "expiryDate": soon})
+                                                      "expiryDate": expiry})
             assert [(e["field"], e["code"]) for e in again["errors"]] == [
                 ("connectorId", "IN_USE")]
             assert '"ReserveNow"' in str(await asyncio.wait_for(ws.recv(), 5))
@@ -1056,7 +1056,7 @@ async def test_reservations_past_their_expiry_read_and_are_stored_expired(
 
 
 async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> None:
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         await cp.report_all()
@@ -1066,15 +1066,15 @@ async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> 
         assert [(e["field"], e["code"]) for e in too_long["errors"]] == [
             ("expiryDate", "OUT_OF_RANGE")]
         first = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                  "idTag": "TAG-OK", "expiryDate": soon})
+                                                  "idTag": "TAG-OK", "expiryDate": expiry})
         assert first["status"] == "ACCEPTED"
         for connector in (1, 0):  # the same connector, or "any" while one is held
             again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
-                                                      "idTag": "TAG-OTHER", "expiryDate": soon})
+                                                      "idTag": "TAG-OTHER", "expiryDate": expiry})
             assert [(e["field"], e["code"]) for e in again["errors"]] == [
                 ("connectorId", "IN_USE")], connector
         other = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                  "idTag": "TAG-OTHER", "expiryDate": soon})
+                                                  "idTag": "TAG-OTHER", "expiryDate": expiry})
         assert other["status"] == "ACCEPTED"
         await settle()  # no ReserveNow for a refused one
         assert [name for name, _ in cp.received] == ["ReserveNow", "ReserveNow"]
@@ -1130,8 +1130,8 @@ async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, rel
     CALLERROR to the cancel leaves it as it was."""
     central = await start_central(tmp_path / "c.db", command_timeout=0.5, relayed=relayed)
     await seed(central)
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    reserve = {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon}
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    reserve = {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry}
     try:
         async with scripted_charger(central) as charger:
 
@@ -1236,14 +1236,14 @@ async def test_a_reservation_used_by_its_transaction_is_announced(tmp_path: Path
     await bus.start()
     central = await start_central(tmp_path / "central.db", bus=bus)
     await seed(central)
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     events = bus.subscribe(["reservation"])
     try:
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.report_all()
             held = await run(central, "reserveNow",
                              {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
-                              "expiryDate": soon}, "reservation { reservationId state }")
+                              "expiryDate": expiry}, "reservation { reservationId state }")
             number = held["reservation"]["reservationId"]
             await cp.start_transaction(1, "TAG-OK", reservation_id=number)
         states = [(e.reservation_id, e.state) for e in [
@@ -1425,14 +1425,14 @@ async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
     await bus.start()
     central = await start_central(tmp_path / "central.db", bus=bus)
     await seed(central)
-    soon = (datetime.now(UTC) + timedelta(hours=20)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=20)).isoformat()
     events = bus.subscribe(["reservation"])
     selection = "reservation { reservationId state }"
     try:
         async with connected(central.url, "CP-OPEN") as cp:
             await cp.report_all()
             held = await run(central, "reserveNow", {"cpId": "CP-OPEN", "connectorId": 1,
-                                                     "expiryDate": soon}, selection,
+                                                     "expiryDate": expiry}, selection,
                              as_user="driver")
             assert held["reservation"]["state"] == "ACTIVE", held
             plug = await central.store.find_one(d.Connector, all_of(
@@ -1451,7 +1451,7 @@ async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.report_all()
             again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                      "expiryDate": soon}, selection,
+                                                      "expiryDate": expiry}, selection,
                               as_user="driver")  # not LIMIT_REACHED: the old one ended
             assert again["reservation"]["state"] == "ACTIVE", again
             await central.services.accounts.deactivate_user(SYSTEM, central.users["driver"].id)
@@ -1464,7 +1464,7 @@ async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
             for tag in ("TAG-OK", "TAG-BLOCKED"):  # a deactivated user's card; a blocked one
                 refused = await run(central, "reserveNow",
                                     {"cpId": "CP-1", "connectorId": 1, "idTag": tag,
-                                     "expiryDate": soon}, selection, as_user="op")
+                                     "expiryDate": expiry}, selection, as_user="op")
                 assert [(e["field"], e["code"]) for e in refused["errors"]] == [
                     ("idTag", "INVALID_STATE")], (tag, refused)
     finally:
@@ -1480,12 +1480,12 @@ async def test_a_cancel_answered_after_the_reservation_was_used_leaves_it_used(
     reservation stays USED, not CANCELLED."""
     central = await start_central(tmp_path / "c.db", command_timeout=5)
     await seed(central)
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     try:
         async with scripted_charger(central, delay=0.3) as charger:
             charger.answers.append(("result", {"status": "Accepted"}))
             held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                     "idTag": "TAG-OK", "expiryDate": soon},
+                                                     "idTag": "TAG-OK", "expiryDate": expiry},
                              "reservation { reservationId state }")
             number = held["reservation"]["reservationId"]
             charger.answers.append(("result", {"status": "Rejected"}))
@@ -1527,12 +1527,12 @@ async def test_a_cancel_sent_before_the_reservation_was_answered_cancels_it(
 
     if while_written:
         store.get_many = slow_get_many  # type: ignore[method-assign]
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     try:
         async with scripted_charger(central, delay=0.3) as charger:
             charger.answers.extend([("result", {"status": "Accepted"})] * 2)
             reserve = asyncio.create_task(run(central, "reserveNow", {
-                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
                 "reservation { reservationId state }"))
             for _ in range(200):  # the ReserveNow is at the charger, not answered yet
                 if charger.received:
@@ -1560,12 +1560,12 @@ async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsen
     unanswered, the reservation PENDING. One still waiting for its turn was never sent."""
     central = await start_central(tmp_path / "c.db", command_timeout=5)
     await seed(central)
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     try:
         async with scripted_charger(central) as charger:
             charger.answers.extend([None, None])
             sent = asyncio.create_task(run(central, "reserveNow", {
-                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
                 "reservation { state }"))
             for _ in range(200):
                 if charger.received:
@@ -1745,9 +1745,9 @@ async def test_a_driver_cannot_reserve_for_a_card_group(central: Central) -> Non
 async def reserved_for_driver2(central: Central, connector: int) -> None:
     """driver2 reserves CP-1's ``connector`` (0: the station's next free one) for an
     hour, with their own card."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
-                                             "expiryDate": soon}, "__typename",
+                                             "expiryDate": expiry}, "__typename",
                      as_user="driver2")
     assert held["errors"] == []
 
@@ -2139,12 +2139,12 @@ async def test_a_reservation_ends_only_with_its_own_start(central: Central) -> N
     driver = central.users["driver"].id
     await central.store.write([Insert(d.IdTag(tag=tag, user_id=driver, parent_tag="TAG-GROUP"))
                                for tag in ("TAG-FLEET-1", "TAG-FLEET-2")], [])
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     charging = central.services.charging
 
     async def reserve(connector: int, tag: str) -> int:
         held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
-                                                 "idTag": tag, "expiryDate": soon},
+                                                 "idTag": tag, "expiryDate": expiry},
                          "reservation { reservationId state }")
         assert held["reservation"]["state"] == "ACTIVE", held
         return int(held["reservation"]["reservationId"])
@@ -2269,12 +2269,12 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
             raise StoreUnavailable("the store is busy", reason="busy")
         return await real_commit(viewer, changes, **kw)
 
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     try:
         async with scripted_charger(central) as charger:
             monkeypatch.setattr(commands, "commit", commit)
             answer = await run(central, "reserveNow", {
-                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
                 "status reservation { state }")
             assert [e["code"] for e in answer["errors"]] == ["STORE_UNAVAILABLE"], answer
             assert charger.received == []  # nothing sent
