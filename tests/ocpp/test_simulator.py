@@ -9,7 +9,7 @@ import contextlib
 import gc
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -101,6 +101,38 @@ async def test_a_start_answered_with_a_callerror_leaves_the_plug_free(
     assert await sessions(central) == []
 
 
+def two_stations(central: Central, **more: Any) -> FleetPlan:
+    """A fleet of CP-1 and CP-OPEN (no password: it takes any) with one card, TAG-OK,
+    short sessions and a fast meter."""
+    return FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(0.2, 0.2), meter_interval_s=0.1, **more)
+
+
+@contextlib.asynccontextmanager
+async def fleet_online(central: Central, plan: FleetPlan) -> AsyncIterator[None]:
+    """The plan's stations run (one plan drives them all), each online before the body."""
+    stop = asyncio.Event()
+    stations = [asyncio.create_task(run_station(plan, cp_id, stop)) for cp_id in plan.cp_ids]
+    try:
+        async def online() -> bool:
+            return all(s.online for s in await central.store.find_all(d.Station, ALL))
+
+        await until(online, attempts=400, step=0.01)
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*stations)
+
+
+async def driver_reserves_cp1(central: Central, ends: datetime) -> None:
+    """The driver reserves CP-1's plug 1 until ``ends``, accepted."""
+    reserved = await central.gql(
+        'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
+        'expiryDate: $e}) { status } }', {"e": ends.isoformat()}, as_user="driver")
+    assert reserved["reserveNow"]["status"] == "ACCEPTED"
+
+
 async def test_a_fleet_never_charges_one_card_twice_at_once(central: Central) -> None:
     plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
                      id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
@@ -149,27 +181,15 @@ async def test_a_fleet_leaves_alone_a_card_its_driver_started(central: Central) 
     """A driver's remote start on one of the fleet's chargers: the fleet does not start
     that card on another one meanwhile (the central system refused it as ConcurrentTx,
     a refused session in the driver's list)."""
-    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
-                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
-                     session_length_s=(0.2, 0.2), meter_interval_s=0.1)
+    plan = two_stations(central)
     # Resting while the driver starts it: the fleet may take it from then on.
     plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 0.5
-    stop = asyncio.Event()
-    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
-                for cp_id in plan.cp_ids]
-    try:
-        async def both_online() -> bool:
-            return all(s.online for s in await central.store.find_all(d.Station, ALL))
-
-        await until(both_online, attempts=400, step=0.01)
+    async with fleet_online(central, plan):
         started = await central.gql(
             'mutation { remoteStartTransaction(input: {cpId: "CP-1", connectorId: 1, '
             'idTag: "TAG-OK"}) { status } }', as_user="driver")
         assert started["remoteStartTransaction"]["status"] == "ACCEPTED"
         await asyncio.sleep(1.5)  # the rest is over: the fleet looks for cards
-    finally:
-        stop.set()
-        await asyncio.gather(*stations)
     [session] = await central.store.find_all(d.Session, ALL)
     assert session.cp_id == "CP-1" and session.stop_reason == "Local"
 
@@ -213,31 +233,16 @@ async def test_a_fleet_leaves_alone_a_card_its_driver_reserved_with(
     """The driver is on the way to the plug they reserved: the fleet does not charge
     their card elsewhere meanwhile (a driver of the demo who reserved found their card
     charging at the next plug), and takes it again once the reservation is over."""
-    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
-                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
-                     session_length_s=(0.2, 0.2), meter_interval_s=0.1)
+    plan = two_stations(central)
     plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 0.5
-    stop = asyncio.Event()
-    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
-                for cp_id in plan.cp_ids]
-    try:
-        async def both_online() -> bool:
-            return all(s.online for s in await central.store.find_all(d.Station, ALL))
-
-        await until(both_online, attempts=400, step=0.01)
+    async with fleet_online(central, plan):
         ends = datetime.now(UTC) + timedelta(seconds=1.5)
-        reserved = await central.gql(
-            'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
-            'expiryDate: $e}) { status } }', {"e": ends.isoformat()}, as_user="driver")
-        assert reserved["reserveNow"]["status"] == "ACCEPTED"
+        await driver_reserves_cp1(central, ends)
 
         async def charged_again() -> bool:
             return bool(await central.store.find_all(d.Session, ALL))
 
         await until(charged_again, attempts=200, step=0.05)
-    finally:
-        stop.set()
-        await asyncio.gather(*stations)
     first = min(s.start_time for s in await central.store.find_all(d.Session, ALL))
     assert first >= ends
 
@@ -248,17 +253,9 @@ async def test_a_card_rests_after_its_drivers_own_session(central: Central) -> N
     followed by a rest; after a session its driver started and stopped themself the fleet
     took the card at its next look (the demo's 8 stations look every ~5 s between them),
     and the driver who stopped to reserve or start elsewhere got IN_USE."""
-    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
-                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
-                     session_length_s=(0.2, 0.2), rest_s=(1.0, 1.0), meter_interval_s=0.1)
+    plan = two_stations(central, rest_s=(1.0, 1.0))
     plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 60  # the driver's turn
-    stop = asyncio.Event()
-    stations = [asyncio.create_task(run_station(plan, cp_id, stop)) for cp_id in plan.cp_ids]
-    try:
-        async def both_online() -> bool:
-            return all(s.online for s in await central.store.find_all(d.Station, ALL))
-
-        await until(both_online, attempts=400, step=0.01)
+    async with fleet_online(central, plan):
         started = await central.gql(
             'mutation { remoteStartTransaction(input: {cpId: "CP-1", connectorId: 1, '
             'idTag: "TAG-OK"}) { status } }', as_user="driver")
@@ -279,9 +276,6 @@ async def test_a_card_rests_after_its_drivers_own_session(central: Central) -> N
 
         await until(ended, attempts=200, step=0.02)
         await asyncio.sleep(0.8)
-    finally:
-        stop.set()
-        await asyncio.gather(*stations)
     mine, *later = sorted(await central.store.find_all(d.Session, ALL),
                           key=lambda s: s.start_time)
     assert mine.end_time is not None
@@ -292,23 +286,11 @@ async def test_a_card_rests_after_its_drivers_own_session(central: Central) -> N
 async def test_a_card_rests_after_a_reservation_that_held_it(central: Central) -> None:
     """A reservation's end (here its expiry) frees the card as a session's does: it
     rests before the fleet takes it (review r28-firstrun: taken at the next look)."""
-    plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
-                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
-                     session_length_s=(0.2, 0.2), rest_s=(1.0, 1.0), meter_interval_s=0.1)
+    plan = two_stations(central, rest_s=(1.0, 1.0))
     plan.resting["TAG-OK"] = asyncio.get_running_loop().time() + 60  # the driver's turn
-    stop = asyncio.Event()
-    stations = [asyncio.create_task(run_station(plan, cp_id, stop))
-                for cp_id in plan.cp_ids]
-    try:
-        async def both_online() -> bool:
-            return all(s.online for s in await central.store.find_all(d.Station, ALL))
-
-        await until(both_online, attempts=400, step=0.01)
+    async with fleet_online(central, plan):
         ends = datetime.now(UTC) + timedelta(seconds=1)
-        reserved = await central.gql(
-            'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
-            'expiryDate: $e}) { status } }', {"e": ends.isoformat()}, as_user="driver")
-        assert reserved["reserveNow"]["status"] == "ACCEPTED"
+        await driver_reserves_cp1(central, ends)
 
         async def held() -> bool:
             return "TAG-OK" in plan.chargers["CP-1"].cards_in_use()
@@ -320,9 +302,6 @@ async def test_a_card_rests_after_a_reservation_that_held_it(central: Central) -
             return bool(await central.store.find_all(d.Session, ALL))
 
         await until(charged_again, attempts=200, step=0.05)
-    finally:
-        stop.set()
-        await asyncio.gather(*stations)
     first = min(s.start_time for s in await central.store.find_all(d.Session, ALL))
     assert first - ends >= timedelta(seconds=0.8), first - ends
 
