@@ -745,6 +745,44 @@ async def test_a_database_of_a_newer_chargegraph_is_refused(store: SqliteStore,
     assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
 
 
+async def another_migrating(db_path: str, journal: str, newer: bool = False
+                            ) -> tuple[asyncio.Task[None], int]:
+    """The database (in ``journal`` mode) at the migration before the last, and another
+    process migrating it to the last (``newer``: then to one this build does not know, a
+    newer build's), holding the write lock 1.5 s first: a long migration, many times a
+    busy timeout. Returns once the lock is held: the migration's task and the last
+    migration's number."""
+    from store.sqlite.migrations import MIGRATION_FUNCTIONS
+
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await conn.execute(f"PRAGMA journal_mode = {journal}")
+        await apply_migrations(conn, MIGRATIONS[:-1])
+    latest, script = MIGRATIONS[-1]
+    holding = asyncio.Event()
+
+    def migrating(loop: asyncio.AbstractEventLoop) -> None:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            for name, arity, function in MIGRATION_FUNCTIONS:
+                other.create_function(name, arity, function, deterministic=True)
+            other.execute("BEGIN IMMEDIATE")
+            loop.call_soon_threadsafe(holding.set)
+            time.sleep(1.5)
+            for statement in split_statements(script):
+                other.execute(statement)
+            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest,))
+            if newer:
+                other.execute('CREATE TABLE "newer_only" ("a" TEXT)')
+                other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest + 1,))
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    task = asyncio.create_task(asyncio.to_thread(migrating, asyncio.get_running_loop()))
+    await holding.wait()
+    return task, latest
+
+
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 async def test_an_instance_starting_while_another_migrates_waits_for_it(
         db_path: str, journal: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -753,33 +791,8 @@ async def test_an_instance_starting_while_another_migrates_waits_for_it(
     write lock and then died with a bare "database is locked", while migrating a large
     database takes minutes. It waits for the migration and starts on the schema made;
     also on a restored file (out of WAL mode: switching it back needs the lock too)."""
-    from store.sqlite.migrations import MIGRATION_FUNCTIONS
-
     caplog.set_level(logging.INFO, logger="chargegraph.store")
-    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        await conn.execute(f"PRAGMA journal_mode = {journal}")
-        await apply_migrations(conn, MIGRATIONS[:-1])
-    latest, script = MIGRATIONS[-1]
-    holding = asyncio.Event()
-
-    def migrating_instance(loop: asyncio.AbstractEventLoop) -> None:
-        other = sqlite3.connect(db_path, isolation_level=None)
-        try:
-            for name, arity, function in MIGRATION_FUNCTIONS:
-                other.create_function(name, arity, function, deterministic=True)
-            other.execute("BEGIN IMMEDIATE")
-            loop.call_soon_threadsafe(holding.set)
-            time.sleep(1.5)  # a long migration: many times the other's busy timeout
-            for statement in split_statements(script):
-                other.execute(statement)
-            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest,))
-            other.execute("COMMIT")
-        finally:
-            other.close()
-
-    migrating = asyncio.create_task(asyncio.to_thread(migrating_instance,
-                                                      asyncio.get_running_loop()))
-    await holding.wait()
+    migrating, latest = await another_migrating(db_path, journal)
     second = SqliteStore(db_path, busy_timeout=0.2)
     try:
         await second.start()
@@ -798,35 +811,9 @@ async def test_an_older_instance_waiting_out_a_newer_ones_migration_refuses_it(
     database (an old replica the orchestrator restarts, one image not yet updated)
     waited, found every migration it knows done, and started on the newer schema,
     writing rows without its columns. Each transaction taken after a wait checks again."""
-    from store.sqlite.migrations import MIGRATION_FUNCTIONS, NewerSchema
+    from store.sqlite.migrations import NewerSchema
 
-    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
-        await conn.execute("PRAGMA journal_mode = wal")
-        await apply_migrations(conn, MIGRATIONS[:-1])
-    latest, script = MIGRATIONS[-1]
-    holding = asyncio.Event()
-
-    def newer_build_migrating(loop: asyncio.AbstractEventLoop) -> None:
-        other = sqlite3.connect(db_path, isolation_level=None)
-        try:
-            for name, arity, function in MIGRATION_FUNCTIONS:
-                other.create_function(name, arity, function, deterministic=True)
-            other.execute("BEGIN IMMEDIATE")
-            loop.call_soon_threadsafe(holding.set)
-            time.sleep(1.5)
-            for statement in split_statements(script):
-                other.execute(statement)
-            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest,))
-            # The newer build's own migration, unknown to this build.
-            other.execute('CREATE TABLE "newer_only" ("a" TEXT)')
-            other.execute('INSERT INTO "schema_version" VALUES (?, 0)', (latest + 1,))
-            other.execute("COMMIT")
-        finally:
-            other.close()
-
-    migrating = asyncio.create_task(asyncio.to_thread(newer_build_migrating,
-                                                      asyncio.get_running_loop()))
-    await holding.wait()
+    migrating, latest = await another_migrating(db_path, "wal", newer=True)
     older = SqliteStore(db_path, busy_timeout=0.2)
     try:
         with pytest.raises(NewerSchema, match=rf"schema version {latest + 1}.*up to {latest}"):
