@@ -1195,11 +1195,7 @@ async def test_a_stop_opening_a_plug_s_first_interval_racing_a_handover_is_in_th
     write fails it; read again, the Finishing is B's (it stayed A's for good)."""
     station_id, b = await _r9(history, timedelta(0))
     charging, store = history.services.charging, history.services.ctx.store
-    history.clock.now = at_31(14)
-    tx, _ = await charging.start_transaction("R9", 1, "TAG-driver1", 0, at_31(14))
-    await _report_r9(history, at_31(14), timedelta(0), "Charging", "NoError")
-    await store.write([Delete(i) for i in await store.find_all(
-        d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)], [])
+    tx = await _charging_without_history(history, at_31(14))
     raced = _handover_at_books(history, monkeypatch, station_id, b)
     history.clock.now = at_31(16)
     await charging.stop_transaction("R9", tx, 1000, at_31(16))
@@ -1237,11 +1233,7 @@ async def test_a_stop_s_first_interval_landing_inside_a_handover_is_in_the_new_b
     again, and rolls the Finishing over to B (review r28-leftan: A's for good)."""
     station_id, b = await _r9(history, timedelta(0))
     charging, store = history.services.charging, history.services.ctx.store
-    history.clock.now = at_31(14)
-    tx, _ = await charging.start_transaction("R9", 1, "TAG-driver1", 0, at_31(14))
-    await _report_r9(history, at_31(14), timedelta(0), "Charging", "NoError")
-    await store.write([Delete(i) for i in await store.find_all(
-        d.ConnectorInterval, Eq("cp_id", "R9"), limit=10)], [])
+    tx = await _charging_without_history(history, at_31(14))
     history.clock.now = at_31(16)
     raced = _first_interval_in_handover(history, monkeypatch, lambda: charging.stop_transaction(
         "R9", tx, 1000, at_31(16)))
