@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,16 +165,24 @@ class SlowCancel(SimulatedChargePoint):
         return super().on_cancel_reservation(reservation_id)
 
 
+@asynccontextmanager
+async def slow_cancelling(central: Central) -> AsyncIterator[SlowCancel]:
+    """CP-1 as a ``SlowCancel`` charger, booted and its connectors reported."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SlowCancel) as cp:
+        assert isinstance(cp, SlowCancel)
+        await cp.boot()
+        await cp.report_all()
+        yield cp
+
+
 async def test_an_edit_of_a_card_just_blocked_does_not_cancel_its_reservation_twice(
         central: Central) -> None:
     """Review r27-reserve3: an edit of a card blocked a moment ago, while the block's
     CancelReservation is still on its way, found the reservation still ACTIVE and
     cancelled it again: the charger was sent the cancel twice, the second Rejected."""
     admin = Viewer.of(central.users["admin"])
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
-                         charge_point=SlowCancel) as cp:
-        await cp.boot()
-        await cp.report_all()
+    async with slow_cancelling(central) as cp:
         held = await run(central, "reserveNow", {
             "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
             "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
@@ -209,10 +218,7 @@ async def test_a_block_after_a_deactivation_does_not_cancel_the_reservation_twic
     answered, so the block found it live and cancelled it again: two CancelReservations,
     the second Rejected. Every withdrawal now cancels once (``_cancel_held``)."""
     admin = Viewer.of(central.users["admin"])
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
-                         charge_point=SlowCancel) as cp:
-        await cp.boot()
-        await cp.report_all()
+    async with slow_cancelling(central) as cp:
         held = await run(central, "reserveNow", {
             "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
             "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
@@ -295,10 +301,7 @@ async def test_two_withdrawals_on_two_instances_relay_each_cancel_once(
     central = relayed
     admin = Viewer.of(central.users["admin"])
     expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
-                         charge_point=SlowCancel) as cp:
-        await cp.boot()
-        await cp.report_all()
+    async with slow_cancelling(central) as cp:
         held = {}
         for plug, tag in ((1, "TAG-OK"), (2, "TAG-OTHER")):
             made = await run(central, "reserveNow", {
@@ -339,10 +342,7 @@ async def test_the_holder_s_sweep_does_not_send_a_cancel_another_instance_is_rel
     central = relayed
     admin = Viewer.of(central.users["admin"])
     expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
-                         charge_point=SlowCancel) as cp:
-        await cp.boot()
-        await cp.report_all()
+    async with slow_cancelling(central) as cp:
         made = await run(central, "reserveNow", {
             "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
             SELECTION)
@@ -379,10 +379,7 @@ async def test_the_boot_check_and_the_expiry_sweep_cancel_a_reservation_once(
     CancelReservations, the second Rejected and recorded as a failed cancel. It cancels
     once now (``_cancel_once``): stored CANCELLED and owed at once, sent by the owed
     record."""
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
-                         charge_point=SlowCancel) as cp:
-        await cp.boot()
-        await cp.report_all()
+    async with slow_cancelling(central) as cp:
         held = await run(central, "reserveNow", {
             "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
             "expiryDate": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, SELECTION)
