@@ -1024,8 +1024,12 @@ async def test_an_iterated_feed_raises_events_lost(live: Setup) -> None:
     context = GraphContext.build(live.services, live.tokens, SYSTEM, None)
     feed = LiveFeed(context, "connector_status", lambda event: True,
                     lambda event, dropped: (event.info, dropped))
+    before = live.bus.subscriber_count
     first = asyncio.ensure_future(feed.__anext__())
-    await asyncio.sleep(0.05)  # subscribed at the first read
+    for _ in range(500):  # subscribed at the first read
+        if live.bus.subscriber_count > before:
+            break
+        await asyncio.sleep(0.01)
     await live.bus.publish(live.status("A-001", "before"))
     assert await asyncio.wait_for(first, 5) == ("before", 0)
     live.bus.interrupt()
