@@ -428,10 +428,21 @@ def test_every_setting_has_a_row_in_the_readme_s_table() -> None:
              if line.startswith("| `CHARGEGRAPH_")]
     named = [re.findall(r"`([A-Z0-9_]+)`", cell) for cell in cells]
 
+    def sibling(whole: str, suffix: str) -> str:
+        # A whole name names itself. A ``_SUFFIX`` takes the place of the row's last
+        # word (``A_TLS_CERT`` / ``_KEY``: ``A_TLS_KEY``), or of the words it ends with
+        # (``A_LOCKOUT_S`` / ``_MAX_LOCKOUT_S``: ``A_MAX_LOCKOUT_S``).
+        if suffix.startswith("CHARGEGRAPH_"):
+            return suffix
+        words, tail = whole.split("_"), suffix.split("_")[1:]
+        shared = max((n for n in range(1, len(tail) + 1) if words[-n:] == tail[-n:]),
+                     default=1)
+        return "_".join(words[:-shared] + tail)
+
     def has_a_row(variable: str) -> bool:
-        return any(variable == whole or any(
-            variable.endswith(suffix) and whole.startswith(variable[:-len(suffix)])
-            for suffix in suffixes) for whole, *suffixes in named)
+        return any(variable == whole or any(variable == sibling(whole, suffix)
+                                            for suffix in suffixes)
+                   for whole, *suffixes in named)
 
     assert [f"CHARGEGRAPH_{name.upper()}" for name in Settings.model_fields
             if not has_a_row(f"CHARGEGRAPH_{name.upper()}")] == []
