@@ -581,7 +581,8 @@ class ChargingService(ChargerConnections):
         self.on_boot_accepted: list[Callable[[str], None]] = []
         #: Told each event ``follow`` hears (any instance's), after the cache dropped
         #: what it names: what other services keep of a charger on this instance
-        #: (``SiteLoad.followed``: the stack level and units it read).
+        #: (``SiteLoad.followed``: the stack level and units it read). ``follow`` runs on
+        #: every instance, one serving the API alone too (``chargegraph.app``).
         self.on_followed: list[Callable[[DomainEvent | EventsDropped], None]] = []
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).

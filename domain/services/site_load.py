@@ -419,9 +419,10 @@ class SiteLoad(Service):
         forgotten here too (``_forget``). This instance had read its level and units
         (a site limit or a fallback sent through the instance holding it) and kept them
         up to ``LEVEL_KNOWN_FOR``: a reconnect (new firmware, another charger) went unseen.
-        Events lost between instances may have been such: all is forgotten. Told only
-        where the OCPP server runs (its subscription): an instance serving the API alone
-        keeps them for their hour (docs/architecture.md, review r27-smart3)."""
+        Events lost between instances may have been such: all is forgotten. Told on
+        every instance: by the OCPP server's subscription, or, on an instance serving
+        the API alone, by one of its own (``chargegraph.app``; QA s30: it had none and
+        kept them for their hour, review r27-smart3)."""
         if isinstance(event, EventsDropped):
             self._levels.clear()
             self._units.clear()

@@ -26,15 +26,20 @@ from ocpp.v16.enums import Action
 from domain.entities import ConfigurationKey, Station
 from domain.events import StationConnectionChanged
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE, ChargingRateUnit
+from domain.policy import Policy
 from domain.query import Eq, all_of
+from domain.services import ServiceContext, Services
 from domain.services.commands import ALLOWED_UNITS_KEY as UNITS_KEY
 from domain.services.commands import CommandOutcome
 from domain.services.site_load import LEVEL_UNKNOWN_FOR, MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from store.sqlite import SqliteStore
 from tests.e2e.conftest import Running, running_service
+from tests.helpers import FastHasher
 from tests.helpers import until as until_async
 from tests.ocpp.conftest import STATION_PASSWORD
+from tests.support.redis_server import RedisServer
 
 SITE = """mutation($i: CreateSiteInput!) {
   createSite(input: $i) { site { id } errors { code } } }"""
@@ -127,15 +132,17 @@ async def until(check: Callable[[], Any], what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
-async def site_of_two(service: Running, max_kw: float) -> tuple[str, str]:
+async def site_of_two(service: Running, max_kw: float, *, via: Running | None = None
+                      ) -> tuple[str, str]:
     """A site of the seeded company holding CP-1 and CP-OPEN; its id and the operator's
-    token."""
-    token = await service.token("op")
-    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": max_kw}}, token)
+    token. ``via``: the instance the edits are made on (``service`` by default)."""
+    on = via or service
+    token = await on.token("op")
+    created = await on.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": max_kw}}, token)
     site = created["createSite"]["site"]["id"]
     for cp_id in ("CP-1", "CP-OPEN"):
         station = to_global_id("station", service.central.stations[cp_id].id)
-        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assigned = await on.gql(ASSIGN, {"st": station, "site": site}, token)
         assert assigned["assignStationToSite"]["errors"] == []
     return site, token
 
@@ -1036,44 +1043,81 @@ async def test_a_chargers_level_and_units_are_read_again_once_it_connects_elsewh
         assert "CP-1" not in site_load._units
 
 
-async def test_an_api_only_instance_keeps_a_chargers_level_until_its_hour_is_over(
+async def test_an_api_only_instance_forgets_a_chargers_level_once_it_connects_elsewhere(
         tmp_path: Path) -> None:
-    # Review r27-smart3: the announcement of a charger's newer connection reaches
-    # ``SiteLoad.followed`` through the OCPP server's subscription
-    # (``ChargingService.follow``); an instance serving the API alone
-    # (CHARGEGRAPH_OCPP_ENABLED=false) has none to hear it on, and keeps the level and
-    # units it read (an operator's updateSite there) for their hour, as
-    # docs/architecture.md says; then they are read again.
+    # QA s30 (review r27-smart3's leftover): the announcement of a charger's newer
+    # connection reached ``SiteLoad.followed`` through the OCPP server's subscription
+    # alone; an instance serving the API alone (CHARGEGRAPH_OCPP_ENABLED=false) kept
+    # the level and units it read (an operator's updateSite there, through the instance
+    # holding the charger) for their hour. It follows the announcements too.
+    # The other instance: services of their own over the same database and bus.
     async with running_service(tmp_path, ocpp_enabled=False) as service:
         site_load = service.services.site_load
-        bus = service.services.ctx.bus
-        assert bus is not None
-        station = service.central.stations["CP-1"]
-        # As read through the instance holding the charger (a site run here).
-        site_load._levels["CP-1"] = (10, datetime.now(UTC) + timedelta(hours=1))
-        site_load._units["CP-1"] = frozenset({ChargingRateUnit.A})
-        # Another instance announces the charger's newer connection.
-        await bus.publish(StationConnectionChanged(
-            station_id=station.id, cp_id="CP-1", company_id=station.company_id,
-            owner_id=station.owner_id, online=True, connection=10_000))
-        await asyncio.sleep(0.2)
-        assert site_load._levels["CP-1"][0] == 10
-        assert site_load._units["CP-1"] == frozenset({ChargingRateUnit.A})
-        # The hour over: asked again, with its units.
-        asked: list[list[str]] = []
+        store = SqliteStore(service.settings.database_url.removeprefix("sqlite:///"))
+        await store.start()
+        try:
+            other = Services(ServiceContext(store=store, policy=Policy(),
+                                            hasher=FastHasher(), bus=service.services.ctx.bus))
+            # As read through the instance holding the charger (a site run here).
+            site_load._levels["CP-1"] = (10, datetime.now(UTC) + timedelta(hours=1))
+            site_load._units["CP-1"] = frozenset({ChargingRateUnit.A})
+            site_load._one_key.add("CP-1")
+            assert await other.charging.connect("CP-1", instance="other") is not None
+            await until(lambda: "CP-1" not in site_load._levels, "CP-1's level forgotten")
+            assert "CP-1" not in site_load._units and "CP-1" not in site_load._one_key
+        finally:
+            await store.close()
 
-        async def configuration(cp_id: str, keys: list[str]) -> CommandOutcome:
-            asked.append(keys)
-            return CommandOutcome(command_id="c", action="GetConfiguration",
-                                  station=station, result={"configurationKey": [
-                                      {"key": MAX_STACK_LEVEL_KEY, "value": "5"},
-                                      {"key": UNITS_KEY, "value": "Power"}]})
 
-        site_load._configuration = configuration  # type: ignore[method-assign]
-        site_load._levels["CP-1"] = (10, datetime.now(UTC) - timedelta(seconds=1))
-        assert await site_load._stack_level("CP-1") == 5
-        assert asked == [[MAX_STACK_LEVEL_KEY, UNITS_KEY]]
-        assert site_load._units["CP-1"] == frozenset({ChargingRateUnit.W})
+async def test_a_chargers_level_past_its_hour_is_read_again_with_its_units(
+        service: Running) -> None:
+    # Review r27-smart3: both keys, read again together once the hour is over.
+    site_load = service.services.site_load
+    station = service.central.stations["CP-1"]
+    asked: list[list[str]] = []
+
+    async def configuration(cp_id: str, keys: list[str]) -> CommandOutcome:
+        asked.append(keys)
+        return CommandOutcome(command_id="c", action="GetConfiguration",
+                              station=station, result={"configurationKey": [
+                                  {"key": MAX_STACK_LEVEL_KEY, "value": "5"},
+                                  {"key": UNITS_KEY, "value": "Power"}]})
+
+    site_load._configuration = configuration  # type: ignore[method-assign]
+    site_load._levels["CP-1"] = (10, datetime.now(UTC) - timedelta(seconds=1))
+    site_load._units["CP-1"] = frozenset({ChargingRateUnit.A})
+    assert await site_load._stack_level("CP-1") == 5
+    assert asked == [[MAX_STACK_LEVEL_KEY, UNITS_KEY]]
+    assert site_load._units["CP-1"] == frozenset({ChargingRateUnit.W})
+
+
+async def test_an_api_only_instance_forgets_what_it_read_of_a_charger_through_redis(
+        tmp_path: Path) -> None:
+    # As above, between two instances on one database and one Redis: B serves the API
+    # alone, and reads CP-1's level and units through A, which holds it, when its site
+    # edit sends the site's fallback; CP-1 connecting to A again has B forget them.
+    redis = RedisServer().start()
+    try:
+        # B needs A's database URL, so the two cannot share one `with`.
+        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
+            async with running_service(tmp_path / "b", pubsub_url=redis.url,
+                                       database_url=a.settings.database_url,
+                                       seed_data=False, ocpp_enabled=False) as b:
+                site_load = b.services.site_load
+                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                                     charge_point=CurrentOnlyChargePoint) as cp:
+                    await site_of_two(a, 40, via=b)
+                    await until(lambda: fallbacks(cp), "CP-1 sent the site's fallback")
+                    await site_load.settled()
+                    assert site_load._units.get("CP-1") == frozenset({ChargingRateUnit.A})
+                    assert "CP-1" in site_load._levels
+                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                                     charge_point=CurrentOnlyChargePoint):
+                    await until(lambda: "CP-1" not in site_load._levels,
+                                "CP-1's level forgotten on B")
+                    assert "CP-1" not in site_load._units
+    finally:
+        redis.cleanup()
 
 
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(
