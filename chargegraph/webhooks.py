@@ -272,6 +272,11 @@ class _Delivery:
     #: another instance may have taken it over, read again before it is posted.
     recheck: bool = False
 
+    def ended(self, handing_over: bool) -> bool:
+        """Whether its record goes: over, or (``handing_over``) settled, its outcome
+        final, a stop cutting the rest short."""
+        return self.over or (handing_over and self.settled)
+
     def begun(self) -> tuple[bytes, str]:
         if self.body is None or self.delivery_id is None:
             self.body = payload(self.event_id, self.kind, self.event.at,
@@ -351,6 +356,9 @@ class WebhookDispatcher:
         #: The batch being written (``close`` waits for it).
         self._writing: asyncio.Task[bool] | None = None
         self._persist_failing = False
+        #: The lease guard refuses the batches' new deliveries (logged once, and when
+        #: it stops: review s30, a warning every ``PERSIST_RETRY_S`` while it lasted).
+        self._persist_refused = False
         self._lease_keeper: asyncio.Task[None] | None = None
         #: Until when (the loop's clock) this instance's lease is known live, by its last
         #: renewal (``LEASE_TRUSTED`` of it): nothing is stored nor claimed as its own
@@ -742,8 +750,7 @@ class WebhookDispatcher:
         #: not by what it is when the write returns.
         deleted: list[_Delivery] = []
         for key, (webhook_id, delivery) in batch.items():
-            # Settled: its outcome was final, a stop cutting the rest short.
-            if delivery.over or (handing_over and delivery.settled):
+            if delivery.ended(handing_over):
                 if delivery.stored or delivery.maybe_stored:
                     records["over"].append(delivery.handed_over(webhook_id, mine))
                     kept[key] = (webhook_id, delivery)
@@ -809,13 +816,20 @@ class WebhookDispatcher:
             for key in not_stored:
                 self._unwritten.setdefault(key, kept[key])
             self._lease_until = 0.0
-            log.warning("this instance's lease ended before %d webhook deliveries were "
-                        "stored: they go out from memory, stored once it is renewed",
-                        len(refused))
+            if not self._persist_refused:
+                self._persist_refused = True
+                log.warning("this instance's lease ended before %d webhook deliveries "
+                            "were stored: they go out from memory, stored once it is "
+                            "renewed (tried again every %gs)", len(refused),
+                            PERSIST_RETRY_S)
             return False
         if self._persist_failing:
             self._persist_failing = False
             log.info("storing webhook deliveries works again")
+        if self._persist_refused and new:
+            self._persist_refused = False
+            log.info("this instance's lease lasts again: its new webhook deliveries are "
+                     "stored")
         return True
 
     async def _renew_lease(self) -> bool:
@@ -951,14 +965,24 @@ class WebhookDispatcher:
         this instance's, taken over once its lease expires; what was not is lost)."""
         if not unfinished and not self._unwritten:
             return
+        # The stored records of those over, which the write deletes.
+        ending = sum(1 for _, delivery in self._unwritten.values()
+                     if delivery.ended(True) and (delivery.stored or delivery.maybe_stored))
         try:
             async with asyncio.timeout(within):
                 await self._persist(handing_over=True, unfinished=unfinished)
         except Exception:  # TimeoutError included
-            log.exception("handing over %d webhook deliveries for the next instance "
-                          "failed (given up): those stored are taken over once this "
-                          "instance's lease expires, the others are lost",
-                          len(unfinished))
+            if unfinished:
+                log.exception("handing over %d webhook deliveries for the next instance "
+                              "failed (given up): those stored are taken over once this "
+                              "instance's lease expires, the others are lost",
+                              len(unfinished))
+            elif ending:
+                # Review s30: said as "handing over 0" when only deletes failed.
+                log.exception("deleting the records of %d finished webhook deliveries as "
+                              "this instance stopped failed (given up): the instance "
+                              "that takes them over once this one's lease expires posts "
+                              "them again", ending)
             return
         if unfinished:
             log.info("handed over %d webhook deliveries for the next instance",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -126,11 +126,20 @@ class Guard:
     before its write (no session active on a station it removes, an owner who may own
     stations) may have changed by the write on another instance sharing the store: the
     guard makes the check part of the write (``docs/architecture.md``, "Several
-    instances on one store")."""
+    instances on one store").
+
+    ``where`` may be a function making the filter: called when the guard is checked,
+    as the write lands, for a condition on the time then (stores know no time of their
+    own): a write of rows as an instance's holds on its lease lasting past the write's
+    landing, not its start (a slow write landed on a lease that had ended)."""
 
     kind: type[Record]
-    where: Filter
+    where: Filter | Callable[[], Filter]
     exists: bool = True
+
+    def condition(self) -> Filter:
+        """The filter to check now."""
+        return self.where() if callable(self.where) else self.where
 
 #: Uniqueness rules every store enforces with a unique index, by entity kind. The name of
 #: the rule's first field is what ``UniqueViolation.field`` carries. A record whose rule

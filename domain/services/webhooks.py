@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -556,9 +556,9 @@ class WebhookService(Service):
         webhook removed, taken over) is written again change by change without it.
 
         New ones stored as ``owner``'s are stored only while its lease lasts ``margin``
-        past the clock's time now, as a claim's are (``_lease_guard``; review s29: a
-        slow write landed after the lease ended, rows of an instance another had
-        declared dead and claimed from). Returned when that guard fails, none of them
+        past the clock's time as the write lands, as a claim's are (``_lease_guard``;
+        review s29: a slow write landed after the lease ended, rows of an instance
+        another had declared dead and claimed from). Returned when that guard fails, none of them
         stored: still only in ``owner``'s memory, nobody else's to take, to be stored
         once its lease is renewed; the rest of the write is written without them (a
         delete of a delivered one must not wait for the lease: a claimer would post it
@@ -573,7 +573,7 @@ class WebhookService(Service):
             others.append(Update(delivery, PROGRESS_FIELDS, only_if=("instance_id", owner)))
         others += [Delete(d, only_if=("instance_id", owner)) for d in over]
         stored: list[Change] = [InsertIfAbsent(stamp_new(d, SYSTEM, now)) for d in owned]
-        guards = [_lease_guard(owner, now, margin)] if owned else []
+        guards = [_lease_guard(owner, self.now, margin)] if owned else []
         if not stored and not others:
             return []
         try:
@@ -582,12 +582,11 @@ class WebhookService(Service):
         except (Conflict, NotFound):
             pass
         # A delete of one gone or taken over, or the lease: told apart by writing the
-        # owned inserts alone, on the guard (an InsertIfAbsent fails on nothing else),
-        # judged at the clock's time now (the first write may have been slow).
+        # owned inserts alone, on the guard (an InsertIfAbsent fails on nothing else).
         refused: list[PendingDelivery] = []
         if stored:
             try:
-                await self.store.write(stored, [], [_lease_guard(owner, self.now(), margin)])
+                await self.store.write(stored, [], guards)
             except Conflict:
                 refused = owned
         for change in others:
@@ -624,9 +623,10 @@ class WebhookService(Service):
         Each batch is read and written at the clock's time then, the write guarded on the
         instances it takes from still having no live lease (one renewed since the read,
         a stall over, is posting them still) and, with ``instance_id``, on that one's
-        lease holding ``margin`` longer (review s29: one claim of many batches outlived
-        the lease it was begun under, and rows written as its own after that were
-        orphaned as they landed, another instance claiming and posting them too). A
+        lease lasting ``margin`` past the write's landing (review s29: one claim of many
+        batches outlived the lease it was begun under, and rows written as its own after
+        that were orphaned as they landed, another instance claiming and posting them
+        too). A
         guard that fails ends the claim there: the rest stays for a later one (the
         caller renews its lease first). Its own lease's guard failing before anything
         was taken raises ``LeaseTooShort``: the caller stops looking until it has
@@ -661,14 +661,14 @@ class WebhookService(Service):
                 claims = [_taken(d, instance_id) for d in found]
                 try:
                     await self.store.write(claims, [], _claim_guards(
-                        found, now, instance_id, margin))
+                        found, now, self.now, instance_id, margin))
                 except (Conflict, NotFound):
                     # Deleted meanwhile (its webhook removed), taken, or a lease guard
                     # no longer holds: the rest stays. Its own lease is told apart (a
                     # read of the guard's condition): a look again fails the same way.
                     if not taken and instance_id is not None and not \
                             await self.store.find_all(InstanceLease, _lasting(
-                                instance_id, now, margin), limit=1):
+                                instance_id, self.now(), margin), limit=1):
                         raise LeaseTooShort(instance_id) from None
                     break
                 except Exception:
@@ -726,11 +726,13 @@ def _orphaned(now: datetime, instance_id: str | None) -> Filter:
     return all_of(dead, others)
 
 
-def _claim_guards(found: Sequence[PendingDelivery], now: datetime, instance_id: str | None,
+def _claim_guards(found: Sequence[PendingDelivery], now: datetime,
+                  clock: Callable[[], datetime], instance_id: str | None,
                   margin: timedelta) -> list[Guard]:
     """What a claim's write of ``found`` (read as orphaned at ``now``) holds on: none of
     the instances they were of has a live lease again, and ``instance_id``'s (when they
-    are made its) lasts ``margin`` more, so what lands as its own is not orphaned."""
+    are made its) lasts ``margin`` past the write's landing (``clock``), so what lands as
+    its own is not orphaned."""
     guards: list[Guard] = []
     owners = tuple(sorted({d.instance_id for d in found if d.instance_id is not None}))
     if owners:
@@ -738,16 +740,18 @@ def _claim_guards(found: Sequence[PendingDelivery], now: datetime, instance_id: 
                                                   Range("expires_at", gte=now)),
                             exists=False))
     if instance_id is not None:
-        guards.append(_lease_guard(instance_id, now, margin))
+        guards.append(_lease_guard(instance_id, clock, margin))
     return guards
 
 
-def _lease_guard(instance_id: str, now: datetime, margin: timedelta) -> Guard:
+def _lease_guard(instance_id: str, clock: Callable[[], datetime], margin: timedelta
+                 ) -> Guard:
     """A write of rows as ``instance_id``'s holds on its lease lasting ``margin`` past
-    ``now``: one landing on a lease that has ended is orphaned as it lands, for another
-    instance to claim and post too. ``now`` is the writer's: a write landing more than
-    ``margin`` after it is still taken (stores know no time of their own)."""
-    return Guard(InstanceLease, _lasting(instance_id, now, margin))
+    ``clock``'s time as the write lands (the store checks the guard then): one landing
+    on a lease that has ended is orphaned as it lands, for another instance to claim and
+    post too. Review s30: judged at the write's start, a write landing more than
+    ``margin`` later (waiting for SQLite's lock, a slow MongoDB batch) was taken."""
+    return Guard(InstanceLease, lambda: _lasting(instance_id, clock(), margin))
 
 
 def _lasting(instance_id: str, now: datetime, margin: timedelta) -> Filter:

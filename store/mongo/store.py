@@ -432,7 +432,7 @@ class MongoStore:
         rollback). A guard may thus fail on another batch's write that is rolled back
         later: the caller sees CHANGED and tries again."""
         for guard in guards:
-            found = await self.find_one(guard.kind, guard.where) is not None
+            found = await self.find_one(guard.kind, guard.condition()) is not None
             if found != guard.exists:
                 raise changed_meanwhile(guard.kind.kind)
 

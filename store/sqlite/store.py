@@ -64,9 +64,6 @@ from store.sqlite.writer import SECURE_DELETE, Writer, owe_scrub
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
 #: An audit entry's insert, and the update it is written only if applied.
 _Conditional = tuple[_Statement, Update]
-#: A ``Guard`` compiled: the query finding one record it is about, its parameters, the
-#: guard.
-_GuardQuery = tuple[str, list[SqlValue], Guard]
 
 #: The SQL functions our filters use, registered on every read connection.
 SQL_FUNCTIONS = ((HAVERSINE, 4, haversine_km), (SEARCH_FOLDED, 1, search_folded_sql))
@@ -221,23 +218,26 @@ def _apply_each(conn: sqlite3.Connection, run: list[_Statement]) -> set[int]:
     return skipped
 
 
-def _guard_query(guard: Guard) -> _GuardQuery:
-    where_sql, params = compile_where(guard.kind, guard.where)
-    return f"SELECT 1 FROM {_from(guard.kind)} WHERE {where_sql} LIMIT 1", params, guard
+def _guard_query(guard: Guard) -> tuple[str, list[SqlValue]]:
+    """The guard's read, its condition as made now (``Guard.condition``)."""
+    where_sql, params = compile_where(guard.kind, guard.condition())
+    return f"SELECT 1 FROM {_from(guard.kind)} WHERE {where_sql} LIMIT 1", params
 
 
-def _check_guards(conn: sqlite3.Connection, guards: Sequence[_GuardQuery]) -> None:
+def _check_guards(conn: sqlite3.Connection, guards: Sequence[Guard]) -> None:
     """Inside the write transaction, after its changes: SQLite has one writer at a time
     (``BEGIN IMMEDIATE`` takes the lock, for every process on the file), so nothing can
-    change what a guard reads between its check and the commit."""
-    for sql, params, guard in guards:
-        found = conn.execute(sql, params).fetchone() is not None
+    change what a guard reads between its check and the commit. Each is compiled here,
+    its condition made as the write lands (``Guard.condition``), not before a wait for
+    the lock."""
+    for guard in guards:
+        found = conn.execute(*_guard_query(guard)).fetchone() is not None
         if found != guard.exists:
             raise changed_meanwhile(guard.kind.kind)
 
 
 def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement],
-                 guards: Sequence[_GuardQuery] = (),
+                 guards: Sequence[Guard] = (),
                  conditional: Sequence[_Conditional] = ()) -> None:
     """One write transaction. Runs of the same insert go as multi-row statements, runs of
     the same update or delete through ``executemany``; updates and deletes must each
@@ -621,14 +621,13 @@ class SqliteStore:
         statements += [(_insert_sql(AuditEntry), to_row(entry), None) for entry in entries]
         conditional = [((_insert_sql(AuditEntry), to_row(entry), None), update)
                        for entry, update in depending]
-        checks = [_guard_query(guard) for guard in guards]
-        if not statements and not checks:
+        if not statements and not guards:
             return
         writer = self._writer_conn()
         async with self._write_lock:
             try:
                 await writer.run(
-                    lambda conn: _apply_batch(conn, statements, checks, conditional))
+                    lambda conn: _apply_batch(conn, statements, guards, conditional))
             except sqlite3.IntegrityError as exc:
                 violation = unique_violation(exc)
                 if violation is None:

@@ -23,7 +23,7 @@ from domain.services import ServiceContext
 from domain.services.base import stamp_new
 from domain.services.webhooks import CLAIM_STALE, LeaseTooShort, WebhookService
 from tests.contract.factories import oid
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, MovedClock
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 #: A body as a receiver must get it again: the signature is over these bytes.
@@ -359,3 +359,47 @@ async def test_an_instance_stores_no_new_delivery_as_its_own_past_its_lease(
                                           margin=timedelta(seconds=5)) == []
     assert {p.delivery_id for p in await store.find_all(PendingDelivery, ALL)} == {
         "dlv_1_1", "dlv_1_2", "dlv_1_3", "dlv_1_4"}
+
+
+class _LandsLate:
+    """A store whose guarded writes land ``late`` after they begin: the services' clock
+    (``MovedClock``) is moved on by it as each one starts, before the store checks it."""
+
+    def __init__(self, store: Store, clock: MovedClock, late: timedelta) -> None:
+        self._store, self._clock, self._late = store, clock, late
+        self._ahead = timedelta(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def write(self, changes: Any, audit: Any, guards: Any = ()) -> None:
+        if guards:
+            self._ahead += self._late
+            self._clock.by(self._ahead)
+        await self._store.write(changes, audit, guards)
+
+
+async def test_a_write_as_an_instances_own_holds_on_its_lease_as_it_lands(
+        store: Store) -> None:
+    """Review s30: the lease guard of a write storing or claiming deliveries as an
+    instance's was judged at the clock's time the write began, so one landing more than
+    the margin later (waiting for SQLite's lock, a slow MongoDB batch) was taken on a
+    lease that had ended as it landed: its rows orphaned, for another instance to claim
+    and post too. Judged as it lands, such a write is refused: new ones returned
+    unstored, a claim taking nothing (the lease is why)."""
+    webhooks = service(store)
+    await lease(store, ME, expires_in=timedelta(seconds=60))
+    await lease(store, CRASHED, expires_in=-timedelta(seconds=1))
+    await stored_while_live(store, [pending(2, 0, instance=CRASHED)])
+    with MovedClock(webhooks.ctx) as clock:
+        webhooks.store = _LandsLate(store, clock, timedelta(seconds=50))  # type: ignore[assignment]
+        # Begun with 60 s of lease left, landing with 10 s: less than the margin.
+        refused = await webhooks.keep_deliveries(ME, new=[pending(1, 0, instance=ME)],
+                                                 margin=timedelta(seconds=20))
+        assert [p.delivery_id for p in refused] == ["dlv_1_0"]
+        clock.by(timedelta(0))
+        webhooks.store = _LandsLate(store, clock, timedelta(seconds=50))  # type: ignore[assignment]
+        with pytest.raises(LeaseTooShort):
+            await webhooks.claim_handed_over(instance_id=ME, margin=timedelta(seconds=20))
+    assert {p.delivery_id: p.instance_id
+            for p in await store.find_all(PendingDelivery, ALL)} == {"dlv_2_0": CRASHED}

@@ -1774,7 +1774,7 @@ async def test_a_start_s_card_guard_reads_the_card_s_active_sessions_by_their_in
     scanned every ACTIVE session of the network (4-5 ms a start at 20,000 open, the
     write lock held); they read the card's own by ``session_active_id_tag_idx``."""
     started = session(station(), id_tag="TAG-1", transaction_id=7)
-    sql, params, _ = _guard_query(ChargingService._card_free(started))
+    sql, params = _guard_query(ChargingService._card_free(started))
     plans = [await _plan_of(store, sql, params)]
     for before in (None, 7):  # a start's read, a resend's (earlier transactions only)
         plans.append(await _plan(store, Session, all_of(

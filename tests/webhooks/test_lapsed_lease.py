@@ -6,6 +6,7 @@ their clocks moved by hand (``MovedClock``); receivers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,46 @@ def pending(number: int, instance_id: str, webhook_id: str = "0" * 24
                              tries_made=1, due_at=now,
                              queued_at=now + timedelta(seconds=number),
                              instance_id=instance_id)
+
+
+async def test_a_lease_refusing_batch_after_batch_is_said_once_and_its_end_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review s30: while the store's lease ends sooner than the instance trusts it (each
+    renewal's row cut short here: its wall clock ahead, a sweep), every batch storing a
+    new delivery is refused by the lease guard and tried again every
+    ``PERSIST_RETRY_S``; the warning came with each. Said once while it lasts, and once
+    when a batch is stored again."""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(500)  # its retry a minute away: still to store
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+        renewals, cut = 0, True
+
+        async def renew(instance_id: str, *args: Any, **kwargs: Any) -> bool:
+            nonlocal renewals
+            lapsed = await real_renew(instance_id, *args, **kwargs)
+            if cut:
+                renewals += 1
+                await lease_ended(world, instance_id, timedelta(seconds=1))
+            return lapsed
+        first.instances.renew = renew  # type: ignore[method-assign]
+        caplog.set_level(logging.INFO, logger="chargegraph.webhooks")
+        dispatcher = await world.dispatcher(first, backoff=(60.0,), timeout=30.0)
+        await available(world)
+        await requests_at_least(receiver, 1)
+
+        async def refused_again() -> bool:  # each retried batch renews first
+            return renewals >= 5
+        await until(refused_again)
+        said = [r for r in caplog.records if "lease ended before" in r.getMessage()]
+        assert len(said) == 1
+        cut = False
+
+        async def stored() -> bool:
+            return list((await owners(world)).values()) == [dispatcher.instance_id]
+        await until(stored)
+        assert [r for r in caplog.records if "lease lasts again" in r.getMessage()]
+        assert len([r for r in caplog.records
+                    if "lease ended before" in r.getMessage()]) == 1
