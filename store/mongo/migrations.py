@@ -49,8 +49,9 @@ MIGRATIONS = "schema_migrations"
 #: Documents are read in pages of this many.
 BATCH = 1_000
 
-#: The record in ``MIGRATIONS`` of the newest schema a build started on this database
-#: knows (``version``), so an older build refuses it as it refuses a newer SQLite file.
+#: The record in ``MIGRATIONS`` of the newest schema a build that migrated or ran on this
+#: database knows (``version``), so an older build refuses it as it refuses a newer
+#: SQLite file (``claim_schema``).
 SCHEMA = "schema"
 #: This build's schema: SQLite's number, since both stores keep one model and every
 #: change of it is a SQLite migration (MongoDB's steps here follow those).
@@ -74,29 +75,47 @@ def schema_number(value: object) -> Decimal | None:
     return number if number.is_finite() else None
 
 
-async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
-    """Records, before anything else is written, that a build knowing schema ``known``
-    starts on the database (never lowering the number: two builds started at once, the
-    newer one's stays), and refuses one a build knowing a newer schema started on: going
-    back to an older build means restoring a backup made with it (QA s28: an older build
-    started, and wrote documents without the fields the newer one relies on, which its
-    steps, recorded done, never fill).
-
-    One atomic update, read back as it was: the record moves up before the migration
-    runs, since each step records itself done as it finishes; a newer build killed
-    half-way left its steps done and the older number, and the older build, the natural
-    rollback, started (review r28-upgrade). A database a newer build has begun to
-    migrate is that build's."""
-    found = await db[MIGRATIONS].find_one_and_update(
-        {"_id": SCHEMA}, {"$max": {"version": known}}, upsert=True,
-        return_document=ReturnDocument.BEFORE)
+def _refuse_newer(found: dict[str, Any] | None, known: int) -> None:
+    """Raises ``NewerSchema`` when the record ``found`` holds a schema newer than ``known``
+    (read back from a ``$max``, which left it as it was: nothing was written)."""
     version = schema_number(found.get("version")) if found else None
     if version is not None and version > known:
-        # ``$max`` left the newer number as it was: nothing was written.
         shown = int(version) if version == version.to_integral_value() else version
         raise NewerSchema(f"the database has schema version {shown}, written by a newer "
                           f"ChargeGraph (this one knows up to {known}): run that version, "
                           "or restore a backup made with this one")
+
+
+async def check_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
+    """Refuses, before anything is written, a database a build knowing a newer schema
+    claimed (``claim_schema``): going back to an older build means restoring a backup
+    made with it (QA s28: an older build started, and wrote documents without the fields
+    the newer one relies on, which its steps, recorded done, never fill). Writes nothing:
+    a start that fails before it migrates anything leaves the database to the build
+    that had it (session 30)."""
+    _refuse_newer(await db[MIGRATIONS].find_one({"_id": SCHEMA}, {"version": 1}), known)
+
+
+async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
+    """Records that a build knowing schema ``known`` has the database (never lowering the
+    number: of two builds, the newer one's stays), and refuses one a newer build claimed
+    meanwhile (two starting at once: the older one stops before it writes). One atomic
+    ``$max``, read back as it was.
+
+    Made before each step a start runs that was not done yet (``_once``) and at the end
+    of every start, from which the build serves: an older build never
+    starts on a database a newer one began to migrate or ran on (review r28-upgrade, its
+    steps done under the older number), as a SQLite file is the newer build's from its
+    first migration committed. Not at the start's first line (as until session 30): a
+    newer build that failed before migrating anything (an index it could not build, a
+    crash) left the database claimed, and the older build, the natural rollback, was
+    refused though nothing of the newer schema was there. What a start does before a
+    step (the indexes, the steps of every start) only adds what an older build's own
+    start adds or ignores: a step that changes what an older build reads runs under
+    ``_once``, or claims first."""
+    _refuse_newer(await db[MIGRATIONS].find_one_and_update(
+        {"_id": SCHEMA}, {"$max": {"version": known}}, upsert=True,
+        return_document=ReturnDocument.BEFORE), known)
 
 
 async def before_indexes(db: Any) -> None:
@@ -238,7 +257,8 @@ async def _unique_company_names(db: Any) -> None:
 
 async def migrate(db: Any) -> None:
     await _once(db, "books", _books)
-    await _minor_units(db)
+    # Under ``_once`` for its claim; it keeps its own record of when it began.
+    await _once(db, "minor_units", _minor_units)
     await _blockers(db)
     await _once(db, "expiry_setters", _expiry_setters)
     await _once(db, "audit_books", _audit_books)
@@ -436,16 +456,20 @@ async def _fill_default(db: Any, kind: str, name: str) -> None:
                                {"$set": {**values, MARK: ObjectId()}})
 
 
-async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]]) -> None:
+async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]],
+                known: int = SCHEMA_VERSION) -> None:
     """Runs ``step`` until one start has finished it, which records that in
-    ``MIGRATIONS``. For steps marked by a field new documents always carry, found by its
-    absence: no index tells absent from null, so each start read every document whose
-    field is null (sessions of a station of no company, most audit entries) to find none.
-    Several instances may run it at once until then (each step is idempotent). An
-    instance of a version from before the field, still writing after the mark (a rolling
-    upgrade), leaves its documents without it: they read as null (no books)."""
+    ``MIGRATIONS``; before it first writes, the build knowing ``known`` claims the
+    database (``claim_schema``). For steps marked by a field new documents always carry,
+    found by its absence: no index tells absent from null, so each start read every
+    document whose field is null (sessions of a station of no company, most audit
+    entries) to find none. Several instances may run it at once until then (each step is
+    idempotent). An instance of a version from before the field, still writing after the
+    mark (a rolling upgrade), leaves its documents without it: they read as null (no
+    books)."""
     if await db[MIGRATIONS].find_one({"_id": name, "done": True}, {"_id": 1}) is not None:
         return
+    await claim_schema(db, known)
     await step(db)
     await db[MIGRATIONS].update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
 

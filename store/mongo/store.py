@@ -32,6 +32,7 @@ from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import (
     before_indexes,
+    check_schema,
     claim_schema,
     heal_cp_id_keys,
     heal_search_shadows,
@@ -129,19 +130,23 @@ class MongoStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Checks the server is recent enough (``check_server_version``), claims the
-        database for this build's schema, refusing one a newer build started on
-        (``claim_schema``), creates the indexes, rolls back batches a crash left and
-        brings documents written under older rules up to date
-        (``store/mongo/migrations.py``); idempotent."""
+        """Checks the server is recent enough (``check_server_version``), refuses a
+        database a newer build claimed (``check_schema``), creates the indexes, rolls back
+        batches a crash left and brings documents written under older rules up to date
+        (``store/mongo/migrations.py``), then claims the database for this build's schema
+        (``claim_schema``); idempotent."""
         await check_server_version(self.db)
-        # Before anything else is written: from here an instance of an older build
-        # refuses the database, also if this start stops half-way through migrating it.
-        await claim_schema(self.db)
+        # Before anything else is written. The claim comes with the first step this
+        # start runs (``_once``), so one that fails before (an index it cannot build)
+        # leaves the database to the build that had it.
+        await check_schema(self.db)
         await before_indexes(self.db)
         await ensure_indexes(self.db)
         await self._sweep_once()
         await migrate(self.db)
+        # This build serves from here, writing documents by its rules: an older build
+        # must not start on them, whether or not a step of this one was still to do.
+        await claim_schema(self.db)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
                                                 name="chargegraph-mongo-journal-sweep")

@@ -3207,38 +3207,27 @@ async def test_a_database_a_newer_chargegraph_started_on_is_refused() -> None:
     assert record is not None and record["version"] == latest
 
 
-async def test_a_newer_build_stopped_mid_migration_still_locks_out_an_older_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Review r28-upgrade: the record moved up only after the whole migration, while each
-    step records itself done as it finishes. A newer build killed (or failing) between
-    the two left steps done and the older number: the older build, the operator's
-    natural rollback after a failed upgrade, started and wrote documents without the
-    fields those steps filled, which the newer build, started again, never fills (they
-    are done). The record moves up before anything is migrated: the database is the
-    newer build's from its first write, as a SQLite file is from its first migration."""
-    db = async_mongomock_database(interleave=True)
-    latest = sqlite_migrations.MIGRATIONS[-1][0]
-    current = MongoStore(db, sweep_every=None)
-    await current.start()
-    await current.close()
-    real_migrate = store_module.migrate
+def as_newer_build(patched: pytest.MonkeyPatch, known: int) -> None:
+    """Makes the stores started under ``patched`` a build knowing schema ``known``."""
+    patched.setattr(store_module, "check_schema",
+                    functools.partial(migrations.check_schema, known=known))
+    patched.setattr(store_module, "claim_schema",
+                    functools.partial(migrations.claim_schema, known=known))
 
-    async def newer_migrate_killed_midway(database: Any) -> None:
-        await real_migrate(database)
-        # The newer build's own step, recorded done, then the process dies.
-        await database[migrations.MIGRATIONS].update_one(
-            {"_id": "newer_only_step"}, {"$set": {"done": True}}, upsert=True)
-        raise RuntimeError("killed mid-upgrade")
 
-    with monkeypatch.context() as patched:
-        patched.setattr(store_module, "claim_schema",
-                        functools.partial(migrations.claim_schema, known=latest + 1))
-        patched.setattr(store_module, "migrate", newer_migrate_killed_midway)
-        newer = MongoStore(db, sweep_every=None)
-        with pytest.raises(RuntimeError, match="killed mid-upgrade"):
-            await newer.start()
-        await newer.close()
+async def newer_step(db: Any, known: int, *, killed_during: bool) -> None:
+    """A step only a build knowing ``known`` has, writing a document, killed during it
+    or once it is recorded done."""
+    async def step(database: Any) -> None:
+        await database["company"].update_many({}, {"$set": {"newer_only_field": 1}})
+        if killed_during:
+            raise RuntimeError("killed mid-upgrade")
 
+    await migrations._once(db, "newer_only_step", step, known)
+    raise RuntimeError("killed mid-upgrade")
+
+
+async def assert_refused_by(db: Any, latest: int) -> None:
     older = MongoStore(db, sweep_every=None)
     try:
         with pytest.raises(migrations.NewerSchema,
@@ -3246,6 +3235,119 @@ async def test_a_newer_build_stopped_mid_migration_still_locks_out_an_older_one(
             await older.start()
     finally:
         await older.close()
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest + 1
+
+
+@pytest.mark.parametrize("killed_during", [True, False], ids=["during", "after"])
+async def test_a_newer_build_stopped_mid_migration_still_locks_out_an_older_one(
+        monkeypatch: pytest.MonkeyPatch, killed_during: bool) -> None:
+    """Review r28-upgrade: the record moved up only after the whole migration, while each
+    step records itself done as it finishes. A newer build killed (or failing) between
+    the two left steps done and the older number: the older build, the operator's
+    natural rollback after a failed upgrade, started and wrote documents without the
+    fields those steps filled, which the newer build, started again, never fills (they
+    are done). The record moves up before a step first writes: the database is the
+    newer build's from its first write, as a SQLite file is from its first migration,
+    also when it is killed during that step."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    current = MongoStore(db, sweep_every=None)
+    await current.start()
+    await current.close()
+    await db["company"].insert_one({"name": "Acme"})
+    real_migrate = store_module.migrate
+
+    async def newer_migrate_killed_midway(database: Any) -> None:
+        await real_migrate(database)
+        await newer_step(database, latest + 1, killed_during=killed_during)
+
+    with monkeypatch.context() as patched:
+        as_newer_build(patched, latest + 1)
+        patched.setattr(store_module, "migrate", newer_migrate_killed_midway)
+        newer = MongoStore(db, sweep_every=None)
+        with pytest.raises(RuntimeError, match="killed mid-upgrade"):
+            await newer.start()
+        await newer.close()
+    assert await db["company"].count_documents({"newer_only_field": 1}) == 1
+
+    await assert_refused_by(db, latest)
+
+
+@pytest.mark.parametrize("failure", [OperationFailure("index build failed", 11000),
+                                     asyncio.CancelledError()], ids=["error", "killed"])
+async def test_a_newer_build_failing_before_its_first_step_leaves_the_older_one_its_database(
+        monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
+    """Session 30: a newer build claimed the database at its first line. Failing before
+    it migrated anything (an index it could not build, a crash), it left the database
+    claimed, and the older build, the natural rollback, was refused though nothing of
+    the newer schema was written. As on SQLite, where such a start commits no migration,
+    the database stays the older build's; the newer one started again claims it."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    current = MongoStore(db, sweep_every=None)
+    await current.start()
+    await current.close()
+
+    async def failing_indexes(database: Any) -> None:
+        raise failure
+
+    with monkeypatch.context() as patched:
+        as_newer_build(patched, latest + 1)
+        patched.setattr(store_module, "ensure_indexes", failing_indexes)
+        newer = MongoStore(db, sweep_every=None)
+        with pytest.raises(type(failure)):
+            await newer.start()
+        await newer.close()
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest
+
+    older = MongoStore(db, sweep_every=None)
+    await older.start()
+    await older.close()
+
+    # Started again, the newer build runs: the older one is refused from there.
+    with monkeypatch.context() as patched:
+        as_newer_build(patched, latest + 1)
+        newer = MongoStore(db, sweep_every=None)
+        await newer.start()
+        await newer.close()
+    await assert_refused_by(db, latest)
+
+
+async def test_an_older_build_past_its_check_when_a_newer_one_migrates_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builds starting at once: the older one found the database its own (nothing of
+    the newer build claimed yet), then the newer one ran a step. The older start stops
+    at its claim, before it serves on the newer schema."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    current = MongoStore(db, sweep_every=None)
+    await current.start()
+    await current.close()
+    real_indexes = store_module.ensure_indexes
+
+    async def newer_migrating_meanwhile(database: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # its own end, not the older build's
+            await newer_step(database, latest + 1, killed_during=False)
+        await real_indexes(database)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "ensure_indexes", newer_migrating_meanwhile)
+        await assert_refused_by(db, latest)
+
+
+async def test_a_newer_build_claiming_after_an_older_one_keeps_its_number() -> None:
+    """The other order: the older build claimed first, then the newer one (a rolling
+    upgrade). The newer number stays, whichever claims last."""
+    db = async_mongomock_database(interleave=True)
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    await migrations.claim_schema(db, latest)
+    await migrations.claim_schema(db, latest + 1)
+    with pytest.raises(migrations.NewerSchema):
+        await migrations.claim_schema(db, latest)
+    with pytest.raises(migrations.NewerSchema):
+        await migrations.check_schema(db, latest)
     record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
     assert record is not None and record["version"] == latest + 1
 
