@@ -1103,7 +1103,10 @@ class OcppServer:
         here and records it; called holding the charge point's arrival lock, so the
         next arrival finds its number (``_newer_here``). False when its station is gone
         since the handshake (removed meanwhile, its ``StationRemoved`` heard before this
-        connection was the gateway's to hang up): nothing was recorded, and the arrival
+        connection was the gateway's to hang up), or is no longer the one the handshake
+        signed it in as (removed and created again under the cpId meanwhile: session 30,
+        it took the new station's charger, connection and commands, under the removed
+        one's password check): nothing was recorded, and the arrival
         is let go as a removed station's (``ChargePointHandler.station_removed``), out
         of the gateway, so its close records nothing either; the caller hangs up."""
         cp_id = handler.id
@@ -1116,10 +1119,10 @@ class OcppServer:
             self._let_go(previous, "reconnected", "replaced by a new connection")
         log.info("%s connected from %s", cp_id, peer)
         connected = await self.charging.connect(cp_id, instance=self.instance_id,
-                                                number=number)
+                                                number=number, station_id=handler.station_id)
         if connected is None:
-            log.warning("%s: its station is gone since it signed in (removed meanwhile): "
-                        "closing as an unknown charge point", cp_id)
+            log.warning("%s: its station is gone since it signed in (removed meanwhile, "
+                        "maybe created again): closing as an unknown charge point", cp_id)
             handler.station_removed()
             self.gateway.unregister(handler)
             return False
