@@ -24,20 +24,25 @@ from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
 from domain.errors import StoreUnavailable
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Policy
 from domain.query import ALL, Eq
-from domain.services import charger_connections
+from domain.services import ServiceContext, Services, charger_connections
 from domain.services.charger_sign_ins import (
     CHECKS_WINDOW,
     ChargerSignInLimits,
     ChargerSignIns,
 )
 from ocpp_bridge import server as server_module
-from ocpp_bridge.server import UNKNOWN_KEY, RefusalLog
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.server import UNKNOWN_KEY, OcppServer, RefusalLog
 from ocpp_bridge.simulator import basic_auth
 from store.fields import changed_meanwhile
+from store.mongo import MongoStore, journal, writes
+from tests.helpers import FastHasher
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
+from tests.store.test_mongo_specific import Paused
+from tests.support.mongomock_async import async_mongomock_database
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
 SCANNER = "203.0.113.66"  # one address scanning cpIds
@@ -742,6 +747,49 @@ async def test_a_handshake_during_a_store_outage_is_told_to_try_again(
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     monkeypatch.setattr(charging, "station_for_connection", station_for_connection)
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+
+
+async def test_a_handshake_for_a_station_still_being_stored_on_mongodb_is_told_to_try_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 30: the 503 above through a real ``MongoStore.get_committed`` ``Conflict``,
+    on mongomock. An operator's createStation of CP-NEW is paused mid-batch (its insert
+    written, its journal open: it may yet roll back); its charger's handshake reads the
+    station as committed (``base.committed``) and, the batch still in flight after the
+    store's wait, is answered 503 with Retry-After, not signed in and not websockets'
+    bare 500. Once the batch has committed, its next try connects."""
+    # No wait for the batch in flight: the handshake meets it still open whatever the
+    # machine's load, and the test resumes the batch only once answered.
+    monkeypatch.setattr(journal, "SETTLE_WAIT_S", 0.0)
+    store = MongoStore(async_mongomock_database(interleave=True), sweep_every=None)
+    await store.start()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    server = OcppServer(services.charging, OcppGateway(), "127.0.0.1", 0, response_timeout=5)
+    await server.start()
+    url = f"ws://127.0.0.1:{server.bound_port}/ocpp/CP-NEW"
+    inserting = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, list) and any(isinstance(change.record, d.Station) for change in step))
+    creating = asyncio.create_task(services.stations.create_station(
+        SYSTEM, cp_id="CP-NEW", name="New", password=STATION_PASSWORD))
+    try:
+        await asyncio.wait_for(inserting.reached.wait(), 5)
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                          additional_headers=basic_auth("CP-NEW", STATION_PASSWORD))
+        assert refused.value.response.status_code == 503
+        assert int(refused.value.response.headers["Retry-After"]) >= 1
+        assert not creating.done()  # answered while the batch was still in flight
+        inserting.resume.set()
+        station, _ = await asyncio.wait_for(creating, 5)
+        ws = await connect(url, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers=basic_auth("CP-NEW", STATION_PASSWORD))
+        await ws.close()
+        assert station.cp_id == "CP-NEW"
+    finally:
+        inserting.resume.set()
+        if not creating.done():
+            creating.cancel()
+        await server.stop()
+        await store.close()
 
 
 async def test_an_auto_registration_while_another_process_holds_the_database(
