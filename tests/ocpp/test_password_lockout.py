@@ -109,7 +109,9 @@ async def test_guesses_after_the_charger_connected_are_locked_out_not_the_charge
     # first-time address (under the station's limit).
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
     assert await attempt(central, STATION_PASSWORD, "192.0.2.77") == 101
-    assert checked == []  # every guess settled by the cached digest, and counted
+    # Every guess checked as at a station not connected here (session 30: settled by the
+    # cached digest, it was told from a made-up id's by time), and counted.
+    assert checked == [f"guess-{i:05d}" for i in range(5)]
     assert warnings(caplog) == [  # once per lockout, not per refused attempt
         "charge point 'CP-1': 5 wrong passwords from 203.0.113.5 within 15 min: that "
         "address is refused unchecked for 60 s"]
@@ -260,7 +262,10 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
     """QA s26: an unknown cpId was 404 and a known one without the right password 401, so
     anyone could list a network's cpIds. Now the same answer (401, its challenge, its
     body), the password checked as slowly and counted by the same lockouts (a 429 told
-    the ids as well); the log keeps the real reason."""
+    the ids as well); the log keeps the real reason. Session 30: a connected station's
+    wrong password was told wrong by its cached digest with no argon2 check, answered at
+    the refusal delay while a made-up id's waited for busy hashing threads; both are
+    checked now."""
     caplog.set_level(logging.INFO, "chargegraph.ocpp")
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its digest cached
     checked = counting_checks(central, monkeypatch)
@@ -274,10 +279,10 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
                                                   **made_up_as})
         assert known == made_up and known[0] == 401
         assert known[1]["www-authenticate"].startswith("Basic realm=")
-    # The station's guess settled by its cached digest; the made-up id's checked by
-    # argon2 against a hash no password matches, as a station's whose charger has not
-    # connected here is (review r26-security3: one code path for both).
-    assert checked == ["a-guess-1"]
+    # The connected station's guess checked by argon2, though its cached digest tells it
+    # wrong; the made-up id's against a hash no password matches, as a station's whose
+    # charger has not connected here is (review r26-security3: one code path for all).
+    assert checked == ["a-guess-1", "a-guess-1"]
     for i in range(4):  # four more wrong passwords from each address: both locked out
         assert await attempt(central, f"guess-{i}", "203.0.113.5") == 401
         assert await attempt(central, f"guess-{i}", "203.0.113.6", "CP-9") == 401
