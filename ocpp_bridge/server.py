@@ -117,7 +117,7 @@ MAX_PENDING_CHECKS = 256
 CHECKS_BUSY_RETRY_AFTER_S = 2
 #: Password checks pending on one instance for one client address (an IPv6 one by its
 #: /64) at once, across cpIds, real or made up. Beyond, a password that needs a check
-#: (or that the station's cached digest refuses: the same path) waits its turn in the
+#: (any not known right: a connected station's wrong ones too) waits its turn in the
 #: address's queue, first come first served, within the handshake timeout
 #: (``_AddressTurns``): a scan from one address holds this many checks (review
 #: r26-security4: it kept all ``MAX_PENDING_CHECKS`` taken, and chargers needing a check
@@ -135,8 +135,8 @@ MAX_WAITING_PER_ADDRESS = 64
 #: (websockets' default, named here so the delay below is seen to fit well inside it).
 HANDSHAKE_TIMEOUT_S = 10.0
 #: Seconds after its arrival that every refused password is answered (401), at the
-#: earliest, whatever refused it: argon2, a connected station's cached digest, a cpId
-#: with no station (checked by argon2 against ``_decoy``'s hash as a station is).
+#: earliest, whatever refused it: argon2 (a connected station's wrong passwords too), a
+#: cpId with no station (checked by argon2 against ``_decoy``'s hash as a station is).
 #: Fixed, not measured: above one argon2 check with the default parameters on modest
 #: hardware (0.05 to 0.5 s); a check that took longer (the hashing threads busy, the
 #: station's checks queued) is answered when it is done, on the same path for a real
@@ -884,9 +884,10 @@ class OcppServer:
             # The password of the station's last accepted connection here: answered at
             # once, never counted, never queued (reconnect storms cost no argon2).
             return self._passed(station, peer)
-        # A wrong password settled by the cached digest meets the same bounds as one that
-        # needs a check: otherwise a prober who spent its address's budget (or kept four
-        # checks pending) read 401 for a connected station and 429 for a made-up cpId.
+        # Every other password is checked by argon2 within the same bounds, a connected
+        # station's wrong ones too (``_known_answer``): otherwise a prober who spent its
+        # address's budget (or kept four checks pending) read 401 for a connected station
+        # and 429 for a made-up cpId.
         client = address_key(peer)
         if not holding[0]:
             if not self._turns.take_now(client):
@@ -919,9 +920,7 @@ class OcppServer:
             counted = None if former else sign_ins
             check.add_done_callback(lambda done: self._check_ended(
                 done, client, station.cp_id, key, peer, counted))
-        else:  # settled by the station's cached digest: no argon2, the same count and delay
-            for lockout in lockouts:
-                self._log_lockout(station.cp_id, peer, lockout, unknown=self._is_decoy(station))
+        else:  # the charger's former password, refused by this hash already: no argon2
             check = asyncio.get_running_loop().create_future()
             check.set_result(False)
             self._turns.release(client)  # no check: the turn is not held for the delay
@@ -1034,8 +1033,13 @@ class OcppServer:
     def _known_answer(self, station: Any, digest: bytes) -> bool | None:
         """What a password already checked against the station's hash was, from the
         station's cached digest (its charger passed here): right (reconnect storms cost
-        no argon2) or wrong; or the password it passed with before, already refused by
-        the current hash. ``None``: it must be checked.
+        no argon2); or the password it passed with before, already refused by the
+        current hash (False). ``None``: it must be checked, any other wrong password
+        too: told wrong by the digest at once, a connected station's guesses were
+        answered at the refusal delay while a made-up id's (checked by argon2,
+        ``_decoy``) waited for busy hashing threads, which told the two apart (session
+        30). Checked, a wrong guess costs what it costs at any station or a made-up id,
+        within the same bounds.
 
         Nothing else is answered from memory (review r26-security4: guesses refused
         lately were, skipping the pending bound, kept per station for a real cpId and in
@@ -1049,7 +1053,8 @@ class OcppServer:
             return None
         password_hash, matched, refused_by = cached
         if password_hash == station.auth_password_hash:
-            return hmac.compare_digest(matched, digest)  # the password it was set to
+            # The password it was set to; another is checked.
+            return True if hmac.compare_digest(matched, digest) else None
         if refused_by == station.auth_password_hash and hmac.compare_digest(matched, digest):
             return False  # its former password, checked against this hash already
         return None
@@ -1103,7 +1108,10 @@ class OcppServer:
         here and records it; called holding the charge point's arrival lock, so the
         next arrival finds its number (``_newer_here``). False when its station is gone
         since the handshake (removed meanwhile, its ``StationRemoved`` heard before this
-        connection was the gateway's to hang up): nothing was recorded, and the arrival
+        connection was the gateway's to hang up), or is no longer the one the handshake
+        signed it in as (removed and created again under the cpId meanwhile: session 30,
+        it took the new station's charger, connection and commands, under the removed
+        one's password check): nothing was recorded, and the arrival
         is let go as a removed station's (``ChargePointHandler.station_removed``), out
         of the gateway, so its close records nothing either; the caller hangs up."""
         cp_id = handler.id
@@ -1116,10 +1124,10 @@ class OcppServer:
             self._let_go(previous, "reconnected", "replaced by a new connection")
         log.info("%s connected from %s", cp_id, peer)
         connected = await self.charging.connect(cp_id, instance=self.instance_id,
-                                                number=number)
+                                                number=number, station_id=handler.station_id)
         if connected is None:
-            log.warning("%s: its station is gone since it signed in (removed meanwhile): "
-                        "closing as an unknown charge point", cp_id)
+            log.warning("%s: its station is gone since it signed in (removed meanwhile, "
+                        "maybe created again): closing as an unknown charge point", cp_id)
             handler.station_removed()
             self.gateway.unregister(handler)
             return False

@@ -321,9 +321,12 @@ class ChargerConnections(Service):
         return await self.store.next_sequence("connection")
 
     async def connect(self, cp_id: str, *, instance: str | None = None,
-                      number: int | None = None, again: bool = False) -> Connected | None:
+                      number: int | None = None, again: bool = False,
+                      station_id: str | None = None) -> Connected | None:
         """Records a connection of the charger, held by ``instance``; ``None`` for an
-        unknown charger. Each connection gets a number the store draws
+        unknown charger, or for a station of ``cp_id`` other than ``station_id`` (the one
+        its handshake signed it in as: a station removed and created again under the
+        cpId since is not that charger's, session 30). Each connection gets a number the store draws
         (``draw_connection``), so that of two connections (two instances at one moment,
         clocks seconds apart) the newer one is the higher: the station keeps the newest
         (``Station.connection``), and one that finds a newer one recorded is not written
@@ -338,7 +341,7 @@ class ChargerConnections(Service):
             number = await self.draw_connection()
         while True:
             station = await self.station(cp_id)
-            if station is None:
+            if station is None or (station_id is not None and station.id != station_id):
                 return None
             current = station.connection
             if (current is not None and current > number) or (again and current != number):

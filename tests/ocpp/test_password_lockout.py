@@ -24,20 +24,25 @@ from websockets.exceptions import InvalidStatus
 
 from domain import entities as d
 from domain.errors import StoreUnavailable
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Policy
 from domain.query import ALL, Eq
-from domain.services import charger_connections
+from domain.services import ServiceContext, Services, charger_connections
 from domain.services.charger_sign_ins import (
     CHECKS_WINDOW,
     ChargerSignInLimits,
     ChargerSignIns,
 )
 from ocpp_bridge import server as server_module
-from ocpp_bridge.server import UNKNOWN_KEY, RefusalLog
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.server import UNKNOWN_KEY, OcppServer, RefusalLog
 from ocpp_bridge.simulator import basic_auth
 from store.fields import changed_meanwhile
+from store.mongo import MongoStore, journal, writes
+from tests.helpers import FastHasher
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
+from tests.store.test_mongo_specific import Paused
+from tests.support.mongomock_async import async_mongomock_database
 
 CHARGER = "198.51.100.10"  # where CP-1's charger connects from
 SCANNER = "203.0.113.66"  # one address scanning cpIds
@@ -104,7 +109,9 @@ async def test_guesses_after_the_charger_connected_are_locked_out_not_the_charge
     # first-time address (under the station's limit).
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
     assert await attempt(central, STATION_PASSWORD, "192.0.2.77") == 101
-    assert checked == []  # every guess settled by the cached digest, and counted
+    # Every guess checked as at a station not connected here (session 30: settled by the
+    # cached digest, it was told from a made-up id's by time), and counted.
+    assert checked == [f"guess-{i:05d}" for i in range(5)]
     assert warnings(caplog) == [  # once per lockout, not per refused attempt
         "charge point 'CP-1': 5 wrong passwords from 203.0.113.5 within 15 min: that "
         "address is refused unchecked for 60 s"]
@@ -255,7 +262,10 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
     """QA s26: an unknown cpId was 404 and a known one without the right password 401, so
     anyone could list a network's cpIds. Now the same answer (401, its challenge, its
     body), the password checked as slowly and counted by the same lockouts (a 429 told
-    the ids as well); the log keeps the real reason."""
+    the ids as well); the log keeps the real reason. Session 30: a connected station's
+    wrong password was told wrong by its cached digest with no argon2 check, answered at
+    the refusal delay while a made-up id's waited for busy hashing threads; both are
+    checked now."""
     caplog.set_level(logging.INFO, "chargegraph.ocpp")
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its digest cached
     checked = counting_checks(central, monkeypatch)
@@ -269,10 +279,10 @@ async def test_an_unknown_cp_id_reads_as_a_known_one_with_a_wrong_password(
                                                   **made_up_as})
         assert known == made_up and known[0] == 401
         assert known[1]["www-authenticate"].startswith("Basic realm=")
-    # The station's guess settled by its cached digest; the made-up id's checked by
-    # argon2 against a hash no password matches, as a station's whose charger has not
-    # connected here is (review r26-security3: one code path for both).
-    assert checked == ["a-guess-1"]
+    # The connected station's guess checked by argon2, though its cached digest tells it
+    # wrong; the made-up id's against a hash no password matches, as a station's whose
+    # charger has not connected here is (review r26-security3: one code path for all).
+    assert checked == ["a-guess-1", "a-guess-1"]
     for i in range(4):  # four more wrong passwords from each address: both locked out
         assert await attempt(central, f"guess-{i}", "203.0.113.5") == 401
         assert await attempt(central, f"guess-{i}", "203.0.113.6", "CP-9") == 401
@@ -742,6 +752,49 @@ async def test_a_handshake_during_a_store_outage_is_told_to_try_again(
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     monkeypatch.setattr(charging, "station_for_connection", station_for_connection)
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+
+
+async def test_a_handshake_for_a_station_still_being_stored_on_mongodb_is_told_to_try_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 30: the 503 above through a real ``MongoStore.get_committed`` ``Conflict``,
+    on mongomock. An operator's createStation of CP-NEW is paused mid-batch (its insert
+    written, its journal open: it may yet roll back); its charger's handshake reads the
+    station as committed (``base.committed``) and, the batch still in flight after the
+    store's wait, is answered 503 with Retry-After, not signed in and not websockets'
+    bare 500. Once the batch has committed, its next try connects."""
+    # No wait for the batch in flight: the handshake meets it still open whatever the
+    # machine's load, and the test resumes the batch only once answered.
+    monkeypatch.setattr(journal, "SETTLE_WAIT_S", 0.0)
+    store = MongoStore(async_mongomock_database(interleave=True), sweep_every=None)
+    await store.start()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    server = OcppServer(services.charging, OcppGateway(), "127.0.0.1", 0, response_timeout=5)
+    await server.start()
+    url = f"ws://127.0.0.1:{server.bound_port}/ocpp/CP-NEW"
+    inserting = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, list) and any(isinstance(change.record, d.Station) for change in step))
+    creating = asyncio.create_task(services.stations.create_station(
+        SYSTEM, cp_id="CP-NEW", name="New", password=STATION_PASSWORD))
+    try:
+        await asyncio.wait_for(inserting.reached.wait(), 5)
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                          additional_headers=basic_auth("CP-NEW", STATION_PASSWORD))
+        assert refused.value.response.status_code == 503
+        assert int(refused.value.response.headers["Retry-After"]) >= 1
+        assert not creating.done()  # answered while the batch was still in flight
+        inserting.resume.set()
+        station, _ = await asyncio.wait_for(creating, 5)
+        ws = await connect(url, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers=basic_auth("CP-NEW", STATION_PASSWORD))
+        await ws.close()
+        assert station.cp_id == "CP-NEW"
+    finally:
+        inserting.resume.set()
+        if not creating.done():
+            creating.cancel()
+        await server.stop()
+        await store.close()
 
 
 async def test_an_auto_registration_while_another_process_holds_the_database(

@@ -19,7 +19,7 @@ from websockets.uri import parse_uri
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import Eq, all_of
+from domain.query import Eq, In, all_of
 from domain.services import ConnectorSpec
 from graph.ids import to_global_id
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
@@ -91,7 +91,9 @@ async def hung_up_as_unknown(ws: ClientConnection) -> None:
     with pytest.raises(ConnectionClosed) as closed:
         await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == CLOSE_UNKNOWN_STATION
+    # By reason too: a password changed is closed with the same code.
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (CLOSE_UNKNOWN_STATION,
+                                                                  "unknown charge point")
 
 
 @pytest.mark.parametrize("frame", [
@@ -722,3 +724,42 @@ async def test_a_charger_whose_station_goes_between_its_handshake_and_its_connec
     assert await central.store.find_all(d.ConnectionEvent,
                                         Eq("station_id", removed.id)) == []
     assert "CP-1: its station is gone since it signed in" in caplog.text
+
+
+async def test_a_charger_whose_station_is_created_again_between_its_handshake_and_its_connection_is_closed(  # noqa: E501
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 30: the station removed and created again under its cpId, with the same
+    password, after the charger's handshake signed it in as the removed one and before
+    its connection was recorded. ``connect`` looked the station up by cpId and recorded
+    the connection on the new one (a password check after it closes it only when the
+    hashes differ, and never for a station with none). Bound to the station it signed
+    in as, it is closed as an unknown charge point, nothing recorded on either."""
+    charging = central.services.charging
+    draw = charging.draw_connection
+    removed = central.stations["CP-1"]
+    again: list[d.Station] = []
+
+    async def created_again_meanwhile() -> int:
+        await central.services.stations.remove_station(SYSTEM, removed.id)
+        station, _ = await central.services.stations.create_station(
+            SYSTEM, cp_id="CP-1", name="CP-1 again",
+            company_id=central.users["op_other"].company_id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 50)],
+            password=STATION_PASSWORD)
+        again.append(station)
+        return await draw()
+
+    monkeypatch.setattr(charging, "draw_connection", created_again_meanwhile)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    try:
+        await hung_up_as_unknown(ws)  # without a word from it
+    finally:
+        await ws.close()
+    [new] = again
+    assert new.id != removed.id
+    assert central.gateway.handler_of("CP-1") is None
+    assert await central.store.find_all(d.ConnectionEvent, In(
+        "station_id", (removed.id, new.id))) == []
+    [stored] = await central.store.get_many(d.Station, [new.id])
+    assert stored is not None and not stored.online and stored.connection is None
