@@ -77,6 +77,9 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 #: The key's first request is still running (409, ``Retry-After``).
 IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
+#: The key's request ran, but its answer is kept no longer: an account it may name was
+#: erased while it ran (``IdempotencyService._unless_erased_since``); not run again (410).
+IDEMPOTENCY_ANSWER_WITHHELD = "IDEMPOTENCY_ANSWER_WITHHELD"
 #: The key's request ran, but the caller's access (role, company) changed since: its kept
 #: answer is not shown them, nor is it run again (403).
 FORBIDDEN = "FORBIDDEN"
@@ -329,6 +332,13 @@ class GraphQLHTTPHandler:
                 "your access changed since the request with this Idempotency-Key ran: it "
                 "ran once and is not run again; read its outcome with a query",
                 FORBIDDEN), 403, media)
+        if begun is Refusal.WITHHELD:
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(
+                "the request with this Idempotency-Key ran once and is not run again, but "
+                "its answer is kept no longer (an account it may name was erased while it "
+                "ran): read its outcome with a query", IDEMPOTENCY_ANSWER_WITHHELD), 410,
+                media)
         if not isinstance(begun, Claim):
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(
