@@ -304,7 +304,7 @@ class IdempotencyService(Service):
         it starts only, for ``KEEPING_ENDS_WITHIN_S`` at most: others' keyed mutations
         go on meanwhile, and waiting for them too held the erasure for as long as they
         did (review r29). Those another instance keeps, which it cannot wait for, see the
-        erasure after their write and delete themselves (``_unless_erased_since``)."""
+        erasure after their write and withhold themselves (``_unless_erased_since``)."""
         await self._keeping.under_way(KEEPING_ENDS_WITHIN_S)
         async for page in pages(self.store, IdempotencyKey, Eq("user_id", user_id),
                                 SWEEP_BATCH):

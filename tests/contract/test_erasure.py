@@ -346,7 +346,7 @@ class HeldAnswers:
         await self.inner.write(changes, audit, *rest)
 
 
-async def test_an_answer_another_instance_keeps_after_the_erasure_looked_is_forgotten(
+async def test_an_answer_another_instance_keeps_after_the_erasure_looked_is_withheld(
         store: Store) -> None:
     """Session 30: an erasure waits for the answers its own instance is keeping, not for
     another instance's: an admin's ``updateUser`` answer naming the person, its mutation

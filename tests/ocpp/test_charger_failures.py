@@ -350,13 +350,12 @@ async def test_a_start_whose_write_outcome_is_unknown_is_one_session_when_resent
     real_write = central.store.write
     lost: list[str] = []
 
-    async def answer_lost(changes: Any, *rest: Any) -> Any:
-        done = await real_write(changes, *rest)
+    async def answer_lost(changes: Any, *rest: Any) -> None:
+        await real_write(changes, *rest)
         if not lost and any(isinstance(c, Insert) and isinstance(c.record, d.Session)
                             for c in changes):
             lost.append("start")
             raise StoreOutcomeUnknown("the database stopped answering", reason="timed out")
-        return done
 
     monkeypatch.setattr(central.store, "write", answer_lost)
     stamp = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
