@@ -31,7 +31,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
-from domain.errors import DomainError, Unauthenticated
+from domain.errors import DomainError, StoreOutcomeUnknown, Unauthenticated
 from domain.outside import outside_effects
 from domain.ports import NO_METRICS, Metrics
 from domain.services.idempotency import Claim, Refusal, Replay
@@ -77,6 +77,9 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 #: The key's first request is still running (409, ``Retry-After``).
 IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
+#: The key's request ran, but its answer is kept no longer: an account it may name was
+#: erased while it ran (``IdempotencyService._unless_erased_since``); not run again (410).
+IDEMPOTENCY_ANSWER_WITHHELD = "IDEMPOTENCY_ANSWER_WITHHELD"
 #: The key's request ran, but the caller's access (role, company) changed since: its kept
 #: answer is not shown them, nor is it run again (403).
 FORBIDDEN = "FORBIDDEN"
@@ -292,11 +295,11 @@ class GraphQLHTTPHandler:
         are never kept (``KEYLESS_MUTATIONS``); keys are kept per signed-in user. An
         answer is kept unless the service failed before anything outside it was
         attempted: a top-level error (an unexpected failure, the database out of reach
-        as it ran) or a payload error of ``RETRYABLE_CODES`` releases the key (the retry
-        runs) only while no charger command, payment or ping went out
-        (``domain.outside``); after one, the service cannot know what the outside did,
-        so whatever the answer is, it is kept (Stripe keeps its 500s too) and the client
-        reads the outcome with a query."""
+        as it ran; never ``STORE_OUTCOME_UNKNOWN``, whose write may stand) or a payload
+        error of ``RETRYABLE_CODES`` releases the key (the retry runs) only while no
+        charger command, payment or ping went out (``domain.outside``); after one, the
+        service cannot know what the outside did, so whatever the answer is, it is kept
+        (Stripe keeps its 500s too) and the client reads the outcome with a query."""
         refused = _key_refusal(key, context, mutation_fields(query, operation_name))
         if refused is not None:
             self.metrics.graphql_request("mutation", "invalid")
@@ -329,6 +332,13 @@ class GraphQLHTTPHandler:
                 "your access changed since the request with this Idempotency-Key ran: it "
                 "ran once and is not run again; read its outcome with a query",
                 FORBIDDEN), 403, media)
+        if begun is Refusal.WITHHELD:
+            self.metrics.graphql_request("mutation", "invalid")
+            return _response(_error_body(
+                "the request with this Idempotency-Key ran once and is not run again, but "
+                "its answer is kept no longer (an account it may name was erased while it "
+                "ran): read its outcome with a query", IDEMPOTENCY_ANSWER_WITHHELD), 410,
+                media)
         if not isinstance(begun, Claim):
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(
@@ -386,7 +396,8 @@ class GraphQLHTTPHandler:
         path ``[field]``) or one of a field read for its answer after it ran
         (``[field, …]``). ``_once`` keeps the answer of a mutation that ran, whatever
         failed in reading its answer: released, the retry ran the mutation again (QA: a
-        car added twice, DUPLICATE)."""
+        car added twice, DUPLICATE). One whose write's outcome is unknown
+        (``STORE_OUTCOME_UNKNOWN``, top-level too) counts as ran: part of it may stand."""
         if operation_name is None and operations_in(query) > 1:
             # Strawberry would run the first one; the GraphQL spec asks for an error.
             return self._request_failure(
@@ -422,6 +433,11 @@ class GraphQLHTTPHandler:
             else "error" if errors else "ok"
         ran = not no_data and not any(e.path is None or len(e.path) < 2
                                       for e in result.errors or ())
+        # A write whose outcome is unknown may stand, in part: its answer is kept as a
+        # ran mutation's, wherever its error surfaced (a payload's, or top-level from a
+        # resolver that let it through), for its retry would run over the first try.
+        ran = ran or any((e.extensions or {}).get("code") == StoreOutcomeUnknown.code
+                         for e in result.errors or ())
         return _response(payload, status, media), outcome, ran
 
     @staticmethod

@@ -815,6 +815,11 @@ class ChargePointHandler(ChargePoint):
             await self._send(frames.call_error(uid, exc.code, exc.description))
             return
         except DomainError as exc:
+            # A store failure too, ``StoreOutcomeUnknown`` included (its write may
+            # stand): nothing here writes the message again; the charger resends a
+            # transaction message, and the resend is taken for what its first copy
+            # wrote, if that stands (a start by ``_StartIdentity``, a stop by its
+            # closed session, readings by their keys), not written twice.
             code = frames.PROPERTY_CONSTRAINT_VIOLATION if exc.code in (
                 "OUT_OF_RANGE", "INVALID", "NOT_FOUND") else frames.GENERIC_ERROR
             self._count(action, False)

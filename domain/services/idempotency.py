@@ -13,7 +13,8 @@ behind a load balancer, on either store) run the mutation once. What comes of it
   with anything else is a reuse (``Reused``), refused; so is the answer to a user whose
   access changed since it ran (``ACCESS_CHANGED``: demoted, moved to another company),
   since it may hold what they may no longer see (a webhook's secret), and it is not run
-  again either;
+  again either; nor is one whose answer was withheld, an account erased while it ran
+  (``WITHHELD``, ``_unless_erased_since``);
 - a failure of the service (an outage, an unexpected error: the caller decides which,
   ``release``): the claim is deleted, so the retry runs the mutation;
 - still running: another request with the key is told so (``InProgress``) rather than
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 
-from domain.entities import IdempotencyKey, IdempotencyState
+from domain.entities import IdempotencyKey, IdempotencyState, User
 from domain.errors import Conflict, NotFound, StoreRefused, UniqueViolation
 from domain.ids import new_id
 from domain.policy import Viewer
@@ -73,6 +74,11 @@ FINISH_PAUSES_S: tuple[float, ...] = (0.25, 1.0, 2.0)
 #: How long an erasure waits for the answers being kept when it starts: the keeping of
 #: each ends within about half a minute (``FINISH_PAUSES_S``), whatever the store does.
 KEEPING_ENDS_WITHIN_S = 30.0
+#: How much earlier than its request's claim an erasure's ``User.erased_at`` may read and
+#: still be one the request may have read the person before (``_unless_erased_since``):
+#: the erasure takes it before its write, tried again should it meet changes, on its
+#: own instance's clock.
+ERASED_BEFORE_CLAIM = timedelta(minutes=1)
 
 
 def access_of(viewer: Viewer) -> str:
@@ -110,6 +116,9 @@ class Refusal(Enum):
     #: The key's request ran, but the user's access (``access_of``) changed since: its
     #: answer is not given them, and it is not run again.
     ACCESS_CHANGED = "access changed"
+    #: The key's request ran, but its answer is kept no longer (an account it may name
+    #: was erased meanwhile, ``_unless_erased_since``): it is not run again either.
+    WITHHELD = "withheld"
 
 
 Begun = Claim | Replay | Refusal
@@ -147,8 +156,10 @@ class IdempotencyService(Service):
             if found.expires_at > now and not lapsed:
                 if found.fingerprint != fingerprint:
                     return Refusal.REUSED
-                if found.state is IdempotencyState.RUNNING or found.response is None:
+                if found.state is IdempotencyState.RUNNING:
                     return Refusal.IN_PROGRESS
+                if found.response is None:
+                    return Refusal.WITHHELD
                 if found.access != fresh.access:
                     return Refusal.ACCESS_CHANGED
                 return Replay(found.response)
@@ -194,6 +205,7 @@ class IdempotencyService(Service):
         for pause in (*FINISH_PAUSES_S, None):
             try:
                 await self.store.write([write], [])
+                await self._unless_erased_since(record)
                 return
             except StoreRefused:
                 # Refused for good (an answer past MongoDB's document size): the same
@@ -219,6 +231,31 @@ class IdempotencyService(Service):
                             " trying again in %ss", record.key, record.user_id, pause,
                             exc_info=True)
                 await asyncio.sleep(pause)
+
+    async def _unless_erased_since(self, record: IdempotencyKey) -> None:
+        """Withholds the answer just kept for ``record`` should anyone have been erased
+        since its request claimed the key: it may name them, and the erasure may have
+        looked for such answers (``forget``) before it was kept, on another instance,
+        whose keeping it does not wait for, and missed it (the person's data kept for a
+        day). Read after the answer's write, as the erasure looks after its own: one of
+        the two sees the other's write. Any erasure, not only one the answer names: what
+        named the person is gone from the store by now. So the answer is dropped, not
+        the key: a retry with it is told it ran (``Refusal.WITHHELD``), never run again
+        (a refund paid twice), and the store's files are scrubbed of the answer as the
+        erasure's were (``Store.scrub``). One read of the ``erased_at`` index."""
+        since = record.lease_until - self.lease - ERASED_BEFORE_CLAIM
+        if await self.store.find_one(User, Range("erased_at", gte=since)) is None:
+            return
+        log.info("the answer for idempotency key %r of user %s is withheld: an account "
+                 "was erased while its request ran", record.key, record.user_id)
+        withheld = patch(record, Viewer(user_id=record.user_id),
+                         only_if=("claimant", record.claimant), required=True,
+                         state=IdempotencyState.DONE, response=None)
+        try:
+            await self.store.write([withheld], [])
+        except (Conflict, NotFound):  # taken over, or forgotten by the erasure already
+            return
+        await self.store.scrub()
 
     async def release(self, claim: Claim) -> None:
         """Gives the key up (the request failed for a reason of the service's, not the
@@ -266,7 +303,8 @@ class IdempotencyService(Service):
         erasure holding the person's data for a day (review s29). Those under way when
         it starts only, for ``KEEPING_ENDS_WITHIN_S`` at most: others' keyed mutations
         go on meanwhile, and waiting for them too held the erasure for as long as they
-        did (review r29)."""
+        did (review r29). Those another instance keeps, which it cannot wait for, see the
+        erasure after their write and withhold themselves (``_unless_erased_since``)."""
         await self._keeping.under_way(KEEPING_ENDS_WITHIN_S)
         async for page in pages(self.store, IdempotencyKey, Eq("user_id", user_id),
                                 SWEEP_BATCH):

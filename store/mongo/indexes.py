@@ -26,7 +26,9 @@ from store.mongo.journal import JOURNAL, JOURNAL_PARTS
 #: schema has one here starting with the same fields (tests/store/test_index_parity.py).
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # NAME order (``name_key``, with the ``_id`` tie-breaker) of the long lists.
-    "user": [[("company_id", ASCENDING)], [("name_key", ASCENDING), ("_id", ASCENDING)]],
+    # And by when erased (the keeping of an idempotency key's answer, migration 81).
+    "user": [[("company_id", ASCENDING)], [("name_key", ASCENDING), ("_id", ASCENDING)],
+             [("erased_at", ASCENDING)]],
     "vehicle": [[("owner_id", ASCENDING)]],
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)],
                [("parent_tag", ASCENDING)], [("expires_at", ASCENDING)]],

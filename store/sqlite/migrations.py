@@ -1599,6 +1599,15 @@ UPDATE "id_tag" SET "expiry_set_by" = CASE WHEN "created_by" = "user_id"
     WHERE "expires_at" IS NOT NULL;
 """
 
+# Version 81: accounts by when they were erased (``User.erased_at``): the keeping of an
+# idempotency key's answer reads whether anyone was erased since its request claimed the
+# key, and then forgets it (``IdempotencyService._unless_erased_since``: an erasure on
+# another instance looked for such answers before it was kept, and it named the person
+# for a day). One read per answer kept; the accounts never erased are left out by it.
+_V81 = """
+CREATE INDEX "user_erased_at_idx" ON "user" ("erased_at");
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1639,7 +1648,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (75, _V75),
                                      (76, _V76), (77, _V77),
                                      (78, _V78), (79, _V79),
-                                     (80, _V80))
+                                     (80, _V80), (81, _V81))
 
 
 def identity_left(company_id: str, name: str) -> None:

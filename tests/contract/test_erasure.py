@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -30,7 +30,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, StoreBusy, StoreUnavailable, Unauthenticated
 from domain.policy import Policy, Viewer
-from domain.ports import Store, WebhookAttempt
+from domain.ports import Store, Update, WebhookAttempt
 from domain.query import ALL, Eq, all_of
 from domain.services.accounts import AccountService
 from domain.services.base import ServiceContext
@@ -43,7 +43,7 @@ from domain.services.erasure import (
     Erasure,
     erased_email,
 )
-from domain.services.idempotency import Claim, IdempotencyService
+from domain.services.idempotency import Claim, IdempotencyService, Refusal
 from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.webhooks import WebhookService
 from tests.contract.factories import audit, oid, put, session, station, user, vehicle
@@ -325,6 +325,55 @@ async def test_an_erasure_forgets_every_kept_answer_that_names_the_person(
 
     left = await store.find_all(IdempotencyKey, ALL)
     assert [(k.user_id, k.key) for k in left] == [(admin.id, "unrelated")]
+
+
+class HeldAnswers:
+    """One instance's view of the shared store whose keeping of idempotency answers
+    waits for ``lands`` (``entered`` once it does): a slow write."""
+
+    def __init__(self, store: Store) -> None:
+        self.inner = store
+        self.entered, self.lands = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, changes: Any, audit: Any, *rest: Any) -> None:
+        if any(isinstance(c, Update) and isinstance(c.record, IdempotencyKey)
+               for c in changes):
+            self.entered.set()
+            await self.lands.wait()
+        await self.inner.write(changes, audit, *rest)
+
+
+async def test_an_answer_another_instance_keeps_after_the_erasure_looked_is_withheld(
+        store: Store) -> None:
+    """Session 30: an erasure waits for the answers its own instance is keeping, not for
+    another instance's: an admin's ``updateUser`` answer naming the person, its mutation
+    run before the erasure, written on another instance after the erasure had looked,
+    kept the person's email for a day. Its keeping, once written, sees the erasure and
+    withholds it: a retry is told it ran, and runs nothing."""
+    person, admin = user(name="Lena Example", email="lena@example.com"), user()
+    await put(store, person, admin)
+    held = HeldAnswers(store)
+    one = ServiceContext(store=cast(Store, held), policy=Policy(), hasher=FastHasher())
+    keys_one = IdempotencyService(one)
+    claim = await keys_one.begin(Viewer.of(admin), "update-lena", "fp")
+    assert isinstance(claim, Claim)
+    keeping = asyncio.create_task(keys_one.finish(
+        claim, '{"data":{"updateUser":{"user":{"email":"lena@example.com"}}}}'))
+    await asyncio.wait_for(held.entered.wait(), 5)
+
+    other = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    erasure = Erasure(other, AccountService(other), RefreshTokenService(other),
+                      idempotency=IdempotencyService(other))
+    await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
+    held.lands.set()
+    await keeping
+    await keys_one.settled()
+
+    assert [k.response for k in await store.find_all(IdempotencyKey, ALL)] == [None]
+    assert await keys_one.begin(Viewer.of(admin), "update-lena", "fp") is Refusal.WITHHELD
 
 
 async def test_an_erasure_forgets_kept_answers_naming_what_the_person_was_called_before(

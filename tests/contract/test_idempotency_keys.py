@@ -21,6 +21,7 @@ from domain.ports import Store, Update
 from domain.query import ALL
 from domain.services import ServiceContext
 from domain.services.idempotency import (
+    ERASED_BEFORE_CLAIM,
     LEASE,
     Claim,
     IdempotencyService,
@@ -29,7 +30,7 @@ from domain.services.idempotency import (
     key_id,
 )
 from store.sqlite import SqliteStore
-from tests.contract.factories import oid
+from tests.contract.factories import oid, put, user
 from tests.helpers import FastHasher
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -241,6 +242,30 @@ async def test_an_answer_is_refused_to_its_user_once_their_access_changed(
     assert stored is not None and stored.state is IdempotencyState.DONE
     # Their access as it was: the answer again.
     assert await keys.begin(operator, "hook-1", "fp-a") == Replay(ANSWER)
+
+
+async def test_an_answer_is_kept_unless_someone_was_erased_while_its_request_ran(
+        store: Store) -> None:
+    """An answer kept after an erasure on another instance looked for those naming the
+    person is withheld by its own keeping (``_unless_erased_since``): a retry is told
+    its request ran, and nothing runs again. One whose request claimed its key after
+    every erasure (``ERASED_BEFORE_CLAIM`` allowing for clocks) is kept."""
+    clock = Clock()
+    keys = service(store, clock)
+    await put(store, user(erased_at=T0 - ERASED_BEFORE_CLAIM - timedelta(seconds=1)))
+    claim = await keys.begin(BEN, "after-erasure", "fp")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    assert await keys.begin(BEN, "after-erasure", "fp") == Replay(ANSWER)
+
+    clock.now += timedelta(minutes=5)
+    claim = await keys.begin(BEN, "during-erasure", "fp")
+    assert isinstance(claim, Claim)
+    await put(store, user(erased_at=clock.now - ERASED_BEFORE_CLAIM))
+    await keys.finish(claim, ANSWER)
+    stored = (await store.get_many(IdempotencyKey, [claim.record.id]))[0]
+    assert stored is not None and stored.response is None
+    assert await keys.begin(BEN, "during-erasure", "fp") is Refusal.WITHHELD
 
 
 async def test_keeping_an_answer_is_tried_again_while_the_store_is_busy(

@@ -499,3 +499,30 @@ async def test_an_erasure_forgets_kept_answers_holding_the_persons_former_email(
     kept = await service.services.ctx.store.find_all(d.IdempotencyKey, ALL)
     holding = [k.key for k in kept if k.response and "kim." in k.response]
     assert holding == [], holding
+
+
+async def test_an_answer_withheld_for_an_erasure_is_not_run_again(service: Running) -> None:
+    """Session 30: an answer kept after an erasure looked for those naming the person
+    (its request running on another instance) stayed a day; its keeping now withholds
+    it when anyone was erased since its request claimed the key (a minute's margin for
+    clocks: an admin's updateUser right after erasing someone is withheld too). A retry
+    with the key is told it ran (410), and runs nothing."""
+    admin = await service.token("admin")
+    gone = to_global_id("user", service.central.users["driver2"].id)
+    erased = await post(service, """mutation($i: EraseUserInput!) { eraseUser(input: $i)
+        { errors { code } } }""", {"i": {"id": gone}}, token=admin)
+    assert erased.json()["data"]["eraseUser"]["errors"] == [], erased.text
+    uid = to_global_id("user", service.central.users["driver"].id)
+    rename = {"i": {"id": uid, "name": "Dana Renamed"}}
+    first = await post(service, UPDATE_USER, rename, token=admin, key="rename-1")
+    assert first.json()["data"]["updateUser"]["errors"] == [], first.text
+    await service.services.idempotency.settled()
+
+    retry = await post(service, UPDATE_USER, rename, token=admin, key="rename-1")
+    assert retry.status_code == 410, retry.text
+    assert retry.json()["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_ANSWER_WITHHELD"
+    kept = await service.services.ctx.store.find_all(d.IdempotencyKey, ALL)
+    assert [(k.key, k.response) for k in kept if k.key == "rename-1"] == [("rename-1", None)]
+    renames = await service.services.ctx.store.find_all(d.AuditEntry, Eq("entity_id", (
+        service.central.users["driver"].id)))
+    assert sum(1 for e in renames if (e.after or {}).get("name") == "Dana Renamed") == 1

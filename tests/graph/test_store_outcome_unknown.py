@@ -17,6 +17,7 @@ from pymongo.errors import NetworkTimeout
 
 from domain import entities as d
 from domain.query import Eq
+from graph import mutation
 from store.mongo import MongoStore, journal
 from store.mongo.journal import JOURNAL
 from tests.graph.conftest import Api, CountingStore
@@ -69,3 +70,33 @@ async def test_a_keyed_mutation_whose_write_outcome_is_unknown_is_not_run_again(
     assert [e["code"] for e in again.json()["data"]["addVehicle"]["errors"]] == (
         [] if lost == "rollback" else ["DUPLICATE"])
     assert len(await mongo.find_all(d.Vehicle, Eq("license_plate", "M-UK 1"))) == 1
+
+
+async def test_an_outcome_unknown_surfacing_top_level_keeps_the_key_too(
+        api: Api, world: World, store: CountingStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No resolver lets a domain error through today (``attempt`` makes it a payload
+    error), but one that did made it a top-level error, which released the key: the
+    retry then ran over the first try's write. Kept, as the payload's is."""
+    if not isinstance(store.inner, MongoStore):
+        pytest.skip("a SQLite write is one transaction: its outcome is always known")
+
+    async def letting_it_through(ctx: Any, action: Any, **kwargs: Any) -> Any:
+        return await action(), []
+
+    monkeypatch.setattr(mutation, "attempt", letting_it_through)
+    answer_lost(monkeypatch, JOURNAL, "delete_one")  # the batch committed, unanswered
+    token = api.token_for(world.users["driver1"].id)
+    car = {"plate": "M-UK 2"}
+
+    first = await api.post(ADD_CAR, car, token, **{"idempotency-key": "car-top"})
+    errors = first.json()["errors"]
+    assert [(e["path"], e["extensions"]["code"]) for e in errors] == [
+        (["addVehicle"], "STORE_OUTCOME_UNKNOWN")]
+    monkeypatch.undo()
+    cars = await store.inner.find_all(d.Vehicle, Eq("license_plate", "M-UK 2"))
+    assert len(cars) == 1
+
+    retry = await api.post(ADD_CAR, car, token, **{"idempotency-key": "car-top"})
+    assert retry.headers.get("idempotent-replayed") == "true", retry.text
+    assert retry.content == first.content

@@ -15,16 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from domain import entities as d
-from domain.errors import Conflict
+from domain.errors import Conflict, StoreOutcomeUnknown
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.query import ALL, Eq
 from domain.services.commands import CommandOutcome
 from ocpp_bridge.server import MAX_MESSAGE
-from ocpp_bridge.simulator import basic_auth
+from ocpp_bridge.simulator import basic_auth, connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 #: Long enough that a command failing only at its timeout fails the test.
@@ -336,3 +338,33 @@ async def test_a_connection_the_store_cannot_record_is_closed_to_try_again_later
     assert "the store cannot write now (database or disk is full)" in caplog.text
     assert "Traceback" not in caplog.text and not any(
         r.levelno >= logging.ERROR for r in caplog.records)
+
+
+async def test_a_start_whose_write_outcome_is_unknown_is_one_session_when_resent(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 30: a store write whose outcome is unknown (MongoDB's
+    ``StoreOutcomeUnknown``, its session's insert standing) is answered a CALLERROR, as
+    any store failure; nothing here writes it again, and the charger's resend of the
+    transaction message is its first copy's transaction (``_StartIdentity``), not a
+    second session."""
+    real_write = central.store.write
+    lost: list[str] = []
+
+    async def answer_lost(changes: Any, *rest: Any) -> None:
+        await real_write(changes, *rest)
+        if not lost and any(isinstance(c, Insert) and isinstance(c.record, d.Session)
+                            for c in changes):
+            lost.append("start")
+            raise StoreOutcomeUnknown("the database stopped answering", reason="timed out")
+
+    monkeypatch.setattr(central.store, "write", answer_lost)
+    stamp = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    start = call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=1_000,
+                                  timestamp=stamp)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        assert await cp.call(start) is None  # a CALLERROR: the ocpp package says None
+        assert lost == ["start"]
+        again = await cp.call(start)  # the charger's resend of the same message
+    sessions = await central.store.find_all(d.Session, ALL)
+    assert [s.transaction_id for s in sessions] == [again.transaction_id]
