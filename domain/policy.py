@@ -236,11 +236,24 @@ class Policy:
             return Eq("owner_id", viewer.user_id)
         return ALL
 
-    def scope_under(self, viewer: Viewer, kind: str, key_field: str, keys: Sequence[Any]
-                    ) -> Filter:
+    def scope_under(self, viewer: Viewer, kind: str, key_field: str, keys: Sequence[Any],
+                    seen: str | None = None) -> Filter:
         """The scope of ``kind`` listed under its parents, the records whose ``key_field``
         is one of ``keys`` (a nested list of the graph): the kind's own scope, except where
-        ``FOLLOW_PARENT`` says the records are seen by whoever sees their parent."""
+        ``FOLLOW_PARENT`` says the records are seen by whoever sees their parent.
+
+        ``seen``: the caller states that ``keys`` are ids of records of that kind it read
+        through this viewer's scope of it (and ``sees``, the record form, holds for each:
+        a mutation's payload was not read through it). The conditions of the scope that
+        only say "its parent is visible" (a connector's "on a station I run", a driver's
+        "not on a station nobody accepted", a tariff's "of a station that exists") then
+        hold for every record under those keys and are dropped: one plain filter on the
+        keys instead of the parent's rule again as a sub-select (a ``$lookup`` on
+        MongoDB) per batch. What else the scope says stays (a station's sessions are
+        still those in the viewer's books; its configuration still none for a driver)."""
+        if seen is not None:
+            return _given_seen(self.scope_under(viewer, kind, key_field, keys), key_field,
+                               seen, self.scope(viewer, seen))
         parent = FOLLOW_PARENT.get((kind, key_field))
         if parent is None or viewer.is_admin:
             return self.scope(viewer, kind)
@@ -649,6 +662,19 @@ class Policy:
             return company_id == viewer.company_id
         return owner_id == viewer.user_id
 
+    def sees(self, viewer: Viewer, station: Station) -> bool:
+        """The station scope (``scope(viewer, "station")``) on one station held: whether a
+        list under it may be asked as under a parent seen (``scope_under``'s ``seen``).
+        False for a mutation's payload the viewer no longer sees (an operator who named
+        another owner of their own station of no company)."""
+        if viewer.is_admin:
+            return True
+        if viewer.is_operator:
+            return self.runs_station(viewer, station)
+        if viewer.is_driver or (viewer.anonymous and self.public_map):
+            return station.registration is Registration.ACCEPTED  # the map: _ON_MAP
+        return False
+
     def runs_station(self, viewer: Viewer, station: Station) -> bool:
         return self.runs(viewer, station.owner_id, station.company_id)
 
@@ -696,6 +722,35 @@ class Policy:
     @staticmethod
     def owns(viewer: Viewer, record: Record, owner_field: str) -> bool:
         return viewer.user_id is not None and getattr(record, owner_field) == viewer.user_id
+
+
+def _given_seen(scope: Filter, key_field: str, parent: str, parent_scope: Filter) -> Filter:
+    """``scope`` for records whose ``key_field`` names a ``parent`` in ``parent_scope``:
+    its conditions that such a parent satisfies whatever it is (it exists, it is in the
+    parent scope, it is not in a set the parent scope excludes) replaced by ``ALL``."""
+    match scope:
+        case And(parts):
+            return all_of(*(_given_seen(p, key_field, parent, parent_scope) for p in parts))
+        case Or(parts):
+            return any_of(*(_given_seen(p, key_field, parent, parent_scope) for p in parts))
+        case Sub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
+                and inner in (ALL, parent_scope):
+            return ALL
+        case NotSub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
+                and _disjoint(parent_scope, inner):
+            return ALL
+        case _:
+            return scope
+
+
+def _disjoint(a: Filter, b: Filter) -> bool:
+    """Whether no record matches both (only the case the map needs is known: a field
+    equal to a value the other lists none of; anything else is "may overlap")."""
+    match a, b:
+        case Eq(field, value), In(other, values) if field == other:
+            return value not in values
+        case _:
+            return False
 
 
 def _guard(where: Filter, private: frozenset[str], view: Filter) -> Filter:

@@ -60,16 +60,17 @@ class Loaders:
         return self._loaders[key]
 
     def one_by(self, kind: type[E], key_field: str, where: Filter,
-               sort: Sequence[Sort] = ()) -> BatchLoader[Any, Any]:
+               sort: Sequence[Sort] = (), seen: str | None = None) -> BatchLoader[Any, Any]:
         """The first record (in ``sort`` order) per key value, e.g. a connector's active
-        session."""
-        loader_key = ("one", kind, key_field, where, tuple(sort))
+        session. ``seen``: every key loaded is the id of a record of that kind read
+        through the viewer's scope (``Policy.scope_under``), e.g. "station"."""
+        loader_key = ("one", kind, key_field, where, tuple(sort), seen)
         if loader_key not in self._loaders:
             reads, viewer = self._reads, self._viewer
 
             async def load(keys: Sequence[Any]) -> list[Record | None]:
                 found = await reads.grouped(
-                    viewer, kind, key_field, list(keys), where, sort, 1
+                    viewer, kind, key_field, list(keys), where, sort, 1, seen
                 )
                 return [found.get(k, [None])[0] for k in keys]
 
@@ -77,15 +78,16 @@ class Loaders:
         return self._loaders[loader_key]
 
     def many_by(self, kind: type[E], key_field: str, where: Filter, sort: Sequence[Sort],
-                limit: int) -> BatchLoader[Any, Any]:
-        """Up to ``limit`` records per key value in ``sort`` order (nested lists)."""
-        loader_key = ("many", kind, key_field, where, tuple(sort), limit)
+                limit: int, seen: str | None = None) -> BatchLoader[Any, Any]:
+        """Up to ``limit`` records per key value in ``sort`` order (nested lists);
+        ``seen`` as ``one_by``'s."""
+        loader_key = ("many", kind, key_field, where, tuple(sort), limit, seen)
         if loader_key not in self._loaders:
             reads, viewer = self._reads, self._viewer
 
             async def load(keys: Sequence[Any]) -> list[list[Record]]:
                 found = await reads.grouped(
-                    viewer, kind, key_field, list(keys), where, sort, limit
+                    viewer, kind, key_field, list(keys), where, sort, limit, seen
                 )
                 return [list(found.get(k, [])) for k in keys]
 

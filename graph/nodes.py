@@ -200,8 +200,25 @@ def _active_sessions(ctx: GraphContext) -> Any:
 
 
 def _connectors_of(ctx: GraphContext) -> Any:
-    """The loader of a station's connectors (by station id)."""
+    """The loader of a station's connectors (by station id): for a station id a record
+    names (a session's, an allocation's), which the viewer may not see."""
     return ctx.loaders.shared(_new_connectors_loader)
+
+
+def _connectors_under(ctx: GraphContext) -> Any:
+    """The loader of the connectors of stations the viewer sees (``Station._seen``): asked
+    by station id alone, the station rule having been applied to the station itself
+    (``Policy.scope_under``'s ``seen``)."""
+    return ctx.loaders.shared(_new_connectors_under_loader)
+
+
+def _connectors_named(ctx: GraphContext, station_id: str) -> Any:
+    """The loader to read the connectors of the station a record names (a session's)
+    from: the one of stations seen when it holds them (the same records: the policy
+    equates the two, ``test_lists_under_stations_seen_are_the_scope_s``), so a
+    station's connectors and its sessions' cost one store call; else ``_connectors_of``."""
+    under = _connectors_under(ctx)
+    return under if under.peek(station_id)[0] else _connectors_of(ctx)
 
 
 def _payment_of(ctx: GraphContext) -> Any:
@@ -218,10 +235,16 @@ def _new_connectors_loader(loaders: Loaders) -> Any:
     return loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR, MAX_CONNECTORS)
 
 
+def _new_connectors_under_loader(loaders: Loaders) -> Any:
+    return loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR, MAX_CONNECTORS,
+                           seen="station")
+
+
 def _new_configuration_loader(loaders: Loaders) -> Any:
-    # By folded key: the order a reader looks a key up in, whatever its case.
+    # By folded key: the order a reader looks a key up in, whatever its case. Read for
+    # a station's private view only, which its operators have: they see the station.
     return loaders.many_by(d.ConfigurationKey, "station_id", ALL, (Sort("folded_key"),),
-                           MAX_CONFIGURATION_KEYS)
+                           MAX_CONFIGURATION_KEYS, seen="station")
 
 
 def _new_payment_loader(loaders: Loaders) -> Any:
@@ -664,6 +687,9 @@ class Station(Node, Audited):
         "`key` list) fits. Admins and the station's operators; null for others."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
+    # Whether the viewer sees the station as held (``Policy.sees``): what is listed under
+    # it is then asked by its id alone. False for a mutation's payload they no longer see.
+    _seen: strawberry.Private[bool]
 
     @strawberry.field(description=(
         "Great-circle distance in km from a point (a map list's `filter.near` point: "
@@ -713,6 +739,7 @@ class Station(Node, Audited):
             "heartbeat_interval": r.heartbeat_interval if private else None,
             "configuration_truncated": r.configuration_truncated if private else None,
             "_private": private,
+            "_seen": ctx.services.policy.sees(ctx.viewer, r),
         }, private)
 
     @staticmethod
@@ -726,8 +753,10 @@ class Station(Node, Audited):
         by_id = ctx.loaders.by_id(d.Station)
         for station in stations:
             by_id.prime(station.id, station)  # ``connector { station }`` is known already
-        ids = [station.id for station in stations]
-        await _connectors_of(ctx).fetch(ids)
+        # The page was read through the station rule, and the policy says so of each.
+        policy, viewer = ctx.services.policy, ctx.viewer
+        ids = [station.id for station in stations if policy.sees(viewer, station)]
+        await _connectors_under(ctx).fetch(ids)
         if wants("connectors", "activeSession"):
             await _prefetch_active_sessions(
                 ctx, ids, lambda *path: wants("connectors", "activeSession", *path))
@@ -737,9 +766,10 @@ class Station(Node, Audited):
         "not paged."))
     def connectors(self, info: Info) -> list[Connector]:
         ctx = _ctx(info)
-        hit, records = _connectors_of(ctx).peek(self._r.id)
-        if hit:  # a parent prefetched them
-            return [Connector.wrap(c, ctx) for c in records]
+        if self._seen:
+            hit, records = _connectors_under(ctx).peek(self._r.id)
+            if hit:  # a parent prefetched them
+                return [Connector.wrap(c, ctx) for c in records]
         return self._load_connectors(info)  # type: ignore[return-value]
 
     async def _load_connectors(self, info: Info) -> list[Connector]:
@@ -751,8 +781,8 @@ class Station(Node, Audited):
         # cost a store call per station at each level (QA s28).
         ctx = _ctx(info)
         ctx.loaders.by_id(d.Station).prime(self._r.id, self._r)  # ``connector { station }``
-        return [Connector.wrap(c, ctx)
-                for c in await _connectors_of(ctx).load(self._r.id)]
+        loader = _connectors_under(ctx) if self._seen else _connectors_of(ctx)
+        return [Connector.wrap(c, ctx) for c in await loader.load(self._r.id)]
 
     @strawberry.field(description=(
         "The user named its owner (who runs it when it has no company); null when none. "
@@ -789,7 +819,8 @@ class Station(Node, Audited):
         in_force = all_of(Range("valid_from", lte=ctx.now), Eq("connector_type", None),
                           Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
-        own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
+        own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest,
+                                       "station" if self._seen else None).load(self._r.id)
         if own is not None and own.removed_by(ctx.now):
             own = None  # removed: the station is on its company's prices again
         if own is None and self._r.company_id is not None:
@@ -1101,7 +1132,10 @@ class Session(Node, Audited):
                 loads.append(ctx.loaders.by_id(kind).fetch(list(
                     {getattr(s, key) for s in sessions if getattr(s, key)})))
         if wants("connector"):
-            loads.append(_connectors_of(ctx).fetch(list({s.station_id for s in sessions})))
+            under = _connectors_under(ctx)
+            named = list({s.station_id for s in sessions if not under.peek(s.station_id)[0]})
+            if named:
+                loads.append(_connectors_of(ctx).fetch(named))
         if wants("payment"):
             loads.append(_payment_of(ctx).fetch([s.id for s in sessions]))
         if wants("tariff") or wants("costBreakdown") or wants("estimatedCost"):
@@ -1138,7 +1172,8 @@ class Session(Node, Audited):
                                   "the viewer may not see it.")
     def connector(self, info: Info) -> Connector | None:
         ctx = _ctx(info)
-        return _now_or_later(_connectors_of(ctx), self._r.station_id,  # type: ignore[no-any-return]
+        return _now_or_later(_connectors_named(ctx, self._r.station_id),  # type: ignore[no-any-return]
+                             self._r.station_id,
                              lambda connectors: _wrap_or_none(
                                  Connector, _on_connector(connectors, self._r.connector_id),
                                  ctx))

@@ -36,16 +36,17 @@ class ReadService(Service):
 
     def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL,
                sort: Sequence[Sort] = (), grouped_by: str | None = None,
-               keys: Sequence[Any] | None = None) -> Filter:
+               keys: Sequence[Any] | None = None, seen: str | None = None) -> Filter:
         """The viewer's scope AND ``where``, with conditions on private fields guarded:
         also the sort (an order reveals what it sorts by) and the key a batched nested
         list is grouped by (``company.stations`` is ``station.company_id`` IN …). With
         the ``keys`` of a nested list, the scope of its records under those parents
-        (``Policy.scope_under``: a session's samples follow the session). A distance
+        (``Policy.scope_under``: a session's samples follow the session; ``seen``: the
+        keys are ids of that kind read through this viewer's scope). A distance
         order lists only records with a position (one without has no distance to be
         placed by), and its count counts the same."""
         scope = self.policy.scope(viewer, kind.kind) if grouped_by is None or keys is None \
-            else self.policy.scope_under(viewer, kind.kind, grouped_by, keys)
+            else self.policy.scope_under(viewer, kind.kind, grouped_by, keys, seen)
         return all_of(scope,
                       self.policy.guard_private(viewer, kind.kind, where, sort, grouped_by),
                       POSITIONED if sorts_by_distance(sort) else None)
@@ -88,10 +89,11 @@ class ReadService(Service):
         return await self.store.count(kind, self._under(viewer, kind, where, sort, under))
 
     async def grouped(self, viewer: Viewer, kind: type[E], key_field: str, keys: Sequence[Any],
-                      where: Filter, sort: Sequence[Sort], limit: int) -> dict[Any, list[E]]:
+                      where: Filter, sort: Sequence[Sort], limit: int,
+                      seen: str | None = None) -> dict[Any, list[E]]:
         return await self.store.find_grouped(
-            kind, key_field, keys, self.scoped(viewer, kind, where, sort, key_field, keys),
-            sort, limit)
+            kind, key_field, keys,
+            self.scoped(viewer, kind, where, sort, key_field, keys, seen), sort, limit)
 
     async def count_grouped(self, viewer: Viewer, kind: type[E], key_field: str,
                             keys: Sequence[Any], where: Filter) -> dict[Any, int]:

@@ -21,6 +21,8 @@ from domain.entities import (
     ENTITY_TYPES,
     LIVE_RESERVATION_STATES,
     AuditAction,
+    ConfigurationKey,
+    Connector,
     MeterSample,
     Payment,
     Record,
@@ -32,6 +34,7 @@ from domain.entities import (
     Session,
     SignedMeterValue,
     Station,
+    Tariff,
     User,
 )
 from domain.events import ConnectorStatusChanged
@@ -534,3 +537,23 @@ def test_the_map_events_of_a_station_not_accepted_reach_only_its_operators() -> 
             ANONYMOUS, Viewer.of(cast(User, world["d1"])),
             Viewer.of(cast(User, world["opA"])), Viewer.of(cast(User, world["admin"])))]
     assert seen == {"S1": [True, True, True, True], "S7": [False, False, True, True]}
+
+
+@pytest.mark.parametrize("viewer_name", sorted(EXPECTED))
+async def test_lists_under_stations_seen_are_the_scope_s(
+        store: Store, world: dict[str, Record], viewer_name: str) -> None:
+    """``Policy.sees`` is the station scope on one station held, and a list under stations
+    seen (``scope_under``'s ``seen``), its station conditions dropped, holds exactly what
+    the kind's scope does under them, for every viewer."""
+    viewer, policy = viewer_and_policy(viewer_name, world)
+    seen = await visible(store, world, viewer, policy, Station)
+    assert {name for name, r in world.items() if isinstance(r, Station)
+            and policy.sees(viewer, r)} == seen
+    keys = [world[name].id for name in seen]
+    for kind in (Connector, Tariff, ConfigurationKey, Session, Reservation):
+        under = In("station_id", tuple(keys))
+        scoped = all_of(under, policy.scope(viewer, kind.kind))
+        asked = all_of(under, policy.scope_under(viewer, kind.kind, "station_id", keys,
+                                                 seen="station"))
+        expected = {r.id for r in await store.find_all(kind, scoped)}
+        assert {r.id for r in await store.find_all(kind, asked)} == expected, kind.kind
