@@ -33,6 +33,7 @@ from chargegraph.stores import database_location, sqlite_path
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
     from ocpp_bridge.simulator import FleetPlan
+    from ocpp_bridge.simulator_state import ChargerStates
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
@@ -513,16 +514,18 @@ def demo_tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def demo_fleet(settings: Settings, summary: DemoSummary) -> FleetPlan:
+def demo_fleet(settings: Settings, summary: DemoSummary,
+               states: ChargerStates | None = None) -> FleetPlan:
     """The demo's simulated chargers, charging with its drivers' cards. Each card rests
     between its sessions, longer on average than a session lasts, so a driver who signs
     in finds their card free more often than not, to start or reserve with themself
     (QA s28: the fleet took a card back the moment it was free, and
     `remoteStartTransaction` answered `IN_USE`, "this card is charging at …", nearly
-    every time)."""
+    every time). ``states``: what the chargers keep across a restart of the demo."""
     from chargegraph.demo import STATION_PASSWORD
     from domain import entities as d
     from ocpp_bridge.simulator import FleetPlan, Plug
+    from ocpp_bridge.simulator_state import ChargerStates
 
     plugs = {cp_id: tuple(Plug(d.POWER_OF_PLUG.get(spec.type, d.PowerType.AC).value,
                                (spec.max_kw or 22) * 1000) for spec in specs)
@@ -530,23 +533,32 @@ def demo_fleet(settings: Settings, summary: DemoSummary) -> FleetPlan:
     return FleetPlan(url=demo_urls(settings)[1], cp_ids=summary.cp_ids,
                      password=STATION_PASSWORD, id_tags=summary.id_tags, plugs=plugs,
                      tls=demo_tls(settings), session_every_s=(15, 60),
-                     session_length_s=(30, 120), rest_s=(60, 150), meter_interval_s=5)
+                     session_length_s=(30, 120), rest_s=(60, 150), meter_interval_s=5,
+                     states=states or ChargerStates())
 
 
 async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
                       chargers: bool) -> None:
     from chargegraph.demo import banner
+    from chargegraph.demo_database import charger_state_file
     from ocpp_bridge.simulator import run_fleet
+    from ocpp_bridge.simulator_state import ChargerStates
 
     graphql_url, ocpp_url = demo_urls(settings)
     stop = asyncio.Event()
+
+    # QA s30: an operator's ChangeAvailability, configuration or local list was lost at
+    # the demo's restart, the map showing an inoperative plug Available again. A world
+    # seeded now (also after --reset) has chargers never told anything, with or without
+    # --no-chargers: an older world's file would come back with them later.
+    states = ChargerStates(charger_state_file(settings.database_url), fresh=summary.created)
 
     async def fleet() -> None:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
         typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers))
         if chargers:
-            await run_fleet(demo_fleet(settings, summary), stop)
+            await run_fleet(demo_fleet(settings, summary, states), stop)
 
     fleet_task = asyncio.create_task(fleet())
 
@@ -615,16 +627,21 @@ def simulate(
     # OCPP reads as "no sampling") made the simulator flood the central system.
     meter_interval: Annotated[float, typer.Option(min=1, max=86_400,
                                                   help="Seconds between meter values")] = 10,
+    state: Annotated[Path | None, typer.Option(
+        help="JSON file where the chargers keep what they are told (availability, "
+             "configuration, local list, firmware) across restarts; none: fresh chargers "
+             "at every start")] = None,
 ) -> None:
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet
+    from ocpp_bridge.simulator_state import ChargerStates
 
     _check_prefix(prefix, stations)
     with _plain_failures():
         _logging(Settings())
     plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],
                      password=password, connectors=connectors, id_tags=id_tag or [],
-                     meter_interval_s=meter_interval)
+                     meter_interval_s=meter_interval, states=ChargerStates(state))
 
     async def run() -> None:
         stop = asyncio.Event()

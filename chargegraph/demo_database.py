@@ -95,6 +95,19 @@ def own_database(database_url: str) -> str:
             "database that carries the demo's mark) and start the demo again")
 
 
+def charger_state_file(database_url: str) -> Path:
+    """Where the demo's simulated chargers keep what they were told across a restart
+    (``simulator_state.ChargerStates``): beside a SQLite database (``demo.db`` →
+    ``demo.db.chargers.json``), in the working directory for a MongoDB one, named after
+    it. A restart of the demo on the same database finds its chargers as they were left:
+    the server's record of them stays true."""
+    path = sqlite_path(database_url)
+    if path is not None:
+        return path.with_name(f"{path.name}.chargers.json")
+    name = urlsplit(database_url).path.lstrip("/") or "chargegraph"  # the store's default
+    return Path(f"{name}.chargers.json")
+
+
 async def prepare_demo_database(database_url: str) -> None:
     """Makes the demo's database if there is none (SQLite: built and marked, then put in
     place; MongoDB: marked first), or checks that the one there carries the demo's mark;

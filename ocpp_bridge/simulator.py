@@ -30,6 +30,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
 
+from ocpp_bridge.simulator_state import ChargerStates
+
 log = logging.getLogger("chargegraph.simulator")
 wire_log = logging.getLogger("chargegraph.simulator.wire")
 
@@ -164,6 +166,13 @@ def _valid_value(key: str, value: str) -> bool:
     return True
 
 
+def _flag(value: Any) -> bool:
+    """A kept boolean, strictly: ``bool("false")`` is True."""
+    if not isinstance(value, bool):
+        raise TypeError(f"not a boolean: {value!r}")
+    return value
+
+
 def _measurands(value: str) -> list[str]:
     """The measurands a comma-separated list (``MeterValuesSampledData``, …) names."""
     return [m.strip() for m in value.split(",") if m.strip()]
@@ -251,10 +260,12 @@ MEASURAND_KEYS = frozenset({"MeterValuesSampledData", "MeterValuesAlignedData",
 
 class SimulatedChargePoint(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, config: SimulatorConfig | None = None,
-                 response_timeout: float = 30) -> None:
+                 response_timeout: float = 30, states: ChargerStates | None = None) -> None:
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.config = config or SimulatorConfig()
+        #: Where it keeps what it was told across a restart (``kept``); None: nowhere.
+        self.states = states
         self.connectors = {i: ConnectorState(meter_wh=random.uniform(1e5, 5e6),
                                              plug=self.config.plug(i))
                            for i in range(1, self.config.connectors + 1)}
@@ -271,6 +282,9 @@ class SimulatedChargePoint(ChargePoint):
         self.local_list: dict[str, dict[str, Any]] = {}
         # The values in force of keys changed RebootRequired since the last boot.
         self._until_boot: dict[str, str] = {}
+        # The keys a ChangeConfiguration set (kept across a restart; the others follow
+        # ``config``, e.g. ``simulate --meter-interval``).
+        self._set_keys: set[str] = set()
         self.charging_profiles: dict[int, dict[str, Any]] = {}
         #: The last UpdateFirmware's location and retrieveDate, and its installation.
         self.firmware_update: tuple[str, str] = ("", now())
@@ -302,6 +316,63 @@ class SimulatedChargePoint(ChargePoint):
         self._all_delivered.set()
         # Reads the connection ``attach`` gave; None while an owner runs ``start`` itself.
         self._receiving: asyncio.Task[None] | None = None
+        if states is not None:
+            self._restore(states.of(cp_id))
+
+    # ------------------------------------------------------------- kept across restarts
+    def kept(self) -> dict[str, Any]:
+        """What it keeps across a reboot, as a real charger does (OCPP 1.6: availability
+        5.2, local list 3.5, configuration 5.3), and the firmware it runs. A change
+        Scheduled for a transaction's end is kept as made: a reboot ends the transaction.
+        Reservations, transactions and charging profiles are not (the central system
+        closes the transactions a reboot ends and asserts its profiles again at each
+        connection)."""
+        def made(now: bool, scheduled: bool | None) -> bool:
+            return now if scheduled is None else scheduled
+
+        return {
+            "available": made(self.available, self._charger_operative),
+            "connectors": {str(i): {"available": made(c.available, c.scheduled)}
+                           for i, c in self.connectors.items()},
+            "configuration": {k: self.configuration[k][0] for k in sorted(self._set_keys)},
+            "local_list_version": self.local_list_version,
+            "local_list": self.local_list,
+            "firmware": self.config.firmware,
+        }
+
+    def _keep(self) -> None:
+        if self.states is not None:
+            self.states.keep(self.id, self.kept())
+
+    def _restore(self, kept: dict[str, Any]) -> None:
+        """Starts as ``kept`` says (``kept``'s shape). A state that does not parse is
+        logged and ignored, whole: a fresh charger rather than half of one."""
+        if not kept:
+            return
+        try:
+            available = _flag(kept.get("available", True))
+            connectors = {int(i): _flag(c["available"])
+                          for i, c in dict(kept.get("connectors", {})).items()}
+            configuration = {str(k): str(v)
+                             for k, v in dict(kept.get("configuration", {})).items()}
+            local_list = {str(t): dict(info)
+                          for t, info in dict(kept.get("local_list", {})).items()}
+            version = int(kept.get("local_list_version", 0))
+            firmware = str(kept.get("firmware", self.config.firmware))
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("%s: ignoring its kept state, unreadable: %r", self.id, error)
+            return
+        self.available = available
+        for connector_id, operative in connectors.items():
+            state = self.connectors.get(connector_id)  # it may have fewer connectors now
+            if state is not None:
+                state.available = operative
+                state.status = state.idle_status()  # what ``report_all`` says at boot
+        for key, value in configuration.items():
+            if self._refusal(key, value) is None:
+                self._configure(key, value)
+        self.local_list, self.local_list_version = local_list, version
+        self.config = replace(self.config, firmware=firmware)
 
     # ------------------------------------------------------------- the connection
     def attach(self, connection: Any) -> asyncio.Task[None]:
@@ -845,6 +916,7 @@ class SimulatedChargePoint(ChargePoint):
                 self._later(self.status(t, state.idle_status()))
         if connector_id == 0:
             self._charger_availability_settled()
+        self._keep()  # "Connector set to Unavailable shall persist a reboot" (5.2)
         status = "Scheduled" if scheduled else "Accepted"
         return result.ChangeAvailability(status=status)  # type: ignore[arg-type]
 
@@ -861,21 +933,34 @@ class SimulatedChargePoint(ChargePoint):
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str) -> result.ChangeConfiguration:
         self.received.append(("ChangeConfiguration", {"key": key, "value": value}))
-        if key not in self.configuration:
-            return result.ChangeConfiguration(status="NotSupported")  # type: ignore[arg-type]
-        if self.configuration[key][1] or not _valid_value(key, value):
-            return result.ChangeConfiguration(status="Rejected")  # type: ignore[arg-type]
+        refusal = self._refusal(key, value)
+        if refusal is not None:
+            return result.ChangeConfiguration(status=refusal)  # type: ignore[arg-type]
         if key in REBOOT_KEYS:
             self._until_boot.setdefault(key, self.configuration[key][0])
+        self._configure(key, value)
+        self._keep()  # a RebootRequired one too: in force from the next boot, a restart's
+        if key in REBOOT_KEYS:
+            return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
+        return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
+
+    def _refusal(self, key: str, value: str) -> str | None:
+        """Why ``value`` is not taken for ``key`` (NotSupported, Rejected), or None."""
+        if key not in self.configuration:
+            return "NotSupported"
+        if self.configuration[key][1] or not _valid_value(key, value):
+            return "Rejected"
+        return None
+
+    def _configure(self, key: str, value: str) -> None:
+        """Sets a key ``_refusal`` takes, and what it governs."""
         self.configuration[key] = (value, False)
+        self._set_keys.add(key)
         if key == "HeartbeatInterval" and int(value) > 0:
             self.heartbeat_interval = int(value)
         if key == "MeterValueSampleInterval" and int(value) > 0:
             # Review r28-sim: Accepted, yet its sessions went on sampling at the old one.
             self.config = replace(self.config, meter_interval_s=float(value))
-        if key in REBOOT_KEYS:
-            return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
-        return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
 
     @on(Action.get_configuration)
     def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
@@ -1060,6 +1145,7 @@ class SimulatedChargePoint(ChargePoint):
             # system judges lists (``CommandService._check_list_fits``).
             return result.SendLocalList(status="Failed")  # type: ignore[arg-type]
         self.local_list, self.local_list_version = after, list_version
+        self._keep()  # OCPP 1.6 (3.5): kept across reboots and power outages
         return result.SendLocalList(status="Accepted")  # type: ignore[arg-type]
 
     def _limit(self, key: str) -> float:
@@ -1136,6 +1222,7 @@ class SimulatedChargePoint(ChargePoint):
             version = re.search(r"\d+(?:\.\d+)+", location.rsplit("/", 1)[-1])
             if version is not None:
                 self.config = replace(self.config, firmware=version.group())
+                self._keep()  # a restart boots the firmware installed
             await self._idle()  # a start that slipped in (a fleet's, decided before)
             await self._reboot("Reboot")
         finally:
@@ -1169,12 +1256,14 @@ async def _open(url: str, cp_id: str, password: str | None,
 @contextlib.asynccontextmanager
 async def connected(url: str, cp_id: str, *, password: str | None = None,
                     config: SimulatorConfig | None = None, response_timeout: float = 30,
-                    charge_point: type[SimulatedChargePoint] = SimulatedChargePoint
+                    charge_point: type[SimulatedChargePoint] = SimulatedChargePoint,
+                    states: ChargerStates | None = None
                     ) -> AsyncIterator[SimulatedChargePoint]:
     """A simulated charge point connected to ``{url}/{cp_id}``, its receive loop running
-    (``charge_point``: a subclass behaving otherwise, as some real charger does)."""
+    (``charge_point``: a subclass behaving otherwise, as some real charger does; ``states``:
+    where it keeps what it is told, and starts from)."""
     ws = await _open(url, cp_id, password)
-    cp = charge_point(cp_id, ws, config, response_timeout=response_timeout)
+    cp = charge_point(cp_id, ws, config, response_timeout=response_timeout, states=states)
     cp.attach(ws)
     try:
         yield cp
@@ -1218,6 +1307,9 @@ class FleetPlan:
     #: The plan's chargers by cpId, as ``run_station`` made them (they outlive their
     #: connections).
     chargers: dict[str, SimulatedChargePoint] = field(default_factory=dict)
+    #: What the chargers keep across a restart of the fleet (``simulate --state``, the
+    #: demo's file beside its database); by default nothing.
+    states: ChargerStates = field(default_factory=ChargerStates)
 
 
 @dataclass
@@ -1247,7 +1339,7 @@ async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
     plugs = plan.plugs.get(cp_id, ())
     cp = SimulatedChargePoint(cp_id, None, SimulatorConfig(
         connectors=len(plugs) or plan.connectors,
-        meter_interval_s=plan.meter_interval_s, plugs=plugs))
+        meter_interval_s=plan.meter_interval_s, plugs=plugs), states=plan.states)
     plan.chargers[cp_id] = cp
     sessions: set[asyncio.Task[None]] = set()
     delays = Backoff(*plan.reconnect_s)

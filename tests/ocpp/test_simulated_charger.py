@@ -22,6 +22,7 @@ from ocpp_bridge.simulator import (
     SimulatorConfig,
     connected,
 )
+from ocpp_bridge.simulator_state import ChargerStates
 from tests.helpers import soon, until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_commands import run
@@ -72,10 +73,12 @@ async def stored(central: Central, connector_id: int, status: d.ConnectorStatus)
 
 
 @asynccontextmanager
-async def booted(central: Central, config: SimulatorConfig) -> AsyncIterator[Recording]:
-    """CP-1 (``Recording``) connected, booted and its connectors reported."""
+async def booted(central: Central, config: SimulatorConfig,
+                 states: ChargerStates | None = None) -> AsyncIterator[Recording]:
+    """CP-1 (``Recording``) connected, booted and its connectors reported (``states``:
+    where it keeps what it is told, and starts from)."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD, config=config,
-                         charge_point=Recording) as cp:
+                         charge_point=Recording, states=states) as cp:
         assert isinstance(cp, Recording)
         await cp.boot()
         await cp.report_all()

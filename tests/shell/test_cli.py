@@ -530,6 +530,40 @@ def test_simulate_takes_websocket_urls(runner: CliRunner, url: str,
     assert planned == [url]
 
 
+def test_simulate_keeps_its_chargers_state_in_the_file_given(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--state PATH`: the chargers start from it and keep what they are told there;
+    without it they keep nothing (each start a fleet of fresh chargers)."""
+    import json
+
+    import ocpp_bridge.simulator
+
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps({"SIM-0001": {"connectors": {"1": {"available": False}}}}))
+    plans: list[ocpp_bridge.simulator.FleetPlan] = []
+
+    async def run_fleet(plan: ocpp_bridge.simulator.FleetPlan, stop: object) -> None:
+        plans.append(plan)
+
+    monkeypatch.setattr(ocpp_bridge.simulator, "run_fleet", run_fleet)
+    url = "ws://127.0.0.1:9000/ocpp"
+    assert runner.invoke(cli, ["simulate", "--url", url, "--state", str(path)]).exit_code == 0
+    assert runner.invoke(cli, ["simulate", "--url", url]).exit_code == 0
+    kept, unkept = (plan.states for plan in plans)
+    assert kept.path == path and kept.of("SIM-0001")["connectors"]["1"] == {"available": False}
+    assert unkept.path is None
+
+
+@pytest.mark.parametrize(("url", "file"), [
+    ("sqlite:///data/demo.db", "data/demo.db.chargers.json"),
+    ("mongodb://db:27017/chargegraph-demo", "chargegraph-demo.chargers.json"),
+    ("mongodb://db:27017", "chargegraph.chargers.json")])
+def test_the_demos_chargers_keep_their_state_beside_its_database(url: str, file: str) -> None:
+    from chargegraph.demo_database import charger_state_file
+
+    assert charger_state_file(url) == Path(file)
+
+
 @pytest.mark.parametrize("interval", ["0", "-1", "0.01", "100000"])
 def test_simulate_refuses_a_meter_interval_that_floods_or_never_samples(
         runner: CliRunner, interval: str, monkeypatch: pytest.MonkeyPatch) -> None:

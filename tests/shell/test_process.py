@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import httpx
@@ -122,6 +124,56 @@ def test_demo_seeds_serves_and_stops(launch: list[subprocess.Popen[str]],
     assert admin_id(url) != first_admin
     _, stderr = stop(process)
     assert "--reset: removed" in stderr
+
+
+def demo_connector(url: str, cp_id: str, number: int) -> dict[str, Any] | None:
+    """A demo station's connector as the public map shows it, once its charger is online."""
+    station = graphql(url, f'{{ station(cpId: "{cp_id}") {{ online connectors {{ '
+                           'connectorId status statusAt } } }').json()["data"]["station"]
+    if not station["online"]:
+        return None
+    return next(c for c in station["connectors"] if c["connectorId"] == number)
+
+
+def reported_since(url: str, since: datetime) -> dict[str, Any]:
+    """BER-ALEX-01's connector 2 once its charger has reported it at or after ``since``
+    (bounded, 90 s: eight chargers connect and boot)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        connector = demo_connector(url, "BER-ALEX-01", 2)
+        if connector is not None and connector["statusAt"] is not None \
+                and datetime.fromisoformat(connector["statusAt"]) >= since:
+            return connector
+        time.sleep(0.2)
+    raise AssertionError("BER-ALEX-01 never reported connector 2")
+
+
+def test_the_demos_chargers_keep_what_they_were_told_across_a_restart(
+        launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """QA s30: a connector an operator made inoperative was reported Available again by
+    the restarted demo's charger, the map and the server's record disagreeing with what
+    the charger had been told. Kept in a file beside the database; a new world (--reset)
+    starts with chargers told nothing."""
+    began = datetime.now(UTC)
+    process, url = start(launch, tmp_path, "demo")
+    reported_since(url, began)
+    login = graphql(url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
+                         'password: "chargegraph-demo") { token } }').json()
+    told = graphql(url, 'mutation { changeAvailability(input: {cpId: "BER-ALEX-01", '
+                        'connectorId: 2, type: INOPERATIVE}) { status errors { code } } }',
+                   login["data"]["login"]["token"]).json()["data"]["changeAvailability"]
+    # Scheduled if the fleet charges there: the charger stops it as the demo stops.
+    assert told["status"] in ("ACCEPTED", "SCHEDULED"), told
+    stop(process)
+    assert (tmp_path / "data" / "svc.db.chargers.json").exists()
+    restarted = datetime.now(UTC)
+    process, url = start(launch, tmp_path, "demo")
+    assert reported_since(url, restarted)["status"] == "UNAVAILABLE"
+    stop(process)
+    reset = datetime.now(UTC)
+    process, url = start(launch, tmp_path, "demo", "--reset")
+    assert reported_since(url, reset)["status"] == "AVAILABLE"
+    stop(process)
 
 
 def fails_to_start(tmp_path: Path, *args: str, ocpp_port: int | None = None
