@@ -181,7 +181,9 @@ _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
                        "on_map",
                        # The version of that ownership (``Station.sight``): for judging it;
                        # and the build before's number of a handover.
-                       "version", "sight"})
+                       "version", "sight",
+                       # A removal told to live maps, which no webhook carries.
+                       "removed_offline"})
 
 
 class Refused(Exception):

@@ -67,6 +67,12 @@ class StationConnectionChanged(DomainEvent):
     #: number is the newer connection, whatever their clocks. ``None`` from versions
     #: before it, and for a disconnect recorded without one (start-up).
     connection: int | None = None
+    #: Not a disconnect: the station was removed while its charger was offline already,
+    #: told offline all the same so that live maps drop it (its ``station`` reads null),
+    #: as the removal of one online is by its charger's hang-up (QA s30: told nothing,
+    #: maps kept it). No charger went anywhere, so no webhook carries it
+    #: (``webhook_event``) and no outage begins. False from versions before it.
+    removed_offline: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -559,11 +559,11 @@ class StationService(Service):
         at its start left open there is closed by the removal (``close_refused``). Its
         live reservations are cancelled at the charger first."""
         asked: list[bool] = []  # the chargers are asked once, whatever runs again
-        station, cancelled, closed = await retried(
+        station, connectors, cancelled, closed = await retried(
             lambda: self._remove_station(viewer, station_id, asked))
         await self._announce_closed(closed)
         await self._announce(cancelled, station)
-        await self._hang_up_charger(station)
+        await self._hang_up_charger(station, connectors)
         # After the removal's write, not in it: a connection may close a notice meanwhile,
         # and a deletion missing its row would refuse the whole removal. Best effort, and
         # last: the removal stands, and its charger was told to go, whatever happens
@@ -583,12 +583,12 @@ class StationService(Service):
         return station
 
     async def _remove_station(self, viewer: Viewer, station_id: str, asked: list[bool]
-                              ) -> tuple[Station, list[Reservation],
+                              ) -> tuple[Station, list[Connector], list[Reservation],
                                          list[tuple[Station, Session]]]:
         """``remove_station``'s read, checks and write (``retried``: a start that beat the
-        write is then refused as IN_USE by the check): the station, the reservations
-        it cancelled and the refused sessions it closed. ``asked``: whether its chargers
-        were asked to cancel already."""
+        write is then refused as IN_USE by the check): the station, the connectors it
+        removed with it, the reservations it cancelled and the refused sessions it
+        closed. ``asked``: whether its chargers were asked to cancel already."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
         await self._cancel_at_chargers(Eq("station_id", station.id),
@@ -626,7 +626,7 @@ class StationService(Service):
             guards=[not_charging(Eq("station_id", station.id)),
                     Guard(Connector, Eq("station_id", station.id), exists=False)],
             by_system=closes)
-        return station, cancelled, closed
+        return station, connectors, cancelled, closed
 
     async def _cancel_at_chargers(self, held: Filter, charging: Filter, asked: list[bool]
                                   ) -> None:
@@ -721,21 +721,28 @@ class StationService(Service):
         [station] = await self.store.get_many(Station, [connector.station_id])
         await self._changed(station)
 
-    async def _hang_up_charger(self, station: Station) -> None:
+    async def _hang_up_charger(self, station: Station, connectors: list[Connector]
+                               ) -> None:
         """Whichever instance holds the removed station's charger closes its socket now
         (had this been lost, the charger's next message still meets the missing station).
-        A charger that was online is announced offline: its close finds no station to
-        record or announce a disconnect for, and a live map (README: subscribe, query,
-        apply the events) went on showing the removed station online, its plugs
-        available now, until it queried again (QA s25). ``station`` is as deleted (the
-        delete is guarded on its ``online``, ``_remove_station``): not as read before
-        the cancels' round trips (review s25)."""
-        if station.online:
-            await self.publish(StationConnectionChanged(
-                **owned_by(station), online=False, at=self.now(),
-                connection=station.connection))
-        # The last change of who sees it (``Station.sight``): what arrives of it later is
-        # older, whatever it read (``SightOrder``).
+        Live maps (README: subscribe, query, apply the events) are told the station
+        offline and its plugs UNAVAILABLE, as ``removeConnector`` tells one
+        (``_announce_gone``), whose records read null from then on: told nothing, they
+        went on showing the removed station, online with its plugs available now when
+        its charger was (its close finds no station to record or announce a disconnect
+        for; QA s25), its plugs as last reported when it was offline (QA s30). Carrying
+        the station's ownership as deleted, they reach whoever saw it, and nobody else.
+        One offline already is told so (``removed_offline``): not a disconnect, no
+        webhook. ``station`` is as deleted (the delete is guarded on its ``online``,
+        ``_remove_station``): not as read before the cancels' round trips (review s25)."""
+        await self.publish(StationConnectionChanged(
+            **owned_by(station), online=False, at=self.now(),
+            connection=station.connection, removed_offline=not station.online))
+        for connector in connectors:
+            await self._announce_gone(station, connector)
+        # Last, the last change of who sees it (``Station.sight``): what arrives of it
+        # later is older, whatever it read, and a map's event of it told to nobody
+        # (``SightOrder``), these above included had they come after it.
         await self.publish(StationRemoved(**{**owned_by(station),
                                              "version": station.sight + 1}))
 

@@ -137,6 +137,8 @@ def webhook_event(event: DomainEvent) -> WebhookEvent | None:
             return WebhookEvent.FIRMWARE_STATUS
         case MaintenanceStatusChanged():
             return WebhookEvent.DIAGNOSTICS_STATUS
+        case StationConnectionChanged(removed_offline=True):
+            return None  # no charger went anywhere: the station went, for live maps
         case StationConnectionChanged(online=True):
             return WebhookEvent.STATION_ONLINE
         case StationConnectionChanged():

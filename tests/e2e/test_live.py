@@ -3,6 +3,7 @@ ChargeGraph, and websocket subscribers of each role see exactly what they may.""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain import entities as d
+from domain.events import StationConnectionChanged
 from domain.policy import SYSTEM
 from domain.query import Eq, all_of
+from domain.services import ConnectorSpec
 from domain.services.base import patch
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
+from pubsub.memory import MemoryEventBus
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
 from tests.ocpp.conftest import STATION_PASSWORD
@@ -400,3 +404,96 @@ async def test_what_follows_a_subscribe_on_its_socket_runs_once_it_is_registered
                 "cpId": "CP-1", "connectorId": 1, "status": "AVAILABLE", "free": False}
     finally:
         await op.close()
+
+
+GONE = """subscription { stationConnectionChanged { cpId online station { cpId } } }"""
+PLUGS_OF = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
+  cpId connectorId status free connector { connectorId } } }"""
+REMOVE_STATION = """mutation($input: RemoveStationInput!) { removeStation(input: $input) {
+  errors { code } } }"""
+
+
+async def _until_told_of(client: GraphQLWS, subscriptions: dict[str, str], cp_id: str,
+                         plugs: int) -> dict[str, list[dict[str, Any]]]:
+    """What each of ``client``'s subscriptions (id: field) told, until the one of
+    stations told ``cp_id``'s event and the one of plugs its ``plugs`` events (each
+    read bounded by ``next``'s timeout)."""
+    got: dict[str, list[dict[str, Any]]] = {sub: [] for sub in subscriptions}
+
+    def told(sub: str) -> int:
+        return sum(event["cpId"] == cp_id for event in got[sub])
+
+    wanted = {sub: 1 if field == "stationConnectionChanged" else plugs
+              for sub, field in subscriptions.items()}
+    for _ in range(50):
+        if all(told(sub) >= n for sub, n in wanted.items()):
+            return got
+        try:
+            message = await client.next()
+        except TimeoutError:
+            raise AssertionError(f"{cp_id} never told: {got}") from None
+        got[message["id"]].append(message["payload"]["data"][subscriptions[message["id"]]])
+    raise AssertionError(f"{cp_id} never told: {got}")
+
+
+async def test_a_station_removed_while_its_charger_is_offline_leaves_the_live_maps(
+        tmp_path: Path) -> None:
+    """QA s30: removing a station whose charger was offline (disconnected, or never
+    connected) told no live map anything: every map that had it (its operator's, every
+    driver's, the signed-out one) kept the station and its plugs, as last reported,
+    until it queried again. It is told offline, its `station` null, and each plug
+    UNAVAILABLE and not free, its `connector` null, as a station removed while online
+    and a plug removed are; to whoever saw it, not to another company's operator. That
+    one's own station, never connected, removed after it, is the first thing they hear
+    (and what the public maps hear last)."""
+    async with running_service(tmp_path, public_map=True) as service:
+        services = service.services
+        other = service.central.users["op_other"]
+        theirs, _ = await services.stations.create_station(
+            SYSTEM, cp_id="CP-THEIRS", name="CP-THEIRS", company_id=other.company_id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 150)])
+        # CP-1 reports its plugs, then goes: offline, its plugs AVAILABLE on every map.
+        bus = services.ctx.bus
+        assert isinstance(bus, MemoryEventBus)  # the in-process one, by default
+        heard = bus.subscribe([StationConnectionChanged.topic])
+        try:
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                for connector_id in (1, 2):
+                    await cp.status(connector_id, "Available")
+            for _ in range(2):  # online, then offline: published before the maps open
+                went = await asyncio.wait_for(anext(heard), 5)
+            assert isinstance(went, StationConnectionChanged) and not went.online
+        finally:
+            await heard.aclose()
+
+        clients = {name: await GraphQLWS.open(service.ws_url, await service.token(name))
+                   for name in ("op", "driver", "op_other")}
+        clients["anonymous"] = await GraphQLWS.open(service.ws_url)
+        try:
+            subscriptions: dict[str, dict[str, str]] = {}
+            for name, client in clients.items():
+                subscriptions[name] = {
+                    await client.subscribe(GONE): "stationConnectionChanged",
+                    await client.subscribe(PLUGS_OF, {"f": {"cpIds": ["CP-1", "CP-THEIRS"]}}):
+                        "connectorStatusChanged"}
+            await service.until_subscribed(2 * len(clients))
+            for cp_id, remover in (("CP-1", "op"), ("CP-THEIRS", "op_other")):
+                station = service.central.stations.get(cp_id, theirs)
+                assert (await service.gql(REMOVE_STATION, {"input": {
+                    "id": to_global_id("station", station.id)}},
+                    token=await service.token(remover)))["removeStation"] == {"errors": []}
+
+            gone = [{"cpId": "CP-1", "online": False, "station": None}]
+            plugs_gone = [{"cpId": "CP-1", "connectorId": n, "status": "UNAVAILABLE",
+                           "free": False, "connector": None} for n in (1, 2)]
+            for name, client in clients.items():
+                # Its operator does not see CP-THEIRS: read until CP-1's removal.
+                got = await _until_told_of(client, subscriptions[name], *(
+                    ("CP-1", 2) if name == "op" else ("CP-THEIRS", 1)))
+                of_cp1 = [[e for e in events if e["cpId"] == "CP-1"]
+                          for events in got.values()]
+                assert of_cp1 == ([[], []] if name == "op_other" else [gone, plugs_gone]), \
+                    name
+        finally:
+            for client in clients.values():
+                await client.close()

@@ -570,15 +570,16 @@ async def test_a_live_map_sees_a_removed_stations_charger_go_offline(tmp_path: P
     while its charger was online as online, its plugs available now, until the client
     queried again: the removal hung up on the charger, whose disconnect then found no
     station to record or announce. Its going offline is announced, to whoever saw it
-    online (the public map too)."""
-    from domain.events import StationConnectionChanged
+    online (the public map too); and its plugs UNAVAILABLE, not free, as a plug removed
+    is (QA s30: a map of plugs alone kept them available)."""
+    from domain.events import ConnectorStatusChanged, StationConnectionChanged
     from domain.policy import Viewer
 
     bus = MemoryEventBus()
     await bus.start()
     central = await start_central(tmp_path / "central.db", bus=bus)
     await seed(central)
-    events = bus.subscribe([StationConnectionChanged.topic])
+    events = bus.subscribe([StationConnectionChanged.topic, ConnectorStatusChanged.topic])
     station = central.stations["CP-1"]
     try:
         ws = await booted_charger(central.url)
@@ -590,10 +591,19 @@ async def test_a_live_map_sees_a_removed_stations_charger_go_offline(tmp_path: P
             assert isinstance(offline, StationConnectionChanged)
             assert (offline.station_id, offline.online) == (station.id, False)
             assert offline.at >= online.at
+            assert not offline.removed_offline  # a disconnect: its charger was hung up on
+            plugs: list[ConnectorStatusChanged] = []
+            for _ in range(2):
+                plug = await asyncio.wait_for(anext(events), 5)
+                assert isinstance(plug, ConnectorStatusChanged)
+                plugs.append(plug)
+            assert [(p.connector_id, p.status, p.free) for p in plugs] == [
+                (1, "Unavailable", False), (2, "Unavailable", False)]
             policy = central.services.policy
-            for viewer in ("driver", "op"):
-                assert policy.sees_event(Viewer.of(central.users[viewer]), offline)
-            assert not policy.sees_event(Viewer.of(central.users["op_other"]), offline)
+            for event in (offline, *plugs):
+                for viewer in ("driver", "op"):
+                    assert policy.sees_event(Viewer.of(central.users[viewer]), event)
+                assert not policy.sees_event(Viewer.of(central.users["op_other"]), event)
             await hung_up_as_unknown(ws)
         finally:
             await ws.close()

@@ -12,6 +12,7 @@ from chargegraph.webhooks import WebhookDispatcher
 from domain import entities as d
 from domain.clock import utcnow
 from domain.events import StationConnectionChanged
+from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services import Services
 from domain.wire import rfc3339
@@ -145,6 +146,23 @@ async def test_grace_zero_delivers_both_at_once_as_before(world: World) -> None:
     assert kinds(receiver) == ["station.online", "station.offline", "station.online"]
     assert receiver.requests[1].json["at"] == rfc3339(went)
     assert await notices(world) == []  # nothing stored to decide
+
+
+async def test_a_station_removed_offline_is_no_second_outage(world: World) -> None:
+    """QA s30: a station removed while its charger is offline is told offline to live
+    maps, so that they drop it; no charger went anywhere, so no webhook hears of an
+    outage (it had its own, when its charger went). Its plug is told gone, as a plug
+    removed is."""
+    await world.dispatcher(offline_grace=0)
+    receiver = await world.receiver()
+    await world.webhook("op", receiver, *BOTH, "connector.status_changed")
+    await disconnect(world.services, await connect(world.services))
+    [station] = await world.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await world.services.stations.remove_station(SYSTEM, station.id)
+    await world.settled()
+    assert kinds(receiver) == ["station.online", "station.offline",
+                               "connector.status_changed"]
+    assert receiver.requests[2].json["data"]["status"] == "Unavailable"
 
 
 async def test_a_pending_outage_survives_a_restart_within_the_grace(world: World) -> None:
