@@ -38,7 +38,7 @@ def _power(value: Any, field: str) -> float:
     """A power in kW: a finite number above 0, at most ``MAX_SITE_KW``."""
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not 0 < value <= MAX_SITE_KW:
-        raise ValidationError(f"must be > 0 and ≤ {MAX_SITE_KW:g} kW", field=field,
+        raise ValidationError(f"must be > 0 and ≤ {v.number(MAX_SITE_KW)} kW", field=field,
                               code="OUT_OF_RANGE")
     return float(value)
 
@@ -46,7 +46,7 @@ def _power(value: Any, field: str) -> float:
 def _voltage(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not MIN_VOLTAGE <= value <= MAX_VOLTAGE:
-        raise ValidationError(f"must be within {MIN_VOLTAGE:g}..{MAX_VOLTAGE:g} V",
+        raise ValidationError(f"must be within {v.number(MIN_VOLTAGE)}..{v.number(MAX_VOLTAGE)} V",
                               field="voltage", code="OUT_OF_RANGE")
     return float(value)
 
@@ -74,8 +74,9 @@ def _min_within(min_kw: float, max_kw: float, unit: ChargingRateUnit, voltage: f
                               field="minPowerKw", code="OUT_OF_RANGE")
     floor = min_session_kw(voltage, phases)
     if floor_checked and unit is ChargingRateUnit.A and min_kw < floor - 1e-9:
-        raise ValidationError(f"at least {floor:g} kW: 6 A on each of {phases} phase(s) at "
-                              f"{voltage:g} V, the least an AC charger charges at",
+        raise ValidationError(f"at least {v.number(floor)} kW: 6 A on each of {phases} "
+                              f"phase(s) at {v.number(voltage)} V, the least an AC charger "
+                              "charges at",
                               field="minPowerKw", code="OUT_OF_RANGE")
 
 
@@ -99,7 +100,7 @@ def _new_minimum(min_kw: float | None, max_kw: float, unit: ChargingRateUnit,
         if min_kw > max_kw:
             raise ValidationError(
                 f"the default per-session minimum, 6 A on each of {phases} phase(s) "
-                f"({min_kw:g} kW), is above the site's limit: give phases (1 for a "
+                f"({v.number(min_kw)} kW), is above the site's limit: give phases (1 for a "
                 "single-phase connection) or minPowerKw", field="minPowerKw",
                 code="OUT_OF_RANGE")
     _min_within(min_kw, max_kw, unit, voltage, phases)
