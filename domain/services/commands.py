@@ -72,7 +72,7 @@ from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.outside import reaching_out
-from domain.policy import SYSTEM, Viewer, live_reservations
+from domain.policy import SYSTEM, Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
 from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.registration import admits
@@ -618,6 +618,8 @@ class CommandService(Service):
         """``send``'s read of the station, its checks, and the records the command
         implies (a reservation, a pending start): the outcome to carry, the payload as
         checked, and the site watching it (``ProfileWatch``). Raises the refusals."""
+        if action not in DRIVER_ACTIONS:
+            refuse_unless_staff(viewer, f"send {action}")
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:

@@ -23,7 +23,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import StationChanged
-from domain.policy import Viewer
+from domain.policy import Viewer, refuse_unless_staff
 from domain.ports import Delete, Guard, Insert
 from domain.query import Eq, all_of
 from domain.services.base import UNSET, Service, owned_by, stamp_new
@@ -166,6 +166,7 @@ class SiteService(Service):
         """Edits a site; a new limit, minimum or unit is sent to its chargers at once.
         The fields given are checked together (with the caller's ``checks``) before the
         site is read; the minimum against the limit after, with what is stored."""
+        refuse_unless_staff(viewer, "change sites")
         checks = checks or v.Checks()
         name = _edit(checks, name, "name", v.name)
         max_power_kw = _edit(checks, max_power_kw, "maxPowerKw", _power, "maxPowerKw")
@@ -200,6 +201,7 @@ class SiteService(Service):
         """Removes a site, refused while stations are assigned to it: unassigning them is
         a decision about each station's chargers (they leave the site's limit), not a
         side effect of tidying up."""
+        refuse_unless_staff(viewer, "remove sites")
 
         async def once() -> Site:
             site = await self.managed_site(viewer, site_id)
@@ -220,6 +222,7 @@ class SiteService(Service):
                              ) -> Station:
         """Puts a station behind a site of its own company (``None``: behind none). Both
         sites' shares are recomputed: the one it left and the one it joined."""
+        refuse_unless_staff(viewer, "put stations behind sites")
         station, updated = await retried(lambda: self._assign(viewer, station_id, site_id))
         if updated is station:
             return station

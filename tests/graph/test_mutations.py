@@ -786,7 +786,7 @@ async def test_update_remove_station_and_connectors(api: Api, world: World) -> N
                           {"id": sid, "password": password}, "station { passwordRequired }")
         assert made["station"] == {"passwordRequired": required}
     assert codes(await call(api, world, "driver1", "updateStation", {"id": sid, "name": "X"},
-                            "station { id }")) == [("id", "FORBIDDEN")]
+                            "station { id }")) == [(None, "FORBIDDEN")]  # who they are
     assert codes(await call(api, world, "admin", "updateStation",
                             {"id": sid, "ownerId": gid("user", world.users["driver1"].id)},
                             "station { id }")) == [("ownerId", "INVALID")]
