@@ -86,7 +86,7 @@ def _free_text(max_len: int) -> Rule:
 def _amount(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not 0 <= value <= MAX_LIMIT:
-        raise ValidationError(f"must be within 0..{MAX_LIMIT:g}", field=path,
+        raise ValidationError(f"must be within 0..{v.number(MAX_LIMIT)}", field=path,
                               code="OUT_OF_RANGE")
     # The 1.6 schema's ``multipleOf: 0.1``, judged on the decimal the client wrote
     # (16.3 is not a multiple of 0.1 in binary floating point).
@@ -527,7 +527,7 @@ def _within_unit(schedule: dict[str, Any], where: str, checks: v.Checks) -> None
     limits.append((f"{where}.minChargingRate", schedule.get("minChargingRate")))
     for path, value in limits:
         if isinstance(value, int | float) and value > cap:
-            _fault(checks, f"at most {cap:g} {unit}".rstrip(), path, "OUT_OF_RANGE")
+            _fault(checks, f"at most {v.number(cap)} {unit}".rstrip(), path, "OUT_OF_RANGE")
 
 
 def _ordered(payload: dict[str, Any], checks: v.Checks) -> None:

@@ -30,6 +30,7 @@ from domain.entities import (
     Webhook,
     without_url_credentials,
 )
+from domain.errors import Forbidden
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -193,6 +194,17 @@ class Viewer:
 ANONYMOUS = Viewer()
 #: The service itself (seeding, OCPP side effects): sees everything, audited as ``system``.
 SYSTEM = Viewer(user_id="system", role=Role.ADMIN)
+
+
+def refuse_unless_staff(viewer: Viewer, what: str) -> None:
+    """A use case only operators and admins make, refused to anyone else before anything
+    is checked or read: a refusal of who they are, whatever they sent, so ``FORBIDDEN``
+    with no field, first and alone (README, Errors). A refusal of one value sent (a
+    record of another company, a status only staff set) names that input instead (QA
+    s30: a driver was told on ``id``, ``cpId`` or ``stationId``, by the check of the
+    record named, or ``NOT_FOUND`` for a record they do not see)."""
+    if not (viewer.is_operator or viewer.is_admin):
+        raise Forbidden(f"only operators and admins {what}")
 
 
 class Policy:

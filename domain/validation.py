@@ -531,14 +531,22 @@ def coordinates(lat: float | None, lon: float | None, field: str = "location") -
 def _within(degrees: float | None, bound: float, field: str) -> None:
     if degrees is not None and not -bound <= degrees <= bound:
         raise ValidationError(f"{field.rsplit('.', 1)[-1]} must be within "
-                              f"-{bound:g}..{bound:g}", field=field, code="OUT_OF_RANGE")
+                              f"-{number(bound)}..{number(bound)}", field=field,
+                              code="OUT_OF_RANGE")
+
+
+def number(value: float) -> str:
+    """``value`` as a person writes it in a message: no exponent (``:g`` printed 10⁷ as
+    "1e+07", QA s30), no trailing ".0" (230.0 is "230"), twelve significant digits at
+    most (6 A at 230 V on three phases is 4.14 kW, not 4.140000000000001)."""
+    return format(Decimal(f"{value:.12g}").normalize(), "f")
 
 
 def positive(value: float | None, field: str, *, max_value: float = 10_000.0) -> float | None:
     if value is None:
         return None
     if not 0 < value <= max_value:
-        raise ValidationError(f"must be > 0 and ≤ {max_value:g}", field=field,
+        raise ValidationError(f"must be > 0 and ≤ {number(max_value)}", field=field,
                               code="OUT_OF_RANGE")
     return value
 

@@ -9,7 +9,7 @@ import strawberry
 
 from domain import entities as d
 from domain.errors import DomainError
-from domain.query import ALL, Eq, Filter, Sort, all_of
+from domain.query import ALL, Eq, Filter, Sort, all_of, newest_first
 from graph.analytics import AnalyticsQuery
 from graph.context import GraphContext
 from graph.filters import (
@@ -58,7 +58,7 @@ from graph.webhooks import WebhookQuery
 Info = strawberry.Info
 
 NEWEST_SESSIONS = (Sort("start_time", descending=True),)
-NEWEST_AUDIT = (Sort("at", descending=True),)
+NEWEST_AUDIT = newest_first("at")
 
 
 def _ctx(info: Info) -> GraphContext:
@@ -262,7 +262,9 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
                            (Sort("valid_from", descending=True),), first, after, last, before)
 
     @strawberry.field(description=(
-        "The change log, newest first unless `orderBy` says otherwise. Entries are read "
+        "The change log, newest first unless `orderBy` says otherwise (entries of one "
+        "instant newest first too: the last written first, as `AT DESC` orders them). "
+        "Entries are read "
         "by whose the record was when it changed, not by who changed it: a driver reads "
         "those about what was theirs (their account, cards, cars, sessions, "
         "reservations, payments); an operator those in their company's books (its "

@@ -166,6 +166,11 @@ def sort_keys(order_by: Sequence[Any] | None, default: Sequence[Sort],
                               field="filter.near", code="REQUIRED")
         else:
             keys.append(Sort.by_distance(*origin, descending=descending))
+    # An order asking what the default's leading keys ask is the default, with its
+    # tie-breaker (auditLog's ``AT DESC`` is newest first as its default is, ties newest
+    # first too: ``query.newest_first``; QA s30).
+    if len(keys) < len(default) and keys == list(default[:len(keys)]):
+        return list(default)
     return keys
 
 

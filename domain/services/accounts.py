@@ -23,7 +23,7 @@ from domain.errors import (
     each,
 )
 from domain.events import AccessChanged
-from domain.policy import Viewer
+from domain.policy import Viewer, refuse_unless_staff
 from domain.ports import Change, Guard, Insert
 from domain.query import Eq, Filter, Range, all_of, any_of
 from domain.services.background import Background
@@ -217,6 +217,7 @@ class AccountService(Service):
                              checks: v.Checks | None = None) -> Company:
         """``checks``: what the caller checked of the same input already (the door's
         ids), reported with the name's own check."""
+        refuse_unless_staff(viewer, "change companies")
         checks = checks or v.Checks()
         name = checks(v.name, name)
         checks.done()
@@ -513,6 +514,7 @@ class AccountService(Service):
         await self.publish(AccessChanged(station_id=None, cp_id="", user_id=user_id))
 
     async def deactivate_user(self, viewer: Viewer, user_id: str) -> User:
+        refuse_unless_staff(viewer, "deactivate users")
         return await self.update_user(viewer, user_id, active=False)
 
     # ---------------------------------------------------------------- self-service

@@ -72,7 +72,7 @@ from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.outside import reaching_out
-from domain.policy import SYSTEM, Viewer, live_reservations
+from domain.policy import SYSTEM, Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
 from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.registration import admits
@@ -618,6 +618,8 @@ class CommandService(Service):
         """``send``'s read of the station, its checks, and the records the command
         implies (a reservation, a pending start): the outcome to carry, the payload as
         checked, and the site watching it (``ProfileWatch``). Raises the refusals."""
+        if action not in DRIVER_ACTIONS:
+            refuse_unless_staff(viewer, f"send {action}")
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
@@ -659,7 +661,7 @@ class CommandService(Service):
         if action == "RemoteStartTransaction":
             if reserved is not None:
                 await self._to_reserved_plug(viewer, station, payload, reserved)
-            await self._check_plug(station, payload, driver=not manages)
+            await self._check_plug(viewer, station, payload, driver=not manages)
             await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
@@ -974,7 +976,7 @@ class CommandService(Service):
         trial = {**payload, "connectorId": plug}
         try:
             await connector_in_range(self.store, station, plug)
-            await self._check_plug(station, trial, driver=True)
+            await self._check_plug(viewer, station, trial, driver=True)
             await self._refuse_pending(viewer, station, trial)
         except DomainError:
             return
@@ -1042,8 +1044,8 @@ class CommandService(Service):
         return tag
 
     # ------------------------------------------------------------- the plug to start on
-    async def _check_plug(self, station: Station, payload: dict[str, Any], *, driver: bool
-                          ) -> None:
+    async def _check_plug(self, viewer: Viewer, station: Station, payload: dict[str, Any], *,
+                          driver: bool) -> None:
         """A remote start is refused before it is sent where the plug cannot take it: a
         charger that does not check answers Accepted and starts there anyway (QA s22).
         For everyone, where it would take what another customer holds: a plug charging
@@ -1055,7 +1057,7 @@ class CommandService(Service):
         (support), and the charger refuses a real one, nobody else harmed. A start that
         names no connector lets the charger pick one of its free ones, and is refused
         where none is (``_refuse_none_free``)."""
-        await self._refuse_occupied(station, payload)
+        await self._refuse_occupied(viewer, station, payload)
         await self._refuse_reserved(station, payload)
         if driver:
             await self._refuse_out_of_service(station, payload)
@@ -1102,16 +1104,24 @@ class CommandService(Service):
                 if not await reserved_for_card(self.store, r, payload["idTag"], card)}
         return plugs, busy | held
 
-    async def _refuse_occupied(self, station: Station, payload: dict[str, Any]) -> None:
+    async def _refuse_occupied(self, viewer: Viewer, station: Station,
+                               payload: dict[str, Any]) -> None:
         """A plug holding an ACTIVE session (of any card: one of the starting card was
         refused on ``idTag`` already), whatever its last report says (a charger may
-        start a transaction without reporting Charging: availability's rule)."""
+        start a transaction without reporting Charging: availability's rule). One of the
+        viewer's own is named so, with the ways to end it (QA s30: a driver's stuck
+        session on the plug was "another session")."""
         connector_id = payload.get("connectorId")
         if not connector_id:
             return
         held = await self.store.find_one(Session, all_of(
             Eq("station_id", station.id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE)))
+        if held is not None and viewer.user_id is not None and held.user_id == viewer.user_id:
+            raise Conflict(f"the connector is charging your own session (transaction "
+                           f"{held.transaction_id}): stop it with remoteStopTransaction, or, "
+                           "if its charger lost it, ask the station's operator to end it "
+                           "(endSession)", field="connectorId", code="IN_USE")
         if held is not None:
             raise Conflict("the connector is charging another session", field="connectorId",
                            code="IN_USE")

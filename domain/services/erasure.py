@@ -259,7 +259,7 @@ class Erasure(Service):
     async def erase_user(self, viewer: Viewer, user_id: str) -> User:
         """An admin erases an account (``user_id``)."""
         if not viewer.is_admin:
-            raise Forbidden("only admins erase accounts", field="id")
+            raise Forbidden("only admins erase accounts")  # who they are: no field
         user = await self.visible(viewer, User, user_id)
         return await self._erase(viewer, user, field="id")
 

@@ -487,7 +487,14 @@ class FleetService(Service):
             own_block = id_tag.status is IdTagStatus.BLOCKED and id_tag.blocked_by == owner.id
             if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status) \
                     and not (own_block and status is IdTagStatus.ACCEPTED):
-                raise Forbidden("only operators and admins unblock or re-validate id tags",
+                # Each refusal says what was refused (QA s30: marking a card EXPIRED was
+                # told "only operators and admins unblock or re-validate", neither of
+                # which she asked). EXPIRED is staff's (``withdrawn_by_others``); what
+                # else reaches here is lifting a block that is not hers.
+                raise Forbidden("only operators and admins mark an id tag expired: block "
+                                "it (status BLOCKED) to stop its use"
+                                if status is IdTagStatus.EXPIRED else
+                                "only operators and admins lift a block they set",
                                 field="status")
             if expires_at is not UNSET and expires_at != id_tag.expires_at:
                 raise Forbidden("only operators and admins change an id tag's expiry",

@@ -71,7 +71,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthenticated
 from domain.policy import Viewer
-from domain.query import Eq, Filter, PageRequest, Sort, all_of
+from domain.query import Eq, Filter, PageRequest, all_of, newest_first
 from domain.services.base import Service, ServiceContext, pages
 from domain.services.throttle import RollingLimit
 
@@ -81,7 +81,7 @@ READ_ROWS = 100
 #: them together): an admin's own actions run to millions, and the newest are what a
 #: person asks about. The document's ``auditLogComplete`` says whether more were left out.
 AUDIT_CAP = 10_000
-NEWEST_FIRST = (Sort("at", descending=True),)
+NEWEST_FIRST = newest_first("at")
 #: Copies of one person's data one taker may start within ``EXPORT_WINDOW`` (module
 #: docstring): as many as sign-ups from one address.
 EXPORTS_PER_WINDOW = 10
@@ -171,10 +171,11 @@ class AuditLog:
         heads: list[AuditEntry | None] = [await anext(about, None), await anext(made, None)]
         given, page = 0, []
         while any(head is not None for head in heads):
-            # Newest first, ties by id as the stores order them; an entry about the
-            # person that they made is in both lists: given once, as about them.
-            side = min((i for i in (0, 1) if heads[i] is not None),
-                       key=lambda i: _newest_first(heads[i]))  # type: ignore[arg-type]
+            # Newest first, ties by id as the stores order them (``NEWEST_FIRST``: the
+            # last written first); an entry about the person that they made is in both
+            # lists: given once, as about them (``max`` takes the first of equals).
+            side = max((i for i in (0, 1) if heads[i] is not None),
+                       key=lambda i: _recency(heads[i]))  # type: ignore[arg-type]
             entry = heads[side]
             assert entry is not None
             heads[side] = await anext(made if side else about, None)
@@ -192,8 +193,8 @@ class AuditLog:
             yield page
 
 
-def _newest_first(entry: AuditEntry) -> tuple[float, str]:
-    return (-entry.at.timestamp(), entry.id)
+def _recency(entry: AuditEntry) -> tuple[datetime, str]:
+    return (entry.at, entry.id)
 
 
 class PersonalDataService(Service):

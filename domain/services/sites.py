@@ -23,7 +23,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import StationChanged
-from domain.policy import Viewer
+from domain.policy import Viewer, refuse_unless_staff
 from domain.ports import Delete, Guard, Insert
 from domain.query import Eq, all_of
 from domain.services.base import UNSET, Service, owned_by, stamp_new
@@ -38,7 +38,7 @@ def _power(value: Any, field: str) -> float:
     """A power in kW: a finite number above 0, at most ``MAX_SITE_KW``."""
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not 0 < value <= MAX_SITE_KW:
-        raise ValidationError(f"must be > 0 and ≤ {MAX_SITE_KW:g} kW", field=field,
+        raise ValidationError(f"must be > 0 and ≤ {v.number(MAX_SITE_KW)} kW", field=field,
                               code="OUT_OF_RANGE")
     return float(value)
 
@@ -46,7 +46,7 @@ def _power(value: Any, field: str) -> float:
 def _voltage(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or not MIN_VOLTAGE <= value <= MAX_VOLTAGE:
-        raise ValidationError(f"must be within {MIN_VOLTAGE:g}..{MAX_VOLTAGE:g} V",
+        raise ValidationError(f"must be within {v.number(MIN_VOLTAGE)}..{v.number(MAX_VOLTAGE)} V",
                               field="voltage", code="OUT_OF_RANGE")
     return float(value)
 
@@ -74,8 +74,9 @@ def _min_within(min_kw: float, max_kw: float, unit: ChargingRateUnit, voltage: f
                               field="minPowerKw", code="OUT_OF_RANGE")
     floor = min_session_kw(voltage, phases)
     if floor_checked and unit is ChargingRateUnit.A and min_kw < floor - 1e-9:
-        raise ValidationError(f"at least {floor:g} kW: 6 A on each of {phases} phase(s) at "
-                              f"{voltage:g} V, the least an AC charger charges at",
+        raise ValidationError(f"at least {v.number(floor)} kW: 6 A on each of {phases} "
+                              f"phase(s) at {v.number(voltage)} V, the least an AC charger "
+                              "charges at",
                               field="minPowerKw", code="OUT_OF_RANGE")
 
 
@@ -99,7 +100,7 @@ def _new_minimum(min_kw: float | None, max_kw: float, unit: ChargingRateUnit,
         if min_kw > max_kw:
             raise ValidationError(
                 f"the default per-session minimum, 6 A on each of {phases} phase(s) "
-                f"({min_kw:g} kW), is above the site's limit: give phases (1 for a "
+                f"({v.number(min_kw)} kW), is above the site's limit: give phases (1 for a "
                 "single-phase connection) or minPowerKw", field="minPowerKw",
                 code="OUT_OF_RANGE")
     _min_within(min_kw, max_kw, unit, voltage, phases)
@@ -165,6 +166,7 @@ class SiteService(Service):
         """Edits a site; a new limit, minimum or unit is sent to its chargers at once.
         The fields given are checked together (with the caller's ``checks``) before the
         site is read; the minimum against the limit after, with what is stored."""
+        refuse_unless_staff(viewer, "change sites")
         checks = checks or v.Checks()
         name = _edit(checks, name, "name", v.name)
         max_power_kw = _edit(checks, max_power_kw, "maxPowerKw", _power, "maxPowerKw")
@@ -199,6 +201,7 @@ class SiteService(Service):
         """Removes a site, refused while stations are assigned to it: unassigning them is
         a decision about each station's chargers (they leave the site's limit), not a
         side effect of tidying up."""
+        refuse_unless_staff(viewer, "remove sites")
 
         async def once() -> Site:
             site = await self.managed_site(viewer, site_id)
@@ -219,6 +222,7 @@ class SiteService(Service):
                              ) -> Station:
         """Puts a station behind a site of its own company (``None``: behind none). Both
         sites' shares are recomputed: the one it left and the one it joined."""
+        refuse_unless_staff(viewer, "put stations behind sites")
         station, updated = await retried(lambda: self._assign(viewer, station_id, site_id))
         if updated is station:
             return station

@@ -35,7 +35,7 @@ from domain.events import (
     StationRemoved,
     StationSightChanged,
 )
-from domain.policy import SYSTEM, Viewer
+from domain.policy import SYSTEM, Viewer, refuse_unless_staff
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of
 from domain.services.background import Background
@@ -371,6 +371,7 @@ class StationService(Service):
         ``None``: the global one again. The charger takes it at its next boot. The
         fields given are checked together (with the caller's ``checks``) before the
         station is read."""
+        refuse_unless_staff(viewer, "change stations")
         checks = checks or v.Checks()
         name = name if name is UNSET else checks(v.name, name)
         if lat is not UNSET and lon is not UNSET:  # else judged with the stored one
@@ -558,6 +559,7 @@ class StationService(Service):
         would have stood in); refused while a session is charging on it, and one refused
         at its start left open there is closed by the removal (``close_refused``). Its
         live reservations are cancelled at the charger first."""
+        refuse_unless_staff(viewer, "remove stations")
         asked: list[bool] = []  # the chargers are asked once, whatever runs again
         station, connectors, cancelled, closed = await retried(
             lambda: self._remove_station(viewer, station_id, asked))
@@ -799,6 +801,7 @@ class StationService(Service):
                             checks: v.Checks | None = None) -> Connector:
         """The plug's number and power are checked together (with the caller's
         ``checks``) before the station is read."""
+        refuse_unless_staff(viewer, "add connectors")
         checks = checks or v.Checks()
         checks(_connector_spec, spec)
         checks.done()
@@ -824,6 +827,7 @@ class StationService(Service):
                                checks: v.Checks | None = None) -> Connector:
         """The fields given are checked together (with the caller's ``checks``) before
         the connector is read."""
+        refuse_unless_staff(viewer, "change connectors")
         checks = checks or v.Checks()
         type = checks(v.present, type, "type", "type cannot be empty")
         if max_kw is not UNSET:
@@ -843,6 +847,7 @@ class StationService(Service):
         return updated
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
+        refuse_unless_staff(viewer, "remove connectors")
         asked: list[bool] = []
         connector, cancelled, closed = await retried(
             lambda: self._remove_connector(viewer, connector_id, asked))

@@ -22,7 +22,7 @@ from domain.entities import (
     Tariff,
 )
 from domain.errors import Forbidden, ValidationError
-from domain.policy import Viewer
+from domain.policy import Viewer, refuse_unless_staff
 from domain.ports import Guard, Insert, Store
 from domain.query import Eq, Filter, Range, Sort, all_of
 from domain.services.base import UNSET, Service, stamp_new, still_in_books
@@ -235,6 +235,7 @@ class TariffService(Service):
                          checks: v.Checks | None = None) -> Tariff:
         """Every invalid field is reported at once (with the caller's ``checks``), before
         the station or company is looked up."""
+        refuse_unless_staff(viewer, "set prices")
         checks = checks or v.Checks()
         checks(_one_owner, company_id, station_id)
         code = _known_currency(currency)  # prices are bounded in its minor units
@@ -309,6 +310,7 @@ class TariffService(Service):
         session: ``INVALID_STATE``. Answers the version as it was (deleted) or as it is
         now (ended). Written only onto the version read, and only while the sessions
         read are all there are (``_remove``, ``retried``)."""
+        refuse_unless_staff(viewer, "remove prices")
         return await retried(lambda: self._remove(viewer, tariff_id))
 
     async def _remove(self, viewer: Viewer, tariff_id: str) -> Tariff:

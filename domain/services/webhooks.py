@@ -58,7 +58,7 @@ from domain.events import (
 )
 from domain.ids import new_id
 from domain.outside import reaching_out
-from domain.policy import SYSTEM, Viewer
+from domain.policy import SYSTEM, Viewer, refuse_unless_staff
 from domain.ports import (
     Change,
     Delete,
@@ -364,6 +364,7 @@ class WebhookService(Service):
         its events: ``takes_over_webhook``). The
         fields given are checked together (with the caller's ``checks``) before the
         webhook is read."""
+        refuse_unless_staff(viewer, "change webhooks")
         checks = checks or v.Checks()
         updates: dict[str, Any] = {}
         if url is not UNSET:
@@ -411,6 +412,7 @@ class WebhookService(Service):
     async def remove_webhook(self, viewer: Viewer, webhook_id: str) -> Webhook:
         """Deletes it; events already queued for it are not delivered, and its stored
         deliveries go too (an instance holding one drops it at its try)."""
+        refuse_unless_staff(viewer, "remove webhooks")
         webhook = await self.visible(viewer, Webhook, webhook_id)
         await self.commit(viewer, [(Delete(webhook), webhook)])
         await self._announce(webhook)
@@ -435,6 +437,7 @@ class WebhookService(Service):
         """Posts a ``ping`` to the webhook at once (also while it is disabled, to check a
         receiver before enabling it again) and says how it went. It counts for nothing:
         no retries, no health."""
+        refuse_unless_staff(viewer, "test webhooks")
         webhook = await self.visible(viewer, Webhook, webhook_id)
         if self.sender is None:
             raise DomainError("webhook delivery is not running on this instance",

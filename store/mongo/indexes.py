@@ -121,16 +121,17 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # that order, or the server sorts every entry first (``query.Query.pipeline``).
     "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
                     # What a person did, and (``holder_id``, below) what was theirs,
-                    # newest first with the tie-breaker: a person's copy of their data
-                    # pages through both (``personal_data.AuditLog``), and without
-                    # ``_id`` the server sorted every entry of an admin's for each page.
-                    [("actor", ASCENDING), ("at", DESCENDING), ("_id", ASCENDING)],
+                    # newest first with the tie-breaker (``query.newest_first``: the last
+                    # written of an instant first): a person's copy of their data pages
+                    # through both (``personal_data.AuditLog``), and without ``_id`` the
+                    # server sorted every entry of an admin's for each page.
+                    [("actor", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)],
                     [("at", DESCENDING), ("_id", ASCENDING)],
                     [("at", ASCENDING), ("_id", ASCENDING)],
                     [("company_id", ASCENDING), ("at", DESCENDING)],
                     [("station_owner_id", ASCENDING), ("at", DESCENDING)],
                     # A driver's audit log: what was theirs (``holder_id``).
-                    [("holder_id", ASCENDING), ("at", DESCENDING), ("_id", ASCENDING)],
+                    [("holder_id", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)],
                     # A station's commands of a few kinds (``SiteLoad._overridden``).
                     [("entity_id", ASCENDING), ("command", ASCENDING), ("at", DESCENDING)]],
     # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
@@ -182,8 +183,10 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "connection_event": ("station_id_1_at_1",),
     # So did the audit log's (in both orders).
     "audit_entry": ("at_-1",
-                    # And by actor and by holder (a person's copy of their data).
-                    "actor_1_at_-1", "holder_id_1_at_-1"),
+                    # And by actor and by holder (a person's copy of their data); then
+                    # their ties turned newest first (``query.newest_first``, session 30).
+                    "actor_1_at_-1", "holder_id_1_at_-1",
+                    "actor_1_at_-1__id_1", "holder_id_1_at_-1__id_1"),
     # Payments' scopes gained their time (revenue by ``created_at``).
     "payment": ("user_id_1", "company_id_1", "station_owner_id_1"),
     # A session's samples were indexed with the ``_id`` tie-breaker, and by measurand for

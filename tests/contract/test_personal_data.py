@@ -170,8 +170,8 @@ async def test_the_audit_log_merges_about_and_made_by_newest_first_capped(
     log = data.audit_log()
     items: list[AuditItem] = flat([page async for page in log])
     export = (await store.find_all(AuditEntry, Eq("action", AuditAction.EXPORT)))[0]
-    expected = sorted([*about, both, *made, tie, export],
-                      key=lambda e: (-e.at.timestamp(), e.id))
+    expected = sorted([*about, both, *made, tie, export],  # ties last written first
+                      key=lambda e: (e.at, e.id), reverse=True)
     assert [i.entry.id for i in items] == [e.id for e in expected]
     assert log.complete
     assert {i.entry.id for i in items if i.about_them} == \

@@ -128,3 +128,20 @@ def test_a_password_holding_a_hash_slash_or_question_mark_is_not_audited() -> No
         RULES["location"](url, "location")  # accepted
         shown = masked("GetDiagnostics", {"location": url})["location"]
         assert shown == "ftp://[hidden]", (url, shown)
+
+
+def test_a_limits_bounds_are_written_out_not_in_scientific_notation() -> None:
+    """QA s30: a limit of -5 was told "must be within 0..1e+07"."""
+    def refusal(limit: float, unit: str) -> str:
+        schedule = {"chargingRateUnit": unit,
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}]}
+        with pytest.raises(ValidationError) as info:
+            check("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+                "chargingProfileId": 1, "stackLevel": 0,
+                "chargingProfilePurpose": ocpp16.ChargingProfilePurposeType.TX_DEFAULT_PROFILE,
+                "chargingProfileKind": ocpp16.ChargingProfileKindType.RELATIVE,
+                "chargingSchedule": schedule}})
+        return str(info.value)
+
+    assert refusal(-5, ocpp16.ChargingRateUnitType.A) == "must be within 0..10000000"
+    assert refusal(3000.5, ocpp16.ChargingRateUnitType.A) == "at most 3000 A"

@@ -296,3 +296,9 @@ def test_a_password_that_grows_only_when_normalized_is_judged_as_typed_too(
     with pytest.raises(ValidationError):
         v.password("ｐａｓｓｗｏｒｄ")
     assert v.password("Grüße aus Köln") == "Grüße aus Köln"
+
+
+def test_numbers_in_messages_are_written_out() -> None:
+    """A bound in a message reads as written (QA s30: ``:g`` gave "1e+07")."""
+    assert [v.number(x) for x in (1e7, 230.0, 6.5, 6 * 230 * 3 / 1000, 100_000.0)] == \
+        ["10000000", "230", "6.5", "4.14", "100000"]

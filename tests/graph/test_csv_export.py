@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from starlette.datastructures import QueryParams
 
 from chargegraph.metrics import MetricsRegistry
 from domain import entities as d
@@ -19,6 +20,7 @@ from domain.query import ALL
 from domain.services import Services
 from graph import csv_export
 from graph.csv_export import CsvExports, _paged, _session_rows, cell, lines, money
+from graph.ids import to_global_id
 from graph.query import NEWEST_SESSIONS
 from tests.graph.world import World
 
@@ -137,3 +139,18 @@ def test_an_offsets_plus_left_unencoded_in_the_url_is_still_its_offset() -> None
         with pytest.raises(csv_export.DomainError) as refused:
             csv_export.Params(QueryParams(query), sessions)
         assert refused.value.code == "INVALID"
+
+
+async def test_audit_csv_lists_entries_of_one_instant_last_written_first(
+        services: Services, world: World) -> None:
+    """As ``auditLog`` does (QA s30: the store's ascending ``id`` tie-breaker put a
+    command's ``SENT`` above its ``ANSWERED`` of the same millisecond)."""
+    at = datetime(2031, 1, 1, tzinfo=UTC)  # after everything the world wrote
+    written = [d.AuditEntry(entity="station", entity_id=world.stations["A-001"].id,
+                            action=d.AuditAction.UPDATE, actor="system", at=at)
+               for _ in range(3)]
+    await services.ctx.store.write([], written)
+    params = csv_export.Params(QueryParams(), {})
+    pages = await csv_export._audit(services, world.viewer("admin"), params)
+    first = [row[0] for row in await anext(pages)][:3]
+    assert first == [to_global_id("audit_entry", e.id) for e in reversed(written)]

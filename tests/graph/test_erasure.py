@@ -126,7 +126,7 @@ async def test_erasure_waits_for_a_session_and_keeps_the_last_admin(
     # Not an operator's to do, even for their company's driver.
     assert codes(await call(api, world, "op_a", "eraseUser",
                             {"id": gid("user", world.users["driver_a"].id)}, "user { id }")
-                 ) == [("id", "FORBIDDEN")]
+                 ) == [(None, "FORBIDDEN")]  # who they are, not whom they named
     # An operator owning stations hands them over first.
     assert codes(await call(api, world, "admin", "eraseUser",
                             {"id": gid("user", world.users["op_a"].id)}, "user { id }")

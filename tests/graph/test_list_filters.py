@@ -115,6 +115,39 @@ async def test_the_audit_log_by_entity_kind_or_type_name(api: Api, world: World)
             == [("filter.entity", "INVALID")], name
 
 
+async def test_the_audit_log_lists_entries_of_one_instant_last_written_first(
+        api: Api, world: World, services: Services) -> None:
+    """Newest first means the last written first among entries of one millisecond too
+    (QA s30: a ReserveNow's ``SENT`` was listed above its ``ANSWERED`` and the
+    reservation's ``UPDATE``, the store's ``id`` tie-breaker being ascending), by
+    default and asked for (``AT DESC``), page by page; oldest first is the reverse."""
+    at = datetime(2031, 1, 1, tzinfo=UTC)  # after everything the world wrote
+    written = [d.AuditEntry(entity="station", entity_id=new_id(), action=action,
+                            actor="system", at=at)
+               for action in (d.AuditAction.COMMAND, d.AuditAction.CREATE,
+                              d.AuditAction.UPDATE)]
+    assert sorted(e.id for e in written) == [e.id for e in written]  # ids count up
+    await services.ctx.store.write([], written)
+    query = """query($o: [AuditOrder!], $after: String, $before: String,
+                     $first: Int, $last: Int) {
+        auditLog(orderBy: $o, first: $first, after: $after, last: $last, before: $before) {
+            nodes { id } pageInfo { endCursor startCursor } } }"""
+    newest = [to_global_id("audit_entry", e.id) for e in reversed(written)]
+    as_admin = world.users["admin"].id
+
+    async def page(**args: Any) -> dict[str, Any]:
+        return (await api.gql(query, args, as_user=as_admin))["auditLog"]  # type: ignore[no-any-return]
+
+    for order in (None, [{"field": "AT", "direction": "DESC"}]):
+        first = await page(o=order, first=2)
+        rest = await page(o=order, first=1, after=first["pageInfo"]["endCursor"])
+        assert [n["id"] for n in first["nodes"] + rest["nodes"]] == newest, order
+        back = await page(o=order, last=1, before=rest["pageInfo"]["startCursor"])
+        assert [n["id"] for n in back["nodes"]] == newest[1:2], order
+    oldest = await page(o=[{"field": "AT", "direction": "ASC"}], last=3)
+    assert [n["id"] for n in oldest["nodes"]] == newest[::-1]
+
+
 async def test_connectors_in_the_order_asked(api: Api, world: World) -> None:
     """``connectors`` was the one root list without ``orderBy`` (QA s19)."""
     query = """query($o: [ConnectorOrder!], $after: String) {

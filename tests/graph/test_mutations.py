@@ -675,6 +675,18 @@ async def test_a_driver_lifts_only_their_own_block(api: Api, world: World) -> No
                  ) == [("id", "FORBIDDEN")]
 
 
+async def test_a_driver_marking_her_card_expired_is_told_that_is_refused(
+        api: Api, world: World) -> None:
+    """Not "only operators and admins unblock or re-validate id tags" (QA s30): she
+    did neither."""
+    answer = await call(api, world, "driver1", "updateIdTag",
+                        {"id": gid("id_tag", world.tags["driver1"].id), "status": "EXPIRED"},
+                        "idTag { id }")
+    assert [(e["field"], e["code"], e["message"]) for e in answer["errors"]] == [
+        ("status", "FORBIDDEN", "only operators and admins mark an id tag expired: block "
+                                "it (status BLOCKED) to stop its use")]
+
+
 async def test_cards_are_removed_but_not_while_they_charge_or_around_a_block(
         api: Api, world: World) -> None:
     selection = "idTag { tag }"
@@ -774,7 +786,7 @@ async def test_update_remove_station_and_connectors(api: Api, world: World) -> N
                           {"id": sid, "password": password}, "station { passwordRequired }")
         assert made["station"] == {"passwordRequired": required}
     assert codes(await call(api, world, "driver1", "updateStation", {"id": sid, "name": "X"},
-                            "station { id }")) == [("id", "FORBIDDEN")]
+                            "station { id }")) == [(None, "FORBIDDEN")]  # who they are
     assert codes(await call(api, world, "admin", "updateStation",
                             {"id": sid, "ownerId": gid("user", world.users["driver1"].id)},
                             "station { id }")) == [("ownerId", "INVALID")]

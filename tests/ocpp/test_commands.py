@@ -1845,6 +1845,31 @@ async def test_an_operators_remote_start_on_a_plug_reserved_for_another_is_refus
         assert _starts_sent(cp) == [1]
 
 
+async def test_a_drivers_start_on_the_plug_of_her_own_session_says_it_is_hers(
+        central: Central) -> None:
+    """QA s30: a driver starting with her second card on the plug her first still
+    charges on (its stop lost) was told "the connector is charging another session".
+    She is told it is her own, and how it ends; another driver is told what he was."""
+    driver = Viewer.of(central.users["driver"])
+    await central.services.fleet.issue_id_tag(driver, tag="TAG-TWO")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        own = await run(central, "remoteStartTransaction",
+                        {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-TWO"},
+                        as_user="driver")
+        assert [(e["field"], e["code"], e["message"]) for e in own["errors"]] == [
+            ("connectorId", "IN_USE",
+             f"the connector is charging your own session (transaction {tx}): stop it "
+             "with remoteStopTransaction, or, if its charger lost it, ask the station's "
+             "operator to end it (endSession)")], own
+        other = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "connectorId": 1}, as_user="driver2")
+        assert [(e["field"], e["message"]) for e in other["errors"]] == [
+            ("connectorId", "the connector is charging another session")], other
+        assert _starts_sent(cp) == []
+
+
 async def test_a_remote_start_naming_no_connector_is_refused_where_none_is_free(
         central: Central) -> None:
     """QA s22 verify: a start naming no connector skipped the plug checks, and a lenient

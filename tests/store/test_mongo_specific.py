@@ -100,9 +100,11 @@ from domain.query import (
 )
 from domain.services.base import patch
 from domain.services.commands import owed_cancels
+from domain.services.personal_data import NEWEST_FIRST as PERSONAL_NEWEST_FIRST
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
+from graph.query import NEWEST_AUDIT
 from store.mongo import MongoStore, journal, migrations, writes
 from store.mongo import batch as batch_module
 from store.mongo import store as store_module
@@ -364,6 +366,8 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     db["session"].create_index([("vehicle_id", 1)])
     db["meter_sample"].create_index([("session_id", 1), ("at", 1)])
     db["connection_event"].create_index([("station_id", 1), ("at", 1)])
+    for key in ("actor", "holder_id"):  # ties oldest first, before session 30
+        db["audit_entry"].create_index([(key, 1), ("at", -1), ("_id", 1)])
     assert "station_id_1_state_1" in db["session"].index_information()
     await mongo.start()
     snapshot = index_snapshot(mongo)
@@ -375,6 +379,8 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
         assert f"{key}_1_start_time_-1__id_1" in snapshot["session"]
     assert "session_id_1_at_1" in snapshot["meter_sample"]  # kept: MeterValues writes it
     assert "station_id_1_at_1__id_1" in snapshot["connection_event"]
+    for key in ("actor", "holder_id"):
+        assert f"{key}_1_at_-1__id_-1" in snapshot["audit_entry"]
 
 
 async def test_start_drops_the_indexes_no_longer_wanted(mongo: MongoStore) -> None:
@@ -1795,15 +1801,15 @@ async def test_an_operator_audit_read_stays_small_whatever_their_books_hold(
     assert sizes.sizes and max(sizes.sizes) < 8 * 1024  # 2,000 ids inlined: ~40 KiB more
 
 
-@pytest.mark.parametrize("descending", [True, False], ids=["newest", "oldest"])
+@pytest.mark.parametrize("sort", [NEWEST_AUDIT, (Sort("at"),)], ids=["newest", "oldest"])
 async def test_the_audit_log_is_read_in_its_order_from_an_index(
-        mongo: MongoStore, descending: bool) -> None:
+        mongo: MongoStore, sort: tuple[Sort, ...]) -> None:
     """A viewer's audit scope has sub-selects, so a page is an aggregation that sorts and
     then joins entries until the page is full: only an index giving the sort order (the
     ``_id`` tie-breaker included) lets the server walk it and stop there, instead of
     sorting every entry first (no spilling to disk on 5.0: failing past 100 MB)."""
     for reverse in (False, True):  # a page forwards, and one paged back (``last``)
-        order = sort_spec(AuditEntry, [Sort("at", descending=descending)], reverse)
+        order = sort_spec(AuditEntry, sort, reverse)
         backward = [(name, -direction) for name, direction in order]
         indexes = [list(info["key"]) for info in
                    raw(mongo)["audit_entry"].index_information().values()]
@@ -1817,7 +1823,7 @@ async def test_a_persons_audit_lists_are_read_in_their_order_from_an_index(
     they made, newest first (``personal_data.AuditLog``): without the ``_id``
     tie-breaker in the index the server sorted every entry an admin ever made for each
     page of 100."""
-    order = [(key, 1), *sort_spec(AuditEntry, [Sort("at", descending=True)], False)]
+    order = [(key, 1), *sort_spec(AuditEntry, PERSONAL_NEWEST_FIRST, False)]
     indexes = [list(info["key"]) for info in
                raw(mongo)["audit_entry"].index_information().values()]
     assert order in indexes, (order, indexes)
