@@ -1517,8 +1517,11 @@ class AuditEntry(Node, Audited):
         return await _related(info, User, self._r.actor)
 
 
-@strawberry.type(description="One status report of a connector (history, and faults).")
-class StatusEvent(Node):
+@strawberry.type(description=(
+    "One status report of a connector (history, and faults). Its audit stamps are its "
+    "recording (`createdBy`: `ocpp:<cpId>` for its charger's report; `createdAt`: its "
+    "`at`)."))
+class StatusEvent(Node, Audited):
     cp_id: str = strawberry.field(description="The charger's OCPP identity.")
     connector_id: int = strawberry.field(description="0 is the charge point as a whole.")
     status: ConnectorStatus = strawberry.field(description="The status reported.")
@@ -1537,7 +1540,7 @@ class StatusEvent(Node):
 
     @classmethod
     def wrap(cls, r: d.StatusEvent, ctx: GraphContext) -> StatusEvent:
-        return _node(cls, {
+        return _audited(cls, r, {
             "cp_id": r.cp_id,
             "connector_id": r.connector_id,
             "status": r.status,
@@ -1545,8 +1548,7 @@ class StatusEvent(Node):
             "info": r.info,
             "vendor_error_code": r.vendor_error_code,
             "at": r.at,
-            "_r": r,
-        })
+        }, _staff(ctx))
 
     @strawberry.field(description="The station that reported it; null when removed, or when "
                                   "the viewer may not see it.")

@@ -490,3 +490,26 @@ async def test_status_history_after_a_handover_is_each_company_s_own(
                           (op_b, None)):
         found: Any = await api.gql(NODE_EVENT, {"id": event["id"]}, as_user=who)
         assert found["node"] == expected, who
+
+
+async def test_a_status_report_carries_its_audit_stamps_as_other_nodes(
+        services: Services, api: Api, history_world: World) -> None:
+    """Design audit s30: StatusEvent was the only node without createdAt/updatedAt/
+    createdBy/updatedBy, though its record carries them. Staff see who recorded it (the
+    charger, ``ocpp:<cpId>``); a report recorded by a user names them in ``…User``."""
+    a1 = history_world.stations["A-001"]
+    op_a = history_world.users["op_a"]
+    await services.ctx.store.write([Insert(d.StatusEvent(
+        company_id=a1.company_id, station_id=a1.id, cp_id="A-001", connector_id=1,
+        status=d.ConnectorStatus.UNAVAILABLE, at=minutes(9), created_at=minutes(9),
+        updated_at=minutes(10), created_by="ocpp:A-001", updated_by=op_a.id))], [])
+    document = """query($c: ID!) { node(id: $c) { ... on Connector {
+      statusHistory(first: 1) { nodes { status createdAt updatedAt createdBy updatedBy
+        createdByUser { id } updatedByUser { email } } } } } }"""
+    connector = to_global_id("connector", history_world.connectors["A-001"][0].id)
+    data = await api.gql(document, {"c": connector}, as_user=op_a.id)
+    assert data["node"]["statusHistory"]["nodes"] == [{
+        "status": "UNAVAILABLE", "createdAt": "2025-03-01T08:09:00.000Z",
+        "updatedAt": "2025-03-01T08:10:00.000Z", "createdBy": "ocpp:A-001",
+        "updatedBy": op_a.id, "createdByUser": None,
+        "updatedByUser": {"email": op_a.email}}]
