@@ -16,6 +16,7 @@ from domain.currencies import major_units
 from domain.query import Sort
 from domain.services.analytics import BucketBudget, FaultGroup, GroupBy, Scope, ShareRow
 from domain.timebuckets import Bucket
+from graph.command_types import ChargePointErrorCode, shown_error_code
 from graph.context import GraphContext
 from graph.filters import BOUNDED, bounded, global_ids
 from graph.ids import expect_id
@@ -260,8 +261,8 @@ class FaultSummary:
         description="0 is the charge point as a whole: a charger-wide fault, one group, "
                     "its time the point's. A connector's groups are its own reports: the "
                     "time the charge point was down is the point's, not theirs.")
-    error_code: str = strawberry.field(
-        description="OCPP ChargePointErrorCode. `NoError`: reported FAULTED without an "
+    error_code: ChargePointErrorCode = strawberry.field(
+        description="OCPP ChargePointErrorCode. `NO_ERROR`: reported FAULTED without an "
                     "error code (a Faulted status is a fault whatever its code); the "
                     "charger's `vendorErrorCode` and `info` are on its `events`.")
     count: int = strawberry.field(
@@ -291,7 +292,8 @@ class FaultSummary:
 
     @classmethod
     def of(cls, g: FaultGroup) -> FaultSummary:
-        return cls(cp_id=g.cp_id, connector_id=g.connector_id, error_code=g.error_code,
+        return cls(cp_id=g.cp_id, connector_id=g.connector_id,
+                   error_code=shown_error_code(g.error_code),
                    count=g.count, first_seen=g.first_seen, last_seen=g.last_seen,
                    total_duration_seconds=g.duration_seconds,
                    offline_seconds=g.offline_seconds, open=g.open,

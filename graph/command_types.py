@@ -57,8 +57,32 @@ for _enum, _description in (
      "`remoteStopTransaction`."),
     (ocpp16.AuthorizationStatus,
      "OCPP 1.6 AuthorizationStatus: what a charger is told of an id tag."),
+    # What chargers report, shown on records and events (DESIGN §6: enumerations, OCPP's
+    # included, by name). A stored value outside one reads as its fallback
+    # (``ocpp16.member``).
+    (ocpp16.ChargePointErrorCode,
+     "OCPP 1.6 ChargePointErrorCode: what a charger reports is wrong with a connector "
+     "(NO_ERROR when nothing is); a stored code OCPP 1.6 does not have reads OTHER_ERROR."),
+    (ocpp16.FirmwareStatus,
+     "OCPP 1.6 FirmwareStatus, a charger's firmware update's progress, and ChargeGraph's "
+     "REQUESTED and UNANSWERED."),
+    (ocpp16.DiagnosticsStatus,
+     "OCPP 1.6 DiagnosticsStatus, a charger's diagnostics upload's progress, and "
+     "ChargeGraph's REQUESTED."),
+    (ocpp16.UnitOfMeasure, "OCPP 1.6 UnitOfMeasure: the unit of a sampled value."),
+    (ocpp16.Phase, "OCPP 1.6 Phase: the phase a value was measured on."),
+    (ocpp16.ReadingContext,
+     "OCPP 1.6 ReadingContext: why a value was sampled; a stored context OCPP 1.6 does "
+     "not have reads OTHER."),
 ):
     strawberry.enum(_enum, description=_description)
+# Named apart from OCPP's: ``Reason`` says little on its own, and ``Location`` is a
+# station's place.
+strawberry.enum(ocpp16.Reason, name="StopReason", description=(
+    "OCPP 1.6 Reason: why a transaction stopped; a stored reason OCPP 1.6 does not have "
+    "reads OTHER."))
+strawberry.enum(ocpp16.Location, name="MeterLocation", description=(
+    "OCPP 1.6 Location: where a sampled value was measured."))
 
 ResetType = ocpp16.ResetType
 ResetStatus = ocpp16.ResetStatus
@@ -83,6 +107,20 @@ RecurrencyKind = ocpp16.RecurrencyKind
 ChargingRateUnitType = ocpp16.ChargingRateUnitType
 RemoteStartStopStatus = ocpp16.RemoteStartStopStatus
 AuthorizationStatus = ocpp16.AuthorizationStatus
+ChargePointErrorCode = ocpp16.ChargePointErrorCode
+StopReason = ocpp16.Reason
+FirmwareStatus = ocpp16.FirmwareStatus
+DiagnosticsStatus = ocpp16.DiagnosticsStatus
+UnitOfMeasure = ocpp16.UnitOfMeasure
+Phase = ocpp16.Phase
+ReadingContext = ocpp16.ReadingContext
+MeterLocation = ocpp16.Location
+
+
+def shown_error_code(value: str) -> ChargePointErrorCode:
+    """A stored errorCode as the API shows it: OTHER_ERROR for one OCPP 1.6 does not
+    have (``ocpp16.member``)."""
+    return ocpp16.member(ChargePointErrorCode, value, ChargePointErrorCode.OTHER_ERROR)
 
 #: The values' descriptions of the OCPP 1.6 enumerations, by GraphQL enum and value name
 #: (the meaning OCPP 1.6 gives each). ``domain.ocpp16`` knows nothing of GraphQL, so
@@ -261,6 +299,115 @@ OCPP_VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                        "or K).",
         "SOC": "`SoC`: the car's State of Charge (percent): a session's `socPercent`.",
         "RPM": "`RPM`: a fan's speed (revolutions per minute).",
+    },
+    "ChargePointErrorCode": {
+        "CONNECTOR_LOCK_FAILURE": "`ConnectorLockFailure`: the cable could not be locked "
+                                  "or unlocked.",
+        "EV_COMMUNICATION_ERROR": "`EVCommunicationError`: talking to the car failed.",
+        "GROUND_FAILURE": "`GroundFailure`: earth fault (the RCD tripped).",
+        "HIGH_TEMPERATURE": "`HighTemperature`: too hot inside.",
+        "INTERNAL_ERROR": "`InternalError`: a hardware or software fault.",
+        "LOCAL_LIST_CONFLICT": "`LocalListConflict`: the local authorization list "
+                               "contradicts the central system's answer for a tag.",
+        "NO_ERROR": "`NoError`: healthy (a FAULTED status may still come with it: the "
+                    "cause is then in `vendorErrorCode` and `info`).",
+        "OTHER_ERROR": "`OtherError`: another error (see `vendorErrorCode`); also a stored "
+                       "code OCPP 1.6 does not have.",
+        "OVER_CURRENT_FAILURE": "`OverCurrentFailure`: the car drew more current than "
+                                "allowed.",
+        "OVER_VOLTAGE": "`OverVoltage`: the supply voltage is too high.",
+        "POWER_METER_FAILURE": "`PowerMeterFailure`: the meter cannot be read.",
+        "POWER_SWITCH_FAILURE": "`PowerSwitchFailure`: the contactor failed.",
+        "READER_FAILURE": "`ReaderFailure`: the card reader failed.",
+        "RESET_FAILURE": "`ResetFailure`: a reset failed.",
+        "UNDER_VOLTAGE": "`UnderVoltage`: the supply voltage is too low.",
+        "WEAK_SIGNAL": "`WeakSignal`: the charger's network link is weak.",
+    },
+    "StopReason": {
+        "DE_AUTHORIZED": "`DeAuthorized`: the central system refused the tag that "
+                         "started it (at its StartTransaction).",
+        "EMERGENCY_STOP": "`EmergencyStop`: the emergency stop was pressed.",
+        "EV_DISCONNECTED": "`EVDisconnected`: the cable was pulled from the car.",
+        "HARD_RESET": "`HardReset`: a hard reset (`reset(type: HARD)`).",
+        "LOCAL": "`Local`: stopped at the charger (a card, a button); also a stop that "
+                 "gave no reason.",
+        "OTHER": "`Other`: another reason; also a session closed without its "
+                 "StopTransaction (lost, or `endSession`), and a stored reason OCPP 1.6 "
+                 "does not have.",
+        "POWER_LOSS": "`PowerLoss`: the charger lost power.",
+        "REBOOT": "`Reboot`: the charger restarted on its own.",
+        "REMOTE": "`Remote`: stopped remotely (`remoteStopTransaction`).",
+        "SOFT_RESET": "`SoftReset`: a soft reset (`reset(type: SOFT)`).",
+        "UNLOCK_COMMAND": "`UnlockCommand`: an `unlockConnector` ended it.",
+    },
+    "FirmwareStatus": {
+        "DOWNLOADED": "`Downloaded`: the new firmware is on the charger.",
+        "DOWNLOAD_FAILED": "`DownloadFailed`: the download failed.",
+        "DOWNLOADING": "`Downloading`: the firmware is being downloaded.",
+        "IDLE": "`Idle`: no update under way.",
+        "INSTALLATION_FAILED": "`InstallationFailed`: installing it failed.",
+        "INSTALLING": "`Installing`: it is being installed.",
+        "INSTALLED": "`Installed`: the new firmware is installed.",
+        "REQUESTED": "ChargeGraph's: an `updateFirmware` the charger accepted, not "
+                     "reported on yet.",
+        "UNANSWERED": "ChargeGraph's: an `updateFirmware` the charger did not answer in "
+                      "time (it may have started it).",
+    },
+    "DiagnosticsStatus": {
+        "IDLE": "`Idle`: no upload under way.",
+        "UPLOADED": "`Uploaded`: the diagnostics file was uploaded.",
+        "UPLOAD_FAILED": "`UploadFailed`: the upload failed.",
+        "UPLOADING": "`Uploading`: the file is being uploaded.",
+        "REQUESTED": "ChargeGraph's: a `getDiagnostics` the charger accepted, not "
+                     "reported on yet.",
+    },
+    "UnitOfMeasure": {
+        "WH": "`Wh`: watt-hours.",
+        "KWH": "`kWh`: kilowatt-hours.",
+        "VARH": "`varh`: volt-ampere reactive hours.",
+        "KVARH": "`kvarh`: kilovolt-ampere reactive hours.",
+        "W": "`W`: watts.",
+        "KW": "`kW`: kilowatts.",
+        "VA": "`VA`: volt-amperes.",
+        "KVA": "`kVA`: kilovolt-amperes.",
+        "VAR": "`var`: volt-amperes reactive.",
+        "KVAR": "`kvar`: kilovolt-amperes reactive.",
+        "A": "`A`: amperes.",
+        "V": "`V`: volts.",
+        "K": "`K`: kelvin.",
+        "CELSIUS": "`Celsius` (or OCPP 1.6's misspelling `Celcius`): degrees Celsius.",
+        "FAHRENHEIT": "`Fahrenheit`: degrees Fahrenheit.",
+        "PERCENT": "`Percent`: a percentage (State of Charge).",
+        "HERTZ": "`Hertz`: frequency.",
+    },
+    "Phase": {
+        "L1": "`L1`: current on phase 1.",
+        "L2": "`L2`: current on phase 2.",
+        "L3": "`L3`: current on phase 3.",
+        "N": "`N`: current on the neutral.",
+        "L1_N": "`L1-N`: voltage of phase 1 to neutral.",
+        "L2_N": "`L2-N`: voltage of phase 2 to neutral.",
+        "L3_N": "`L3-N`: voltage of phase 3 to neutral.",
+        "L1_L2": "`L1-L2`: voltage between phases 1 and 2.",
+        "L2_L3": "`L2-L3`: voltage between phases 2 and 3.",
+        "L3_L1": "`L3-L1`: voltage between phases 3 and 1.",
+    },
+    "ReadingContext": {
+        "INTERRUPTION_BEGIN": "`Interruption.Begin`: when the supply was interrupted.",
+        "INTERRUPTION_END": "`Interruption.End`: when the supply came back.",
+        "OTHER": "`Other`: another reason; also a stored context OCPP 1.6 does not have.",
+        "SAMPLE_CLOCK": "`Sample.Clock`: at a clock-aligned interval.",
+        "SAMPLE_PERIODIC": "`Sample.Periodic`: at the transaction's sampling interval.",
+        "TRANSACTION_BEGIN": "`Transaction.Begin`: at the transaction's start.",
+        "TRANSACTION_END": "`Transaction.End`: at the transaction's end.",
+        "TRIGGER": "`Trigger`: asked for by `triggerMessage`.",
+    },
+    "MeterLocation": {
+        "BODY": "`Body`: inside the charger.",
+        "CABLE": "`Cable`: in the cable.",
+        "EV": "`EV`: in the car.",
+        "INLET": "`Inlet`: at the charger's grid connection.",
+        "OUTLET": "`Outlet`: at the connector, what the car gets.",
     },
 }
 

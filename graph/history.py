@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import strawberry
 
 from domain import entities as d
-from domain.ocpp16 import Measurand
+from domain.ocpp16 import Measurand, member
 from domain.query import ALL, Eq, Filter, In, Sort, all_of
+from graph.command_types import Phase, ReadingContext, UnitOfMeasure
 from graph.filters import window
 from graph.relay import Connection, PageArgs, Wrap, nested_connection
 
@@ -49,18 +50,21 @@ class MeterSample:
                                                 "clock.")
     measurand: Measurand = strawberry.field(description="What it measures.")
     value: float = strawberry.field(description="As the charger sent it, in `unit`.")
-    unit: str | None = strawberry.field(description="OCPP UnitOfMeasure, e.g. `Wh`, `kW`, "
-                                                    "`Percent`.")
-    phase: str | None = strawberry.field(description="OCPP Phase, e.g. `L1`, `L1-N`; null "
-                                                     "for a total.")
-    context: str | None = strawberry.field(description="OCPP ReadingContext, e.g. "
-                                                       "`Sample.Periodic`.")
+    unit: UnitOfMeasure | None = strawberry.field(description=(
+        "OCPP UnitOfMeasure, e.g. `WH`, `KW`, `PERCENT`; null when the charger sent none "
+        "(OCPP reads it as Wh)."))
+    phase: Phase | None = strawberry.field(description="OCPP Phase, e.g. `L1`, `L1_N`; "
+                                                       "null for a total.")
+    context: ReadingContext | None = strawberry.field(description=(
+        "OCPP ReadingContext, e.g. `SAMPLE_PERIODIC`; null when the charger sent none "
+        "(OCPP reads it as Sample.Periodic)."))
     _r: strawberry.Private[d.MeterSample]
 
     @classmethod
     def wrap(cls, r: d.MeterSample, ctx: GraphContext) -> MeterSample:
-        return cls(at=r.at, measurand=Measurand(r.measurand), value=r.value, unit=r.unit,
-                   phase=r.phase, context=r.context, _r=r)
+        return cls(at=r.at, measurand=Measurand(r.measurand), value=r.value,
+                   unit=member(UnitOfMeasure, r.unit), phase=member(Phase, r.phase),
+                   context=member(ReadingContext, r.context, ReadingContext.OTHER), _r=r)
 
 
 @strawberry.type(description="A station's charger connected (online) or disconnected.")

@@ -28,6 +28,7 @@ from domain.command_rules import without_credentials
 from domain.currencies import major_units, price_shown, rate_shown
 from domain.geo import distance_km
 from domain.ids import is_id
+from domain.ocpp16 import member
 from domain.query import ALL, Eq, Filter, Range, Sort, all_of
 from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
@@ -36,7 +37,15 @@ from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import session_split
 from graph import history, signed
-from graph.command_types import AuthorizationStatus, ConfigurationKey
+from graph.command_types import (
+    AuthorizationStatus,
+    ChargePointErrorCode,
+    ConfigurationKey,
+    DiagnosticsStatus,
+    FirmwareStatus,
+    StopReason,
+    shown_error_code,
+)
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -621,14 +630,14 @@ class Station(Node, Audited):
     last_seen: datetime | None = strawberry.field(description=(
         "When its charger was last heard from: its connection, boot, heartbeat, or any "
         "other message (within a minute). Staff only."))
-    firmware_status: str | None = strawberry.field(description=(
-        "Its charger's last FirmwareStatusNotification as OCPP 1.6 spells it "
-        "(Downloading, Downloaded, Installing, Installed, DownloadFailed, "
-        "InstallationFailed, Idle), or `Requested`: an `updateFirmware` the charger "
-        "accepted (`firmwareRollout`) and has not reported on yet, or `Unanswered`: one "
+    firmware_status: FirmwareStatus | None = strawberry.field(description=(
+        "Its charger's last FirmwareStatusNotification (DOWNLOADING, DOWNLOADED, "
+        "INSTALLING, INSTALLED, DOWNLOAD_FAILED, INSTALLATION_FAILED, IDLE), or "
+        "`REQUESTED`: an `updateFirmware` the charger "
+        "accepted (`firmwareRollout`) and has not reported on yet, or `UNANSWERED`: one "
         "sent that the charger did not answer in time (it may have started it; its next "
         "FirmwareStatusNotification settles it). An Idle before "
-        "`firmwareRollout.retrieveDate` leaves `Requested` or `Unanswered` (the download "
+        "`firmwareRollout.retrieveDate` leaves `REQUESTED` or `UNANSWERED` (the download "
         "is not due); "
         "from then on it is shown. An Idle after this rollout's Installed, DownloadFailed "
         "or InstallationFailed (a triggered FirmwareStatusNotification: the charger is "
@@ -640,12 +649,12 @@ class Station(Node, Audited):
         "The last `updateFirmware` its charger accepted or did not answer; null before "
         "any. Firmware "
         "statuses from `firmwareRollout.requestedAt` on are this rollout's. Staff only."))
-    diagnostics_status: str | None = strawberry.field(description=(
-        "Its charger's last DiagnosticsStatusNotification (Idle, Uploading, Uploaded, "
-        "UploadFailed), or `Requested`: a `getDiagnostics` the charger accepted "
+    diagnostics_status: DiagnosticsStatus | None = strawberry.field(description=(
+        "Its charger's last DiagnosticsStatusNotification (IDLE, UPLOADING, UPLOADED, "
+        "UPLOAD_FAILED), or `REQUESTED`: a `getDiagnostics` the charger accepted "
         "(`diagnosticsRequest`) and has not reported on yet. An Uploaded or UploadFailed "
         "while the upload before it was still Uploading is that upload's end and leaves "
-        "`Requested`; an Idle after this upload's Uploaded or UploadFailed (a triggered "
+        "`REQUESTED`; an Idle after this upload's Uploaded or UploadFailed (a triggered "
         "DiagnosticsStatusNotification: the charger is done) leaves that end. See "
         "`diagnosticsStatusAt`. Staff only."))
     diagnostics_status_at: datetime | None = strawberry.field(description=(
@@ -663,8 +672,8 @@ class Station(Node, Audited):
         "The charge point as a whole (OCPP connector 0): AVAILABLE, UNAVAILABLE or "
         "FAULTED; null until its charger reported one. UNAVAILABLE or FAULTED: none of "
         "its connectors can charge, whatever they report."))
-    error_code: str | None = strawberry.field(description=(
-        "OCPP ChargePointErrorCode of the charge point as a whole, `NoError` when "
+    error_code: ChargePointErrorCode | None = strawberry.field(description=(
+        "OCPP ChargePointErrorCode of the charge point as a whole, `NO_ERROR` when "
         "healthy; null until reported."))
     status_at: datetime | None = strawberry.field(description=(
         "When the charge point's `status` began, by the charger's timestamp (else its "
@@ -724,15 +733,17 @@ class Station(Node, Audited):
             "firmware": r.firmware if private else None,
             "registration": r.registration if private else None,
             "last_seen": r.last_seen if private else None,
-            "firmware_status": r.firmware_status if private else None,
+            "firmware_status": member(FirmwareStatus, r.firmware_status) if private
+            else None,
             "firmware_status_at": r.firmware_status_at if private else None,
             "firmware_rollout": FirmwareRollout.of(r) if private else None,
-            "diagnostics_status": r.diagnostics_status if private else None,
+            "diagnostics_status": member(DiagnosticsStatus, r.diagnostics_status)
+            if private else None,
             "diagnostics_status_at": r.diagnostics_status_at if private else None,
             "diagnostics_request": DiagnosticsRequest.of(r) if private else None,
             "password_required": (r.auth_password_hash is not None) if private else None,
             "status": r.status,
-            "error_code": r.error_code,
+            "error_code": shown_error_code(r.error_code) if r.error_code is not None else None,
             "status_at": r.status_at,
             "info": r.info,
             "vendor_error_code": r.vendor_error_code,
@@ -891,8 +902,8 @@ class Connector(Node, Audited):
         "offline. Whether a driver can plug in now also needs its station online and not "
         "UNAVAILABLE or FAULTED as a whole, and no session or live reservation holding "
         "it (one the charger has not reported yet too): filter with `availableNow`."))
-    error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
-                                                   "when healthy.")
+    error_code: ChargePointErrorCode = strawberry.field(description=(
+        "OCPP ChargePointErrorCode, `NO_ERROR` when healthy."))
     info: str | None = strawberry.field(description=(
         "The charger's free-text detail with its last status; null when it sent none."))
     vendor_error_code: str | None = strawberry.field(description=(
@@ -915,7 +926,7 @@ class Connector(Node, Audited):
             "cp_id": r.cp_id,
             "connector_id": r.connector_id,
             "status": r.status,
-            "error_code": r.error_code,
+            "error_code": shown_error_code(r.error_code),
             "info": r.info,
             "vendor_error_code": r.vendor_error_code,
             "status_at": r.status_at,
@@ -1050,10 +1061,10 @@ class Session(Node, Audited):
         "session closed without its StopTransaction (`closedWithoutStop`), and for one "
         "whose meterStop no register can read (negative, or beyond 10^12 Wh: "
         "`meterAnomaly` IMPLAUSIBLE_STOP)."))
-    stop_reason: str | None = strawberry.field(description=(
-        "OCPP Reason of its StopTransaction (Local when the charger gave none), or Other "
+    stop_reason: StopReason | None = strawberry.field(description=(
+        "OCPP Reason of its StopTransaction (LOCAL when the charger gave none), or OTHER "
         "when the service closed it without one (`endSession`, a lost stop: "
-        "`closedWithoutStop`; a charger may give Other too); null while ACTIVE, and for "
+        "`closedWithoutStop`; a charger may give OTHER too); null while ACTIVE, and for "
         "one ended whose StopTransaction is still to come."))
     closed_without_stop: bool = strawberry.field(description=(
         "Whether the service closed it without its StopTransaction (an operator's "
@@ -1099,7 +1110,7 @@ class Session(Node, Audited):
             "end_time": r.end_time,
             "meter_start_wh": r.meter_start_wh,
             "meter_stop_wh": r.meter_stop_wh,
-            "stop_reason": r.stop_reason,
+            "stop_reason": member(StopReason, r.stop_reason, StopReason.OTHER),
             "closed_without_stop": r.closed_without_stop
             and r.state is d.SessionState.COMPLETED,
             "energy_kwh": r.energy_wh / 1000,
@@ -1552,13 +1563,16 @@ class AuditEntry(Node, Audited):
         return await _related(info, User, self._r.actor)
 
 
-@strawberry.type(description="One status report of a connector (history, and faults).")
-class StatusEvent(Node):
+@strawberry.type(description=(
+    "One status report of a connector (history, and faults). Its audit stamps are its "
+    "recording (`createdBy`: `ocpp:<cpId>` for its charger's report; `createdAt`: its "
+    "`at`)."))
+class StatusEvent(Node, Audited):
     cp_id: str = strawberry.field(description="The charger's OCPP identity.")
     connector_id: int = strawberry.field(description="0 is the charge point as a whole.")
     status: ConnectorStatus = strawberry.field(description="The status reported.")
-    error_code: str = strawberry.field(description=(
-        "OCPP ChargePointErrorCode reported with it, `NoError` when healthy."))
+    error_code: ChargePointErrorCode = strawberry.field(description=(
+        "OCPP ChargePointErrorCode reported with it, `NO_ERROR` when healthy."))
     info: str | None = strawberry.field(description=(
         "The charger's free-text detail; null when it sent none."))
     vendor_error_code: str | None = strawberry.field(
@@ -1572,16 +1586,15 @@ class StatusEvent(Node):
 
     @classmethod
     def wrap(cls, r: d.StatusEvent, ctx: GraphContext) -> StatusEvent:
-        return _node(cls, {
+        return _audited(cls, r, {
             "cp_id": r.cp_id,
             "connector_id": r.connector_id,
             "status": r.status,
-            "error_code": r.error_code,
+            "error_code": shown_error_code(r.error_code),
             "info": r.info,
             "vendor_error_code": r.vendor_error_code,
             "at": r.at,
-            "_r": r,
-        })
+        }, _staff(ctx))
 
     @strawberry.field(description="The station that reported it; null when removed, or when "
                                   "the viewer may not see it.")

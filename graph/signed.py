@@ -17,8 +17,9 @@ import strawberry
 
 from domain import entities as d
 from domain import ocmf
-from domain.ocpp16 import Measurand
+from domain.ocpp16 import Measurand, member
 from domain.query import ALL
+from graph.command_types import MeterLocation, Phase, ReadingContext
 from graph.history import OLDEST_FIRST
 from graph.relay import Connection, PageArgs, nested_connection
 
@@ -92,10 +93,11 @@ class SignedMeterValue:
     at: datetime = strawberry.field(description="When it was measured, on the charger's "
                                                 "clock.")
     measurand: Measurand = strawberry.field(description="What it measures.")
-    context: str | None = strawberry.field(description=(
-        "OCPP ReadingContext, e.g. `Transaction.Begin`, `Transaction.End`."))
-    location: str | None = strawberry.field(description="OCPP Location, e.g. `Outlet`.")
-    phase: str | None = strawberry.field(description="OCPP Phase; null for a total.")
+    context: ReadingContext | None = strawberry.field(description=(
+        "OCPP ReadingContext, e.g. `TRANSACTION_BEGIN`, `TRANSACTION_END`."))
+    location: MeterLocation | None = strawberry.field(description=(
+        "OCPP Location, e.g. `OUTLET`."))
+    phase: Phase | None = strawberry.field(description="OCPP Phase; null for a total.")
     encoding: SignedEncoding = strawberry.field(description="The format of `data`.")
     data: str = strawberry.field(description=(
         "The signed text as the charger sent it (its first 16,384 characters: see "
@@ -108,8 +110,10 @@ class SignedMeterValue:
 
     @classmethod
     def wrap(cls, r: d.SignedMeterValue, ctx: GraphContext) -> SignedMeterValue:
-        return cls(at=r.at, measurand=Measurand(r.measurand), context=r.context,
-                   location=r.location, phase=r.phase, encoding=r.encoding, data=r.data,
+        return cls(at=r.at, measurand=Measurand(r.measurand),
+                   context=member(ReadingContext, r.context, ReadingContext.OTHER),
+                   location=member(MeterLocation, r.location), phase=member(Phase, r.phase),
+                   encoding=r.encoding, data=r.data,
                    truncated=r.truncated, data_length=r.data_length, _r=r)
 
     @strawberry.field(description=(

@@ -32,6 +32,7 @@ from domain.events import (
     StationSightChanged,
 )
 from domain.ids import is_id
+from graph.command_types import ChargePointErrorCode, shown_error_code
 from graph.context import GraphContext
 from graph.enums import ConnectorStatus, ReservationState, SessionState
 from graph.filters import BOUNDED, bounded, global_ids
@@ -151,8 +152,8 @@ class ConnectorStatusEvent(_OfStation):
     status: ConnectorStatus = strawberry.field(description=(
         "The status reported; `UNAVAILABLE` for a plug removed (`removeConnector`: no "
         "report, `connector` null from then on)."))
-    error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
-                                                   "when healthy.")
+    error_code: ChargePointErrorCode = strawberry.field(description=(
+        "OCPP ChargePointErrorCode, `NO_ERROR` when healthy."))
     info: str | None = strawberry.field(description="The charger's free-text detail.")
     vendor_error_code: str | None = strawberry.field(
         description="The charger's own code for the error (OCPP vendorErrorCode).")
@@ -226,7 +227,8 @@ class SessionEvent:
 class FaultEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
-    error_code: str = strawberry.field(description="OCPP ChargePointErrorCode.")
+    error_code: ChargePointErrorCode = strawberry.field(
+        description="OCPP ChargePointErrorCode.")
     status: ConnectorStatus = strawberry.field(description="The status reported with it.")
     info: str | None = strawberry.field(description="The charger's free-text detail.")
     vendor_error_code: str | None = strawberry.field(description="The vendor's own code.")
@@ -402,7 +404,8 @@ def _everything(event: DomainEvent) -> bool:
 
 def _connector_status(e: ConnectorStatusChanged, dropped: int) -> ConnectorStatusEvent:
     return ConnectorStatusEvent(cp_id=e.cp_id, connector_id=e.connector_id,
-                                status=_status(e.status), error_code=e.error_code,
+                                status=_status(e.status),
+                                error_code=shown_error_code(e.error_code),
                                 info=e.info, vendor_error_code=e.vendor_error_code,
                                 at=e.at, dropped_before=dropped, free=e.free, _e=e)
 
@@ -429,7 +432,8 @@ def _maintenance(e: MaintenanceStatusChanged, dropped: int) -> MaintenanceEvent:
 
 
 def _fault(e: FaultReported, dropped: int) -> FaultEvent:
-    return FaultEvent(cp_id=e.cp_id, connector_id=e.connector_id, error_code=e.error_code,
+    return FaultEvent(cp_id=e.cp_id, connector_id=e.connector_id,
+                      error_code=shown_error_code(e.error_code),
                       status=_status(e.status), info=e.info,
                       vendor_error_code=e.vendor_error_code, at=e.at,
                       dropped_before=dropped, _e=e)

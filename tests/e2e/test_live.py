@@ -107,7 +107,7 @@ async def test_faults_and_connections_for_operators(service: Running) -> None:
         kinds = [next(iter(m)) for m in messages]
         assert kinds.count("stationConnectionChanged") == 2
         fault = next(m["faultReported"] for m in messages if "faultReported" in m)
-        assert fault == {"cpId": "CP-1", "connectorId": 1, "errorCode": "HighTemperature",
+        assert fault == {"cpId": "CP-1", "connectorId": 1, "errorCode": "HIGH_TEMPERATURE",
                          "status": "FAULTED"}
         with pytest.raises(TimeoutError):
             await driver.next(timeout=0.5)  # faults are operators' business

@@ -163,10 +163,10 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
          "reportedSeconds": 172800.0, "unknownSeconds": 82800.0,
          "reportedAvailableShare": 86400.0 / 172800.0}]
     assert data["faultReports"]["groups"] == [
-        {"cpId": "S1", "connectorId": 2, "errorCode": "GroundFailure", "count": 1,
+        {"cpId": "S1", "connectorId": 2, "errorCode": "GROUND_FAILURE", "count": 1,
          "totalDurationSeconds": 7200.0, "offlineSeconds": 0.0, "open": False}]
     assert data["faultReports"]["events"] == {
-        "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED",
+        "totalCount": 1, "nodes": [{"errorCode": "GROUND_FAILURE", "status": "FAULTED",
                                      "vendorErrorCode": "RCD-12"}]}
     assert data["overview"] == {"stationsOnline": 0, "stationsOffline": 1,
                                 "connectorsByStatus": [{"status": "OFFLINE", "count": 2}],

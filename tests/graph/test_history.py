@@ -147,11 +147,11 @@ async def test_the_session_s_curve_in_order_with_every_field(api: Api,
     nodes = data["node"]["meterValues"]["nodes"]
     assert nodes[0] == {"at": "2025-03-01T08:00:00.000Z",
                         "measurand": "ENERGY_ACTIVE_IMPORT_REGISTER", "value": 1000.0,
-                        "unit": "Wh", "phase": None, "context": "Sample.Periodic"}
+                        "unit": "WH", "phase": None, "context": "SAMPLE_PERIODIC"}
     # Oldest first; samples of one instant in id order (either may come first).
     assert [n["at"][11:16] for n in nodes] == ["08:00", "08:01", "08:01", "08:02"]
     assert {(n["measurand"], n["unit"]) for n in nodes[1:3]} == {
-        ("ENERGY_ACTIVE_IMPORT_REGISTER", "Wh"), ("SOC", "Percent")}
+        ("ENERGY_ACTIVE_IMPORT_REGISTER", "WH"), ("SOC", "PERCENT")}
     assert nodes[3]["measurand"] in ("ENERGY_ACTIVE_IMPORT_REGISTER", "CURRENT_IMPORT")
 
 
@@ -309,7 +309,7 @@ async def test_node_paths_to_status_and_connection_history(api: Api,
     assert mine["s"]["connectionHistory"]["totalCount"] == 3
     assert mine["c"]["statusHistory"]["totalCount"] == 4
     assert mine["c"]["statusHistory"]["nodes"][0] == {
-        "status": "FAULTED", "errorCode": "GroundFailure", "info": "RCD tripped"}
+        "status": "FAULTED", "errorCode": "GROUND_FAILURE", "info": "RCD tripped"}
     # Another company's station reads as missing.
     other = await api.gql(document, ids, as_user=history_world.users["op_b"].id)
     assert other == {"s": None, "c": None}
@@ -484,9 +484,32 @@ async def test_status_history_after_a_handover_is_each_company_s_own(
     seen: Any = await api.gql(CONNECTOR_HISTORY, {"id": connector}, as_user=op_b)
     assert seen["node"]["statusHistory"] == {"totalCount": 0, "nodes": []}
     kept: Any = await api.gql(FAULTS, window, as_user=op_a)
-    assert kept["faultReports"]["groups"] == [{"errorCode": "GroundFailure", "count": 1}]
+    assert kept["faultReports"]["groups"] == [{"errorCode": "GROUND_FAILURE", "count": 1}]
     [event] = kept["faultReports"]["events"]["nodes"]
     for who, expected in ((op_a, {"status": "FAULTED", "info": "RCD tripped"}),
                           (op_b, None)):
         found: Any = await api.gql(NODE_EVENT, {"id": event["id"]}, as_user=who)
         assert found["node"] == expected, who
+
+
+async def test_a_status_report_carries_its_audit_stamps_as_other_nodes(
+        services: Services, api: Api, history_world: World) -> None:
+    """Design audit s30: StatusEvent was the only node without createdAt/updatedAt/
+    createdBy/updatedBy, though its record carries them. Staff see who recorded it (the
+    charger, ``ocpp:<cpId>``); a report recorded by a user names them in ``…User``."""
+    a1 = history_world.stations["A-001"]
+    op_a = history_world.users["op_a"]
+    await services.ctx.store.write([Insert(d.StatusEvent(
+        company_id=a1.company_id, station_id=a1.id, cp_id="A-001", connector_id=1,
+        status=d.ConnectorStatus.UNAVAILABLE, at=minutes(9), created_at=minutes(9),
+        updated_at=minutes(10), created_by="ocpp:A-001", updated_by=op_a.id))], [])
+    document = """query($c: ID!) { node(id: $c) { ... on Connector {
+      statusHistory(first: 1) { nodes { status createdAt updatedAt createdBy updatedBy
+        createdByUser { id } updatedByUser { email } } } } } }"""
+    connector = to_global_id("connector", history_world.connectors["A-001"][0].id)
+    data = await api.gql(document, {"c": connector}, as_user=op_a.id)
+    assert data["node"]["statusHistory"]["nodes"] == [{
+        "status": "UNAVAILABLE", "createdAt": "2025-03-01T08:09:00.000Z",
+        "updatedAt": "2025-03-01T08:10:00.000Z", "createdBy": "ocpp:A-001",
+        "updatedBy": op_a.id, "createdByUser": None,
+        "updatedByUser": {"email": op_a.email}}]

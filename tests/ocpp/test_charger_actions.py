@@ -217,7 +217,7 @@ async def test_the_charge_points_own_status_is_its_stations(tmp_path: Path) -> N
         shown = await central.gql("""{ stations(first: 5, filter: {search: "CP-1"}) {
             nodes { cpId status errorCode statusAt } } }""", as_user="driver")
         [node] = [n for n in shown["stations"]["nodes"] if n["cpId"] == "CP-1"]
-        assert (node["status"], node["errorCode"]) == ("FAULTED", "PowerSwitchFailure")
+        assert (node["status"], node["errorCode"]) == ("FAULTED", "POWER_SWITCH_FAILURE")
     finally:
         await events.aclose()
         await stop_central(central)

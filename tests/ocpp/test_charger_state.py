@@ -24,6 +24,7 @@ from ocpp.v16.enums import Action
 from chargegraph.webhooks import event_data, payload
 from domain import entities as d
 from domain.events import CommandCompleted, MaintenanceStatusChanged
+from domain.ocpp16 import DiagnosticsStatus, FirmwareStatus, member
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Store, Update
 from domain.query import Eq, Sort, all_of
@@ -69,6 +70,12 @@ def when(text: str | None) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def named(status: str) -> str:
+    """A firmware or diagnostics status as OCPP spells it (``Uploaded``), as the API
+    names it (``UPLOADED``)."""
+    return (member(FirmwareStatus, status) or DiagnosticsStatus(status)).name
+
+
 async def firmware(central: Central, as_user: str = "op") -> dict[str, Any]:
     return (await central.gql(FIRMWARE, as_user=as_user))["station"]  # type: ignore[no-any-return]
 
@@ -101,7 +108,7 @@ async def test_a_firmware_rollout_reads_requested_then_the_chargers_statuses_wit
             while (await next_maintenance(events)).status != "Installed":
                 pass
             installed = await firmware(central)
-            assert installed["firmwareStatus"] == "Installed"
+            assert installed["firmwareStatus"] == "INSTALLED"
             # Today's rollout: the charger takes it and reports later, when we say.
             monkeypatch.setattr(simulator.SimulatedChargePoint, "_install_firmware",
                                 _reports_nothing)
@@ -111,7 +118,7 @@ async def test_a_firmware_rollout_reads_requested_then_the_chargers_statuses_wit
             assert answer == {**answer, "accepted": True, "errors": []}
             requested = await firmware(central)
             rollout = requested["firmwareRollout"]
-            assert requested["firmwareStatus"] == "Requested"
+            assert requested["firmwareStatus"] == "REQUESTED"
             assert rollout["location"] == "https://[hidden]@fw.example.com/1.5.bin"
             assert when(rollout["retrieveDate"]) == fetch
             assert when(requested["firmwareStatusAt"]) == when(rollout["requestedAt"]) \
@@ -126,14 +133,14 @@ async def test_a_firmware_rollout_reads_requested_then_the_chargers_statuses_wit
                 event = await next_maintenance(events)
                 assert (event.status, event.at, event.requested_at) == (
                     status, when(seen[-1]["firmwareStatusAt"]), when(rollout["requestedAt"]))
-            assert [s["firmwareStatus"] for s in seen] == ["Requested", "Downloading",
-                                                           "Installed"]
+            assert [s["firmwareStatus"] for s in seen] == ["REQUESTED", "DOWNLOADING",
+                                                           "INSTALLED"]
             times = [when(s["firmwareStatusAt"]) for s in seen]
             assert times == sorted(times) and len(set(times)) == 3
             assert all(s["firmwareRollout"] == rollout for s in seen)  # the same rollout
             await cp.call(call.DiagnosticsStatusNotification(status="Uploading"))
             diagnostics = await firmware(central)
-            assert diagnostics["diagnosticsStatus"] == "Uploading"
+            assert diagnostics["diagnosticsStatus"] == "UPLOADING"
             assert when(diagnostics["diagnosticsStatusAt"]) >= times[-1]
             uploading = await next_maintenance(events)
             assert (uploading.kind, uploading.at, uploading.requested_at) == (
@@ -178,7 +185,7 @@ async def test_a_firmware_report_that_beat_the_answer_is_not_overwritten(
         "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
     assert answer["accepted"] is True
     station = await firmware(central)
-    assert station["firmwareStatus"] == "Downloading"
+    assert station["firmwareStatus"] == "DOWNLOADING"
     assert station["firmwareRollout"]["location"] == "https://fw.example.com/2.0.bin"
 
 
@@ -213,12 +220,12 @@ async def test_an_accepted_diagnostics_request_reads_requested_until_the_charger
                 await cp.call(call.DiagnosticsStatusNotification(status=status))
                 assert (await next_maintenance(events)).status == status
             uploaded = await diagnostics(central)
-            assert uploaded["diagnosticsStatus"] == "Uploaded"
+            assert uploaded["diagnosticsStatus"] == "UPLOADED"
             second = await run(central, "getDiagnostics", base, "fileName errors { code }")
             assert second == {**second, "fileName": "diag-2.zip", "errors": []}
             requested = await diagnostics(central)
             request = requested["diagnosticsRequest"]
-            assert requested["diagnosticsStatus"] == "Requested"
+            assert requested["diagnosticsStatus"] == "REQUESTED"
             assert request["fileName"] == "diag-2.zip"
             assert when(requested["diagnosticsStatusAt"]) == when(request["requestedAt"]) \
                 > when(uploaded["diagnosticsStatusAt"])
@@ -228,7 +235,7 @@ async def test_an_accepted_diagnostics_request_reads_requested_until_the_charger
                     when(request["requestedAt"]))
             await cp.call(call.DiagnosticsStatusNotification(status="Uploading"))
             uploading = await diagnostics(central)
-            assert uploading["diagnosticsStatus"] == "Uploading"
+            assert uploading["diagnosticsStatus"] == "UPLOADING"
             assert uploading["diagnosticsRequest"] == request  # the same request
             event = await next_maintenance(events)
             assert (event.status, event.at, event.requested_at) == (
@@ -260,12 +267,12 @@ async def test_the_late_end_of_the_upload_before_is_not_the_new_ones(
             await cp.call(call.DiagnosticsStatusNotification(status="Uploading"))
             await run(central, "getDiagnostics", base, "fileName")
             requested = await diagnostics(central)
-            assert requested["diagnosticsStatus"] == "Requested"
+            assert requested["diagnosticsStatus"] == "REQUESTED"
             await cp.call(call.DiagnosticsStatusNotification(status="Uploaded"))  # diag-1's
             assert await diagnostics(central) == requested
             # diag-2's: its upload server could not be reached.
             await cp.call(call.DiagnosticsStatusNotification(status="UploadFailed"))
-            assert (await diagnostics(central))["diagnosticsStatus"] == "UploadFailed"
+            assert (await diagnostics(central))["diagnosticsStatus"] == "UPLOAD_FAILED"
             seen = [(await next_maintenance(events)).status for _ in range(4)]
     finally:
         await events.aclose()
@@ -289,18 +296,18 @@ async def test_an_idle_before_the_download_is_due_leaves_the_rollout_requested(
                 "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
                 "retrieveDate": (now + timedelta(hours=3)).isoformat()}, "accepted")
             requested = await firmware(central)
-            assert requested["firmwareStatus"] == "Requested"
+            assert requested["firmwareStatus"] == "REQUESTED"
             await cp.call(call.FirmwareStatusNotification(status="Idle"))
             assert await firmware(central) == requested
             await cp.call(call.FirmwareStatusNotification(status="Downloading"))
-            assert (await firmware(central))["firmwareStatus"] == "Downloading"
+            assert (await firmware(central))["firmwareStatus"] == "DOWNLOADING"
             # Due at once (a past retrieveDate): an Idle says the download did not begin.
             await run(central, "updateFirmware", {
                 "cpId": "CP-1", "location": "https://fw.example.com/2.1.bin",
                 "retrieveDate": (now - timedelta(minutes=1)).isoformat()}, "accepted")
             await cp.call(call.FirmwareStatusNotification(status="Idle"))
             idle = await firmware(central)
-            assert idle["firmwareStatus"] == "Idle"
+            assert idle["firmwareStatus"] == "IDLE"
             # Not before the request: the same millisecond on a busy machine (the Idle is
             # stamped on the charger's timeline, whose offset is measured in milliseconds).
             assert when(idle["firmwareStatusAt"]) >= when(idle["firmwareRollout"]["requestedAt"])
@@ -338,7 +345,7 @@ async def test_a_triggered_idle_leaves_the_end_of_the_last_rollout_or_upload(
             for end in ends:
                 await cp.call(notification(status=end))
                 ended = await firmware(central)
-                assert ended[field] == end
+                assert ended[field] == named(end)
                 seen.append((await next_maintenance(events)).status)
                 # The simulator answers the trigger with an Idle, as OCPP 1.6 has it.
                 answer = await run(central, "triggerMessage", {
@@ -349,7 +356,7 @@ async def test_a_triggered_idle_leaves_the_end_of_the_last_rollout_or_upload(
                 assert await firmware(central) == ended
             await cp.call(notification(status=under_way))
             await cp.call(notification(status="Idle"))
-            assert (await firmware(central))[field] == "Idle"
+            assert (await firmware(central))[field] == "IDLE"
             seen += [(await next_maintenance(events)).status for _ in range(2)]
     finally:
         await events.aclose()
@@ -405,7 +412,7 @@ async def test_a_diagnostics_file_name_of_hidden_characters_is_still_a_file(
             "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName errors { code }")
     assert answer == {**answer, "fileName": UNREADABLE_FILE_NAME, "errors": []}
     station = await diagnostics(central)
-    assert station["diagnosticsStatus"] == "Requested"
+    assert station["diagnosticsStatus"] == "REQUESTED"
     assert station["diagnosticsRequest"]["fileName"] == UNREADABLE_FILE_NAME
 
 
@@ -452,7 +459,7 @@ async def test_a_diagnostics_report_that_beat_the_answer(
         "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName")
     assert answer["fileName"] == "diag.zip"
     station = await diagnostics(central)
-    assert station["diagnosticsStatus"] == shown
+    assert station["diagnosticsStatus"] == named(shown)
     assert station["diagnosticsRequest"]["fileName"] == "diag.zip"
 
 
@@ -469,7 +476,7 @@ async def test_an_idle_that_beat_the_answer(central: Central, due: timedelta, sh
         "retrieveDate": (datetime.now(UTC) + due).isoformat()}, "accepted")
     assert answer["accepted"] is True
     station = await firmware(central)
-    assert station["firmwareStatus"] == shown
+    assert station["firmwareStatus"] == named(shown)
     assert station["firmwareRollout"]["location"] == "https://fw.example.com/2.0.bin"
 
 
@@ -520,7 +527,7 @@ async def test_reports_that_beat_the_answer_are_told_once_each_as_they_came(
     asked = when(station[request]["requestedAt"])
     assert [e.status for e in told] == raced
     assert all(e.at < asked and e.requested_at is None for e in told), (told, asked)
-    assert station[f"{field}Status"] == raced[-1]
+    assert station[f"{field}Status"] == named(raced[-1])
     assert when(station[f"{field}StatusAt"]) < asked
 
 
@@ -561,7 +568,7 @@ async def test_the_last_rollouts_end_racing_a_new_answer_stays_the_last_rollouts
     assert station["firmwareRollout"]["location"] == "https://fw.example.com/b.bin"
     assert [(e.status, e.requested_at) for e in told] == [
         ("Installed", a_asked), ("Idle", asked)]
-    assert station["firmwareStatus"] == "Idle"
+    assert station["firmwareStatus"] == "IDLE"
     assert when(station["firmwareStatusAt"]) >= asked
 
 
@@ -597,7 +604,7 @@ async def test_no_status_is_told_after_a_newer_one(
     finally:
         await events.aclose()
     station = await firmware(central)
-    assert station["firmwareStatus"] == "Downloaded"
+    assert station["firmwareStatus"] == "DOWNLOADED"
     assert [e.status for e in told] == ["Downloading", "Downloaded"]
 
 
@@ -637,10 +644,10 @@ async def test_the_upload_befores_end_between_sending_and_the_answer_is_not_undo
         await run(central, "getDiagnostics", up, "fileName")  # diag-2
         requested = await diagnostics(central)
         assert (requested["diagnosticsStatus"], requested["diagnosticsRequest"]["fileName"]
-                ) == ("Requested", "diag-2.zip")
+                ) == ("REQUESTED", "diag-2.zip")
         # diag-2's upload server could not be reached: its end is news.
         await central.services.charging.diagnostics_status("CP-1", "UploadFailed")
-        assert (await diagnostics(central))["diagnosticsStatus"] == "UploadFailed"
+        assert (await diagnostics(central))["diagnosticsStatus"] == "UPLOAD_FAILED"
         seen = [(await next_maintenance(events)).status for _ in range(4)]
     finally:
         await events.aclose()
@@ -680,7 +687,7 @@ async def test_a_request_is_announced_whatever_was_written_to_the_station_after_
                 await run(central, "getDiagnostics", {
                     "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName")
                 shown = (await diagnostics(central))["diagnosticsStatus"]
-            assert shown == "Requested"
+            assert shown == "REQUESTED"
             announced = await next_maintenance(events)
     finally:
         await events.aclose()

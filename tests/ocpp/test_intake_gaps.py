@@ -113,12 +113,12 @@ async def test_an_unanswered_update_firmware_is_recorded_for_its_reports_to_sett
             assert [e["code"] for e in answer["errors"]] == ["CHARGER_TIMEOUT"]
             unanswered = (await central.gql(FIRMWARE, as_user="op"))["station"]
             rollout = unanswered["firmwareRollout"]
-            assert unanswered["firmwareStatus"] == "Unanswered"
+            assert unanswered["firmwareStatus"] == "UNANSWERED"
             assert rollout["location"] == "https://[hidden]@fw.example.com/2.0.bin"
             assert datetime.fromisoformat(rollout["retrieveDate"]) == fetch
             await cp.call(call.FirmwareStatusNotification(status="Downloading"))
             settled = (await central.gql(FIRMWARE, as_user="op"))["station"]
-            assert settled["firmwareStatus"] == "Downloading"
+            assert settled["firmwareStatus"] == "DOWNLOADING"
             assert settled["firmwareRollout"] == rollout
     finally:
         await stop_central(central)

@@ -350,5 +350,5 @@ async def test_a_resent_minus_one_stop_of_reason_other_changes_nothing(
     assert again.updated_at == first.updated_at, "a repeated stop must change nothing"
     assert await central.store.count(d.MeterSample, Eq("session_id", first.id)) == samples
     assert await central.store.count(d.Payment, ALL) == 1
-    assert shown["sessions"]["nodes"] == [{"stopReason": "Other",
+    assert shown["sessions"]["nodes"] == [{"stopReason": "OTHER",
                                            "closedWithoutStop": False}]

@@ -193,6 +193,6 @@ async def test_a_fault_the_charger_queued_through_an_outage_keeps_its_hour(
             clock.by(later + timedelta(seconds=5))
             data = await central.gql(FAULTS, {"from": iso(t0), "to": iso(t + timedelta(
                 minutes=1))}, as_user="admin")
-    groups = [g for g in data["faultReports"]["groups"] if g["errorCode"] == "GroundFailure"]
+    groups = [g for g in data["faultReports"]["groups"] if g["errorCode"] == "GROUND_FAILURE"]
     assert len(groups) == 1 and groups[0]["count"] == 1
     assert abs(groups[0]["totalDurationSeconds"] - 3600) <= 60, groups[0]

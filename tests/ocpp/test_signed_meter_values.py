@@ -169,7 +169,7 @@ async def test_the_session_shows_its_signed_values_oldest_first_with_ocmf_read_o
     begin, broken = first["nodes"]
     assert (begin["context"], begin["measurand"], begin["encoding"], begin["data"],
             begin["truncated"], begin["dataLength"]) == (
-        "Transaction.Begin", "ENERGY_ACTIVE_IMPORT_REGISTER", "OCMF", OCMF, False,
+        "TRANSACTION_BEGIN", "ENERGY_ACTIVE_IMPORT_REGISTER", "OCMF", OCMF, False,
         len(OCMF))
     assert begin["ocmf"] == {
         "version": "1.0", "meterSerial": "BQ27400330016", "pagination": "T12345",
@@ -188,7 +188,7 @@ async def test_the_session_shows_its_signed_values_oldest_first_with_ocmf_read_o
     assert rest is not None and not rest["pageInfo"]["hasNextPage"]
     [end] = rest["nodes"]
     assert (end["context"], end["encoding"], end["ocmf"]) == (
-        "Transaction.End", "UNKNOWN", None)
+        "TRANSACTION_END", "UNKNOWN", None)
 
 
 async def test_signed_values_are_seen_by_whoever_sees_the_session(central: Central) -> None:

@@ -170,7 +170,7 @@ async def test_a_session_its_charger_never_stops_can_be_ended(central: Central) 
     ended = await end("op")
     assert ended["errors"] == []
     assert ended["session"]["state"] == "COMPLETED"
-    assert ended["session"]["stopReason"] == "Other"
+    assert ended["session"]["stopReason"] == "OTHER"
     assert abs(ended["session"]["energyKwh"] - 11.0) < 0.002  # as last metered (Wh rounding)
     assert ended["session"]["cost"] == {"amountMinor": 440}  # 11 kWh at 0.40 EUR
     assert (await end("op"))["errors"] == [{"field": "id", "code": "INVALID_STATE"}]

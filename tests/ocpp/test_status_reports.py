@@ -191,8 +191,8 @@ async def test_a_faulted_report_without_an_error_code_is_a_fault(watched: Watche
         shown = (await central.gql(FAULTS, window, as_user="op"))["faultReports"]
         groups = {(g["connectorId"], g["errorCode"]): (g["count"], g["open"])
                   for g in shown["groups"]}
-        assert groups == {(0, "NoError"): (1, True), (1, "NoError"): (2, True),
-                          (2, "WeakSignal"): (1, False)}  # the mark cleared it
+        assert groups == {(0, "NO_ERROR"): (1, True), (1, "NO_ERROR"): (2, True),
+                          (2, "WEAK_SIGNAL"): (1, False)}  # the mark cleared it
         assert {(e["connectorId"], e["status"], e["vendorErrorCode"], e["info"])
                 for e in shown["events"]["nodes"]} == {
             (1, "FAULTED", "E-017", "contactor welded"), (2, "AVAILABLE", None, None),
@@ -207,5 +207,5 @@ async def test_a_faulted_report_without_an_error_code_is_a_fault(watched: Watche
     shown = (await central.gql(FAULTS, window, as_user="op"))["faultReports"]
     groups = {(g["connectorId"], g["errorCode"]): (g["count"], g["open"])
               for g in shown["groups"]}
-    assert groups == {(0, "NoError"): (1, False), (1, "NoError"): (3, False),
-                      (2, "WeakSignal"): (1, False)}
+    assert groups == {(0, "NO_ERROR"): (1, False), (1, "NO_ERROR"): (3, False),
+                      (2, "WEAK_SIGNAL"): (1, False)}
