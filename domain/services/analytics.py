@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -42,7 +42,10 @@ from domain.timebuckets import Bucket, plan, zone
 UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
 #: The overview's bucket for the connectors of offline stations (no ConnectorStatus).
 OFFLINE = "OFFLINE"
-MAX_WINDOW = timedelta(days=3 * 366)
+#: The longest window: ``to`` no later than ``from`` three calendar years on
+#: (``_years_after``), as the API's documentation reads. ``timedelta(days=3 * 366)`` let
+#: three years and a day through (QA s30).
+MAX_YEARS = 3
 #: Figures one grouped trend or bucketed share query may answer (buckets x stations or
 #: connectors): beyond it a chart would draw nothing readable, and building the cells
 #: holds the event loop (``TOO_MANY``).
@@ -299,9 +302,20 @@ def _window(start: datetime, end: datetime, prefix: str = "") -> None:
     if end <= start:
         raise ValidationError("`to` must be after `from`", field=f"{prefix}to",
                               code="OUT_OF_RANGE")
-    if end - start > MAX_WINDOW:
-        raise ValidationError("at most three years at once", field=f"{prefix}to",
-                              code="OUT_OF_RANGE")
+    latest = _years_after(start, MAX_YEARS)
+    if end > latest:
+        raise ValidationError(f"at most three years at once: no later than {latest.isoformat()}",
+                              field=f"{prefix}to", code="OUT_OF_RANGE")
+
+
+def _years_after(instant: datetime, years: int) -> datetime:
+    """The same UTC date and time ``years`` on; 28 February for a 29th in a year without
+    one."""
+    instant = instant.astimezone(UTC)
+    try:
+        return instant.replace(year=instant.year + years)
+    except ValueError:
+        return instant.replace(year=instant.year + years, day=28)
 
 
 def _overlapping(start_field: str, end_field: str, lo: datetime, hi: datetime) -> Filter:
