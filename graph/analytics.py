@@ -26,8 +26,10 @@ from graph.scalars import BigInt
 
 Info = strawberry.Info
 From = Annotated[datetime, strawberry.argument(name="from", description="Window start.")]
-To = Annotated[datetime, strawberry.argument(
-    description="Window end, exclusive: after `from`, at most three years later.")]
+#: ``analytics._window``'s calendar rule.
+WINDOW_END = ("Window end, exclusive: after `from`, at most three years later (the same UTC "
+              "date and time, the 28th for a 29 February).")
+To = Annotated[datetime, strawberry.argument(description=WINDOW_END)]
 strawberry.enum(Bucket, name="TimeBucket", description="Size of a trend bucket.")
 TimeBucket = Bucket
 
@@ -85,9 +87,8 @@ class AnalyticsFilter:
 class EnergyTrendFilter(AnalyticsFilter):
     from_: datetime = strawberry.field(name="from", description="Window start.")
     to: datetime = strawberry.field(description=(
-        "Window end, exclusive: after `from`, at most three years later. Energy from meter "
-        "values counts readings after `from` up to `to` included (a reading reports what "
-        "flowed up to it)."))
+        f"{WINDOW_END} Energy from meter values counts readings after `from` up to `to` "
+        "included (a reading reports what flowed up to it)."))
 
 
 @strawberry.type(description="Energy, sessions and revenue of one time bucket: gross "

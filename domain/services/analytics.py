@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from domain import validation as v
-from domain.aggregation import ByField, Count, Group, Max, Metric, Min, OverlapSeconds, Sum
+from domain.aggregation import ByField, ByTime, Count, Group, Max, Metric, Min, OverlapSeconds, Sum
 from domain.availability import stations_in_service
 from domain.entities import (
     Connector,
@@ -42,7 +42,10 @@ from domain.timebuckets import Bucket, plan, zone
 UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
 #: The overview's bucket for the connectors of offline stations (no ConnectorStatus).
 OFFLINE = "OFFLINE"
-MAX_WINDOW = timedelta(days=3 * 366)
+#: The longest window: ``to`` no later than ``from`` three calendar years on
+#: (``_years_after``), as the API's documentation reads. ``timedelta(days=3 * 366)`` let
+#: three years and a day through (QA s30).
+MAX_YEARS = 3
 #: Figures one grouped trend or bucketed share query may answer (buckets x stations or
 #: connectors): beyond it a chart would draw nothing readable, and building the cells
 #: holds the event loop (``TOO_MANY``).
@@ -299,9 +302,20 @@ def _window(start: datetime, end: datetime, prefix: str = "") -> None:
     if end <= start:
         raise ValidationError("`to` must be after `from`", field=f"{prefix}to",
                               code="OUT_OF_RANGE")
-    if end - start > MAX_WINDOW:
-        raise ValidationError("at most three years at once", field=f"{prefix}to",
-                              code="OUT_OF_RANGE")
+    latest = _years_after(start, MAX_YEARS)
+    if end > latest:
+        raise ValidationError(f"at most three years at once: no later than {latest.isoformat()}",
+                              field=f"{prefix}to", code="OUT_OF_RANGE")
+
+
+def _years_after(instant: datetime, years: int) -> datetime:
+    """The same UTC date and time ``years`` on; 28 February for a 29th in a year without
+    one."""
+    instant = instant.astimezone(UTC)
+    try:
+        return instant.replace(year=instant.year + years)
+    except ValueError:
+        return instant.replace(year=instant.year + years, day=28)
 
 
 def _overlapping(start_field: str, end_field: str, lo: datetime, hi: datetime) -> Filter:
@@ -502,7 +516,14 @@ class AnalyticsService(Service):
         # session and answer a revenue of 0 in a currency that does not exist.
         if currency is not None:
             currency = v.currency(currency)
+        # One plan for all five aggregates: its keys are the same on any field, closed on
+        # either side (``plan``); three plans cost three times the zone's offsets (QA s30).
         energy_plan = plan("at", bucket, tz, start, end, closed_right=True)
+        keys_at = energy_plan.keys
+
+        def on(field: str) -> ByTime:  # the same buckets closed on the left
+            return replace(energy_plan.grouping, field=field, closed_right=False)
+
         if budget is not None:  # before the first await: aliases run side by side
             budget.spend(len(energy_plan.starts))
         keys = _energy_groups(group_by)
@@ -511,31 +532,28 @@ class AnalyticsService(Service):
             self._scoped(viewer, "meter_sample",
                          all_of(scope.samples(), sampled_in(start, end))),
             [energy_plan.grouping, *keys], {"wh": Sum("delta_wh")})
-        started_plan = plan("start_time", bucket, tz, start, end)
         started = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.booked_sessions(), Range("start_time", gte=start, lt=end))),
-            [started_plan.grouping, *keys], {"n": Count()})
+            [on("start_time"), *keys], {"n": Count()})
         currency = currency or await self._main_currency(viewer, scope, start, end)
-        billed_plan = plan("created_at", bucket, tz, start, end)
         revenue = await self._revenue(viewer, scope, currency, start, end,
-                                      [billed_plan.grouping, *keys])
+                                      [on("created_at"), *keys])
         wh, n = _cells(energy, "wh", len(keys)), _cells(started, "n", len(keys))
         minor = _cells(revenue, "minor", len(keys))
         # Refunds are bucketed by their ``at`` too, but a refund is made at that instant:
         # in the bucket starting there (the same keys, closed on the left).
-        made = replace(energy_plan.grouping, closed_right=False)
         back = _cells(await self._refunds(viewer, scope, currency, start, end,
-                                          [made, *keys]), "minor", len(keys))
+                                          [on("at"), *keys]), "minor", len(keys))
         groups = [()] if group_by is None else _groups_in(wh, n, minor, back)
         _check_cells(len(energy_plan.starts) * len(groups), "groupBy")
         if budget is not None and len(groups) > 1:  # its buckets once are spent already
             budget.spend(len(energy_plan.starts) * (len(groups) - 1), "groupBy")
         return [EnergyBucket(start=instant,
-                             energy_wh=round(wh.get((energy_plan.keys[i], g), 0)),
-                             sessions=int(n.get((started_plan.keys[i], g), 0)),
-                             revenue_minor=round(minor.get((billed_plan.keys[i], g), 0)),
-                             refunds_minor=round(back.get((energy_plan.keys[i], g), 0)),
+                             energy_wh=round(wh.get((keys_at[i], g), 0)),
+                             sessions=int(n.get((keys_at[i], g), 0)),
+                             revenue_minor=round(minor.get((keys_at[i], g), 0)),
+                             refunds_minor=round(back.get((keys_at[i], g), 0)),
                              currency=currency, **_group_fields(g))
                 for g in groups for i, instant in enumerate(energy_plan.starts)]
 

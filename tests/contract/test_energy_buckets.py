@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,10 @@ from domain import entities as d
 from domain.policy import SYSTEM
 from domain.ports import Store
 from domain.query import Eq, all_of
-from domain.services import ConnectorSpec
+from domain.services import ConnectorSpec, analytics
 from domain.services.analytics import Scope
 from domain.tariff_bands import BandInput, attributed_wh
-from domain.timebuckets import Bucket
+from domain.timebuckets import Bucket, BucketPlan, plan
 from tests.support.history import History, build_history, register
 
 BERLIN = "Europe/Berlin"
@@ -129,3 +130,26 @@ async def test_a_reading_at_the_end_of_a_month_is_that_months(history: History) 
     await charge(history, monday - timedelta(minutes=30), [(monday, 300)])
     assert await energy(history, monday - timedelta(days=7), monday + timedelta(days=7),
                         Bucket.WEEK) == [(monday - timedelta(days=7), 1000), (monday, 0)]
+
+
+async def test_a_trend_plans_its_buckets_once(history: History,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s30: energyTrend built the same buckets three times (energy, sessions started,
+    revenue billed), each plan the zone's offsets over the whole window again. One plan's
+    keys serve every figure: closed on the right or not, on any field, they are the same."""
+    planned: list[Bucket] = []
+
+    def counted(field: str, bucket: Bucket, *rest: Any, **named: Any) -> BucketPlan:
+        planned.append(bucket)
+        return plan(field, bucket, *rest, **named)
+
+    monkeypatch.setattr(analytics, "plan", counted)
+    await charge(history, MIDNIGHT + timedelta(minutes=10),
+                 [(MIDNIGHT + timedelta(minutes=20), 1000)])
+    buckets = await history.services.analytics.energy_trend(
+        history.viewer("admin"), Q1, MIDNIGHT - timedelta(hours=1),
+        MIDNIGHT + timedelta(hours=2), Bucket.HOUR, BERLIN)
+    assert planned == [Bucket.HOUR]
+    assert [(b.start - MIDNIGHT, b.energy_wh, b.sessions, b.revenue_minor)
+            for b in buckets] == [(timedelta(hours=-1), 0, 0, 0), (timedelta(0), 1000, 1, 20),
+                                  (timedelta(hours=1), 0, 0, 0)]

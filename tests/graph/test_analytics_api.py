@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -134,6 +134,33 @@ async def test_windows_at_the_calendar_edges_are_out_of_range(
     assert error["extensions"]["code"] == "OUT_OF_RANGE", error
     # The trend's bounds are in its filter (QA s17: it said "to").
     assert error["extensions"]["field"] in ("filter.from", "filter.to")
+
+
+#: (from, the latest `to` allowed): three years on, the same UTC date and time, also
+#: across a leap day, and from a 29 February the 28th (QA s30: three times 366 days let
+#: 2027-03-22 through, three years and a day).
+THREE_YEARS = [("2024-03-21T00:00:00Z", "2027-03-21T00:00:00+00:00"),
+               ("2025-03-01T06:30:00+02:00", "2028-03-01T04:30:00+00:00"),
+               ("2024-02-29T12:00:00Z", "2027-02-28T12:00:00+00:00")]
+
+
+@pytest.mark.parametrize(("start", "latest"), THREE_YEARS)
+async def test_windows_are_at_most_three_calendar_years(
+        scripted: tuple[History, Api], start: str, latest: str) -> None:
+    history, api = scripted
+    token = api.token_for(history.users["admin"].id)
+    last = datetime.fromisoformat(latest)
+    query = """query($from: DateTime!, $to: DateTime!) {
+      availability(from: $from, to: $to) { cpId } }"""
+    for ask, ends in ((TREND, lambda to: {"f": {"from": start, "to": to}}),
+                      (query, lambda to: {"from": start, "to": to})):
+        assert "errors" not in (await api.post(ask, ends(latest), token=token)).json()
+        for later in (timedelta(seconds=1), timedelta(days=1)):
+            r = await api.post(ask, ends((last + later).isoformat()), token=token)
+            [error] = r.json()["errors"]
+            assert error["extensions"]["code"] == "OUT_OF_RANGE", error
+            assert error["extensions"]["field"] in ("filter.to", "to")
+            assert error["message"].endswith(f"no later than {latest}")
 
 
 async def test_utilization_availability_faults_overview(scripted: tuple[History, Api]
