@@ -828,10 +828,18 @@ class WebhookDispatcher:
         if self._persist_failing:
             self._persist_failing = False
             log.info("storing webhook deliveries works again")
-        if self._persist_refused and new:
+        if self._persist_refused and not handing_over:
+            # Over with any batch the guard took (review s30: only with one storing new
+            # deliveries, so refused ones that ended first left it set, and the next
+            # refusals unsaid): the refused ones still going were among its new ones,
+            # and those over since have nothing left to store.
             self._persist_refused = False
-            log.info("this instance's lease lasts again: its new webhook deliveries are "
-                     "stored")
+            if new:
+                log.info("this instance's lease lasts again: its new webhook deliveries "
+                         "are stored")
+            else:
+                log.info("the webhook deliveries this instance's lease refused to store "
+                         "ended first: none is left to store")
         return True
 
     async def _renew_lease(self) -> bool:
@@ -985,6 +993,11 @@ class WebhookDispatcher:
                               "this instance stopped failed (given up): the instance "
                               "that takes them over once this one's lease expires posts "
                               "them again", ending)
+            else:
+                # Review s30: swallowed unsaid. With nothing to hand over or delete no
+                # store call is made, so this is a fault of the code's own: said.
+                log.exception("the last write of webhook deliveries as this instance "
+                              "stopped failed, with nothing to hand over or delete")
             return
         if unfinished:
             log.info("handed over %d webhook deliveries for the next instance",

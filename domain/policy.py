@@ -128,7 +128,7 @@ FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "se
 #: of the few stations not accepted (a short list for MongoDB, not one of every station).
 _NOT_ACCEPTED = In("registration", (Registration.PENDING, Registration.REJECTED))
 _ON_MAP: dict[str, Filter] = {
-    "station": Eq("registration", Registration.ACCEPTED),
+    "station": Eq("registration", Registration.ACCEPTED),  # and ``Policy.sees``: together
     "connector": NotSub("station_id", "station", _NOT_ACCEPTED),
     # Company-wide prices, and those of stations that exist: a removed station's are
     # kept as its sessions' price history, for those who keep their books.
@@ -216,7 +216,9 @@ class Policy:
 
     # ---------------------------------------------------------------- read scopes
     def scope(self, viewer: Viewer, kind: str) -> Filter:
-        """The filter every read of ``kind`` by ``viewer`` is ANDed with."""
+        """The filter every read of ``kind`` by ``viewer`` is ANDed with. Its "station"
+        branches (admin, operator, driver, the map) are restated on one station held by
+        ``sees``: they change together."""
         if kind in CREDENTIAL_KINDS:
             return NONE
         if viewer.is_admin:
@@ -255,8 +257,9 @@ class Policy:
         ``FOLLOW_PARENT`` says the records are seen by whoever sees their parent.
 
         ``seen``: the caller states that ``keys`` are ids of records of that kind it read
-        through this viewer's scope of it (and ``sees``, the record form, holds for each:
-        a mutation's payload was not read through it). The conditions of the scope that
+        through this viewer's scope of it in this request (and ``sees``, the record form,
+        holds for each: a mutation's payload was not read through it, and may be a
+        record it just removed). The conditions of the scope that
         only say "its parent is visible" (a connector's "on a station I run", a driver's
         "not on a station nobody accepted", a tariff's "of a station that exists") then
         hold for every record under those keys and are dropped: one plain filter on the
@@ -303,6 +306,9 @@ class Policy:
             Eq("company_id", viewer.company_id) if viewer.company_id else NONE)
         match kind:
             case "station":
+                # Restated on one station held by ``sees`` (and ``_ON_MAP``'s for drivers
+                # and the map): the two change together, which
+                # ``test_lists_under_stations_seen_are_the_scope_s`` checks.
                 return stations
             case "session" | "payment" | "refund":
                 # A refund is in its payment's books: who collected pays back.
@@ -676,9 +682,12 @@ class Policy:
 
     def sees(self, viewer: Viewer, station: Station) -> bool:
         """The station scope (``scope(viewer, "station")``) on one station held: whether a
-        list under it may be asked as under a parent seen (``scope_under``'s ``seen``).
-        False for a mutation's payload the viewer no longer sees (an operator who named
-        another owner of their own station of no company)."""
+        list under it may be asked as under a parent seen (``scope_under``'s ``seen``),
+        if it was read through that scope. Of the record's fields alone: it cannot tell
+        a station just removed, which the caller must not claim (the graph claims none in
+        a mutation: ``Station._under_seen``). False for a station the viewer no longer
+        sees (an operator who named another owner of their own station of no company).
+        The scope's station branches restate this one: they change together."""
         if viewer.is_admin:
             return True
         if viewer.is_operator:

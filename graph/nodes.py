@@ -17,6 +17,7 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     InlineFragmentNode,
+    OperationType,
     SelectionSetNode,
 )
 from strawberry.scalars import JSON
@@ -215,9 +216,9 @@ def _connectors_of(ctx: GraphContext) -> Any:
 
 
 def _connectors_under(ctx: GraphContext) -> Any:
-    """The loader of the connectors of stations the viewer sees (``Station._seen``): asked
-    by station id alone, the station rule having been applied to the station itself
-    (``Policy.scope_under``'s ``seen``)."""
+    """The loader of the connectors of stations the viewer sees, read through their scope
+    (``Station._under_seen``): asked by station id alone, the station rule having been
+    applied to the station itself (``Policy.scope_under``'s ``seen``)."""
     return ctx.loaders.shared(_new_connectors_under_loader)
 
 
@@ -249,11 +250,11 @@ def _new_connectors_under_loader(loaders: Loaders) -> Any:
                            seen="station")
 
 
-def _new_configuration_loader(loaders: Loaders) -> Any:
-    # By folded key: the order a reader looks a key up in, whatever its case. Read for
-    # a station's private view only, which its operators have: they see the station.
-    return loaders.many_by(d.ConfigurationKey, "station_id", ALL, (Sort("folded_key"),),
-                           MAX_CONFIGURATION_KEYS, seen="station")
+def _configuration_of(ctx: GraphContext, seen: bool) -> Any:
+    """The loader of a station's configuration (by station id), by folded key: the order
+    a reader looks a key up in, whatever its case. ``seen`` as ``Station._under_seen``."""
+    return ctx.loaders.many_by(d.ConfigurationKey, "station_id", ALL, (Sort("folded_key"),),
+                               MAX_CONFIGURATION_KEYS, "station" if seen else None)
 
 
 def _new_payment_loader(loaders: Loaders) -> Any:
@@ -696,9 +697,20 @@ class Station(Node, Audited):
         "`key` list) fits. Admins and the station's operators; null for others."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
-    # Whether the viewer sees the station as held (``Policy.sees``): what is listed under
-    # it is then asked by its id alone. False for a mutation's payload they no longer see.
+    # Whether the viewer sees the station as held (``Policy.sees``); read through
+    # ``_under_seen`` only, which also asks whether it was read through their scope.
     _seen: strawberry.Private[bool]
+
+    def _under_seen(self, info: Info) -> bool:
+        """Whether what is listed under it may be asked by its id alone
+        (``Policy.scope_under``'s ``seen``): the viewer sees it as held (``_seen``) and
+        it was read through their scope in this request. Every station of a query or a
+        subscription's event was (the lists, ``node``, the loaders by id); a mutation's
+        may be what its write returned, which ``sees`` cannot tell from one read: a
+        station just removed (review s30: its price list, kept in the history, showed in
+        ``removeStation``'s payload). So no station claims it in a mutation, whichever
+        mutation returns it, and what is under it asks the full rule."""
+        return self._seen and info.operation.operation is not OperationType.MUTATION
 
     @strawberry.field(description=(
         "Great-circle distance in km from a point (a map list's `filter.near` point: "
@@ -777,7 +789,7 @@ class Station(Node, Audited):
         "not paged."))
     def connectors(self, info: Info) -> list[Connector]:
         ctx = _ctx(info)
-        if self._seen:
+        if self._under_seen(info):
             hit, records = _connectors_under(ctx).peek(self._r.id)
             if hit:  # a parent prefetched them
                 return [Connector.wrap(c, ctx) for c in records]
@@ -792,7 +804,7 @@ class Station(Node, Audited):
         # cost a store call per station at each level (QA s28).
         ctx = _ctx(info)
         ctx.loaders.by_id(d.Station).prime(self._r.id, self._r)  # ``connector { station }``
-        loader = _connectors_under(ctx) if self._seen else _connectors_of(ctx)
+        loader = _connectors_under(ctx) if self._under_seen(info) else _connectors_of(ctx)
         return [Connector.wrap(c, ctx) for c in await loader.load(self._r.id)]
 
     @strawberry.field(description=(
@@ -831,7 +843,8 @@ class Station(Node, Audited):
                           Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest,
-                                       "station" if self._seen else None).load(self._r.id)
+                                       "station" if self._under_seen(info) else None
+                                       ).load(self._r.id)
         if own is not None and own.removed_by(ctx.now):
             own = None  # removed: the station is on its company's prices again
         if own is None and self._r.company_id is not None:
@@ -871,7 +884,7 @@ class Station(Node, Audited):
         if not self._private:
             return []
         ctx = _ctx(info)
-        known = await ctx.loaders.shared(_new_configuration_loader).load(self._r.id)
+        known = await _configuration_of(ctx, self._under_seen(info)).load(self._r.id)
         booted = self._r.booted_at
         return [ConfigurationKey(key=k.key, readonly=k.readonly,
                                  value=None if is_secret(k) else k.value, masked=is_secret(k),

@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -202,35 +202,25 @@ class IdempotencyService(Service):
         write = patch(record, Viewer(user_id=record.user_id),
                       only_if=("claimant", record.claimant), required=True,
                       state=IdempotencyState.DONE, response=response)
-        for pause in (*FINISH_PAUSES_S, None):
-            try:
-                await self.store.write([write], [])
-                await self._unless_erased_since(record)
+
+        async def kept() -> bool:
+            await self.store.write([write], [])
+            return True
+
+        try:
+            if not await self._tried(kept, record, "keeping the answer",
+                                     f"the key lapses in {self.lease}"):
                 return
-            except StoreRefused:
-                # Refused for good (an answer past MongoDB's document size): the same
-                # write fails again.
-                log.exception("the store refused the answer for idempotency key %r of user"
-                              " %s; the key lapses in %s", record.key, record.user_id,
-                              self.lease)
-                return
-            except (Conflict, NotFound):
-                # Taken over after its lease lapsed (a request longer than LEASE), or the
-                # user was erased meanwhile: the answer is kept no longer.
-                log.warning("the answer for idempotency key %r of user %s was not kept: "
-                            "the claim lapsed while the request ran", record.key,
-                            record.user_id)
-                return
-            except Exception:
-                if pause is None:
-                    log.exception("keeping the answer for idempotency key %r of user %s "
-                                  "failed; the key lapses in %s", record.key,
-                                  record.user_id, self.lease)
-                    return
-                log.warning("keeping the answer for idempotency key %r of user %s failed;"
-                            " trying again in %ss", record.key, record.user_id, pause,
-                            exc_info=True)
-                await asyncio.sleep(pause)
+        except (Conflict, NotFound):
+            # Taken over after its lease lapsed (a request longer than LEASE), or the
+            # user was erased meanwhile: the answer is kept no longer.
+            log.warning("the answer for idempotency key %r of user %s was not kept: "
+                        "the claim lapsed while the request ran", record.key,
+                        record.user_id)
+            return
+        # Once the answer is stored, only the check is tried again: writing the answer
+        # again could store one the check withheld meanwhile.
+        await self._unless_erased_since(record)
 
     async def _unless_erased_since(self, record: IdempotencyKey) -> None:
         """Withholds the answer just kept for ``record`` should anyone have been erased
@@ -242,20 +232,69 @@ class IdempotencyService(Service):
         named the person is gone from the store by now. So the answer is dropped, not
         the key: a retry with it is told it ran (``Refusal.WITHHELD``), never run again
         (a refund paid twice), and the store's files are scrubbed of the answer as the
-        erasure's were (``Store.scrub``). One read of the ``erased_at`` index."""
+        erasure's were (``Store.scrub``). One read of the ``erased_at`` index; when it
+        cannot be read (review s30), the answer is withheld all the same: a retry told
+        it ran is the safe side of one given a person's data."""
         since = record.lease_until - self.lease - ERASED_BEFORE_CLAIM
-        if await self.store.find_one(User, Range("erased_at", gte=since)) is None:
+
+        async def erased() -> bool:
+            return await self.store.find_one(User, Range("erased_at", gte=since)) is not None
+
+        found = await self._tried(erased, record, "reading whether an account was erased "
+                                  "while the request ran", "its answer is withheld")
+        if found is False:
             return
-        log.info("the answer for idempotency key %r of user %s is withheld: an account "
-                 "was erased while its request ran", record.key, record.user_id)
+        if found:
+            log.info("the answer for idempotency key %r of user %s is withheld: an "
+                     "account was erased while its request ran", record.key,
+                     record.user_id)
         withheld = patch(record, Viewer(user_id=record.user_id),
                          only_if=("claimant", record.claimant), required=True,
                          state=IdempotencyState.DONE, response=None)
-        try:
+
+        async def withhold() -> bool:
             await self.store.write([withheld], [])
+            return True
+
+        async def scrub() -> bool:
+            await self.store.scrub()
+            return True
+
+        try:
+            if not await self._tried(withhold, record, "withholding the answer",
+                                     "the answer stays kept, a retry is given it"):
+                return
         except (Conflict, NotFound):  # taken over, or forgotten by the erasure already
             return
-        await self.store.scrub()
+        await self._tried(scrub, record, "scrubbing the store's files of the answer",
+                          "they may hold it until the next erasure's scrub")
+
+    async def _tried(self, step: Callable[[], Awaitable[bool]], record: IdempotencyKey,
+                     what: str, then: str) -> bool | None:
+        """``step``'s answer, tried again after each of ``FINISH_PAUSES_S`` should the
+        store fail (a locked database, a moment's outage); ``None`` when it could not
+        be had, logged with what follows (``then``). Not tried again when the store
+        refuses it for good (``StoreRefused``: the same write fails again). A guarded
+        write's ``Conflict`` or ``NotFound`` is raised: the caller tells what it means."""
+        for pause in (*FINISH_PAUSES_S, None):
+            try:
+                return await step()
+            except (Conflict, NotFound):
+                raise
+            except StoreRefused:
+                log.exception("the store refused %s for idempotency key %r of user %s; %s",
+                              what, record.key, record.user_id, then)
+                return None
+            except Exception:
+                if pause is None:
+                    log.exception("%s for idempotency key %r of user %s failed; %s", what,
+                                  record.key, record.user_id, then)
+                    return None
+                log.warning("%s for idempotency key %r of user %s failed; trying again "
+                            "in %ss", what, record.key, record.user_id, pause,
+                            exc_info=True)
+                await asyncio.sleep(pause)
+        return None  # not reached: the last try's pause is None
 
     async def release(self, claim: Claim) -> None:
         """Gives the key up (the request failed for a reason of the service's, not the

@@ -6,6 +6,7 @@ is a fresh key; the sweep and an erasure delete them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from domain.entities import IdempotencyKey, IdempotencyState, Role
+from domain.entities import IdempotencyKey, IdempotencyState, Role, User
 from domain.errors import StoreBusy, StoreRefused
 from domain.policy import Policy, Viewer
 from domain.ports import Store, Update
@@ -266,6 +267,79 @@ async def test_an_answer_is_kept_unless_someone_was_erased_while_its_request_ran
     stored = (await store.get_many(IdempotencyKey, [claim.record.id]))[0]
     assert stored is not None and stored.response is None
     assert await keys.begin(BEN, "during-erasure", "fp") is Refusal.WITHHELD
+
+
+async def test_an_answer_is_written_once_and_withheld_when_erasures_cannot_be_read(
+        store: Store, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review s30: the check for erasures ran inside the tries of writing the answer, so
+    a failed read of them wrote the answer again (over one the check had withheld
+    meanwhile), and after the last try the answer stayed kept while the log said the key
+    would lapse. The answer is written once; the check alone is tried again; one that
+    cannot be made withholds the answer (the safe side), and says so. A withholding
+    that cannot be written leaves the answer kept, and says that."""
+    keys = service(store, Clock())
+    monkeypatch.setattr("domain.services.idempotency.FINISH_PAUSES_S", (0.0, 0.0))
+    find_one, write = store.find_one, store.write
+    failing_reads: list[int] = []
+    failing_withholds: list[int] = []
+    answers: list[str | None] = []
+
+    async def reading(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        if kind is User and failing_reads:
+            failing_reads.pop()
+            raise StoreBusy("the database is locked")
+        return await find_one(kind, *args, **kwargs)
+
+    async def writing(changes: Any, *args: Any, **kwargs: Any) -> Any:
+        [change] = changes if len(changes) == 1 else [None]
+        if isinstance(change, Update) and "response" in (change.fields or ()):
+            response = change.record.response  # type: ignore[attr-defined]
+            if response is None and failing_withholds:
+                failing_withholds.pop()
+                raise StoreBusy("the database is locked")
+            answers.append(response)
+        return await write(changes, *args, **kwargs)
+
+    monkeypatch.setattr(store, "find_one", reading)
+    monkeypatch.setattr(store, "write", writing)
+    caplog.set_level(logging.INFO, logger="chargegraph.idempotency")
+    # A read failing once, then nobody erased: kept, written once.
+    failing_reads.append(1)
+    claim = await keys.begin(ANNA, "k-read-once", "fp-a")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    await keys.settled()
+    assert answers == [ANSWER]
+    assert await keys.begin(ANNA, "k-read-once", "fp-a") == Replay(ANSWER)
+    # Every read failing: withheld, the answer written once.
+    answers.clear()
+    caplog.clear()
+    failing_reads.extend([1, 1, 1])
+    claim = await keys.begin(ANNA, "k-unread", "fp-a")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    await keys.settled()
+    assert answers == [ANSWER, None]
+    assert await keys.begin(ANNA, "k-unread", "fp-a") is Refusal.WITHHELD
+    said = [r.getMessage() for r in caplog.records]
+    assert any("reading whether an account was erased" in m and "its answer is withheld"
+               in m for m in said), said
+    assert not any("lapses" in m for m in said), said
+    # Erased meanwhile, and the withholding failing every try: the answer stays, as
+    # the log says, and is not written again.
+    answers.clear()
+    caplog.clear()
+    claim = await keys.begin(ANNA, "k-kept", "fp-a")
+    assert isinstance(claim, Claim)
+    await put(store, user(erased_at=T0))
+    failing_withholds.extend([1, 1, 1])
+    await keys.finish(claim, ANSWER)
+    await keys.settled()
+    assert answers == [ANSWER]
+    assert await keys.begin(ANNA, "k-kept", "fp-a") == Replay(ANSWER)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("withholding the answer" in m and "stays kept" in m for m in said), said
 
 
 async def test_keeping_an_answer_is_tried_again_while_the_store_is_busy(

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from domain import entities as d
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.query import ALL, Filter
 from domain.services import ConnectorSpec, Services
+from domain.services.base import stamp_new
 from store.mongo.query import compile_query
+from tests.contract.factories import configuration_key
 from tests.graph.conftest import Api, CountingStore
-from tests.graph.test_mutations import gid
+from tests.graph.test_mutations import call, gid
 from tests.graph.world import World
 from tests.helpers import subselects
 
@@ -55,12 +58,23 @@ async def test_connectors_under_stations_seen_are_asked_by_station_alone(
         under = [where for where in tariffs if not subselects(where)]
         assert len(tariffs) == 2 and len(under) == 1, (who, tariffs)
         assert compile_query(d.Tariff, under[0]).stages == (), who
-    # What is left of the scope is left: a driver still reads no configuration.
+    # A station's configuration is asked by its id alone too.
+    station = world.stations["A-001"]
+    await store.write([Insert(stamp_new(configuration_key(station), SYSTEM))], [])
     store.asked.clear()
     config = await api.gql('{ station(cpId: "A-001") { configuration { key } } }',
                            as_user=world.users["op_a"].id)
-    assert config == {"station": {"configuration": []}}
-    assert all(subselects(where) == [] for where in asked_of(store, d.ConfigurationKey))
+    assert config == {"station": {"configuration": [{"key": "HeartbeatInterval"}]}}
+    asked = asked_of(store, d.ConfigurationKey)
+    assert len(asked) == 1 and subselects(asked[0]) == [], asked
+    # What is left of the scope is left: asked as under a station seen, a driver (who
+    # sees A-001 on the map) still reads none of its configuration, its operator does.
+    # (The graph does not even ask for a driver: ``configuration`` is the private view.)
+    for who, keys in (("driver1", []), ("op_a", ["HeartbeatInterval"])):
+        found = await services.reads.grouped(world.viewer(who), d.ConfigurationKey,
+                                             "station_id", [station.id], ALL, (), 10,
+                                             seen="station")
+        assert [k.key for k in found.get(station.id, [])] == keys, who
 
 
 async def test_a_connector_of_a_station_not_seen_stays_out_of_reach(
@@ -88,3 +102,53 @@ async def test_a_connector_of_a_station_not_seen_stays_out_of_reach(
                                   "count } } }", as_user=world.users[who].id))["overview"]
         assert sum(row["count"] for row in overview["connectorsByStatus"]) == count, who
 
+
+
+PAYLOAD = "station { cpId tariff { id } connectors { connectorId } configuration { key } }"
+
+
+async def test_a_removed_station_s_payload_lists_nothing_under_it(
+        api: Api, world: World, store: CountingStore) -> None:
+    """Review s30: the station ``removeStation`` returns passed ``Policy.sees`` (its
+    fields are those of a station its operator runs) though it was just deleted, and its
+    own price list, which stays in the history, was asked by its id alone: the payload
+    showed a tariff that ``node(id:)`` and ``tariffs`` no longer do. A mutation's
+    stations are not read through the viewer's scope, so what is under them is asked by
+    the full rule: nothing under a station gone."""
+    station = world.stations["A-002"]
+    sid = gid("station", station.id)
+    await store.write([Insert(stamp_new(configuration_key(station), SYSTEM))], [])
+    set_ = await call(api, world, "op_a", "setTariff",
+                      {"stationId": sid, "pricePerKwh": "0.59", "currency": "EUR"},
+                      "tariff { id }")
+    before = await call(api, world, "op_a", "updateStation", {"id": sid, "name": "Still"},
+                        PAYLOAD)
+    assert before["station"]["tariff"] == set_["tariff"]  # the full rule finds them
+    assert len(before["station"]["connectors"]) == 2
+    assert before["station"]["configuration"] == [{"key": "HeartbeatInterval"}]
+    removed = await call(api, world, "op_a", "removeStation", {"id": sid}, PAYLOAD)
+    assert removed == {"station": {"cpId": "A-002", "tariff": None, "connectors": [],
+                                   "configuration": []}, "errors": []}
+    left = await api.gql("query($t: ID!) { node(id: $t) { id } tariffs { totalCount } }",
+                         {"t": set_["tariff"]["id"]}, as_user=world.users["op_a"].id)
+    assert left == {"node": None, "tariffs": {"totalCount": 0}}
+
+
+async def test_a_station_handed_to_another_owner_lists_nothing_under_it(
+        api: Api, world: World, services: Services) -> None:
+    """An operator who names another owner of their own station of no company no longer
+    runs it: the payload's station lists nothing under it for them."""
+    mine, _ = await services.stations.create_station(
+        SYSTEM, cp_id="OWN-1", name="Own", company_id=None,
+        owner_id=world.users["op_a"].id, lat=None, lon=None, address=None,
+        connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 50.0)], password=None)
+    sid = gid("station", mine.id)
+    await call(api, world, "op_a", "setTariff",
+               {"stationId": sid, "pricePerKwh": "0.59", "currency": "EUR"}, "tariff { id }")
+    kept = await call(api, world, "op_a", "updateStation", {"id": sid, "name": "Mine"},
+                      "station { tariff { id } connectors { connectorId } }")
+    assert kept["station"]["tariff"] is not None and kept["station"]["connectors"] != []
+    handed = await call(api, world, "op_a", "updateStation",
+                        {"id": sid, "ownerId": gid("user", world.users["op_a2"].id)}, PAYLOAD)
+    assert handed == {"station": {"cpId": "OWN-1", "tariff": None, "connectors": [],
+                                  "configuration": []}, "errors": []}

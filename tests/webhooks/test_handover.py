@@ -470,3 +470,32 @@ def _pending(webhook_id: str, number: int, event: str) -> d.PendingDelivery:
         webhook_id=webhook_id, delivery_id=f"{webhook_id}-{number}",
         event_type="connector.status_changed", body=body, event=event, tries_made=0,
         due_at=now, queued_at=now + timedelta(microseconds=number))
+
+
+async def test_a_stop_s_last_write_failing_with_nothing_to_hand_over_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review s30: the stop's write failing was logged only when it had deliveries to
+    hand over or records to delete; otherwise it was swallowed, no line at all. A
+    delivery delivered before any batch stored it leaves a note with nothing to write;
+    the stop's write of it failing (a fault of the code's own: no store call is made
+    for nothing) is said, with its traceback."""
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        stopping = await world.dispatcher(first, persist_s=600.0)  # no batch of its own
+        await available(world)
+
+        async def delivered_unwritten() -> bool:
+            notes = list(stopping._unwritten.values())
+            return bool(notes) and all(delivery.over for _, delivery in notes)
+        await until(delivered_unwritten)
+
+        async def faulty(**_: Any) -> bool:
+            raise RuntimeError("a fault of the handover's own")
+        stopping._persist = faulty  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, "chargegraph.webhooks"):
+            await asyncio.wait_for(stopping.close(), 5)
+        world.dispatchers.remove(stopping)
+        assert "with nothing to hand over or delete" in caplog.text
+        assert "a fault of the handover's own" in caplog.text  # its traceback
+        assert "handing over" not in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -468,3 +469,58 @@ async def test_a_lease_refusing_batch_after_batch_is_said_once_and_its_end_too(
         assert [r for r in caplog.records if "lease lasts again" in r.getMessage()]
         assert len([r for r in caplog.records
                     if "lease ended before" in r.getMessage()]) == 1
+
+
+async def test_a_refusal_after_the_refused_deliveries_ended_is_said_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review s30: the refusal's warning was said again only after a batch stored new
+    deliveries. A refused delivery that ends before any batch stores it (given up,
+    delivered) leaves nothing to store: the next batch, which the guard takes, stores
+    none, and the next episode of refusals was not said at all. Each is said once."""
+    monkeypatch.setattr("chargegraph.webhooks.PERSIST_RETRY_S", 0.01)
+    async with two_instances(tmp_path) as (world, first, _):
+        receiver = await world.receiver(503)
+        await world.webhook("op", receiver, "connector.status_changed")
+        real_renew = first.instances.renew
+
+        async def renew(instance_id: str, *args: Any, **kwargs: Any) -> bool:
+            lapsed = await real_renew(instance_id, *args, **kwargs)
+            await lease_ended(world, instance_id, timedelta(seconds=1))  # each cut short
+            return lapsed
+        first.instances.renew = renew  # type: ignore[method-assign]
+        real_keep, refusals = first.webhooks.keep_deliveries, 0
+
+        async def keep(*args: Any, **kwargs: Any) -> Any:
+            nonlocal refusals
+            refused = await real_keep(*args, **kwargs)
+            refusals += bool(refused)
+            return refused
+        first.webhooks.keep_deliveries = keep  # type: ignore[method-assign]
+        real_deliverable, post = first.webhooks.deliverable, asyncio.Event()
+
+        async def deliverable(webhook_id: str, event: Any) -> Any:
+            await asyncio.wait_for(post.wait(), 10)  # posted once its store was refused
+            return await real_deliverable(webhook_id, event)
+        first.webhooks.deliverable = deliverable  # type: ignore[method-assign]
+        caplog.set_level(logging.INFO, logger="chargegraph.webhooks")
+        dispatcher = await world.dispatcher(first, tries=1, timeout=30.0)
+
+        def refused_again(at_least: int) -> Callable[[], Awaitable[bool]]:
+            async def refused() -> bool:
+                return refusals >= at_least
+            return refused
+
+        def warned() -> int:
+            return len([r for r in caplog.records
+                        if "lease ended before" in r.getMessage()])
+        for episode in (1, 2):
+            await available(world)
+            await until(refused_again(refusals + 1))
+            assert warned() == episode
+            post.set()  # its one try fails: given up, never stored
+            await requests_at_least(receiver, episode)
+            post.clear()
+            await world.settled()  # a batch taken by the guard, with nothing to store
+        assert await owners(world) == {}
+        assert dispatcher.idle
