@@ -233,7 +233,7 @@ def _reservation_end(expiry: Any, now: datetime) -> None:
     Judged with the payload's other fields, not once the reservation is being made: a
     request with a bad connector, tag and expiry is told all three at once."""
     if not isinstance(expiry, datetime) or expiry <= now:
-        raise ValidationError("expiryDate must be in the future", field="expiryDate")
+        raise ValidationError("must be in the future", field="expiryDate")
     if expiry > now + MAX_RESERVATION:
         raise ValidationError(f"a reservation lasts at most {MAX_RESERVATION_HOURS} h",
                               field="expiryDate", code="OUT_OF_RANGE")

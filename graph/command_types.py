@@ -186,7 +186,7 @@ OCPP_VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "UNKNOWN_VENDOR_ID": "The charger has no handler for the vendorId.",
     },
     "ReservationStatus": {
-        "ACCEPTED": "The connector is held for the tag (or its group) until `expiryDate`.",
+        "ACCEPTED": "The connector is held for the tag (or its group) until `expiresAt`.",
         "FAULTED": "Refused: the connector or the charger is faulted.",
         "OCCUPIED": "Refused: the connector is in use or reserved for another tag.",
         "REJECTED": "Refused: the charger takes no reservations (or none for connector "

@@ -7,6 +7,7 @@ CHARGER_REJECTED or CHARGER_ERROR (and NOT_FOUND/FORBIDDEN before anything is se
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import strawberry
 
 from domain.command_rules import is_secret_key
-from domain.errors import DomainError
+from domain.errors import DomainError, ValidationError
 from domain.services.commands import CommandOutcome
 from graph import command_types as t
 from graph.context import GraphContext
@@ -205,8 +206,14 @@ class DataTransferInput:
 class ReserveNowInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description="0 reserves any connector.")
-    expiry_date: datetime = strawberry.field(description=(
-        "When the reservation ends: in the future, at most 24 hours ahead."))
+    expires_at: datetime | None = strawberry.field(default=None, description=(
+        "When the reservation ends (`Reservation.expiresAt`): in the future, at most 24 "
+        "hours ahead. Required, unless the deprecated `expiryDate` is given instead "
+        "(REQUIRED without either, INVALID with both)."))
+    expiry_date: datetime | None = strawberry.field(
+        default=None, deprecation_reason="Use `expiresAt`, as `Reservation.expiresAt` "
+                                         "reads it; not with it.",
+        description="When the reservation ends, by OCPP's name.")
     id_tag: str | None = strawberry.field(
         default=None, description="Drivers may leave it out (their first usable tag).")
     parent_id_tag: str | None = strawberry.field(default=None, description=(
@@ -468,6 +475,29 @@ def _vehicle(data: dict[str, Any]) -> None:
         data["vehicleId"] = expect_id(str(data["vehicleId"]), "vehicle", "vehicleId")
 
 
+def _expiry(data: dict[str, Any]) -> str:
+    """A ReserveNow's end under OCPP's name (``expiryDate``), given as ``expiresAt``, the
+    name a reservation reads it by, or the deprecated ``expiryDate`` (QA s30: a client
+    had to write one and read the other): exactly one. The name the caller used, for
+    the errors about it."""
+    given = [name for name in ("expiresAt", "expiryDate") if name in data]
+    if len(given) != 1:
+        raise ValidationError(
+            "give expiresAt (or the deprecated expiryDate), not both" if given
+            else "when the reservation ends", field="expiresAt",
+            code="INVALID" if given else "REQUIRED")
+    # Renamed in its place: the domain tells the faults of an input in its fields' order.
+    renamed = {"expiryDate" if key == given[0] else key: value for key, value in data.items()}
+    data.clear()
+    data.update(renamed)
+    return given[0]
+
+
+def _named(errors: list[UserError], field: str, given: str) -> list[UserError]:
+    """``errors`` with ``field`` called ``given``, the name the input gave it by."""
+    return [replace(e, field=given) if e.field == field else e for e in errors]
+
+
 @strawberry.type
 class CommandMutation:
     @strawberry.mutation(description="OCPP RemoteStartTransaction.")
@@ -565,13 +595,14 @@ class CommandMutation:
         cp_id, data = _payload(input)
         try:
             _vehicle(data)
+            given = _expiry(data)
         except DomainError as exc:
             return ReserveNowPayload(status=None, reservation=None,
                                      **_common(None, [user_error(exc)]))
         outcome, errors = await _send(info, cp_id, "ReserveNow", data)
         return ReserveNowPayload(status=_status(outcome, t.ReservationStatus),
                                  reservation=_reservation(info, outcome),
-                                 **_common(outcome, errors))
+                                 **_common(outcome, _named(errors, "expiryDate", given)))
 
     @strawberry.mutation(description="OCPP CancelReservation.")
     async def cancel_reservation(self, info: Info, input: CancelReservationInput

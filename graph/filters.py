@@ -79,6 +79,27 @@ def _ids(values: list[strawberry.ID] | None, kind: str, field: str) -> Filter | 
     return None if ids is None else In(f"{kind}_id", ids)
 
 
+def _cp_ids(values: list[str] | None, field: str) -> Filter | None:
+    """``In`` over the listed OCPP identities (``bounded``); an empty list matches nothing."""
+    cp_ids = bounded(values, field)
+    return None if cp_ids is None else In("cp_id", tuple(cp_ids))
+
+
+#: What the one-value forms, kept for the clients written against them, say (QA s30: the
+#: list filters took ``cpIds``/``stationIds``, these ``cpId``/``stationId``, and a
+#: client had to know which). Given with its list, both must hold, as any two conditions.
+_USE_CP_IDS = "Use `cpIds` (a list); given with it, both must hold."
+_USE_STATION_IDS = "Use `stationIds` (a list); given with it, both must hold."
+#: The connector type list's one name, a station's and a connector's alike (QA s30:
+#: ``connectorTypes`` on stations, ``types`` on connectors).
+_USE_CONNECTOR_TYPES = "Use `connectorTypes`, as on the station filter."
+
+
+def _listed(what: str, single: str) -> str:
+    """The description of a list form kept beside its deprecated one-value ``single``."""
+    return f"{what}, {BOUNDED}; an empty list: none. With `{single}` too, both must hold."
+
+
 #: Longer than any name, plate or address; a real MongoDB server refuses patterns past
 #: 32 KiB (and the escaped text can be twice as long as the text).
 MAX_SEARCH = 200
@@ -339,8 +360,10 @@ class NearInput:
 
 @strawberry.input(description="Which stations to list; every condition given must hold.")
 class StationFilter:
-    cp_id: str | None = strawberry.field(default=None, description=(
-        "The station with this OCPP identity."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        _listed("The stations with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=_USE_CP_IDS,
+                                         description="The station with this OCPP identity.")
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Run by this company. Private: matches only stations whose company the viewer "
         "may read (admins, their operators)."))
@@ -372,6 +395,7 @@ class StationFilter:
     def to_domain(self) -> Filter:
         return all_of(
             _eq("cp_id", self.cp_id),
+            _cp_ids(self.cp_ids, "filter.cpIds"),
             _eq("company_id", _id(self.company_id, "company", "filter.companyId")),
             _eq("owner_id", _id(self.owner_id, "user", "filter.ownerId")),
             _eq("online", self.online),
@@ -394,19 +418,28 @@ def _min_kw(value: float | None, field: str) -> float | None:
 
 @strawberry.input(description="Which connectors to list; every condition given must hold.")
 class ConnectorFilter:
-    cp_id: str | None = strawberry.field(default=None, description=(
-        "Of the station with this OCPP identity."))
-    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
-        "Of this station."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        _listed("Of the stations with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=_USE_CP_IDS,
+                                         description="Of the station with this OCPP "
+                                                     "identity.")
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        _listed("Of any of these stations (global ids)", "stationId")))
+    station_id: strawberry.ID | None = strawberry.field(
+        default=None, deprecation_reason=_USE_STATION_IDS, description="Of this station.")
     status: ConnectorStatus | None = strawberry.field(default=None, description=(
         "AVAILABLE: available now, as `availableNow: true` (not a connector holding an "
         "ACTIVE session or held by a live reservation, whatever it reported); any other "
         "status: the last one "
         "reported, as `Connector.status` shows it (a charger that started a session "
         "without reporting CHARGING is not in `CHARGING`)."))
-    types: list[ConnectorType] | None = strawberry.field(default=None, description=(
-        "One of these types (null: any type; an empty list: none, so no "
-        "connector)."))
+    connector_types: list[ConnectorType] | None = strawberry.field(default=None, description=(
+        "One of these types (null: any type; an empty list: none, so no connector). "
+        "With `types` too, both must hold."))
+    types: list[ConnectorType] | None = strawberry.field(
+        default=None, deprecation_reason=_USE_CONNECTOR_TYPES, description=(
+            "One of these types (null: any type; an empty list: none, so no "
+            "connector)."))
     min_kw: float | None = strawberry.field(default=None, description=(
         "At least this power (`maxKw`; unknown power does not match)."))
     available_now: bool | None = strawberry.field(default=None, description=(
@@ -423,9 +456,12 @@ class ConnectorFilter:
     def to_domain(self) -> Filter:
         return all_of(
             _eq("cp_id", self.cp_id),
+            _cp_ids(self.cp_ids, "filter.cpIds"),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _ids(self.station_ids, "station", "filter.stationIds"),
             self._status(),
-            connector_fits(self.types, _min_kw(self.min_kw, "filter.minKw")),
+            connector_fits(self.connector_types, _min_kw(self.min_kw, "filter.minKw")),
+            connector_fits(self.types),
             _available(self.available_now),
         )
 
@@ -485,10 +521,15 @@ class SessionFilter:
 @strawberry.input(description="Which reservations to list; every condition given must "
                                "hold.")
 class ReservationFilter:
-    cp_id: str | None = strawberry.field(default=None, description=(
-        "At the charger with this OCPP identity."))
-    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
-        "At this station."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        _listed("At the chargers with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=_USE_CP_IDS,
+                                         description="At the charger with this OCPP "
+                                                     "identity.")
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        _listed("At any of these stations (global ids)", "stationId")))
+    station_id: strawberry.ID | None = strawberry.field(
+        default=None, deprecation_reason=_USE_STATION_IDS, description="At this station.")
     user_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "For this user's card."))
     state: ReservationState | None = strawberry.field(default=None, description=(
@@ -498,7 +539,9 @@ class ReservationFilter:
     def to_domain(self) -> Filter:
         return all_of(
             _eq("cp_id", self.cp_id),
+            _cp_ids(self.cp_ids, "filter.cpIds"),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _ids(self.station_ids, "station", "filter.stationIds"),
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _reservation_state(self.state, utcnow()) if self.state is not None else None,
         )

@@ -13,6 +13,7 @@ from domain.query import ALL, Eq, Filter, Sort, all_of, newest_first
 from graph.analytics import AnalyticsQuery
 from graph.context import GraphContext
 from graph.filters import (
+    MAX_FILTER_IDS,
     AuditFilter,
     AuditOrder,
     CompanyFilter,
@@ -33,6 +34,7 @@ from graph.filters import (
     UserOrder,
     VehicleFilter,
     VehicleOrder,
+    bounded,
 )
 from graph.ids import from_global_id
 from graph.nodes import (
@@ -121,10 +123,10 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
     @strawberry.field(description="Objects by global ids, in order; null where missing or "
                                   "hidden.")
     async def nodes(self, info: Info, ids: Annotated[list[strawberry.ID], strawberry.argument(
-            description="Global ids, at most 100 (OUT_OF_RANGE).")]
+            description=f"Global ids, at most {MAX_FILTER_IDS} (TOO_LONG).")]
                     ) -> list[Node | None]:
-        if len(ids) > 100:
-            raise DomainError("at most 100 ids", field="ids", code="OUT_OF_RANGE")
+        # A list too long is TOO_LONG here as in every filter (QA s30: OUT_OF_RANGE).
+        bounded(ids, "ids")
         # Together, so that the ids of each kind join one batch: one store call per kind
         # (awaited one by one, each id was a store call of its own; QA s28).
         return list(await asyncio.gather(*(_node(info, str(i)) for i in ids)))

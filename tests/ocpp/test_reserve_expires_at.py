@@ -1,0 +1,66 @@
+"""reserveNow takes its end as `expiresAt`, the name `Reservation.expiresAt` reads it by,
+or as the deprecated `expiryDate` (OCPP's name), exactly one of them (QA s30: a client
+wrote one and read the other). A real charger is sent OCPP's `expiryDate` either way."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ocpp_bridge.simulator import connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_commands import run
+
+
+@pytest.fixture
+async def central(tmp_path: Path) -> AsyncIterator[Central]:
+    c = await start_central(tmp_path / "central.db")
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+SELECTION = "status reservation { connectorId expiresAt } errors { field code }"
+
+
+def faults(answer: dict[str, object]) -> list[tuple[object, object]]:
+    return [(e["field"], e["code"]) for e in answer["errors"]]  # type: ignore[attr-defined, index]
+
+
+async def test_expires_at_or_the_deprecated_expiry_date_exactly_one(central: Central) -> None:
+    end = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        for connector, name, tag in ((1, "expiresAt", "TAG-OK"),
+                                     (2, "expiryDate", "TAG-OTHER")):
+            made = await run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": connector, "idTag": tag,
+                name: end.isoformat()}, SELECTION)
+            assert made["errors"] == [] and made["status"] == "ACCEPTED", (name, made)
+            assert datetime.fromisoformat(made["reservation"]["expiresAt"]) == end
+        # The charger's ocpp library validates the call against the 1.6 schema: it took
+        # both, so both went with OCPP's required expiryDate.
+        sent = [payload for action, payload in cp.received if action == "ReserveNow"]
+        assert [p["connector_id"] for p in sent] == [1, 2]
+
+        # Refused before anything is sent, on the field given: both, neither, and a
+        # time in the past under either name.
+        base = {"cpId": "CP-1", "connectorId": 0, "idTag": "TAG-OK"}
+        for extra, expected in (
+                ({"expiresAt": end.isoformat(), "expiryDate": end.isoformat()},
+                 [("expiresAt", "INVALID")]),
+                ({}, [("expiresAt", "REQUIRED")]),
+                ({"expiresAt": past}, [("expiresAt", "INVALID")]),
+                ({"expiryDate": past}, [("expiryDate", "INVALID")]),
+                # Every fault at once, in the input's order, the end's under its name.
+                ({"idTag": "T" * 33, "expiresAt": past, "connectorId": -1},
+                 [("connectorId", "OUT_OF_RANGE"), ("expiresAt", "INVALID"),
+                  ("idTag", "TOO_LONG")])):
+            refused = await run(central, "reserveNow", {**base, **extra}, SELECTION)
+            assert refused["status"] is None and refused["reservation"] is None, extra
+            assert faults(refused) == expected, extra
+        assert [a for a, _ in cp.received if a == "ReserveNow"] == ["ReserveNow"] * 2
