@@ -66,6 +66,12 @@ LARGE_LISTS: dict[tuple[str, str], int] = {
 ONE_BY: dict[tuple[str, str], str] = {
     ("Query", "stations"): "cpId",
 }
+#: Pages whose ``filter`` lists unique keys, by (type, field): at most as many records as
+#: the list holds. ``cpIds`` replaces the deprecated ``cpId`` (QA s30), and a client
+#: moving to it was refused the one station's configuration it had been answered.
+ANY_OF: dict[tuple[str, str], str] = {
+    ("Query", "stations"): "cpIds",
+}
 
 
 def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
@@ -73,8 +79,7 @@ def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
     """Objects the operation (``document``, parsed from ``query``) may return at most,
     for a subscription per event. Remembered per query text, operation and page-size
     variables: a repeated request costs a dictionary lookup."""
-    sizes = tuple(sorted((name, size) for name, value in (variables or {}).items()
-                         if (size := _size(value)) is not None))
+    sizes = _sizes(variables or {})
     texts = _texts(variables or {})
     key = (id(schema), query, operation_name, sizes, texts)
     found = _ESTIMATES.get(key)
@@ -109,6 +114,19 @@ def _size(value: Any) -> int | None:
     if isinstance(value, list):
         return len(value)
     return None
+
+
+def _sizes(variables: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """What the variables say of sizes (``_size``), and the lengths of the lists in those
+    given as objects (``"f.cpIds"``): what an ``ANY_OF`` filter may list its keys in."""
+    found: dict[str, int] = {}
+    for name, value in variables.items():
+        if (size := _size(value)) is not None:
+            found[name] = size
+        elif isinstance(value, dict):
+            found.update((f"{name}.{field}", len(inner)) for field, inner in value.items()
+                         if isinstance(inner, list))
+    return tuple(sorted(found.items()))
 
 
 def _texts(variables: dict[str, Any]) -> frozenset[str]:
@@ -150,6 +168,20 @@ def _literal_size(value: ValueNode) -> int | None:
         return int(value.value)
     if isinstance(value, ListValueNode):
         return len(value.values)
+    return None
+
+
+def _filter_field(node: FieldNode, key: str) -> ValueNode | str | None:
+    """The field ``key`` of ``node``'s ``filter`` argument as written, or, the filter
+    given as a variable, the name its field has among the variables (``"f.cpId"``)."""
+    for argument in node.arguments or ():
+        if argument.name.value != "filter":
+            continue
+        value = argument.value
+        if isinstance(value, VariableNode):
+            return f"{value.name.value}.{key}"
+        if isinstance(value, ObjectValueNode):
+            return next((f.value for f in value.fields if f.name.value == key), None)
     return None
 
 
@@ -210,6 +242,9 @@ class _Estimator:
             if (key := ONE_BY.get((parent.name, node.name.value))) is not None \
                     and self._names(node, key):
                 inner_page = min(inner_page, 1)
+            if (key := ANY_OF.get((parent.name, node.name.value))) is not None \
+                    and (listed := self._listed(node, key)) is not None:
+                inner_page = min(inner_page, listed)
         elif "ids" in definition.args:  # nodes(ids: [...]): one object per id
             count, inner_page = parents * self._ids(node), None
         elif is_list_type(get_nullable_type(definition.type)):
@@ -231,20 +266,23 @@ class _Estimator:
     def _names(self, node: FieldNode, key: str) -> bool:
         """Whether the field's ``filter`` gives ``key`` as text: literally, or by a
         variable given text (the filter itself a variable holding it, or its field)."""
-        for argument in node.arguments or ():
-            if argument.name.value != "filter":
-                continue
-            value = argument.value
-            if isinstance(value, VariableNode):
-                return f"{value.name.value}.{key}" in self.texts
-            if isinstance(value, ObjectValueNode):
-                for field in value.fields:
-                    if field.name.value == key:
-                        given = field.value
-                        return isinstance(given, StringValueNode) or (
-                            isinstance(given, VariableNode)
-                            and given.name.value in self.texts)
-        return False
+        given = _filter_field(node, key)
+        if isinstance(given, str):
+            return given in self.texts
+        return isinstance(given, StringValueNode) or (
+            isinstance(given, VariableNode) and given.name.value in self.texts)
+
+    def _listed(self, node: FieldNode, key: str) -> int | None:
+        """How many items the field's ``filter`` lists in ``key``: literally, or by a
+        variable (the filter itself a variable holding it, or its field); ``None`` when
+        it gives no list."""
+        given = _filter_field(node, key)
+        if isinstance(given, str):
+            return self.sizes.get(given)
+        if isinstance(given, VariableNode):
+            size = self.sizes.get(given.name.value)
+            return None if size == NULL else size
+        return _literal_size(given) if isinstance(given, ListValueNode) else None
 
     def _ids(self, node: FieldNode) -> int:
         size = self._argument(node, "ids")

@@ -142,3 +142,27 @@ def test_a_page_filtered_by_one_cp_id_counts_as_one_station() -> None:
     # Other filters narrow nothing for the estimate.
     assert estimate('{ stations(filter: {search: "CP-1"}) { nodes { configuration '
                     '{ key } } } }') > MAX_OBJECTS
+
+
+def test_a_page_filtered_by_a_list_of_cp_ids_counts_as_many_stations() -> None:
+    """``cpIds`` replaces the deprecated ``cpId`` (QA s30): a client moving to it must
+    not be refused the one station's configuration it was answered. At most as many
+    stations as listed, literally or by variable; null or left out narrows nothing."""
+    def stations(n: int) -> int:
+        return 1 + n * (1 + MAX_KEYS)  # the connection, its stations, their keys
+
+    literal = '{ stations(filter: {cpIds: ["CP-1"]}) { nodes { configuration { key } } } }'
+    assert estimate(literal) == stations(1) <= MAX_OBJECTS
+    assert estimate(literal.replace('["CP-1"]', '["A", "B", "C"]')) == stations(3)
+    by_field = """query($cp: [String!]) { stations(filter: {cpIds: $cp}) {
+        nodes { configuration { key } } } }"""
+    assert estimate(by_field, {"cp": ["CP-1", "CP-2"]}) == stations(2)
+    assert estimate(by_field, {"cp": None}) == stations(20) > MAX_OBJECTS
+    by_filter = """query($f: StationFilter) { stations(filter: $f) {
+        nodes { configuration { key } } } }"""
+    assert estimate(by_filter, {"f": {"cpIds": ["CP-1"]}}) == stations(1)
+    assert estimate(by_filter, {"f": {"cpIds": None}}) > MAX_OBJECTS
+    # Never more than the page asked for.
+    many = {"f": {"cpIds": [f"CP-{i}" for i in range(50)]}}
+    assert estimate(by_filter.replace("stations(filter: $f)",
+                                      "stations(first: 2, filter: $f)"), many) == stations(2)
