@@ -265,6 +265,19 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+class RefusalTimer:
+    """A refusal's time (``OcppServer._answer``): ``time.monotonic`` and
+    ``asyncio.sleep``, in one place so that a test can run the refusal delay on a clock
+    it moves itself (by order, not by how fast a loaded machine runs;
+    tests/ocpp/test_password_lockout.py)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 class OcppServer:
     def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
@@ -336,6 +349,8 @@ class OcppServer:
         #: Seconds after its arrival a refused password is answered
         #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
         self.refusal_delay = refusal_delay
+        #: When a handshake arrived and how long its refusal still waits.
+        self.refusal_timer = RefusalTimer()
         self._checking = KeyedLocks()  # one argon2 check per station at a time
         #: (cp_id, address as the limits count it: an IPv6 one by its /64) → the
         #: password being checked from there, or waiting for its refusal's answer.
@@ -833,7 +848,7 @@ class OcppServer:
         arrival at the earliest, the same for every cpId, real or made up
         (``_decoy``)."""
         if arrived is None:
-            arrived = time.monotonic()
+            arrived = self.refusal_timer.now()
         holding = [turn]  # one of the address's turns, until a check task takes it over
         try:
             return await self._password_ok_holding(station, password, peer, holding,
@@ -1008,7 +1023,8 @@ class OcppServer:
         try:
             if await asyncio.shield(under_way.check):
                 return self._passed(station, peer)
-            await asyncio.sleep(max(0.0, self.refusal_delay - (time.monotonic() - arrived)))
+            timer = self.refusal_timer
+            await timer.sleep(max(0.0, self.refusal_delay - (timer.now() - arrived)))
             return False
         finally:
             under_way.handshakes -= 1

@@ -57,8 +57,10 @@ def free_port() -> int:
 
 
 async def until_started(server: Any) -> None:
-    """Waits (bounded, 5 s) until a ``uvicorn.Server`` serving in a task is listening."""
-    for _ in range(200):
+    """Waits (bounded, 20 s) until a ``uvicorn.Server`` serving in a task is listening:
+    a service's start-up (its migrations, its seed) took 0.46 s on a loaded machine
+    (session 30): a bound of 5 s left room for ten times that only."""
+    for _ in range(800):
         if server.started:
             return
         await asyncio.sleep(0.025)

@@ -16,7 +16,7 @@ import uvicorn
 from chargegraph.app import create_app
 from chargegraph.settings import Settings
 from domain.services import Services
-from tests.helpers import FastHasher, free_port, until_started
+from tests.helpers import FastHasher, free_port, soon, until_started
 from tests.ocpp.conftest import Central, seed
 
 
@@ -48,11 +48,12 @@ class Running:
         """Waits until this instance watches ``count`` subscriptions (a subscribe message
         is not answered, so a client cannot know when the server has registered it)."""
         live = self.services.live
-        for _ in range(200):
-            if live.watching >= count:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"only {live.watching} subscriptions")
+        # As long as ``soon`` waits (10 s), not 200 polls of 10 ms: a new service's first
+        # subscription took 0.25 s on a loaded machine (session 30), an eighth of that.
+        try:
+            await soon(lambda: live.watching >= count)
+        except AssertionError:
+            raise AssertionError(f"only {live.watching} subscriptions") from None
 
 
 @contextlib.asynccontextmanager

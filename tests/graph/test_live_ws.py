@@ -346,26 +346,31 @@ async def test_a_ping_behind_a_backlog_is_awaited_from_when_it_went_out(
     although it read everything and answered the ping as soon as it came. The wait counts
     from when the ping went out, and while it waits in the queue the socket taking
     messages shows that someone reads."""
-    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=0.2))
-    socket = await live.open("admin")
+    timers = ManualTimers()  # moved by the test: a loaded machine cannot stretch it
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=1),
+                 timers=timers)
+    socket = await live.open("admin")  # acknowledged at 0
     socket.subscribe("1", LOCAL)
     await live.subscribed(1)
     socket.gate.clear()  # the link is slow: one message at a time, when let through
     for i in range(30):
         await live.bus.publish(live.status("A-001", f"s{i}"))
     kinds: list[str] = []
-    while len(kinds) < 31:  # thirty events and the ping, over 1.5 s (7 intervals)
-        await asyncio.sleep(0.05)
+    at = 0.0
+    while len(kinds) < 31:  # thirty events and the ping, a quarter interval each
+        at += 0.25  # the ping is queued at 1.0 and reaches the socket around 7.75
+        await timers.advance_to(at)
         socket.gate.set()
         socket.gate.clear()  # the send waiting goes, the next one waits again
         message = await socket.raw()
-        assert message["type"] == "websocket.send", message
+        assert message["type"] == "websocket.send", message  # was: close 4408 at 2.0
         kinds.append(json.loads(message["text"])["type"])
         if kinds[-1] == "ping":
             socket.put({"type": "pong"})
+            await soon(socket.incoming.empty)  # the server has taken it (and noted when)
     assert kinds.count("next") == 30 and kinds.count("ping") == 1, kinds
     socket.gate.set()
-    await asyncio.sleep(0.3)  # past the answered ping's deadline: still open
+    await timers.advance_to(at + 1.5)  # past the answered ping's deadline: still open
     assert socket.nothing_pending() or json.loads(
         (await socket.raw())["text"]) == {"type": "ping"}
     await socket.close()

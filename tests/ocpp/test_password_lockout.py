@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,11 @@ from domain.services.charger_sign_ins import (
 )
 from ocpp_bridge import server as server_module
 from ocpp_bridge.gateway import OcppGateway
-from ocpp_bridge.server import UNKNOWN_KEY, OcppServer, RefusalLog
+from ocpp_bridge.server import UNKNOWN_KEY, OcppServer, RefusalLog, RefusalTimer
 from ocpp_bridge.simulator import basic_auth
 from store.fields import changed_meanwhile
 from store.mongo import MongoStore, journal, writes
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, soon
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
 from tests.store.test_mongo_specific import Paused
@@ -340,19 +340,6 @@ async def test_lockouts_over_two_instances_read_the_same_for_a_real_cp_id_and_a_
         assert answers["CP-9"] == answers["CP-1"]
 
 
-async def fastest_of(run: Callable[[int], Awaitable[None]], runs: int = 3) -> float:
-    """The shortest of ``runs`` timings of ``run(n)``. A loaded machine only ever adds
-    time, at random; what these tests look for (a refusal waiting out a queue, checks
-    one after another) adds it every time: so the fastest of a few tells them apart
-    where one timing failed under load (helpers' runs, session 29)."""
-    timings = []
-    for n in range(runs):
-        started = time.monotonic()
-        await run(n)
-        timings.append(time.monotonic() - started)
-    return min(timings)
-
-
 async def attempt_at(url: str, cp_id: str, password: str, source: str) -> int:
     """``attempt`` at the server at ``url``."""
     try:
@@ -423,6 +410,45 @@ async def test_one_password_per_station_and_ipv6_64_is_under_way_at_a_time(
         assert sorted(got) == [401, 429], cp_id
 
 
+class ManualRefusalTimer(RefusalTimer):
+    """The refusal delay's clock (``OcppServer.refusal_timer``), moved by the test and
+    by the argon2 checks it makes take time (``move``, from the hashing threads): a
+    refusal waits until the test moves the clock to its time."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.moving = threading.Lock()
+        #: (when it wakes, its future) for each refusal waiting.
+        self.sleeping: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.at
+
+    def move(self, seconds: float) -> None:
+        with self.moving:
+            self.at += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        waiting = (self.at + seconds, asyncio.get_running_loop().create_future())
+        self.sleeping.append(waiting)
+        try:
+            await waiting[1]
+        finally:
+            self.sleeping.remove(waiting)
+
+    def wakes(self) -> list[float]:
+        return sorted(at for at, _ in self.sleeping)
+
+    async def advance_to(self, at: float) -> None:
+        """Moves the clock to ``at`` and wakes the refusals due by then."""
+        self.move(at - self.at)
+        for wake, woken in self.sleeping:
+            if wake <= at + 1e-9 and not woken.done():
+                woken.set_result(None)
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
 async def test_a_refusal_is_answered_a_fixed_delay_after_it_arrived(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review r26-security2: refusals waited a running average of the checks, timed from
@@ -433,49 +459,78 @@ async def test_a_refusal_is_answered_a_fixed_delay_after_it_arrived(
     same for a station checked by argon2 and a made-up id, and the wait holds neither
     the station's turn nor a hashing thread: guesses at once from several addresses
     are answered together, not one delay after another, and the charger's own check
-    behind a guess waits for that guess's check only."""
+    behind a guess waits for that guess's check only. Told on the refusals' own clock,
+    which each argon2 check moves by its length, not by the answers' times (a loaded
+    machine moved those past any margin: session 30)."""
     charging = central.services.charging
+    timer = ManualRefusalTimer()
+    central.server.refusal_timer = timer
     for i in range(20):
         await central.services.stations.create_station(
             SYSTEM, cp_id=f"FLEET-{i}", name=f"FLEET-{i}",
             company_id=central.stations["CP-1"].company_id, password=STATION_PASSWORD)
     real = charging.password_ok
+    check = 0.05  # one argon2 check's length on the refusals' clock
+    held = threading.Event()  # set: "guess-x"'s check may end
+    held.set()
 
-    def argon2_speed(station: d.Station, password: str | None) -> bool:
-        time.sleep(0.05)  # one argon2 check on a hashing thread
+    def argon2(station: d.Station, password: str | None) -> bool:
+        assert held.wait(10), "guess-x's check was never let go"
+        timer.move(check)
         return real(station, password)
 
-    monkeypatch.setattr(charging, "password_ok", argon2_speed)
+    monkeypatch.setattr(charging, "password_ok", argon2)
     got = await asyncio.gather(*(attempt(central, STATION_PASSWORD, f"198.51.100.{i + 20}",
                                          f"FLEET-{i}") for i in range(20)))
-    assert got == [101] * 20
-    central.server.refusal_delay = 0.3
-    for cp_id in ("MADE-UP-1", "CP-1"):  # CP-1: checked by argon2 (no charger yet)
-        async def refused(n: int, cp_id: str = cp_id) -> None:
-            assert await attempt(central, "guess", f"203.0.113.{9 + n}", cp_id) == 401
+    assert got == [101] * 20 and timer.at == pytest.approx(20 * check)  # queued checks
+    delay = central.server.refusal_delay = 0.3
+    for n, cp_id in enumerate(("MADE-UP-1", "CP-1")):  # CP-1: checked (no charger yet)
+        arrived = timer.now()
+        refused = asyncio.ensure_future(attempt(central, "guess", f"203.0.113.{9 + n}",
+                                                cp_id))
+        await soon(lambda: bool(timer.sleeping))  # checked, its refusal waits
+        assert timer.at == pytest.approx(arrived + check), cp_id  # by argon2, both
+        assert timer.wakes() == [pytest.approx(arrived + delay)], cp_id  # not after it
+        await timer.advance_to(arrived + delay)
+        assert await refused == 401
 
-        took = await fastest_of(refused)
-        assert 0.3 <= took < 0.45, f"{cp_id}'s refusal took {took:.2f} s"
-
-    async def four_at_once(n: int) -> None:
-        got = await asyncio.gather(*(attempt(central, f"guess-{i}",
-                                             f"203.0.113.{20 + 4 * n + i}")
-                                     for i in range(4)))
-        assert got == [401] * 4
-
-    took = await fastest_of(four_at_once)
-    assert took < 0.6, f"4 refusals at once took {took:.2f} s: one after another"
+    arrived = timer.now()
+    four = asyncio.gather(*(attempt(central, f"guess-{i}", f"203.0.113.{20 + i}")
+                            for i in range(4)))
+    # All four wait for their refusals at once, the station's checks done one at a time
+    # meanwhile: one after another, the second's check would wait for the first's
+    # answer, which waits for the clock.
+    await soon(lambda: len(timer.sleeping) == 4)
+    assert timer.at == pytest.approx(arrived + 4 * check)
+    assert all(arrived + delay <= wake <= arrived + delay + 3 * check
+               for wake in timer.wakes()), timer.wakes()  # each its arrival's delay
+    await timer.advance_to(arrived + delay + 3 * check)
+    assert await four == [401] * 4
     # The charger's own check (no digest cached yet) waits for the guess's argon2 check
-    # ahead of it, not for its refusal's delay.
+    # ahead of it, not for its refusal's delay: answered while the clock stands still,
+    # short of the guess's refusal. Once only: its digest is cached once it is let in.
     central.server.refusal_delay = 1.0
-    # Once only: its digest is cached once it is let in, so a second time would not
-    # tell.
+    started: list[str] = []  # the addresses whose checks started
+    counted = charging.sign_ins.check_started
+
+    def check_started(peer: str) -> None:
+        started.append(peer)
+        counted(peer)
+
+    monkeypatch.setattr(charging.sign_ins, "check_started", check_started)
+    held.clear()
     guess = asyncio.ensure_future(attempt(central, "guess-x", "203.0.113.99"))
-    await asyncio.sleep(0.02)
-    started = time.monotonic()
-    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
-    took = time.monotonic() - started
-    assert took < 0.5, f"the charger waited {took:.2f} s behind a guess's refusal"
+    await soon(lambda: started == ["203.0.113.99"])
+    charger = asyncio.ensure_future(attempt(central, STATION_PASSWORD, CHARGER))
+    await soon(lambda: started == ["203.0.113.99", CHARGER])  # its check behind
+    held.set()
+    # Bounded well below the handshakes' own timeout (10 s, the guess's first), so that
+    # a charger waiting behind the refusal, which waits for the clock, says so.
+    answered, _ = await asyncio.wait({charger}, timeout=5)
+    assert answered, "the charger waits behind the guess's refusal"
+    assert charger.result() == 101
+    assert not guess.done() and len(timer.sleeping) == 1
+    await timer.advance_to(timer.wakes()[0])
     assert await guess == 401
 
 
@@ -691,15 +746,18 @@ async def test_checks_pending_beyond_the_bound_are_answered_503_and_not_counted(
             SYSTEM, cp_id=f"SLOW-{i}", name=f"SLOW-{i}",
             company_id=central.stations["CP-1"].company_id, password=STATION_PASSWORD)
     real = charging.password_ok
+    checking: list[str] = []  # the stations whose checks are under way
+    held = threading.Event()  # set: the checks may end
 
     def slow(station: d.Station, password: str | None) -> bool:
-        time.sleep(0.5)
+        checking.append(station.cp_id)
+        assert held.wait(10), "the checks were never let go"
         return real(station, password)
 
     monkeypatch.setattr(charging, "password_ok", slow)
     pending = [asyncio.ensure_future(attempt(central, "guess", "203.0.113.1", f"SLOW-{i}"))
                for i in range(2)]
-    await asyncio.sleep(0.1)  # both checks under way
+    await soon(lambda: len(checking) == 2)  # both checks under way, held there
     for cp_id in ("CP-OTHER", "SLOW-0"):  # made up, real
         with pytest.raises(InvalidStatus) as err:
             await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
@@ -707,9 +765,13 @@ async def test_checks_pending_beyond_the_bound_are_answered_503_and_not_counted(
                                               **basic_auth(cp_id, "guess")})
         assert err.value.response.status_code == 503
         assert int(err.value.response.headers["Retry-After"]) >= 1
-    started = time.monotonic()
-    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
-    assert time.monotonic() - started < 0.3  # neither queued nor refused
+    # Neither refused nor queued: let in while both checks are still held (bounded
+    # below the handshake's own timeout, so that one queued behind them says so).
+    charger = asyncio.ensure_future(attempt(central, STATION_PASSWORD, CHARGER))
+    answered, _ = await asyncio.wait({charger}, timeout=5)
+    assert answered, "the charger's password waits behind the pending checks"
+    assert charger.result() == 101 and checking == ["SLOW-0", "SLOW-1"]
+    held.set()
     assert await asyncio.gather(*pending) == [401, 401]
     slow_0 = await charging.station("SLOW-0")
     assert slow_0 is not None and slow_0.auth_password_hash is not None

@@ -23,7 +23,7 @@ from domain.services.base import stamp_new
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected, now
 from store.sqlite import SqliteStore
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, soon
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.support.wire_bus import WireBus
 
@@ -150,8 +150,10 @@ async def test_a_flood_against_one_station_locks_nobody_out(
     one address has one check of a station in flight: a flood of guesses against CP-1
     from one address gets one check and 429s for the rest, CP-OPEN's first connection a
     thread at once, and CP-1's own charger (from its own address) gets in behind the one
-    guess being checked, not behind the flood."""
-    import time
+    guess being checked, not behind the flood. Told by order (a guess's check holds its
+    thread until CP-OPEN's has started), not by timings against whole checks (QA s29:
+    0.6 s for a 0.2 s check; session 30: load-sensitive all the same)."""
+    import threading
 
     central = await start_central(tmp_path / "flood.db")
     try:
@@ -161,14 +163,18 @@ async def test_a_flood_against_one_station_locks_nobody_out(
         real = central.services.charging.password_ok
 
         checked: list[str | None] = []
-        # Each check holds its thread this long: a flood's queue of them is told from
-        # one check by whole checks, not by a margin a loaded machine's round trip eats
-        # (QA s29: 0.6 s for a 0.2 s check).
-        check_s = 0.5
+        open_checking = threading.Event()  # CP-OPEN's check has started
+        overlapped: list[bool] = []  # per guess checked: CP-OPEN's started meanwhile
 
         def slow(station: d.Station, password: str | None) -> bool:
             checked.append(password)
-            time.sleep(check_s)
+            if password == "other-password-1":
+                open_checking.set()
+            elif password is not None and password.startswith("guess-"):
+                # Holds its thread until CP-OPEN's check starts (bounded below the
+                # handshake timeout, 10 s): a check waiting for this thread (behind the
+                # flood's queue) leaves it waiting in vain.
+                overlapped.append(open_checking.wait(5))
             return real(station, password)
 
         monkeypatch.setattr(central.services.charging, "password_ok", slow)
@@ -186,17 +192,16 @@ async def test_a_flood_against_one_station_locks_nobody_out(
         # The flood comes from another loopback address (all of 127/8 is this host).
         flood = [asyncio.ensure_future(attempt("CP-1", f"guess-{i}-long", "127.0.0.2"))
                  for i in range(6)]
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
+        await soon(lambda: bool(checked))  # the flood's guess is being checked
         assert await attempt("CP-OPEN", "other-password-1") == 101
-        # Its own check, not the flood's queue.
-        assert time.monotonic() - started < 3 * check_s
         assert await attempt("CP-1", STATION_PASSWORD) == 101
         guesses_first = checked.index(STATION_PASSWORD) - ("other-password-1" in checked[
             :checked.index(STATION_PASSWORD)])
         assert guesses_first <= 1  # behind the one guess in flight, not the flood
         results = await asyncio.gather(*flood)
         assert sorted(results) == [401] + [429] * 5
+        # CP-OPEN's check had a thread at once, beside the guess's, not after the flood.
+        assert overlapped == [True], overlapped
     finally:
         await stop_central(central)
 
