@@ -14,6 +14,7 @@ import strawberry
 
 from domain import entities as d
 from domain.currencies import major_units
+from domain.errors import DomainError, ValidationError
 from domain.query import Sort
 from domain.services.analytics import BucketBudget, FaultGroup, GroupBy, Scope, ShareRow
 from domain.timebuckets import Bucket
@@ -84,12 +85,21 @@ class AnalyticsFilter:
         )
 
 
-@strawberry.input(description="An analytics filter with its time window.")
+#: What ``energyTrend``'s window end counts.
+_TREND_END = (f"{WINDOW_END} Energy from meter values counts readings after `from` up to "
+              "`to` included (a reading reports what flowed up to it).")
+_IN_FILTER = ("Give the window as `energyTrend`'s `from` and `to`, as utilization, "
+              "availability and faultReports take theirs.")
+
+
+@strawberry.input(description="An analytics filter, with `energyTrend`'s window in it "
+                              "before that took `from` and `to` as arguments.")
 class EnergyTrendFilter(AnalyticsFilter):
-    from_: datetime = strawberry.field(name="from", description="Window start.")
-    to: datetime = strawberry.field(description=(
-        f"{WINDOW_END} Energy from meter values counts readings after `from` up to `to` "
-        "included (a reading reports what flowed up to it)."))
+    from_: datetime | None = strawberry.field(
+        name="from", default=None, deprecation_reason=_IN_FILTER,
+        description="Window start (with `to`; or `energyTrend`'s `from`, not both).")
+    to: datetime | None = strawberry.field(default=None, deprecation_reason=_IN_FILTER,
+                                           description=_TREND_END)
 
 
 @strawberry.type(description="Energy, sessions and revenue of one time bucket: gross "
@@ -361,6 +371,26 @@ class Overview:
                     "either has).")
 
 
+def _trend_window(from_: datetime | None, to: datetime | None,
+                  filter: EnergyTrendFilter | None) -> tuple[datetime, datetime, str]:
+    """``energyTrend``'s window: its ``from``/``to``, or (deprecated) its filter's, and
+    where it was given (the prefix of its fields); one pair, not parts of both (QA s30:
+    the other analytics take theirs as arguments)."""
+    in_filter = (filter.from_, filter.to) if filter is not None else (None, None)
+    prefix = ""
+    if in_filter != (None, None):
+        if from_ is not None or to is not None:
+            raise ValidationError("give the window as `from` and `to`, or in `filter` "
+                                  "(deprecated), not both",
+                                  field="filter.from" if in_filter[0] else "filter.to")
+        (from_, to), prefix = in_filter, "filter."
+    if from_ is None:
+        raise DomainError("required", field=f"{prefix}from", code="REQUIRED")
+    if to is None:
+        raise DomainError("required", field=f"{prefix}to", code="REQUIRED")
+    return from_, to, prefix
+
+
 def _budget(ctx: GraphContext) -> BucketBudget:
     """The request's buckets, shared by its trends and bucketed shares (aliases)."""
     budget: BucketBudget = ctx.extra.setdefault("bucket_budget", BucketBudget())
@@ -373,8 +403,15 @@ class AnalyticsQuery:
                                   "hour/day/week/month, aligned in `timeZone` (IANA), empty "
                                   "buckets included.")
     async def energy_trend(self, info: Info,
-                           filter: Annotated[EnergyTrendFilter, strawberry.argument(
-                               description=_FILTER)],
+                           from_: Annotated[datetime | None, strawberry.argument(
+                               name="from", description=(
+                                   "Window start; required (or, deprecated, "
+                                   "`filter.from` and `filter.to`)."))] = None,
+                           to: Annotated[datetime | None, strawberry.argument(
+                               description=_TREND_END)] = None,
+                           filter: Annotated[EnergyTrendFilter | None, strawberry.argument(
+                               description=_FILTER)] = None,
+                           *,
                            bucket: Annotated[TimeBucket, strawberry.argument(  # type: ignore[valid-type]
                                description="Bucket size.")],
                            time_zone: Annotated[str, strawberry.argument(
@@ -385,9 +422,11 @@ class AnalyticsQuery:
                                                strawberry.argument(description=_GROUP_BY)]
                            = None) -> list[EnergyBucket]:
         ctx: GraphContext = info.context
+        start, end, window_in = _trend_window(from_, to, filter)
         buckets = await ctx.services.analytics.energy_trend(
-            ctx.viewer, filter.to_domain(), filter.from_, filter.to, bucket, time_zone,
-            currency, _budget(ctx), GroupBy(group_by.value) if group_by else None)
+            ctx.viewer, filter.to_domain() if filter else Scope(), start, end, bucket, time_zone,
+            currency, _budget(ctx), GroupBy(group_by.value) if group_by else None,
+            window_in=window_in)
         await _prefetch_stations(info, (b.station_id for b in buckets))
         return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
                              sessions=b.sessions,
