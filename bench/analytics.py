@@ -1,7 +1,10 @@
 """Analytics at size on the embedded store: 1,000 stations, 4,000 connectors, 1,000,000
 meter samples (50,000 sessions over 30 days), then every analytics query, as an admin and
 as an operator (whose scope is a sub-select), timed. Baseline: one full scan of the meter
-samples (``SELECT COUNT(*), TOTAL(delta_wh)``) on the same file in the same run.
+samples (``SELECT COUNT(*), TOTAL(delta_wh)``) on the same file in the same run. Then a
+long bucketed answer (ten stations by DAY over 990 days: 9,900 rows, QA s30), timed as
+the service computes it and as a full GraphQL request over the in-process app, with and
+without each row's station: what rendering the rows costs.
 
     python -m bench.analytics [--samples 1000000] [--repeat 3]
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sqlite3
 import statistics
@@ -19,12 +23,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.common import report
 from domain import entities as d
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.services import ServiceContext, Services
-from domain.services.analytics import Scope
+from domain.services.analytics import BucketBudget, Scope
 from domain.timebuckets import Bucket
+from graph import TokenService, create_graphql_app
 from store.sqlite import SqliteStore
 from store.sqlite.codec import columns, quote, to_row
 from tests.helpers import FastHasher
@@ -33,6 +40,13 @@ START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 30
 STATIONS, CONNECTORS_PER_STATION = 1_000, 4
 COMPANIES = 10
+#: The long bucketed answer: this many stations, a day each over LONG_DAYS to the clock.
+LONG_STATIONS, LONG_DAYS = 10, 990
+LONG_FIELDS = {
+    "availability": "cpId start windowSeconds availableSeconds reportedSeconds "
+                    "unknownSeconds availableShare reportedAvailableShare",
+    "utilization": "cpId start windowSeconds occupiedSeconds chargingSeconds occupiedShare "
+                   "chargingShare"}
 
 
 def insert(db: sqlite3.Connection, records: list[d.Record]) -> None:
@@ -57,8 +71,9 @@ def load(path: Path, samples: int) -> dict[str, Any]:
     connectors = [d.Connector(station_id=s.id, cp_id=s.cp_id, connector_id=c,
                               status=d.ConnectorStatus.AVAILABLE)
                   for s in stations for c in range(1, CONNECTORS_PER_STATION + 1)]
+    admin = d.User(email="admin@bench", name="admin", role=d.Role.ADMIN)
     insert(db, companies)
-    insert(db, operators)
+    insert(db, [*operators, admin])
     insert(db, stations)
     insert(db, connectors)
     per_session = 20
@@ -121,7 +136,8 @@ def load(path: Path, samples: int) -> dict[str, Any]:
     db.commit()
     db.execute("ANALYZE")
     db.close()
-    return {"operator": operators[0], "sessions": sessions_total}
+    return {"operator": operators[0], "admin": admin, "sessions": sessions_total,
+            "cp_ids": [s.cp_id for s in stations[:LONG_STATIONS]]}
 
 
 async def timed(fn: Any, repeat: int) -> float:
@@ -131,6 +147,39 @@ async def timed(fn: Any, repeat: int) -> float:
         await fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+async def long_answers(services: Services, world: dict[str, Any], repeat: int
+                       ) -> list[dict[str, Any]]:
+    """The long bucketed answers: the service's time, then the full request's."""
+    lo, hi = START + timedelta(days=DAYS - LONG_DAYS), START + timedelta(days=DAYS)
+    scope = Scope(cp_ids=tuple(world["cp_ids"]))
+    tokens = TokenService("bench-secret-that-is-long-enough-for-hs256", timedelta(hours=1))
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(
+        app=create_graphql_app(services, tokens)), base_url="http://bench")
+    headers = {"authorization": f"Bearer {tokens.issue(world['admin'].id).token}"}
+    arguments = (f'from: "{lo.isoformat()}", to: "{hi.isoformat()}", bucket: DAY, '
+                 f"filter: {{cpIds: {json.dumps(world['cp_ids'])}}}")
+    rows = []
+    for name, fields in LONG_FIELDS.items():
+        use_case = getattr(services.analytics, name)
+        served = await timed(lambda u=use_case: u(SYSTEM, scope, lo, hi, False, Bucket.DAY,
+                                                  "UTC", BucketBudget()), repeat)
+        label = f"{name} DAY, {LONG_STATIONS} stations, {LONG_DAYS} days"
+        rows.append({"query": f"{label}: service", "viewer": "admin", "seconds": served,
+                     "ratio": None})
+        for suffix, selection in (("", fields), (" + station", f"{fields} station {{ name }}")):
+            query = f"{{ {name}({arguments}) {{ {selection} }} }}"
+
+            async def request(q: str = query, field: str = name) -> None:
+                answer = (await http.post("/graphql", json={"query": q},
+                                          headers=headers)).json()
+                assert "errors" not in answer and len(answer["data"][field]) == \
+                    LONG_STATIONS * LONG_DAYS, answer
+            rows.append({"query": f"{label}: request{suffix}", "viewer": "admin",
+                         "seconds": await timed(request, repeat), "ratio": None})
+    await http.aclose()
+    return rows
 
 
 async def main(samples: int, repeat: int) -> None:
@@ -179,6 +228,7 @@ async def main(samples: int, repeat: int) -> None:
                 seconds = await timed(query, repeat)
                 rows.append({"query": name, "viewer": who, "seconds": seconds,
                              "ratio": seconds / base})
+        rows += await long_answers(services, world, repeat)
         await store.close()
     report("analytics", rows, {"samples": samples, "sessions": world["sessions"],
                                "stations": STATIONS,

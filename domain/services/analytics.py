@@ -500,7 +500,8 @@ class AnalyticsService(Service):
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            bucket: Bucket, time_zone: str = "UTC",
                            currency: str | None = None, budget: BucketBudget | None = None,
-                           group_by: GroupBy | None = None) -> list[EnergyBucket]:
+                           group_by: GroupBy | None = None, *, window_in: str = "filter."
+                           ) -> list[EnergyBucket]:
         """Energy per bucket from meter samples (a session over midnight counts on both
         days; a sample counts in the bucket it ends, ``sampled_in``), sessions started
         per bucket, gross revenue billed in it (``_revenue``) and the refunds made in it
@@ -508,9 +509,11 @@ class AnalyticsService(Service):
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
         the request's (``BucketBudget``). With ``group_by``, every bucket once per
         station (connector) with figures in the window, each the same three aggregates
-        with the group's key added (``_energy_groups``), at most ``MAX_CELLS``."""
+        with the group's key added (``_energy_groups``), at most ``MAX_CELLS``.
+        ``window_in``: where the caller was given the bounds (``_window``'s ``prefix``):
+        the API's filter (deprecated) or, ``""``, its own arguments."""
         _signed_in(viewer)
-        _window(start, end, "filter.")
+        _window(start, end, window_in)
         tz = zone(time_zone)
         # The same ISO 4217 check as setTariff: an unknown code would only ever match no
         # session and answer a revenue of 0 in a currency that does not exist.
