@@ -265,13 +265,17 @@ class Policy:
         hold for every record under those keys and are dropped: one plain filter on the
         keys instead of the parent's rule again as a sub-select (a ``$lookup`` on
         MongoDB) per batch. What else the scope says stays (a station's sessions are
-        still those in the viewer's books; its configuration still none for a driver)."""
+        still those in the viewer's books; its configuration still none for a driver).
+
+        Whatever ``seen``, a condition of the scope that the keys decide is decided: under
+        one key, "its ``key_field`` is that key" holds (an operator's company-wide prices
+        under their company: ``Station.tariff``'s fallback asks no station sub-select)."""
         if seen is not None:
             return _given_seen(self.scope_under(viewer, kind, key_field, keys), key_field,
                                seen, self.scope(viewer, seen))
         parent = FOLLOW_PARENT.get((kind, key_field))
         if parent is None or viewer.is_admin:
-            return self.scope(viewer, kind)
+            return _given_keys(self.scope(viewer, kind), key_field, keys)
         # The parents among ``keys`` this viewer sees: a sub-select of a handful of ids
         # (all of an operator's sessions would be a long list for MongoDB's ``$in``).
         return Sub(key_field, parent, all_of(self.scope(viewer, parent),
@@ -759,6 +763,22 @@ def _given_seen(scope: Filter, key_field: str, parent: str, parent_scope: Filter
             return ALL
         case NotSub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
                 and _disjoint(parent_scope, inner):
+            return ALL
+        case _:
+            return scope
+
+
+def _given_keys(scope: Filter, key_field: str, keys: Sequence[Any]) -> Filter:
+    """``scope`` for records whose ``key_field`` is one of ``keys``: a condition that
+    ``key_field`` equals the only key (not ``None``, which ``In`` matches as no value)
+    holds, and is replaced by ``ALL``."""
+    match scope:
+        case And(parts):
+            return all_of(*(_given_keys(p, key_field, keys) for p in parts))
+        case Or(parts):
+            return any_of(*(_given_keys(p, key_field, keys) for p in parts))
+        case Eq(field, value) if field == key_field and value is not None \
+                and keys and all(k == value for k in keys):
             return ALL
         case _:
             return scope

@@ -117,9 +117,10 @@ async def status_history(ctx: GraphContext, connector: d.Connector, wrap: Wrap,
 
 
 async def connection_history(ctx: GraphContext, station: d.Station, start: datetime | None,
-                             end: datetime | None, args: PageArgs
+                             end: datetime | None, args: PageArgs, seen: str | None = None
                              ) -> Connection[ConnectionEvent]:
-    """The station's connects and disconnects, newest first."""
+    """The station's connects and disconnects, newest first (``seen`` as
+    ``nested_connection``'s)."""
     return await nested_connection(ctx, d.ConnectionEvent, ConnectionEvent.wrap,
                                    "station_id", station.id, window("at", start, end) or ALL,
-                                   NEWEST_FIRST, args)
+                                   NEWEST_FIRST, args, seen=seen)

@@ -94,15 +94,17 @@ class Loaders:
             self._loaders[loader_key] = BatchLoader(load)
         return self._loaders[loader_key]
 
-    def count_by(self, kind: type[E], key_field: str, where: Filter) -> BatchLoader[Any, Any]:
-        """How many records per key value (``totalCount`` of nested connections)."""
-        loader_key = ("count", kind, key_field, where)
+    def count_by(self, kind: type[E], key_field: str, where: Filter,
+                 seen: str | None = None) -> BatchLoader[Any, Any]:
+        """How many records per key value (``totalCount`` of nested connections);
+        ``seen`` as ``one_by``'s."""
+        loader_key = ("count", kind, key_field, where, seen)
         if loader_key not in self._loaders:
             reads, viewer = self._reads, self._viewer
 
             async def load(keys: Sequence[Any]) -> list[int]:
                 found = await reads.count_grouped(
-                    viewer, kind, key_field, list(keys), where
+                    viewer, kind, key_field, list(keys), where, seen
                 )
                 return [found.get(k, 0) for k in keys]
 

@@ -250,11 +250,11 @@ def _new_connectors_under_loader(loaders: Loaders) -> Any:
                            seen="station")
 
 
-def _configuration_of(ctx: GraphContext, seen: bool) -> Any:
+def _configuration_of(ctx: GraphContext, seen: str | None) -> Any:
     """The loader of a station's configuration (by station id), by folded key: the order
-    a reader looks a key up in, whatever its case. ``seen`` as ``Station._under_seen``."""
+    a reader looks a key up in, whatever its case. ``seen`` as ``Station._seen_kind``."""
     return ctx.loaders.many_by(d.ConfigurationKey, "station_id", ALL, (Sort("folded_key"),),
-                               MAX_CONFIGURATION_KEYS, "station" if seen else None)
+                               MAX_CONFIGURATION_KEYS, seen)
 
 
 def _new_payment_loader(loaders: Loaders) -> Any:
@@ -712,6 +712,10 @@ class Station(Node, Audited):
         mutation returns it, and what is under it asks the full rule."""
         return self._seen and info.operation.operation is not OperationType.MUTATION
 
+    def _seen_kind(self, info: Info) -> str | None:
+        """``_under_seen`` as a list under it states it to the policy (``seen``)."""
+        return "station" if self._under_seen(info) else None
+
     @strawberry.field(description=(
         "Great-circle distance in km from a point (a map list's `filter.near` point: "
         "the distance `orderBy: DISTANCE` sorts by); null without a location."))
@@ -843,14 +847,17 @@ class Station(Node, Audited):
                           Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest,
-                                       "station" if self._under_seen(info) else None
-                                       ).load(self._r.id)
+                                       self._seen_kind(info)).load(self._r.id)
         if own is not None and own.removed_by(ctx.now):
             own = None  # removed: the station is on its company's prices again
         if own is None and self._r.company_id is not None:
-            own = await ctx.loaders.one_by(d.Tariff, "company_id", in_force, newest).load(
-                self._r.company_id
-            )
+            # A company's price list names no station (a tariff names one of the two):
+            # said, a driver's "of no station, or of a station that exists" is absorbed
+            # and an operator's "of my company" decided by the key (``scope_under``), no
+            # station sub-select, whether or not the station was seen.
+            company_wide = all_of(in_force, Eq("station_id", None))
+            own = await ctx.loaders.one_by(d.Tariff, "company_id", company_wide, newest
+                                           ).load(self._r.company_id)
         return Tariff.wrap(own, ctx) if own and not own.removed_by(ctx.now) else None
 
     @strawberry.field(description=(
@@ -861,7 +868,8 @@ class Station(Node, Audited):
                        ) -> Connection[Session]:
         return await nested_connection(_ctx(info), d.Session, Session.wrap, "station_id",
                                        self._r.id, ALL, NEWEST_FIRST,
-                                       _page(first, after, last, before))
+                                       _page(first, after, last, before),
+                                       seen=self._seen_kind(info))
 
     @strawberry.field(description=(
         "Reservations on it, in creation order, as far as the viewer may see them (an "
@@ -871,7 +879,8 @@ class Station(Node, Audited):
                            before: str | None = None) -> Connection[Reservation]:
         return await nested_connection(_ctx(info), d.Reservation, Reservation.wrap,
                                        "station_id", self._r.id, ALL, (),
-                                       _page(first, after, last, before))
+                                       _page(first, after, last, before),
+                                       seen=self._seen_kind(info))
 
     @strawberry.field(description=(
         "Its charger's configuration as last known, by key: from every `getConfiguration` "
@@ -884,7 +893,7 @@ class Station(Node, Audited):
         if not self._private:
             return []
         ctx = _ctx(info)
-        known = await _configuration_of(ctx, self._under_seen(info)).load(self._r.id)
+        known = await _configuration_of(ctx, self._seen_kind(info)).load(self._r.id)
         booted = self._r.booted_at
         return [ConfigurationKey(key=k.key, readonly=k.readonly,
                                  value=None if is_secret(k) else k.value, masked=is_secret(k),
@@ -903,7 +912,8 @@ class Station(Node, Audited):
                                  last: int | None = None, before: str | None = None
                                  ) -> Connection[ConnectionEvent]:
         return await history.connection_history(_ctx(info), self._r, from_, to,
-                                                _page(first, after, last, before))
+                                                _page(first, after, last, before),
+                                                self._seen_kind(info))
 
 
 @strawberry.type(description="One plug of a station; `(cpId, connectorId)` is unique.")

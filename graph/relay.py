@@ -192,20 +192,20 @@ def _connection(ctx: GraphContext, records: Sequence[Record], cursors: Sequence[
 
 async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: Filter,
                           sort: Sequence[Sort], args: PageArgs,
-                          under: tuple[str, Any] | None = None, within: str | None = None
-                          ) -> Connection[Any]:
+                          under: tuple[str, Any] | None = None, within: str | None = None,
+                          seen: str | None = None) -> Connection[Any]:
     """A top-level list (or, ``under`` its key field and value, one parent's nested list,
-    ``within`` naming it when more than that key does): one store query for the page, one
-    more only if ``totalCount`` is selected."""
+    ``within`` naming it when more than that key does; ``seen`` as ``nested_connection``'s):
+    one store query for the page, one more only if ``totalCount`` is selected."""
     reads = ctx.services.reads
     try:
         page = await reads.page(ctx.viewer, kind, where, sort, args.request(), under,
-                                within)
+                                within, seen)
     except DomainError as exc:
         raise graphql_error(exc) from exc
 
     async def total() -> int:
-        return await reads.count(ctx.viewer, kind, where, sort, under)
+        return await reads.count(ctx.viewer, kind, where, sort, under, seen)
 
     return _connection(ctx, page.items, page.cursors, page.has_next, page.has_previous,
                        wrap, total)
@@ -213,18 +213,21 @@ async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: F
 
 async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_field: str,
                             key: Any, where: Filter, sort: Sequence[Sort], args: PageArgs,
-                            parent: Sequence[tuple[str, Any]] = ()) -> Connection[Any]:
+                            parent: Sequence[tuple[str, Any]] = (), seen: str | None = None
+                            ) -> Connection[Any]:
     """A list under a parent (``Station.sessions``). With only ``first``, or only ``last``
     (the reversed order read, then flipped), the rows for all parents come from one batched
     query; paging within one parent's list with cursors is
     a query of its own (clients do that for one parent at a time). ``parent``: keys of
     ``where`` that, beyond ``key_field``, make the list the parent's own (its cursors
-    belong to it alone, ``query.nested_list``)."""
+    belong to it alone, ``query.nested_list``). ``seen``: ``key`` is the id of a record of
+    that kind read through the viewer's scope (``Station._under_seen``): its page, count
+    and cursor pages are asked by the key alone (``Policy.scope_under``)."""
     within = nested_list(key_field, key, *parent)
     backward = args.simple_last
     if not (args.simple_first or backward):
         return await page_connection(ctx, kind, wrap, where, sort, args, (key_field, key),
-                                     within)
+                                     within, seen)
     limit = args.last if backward else args.first
     if limit is None:
         limit = 20
@@ -234,13 +237,14 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
     # read a backward page: batched across parents like ``first`` (each parent's list
     # was a store call of its own, and its ``totalCount`` another; QA s28).
     order = reversed_order(sort) if backward else tuple(sort)
-    rows = await ctx.loaders.many_by(kind, key_field, where, order, limit + 1).load(key)
+    rows = await ctx.loaders.many_by(kind, key_field, where, order, limit + 1, seen
+                                     ).load(key)
     records = rows[:limit][::-1] if backward else rows[:limit]
     cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id, within)
                for r in records]
 
     async def total() -> int:
-        return int(await ctx.loaders.count_by(kind, key_field, where).load(key))
+        return int(await ctx.loaders.count_by(kind, key_field, where, seen).load(key))
 
     more = len(rows) > limit
     return _connection(ctx, records, cursors, not backward and more, backward and more,

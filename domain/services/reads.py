@@ -52,14 +52,14 @@ class ReadService(Service):
                       POSITIONED if sorts_by_distance(sort) else None)
 
     def _under(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
-               under: tuple[str, Any] | None) -> Filter:
+               under: tuple[str, Any] | None, seen: str | None = None) -> Filter:
         """``scoped`` for a top-level list, or for one parent's nested list (``under``:
-        its key field and value) paged with cursors."""
+        its key field and value; ``seen`` as ``scoped``'s) paged with cursors."""
         if under is None:
             return self.scoped(viewer, kind, where, sort)
         key_field, key = under
         return self.scoped(viewer, kind, all_of(Eq(key_field, key), where), sort,
-                           key_field, (key,))
+                           key_field, (key,), seen)
 
     async def get(self, viewer: Viewer, kind: type[E], record_id: str) -> E | None:
         return (await self.get_many(viewer, kind, [record_id]))[0]
@@ -73,20 +73,23 @@ class ReadService(Service):
 
     async def page(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
                    page: PageRequest, under: tuple[str, Any] | None = None,
-                   within: str | None = None) -> Page[E]:
+                   within: str | None = None, seen: str | None = None) -> Page[E]:
         """A page of a list; ``under`` (key field, value): of one parent's nested list,
         whose cursors belong to it alone (``within``: the list's name, when more keys
-        than ``under``'s make it the parent's, ``query.nested_list``)."""
+        than ``under``'s make it the parent's, ``query.nested_list``; ``seen`` as
+        ``scoped``'s)."""
         if under is not None:
             page = replace(page, within=within or nested_list(*under))
         return await self.store.find_page(
-            kind, self._under(viewer, kind, where, sort, under), sort, page)
+            kind, self._under(viewer, kind, where, sort, under, seen), sort, page)
 
     async def count(self, viewer: Viewer, kind: type[E], where: Filter,
-                    sort: Sequence[Sort] = (), under: tuple[str, Any] | None = None) -> int:
-        """How many records ``page`` would go through with the same ``where``, ``sort``
-        and ``under`` (a sort on a private field narrows both alike)."""
-        return await self.store.count(kind, self._under(viewer, kind, where, sort, under))
+                    sort: Sequence[Sort] = (), under: tuple[str, Any] | None = None,
+                    seen: str | None = None) -> int:
+        """How many records ``page`` would go through with the same ``where``, ``sort``,
+        ``under`` and ``seen`` (a sort on a private field narrows both alike)."""
+        return await self.store.count(kind, self._under(viewer, kind, where, sort, under,
+                                                        seen))
 
     async def grouped(self, viewer: Viewer, kind: type[E], key_field: str, keys: Sequence[Any],
                       where: Filter, sort: Sequence[Sort], limit: int,
@@ -96,10 +99,11 @@ class ReadService(Service):
             self.scoped(viewer, kind, where, sort, key_field, keys, seen), sort, limit)
 
     async def count_grouped(self, viewer: Viewer, kind: type[E], key_field: str,
-                            keys: Sequence[Any], where: Filter) -> dict[Any, int]:
+                            keys: Sequence[Any], where: Filter, seen: str | None = None
+                            ) -> dict[Any, int]:
         return await self.store.count_grouped(
             kind, key_field, keys,
-            self.scoped(viewer, kind, where, grouped_by=key_field, keys=keys))
+            self.scoped(viewer, kind, where, grouped_by=key_field, keys=keys, seen=seen))
 
     async def pricing_tariffs(self, viewer: Viewer, wanted: Sequence[PricedAt]
                               ) -> list[tuple[Tariff | None, bool]]:

@@ -41,7 +41,7 @@ from domain.events import ConnectorStatusChanged
 from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
-from domain.query import In, all_of
+from domain.query import Eq, In, all_of
 from domain.services.base import owned_by, reservation_changed
 from tests.contract.factories import (
     at,
@@ -557,3 +557,12 @@ async def test_lists_under_stations_seen_are_the_scope_s(
                                                  seen="station"))
         expected = {r.id for r in await store.find_all(kind, scoped)}
         assert {r.id for r in await store.find_all(kind, asked)} == expected, kind.kind
+    # A seen station's company prices, asked by its company alone (``Station.tariff``'s
+    # fallback): the keys decide what the scope says of them.
+    for company_id in {cast(Station, world[name]).company_id for name in seen} - {None}:
+        of_company = all_of(Eq("company_id", company_id), Eq("station_id", None))
+        asked = all_of(of_company,
+                       policy.scope_under(viewer, "tariff", "company_id", [company_id]))
+        expected = {r.id for r in await store.find_all(Tariff, all_of(
+            of_company, policy.scope(viewer, "tariff")))}
+        assert {r.id for r in await store.find_all(Tariff, asked)} == expected, company_id

@@ -7,14 +7,17 @@ events of another tenant's station reach no operator of the other)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from domain import entities as d
+from domain.clock import utcnow
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import ALL, Filter
 from domain.services import ConnectorSpec, Services
 from domain.services.base import stamp_new
 from store.mongo.query import compile_query
-from tests.contract.factories import configuration_key
+from tests.contract.factories import configuration_key, reservation
 from tests.graph.conftest import Api, CountingStore
 from tests.graph.test_mutations import call, gid
 from tests.graph.world import World
@@ -54,10 +57,10 @@ async def test_connectors_under_stations_seen_are_asked_by_station_alone(
         connectors = asked_of(store, d.Connector)
         assert len(connectors) == 1 and subselects(connectors[0]) == [], (who, connectors)
         assert compile_query(d.Connector, connectors[0]).stages == (), who
+        # The company's prices too: a company-wide list names no station.
         tariffs = asked_of(store, d.Tariff)
-        under = [where for where in tariffs if not subselects(where)]
-        assert len(tariffs) == 2 and len(under) == 1, (who, tariffs)
-        assert compile_query(d.Tariff, under[0]).stages == (), who
+        assert len(tariffs) == 2 and all(not subselects(w) for w in tariffs), (who, tariffs)
+        assert all(compile_query(d.Tariff, w).stages == () for w in tariffs), who
     # A station's configuration is asked by its id alone too.
     station = world.stations["A-001"]
     await store.write([Insert(stamp_new(configuration_key(station), SYSTEM))], [])
@@ -152,3 +155,54 @@ async def test_a_station_handed_to_another_owner_lists_nothing_under_it(
                         {"id": sid, "ownerId": gid("user", world.users["op_a2"].id)}, PAYLOAD)
     assert handed == {"station": {"cpId": "OWN-1", "tariff": None, "connectors": [],
                                   "configuration": []}, "errors": []}
+
+
+PAGED = """{ stations { nodes { cpId tariff { id }
+  sessions(first: 5) { totalCount nodes { id } }
+  reservations(first: 5) { totalCount nodes { id } pageInfo { endCursor } }
+  connectionHistory(first: 5) { totalCount } } } }"""
+
+
+async def test_paged_lists_under_stations_seen_are_asked_by_station_alone(
+        api: Api, world: World, services: Services, store: CountingStore) -> None:
+    """Station.sessions, reservations and connectionHistory (page, count and a cursor
+    page) under stations seen, and a station's company prices, ask no sub-select: an
+    operator's live reservations "on a station I run" is the station seen; what else
+    the scope says stays (a driver's own, an operator's books)."""
+    a1 = world.stations["A-001"]
+    live = reservation(a1, user_id=world.users["driver1"].id, reservation_id=9001,
+                       state=d.ReservationState.ACTIVE, expires_at=utcnow() + timedelta(hours=1))
+    other = reservation(a1, user_id=world.users["driver2"].id, reservation_id=9002,
+                        state=d.ReservationState.ACTIVE, company_id=None,
+                        station_owner_id=None, expires_at=utcnow() + timedelta(hours=1))
+    await store.write([Insert(stamp_new(r, SYSTEM)) for r in (live, other)], [])
+    for who, reservations in (("op_a", 2), ("driver1", 1)):
+        store.asked.clear()
+        listed = (await api.gql(PAGED, as_user=world.users[who].id))["stations"]["nodes"]
+        mine = {s["cpId"]: s for s in listed}["A-001"]
+        assert mine["reservations"]["totalCount"] == reservations, who
+        assert len(mine["reservations"]["nodes"]) == reservations, who
+        sessions = {s["cpId"]: s["sessions"]["totalCount"] for s in listed}
+        full = {st.cp_id: len((await services.reads.grouped(
+            world.viewer(who), d.Session, "station_id", [st.id], ALL, (), 10)).get(st.id, []))
+            for st in world.stations.values() if st.cp_id in sessions}
+        assert sessions == full, who
+        for kind in (d.Session, d.Reservation, d.ConnectionEvent, d.Tariff):
+            asked = asked_of(store, kind)
+            assert asked and all(subselects(w) == [] for w in asked), (who, kind, asked)
+        # One station's next page, by cursor: a query of its own, asked by its id alone.
+        store.asked.clear()
+        page = await api.gql("""query($s: ID!, $c: String) { node(id: $s) { ... on Station {
+            reservations(first: 1, after: $c) { totalCount nodes { id } } } } }""",
+                             {"s": gid("station", a1.id), "c": None},
+                             as_user=world.users[who].id)
+        assert page["node"]["reservations"]["totalCount"] == reservations, who
+        asked = asked_of(store, d.Reservation)
+        assert asked and all(subselects(w) == [] for w in asked), (who, asked)
+    # In a mutation's payload the full rule applies: the operator's sub-select is asked.
+    store.asked.clear()
+    payload = await call(api, world, "op_a", "updateStation",
+                         {"id": gid("station", a1.id), "name": "Renamed"},
+                         "station { reservations(first: 5) { totalCount nodes { id } } }")
+    assert payload["station"]["reservations"]["totalCount"] == 2
+    assert any(subselects(w) for w in asked_of(store, d.Reservation))
