@@ -283,7 +283,7 @@ async def _session_rows(reads: ReadService, viewer: Viewer, sessions: list[d.Ses
 
 async def _sessions(services: Services, viewer: Viewer, q: Params) -> Pages:
     where = SessionFilter(
-        cp_id=q.get("cpId"), connector_id=q.get("connectorId"),
+        cp_ids=q.get("cpIds"), cp_id=q.get("cpId"), connector_id=q.get("connectorId"),
         station_id=q.get("stationId"), station_ids=q.get("stationIds"),
         user_id=q.get("userId"), vehicle_id=q.get("vehicleId"), state=q.get("state"),
         from_=q.get("from"), to=q.get("to"), id_tag=q.get("idTag")).to_domain()
@@ -390,8 +390,8 @@ class Export:
 
 EXPORTS: dict[str, Export] = {
     "sessions": Export(SESSION_COLUMNS, {
-        "cpId": Param(), "connectorId": Param(_integer), "stationId": _ID,
-        "stationIds": _IDS, "userId": _ID, "vehicleId": _ID,
+        "cpIds": Param(many=True), "cpId": Param(), "connectorId": Param(_integer),
+        "stationIds": _IDS, "stationId": _ID, "userId": _ID, "vehicleId": _ID,
         "state": Param(_enum(d.SessionState)), "from": _WHEN, "to": _WHEN,
         "idTag": Param()}, _sessions),
     "payments": Export(PAYMENT_COLUMNS, {
