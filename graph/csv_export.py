@@ -309,7 +309,8 @@ async def _payment_rows(reads: ReadService, viewer: Viewer, payments: list[d.Pay
 async def _payments(services: Services, viewer: Viewer, q: Params) -> Pages:
     where = PaymentFilter(
         status=q.get("status"), user_id=q.get("userId"), session_id=q.get("sessionId"),
-        station_id=q.get("stationId"), from_=q.get("from"), to=q.get("to")).to_domain()
+        station_ids=q.get("stationIds"), station_id=q.get("stationId"), from_=q.get("from"),
+        to=q.get("to")).to_domain()
     # The order ``payments`` lists them in by default: by id, which is creation order.
     return await _paged(services.reads, viewer, d.Payment, where, (), _payment_rows)
 
@@ -396,7 +397,7 @@ EXPORTS: dict[str, Export] = {
         "idTag": Param()}, _sessions),
     "payments": Export(PAYMENT_COLUMNS, {
         "status": Param(_enum(d.PaymentStatus)), "userId": _ID, "sessionId": _ID,
-        "stationId": _ID, "from": _WHEN, "to": _WHEN}, _payments),
+        "stationIds": _IDS, "stationId": _ID, "from": _WHEN, "to": _WHEN}, _payments),
     "energy": Export(ENERGY_COLUMNS, {
         "from": _WHEN, "to": _WHEN, "bucket": Param(_enum(Bucket)), "timeZone": Param(),
         "currency": Param(), "groupBy": Param(_enum(GroupBy)), "stationIds": _IDS,

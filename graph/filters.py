@@ -585,8 +585,11 @@ class PaymentFilter:
         "Of this driver."))
     session_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "For this session."))
-    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
-        "For sessions at this station."))
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        listed_beside("For sessions at any of these stations (global ids)", "stationId")))
+    station_id: strawberry.ID | None = strawberry.field(
+        default=None, deprecation_reason=_USE_STATION_IDS,
+        description="For sessions at this station.")
     from_: datetime | None = strawberry.field(default=None, name="from",
                                               description="Payments opened at or after.")
     to: datetime | None = strawberry.field(default=None, description="Opened before.")
@@ -597,6 +600,7 @@ class PaymentFilter:
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("session_id", _id(self.session_id, "session", "filter.sessionId")),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _ids(self.station_ids, "station", "filter.stationIds"),
             window("created_at", self.from_, self.to, "filter"),
         )
 

@@ -198,6 +198,8 @@ async def test_filters_mirror_the_graphql_filters(service: Running) -> None:
         ("sessions", "sessions.csv", {"idTag": "tag-ok"}, 'filter: {idTag: "tag-ok"}'),
         ("sessions", "sessions.csv", {"stationIds": [other]},
          f'filter: {{stationIds: ["{other}"]}}'),
+        ("payments", "payments.csv", {"stationIds": [other]},
+         f'filter: {{stationIds: ["{other}"]}}'),
         ("payments", "payments.csv", {"status": "PENDING", "from": "2000-01-01T00:00:00Z"},
          'filter: {status: PENDING, from: "2000-01-01T00:00:00Z"}'),
         ("auditLog", "audit.csv", {"entity": "station", "action": "CREATE"},

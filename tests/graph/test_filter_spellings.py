@@ -35,13 +35,15 @@ RESERVATIONS = """query($f: ReservationFilter) { reservations(first: 50, filter:
     totalCount nodes { cpId } } }"""
 SESSIONS = """query($f: SessionFilter) { sessions(first: 50, filter: $f) {
     totalCount nodes { cpId } } }"""
+PAYMENTS = """query($f: PaymentFilter) { payments(first: 50, filter: $f) {
+    totalCount nodes { id } } }"""
 
 
 async def listed(api: Api, world: World, query: str, f: dict[str, Any]) -> list[Any]:
     data = await api.gql(query, {"f": f}, as_user=world.users["admin"].id)
     page = next(iter(data.values()))
     assert page["totalCount"] == len(page["nodes"]), f
-    return sorted((n["cpId"], n.get("connectorId")) for n in page["nodes"])
+    return sorted(tuple(n.values()) for n in page["nodes"])
 
 
 def station(world: World, cp_id: str) -> str:
@@ -64,10 +66,10 @@ async def test_lists_of_cp_ids_and_station_ids_old_forms_and_both(
     plugs = {cp: [(cp, 1), (cp, 2)] for cp in ("A-001", "B-002")}
     # What each filter lists of A-001 alone, and of B-002: stations and reservations one
     # entry a station, connectors two.
-    one_each = {"A-001": [("A-001", None)], "B-002": [("B-002", None)]}
+    one_each = {"A-001": [("A-001",)], "B-002": [("B-002",)]}
     await spellings(api, world, STATIONS, one_each, by_station=False)
-    await spellings(api, world, CONNECTORS, plugs, by_station=True)
-    await spellings(api, world, RESERVATIONS, one_each, by_station=True)
+    await spellings(api, world, CONNECTORS, plugs)
+    await spellings(api, world, RESERVATIONS, one_each)
 
 
 async def test_sessions_by_lists_of_cp_ids_and_station_ids_old_forms_and_both(
@@ -75,27 +77,27 @@ async def test_sessions_by_lists_of_cp_ids_and_station_ids_old_forms_and_both(
     """QA s30 leftovers: `SessionFilter` had a single, non-deprecated `cpId` and no
     `cpIds`; its `stationId` beside `stationIds` is deprecated as the others'."""
     # The world's sessions: s1 at A-001, s2 at B-001, s3 at A-002.
-    await spellings(api, world, SESSIONS, {"A-001": [("A-001", None)],
-                                           "B-001": [("B-001", None)]}, by_station=True)
+    await spellings(api, world, SESSIONS, {"A-001": [("A-001",)], "B-001": [("B-001",)]})
+
+
+async def test_payments_by_a_list_of_station_ids_old_form_and_both(
+        api: Api, world: World) -> None:
+    """As sessions (payments have no cpId filter: a payment's cpId is not in every
+    MongoDB document written before it was carried). The world's payments: s2's at B-001
+    and s3's at A-002."""
+    of = {cp: [(to_global_id("payment", world.payments[key].id),)]
+          for cp, key in (("B-001", "s2"), ("A-002", "s3"))}
+    await spellings(api, world, PAYMENTS, of, by_cp=False)
 
 
 async def spellings(api: Api, world: World, query: str, of: dict[str, list[Any]],
-                    by_station: bool) -> None:
+                    by_station: bool = True, by_cp: bool = True) -> None:
     """``query``'s filter by the lists, by the old one-value forms, and by both, over
     the two chargers ``of`` names with what each alone lists."""
     first, second = of
     both = sorted(of[first] + of[second])
-    assert await listed(api, world, query, {"cpIds": [first, second]}) == both, query
-    assert await listed(api, world, query, {"cpIds": []}) == [], query
-    assert await listed(api, world, query, {"cpId": first}) == of[first], query
-    # Both forms: both must hold.
-    assert await listed(api, world, query, {"cpId": first,
-                                            "cpIds": [first, second]}) == of[first]
-    assert await listed(api, world, query, {"cpId": first, "cpIds": [second]}) == []
-    assert await errors(api, world, query, {"cpIds": [first] * 101}) == [
-        ("filter.cpIds", "TOO_LONG")], query
-    assert len(await listed(api, world, query, {"cpIds": [first] * 100})) \
-        == len(of[first])
+    if by_cp:
+        await cp_spellings(api, world, query, of)
     if not by_station:
         return
     ids = [station(world, first), station(world, second)]
@@ -111,6 +113,24 @@ async def spellings(api: Api, world: World, query: str, of: dict[str, list[Any]]
     wrong_kind = {"stationIds": [to_global_id("user", world.users["admin"].id)]}
     assert [field for field, _ in await errors(api, world, query, wrong_kind)] == [
         "filter.stationIds"], query
+
+
+async def cp_spellings(api: Api, world: World, query: str, of: dict[str, list[Any]]
+                       ) -> None:
+    """``spellings``' part of cpIds and cpId."""
+    first, second = of
+    both = sorted(of[first] + of[second])
+    assert await listed(api, world, query, {"cpIds": [first, second]}) == both, query
+    assert await listed(api, world, query, {"cpIds": []}) == [], query
+    assert await listed(api, world, query, {"cpId": first}) == of[first], query
+    # Both forms: both must hold.
+    assert await listed(api, world, query, {"cpId": first,
+                                            "cpIds": [first, second]}) == of[first]
+    assert await listed(api, world, query, {"cpId": first, "cpIds": [second]}) == []
+    assert await errors(api, world, query, {"cpIds": [first] * 101}) == [
+        ("filter.cpIds", "TOO_LONG")], query
+    assert len(await listed(api, world, query, {"cpIds": [first] * 100})) \
+        == len(of[first])
 
 
 async def test_connector_types_on_connectors_as_on_stations(api: Api, world: World) -> None:
@@ -135,6 +155,7 @@ async def test_the_old_forms_are_deprecated_in_introspection(api: Api, world: Wo
                             "types": "connectorTypes"},
         "ReservationFilter": {"cpId": "cpIds", "stationId": "stationIds"},
         "SessionFilter": {"cpId": "cpIds", "stationId": "stationIds"},
+        "PaymentFilter": {"stationId": "stationIds"},
         "SessionEventFilter": {"cpId": "cpIds"},
         "CommandEventFilter": {"cpId": "cpIds"},
         "ReserveNowInput": {"expiryDate": "expiresAt"},
