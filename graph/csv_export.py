@@ -283,7 +283,7 @@ async def _session_rows(reads: ReadService, viewer: Viewer, sessions: list[d.Ses
 
 async def _sessions(services: Services, viewer: Viewer, q: Params) -> Pages:
     where = SessionFilter(
-        cp_id=q.get("cpId"), connector_id=q.get("connectorId"),
+        cp_ids=q.get("cpIds"), cp_id=q.get("cpId"), connector_id=q.get("connectorId"),
         station_id=q.get("stationId"), station_ids=q.get("stationIds"),
         user_id=q.get("userId"), vehicle_id=q.get("vehicleId"), state=q.get("state"),
         from_=q.get("from"), to=q.get("to"), id_tag=q.get("idTag")).to_domain()
@@ -309,7 +309,8 @@ async def _payment_rows(reads: ReadService, viewer: Viewer, payments: list[d.Pay
 async def _payments(services: Services, viewer: Viewer, q: Params) -> Pages:
     where = PaymentFilter(
         status=q.get("status"), user_id=q.get("userId"), session_id=q.get("sessionId"),
-        station_id=q.get("stationId"), from_=q.get("from"), to=q.get("to")).to_domain()
+        station_ids=q.get("stationIds"), station_id=q.get("stationId"), from_=q.get("from"),
+        to=q.get("to")).to_domain()
     # The order ``payments`` lists them in by default: by id, which is creation order.
     return await _paged(services.reads, viewer, d.Payment, where, (), _payment_rows)
 
@@ -390,13 +391,13 @@ class Export:
 
 EXPORTS: dict[str, Export] = {
     "sessions": Export(SESSION_COLUMNS, {
-        "cpId": Param(), "connectorId": Param(_integer), "stationId": _ID,
-        "stationIds": _IDS, "userId": _ID, "vehicleId": _ID,
+        "cpIds": Param(many=True), "cpId": Param(), "connectorId": Param(_integer),
+        "stationIds": _IDS, "stationId": _ID, "userId": _ID, "vehicleId": _ID,
         "state": Param(_enum(d.SessionState)), "from": _WHEN, "to": _WHEN,
         "idTag": Param()}, _sessions),
     "payments": Export(PAYMENT_COLUMNS, {
         "status": Param(_enum(d.PaymentStatus)), "userId": _ID, "sessionId": _ID,
-        "stationId": _ID, "from": _WHEN, "to": _WHEN}, _payments),
+        "stationIds": _IDS, "stationId": _ID, "from": _WHEN, "to": _WHEN}, _payments),
     "energy": Export(ENERGY_COLUMNS, {
         "from": _WHEN, "to": _WHEN, "bucket": Param(_enum(Bucket)), "timeZone": Param(),
         "currency": Param(), "groupBy": Param(_enum(GroupBy)), "stationIds": _IDS,

@@ -88,14 +88,14 @@ def _cp_ids(values: list[str] | None, field: str) -> Filter | None:
 #: What the one-value forms, kept for the clients written against them, say (QA s30: the
 #: list filters took ``cpIds``/``stationIds``, these ``cpId``/``stationId``, and a
 #: client had to know which). Given with its list, both must hold, as any two conditions.
-_USE_CP_IDS = "Use `cpIds` (a list); given with it, both must hold."
+USE_CP_IDS = "Use `cpIds` (a list); given with it, both must hold."
 _USE_STATION_IDS = "Use `stationIds` (a list); given with it, both must hold."
 #: The connector type list's one name, a station's and a connector's alike (QA s30:
 #: ``connectorTypes`` on stations, ``types`` on connectors).
 _USE_CONNECTOR_TYPES = "Use `connectorTypes`, as on the station filter."
 
 
-def _listed(what: str, single: str) -> str:
+def listed_beside(what: str, single: str) -> str:
     """The description of a list form kept beside its deprecated one-value ``single``."""
     return f"{what}, {BOUNDED}; an empty list: none. With `{single}` too, both must hold."
 
@@ -361,8 +361,8 @@ class NearInput:
 @strawberry.input(description="Which stations to list; every condition given must hold.")
 class StationFilter:
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        _listed("The stations with any of these OCPP identities", "cpId")))
-    cp_id: str | None = strawberry.field(default=None, deprecation_reason=_USE_CP_IDS,
+        listed_beside("The stations with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
                                          description="The station with this OCPP identity.")
     company_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Run by this company. Private: matches only stations whose company the viewer "
@@ -419,12 +419,12 @@ def _min_kw(value: float | None, field: str) -> float | None:
 @strawberry.input(description="Which connectors to list; every condition given must hold.")
 class ConnectorFilter:
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        _listed("Of the stations with any of these OCPP identities", "cpId")))
-    cp_id: str | None = strawberry.field(default=None, deprecation_reason=_USE_CP_IDS,
+        listed_beside("Of the stations with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
                                          description="Of the station with this OCPP "
                                                      "identity.")
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
-        _listed("Of any of these stations (global ids)", "stationId")))
+        listed_beside("Of any of these stations (global ids)", "stationId")))
     station_id: strawberry.ID | None = strawberry.field(
         default=None, deprecation_reason=_USE_STATION_IDS, description="Of this station.")
     status: ConnectorStatus | None = strawberry.field(default=None, description=(
@@ -483,12 +483,17 @@ def _available(available_now: bool | None) -> Filter | None:
 
 @strawberry.input(description="Which sessions to list; every condition given must hold.")
 class SessionFilter:
-    cp_id: str | None = strawberry.field(default=None, description=(
-        "At the charger with this OCPP identity."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        listed_beside("At the chargers with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
+                                         description="At the charger with this OCPP "
+                                                     "identity.")
     connector_id: int | None = strawberry.field(default=None, description=(
-        "On this OCPP connector id (with `cpId` or `stationId`, one plug)."))
-    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
-        "At this station."))
+        "On this OCPP connector id (with one charger or station, one plug)."))
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        listed_beside("At any of these stations (global ids)", "stationId")))
+    station_id: strawberry.ID | None = strawberry.field(
+        default=None, deprecation_reason=_USE_STATION_IDS, description="At this station.")
     user_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Charged by this driver."))
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
@@ -498,15 +503,13 @@ class SessionFilter:
     from_: datetime | None = strawberry.field(default=None, name="from",
                                               description="Sessions started at or after.")
     to: datetime | None = strawberry.field(default=None, description="Started before.")
-    station_ids: list[strawberry.ID] | None = strawberry.field(
-        default=None, description=f"Sessions at any of these stations ({BOUNDED}; an "
-                                  "empty list: none).")
     id_tag: str | None = strawberry.field(
         default=None, description="Sessions charged with this card (its tag, in any case).")
 
     def to_domain(self) -> Filter:
         return all_of(
             _eq("cp_id", self.cp_id),
+            _cp_ids(self.cp_ids, "filter.cpIds"),
             _eq("connector_id", self.connector_id),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
             _ids(self.station_ids, "station", "filter.stationIds"),
@@ -522,12 +525,12 @@ class SessionFilter:
                                "hold.")
 class ReservationFilter:
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
-        _listed("At the chargers with any of these OCPP identities", "cpId")))
-    cp_id: str | None = strawberry.field(default=None, deprecation_reason=_USE_CP_IDS,
+        listed_beside("At the chargers with any of these OCPP identities", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
                                          description="At the charger with this OCPP "
                                                      "identity.")
     station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
-        _listed("At any of these stations (global ids)", "stationId")))
+        listed_beside("At any of these stations (global ids)", "stationId")))
     station_id: strawberry.ID | None = strawberry.field(
         default=None, deprecation_reason=_USE_STATION_IDS, description="At this station.")
     user_id: strawberry.ID | None = strawberry.field(default=None, description=(
@@ -582,8 +585,11 @@ class PaymentFilter:
         "Of this driver."))
     session_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "For this session."))
-    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
-        "For sessions at this station."))
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        listed_beside("For sessions at any of these stations (global ids)", "stationId")))
+    station_id: strawberry.ID | None = strawberry.field(
+        default=None, deprecation_reason=_USE_STATION_IDS,
+        description="For sessions at this station.")
     from_: datetime | None = strawberry.field(default=None, name="from",
                                               description="Payments opened at or after.")
     to: datetime | None = strawberry.field(default=None, description="Opened before.")
@@ -594,6 +600,7 @@ class PaymentFilter:
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("session_id", _id(self.session_id, "session", "filter.sessionId")),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _ids(self.station_ids, "station", "filter.stationIds"),
             window("created_at", self.from_, self.to, "filter"),
         )
 

@@ -35,7 +35,7 @@ from domain.ids import is_id
 from graph.command_types import ChargePointErrorCode, shown_error_code
 from graph.context import GraphContext
 from graph.enums import ConnectorStatus, ReservationState, SessionState
-from graph.filters import BOUNDED, bounded, global_ids
+from graph.filters import BOUNDED, USE_CP_IDS, bounded, global_ids, listed_beside
 from graph.ids import expect_id, to_global_id
 from graph.loaders import Loaders
 from graph.nodes import Connector, Reservation, Session, Station, User, _related
@@ -54,6 +54,25 @@ class SessionChange(Enum):
         "It ended: its StopTransaction, or the service closed it."))
 
 
+def of_chargers(cp_ids: list[str] | None, station_ids: list[strawberry.ID] | None,
+                cp_id: str | None = None) -> Callable[[Any], bool]:
+    """Whether an event is of the chargers and stations a feed's filter lists (each list
+    ``bounded``; an empty one: none) and of its deprecated one-value ``cp_id``: every
+    one given must hold, as in the list filters. Checked when the feed starts."""
+    cp_list = bounded(cp_ids, "filter.cpIds")
+    cps = set(cp_list) if cp_list is not None else None
+    station_list = global_ids(station_ids, "station", "filter.stationIds")
+    stations = set(station_list) if station_list is not None else None
+
+    def accept(event: Any) -> bool:
+        return (cp_id is None or event.cp_id == cp_id) and (
+            cps is None or event.cp_id in cps) and (
+            stations is None or event.station_id in stations)
+
+    return accept
+
+
+
 @strawberry.input(description="Narrow a station feed; all the viewer may see if left out.")
 class StationEventFilter:
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
@@ -63,16 +82,7 @@ class StationEventFilter:
         f"Only events of these stations (global ids), {BOUNDED}; an empty list: none."))
 
     def accepts(self) -> Callable[[Any], bool]:
-        cp_list = bounded(self.cp_ids, "filter.cpIds")
-        cp_ids = set(cp_list) if cp_list is not None else None
-        station_list = global_ids(self.station_ids, "station", "filter.stationIds")
-        station_ids = set(station_list) if station_list is not None else None
-
-        def accept(event: Any) -> bool:
-            return (cp_ids is None or event.cp_id in cp_ids) and (
-                station_ids is None or event.station_id in station_ids)
-
-        return accept
+        return of_chargers(self.cp_ids, self.station_ids)
 
 
 @strawberry.input(description="Narrow the session feed; all the viewer may see if left out.")
@@ -80,18 +90,34 @@ class SessionEventFilter:
     session_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Follow one session: the subscription completes after its ENDED event, and at once "
         "when it is over already (or not the viewer's)."))
-    cp_id: str | None = strawberry.field(default=None, description=(
-        "Only sessions on this charger (OCPP identity)."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        listed_beside("Only sessions on these chargers (OCPP identities)", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
+                                         description="Only sessions on this charger (OCPP "
+                                                     "identity).")
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        f"Only sessions at these stations (global ids), {BOUNDED}; an empty list: none."))
     mine: bool | None = strawberry.field(default=None,
                                          description="Only the viewer's own sessions.")
+
+    def accepts(self) -> Callable[[Any], bool]:
+        return of_chargers(self.cp_ids, self.station_ids, self.cp_id)
 
 
 @strawberry.input(description="Narrow the command feed; all the viewer may see if left out.")
 class CommandEventFilter:
-    cp_id: str | None = strawberry.field(default=None, description=(
-        "Only commands to this charger (OCPP identity)."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        listed_beside("Only commands to these chargers (OCPP identities)", "cpId")))
+    cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
+                                         description="Only commands to this charger (OCPP "
+                                                     "identity).")
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        f"Only commands to these stations (global ids), {BOUNDED}; an empty list: none."))
     command_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Only this command's answer (the `commandId` its mutation returned)."))
+
+    def accepts(self) -> Callable[[Any], bool]:
+        return of_chargers(self.cp_ids, self.station_ids, self.cp_id)
 
 
 async def _record(info: Info, entity: type[Any], node: Any, record_id: str) -> Any:
@@ -484,13 +510,13 @@ class Subscription:
         ctx: GraphContext = info.context
         session_id = expect_id(str(filter.session_id), "session", "filter.sessionId") \
             if filter and filter.session_id else None
-        cp_id = filter.cp_id if filter else None
+        of_charger = filter.accepts() if filter else _everything
         mine = bool(filter and filter.mine)
         me = ctx.viewer.user_id
 
         def accept(e: SessionChanged) -> bool:
-            return (session_id is None or e.session_id == session_id) and (
-                cp_id is None or e.cp_id == cp_id) and (not mine or e.user_id == me)
+            return (session_id is None or e.session_id == session_id) and of_charger(e) \
+                and (not mine or e.user_id == me)
 
         if session_id is None:
             return _feed(info, SessionChanged.topic, accept, _session)
@@ -529,15 +555,14 @@ class Subscription:
     @strawberry.subscription(description="Answers to commands sent to chargers.")
     def command_completed(self, info: Info, filter: CommandEventFilter | None = None
                           ) -> AsyncIterator[CommandEvent]:
-        cp_id = filter.cp_id if filter else None
         command_id = str(filter.command_id) if filter and filter.command_id else None
         if command_id is not None and not is_id(command_id):
             # A mistyped id would follow nothing, silently, for good (QA s17).
             raise ValidationError("expected a commandId as a command's answer gave it",
                                   field="filter.commandId", code="INVALID_ID")
+        of_charger = filter.accepts() if filter else _everything
 
         def accept(e: CommandCompleted) -> bool:
-            return (cp_id is None or e.cp_id == cp_id) and (
-                command_id is None or e.command_id == command_id)
+            return of_charger(e) and (command_id is None or e.command_id == command_id)
 
         return _feed(info, CommandCompleted.topic, accept, _command)

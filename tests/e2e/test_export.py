@@ -193,8 +193,12 @@ async def test_filters_mirror_the_graphql_filters(service: Running) -> None:
     cases: list[tuple[str, str, dict[str, Any], str]] = [
         ("sessions", "sessions.csv", {"state": "ACTIVE"}, "filter: {state: ACTIVE}"),
         ("sessions", "sessions.csv", {"cpId": "@OTHER"}, 'filter: {cpId: "@OTHER"}'),
+        ("sessions", "sessions.csv", {"cpIds": ["@OTHER", "CP-1"]},
+         'filter: {cpIds: ["@OTHER", "CP-1"]}'),
         ("sessions", "sessions.csv", {"idTag": "tag-ok"}, 'filter: {idTag: "tag-ok"}'),
         ("sessions", "sessions.csv", {"stationIds": [other]},
+         f'filter: {{stationIds: ["{other}"]}}'),
+        ("payments", "payments.csv", {"stationIds": [other]},
          f'filter: {{stationIds: ["{other}"]}}'),
         ("payments", "payments.csv", {"status": "PENDING", "from": "2000-01-01T00:00:00Z"},
          'filter: {status: PENDING, from: "2000-01-01T00:00:00Z"}'),

@@ -1,18 +1,27 @@
-"""One spelling for one thing across the API's filters (QA s30): the station, connector
-and reservation filters take lists of cpIds and stationIds as the session, analytics and
-subscription filters do, connectors their types as `connectorTypes` as stations do, and
-`nodes(ids:)` a list too long as TOO_LONG, as every filter list. The old one-value forms
-still work, deprecated; both given, both must hold. Both stores."""
+"""One spelling for one thing across the API's filters (QA s30): the station, connector,
+reservation and session filters take lists of cpIds and stationIds as the analytics and
+station feed filters do (the session and command feeds too, tests/graph/test_live_ws.py,
+and sessions.csv its cpIds), connectors their types as `connectorTypes` as stations do,
+and `nodes(ids:)` a list too long as TOO_LONG, as every filter list. The old one-value
+forms still work, deprecated; both given, both must hold. Both stores."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from datetime import timedelta
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
 from domain import entities as d
 from domain.clock import utcnow
+from domain.policy import Viewer
 from domain.ports import Insert
 from domain.services import Services
+from graph.csv_export import CsvExports
 from graph.ids import to_global_id
 from tests.graph.conftest import Api
 from tests.graph.test_list_filters import errors
@@ -24,13 +33,17 @@ CONNECTORS = """query($f: ConnectorFilter) { connectors(first: 50, filter: $f) {
     totalCount nodes { cpId connectorId } } }"""
 RESERVATIONS = """query($f: ReservationFilter) { reservations(first: 50, filter: $f) {
     totalCount nodes { cpId } } }"""
+SESSIONS = """query($f: SessionFilter) { sessions(first: 50, filter: $f) {
+    totalCount nodes { cpId } } }"""
+PAYMENTS = """query($f: PaymentFilter) { payments(first: 50, filter: $f) {
+    totalCount nodes { id } } }"""
 
 
 async def listed(api: Api, world: World, query: str, f: dict[str, Any]) -> list[Any]:
     data = await api.gql(query, {"f": f}, as_user=world.users["admin"].id)
     page = next(iter(data.values()))
     assert page["totalCount"] == len(page["nodes"]), f
-    return sorted((n["cpId"], n.get("connectorId")) for n in page["nodes"])
+    return sorted(tuple(n.values()) for n in page["nodes"])
 
 
 def station(world: World, cp_id: str) -> str:
@@ -50,42 +63,74 @@ async def reserve(services: Services, world: World) -> None:
 async def test_lists_of_cp_ids_and_station_ids_old_forms_and_both(
         api: Api, world: World, services: Services) -> None:
     await reserve(services, world)
-    plugs = {cp: [(cp, 1), (cp, 2)] for cp in world.stations}
-    # What each filter lists of A-001 alone, and of A-001 and B-002: stations and
-    # reservations one entry a station, connectors two.
-    cases = (
-        (STATIONS, {"A-001": [("A-001", None)], "B-002": [("B-002", None)]}, False),
-        (CONNECTORS, plugs, True),
-        (RESERVATIONS, {"A-001": [("A-001", None)], "B-002": [("B-002", None)]}, True),
-    )
-    for query, of, by_station in cases:
-        both = sorted(of["A-001"] + of["B-002"])
-        assert await listed(api, world, query, {"cpIds": ["A-001", "B-002"]}) == both, query
-        assert await listed(api, world, query, {"cpIds": []}) == [], query
-        assert await listed(api, world, query, {"cpId": "A-001"}) == of["A-001"], query
-        # Both forms: both must hold.
-        assert await listed(api, world, query, {"cpId": "A-001",
-                                                "cpIds": ["A-001", "B-002"]}) == of["A-001"]
-        assert await listed(api, world, query, {"cpId": "A-001", "cpIds": ["B-002"]}) == []
-        assert await errors(api, world, query, {"cpIds": ["A-001"] * 101}) == [
-            ("filter.cpIds", "TOO_LONG")], query
-        assert len(await listed(api, world, query, {"cpIds": ["A-001"] * 100})) \
-            == len(of["A-001"])
-        if not by_station:
-            continue
-        ids = [station(world, "A-001"), station(world, "B-002")]
-        assert await listed(api, world, query, {"stationIds": ids}) == both, query
-        assert await listed(api, world, query, {"stationIds": []}) == [], query
-        assert await listed(api, world, query, {"stationId": ids[0]}) == of["A-001"]
-        assert await listed(api, world, query, {"stationId": ids[0],
-                                                "stationIds": ids}) == of["A-001"]
-        assert await listed(api, world, query, {"stationId": ids[0],
-                                                "stationIds": ids[1:]}) == []
-        assert await errors(api, world, query, {"stationIds": ids[:1] * 101}) == [
-            ("filter.stationIds", "TOO_LONG")], query
-        wrong_kind = {"stationIds": [to_global_id("user", world.users["admin"].id)]}
-        assert [field for field, _ in await errors(api, world, query, wrong_kind)] == [
-            "filter.stationIds"], query
+    plugs = {cp: [(cp, 1), (cp, 2)] for cp in ("A-001", "B-002")}
+    # What each filter lists of A-001 alone, and of B-002: stations and reservations one
+    # entry a station, connectors two.
+    one_each = {"A-001": [("A-001",)], "B-002": [("B-002",)]}
+    await spellings(api, world, STATIONS, one_each, by_station=False)
+    await spellings(api, world, CONNECTORS, plugs)
+    await spellings(api, world, RESERVATIONS, one_each)
+
+
+async def test_sessions_by_lists_of_cp_ids_and_station_ids_old_forms_and_both(
+        api: Api, world: World) -> None:
+    """QA s30 leftovers: `SessionFilter` had a single, non-deprecated `cpId` and no
+    `cpIds`; its `stationId` beside `stationIds` is deprecated as the others'."""
+    # The world's sessions: s1 at A-001, s2 at B-001, s3 at A-002.
+    await spellings(api, world, SESSIONS, {"A-001": [("A-001",)], "B-001": [("B-001",)]})
+
+
+async def test_payments_by_a_list_of_station_ids_old_form_and_both(
+        api: Api, world: World) -> None:
+    """As sessions (payments have no cpId filter: a payment's cpId is not in every
+    MongoDB document written before it was carried). The world's payments: s2's at B-001
+    and s3's at A-002."""
+    of = {cp: [(to_global_id("payment", world.payments[key].id),)]
+          for cp, key in (("B-001", "s2"), ("A-002", "s3"))}
+    await spellings(api, world, PAYMENTS, of, by_cp=False)
+
+
+async def spellings(api: Api, world: World, query: str, of: dict[str, list[Any]],
+                    by_station: bool = True, by_cp: bool = True) -> None:
+    """``query``'s filter by the lists, by the old one-value forms, and by both, over
+    the two chargers ``of`` names with what each alone lists."""
+    first, second = of
+    both = sorted(of[first] + of[second])
+    if by_cp:
+        await cp_spellings(api, world, query, of)
+    if not by_station:
+        return
+    ids = [station(world, first), station(world, second)]
+    assert await listed(api, world, query, {"stationIds": ids}) == both, query
+    assert await listed(api, world, query, {"stationIds": []}) == [], query
+    assert await listed(api, world, query, {"stationId": ids[0]}) == of[first]
+    assert await listed(api, world, query, {"stationId": ids[0],
+                                            "stationIds": ids}) == of[first]
+    assert await listed(api, world, query, {"stationId": ids[0],
+                                            "stationIds": ids[1:]}) == []
+    assert await errors(api, world, query, {"stationIds": ids[:1] * 101}) == [
+        ("filter.stationIds", "TOO_LONG")], query
+    wrong_kind = {"stationIds": [to_global_id("user", world.users["admin"].id)]}
+    assert [field for field, _ in await errors(api, world, query, wrong_kind)] == [
+        "filter.stationIds"], query
+
+
+async def cp_spellings(api: Api, world: World, query: str, of: dict[str, list[Any]]
+                       ) -> None:
+    """``spellings``' part of cpIds and cpId."""
+    first, second = of
+    both = sorted(of[first] + of[second])
+    assert await listed(api, world, query, {"cpIds": [first, second]}) == both, query
+    assert await listed(api, world, query, {"cpIds": []}) == [], query
+    assert await listed(api, world, query, {"cpId": first}) == of[first], query
+    # Both forms: both must hold.
+    assert await listed(api, world, query, {"cpId": first,
+                                            "cpIds": [first, second]}) == of[first]
+    assert await listed(api, world, query, {"cpId": first, "cpIds": [second]}) == []
+    assert await errors(api, world, query, {"cpIds": [first] * 101}) == [
+        ("filter.cpIds", "TOO_LONG")], query
+    assert len(await listed(api, world, query, {"cpIds": [first] * 100})) \
+        == len(of[first])
 
 
 async def test_connector_types_on_connectors_as_on_stations(api: Api, world: World) -> None:
@@ -109,6 +154,10 @@ async def test_the_old_forms_are_deprecated_in_introspection(api: Api, world: Wo
         "ConnectorFilter": {"cpId": "cpIds", "stationId": "stationIds",
                             "types": "connectorTypes"},
         "ReservationFilter": {"cpId": "cpIds", "stationId": "stationIds"},
+        "SessionFilter": {"cpId": "cpIds", "stationId": "stationIds"},
+        "PaymentFilter": {"stationId": "stationIds"},
+        "SessionEventFilter": {"cpId": "cpIds"},
+        "CommandEventFilter": {"cpId": "cpIds"},
         "ReserveNowInput": {"expiryDate": "expiresAt"},
     }
     for type_name, old_to_new in deprecated.items():
@@ -135,3 +184,37 @@ async def test_nodes_with_too_many_ids_is_too_long(api: Api, world: World) -> No
             for e in response.json()["errors"]] == [("ids", "TOO_LONG")]
     data = await api.gql(query, {"ids": [one] * 100}, as_user=world.users["admin"].id)
     assert data["nodes"] == [{"id": one}] * 100
+
+
+async def sessions_csv(services: Services, world: World, query: str) -> Any:
+    """The cpIds of ``sessions.csv``'s rows as the admin exports them with ``query``, or,
+    refused, its status and errors' fields and codes."""
+    async def admin(authorization: str | None) -> Viewer:
+        return world.viewer("admin")
+
+    scope = {"type": "http", "method": "GET", "path": "/export/sessions.csv",
+             "path_params": {"name": "sessions.csv"}, "query_string": query.encode(),
+             "headers": []}
+    response = await CsvExports(services, admin).respond(Request(scope))
+    if response.status_code != 200:
+        return response.status_code, [(e["field"], e["code"])
+                                      for e in json.loads(bytes(response.body))["errors"]]
+    assert isinstance(response, StreamingResponse)
+    body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[misc]
+    return sorted(row["cpId"] for row in csv.DictReader(io.StringIO(body.decode())))
+
+
+async def test_sessions_csv_takes_cp_ids_repeated_as_its_other_lists(
+        services: Services, world: World) -> None:
+    """QA s30 leftovers: sessions.csv took a single cpId, as the filter it mirrors."""
+    assert await sessions_csv(services, world, "cpIds=A-001&cpIds=B-001") == [
+        "A-001", "B-001"]
+    assert await sessions_csv(services, world, "cpIds=A-002") == ["A-002"]
+    # The old one-value form still works; with the list, both must hold.
+    assert await sessions_csv(services, world, "cpId=A-001") == ["A-001"]
+    assert await sessions_csv(services, world, "cpId=A-001&cpIds=A-001&cpIds=B-001") == [
+        "A-001"]
+    assert await sessions_csv(services, world, "cpId=A-001&cpIds=B-001") == []
+    assert await sessions_csv(services, world, "&".join(["cpIds=A-001"] * 101)) == (
+        400, [("cpIds", "TOO_LONG")])
+    assert await sessions_csv(services, world, "cpIds=") == (400, [("cpIds", "REQUIRED")])

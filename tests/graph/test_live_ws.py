@@ -17,11 +17,14 @@ import pytest
 from domain import entities as d
 from domain.clock import utcnow
 from domain.entities import Record, Role
+from domain.errors import ValidationError
 from domain.events import (
+    CommandCompleted,
     ConnectorStatusChanged,
     MaintenanceStatusChanged,
     ReservationChanged,
     SessionChanged,
+    StationConnectionChanged,
 )
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Insert, Update
@@ -30,12 +33,14 @@ from domain.services.base import changed
 from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
+from graph.errors import camel
 from graph.ids import to_global_id
 from graph.live_outbox import ABORT, start_eagerly
 from graph.live_render import RENDER_BACKLOG, RenderQueue
 from graph.live_ws import LiveEndpoint, Timers
 from graph.pipeline import MAX_TOKENS
 from graph.schema import schema
+from graph.subscription import CommandEventFilter, SessionEventFilter
 from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
 from tests.graph.test_scalars import set_price_body
@@ -1482,3 +1487,87 @@ async def test_a_decimal_sent_as_a_json_number_over_the_socket_is_read_as_writte
     await live.bus.publish(live.status("A-001", "exact"))
     assert data(await socket.next())["info"] == "exact"
     await socket.close()
+
+
+def session_event(live: Setup, cp_id: str, transaction_id: int) -> SessionChanged:
+    station = live.world.stations[cp_id]
+    return SessionChanged(
+        station_id=station.id, cp_id=cp_id, company_id=station.company_id,
+        owner_id=station.owner_id, change="UPDATED", session_id=f"s{transaction_id}",
+        transaction_id=transaction_id, connector_id=1, user_id=None, vehicle_id=None,
+        energy_wh=0, power_w=None, state="ACTIVE")
+
+
+def command_event(live: Setup, cp_id: str, number: int) -> CommandCompleted:
+    station = live.world.stations[cp_id]
+    return CommandCompleted(
+        station_id=station.id, cp_id=cp_id, company_id=station.company_id,
+        owner_id=station.owner_id, command_id=f"c{number}", action="Reset",
+        requested_by="system", status="Accepted")
+
+
+def feed_filters(live: Setup) -> dict[str, dict[str, Any]]:
+    """The session and command feeds' filters: by the lists of chargers and of stations,
+    and by the deprecated one-value cpId with its list (both must hold)."""
+    stations = [to_global_id("station", live.world.stations[cp].id) for cp in ("A-001",
+                                                                                "B-001")]
+    return {"1": {"cpIds": ["A-001", "B-001"]}, "2": {"stationIds": stations},
+            "3": {"cpId": "A-001", "cpIds": ["A-001", "A-002"]}}
+
+
+@pytest.mark.parametrize(("kind", "query", "make", "key"), [
+    ("SessionEventFilter", "sessionUpdated(filter: $f) { transactionId }", session_event,
+     "transactionId"),
+    ("CommandEventFilter", "commandCompleted(filter: $f) { commandId }", command_event,
+     "commandId"),
+], ids=["sessions", "commands"])
+async def test_the_session_and_command_feeds_take_lists_of_cp_ids_and_station_ids(
+        live: Setup, kind: str, query: str, make: Callable[[Setup, str, int], Any],
+        key: str) -> None:
+    """QA s30 leftovers: sessionUpdated and commandCompleted took a single cpId, the
+    station feeds lists. Told by order: each subscription's events come in the order
+    published, so one it should not get would come before its last."""
+    socket = await live.open("admin")
+    filters = feed_filters(live)
+    for op_id, f in filters.items():
+        socket.subscribe(op_id, f"subscription($f: {kind}) {{ {query} }}", {"f": f})
+    await live.subscribed(len(filters))
+    for number, cp_id in enumerate(("A-001", "A-002", "B-001", "A-001"), start=1):
+        await live.bus.publish(make(live, cp_id, number))
+    expected = {"1": [1, 3, 4], "2": [1, 3, 4], "3": [1, 4]}
+    got: dict[str, list[int]] = {op_id: [] for op_id in expected}
+    for _ in range(sum(map(len, expected.values()))):
+        message = await socket.next()
+        assert message["type"] == "next", message
+        value = next(iter(message["payload"]["data"].values()))[key]
+        got[message["id"]].append(int(str(value).removeprefix("c")))
+    assert got == expected
+    await socket.close()
+
+
+@pytest.mark.parametrize("kind", [SessionEventFilter, CommandEventFilter],
+                         ids=["sessions", "commands"])
+def test_a_feed_filter_by_charger_holds_every_condition_given(kind: Any) -> None:
+    """The session and command feeds' lists as every filter's: an empty one none, over
+    100 TOO_LONG, a list of stations by global id, the old cpId and its list ANDed."""
+    at_a = StationConnectionChanged(station_id="a" * 24, cp_id="A", online=True)
+
+    def accepts(**f: Any) -> Callable[[Any], bool]:
+        return kind(**f).accepts()  # type: ignore[no-any-return]
+
+    assert accepts()(at_a) and accepts(cp_ids=["A", "B"])(at_a)
+    assert not accepts(cp_ids=[])(at_a) and not accepts(station_ids=[])(at_a)
+    assert accepts(station_ids=[to_global_id("station", "a" * 24)])(at_a)
+    assert not accepts(station_ids=[to_global_id("station", "b" * 24)])(at_a)
+    assert accepts(cp_id="A")(at_a) and not accepts(cp_id="B")(at_a)
+    assert accepts(cp_id="A", cp_ids=["A", "B"])(at_a)
+    assert not accepts(cp_id="A", cp_ids=["B"])(at_a)
+    assert not accepts(cp_id="B", cp_ids=["A"])(at_a)
+    for field, value in (("cp_ids", "A"), ("station_ids", to_global_id("station", "a" * 24))):
+        with pytest.raises(ValidationError) as refused:
+            accepts(**{field: [value] * 101})
+        assert (refused.value.field, refused.value.code) == (
+            f"filter.{camel(field)}", "TOO_LONG")
+    with pytest.raises(ValidationError) as refused:
+        accepts(station_ids=[to_global_id("user", "a" * 24)])
+    assert refused.value.field == "filter.stationIds"
