@@ -4,24 +4,11 @@ wrote one and read the other). A real charger is sent OCPP's `expiryDate` either
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from ocpp_bridge.simulator import connected
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_commands import run
-
-
-@pytest.fixture
-async def central(tmp_path: Path) -> AsyncIterator[Central]:
-    c = await start_central(tmp_path / "central.db")
-    await seed(c)
-    yield c
-    await stop_central(c)
-
 
 SELECTION = "status reservation { connectorId expiresAt } errors { field code }"
 

@@ -96,6 +96,17 @@ async def hung_up_as_unknown(ws: ClientConnection) -> None:
                                                                   "unknown charge point")
 
 
+async def arrival_hung_up_as_unknown(central: Central) -> None:
+    """CP-1 arrives with its password, passes the handshake and is hung up as an unknown
+    charge point without a word from it (its station gone, or another, by ``connect``)."""
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    try:
+        await hung_up_as_unknown(ws)
+    finally:
+        await ws.close()
+
+
 @pytest.mark.parametrize("frame", [
     '[2, "h", "Heartbeat", {}]',
     '[2, "h", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", '
@@ -724,12 +735,7 @@ async def test_a_charger_whose_station_goes_between_its_handshake_and_its_connec
         return await draw()
 
     monkeypatch.setattr(charging, "draw_connection", removed_meanwhile)
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    try:
-        await hung_up_as_unknown(ws)  # without a word from it
-    finally:
-        await ws.close()
+    await arrival_hung_up_as_unknown(central)
     assert central.gateway.handler_of("CP-1") is None
     assert await central.store.find_all(d.ConnectionEvent,
                                         Eq("station_id", removed.id)) == []
@@ -760,12 +766,7 @@ async def test_a_charger_whose_station_is_created_again_between_its_handshake_an
         return await draw()
 
     monkeypatch.setattr(charging, "draw_connection", created_again_meanwhile)
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    try:
-        await hung_up_as_unknown(ws)  # without a word from it
-    finally:
-        await ws.close()
+    await arrival_hung_up_as_unknown(central)
     [new] = again
     assert new.id != removed.id
     assert central.gateway.handler_of("CP-1") is None
