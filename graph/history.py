@@ -21,7 +21,7 @@ import strawberry
 
 from domain import entities as d
 from domain.ocpp16 import Measurand, member
-from domain.query import ALL, Eq, Filter, In, Sort, all_of
+from domain.query import ALL, Eq, Filter, In, Sort, all_of, newest_first
 from graph.command_types import Phase, ReadingContext, UnitOfMeasure
 from graph.filters import window
 from graph.relay import Connection, PageArgs, Wrap, nested_connection
@@ -41,7 +41,7 @@ Until = Annotated[datetime | None, strawberry.argument(
 OLDEST_FIRST = (Sort("at"),)
 #: Newest first, ``id`` descending too: each parent's rows then come out of its index
 #: ``(parent, …, at, id)`` read backwards, with no sort of the ties.
-NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
+NEWEST_FIRST = newest_first("at")
 
 
 @strawberry.type(description="One sampled value of a session's meter (OCPP MeterValues).")
