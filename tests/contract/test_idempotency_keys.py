@@ -355,13 +355,12 @@ async def test_an_answer_written_though_every_try_failed_is_checked_for_erasures
     write = store.write
     lost: list[int] = []
 
-    async def reply_lost(changes: Any, *args: Any, **kwargs: Any) -> Any:
-        done = await write(changes, *args, **kwargs)
+    async def reply_lost(changes: Any, *args: Any, **kwargs: Any) -> None:
+        await write(changes, *args, **kwargs)
         [change] = changes if len(changes) == 1 else [None]
         if isinstance(change, Update) and change.record.response == ANSWER:  # type: ignore[attr-defined]
             lost.append(1)
             raise StoreBusy("the reply was lost")
-        return done
 
     monkeypatch.setattr(store, "write", reply_lost)
     caplog.set_level(logging.INFO, logger="chargegraph.idempotency")

@@ -11,7 +11,7 @@ import os
 from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import ocpp
 import pytest
@@ -117,8 +117,8 @@ async def test_reported_values_read_as_names_and_strangers_as_the_fallback(
 def test_a_value_that_cannot_be_looked_up_reads_as_the_fallback() -> None:
     """Review s30: a list (a MongoDB document written by hand) raised TypeError from the
     lookup, before the fallback could be had."""
-    assert ocpp16.member(ocpp16.Phase, ["L1"]) is None  # type: ignore[arg-type]
-    assert ocpp16.member(ocpp16.ReadingContext, {"x": 1},  # type: ignore[arg-type]
+    assert ocpp16.member(ocpp16.Phase, cast(Any, ["L1"])) is None
+    assert ocpp16.member(ocpp16.ReadingContext, cast(Any, {"x": 1}),
                          ocpp16.ReadingContext.OTHER) is ocpp16.ReadingContext.OTHER
     assert ocpp16.member(ocpp16.UnitOfMeasure, "Celcius") is ocpp16.UnitOfMeasure.CELSIUS
 
@@ -128,7 +128,7 @@ async def test_a_measurand_outside_ocpp_reads_null_not_a_failed_page(
     """Review s30: ``Measurand(stored)`` raised for a measurand OCPP has not, and the
     whole page of samples or signed values failed; it has no catch-all, so null."""
     s1 = world.sessions["s1"]
-    where = {"session_id": s1.id, "cp_id": s1.cp_id, "connector_id": 1,
+    where: dict[str, Any] = {"session_id": s1.id, "cp_id": s1.cp_id, "connector_id": 1,
              "station_id": s1.station_id}
     await services.ctx.store.write([
         Insert(d.MeterSample(**where, at=T0, measurand="Voltage", value=230.0)),
