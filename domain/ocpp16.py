@@ -319,10 +319,15 @@ def member(enum: type[E], value: str | None, fallback: E | None = None) -> E | N
     mends it: a StopTransaction's unknown reason is recorded ``Other``), but what is
     read must not fail for a value written otherwise (another tool, an older build):
     the fallback is the enumeration's catch-all where it has one, else null. None is
-    None. A lookup, not ``enum(value)``: it runs per row of a page."""
+    None. A lookup, not ``enum(value)``: it runs per row of a page. One that cannot be
+    looked up (a list: a MongoDB document written by hand) has the fallback too (review
+    s30: it raised TypeError)."""
     if value is None:
         return None
-    found = enum._value2member_map_.get(value)
+    try:
+        found = enum._value2member_map_.get(value)
+    except TypeError:  # unhashable
+        return fallback
     if found is not None:
         return found  # type: ignore[return-value]
     try:

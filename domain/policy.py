@@ -57,6 +57,7 @@ from domain.query import (
     all_of,
     any_of,
 )
+from domain.validation import Checks
 
 #: Fields only the viewers of a record's private view (``sees_*_private``) may read. A
 #: filter or sort key on one matches only such records: otherwise it would tell what the
@@ -196,15 +197,28 @@ ANONYMOUS = Viewer()
 SYSTEM = Viewer(user_id="system", role=Role.ADMIN)
 
 
-def refuse_unless_staff(viewer: Viewer, what: str) -> None:
+def refuse_unless_staff(viewer: Viewer, what: str, checks: Checks | None = None) -> None:
     """A use case only operators and admins make, refused to anyone else before anything
     is checked or read: a refusal of who they are, whatever they sent, so ``FORBIDDEN``
     with no field, first and alone (README, Errors). A refusal of one value sent (a
     record of another company, a status only staff set) names that input instead (QA
     s30: a driver was told on ``id``, ``cpId`` or ``stationId``, by the check of the
-    record named, or ``NOT_FOUND`` for a record they do not see)."""
-    if not (viewer.is_operator or viewer.is_admin):
-        raise Forbidden(f"only operators and admins {what}")
+    record named, or ``NOT_FOUND`` for a record they do not see).
+
+    ``checks``: what the door checked of the input (its ids, ``checked_id``) for a use
+    case with nothing of its own to check, raised once the caller passed: a malformed
+    id sent by a driver was answered INVALID_ID, not refused (review s30)."""
+    refuse_unless(viewer.is_operator or viewer.is_admin, f"only operators and admins {what}",
+                  checks)
+
+
+def refuse_unless(allowed: bool, message: str, checks: Checks | None = None) -> None:
+    """``refuse_unless_staff`` for any rule about who the caller is (``eraseUser``: only
+    admins)."""
+    if not allowed:
+        raise Forbidden(message)
+    if checks is not None:
+        checks.done()
 
 
 class Policy:

@@ -21,7 +21,7 @@ import strawberry
 
 from domain import entities as d
 from domain.ocpp16 import Measurand, member
-from domain.query import ALL, Eq, Filter, In, Sort, all_of
+from domain.query import ALL, Eq, Filter, In, Sort, all_of, newest_first
 from graph.command_types import Phase, ReadingContext, UnitOfMeasure
 from graph.filters import window
 from graph.relay import Connection, PageArgs, Wrap, nested_connection
@@ -41,14 +41,16 @@ Until = Annotated[datetime | None, strawberry.argument(
 OLDEST_FIRST = (Sort("at"),)
 #: Newest first, ``id`` descending too: each parent's rows then come out of its index
 #: ``(parent, …, at, id)`` read backwards, with no sort of the ties.
-NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
+NEWEST_FIRST = newest_first("at")
 
 
 @strawberry.type(description="One sampled value of a session's meter (OCPP MeterValues).")
 class MeterSample:
     at: datetime = strawberry.field(description="When it was measured, on the charger's "
                                                 "clock.")
-    measurand: Measurand = strawberry.field(description="What it measures.")
+    measurand: Measurand | None = strawberry.field(description=(
+        "What it measures (OCPP Measurand); null for a stored value OCPP 1.6 has not "
+        "(none passes the OCPP server: a row written by another tool)."))
     value: float = strawberry.field(description="As the charger sent it, in `unit`.")
     unit: UnitOfMeasure | None = strawberry.field(description=(
         "OCPP UnitOfMeasure, e.g. `WH`, `KW`, `PERCENT`; null when the charger sent none "
@@ -62,7 +64,7 @@ class MeterSample:
 
     @classmethod
     def wrap(cls, r: d.MeterSample, ctx: GraphContext) -> MeterSample:
-        return cls(at=r.at, measurand=Measurand(r.measurand), value=r.value,
+        return cls(at=r.at, measurand=member(Measurand, r.measurand), value=r.value,
                    unit=member(UnitOfMeasure, r.unit), phase=member(Phase, r.phase),
                    context=member(ReadingContext, r.context, ReadingContext.OTHER), _r=r)
 

@@ -219,8 +219,9 @@ async def _settle(info: Info, payment_id: strawberry.ID, step: str, **options: A
     action = getattr(ctx.services.payments, step)
 
     async def run() -> Any:
-        return await action(ctx.viewer, expect_id(str(payment_id), "payment", "id"),
-                            **options)
+        checks = Checks()
+        return await action(ctx.viewer, checked_id(checks, payment_id, "payment", "id"),
+                            **options, checks=checks)
 
     payment, errors = await attempt(ctx, run)
     return PaymentPayload(payment=Payment.wrap(payment, ctx) if payment else None,
@@ -362,9 +363,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.accounts.deactivate_user(
-                ctx.viewer, expect_id(str(input.id), "user", "id")
-            )
+                ctx.viewer, checked_id(checks, input.id, "user", "id"), checks=checks)
 
         user, errors = await attempt(ctx, run)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
@@ -385,8 +386,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.erasure.erase_user(
-                ctx.viewer, expect_id(str(input.id), "user", "id"))
+                ctx.viewer, checked_id(checks, input.id, "user", "id"), checks=checks)
 
         user, errors = await attempt(ctx, run)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
@@ -575,9 +577,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.stations.remove_station(
-                ctx.viewer, expect_id(str(input.id), "station", "id")
-            )
+                ctx.viewer, checked_id(checks, input.id, "station", "id"), checks=checks)
 
         station, errors = await attempt(ctx, run)
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
@@ -627,9 +629,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.stations.remove_connector(
-                ctx.viewer, expect_id(str(input.id), "connector", "id")
-            )
+                ctx.viewer, checked_id(checks, input.id, "connector", "id"), checks=checks)
 
         connector, errors = await attempt(ctx, run)
         return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
@@ -648,8 +650,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.charging.end_session(
-                ctx.viewer, expect_id(str(input.id), "session", "id"), input.end_time)
+                ctx.viewer, checked_id(checks, input.id, "session", "id"), input.end_time,
+                checks=checks)
 
         session, errors = await attempt(ctx, run)
         return SessionPayload(session=Session.wrap(session, ctx) if session else None,
@@ -694,8 +698,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.tariffs.remove_tariff(
-                ctx.viewer, expect_id(str(input.id), "tariff", "id"))
+                ctx.viewer, checked_id(checks, input.id, "tariff", "id"), checks=checks)
 
         tariff, errors = await attempt(ctx, run)
         return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,

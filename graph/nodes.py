@@ -30,7 +30,7 @@ from domain.currencies import major_units, price_shown, rate_shown
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.ocpp16 import member
-from domain.query import ALL, Eq, Filter, Range, Sort, all_of
+from domain.query import ALL, Eq, Filter, Range, Sort, all_of, newest_first
 from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE
@@ -84,7 +84,7 @@ MAX_CONNECTORS = 100
 MAX_REFUNDS = 100
 #: A payment's refunds newest first, ``id`` descending too (ids count up within a
 #: millisecond).
-REFUNDS_NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
+REFUNDS_NEWEST_FIRST = newest_first("at")
 #: The most configuration keys shown of one station (``services.configuration.MAX_KEYS``).
 MAX_CONFIGURATION_KEYS = MAX_KEYS
 

@@ -92,7 +92,9 @@ class OcmfRecord:
 class SignedMeterValue:
     at: datetime = strawberry.field(description="When it was measured, on the charger's "
                                                 "clock.")
-    measurand: Measurand = strawberry.field(description="What it measures.")
+    measurand: Measurand | None = strawberry.field(description=(
+        "What it measures (OCPP Measurand); null for a stored value OCPP 1.6 has not "
+        "(none passes the OCPP server: a row written by another tool)."))
     context: ReadingContext | None = strawberry.field(description=(
         "OCPP ReadingContext, e.g. `TRANSACTION_BEGIN`, `TRANSACTION_END`."))
     location: MeterLocation | None = strawberry.field(description=(
@@ -110,7 +112,7 @@ class SignedMeterValue:
 
     @classmethod
     def wrap(cls, r: d.SignedMeterValue, ctx: GraphContext) -> SignedMeterValue:
-        return cls(at=r.at, measurand=Measurand(r.measurand),
+        return cls(at=r.at, measurand=member(Measurand, r.measurand),
                    context=member(ReadingContext, r.context, ReadingContext.OTHER),
                    location=member(MeterLocation, r.location), phase=member(Phase, r.phase),
                    encoding=r.encoding, data=r.data,

@@ -283,8 +283,9 @@ class SiteMutation:
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.sites.remove_site(
-                ctx.viewer, expect_id(str(input.id), "site", "id"))
+                ctx.viewer, checked_id(checks, input.id, "site", "id"), checks=checks)
 
         site, errors = await attempt(ctx, run)
         return SitePayload(site=_site(site, ctx), errors=errors)
@@ -296,13 +297,12 @@ class SiteMutation:
         ctx = _ctx(info)
 
         async def run() -> Any:
-            site_id = None if input.site_id is None \
-                else expect_id(str(input.site_id), "site", "siteId")
+            checks = Checks()
             return await ctx.services.sites.assign_station(
-                ctx.viewer, expect_id(str(input.station_id), "station", "stationId"),
-                site_id)
+                ctx.viewer, checked_id(checks, input.station_id, "station", "stationId"),
+                checked_id(checks, input.site_id, "site", "siteId"), checks=checks)
 
-        station, errors = await attempt(ctx, run)
+        station, errors = await attempt(ctx, run, input=input)
         return AssignStationToSitePayload(
             station=Station.wrap(station, ctx) if station is not None else None,
             errors=errors)

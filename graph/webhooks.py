@@ -15,7 +15,6 @@ from domain.ports import WebhookAttempt
 from domain.query import ALL, Sort
 from domain.validation import Checks
 from graph.errors import PAYLOAD_ERRORS, UserError, attempt
-from graph.ids import expect_id
 from graph.inputs import checked_id, given
 from graph.nodes import NODE_BY_KIND, RECORD_OF_NODE, Audited, User, _audited, _related
 from graph.relay import Connection, Node, PageArgs, page_connection
@@ -242,8 +241,9 @@ class WebhookMutation:
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.webhooks.remove_webhook(
-                ctx.viewer, expect_id(str(input.id), "webhook", "id"))
+                ctx.viewer, checked_id(checks, input.id, "webhook", "id"), checks=checks)
 
         webhook, errors = await attempt(ctx, run)
         return WebhookPayload(webhook=_wrapped(webhook, ctx), errors=errors)
@@ -255,8 +255,9 @@ class WebhookMutation:
         ctx = _ctx(info)
 
         async def run() -> WebhookAttempt:
+            checks = Checks()
             return await ctx.services.webhooks.ping(
-                ctx.viewer, expect_id(str(input.id), "webhook", "id"))
+                ctx.viewer, checked_id(checks, input.id, "webhook", "id"), checks=checks)
 
         sent, errors = await attempt(ctx, run)
         delivery = WebhookDelivery(ok=sent.ok, status=sent.status, error=sent.error,

@@ -513,8 +513,9 @@ class AccountService(Service):
         (had this been lost, the periodic re-check still catches it within a minute)."""
         await self.publish(AccessChanged(station_id=None, cp_id="", user_id=user_id))
 
-    async def deactivate_user(self, viewer: Viewer, user_id: str) -> User:
-        refuse_unless_staff(viewer, "deactivate users")
+    async def deactivate_user(self, viewer: Viewer, user_id: str,
+                              checks: v.Checks | None = None) -> User:
+        refuse_unless_staff(viewer, "deactivate users", checks)
         return await self.update_user(viewer, user_id, active=False)
 
     # ---------------------------------------------------------------- self-service

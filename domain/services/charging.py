@@ -56,7 +56,7 @@ from domain.events import (
 from domain.faults import is_fault
 from domain.ids import stable_id
 from domain.keyed_locks import KeyedLocks
-from domain.policy import Viewer, live_reservations
+from domain.policy import Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
@@ -2166,7 +2166,8 @@ class ChargingService(ChargerConnections):
         return closed, updated_payments(changes)
 
     async def end_session(self, viewer: Viewer, session_id: str,
-                          end_time: datetime | None = None) -> Session:
+                          end_time: datetime | None = None,
+                          checks: v.Checks | None = None) -> Session:
         """Closes an ACTIVE session its charger will never stop (it lost the transaction,
         or went away for good), as a lost StopTransaction is closed: with the energy last
         metered, priced, a payment opened, reason ``Other``, audited under the operator.
@@ -2174,6 +2175,8 @@ class ChargingService(ChargerConnections):
         for a stop that was not expected to come: one the charger sends later after all
         corrects the close as it corrects a lost one (``closed_without_stop``), its
         meterStop being what the charger metered and signed."""
+        # Drivers keep no books: refused as who they are, whatever id they sent.
+        refuse_unless_staff(viewer, "end sessions", checks)
         session = await self.visible(viewer, Session, session_id)
         # Whoever keeps its books ends it: after a station changed hands mid-session, the
         # operator who will bill the session, not the one who runs the station now.

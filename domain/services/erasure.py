@@ -38,6 +38,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeGuard, cast
 
+from domain import validation as v
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -51,8 +52,8 @@ from domain.entities import (
     Vehicle,
     Webhook,
 )
-from domain.errors import Conflict, Forbidden, Unauthenticated
-from domain.policy import Viewer
+from domain.errors import Conflict, Unauthenticated
+from domain.policy import Viewer, refuse_unless
 from domain.ports import Change, Guard, Store, Update
 from domain.query import Eq, Filter, In, Range, all_of, any_of
 from domain.services.accounts import AccountService, other_active_admins
@@ -256,10 +257,10 @@ class Erasure(Service):
         """Waits for what erasures set off in the background (tests, shutdown)."""
         await self._releasing.settled()
 
-    async def erase_user(self, viewer: Viewer, user_id: str) -> User:
+    async def erase_user(self, viewer: Viewer, user_id: str,
+                         checks: v.Checks | None = None) -> User:
         """An admin erases an account (``user_id``)."""
-        if not viewer.is_admin:
-            raise Forbidden("only admins erase accounts")  # who they are: no field
+        refuse_unless(viewer.is_admin, "only admins erase accounts", checks)
         user = await self.visible(viewer, User, user_id)
         return await self._erase(viewer, user, field="id")
 

@@ -208,8 +208,14 @@ class IdempotencyService(Service):
             return True
 
         try:
-            if not await self._tried(kept, record, "keeping the answer",
-                                     f"the key lapses in {self.lease}"):
+            # Every try failing, the answer may have landed all the same (a MongoDB
+            # reply lost): the check below runs then too, as it would after a write
+            # known to land (its withholding is guarded on the claim as well).
+            if await self._tried(kept, record, "keeping the answer",
+                                 f"the key lapses in {self.lease}",
+                                 unknown=f"it may have been kept all the same: whether "
+                                         f"an account was erased is checked; else the "
+                                         f"key lapses in {self.lease}") is None:
                 return
         except (Conflict, NotFound):
             # Taken over after its lease lapsed (a request longer than LEASE), or the
@@ -270,12 +276,16 @@ class IdempotencyService(Service):
                           "they may hold it until the next erasure's scrub")
 
     async def _tried(self, step: Callable[[], Awaitable[bool]], record: IdempotencyKey,
-                     what: str, then: str) -> bool | None:
+                     what: str, then: str, unknown: str | None = None) -> bool | None:
         """``step``'s answer, tried again after each of ``FINISH_PAUSES_S`` should the
         store fail (a locked database, a moment's outage); ``None`` when it could not
         be had, logged with what follows (``then``). Not tried again when the store
-        refuses it for good (``StoreRefused``: the same write fails again). A guarded
-        write's ``Conflict`` or ``NotFound`` is raised: the caller tells what it means."""
+        refuses it for good (``StoreRefused``: the same write fails again, nothing
+        written). A guarded write's ``Conflict`` or ``NotFound`` is raised: the caller
+        tells what it means. ``unknown``: for a write, what follows when its last try
+        failed otherwise, which may have landed (a reply lost): logged with it, and
+        ``False`` is returned instead of ``None`` (review s30: an answer written but
+        not known to be was left unchecked for erasures, logged as lapsing)."""
         for pause in (*FINISH_PAUSES_S, None):
             try:
                 return await step()
@@ -288,8 +298,8 @@ class IdempotencyService(Service):
             except Exception:
                 if pause is None:
                     log.exception("%s for idempotency key %r of user %s failed; %s", what,
-                                  record.key, record.user_id, then)
-                    return None
+                                  record.key, record.user_id, unknown or then)
+                    return None if unknown is None else False
                 log.warning("%s for idempotency key %r of user %s failed; trying again "
                             "in %ss", what, record.key, record.user_id, pause,
                             exc_info=True)

@@ -27,13 +27,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
+from domain import validation as v
 from domain.currencies import major_units, minor_units
 from domain.entities import Payment, PaymentStatus, Refund, Session
 from domain.errors import Conflict, Forbidden, PaymentDeclined, ValidationError
 from domain.events import PaymentChanged
 from domain.ids import new_id
 from domain.outside import reaching_out
-from domain.policy import SYSTEM, Viewer
+from domain.policy import SYSTEM, Viewer, refuse_unless_staff
 from domain.ports import Change, Insert, PaymentProvider, Update
 from domain.query import MAX_PAGE_SIZE, Eq, PageRequest, Range, Sort, all_of
 from domain.services.base import Service, ServiceContext, patch, stamp_new
@@ -202,7 +203,10 @@ class PaymentService(Service):
                             "payments")
         return payment
 
-    async def _move(self, viewer: Viewer, payment_id: str, step: str) -> Payment:
+    async def _move(self, viewer: Viewer, payment_id: str, step: str,
+                    checks: v.Checks | None) -> Payment:
+        # Drivers keep no books: refused as who they are, whatever id they sent.
+        refuse_unless_staff(viewer, "settle payments", checks)
         payment = await self._managed(viewer, payment_id)
         sources, target = TRANSITIONS[step]
         if payment.status not in sources:
@@ -284,14 +288,17 @@ class PaymentService(Service):
         await self.publish(payment_changed(settled, change))
         return settled
 
-    async def capture(self, viewer: Viewer, payment_id: str) -> Payment:
-        return await self._move(viewer, payment_id, "capture")
+    async def capture(self, viewer: Viewer, payment_id: str,
+                      checks: v.Checks | None = None) -> Payment:
+        return await self._move(viewer, payment_id, "capture", checks)
 
-    async def fail(self, viewer: Viewer, payment_id: str) -> Payment:
-        return await self._move(viewer, payment_id, "fail")
+    async def fail(self, viewer: Viewer, payment_id: str,
+                   checks: v.Checks | None = None) -> Payment:
+        return await self._move(viewer, payment_id, "fail", checks)
 
     async def refund(self, viewer: Viewer, payment_id: str,
-                     amount: Decimal | None = None) -> Payment:
+                     amount: Decimal | None = None,
+                     checks: v.Checks | None = None) -> Payment:
         """Pay ``amount`` (in the payment's currency; default: all that is left) of a
         CAPTURED payment back.
 
@@ -306,6 +313,7 @@ class PaymentService(Service):
         (``PaymentDeclined``) releases it. Any other failure, or a crash, leaves the
         claim: shown on the payment as being refunded, and settled by
         ``settle_stale_refunds``, which asks the provider again under the same key."""
+        refuse_unless_staff(viewer, "settle payments", checks)
         payment = await self._managed(viewer, payment_id)
         # Its session before the provider pays anything back: what the refund's record
         # is reported by (sessions are never removed).

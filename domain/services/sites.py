@@ -197,11 +197,12 @@ class SiteService(Service):
         self._recompute(updated.id)
         return updated
 
-    async def remove_site(self, viewer: Viewer, site_id: str) -> Site:
+    async def remove_site(self, viewer: Viewer, site_id: str,
+                          checks: v.Checks | None = None) -> Site:
         """Removes a site, refused while stations are assigned to it: unassigning them is
         a decision about each station's chargers (they leave the site's limit), not a
         side effect of tidying up."""
-        refuse_unless_staff(viewer, "remove sites")
+        refuse_unless_staff(viewer, "remove sites", checks)
 
         async def once() -> Site:
             site = await self.managed_site(viewer, site_id)
@@ -218,11 +219,11 @@ class SiteService(Service):
         self._recompute(site.id)  # forgets what shares it still records
         return site
 
-    async def assign_station(self, viewer: Viewer, station_id: str, site_id: str | None
-                             ) -> Station:
+    async def assign_station(self, viewer: Viewer, station_id: str, site_id: str | None,
+                             checks: v.Checks | None = None) -> Station:
         """Puts a station behind a site of its own company (``None``: behind none). Both
         sites' shares are recomputed: the one it left and the one it joined."""
-        refuse_unless_staff(viewer, "put stations behind sites")
+        refuse_unless_staff(viewer, "put stations behind sites", checks)
         station, updated = await retried(lambda: self._assign(viewer, station_id, site_id))
         if updated is station:
             return station

@@ -551,7 +551,8 @@ class StationService(Service):
         """Waits for what acceptances set off in the background (tests, shutdown)."""
         await self._nudging.settled()
 
-    async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
+    async def remove_station(self, viewer: Viewer, station_id: str,
+                             checks: v.Checks | None = None) -> Station:
         """Removes the station and its connectors in one write, and what is known of its
         charger's configuration and local list; then its outages' webhook notices
         (nothing would end them). Its sessions, payments, history and tariffs stay for the
@@ -559,7 +560,7 @@ class StationService(Service):
         would have stood in); refused while a session is charging on it, and one refused
         at its start left open there is closed by the removal (``close_refused``). Its
         live reservations are cancelled at the charger first."""
-        refuse_unless_staff(viewer, "remove stations")
+        refuse_unless_staff(viewer, "remove stations", checks)
         asked: list[bool] = []  # the chargers are asked once, whatever runs again
         station, connectors, cancelled, closed = await retried(
             lambda: self._remove_station(viewer, station_id, asked))
@@ -846,8 +847,9 @@ class StationService(Service):
         await self._connector_changed(updated)
         return updated
 
-    async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
-        refuse_unless_staff(viewer, "remove connectors")
+    async def remove_connector(self, viewer: Viewer, connector_id: str,
+                               checks: v.Checks | None = None) -> Connector:
+        refuse_unless_staff(viewer, "remove connectors", checks)
         asked: list[bool] = []
         connector, cancelled, closed = await retried(
             lambda: self._remove_connector(viewer, connector_id, asked))

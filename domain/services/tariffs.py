@@ -294,7 +294,8 @@ class TariffService(Service):
                 raise Forbidden("you may not price this company", field=field or "companyId")
             return None
 
-    async def remove_tariff(self, viewer: Viewer, tariff_id: str) -> Tariff:
+    async def remove_tariff(self, viewer: Viewer, tariff_id: str,
+                            checks: v.Checks | None = None) -> Tariff:
         """Removes a price list version, for whoever may set it (``set_tariff``'s rule).
         One that has priced no session, not in force yet, is deleted: the version before
         it goes on (a price change called off). One in force in its scope, or one a
@@ -310,7 +311,7 @@ class TariffService(Service):
         session: ``INVALID_STATE``. Answers the version as it was (deleted) or as it is
         now (ended). Written only onto the version read, and only while the sessions
         read are all there are (``_remove``, ``retried``)."""
-        refuse_unless_staff(viewer, "remove prices")
+        refuse_unless_staff(viewer, "remove prices", checks)
         return await retried(lambda: self._remove(viewer, tariff_id))
 
     async def _remove(self, viewer: Viewer, tariff_id: str) -> Tariff:

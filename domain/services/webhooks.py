@@ -409,10 +409,11 @@ class WebhookService(Service):
         [owner] = await self.store.get_many(User, [webhook.owner_id])
         return self.policy.takes_over_webhook(webhook, owner, enabler)
 
-    async def remove_webhook(self, viewer: Viewer, webhook_id: str) -> Webhook:
+    async def remove_webhook(self, viewer: Viewer, webhook_id: str,
+                             checks: v.Checks | None = None) -> Webhook:
         """Deletes it; events already queued for it are not delivered, and its stored
         deliveries go too (an instance holding one drops it at its try)."""
-        refuse_unless_staff(viewer, "remove webhooks")
+        refuse_unless_staff(viewer, "remove webhooks", checks)
         webhook = await self.visible(viewer, Webhook, webhook_id)
         await self.commit(viewer, [(Delete(webhook), webhook)])
         await self._announce(webhook)
@@ -433,11 +434,12 @@ class WebhookService(Service):
         them, whose periodic read of the webhooks is only the fallback."""
         await self.publish(WebhookChanged(station_id=None, cp_id="", webhook_id=webhook.id))
 
-    async def ping(self, viewer: Viewer, webhook_id: str) -> WebhookAttempt:
+    async def ping(self, viewer: Viewer, webhook_id: str,
+                   checks: v.Checks | None = None) -> WebhookAttempt:
         """Posts a ``ping`` to the webhook at once (also while it is disabled, to check a
         receiver before enabling it again) and says how it went. It counts for nothing:
         no retries, no health."""
-        refuse_unless_staff(viewer, "test webhooks")
+        refuse_unless_staff(viewer, "test webhooks", checks)
         webhook = await self.visible(viewer, Webhook, webhook_id)
         if self.sender is None:
             raise DomainError("webhook delivery is not running on this instance",

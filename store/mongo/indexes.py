@@ -118,7 +118,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # The audit log in either order (``AuditOrder``: at, newest or oldest first; paged
     # back too), with the ``_id`` tie-breaker: a scope with sub-selects is an aggregation
     # that joins documents in sort order up to the page's limit, so the index must give
-    # that order, or the server sorts every entry first (``query.Query.pipeline``).
+    # that order, or the server sorts every entry first (``query.Query.pipeline``). Both
+    # orders are (at, _id) one way or the other (newest first: ``query.newest_first``),
+    # so ``(at 1, _id 1)`` read either way serves them.
     "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
                     # What a person did, and (``holder_id``, below) what was theirs,
                     # newest first with the tie-breaker (``query.newest_first``: the last
@@ -126,7 +128,6 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                     # through both (``personal_data.AuditLog``), and without ``_id`` the
                     # server sorted every entry of an admin's for each page.
                     [("actor", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)],
-                    [("at", DESCENDING), ("_id", ASCENDING)],
                     [("at", ASCENDING), ("_id", ASCENDING)],
                     [("company_id", ASCENDING), ("at", DESCENDING)],
                     [("station_owner_id", ASCENDING), ("at", DESCENDING)],
@@ -186,7 +187,10 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
                     # And by actor and by holder (a person's copy of their data); then
                     # their ties turned newest first (``query.newest_first``, session 30).
                     "actor_1_at_-1", "holder_id_1_at_-1",
-                    "actor_1_at_-1__id_1", "holder_id_1_at_-1__id_1"),
+                    "actor_1_at_-1__id_1", "holder_id_1_at_-1__id_1",
+                    # Newest first with ties oldest first, an order no audit read asks
+                    # since session 30 (``(at 1, _id 1)`` serves both that are asked).
+                    "at_-1__id_1"),
     # Payments' scopes gained their time (revenue by ``created_at``).
     "payment": ("user_id_1", "company_id_1", "station_owner_id_1"),
     # A session's samples were indexed with the ``_id`` tie-breaker, and by measurand for

@@ -238,6 +238,25 @@ async def test_fault_reports_count_faults_carried_into_the_window(history: Histo
     assert await faults(admin, Scope(cp_ids=("S1",)), utc(29, 16), utc(30, 0)) == []
 
 
+async def test_a_code_ocpp_has_not_is_one_fault_group_with_other_error(
+        history: History) -> None:
+    """Review s30: groups were made by the stored code, so OtherError and a code OCPP
+    1.6 has not (a row written by another tool, read as OtherError: ``ocpp16.member``)
+    were two groups, both shown OTHER_ERROR. They are one, their reports and time
+    added up."""
+    charging = history.services.charging
+    for hour, status, code in ((13, "Faulted", "Glitch"), (14, "Faulted", "OtherError"),
+                               (15, "Available", "NoError")):
+        history.clock.now = utc(31, hour)
+        await charging.status_notification("S2", 1, status, code, timestamp=utc(31, hour))
+    history.clock.now = utc(31, 16)
+    groups = await history.services.analytics.fault_reports(
+        history.viewer("admin"), Scope(), utc(31, 13), utc(31, 16))
+    assert [(g.cp_id, g.connector_id, g.error_code, g.count, g.first_seen, g.last_seen,
+             g.duration_seconds / H, g.open) for g in groups] == [
+        ("S2", 1, "OtherError", 2, utc(31, 13), utc(31, 14), 2.0, False)]
+
+
 async def test_carried_fault_first_seen_is_its_report_across_a_disconnect(
         history: History) -> None:
     # S2 drops offline at 12:00 on the 31st, still faulted: its state interval starts

@@ -342,6 +342,41 @@ async def test_an_answer_is_written_once_and_withheld_when_erasures_cannot_be_re
     assert any("withholding the answer" in m and "stays kept" in m for m in said), said
 
 
+async def test_an_answer_written_though_every_try_failed_is_checked_for_erasures(
+        store: Store, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review s30: every try of the answer's write raising, the keeping gave up without
+    the check for erasures and logged that the key would lapse, though a write whose
+    reply was lost (MongoDB) had landed: the answer stayed, naming perhaps someone
+    erased meanwhile. Its outcome unknown, the check runs all the same, and the log
+    says the answer may have been kept."""
+    keys = service(store, Clock())
+    monkeypatch.setattr("domain.services.idempotency.FINISH_PAUSES_S", (0.0, 0.0))
+    write = store.write
+    lost: list[int] = []
+
+    async def reply_lost(changes: Any, *args: Any, **kwargs: Any) -> None:
+        await write(changes, *args, **kwargs)
+        [change] = changes if len(changes) == 1 else [None]
+        if isinstance(change, Update) and change.record.response == ANSWER:  # type: ignore[attr-defined]
+            lost.append(1)
+            raise StoreBusy("the reply was lost")
+
+    monkeypatch.setattr(store, "write", reply_lost)
+    caplog.set_level(logging.INFO, logger="chargegraph.idempotency")
+    claim = await keys.begin(ANNA, "k-lost", "fp-a")
+    assert isinstance(claim, Claim)
+    await put(store, user(erased_at=T0))
+    await keys.finish(claim, ANSWER)
+    await keys.settled()
+    assert lost == [1, 1, 1]  # every try landed, none was told so
+    stored = (await store.get_many(IdempotencyKey, [claim.record.id]))[0]
+    assert stored is not None and stored.response is None
+    assert await keys.begin(ANNA, "k-lost", "fp-a") is Refusal.WITHHELD
+    said = [r.getMessage() for r in caplog.records]
+    assert any("keeping the answer" in m and "may have been kept" in m for m in said), said
+
+
 async def test_keeping_an_answer_is_tried_again_while_the_store_is_busy(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s27 (suspicion): one locked write keeping the answer left the key running

@@ -11,7 +11,7 @@ import os
 from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import ocpp
 import pytest
@@ -112,3 +112,37 @@ async def test_reported_values_read_as_names_and_strangers_as_the_fallback(
         {"unit": "CELSIUS", "phase": "L1_N", "context": "TRIGGER"},
         {"unit": None, "phase": None, "context": "OTHER"}]}}
     assert data["s2"] == {"stopReason": "OTHER"}
+
+
+def test_a_value_that_cannot_be_looked_up_reads_as_the_fallback() -> None:
+    """Review s30: a list (a MongoDB document written by hand) raised TypeError from the
+    lookup, before the fallback could be had."""
+    assert ocpp16.member(ocpp16.Phase, cast(Any, ["L1"])) is None
+    assert ocpp16.member(ocpp16.ReadingContext, cast(Any, {"x": 1}),
+                         ocpp16.ReadingContext.OTHER) is ocpp16.ReadingContext.OTHER
+    assert ocpp16.member(ocpp16.UnitOfMeasure, "Celcius") is ocpp16.UnitOfMeasure.CELSIUS
+
+
+async def test_a_measurand_outside_ocpp_reads_null_not_a_failed_page(
+        api: Api, services: Services, world: World) -> None:
+    """Review s30: ``Measurand(stored)`` raised for a measurand OCPP has not, and the
+    whole page of samples or signed values failed; it has no catch-all, so null."""
+    s1 = world.sessions["s1"]
+    where: dict[str, Any] = {"session_id": s1.id, "cp_id": s1.cp_id, "connector_id": 1,
+             "station_id": s1.station_id}
+    await services.ctx.store.write([
+        Insert(d.MeterSample(**where, at=T0, measurand="Voltage", value=230.0)),
+        Insert(d.MeterSample(**where, at=T0.replace(minute=1), measurand="Energy.Odd",
+                             value=1.0)),
+        Insert(d.SignedMeterValue(**where, at=T0, measurand="Energy.Odd",
+                                  encoding=d.SignedEncoding.OCMF, data="OCMF|{}|{}",
+                                  data_length=10)),
+    ], [])
+    data = await api.gql("""query($s: ID!) { node(id: $s) { ... on Session {
+      meterValues(first: 5) { nodes { measurand } }
+      signedMeterValues(first: 5) { nodes { measurand } } } } }""",
+                         {"s": to_global_id("session", s1.id)},
+                         as_user=world.users["admin"].id)
+    assert data["node"] == {
+        "meterValues": {"nodes": [{"measurand": "VOLTAGE"}, {"measurand": None}]},
+        "signedMeterValues": {"nodes": [{"measurand": None}]}}

@@ -95,6 +95,53 @@ async def test_every_mutation_is_either_a_drivers_or_refused_them_on_no_field(
     assert wrong == {}
 
 
+async def id_fields(api: Api, mutation: str) -> list[str]:
+    """The fields of ``mutation``'s input that take an id (``ID`` or ``ID!``)."""
+    name = mutation[0].upper() + mutation[1:] + "Input"
+    answer = await api.gql("""query($n: String!) { __type(name: $n) { inputFields {
+      name type { name ofType { name } } } } }""", {"n": name})
+    return [f["name"] for f in answer["__type"]["inputFields"]
+            if "ID" in (f["type"]["name"], (f["type"]["ofType"] or {}).get("name"))]
+
+
+async def test_a_driver_is_refused_first_whatever_ids_they_send(
+        api: Api, world: World) -> None:
+    """Every id a staff-only mutation takes sent malformed: still FORBIDDEN with no
+    field, not INVALID_ID (review s30: removeStation, eraseUser, endSession,
+    capturePayment, assignStationToSite's siteId... decoded their ids before the use
+    case's refusal ran)."""
+    answers, walked = {}, set()
+    for mutation, given in staff_only(world).items():
+        fields = await id_fields(api, mutation)
+        if not fields:
+            continue
+        walked.add(mutation)
+        malformed = {**given, **dict.fromkeys(fields, "not-an-id")}
+        answers[mutation] = codes(await call(api, world, "driver1", mutation, malformed,
+                                             "__typename"))
+    assert {"removeStation", "removeConnector", "removeTariff", "deactivateUser",
+            "eraseUser", "endSession", "capturePayment", "failPayment", "refundPayment",
+            "assignStationToSite", "removeWebhook", "testWebhook", "removeSite",
+            "createStation", "setTariff"} <= walked
+    wrong = {m: a for m, a in answers.items() if a != [(None, "FORBIDDEN")]}
+    assert wrong == {}
+
+
+async def test_staff_sending_a_malformed_id_are_told_on_that_input(
+        api: Api, world: World) -> None:
+    """Past the refusal, the ids are checked as before, every one named."""
+    for mutation, given, told in (
+            ("removeStation", {"id": "x"}, [("id", "INVALID_ID")]),
+            ("endSession", {"id": "x"}, [("id", "INVALID_ID")]),
+            ("capturePayment", {"id": gid("session", new_id())}, [("id", "INVALID_ID")]),
+            ("assignStationToSite", {"stationId": "x", "siteId": "y"},
+             [("stationId", "INVALID_ID"), ("siteId", "INVALID_ID")])):
+        assert codes(await call(api, world, "op_a", mutation, given, "__typename")) \
+            == told, mutation
+    assert codes(await call(api, world, "admin", "eraseUser", {"id": "x"}, "__typename")) \
+        == [("id", "INVALID_ID")]
+
+
 async def test_a_drivers_refused_value_names_its_input(api: Api, world: World) -> None:
     """What a driver may do, with one value only staff set: that input is named."""
     card = gid("id_tag", world.tags["driver1"].id)

@@ -368,6 +368,7 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     db["connection_event"].create_index([("station_id", 1), ("at", 1)])
     for key in ("actor", "holder_id"):  # ties oldest first, before session 30
         db["audit_entry"].create_index([(key, 1), ("at", -1), ("_id", 1)])
+    db["audit_entry"].create_index([("at", -1), ("_id", 1)])  # so was the log's
     assert "station_id_1_state_1" in db["session"].index_information()
     await mongo.start()
     snapshot = index_snapshot(mongo)
@@ -381,6 +382,9 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     assert "station_id_1_at_1__id_1" in snapshot["connection_event"]
     for key in ("actor", "holder_id"):
         assert f"{key}_1_at_-1__id_-1" in snapshot["audit_entry"]
+    # Newest first is (at, _id) read backwards: one index for both orders (review s30).
+    assert "at_-1__id_1" not in snapshot["audit_entry"]
+    assert "at_1__id_1" in snapshot["audit_entry"]
 
 
 async def test_start_drops_the_indexes_no_longer_wanted(mongo: MongoStore) -> None:
