@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -159,15 +159,19 @@ RULES: dict[str, Rule] = {
 }
 
 
-def check_command(action: str, payload: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+def check_command(action: str, payload: dict[str, Any], *, now: datetime,
+                  faults: Sequence[ValidationError] = ()) -> dict[str, Any]:
     """The payload with every known field checked (id tags upper-cased, as stored). What
     fails is raised once all is checked: every field at fault, in the payload's order
     (``_place``), one ``ValidationError`` or several as ``ValidationErrors``. A field that
     failed its own rule is ``None`` in what the rules across fields read, and they skip
     it (or ask ``checks.failed``): it is not reported again through another field's rule.
     ``now``: the service's clock, which times in the payload are judged against
-    (``_timely``)."""
+    (``_timely``). ``faults``: what the caller found wrong with fields of the payload
+    before it was in OCPP's terms (reserveNow's end named twice), told with the rest in
+    its place and counted as those fields' own rule's failure."""
     checks = v.Checks()
+    checks.errors.extend(faults)
     checked = _walk(payload, "", checks)
     connector = checked.get("connectorId")
     if connector is not None:
@@ -229,9 +233,12 @@ def _timely(action: str, payload: dict[str, Any], now: datetime, checks: v.Check
 
 
 def _reservation_end(expiry: Any, now: datetime) -> None:
-    """A ReserveNow's ``expiryDate``: in the future, at most ``MAX_RESERVATION`` ahead.
-    Judged with the payload's other fields, not once the reservation is being made: a
+    """A ReserveNow's ``expiryDate``: given, in the future, at most ``MAX_RESERVATION``
+    ahead. Judged with the payload's other fields, not once the reservation is being made: a
     request with a bad connector, tag and expiry is told all three at once."""
+    if expiry is None:
+        raise ValidationError("when the reservation ends", field="expiryDate",
+                              code="REQUIRED")
     if not isinstance(expiry, datetime) or expiry <= now:
         raise ValidationError("must be in the future", field="expiryDate")
     if expiry > now + MAX_RESERVATION:

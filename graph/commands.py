@@ -7,12 +7,14 @@ CHARGER_REJECTED or CHARGER_ERROR (and NOT_FOUND/FORBIDDEN before anything is se
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import fields, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 import strawberry
+from strawberry.utils.str_converters import to_camel_case
 
 from domain.command_rules import is_secret_key
 from domain.errors import DomainError, ValidationError
@@ -35,11 +37,13 @@ def _status(outcome: CommandOutcome | None, enum: type[Enum]) -> Any:
         return None
 
 
-async def _send(info: Info, cp_id: str, action: str, payload: dict[str, Any]
+async def _send(info: Info, cp_id: str, action: str, payload: dict[str, Any],
+                faults: Sequence[ValidationError] = ()
                 ) -> tuple[CommandOutcome | None, list[UserError]]:
     ctx: GraphContext = info.context
     try:
-        outcome = await ctx.services.commands.send(ctx.viewer, cp_id, action, payload)
+        outcome = await ctx.services.commands.send(ctx.viewer, cp_id, action, payload,
+                                                   faults=faults)
     except DomainError as exc:
         if exc.code == "FORBIDDEN" and ctx.viewer.anonymous:
             return None, [UserError(field=None, message="sign in first",
@@ -475,22 +479,33 @@ def _vehicle(data: dict[str, Any]) -> None:
         data["vehicleId"] = expect_id(str(data["vehicleId"]), "vehicle", "vehicleId")
 
 
-def _expiry(data: dict[str, Any]) -> str:
+#: reserveNow's two names for its end, in the input's order.
+_END_NAMES = ("expiresAt", "expiryDate")
+
+
+def _expiry(input: ReserveNowInput, data: dict[str, Any]
+            ) -> tuple[str, list[ValidationError]]:
     """A ReserveNow's end under OCPP's name (``expiryDate``), given as ``expiresAt``, the
     name a reservation reads it by, or the deprecated ``expiryDate`` (QA s30: a client
-    had to write one and read the other): exactly one. The name the caller used, for
-    the errors about it."""
-    given = [name for name in ("expiresAt", "expiryDate") if name in data]
-    if len(given) != 1:
-        raise ValidationError(
-            "give expiresAt (or the deprecated expiryDate), not both" if given
-            else "when the reservation ends", field="expiresAt",
-            code="INVALID" if given else "REQUIRED")
-    # Renamed in its place: the domain tells the faults of an input in its fields' order.
-    renamed = {"expiryDate" if key == given[0] else key: value for key, value in data.items()}
+    had to write one and read the other): exactly one. Put in the place of the names in
+    the input, left out as null (the domain's REQUIRED), so that the domain tells the
+    faults of the input in its fields' order; both given is this fault, told with the
+    others and after the refusals of who is asking (review s30: raised here first, it
+    hid them). The name the caller used (``expiresAt`` unless only the deprecated one),
+    for the errors about it, and the fault."""
+    given = [name for name in _END_NAMES if name in data]
+    end = data[given[0]] if given else None
+    faults = [ValidationError("give expiresAt (or the deprecated expiryDate), not both",
+                              field="expiryDate")] if len(given) > 1 else []
+    ordered: dict[str, Any] = {}
+    for name in (to_camel_case(f.name) for f in fields(input)):
+        if name in _END_NAMES:
+            ordered.setdefault("expiryDate", end)
+        elif name in data:
+            ordered[name] = data[name]
     data.clear()
-    data.update(renamed)
-    return given[0]
+    data.update(ordered)
+    return (given[0] if len(given) == 1 else "expiresAt"), faults
 
 
 def _named(errors: list[UserError], field: str, given: str) -> list[UserError]:
@@ -595,11 +610,11 @@ class CommandMutation:
         cp_id, data = _payload(input)
         try:
             _vehicle(data)
-            given = _expiry(data)
         except DomainError as exc:
             return ReserveNowPayload(status=None, reservation=None,
                                      **_common(None, [user_error(exc)]))
-        outcome, errors = await _send(info, cp_id, "ReserveNow", data)
+        given, faults = _expiry(input, data)
+        outcome, errors = await _send(info, cp_id, "ReserveNow", data, faults)
         return ReserveNowPayload(status=_status(outcome, t.ReservationStatus),
                                  reservation=_reservation(info, outcome),
                                  **_common(outcome, _named(errors, "expiryDate", given)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
@@ -564,7 +564,8 @@ class CommandService(Service):
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False,
-                   owe_cancel: bool = False, timeout: float | None = None) -> CommandOutcome:
+                   owe_cancel: bool = False, timeout: float | None = None,
+                   faults: Sequence[ValidationError] = ()) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
         charger (or its absence) says comes back in the outcome's ``error``.
         ``audited_as``: whose command it is in the audit log when the service sends it
@@ -577,7 +578,10 @@ class CommandService(Service):
         is wanted itself). ``owe_cancel``: a CancelReservation that ends its
         reservation even at a charger online but unreachable (``CommandOutcome.owe_cancel``).
         ``timeout``: how long each of its waits (its turn, the answer) may last, the
-        service's own (``timeout``) by default."""
+        service's own (``timeout``) by default. ``faults``: what the caller found wrong
+        with the payload's fields before it was in OCPP's terms (``check_command``): told
+        with the payload's other faults, after the refusals of who is asking (README
+        Errors), and nothing is sent."""
         if viewer.anonymous:
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
@@ -586,7 +590,8 @@ class CommandService(Service):
         # write met a handover (``_new_reservation``'s books guard, CHANGED).
         asked = payload
         outcome, payload, watched = await retried(lambda: self._authorized(
-            viewer, cp_id, action, asked, own_list=own_list, owe_cancel=owe_cancel))
+            viewer, cp_id, action, asked, own_list=own_list, owe_cancel=owe_cancel,
+            faults=faults))
         station = outcome.station
         outcome.requested_by = viewer.actor
         viewer = audited_as or viewer  # authorized: from here on, whose command it is
@@ -613,7 +618,8 @@ class CommandService(Service):
         return outcome
 
     async def _authorized(self, viewer: Viewer, cp_id: str, action: str,
-                          payload: dict[str, Any], *, own_list: bool, owe_cancel: bool
+                          payload: dict[str, Any], *, own_list: bool, owe_cancel: bool,
+                          faults: Sequence[ValidationError]
                           ) -> tuple[CommandOutcome, dict[str, Any], ProfileWatch | None]:
         """``send``'s read of the station, its checks, and the records the command
         implies (a reservation, a pending start): the outcome to carry, the payload as
@@ -632,7 +638,7 @@ class CommandService(Service):
         if not manages:
             _refuse_driver_profile(action, payload)
         # A copy: the driver rules edit it. Its times are judged on the service's clock.
-        payload = check_command(action, payload, now=self.now())
+        payload = check_command(action, payload, now=self.now(), faults=faults)
         if manages and payload.get("vehicleId") is not None:
             # A driver's shorthand for their own card: an operator names the card itself
             # (a driver's vehicle is not theirs to see). Left in, it reached the charger's

@@ -51,3 +51,36 @@ async def test_expires_at_or_the_deprecated_expiry_date_exactly_one(central: Cen
             assert refused["status"] is None and refused["reservation"] is None, extra
             assert faults(refused) == expected, extra
         assert [a for a, _ in cp.received if a == "ReserveNow"] == ["ReserveNow"] * 2
+
+
+async def test_who_is_asking_is_refused_before_the_end_is_judged(central: Central) -> None:
+    """A refusal of who is asking comes first and alone (README Errors), whichever way
+    the end is wrong: as for an end in the past, so for one left out or named twice
+    (review s30: REQUIRED or INVALID on expiresAt came before anything else)."""
+    end = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    for extra in ({}, {"expiresAt": end, "expiryDate": end}, {"expiresAt": past}):
+        anonymous = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 0, "idTag": "TAG-OK", **extra}, SELECTION,
+            as_user=None)
+        assert faults(anonymous) == [(None, "UNAUTHENTICATED")], extra
+        nowhere = await run(central, "reserveNow", {
+            "cpId": "CP-NOWHERE", "connectorId": 0, **extra}, SELECTION, as_user="driver")
+        assert faults(nowhere) == [("cpId", "NOT_FOUND")], extra
+
+
+async def test_an_end_left_out_or_named_twice_is_told_with_the_other_faults(
+        central: Central) -> None:
+    """Neither name or both is a fault of the input among its fields', in the input's
+    order, as an end in the past is (review s30: it was told alone, hiding the rest)."""
+    end = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        for extra, expected in (({}, "REQUIRED"),
+                                ({"expiryDate": end, "expiresAt": end}, "INVALID")):
+            refused = await run(central, "reserveNow", {
+                "idTag": "T" * 33, **extra, "connectorId": -1, "cpId": "CP-1"}, SELECTION)
+            assert refused["status"] is None and refused["reservation"] is None, extra
+            assert faults(refused) == [("connectorId", "OUT_OF_RANGE"),
+                                       ("expiresAt", expected), ("idTag", "TOO_LONG")], extra
+        assert not [a for a, _ in cp.received if a == "ReserveNow"]
