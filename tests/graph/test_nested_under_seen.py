@@ -190,15 +190,25 @@ async def test_paged_lists_under_stations_seen_are_asked_by_station_alone(
         for kind in (d.Session, d.Reservation, d.ConnectionEvent, d.Tariff):
             asked = asked_of(store, kind)
             assert asked and all(subselects(w) == [] for w in asked), (who, kind, asked)
-        # One station's next page, by cursor: a query of its own, asked by its id alone.
+        # One station's next page, by cursor: a query of its own (not the batched first
+        # page's), asked by its id alone, its totalCount too.
+        one_page = """query($s: ID!, $c: String) { node(id: $s) { ... on Station {
+            reservations(first: 1, after: $c) { totalCount nodes { id }
+                                                pageInfo { endCursor } } } } }"""
+        first = await api.gql(one_page, {"s": gid("station", a1.id), "c": None},
+                              as_user=world.users[who].id)
+        cursor = first["node"]["reservations"]["pageInfo"]["endCursor"]
+        assert cursor is not None, who
         store.asked.clear()
-        page = await api.gql("""query($s: ID!, $c: String) { node(id: $s) { ... on Station {
-            reservations(first: 1, after: $c) { totalCount nodes { id } } } } }""",
-                             {"s": gid("station", a1.id), "c": None},
+        page = await api.gql(one_page, {"s": gid("station", a1.id), "c": cursor},
                              as_user=world.users[who].id)
         assert page["node"]["reservations"]["totalCount"] == reservations, who
+        assert len(page["node"]["reservations"]["nodes"]) == reservations - 1, who
+        assert first["node"]["reservations"]["nodes"][0] \
+            not in page["node"]["reservations"]["nodes"], who
         asked = asked_of(store, d.Reservation)
-        assert asked and all(subselects(w) == [] for w in asked), (who, asked)
+        # The page and its count, each a query of its own.
+        assert len(asked) == 2 and all(subselects(w) == [] for w in asked), (who, asked)
     # In a mutation's payload the full rule applies: the operator's sub-select is asked.
     store.asked.clear()
     payload = await call(api, world, "op_a", "updateStation",
