@@ -4,7 +4,7 @@ with ``sessions``, ``payments``, ``energy`` (the ``energyTrend`` figures) and ``
 
 The same door as GraphQL, not a second one: the viewer comes from the same bearer token
 (``graph.app.resolve_viewer``), the filters are the GraphQL filter inputs themselves
-(``SessionFilter``, ``PaymentFilter``, ``AuditFilter``, ``EnergyTrendFilter``) built from
+(``SessionFilter``, ``PaymentFilter``, ``AuditFilter``, ``AnalyticsFilter``) built from
 query parameters of the same names, and every read goes through the domain services
 the resolvers use (``ReadService.page``, ``AnalyticsService.energy_trend``), so the
 policy's scopes decide what a row is and a related record's id (a session's station,
@@ -67,7 +67,7 @@ from domain.services.analytics import BucketBudget, EnergyBucket, GroupBy
 from domain.services.reads import ReadService
 from domain.timebuckets import Bucket
 from domain.wire import rfc3339
-from graph.analytics import EnergyTrendFilter
+from graph.analytics import AnalyticsFilter
 from graph.errors import camel
 from graph.filters import AuditFilter, PaymentFilter, SessionFilter
 from graph.ids import TYPE_BY_KIND, to_global_id
@@ -360,13 +360,16 @@ async def _energy_rows(reads: ReadService, viewer: Viewer, buckets: list[EnergyB
 
 
 async def _energy(services: Services, viewer: Viewer, q: Params) -> Pages:
-    scope = EnergyTrendFilter(
-        from_=q.required("from"), to=q.required("to"), station_ids=q.get("stationIds"),
-        cp_ids=q.get("cpIds"), company_id=q.get("companyId"), site_id=q.get("siteId"),
-        user_id=q.get("userId"), vehicle_id=q.get("vehicleId")).to_domain()
+    # The window is energy_trend's own arguments, as energyTrend's from/to (the filter's
+    # are deprecated); read first, as they were when the filter held them.
+    start, end = q.required("from"), q.required("to")
+    scope = AnalyticsFilter(
+        station_ids=q.get("stationIds"), cp_ids=q.get("cpIds"),
+        company_id=q.get("companyId"), site_id=q.get("siteId"), user_id=q.get("userId"),
+        vehicle_id=q.get("vehicleId")).to_domain()
     group: GroupBy | None = q.get("groupBy")
     buckets = await services.analytics.energy_trend(
-        viewer, scope, q.required("from"), q.required("to"), q.required("bucket"),
+        viewer, scope, start, end, q.required("bucket"),
         q.get("timeZone") or "UTC", q.get("currency"), BucketBudget(), group)
     reads = services.reads
 

@@ -316,8 +316,9 @@ class Overview:
 
 
 def _window(start: datetime, end: datetime, prefix: str = "") -> None:
-    """``prefix``: where the bounds are given (``filter.`` for an energy trend's, whose
-    errors named a top-level ``to`` its form does not have: QA s17)."""
+    """``prefix``: where the caller was given the bounds, for the errors about them
+    (``filter.`` for energyTrend's deprecated filter pair: QA s17, they named the
+    top-level ``to`` that form lacked)."""
     v.instant(start, f"{prefix}from")
     v.instant(end, f"{prefix}to")
     if end <= start:
@@ -521,7 +522,7 @@ class AnalyticsService(Service):
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            bucket: Bucket, time_zone: str = "UTC",
                            currency: str | None = None, budget: BucketBudget | None = None,
-                           group_by: GroupBy | None = None, *, window_in: str = "filter."
+                           group_by: GroupBy | None = None, *, window_in: str = ""
                            ) -> list[EnergyBucket]:
         """Energy per bucket from meter samples (a session over midnight counts on both
         days; a sample counts in the bucket it ends, ``sampled_in``), sessions started
@@ -532,7 +533,7 @@ class AnalyticsService(Service):
         station (connector) with figures in the window, each the same three aggregates
         with the group's key added (``_energy_groups``), at most ``MAX_CELLS``.
         ``window_in``: where the caller was given the bounds (``_window``'s ``prefix``):
-        the API's filter (deprecated) or, ``""``, its own arguments."""
+        its own arguments (``""``) or the API's deprecated filter pair (``filter.``)."""
         _signed_in(viewer)
         _window(start, end, window_in)
         tz = zone(time_zone)

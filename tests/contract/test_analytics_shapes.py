@@ -79,6 +79,20 @@ async def test_grouped_energy_is_bounded(history: History,
     assert (refused.value.field, refused.value.code) == ("groupBy", "TOO_MANY")
 
 
+async def test_an_energy_trend_s_window_is_named_as_its_caller_gave_it(
+        history: History) -> None:
+    """The service's own arguments by default; ``filter.`` only for the API's deprecated
+    filter pair (review s30: the deprecated form was every new caller's default)."""
+    analytics, admin = history.services.analytics, history.viewer("admin")
+    with pytest.raises(ValidationError) as backwards:
+        await analytics.energy_trend(admin, Scope(), WINDOW_TO, WINDOW_FROM, Bucket.DAY)
+    assert (backwards.value.field, backwards.value.code) == ("to", "OUT_OF_RANGE")
+    with pytest.raises(ValidationError) as backwards:
+        await analytics.energy_trend(admin, Scope(), WINDOW_TO, WINDOW_FROM, Bucket.DAY,
+                                     window_in="filter.")
+    assert (backwards.value.field, backwards.value.code) == ("filter.to", "OUT_OF_RANGE")
+
+
 def per_bucket(rows: list[Any]) -> dict[tuple[str, int | None], list[tuple[float, ...]]]:
     series: dict[tuple[str, int | None], list[tuple[float, ...]]] = {}
     for r in rows:
