@@ -769,3 +769,37 @@ async def test_energy_trend_takes_its_window_as_arguments(scripted: tuple[Histor
       inputFields(includeDeprecated: true) { name isDeprecated } } }""", as_user=admin)
     deprecated = {f["name"] for f in fields["__type"]["inputFields"] if f["isDeprecated"]}
     assert deprecated == {"from", "to"}
+
+
+async def test_rows_survive_their_stations_failing_to_load(
+        scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s30: a store failure loading the rows' stations in one call (the prefetch)
+    failed each analytics field whole; as before it, the rows stand and each row's
+    nullable ``station`` is null with its error."""
+    from domain.errors import StoreBusy
+
+    history, api = scripted
+    store = history.services.reads.store
+    real_get_many = store.get_many
+
+    async def get_many(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        if kind is d.Station:
+            raise StoreBusy("the stations' table is locked")
+        return await real_get_many(kind, *args, **kwargs)
+
+    monkeypatch.setattr(store, "get_many", get_many)
+    r = await api.post(ROWS_WITH_STATIONS, WINDOW, api.token_for(history.users["admin"].id))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    data = body["data"]
+    assert data is not None, body["errors"]
+    rows = {"availability": data["availability"], "utilization": data["utilization"],
+            "energyTrend": data["energyTrend"],
+            "faultReports": data["faultReports"]["groups"]}
+    assert all(rows.values()), rows
+    assert all(row["cpId"] and row["station"] is None
+               for field in rows.values() for row in field), rows
+    failed = {(e["path"][0], e["extensions"]["code"]) for e in body["errors"]}
+    assert failed == {(field, "STORE_BUSY") for field in rows}, body["errors"]
+    assert all(e["path"][-1] == "station" for e in body["errors"]), body["errors"]
+    assert len(body["errors"]) == sum(map(len, rows.values()))
