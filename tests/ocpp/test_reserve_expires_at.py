@@ -84,3 +84,32 @@ async def test_an_end_left_out_or_named_twice_is_told_with_the_other_faults(
             assert faults(refused) == [("connectorId", "OUT_OF_RANGE"),
                                        ("expiresAt", expected), ("idTag", "TOO_LONG")], extra
         assert not [a for a, _ in cp.received if a == "ReserveNow"]
+
+
+async def test_a_vehicle_id_naming_no_vehicle_is_judged_after_who_is_asking(
+        central: Central) -> None:
+    """A ``vehicleId`` that names no vehicle is a fault of the input among its fields',
+    after the refusals of who is asking (review s30: INVALID_ID came first, to an
+    anonymous caller too), on reserveNow as on remoteStartTransaction."""
+    end = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    commands: tuple[tuple[str, dict[str, object], str], ...] = (
+        ("reserveNow", {"connectorId": 0, "expiresAt": end}, SELECTION),
+        ("remoteStartTransaction", {}, "status errors { field code }"))
+    for name, extra, selection in commands:
+        anonymous = await run(central, name, {"cpId": "CP-1", "vehicleId": "garbage",
+                                              **extra}, selection, as_user=None)
+        assert faults(anonymous) == [(None, "UNAUTHENTICATED")], name
+        nowhere = await run(central, name, {"cpId": "CP-NOWHERE", "vehicleId": "garbage",
+                                            **extra}, selection, as_user="driver")
+        assert faults(nowhere) == [("cpId", "NOT_FOUND")], name
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        for name, extra, selection in commands:
+            refused = await run(central, name, {"cpId": "CP-1", "vehicleId": "garbage",
+                                                **extra, "connectorId": -1},
+                                selection, as_user="driver")
+            assert refused["status"] is None, name
+            assert sorted(faults(refused), key=str) == [
+                ("connectorId", "OUT_OF_RANGE"), ("vehicleId", "INVALID_ID")], name
+        assert not [a for a, _ in cp.received if a in ("ReserveNow",
+                                                       "RemoteStartTransaction")]
