@@ -155,30 +155,29 @@ async def long_answers(services: Services, world: dict[str, Any], repeat: int
     lo, hi = START + timedelta(days=DAYS - LONG_DAYS), START + timedelta(days=DAYS)
     scope = Scope(cp_ids=tuple(world["cp_ids"]))
     tokens = TokenService("bench-secret-that-is-long-enough-for-hs256", timedelta(hours=1))
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(
-        app=create_graphql_app(services, tokens)), base_url="http://bench")
-    headers = {"authorization": f"Bearer {tokens.issue(world['admin'].id).token}"}
-    arguments = (f'from: "{lo.isoformat()}", to: "{hi.isoformat()}", bucket: DAY, '
-                 f"filter: {{cpIds: {json.dumps(world['cp_ids'])}}}")
-    rows = []
-    for name, fields in LONG_FIELDS.items():
-        use_case = getattr(services.analytics, name)
-        served = await timed(lambda u=use_case: u(SYSTEM, scope, lo, hi, False, Bucket.DAY,
-                                                  "UTC", BucketBudget()), repeat)
-        label = f"{name} DAY, {LONG_STATIONS} stations, {LONG_DAYS} days"
-        rows.append({"query": f"{label}: service", "viewer": "admin", "seconds": served,
-                     "ratio": None})
-        for suffix, selection in (("", fields), (" + station", f"{fields} station {{ name }}")):
-            query = f"{{ {name}({arguments}) {{ {selection} }} }}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=create_graphql_app(services, tokens)), base_url="http://bench") as http:
+        headers = {"authorization": f"Bearer {tokens.issue(world['admin'].id).token}"}
+        arguments = (f'from: "{lo.isoformat()}", to: "{hi.isoformat()}", bucket: DAY, '
+                     f"filter: {{cpIds: {json.dumps(world['cp_ids'])}}}")
+        rows = []
+        for name, fields in LONG_FIELDS.items():
+            use_case = getattr(services.analytics, name)
+            served = await timed(lambda u=use_case: u(SYSTEM, scope, lo, hi, False, Bucket.DAY,
+                                                      "UTC", BucketBudget()), repeat)
+            label = f"{name} DAY, {LONG_STATIONS} stations, {LONG_DAYS} days"
+            rows.append({"query": f"{label}: service", "viewer": "admin", "seconds": served,
+                         "ratio": None})
+            for suffix, selection in (("", fields), (" + station", f"{fields} station {{ name }}")):
+                query = f"{{ {name}({arguments}) {{ {selection} }} }}"
 
-            async def request(q: str = query, field: str = name) -> None:
-                answer = (await http.post("/graphql", json={"query": q},
-                                          headers=headers)).json()
-                assert "errors" not in answer and len(answer["data"][field]) == \
-                    LONG_STATIONS * LONG_DAYS, answer
-            rows.append({"query": f"{label}: request{suffix}", "viewer": "admin",
-                         "seconds": await timed(request, repeat), "ratio": None})
-    await http.aclose()
+                async def request(q: str = query, field: str = name) -> None:
+                    answer = (await http.post("/graphql", json={"query": q},
+                                              headers=headers)).json()
+                    assert "errors" not in answer and len(answer["data"][field]) == \
+                        LONG_STATIONS * LONG_DAYS, answer
+                rows.append({"query": f"{label}: request{suffix}", "viewer": "admin",
+                             "seconds": await timed(request, repeat), "ratio": None})
     return rows
 
 

@@ -28,6 +28,7 @@ from websockets.sync.client import connect
 
 from bench.common import report
 from chargegraph.runtime import tune_garbage_collector
+from ocpp_bridge.frames import MAX_SAMPLED_VALUES
 from ocpp_bridge.pacing import MAX_FRAME_BYTES, FramePacer
 
 #: Bytes each frame is made up to (under the largest frame read).
@@ -39,7 +40,13 @@ def _reading(i: int, value: Any) -> dict[str, Any]:
     return {"timestamp": f"2026-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z",
             "sampledValue": [{"value": value, "unit": "Wh",
                               "measurand": "Energy.Active.Import.Register",
-                              "context": "Sample.Periodic"}] * 5}
+                              "context": "Sample.Periodic"}] * SAMPLED_PER_READING}
+
+
+#: Sampled values in each reading of the MeterValues made here.
+SAMPLED_PER_READING = 5
+#: Readings of a MeterValues at the sampled-value bound.
+READINGS_AT_BOUND = MAX_SAMPLED_VALUES // SAMPLED_PER_READING
 
 
 def _meter_values(tx: int, value: Callable[[int], Any], last: dict[str, Any] | None = None,
@@ -79,9 +86,10 @@ def frames(tx: int) -> dict[str, str]:
         # At the bound (``frames.MAX_SAMPLED_VALUES``): the numbers resend the valid
         # frame's readings, each late and mended, so only after ``mv_1000_valid`` in the
         # same run (the default order; with ``--kinds``, name both).
-        "mv_1000_valid": _meter_values(tx, str, readings_sent=200),
-        "mv_1000_numbers": _meter_values(tx, float, readings_sent=200),
-        "mv_1000_one_bad": _meter_values(tx, str, {"value": "1", "measurand": "Nope"}, 200),
+        "mv_1000_valid": _meter_values(tx, str, readings_sent=READINGS_AT_BOUND),
+        "mv_1000_numbers": _meter_values(tx, float, readings_sent=READINGS_AT_BOUND),
+        "mv_1000_one_bad": _meter_values(tx, str, {"value": "1", "measurand": "Nope"},
+                                          READINGS_AT_BOUND),
         "bad_json": _data_transfer("x" * TARGET)[:-1],
         "bad_json_mv": _meter_values(tx, str)[:-2],
     }

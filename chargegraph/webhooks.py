@@ -274,6 +274,11 @@ class _Delivery:
     #: another instance may have taken it over, read again before it is posted.
     recheck: bool = False
 
+    @property
+    def on_record(self) -> bool:
+        """Its record is or may be in the store (``stored``, ``maybe_stored``)."""
+        return self.stored or self.maybe_stored
+
     def ended(self, handing_over: bool) -> bool:
         """Whether its record goes: over, or (``handing_over``) settled, its outcome
         final, a stop cutting the rest short."""
@@ -753,7 +758,7 @@ class WebhookDispatcher:
         deleted: list[_Delivery] = []
         for key, (webhook_id, delivery) in batch.items():
             if delivery.ended(handing_over):
-                if delivery.stored or delivery.maybe_stored:
+                if delivery.on_record:
                     records["over"].append(delivery.handed_over(webhook_id, mine))
                     kept[key] = (webhook_id, delivery)
                     deleted.append(delivery)
@@ -890,7 +895,7 @@ class WebhookDispatcher:
         again before its next try (``_still_mine``)."""
         for channel in self._channels.values():
             for delivery in (channel.current, *channel.queue):
-                if delivery is not None and (delivery.stored or delivery.maybe_stored):
+                if delivery is not None and delivery.on_record:
                     delivery.recheck = True
 
     async def _still_mine(self, delivery: _Delivery) -> bool:
@@ -904,7 +909,7 @@ class WebhookDispatcher:
         and the record read again: gone once stored, another finished it (review
         s29-hooks3: both posted it). Gone after a write that failed, it is posted: it
         may never have landed, and a batch storing it again would not tell either."""
-        if not (delivery.stored or delivery.maybe_stored):
+        if not delivery.on_record:
             return True  # in this instance's memory only: nobody else can take it
         while not await self._lease_live():
             if self._closed:
@@ -977,7 +982,7 @@ class WebhookDispatcher:
             return
         # The stored records of those over, which the write deletes.
         ending = sum(1 for _, delivery in self._unwritten.values()
-                     if delivery.ended(True) and (delivery.stored or delivery.maybe_stored))
+                     if delivery.ended(True) and delivery.on_record)
         try:
             async with asyncio.timeout(within):
                 await self._persist(handing_over=True, unfinished=unfinished)

@@ -15,13 +15,13 @@ every fault report (QA ops s7).
 from __future__ import annotations
 
 from domain.entities import ConnectorStatus
+from domain.ocpp16 import ChargePointErrorCode
 from domain.query import Eq, Filter, In, Or
 
-#: OCPP 1.6 ChargePointErrorCode values other than NoError.
-FAULT_CODES = ("ConnectorLockFailure", "EVCommunicationError", "GroundFailure",
-               "HighTemperature", "InternalError", "LocalListConflict", "OtherError",
-               "OverCurrentFailure", "OverVoltage", "PowerMeterFailure", "PowerSwitchFailure",
-               "ReaderFailure", "ResetFailure", "UnderVoltage", "WeakSignal")
+#: OCPP 1.6 ChargePointErrorCode values other than NoError (``ocpp16``'s enumeration,
+#: the one the API shows them by).
+FAULT_CODES = tuple(code.value for code in ChargePointErrorCode
+                    if code is not ChargePointErrorCode.NO_ERROR)
 
 
 _FAULT_CODES = frozenset(FAULT_CODES)

@@ -334,3 +334,9 @@ def member(enum: type[E], value: str | None, fallback: E | None = None) -> E | N
         return enum(value)  # an alias its ``_missing_`` knows
     except ValueError:
         return fallback
+
+
+def shown_error_code(value: str) -> ChargePointErrorCode:
+    """A stored errorCode as it is shown (the API's enum, a fault report's group):
+    OtherError for one OCPP 1.6 does not have (``member``)."""
+    return member(ChargePointErrorCode, value, ChargePointErrorCode.OTHER_ERROR)

@@ -706,10 +706,8 @@ class Policy:
         a mutation: ``Station._under_seen``). False for a station the viewer no longer
         sees (an operator who named another owner of their own station of no company).
         The scope's station branches restate this one: they change together."""
-        if viewer.is_admin:
-            return True
-        if viewer.is_operator:
-            return self.runs_station(viewer, station)
+        if viewer.is_admin or viewer.is_operator:
+            return self.may_manage_station(viewer, station)
         if viewer.is_driver or (viewer.anonymous and self.public_map):
             return station.registration is Registration.ACCEPTED  # the map: _ON_MAP
         return False

@@ -117,10 +117,8 @@ ReadingContext = ocpp16.ReadingContext
 MeterLocation = ocpp16.Location
 
 
-def shown_error_code(value: str) -> ChargePointErrorCode:
-    """A stored errorCode as the API shows it: OTHER_ERROR for one OCPP 1.6 does not
-    have (``ocpp16.member``)."""
-    return ocpp16.member(ChargePointErrorCode, value, ChargePointErrorCode.OTHER_ERROR)
+#: A stored errorCode as the API shows it (OTHER_ERROR for one OCPP 1.6 has not).
+shown_error_code = ocpp16.shown_error_code
 
 #: The values' descriptions of the OCPP 1.6 enumerations, by GraphQL enum and value name
 #: (the meaning OCPP 1.6 gives each). ``domain.ocpp16`` knows nothing of GraphQL, so

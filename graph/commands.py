@@ -19,6 +19,7 @@ from strawberry.utils.str_converters import to_camel_case
 from domain.command_rules import is_secret_key
 from domain.errors import DomainError, ValidationError
 from domain.services.commands import CommandOutcome
+from domain.validation import Checks
 from graph import command_types as t
 from graph.context import GraphContext
 from graph.errors import UserError, user_error, user_errors
@@ -479,14 +480,10 @@ def _vehicle(data: dict[str, Any]) -> list[ValidationError]:
     left out (null) and is the fault returned, told with the input's others after the
     refusals of who is asking (review s30: raised here first, an anonymous caller was
     told INVALID_ID, not UNAUTHENTICATED)."""
-    if data.get("vehicleId") is None:
-        return []
-    try:
-        data["vehicleId"] = expect_id(str(data["vehicleId"]), "vehicle", "vehicleId")
-    except ValidationError as fault:
-        data["vehicleId"] = None
-        return [fault]
-    return []
+    checks = Checks()
+    if data.get("vehicleId") is not None:
+        data["vehicleId"] = checks(expect_id, str(data["vehicleId"]), "vehicle", "vehicleId")
+    return checks.errors
 
 
 #: reserveNow's two names for its end, in the input's order.

@@ -33,7 +33,7 @@ from domain.ocpp16 import member
 from domain.query import ALL, Eq, Filter, Range, Sort, all_of, newest_first
 from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
-from domain.services.fleet import IN_GARAGE
+from domain.services.fleet import IN_GARAGE, expiry_set_by_staff
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import session_split
@@ -540,9 +540,8 @@ class IdTag(Node, Audited):
         return _audited(cls, r, {
             "tag": r.tag,
             "expires_at": r.expires_at,
-            # As ``fleet.staff_expiry_passed`` reads it: anyone but the holder is staff.
             "expiry_set_by_staff": None if r.expires_at is None
-            else r.expiry_set_by != r.user_id,
+            else expiry_set_by_staff(r, r.user_id),
             "parent_id_tag": r.parent_tag,
         })
 
@@ -697,20 +696,20 @@ class Station(Node, Audited):
         "`key` list) fits. Admins and the station's operators; null for others."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
-    # Whether the viewer sees the station as held (``Policy.sees``); read through
-    # ``_under_seen`` only, which also asks whether it was read through their scope.
-    _seen: strawberry.Private[bool]
 
     def _under_seen(self, info: Info) -> bool:
         """Whether what is listed under it may be asked by its id alone
-        (``Policy.scope_under``'s ``seen``): the viewer sees it as held (``_seen``) and
+        (``Policy.scope_under``'s ``seen``): the viewer sees it as held (``Policy.sees``) and
         it was read through their scope in this request. Every station of a query or a
         subscription's event was (the lists, ``node``, the loaders by id); a mutation's
         may be what its write returned, which ``sees`` cannot tell from one read: a
         station just removed (review s30: its price list, kept in the history, showed in
         ``removeStation``'s payload). So no station claims it in a mutation, whichever
         mutation returns it, and what is under it asks the full rule."""
-        return self._seen and info.operation.operation is not OperationType.MUTATION
+        if info.operation.operation is OperationType.MUTATION:
+            return False
+        ctx = _ctx(info)
+        return ctx.services.policy.sees(ctx.viewer, self._r)
 
     def _seen_kind(self, info: Info) -> str | None:
         """``_under_seen`` as a list under it states it to the policy (``seen``)."""
@@ -766,7 +765,6 @@ class Station(Node, Audited):
             "heartbeat_interval": r.heartbeat_interval if private else None,
             "configuration_truncated": r.configuration_truncated if private else None,
             "_private": private,
-            "_seen": ctx.services.policy.sees(ctx.viewer, r),
         }, private)
 
     @staticmethod

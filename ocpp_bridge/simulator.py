@@ -936,13 +936,13 @@ class SimulatedChargePoint(ChargePoint):
         refusal = self._refusal(key, value)
         if refusal is not None:
             return result.ChangeConfiguration(status=refusal)  # type: ignore[arg-type]
-        if key in REBOOT_KEYS:
+        reboot = key in REBOOT_KEYS
+        if reboot:
             self._until_boot.setdefault(key, self.configuration[key][0])
         self._configure(key, value)
         self._keep()  # a RebootRequired one too: in force from the next boot, a restart's
-        if key in REBOOT_KEYS:
-            return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
-        return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
+        return result.ChangeConfiguration(  # type: ignore[arg-type]
+            status="RebootRequired" if reboot else "Accepted")
 
     def _refusal(self, key: str, value: str) -> str | None:
         """Why ``value`` is not taken for ``key`` (NotSupported, Rejected), or None."""

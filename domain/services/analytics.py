@@ -33,7 +33,7 @@ from domain.entities import (
 )
 from domain.errors import Unauthenticated, ValidationError
 from domain.faults import fault_filter
-from domain.ocpp16 import ChargePointErrorCode, member
+from domain.ocpp16 import shown_error_code
 from domain.policy import Viewer, metered_on
 from domain.query import ALL, NONE, Eq, Filter, In, Or, Range, Sub, all_of, any_of
 from domain.services.base import Service
@@ -246,8 +246,7 @@ def _as_shown(groups: list[FaultGroup]) -> list[FaultGroup]:
     ``OTHER_ERROR``). A plug has one code at a time: the times do not overlap."""
     joined: dict[FaultKey, FaultGroup] = {}
     for g in groups:
-        code = member(ChargePointErrorCode, g.error_code,
-                      ChargePointErrorCode.OTHER_ERROR).value
+        code = shown_error_code(g.error_code).value
         k = (g.station_id, g.cp_id, g.connector_id, code)
         seen = joined.get(k)
         joined[k] = replace(g, error_code=code) if seen is None else replace(

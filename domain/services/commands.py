@@ -632,7 +632,8 @@ class CommandService(Service):
             await self._refuse_stop_elsewhere(viewer, cp_id, action, payload)
             raise NotFound("no such station", field="cpId")
         manages = self.policy.may_manage_station(viewer, station)
-        if not manages and not (viewer.is_driver and action in DRIVER_ACTIONS):
+        # A driver here sends one of ``DRIVER_ACTIONS``: the others were refused above.
+        if not manages and not viewer.is_driver:
             raise Forbidden(f"you may not send {action} to this station", field="cpId")
         _refuse_unregistered(station, action, payload)
         if not manages:

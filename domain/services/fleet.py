@@ -85,7 +85,12 @@ def staff_expiry_passed(tag: IdTag, owner: User, now: datetime) -> bool:
     mark does (QA s29: the driver issued themselves a new card the minute their
     operator's date passed); one they chose themselves bars nothing."""
     return tag.expires_at is not None and tag.expires_at <= now \
-        and tag.expiry_set_by != owner.id
+        and expiry_set_by_staff(tag, owner.id)
+
+
+def expiry_set_by_staff(tag: IdTag, owner_id: str | None) -> bool:
+    """Whether ``tag``'s expiry was set by anyone but its owner (unrecorded: another)."""
+    return tag.expiry_set_by != owner_id
 
 
 def withdrawn_by_others(tag: IdTag, owner: User, now: datetime) -> bool:

@@ -40,7 +40,7 @@ from domain.entities import IdempotencyKey, IdempotencyState, User
 from domain.errors import Conflict, NotFound, StoreRefused, UniqueViolation
 from domain.ids import new_id
 from domain.policy import Viewer
-from domain.ports import Delete, Insert
+from domain.ports import Delete, Insert, Update
 from domain.query import ALL, Eq, Range
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
@@ -199,14 +199,8 @@ class IdempotencyService(Service):
 
     async def _keep(self, claim: Claim, response: str) -> None:
         record = claim.record
-        write = patch(record, Viewer(user_id=record.user_id),
-                      only_if=("claimant", record.claimant), required=True,
-                      state=IdempotencyState.DONE, response=response)
-
-        async def kept() -> bool:
-            await self.store.write([write], [])
-            return True
-
+        write = _answered(record, response)
+        kept = _done(lambda: self.store.write([write], []))
         try:
             # Every try failing, the answer may have landed all the same (a MongoDB
             # reply lost): the check below runs then too, as it would after a write
@@ -254,25 +248,16 @@ class IdempotencyService(Service):
             log.info("the answer for idempotency key %r of user %s is withheld: an "
                      "account was erased while its request ran", record.key,
                      record.user_id)
-        withheld = patch(record, Viewer(user_id=record.user_id),
-                         only_if=("claimant", record.claimant), required=True,
-                         state=IdempotencyState.DONE, response=None)
-
-        async def withhold() -> bool:
-            await self.store.write([withheld], [])
-            return True
-
-        async def scrub() -> bool:
-            await self.store.scrub()
-            return True
-
+        withheld = _answered(record, None)
+        withhold = _done(lambda: self.store.write([withheld], []))
         try:
             if not await self._tried(withhold, record, "withholding the answer",
                                      "the answer stays kept, a retry is given it"):
                 return
         except (Conflict, NotFound):  # taken over, or forgotten by the erasure already
             return
-        await self._tried(scrub, record, "scrubbing the store's files of the answer",
+        await self._tried(_done(self.store.scrub), record,
+                          "scrubbing the store's files of the answer",
                           "they may hold it until the next erasure's scrub")
 
     async def _tried(self, step: Callable[[], Awaitable[bool]], record: IdempotencyKey,
@@ -369,3 +354,18 @@ class IdempotencyService(Service):
         for record in records:
             with contextlib.suppress(NotFound):
                 await self.store.write([Delete(record)], [])
+
+
+def _answered(record: IdempotencyKey, response: str | None) -> Update:
+    """The key's record as done with ``response`` (``None``: its answer withheld), written
+    only while the claim is still this request's."""
+    return patch(record, Viewer(user_id=record.user_id), only_if=("claimant", record.claimant),
+                 required=True, state=IdempotencyState.DONE, response=response)
+
+
+def _done(step: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[bool]]:
+    """``step`` as a step of ``IdempotencyService._tried`` that has no answer but done."""
+    async def run() -> bool:
+        await step()
+        return True
+    return run

@@ -993,12 +993,8 @@ class Withdrawal(Service):
         if self.commands.gateway is None or not station_ids:
             return
         for station in await self.store.get_many(Station, list(station_ids)):
-            if station is None or not station.online:
-                continue
-            try:
-                await self.commands.send_owed_cancels(station.id)
-            except Exception:
-                log.exception("the owed cancels of station %s were not sent", station.id)
+            if station is not None and station.online:
+                await self._owed_cancels(station.id)
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str

@@ -19,7 +19,7 @@ from store.fields import audit_parts, changed_meanwhile
 from store.mongo import journal, writes
 from store.mongo.codec import to_doc
 from store.mongo.journal import MARK, key_of
-from store.mongo.outage import answer_timed_out, at_time_limit
+from store.mongo.outage import answer_timed_out, at_time_limit, reason_of
 from store.mongo.writes import Expect, Step, Version
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -209,14 +209,14 @@ class Batch:
                 # STORE_UNAVAILABLE, "try again later", either way).
                 if undone:
                     raise BatchTimeout() from exc
-                raise OutcomeUnknown(str(exc).strip() or type(exc).__name__) from exc
+                raise OutcomeUnknown(reason_of(exc)) from exc
             raise
         try:
             await journal.close_batch(self.db, self.id, self.layout.parts)
         except PyMongoError as exc:
             # Closed (committed), or not and a sweep rolls it all back: not known.
             if answer_timed_out(exc):
-                raise OutcomeUnknown(str(exc).strip() or type(exc).__name__) from exc
+                raise OutcomeUnknown(reason_of(exc)) from exc
             raise
 
     async def _write(self, step: Step, mark: ObjectId | None) -> None:

@@ -103,6 +103,12 @@ def _too_large(code: int | None, message: str) -> bool:
                                        and TOO_LARGE_TO_INSERT in message.lower())
 
 
+def reason_of(error: BaseException) -> str:
+    """What the driver said of ``error``, for the domain error's ``reason`` and the log:
+    its text, or its type's name when it has none."""
+    return str(error).strip() or type(error).__name__
+
+
 def refused(error: Exception) -> StoreRefused:
     """A document the database will not store: past the server's 16 MiB (the server's
     refusal, ``unavailable``; or PyMongo's ``DocumentTooLarge``, raised before sending a
@@ -110,7 +116,7 @@ def refused(error: Exception) -> StoreRefused:
     ``InvalidDocument``, no ``PyMongoError``: it was an internal error, and a
     StopTransaction failing so was sent again for ever), or a value bson cannot encode
     (a bug: logged with its trace). Waiting fixes neither, so it is no outage."""
-    reason = str(error).strip() or type(error).__name__
+    reason = reason_of(error)
     if isinstance(error, InvalidDocument) and not isinstance(error, DocumentTooLarge):
         log.error("the database cannot encode a write: %s", reason, exc_info=error)
         what = "a record holds a value the database cannot store"
@@ -121,7 +127,7 @@ def refused(error: Exception) -> StoreRefused:
 
 
 def _unavailable(what: str, error: PyMongoError) -> StoreUnavailable:
-    reason = str(error).strip() or type(error).__name__
+    reason = reason_of(error)
     return StoreUnavailable(f"{what}: try again later", reason=reason)
 
 
