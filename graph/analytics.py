@@ -4,7 +4,6 @@ policy); this module only shapes them."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
@@ -152,16 +151,15 @@ async def _prefetch_stations(info: Info, station_ids: Iterable[str | None], *pat
     row's ``station`` answers at once: an awaitable per row (graphql-core's await, a task
     of its list's gather) was most of a long bucketed answer (QA s30: 9,900 rows of
     ``availability`` with their station took seconds). A failure to load them fails no
-    row: each row's nullable ``station`` loads it again (one batch), and is null with
-    the error if that fails too, as before the prefetch (review s30: the error failed
-    the whole list, whose rows are non-null: the answer's every field)."""
+    row (``fetch`` answers None): each row's nullable ``station`` loads it again (one
+    batch), and is null with the error if that fails too, as before the prefetch
+    (review s30: the error failed the whole list, whose rows are non-null: the answer's
+    every field)."""
     if wants(info, *path, "station"):
         ids = list(dict.fromkeys(i for i in station_ids if i))
         if ids:
             ctx: GraphContext = info.context
-            # Told on each row's station (above), not here.
-            with contextlib.suppress(Exception):
-                await ctx.loaders.by_id(d.Station).fetch(ids)
+            await ctx.loaders.by_id(d.Station).fetch(ids)
 
 
 _WINDOW = ("The window up to now (its end, or the present if earlier), once per connector "

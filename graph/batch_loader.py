@@ -68,23 +68,29 @@ class BatchLoader(Generic[K, V]):
             return True, known[key]
         return False, None
 
-    async def fetch(self, keys: Sequence[K]) -> list[V]:
+    async def fetch(self, keys: Sequence[K]) -> list[V] | None:
         """The values of ``keys`` for a prefetch, which knows all its keys at once: the
         ones neither known nor being loaded go to the batch function in one call right
         away (no waiting for the batch to close) and are cached for the rows' resolvers.
-        A key another load is fetching is awaited; a failing batch raises here and caches
-        nothing."""
+        A key another load is fetching is awaited. A failure caches nothing and answers
+        None: a prefetch fails no row, each row's resolver loading its key in turn (one
+        batch) and telling the error at its own field's path (QA s31: raised here, it
+        failed the whole page, up to the nearest nullable parent of its list)."""
         known, pending = self._known, self._pending
+        # Taken before any await: a load's failure meanwhile drops its key from pending.
+        waiting = [pending[key] for key in dict.fromkeys(keys) if key in pending]
         missing = list(dict.fromkeys(
             key for key in keys if key not in known and key not in pending))
-        if missing:
-            loop = asyncio.get_running_loop()
-            for key in missing:  # a load meanwhile waits for this batch
-                pending[key] = loop.create_future()
-            await self._run(missing, raising=True)
-        waiting = [pending[key] for key in keys if key not in known]
-        if waiting:
-            await asyncio.gather(*waiting)
+        try:
+            if missing:
+                loop = asyncio.get_running_loop()
+                for key in missing:  # a load meanwhile waits for this batch
+                    pending[key] = loop.create_future()
+                await self._run(missing, raising=True)
+            if waiting:
+                await asyncio.gather(*waiting)
+        except Exception:
+            return None  # told by the rows' own loads
         return [known[key] for key in keys]
 
     def _dispatch(self) -> None:

@@ -270,9 +270,11 @@ def _new_refunds_loader(loaders: Loaders) -> Any:
 async def _prefetch_active_sessions(ctx: GraphContext, station_ids: list[str],
                                     wants_below: Callable[..., bool]) -> None:
     """The active sessions of these stations, and below them what ``wants_below(*path)``
-    selects: one batched call per level."""
+    selects: one batched call per level. Their failing to load leaves the levels below
+    to each row's resolvers, which tell it (``BatchLoader.fetch``)."""
     groups = await _active_sessions(ctx).fetch(station_ids)
-    await Session.prefetch(ctx, [s for group in groups for s in group], wants_below)
+    if groups is not None:
+        await Session.prefetch(ctx, [s for group in groups for s in group], wants_below)
 
 
 def _on_connector(records: Sequence[Any], connector_id: int) -> Any:
@@ -781,8 +783,9 @@ class Station(Node, Audited):
         # The page was read through the station rule, and the policy says so of each.
         policy, viewer = ctx.services.policy, ctx.viewer
         ids = [station.id for station in stations if policy.sees(viewer, station)]
-        await _connectors_under(ctx).fetch(ids)
-        if wants("connectors", "activeSession"):
+        # Their failing to load leaves the levels below to the rows' resolvers.
+        connectors = await _connectors_under(ctx).fetch(ids)
+        if connectors is not None and wants("connectors", "activeSession"):
             await _prefetch_active_sessions(
                 ctx, ids, lambda *path: wants("connectors", "activeSession", *path))
 

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from domain.errors import StoreBusy
 from domain.policy import Policy
 from domain.query import Filter
 from domain.services import ServiceContext, Services
@@ -21,13 +22,15 @@ SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
 
 class CountingStore:
     """Wraps a store and counts calls of its public methods, keeping the filters they were
-    given by kind (``asked``)."""
+    given by kind (``asked``). A call about a kind named in ``failing`` is counted, then
+    raises ``StoreBusy`` (that kind's table locked)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls: list[str] = []
         self.detail: list[str] = []
         self.asked: list[tuple[str, Filter]] = []
+        self.failing: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -40,6 +43,8 @@ class CountingStore:
             self.detail.append(f"{name}:{kind}")
             self.asked += [(kind, arg) for arg in (*args, *kwargs.values())
                            if is_filter(arg)]
+            if kind in self.failing:
+                raise StoreBusy(f"the {kind} table is locked")
             return await attr(*args, **kwargs)
 
         return counted

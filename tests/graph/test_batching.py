@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -288,3 +289,79 @@ async def test_last_of_nested_lists_loads_once_per_level(
                 f'"{whole[-1]["cursor"]}") {{ edges {{ cursor node {{ transactionId }} }} }} '
                 "} }", as_user=admin))["station"]["sessions"]["edges"]
             assert before == whole[:-1]
+
+
+#: A page whose prefetch loads a kind: the kind failed, the field of each row it
+#: answers, and whether every row's field fails (a station's active sessions, asked of
+#: each connector) or only those the kind would answer (a session's station when it has
+#: one). One page of each type that prefetches, down to a station's connectors' active
+#: sessions' vehicles.
+PREFETCH_FAILING = {
+    "sessions": ("{ sessions(first: 50) { nodes { transactionId user { name } "
+                 "vehicle { licensePlate } station { cpId } } } }", "station", "station",
+                 False),
+    "connectors": ("{ connectors(first: 50) { nodes { id connectorId station { cpId } "
+                   "activeSession { transactionId user { name } } } } }", "station",
+                   "station", False),
+    "connectors-sessions": ("{ connectors(first: 50) { nodes { id connectorId station { "
+                            "cpId } activeSession { transactionId user { name } } } } }",
+                            "session", "activeSession", True),
+    "stations": ("{ stations(first: 50) { nodes { cpId connectors { connectorId "
+                 "activeSession { transactionId user { name } vehicle { licensePlate } "
+                 "} } } } }", "vehicle", "vehicle", False),
+}
+
+
+def _answered(value: object, field: str, every: bool, path: tuple[str | int, ...] = ()
+              ) -> list[tuple[str | int, ...]]:
+    """The paths of an answer's ``field``s: the non-null ones, or ``every`` one."""
+    if isinstance(value, dict):
+        return [p for key, inner in value.items()
+                for p in ([(*path, key)] if key == field and (every or inner is not None)
+                          else _answered(inner, field, every, (*path, key)))]
+    if isinstance(value, list):
+        return [p for i, inner in enumerate(value)
+                for p in _answered(inner, field, every, (*path, i))]
+    return []
+
+
+@pytest.mark.parametrize("page", sorted(PREFETCH_FAILING))
+async def test_a_page_survives_its_prefetch_failing(
+        api: Api, world: World, store: CountingStore, page: str) -> None:
+    """QA s31: a page's prefetch failing to load a related kind failed the whole page
+    (its data null up to the list). As analytics' rows (review s30), and as a resolver
+    without a prefetch: every row stands, the related field is null with the error at
+    its own path, and the rows' own loads of it are one batch, not one call per row.
+    When nothing fails, the prefetch costs what it did."""
+    document, kind, field, every = PREFETCH_FAILING[page]
+    token = api.token_for(world.users["admin"].id)
+    store.calls.clear()
+    store.detail.clear()
+    whole = (await api.post(document, token=token)).json()
+    assert "errors" not in whole, whole["errors"]
+    calls = list(store.calls)
+    detail = Counter(store.detail)
+    # token viewer, page, then one call per related level (as the tests above count)
+    assert len(calls) == {"sessions": 5, "connectors": 5, "connectors-sessions": 5,
+                          "stations": 6}[page]
+    answered = _answered(whole["data"], field, every)
+    assert answered, whole  # the world has rows whose field the failure nulls
+
+    store.failing.add(kind)
+    store.detail.clear()
+    body = (await api.post(document, token=token)).json()
+    expected = json.loads(json.dumps(whole["data"]))
+    for path in answered:
+        *parent, key = path
+        row = expected
+        for step in parent:
+            row = row[step]
+        row[key] = None
+    assert body["data"] == expected, body
+    assert sorted(tuple(e["path"]) for e in body["errors"]) == sorted(answered)
+    assert {e["extensions"]["code"] for e in body["errors"]} == {"STORE_BUSY"}
+    # The prefetch's call, then the rows' one batch of the failing kind; of the others,
+    # no more than when nothing fails (none below a failed level).
+    failed = Counter(call for call in store.detail if call.endswith(f":{kind}"))
+    assert list(failed.values()) == [2], store.detail
+    assert Counter(store.detail) - failed <= detail, (store.detail, detail)

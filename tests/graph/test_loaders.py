@@ -1,5 +1,6 @@
 """``BatchLoader`` (graph/batch_loader.py): loads batched per loop turn and cached;
-``fetch``, a prefetch's loads, one batch call at once, cached for the rows."""
+``fetch``, a prefetch's loads, one batch call at once, cached for the rows, a failure
+answered None."""
 
 from __future__ import annotations
 
@@ -80,11 +81,31 @@ async def test_fetch_waits_for_a_key_another_load_is_fetching() -> None:
     assert sorted(batch.batches) == [[5], [6]]
 
 
-async def test_a_failing_fetch_raises_and_caches_nothing() -> None:
-    loader: BatchLoader[int, int] = BatchLoader(Counting(fail=True).load)
-    with pytest.raises(RuntimeError, match="store down"):
-        await loader.fetch([1, 2])
+async def test_a_failing_fetch_answers_none_and_caches_nothing() -> None:
+    """A prefetch fails no row (QA s31): the rows' own loads try again, in one batch."""
+    batch = Counting(fail=True)
+    loader: BatchLoader[int, int] = BatchLoader(batch.load)
+    assert await loader.fetch([1, 2]) is None
     assert loader.peek(1) == (False, None) and loader.peek(2) == (False, None)
+    batch.fail = False
+    assert await asyncio.gather(loader.load(1), loader.load(2)) == [10, 20]
+    assert batch.batches == [[1, 2], [1, 2]]
+
+
+async def test_a_fetch_waiting_on_a_failing_load_answers_none() -> None:
+    """A key another load is fetching fails with that load's batch: the fetch answers
+    None, the load itself gets the error."""
+    async def load(keys: Sequence[int]) -> list[int]:
+        if 5 in keys:
+            raise RuntimeError("store down")
+        return [key * 10 for key in keys]
+
+    loader: BatchLoader[int, int] = BatchLoader(load)
+    pending = loader.load(5)
+    assert await loader.fetch([5, 6]) is None
+    with pytest.raises(RuntimeError, match="store down"):
+        await pending
+    assert loader.peek(6) == (True, 60)
 
 
 async def test_prime_keeps_what_the_request_already_has() -> None:
