@@ -77,8 +77,9 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 #: The key's first request is still running (409, ``Retry-After``).
 IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
-#: The key's request ran, but its answer is kept no longer: an account it may name was
-#: erased while it ran (``IdempotencyService._unless_erased_since``); not run again (410).
+#: The key's request ran, but its answer is not given: an account it may name was erased
+#: while it ran or since (``IdempotencyService._unless_erased_since``, ``begin``); not run
+#: again (410).
 IDEMPOTENCY_ANSWER_WITHHELD = "IDEMPOTENCY_ANSWER_WITHHELD"
 #: The key's request ran, but the caller's access (role, company) changed since: its kept
 #: answer is not shown them, nor is it run again (403).

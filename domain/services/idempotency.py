@@ -14,7 +14,8 @@ behind a load balancer, on either store) run the mutation once. What comes of it
   access changed since it ran (``ACCESS_CHANGED``: demoted, moved to another company),
   since it may hold what they may no longer see (a webhook's secret), and it is not run
   again either; nor is one whose answer was withheld, an account erased while it ran
-  (``WITHHELD``, ``_unless_erased_since``);
+  (``WITHHELD``, ``_unless_erased_since``), or since it ran: a replay checks that too,
+  should the withholding have failed to be written;
 - a failure of the service (an outage, an unexpected error: the caller decides which,
   ``release``): the claim is deleted, so the retry runs the mutation;
 - still running: another request with the key is told so (``InProgress``) rather than
@@ -162,6 +163,12 @@ class IdempotencyService(Service):
                     return Refusal.WITHHELD
                 if found.access != fresh.access:
                     return Refusal.ACCESS_CHANGED
+                # Its keeping withholds an answer overlapping an erasure, but that write
+                # may have failed every try (the answer left kept): checked again here,
+                # so it is never given. A failed read raises as the claim's own (503, a
+                # retry asks again): never the answer, never run again.
+                if await self._erased_since(found):
+                    return Refusal.WITHHELD
                 return Replay(found.response)
             # Forgotten (expired, not swept yet), or its request's instance died: taken
             # over as a fresh key, only while it is still as read (another request may
@@ -232,15 +239,13 @@ class IdempotencyService(Service):
         named the person is gone from the store by now. So the answer is dropped, not
         the key: a retry with it is told it ran (``Refusal.WITHHELD``), never run again
         (a refund paid twice), and the store's files are scrubbed of the answer as the
-        erasure's were (``Store.scrub``). One read of the ``erased_at`` index; when it
-        cannot be read (review s30), the answer is withheld all the same: a retry told
-        it ran is the safe side of one given a person's data."""
-        since = record.lease_until - self.lease - ERASED_BEFORE_CLAIM
-
-        async def erased() -> bool:
-            return await self.store.find_one(User, Range("erased_at", gte=since)) is not None
-
-        found = await self._tried(erased, record, "reading whether an account was erased "
+        erasure's were (``Store.scrub``). Should that write fail every try, the answer
+        stays, but a retry makes the same check before it is given (``begin``). One
+        read of the ``erased_at`` index; when it cannot be read (review s30), the answer
+        is withheld all the same: a retry told it ran is the safe side of one given a
+        person's data."""
+        found = await self._tried(lambda: self._erased_since(record), record,
+                                  "reading whether an account was erased "
                                   "while the request ran", "its answer is withheld")
         if found is False:
             return
@@ -252,13 +257,21 @@ class IdempotencyService(Service):
         withhold = _done(lambda: self.store.write([withheld], []))
         try:
             if not await self._tried(withhold, record, "withholding the answer",
-                                     "the answer stays kept, a retry is given it"):
+                                     "the answer stays kept, a retry is refused it "
+                                     "by its own check (begin)"):
                 return
         except (Conflict, NotFound):  # taken over, or forgotten by the erasure already
             return
         await self._tried(_done(self.store.scrub), record,
                           "scrubbing the store's files of the answer",
                           "they may hold it until the next erasure's scrub")
+
+    async def _erased_since(self, record: IdempotencyKey) -> bool:
+        """Whether anyone was erased since ``record``'s request claimed its key
+        (``ERASED_BEFORE_CLAIM`` allowing for the erasure's clock): its answer may name
+        them. One read of the ``erased_at`` index."""
+        since = record.lease_until - self.lease - ERASED_BEFORE_CLAIM
+        return await self.store.find_one(User, Range("erased_at", gte=since)) is not None
 
     async def _tried(self, step: Callable[[], Awaitable[bool]], record: IdempotencyKey,
                      what: str, then: str, unknown: str | None = None) -> bool | None:

@@ -93,14 +93,23 @@ async def check_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
     the newer one relies on, which its steps, recorded done, never fill). Writes nothing:
     a start that fails before it migrates anything leaves the database to the build
     that had it (session 30)."""
-    _refuse_newer(await db[MIGRATIONS].find_one({"_id": SCHEMA}, {"version": 1}), known)
+    _refuse_newer(await _schema_record(db), known)
+
+
+async def _schema_record(db: Any) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = await db[MIGRATIONS].find_one({"_id": SCHEMA},
+                                                                 {"version": 1})
+    return found
 
 
 async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
     """Records that a build knowing schema ``known`` has the database (never lowering the
     number: of two builds, the newer one's stays), and refuses one a newer build claimed
     meanwhile (two starting at once: the older one stops before it writes). One atomic
-    ``$max``, read back as it was.
+    ``$max``, read back as it was; only when the record, read first, holds less than
+    ``known`` (a new database, a newer build's first step): one holding it already is
+    what the ``$max`` would leave as it is, so reading it tells as much (session 31: a
+    first start on a new database wrote the record before each of its some 40 steps).
 
     Made before each step a start runs that was not done yet (``_once``) and at the end
     of every start, from which the build serves: an older build never
@@ -113,6 +122,10 @@ async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
     step (the indexes, the steps of every start) only adds what an older build's own
     start adds or ignores: a step that changes what an older build reads runs under
     ``_once``, or claims first."""
+    found = await _schema_record(db)
+    _refuse_newer(found, known)
+    if found is not None and schema_number(found.get("version")) == known:
+        return
     _refuse_newer(await db[MIGRATIONS].find_one_and_update(
         {"_id": SCHEMA}, {"$max": {"version": known}}, upsert=True,
         return_document=ReturnDocument.BEFORE), known)

@@ -277,7 +277,10 @@ async def test_an_answer_is_written_once_and_withheld_when_erasures_cannot_be_re
     meanwhile), and after the last try the answer stayed kept while the log said the key
     would lapse. The answer is written once; the check alone is tried again; one that
     cannot be made withholds the answer (the safe side), and says so. A withholding
-    that cannot be written leaves the answer kept, and says that."""
+    that cannot be written leaves the answer kept, and says that; a retry is refused it
+    all the same (session 31: it was given it, naming perhaps the person erased), by
+    the same check made before a replay, and told to try again when that check cannot
+    be made: never given the answer, never run again."""
     keys = service(store, Clock())
     monkeypatch.setattr("domain.services.idempotency.FINISH_PAUSES_S", (0.0, 0.0))
     find_one, write = store.find_one, store.write
@@ -327,7 +330,7 @@ async def test_an_answer_is_written_once_and_withheld_when_erasures_cannot_be_re
                in m for m in said), said
     assert not any("lapses" in m for m in said), said
     # Erased meanwhile, and the withholding failing every try: the answer stays, as
-    # the log says, and is not written again.
+    # the log says, and is not written again; a retry is refused it.
     answers.clear()
     caplog.clear()
     claim = await keys.begin(ANNA, "k-kept", "fp-a")
@@ -337,9 +340,19 @@ async def test_an_answer_is_written_once_and_withheld_when_erasures_cannot_be_re
     await keys.finish(claim, ANSWER)
     await keys.settled()
     assert answers == [ANSWER]
-    assert await keys.begin(ANNA, "k-kept", "fp-a") == Replay(ANSWER)
     said = [r.getMessage() for r in caplog.records]
     assert any("withholding the answer" in m and "stays kept" in m for m in said), said
+    stored = (await store.get_many(IdempotencyKey, [claim.record.id]))[0]
+    assert stored is not None and stored.response == ANSWER
+    assert await keys.begin(ANNA, "k-kept", "fp-a") is Refusal.WITHHELD
+    # The replay's check failing: the store's error, as any read of the claim's (a
+    # retry asks again), not the answer; the key still the first request's.
+    failing_reads.append(1)
+    with pytest.raises(StoreBusy):
+        await keys.begin(ANNA, "k-kept", "fp-a")
+    assert not failing_reads
+    assert (await store.get_many(IdempotencyKey, [claim.record.id]))[0] == stored
+    assert answers == [ANSWER]
 
 
 async def test_an_answer_written_though_every_try_failed_is_checked_for_erasures(

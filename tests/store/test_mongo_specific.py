@@ -3362,6 +3362,55 @@ async def test_a_newer_build_claiming_after_an_older_one_keeps_its_number() -> N
     assert record is not None and record["version"] == latest + 1
 
 
+def schema_claims(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The writes made to the schema's record (``migrations.SCHEMA``) from here on, by
+    method: each a round trip to the primary, with its write concern."""
+    made: list[str] = []
+    original: Callable[[AsyncCollection, str], Any] = AsyncCollection.__getattr__
+
+    def recording(collection: AsyncCollection, name: str) -> Any:
+        call = original(collection, name)
+        if collection._c.name != migrations.MIGRATIONS or name in ("find_one",
+                                                                   "count_documents"):
+            return call
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if (args[0] if args else kwargs.get("filter", {})).get("_id") == migrations.SCHEMA:
+                made.append(name)
+            return await call(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(AsyncCollection, "__getattr__", recording)
+    return made
+
+
+async def test_a_first_start_on_a_new_database_claims_it_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 31: a first start on a new database wrote its claim before each step it
+    ran (``_once``), some 40 writes, though only the first could change the record. A
+    claim reads the record first and writes only when it holds less than the build's
+    schema: one write on a new database, none at a later start; a newer build's claim
+    still writes, and an older build's is still refused (the tests above)."""
+    db = async_mongomock_database(interleave=True)
+    claims = schema_claims(monkeypatch)
+    first = MongoStore(db, sweep_every=None)
+    await first.start()
+    await first.close()
+    assert claims == ["find_one_and_update"]
+    done = await db[migrations.MIGRATIONS].count_documents({"done": True})
+    assert done > 30, done  # the steps it ran, each claimed for before
+    claims.clear()
+    again = MongoStore(db, sweep_every=None)
+    await again.start()
+    await again.close()
+    assert claims == []
+    latest = sqlite_migrations.MIGRATIONS[-1][0]
+    await migrations.claim_schema(db, latest + 1)
+    assert claims == ["find_one_and_update"]
+    record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
+    assert record is not None and record["version"] == latest + 1
+
+
 # (Decimal128 is read too; mongomock's $max cannot compare one with a number.)
 @pytest.mark.parametrize("stored", [float, bson.Int64], ids=["double", "long"])
 async def test_a_newer_schema_number_of_any_numeric_type_is_refused(
