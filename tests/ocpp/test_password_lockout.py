@@ -800,13 +800,18 @@ def holding_guesses(central: Central, monkeypatch: pytest.MonkeyPatch) -> asynci
     return held
 
 
-async def scan_holding_the_checks(central: Central, count: int) -> list[asyncio.Future[int]]:
+async def scan_holding_the_checks(central: Central, count: int,
+                                  server: OcppServer | None = None, url: str = ""
+                                  ) -> list[asyncio.Future[int]]:
     """One guess each at made-up cpIds from ``count`` addresses (each under its own
-    bound of 4 pending), once each is pending or answered."""
+    bound of 4 pending), once each is pending or answered; at ``server`` (at ``url``),
+    else the central's."""
+    at = server or central.server
     scan: list[asyncio.Future[int]] = [
-        asyncio.ensure_future(attempt(central, "guess", f"203.0.113.{i + 1}", f"NOPE-{i}"))
+        asyncio.ensure_future(attempt_at(url or central.url, f"NOPE-{i}", "guess",
+                                         f"203.0.113.{i + 1}"))
         for i in range(count)]
-    await soon(lambda: len(central.server._checks) + sum(f.done() for f in scan) == count)
+    await soon(lambda: len(at._checks) + sum(f.done() for f in scan) == count)
     return scan
 
 
@@ -832,6 +837,23 @@ async def test_a_scan_from_many_addresses_leaves_room_for_a_charger_at_its_known
     held.set()
     assert sorted(await asyncio.gather(*scan)) == [401] * 6 + [503] * 2
     assert not central.server._known_checks
+
+
+async def test_a_charger_moving_to_another_instance_under_a_scan_is_let_in_there(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its instance gone, a balancer sends the charger to another, where nothing cached
+    answers its password: it needs a check there, and its address, known on every
+    instance, takes it from the share kept while a scan holds the rest. Scaled: 8 for
+    256, 2 kept."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 8)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # on this instance
+    async with second_instance(central) as (other, other_url):
+        held = holding_guesses(central, monkeypatch)
+        scan = await scan_holding_the_checks(central, 8, other, other_url)
+        assert await attempt_at(other_url, "CP-1", STATION_PASSWORD, CHARGER) == 101
+        assert await attempt_at(other_url, "CP-1", "guess", "203.0.113.99") == 503
+        held.set()
+        assert sorted(await asyncio.gather(*scan)) == [401] * 6 + [503] * 2
 
 
 async def test_one_station_scanned_from_its_known_addresses_takes_two_of_the_kept_checks(
