@@ -111,8 +111,23 @@ UNKNOWN_KEY = "unknown charge point"
 #: Password checks (argon2) pending on one instance, queued or running, their handshake
 #: still there or dropped (a check runs to its end: ``_password_ok``). Beyond it, a
 #: password that needs a check is answered 503 with ``Retry-After`` at once, counted
-#: nowhere: dropped handshakes cannot pile up work without bound.
+#: nowhere: dropped handshakes cannot pile up work without bound; most passwords sooner
+#: (``KNOWN_SHARE_OF``).
 MAX_PENDING_CHECKS = 256
+#: One in this many of those (64 of 256) kept for a station's charger at an address it
+#: passed the check from (``ChargerSignIns.passed_from``, known across instances for
+#: ``KNOWN_FOR``): any other password is answered 503 once the rest (192) are pending. A scan
+#: from 64 addresses or more (4 pending each) otherwise held all 256, and a known charger
+#: that needed a check (its password changed, its instance gone) was answered 503 as long
+#: as it went on (leftover of sessions 26 to 30). Not kept for every real cpId: with the
+#: rest full, 401 for a real one against 503 for a made-up one would tell which exist; a
+#: prober at a charger's own address already can (docs/architecture.md).
+KNOWN_SHARE_OF = 4
+#: Checks of one station's known addresses pending at once that the share above takes
+#: (one runs at a time per station, ``_check``; one more is ready): beyond, they are any
+#: other password's, so a scan of one real cpId from the many addresses its charger passed
+#: from (a carrier's CGNAT pool) cannot take the share either.
+KNOWN_SHARE_PER_STATION = 2
 #: The ``Retry-After`` of that 503 (seconds), and of the 429 below.
 CHECKS_BUSY_RETRY_AFTER_S = 2
 #: Password checks pending on one instance for one client address (an IPv6 one by its
@@ -346,6 +361,9 @@ class OcppServer:
         #: turn (``MAX_PENDING_PER_ADDRESS``, ``_AddressTurns``).
         self._checks: set[asyncio.Task[bool]] = set()
         self._turns = _AddressTurns()
+        #: cp_id → its checks pending from addresses its charger passed from, while any
+        #: are (``KNOWN_SHARE_PER_STATION``): at most ``MAX_PENDING_CHECKS`` entries.
+        self._known_checks: dict[str, int] = {}
         #: Seconds after its arrival a refused password is answered
         #: (``CHARGER_REFUSAL_DELAY_S``; tests shorten it).
         self.refusal_delay = refusal_delay
@@ -835,7 +853,8 @@ class OcppServer:
         address's turn already (beyond ``MAX_PENDING_PER_ADDRESS`` pending, one waits its
         turn: ``_AddressTurns``), the address has spent its budget of unverified checks
         if it has one (``ChargerSignIns.checks``), or (503) ``MAX_PENDING_CHECKS`` checks
-        are pending here (``_checks_refused``).
+        are pending here, all but a share kept for known chargers unless its charger
+        passed from ``peer`` (``_checks_refused``).
 
         Every password not known right is counted as it arrives, before anything checks
         or waits for it (one found right is taken back): a burst is held to the budget
@@ -919,7 +938,8 @@ class OcppServer:
                 return await self._password_ok(station, password, peer, turn=True,
                                                arrived=arrived)
             holding[0] = True
-        busy = self._checks_refused(peer)
+        known_check = self._known_check(sign_ins, station.cp_id, peer)
+        busy = self._checks_refused(peer, known_check)
         if busy is not None:
             return busy
         lockouts = [] if former else sign_ins.failed(station.cp_id, key, peer)
@@ -931,10 +951,12 @@ class OcppServer:
                 self._check(station, password, digest, former, peer, lockouts),
                 name="chargegraph-ocpp-password-check")
             self._checks.add(check)
+            if known_check:
+                self._known_checks[station.cp_id] = self._known_checks.get(station.cp_id, 0) + 1
             holding[0] = False  # the address's turn is the check's until it ends
             counted = None if former else sign_ins
             check.add_done_callback(lambda done: self._check_ended(
-                done, client, station.cp_id, key, peer, counted))
+                done, client, station.cp_id, key, peer, counted, known_check))
         else:  # the charger's former password, refused by this hash already: no argon2
             check = asyncio.get_running_loop().create_future()
             check.set_result(False)
@@ -945,26 +967,36 @@ class OcppServer:
         check.add_done_callback(lambda done: self._check_done(done, slot, under_way))
         return await self._answer(station, peer, slot, under_way, arrived)
 
-    def _checks_refused(self, peer: str) -> Refused | None:
+    def _known_check(self, sign_ins: ChargerSignIns, cp_id: str, peer: str) -> bool:
+        """Whether a check of ``cp_id``'s password from ``peer`` may take the share kept
+        for known chargers (``KNOWN_SHARE_OF``): its charger passed from there (never a
+        made-up id's: ``sign_ins`` is then their table, where nobody passes) and the
+        station has fewer than ``KNOWN_SHARE_PER_STATION`` such checks pending."""
+        return sign_ins.passed_from(cp_id, peer) \
+            and self._known_checks.get(cp_id, 0) < KNOWN_SHARE_PER_STATION
+
+    def _checks_refused(self, peer: str, known_check: bool = False) -> Refused | None:
         """Why a password not known right is not checked now, counted nowhere, once it
         has its address's turn: its address has spent its budget of unverified checks,
         if there is one (429: one address's work is bounded across cpIds, a real cpId's
         and a made-up one's alike); or ``MAX_PENDING_CHECKS`` are pending here (503:
-        the instance's)."""
+        the instance's), or, unless ``known_check`` (``_known_check``), all but the share
+        kept for known chargers (``KNOWN_SHARE_OF``)."""
         spent = self.charging.sign_ins.checks_refused_for(peer)
         if spent is not None:
             return Refused(max(1, math.ceil(spent.total_seconds())),
                            "too many password checks from here: try again later\n",
                            reason="too many password checks from there lately: not "
                                   "checked, not counted")
-        if len(self._checks) >= MAX_PENDING_CHECKS:
+        kept = 0 if known_check else MAX_PENDING_CHECKS // KNOWN_SHARE_OF
+        if len(self._checks) >= MAX_PENDING_CHECKS - kept:
             return Refused(CHECKS_BUSY_RETRY_AFTER_S,
                            "too many password checks pending: try again later\n",
                            status=HTTPStatus.SERVICE_UNAVAILABLE)
         return None
 
     def _check_ended(self, check: asyncio.Future[bool], client: str, cp_id: str, key: str,
-                     peer: str, counted: ChargerSignIns | None) -> None:
+                     peer: str, counted: ChargerSignIns | None, known_check: bool) -> None:
         """A check is over: its address has one fewer pending. Cancelled (``stop``: the
         instance goes, its handshakes with it), the password was never checked, so
         what its arrival counted is withdrawn, here and (shared) on the other instances:
@@ -972,6 +1004,12 @@ class OcppServer:
         failure, which may have started a lockout, and the address's check (review
         r26-security4: a right password pending at a stop stayed counted as wrong)."""
         self._turns.release(client)
+        if known_check:
+            left = self._known_checks[cp_id] - 1
+            if left:
+                self._known_checks[cp_id] = left
+            else:
+                del self._known_checks[cp_id]
         if not check.cancelled():
             return
         if counted is not None:

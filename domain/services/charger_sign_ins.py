@@ -184,9 +184,14 @@ class ChargerSignIns:
         if locked is not None:
             return locked
         locked = self.by_station.locked_for(station)
-        if locked is not None and not self.known.knows(_known_key(cp_id, client)):
+        if locked is not None and not self.passed_from(cp_id, address):
             return locked
         return None
+
+    def passed_from(self, cp_id: str, address: str) -> bool:
+        """Whether the station's charger passed the check from ``address`` (an IPv6 one by
+        its /64) within ``KNOWN_FOR``, here or on another instance (``KnownAddresses``)."""
+        return self.known.knows(_known_key(cp_id, address_key(address)))
 
     def failed(self, cp_id: str, password_hash: str, address: str) -> list[Lockout]:
         """Counts a wrong password; the lockouts it started (each is logged once)."""

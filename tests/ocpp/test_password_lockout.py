@@ -784,6 +784,110 @@ async def test_checks_pending_beyond_the_bound_are_answered_503_and_not_counted(
                                                  "203.0.113.2") is None
 
 
+def holding_guesses(central: Central, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Checks of the password "guess" stay pending (before the hashing threads, which
+    stay free for the others) until the event returned is set."""
+    charging = central.services.charging
+    real = charging.station_password_ok
+    held = asyncio.Event()
+
+    async def holding(station: d.Station, password: str | None) -> bool:
+        if password == "guess":
+            await held.wait()
+        return await real(station, password)
+
+    monkeypatch.setattr(charging, "station_password_ok", holding)
+    return held
+
+
+async def scan_holding_the_checks(central: Central, count: int,
+                                  server: OcppServer | None = None, url: str = ""
+                                  ) -> list[asyncio.Future[int]]:
+    """One guess each at made-up cpIds from ``count`` addresses (each under its own
+    bound of 4 pending), once each is pending or answered; at ``server`` (at ``url``),
+    else the central's."""
+    at = server or central.server
+    scan: list[asyncio.Future[int]] = [
+        asyncio.ensure_future(attempt_at(url or central.url, f"NOPE-{i}", "guess",
+                                         f"203.0.113.{i + 1}"))
+        for i in range(count)]
+    await soon(lambda: len(at._checks) + sum(f.done() for f in scan) == count)
+    return scan
+
+
+async def test_a_scan_from_many_addresses_leaves_room_for_a_charger_at_its_known_address(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leftover of sessions 26 to 30: a scan from 64 addresses or more (4 pending each),
+    one guess each at made-up cpIds, held all 256 pending checks, and a charger that
+    needed one (its password changed; after its instance went, another) was answered 503
+    as long as it lasted. A quarter is kept for a station's charger at an address it
+    passed from; a real cpId's guess from elsewhere is answered 503 as a made-up one's
+    (which exist is not told). Scaled: 8 for 256, 2 of them kept."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 8)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its address known
+    # A new password: nothing cached answers it, it needs a check.
+    await central.services.stations.update_station(SYSTEM, central.stations["CP-1"].id,
+                                                   password="brand-new-password-1")
+    held = holding_guesses(central, monkeypatch)
+    scan = await scan_holding_the_checks(central, 8)
+    assert await attempt(central, "brand-new-password-1", CHARGER) == 101
+    assert len(central.server._checks) == 6  # the rest of the scan answered 503
+    assert await attempt(central, "guess", "203.0.113.99", "NOPE-X") == 503
+    assert await attempt(central, "guess", "203.0.113.99", "CP-1") == 503
+    held.set()
+    assert sorted(await asyncio.gather(*scan)) == [401] * 6 + [503] * 2
+    assert not central.server._known_checks
+
+
+async def test_a_charger_moving_to_another_instance_under_a_scan_is_let_in_there(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its instance gone, a balancer sends the charger to another, where nothing cached
+    answers its password: it needs a check there, and its address, known on every
+    instance, takes it from the share kept while a scan holds the rest. Scaled: 8 for
+    256, 2 kept."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 8)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # on this instance
+    async with second_instance(central) as (other, other_url):
+        held = holding_guesses(central, monkeypatch)
+        scan = await scan_holding_the_checks(central, 8, other, other_url)
+        assert await attempt_at(other_url, "CP-1", STATION_PASSWORD, CHARGER) == 101
+        assert await attempt_at(other_url, "CP-1", "guess", "203.0.113.99") == 503
+        held.set()
+        assert sorted(await asyncio.gather(*scan)) == [401] * 6 + [503] * 2
+
+
+async def test_one_station_scanned_from_its_known_addresses_takes_two_of_the_kept_checks(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept share is not one station's: guesses at a real cpId from the many
+    addresses its charger passed from (a carrier's CGNAT pool) take two of it, then are
+    any other password's (503 with the rest full), and another station's charger at its
+    known address still gets in. Scaled: 16 for 256, 4 kept."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 16)
+    pool = [f"100.64.0.{i}" for i in range(1, 5)]
+    for address in pool:
+        assert await attempt(central, STATION_PASSWORD, address) == 101
+    await central.services.stations.create_station(
+        SYSTEM, cp_id="CP-2", name="CP-2", company_id=central.stations["CP-1"].company_id,
+        password=STATION_PASSWORD)
+    assert await attempt(central, STATION_PASSWORD, CHARGER, "CP-2") == 101
+    stations = central.services.stations
+    await stations.update_station(SYSTEM, central.stations["CP-1"].id, password="new-1-pw")
+    cp_2 = await central.services.charging.station("CP-2")
+    assert cp_2 is not None
+    await stations.update_station(SYSTEM, cp_2.id, password="new-2-pw")
+    held = holding_guesses(central, monkeypatch)
+    scan = await scan_holding_the_checks(central, 12)
+    assert len(central.server._checks) == 12
+    guesses = [asyncio.ensure_future(attempt(central, "guess", address)) for address in pool]
+    # Two pending, two answered 503 (bounded: else all four held the kept share).
+    await soon(lambda: len(central.server._checks) + sum(g.done() for g in guesses) == 16)
+    assert await attempt(central, "new-2-pw", CHARGER, "CP-2") == 101
+    assert len(central.server._checks) == 14
+    held.set()
+    assert sorted(await asyncio.gather(*guesses)) == [401, 401, 503, 503]
+    assert sorted(await asyncio.gather(*scan)) == [401] * 12
+
+
 async def test_a_station_without_a_password_and_auto_registration_still_let_chargers_in(
         tmp_path: Path) -> None:
     central = await start_central(tmp_path / "auto.db", auto_register=True)
