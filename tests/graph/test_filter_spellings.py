@@ -159,6 +159,7 @@ async def test_the_old_forms_are_deprecated_in_introspection(api: Api, world: Wo
         "SessionEventFilter": {"cpId": "cpIds"},
         "CommandEventFilter": {"cpId": "cpIds"},
         "ReserveNowInput": {"expiryDate": "expiresAt"},
+        "IdTagInfoInput": {"expiryDate": "expiresAt"},
     }
     for type_name, old_to_new in deprecated.items():
         data = await api.gql(INPUT_FIELDS, {"t": type_name})
