@@ -551,12 +551,14 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
     # the demo's restart, the map showing an inoperative plug Available again. A world
     # seeded now (also after --reset) has chargers never told anything, with or without
     # --no-chargers: an older world's file would come back with them later.
-    states = ChargerStates(charger_state_file(settings.database_url), fresh=summary.created)
+    states = ChargerStates(charger_state_file(settings.database_url).resolve(),
+                           fresh=summary.created)
 
     async def fleet() -> None:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
-        typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers))
+        typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers,
+                          state_file=states.path))
         if chargers:
             await run_fleet(demo_fleet(settings, summary, states), stop)
 

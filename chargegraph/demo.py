@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from chargegraph.errors import ConfigError
@@ -261,9 +262,12 @@ async def _user(services: Services, email: str, name: str, role: d.Role,
 
 
 def banner(summary: DemoSummary, graphql_url: str, ocpp_url: str, *,
-           chargers: bool = True) -> str:
+           chargers: bool = True, state_file: Path | None = None) -> str:
     """The box the demo prints once it serves; ``chargers``: whether it runs simulated
-    chargers (``--no-chargers`` runs none, and the box must not promise eight)."""
+    chargers (``--no-chargers`` runs none, and the box must not promise eight);
+    ``state_file``: where they keep what they were told (``charger_state_file``), named
+    so that whoever finds it knows what it is and that a new world removes it (QA s31:
+    the demo wrote it and said nothing)."""
     simulated = (f"{len(summary.cp_ids)} ({', '.join(summary.cp_ids[:3])}, …)" if chargers
                  else "none (--no-chargers)")
     lines = [
@@ -272,6 +276,8 @@ def banner(summary: DemoSummary, graphql_url: str, ocpp_url: str, *,
         f"GraphQL + GraphiQL  {graphql_url}",
         f"OCPP 1.6J           {ocpp_url}/{{cpId}}",
         f"Simulated chargers  {simulated}",
+        *([f"Chargers' state     {state_file} (kept across restarts; a new world, "
+           "first start or --reset, removes it)"] if state_file is not None else []),
         "",
         "Logins (mutation { login(email, password) { token } }):",
         *(f"  {role:<9} {email:<34} {password}" for role, email, password in summary.logins),

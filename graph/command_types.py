@@ -487,8 +487,13 @@ class ChargingProfileInput:
 class IdTagInfoInput:
     status: AuthorizationStatus = strawberry.field(  # type: ignore[valid-type]
         description="What the charger answers for the tag from its list.")
-    expiry_date: datetime | None = strawberry.field(default=None, description=(
-        "When the charger stops accepting the tag; left out: no expiry."))
+    expires_at: datetime | None = strawberry.field(default=None, description=(
+        "When the charger stops accepting the tag (as `IdTag.expiresAt`); left out: no "
+        "expiry. Not with the deprecated `expiryDate` (INVALID with both)."))
+    expiry_date: datetime | None = strawberry.field(
+        default=None, deprecation_reason="Use `expiresAt`, as `IdTag.expiresAt` reads it; "
+                                         "not with it.",
+        description="When the charger stops accepting the tag, by OCPP's name.")
     parent_id_tag: str | None = strawberry.field(default=None, description=(
         "The tag's group (OCPP parentIdTag, at most 20 characters)."))
 

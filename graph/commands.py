@@ -486,28 +486,32 @@ def _vehicle(data: dict[str, Any]) -> list[ValidationError]:
     return checks.errors
 
 
-#: reserveNow's two names for its end, in the input's order.
+#: The two names of an end OCPP calls ``expiryDate`` (reserveNow's, a local list card's),
+#: in the inputs' order: the API's, as a reservation and a card read it, and OCPP's.
 _END_NAMES = ("expiresAt", "expiryDate")
 
 
-def _expiry(input: ReserveNowInput, data: dict[str, Any]
+def _expiry(input: Any, data: dict[str, Any], at: str = "", *, required: bool = True
             ) -> tuple[str, list[ValidationError]]:
-    """A ReserveNow's end under OCPP's name (``expiryDate``), given as ``expiresAt``, the
-    name a reservation reads it by, or the deprecated ``expiryDate`` (QA s30: a client
-    had to write one and read the other): exactly one. Put in the place of the names in
-    the input, left out as null (the domain's REQUIRED), so that the domain tells the
-    faults of the input in its fields' order; both given is this fault, told with the
+    """An end under OCPP's name (``expiryDate``), given as ``expiresAt``, the name the
+    API reads it by (``Reservation.expiresAt``, ``IdTag.expiresAt``), or the deprecated
+    ``expiryDate`` (QA s30: a client had to write one and read the other): one of them.
+    ``data`` is ``input`` as OCPP's payload (``to_ocpp``), at ``at`` in the command's.
+    The end is put in the place of the names in the input, so that the domain tells the
+    faults of the input in its fields' order; left out, as null where it is ``required``
+    (the domain's REQUIRED), else not at all. Both given is this fault, told with the
     others and after the refusals of who is asking (review s30: raised here first, it
     hid them). The name the caller used (``expiresAt`` unless only the deprecated one),
     for the errors about it, and the fault."""
     given = [name for name in _END_NAMES if name in data]
     end = data[given[0]] if given else None
     faults = [ValidationError("give expiresAt (or the deprecated expiryDate), not both",
-                              field="expiryDate")] if len(given) > 1 else []
+                              field=f"{at}expiryDate")] if len(given) > 1 else []
     ordered: dict[str, Any] = {}
     for name in (to_camel_case(f.name) for f in fields(input)):
         if name in _END_NAMES:
-            ordered.setdefault("expiryDate", end)
+            if given or required:
+                ordered.setdefault("expiryDate", end)
         elif name in data:
             ordered[name] = data[name]
     data.clear()
@@ -515,9 +519,28 @@ def _expiry(input: ReserveNowInput, data: dict[str, Any]
     return (given[0] if len(given) == 1 else "expiresAt"), faults
 
 
-def _named(errors: list[UserError], field: str, given: str) -> list[UserError]:
-    """``errors`` with ``field`` called ``given``, the name the input gave it by."""
-    return [replace(e, field=given) if e.field == field else e for e in errors]
+def _card_expiries(input: SendLocalListInput, data: dict[str, Any]
+                   ) -> tuple[dict[str, str], list[ValidationError]]:
+    """Each card's end in a local list, as ``_expiry`` takes reserveNow's (QA s31: the
+    list's ``idTagInfo`` kept OCPP's ``expiryDate`` where a card reads ``expiresAt``):
+    the names given, by the path of OCPP's, and the faults."""
+    names: dict[str, str] = {}
+    faults: list[ValidationError] = []
+    for i, (entry, sent) in enumerate(zip(input.local_authorization_list or (),
+                                          data.get("localAuthorizationList", ()),
+                                          strict=True)):
+        if entry.id_tag_info is None:
+            continue
+        at = f"localAuthorizationList.{i}.idTagInfo."
+        given, fault = _expiry(entry.id_tag_info, sent["idTagInfo"], at, required=False)
+        names[f"{at}expiryDate"] = f"{at}{given}"
+        faults += fault
+    return names, faults
+
+
+def _named(errors: list[UserError], names: dict[str, str]) -> list[UserError]:
+    """``errors`` with the fields of ``names`` called by the names the input gave them."""
+    return [replace(e, field=names[e.field]) if e.field in names else e for e in errors]
 
 
 @strawberry.type
@@ -617,7 +640,7 @@ class CommandMutation:
         outcome, errors = await _send(info, cp_id, "ReserveNow", data, faults + end_faults)
         return ReserveNowPayload(status=_status(outcome, t.ReservationStatus),
                                  reservation=_reservation(info, outcome),
-                                 **_common(outcome, _named(errors, "expiryDate", given)))
+                                 **_common(outcome, _named(errors, {"expiryDate": given})))
 
     @strawberry.mutation(description="OCPP CancelReservation.")
     async def cancel_reservation(self, info: Info, input: CancelReservationInput
@@ -672,9 +695,10 @@ class CommandMutation:
     async def send_local_list(self, info: Info, input: SendLocalListInput
                               ) -> SendLocalListPayload:
         cp_id, data = _payload(input)
-        outcome, errors = await _send(info, cp_id, "SendLocalList", data)
+        names, faults = _card_expiries(input, data)
+        outcome, errors = await _send(info, cp_id, "SendLocalList", data, faults)
         return SendLocalListPayload(status=_status(outcome, t.UpdateStatus),
-                                    **_common(outcome, errors))
+                                    **_common(outcome, _named(errors, names)))
 
     @strawberry.mutation(description="OCPP GetDiagnostics.")
     async def get_diagnostics(self, info: Info, input: GetDiagnosticsInput

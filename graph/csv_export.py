@@ -189,8 +189,17 @@ def _enum(kind: type[Enum]) -> Callable[[str, str], Enum]:
 @dataclass(frozen=True, slots=True)
 class Param:
     parse: Callable[[str, str], Any] = _text
-    #: A list: the parameter repeated (``stationIds=A&stationIds=B``).
+    #: A list: the parameter repeated (``stationIds=A&stationIds=B``), its values joined
+    #: by commas (``cpIds=A,B``), or both.
     many: bool = False
+
+
+def _items(given: list[str]) -> list[str]:
+    """A list parameter's values, each given one split at its commas: no list item can
+    hold one (a cpId is letters, digits and ``._~-*+|@``, ``validation.cp_id``; an id is
+    base64 or hex), so ``cpIds=A,B`` is two cpIds (QA s31: it was one, "A,B", that
+    silently matched nothing)."""
+    return [item.strip() for value in given for item in value.split(",")]
 
 
 class Params:
@@ -207,9 +216,12 @@ class Params:
             given = raw.getlist(name)
             if len(given) > 1 and not spec.many:
                 raise DomainError("given more than once", field=name, code="INVALID")
+            if spec.many:
+                given = _items(given)
             if any(not value.strip() for value in given):
-                raise DomainError("give a value or leave the parameter out", field=name,
-                                  code="REQUIRED")
+                raise DomainError("give a value or leave the parameter out" + (
+                    " (no empty item between commas)" if spec.many else ""), field=name,
+                    code="REQUIRED")
             parsed = [spec.parse(name, value) for value in given]
             self._values[name] = parsed if spec.many else parsed[0]
 
@@ -394,7 +406,7 @@ class Export:
 
 EXPORTS: dict[str, Export] = {
     "sessions": Export(SESSION_COLUMNS, {
-        "cpIds": Param(many=True), "cpId": Param(), "connectorId": Param(_integer),
+        "cpIds": _IDS, "cpId": Param(), "connectorId": Param(_integer),
         "stationIds": _IDS, "stationId": _ID, "userId": _ID, "vehicleId": _ID,
         "state": Param(_enum(d.SessionState)), "from": _WHEN, "to": _WHEN,
         "idTag": Param()}, _sessions),
@@ -404,7 +416,7 @@ EXPORTS: dict[str, Export] = {
     "energy": Export(ENERGY_COLUMNS, {
         "from": _WHEN, "to": _WHEN, "bucket": Param(_enum(Bucket)), "timeZone": Param(),
         "currency": Param(), "groupBy": Param(_enum(GroupBy)), "stationIds": _IDS,
-        "cpIds": Param(many=True), "companyId": _ID, "siteId": _ID, "userId": _ID,
+        "cpIds": _IDS, "companyId": _ID, "siteId": _ID, "userId": _ID,
         "vehicleId": _ID}, _energy),
     "audit": Export(AUDIT_COLUMNS, {
         "entity": Param(), "entityId": _ID, "actorId": _ID,

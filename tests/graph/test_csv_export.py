@@ -141,6 +141,23 @@ def test_an_offsets_plus_left_unencoded_in_the_url_is_still_its_offset() -> None
         assert refused.value.code == "INVALID"
 
 
+def test_every_list_parameter_of_every_export_takes_commas_and_repetition_alike() -> None:
+    """QA s31: a list joined by commas was one value; every list parameter of every
+    export splits it, and a single-valued one keeps its comma (it is the value's)."""
+    lists = [(name, param) for name, export in csv_export.EXPORTS.items()
+             for param, spec in export.params.items() if spec.many]
+    assert {p for _, p in lists} == {"cpIds", "stationIds"}
+    assert {n for n, _ in lists} == {"sessions", "payments", "energy"}
+    for name, param in lists:
+        accepted = csv_export.EXPORTS[name].params
+        for query in (f"{param}=A,B&{param}=C", f"{param}=A&{param}=B,C",
+                      f"{param}=A&{param}=B&{param}=C"):
+            got = csv_export.Params(QueryParams(query), accepted).get(param)
+            assert got == ["A", "B", "C"], (name, query)
+    idtag = csv_export.Params(QueryParams("idTag=A,B"), csv_export.EXPORTS["sessions"].params)
+    assert idtag.get("idTag") == "A,B"
+
+
 async def test_audit_csv_lists_entries_of_one_instant_last_written_first(
         services: Services, world: World) -> None:
     """As ``auditLog`` does (QA s30: the store's ascending ``id`` tie-breaker put a

@@ -159,6 +159,7 @@ async def test_the_old_forms_are_deprecated_in_introspection(api: Api, world: Wo
         "SessionEventFilter": {"cpId": "cpIds"},
         "CommandEventFilter": {"cpId": "cpIds"},
         "ReserveNowInput": {"expiryDate": "expiresAt"},
+        "IdTagInfoInput": {"expiryDate": "expiresAt"},
     }
     for type_name, old_to_new in deprecated.items():
         data = await api.gql(INPUT_FIELDS, {"t": type_name})
@@ -218,3 +219,22 @@ async def test_sessions_csv_takes_cp_ids_repeated_as_its_other_lists(
     assert await sessions_csv(services, world, "&".join(["cpIds=A-001"] * 101)) == (
         400, [("cpIds", "TOO_LONG")])
     assert await sessions_csv(services, world, "cpIds=") == (400, [("cpIds", "REQUIRED")])
+
+
+async def test_sessions_csv_reads_a_list_joined_by_commas_as_its_items(
+        services: Services, world: World) -> None:
+    """QA s31: ``cpIds=A-001,B-001`` was one cpId, "A-001,B-001", that matched nothing,
+    an empty file where the user asked for two chargers' sessions. No cpId or id can hold
+    a comma, so it is split; repeated and joined mix, and the bound counts the items."""
+    both = ["A-001", "B-001"]
+    assert await sessions_csv(services, world, "cpIds=A-001,B-001") == both
+    assert await sessions_csv(services, world, "cpIds=A-001%2C%20B-001") == both
+    assert await sessions_csv(services, world, "cpIds=A-001,B-001&cpIds=A-002") == [
+        "A-001", "A-002", "B-001"]
+    ids = ",".join(station(world, cp) for cp in both)
+    assert await sessions_csv(services, world, f"stationIds={ids}") == both
+    assert await sessions_csv(services, world, "cpIds=" + ",".join(["A-001"] * 101)) == (
+        400, [("cpIds", "TOO_LONG")])
+    for empty in ("cpIds=A-001,", "cpIds=,A-001", "stationIds=" + ids + ",,"):
+        assert await sessions_csv(services, world, empty) == (
+            400, [(empty.split("=")[0], "REQUIRED")]), empty

@@ -142,6 +142,18 @@ def test_the_banner_promises_no_chargers_without_them() -> None:
     assert "(A, B, C" not in without
 
 
+def test_the_banner_says_where_the_chargers_keep_their_state(tmp_path: Path) -> None:
+    """QA s31: the demo kept its chargers' state in a file it never mentioned."""
+    url, ocpp = "http://127.0.0.1:8000/graphql", "ws://127.0.0.1:9000/ocpp"
+    state = tmp_path / "demo.db.chargers.json"
+    shown = banner(seed_summary(), url, ocpp, state_file=state).splitlines()
+    assert len({len(line) for line in shown}) == 1  # still a rectangle
+    [line] = [line for line in shown if "Chargers' state" in line]
+    assert line.startswith(f"| Chargers' state     {state} (")
+    assert "a new world, first start or --reset, removes it" in line
+    assert "Chargers' state" not in banner(seed_summary(), url, ocpp)
+
+
 def seed_summary() -> DemoSummary:
     from chargegraph.demo import COMPANIES, DRIVERS
 

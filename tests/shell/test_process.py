@@ -113,6 +113,9 @@ def test_demo_seeds_serves_and_stops(launch: list[subprocess.Popen[str]],
     stdout, _ = stop(process)
     assert f"{url}/graphql" in stdout and "chargegraph-demo" in stdout
     assert "Simulated chargers  none (--no-chargers)" in stdout
+    # Where the chargers keep their state, beside the database (QA s31: never said).
+    state = (tmp_path / "data").resolve() / "svc.db.chargers.json"
+    assert f"Chargers' state     {state} (kept across restarts;" in stdout
     # A second start keeps the world it finds.
     process, url = start(launch, tmp_path, "demo", "--no-chargers")
     assert admin_id(url) == first_admin
