@@ -8,7 +8,7 @@ A hidden record reads exactly like a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -504,22 +504,20 @@ class Policy:
         return self.guard_private(viewer, kind, self._guard_subqueries(viewer, where))
 
     def _guard_subqueries(self, viewer: Viewer, where: Filter) -> Filter:
-        match where:
-            case And(parts):
-                return all_of(*(self._guard_subqueries(viewer, part) for part in parts))
-            case Or(parts):
-                return any_of(*(self._guard_subqueries(viewer, part) for part in parts))
-            case Sub(field, kind, inner, select, joined):
-                return Sub(field, kind, self.guard_nested(viewer, kind, inner), select,
-                           joined)
-            case NotSub(field, kind, inner, select, joined):
-                # Guarding narrows the sub-select to what the viewer may know, so its
-                # complement grows: "not on company X's stations" matches everything for
-                # a driver, which tells them nothing about company X.
-                return NotSub(field, kind, self.guard_nested(viewer, kind, inner), select,
-                              joined)
-            case _:
-                return where
+        def guarded(condition: Filter) -> Filter:
+            match condition:
+                case Sub(field, kind, inner, select, joined):
+                    return Sub(field, kind, self.guard_nested(viewer, kind, inner), select,
+                               joined)
+                case NotSub(field, kind, inner, select, joined):
+                    # Guarding narrows the sub-select to what the viewer may know, so its
+                    # complement grows: "not on company X's stations" matches everything
+                    # for a driver, which tells them nothing about company X.
+                    return NotSub(field, kind, self.guard_nested(viewer, kind, inner),
+                                  select, joined)
+                case _:
+                    return condition
+        return _each_condition(where, guarded)
 
     def audit_snapshot(self, viewer: Viewer, entry: AuditEntry,
                        snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -761,39 +759,49 @@ class Policy:
         return viewer.user_id is not None and getattr(record, owner_field) == viewer.user_id
 
 
+def _each_condition(where: Filter, rewrite: Callable[[Filter], Filter]) -> Filter:
+    """``where`` with each condition under its ANDs and ORs (not inside a sub-select's
+    filter) replaced by ``rewrite``'s, simplified again (``all_of``, ``any_of``): a
+    condition rewritten to ``ALL`` drops out of its AND and makes its OR hold. The one walk
+    of the policy's filter rewrites (``_given_seen``, ``_given_keys``, the guards)."""
+    match where:
+        case And(parts):
+            return all_of(*(_each_condition(part, rewrite) for part in parts))
+        case Or(parts):
+            return any_of(*(_each_condition(part, rewrite) for part in parts))
+        case _:
+            return rewrite(where)
+
+
 def _given_seen(scope: Filter, key_field: str, parent: str, parent_scope: Filter) -> Filter:
     """``scope`` for records whose ``key_field`` names a ``parent`` in ``parent_scope``:
     its conditions that such a parent satisfies whatever it is (it exists, it is in the
     parent scope, it is not in a set the parent scope excludes) replaced by ``ALL``."""
-    match scope:
-        case And(parts):
-            return all_of(*(_given_seen(p, key_field, parent, parent_scope) for p in parts))
-        case Or(parts):
-            return any_of(*(_given_seen(p, key_field, parent, parent_scope) for p in parts))
-        case Sub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
-                and inner in (ALL, parent_scope):
-            return ALL
-        case NotSub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
-                and _disjoint(parent_scope, inner):
-            return ALL
-        case _:
-            return scope
+    def decided(condition: Filter) -> Filter:
+        match condition:
+            case Sub(field, kind, inner, "id", ()) if field == key_field \
+                    and kind == parent and inner in (ALL, parent_scope):
+                return ALL
+            case NotSub(field, kind, inner, "id", ()) if field == key_field \
+                    and kind == parent and _disjoint(parent_scope, inner):
+                return ALL
+            case _:
+                return condition
+    return _each_condition(scope, decided)
 
 
 def _given_keys(scope: Filter, key_field: str, keys: Sequence[Any]) -> Filter:
     """``scope`` for records whose ``key_field`` is one of ``keys``: a condition that
     ``key_field`` equals the only key (not ``None``, which ``In`` matches as no value)
     holds, and is replaced by ``ALL``."""
-    match scope:
-        case And(parts):
-            return all_of(*(_given_keys(p, key_field, keys) for p in parts))
-        case Or(parts):
-            return any_of(*(_given_keys(p, key_field, keys) for p in parts))
-        case Eq(field, value) if field == key_field and value is not None \
-                and keys and all(k == value for k in keys):
-            return ALL
-        case _:
-            return scope
+    def decided(condition: Filter) -> Filter:
+        match condition:
+            case Eq(field, value) if field == key_field and value is not None \
+                    and keys and all(k == value for k in keys):
+                return ALL
+            case _:
+                return condition
+    return _each_condition(scope, decided)
 
 
 def _disjoint(a: Filter, b: Filter) -> bool:
@@ -809,20 +817,18 @@ def _disjoint(a: Filter, b: Filter) -> bool:
 def _guard(where: Filter, private: frozenset[str], view: Filter) -> Filter:
     """Each condition of ``where`` on a ``private`` field ANDed with ``view``; a search
     across public and private fields keeps matching the public ones for everyone."""
-    match where:
-        case And(parts):
-            return all_of(*(_guard(part, private, view) for part in parts))
-        case Or(parts):
-            return any_of(*(_guard(part, private, view) for part in parts))
-        case Search(fields, text):
-            hidden = tuple(f for f in fields if f in private)
-            if not hidden:
-                return where
-            shown = tuple(f for f in fields if f not in private)
-            return any_of(Search(shown, text) if shown else NONE,
-                          all_of(Search(hidden, text), view))
-        case Eq(field) | In(field) | Range(field) | Sub(field) | NotSub(field) \
-                if field in private:
-            return all_of(where, view)
-        case _:
-            return where
+    def guarded(condition: Filter) -> Filter:
+        match condition:
+            case Search(fields, text):
+                hidden = tuple(f for f in fields if f in private)
+                if not hidden:
+                    return condition
+                shown = tuple(f for f in fields if f not in private)
+                return any_of(Search(shown, text) if shown else NONE,
+                              all_of(Search(hidden, text), view))
+            case Eq(field) | In(field) | Range(field) | Sub(field) | NotSub(field) \
+                    if field in private:
+                return all_of(condition, view)
+            case _:
+                return condition
+    return _each_condition(where, guarded)
