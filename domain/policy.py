@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from domain.clock import utcnow
 from domain.command_rules import without_secret_value
@@ -19,11 +19,9 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
-    Payment,
     Record,
     Registration,
     Role,
-    Session,
     Station,
     User,
     Vehicle,
@@ -219,6 +217,17 @@ def refuse_unless(allowed: bool, message: str, checks: Checks | None = None) -> 
         raise Forbidden(message)
     if checks is not None:
         checks.done()
+
+
+class Booked(Protocol):
+    """What went to someone's books (``base.books_of``): a session, a payment, a session's
+    pricing (``PricedAt``)."""
+
+    @property
+    def company_id(self) -> str | None: ...
+
+    @property
+    def station_owner_id(self) -> str | None: ...
 
 
 class Policy:
@@ -717,8 +726,9 @@ class Policy:
         return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
 
     @classmethod
-    def keeps_books(cls, viewer: Viewer, record: Session | Payment) -> bool:
-        """Whether the session or payment is in the operator's books (see the scope)."""
+    def keeps_books(cls, viewer: Viewer, record: Booked) -> bool:
+        """Whether the session or payment (or what priced a session) is in the viewer's
+        books (see the scope): an admin's are everyone's."""
         return viewer.is_admin or (viewer.is_operator and cls.in_books(
             viewer, record.company_id, record.station_owner_id))
 
