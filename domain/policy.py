@@ -557,9 +557,8 @@ class Policy:
             case "vehicle":
                 return entry.holder_id is not None and entry.holder_id == viewer.user_id
             case "user":
-                return entry.entity_id == viewer.user_id or (
-                    viewer.is_operator and viewer.company_id is not None
-                    and entry.company_id == viewer.company_id)
+                return entry.entity_id == viewer.user_id \
+                    or self.may_manage_company(viewer, entry.company_id)
             case kind:
                 return self.private_view(viewer, kind) != NONE
 
@@ -676,17 +675,12 @@ class Policy:
         scopes); drivers and the public map are not told who runs a station."""
         return viewer.is_admin or viewer.is_operator
 
-    @staticmethod
-    def sees_user_private(viewer: Viewer, user: User) -> bool:
+    @classmethod
+    def sees_user_private(cls, viewer: Viewer, user: User) -> bool:
         """Email, role, company, activity: for admins, the user, and their company's
-        operators. Other operators see the drivers of their sessions by name only."""
-        if viewer.is_admin or viewer.user_id == user.id:
-            return True
-        return (
-            viewer.is_operator
-            and viewer.company_id is not None
-            and viewer.company_id == user.company_id
-        )
+        operators (who manage the company). Other operators see the drivers of their
+        sessions by name only."""
+        return viewer.user_id == user.id or cls.may_manage_company(viewer, user.company_id)
 
     @staticmethod
     def sees_vehicle_private(viewer: Viewer, vehicle: Vehicle) -> bool:
