@@ -260,7 +260,7 @@ class AccountService(Service):
             if role is Role.ADMIN:
                 raise Forbidden("operators cannot create admins", field="role")
             company_id = company_id or viewer.company_id
-            if company_id is None or company_id != viewer.company_id:
+            if not self.policy.may_manage_company(viewer, company_id):
                 raise Forbidden("operators create users in their own company",
                                 field="companyId")
         checks.done()
