@@ -8,10 +8,10 @@ A hidden record reads exactly like a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from domain.clock import utcnow
 from domain.command_rules import without_secret_value
@@ -19,11 +19,9 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
-    Payment,
     Record,
     Registration,
     Role,
-    Session,
     Station,
     User,
     Vehicle,
@@ -219,6 +217,17 @@ def refuse_unless(allowed: bool, message: str, checks: Checks | None = None) -> 
         raise Forbidden(message)
     if checks is not None:
         checks.done()
+
+
+class Booked(Protocol):
+    """What went to someone's books (``base.books_of``): a session, a payment, a session's
+    pricing (``PricedAt``)."""
+
+    @property
+    def company_id(self) -> str | None: ...
+
+    @property
+    def station_owner_id(self) -> str | None: ...
 
 
 class Policy:
@@ -504,22 +513,20 @@ class Policy:
         return self.guard_private(viewer, kind, self._guard_subqueries(viewer, where))
 
     def _guard_subqueries(self, viewer: Viewer, where: Filter) -> Filter:
-        match where:
-            case And(parts):
-                return all_of(*(self._guard_subqueries(viewer, part) for part in parts))
-            case Or(parts):
-                return any_of(*(self._guard_subqueries(viewer, part) for part in parts))
-            case Sub(field, kind, inner, select, joined):
-                return Sub(field, kind, self.guard_nested(viewer, kind, inner), select,
-                           joined)
-            case NotSub(field, kind, inner, select, joined):
-                # Guarding narrows the sub-select to what the viewer may know, so its
-                # complement grows: "not on company X's stations" matches everything for
-                # a driver, which tells them nothing about company X.
-                return NotSub(field, kind, self.guard_nested(viewer, kind, inner), select,
-                              joined)
-            case _:
-                return where
+        def guarded(condition: Filter) -> Filter:
+            match condition:
+                case Sub(field, kind, inner, select, joined):
+                    return Sub(field, kind, self.guard_nested(viewer, kind, inner), select,
+                               joined)
+                case NotSub(field, kind, inner, select, joined):
+                    # Guarding narrows the sub-select to what the viewer may know, so its
+                    # complement grows: "not on company X's stations" matches everything
+                    # for a driver, which tells them nothing about company X.
+                    return NotSub(field, kind, self.guard_nested(viewer, kind, inner),
+                                  select, joined)
+                case _:
+                    return condition
+        return _each_condition(where, guarded)
 
     def audit_snapshot(self, viewer: Viewer, entry: AuditEntry,
                        snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -550,9 +557,8 @@ class Policy:
             case "vehicle":
                 return entry.holder_id is not None and entry.holder_id == viewer.user_id
             case "user":
-                return entry.entity_id == viewer.user_id or (
-                    viewer.is_operator and viewer.company_id is not None
-                    and entry.company_id == viewer.company_id)
+                return entry.entity_id == viewer.user_id \
+                    or self.may_manage_company(viewer, entry.company_id)
             case kind:
                 return self.private_view(viewer, kind) != NONE
 
@@ -669,17 +675,12 @@ class Policy:
         scopes); drivers and the public map are not told who runs a station."""
         return viewer.is_admin or viewer.is_operator
 
-    @staticmethod
-    def sees_user_private(viewer: Viewer, user: User) -> bool:
+    @classmethod
+    def sees_user_private(cls, viewer: Viewer, user: User) -> bool:
         """Email, role, company, activity: for admins, the user, and their company's
-        operators. Other operators see the drivers of their sessions by name only."""
-        if viewer.is_admin or viewer.user_id == user.id:
-            return True
-        return (
-            viewer.is_operator
-            and viewer.company_id is not None
-            and viewer.company_id == user.company_id
-        )
+        operators (who manage the company). Other operators see the drivers of their
+        sessions by name only."""
+        return viewer.user_id == user.id or cls.may_manage_company(viewer, user.company_id)
 
     @staticmethod
     def sees_vehicle_private(viewer: Viewer, vehicle: Vehicle) -> bool:
@@ -719,8 +720,9 @@ class Policy:
         return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
 
     @classmethod
-    def keeps_books(cls, viewer: Viewer, record: Session | Payment) -> bool:
-        """Whether the session or payment is in the operator's books (see the scope)."""
+    def keeps_books(cls, viewer: Viewer, record: Booked) -> bool:
+        """Whether the session or payment (or what priced a session) is in the viewer's
+        books (see the scope): an admin's are everyone's."""
         return viewer.is_admin or (viewer.is_operator and cls.in_books(
             viewer, record.company_id, record.station_owner_id))
 
@@ -761,39 +763,49 @@ class Policy:
         return viewer.user_id is not None and getattr(record, owner_field) == viewer.user_id
 
 
+def _each_condition(where: Filter, rewrite: Callable[[Filter], Filter]) -> Filter:
+    """``where`` with each condition under its ANDs and ORs (not inside a sub-select's
+    filter) replaced by ``rewrite``'s, simplified again (``all_of``, ``any_of``): a
+    condition rewritten to ``ALL`` drops out of its AND and makes its OR hold. The one walk
+    of the policy's filter rewrites (``_given_seen``, ``_given_keys``, the guards)."""
+    match where:
+        case And(parts):
+            return all_of(*(_each_condition(part, rewrite) for part in parts))
+        case Or(parts):
+            return any_of(*(_each_condition(part, rewrite) for part in parts))
+        case _:
+            return rewrite(where)
+
+
 def _given_seen(scope: Filter, key_field: str, parent: str, parent_scope: Filter) -> Filter:
     """``scope`` for records whose ``key_field`` names a ``parent`` in ``parent_scope``:
     its conditions that such a parent satisfies whatever it is (it exists, it is in the
     parent scope, it is not in a set the parent scope excludes) replaced by ``ALL``."""
-    match scope:
-        case And(parts):
-            return all_of(*(_given_seen(p, key_field, parent, parent_scope) for p in parts))
-        case Or(parts):
-            return any_of(*(_given_seen(p, key_field, parent, parent_scope) for p in parts))
-        case Sub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
-                and inner in (ALL, parent_scope):
-            return ALL
-        case NotSub(field, kind, inner, "id", ()) if field == key_field and kind == parent \
-                and _disjoint(parent_scope, inner):
-            return ALL
-        case _:
-            return scope
+    def decided(condition: Filter) -> Filter:
+        match condition:
+            case Sub(field, kind, inner, "id", ()) if field == key_field \
+                    and kind == parent and inner in (ALL, parent_scope):
+                return ALL
+            case NotSub(field, kind, inner, "id", ()) if field == key_field \
+                    and kind == parent and _disjoint(parent_scope, inner):
+                return ALL
+            case _:
+                return condition
+    return _each_condition(scope, decided)
 
 
 def _given_keys(scope: Filter, key_field: str, keys: Sequence[Any]) -> Filter:
     """``scope`` for records whose ``key_field`` is one of ``keys``: a condition that
     ``key_field`` equals the only key (not ``None``, which ``In`` matches as no value)
     holds, and is replaced by ``ALL``."""
-    match scope:
-        case And(parts):
-            return all_of(*(_given_keys(p, key_field, keys) for p in parts))
-        case Or(parts):
-            return any_of(*(_given_keys(p, key_field, keys) for p in parts))
-        case Eq(field, value) if field == key_field and value is not None \
-                and keys and all(k == value for k in keys):
-            return ALL
-        case _:
-            return scope
+    def decided(condition: Filter) -> Filter:
+        match condition:
+            case Eq(field, value) if field == key_field and value is not None \
+                    and keys and all(k == value for k in keys):
+                return ALL
+            case _:
+                return condition
+    return _each_condition(scope, decided)
 
 
 def _disjoint(a: Filter, b: Filter) -> bool:
@@ -809,20 +821,18 @@ def _disjoint(a: Filter, b: Filter) -> bool:
 def _guard(where: Filter, private: frozenset[str], view: Filter) -> Filter:
     """Each condition of ``where`` on a ``private`` field ANDed with ``view``; a search
     across public and private fields keeps matching the public ones for everyone."""
-    match where:
-        case And(parts):
-            return all_of(*(_guard(part, private, view) for part in parts))
-        case Or(parts):
-            return any_of(*(_guard(part, private, view) for part in parts))
-        case Search(fields, text):
-            hidden = tuple(f for f in fields if f in private)
-            if not hidden:
-                return where
-            shown = tuple(f for f in fields if f not in private)
-            return any_of(Search(shown, text) if shown else NONE,
-                          all_of(Search(hidden, text), view))
-        case Eq(field) | In(field) | Range(field) | Sub(field) | NotSub(field) \
-                if field in private:
-            return all_of(where, view)
-        case _:
-            return where
+    def guarded(condition: Filter) -> Filter:
+        match condition:
+            case Search(fields, text):
+                hidden = tuple(f for f in fields if f in private)
+                if not hidden:
+                    return condition
+                shown = tuple(f for f in fields if f not in private)
+                return any_of(Search(shown, text) if shown else NONE,
+                              all_of(Search(hidden, text), view))
+            case Eq(field) | In(field) | Range(field) | Sub(field) | NotSub(field) \
+                    if field in private:
+                return all_of(condition, view)
+            case _:
+                return condition
+    return _each_condition(where, guarded)

@@ -23,7 +23,7 @@ from domain.errors import (
     each,
 )
 from domain.events import AccessChanged
-from domain.policy import Viewer, refuse_unless_staff
+from domain.policy import Viewer, refuse_unless, refuse_unless_staff
 from domain.ports import Change, Guard, Insert
 from domain.query import Eq, Filter, Range, all_of, any_of
 from domain.services.background import Background
@@ -168,8 +168,7 @@ class AccountService(Service):
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:
-        if not viewer.is_admin:
-            raise Forbidden("only admins create companies")
+        refuse_unless(viewer.is_admin, "only admins create companies")
         company = stamp_new(Company(name=v.name(name)), viewer)
         await self._refuse_taken_name(company)
         await self._commit_named(viewer, [(Insert(company), None)])
@@ -252,6 +251,7 @@ class AccountService(Service):
         address (review s26: counted there as each creation started, an operator's
         parallel creations of free emails locked their office's address, and its
         sign-ins)."""
+        refuse_unless_staff(viewer, "create users")
         checks = checks or v.Checks()
         email = checks(v.email, email)
         password = checks(v.password, password)
@@ -260,11 +260,9 @@ class AccountService(Service):
             if role is Role.ADMIN:
                 raise Forbidden("operators cannot create admins", field="role")
             company_id = company_id or viewer.company_id
-            if company_id is None or company_id != viewer.company_id:
+            if not self.policy.may_manage_company(viewer, company_id):
                 raise Forbidden("operators create users in their own company",
                                 field="companyId")
-        elif not viewer.is_admin:
-            raise Forbidden("you may not create users")
         checks.done()
         if company_id is not None:
             await self.visible(viewer, Company, company_id, field="companyId")

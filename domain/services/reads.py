@@ -119,14 +119,8 @@ class ReadService(Service):
         ids = list({t.id for t in priced if t is not None})
         shown = {t.id for t in await self.get_many(viewer, Tariff, ids) if t is not None} \
             if ids else set()
-        return [(t, t is not None and (t.id in shown or self._books_it(viewer, at)))
+        return [(t, t is not None and (t.id in shown or self.policy.keeps_books(viewer, at)))
                 for t, at in zip(priced, wanted, strict=True)]
-
-    def _books_it(self, viewer: Viewer, at: PricedAt) -> bool:
-        """Whether the session priced ``at`` is in the operator's books (admins see every
-        tariff anyway)."""
-        return viewer.is_operator and self.policy.in_books(viewer, at.company_id,
-                                                           at.station_owner_id)
 
     async def idle_times(self, spans: Sequence[IdleSpan]) -> list[timedelta]:
         """How long each session's connector sat idle over its span (``IdleSpan.of``: of

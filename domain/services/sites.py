@@ -132,8 +132,7 @@ class SiteService(Service):
         admins. Every invalid field is reported at once (with the caller's ``checks``),
         before the company is looked up; the per-session minimum is judged against the
         limit, unit, voltage and phases once they passed their own checks."""
-        if not (viewer.is_operator or viewer.is_admin):
-            raise Forbidden("you may not create sites")
+        refuse_unless_staff(viewer, "create sites")
         if viewer.is_operator:
             company_id = company_id or viewer.company_id
         checks = checks or v.Checks()

@@ -253,8 +253,7 @@ class StationService(Service):
         own company (owned by themselves unless they name a colleague). Every invalid
         field is reported at once (with the caller's ``checks``), before the company and
         owner are looked up."""
-        if not (viewer.is_operator or viewer.is_admin):
-            raise Forbidden("you may not create stations")
+        refuse_unless_staff(viewer, "create stations")
         checks = checks or v.Checks()
         cp_id = checks(v.cp_id, cp_id)
         name = checks(v.name, name)
