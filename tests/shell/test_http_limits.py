@@ -23,18 +23,19 @@ import chargegraph.http_limits as http_limits
 from chargegraph.cli import _uvicorn
 from chargegraph.settings import Settings
 from graph.live_ws import MAX_OPERATIONS
-from tests.helpers import free_port, until, until_started
+from tests.helpers import loopback_socket, until, until_started
 
 #: The head timeout in these tests (10 s in service).
 HEAD_TIMEOUT = 0.5
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[int]:
-    port = free_port()
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     server = _uvicorn(Settings(database_url=f"sqlite:///{tmp_path}/limits.db",
                                jwt_secret="l" * 40, ocpp_enabled=False, port=port,
                                log_level="WARNING", **settings))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
     try:
         yield port
