@@ -66,7 +66,8 @@ class Settings(BaseSettings):
                           "different ones")
     host: str = "127.0.0.1"
     # 0 ("any free port") is refused too: the banner, the ready line and chargers need
-    # the real port, and nothing passes 0 (tests pick a free port themselves).
+    # the real port. Tests hand uvicorn a socket they bound, and set the OCPP port to 0
+    # past validation (tests.helpers.any_ocpp_port): the app reads the bound one back.
     port: int = Field(8000, ge=1, le=65535)
     trusted_proxies: str = Field(
         "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of the "

@@ -6,12 +6,15 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeGuard, get_args
+from typing import TYPE_CHECKING, Any, TypeGuard, get_args
 
 from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import Argon2Error, InvalidHashError
 
 from domain.query import And, Filter, NotSub, Or, Sub
+
+if TYPE_CHECKING:
+    from chargegraph.settings import Settings
 
 
 def is_filter(value: object) -> TypeGuard[Filter]:
@@ -51,9 +54,32 @@ class FastHasher:
 
 
 def free_port() -> int:
+    """A port free a moment ago, for a server this test cannot hand a socket: a
+    subprocess's (``chargegraph serve`` refuses port 0: its banner and ready line name the
+    port) or redis-server's. Another process may take it before the server binds it; an
+    in-process server serves a ``loopback_socket()`` instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 on a port the system chose, held from the moment
+    its port is known: a test's uvicorn serves it (``server.serve(sockets=[sock])``),
+    so no other process can take the port before the server listens, as one could
+    between ``free_port``'s close and the server's own bind (shared machines). Not
+    listening, it also refuses connections: an address where nothing answers, for as
+    long as the test holds it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def any_ocpp_port(settings: Settings) -> Settings:
+    """``settings`` with the OCPP server on a port the system chooses as it binds (the
+    app's ``state.ocpp_port`` tells which): Settings refuses 0, the port `serve`'s
+    banner names, so it is set past validation, as no user can."""
+    return settings.model_copy(update={"ocpp_port": 0})
 
 
 async def until_started(server: Any) -> None:

@@ -16,7 +16,7 @@ import uvicorn
 from chargegraph.app import create_app
 from chargegraph.settings import Settings
 from domain.services import Services
-from tests.helpers import FastHasher, free_port, soon, until_started
+from tests.helpers import FastHasher, any_ocpp_port, loopback_socket, soon, until_started
 from tests.ocpp.conftest import Central, seed
 
 
@@ -59,16 +59,22 @@ class Running:
 @contextlib.asynccontextmanager
 async def running_service(tmp_path: Path, *, seed_data: bool = True, **overrides: Any
                           ) -> AsyncIterator[Running]:
-    port, ocpp_port = free_port(), free_port()
+    # Both ports held from the start (no free port closed and bound again): GraphQL's
+    # socket bound here, the OCPP server's port chosen as it binds.
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     values: dict[str, Any] = {"database_url": f"sqlite:///{tmp_path}/e2e.db",
                               "state_dir": tmp_path / "state", "jwt_secret": "e" * 40,
                               **overrides}
-    settings = Settings(port=port, ocpp_port=ocpp_port, heartbeat_interval=60, **values)
+    settings = any_ocpp_port(Settings(port=port, heartbeat_interval=60, **values))
     app = create_app(settings, hasher=FastHasher())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
+    # The port the OCPP server bound (none without one: its URL is then never used).
+    ocpp_port: int = app.state.ocpp_port if settings.ocpp_enabled else 0
+    settings = settings.model_copy(update={"ocpp_port": ocpp_port})
     services: Services = app.state.services
     central = Central(services, services.ctx.store, None, None,  # type: ignore[arg-type]
                       f"ws://127.0.0.1:{ocpp_port}/ocpp", None)  # type: ignore[arg-type]

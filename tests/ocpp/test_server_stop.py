@@ -4,17 +4,35 @@ modem gone silent, its TCP connection half-open, as happens in the field every d
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
+import pytest
+
+import ocpp_bridge.server
 from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge.server import CLOSE_TIMEOUT_S, STOP_CLOSE_TIMEOUT_S
 from ocpp_bridge.simulator import basic_auth, connected
 from tests.ocpp.conftest import STATION_PASSWORD, seed, start_central, stop_central
 
+#: Seconds a stop is given here, against a hang: its own wait is
+#: ``STOP_CLOSE_TIMEOUT_S`` (2 s), fifteen times less; a close waiting for the silent
+#: charger takes an hour (``an_hour_to_close``), or until the charger's own keep-alive
+#: gives up (websockets' client: a ping after 20 s, 20 s for its pong), which this stays
+#: below.
+STOP_WITHIN = 30
 
-async def test_a_silent_charger_does_not_hold_the_stop(tmp_path: Path) -> None:
+
+@pytest.fixture
+def an_hour_to_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A close outside a stop waits an hour for the charger's answer (10 s in service):
+    a stop that waited for it is told by the stop hanging, not by seconds measured
+    (bounds of a few seconds failed on a loaded machine)."""
+    monkeypatch.setattr(ocpp_bridge.server, "CLOSE_TIMEOUT_S", 3600.0)
+
+
+async def test_a_silent_charger_does_not_hold_the_stop(tmp_path: Path,
+                                                       an_hour_to_close: None) -> None:
     """Ops QA s25: the stop waited websockets' default 10 s for the silent charger's
     close frame, as long as `docker stop` waits before it kills the process: the
     disconnects were not written nor the instance lease released, and a graceful stop
@@ -25,11 +43,8 @@ async def test_a_silent_charger_does_not_hold_the_stop(tmp_path: Path) -> None:
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.boot()
             cp._connection.transport.pause_reading()  # reads, and so answers, nothing
-            began = time.monotonic()
-            await central.server.stop()
-            took = time.monotonic() - began
+            await asyncio.wait_for(central.server.stop(), STOP_WITHIN)
             cp._connection.transport.resume_reading()
-        assert took < STOP_CLOSE_TIMEOUT_S + 2, took
         station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
         assert station is not None and not station.online
     finally:
@@ -65,7 +80,7 @@ async def test_a_charger_slow_to_answer_a_hang_up_outside_a_stop_closes_cleanly(
 
 
 async def test_a_charger_that_reconnected_just_before_the_stop_does_not_hold_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, an_hour_to_close: None) -> None:
     """Review r-ops2: the commonest reason a charger reconnects is that its old link went
     silent (a cellular modem out of coverage). The server lets the old connection go
     (1000, "replaced by a new connection"), a close that waits ``CLOSE_TIMEOUT_S`` for an
@@ -81,11 +96,8 @@ async def test_a_charger_that_reconnected_just_before_the_stop_does_not_hold_it(
             async with connected(central.url, "CP-1", password=STATION_PASSWORD) as new:
                 await new.boot()  # reconnected on a new link: the old one is let go
                 await asyncio.sleep(0.5)
-                began = time.monotonic()
-                await central.server.stop()
-                took = time.monotonic() - began
+                await asyncio.wait_for(central.server.stop(), STOP_WITHIN)
             old._connection.transport.resume_reading()
-        assert took < STOP_CLOSE_TIMEOUT_S + 2, f"the stop took {took:.1f} s"
         station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
         assert station is not None and not station.online
     finally:

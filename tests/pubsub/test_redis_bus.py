@@ -25,7 +25,7 @@ from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
 from pubsub.redis import RedisEventBus
-from tests.helpers import FastHasher, free_port, until
+from tests.helpers import FastHasher, loopback_socket, until
 from tests.pubsub.samples import SAMPLES, connection, take
 from tests.support.redis_server import RedisServer
 
@@ -211,9 +211,11 @@ async def test_publish_before_start_is_a_clear_error() -> None:
 
 
 async def test_start_fails_clearly_when_redis_cannot_be_reached() -> None:
-    bus = RedisEventBus(f"redis://:s3cret@127.0.0.1:{free_port()}/0", start_timeout=0.5)
-    with pytest.raises(ConnectionError, match=r"cannot subscribe to Redis") as info:
-        await bus.start()
+    with loopback_socket() as nothing:  # held: nothing else can listen there meanwhile
+        bus = RedisEventBus(f"redis://:s3cret@127.0.0.1:{nothing.getsockname()[1]}/0",
+                            start_timeout=0.5)
+        with pytest.raises(ConnectionError, match=r"cannot subscribe to Redis") as info:
+            await bus.start()
     assert "s3cret" not in str(info.value)
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "chargegraph-redis-events"]
 
@@ -231,9 +233,12 @@ async def test_a_start_that_gives_up_names_the_last_failure() -> None:
     assert re.fullmatch(r"cannot subscribe to Redis at redis://:\*\*\*@127\.0\.0\.1:\d+/0 "
                         r"within 1s: AuthenticationError: .+", str(info.value)), info.value
     assert "wrong-password-456" not in str(info.value)
-    unreachable = RedisEventBus(f"redis://127.0.0.1:{free_port()}/0", start_timeout=1)
-    with pytest.raises(ConnectionError, match=r"within 1s: ConnectionError: Error 111 connecting"):
-        await unreachable.start()
+    with loopback_socket() as nothing:
+        unreachable = RedisEventBus(f"redis://127.0.0.1:{nothing.getsockname()[1]}/0",
+                                    start_timeout=1)
+        with pytest.raises(ConnectionError,
+                           match=r"within 1s: ConnectionError: Error 111 connecting"):
+            await unreachable.start()
 
 
 async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFixture

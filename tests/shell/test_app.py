@@ -261,13 +261,14 @@ async def test_an_unreachable_redis_fails_start_up_with_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import chargegraph.app
     from pubsub.redis import RedisEventBus
-    from tests.helpers import free_port
+    from tests.helpers import loopback_socket
 
     monkeypatch.setattr(chargegraph.app, "open_event_bus",
                         lambda url, **_: RedisEventBus(url, start_timeout=0.3))
-    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
-    app = create_app(settings_for(tmp_path, pubsub_url=url), hasher=Argon2Hasher.fast())
-    [failed] = await startup_messages(app)
+    with loopback_socket() as nothing:  # held: nothing else can listen there meanwhile
+        url = f"redis://user:hunter2@127.0.0.1:{nothing.getsockname()[1]}/0"
+        app = create_app(settings_for(tmp_path, pubsub_url=url), hasher=Argon2Hasher.fast())
+        [failed] = await startup_messages(app)
     assert failed["type"] == "lifespan.startup.failed"
     # Ending with why the last attempt failed (QA: a wrong password was only in
     # the WARNINGs before this line).
@@ -373,7 +374,7 @@ async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(
     disk that was "cannot start the OCPP server on …: database or disk is full", as if
     the port were at fault. Here the file refuses writes as a read-only mount would."""
     from store.sqlite import SqliteStore
-    from tests.helpers import free_port
+    from tests.helpers import loopback_socket
 
     started = SqliteStore.start
 
@@ -383,11 +384,12 @@ async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(
         self._writer.conn.execute("PRAGMA query_only = 1")  # SQLITE_READONLY on writes
 
     monkeypatch.setattr(SqliteStore, "start", read_only)
-    port = free_port()
     url = f"sqlite:///{tmp_path}/app.db"
-    app = create_app(settings_for(tmp_path, ocpp_enabled=True, ocpp_port=port),
-                     hasher=Argon2Hasher.fast())
-    [failed] = await startup_messages(app)
+    with loopback_socket() as held:  # only named in the line: the store fails first
+        port = held.getsockname()[1]
+        app = create_app(settings_for(tmp_path, ocpp_enabled=True, ocpp_port=port),
+                         hasher=Argon2Hasher.fast())
+        [failed] = await startup_messages(app)
     assert failed["message"] == (f"cannot start the OCPP server on 127.0.0.1:{port}: the "
                                  f"store at {url} cannot write: attempt to write a readonly "
                                  "database")
@@ -441,11 +443,11 @@ def test_the_sampled_values_bound_reaches_the_ocpp_server(tmp_path: Path) -> Non
     from websockets.asyncio.client import connect
 
     from ocpp_bridge import frames
-    from tests.helpers import free_port
+    from tests.helpers import any_ocpp_port
 
-    port = free_port()
-    app = create_app(settings_for(tmp_path, ocpp_enabled=True, ocpp_port=port,
-                                  auto_register=True, ocpp_max_sampled_values=2000),
+    app = create_app(any_ocpp_port(settings_for(tmp_path, ocpp_enabled=True,
+                                                auto_register=True,
+                                                ocpp_max_sampled_values=2000)),
                      hasher=Argon2Hasher.fast())
 
     def meter_values(count: int) -> str:
@@ -453,6 +455,7 @@ def test_the_sampled_values_bound_reaches_the_ocpp_server(tmp_path: Path) -> Non
             {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1"}] * count}]}])
 
     async def answers() -> list[str]:
+        port = app.state.ocpp_port  # bound as the app started
         async with connect(f"ws://127.0.0.1:{port}/ocpp/NEW-CP-1",
                            subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
             codes = []

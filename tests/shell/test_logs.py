@@ -16,7 +16,7 @@ from websockets.frames import Frame, Opcode
 from chargegraph.cli import _logging, _uvicorn
 from chargegraph.logs import _GUARDED, HideCredentials, without_query_values
 from chargegraph.settings import Settings
-from tests.helpers import free_port, until_started
+from tests.helpers import loopback_socket, until_started
 
 PASSWORD = "S3cret-Station-PW"
 
@@ -122,12 +122,13 @@ async def test_access_lines_keep_no_credential_of_a_query_string(
     string (refused 401) were written whole in uvicorn's access line, at the default INFO."""
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlLXRhaWw"
     password = "Pa55-in-a-URL"
+    sock = loopback_socket()
     settings = Settings(database_url=f"sqlite:///{tmp_path}/logs.db", jwt_secret="l" * 40,  # type: ignore[arg-type]
-                        ocpp_enabled=False, port=free_port(), log_level=level)
+                        ocpp_enabled=False, port=sock.getsockname()[1], log_level=level)
     _logging(settings)
     caplog.set_level(level)
     server = _uvicorn(settings)  # the app, uvicorn and its log_config as `serve` runs them
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await until_started(server)
         base = f"127.0.0.1:{settings.port}"

@@ -21,7 +21,7 @@ from chargegraph.settings import Settings
 from domain.entities import Role
 from domain.policy import SYSTEM
 from graph import TokenService
-from tests.helpers import free_port, until_started
+from tests.helpers import loopback_socket, until_started
 
 SECRET = "x" * 40
 LOCAL = "subscription { connectorStatusChanged { cpId status } }"
@@ -47,12 +47,13 @@ async def test_a_subscription_sent_after_the_token_expired_closes_the_socket(
     """QA: a query sent after the token expired closed the socket (4403 "Token
     expired"), a subscription sent on it then was started, and ran until the periodic
     re-check (every minute) caught up. Both protocols."""
-    port = free_port()
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ws.db",  # type: ignore[call-arg]
                         jwt_secret=SECRET, ocpp_enabled=False, port=port,
                         log_level="WARNING")
     server = _uvicorn(settings)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
     try:
         app = cast(Starlette, server.config.app)

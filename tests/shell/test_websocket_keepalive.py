@@ -31,7 +31,7 @@ from domain.entities import Role
 from domain.events import ConnectorStatusChanged
 from domain.policy import SYSTEM
 from graph import TokenService
-from tests.helpers import free_port, until_started
+from tests.helpers import loopback_socket, until_started
 
 SECRET = "k" * 40
 TRANSPORT = "graphql-transport-ws"
@@ -42,12 +42,13 @@ LEGACY = "graphql-ws"
 async def serving(tmp_path: Path, keepalive: float) -> AsyncIterator[tuple[str, str]]:
     """`serve`'s uvicorn with ``CHARGEGRAPH_WS_KEEPALIVE_S=keepalive``: its /graphql URL
     and a driver's token."""
-    port = free_port()
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
                         jwt_secret=SECRET, ocpp_enabled=False, port=port,
                         log_level="WARNING", ws_keepalive_s=keepalive)
     server = _uvicorn(settings)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
     try:
         services = cast(Starlette, server.config.app).state.services
@@ -171,14 +172,15 @@ async def test_a_client_that_stopped_reading_is_dropped_and_its_subscriptions_en
     stayed connected. The close waits a short time, then the connection is dropped. So
     too when uvicorn's own ping (keep-alives off) goes unanswered: its close waited for
     the unsent data to go, and the app was never told."""
-    port = free_port()
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
                         jwt_secret=SECRET, ocpp_enabled=False, port=port,
                         log_level="WARNING", ws_keepalive_s=1 if by == "keep-alive" else 0)
     server = _uvicorn(settings)
     if by != "keep-alive":  # read as each connection starts
         server.config.ws_ping_interval = server.config.ws_ping_timeout = 1
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
     writer: asyncio.StreamWriter | None = None
     try:
@@ -244,12 +246,13 @@ async def test_a_client_reading_nothing_is_dropped_with_a_backlog_under_the_high
     ``writable`` still set), so the app has no cause to abort, and ``transport.close()``
     waits for a drain that never comes. `serve`'s protocol drops the connection
     ``CLOSE_WITHIN_S`` after a close frame went out (QA s25)."""
-    port = free_port()
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
                         jwt_secret=SECRET, ocpp_enabled=False, port=port,
                         log_level="WARNING", ws_keepalive_s=1)
     server = _uvicorn(settings)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
     writer: asyncio.StreamWriter | None = None
     try:

@@ -15,18 +15,19 @@ from websockets.exceptions import ConnectionClosed
 from chargegraph.cli import _uvicorn
 from chargegraph.settings import Settings
 from graph.http import MAX_BODY
-from tests.helpers import free_port, until_started
+from tests.helpers import loopback_socket, until_started
 
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[str]:
-    port = free_port()
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ws.db",  # type: ignore[call-arg]
                         jwt_secret="w" * 40, ocpp_enabled=False, port=port,
                         # Anonymous sockets are acknowledged only with the public map.
                         public_map=True, log_level="WARNING")
     server = _uvicorn(settings)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     await until_started(server)
     try:
         yield f"ws://127.0.0.1:{port}/graphql"
