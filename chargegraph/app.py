@@ -45,7 +45,6 @@ from domain.ids import new_id
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
-from domain.services.charging import ChargingService
 from domain.services.throttle_sharing import ThrottleSharing
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
@@ -267,6 +266,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 stop_commands = stoppable.stop_commands
                 app.state.begin_shutdown = lambda: stop_commands(
                     "the service is shutting down: try again in a moment")
+            # What other instances announce they changed reaches the services through
+            # one subscription, on every instance: its chargers' cache drops it at
+            # once, and an instance serving the API alone (whose chargers' cache stays
+            # empty) still has its site load forget a charger's stack level and units,
+            # read through the instance holding it, once the charger connects again
+            # there, not an hour later (``SiteLoad.followed``). Entered before the OCPP
+            # server starts, left after it stops: its chargers never go unfollowed.
+            await stack.enter_async_context(housekeeping.following_changes(
+                services.charging, bus))
             if local is not None:
                 from ocpp_bridge.server import OcppServer
 
@@ -290,17 +298,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # disconnect is still written.
                 stack.push_async_callback(server.stop)
                 app.state.ocpp_port = server.bound_port
-            else:
-                # What other instances announce of chargers reaches the services through
-                # the OCPP server's subscription (``ChargingService.follow``); an instance
-                # serving the API alone has one of its own, the same: its site load
-                # forgets a charger's stack level and units, read through the instance
-                # holding it, once the charger connects again there (new firmware,
-                # another charger), not an hour later (``SiteLoad.followed``). Its
-                # chargers' cache stays empty: no charger messages come here.
-                await stack.enter_async_context(housekeeping.following(
-                    services.charging.follow(bus.subscribe(ChargingService.CACHED_TOPICS)),
-                    "followed-events"))
             if gateway is not None:
                 services.attach_gateway(gateway)
             # Entered last, left first: no sweep runs while the store closes.

@@ -6,6 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from domain.services.charging import ChargingService
+    from pubsub.factory import ManagedEventBus
 
 log = logging.getLogger("chargegraph.housekeeping")
 
@@ -66,3 +71,20 @@ async def following(work: Awaitable[None], name: str) -> AsyncIterator[None]:
     finally:
         task.cancel()
         await asyncio.wait([task])
+
+
+def following_changes(charging: ChargingService, bus: ManagedEventBus
+                      ) -> contextlib.AbstractAsyncContextManager[None]:
+    """``ChargingService.follow`` on the instance's one subscription to what other
+    instances announce they changed, until the block exits. Every instance has it,
+    serving chargers or the API alone: its chargers' cache drops what changed elsewhere,
+    and ``on_followed``'s listeners hear it (``SiteLoad.followed``). Subscribed now, not
+    when the task first runs, so nothing announced from here on is missed; the
+    subscription ends with the block."""
+    stream = bus.subscribe(charging.CACHED_TOPICS)
+
+    async def follow() -> None:
+        async with contextlib.aclosing(stream):
+            await charging.follow(stream)
+
+    return following(follow(), "followed-events")

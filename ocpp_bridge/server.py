@@ -321,7 +321,6 @@ class OcppServer:
         self._lease_keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._removals: asyncio.Task[None] | None = None
-        self._cache_follower: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         # handler → the number of its connection (``ChargingService.connect``), once
         # recorded; cp_id → the highest number another instance announced for it while
@@ -438,11 +437,9 @@ class OcppServer:
                                                         StationPasswordChanged.topic])
             self._removals = asyncio.create_task(self._watch_removals(removals),
                                                  name="chargegraph-ocpp-removals")
-            # The charging use cases cache what this server's chargers use: what other
-            # instances announce they changed is dropped at once (``follow``).
-            changes = self.charging.ctx.bus.subscribe(ChargingService.CACHED_TOPICS)
-            self._cache_follower = asyncio.create_task(
-                self._follow_changes(changes), name="chargegraph-ocpp-cache")
+        # What other instances announce they changed reaches the charging use cases'
+        # cache through the wiring's subscription, not this server's: every instance has
+        # one, serving chargers or not (``chargegraph.housekeeping.following_changes``).
         self.charging.still_connected = self._still_connected
         if self.instances is not None:
             # Released by the stop, and kept while webhook delivery sharing the lease
@@ -456,12 +453,11 @@ class OcppServer:
         charger's answer rather than ``CLOSE_TIMEOUT_S`` (a silent one is dropped), as do
         the closes already under way, records the disconnects and releases the instance
         lease."""
-        for task in (self._watcher, self._removals, self._cache_follower,
-                     self._lease_keeper):
+        for task in (self._watcher, self._removals, self._lease_keeper):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
-        self._watcher = self._removals = self._cache_follower = self._lease_keeper = None
+        self._watcher = self._removals = self._lease_keeper = None
         if self.charging.still_connected == self._still_connected:
             self.charging.still_connected = None
         if self._server is None:
@@ -697,10 +693,6 @@ class OcppServer:
             log.info("%s: its station's password was changed; closing", handler.id)
             handler.password_changed()
             self._hang_up(handler, CLOSE_PASSWORD_CHANGED, "password changed")
-
-    async def _follow_changes(self, stream: Any) -> None:
-        async with contextlib.aclosing(stream):
-            await self.charging.follow(stream)
 
     def _hang_up(self, handler: ChargePointHandler, code: int, reason: str) -> None:
         # In a task: the closing handshake with a dead peer may take a while.

@@ -582,7 +582,7 @@ class ChargingService(ChargerConnections):
         #: Told each event ``follow`` hears (any instance's), after the cache dropped
         #: what it names: what other services keep of a charger on this instance
         #: (``SiteLoad.followed``: the stack level and units it read). ``follow`` runs on
-        #: every instance, one serving the API alone too (``chargegraph.app``).
+        #: every instance, one serving the API alone too, started by the wiring.
         self.on_followed: list[Callable[[DomainEvent | EventsDropped], None]] = []
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).

@@ -420,9 +420,9 @@ class SiteLoad(Service):
         (a site limit or a fallback sent through the instance holding it) and kept them
         up to ``LEVEL_KNOWN_FOR``: a reconnect (new firmware, another charger) went unseen.
         Events lost between instances may have been such: all is forgotten. Told on
-        every instance: by the OCPP server's subscription, or, on an instance serving
-        the API alone, by one of its own (``chargegraph.app``; QA s30: it had none and
-        kept them for their hour, review r27-smart3)."""
+        every instance, serving chargers or the API alone, by its one subscription the
+        wiring starts (QA s30: an API-only instance had none and kept them for their
+        hour, review r27-smart3)."""
         if isinstance(event, EventsDropped):
             self._levels.clear()
             self._units.clear()

@@ -1047,9 +1047,10 @@ async def test_an_api_only_instance_forgets_a_chargers_level_once_it_connects_el
         tmp_path: Path) -> None:
     # QA s30 (review r27-smart3's leftover): the announcement of a charger's newer
     # connection reached ``SiteLoad.followed`` through the OCPP server's subscription
-    # alone; an instance serving the API alone (CHARGEGRAPH_OCPP_ENABLED=false) kept
-    # the level and units it read (an operator's updateSite there, through the instance
-    # holding the charger) for their hour. It follows the announcements too.
+    # alone (session 31: the wiring's, on every instance); an instance serving the API
+    # alone (CHARGEGRAPH_OCPP_ENABLED=false) kept the level and units it read (an
+    # operator's updateSite there, through the instance holding the charger) for their
+    # hour. It follows the announcements too.
     # The other instance: services of their own over the same database and bus.
     async with running_service(tmp_path, ocpp_enabled=False) as service:
         site_load = service.services.site_load

@@ -10,15 +10,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.clock import utcnow
-from domain.policy import SYSTEM, Viewer
+from domain.policy import SYSTEM, Policy, Viewer
 from domain.query import Eq, all_of
+from domain.services import ServiceContext, Services
 from domain.services.base import patch
+from domain.services.charging import ChargingService
 from ocpp_bridge.simulator import connected
+from pubsub.factory import open_event_bus
+from store.sqlite import SqliteStore
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
-from tests.helpers import until
+from tests.helpers import FastHasher, soon, until
 from tests.ocpp.conftest import STATION_PASSWORD
 from tests.ocpp.test_charger_actions import RESERVE
 from tests.support.redis_server import RedisServer
@@ -357,3 +363,52 @@ async def test_a_card_expired_by_an_edit_on_one_instance_and_swept_on_the_other_
             Eq("command", "CancelReservation"), Eq("action", d.AuditAction.COMMAND)))
             if e.after and e.after.get("stage") == "ANSWERED"]
         assert [(x["status"], x["error"]) for x in answers] == [("Accepted", None)], answers
+
+
+async def test_every_instance_follows_what_the_others_change_through_one_subscription(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 31: the follow of what other instances announce (``ChargingService.follow``)
+    was started by the OCPP server, and by the wiring only on an instance serving the API
+    alone. The wiring starts it on every instance, once: an OCPP instance and an API-only
+    one, over one database and one Redis, each drop their cached copy of a station edited
+    on a third instance, each through one subscription (the OCPP server no longer has a
+    second)."""
+    follows: list[ChargingService] = []
+    follow = ChargingService.follow
+
+    def counted(charging: ChargingService, events: Any) -> Any:
+        follows.append(charging)  # at the subscription, not when its task first runs
+        return follow(charging, events)
+
+    monkeypatch.setattr(ChargingService, "follow", counted)
+    redis = RedisServer().start()
+    try:
+        # B needs A's database URL, so the two cannot share one `with`.
+        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
+            async with running_service(tmp_path / "b", pubsub_url=redis.url,
+                                       database_url=a.settings.database_url,
+                                       seed_data=False, ocpp_enabled=False) as b:
+                instances = (a.services.charging, b.services.charging)
+                assert [follows.count(charging) for charging in instances] == [1, 1]
+                # The third: services of their own over the same database and Redis.
+                store = SqliteStore(a.settings.database_url.removeprefix("sqlite:///"))
+                await store.start()
+                bus = open_event_bus(redis.url)
+                await bus.start()
+                try:
+                    other = Services(ServiceContext(store=store, policy=Policy(),
+                                                    hasher=FastHasher(), bus=bus))
+                    station = await store.find_one(d.Station, Eq("cp_id", "CP-1"))
+                    assert station is not None
+                    for charging in instances:  # as if its charger's messages read it
+                        charging.cache.remember(station)
+                        assert charging.cache.station("CP-1") is not None
+                    await other.stations.update_station(SYSTEM, station.id, name="Renamed")
+                    await soon(lambda: all(charging.cache.station("CP-1") is None
+                                           for charging in instances))
+                finally:
+                    await bus.close()
+                    await store.close()
+        assert len(follows) == 2  # the third instance follows nothing here
+    finally:
+        redis.cleanup()

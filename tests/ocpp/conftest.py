@@ -4,6 +4,7 @@ a GraphQL client over the same services."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from chargegraph.housekeeping import following_changes
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy, Viewer
@@ -46,6 +48,8 @@ class Central:
     tags: dict[str, d.IdTag] = field(default_factory=dict)
     stations: dict[str, d.Station] = field(default_factory=dict)
     vehicles: dict[str, d.Vehicle] = field(default_factory=dict)
+    #: What runs beside the server as ``chargegraph`` wires it, stopped after it.
+    beside: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def gql(self, query: str, variables: dict[str, Any] | None = None,
                   as_user: str | None = None) -> dict[str, Any]:
@@ -71,7 +75,8 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     the previous process stopped). ``leases``: the OCPP server holds an instance lease
     (of an hour: its own rounds never run in a test, which calls ``server.upkeep``), as
     ``chargegraph`` runs it. ``max_sampled_values``: the server's bound on a MeterValues
-    (``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES``)."""
+    (``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES``). With a ``bus``, the services follow what
+    other instances announce, as ``chargegraph`` wires every instance."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
@@ -91,6 +96,9 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
         relays = [asker, holder, wire]
     else:
         services.attach_gateway(gateway)
+    beside = AsyncExitStack()
+    if bus is not None:
+        await beside.enter_async_context(following_changes(services.charging, bus))
     server = OcppServer(services.charging, gateway, "127.0.0.1", port, response_timeout=5,
                         strict_schema=strict_schema, refusal_delay=REFUSAL_DELAY_S,
                         instances=services.instances if leases else None,
@@ -98,12 +106,13 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     await server.start()
     return Central(services, store, server, gateway,
                    f"ws://127.0.0.1:{server.bound_port}/ocpp",
-                   TokenService(SECRET, timedelta(hours=1)), relays)
+                   TokenService(SECRET, timedelta(hours=1)), relays, beside=beside)
 
 
 async def stop_central(central: Central) -> None:
     await central.services.site_load.close()  # its runs send commands through the server
     await central.server.stop()
+    await central.beside.aclose()
     for closing in central.relays:
         await closing.close()
     await central.store.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from chargegraph.housekeeping import following_changes
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy
@@ -52,11 +53,14 @@ async def instance(path: Path, bus: MemoryEventBus,
                         response_timeout=5, instances_bus=bus,
                         instances=services.instances if leased else None,
                         lease_seconds=3600)
-    await server.start()
     try:
-        yield Instance(services, store, server)
+        async with following_changes(services.charging, bus):  # as ``chargegraph`` wires it
+            await server.start()
+            try:
+                yield Instance(services, store, server)
+            finally:
+                await server.stop()
     finally:
-        await server.stop()
         await store.close()
 
 
