@@ -526,7 +526,7 @@ class Policy:
                                   select, joined)
                 case _:
                     return condition
-        return _each_condition(where, guarded)
+        return _rewrite_conditions(where, guarded)
 
     def audit_snapshot(self, viewer: Viewer, entry: AuditEntry,
                        snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -763,16 +763,16 @@ class Policy:
         return viewer.user_id is not None and getattr(record, owner_field) == viewer.user_id
 
 
-def _each_condition(where: Filter, rewrite: Callable[[Filter], Filter]) -> Filter:
+def _rewrite_conditions(where: Filter, rewrite: Callable[[Filter], Filter]) -> Filter:
     """``where`` with each condition under its ANDs and ORs (not inside a sub-select's
     filter) replaced by ``rewrite``'s, simplified again (``all_of``, ``any_of``): a
     condition rewritten to ``ALL`` drops out of its AND and makes its OR hold. The one walk
     of the policy's filter rewrites (``_given_seen``, ``_given_keys``, the guards)."""
     match where:
         case And(parts):
-            return all_of(*(_each_condition(part, rewrite) for part in parts))
+            return all_of(*(_rewrite_conditions(part, rewrite) for part in parts))
         case Or(parts):
-            return any_of(*(_each_condition(part, rewrite) for part in parts))
+            return any_of(*(_rewrite_conditions(part, rewrite) for part in parts))
         case _:
             return rewrite(where)
 
@@ -791,7 +791,7 @@ def _given_seen(scope: Filter, key_field: str, parent: str, parent_scope: Filter
                 return ALL
             case _:
                 return condition
-    return _each_condition(scope, decided)
+    return _rewrite_conditions(scope, decided)
 
 
 def _given_keys(scope: Filter, key_field: str, keys: Sequence[Any]) -> Filter:
@@ -805,7 +805,7 @@ def _given_keys(scope: Filter, key_field: str, keys: Sequence[Any]) -> Filter:
                 return ALL
             case _:
                 return condition
-    return _each_condition(scope, decided)
+    return _rewrite_conditions(scope, decided)
 
 
 def _disjoint(a: Filter, b: Filter) -> bool:
@@ -835,4 +835,4 @@ def _guard(where: Filter, private: frozenset[str], view: Filter) -> Filter:
                 return all_of(condition, view)
             case _:
                 return condition
-    return _each_condition(where, guarded)
+    return _rewrite_conditions(where, guarded)

@@ -40,19 +40,18 @@ class BatchLoader(Generic[K, V]):
 
     def load(self, key: K) -> asyncio.Future[V]:
         """The value for ``key``: known, being loaded, or loaded in the open batch."""
-        future = self._pending.get(key)
-        if future is not None:
-            return future
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
         if key in self._known:
+            future = loop.create_future()
             future.set_result(self._known[key])
             return future
-        self._pending[key] = future
-        self._queue.append(key)
-        if len(self._queue) == 1:
-            loop.call_soon(loop.call_soon, self._dispatch)
-        return future
+        shared = self._pending.get(key)
+        if shared is None:
+            shared = self._pending[key] = loop.create_future()
+            self._queue.append(key)
+            if len(self._queue) == 1:
+                loop.call_soon(loop.call_soon, self._dispatch)
+        return _following(shared)
 
     def prime(self, key: K, value: V) -> None:
         """Caches ``value`` for ``key`` unless the request has it (or is loading it)."""
@@ -72,10 +71,11 @@ class BatchLoader(Generic[K, V]):
         """The values of ``keys`` for a prefetch, which knows all its keys at once: the
         ones neither known nor being loaded go to the batch function in one call right
         away (no waiting for the batch to close) and are cached for the rows' resolvers.
-        A key another load is fetching is awaited. A failure caches nothing and answers
-        None: a prefetch fails no row, each row's resolver loading its key in turn (one
-        batch) and telling the error at its own field's path (QA s31: raised here, it
-        failed the whole page, up to the nearest nullable parent of its list)."""
+        A key another load is fetching is awaited. A failing batch caches none of its
+        keys, and the fetch answers None if any of its keys failed: a prefetch fails no
+        row, each row's resolver loading its key in turn (one batch) and telling the
+        error at its own field's path (QA s31: raised here, it failed the whole page, up
+        to the nearest nullable parent of its list)."""
         known, pending = self._known, self._pending
         # Taken before any await: a load's failure meanwhile drops its key from pending.
         waiting = [pending[key] for key in dict.fromkeys(keys) if key in pending]
@@ -88,7 +88,7 @@ class BatchLoader(Generic[K, V]):
                     pending[key] = loop.create_future()
                 await self._run(missing, raising=True)
             if waiting:
-                await asyncio.gather(*waiting)
+                await asyncio.gather(*map(_following, waiting))
         except Exception:
             return None  # told by the rows' own loads
         return [known[key] for key in keys]
@@ -122,6 +122,29 @@ class BatchLoader(Generic[K, V]):
             future = pending.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(value)
+
+
+def _following(shared: asyncio.Future[V]) -> asyncio.Future[V]:
+    """A future of its own for one waiter of a key's shared future. Awaited directly, the
+    shared one would be cancelled with its waiter's task (graphql-core cancels a failed
+    object's sibling fields), failing every other waiter of the key with CancelledError,
+    which no resolver or prefetch catches (review s31)."""
+    own: asyncio.Future[V] = shared.get_loop().create_future()
+
+    def settle(done: asyncio.Future[V]) -> None:
+        if own.done():  # its waiter was cancelled
+            if not done.cancelled():
+                done.exception()  # its other waiters are told; not "never retrieved"
+            return
+        if done.cancelled():
+            own.cancel()
+        elif (error := done.exception()) is not None:
+            own.set_exception(error)
+        else:
+            own.set_result(done.result())
+
+    shared.add_done_callback(settle)
+    return own
 
 
 def _checked(keys: list[Any], values: Sequence[V]) -> Sequence[V]:

@@ -133,3 +133,32 @@ async def test_a_load_during_a_fetch_waits_for_the_fetchs_batch() -> None:
     for _ in range(5):  # long enough for any batch of the load to go out
         await asyncio.sleep(0)
     assert batches == [[1, 2]]
+
+
+async def test_a_cancelled_waiter_fails_no_other_waiter_of_its_key() -> None:
+    """graphql-core cancels a failed object's sibling fields: a load cancelled with its
+    task must leave the key's other loads and a prefetch waiting on it their value, not
+    a CancelledError (review s31)."""
+    gate = asyncio.Event()
+
+    async def slow(keys: Sequence[int]) -> list[int]:
+        await gate.wait()
+        return [key * 10 for key in keys]
+
+    loader: BatchLoader[int, int] = BatchLoader(slow)
+
+    async def resolver(key: int) -> int:
+        return await loader.load(key)
+
+    doomed = asyncio.ensure_future(resolver(1))
+    sibling = asyncio.ensure_future(resolver(1))
+    for _ in range(3):  # the batch is dispatched two loop turns after its first key
+        await asyncio.sleep(0)
+    fetching = asyncio.ensure_future(loader.fetch([1]))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(sibling, 5) == 10
+    assert await asyncio.wait_for(fetching, 5) == [10]
+    assert doomed.cancelled()
