@@ -1471,9 +1471,11 @@ class Tariff(Node, Audited):
 class Payment(Node, Audited):
     status: PaymentStatus = strawberry.field(description="Where it is in settlement.")
     provider: str = strawberry.field(description=(
-        "The payment provider that settled it last (`manual` unless one is configured)."))
+        "The payment provider that captured it, or marked it failed (`manual` unless one "
+        "is configured)."))
     provider_ref: str | None = strawberry.field(description=(
-        "The provider's reference of its last capture or refund; null before one."))
+        "The provider's reference of its capture; null before one. Each refund's "
+        "reference is on the refund (`refunds`)."))
     _r: strawberry.Private[d.Payment]
 
     @classmethod
