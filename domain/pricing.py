@@ -3,7 +3,10 @@ unit of the tariff's currency (cents, whole yen, fils).
 
 One computation (``cost_breakdown``) gives the total and its parts: the total billed
 (``session_cost_minor``, stored as the session's ``cost_minor``) is its ``gross``, so a
-receipt's lines always add up to what was billed, rounding included.
+receipt's lines always add up to what was billed, rounding included. The tax is the
+rate applied to the net shown, rounded once (EU VAT practice: VAT on the invoice's net
+total), and the gross their sum (QA s31: the gross used to be the exact total with tax
+rounded once and the tax what was left, so 19 % of a net of 0.54 read 0.11).
 
 A completed session's receipt (``receipt``) is that computation again over what it was
 billed for, shown only when it gives exactly the bill; a session billed before the
@@ -44,30 +47,35 @@ def cost_breakdown(tariff: Tariff, energy_wh: int, start: datetime, end: datetim
                    ) -> CostBreakdown:
     """(energy × price/kWh + minutes × price/min + session fee + idle fee) plus tax, and
     its parts (``idle``: how long the connector sat idle, ``idle_fee``; ``band_wh``: the
-    energy split by the tariff's time-of-day bands, ``energy_amount``). The gross is the
-    exact total with tax, rounded once (as it always was billed); the net is the exact
-    net rounded the same way, the tax what is left. The net is split into its parts by
-    largest remainder: each part is its exact amount rounded down or up (never by more
-    than one minor unit), chosen so that they add up."""
+    energy split by the tariff's time-of-day bands, ``energy_amount``). The net is the
+    exact net rounded half up to the currency's minor unit; the tax is that net times
+    the tax rate, rounded half up once; the gross is net + tax. The net is split into
+    its parts by largest remainder: each part is its exact amount rounded down or up
+    (never by more than one minor unit), chosen so that they add up."""
     return _breakdown(tariff, energy_wh, start, _minutes(end - start), idle, band_wh)
 
 
 def _breakdown(tariff: Tariff, energy_wh: int, start: datetime, minutes: Decimal,
-               idle: timedelta, band_wh: Sequence[int] | None) -> CostBreakdown:
-    """``cost_breakdown`` for a duration of ``minutes``."""
+               idle: timedelta, band_wh: Sequence[int] | None,
+               taxed_total: bool = False) -> CostBreakdown:
+    """``cost_breakdown`` for a duration of ``minutes``; ``taxed_total``: as bills
+    before session 31 were priced (the gross the exact total with tax rounded once, the
+    tax gross − net), for their receipts only (``receipt``)."""
     digits = minor_digits(tariff.currency)
     exact = (energy_amount(tariff, energy_wh, start, band_wh),
              minutes * tariff.price_per_minute,
              tariff.session_fee, idle_fee(tariff, idle))
     net_exact = sum(exact, Decimal(0))
-    gross = _rounded(net_exact * (Decimal(1) + tariff.tax_rate), digits)
     net = _rounded(net_exact, digits)
+    # The rate on the net as shown (in minor units), not on the exact one.
+    tax = _rounded(net_exact * (Decimal(1) + tariff.tax_rate), digits) - net \
+        if taxed_total else _rounded(Decimal(net) * tariff.tax_rate, 0)
     # The idle fee last: of equal fractions the first gets the unit left over, as it
     # did before there was an idle line (the same lines for the same sessions).
     energy, time, fee, idle_line = largest_remainder(
         [part.scaleb(digits) for part in exact], net)
     return CostBreakdown(energy=energy, time=time, fee=fee, idle=idle_line, net=net,
-                         tax=gross - net, gross=gross, currency=tariff.currency)
+                         tax=tax, gross=net + tax, currency=tariff.currency)
 
 
 def energy_amount(tariff: Tariff, energy_wh: int, start: datetime,
@@ -128,10 +136,14 @@ def receipt(tariff: Tariff, session: Session) -> CostBreakdown | None:
     if session.cost_minor is None or session.end_time is None:
         return None
     span = session.end_time - session.start_time
-    for minutes in (_minutes(span), _float_minutes(span)):
+    # Today's pricing, then the earlier ones: a bill is never priced again, so one
+    # billed before session 31 (its tax what the rounded total left) shows the lines it
+    # was billed by, and one billed before 638a0ed those of its float minutes.
+    for minutes, taxed_total in ((_minutes(span), False), (_minutes(span), True),
+                                 (_float_minutes(span), True)):
         lines = _breakdown(tariff, session.energy_wh, session.start_time, minutes,
                            timedelta(seconds=session.idle_seconds or 0),
-                           session.band_energy_wh)
+                           session.band_energy_wh, taxed_total)
         if lines.gross == session.cost_minor and lines.currency == session.currency:
             return lines
     return None

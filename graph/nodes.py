@@ -1025,8 +1025,9 @@ class Connector(Node, Audited):
 @strawberry.type(description=(
     "What a completed session was billed, line by line, in major units of `currency` "
     "(exact): `energy + time + fee + idle = net`, `net + tax = gross`, and `gross` is the "
-    "session's `cost`. Each line is its exact amount rounded to the minor unit, up or "
-    "down by less than one unit so that the lines add up."))
+    "session's `cost`. Each line of the net is its exact amount rounded to the minor "
+    "unit, up or down by less than one unit so that they add up to `net` (the exact net "
+    "rounded half up); `tax` is `net` × the tariff's rate, rounded half up once."))
 class CostBreakdown:
     energy: Decimal = strawberry.field(description="Energy × price per kWh.")
     time: Decimal = strawberry.field(description="Minutes × price per minute.")
@@ -1037,9 +1038,10 @@ class CostBreakdown:
         "grace × its idle price, at most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
     tax: Decimal = strawberry.field(description=(
-        "`gross` − `net`: the tariff's tax on `net`, each figure rounded to the currency's "
-        "minor unit on its own (so it may differ from `net` × the rate by one minor "
-        "unit)."))
+        "The tariff's tax rate × `net`, rounded half up to the currency's minor unit. A "
+        "session billed before session 31 shows what it was billed by: `gross` − `net`, "
+        "the gross then being the exact total with tax rounded on its own (at times one "
+        "minor unit more or less than the rate × `net`)."))
     gross: Decimal = strawberry.field(description="What was billed: the session's `cost`.")
     currency: str = strawberry.field(description="ISO 4217 code of every line.")
 
@@ -1238,7 +1240,8 @@ class Session(Node, Audited):
         "null for other states, a session priced by no tariff, and one whose tariff no "
         "longer gives the cost it was billed (a version an admin dated back since). A "
         "session billed before durations were priced exactly (from a float of its "
-        "seconds, at times one minor unit less) shows the lines it was billed by."))
+        "seconds, at times one minor unit less), or before session 31 (its tax what the "
+        "total with tax rounded left, see `tax`), shows the lines it was billed by."))
     def cost_breakdown(self, info: Info) -> CostBreakdown | None:
         r = self._r
         if r.state is not d.SessionState.COMPLETED or r.cost_minor is None \
@@ -1468,9 +1471,11 @@ class Tariff(Node, Audited):
 class Payment(Node, Audited):
     status: PaymentStatus = strawberry.field(description="Where it is in settlement.")
     provider: str = strawberry.field(description=(
-        "The payment provider that settled it last (`manual` unless one is configured)."))
+        "The payment provider that captured it, or marked it failed (`manual` unless one "
+        "is configured)."))
     provider_ref: str | None = strawberry.field(description=(
-        "The provider's reference of its last capture or refund; null before one."))
+        "The provider's reference of its capture; null before one. Each refund's "
+        "reference is on the refund (`refunds`)."))
     _r: strawberry.Private[d.Payment]
 
     @classmethod

@@ -423,11 +423,12 @@ class PaymentService(Service):
                          refund_claims=[c for c in now.refund_claims or ()
                                         if c["key"] != pending["key"]] or None,
                          status=PaymentStatus.REFUNDED if refunded == now.amount_minor
-                         else PaymentStatus.CAPTURED,
-                         provider=self.provider.name, provider_ref=reference)
+                         else PaymentStatus.CAPTURED)
             # The refund's own record rides in the same write: reports book it when it
             # was paid back. Not audited on its own: the payment's audited update says
-            # who paid back how much, and when.
+            # who paid back how much, and when. Its provider's reference is on that
+            # record only: the payment keeps its capture's (QA s31: each refund wrote
+            # its own over it, and the capture's was left in the audit log alone).
             if await self._wrote(viewer, move, now, [Insert(record)]):
                 settled = cast(Payment, move.record)
                 await self.publish(payment_changed(settled, "REFUNDED"))

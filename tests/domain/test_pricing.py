@@ -3,6 +3,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from domain.clock import exact_seconds
 from domain.currencies import minor_digits
 from domain.entities import Tariff
 from domain.pricing import CostBreakdown, cost_breakdown, session_cost_minor
@@ -14,8 +15,9 @@ def test_energy_time_fee_and_tax() -> None:
     tariff = Tariff(company_id="c" * 24, price_per_kwh=Decimal("0.39"), currency="EUR",
                     price_per_minute=Decimal("0.01"), session_fee=Decimal("0.50"),
                     tax_rate=Decimal("0.19"))
-    # 12.345 kWh * 0.39 = 4.81455; 90 min * 0.01 = 0.90; + 0.50 = 6.21455; * 1.19 = 7.3953145
-    assert session_cost_minor(tariff, 12_345, START, START + timedelta(minutes=90)) == 740
+    # 12.345 kWh * 0.39 = 4.81455; 90 min * 0.01 = 0.90; + 0.50 = 6.21455 → 6.21 net;
+    # tax 19 % of 6.21 = 1.1799 → 1.18; 7.39 (the exact total with tax, 7.3953145, was 7.40)
+    assert session_cost_minor(tariff, 12_345, START, START + timedelta(minutes=90)) == 739
 
 
 def test_rounding_half_up_and_no_negative_energy() -> None:
@@ -70,6 +72,10 @@ def _tariff(kwh: str, minute: str = "0", fee: str = "0", tax: str = "0",
                   tax_rate=Decimal(tax))
 
 
+def _half_up(amount: Decimal) -> int:
+    return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 def _adds_up(b: CostBreakdown) -> None:
     assert b.energy + b.time + b.fee == b.net
     assert b.net + b.tax == b.gross
@@ -79,9 +85,19 @@ def _adds_up(b: CostBreakdown) -> None:
 def test_breakdown_of_the_example_adds_up_to_the_billed_total() -> None:
     b = cost_breakdown(_tariff("0.39", "0.01", "0.50", "0.19"), 12_345, START,
                        START + timedelta(minutes=90))
-    # 4.81455 → 481, 0.90 → 90, 0.50 → 50: net 6.21455 → 621; gross 7.3953145 → 740
+    # 4.81455 → 481, 0.90 → 90, 0.50 → 50: net 6.21455 → 621; tax 117.99 → 118
     assert (b.energy, b.time, b.fee, b.net, b.tax, b.gross, b.currency) == (
-        481, 90, 50, 621, 119, 740, "EUR")
+        481, 90, 50, 621, 118, 739, "EUR")
+
+
+def test_the_tax_line_is_the_rate_on_the_net_shown() -> None:
+    """QA s31: 0.062 kWh at 0.60/kWh, 31 s at 0.01/min, a 0.50 fee, 19 % tax: net
+    0.5423… → 0.54, and 19 % of 0.54 is 0.1026 → 0.10. The tax was what the exact total
+    with tax (0.6454… → 0.65) left: 0.11, not the rate on the net shown."""
+    b = cost_breakdown(_tariff("0.60", "0.01", "0.50", "0.19"), 62, START,
+                       START + timedelta(seconds=31))
+    _adds_up(b)
+    assert (b.energy, b.time, b.fee, b.net, b.tax, b.gross) == (4, 0, 50, 54, 10, 64)
 
 
 def test_parts_rounded_alone_would_not_add_up() -> None:
@@ -90,12 +106,12 @@ def test_parts_rounded_alone_would_not_add_up() -> None:
     b = cost_breakdown(_tariff("0.25", "0.005"), 20, START, START + timedelta(minutes=1))
     _adds_up(b)
     assert (b.energy + b.time, b.net, b.tax, b.gross) == (1, 1, 0, 1)
-    # Three parts of 0.4 cent each: 1.2 cents, one cent; the gross with 25 % tax is
-    # 1.5 cents, two: the tax is the cent the rounding of the total adds.
+    # Three parts of 0.4 cent each: 1.2 cents, one cent; 25 % tax on it is a quarter
+    # cent, none (the exact total with tax, 1.5 cents, would have been two).
     b = cost_breakdown(_tariff("0.2", "0.004", "0.004", "0.25"), 20, START,
                        START + timedelta(minutes=1))
     _adds_up(b)
-    assert (b.net, b.tax, b.gross) == (1, 1, 2)
+    assert (b.net, b.tax, b.gross) == (1, 0, 1)
 
 
 def test_gross_is_the_billed_cost_on_awkward_values() -> None:
@@ -110,14 +126,16 @@ def test_gross_is_the_billed_cost_on_awkward_values() -> None:
         b = cost_breakdown(tariff, energy, START, end)
         _adds_up(b)
         assert b.gross == session_cost_minor(tariff, energy, START, end)
-        # Before the split, the total was this one expression, rounded once.
-        exact = (Decimal(energy) / 1000 * tariff.price_per_kwh
-                 + Decimal((end - START).total_seconds()) / 60 * tariff.price_per_minute
-                 + tariff.session_fee) * (1 + tariff.tax_rate)
-        assert b.gross == int(exact.scaleb(minor_digits(tariff.currency))
-                              .quantize(Decimal(1), rounding=ROUND_HALF_UP))
-        # Each part is within one minor unit of its exact amount.
+        # The net is the exact net rounded once; the tax the rate on that net (in
+        # minor units) rounded once, half up; the gross their sum.
         digits = minor_digits(tariff.currency)
+        exact = (Decimal(energy) / 1000 * tariff.price_per_kwh
+                 + exact_seconds(end - START) / 60 * tariff.price_per_minute
+                 + tariff.session_fee)
+        assert b.net == _half_up(exact.scaleb(digits))
+        assert b.tax == _half_up(b.net * tariff.tax_rate)
+        assert b.gross == b.net + b.tax
+        # Each part is within one minor unit of its exact amount.
         assert abs(b.energy - (Decimal(energy) / 1000 * tariff.price_per_kwh)
                    .scaleb(digits)) < 1
 
@@ -190,3 +208,23 @@ def test_a_receipt_shows_the_lines_a_session_was_billed_by() -> None:
     assert before is not None and (before.time, before.net, before.gross) == (150, 150, 150)
     assert receipt(tariff, billed(149)) is None
     assert receipt(dataclasses.replace(tariff, currency="USD"), billed(151)) is None
+
+
+def test_a_receipt_of_a_bill_taxed_on_its_total_shows_the_lines_it_was_billed_by() -> None:
+    """A session billed before session 31 (the exact total with tax rounded once, the
+    tax what it left) keeps its cost and shows the lines it was billed by; one billed
+    now shows the rate on the net shown."""
+    from domain.entities import Session, SessionState
+    from domain.pricing import receipt
+    tariff = _tariff("0.60", "0.01", "0.50", "0.19")
+
+    def billed(cost_minor: int) -> Session:
+        return Session(transaction_id=1, station_id="s" * 24, cp_id="CP", connector_id=1,
+                       id_tag="TAG", start_time=START, meter_start_wh=0, energy_wh=62,
+                       state=SessionState.COMPLETED, end_time=START + timedelta(seconds=31),
+                       cost_minor=cost_minor, currency="EUR")
+    now = receipt(tariff, billed(64))
+    assert now is not None and (now.net, now.tax, now.gross) == (54, 10, 64)
+    before = receipt(tariff, billed(65))
+    assert before is not None and (before.net, before.tax, before.gross) == (54, 11, 65)
+    assert receipt(tariff, billed(66)) is None

@@ -169,6 +169,8 @@ async def test_payments_carry_what_was_refunded(service: Running) -> None:
     rows = table(await export(service, "payments.csv", await service.token("admin")))
     row = next(r for r in rows if r["id"] == to_global_id("payment", paid.id))
     assert (row["status"], row["amount"], row["refunded"]) == ("CAPTURED", "4.94", "1.50")
+    # The capture's reference, not the refund's (QA s31: a refund wrote its own over it).
+    assert row["providerRef"] == f"manual:capture:{paid.id}"
 
 
 async def test_related_records_hidden_from_the_viewer_have_no_id(service: Running) -> None:

@@ -339,7 +339,7 @@ async def test_payment_state_machine(scripted: tuple[History, Api]) -> None:
 
 REFUND = """mutation($id: ID!, $amount: Decimal) { refundPayment(input: {id: $id,
   amount: $amount}) { payment { status providerRef refunded { amount currency }
-  amount { amount } } errors { field code } } }"""
+  amount { amount } refunds { providerRef } } errors { field code } } }"""
 
 
 async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]) -> None:
@@ -357,13 +357,18 @@ async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]
         return answer["refundPayment"]  # type: ignore[no-any-return]
 
     part = await refund("2.50")
-    # The manual provider's reference names the refund's own key: its record's id.
+    # The manual provider's reference names the refund's own key: its record's id. It
+    # is the refund's; the payment keeps its capture's (QA s31: the refund's was
+    # written over it).
     [made] = await history.services.ctx.store.find_all(d.Refund,
                                                         Eq("payment_id", payment.id))
+    capture_ref = f"manual:capture:{payment.id}"
     assert part == {"payment": {"status": "CAPTURED", "refunded": {"amount": "2.50",
                                                                    "currency": "EUR"},
-                                "providerRef": f"manual:refund:{payment.id}:{made.id}",
-                                "amount": {"amount": "6.60"}}, "errors": []}
+                                "providerRef": capture_ref, "amount": {"amount": "6.60"},
+                                "refunds": [{"providerRef":
+                                             f"manual:refund:{payment.id}:{made.id}"}]},
+                    "errors": []}
     for amount, code in (("4.11", "OUT_OF_RANGE"), ("0", "OUT_OF_RANGE"),
                          ("-1", "OUT_OF_RANGE"), ("1.234", "INVALID"),
                          ("1e999999", "OUT_OF_RANGE")):
@@ -371,6 +376,8 @@ async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]
         assert refused == {"payment": None, "errors": [{"field": "amount", "code": code}]}
     rest = await refund(None)  # all that is left
     assert rest["payment"]["status"] == "REFUNDED"
+    assert rest["payment"]["providerRef"] == capture_ref
+    assert len({r["providerRef"] for r in rest["payment"]["refunds"]}) == 2
     assert rest["payment"]["refunded"]["amount"] == "6.60"
     assert (await refund("0.01"))["errors"] == [{"field": "id", "code": "INVALID_STATE"}]
     log = await api.gql("""query($id: ID!) { auditLog(filter: {entityId: $id}) { nodes {

@@ -93,6 +93,32 @@ async def test_a_running_session_is_estimated_and_a_closed_one_itemised(
     assert amounts["fee"] == Decimal("0.49")
 
 
+async def test_the_tax_line_is_the_rate_on_the_net_and_the_payment_asks_the_gross(
+        api: Api, services: Services, world: World) -> None:
+    """QA s31: a net of 0.544 EUR is shown 0.54, and 19 % of it is 0.1026: the tax line
+    reads 0.10 and the gross 0.64, which the session's cost, its estimate at the same
+    instant and its payment ask alike (the exact total with tax, 0.647, made them 0.65
+    and the tax the 0.11 left)."""
+    tariff = await _company_tariff(services, world, "a", price_per_kwh="1.00",
+                                   session_fee="0.50", tax_rate="0.19")
+    session = await _started(services, world, "A-001", "driver1", timedelta(minutes=5), 44)
+    live = (await _sessions(api, world, "driver1"))[session.transaction_id]
+    assert live["estimatedCost"]["amountMinor"] == 64
+    assert cost_breakdown(tariff, 44, session.start_time, utcnow()).gross == 64
+    closed = await services.charging.end_session(world.viewer("op_a"), session.id)
+    done = (await _sessions(api, world, "driver1"))[session.transaction_id]
+    assert done["costBreakdown"] == {"energy": "0.04", "time": "0.00", "fee": "0.50",
+                                     "idle": "0.00", "net": "0.54", "tax": "0.10",
+                                     "gross": "0.64", "currency": "EUR"}
+    assert closed.cost_minor == done["cost"]["amountMinor"] == 64
+    payments = await api.gql("{ payments(first: 100) { nodes { amount { amountMinor } "
+                             "session { transactionId } } } }",
+                             as_user=world.users["op_a"].id)
+    [asked] = [p["amount"]["amountMinor"] for p in payments["payments"]["nodes"]
+               if (p["session"] or {}).get("transactionId") == session.transaction_id]
+    assert asked == 64
+
+
 async def test_no_tariff_no_estimate_and_none_of_another_state(
         api: Api, world: World) -> None:
     sessions = await _sessions(api, world, "admin")
