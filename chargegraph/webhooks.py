@@ -98,7 +98,7 @@ from domain.events import (
     StationSightChanged,
     WebhookChanged,
 )
-from domain.ids import is_id, new_id
+from domain.ids import new_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
 from domain.services.live import SightOrder
@@ -109,7 +109,7 @@ from domain.services.webhooks import (
     webhook_event,
 )
 from domain.wire import rfc3339
-from graph.ids import to_global_id
+from graph.ids import shown_actor, to_global_id
 from pubsub.codec import decode, encode
 
 log = logging.getLogger("chargegraph.webhooks")
@@ -227,8 +227,8 @@ def event_data(event: DomainEvent) -> dict[str, Any]:
             continue  # an event of no charger (a payment's)
         if field.name in _ID_FIELDS and value is not None:
             value = to_global_id(_ID_FIELDS[field.name], value)
-        elif field.name == "requested_by" and is_id(value):
-            value = to_global_id("user", value)  # else an actor: system, ocpp:<cpId>
+        elif field.name == "requested_by":
+            value = shown_actor(value)
         elif isinstance(value, datetime):
             value = rfc3339(value)  # as the body's ``at`` and the API write instants
         data[_camel(field.name)] = value

@@ -70,7 +70,7 @@ from domain.wire import rfc3339
 from graph.analytics import AnalyticsFilter
 from graph.errors import camel
 from graph.filters import AuditFilter, PaymentFilter, SessionFilter
-from graph.ids import TYPE_BY_KIND, to_global_id
+from graph.ids import TYPE_BY_KIND, shown_actor, to_global_id
 from graph.query import NEWEST_AUDIT, NEWEST_SESSIONS
 from graph.scalars import parse_instant
 
@@ -341,7 +341,7 @@ async def _audit_rows(reads: ReadService, viewer: Viewer, entries: list[d.AuditE
     policy = reads.policy  # the images as the GraphQL AuditEntry shows them
     return [(global_id("audit_entry", e.id), e.at, e.entity,
              to_global_id(e.entity, e.entity_id) if e.entity in TYPE_BY_KIND
-             else e.entity_id, e.action, e.actor,
+             else e.entity_id, e.action, shown_actor(e.actor),
              _image(policy.audit_snapshot(viewer, e, e.before)),
              _image(policy.audit_snapshot(viewer, e, e.after))) for e in entries]
 

@@ -35,14 +35,13 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.currencies import major_units
 from domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
-from domain.ids import is_id
 from domain.policy import Viewer
 from domain.services import Services
 from domain.services.personal_data import AUDIT_CAP, PersonalData
 from domain.services.refresh_tokens import still_signs_in
 from domain.wire import rfc3339
 from graph.csv_export import CsvStream, ExportDoor, error_response
-from graph.ids import TYPE_BY_KIND, expect_id, to_global_id
+from graph.ids import TYPE_BY_KIND, expect_id, shown_actor, to_global_id
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -216,14 +215,15 @@ async def document(services: Services, data: PersonalData) -> AsyncGenerator[byt
                 "entity": entry.entity,
                 "entityId": _gid(entry.entity, entry.entity_id)
                 if entry.entity in TYPE_BY_KIND else entry.entity_id,
-                "action": entry.action.name, "actor": entry.actor, "aboutYou": about_them,
+                "action": entry.action.name, "actor": shown_actor(entry.actor),
+                "aboutYou": about_them,
                 "before": policy.audit_snapshot(holder, entry, entry.before)
                 if about_them else None,
                 "after": policy.audit_snapshot(holder, entry, entry.after)
                 if about_them else None}
 
     yield (b'{"format":' + dump(FORMAT) + b',"exportedAt":' + dump(_when(data.exported_at))
-           + b',"exportedBy":' + dump(_actor(data.exported_by)) + b',"user":'
+           + b',"exportedBy":' + dump(shown_actor(data.exported_by)) + b',"user":'
            + dump(_profile(user)))
     sections: list[tuple[str, AsyncGenerator[bytes, None]]] = [
         ("vehicles", _array(data.vehicles(), lambda p: plain(p, _vehicle))),
@@ -246,10 +246,6 @@ async def document(services: Services, data: PersonalData) -> AsyncGenerator[byt
         yield chunk
     yield (b',"auditLogCap":' + dump(AUDIT_CAP) + b',"auditLogComplete":'
            + dump(log_.complete) + b"}")
-
-
-def _actor(actor: str) -> str:
-    return to_global_id("user", actor) if is_id(actor) else actor
 
 
 # ------------------------------------------------------------------------ HTTP

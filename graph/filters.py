@@ -32,7 +32,7 @@ from graph.enums import (
     Role,
     SessionState,
 )
-from graph.ids import KIND_BY_TYPE, expect_id, from_global_id
+from graph.ids import KIND_BY_TYPE, expect_id, from_global_id, stored_actor
 from graph.relay import OrderDirection
 
 T = TypeVar("T")
@@ -628,7 +628,10 @@ class AuditFilter:
         default=None, description="Global (or raw) id of the changed record."
     )
     actor_id: strawberry.ID | None = strawberry.field(
-        default=None, description="User id, or `system` / `ocpp:<cpId>`."
+        default=None, description=(
+            "Who made it: a user's global id (as `User.id` and `actor` show it), "
+            "`ocpp:<cpId>` or `system`. A user's raw id, as `actor` showed them before, "
+            "still works (deprecated).")
     )
     action: AuditAction | None = strawberry.field(default=None, description=(
         "Of this kind of change."))
@@ -644,9 +647,7 @@ class AuditFilter:
             entity_id = raw if is_id(raw) else from_global_id(raw, "filter.entityId")[1]
         actor = None
         if self.actor_id is not None:
-            raw = str(self.actor_id)
-            actor = raw if raw == "system" or raw.startswith("ocpp:") \
-                else expect_id(raw, "user", "filter.actorId")
+            actor = stored_actor(str(self.actor_id), "filter.actorId")
         return all_of(
             _eq("entity", audited_kind(self.entity)),
             _eq("entity_id", entity_id),

@@ -252,9 +252,16 @@ class GraphQLHTTPHandler:
         self._ide_html = ide_page(graphiql_assets) if graphiql else ""
 
     async def __call__(self, request: Request) -> Response:
+        media = negotiate(request.headers.get("accept"))
+        if request.method not in ("GET", "POST"):
+            # The method first, whatever the Accept (QA s31: a HEAD or DELETE from a
+            # browser, Accept: text/html, was told 406, as if another media type would
+            # do). A CORS preflight never gets here: the middleware answers it.
+            self.metrics.graphql_request("unknown", "invalid")
+            return _response(_error_body("use GET or POST"), 405, media or JSON,
+                             {"Allow": "GET, POST"})
         if request.method == "GET" and self.graphiql and wants_html(request):
             return HTMLResponse(self._ide_html)  # a page, not a request: not counted
-        media = negotiate(request.headers.get("accept"))
         if media is None:
             self.metrics.graphql_request("unknown", "invalid")
             return _response(_error_body(f"accept {GRAPHQL_RESPONSE} or {JSON}"), 406, JSON)
@@ -262,11 +269,9 @@ class GraphQLHTTPHandler:
             if request.method == "GET":
                 params: Any = dict(request.query_params)
                 allowed = {OperationType.QUERY}
-            elif request.method == "POST":
+            else:
                 params = await read_post(request)
                 allowed = {OperationType.QUERY, OperationType.MUTATION}
-            else:
-                raise RequestError("use GET or POST", 405, {"Allow": "GET, POST"})
             query, variables, operation_name = parse_params(params)
         except RequestError as exc:
             self.metrics.graphql_request("unknown", "invalid")

@@ -58,3 +58,20 @@ def expect_id(global_id: str, kind: str, field: str) -> str:
             f"expected the id of a {TYPE_BY_KIND[kind]}", field=field, code="INVALID_ID"
         )
     return record_id
+
+
+def shown_actor(actor: str) -> str:
+    """Who did something (an audit stamp, an entry's actor, who asked for a command) as
+    the API shows it: a user as their global id, the ``User.id`` a client compares it
+    with; ``ocpp:<cpId>``, ``system`` (and ``anonymous``) as they are."""
+    return to_global_id("user", actor) if is_id(actor) else actor
+
+
+def stored_actor(actor: str, field: str) -> str:
+    """``shown_actor``'s inverse, as a filter or a resolver takes it: ``system`` and
+    ``ocpp:<cpId>`` as they are, else a user's global id (or, deprecated, their raw id,
+    as the API showed actors before session 31), its record id. Anything else is
+    ``INVALID_ID`` naming ``field``."""
+    if actor == "system" or actor.startswith("ocpp:"):
+        return actor
+    return expect_id(actor, "user", field)

@@ -62,7 +62,7 @@ from graph.enums import (
 )
 from graph.filters import GeoPointInput, check_point
 from graph.history import ConnectionEvent, Measurand, MeterSample, Since, Until
-from graph.ids import TYPE_BY_KIND, to_global_id
+from graph.ids import TYPE_BY_KIND, shown_actor, to_global_id
 from graph.loaders import Loaders
 from graph.relay import Connection, Node, PageArgs, nested_connection
 from graph.scalars import BigInt
@@ -293,26 +293,30 @@ class Audited:
     updated_at: datetime = strawberry.field(description=(
         "When it last changed, UTC. A user or vehicle in a reduced view (seen by name or "
         "plate only) reads its `createdAt`: its last change may be a private one."))
-    created_by: str | None = strawberry.field(
-        description="User id, `ocpp:<cpId>` or `system`; null where the viewer may not know."
-    )
+    created_by: str | None = strawberry.field(description=(
+        "Who created it: a user's global id (as `User.id`), `ocpp:<cpId>` or `system`; "
+        "null where the viewer may not know."))
     updated_by: str | None = strawberry.field(description=(
         "Who changed it last, as `createdBy`; null where the viewer may not know."))
+    #: The record (``_audited`` sets it): its stamps as stored, a user's raw id.
+    _r: strawberry.Private[d.Record]
 
     @strawberry.field(description="The user who created it, when a user did and the "
                                   "viewer may see them (`createdBy` is their id).")
     async def created_by_user(self, info: Info) -> User | None:
-        return await _actor_user(info, self.created_by)
+        # The record's stamp, raw: ``created_by`` is it as shown, null when hidden.
+        return await _actor_user(info, self.created_by and self._r.created_by)
 
     @strawberry.field(description="The user who changed it last, when a user did and the "
                                   "viewer may see them.")
     async def updated_by_user(self, info: Info) -> User | None:
-        return await _actor_user(info, self.updated_by)
+        return await _actor_user(info, self.updated_by and self._r.updated_by)
 
 
 async def _actor_user(info: Info, actor: str | None) -> User | None:
-    """The user an audit stamp names (a user id, not ``ocpp:…`` or ``system``), through
-    the request's batched loads: a page of records asks for their authors once."""
+    """The user an audit stamp names (a user's record id as stored, not ``ocpp:…`` or
+    ``system``), through the request's batched loads: a page of records asks for their
+    authors once."""
     if actor is None or not is_id(actor):
         return None
     return await _related(info, User, actor)  # type: ignore[no-any-return]
@@ -348,8 +352,8 @@ def _audited(cls: type[NodeT], r: d.Record, fields: dict[str, Any], visible: boo
     fields["_r"] = r
     fields["created_at"] = r.created_at
     fields["updated_at"] = r.updated_at if changes_visible else r.created_at
-    fields["created_by"] = r.created_by if visible else None
-    fields["updated_by"] = r.updated_by if visible else None
+    fields["created_by"] = shown_actor(r.created_by) if visible else None
+    fields["updated_by"] = shown_actor(r.updated_by) if visible else None
     return _node(cls, fields)
 
 
@@ -1557,7 +1561,8 @@ class AuditEntry(Node, Audited):
     entity: str = strawberry.field(description="Entity kind, e.g. `station`, `id_tag`.")
     entity_id: strawberry.ID = strawberry.field(description="Global id of the changed record.")
     action: AuditAction = strawberry.field(description="What kind of change.")
-    actor: str = strawberry.field(description="User id, `ocpp:<cpId>` or `system`.")
+    actor: str = strawberry.field(description=(
+        "Who made it: a user's global id (as `User.id`), `ocpp:<cpId>` or `system`."))
     at: datetime = strawberry.field(description="When it happened, UTC.")
     before: JSON | None = strawberry.field(description=(
         "The record before the change, as stored: snake_case fields and raw record ids "
@@ -1579,7 +1584,7 @@ class AuditEntry(Node, Audited):
             "entity": r.entity,
             "entity_id": strawberry.ID(entity_id),
             "action": r.action,
-            "actor": r.actor,
+            "actor": shown_actor(r.actor),
             "at": r.at,
             "before": cast(JSON, policy.audit_snapshot(ctx.viewer, r, r.before)),
             "after": cast(JSON, policy.audit_snapshot(ctx.viewer, r, r.after)),

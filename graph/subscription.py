@@ -36,7 +36,7 @@ from graph.command_types import ChargePointErrorCode, shown_error_code
 from graph.context import GraphContext
 from graph.enums import ConnectorStatus, ReservationState, SessionState
 from graph.filters import BOUNDED, USE_CP_IDS, bounded, global_ids, listed_beside
-from graph.ids import expect_id, to_global_id
+from graph.ids import expect_id, shown_actor, to_global_id
 from graph.loaders import Loaders
 from graph.nodes import Connector, Reservation, Session, Station, User, _related
 
@@ -322,16 +322,19 @@ class CommandEvent:
     error_code: str | None = strawberry.field(description=(
         "Why it failed, e.g. CHARGER_OFFLINE, CHARGER_TIMEOUT or CHARGER_REJECTED; null "
         "when it did not."))
-    requested_by: str = strawberry.field(description="User id of who asked, or `system`.")
+    requested_by: str = strawberry.field(description=(
+        "Who asked: a user's global id (as `User.id`), `ocpp:<cpId>` or `system`."))
     at: datetime = strawberry.field(description="When it completed, UTC.")
     dropped_before: int = strawberry.field(description=_DROPPED)
+    _e: strawberry.Private[CommandCompleted]
 
     @strawberry.field(description="Who asked for it, if the viewer may see them (a console "
                                   "names them without another request).")
     async def requested_by_user(self, info: Info) -> User | None:
-        if not is_id(self.requested_by):
+        asker = self._e.requested_by  # as stored: a user's raw id
+        if not is_id(asker):
             return None
-        return await _related(info, User, self.requested_by)  # type: ignore[no-any-return]
+        return await _related(info, User, asker)  # type: ignore[no-any-return]
 
 
 class LiveFeed(AsyncIterator[Any]):
@@ -475,7 +478,8 @@ def _reservation(e: ReservationChanged, dropped: int) -> ReservationEvent:
 def _command(e: CommandCompleted, dropped: int) -> CommandEvent:
     return CommandEvent(command_id=strawberry.ID(e.command_id), action=e.action,
                         cp_id=e.cp_id, status=e.status, error_code=e.error_code,
-                        requested_by=e.requested_by, at=e.at, dropped_before=dropped)
+                        requested_by=shown_actor(e.requested_by), at=e.at,
+                        dropped_before=dropped, _e=e)
 
 
 @strawberry.type(description=(

@@ -155,10 +155,12 @@ async def test_command_completed_reaches_the_operator(service: Running) -> None:
             answer = await service.gql("""mutation { unlockConnector(input: {cpId: "CP-1",
                 connectorId: 1}) { status errors { code } } }""", token=token)
             assert answer["unlockConnector"] == {"status": "UNLOCKED", "errors": []}
+            me = (await service.gql("{ me { id } }", token=token))["me"]["id"]
         event = (await operator.next())["payload"]["data"]["commandCompleted"]
+        # Who asked as the API names them everywhere: their ``me.id`` (QA s31: the raw
+        # record id, which a console could not match).
         assert event == {"action": "UnlockConnector", "cpId": "CP-1", "status": "Unlocked",
-                         "errorCode": None,
-                         "requestedBy": service.central.users["op"].id,
+                         "errorCode": None, "requestedBy": me,
                          "requestedByUser": {"name": service.central.users["op"].name}}
         with pytest.raises(TimeoutError):
             await driver.next(timeout=0.5)  # not the driver's command

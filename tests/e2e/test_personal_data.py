@@ -94,7 +94,7 @@ async def test_a_driver_downloads_their_data_and_nothing_of_other_drivers(
     assert len(doc["devices"]) == 1 and doc["devices"][0]["signedIn"] is True
     # Newest first: this export, recorded before the copy was written.
     assert doc["auditLog"][0]["action"] == "EXPORT"
-    assert doc["auditLog"][0]["actor"] == driver.id
+    assert doc["auditLog"][0]["actor"] == gid("user", driver.id)
     ats = [e["at"] for e in doc["auditLog"]]
     assert ats == sorted(ats, reverse=True)
     assert doc["auditLogComplete"] is True and doc["auditLogCap"] == 10_000
@@ -157,7 +157,7 @@ async def test_who_may_download_whose_copy(service: Running) -> None:
         '{ auditLog(first: 10, filter: {action: EXPORT}) { nodes { actor entityId } } }',
         token=await service.token("driver"))
     assert seen["auditLog"]["nodes"] == [
-        {"actor": c.users["admin"].id, "entityId": gid("user", driver.id)}] * 2
+        {"actor": gid("user", c.users["admin"].id), "entityId": gid("user", driver.id)}] * 2
 
 
 async def test_an_erased_account_is_refused(service: Running) -> None:
@@ -221,7 +221,8 @@ async def test_what_they_did_to_others_records_is_listed_without_those_records(
     [done] = [e for e in doc["auditLog"] if e["entity"] == "id_tag"]
     assert (done["entityId"], done["action"], done["actor"], done["aboutYou"],
             done["before"], done["after"]) == (gid("id_tag", c.tags["other"].id),
-                                               "UPDATE", admin.id, False, None, None)
+                                               "UPDATE", gid("user", admin.id), False, None,
+                                               None)
     assert "TAG-OTHER" not in response.text
     assert c.users["driver2"].id not in response.text
 

@@ -511,5 +511,5 @@ async def test_a_status_report_carries_its_audit_stamps_as_other_nodes(
     assert data["node"]["statusHistory"]["nodes"] == [{
         "status": "UNAVAILABLE", "createdAt": "2025-03-01T08:09:00.000Z",
         "updatedAt": "2025-03-01T08:10:00.000Z", "createdBy": "ocpp:A-001",
-        "updatedBy": op_a.id, "createdByUser": None,
+        "updatedBy": to_global_id("user", op_a.id), "createdByUser": None,
         "updatedByUser": {"email": op_a.email}}]

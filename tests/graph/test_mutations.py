@@ -90,7 +90,8 @@ async def test_repeated_failed_sign_ins_lock_the_email(api: Api, world: World) -
 async def test_companies_and_users(api: Api, world: World) -> None:
     created = await call(api, world, "admin", "createCompany", {"name": "  Gamma  GmbH "},
                          "company { name createdBy }")
-    assert created["company"] == {"name": "Gamma GmbH", "createdBy": world.users["admin"].id}
+    assert created["company"] == {"name": "Gamma GmbH",
+                                  "createdBy": gid("user", world.users["admin"].id)}
     assert codes(await call(api, world, "admin", "createCompany", {"name": "Gamma GmbH"},
                             "company { id }")) == [("name", "DUPLICATE")]
     # QA (s17): names differing only in case are one company's name.
@@ -359,7 +360,7 @@ async def test_vehicles(api: Api, world: World) -> None:
     delete, update, _ = log["auditLog"]["nodes"]
     assert update["before"]["make"] == "Tesla" and update["after"]["make"] is None
     assert delete["after"] is None and delete["before"]["license_plate"] == "M-XY 42"
-    assert delete["actor"] == world.users["driver1"].id
+    assert delete["actor"] == gid("user", world.users["driver1"].id)
 
 
 async def test_card_groups_are_set_by_operators_and_admins(api: Api, world: World) -> None:

@@ -48,8 +48,8 @@ async def test_a_payment_lists_its_refunds_newest_first(api: Api, services: Serv
     assert newest["amount"] == {"amountMinor": 50, "currency": "EUR", "amount": "0.50"}
     assert oldest["amount"] == {"amountMinor": 100, "currency": "EUR", "amount": "1.00"}
     assert (newest["createdBy"], newest["createdByUser"]) == (
-        world.users["op_a2"].id, {"name": "Op_A2"})
-    assert oldest["createdBy"] == world.users["op_a"].id
+        to_global_id("user", world.users["op_a2"].id), {"name": "Op_A2"})
+    assert oldest["createdBy"] == to_global_id("user", world.users["op_a"].id)
     assert newest["at"] >= oldest["at"] and newest["createdAt"] >= oldest["createdAt"]
     # The ledger adds up to what the payment says was paid back.
     assert sum(r["amount"]["amountMinor"] for r in payment["refunds"]) == 150

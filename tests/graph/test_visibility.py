@@ -300,7 +300,7 @@ async def test_a_station_handed_over_leaves_its_reservations_in_the_old_books(
         nodes { action actor } } }"""
     assert (await api.gql(history, as_user=world.users["op_b"].id))["auditLog"]["nodes"] == []
     a_history = (await api.gql(history, as_user=world.users["op_a"].id))["auditLog"]["nodes"]
-    assert {"action": "UPDATE", "actor": world.users["op_b"].id} in a_history
+    assert {"action": "UPDATE", "actor": to_global_id("user", world.users["op_b"].id)} in a_history
     # Drivers keep seeing their own.
     for driver, tag in (("driver1", "TAG-DRIVER1"), ("driver2", "TAG-DRIVER2")):
         mine = await api.gql(RESERVATIONS, {"station": to_global_id("station", station.id)},
@@ -423,8 +423,8 @@ async def test_station_by_cp_id_and_private_fields(api: Api, world: World) -> No
 
 async def test_audit_stamps_name_their_users_for_whoever_may_see_them(
         api: Api, world: World) -> None:
-    """``createdBy`` is a raw id (``node(id:)`` finds nothing with it): the user behind
-    it is a field of its own, null where the stamp is hidden or names no user."""
+    """``createdBy`` is a user's global id (session 31; raw before): the user behind it
+    is a field of its own too, null where the stamp is hidden or names no user."""
     query = """{ station(cpId: "A-001") { createdBy createdByUser { id name }
       updatedByUser { name } connectors { createdByUser { name } } } }"""
     staff = await api.gql(query, as_user=world.users["admin"].id)
@@ -433,7 +433,7 @@ async def test_audit_stamps_name_their_users_for_whoever_may_see_them(
     if creator == "system":
         assert staff["station"]["createdByUser"] is None
     else:
-        assert staff["station"]["createdByUser"]["id"] == to_global_id("user", creator)
+        assert staff["station"]["createdByUser"]["id"] == creator
     public = await api.gql(query, as_user=world.users["driver1"].id)
     assert public["station"]["createdByUser"] is None
     assert all(c["createdByUser"] is None for c in public["station"]["connectors"])
@@ -456,8 +456,8 @@ async def test_payments_and_audit_scoped(api: Api, world: World) -> None:
     mine = await api.gql(audit, as_user=world.users["driver1"].id)
     # What is theirs, whoever acted: their account (created by the system), their car and
     # card (by themselves).
-    assert {n["actor"] for n in mine["auditLog"]["nodes"]} == {world.users["driver1"].id,
-                                                               "system"}
+    assert {n["actor"] for n in mine["auditLog"]["nodes"]} == {
+        to_global_id("user", world.users["driver1"].id), "system"}
     assert {n["entity"] for n in mine["auditLog"]["nodes"]} == {"user", "vehicle", "id_tag"}
     everything = await api.gql(audit, as_user=world.users["admin"].id)
     assert len(everything["auditLog"]["nodes"]) > len(mine["auditLog"]["nodes"])
@@ -507,7 +507,7 @@ async def test_removals_are_read_by_the_record_s_company_and_person_not_by_who_r
     seen = await api.gql(REMOVALS, as_user=world.users["driver_a"].id)
     [removal] = seen["auditLog"]["nodes"]
     assert (removal["entity"], removal["actor"], removal["before"]["tag"]) == (
-        "id_tag", world.users["op_a2"].id, card.tag)
+        "id_tag", to_global_id("user", world.users["op_a2"].id), card.tag)
 
 
 async def test_public_map_for_anonymous(services, world: World) -> None:

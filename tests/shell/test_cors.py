@@ -205,6 +205,31 @@ def test_other_methods_on_graphql_are_refused_as_the_api_refuses(tmp_path: Path,
 
 
 @pytest.mark.parametrize("origins", ["", APP])
+def test_the_method_on_graphql_is_checked_before_the_accept_header(tmp_path: Path,
+                                                                   origins: str) -> None:
+    """QA s31: a HEAD or DELETE with ``Accept: text/html`` (a browser's) was told 406, as
+    if another media type would do, not 405 with the methods that would. A preflight
+    asked with that Accept is still the middleware's."""
+    with client_for(tmp_path, origins) as client:
+        for accept in ("text/html", "text/plain", "image/png"):
+            for method in ("HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"):
+                refused = client.request(method, "/graphql", headers={"accept": accept})
+                assert refused.status_code == 405, (method, accept)
+                assert refused.headers["allow"] == "GET, POST", (method, accept)
+                if method != "HEAD":
+                    assert refused.json()["errors"][0]["extensions"]["code"] == \
+                        "BAD_REQUEST"
+            # GET and POST are still told their Accept fits nothing.
+            assert client.post("/graphql", json=QUERY, headers={
+                "accept": accept}).status_code == 406, accept
+        if origins:
+            asked = client.options("/graphql", headers={
+                "origin": APP, "accept": "text/html", "access-control-request-method": "POST"})
+            assert asked.status_code == 200
+            assert asked.headers["access-control-allow-origin"] == APP
+
+
+@pytest.mark.parametrize("origins", ["", APP])
 @pytest.mark.parametrize("path", ["/export/sessions.csv", "/export/energy.csv",
                                   "/export/me.json", "/export/users/x.json"])
 def test_other_methods_on_the_exports_are_refused_as_readme_says(
