@@ -63,8 +63,9 @@ def _payload(input: Any, *skip: str) -> tuple[str, dict[str, Any]]:
 
 
 #: The ``cpId`` of every command's input.
-_CP_ID = ("The charger's OCPP identity (`Station.cpId`); NOT_FOUND when the viewer sees no "
-          "such station.")
+_CP_ID = ("The charger's OCPP identity (`Station.cpId`); REQUIRED when empty; NOT_FOUND "
+          "when the viewer sees no such station, told only once every field of the "
+          "input is valid.")
 #: The ``status`` of every command's payload.
 _STATUS = ("The charger's answer; a refusal also comes as CHARGER_REJECTED in `errors`. "
            "Null when it did not answer (see `errors`).")

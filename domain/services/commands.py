@@ -114,6 +114,7 @@ from domain.services.stations import connector_in_range
 from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
 from domain.validation import (
     MAX_CONNECTOR_ID,
+    Checks,
     heartbeat_interval,
     shown_text,
     stored_id_tag,
@@ -203,6 +204,14 @@ def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
              if isinstance(entry, dict) and "value" in entry and is_secret_key(entry.get("key"))
              else entry for entry in keys]
     return {**result, "configurationKey": shown}
+
+
+def _named_charger(cp_id: str) -> None:
+    """A command's ``cpId``: given (``REQUIRED`` when empty, as any required text). Not
+    held to ``validation.cp_id``'s form: a station stored before it keeps its identity,
+    and one that names none is ``NOT_FOUND``."""
+    if not cp_id:
+        raise ValidationError("must not be empty", field="cpId", code="REQUIRED")
 
 
 def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
@@ -626,6 +635,26 @@ class CommandService(Service):
         checked, and the site watching it (``ProfileWatch``). Raises the refusals."""
         if action not in DRIVER_ACTIONS:
             refuse_unless_staff(viewer, f"send {action}")
+        # Drivers manage no station (``may_manage_station``): what is theirs to send is
+        # known by their role before the station is read.
+        if viewer.is_driver:
+            _refuse_driver_profile(action, payload)
+        elif payload.get("vehicleId") is not None:
+            # A driver's shorthand for their own card: an operator names the card itself
+            # (a driver's vehicle is not theirs to see). Left in, it reached the charger's
+            # request and broke it, after a reservation was stored.
+            faults = [*faults, ValidationError(
+                "vehicleId is for drivers charging with their own card: give idTag",
+                field="vehicleId", code="INVALID")]
+        # Every field at fault is told at once, before the station is read: a station
+        # missing (or not seen: the same answer) is NOT_FOUND only once all are valid
+        # (README Errors; QA s31: the lookup's NOT_FOUND came first and hid them). The
+        # cpId first, as every input gives it; a copy of the payload (the driver rules
+        # edit it), its times judged on the service's clock.
+        checks = Checks()
+        checks(_named_charger, cp_id)
+        payload = checks(check_command, action, payload, now=self.now(), faults=faults)
+        checks.done()
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
@@ -636,16 +665,6 @@ class CommandService(Service):
         if not manages and not viewer.is_driver:
             raise Forbidden(f"you may not send {action} to this station", field="cpId")
         _refuse_unregistered(station, action, payload)
-        if not manages:
-            _refuse_driver_profile(action, payload)
-        # A copy: the driver rules edit it. Its times are judged on the service's clock.
-        payload = check_command(action, payload, now=self.now(), faults=faults)
-        if manages and payload.get("vehicleId") is not None:
-            # A driver's shorthand for their own card: an operator names the card itself
-            # (a driver's vehicle is not theirs to see). Left in, it reached the charger's
-            # request and broke it, after a reservation was stored.
-            raise ValidationError("vehicleId is for drivers charging with their own card: "
-                                  "give idTag", field="vehicleId", code="INVALID")
         # A remote start's card's holder, and the car its session is for: the one a
         # driver chose (``vehicleId``), else the card's car, as a tap's.
         # A start naming no connector, with a card a reservation there holds a plug
