@@ -402,10 +402,10 @@ class ReserveNowPayload(CommandPayload):
     status: t.ReservationStatus | None = strawberry.field(  # type: ignore[valid-type]
         description=_STATUS)
     reservation: Reservation | None = strawberry.field(description=(
-        "The reservation made for it: ACTIVE once accepted, REJECTED when refused or "
-        "not delivered, "
-        "PENDING while the charger's answer is unknown (it may hold the plug). Null when "
-        "refused before anything was sent."))
+        "The reservation made for it: ACTIVE once accepted, REJECTED when the charger "
+        "refused it, PENDING while the charger's answer is unknown (it may hold the "
+        "plug). Null when refused before anything was sent, and when the charger never "
+        "got it (CHARGER_OFFLINE, CHARGER_BUSY): nothing is kept of it then."))
 
 
 @strawberry.type(description="The answer to `cancelReservation`.")

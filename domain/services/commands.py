@@ -336,6 +336,9 @@ class CommandOutcome:
     #: charger's last boot): settled once the charger accepts it, not before
     #: (``CommandService._hold_start``).
     superseded: list[PendingStart] = field(default_factory=list)
+    #: Never handed to its charger: its SENT entry could not be written
+    #: (``CommandService._audit_sent``; ``_undelivered``).
+    unsent: bool = False
 
 
 #: How many times a remote start is stored again when its charger booted meanwhile
@@ -357,6 +360,16 @@ def _may_start(error: DomainError | None) -> bool:
     not read (as a ReserveNow's, ``_reservation_answered``). A refusal, a CALLERROR, or a
     start never sent (offline, unclaimed, unbuildable) is a definite no."""
     return error is None or isinstance(error, ChargerTimeout) or type(error) is ChargerError
+
+
+def _undelivered(outcome: CommandOutcome) -> bool:
+    """Whether the command never reached its charger: its SENT entry not written
+    (``unsent``), the charger offline, unclaimed or unreachable (``ChargerOffline``: the
+    bridge tells a command not yet written to the socket from one written, which is
+    ``ChargerLost``), kept waiting its turn (``ChargerBusy``), or not made into the
+    charger's request (``ValidationError``)."""
+    return outcome.unsent or isinstance(outcome.error, (ChargerOffline, ChargerBusy,
+                                                        ValidationError))
 
 
 def _answered(outcome: CommandOutcome) -> bool:
@@ -2191,7 +2204,9 @@ class CommandService(Service):
                 self._audit_entry(viewer, outcome, payload, "SENT")])
         except BaseException as exc:
             if outcome.reservation is not None or outcome.pending is not None:
-                # Not sent, so a definite no (REJECTED), not an unanswered one.
+                # Not sent, so a definite no (the reservation removed), not an
+                # unanswered one.
+                outcome.unsent = True
                 outcome.error = exc if isinstance(exc, DomainError) \
                     else ChargerOffline(f"{outcome.action} was not sent")
                 try:
@@ -2201,7 +2216,7 @@ class CommandService(Service):
                     # reservation (or start) then holds its plug until it expires; say so.
                     if outcome.reservation is not None:
                         log.exception("%s: reservation %s was not sent and could not be "
-                                      "settled as REJECTED: it stays PENDING until it "
+                                      "removed: it stays PENDING until it "
                                       "expires at %s", outcome.station.cp_id,
                                       outcome.reservation.id,
                                       outcome.reservation.expires_at)
@@ -2289,7 +2304,8 @@ class CommandService(Service):
         sent = outcome.reservation
         if sent is None:
             return []
-        reservation = (await self.store.get_many(Reservation, [sent.id]))[0] or sent
+        [stored] = await self.store.get_many(Reservation, [sent.id])
+        reservation = stored or sent
         answered = _answered(outcome)
         if sent.state is ReservationState.CANCELLED:
             # A cancel owed to the charger (``send_owed_cancels``): done once it answered
@@ -2300,12 +2316,25 @@ class CommandService(Service):
                            only_if=("cancel_owed_since", reservation.cancel_owed_since),
                            cancel_owed_since=None), reservation)]
         owed: datetime | None = None
+        if outcome.action == "ReserveNow" and _undelivered(outcome):
+            # Never delivered: nothing stays of it, as of a remote start (README Errors:
+            # nothing is written while an error is reported; QA s31: it stayed REJECTED,
+            # in the driver's reservations, though the charger never heard of it). Its
+            # row was written before the send for what a reservation sent needs (the
+            # clash check beside it, the charger's StartTransaction naming it before its
+            # answer is handled, a timeout leaving it PENDING): removed, audited, in the
+            # commit of the command's ANSWERED entry, which tells why. Only as it was
+            # sent: a removal or a cancel that ended it meanwhile keeps its end.
+            if stored is None or stored.state is not sent.state:
+                return []
+            return [(Delete(stored, only_if=("state", stored.state)), stored)]
         if outcome.action == "ReserveNow":
             error = outcome.error
             # No answer, or one we could not read: the charger may hold it. It stays
             # PENDING (holding the connector until it expires; it can be cancelled)
             # rather than be called REJECTED while the charger keeps the plug. A
-            # CALLERROR (say NotSupported) is a definite no, like Rejected.
+            # CALLERROR (say NotSupported) is a definite no, like Rejected: REJECTED is
+            # the charger's own no (one never delivered is removed, above).
             uncertain = isinstance(error, ChargerTimeout) or type(error) is ChargerError
             state = ReservationState.ACTIVE if error is None \
                 else reservation.state if uncertain else ReservationState.REJECTED
@@ -2420,7 +2449,13 @@ class CommandService(Service):
             if wanting and not outcome.own_list and self.on_list_wanting is not None:
                 self.on_list_wanting(station.id)
         await self._record_configuration(viewer, outcome, payload, answered_at)
-        if changes:
+        if changes and isinstance(changes[0][0], Delete):
+            # A reservation never delivered, removed: nobody was told of it but the live
+            # map, whose plugs it held (``_new_reservation``).
+            gone = cast(Reservation, changes[0][0].record)
+            outcome.reservation = None
+            await self.plugs_held(owned_by(station), gone.connector_id)
+        elif changes:
             wrote = cast(Reservation, changes[0][0].record)
             landed = await self.landed([wrote])
             for now in landed:  # announced if its guard held and its state moved (an
