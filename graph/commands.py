@@ -63,8 +63,9 @@ def _payload(input: Any, *skip: str) -> tuple[str, dict[str, Any]]:
 
 
 #: The ``cpId`` of every command's input.
-_CP_ID = ("The charger's OCPP identity (`Station.cpId`); NOT_FOUND when the viewer sees no "
-          "such station.")
+_CP_ID = ("The charger's OCPP identity (`Station.cpId`); REQUIRED when empty; NOT_FOUND "
+          "when the viewer sees no such station, told only once every field of the "
+          "input is valid.")
 #: The ``status`` of every command's payload.
 _STATUS = ("The charger's answer; a refusal also comes as CHARGER_REJECTED in `errors`. "
            "Null when it did not answer (see `errors`).")
@@ -401,10 +402,10 @@ class ReserveNowPayload(CommandPayload):
     status: t.ReservationStatus | None = strawberry.field(  # type: ignore[valid-type]
         description=_STATUS)
     reservation: Reservation | None = strawberry.field(description=(
-        "The reservation made for it: ACTIVE once accepted, REJECTED when refused or "
-        "not delivered, "
-        "PENDING while the charger's answer is unknown (it may hold the plug). Null when "
-        "refused before anything was sent."))
+        "The reservation made for it: ACTIVE once accepted, REJECTED when the charger "
+        "refused it, PENDING while the charger's answer is unknown (it may hold the "
+        "plug). Null when refused before anything was sent, and when the charger never "
+        "got it (CHARGER_OFFLINE, CHARGER_BUSY): nothing is kept of it then."))
 
 
 @strawberry.type(description="The answer to `cancelReservation`.")

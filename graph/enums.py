@@ -103,7 +103,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "USED": "A session started with it.",
         "CANCELLED": "Cancelled by its driver or an operator, or its plug was removed.",
         "EXPIRED": "Ran out before it was used.",
-        "REJECTED": "The charger refused it.",
+        "REJECTED": ("The charger answered no (Rejected, Occupied, Faulted, Unavailable) "
+                     "or with an error (a CALLERROR such as NotSupported). A reservation "
+                     "the charger never got (offline, busy) is not kept at all."),
     },
     "PaymentStatus": {
         "PENDING": "Created when the session completed; not collected yet.",

@@ -114,6 +114,7 @@ from domain.services.stations import connector_in_range
 from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
 from domain.validation import (
     MAX_CONNECTOR_ID,
+    Checks,
     heartbeat_interval,
     shown_text,
     stored_id_tag,
@@ -203,6 +204,14 @@ def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
              if isinstance(entry, dict) and "value" in entry and is_secret_key(entry.get("key"))
              else entry for entry in keys]
     return {**result, "configurationKey": shown}
+
+
+def _named_charger(cp_id: str) -> None:
+    """A command's ``cpId``: given (``REQUIRED`` when empty, as any required text). Not
+    held to ``validation.cp_id``'s form: a station stored before it keeps its identity,
+    and one that names none is ``NOT_FOUND``."""
+    if not cp_id:
+        raise ValidationError("must not be empty", field="cpId", code="REQUIRED")
 
 
 def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
@@ -327,6 +336,9 @@ class CommandOutcome:
     #: charger's last boot): settled once the charger accepts it, not before
     #: (``CommandService._hold_start``).
     superseded: list[PendingStart] = field(default_factory=list)
+    #: Never handed to its charger: its SENT entry could not be written
+    #: (``CommandService._audit_sent``; ``_undelivered``).
+    unsent: bool = False
 
 
 #: How many times a remote start is stored again when its charger booted meanwhile
@@ -348,6 +360,16 @@ def _may_start(error: DomainError | None) -> bool:
     not read (as a ReserveNow's, ``_reservation_answered``). A refusal, a CALLERROR, or a
     start never sent (offline, unclaimed, unbuildable) is a definite no."""
     return error is None or isinstance(error, ChargerTimeout) or type(error) is ChargerError
+
+
+def _undelivered(outcome: CommandOutcome) -> bool:
+    """Whether the command never reached its charger: its SENT entry not written
+    (``unsent``), the charger offline, unclaimed or unreachable (``ChargerOffline``: the
+    bridge tells a command not yet written to the socket from one written, which is
+    ``ChargerLost``), kept waiting its turn (``ChargerBusy``), or not made into the
+    charger's request (``ValidationError``)."""
+    return outcome.unsent or isinstance(outcome.error, (ChargerOffline, ChargerBusy,
+                                                        ValidationError))
 
 
 def _answered(outcome: CommandOutcome) -> bool:
@@ -626,6 +648,26 @@ class CommandService(Service):
         checked, and the site watching it (``ProfileWatch``). Raises the refusals."""
         if action not in DRIVER_ACTIONS:
             refuse_unless_staff(viewer, f"send {action}")
+        # Drivers manage no station (``may_manage_station``): what is theirs to send is
+        # known by their role before the station is read.
+        if viewer.is_driver:
+            _refuse_driver_profile(action, payload)
+        elif payload.get("vehicleId") is not None:
+            # A driver's shorthand for their own card: an operator names the card itself
+            # (a driver's vehicle is not theirs to see). Left in, it reached the charger's
+            # request and broke it, after a reservation was stored.
+            faults = [*faults, ValidationError(
+                "vehicleId is for drivers charging with their own card: give idTag",
+                field="vehicleId", code="INVALID")]
+        # Every field at fault is told at once, before the station is read: a station
+        # missing (or not seen: the same answer) is NOT_FOUND only once all are valid
+        # (README Errors; QA s31: the lookup's NOT_FOUND came first and hid them). The
+        # cpId first, as every input gives it; a copy of the payload (the driver rules
+        # edit it), its times judged on the service's clock.
+        checks = Checks()
+        checks(_named_charger, cp_id)
+        payload = checks(check_command, action, payload, now=self.now(), faults=faults)
+        checks.done()
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
@@ -636,16 +678,6 @@ class CommandService(Service):
         if not manages and not viewer.is_driver:
             raise Forbidden(f"you may not send {action} to this station", field="cpId")
         _refuse_unregistered(station, action, payload)
-        if not manages:
-            _refuse_driver_profile(action, payload)
-        # A copy: the driver rules edit it. Its times are judged on the service's clock.
-        payload = check_command(action, payload, now=self.now(), faults=faults)
-        if manages and payload.get("vehicleId") is not None:
-            # A driver's shorthand for their own card: an operator names the card itself
-            # (a driver's vehicle is not theirs to see). Left in, it reached the charger's
-            # request and broke it, after a reservation was stored.
-            raise ValidationError("vehicleId is for drivers charging with their own card: "
-                                  "give idTag", field="vehicleId", code="INVALID")
         # A remote start's card's holder, and the car its session is for: the one a
         # driver chose (``vehicleId``), else the card's car, as a tap's.
         # A start naming no connector, with a card a reservation there holds a plug
@@ -2172,7 +2204,9 @@ class CommandService(Service):
                 self._audit_entry(viewer, outcome, payload, "SENT")])
         except BaseException as exc:
             if outcome.reservation is not None or outcome.pending is not None:
-                # Not sent, so a definite no (REJECTED), not an unanswered one.
+                # Not sent, so a definite no (the reservation removed), not an
+                # unanswered one.
+                outcome.unsent = True
                 outcome.error = exc if isinstance(exc, DomainError) \
                     else ChargerOffline(f"{outcome.action} was not sent")
                 try:
@@ -2182,7 +2216,7 @@ class CommandService(Service):
                     # reservation (or start) then holds its plug until it expires; say so.
                     if outcome.reservation is not None:
                         log.exception("%s: reservation %s was not sent and could not be "
-                                      "settled as REJECTED: it stays PENDING until it "
+                                      "removed: it stays PENDING until it "
                                       "expires at %s", outcome.station.cp_id,
                                       outcome.reservation.id,
                                       outcome.reservation.expires_at)
@@ -2270,7 +2304,8 @@ class CommandService(Service):
         sent = outcome.reservation
         if sent is None:
             return []
-        reservation = (await self.store.get_many(Reservation, [sent.id]))[0] or sent
+        [stored] = await self.store.get_many(Reservation, [sent.id])
+        reservation = stored or sent
         answered = _answered(outcome)
         if sent.state is ReservationState.CANCELLED:
             # A cancel owed to the charger (``send_owed_cancels``): done once it answered
@@ -2281,12 +2316,25 @@ class CommandService(Service):
                            only_if=("cancel_owed_since", reservation.cancel_owed_since),
                            cancel_owed_since=None), reservation)]
         owed: datetime | None = None
+        if outcome.action == "ReserveNow" and _undelivered(outcome):
+            # Never delivered: nothing stays of it, as of a remote start (README Errors:
+            # nothing is written while an error is reported; QA s31: it stayed REJECTED,
+            # in the driver's reservations, though the charger never heard of it). Its
+            # row was written before the send for what a reservation sent needs (the
+            # clash check beside it, the charger's StartTransaction naming it before its
+            # answer is handled, a timeout leaving it PENDING): removed, audited, in the
+            # commit of the command's ANSWERED entry, which tells why. Only as it was
+            # sent: a removal or a cancel that ended it meanwhile keeps its end.
+            if stored is None or stored.state is not sent.state:
+                return []
+            return [(Delete(stored, only_if=("state", stored.state)), stored)]
         if outcome.action == "ReserveNow":
             error = outcome.error
             # No answer, or one we could not read: the charger may hold it. It stays
             # PENDING (holding the connector until it expires; it can be cancelled)
             # rather than be called REJECTED while the charger keeps the plug. A
-            # CALLERROR (say NotSupported) is a definite no, like Rejected.
+            # CALLERROR (say NotSupported) is a definite no, like Rejected: REJECTED is
+            # the charger's own no (one never delivered is removed, above).
             uncertain = isinstance(error, ChargerTimeout) or type(error) is ChargerError
             state = ReservationState.ACTIVE if error is None \
                 else reservation.state if uncertain else ReservationState.REJECTED
@@ -2401,7 +2449,13 @@ class CommandService(Service):
             if wanting and not outcome.own_list and self.on_list_wanting is not None:
                 self.on_list_wanting(station.id)
         await self._record_configuration(viewer, outcome, payload, answered_at)
-        if changes:
+        if changes and isinstance(changes[0][0], Delete):
+            # A reservation never delivered, removed: nobody was told of it but the live
+            # map, whose plugs it held (``_new_reservation``).
+            gone = cast(Reservation, changes[0][0].record)
+            outcome.reservation = None
+            await self.plugs_held(owned_by(station), gone.connector_id)
+        elif changes:
             wrote = cast(Reservation, changes[0][0].record)
             landed = await self.landed([wrote])
             for now in landed:  # announced if its guard held and its state moved (an

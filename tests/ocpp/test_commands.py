@@ -566,8 +566,10 @@ async def test_a_vehicle_is_a_drivers_shorthand_and_a_request_never_sent_holds_n
                                                 "idTag": "TAG-OK", "expiryDate": expiry},
                         "reservation { state }")
     assert [(e["field"], e["code"]) for e in refused["errors"]] == [("input", "INVALID")]
-    [kept] = await central.store.find_all(d.Reservation, ALL)
-    assert kept.state is d.ReservationState.REJECTED  # not PENDING: it holds no plug
+    # Never sent: nothing stays of it (not PENDING, holding the plug; nor REJECTED, a
+    # no the charger never said: QA s31), and the payload shows none.
+    assert refused["reservation"] is None
+    assert await central.store.find_all(d.Reservation, ALL) == []
 
 
 async def test_offline_and_refused(central: Central) -> None:
@@ -2273,9 +2275,9 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
         settle_refused: bool) -> None:
     """Review (s17): the SENT entry is written before sending; when that write failed,
     the reservation stored for the ReserveNow stayed PENDING, holding the plug, with
-    nothing sent. It is settled as refused, and the caller told. Review s20: when the
-    store refuses the settle too, the reservation stays PENDING until it expires, and
-    that is logged (the settle's error was suppressed)."""
+    nothing sent. It is removed, never delivered (QA s31: it was settled REJECTED), and
+    the caller told. Review s20: when the store refuses the removal too, the reservation
+    stays PENDING until it expires, and that is logged (the error was suppressed)."""
     from domain.errors import StoreUnavailable
 
     central = await start_central(tmp_path / "c.db", command_timeout=0.5)
@@ -2288,7 +2290,7 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
         stage = (audit[0].after or {}).get("stage") if audit else None
         if (not changes or settle_refused) and stage in ("SENT", "ANSWERED"):
             raise StoreUnavailable("the store is busy", reason="busy")
-        if settle_refused and any(  # the settle; the PENDING insert is let through
+        if settle_refused and any(  # the removal; the PENDING insert is let through
                 isinstance(change.record, d.Reservation) and not isinstance(change, Insert)
                 for change, _ in changes):
             raise StoreUnavailable("the store is busy", reason="busy")
@@ -2303,13 +2305,15 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
                 "status reservation { state }")
             assert [e["code"] for e in answer["errors"]] == ["STORE_UNAVAILABLE"], answer
             assert charger.received == []  # nothing sent
-        [found] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
         logged = [r for r in caplog.records if r.name == "chargegraph.commands"
-                  and found.id in r.getMessage() and "stays PENDING" in r.getMessage()]
+                  and "stays PENDING" in r.getMessage()]
         if settle_refused:
-            assert found.state is d.ReservationState.PENDING and logged, caplog.text
+            [kept] = found
+            assert kept.state is d.ReservationState.PENDING, caplog.text
+            assert [r for r in logged if kept.id in r.getMessage()], caplog.text
         else:
-            assert found.state is d.ReservationState.REJECTED and not logged
+            assert found == [] and not logged
     finally:
         await stop_central(central)
 

@@ -114,6 +114,34 @@ async def station_offline(central: Central, cp_id: str) -> None:
     await until(offline)
 
 
+async def test_a_reservation_to_an_offline_charger_leaves_nothing(central: Central) -> None:
+    """QA s31: a reserveNow to a charger gone offline answered CHARGER_OFFLINE and kept a
+    REJECTED reservation (the driver's list, the audit log, a reservation id), though
+    the charger never heard of it and never said no. Nothing stays, as of a remote
+    start; back online, the charger is sent only the reservation made then."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+    await station_offline(central, "CP-1")
+    refused = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                "expiresAt": soon()}, SELECTION,
+                        as_user="driver")
+    assert [e["code"] for e in refused["errors"]] == ["CHARGER_OFFLINE"], refused
+    assert refused["reservation"] is None and refused["status"] is None
+    assert await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1")) == []
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        await back.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiresAt": soon()}, SELECTION,
+                         as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        assert [(a, p["reservation_id"]) for a, p in back.received
+                if a == "ReserveNow"] == [("ReserveNow", number)]
+    [kept] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+    assert kept.reservation_id == number and kept.state is d.ReservationState.ACTIVE
+
+
 async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Central
                                                                      ) -> None:
     """QA s25: nobody could end a live reservation while its charger was offline (the

@@ -56,17 +56,24 @@ async def test_expires_at_or_the_deprecated_expiry_date_exactly_one(central: Cen
 async def test_who_is_asking_is_refused_before_the_end_is_judged(central: Central) -> None:
     """A refusal of who is asking comes first and alone (README Errors), whichever way
     the end is wrong: as for an end in the past, so for one left out or named twice
-    (review s30: REQUIRED or INVALID on expiresAt came before anything else)."""
+    (review s30: REQUIRED or INVALID on expiresAt came before anything else). A station
+    that does not exist is a fault of the stored data: told only once the end is valid
+    (QA s31: NOT_FOUND came first and hid it)."""
     end = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    for extra in ({}, {"expiresAt": end, "expiryDate": end}, {"expiresAt": past}):
+    for extra, code in (({}, "REQUIRED"), ({"expiresAt": end, "expiryDate": end}, "INVALID"),
+                        ({"expiresAt": past}, "INVALID")):
         anonymous = await run(central, "reserveNow", {
             "cpId": "CP-1", "connectorId": 0, "idTag": "TAG-OK", **extra}, SELECTION,
             as_user=None)
         assert faults(anonymous) == [(None, "UNAUTHENTICATED")], extra
         nowhere = await run(central, "reserveNow", {
             "cpId": "CP-NOWHERE", "connectorId": 0, **extra}, SELECTION, as_user="driver")
-        assert faults(nowhere) == [("cpId", "NOT_FOUND")], extra
+        assert faults(nowhere) == [("expiresAt", code)], extra
+    nowhere = await run(central, "reserveNow", {
+        "cpId": "CP-NOWHERE", "connectorId": 0, "expiresAt": end}, SELECTION,
+        as_user="driver")
+    assert faults(nowhere) == [("cpId", "NOT_FOUND")]
 
 
 async def test_an_end_left_out_or_named_twice_is_told_with_the_other_faults(
@@ -99,9 +106,10 @@ async def test_a_vehicle_id_naming_no_vehicle_is_judged_after_who_is_asking(
         anonymous = await run(central, name, {"cpId": "CP-1", "vehicleId": "garbage",
                                               **extra}, selection, as_user=None)
         assert faults(anonymous) == [(None, "UNAUTHENTICATED")], name
+        # A station that does not exist is told only once the input is valid (QA s31).
         nowhere = await run(central, name, {"cpId": "CP-NOWHERE", "vehicleId": "garbage",
                                             **extra}, selection, as_user="driver")
-        assert faults(nowhere) == [("cpId", "NOT_FOUND")], name
+        assert faults(nowhere) == [("vehicleId", "INVALID_ID")], name
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         for name, extra, selection in commands:
