@@ -3420,7 +3420,7 @@ async def test_what_decides_a_start_or_a_claim_is_read_from_the_primary(
     build its own number where a newer build had put its own, and its claim was not
     written. Every read of ``MIGRATIONS`` is the primary's, majority-committed, the
     database's own preference whatever it is; PyMongo's client given that URL agrees."""
-    secondary = mongomock.MongoClient(tz_aware=True).get_database(
+    secondary: Any = mongomock.MongoClient(tz_aware=True).get_database(
         "chargegraph", read_preference=ReadPreference.SECONDARY_PREFERRED)
     db = AsyncDatabase(secondary, interleave=True)
     assert db["station"]._c.read_preference == ReadPreference.SECONDARY_PREFERRED
