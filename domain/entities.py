@@ -1460,7 +1460,9 @@ class IdempotencyKey(Record):
     #: refused its answer, which may hold what they may no longer see (a webhook's secret).
     access: str
     #: Until when a RUNNING claim holds: one left by an instance that died mid-request
-    #: lapses then, and a retry runs the mutation.
+    #: lapses then, and a retry runs the mutation. Once DONE, when its answer was written
+    #: (the service's clock; the claim held until then): a replay reads erasures up to
+    #: it (``IdempotencyService._erased_while_kept``).
     lease_until: datetime
     #: The JSON body answered (DONE).
     response: str | None = None

@@ -78,8 +78,8 @@ IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 #: The key's first request is still running (409, ``Retry-After``).
 IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
 #: The key's request ran, but its answer is not given: an account it may name was erased
-#: while it ran or since (``IdempotencyService._unless_erased_since``, ``begin``); not run
-#: again (410).
+#: while it ran, its answer's keeping included (``IdempotencyService._unless_erased_since``,
+#: ``_erased_while_kept``); not run again (410).
 IDEMPOTENCY_ANSWER_WITHHELD = "IDEMPOTENCY_ANSWER_WITHHELD"
 #: The key's request ran, but the caller's access (role, company) changed since: its kept
 #: answer is not shown them, nor is it run again (403).
@@ -342,8 +342,8 @@ class GraphQLHTTPHandler:
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(
                 "the request with this Idempotency-Key ran once and is not run again, but "
-                "its answer is kept no longer (an account it may name was erased while it "
-                "ran): read its outcome with a query", IDEMPOTENCY_ANSWER_WITHHELD), 410,
+                "an account its answer may name was erased while it ran; its answer is not "
+                "given: read its outcome with a query", IDEMPOTENCY_ANSWER_WITHHELD), 410,
                 media)
         if not isinstance(begun, Claim):
             self.metrics.graphql_request("mutation", "invalid")

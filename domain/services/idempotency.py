@@ -14,8 +14,8 @@ behind a load balancer, on either store) run the mutation once. What comes of it
   access changed since it ran (``ACCESS_CHANGED``: demoted, moved to another company),
   since it may hold what they may no longer see (a webhook's secret), and it is not run
   again either; nor is one whose answer was withheld, an account erased while it ran
-  (``WITHHELD``, ``_unless_erased_since``), or since it ran: a replay checks that too,
-  should the withholding have failed to be written;
+  (``WITHHELD``, ``_unless_erased_since``): a replay checks that too, should the
+  withholding have failed to be written (``_erased_while_kept``);
 - a failure of the service (an outage, an unexpected error: the caller decides which,
   ``release``): the claim is deleted, so the retry runs the mutation;
 - still running: another request with the key is told so (``InProgress``) rather than
@@ -34,7 +34,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 
 from domain.entities import IdempotencyKey, IdempotencyState, User
@@ -78,7 +78,8 @@ KEEPING_ENDS_WITHIN_S = 30.0
 #: How much earlier than its request's claim an erasure's ``User.erased_at`` may read and
 #: still be one the request may have read the person before (``_unless_erased_since``):
 #: the erasure takes it before its write, tried again should it meet changes, on its
-#: own instance's clock.
+#: own instance's clock. A replay's check allows as much after the answer was written
+#: (``_erased_while_kept``).
 ERASED_BEFORE_CLAIM = timedelta(minutes=1)
 
 
@@ -117,8 +118,9 @@ class Refusal(Enum):
     #: The key's request ran, but the user's access (``access_of``) changed since: its
     #: answer is not given them, and it is not run again.
     ACCESS_CHANGED = "access changed"
-    #: The key's request ran, but its answer is kept no longer (an account it may name
-    #: was erased meanwhile, ``_unless_erased_since``): it is not run again either.
+    #: The key's request ran, but its answer is not given: an account it may name was
+    #: erased while it ran, or before its answer was written (``_unless_erased_since``,
+    #: ``_erased_while_kept``). It is not run again either.
     WITHHELD = "withheld"
 
 
@@ -167,7 +169,7 @@ class IdempotencyService(Service):
                 # may have failed every try (the answer left kept): checked again here,
                 # so it is never given. A failed read raises as the claim's own (503, a
                 # retry asks again): never the answer, never run again.
-                if await self._erased_since(found):
+                if await self._erased_while_kept(found):
                     return Refusal.WITHHELD
                 return Replay(found.response)
             # Forgotten (expired, not swept yet), or its request's instance died: taken
@@ -206,8 +208,10 @@ class IdempotencyService(Service):
 
     async def _keep(self, claim: Claim, response: str) -> None:
         record = claim.record
-        write = _answered(record, response)
-        kept = _done(lambda: self.store.write([write], []))
+        # Each try stamps its own time: the replay's check (``_erased_while_kept``)
+        # reads erasures up to the try that landed.
+        kept = _done(lambda: self.store.write([_answered(record, response, self.now())],
+                                              []))
         try:
             # Every try failing, the answer may have landed all the same (a MongoDB
             # reply lost): the check below runs then too, as it would after a write
@@ -240,7 +244,8 @@ class IdempotencyService(Service):
         the key: a retry with it is told it ran (``Refusal.WITHHELD``), never run again
         (a refund paid twice), and the store's files are scrubbed of the answer as the
         erasure's were (``Store.scrub``). Should that write fail every try, the answer
-        stays, but a retry makes the same check before it is given (``begin``). One
+        stays, but a retry makes the check before it is given (``begin``,
+        ``_erased_while_kept``). One
         read of the ``erased_at`` index; when it cannot be read (review s30), the answer
         is withheld all the same: a retry told it ran is the safe side of one given a
         person's data."""
@@ -253,7 +258,7 @@ class IdempotencyService(Service):
             log.info("the answer for idempotency key %r of user %s is withheld: an "
                      "account was erased while its request ran", record.key,
                      record.user_id)
-        withheld = _answered(record, None)
+        withheld = _answered(record, None, self.now())
         withhold = _done(lambda: self.store.write([withheld], []))
         try:
             if not await self._tried(withhold, record, "withholding the answer",
@@ -270,8 +275,29 @@ class IdempotencyService(Service):
         """Whether anyone was erased since ``record``'s request claimed its key
         (``ERASED_BEFORE_CLAIM`` allowing for the erasure's clock): its answer may name
         them. One read of the ``erased_at`` index."""
-        since = record.lease_until - self.lease - ERASED_BEFORE_CLAIM
-        return await self.store.find_one(User, Range("erased_at", gte=since)) is not None
+        return await self._erased(Range("erased_at", gte=self._claimed(record)))
+
+    async def _erased_while_kept(self, record: IdempotencyKey) -> bool:
+        """Whether anyone was erased while ``record``'s answer was being kept: since
+        its request claimed the key until the answer was written (its ``lease_until``,
+        ``_answered``), ``ERASED_BEFORE_CLAIM`` allowing for clocks on either side: the
+        window its keeping's own check (``_unless_erased_since``) withholds it for,
+        should that withholding's write have failed. Not after: an erasure then finds
+        the answers naming the person and deletes them (``forget``), and one that names
+        no one erased is given (session 31: a replay was refused after any erasure
+        anywhere for the key's whole day, telling a client that someone was erased).
+        One read of the ``erased_at`` index."""
+        return await self._erased(Range("erased_at", gte=self._claimed(record),
+                                         lte=record.lease_until + ERASED_BEFORE_CLAIM))
+
+    def _claimed(self, record: IdempotencyKey) -> datetime:
+        """When ``record``'s request claimed its key, ``ERASED_BEFORE_CLAIM`` earlier:
+        from its expiry, which a claim sets and nothing else changes (its
+        ``lease_until`` is the answer's time once it is kept)."""
+        return record.expires_at - self.ttl - ERASED_BEFORE_CLAIM
+
+    async def _erased(self, when: Range) -> bool:
+        return await self.store.find_one(User, when) is not None
 
     async def _tried(self, step: Callable[[], Awaitable[bool]], record: IdempotencyKey,
                      what: str, then: str, unknown: str | None = None) -> bool | None:
@@ -369,11 +395,14 @@ class IdempotencyService(Service):
                 await self.store.write([Delete(record)], [])
 
 
-def _answered(record: IdempotencyKey, response: str | None) -> Update:
-    """The key's record as done with ``response`` (``None``: its answer withheld), written
-    only while the claim is still this request's."""
+def _answered(record: IdempotencyKey, response: str | None, at: datetime) -> Update:
+    """The key's record as done with ``response`` (``None``: its answer withheld) ``at``
+    (the service's clock, kept as its ``lease_until``: the claim held until then; not its
+    ``updated_at``, which is the wall clock's), written only while the claim is still
+    this request's."""
     return patch(record, Viewer(user_id=record.user_id), only_if=("claimant", record.claimant),
-                 required=True, state=IdempotencyState.DONE, response=response)
+                 required=True, state=IdempotencyState.DONE, response=response,
+                 lease_until=at)
 
 
 def _done(step: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[bool]]:

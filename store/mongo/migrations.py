@@ -21,8 +21,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 
 from bson import Decimal128, ObjectId
-from pymongo import ReturnDocument
+from pymongo import ReadPreference, ReturnDocument
 from pymongo.errors import ConfigurationError, DuplicateKeyError
+from pymongo.read_concern import ReadConcern
 
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
 from domain.query import FOLD_VERSION, SEARCHED
@@ -56,6 +57,18 @@ SCHEMA = "schema"
 #: This build's schema: SQLite's number, since both stores keep one model and every
 #: change of it is a SQLite migration (MongoDB's steps here follow those).
 SCHEMA_VERSION = SQLITE_MIGRATIONS[-1][0]
+
+
+def _migrations(db: Any) -> Any:
+    """``MIGRATIONS``, read from the primary, majority-committed, whatever the URL's read
+    preference: what is read there decides whether a build may start, claims the
+    database, or runs a step (review s31: with ``readPreference=secondaryPreferred`` a
+    secondary behind the primary could show a build its own schema number where a newer
+    build had put its own; its claim, read first, was then not written, and it served a
+    database the newer one had claimed). Majority, so a claim seen is one no election
+    rolls back. Writes go to the primary whatever the read preference."""
+    return db[MIGRATIONS].with_options(read_preference=ReadPreference.PRIMARY,
+                                       read_concern=ReadConcern("majority"))
 
 
 class NewerSchema(ConfigurationError):
@@ -97,7 +110,7 @@ async def check_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
 
 
 async def _schema_record(db: Any) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = await db[MIGRATIONS].find_one({"_id": SCHEMA},
+    found: dict[str, Any] | None = await _migrations(db).find_one({"_id": SCHEMA},
                                                                  {"version": 1})
     return found
 
@@ -126,7 +139,7 @@ async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
     _refuse_newer(found, known)
     if found is not None and schema_number(found.get("version")) == known:
         return
-    _refuse_newer(await db[MIGRATIONS].find_one_and_update(
+    _refuse_newer(await _migrations(db).find_one_and_update(
         {"_id": SCHEMA}, {"$max": {"version": known}}, upsert=True,
         return_document=ReturnDocument.BEFORE), known)
 
@@ -416,9 +429,9 @@ async def heal_search_shadows(db: Any) -> None:
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
             mark = _HEAL.format(kind=kind, name=name)
-            state = await db[MIGRATIONS].find_one({"_id": mark}) or {}
+            state = await _migrations(db).find_one({"_id": mark}) or {}
             last = await _search_refolded(db, kind, name, state.get("after"), HEAL_ROUND)
-            await db[MIGRATIONS].update_one({"_id": mark}, {"$set": {"after": last}},
+            await _migrations(db).update_one({"_id": mark}, {"$set": {"after": last}},
                                             upsert=True)
 
 
@@ -480,11 +493,11 @@ async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]],
     idempotent). An instance of a version from before the field, still writing after the
     mark (a rolling upgrade), leaves its documents without it: they read as null (no
     books)."""
-    if await db[MIGRATIONS].find_one({"_id": name, "done": True}, {"_id": 1}) is not None:
+    if await _migrations(db).find_one({"_id": name, "done": True}, {"_id": 1}) is not None:
         return
     await claim_schema(db, known)
     await step(db)
-    await db[MIGRATIONS].update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
+    await _migrations(db).update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
 
 
 async def _refunded_whole(db: Any) -> None:
@@ -981,7 +994,7 @@ async def _minor_units(db: Any) -> None:
     currency counted hundredths. Amounts written before the first instance got here are
     rescaled, once each: a payment's amount is set when it is created, a session's cost
     when it completes (it is not written again)."""
-    claim = await db[MIGRATIONS].find_one_and_update(
+    claim = await _migrations(db).find_one_and_update(
         {"_id": "minor_units"}, {"$setOnInsert": {"at": datetime.now(UTC), "done": False}},
         upsert=True, return_document=ReturnDocument.AFTER)
     if claim.get("done"):
@@ -1003,7 +1016,7 @@ async def _minor_units(db: Any) -> None:
                     {"_id": doc["_id"], _RESCALED: {"$exists": False}},
                     {"$set": {field: _rescaled(doc[field], doc["currency"]),
                               _RESCALED: True, MARK: ObjectId()}})
-    await db[MIGRATIONS].update_one({"_id": "minor_units"}, {"$set": {"done": True}})
+    await _migrations(db).update_one({"_id": "minor_units"}, {"$set": {"done": True}})
 
 
 def _rescaled(amount: int, currency: str) -> int:

@@ -355,6 +355,58 @@ async def test_an_answer_is_written_once_and_withheld_when_erasures_cannot_be_re
     assert answers == [ANSWER]
 
 
+async def test_a_replay_is_refused_only_for_an_erasure_while_its_answer_was_kept(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: a replay was refused after any erasure anywhere for the key's whole
+    day (an answer kept and checked clean; 10 hours on, an unrelated user erased; the
+    retry 410), telling a client that someone was erased. Its check reads the window the
+    keeping checks, from the claim until the answer was written (on the service's
+    clock), a margin either side: after it, an erasure deletes the answers naming the
+    person itself (``forget``). A withholding whose write failed is still refused, an
+    erasure after its request's lease but before its answer was written included."""
+    clock = Clock()
+    keys = service(store, clock)
+    monkeypatch.setattr("domain.services.idempotency.FINISH_PAUSES_S", (0.0, 0.0))
+    write = store.write
+    failing_withholds: list[int] = []
+
+    async def writing(changes: Any, *args: Any, **kwargs: Any) -> Any:
+        [change] = changes if len(changes) == 1 else [None]
+        if (isinstance(change, Update) and "response" in (change.fields or ())
+                and change.record.response is None and failing_withholds):  # type: ignore[attr-defined]
+            failing_withholds.pop()
+            raise StoreBusy("the database is locked")
+        return await write(changes, *args, **kwargs)
+
+    monkeypatch.setattr(store, "write", writing)
+    clean = await keys.begin(ANNA, "k-clean", "fp-a")
+    assert isinstance(clean, Claim)
+    await keys.finish(clean, ANSWER)
+    await keys.settled()
+    clock.now += timedelta(hours=10)
+    await put(store, user(erased_at=clock.now))
+    assert await keys.begin(ANNA, "k-clean", "fp-a") == Replay(ANSWER)
+
+    # A request running past its lease (none took it over): erased after the lease, its
+    # answer written later, the withholding failing every try: refused, 10 hours on too.
+    clock.now += timedelta(hours=1)
+    slow = await keys.begin(ANNA, "k-slow", "fp-a")
+    assert isinstance(slow, Claim)
+    clock.now += LEASE + 2 * ERASED_BEFORE_CLAIM
+    await put(store, user(erased_at=clock.now))
+    clock.now += 2 * ERASED_BEFORE_CLAIM
+    failing_withholds.extend([1, 1, 1])
+    await keys.finish(slow, ANSWER)
+    await keys.settled()
+    assert not failing_withholds
+    stored = (await store.get_many(IdempotencyKey, [slow.record.id]))[0]
+    assert stored is not None and stored.response == ANSWER
+    answered = clock.now
+    clock.now += timedelta(hours=10)
+    assert await keys.begin(ANNA, "k-slow", "fp-a") is Refusal.WITHHELD
+    assert stored.lease_until == answered  # the answer's time, on the service's clock
+
+
 async def test_an_answer_written_though_every_try_failed_is_checked_for_erasures(
         store: Store, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

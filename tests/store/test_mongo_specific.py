@@ -21,9 +21,10 @@ from decimal import Decimal
 from typing import Any, cast
 
 import bson
+import mongomock
 import pytest
 from bson import ObjectId
-from pymongo import _csot
+from pymongo import ReadPreference, _csot
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -3409,6 +3410,47 @@ async def test_a_first_start_on_a_new_database_claims_it_once(
     assert claims == ["find_one_and_update"]
     record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
     assert record is not None and record["version"] == latest + 1
+
+
+async def test_what_decides_a_start_or_a_claim_is_read_from_the_primary(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: the schema claim reads its record first, and ``check_schema`` and
+    each step's done mark are read too, with the URL's read preference: under
+    ``readPreference=secondaryPreferred`` a secondary behind the primary could show a
+    build its own number where a newer build had put its own, and its claim was not
+    written. Every read of ``MIGRATIONS`` is the primary's, majority-committed, the
+    database's own preference whatever it is; PyMongo's client given that URL agrees."""
+    secondary: Any = mongomock.MongoClient(tz_aware=True).get_database(
+        "chargegraph", read_preference=ReadPreference.SECONDARY_PREFERRED)
+    db = AsyncDatabase(secondary, interleave=True)
+    assert db["station"]._c.read_preference == ReadPreference.SECONDARY_PREFERRED
+    reads: list[tuple[str, str | None]] = []
+    original: Callable[[AsyncCollection, str], Any] = AsyncCollection.__getattr__
+
+    def recording(collection: AsyncCollection, name: str) -> Any:
+        if collection._c.name == migrations.MIGRATIONS and name == "find_one":
+            reads.append((collection._c.read_preference.name,
+                          collection._c.read_concern.level))
+        return original(collection, name)
+
+    monkeypatch.setattr(AsyncCollection, "__getattr__", recording)
+    for _ in range(2):  # a first start (steps to run) and a later one (all done)
+        store = MongoStore(db, sweep_every=None)
+        await store.start()
+        await store.close()
+    await migrations.heal_search_shadows(db)
+    await migrations.check_schema(db)
+    assert len(reads) > 30, reads  # the schema's record, and each step's mark
+    assert set(reads) == {(ReadPreference.PRIMARY.name, "majority")}, set(reads)
+
+    client = MongoStore.connect("mongodb://127.0.0.1:1/fleet?readPreference=secondaryPreferred")
+    try:
+        assert client.db["station"].read_preference == ReadPreference.SECONDARY_PREFERRED
+        records = migrations._migrations(client.db)
+        assert records.read_preference == ReadPreference.PRIMARY
+        assert records.read_concern.level == "majority"
+    finally:
+        await client.close()
 
 
 # (Decimal128 is read too; mongomock's $max cannot compare one with a number.)

@@ -111,6 +111,12 @@ class AsyncCollection:
                                            "unique": True, "partialFilterExpression": partial})
         return name
 
+    def with_options(self, **options: Any) -> AsyncCollection:
+        """The collection with other options (a read preference, a read concern), as
+        PyMongo's: mongomock keeps them (``read_preference``, ``read_concern``) and reads
+        its one copy whatever they say."""
+        return AsyncCollection(self._c.with_options(**options), self._interleave)
+
     def __getattr__(self, name: str) -> Any:
         if name not in COROUTINES:
             raise AttributeError(f"the mongomock adapter has no {name!r}; add it to "
