@@ -59,16 +59,24 @@ SCHEMA = "schema"
 SCHEMA_VERSION = SQLITE_MIGRATIONS[-1][0]
 
 
+def from_primary(db: Any) -> Any:
+    """``db`` read from the primary, majority-committed, whatever the URL's read
+    preference: what a start reads decides whether a build may start, claims the
+    database, runs a step, and what each back-fill step fills (review s31: with
+    ``readPreference=secondaryPreferred`` a secondary behind the primary could show a
+    build its own schema number where a newer build had put its own, its claim, read
+    first, was then not written, and it served a database the newer one had claimed; a
+    step reading a stale secondary could miss the documents it fills). Majority, so a
+    claim seen is one no election rolls back. Writes go to the primary whatever the
+    read preference."""
+    return db.with_options(read_preference=ReadPreference.PRIMARY,
+                           read_concern=ReadConcern("majority"))
+
+
 def _migrations(db: Any) -> Any:
-    """``MIGRATIONS``, read from the primary, majority-committed, whatever the URL's read
-    preference: what is read there decides whether a build may start, claims the
-    database, or runs a step (review s31: with ``readPreference=secondaryPreferred`` a
-    secondary behind the primary could show a build its own schema number where a newer
-    build had put its own; its claim, read first, was then not written, and it served a
-    database the newer one had claimed). Majority, so a claim seen is one no election
-    rolls back. Writes go to the primary whatever the read preference."""
-    return db[MIGRATIONS].with_options(read_preference=ReadPreference.PRIMARY,
-                                       read_concern=ReadConcern("majority"))
+    """``MIGRATIONS`` from the primary (``from_primary``): the check and the claim are
+    also called on their own, by tests and tools, with the URL's database."""
+    return from_primary(db)[MIGRATIONS]
 
 
 class NewerSchema(ConfigurationError):

@@ -34,6 +34,7 @@ from store.mongo.migrations import (
     before_indexes,
     check_schema,
     claim_schema,
+    from_primary,
     heal_cp_id_keys,
     heal_search_shadows,
     migrate,
@@ -136,17 +137,19 @@ class MongoStore:
         (``store/mongo/migrations.py``), then claims the database for this build's schema
         (``claim_schema``); idempotent."""
         await check_server_version(self.db)
+        # What the start reads decides what it writes: read from the primary.
+        db = from_primary(self.db)
         # Before anything else is written. The claim comes with the first step this
         # start runs (``_once``), so one that fails before (an index it cannot build)
         # leaves the database to the build that had it.
-        await check_schema(self.db)
-        await before_indexes(self.db)
-        await ensure_indexes(self.db)
+        await check_schema(db)
+        await before_indexes(db)
+        await ensure_indexes(db)
         await self._sweep_once()
-        await migrate(self.db)
+        await migrate(db)
         # This build serves from here, writing documents by its rules: an older build
         # must not start on them, whether or not a step of this one was still to do.
-        await claim_schema(self.db)
+        await claim_schema(db)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
                                                 name="chargegraph-mongo-journal-sweep")
@@ -168,7 +171,7 @@ class MongoStore:
         # version's start folded them again (``migrations.heal_search_shadows``): a
         # failed round is the next hour's to do, not the end of the sweeping.
         try:
-            await heal_search_shadows(self.db)
+            await heal_search_shadows(from_primary(self.db))
         except Exception:
             log.warning("search shadow healing failed; retrying later", exc_info=True)
 
@@ -177,7 +180,7 @@ class MongoStore:
         # (a rolling upgrade): found by a charger in other case within a sweep, not at
         # the next start. An index lookup that finds none, as a rule.
         try:
-            await heal_cp_id_keys(self.db, CP_ID_KEYS_PER_SWEEP)
+            await heal_cp_id_keys(from_primary(self.db), CP_ID_KEYS_PER_SWEEP)
         except Exception:
             log.warning("giving stations their cpId's key failed; retrying later",
                         exc_info=True)

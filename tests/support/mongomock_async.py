@@ -227,16 +227,27 @@ def _convert(value: Any, spec: dict[str, Any]) -> Any:
 
 
 class AsyncDatabase:
-    def __init__(self, db: Any, interleave: bool = False) -> None:
+    def __init__(self, db: Any, interleave: bool = False,
+                 options: dict[str, Any] | None = None) -> None:
         self._db = db
         self._interleave = interleave
+        # Given to each collection: mongomock's own database keeps a read preference
+        # but not a read concern.
+        self._options = options or {}
 
     @property
     def name(self) -> str:
         return str(self._db.name)
 
     def __getitem__(self, name: str) -> AsyncCollection:
-        return AsyncCollection(self._db[name], self._interleave)
+        collection = self._db[name]
+        if self._options:
+            collection = collection.with_options(**self._options)
+        return AsyncCollection(collection, self._interleave)
+
+    def with_options(self, **options: Any) -> AsyncDatabase:
+        """The database with other options, as PyMongo's (see ``AsyncCollection``)."""
+        return AsyncDatabase(self._db, self._interleave, {**self._options, **options})
 
     async def command(self, name: str) -> dict[str, Any]:
         await _io(self._interleave)
