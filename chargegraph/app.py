@@ -118,7 +118,8 @@ async def _settle(services: Services) -> None:
 async def _settled_in_order(services: Services) -> None:
     await asyncio.gather(services.accounts.settled(), services.stations.settled(),
                          services.fleet.settled(), services.erasure.settled(),
-                         services.idempotency.settled(), services.charging.asking.settled())
+                         services.idempotency.settled(), services.charging.asking.settled(),
+                         services.charging.keeping_known.settled())
     await services.withdrawal.settled()
 
 
@@ -323,6 +324,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.PAYMENT_CHARGER_FIELDS_S,
                 services.payments.fill_charger_fields, "payment-charger-fields"))
+            # Where chargers passed their password check from, 30 days after they last
+            # did (each instance reads the rest as it starts: the table stays bounded).
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.KNOWN_ADDRESS_SWEEP_S, services.charging.sweep_known_addresses,
+                "known-address-expiry"))
             # Clients' idempotency keys past their 24 hours are deleted (a claim finds
             # one as a fresh key anyway: this keeps the table from growing).
             await stack.enter_async_context(housekeeping.every(

@@ -39,6 +39,10 @@ REFUND_CLAIM_SWEEP_S = 300.0
 #: How often clients' idempotency keys past their expiry (24 hours) are deleted
 #: (``IdempotencyService.sweep``).
 IDEMPOTENCY_SWEEP_S = 600.0
+#: How often where chargers passed their password check from is deleted once 30 days old
+#: (``ChargingService.sweep_known_addresses``; an instance starting reads only the last
+#: 30 days' anyway).
+KNOWN_ADDRESS_SWEEP_S = 3600.0
 
 def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str
           ) -> contextlib.AbstractAsyncContextManager[None]:

@@ -1470,6 +1470,25 @@ class IdempotencyKey(Record):
     expires_at: datetime
 
 
+@dataclass(kw_only=True)
+class KnownChargerAddress(Record):
+    """An address a station's charger passed the password check from
+    (``ChargerSignIns.passed_from``), kept so an instance starting later knows it too
+    (``ChargingService.load_known_addresses``): after a rolling restart a charger moved to
+    another instance under a scan was answered 503 there, its address known only in the
+    memory of instances gone (review s31). Its id is derived from ``pair``, so one row per
+    pair; written at most once a day per pair (``charger_sign_ins.RETOLD_AFTER``), deleted
+    ``KNOWN_FOR`` after it last passed (the sweep) or with its station. Control state the
+    service writes, not audited; no read shows it (``policy.CREDENTIAL_KINDS``)."""
+
+    kind: ClassVar[str] = "known_charger_address"
+    station_id: str
+    #: The (cpId, address) pair as ``KnownAddresses`` keeps and shares it: a digest keyed
+    #: with the instances' shared secret, not the address itself.
+    pair: str
+    passed_at: datetime
+
+
 ENTITY_TYPES: tuple[type[Record], ...] = (
     Company,
     User,
@@ -1502,6 +1521,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Site,
     SiteAllocation,
     IdempotencyKey,
+    KnownChargerAddress,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

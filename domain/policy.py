@@ -152,8 +152,10 @@ def metered_on(stations: Filter) -> Filter:
 #: Kinds no read shows anyone, admins included: sign-in credentials, used only by
 #: ``AccountService``/``RefreshTokenService`` straight from the store; and the clients'
 #: idempotency keys (the answers they keep are their users' alone), used only by
-#: ``IdempotencyService``.
-CREDENTIAL_KINDS = frozenset({"refresh_family", "refresh_token", "idempotency_key"})
+#: ``IdempotencyService``; and where stations' chargers passed their password check from
+#: (``ChargingService``'s known addresses).
+CREDENTIAL_KINDS = frozenset({"refresh_family", "refresh_token", "idempotency_key",
+                              "known_charger_address"})
 
 
 @dataclass(frozen=True, slots=True)

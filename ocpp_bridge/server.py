@@ -408,6 +408,9 @@ class OcppServer:
         # Where sessions a restore brought back open are (a restore runs with every
         # instance stopped): known before the first charger connects.
         await self.charging.load_restored()
+        # Where chargers passed their password check from, on instances gone too: a
+        # charger moved here by a rolling restart is known at its address (review s31).
+        await self.charging.load_known_addresses()
         if self.instances is not None:
             await self.instances.renew(self.instance_id, self.host_label, self.lease)
         self._server = await serve(
@@ -1119,7 +1122,10 @@ class OcppServer:
         """The right password: its address's count is cleared and the address known for
         the station (``ChargerSignIns.succeeded``)."""
         sign_ins, key = self._limits(station)
-        sign_ins.succeeded(station.cp_id, key, peer)
+        if sign_ins is self.charging.sign_ins:
+            self.charging.charger_passed(station, key, peer)  # known, here and stored
+        else:  # a made-up id's table, where nobody passes
+            sign_ins.succeeded(station.cp_id, key, peer)
         return True
 
     def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout, *,

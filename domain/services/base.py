@@ -4,6 +4,7 @@ together with its audit entries."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -43,7 +44,7 @@ from domain.entities import (
     audit_after,
     snapshot,
 )
-from domain.errors import NotFound
+from domain.errors import Conflict, NotFound
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
@@ -782,6 +783,28 @@ async def pages(store: Store, kind: type[E], where: Filter, size: int
         if len(page) < size:
             return
         after = page[-1].id
+
+
+async def sweep_expired(store: Store, kind: type[E], expired: Filter, unchanged: str,
+                        batch: int) -> int:
+    """Deletes the records of ``kind`` matching ``expired``, ``batch`` at a time, each
+    only while its field ``unchanged`` holds what was read (one renewed meanwhile stays,
+    as does one another instance swept first); how many. A housekeeping round's
+    (``IdempotencyService.sweep``, ``known_addresses.sweep``)."""
+    deleted = 0
+    while found := await store.find_all(kind, expired, limit=batch):
+        gone = [Delete(r, only_if=(unchanged, getattr(r, unchanged))) for r in found]
+        try:
+            await store.write(gone, [])
+            deleted += len(gone)
+        except (Conflict, NotFound):
+            for one in gone:  # one of them renewed or swept meanwhile
+                with contextlib.suppress(Conflict, NotFound):
+                    await store.write([one], [])
+                    deleted += 1
+        if len(found) < batch:
+            break
+    return deleted
 
 
 def not_erased(user_id: str) -> Guard:

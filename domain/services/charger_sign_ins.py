@@ -26,7 +26,7 @@ a guesser's budget).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -97,23 +97,33 @@ class KnownAddresses:
         passed = self._passed.get(digest(pair, self.secret))
         return passed is not None and self.clock() - passed < KNOWN_FOR
 
-    def passed(self, pair: str) -> None:
+    def passed(self, pair: str) -> str | None:
+        """Remembers that the pair passed now; its digest when that is news to tell (and
+        to store: ``ChargingService.charger_passed``), at most once per ``RETOLD_AFTER``."""
         key = digest(pair, self.secret)
         last = self._passed.get(key)
         if last is not None and self.clock() - last < RETOLD_AFTER:
-            return  # known and fresh: nothing new to remember or tell
+            return None  # known and fresh: nothing new to remember or tell
         self._remember(key)
         if self.share is not None:
             self.share(self.name, "passed", key)
+        return key
 
     def apply(self, operation: str, key_digest: str) -> None:
         """What another instance told (``ThrottleSharing``); unknown operations ignored."""
         if operation == "passed":
             self._remember(key_digest)
 
-    def _remember(self, key: str) -> None:
+    def load(self, stored: Iterable[tuple[str, datetime]]) -> None:
+        """Pairs (digest, when last passed) an instance kept in the store, oldest first,
+        remembered as of then: an instance starting after the ones that saw them pass
+        knows them too (told to nobody: each instance loads them)."""
+        for key, passed_at in stored:
+            self._remember(key, passed_at)
+
+    def _remember(self, key: str, at: datetime | None = None) -> None:
         self._passed.pop(key, None)
-        self._passed[key] = self.clock()  # most recent last
+        self._passed[key] = self.clock() if at is None else at  # most recent last
         while len(self._passed) > MAX_TRACKED:
             self._passed.popitem(last=False)
 
@@ -211,15 +221,16 @@ class ChargerSignIns:
         self.by_address.forgive(pair)
         self.by_station.forgive(station)
 
-    def succeeded(self, cp_id: str, password_hash: str, address: str) -> None:
+    def succeeded(self, cp_id: str, password_hash: str, address: str) -> str | None:
         """The right password: its address's count is cleared (only counted when there is
         one: the connection-density path stays a few digests and lookups) and the address
-        is known for the station."""
+        is known for the station; the known pair's digest when that is news
+        (``KnownAddresses.passed``)."""
         client = address_key(address)
         _, pair = _keys(cp_id, password_hash, client)
         if self.by_address.tracks(pair):
             self.by_address.succeeded(pair)
-        self.known.passed(_known_key(cp_id, client))
+        return self.known.passed(_known_key(cp_id, client))
 
 
 @lru_cache(maxsize=4096)

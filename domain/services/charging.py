@@ -61,6 +61,7 @@ from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.registration import admits
+from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
     ServiceContext,
@@ -89,7 +90,7 @@ from domain.services.charger_connections import (
     REGISTRATIONS_PER_ADDRESS,
     ChargerConnections,
 )
-from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
+from domain.services.charger_sign_ins import KNOWN_FOR, ChargerSignInLimits, ChargerSignIns
 from domain.services.edits import edit, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
@@ -567,6 +568,8 @@ class ChargingService(ChargerConnections):
         #: (``Services`` wires in ``CommandService.ask_for_status``), in the background.
         self.on_restored_connect: Callable[[Station], Awaitable[None]] | None = None
         self.asking = Background()
+        #: Known charger addresses being written to the store (``charger_passed``).
+        self.keeping_known = Background()
         self.session_updates = LatestUpdates(self.publish)
         #: Sessions whose metering after their close without a stop was logged.
         self._metered_after_close: set[str] = set()
@@ -1080,6 +1083,31 @@ class ChargingService(ChargerConnections):
             limit=MAX_OPEN_PER_CONNECTOR)
         for session in lost:
             await self._close_if_lost(station, session, booted)
+
+    def charger_passed(self, station: Station, password_hash: str, address: str) -> None:
+        """The station's charger passed the password check from ``address``
+        (``ChargerSignIns.succeeded``). When that is news (a new pair, or one last told a
+        day ago or more), the pair is kept in the store too, in the background, for the
+        instances that start later (``known_addresses``; ``load_known_addresses``)."""
+        pair = self.sign_ins.succeeded(station.cp_id, password_hash, address)
+        if pair is not None:
+            self.keeping_known.run(
+                known_addresses.keep(self.store, station.id, pair, self.now()),
+                "chargegraph-known-address",
+                f"{station.cp_id}: storing where its charger passed from failed (known "
+                "on the instances running, not on one starting)")
+
+    async def load_known_addresses(self) -> None:
+        """Learns, at start-up, where stations' chargers passed the password check from
+        within ``KNOWN_FOR`` (on any instance, before this one started): a charger moved
+        here after its instance went is known at its address, as on the instances that
+        were running (``OcppServer._known_check``). One read, never one per handshake."""
+        self.sign_ins.known.load(await known_addresses.stored(self.store,
+                                                              self.now() - KNOWN_FOR))
+
+    async def sweep_known_addresses(self) -> int:
+        """Deletes the stored pairs that last passed ``KNOWN_FOR`` ago or longer."""
+        return await known_addresses.sweep(self.store, self.now() - KNOWN_FOR)
 
     async def load_restored(self) -> None:
         """Learns, at start-up, where sessions a restore brought back open

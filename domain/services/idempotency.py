@@ -44,7 +44,14 @@ from domain.policy import Viewer
 from domain.ports import Delete, Insert, Update
 from domain.query import ALL, Eq, Range
 from domain.services.background import Background
-from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+from domain.services.base import (
+    Service,
+    ServiceContext,
+    pages,
+    patch,
+    stamp_new,
+    sweep_expired,
+)
 
 log = logging.getLogger("chargegraph.idempotency")
 
@@ -346,21 +353,9 @@ class IdempotencyService(Service):
     async def sweep(self) -> int:
         """Deletes the keys past their expiry (each only while unchanged: one taken over
         as a fresh key meanwhile stays); how many."""
-        deleted = 0
-        while expired := await self.store.find_all(
-                IdempotencyKey, Range("expires_at", lte=self.now()), limit=SWEEP_BATCH):
-            gone = [Delete(r, only_if=("claimant", r.claimant)) for r in expired]
-            try:
-                await self.store.write(gone, [])
-                deleted += len(gone)
-            except (Conflict, NotFound):
-                for one in gone:  # one of them taken over or swept meanwhile
-                    with contextlib.suppress(Conflict, NotFound):
-                        await self.store.write([one], [])
-                        deleted += 1
-            if len(expired) < SWEEP_BATCH:
-                break
-        return deleted
+        return await sweep_expired(self.store, IdempotencyKey,
+                                   Range("expires_at", lte=self.now()), "claimant",
+                                   SWEEP_BATCH)
 
     async def forget(self, user_id: str, mentioning: Sequence[str] = ()) -> None:
         """Deletes every key of the user, and every other user's whose kept answer holds

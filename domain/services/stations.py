@@ -38,6 +38,7 @@ from domain.events import (
 from domain.policy import SYSTEM, Viewer, refuse_unless_staff
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of
+from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
     UNSET,
@@ -582,6 +583,13 @@ class StationService(Service):
         except Exception:
             log.exception("%s: removed; its local-list records are left behind",
                           station.cp_id)
+        # Where its charger passed the password check from: the station's, gone with it
+        # (a pair left is deleted by the sweep, 30 days after it last passed).
+        try:
+            await known_addresses.forget(self.store, station.id)
+        except Exception:
+            log.exception("%s: removed; its charger's known addresses are left to the "
+                          "sweep", station.cp_id)
         return station
 
     async def _remove_station(self, viewer: Viewer, station_id: str, asked: list[bool]

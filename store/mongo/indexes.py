@@ -156,6 +156,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # Clients' idempotency keys: a user's (an erasure forgets them), the expired (the
     # sweep). The claim is the ``_id``, derived from the user and the key.
     "idempotency_key": [[("user_id", ASCENDING)], [("expires_at", ASCENDING)]],
+    # Where stations' chargers passed their password check from (SQLite migration 82):
+    # a station's (its removal deletes them), by when (the sweep, and the newest read at
+    # a start). The pair is the ``_id``, derived from it.
+    "known_charger_address": [[("station_id", ASCENDING)], [("passed_at", ASCENDING)]],
     # Remote starts awaiting their StartTransaction: by card (a start's checks and the
     # StartTransaction consuming it), by station (the plug checks), by expiry (the sweep).
     "pending_start": [[("id_tag", ASCENDING), ("expires_at", ASCENDING)],

@@ -28,6 +28,7 @@ from domain.entities import (
     IdTag,
     IdTagStatus,
     InstanceLease,
+    KnownChargerAddress,
     LimitAnswer,
     LocalList,
     LocalListEntry,
@@ -220,6 +221,8 @@ FULL: dict[type[Record], Callable[[], Record]] = {
         state=IdempotencyState.DONE, claimant=new_id(), access="OPERATOR ✓", lease_until=at(17),
         response='{"data":{"addVehicle":{"vehicle":{"plate":"B-EV 1 ✓"},"errors":[]}}}',
         expires_at=at(1440), **STAMPS),
+    KnownChargerAddress: lambda: KnownChargerAddress(
+        id="ab" * 12, station_id=new_id(), pair="ab" * 16, passed_at=at(18), **STAMPS),
 }
 
 
@@ -283,6 +286,8 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
     IdempotencyKey: lambda: IdempotencyKey(user_id=new_id(), key="k", fingerprint="f",
                                            state=IdempotencyState.RUNNING, claimant="c",
                                            access="", lease_until=T0, expires_at=T0),
+    KnownChargerAddress: lambda: KnownChargerAddress(station_id=new_id(), pair="cd" * 16,
+                                                     passed_at=T0),
 }
 
 

@@ -856,6 +856,37 @@ async def test_a_charger_moving_to_another_instance_under_a_scan_is_let_in_there
         assert sorted(await asyncio.gather(*scan)) == [401] * 6 + [503] * 2
 
 
+async def test_a_charger_passed_on_an_instance_gone_is_known_on_one_started_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: known addresses lived in the memory of the instances alone, told to
+    the others as they passed, and a starting instance learnt none: after a rolling
+    restart, a charger whose instance then went landed on one where its address was
+    unknown and was answered 503 under a scan. Two instances with services of their own
+    over one database file: the charger passes on the first, which stops; the second,
+    started after, reads the pair from the store and admits the charger from the share
+    kept for known chargers while a scan holds the rest. Scaled: 8 for 256, 2 kept."""
+    monkeypatch.setattr(server_module, "MAX_PENDING_CHECKS", 8)
+    path = tmp_path / "rolling.db"
+    first = await start_central(path)
+    try:
+        await seed(first)
+        assert await attempt(first, STATION_PASSWORD, CHARGER) == 101
+        await first.services.charging.keeping_known.settled()  # as a stop waits for it
+    finally:
+        await stop_central(first)
+    second = await start_central(path)
+    try:
+        held = holding_guesses(second, monkeypatch)
+        scan = await scan_holding_the_checks(second, 8)
+        assert len(second.server._checks) == 6  # the general pool full, 2 kept
+        assert await attempt(second, STATION_PASSWORD, CHARGER) == 101
+        assert await attempt(second, "guess", "203.0.113.99") == 503  # not its address
+        held.set()
+        assert sorted(await asyncio.gather(*scan)) == [401] * 6 + [503] * 2
+    finally:
+        await stop_central(second)
+
+
 async def test_one_station_scanned_from_its_known_addresses_takes_two_of_the_kept_checks(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kept share is not one station's: guesses at a real cpId from the many

@@ -1,0 +1,69 @@
+"""Where stations' chargers passed their password check from, kept in the store
+(``KnownChargerAddress``) beside the instances' memory (``charger_sign_ins.KnownAddresses``).
+
+In memory alone, a pair reached the other instances only as it was told (at most once a
+day per pair), and an instance starting learnt none: after a rolling restart a charger
+whose instance then went landed on one where its address was unknown, and a scan holding
+the checks not kept for known chargers had it answered 503 there (review s31). Each
+instance reads them once as it starts (``stored``): the newest ``MAX_TRACKED`` of the last
+``charger_sign_ins.KNOWN_FOR``. Not on a miss: a handshake never reads the store for
+them, so a scan naming real cpIds from new addresses costs no store read whatever its
+size, and a pair passing after an instance started is told to it (``ThrottleSharing``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from datetime import datetime
+
+from domain.entities import KnownChargerAddress, Station
+from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.policy import SYSTEM
+from domain.ports import Change, Delete, Guard, Insert, Store, Update
+from domain.query import Eq, Range, Sort
+from domain.services.base import pages, stamp_new, sweep_expired
+from domain.services.throttle import MAX_TRACKED
+
+#: Records read or deleted at once.
+BATCH = 500
+
+
+async def keep(store: Store, station_id: str, pair: str, at: datetime) -> None:
+    """Stores that the pair (``KnownAddresses``' digest) passed ``at``, for the station
+    (only while it exists: a removed station's pairs are deleted with it). One row per
+    pair, its id derived from it; a write racing another instance's of the same pair, or
+    the station's removal, leaves what that wrote."""
+    record = KnownChargerAddress(id=pair[:24], station_id=station_id, pair=pair,
+                                 passed_at=at)
+    found = (await store.get_many(KnownChargerAddress, [record.id]))[0]
+    change: Change = Insert(stamp_new(record, SYSTEM, at)) if found is None else Update(
+        replace(found, passed_at=at, updated_at=at), frozenset({"passed_at", "updated_at"}))
+    with contextlib.suppress(Conflict, NotFound, UniqueViolation):
+        await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
+
+
+async def stored(store: Store, since: datetime) -> list[tuple[str, datetime]]:
+    """The pairs that passed after ``since`` (``KNOWN_FOR`` ago), the newest
+    ``MAX_TRACKED`` (as many as memory keeps), oldest first (``KnownAddresses.load``)."""
+    found = await store.find_all(KnownChargerAddress, Range("passed_at", gt=since),
+                                 [Sort("passed_at", descending=True)], limit=MAX_TRACKED)
+    return [(known.pair, known.passed_at) for known in reversed(found)]
+
+
+async def sweep(store: Store, before: datetime) -> int:
+    """Deletes the pairs that last passed at ``before`` (``KNOWN_FOR`` ago) or earlier
+    (one passing again meanwhile stays); how many."""
+    return await sweep_expired(store, KnownChargerAddress, Range("passed_at", lte=before),
+                               "passed_at", BATCH)
+
+
+async def forget(store: Store, station_id: str) -> None:
+    """Deletes a removed station's pairs (where its charger connected from is the
+    station's: not kept past it). After the removal's write: a pair passing meanwhile is
+    not written once the station is gone (``keep``'s guard), one swept meanwhile is
+    gone already."""
+    async for page in pages(store, KnownChargerAddress, Eq("station_id", station_id), BATCH):
+        for known in page:
+            with contextlib.suppress(NotFound):
+                await store.write([Delete(known)], [])

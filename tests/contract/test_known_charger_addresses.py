@@ -1,0 +1,109 @@
+"""Where stations' chargers passed their password check from, kept in the store
+(``KnownChargerAddress``, ``domain.services.known_addresses``) on both stores: a charger
+passing is stored once a day per pair, an instance starting later knows the pair, the
+sweep deletes a pair 30 days after it last passed, and a station's removal drops its
+pairs (review s31: known in memory only, a charger moved by a rolling restart was a
+stranger where it landed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from domain.entities import KnownChargerAddress, Station
+from domain.policy import SYSTEM, Policy
+from domain.ports import Store
+from domain.query import ALL
+from domain.services import ServiceContext, Services
+from domain.services.charger_sign_ins import KNOWN_FOR, RETOLD_AFTER
+from tests.contract.factories import put, station
+from tests.helpers import FastHasher
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CHARGER = "198.51.100.7"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def instance(store: Store, clock: Clock) -> Services:
+    """An instance's services of their own over ``store``."""
+    return Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                   clock=clock))
+
+
+async def passed(services: Services, at: Station, address: str = CHARGER) -> None:
+    services.charging.charger_passed(at, at.auth_password_hash or "", address)
+    await services.charging.keeping_known.settled()
+
+
+async def kept(store: Store) -> list[KnownChargerAddress]:
+    return await store.find_all(KnownChargerAddress, ALL)
+
+
+async def test_a_pair_passed_on_one_instance_is_known_to_one_started_after(
+        store: Store) -> None:
+    clock = Clock()
+    cp = station()
+    await put(store, cp)
+    first = instance(store, clock)
+    await passed(first, cp)
+    [row] = await kept(store)
+    assert (row.station_id, row.passed_at) == (cp.id, T0)
+    assert CHARGER not in row.pair  # a digest, not the address
+    later = instance(store, clock)
+    assert not later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+    await later.charging.load_known_addresses()
+    assert later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+    assert not later.charging.sign_ins.passed_from(cp.cp_id, "198.51.100.8")
+    assert not later.charging.sign_ins.passed_from("CP-OTHER", CHARGER)
+
+
+async def test_a_pair_is_written_once_a_day_and_swept_30_days_after_it_last_passed(
+        store: Store) -> None:
+    clock = Clock()
+    cp = station()
+    await put(store, cp)
+    services = instance(store, clock)
+    await passed(services, cp)
+    clock.now = T0 + RETOLD_AFTER / 2
+    await passed(services, cp)
+    assert [row.passed_at for row in await kept(store)] == [T0]  # not written again
+    clock.now = T0 + RETOLD_AFTER
+    await passed(services, cp)
+    assert [row.passed_at for row in await kept(store)] == [T0 + RETOLD_AFTER]
+    clock.now += timedelta(hours=1)
+    await passed(services, cp, "203.0.113.9")
+    clock.now = T0 + RETOLD_AFTER + KNOWN_FOR
+    assert await services.charging.sweep_known_addresses() == 1  # the first address's
+    [left] = await kept(store)
+    assert left.passed_at == clock.now - KNOWN_FOR + timedelta(hours=1)
+    # An instance starting now knows only the one not expired.
+    later = instance(store, clock)
+    await later.charging.load_known_addresses()
+    assert not later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+    assert later.charging.sign_ins.passed_from(cp.cp_id, "203.0.113.9")
+    clock.now += timedelta(hours=1)
+    assert await services.charging.sweep_known_addresses() == 1
+    assert await kept(store) == []
+
+
+async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
+        store: Store) -> None:
+    clock = Clock()
+    services = instance(store, clock)
+    cp, other = station(), station()
+    await put(store, cp, other)
+    await passed(services, cp)
+    await passed(services, cp, "203.0.113.9")
+    await passed(services, other)
+    await services.stations.remove_station(SYSTEM, cp.id)
+    assert [row.station_id for row in await kept(store)] == [other.id]
+    # A pass told after the removal (the charger's check ended meanwhile) is not stored.
+    clock.now = T0 + RETOLD_AFTER
+    await passed(services, cp)
+    assert [row.station_id for row in await kept(store)] == [other.id]
