@@ -91,8 +91,23 @@ def _plain_failures() -> Iterator[None]:
 
 
 def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Settings:
+    """The settings with the flags given over the environment's and ``.env``'s. Those
+    are validated first, whole: a malformed value stops the command though a flag
+    replaces it (QA s31: ``CHARGEGRAPH_PORT=abc serve --port N`` served, the next start
+    without the flag would not). Only a rule between settings (``_ports_apart``) waits
+    for the flags, which may be what settles it."""
     overrides = {k: v for k, v in (("host", host), ("port", port), ("ocpp_port", ocpp_port))
                  if v is not None}
+    try:
+        environment = Settings()
+    except ValidationError as exc:
+        # pydantic checks a rule between settings only once each value is valid: an
+        # error at no setting's name is one of those.
+        if not overrides or any(problem["loc"] for problem in exc.errors()):
+            raise
+    else:
+        if not overrides:
+            return environment
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
