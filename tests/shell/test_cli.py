@@ -43,6 +43,35 @@ def test_version_is_the_packages(runner: CliRunner) -> None:
     assert shown.exit_code == 0 and shown.stdout == f"chargegraph {__version__}\n"
 
 
+def _subcommands() -> list[str]:
+    import typer
+
+    return sorted(typer.main.get_command(cli).commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in _subcommands())])
+def test_help_shows_no_value_for_a_flag_and_no_unformatted_name(
+        runner: CliRunner, command: list[str]) -> None:
+    """QA s31: typer's help wrote ``<bool>`` beside every flag (``--help``, ``--version``,
+    ``--force``), which takes no value, and backup's and restore's usage
+    ``{path}``."""
+    shown = runner.invoke(cli, [*command, "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "--help" in shown.stdout
+    assert "<bool>" not in shown.stdout
+    assert re.search(r"\{[^}]*\}", shown.stdout) is None, shown.stdout
+
+
+@pytest.mark.parametrize(("command", "usage"), [
+    ("backup", "backup [OPTIONS] PATH"), ("restore", "restore [OPTIONS] PATH"),
+    ("graphiql-assets", "graphiql-assets [OPTIONS] FOLDER")])
+def test_an_argument_is_named_in_the_usage_as_its_help_names_it(
+        runner: CliRunner, command: str, usage: str) -> None:
+    shown = runner.invoke(cli, [command, "--help"], env={"COLUMNS": "200"},
+                          prog_name="chargegraph")
+    assert f" Usage: chargegraph {usage} " in shown.stdout, shown.stdout
+
+
 def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
     made = runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
                                PASSWORD, "--role", "admin"])
