@@ -334,11 +334,10 @@ def create_user(
     async def run() -> str:
         from chargegraph.app import build_services
         from chargegraph.security import Argon2Hasher
-        from chargegraph.stores import started_store
+        from chargegraph.stores import new_database, started_store
         from domain.policy import SYSTEM
 
-        database = sqlite_path(settings.database_url)
-        fresh = database is not None and not database.exists()
+        fresh = new_database(settings.database_url)
         async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher())
             company_id = None
