@@ -34,6 +34,7 @@ from chargegraph.startup import PlainStartupFailures, starting
 from chargegraph.stores import (
     check_database_url,
     database_location,
+    new_database,
     sqlite_path,
     started_store,
     store_label,
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         start.begin()
         async with AsyncExitStack() as stack:
+            fresh = new_database(settings.database_url)  # before the start makes it
             # Opening is inside `starting` too: making the SQLite file's folder can fail.
             store = await stack.enter_async_context(started_store(settings.database_url))
             bus = open_event_bus(settings.pubsub_url, prefix=settings.pubsub_prefix)
@@ -340,9 +342,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 "refund-claims"))
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
-            log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",
+            log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s%s",
                      url_host(settings.host), settings.port,
-                     database_location(settings.database_url))
+                     database_location(settings.database_url),
+                     " (new database, created now)" if fresh else "")
             start.end()
             try:
                 yield

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import typer
 import uvicorn
 from pydantic import ValidationError
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
@@ -31,12 +32,55 @@ from chargegraph.startup import StartupFailed, starting
 from chargegraph.stores import database_location, sqlite_path
 
 if TYPE_CHECKING:
+    # typer's own copy of click, whose types its commands take (not the click package).
+    from typer._click import Context as ClickContext
+    from typer._click import Parameter
+
     from chargegraph.demo import DemoSummary
     from ocpp_bridge.simulator import FleetPlan
     from ocpp_bridge.simulator_state import ChargerStates
 
+def _valueless_flags(params: list[Parameter]) -> list[Parameter]:
+    """A flag takes no value, but typer's Rich help wrote ``<bool>`` beside each
+    (``--help``, ``--version``, ``--force``; QA s31): given an empty metavar, which that
+    help writes as is, it shows none."""
+    for param in params:
+        if isinstance(param, TyperOption) and (param.is_flag or param.count) \
+                and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Group(TyperGroup):
+    """The command group, its help mended (``_valueless_flags``)."""
+
+    def get_params(self, ctx: ClickContext) -> list[Parameter]:
+        return _valueless_flags(super().get_params(ctx))
+
+
+class Command(TyperCommand):
+    """A command, its help mended: flags without a value (``_valueless_flags``), and
+    each argument in the usage line by the name its help text gives it, in capitals
+    (``backup [OPTIONS] PATH``), in brackets when optional. typer wrote a required one
+    as ``{path}``, which reads as a template left unformatted (QA s31)."""
+
+    def get_params(self, ctx: ClickContext) -> list[Parameter]:
+        return _valueless_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: ClickContext) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.display_name_raw.upper() + ("..." if param.nargs != 1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
-                  no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
+                  no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+                  cls=Group)
 
 
 def _show_version(value: bool) -> None:
@@ -91,8 +135,23 @@ def _plain_failures() -> Iterator[None]:
 
 
 def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Settings:
+    """The settings with the flags given over the environment's and ``.env``'s. Those
+    are validated first, whole: a malformed value stops the command though a flag
+    replaces it (QA s31: ``CHARGEGRAPH_PORT=abc serve --port N`` served, the next start
+    without the flag would not). Only a rule between settings (``_ports_apart``) waits
+    for the flags, which may be what settles it."""
     overrides = {k: v for k, v in (("host", host), ("port", port), ("ocpp_port", ocpp_port))
                  if v is not None}
+    try:
+        environment = Settings()
+    except ValidationError as exc:
+        # pydantic checks a rule between settings only once each value is valid: an
+        # error at no setting's name is one of those.
+        if not overrides or any(problem["loc"] for problem in exc.errors()):
+            raise
+    else:
+        if not overrides:
+            return environment
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
@@ -239,7 +298,7 @@ OcppPortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
                                                  help="OCPP websocket port (default 9000).")]
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None) -> None:
     """Run the service: GraphQL on /graphql, OCPP on its own port, /healthz."""
     with _plain_failures():
@@ -256,7 +315,7 @@ NEW_DATABASE = (" (a new database, created now: if you meant an existing one, se
                 "CHARGEGRAPH_DATABASE_URL to it, e.g. sqlite:////srv/chargegraph.db)")
 
 
-@app.command("create-user")
+@app.command("create-user", cls=Command)
 def create_user(
     email: Annotated[str, typer.Option()],
     password: Annotated[str, typer.Option()],
@@ -275,11 +334,10 @@ def create_user(
     async def run() -> str:
         from chargegraph.app import build_services
         from chargegraph.security import Argon2Hasher
-        from chargegraph.stores import started_store
+        from chargegraph.stores import new_database, started_store
         from domain.policy import SYSTEM
 
-        database = sqlite_path(settings.database_url)
-        fresh = database is not None and not database.exists()
+        fresh = new_database(settings.database_url)
         async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher())
             company_id = None
@@ -305,7 +363,7 @@ def create_user(
         raise typer.Exit(1) from exc
 
 
-@app.command()
+@app.command(cls=Command)
 def backup(
     path: Annotated[Path, typer.Argument(help="The file to write (a new one).")],
     force: Annotated[bool, typer.Option(help="Overwrite PATH if it exists.")] = False,
@@ -326,7 +384,7 @@ def backup(
                f"{report.schema_version})")
 
 
-@app.command()
+@app.command(cls=Command)
 def restore(
     path: Annotated[Path, typer.Argument(help="The backup to put back.")],
 ) -> None:
@@ -355,7 +413,7 @@ def restore(
         typer.echo(f"warning: {warning}", err=True)
 
 
-@app.command()
+@app.command(cls=Command)
 def healthcheck(
     timeout: Annotated[float, typer.Option(min=0.1, max=60,
                                            help="Seconds to wait for the answer.")] = 2,
@@ -388,7 +446,7 @@ def healthcheck(
     typer.echo(f"healthy: {url}")
 
 
-@app.command("export-schema")
+@app.command("export-schema", cls=Command)
 def export_schema() -> None:
     """Print the GraphQL SDL (schema.graphql equals it)."""
     from graph import export_sdl
@@ -396,7 +454,7 @@ def export_schema() -> None:
     sys.stdout.write(export_sdl())
 
 
-@app.command("graphiql-assets")
+@app.command("graphiql-assets", cls=Command)
 def graphiql_assets(
     folder: Annotated[Path, typer.Argument(help="Where to write the files.")],
     registry: Annotated[str, typer.Option(
@@ -419,7 +477,7 @@ def graphiql_assets(
     typer.echo(f"set CHARGEGRAPH_GRAPHIQL_ASSETS={folder.resolve()} where the service runs")
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None,
          chargers: Annotated[bool, typer.Option(help="Run simulated chargers.")] = True,
          reset: Annotated[bool, typer.Option(help="Delete the demo's database first (a "
@@ -616,7 +674,7 @@ def _check_prefix(prefix: str, stations: int) -> None:
 MAX_SIMULATED = 20_000
 
 
-@app.command()
+@app.command(cls=Command)
 def simulate(
     url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp",
                                      callback=_websocket_url)],

@@ -143,8 +143,10 @@ def counters(registry: MetricsRegistry) -> list[Family]:
                "GraphQL requests over HTTP, by operation type and outcome (ok, error: "
                "executed with errors, invalid: refused before execution)", graphql),
         Family("chargegraph_export_requests_total", "counter",
-               "CSV exports over HTTP, by export and outcome (ok: every row sent, invalid: "
-               "refused, error: failed, aborted: the client went away)", exports),
+               "CSV and personal data exports over HTTP, by export and outcome (ok: every "
+               "row sent, invalid: a malformed or unauthenticated request, forbidden, "
+               "not_found, limited: refused so, error: failed, aborted: the client went "
+               "away)", exports),
     ]
 
 

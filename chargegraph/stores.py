@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,7 +75,14 @@ def open_store(database_url: str) -> Store:
     if path is not None:
         from store.sqlite import SqliteStore
 
-        path.parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
+        if not path.parent.exists():
+            # Zero setup: the folder is made (the default file's, the working directory,
+            # always exists). Said, since a typo in the URL's folder served a new,
+            # empty database, named only by the ready line (QA s31).
+            path.parent.mkdir(parents=True, exist_ok=True)
+            logging.getLogger("chargegraph").warning(
+                "created the folder %s for a new SQLite database: if you meant an "
+                "existing one, check CHARGEGRAPH_DATABASE_URL", path.parent.resolve())
         return SqliteStore(str(path))
     from store.mongo import MongoStore
 
@@ -93,6 +101,14 @@ def database_location(database_url: str) -> str:
     parts = urlsplit(database_url)
     hosts = parts.netloc.rpartition("@")[2]
     return f"MongoDB {urlunsplit((parts.scheme, hosts, parts.path, '', ''))}"
+
+
+def new_database(database_url: str) -> bool:
+    """Whether a SQLite URL names a file that does not exist yet (the store's start will
+    make it): said where the database is named, so that a mistyped or relative URL
+    shows. A MongoDB database is never called new."""
+    path = sqlite_path(database_url)
+    return path is not None and not path.exists()
 
 
 def store_label(database_url: str) -> str:

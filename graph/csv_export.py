@@ -440,6 +440,14 @@ def error_response(error: DomainError, status: int,
                         status_code=status, headers=headers)
 
 
+#: The metrics' outcome of a refusal by its status (QA s31: a 403 or 404 of a personal
+#: data copy was counted ``invalid``, as a malformed request): who may not, and what is
+#: not there (or no longer: an erased account's 410), are told apart from requests that
+#: are wrong. Any other 4xx is ``invalid`` (400, and 401 as GraphQL counts an
+#: unauthenticated request), a 5xx ``error``.
+REFUSAL_OUTCOMES = {403: "forbidden", 404: "not_found", 410: "not_found", 429: "limited"}
+
+
 def _status(error: DomainError) -> int:
     # The store's "try again" conditions are the service's, not the request's fault.
     return 503 if isinstance(error, StoreBusy | StoreUnavailable) else 400
@@ -483,7 +491,8 @@ class ExportDoor(ABC):
             self.metrics.export_request(name, "invalid")
             return error_response(error, 401, {"WWW-Authenticate": _challenge(request)})
         status = self.status_of(error)
-        self.metrics.export_request(name, "error" if status >= 500 else "invalid")
+        self.metrics.export_request(name, "error" if status >= 500
+                                    else REFUSAL_OUTCOMES.get(status, "invalid"))
         return error_response(error, status)
 
     @staticmethod

@@ -151,6 +151,14 @@ async def test_who_may_download_whose_copy(service: Running) -> None:
     # HEAD checks, and neither reads nor records.
     head = await download(service, path, tokens["admin"], method="HEAD")
     assert (head.status_code, head.content) == (200, b"")
+    # QA s31: the 403 and the 404s were counted as invalid requests.
+    samples, _ = await scrape(service)
+    counted = {(export, outcome): value(samples, "chargegraph_export_requests_total",
+                                        export=export, outcome=outcome)
+               for export, outcome in (("user", "forbidden"), ("user", "not_found"),
+                                       ("user", "invalid"), ("me", "invalid"))}
+    assert counted == {("user", "forbidden"): 1, ("user", "not_found"): 2,
+                       ("user", "invalid"): 1, ("me", "invalid"): 2}
 
     # The driver reads in their audit log who took a copy of their data.
     seen = await service.gql(
@@ -168,6 +176,9 @@ async def test_an_erased_account_is_refused(service: Running) -> None:
                              await service.token("admin"))
     assert refused.status_code == 410
     assert refused.json()["errors"][0]["code"] == "ERASED"
+    samples, _ = await scrape(service)  # not there any more: as a 404
+    assert value(samples, "chargegraph_export_requests_total", export="user",
+                 outcome="not_found") == 1
 
 
 async def test_a_store_failure_is_503_before_and_a_cut_transfer_after(
@@ -295,6 +306,9 @@ async def test_copies_of_one_person_are_limited_per_hour_with_retry_after(
     assert refused.status_code == 429
     assert 3500 < int(refused.headers["Retry-After"]) <= 3600
     assert refused.json()["errors"][0]["code"] == "TOO_MANY_REQUESTS"
+    samples, _ = await scrape(service)
+    assert value(samples, "chargegraph_export_requests_total", export="me",
+                 outcome="limited") == 3
     entries = await store.find_all(d.AuditEntry, Eq("action", d.AuditAction.EXPORT))
     assert len(entries) == 10
     assert (await download(service, f"/export/users/{driver.id}.json", admin)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import unicodedata
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -528,3 +528,32 @@ async def test_a_bulk_import_meeting_taken_emails_leaves_the_offices_sign_ins_al
                             {"id": their_driver, "email": "driver_a@example.com"},
                             "user { email }")
         assert codes(resent) == []
+
+
+async def test_an_access_token_is_taken_until_the_leeway_past_its_expiry(
+        services: Services, world: World) -> None:
+    """``graph.auth.LEEWAY`` (30 s, for instances' clocks apart), as README tells it: a
+    token 29 s past its ``expiresAt`` still signs in, a refresh sent with it included;
+    31 s past it is refused, 401 ``TOKEN_EXPIRED``. On the tokens' clock, set here."""
+    clock = [datetime.now(UTC).replace(microsecond=0)]
+    tokens = TokenService(SECRET, timedelta(hours=1), clock=lambda: clock[0])
+    api = Api(create_graphql_app(services, tokens), tokens)
+    try:
+        signed_in = await login(api)
+        expires = datetime.fromisoformat(signed_in["expiresAt"])
+        assert expires == clock[0] + timedelta(hours=1)
+        clock[0] = expires + timedelta(seconds=29)
+        taken = await me(api, signed_in["token"])
+        assert (taken.status_code, taken.json()["data"]["me"]["email"]) == (
+            200, "driver1@example.com")
+        refreshed = await api.post(REFRESH, {"t": signed_in["refreshToken"]},
+                                   token=signed_in["token"])
+        assert refreshed.json()["data"]["refreshToken"]["errors"] == []
+        clock[0] = expires + timedelta(seconds=31)
+        for refused in (await me(api, signed_in["token"]),
+                        await api.post(REFRESH, {"t": refreshed.json()["data"][
+                            "refreshToken"]["refreshToken"]}, token=signed_in["token"])):
+            assert refused.status_code == 401
+            assert refused.json()["errors"][0]["extensions"]["code"] == "TOKEN_EXPIRED"
+    finally:
+        await api.client.aclose()

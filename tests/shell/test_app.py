@@ -67,14 +67,17 @@ def test_a_download_while_starting_answers_as_the_http_answers_say(tmp_path: Pat
 def test_the_ready_line_names_the_database(tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
     """QA (onboarding): a `serve` started from another folder than create-user serves
-    another database; the ready line says which, by absolute path."""
-    with caplog.at_level(logging.INFO, logger="chargegraph"), \
-            TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())):
-        pass
+    another database; the ready line says which, by absolute path, and that it is new
+    when the start made it (QA s31: a typo served a new, empty database)."""
+    for _ in range(2):
+        with caplog.at_level(logging.INFO, logger="chargegraph"), \
+                TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())):
+            pass
     ready = [r.getMessage() for r in caplog.records
              if r.getMessage().startswith("ChargeGraph ready")]
-    assert ready == ["ChargeGraph ready: GraphQL on http://127.0.0.1:8000/graphql, "
-                     f"database SQLite {tmp_path.resolve()}/app.db"]
+    line = ("ChargeGraph ready: GraphQL on http://127.0.0.1:8000/graphql, "
+            f"database SQLite {tmp_path.resolve()}/app.db")
+    assert ready == [f"{line} (new database, created now)", line]
 
 
 def test_healthz_says_when_events_do_not_reach_the_other_instances(

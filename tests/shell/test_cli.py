@@ -43,6 +43,35 @@ def test_version_is_the_packages(runner: CliRunner) -> None:
     assert shown.exit_code == 0 and shown.stdout == f"chargegraph {__version__}\n"
 
 
+def _subcommands() -> list[str]:
+    import typer
+
+    return sorted(typer.main.get_command(cli).commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in _subcommands())])
+def test_help_shows_no_value_for_a_flag_and_no_unformatted_name(
+        runner: CliRunner, command: list[str]) -> None:
+    """QA s31: typer's help wrote ``<bool>`` beside every flag (``--help``, ``--version``,
+    ``--force``), which takes no value, and backup's and restore's usage
+    ``{path}``."""
+    shown = runner.invoke(cli, [*command, "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "--help" in shown.stdout
+    assert "<bool>" not in shown.stdout
+    assert re.search(r"\{[^}]*\}", shown.stdout) is None, shown.stdout
+
+
+@pytest.mark.parametrize(("command", "usage"), [
+    ("backup", "backup [OPTIONS] PATH"), ("restore", "restore [OPTIONS] PATH"),
+    ("graphiql-assets", "graphiql-assets [OPTIONS] FOLDER")])
+def test_an_argument_is_named_in_the_usage_as_its_help_names_it(
+        runner: CliRunner, command: str, usage: str) -> None:
+    shown = runner.invoke(cli, [command, "--help"], env={"COLUMNS": "200"},
+                          prog_name="chargegraph")
+    assert f" Usage: chargegraph {usage} " in shown.stdout, shown.stdout
+
+
 def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
     made = runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
                                PASSWORD, "--role", "admin"])
@@ -351,6 +380,50 @@ def test_ports_out_of_range_in_the_environment_are_refused(
     refused = runner.invoke(cli, ["serve"])
     assert refused.exit_code == 2, refused.output
     assert refused.stderr.startswith(f"configuration error: {variable}: ")
+
+
+@pytest.mark.parametrize(("variable", "value", "flag"), [
+    ("CHARGEGRAPH_PORT", "abc", ["--port", "8123"]),
+    ("CHARGEGRAPH_PORT", "70000", ["--port", "8123"]),
+    ("CHARGEGRAPH_OCPP_PORT", "abc", ["--ocpp-port", "9123"]),
+    ("CHARGEGRAPH_OCPP_PORT", "0", ["--ocpp-port", "9123"]),
+    ("CHARGEGRAPH_HOST", " ", ["--host", "127.0.0.1"])])
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_a_malformed_setting_stops_the_command_though_a_flag_replaces_it(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str,
+        variable: str, value: str, flag: list[str]) -> None:
+    """QA s31: ``CHARGEGRAPH_PORT=abc chargegraph serve --port N`` served; the same
+    environment stops the command without the flag, and will at the next start."""
+    never_serve(monkeypatch)
+    if where == ".env":
+        (tmp_path / ".env").write_text(f"{variable}={value}\n")
+    else:
+        monkeypatch.setenv(variable, value)
+    for command in ("serve", "demo"):
+        refused = runner.invoke(cli, [command, *flag])
+        assert refused.exit_code == 2, refused.output
+        assert refused.stderr.startswith(f"configuration error: {variable}: "), refused.stderr
+
+
+def test_a_flag_settles_a_rule_between_settings(runner: CliRunner,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Valid values that clash (both servers on 9000) are not malformed: the flag that
+    moves one of them is taken."""
+    import chargegraph.cli
+    from chargegraph.settings import Settings
+
+    served: list[Settings] = []
+
+    async def demo(settings: Settings, server: object, chargers: bool) -> None:
+        served.append(settings)
+
+    monkeypatch.setattr(chargegraph.cli, "_demo", demo)
+    monkeypatch.setenv("CHARGEGRAPH_PORT", "9000")
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_PORT", "9000")
+    assert runner.invoke(cli, ["demo"]).exit_code == 2
+    started = runner.invoke(cli, ["demo", "--port", "8123"])
+    assert started.exit_code == 0, started.output
+    assert [(settings.port, settings.ocpp_port) for settings in served] == [(8123, 9000)]
 
 
 @pytest.mark.parametrize("value", ["inf", "1e308", "0.0001"])

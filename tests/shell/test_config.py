@@ -103,14 +103,24 @@ def test_argon2_hasher() -> None:
     assert Argon2Hasher().verify(digest, "a secret phrase")
 
 
-def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     caplog: pytest.LogCaptureFixture) -> None:
     assert sqlite_path("sqlite:///chargegraph.db") == Path("chargegraph.db")
     assert sqlite_path("sqlite:////var/lib/cg.db") == Path("/var/lib/cg.db")
     assert sqlite_path("mongodb://localhost/x") is None
     monkeypatch.chdir(tmp_path)
-    store = open_store("sqlite:///nested/dir/a.db")  # relative to the working directory
-    assert isinstance(store, SqliteStore) and (tmp_path / "nested" / "dir").is_dir()
-    assert isinstance(open_store(f"sqlite:///{tmp_path}/b.db"), SqliteStore)  # absolute
+    with caplog.at_level(logging.WARNING, logger="chargegraph"):
+        store = open_store("sqlite:///nested/dir/a.db")  # relative to the working directory
+        assert isinstance(store, SqliteStore) and (tmp_path / "nested" / "dir").is_dir()
+        # QA s31: a typo in the folder served a new, empty database without a word.
+        assert [r.getMessage() for r in caplog.records] == [
+            f"created the folder {tmp_path.resolve()}/nested/dir for a new SQLite database: "
+            "if you meant an existing one, check CHARGEGRAPH_DATABASE_URL"]
+        caplog.clear()
+        assert isinstance(open_store(f"sqlite:///{tmp_path}/b.db"), SqliteStore)  # absolute
+        assert isinstance(open_store("sqlite:///chargegraph.db"), SqliteStore)  # the default
+        assert isinstance(open_store("sqlite:///nested/dir/c.db"), SqliteStore)  # made now
+        assert caplog.records == []  # folders that exist: nothing to say
 
 
 def test_the_database_is_named_by_absolute_path_or_url_without_credentials(
