@@ -661,7 +661,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     # ------------------------------------------------------------- prices
     @strawberry.mutation(description="A new price list for a company or one station, in "
-                                     "force from `validFrom` (default now).")
+                                     "force from `validFrom` (default now); the version "
+                                     "in force then ends there (`validUntil`).")
     async def set_tariff(self, info: Info, input: SetTariffInput) -> TariffPayload:
         ctx = _ctx(info)
 
@@ -687,13 +688,15 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                              errors=errors)
 
     @strawberry.mutation(description=(
-        "Remove a price list version (who may set it). One not in force yet that has "
-        "priced no session is deleted (the version before it goes on); the one in force "
-        "ends now (`validUntil`; one a session was priced by already, just after it): "
-        "sessions starting later are priced by its owner's next scope (a plug standard's "
-        "by its power type's, that by the all-plugs one) and, for a station's, by its "
-        "company's; sessions started before keep it. One a later version replaced, or "
-        "removed already, is INVALID_STATE. Returns it as it was deleted or as it ends."))
+        "Remove a price list version (who may set it), undoing its `setTariff`: one not "
+        "in force yet that has priced no session is deleted; the one in force ends now "
+        "(`validUntil`; one a session was priced by already, just after it). The version "
+        "it replaced is in force again (its `validUntil` back as before). One that "
+        "replaced none leaves its scope without a price: sessions starting later are "
+        "priced by its owner's next scope (a plug standard's by its power type's, that by "
+        "the all-plugs one) and, for a station's, by its company's. Sessions started "
+        "before keep it. One a later version replaced, or removed already, is "
+        "INVALID_STATE. Returns it as it was deleted or as it ends."))
     async def remove_tariff(self, info: Info, input: RemoveTariffInput) -> TariffPayload:
         ctx = _ctx(info)
 

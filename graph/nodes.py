@@ -1422,9 +1422,11 @@ class Tariff(Node, Audited):
         "Of a station's (else its company's) versions in force, the most specific that "
         "fits a session's plug prices it."))
     valid_until: datetime | None = strawberry.field(description=(
-        "When it was removed (`removeTariff`), UTC: sessions started from then on are "
-        "priced by its owner's next scope (power type, all plugs) and, for a station's, "
-        "by its company's. Null: in force until a later version of its scope."))
+        "When it ends, UTC: where the version that replaced it begins (a time to come for "
+        "one set for later), or when it was removed (`removeTariff`). Null: the version "
+        "of its owner and scope a session starting now is priced by, or the latest set "
+        "for later. A scope with none open prices by its owner's next scope (power type, "
+        "all plugs) and, for a station's, by its company's."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
