@@ -409,6 +409,15 @@ class TariffService(Service):
         await self.commit(viewer, [(ended, tariff), *reopened], guards=[guard])
         return cast(Tariff, ended.record)
 
+    async def in_force_beside(self, viewer: Viewer, tariff: Tariff) -> Tariff | None:
+        """The version of ``tariff``'s owner and scope in force now (``_pick``'s rule in
+        that scope alone): after a removal, the one it replaced, or None when the scope is
+        left without a price. For the ``viewer`` who just set or removed one of them
+        (``set_tariff``'s rule: who may set them sees them)."""
+        refuse_unless_staff(viewer, "read prices")
+        field, key = _owner(tariff)
+        return await _latest(self.store, field, key, self.now(), _scope_of(tariff))
+
     async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET,
                         connector_type: ConnectorType | None = None) -> Tariff | None:
         """The tariff in force for a session on ``station`` from ``at`` on a plug of

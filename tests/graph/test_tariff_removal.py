@@ -228,21 +228,23 @@ async def test_removing_the_version_in_force_brings_back_the_one_it_replaced(
              "end": "20:00", "pricePerKwh": "0.50"}]}, "tariff { id validFrom }")
     mistake = await call(api, world, "op_a", "setTariff", {
         "companyId": company_id, "pricePerKwh": "0.30", "currency": "eur"},
-        "tariff { id validFrom validUntil }")
+        "tariff { id validFrom validUntil } inForce { id }")
     assert first["errors"] == [] and mistake["errors"] == []
+    assert mistake["inForce"] == {"id": mistake["tariff"]["id"]}
     assert mistake["tariff"]["validUntil"] is None
     assert await _listed(api, world) == {"0.40": mistake["tariff"]["validFrom"],
                                          "0.30": None}
     removed = await call(api, world, "op_a", "removeTariff", {"id": mistake["tariff"]["id"]},
-                         "tariff { validUntil }")
+                         "tariff { validUntil } inForce { id validUntil }")
     assert removed["errors"] == [] and removed["tariff"]["validUntil"] is not None
+    assert removed["inForce"] == {"id": first["tariff"]["id"], "validUntil": None}
     in_force = await services.tariffs.tariff_at(station, utcnow())
     assert in_force is not None and in_force.price_per_kwh == Decimal("0.40")
     assert await _listed(api, world) == {"0.40": None, "0.30": removed["tariff"]["validUntil"]}
     assert in_force.updated_by == world.users["op_a"].id  # audited as the remover's change
     again = await call(api, world, "op_a", "removeTariff", {"id": first["tariff"]["id"]},
-                       "tariff { validUntil }")
-    assert again["errors"] == []
+                       "tariff { validUntil } inForce { id }")
+    assert again["errors"] == [] and again["inForce"] is None  # left without a price
     assert await services.tariffs.tariff_at(station, utcnow()) is None
     assert None not in (await _listed(api, world)).values()
 
