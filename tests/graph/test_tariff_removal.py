@@ -242,6 +242,10 @@ async def test_removing_the_version_in_force_brings_back_the_one_it_replaced(
     assert in_force is not None and in_force.price_per_kwh == Decimal("0.40")
     assert await _listed(api, world) == {"0.40": None, "0.30": removed["tariff"]["validUntil"]}
     assert in_force.updated_by == world.users["op_a"].id  # audited as the remover's change
+    data = await api.gql("{ stations(first: 10) { nodes { cpId tariff { pricePerKwh } } } }",
+                         as_user=world.users["op_a"].id)
+    [a001] = [s for s in data["stations"]["nodes"] if s["cpId"] == "A-001"]
+    assert a001["tariff"] == {"pricePerKwh": "0.40"}  # as a session starting now is priced
     again = await call(api, world, "op_a", "removeTariff", {"id": first["tariff"]["id"]},
                        "tariff { validUntil } inForce { id }")
     assert again["errors"] == [] and again["inForce"] is None  # left without a price
