@@ -1118,13 +1118,15 @@ class Tariff(Record):
     #: (``tariffs.scopes_for``).
     connector_type: ConnectorType | None = None
     power_type: PowerType | None = None
-    #: When it was removed (``TariffService.remove_tariff``): from then on its owner has
-    #: no price list in its scope, until a later version; sessions started before keep
-    #: it. None: in force until a later version of its scope replaces it.
+    #: When it ends: where the version that replaced it begins (``set_tariff``), or when
+    #: it was removed (``TariffService.remove_tariff``, which gives the version it
+    #: replaced its end back); sessions started before keep it. None: in force (or set
+    #: for later), with no later version of its scope.
     valid_until: datetime | None = None
 
     def removed_by(self, at: datetime) -> bool:
-        """Whether it was removed at or before ``at`` (prices no session started then)."""
+        """Whether it ended (replaced or removed) at or before ``at``: it prices no
+        session started then."""
         return self.valid_until is not None and self.valid_until <= at
 
     @property

@@ -194,6 +194,11 @@ class TariffPayload:
     tariff: Tariff | None = strawberry.field(description=(
         "The tariff as the mutation left it (as it was, for a removal); null "
         "when it failed."))
+    in_force: Tariff | None = strawberry.field(default=None, description=(
+        "The version of its owner (station or company) and scope (plug standard, power "
+        "type, all plugs) in force now, after the mutation: for `removeTariff`, the one "
+        "it replaced, in force again; null: none, and sessions starting now are priced by "
+        "the owner's next scope and, for a station's, by its company's (or not at all)."))
     errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
@@ -661,7 +666,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     # ------------------------------------------------------------- prices
     @strawberry.mutation(description="A new price list for a company or one station, in "
-                                     "force from `validFrom` (default now).")
+                                     "force from `validFrom` (default now); the version "
+                                     "in force then ends there (`validUntil`).")
     async def set_tariff(self, info: Info, input: SetTariffInput) -> TariffPayload:
         ctx = _ctx(info)
 
@@ -683,17 +689,18 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
             )
 
         tariff, errors = await attempt(ctx, run, input=input)
-        return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
-                             errors=errors)
+        return await _tariff_payload(ctx, tariff, errors)
 
     @strawberry.mutation(description=(
-        "Remove a price list version (who may set it). One not in force yet that has "
-        "priced no session is deleted (the version before it goes on); the one in force "
-        "ends now (`validUntil`; one a session was priced by already, just after it): "
-        "sessions starting later are priced by its owner's next scope (a plug standard's "
-        "by its power type's, that by the all-plugs one) and, for a station's, by its "
-        "company's; sessions started before keep it. One a later version replaced, or "
-        "removed already, is INVALID_STATE. Returns it as it was deleted or as it ends."))
+        "Remove a price list version (who may set it), undoing its `setTariff`: one not "
+        "in force yet that has priced no session is deleted; the one in force ends now "
+        "(`validUntil`; one a session was priced by already, just after it). The version "
+        "it replaced is in force again (its `validUntil` back as before). One that "
+        "replaced none leaves its scope without a price: sessions starting later are "
+        "priced by its owner's next scope (a plug standard's by its power type's, that by "
+        "the all-plugs one) and, for a station's, by its company's. Sessions started "
+        "before keep it. One a later version replaced, or removed already, is "
+        "INVALID_STATE. Returns it as it was deleted or as it ends."))
     async def remove_tariff(self, info: Info, input: RemoveTariffInput) -> TariffPayload:
         ctx = _ctx(info)
 
@@ -703,8 +710,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 ctx.viewer, checked_id(checks, input.id, "tariff", "id"), checks=checks)
 
         tariff, errors = await attempt(ctx, run)
-        return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
-                             errors=errors)
+        return await _tariff_payload(ctx, tariff, errors)
 
     # ------------------------------------------------------------- payments
     @strawberry.mutation(description="Collect a PENDING (or FAILED) payment.")
@@ -722,3 +728,15 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                                      "(`amount`); it is REFUNDED once nothing is left.")
     async def refund_payment(self, info: Info, input: RefundPaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "refund", amount=input.amount)
+
+
+async def _tariff_payload(ctx: GraphContext, tariff: Any, errors: list[UserError]
+                          ) -> TariffPayload:
+    """A price mutation's answer, with what prices its owner's scope now (read after the
+    write: a change landing since shows too)."""
+    if tariff is None:
+        return TariffPayload(tariff=None, errors=errors)
+    in_force = await ctx.services.tariffs.in_force_beside(ctx.viewer, tariff)
+    return TariffPayload(tariff=Tariff.wrap(tariff, ctx),
+                         in_force=Tariff.wrap(in_force, ctx) if in_force else None,
+                         errors=errors)

@@ -35,7 +35,7 @@ from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE, expiry_set_by_staff
 from domain.services.intervals import IdleSpan
-from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
+from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt, open_at
 from domain.tariff_bands import session_split
 from graph import history, signed
 from graph.command_types import (
@@ -848,13 +848,13 @@ class Station(Node, Audited):
         "`Connector.tariff`."))
     async def tariff(self, info: Info) -> Tariff | None:
         ctx = _ctx(info)
-        in_force = all_of(Range("valid_from", lte=ctx.now), Eq("connector_type", None),
-                          Eq("power_type", None))
+        # Pricing's rule (``tariffs._pick``): the latest not ended, so a version a removal
+        # gave back shows, not the removed one's absence; none: its company's.
+        in_force = all_of(Range("valid_from", lte=ctx.now), open_at(ctx.now),
+                          Eq("connector_type", None), Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest,
                                        self._seen_kind(info)).load(self._r.id)
-        if own is not None and own.removed_by(ctx.now):
-            own = None  # removed: the station is on its company's prices again
         if own is None and self._r.company_id is not None:
             # A company's price list names no station (a tariff names one of the two):
             # said, a driver's "of no station, or of a station that exists" is absorbed
@@ -863,7 +863,7 @@ class Station(Node, Audited):
             company_wide = all_of(in_force, Eq("station_id", None))
             own = await ctx.loaders.one_by(d.Tariff, "company_id", company_wide, newest
                                            ).load(self._r.company_id)
-        return Tariff.wrap(own, ctx) if own and not own.removed_by(ctx.now) else None
+        return Tariff.wrap(own, ctx) if own else None
 
     @strawberry.field(description=(
         "Sessions charged on it, newest first, as far as the viewer may see them (an "
@@ -1429,9 +1429,11 @@ class Tariff(Node, Audited):
         "Of a station's (else its company's) versions in force, the most specific that "
         "fits a session's plug prices it."))
     valid_until: datetime | None = strawberry.field(description=(
-        "When it was removed (`removeTariff`), UTC: sessions started from then on are "
-        "priced by its owner's next scope (power type, all plugs) and, for a station's, "
-        "by its company's. Null: in force until a later version of its scope."))
+        "When it ends, UTC: where the version that replaced it begins (a time to come for "
+        "one set for later), or when it was removed (`removeTariff`). Null: the version "
+        "of its owner and scope a session starting now is priced by, or the latest set "
+        "for later. A scope with none open prices by its owner's next scope (power type, "
+        "all plugs) and, for a station's, by its company's."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod

@@ -58,7 +58,7 @@ from domain.services.configuration import forget_configuration
 from domain.services.edits import edit, removal, retried
 from domain.services.intervals import handed_over, left_in_books
 from domain.services.offline_notices import forget_outages
-from domain.services.tariffs import removal_end
+from domain.services.tariffs import open_at, removal_end
 from domain.services.withdrawal import forget_local_list
 
 log = logging.getLogger("chargegraph.services")
@@ -495,8 +495,12 @@ class StationService(Service):
             guards.append(left_in_books(station))
             ended, since = await self._end_station_prices(viewer, station)
             changes += ended
-            # None left unended by the write: one set meanwhile fails it, and it runs again.
-            guards.append(Guard(Tariff, _unended_prices(station), exists=False))
+            # None left open by the write: one set meanwhile fails it, and it runs again
+            # (one set before a later version, ending there, cut the version in force:
+            # that edit fails the write instead). Not ``_unended_prices``: a price ended
+            # just after a session received later by our clock ends after our now.
+            guards.append(Guard(Tariff, all_of(Eq("station_id", station.id),
+                                               Eq("valid_until", None)), exists=False))
             if since is not None:
                 # A session received meanwhile may be priced by a price ended before it.
                 guards.append(Guard(Session, all_of(
@@ -529,7 +533,7 @@ class StationService(Service):
         last_priced = last[0].created_at if last else None
         changes: list[tuple[Change, Any]] = []
         since: datetime | None = None
-        async for page in pages(self.store, Tariff, _unended_prices(station), PRICES_AT_ONCE):
+        async for page in pages(self.store, Tariff, _unended_prices(station, now), PRICES_AT_ONCE):
             for price in page:
                 until, guarded = removal_end(price, now, last_priced)
                 changes.append((removal(price) if until is None
@@ -913,9 +917,10 @@ class StationService(Service):
         return connector, cancelled, closed
 
 
-def _unended_prices(station: Station) -> Filter:
-    """The prices set on ``station`` itself that are not ended (``Tariff.valid_until``)."""
-    return all_of(Eq("station_id", station.id), Eq("valid_until", None))
+def _unended_prices(station: Station, now: datetime) -> Filter:
+    """The prices set on ``station`` itself that are not ended by ``now``
+    (``Tariff.valid_until``: one in force until a later version's start is not)."""
+    return all_of(Eq("station_id", station.id), open_at(now))
 
 
 def _sight_of(station: Station) -> tuple[Any, ...]:

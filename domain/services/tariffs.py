@@ -23,8 +23,8 @@ from domain.entities import (
 )
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer, refuse_unless_staff
-from domain.ports import Guard, Insert, Store
-from domain.query import Eq, Filter, Range, Sort, all_of
+from domain.ports import Change, Guard, Insert, Store
+from domain.query import Eq, Filter, Range, Sort, all_of, any_of
 from domain.services.base import UNSET, Service, stamp_new, still_in_books
 from domain.services.edits import edit, removal, retried
 from domain.tariff_bands import BandInput, checked_bands
@@ -149,25 +149,62 @@ async def _pick(store: Store, field: str, key: Any, at: datetime, plug: Connecto
     """Of the owner's latest ``versions`` (``LATEST_VERSION_FIRST``, from before the
     newest instant wanted, ``limit`` of them read), the one in force at ``at`` in the
     most specific scope that has one (``scopes_for``): in each scope the first in that
-    order from before ``at``, the one a query of those alone, limited to one, would find.
-    When ``limit`` versions were read, a scope none of them has may have older ones: it
-    is looked up alone. A scope whose latest version was removed by ``at``
-    (``Tariff.removed_by``) has none: the versions it replaced do not come back."""
+    order from before ``at`` not ended by then (``Tariff.removed_by``), the one a query
+    of those alone, limited to one, would find. When ``limit`` versions were read, a
+    scope none of them has may have older ones: it is looked up alone. A version a later
+    one replaced ends where that one begins (``set_tariff``), one removed where it was
+    removed; passed over, they let through only the version a removal reopened (the one
+    the removed version had replaced, ``remove_tariff``)."""
     for scope in scopes_for(plug):
-        hit = next((t for t in versions if t.valid_from <= at and _in_scope(t, scope)), None)
+        hit = next((t for t in versions if t.valid_from <= at and _in_scope(t, scope)
+                    and not t.removed_by(at)), None)
         if hit is None and len(versions) == limit:
             hit = await _latest(store, field, key, at, scope)  # older than those read
-        if hit is not None and not hit.removed_by(at):
+        if hit is not None:
             return hit
     return None
 
 
+def open_at(at: datetime) -> Filter:
+    """Versions not ended by ``at`` (``Tariff.removed_by``; on MongoDB a document written
+    before removals has no ``valid_until``, which ``Eq(None)`` matches)."""
+    return any_of(Eq("valid_until", None), Range("valid_until", gt=at))
+
+
 async def _latest(store: Store, field: str, key: Any, at: datetime, scope: Scope
                   ) -> Tariff | None:
+    """The owner's version in force at ``at`` in ``scope`` alone (``_pick``'s rule)."""
     found = await store.find_all(Tariff, all_of(Eq(field, key), Range("valid_from", lte=at),
-                                                _scope_filter(scope)),
+                                                _scope_filter(scope), open_at(at)),
                                  LATEST_VERSION_FIRST, limit=1)
     return found[0] if found else None
+
+
+async def _after(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff | None:
+    """The earliest version of ``tariff``'s owner and scope beginning after it (set for
+    later, or an admin's dated back before it): where ``tariff`` ends."""
+    found = await store.find_all(
+        Tariff, all_of(Eq(field, key), Range("valid_from", gt=tariff.valid_from),
+                       _scope_filter(_scope_of(tariff))),
+        (Sort("valid_from"), Sort("created_at"), Sort("id")), limit=1)
+    return found[0] if found else None
+
+
+async def _replaced_by(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff | None:
+    """The version ``tariff`` replaced (``set_tariff`` ended it where ``tariff`` begins):
+    of its owner and scope, the latest ending at ``tariff``'s start. None: it replaced
+    none (its scope had no version in force then, or one removed before)."""
+    found = await store.find_all(
+        Tariff, all_of(Eq(field, key), Range("valid_from", lte=tariff.valid_from),
+                       _scope_filter(_scope_of(tariff)),
+                       Eq("valid_until", tariff.valid_from)),
+        LATEST_VERSION_FIRST, limit=1)
+    return found[0] if found and found[0].id != tariff.id else None
+
+
+def _owner(tariff: Tariff) -> tuple[str, Any]:
+    return (("station_id", tariff.station_id) if tariff.station_id is not None
+            else ("company_id", tariff.company_id))
 
 
 def _scope_of(tariff: Tariff) -> Scope:
@@ -273,8 +310,20 @@ class TariffService(Service):
         it), an admin's price is set on the station as it is now."""
         station = await self._may_price(viewer, tariff.company_id, tariff.station_id)
         stamp_new(tariff, viewer)
+        field, key = _owner(tariff)
+        replaced = await _latest(self.store, field, key, tariff.valid_from, _scope_of(tariff))
+        after = await _after(self.store, field, key, tariff)
+        tariff.valid_until = after.valid_from if after is not None else None
+        changes: list[tuple[Change, Any]] = [(Insert(tariff), None)]
+        # The version in force at its start ends there (the list shows what prices), on
+        # the version read: a removal or another price meanwhile runs this again. Only one
+        # whose end was the new one's (open, or a later version's start): that end is what
+        # a removal of the new one gives back (``remove_tariff``); one removed already
+        # keeps its removal (an admin's version dated back across it).
+        if replaced is not None and replaced.valid_until == tariff.valid_until:
+            changes.append((edit(replaced, viewer, valid_until=tariff.valid_from), replaced))
         guards = [still_in_books(station)] if station is not None else []
-        await self.commit(viewer, [(Insert(tariff), None)], guards=guards)
+        await self.commit(viewer, changes, guards=guards)
         return tariff
 
     async def _may_price(self, viewer: Viewer, company_id: str | None,
@@ -325,12 +374,17 @@ class TariffService(Service):
         that had priced a session already, which its close re-priced)."""
         tariff = await self.visible(viewer, Tariff, tariff_id)
         await self._may_price(viewer, tariff.company_id, tariff.station_id, field="id")
-        if tariff.valid_until is not None:
-            raise ValidationError("it prices no new session already (removed)",
-                                  field="id", code="INVALID_STATE")
         now = self.now()
-        field, key = (("station_id", tariff.station_id) if tariff.station_id is not None
-                      else ("company_id", tariff.company_id))
+        field, key = _owner(tariff)
+        if tariff.valid_until is not None:
+            # Ended where a later version begins (``set_tariff``), or by a removal.
+            after = await _after(self.store, field, key, tariff)
+            if after is None or after.valid_from != tariff.valid_until:
+                raise ValidationError("it prices no new session already (removed)",
+                                      field="id", code="INVALID_STATE")
+            if tariff.valid_until <= now:
+                raise ValidationError("it prices no new session already (replaced by a "
+                                      "later version)", field="id", code="INVALID_STATE")
         since = all_of(Eq(field, key), Range("created_at", gte=tariff.valid_from))
         last = await self.store.find_all(Session, since, (Sort("created_at", descending=True),),
                                          limit=1)
@@ -339,16 +393,30 @@ class TariffService(Service):
         # this write, would lose its price: the write holds while none comes.
         guard = Guard(Session, all_of(Eq(field, key), Range("created_at", gte=guarded)),
                       exists=False)
+        # The version it replaced takes its place again, to where the removed one would
+        # have ended (open, or a later version's start): removeTariff undoes setTariff.
+        replaced = await _replaced_by(self.store, field, key, tariff)
+        reopened: list[tuple[Change, Any]] = [] if replaced is None else [
+            (edit(replaced, viewer, valid_until=tariff.valid_until), replaced)]
         if until is None:
-            await self.commit(viewer, [(removal(tariff), tariff)], guards=[guard])
+            await self.commit(viewer, [(removal(tariff), tariff), *reopened], guards=[guard])
             return tariff
         latest = await _latest(self.store, field, key, until, _scope_of(tariff))
         if latest is None or latest.id != tariff.id:
             raise ValidationError("it prices no new session already (replaced by a later "
                                   "version)", field="id", code="INVALID_STATE")
         ended = edit(tariff, viewer, valid_until=until)
-        await self.commit(viewer, [(ended, tariff)], guards=[guard])
+        await self.commit(viewer, [(ended, tariff), *reopened], guards=[guard])
         return cast(Tariff, ended.record)
+
+    async def in_force_beside(self, viewer: Viewer, tariff: Tariff) -> Tariff | None:
+        """The version of ``tariff``'s owner and scope in force now (``_pick``'s rule in
+        that scope alone): after a removal, the one it replaced, or None when the scope is
+        left without a price. For the ``viewer`` who just set or removed one of them
+        (``set_tariff``'s rule: who may set them sees them)."""
+        refuse_unless_staff(viewer, "read prices")
+        field, key = _owner(tariff)
+        return await _latest(self.store, field, key, self.now(), _scope_of(tariff))
 
     async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET,
                         connector_type: ConnectorType | None = None) -> Tariff | None:

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76 and 80).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80 and 83).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -14,6 +14,7 @@ meanwhile journals the migrated image, not the one from before.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -320,6 +321,7 @@ async def migrate(db: Any) -> None:
     # After ``refund_records``: the refunds it made copied their payments' books.
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
+    await _once(db, "replaced_tariffs_ended", _replaced_tariffs_ended)
     await _once(db, "charger_registrations", _charger_registrations)
     await _once(db, "local_list_holders", _local_list_holders)
     # After ``plate_keys`` (``before_indexes``), with the unique index on the key built:
@@ -664,6 +666,27 @@ async def _voided_zero_payments(db: Any) -> None:
     are VOIDED, as SQLite's migration 37 voids them: nothing is left to collect."""
     await db["payment"].update_many({"status": "PENDING", "amount_minor": 0},
                                     {"$set": {"status": "VOIDED", MARK: ObjectId()}})
+
+
+async def _replaced_tariffs_ended(db: Any) -> None:
+    """A price list version a later one replaced ends where that one begins, as SQLite's
+    migration 83 ends it (its comment has the why): of each owner's versions of one
+    scope, in ``tariffs.LATEST_VERSION_FIRST``'s order, each but the latest ends no later
+    than the next one's start. Written only while it still ends as read."""
+    chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    fields = ("station_id", "company_id", "connector_type", "power_type")
+    docs = await db["tariff"].find({}, {**dict.fromkeys(fields, 1), "valid_from": 1,
+                                        "created_at": 1, "valid_until": 1}).to_list(None)
+    for doc in docs:
+        chains.setdefault(tuple(doc.get(f) for f in fields), []).append(doc)
+    for chain in chains.values():
+        chain.sort(key=lambda doc: (doc["valid_from"], doc["created_at"], str(doc["_id"])))
+        for doc, after in itertools.pairwise(chain):
+            end = doc.get("valid_until")
+            if end is None or after["valid_from"] < end:
+                await db["tariff"].update_one(
+                    {"_id": doc["_id"], "valid_until": end},
+                    {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
 
 
 #: The kinds whose NAME order sorts by a key stored beside the name.

@@ -1628,6 +1628,31 @@ CREATE INDEX "known_charger_address_station_id_idx" ON "known_charger_address" (
 CREATE INDEX "known_charger_address_passed_at_idx" ON "known_charger_address" ("passed_at");
 """
 
+# Version 83: a price list version a later one replaced ends where that one begins
+# (``Tariff.valid_until``, as ``TariffService.set_tariff`` now writes it): the version in
+# force is the latest not ended (a removal gives back the version the removed one
+# replaced), so older versions left open would come back when a later one is removed;
+# ended here, each prices what it priced before. The next version is the next in
+# ``LATEST_VERSION_FIRST``'s order of the same owner and scope; one removed earlier keeps
+# its removal. MongoDB: ``migrations._replaced_tariffs_ended``.
+_V83 = """
+UPDATE "tariff" SET "valid_until" = (
+    SELECT MIN(n."valid_from") FROM "tariff" AS n
+    WHERE n."station_id" IS "tariff"."station_id" AND n."company_id" IS "tariff"."company_id"
+      AND n."connector_type" IS "tariff"."connector_type"
+      AND n."power_type" IS "tariff"."power_type"
+      AND (n."valid_from", n."created_at", n."id")
+          > ("tariff"."valid_from", "tariff"."created_at", "tariff"."id"))
+WHERE EXISTS (
+    SELECT 1 FROM "tariff" AS n
+    WHERE n."station_id" IS "tariff"."station_id" AND n."company_id" IS "tariff"."company_id"
+      AND n."connector_type" IS "tariff"."connector_type"
+      AND n."power_type" IS "tariff"."power_type"
+      AND (n."valid_from", n."created_at", n."id")
+          > ("tariff"."valid_from", "tariff"."created_at", "tariff"."id")
+      AND ("tariff"."valid_until" IS NULL OR n."valid_from" < "tariff"."valid_until"));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1669,7 +1694,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (76, _V76), (77, _V77),
                                      (78, _V78), (79, _V79),
                                      (80, _V80), (81, _V81),
-                                     (82, _V82))
+                                     (82, _V82), (83, _V83))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -213,6 +213,32 @@ async def test_a_station_price_not_in_force_yet_is_called_off_by_a_handover(
     assert await w.store.find_all(d.Tariff, Eq("station_id", cp1.id)) == []
 
 
+async def test_a_handover_ends_a_price_in_force_until_one_set_for_later(
+        world: World) -> None:
+    """Volt priced CP-1 from now, and again from tomorrow: today's version ends where
+    tomorrow's begins (s31), not ended by now all the same. The handover ends it now and
+    calls tomorrow's off, which gives it no end back: Other AG's own price applies."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    today = await services.tariffs.set_tariff(
+        w.viewer("op"), station_id=cp1.id, price_per_kwh=Decimal("0.90"), currency="EUR")
+    await services.tariffs.set_tariff(w.viewer("op"), station_id=cp1.id,
+                                      price_per_kwh=Decimal("0.95"), currency="EUR",
+                                      valid_from=utcnow() + timedelta(days=1))
+    await services.stations.update_station(SYSTEM, cp1.id,
+                                           company_id=w.companies["other"].id)
+    [ended] = await w.store.find_all(d.Tariff, Eq("station_id", cp1.id))
+    assert ended.id == today.id and ended.valid_until is not None
+    assert ended.valid_until <= utcnow()
+    other = await services.tariffs.set_tariff(
+        SYSTEM, company_id=w.companies["other"].id, price_per_kwh=Decimal("0.25"),
+        currency="EUR")
+    [moved] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    priced = await services.tariffs.tariff_at(moved, utcnow())
+    assert priced is not None and priced.id == other.id
+
+
 async def test_a_handover_ends_every_price_on_the_station_however_many(
         world: World) -> None:
     """More unended prices on the station than one read returns (``find_all``'s 1,000):

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from domain.clock import utcnow
 from domain.errors import ValidationError
 from domain.policy import SYSTEM
 from domain.ports import Insert
+from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
 from tests.graph.conftest import Api
@@ -109,19 +111,22 @@ async def test_a_version_that_priced_a_session_ends_after_it_rather_than_going(
         services: Services, world: World) -> None:
     """Not in force yet by the removing instance's clock, but a session received by an
     instance ahead was priced by it: it ends (after that session), not deleted, and the
-    session keeps it. As any version in force ended: later sessions are at the next
-    scope's, here the company's (not the station's version it was to replace)."""
+    session keeps it. As any version in force ended: later sessions are at the version it
+    replaced (the station's it was to follow), not the company's (s31: removeTariff
+    undoes setTariff)."""
     station = world.stations["A-001"]
     company = await services.tariffs.set_tariff(
         SYSTEM, company_id=world.companies["a"].id, currency="EUR", price_per_kwh="0.30",
         valid_from=utcnow() - timedelta(hours=2))
-    _, new, at = await _scheduled(services, world)
+    old, new, at = await _scheduled(services, world)
     session = await _received(services, station, at + timedelta(seconds=1))
     ended = await _instance(services, at - timedelta(seconds=1)).tariffs.remove_tariff(
         world.viewer("op_a"), new.id)
     assert ended.valid_until is not None and ended.valid_until > session.priced_at
     assert (await services.tariffs.tariff_at(station, session.priced_at)).id == new.id  # type: ignore[union-attr]
-    assert (await services.tariffs.tariff_at(station, ended.valid_until)).id == company.id  # type: ignore[union-attr]
+    assert (await services.tariffs.tariff_at(station, ended.valid_until)).id == old.id  # type: ignore[union-attr]
+    assert (await services.tariffs.tariff_at(station, old.valid_from - timedelta(minutes=1))
+            ).id == company.id  # type: ignore[union-attr]
     [stored] = await services.ctx.store.get_many(d.Tariff, [new.id])
     assert stored is not None and stored.valid_until == ended.valid_until
 
@@ -194,6 +199,109 @@ async def test_a_version_dated_back_across_a_removal_is_in_force_after_it(
         world.viewer("admin"), station_id=station.id, currency="EUR", price_per_kwh="0.66",
         valid_from=utcnow() - timedelta(hours=1))
     assert (await services.tariffs.tariff_at(station, utcnow())).id == backdated.id  # type: ignore[union-attr]
+
+
+# removeTariff undoes setTariff (QA s31): a mistaken price removed gives back the one it
+# replaced, and the list's validUntil tells which version prices a new session.
+
+_LISTED = "{ tariffs(first: 20) { nodes { id pricePerKwh validUntil } } }"
+
+
+async def _listed(api: Api, world: World) -> dict[str, str | None]:
+    """Each version the operator lists, by its price: its ``validUntil``."""
+    data = await api.gql(_LISTED, as_user=world.users["op_a"].id)
+    return {t["pricePerKwh"]: t["validUntil"] for t in data["tariffs"]["nodes"]}
+
+
+async def test_removing_the_version_in_force_brings_back_the_one_it_replaced(
+        api: Api, services: Services, world: World) -> None:
+    """QA s31's steps: 0.40 EUR with a band, then a mistaken 0.30 "eur", removed to undo
+    it: a new session is at 0.40 again (it was priced by nothing), 0.40 listed open and
+    reopened by the remover; 0.30 listed as ended. Removing 0.40 then, which replaced
+    nothing, leaves the company with no price, and the list shows none open."""
+    station = world.stations["A-001"]
+    company_id = gid("company", world.companies["a"].id)
+    first = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.40", "currency": "EUR",
+        "timeZone": "Europe/Berlin", "energyBands": [
+            {"days": ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"], "start": "16:00",
+             "end": "20:00", "pricePerKwh": "0.50"}]}, "tariff { id validFrom }")
+    mistake = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.30", "currency": "eur"},
+        "tariff { id validFrom validUntil } inForce { id }")
+    assert first["errors"] == [] and mistake["errors"] == []
+    assert mistake["inForce"] == {"id": mistake["tariff"]["id"]}
+    assert mistake["tariff"]["validUntil"] is None
+    assert await _listed(api, world) == {"0.40": mistake["tariff"]["validFrom"],
+                                         "0.30": None}
+    removed = await call(api, world, "op_a", "removeTariff", {"id": mistake["tariff"]["id"]},
+                         "tariff { validUntil } inForce { id validUntil }")
+    assert removed["errors"] == [] and removed["tariff"]["validUntil"] is not None
+    assert removed["inForce"] == {"id": first["tariff"]["id"], "validUntil": None}
+    in_force = await services.tariffs.tariff_at(station, utcnow())
+    assert in_force is not None and in_force.price_per_kwh == Decimal("0.40")
+    assert await _listed(api, world) == {"0.40": None, "0.30": removed["tariff"]["validUntil"]}
+    assert in_force.updated_by == world.users["op_a"].id  # audited as the remover's change
+    data = await api.gql("{ stations(first: 10) { nodes { cpId tariff { pricePerKwh } } } }",
+                         as_user=world.users["op_a"].id)
+    [a001] = [s for s in data["stations"]["nodes"] if s["cpId"] == "A-001"]
+    assert a001["tariff"] == {"pricePerKwh": "0.40"}  # as a session starting now is priced
+    again = await call(api, world, "op_a", "removeTariff", {"id": first["tariff"]["id"]},
+                       "tariff { validUntil } inForce { id }")
+    assert again["errors"] == [] and again["inForce"] is None  # left without a price
+    assert await services.tariffs.tariff_at(station, utcnow()) is None
+    assert None not in (await _listed(api, world)).values()
+
+
+async def test_calling_off_a_later_version_reopens_the_one_in_force(
+        api: Api, services: Services, world: World) -> None:
+    """A version set for later ends the one in force where it begins (listed so); called
+    off, the one in force is open again. One set between them ends where the later one
+    begins, and removed, gives that end back to the one it replaced."""
+    station = world.stations["A-001"]
+    old, new, at = await _scheduled(services, world)
+    [stored] = await services.ctx.store.get_many(d.Tariff, [old.id])
+    assert stored is not None and stored.valid_until == at
+    between = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.77")
+    assert between.valid_until == at
+    [stored] = await services.ctx.store.get_many(d.Tariff, [old.id])
+    assert stored is not None and stored.valid_until == between.valid_from
+    op = world.viewer("op_a")
+    await services.tariffs.remove_tariff(op, between.id)
+    [stored] = await services.ctx.store.get_many(d.Tariff, [old.id])
+    assert stored is not None and stored.valid_until == at
+    assert (await services.tariffs.tariff_at(station, utcnow())).id == old.id  # type: ignore[union-attr]
+    assert (await services.tariffs.tariff_at(station, at)).id == new.id  # type: ignore[union-attr]
+    await services.tariffs.remove_tariff(op, new.id)  # called off: deleted
+    [stored] = await services.ctx.store.get_many(d.Tariff, [old.id])
+    assert stored is not None and stored.valid_until is None
+    assert (await services.tariffs.tariff_at(station, at)).id == old.id  # type: ignore[union-attr]
+
+
+async def test_a_removal_and_a_price_set_at_once_leave_one_version_open(
+        services: Services, world: World) -> None:
+    """Both write the version in force (the removal ends it, the new price ends it where
+    it begins), each only on the version read: one runs again on what the other wrote.
+    Whichever lands last, exactly one version is open and it is the one in force."""
+    station = world.stations["A-001"]
+    old = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.40",
+        valid_from=utcnow() - timedelta(hours=1))
+    mistake = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.30")
+    results = await asyncio.gather(
+        services.tariffs.remove_tariff(world.viewer("op_a"), mistake.id),
+        services.tariffs.set_tariff(world.viewer("op_a"), station_id=station.id,
+                                    currency="EUR", price_per_kwh="0.50"),
+        return_exceptions=True)
+    assert not [r for r in results if isinstance(r, BaseException)
+                and getattr(r, "code", None) != "INVALID_STATE"], results
+    versions = await services.ctx.store.find_all(d.Tariff, Eq("station_id", station.id))
+    open_ = [t for t in versions if t.valid_until is None]
+    in_force = await services.tariffs.tariff_at(station, utcnow() + timedelta(seconds=1))
+    assert len(open_) == 1 and in_force is not None and in_force.id == open_[0].id
+    assert old.id in {t.id for t in versions}
 
 
 def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:

@@ -2269,6 +2269,40 @@ async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
     assert got == {"LOST-1": driver.id, "FINE-1": None}
 
 
+async def test_replaced_prices_from_before_end_where_the_next_one_begins(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 83 does: a version a later one of its owner and scope
+    replaced ends at that one's start; a removal before that stays, the latest and one
+    alone in its scope stay open; documents without ``valid_until`` read as open."""
+    from domain.entities import PowerType, Tariff
+
+    base = utcnow() - timedelta(days=1)
+    co1, st1 = str(ObjectId()), str(ObjectId())
+
+    def at(minutes: int) -> datetime:
+        return base + timedelta(minutes=minutes)
+
+    def end(minutes: int | None) -> datetime | None:
+        return None if minutes is None else at(minutes)
+
+    chains = (("v1", co1, None, None, 100, None, 200),
+              ("v2", co1, None, None, 200, None, 300),
+              ("v3", co1, None, None, 300, 350, 350),
+              ("w1", co1, None, PowerType.DC, 100, None, None),
+              ("x1", None, st1, None, 100, 150, 150),
+              ("x2", None, st1, None, 200, None, None))
+    tariffs = {name: Tariff(company_id=company, station_id=station, power_type=power,
+                            price_per_kwh=Decimal(1), currency="EUR", valid_from=at(start),
+                            valid_until=end(until), created_at=at(start), updated_at=at(start))
+               for name, company, station, power, start, until, _ in chains}
+    await mongo.write([Insert(t) for t in tariffs.values()], [])
+    raw(mongo)["tariff"].update_many({"valid_until": None}, {"$unset": {"valid_until": ""}})
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
+    await migrations.migrate(mongo.db)
+    got = {t.id: t.valid_until for t in await mongo.find_all(Tariff, ALL)}
+    assert got == {tariffs[name].id: end(until) for name, *_, until in chains}
+
+
 async def test_cards_from_before_record_who_set_their_expiry(mongo: MongoStore) -> None:
     """What SQLite migration 80 does: a card with an expiry written before
     ``expiry_set_by`` existed takes its creator, or its last writer when its holder
