@@ -32,7 +32,8 @@ class BatchLoader(Generic[K, V]):
         # What the request has loaded, as plain values: a prefetch fills in a page's rows
         # and their resolvers read them back (``peek``) without a future per key.
         self._known: dict[K, V] = {}
-        # Keys being loaded, each with the future its loads wait on.
+        # Keys being loaded, each with its shared future, which each load's own follows
+        # (``_following``).
         self._pending: dict[K, asyncio.Future[V]] = {}
         self._queue: list[K] = []
         # The batches in flight (the loop keeps only weak references to tasks).
@@ -81,12 +82,14 @@ class BatchLoader(Generic[K, V]):
         waiting = [pending[key] for key in dict.fromkeys(keys) if key in pending]
         missing = list(dict.fromkeys(
             key for key in keys if key not in known and key not in pending))
+        if missing:
+            loop = asyncio.get_running_loop()
+            for key in missing:  # a load meanwhile waits for this batch
+                waiting.append(pending.setdefault(key, loop.create_future()))
+            # A task of its own, as a dispatched batch: the prefetch cancelled (graphql-core
+            # cancels a failed object's sibling fields) leaves it to the loads that joined.
+            self._start(missing)
         try:
-            if missing:
-                loop = asyncio.get_running_loop()
-                for key in missing:  # a load meanwhile waits for this batch
-                    pending[key] = loop.create_future()
-                await self._run(missing, raising=True)
             if waiting:
                 await asyncio.gather(*map(_following, waiting))
         except Exception:
@@ -95,14 +98,16 @@ class BatchLoader(Generic[K, V]):
 
     def _dispatch(self) -> None:
         keys, self._queue = self._queue, []
+        self._start(keys)
+
+    def _start(self, keys: list[K]) -> None:
         task = asyncio.ensure_future(self._run(keys))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, keys: list[K], raising: bool = False) -> None:
+    async def _run(self, keys: list[K]) -> None:
         """Loads ``keys`` (each has its future in ``_pending``) and settles them; a failure
-        fails them all and caches none, so a later load tries again. ``raising``: the
-        caller (a prefetch) gets the failure too."""
+        fails them all and caches none, so a later load tries again."""
         pending = self._pending
         try:
             values = _checked(keys, await self._batch(keys))
@@ -111,10 +116,9 @@ class BatchLoader(Generic[K, V]):
                 future = pending.pop(key, None)
                 if future is not None and not future.done():
                     future.set_exception(error)
-                    if raising:
-                        future.exception()  # reported by the caller: not "never retrieved"
-            if raising or not isinstance(error, Exception):
-                raise  # and cancellation and exits always go on
+                    future.exception()  # told to its waiters: not "never retrieved"
+            if not isinstance(error, Exception):
+                raise  # cancellation and exits go on
             return
         known = self._known
         for key, value in zip(keys, values, strict=True):

@@ -62,30 +62,31 @@ async def running_service(tmp_path: Path, *, seed_data: bool = True, **overrides
     # Both ports held from the start (no free port closed and bound again): GraphQL's
     # socket bound here, the OCPP server's port chosen as it binds.
     sock = loopback_socket()
-    port = sock.getsockname()[1]
-    values: dict[str, Any] = {"database_url": f"sqlite:///{tmp_path}/e2e.db",
-                              "state_dir": tmp_path / "state", "jwt_secret": "e" * 40,
-                              **overrides}
-    settings = any_ocpp_port(Settings(port=port, heartbeat_interval=60, **values))
-    app = create_app(settings, hasher=FastHasher())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await until_started(server)
-    # The port the OCPP server bound (none without one: its URL is then never used).
-    ocpp_port: int = app.state.ocpp_port if settings.ocpp_enabled else 0
-    settings = settings.model_copy(update={"ocpp_port": ocpp_port})
-    services: Services = app.state.services
-    central = Central(services, services.ctx.store, None, None,  # type: ignore[arg-type]
-                      f"ws://127.0.0.1:{ocpp_port}/ocpp", None)  # type: ignore[arg-type]
-    if seed_data:
-        await seed(central)
-    try:
-        yield Running(settings, services, f"http://127.0.0.1:{port}",
-                      f"ws://127.0.0.1:{port}/graphql", central.url, central)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+    with sock:  # closed however the start ends (uvicorn owns it only once serving)
+        port = sock.getsockname()[1]
+        values: dict[str, Any] = {"database_url": f"sqlite:///{tmp_path}/e2e.db",
+                                  "state_dir": tmp_path / "state", "jwt_secret": "e" * 40,
+                                  **overrides}
+        settings = any_ocpp_port(Settings(port=port, heartbeat_interval=60, **values))
+        app = create_app(settings, hasher=FastHasher())
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning", lifespan="on"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        await until_started(server)
+        # The port the OCPP server bound (none without one: its URL is then never used).
+        ocpp_port: int = app.state.ocpp_port if settings.ocpp_enabled else 0
+        settings = settings.model_copy(update={"ocpp_port": ocpp_port})
+        services: Services = app.state.services
+        central = Central(services, services.ctx.store, None, None,  # type: ignore[arg-type]
+                          f"ws://127.0.0.1:{ocpp_port}/ocpp", None)  # type: ignore[arg-type]
+        if seed_data:
+            await seed(central)
+        try:
+            yield Running(settings, services, f"http://127.0.0.1:{port}",
+                          f"ws://127.0.0.1:{port}/graphql", central.url, central)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 15)
 
 
 @pytest.fixture

@@ -377,7 +377,7 @@ async def test_every_instance_follows_what_the_others_change_through_one_subscri
     follow = ChargingService.follow
 
     def counted(charging: ChargingService, events: Any) -> Any:
-        follows.append(charging)  # at the subscription, not when its task first runs
+        follows.append(charging)  # when its task first runs: once per instance
         return follow(charging, events)
 
     monkeypatch.setattr(ChargingService, "follow", counted)

@@ -162,3 +162,29 @@ async def test_a_cancelled_waiter_fails_no_other_waiter_of_its_key() -> None:
     assert await asyncio.wait_for(sibling, 5) == 10
     assert await asyncio.wait_for(fetching, 5) == [10]
     assert doomed.cancelled()
+
+
+async def test_a_cancelled_prefetch_leaves_its_batch_to_the_loads_that_joined_it() -> None:
+    """A prefetching field cancelled with its siblings (review s31): its batch goes on
+    for a load of one of its keys made meanwhile, which gets its value, not a
+    CancelledError."""
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def slow(keys: Sequence[int]) -> list[int]:
+        batches.append(list(keys))
+        await gate.wait()
+        return [key * 10 for key in keys]
+
+    loader: BatchLoader[int, int] = BatchLoader(slow)
+    fetching = asyncio.ensure_future(loader.fetch([1, 2]))
+    for _ in range(2):  # the fetch's batch is under way
+        await asyncio.sleep(0)
+    joined = asyncio.ensure_future(loader.load(2))
+    fetching.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(joined, 5) == 20
+    assert fetching.cancelled()
+    assert batches == [[1, 2]]
+    assert loader.peek(1) == (True, 10)

@@ -103,7 +103,11 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
                         strict_schema=strict_schema, refusal_delay=REFUSAL_DELAY_S,
                         instances=services.instances if leases else None,
                         lease_seconds=3600, max_sampled_values=max_sampled_values)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await beside.aclose()
+        raise
     return Central(services, store, server, gateway,
                    f"ws://127.0.0.1:{server.bound_port}/ocpp",
                    TokenService(SECRET, timedelta(hours=1)), relays, beside=beside)
