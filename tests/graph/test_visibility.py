@@ -200,7 +200,7 @@ async def test_a_station_handed_over_leaves_its_command_history_in_the_old_books
     op_a = await api.gql(AUDIT, as_user=world.users["op_a"].id)
     assert sorted(commands(op_a)) == ["RemoteStartTransaction", "ReserveNow"]
     reserved = [n["action"] for n in op_a["auditLog"]["nodes"] if n["entity"] == "reservation"]
-    assert sorted(reserved) == ["CREATE", "UPDATE"]  # made, then refused (no charger)
+    assert sorted(reserved) == ["CREATE", "DELETE"]  # made, then called off (no charger)
     op_b = await api.gql(AUDIT, as_user=world.users["op_b"].id)
     assert commands(op_b) == ["Reset"]
     assert "TAG-DRIVER2" not in str(op_b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 from chargegraph.housekeeping import every, following
 
@@ -38,4 +39,4 @@ async def test_work_left_before_its_task_ran_is_closed_not_left_unawaited() -> N
     coroutine = work()
     async with following(coroutine, "test-work"):
         pass
-    assert not ran and coroutine.cr_frame is None  # closed
+    assert not ran and inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
