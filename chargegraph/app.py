@@ -343,7 +343,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s%s",
-                     url_host(settings.host), settings.port,
+                     url_host(settings.host), app.state.port,
                      database_location(settings.database_url),
                      " (new database, created now)" if fresh else "")
             start.end()
@@ -411,4 +411,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         lifespan=lifespan,
     )
     app.state.start = start
+    # The port served, for the ready line: the server that binds the sockets tells the
+    # one bound, the system's choice for 0 (``cli.GracefulServer``).
+    app.state.port = settings.port
     return app

@@ -178,6 +178,7 @@ class GracefulServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is not None:
+            self._bound_to(sockets)
             await self._stoppably(super().startup(sockets))
             return
         host, port = self.config.host, self.config.port
@@ -187,12 +188,21 @@ class GracefulServer(uvicorn.Server):
         except StartupFailed as failure:
             logging.getLogger("chargegraph").error("%s", failure)
             sys.exit(STARTUP_FAILURE)
+        self._bound_to(sockets)
         if not await self._stoppably(super().startup(sockets)):
             for bound in sockets:
                 bound.close()
             return
         # uvicorn names the address only for sockets it bound itself.
         self._log_started_message(sockets)
+
+    def _bound_to(self, sockets: list[socket.socket]) -> None:
+        """The port the sockets are bound to (all the same: ``listening_sockets``), the
+        one asked for or, for 0, the one the system chose: told to the app before it
+        starts, whose ready line names it (``app.state.port``)."""
+        state = getattr(self.config.app, "state", None)
+        if state is not None and sockets:
+            state.port = sockets[0].getsockname()[1]
 
     async def _stoppably(self, startup: Coroutine[Any, Any, None]) -> bool:
         """Runs uvicorn's ``startup``, whose lifespan a stop signal cancels while the app
@@ -292,10 +302,12 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
 
 HostOpt = Annotated[str | None, typer.Option(help="Interface for GraphQL (default 127.0.0.1).")]
 # Ranged here as in Settings: a port above 65535 would otherwise wrap (70000 binds 4464).
-PortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
-                                             help="GraphQL port (default 8000).")]
-OcppPortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
-                                                 help="OCPP websocket port (default 9000).")]
+PortOpt = Annotated[int | None, typer.Option(
+    min=0, max=65535, help="GraphQL port (default 8000; 0: any free one, named in the "
+                           "ready line).")]
+OcppPortOpt = Annotated[int | None, typer.Option(
+    min=0, max=65535, help="OCPP websocket port (default 9000; 0: any free one, named in "
+                           "the OCPP server's line).")]
 
 
 @app.command(cls=Command)
@@ -434,6 +446,13 @@ def healthcheck(
     except ConfigError as exc:  # a .env that is not UTF-8
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if settings.port == 0:
+        # The port the service chose is in its ready line only: asking port 0 fails
+        # with a connection error that says nothing of why.
+        typer.echo("unhealthy: CHARGEGRAPH_PORT is 0 (any free port), which this check "
+                   "cannot know: give the service a port of its own to check it",
+                   err=True)
+        raise typer.Exit(1)
     url = f"http://{reachable_host(settings.host)}:{settings.port}/healthz"
     # No proxy: HTTP_PROXY in the container's environment is for the way out.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -549,6 +568,15 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
         await _serve_demo(settings, server, seeding.result(), chargers)
 
 
+def bound_ports(settings: Settings, server: uvicorn.Server) -> Settings:
+    """``settings`` naming the ports a started server serves: those asked for, or for 0
+    the ones the system chose (the app reads them back as it binds)."""
+    state = getattr(server.config.app, "state", None)
+    ports = {name: getattr(state, name) for name in ("port", "ocpp_port")
+             if getattr(state, name, None) is not None}
+    return settings.model_copy(update=ports)
+
+
 def demo_urls(settings: Settings) -> tuple[str, str]:
     """Where, on this machine, the demo's GraphiQL page is opened and its simulated
     chargers connect (``/{cpId}`` follows): a wildcard host by its loopback and an IPv6
@@ -602,7 +630,6 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
     from ocpp_bridge.simulator import run_fleet
     from ocpp_bridge.simulator_state import ChargerStates
 
-    graphql_url, ocpp_url = demo_urls(settings)
     stop = asyncio.Event()
 
     # QA s30: an operator's ChangeAvailability, configuration or local list was lost at
@@ -615,10 +642,12 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
     async def fleet() -> None:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
+        served = bound_ports(settings, server)
+        graphql_url, ocpp_url = demo_urls(served)
         typer.echo(banner(summary, graphql_url, ocpp_url, chargers=chargers,
                           state_file=states.path))
         if chargers:
-            await run_fleet(demo_fleet(settings, summary, states), stop)
+            await run_fleet(demo_fleet(served, summary, states), stop)
 
     fleet_task = asyncio.create_task(fleet())
 

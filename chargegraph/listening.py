@@ -8,15 +8,36 @@ could bind it too meanwhile, is refused by the settings (``Settings._ports_apart
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
+
+#: Tries at binding every address of a host on one free port (``port`` 0): the port the
+#: system gave the first address may be taken on another one (rare; a few tries suffice).
+SHARED_PORT_TRIES = 8
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
     """Bound TCP sockets for ``host`` (an address or a name: every address it
-    resolves to, as asyncio's ``create_server`` would bind) and ``port``. Raises
-    ``OSError`` with the system's reason; no socket stays open then."""
+    resolves to, as asyncio's ``create_server`` would bind) and ``port``; with ``port``
+    0, one free port for all of them (asyncio's would give each its own, and the banner
+    and chargers name one). Raises ``OSError`` with the system's reason; no socket stays
+    open then."""
+    for _ in range(SHARED_PORT_TRIES - 1):
+        try:
+            return _bound(host, port)
+        except _PortTakenElsewhere:
+            continue
+    return _bound(host, port, last_try=True)
+
+
+class _PortTakenElsewhere(OSError):
+    """The port the system chose for a host's first address is in use on another."""
+
+
+def _bound(host: str, port: int, last_try: bool = False) -> list[socket.socket]:
     bound: list[socket.socket] = []
+    chosen = port == 0
     try:
         for family, kind, proto, _, address in socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
@@ -27,9 +48,14 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            if port == 0:  # every address on the port the first one was given
-                port = sock.getsockname()[1]
+            try:
+                sock.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                if chosen and len(bound) > 1 and exc.errno == errno.EADDRINUSE \
+                        and not last_try:
+                    raise _PortTakenElsewhere(exc.errno, exc.strerror) from exc
+                raise
+            port = sock.getsockname()[1]  # every address on the port the first was given
     except OSError:
         for sock in bound:
             sock.close()

@@ -65,10 +65,11 @@ class Settings(BaseSettings):
                           "database number: deployments sharing one Redis need "
                           "different ones")
     host: str = "127.0.0.1"
-    # 0 ("any free port") is refused too: the banner, the ready line and chargers need
-    # the real port. Tests hand uvicorn a socket they bound, and set the OCPP port to 0
-    # past validation (tests.helpers.any_ocpp_port): the app reads the bound one back.
-    port: int = Field(8000, ge=1, le=65535)
+    # 0: any free port, chosen as the socket is bound (``listening.listening_sockets``);
+    # the app reads the bound one back (``app.state.port``, ``app.state.ocpp_port``) for
+    # the ready line, the demo's banner and its chargers, so no gap is left between
+    # choosing a port and binding it (tests start ``serve`` so).
+    port: int = Field(8000, ge=0, le=65535)
     trusted_proxies: str = Field(
         "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of the "
                                      "proxies whose X-Forwarded-For/-Proto is believed; * for "
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
                     "ping; a legacy graphql-ws one "
                     "gets a ka that often. 0: none")
     ocpp_host: str = "127.0.0.1"
-    ocpp_port: int = Field(9000, ge=1, le=65535)
+    ocpp_port: int = Field(9000, ge=0, le=65535)
     ocpp_enabled: bool = True
     ocpp_strict_schema: bool = Field(
         False, description="Refuse (CALLERROR FormationViolation) charger messages and "
@@ -256,7 +257,7 @@ class Settings(BaseSettings):
         """The GraphQL and OCPP servers on one port of one interface: the socket both
         bind is served by one of them only (QA: GraphQL answered 404 from the OCPP
         server, after a "ready" line)."""
-        if self.ocpp_enabled and self.port == self.ocpp_port \
+        if self.ocpp_enabled and self.port == self.ocpp_port != 0 \
                 and _may_overlap(self.host, self.ocpp_host):
             raise ValueError(
                 f"{ENV_PREFIX}PORT and {ENV_PREFIX}OCPP_PORT are both {self.port} on "

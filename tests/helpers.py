@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
+import os
+import re
 import socket
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeGuard, get_args
@@ -54,10 +59,11 @@ class FastHasher:
 
 
 def free_port() -> int:
-    """A port free a moment ago, for a server this test cannot hand a socket: a
-    subprocess's (``chargegraph serve`` refuses port 0: its banner and ready line name the
-    port) or redis-server's. Another process may take it before the server binds it; an
-    in-process server serves a ``loopback_socket()`` instead."""
+    """A port free a moment ago, for a server that must be told its port before it
+    exists and cannot be handed a socket: redis-server's (its ``port 0`` turns TCP off,
+    not "any port"). Another process may take it before the server binds it; an
+    in-process server serves a ``loopback_socket()`` instead, a ``chargegraph`` process
+    ``--port 0`` (``served_ports``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -77,8 +83,7 @@ def loopback_socket() -> socket.socket:
 
 def any_ocpp_port(settings: Settings) -> Settings:
     """``settings`` with the OCPP server on a port the system chooses as it binds (the
-    app's ``state.ocpp_port`` tells which): Settings refuses 0, the port `serve`'s
-    banner names, so it is set past validation, as no user can."""
+    app's ``state.ocpp_port`` tells which), as `serve --ocpp-port 0` asks."""
     return settings.model_copy(update={"ocpp_port": 0})
 
 
@@ -152,6 +157,53 @@ def wait_healthy(process: Any, url: str, seconds: float = 90) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("never healthy")
+
+
+#: What a ``chargegraph serve`` or ``demo`` process logs of the ports it serves: the
+#: ready line the GraphQL port, the OCPP server's line its own.
+READY_LINE = re.compile(r"ChargeGraph ready: GraphQL on http://\S+?:(\d+)/graphql")
+OCPP_LINE = re.compile(r"OCPP 1\.6J central system on wss?://\S+?:(\d+)/ocpp")
+
+#: What ``served_ports`` read of a process's stderr, given back by ``communicate``.
+_said: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def served_ports(process: Any, seconds: float = 90) -> tuple[int, int | None]:
+    """The GraphQL and OCPP ports (``None``: no OCPP server) of a ``chargegraph`` process
+    started with ``--port 0 --ocpp-port 0``, read from its stderr (a pipe) until its ready
+    line (bounded): the system chose them as the process bound them, so no other process
+    could take them between a test's choice and the bind, as ``free_port``'s may. The
+    GraphQL port serves a moment later (``wait_healthy``). Read from the pipe's descriptor,
+    not its buffer: ``communicate(process)`` reads on from there and gives all back."""
+    fd = process.stderr.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    said: list[str] = []
+
+    def read() -> None:
+        while not READY_LINE.search("".join(said)):
+            chunk = os.read(fd, 65536)
+            if not chunk:  # exited
+                return
+            said.append(decoder.decode(chunk))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive():  # never ready: stopped, which ends the read
+        process.kill()
+        reader.join(10)
+    text = _said[process] = "".join(said)
+    ready, ocpp = READY_LINE.search(text), OCPP_LINE.search(text)
+    if ready is None:
+        stdout, stderr = communicate(process, 10)
+        raise AssertionError(f"no ready line (exit {process.returncode}): {stderr}{stdout}")
+    return int(ready[1]), int(ocpp[1]) if ocpp is not None else None
+
+
+def communicate(process: Any, timeout: float) -> tuple[str, str]:
+    """``process.communicate(timeout=)``, its stderr with what ``served_ports`` read."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    return stdout, _said.pop(process, "") + (stderr or "")
 
 
 class MovedClock:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import orjson
 import pytest
@@ -15,6 +14,8 @@ from websockets.protocol import State
 from ocpp_bridge.pacing import (
     BYTE_BURST,
     BYTE_RATE,
+    FRAME_BURST,
+    FRAME_RATE,
     PACERS_KEPT,
     ChargerPacers,
     FramePacer,
@@ -40,13 +41,17 @@ class _WaitedOutPacer(FramePacer):
     """A pacer whose clock moves only by the waits it hands out (as the handler sleeps
     each): the time a frame took to arrive or be read refills nothing."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float = FRAME_RATE, burst: float = FRAME_BURST,
+                 **bytes_: float) -> None:
         self.now = 0.0
-        super().__init__(rate, burst, clock=lambda: self.now)
+        #: Each wait handed out, in order.
+        self.waits: list[float] = []
+        super().__init__(rate, burst, clock=lambda: self.now, **bytes_)
 
     def delay(self, size: int = 0) -> float:
         wait = super().delay(size)
         self.now += wait
+        self.waits.append(wait)
         return wait
 
 
@@ -196,30 +201,33 @@ async def test_a_charger_reconnecting_keeps_its_pace(
     """Review s26: the byte bucket lived on the connection, so a charger that had spent
     its burst hung up, reconnected and had its next large frames taken at once again:
     one flooding 4 MiB per connection was never paced. The pace is its cpId's. Scaled
-    down: a burst of 8,000 bytes, 2,000 a second."""
-    pacers: list[FramePacer] = []
+    down: a burst of 8,000 bytes, 39,000 a second (a tenth of a second a frame), on the
+    pacer's own clock (session 31: a sum of waits above 5 s, on the machine's clock, was
+    a bound a loaded machine's slow reconnects could refill)."""
+    pacers: list[_WaitedOutPacer] = []
 
     def small() -> FramePacer:
-        pacers.append(FramePacer(byte_rate=2000, byte_burst=8000))
+        pacers.append(_WaitedOutPacer(byte_rate=39_000, byte_burst=8000))
         return pacers[-1]
 
     monkeypatch.setattr(central.server.pacers, "factory", small)
     frame = json.dumps([2, "{}", "DataTransfer", {"vendorId": "V", "data": "x" * 3900}])
-    waited = []
     for round_ in range(3):
         ws = await raw(central, "CP-1")
         try:
-            began = time.monotonic()
             for i in range(2):  # 7.8 KB: the burst, spent
                 await ws.send(frame.replace("{}", f"{round_}-{i}"))
             for _ in range(2):
                 assert json.loads(await asyncio.wait_for(ws.recv(), 10))[0] == 3
-            waited.append(time.monotonic() - began)
         finally:
             await ws.close()
-    # 23.4 KB from one charger at 2,000 a second: about 8 s of waiting in all.
-    assert sum(waited) > 5.0, waited
-    assert len(pacers) == 1 and pacers[0].delayed >= 1
+    # One pace for the three connections: the first two frames were the burst, every
+    # later one, the reconnects' first ones too, waited for its bytes (3.9 KB at 39,000 a
+    # second), the first the 3.7 KB it overdrew.
+    [pacer] = pacers
+    size = frame_bytes(frame.replace("{}", "0-0").encode())
+    assert pacer.waits == [0.0, 0.0, pytest.approx((3 * size - 8000) / 39_000),
+                           *[pytest.approx(size / 39_000)] * 3]
     # Each connection gave its charger's pace back as it closed: it may be forgotten.
     for _ in range(250):
         if central.server.pacers.users("CP-1") == 0:

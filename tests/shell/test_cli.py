@@ -360,7 +360,7 @@ def test_export_schema(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> No
     assert schema.stdout == export_sdl() and "type Query" in schema.stdout
 
 
-@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "-1"], ["--ocpp-port", "0"],
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "-1"], ["--ocpp-port", "-1"],
                                   ["--ocpp-port", "65536"]])
 def test_ports_out_of_range_are_refused(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
                                         args: list[str]) -> None:
@@ -372,7 +372,7 @@ def test_ports_out_of_range_are_refused(runner: CliRunner, monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize(("variable", "value"), [("CHARGEGRAPH_PORT", "70000"),
-                                                 ("CHARGEGRAPH_OCPP_PORT", "0")])
+                                                 ("CHARGEGRAPH_OCPP_PORT", "-1")])
 def test_ports_out_of_range_in_the_environment_are_refused(
         runner: CliRunner, monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     never_serve(monkeypatch)
@@ -804,6 +804,18 @@ def test_healthcheck_of_a_broken_configuration_is_unhealthy_not_2(
     assert result.exit_code == 1
     assert "configuration error: CHARGEGRAPH_PORT: Input should be a valid integer" \
         in result.output
+
+
+def test_healthcheck_of_port_0_says_it_cannot_know_the_port(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Port 0 serves on a port the system chooses, named in the service's ready line
+    only: asking port 0 itself failed with a connection error that said nothing of why."""
+    monkeypatch.setenv("CHARGEGRAPH_PORT", "0")
+    result = runner.invoke(cli, ["healthcheck"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "unhealthy: CHARGEGRAPH_PORT is 0 (any free port), which this check cannot know: "
+        "give the service a port of its own to check it\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,

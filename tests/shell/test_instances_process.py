@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_healthy
+from tests.helpers import served_ports, wait_healthy
 from tests.shell.test_process import (
     clean_env,
     graphql,
@@ -32,16 +32,16 @@ def redis() -> Iterator[RedisServer]:
 
 
 def start_instance(launch: list[subprocess.Popen[str]], tmp_path: Path, redis: RedisServer,
-                   *args: str, ocpp: bool = True) -> tuple[subprocess.Popen[str], str, int]:
-    port, ocpp_port = free_port(), free_port()
+                   *args: str, ocpp: bool = True
+                   ) -> tuple[subprocess.Popen[str], str, int | None]:
     env = {**clean_env(tmp_path), "CHARGEGRAPH_PUBSUB_URL": redis.url,
            "CHARGEGRAPH_JWT_SECRET": SECRET,
            "CHARGEGRAPH_OCPP_ENABLED": "true" if ocpp else "false"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargegraph", *args, "--port", str(port), "--ocpp-port",
-         str(ocpp_port)], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+        [sys.executable, "-m", "chargegraph", *args, "--port", "0", "--ocpp-port", "0"],
+        cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
+    port, ocpp_port = served_ports(process)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(process, url, 60)
     return process, url, ocpp_port
@@ -56,6 +56,7 @@ def test_stopping_the_instance_that_relayed_a_command_answers_it_at_once(
     (the charger has the command)."""
     holder, holder_url, ocpp_port = start_instance(launch, tmp_path, redis, "demo",
                                                    "--no-chargers")
+    assert ocpp_port is not None
     asker, asker_url, _ = start_instance(launch, tmp_path, redis, "serve", ocpp=False)
     login = graphql(asker_url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
                                'password: "chargegraph-demo") { token } }').json()

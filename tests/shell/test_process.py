@@ -23,7 +23,7 @@ import pytest
 
 from chargegraph import __version__
 from store.sqlite.migrations import MIGRATION_LOCK_WAIT_S, MIGRATIONS, apply_migrations
-from tests.helpers import free_port, wait_healthy
+from tests.helpers import communicate, free_port, served_ports, wait_healthy
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
 #: another checkout (a second git worktree, say); PYTHONPATH wins over it, so the process
@@ -51,20 +51,20 @@ def launch(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
 
 def start(launch: list[subprocess.Popen[str]], tmp_path: Path, *args: str
           ) -> tuple[subprocess.Popen[str], str]:
-    port, ocpp_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargegraph", *args, "--port", str(port), "--ocpp-port",
-         str(ocpp_port)], cwd=tmp_path, env=clean_env(tmp_path), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [sys.executable, "-m", "chargegraph", *args, "--port", "0", "--ocpp-port", "0"],
+        cwd=tmp_path, env=clean_env(tmp_path), text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
     launch.append(process)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{served_ports(process)[0]}"
     wait_healthy(process, url)
     return process, url
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=10)
+    # 30 s against a hang only: a stop that never ends fails here, not a slow one.
+    stdout, stderr = communicate(process, 30)
     assert process.returncode == 0, stderr  # graceful: 0, not -15
     return stdout, stderr
 
@@ -82,9 +82,7 @@ def test_serve_answers_and_stops_gracefully(launch: list[subprocess.Popen[str]],
                                                   "schema": MIGRATIONS[-1][0]}
     answer = graphql(url, "{ __typename }")
     assert answer.status_code == 200 and answer.json() == {"data": {"__typename": "Query"}}
-    began = time.monotonic()
     _, stderr = stop(process)
-    assert time.monotonic() - began < 10
     # Zero setup: the database and a private generated secret appeared beside each other.
     secret = tmp_path / "data" / ".chargegraph" / "jwt_secret"
     assert (tmp_path / "data" / "svc.db").exists()
@@ -182,8 +180,8 @@ def test_the_demos_chargers_keep_what_they_were_told_across_a_restart(
 def fails_to_start(tmp_path: Path, *args: str, ocpp_port: int | None = None
                    ) -> tuple[int, str]:
     process = subprocess.run(
-        [sys.executable, "-m", "chargegraph", "serve", "--port", str(free_port()),
-         "--ocpp-port", str(ocpp_port or free_port()), *args], cwd=tmp_path,
+        [sys.executable, "-m", "chargegraph", "serve", "--port", "0",
+         "--ocpp-port", str(ocpp_port or 0), *args], cwd=tmp_path,
         env=clean_env(tmp_path), text=True, capture_output=True, timeout=60)
     return process.returncode, process.stderr
 
@@ -210,7 +208,7 @@ def test_a_taken_graphql_port_is_one_line_before_anything_starts(tmp_path: Path)
         port = taken.getsockname()[1]
         process = subprocess.run(
             [sys.executable, "-m", "chargegraph", "serve", "--port", str(port),
-             "--ocpp-port", str(free_port())], cwd=tmp_path, env=clean_env(tmp_path),
+             "--ocpp-port", "0"], cwd=tmp_path, env=clean_env(tmp_path),
             text=True, capture_output=True, timeout=60)
     assert process.returncode == 3, process.stderr
     assert f"cannot start the GraphQL server on 127.0.0.1:{port}:" in process.stderr
@@ -223,7 +221,7 @@ def test_a_taken_graphql_port_is_one_line_before_anything_starts(tmp_path: Path)
 def test_one_port_for_graphql_and_ocpp_is_a_configuration_error(tmp_path: Path) -> None:
     """It used to log "ready" while the OCPP server took every connection to the port
     (/healthz answered 404 from it)."""
-    port = free_port()
+    port = 8765  # refused before anything binds it
     process = subprocess.run(
         [sys.executable, "-m", "chargegraph", "serve", "--port", str(port), "--ocpp-port",
          str(port)], cwd=tmp_path, env=clean_env(tmp_path), text=True,
@@ -240,8 +238,8 @@ def test_an_empty_host_or_path_is_a_configuration_error(tmp_path: Path, name: st
     """As compose's ``${VAR}`` passes an unset VAR: an empty OCPP host opened the port on
     every interface, an empty state dir wrote the JWT secret into the working folder."""
     process = subprocess.run(
-        [sys.executable, "-m", "chargegraph", "serve", "--port", str(free_port()),
-         "--ocpp-port", str(free_port())], cwd=tmp_path,
+        [sys.executable, "-m", "chargegraph", "serve", "--port", "0",
+         "--ocpp-port", "0"], cwd=tmp_path,
         env={**clean_env(tmp_path), name: ""}, text=True, capture_output=True, timeout=60)
     assert process.returncode == 2, process.stderr
     assert process.stderr.startswith(f"configuration error: {name}: is empty"), \
@@ -282,6 +280,8 @@ def test_the_images_health_check_and_command_follow_the_users_configuration(
     in place of the image's ENV: the health check used to read the port from the
     environment only (it asked 8000: unhealthy), and the command's ``--host 0.0.0.0``
     overrode the user's host."""
+    # Chosen before the process exists, and so not 0: the health check is a process of
+    # its own that reads the port from the same .env.
     port, ocpp_port = free_port(), free_port()
     (tmp_path / ".env").write_text(f"CHARGEGRAPH_PORT={port}\n"
                                    f"CHARGEGRAPH_OCPP_PORT={ocpp_port}\n")
@@ -327,8 +327,8 @@ def test_a_stop_while_the_demo_seeds_exits_0(launch: list[subprocess.Popen[str]]
                                              tmp_path: Path, stop_signal: signal.Signals
                                              ) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port",
-         str(free_port()), "--ocpp-port", str(free_port())], cwd=tmp_path,
+        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port", "0",
+         "--ocpp-port", "0"], cwd=tmp_path,
         env=clean_env(tmp_path), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
     database = tmp_path / "data" / "svc.db"
@@ -372,8 +372,8 @@ def test_a_stop_while_waiting_for_another_instances_migration_exits_0(
     holder.execute("BEGIN IMMEDIATE")
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "chargegraph", "serve", "--port", str(free_port()),
-             "--ocpp-port", str(free_port())], cwd=tmp_path, env=clean_env(tmp_path),
+            [sys.executable, "-m", "chargegraph", "serve", "--port", "0",
+             "--ocpp-port", "0"], cwd=tmp_path, env=clean_env(tmp_path),
             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         launch.append(process)
         assert process.stderr is not None
@@ -384,14 +384,13 @@ def test_a_stop_while_waiting_for_another_instances_migration_exits_0(
             seen += line
         assert "waiting for it" in seen, seen
         process.send_signal(stop_signal)
-        stopped_at = time.monotonic()
-        stdout, stderr = process.communicate(timeout=20)
-        took = time.monotonic() - stopped_at
+        # Against a hang only: a stop waiting for the lock (30 minutes) fails here; one
+        # waiting out the store's busy timeout (5 s) on a loaded machine does not.
+        stdout, stderr = process.communicate(timeout=60)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert process.returncode == 0, seen + stderr
-    assert took < 10, took  # the busy timeout (5 s) at most, not the lock's 30 minutes
     assert "Stopped while starting" in stderr, seen + stderr
     assert "Traceback" not in stderr and "ERROR" not in stderr, seen + stderr
     assert "ChargeGraph ready" not in stderr and "Uvicorn running" not in stderr
@@ -424,12 +423,13 @@ def test_a_stop_answers_commands_waiting_on_chargers_at_once(
     request gets its GraphQL answer (unanswered, "shutting down": the charger has the
     command) when the stop begins, not a bare 500 when uvicorn cuts it off after its
     10 s of waiting."""
-    port, ocpp_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port", str(port),
-         "--ocpp-port", str(ocpp_port)], cwd=tmp_path, env=clean_env(tmp_path), text=True,
+        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port", "0",
+         "--ocpp-port", "0"], cwd=tmp_path, env=clean_env(tmp_path), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
+    port, ocpp_port = served_ports(process)
+    assert ocpp_port is not None
     url = f"http://127.0.0.1:{port}"
     wait_healthy(process, url)
     login = graphql(url, 'mutation { login(email: "admin@demo.chargegraph.dev", '

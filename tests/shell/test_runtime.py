@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import chargegraph.cli as cli_module
-from tests.helpers import free_port, wait_healthy
+from tests.helpers import communicate, served_ports, wait_healthy
 from tests.shell.test_process import clean_env
 
 
@@ -55,19 +55,18 @@ def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> Non
     def lowered() -> None:  # in the child, before it runs: as systemd starts a service
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
-    port = free_port()
     env = {**clean_env(tmp_path), "CHARGEGRAPH_JWT_SECRET": "r" * 40}
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargegraph", "serve", "--port", str(port), "--ocpp-port",
-         str(free_port())], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, preexec_fn=lowered)
+        [sys.executable, "-m", "chargegraph", "serve", "--port", "0", "--ocpp-port", "0"],
+        cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lowered)
     try:
-        wait_healthy(process, f"http://127.0.0.1:{port}")
+        wait_healthy(process, f"http://127.0.0.1:{served_ports(process)[0]}")
         limits = Path(f"/proc/{process.pid}/limits").read_text().splitlines()
         [line] = [line for line in limits if line.startswith("Max open files")]
         shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
         assert line.split()[3:5] == [shown, shown]  # soft and hard
     finally:
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=10)
+        _, stderr = communicate(process, 30)  # against a hang only
     assert f"INFO chargegraph: open-file limit: {shown} (raised from 256)" in stderr

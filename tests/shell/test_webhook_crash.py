@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from tests.helpers import free_port, wait_healthy
+from tests.helpers import served_ports, wait_healthy
 from tests.shell.test_process import clean_env, graphql, launch, stop
 
 __all__ = ["launch"]  # the fixture, used by name
@@ -80,14 +80,14 @@ def signed_with(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 def start(launch: list[subprocess.Popen[str]], tmp_path: Path, *args: str
           ) -> tuple[subprocess.Popen[str], str, int]:
-    port, ocpp_port = free_port(), free_port()
     env = {**clean_env(tmp_path), "CHARGEGRAPH_WEBHOOKS_ALLOW_PRIVATE": "true",
            "CHARGEGRAPH_INSTANCE_LEASE_SECONDS": str(LEASE_S)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargegraph", *args, "--port", str(port), "--ocpp-port",
-         str(ocpp_port)], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+        [sys.executable, "-m", "chargegraph", *args, "--port", "0", "--ocpp-port", "0"],
+        cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
+    port, ocpp_port = served_ports(process)
+    assert ocpp_port is not None
     url = f"http://127.0.0.1:{port}"
     wait_healthy(process, url, 60)
     return process, url, ocpp_port
