@@ -239,6 +239,16 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # GraphQL.
             instances_bus = bus if check_event_bus_url(settings.pubsub_url) == "redis" \
                 else None
+            # Every instance keys what its throttles count with the deployment's key,
+            # sharing or not: chargers' known addresses are stored by their digest
+            # (``KnownChargerAddress``), which must be no unkeyed hash of an address
+            # (review s31: a lone instance digested with an empty key, so anyone holding
+            # the database and a cpId could try every IPv4 address).
+            throttles = [*services.accounts.throttles, *services.charging.sign_ins.shared,
+                         services.charging.registrations, *services.personal_data.throttles]
+            throttle_key = derived_key(jwt_secret, "sign-in throttle")
+            for throttle in throttles:
+                throttle.secret = throttle_key
             gateway: ChargerGateway | None = local
             stoppable: OcppGateway | CommandRelay | None = local
             if instances_bus is not None:
@@ -252,11 +262,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # its throttles count, chargers' password checks included (and where
                 # chargers passed them from: a station locked by guesses on one instance
                 # still checks its charger's own address on another).
-                sharing = ThrottleSharing(
-                    instances_bus,
-                    [*services.accounts.throttles, *services.charging.sign_ins.shared,
-                     services.charging.registrations, *services.personal_data.throttles],
-                    derived_key(jwt_secret, "sign-in throttle"))
+                sharing = ThrottleSharing(instances_bus, throttles, throttle_key)
                 await stack.enter_async_context(housekeeping.following(
                     sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
                     "sign-in-counts"))

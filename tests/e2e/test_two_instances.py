@@ -108,6 +108,20 @@ async def test_guesses_spread_over_two_instances_meet_one_limit(tmp_path: Path) 
             assert locked["login"] == {"token": None, "errors": [{"code": "TOO_MANY_ATTEMPTS"}]}
 
 
+async def test_a_lone_instance_keys_what_its_throttles_count_as_shared_ones_do(
+        tmp_path: Path) -> None:
+    """Review s31: an instance without Redis digested with an empty key, and chargers'
+    known addresses are stored by their digest (``KnownChargerAddress``): an unkeyed hash
+    of an address anyone holding the database and a cpId could reverse by trying every
+    IPv4 address. Every instance keys them with the deployment's key, as shared
+    instances do."""
+    async with running_service(tmp_path) as lone, two_instances(tmp_path / "pair") as (a, _):
+        keys = [{throttle.secret for throttle in (
+            *running.services.accounts.throttles, *running.services.charging.sign_ins.shared)}
+            for running in (lone, a)]
+        assert keys[0] == keys[1] and len(keys[0]) == 1 and b"" not in keys[0]
+
+
 LOCAL_LIST = """mutation { sendLocalList(input: {cpId: "CP-1", listVersion: 5,
     updateType: FULL, localAuthorizationList: [
         {idTag: "TAG-OK", idTagInfo: {status: ACCEPTED}},
