@@ -1486,7 +1486,8 @@ class KnownChargerAddress(Record):
     kind: ClassVar[str] = "known_charger_address"
     station_id: str
     #: The (cpId, address) pair as ``KnownAddresses`` keeps and shares it: a digest keyed
-    #: with the instances' shared secret, not the address itself.
+    #: with a key derived from the JWT secret (every instance's, a lone one's too), not
+    #: the address itself.
     pair: str
     passed_at: datetime
 

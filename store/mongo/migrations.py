@@ -61,23 +61,26 @@ SCHEMA_VERSION = SQLITE_MIGRATIONS[-1][0]
 
 
 def from_primary(db: Any) -> Any:
-    """``db`` read from the primary, majority-committed, whatever the URL's read
-    preference: what a start reads decides whether a build may start, claims the
-    database, runs a step, and what each back-fill step fills (review s31: with
-    ``readPreference=secondaryPreferred`` a secondary behind the primary could show a
-    build its own schema number where a newer build had put its own, its claim, read
-    first, was then not written, and it served a database the newer one had claimed; a
-    step reading a stale secondary could miss the documents it fills). Majority, so a
-    claim seen is one no election rolls back. Writes go to the primary whatever the
-    read preference."""
-    return db.with_options(read_preference=ReadPreference.PRIMARY,
-                           read_concern=ReadConcern("majority"))
+    """``db`` read from the primary, whatever the URL's read preference: what a start
+    reads decides whether a build may start, claims the database, runs a step, and what
+    each back-fill step fills (review s31: with ``readPreference=secondaryPreferred`` a
+    secondary behind the primary could show a build its own schema number where a newer
+    build had put its own, its claim, read first, was then not written, and it served a
+    database the newer one had claimed; a step reading a stale secondary could miss the
+    documents it fills). Not majority-committed: a step's loop ("find what still lacks
+    the field, fill it, find again") must read its own writes, which the client's write
+    concern (w:1 by default) does not make majority-committed; with a secondary down the
+    majority point stops, and such a loop would find the same documents for ever. Writes
+    go to the primary whatever the read preference."""
+    return db.with_options(read_preference=ReadPreference.PRIMARY)
 
 
 def _migrations(db: Any) -> Any:
-    """``MIGRATIONS`` from the primary (``from_primary``): the check and the claim are
-    also called on their own, by tests and tools, with the URL's database."""
-    return from_primary(db)[MIGRATIONS]
+    """``MIGRATIONS`` from the primary (``from_primary``; the check and the claim are
+    also called on their own, by tests and tools, with the URL's database), majority-
+    committed: a claim seen is one no election rolls back. No loop reads its own writes
+    there within a start (a step's done mark is read once, before it runs)."""
+    return from_primary(db)[MIGRATIONS].with_options(read_concern=ReadConcern("majority"))
 
 
 class NewerSchema(ConfigurationError):
