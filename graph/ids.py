@@ -68,10 +68,10 @@ def shown_actor(actor: str) -> str:
 
 
 def stored_actor(actor: str, field: str) -> str:
-    """``shown_actor``'s inverse, as a filter or a resolver takes it: ``system`` and
-    ``ocpp:<cpId>`` as they are, else a user's global id (or, deprecated, their raw id,
-    as the API showed actors before session 31), its record id. Anything else is
-    ``INVALID_ID`` naming ``field``."""
-    if actor == "system" or actor.startswith("ocpp:"):
+    """``shown_actor``'s inverse, as a filter or a resolver takes it: ``system``,
+    ``anonymous`` and ``ocpp:<cpId>`` as they are, else a user's global id (or,
+    deprecated, their raw id, as the API showed actors before session 31), its record
+    id. Anything else is ``INVALID_ID`` naming ``field``."""
+    if actor in ("system", "anonymous") or actor.startswith("ocpp:"):
         return actor
     return expect_id(actor, "user", field)

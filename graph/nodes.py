@@ -1477,8 +1477,8 @@ class Tariff(Node, Audited):
 class Payment(Node, Audited):
     status: PaymentStatus = strawberry.field(description="Where it is in settlement.")
     provider: str = strawberry.field(description=(
-        "The payment provider that captured it, or marked it failed (`manual` unless one "
-        "is configured)."))
+        "The payment provider that captured it, or marked it failed; `manual` until then, "
+        "and when none is configured."))
     provider_ref: str | None = strawberry.field(description=(
         "The provider's reference of its capture; null before one. Each refund's "
         "reference is on the refund (`refunds`)."))

@@ -76,9 +76,13 @@ async def test_a_charger_and_the_service_stay_as_they_are(
     at = datetime(2031, 1, 1, tzinfo=UTC)  # after everything the world wrote
     await services.ctx.store.write([], [d.AuditEntry(
         entity="station", entity_id=station.id, action=d.AuditAction.UPDATE,
-        actor="ocpp:A-001", at=at, created_by="ocpp:A-001", updated_by="ocpp:A-001")])
+        actor="ocpp:A-001", at=at, created_by="ocpp:A-001", updated_by="ocpp:A-001"),
+        d.AuditEntry(entity="station", entity_id=station.id, action=d.AuditAction.UPDATE,
+                     actor="anonymous", at=at, created_by="anonymous",
+                     updated_by="anonymous")])
     station_id = to_global_id("station", station.id)
-    for actor in ("ocpp:A-001", "system"):
+    # Filtered by as they are shown (review s31: "anonymous" was INVALID_ID).
+    for actor in ("ocpp:A-001", "system", "anonymous"):
         entries = (await api.gql(AUDIT, {"actor": actor}, as_user=admin.id))[
             "auditLog"]["nodes"]
         assert entries and {e["actor"] for e in entries} == {actor}

@@ -219,7 +219,8 @@ def test_the_method_on_graphql_is_checked_before_the_accept_header(tmp_path: Pat
                 if method != "HEAD":
                     assert refused.json()["errors"][0]["extensions"]["code"] == \
                         "BAD_REQUEST"
-            # GET and POST are still told their Accept fits nothing.
+            # POST is still told its Accept fits nothing (a GET asking for HTML gets
+            # GraphiQL's page).
             assert client.post("/graphql", json=QUERY, headers={
                 "accept": accept}).status_code == 406, accept
         if origins:
