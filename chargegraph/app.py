@@ -34,6 +34,7 @@ from chargegraph.startup import PlainStartupFailures, starting
 from chargegraph.stores import (
     check_database_url,
     database_location,
+    make_database_folder,
     new_database,
     sqlite_path,
     started_store,
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     ocpp_ssl = ocpp_ssl_context(settings) if settings.ocpp_enabled else None
     # A folder that would leave the page blank stops the start, naming what is wrong.
     assets_route, assets_url = graphiql_assets_route(settings)
+    make_database_folder(settings.database_url)  # before the secret's folder beside it
     jwt_secret = resolve_jwt_secret(settings)
     tokens = TokenService(jwt_secret, timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()

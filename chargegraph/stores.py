@@ -68,6 +68,20 @@ def check_database_url(database_url: str) -> None:
         raise ConfigError(f"CHARGEGRAPH_DATABASE_URL{shown}: {error}") from None
 
 
+def make_database_folder(database_url: str) -> None:
+    """Makes a SQLite URL's missing folder, with a warning. Zero setup: the folder is made
+    (the default file's, the working directory, always exists). Said, since a typo in the
+    URL's folder served a new, empty database, named only by the ready line (QA s31).
+    Called before anything else makes it (the JWT secret's state folder is beside the
+    database by default: made first, it hid the warning, QA s31)."""
+    path = sqlite_path(database_url)
+    if path is not None and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("chargegraph").warning(
+            "created the folder %s for a new SQLite database: if you meant an "
+            "existing one, check CHARGEGRAPH_DATABASE_URL", path.parent.resolve())
+
+
 def open_store(database_url: str) -> Store:
     """The store for the URL, not yet started (``await store.start()``)."""
     check_database_url(database_url)
@@ -75,14 +89,7 @@ def open_store(database_url: str) -> Store:
     if path is not None:
         from store.sqlite import SqliteStore
 
-        if not path.parent.exists():
-            # Zero setup: the folder is made (the default file's, the working directory,
-            # always exists). Said, since a typo in the URL's folder served a new,
-            # empty database, named only by the ready line (QA s31).
-            path.parent.mkdir(parents=True, exist_ok=True)
-            logging.getLogger("chargegraph").warning(
-                "created the folder %s for a new SQLite database: if you meant an "
-                "existing one, check CHARGEGRAPH_DATABASE_URL", path.parent.resolve())
+        make_database_folder(database_url)
         return SqliteStore(str(path))
     from store.mongo import MongoStore
 

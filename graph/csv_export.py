@@ -235,6 +235,15 @@ class Params:
         return value
 
 
+def _one_cp_id(name: str, value: str) -> str:
+    """The deprecated ``cpId``: one cpId, which holds no comma (``_items``), so one given
+    is a list asked of the wrong parameter (QA s31: it silently matched nothing)."""
+    if "," in value:
+        raise DomainError("one cpId (no cpId holds a comma): give several as cpIds=A,B",
+                          field=name, code="INVALID")
+    return value
+
+
 _ID = Param()
 _IDS = Param(many=True)
 _WHEN = Param(_instant)
@@ -406,7 +415,7 @@ class Export:
 
 EXPORTS: dict[str, Export] = {
     "sessions": Export(SESSION_COLUMNS, {
-        "cpIds": _IDS, "cpId": Param(), "connectorId": Param(_integer),
+        "cpIds": _IDS, "cpId": Param(_one_cp_id), "connectorId": Param(_integer),
         "stationIds": _IDS, "stationId": _ID, "userId": _ID, "vehicleId": _ID,
         "state": Param(_enum(d.SessionState)), "from": _WHEN, "to": _WHEN,
         "idTag": Param()}, _sessions),

@@ -164,8 +164,13 @@ assert CHARGER_REFUSAL_DELAY_S <= HANDSHAKE_TIMEOUT_S / 5
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
-#: The reason a locked-out attempt is logged with (``RefusalLog``).
-LOCKED_OUT = "too many wrong passwords from there: refused unchecked"
+#: The reasons a locked-out attempt is logged with (``RefusalLog``), by the limit that
+#: locked it out (QA s31: a station's lockout was logged as its address's).
+LOCKED_OUT = {
+    Limit.ADDRESS: "too many wrong passwords from there: refused unchecked",
+    Limit.STATION: "too many wrong passwords for this station from everywhere, and its "
+                   "charger never passed from there: refused unchecked",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +181,8 @@ class Refused:
 
     retry_after: int  # seconds
     message: str
-    locked: bool = False
+    #: The limit that locked it out; ``None``: not a lockout.
+    locked: Limit | None = None
     status: HTTPStatus = HTTPStatus.TOO_MANY_REQUESTS
     #: Why, for the log (``RefusalLog``), when it is worth a line.
     reason: str = ""
@@ -765,8 +771,8 @@ class OcppServer:
         if credentials is not None and cp_id_key(credentials[0]) == cp_id_key(station.cp_id):
             verdict = await self._password_ok(station, credentials[1], peer)
         if isinstance(verdict, Refused):
-            if verdict.locked:
-                self.refusals.note(cp_id, peer, LOCKED_OUT)
+            if verdict.locked is not None:
+                self.refusals.note(cp_id, peer, LOCKED_OUT[verdict.locked])
             elif verdict.status is HTTPStatus.SERVICE_UNAVAILABLE:
                 self.refusals.note(cp_id, peer, "too many password checks pending: "
                                                 "not checked, not counted")
@@ -1065,11 +1071,11 @@ class OcppServer:
 
     def _locked_out(self, sign_ins: ChargerSignIns, key: str, cp_id: str, peer: str
                     ) -> Refused | None:
-        left = sign_ins.refused_for(cp_id, key, peer)
-        if left is None:
+        lockout = sign_ins.lockout(cp_id, key, peer)
+        if lockout is None:
             return None
-        return Refused(max(1, math.ceil(left.total_seconds())),
-                       "too many wrong passwords: try again later\n", locked=True)
+        return Refused(max(1, math.ceil(lockout.lasts.total_seconds())),
+                       "too many wrong passwords: try again later\n", locked=lockout.limit)
 
     def _former_password(self, station: Any, digest: bytes) -> bool:
         """Whether ``digest`` is of the password the station's charger passed with here

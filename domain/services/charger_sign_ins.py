@@ -188,14 +188,21 @@ class ChargerSignIns:
     def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
         """How long ``address`` is refused (unchecked) this station's password; ``None``:
         check it."""
+        lockout = self.lockout(cp_id, password_hash, address)
+        return None if lockout is None else lockout.lasts
+
+    def lockout(self, cp_id: str, password_hash: str, address: str) -> Lockout | None:
+        """The lockout refusing ``address`` (unchecked) this station's password, and
+        which limit set it (the refusal's log line says which, QA s31); ``None``: check
+        it."""
         client = address_key(address)
         station, pair = _keys(cp_id, password_hash, client)
         locked = self.by_address.locked_for(pair)
         if locked is not None:
-            return locked
+            return Lockout(Limit.ADDRESS, locked)
         locked = self.by_station.locked_for(station)
         if locked is not None and not self.passed_from(cp_id, address):
-            return locked
+            return Lockout(Limit.STATION, locked)
         return None
 
     def passed_from(self, cp_id: str, address: str) -> bool:

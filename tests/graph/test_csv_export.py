@@ -156,6 +156,14 @@ def test_every_list_parameter_of_every_export_takes_commas_and_repetition_alike(
             assert got == ["A", "B", "C"], (name, query)
     idtag = csv_export.Params(QueryParams("idTag=A,B"), csv_export.EXPORTS["sessions"].params)
     assert idtag.get("idTag") == "A,B"
+    # The deprecated cpId is one cpId: a list given it is refused, not matched as one
+    # value (QA s31), as stationId=A,B is (no id holds a comma).
+    for name, export in csv_export.EXPORTS.items():
+        if "cpId" in export.params:
+            with pytest.raises(csv_export.DomainError) as refused:
+                csv_export.Params(QueryParams("cpId=A,B"), export.params)
+            assert (refused.value.field, refused.value.code) == ("cpId", "INVALID"), name
+            assert csv_export.Params(QueryParams("cpId=A"), export.params).get("cpId") == "A"
 
 
 async def test_audit_csv_lists_entries_of_one_instant_last_written_first(

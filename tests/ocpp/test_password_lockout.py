@@ -32,6 +32,7 @@ from domain.services.charger_sign_ins import (
     CHECKS_WINDOW,
     ChargerSignInLimits,
     ChargerSignIns,
+    Limit,
 )
 from ocpp_bridge import server as server_module
 from ocpp_bridge.gateway import OcppGateway
@@ -141,6 +142,12 @@ async def test_guesses_from_many_addresses_leave_only_the_chargers_addresses_che
     for i in range(5):
         assert await attempt(central, f"nat-guess-{i}", CHARGER) == 401
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 429
+    # Each refusal's line names the limit that refused it (QA s31: the station's was
+    # logged as the address's).
+    locked = [r.getMessage().split(": ", 1)[1] for r in caplog.records
+              if r.levelno == logging.INFO and "too many wrong passwords" in r.getMessage()]
+    assert locked == [server_module.LOCKED_OUT[Limit.STATION],  # once a charge point
+                      server_module.LOCKED_OUT[Limit.ADDRESS]]
 
 
 async def test_lockouts_end_and_double_and_a_new_password_starts_afresh(

@@ -456,3 +456,21 @@ def test_every_setting_has_a_row_in_the_readme_s_table() -> None:
 
     assert [f"CHARGEGRAPH_{name.upper()}" for name in Settings.model_fields
             if not has_a_row(f"CHARGEGRAPH_{name.upper()}")] == []
+
+
+def test_the_folder_of_a_new_database_is_told_before_the_secret_beside_it_is_made(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s31: without CHARGEGRAPH_JWT_SECRET, the secret's state folder (beside the
+    database by default) was made first, parents and all, and the database's folder was
+    then found made: no warning named it."""
+    from chargegraph.app import create_app
+    from tests.helpers import FastHasher
+
+    folder = tmp_path / "no" / "such"
+    settings = Settings(database_url=f"sqlite:///{folder}/a.db", jwt_secret=None)
+    with caplog.at_level(logging.WARNING, logger="chargegraph"):
+        create_app(settings, hasher=FastHasher())
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == (f"created the folder {folder.resolve()} for a new SQLite database: "
+                       "if you meant an existing one, check CHARGEGRAPH_DATABASE_URL")
+    assert any("generated one and stored it" in line for line in said[1:])
