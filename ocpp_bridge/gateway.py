@@ -13,9 +13,11 @@ from ocpp.charge_point import (
 from ocpp.v16 import call as ocpp_call
 
 from domain.errors import (
+    OUTCOME_UNKNOWN,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerLost,
     ChargerOffline,
     ChargerTimeout,
     ValidationError,
@@ -25,7 +27,7 @@ from domain.services.commands import POSITIVE
 from domain.wire import rfc3339, wire_json
 from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.frames import FrameError
-from ocpp_bridge.handler import ChargePointHandler
+from ocpp_bridge.handler import ChargePointHandler, SentThenFailed
 from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -141,11 +143,20 @@ class OcppGateway:
         except ValidationError:
             raise
         except Exception as exc:  # the socket closed under us, …
-            log.warning("%s: %s failed: %r", cp_id, action, exc)
+            # Once its frame was handed to the socket the charger may have it: gone, it
+            # is ``ChargerLost`` (a reservation stays PENDING), never ``ChargerOffline``,
+            # which tells the domain nothing was sent (``commands._undelivered`` removes
+            # the reservation the charger may hold; review s31).
+            sent = isinstance(exc, SentThenFailed)
+            failure = exc.__cause__ if sent and exc.__cause__ is not None else exc
+            log.warning("%s: %s failed: %r", cp_id, action, failure)
             if not self.is_connected(cp_id):
-                raise ChargerOffline(f"{cp_id} went offline") from exc
-            raise ChargerError(f"{cp_id}: {action} failed ({exc.__class__.__name__})"
-                               ) from exc
+                if sent:
+                    raise ChargerLost(OUTCOME_UNKNOWN) from failure
+                raise ChargerOffline(f"{cp_id} went offline before {action} was sent"
+                                     ) from failure
+            raise ChargerError(f"{cp_id}: {action} failed ({failure.__class__.__name__})"
+                               ) from failure
         answer: dict[str, Any] = to_camel(remove_nones(serialize_as_dict(response)))
         try:
             return _times_in_utc(answer)

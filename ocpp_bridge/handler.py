@@ -301,6 +301,13 @@ def _beyond_int(value: Any, path: str = "") -> str | None:
     return None
 
 
+class SentThenFailed(Exception):
+    """A command's failure that none of ``command``'s foreseen errors names, once its
+    frame was handed to the socket (``_mark_sent`` runs before the write): the charger
+    may have it. Its ``__cause__`` is the failure; the gateway tells the caller
+    (``ChargerLost`` when the charger is gone, not ``ChargerOffline``)."""
+
+
 async def _check_outgoing(request: Any, unique_id: str) -> None:
     """The package's own check of a request we send, done before it is queued so that a
     failure is reported as ours (``ValidationError``), not as the charger's answer."""
@@ -484,6 +491,8 @@ class ChargePointHandler(ChargePoint):
             if answered_with_error:
                 raise ChargerCallError(f"a CALLERROR the package cannot read "
                                        f"({exc.__class__.__name__})") from exc
+            if sent.done():  # a write that failed half way, an answer we cannot build
+                raise SentThenFailed(repr(exc)) from exc
             raise
 
     def stop_commands(self, reason: str) -> None:

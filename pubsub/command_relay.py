@@ -167,7 +167,8 @@ class CommandRelay:
 
     async def close(self) -> None:
         """Stops listening; commands this instance was carrying out for others are
-        answered ``CHARGER_OFFLINE``, and so are its own that still wait."""
+        answered ``ChargerLost`` (a ``CHARGER_TIMEOUT``: the charger may have them), and
+        its own that still wait ``CHARGER_OFFLINE``."""
         tasks = [*self._serving, *([self._listener] if self._listener else [])]
         self._listener = None
         for task in tasks:
@@ -317,7 +318,13 @@ class CommandRelay:
                 return
             except asyncio.CancelledError:
                 # This instance is stopping: say so now rather than let the asker wait.
-                await asyncio.shield(fail(ChargerOffline(f"{request.cp_id} went offline")))
+                # Confirmed, the command may have reached the charger already (its turn
+                # came, its frame written): its outcome is unknown (``ChargerLost``), not
+                # "never sent", which would have the asker remove a reservation the
+                # charger may hold (review s31).
+                await asyncio.shield(fail(ChargerLost(
+                    f"the instance holding {request.cp_id} stopped while it had "
+                    f"{request.action}; its outcome is unknown")))
                 raise
             except Exception as exc:
                 log.warning("%s: relayed %s failed: %r", request.cp_id, request.action, exc)

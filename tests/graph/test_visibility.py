@@ -16,6 +16,7 @@ from domain.services import Services
 from graph.ids import to_global_id
 from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World
+from tests.support.gateways import Accepting
 
 STATIONS = "{ stations(first: 50) { totalCount nodes { cpId owner { name } } } }"
 SESSIONS = "{ sessions(first: 50) { totalCount nodes { transactionId cpId } } }"
@@ -211,20 +212,6 @@ async def test_a_station_handed_over_leaves_its_command_history_in_the_old_books
                for n in op_a["auditLog"]["nodes"])  # A keeps its hand-over too
 
 
-class _Accepting:
-    """A charger that accepts every command it is sent."""
-
-    def is_connected(self, cp_id: str) -> bool:
-        return True
-
-    def connected(self) -> list[str]:
-        return []
-
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
-        return {"status": "Accepted"}
-
-
 RESERVATIONS = """query($station: ID!) {
     reservations(first: 50) { totalCount nodes { id idTag state createdBy } }
     node(id: $station) { ... on Station { reservations(first: 50) { nodes { idTag } } } } }"""
@@ -240,7 +227,7 @@ async def test_a_station_handed_over_leaves_its_reservations_in_the_old_books(
     driver's card and user id) and the old one lost them. They stay in the books they
     were made in; the new company, which runs the charger now, sees (and may cancel) the
     one still holding its plug, and nothing of it once it is over."""
-    services.attach_gateway(_Accepting())
+    services.attach_gateway(Accepting())
     station = world.stations["A-002"]
     soon = utcnow() + timedelta(hours=1)
     made = await services.commands.send(world.viewer("driver1"), station.cp_id, "ReserveNow",

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
 from domain import entities as d
 from domain.errors import ChargerTimeout
@@ -20,7 +23,8 @@ from domain.query import Eq
 from domain.services import ConnectorSpec
 from domain.services.base import patch, stamp_new
 from domain.services.commands import CommandService
-from ocpp_bridge.simulator import connected
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.helpers import soon as eventually
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_card_withdrawal import block, entry, send_full_list, settled
@@ -140,6 +144,94 @@ async def test_a_reservation_to_an_offline_charger_leaves_nothing(central: Centr
                 if a == "ReserveNow"] == [("ReserveNow", number)]
     [kept] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
     assert kept.reservation_id == number and kept.state is d.ReservationState.ACTIVE
+
+
+@pytest.mark.parametrize("failed", ["before the write", "after the write"])
+async def test_a_reservation_lost_with_its_charger_mid_call_is_kept_pending(
+        central: Central, failed: str) -> None:
+    """Review s31: a command failing in a way nobody foresaw (not a closed socket: a
+    write that broke, say) with its charger gone was ``ChargerOffline``, "never sent",
+    though its frame may have gone out: the reservation the charger may hold was
+    removed, and its later StartTransaction would name none. The frame handed to the
+    socket, it is ``CHARGER_TIMEOUT`` (the charger may have it: PENDING, holding the
+    plug); failing before, ``CHARGER_OFFLINE`` and nothing kept. Relayed, the holding
+    instance's answer reads the same."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        handler = central.gateway.handler_of("CP-1")
+        assert handler is not None
+        write = handler._send
+
+        async def breaks(message: str) -> None:
+            # The charger's connection goes as the write fails (the gateway forgets it,
+            # as the server does once the socket is gone).
+            if '"ReserveNow"' in message:
+                if failed == "after the write":
+                    await write(message)
+                central.gateway.unregister(handler)
+                raise RuntimeError("the transport broke under the write")
+            await write(message)
+
+        handler._send = breaks  # type: ignore[method-assign]
+        answer = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                   "expiresAt": soon()}, SELECTION,
+                           as_user="driver")
+        kept = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+        if failed == "before the write":
+            assert [e["code"] for e in answer["errors"]] == ["CHARGER_OFFLINE"], answer
+            assert answer["reservation"] is None and kept == []
+            assert [a for a, _ in cp.received if a == "ReserveNow"] == []
+        else:
+            assert [e["code"] for e in answer["errors"]] == ["CHARGER_TIMEOUT"], answer
+            assert answer["reservation"]["state"] == "PENDING", answer
+            assert [r.state for r in kept] == [d.ReservationState.PENDING]
+            number = kept[0].reservation_id
+            await eventually(lambda: [(a, p["reservation_id"]) for a, p in cp.received
+                                 if a == "ReserveNow"] == [("ReserveNow", number)])
+
+
+class SlowReserve(SimulatedChargePoint):
+    """Takes a ReserveNow and answers it once ``gate`` is set."""
+
+    gate: asyncio.Event | None = None
+
+    @on(Action.reserve_now)
+    async def on_reserve_now(self, **fields: Any) -> result.ReserveNow:  # type: ignore[override]
+        answer = super().on_reserve_now(**fields)
+        if self.gate is not None:
+            await self.gate.wait()
+        return answer
+
+
+async def test_a_reservation_whose_holding_instance_stops_mid_call_is_kept_pending(
+        tmp_path: Path) -> None:
+    """Review s31: the instance holding the charger, stopping while the charger had a
+    relayed ReserveNow, answered ``ChargerOffline`` ("never sent"), and the asking
+    instance removed the reservation the charger holds. Its outcome is unknown
+    (``CHARGER_TIMEOUT``): the reservation stays PENDING, holding the plug."""
+    central = await start_central(tmp_path / "central.db", relayed=True)
+    await seed(central)
+    holder = central.relays[1]  # (the asker, the holder, their bus)
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=SlowReserve) as cp:
+            assert isinstance(cp, SlowReserve)
+            await cp.boot()
+            cp.gate = asyncio.Event()
+            asked = asyncio.create_task(run(
+                central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                        "expiresAt": soon()}, SELECTION, as_user="driver"))
+            await eventually(lambda: any(a == "ReserveNow" for a, _ in cp.received))
+            await holder.close()
+            answer = await asyncio.wait_for(asked, 30)
+            cp.gate.set()
+        assert [e["code"] for e in answer["errors"]] == ["CHARGER_TIMEOUT"], answer
+        assert answer["reservation"]["state"] == "PENDING", answer
+        [kept] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+        assert kept.state is d.ReservationState.PENDING
+        assert kept.reservation_id == answer["reservation"]["reservationId"]
+    finally:
+        await stop_central(central)
 
 
 async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Central
