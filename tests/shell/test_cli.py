@@ -386,7 +386,7 @@ def test_ports_out_of_range_in_the_environment_are_refused(
     ("CHARGEGRAPH_PORT", "abc", ["--port", "8123"]),
     ("CHARGEGRAPH_PORT", "70000", ["--port", "8123"]),
     ("CHARGEGRAPH_OCPP_PORT", "abc", ["--ocpp-port", "9123"]),
-    ("CHARGEGRAPH_OCPP_PORT", "0", ["--ocpp-port", "9123"]),
+    ("CHARGEGRAPH_OCPP_PORT", "-1", ["--ocpp-port", "9123"]),  # 0: any free port
     ("CHARGEGRAPH_HOST", " ", ["--host", "127.0.0.1"])])
 @pytest.mark.parametrize("where", ["environment", ".env"])
 def test_a_malformed_setting_stops_the_command_though_a_flag_replaces_it(
