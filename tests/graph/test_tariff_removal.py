@@ -304,6 +304,51 @@ async def test_a_removal_and_a_price_set_at_once_leave_one_version_open(
     assert old.id in {t.id for t in versions}
 
 
+@pytest.mark.parametrize("first", ["set", "removal"])
+async def test_a_price_set_while_the_next_one_is_called_off_is_left_open(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch,
+        first: str) -> None:
+    """Tomorrow's price is set, none is in force today. Today's is set while tomorrow's
+    is called off, each between the other's read and write (``first``: whose read comes
+    first). Whichever lands last runs again: today's price is left open and prices the
+    station from tomorrow on too, not ending where nothing begins (review s31: the
+    station fell to its company's price from then on)."""
+    from domain.services import tariffs as module
+    station = world.stations["A-001"]
+    at = utcnow().replace(microsecond=0) + timedelta(days=1)
+    later = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.99", valid_from=at)
+    op = world.viewer("op_a")
+    made: list[d.Tariff] = []
+
+    async def set_today() -> None:
+        made.append(await services.tariffs.set_tariff(
+            SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.77"))
+
+    async def call_off() -> None:
+        await services.tariffs.remove_tariff(op, later.id)
+
+    hooked, other = ((module._after, call_off) if first == "set"
+                     else (module._replaced_by, set_today))
+    done = False
+
+    async def between(*a: Any) -> Any:
+        nonlocal done
+        got = await hooked(*a)  # type: ignore[operator]
+        if not done:
+            done = True
+            await other()
+        return got
+
+    monkeypatch.setattr(module, hooked.__name__, between)
+    await (set_today() if first == "set" else call_off())
+    assert done and made
+    [today] = await services.ctx.store.find_all(d.Tariff, Eq("station_id", station.id))
+    assert today.id == made[0].id and today.valid_until is None, today.valid_until
+    priced = await services.tariffs.tariff_at(station, at + timedelta(hours=1))
+    assert priced is not None and priced.id == today.id
+
+
 def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:
     """docs/architecture.md said tariffs are never edited while ``removeTariff`` ends and
     deletes versions (review s25): its edit rules name the guarded writes it uses."""
