@@ -14,12 +14,13 @@ import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
-from domain.errors import ValidationError
+from domain.errors import StoreUnavailable, ValidationError
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
+from graph.errors import RETRYABLE_CODES
 from tests.graph.conftest import Api
 from tests.graph.test_mutations import call, codes, gid
 from tests.graph.world import World
@@ -347,6 +348,32 @@ async def test_a_price_set_while_the_next_one_is_called_off_is_left_open(
     assert today.id == made[0].id and today.valid_until is None, today.valid_until
     priced = await services.tariffs.tariff_at(station, at + timedelta(hours=1))
     assert priced is not None and priced.id == today.id
+
+
+async def test_a_price_written_whose_in_force_read_fails_is_answered_written(
+        api: Api, services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database goes out of reach between setTariff's write and its read of what is
+    in force beside it: the answer is the version written, ``inForce`` null and
+    NOT_READ_BACK, not data null and STORE_UNAVAILABLE (review s31: a client sent it
+    again and a second version was set). Its idempotency key keeps that answer."""
+    company_id = gid("company", world.companies["a"].id)
+
+    async def out_of_reach(*_: Any) -> Any:
+        raise StoreUnavailable("the database cannot be reached", reason="test")
+
+    monkeypatch.setattr(services.tariffs, "in_force_beside", out_of_reach)
+    answer = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.40", "currency": "EUR"},
+        "tariff { id } inForce { id }")
+    assert answer["tariff"] is not None and answer["inForce"] is None
+    assert codes(answer) == [(None, "NOT_READ_BACK")]
+    assert "NOT_READ_BACK" not in RETRYABLE_CODES
+    versions = await services.ctx.store.find_all(
+        d.Tariff, Eq("company_id", world.companies["a"].id))
+    assert [gid("tariff", t.id) for t in versions] == [answer["tariff"]["id"]]
+    removed = await call(api, world, "op_a", "removeTariff", {"id": answer["tariff"]["id"]},
+                         "tariff { id } inForce { id }")
+    assert removed["tariff"] is not None and codes(removed) == [(None, "NOT_READ_BACK")]
 
 
 def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:
