@@ -2303,6 +2303,39 @@ async def test_replaced_prices_from_before_end_where_the_next_one_begins(
     assert got == {tariffs[name].id: end(until) for name, *_, until in chains}
 
 
+async def test_a_price_an_old_build_set_ends_the_one_it_replaced_at_the_next_start(
+        mongo: MongoStore) -> None:
+    """A rolling upgrade: after this build's start (its once-only step done), an instance
+    of the build before sets a company price, leaving the one it replaced open. The next
+    start ends that one where the new one begins (review s31: the step ran once); a
+    version given back by a removal (open, the later one ended) stays open, and so does
+    another scope's."""
+    from domain.entities import PowerType, Tariff
+
+    base = utcnow() - timedelta(days=1)
+    co1 = str(ObjectId())
+
+    def version(start: int, until: int | None = None,
+                power: PowerType | None = None) -> Tariff:
+        at = base + timedelta(minutes=start)
+        return Tariff(company_id=co1, power_type=power, price_per_kwh=Decimal(1),
+                      currency="EUR", valid_from=at, created_at=at, updated_at=at,
+                      valid_until=None if until is None else base + timedelta(minutes=until))
+
+    given_back, removed = version(100, power=PowerType.DC), version(200, 300, PowerType.DC)
+    replaced, old_builds = version(100), version(200)
+    await mongo.write([Insert(t) for t in (given_back, removed, replaced)], [])
+    await migrations.migrate(mongo.db)  # this build's start
+    await mongo.write([Insert(old_builds)], [])
+    raw(mongo)["tariff"].update_one({"_id": ObjectId(old_builds.id)},
+                                    {"$unset": {"valid_until": ""}})  # as written before
+    await migrations.migrate(mongo.db)  # the next start
+    await migrations.migrate(mongo.db)  # and another: nothing more changes
+    got = {t.id: t.valid_until for t in await mongo.find_all(Tariff, ALL)}
+    assert got == {given_back.id: None, removed.id: removed.valid_until,
+                   replaced.id: old_builds.valid_from, old_builds.id: None}
+
+
 async def test_cards_from_before_record_who_set_their_expiry(mongo: MongoStore) -> None:
     """What SQLite migration 80 does: a card with an expiry written before
     ``expiry_set_by`` existed takes its creator, or its last writer when its holder
