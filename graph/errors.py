@@ -48,7 +48,9 @@ USER_ERROR_CODES = (
     "take the write in time: not recorded, send it again), STORE_UNAVAILABLE (it cannot "
     "write now), STORE_OUTCOME_UNKNOWN (the database stopped answering in the middle of "
     "the write: part of it may stay; read before sending it again) and STORE_REFUSED "
-    "(too large to store: the same request fails again). "
+    "(too large to store: the same request fails again); NOT_READ_BACK (the change was "
+    "written, but what the payload reads after it could not be: read it with a query, "
+    "do not send it again). "
     "After a charger command was sent or a payment asked of the provider, what the "
     "charger or provider did stands though these say it was not recorded: read it with a "
     "query before sending again.")
@@ -93,6 +95,9 @@ def camel(field: str | None) -> str | None:
 #: stand, and a retry ran it again over it (a car added, then its retry refused as
 #: ``DUPLICATE`` of itself), so its answer is kept and the client reads first.
 RETRYABLE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "CHANGED", "UNAVAILABLE"})
+#: The change was written, but what its payload reads after it could not be read (the
+#: database out of reach a moment later): never a retryable code, a retry writes again.
+NOT_READ_BACK = "NOT_READ_BACK"
 #: Set by ``graph.http`` around a request with an idempotency key: whether a payload of
 #: it carries a ``RETRYABLE_CODES`` error. Every payload error is made by ``user_error``,
 #: whichever resolver makes it, so it is told here, whether or not the client selected

@@ -4,11 +4,13 @@ so clients never parse messages."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import strawberry
 
+from domain.errors import DomainError
 from domain.policy import Viewer
 from domain.services import UNSET, ConnectorSpec
 from domain.services.refresh_tokens import IssuedRefresh
@@ -16,7 +18,7 @@ from domain.tariff_bands import BandInput
 from domain.validation import Checks
 from graph.commands import CommandMutation
 from graph.context import GraphContext
-from graph.errors import PAYLOAD_ERRORS, UserError, attempt
+from graph.errors import NOT_READ_BACK, PAYLOAD_ERRORS, UserError, attempt
 from graph.ids import expect_id
 from graph.inputs import (
     AddConnectorInput,
@@ -63,6 +65,7 @@ from graph.webhooks import WebhookMutation
 
 Info = strawberry.Info
 T = TypeVar("T")
+log = logging.getLogger("chargegraph.graph")
 
 #: What every mutation's ``input`` argument is, said once and given to each that has no
 #: description of its own when the schema is built (``graph.schema``): the contract is
@@ -736,7 +739,18 @@ async def _tariff_payload(ctx: GraphContext, tariff: Any, errors: list[UserError
     write: a change landing since shows too)."""
     if tariff is None:
         return TariffPayload(tariff=None, errors=errors)
-    in_force = await ctx.services.tariffs.in_force_beside(ctx.viewer, tariff)
+    try:
+        in_force = await ctx.services.tariffs.in_force_beside(ctx.viewer, tariff)
+    except DomainError as exc:
+        # The write landed: failing the answer (STORE_UNAVAILABLE, retryable) made a
+        # client send it again, and a second version was set (review s31). Not
+        # ``user_error``: that marks the answer retryable for its idempotency key.
+        log.warning("tariff %s written; reading what is in force beside it failed: %s",
+                    tariff.id, exc.message)
+        return TariffPayload(tariff=Tariff.wrap(tariff, ctx), in_force=None, errors=[
+            *errors, UserError(field=None, code=NOT_READ_BACK, message=(
+                "the change was written, but what is in force beside it could not be "
+                f"read ({exc.message}): read it with a query, do not send it again"))])
     return TariffPayload(tariff=Tariff.wrap(tariff, ctx),
                          in_force=Tariff.wrap(in_force, ctx) if in_force else None,
                          errors=errors)

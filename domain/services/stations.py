@@ -37,7 +37,7 @@ from domain.events import (
 )
 from domain.policy import SYSTEM, Viewer, refuse_unless_staff
 from domain.ports import Change, Delete, Guard, Insert, Store
-from domain.query import Eq, Filter, In, Range, Sort, all_of
+from domain.query import Eq, Filter, In, NotSub, Range, Sort, all_of
 from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
@@ -493,14 +493,20 @@ class StationService(Service):
             # None left open in the old books: a plug's first interval opened there
             # after that read fails the write, and it runs again (rolling it over).
             guards.append(left_in_books(station))
-            ended, since = await self._end_station_prices(viewer, station)
+            now = self.now()
+            ended, since = await self._end_station_prices(viewer, station, now)
             changes += ended
-            # None left open by the write: one set meanwhile fails it, and it runs again
-            # (one set before a later version, ending there, cut the version in force:
-            # that edit fails the write instead). Not ``_unended_prices``: a price ended
-            # just after a session received later by our clock ends after our now.
-            guards.append(Guard(Tariff, all_of(Eq("station_id", station.id),
-                                               Eq("valid_until", None)), exists=False))
+            # None left unended by the write but those it ends: one set meanwhile fails
+            # it, and it runs again (one set before a later version, ending there, cut
+            # the version in force: that edit fails the write instead). Not only open
+            # ones: one set meanwhile before a later version read here ends where that
+            # one begins, and the write calling that one off left it pricing the new
+            # company's sessions (review s31). Those it ends are left out by id: one
+            # ended just after a session received later by our clock ends after our now.
+            guards.append(Guard(Tariff, all_of(
+                _unended_prices(station, now),
+                NotSub("id", Tariff.kind, In("id", tuple(p.id for _, p in ended)))
+                if ended else None), exists=False))
             if since is not None:
                 # A session received meanwhile may be priced by a price ended before it.
                 guards.append(Guard(Session, all_of(
@@ -509,7 +515,7 @@ class StationService(Service):
         await self.commit(viewer, changes, unaudited=history, guards=guards)
         return station, updated, number
 
-    async def _end_station_prices(self, viewer: Viewer, station: Station
+    async def _end_station_prices(self, viewer: Viewer, station: Station, now: datetime
                                   ) -> tuple[list[tuple[Change, Any]], datetime | None]:
         """The removal of every price set on ``station`` itself that is not ended yet (in
         force, or set to begin later), for a handover to another company's (or owner's)
@@ -525,8 +531,8 @@ class StationService(Service):
         it wants one. Each is audited, by whoever moved the station. All of them, a page
         at a time: a cap left the rest unended, and the guard on none being left failed
         every retry (review s26). With the instant from which no session of the station
-        may be received before the write (``None``: no price)."""
-        now = self.now()
+        may be received before the write (``None``: no price). ``now``: the read's
+        instant."""
         last = await self.store.find_all(
             Session, Eq("station_id", station.id), (Sort("created_at", descending=True),),
             limit=1)

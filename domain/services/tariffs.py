@@ -24,7 +24,7 @@ from domain.entities import (
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, Store
-from domain.query import Eq, Filter, Range, Sort, all_of, any_of
+from domain.query import Eq, Filter, NotSub, Range, Sort, all_of, any_of
 from domain.services.base import UNSET, Service, stamp_new, still_in_books
 from domain.services.edits import edit, removal, retried
 from domain.tariff_bands import BandInput, checked_bands
@@ -190,16 +190,20 @@ async def _after(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff |
     return found[0] if found else None
 
 
+def _replaced_filter(field: str, key: Any, tariff: Tariff) -> Filter:
+    """Versions ``tariff`` replaced (``_replaced_by``), itself left out."""
+    return all_of(Eq(field, key), Range("valid_from", lte=tariff.valid_from),
+                  _scope_filter(_scope_of(tariff)), Eq("valid_until", tariff.valid_from),
+                  NotSub("id", Tariff.kind, Eq("id", tariff.id)))
+
+
 async def _replaced_by(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff | None:
     """The version ``tariff`` replaced (``set_tariff`` ended it where ``tariff`` begins):
     of its owner and scope, the latest ending at ``tariff``'s start. None: it replaced
     none (its scope had no version in force then, or one removed before)."""
-    found = await store.find_all(
-        Tariff, all_of(Eq(field, key), Range("valid_from", lte=tariff.valid_from),
-                       _scope_filter(_scope_of(tariff)),
-                       Eq("valid_until", tariff.valid_from)),
-        LATEST_VERSION_FIRST, limit=1)
-    return found[0] if found and found[0].id != tariff.id else None
+    found = await store.find_all(Tariff, _replaced_filter(field, key, tariff),
+                                 LATEST_VERSION_FIRST, limit=1)
+    return found[0] if found else None
 
 
 def _owner(tariff: Tariff) -> tuple[str, Any]:
@@ -323,6 +327,11 @@ class TariffService(Service):
         if replaced is not None and replaced.valid_until == tariff.valid_until:
             changes.append((edit(replaced, viewer, valid_until=tariff.valid_from), replaced))
         guards = [still_in_books(station)] if station is not None else []
+        if after is not None:
+            # It ends where the next version begins only while that one is there: one
+            # called off meanwhile left it ending where nothing begins, and its scope fell
+            # to the next one from then on (review s31). Run again, it is open.
+            guards.append(Guard(Tariff, Eq("id", after.id)))
         await self.commit(viewer, changes, guards=guards)
         return tariff
 
@@ -391,22 +400,26 @@ class TariffService(Service):
         until, guarded = removal_end(tariff, now, last[0].created_at if last else None)
         # Nothing priced by it (deleted), or a session received from its end on, before
         # this write, would lose its price: the write holds while none comes.
-        guard = Guard(Session, all_of(Eq(field, key), Range("created_at", gte=guarded)),
-                      exists=False)
+        guards = [Guard(Session, all_of(Eq(field, key), Range("created_at", gte=guarded)),
+                        exists=False),
+                  # After the write none is left ending where it began: one set meanwhile
+                  # before it, ending there (read as the next), would end where nothing
+                  # begins (review s31). Run again, the removal gives it that end back.
+                  Guard(Tariff, _replaced_filter(field, key, tariff), exists=False)]
         # The version it replaced takes its place again, to where the removed one would
         # have ended (open, or a later version's start): removeTariff undoes setTariff.
         replaced = await _replaced_by(self.store, field, key, tariff)
         reopened: list[tuple[Change, Any]] = [] if replaced is None else [
             (edit(replaced, viewer, valid_until=tariff.valid_until), replaced)]
         if until is None:
-            await self.commit(viewer, [(removal(tariff), tariff), *reopened], guards=[guard])
+            await self.commit(viewer, [(removal(tariff), tariff), *reopened], guards=guards)
             return tariff
         latest = await _latest(self.store, field, key, until, _scope_of(tariff))
         if latest is None or latest.id != tariff.id:
             raise ValidationError("it prices no new session already (replaced by a later "
                                   "version)", field="id", code="INVALID_STATE")
         ended = edit(tariff, viewer, valid_until=until)
-        await self.commit(viewer, [(ended, tariff), *reopened], guards=[guard])
+        await self.commit(viewer, [(ended, tariff), *reopened], guards=guards)
         return cast(Tariff, ended.record)
 
     async def in_force_beside(self, viewer: Viewer, tariff: Tariff) -> Tariff | None:

@@ -325,6 +325,8 @@ async def migrate(db: Any) -> None:
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
     await _once(db, "replaced_tariffs_ended", _replaced_tariffs_ended)
+    # At every start, not once: see ``heal_open_tariffs``.
+    await heal_open_tariffs(db)
     await _once(db, "charger_registrations", _charger_registrations)
     await _once(db, "local_list_holders", _local_list_holders)
     # After ``plate_keys`` (``before_indexes``), with the unique index on the key built:
@@ -690,6 +692,29 @@ async def _replaced_tariffs_ended(db: Any) -> None:
                 await db["tariff"].update_one(
                     {"_id": doc["_id"], "valid_until": end},
                     {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
+
+
+async def heal_open_tariffs(db: Any) -> None:
+    """Of each owner's versions of one scope left open (no ``valid_until``), each but the
+    latest (``_replaced_tariffs_ended``'s order) ends where the next open one begins, as
+    ``setTariff`` ends the version it replaces. Not once: in a rolling upgrade an
+    instance of a build from before ends none, and a price it set after this build's
+    start left the one it replaced open, listed and given back by no removal (review
+    s31). This build leaves one open version per scope at most, so it reads only the
+    open ones (few: one per scope) and writes only where an old build set a price. A
+    version ended meanwhile is left as it is (written only while still open)."""
+    chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    fields = ("station_id", "company_id", "connector_type", "power_type")
+    docs = await db["tariff"].find({"valid_until": None}, {
+        **dict.fromkeys(fields, 1), "valid_from": 1, "created_at": 1}).to_list(None)
+    for doc in docs:
+        chains.setdefault(tuple(doc.get(f) for f in fields), []).append(doc)
+    for chain in chains.values():
+        chain.sort(key=lambda doc: (doc["valid_from"], doc["created_at"], str(doc["_id"])))
+        for doc, after in itertools.pairwise(chain):
+            await db["tariff"].update_one(
+                {"_id": doc["_id"], "valid_until": None},
+                {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
 
 
 #: The kinds whose NAME order sorts by a key stored beside the name.

@@ -240,6 +240,45 @@ async def test_a_handover_ends_a_price_in_force_until_one_set_for_later(
     assert priced is not None and priced.id == other.id
 
 
+async def test_a_price_set_before_a_later_one_between_a_handovers_read_and_write_is_ended(
+        world: World) -> None:
+    """Volt priced CP-1 from tomorrow only. The handover has read that price (to call it
+    off) when Volt's operator prices CP-1 from now: that version ends where tomorrow's
+    begins, not open. The handover's write fails on it and runs again, which ends it:
+    Other AG's 0.25 prices its session, not Volt's 0.90 (review s31: the guard looked
+    for open prices only, and the new version priced Other AG's sessions until
+    tomorrow)."""
+    w = world
+    services = w.services
+    [cp1] = await w.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    await services.tariffs.set_tariff(w.viewer("op"), station_id=cp1.id,
+                                      price_per_kwh=Decimal("0.95"), currency="EUR",
+                                      valid_from=utcnow() + timedelta(days=1))
+    await services.tariffs.set_tariff(SYSTEM, company_id=w.companies["other"].id,
+                                      price_per_kwh=Decimal("0.25"), currency="EUR",
+                                      valid_from=utcnow() - timedelta(days=1))
+    stations = services.stations
+    read, done = stations._end_station_prices, False
+
+    async def hooked(*a: Any, **kw: Any) -> Any:
+        nonlocal done
+        got = await read(*a, **kw)
+        if not done:
+            done = True
+            set_now = await services.tariffs.set_tariff(
+                w.viewer("op"), station_id=cp1.id, price_per_kwh=Decimal("0.90"),
+                currency="EUR")
+            assert set_now.valid_until is not None  # ends where tomorrow's begins
+        return got
+
+    stations._end_station_prices = hooked  # type: ignore[method-assign]
+    await stations.update_station(SYSTEM, cp1.id, company_id=w.companies["other"].id)
+    assert done
+    after = await charge(w, 10_000)
+    assert after.company_id == w.companies["other"].id
+    assert after.cost_minor == 250, f"priced {after.cost_minor} by Volt's station price"
+
+
 async def test_a_handover_ends_every_price_on_the_station_however_many(
         world: World) -> None:
     """More unended prices on the station than one read returns (``find_all``'s 1,000):

@@ -14,12 +14,13 @@ import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
-from domain.errors import ValidationError
+from domain.errors import StoreUnavailable, ValidationError
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
+from graph.errors import RETRYABLE_CODES
 from tests.graph.conftest import Api
 from tests.graph.test_mutations import call, codes, gid
 from tests.graph.world import World
@@ -302,6 +303,77 @@ async def test_a_removal_and_a_price_set_at_once_leave_one_version_open(
     in_force = await services.tariffs.tariff_at(station, utcnow() + timedelta(seconds=1))
     assert len(open_) == 1 and in_force is not None and in_force.id == open_[0].id
     assert old.id in {t.id for t in versions}
+
+
+@pytest.mark.parametrize("first", ["set", "removal"])
+async def test_a_price_set_while_the_next_one_is_called_off_is_left_open(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch,
+        first: str) -> None:
+    """Tomorrow's price is set, none is in force today. Today's is set while tomorrow's
+    is called off, each between the other's read and write (``first``: whose read comes
+    first). Whichever lands last runs again: today's price is left open and prices the
+    station from tomorrow on too, not ending where nothing begins (review s31: the
+    station fell to its company's price from then on)."""
+    from domain.services import tariffs as module
+    station = world.stations["A-001"]
+    at = utcnow().replace(microsecond=0) + timedelta(days=1)
+    later = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.99", valid_from=at)
+    op = world.viewer("op_a")
+    made: list[d.Tariff] = []
+
+    async def set_today() -> None:
+        made.append(await services.tariffs.set_tariff(
+            SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.77"))
+
+    async def call_off() -> None:
+        await services.tariffs.remove_tariff(op, later.id)
+
+    hooked, other = ((module._after, call_off) if first == "set"
+                     else (module._replaced_by, set_today))
+    done = False
+
+    async def between(*a: Any) -> Any:
+        nonlocal done
+        got = await hooked(*a)  # type: ignore[operator]
+        if not done:
+            done = True
+            await other()
+        return got
+
+    monkeypatch.setattr(module, hooked.__name__, between)
+    await (set_today() if first == "set" else call_off())
+    assert done and made
+    [today] = await services.ctx.store.find_all(d.Tariff, Eq("station_id", station.id))
+    assert today.id == made[0].id and today.valid_until is None, today.valid_until
+    priced = await services.tariffs.tariff_at(station, at + timedelta(hours=1))
+    assert priced is not None and priced.id == today.id
+
+
+async def test_a_price_written_whose_in_force_read_fails_is_answered_written(
+        api: Api, services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database goes out of reach between setTariff's write and its read of what is
+    in force beside it: the answer is the version written, ``inForce`` null and
+    NOT_READ_BACK, not data null and STORE_UNAVAILABLE (review s31: a client sent it
+    again and a second version was set). Its idempotency key keeps that answer."""
+    company_id = gid("company", world.companies["a"].id)
+
+    async def out_of_reach(*_: Any) -> Any:
+        raise StoreUnavailable("the database cannot be reached", reason="test")
+
+    monkeypatch.setattr(services.tariffs, "in_force_beside", out_of_reach)
+    answer = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.40", "currency": "EUR"},
+        "tariff { id } inForce { id }")
+    assert answer["tariff"] is not None and answer["inForce"] is None
+    assert codes(answer) == [(None, "NOT_READ_BACK")]
+    assert "NOT_READ_BACK" not in RETRYABLE_CODES
+    versions = await services.ctx.store.find_all(
+        d.Tariff, Eq("company_id", world.companies["a"].id))
+    assert [gid("tariff", t.id) for t in versions] == [answer["tariff"]["id"]]
+    removed = await call(api, world, "op_a", "removeTariff", {"id": answer["tariff"]["id"]},
+                         "tariff { id } inForce { id }")
+    assert removed["tariff"] is not None and codes(removed) == [(None, "NOT_READ_BACK")]
 
 
 def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:

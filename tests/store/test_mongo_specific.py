@@ -2271,36 +2271,67 @@ async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
 
 async def test_replaced_prices_from_before_end_where_the_next_one_begins(
         mongo: MongoStore) -> None:
-    """What SQLite migration 83 does: a version a later one of its owner and scope
-    replaced ends at that one's start; a removal before that stays, the latest and one
-    alone in its scope stay open; documents without ``valid_until`` read as open."""
-    from domain.entities import PowerType, Tariff
+    """What SQLite migration 83 does, on its test's versions (ties, one dated back, one
+    removed after the next one's start, a plug standard's scope): a version a later one
+    of its owner and scope replaced ends at that one's start; a removal before that
+    stays, the latest and one alone in its scope stay open; documents without
+    ``valid_until`` read as open."""
+    from domain.entities import ConnectorType, PowerType, Tariff
+    from tests.store.test_sqlite_specific import TARIFF_CHAINS
 
     base = utcnow() - timedelta(days=1)
-    co1, st1 = str(ObjectId()), str(ObjectId())
+    ids = {name: str(ObjectId()) for name in ("co1", "co2", "co3", "co4", "st1")}
 
-    def at(minutes: int) -> datetime:
-        return base + timedelta(minutes=minutes)
+    def at(minutes: int | None) -> datetime | None:
+        return None if minutes is None else base + timedelta(minutes=minutes)
 
-    def end(minutes: int | None) -> datetime | None:
-        return None if minutes is None else at(minutes)
-
-    chains = (("v1", co1, None, None, 100, None, 200),
-              ("v2", co1, None, None, 200, None, 300),
-              ("v3", co1, None, None, 300, 350, 350),
-              ("w1", co1, None, PowerType.DC, 100, None, None),
-              ("x1", None, st1, None, 100, 150, 150),
-              ("x2", None, st1, None, 200, None, None))
-    tariffs = {name: Tariff(company_id=company, station_id=station, power_type=power,
-                            price_per_kwh=Decimal(1), currency="EUR", valid_from=at(start),
-                            valid_until=end(until), created_at=at(start), updated_at=at(start))
-               for name, company, station, power, start, until, _ in chains}
+    tariffs = {name: Tariff(company_id=ids.get(company or ""), station_id=ids.get(station or ""),
+                            power_type=PowerType(power) if power else None,
+                            connector_type=ConnectorType(plug) if plug else None,
+                            price_per_kwh=Decimal(1), currency="EUR",
+                            valid_from=at(start) or base, valid_until=at(until),
+                            created_at=at(created) or base, updated_at=at(created) or base)
+               for name, company, station, power, plug, start, created, until, _
+               in TARIFF_CHAINS}
     await mongo.write([Insert(t) for t in tariffs.values()], [])
     raw(mongo)["tariff"].update_many({"valid_until": None}, {"$unset": {"valid_until": ""}})
     raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
     await migrations.migrate(mongo.db)
     got = {t.id: t.valid_until for t in await mongo.find_all(Tariff, ALL)}
-    assert got == {tariffs[name].id: end(until) for name, *_, until in chains}
+    assert got == {tariffs[name].id: at(until) for name, *_, until in TARIFF_CHAINS}
+
+
+async def test_a_price_an_old_build_set_ends_the_one_it_replaced_at_the_next_start(
+        mongo: MongoStore) -> None:
+    """A rolling upgrade: after this build's start (its once-only step done), an instance
+    of the build before sets a company price, leaving the one it replaced open. The next
+    start ends that one where the new one begins (review s31: the step ran once); a
+    version given back by a removal (open, the later one ended) stays open, and so does
+    another scope's."""
+    from domain.entities import PowerType, Tariff
+
+    base = utcnow() - timedelta(days=1)
+    co1 = str(ObjectId())
+
+    def version(start: int, until: int | None = None,
+                power: PowerType | None = None) -> Tariff:
+        at = base + timedelta(minutes=start)
+        return Tariff(company_id=co1, power_type=power, price_per_kwh=Decimal(1),
+                      currency="EUR", valid_from=at, created_at=at, updated_at=at,
+                      valid_until=None if until is None else base + timedelta(minutes=until))
+
+    given_back, removed = version(100, power=PowerType.DC), version(200, 300, PowerType.DC)
+    replaced, old_builds = version(100), version(200)
+    await mongo.write([Insert(t) for t in (given_back, removed, replaced)], [])
+    await migrations.migrate(mongo.db)  # this build's start
+    await mongo.write([Insert(old_builds)], [])
+    raw(mongo)["tariff"].update_one({"_id": ObjectId(old_builds.id)},
+                                    {"$unset": {"valid_until": ""}})  # as written before
+    await migrations.migrate(mongo.db)  # the next start
+    await migrations.migrate(mongo.db)  # and another: nothing more changes
+    got = {t.id: t.valid_until for t in await mongo.find_all(Tariff, ALL)}
+    assert got == {given_back.id: None, removed.id: removed.valid_until,
+                   replaced.id: old_builds.valid_from, old_builds.id: None}
 
 
 async def test_cards_from_before_record_who_set_their_expiry(mongo: MongoStore) -> None:

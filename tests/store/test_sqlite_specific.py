@@ -883,33 +883,49 @@ async def test_version_81_records_who_set_each_cards_expiry(db_path: str) -> Non
         ("t1", "u-1"), ("t2", "op-1"), ("t3", "op-1"), ("t4", None)]
 
 
-#: Versions as a schema before 83 holds them: (id, company, station, power type, from,
-#: until) with created_at = from; and each one's end after migration 83.
-_TARIFF_CHAINS = (("v1", "co1", None, None, 100, None, 200),  # replaced by v2
-                  ("v2", "co1", None, None, 200, None, 300),  # replaced by v3
-                  ("v3", "co1", None, None, 300, 350, 350),   # removed, the latest
-                  ("w1", "co1", None, "DC", 100, None, None),  # alone in its scope
-                  ("x1", None, "st1", None, 100, 150, 150),   # removed before x2
-                  ("x2", None, "st1", None, 200, None, None))
+#: Versions as a schema before 83 holds them: (id, company, station, power type, plug
+#: standard, from, created, until); and each one's end after migration 83 (MongoDB's
+#: ``_replaced_tariffs_ended`` reads the same table).
+TARIFF_CHAINS = (("v1", "co1", None, None, None, 100, 100, None, 200),  # replaced by v2
+                 ("v2", "co1", None, None, None, 200, 200, None, 300),  # replaced by v3
+                 ("v3", "co1", None, None, None, 300, 300, 350, 350),   # removed, the latest
+                 ("w1", "co1", None, "DC", None, 100, 100, None, None),  # alone in its scope
+                 ("x1", None, "st1", None, None, 100, 100, 150, 150),   # removed before x2
+                 ("x2", None, "st1", None, None, 200, 200, None, None),
+                 # A tie: one set later with the same start (a typo corrected) replaced it.
+                 ("t1", "co2", None, None, None, 100, 100, None, 100),
+                 ("t2", "co2", None, None, None, 100, 110, None, None),
+                 # Dated back: an admin's version set later from before it comes first.
+                 ("b1", "co3", None, None, None, 200, 200, None, None),
+                 ("b2", "co3", None, None, None, 100, 300, None, 200),
+                 # Removed after the next one's start: it ends at that start.
+                 ("r1", "co4", None, None, None, 100, 100, 250, 200),
+                 ("r2", "co4", None, None, None, 200, 200, None, None),
+                 # A plug standard's scope, apart from co1's all-plugs and DC ones.
+                 ("c1", "co1", None, None, "CCS2", 100, 100, None, 250),
+                 ("c2", "co1", None, None, "CCS2", 250, 250, None, None))
 
 
 async def test_version_83_ends_each_replaced_price_where_the_next_one_begins(
         db_path: str) -> None:
     """A version a later one of its owner and scope replaced ends at that one's start
-    (the latest not ended prices, s31); a removal before that stays; the latest and one
-    alone in its scope stay as they were."""
+    (the latest not ended prices, s31), in ``LATEST_VERSION_FIRST``'s order (ties by
+    when set, a version dated back first); a removal before that stays, one after it
+    ends at that start; the latest and one alone in its scope stay as they were."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 82])
-        for tariff_id, company, station, power, start, until, _ in _TARIFF_CHAINS:
+        for tariff_id, company, station, power, plug, start, created, until, _ in \
+                TARIFF_CHAINS:
             await conn.execute(
                 'INSERT INTO "tariff" ("id", "created_at", "updated_at", "created_by", '
-                '"updated_by", "company_id", "station_id", "power_type", "price_per_kwh", '
-                '"currency", "price_per_minute", "session_fee", "tax_rate", "valid_from", '
-                "\"valid_until\") VALUES (?, ?, ?, 's', 's', ?, ?, ?, '1', 'EUR', '0', '0', "
-                "'0', ?, ?)", (tariff_id, start, start, company, station, power, start, until))
+                '"updated_by", "company_id", "station_id", "power_type", "connector_type", '
+                '"price_per_kwh", "currency", "price_per_minute", "session_fee", '
+                '"tax_rate", "valid_from", "valid_until") VALUES (?, ?, ?, \'s\', \'s\', '
+                "?, ?, ?, ?, '1', 'EUR', '0', '0', '0', ?, ?)",
+                (tariff_id, created, created, company, station, power, plug, start, until))
         assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 83]) == [83]
-    assert raw(db_path, 'SELECT "id", "valid_until" FROM "tariff" ORDER BY "id"') == [
-        (tariff_id, end) for tariff_id, *_, end in _TARIFF_CHAINS]
+    assert raw(db_path, 'SELECT "id", "valid_until" FROM "tariff" ORDER BY "id"') == sorted(
+        (tariff_id, end) for tariff_id, *_, end in TARIFF_CHAINS)
 
 
 async def two_stations(conn: aiosqlite.Connection) -> None:
