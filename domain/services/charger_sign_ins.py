@@ -117,9 +117,13 @@ class KnownAddresses:
     def load(self, stored: Iterable[tuple[str, datetime]]) -> None:
         """Pairs (digest, when last passed) an instance kept in the store, oldest first,
         remembered as of then: an instance starting after the ones that saw them pass
-        knows them too (told to nobody: each instance loads them)."""
+        knows them too (told to nobody: each instance loads them). A pair remembered
+        since as passing later (told over the bus before the load, which follows the
+        subscription) keeps that time: the stored one would end it up to a day early."""
         for key, passed_at in stored:
-            self._remember(key, passed_at)
+            known = self._passed.get(key)
+            if known is None or known < passed_at:
+                self._remember(key, passed_at)
 
     def _remember(self, key: str, at: datetime | None = None) -> None:
         self._passed.pop(key, None)

@@ -107,3 +107,23 @@ async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
     clock.now = T0 + RETOLD_AFTER
     await passed(services, cp)
     assert [row.station_id for row in await kept(store)] == [other.id]
+
+
+async def test_a_pass_told_before_the_load_keeps_its_time_over_the_stored_one(
+        store: Store) -> None:
+    """The instances' bus is followed before the stored pairs are loaded (review s31): a
+    pass told in between, later than the stored one, is not put back to the stored time
+    (which would end the pair a day early)."""
+    clock = Clock()
+    cp = station()
+    await put(store, cp)
+    await passed(instance(store, clock), cp)
+    [row] = await kept(store)
+    clock.now = T0 + RETOLD_AFTER
+    later = instance(store, clock)
+    later.charging.sign_ins.known.apply("passed", row.pair)  # told, its write not landed
+    await later.charging.load_known_addresses()
+    clock.now = T0 + KNOWN_FOR + timedelta(hours=1)
+    assert later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+    clock.now = T0 + RETOLD_AFTER + KNOWN_FOR
+    assert not later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
