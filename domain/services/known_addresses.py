@@ -33,12 +33,16 @@ async def keep(store: Store, station_id: str, pair: str, at: datetime) -> None:
     """Stores that the pair (``KnownAddresses``' digest) passed ``at``, for the station
     (only while it exists: a removed station's pairs are deleted with it). One row per
     pair, its id derived from it; a write racing another instance's of the same pair, or
-    the station's removal, leaves what that wrote."""
+    the station's removal, leaves what that wrote. A row found is given this station: the
+    pair (cpId, address) may have passed for a station of that cpId removed since whose
+    rows were left (its removal's ``forget`` failed), and kept under that station it
+    would outlive this one's removal (review s31)."""
     record = KnownChargerAddress(id=pair[:24], station_id=station_id, pair=pair,
                                  passed_at=at)
     found = (await store.get_many(KnownChargerAddress, [record.id]))[0]
     change: Change = Insert(stamp_new(record, SYSTEM, at)) if found is None else Update(
-        replace(found, passed_at=at, updated_at=at), frozenset({"passed_at", "updated_at"}))
+        replace(found, station_id=station_id, passed_at=at, updated_at=at),
+        frozenset({"station_id", "passed_at", "updated_at"}))
     with contextlib.suppress(Conflict, NotFound, UniqueViolation):
         await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from domain.entities import KnownChargerAddress, Station
 from domain.policy import SYSTEM, Policy
 from domain.ports import Store
 from domain.query import ALL
-from domain.services import ServiceContext, Services
+from domain.services import ServiceContext, Services, known_addresses
 from domain.services.charger_sign_ins import KNOWN_FOR, RETOLD_AFTER
 from tests.contract.factories import put, station
 from tests.helpers import FastHasher
@@ -127,3 +129,31 @@ async def test_a_pass_told_before_the_load_keeps_its_time_over_the_stored_one(
     assert later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
     clock.now = T0 + RETOLD_AFTER + KNOWN_FOR
     assert not later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+
+
+async def test_a_pair_left_by_a_removed_station_is_taken_by_its_cpids_new_one(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A station removed (its pairs left: the removal's ``forget`` failed) and made again
+    with its cpId: the pair passing for the new one is written as the new station's, so
+    that station's removal drops it (review s31: the update kept the old station id)."""
+    clock = Clock()
+    services = instance(store, clock)
+    old = station(cp_id="CP-AGAIN")
+    await put(store, old)
+    await passed(services, old)
+
+    async def failing(store: Store, station_id: str) -> None:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(known_addresses, "forget", failing)
+        await services.stations.remove_station(SYSTEM, old.id)
+    assert [row.station_id for row in await kept(store)] == [old.id]
+    new = station(cp_id="CP-AGAIN")
+    await put(store, new)
+    clock.now = T0 + RETOLD_AFTER
+    await passed(services, new)
+    assert [(row.station_id, row.passed_at) for row in await kept(store)] == [
+        (new.id, clock.now)]
+    await services.stations.remove_station(SYSTEM, new.id)
+    assert await kept(store) == []
