@@ -43,11 +43,15 @@ if TYPE_CHECKING:
 def _valueless_flags(params: list[Parameter]) -> list[Parameter]:
     """A flag takes no value, but typer's Rich help wrote ``<bool>`` beside each
     (``--help``, ``--version``, ``--force``; QA s31): given an empty metavar, which that
-    help writes as is, it shows none."""
+    help writes as is, it shows none. An argument is given its name in capitals, as the
+    usage line writes it (``Command``), for the help's Arguments panel and the message
+    when it is missing too (review s31: they said ``path <path>`` and ``'path'``)."""
     for param in params:
         if isinstance(param, TyperOption) and (param.is_flag or param.count) \
                 and param.metavar is None:
             param.metavar = ""
+        elif isinstance(param, TyperArgument) and param.metavar is None:
+            param.metavar = (param.name or "").upper()
     return params
 
 

@@ -19,9 +19,10 @@ from domain.errors import Unauthenticated
 
 ISSUER = "chargegraph"
 AUDIENCE = "chargegraph-api"
-#: How long past its ``exp`` a token is still taken: the issuer's and the checker's
-#: clocks may be apart (instances on machines of their own). README (Accounts and
-#: sign-in) tells clients so.
+#: How long past its ``exp`` a token is still taken, and how long before its ``iat`` and
+#: ``nbf`` (as PyJWT's own checks allowed): the issuer's and the checker's clocks may be
+#: apart (instances on machines of their own). README (Accounts and sign-in) tells
+#: clients so.
 LEEWAY = timedelta(seconds=30)
 
 
@@ -84,13 +85,20 @@ class TokenService:
                 algorithms=["HS256"],  # never trust the token's own "alg"
                 audience=AUDIENCE,
                 issuer=ISSUER,
-                options={"require": ["exp", "sub", "iat"], "verify_exp": False},
-                leeway=LEEWAY,
+                # ``exp``, ``iat`` and ``nbf`` are checked on ``clock`` below: PyJWT's own
+                # checks read the system's clock, so a clock set ahead (a test's, or an
+                # instance's) found a fresh token "not yet valid" (review s31).
+                options={"require": ["exp", "sub", "iat"], "verify_exp": False,
+                         "verify_iat": False, "verify_nbf": False},
             )
-            # As PyJWT reads ``exp`` (a whole number of seconds), on ``clock``.
+            # As PyJWT reads them (whole numbers of seconds), on ``clock``.
             valid_until = datetime.fromtimestamp(int(claims["exp"]), UTC) + LEEWAY
+            valid_from = datetime.fromtimestamp(
+                max(int(claims["iat"]), int(claims.get("nbf", 0))), UTC) - LEEWAY
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError) as exc:
             raise Unauthenticated("the token is not valid", code="INVALID_TOKEN") from exc
+        if self._clock() < valid_from:  # issued in the future, past the clocks' leeway
+            raise Unauthenticated("the token is not valid", code="INVALID_TOKEN")
         if self._clock() >= valid_until:
             raise Unauthenticated("the token has expired", code="TOKEN_EXPIRED")
         epoch = claims.get("epoch", 0)

@@ -115,11 +115,24 @@ class KnownAddresses:
             self._remember(key_digest)
 
     def load(self, stored: Iterable[tuple[str, datetime]]) -> None:
-        """Pairs (digest, when last passed) an instance kept in the store, oldest first,
-        remembered as of then: an instance starting after the ones that saw them pass
-        knows them too (told to nobody: each instance loads them)."""
+        """Pairs (digest, when last passed) an instance kept in the store, newest first
+        (its pages as they are read), remembered as of then: an instance starting after
+        the ones that saw them pass knows them too (told to nobody: each instance loads
+        them). Each is older than the pairs remembered already, told over the bus since
+        the instance subscribed (before the load): placed before them, the oldest end
+        that a full table forgets first, and none once the table is full. A pair told
+        so keeps its later time: the stored one would end it up to a day early (review
+        s31)."""
         for key, passed_at in stored:
-            self._remember(key, passed_at)
+            known = self._passed.get(key)
+            if known is not None:
+                if known < passed_at:
+                    self._passed[key] = passed_at  # its place kept
+                continue
+            if len(self._passed) >= MAX_TRACKED:
+                return
+            self._passed[key] = passed_at
+            self._passed.move_to_end(key, last=False)  # the oldest end
 
     def _remember(self, key: str, at: datetime | None = None) -> None:
         self._passed.pop(key, None)

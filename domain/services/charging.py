@@ -1101,9 +1101,10 @@ class ChargingService(ChargerConnections):
         """Learns, at start-up, where stations' chargers passed the password check from
         within ``KNOWN_FOR`` (on any instance, before this one started): a charger moved
         here after its instance went is known at its address, as on the instances that
-        were running (``OcppServer._known_check``). One read, never one per handshake."""
-        self.sign_ins.known.load(await known_addresses.stored(self.store,
-                                                              self.now() - KNOWN_FOR))
+        were running (``OcppServer._known_check``). Read once, a page at a time, never
+        on a handshake."""
+        async for page in known_addresses.stored(self.store, self.now() - KNOWN_FOR):
+            self.sign_ins.known.load(page)
 
     async def sweep_known_addresses(self) -> int:
         """Deletes the stored pairs that last passed ``KNOWN_FOR`` ago or longer."""

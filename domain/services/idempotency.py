@@ -88,6 +88,14 @@ KEEPING_ENDS_WITHIN_S = 30.0
 #: own instance's clock. A replay's check allows as much after the answer was written
 #: (``_erased_while_kept``).
 ERASED_BEFORE_CLAIM = timedelta(minutes=1)
+#: How much later than its answer's time (taken as its write is sent) that write may land
+#: (``_erased_while_kept``): a try of it may stall for the store's own timeout, within the
+#: keeping's bound (``KEEPING_ENDS_WITHIN_S``), and an erasure in the stall is checked by
+#: the keeping after it lands (review s31: with only ``ERASED_BEFORE_CLAIM`` after it, a
+#: try stalled past a minute left such an erasure out of a replay's check, should the
+#: withholding's write have failed too). A try stalling past that bound is past the
+#: erasure's own wait for the keeping as well.
+ANSWER_LANDS_WITHIN = timedelta(seconds=KEEPING_ENDS_WITHIN_S)
 
 
 def access_of(viewer: Viewer) -> str:
@@ -293,9 +301,11 @@ class IdempotencyService(Service):
         the answers naming the person and deletes them (``forget``), and one that names
         no one erased is given (session 31: a replay was refused after any erasure
         anywhere for the key's whole day, telling a client that someone was erased).
-        One read of the ``erased_at`` index."""
-        return await self._erased(Range("erased_at", gte=self._claimed(record),
-                                         lte=record.lease_until + ERASED_BEFORE_CLAIM))
+        The answer's time is taken as its write is sent: ``ANSWER_LANDS_WITHIN`` more for
+        it to land. One read of the ``erased_at`` index."""
+        return await self._erased(Range(
+            "erased_at", gte=self._claimed(record),
+            lte=record.lease_until + ANSWER_LANDS_WITHIN + ERASED_BEFORE_CLAIM))
 
     def _claimed(self, record: IdempotencyKey) -> datetime:
         """When ``record``'s request claimed its key, ``ERASED_BEFORE_CLAIM`` earlier:

@@ -5,15 +5,17 @@ In memory alone, a pair reached the other instances only as it was told (at most
 day per pair), and an instance starting learnt none: after a rolling restart a charger
 whose instance then went landed on one where its address was unknown, and a scan holding
 the checks not kept for known chargers had it answered 503 there (review s31). Each
-instance reads them once as it starts (``stored``): the newest ``MAX_TRACKED`` of the last
-``charger_sign_ins.KNOWN_FOR``. Not on a miss: a handshake never reads the store for
-them, so a scan naming real cpIds from new addresses costs no store read whatever its
-size, and a pair passing after an instance started is told to it (``ThrottleSharing``).
+instance reads them once as it starts (``stored``, a page at a time): the newest
+``MAX_TRACKED`` of the last ``charger_sign_ins.KNOWN_FOR``. Not on a miss: a handshake
+never reads the store for them, so a scan naming real cpIds from new addresses costs no
+store read whatever its size, and a pair passing after an instance started is told to
+it (``ThrottleSharing``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
 
@@ -21,34 +23,48 @@ from domain.entities import KnownChargerAddress, Station
 from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Guard, Insert, Store, Update
-from domain.query import Eq, Range, Sort
+from domain.query import Eq, Range
 from domain.services.base import pages, stamp_new, sweep_expired
 from domain.services.throttle import MAX_TRACKED
 
 #: Records read or deleted at once.
 BATCH = 500
+#: Records read at once as an instance starts (``stored``): a few MB of records a page.
+LOAD_PAGE = 2_000
 
 
 async def keep(store: Store, station_id: str, pair: str, at: datetime) -> None:
     """Stores that the pair (``KnownAddresses``' digest) passed ``at``, for the station
     (only while it exists: a removed station's pairs are deleted with it). One row per
     pair, its id derived from it; a write racing another instance's of the same pair, or
-    the station's removal, leaves what that wrote."""
+    the station's removal, leaves what that wrote. A row found is given this station: the
+    pair (cpId, address) may have passed for a station of that cpId removed since whose
+    rows were left (its removal's ``forget`` failed), and kept under that station it
+    would outlive this one's removal (review s31)."""
     record = KnownChargerAddress(id=pair[:24], station_id=station_id, pair=pair,
                                  passed_at=at)
     found = (await store.get_many(KnownChargerAddress, [record.id]))[0]
     change: Change = Insert(stamp_new(record, SYSTEM, at)) if found is None else Update(
-        replace(found, passed_at=at, updated_at=at), frozenset({"passed_at", "updated_at"}))
+        replace(found, station_id=station_id, passed_at=at, updated_at=at),
+        frozenset({"station_id", "passed_at", "updated_at"}))
     with contextlib.suppress(Conflict, NotFound, UniqueViolation):
         await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
 
 
-async def stored(store: Store, since: datetime) -> list[tuple[str, datetime]]:
+async def stored(store: Store, since: datetime
+                 ) -> AsyncIterator[list[tuple[str, datetime]]]:
     """The pairs that passed after ``since`` (``KNOWN_FOR`` ago), the newest
-    ``MAX_TRACKED`` (as many as memory keeps), oldest first (``KnownAddresses.load``)."""
-    found = await store.find_all(KnownChargerAddress, Range("passed_at", gt=since),
-                                 [Sort("passed_at", descending=True)], limit=MAX_TRACKED)
-    return [(known.pair, known.passed_at) for known in reversed(found)]
+    ``MAX_TRACKED`` (as many as memory keeps), newest first (``KnownAddresses.load``), a
+    page at a time: read whole at once, the records of a full table took some 97 MB
+    and 3 s before the OCPP server started (review s31); a page's records are let go
+    as the next is read."""
+    read = 0
+    async for page in pages(store, KnownChargerAddress, Range("passed_at", gt=since),
+                            LOAD_PAGE, newest_by="passed_at"):
+        yield [(known.pair, known.passed_at) for known in page[:MAX_TRACKED - read]]
+        read += len(page)
+        if read >= MAX_TRACKED:
+            return
 
 
 async def sweep(store: Store, before: datetime) -> int:

@@ -21,6 +21,7 @@ from domain.ports import Store, Update
 from domain.query import ALL
 from domain.services import ServiceContext
 from domain.services.idempotency import (
+    ANSWER_LANDS_WITHIN,
     ERASED_BEFORE_CLAIM,
     LEASE,
     Claim,
@@ -404,6 +405,41 @@ async def test_a_replay_is_refused_only_for_an_erasure_while_its_answer_was_kept
     clock.now += timedelta(hours=10)
     assert await keys.begin(ANNA, "k-slow", "fp-a") is Refusal.WITHHELD
     assert stored.lease_until == answered  # the answer's time, on the service's clock
+
+
+async def test_a_replay_is_refused_for_an_erasure_while_its_answers_write_stalled(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: the answer's time is taken as its write is sent; a try stalling over a
+    minute (the store's own timeout, within the keeping's bound), an erasure in the stall,
+    and the withholding's write failing: the replay's check covers the stall too."""
+    clock = Clock()
+    keys = service(store, clock)
+    monkeypatch.setattr("domain.services.idempotency.FINISH_PAUSES_S", (0.0, 0.0))
+    write = store.write
+    stalls = [ERASED_BEFORE_CLAIM + ANSWER_LANDS_WITHIN / 2]
+    failing_withholds = [1, 1, 1]
+
+    async def writing(changes: Any, *args: Any, **kwargs: Any) -> Any:
+        [change] = changes if len(changes) == 1 else [None]
+        if isinstance(change, Update) and "response" in (change.fields or ()):
+            if change.record.response is None and failing_withholds:  # type: ignore[attr-defined]
+                failing_withholds.pop()
+                raise StoreBusy("the database is locked")
+            if stalls:  # the answer's write, its time taken: erased while it stalls
+                clock.now += stalls.pop()
+                await put(store, user(erased_at=clock.now))
+        return await write(changes, *args, **kwargs)
+
+    monkeypatch.setattr(store, "write", writing)
+    claim = await keys.begin(ANNA, "k-stalled", "fp-a")
+    assert isinstance(claim, Claim)
+    await keys.finish(claim, ANSWER)
+    await keys.settled()
+    assert not stalls and not failing_withholds
+    stored = (await store.get_many(IdempotencyKey, [claim.record.id]))[0]
+    assert stored is not None and stored.response == ANSWER  # the withholding failed
+    clock.now += timedelta(hours=10)
+    assert await keys.begin(ANNA, "k-stalled", "fp-a") is Refusal.WITHHELD
 
 
 async def test_an_answer_written_though_every_try_failed_is_checked_for_erasures(

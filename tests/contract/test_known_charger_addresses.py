@@ -8,12 +8,15 @@ stranger where it landed)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from domain.entities import KnownChargerAddress, Station
 from domain.policy import SYSTEM, Policy
 from domain.ports import Store
 from domain.query import ALL
-from domain.services import ServiceContext, Services
+from domain.services import ServiceContext, Services, charger_sign_ins, known_addresses
 from domain.services.charger_sign_ins import KNOWN_FOR, RETOLD_AFTER
 from tests.contract.factories import put, station
 from tests.helpers import FastHasher
@@ -107,3 +110,91 @@ async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
     clock.now = T0 + RETOLD_AFTER
     await passed(services, cp)
     assert [row.station_id for row in await kept(store)] == [other.id]
+
+
+async def test_a_pass_told_before_the_load_keeps_its_time_over_the_stored_one(
+        store: Store) -> None:
+    """The instances' bus is followed before the stored pairs are loaded (review s31): a
+    pass told in between, later than the stored one, is not put back to the stored time
+    (which would end the pair a day early)."""
+    clock = Clock()
+    cp = station()
+    await put(store, cp)
+    await passed(instance(store, clock), cp)
+    [row] = await kept(store)
+    clock.now = T0 + RETOLD_AFTER
+    later = instance(store, clock)
+    later.charging.sign_ins.known.apply("passed", row.pair)  # told, its write not landed
+    await later.charging.load_known_addresses()
+    clock.now = T0 + KNOWN_FOR + timedelta(hours=1)
+    assert later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+    clock.now = T0 + RETOLD_AFTER + KNOWN_FOR
+    assert not later.charging.sign_ins.passed_from(cp.cp_id, CHARGER)
+
+
+async def test_a_pair_left_by_a_removed_station_is_taken_by_its_cpids_new_one(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A station removed (its pairs left: the removal's ``forget`` failed) and made again
+    with its cpId: the pair passing for the new one is written as the new station's, so
+    that station's removal drops it (review s31: the update kept the old station id)."""
+    clock = Clock()
+    services = instance(store, clock)
+    old = station(cp_id="CP-AGAIN")
+    await put(store, old)
+    await passed(services, old)
+
+    async def failing(store: Store, station_id: str) -> None:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(known_addresses, "forget", failing)
+        await services.stations.remove_station(SYSTEM, old.id)
+    assert [row.station_id for row in await kept(store)] == [old.id]
+    new = station(cp_id="CP-AGAIN")
+    await put(store, new)
+    clock.now = T0 + RETOLD_AFTER
+    await passed(services, new)
+    assert [(row.station_id, row.passed_at) for row in await kept(store)] == [
+        (new.id, clock.now)]
+    await services.stations.remove_station(SYSTEM, new.id)
+    assert await kept(store) == []
+
+
+async def test_an_instance_starting_reads_the_stored_pairs_a_page_at_a_time(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: the whole table was read at once as whole records (100,000 of them:
+    some 97 MB before the OCPP server started). Pages, newest first, exact across pairs
+    that passed at the same time; no more than the table keeps."""
+    clock = Clock()
+    first = instance(store, clock)
+    cp = station()
+    await put(store, cp)
+    addresses = [f"198.51.100.{i}" for i in range(1, 7)]
+    hours = [0, 1, 2, 2, 2, 3]  # three at once, across a page's end
+    for address, hour in zip(addresses, hours, strict=True):
+        clock.now = T0 + timedelta(hours=hour)
+        await passed(first, cp, address)
+    find_all = store.find_all
+    reads: list[tuple[int, int]] = []  # (limit, rows)
+
+    async def counting(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await find_all(kind, *args, **kwargs)
+        if kind is KnownChargerAddress:
+            reads.append((kwargs["limit"], len(found)))
+        return found
+
+    monkeypatch.setattr(store, "find_all", counting)
+    monkeypatch.setattr(known_addresses, "LOAD_PAGE", 2)
+    later = instance(store, clock)
+    await later.charging.load_known_addresses()
+    assert reads == [(2, 2), (2, 2), (2, 2), (2, 0)]
+    assert all(later.charging.sign_ins.passed_from(cp.cp_id, a) for a in addresses)
+    # A table keeping four: the newest four, read in as many pages as they fill.
+    for module in (known_addresses, charger_sign_ins):
+        monkeypatch.setattr(module, "MAX_TRACKED", 4)
+    reads.clear()
+    smaller = instance(store, clock)
+    await smaller.charging.load_known_addresses()
+    assert reads == [(2, 2), (2, 2)]
+    assert [smaller.charging.sign_ins.passed_from(cp.cp_id, a) for a in addresses] == [
+        False, False, True, True, True, True]

@@ -62,14 +62,32 @@ def test_help_shows_no_value_for_a_flag_and_no_unformatted_name(
     assert re.search(r"\{[^}]*\}", shown.stdout) is None, shown.stdout
 
 
-@pytest.mark.parametrize(("command", "usage"), [
-    ("backup", "backup [OPTIONS] PATH"), ("restore", "restore [OPTIONS] PATH"),
-    ("graphiql-assets", "graphiql-assets [OPTIONS] FOLDER")])
-def test_an_argument_is_named_in_the_usage_as_its_help_names_it(
-        runner: CliRunner, command: str, usage: str) -> None:
+ARGUMENTS = [("backup", "PATH"), ("restore", "PATH"), ("graphiql-assets", "FOLDER")]
+
+
+def test_every_subcommand_with_an_argument_is_checked_below() -> None:
+    import typer
+    from typer.core import TyperArgument
+
+    commands = typer.main.get_command(cli).commands  # type: ignore[attr-defined]
+    assert sorted((name, param.name.upper()) for name, command in commands.items()
+                  for param in command.params
+                  if isinstance(param, TyperArgument)) == sorted(ARGUMENTS)
+
+
+@pytest.mark.parametrize(("command", "name"), ARGUMENTS)
+def test_an_argument_is_named_in_capitals_in_usage_help_and_when_missing(
+        runner: CliRunner, command: str, name: str) -> None:
+    """As the usage line names it, so do the Arguments panel and the message when it is
+    missing (review s31: they said ``path <path>`` and ``Missing argument 'path'``)."""
     shown = runner.invoke(cli, [command, "--help"], env={"COLUMNS": "200"},
                           prog_name="chargegraph")
-    assert f" Usage: chargegraph {usage} " in shown.stdout, shown.stdout
+    assert f" Usage: chargegraph {command} [OPTIONS] {name} " in shown.stdout, shown.stdout
+    [row] = [line for line in shown.stdout.splitlines() if "<path>" in line]
+    assert re.search(rf"\* +{name} +<path> ", row), row
+    missing = runner.invoke(cli, [command], env={"COLUMNS": "200"})
+    assert missing.exit_code == 2
+    assert f"Missing argument '{name}'." in missing.output, missing.output
 
 
 def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
