@@ -182,12 +182,30 @@ async def _latest(store: Store, field: str, key: Any, at: datetime, scope: Scope
 
 async def _after(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff | None:
     """The earliest version of ``tariff``'s owner and scope beginning after it (set for
-    later, or an admin's dated back before it): where ``tariff`` ends."""
-    found = await store.find_all(
+    later, or an admin's dated back before it) that is not removed: where ``tariff``
+    ends. A removed one (ended where no version begins: by a removal or a handover) is
+    history, not the next price (QA s31: an admin's version dated back before one was
+    ended at its start, and its scope was left without a price). A scope has a few
+    versions, so they are read whole."""
+    later = await store.find_all(
         Tariff, all_of(Eq(field, key), Range("valid_from", gt=tariff.valid_from),
                        _scope_filter(_scope_of(tariff))),
-        (Sort("valid_from"), Sort("created_at"), Sort("id")), limit=1)
-    return found[0] if found else None
+        (Sort("valid_from"), Sort("created_at"), Sort("id")))
+    starts = {version.valid_from for version in later}
+    return next((version for version in later
+                 if version.valid_until is None or version.valid_until in starts), None)
+
+
+async def _replaced_at_its_end(store: Store, field: str, key: Any, tariff: Tariff) -> bool:
+    """Whether a later version of ``tariff``'s owner and scope begins where it ends: it
+    was replaced, not removed (QA s31: asked of the next version, a removed one read as
+    the next and a version in force was refused as removed)."""
+    found = await store.find_all(
+        Tariff, all_of(Eq(field, key), Eq("valid_from", tariff.valid_until),
+                       _scope_filter(_scope_of(tariff)),
+                       NotSub("id", Tariff.kind, Eq("id", tariff.id))),
+        (Sort("id"),), limit=1)
+    return bool(found)
 
 
 def _replaced_filter(field: str, key: Any, tariff: Tariff) -> Filter:
@@ -387,8 +405,7 @@ class TariffService(Service):
         field, key = _owner(tariff)
         if tariff.valid_until is not None:
             # Ended where a later version begins (``set_tariff``), or by a removal.
-            after = await _after(self.store, field, key, tariff)
-            if after is None or after.valid_from != tariff.valid_until:
+            if not await _replaced_at_its_end(self.store, field, key, tariff):
                 raise ValidationError("it prices no new session already (removed)",
                                       field="id", code="INVALID_STATE")
             if tariff.valid_until <= now:

@@ -21,6 +21,7 @@ from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
 from graph.errors import RETRYABLE_CODES
+from graph.ids import from_global_id
 from tests.graph.conftest import Api
 from tests.graph.test_mutations import call, codes, gid
 from tests.graph.world import World
@@ -384,3 +385,52 @@ def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:
     assert "Tariffs are never edited (`setTariff` inserts the next one)" not in text
     assert "`removeTariff` ends a version with `edit()` (`valid_until`) or deletes one " \
            "with `removal()`" in text
+
+
+async def test_a_version_in_force_is_removable_after_one_beside_it_was_removed(
+        api: Api, services: Services, world: World) -> None:
+    """QA s31: A, B, B removed (A back), C set for later, then A removed: refused as
+    "removed", the removed B read as A's next version. A ends now; C still begins."""
+    station = world.stations["A-001"]
+    company_id = gid("company", world.companies["a"].id)
+    fields = "tariff { id validUntil } inForce { id }"
+    a = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.40", "currency": "EUR"}, fields)
+    b = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.30", "currency": "EUR"}, fields)
+    assert (await call(api, world, "op_a", "removeTariff", {"id": b["tariff"]["id"]},
+                       fields))["inForce"] == {"id": a["tariff"]["id"]}
+    later = (utcnow() + timedelta(hours=2)).isoformat()
+    c = await call(api, world, "op_a", "setTariff", {
+        "companyId": company_id, "pricePerKwh": "0.20", "currency": "EUR",
+        "validFrom": later}, fields)
+    assert c["errors"] == [] and c["inForce"] == {"id": a["tariff"]["id"]}
+    removed = await call(api, world, "op_a", "removeTariff", {"id": a["tariff"]["id"]},
+                         fields)
+    assert removed["errors"] == [] and removed["inForce"] is None
+    assert await services.tariffs.tariff_at(station, utcnow()) is None
+    at_c = await services.tariffs.tariff_at(station, utcnow() + timedelta(hours=3))
+    assert at_c is not None and at_c.id == from_global_id(c["tariff"]["id"], "id")[1]
+
+
+async def test_an_admins_version_dated_back_before_removed_ones_is_in_force_after_them(
+        services: Services, world: World) -> None:
+    """QA s31: a station's two versions removed, an admin's dated back before the
+    later's start was ended there, at a removed version's start, and the station fell to
+    its company's prices. It is open: the removed versions price only what they priced."""
+    station = world.stations["A-001"]
+    admin = world.viewer("admin")
+    first = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.55",
+        valid_from=utcnow() - timedelta(hours=3))
+    second = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.60",
+        valid_from=utcnow() - timedelta(hours=1))
+    for version in (second, first):
+        await services.tariffs.remove_tariff(world.viewer("op_a"), version.id)
+    backdated = await services.tariffs.set_tariff(
+        admin, station_id=station.id, currency="EUR", price_per_kwh="0.66",
+        valid_from=utcnow() - timedelta(hours=2))
+    assert backdated.valid_until is None
+    assert (await services.tariffs.tariff_at(station, utcnow())).id == backdated.id  # type: ignore[union-attr]
+    assert await services.tariffs.in_force_beside(admin, backdated) == backdated
