@@ -23,7 +23,7 @@ from chargegraph.errors import ConfigError
 from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
 from chargegraph.http_limits import HEALTHZ
-from chargegraph.listening import url_host
+from chargegraph.listening import addresses_of, url_host
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
 from chargegraph.secrets import derived_key, resolve_jwt_secret
@@ -164,6 +164,14 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     # An instance that runs no OCPP server needs no certificate (GraphQL-only instances
     # behind a load balancer often have none mounted).
     ocpp_ssl = ocpp_ssl_context(settings) if settings.ocpp_enabled else None
+    if settings.ocpp_enabled and settings.ocpp_port == 0 \
+            and addresses_of(settings.ocpp_host) > 1:
+        # The OCPP server binds through websockets (asyncio's create_server), which gives
+        # each address a free port of its own, and only one can be named to chargers
+        # (review s31); GraphQL's sockets are bound here, on one port for all.
+        raise ConfigError(f"CHARGEGRAPH_OCPP_PORT 0 (any free port) needs a host of one "
+                          f"address; {settings.ocpp_host!r} resolves to several: give "
+                          f"a port, or one address as CHARGEGRAPH_OCPP_HOST")
     # A folder that would leave the page blank stops the start, naming what is wrong.
     assets_route, assets_url = graphiql_assets_route(settings)
     make_database_folder(settings.database_url)  # before the secret's folder beside it

@@ -63,6 +63,17 @@ def _bound(host: str, port: int, last_try: bool = False) -> list[socket.socket]:
     return bound
 
 
+def addresses_of(host: str) -> int:
+    """How many addresses a server binding ``host`` listens on (one per address it
+    resolves to, as ``create_server`` binds); a name that does not resolve counts one,
+    its bind saying why."""
+    try:
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return 1
+    return len({info[4][0] for info in found})
+
+
 def url_host(host: str) -> str:
     """``host`` as a URL writes it: an IPv6 address in brackets (``http://:::8000`` is no
     URL, ``http://[::]:8000`` is)."""

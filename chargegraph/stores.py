@@ -76,7 +76,11 @@ def make_database_folder(database_url: str) -> None:
     database by default: made first, it hid the warning, QA s31)."""
     path = sqlite_path(database_url)
     if path is not None and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # one line naming it, not a traceback (review s31)
+            raise ConfigError(f"CHARGEGRAPH_DATABASE_URL: cannot make the folder "
+                              f"{path.parent}: {error.strerror or error}") from None
         logging.getLogger("chargegraph").warning(
             "created the folder %s for a new SQLite database: if you meant an "
             "existing one, check CHARGEGRAPH_DATABASE_URL", path.parent.resolve())

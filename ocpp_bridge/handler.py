@@ -476,7 +476,13 @@ class ChargePointHandler(ChargePoint):
         try:
             return _put_back_schedule_values(_put_back(call.result(), long_values),
                                              schedule_values)
-        except ConnectionClosed as exc:  # sent after the socket closed, before we knew
+        except ConnectionClosed as exc:
+            if sent.done():
+                # Its frame was handed to the socket, which closed while writing it (a
+                # charger slow to read: the write waits for its buffer to drain) or
+                # before: the charger may have it (review s31: a ReserveNow's
+                # reservation was deleted as never sent while the charger held it).
+                raise ChargerLost(OUTCOME_UNKNOWN) from exc
             raise ChargerOffline(f"{self.id} went offline") from exc
         except OCPPError as exc:
             if answered_with_error:

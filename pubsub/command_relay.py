@@ -168,7 +168,8 @@ class CommandRelay:
     async def close(self) -> None:
         """Stops listening; commands this instance was carrying out for others are
         answered ``ChargerLost`` (a ``CHARGER_TIMEOUT``: the charger may have them), and
-        its own that still wait ``CHARGER_OFFLINE``."""
+        its own that still wait: confirmed to their holder ``ChargerLost`` too, the rest
+        ``CHARGER_OFFLINE``."""
         tasks = [*self._serving, *([self._listener] if self._listener else [])]
         self._listener = None
         for task in tasks:
@@ -179,8 +180,13 @@ class CommandRelay:
                 log.warning("%d relayed commands could not be answered at stop within "
                             "%gs (the event bus does not take them)", len(left),
                             CLOSE_TIMEOUT_S)
+        reason = "the service is shutting down"
         for pending in self._pending.values():
-            pending.fail(ChargerOffline("the service is shutting down"))
+            # One confirmed to its holder may have reached the charger: ChargerLost, as
+            # at a stop, also when no stop came first (review s31: a failed start's
+            # close answered it ChargerOffline, and a ReserveNow lost its reservation).
+            pending.stop(reason)
+            pending.fail(ChargerOffline(reason))  # the rest were never sent
 
     # ------------------------------------------------------------- the port
     def is_connected(self, cp_id: str) -> bool:

@@ -79,7 +79,8 @@ def _migrations(db: Any) -> Any:
     """``MIGRATIONS`` from the primary (``from_primary``; the check and the claim are
     also called on their own, by tests and tools, with the URL's database), majority-
     committed: a claim seen is one no election rolls back. No loop reads its own writes
-    there within a start (a step's done mark is read once, before it runs)."""
+    there within a start (a step's done mark is read once, before it runs); the heals'
+    marks, read round after round, are read as written (``heal_search_shadows``)."""
     return from_primary(db)[MIGRATIONS].with_options(read_concern=ReadConcern("majority"))
 
 
@@ -444,7 +445,10 @@ async def heal_search_shadows(db: Any) -> None:
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
             mark = _HEAL.format(kind=kind, name=name)
-            state = await _migrations(db).find_one({"_id": mark}) or {}
+            # Not majority: the mark is this round's own (w:1) write of the last round
+            # (review s31: with the majority point stalled, each round read the old mark
+            # and healed the same window again).
+            state = await from_primary(db)[MIGRATIONS].find_one({"_id": mark}) or {}
             last = await _search_refolded(db, kind, name, state.get("after"), HEAL_ROUND)
             await _migrations(db).update_one({"_id": mark}, {"$set": {"after": last}},
                                             upsert=True)

@@ -323,6 +323,20 @@ async def test_a_stop_answers_a_command_the_holder_has_at_once_as_unanswered(
         await asyncio.wait_for(asked, AT_ONCE)
 
 
+async def test_a_close_without_a_stop_answers_a_confirmed_command_as_unanswered(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """Review s31: a close with no stop before it (a start failing, a tool) answered a
+    command its holder had been told to send ChargerOffline, "never sent": a ReserveNow
+    then lost the reservation the charger may hold."""
+    a, _, on_b = instances
+    on_b.answer = "never"
+    asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+    await asyncio.wait_for(on_b.called.wait(), AT_ONCE)  # confirmed and sent
+    await a.close()
+    with pytest.raises(ChargerLost, match="shutting down"):  # the charger may act on it
+        await asyncio.wait_for(asked, AT_ONCE)
+
+
 async def test_a_stop_answers_a_command_nobody_claimed_yet_as_not_sent(
         buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
     relay = CommandRelay(buses[0], None, claim_timeout=LONG)

@@ -474,3 +474,47 @@ def test_the_folder_of_a_new_database_is_told_before_the_secret_beside_it_is_mad
     assert said[0] == (f"created the folder {folder.resolve()} for a new SQLite database: "
                        "if you meant an existing one, check CHARGEGRAPH_DATABASE_URL")
     assert any("generated one and stored it" in line for line in said[1:])
+
+
+def test_a_database_folder_that_cannot_be_made_is_one_line_naming_it(
+        tmp_path: Path) -> None:
+    """Review s31: made before the JWT secret's, a folder that could not be made ended
+    the start in a FileNotFoundError's traceback."""
+    from chargegraph.app import create_app
+    from tests.helpers import FastHasher
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    settings = Settings(database_url=f"sqlite:///{blocker}/sub/a.db", jwt_secret=None)
+    with pytest.raises(ConfigError, match=r"^CHARGEGRAPH_DATABASE_URL: cannot make the "
+                                          rf"folder {re.escape(str(blocker))}/sub: "):
+        create_app(settings, hasher=FastHasher())
+
+
+def test_ocpp_port_0_on_a_host_of_several_addresses_stops_the_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: asyncio gives each address of the OCPP host a free port of its own,
+    and the banner and chargers are told one: a host resolving to IPv4 and IPv6
+    (``localhost`` on many machines) is refused with port 0, one address is served."""
+    import socket
+
+    from chargegraph.app import create_app
+    from tests.helpers import FastHasher
+
+    real = socket.getaddrinfo
+
+    def both(host: str, *args: object, **kwargs: object) -> list[tuple]:  # type: ignore[type-arg]
+        if host == "dual.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+                    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))]
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    values = {"database_url": f"sqlite:///{tmp_path}/a.db", "jwt_secret": "s" * 40}
+    with pytest.raises(ConfigError, match=r"^CHARGEGRAPH_OCPP_PORT 0 \(any free port\) "
+                                          r"needs a host of one address; 'dual.example'"):
+        create_app(Settings(ocpp_host="dual.example", ocpp_port=0, **values),
+                   hasher=FastHasher())
+    create_app(Settings(ocpp_host="127.0.0.1", ocpp_port=0, **values), hasher=FastHasher())
+    create_app(Settings(ocpp_host="dual.example", ocpp_port=9123, **values),
+               hasher=FastHasher())
