@@ -174,7 +174,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                           f"a port, or one address as CHARGEGRAPH_OCPP_HOST")
     # A folder that would leave the page blank stops the start, naming what is wrong.
     assets_route, assets_url = graphiql_assets_route(settings)
-    make_database_folder(settings.database_url)  # before the secret's folder beside it
+    # Before the secret's folder beside it; one it cannot make is the store start's.
+    make_database_folder(settings.database_url, or_leave_it=True)
     jwt_secret = resolve_jwt_secret(settings)
     tokens = TokenService(jwt_secret, timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()

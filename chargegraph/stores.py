@@ -68,22 +68,26 @@ def check_database_url(database_url: str) -> None:
         raise ConfigError(f"CHARGEGRAPH_DATABASE_URL{shown}: {error}") from None
 
 
-def make_database_folder(database_url: str) -> None:
+def make_database_folder(database_url: str, *, or_leave_it: bool = False) -> None:
     """Makes a SQLite URL's missing folder, with a warning. Zero setup: the folder is made
     (the default file's, the working directory, always exists). Said, since a typo in the
     URL's folder served a new, empty database, named only by the ready line (QA s31).
-    Called before anything else makes it (the JWT secret's state folder is beside the
-    database by default: made first, it hid the warning, QA s31)."""
+    Made before anything else makes it (the JWT secret's state folder is beside the
+    database by default: made first, it hid the warning, QA s31). ``or_leave_it``: one
+    that cannot be made is left to the store's start, whose failure names the store
+    (``cannot start the store at …``, review s31: a traceback here)."""
     path = sqlite_path(database_url)
-    if path is not None and not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:  # one line naming it, not a traceback (review s31)
-            raise ConfigError(f"CHARGEGRAPH_DATABASE_URL: cannot make the folder "
-                              f"{path.parent}: {error.strerror or error}") from None
-        logging.getLogger("chargegraph").warning(
-            "created the folder %s for a new SQLite database: if you meant an "
-            "existing one, check CHARGEGRAPH_DATABASE_URL", path.parent.resolve())
+    if path is None or path.parent.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if or_leave_it:
+            return
+        raise
+    logging.getLogger("chargegraph").warning(
+        "created the folder %s for a new SQLite database: if you meant an existing one, "
+        "check CHARGEGRAPH_DATABASE_URL", path.parent.resolve())
 
 
 def open_store(database_url: str) -> Store:

@@ -476,21 +476,6 @@ def test_the_folder_of_a_new_database_is_told_before_the_secret_beside_it_is_mad
     assert any("generated one and stored it" in line for line in said[1:])
 
 
-def test_a_database_folder_that_cannot_be_made_is_one_line_naming_it(
-        tmp_path: Path) -> None:
-    """Review s31: made before the JWT secret's, a folder that could not be made ended
-    the start in a FileNotFoundError's traceback."""
-    from chargegraph.app import create_app
-    from tests.helpers import FastHasher
-
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    settings = Settings(database_url=f"sqlite:///{blocker}/sub/a.db", jwt_secret=None)
-    with pytest.raises(ConfigError, match=r"^CHARGEGRAPH_DATABASE_URL: cannot make the "
-                                          rf"folder {re.escape(str(blocker))}/sub: "):
-        create_app(settings, hasher=FastHasher())
-
-
 def test_ocpp_port_0_on_a_host_of_several_addresses_stops_the_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s31: asyncio gives each address of the OCPP host a free port of its own,
