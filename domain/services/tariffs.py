@@ -48,6 +48,9 @@ AFTER_LAST_PRICED = timedelta(milliseconds=1)
 #: Versions per station or company one batch reads (the latest before the newest start of
 #: the batch); a session older than all of them is looked up alone.
 VERSIONS_PER_BATCH = 50
+#: Later versions of a scope ``_after`` reads at a time (the next one is nearly always the
+#: first of them).
+AFTER_PAGE = 16
 
 
 def removal_end(tariff: Tariff, now: datetime, last_priced: datetime | None
@@ -185,15 +188,27 @@ async def _after(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff |
     later, or an admin's dated back before it) that is not removed: where ``tariff``
     ends. A removed one (ended where no version begins: by a removal or a handover) is
     history, not the next price (QA s31: an admin's version dated back before one was
-    ended at its start, and its scope was left without a price). A scope has a few
-    versions, so they are read whole."""
-    later = await store.find_all(
-        Tariff, all_of(Eq(field, key), Range("valid_from", gt=tariff.valid_from),
-                       _scope_filter(_scope_of(tariff))),
-        (Sort("valid_from"), Sort("created_at"), Sort("id")))
-    starts = {version.valid_from for version in later}
-    return next((version for version in later
-                 if version.valid_until is None or version.valid_until in starts), None)
+    ended at its start, and its scope was left without a price). Read ``AFTER_PAGE`` at
+    a time in start order, stopping at the first not removed (review s31: a scope's
+    every later version was read, however many years of them)."""
+    where = all_of(Eq(field, key), _scope_filter(_scope_of(tariff)))
+    past: Filter = Range("valid_from", gt=tariff.valid_from)
+    while True:
+        page = await store.find_all(Tariff, all_of(where, past),
+                                    (Sort("valid_from"), Sort("id")), limit=AFTER_PAGE)
+        starts = {version.valid_from for version in page}
+        for version in page:
+            # A version beginning where it ends may be on a later page: asked alone.
+            if (version.valid_until is None or version.valid_until in starts
+                    or (len(page) == AFTER_PAGE
+                        and await _replaced_at_its_end(store, field, key, version))):
+                return version
+        if len(page) < AFTER_PAGE:
+            return None
+        last = page[-1]  # the next page: after it in (start, id) order
+        past = all_of(Range("valid_from", gte=last.valid_from),
+                      any_of(Range("valid_from", gt=last.valid_from),
+                             Range("id", gt=last.id)))
 
 
 async def _replaced_at_its_end(store: Store, field: str, key: Any, tariff: Tariff) -> bool:

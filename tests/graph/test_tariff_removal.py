@@ -16,7 +16,7 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import StoreUnavailable, ValidationError
 from domain.policy import SYSTEM
-from domain.ports import Insert
+from domain.ports import Insert, Update
 from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
@@ -504,3 +504,37 @@ async def test_a_price_dated_back_is_not_ended_at_a_version_removed_meanwhile(
     assert stored.valid_until is None, stored.valid_until
     priced = await services.tariffs.tariff_at(station, utcnow() + timedelta(hours=1))
     assert priced is not None and priced.id == made.id
+
+
+async def test_the_next_version_is_read_a_page_at_a_time(
+        services: Services, world: World) -> None:
+    """Review s31: ``_after`` read every later version of the scope. It reads them a
+    page at a time in start order and stops at the first not removed: of many set for
+    later, one page; past a page of removed ones, the next page's first."""
+    from domain.services import tariffs as module
+    station = world.stations["A-001"]
+    now = utcnow()
+    versions = [await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.50",
+        valid_from=now + timedelta(hours=hour)) for hour in range(1, module.AFTER_PAGE + 6)]
+    store = services.ctx.store
+    read: list[int] = []
+
+    class Counting:
+        async def find_all(self, *a: Any, **k: Any) -> Any:
+            found = await store.find_all(*a, **k)
+            read.append(len(found))
+            return found
+
+    probe = d.Tariff(station_id=station.id, currency="EUR", price_per_kwh=Decimal(1),
+                     valid_from=now)
+    found = await module._after(Counting(), "station_id", station.id, probe)  # type: ignore[arg-type]
+    assert found is not None and found.id == versions[0].id
+    assert sum(read) <= module.AFTER_PAGE, read
+    # The first page's all removed (each ended where nothing begins): the next page's.
+    for version in versions[:module.AFTER_PAGE]:
+        ended = dataclasses.replace(version, valid_until=version.valid_from + timedelta(
+            minutes=30))
+        await store.write([Update(ended, fields=frozenset({"valid_until"}))], [])
+    found = await module._after(store, "station_id", station.id, probe)
+    assert found is not None and found.id == versions[module.AFTER_PAGE].id
