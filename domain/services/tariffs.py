@@ -24,7 +24,7 @@ from domain.entities import (
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, Store
-from domain.query import Eq, Filter, NotSub, Range, Sort, all_of, any_of
+from domain.query import Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.base import UNSET, Service, stamp_new, still_in_books
 from domain.services.edits import edit, removal, retried
 from domain.tariff_bands import BandInput, checked_bands
@@ -48,6 +48,9 @@ AFTER_LAST_PRICED = timedelta(milliseconds=1)
 #: Versions per station or company one batch reads (the latest before the newest start of
 #: the batch); a session older than all of them is looked up alone.
 VERSIONS_PER_BATCH = 50
+#: Later versions of a scope ``_after`` reads at a time (the next one is nearly always the
+#: first of them).
+AFTER_PAGE = 16
 
 
 def removal_end(tariff: Tariff, now: datetime, last_priced: datetime | None
@@ -185,15 +188,27 @@ async def _after(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff |
     later, or an admin's dated back before it) that is not removed: where ``tariff``
     ends. A removed one (ended where no version begins: by a removal or a handover) is
     history, not the next price (QA s31: an admin's version dated back before one was
-    ended at its start, and its scope was left without a price). A scope has a few
-    versions, so they are read whole."""
-    later = await store.find_all(
-        Tariff, all_of(Eq(field, key), Range("valid_from", gt=tariff.valid_from),
-                       _scope_filter(_scope_of(tariff))),
-        (Sort("valid_from"), Sort("created_at"), Sort("id")))
-    starts = {version.valid_from for version in later}
-    return next((version for version in later
-                 if version.valid_until is None or version.valid_until in starts), None)
+    ended at its start, and its scope was left without a price). Read ``AFTER_PAGE`` at
+    a time in start order, stopping at the first not removed (review s31: a scope's
+    every later version was read, however many years of them)."""
+    where = all_of(Eq(field, key), _scope_filter(_scope_of(tariff)))
+    past: Filter = Range("valid_from", gt=tariff.valid_from)
+    while True:
+        page = await store.find_all(Tariff, all_of(where, past),
+                                    (Sort("valid_from"), Sort("id")), limit=AFTER_PAGE)
+        starts = {version.valid_from for version in page}
+        for version in page:
+            # A version beginning where it ends may be on a later page: asked alone.
+            if (version.valid_until is None or version.valid_until in starts
+                    or (len(page) == AFTER_PAGE
+                        and await _replaced_at_its_end(store, field, key, version))):
+                return version
+        if len(page) < AFTER_PAGE:
+            return None
+        last = page[-1]  # the next page: after it in (start, id) order
+        past = all_of(Range("valid_from", gte=last.valid_from),
+                      any_of(Range("valid_from", gt=last.valid_from),
+                             Range("id", gt=last.id)))
 
 
 async def _replaced_at_its_end(store: Store, field: str, key: Any, tariff: Tariff) -> bool:
@@ -215,13 +230,15 @@ def _replaced_filter(field: str, key: Any, tariff: Tariff) -> Filter:
                   NotSub("id", Tariff.kind, Eq("id", tariff.id)))
 
 
-async def _replaced_by(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff | None:
-    """The version ``tariff`` replaced (``set_tariff`` ended it where ``tariff`` begins):
-    of its owner and scope, the latest ending at ``tariff``'s start. None: it replaced
-    none (its scope had no version in force then, or one removed before)."""
-    found = await store.find_all(Tariff, _replaced_filter(field, key, tariff),
-                                 LATEST_VERSION_FIRST, limit=1)
-    return found[0] if found else None
+async def _replaced_by(store: Store, field: str, key: Any, tariff: Tariff) -> list[Tariff]:
+    """The versions ``tariff`` replaced (``set_tariff`` ended them where ``tariff``
+    begins), latest first: the first is the one it replaced, of its owner and scope the
+    latest ending at ``tariff``'s start; any other ended there before (a version a
+    correction with the same start replaced, one removed at that instant). Empty: it
+    replaced none (its scope had no version in force then, or one removed before). A
+    few: versions ending at one instant."""
+    return await store.find_all(Tariff, _replaced_filter(field, key, tariff),
+                                LATEST_VERSION_FIRST)
 
 
 def _owner(tariff: Tariff) -> tuple[str, Any]:
@@ -349,7 +366,10 @@ class TariffService(Service):
             # It ends where the next version begins only while that one is there: one
             # called off meanwhile left it ending where nothing begins, and its scope fell
             # to the next one from then on (review s31). Run again, it is open.
-            guards.append(Guard(Tariff, Eq("id", after.id)))
+            # And only while it is not removed meanwhile (ended now, review s31): the new
+            # one ended at its start and nothing was left open.
+            guards.append(Guard(Tariff, all_of(Eq("id", after.id),
+                                               Eq("valid_until", after.valid_until))))
         await self.commit(viewer, changes, guards=guards)
         return tariff
 
@@ -408,7 +428,10 @@ class TariffService(Service):
             if not await _replaced_at_its_end(self.store, field, key, tariff):
                 raise ValidationError("it prices no new session already (removed)",
                                       field="id", code="INVALID_STATE")
-            if tariff.valid_until <= now:
+            # Ending where it begins (a correction with its start replaced it), it prices
+            # no session ever, whenever that is: refused as one replaced already is, not
+            # deleted, so the list keeps the correction's history.
+            if tariff.valid_until <= max(now, tariff.valid_from):
                 raise ValidationError("it prices no new session already (replaced by a "
                                       "later version)", field="id", code="INVALID_STATE")
         since = all_of(Eq(field, key), Range("created_at", gte=tariff.valid_from))
@@ -418,16 +441,22 @@ class TariffService(Service):
         # Nothing priced by it (deleted), or a session received from its end on, before
         # this write, would lose its price: the write holds while none comes.
         guards = [Guard(Session, all_of(Eq(field, key), Range("created_at", gte=guarded)),
-                        exists=False),
-                  # After the write none is left ending where it began: one set meanwhile
-                  # before it, ending there (read as the next), would end where nothing
-                  # begins (review s31). Run again, the removal gives it that end back.
-                  Guard(Tariff, _replaced_filter(field, key, tariff), exists=False)]
+                        exists=False)]
         # The version it replaced takes its place again, to where the removed one would
         # have ended (open, or a later version's start): removeTariff undoes setTariff.
-        replaced = await _replaced_by(self.store, field, key, tariff)
-        reopened: list[tuple[Change, Any]] = [] if replaced is None else [
-            (edit(replaced, viewer, valid_until=tariff.valid_until), replaced)]
+        ending = await _replaced_by(self.store, field, key, tariff)
+        reopened: list[tuple[Change, Any]] = [
+            (edit(replaced, viewer, valid_until=tariff.valid_until), replaced)
+            for replaced in ending[:1]]
+        # No version set meanwhile before it, ending where it began (read as the next):
+        # it would end where nothing begins (review s31); run again, the removal gives it
+        # that end back. Only one new since the read: those ending there already stay as
+        # they are (one a correction replaced, one removed there), and guarding on them
+        # failed every try (CHANGED for ever).
+        seen = tuple(version.id for version in ending)
+        guards.append(Guard(Tariff, all_of(
+            _replaced_filter(field, key, tariff),
+            NotSub("id", Tariff.kind, In("id", seen)) if seen else None), exists=False))
         if until is None:
             await self.commit(viewer, [(removal(tariff), tariff), *reopened], guards=guards)
             return tariff

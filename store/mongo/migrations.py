@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
@@ -41,7 +41,7 @@ from store.mongo.codec import (
     storage_name,
     to_doc,
 )
-from store.mongo.journal import MARK
+from store.mongo.journal import MARK, in_flight
 from store.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 log = logging.getLogger("chargegraph.store")
@@ -677,25 +677,41 @@ async def _voided_zero_payments(db: Any) -> None:
                                     {"$set": {"status": "VOIDED", MARK: ObjectId()}})
 
 
+#: What decides a price list version's chain: its owner and its scope.
+TARIFF_CHAIN = ("station_id", "company_id", "connector_type", "power_type")
+
+
+async def _tariff_docs(db: Any, where: dict[str, Any]) -> list[dict[str, Any]]:
+    """The price list versions matching ``where``, with what ``_successive`` orders by
+    and the batch that wrote each last (``MARK``)."""
+    return cast(list[dict[str, Any]], await db["tariff"].find(where, {
+        **dict.fromkeys(TARIFF_CHAIN, 1), "valid_from": 1, "created_at": 1,
+        "valid_until": 1, MARK: 1}).to_list(None))
+
+
+def _successive(docs: list[dict[str, Any]]
+                ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each of ``docs`` and the next of its owner's versions of its scope among them, in
+    ``tariffs.LATEST_VERSION_FIRST``'s order reversed (start, creation, id)."""
+    chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for doc in docs:
+        chains.setdefault(tuple(doc.get(f) for f in TARIFF_CHAIN), []).append(doc)
+    for chain in chains.values():
+        chain.sort(key=lambda doc: (doc["valid_from"], doc["created_at"], str(doc["_id"])))
+        yield from itertools.pairwise(chain)
+
+
 async def _replaced_tariffs_ended(db: Any) -> None:
     """A price list version a later one replaced ends where that one begins, as SQLite's
     migration 83 ends it (its comment has the why): of each owner's versions of one
     scope, in ``tariffs.LATEST_VERSION_FIRST``'s order, each but the latest ends no later
     than the next one's start. Written only while it still ends as read."""
-    chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    fields = ("station_id", "company_id", "connector_type", "power_type")
-    docs = await db["tariff"].find({}, {**dict.fromkeys(fields, 1), "valid_from": 1,
-                                        "created_at": 1, "valid_until": 1}).to_list(None)
-    for doc in docs:
-        chains.setdefault(tuple(doc.get(f) for f in fields), []).append(doc)
-    for chain in chains.values():
-        chain.sort(key=lambda doc: (doc["valid_from"], doc["created_at"], str(doc["_id"])))
-        for doc, after in itertools.pairwise(chain):
-            end = doc.get("valid_until")
-            if end is None or after["valid_from"] < end:
-                await db["tariff"].update_one(
-                    {"_id": doc["_id"], "valid_until": end},
-                    {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
+    for doc, after in _successive(await _tariff_docs(db, {})):
+        end = doc.get("valid_until")
+        if end is None or after["valid_from"] < end:
+            await db["tariff"].update_one(
+                {"_id": doc["_id"], "valid_until": end},
+                {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
 
 
 async def heal_open_tariffs(db: Any) -> None:
@@ -706,19 +722,23 @@ async def heal_open_tariffs(db: Any) -> None:
     start left the one it replaced open, listed and given back by no removal (review
     s31). This build leaves one open version per scope at most, so it reads only the
     open ones (few: one per scope) and writes only where an old build set a price. A
-    version ended meanwhile is left as it is (written only while still open)."""
-    chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    fields = ("station_id", "company_id", "connector_type", "power_type")
-    docs = await db["tariff"].find({"valid_until": None}, {
-        **dict.fromkeys(fields, 1), "valid_from": 1, "created_at": 1}).to_list(None)
-    for doc in docs:
-        chains.setdefault(tuple(doc.get(f) for f in fields), []).append(doc)
-    for chain in chains.values():
-        chain.sort(key=lambda doc: (doc["valid_from"], doc["created_at"], str(doc["_id"])))
-        for doc, after in itertools.pairwise(chain):
-            await db["tariff"].update_one(
-                {"_id": doc["_id"], "valid_until": None},
-                {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
+    version ended meanwhile is left as it is (written only while still open).
+
+    Only versions written for good: one a batch still in flight wrote (a price set on
+    another instance, the version it replaces not ended yet) is left out, as is its
+    chain's pairing with it: healed, the one it replaces kept that end when the batch
+    rolled back and its version went (review s31). Read again after that check, and
+    kept only as written then: a batch closed meanwhile had deleted what it rolled back
+    before its journal went."""
+    first = await _tariff_docs(db, {"valid_until": None})
+    busy = await in_flight(db, first)
+    settled = {(doc["_id"], doc.get(MARK)) for doc in first if doc.get(MARK) not in busy}
+    docs = [doc for doc in await _tariff_docs(db, {"valid_until": None})
+            if (doc["_id"], doc.get(MARK)) in settled]
+    for doc, after in _successive(docs):
+        await db["tariff"].update_one(
+            {"_id": doc["_id"], "valid_until": None},
+            {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
 
 
 #: The kinds whose NAME order sorts by a key stored beside the name.

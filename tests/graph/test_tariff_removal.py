@@ -16,7 +16,7 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import StoreUnavailable, ValidationError
 from domain.policy import SYSTEM
-from domain.ports import Insert
+from domain.ports import Insert, Update
 from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
@@ -434,3 +434,107 @@ async def test_an_admins_version_dated_back_before_removed_ones_is_in_force_afte
     assert backdated.valid_until is None
     assert (await services.tariffs.tariff_at(station, utcnow())).id == backdated.id  # type: ignore[union-attr]
     assert await services.tariffs.in_force_beside(admin, backdated) == backdated
+
+
+async def test_a_corrected_price_is_removable(api: Api, services: Services,
+                                              world: World) -> None:
+    """Review s31: A now, X for tomorrow (A ends at T), then Y at the same T, a
+    correction (X ends at T, empty). Removing Y failed CHANGED on every try, A still
+    ending at Y's start; removing X did too. X is refused INVALID_STATE (it prices no
+    session ever); Y is deleted, X takes its place again; the price set later from a
+    removed version's end is removable too."""
+    station = world.stations["A-001"]
+    station_id = gid("station", station.id)
+    at = (utcnow() + timedelta(days=1)).isoformat()
+    fields = "tariff { id validUntil } inForce { id }"
+
+    async def set_price(price: str, valid_from: str | None = None,
+                        who: str = "op_a") -> str:
+        made = await call(api, world, who, "setTariff", {
+            "stationId": station_id, "pricePerKwh": price, "currency": "EUR",
+            **({"validFrom": valid_from} if valid_from else {})}, fields)
+        assert made["errors"] == [], made
+        return str(made["tariff"]["id"])
+
+    a = await set_price("0.40")
+    x = await set_price("0.50", at)
+    y = await set_price("0.55", at)
+    refused = await call(api, world, "op_a", "removeTariff", {"id": x}, fields)
+    assert codes(refused) == [("id", "INVALID_STATE")], refused
+    removed = await call(api, world, "op_a", "removeTariff", {"id": y}, fields)
+    assert removed["errors"] == [] and removed["inForce"] == {"id": a}, removed
+    tomorrow = await services.tariffs.tariff_at(station, utcnow() + timedelta(days=2))
+    assert tomorrow is not None and tomorrow.id == from_global_id(x, "id")[1]
+    # An admin's price set from exactly a removed version's end.
+    removed_a = await call(api, world, "op_a", "removeTariff", {"id": a}, fields)
+    assert removed_a["errors"] == [], removed_a
+    end = removed_a["tariff"]["validUntil"]
+    n = await set_price("0.60", end, who="admin")
+    again = await call(api, world, "op_a", "removeTariff", {"id": n}, fields)
+    assert again["errors"] == [], again
+
+
+async def test_a_price_dated_back_is_not_ended_at_a_version_removed_meanwhile(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s31: an admin's version dated 2 h back, read B (in force since 1 h) as its
+    next; an operator removed B (ended it now) between that read and the write: the new
+    version ended at B's start and nothing was open. Run again, it is open."""
+    from domain.services import tariffs as module
+    station = world.stations["A-001"]
+    b = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.60",
+        valid_from=utcnow() - timedelta(hours=1))
+    after = module._after
+    removed = False
+
+    async def between(*a: Any) -> Any:
+        nonlocal removed
+        got = await after(*a)
+        if not removed:
+            removed = True
+            await services.tariffs.remove_tariff(world.viewer("op_a"), b.id)
+        return got
+
+    monkeypatch.setattr(module, "_after", between)
+    made = await services.tariffs.set_tariff(
+        world.viewer("admin"), station_id=station.id, currency="EUR", price_per_kwh="0.66",
+        valid_from=utcnow() - timedelta(hours=2))
+    assert removed
+    [stored] = await services.ctx.store.find_all(d.Tariff, Eq("id", made.id))
+    assert stored.valid_until is None, stored.valid_until
+    priced = await services.tariffs.tariff_at(station, utcnow() + timedelta(hours=1))
+    assert priced is not None and priced.id == made.id
+
+
+async def test_the_next_version_is_read_a_page_at_a_time(
+        services: Services, world: World) -> None:
+    """Review s31: ``_after`` read every later version of the scope. It reads them a
+    page at a time in start order and stops at the first not removed: of many set for
+    later, one page; past a page of removed ones, the next page's first."""
+    from domain.services import tariffs as module
+    station = world.stations["A-001"]
+    now = utcnow()
+    versions = [await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.50",
+        valid_from=now + timedelta(hours=hour)) for hour in range(1, module.AFTER_PAGE + 6)]
+    store = services.ctx.store
+    read: list[int] = []
+
+    class Counting:
+        async def find_all(self, *a: Any, **k: Any) -> Any:
+            found = await store.find_all(*a, **k)
+            read.append(len(found))
+            return found
+
+    probe = d.Tariff(station_id=station.id, currency="EUR", price_per_kwh=Decimal(1),
+                     valid_from=now)
+    found = await module._after(Counting(), "station_id", station.id, probe)  # type: ignore[arg-type]
+    assert found is not None and found.id == versions[0].id
+    assert sum(read) <= module.AFTER_PAGE, read
+    # The first page's all removed (each ended where nothing begins): the next page's.
+    for version in versions[:module.AFTER_PAGE]:
+        ended = dataclasses.replace(version, valid_until=version.valid_from + timedelta(
+            minutes=30))
+        await store.write([Update(ended, fields=frozenset({"valid_until"}))], [])
+    found = await module._after(store, "station_id", station.id, probe)
+    assert found is not None and found.id == versions[module.AFTER_PAGE].id

@@ -2334,6 +2334,48 @@ async def test_a_price_an_old_build_set_ends_the_one_it_replaced_at_the_next_sta
                    replaced.id: old_builds.valid_from, old_builds.id: None}
 
 
+async def test_the_heal_leaves_a_price_of_a_batch_in_flight(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another instance sets a price: its batch inserted the new version, not yet ended
+    the one it replaces, when this one starts and heals. The batch then fails and rolls
+    back: the version it replaces is open as before (review s31: healed, it kept the end
+    at the deleted version's start, and the company had no price of its own from then
+    on). Run again once nothing is in flight, the heal ends nothing more."""
+    from domain.entities import Tariff
+
+    base = utcnow() - timedelta(days=1)
+    co1 = str(ObjectId())
+
+    def version(start: int) -> Tariff:
+        at = base + timedelta(minutes=start)
+        return Tariff(company_id=co1, price_per_kwh=Decimal(1), currency="EUR",
+                      valid_from=at, created_at=at, updated_at=at)
+
+    old, new = version(100), version(200)
+    await mongo.write([Insert(old)], [])
+    ended = dataclasses.replace(old, valid_until=new.valid_from)
+    apply = writes.apply
+    healed = False
+
+    async def heal_then_fail(db: Any, step: Any, *rest: Any) -> list[Record]:
+        nonlocal healed
+        if isinstance(step, Update) and step.record is ended:
+            await migrations.heal_open_tariffs(mongo.db)  # the new one inserted
+            healed = True
+            raise RuntimeError("the batch fails")
+        return await apply(db, step, *rest)
+
+    monkeypatch.setattr(writes, "apply", heal_then_fail)
+    with pytest.raises(RuntimeError):
+        await mongo.write([Insert(new), Update(ended, frozenset({"valid_until"}))],
+                          [audit_of(new, AuditAction.CREATE)])
+    monkeypatch.setattr(writes, "apply", apply)
+    assert healed
+    await migrations.heal_open_tariffs(mongo.db)
+    got = {t.id: t.valid_until for t in await mongo.find_all(Tariff, ALL)}
+    assert got == {old.id: None}
+
+
 async def test_cards_from_before_record_who_set_their_expiry(mongo: MongoStore) -> None:
     """What SQLite migration 80 does: a card with an expiry written before
     ``expiry_set_by`` existed takes its creator, or its last writer when its holder
