@@ -18,6 +18,7 @@ from chargegraph.settings import Settings
 from domain.services import Services
 from tests.helpers import FastHasher, any_ocpp_port, loopback_socket, soon, until_started
 from tests.ocpp.conftest import Central, seed
+from tests.support.redis_server import RedisServer
 
 
 @dataclass
@@ -93,3 +94,20 @@ async def running_service(tmp_path: Path, *, seed_data: bool = True, **overrides
 async def service(tmp_path: Path) -> AsyncIterator[Running]:
     async with running_service(tmp_path) as running:
         yield running
+
+
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path: Path, **b_settings: Any
+                        ) -> AsyncIterator[tuple[Running, Running]]:
+    """Instances A (with the demo data) and B, sharing A's database and one Redis; B's
+    settings overridden by ``b_settings`` (``ocpp_enabled=False``: the API alone)."""
+    redis = RedisServer().start()
+    try:
+        # B needs A's database URL, so the two cannot share one `with`.
+        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
+            async with running_service(tmp_path / "b", pubsub_url=redis.url,
+                                       database_url=a.settings.database_url,
+                                       seed_data=False, **b_settings) as b:
+                yield a, b
+    finally:
+        redis.cleanup()

@@ -35,11 +35,10 @@ from domain.services.site_load import LEVEL_UNKNOWN_FOR, MAX_STACK_LEVEL_KEY
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from store.sqlite import SqliteStore
-from tests.e2e.conftest import Running, running_service
+from tests.e2e.conftest import Running, running_service, two_instances
 from tests.helpers import FastHasher
 from tests.helpers import until as until_async
 from tests.ocpp.conftest import STATION_PASSWORD
-from tests.support.redis_server import RedisServer
 
 SITE = """mutation($i: CreateSiteInput!) {
   createSite(input: $i) { site { id } errors { code } } }"""
@@ -1097,28 +1096,20 @@ async def test_an_api_only_instance_forgets_what_it_read_of_a_charger_through_re
     # As above, between two instances on one database and one Redis: B serves the API
     # alone, and reads CP-1's level and units through A, which holds it, when its site
     # edit sends the site's fallback; CP-1 connecting to A again has B forget them.
-    redis = RedisServer().start()
-    try:
-        # B needs A's database URL, so the two cannot share one `with`.
-        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
-            async with running_service(tmp_path / "b", pubsub_url=redis.url,
-                                       database_url=a.settings.database_url,
-                                       seed_data=False, ocpp_enabled=False) as b:
-                site_load = b.services.site_load
-                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD,
-                                     charge_point=CurrentOnlyChargePoint) as cp:
-                    await site_of_two(a, 40, via=b)
-                    await until(lambda: fallbacks(cp), "CP-1 sent the site's fallback")
-                    await site_load.settled()
-                    assert site_load._units.get("CP-1") == frozenset({ChargingRateUnit.A})
-                    assert "CP-1" in site_load._levels
-                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD,
-                                     charge_point=CurrentOnlyChargePoint):
-                    await until(lambda: "CP-1" not in site_load._levels,
-                                "CP-1's level forgotten on B")
-                    assert "CP-1" not in site_load._units
-    finally:
-        redis.cleanup()
+    async with two_instances(tmp_path, ocpp_enabled=False) as (a, b):
+        site_load = b.services.site_load
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=CurrentOnlyChargePoint) as cp:
+            await site_of_two(a, 40, via=b)
+            await until(lambda: fallbacks(cp), "CP-1 sent the site's fallback")
+            await site_load.settled()
+            assert site_load._units.get("CP-1") == frozenset({ChargingRateUnit.A})
+            assert "CP-1" in site_load._levels
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=CurrentOnlyChargePoint):
+            await until(lambda: "CP-1" not in site_load._levels,
+                        "CP-1's level forgotten on B")
+            assert "CP-1" not in site_load._units
 
 
 async def test_an_overridden_session_keeps_the_unit_its_last_limit_was_sent_in(

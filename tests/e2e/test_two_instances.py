@@ -4,8 +4,6 @@ from the instance holding a charger's websocket to the other."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,29 +20,13 @@ from domain.services.charging import ChargingService
 from ocpp_bridge.simulator import connected
 from pubsub.factory import open_event_bus
 from store.sqlite import SqliteStore
-from tests.e2e.conftest import Running, running_service
+from tests.e2e.conftest import running_service, two_instances
 from tests.e2e.wsclient import GraphQLWS
 from tests.helpers import FastHasher, soon, until
 from tests.ocpp.conftest import STATION_PASSWORD
 from tests.ocpp.test_charger_actions import RESERVE
-from tests.support.redis_server import RedisServer
 
 STATUS = "subscription { connectorStatusChanged { cpId connectorId status } }"
-
-
-@contextlib.asynccontextmanager
-async def two_instances(tmp_path: Path) -> AsyncIterator[tuple[Running, Running]]:
-    """Instances A (with the demo data) and B, sharing A's database and one Redis."""
-    redis = RedisServer().start()
-    try:
-        # B needs A's database URL, so the two cannot share one `with`.
-        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
-            async with running_service(tmp_path / "b", pubsub_url=redis.url,
-                                       database_url=a.settings.database_url,
-                                       seed_data=False) as b:
-                yield a, b
-    finally:
-        redis.cleanup()
 
 
 async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
@@ -395,34 +377,26 @@ async def test_every_instance_follows_what_the_others_change_through_one_subscri
         return follow(charging, events)
 
     monkeypatch.setattr(ChargingService, "follow", counted)
-    redis = RedisServer().start()
-    try:
-        # B needs A's database URL, so the two cannot share one `with`.
-        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
-            async with running_service(tmp_path / "b", pubsub_url=redis.url,
-                                       database_url=a.settings.database_url,
-                                       seed_data=False, ocpp_enabled=False) as b:
-                instances = (a.services.charging, b.services.charging)
-                assert [follows.count(charging) for charging in instances] == [1, 1]
-                # The third: services of their own over the same database and Redis.
-                store = SqliteStore(a.settings.database_url.removeprefix("sqlite:///"))
-                await store.start()
-                bus = open_event_bus(redis.url)
-                await bus.start()
-                try:
-                    other = Services(ServiceContext(store=store, policy=Policy(),
-                                                    hasher=FastHasher(), bus=bus))
-                    station = await store.find_one(d.Station, Eq("cp_id", "CP-1"))
-                    assert station is not None
-                    for charging in instances:  # as if its charger's messages read it
-                        charging.cache.remember(station)
-                        assert charging.cache.station("CP-1") is not None
-                    await other.stations.update_station(SYSTEM, station.id, name="Renamed")
-                    await soon(lambda: all(charging.cache.station("CP-1") is None
-                                           for charging in instances))
-                finally:
-                    await bus.close()
-                    await store.close()
-        assert len(follows) == 2  # the third instance follows nothing here
-    finally:
-        redis.cleanup()
+    async with two_instances(tmp_path, ocpp_enabled=False) as (a, b):
+        instances = (a.services.charging, b.services.charging)
+        assert [follows.count(charging) for charging in instances] == [1, 1]
+        # The third: services of their own over the same database and Redis.
+        store = SqliteStore(a.settings.database_url.removeprefix("sqlite:///"))
+        await store.start()
+        bus = open_event_bus(a.settings.pubsub_url)
+        await bus.start()
+        try:
+            other = Services(ServiceContext(store=store, policy=Policy(),
+                                            hasher=FastHasher(), bus=bus))
+            station = await store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            assert station is not None
+            for charging in instances:  # as if its charger's messages read it
+                charging.cache.remember(station)
+                assert charging.cache.station("CP-1") is not None
+            await other.stations.update_station(SYSTEM, station.id, name="Renamed")
+            await soon(lambda: all(charging.cache.station("CP-1") is None
+                                   for charging in instances))
+        finally:
+            await bus.close()
+            await store.close()
+    assert len(follows) == 2  # the third instance follows nothing here

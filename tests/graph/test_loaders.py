@@ -5,7 +5,7 @@ answered None."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -23,6 +23,20 @@ class Counting:
         if self.fail:
             raise RuntimeError("store down")
         return [key * 10 for key in keys][: -1 if self.short else None]
+
+
+def gated() -> tuple[asyncio.Event, list[list[int]], Callable[[Sequence[int]],
+                                                             Awaitable[list[int]]]]:
+    """A batch function answering once its gate is set, and the batches it was asked."""
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def slow(keys: Sequence[int]) -> list[int]:
+        batches.append(list(keys))
+        await gate.wait()
+        return [key * 10 for key in keys]
+
+    return gate, batches, slow
 
 
 async def test_loads_of_one_turn_and_of_the_tasks_it_starts_make_one_batch() -> None:
@@ -116,14 +130,7 @@ async def test_prime_keeps_what_the_request_already_has() -> None:
 
 
 async def test_a_load_during_a_fetch_waits_for_the_fetchs_batch() -> None:
-    gate = asyncio.Event()
-    batches: list[list[int]] = []
-
-    async def slow(keys: Sequence[int]) -> list[int]:
-        batches.append(list(keys))
-        await gate.wait()
-        return [key * 10 for key in keys]
-
+    gate, batches, slow = gated()
     loader: BatchLoader[int, int] = BatchLoader(slow)
     fetching = asyncio.ensure_future(loader.fetch([1, 2]))
     await asyncio.sleep(0)  # the fetch's batch is under way
@@ -168,14 +175,7 @@ async def test_a_cancelled_prefetch_leaves_its_batch_to_the_loads_that_joined_it
     """A prefetching field cancelled with its siblings (review s31): its batch goes on
     for a load of one of its keys made meanwhile, which gets its value, not a
     CancelledError."""
-    gate = asyncio.Event()
-    batches: list[list[int]] = []
-
-    async def slow(keys: Sequence[int]) -> list[int]:
-        batches.append(list(keys))
-        await gate.wait()
-        return [key * 10 for key in keys]
-
+    gate, batches, slow = gated()
     loader: BatchLoader[int, int] = BatchLoader(slow)
     fetching = asyncio.ensure_future(loader.fetch([1, 2]))
     for _ in range(2):  # the fetch's batch is under way
