@@ -737,7 +737,8 @@ async def heal_open_tariffs(db: Any) -> None:
             if (doc["_id"], doc.get(MARK)) in settled]
     for doc, after in _successive(docs):
         await db["tariff"].update_one(
-            {"_id": doc["_id"], "valid_until": None},
+            # As read: a batch that wrote it since (its mark) is left to its writer.
+            {"_id": doc["_id"], "valid_until": None, MARK: doc.get(MARK)},
             {"$set": {"valid_until": after["valid_from"], MARK: ObjectId()}})
 
 
