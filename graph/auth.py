@@ -97,9 +97,10 @@ class TokenService:
                 max(int(claims["iat"]), int(claims.get("nbf", 0))), UTC) - LEEWAY
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError) as exc:
             raise Unauthenticated("the token is not valid", code="INVALID_TOKEN") from exc
-        if self._clock() < valid_from:  # issued in the future, past the clocks' leeway
+        now = self._clock()
+        if now < valid_from:  # issued in the future, past the clocks' leeway
             raise Unauthenticated("the token is not valid", code="INVALID_TOKEN")
-        if self._clock() >= valid_until:
+        if now >= valid_until:
             raise Unauthenticated("the token has expired", code="TOKEN_EXPIRED")
         epoch = claims.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool):

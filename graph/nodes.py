@@ -1594,9 +1594,7 @@ class AuditEntry(Node, Audited):
 
     @strawberry.field(description="The user who made the change, when it was a user.")
     async def actor_user(self, info: Info) -> User | None:
-        if not is_id(self._r.actor):
-            return None
-        return await _related(info, User, self._r.actor)
+        return await _actor_user(info, self._r.actor)
 
 
 @strawberry.type(description=(

@@ -38,7 +38,7 @@ from graph.enums import ConnectorStatus, ReservationState, SessionState
 from graph.filters import BOUNDED, USE_CP_IDS, bounded, global_ids, listed_beside
 from graph.ids import expect_id, shown_actor, to_global_id
 from graph.loaders import Loaders
-from graph.nodes import Connector, Reservation, Session, Station, User, _related
+from graph.nodes import Connector, Reservation, Session, Station, User, _actor_user
 
 Info = strawberry.Info
 PUBLIC_TOPICS = frozenset({ConnectorStatusChanged.topic, StationConnectionChanged.topic})
@@ -331,10 +331,7 @@ class CommandEvent:
     @strawberry.field(description="Who asked for it, if the viewer may see them (a console "
                                   "names them without another request).")
     async def requested_by_user(self, info: Info) -> User | None:
-        asker = self._e.requested_by  # as stored: a user's raw id
-        if not is_id(asker):
-            return None
-        return await _related(info, User, asker)  # type: ignore[no-any-return]
+        return await _actor_user(info, self._e.requested_by)  # as stored: a raw id
 
 
 class LiveFeed(AsyncIterator[Any]):

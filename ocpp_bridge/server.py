@@ -1126,12 +1126,9 @@ class OcppServer:
 
     def _passed(self, station: Any, peer: str) -> bool:
         """The right password: its address's count is cleared and the address known for
-        the station (``ChargerSignIns.succeeded``)."""
-        sign_ins, key = self._limits(station)
-        if sign_ins is self.charging.sign_ins:
-            self.charging.charger_passed(station, key, peer)  # known, here and stored
-        else:  # a made-up id's table, where nobody passes
-            sign_ins.succeeded(station.cp_id, key, peer)
+        the station (``ChargerSignIns.succeeded``), here and stored. Only a real station
+        passes: a made-up id is checked against a hash no password matches (``_decoy``)."""
+        self.charging.charger_passed(station, station.auth_password_hash, peer)
         return True
 
     def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout, *,

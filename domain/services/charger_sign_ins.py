@@ -134,9 +134,9 @@ class KnownAddresses:
             self._passed[key] = passed_at
             self._passed.move_to_end(key, last=False)  # the oldest end
 
-    def _remember(self, key: str, at: datetime | None = None) -> None:
+    def _remember(self, key: str) -> None:
         self._passed.pop(key, None)
-        self._passed[key] = self.clock() if at is None else at  # most recent last
+        self._passed[key] = self.clock()  # most recent last
         while len(self._passed) > MAX_TRACKED:
             self._passed.popitem(last=False)
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import datetime
 
 from domain.entities import KnownChargerAddress, Station
 from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.policy import SYSTEM
-from domain.ports import Change, Delete, Guard, Insert, Store, Update
+from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Range
-from domain.services.base import pages, stamp_new, sweep_expired
+from domain.services.base import pages, patch, stamp_new, sweep_expired
 from domain.services.throttle import MAX_TRACKED
 
 #: Records read or deleted at once.
@@ -43,10 +42,9 @@ async def keep(store: Store, station_id: str, pair: str, at: datetime) -> None:
     would outlive this one's removal (review s31)."""
     record = KnownChargerAddress(id=pair[:24], station_id=station_id, pair=pair,
                                  passed_at=at)
-    found = (await store.get_many(KnownChargerAddress, [record.id]))[0]
-    change: Change = Insert(stamp_new(record, SYSTEM, at)) if found is None else Update(
-        replace(found, station_id=station_id, passed_at=at, updated_at=at),
-        frozenset({"station_id", "passed_at", "updated_at"}))
+    [found] = await store.get_many(KnownChargerAddress, [record.id])
+    change: Change = Insert(stamp_new(record, SYSTEM, at)) if found is None else patch(
+        found, SYSTEM, station_id=station_id, passed_at=at)
     with contextlib.suppress(Conflict, NotFound, UniqueViolation):
         await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
 

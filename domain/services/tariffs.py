@@ -198,9 +198,10 @@ async def _after(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff |
                                     (Sort("valid_from"), Sort("id")), limit=AFTER_PAGE)
         starts = {version.valid_from for version in page}
         for version in page:
-            # A version beginning where it ends may be on a later page: asked alone.
+            # A version beginning where it ends may be on a later page (only if it ends
+            # at or after this page's last start): asked alone.
             if (version.valid_until is None or version.valid_until in starts
-                    or (len(page) == AFTER_PAGE
+                    or (len(page) == AFTER_PAGE and version.valid_until >= page[-1].valid_from
                         and await _replaced_at_its_end(store, field, key, version))):
                 return version
         if len(page) < AFTER_PAGE:
@@ -215,12 +216,10 @@ async def _replaced_at_its_end(store: Store, field: str, key: Any, tariff: Tarif
     """Whether a later version of ``tariff``'s owner and scope begins where it ends: it
     was replaced, not removed (QA s31: asked of the next version, a removed one read as
     the next and a version in force was refused as removed)."""
-    found = await store.find_all(
+    return await store.find_one(
         Tariff, all_of(Eq(field, key), Eq("valid_from", tariff.valid_until),
                        _scope_filter(_scope_of(tariff)),
-                       NotSub("id", Tariff.kind, Eq("id", tariff.id))),
-        (Sort("id"),), limit=1)
-    return bool(found)
+                       NotSub("id", Tariff.kind, Eq("id", tariff.id)))) is not None
 
 
 def _replaced_filter(field: str, key: Any, tariff: Tariff) -> Filter:

@@ -1100,7 +1100,7 @@ async def _minor_units(db: Any) -> None:
                     {"_id": doc["_id"], _RESCALED: {"$exists": False}},
                     {"$set": {field: _rescaled(doc[field], doc["currency"]),
                               _RESCALED: True, MARK: ObjectId()}})
-    await _migrations(db).update_one({"_id": "minor_units"}, {"$set": {"done": True}})
+    # Marked done by ``_once``, which runs it.
 
 
 def _rescaled(amount: int, currency: str) -> int:
