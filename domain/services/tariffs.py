@@ -222,6 +222,23 @@ async def _replaced_at_its_end(store: Store, field: str, key: Any, tariff: Tarif
                        NotSub("id", Tariff.kind, Eq("id", tariff.id)))) is not None
 
 
+async def _ending_as(store: Store, field: str, key: Any, tariff: Tariff) -> Tariff | None:
+    """The version a new ``tariff`` replaces: of its owner and scope, the latest from
+    before its start whose end is the new one's (open, or the next version's start), the
+    one in force at its start in the usual case. One ending elsewhere keeps its end: one
+    removed already keeps its removal (an admin's version dated back across it). Not
+    necessarily the one in force there: a version dated inside a removed one's priced
+    range, whose removal reopened the one it had replaced, replaces that one (review
+    s31: it was left open beside the new one, two versions listed open). Ending it at
+    the new one's start prices as before: from there on the new one, later in
+    ``LATEST_VERSION_FIRST``'s order with the same end, prices what it would have."""
+    found = await store.find_all(Tariff, all_of(
+        Eq(field, key), Range("valid_from", lte=tariff.valid_from),
+        _scope_filter(_scope_of(tariff)), Eq("valid_until", tariff.valid_until)),
+        LATEST_VERSION_FIRST, limit=1)
+    return found[0] if found else None
+
+
 def _replaced_filter(field: str, key: Any, tariff: Tariff) -> Filter:
     """Versions ``tariff`` replaced (``_replaced_by``), itself left out."""
     return all_of(Eq(field, key), Range("valid_from", lte=tariff.valid_from),
@@ -358,16 +375,14 @@ class TariffService(Service):
         station = await self._may_price(viewer, tariff.company_id, tariff.station_id)
         stamp_new(tariff, viewer)
         field, key = _owner(tariff)
-        replaced = await _latest(self.store, field, key, tariff.valid_from, _scope_of(tariff))
         after = await _after(self.store, field, key, tariff)
         tariff.valid_until = after.valid_from if after is not None else None
+        replaced = await _ending_as(self.store, field, key, tariff)
         changes: list[tuple[Change, Any]] = [(Insert(tariff), None)]
-        # The version in force at its start ends there (the list shows what prices), on
-        # the version read: a removal or another price meanwhile runs this again. Only one
-        # whose end was the new one's (open, or a later version's start): that end is what
-        # a removal of the new one gives back (``remove_tariff``); one removed already
-        # keeps its removal (an admin's version dated back across it).
-        if replaced is not None and replaced.valid_until == tariff.valid_until:
+        # The version it replaces ends at its start (the list shows what prices), on the
+        # version read: a removal or another price meanwhile runs this again. That end is
+        # what a removal of the new one gives back (``remove_tariff``).
+        if replaced is not None:
             changes.append((edit(replaced, viewer, valid_until=tariff.valid_from), replaced))
         guards = [still_in_books(station)] if station is not None else []
         if after is not None:

@@ -436,6 +436,39 @@ async def test_an_admins_version_dated_back_before_removed_ones_is_in_force_afte
     assert await services.tariffs.in_force_beside(admin, backdated) == backdated
 
 
+async def test_an_admins_version_dated_inside_a_removed_one_leaves_one_open(
+        services: Services, world: World) -> None:
+    """Review s31, left then: 0.60 replaced 0.55 and was removed (0.55 open again); an
+    admin's 0.66 dated inside 0.60's priced range found 0.60 in force at its start,
+    which keeps its removal, and left 0.55 open beside it: two versions listed open,
+    0.66 pricing. 0.66 replaces 0.55 from its start (pricing as before), and removed,
+    gives it back."""
+    station = world.stations["A-001"]
+    admin = world.viewer("admin")
+    older = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.55",
+        valid_from=utcnow() - timedelta(hours=3))
+    removed = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.60",
+        valid_from=utcnow() - timedelta(hours=2))
+    await services.tariffs.remove_tariff(world.viewer("op_a"), removed.id)
+    backdated = await services.tariffs.set_tariff(
+        admin, station_id=station.id, currency="EUR", price_per_kwh="0.66",
+        valid_from=utcnow() - timedelta(hours=1))
+
+    async def open_ones() -> list[str]:
+        versions = await services.ctx.store.find_all(d.Tariff, Eq("station_id", station.id))
+        return [t.id for t in versions if t.valid_until is None]
+
+    assert await open_ones() == [backdated.id]
+    assert (await services.tariffs.tariff_at(station, utcnow())).id == backdated.id  # type: ignore[union-attr]
+    inside = await services.tariffs.tariff_at(station, backdated.valid_from)
+    assert inside is not None and inside.id == backdated.id
+    await services.tariffs.remove_tariff(world.viewer("op_a"), backdated.id)
+    assert await open_ones() == [older.id]
+    assert (await services.tariffs.tariff_at(station, utcnow())).id == older.id  # type: ignore[union-attr]
+
+
 async def test_a_corrected_price_is_removable(api: Api, services: Services,
                                               world: World) -> None:
     """Review s31: A now, X for tomorrow (A ends at T), then Y at the same T, a
