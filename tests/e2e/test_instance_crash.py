@@ -6,7 +6,6 @@ nothing on its way out."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from domain import entities as d
@@ -17,14 +16,15 @@ from tests.e2e.test_process import serve
 from tests.e2e.wsclient import GraphQLWS
 from tests.helpers import communicate
 from tests.ocpp.conftest import STATION_PASSWORD
+from tests.shell.test_process import clean_env
 from tests.support.redis_server import RedisServer
 
 LEASE_S = 1.0
 CONNECTIONS = "subscription { stationConnectionChanged { cpId online } }"
 
 
-def environment(database_url: str, redis_url: str) -> dict[str, str]:
-    return {**os.environ, "CHARGEGRAPH_DATABASE_URL": database_url,
+def environment(tmp_path: Path, database_url: str, redis_url: str) -> dict[str, str]:
+    return {**clean_env(tmp_path), "CHARGEGRAPH_DATABASE_URL": database_url,
             "CHARGEGRAPH_PUBSUB_URL": redis_url, "CHARGEGRAPH_JWT_SECRET": "e" * 40,
             "CHARGEGRAPH_INSTANCE_LEASE_SECONDS": str(LEASE_S)}
 
@@ -39,7 +39,8 @@ async def test_a_killed_instances_chargers_are_recorded_offline_by_another(
             (tmp_path / "a").mkdir()
             # In a thread: B (this loop) renews its lease and serves meanwhile.
             victim, _, ocpp_port = await asyncio.to_thread(
-                serve, environment(b.settings.database_url, redis.url), tmp_path / "a")
+                serve, environment(tmp_path / "a", b.settings.database_url, redis.url),
+                tmp_path / "a")
             watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
             await watcher.subscribe(CONNECTIONS)
             await b.until_subscribed(1)

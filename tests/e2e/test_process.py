@@ -4,7 +4,6 @@ they bound them (``--port 0 --ocpp-port 0``, read from their log: ``served_ports
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -13,20 +12,17 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import communicate, served_ports, wait_healthy
+from tests.shell.test_process import clean_env
 
 PASSWORD = "a long admin password"
 
 
-def env_for(tmp_path: Path) -> dict[str, str]:
-    # The log at INFO (the default): its ready lines name the ports (``served_ports``).
-    return {**os.environ, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/svc.db"}
-
-
 def serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], str, int]:
-    """``chargegraph serve`` on ports of its choosing (no other process can take them
-    before it binds, as a port chosen for it could be), once healthy:
-    the process, its GraphQL URL and its OCPP port. It blocks: a test whose event loop
-    serves meanwhile (another instance) calls it in a thread."""
+    """``chargegraph serve`` on ports of its choosing, once healthy: the process, its
+    GraphQL URL and its OCPP port. No other process can take the ports before it binds
+    them, as one chosen for it could be; its log (at INFO, as ``clean_env`` leaves it)
+    names them. It blocks: a test whose event loop serves meanwhile (another instance)
+    calls it in a thread."""
     process = subprocess.Popen(
         [sys.executable, "-m", "chargegraph", "serve", "--port", "0",
          "--ocpp-port", "0"], env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
@@ -56,7 +52,7 @@ async def gql(url: str, query: str, variables: dict | None = None, token: str | 
 
 
 async def test_serve_charge_and_stop_gracefully(tmp_path: Path) -> None:
-    env = env_for(tmp_path)
+    env = clean_env(tmp_path)
     made = subprocess.run([sys.executable, "-m", "chargegraph", "create-user", "--email",
                            "admin@example.com", "--password", PASSWORD, "--role", "admin"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
