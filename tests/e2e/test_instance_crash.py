@@ -6,37 +6,27 @@ nothing on its way out."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge.simulator import connected
 from tests.e2e.conftest import running_service
-from tests.e2e.test_process import wait_healthy
+from tests.e2e.test_process import serve
 from tests.e2e.wsclient import GraphQLWS
-from tests.helpers import free_port
+from tests.helpers import communicate
 from tests.ocpp.conftest import STATION_PASSWORD
+from tests.shell.test_process import clean_env
 from tests.support.redis_server import RedisServer
 
 LEASE_S = 1.0
 CONNECTIONS = "subscription { stationConnectionChanged { cpId online } }"
 
 
-def serve(tmp_path: Path, database_url: str, redis_url: str) -> tuple[subprocess.Popen[bytes],
-                                                                      int, int]:
-    port, ocpp_port = free_port(), free_port()
-    env = {**os.environ, "CHARGEGRAPH_DATABASE_URL": database_url,
-           "CHARGEGRAPH_PUBSUB_URL": redis_url, "CHARGEGRAPH_PORT": str(port),
-           "CHARGEGRAPH_OCPP_PORT": str(ocpp_port), "CHARGEGRAPH_JWT_SECRET": "e" * 40,
-           "CHARGEGRAPH_INSTANCE_LEASE_SECONDS": str(LEASE_S),
-           "CHARGEGRAPH_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "chargegraph", "serve"], env=env,
-                               cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    return process, port, ocpp_port
+def environment(tmp_path: Path, database_url: str, redis_url: str) -> dict[str, str]:
+    return {**clean_env(tmp_path), "CHARGEGRAPH_DATABASE_URL": database_url,
+            "CHARGEGRAPH_PUBSUB_URL": redis_url, "CHARGEGRAPH_JWT_SECRET": "e" * 40,
+            "CHARGEGRAPH_INSTANCE_LEASE_SECONDS": str(LEASE_S)}
 
 
 async def test_a_killed_instances_chargers_are_recorded_offline_by_another(
@@ -47,9 +37,10 @@ async def test_a_killed_instances_chargers_are_recorded_offline_by_another(
         async with running_service(tmp_path / "b", pubsub_url=redis.url,
                                    instance_lease_seconds=LEASE_S) as b:
             (tmp_path / "a").mkdir()
-            victim, port, ocpp_port = serve(tmp_path / "a", b.settings.database_url,
-                                            redis.url)
-            await wait_healthy(f"http://127.0.0.1:{port}", victim)
+            # In a thread: B (this loop) renews its lease and serves meanwhile.
+            victim, _, ocpp_port = await asyncio.to_thread(
+                serve, environment(tmp_path / "a", b.settings.database_url, redis.url),
+                tmp_path / "a")
             watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
             await watcher.subscribe(CONNECTIONS)
             await b.until_subscribed(1)
@@ -76,7 +67,8 @@ async def test_a_killed_instances_chargers_are_recorded_offline_by_another(
                 assert await store.get_many(d.InstanceLease, [holder]) == [None]
             await watcher.close()
     finally:
-        if victim is not None and victim.poll() is None:
-            victim.kill()
-            victim.wait()
+        if victim is not None:
+            if victim.poll() is None:
+                victim.kill()
+            communicate(victim, 10)  # its pipes closed
         redis.cleanup()

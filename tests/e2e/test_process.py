@@ -1,9 +1,9 @@
-"""The service as a user runs it: `chargegraph` processes on free loopback ports."""
+"""The service as a user runs it: `chargegraph` processes on loopback ports they chose as
+they bound them (``--port 0 --ocpp-port 0``, read from their log: ``served_ports``)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -11,28 +11,32 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tests.helpers import communicate, served_ports, wait_healthy
+from tests.shell.test_process import clean_env
 
 PASSWORD = "a long admin password"
 
 
-def env_for(tmp_path: Path, port: int, ocpp_port: int) -> dict[str, str]:
-    return {**os.environ, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/svc.db",
-            "CHARGEGRAPH_PORT": str(port), "CHARGEGRAPH_OCPP_PORT": str(ocpp_port),
-            "CHARGEGRAPH_LOG_LEVEL": "WARNING"}
-
-
-async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(900):  # bounded: 90 s, a start on a loaded machine
-            assert process.poll() is None, "the service exited"
-            try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("never healthy")
+def serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], str, int]:
+    """``chargegraph serve`` on ports of its choosing, once healthy: the process, its
+    GraphQL URL and its OCPP port. No other process can take the ports before it binds
+    them, as one chosen for it could be; its log (at INFO, as ``clean_env`` leaves it)
+    names them. It blocks: a test whose event loop serves meanwhile (another instance)
+    calls it in a thread."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", "serve", "--port", "0",
+         "--ocpp-port", "0"], env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        port, ocpp_port = served_ports(process)
+        assert ocpp_port is not None
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(process, url)
+    except BaseException:
+        process.kill()
+        communicate(process, 10)
+        raise
+    return process, url, ocpp_port
 
 
 async def gql(url: str, query: str, variables: dict | None = None, token: str | None = None
@@ -48,18 +52,14 @@ async def gql(url: str, query: str, variables: dict | None = None, token: str | 
 
 
 async def test_serve_charge_and_stop_gracefully(tmp_path: Path) -> None:
-    port, ocpp_port = free_port(), free_port()
-    env = env_for(tmp_path, port, ocpp_port)
+    env = clean_env(tmp_path)
     made = subprocess.run([sys.executable, "-m", "chargegraph", "create-user", "--email",
                            "admin@example.com", "--password", PASSWORD, "--role", "admin"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    service = subprocess.Popen([sys.executable, "-m", "chargegraph", "serve"], env=env,
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    service, url, ocpp_port = serve(env, tmp_path)
     simulator = None
-    url = f"http://127.0.0.1:{port}"
     try:
-        await wait_healthy(url, service)
         token = (await gql(url, """mutation($p: String!) { login(email: "admin@example.com",
             password: $p) { token } }""", {"p": PASSWORD}))["login"]["token"]
         created = await gql(url, """mutation { createStation(input: {cpId: "SIM-0001",
@@ -84,11 +84,12 @@ async def test_serve_charge_and_stop_gracefully(tmp_path: Path) -> None:
         simulator.send_signal(signal.SIGTERM)
         assert simulator.wait(timeout=15) == 0
         service.send_signal(signal.SIGTERM)
-        assert service.wait(timeout=20) == 0
+        _, said = communicate(service, 20)  # reads its log to the end: no pipe fills
+        assert service.returncode == 0, said
     finally:
-        for process in (simulator, service):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
-        if service.stdout is not None:
-            service.stdout.close()
+        if simulator is not None and simulator.poll() is None:
+            simulator.kill()
+            simulator.wait()
+        if service.poll() is None:
+            service.kill()
+            communicate(service, 10)

@@ -7,10 +7,13 @@ import asyncio
 import hashlib
 import hmac
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
+
+from domain.clock import utcnow
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: When it was received, by the wall clock a dispatcher's due times are on.
+    at: datetime = field(default_factory=utcnow)
 
     @property
     def json(self) -> Any:
