@@ -1197,6 +1197,10 @@ class Refund(Record):
     amount_minor: int
     currency: str
     at: datetime
+    #: The payment provider that paid it back (``PaymentProvider.name``), and its
+    #: reference there: the payment's are its capture's. Refunds recorded before this was
+    #: kept show their payment's provider (migration 85).
+    provider: str = "manual"
     provider_ref: str | None = None
     #: The payment's books: who ran the station when the session happened, who pays back.
     company_id: str | None = None

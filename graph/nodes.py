@@ -1544,6 +1544,10 @@ class Refund(Audited):
         "When it was recorded as paid back: the provider's answer; for a refund an "
         "interrupted request left, when the sweep recorded it (the provider's answer "
         "does not say when it paid). Reports book it in this period."))
+    provider: str = strawberry.field(description=(
+        "The payment provider that paid it back (the payment's `provider` is its "
+        "capture's). A refund recorded before refunds kept their own shows the "
+        "payment's."))
     provider_ref: str | None = strawberry.field(
         description="The payment provider's reference of the refund.")
     _r: strawberry.Private[d.Refund]
@@ -1551,7 +1555,8 @@ class Refund(Audited):
     @classmethod
     def wrap(cls, r: d.Refund, ctx: GraphContext) -> Refund:
         # Its audit stamps as its payment's: whoever sees the payment sees who settled it.
-        return _audited(cls, r, {"at": r.at, "provider_ref": r.provider_ref})
+        return _audited(cls, r, {"at": r.at, "provider": r.provider,
+                                 "provider_ref": r.provider_ref})
 
     @strawberry.field(description="How much, in the payment's currency.")
     def amount(self) -> Money:

@@ -32,7 +32,13 @@ from domain.events import (
     StationSightChanged,
 )
 from domain.ids import is_id
-from graph.command_types import ChargePointErrorCode, shown_error_code
+from domain.ocpp16 import member
+from graph.command_types import (
+    ChargePointErrorCode,
+    DiagnosticsStatus,
+    FirmwareStatus,
+    shown_error_code,
+)
 from graph.context import GraphContext
 from graph.enums import ConnectorStatus, ReservationState, SessionState
 from graph.filters import BOUNDED, USE_CP_IDS, bounded, global_ids, listed_beside
@@ -279,12 +285,23 @@ class MaintenanceKind(Enum):
 class MaintenanceEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     kind: MaintenanceKind = strawberry.field(description="Firmware update or diagnostics.")
-    status: str = strawberry.field(description="As OCPP 1.6 spells it: Downloading, "
-                                               "Downloaded, Installing, Installed, "
-                                               "DownloadFailed, InstallationFailed; "
-                                               "Uploading, Uploaded, UploadFailed; Idle. "
-                                               "Or `Requested`: an `updateFirmware` or "
-                                               "`getDiagnostics` the charger accepted.")
+    # The station's own enums, one field each: a GraphQL field has one type, and the two
+    # statuses are two enums (review s32: a String beside the station's enums).
+    firmware_status: FirmwareStatus | None = strawberry.field(description=(
+        "FIRMWARE: the status as `Station.firmwareStatus` reads it now (DOWNLOADING, "
+        "INSTALLED, …, `REQUESTED`: an `updateFirmware` the charger accepted, "
+        "`UNANSWERED`); null for DIAGNOSTICS."))
+    diagnostics_status: DiagnosticsStatus | None = strawberry.field(description=(
+        "DIAGNOSTICS: the status as `Station.diagnosticsStatus` reads it now (UPLOADING, "
+        "UPLOADED, UPLOAD_FAILED, IDLE, `REQUESTED`: a `getDiagnostics` the charger "
+        "accepted); null for FIRMWARE."))
+    status: str = strawberry.field(
+        deprecation_reason="Use `firmwareStatus` or `diagnosticsStatus` (by `kind`): "
+                           "the station's enums.",
+        description="As OCPP 1.6 spells it: Downloading, Downloaded, Installing, "
+                    "Installed, DownloadFailed, InstallationFailed; Uploading, Uploaded, "
+                    "UploadFailed; Idle. Or `Requested`: an `updateFirmware` or "
+                    "`getDiagnostics` the charger accepted.")
     at: datetime = strawberry.field(description=(
         "When it was reported (or the update accepted), UTC: the station's "
         "`firmwareStatusAt` or `diagnosticsStatusAt`."))
@@ -452,9 +469,13 @@ def _session(e: SessionChanged, dropped: int) -> SessionEvent:
 
 
 def _maintenance(e: MaintenanceStatusChanged, dropped: int) -> MaintenanceEvent:
-    return MaintenanceEvent(cp_id=e.cp_id, kind=MaintenanceKind(e.kind), status=e.status,
-                            at=e.at, requested_at=e.requested_at, dropped_before=dropped,
-                            _e=e)
+    kind = MaintenanceKind(e.kind)
+    firmware = kind is MaintenanceKind.FIRMWARE
+    return MaintenanceEvent(
+        cp_id=e.cp_id, kind=kind, status=e.status,
+        firmware_status=member(FirmwareStatus, e.status) if firmware else None,
+        diagnostics_status=None if firmware else member(DiagnosticsStatus, e.status),
+        at=e.at, requested_at=e.requested_at, dropped_before=dropped, _e=e)
 
 
 def _fault(e: FaultReported, dropped: int) -> FaultEvent:

@@ -2352,10 +2352,16 @@ class CommandService(Service):
             # ``ChargerUnreachable`` (``_cancel_unreached``), its reservation left live,
             # unless the cancel must end it (``owe_cancel``, a withdrawal's): owed then
             # too, the instance holding the charger sends it (``sweep_owed_cancels``).
+            # So is a cancel whose way to the charger went after it may have reached it
+            # (``ChargerLost``: its socket closed, the holding instance gone): the
+            # operator asked to cancel, and a cancel sent again is harmless
+            # (CancelReservation is idempotent on the charger). Review s32: since s31
+            # told it from "never sent" it left the reservation live, no cancel owed.
             offline = isinstance(outcome.error, ChargerOffline) and (
                 outcome.owe_cancel or not isinstance(outcome.error, ChargerUnreachable))
-            state = ReservationState.CANCELLED if answered or offline else reservation.state
-            owed = (outcome.answered_at or self.now()) if offline else None
+            owe = offline or isinstance(outcome.error, ChargerLost)
+            state = ReservationState.CANCELLED if answered or owe else reservation.state
+            owed = (outcome.answered_at or self.now()) if owe else None
         # Only from the state it was sent in (ReserveNow: PENDING) or, for a cancel, from
         # a live one: a charger that used the reservation meanwhile (StartTransaction:
         # USED), or a removal that cancelled it, is not overwritten by this answer.
@@ -2471,6 +2477,12 @@ class CommandService(Service):
                     f"{station.cp_id} is offline: the reservation is cancelled here, and "
                     "its charger, which holds the connector until it hears of it, is sent "
                     "the cancel when it comes back", field=outcome.error.field)
+            elif landed and wrote.cancel_owed_since is not None \
+                    and isinstance(outcome.error, ChargerLost):
+                outcome.error = ChargerLost(
+                    f"{station.cp_id}'s connection went while it was sent the cancel: the "
+                    "reservation is cancelled here, and the cancel is sent again when the "
+                    "charger is connected", field=outcome.error.field)
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,
             requested_by=outcome.requested_by or viewer.actor, status=outcome.status,

@@ -543,6 +543,7 @@ class PaymentService(Service):
             station_id=payment.station_id, cp_id=session.cp_id,
             connector_id=session.connector_id, user_id=payment.user_id,
             vehicle_id=session.vehicle_id, amount_minor=amount_minor,
-            currency=payment.currency, at=self.now(), provider_ref=reference,
+            currency=payment.currency, at=self.now(), provider=self.provider.name,
+            provider_ref=reference,
             company_id=payment.company_id, station_owner_id=payment.station_owner_id),
             viewer)

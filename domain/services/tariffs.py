@@ -280,9 +280,14 @@ def _known_currency(currency: str) -> str | None:
 
 
 def _one_owner(company_id: str | None, station_id: str | None) -> None:
-    if (company_id is None) == (station_id is None):
+    if company_id is None and station_id is None:
         raise ValidationError("give exactly one of companyId and stationId",
                               field="stationId", code="REQUIRED")
+    if company_id is not None and station_id is not None:
+        # Both given is a combination refused, not a field missing: INVALID on the one
+        # given second, as _one_scope and a page's first and last.
+        raise ValidationError("give exactly one of companyId and stationId",
+                              field="stationId", code="INVALID")
 
 
 def _one_scope(connector_type: ConnectorType | None, power_type: PowerType | None) -> None:

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80 and 83).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80, 83 and 85).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -32,6 +32,7 @@ from domain.services.configuration import MAX_KEYS
 from domain.validation import cp_id_key, name_identity, name_key, plate_key, plate_shown
 from store.mongo.codec import (
     compared,
+    constant_default,
     encode,
     folded,
     folded_name,
@@ -325,6 +326,8 @@ async def migrate(db: Any) -> None:
     # After ``refund_records``: the refunds it made copied their payments' books.
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
+    # After ``refund_records``: the refunds it made take their payment's provider too.
+    await _once(db, "refund_providers", _refund_providers)
     await _once(db, "replaced_tariffs_ended", _replaced_tariffs_ended)
     # At every start, not once: see ``heal_open_tariffs``.
     await heal_open_tariffs(db)
@@ -580,7 +583,8 @@ def refund_of(payment: Payment, session: Session) -> Refund:
                   cp_id=session.cp_id, connector_id=session.connector_id,
                   user_id=payment.user_id, vehicle_id=session.vehicle_id,
                   amount_minor=payment.refunded_minor, currency=payment.currency,
-                  at=payment.updated_at, provider_ref=payment.provider_ref,
+                  at=payment.updated_at, provider=payment.provider,
+                  provider_ref=payment.provider_ref,
                   company_id=payment.company_id,
                   station_owner_id=payment.station_owner_id)
 
@@ -645,6 +649,31 @@ async def _payment_plugs(db: Any) -> None:
                 {"$set": {"cp_id": found.get("cp_id"),
                           "connector_id": found.get("connector_id"),
                           "vehicle_id": found.get("vehicle_id"), MARK: ObjectId()}})
+
+
+_MANUAL = constant_default(Refund, "provider")
+
+
+async def _refund_providers(db: Any) -> None:
+    """Refunds recorded before they kept the provider that paid them back
+    (``Refund.provider``, SQLite migration 85) take their payment's; one whose payment is
+    gone the default, ``manual``, as SQLite's column default gives it. Marked by the
+    field itself: new documents always carry it."""
+    while True:
+        docs = await db["refund"].find({"provider": {"$exists": False}},
+                                       {"payment_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        # ``payment_id`` is kept as text, a payment's ``_id`` as an ObjectId.
+        ids = [ObjectId(doc["payment_id"]) for doc in docs
+               if ObjectId.is_valid(doc["payment_id"])]
+        providers = {str(p["_id"]): p.get("provider") for p in await db["payment"].find(
+            {"_id": {"$in": ids}}, {"provider": 1}).to_list()}
+        for doc in docs:
+            await db["refund"].update_one(
+                {"_id": doc["_id"], "provider": {"$exists": False}},
+                {"$set": {"provider": providers.get(doc["payment_id"]) or _MANUAL,
+                          MARK: ObjectId()}})
 
 
 async def _local_list_holders(db: Any) -> None:

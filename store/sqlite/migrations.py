@@ -1653,6 +1653,18 @@ WHERE EXISTS (
       AND ("tariff"."valid_until" IS NULL OR n."valid_from" < "tariff"."valid_until"));
 """
 
+# Version 85: the payment provider that paid a refund back (``Refund.provider``): the
+# payment's is its capture's, and a refund may be paid by another (the provider
+# configured changed since). Refunds recorded before take their payment's, the provider
+# the instance had then; one whose payment is gone reads ``manual``, the default.
+# MongoDB: ``migrations._refund_providers``.
+_V85 = """
+ALTER TABLE "refund" ADD COLUMN "provider" TEXT NOT NULL DEFAULT 'manual';
+UPDATE "refund" SET "provider" = (
+    SELECT p."provider" FROM "payment" AS p WHERE p."id" = "refund"."payment_id")
+WHERE EXISTS (SELECT 1 FROM "payment" AS p WHERE p."id" = "refund"."payment_id");
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1694,7 +1706,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (76, _V76), (77, _V77),
                                      (78, _V78), (79, _V79),
                                      (80, _V80), (81, _V81),
-                                     (82, _V82), (83, _V83))
+                                     (82, _V82), (83, _V83),
+                                     (85, _V85))
 
 
 def identity_left(company_id: str, name: str) -> None:

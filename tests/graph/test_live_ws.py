@@ -913,6 +913,37 @@ async def test_maintenance_progress_reaches_who_runs_the_station(live: Setup) ->
     await driver.close()
 
 
+async def test_maintenance_statuses_read_as_the_station_s_enums(live: Setup) -> None:
+    """Review s32: ``MaintenanceEvent.status`` was a String in OCPP's spelling while
+    ``Station.firmwareStatus`` and ``diagnosticsStatus`` are enums. Each kind's status
+    is its station field's enum now (the other null); ``status`` stays as it was,
+    deprecated."""
+    station = live.world.stations["A-001"]
+    query = """subscription { maintenanceStatusChanged {
+        kind status firmwareStatus diagnosticsStatus } }"""
+    operator = await live.open("op_a")
+    operator.subscribe("m", query)
+    await live.subscribed(1)
+    sent = [("FIRMWARE", "DownloadFailed"), ("FIRMWARE", "Requested"),
+            ("DIAGNOSTICS", "UploadFailed"), ("DIAGNOSTICS", "Requested")]
+    for kind, status in sent:
+        await live.bus.publish(MaintenanceStatusChanged(
+            station_id=station.id, cp_id="A-001", company_id=station.company_id,
+            owner_id=station.owner_id, kind=kind, status=status))
+    got = [(await operator.next())["payload"]["data"]["maintenanceStatusChanged"]
+           for _ in sent]
+    assert got == [
+        {"kind": "FIRMWARE", "status": "DownloadFailed", "firmwareStatus": "DOWNLOAD_FAILED",
+         "diagnosticsStatus": None},
+        {"kind": "FIRMWARE", "status": "Requested", "firmwareStatus": "REQUESTED",
+         "diagnosticsStatus": None},
+        {"kind": "DIAGNOSTICS", "status": "UploadFailed", "firmwareStatus": None,
+         "diagnosticsStatus": "UPLOAD_FAILED"},
+        {"kind": "DIAGNOSTICS", "status": "Requested", "firmwareStatus": None,
+         "diagnosticsStatus": "REQUESTED"}]
+    await operator.close()
+
+
 async def test_legacy_graphql_ws(live: Setup) -> None:
     socket = await live.open("op_a", protocol="graphql-ws")
     socket.subscribe("7", NESTED)

@@ -842,6 +842,11 @@ async def test_tariffs(api: Api, world: World) -> None:
     assert codes(await call(api, world, "op_a", "setTariff",
                             {"pricePerKwh": "1", "currency": "EUR"}, "tariff { id }")
                  ) == [("stationId", "REQUIRED")]
+    # Both given: a combination refused, not a field missing (s32).
+    assert codes(await call(api, world, "op_a", "setTariff",
+                            {"companyId": company, "stationId": station, "pricePerKwh": "1",
+                             "currency": "EUR"}, "tariff { id }")
+                 ) == [("stationId", "INVALID")]
     assert codes(await call(api, world, "op_a", "setTariff",
                             {"companyId": company, "pricePerKwh": "-1", "currency": "EUR"},
                             "tariff { id }")) == [("pricePerKwh", "OUT_OF_RANGE")]

@@ -56,6 +56,36 @@ async def test_a_payment_lists_its_refunds_newest_first(api: Api, services: Serv
     assert newest["providerRef"].startswith("manual:refund:")
 
 
+class Acquirer:
+    """Another payment provider than the one that captured (``manual``)."""
+
+    name = "acquirer"
+
+    async def capture(self, payment: Any) -> str:
+        return f"cap-{payment.id}"
+
+    async def refund(self, payment: Any, amount_minor: int, key: str) -> str:
+        return f"ref-{key}"
+
+
+async def test_a_refund_names_the_provider_that_paid_it_back(
+        api: Api, services: Services, world: World) -> None:
+    """The payment's provider is its capture's; each refund's is its own (s32: the
+    refund had only a reference, its provider read as the capture's)."""
+    s3 = world.payments["s3"].id
+    await services.payments.capture(world.viewer("op_a"), s3)  # manual
+    services.payments.provider = Acquirer()  # the provider configured changed since
+    await services.payments.refund(world.viewer("op_a"), s3, Decimal("1.00"))
+    q = """query($id: ID!) { node(id: $id) { ... on Payment { provider providerRef
+        refunds { provider providerRef } } } }"""
+    data = await api.gql(q, {"id": to_global_id("payment", s3)},
+                         as_user=world.users["op_a"].id)
+    [refund] = data["node"]["refunds"]
+    assert data["node"]["provider"] == "manual"
+    assert data["node"]["providerRef"].startswith("manual:capture:")
+    assert refund["provider"] == "acquirer" and refund["providerRef"].startswith("ref-")
+
+
 async def test_refunds_are_seen_exactly_by_whoever_sees_the_payment(
         api: Api, services: Services, world: World) -> None:
     await _refunded(services, world)

@@ -287,6 +287,56 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
     assert after.state is d.ReservationState.CANCELLED
 
 
+class DropsOnCancel(SimulatedChargePoint):
+    """Drops its socket on receiving a CancelReservation, before carrying it out or
+    answering: the frame reached it, nothing came back."""
+
+    @on(Action.cancel_reservation)
+    def on_cancel_reservation(self, reservation_id: int  # type: ignore[override]
+                              ) -> result.CancelReservation:
+        self.received.append(("CancelReservation", {"reservation_id": reservation_id}))
+        self._connection.transport.abort()
+        return result.CancelReservation(status="Accepted")  # type: ignore[arg-type]
+
+
+async def test_a_cancel_whose_charger_drops_mid_call_is_cancelled_and_owed(
+        central: Central) -> None:
+    """Review s32: a cancel whose charger dropped its socket on receiving it (the frame
+    may have reached it: ``CHARGER_TIMEOUT``) left the reservation ACTIVE, no cancel
+    owed, since s31 told it from one never sent. The operator asked to cancel: it is
+    cancelled here and the cancel owed, as at a charger offline, and sent again when the
+    charger comes back (CancelReservation is idempotent on the charger)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=DropsOnCancel) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiresAt": soon()}, SELECTION,
+                         as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        cancel = await run(central, "cancelReservation", {"cpId": "CP-1",
+                                                          "reservationId": number},
+                           SELECTION, as_user="op")
+        assert cp.received[-1] == ("CancelReservation", {"reservation_id": number})
+    assert [e["code"] for e in cancel["errors"]] == ["CHARGER_TIMEOUT"], cancel
+    assert "cancel is sent again" in cancel["errors"][0]["message"]
+    assert cancel["reservation"]["state"] == "CANCELLED", cancel
+    [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert stored.state is d.ReservationState.CANCELLED
+    assert stored.cancel_owed_since is not None
+    await station_offline(central, "CP-1")
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        async def delivered() -> bool:
+            [now] = await central.store.find_all(d.Reservation,
+                                                 Eq("reservation_id", number))
+            return now.cancel_owed_since is None
+        await until(delivered)
+        assert back.received == [("CancelReservation", {"reservation_id": number})]
+    [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert after.state is d.ReservationState.CANCELLED
+
+
 async def test_a_drivers_cancel_sends_the_station_s_older_owed_cancels_at_once(
         central: Central) -> None:
     """Session 29: a driver's own cancelReservation reached the charger, and another

@@ -2690,6 +2690,29 @@ async def test_refunds_made_before_become_records_and_pending_payments_of_nothin
         assert db[migrations.MIGRATIONS].find_one({"_id": step})["done"] is True
 
 
+async def test_refunds_recorded_before_take_their_payment_s_provider(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 85 does: a refund recorded before refunds named the provider
+    that paid them back takes its payment's; one whose payment is gone the default."""
+    from domain.entities import Refund
+    from tests.contract.factories import payment, refund, session, station
+
+    where = station()
+    sold = session(where, 1)
+    paid = payment(sold, provider="acquirer")
+    kept, orphan = refund(sold, paid.id, provider="other"), refund(sold, provider="other")
+    await mongo.write([Insert(r) for r in (where, sold, paid, kept, orphan)], [])
+    db = raw(mongo)
+    db["refund"].update_many({}, {"$unset": {"provider": ""}})  # written before
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await migrations.migrate(mongo.db)
+
+    providers = {r.id: r.provider for r in await mongo.find_all(Refund, ALL)}
+    assert providers == {kept.id: "acquirer", orphan.id: "manual"}
+    assert db[migrations.MIGRATIONS].find_one({"_id": "refund_providers"})["done"] is True
+
+
 async def test_a_start_after_the_books_were_filled_in_looks_for_none(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Documents lacking their books are found by the field's absence, which no index
@@ -3054,8 +3077,9 @@ def added_with_default_in_sqlite() -> set[tuple[str, str]]:
 def test_every_field_sqlite_added_with_a_default_is_back_filled() -> None:
     """A field added later with a default must be stored in older documents as SQLite's
     column default stores it in older rows (``plate_key`` and ``name_key`` have steps
-    of their own: their values are the plate's and the name's keys)."""
-    own_step = {("vehicle", "plate_key"), ("station", "cp_id_key"),
+    of their own: their values are the plate's and the name's keys, a refund's
+    ``provider`` its payment's)."""
+    own_step = {("vehicle", "plate_key"), ("station", "cp_id_key"), ("refund", "provider"),
                 *((kind, "name_key") for kind in migrations.NAME_KEYED)}
     assert set(migrations.ADDED_WITH_DEFAULT) == added_with_default_in_sqlite() - own_step
 

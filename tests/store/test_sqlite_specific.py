@@ -1120,6 +1120,32 @@ async def test_version_37_books_refunds_made_before_and_voids_pending_payments_o
     assert statuses[partly.id] is PaymentStatus.CAPTURED
 
 
+async def test_version_85_gives_refunds_recorded_before_their_payment_s_provider(
+        db_path: str) -> None:
+    """A refund names the provider that paid it back (s32); those recorded before take
+    their payment's, one whose payment is gone the default."""
+    from domain.entities import Refund
+    from tests.contract.factories import payment, refund, session
+
+    where = station()
+    sold = session(where, 1)
+    paid = payment(sold, provider="acquirer")
+    store = SqliteStore(db_path)
+    await store.start()
+    kept, orphan = refund(sold, paid.id, provider="other"), refund(sold, provider="other")
+    await put(store, where, sold, paid, kept, orphan)
+    await store.close()
+    roll_back(db_path, 83)  # the file as version 83 left it: no provider on refunds
+
+    migrated = SqliteStore(db_path)
+    await migrated.start()
+    try:
+        providers = {r.id: r.provider for r in await migrated.find_all(Refund, ALL)}
+    finally:
+        await migrated.close()
+    assert providers == {kept.id: "acquirer", orphan.id: "manual"}
+
+
 async def test_version_41_gives_payments_their_session_s_plug_and_car(db_path: str) -> None:
     """Revenue is grouped and filtered by fields of the payments themselves: those opened
     before carry their session's charger, connector and vehicle after 41, and are
