@@ -1199,7 +1199,7 @@ class Refund(Record):
     at: datetime
     #: The payment provider that paid it back (``PaymentProvider.name``), and its
     #: reference there: the payment's are its capture's. Refunds recorded before this was
-    #: kept show their payment's provider (migration 85).
+    #: kept show their payment's provider (migration 84).
     provider: str = "manual"
     provider_ref: str | None = None
     #: The payment's books: who ran the station when the session happened, who pays back.

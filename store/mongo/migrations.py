@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80, 83 and 85).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80, 83 and 84).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -656,7 +656,7 @@ _MANUAL = constant_default(Refund, "provider")
 
 async def _refund_providers(db: Any) -> None:
     """Refunds recorded before they kept the provider that paid them back
-    (``Refund.provider``, SQLite migration 85) take their payment's; one whose payment is
+    (``Refund.provider``, SQLite migration 84) take their payment's; one whose payment is
     gone the default, ``manual``, as SQLite's column default gives it. Marked by the
     field itself: new documents always carry it."""
     while True:

@@ -1653,12 +1653,12 @@ WHERE EXISTS (
       AND ("tariff"."valid_until" IS NULL OR n."valid_from" < "tariff"."valid_until"));
 """
 
-# Version 85: the payment provider that paid a refund back (``Refund.provider``): the
+# Version 84: the payment provider that paid a refund back (``Refund.provider``): the
 # payment's is its capture's, and a refund may be paid by another (the provider
 # configured changed since). Refunds recorded before take their payment's, the provider
 # the instance had then; one whose payment is gone reads ``manual``, the default.
 # MongoDB: ``migrations._refund_providers``.
-_V85 = """
+_V84 = """
 ALTER TABLE "refund" ADD COLUMN "provider" TEXT NOT NULL DEFAULT 'manual';
 UPDATE "refund" SET "provider" = (
     SELECT p."provider" FROM "payment" AS p WHERE p."id" = "refund"."payment_id")
@@ -1707,7 +1707,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (78, _V78), (79, _V79),
                                      (80, _V80), (81, _V81),
                                      (82, _V82), (83, _V83),
-                                     (85, _V85))
+                                     (84, _V84))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -2692,7 +2692,7 @@ async def test_refunds_made_before_become_records_and_pending_payments_of_nothin
 
 async def test_refunds_recorded_before_take_their_payment_s_provider(
         mongo: MongoStore) -> None:
-    """What SQLite migration 85 does: a refund recorded before refunds named the provider
+    """What SQLite migration 84 does: a refund recorded before refunds named the provider
     that paid them back takes its payment's; one whose payment is gone the default."""
     from domain.entities import Refund
     from tests.contract.factories import payment, refund, session, station

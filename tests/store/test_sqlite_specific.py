@@ -1120,7 +1120,7 @@ async def test_version_37_books_refunds_made_before_and_voids_pending_payments_o
     assert statuses[partly.id] is PaymentStatus.CAPTURED
 
 
-async def test_version_85_gives_refunds_recorded_before_their_payment_s_provider(
+async def test_version_84_gives_refunds_recorded_before_their_payment_s_provider(
         db_path: str) -> None:
     """A refund names the provider that paid it back (s32); those recorded before take
     their payment's, one whose payment is gone the default."""
