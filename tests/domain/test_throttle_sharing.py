@@ -13,6 +13,7 @@ from domain.services import throttle_sharing
 from domain.services.throttle import SignInThrottle, digest
 from domain.services.throttle_sharing import ThrottleSharing
 from pubsub.memory import MemoryEventBus
+from tests.helpers import soon
 
 NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 KEY = "ada@example.com 192.0.2.1"
@@ -148,6 +149,35 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
     assert b.refused_for("CP-1", "hash", "203.0.113.0") is not None  # the station's limit
     assert b.refused_for("CP-1", "hash", "192.0.2.1") is not None  # a stranger
     assert b.refused_for("CP-1", "hash", "198.51.100.10") is None  # the charger's address
+    for _, _, follower in instances:
+        follower.cancel()
+
+
+async def test_a_removed_stations_known_addresses_are_forgotten_on_every_instance(
+        bus: MemoryEventBus) -> None:
+    """A removal's pairs (``KnownAddresses.forget``, told their digests as the store's
+    rows are deleted) are dropped on the other instances too, not kept as known for up
+    to 30 days; other stations' stay."""
+    from domain.services.charger_sign_ins import ChargerSignIns
+
+    instances = []
+    for _ in range(2):
+        sign_ins = ChargerSignIns(lambda: NOW)
+        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        instances.append((sign_ins, sharing, asyncio.create_task(
+            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
+    await asyncio.sleep(0)  # both subscribed
+    (a, a_sharing, _), (b, _, _) = instances
+    removed = a.succeeded("CP-1", "hash", "198.51.100.10")
+    a.succeeded("CP-2", "hash", "198.51.100.10")
+    await a_sharing.settled()
+    await soon(lambda: b.passed_from("CP-2", "198.51.100.10"))
+    assert removed is not None and b.passed_from("CP-1", "198.51.100.10")
+    a.known.forget([removed])
+    assert not a.passed_from("CP-1", "198.51.100.10")
+    await a_sharing.settled()
+    await soon(lambda: not b.passed_from("CP-1", "198.51.100.10"))
+    assert a.passed_from("CP-2", "198.51.100.10") and b.passed_from("CP-2", "198.51.100.10")
     for _, _, follower in instances:
         follower.cancel()
 
