@@ -210,12 +210,6 @@ class ChargerSignIns:
         if self.checks_on:
             self.checks.give_back(address_key(address))
 
-    def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
-        """How long ``address`` is refused (unchecked) this station's password; ``None``:
-        check it."""
-        lockout = self.lockout(cp_id, password_hash, address)
-        return None if lockout is None else lockout.lasts
-
     def lockout(self, cp_id: str, password_hash: str, address: str) -> Lockout | None:
         """The lockout refusing ``address`` (unchecked) this station's password, and
         which limit set it (the refusal's log line says which, QA s31); ``None``: check

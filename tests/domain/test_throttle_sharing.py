@@ -143,12 +143,12 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
         a.failed("CP-1", "hash", f"203.0.113.{i // 4}")
     await a_sharing.settled()
     for _ in range(200):  # bounded: the bus delivers within a few loop steps
-        if b.refused_for("CP-1", "hash", "203.0.113.0") is not None:
+        if b.lockout("CP-1", "hash", "203.0.113.0") is not None:
             break
         await asyncio.sleep(0.005)
-    assert b.refused_for("CP-1", "hash", "203.0.113.0") is not None  # the station's limit
-    assert b.refused_for("CP-1", "hash", "192.0.2.1") is not None  # a stranger
-    assert b.refused_for("CP-1", "hash", "198.51.100.10") is None  # the charger's address
+    assert b.lockout("CP-1", "hash", "203.0.113.0") is not None  # the station's limit
+    assert b.lockout("CP-1", "hash", "192.0.2.1") is not None  # a stranger
+    assert b.lockout("CP-1", "hash", "198.51.100.10") is None  # the charger's address
     for _, _, follower in instances:
         follower.cancel()
 
@@ -202,11 +202,11 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
         a.unknown.failed("CP-9", "decoy", f"203.0.113.{i // 4}")
     await a_sharing.settled()
     for _ in range(200):  # bounded: the bus delivers within a few loop steps
-        if b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None:
+        if b.unknown.lockout("CP-9", "decoy", "192.0.2.1") is not None:
             break
         await asyncio.sleep(0.005)
-    assert b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None
-    assert b.refused_for("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
+    assert b.unknown.lockout("CP-9", "decoy", "192.0.2.1") is not None
+    assert b.lockout("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
     for _, _, follower in instances:
         follower.cancel()
 
