@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # its throttles count, chargers' password checks included (and where
                 # chargers passed them from: a station locked by guesses on one instance
                 # still checks its charger's own address on another).
-                sharing = ThrottleSharing(instances_bus, throttles, throttle_key)
+                sharing = ThrottleSharing(instances_bus, throttles)
                 await stack.enter_async_context(housekeeping.following(
                     sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
                     "sign-in-counts"))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from domain.events import SignInsCounted
 from domain.services import throttle_sharing
-from domain.services.throttle import SignInThrottle, digest
+from domain.services.throttle import Shared, SignInThrottle, digest
 from domain.services.throttle_sharing import ThrottleSharing
 from pubsub.memory import MemoryEventBus
 from tests.helpers import soon
@@ -20,12 +20,19 @@ KEY = "ada@example.com 192.0.2.1"
 SECRET = b"k" * 32
 
 
+def keyed_sharing(bus: MemoryEventBus, throttles: Sequence[Shared]) -> ThrottleSharing:
+    """As ``chargegraph.app`` wires them: keyed with the deployment's key, then shared."""
+    for throttle in throttles:
+        throttle.secret = SECRET
+    return ThrottleSharing(bus, throttles)
+
+
 class Instance:
     """One instance's throttle, shared over ``bus``, following what the others count."""
 
     def __init__(self, bus: MemoryEventBus) -> None:
         self.throttle = SignInThrottle(lambda: NOW, limit=3, name="sign_in")
-        self.sharing = ThrottleSharing(bus, [self.throttle], SECRET)
+        self.sharing = keyed_sharing(bus, [self.throttle])
         self.follower = asyncio.create_task(
             self.sharing.follow(bus.subscribe([SignInsCounted.topic])))
 
@@ -87,7 +94,7 @@ def test_counts_travel_as_digests_and_unknown_ones_are_skipped() -> None:
     # Keyed: a list of emails does not find it (QA s18: the unkeyed digest did).
     assert sent[0][2] != digest("ada@example.com")
     email = SignInThrottle(lambda: NOW, limit=1, name="email")
-    sharing = ThrottleSharing(MemoryEventBus(), [email], SECRET)
+    sharing = keyed_sharing(MemoryEventBus(), [email])
     bob = digest("bob@example.com", SECRET)
     # A newer instance's throttle or operation, or a malformed entry: skipped, not raised.
     sharing.apply(["captcha failed x", "email reset x", "email", "email failed " + "x" * 10_000,
@@ -118,7 +125,7 @@ async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
 def test_an_event_is_taken_up_to_the_most_an_instance_sends() -> None:
     """A forged flood of entries in one event must not evict every other key."""
     throttle = SignInThrottle(lambda: NOW, limit=1, name="email")
-    sharing = ThrottleSharing(MemoryEventBus(), [throttle], SECRET)
+    sharing = keyed_sharing(MemoryEventBus(), [throttle])
     sharing.apply([f"email failed {digest(f'u{i}@example.com', SECRET)}"
                    for i in range(throttle_sharing.MAX_PER_EVENT + 10)])
     assert len(throttle._failures) == throttle_sharing.MAX_PER_EVENT
@@ -133,7 +140,7 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
     instances = []
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -163,7 +170,7 @@ async def test_a_removed_stations_known_addresses_are_forgotten_on_every_instanc
     instances = []
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -192,7 +199,7 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
     instances = []
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -223,7 +230,7 @@ async def test_an_addresss_budget_of_password_checks_is_shared(
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW, ChargerSignInLimits(
             checks_per_minute=budget))
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -260,7 +267,7 @@ async def test_a_rolling_limit_is_shared_and_counts_a_rolling_window(
     now = [NOW]
     limits = [RollingLimit(lambda: now[0], limit=2, window=timedelta(hours=1),
                            name="export") for _ in range(2)]
-    sharings = [ThrottleSharing(bus, [limit], SECRET) for limit in limits]
+    sharings = [keyed_sharing(bus, [limit]) for limit in limits]
     followers = [asyncio.create_task(s.follow(bus.subscribe([SignInsCounted.topic])))
                  for s in sharings]
     await asyncio.sleep(0)
