@@ -274,9 +274,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # chargers passed them from: a station locked by guesses on one instance
                 # still checks its charger's own address on another).
                 sharing = ThrottleSharing(instances_bus, throttles)
-                await stack.enter_async_context(housekeeping.following(
-                    sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
-                    "sign-in-counts"))
+                await stack.enter_async_context(housekeeping.subscribed(
+                    instances_bus, [SignInsCounted.topic], sharing.follow, "sign-in-counts"))
             if stoppable is not None:
                 # Called by the server when a stop begins, before it waits for requests
                 # in flight (``cli.GracefulServer``): a command waiting on a charger, here
