@@ -273,10 +273,9 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # its throttles count, chargers' password checks included (and where
                 # chargers passed them from: a station locked by guesses on one instance
                 # still checks its charger's own address on another).
-                sharing = ThrottleSharing(instances_bus, throttles, throttle_key)
-                await stack.enter_async_context(housekeeping.following(
-                    sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
-                    "sign-in-counts"))
+                sharing = ThrottleSharing(instances_bus, throttles)
+                await stack.enter_async_context(housekeeping.subscribed(
+                    instances_bus, [SignInsCounted.topic], sharing.follow, "sign-in-counts"))
             if stoppable is not None:
                 # Called by the server when a stop begins, before it waits for requests
                 # in flight (``cli.GracefulServer``): a command waiting on a charger, here

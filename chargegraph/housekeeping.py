@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from domain.services.charging import ChargingService
     from pubsub.factory import ManagedEventBus
+    from pubsub.memory import EventStream
 
 log = logging.getLogger("chargegraph.housekeeping")
 
@@ -83,15 +84,23 @@ async def following(work: Awaitable[None], name: str) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def following_changes(charging: ChargingService, bus: ManagedEventBus
-                            ) -> AsyncIterator[None]:
-    """``ChargingService.follow`` on the instance's one subscription to what other
-    instances announce they changed, until the block exits. Every instance has it,
-    serving chargers or the API alone: its chargers' cache drops what changed elsewhere,
-    and ``on_followed``'s listeners hear it (``SiteLoad.followed``). Subscribed now, not
-    when the task first runs, so nothing announced from here on is missed; the
-    subscription ends with the block, whether or not its task ever ran."""
-    stream = bus.subscribe(charging.CACHED_TOPICS)
-    async with contextlib.aclosing(stream), following(charging.follow(stream),
-                                                       "followed-events"):
+async def subscribed(bus: ManagedEventBus, topics: Iterable[str],
+                     consume: Callable[[EventStream], Awaitable[None]], name: str
+                     ) -> AsyncIterator[None]:
+    """``consume`` (``following``) reading the bus's events on ``topics`` until the block
+    exits. Subscribed now, not when the task first runs, so nothing published from here
+    on is missed; the subscription ends with the block, whether or not its task ever
+    ran. A Redis connection lost and back is an ``EventsDropped`` in the stream, which
+    goes on: nothing to start again."""
+    stream = bus.subscribe(topics)
+    async with contextlib.aclosing(stream), following(consume(stream), name):
         yield
+
+
+def following_changes(charging: ChargingService, bus: ManagedEventBus
+                      ) -> contextlib.AbstractAsyncContextManager[None]:
+    """``ChargingService.follow`` on the instance's one subscription to what other
+    instances announce they changed (``subscribed``). Every instance has it, serving
+    chargers or the API alone: its chargers' cache drops what changed elsewhere, and
+    ``on_followed``'s listeners hear it (``SiteLoad.followed``)."""
+    return subscribed(bus, charging.CACHED_TOPICS, charging.follow, "followed-events")

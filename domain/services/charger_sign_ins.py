@@ -113,6 +113,18 @@ class KnownAddresses:
         """What another instance told (``ThrottleSharing``); unknown operations ignored."""
         if operation == "passed":
             self._remember(key_digest)
+        elif operation == "forgot":
+            self._passed.pop(key_digest, None)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """A removed station's pairs (their digests, as stored: ``known_addresses.forget``)
+        dropped here and told to the other instances, which would otherwise take the
+        station's former addresses as its charger's for up to ``KNOWN_FOR``, a station
+        made again with its cpId included (only an instance started since read none)."""
+        for key in keys:
+            self._passed.pop(key, None)
+            if self.share is not None:
+                self.share(self.name, "forgot", key)
 
     def load(self, stored: Iterable[tuple[str, datetime]]) -> None:
         """Pairs (digest, when last passed) an instance kept in the store, newest first
@@ -197,12 +209,6 @@ class ChargerSignIns:
         or it was never done (its server stopped)."""
         if self.checks_on:
             self.checks.give_back(address_key(address))
-
-    def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
-        """How long ``address`` is refused (unchecked) this station's password; ``None``:
-        check it."""
-        lockout = self.lockout(cp_id, password_hash, address)
-        return None if lockout is None else lockout.lasts
 
     def lockout(self, cp_id: str, password_hash: str, address: str) -> Lockout | None:
         """The lockout refusing ``address`` (unchecked) this station's password, and

@@ -15,7 +15,7 @@ it (``ThrottleSharing``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from domain.entities import KnownChargerAddress, Station
@@ -72,12 +72,17 @@ async def sweep(store: Store, before: datetime) -> int:
                                "passed_at", BATCH)
 
 
-async def forget(store: Store, station_id: str) -> None:
+async def forget(store: Store, station_id: str,
+                 forgotten: Callable[[list[str]], None] | None = None) -> None:
     """Deletes a removed station's pairs (where its charger connected from is the
     station's: not kept past it). After the removal's write: a pair passing meanwhile is
     not written once the station is gone (``keep``'s guard), one swept meanwhile is
-    gone already."""
+    gone already. ``forgotten``: told each page's digests as it is read, before its
+    deletions (the instances' memory, ``KnownAddresses.forget``): a deletion failing
+    still has the page's pairs forgotten in memory, its row left to the sweep."""
     async for page in pages(store, KnownChargerAddress, Eq("station_id", station_id), BATCH):
+        if forgotten is not None:
+            forgotten([known.pair for known in page])
         for known in page:
             with contextlib.suppress(NotFound):
                 await store.write([Delete(known)], [])

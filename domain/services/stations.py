@@ -241,6 +241,10 @@ class StationService(Service):
         #: writes tried again, random, its jitter injectable: ``retry_jitter``). A bare
         #: service tries again at once.
         self.pause_to_retry: Callable[[int], Awaitable[None]] | None = None
+        #: Told the digests of a removed station's known charger addresses as they are
+        #: deleted (``Services`` wires in ``KnownAddresses.forget``: dropped from every
+        #: instance's memory too). A bare service deletes them only.
+        self.forget_known: Callable[[list[str]], None] | None = None
         self._nudging = Background()
 
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
@@ -593,10 +597,11 @@ class StationService(Service):
         except Exception:
             log.exception("%s: removed; its local-list records are left behind",
                           station.cp_id)
-        # Where its charger passed the password check from: the station's, gone with it
-        # (a pair left is deleted by the sweep, 30 days after it last passed).
+        # Where its charger passed the password check from: the station's, gone with it,
+        # from the store and every instance's memory (a pair left is deleted by the
+        # sweep, 30 days after it last passed).
         try:
-            await known_addresses.forget(self.store, station.id)
+            await known_addresses.forget(self.store, station.id, self.forget_known)
         except Exception:
             log.exception("%s: removed; its charger's known addresses are left to the "
                           "sweep", station.cp_id)

@@ -66,7 +66,7 @@ DIGEST_CHARS = 32
 
 def digest(key: str, secret: bytes = b"") -> str:
     """What a key is kept and shared as: short whatever its length, and keyed with the
-    deployment's ``secret`` when the instances share their counts: an unkeyed digest of an
+    deployment's ``secret`` (``chargegraph.app`` keys every instance's): an unkeyed digest of an
     email or an address is matched by anyone with a list of them, and forged by anyone
     who may publish on the bus (QA s18)."""
     return hashlib.blake2b(key.encode(), digest_size=DIGEST_CHARS // 2, key=secret
@@ -88,7 +88,8 @@ class SignInThrottle:
         self.name = name
         #: Told each operation counted here (``ThrottleSharing``); ``None``: kept here.
         self.share: Share | None = None
-        #: What keys are digested with (``digest``): set, with ``share``, before use.
+        #: What keys are digested with (``digest``): set before use (the deployment's
+        #: key, by ``chargegraph.app``).
         self.secret = b""
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
         self._operations: dict[str, Callable[[str], bool | None]] = {

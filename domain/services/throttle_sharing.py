@@ -30,10 +30,11 @@ MAX_PER_EVENT = 500
 
 
 class ThrottleSharing:
-    def __init__(self, bus: EventBus, throttles: Sequence[Shared], secret: bytes
-                 ) -> None:
-        """``secret``: the key every instance digests keys with (``throttle.digest``), at
-        most 64 bytes; the throttles must not have counted anything yet."""
+    def __init__(self, bus: EventBus, throttles: Sequence[Shared]) -> None:
+        """The throttles must not have counted anything yet, each keyed already with the
+        deployment's key (``secret``, set by ``chargegraph.app`` on every instance,
+        sharing or not: the one place, as a lone instance's digests are stored too),
+        which every instance digests keys with (``throttle.digest``)."""
         self.bus = bus
         #: This instance, so it skips its own counts when the bus brings them back.
         self.origin = new_id()
@@ -42,7 +43,6 @@ class ThrottleSharing:
         self._sending: set[asyncio.Task[None]] = set()
         for throttle in throttles:
             throttle.share = self._counted
-            throttle.secret = secret
 
     def _counted(self, throttle: str, operation: str, key_digest: str) -> None:
         if not self._outgoing:

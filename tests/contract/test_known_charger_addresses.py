@@ -106,6 +106,12 @@ async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
     await passed(services, other)
     await services.stations.remove_station(SYSTEM, cp.id)
     assert [row.station_id for row in await kept(store)] == [other.id]
+    # And from the instance's memory: its cpId made again is a stranger there (the
+    # memory's side told to the other instances: tests/e2e/test_two_instances.py).
+    sign_ins = services.charging.sign_ins
+    assert not sign_ins.passed_from(cp.cp_id, CHARGER)
+    assert not sign_ins.passed_from(cp.cp_id, "203.0.113.9")
+    assert sign_ins.passed_from(other.cp_id, CHARGER)
     # A pass told after the removal (the charger's check ended meanwhile) is not stored.
     clock.now = T0 + RETOLD_AFTER
     await passed(services, cp)
@@ -143,7 +149,7 @@ async def test_a_pair_left_by_a_removed_station_is_taken_by_its_cpids_new_one(
     await put(store, old)
     await passed(services, old)
 
-    async def failing(store: Store, station_id: str) -> None:
+    async def failing(*args: Any) -> None:
         raise RuntimeError("the database went away")
 
     with monkeypatch.context() as patch:

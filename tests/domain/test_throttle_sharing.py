@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from domain.events import SignInsCounted
 from domain.services import throttle_sharing
-from domain.services.throttle import SignInThrottle, digest
+from domain.services.throttle import Shared, SignInThrottle, digest
 from domain.services.throttle_sharing import ThrottleSharing
 from pubsub.memory import MemoryEventBus
+from tests.helpers import soon
 
 NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 KEY = "ada@example.com 192.0.2.1"
 SECRET = b"k" * 32
+
+
+def keyed_sharing(bus: MemoryEventBus, throttles: Sequence[Shared]) -> ThrottleSharing:
+    """As ``chargegraph.app`` wires them: keyed with the deployment's key, then shared."""
+    for throttle in throttles:
+        throttle.secret = SECRET
+    return ThrottleSharing(bus, throttles)
 
 
 class Instance:
@@ -24,7 +32,7 @@ class Instance:
 
     def __init__(self, bus: MemoryEventBus) -> None:
         self.throttle = SignInThrottle(lambda: NOW, limit=3, name="sign_in")
-        self.sharing = ThrottleSharing(bus, [self.throttle], SECRET)
+        self.sharing = keyed_sharing(bus, [self.throttle])
         self.follower = asyncio.create_task(
             self.sharing.follow(bus.subscribe([SignInsCounted.topic])))
 
@@ -86,7 +94,7 @@ def test_counts_travel_as_digests_and_unknown_ones_are_skipped() -> None:
     # Keyed: a list of emails does not find it (QA s18: the unkeyed digest did).
     assert sent[0][2] != digest("ada@example.com")
     email = SignInThrottle(lambda: NOW, limit=1, name="email")
-    sharing = ThrottleSharing(MemoryEventBus(), [email], SECRET)
+    sharing = keyed_sharing(MemoryEventBus(), [email])
     bob = digest("bob@example.com", SECRET)
     # A newer instance's throttle or operation, or a malformed entry: skipped, not raised.
     sharing.apply(["captcha failed x", "email reset x", "email", "email failed " + "x" * 10_000,
@@ -117,7 +125,7 @@ async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
 def test_an_event_is_taken_up_to_the_most_an_instance_sends() -> None:
     """A forged flood of entries in one event must not evict every other key."""
     throttle = SignInThrottle(lambda: NOW, limit=1, name="email")
-    sharing = ThrottleSharing(MemoryEventBus(), [throttle], SECRET)
+    sharing = keyed_sharing(MemoryEventBus(), [throttle])
     sharing.apply([f"email failed {digest(f'u{i}@example.com', SECRET)}"
                    for i in range(throttle_sharing.MAX_PER_EVENT + 10)])
     assert len(throttle._failures) == throttle_sharing.MAX_PER_EVENT
@@ -132,7 +140,7 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
     instances = []
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -142,12 +150,41 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
         a.failed("CP-1", "hash", f"203.0.113.{i // 4}")
     await a_sharing.settled()
     for _ in range(200):  # bounded: the bus delivers within a few loop steps
-        if b.refused_for("CP-1", "hash", "203.0.113.0") is not None:
+        if b.lockout("CP-1", "hash", "203.0.113.0") is not None:
             break
         await asyncio.sleep(0.005)
-    assert b.refused_for("CP-1", "hash", "203.0.113.0") is not None  # the station's limit
-    assert b.refused_for("CP-1", "hash", "192.0.2.1") is not None  # a stranger
-    assert b.refused_for("CP-1", "hash", "198.51.100.10") is None  # the charger's address
+    assert b.lockout("CP-1", "hash", "203.0.113.0") is not None  # the station's limit
+    assert b.lockout("CP-1", "hash", "192.0.2.1") is not None  # a stranger
+    assert b.lockout("CP-1", "hash", "198.51.100.10") is None  # the charger's address
+    for _, _, follower in instances:
+        follower.cancel()
+
+
+async def test_a_removed_stations_known_addresses_are_forgotten_on_every_instance(
+        bus: MemoryEventBus) -> None:
+    """A removal's pairs (``KnownAddresses.forget``, told their digests as the store's
+    rows are deleted) are dropped on the other instances too, not kept as known for up
+    to 30 days; other stations' stay."""
+    from domain.services.charger_sign_ins import ChargerSignIns
+
+    instances = []
+    for _ in range(2):
+        sign_ins = ChargerSignIns(lambda: NOW)
+        sharing = keyed_sharing(bus, sign_ins.shared)
+        instances.append((sign_ins, sharing, asyncio.create_task(
+            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
+    await asyncio.sleep(0)  # both subscribed
+    (a, a_sharing, _), (b, _, _) = instances
+    removed = a.succeeded("CP-1", "hash", "198.51.100.10")
+    a.succeeded("CP-2", "hash", "198.51.100.10")
+    await a_sharing.settled()
+    await soon(lambda: b.passed_from("CP-2", "198.51.100.10"))
+    assert removed is not None and b.passed_from("CP-1", "198.51.100.10")
+    a.known.forget([removed])
+    assert not a.passed_from("CP-1", "198.51.100.10")
+    await a_sharing.settled()
+    await soon(lambda: not b.passed_from("CP-1", "198.51.100.10"))
+    assert a.passed_from("CP-2", "198.51.100.10") and b.passed_from("CP-2", "198.51.100.10")
     for _, _, follower in instances:
         follower.cancel()
 
@@ -162,7 +199,7 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
     instances = []
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -172,11 +209,11 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
         a.unknown.failed("CP-9", "decoy", f"203.0.113.{i // 4}")
     await a_sharing.settled()
     for _ in range(200):  # bounded: the bus delivers within a few loop steps
-        if b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None:
+        if b.unknown.lockout("CP-9", "decoy", "192.0.2.1") is not None:
             break
         await asyncio.sleep(0.005)
-    assert b.unknown.refused_for("CP-9", "decoy", "192.0.2.1") is not None
-    assert b.refused_for("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
+    assert b.unknown.lockout("CP-9", "decoy", "192.0.2.1") is not None
+    assert b.lockout("CP-9", "decoy", "192.0.2.1") is None  # the stations' apart
     for _, _, follower in instances:
         follower.cancel()
 
@@ -193,7 +230,7 @@ async def test_an_addresss_budget_of_password_checks_is_shared(
     for _ in range(2):
         sign_ins = ChargerSignIns(lambda: NOW, ChargerSignInLimits(
             checks_per_minute=budget))
-        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        sharing = keyed_sharing(bus, sign_ins.shared)
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
@@ -230,7 +267,7 @@ async def test_a_rolling_limit_is_shared_and_counts_a_rolling_window(
     now = [NOW]
     limits = [RollingLimit(lambda: now[0], limit=2, window=timedelta(hours=1),
                            name="export") for _ in range(2)]
-    sharings = [ThrottleSharing(bus, [limit], SECRET) for limit in limits]
+    sharings = [keyed_sharing(bus, [limit]) for limit in limits]
     followers = [asyncio.create_task(s.follow(bus.subscribe([SignInsCounted.topic])))
                  for s in sharings]
     await asyncio.sleep(0)

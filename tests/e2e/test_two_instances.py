@@ -17,6 +17,7 @@ from domain.query import Eq, all_of
 from domain.services import ServiceContext, Services
 from domain.services.base import patch
 from domain.services.charging import ChargingService
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from pubsub.factory import open_event_bus
 from store.sqlite import SqliteStore
@@ -102,6 +103,31 @@ async def test_a_lone_instance_keys_what_its_throttles_count_as_shared_ones_do(
             *running.services.accounts.throttles, *running.services.charging.sign_ins.shared)}
             for running in (lone, a)]
         assert keys[0] == keys[1] and len(keys[0]) == 1 and b"" not in keys[0]
+
+
+REMOVE_STATION = """mutation($input: RemoveStationInput!) { removeStation(input: $input) {
+    errors { code } } }"""
+
+
+async def test_a_removed_stations_known_addresses_are_forgotten_on_every_instance(
+        tmp_path: Path) -> None:
+    """Where a station's charger passed the password check from is dropped with the
+    station from the store and, told over the bus, from every instance's memory: only
+    the store's went, and the instances running kept taking the address as the
+    charger's for up to 30 days, the cpId made again included."""
+    async with two_instances(tmp_path) as (a, b):
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+        charger = "127.0.0.1"
+        await soon(lambda: b.services.charging.sign_ins.passed_from("CP-1", charger))
+        await a.services.charging.keeping_known.settled()  # stored too
+        station = a.central.stations["CP-1"]
+        # Removed through B, which learnt the address over the bus; A saw it pass.
+        removed = await b.gql(REMOVE_STATION, {"input": {"id": to_global_id(
+            "station", station.id)}}, token=await b.token("op"))
+        assert removed["removeStation"] == {"errors": []}
+        assert not b.services.charging.sign_ins.passed_from("CP-1", charger)
+        await soon(lambda: not a.services.charging.sign_ins.passed_from("CP-1", charger))
 
 
 LOCAL_LIST = """mutation { sendLocalList(input: {cpId: "CP-1", listVersion: 5,

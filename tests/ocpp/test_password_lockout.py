@@ -573,8 +573,8 @@ async def test_guesses_whose_handshake_times_out_while_queued_are_counted(
 
         await asyncio.gather(*(guess(i) for i in range(6)))
         station = central.stations["CP-1"]
-        locked = charging.sign_ins.refused_for("CP-1", station.auth_password_hash or "",
-                                               "192.0.2.200")
+        locked = charging.sign_ins.lockout("CP-1", station.auth_password_hash or "",
+                                           "192.0.2.200")
         assert locked is not None, "6 guesses at once did not lock the station (budget 3)"
     finally:
         await stop_central(central)
@@ -782,13 +782,13 @@ async def test_checks_pending_beyond_the_bound_are_answered_503_and_not_counted(
     assert await asyncio.gather(*pending) == [401, 401]
     slow_0 = await charging.station("SLOW-0")
     assert slow_0 is not None and slow_0.auth_password_hash is not None
-    assert charging.sign_ins.refused_for("SLOW-0", slow_0.auth_password_hash,
-                                         "203.0.113.1") is not None  # counted: locked
-    assert charging.sign_ins.refused_for("SLOW-0", slow_0.auth_password_hash,
-                                         "203.0.113.2") is None  # the 503: not counted
+    assert charging.sign_ins.lockout("SLOW-0", slow_0.auth_password_hash,
+                                     "203.0.113.1") is not None  # counted: locked
+    assert charging.sign_ins.lockout("SLOW-0", slow_0.auth_password_hash,
+                                     "203.0.113.2") is None  # the 503: not counted
     assert charging.sign_ins.unknown is not None
-    assert charging.sign_ins.unknown.refused_for("CP-OTHER", UNKNOWN_KEY,
-                                                 "203.0.113.2") is None
+    assert charging.sign_ins.unknown.lockout("CP-OTHER", UNKNOWN_KEY,
+                                             "203.0.113.2") is None
 
 
 def holding_guesses(central: Central, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
@@ -1307,9 +1307,9 @@ async def test_a_stop_withdraws_what_the_checks_it_cancels_counted(
     assert charging.sign_ins.checks_refused_for(CHARGER) is not None  # both counted
     await central.server.stop()
     password_hash = central.stations["CP-1"].auth_password_hash or ""
-    assert charging.sign_ins.refused_for("CP-1", password_hash, CHARGER) is None
+    assert charging.sign_ins.lockout("CP-1", password_hash, CHARGER) is None
     assert charging.sign_ins.unknown is not None
-    assert charging.sign_ins.unknown.refused_for("CP-9", UNKNOWN_KEY, CHARGER) is None
+    assert charging.sign_ins.unknown.lockout("CP-9", UNKNOWN_KEY, CHARGER) is None
     charging.sign_ins.check_started(CHARGER)  # both given back: one more leaves one
     assert charging.sign_ins.checks_refused_for(CHARGER) is None
 
@@ -1408,8 +1408,8 @@ async def test_beyond_the_waiting_bound_an_address_is_answered_429_uncounted(
     # (NOPE-0's wrong guess) spent the budget of 1; a right password still waits and is
     # refused by the budget, 429, not the lockout.
     station = central.stations["CP-1"]
-    assert charging.sign_ins.refused_for("CP-1", station.auth_password_hash or "",
-                                         NAT) is None
+    assert charging.sign_ins.lockout("CP-1", station.auth_password_hash or "",
+                                     NAT) is None
     assert charging.sign_ins.checks_refused_for(NAT) is not None  # NOPE-0's, no more
     charging.sign_ins.check_given_back(NAT)
     assert charging.sign_ins.checks_refused_for(NAT) is None  # only one was counted

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import AsyncIterator
 
-from chargegraph.housekeeping import every, following
+from chargegraph.housekeeping import every, following, subscribed
+from domain.events import DomainEvent, EventsDropped, SignInsCounted
+from pubsub.memory import MemoryEventBus
 
 
 async def test_a_chore_runs_at_once_again_after_a_failure_and_stops_with_the_block(
@@ -40,3 +43,31 @@ async def test_work_left_before_its_task_ran_is_closed_not_left_unawaited() -> N
     async with following(coroutine, "test-work"):
         pass
     assert not ran and inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+
+
+async def test_a_subscription_followed_hears_from_its_entry_and_ends_with_the_block() -> None:
+    """``subscribed`` (the instances' changes and sign-in counts): an event published
+    before the consumer's task first ran is heard, one after a lost connection's marker
+    too (the stream goes on), and the block's exit unsubscribes."""
+    bus = MemoryEventBus()
+    heard: list[object] = []
+    second = asyncio.Event()
+
+    async def consume(events: AsyncIterator[DomainEvent | EventsDropped]) -> None:
+        async for event in events:
+            heard.append(event)
+            if len(heard) == 3:
+                second.set()
+
+    counted = [SignInsCounted(station_id=None, cp_id="", origin=str(i), counted=[])
+               for i in range(2)]
+    async with subscribed(bus, [SignInsCounted.topic], consume, "test-subscription"):
+        await bus.publish(counted[0])  # its task has not run yet
+        bus.interrupt()  # as the Redis bus does as its connection breaks
+        await bus.publish(counted[1])
+        await asyncio.wait_for(second.wait(), 5)
+        assert bus.subscriber_count == 1
+    assert bus.subscriber_count == 0
+    marker, *events = heard  # the marker jumps the queue: read afresh from there
+    assert isinstance(marker, EventsDropped) and marker.interrupted
+    assert events == counted
