@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ocpp.exceptions import SecurityError
+from ocpp.exceptions import PropertyConstraintViolationError, SecurityError
 from ocpp.v16 import call
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -1170,6 +1170,35 @@ async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -
         assert await central.store.count(kind, Eq("cp_id", "CP-1")) == 0, kind
     # Nor did they move the charger's clock (what timestamps of later reports go by).
     assert central.services.charging.clocks.charger_now("CP-1").year < 2200
+
+
+async def test_values_out_of_range_are_told_with_their_field_and_limit(
+        central: Central) -> None:
+    """QA s32: a meterStart of -5 was told "must be within 0..1000000000000", without the
+    field a schema error names; a StartTransaction on connector 99 of a station of 2 was
+    told it "exceeds this station's 10", the cap on connectors not registered yet, not
+    the station's count. A command names the station's own highest."""
+    def start(**given: object) -> call.StartTransaction:
+        fields: dict = {"connector_id": 1, "id_tag": "TAG-OK", "meter_start": 0,
+                        "timestamp": now(), **given}
+        return call.StartTransaction(**fields)
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Accepted"
+        for frame, told in (
+                (start(connector_id=99), "connectorId 99 exceeds 10, the highest number a "
+                                         "connector not registered may have"),
+                (start(meter_start=-5), "meterStart: must be within 0..1000000000000"),
+                (call.StatusNotification(connector_id=1, error_code="NoError",
+                                         status="Available", timestamp="1969-12-31T23:59:59Z"),
+                 "timestamp: must be within 1970..2199")):
+            with pytest.raises(PropertyConstraintViolationError) as refused:
+                await cp.call(frame, suppress=False)
+            assert refused.value.description == told, frame
+    with pytest.raises(ValidationError) as refused_command:
+        await central.services.commands.send(SYSTEM, "CP-1", "UnlockConnector",
+                                             {"connectorId": 3})
+    assert refused_command.value.message == "connectorId 3 exceeds this station's highest, 2"
 
 
 async def test_sane_edge_values_are_kept(central: Central) -> None:
