@@ -17,6 +17,10 @@ unbilled for good, and its connector left Finishing once the stop is taken (revi
 The station's registration as it is now withholds new authorizations alone: Authorize is
 refused (``NEW_AUTHORIZATIONS``), a start or stop is answered without its card's status
 (``ChargingService``), and no remote start or reservation is sent (``commands``).
+
+Whatever a charger was told, what closes what is on record is taken: a stop or readings
+of a transaction stored for its station, and its connectors' states
+(``closes_recorded``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ PENDING_MAY_SEND = frozenset({
 #: station's registration as it is now, not by the one its charger was told.
 NEW_AUTHORIZATIONS = frozenset({"Authorize"})
 
+#: What a charger not admitted still has taken when it names a transaction stored for its
+#: station: the stop and the readings that close what is on record. Told Rejected at a
+#: reboot mid-session, its charger sends its queued stop anyway; refused, the session
+#: stayed ACTIVE for good and its card read ConcurrentTx everywhere until staff ended it
+#: (QA s32). OCPP 1.6 (4.2) has a Rejected charger send nothing but its boot, and 2.0.1
+#: (B03.FR.07) the central system answer the rest SecurityError: a transaction we issued
+#: is closed on the charger's word rather than left open for good, as that opens nothing
+#: and checks no card.
+CLOSES_RECORDED = frozenset({"StopTransaction", "MeterValues"})
+
+#: What a charger not admitted may report whatever its registration: its connectors'
+#: states, so the connector a stop above leaves Finishing is seen free again (review
+#: s25). It opens nothing and checks no card.
+STATE_REPORTS = frozenset({"StatusNotification"})
+
 
 def admits(registration: Registration, action: str,
            told: Registration | None = None) -> bool:
@@ -47,6 +66,13 @@ def admits(registration: Registration, action: str,
     if _may_send(registration, action):
         return True
     return told is not None and action not in NEW_AUTHORIZATIONS and _may_send(told, action)
+
+
+def closes_recorded(action: str, recorded: bool) -> bool:
+    """Whether ``action``, from a charger ``admits`` refuses, is still taken: a state
+    report, or a stop or readings naming a transaction stored for its station
+    (``recorded``). A new start or authorization never is."""
+    return action in STATE_REPORTS or (recorded and action in CLOSES_RECORDED)
 
 
 def _may_send(registration: Registration, action: str) -> bool:

@@ -152,6 +152,15 @@ Payload = dict[str, Any]
 BOOT_AFTER_TRIGGER_S = 30.0
 
 
+def described(exc: DomainError) -> str:
+    """A domain error as a charger is told it: after the field it names, as a schema
+    error is ("meterStart: must be within ..."; QA s32: a range error named none), but
+    where its message begins with the field already ("connectorId 99 exceeds ...")."""
+    if exc.field is None or exc.message.startswith(exc.field):
+        return exc.message
+    return f"{exc.field}: {exc.message}"
+
+
 def _asks_boot(request: Any) -> bool:
     """Whether ``request`` is a TriggerMessage asking for a BootNotification."""
     return type(request).__name__.removesuffix("Payload") == "TriggerMessage" \
@@ -814,12 +823,13 @@ class ChargePointHandler(ChargePoint):
                 log.info("%s: its station's password was changed; closing", self.id)
                 await self.hang_up(CLOSE_PASSWORD_CHANGED, "password changed")
                 return
-            if action != "BootNotification" and not await self.charging.admits(self.id,
-                                                                                action):
+            if action != "BootNotification" and not await self.charging.admits(
+                    self.id, action, frame.payload.get("transactionId")):
                 # The charger keeps what it queued (a StartTransaction, its meter values)
                 # and sends it once an operator accepts the station. One told Accepted at
                 # its last boot has its reports taken whatever the station's registration
-                # became since (``domain.registration``).
+                # became since, and any its stop and readings of a transaction stored for
+                # its station (``domain.registration``).
                 raise FrameError(frames.SECURITY_ERROR,
                                  f"{action} refused: the station is not accepted (its "
                                  "registration is pending or rejected)", uid)
@@ -838,7 +848,7 @@ class ChargePointHandler(ChargePoint):
             code = frames.PROPERTY_CONSTRAINT_VIOLATION if exc.code in (
                 "OUT_OF_RANGE", "INVALID", "NOT_FOUND") else frames.GENERIC_ERROR
             self._count(action, False)
-            await self._send(frames.call_error(uid, code, exc.message))
+            await self._send(frames.call_error(uid, code, described(exc)))
             if exc.code == "NOT_FOUND" and exc.field == "cpId":
                 # The station was removed while its charger was connected: hang up, so
                 # it reconnects and meets the 401 of an unknown charge point.
@@ -897,7 +907,7 @@ class ChargePointHandler(ChargePoint):
         except DomainError as exc:
             if exc.field == "cpId":
                 raise  # the station itself is gone: ``_answer`` hangs up
-            raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION, exc.message,
+            raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION, described(exc),
                              self._unique_id) from exc
         if connector_id > (self._highest_connector or 0):
             self._highest_connector = connector_id

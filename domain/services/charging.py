@@ -60,7 +60,7 @@ from domain.policy import Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
-from domain.registration import admits
+from domain.registration import CLOSES_RECORDED, admits, closes_recorded
 from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
@@ -648,13 +648,20 @@ class ChargingService(ChargerConnections):
         self.cache.remember(station)
         return station
 
-    async def admits(self, cp_id: str, action: str) -> bool:
+    async def admits(self, cp_id: str, action: str, transaction_id: object = None) -> bool:
         """Whether the charger may send ``action`` now (``domain.registration``): by the
         registration its last boot was answered with, which it acts on, or its station's
         as it is now (for a new authorization, that one alone), as cached for its other
-        messages. No store read for a refused frame beyond the cached station's."""
+        messages. Refused so, a stop or readings naming ``transaction_id``, a transaction
+        stored for this station, are still taken, and a state report
+        (``closes_recorded``). No store read for a refused frame beyond the cached
+        station's, but that transaction's."""
         station = await self._require_station(cp_id)
-        return admits(station.registration, action, station.charger_registration)
+        if admits(station.registration, action, station.charger_registration):
+            return True
+        recorded = action in CLOSES_RECORDED and isinstance(transaction_id, int) \
+            and await self._transaction(cp_id, transaction_id) is not None
+        return closes_recorded(action, recorded)
 
     async def password_changed(self, cp_id: str, signed_in_with: str | None, *,
                                fresh: bool = False) -> bool:

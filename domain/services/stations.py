@@ -79,12 +79,18 @@ async def connector_in_range(store: Store, station: Station, connector_id: int, 
     registered connectors (any up to the cap while it has none); what the charger
     ``reported`` may also name a connector not registered yet, up to the cap."""
     known = await store.find_all(Connector, Eq("station_id", station.id), limit=100)
-    highest = max((c.connector_id for c in known), default=MAX_UNREGISTERED_CONNECTORS)
-    if reported:
-        highest = max(highest, MAX_UNREGISTERED_CONNECTORS)
+    own = max((c.connector_id for c in known), default=None)
+    # The cap bounds what a charger reports beyond the station's own connectors, and
+    # commands while it has none: the message says so, not that it is the station's
+    # (QA s32: "exceeds this station's 10" was said of a station of 2 connectors).
+    if own is not None and (own >= MAX_UNREGISTERED_CONNECTORS or not reported):
+        highest, limit = own, f"this station's highest, {own}"
+    else:
+        highest = MAX_UNREGISTERED_CONNECTORS
+        limit = f"{highest}, the highest number a connector not registered may have"
     if connector_id > highest:
-        raise ValidationError(f"connectorId {connector_id} exceeds this station's "
-                              f"{highest}", field="connectorId", code="OUT_OF_RANGE")
+        raise ValidationError(f"connectorId {connector_id} exceeds {limit}",
+                              field="connectorId", code="OUT_OF_RANGE")
 
 
 @dataclass(frozen=True, slots=True)

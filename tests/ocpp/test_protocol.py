@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from ocpp.exceptions import PropertyConstraintViolationError, SecurityError
 from ocpp.v16 import call
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -432,6 +433,63 @@ async def test_a_station_made_rejected_has_its_connector_reported_after_its_stop
             available, connector.status)
     finally:
         await ws.close()
+
+
+async def test_a_charger_told_rejected_at_its_reboot_still_closes_its_recorded_session(
+        central: Central) -> None:
+    """QA s32: a station made Rejected mid-session whose charger rebooted (told Rejected)
+    had its queued StopTransaction refused with a SecurityError; the session stayed
+    ACTIVE for good, its card ConcurrentTx everywhere, until staff ended it. A charger
+    that passed its password check still closes what is on record for its station: the
+    stop and the readings of a transaction stored there, and its connectors' states.
+    Nothing else: no card checked, no start, no heartbeat, no readings of no transaction
+    or of another station's."""
+    station_id = to_global_id("station", central.stations["CP-1"].id)
+    async with connected(central.url, "CP-OPEN") as other:
+        assert (await other.boot()).status == "Accepted"
+        elsewhere = (await other.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OTHER", meter_start=0, timestamp=now()),
+            suppress=False)).transaction_id
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            assert (await cp.boot()).status == "Accepted"
+            tx = (await cp.call(call.StartTransaction(
+                connector_id=1, id_tag="TAG-OK", meter_start=1000, timestamp=now()),
+                suppress=False)).transaction_id
+            changed = await central.gql(SET_REGISTRATION, {"id": station_id, "r": "REJECTED"},
+                                        as_user="op")
+            assert changed["updateStation"]["errors"] == []
+        charging = central.services.charging
+        assert (await charging.authorize_start("CP-OPEN", "TAG-OK")).status == "ConcurrentTx"
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            assert (await cp.boot()).status == "Rejected"  # rebooted: told Rejected
+            reading = [{"timestamp": now(), "sampledValue": [{"value": "1500"}]}]
+            for refused in (call.Authorize(id_tag="TAG-OK"), call.Heartbeat(),
+                            call.StartTransaction(connector_id=2, id_tag="TAG-OK",
+                                                  meter_start=0, timestamp=now()),
+                            call.MeterValues(connector_id=1, meter_value=reading),
+                            call.MeterValues(connector_id=1, transaction_id=tx + 1000,
+                                             meter_value=reading),
+                            call.StopTransaction(transaction_id=elsewhere, meter_stop=10,
+                                                 timestamp=now())):
+                with pytest.raises(SecurityError):
+                    await cp.call(refused, suppress=False)
+            await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
+                                           meter_value=reading), suppress=False)
+            await cp.call(call.StopTransaction(transaction_id=tx, meter_stop=3000,
+                                               timestamp=now(), reason="PowerLoss"),
+                          suppress=False)
+            await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                                  status="Available"), suppress=False)
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED \
+            and session.meter_stop_wh == 3000, session
+        left = await central.session(elsewhere)
+        assert left is not None and left.state is d.SessionState.ACTIVE  # not CP-1's to stop
+        connector = await central.store.find_one(d.Connector, all_of(
+            Eq("station_id", central.stations["CP-1"].id), Eq("connector_id", 1)))
+        assert connector is not None and connector.status is d.ConnectorStatus.AVAILABLE
+        # Its card free again, to start anywhere.
+        assert (await charging.authorize_start("CP-OPEN", "TAG-OK")).status == "Accepted"
 
 
 NEW_PASSWORD = "a-brand-new-password-9"
@@ -1112,6 +1170,35 @@ async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -
         assert await central.store.count(kind, Eq("cp_id", "CP-1")) == 0, kind
     # Nor did they move the charger's clock (what timestamps of later reports go by).
     assert central.services.charging.clocks.charger_now("CP-1").year < 2200
+
+
+async def test_values_out_of_range_are_told_with_their_field_and_limit(
+        central: Central) -> None:
+    """QA s32: a meterStart of -5 was told "must be within 0..1000000000000", without the
+    field a schema error names; a StartTransaction on connector 99 of a station of 2 was
+    told it "exceeds this station's 10", the cap on connectors not registered yet, not
+    the station's count. A command names the station's own highest."""
+    def start(**given: object) -> call.StartTransaction:
+        fields: dict = {"connector_id": 1, "id_tag": "TAG-OK", "meter_start": 0,
+                        "timestamp": now(), **given}
+        return call.StartTransaction(**fields)
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Accepted"
+        for frame, told in (
+                (start(connector_id=99), "connectorId 99 exceeds 10, the highest number a "
+                                         "connector not registered may have"),
+                (start(meter_start=-5), "meterStart: must be within 0..1000000000000"),
+                (call.StatusNotification(connector_id=1, error_code="NoError",
+                                         status="Available", timestamp="1969-12-31T23:59:59Z"),
+                 "timestamp: must be within 1970..2199")):
+            with pytest.raises(PropertyConstraintViolationError) as refused:
+                await cp.call(frame, suppress=False)
+            assert refused.value.description == told, frame
+    with pytest.raises(ValidationError) as refused_command:
+        await central.services.commands.send(SYSTEM, "CP-1", "UnlockConnector",
+                                             {"connectorId": 3})
+    assert refused_command.value.message == "connectorId 3 exceeds this station's highest, 2"
 
 
 async def test_sane_edge_values_are_kept(central: Central) -> None:
