@@ -53,8 +53,9 @@ class MeterSample:
         "(none passes the OCPP server: a row written by another tool)."))
     value: float = strawberry.field(description="As the charger sent it, in `unit`.")
     unit: UnitOfMeasure | None = strawberry.field(description=(
-        "OCPP UnitOfMeasure, e.g. `WH`, `KW`, `PERCENT`; null when the charger sent none "
-        "(OCPP reads it as Wh)."))
+        "OCPP UnitOfMeasure, e.g. `WH`, `KW`, `PERCENT`. Sent without one, an energy "
+        "measurand's (register or interval) is `WH`, as OCPP 1.6 reads it; any other's is "
+        "null (its unit unknown)."))
     phase: Phase | None = strawberry.field(description="OCPP Phase, e.g. `L1`, `L1_N`; "
                                                        "null for a total.")
     context: ReadingContext | None = strawberry.field(description=(

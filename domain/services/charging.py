@@ -1854,7 +1854,8 @@ class ChargingService(ChargerConnections):
         def read(sent: list[MeterReading]
                  ) -> tuple[list[MeterReading], RegisterCount | None, list[MeterSample]]:
             count = register_count(session, rated_kw)
-            kept = believed(sent, self.clocks.believable, self.now())
+            kept = believed(sent, self.clocks.believable, self.now(),
+                            session.start_time if session is not None else None)
             return kept, count, samples_of(station, connector_id, transaction_id, session,
                                            kept, count)
         try:
@@ -1962,14 +1963,14 @@ class ChargingService(ChargerConnections):
         # start: what was metered, flagged.
         end = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
-        readings = believed(sound(readings or [], cp_id, transaction_id),
-                            self.clocks.believable, self.now())
+        readings = sound(readings or [], cp_id, transaction_id)
         # A station not Accepted (now) has no card checked, by its stop either: the
         # answer leaves idTagInfo out (optional in 1.6), as for a stop without an idTag.
         info = await self.authorize(cp_id, id_tag) \
             if id_tag and station.registration is Registration.ACCEPTED else None
-        readings = readings or []
         session = await self._transaction(cp_id, transaction_id)
+        readings = believed(readings, self.clocks.believable, self.now(),
+                            session.start_time if session is not None else None)
         # What its records keep: none for an id we never issued (``issued_id``).
         kept_id = transaction_id if issued_id(transaction_id) else None
         # The stop's signed meter values (its transactionData: the record of the whole

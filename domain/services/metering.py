@@ -34,6 +34,14 @@ from domain.services.base import charger, patch, stamp_new
 log = logging.getLogger("chargegraph.charging")
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
+#: The energy imported during the interval a reading ends (the charger's sample or clock
+#: interval): what a charger without a register meters by.
+ENERGY_INTERVAL = "Energy.Active.Import.Interval"
+#: The contexts whose interval readings add to a session: the periodic ones (no context
+#: is Sample.Periodic in OCPP 1.6). A charger sending clock-aligned intervals beside them
+#: covers the same energy twice, so those (and triggered ones, of an interval unknown)
+#: are kept as samples only; the stop's meterStop bills what they miss.
+COUNTED_INTERVALS = (None, "Sample.Periodic")
 POWER = "Power.Active.Import"
 SOC = "SoC"
 #: The phases whose readings add up to a total (per line, to neutral or unspecified).
@@ -137,6 +145,20 @@ class RegisterCount:
         added, self.high, self.at = counted - self.high, counted, at
         return added
 
+    def interval(self, wh: int, at: datetime) -> int | None:
+        """What an interval reading (``wh`` delivered in the interval ending ``at``) adds
+        to the count: all of it when stamped after the reading that last moved the count,
+        else 0 (a resent frame, a stop's ``transactionData`` repeating the live readings,
+        a late one: the stop's meterStop bills it); ``None`` for one no meter could show
+        (``believable_register``, on the count it would reach)."""
+        self.behind = None
+        if wh <= 0 or (self.at is not None and at <= self.at):
+            return 0
+        if not believable_register(self.session, self.high + wh, at, self.rated_kw):
+            return None
+        self.high, self.at = self.high + wh, at
+        return wh
+
     def counted(self, wh: int, at: datetime, *, final: bool = False) -> int | None:
         """The reading on the session's count (``offset`` applied, across a rollover or
         reset it shows); ``None`` for one no meter could show. ``final``: the
@@ -232,9 +254,11 @@ def late_share(late: LateReading, next_sample: MeterSample) -> int:
     register the sample was counted from (its reading less its increment) up to the late
     one, which lies between them in time. 0 when it is not between them in register too
     (the same late reading again: its share taken already; a register that went back)
-    or when the sample is a line's, whose reading is not the total register."""
+    or when the sample is a line's or an interval's, whose reading is not the total
+    register."""
     delta = next_sample.delta_wh or 0
-    if next_sample.phase is not None or delta <= 0:
+    if next_sample.phase is not None or next_sample.measurand != ENERGY_REGISTER \
+            or delta <= 0:
         return 0
     reading = round(to_wh(next_sample.value, next_sample.unit))
     if not reading - delta < late.counted < reading:
@@ -250,7 +274,8 @@ def credited_readings(samples: Iterable[MeterSample]) -> dict[int, datetime]:
     take (``late_share`` would find none)."""
     credited: dict[int, datetime] = {}
     for sample in samples:
-        if sample.phase is None and (sample.delta_wh or 0) > 0:
+        if sample.phase is None and sample.measurand == ENERGY_REGISTER \
+                and (sample.delta_wh or 0) > 0:
             wh = round(to_wh(sample.value, sample.unit))
             credited[wh] = max(sample.at, credited.get(wh, sample.at))
     return credited
@@ -336,6 +361,12 @@ def to_w(value: float, unit: str | None) -> float:
     return value * 1000 if unit == "kW" else value
 
 
+def default_unit(measurand: str) -> str | None:
+    """The unit OCPP 1.6 reads a sampled value sent without one in: Wh for an energy
+    measurand (register or interval), none for the others (power has no default)."""
+    return "Wh" if measurand.startswith("Energy.") else None
+
+
 def reading_number(sv: SampledValue) -> float | None:
     """The number a sampled value writes; ``None`` for SignedData (a signed blob, even
     one made of digits alone, is no reading) and other text that is no number."""
@@ -345,13 +376,16 @@ def reading_number(sv: SampledValue) -> float | None:
 
 
 def believed(readings: list[MeterReading], believable: Callable[[datetime], bool],
-             now: datetime) -> list[MeterReading]:
+             now: datetime, start: datetime | None = None) -> list[MeterReading]:
     """``readings`` with any stamped beyond belief (2099: a clock glitch; ``believable``)
     placed at ``now``, their arrival, as unbelievable start, stop and status times are:
     one such sample was stored in 2099, adding its energy to that day's trends and
-    pricing it by that day's time of day (QA s17). Each timestamp is checked first
-    (``meterValue.timestamp``): one outside the years any instant may have is still
-    refused."""
+    pricing it by that day's time of day (QA s17). A ``Transaction.Begin`` reading is
+    placed at its session's ``start`` instead (when known): at the arrival of a stop's
+    ``transactionData``, after the live readings, its meterStart read as a register gone
+    back to 0, a false ``RESET`` (QA s32, a clock never set). Each timestamp is checked
+    first (``meterValue.timestamp``): one outside the years any instant may have is
+    still refused."""
     kept = readings
     for index, reading in enumerate(readings):
         if believable(reading.timestamp):
@@ -359,7 +393,11 @@ def believed(readings: list[MeterReading], believable: Callable[[datetime], bool
         v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
         if kept is readings:
             kept = list(readings)
-        kept[index] = reading._replace(timestamp=now, reported=reading.timestamp)
+        begins = bool(reading.values) \
+            and all(sv.context == "Transaction.Begin" for sv in reading.values)
+        kept[index] = reading._replace(
+            timestamp=start if start is not None and begins else now,
+            reported=reading.timestamp)
     return kept
 
 
@@ -483,8 +521,10 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                session: Session | None, readings: list[MeterReading],
                count: RegisterCount | None = None) -> list[MeterSample]:
     """Every numeric sample; for an active session's total energy register (or, from a
-    charger that meters per phase only, the sum of its lines') also the Wh it adds to
-    the session (``delta_wh``) through its ``count`` (``register_count``): counted from
+    charger that meters per phase only, the sum of its lines'; from one with no register
+    in the reading, its periodic interval readings: ``RegisterCount.interval``) also the
+    Wh it adds to the session (``delta_wh``) through its ``count`` (``register_count``):
+    counted from
     the highest register so far (``meter_start_wh + energy_wh``), so energy per period
     is a plain sum in the store. A reading at or below it (late, or a register that went
     back) adds nothing (a late one is noted in ``count.late``, for the stored samples to
@@ -508,6 +548,9 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
         placed = at if session is None or at >= session.start_time else session.start_time
         total_seen = False
         lines: dict[str, tuple[float, int]] = {}  # line → (its register in Wh, its sample)
+        # Its interval readings likewise, the total's under None: counted only when the
+        # reading has no register (one beside them is what counts, the same energy).
+        intervals: dict[str | None, tuple[float, int]] = {}
         for sv in reading.values:
             value = reading_number(sv)
             if value is None:
@@ -524,6 +567,11 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 elif sv.phase in LINE_OF_PHASE:
                     lines.setdefault(LINE_OF_PHASE[sv.phase],
                                      (to_wh(value, sv.unit), len(samples)))
+            elif count is not None and measurand == ENERGY_INTERVAL \
+                    and sv.location in (None, "Outlet") and sv.context in COUNTED_INTERVALS \
+                    and (sv.phase is None or sv.phase in LINE_OF_PHASE):
+                intervals.setdefault(LINE_OF_PHASE.get(sv.phase or ""),
+                                     (to_wh(value, sv.unit), len(samples)))
             # Stamped here rather than by stamp_new: the defaults would each read the
             # clock only to be overwritten (three samples per frame add up).
             samples.append(MeterSample(
@@ -536,7 +584,7 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 updated_by=actor.actor,
                 session_id=session_id, cp_id=station.cp_id,
                 connector_id=connector_id, at=placed, measurand=measurand, value=value,
-                unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
+                unit=sv.unit or default_unit(measurand),
                 phase=sv.phase, context=sv.context, transaction_id=transaction_id,
                 delta_wh=delta_wh, station_id=station.id,
             ))
@@ -545,13 +593,28 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
             # its lines' (without it, the session metered nothing live and all its
             # energy landed at the stop). The increment goes on the reading's last
             # line sample, so energy per period stays a plain sum of increments.
-            added = count.added(round(sum(line_wh for line_wh, _ in lines.values())), at)
-            last = max(index for _, index in lines.values())
+            line_wh, last = line_total(lines)
+            added = count.added(round(line_wh), at)
             if added:
                 samples[last] = replace(samples[last], delta_wh=added)
             elif count.behind is not None:
                 count.late.append(LateReading(last, count.behind))
+        elif intervals and not total_seen and count is not None:
+            # A charger with no register (QA s32: its sessions showed 0 kWh live and all
+            # their energy in the stop's hour): the reading's interval, its total or
+            # the sum of its lines', as a register's increment would be.
+            interval_wh, last = intervals[None] if None in intervals \
+                else line_total(intervals)
+            added = count.interval(round(interval_wh), at)
+            if added:
+                samples[last] = replace(samples[last], delta_wh=added)
     return samples
+
+
+def line_total(lines: dict[Any, tuple[float, int]]) -> tuple[float, int]:
+    """The sum of a reading's line readings (line → its Wh, its sample's position) and
+    the position of the last of their samples, which takes the increment."""
+    return sum(wh for wh, _ in lines.values()), max(index for _, index in lines.values())
 
 
 SIGNED_DATA = "SignedData"
