@@ -833,14 +833,18 @@ def not_erased(user_id: str) -> Guard:
 _HOLDS_ITS_CARD = all_of(Eq("state", SessionState.ACTIVE), Eq("start_refused", None))
 
 
-def holding_card(tag: str) -> Filter:
+def holding_card(tag: str, begun_by: datetime | None = None) -> Filter:
     """The sessions that hold a card, so that a start of it elsewhere is told
     ``ConcurrentTx`` (and a remote start of it is refused): open, and not refused at their
     start (``Session.start_refused``). A session the CSMS itself refused (ConcurrentTx,
     Blocked, …) that its charger never stops held the card for good: the driver's next
     start, after the session accepted in its place had ended, was told ConcurrentTx
-    because of it (review r26)."""
-    return all_of(Eq("id_tag", tag), _HOLDS_ITS_CARD)
+    because of it (review r26). ``begun_by``: only those begun by then held it at a
+    start stamped so, replayed from an offline queue: a session of the card begun later
+    on another charger made the one charged hours before ConcurrentTx, recorded refused
+    and billed nothing (QA s32)."""
+    return all_of(Eq("id_tag", tag), _HOLDS_ITS_CARD,
+                  None if begun_by is None else Range("start_time", lte=begun_by))
 
 
 def holding_car(vehicle_id: str) -> Filter:

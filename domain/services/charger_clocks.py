@@ -137,6 +137,22 @@ class ChargerClocks:
         return known - MAX_QUEUED_BEFORE_RECORD <= charger_time \
             < known - BILLED_TIME_TOLERANCE
 
+    def replayed(self, cp_id: str, charger_time: datetime) -> bool:
+        """Whether a start stamped ``charger_time``, asked before it is observed, was
+        queued offline and replayed late: it arrives more than ``BILLED_TIME_TOLERANCE``
+        after it on the charger's clock as known, or, while that clock is not known, is
+        stamped more than that before its connection (to this instance) opened, on
+        ours. Without the latter, a queue flushed first on a connection to a process
+        that had not heard the charger yet set its clock (``queued``), and its start,
+        hours old, was judged as a live one: by the card's status and sessions at its
+        arrival (QA s32). A clock that far behind, its first timestamp a live start,
+        looks the same (``behind_at``: the two cannot be told apart)."""
+        if cp_id in self._seen:
+            return self.charger_now(cp_id) - charger_time > BILLED_TIME_TOLERANCE
+        opened = self._connected.get(cp_id)
+        return opened is not None \
+            and opened - MAX_QUEUED_BEFORE_RECORD <= charger_time < opened - BILLED_TIME_TOLERANCE
+
     def charger_now(self, cp_id: str) -> datetime:
         """The current instant on the charger's clock (our clock until it sent a
         timestamp). Connector state intervals live on the charger's timeline, so that a

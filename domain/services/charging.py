@@ -22,7 +22,6 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 from domain import validation as v
 from domain.clock import as_utc
 from domain.entities import (
-    BILLED_TIME_TOLERANCE,
     LIVE_RESERVATION_STATES,
     Connector,
     ConnectorStatus,
@@ -283,6 +282,16 @@ class _StartIdentity(NamedTuple):
     reported: datetime | None = None
     #: Its charger's last boot as we know it (``Station.booted_at``) when it arrived.
     booted: datetime | None = None
+    #: Queued offline and replayed on reconnecting (``ChargerClocks.replayed``): it
+    #: charged before it could be told anything, and only sessions of its card begun
+    #: by its time held the card then (``holding_card``'s ``begun_by``).
+    replayed: bool = False
+
+    @property
+    def begun_by(self) -> datetime | None:
+        """The bound on the start of the card's sessions that make it ``ConcurrentTx``
+        (``holding_card``): its own time for a replayed start, none for a live one."""
+        return self.start if self.replayed else None
 
     def matches(self, session: Session, now: datetime) -> bool:
         """``session`` is this start, written by an earlier copy. For a glitching start,
@@ -773,7 +782,8 @@ class ChargingService(ChargerConnections):
                               exclude_sessions: Collection[str] = (), *,
                               before: int | None = None,
                               card: tuple[IdTag | None] | None = None,
-                              at: datetime | None = None) -> IdTagInfo:
+                              at: datetime | None = None,
+                              begun_by: datetime | None = None) -> IdTagInfo:
         """The card's status for a StartTransaction: as ``authorize``, and
         ``ConcurrentTx`` while another transaction holds it (``holding_card``: open, its
         start not refused). ``exclude_sessions``: open sessions that do not hold the card
@@ -783,11 +793,13 @@ class ChargingService(ChargerConnections):
         judged as read, not read again: the session written is the decision's (review
         r27-accounts3: a card issued between two reads was Accepted, the session written
         of no one's). ``at``: the moment the expiryDate counts from (``_cached_until``),
-        now by default."""
-        return await self._card_answer(id_tag, (exclude_sessions, before), card, at)
+        now by default. ``begun_by``: a replayed start's time, only sessions begun by
+        then hold the card (``holding_card``)."""
+        return await self._card_answer(id_tag, (exclude_sessions, before, begun_by), card,
+                                       at)
 
     async def _card_answer(self, id_tag: str,
-                           start: tuple[Collection[str], int | None] | None,
+                           start: tuple[Collection[str], int | None, datetime | None] | None,
                            card: tuple[IdTag | None] | None = None,
                            at: datetime | None = None) -> IdTagInfo:
         """The card's idTagInfo; ``start``: a start's (``authorize_start``) sessions
@@ -805,9 +817,10 @@ class ChargingService(ChargerConnections):
             return IdTagInfo("Expired", tag.expires_at)
         expiry = self._cached_until(tag, at)
         if start is not None:
-            exclude_sessions, before = start
+            exclude_sessions, before, begun_by = start
             busy = await self.store.find_all(
-                Session, all_of(holding_card(tag.tag), Range("transaction_id", lt=before)
+                Session, all_of(holding_card(tag.tag, begun_by),
+                                Range("transaction_id", lt=before)
                                 if before is not None else None),
                 limit=len(exclude_sessions) + 1)
             if any(s.id not in exclude_sessions for s in busy):
@@ -1249,14 +1262,17 @@ class ChargingService(ChargerConnections):
             log.warning("%s: StartTransaction stamped %s, before any OCPP 1.6 charger's "
                         "time (its clock is not set): the session is dated on its arrival, "
                         "%s", cp_id, rfc3339(reported), rfc3339(start))
+        # Asked before the start is observed: a queue flushed first on a connection
+        # sets the charger's clock (``ChargerClocks.queued``).
+        replayed = not glitch and reported is None and self.clocks.replayed(cp_id, start)
         await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         tag = v.stored_id_tag(id_tag)
         company_id, station_owner_id = books_of(station)
-        identity = _StartIdentity(
-            tag, start, meter_start, glitch,
-            reported is not None or self.clocks.behind_at(cp_id, start, station.created_at),
-            reported, station.booted_at)
+        behind = reported is not None \
+            or self.clocks.behind_at(cp_id, start, station.created_at)
+        identity = _StartIdentity(tag, start, meter_start, glitch, behind, reported,
+                                  station.booted_at, replayed and not behind)
         for attempt in range(1, START_ATTEMPTS + 1):
             # A clock never set: its copy of the same stamp, open or closed by its stop
             # (open and since the last boot only, for a stuck stamp); another glitch:
@@ -1273,7 +1289,7 @@ class ChargingService(ChargerConnections):
                     # start_refused, its charge read as refused).
                     return same.transaction_id, _told(station,
                                                       await self._recorded_answer(same))
-                info = await self._resent(station, same, presented)
+                info = await self._resent(station, same, presented, identity.replayed)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
             # from Available straight to StartTransaction says nothing the map hears.
@@ -1302,7 +1318,7 @@ class ChargingService(ChargerConnections):
                 await self.pause_to_retry(attempt)
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                info = await self._resent(station, opened, presented)
+                info = await self._resent(station, opened, presented, identity.replayed)
                 return opened.transaction_id, _told(station, info)
             session, ended, used, repriced, info = opened
             break
@@ -1378,8 +1394,8 @@ class ChargingService(ChargerConnections):
             except Exception:  # the message stands, answered; the next trigger recomputes
                 log.exception("a listener of %s's %s failed", cp_id, what)
 
-    async def _resent(self, station: Station, session: Session, presented: str
-                      ) -> IdTagInfo:
+    async def _resent(self, station: Station, session: Session, presented: str,
+                      replayed: bool) -> IdTagInfo:
         """The answer to a start whose session a copy of it wrote (``session``): judged as
         its first copy was. One accepted then is held up only by earlier transactions
         still holding the card: a later one of the same card (tapped on another connector
@@ -1401,7 +1417,9 @@ class ChargingService(ChargerConnections):
         was tried three times and told ConcurrentTx while no transaction held the card
         (review r27-accounts3); else the charger was told another driver's card's
         status, Blocked for an Invalid start (review r27-accounts4). One whose card is
-        on record no more is judged (Invalid): no one else's status is told."""
+        on record no more is judged (Invalid): no one else's status is told.
+        ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``),
+        judged and recorded as such a start is."""
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None \
@@ -1410,8 +1428,8 @@ class ChargingService(ChargerConnections):
             info = await self.authorize_start(
                 station.cp_id, presented, (session.id,),
                 before=session.transaction_id if session.start_refused is None else None,
-                card=(card,))
-            answered = await self._answered(station, session, info, card)
+                card=(card,), begun_by=session.start_time if replayed else None)
+            answered = await self._answered(station, session, info, replayed, card)
             if answered is not None:
                 return answered[1]
             if attempt < START_ATTEMPTS:
@@ -1427,21 +1445,27 @@ class ChargingService(ChargerConnections):
                 return await self._recorded_answer(session)
         return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
-    def _refusal(self, station: Station, session: Session, info: IdTagInfo) -> str | None:
+    def _refusal(self, station: Station, session: Session, info: IdTagInfo,
+                 replayed: bool) -> str | None:
         """What ``session.start_refused`` becomes when its start is answered ``info``
-        (``_answered``)."""
+        (``_answered``); ``replayed``: the start came from an offline queue
+        (``_StartIdentity.replayed``)."""
         if info.status == "Accepted":
             return None
         if session.start_refused is not None:
             return session.start_refused  # refused again (a retry): the refusal stands
-        # Late on the charger's own clock (as its other messages show it): a clock
-        # hours behind ours stamps a live start hours ago.
-        late = not session.start_clock_behind and self.clocks.charger_now(
-            station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
+        # Late on the charger's own clock (``ChargerClocks.replayed``), not on ours: a
+        # clock hours behind ours stamps a live start hours ago.
+        late = replayed and not session.start_clock_behind
+        if late:
+            log.info("%s: transaction %s, queued offline, is told %s now and billed: it "
+                     "charged before it could be told", station.cp_id,
+                     session.transaction_id, info.status)
         return None if late else info.status
 
     async def _answered(self, station: Station, session: Session, info: IdTagInfo,
-                        card: IdTag | None = None) -> tuple[Session, IdTagInfo] | None:
+                        replayed: bool, card: IdTag | None = None
+                        ) -> tuple[Session, IdTagInfo] | None:
         """Records on ``session`` the answer its start got when it refused a start the
         charger could still act on (``Session.start_refused``: priced by no tariff): its
         card's status (``info``), also where the charger was told ``WITHHELD`` (a
@@ -1466,7 +1490,7 @@ class ChargingService(ChargerConnections):
         was told Accepted, a billed session holding a blocked card (review r28).
         When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
         again, and answers a closed session as recorded (refused)."""
-        refused = self._refusal(station, session, info)
+        refused = self._refusal(station, session, info, replayed)
         if refused == session.start_refused:
             return session, info
         if session.state is not SessionState.ACTIVE:
@@ -1477,7 +1501,7 @@ class ChargingService(ChargerConnections):
                          also_if=(("start_refused", session.start_refused),))
         guards: list[Guard] = []
         if refused is None:  # it takes the card
-            guards.append(self._card_free(session))
+            guards.append(self._card_free(session, replayed))
             # Its card still on record, and still its holder's: the tag text alone let
             # a removed tag issued again to another driver accept the resend against
             # their card, billed to the first (review r27-accounts2). The session keeps
@@ -1496,17 +1520,21 @@ class ChargingService(ChargerConnections):
         return cast(Session, change.record), info
 
     @staticmethod
-    def _card_free(session: Session) -> Guard:
+    def _card_free(session: Session, replayed: bool) -> Guard:
         """The guard of a write that makes ``session`` hold its card (``holding_card``):
         no other session holds it, as the store stands with the write. Two starts of one
         card at once (two chargers, two instances) each judged the card before the
         other's session was written, and both were Accepted (review r26): the write of
         the second to land fails, and its start reads again and is told ConcurrentTx.
         SQLite checks it inside the write; MongoDB after its own write (each side writes
-        first and reads second: at least one of two meets the other, ``Guard``)."""
+        first and reads second: at least one of two meets the other, ``Guard``).
+        ``replayed``: a start from an offline queue, judged by the sessions begun by its
+        time (``holding_card``)."""
         others = any_of(Range("transaction_id", lt=session.transaction_id),
                         Range("transaction_id", gt=session.transaction_id))
-        return Guard(Session, all_of(holding_card(session.id_tag), others), exists=False)
+        begun_by = session.start_time if replayed else None
+        return Guard(Session, all_of(holding_card(session.id_tag, begun_by), others),
+                     exists=False)
 
     @staticmethod
     def _card_unchanged(card: IdTag) -> Guard:
@@ -1619,15 +1647,17 @@ class ChargingService(ChargerConnections):
         # Its expiryDate counted from the session's own moment: a resend once it is
         # closed is told the same (``_recorded_answer``).
         info = await self.authorize_start(cp_id, presented, [o.id for o in ended],
-                                          card=(id_tag_record,), at=session.created_at)
-        session = replace(session, start_refused=self._refusal(station, session, info))
+                                          card=(id_tag_record,), at=session.created_at,
+                                          begun_by=identity.begun_by)
+        session = replace(session, start_refused=self._refusal(station, session, info,
+                                                               identity.replayed))
         guards = self._start_guards(station, plug, is_new, id_tag_record)
         if id_tag_record is None:
             # None on record as read: a card issued meanwhile fails the write, and the
             # start reads again and is judged on it.
             guards.append(Guard(IdTag, Eq("tag", presented), exists=False))
         elif info.status == "Accepted" and session.state is SessionState.ACTIVE:
-            guards.append(self._card_free(session))
+            guards.append(self._card_free(session, identity.replayed))
             # Accepted on the card read: only while it is still on record, unchanged
             # (its ``updated_at``). A removal landing between that read and this write
             # left an ACTIVE session billed on a card that was gone (review

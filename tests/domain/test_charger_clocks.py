@@ -52,3 +52,22 @@ def test_a_timestamp_a_month_before_the_connection_is_a_clock_reset_not_a_queue(
     clocks.connected("CP", ours.now)
     clocks.observe("CP", T + timedelta(days=5))  # 45 days before: followed
     assert clocks.charger_now("CP") == T + timedelta(days=5)
+
+
+def test_a_start_is_replayed_when_late_on_its_clock_or_before_its_connection_opened(
+        ) -> None:
+    """``ChargerClocks.replayed``, asked before the start is observed: while the clock
+    is not known, stamped more than the tolerance before the connection opened (QA s32:
+    the queue's first start set the clock and was judged a live one); once known, late
+    on that clock. A charger not connected here, its clock unknown: never."""
+    ours = Ours()
+    clocks = ChargerClocks(ours)
+    assert not clocks.replayed("CP", T - timedelta(hours=3))
+    clocks.connected("CP", T)
+    ours.now = T + timedelta(seconds=5)
+    assert clocks.replayed("CP", T - timedelta(hours=3))
+    assert not clocks.replayed("CP", T - timedelta(minutes=1))  # within the tolerance
+    assert not clocks.replayed("CP", T - timedelta(days=31))  # a clock reset, not a queue
+    clocks.observe("CP", T - timedelta(hours=1))  # a clock an hour behind, known
+    assert not clocks.replayed("CP", T - timedelta(hours=1))
+    assert clocks.replayed("CP", T - timedelta(hours=2))

@@ -716,9 +716,12 @@ async def test_a_reboot_closes_no_later_than_a_believable_reading(world: World) 
 
 async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_now(
         world: World) -> None:
-    """A whole transaction queued offline arrives while the card charges elsewhere
-    (ConcurrentTx), or after the card expired (Expired): the charger charged before it
-    could be told, so it is billed, not taken for a refused start."""
+    """A whole transaction queued offline arrives while the card charges elsewhere, or
+    after the card expired (Expired): the charger charged before it could be told, so it
+    is billed, not taken for a refused start. Only a session of the card begun by its
+    time makes it ConcurrentTx: one begun since on another connector did not hold the
+    card then (QA s32: told ConcurrentTx, recorded refused when its charger's clock was
+    taken from it, and billed nothing)."""
     charging = world.services.charging
     await _priced(world, price_per_kwh="0.40", session_fee="1.00")
     now = datetime.now(UTC).replace(microsecond=0)
@@ -726,19 +729,29 @@ async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_no
                                                     now - timedelta(seconds=30))
     assert answer.status == "Accepted"
     flushed, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
-    assert answer.status == "ConcurrentTx"
+    assert answer.status == "Accepted"  # the live one began after it
     await charging.stop_transaction(CP, flushed, 60_000, T0 + timedelta(minutes=30))
     session = await world.session(flushed)
     assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, the fee
     await charging.stop_transaction(CP, live, 0, now)
+    # The card held by a session begun before it, open: ConcurrentTx, and billed.
+    holder, answer = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                      T0 + timedelta(minutes=32))
+    assert answer.status == "Accepted"
+    busy, answer = await charging.start_transaction(CP, 1, "TAG-1", 60_000,
+                                                    T0 + timedelta(minutes=34))
+    assert answer.status == "ConcurrentTx"
+    await charging.stop_transaction(CP, busy, 61_000, T0 + timedelta(minutes=36))
+    assert (await world.session(busy)).cost_minor == 140
+    await charging.stop_transaction(CP, holder, 0, T0 + timedelta(minutes=37))
     tag = await world.store.find_one(d.IdTag, Eq("tag", "TAG-1"))
     assert tag is not None
     await world.store.write([Update(replace(tag, expires_at=now - timedelta(minutes=5)),
                                     frozenset({"expires_at"}))], [])
-    expired, answer = await charging.start_transaction(CP, 1, "TAG-1", 60_000,
+    expired, answer = await charging.start_transaction(CP, 1, "TAG-1", 61_000,
                                                        T0 + timedelta(minutes=40))
     assert answer.status == "Expired"
-    await charging.stop_transaction(CP, expired, 61_000, T0 + timedelta(minutes=50))
+    await charging.stop_transaction(CP, expired, 62_000, T0 + timedelta(minutes=50))
     assert (await world.session(expired)).cost_minor == 140
 
 

@@ -17,6 +17,7 @@ from chargegraph.housekeeping import following_changes
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy, Viewer
+from domain.ports import Store
 from domain.services import ConnectorSpec, ServiceContext, Services
 from graph import TokenService
 from ocpp_bridge.frames import MAX_SAMPLED_VALUES
@@ -37,7 +38,7 @@ REFUSAL_DELAY_S = 0.05
 @dataclass
 class Central:
     services: Services
-    store: SqliteStore
+    store: Store
     server: OcppServer
     gateway: OcppGateway
     url: str
@@ -66,7 +67,8 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
                         command_timeout: float = 5.0, relayed: bool = False,
                         strict_schema: bool = False, port: int = 0,
                         ahead: timedelta = timedelta(0), leases: bool = False,
-                        max_sampled_values: int = MAX_SAMPLED_VALUES) -> Central:
+                        max_sampled_values: int = MAX_SAMPLED_VALUES,
+                        store: Store | None = None) -> Central:
     """A central system on ``path``. ``relayed``: commands go the way they go between two
     instances, through a ``CommandRelay`` without chargers to one holding this server's
     connections, over a bus that carries them as JSON. ``port``: the OCPP server's (one
@@ -76,9 +78,11 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     (of an hour: its own rounds never run in a test, which calls ``server.upkeep``), as
     ``chargegraph`` runs it. ``max_sampled_values``: the server's bound on a MeterValues
     (``CHARGEGRAPH_OCPP_MAX_SAMPLED_VALUES``). With a ``bus``, the services follow what
-    other instances announce, as ``chargegraph`` wires every instance."""
-    store = SqliteStore(str(path))
-    await store.start()
+    other instances announce, as ``chargegraph`` wires every instance. ``store``: an
+    open one to run on instead (MongoDB's: ``open_mongo_store``), closed with it."""
+    if store is None:
+        store = SqliteStore(str(path))
+        await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
                                        bus=bus,
                                        clock=(lambda: utcnow() + ahead) if ahead else utcnow),

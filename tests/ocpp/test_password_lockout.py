@@ -1018,7 +1018,7 @@ async def test_an_auto_registration_while_another_process_holds_the_database(
     central = await start_central(tmp_path / "auto.db", auto_register=True)
     other = sqlite3.connect(tmp_path / "auto.db", isolation_level=None)
     try:
-        central.store._writer.busy_timeout_ms = 200  # type: ignore[union-attr]
+        central.store._writer.busy_timeout_ms = 200  # type: ignore[attr-defined]
         other.execute("BEGIN IMMEDIATE")
         status = await attempt(central, None, CHARGER, "NEW-1")
         other.execute("ROLLBACK")

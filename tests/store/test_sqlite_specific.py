@@ -1843,14 +1843,19 @@ async def test_a_start_s_card_guard_reads_the_card_s_active_sessions_by_their_in
     card (``ChargingService._card_free``, checked inside the write lock), and judged by
     the same read just before (``authorize_start``). With no index on the tag both
     scanned every ACTIVE session of the network (4-5 ms a start at 20,000 open, the
-    write lock held); they read the card's own by ``session_active_id_tag_idx``."""
+    write lock held); they read the card's own by ``session_active_id_tag_idx``. So do
+    a replayed start's, of the sessions begun by its time (``holding_card``'s
+    ``begun_by``, QA s32)."""
     started = session(station(), id_tag="TAG-1", transaction_id=7)
-    sql, params = _guard_query(ChargingService._card_free(started))
-    plans = [await _plan_of(store, sql, params)]
+    plans = []
+    for replayed in (False, True):
+        sql, params = _guard_query(ChargingService._card_free(started, replayed))
+        plans.append(await _plan_of(store, sql, params))
     for before in (None, 7):  # a start's read, a resend's (earlier transactions only)
-        plans.append(await _plan(store, Session, all_of(
-            holding_card("TAG-1"),
-            Range("transaction_id", lt=before) if before is not None else None)))
+        for begun_by in (None, started.start_time):
+            plans.append(await _plan(store, Session, all_of(
+                holding_card("TAG-1", begun_by),
+                Range("transaction_id", lt=before) if before is not None else None)))
     for plan in plans:
         assert "USING INDEX session_active_id_tag_idx (id_tag=?)" in plan, plan
         assert "SCAN" not in plan, plan
