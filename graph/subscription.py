@@ -64,7 +64,11 @@ class SessionChange(Enum):
         "session ends is dropped, its ENDED carries the last): for every reading, read "
         "the session's `meterValues`."))
     ENDED = strawberry.enum_value("ENDED", description=(
-        "It ended: its StopTransaction, or the service closed it."))
+        "It ended: its StopTransaction, or the service closed it. One the service closed "
+        "without its StopTransaction (an operator's `endSession`, a lost stop: the "
+        "session's `closedWithoutStop`) is corrected by that stop should the charger send "
+        "it later (energy, end, reason and cost as the charger gave them), announced as "
+        "another ENDED of the same session."))
 
 
 def of_chargers(cp_ids: list[str] | None, station_ids: list[strawberry.ID] | None,
@@ -102,7 +106,11 @@ class StationEventFilter:
 class SessionEventFilter:
     session_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Follow one session: the subscription completes after its ENDED event, and at once "
-        "when it is over already (or not the viewer's)."))
+        "when it is over already (or not the viewer's). A session ended without its "
+        "StopTransaction (`closedWithoutStop`: an operator's `endSession`) may be "
+        "corrected by the charger's stop after that, which this subscription does not "
+        "follow: read the session again, or follow its charger (`cpIds`), whose feed "
+        "carries the correction's ENDED."))
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
         listed_beside("Only sessions on these chargers (OCPP identities)", "cpId")))
     cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
@@ -539,7 +547,9 @@ class Subscription:
         "within that time make one event, and one still held when the session ends is "
         "not sent (the ENDED carries the last figures). A client drawing a charging "
         "curve reads the session's `meterValues` (`from` the last sample it has) on an "
-        "event, not the events' `energyKwh`."))
+        "event, not the events' `energyKwh`. A session may end twice: closed without "
+        "its StopTransaction (`endSession`), then corrected by the charger's stop, a "
+        "second ENDED (see `SessionChange.ENDED` and `filter.sessionId`)."))
     def session_updated(self, info: Info, filter: SessionEventFilter | None = None
                         ) -> AsyncIterator[SessionEvent]:
         ctx: GraphContext = info.context

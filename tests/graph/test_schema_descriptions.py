@@ -56,3 +56,17 @@ def test_session_updates_say_they_are_throttled_and_where_every_reading_is() -> 
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
     assert "throttled to one a second per session" in readme
     assert SESSION_UPDATE_INTERVAL_S == 1.0  # README says "one a second"
+
+
+def test_a_session_ending_twice_is_told_where_its_subscription_is() -> None:
+    # QA s32: endSession's ENDED completed a per-session subscription, and the charger's
+    # later stop corrected the session with a second ENDED that nobody had said exists.
+    types = schema._schema.type_map
+    ended = types["SessionChange"].values["ENDED"].description  # type: ignore[attr-defined]
+    by_id = types["SessionEventFilter"].fields["sessionId"].description  # type: ignore[attr-defined]
+    field = schema._schema.subscription_type.fields["sessionUpdated"]  # type: ignore[union-attr]
+    assert "another ENDED" in ended and "`closedWithoutStop`" in ended
+    assert "read the session again" in by_id and "`endSession`" in by_id
+    assert "second ENDED" in (field.description or "")
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "A session can end twice." in readme
