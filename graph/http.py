@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +35,7 @@ from strawberry.types.graphql import OperationType
 from domain.errors import DomainError, StoreOutcomeUnknown, Unauthenticated
 from domain.outside import outside_effects
 from domain.ports import NO_METRICS, Metrics
-from domain.services.idempotency import Claim, Refusal, Replay
+from domain.services.idempotency import InProgress, Refusal, Replay
 from graph import exact_json
 from graph.context import GraphContext
 from graph.errors import retryable_failure
@@ -75,7 +76,8 @@ IDEMPOTENCY_KEY = "idempotency-key"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 #: The key came with another operation or other variables than its first request (422).
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
-#: The key's first request is still running (409, ``Retry-After``).
+#: The key's first request is still running (409, ``Retry-After``: a second, or the
+#: rest of its claim's lease once older than a request runs).
 IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
 #: The key's request ran, but its answer is not given: an account it may name was erased
 #: while it ran, its answer's keeping included (``IdempotencyService._unless_erased_since``,
@@ -345,12 +347,15 @@ class GraphQLHTTPHandler:
                 "an account its answer may name was erased while it ran; its answer is not "
                 "given: read its outcome with a query", IDEMPOTENCY_ANSWER_WITHHELD), 410,
                 media)
-        if not isinstance(begun, Claim):
+        if isinstance(begun, InProgress):
+            # A second while the claim is young; the rest of its lease once it is older
+            # than a request runs (its instance most likely died mid-request).
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(
-                "a request with this Idempotency-Key is still running: send it again "
-                "in a moment for its answer", IDEMPOTENCY_KEY_IN_PROGRESS), 409, media,
-                {"Retry-After": "1"})
+                "a request with this Idempotency-Key is still running, or its instance "
+                "stopped while it ran and the key is held until it lapses: send it again "
+                "after Retry-After seconds", IDEMPOTENCY_KEY_IN_PROGRESS), 409, media,
+                {"Retry-After": str(math.ceil(begun.retry_after.total_seconds()))})
         failures: list[str] = []
         reached: list[str] = []
         marker = retryable_failure.set(failures)

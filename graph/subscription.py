@@ -33,6 +33,7 @@ from domain.events import (
 )
 from domain.ids import is_id
 from domain.ocpp16 import member
+from domain.services.live_updates import SESSION_UPDATE_INTERVAL_S
 from graph.command_types import (
     ChargePointErrorCode,
     DiagnosticsStatus,
@@ -48,6 +49,9 @@ from graph.nodes import Connector, Reservation, Session, Station, User, _actor_u
 
 Info = strawberry.Info
 PUBLIC_TOPICS = frozenset({ConnectorStatusChanged.topic, StationConnectionChanged.topic})
+#: How often a session's energy updates may go out, as the schema says it (QA s32: only
+#: internal docs said they were throttled, and a client plotted the events as readings).
+_UPDATE_EVERY = f"one every {SESSION_UPDATE_INTERVAL_S:g} s"
 
 
 @strawberry.enum(description="What happened to a session.")
@@ -55,9 +59,16 @@ class SessionChange(Enum):
     STARTED = strawberry.enum_value("STARTED", description=(
         "The charger started it (StartTransaction)."))
     UPDATED = strawberry.enum_value("UPDATED", description=(
-        "New meter values: energy or power changed (throttled per session)."))
+        f"New meter values: energy or power changed. At most {_UPDATE_EVERY} per "
+        "session, the newest figures (readings in between are not sent; one held when the "
+        "session ends is dropped, its ENDED carries the last): for every reading, read "
+        "the session's `meterValues`."))
     ENDED = strawberry.enum_value("ENDED", description=(
-        "It ended: its StopTransaction, or the service closed it."))
+        "It ended: its StopTransaction, or the service closed it. One the service closed "
+        "without its StopTransaction (an operator's `endSession`, a lost stop: the "
+        "session's `closedWithoutStop`) is corrected by that stop should the charger send "
+        "it later (energy, end, reason and cost as the charger gave them), announced as "
+        "another ENDED of the same session."))
 
 
 def of_chargers(cp_ids: list[str] | None, station_ids: list[strawberry.ID] | None,
@@ -95,7 +106,11 @@ class StationEventFilter:
 class SessionEventFilter:
     session_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Follow one session: the subscription completes after its ENDED event, and at once "
-        "when it is over already (or not the viewer's)."))
+        "when it is over already (or not the viewer's). A session ended without its "
+        "StopTransaction (`closedWithoutStop`: an operator's `endSession`) may be "
+        "corrected by the charger's stop after that, which this subscription does not "
+        "follow: read the session again, or follow its charger (`cpIds`), whose feed "
+        "carries the correction's ENDED."))
     cp_ids: list[str] | None = strawberry.field(default=None, description=(
         listed_beside("Only sessions on these chargers (OCPP identities)", "cpId")))
     cp_id: str | None = strawberry.field(default=None, deprecation_reason=USE_CP_IDS,
@@ -526,7 +541,15 @@ class Subscription:
         return _feed(info, StationConnectionChanged.topic, accept, _station_connection,
                      also=(StationSightChanged.topic,))
 
-    @strawberry.subscription(description="Session started / energy so far / ended.")
+    @strawberry.subscription(description=(
+        "Session started / energy so far / ended. Energy updates (UPDATED) are throttled "
+        f"to {_UPDATE_EVERY} per session, the newest figures only: several meter values "
+        "within that time make one event, and one still held when the session ends is "
+        "not sent (the ENDED carries the last figures). A client drawing a charging "
+        "curve reads the session's `meterValues` (`from` the last sample it has) on an "
+        "event, not the events' `energyKwh`. A session may end twice: closed without "
+        "its StopTransaction (`endSession`), then corrected by the charger's stop, a "
+        "second ENDED (see `SessionChange.ENDED` and `filter.sessionId`)."))
     def session_updated(self, info: Info, filter: SessionEventFilter | None = None
                         ) -> AsyncIterator[SessionEvent]:
         ctx: GraphContext = info.context

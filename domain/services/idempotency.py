@@ -19,8 +19,10 @@ behind a load balancer, on either store) run the mutation once. What comes of it
 - a failure of the service (an outage, an unexpected error: the caller decides which,
   ``release``): the claim is deleted, so the retry runs the mutation;
 - still running: another request with the key is told so (``InProgress``) rather than
-  waiting (across instances it could only poll); a claim whose instance died lapses after
-  ``LEASE``, and then a retry runs the mutation.
+  waiting (across instances it could only poll), and when to ask again: in a moment
+  while the claim is younger than a request runs (``RUNS_WITHIN``), else when its lease
+  lapses. A claim whose instance died lapses after ``LEASE``, and then a retry runs the
+  mutation (again, should it have run: a charger may have acted on its command).
 
 Expired keys are forgotten: a claim finds one as a fresh key, and the sweep deletes them.
 """
@@ -61,6 +63,16 @@ DEFAULT_TTL = timedelta(hours=24)
 #: command waits ``command_timeout``, 30 s by default). One whose instance died mid-request
 #: lapses then.
 LEASE = timedelta(minutes=5)
+#: The longest a keyed request is taken to run, its answer's keeping included: a charger
+#: command answers within twice ``command_timeout`` (30 s by default; queued behind
+#: another to the same charger), the keeping ends within ``KEEPING_ENDS_WITHIN_S``. A
+#: claim older than that is most likely one whose instance died: a retry is told to come
+#: back when its lease lapses, not every second for the rest of it (QA s32: five
+#: minutes of ``Retry-After: 1`` after a crash). A longer configured timeout only makes
+#: such a retry wait longer than it had to: it gets the kept answer all the same.
+RUNS_WITHIN = timedelta(minutes=2)
+#: When a retry of a younger claim is told to ask again.
+SOON = timedelta(seconds=1)
 #: Expired keys deleted per store write by the sweep.
 SWEEP_BATCH = 500
 #: Claims tried before a request is told its key is busy (each lost race re-reads).
@@ -125,11 +137,17 @@ class Replay:
     response: str
 
 
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """A request with the key is running still, or its instance died and the claim holds
+    until its lease lapses: ask again after ``retry_after`` (``SOON`` at least)."""
+
+    retry_after: timedelta
+
+
 class Refusal(Enum):
     #: The key was sent with another operation or other variables.
     REUSED = "reused"
-    #: A request with the key is running still.
-    IN_PROGRESS = "in progress"
     #: The key's request ran, but the user's access (``access_of``) changed since: its
     #: answer is not given them, and it is not run again.
     ACCESS_CHANGED = "access changed"
@@ -139,7 +157,7 @@ class Refusal(Enum):
     WITHHELD = "withheld"
 
 
-Begun = Claim | Replay | Refusal
+Begun = Claim | Replay | InProgress | Refusal
 
 
 class IdempotencyService(Service):
@@ -153,7 +171,8 @@ class IdempotencyService(Service):
 
     async def begin(self, viewer: Viewer, key: str, fingerprint: str) -> Begun:
         """Claims ``key`` of ``viewer`` (signed in) for a request of ``fingerprint``, or
-        says why not: answered already (``Replay``), or ``Refusal``."""
+        says why not: answered already (``Replay``), running (``InProgress``), or
+        ``Refusal``."""
         assert viewer.user_id is not None, "keys are kept per signed-in user"
         now = self.now()
         fresh = stamp_new(IdempotencyKey(
@@ -175,7 +194,7 @@ class IdempotencyService(Service):
                 if found.fingerprint != fingerprint:
                     return Refusal.REUSED
                 if found.state is IdempotencyState.RUNNING:
-                    return Refusal.IN_PROGRESS
+                    return self._in_progress(found, now)
                 if found.response is None:
                     return Refusal.WITHHELD
                 if found.access != fresh.access:
@@ -200,7 +219,14 @@ class IdempotencyService(Service):
             except (Conflict, NotFound):
                 continue
             return Claim(taken.record)  # type: ignore[arg-type]
-        return Refusal.IN_PROGRESS
+        return InProgress(SOON)
+
+    def _in_progress(self, running: IdempotencyKey, now: datetime) -> InProgress:
+        """``running``'s claim held at ``now``: ask again in a moment while it is younger
+        than a request runs, else when its lease lapses."""
+        if now - self._claimed_at(running) < RUNS_WITHIN:
+            return InProgress(SOON)
+        return InProgress(max(SOON, running.lease_until - now))
 
     async def settled(self) -> None:
         """Waits for the answers still being kept in the background (tests, shutdown)."""
@@ -308,10 +334,14 @@ class IdempotencyService(Service):
             lte=record.lease_until + ANSWER_LANDS_WITHIN + ERASED_BEFORE_CLAIM))
 
     def _claimed(self, record: IdempotencyKey) -> datetime:
-        """When ``record``'s request claimed its key, ``ERASED_BEFORE_CLAIM`` earlier:
-        from its expiry, which a claim sets and nothing else changes (its
-        ``lease_until`` is the answer's time once it is kept)."""
-        return record.expires_at - self.ttl - ERASED_BEFORE_CLAIM
+        """When ``record``'s request claimed its key, ``ERASED_BEFORE_CLAIM`` earlier."""
+        return self._claimed_at(record) - ERASED_BEFORE_CLAIM
+
+    def _claimed_at(self, record: IdempotencyKey) -> datetime:
+        """When ``record``'s request claimed its key: from its expiry, which a claim sets
+        and nothing else changes (its ``lease_until`` is the answer's time once it is
+        kept)."""
+        return record.expires_at - self.ttl
 
     async def _erased(self, when: Range) -> bool:
         return await self.store.find_one(User, when) is not None

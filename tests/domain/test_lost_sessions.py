@@ -200,10 +200,19 @@ async def test_a_stop_after_an_operators_end_session_corrects_it(world: World) -
     await charging.meter_values(CP, 1, tx, register(1000, 600))
     ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
     assert (ended.energy_wh, ended.cost_minor) == (1000, 40)
-    await charging.stop_transaction(CP, tx, 5000, T0 + timedelta(minutes=20))
+    assert (ended.stop_reason, ended.closed_without_stop) == ("Other", True)
+    *_, first = await world.events_until(lambda e: e.change == "ENDED")
+    await charging.stop_transaction(CP, tx, 5000, T0 + timedelta(minutes=20),
+                                    reason="Local")
     stopped = await world.session(tx)
     assert (stopped.energy_wh, stopped.cost_minor) == (5000, 200)
+    assert (stopped.stop_reason, stopped.closed_without_stop) == ("Local", False)
     assert (await _payment(world, stopped)).amount_minor == 200
+    # Announced as README and the schema say (QA s32): a second ENDED of the session,
+    # with the charger's figures.
+    [again] = await world.events_until(lambda e: e.change == "ENDED")
+    assert (first.energy_wh, again.energy_wh) == (1000, 5000)
+    assert again.session_id == first.session_id == stopped.id
 
 
 async def test_a_payment_already_captured_keeps_its_money(

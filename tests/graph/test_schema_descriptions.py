@@ -2,9 +2,12 @@
 README promises GraphiQL's docs pane (and schema.graphql) explains the whole API. The walk
 is ``graph.schema_docs.undescribed``, the one scripts/schema_doc_coverage.py counts by."""
 
+from pathlib import Path
+
 from graphql import build_schema
 
 from domain.entities import WebhookEvent
+from domain.services.live_updates import SESSION_UPDATE_INTERVAL_S
 from graph.schema import export_sdl, schema
 from graph.schema_docs import undescribed
 
@@ -40,3 +43,30 @@ def test_each_webhook_event_names_the_type_it_delivers() -> None:
     values = schema._schema.type_map["WebhookEvent"].values  # type: ignore[attr-defined]
     for event in WebhookEvent:
         assert values[event.name].description.startswith(f"`{event.value}`: "), event.name
+
+
+def test_session_updates_say_they_are_throttled_and_where_every_reading_is() -> None:
+    # QA s32: only internal docs said so, and five MeterValues came as one UPDATED and
+    # the ENDED to a client drawing a curve from the events.
+    every = f"one every {SESSION_UPDATE_INTERVAL_S:g} s"
+    field = schema._schema.subscription_type.fields["sessionUpdated"]  # type: ignore[union-attr]
+    updated = schema._schema.type_map["SessionChange"].values["UPDATED"]  # type: ignore[attr-defined]
+    for description in (field.description, updated.description):
+        assert every in description and "`meterValues`" in description, description
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "throttled to one a second per session" in readme
+    assert SESSION_UPDATE_INTERVAL_S == 1.0  # README says "one a second"
+
+
+def test_a_session_ending_twice_is_told_where_its_subscription_is() -> None:
+    # QA s32: endSession's ENDED completed a per-session subscription, and the charger's
+    # later stop corrected the session with a second ENDED that nobody had said exists.
+    types = schema._schema.type_map
+    ended = types["SessionChange"].values["ENDED"].description  # type: ignore[attr-defined]
+    by_id = types["SessionEventFilter"].fields["sessionId"].description  # type: ignore[attr-defined]
+    field = schema._schema.subscription_type.fields["sessionUpdated"]  # type: ignore[union-attr]
+    assert "another ENDED" in ended and "`closedWithoutStop`" in ended
+    assert "read the session again" in by_id and "`endSession`" in by_id
+    assert "second ENDED" in (field.description or "")
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "A session can end twice." in readme
