@@ -347,6 +347,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.KNOWN_ADDRESS_SWEEP_S, services.charging.sweep_known_addresses,
                 "known-address-expiry"))
+            # Card numbers freed, held back from drivers, once past their 30 days.
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.FREED_TAG_SWEEP_S, services.fleet.sweep_freed_tags,
+                "freed-tag-expiry"))
             # Clients' idempotency keys past their 24 hours are deleted (a claim finds
             # one as a fresh key anyway: this keeps the table from growing).
             await stack.enter_async_context(housekeeping.every(

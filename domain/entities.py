@@ -1496,6 +1496,25 @@ class KnownChargerAddress(Record):
     passed_at: datetime
 
 
+@dataclass(kw_only=True)
+class FreedIdTag(Record):
+    """A card number freed (``removeIdTag``, an erasure), held back from drivers for
+    ``freed_tags.HELD_FOR``: the physical card may still be presented at chargers, and a
+    driver issuing its number would have its sessions booked to them, seeing where and
+    when it is used and paying for it (QA s32). One per freeing; swept once past the
+    hold-back. Keyed by a digest of the tag, not the tag. Control state the service
+    writes, not audited; no read shows it (``policy.CREDENTIAL_KINDS``)."""
+
+    kind: ClassVar[str] = "freed_id_tag"
+    #: SHA-256 of the tag as stored (``freed_tags.digest``).
+    tag_digest: str
+    #: Whose card it was: they may have it again at once (a lost card found).
+    holder_id: str
+    #: Their company then: its operators may issue it again at once.
+    company_id: str | None = None
+    freed_at: datetime
+
+
 ENTITY_TYPES: tuple[type[Record], ...] = (
     Company,
     User,
@@ -1529,6 +1548,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     SiteAllocation,
     IdempotencyKey,
     KnownChargerAddress,
+    FreedIdTag,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

@@ -153,9 +153,10 @@ def metered_on(stations: Filter) -> Filter:
 #: ``AccountService``/``RefreshTokenService`` straight from the store; and the clients'
 #: idempotency keys (the answers they keep are their users' alone), used only by
 #: ``IdempotencyService``; and where stations' chargers passed their password check from
-#: (``ChargingService``'s known addresses).
+#: (``ChargingService``'s known addresses); and the card numbers freed lately
+#: (``freed_tags``).
 CREDENTIAL_KINDS = frozenset({"refresh_family", "refresh_token", "idempotency_key",
-                              "known_charger_address"})
+                              "known_charger_address", "freed_id_tag"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,10 @@ class TokenService:
         #: which no test can set.
         self._clock = clock
 
+    def now(self) -> datetime:
+        """The time tokens are issued and expire by (``clock``)."""
+        return self._clock()
+
     def keyed_digest(self, purpose: str, data: bytes) -> str:
         """HMAC-SHA256 of ``data`` under a key derived from the secret for ``purpose``:
         a digest kept in the database (an idempotency key's fingerprint, over variables

@@ -42,7 +42,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 import orjson
@@ -329,6 +329,8 @@ class Connection:
         self.ka: QueuedSend | None = None
         self.pong: QueuedSend | None = None
         self.keep_alive_timer: Cancellable | None = None
+        #: Closes the socket when its token expires (``valid_until``, on the timers).
+        self.expiry_timer: Cancellable | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
 
     # -- messages -----------------------------------------------------------
@@ -441,6 +443,12 @@ class Connection:
         token = bearer_token(self.authorization)
         # Read once, for the check before each new subscription (``expired``).
         self.valid_until = self.hub.tokens.subject(token).valid_until if token else None
+        if self.valid_until is not None:
+            # Closed when it expires, not at the next periodic re-check: that let a
+            # subscription go on sending events for up to a period after (QA s32).
+            left = (self.valid_until - self.hub.tokens.now()).total_seconds()
+            self.expiry_timer = self.endpoint.timers.call_later(max(left, 0.0),
+                                                                self._expire)
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request,
                                      introspection=self.hub.introspection)
         # Only what is used, not the payload: it lives as long as the socket, and a client
@@ -475,7 +483,13 @@ class Connection:
     def expired(self) -> bool:
         """Whether the ``connection_init`` token has expired, by the time it carries: no
         store read, unlike ``withdrawn``."""
-        return self.valid_until is not None and datetime.now(UTC) >= self.valid_until
+        return self.valid_until is not None and self.hub.tokens.now() >= self.valid_until
+
+    def _expire(self) -> None:
+        """The token's expiry (``expiry_timer``): closed 4403 "Token expired", as a
+        subscribe after it is (``_subscribe``), and as HTTP refuses it from then on."""
+        if not self.outbox.dead:
+            self.closing = asyncio.ensure_future(self.close(4403, "Token expired"))
 
     # -- keep-alive ---------------------------------------------------------
     def keep_alive(self) -> None:
@@ -794,8 +808,9 @@ class Connection:
             self.close_all()
 
     def close_all(self) -> None:
-        if self.keep_alive_timer is not None:
-            self.keep_alive_timer.cancel()
+        for timer in (self.keep_alive_timer, self.expiry_timer):
+            if timer is not None:
+                timer.cancel()
         for op_id in list(self.operations):
             self._stop(op_id)
         if self.access_watch is not None:

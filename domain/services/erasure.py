@@ -56,6 +56,7 @@ from domain.errors import Conflict, Unauthenticated
 from domain.policy import Viewer, refuse_unless
 from domain.ports import Change, Guard, Store, Update
 from domain.query import Eq, Filter, In, Range, all_of, any_of
+from domain.services import freed_tags
 from domain.services.accounts import AccountService, other_active_admins
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages
@@ -416,6 +417,8 @@ class Erasure(Service):
         unaudited += [edit(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
                            removed_at=car.removed_at or now) for car in cars]
         unaudited += await _withdrawal_marks(self.store, viewer, cards)
+        # Their numbers held back from other drivers: the cards may still be in use.
+        unaudited += freed_tags.freed(viewer, cards, user.company_id, now)
         # What this run removed: a car removed before (by its owner, or by an erasure
         # run before this one) is only stripped of its plate (review s22: a re-run's
         # entry counted the first run's cars again).

@@ -23,6 +23,7 @@ from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, Valida
 from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, Filter, In, NotSub, Range, all_of, any_of
+from domain.services import freed_tags
 from domain.services.background import Background
 from domain.services.base import (
     UNSET,
@@ -406,6 +407,10 @@ class FleetService(Service):
             guards.append(kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner))
         if not self.policy.may_manage_user(viewer, owner):
             guards.append(await self._refuse_if_withdrawn(owner))
+        held = await freed_tags.hold_back(self.store, self.policy, viewer, tag, owner.id,
+                                          self.now())
+        if held is not None:
+            guards.append(held)
         id_tag = stamp_new(
             IdTag(
                 tag=tag,
@@ -633,6 +638,8 @@ class FleetService(Service):
         # the delete's own commit: the push runs in the background, and a crash before it
         # must not leave the lists accepting the card (a charger's boot sends the mark).
         marks = await withdrawal_marks(self.store, viewer, [id_tag.id], "Blocked")
+        # Its number held back from drivers for a while: the card may still be in use.
+        marks += freed_tags.freed(viewer, [id_tag], owner.company_id, self.now())
         # The read above is no lock: a start of the card (a fresh one, or a resent
         # refused one now accepted) written between it and the delete left an ACTIVE,
         # billed session on a card that was gone, its charger told Accepted (review
@@ -643,6 +650,11 @@ class FleetService(Service):
         await self.commit(viewer, [(removal(id_tag), id_tag)], unaudited=marks,
                           guards=[Guard(Session, its_own, exists=False)])
         return id_tag
+
+    async def sweep_freed_tags(self) -> int:
+        """Deletes the card numbers freed ``freed_tags.HELD_FOR`` ago or longer: free
+        to anyone again (the hold-back reads only the last ``HELD_FOR`` anyway)."""
+        return await freed_tags.sweep(self.store, self.now() - freed_tags.HELD_FOR)
 
     async def _parent_tag(self, viewer: Viewer, owner: User, group: str | None
                           ) -> str | None:

@@ -160,6 +160,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # a station's (its removal deletes them), by when (the sweep, and the newest read at
     # a start). The pair is the ``_id``, derived from it.
     "known_charger_address": [[("station_id", ASCENDING)], [("passed_at", ASCENDING)]],
+    # Card numbers freed lately (SQLite migration 85): a tag's latest freeing (an issue's
+    # hold-back), the old ones (the sweep).
+    "freed_id_tag": [[("tag_digest", ASCENDING), ("freed_at", ASCENDING)],
+                     [("freed_at", ASCENDING)]],
     # Remote starts awaiting their StartTransaction: by card (a start's checks and the
     # StartTransaction consuming it), by station (the plug checks), by expiry (the sweep).
     "pending_start": [[("id_tag", ASCENDING), ("expires_at", ASCENDING)],

@@ -1665,6 +1665,26 @@ UPDATE "refund" SET "provider" = (
 WHERE EXISTS (SELECT 1 FROM "payment" AS p WHERE p."id" = "refund"."payment_id");
 """
 
+# Version 85: card numbers freed (``FreedIdTag``: a card removed, an erased account's),
+# held back from drivers for 30 days (QA s32: a driver issuing one had the physical
+# card's sessions booked to them). One row per freeing, by a digest of the tag; a tag's
+# latest read by (``tag_digest``, ``freed_at``), the old swept by ``freed_at``.
+_V85 = """
+CREATE TABLE "freed_id_tag" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "tag_digest" TEXT NOT NULL,
+    "holder_id" TEXT NOT NULL,
+    "company_id" TEXT,
+    "freed_at" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "freed_id_tag_tag_digest_freed_at_idx" ON "freed_id_tag" ("tag_digest", "freed_at");
+CREATE INDEX "freed_id_tag_freed_at_idx" ON "freed_id_tag" ("freed_at");
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1707,7 +1727,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (78, _V78), (79, _V79),
                                      (80, _V80), (81, _V81),
                                      (82, _V82), (83, _V83),
-                                     (84, _V84))
+                                     (84, _V84), (85, _V85))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -23,6 +23,7 @@ from domain.entities import (
     ConnectorStatus,
     ConnectorType,
     DeliveryClaim,
+    FreedIdTag,
     IdempotencyKey,
     IdempotencyState,
     IdTag,
@@ -223,6 +224,8 @@ FULL: dict[type[Record], Callable[[], Record]] = {
         expires_at=at(1440), **STAMPS),
     KnownChargerAddress: lambda: KnownChargerAddress(
         id="ab" * 12, station_id=new_id(), pair="ab" * 16, passed_at=at(18), **STAMPS),
+    FreedIdTag: lambda: FreedIdTag(tag_digest="ef" * 32, holder_id=new_id(),
+                                   company_id=new_id(), freed_at=at(19), **STAMPS),
 }
 
 
@@ -288,6 +291,7 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
                                            access="", lease_until=T0, expires_at=T0),
     KnownChargerAddress: lambda: KnownChargerAddress(station_id=new_id(), pair="cd" * 16,
                                                      passed_at=T0),
+    FreedIdTag: lambda: FreedIdTag(tag_digest="0f" * 32, holder_id=new_id(), freed_at=T0),
 }
 
 

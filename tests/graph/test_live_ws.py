@@ -725,6 +725,35 @@ async def test_an_expired_token_closes_the_socket_saying_so(live: Setup) -> None
     await socket.close()
 
 
+async def test_a_socket_is_closed_when_its_token_expires_not_at_the_next_re_check(
+        live: Setup) -> None:
+    """QA s32: a live subscription went on sending events for up to a re-check period
+    (a minute) after its token expired. The connection schedules its close for the
+    token's expiry and the leeway (as HTTP refuses it then): on the timers the test
+    moves, the re-check an hour away; nothing is delivered after the close."""
+    timers = ManualTimers()
+    live = Setup(live.services, live.world, live.bus, timers=timers)
+    socket = await live.open("driver1")  # a token of an hour: valid until 3630 s on
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    await timers.advance_to(3600 + 30 - 5)  # a few seconds before: still open
+    await live.bus.publish(live.status("A-001", "before"))
+    assert data(await socket.next())["info"] == "before"
+    await timers.advance_to(3600 + 30 + 1)
+    assert await socket.raw() == {"type": "websocket.close", "code": 4403,
+                                  "reason": "Token expired"}
+    # A socket opened now (its token good for another hour) is told the next event:
+    # by then the closed one would have been given it too.
+    witness = await live.open("driver1")
+    witness.subscribe("1", LOCAL)
+    await live.subscribed(2)
+    await live.bus.publish(live.status("A-001", "after"))
+    assert data(await witness.next())["info"] == "after"
+    assert socket.nothing_pending(), await socket.raw()
+    await witness.close()
+    await socket.close()
+
+
 async def test_a_subscribe_checks_the_token_s_expiry_without_a_store_read(
         live: Setup, store: CountingStore) -> None:
     """Review r2: the check before a new subscription read the user (``withdrawn``),

@@ -404,6 +404,26 @@ async def test_card_groups_are_set_by_operators_and_admins(api: Api, world: Worl
     assert regrouped.parent_tag == info.parent_id_tag == "FLEET-C"  # as chargers are told
 
 
+async def test_a_removed_card_s_number_is_held_back_from_other_drivers(
+        api: Api, world: World) -> None:
+    """QA s32: a number freed by removeIdTag (or an erasure) was issuable at once by any
+    driver, who then had the physical card's sessions booked to them. Refused IN_USE on
+    tag for 30 days; an admin (or the company's operator) may issue it at once."""
+    issued = await call(api, world, "driver1", "issueIdTag", {"tag": "FREED-0001"},
+                        "idTag { id }")
+    removed = await call(api, world, "driver1", "removeIdTag",
+                         {"id": issued["idTag"]["id"]}, "idTag { id }")
+    assert removed["errors"] == []
+    claimed = await call(api, world, "driver2", "issueIdTag", {"tag": "FREED-0001"},
+                         "idTag { status }")
+    assert codes(claimed) == [("tag", "IN_USE")] and claimed["idTag"] is None
+    assert "in use recently" in claimed["errors"][0]["message"]
+    given = await call(api, world, "admin", "issueIdTag",
+                       {"tag": "FREED-0001", "userId": gid("user", world.users["driver2"].id)},
+                       "idTag { status }")
+    assert given == {"idTag": {"status": "ACCEPTED"}, "errors": []}
+
+
 async def test_accepting_a_card_past_its_expiry_says_to_move_the_expiry(
         api: Api, world: World) -> None:
     """QA s24: ``updateIdTag(status: ACCEPTED)`` on a card past its expiry did nothing
@@ -710,8 +730,12 @@ async def test_cards_are_removed_but_not_while_they_charge_or_around_a_block(
     tags = await api.gql("{ idTags(first: 20) { nodes { tag } } }",
                          as_user=world.users["driver1"].id)
     assert "SPARE-1" not in {n["tag"] for n in tags["idTags"]["nodes"]}
-    # The tag is free again, and the audit log keeps what was removed.
+    # Held back from other drivers for a while (QA s32), staff may issue it again; the
+    # audit log keeps what was removed.
     assert codes(await call(api, world, "driver2", "issueIdTag", {"tag": "SPARE-1"},
+                            "idTag { id }")) == [("tag", "IN_USE")]
+    assert codes(await call(api, world, "admin", "issueIdTag",
+                            {"tag": "SPARE-1", "userId": gid("user", world.users["driver2"].id)},
                             "idTag { id }")) == []
     audit = await api.gql('{ auditLog(first: 5, filter: {action: DELETE}) '
                           '{ nodes { entity before } } }',
