@@ -177,6 +177,14 @@ class RedisEventBus:
         (``/healthz``'s ``events``, the ``event_bus_up`` gauge)."""
         return self._healthy and not self._refused and not self._closed
 
+    @property
+    def receiving(self) -> bool:
+        """Whether the other instances' events reach this process now: the listener is
+        subscribed. When it subscribes again after an outage every subscriber is told
+        (``EventsDropped(interrupted=True)``), so a subscription opened while this is
+        False is told so at its start (``LiveService``) and learns of the return too."""
+        return self._healthy and not self._closed
+
     # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
         """``PUBLISH <prefix><topic> <json>``. Raises on any failure while the listener is

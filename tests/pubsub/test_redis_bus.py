@@ -24,6 +24,7 @@ from pubsub import EventsDropped
 from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
+from pubsub.memory import MemoryEventBus
 from pubsub.redis import UNSENT_LOG_INTERVAL_S, RedisEventBus
 from tests.helpers import FastHasher, loopback_socket, until
 from tests.pubsub.samples import SAMPLES, connection, take
@@ -631,3 +632,49 @@ async def test_live_maps_on_every_instance_end_with_the_newest_sight_of_a_statio
 def _recorder(told: list[tuple[str, bool]]) -> Callable[[Any], None]:
     """A live watcher's ``deliver``: what kind of event it was told, and ``online``."""
     return lambda event: told.append((type(event).__name__, event.online))
+
+
+async def test_a_live_stream_opened_while_redis_is_out_is_told_so_first() -> None:
+    """QA s32: the domain's per-caller stream (``LiveService.events``) and its watches
+    opened during an outage start with ``EventsDropped(unavailable=True)``; this
+    instance's own events follow, and the return is told as to every subscriber. On the
+    in-process bus (never out) nothing of the kind is told."""
+    viewer = Viewer(user_id=None, role=Role.ADMIN, company_id=None)
+    with RedisServer() as server:
+        bus = await started(server.url, max_backoff=0.5)
+        live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                          hasher=FastHasher(), bus=bus))
+        try:
+            server.stop()
+            await until(lambda: _async(not bus.receiving), attempts=1000)
+            stream = live.events(viewer, ["station_connection"])
+            watched: list[Any] = []
+            watch = live.watch(viewer, ["station_connection"], watched.append, lambda: None)
+            assert watched == [EventsDropped(0, unavailable=True)]
+            own = connection(1, "OWN")
+            await bus.publish(own)
+            assert await asyncio.wait_for(anext(stream), 5) == EventsDropped(
+                0, unavailable=True)
+            assert await asyncio.wait_for(anext(stream), 5) == own
+            server.start()
+            assert await asyncio.wait_for(anext(stream), 20) == EventsDropped(0, True)
+            watch.close()
+            await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            await bus.close()
+    memory = MemoryEventBus()
+    await memory.start()
+    try:
+        live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                          hasher=FastHasher(), bus=memory))
+        stream = live.events(viewer, ["station_connection"])
+        first = connection(2, "LOCAL")
+        await memory.publish(first)
+        assert await asyncio.wait_for(anext(stream), 5) == first
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await memory.close()
+
+
+async def _async(value: bool) -> bool:
+    return value
