@@ -386,7 +386,15 @@ class EventsDropped:
     it (its own link to Redis) is lost to the others with no marker, their subscriptions
     never broke. Nothing that must come out right may rest on these markers: a model of
     what was heard (``SightOrder``) orders by the stations' versions
-    (``DomainEvent.version``) instead (review s26)."""
+    (``DomainEvent.version``) instead (review s26).
+
+    ``unavailable``: told to a subscription opened while the bus between instances is out
+    (``EventBus.receiving`` False), as its first item: events of other instances do not
+    reach it until the bus is back, when an ``interrupted`` marker follows as for every
+    other subscriber; this instance's own events still come meanwhile. Without it, a
+    subscription opened in an outage looked live and heard nothing from the others
+    (QA s32)."""
 
     count: int
     interrupted: bool = False
+    unavailable: bool = False

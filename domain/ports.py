@@ -359,6 +359,13 @@ class EventBus(Protocol):
 
     def subscribe(self, topics: Sequence[str]) -> AsyncIterator[Any]: ...
 
+    @property
+    def receiving(self) -> bool:
+        """Whether events other instances publish reach this process now: False while
+        the bus between instances is out (its return is told to every subscriber as an
+        interrupted ``EventsDropped``); always True in one process."""
+        ...
+
 
 class Metrics(Protocol):
     """Counters the two doors increment (implemented by ``chargegraph/metrics.py``, which

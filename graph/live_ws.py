@@ -82,7 +82,7 @@ from graph.live_render import (
     result_payload,
 )
 from graph.pipeline import prepared, too_complex
-from graph.subscription import LiveFeed, events_lost
+from graph.subscription import LiveFeed, events_lost, events_unavailable
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -199,6 +199,9 @@ class LiveOperation:
         if type(event) is EventsDropped:
             if event.interrupted and not self.stopped:
                 self.connection.lose(self.id)
+                return
+            if event.unavailable and not self.stopped:
+                self.connection.unheard(self.id)
                 return
             self.dropped += event.count
             return
@@ -627,6 +630,18 @@ class Connection:
         that silently stopped being true."""
         self._stop(op_id)
         self._error(op_id, [events_lost()])
+
+    def unheard(self, op_id: str) -> None:
+        """The operation started while the other instances' events cannot reach this one:
+        told at once, as a result with no data and an EVENTS_UNAVAILABLE error, without
+        ending it (ended, a client doing as README says would subscribe again at once,
+        and again, for the whole outage). It goes on with this instance's events, and
+        ends with EVENTS_LOST when the bus is back, as every other does (QA s32: it
+        looked live and heard nothing from the other instances)."""
+        formatted = mask(events_unavailable(), suggestions=self.hub.introspection).formatted
+        kind = "next" if self.protocol == TRANSPORT_WS else "data"
+        self.outbox.control({"type": kind, "id": op_id,
+                             "payload": {"data": None, "errors": [formatted]}})
 
     def _stop(self, op_id: str) -> None:
         operation = self._drop(op_id)

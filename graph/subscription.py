@@ -422,6 +422,9 @@ class LiveFeed(AsyncIterator[Any]):
             if isinstance(event, EventsDropped):
                 if event.interrupted:
                     raise events_lost()
+                # An ``unavailable`` marker (count 0) is not told on this path: a stream
+                # of the field's objects has no way to say it and go on (the sockets'
+                # path, ``graph/live_ws.py``, tells it); its return ends it as above.
                 dropped += event.count
                 continue
             if not self.accept(event):
@@ -439,6 +442,16 @@ def events_lost() -> GraphQLError:
     return GraphQLError(
         "the live feed was interrupted and events were lost: read the current state and "
         "subscribe again", extensions={"code": "EVENTS_LOST"})
+
+
+def events_unavailable() -> GraphQLError:
+    """Told, without ending it, to a subscription that started while the other instances'
+    events cannot reach this one (``EventsDropped.unavailable``)."""
+    return GraphQLError(
+        "events from other instances are unavailable now (the event bus between instances "
+        "is out of reach): this subscription hears only this instance's events until it "
+        "is back, then ends with EVENTS_LOST; read the current state and subscribe again "
+        "then", extensions={"code": "EVENTS_UNAVAILABLE"})
 
 
 def _feed(info: Info, topic: str, accept: Callable[[Any], bool],

@@ -533,12 +533,14 @@ class ChargePointHandler(ChargePoint):
         may take the close timeout to close (a dead peer). Its commands fail now as at a
         close, and later ones are refused: one not sent yet as never sent
         (``ChargerOffline``), one the charger may have got as unanswered
-        (``ChargerLost``), each saying why."""
+        (``ChargerLost``), each saying why. Without a claim about which came first: a
+        supersession heard late (the bus away, found by the lease round) may have come
+        before the command was sent on this connection (QA s32)."""
         self.left = left
         self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} {left}")
                        if unique_id in self._sending else ChargerLost(
-                           f"{self.id} {left} while its previous connection had the "
-                           "command; its outcome is unknown"))
+                           f"{self.id} {left}; the command went to its previous "
+                           "connection, which may have got it: its outcome is unknown"))
 
     def station_removed(self) -> None:
         """Its station was removed while it was connected: its commands fail now as at

@@ -31,6 +31,11 @@ class ManagedEventBus(Protocol):
         """Whether events reach the other instances now (always, in-process)."""
         ...
 
+    @property
+    def receiving(self) -> bool:
+        """Whether the other instances' events reach this one now (always, in-process)."""
+        ...
+
 
 def check_event_bus_url(url: str) -> str:
     """The backend a URL selects (``"memory"`` or ``"redis"``); ``ValueError`` with a

@@ -73,6 +73,11 @@ class MemoryEventBus:
         """In-process: nothing to lose touch with."""
         return True
 
+    @property
+    def receiving(self) -> bool:
+        """In-process: every event is this process's own."""
+        return True
+
     async def publish(self, event: DomainEvent) -> None:
         self.deliver(event)
 

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,7 +48,10 @@ CHANNEL_PREFIX = "chargegraph:"
 MIN_BACKOFF_S = 0.1
 #: Publishes in flight at once while the listener is down; more are not tried.
 MAX_BACKGROUND_PUBLISHES = 64
-#: The least time between two log lines counting events that did not reach Redis.
+#: The least time between two log lines counting events that did not reach Redis, or
+#: attempts to subscribe again that failed: an outage is said once when it starts, then
+#: at most once a minute with a count, not once per event or attempt (QA s32: a line a
+#: second per instance, ~5,000 an hour).
 UNSENT_LOG_INTERVAL_S = 60.0
 #: The longest ``close()`` waits for each of its steps (the listener to end, each client
 #: to close): a stop must end whatever Redis does.
@@ -70,13 +73,15 @@ class RedisEventBus:
     ``max_backoff``: the longest wait between the listener's reconnect attempts. A second:
     until it is back, commands relayed to this instance's chargers find no one to take
     them (5 s made them fail for up to 5 s after Redis returned); an attempt a second is
-    nothing for Redis.
+    nothing for Redis. Attempts are not logged one by one (``_Tally``).
+    ``clock``: monotonic seconds, for the log's pace (the loop's time unless given).
     """
 
     def __init__(self, url: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  channel_prefix: str = CHANNEL_PREFIX, publish_timeout: float = 1.0,
                  health_interval: float = 5.0, max_backoff: float = 1.0,
-                 start_timeout: float = 10.0) -> None:
+                 start_timeout: float = 10.0,
+                 clock: Callable[[], float] | None = None) -> None:
         self.url = url
         self.local = MemoryEventBus(queue_size)
         self.channel_prefix = channel_prefix
@@ -102,8 +107,10 @@ class RedisEventBus:
         self._closed = False
         #: Publishes tried in the background while the listener is down (``publish``).
         self._background: set[asyncio.Task[None]] = set()
-        self._unsent = 0
-        self._next_unsent_log = 0.0
+        self._clock = clock
+        #: Events that could not reach Redis, and attempts to subscribe that failed.
+        self._unsent = _Tally()
+        self._failed = _Tally()
         #: Why the last attempt to subscribe failed: named when ``start`` gives up.
         self._last_failure: str | None = None
 
@@ -170,6 +177,14 @@ class RedisEventBus:
         (``/healthz``'s ``events``, the ``event_bus_up`` gauge)."""
         return self._healthy and not self._refused and not self._closed
 
+    @property
+    def receiving(self) -> bool:
+        """Whether the other instances' events reach this process now: the listener is
+        subscribed. When it subscribes again after an outage every subscriber is told
+        (``EventsDropped(interrupted=True)``), so a subscription opened while this is
+        False is told so at its start (``LiveService``) and learns of the return too."""
+        return self._healthy and not self._closed
+
     # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
         """``PUBLISH <prefix><topic> <json>``. Raises on any failure while the listener is
@@ -222,7 +237,7 @@ class RedisEventBus:
 
     def _publish_later(self, event: DomainEvent) -> None:
         if len(self._background) >= MAX_BACKGROUND_PUBLISHES:
-            self._unsent += 1  # Redis is not taking them: one more would fail alike
+            self._unsent.add()  # Redis is not taking them: one more would fail alike
             return
         task = asyncio.get_running_loop().create_task(self._try_publish(event))
         self._background.add(task)
@@ -236,18 +251,19 @@ class RedisEventBus:
         except Exception as exc:
             # Said once a minute with the count, not once per event with its traceback:
             # the listener already logs the outage and its end.
-            self._unsent += 1
-            now = asyncio.get_running_loop().time()
-            if now >= self._next_unsent_log:
-                self._next_unsent_log = now + UNSENT_LOG_INTERVAL_S
-                log.warning("%d events could not reach the other instances while Redis is "
-                            "away (%s)", self._unsent, _describe(exc))
-                self._unsent = 0
+            self._unsent.add()
+            unsent = self._unsent.due(self._now())
+            if unsent:
+                log.warning("%s could not reach the other instances while Redis is away "
+                            "(%s)", _counted(unsent, "event"), _describe(exc))
 
     def subscribe(self, topics: Iterable[str]) -> EventStream:
         return self.local.subscribe(topics)
 
     # ------------------------------------------------------------------ the listener
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
     def _channel(self, topic: str) -> str:
         return self.channel_prefix + topic
 
@@ -267,9 +283,16 @@ class RedisEventBus:
                     backoff = MIN_BACKOFF_S
                     log.warning("Redis pub/sub connection to %s lost (%s); events published "
                                 "until it is back are lost", redacted(self.url), _describe(exc))
+                    # The attempts that follow are counted from here, said a minute on.
+                    self._failed.said(self._now())
                 else:
-                    log.warning("cannot subscribe at Redis %s (%s)", redacted(self.url),
-                                _describe(exc))
+                    self._failed.add()
+                    failed = self._failed.due(self._now())
+                    if failed:
+                        log.warning("cannot subscribe at Redis %s (%s)%s", redacted(self.url),
+                                    _describe(exc), "" if failed == 1 else
+                                    f"; {_counted(failed, 'attempt')} failed since the last "
+                                    "report")
                 self._last_failure = _describe(exc)
             # Jitter, so instances do not reconnect in lockstep after a Redis restart.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
@@ -285,6 +308,7 @@ class RedisEventBus:
             await self._confirm(pubsub)
             if self._reconnecting:
                 log.info("Redis pub/sub at %s subscribed again", redacted(self.url))
+                self._failed = _Tally()  # the next outage is said at once again
                 self.local.interrupt()
             self._healthy, self._reconnecting = True, False
             self._answered()  # a new subscription: Redis answers again
@@ -360,6 +384,37 @@ class RedisEventBus:
             log.warning("skipped a %r event that arrived on %s", event.topic, channel)
             return
         self.local.deliver(event)
+
+
+class _Tally:
+    """Failures of one kind during an outage, said at most once per
+    ``UNSENT_LOG_INTERVAL_S``: the first at once, then the count since the last line."""
+
+    __slots__ = ("count", "next_at")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.next_at: float | None = None  # None: nothing said yet, the next is due
+
+    def add(self) -> None:
+        self.count += 1
+
+    def due(self, now: float) -> int:
+        """The count to say now (then counted afresh), or 0 if a line was said less than
+        the interval ago."""
+        if self.next_at is not None and now < self.next_at:
+            return 0
+        count, self.count = self.count, 0
+        self.said(now)
+        return count
+
+    def said(self, now: float) -> None:
+        """A line about it was just logged (elsewhere): the next one waits its turn."""
+        self.next_at = now + UNSENT_LOG_INTERVAL_S
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 async def _close_client(client: aioredis.Redis) -> None:

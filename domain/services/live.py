@@ -58,6 +58,9 @@ Deliver = Callable[[DomainEvent | EventsDropped], None]
 #: (a charger's frame, a query's next step): an event watched by the 10,000 operations a
 #: process allows would otherwise hold the loop for the whole hand-out.
 HAND_OUT_SLICE = 256
+#: A subscription's first item when it starts while the other instances' events cannot
+#: reach this one (``EventBus.receiving``): it hears only this instance's until they can.
+UNHEARD = EventsDropped(0, unavailable=True)
 
 
 class Watch:
@@ -361,13 +364,17 @@ class LiveService(Service):
                ) -> AsyncIterator[DomainEvent | EventsDropped]:
         """The events on ``topics`` this viewer may see, from this call on (the
         subscription is registered before the first read); ``EventsDropped`` markers pass
-        through so clients learn they missed some."""
-        return self._visible(viewer, frozenset(topics),
-                             self._bus().subscribe(_read(topics)))
+        through so clients learn they missed some, the first an ``unavailable`` one if
+        the bus between instances is out now (``UNHEARD``)."""
+        bus = self._bus()
+        return self._visible(viewer, frozenset(topics), bus.subscribe(_read(topics)),
+                             unheard=not bus.receiving)
 
-    async def _visible(self, viewer: Viewer, topics: frozenset[str], stream: Any
-                       ) -> AsyncIterator[DomainEvent | EventsDropped]:
+    async def _visible(self, viewer: Viewer, topics: frozenset[str], stream: Any, *,
+                       unheard: bool = False) -> AsyncIterator[DomainEvent | EventsDropped]:
         try:
+            if unheard:
+                yield UNHEARD
             order = SightOrder()
             async for event in stream:
                 shaped = order.read(event)
@@ -387,7 +394,10 @@ class LiveService(Service):
         call on, and with ``EventsDropped`` when the process-wide pump fell behind (the
         count includes events the viewer would not have seen, as with ``events``).
         ``deliver`` runs inside the pump and must not block; an exception it raises is
-        logged. ``ended`` is called once if the bus closes while the watch is open."""
+        logged. ``ended`` is called once if the bus closes while the watch is open.
+        While the bus between instances is out, ``deliver`` is first called with
+        ``UNHEARD``, here, before this returns: the pump, subscribed long before, has no
+        marker of the outage left to tell a newcomer (QA s32)."""
         if isinstance(topics, str):
             raise TypeError("watch() takes a list of topics, not one string")
         bus = self._bus()
@@ -405,6 +415,8 @@ class LiveService(Service):
                 pump.run(), name=f"live-pump-{'+'.join(key)}")
         pump.add(watch)
         watch._pumps.append(pump)
+        if not bus.receiving:
+            _Pump._deliver(watch, UNHEARD)
         return watch
 
     @property

@@ -97,11 +97,13 @@ async def service(tmp_path: Path) -> AsyncIterator[Running]:
 
 
 @contextlib.asynccontextmanager
-async def two_instances(tmp_path: Path, **b_settings: Any
-                        ) -> AsyncIterator[tuple[Running, Running]]:
-    """Instances A (with the demo data) and B, sharing A's database and one Redis; B's
-    settings overridden by ``b_settings`` (``ocpp_enabled=False``: the API alone)."""
-    redis = RedisServer().start()
+async def two_instances(tmp_path: Path, redis: RedisServer | None = None,
+                        **b_settings: Any) -> AsyncIterator[tuple[Running, Running]]:
+    """Instances A (with the demo data) and B, sharing A's database and one Redis (the
+    test's own ``redis`` if given, to stop and start: it cleans it up); B's settings
+    overridden by ``b_settings`` (``ocpp_enabled=False``: the API alone)."""
+    own = redis is None
+    redis = RedisServer().start() if redis is None else redis
     try:
         # B needs A's database URL, so the two cannot share one `with`.
         async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
@@ -110,4 +112,5 @@ async def two_instances(tmp_path: Path, **b_settings: Any
                                        seed_data=False, **b_settings) as b:
                 yield a, b
     finally:
-        redis.cleanup()
+        if own:
+            redis.cleanup()

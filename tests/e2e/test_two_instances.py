@@ -26,6 +26,7 @@ from tests.e2e.wsclient import GraphQLWS
 from tests.helpers import FastHasher, soon, until
 from tests.ocpp.conftest import STATION_PASSWORD
 from tests.ocpp.test_charger_actions import RESERVE
+from tests.support.redis_server import RedisServer
 
 STATUS = "subscription { connectorStatusChanged { cpId connectorId status } }"
 
@@ -41,6 +42,50 @@ async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
         assert message["payload"]["data"]["connectorStatusChanged"] == {
             "cpId": "CP-1", "connectorId": 1, "status": "CHARGING"}
         await watcher.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_subscription_opened_while_redis_is_out_is_told_so_at_once(
+        tmp_path: Path, protocol: str) -> None:
+    """QA s32: opened on B while Redis was stopped, a subscription looked live and heard
+    nothing of A's chargers, without a word until Redis returned (EVENTS_LOST); only
+    /healthz said so. Its first message now says EVENTS_UNAVAILABLE, without ending it:
+    B's own chargers' events still come, and it ends with EVENTS_LOST once Redis is back
+    (then a new subscription hears A again)."""
+    with RedisServer() as redis:
+        async with two_instances(tmp_path, redis) as (a, b):
+            token = await b.token("op")
+            redis.stop()
+            await soon(lambda: not b.services.ctx.bus.receiving)  # type: ignore[union-attr]
+            watcher = await GraphQLWS.open(b.ws_url, token, protocol)
+            op_id = await watcher.subscribe(STATUS)
+            told = await watcher.next()
+            assert told["id"] == op_id and told["type"] in ("next", "data")
+            assert told["payload"]["data"] is None
+            [error] = told["payload"]["errors"]
+            assert error["extensions"] == {"code": "EVENTS_UNAVAILABLE"}
+            async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                await cp.status(1, "Charging")
+                local = await watcher.next()
+            assert local["id"] == op_id
+            assert local["payload"]["data"]["connectorStatusChanged"] == {
+                "cpId": "CP-1", "connectorId": 1, "status": "CHARGING"}
+            redis.start()  # the same port
+            back = await watcher.next(timeout=30)
+            assert back["id"] == op_id and back["type"] == "error"
+            payload = back["payload"]
+            first = payload[0] if isinstance(payload, list) else payload
+            assert first["extensions"] == {"code": "EVENTS_LOST"}
+            await soon(lambda: b.services.ctx.bus.receiving)  # type: ignore[union-attr]
+            again = await watcher.subscribe(STATUS)
+            await b.until_subscribed(1)
+            async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                await cp.status(1, "Available")
+                heard = await watcher.next(timeout=10)
+            assert heard["id"] == again and heard["type"] in ("next", "data")
+            assert heard["payload"]["data"]["connectorStatusChanged"]["status"] == \
+                "AVAILABLE"
+            await watcher.close()
 
 
 async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from chargegraph.housekeeping import following_changes
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import ChargerLost
 from domain.policy import SYSTEM, Policy
 from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
@@ -262,6 +266,39 @@ async def test_upkeep_closes_a_socket_superseded_while_its_announcement_was_lost
                 await until(lambda: _closed(stale))
                 assert stale._connection.close_reason == "connected to another instance"
                 assert is_open(live) and await _settled(a, b.server)
+    finally:
+        await apart.close()
+        await elsewhere.close()
+
+
+async def test_a_command_sent_after_a_supersession_not_yet_heard_says_no_order(
+        path: Path) -> None:
+    """QA s32: the charger moved from A to B while the bus was away, and A, not knowing,
+    sent it a command on the stale socket. When A's upkeep let that socket go, the
+    command failed saying the charger "connected to another instance while its previous
+    connection had the command", though the new connection came first. It says what
+    is true in either order."""
+    apart, elsewhere = MemoryEventBus(), MemoryEventBus()  # A hears nothing of B
+    await apart.start()
+    await elsewhere.start()
+    try:
+        async with instance(path, apart, leased=True) as a, \
+                instance(path, elsewhere) as b, \
+                ws_connect(f"{a.url}/CP-1", subprotocols=[Subprotocol("ocpp1.6")]) as stale:
+            await until(lambda: _settled(a, a.server))
+            async with connected(b.url, "CP-1"):
+                await until(lambda: _settled(a, b.server))
+                # Sent after B's connection was recorded; the stale socket never answers.
+                command = asyncio.create_task(a.server.gateway.call(
+                    "CP-1", "UnlockConnector", {"connectorId": 1}, 30))
+                frame = json.loads(await stale.recv())
+                assert frame[2] == "UnlockConnector"
+                await a.server.upkeep()
+                with pytest.raises(ChargerLost) as lost:
+                    await asyncio.wait_for(command, 10)
+                assert str(lost.value) == (
+                    "CP-1 connected to another instance; the command went to its previous "
+                    "connection, which may have got it: its outcome is unknown")
     finally:
         await apart.close()
         await elsewhere.close()

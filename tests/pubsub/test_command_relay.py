@@ -566,7 +566,8 @@ async def test_a_lost_command_of_a_newer_holder_stays_lost_whatever_its_message(
     """Sent as a ``ChargerTimeout``, a ``ChargerLost`` saying why (a connection taking
     over) is flagged so, and read back as itself by a newer asker."""
     a, _, on_b = instances
-    on_b.answer = ChargerLost("CP-B connected to another instance while its previous "
-                              "connection had the command; its outcome is unknown")
+    on_b.answer = ChargerLost("CP-B connected to another instance; the command went to its "
+                              "previous connection, which may have got it: its outcome is "
+                              "unknown")
     with pytest.raises(ChargerLost, match="connected to another instance"):
         await asyncio.wait_for(a.call("CP-B", "Reset", {"type": "Soft"}, LONG), AT_ONCE)

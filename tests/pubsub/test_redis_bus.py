@@ -24,7 +24,8 @@ from pubsub import EventsDropped
 from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
-from pubsub.redis import RedisEventBus
+from pubsub.memory import MemoryEventBus
+from pubsub.redis import UNSENT_LOG_INTERVAL_S, RedisEventBus
 from tests.helpers import FastHasher, loopback_socket, until
 from tests.pubsub.samples import SAMPLES, connection, take
 from tests.support.redis_server import RedisServer
@@ -265,6 +266,67 @@ async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFi
     messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert any("connection to redis://127.0.0.1" in m and "lost" in m for m in messages)
     assert any("subscribed again" in m for m in messages)
+
+
+async def test_an_outage_is_logged_when_lost_once_a_minute_meanwhile_and_when_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """QA s32: every failed attempt to subscribe again logged a WARNING, about one a
+    second per instance (~5,000 lines an hour). Now the loss is said once, then a count
+    at most once a minute (by the bus's clock, moved here by hand), and the return once;
+    the attempts go on as often as before."""
+    caplog.set_level(logging.INFO, LOGGER)
+    now = [1000.0]
+    with RedisServer() as server:
+        bus = RedisEventBus(server.url, max_backoff=0.05, clock=lambda: now[0])
+        await bus.start()
+        try:
+            server.stop()
+
+            async def failed(count: int) -> bool:
+                return bus._failed.count >= count
+            await until(lambda: failed(5))  # five attempts within the minute: unsaid
+            lines = outage_lines(caplog)
+            assert len(lines) == 1 and "lost" in lines[0]
+            now[0] += UNSENT_LOG_INTERVAL_S  # a minute on: the next failure says the count
+            await until(lambda: outage_lines_async(caplog, 2))
+            summary = outage_lines(caplog)[1]
+            count = int(re.search(r"; (\d+) attempts failed since the last report", summary
+                                  ).group(1))  # type: ignore[union-attr]
+            assert count >= 6 and summary.startswith("cannot subscribe at Redis")
+            await until(lambda: failed(3))  # more attempts, within the next minute: unsaid
+            assert len(outage_lines(caplog)) == 2
+            server.start()
+            await until(lambda: outage_lines_async(caplog, 3), attempts=2000)
+            assert "subscribed again" in outage_lines(caplog)[2]
+        finally:
+            await bus.close()
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER
+            and re.search("lost|cannot subscribe|subscribed again", r.getMessage())]
+
+
+async def outage_lines_async(caplog: pytest.LogCaptureFixture, count: int) -> bool:
+    return len(outage_lines(caplog)) >= count
+
+
+async def test_one_event_that_could_not_reach_redis_is_said_in_the_singular(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s32: "1 events could not reach the other instances"."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    bus = await started(redis_server.url)
+
+    async def refused(channel: str, message: bytes) -> int:
+        raise RedisError("refused")
+
+    try:
+        bus._publisher.publish = refused  # type: ignore[method-assign, union-attr]
+        await bus._try_publish(connection(1, "LOST"))
+        [line] = [r.getMessage() for r in caplog.records if "could not reach" in r.getMessage()]
+        assert line.startswith("1 event could not reach the other instances")
+    finally:
+        await bus.close()
 
 
 async def test_while_redis_is_away_this_instances_events_reach_its_own_subscribers(
@@ -570,3 +632,49 @@ async def test_live_maps_on_every_instance_end_with_the_newest_sight_of_a_statio
 def _recorder(told: list[tuple[str, bool]]) -> Callable[[Any], None]:
     """A live watcher's ``deliver``: what kind of event it was told, and ``online``."""
     return lambda event: told.append((type(event).__name__, event.online))
+
+
+async def test_a_live_stream_opened_while_redis_is_out_is_told_so_first() -> None:
+    """QA s32: the domain's per-caller stream (``LiveService.events``) and its watches
+    opened during an outage start with ``EventsDropped(unavailable=True)``; this
+    instance's own events follow, and the return is told as to every subscriber. On the
+    in-process bus (never out) nothing of the kind is told."""
+    viewer = Viewer(user_id=None, role=Role.ADMIN, company_id=None)
+    with RedisServer() as server:
+        bus = await started(server.url, max_backoff=0.5)
+        live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                          hasher=FastHasher(), bus=bus))
+        try:
+            server.stop()
+            await until(lambda: _async(not bus.receiving), attempts=1000)
+            stream = live.events(viewer, ["station_connection"])
+            watched: list[Any] = []
+            watch = live.watch(viewer, ["station_connection"], watched.append, lambda: None)
+            assert watched == [EventsDropped(0, unavailable=True)]
+            own = connection(1, "OWN")
+            await bus.publish(own)
+            assert await asyncio.wait_for(anext(stream), 5) == EventsDropped(
+                0, unavailable=True)
+            assert await asyncio.wait_for(anext(stream), 5) == own
+            server.start()
+            assert await asyncio.wait_for(anext(stream), 20) == EventsDropped(0, True)
+            watch.close()
+            await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            await bus.close()
+    memory = MemoryEventBus()
+    await memory.start()
+    try:
+        live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                          hasher=FastHasher(), bus=memory))
+        stream = live.events(viewer, ["station_connection"])
+        first = connection(2, "LOCAL")
+        await memory.publish(first)
+        assert await asyncio.wait_for(anext(stream), 5) == first
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await memory.close()
+
+
+async def _async(value: bool) -> bool:
+    return value
