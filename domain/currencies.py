@@ -61,6 +61,15 @@ def rate_shown(rate: Decimal) -> Decimal:
     return trimmed if trimmed.as_tuple().exponent <= 0 else trimmed.quantize(Decimal(1))  # type: ignore[operator]
 
 
+def finest_amount(code: str | None) -> str:
+    """What an amount in ``code`` may be written with, as a refusal of a finer one
+    says it: "at most 2 decimal places for EUR", "no decimal places for JPY" (QA s32:
+    "whole EUR minor units" asked a driver to know what a minor unit is)."""
+    digits = minor_digits(code or "")
+    places = f"at most {digits} decimal places" if digits else "no decimal places"
+    return f"{places} for {code}" if code else places
+
+
 def minor_units(amount: Decimal, code: str | None) -> int | None:
     """1234 for 12.34 EUR; None when ``amount`` is finer than the currency's minor unit
     (12.345 EUR) or not a finite number."""

@@ -99,6 +99,16 @@ def _given(value: str | None, field: str) -> str:
     return value
 
 
+def filled(value: str | None, field: str) -> str:
+    """A required text, given and not empty: null or "" is REQUIRED, whatever else the
+    field's own check would say of it (QA s32: an empty email read as INVALID, an
+    empty password as TOO_SHORT, or at sign-in as a wrong one)."""
+    text = _given(value, field)
+    if not text:
+        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    return text
+
+
 def email(value: str | None, field: str = "email") -> str:
     """Trimmed, case-folded and normalized for compatibility (NFKC), so uniqueness
     ignores case, how an accented letter was typed ("rené" and "rene" + combining acute)
@@ -109,7 +119,7 @@ def email(value: str | None, field: str = "email") -> str:
     domain is refused: it reaches nobody, and erasures give accounts such emails
     (QA s25: one taken first, by a sign-up or an email change, made that account's
     erasure fail for good)."""
-    cleaned = name_identity(_given(value, field).strip())
+    cleaned = name_identity(filled(_given(value, field).strip(), field))
     local, at, domain = cleaned.rpartition("@")
     cleaned = f"{local}{at}{domain.rstrip('.')}"
     if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) \
@@ -371,7 +381,7 @@ def password(value: str | None, field: str = "password") -> str:
     "¼¼¼" (three keystrokes), "㍍" eight times (one key) or a single "ﷺ" grow long only
     once normalized, and are refused for what was typed (review s25). The text given is
     returned, hashed by ``AccountService.hash_password`` in that form."""
-    value = _given(value, field)
+    value = filled(value, field)
     forms = (value, password_form(value))
     if any(len(form) < MIN_PASSWORD for form in forms):
         raise ValidationError(

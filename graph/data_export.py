@@ -14,10 +14,14 @@ before the answer starts, and a failure after that cuts the transfer (no end of 
 chunked body: a client reports an error, and the JSON does not parse) rather than
 ending as if complete.
 
-The document: an object of the sections below, keys in GraphQL's casing, ids as the
-API's global ids, instants RFC 3339 in UTC, money both exact in minor units (``costMinor``)
-and in major units as text (``"4.94"``), energy in Wh. Related records the person does
-not see (a station since handed off the map) read null, as in GraphQL.
+The document: an object of the sections below, keys the API's field names (a related
+record's as its field's with ``Id``, ``stationId``; a ``Money`` field's as the field, in
+major units as text, ``"4.94"``, beside ``<field>Minor``, exact in minor units, and
+``currency``; a webhook's ``health`` spread on it), and the few the API has not
+(``EXPORT_ONLY``); ids as the API's global ids, instants RFC 3339 in UTC, energy in Wh.
+``tests/e2e/test_personal_data.py`` walks a document against the schema. Each list in
+creation order, oldest first (the API lists sessions newest first). Related records the
+person does not see (a station since handed off the map) read null, as in GraphQL.
 """
 
 from __future__ import annotations
@@ -81,6 +85,16 @@ def dump(value: Any) -> bytes:
                       default=_text).encode("utf-8", errors="replace")
 
 
+#: Keys the API's types have no field for, by the type their section is of: the export
+#: is the whole record, whether or not the API shows it so.
+EXPORT_ONLY: dict[str, set[str]] = {
+    "Session": {"energyWh"},  # exact, where the API gives energyKwh
+    "Refund": {"id", "paymentId"},  # listed under its payment in the API
+    "Webhook": {"companyId"},
+    "AuditEntry": {"aboutYou"},
+}
+
+
 # ------------------------------------------------------------------------ the records
 def _profile(user: d.User) -> Item:
     # No password hash, no token epoch: credentials, not data about the person.
@@ -99,7 +113,7 @@ def _vehicle(v: d.Vehicle) -> Item:
 def _id_tag(t: d.IdTag) -> Item:
     return {"id": _gid("id_tag", t.id), "tag": t.tag, "vehicleId": _gid("vehicle", t.vehicle_id),
             "status": t.status_at(utcnow()).name, "expiresAt": _when(t.expires_at),
-            "parentTag": t.parent_tag, "createdAt": _when(t.created_at)}
+            "parentIdTag": t.parent_tag, "createdAt": _when(t.created_at)}
 
 
 def _session(s: d.Session, stations: set[str], vehicles: set[str]) -> Item:
@@ -117,7 +131,9 @@ def _payment(p: d.Payment, sessions: set[str]) -> Item:
     return {"id": _gid("payment", p.id), "sessionId": _gid("session", p.session_id, sessions),
             "status": p.status.name, "amountMinor": p.amount_minor,
             "amount": _major(p.amount_minor, p.currency), "refundedMinor": p.refunded_minor,
-            "refunded": _major(p.refunded_minor, p.currency), "currency": p.currency,
+            "refunded": _major(p.refunded_minor, p.currency),
+            "refundingMinor": p.refunding_minor,
+            "refunding": _major(p.refunding_minor, p.currency), "currency": p.currency,
             "provider": p.provider, "providerRef": p.provider_ref,
             "createdAt": _when(p.created_at), "updatedAt": _when(p.updated_at)}
 

@@ -294,9 +294,14 @@ class AccountService(Service):
         probe, and not counted) is counted as ``_probing_email`` says; ``client``: the
         caller's address, which a change of one's own email is counted by."""
         checks = checks or v.Checks()
+        own_credentials = viewer.user_id == user_id and _changes_credentials(email, password)
         name = name if name is UNSET else checks(v.name, name)
         email = email if email is UNSET else checks(v.email, email)
         password = password if password is UNSET else checks(v.password, password)
+        if own_credentials and not checks.failed("currentPassword"):
+            # None given is told with the other fields (QA s32: only once they were
+            # valid); a wrong one is checked, throttled, only when all of them are.
+            checks(_current_password_given, current_password)
         role = checks(v.present, role, "role", "role cannot be empty")
         active = checks(v.present, active, "active", "active cannot be empty")
         checks.done()
@@ -418,7 +423,7 @@ class AccountService(Service):
         manages = self.policy.may_manage_user(viewer, user)
         if not (is_self or manages):
             raise Forbidden("you may not change this user")
-        if is_self and (email not in (UNSET, None) or password_hash not in (UNSET, None)):
+        if is_self and _changes_credentials(email, password_hash):
             await self.confirm_current_password(user, current_password)
         privileged = {"role": role, "companyId": company_id, "active": active}
         for field, value in privileged.items():
@@ -585,9 +590,11 @@ class AccountService(Service):
             await self.confirm_current_password(user, current_password)
             raise ValidationError("the new password is the current one: choose another",
                                   field="newPassword", code="UNCHANGED")
+        checks = v.Checks()
+        checks(_current_password_given, current_password)  # first, as the mutation has it
         try:
             return await self.update_user(viewer, viewer.user_id, password=new_password,
-                                          current_password=current_password)
+                                          current_password=current_password, checks=checks)
         except DomainError as exc:
             for one in (exc, *each(exc)):  # an aggregate reads as its first error too
                 if one.field == "password":
@@ -599,6 +606,12 @@ class AccountService(Service):
                            ) -> User:
         """The active user with these credentials, or ``Unauthenticated`` — the same error
         whatever was wrong, so accounts cannot be enumerated."""
+        # Nothing typed is told as such (QA s32: read as a wrong pair); it names no
+        # account, so it is neither checked nor counted.
+        checks = v.Checks()
+        checks(v.filled, email.strip(), "email")
+        checks(v.filled, password, "password")
+        checks.done()
         legacy = v.legacy_email(email)
         try:
             cleaned = v.email(email)
@@ -698,9 +711,7 @@ class AccountService(Service):
     async def confirm_current_password(self, user: User, given: Any) -> None:
         """A token alone must not take an account over for good: changing one's own email
         or password asks for the password as well (throttled like a sign-in)."""
-        if given is UNSET or given is None or given == "":
-            raise ValidationError("give your current password to change this",
-                                  field="currentPassword", code="REQUIRED")
+        _current_password_given(given)
         if self.email_throttle.locked_for(user.email) is not None:
             raise Unauthenticated("too many failed attempts: try again later",
                                   code="TOO_MANY_ATTEMPTS")
@@ -727,3 +738,15 @@ class AccountService(Service):
         if AccountService._dummy_hash is None:
             AccountService._dummy_hash = await self.hash_password(_DUMMY_PASSWORD)
         return AccountService._dummy_hash
+
+
+def _changes_credentials(email: Any, password: Any) -> bool:
+    """Whether an update changes the email or password: one's own asks for the
+    current password."""
+    return email not in (UNSET, None) or password not in (UNSET, None)
+
+
+def _current_password_given(given: Any) -> None:
+    if given is UNSET or given is None or given == "":
+        raise ValidationError("give your current password to change this",
+                              field="currentPassword", code="REQUIRED")

@@ -20,6 +20,7 @@ from functools import partial, wraps
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 from domain import validation as v
+from domain.availability import connectors_held, connectors_reserved
 from domain.clock import as_utc
 from domain.entities import (
     LIVE_RESERVATION_STATES,
@@ -1069,7 +1070,8 @@ class ChargingService(ChargerConnections):
         coming back is announced on its own (``StationConnectionChanged``). The history
         (``StatusEvent``) keeps every report. ``FaultReported`` when it states a fault
         (``domain.faults``) the state before it did not, late or not, as before."""
-        if updated and stated != previous:
+        if updated and stated != previous \
+                and not await self._left_to_reservation_end(connector, stated, previous):
             await self.publish(ConnectorStatusChanged(
                 **owned_by(station), at=at,
                 connector_record_id=connector.id if connector is not None else None,
@@ -1082,6 +1084,31 @@ class ChargingService(ChargerConnections):
                 **owned_by(station), at=at, connector_id=connector_id,
                 error_code=stated.error_code, status=str(stated.status), info=stated.info,
                 vendor_error_code=stated.vendor_error_code))
+
+    async def _left_to_reservation_end(self, connector: Connector | None,
+                                       stated: _Reported, previous: _Reported | None
+                                       ) -> bool:
+        """Whether a plug's Reserved turning Available is left for its reservation's end
+        to announce: the charger let the reservation go (cancelled, or ended on its own
+        clock) while one is still live here, no session holding the plug. That end
+        (``Service.publish`` of the reservation's ``ReservationChanged``, on whichever
+        instance records it) tells the plug Available and free, once; announced here
+        too it read Available and not free just before (QA s32: a cancel's answer is
+        recorded after the charger's report of it). A read that fails announces it."""
+        if connector is None or previous is None \
+                or previous.status is not ConnectorStatus.RESERVED \
+                or stated.status is not ConnectorStatus.AVAILABLE:
+            return False
+        where = Eq("id", connector.id)
+        try:
+            reserved = await self.store.find_one(Connector, all_of(
+                where, connectors_reserved(self.now())))
+            held = reserved is not None and await self.store.find_one(
+                Connector, all_of(where, connectors_held())) is not None
+        except Exception:
+            log.exception("reading whether connector %s is reserved failed", connector.id)
+            return False
+        return reserved is not None and not held
 
     async def _close_lost_at_reboot(self, cp_id: str, connector_id: int, booted: datetime
                                     ) -> None:

@@ -905,9 +905,7 @@ class CommandService(Service):
                 held = await self._held_for(viewer.user_id, starting, payload, tags)
                 tags = await self._reserved_first(held, tags)
             if not tags:
-                raise ValidationError("no usable id tag for this driver",
-                                      field="vehicleId" if vehicle_id else "idTag",
-                                      code="REQUIRED")
+                raise await self._no_usable_tag(viewer, vehicle_id, now)
             tag = tags[0]
             if starting is not None:
                 # The first card that is not charging now nor starting; if all are, why
@@ -931,6 +929,21 @@ class CommandService(Service):
                 plug = await self._reserved_plug(held, tag)
         payload["idTag"] = tag.tag
         return car, plug
+
+    async def _no_usable_tag(self, viewer: Viewer, vehicle_id: str | None,
+                             now: datetime) -> ValidationError:
+        """Why a driver naming no card has none to use: no card at all (REQUIRED), or
+        each of theirs blocked or expired (INVALID_STATE, saying which, as naming such a
+        card is told; QA s32: a driver whose only card was blocked was told to give one)."""
+        held = await self.store.find_all(IdTag, Eq("user_id", viewer.user_id), limit=20)
+        why = sorted({t.status_at(now).value.lower() for t in held})
+        if not why:
+            return ValidationError("you have no id tag: add a card to charge with",
+                                   field="vehicleId" if vehicle_id else "idTag",
+                                   code="REQUIRED")
+        whose = "your id tag is" if len(held) == 1 else "each of your id tags is"
+        return ValidationError(f"{whose} {' or '.join(why)}", field="idTag",
+                               code="INVALID_STATE")
 
     async def _held_for(self, user_id: str | None, station: Station,
                         payload: dict[str, Any], tags: list[IdTag]) -> list[Reservation]:

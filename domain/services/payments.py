@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from domain import validation as v
-from domain.currencies import major_units, minor_units
+from domain.currencies import finest_amount, major_units, minor_units
 from domain.entities import Payment, PaymentStatus, Refund, Session
 from domain.errors import Conflict, Forbidden, PaymentDeclined, ValidationError
 from domain.events import PaymentChanged
@@ -350,7 +350,7 @@ class PaymentService(Service):
                                   field="amount", code="OUT_OF_RANGE")
         amount_minor = left if amount is None else minor_units(amount, payment.currency)
         if amount_minor is None:
-            raise ValidationError(f"give the amount in whole {payment.currency} minor units",
+            raise ValidationError(f"give the amount with {finest_amount(payment.currency)}",
                                   field="amount", code="INVALID")
         if not 0 < amount_minor <= left:
             raise ValidationError(

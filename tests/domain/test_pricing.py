@@ -65,6 +65,14 @@ def test_minor_units_are_exact_however_many_digits_an_amount_has() -> None:
         assert minor_units(Decimal(amount), code) is None, (amount, code)
 
 
+def test_the_finest_amount_is_said_in_the_currency_s_decimal_places() -> None:
+    """How a refusal of an amount finer than the minor unit says what is allowed."""
+    from domain.currencies import finest_amount
+    assert finest_amount("EUR") == "at most 2 decimal places for EUR"
+    assert finest_amount("KWD") == "at most 3 decimal places for KWD"
+    assert finest_amount("JPY") == "no decimal places for JPY"
+
+
 def _tariff(kwh: str, minute: str = "0", fee: str = "0", tax: str = "0",
             currency: str = "EUR") -> Tariff:
     return Tariff(company_id="c" * 24, price_per_kwh=Decimal(kwh), currency=currency,

@@ -4,6 +4,7 @@ ChargeGraph, and websocket subscribers of each role see exactly what they may.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from domain.services.base import patch
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
-from tests.e2e.conftest import Running, running_service
+from tests.e2e.conftest import Running, running_service, two_instances
 from tests.e2e.wsclient import GraphQLWS
 from tests.ocpp.conftest import STATION_PASSWORD
 from tests.ocpp.test_charger_actions import CANCEL, RESERVE, ReservesWithoutSayingSo
@@ -499,3 +500,56 @@ async def test_a_station_removed_while_its_charger_is_offline_leaves_the_live_ma
         finally:
             for client in clients.values():
                 await client.close()
+
+
+async def _until_free(client: GraphQLWS, connector_id: int, free: bool
+                      ) -> list[tuple[int, str, bool]]:
+    """The feed's events up to the first telling ``connector_id`` ``free`` (bounded)."""
+    got = []
+    for _ in range(20):
+        event = (await client.next(timeout=10))["payload"]["data"]["connectorStatusChanged"]
+        got.append((event["connectorId"], event["status"], event["free"]))
+        if got[-1][0] == connector_id and got[-1][2] is free:
+            return got
+    raise AssertionError(f"never told connector {connector_id} free={free}: {got}")
+
+
+@pytest.mark.parametrize("instances", ["one", "two"])
+async def test_a_cancelled_reservation_is_one_event_of_its_plug_free(
+        tmp_path: Path, instances: str) -> None:
+    """QA s32: cancelling a reservation on a charger that reports Reserved told the map
+    AVAILABLE with free false, then AVAILABLE with free true: the charger reports the
+    plug Available as it answers the cancel, before the answer is recorded, so its
+    report was announced while the reservation still held the plug. The reservation's
+    end announces it, once, free; across instances too (the charger on A, the cancel
+    and the subscriber on B)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if instances == "one":
+            holder = asker = await stack.enter_async_context(running_service(tmp_path))
+        else:
+            holder, asker = await stack.enter_async_context(two_instances(tmp_path))
+        op = await asker.token("op")
+        client = await GraphQLWS.open(asker.ws_url, token=op)
+        stack.push_async_callback(client.close)
+        await client.subscribe(MAP)
+        await asker.until_subscribed(1)
+        cp = await stack.enter_async_context(connected(
+            holder.ocpp_url, "CP-1", password=STATION_PASSWORD))
+        await cp.status(1, "Available")
+        await _until_free(client, 1, True)
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        reserved = (await asker.gql(RESERVE, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER", "expiryDate": expiry}},
+            token=op))["reserveNow"]["reservation"]
+        assert reserved["state"] == "ACTIVE"
+        taken = await _until_free(client, 1, False)
+        while taken[-1][1] != "RESERVED":  # the charger's report follows its answer
+            taken = await _until_free(client, 1, False)
+        cancelled = (await asker.gql(CANCEL, {"input": {
+            "cpId": "CP-1", "reservationId": reserved["reservationId"]}}, token=op))
+        assert cancelled["cancelReservation"]["status"] == "ACCEPTED", cancelled
+        assert await _until_free(client, 1, True) == [(1, "AVAILABLE", True)]
+        # Nothing after it says otherwise: told by a later report of another plug.
+        await cp.status(2, "Preparing")
+        later = await _until_free(client, 2, False)
+        assert all(event == (1, "AVAILABLE", True) for event in later[:-1]), later

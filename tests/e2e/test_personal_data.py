@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,67 @@ async def test_ten_copies_an_hour_is_a_rolling_hour(
     refused = await download(service, "/export/me.json", token)
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) == 58 * 60  # the 08:59 copies: at 09:59
+
+
+#: The type of each section's items (``user`` is one); ``devices`` has none in the API.
+SECTION_TYPES = {"user": "User", "vehicles": "Vehicle", "idTags": "IdTag",
+                 "sessions": "Session", "payments": "Payment", "refunds": "Refund",
+                 "reservations": "Reservation", "webhooks": "Webhook",
+                 "auditLog": "AuditEntry"}
+
+
+def _api_name(key: str, fields: dict[str, Any]) -> bool:
+    """Whether ``key`` is the API's name of a field of a type of ``fields``: the field, a
+    related record's by id (``stationId``), a Money field's minor units
+    (``costMinor``) or currency."""
+    from graphql import get_named_type
+    named = {name: get_named_type(field.type).name for name, field in fields.items()}
+    if key in named:
+        return True
+    if key.endswith("Id") and named.get(key[:-2]) not in (None, "ID", "String"):
+        return True
+    if key.endswith("Minor") and named.get(key[:-5]) == "Money":
+        return True
+    return key == "currency" and "Money" in named.values()
+
+
+async def test_the_export_s_keys_are_the_api_s_names(service: Running) -> None:
+    """QA s32: ``idTags[].parentTag``, where the API says ``parentIdTag``, though the
+    README says the export's keys are the API's; and a payment without ``refunding``,
+    which the API gives a driver. Every key of every item is checked against the
+    schema's fields of its type; a key the API has not is one of ``EXPORT_ONLY``."""
+    from graphql import build_schema
+
+    from graph.data_export import EXPORT_ONLY
+    schema = build_schema((Path(__file__).parents[2] / "schema.graphql").read_text())
+    driver = service.central.users["driver"]
+    admin = Viewer.of(service.central.users["admin"])
+    payments = service.services.payments
+    paid = await service.services.ctx.store.find_all(d.Payment, Eq("user_id", driver.id))
+    charged = next(p for p in paid if p.amount_minor)
+    await payments.capture(admin, charged.id)
+    await payments.refund(admin, charged.id, Decimal("0.10"))  # a refund to list too
+    doc = (await download(service, "/export/me.json", await service.token("driver"))
+           ).json()
+    walked = set()
+    for section, type_name in SECTION_TYPES.items():
+        items = doc[section] if isinstance(doc[section], list) else [doc[section]]
+        fields = dict(schema.get_type(type_name).fields)  # type: ignore[union-attr]
+        if type_name == "Webhook":  # its health spread on it
+            fields |= schema.get_type("WebhookHealth").fields  # type: ignore[union-attr]
+        for item in items:
+            walked.add(section)
+            strange = {k for k in item if not _api_name(k, fields)} \
+                - EXPORT_ONLY.get(type_name, set())
+            assert not strange, (section, strange)
+    assert walked >= {"user", "vehicles", "idTags", "sessions", "payments", "refunds",
+                      "auditLog"}, walked
+    [tag] = [t for t in doc["idTags"] if t["tag"] == "TAG-OK"]
+    assert "parentIdTag" in tag
+    [exported] = [p for p in doc["payments"] if p["id"] == gid("payment", charged.id)]
+    assert (exported["refunded"], exported["refunding"], exported["refundingMinor"]) == (
+        "0.10", "0.00", 0)
+    # Each key the API lacks is one: none listed that the API has.
+    for type_name, keys in EXPORT_ONLY.items():
+        fields = schema.get_type(type_name).fields  # type: ignore[union-attr]
+        assert not {k for k in keys if _api_name(k, fields)}, type_name

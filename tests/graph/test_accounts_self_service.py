@@ -362,6 +362,46 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
     assert errors(anonymous) == [(None, "UNAUTHENTICATED")]
 
 
+async def test_empty_fields_are_required_on_every_account_mutation_all_at_once(
+        api: Api, services: Services, world: World) -> None:
+    """QA s32: login("", "") was UNAUTHENTICATED on no field, signUp("", "", "") email
+    INVALID and password TOO_SHORT, and an empty currentPassword was told only once the
+    other fields were valid. Each empty field is REQUIRED, every invalid field told at
+    once; a wrong non-empty pair is still UNAUTHENTICATED, and a wrong current password
+    is checked (throttled) only when the rest is valid."""
+    assert errors(await login(api, "", "")) == [("email", "REQUIRED"), ("password", "REQUIRED")]
+    assert errors(await login(api, " ", PASSWORD)) == [("email", "REQUIRED")]
+    assert errors(await login(api, password="")) == [("password", "REQUIRED")]
+    assert errors(await login(api, password="not it")) == [(None, "UNAUTHENTICATED")]
+    services.accounts.sign_up_open = True
+    assert errors(await sign_up(api, "", "", "")) == [
+        ("email", "REQUIRED"), ("password", "REQUIRED"), ("name", "REQUIRED")]
+    token = (await login(api))["token"]
+    for current, new, expected in (
+            ("", "x", [("currentPassword", "REQUIRED"), ("newPassword", "TOO_SHORT")]),
+            ("", "", [("currentPassword", "REQUIRED"), ("newPassword", "REQUIRED")]),
+            ("not it", "x", [("newPassword", "TOO_SHORT")])):
+        payload = (await api.post(CHANGE, {"c": current, "n": new}, token=token)
+                   ).json()["data"]["changePassword"]
+        assert errors(payload) == expected, (current, new)
+    update = """mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+      user { email } errors { field code } } }"""
+    me_id = to_global_id("user", world.users["driver1"].id)
+    for given, expected in (
+            ({"email": "not an email", "currentPassword": ""},
+             [("email", "INVALID"), ("currentPassword", "REQUIRED")]),
+            ({"email": "", "name": ""},
+             [("name", "REQUIRED"), ("email", "REQUIRED"), ("currentPassword", "REQUIRED")]),
+            ({"password": "x", "currentPassword": "", "role": None},
+             [("password", "TOO_SHORT"), ("currentPassword", "REQUIRED"),
+              ("role", "REQUIRED")])):
+        updated = (await api.gql(update, {"i": {"id": me_id, **given}},
+                                 as_user=world.users["driver1"].id))["updateUser"]
+        assert errors(updated) == expected, given
+    assert (await me(api, token)).status_code == 200  # nothing changed
+    assert (await login(api))["errors"] == []  # and nothing locked the account
+
+
 @pytest.mark.parametrize("typed, code", [
     # Full-width letters (an IME in full-width mode): hashed as "password".
     ("ｐａｓｓｗｏｒｄ", "TOO_WEAK"),

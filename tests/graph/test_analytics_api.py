@@ -428,6 +428,21 @@ async def test_a_refund_sent_as_a_json_number_finer_than_a_cent_is_refused(
     assert await _refunded_minor(history, payment_id) == 0
 
 
+async def test_a_refund_finer_than_a_cent_is_told_the_currency_s_decimal_places(
+        scripted: tuple[History, Api]) -> None:
+    """QA s32: a refund of 0.001 EUR was told "give the amount in whole EUR minor
+    units"; it is told how many decimal places EUR takes."""
+    history, api = scripted
+    payment_id, gid, op = await _captured_660(history, api)
+    answer = await api.gql("""mutation($id: ID!) { refundPayment(input: {id: $id,
+      amount: "0.001"}) { payment { status } errors { field code message } } }""",
+                           {"id": gid}, as_user=op)
+    assert answer["refundPayment"] == {"payment": None, "errors": [{
+        "field": "amount", "code": "INVALID",
+        "message": "give the amount with at most 2 decimal places for EUR"}]}
+    assert await _refunded_minor(history, payment_id) == 0
+
+
 async def test_a_refund_written_in_the_query_finer_than_a_cent_is_refused(
         scripted: tuple[History, Api]) -> None:
     """A number written in the query text was read as a float too (review s25)."""

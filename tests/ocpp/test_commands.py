@@ -2674,6 +2674,39 @@ async def test_an_expired_pending_start_holds_nothing_and_is_swept(central: Cent
     assert kept.id != gone.id  # the live one stays
 
 
+async def test_a_driver_naming_no_card_is_told_whether_they_have_none_or_none_usable(
+        central: Central) -> None:
+    """QA s32: a driver whose only card was blocked, starting naming no card, was told
+    "no usable id tag" (REQUIRED), as if they had none; naming it, "this id tag is
+    blocked". Cards all blocked or expired are INVALID_STATE saying which; no card at
+    all stays REQUIRED. Nothing is sent to the charger."""
+    driver = Viewer.of(central.users["driver2"])
+    other = central.tags["other"]
+    start = {"cpId": "CP-1", "connectorId": 1}
+    selection = "errors { field code message }"
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        await central.services.fleet.update_id_tag(driver, other.id,
+                                                   status=d.IdTagStatus.BLOCKED)
+        blocked = await run(central, START, start, selection, as_user="driver2")
+        assert blocked["errors"] == [{"field": "idTag", "code": "INVALID_STATE",
+                                      "message": "your id tag is blocked"}]
+        lapsed = await central.services.fleet.issue_id_tag(driver, tag="TAG-LAPSED")
+        await central.store.write([patch(lapsed, SYSTEM,
+                                         expires_at=utcnow() - timedelta(days=1))], [])
+        both = await run(central, START, start, selection, as_user="driver2")
+        assert both["errors"] == [{"field": "idTag", "code": "INVALID_STATE",
+                                   "message": "each of your id tags is blocked or expired"}]
+        admin = Viewer.of(central.users["admin"])  # a withdrawn card is staff's to remove
+        for tag in (other, lapsed):
+            await central.services.fleet.remove_id_tag(admin, tag.id)
+        none = await run(central, START, start, selection, as_user="driver2")
+        assert none["errors"] == [{"field": "idTag", "code": "REQUIRED",
+                                   "message": "you have no id tag: add a card to charge "
+                                              "with"}]
+        assert cp.received == []
+
+
 async def test_a_drivers_vehicle_is_the_sessions_car(central: Central) -> None:
     """QA s23 (C): with an idTag, vehicleId was ignored: the session was booked to the
     card's car, another driver's car was never checked; a car no card is linked to read
