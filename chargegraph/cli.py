@@ -508,7 +508,7 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
                                                   "and seed a fresh demo.")] = False,
          ) -> None:
     """Seed a demo world, serve it, and run simulated chargers against it."""
-    from chargegraph.demo_database import reset_demo_mongo_database
+    from chargegraph.demo_database import refuse_early, reset_demo_mongo_database
     from chargegraph.stores import remove_sqlite_database
 
     with _plain_failures():
@@ -525,6 +525,10 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             raise ConfigError("the demo's simulated chargers need its OCPP server, which "
                               "CHARGEGRAPH_OCPP_ENABLED=false turns off: leave it on, or "
                               "pass --no-chargers")
+        if not reset:
+            # Refused before anything is written: building the app keeps its JWT secret
+            # beside the database (ops QA s32). --reset decides for itself below.
+            asyncio.run(refuse_early(settings.database_url))
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)
         if reset and sqlite_path(settings.database_url) is not None:

@@ -130,6 +130,31 @@ async def prepare_demo_database(database_url: str) -> None:
             await store.close()
 
 
+async def refuse_early(database_url: str) -> None:
+    """``ConfigError`` for a database the demo would refuse (``prepare_demo_database``),
+    by reads alone, before the command writes anything: the app it builds first keeps
+    its JWT secret beside the database (ops QA s32: a refused database was "left
+    untouched", a ``.chargegraph/jwt_secret`` made beside it). A database the demo may
+    use, or none, passes; ``prepare_demo_database`` decides again when it opens it."""
+    check_database_url(database_url)
+    database = database_location(database_url)
+    own = own_database(database_url)
+    path = sqlite_path(database_url)
+    if path is not None:
+        path = path.resolve()
+        if path.exists():
+            _admitted(path, database, own)
+        return
+    from store.mongo import MongoStore
+
+    with starting(store_label(database_url)):
+        store = MongoStore.connect(database_url)
+        try:
+            await _mongo_marked(store.db, database, own)
+        finally:
+            await store.close()
+
+
 # ---------------------------------------------------------------------------- SQLite
 async def _prepare_sqlite(path: Path, database: str, own: str) -> None:
     if _found(path, database, own):
@@ -152,13 +177,19 @@ def _found(path: Path, database: str, own: str) -> bool:
     building; False when there is none (its folder is made)."""
     _remove_stale_builds(path, database)
     if path.exists():
-        if sqlite_marked(path, database, own) > 0:
-            if sqlite_leased(path, database, own):
-                raise in_use(database, own)
-            return True
-        raise not_the_demos(database, own)
+        _admitted(path, database, own)
+        return True
     path.parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
     return False
+
+
+def _admitted(path: Path, database: str, own: str) -> None:
+    """``ConfigError`` unless the SQLite file there is the demo's and no instance runs on
+    it. Reads only."""
+    if sqlite_marked(path, database, own) <= 0:
+        raise not_the_demos(database, own)
+    if sqlite_leased(path, database, own):
+        raise in_use(database, own)
 
 
 def _place(built: Path, path: Path, database: str) -> None:
@@ -335,6 +366,20 @@ async def admit_mongo_database(db: Any, database: str, own: str) -> None:
     (its very first write: a second demo at the same time is refused); any other is
     refused untouched, and so is one an instance of the service leases (a plain read, as
     the mark's). ``db``: the database through a plain client, not started."""
+    if await _mongo_marked(db, database, own):
+        return
+    from pymongo import ReturnDocument
+
+    doc = await db[COUNTERS].find_one_and_update(
+        {"_id": DEMO_MADE}, {"$inc": {"value": 1}}, upsert=True,
+        return_document=ReturnDocument.AFTER)
+    if int(doc["value"]) != 1:
+        raise another_demo(database)
+
+
+async def _mongo_marked(db: Any, database: str, own: str) -> bool:
+    """Whether the database carries the demo's mark (False: it has no collections, the
+    demo may make it); ``ConfigError`` for one the demo may not use. Reads only."""
     if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is not None:
         if await mongo_leased(db):
             raise in_use(database, own)
@@ -346,16 +391,10 @@ async def admit_mongo_database(db: Any, database: str, own: str) -> None:
             # (it serves nothing before it completes): anyone else's account is a
             # service's, and the demo's public admin is not added to it.
             raise not_the_demos(database, own)
-        return
+        return True
     if await db.list_collection_names():
         raise not_the_demos(database, own)
-    from pymongo import ReturnDocument
-
-    doc = await db[COUNTERS].find_one_and_update(
-        {"_id": DEMO_MADE}, {"$inc": {"value": 1}}, upsert=True,
-        return_document=ReturnDocument.AFTER)
-    if int(doc["value"]) != 1:
-        raise another_demo(database)
+    return False
 
 
 async def mongo_leased(db: Any) -> bool:

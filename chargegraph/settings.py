@@ -43,8 +43,11 @@ EMPTY_MEANS_NONE = frozenset({"cors_origins", "trusted_proxies", "graphiql_asset
 
 
 class Settings(BaseSettings):
+    # No setting is nan or infinite: a bound refused them with itself as the reason
+    # ("less than or equal to 3600 (got 'nan')", ops QA s32), and one without a bound
+    # would take them. Pydantic says "a finite number" first, for every float setting.
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=ENV_FILE,
-                                      extra="ignore")
+                                      extra="ignore", allow_inf_nan=False)
 
     def __init__(self, **values: Any) -> None:
         # Before pydantic-settings reads the file, whose UnicodeDecodeError was a traceback.

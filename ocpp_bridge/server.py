@@ -161,6 +161,22 @@ HANDSHAKE_TIMEOUT_S = 10.0
 #: reached several seconds after a reconnect storm and stayed there.
 CHARGER_REFUSAL_DELAY_S = 1.0
 assert CHARGER_REFUSAL_DELAY_S <= HANDSHAKE_TIMEOUT_S / 5
+#: The share of the handshake timeout after a handshake's request arrived by which its
+#: password's answer is due. Not known by then (its check queued behind its address's
+#: others, ``MAX_PENDING_PER_ADDRESS``, or behind the hashing threads), it will evidently
+#: not be in time: the charger is answered 503 with Retry-After, as when the checks
+#: pending fill up, rather than dropped at the timeout with no answer at all (ops QA
+#: s32: chargers restarting behind one address, "did not receive a valid HTTP
+#: response", nothing in the log). Its check runs on, as a dropped one's does, so the
+#: retry of a right password is let in from the cached digest. The rest of the timeout
+#: is for the TLS and request before it and the answer after.
+CHECK_DUE_SHARE = 0.75
+#: Why such a handshake was answered early, and why one was dropped at the timeout
+#: meanwhile (before the answer was due: its TLS or request was slow), for the log.
+CHECK_NOT_DUE = ("its password check could not be done within the handshake timeout "
+                 "(checks queued from there or on this instance): answered 503, try again")
+CHECK_DROPPED = ("the handshake timed out waiting for its password check (checks queued "
+                 "from there or on this instance): dropped")
 #: Why a connection whose charger connected to another instance is closed (and its
 #: commands failed, ``ChargePointHandler.superseded``).
 ELSEWHERE = "connected to another instance"
@@ -186,6 +202,9 @@ class Refused:
     status: HTTPStatus = HTTPStatus.TOO_MANY_REQUESTS
     #: Why, for the log (``RefusalLog``), when it is worth a line.
     reason: str = ""
+    #: Its line's level: WARNING for a charger turned away for want of capacity (the
+    #: checks pending, its address's queue), which a right password meets too.
+    level: int = logging.INFO
 
 
 class _AddressTurns:
@@ -374,6 +393,9 @@ class OcppServer:
         self.refusal_delay = refusal_delay
         #: When a handshake arrived and how long its refusal still waits.
         self.refusal_timer = RefusalTimer()
+        #: How long a handshake waits for its password's answer (``CHECK_DUE_SHARE``);
+        #: a clock of its own, so that a test moves one without the other.
+        self.handshake_timer = RefusalTimer()
         self._checking = KeyedLocks()  # one argon2 check per station at a time
         #: (cp_id, address as the limits count it: an IPv6 one by its /64) → the
         #: password being checked from there, or waiting for its refusal's answer.
@@ -769,15 +791,19 @@ class OcppServer:
         # The user name is the charger's identity, a CiString as its cpId is: whatever
         # its case (QA s28), the station's, not the spelling of the path.
         if credentials is not None and cp_id_key(credentials[0]) == cp_id_key(station.cp_id):
-            verdict = await self._password_ok(station, credentials[1], peer)
+            try:
+                verdict = await self._password_in_time(station, credentials[1], peer)
+            except asyncio.CancelledError:
+                # The handshake timeout (or the server stopping) cut the wait: said, or
+                # the charger's "no valid HTTP response" has nothing beside it here.
+                if not self._stopping:
+                    self.refusals.note(cp_id, peer, CHECK_DROPPED, level=logging.WARNING)
+                raise
         if isinstance(verdict, Refused):
             if verdict.locked is not None:
                 self.refusals.note(cp_id, peer, LOCKED_OUT[verdict.locked])
-            elif verdict.status is HTTPStatus.SERVICE_UNAVAILABLE:
-                self.refusals.note(cp_id, peer, "too many password checks pending: "
-                                                "not checked, not counted")
             elif verdict.reason:
-                self.refusals.note(cp_id, peer, verdict.reason)
+                self.refusals.note(cp_id, peer, verdict.reason, level=verdict.level)
             return _try_later(connection, verdict.status, verdict.message, verdict.retry_after)
         if not verdict:
             self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT if unknown
@@ -843,6 +869,31 @@ class OcppServer:
         self.refusals.note(cp_id_from_path(request.path) or "", self._peer(ws, request),
                            f"it does not offer the subprotocol {SUBPROTOCOL}",
                            f" (offered: {shown})")
+
+    async def _password_in_time(self, station: Any, password: str, peer: str
+                                ) -> bool | Refused:
+        """``_password_ok``, or, when its answer is not known ``CHECK_DUE_SHARE`` of the
+        handshake timeout after it arrived (on ``handshake_timer``), 503 with
+        Retry-After (``CHECK_NOT_DUE``): cut there, it is as a handshake dropped at the
+        timeout, its check running on and nothing more counted."""
+        verdict = asyncio.ensure_future(self._password_ok(station, password, peer))
+        due = asyncio.ensure_future(
+            self.handshake_timer.sleep(HANDSHAKE_TIMEOUT_S * CHECK_DUE_SHARE))
+        try:
+            await asyncio.wait({verdict, due}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            verdict.cancel()  # the handshake dropped: its wait goes with it
+            raise
+        finally:
+            due.cancel()
+        if not verdict.done():
+            verdict.cancel()
+            # Its cancellation lets go of what it held (its address's turn, its place in
+            # the queue) before the charger is told to come back.
+            await asyncio.gather(verdict, return_exceptions=True)
+            if verdict.cancelled():
+                return checks_busy(CHECK_NOT_DUE)
+        return verdict.result()
 
     async def _password_ok(self, station: Any, password: str, peer: str = "", *,
                            turn: bool = False, arrived: float | None = None
@@ -934,7 +985,8 @@ class OcppServer:
                     return Refused(CHECKS_BUSY_RETRY_AFTER_S,
                                    "too many password checks from here: try again later\n",
                                    reason="too many password checks waiting from there: "
-                                          "not checked, not counted")
+                                          "not checked, not counted",
+                                   level=logging.WARNING)
                 await self._turns.wait(client)
                 return await self._password_ok(station, password, peer, turn=True,
                                                arrived=arrived)
@@ -991,9 +1043,7 @@ class OcppServer:
                                   "checked, not counted")
         kept = 0 if known_check else MAX_PENDING_CHECKS // KNOWN_SHARE_OF
         if len(self._checks) >= MAX_PENDING_CHECKS - kept:
-            return Refused(CHECKS_BUSY_RETRY_AFTER_S,
-                           "too many password checks pending: try again later\n",
-                           status=HTTPStatus.SERVICE_UNAVAILABLE)
+            return checks_busy("too many password checks pending: not checked, not counted")
         return None
 
     def _check_ended(self, check: asyncio.Future[bool], client: str, cp_id: str, key: str,
@@ -1312,6 +1362,8 @@ class _Minute:
     held_ids: set[str] = field(default_factory=set)
     #: The timer that writes the summary at the minute's end.
     timer: asyncio.TimerHandle | None = None
+    #: The level of its lines (``RefusalLog.note``), the summary's.
+    level: int = logging.INFO
 
 
 class RefusalLog:
@@ -1338,10 +1390,13 @@ class RefusalLog:
         #: subprotocols offered, are not part of the key): so is this.
         self._minutes: dict[str, _Minute] = {}
 
-    def note(self, cp_id: str, peer: str, reason: str, detail: str = "") -> None:
+    def note(self, cp_id: str, peer: str, reason: str, detail: str = "", *,
+             level: int = logging.INFO) -> None:
         """``detail`` follows the reason in the line (which subprotocols were offered):
         a charger offering something else logs again, but it counts in its reason's
-        lines a minute, so varying it does not get a scan more lines."""
+        lines a minute, so varying it does not get a scan more lines. ``level``: INFO,
+        or WARNING for a charger turned away for want of capacity (``Refused.level``);
+        its reason's summary line has it too."""
         now = self.clock()
         shown = shown_id(cp_id)
         key = (shown, reason + detail)  # cut: 10,000 ids of 4,000 characters were 40 MB
@@ -1349,6 +1404,7 @@ class RefusalLog:
         if last is not None and now - last < self.EVERY_S:
             return
         minute = self._minute(reason, now)
+        minute.level = max(minute.level, level)
         if minute.written >= self.PER_REASON:
             self._hold(minute, reason, shown)
             return
@@ -1356,8 +1412,8 @@ class RefusalLog:
             self._last.clear()
         self._last[key] = now
         minute.written += 1
-        log.info("refused charge point %r from %s: %s%s", shown, shown_id(peer) or "?",
-                 reason, detail)
+        log.log(level, "refused charge point %r from %s: %s%s", shown,
+                shown_id(peer) or "?", reason, detail)
 
     def flush(self) -> None:
         """Writes every summary still held (the server stops)."""
@@ -1400,7 +1456,8 @@ class RefusalLog:
             return
         charge_points = len(minute.held_ids)
         attempts = "" if minute.held == charge_points else f" ({minute.held} attempts)"
-        log.info("%d more charge points refused: %s%s", charge_points, reason, attempts)
+        log.log(minute.level, "%d more charge points refused: %s%s", charge_points, reason,
+                attempts)
 
 
 def _duration(span: timedelta) -> str:
@@ -1434,6 +1491,16 @@ def _gone(host: str) -> bool:
 def _host_label() -> str:
     """Which process holds a lease, for an operator reading the store."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def checks_busy(reason: str) -> Refused:
+    """503 with Retry-After: no password check can be done for the handshake in time
+    (the checks pending here are full, or its own is not done by the time it is due);
+    logged at WARNING with ``reason``."""
+    return Refused(CHECKS_BUSY_RETRY_AFTER_S,
+                   "too many password checks pending: try again later\n",
+                   status=HTTPStatus.SERVICE_UNAVAILABLE, reason=reason,
+                   level=logging.WARNING)
 
 
 def _try_later(connection: ServerConnection, status: HTTPStatus, body: str,

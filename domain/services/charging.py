@@ -2070,6 +2070,8 @@ class ChargingService(ChargerConnections):
                         "was lost, or the database restored from an older backup), "
                         "not recorded: meterStop %s Wh at %s, idTag %s", cp_id,
                         transaction_id, meter_stop, end.isoformat(), id_tag)
+        elif not stoppable(session):
+            self._contradicting_repeat(session, meter_stop, end)
         # A repeated stop (or one whose session kept changing under it): its meter values
         # are kept as history, adding no energy (no increments) to a session closed.
         kept = samples_of(station, session.connector_id if session else 0, kept_id,
@@ -2077,6 +2079,33 @@ class ChargingService(ChargerConnections):
         if kept:
             await self.store.write([InsertIfAbsent(s) for s in kept], [])
         return info
+
+    def _contradicting_repeat(self, session: Session, meter_stop: int, stamp: datetime
+                              ) -> None:
+        """A repeated StopTransaction of ``session``, stopped already, whose meterStop or
+        timestamp differ from its recorded stop's is answered and changes nothing, as any
+        repeat: said where operators look, so the contradiction is seen rather than
+        dropped (ops QA s32: a resend of 99999 Wh against the 8481 billed, silent). An
+        identical repeat (a lost answer) stays quiet. The meterStop as recorded (none for
+        one no register can read, ``_stop``); the timestamp only where the recorded end
+        is the stop's own: one stamped in our future or before its start, or on a clock
+        behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``)."""
+        differs = []
+        register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+        if register != session.meter_stop_wh:
+            differs.append(f"meterStop {meter_stop} Wh, recorded {session.meter_stop_wh}")
+        end_kept = session.reported_end is not None or (
+            self.clocks.believable(stamp) and stamp >= session.start_time
+            and not session.start_clock_behind)
+        if end_kept and stamp != session.end_as_reported:
+            recorded = session.end_as_reported
+            differs.append(f"timestamp {stamp.isoformat()}, recorded "
+                           f"{recorded.isoformat() if recorded else None}")
+        if differs:
+            log.warning("%s: a repeated StopTransaction of transaction %s, stopped "
+                        "already, differs from its recorded stop (%s): ignored, the "
+                        "session kept as recorded; check the charger", session.cp_id,
+                        session.transaction_id, "; ".join(differs))
 
     async def _phantom_of(self, session: Session, meter_stop: int, stamp: datetime
                           ) -> Session | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -1114,6 +1115,37 @@ async def test_a_resent_minus_one_stop_of_reason_other_is_a_repeat(
         assert await world.store.count(d.AuditEntry, Eq("entity_id", first.id)) == audits
         assert again.updated_at == first.updated_at
         assert await world.store.count(d.Payment, ALL) <= 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_repeated_stop_contradicting_the_recorded_one_is_logged(
+        kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A resent stop whose meterStop or timestamp differ from the recorded stop's changes
+    nothing, and says so at WARNING naming the transaction and what differs (ops QA s32:
+    99999 Wh against the 8481 recorded, answered and dropped without a word). An
+    identical resend (its answer lost) stays quiet."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 5_000, T0)
+        end = T0 + timedelta(seconds=120)
+        await charging.stop_transaction(CP, tx, 8_481, end)
+        first = await world.session(tx)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="chargegraph.charging"):
+            await charging.stop_transaction(CP, tx, 8_481, end)  # its answer lost
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            await charging.stop_transaction(CP, tx, 99_999, end)
+            await charging.stop_transaction(CP, tx, 8_481, end + timedelta(seconds=30))
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 2, warned
+        assert all(f"transaction {tx}" in m for m in warned), warned
+        assert "meterStop 99999 Wh, recorded 8481" in warned[0], warned
+        assert "timestamp" not in warned[0], warned
+        assert f"timestamp {(end + timedelta(seconds=30)).isoformat()}" in warned[1], warned
+        assert "meterStop" not in warned[1], warned
+        again = await world.session(tx)
+        assert (again.meter_stop_wh, again.energy_wh, again.end_time, again.updated_at) \
+            == (first.meter_stop_wh, first.energy_wh, first.end_time, first.updated_at)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "mongo"])

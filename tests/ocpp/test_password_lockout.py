@@ -592,16 +592,22 @@ async def attempt_or_dropped(central: Central, cp_id: str, password: str, source
 @pytest.fixture
 async def short_timeout_central(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                 ) -> AsyncIterator[Central]:
-    """A server whose handshake timeout is 1 s (production's 10 s, scaled down)."""
+    """A server whose handshake timeout is 1 s (production's 10 s, scaled down), which
+    drops the handshakes still waiting for their password's answer: their answer's due
+    time (``CHECK_DUE_SHARE``, 503 before the timeout) is on a clock left standing, as a
+    handshake whose TLS or request was slow reaches the timeout first. The due time's
+    503: ``test_a_check_not_done_in_time_is_answered_503_and_logged``."""
     monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_S", 1.0)
     central = await start_central(tmp_path / "storm.db")
+    central.server.handshake_timer = ManualRefusalTimer()
     await seed(central)
     yield central
     await stop_central(central)
 
 
 async def test_a_right_password_whose_handshake_timed_out_is_not_counted_against_it(
-        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Review r26-security3: after a restart (no digest cached) the hashing threads are
     busy with a reconnect storm and the charger's handshake is dropped at the handshake
     timeout before its argon2 check ends. Its right password, counted on arrival, was
@@ -619,11 +625,17 @@ async def test_a_right_password_whose_handshake_timed_out_is_not_counted_against
 
     monkeypatch.setattr(charging, "password_ok", hashing)
     got = []
-    for _ in range(5):  # the charger retrying while the storm lasts
-        got.append(await attempt_or_dropped(central, "CP-1", STATION_PASSWORD, CHARGER))
-        await asyncio.sleep(0.4)
+    with caplog.at_level(logging.INFO, logger="chargegraph.ocpp"):
+        for _ in range(5):  # the charger retrying while the storm lasts
+            got.append(await attempt_or_dropped(central, "CP-1", STATION_PASSWORD, CHARGER))
+            await asyncio.sleep(0.4)
     assert got[0] == 0, got  # dropped: its check outlasted the handshake
     assert 429 not in got, got
+    # Ops QA s32: a drop left nothing in the log beside the charger's "no valid HTTP
+    # response". Said at WARNING, once for the charge point and reason (throttled).
+    dropped = [w for w in warnings(caplog) if server_module.CHECK_DROPPED in w]
+    assert dropped == [f"refused charge point 'CP-1' from {CHARGER}: "
+                       f"{server_module.CHECK_DROPPED}"], warnings(caplog)
     busy["on"] = False  # the storm is over
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
 
@@ -1367,7 +1379,8 @@ async def test_one_client_behind_a_cgnat_address_does_not_keep_its_chargers_out(
 
 
 async def test_beyond_the_waiting_bound_an_address_is_answered_429_uncounted(
-        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+        short_timeout_central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """At most ``MAX_WAITING_PER_ADDRESS`` handshakes of one address wait for its turn
     (scaled down here to 2, behind a pending bound of 1): the next is answered 429 with
     Retry-After at once, unchecked and counted nowhere. A waiter whose handshake is
@@ -1396,7 +1409,11 @@ async def test_beyond_the_waiting_bound_an_address_is_answered_429_uncounted(
     waiting = [asyncio.ensure_future(attempt_or_dropped(central, cp_id, password, NAT))
                for cp_id, password in (("CP-1", "guess"), ("CP-1", "guess-2"))]
     await asyncio.sleep(0.2)  # both waiting (CP-1 from one address: one at a time)
-    assert await attempt_or_dropped(central, "NOPE-1", "guess", NAT) == 429  # queue full
+    with caplog.at_level(logging.INFO, logger="chargegraph.ocpp"):
+        assert await attempt_or_dropped(central, "NOPE-1", "guess", NAT) == 429  # full
+    # Said at WARNING (ops QA s32): a charger's right password meets the cap too.
+    assert f"refused charge point 'NOPE-1' from {NAT}: too many password checks waiting " \
+           "from there: not checked, not counted" in warnings(caplog)
     assert await asyncio.gather(first, *waiting) == [0, 0, 0]  # all dropped
     turns = central.server._turns
     assert not turns._waiting  # the dropped waiters left the queue (NOPE-0's check runs on)
@@ -1413,3 +1430,52 @@ async def test_beyond_the_waiting_bound_an_address_is_answered_429_uncounted(
     assert charging.sign_ins.checks_refused_for(NAT) is not None  # NOPE-0's, no more
     charging.sign_ins.check_given_back(NAT)
     assert charging.sign_ins.checks_refused_for(NAT) is None  # only one was counted
+
+
+async def test_a_check_not_done_in_time_is_answered_503_and_logged(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Ops QA s32: chargers restarting behind one address, each needing a check (no
+    digest cached after a restart), queued behind their address's checks and the
+    hashing threads; two were dropped at the 10 s handshake timeout ("did not receive a
+    valid HTTP response") with nothing in the server's log. A password whose answer is
+    not known by ``CHECK_DUE_SHARE`` of the timeout after it arrived is answered 503
+    with Retry-After before the timeout, logged at WARNING once for the charge point
+    and reason; its check runs on, so the charger's retry is let in. Told on the due
+    time's own clock, moved by the test, not by how fast the machine runs."""
+    charging = central.services.charging
+    timer = ManualRefusalTimer()
+    central.server.handshake_timer = timer
+    real = charging.password_ok
+    held = threading.Event()  # set: the check may end (the hashing threads free)
+    started = threading.Event()
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        started.set()
+        assert held.wait(10), "the check was never let go"
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    due = server_module.HANDSHAKE_TIMEOUT_S * server_module.CHECK_DUE_SHARE
+    assert due < server_module.HANDSHAKE_TIMEOUT_S
+    try:
+        with caplog.at_level(logging.INFO, logger="chargegraph.ocpp"):
+            for _ in range(2):  # the charger, and its retry while the check still runs
+                charger = asyncio.ensure_future(told(central, "CP-1", STATION_PASSWORD,
+                                                     CHARGER))
+                await soon(lambda: started.is_set() and len(timer.sleeping) == 1)
+                assert timer.wakes() == [pytest.approx(timer.at + due)]
+                assert not charger.done()  # nothing answered before it is due
+                await timer.advance_to(timer.wakes()[0])
+                status, body = await charger
+                assert (status, body) == (503, "too many password checks pending: try "
+                                               "again later\n")
+    finally:
+        held.set()
+    said = [w for w in warnings(caplog) if "password check" in w]
+    assert said == [f"refused charge point 'CP-1' from {CHARGER}: "
+                    f"{server_module.CHECK_NOT_DUE}"], warnings(caplog)  # once
+    await soon(lambda: not central.server._checks)  # the check ran on to its end
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # from its digest
+    password_hash = central.stations["CP-1"].auth_password_hash or ""
+    assert charging.sign_ins.lockout("CP-1", password_hash, CHARGER) is None

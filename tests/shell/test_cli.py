@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -237,6 +238,39 @@ def test_demo_reset_on_mongodb_reads_its_database_first(
     refused = runner.invoke(cli, ["demo", "--reset"])
     assert refused.exit_code == 3, (refused.exit_code, refused.stderr)
     assert "cannot start the store at mongodb://127.0.0.1:1/cg" in refused.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+def test_demo_refuses_a_database_not_its_own_before_writing_anything(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """Ops QA s32: `chargegraph demo` on a database it refuses ("it is left untouched")
+    had first built its app, which made `.chargegraph/jwt_secret` beside it (MongoDB's:
+    in the working directory). The refusal comes before anything is written."""
+    import asyncio
+
+    from store.mongo import MongoStore
+    from tests.support.mongomock_async import async_mongomock_database
+
+    if kind == "sqlite":
+        with contextlib.closing(sqlite3.connect(tmp_path / "cli.db")) as conn, conn:
+            conn.execute("CREATE TABLE accounts (name TEXT)")  # someone else's database
+    else:
+        db = async_mongomock_database("cg")
+        asyncio.run(db["accounts"].insert_one({"name": "boss"}))  # someone else's
+
+        def connect(cls: type[MongoStore], url: str, database: str | None = None
+                    ) -> MongoStore:
+            return MongoStore(db, sweep_every=None)
+
+        monkeypatch.setattr(MongoStore, "connect", classmethod(connect))
+        monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:27017/cg")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    never_serve(monkeypatch)
+    refused = runner.invoke(cli, ["demo"])
+    assert refused.exit_code == 2, refused.output
+    assert "was not made by the demo" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .chargegraph/
 
 
 def test_demo_reset_refuses_a_database_an_instance_runs_on(
