@@ -60,7 +60,7 @@ from domain.policy import Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
-from domain.registration import CLOSES_RECORDED, admits, closes_recorded
+from domain.registration import CLOSES_RECORDED, STATE_REPORTS, admits, closes_recorded
 from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
@@ -658,20 +658,41 @@ class ChargingService(ChargerConnections):
         self.cache.remember(station)
         return station
 
-    async def admits(self, cp_id: str, action: str, transaction_id: object = None) -> bool:
+    async def admits(self, cp_id: str, action: str, transaction_id: object = None,
+                     connector_id: object = None) -> bool:
         """Whether the charger may send ``action`` now (``domain.registration``): by the
         registration its last boot was answered with, which it acts on, or its station's
         as it is now (for a new authorization, that one alone), as cached for its other
-        messages. Refused so, a stop or readings naming ``transaction_id``, a transaction
-        stored for this station, are still taken, and a state report
-        (``closes_recorded``). No store read for a refused frame beyond the cached
-        station's, but that transaction's."""
+        messages. Refused so, a frame naming what is open on record for it is still
+        taken (``closes_recorded``, ``_on_record``: ``transaction_id`` and
+        ``connector_id`` as the frame has them). No store read for a refused frame beyond
+        the cached station's, but the one record it names."""
         station = await self._require_station(cp_id)
         if admits(station.registration, action, station.charger_registration):
             return True
-        recorded = action in CLOSES_RECORDED and isinstance(transaction_id, int) \
-            and await self._transaction(cp_id, transaction_id) is not None
-        return closes_recorded(action, recorded)
+        return closes_recorded(action, await self._on_record(station, action,
+                                                             transaction_id, connector_id))
+
+    async def _on_record(self, station: Station, action: str, transaction_id: object,
+                         connector_id: object) -> bool:
+        """Whether a frame of a charger not admitted names what is open on record for it:
+        a state report, a connector its station has (0: the point itself), never a new
+        one; a stop, its session still ACTIVE or closed without its stop (which the stop
+        corrects); readings, its session still ACTIVE, on that session's connector. Review
+        r32-a: told Rejected, a charger had 50 readings of a COMPLETED session stored on
+        a connector it never used, and its reports create FAULTED connectors 5 and 9."""
+        if action in STATE_REPORTS:
+            return isinstance(connector_id, int) and (
+                connector_id == 0 or not (await self._connector(station, connector_id))[1])
+        if action not in CLOSES_RECORDED or not isinstance(transaction_id, int):
+            return False
+        session = await self._transaction(station.cp_id, transaction_id)
+        if session is None:
+            return False
+        if action == "StopTransaction" and closed_without_stop(session):
+            return True
+        return session.state is SessionState.ACTIVE and (
+            action == "StopTransaction" or session.connector_id == connector_id)
 
     async def password_changed(self, cp_id: str, signed_in_with: str | None, *,
                                fresh: bool = False) -> bool:
