@@ -119,6 +119,7 @@ from domain.services.metering import (
     final_soc,
     late_share,
     live_patch,
+    meters_intervals,
     not_credited,
     register_count,
     register_readings,
@@ -1929,9 +1930,11 @@ class ChargingService(ChargerConnections):
             session = newest[0] if newest else None
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
+        registered = meters_intervals(readings) and session is not None \
+            and session.state is SessionState.ACTIVE and await self._register_moved(session)
         def read(sent: list[MeterReading]
                  ) -> tuple[list[MeterReading], RegisterCount | None, list[MeterSample]]:
-            count = register_count(session, rated_kw)
+            count = register_count(session, rated_kw, registered)
             kept = believed(sent, self.clocks.believable, self.now(),
                             session.start_time if session is not None else None)
             return kept, count, samples_of(station, connector_id, transaction_id, session,
@@ -2182,6 +2185,19 @@ class ChargingService(ChargerConnections):
                 status=ConnectorStatus.FINISHING.value, error_code=connector.error_code,
                 info=None))
 
+    async def _register_moved(self, session: Session | None) -> bool:
+        """Whether a register reading moved ``session``'s count (``RegisterCount.
+        registered``): the reading that last moved it (``meter_at``) was a register's,
+        as no interval counts after one. Told by its samples from there (one read on the
+        (session, at) index), so no column records it; none for a count never moved."""
+        if session is None or session.meter_at is None:
+            return False
+        return await self.store.find_one(MeterSample, all_of(
+            Eq("session_id", session.id), Eq("measurand", ENERGY_REGISTER),
+            # Placed as ``samples_of`` places it: never before the session's start.
+            Range("at", gte=max(session.meter_at, session.start_time)),
+            Range("delta_wh", gt=0))) is not None
+
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
         """The charger's session of ``transaction_id`` (another charger's is none, and so
         is an id we never issued, not looked up)."""
@@ -2201,7 +2217,8 @@ class ChargingService(ChargerConnections):
         cp_id = station.cp_id
         stamp = end  # as the stop carried it (``Session.reported_end``)
         rated_kw = await self._rated_kw(station, session.connector_id)
-        count = register_count(session, rated_kw)
+        registered = await self._register_moved(session)
+        count = register_count(session, rated_kw, registered)
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
         added = added_wh(samples)  # as for a frame: its late readings' shares are moved
@@ -2225,16 +2242,26 @@ class ChargingService(ChargerConnections):
         # it (a glitch, a late frame of another kind) was counted live and is taken back
         # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
-            count = RegisterCount(session, rated_kw)
+            count = RegisterCount(session, rated_kw, registered)
+        metered = session.energy_wh + added
+        read_high = count.high  # what its readings counted up to
+        # Counted by intervals alone (no register read): the count is their sum, no
+        # register, so meterStop is judged from meterStart (not as a drop below that sum,
+        # a reset), and one that did not move, as such meters send it, bills the sum
+        # unflagged (review r32-a: 0/0 flagged RESET, 5,000/5,000 IMPLAUSIBLE_STOP).
+        by_intervals = metered > 0 and not count.registered
+        if by_intervals:
+            count.high = session.meter_start_wh
         # What it reads as a register; none (recorded as no meterStop) for a number no
         # register can show: never counted as a reset or a rollover.
         register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
         final = count.counted(register, end, final=True) if register is not None else None
         meter = count.fields()
-        metered = session.energy_wh + added
         unread = final == session.meter_start_wh and metered > 0 \
             and not closed_without_stop(session)
-        if final is None or final < session.meter_start_wh or unread:
+        if by_intervals and final == session.meter_start_wh:
+            energy = metered
+        elif final is None or final < session.meter_start_wh or unread:
             # A glitching final register (0xFFFFFFFF: more than the connector could
             # deliver; -1 or beyond any meter: no register at all; below meterStart:
             # less than nothing, with no rollover or reset to explain it; meterStart
@@ -2255,7 +2282,7 @@ class ChargingService(ChargerConnections):
         else:
             energy = final - session.meter_start_wh
             if count.anomaly is None \
-                    and count.high - final > STOP_BELOW_READINGS_SLACK_WH:
+                    and read_high - final > STOP_BELOW_READINGS_SLACK_WH:
                 # The stop decides (a reading above it may be the glitch), but an
                 # operator is shown that the transaction's own readings said more
                 # (QA s20, verify: 0.001 kWh billed after readings of 1.2, no flag).
