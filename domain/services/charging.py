@@ -2217,8 +2217,10 @@ class ChargingService(ChargerConnections):
         cp_id = station.cp_id
         stamp = end  # as the stop carried it (``Session.reported_end``)
         rated_kw = await self._rated_kw(station, session.connector_id)
-        registered = await self._register_moved(session)
-        count = register_count(session, rated_kw, registered)
+        # Read only when it tells (``_register_moved``): for interval readings here, or
+        # for a meterStop below the count (below); a stop above it bills itself either way.
+        moved = await self._register_moved(session) if meters_intervals(readings) else None
+        count = register_count(session, rated_kw, bool(moved))
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
         added = added_wh(samples)  # as for a frame: its late readings' shares are moved
@@ -2242,19 +2244,23 @@ class ChargingService(ChargerConnections):
         # it (a glitch, a late frame of another kind) was counted live and is taken back
         # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
-            count = RegisterCount(session, rated_kw, registered)
+            count = RegisterCount(session, rated_kw, bool(moved))
         metered = session.energy_wh + added
         read_high = count.high  # what its readings counted up to
-        # Counted by intervals alone (no register read): the count is their sum, no
-        # register, so meterStop is judged from meterStart (not as a drop below that sum,
-        # a reset), and one that did not move, as such meters send it, bills the sum
-        # unflagged (review r32-a: 0/0 flagged RESET, 5,000/5,000 IMPLAUSIBLE_STOP).
-        by_intervals = metered > 0 and not count.registered
-        if by_intervals:
-            count.high = session.meter_start_wh
         # What it reads as a register; none (recorded as no meterStop) for a number no
         # register can show: never counted as a reset or a rollover.
         register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+        # Counted by intervals alone (no register read): the count is their sum, no
+        # register, so a meterStop below it is judged from meterStart (not as a drop, a
+        # reset), and one that did not move, as such meters send it, bills the sum
+        # unflagged (review r32-a: 0/0 flagged RESET, 5,000/5,000 IMPLAUSIBLE_STOP).
+        below = register is not None and register + count.offset < read_high \
+            and metered > 0 and not count.registered
+        if below and moved is None:
+            moved = await self._register_moved(session)
+        by_intervals = below and not moved
+        if by_intervals:
+            count.high = session.meter_start_wh
         final = count.counted(register, end, final=True) if register is not None else None
         meter = count.fields()
         unread = final == session.meter_start_wh and metered > 0 \
