@@ -111,6 +111,20 @@ def interval_frame(seconds: int, wh: int, context: str = "Sample.Periodic"
         SampledValue("10", "Power.Active.Import", "kW")))]
 
 
+async def metered_by_interval(world: World, meter_start: int, quarters: int
+                              ) -> tuple[int, datetime]:
+    """A session started two hours before ``T0``'s hour, metered ``quarters`` periodic
+    2,500 Wh intervals a quarter of an hour apart: its transaction and start."""
+    hour = T0.replace(minute=0, second=0) - timedelta(hours=2)
+    tx, _ = await world.services.charging.start_transaction(CP, 1, "TAG-1", meter_start,
+                                                            hour)
+    for quarter in range(1, quarters + 1):
+        await world.services.charging.meter_values(CP, 1, tx, [r._replace(
+            timestamp=hour + timedelta(minutes=15 * quarter))
+            for r in interval_frame(0, 2500)])
+    return tx, hour
+
+
 async def energy_by_hour(world: World, start: datetime) -> list[int]:
     trend = await world.services.analytics.energy_trend(
         ADMIN, Scope(cp_ids=(CP,)), start, start + timedelta(hours=2), Bucket.HOUR)
@@ -124,12 +138,7 @@ async def test_a_charger_metering_by_interval_meters_live_and_by_the_hour(
     the trend put all 20 kWh in the stop's hour."""
     async with world_on(store_of(kind, tmp_path / "t.db")) as world:
         charging = world.services.charging
-        hour = T0.replace(minute=0, second=0) - timedelta(hours=2)
-        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, hour)
-        for quarter in range(1, 9):
-            await charging.meter_values(CP, 1, tx, [r._replace(
-                timestamp=hour + timedelta(minutes=15 * quarter))
-                for r in interval_frame(0, 2500)])
+        tx, hour = await metered_by_interval(world, 0, 8)
         # Resent, and a clock-aligned interval of the same energy: nothing more.
         await charging.meter_values(CP, 1, tx, [r._replace(
             timestamp=hour + timedelta(hours=2)) for r in interval_frame(0, 2500)])
@@ -188,12 +197,7 @@ async def test_intervals_count_no_more_once_a_register_moved_the_count(
     the stop billing 20,000 flagged STOP_BELOW_READINGS."""
     async with world_on(store_of(kind, tmp_path / "t.db")) as world:
         charging = world.services.charging
-        hour = T0.replace(minute=0, second=0) - timedelta(hours=2)
-        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, hour)
-        for quarter in range(1, 8):
-            await charging.meter_values(CP, 1, tx, [r._replace(
-                timestamp=hour + timedelta(minutes=15 * quarter))
-                for r in interval_frame(0, 2500)])
+        tx, hour = await metered_by_interval(world, 0, 7)
         end = hour + timedelta(hours=2)
         await charging.meter_values(CP, 1, tx, register_frame(end, 20_000))
         await charging.meter_values(CP, 1, tx, [r._replace(
@@ -227,12 +231,7 @@ async def test_a_session_counted_by_intervals_alone_is_billed_by_the_stop_that_m
     below. A meterStop that moved bills what it says, flagged when below the intervals."""
     async with world_on(store_of(kind, tmp_path / "t.db")) as world:
         charging = world.services.charging
-        hour = T0.replace(minute=0, second=0) - timedelta(hours=2)
-        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", meter_start, hour)
-        for quarter in range(1, 9):
-            await charging.meter_values(CP, 1, tx, [r._replace(
-                timestamp=hour + timedelta(minutes=15 * quarter))
-                for r in interval_frame(0, 2500)])
+        tx, hour = await metered_by_interval(world, meter_start, 8)
         assert (await world.session(tx)).energy_wh == 20_000
         await charging.stop_transaction(CP, tx, meter_stop, hour + timedelta(hours=2))
         billed = await world.session(tx)
