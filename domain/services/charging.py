@@ -681,7 +681,7 @@ class ChargingService(ChargerConnections):
         one; a stop, its session still ACTIVE or closed without its stop (which the stop
         corrects); readings, its session still ACTIVE, on that session's connector. Review
         r32-a: told Rejected, a charger had 50 readings of a COMPLETED session stored on
-        a connector it never used, and its reports create FAULTED connectors 5 and 9."""
+        a connector it never used, and its reports created FAULTED connectors 5 and 9."""
         if action in STATE_REPORTS:
             return isinstance(connector_id, int) and (
                 connector_id == 0 or not (await self._connector(station, connector_id))[1])
