@@ -18,9 +18,10 @@ The station's registration as it is now withholds new authorizations alone: Auth
 refused (``NEW_AUTHORIZATIONS``), a start or stop is answered without its card's status
 (``ChargingService``), and no remote start or reservation is sent (``commands``).
 
-Whatever a charger was told, what closes what is on record is taken: a stop or readings
-of a transaction stored for its station, and its connectors' states
-(``closes_recorded``).
+Whatever a charger was told, what closes what is open on record is taken: the stop of
+its session still ACTIVE or closed without its stop, readings of its session still ACTIVE
+on that session's connector, and the states of the connectors its station has
+(``closes_recorded``); nothing it names creates or reopens a record (review r32-a).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ PENDING_MAY_SEND = frozenset({
 #: station's registration as it is now, not by the one its charger was told.
 NEW_AUTHORIZATIONS = frozenset({"Authorize"})
 
-#: What a charger not admitted still has taken when it names a transaction stored for its
-#: station: the stop and the readings that close what is on record. Told Rejected at a
+#: What a charger not admitted still has taken when it names its transaction open on
+#: record: the stop and the readings that close it. Told Rejected at a
 #: reboot mid-session, its charger sends its queued stop anyway; refused, the session
 #: stayed ACTIVE for good and its card read ConcurrentTx everywhere until staff ended it
 #: (QA s32). OCPP 1.6 (4.2) has a Rejected charger send nothing but its boot, and 2.0.1
@@ -50,9 +51,9 @@ NEW_AUTHORIZATIONS = frozenset({"Authorize"})
 #: and checks no card.
 CLOSES_RECORDED = frozenset({"StopTransaction", "MeterValues"})
 
-#: What a charger not admitted may report whatever its registration: its connectors'
-#: states, so the connector a stop above leaves Finishing is seen free again (review
-#: s25). It opens nothing and checks no card.
+#: What a charger not admitted may report of a connector its station has: its state, so
+#: the connector a stop above leaves Finishing is seen free again (review s25). It opens
+#: nothing, creates no connector (review r32-a) and checks no card.
 STATE_REPORTS = frozenset({"StatusNotification"})
 
 
@@ -69,10 +70,10 @@ def admits(registration: Registration, action: str,
 
 
 def closes_recorded(action: str, recorded: bool) -> bool:
-    """Whether ``action``, from a charger ``admits`` refuses, is still taken: a state
-    report, or a stop or readings naming a transaction stored for its station
-    (``recorded``). A new start or authorization never is."""
-    return action in STATE_REPORTS or (recorded and action in CLOSES_RECORDED)
+    """Whether ``action``, from a charger ``admits`` refuses, is still taken: a stop,
+    readings or a state report naming what is open on record for it (``recorded``:
+    ``ChargingService`` judges that). A new start or authorization never is."""
+    return recorded and action in CLOSES_RECORDED | STATE_REPORTS
 
 
 def _may_send(registration: Registration, action: str) -> bool:

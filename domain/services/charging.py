@@ -60,7 +60,7 @@ from domain.policy import Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
-from domain.registration import CLOSES_RECORDED, admits, closes_recorded
+from domain.registration import CLOSES_RECORDED, STATE_REPORTS, admits, closes_recorded
 from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
@@ -119,6 +119,7 @@ from domain.services.metering import (
     final_soc,
     late_share,
     live_patch,
+    meters_intervals,
     not_credited,
     register_count,
     register_readings,
@@ -658,20 +659,41 @@ class ChargingService(ChargerConnections):
         self.cache.remember(station)
         return station
 
-    async def admits(self, cp_id: str, action: str, transaction_id: object = None) -> bool:
+    async def admits(self, cp_id: str, action: str, transaction_id: object = None,
+                     connector_id: object = None) -> bool:
         """Whether the charger may send ``action`` now (``domain.registration``): by the
         registration its last boot was answered with, which it acts on, or its station's
         as it is now (for a new authorization, that one alone), as cached for its other
-        messages. Refused so, a stop or readings naming ``transaction_id``, a transaction
-        stored for this station, are still taken, and a state report
-        (``closes_recorded``). No store read for a refused frame beyond the cached
-        station's, but that transaction's."""
+        messages. Refused so, a frame naming what is open on record for it is still
+        taken (``closes_recorded``, ``_on_record``: ``transaction_id`` and
+        ``connector_id`` as the frame has them). No store read for a refused frame beyond
+        the cached station's, but the one record it names."""
         station = await self._require_station(cp_id)
         if admits(station.registration, action, station.charger_registration):
             return True
-        recorded = action in CLOSES_RECORDED and isinstance(transaction_id, int) \
-            and await self._transaction(cp_id, transaction_id) is not None
-        return closes_recorded(action, recorded)
+        return closes_recorded(action, await self._on_record(station, action,
+                                                             transaction_id, connector_id))
+
+    async def _on_record(self, station: Station, action: str, transaction_id: object,
+                         connector_id: object) -> bool:
+        """Whether a frame of a charger not admitted names what is open on record for it:
+        a state report, a connector its station has (0: the point itself), never a new
+        one; a stop, its session still ACTIVE or closed without its stop (which the stop
+        corrects); readings, its session still ACTIVE, on that session's connector. Review
+        r32-a: told Rejected, a charger had 50 readings of a COMPLETED session stored on
+        a connector it never used, and its reports created FAULTED connectors 5 and 9."""
+        if action in STATE_REPORTS:
+            return isinstance(connector_id, int) and (
+                connector_id == 0 or not (await self._connector(station, connector_id))[1])
+        if action not in CLOSES_RECORDED or not isinstance(transaction_id, int):
+            return False
+        session = await self._transaction(station.cp_id, transaction_id)
+        if session is None:
+            return False
+        if action == "StopTransaction" and closed_without_stop(session):
+            return True
+        return session.state is SessionState.ACTIVE and (
+            action == "StopTransaction" or session.connector_id == connector_id)
 
     async def password_changed(self, cp_id: str, signed_in_with: str | None, *,
                                fresh: bool = False) -> bool:
@@ -1908,9 +1930,11 @@ class ChargingService(ChargerConnections):
             session = newest[0] if newest else None
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
+        registered = meters_intervals(readings) and session is not None \
+            and session.state is SessionState.ACTIVE and await self._register_moved(session)
         def read(sent: list[MeterReading]
                  ) -> tuple[list[MeterReading], RegisterCount | None, list[MeterSample]]:
-            count = register_count(session, rated_kw)
+            count = register_count(session, rated_kw, registered)
             kept = believed(sent, self.clocks.believable, self.now(),
                             session.start_time if session is not None else None)
             return kept, count, samples_of(station, connector_id, transaction_id, session,
@@ -2190,6 +2214,19 @@ class ChargingService(ChargerConnections):
                 status=ConnectorStatus.FINISHING.value, error_code=connector.error_code,
                 info=None))
 
+    async def _register_moved(self, session: Session | None) -> bool:
+        """Whether a register reading moved ``session``'s count (``RegisterCount.
+        registered``): the reading that last moved it (``meter_at``) was a register's,
+        as no interval counts after one. Told by its samples from there (one read on the
+        (session, at) index), so no column records it; none for a count never moved."""
+        if session is None or session.meter_at is None:
+            return False
+        return await self.store.find_one(MeterSample, all_of(
+            Eq("session_id", session.id), Eq("measurand", ENERGY_REGISTER),
+            # Placed as ``samples_of`` places it: never before the session's start.
+            Range("at", gte=max(session.meter_at, session.start_time)),
+            Range("delta_wh", gt=0))) is not None
+
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
         """The charger's session of ``transaction_id`` (another charger's is none, and so
         is an id we never issued, not looked up)."""
@@ -2209,7 +2246,10 @@ class ChargingService(ChargerConnections):
         cp_id = station.cp_id
         stamp = end  # as the stop carried it (``Session.reported_end``)
         rated_kw = await self._rated_kw(station, session.connector_id)
-        count = register_count(session, rated_kw)
+        # Read only when it tells (``_register_moved``): for interval readings here, or
+        # for a meterStop below the count (below); a stop above it bills itself either way.
+        moved = await self._register_moved(session) if meters_intervals(readings) else None
+        count = register_count(session, rated_kw, bool(moved))
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
         added = added_wh(samples)  # as for a frame: its late readings' shares are moved
@@ -2233,16 +2273,30 @@ class ChargingService(ChargerConnections):
         # it (a glitch, a late frame of another kind) was counted live and is taken back
         # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
-            count = RegisterCount(session, rated_kw)
+            count = RegisterCount(session, rated_kw, bool(moved))
+        metered = session.energy_wh + added
+        read_high = count.high  # what its readings counted up to
         # What it reads as a register; none (recorded as no meterStop) for a number no
         # register can show: never counted as a reset or a rollover.
         register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+        # Counted by intervals alone (no register read): the count is their sum, no
+        # register, so a meterStop below it is judged from meterStart (not as a drop, a
+        # reset), and one that did not move, as such meters send it, bills the sum
+        # unflagged (review r32-a: 0/0 flagged RESET, 5,000/5,000 IMPLAUSIBLE_STOP).
+        below = register is not None and register + count.offset < read_high \
+            and metered > 0 and not count.registered
+        if below and moved is None:
+            moved = await self._register_moved(session)
+        by_intervals = below and not moved
+        if by_intervals:
+            count.high = session.meter_start_wh
         final = count.counted(register, end, final=True) if register is not None else None
         meter = count.fields()
-        metered = session.energy_wh + added
         unread = final == session.meter_start_wh and metered > 0 \
             and not closed_without_stop(session)
-        if final is None or final < session.meter_start_wh or unread:
+        if by_intervals and final == session.meter_start_wh:
+            energy = metered
+        elif final is None or final < session.meter_start_wh or unread:
             # A glitching final register (0xFFFFFFFF: more than the connector could
             # deliver; -1 or beyond any meter: no register at all; below meterStart:
             # less than nothing, with no rollover or reset to explain it; meterStart
@@ -2263,7 +2317,7 @@ class ChargingService(ChargerConnections):
         else:
             energy = final - session.meter_start_wh
             if count.anomaly is None \
-                    and count.high - final > STOP_BELOW_READINGS_SLACK_WH:
+                    and read_high - final > STOP_BELOW_READINGS_SLACK_WH:
                 # The stop decides (a reading above it may be the glitch), but an
                 # operator is shown that the transaction's own readings said more
                 # (QA s20, verify: 0.001 kWh billed after readings of 1.2, no flag).

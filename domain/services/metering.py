@@ -115,10 +115,14 @@ class RegisterCount:
     up (``ChargingService._late_shares``), not the count's to add."""
 
     __slots__ = ("anomaly", "at", "behind", "high", "late", "offset", "prior", "rated_kw",
-                 "session")
+                 "registered", "session")
 
-    def __init__(self, session: Session, rated_kw: float) -> None:
+    def __init__(self, session: Session, rated_kw: float, registered: bool = False) -> None:
         self.session, self.rated_kw = session, rated_kw
+        #: A register reading moved the count (before: ``registered``, as the session's
+        #: samples tell, ``ChargingService._register_moved``; or here): intervals no
+        #: longer count, the register having counted their energy already.
+        self.registered = registered
         self.high = session.meter_start_wh + session.energy_wh
         self.offset, self.prior = session.meter_offset_wh, session.meter_prior_offset_wh
         self.at = session.meter_at
@@ -143,16 +147,20 @@ class RegisterCount:
                 self.behind = counted
             return 0
         added, self.high, self.at = counted - self.high, counted, at
+        self.registered = True
         return added
 
     def interval(self, wh: int, at: datetime) -> int | None:
         """What an interval reading (``wh`` delivered in the interval ending ``at``) adds
         to the count: all of it when stamped after the reading that last moved the count,
         else 0 (a resent frame, a stop's ``transactionData`` repeating the live readings,
-        a late one: the stop's meterStop bills it); ``None`` for one no meter could show
+        a late one: the stop's meterStop bills it); 0 too once a register reading moved
+        the count (``registered``): the register counts that energy, and an interval
+        sent a second after it in a frame of its own was counted twice (review r32-a,
+        22,500 Wh live where the meter read 20,000); ``None`` for one no meter could show
         (``believable_register``, on the count it would reach)."""
         self.behind = None
-        if wh <= 0 or (self.at is not None and at <= self.at):
+        if wh <= 0 or self.registered or (self.at is not None and at <= self.at):
             return 0
         if not believable_register(self.session, self.high + wh, at, self.rated_kw):
             return None
@@ -510,11 +518,19 @@ def added_wh(samples: list[MeterSample]) -> int:
     return sum(s.delta_wh for s in samples if s.delta_wh)
 
 
-def register_count(session: Session | None, rated_kw: float) -> RegisterCount | None:
-    """The count a frame's register readings add to: an active session's, else none."""
+def register_count(session: Session | None, rated_kw: float, registered: bool = False
+                   ) -> RegisterCount | None:
+    """The count a frame's register readings add to: an active session's, else none
+    (``registered``: ``RegisterCount.registered``)."""
     if session is None or session.state is not SessionState.ACTIVE:
         return None
-    return RegisterCount(session, rated_kw)
+    return RegisterCount(session, rated_kw, registered)
+
+
+def meters_intervals(readings: Iterable[MeterReading]) -> bool:
+    """Whether ``readings`` have an interval energy reading (``RegisterCount.interval``
+    needs to know whether a register moved the count before)."""
+    return any(sv.measurand == ENERGY_INTERVAL for r in readings for sv in r.values)
 
 
 def samples_of(station: Station, connector_id: int, transaction_id: int | None,

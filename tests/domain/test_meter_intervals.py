@@ -111,6 +111,20 @@ def interval_frame(seconds: int, wh: int, context: str = "Sample.Periodic"
         SampledValue("10", "Power.Active.Import", "kW")))]
 
 
+async def metered_by_interval(world: World, meter_start: int, quarters: int
+                              ) -> tuple[int, datetime]:
+    """A session started two hours before ``T0``'s hour, metered ``quarters`` periodic
+    2,500 Wh intervals a quarter of an hour apart: its transaction and start."""
+    hour = T0.replace(minute=0, second=0) - timedelta(hours=2)
+    tx, _ = await world.services.charging.start_transaction(CP, 1, "TAG-1", meter_start,
+                                                            hour)
+    for quarter in range(1, quarters + 1):
+        await world.services.charging.meter_values(CP, 1, tx, [r._replace(
+            timestamp=hour + timedelta(minutes=15 * quarter))
+            for r in interval_frame(0, 2500)])
+    return tx, hour
+
+
 async def energy_by_hour(world: World, start: datetime) -> list[int]:
     trend = await world.services.analytics.energy_trend(
         ADMIN, Scope(cp_ids=(CP,)), start, start + timedelta(hours=2), Bucket.HOUR)
@@ -124,12 +138,7 @@ async def test_a_charger_metering_by_interval_meters_live_and_by_the_hour(
     the trend put all 20 kWh in the stop's hour."""
     async with world_on(store_of(kind, tmp_path / "t.db")) as world:
         charging = world.services.charging
-        hour = T0.replace(minute=0, second=0) - timedelta(hours=2)
-        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, hour)
-        for quarter in range(1, 9):
-            await charging.meter_values(CP, 1, tx, [r._replace(
-                timestamp=hour + timedelta(minutes=15 * quarter))
-                for r in interval_frame(0, 2500)])
+        tx, hour = await metered_by_interval(world, 0, 8)
         # Resent, and a clock-aligned interval of the same energy: nothing more.
         await charging.meter_values(CP, 1, tx, [r._replace(
             timestamp=hour + timedelta(hours=2)) for r in interval_frame(0, 2500)])
@@ -174,3 +183,58 @@ async def test_a_clock_never_set_stop_with_its_begin_reading_is_no_reset(
         assert registers == sorted(registers)  # 0, 1000, …, 4000: no drop
         [begin] = [s for s in samples if s.context == "Transaction.Begin"]
         assert begin.at == billed.start_time
+
+
+def register_frame(at: datetime, wh: int) -> list[MeterReading]:
+    return [MeterReading(at, (SampledValue(str(wh), ENERGY_REGISTER, "Wh"),))]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_intervals_count_no_more_once_a_register_moved_the_count(
+        kind: str, tmp_path: Path) -> None:
+    """Review r32-a: a register in one frame and the periodic interval a second later in
+    another counted the same energy twice: live 22,500 Wh where the meter read 20,000,
+    the stop billing 20,000 flagged STOP_BELOW_READINGS."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, hour = await metered_by_interval(world, 0, 7)
+        end = hour + timedelta(hours=2)
+        await charging.meter_values(CP, 1, tx, register_frame(end, 20_000))
+        await charging.meter_values(CP, 1, tx, [r._replace(
+            timestamp=end + timedelta(seconds=1)) for r in interval_frame(0, 2500)])
+        # A later interval too, in a frame of its own: the register counts from here.
+        await charging.meter_values(CP, 1, tx, [r._replace(
+            timestamp=end + timedelta(minutes=15)) for r in interval_frame(0, 2500)])
+        assert (await world.session(tx)).energy_wh == 20_000
+        await charging.meter_values(CP, 1, tx, register_frame(
+            end + timedelta(minutes=16), 22_500))
+        assert (await world.session(tx)).energy_wh == 22_500
+        await charging.stop_transaction(CP, tx, 22_500, end + timedelta(minutes=16))
+        billed = await world.session(tx)
+        assert (billed.energy_wh, billed.meter_anomaly) == (22_500, None)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+@pytest.mark.parametrize(("meter_start", "meter_stop", "energy", "flag"), [
+    (0, 0, 20_000, None),  # a meterStop that did not move: the intervals' sum
+    (5_000, 5_000, 20_000, None),
+    (5_000, 25_000, 20_000, None),
+    (5_000, 18_000, 13_000, d.MeterAnomaly.STOP_BELOW_READINGS),  # moved: it bills
+    (5_000, 30_000, 25_000, None),
+])
+async def test_a_session_counted_by_intervals_alone_is_billed_by_the_stop_that_moved(
+        kind: str, tmp_path: Path, meter_start: int, meter_stop: int, energy: int,
+        flag: d.MeterAnomaly | None) -> None:
+    """Review r32-a: a charger metering by interval alone often sends meterStop equal to
+    meterStart. 0/0 billed the intervals' 20,000 Wh flagged RESET, 5,000/5,000 flagged
+    IMPLAUSIBLE_STOP: the count the intervals made is no register for the stop to fall
+    below. A meterStop that moved bills what it says, flagged when below the intervals."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        tx, hour = await metered_by_interval(world, meter_start, 8)
+        assert (await world.session(tx)).energy_wh == 20_000
+        await charging.stop_transaction(CP, tx, meter_stop, hour + timedelta(hours=2))
+        billed = await world.session(tx)
+        assert (billed.energy_wh, billed.meter_anomaly) == (energy, flag)
+        samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+        assert sum(s.delta_wh or 0 for s in samples) == energy

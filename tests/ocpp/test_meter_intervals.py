@@ -87,3 +87,46 @@ async def test_a_clock_never_set_stop_with_transaction_data_raises_no_reset(
     samples = await central.store.find_all(d.MeterSample, Eq("transaction_id", tx))
     by_time = [s.value for s in sorted(samples, key=lambda s: (s.at, s.value))]
     assert by_time == sorted(by_time)
+
+
+async def test_an_interval_after_a_register_in_frames_of_their_own_counts_once(
+        central: Central) -> None:
+    """Review r32-a: a register at t in one frame and the periodic interval at t+1 s in
+    another showed 22,500 Wh live where the meter read 20,000. And a charger metering by
+    interval alone, its meterStop equal to its meterStart, is billed the intervals' sum
+    unflagged (was flagged RESET)."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) \
+        - timedelta(hours=3)
+
+    def interval(at: datetime) -> list[dict[str, object]]:
+        return [{"timestamp": iso(at), "sampledValue": [
+            {"value": "2500", "measurand": "Energy.Active.Import.Interval", "unit": "Wh",
+             "context": "Sample.Periodic"}]}]
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        mixed, alone = [(await cp.call(call.StartTransaction(
+            connector_id=plug, id_tag=tag, meter_start=0,
+            timestamp=iso(start)))).transaction_id
+            for plug, tag in ((1, "TAG-OK"), (2, "TAG-OTHER"))]
+        for quarter in range(1, 8):
+            for tx, plug in ((mixed, 1), (alone, 2)):
+                await cp.call(call.MeterValues(connector_id=plug, transaction_id=tx,
+                    meter_value=interval(start + timedelta(minutes=15 * quarter))))
+        end = start + timedelta(hours=2)
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=mixed, meter_value=[{
+            "timestamp": iso(end), "sampledValue": [
+                {"value": "20000", "measurand": "Energy.Active.Import.Register",
+                 "unit": "Wh"}]}]))
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=mixed,
+                                       meter_value=interval(end + timedelta(seconds=1))))
+        await cp.call(call.MeterValues(connector_id=2, transaction_id=alone,
+                                       meter_value=interval(end)))
+        assert (await shown(central, mixed))["energyKwh"] == 20.0
+        assert (await shown(central, alone))["energyKwh"] == 20.0
+        for tx in (mixed, alone):
+            await cp.call(call.StopTransaction(
+                meter_stop=20_000 if tx == mixed else 0, transaction_id=tx,
+                timestamp=iso(end + timedelta(seconds=2))))
+    for tx in (mixed, alone):
+        billed = await shown(central, tx)
+        assert (billed["energyKwh"], billed["meterAnomaly"]) == (20.0, None), (tx, billed)

@@ -492,6 +492,82 @@ async def test_a_charger_told_rejected_at_its_reboot_still_closes_its_recorded_s
         assert (await charging.authorize_start("CP-OPEN", "TAG-OK")).status == "Accepted"
 
 
+END_SESSION = """mutation($id: ID!) { endSession(input: {id: $id}) { errors { code } } }"""
+
+
+async def test_a_charger_told_rejected_closes_only_what_is_open_on_record(
+        central: Central) -> None:
+    """Review r32-a: a charger told Rejected had stored 50 MeterValues naming a session
+    already COMPLETED, on a connector it never used (3), and had StatusNotifications for
+    connectors 5 and 9 create FAULTED connectors. What is on record for it is a session
+    still ACTIVE (readings on its own connector, its stop), or one closed without its
+    stop (the stop, which corrects that close); its state reports only for the station's
+    own connectors."""
+    station = central.stations["CP-1"]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Accepted"
+        tx = (await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1000, timestamp=now()),
+            suppress=False)).transaction_id
+        lost = (await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OTHER", meter_start=0, timestamp=now()),
+            suppress=False)).transaction_id
+    record = await central.session(lost)
+    assert record is not None
+    ended = await central.gql(END_SESSION, {"id": to_global_id("session", record.id)},
+                              as_user="op")
+    assert ended["endSession"]["errors"] == []  # closed without its stop
+    changed = await central.gql(SET_REGISTRATION, {
+        "id": to_global_id("station", station.id), "r": "REJECTED"}, as_user="op")
+    assert changed["updateStation"]["errors"] == []
+
+    def reading(wh: int) -> list[dict]:
+        return [{"timestamp": now(), "sampledValue": [{"value": str(wh)}]}]
+
+    async def stored(transaction_id: int) -> int:
+        return len(await central.store.find_all(
+            d.MeterSample, Eq("transaction_id", transaction_id), limit=1000))
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Rejected"
+        refused = [call.MeterValues(connector_id=3, transaction_id=tx,
+                                    meter_value=reading(1500)),  # not its connector
+                   call.MeterValues(connector_id=2, transaction_id=lost,
+                                    meter_value=reading(900)),  # closed: readings no more
+                   *(call.StatusNotification(connector_id=plug, error_code="OtherError",
+                                             status="Faulted") for plug in (5, 9))]
+        for frame in refused:
+            with pytest.raises(SecurityError):
+                await cp.call(frame, suppress=False)
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
+                                       meter_value=reading(1500)), suppress=False)
+        await cp.call(call.StopTransaction(transaction_id=lost, meter_stop=2000,
+                                           timestamp=now()), suppress=False)
+        await cp.call(call.StopTransaction(transaction_id=tx, meter_stop=3000,
+                                           timestamp=now()), suppress=False)
+        kept = await stored(tx)
+        for wh in range(3100, 3150):  # the session is closed: nothing more is its
+            with pytest.raises(SecurityError):
+                await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
+                                               meter_value=reading(wh)), suppress=False)
+        with pytest.raises(SecurityError):  # its stop taken, once
+            await cp.call(call.StopTransaction(transaction_id=tx, meter_stop=4000,
+                                               timestamp=now()), suppress=False)
+        for plug in (0, 1):  # the station's own: the point and a connector it has
+            await cp.call(call.StatusNotification(connector_id=plug, error_code="NoError",
+                                                  status="Available"), suppress=False)
+    assert await stored(tx) == kept
+    closed = await central.session(tx)
+    assert closed is not None and closed.meter_stop_wh == 3000, closed
+    corrected = await central.session(lost)
+    assert corrected is not None and corrected.meter_stop_wh == 2000 \
+        and not corrected.closed_without_stop, corrected
+    plugs = await central.store.find_all(d.Connector, Eq("station_id", station.id))
+    assert sorted(p.connector_id for p in plugs) == [1, 2]
+    [first] = [p for p in plugs if p.connector_id == 1]
+    assert first.status is d.ConnectorStatus.AVAILABLE
+
+
 NEW_PASSWORD = "a-brand-new-password-9"
 
 
