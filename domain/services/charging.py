@@ -1477,9 +1477,10 @@ class ChargingService(ChargerConnections):
         set the charger's clock, or another process knows it not, and its resend, on
         time on it, was judged live and told ConcurrentTx because of a session of the
         card begun after it, the session rewritten refused and billed nothing (review
-        r32-a). One recorded refused is judged as before: its refusal stands until its
-        card is free."""
-        replayed = replayed or (session.start_refused is None and _replayed_start(session))
+        r32-a). Never one whose session says it was not (on time, or its clock behind
+        ours): a first copy judged live stays so. One recorded refused is judged as before:
+        its refusal stands until its card is free."""
+        replayed = _replayed_start(session) and (replayed or session.start_refused is None)
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None \
@@ -1516,8 +1517,8 @@ class ChargingService(ChargerConnections):
             return None
         if session.start_refused is not None:
             return session.start_refused  # refused again (a retry): the refusal stands
-        # ``replayed`` excludes a clock known behind ours (``_StartIdentity``), whose live
-        # start is stamped hours ago: only a start queued offline is told late.
+        # ``replayed`` already excludes a clock known behind ours (``_StartIdentity``,
+        # ``_resent``: ``start_clock_behind``), whose live start is stamped hours ago.
         late = replayed and not barred_by(card, session.start_time)
         if late:
             log.info("%s: transaction %s, queued offline, is told %s now and billed: it "
