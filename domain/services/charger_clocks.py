@@ -37,6 +37,11 @@ class ChargerClocks:
         self._fresh: set[str] = set()
         # Chargers whose current connection (to this instance) brought a boot already.
         self._booted: set[str] = set()
+        # Chargers whose clock this process took only from timestamps from before their
+        # connection opened (``replayed``): a queue or a clock behind. Kept over a
+        # reconnect (the answer lost with the connection, the queue sent again) until a
+        # timestamp from after its connection opened shows the clock.
+        self._unsure: set[str] = set()
 
     def connected(self, cp_id: str, at: datetime) -> None:
         self._connected[cp_id] = at
@@ -111,6 +116,11 @@ class ChargerClocks:
         seen = self._seen.get(cp_id)
         if seen is None or charger_time >= seen[0]:
             self._seen[cp_id] = (charger_time, now)
+        if self._before_opening(cp_id, charger_time):
+            if seen is None:
+                self._unsure.add(cp_id)
+        else:
+            self._unsure.discard(cp_id)
         first = seen is None or cp_id in self._fresh
         self._fresh.discard(cp_id)
         return first
@@ -145,10 +155,20 @@ class ChargerClocks:
         ours. Without the latter, a queue flushed first on a connection to a process
         that had not heard the charger yet set its clock (``queued``), and its start,
         hours old, was judged as a live one: by the card's status and sessions at its
-        arrival (QA s32). A clock that far behind, its first timestamp a live start,
-        looks the same (``behind_at``: the two cannot be told apart)."""
-        if cp_id in self._seen:
+        arrival (QA s32). So too while the clock known was taken, on this connection,
+        only from timestamps from before it opened (``_unsure``): a StatusNotification
+        queued just before the start, flushed first, set the clock and the start was
+        judged live (review r32-a). A clock that far behind, its first timestamp a live
+        start, looks the same (``behind_at``: the two cannot be told apart); its
+        reports still set the clock, which its connectors' history follows."""
+        if cp_id in self._seen and cp_id not in self._unsure:
             return self.charger_now(cp_id) - charger_time > BILLED_TIME_TOLERANCE
+        return self._before_opening(cp_id, charger_time)
+
+    def _before_opening(self, cp_id: str, charger_time: datetime) -> bool:
+        """Stamped more than ``BILLED_TIME_TOLERANCE`` before the charger's connection
+        (to this instance) opened, on our clock, but not more than
+        ``MAX_QUEUED_BEFORE_RECORD`` (a clock reset, 1970)."""
         opened = self._connected.get(cp_id)
         return opened is not None \
             and opened - MAX_QUEUED_BEFORE_RECORD <= charger_time < opened - BILLED_TIME_TOLERANCE

@@ -23,6 +23,7 @@ from domain import validation as v
 from domain.availability import connectors_held, connectors_reserved
 from domain.clock import as_utc
 from domain.entities import (
+    BILLED_TIME_TOLERANCE,
     LIVE_RESERVATION_STATES,
     Connector,
     ConnectorStatus,
@@ -472,6 +473,31 @@ def recorded_answer(session: Session) -> IdTagInfo:
     Accepted), its status alone: what a copy of a refused start is told when its card is
     another holder's now (``ChargingService._recorded_answer`` tells the rest)."""
     return IdTagInfo(session.start_refused or "Accepted")
+
+
+def _replayed_start(session: Session) -> bool:
+    """Whether ``session``'s start was judged one replayed from an offline queue
+    (``_StartIdentity.replayed``), as the session records it: it arrived (``created_at``)
+    more than ``BILLED_TIME_TOLERANCE`` after its time, its charger's clock not behind
+    ours (``start_clock_behind``)."""
+    return not session.start_clock_behind \
+        and session.created_at - session.start_time > BILLED_TIME_TOLERANCE
+
+
+def barred_by(card: IdTag | None, at: datetime) -> bool:
+    """Whether ``card`` was already refused at ``at`` as its record tells: its expiry
+    passed by then, or its status (BLOCKED, EXPIRED) set by then, its last change
+    (``updated_at``) no later: every edit stamps it, so one edited since cannot tell and
+    is taken as barred since. A start replayed from an offline queue of a card barred
+    before it charged (a stolen card used on a charger offline) is refused as a live one
+    is, unbilled; of one barred since, billed (review r32-a). An owner deactivated or gone
+    blocks the card at the charger (``IdTag.charger_status``) but leaves the card's record
+    as it was: not told by this."""
+    if card is None:
+        return False
+    if card.expires_at is not None and card.expires_at <= at:
+        return True
+    return card.status is not IdTagStatus.ACCEPTED and card.updated_at <= at
 
 
 def _told(station: Station, info: IdTagInfo) -> IdTagInfo:
@@ -1468,7 +1494,15 @@ class ChargingService(ChargerConnections):
         status, Blocked for an Invalid start (review r27-accounts4). One whose card is
         on record no more is judged (Invalid): no one else's status is told.
         ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``),
-        judged and recorded as such a start is."""
+        judged and recorded as such a start is; so is the copy of one recorded billed on
+        a late start (``_replayed_start``), whatever the clocks say now: the first copy
+        set the charger's clock, or another process knows it not, and its resend, on
+        time on it, was judged live and told ConcurrentTx because of a session of the
+        card begun after it, the session rewritten refused and billed nothing (review
+        r32-a). Never one whose session says it was not (on time, or its clock behind
+        ours): a first copy judged live stays so. One recorded refused is judged as before:
+        its refusal stands until its card is free."""
+        replayed = _replayed_start(session) and (replayed or session.start_refused is None)
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None \
@@ -1495,17 +1529,19 @@ class ChargingService(ChargerConnections):
         return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
     def _refusal(self, station: Station, session: Session, info: IdTagInfo,
-                 replayed: bool) -> str | None:
+                 replayed: bool, card: IdTag | None) -> str | None:
         """What ``session.start_refused`` becomes when its start is answered ``info``
-        (``_answered``); ``replayed``: the start came from an offline queue
-        (``_StartIdentity.replayed``)."""
+        (``_answered``) on ``card`` as read; ``replayed``: the start came from an offline
+        queue (``_StartIdentity.replayed``): it charged before it could be told, and is
+        billed whatever it is told now, unless its card was already barred at its time
+        (``barred_by``)."""
         if info.status == "Accepted":
             return None
         if session.start_refused is not None:
             return session.start_refused  # refused again (a retry): the refusal stands
-        # Late on the charger's own clock (``ChargerClocks.replayed``), not on ours: a
-        # clock hours behind ours stamps a live start hours ago.
-        late = replayed and not session.start_clock_behind
+        # ``replayed`` already excludes a clock known behind ours (``_StartIdentity``,
+        # ``_resent``: ``start_clock_behind``), whose live start is stamped hours ago.
+        late = replayed and not barred_by(card, session.start_time)
         if late:
             log.info("%s: transaction %s, queued offline, is told %s now and billed: it "
                      "charged before it could be told", station.cp_id,
@@ -1539,7 +1575,7 @@ class ChargingService(ChargerConnections):
         was told Accepted, a billed session holding a blocked card (review r28).
         When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
         again, and answers a closed session as recorded (refused)."""
-        refused = self._refusal(station, session, info, replayed)
+        refused = self._refusal(station, session, info, replayed, card)
         if refused == session.start_refused:
             return session, info
         if session.state is not SessionState.ACTIVE:
@@ -1699,7 +1735,8 @@ class ChargingService(ChargerConnections):
                                           card=(id_tag_record,), at=session.created_at,
                                           begun_by=identity.begun_by)
         session = replace(session, start_refused=self._refusal(station, session, info,
-                                                               identity.replayed))
+                                                               identity.replayed,
+                                                               id_tag_record))
         guards = self._start_guards(station, plug, is_new, id_tag_record)
         if id_tag_record is None:
             # None on record as read: a card issued meanwhile fails the write, and the

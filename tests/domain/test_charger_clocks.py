@@ -58,8 +58,9 @@ def test_a_start_is_replayed_when_late_on_its_clock_or_before_its_connection_ope
         ) -> None:
     """``ChargerClocks.replayed``, asked before the start is observed: while the clock
     is not known, stamped more than the tolerance before the connection opened (QA s32:
-    the queue's first start set the clock and was judged a live one); once known, late
-    on that clock. A charger not connected here, its clock unknown: never."""
+    the queue's first start set the clock and was judged a live one), or known only from
+    such stamps; once known, late on that clock. A charger not connected here, its clock
+    unknown: never."""
     ours = Ours()
     clocks = ChargerClocks(ours)
     assert not clocks.replayed("CP", T - timedelta(hours=3))
@@ -68,6 +69,18 @@ def test_a_start_is_replayed_when_late_on_its_clock_or_before_its_connection_ope
     assert clocks.replayed("CP", T - timedelta(hours=3))
     assert not clocks.replayed("CP", T - timedelta(minutes=1))  # within the tolerance
     assert not clocks.replayed("CP", T - timedelta(days=31))  # a clock reset, not a queue
-    clocks.observe("CP", T - timedelta(hours=1))  # a clock an hour behind, known
-    assert not clocks.replayed("CP", T - timedelta(hours=1))
-    assert clocks.replayed("CP", T - timedelta(hours=2))
+    # Its clock taken only from stamps from before the connection opened (a queue, or
+    # a clock behind): still told by the connection's opening (review r32-a: a status
+    # report queued just before the start made it live).
+    assert clocks.observe("CP", T - timedelta(hours=1))
+    assert clocks.replayed("CP", T - timedelta(minutes=50))
+    assert not clocks.replayed("CP", T - timedelta(minutes=1))
+    clocks.connected("CP", T + timedelta(seconds=5))  # so too over a reconnect
+    assert clocks.replayed("CP", T - timedelta(minutes=50))
+    clocks.observe("CP", T)  # on time: the clock is known, and told by
+    ours.now = T + timedelta(hours=1)
+    assert not clocks.replayed("CP", ours.now - timedelta(minutes=1))
+    assert clocks.replayed("CP", ours.now - timedelta(minutes=3))
+    clocks.connected("CP", ours.now)  # a new connection leaves the clock known
+    assert not clocks.replayed("CP", ours.now - timedelta(minutes=1))
+    assert clocks.replayed("CP", ours.now - timedelta(minutes=3))

@@ -26,6 +26,7 @@ from domain.ports import Store, Update
 from domain.query import ALL, Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
+from domain.services.charger_clocks import ChargerClocks
 from domain.services.live_updates import LatestUpdates
 from domain.services.metering import MeterReading, SampledValue
 from domain.timebuckets import Bucket
@@ -713,6 +714,30 @@ async def test_a_reboot_closes_no_later_than_a_believable_reading(world: World) 
     await charging.reboot_checks.done()
     ended = await world.session(tx)
     assert ended.end_time is not None and ended.end_time - T0 < timedelta(hours=2)
+
+
+async def test_a_resent_late_start_is_judged_as_its_session_records_it(world: World
+                                                                       ) -> None:
+    """Review r32-a: a start flushed late, Accepted and billed while the card charges
+    elsewhere since, is sent again to a process that does not know its charger's clock
+    (restarted): judged by that clock, the resend was live, told ConcurrentTx and its
+    session rewritten refused, billed nothing. Its session records it late (arrived long
+    after its time, the clock not behind): answered as its first copy, billed."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="1.00")
+    now = datetime.now(UTC).replace(microsecond=0)
+    live, answer = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                    now - timedelta(seconds=30))
+    assert answer.status == "Accepted"
+    flushed, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
+    assert answer.status == "Accepted"
+    charging.clocks = ChargerClocks(charging.now)  # a restarted process's
+    again, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
+    assert (again, answer.status) == (flushed, "Accepted")
+    await charging.stop_transaction(CP, flushed, 60_000, T0 + timedelta(minutes=30))
+    session = await world.session(flushed)
+    assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, the fee
+    await charging.stop_transaction(CP, live, 0, now)
 
 
 async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_now(

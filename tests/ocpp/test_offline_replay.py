@@ -15,6 +15,7 @@ from ocpp.v16 import call
 from domain import entities as d
 from domain.policy import SYSTEM
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.support.mongo_backend import open_mongo_store
 
@@ -122,3 +123,90 @@ async def test_a_replayed_start_of_a_card_blocked_since_is_told_so_and_billed(
     refused = await central.session(live.transaction_id)
     assert refused is not None
     assert (refused.start_refused, refused.cost_minor) == ("Blocked", None)
+
+
+async def test_a_status_queued_before_a_replayed_start_leaves_it_replayed(
+        central: Central) -> None:
+    """Review r32-a: CP-OPEN flushes its queue, a StatusNotification stamped 20 s before
+    the start first. It set the charger's clock, the start was on time on it and judged
+    live: told Blocked, recorded refused, 6 kWh billed nothing. The clock taken only from
+    stamps from before the connection opened does not make the start live: billed."""
+    await central.services.fleet.update_id_tag(SYSTEM, central.tags["other"].id,
+                                               status=d.IdTagStatus.BLOCKED)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=90)
+    async with connected(central.url, "CP-OPEN") as cp:
+        await cp.call(call.StatusNotification(
+            connector_id=2, error_code="NoError", status="Preparing",
+            timestamp=_stamp(start - timedelta(seconds=20))))
+        tx, told = await _replayed(cp, 2, "TAG-OTHER", start, (20_000, 23_000, 26_000))
+        assert told == "Blocked"
+    session = await central.session(tx)
+    assert session is not None
+    assert (session.start_refused, session.energy_wh, session.cost_minor) == (
+        None, 6_000, 240)
+
+
+async def test_a_resent_replayed_start_is_answered_as_its_first_copy(
+        central: Central) -> None:
+    """Review r32-a: the card charges now on CP-1; CP-OPEN replays a start of it from 3 h
+    ago, told Accepted, and sends it again (the answer lost). The resend, on time on the
+    clock its first copy set, was judged live: told ConcurrentTx, the session rewritten
+    refused and its 11 kWh billed nothing. Answered as the first copy, billed."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(hours=3)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as live_cp:
+        live = await live_cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=0, timestamp=_stamp(now)))
+        assert live.id_tag_info["status"] == "Accepted"
+        async with connected(central.url, "CP-OPEN") as cp:
+            copies = [await cp.call(call.StartTransaction(
+                connector_id=2, id_tag="TAG-OK", meter_start=50_000,
+                timestamp=_stamp(start))) for _ in range(2)]
+            assert [c.id_tag_info["status"] for c in copies] == ["Accepted", "Accepted"]
+            tx = copies[0].transaction_id
+            assert copies[1].transaction_id == tx
+            await cp.call(call.StopTransaction(meter_stop=61_000, transaction_id=tx,
+                                               timestamp=_stamp(start + timedelta(hours=1)),
+                                               reason="EVDisconnected"))
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert (session.start_refused, session.energy_wh, session.cost_minor) == (
+        None, 11_000, 440)
+
+
+async def test_a_replayed_start_of_a_card_barred_before_it_is_refused_unbilled(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-a: a card blocked before a start the offline charger took (a stolen
+    card), and one whose expiry passed before it, were billed to their holder as a card
+    blocked since is. Refused as a live start of them is: recorded so, billed nothing.
+    The record tells when: the block is the card's last change (``updated_at``)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    with MovedClock(central.services.ctx) as moved:
+        # Their stamps on the services' clock, moved back, as they were then.
+        monkeypatch.setattr("domain.services.base.utcnow", lambda: moved.ctx.clock())
+        monkeypatch.setattr("domain.services.fleet.utcnow", lambda: moved.ctx.clock())
+        moved.by(-timedelta(hours=3))
+        driver = central.users["driver2"].id
+        stolen = await central.services.fleet.issue_id_tag(SYSTEM, tag="TAG-STOLEN",
+                                                           user_id=driver)
+        await central.services.fleet.issue_id_tag(
+            SYSTEM, tag="TAG-LAPSED", user_id=driver,
+            expires_at=now - timedelta(minutes=100))
+        moved.by(-timedelta(hours=2))
+        await central.services.fleet.update_id_tag(SYSTEM, stolen.id, status=d.IdTagStatus.BLOCKED)
+    monkeypatch.undo()
+    async with connected(central.url, "CP-OPEN") as cp:
+        blocked, told_blocked = await _replayed(cp, 1, "TAG-STOLEN",
+                                                now - timedelta(minutes=90),
+                                                (20_000, 23_000, 26_000))
+        lapsed, told_lapsed = await _replayed(cp, 2, "TAG-LAPSED",
+                                              now - timedelta(minutes=80),
+                                              (30_000, 33_000, 36_000))
+    assert (told_blocked, told_lapsed) == ("Blocked", "Expired")
+    for tx, refused in ((blocked, "Blocked"), (lapsed, "Expired")):
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED
+        assert (session.start_refused, session.energy_wh, session.cost_minor) == (
+            refused, 6_000, None)
+        assert await _shown(central, tx) == {
+            "transactionId": tx, "startRefused": refused.upper(), "cost": None}
