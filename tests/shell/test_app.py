@@ -371,6 +371,33 @@ def test_a_database_file_deleted_while_serving_is_a_503_and_refused_writes(
                         "the service ran): nothing was written"}]}}}
 
 
+def test_a_mutation_answered_a_store_failure_counts_as_an_error_in_metrics(
+        tmp_path: Path) -> None:
+    """QA s32: with the disk full, ``login`` answered ``errors: [{code:
+    STORE_UNAVAILABLE}]`` in its payload and /metrics counted it ``ok``. A payload's
+    user error (a wrong password) stays ``ok``, as README documents; a store failure in
+    it is the service's, an ``error``. Here the database file is deleted under the
+    service, which refuses every write so."""
+    from tests.e2e.test_metrics import parse, value
+
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    login = ('mutation { login(email: "root@example.com", password: "%s") '
+             '{ token errors { code } } }')
+    requests = "chargegraph_graphql_requests_total"
+    with TestClient(app) as client:
+        _sign_in_admin(client, app)
+        wrong = client.post("/graphql", json={"query": login % "wrong-pass-123"}).json()
+        assert wrong["data"]["login"]["errors"][0]["code"] != "STORE_UNAVAILABLE"
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"app.db{suffix}").unlink(missing_ok=True)
+        failed = client.post("/graphql", json={"query": login % "root-pass-123"}).json()
+        assert failed["data"]["login"]["errors"] == [{"code": "STORE_UNAVAILABLE"}]
+        samples, _ = parse(client.get("/metrics").text)
+    # The first sign-in and the wrong password: ok; the store's failure: an error.
+    assert value(samples, requests, operation="mutation", outcome="ok") == 2
+    assert value(samples, requests, operation="mutation", outcome="error") == 1
+
+
 async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The OCPP server's start writes first (every charger recorded offline). On a full
