@@ -136,17 +136,21 @@ def _detach(sources: Sources) -> None:
 SETTLE_TIMEOUT_S = 5.0
 
 
-def schema_of(database_url: str) -> dict[str, int]:
-    """``{"schema": n}`` for /healthz: the SQLite migration this build runs with, which
+def schema_of(database_url: str) -> int:
+    """The schema for /healthz: the highest SQLite migration this build applies, which
     its start brought the database to (or refused to start on a newer one), so instances
-    answering different numbers run different schemas. MongoDB records no number (its
-    start runs named, idempotent back-fill steps, ``store/mongo/migrations.py``): nothing
-    is said rather than a number it does not keep."""
+    answering different numbers run different schemas. On MongoDB the same number: its
+    start steps record it (``claim_schema``'s ``SCHEMA_VERSION``, SQLite's last
+    migration) before their first write and when the start completes, and refuse a
+    database a newer build recorded (QA s32: MongoDB said none, and the version, 0.3.0
+    since schema 29, could not tell builds apart)."""
     if sqlite_path(database_url) is None:
-        return {}
+        from store.mongo.migrations import SCHEMA_VERSION
+
+        return SCHEMA_VERSION
     from store.sqlite.migrations import MIGRATIONS
 
-    return {"schema": MIGRATIONS[-1][0]}
+    return MIGRATIONS[-1][0]
 
 
 def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | None = None
@@ -374,7 +378,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
 
     # The version and the schema: which build a load balancer's instance runs, and with
     # which database schema (rolling upgrades).
-    build = {"version": __version__, **schema_of(settings.database_url)}
+    build = {"version": __version__, "schema": schema_of(settings.database_url)}
 
     async def healthz(request: Request) -> Response:
         store: Store | None = getattr(request.app.state, "store", None)

@@ -141,12 +141,14 @@ def counters(registry: MetricsRegistry) -> list[Family]:
                "outcome", commands),
         Family("chargegraph_graphql_requests_total", "counter",
                "GraphQL requests over HTTP, by operation type and outcome (ok, error: "
-               "executed with errors, invalid: refused before execution)", graphql),
+               "executed with errors or a payload's service failure, STORE_*, "
+               "UNAVAILABLE, NOT_READ_BACK; invalid: refused before execution; "
+               "replayed)", graphql),
         Family("chargegraph_export_requests_total", "counter",
                "CSV and personal data exports over HTTP, by export and outcome (ok: every "
                "row sent, invalid: a malformed or unauthenticated request, forbidden, "
                "not_found, limited: refused so, error: failed, aborted: the client went "
-               "away)", exports),
+               "away; export unknown: a file name that is no export)", exports),
     ]
 
 

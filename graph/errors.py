@@ -98,16 +98,23 @@ RETRYABLE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "CHANGED", "UNAV
 #: The change was written, but what its payload reads after it could not be read (the
 #: database out of reach a moment later): never a retryable code, a retry writes again.
 NOT_READ_BACK = "NOT_READ_BACK"
-#: Set by ``graph.http`` around a request with an idempotency key: whether a payload of
-#: it carries a ``RETRYABLE_CODES`` error. Every payload error is made by ``user_error``,
+#: Payload codes that are the service's own failure (the database, a part not running),
+#: not the request's: ``/metrics`` counts such a request's outcome ``error``, as a
+#: top-level error (QA s32: a ``login`` answered ``STORE_UNAVAILABLE`` with the disk full
+#: counted ``ok``). A user error (the input, the stored data, who asks, a charger's
+#: answer, ``CHANGED``) leaves it ``ok``: the service did its work.
+SERVICE_FAILURE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "STORE_REFUSED",
+                                   "STORE_OUTCOME_UNKNOWN", "UNAVAILABLE", NOT_READ_BACK})
+#: Set by ``graph.http`` around each request it executes: the codes of its payload
+#: errors (for an idempotency key, whether one is of ``RETRYABLE_CODES``; for the
+#: metrics, of ``SERVICE_FAILURE_CODES``). Every payload error is made by ``user_error``,
 #: whichever resolver makes it, so it is told here, whether or not the client selected
 #: ``errors { code }``.
-retryable_failure: ContextVar[list[str] | None] = ContextVar("retryable_failure",
-                                                             default=None)
+payload_codes: ContextVar[list[str] | None] = ContextVar("payload_codes", default=None)
 
 
 def user_error(error: DomainError) -> UserError:
-    if error.code in RETRYABLE_CODES and (seen := retryable_failure.get()) is not None:
+    if (seen := payload_codes.get()) is not None:
         seen.append(error.code)
     return UserError(field=camel(error.field), message=error.message, code=error.code)
 

@@ -38,7 +38,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services.idempotency import InProgress, Refusal, Replay
 from graph import exact_json
 from graph.context import GraphContext
-from graph.errors import retryable_failure
+from graph.errors import RETRYABLE_CODES, SERVICE_FAILURE_CODES, payload_codes
 from graph.pipeline import mutation_fields, normalized, operation_type, operations_in
 
 log = logging.getLogger("chargegraph.graph")
@@ -356,9 +356,9 @@ class GraphQLHTTPHandler:
                 "stopped while it ran and the key is held until it lapses: send it again "
                 "after Retry-After seconds", IDEMPOTENCY_KEY_IN_PROGRESS), 409, media,
                 {"Retry-After": str(math.ceil(begun.retry_after.total_seconds()))})
-        failures: list[str] = []
+        codes: list[str] = []
         reached: list[str] = []
-        marker = retryable_failure.set(failures)
+        marker = payload_codes.set(codes)
         outside = outside_effects.set(reached)
         try:
             response, outcome, ran = await self._execute(
@@ -378,12 +378,12 @@ class GraphQLHTTPHandler:
             response, outcome, ran = _response(_error_body(
                 REACHED_OUTSIDE, INTERNAL_SERVER_ERROR), 500, media), "error", False
         finally:
-            retryable_failure.reset(marker)
+            payload_codes.reset(marker)
             outside_effects.reset(outside)
         # Cancelled (the client gone, the service stopping) it stays claimed: whether the
         # mutation ran is not known, so the key lapses (``LEASE``) rather than run again.
         self.metrics.graphql_request("mutation", outcome)
-        if reached or (ran and not failures):
+        if reached or (ran and RETRYABLE_CODES.isdisjoint(codes)):
             await idempotency.finish(begun, bytes(response.body).decode())
         else:
             await idempotency.release(begun)
@@ -392,8 +392,12 @@ class GraphQLHTTPHandler:
     async def execute(self, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, allowed: set[OperationType],
                       context: GraphContext, media: str, method: str) -> Response:
-        response, outcome, _ = await self._execute(query, variables, operation_name, allowed,
-                                                context, media, method)
+        marker = payload_codes.set([])
+        try:
+            response, outcome, _ = await self._execute(query, variables, operation_name,
+                                                    allowed, context, media, method)
+        finally:
+            payload_codes.reset(marker)
         self.metrics.graphql_request(operation_type(query, operation_name), outcome)
         return response
 
@@ -402,7 +406,8 @@ class GraphQLHTTPHandler:
                        context: GraphContext, media: str, method: str
                        ) -> tuple[Response, str, bool]:
         """The response, its outcome for the metrics (``ok``, ``error``: executed, with
-        errors, or ``invalid``: refused before execution), and whether the operation's
+        errors or a payload error of ``SERVICE_FAILURE_CODES`` among the ``payload_codes``
+        its caller collects, or ``invalid``: refused before execution), and whether the operation's
         root fields all completed: an error is a root field's own (its use case failed,
         path ``[field]``) or one of a field read for its answer after it ran
         (``[field, …]``). ``_once`` keeps the answer of a mutation that ran, whatever
@@ -441,7 +446,8 @@ class GraphQLHTTPHandler:
             payload["extensions"] = result.extensions
         status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
         outcome = "invalid" if isinstance(result, PreExecutionError) \
-            else "error" if errors else "ok"
+            else "error" if errors or not SERVICE_FAILURE_CODES.isdisjoint(
+                payload_codes.get() or ()) else "ok"
         ran = not no_data and not any(e.path is None or len(e.path) < 2
                                       for e in result.errors or ())
         # A write whose outcome is unknown may stand, in part: its answer is kept as a

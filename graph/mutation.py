@@ -18,7 +18,7 @@ from domain.tariff_bands import BandInput
 from domain.validation import Checks
 from graph.commands import CommandMutation
 from graph.context import GraphContext
-from graph.errors import NOT_READ_BACK, PAYLOAD_ERRORS, UserError, attempt
+from graph.errors import NOT_READ_BACK, PAYLOAD_ERRORS, UserError, attempt, user_error
 from graph.ids import expect_id
 from graph.inputs import (
     AddConnectorInput,
@@ -743,14 +743,15 @@ async def _tariff_payload(ctx: GraphContext, tariff: Any, errors: list[UserError
         in_force = await ctx.services.tariffs.in_force_beside(ctx.viewer, tariff)
     except DomainError as exc:
         # The write landed: failing the answer (STORE_UNAVAILABLE, retryable) made a
-        # client send it again, and a second version was set (review s31). Not
-        # ``user_error``: that marks the answer retryable for its idempotency key.
+        # client send it again, and a second version was set (review s31): told
+        # NOT_READ_BACK, no retryable code, so its idempotency key keeps the answer.
         log.warning("tariff %s written; reading what is in force beside it failed: %s",
                     tariff.id, exc.message)
         return TariffPayload(tariff=Tariff.wrap(tariff, ctx), in_force=None, errors=[
-            *errors, UserError(field=None, code=NOT_READ_BACK, message=(
+            *errors, user_error(DomainError(
                 "the change was written, but what is in force beside it could not be "
-                f"read ({exc.message}): read it with a query, do not send it again"))])
+                f"read ({exc.message}): read it with a query, do not send it again",
+                code=NOT_READ_BACK))])
     return TariffPayload(tariff=Tariff.wrap(tariff, ctx),
                          in_force=Tariff.wrap(in_force, ctx) if in_force else None,
                          errors=errors)

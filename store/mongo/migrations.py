@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -518,8 +519,18 @@ async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]],
     if await _migrations(db).find_one({"_id": name, "done": True}, {"_id": 1}) is not None:
         return
     await claim_schema(db, known)
+    began = time.monotonic()
     await step(db)
     await _migrations(db).update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
+    # Each step and its time, as SQLite's migrations (QA s32: an upgrade said nothing
+    # until ready).
+    log.info("migration step %s done in %.2f s", name, time.monotonic() - began)
+
+
+async def steps_done(db: Any) -> int:
+    """How many ``_once`` steps one start or another has finished: a start that raised
+    it migrated, and says so at its end (``MongoStore.start``)."""
+    return int(await _migrations(db).count_documents({"done": True}))
 
 
 async def _refunded_whole(db: Any) -> None:

@@ -31,6 +31,7 @@ from store.mongo import aggregate, batch, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import (
+    SCHEMA_VERSION,
     before_indexes,
     check_schema,
     claim_schema,
@@ -38,6 +39,7 @@ from store.mongo.migrations import (
     heal_cp_id_keys,
     heal_search_shadows,
     migrate,
+    steps_done,
 )
 from store.mongo.outage import client_options, mapping_outages
 from store.mongo.query import (
@@ -143,6 +145,7 @@ class MongoStore:
         # start runs (``_once``), so one that fails before (an index it cannot build)
         # leaves the database to the build that had it.
         await check_schema(db)
+        began, done = time.monotonic(), await steps_done(db)
         await before_indexes(db)
         await ensure_indexes(db)
         await self._sweep_once()
@@ -150,6 +153,9 @@ class MongoStore:
         # This build serves from here, writing documents by its rules: an older build
         # must not start on them, whether or not a step of this one was still to do.
         await claim_schema(db)
+        if await steps_done(db) > done:
+            log.info("migrated the database to schema %d in %.2f s", SCHEMA_VERSION,
+                     time.monotonic() - began)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
                                                 name="chargegraph-mongo-journal-sweep")

@@ -1893,6 +1893,7 @@ async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
         await reconcile(conn, wanted, unchanged, lambda: begin_migrating(conn, known),
                         stoppable)
     applied: list[int] = []
+    began = time.monotonic()
     for version, script in migrations:
         statements = split_statements(script)
         # IMMEDIATE takes the write lock before we re-read the version: two processes
@@ -1910,6 +1911,7 @@ async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
                 # to. Said by the instance that migrates, not by every one starting.
                 log.info("migrating the database from schema %d to %d", current,
                          versions[-1])
+            step = time.monotonic()
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute(
@@ -1921,4 +1923,11 @@ async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
             await stoppable.roll_back(error)
             raise
         applied.append(version)
+        # Each step and its time (QA s32: a long upgrade said only its first line, then
+        # nothing until ready): an operator sees where it is and which step is slow. The
+        # number is the migration's, as its comment in this file names it.
+        log.info("migration %d applied in %.2f s", version, time.monotonic() - step)
+    if applied:
+        log.info("migrated the database to schema %d in %.2f s", applied[-1],
+                 time.monotonic() - began)
     return applied

@@ -100,19 +100,39 @@ def test_healthz_tells_the_database_schema_the_instance_runs_with(tmp_path: Path
     stayed 0.2.0 across schemas 23 to 29, and nothing told the schema."""
     import sqlite3
 
-    from chargegraph.app import schema_of
-
     with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as client:
         health = client.get("/healthz").json()
     with sqlite3.connect(tmp_path / "app.db") as database:
         [(migrated,)] = database.execute('SELECT MAX("version") FROM "schema_version"')
     assert health["schema"] == migrated == SCHEMA
-    # MongoDB keeps no schema number (named back-fill steps): none is made up.
-    assert schema_of("mongodb://127.0.0.1:27017/chargegraph") == {}
+
+
+def test_healthz_tells_the_schema_on_mongodb_too(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s32: on MongoDB /healthz had no ``schema``, and README said the version told
+    the builds apart, though it stayed 0.3.0 across some 54 migrations. The number is
+    SQLite's, the one the store's start recorded (``claim_schema``)."""
+    from chargegraph import stores
+    from store.mongo import MongoStore
+    from store.mongo.migrations import MIGRATIONS as RECORDS
+    from tests.support.mongomock_async import async_mongomock_database
+
+    database = async_mongomock_database()
+    monkeypatch.setattr(stores, "open_store", lambda url: MongoStore(database,
+                                                                     sweep_every=None))
+    app = create_app(settings_for(tmp_path, database_url="mongodb://127.0.0.1:27017/cg"),
+                     hasher=Argon2Hasher.fast())
+    with TestClient(app) as client:
+        health = client.get("/healthz").json()
+        recorded = client.portal.call(  # type: ignore[union-attr]
+            lambda: database[RECORDS].find_one({"_id": "schema"}))
+    assert health["schema"] == recorded["version"] == SCHEMA
 
 
 #: The last SQLite schema of each released version (add one at each release).
-RELEASED_SCHEMAS = {"0.2.0": 22}
+#: 0.3.0 then stayed through schemas 30 to 84 (QA s32: on MongoDB, whose /healthz said
+#: no schema, nothing told those builds apart).
+RELEASED_SCHEMAS = {"0.2.0": 22, "0.3.0": 29}
 
 
 def test_the_webhooks_wait_the_offline_grace_set(tmp_path: Path) -> None:
@@ -369,6 +389,33 @@ def test_a_database_file_deleted_while_serving_is_a_503_and_refused_writes(
             {"field": None, "code": "STORE_UNAVAILABLE",
              "message": "the store cannot write now (the database file was deleted while "
                         "the service ran): nothing was written"}]}}}
+
+
+def test_a_mutation_answered_a_store_failure_counts_as_an_error_in_metrics(
+        tmp_path: Path) -> None:
+    """QA s32: with the disk full, ``login`` answered ``errors: [{code:
+    STORE_UNAVAILABLE}]`` in its payload and /metrics counted it ``ok``. A payload's
+    user error (a wrong password) stays ``ok``, as README documents; a store failure in
+    it is the service's, an ``error``. Here the database file is deleted under the
+    service, which refuses every write so."""
+    from tests.e2e.test_metrics import parse, value
+
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    login = ('mutation { login(email: "root@example.com", password: "%s") '
+             '{ token errors { code } } }')
+    requests = "chargegraph_graphql_requests_total"
+    with TestClient(app) as client:
+        _sign_in_admin(client, app)
+        wrong = client.post("/graphql", json={"query": login % "wrong-pass-123"}).json()
+        assert wrong["data"]["login"]["errors"][0]["code"] != "STORE_UNAVAILABLE"
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"app.db{suffix}").unlink(missing_ok=True)
+        failed = client.post("/graphql", json={"query": login % "root-pass-123"}).json()
+        assert failed["data"]["login"]["errors"] == [{"code": "STORE_UNAVAILABLE"}]
+        samples, _ = parse(client.get("/metrics").text)
+    # The first sign-in and the wrong password: ok; the store's failure: an error.
+    assert value(samples, requests, operation="mutation", outcome="ok") == 2
+    assert value(samples, requests, operation="mutation", outcome="error") == 1
 
 
 async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(

@@ -3565,7 +3565,9 @@ async def test_what_decides_a_start_or_a_claim_is_read_from_the_primary(
 
     def recording(collection: AsyncCollection, name: str) -> Any:
         said = (collection._c.read_preference.name, collection._c.read_concern.level)
-        if collection._c.name == migrations.MIGRATIONS and name == "find_one":
+        # The steps' marks counted too (``steps_done``: whether a start migrated).
+        if collection._c.name == migrations.MIGRATIONS and name in {"find_one",
+                                                                     "count_documents"}:
             reads.append(said)
         elif name in {"find", "find_one", "aggregate", "count_documents", "distinct"} \
                 and not collection._c.name.startswith(JOURNAL):
@@ -3643,3 +3645,25 @@ async def test_a_newer_schema_number_of_any_numeric_type_is_refused(
     await current.close()
     record = await db[migrations.MIGRATIONS].find_one({"_id": migrations.SCHEMA})
     assert record is not None and record["version"] == latest
+
+
+async def test_an_upgrade_says_each_step_and_its_end(caplog: pytest.LogCaptureFixture) -> None:
+    """QA s32: an upgrade said nothing from its start to the ready line. Each step a start
+    runs is said with its time, then the schema it migrated to; a start with nothing left
+    to do says nothing (as SQLite's migrations)."""
+    from store.mongo.migrations import SCHEMA_VERSION, steps_done
+
+    caplog.set_level(logging.INFO, logger="chargegraph.store")
+    database = async_mongomock_database()
+    timed = re.compile(r" in \d+\.\d\d s$")
+    for _ in range(2):
+        store = MongoStore(database, sweep_every=None)
+        await store.start()
+        await store.close()
+    said = [timed.sub(" in T s", r.getMessage()) for r in caplog.records
+            if r.name.startswith("chargegraph.store")]
+    steps = await steps_done(database)
+    assert steps > 1
+    assert [line.startswith("migration step ") and line.endswith(" done in T s")
+            for line in said] == [True] * steps + [False]
+    assert said[-1] == f"migrated the database to schema {SCHEMA_VERSION} in T s"

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -650,16 +651,29 @@ async def test_schema_version_is_recorded(store: SqliteStore, db_path: str) -> N
 async def test_an_upgrade_says_which_schemas_it_goes_between(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """QA (s16): an upgrade said nothing of the schemas it went from and to; starting on
-    an up-to-date file says nothing."""
+    an up-to-date file says nothing. QA s32: then nothing until ready: each migration is
+    said with its time, and the end."""
     caplog.set_level(logging.INFO, logger="chargegraph.store")
+    (first, _), (second, _) = MIGRATIONS[:2]
     (before, _), (latest, _) = MIGRATIONS[-2:]  # numbers may skip (branches merged)
     async with aiosqlite.connect(str(tmp_path / "up.db"), isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:2])
         await apply_migrations(conn, MIGRATIONS[:-1])
         await apply_migrations(conn)
         await apply_migrations(conn)
-    assert [r.getMessage() for r in caplog.records if r.name == "chargegraph.store"] == [
-        f"migrating the database from schema 0 to {before}",
-        f"migrating the database from schema {before} to {latest}"]
+    timed = re.compile(r" in \d+\.\d\d s$")
+    said = [timed.sub(" in T s", r.getMessage()) for r in caplog.records
+            if r.name == "chargegraph.store"]
+    steps = [f"migration {v} applied in T s" for v, _ in MIGRATIONS[2:-1]]
+    assert said == [
+        f"migrating the database from schema 0 to {second}",
+        f"migration {first} applied in T s", f"migration {second} applied in T s",
+        f"migrated the database to schema {second} in T s",
+        f"migrating the database from schema {second} to {before}", *steps,
+        f"migrated the database to schema {before} in T s",
+        f"migrating the database from schema {before} to {latest}",
+        f"migration {latest} applied in T s",
+        f"migrated the database to schema {latest} in T s"]
 
 
 async def test_starting_again_applies_nothing(store: SqliteStore, db_path: str) -> None:
