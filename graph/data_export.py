@@ -142,7 +142,8 @@ def _refund(r: d.Refund, payments: set[str]) -> Item:
     # A refund has no global id of its own (it is listed under its payment).
     return {"id": r.id, "paymentId": _gid("payment", r.payment_id, payments),
             "amountMinor": r.amount_minor, "amount": _major(r.amount_minor, r.currency),
-            "currency": r.currency, "at": _when(r.at), "providerRef": r.provider_ref}
+            "currency": r.currency, "at": _when(r.at), "provider": r.provider,
+            "providerRef": r.provider_ref}
 
 
 def _reservation(r: d.Reservation, stations: set[str]) -> Item:

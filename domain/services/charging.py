@@ -1187,7 +1187,8 @@ class ChargingService(ChargerConnections):
         pair = self.sign_ins.succeeded(station.cp_id, password_hash, address)
         if pair is not None:
             self.keeping_known.run(
-                known_addresses.keep(self.store, station.id, pair, self.now()),
+                known_addresses.keep(self.store, station.id, pair, self.now(),
+                                     self.sign_ins.known.forget),
                 "chargegraph-known-address",
                 f"{station.cp_id}: storing where its charger passed from failed (known "
                 "on the instances running, not on one starting)")

@@ -2484,18 +2484,17 @@ class CommandService(Service):
             # What the client is shown: as written, or as someone else left it meanwhile.
             [current] = landed or await self.store.get_many(Reservation, [wrote.id])
             outcome.reservation = current or outcome.reservation
+            error = outcome.error
             if landed and wrote.cancel_owed_since is not None \
-                    and isinstance(outcome.error, ChargerOffline):
-                outcome.error = ChargerOffline(
-                    f"{station.cp_id} is offline: the reservation is cancelled here, and "
+                    and isinstance(error, ChargerOffline | ChargerLost) \
+                    and not isinstance(error, ChargerUnreachable):  # says so already
+                # Its own cause kept, of the same kind: a ChargerLost is also a graceful
+                # stop's, a relay's, a supersession's, not only a connection's going
+                # (review r32-b: each was told "CP's connection went").
+                outcome.error = type(error)(
+                    f"{error.message.rstrip('.')}: the reservation is cancelled here, and "
                     "its charger, which holds the connector until it hears of it, is sent "
-                    "the cancel when it comes back", field=outcome.error.field)
-            elif landed and wrote.cancel_owed_since is not None \
-                    and isinstance(outcome.error, ChargerLost):
-                outcome.error = ChargerLost(
-                    f"{station.cp_id}'s connection went while it was sent the cancel: the "
-                    "reservation is cancelled here, and the cancel is sent again when the "
-                    "charger is connected", field=outcome.error.field)
+                    "the cancel once it is connected", field=error.field, code=error.code)
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,
             requested_by=outcome.requested_by or viewer.actor, status=outcome.status,

@@ -14,7 +14,6 @@ it (``ThrottleSharing``).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -32,21 +31,35 @@ BATCH = 500
 LOAD_PAGE = 2_000
 
 
-async def keep(store: Store, station_id: str, pair: str, at: datetime) -> None:
+async def keep(store: Store, station_id: str, pair: str, at: datetime,
+               forgotten: Callable[[list[str]], None] | None = None) -> None:
     """Stores that the pair (``KnownAddresses``' digest) passed ``at``, for the station
     (only while it exists: a removed station's pairs are deleted with it). One row per
     pair, its id derived from it; a write racing another instance's of the same pair, or
     the station's removal, leaves what that wrote. A row found is given this station: the
     pair (cpId, address) may have passed for a station of that cpId removed since whose
     rows were left (its removal's ``forget`` failed), and kept under that station it
-    would outlive this one's removal (review s31)."""
+    would outlive this one's removal (review s31). ``forgotten``: told the pair when the
+    station is gone by the write (the instances' memory, ``KnownAddresses.forget``): a
+    check that ended just after the removal had it told as passed to every instance,
+    which would take the address as the charger's for ``KNOWN_FOR`` (review r32-b)."""
     record = KnownChargerAddress(id=pair[:24], station_id=station_id, pair=pair,
                                  passed_at=at)
     [found] = await store.get_many(KnownChargerAddress, [record.id])
     change: Change = Insert(stamp_new(record, SYSTEM, at)) if found is None else patch(
         found, SYSTEM, station_id=station_id, passed_at=at)
-    with contextlib.suppress(Conflict, NotFound, UniqueViolation):
+    try:
         await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
+    except Conflict:
+        # The guard's: the station is gone. Its removal's ``forget`` forgot in memory the
+        # pairs it deleted, not one told after it read them.
+        if forgotten is not None:
+            forgotten([pair])
+    except (NotFound, UniqueViolation):
+        # The row deleted meanwhile (by the sweep, or by the removal's ``forget``, which
+        # forgets it in memory after, the pass told before), or another instance's
+        # write of the pair landed first.
+        pass
 
 
 async def stored(store: Store, since: datetime
@@ -77,12 +90,20 @@ async def forget(store: Store, station_id: str,
     """Deletes a removed station's pairs (where its charger connected from is the
     station's: not kept past it). After the removal's write: a pair passing meanwhile is
     not written once the station is gone (``keep``'s guard), one swept meanwhile is
-    gone already. ``forgotten``: told each page's digests as it is read, before its
-    deletions (the instances' memory, ``KnownAddresses.forget``): a deletion failing
-    still has the page's pairs forgotten in memory, its row left to the sweep."""
+    gone already. Each row only while it is still the station's: a station made again
+    with its cpId whose charger passed from the same address since the page was read
+    was given it (``keep``: its id is the pair's), and it is that station's now, in the
+    store and in memory (review r32-b: deleted, and forgotten on every instance).
+    ``forgotten``: told each pair of the station's as its row goes (the instances'
+    memory, ``KnownAddresses.forget``): one whose deletion fails is still forgotten in
+    memory, its row (and the rest) left to the sweep."""
     async for page in pages(store, KnownChargerAddress, Eq("station_id", station_id), BATCH):
-        if forgotten is not None:
-            forgotten([known.pair for known in page])
         for known in page:
-            with contextlib.suppress(NotFound):
-                await store.write([Delete(known)], [])
+            its = True
+            try:
+                await store.write([Delete(known, only_if=("station_id", station_id))], [])
+            except (Conflict, NotFound):
+                its = False  # another station's now, or swept meanwhile
+            finally:
+                if its and forgotten is not None:
+                    forgotten([known.pair])

@@ -676,14 +676,16 @@ async def _refund_providers(db: Any) -> None:
         if not docs:
             break
         # ``payment_id`` is kept as text, a payment's ``_id`` as an ObjectId.
+        # A refund without one (none kept) reads ``manual``, as SQLite's does: indexed,
+        # a missing field stopped the step, and every start with it (review r32-b).
         ids = [ObjectId(doc["payment_id"]) for doc in docs
-               if ObjectId.is_valid(doc["payment_id"])]
+               if ObjectId.is_valid(doc.get("payment_id"))]
         providers = {str(p["_id"]): p.get("provider") for p in await db["payment"].find(
             {"_id": {"$in": ids}}, {"provider": 1}).to_list()}
         for doc in docs:
             await db["refund"].update_one(
                 {"_id": doc["_id"], "provider": {"$exists": False}},
-                {"$set": {"provider": providers.get(doc["payment_id"]) or _MANUAL,
+                {"$set": {"provider": providers.get(doc.get("payment_id")) or _MANUAL,
                           MARK: ObjectId()}})
 
 

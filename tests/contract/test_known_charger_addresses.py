@@ -112,10 +112,17 @@ async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
     assert not sign_ins.passed_from(cp.cp_id, CHARGER)
     assert not sign_ins.passed_from(cp.cp_id, "203.0.113.9")
     assert sign_ins.passed_from(other.cp_id, CHARGER)
-    # A pass told after the removal (the charger's check ended meanwhile) is not stored.
+    # A pass told after the removal (the charger's check ended meanwhile) is not stored,
+    # nor remembered: told as passed to every instance, then as forgotten (review r32-b:
+    # remembered for 30 days).
+    told: list[tuple[str, str, str]] = []
+    sign_ins.known.share = lambda *message: told.append(message)
     clock.now = T0 + RETOLD_AFTER
     await passed(services, cp)
     assert [row.station_id for row in await kept(store)] == [other.id]
+    assert not sign_ins.passed_from(cp.cp_id, CHARGER)
+    assert [operation for _, operation, _ in told] == ["passed", "forgot"]
+    assert told[0][2] == told[1][2]
 
 
 async def test_a_pass_told_before_the_load_keeps_its_time_over_the_stored_one(
@@ -164,6 +171,39 @@ async def test_a_pair_left_by_a_removed_station_is_taken_by_its_cpids_new_one(
         (new.id, clock.now)]
     await services.stations.remove_station(SYSTEM, new.id)
     assert await kept(store) == []
+
+
+async def test_a_pair_its_cpids_new_station_took_during_the_removal_stays_that_ones(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-b: a station made again with a removed one's cpId, its charger passing
+    from the same address between the removal's ``forget`` reading the rows and deleting
+    them. The row (its id the pair's, cpId and address) was the new station's by then
+    (``keep``), and was deleted, and the pair forgotten on every instance."""
+    clock = Clock()
+    services = instance(store, clock)
+    old, new = station(cp_id="CP-AGAIN"), station(cp_id="CP-AGAIN")
+    await put(store, old)
+    await passed(services, old)
+    read = known_addresses.pages
+
+    async def new_passing_before_the_deletions(*args: Any, **kwargs: Any) -> Any:
+        async for page in read(*args, **kwargs):
+            # The old station is gone by now (the removal's write); the new one's
+            # charger passes a day later (news again, written).
+            await put(store, new)
+            clock.now = T0 + RETOLD_AFTER
+            await passed(services, new)
+            yield page
+
+    with monkeypatch.context() as patch:
+        patch.setattr(known_addresses, "pages", new_passing_before_the_deletions)
+        await services.stations.remove_station(SYSTEM, old.id)
+    assert [(row.station_id, row.passed_at) for row in await kept(store)] == [
+        (new.id, T0 + RETOLD_AFTER)]
+    assert services.charging.sign_ins.passed_from(new.cp_id, CHARGER)
+    later = instance(store, clock)
+    await later.charging.load_known_addresses()
+    assert later.charging.sign_ins.passed_from(new.cp_id, CHARGER)
 
 
 async def test_an_instance_starting_reads_the_stored_pairs_a_page_at_a_time(

@@ -418,6 +418,13 @@ async def test_the_export_s_keys_are_the_api_s_names(service: Running) -> None:
     [exported] = [p for p in doc["payments"] if p["id"] == gid("payment", charged.id)]
     assert (exported["refunded"], exported["refunding"], exported["refundingMinor"]) == (
         "0.10", "0.00", 0)
+    # A refund's provider with its reference (review r32-b: the reference alone, which
+    # says nothing without whose it is).
+    assert [(r["provider"], r["providerRef"]) for r in doc["refunds"]
+            if r["paymentId"] == gid("payment", charged.id)] == [
+        (refunded.provider, refunded.provider_ref)
+        for refunded in await service.services.ctx.store.find_all(
+            d.Refund, Eq("payment_id", charged.id))]
     # Each key the API lacks is one: none listed that the API has.
     for type_name, keys in EXPORT_ONLY.items():
         fields = schema.get_type(type_name).fields  # type: ignore[union-attr]

@@ -263,7 +263,10 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
                        SELECTION, as_user="driver")
     assert cancel["reservation"]["state"] == "CANCELLED", cancel
     assert [e["code"] for e in cancel["errors"]] == ["CHARGER_OFFLINE"]
-    assert "sent the cancel when it comes back" in cancel["errors"][0]["message"]
+    assert cancel["errors"][0]["message"] == (
+        "CP-1 is not connected: the reservation is cancelled here, and its charger, which "
+        "holds the connector until it hears of it, is sent the cancel once it is "
+        "connected"), cancel
     [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
     assert stored.state is d.ReservationState.CANCELLED
     assert stored.cancel_owed_since is not None
@@ -319,7 +322,9 @@ async def test_a_cancel_whose_charger_drops_mid_call_is_cancelled_and_owed(
                            SELECTION, as_user="op")
         assert cp.received[-1] == ("CancelReservation", {"reservation_id": number})
     assert [e["code"] for e in cancel["errors"]] == ["CHARGER_TIMEOUT"], cancel
-    assert "cancel is sent again" in cancel["errors"][0]["message"]
+    assert cancel["errors"][0]["message"].startswith(
+        "the charger went offline after receiving the command; its outcome is unknown: "
+        "the reservation is cancelled here"), cancel
     assert cancel["reservation"]["state"] == "CANCELLED", cancel
     [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
     assert stored.state is d.ReservationState.CANCELLED
@@ -335,6 +340,59 @@ async def test_a_cancel_whose_charger_drops_mid_call_is_cancelled_and_owed(
         assert back.received == [("CancelReservation", {"reservation_id": number})]
     [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
     assert after.state is d.ReservationState.CANCELLED
+
+
+class SilentOnCancel(SimulatedChargePoint):
+    """Takes a CancelReservation and answers it only once ``answer`` is set."""
+
+    answer = asyncio.Event()
+
+    @on(Action.cancel_reservation)
+    async def on_cancel_reservation(self, reservation_id: int  # type: ignore[override]
+                                    ) -> result.CancelReservation:
+        self.received.append(("CancelReservation", {"reservation_id": reservation_id}))
+        await self.answer.wait()
+        return result.CancelReservation(status="Accepted")  # type: ignore[arg-type]
+
+
+async def test_a_cancel_lost_to_a_new_connection_says_so_and_is_owed(
+        central: Central) -> None:
+    """Review r32-b: a ChargerLost is not only a connection's going (a graceful stop, a
+    relay's holder gone, a newer connection of the charger): the cancel's answer said
+    "CP-1's connection went while it was sent the cancel" of each, the real cause
+    dropped. It keeps its cause; the reservation is cancelled here and the cancel owed,
+    and sent to the newer connection."""
+    SilentOnCancel.answer = asyncio.Event()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=SilentOnCancel) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiresAt": soon()}, SELECTION,
+                         as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        cancelling = asyncio.create_task(run(
+            central, "cancelReservation", {"cpId": "CP-1", "reservationId": number},
+            SELECTION, as_user="op"))
+
+        async def sent() -> bool:
+            return ("CancelReservation", {"reservation_id": number}) in cp.received
+        await until(sent)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as again:
+            cancel = await cancelling
+            SilentOnCancel.answer.set()  # its answer goes to a connection let go
+            assert [e["code"] for e in cancel["errors"]] == ["CHARGER_TIMEOUT"], cancel
+            assert cancel["errors"][0]["message"].startswith(
+                "CP-1 reconnected; the command went to its previous connection"), cancel
+            assert "the reservation is cancelled here" in cancel["errors"][0]["message"]
+            assert cancel["reservation"]["state"] == "CANCELLED", cancel
+            [stored] = await central.store.find_all(d.Reservation,
+                                                    Eq("reservation_id", number))
+            assert stored.cancel_owed_since is not None
+            sweeper = holder_commands(central) if central.relays \
+                else central.services.commands
+            await sweeper.sweep_owed_cancels()
+            assert ("CancelReservation", {"reservation_id": number}) in again.received
 
 
 async def test_a_drivers_cancel_sends_the_station_s_older_owed_cancels_at_once(

@@ -2694,22 +2694,26 @@ async def test_refunds_recorded_before_take_their_payment_s_provider(
         mongo: MongoStore) -> None:
     """What SQLite migration 84 does: a refund recorded before refunds named the provider
     that paid them back takes its payment's; one whose payment is gone the default."""
-    from domain.entities import Refund
     from tests.contract.factories import payment, refund, session, station
 
     where = station()
     sold = session(where, 1)
     paid = payment(sold, provider="acquirer")
     kept, orphan = refund(sold, paid.id, provider="other"), refund(sold, provider="other")
-    await mongo.write([Insert(r) for r in (where, sold, paid, kept, orphan)], [])
+    unpaid = refund(sold, provider="other")
+    await mongo.write([Insert(r) for r in (where, sold, paid, kept, orphan, unpaid)], [])
     db = raw(mongo)
     db["refund"].update_many({}, {"$unset": {"provider": ""}})  # written before
+    # One without a payment at all (review r32-b: a KeyError stopped the step, and every
+    # start with it): the default, as SQLite gives it.
+    db["refund"].update_one({"_id": ObjectId(unpaid.id)}, {"$unset": {"payment_id": ""}})
     db[migrations.MIGRATIONS].delete_many({})
 
     await migrations.migrate(mongo.db)
 
-    providers = {r.id: r.provider for r in await mongo.find_all(Refund, ALL)}
-    assert providers == {kept.id: "acquirer", orphan.id: "manual"}
+    providers = {doc["_id"]: doc["provider"] for doc in db["refund"].find()}
+    assert providers == {ObjectId(kept.id): "acquirer", ObjectId(orphan.id): "manual",
+                         ObjectId(unpaid.id): "manual"}
     assert db[migrations.MIGRATIONS].find_one({"_id": "refund_providers"})["done"] is True
 
 
