@@ -59,10 +59,10 @@ log = logging.getLogger("chargegraph")
 
 
 def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
-                   bus: Any = None) -> Services:
+                   bus: Any = None, digest_key: bytes = b"") -> Services:
     return Services(
         ServiceContext(store=store, policy=Policy(public_map=settings.public_map),
-                       hasher=hasher, bus=bus),
+                       hasher=hasher, bus=bus, digest_key=digest_key),
         heartbeat_interval=settings.heartbeat_interval,
         auto_register=settings.auto_register,
         registrations_per_hour=settings.auto_register_per_hour,
@@ -204,7 +204,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             with starting("the event bus"):
                 await bus.start()
             stack.push_async_callback(bus.close)
-            services = build_services(settings, store, hasher or Argon2Hasher(), bus)
+            # Every instance keys what it counts and what the store keeps by a digest
+            # with the deployment's key, sharing or not: chargers' known addresses
+            # (``KnownChargerAddress``) and freed card numbers (``FreedIdTag``) must be
+            # no unkeyed hash of an address or a short card UID (review s31: a lone
+            # instance digested with an empty key, so anyone holding the database and a
+            # cpId could try every IPv4 address; review r32-c: card numbers likewise).
+            digest_key = derived_key(jwt_secret, "sign-in throttle")
+            services = build_services(settings, store, hasher or Argon2Hasher(), bus,
+                                      digest_key)
             try:
                 # Accounts that took an erased account's email before such emails were
                 # refused, for an admin to fix (review s25); never a reason not to start.
@@ -254,16 +262,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # GraphQL.
             instances_bus = bus if check_event_bus_url(settings.pubsub_url) == "redis" \
                 else None
-            # Every instance keys what its throttles count with the deployment's key,
-            # sharing or not: chargers' known addresses are stored by their digest
-            # (``KnownChargerAddress``), which must be no unkeyed hash of an address
-            # (review s31: a lone instance digested with an empty key, so anyone holding
-            # the database and a cpId could try every IPv4 address).
             throttles = [*services.accounts.throttles, *services.charging.sign_ins.shared,
                          services.charging.registrations, *services.personal_data.throttles]
-            throttle_key = derived_key(jwt_secret, "sign-in throttle")
             for throttle in throttles:
-                throttle.secret = throttle_key
+                throttle.secret = digest_key
             gateway: ChargerGateway | None = local
             stoppable: OcppGateway | CommandRelay | None = local
             if instances_bus is not None:

@@ -1506,7 +1506,7 @@ class FreedIdTag(Record):
     writes, not audited; no read shows it (``policy.CREDENTIAL_KINDS``)."""
 
     kind: ClassVar[str] = "freed_id_tag"
-    #: SHA-256 of the tag as stored (``freed_tags.digest``).
+    #: The tag as stored, digested with the deployment's key (``freed_tags.digest``).
     tag_digest: str
     #: Whose card it was: they may have it again at once (a lost card found).
     holder_id: str

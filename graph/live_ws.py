@@ -318,7 +318,7 @@ class Connection:
         self.recheck = asyncio.Event()
         self.access_watch: Watch | None = None
         self.init_received = False
-        #: The init timeout's or the keep-alive's close, kept referenced until it ran.
+        #: The close a timer started (``close_soon``), kept referenced until it ran.
         self.closing: asyncio.Future[None] | None = None
         #: ``Timers.now()`` when the client last sent a message.
         self.heard_at = endpoint.timers.now()
@@ -492,7 +492,16 @@ class Connection:
         """The token's expiry (``expiry_timer``): closed 4403 "Token expired", as a
         subscribe after it is (``_subscribe``), and as HTTP refuses it from then on."""
         if not self.outbox.dead:
-            self.closing = asyncio.ensure_future(self.close(4403, "Token expired"))
+            self.close_soon(4403, "Token expired")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Closes the socket from a timer (the init timeout, the keep-alive, the token's
+        expiry), the close kept referenced until it ran (``closing``); none when one is
+        under way already: two timers due at once each started one, the second's
+        reference replacing the first's (review r32-c), and the loop keeps only weak
+        references to tasks."""
+        if self.closing is None or self.closing.done():
+            self.closing = asyncio.ensure_future(self.close(code, reason))
 
     # -- keep-alive ---------------------------------------------------------
     def keep_alive(self) -> None:
@@ -549,7 +558,7 @@ class Connection:
             if self.heard_at < self.ping_queued_at:
                 wait = self._pong_wait(self.ping, now, interval)
                 if wait is None:
-                    self.closing = asyncio.ensure_future(self.close(*PONG_TIMEOUT))
+                    self.close_soon(*PONG_TIMEOUT)
                 else:
                     self._keep_alive_in(wait)
                 return
@@ -935,5 +944,4 @@ class LiveEndpoint:
         # Both protocols: a legacy socket that never sends connection_init (whatever else
         # it sends) would otherwise be held open for ever.
         if not connection.init_received:
-            connection.closing = asyncio.ensure_future(
-                connection.close(4408, "Connection initialisation timeout"))
+            connection.close_soon(4408, "Connection initialisation timeout")

@@ -48,11 +48,12 @@ CHANNEL_PREFIX = "chargegraph:"
 MIN_BACKOFF_S = 0.1
 #: Publishes in flight at once while the listener is down; more are not tried.
 MAX_BACKGROUND_PUBLISHES = 64
-#: The least time between two log lines counting events that did not reach Redis, or
-#: attempts to subscribe again that failed: an outage is said once when it starts, then
-#: at most once a minute with a count, not once per event or attempt (QA s32: a line a
-#: second per instance, ~5,000 an hour).
-UNSENT_LOG_INTERVAL_S = 60.0
+#: The least time between two log lines counting an outage's failures (events that did
+#: not reach Redis, attempts to subscribe again that failed; ``_Tally``): an outage is
+#: said once when it starts, then at most once a minute with a count, not once per event
+#: or attempt (QA s32: a line a second per instance, ~5,000 an hour); what is left
+#: unsaid when it ends, in the line saying so.
+OUTAGE_LOG_INTERVAL_S = 60.0
 #: The longest ``close()`` waits for each of its steps (the listener to end, each client
 #: to close): a stop must end whatever Redis does.
 CLOSE_TIMEOUT_S = 5.0
@@ -307,8 +308,11 @@ class RedisEventBus:
             await pubsub.subscribe(*self._channels)
             await self._confirm(pubsub)
             if self._reconnecting:
-                log.info("Redis pub/sub at %s subscribed again", redacted(self.url))
-                self._failed = _Tally()  # the next outage is said at once again
+                log.info("Redis pub/sub at %s subscribed again%s", redacted(self.url),
+                         self._unsaid())
+                # The next outage is said at once again, counted from nothing: the
+                # events left unsaid were reported in the next outage (review r32-c).
+                self._failed, self._unsent = _Tally(), _Tally()
                 self.local.interrupt()
             self._healthy, self._reconnecting = True, False
             self._answered()  # a new subscription: Redis answers again
@@ -323,6 +327,16 @@ class RedisEventBus:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.health_interval):
                     await pubsub.aclose()
+
+    def _unsaid(self) -> str:
+        """The outage's counts since their last line, for the line saying it is over
+        (review r32-c: the attempts of its last minute were never said)."""
+        counts = [f"{_counted(self._failed.count, 'attempt')} to subscribe failed"
+                  if self._failed.count else "",
+                  f"{_counted(self._unsent.count, 'event')} could not reach the other "
+                  "instances" if self._unsent.count else ""]
+        said = " and ".join(count for count in counts if count)
+        return f"; since the last report, {said}" if said else ""
 
     async def _confirm(self, pubsub: PubSub) -> None:
         """Wait until the server confirmed every channel. ``subscribe()`` only sends the
@@ -388,7 +402,7 @@ class RedisEventBus:
 
 class _Tally:
     """Failures of one kind during an outage, said at most once per
-    ``UNSENT_LOG_INTERVAL_S``: the first at once, then the count since the last line."""
+    ``OUTAGE_LOG_INTERVAL_S``: the first at once, then the count since the last line."""
 
     __slots__ = ("count", "next_at")
 
@@ -410,7 +424,7 @@ class _Tally:
 
     def said(self, now: float) -> None:
         """A line about it was just logged (elsewhere): the next one waits its turn."""
-        self.next_at = now + UNSENT_LOG_INTERVAL_S
+        self.next_at = now + OUTAGE_LOG_INTERVAL_S
 
 
 def _counted(count: int, noun: str) -> str:

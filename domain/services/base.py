@@ -120,6 +120,10 @@ class ServiceContext:
     #: on ``hashing`` must not keep chargers from connecting.
     charger_hashing: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-charger-hashing"))
+    #: The deployment's key for what the store keeps by a digest that must not be
+    #: matched by trying every value (a freed card number, ``freed_tags.digest``):
+    #: derived from the secret every instance shares (``chargegraph.app``).
+    digest_key: bytes = b""
 
 
 def owned_by(station: Station) -> dict[str, Any]:
@@ -490,7 +494,8 @@ class Service:
                      unaudited: Sequence[Change] = (),
                      extra_audit: Sequence[AuditEntry] = (),
                      guards: Sequence[Guard] = (), *,
-                     by_system: Sequence[tuple[Change, Record | None]] = ()) -> None:
+                     by_system: Sequence[tuple[Change, Record | None]] = (),
+                     first: Sequence[Change] = ()) -> None:
         """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
         and one audit entry per change, in a single store operation: the entry of an
         update the store may skip (``only_if`` without ``required``) only if it applied
@@ -501,11 +506,15 @@ class Service:
         ``by_system``: changes the system makes because of ``viewer``'s act, not as
         theirs (a removal closing the refused sessions left open on what it removes,
         maybe in books the remover cannot see): written in the same operation, audited
-        under ``system`` (review r27-accounts2)."""
+        under ``system`` (review r27-accounts2). ``first``: unaudited changes written
+        before all the others. A store may apply a write's changes one by one (MongoDB's
+        batch), each seen by other writers as it lands: what guards another's write
+        against this one's effect (a card number's freeing against an issue of the card
+        it deletes) must be there before that effect (review r32-c)."""
         now = utcnow()
         audit = [*await self._entries(viewer, changes, now),
                  *await self._entries(SYSTEM, by_system, now)]
-        written = [*(c for c, _ in changes), *(c for c, _ in by_system), *unaudited]
+        written = [*first, *(c for c, _ in changes), *(c for c, _ in by_system), *unaudited]
         if guards:
             await self.store.write(written, [*audit, *extra_audit], guards)
         else:

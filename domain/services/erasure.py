@@ -417,8 +417,6 @@ class Erasure(Service):
         unaudited += [edit(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
                            removed_at=car.removed_at or now) for car in cars]
         unaudited += await _withdrawal_marks(self.store, viewer, cards)
-        # Their numbers held back from other drivers: the cards may still be in use.
-        unaudited += freed_tags.freed(viewer, cards, user.company_id, now)
         # What this run removed: a car removed before (by its owner, or by an erasure
         # run before this one) is only stripped of its plate (review s22: a re-run's
         # entry counted the first run's cars again).
@@ -430,7 +428,12 @@ class Erasure(Service):
         await self.commit(viewer, [*((removal(card), card) for card in cards), *hooks,
                                    *closes],
                           unaudited=unaudited, extra_audit=[entry],
-                          guards=[*guards, *_nothing_else_of(user.id)])
+                          guards=[*guards, *_nothing_else_of(user.id)],
+                          # Their numbers held back from other drivers: the cards may
+                          # still be in use. First: an issue landing after a card's
+                          # delete sees it (``removeIdTag``'s).
+                          first=freed_tags.freed(viewer, cards, user.company_id, now,
+                                                 self.ctx.digest_key))
         return cast(User, update.record), cards, closed, [
             webhook.id for _, webhook in hooks if webhook.company_id is None]
 

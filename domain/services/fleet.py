@@ -408,7 +408,7 @@ class FleetService(Service):
         if not self.policy.may_manage_user(viewer, owner):
             guards.append(await self._refuse_if_withdrawn(owner))
         held = await freed_tags.hold_back(self.store, self.policy, viewer, tag, owner.id,
-                                          self.now())
+                                          self.now(), self.ctx.digest_key)
         if held is not None:
             guards.append(held)
         id_tag = stamp_new(
@@ -638,8 +638,6 @@ class FleetService(Service):
         # the delete's own commit: the push runs in the background, and a crash before it
         # must not leave the lists accepting the card (a charger's boot sends the mark).
         marks = await withdrawal_marks(self.store, viewer, [id_tag.id], "Blocked")
-        # Its number held back from drivers for a while: the card may still be in use.
-        marks += freed_tags.freed(viewer, [id_tag], owner.company_id, self.now())
         # The read above is no lock: a start of the card (a fresh one, or a resent
         # refused one now accepted) written between it and the delete left an ACTIVE,
         # billed session on a card that was gone, its charger told Accepted (review
@@ -647,8 +645,12 @@ class FleetService(Service):
         # stands with it (by the index of open sessions' tags, migration 69); it runs
         # again on a trip and is refused IN_USE. The starts are guarded the other way
         # (their card still on record: ``ChargingService._start_guards``, ``_answered``).
+        # Its number held back from drivers for a while: the card may still be in use.
+        # Written first: an issue of the number landing after the delete sees it.
         await self.commit(viewer, [(removal(id_tag), id_tag)], unaudited=marks,
-                          guards=[Guard(Session, its_own, exists=False)])
+                          guards=[Guard(Session, its_own, exists=False)],
+                          first=freed_tags.freed(viewer, [id_tag], owner.company_id,
+                                                 self.now(), self.ctx.digest_key))
         return id_tag
 
     async def sweep_freed_tags(self) -> int:

@@ -8,12 +8,13 @@ number freed is refused to a driver for ``HELD_FOR`` (``IN_USE`` on ``tag``), un
 goes back to whose card it was (a lost card found again); staff who manage its company
 (its operators, admins) may issue it at once, handing out the cards themselves. Kept in
 the store (each freeing in the write that frees it), so a restart or another instance
-knows it, and keyed by a digest of the tag; swept once past the hold-back.
+knows it, and keyed by a digest of the tag keyed with the deployment's key
+(``ServiceContext.digest_key``): a card's UID is short, an unkeyed hash of it is undone by
+trying them all. Swept once past the hold-back.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -23,6 +24,7 @@ from domain.policy import Policy, Viewer
 from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, Filter, Range, Sort, all_of
 from domain.services.base import stamp_new, sweep_expired
+from domain.services.throttle import digest as keyed
 
 #: How long a freed number is held back from drivers.
 HELD_FOR = timedelta(days=30)
@@ -30,33 +32,35 @@ HELD_FOR = timedelta(days=30)
 BATCH = 500
 
 
-def digest(tag: str) -> str:
-    """What a freed tag is kept as: SHA-256 of the tag as stored (upper case)."""
-    return hashlib.sha256(tag.encode()).hexdigest()
+def digest(tag: str, key: bytes) -> str:
+    """What a freed tag is kept as: the tag as stored (upper case) digested with ``key``
+    (``ServiceContext.digest_key``, every instance's), as chargers' known addresses are."""
+    return keyed(tag, key)
 
 
-def freed(viewer: Viewer, cards: Sequence[IdTag], company_id: str | None, at: datetime
-          ) -> list[Change]:
+def freed(viewer: Viewer, cards: Sequence[IdTag], company_id: str | None, at: datetime,
+          key: bytes) -> list[Change]:
     """The records of ``cards`` (of one holder, of ``company_id``) freed ``at``: written
-    in the commit that removes them."""
-    return [Insert(stamp_new(FreedIdTag(tag_digest=digest(card.tag), holder_id=card.user_id,
-                                        company_id=company_id, freed_at=at), viewer, at))
+    in the commit that removes them, before its other changes (``commit``'s ``first``)."""
+    return [Insert(stamp_new(FreedIdTag(tag_digest=digest(card.tag, key),
+                                        holder_id=card.user_id, company_id=company_id,
+                                        freed_at=at), viewer, at))
             for card in cards]
 
 
-def _held(tag: str, since: datetime) -> Filter:
-    return all_of(Eq("tag_digest", digest(tag)), Range("freed_at", gt=since))
+def _held(tag: str, since: datetime, key: bytes) -> Filter:
+    return all_of(Eq("tag_digest", digest(tag, key)), Range("freed_at", gt=since))
 
 
 async def hold_back(store: Store, policy: Policy, viewer: Viewer, tag: str, holder_id: str,
-                    now: datetime) -> Guard | None:
+                    now: datetime, key: bytes) -> Guard | None:
     """Refuses ``viewer`` issuing ``tag`` to ``holder_id`` (``IN_USE``) when its latest
     freeing within ``HELD_FOR`` was from another holder and the viewer does not manage
     the company it was freed from. Otherwise the guard the issue's write carries (none
     for such staff): a freeing written meanwhile (on another instance) fails the write,
     and the issue, read again, is judged by it."""
     since = now - HELD_FOR
-    found = await store.find_all(FreedIdTag, _held(tag, since),
+    found = await store.find_all(FreedIdTag, _held(tag, since, key),
                                  [Sort("freed_at", descending=True)], limit=1)
     latest = found[0] if found else None
     if latest is not None and policy.may_manage_company(viewer, latest.company_id):
@@ -66,7 +70,7 @@ async def hold_back(store: Store, policy: Policy, viewer: Viewer, tag: str, hold
                        f"{HELD_FOR.days} days after it was freed, or by its operator now",
                        field="tag", code="IN_USE")
     after = since if latest is None else max(since, latest.freed_at)
-    return Guard(FreedIdTag, _held(tag, after), exists=False)
+    return Guard(FreedIdTag, _held(tag, after, key), exists=False)
 
 
 async def sweep(store: Store, before: datetime) -> int:

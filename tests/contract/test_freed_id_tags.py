@@ -6,36 +6,24 @@ staff at once, swept once past the hold-back; chargers answer it Invalid meanwhi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from domain.entities import FreedIdTag, IdTag, Role
 from domain.errors import Conflict
-from domain.policy import Policy, Viewer
-from domain.ports import Store
+from domain.policy import Viewer
+from domain.ports import Delete, Store
 from domain.query import ALL
-from domain.services import ServiceContext, Services
+from domain.services import Services, freed_tags
 from domain.services.freed_tags import HELD_FOR
+from store.sqlite import SqliteStore
 from tests.contract.factories import company, put, station, user
-from tests.helpers import FastHasher
+from tests.contract.instances import KEY, T0, Clock, instance
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TAG = "DEMO-0002"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def instance(store: Store, clock: Clock) -> Services:
-    """An instance's services of their own over ``store``."""
-    return Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
-                                   clock=clock))
 
 
 class World:
@@ -61,17 +49,26 @@ async def refused(services: Services, viewer: Viewer, holder_id: str) -> Conflic
     return caught.value
 
 
-async def test_a_removed_card_s_number_is_held_back_from_drivers(store: Store) -> None:
-    clock, world = Clock(), World()
-    await world.stored(store)
-    services = instance(store, clock)
+async def removed(services: Services, world: World) -> None:
+    """Jonas's card ``TAG``, issued and removed by him."""
     jonas = Viewer.of(world.jonas)
     card = await services.fleet.issue_id_tag(jonas, tag=TAG)
     await services.fleet.remove_id_tag(jonas, card.id)
     await services.fleet.settled()
 
+
+async def test_a_removed_card_s_number_is_held_back_from_drivers(store: Store) -> None:
+    clock, world = Clock(), World()
+    await world.stored(store)
+    services = instance(store, clock)
+    await removed(services, world)
+
     [freed] = await store.find_all(FreedIdTag, ALL)
-    assert TAG not in repr(freed)  # kept as a digest, not the number
+    # Kept as a digest keyed with the deployment's key (review r32-c: a plain SHA-256 of
+    # a short card UID is undone by trying them all): not the number, nor its digest
+    # without the key.
+    assert TAG not in repr(freed)
+    assert freed.tag_digest == freed_tags.digest(TAG, KEY) != freed_tags.digest(TAG, b"")
     # The newcomer, and any driver; on an instance started after the removal too.
     clock.now = T0 + HELD_FOR - timedelta(minutes=1)
     later = instance(store, clock)
@@ -96,10 +93,7 @@ async def test_its_holder_and_its_company_s_staff_may_issue_it_at_once(
     clock, world = Clock(), World()
     await world.stored(store)
     services = instance(store, clock)
-    jonas = Viewer.of(world.jonas)
-    card = await services.fleet.issue_id_tag(jonas, tag=TAG)
-    await services.fleet.remove_id_tag(jonas, card.id)
-    await services.fleet.settled()
+    await removed(services, world)
     holder = world.jonas if issuer == "jonas" else world.colleague
     again = await services.fleet.issue_id_tag(Viewer.of(getattr(world, issuer)), tag=TAG,
                                               user_id=holder.id)
@@ -127,3 +121,71 @@ async def test_an_erased_account_s_card_numbers_are_held_back_and_answered_inval
                                              user_id=world.colleague.id)
     assert card.user_id == world.colleague.id
     await services.fleet.settled()
+
+
+def right_after_a_card_s_delete(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                act: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``act`` once, as soon as a card's delete is written: on MongoDB within its
+    batch, whose changes land one by one, each seen by other writers at once (the rest
+    of the batch still to come); on SQLite, one transaction, once the write is done."""
+    done = False
+
+    async def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            await act()
+
+    def deletes_a_card(change: object) -> bool:
+        return isinstance(change, Delete) and isinstance(change.record, IdTag)
+
+    if isinstance(store, SqliteStore):
+        write = store.write
+
+        async def written(changes: Any, *args: Any, **kwargs: Any) -> None:
+            await write(changes, *args, **kwargs)
+            if any(deletes_a_card(change) for change in changes):
+                await once()
+        monkeypatch.setattr(store, "write", written)
+        return
+    from store.mongo import writes
+    apply = writes.apply
+
+    async def applied(db: Any, step: Any, *args: Any, **kwargs: Any) -> Any:
+        out = await apply(db, step, *args, **kwargs)
+        if deletes_a_card(step):
+            await once()
+        return out
+    monkeypatch.setattr(writes, "apply", applied)
+
+
+@pytest.mark.parametrize("freed_by", ["removal", "erasure"])
+async def test_an_issue_on_another_instance_landing_right_after_the_card_s_delete_is_refused(
+        store: Store, monkeypatch: pytest.MonkeyPatch, freed_by: str) -> None:
+    """Review r32-c: on MongoDB a batch's changes land one by one, and the freeing was
+    written after the card's delete: a newcomer's issue on another instance landing in
+    between took the number, its guard finding no freeing. Written first, the freeing
+    is there for any issue landing after the delete."""
+    clock, world = Clock(), World()
+    await world.stored(store)
+    a, b = instance(store, clock), instance(store, clock)
+    card = await a.fleet.issue_id_tag(Viewer.of(world.jonas), tag=TAG)
+    told: list[str] = []
+
+    async def take() -> None:
+        try:
+            await b.fleet.issue_id_tag(Viewer.of(world.newcomer), tag=TAG)
+            told.append("issued")
+        except Conflict as error:
+            told.append(f"{error.code} on {error.field}")
+    right_after_a_card_s_delete(store, monkeypatch, take)
+    if freed_by == "removal":
+        await a.fleet.remove_id_tag(Viewer.of(world.jonas), card.id)
+    else:
+        await a.erasure.erase_user(Viewer.of(world.admin), world.jonas.id)
+        await a.erasure.settled()
+    await a.fleet.settled()
+    await b.fleet.settled()
+    assert told == ["IN_USE on tag"]
+    assert await store.find_all(IdTag, ALL) == []
+    assert len(await store.find_all(FreedIdTag, ALL)) == 1

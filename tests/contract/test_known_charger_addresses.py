@@ -7,36 +7,21 @@ stranger where it landed)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from domain.entities import KnownChargerAddress, Station
-from domain.policy import SYSTEM, Policy
+from domain.policy import SYSTEM
 from domain.ports import Store
 from domain.query import ALL
-from domain.services import ServiceContext, Services, charger_sign_ins, known_addresses
+from domain.services import Services, charger_sign_ins, known_addresses
 from domain.services.charger_sign_ins import KNOWN_FOR, RETOLD_AFTER
 from tests.contract.factories import put, station
-from tests.helpers import FastHasher
+from tests.contract.instances import T0, Clock, instance
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CHARGER = "198.51.100.7"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def instance(store: Store, clock: Clock) -> Services:
-    """An instance's services of their own over ``store``."""
-    return Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
-                                   clock=clock))
 
 
 async def passed(services: Services, at: Station, address: str = CHARGER) -> None:

@@ -142,10 +142,11 @@ async def test_a_lone_instance_keys_what_its_throttles_count_as_shared_ones_do(
     known addresses are stored by their digest (``KnownChargerAddress``): an unkeyed hash
     of an address anyone holding the database and a cpId could reverse by trying every
     IPv4 address. Every instance keys them with the deployment's key, as shared
-    instances do."""
+    instances do; and freed card numbers (``FreedIdTag``, review r32-c: a short card UID
+    under a plain SHA-256) with the same key."""
     async with running_service(tmp_path) as lone, two_instances(tmp_path / "pair") as (a, _):
-        keys = [{throttle.secret for throttle in (
-            *running.services.accounts.throttles, *running.services.charging.sign_ins.shared)}
+        keys = [{running.services.ctx.digest_key, *(throttle.secret for throttle in (
+            *running.services.accounts.throttles, *running.services.charging.sign_ins.shared))}
             for running in (lone, a)]
         assert keys[0] == keys[1] and len(keys[0]) == 1 and b"" not in keys[0]
 

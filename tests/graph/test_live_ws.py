@@ -9,7 +9,7 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Insert, Update
 from domain.services import ServiceContext, Services
 from domain.services.base import changed
-from graph import TokenService
+from graph import TokenService, live_ws
 from graph.app import resolve_viewer
 from graph.context import GraphContext
 from graph.errors import camel
@@ -63,11 +63,12 @@ class Setup:
     def __init__(self, services: Services, world: World, bus: MemoryEventBus,
                  queue_size: int = 1000,
                  revalidate_every: timedelta = timedelta(hours=1),
-                 keep_alive: timedelta = NO_KEEPALIVE, timers: Timers | None = None) -> None:
+                 keep_alive: timedelta = NO_KEEPALIVE, timers: Timers | None = None,
+                 token_clock: Callable[[], datetime] = utcnow) -> None:
         self.services = services
         self.world = world
         self.bus = bus
-        self.tokens = TokenService(SECRET, timedelta(hours=1))
+        self.tokens = TokenService(SECRET, timedelta(hours=1), clock=token_clock)
 
         async def authorize(header: str | None) -> Viewer:
             return await resolve_viewer(services, self.tokens, header)
@@ -751,6 +752,69 @@ async def test_a_socket_is_closed_when_its_token_expires_not_at_the_next_re_chec
     assert data(await witness.next())["info"] == "after"
     assert socket.nothing_pending(), await socket.raw()
     await witness.close()
+    await socket.close()
+
+
+class TokenClock:
+    """The tokens' clock (``TokenService``), moved by the test apart from the timers'."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_subscribe_after_the_token_expired_closes_the_socket_before_its_timer(
+        live: Setup, protocol: str) -> None:
+    """QA: a subscription sent on a socket whose token had expired was started. Since QA
+    s32 a timer closes the socket at the expiry, so a subscribe after it found it closed
+    and the check before each subscription went untested (review r32-c). Here the
+    token's clock is past the expiry and the timers' (a clock of their own) have not
+    reached it: the subscribe alone closes the socket, and starts nothing."""
+    clock = TokenClock()
+    live = Setup(live.services, live.world, live.bus, timers=ManualTimers(),
+                 token_clock=clock)
+    socket = await live.open("driver1", protocol)  # its expiry timer at 3630 s
+    clock.now += timedelta(hours=2)
+    socket.subscribe("1", LOCAL)
+    assert await socket.raw() == {"type": "websocket.close", "code": 4403,
+                                  "reason": "Token expired"}
+    assert live.services.live.watching == 0
+    await socket.close()
+
+
+async def test_timers_closing_a_socket_at_once_start_one_close(
+        live: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-c: the token's expiry started its close over one a timer had started
+    (a pong timeout here, or the init timeout), dropping the reference that kept that
+    one's task alive. The second is skipped: a close is under way."""
+    clock = TokenClock()
+    timers = ManualTimers()
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=1),
+                 timers=timers, token_clock=clock)
+    token = live.token("driver1")
+    # Connected 2 s before the token expires (its hour and the leeway; less the part of
+    # a second its whole-second ``exp`` drops): the expiry is due between 1.0 and 2.0
+    # on the timers, the pong timeout of a ping sent at 1.0 unanswered at 2.0.
+    clock.now += timedelta(hours=1, seconds=28)
+    started: list[tuple[int, str]] = []
+    close = live_ws.Connection.close
+
+    async def closing(self: live_ws.Connection, code: int, reason: str = "") -> None:
+        started.append((code, reason))
+        await close(self, code, reason)
+    monkeypatch.setattr(live_ws.Connection, "close", closing)
+    socket = Socket(live.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    await socket.init(token)
+    await timers.advance_to(1.0)
+    assert await socket.next() == {"type": "ping"}
+    await timers.advance_to(2.0)  # both run before either close has begun
+    assert await socket.raw() == {"type": "websocket.close", "code": 4403,
+                                  "reason": "Token expired"}
+    assert started == [(4403, "Token expired")]
     await socket.close()
 
 

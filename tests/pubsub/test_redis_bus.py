@@ -25,7 +25,7 @@ from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
 from pubsub.memory import MemoryEventBus
-from pubsub.redis import UNSENT_LOG_INTERVAL_S, RedisEventBus
+from pubsub.redis import OUTAGE_LOG_INTERVAL_S, RedisEventBus
 from tests.helpers import FastHasher, loopback_socket, until
 from tests.pubsub.samples import SAMPLES, connection, take
 from tests.support.redis_server import RedisServer
@@ -273,7 +273,10 @@ async def test_an_outage_is_logged_when_lost_once_a_minute_meanwhile_and_when_ba
     """QA s32: every failed attempt to subscribe again logged a WARNING, about one a
     second per instance (~5,000 lines an hour). Now the loss is said once, then a count
     at most once a minute (by the bus's clock, moved here by hand), and the return once;
-    the attempts go on as often as before."""
+    the attempts go on as often as before. Review r32-c: the return says what was
+    counted since the last line (the attempts, the events published in the background
+    that did not reach Redis), and the next outage counts afresh: its first event is
+    said at once, alone."""
     caplog.set_level(logging.INFO, LOGGER)
     now = [1000.0]
     with RedisServer() as server:
@@ -287,7 +290,7 @@ async def test_an_outage_is_logged_when_lost_once_a_minute_meanwhile_and_when_ba
             await until(lambda: failed(5))  # five attempts within the minute: unsaid
             lines = outage_lines(caplog)
             assert len(lines) == 1 and "lost" in lines[0]
-            now[0] += UNSENT_LOG_INTERVAL_S  # a minute on: the next failure says the count
+            now[0] += OUTAGE_LOG_INTERVAL_S  # a minute on: the next failure says the count
             await until(lambda: outage_lines_async(caplog, 2))
             summary = outage_lines(caplog)[1]
             count = int(re.search(r"; (\d+) attempts failed since the last report", summary
@@ -295,11 +298,39 @@ async def test_an_outage_is_logged_when_lost_once_a_minute_meanwhile_and_when_ba
             assert count >= 6 and summary.startswith("cannot subscribe at Redis")
             await until(lambda: failed(3))  # more attempts, within the next minute: unsaid
             assert len(outage_lines(caplog)) == 2
+            for event in SAMPLES[:2]:  # in the background: the first said, the second not
+                await bus.publish(event)
+            await until(lambda: background_done(bus))
+            assert unsent_lines(caplog) == ["1 event could not reach the other instances"]
             server.start()
             await until(lambda: outage_lines_async(caplog, 3), attempts=2000)
-            assert "subscribed again" in outage_lines(caplog)[2]
+            back = outage_lines(caplog)[2]
+            assert back.startswith("Redis pub/sub at ") and "subscribed again" in back
+            attempts = int(re.search(  # type: ignore[union-attr]
+                r"; since the last report, (\d+) attempts to subscribe failed and 1 event "
+                r"could not reach the other instances$", back).group(1))
+            assert attempts >= 3
+            # The next outage: its first event said at once, not a minute on with the
+            # last outage's left over.
+            server.stop()
+            await until(lambda: outage_lines_async(caplog, 4), attempts=2000)
+            await bus.publish(SAMPLES[2])
+            await until(lambda: background_done(bus))
+            assert unsent_lines(caplog)[1:] == [
+                "1 event could not reach the other instances"]
         finally:
             await bus.close()
+
+
+async def background_done(bus: RedisEventBus) -> bool:
+    return not bus._background
+
+
+def unsent_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The lines counting events that did not reach Redis, without their reason."""
+    return [r.getMessage().split(" while Redis is away")[0] for r in caplog.records
+            if r.name == LOGGER and "could not reach the other instances while" in
+            r.getMessage()]
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
