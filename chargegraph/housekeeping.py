@@ -45,6 +45,9 @@ IDEMPOTENCY_SWEEP_S = 600.0
 #: (``ChargingService.sweep_known_addresses``; an instance starting reads only the last
 #: 30 days' anyway).
 KNOWN_ADDRESS_SWEEP_S = 3600.0
+#: How often meter samples and status reports past their retention are deleted, when
+#: the operator set one (``RetentionService.sweep``): an hour's growth a round.
+RETENTION_SWEEP_S = 3600.0
 
 def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str
           ) -> contextlib.AbstractAsyncContextManager[None]:
