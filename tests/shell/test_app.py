@@ -477,7 +477,7 @@ def test_the_sampled_values_bound_reaches_the_ocpp_server(tmp_path: Path) -> Non
 
 
 def test_the_retention_set_has_the_app_delete_what_is_older(tmp_path: Path) -> None:
-    """``CHARGEGRAPH_RETAIN_*_DAYS`` through the app to its housekeeping: the sweep runs
+    """The retention settings through the app to its housekeeping: the sweep runs
     as the service starts (then hourly) and deletes the meter samples and status reports
     older than their retention, the newer ones kept (QA s32: nothing was ever deleted)."""
     import sqlite3
