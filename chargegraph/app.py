@@ -72,6 +72,7 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         refresh_ttl=timedelta(days=settings.refresh_ttl_days),
         auth_cache=timedelta(hours=settings.auth_cache_hours),
         charger_sign_ins=settings.charger_sign_ins,
+        retention=settings.retention,
     )
 
 
@@ -362,6 +363,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.IDEMPOTENCY_SWEEP_S, services.idempotency.sweep,
                 "idempotency-key-expiry"))
+            # Meter samples and status reports past their retention (when set) are
+            # deleted, a batch per write (``RetentionService``).
+            if services.retention.keep.prunes:
+                await stack.enter_async_context(housekeeping.every(
+                    housekeeping.RETENTION_SWEEP_S, services.retention.sweep, "retention"))
             # Refunds a crash left claimed and unsettled are settled under their key.
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.REFUND_CLAIM_SWEEP_S, services.payments.settle_stale_refunds,

@@ -27,6 +27,7 @@ from chargegraph.errors import ConfigError
 from chargegraph.stores import sqlite_path
 from domain.services.charger_connections import REGISTRATIONS_PER_ADDRESS
 from domain.services.charger_sign_ins import ChargerSignInLimits
+from domain.services.retention import Retention
 from domain.validation import MAX_HEARTBEAT_S
 
 ENV_PREFIX = "CHARGEGRAPH_"
@@ -220,6 +221,16 @@ class Settings(BaseSettings):
                     "webhook is delivered (dated when it went offline); station.online "
                     "follows only a delivered one, so a flap within the grace delivers "
                     "neither. 0: both at once. Live subscriptions are never delayed")
+    # Unset (0), kept for good, as always: pruning is the operator's choice, and it
+    # thins the energy trends and fault counts of the ranges it prunes (README
+    # "Database size"). At most a hundred years: a bound that still fits a timedelta.
+    retain_meter_samples_days: int = Field(
+        0, ge=0, le=36_500,
+        description="Days meter samples are kept (a session's once it was closed by its "
+                    "StopTransaction and ended that long ago); 0: for good")
+    retain_status_events_days: int = Field(
+        0, ge=0, le=36_500,
+        description="Days connectors' status reports are kept; 0: for good")
     graphiql: bool = True
     # On by default (developers explore the API in GraphiQL); a production deployment
     # whose clients are its own apps turns it off, and GraphiQL with it (it reads the
@@ -293,6 +304,14 @@ class Settings(BaseSettings):
             lockout=timedelta(seconds=self.ocpp_password_lockout_s),
             max_lockout=timedelta(seconds=self.ocpp_password_max_lockout_s),
             checks_per_minute=self.charger_checks_per_minute)
+
+    @property
+    def retention(self) -> Retention:
+        """The ``retain_*_days`` settings as the services take them (0: kept for good)."""
+        def days(n: int) -> timedelta | None:
+            return timedelta(days=n) if n else None
+        return Retention(meter_samples=days(self.retain_meter_samples_days),
+                         status_events=days(self.retain_status_events_days))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from domain.services.payments import PaymentService
 from domain.services.personal_data import PersonalDataService
 from domain.services.reads import ReadService
 from domain.services.refresh_tokens import DEFAULT_TTL, RefreshTokenService
+from domain.services.retention import Retention, RetentionService
 from domain.services.site_load import SiteLoad
 from domain.services.sites import SiteService
 from domain.services.stations import ConnectorSpec, StationService
@@ -43,7 +44,8 @@ class Services:
                  webhooks_allow_private: bool = False, sign_up: bool = False,
                  refresh_ttl: timedelta = DEFAULT_TTL,
                  auth_cache: timedelta = DEFAULT_AUTH_CACHE,
-                 charger_sign_ins: ChargerSignInLimits = ChargerSignInLimits()) -> None:
+                 charger_sign_ins: ChargerSignInLimits = ChargerSignInLimits(),
+                 retention: Retention = Retention()) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -86,6 +88,7 @@ class Services:
         self.payments = PaymentService(ctx, payment_provider)
         self.webhooks = WebhookService(ctx, allow_private=webhooks_allow_private)
         self.offline_notices = OfflineNotices(ctx)
+        self.retention = RetentionService(ctx, retention)
         self.sites = SiteService(ctx)
         self.site_load = SiteLoad(ctx, self.commands)
         self.commands.profile_watch = self.site_load

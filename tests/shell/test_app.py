@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -520,3 +521,46 @@ def test_the_sampled_values_bound_reaches_the_ocpp_server(tmp_path: Path) -> Non
     with TestClient(app) as client:
         codes = client.portal.call(answers)  # type: ignore[union-attr]
     assert codes == [frames.SECURITY_ERROR, frames.OCCURENCE_CONSTRAINT_VIOLATION]
+
+
+def test_the_retention_set_has_the_app_delete_what_is_older(tmp_path: Path) -> None:
+    """The retention settings through the app to its housekeeping: the sweep runs
+    as the service starts (then hourly) and deletes the meter samples and status reports
+    older than their retention, the newer ones kept (QA s32: nothing was ever deleted)."""
+    import sqlite3
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from store.sqlite import SqliteStore
+    from tests.contract.factories import meter_sample, put, station, status_event
+
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=40), now - timedelta(days=1)
+
+    async def seed() -> None:
+        store = SqliteStore(str(tmp_path / "app.db"))
+        await store.start()
+        try:
+            cp = station()
+            await put(store, cp, meter_sample(cp, None, at=old),
+                      meter_sample(cp, None, at=recent), status_event(cp, at=old),
+                      status_event(cp, at=recent, connector_id=2))
+        finally:
+            await store.close()
+
+    def counts() -> tuple[int, int]:
+        with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as db:
+            [(samples,)] = db.execute('SELECT count(*) FROM "meter_sample"').fetchall()
+            [(events,)] = db.execute('SELECT count(*) FROM "status_event"').fetchall()
+            return samples, events
+
+    asyncio.run(seed())
+    assert counts() == (2, 2)
+    app = create_app(settings_for(tmp_path, retain_meter_samples_days=30,
+                                  retain_status_events_days=30), hasher=Argon2Hasher.fast())
+    with TestClient(app):
+        for _ in range(1000):  # bounded: 10 s
+            if counts() == (1, 1):
+                break
+            time.sleep(0.01)
+        assert counts() == (1, 1)

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert not settings.sign_up  # a CPO opens registration on purpose
     assert settings.heartbeat_interval == 300
     assert settings.resolved_state_dir() == Path(".chargegraph")
+    assert not settings.retention.prunes  # everything kept, as always
+
+
+def test_retention_settings_in_days(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARGEGRAPH_RETAIN_METER_SAMPLES_DAYS", "90")
+    monkeypatch.setenv("CHARGEGRAPH_RETAIN_STATUS_EVENTS_DAYS", "0")
+    keep = Settings().retention
+    assert keep.prunes
+    assert (keep.meter_samples, keep.status_events) == (timedelta(days=90), None)
 
 
 def test_settings_from_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch,
@@ -239,6 +250,13 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
      "give 0 (no keep-alives) or at least 1 second"),
     ("CHARGEGRAPH_WS_KEEPALIVE_S", "soon", "Input should be a valid number, unable to parse "
                                            "string as a number"),
+    ("CHARGEGRAPH_RETAIN_METER_SAMPLES_DAYS", "-1",
+     "Input should be greater than or equal to 0"),
+    # Beyond a timedelta's reach at the sweep; a fraction of a day is no setting's.
+    ("CHARGEGRAPH_RETAIN_METER_SAMPLES_DAYS", "99999999999",
+     "Input should be less than or equal to 36500"),
+    ("CHARGEGRAPH_RETAIN_STATUS_EVENTS_DAYS", "1.5",
+     "Input should be a valid integer, unable to parse string as an integer"),
 ])
 def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                         variable: str, value: str, message: str) -> None:

@@ -1,0 +1,118 @@
+"""Retention of the telemetry that grows without end (``domain.services.retention``) on
+both stores: meter samples and status reports older than their setting are deleted by
+the housekeeping sweep, a batch per write; a session's samples only once it was closed by
+its own StopTransaction and ended before the cut-off (a correction by a late stop reads
+them); unset, everything stays (QA s32: nothing was ever deleted, ~250 MB a day for 100
+chargers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from domain.entities import MeterSample, Payment, Session, SessionState, StatusEvent
+from domain.policy import Policy
+from domain.ports import Store
+from domain.query import ALL, Eq
+from domain.services import ServiceContext, Services, retention
+from domain.services.retention import Retention
+from tests.contract.factories import meter_sample, payment, put, session, station, status_event
+from tests.helpers import FastHasher
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+KEEP = timedelta(days=30)
+OLD = NOW - KEEP - timedelta(days=1)
+RECENT = NOW - KEEP + timedelta(days=1)
+
+
+def services(store: Store, keep: Retention) -> Services:
+    return Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                   clock=lambda: NOW), retention=keep)
+
+
+def closed(st: Any, **kw: Any) -> Session:
+    """A session its StopTransaction closed (``stop_reason`` set), ending at ``end``."""
+    end = kw.pop("end", OLD)
+    kw.setdefault("stop_reason", "Local")
+    return session(st, state=SessionState.COMPLETED, start_time=end - timedelta(hours=2),
+                   end_time=end, energy_wh=5000, **kw)
+
+
+async def sample_sessions(store: Store) -> set[str | None]:
+    return {s.session_id for s in await store.find_all(MeterSample, ALL)}
+
+
+async def test_samples_go_once_their_session_is_closed_by_its_stop_and_ended_before_the_cut(
+        store: Store) -> None:
+    cp = station()
+    billed = closed(cp)
+    active = session(cp, start_time=OLD - timedelta(hours=1))
+    awaiting = closed(cp, stop_reason=None)  # flushed late, its stop still to come
+    without_stop = closed(cp, stop_reason="Other", closed_without_stop=True)
+    long_one = closed(cp, end=RECENT)  # began before the cut, ended after it
+    fresh = closed(cp, end=RECENT + timedelta(days=2))
+    sessions = [billed, active, awaiting, without_stop, long_one, fresh]
+    stamps = {billed.id: OLD, active.id: OLD, awaiting.id: OLD, without_stop.id: OLD,
+              long_one.id: OLD, fresh.id: RECENT + timedelta(days=2)}
+    await put(store, cp, *sessions, payment(billed, amount_minor=150, currency="EUR"))
+    await put(store, *[meter_sample(cp, s, at=stamps[s.id] - timedelta(minutes=m),
+                                    delta_wh=100) for s in sessions for m in (0, 5)],
+              meter_sample(cp, None, at=OLD),  # of no session: by its own time
+              meter_sample(cp, None, at=RECENT))
+    deleted = await services(store, Retention(meter_samples=KEEP)).retention.sweep()
+    assert deleted == 3
+    assert await sample_sessions(store) == {active.id, awaiting.id, without_stop.id,
+                                            long_one.id, fresh.id, None}
+    [unlinked] = await store.find_all(MeterSample, Eq("session_id", None))
+    assert unlinked.at == RECENT
+    # The bill stays: the session with its energy, and its payment.
+    [kept] = await store.get_many(Session, [billed.id])
+    assert kept is not None and kept.energy_wh == 5000
+    assert len(await store.find_all(Payment, ALL)) == 1
+    # Nothing left to delete: a second round deletes nothing.
+    assert await services(store, Retention(meter_samples=KEEP)).retention.sweep() == 0
+
+
+async def test_status_reports_older_than_their_retention_go(store: Store) -> None:
+    cp = station()
+    await put(store, cp, status_event(cp, at=OLD), status_event(cp, at=OLD, connector_id=2),
+              status_event(cp, at=RECENT))
+    assert await services(store, Retention(status_events=KEEP)).retention.sweep() == 2
+    assert [e.at for e in await store.find_all(StatusEvent, ALL)] == [RECENT]
+
+
+async def test_unset_keeps_everything(store: Store) -> None:
+    cp = station()
+    old = closed(cp)
+    await put(store, cp, old, meter_sample(cp, old, at=OLD), meter_sample(cp, None, at=OLD),
+              status_event(cp, at=OLD))
+    keep = Retention()
+    assert not keep.prunes
+    assert await services(store, keep).retention.sweep() == 0
+    assert len(await store.find_all(MeterSample, ALL)) == 2
+    assert len(await store.find_all(StatusEvent, ALL)) == 1
+
+
+async def test_the_sweep_deletes_a_batch_per_write(store: Store,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)
+    cp = station()
+    await put(store, cp, *[meter_sample(cp, None, at=OLD - timedelta(minutes=m))
+                           for m in range(5)],
+              *[status_event(cp, at=OLD - timedelta(minutes=m)) for m in range(3)])
+    writes: list[int] = []
+    write = store.write
+
+    async def counted(changes: Sequence[Any], audit: Sequence[Any], *args: Any) -> None:
+        writes.append(len(changes))
+        await write(changes, audit, *args)
+
+    monkeypatch.setattr(store, "write", counted)
+    keep = Retention(meter_samples=KEEP, status_events=KEEP)
+    assert await services(store, keep).retention.sweep() == 8
+    assert writes == [2, 2, 1, 2, 1]
+    assert await store.find_all(MeterSample, ALL) == []
+    assert await store.find_all(StatusEvent, ALL) == []
