@@ -104,6 +104,13 @@ async def test_a_handed_over_delivery_keeps_the_tries_it_made(tmp_path: Path) ->
         stopping = await world.dispatcher(first, backoff=(BACKOFF_S,))
         await available(world)
         await requests_at_least(receiver, 1)
+
+        async def recorded() -> bool:
+            # Its failure recorded, not only posted: a stop before the answer came hands
+            # the delivery over with the try uncounted (a loaded run made four tries).
+            return (await world.stored(webhook)).last_attempt_at is not None
+
+        await until(recorded)
         await stopping.close()
         world.dispatchers.remove(stopping)
         await world.dispatcher(second, backoff=(0.01,))
