@@ -475,7 +475,7 @@ def recorded_answer(session: Session) -> IdTagInfo:
     return IdTagInfo(session.start_refused or "Accepted")
 
 
-def _replayed_start(session: Session) -> bool:
+def _recorded_as_replay(session: Session) -> bool:
     """Whether ``session``'s start was judged one replayed from an offline queue
     (``_StartIdentity.replayed``), as the session records it: it arrived (``created_at``)
     more than ``BILLED_TIME_TOLERANCE`` after its time, its charger's clock not behind
@@ -1496,14 +1496,14 @@ class ChargingService(ChargerConnections):
         on record no more is judged (Invalid): no one else's status is told.
         ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``),
         judged and recorded as such a start is; so is the copy of one recorded billed on
-        a late start (``_replayed_start``), whatever the clocks say now: the first copy
+        a late start (``_recorded_as_replay``), whatever the clocks say now: the first copy
         set the charger's clock, or another process knows it not, and its resend, on
         time on it, was judged live and told ConcurrentTx because of a session of the
         card begun after it, the session rewritten refused and billed nothing (review
         r32-a). Never one whose session says it was not (on time, or its clock behind
         ours): a first copy judged live stays so. One recorded refused is judged as before:
         its refusal stands until its card is free."""
-        replayed = _replayed_start(session) and (replayed or session.start_refused is None)
+        replayed = _recorded_as_replay(session) and (replayed or session.start_refused is None)
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None \
@@ -1968,11 +1968,11 @@ class ChargingService(ChargerConnections):
             session = newest[0] if newest else None
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
-        registered = meters_intervals(readings) and session is not None \
+        register_moved = meters_intervals(readings) and session is not None \
             and session.state is SessionState.ACTIVE and await self._register_moved(session)
         def read(sent: list[MeterReading]
                  ) -> tuple[list[MeterReading], RegisterCount | None, list[MeterSample]]:
-            count = register_count(session, rated_kw, registered)
+            count = register_count(session, rated_kw, register_moved)
             kept = believed(sent, self.clocks.believable, self.now(),
                             session.start_time if session is not None else None)
             return kept, count, samples_of(station, connector_id, transaction_id, session,
@@ -2286,8 +2286,9 @@ class ChargingService(ChargerConnections):
         rated_kw = await self._rated_kw(station, session.connector_id)
         # Read only when it tells (``_register_moved``): for interval readings here, or
         # for a meterStop below the count (below); a stop above it bills itself either way.
-        moved = await self._register_moved(session) if meters_intervals(readings) else None
-        count = register_count(session, rated_kw, bool(moved))
+        register_moved = await self._register_moved(session) \
+            if meters_intervals(readings) else None
+        count = register_count(session, rated_kw, bool(register_moved))
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
         added = added_wh(samples)  # as for a frame: its late readings' shares are moved
@@ -2311,7 +2312,7 @@ class ChargingService(ChargerConnections):
         # it (a glitch, a late frame of another kind) was counted live and is taken back
         # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
-            count = RegisterCount(session, rated_kw, bool(moved))
+            count = RegisterCount(session, rated_kw, bool(register_moved))
         metered = session.energy_wh + added
         read_high = count.high  # what its readings counted up to
         # What it reads as a register; none (recorded as no meterStop) for a number no
@@ -2323,9 +2324,9 @@ class ChargingService(ChargerConnections):
         # unflagged (review r32-a: 0/0 flagged RESET, 5,000/5,000 IMPLAUSIBLE_STOP).
         below = register is not None and register + count.offset < read_high \
             and metered > 0 and not count.registered
-        if below and moved is None:
-            moved = await self._register_moved(session)
-        by_intervals = below and not moved
+        if below and register_moved is None:
+            register_moved = await self._register_moved(session)
+        by_intervals = below and not register_moved
         if by_intervals:
             count.high = session.meter_start_wh
         final = count.counted(register, end, final=True) if register is not None else None
