@@ -1494,16 +1494,21 @@ class ChargingService(ChargerConnections):
         (review r27-accounts3); else the charger was told another driver's card's
         status, Blocked for an Invalid start (review r27-accounts4). One whose card is
         on record no more is judged (Invalid): no one else's status is told.
-        ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``),
-        judged and recorded as such a start is; so is the copy of one recorded billed on
-        a late start (``_recorded_as_replay``), whatever the clocks say now: the first copy
-        set the charger's clock, or another process knows it not, and its resend, on
-        time on it, was judged live and told ConcurrentTx because of a session of the
-        card begun after it, the session rewritten refused and billed nothing (review
-        r32-a). Never one whose session says it was not (on time, or its clock behind
-        ours): a first copy judged live stays so. One recorded refused is judged as before:
+        ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``,
+        the clocks' verdict now). A copy of one recorded Accepted (billed) is judged a
+        replayed start when either the clocks say so now or its session does
+        (``_recorded_as_replay``: it arrived long after its time, its clock not behind):
+        its first copy may have been judged late by a verdict neither records, the
+        charger's clock known then (a clock 3 min ahead, a start 4 min old on it), or one
+        another process knows not; its resend, judged live by the other, was told
+        ConcurrentTx because of a session of the card begun after it, the session
+        rewritten refused and billed nothing (reviews r32-a, r32-d). A replayed start's
+        refusal never sticks (``_refusal``), so either verdict keeps a billed session
+        billed. A copy of one recorded refused is judged replayed only when both say so:
         its refusal stands until its card is free."""
-        replayed = _recorded_as_replay(session) and (replayed or session.start_refused is None)
+        recorded = _recorded_as_replay(session)
+        replayed = (replayed or recorded) if session.start_refused is None \
+            else replayed and recorded
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None \
@@ -1540,8 +1545,10 @@ class ChargingService(ChargerConnections):
             return None
         if session.start_refused is not None:
             return session.start_refused  # refused again (a retry): the refusal stands
-        # ``replayed`` already excludes a clock known behind ours (``_StartIdentity``,
-        # ``_resent``: ``start_clock_behind``), whose live start is stamped hours ago.
+        # ``replayed`` excludes a clock known behind ours (``_StartIdentity``,
+        # ``_recorded_as_replay``: ``start_clock_behind``), whose live start is stamped
+        # hours ago; for a resend of a start recorded Accepted, only from both verdicts
+        # (``_resent``), which keeps it billed.
         late = replayed and not barred_by(card, session.start_time)
         if late:
             log.info("%s: transaction %s, queued offline, is told %s now and billed: it "

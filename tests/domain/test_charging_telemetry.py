@@ -750,6 +750,39 @@ async def test_a_resent_late_start_is_judged_as_its_session_records_it(world: Wo
     await charging.stop_transaction(CP, live, 0, now)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_resent_start_late_on_a_clock_ahead_stays_billed(kind: str, tmp_path: Path
+                                                                  ) -> None:
+    """Review r32-d: a charger whose clock runs 3 min ahead of ours replays a start
+    stamped 4 min before now on its clock (1 min on ours) while the card charges on
+    CP-B: its first copy is late on the charger's clock (``ChargerClocks.replayed``),
+    Accepted and billed; its session alone (arrived 1 min after its time) calls it on
+    time, and the resend, judged by the session alone, was told ConcurrentTx and the
+    session rewritten refused. Either verdict makes it replayed: Accepted, billed."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        await _priced(world, price_per_kwh="0.40", session_fee="1.00")
+        await world.services.stations.create_station(SYSTEM, cp_id="CP-B", name="B",
+                                                     connectors=[ConnectorSpec(1)])
+        now = datetime.now(UTC).replace(microsecond=0)
+        charging.clocks.connected("CP-B", now - timedelta(minutes=5))
+        elsewhere, answer = await charging.start_transaction(
+            "CP-B", 1, "TAG-1", 0, now - timedelta(seconds=20))
+        assert answer.status == "Accepted"
+        charging.clocks.connected(CP, now - timedelta(hours=1))
+        await charging.status_notification(CP, 1, "Preparing", "NoError",
+                                           timestamp=now + timedelta(minutes=3))
+        stamp = now - timedelta(minutes=1)
+        tx, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, stamp)
+        assert answer.status == "Accepted"
+        again, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, stamp)
+        assert (again, answer.status) == (tx, "Accepted")
+        await charging.stop_transaction(CP, tx, 60_000, now + timedelta(minutes=3))
+        session = await world.session(tx)
+        assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, fee
+        await charging.stop_transaction("CP-B", elsewhere, 0, now)
+
+
 async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_now(
         world: World) -> None:
     """A whole transaction queued offline arrives while the card charges elsewhere, or
