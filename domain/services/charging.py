@@ -757,6 +757,7 @@ class ChargingService(ChargerConnections):
         # the connection opened (``ChargerClocks.boot_at``): what the charger answered
         # on it before this boot was recorded is in force since the boot.
         booted = station.booted_at if info.triggered else self.clocks.boot_at(cp_id, now)
+        self.clocks.told_time(cp_id)  # the answer's currentTime sets its clock
         # What the charger is told, and acts on until its next boot (a triggered one's
         # answer too): its reports are judged by it (``domain.registration``).
         told = station.registration
