@@ -426,6 +426,13 @@ def stoppable(session: Session) -> bool:
         or closed_without_stop(session)
 
 
+def stop_register(meter_stop: int) -> int | None:
+    """What a StopTransaction's meterStop reads as a register, as its session records
+    it (``Session.meter_stop_wh``): none for a number no register can show (-1 from
+    firmware whose meter did not answer, one beyond any meter)."""
+    return meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+
+
 def _unknown(cp_id: str) -> ValidationError:
     """What a charger whose station does not exist (any more) is told; its handler hangs
     up on it (``field`` ``cpId``, ``NOT_FOUND``)."""
@@ -686,28 +693,32 @@ class ChargingService(ChargerConnections):
         return station
 
     async def admits(self, cp_id: str, action: str, transaction_id: object = None,
-                     connector_id: object = None) -> bool:
+                     connector_id: object = None, meter_stop: object = None) -> bool:
         """Whether the charger may send ``action`` now (``domain.registration``): by the
         registration its last boot was answered with, which it acts on, or its station's
         as it is now (for a new authorization, that one alone), as cached for its other
         messages. Refused so, a frame naming what is open on record for it is still
-        taken (``closes_recorded``, ``_on_record``: ``transaction_id`` and
-        ``connector_id`` as the frame has them). No store read for a refused frame beyond
-        the cached station's, but the one record it names."""
+        taken (``closes_recorded``, ``_on_record``: ``transaction_id``,
+        ``connector_id`` and ``meter_stop`` as the frame has them). No store read for a
+        refused frame beyond the cached station's, but the one record it names."""
         station = await self._require_station(cp_id)
         if admits(station.registration, action, station.charger_registration):
             return True
-        return closes_recorded(action, await self._on_record(station, action,
-                                                             transaction_id, connector_id))
+        return closes_recorded(action, await self._on_record(
+            station, action, transaction_id, connector_id, meter_stop))
 
     async def _on_record(self, station: Station, action: str, transaction_id: object,
-                         connector_id: object) -> bool:
+                         connector_id: object, meter_stop: object = None) -> bool:
         """Whether a frame of a charger not admitted names what is open on record for it:
         a state report, a connector its station has (0: the point itself), never a new
         one; a stop, its session still ACTIVE or closed without its stop (which the stop
-        corrects); readings, its session still ACTIVE, on that session's connector. Review
-        r32-a: told Rejected, a charger had 50 readings of a COMPLETED session stored on
-        a connector it never used, and its reports created FAULTED connectors 5 and 9."""
+        corrects), or stopped by it already and the same meterStop (a resend, its answer
+        lost: answered ``{}`` as an admitted charger's repeat is, ``stop_transaction``,
+        writing nothing; review r32-d: refused, the charger kept resending a stop that
+        was taken); readings, its session still ACTIVE, on that session's connector.
+        Review r32-a: told Rejected, a charger had 50 readings of a COMPLETED session
+        stored on a connector it never used, and its reports created FAULTED connectors
+        5 and 9."""
         if action in STATE_REPORTS:
             return isinstance(connector_id, int) and (
                 connector_id == 0 or not (await self._connector(station, connector_id))[1])
@@ -716,7 +727,9 @@ class ChargingService(ChargerConnections):
         session = await self._transaction(station.cp_id, transaction_id)
         if session is None:
             return False
-        if action == "StopTransaction" and closed_without_stop(session):
+        if action == "StopTransaction" and (closed_without_stop(session) or (
+                not stoppable(session) and isinstance(meter_stop, int)
+                and stop_register(meter_stop) == session.meter_stop_wh)):
             return True
         return session.state is SessionState.ACTIVE and (
             action == "StopTransaction" or session.connector_id == connector_id)
@@ -2161,8 +2174,7 @@ class ChargingService(ChargerConnections):
         is the stop's own: one stamped in our future or before its start, or on a clock
         behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``)."""
         differs = []
-        register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
-        if register != session.meter_stop_wh:
+        if stop_register(meter_stop) != session.meter_stop_wh:
             differs.append(f"meterStop {meter_stop} Wh, recorded {session.meter_stop_wh}")
         end_kept = session.reported_end is not None or (
             self.clocks.believable(stamp) and stamp >= session.start_time
@@ -2325,7 +2337,7 @@ class ChargingService(ChargerConnections):
         read_high = count.high  # what its readings counted up to
         # What it reads as a register; none (recorded as no meterStop) for a number no
         # register can show: never counted as a reset or a rollover.
-        register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+        register = stop_register(meter_stop)
         # Counted by intervals alone (no register read): the count is their sum, no
         # register, so a meterStop below it is judged from meterStart (not as a drop, a
         # reset), and one that did not move, as such meters send it, bills the sum
