@@ -827,12 +827,13 @@ class ChargePointHandler(ChargePoint):
                 return
             if action != "BootNotification" and not await self.charging.admits(
                     self.id, action, frame.payload.get("transactionId"),
-                    frame.payload.get("connectorId")):
+                    frame.payload.get("connectorId"), frame.payload.get("meterStop")):
                 # The charger keeps what it queued (a StartTransaction, its meter values)
                 # and sends it once an operator accepts the station. One told Accepted at
                 # its last boot has its reports taken whatever the station's registration
                 # became since, and any its stop, readings and connector states of what is
-                # open on record for it (``domain.registration``).
+                # open on record for it, and the resend of a stop taken
+                # (``domain.registration``, ``ChargingService._on_record``).
                 raise FrameError(frames.SECURITY_ERROR,
                                  f"{action} refused: the station is not accepted (its "
                                  "registration is pending or rejected)", uid)

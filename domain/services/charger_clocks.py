@@ -40,13 +40,32 @@ class ChargerClocks:
         # Chargers whose clock this process took only from timestamps from before their
         # connection opened (``replayed``): a queue or a clock behind. Kept over a
         # reconnect (the answer lost with the connection, the queue sent again) until a
-        # timestamp from after its connection opened shows the clock.
+        # timestamp from after its connection opened shows the clock, or a boot sets it
+        # (``told_time``).
         self._unsure: set[str] = set()
+        # Chargers told our time on their current connection (to this instance): a
+        # BootNotification's answer (``told_time``).
+        self._told: set[str] = set()
 
     def connected(self, cp_id: str, at: datetime) -> None:
         self._connected[cp_id] = at
         self._fresh.add(cp_id)
         self._booted.discard(cp_id)
+        self._told.discard(cp_id)
+
+    def told_time(self, cp_id: str) -> None:
+        """The charger sent a BootNotification on its current connection: its answer's
+        ``currentTime`` sets the charger's clock, so from then its timestamps show its
+        clock, before the connection's opening or not: none makes it ``_unsure``, and
+        one kept over a reconnect ends. Review r32-d: a charger whose clock is behind
+        (on local time, not UTC), its first status report stamped before its
+        connection opened, had every start judged replayed (``ConcurrentTx`` not
+        applied, billed) until a stamp passed the opening: hours, or never for one that
+        reconnects more often than its lag. The price: a status report queued before a
+        start, flushed after a boot to a process that has not seen the charger, sets its
+        clock, and that start is judged live (as before review r32-a)."""
+        self._unsure.discard(cp_id)
+        self._told.add(cp_id)
 
     def boot_at(self, cp_id: str, now: datetime) -> datetime:
         """When the charger booted, on our clock, for its BootNotification arriving
@@ -117,7 +136,7 @@ class ChargerClocks:
         if seen is None or charger_time >= seen[0]:
             self._seen[cp_id] = (charger_time, now)
         if self._before_opening(cp_id, charger_time):
-            if seen is None:
+            if seen is None and cp_id not in self._told:
                 self._unsure.add(cp_id)
         else:
             self._unsure.discard(cp_id)
@@ -158,9 +177,10 @@ class ChargerClocks:
         arrival (QA s32). So too while the clock known was taken, on this connection,
         only from timestamps from before it opened (``_unsure``): a StatusNotification
         queued just before the start, flushed first, set the clock and the start was
-        judged live (review r32-a). A clock that far behind, its first timestamp a live
-        start, looks the same (``behind_at``: the two cannot be told apart); its
-        reports still set the clock, which its connectors' history follows."""
+        judged live (review r32-a); not after a boot on this connection (``told_time``).
+        A clock that far behind, its first timestamp a live start, looks the same
+        (``behind_at``: the two cannot be told apart); its reports still set the clock,
+        which its connectors' history follows."""
         if cp_id in self._seen and cp_id not in self._unsure:
             return self.charger_now(cp_id) - charger_time > BILLED_TIME_TOLERANCE
         return self._before_opening(cp_id, charger_time)

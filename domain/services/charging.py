@@ -426,6 +426,13 @@ def stoppable(session: Session) -> bool:
         or closed_without_stop(session)
 
 
+def stop_register(meter_stop: int) -> int | None:
+    """What a StopTransaction's meterStop reads as a register, as its session records
+    it (``Session.meter_stop_wh``): none for a number no register can show (-1 from
+    firmware whose meter did not answer, one beyond any meter)."""
+    return meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+
+
 def _unknown(cp_id: str) -> ValidationError:
     """What a charger whose station does not exist (any more) is told; its handler hangs
     up on it (``field`` ``cpId``, ``NOT_FOUND``)."""
@@ -475,7 +482,7 @@ def recorded_answer(session: Session) -> IdTagInfo:
     return IdTagInfo(session.start_refused or "Accepted")
 
 
-def _replayed_start(session: Session) -> bool:
+def _recorded_as_replay(session: Session) -> bool:
     """Whether ``session``'s start was judged one replayed from an offline queue
     (``_StartIdentity.replayed``), as the session records it: it arrived (``created_at``)
     more than ``BILLED_TIME_TOLERANCE`` after its time, its charger's clock not behind
@@ -686,28 +693,32 @@ class ChargingService(ChargerConnections):
         return station
 
     async def admits(self, cp_id: str, action: str, transaction_id: object = None,
-                     connector_id: object = None) -> bool:
+                     connector_id: object = None, meter_stop: object = None) -> bool:
         """Whether the charger may send ``action`` now (``domain.registration``): by the
         registration its last boot was answered with, which it acts on, or its station's
         as it is now (for a new authorization, that one alone), as cached for its other
         messages. Refused so, a frame naming what is open on record for it is still
-        taken (``closes_recorded``, ``_on_record``: ``transaction_id`` and
-        ``connector_id`` as the frame has them). No store read for a refused frame beyond
-        the cached station's, but the one record it names."""
+        taken (``closes_recorded``, ``_on_record``: ``transaction_id``,
+        ``connector_id`` and ``meter_stop`` as the frame has them). No store read for a
+        refused frame beyond the cached station's, but the one record it names."""
         station = await self._require_station(cp_id)
         if admits(station.registration, action, station.charger_registration):
             return True
-        return closes_recorded(action, await self._on_record(station, action,
-                                                             transaction_id, connector_id))
+        return closes_recorded(action, await self._on_record(
+            station, action, transaction_id, connector_id, meter_stop))
 
     async def _on_record(self, station: Station, action: str, transaction_id: object,
-                         connector_id: object) -> bool:
+                         connector_id: object, meter_stop: object = None) -> bool:
         """Whether a frame of a charger not admitted names what is open on record for it:
         a state report, a connector its station has (0: the point itself), never a new
         one; a stop, its session still ACTIVE or closed without its stop (which the stop
-        corrects); readings, its session still ACTIVE, on that session's connector. Review
-        r32-a: told Rejected, a charger had 50 readings of a COMPLETED session stored on
-        a connector it never used, and its reports created FAULTED connectors 5 and 9."""
+        corrects), or stopped by it already and the same meterStop (a resend, its answer
+        lost: answered ``{}`` as an admitted charger's repeat is, ``stop_transaction``,
+        writing nothing; review r32-d: refused, the charger kept resending a stop that
+        was taken); readings, its session still ACTIVE, on that session's connector.
+        Review r32-a: told Rejected, a charger had 50 readings of a COMPLETED session
+        stored on a connector it never used, and its reports created FAULTED connectors
+        5 and 9."""
         if action in STATE_REPORTS:
             return isinstance(connector_id, int) and (
                 connector_id == 0 or not (await self._connector(station, connector_id))[1])
@@ -716,7 +727,9 @@ class ChargingService(ChargerConnections):
         session = await self._transaction(station.cp_id, transaction_id)
         if session is None:
             return False
-        if action == "StopTransaction" and closed_without_stop(session):
+        if action == "StopTransaction" and (closed_without_stop(session) or (
+                not stoppable(session) and isinstance(meter_stop, int)
+                and stop_register(meter_stop) == session.meter_stop_wh)):
             return True
         return session.state is SessionState.ACTIVE and (
             action == "StopTransaction" or session.connector_id == connector_id)
@@ -757,6 +770,7 @@ class ChargingService(ChargerConnections):
         # the connection opened (``ChargerClocks.boot_at``): what the charger answered
         # on it before this boot was recorded is in force since the boot.
         booted = station.booted_at if info.triggered else self.clocks.boot_at(cp_id, now)
+        self.clocks.told_time(cp_id)  # the answer's currentTime sets its clock
         # What the charger is told, and acts on until its next boot (a triggered one's
         # answer too): its reports are judged by it (``domain.registration``).
         told = station.registration
@@ -1494,16 +1508,21 @@ class ChargingService(ChargerConnections):
         (review r27-accounts3); else the charger was told another driver's card's
         status, Blocked for an Invalid start (review r27-accounts4). One whose card is
         on record no more is judged (Invalid): no one else's status is told.
-        ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``),
-        judged and recorded as such a start is; so is the copy of one recorded billed on
-        a late start (``_replayed_start``), whatever the clocks say now: the first copy
-        set the charger's clock, or another process knows it not, and its resend, on
-        time on it, was judged live and told ConcurrentTx because of a session of the
-        card begun after it, the session rewritten refused and billed nothing (review
-        r32-a). Never one whose session says it was not (on time, or its clock behind
-        ours): a first copy judged live stays so. One recorded refused is judged as before:
+        ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``,
+        the clocks' verdict now). A copy of one recorded Accepted (billed) is judged a
+        replayed start when either the clocks say so now or its session does
+        (``_recorded_as_replay``: it arrived long after its time, its clock not behind):
+        its first copy may have been judged late by a verdict neither records, the
+        charger's clock known then (a clock 3 min ahead, a start 4 min old on it), or one
+        another process knows not; its resend, judged live by the other, was told
+        ConcurrentTx because of a session of the card begun after it, the session
+        rewritten refused and billed nothing (reviews r32-a, r32-d). A replayed start's
+        refusal never sticks (``_refusal``), so either verdict keeps a billed session
+        billed. A copy of one recorded refused is judged replayed only when both say so:
         its refusal stands until its card is free."""
-        replayed = _replayed_start(session) and (replayed or session.start_refused is None)
+        recorded = _recorded_as_replay(session)
+        replayed = (replayed or recorded) if session.start_refused is None \
+            else replayed and recorded
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None \
@@ -1540,8 +1559,10 @@ class ChargingService(ChargerConnections):
             return None
         if session.start_refused is not None:
             return session.start_refused  # refused again (a retry): the refusal stands
-        # ``replayed`` already excludes a clock known behind ours (``_StartIdentity``,
-        # ``_resent``: ``start_clock_behind``), whose live start is stamped hours ago.
+        # ``replayed`` excludes a clock known behind ours (``_StartIdentity``,
+        # ``_recorded_as_replay``: ``start_clock_behind``), whose live start is stamped
+        # hours ago; for a resend of a start recorded Accepted, only from both verdicts
+        # (``_resent``), which keeps it billed.
         late = replayed and not barred_by(card, session.start_time)
         if late:
             log.info("%s: transaction %s, queued offline, is told %s now and billed: it "
@@ -1968,11 +1989,11 @@ class ChargingService(ChargerConnections):
             session = newest[0] if newest else None
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
-        registered = meters_intervals(readings) and session is not None \
+        register_moved = meters_intervals(readings) and session is not None \
             and session.state is SessionState.ACTIVE and await self._register_moved(session)
         def read(sent: list[MeterReading]
                  ) -> tuple[list[MeterReading], RegisterCount | None, list[MeterSample]]:
-            count = register_count(session, rated_kw, registered)
+            count = register_count(session, rated_kw, register_moved)
             kept = believed(sent, self.clocks.believable, self.now(),
                             session.start_time if session is not None else None)
             return kept, count, samples_of(station, connector_id, transaction_id, session,
@@ -2153,8 +2174,7 @@ class ChargingService(ChargerConnections):
         is the stop's own: one stamped in our future or before its start, or on a clock
         behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``)."""
         differs = []
-        register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
-        if register != session.meter_stop_wh:
+        if stop_register(meter_stop) != session.meter_stop_wh:
             differs.append(f"meterStop {meter_stop} Wh, recorded {session.meter_stop_wh}")
         end_kept = session.reported_end is not None or (
             self.clocks.believable(stamp) and stamp >= session.start_time
@@ -2286,8 +2306,9 @@ class ChargingService(ChargerConnections):
         rated_kw = await self._rated_kw(station, session.connector_id)
         # Read only when it tells (``_register_moved``): for interval readings here, or
         # for a meterStop below the count (below); a stop above it bills itself either way.
-        moved = await self._register_moved(session) if meters_intervals(readings) else None
-        count = register_count(session, rated_kw, bool(moved))
+        register_moved = await self._register_moved(session) \
+            if meters_intervals(readings) else None
+        count = register_count(session, rated_kw, bool(register_moved))
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
         added = added_wh(samples)  # as for a frame: its late readings' shares are moved
@@ -2311,21 +2332,21 @@ class ChargingService(ChargerConnections):
         # it (a glitch, a late frame of another kind) was counted live and is taken back
         # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
-            count = RegisterCount(session, rated_kw, bool(moved))
+            count = RegisterCount(session, rated_kw, bool(register_moved))
         metered = session.energy_wh + added
         read_high = count.high  # what its readings counted up to
         # What it reads as a register; none (recorded as no meterStop) for a number no
         # register can show: never counted as a reset or a rollover.
-        register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
+        register = stop_register(meter_stop)
         # Counted by intervals alone (no register read): the count is their sum, no
         # register, so a meterStop below it is judged from meterStart (not as a drop, a
         # reset), and one that did not move, as such meters send it, bills the sum
         # unflagged (review r32-a: 0/0 flagged RESET, 5,000/5,000 IMPLAUSIBLE_STOP).
         below = register is not None and register + count.offset < read_high \
             and metered > 0 and not count.registered
-        if below and moved is None:
-            moved = await self._register_moved(session)
-        by_intervals = below and not moved
+        if below and register_moved is None:
+            register_moved = await self._register_moved(session)
+        by_intervals = below and not register_moved
         if by_intervals:
             count.high = session.meter_start_wh
         final = count.counted(register, end, final=True) if register is not None else None

@@ -84,3 +84,39 @@ def test_a_start_is_replayed_when_late_on_its_clock_or_before_its_connection_ope
     clocks.connected("CP", ours.now)  # a new connection leaves the clock known
     assert not clocks.replayed("CP", ours.now - timedelta(minutes=1))
     assert clocks.replayed("CP", ours.now - timedelta(minutes=3))
+
+
+def test_a_boot_makes_a_clock_behind_its_clock_over_a_reconnect_too() -> None:
+    """Review r32-d: a charger an hour behind ours (local time, not UTC) whose first
+    stamp on a connection came before it opened had every start judged replayed until a
+    stamp passed the opening, over reconnects too. A BootNotification on the connection
+    (its answer's currentTime sets the clock) ends that: its stamps show its clock."""
+    ours = Ours()
+    clocks = ChargerClocks(ours)
+    clocks.connected("CP", T)
+    ours.now = T + timedelta(seconds=5)
+    clocks.observe("CP", T - timedelta(hours=1))  # a status report before the boot
+    assert clocks.replayed("CP", T - timedelta(hours=1))
+    clocks.told_time("CP")
+    assert not clocks.replayed("CP", T - timedelta(hours=1))  # live on its clock
+    assert clocks.replayed("CP", T - timedelta(hours=1, minutes=3))
+    # Booted first, its first stamp before the opening shows its clock: on a new
+    # connection, and to a process that has not seen it.
+    for fresh in (False, True):
+        if fresh:
+            clocks = ChargerClocks(ours)
+        ours.now += timedelta(minutes=10)
+        clocks.connected("CP", ours.now)
+        clocks.told_time("CP")
+        behind = ours.now - timedelta(hours=1)
+        clocks.observe("CP", behind)
+        assert not clocks.replayed("CP", behind)
+        assert clocks.replayed("CP", behind - timedelta(minutes=3))
+    # Not booted: doubted again, kept over a reconnect, until a boot there.
+    clocks = ChargerClocks(ours)
+    clocks.connected("CP", ours.now)
+    clocks.observe("CP", ours.now - timedelta(hours=1))
+    clocks.connected("CP", ours.now)
+    assert clocks.replayed("CP", ours.now - timedelta(hours=1))
+    clocks.told_time("CP")
+    assert not clocks.replayed("CP", ours.now - timedelta(hours=1))

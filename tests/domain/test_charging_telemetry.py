@@ -716,13 +716,11 @@ async def test_a_reboot_closes_no_later_than_a_believable_reading(world: World) 
     assert ended.end_time is not None and ended.end_time - T0 < timedelta(hours=2)
 
 
-async def test_a_resent_late_start_is_judged_as_its_session_records_it(world: World
-                                                                       ) -> None:
-    """Review r32-a: a start flushed late, Accepted and billed while the card charges
-    elsewhere since, is sent again to a process that does not know its charger's clock
-    (restarted): judged by that clock, the resend was live, told ConcurrentTx and its
-    session rewritten refused, billed nothing. Its session records it late (arrived long
-    after its time, the clock not behind): answered as its first copy, billed."""
+async def _flushed_while_charging(world: World) -> tuple[int, int, datetime]:
+    """Priced per kWh with a session fee, TAG-1 charging live on connector 2 (begun 30 s
+    ago) when a start of it on connector 1 from an hour ago (``T0``) is flushed late: both
+    Accepted, the flushed one because the live one began after it. The live one's and the
+    flushed one's transaction ids, and now."""
     charging = world.services.charging
     await _priced(world, price_per_kwh="0.40", session_fee="1.00")
     now = datetime.now(UTC).replace(microsecond=0)
@@ -731,6 +729,18 @@ async def test_a_resent_late_start_is_judged_as_its_session_records_it(world: Wo
     assert answer.status == "Accepted"
     flushed, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
     assert answer.status == "Accepted"
+    return live, flushed, now
+
+
+async def test_a_resent_late_start_is_judged_as_its_session_records_it(world: World
+                                                                       ) -> None:
+    """Review r32-a: a start flushed late, Accepted and billed while the card charges
+    elsewhere since, is sent again to a process that does not know its charger's clock
+    (restarted): judged by that clock, the resend was live, told ConcurrentTx and its
+    session rewritten refused, billed nothing. Its session records it late (arrived long
+    after its time, the clock not behind): answered as its first copy, billed."""
+    charging = world.services.charging
+    live, flushed, now = await _flushed_while_charging(world)
     charging.clocks = ChargerClocks(charging.now)  # a restarted process's
     again, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
     assert (again, answer.status) == (flushed, "Accepted")
@@ -738,6 +748,39 @@ async def test_a_resent_late_start_is_judged_as_its_session_records_it(world: Wo
     session = await world.session(flushed)
     assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, the fee
     await charging.stop_transaction(CP, live, 0, now)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_a_resent_start_late_on_a_clock_ahead_stays_billed(kind: str, tmp_path: Path
+                                                                  ) -> None:
+    """Review r32-d: a charger whose clock runs 3 min ahead of ours replays a start
+    stamped 4 min before now on its clock (1 min on ours) while the card charges on
+    CP-B: its first copy is late on the charger's clock (``ChargerClocks.replayed``),
+    Accepted and billed; its session alone (arrived 1 min after its time) calls it on
+    time, and the resend, judged by the session alone, was told ConcurrentTx and the
+    session rewritten refused. Either verdict makes it replayed: Accepted, billed."""
+    async with world_on(store_of(kind, tmp_path / "t.db")) as world:
+        charging = world.services.charging
+        await _priced(world, price_per_kwh="0.40", session_fee="1.00")
+        await world.services.stations.create_station(SYSTEM, cp_id="CP-B", name="B",
+                                                     connectors=[ConnectorSpec(1)])
+        now = datetime.now(UTC).replace(microsecond=0)
+        charging.clocks.connected("CP-B", now - timedelta(minutes=5))
+        elsewhere, answer = await charging.start_transaction(
+            "CP-B", 1, "TAG-1", 0, now - timedelta(seconds=20))
+        assert answer.status == "Accepted"
+        charging.clocks.connected(CP, now - timedelta(hours=1))
+        await charging.status_notification(CP, 1, "Preparing", "NoError",
+                                           timestamp=now + timedelta(minutes=3))
+        stamp = now - timedelta(minutes=1)
+        tx, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, stamp)
+        assert answer.status == "Accepted"
+        again, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, stamp)
+        assert (again, answer.status) == (tx, "Accepted")
+        await charging.stop_transaction(CP, tx, 60_000, now + timedelta(minutes=3))
+        session = await world.session(tx)
+        assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, fee
+        await charging.stop_transaction("CP-B", elsewhere, 0, now)
 
 
 async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_now(
@@ -749,13 +792,7 @@ async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_no
     card then (QA s32: told ConcurrentTx, recorded refused when its charger's clock was
     taken from it, and billed nothing)."""
     charging = world.services.charging
-    await _priced(world, price_per_kwh="0.40", session_fee="1.00")
-    now = datetime.now(UTC).replace(microsecond=0)
-    live, answer = await charging.start_transaction(CP, 2, "TAG-1", 0,
-                                                    now - timedelta(seconds=30))
-    assert answer.status == "Accepted"
-    flushed, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
-    assert answer.status == "Accepted"  # the live one began after it
+    live, flushed, now = await _flushed_while_charging(world)
     await charging.stop_transaction(CP, flushed, 60_000, T0 + timedelta(minutes=30))
     session = await world.session(flushed)
     assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, the fee

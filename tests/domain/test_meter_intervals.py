@@ -221,6 +221,10 @@ async def test_intervals_count_no_more_once_a_register_moved_the_count(
     (5_000, 25_000, 20_000, None),
     (5_000, 18_000, 13_000, d.MeterAnomaly.STOP_BELOW_READINGS),  # moved: it bills
     (5_000, 30_000, 25_000, None),
+    # Below meterStart: the intervals' sum, flagged (review r32-d: README said it billed
+    # meterStop - meterStart).
+    (5_000, 0, 20_000, d.MeterAnomaly.RESET),
+    (5_000, 4_000, 20_000, d.MeterAnomaly.IMPLAUSIBLE_STOP),
 ])
 async def test_a_session_counted_by_intervals_alone_is_billed_by_the_stop_that_moved(
         kind: str, tmp_path: Path, meter_start: int, meter_stop: int, energy: int,
@@ -228,7 +232,8 @@ async def test_a_session_counted_by_intervals_alone_is_billed_by_the_stop_that_m
     """Review r32-a: a charger metering by interval alone often sends meterStop equal to
     meterStart. 0/0 billed the intervals' 20,000 Wh flagged RESET, 5,000/5,000 flagged
     IMPLAUSIBLE_STOP: the count the intervals made is no register for the stop to fall
-    below. A meterStop that moved bills what it says, flagged when below the intervals."""
+    below. A meterStop that moved above meterStart bills what it says, flagged when below
+    the intervals; one below meterStart bills the intervals, flagged."""
     async with world_on(store_of(kind, tmp_path / "t.db")) as world:
         charging = world.services.charging
         tx, hour = await metered_by_interval(world, meter_start, 8)

@@ -450,9 +450,11 @@ async def test_a_start_refused_concurrent_tx_never_stopped_holds_no_card(
     never sends that StopTransaction (StopTransactionOnInvalidId false and the car left
     plugged, or the stop lost). Once connector 1 stops, the driver's next start was told
     ConcurrentTx, because of a session the CSMS itself had refused. A refused start holds
-    no card. Stamped on time: a start stamped minutes before a fresh connection opened
-    is one replayed from an offline queue (review r32-a), billed whatever it is told."""
-    start = datetime.now(UTC).replace(microsecond=0)
+    no card. The charger's clock is 10 min behind ours and it boots on connecting: its
+    stamps from then show its clock, so its live start is ConcurrentTx (review r32-d:
+    its first stamp, from before the connection opened, made every start after it a
+    replay, billed whatever it was told)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 
     def stamp(at: datetime) -> str:
         return at.isoformat().replace("+00:00", "Z")
@@ -464,6 +466,7 @@ async def test_a_start_refused_concurrent_tx_never_stopped_holds_no_card(
                 timestamp=stamp(at)))
             return answer.transaction_id, answer.id_tag_info["status"]
 
+        await cp.boot()
         first, told = await started(1, 5_000, start)
         assert told == "Accepted"
         refused, told = await started(2, 8_000, start + timedelta(seconds=10))

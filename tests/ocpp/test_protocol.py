@@ -502,7 +502,8 @@ async def test_a_charger_told_rejected_closes_only_what_is_open_on_record(
     connectors 5 and 9 create FAULTED connectors. What is on record for it is a session
     still ACTIVE (readings on its own connector, its stop), or one closed without its
     stop (the stop, which corrects that close); its state reports only for the station's
-    own connectors."""
+    own connectors. A resend of its stop once taken is answered as any repeat is
+    (review r32-d), writing nothing; another stop of it is refused."""
     station = central.stations["CP-1"]
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         assert (await cp.boot()).status == "Accepted"
@@ -543,9 +544,10 @@ async def test_a_charger_told_rejected_closes_only_what_is_open_on_record(
                                        meter_value=reading(1500)), suppress=False)
         await cp.call(call.StopTransaction(transaction_id=lost, meter_stop=2000,
                                            timestamp=now()), suppress=False)
-        await cp.call(call.StopTransaction(transaction_id=tx, meter_stop=3000,
-                                           timestamp=now()), suppress=False)
+        stop = call.StopTransaction(transaction_id=tx, meter_stop=3000, timestamp=now())
+        await cp.call(stop, suppress=False)
         kept = await stored(tx)
+        taken = await central.session(tx)
         for wh in range(3100, 3150):  # the session is closed: nothing more is its
             with pytest.raises(SecurityError):
                 await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
@@ -553,6 +555,10 @@ async def test_a_charger_told_rejected_closes_only_what_is_open_on_record(
         with pytest.raises(SecurityError):  # its stop taken, once
             await cp.call(call.StopTransaction(transaction_id=tx, meter_stop=4000,
                                                timestamp=now()), suppress=False)
+        # Its resend (the answer lost) is answered as a repeat, writing nothing (review
+        # r32-d: refused, where an admitted charger's repeat is answered).
+        assert (await cp.call(stop, suppress=False)).id_tag_info is None
+        assert await central.session(tx) == taken
         for plug in (0, 1):  # the station's own: the point and a connector it has
             await cp.call(call.StatusNotification(connector_id=plug, error_code="NoError",
                                                   status="Available"), suppress=False)
