@@ -50,16 +50,18 @@ async def keep(store: Store, station_id: str, pair: str, at: datetime,
         found, SYSTEM, station_id=station_id, passed_at=at)
     try:
         await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
+    except (NotFound, UniqueViolation):
+        # First, UniqueViolation being a Conflict: another instance's write of the pair
+        # landed first (the station is there, the pair stored), or the row was deleted
+        # meanwhile (by the sweep, or by the removal's ``forget``, which forgets it in
+        # memory after, the pass told before). Neither is a pair to forget (review r32-f:
+        # the race's loser told every instance "forgot").
+        pass
     except Conflict:
         # The guard's: the station is gone. Its removal's ``forget`` forgot in memory the
         # pairs it deleted, not one told after it read them.
         if forgotten is not None:
             forgotten([pair])
-    except (NotFound, UniqueViolation):
-        # The row deleted meanwhile (by the sweep, or by the removal's ``forget``, which
-        # forgets it in memory after, the pass told before), or another instance's
-        # write of the pair landed first.
-        pass
 
 
 async def stored(store: Store, since: datetime

@@ -110,6 +110,30 @@ async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
     assert told[0][2] == told[1][2]
 
 
+async def test_two_instances_keeping_one_pair_at_once_forget_nothing(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-f: the pair kept by another instance between this one's read and its
+    insert fails the insert as a duplicate (a ``Conflict``), taken for the station's
+    guard: every instance was told "forgot" with the station there and the pair stored."""
+    cp = station()
+    await put(store, cp)
+    pair = "ab" * 32
+    forgotten: list[list[str]] = []
+    get_many = store.get_many
+
+    async def the_other_keeping_first(*args: Any, **kwargs: Any) -> Any:
+        found = await get_many(*args, **kwargs)
+        monkeypatch.setattr(store, "get_many", get_many)  # the other reads as usual
+        await known_addresses.keep(store, cp.id, pair, T0, forgotten.append)
+        return found
+
+    monkeypatch.setattr(store, "get_many", the_other_keeping_first)
+    await known_addresses.keep(store, cp.id, pair, T0 + timedelta(seconds=1),
+                               forgotten.append)
+    assert forgotten == []
+    assert [(row.station_id, row.passed_at) for row in await kept(store)] == [(cp.id, T0)]
+
+
 async def test_a_pass_told_before_the_load_keeps_its_time_over_the_stored_one(
         store: Store) -> None:
     """The instances' bus is followed before the stored pairs are loaded (review s31): a
