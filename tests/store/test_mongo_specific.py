@@ -3404,8 +3404,8 @@ async def test_a_newer_build_stopped_mid_migration_still_locks_out_an_older_one(
     await db["company"].insert_one({"name": "Acme"})
     real_migrate = store_module.migrate
 
-    async def newer_migrate_killed_midway(database: Any) -> None:
-        await real_migrate(database)
+    async def newer_migrate_killed_midway(database: Any, *args: Any) -> None:
+        await real_migrate(database, *args)
         await newer_step(database, latest + 1, killed_during=killed_during)
 
     with monkeypatch.context() as patched:
