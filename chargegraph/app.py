@@ -59,10 +59,16 @@ log = logging.getLogger("chargegraph")
 
 
 def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
-                   bus: Any = None, digest_key: bytes = b"") -> Services:
+                   jwt_secret: str, bus: Any = None) -> Services:
+    """The services over ``store``, on every path that builds them (the app, the CLI's
+    create-user and demo): freed card numbers (``FreedIdTag``) digested with the key
+    derived from the deployment's ``jwt_secret``, the same everywhere (review r32-f: the
+    CLI's had an empty key, so a path of its freeing or checking a card would have
+    bypassed the hold)."""
     return Services(
         ServiceContext(store=store, policy=Policy(public_map=settings.public_map),
-                       hasher=hasher, bus=bus, digest_key=digest_key),
+                       hasher=hasher, bus=bus,
+                       digest_key=derived_key(jwt_secret, "freed card numbers")),
         heartbeat_interval=settings.heartbeat_interval,
         auto_register=settings.auto_register,
         registrations_per_hour=settings.auto_register_per_hour,
@@ -206,14 +212,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 await bus.start()
             stack.push_async_callback(bus.close)
             # Every instance keys what it counts and what the store keeps by a digest
-            # with the deployment's key, sharing or not: chargers' known addresses
-            # (``KnownChargerAddress``) and freed card numbers (``FreedIdTag``) must be
-            # no unkeyed hash of an address or a short card UID (review s31: a lone
-            # instance digested with an empty key, so anyone holding the database and a
-            # cpId could try every IPv4 address; review r32-c: card numbers likewise).
+            # with a key derived from the deployment's secret, sharing or not: chargers'
+            # known addresses (``KnownChargerAddress``, the throttles' key) and freed card
+            # numbers (``FreedIdTag``, ``build_services``') must be no unkeyed hash of an
+            # address or a short card UID (review s31: a lone instance digested with an
+            # empty key, so anyone holding the database and a cpId could try every IPv4
+            # address; review r32-c: card numbers likewise).
             digest_key = derived_key(jwt_secret, "sign-in throttle")
-            services = build_services(settings, store, hasher or Argon2Hasher(), bus,
-                                      digest_key)
+            services = build_services(settings, store, hasher or Argon2Hasher(), jwt_secret,
+                                      bus)
             try:
                 # Accounts that took an erased account's email before such emails were
                 # refused, for an admin to fix (review s25); never a reason not to start.

@@ -349,13 +349,18 @@ def create_user(
 
     async def run() -> str:
         from chargegraph.app import build_services
+        from chargegraph.secrets import resolve_jwt_secret
         from chargegraph.security import Argon2Hasher
-        from chargegraph.stores import new_database, started_store
+        from chargegraph.stores import make_database_folder, new_database, started_store
         from domain.policy import SYSTEM
 
         fresh = new_database(settings.database_url)
+        # The app's secret, for the key its services digest with (``build_services``);
+        # as `serve` does, the database's folder made before the secret's beside it.
+        make_database_folder(settings.database_url, or_leave_it=True)
+        jwt_secret = resolve_jwt_secret(settings)
         async with started_store(settings.database_url) as store:
-            services = build_services(settings, store, Argon2Hasher())
+            services = build_services(settings, store, Argon2Hasher(), jwt_secret)
             company_id = None
             if company:
                 company_id = (await services.accounts.ensure_company(SYSTEM, company)).id
@@ -549,6 +554,7 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
     from chargegraph.app import build_services
     from chargegraph.demo import seed_demo
     from chargegraph.demo_database import own_database, prepare_demo_database
+    from chargegraph.secrets import resolve_jwt_secret
     from chargegraph.security import Argon2Hasher
     from chargegraph.stores import started_store
 
@@ -560,7 +566,9 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
         # killed meanwhile leaves none) or found marked; any other is refused untouched.
         await prepare_demo_database(settings.database_url)
         async with started_store(settings.database_url) as store:
-            services = build_services(settings, store, Argon2Hasher())
+            # The secret its server's app resolved already (``_uvicorn``).
+            services = build_services(settings, store, Argon2Hasher(),
+                                      resolve_jwt_secret(settings))
             return await seed_demo(services, new=False, database=database,
                                    own=own_database(settings.database_url))
 

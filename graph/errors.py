@@ -102,8 +102,10 @@ NOT_READ_BACK = "NOT_READ_BACK"
 #: not the request's: ``/metrics`` counts such a request's outcome ``error``, as a
 #: top-level error (QA s32: a ``login`` answered ``STORE_UNAVAILABLE`` with the disk full
 #: counted ``ok``). A user error (the input, the stored data, who asks, a charger's
-#: answer, ``CHANGED``) leaves it ``ok``: the service did its work.
-SERVICE_FAILURE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE", "STORE_REFUSED",
+#: answer, ``CHANGED``) leaves it ``ok``: the service did its work; so does
+#: ``STORE_REFUSED`` (a value too large to store: the same request fails again, the
+#: request's fault; review r32-f).
+SERVICE_FAILURE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE",
                                    "STORE_OUTCOME_UNKNOWN", "UNAVAILABLE", NOT_READ_BACK})
 #: Set by ``graph.http`` around each request it executes: the codes of its payload
 #: errors (for an idempotency key, whether one is of ``RETRYABLE_CODES``; for the

@@ -122,7 +122,8 @@ class ServiceContext:
         max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-charger-hashing"))
     #: The deployment's key for what the store keeps by a digest that must not be
     #: matched by trying every value (a freed card number, ``freed_tags.digest``):
-    #: derived from the secret every instance shares (``chargegraph.app``).
+    #: derived from the secret every instance shares, on every path that builds the
+    #: services, the CLI's too (``chargegraph.app.build_services``).
     digest_key: bytes = b""
 
 

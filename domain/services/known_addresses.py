@@ -50,16 +50,18 @@ async def keep(store: Store, station_id: str, pair: str, at: datetime,
         found, SYSTEM, station_id=station_id, passed_at=at)
     try:
         await store.write([change], [], guards=[Guard(Station, Eq("id", station_id))])
+    except (NotFound, UniqueViolation):
+        # First, UniqueViolation being a Conflict: another instance's write of the pair
+        # landed first (the station is there, the pair stored), or the row was deleted
+        # meanwhile (by the sweep, or by the removal's ``forget``, which forgets it in
+        # memory after, the pass told before). Neither is a pair to forget (review r32-f:
+        # the race's loser told every instance "forgot").
+        pass
     except Conflict:
         # The guard's: the station is gone. Its removal's ``forget`` forgot in memory the
         # pairs it deleted, not one told after it read them.
         if forgotten is not None:
             forgotten([pair])
-    except (NotFound, UniqueViolation):
-        # The row deleted meanwhile (by the sweep, or by the removal's ``forget``, which
-        # forgets it in memory after, the pass told before), or another instance's
-        # write of the pair landed first.
-        pass
 
 
 async def stored(store: Store, since: datetime
@@ -95,15 +97,21 @@ async def forget(store: Store, station_id: str,
     was given it (``keep``: its id is the pair's), and it is that station's now, in the
     store and in memory (review r32-b: deleted, and forgotten on every instance).
     ``forgotten``: told each pair of the station's as its row goes (the instances'
-    memory, ``KnownAddresses.forget``): one whose deletion fails is still forgotten in
-    memory, its row (and the rest) left to the sweep."""
+    memory, ``KnownAddresses.forget``). A deletion failing otherwise (the store gone)
+    ends the deletions and is raised, the pair and the rest of the page read still
+    forgotten in memory, their rows left to the sweep (review r32-f: each remembered on
+    every instance up to ``KNOWN_FOR``); the pages not yet read are not."""
     async for page in pages(store, KnownChargerAddress, Eq("station_id", station_id), BATCH):
-        for known in page:
-            its = True
+        for index, known in enumerate(page):
             try:
                 await store.write([Delete(known, only_if=("station_id", station_id))], [])
             except (Conflict, NotFound):
-                its = False  # another station's now, or swept meanwhile
-            finally:
-                if its and forgotten is not None:
-                    forgotten([known.pair])
+                continue  # another station's now, or swept meanwhile
+            except BaseException:
+                # Cancelled too: whether the write landed is unknown, the memory's
+                # forgetting safe either way.
+                if forgotten is not None:
+                    forgotten([left.pair for left in page[index:]])
+                raise
+            if forgotten is not None:
+                forgotten([known.pair])

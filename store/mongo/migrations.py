@@ -14,6 +14,7 @@ meanwhile journals the migrated image, not the one from before.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -159,10 +160,10 @@ async def claim_schema(db: Any, known: int = SCHEMA_VERSION) -> None:
         return_document=ReturnDocument.BEFORE), known)
 
 
-async def before_indexes(db: Any) -> None:
+async def before_indexes(db: Any, steps: Steps | None = None) -> None:
     """What must hold before the unique indexes are built: vehicles have their plate's
     key (``_plate_keys``), and company names are unique (``_unique_company_names``)."""
-    await _once(db, "plate_keys", _plate_keys)
+    await _once(db, "plate_keys", _plate_keys, steps=steps)
     await _unique_company_names(db)
 
 
@@ -296,55 +297,58 @@ async def _unique_company_names(db: Any) -> None:
                                           MARK: ObjectId()}})
 
 
-async def migrate(db: Any) -> None:
-    await _once(db, "books", _books)
+async def migrate(db: Any, steps: Steps | None = None) -> None:
+    """The steps after the indexes, those not done yet (counted in ``steps``), and the
+    heals every start runs."""
+    once = functools.partial(_once, steps=steps)
+    await once(db, "books", _books)
     # Under ``_once`` for its claim; it keeps its own record of when it began.
-    await _once(db, "minor_units", _minor_units)
+    await once(db, "minor_units", _minor_units)
     await _blockers(db)
-    await _once(db, "expiry_setters", _expiry_setters)
-    await _once(db, "audit_books", _audit_books)
-    await _once(db, "audit_holders", _audit_holders)
-    await _once(db, "audit_commands", _audit_commands)
-    await _once(db, "reservation_books", _reservation_books)
-    await _once(db, "state_history_books", _state_history_books)
-    await _once(db, "refunded_whole", _refunded_whole)
-    await _once(db, "name_keys", _name_keys)
+    await once(db, "expiry_setters", _expiry_setters)
+    await once(db, "audit_books", _audit_books)
+    await once(db, "audit_holders", _audit_holders)
+    await once(db, "audit_commands", _audit_commands)
+    await once(db, "reservation_books", _reservation_books)
+    await once(db, "state_history_books", _state_history_books)
+    await once(db, "refunded_whole", _refunded_whole)
+    await once(db, "name_keys", _name_keys)
     # At every start, not once: see ``heal_cp_id_keys``.
     await heal_cp_id_keys(db)
-    await _once(db, "name_identities", _name_identities)
+    await once(db, "name_identities", _name_identities)
     # Before the defaults: a station holding more keys than are kept is flagged, not
     # given false.
-    await _once(db, "configuration_truncated", _configuration_truncated)
+    await once(db, "configuration_truncated", _configuration_truncated)
     # Before the defaults: a session closed without its stop is flagged, not given false.
-    await _once(db, "sessions_closed_without_stop", _sessions_closed_without_stop)
+    await once(db, "sessions_closed_without_stop", _sessions_closed_without_stop)
     # After ``refunded_whole``: a refunded payment without the field was refunded whole,
     # not by the default 0.
     for kind, name in ADDED_WITH_DEFAULT:
-        await _once(db, f"default_{kind}_{name}", _filling_default(kind, name))
+        await once(db, f"default_{kind}_{name}", _filling_default(kind, name))
     # After the books and ``refunded_minor`` are filled in: a refund copies them.
-    await _once(db, "refund_records", _refund_records)
-    await _once(db, "voided_zero_payments", _voided_zero_payments)
+    await once(db, "refund_records", _refund_records)
+    await once(db, "voided_zero_payments", _voided_zero_payments)
     # After ``refund_records``: the refunds it made copied their payments' books.
-    await _once(db, "company_books_without_owner", _company_books_without_owner)
-    await _once(db, "payment_plugs", _payment_plugs)
+    await once(db, "company_books_without_owner", _company_books_without_owner)
+    await once(db, "payment_plugs", _payment_plugs)
     # After ``refund_records``: the refunds it made take their payment's provider too.
-    await _once(db, "refund_providers", _refund_providers)
-    await _once(db, "replaced_tariffs_ended", _replaced_tariffs_ended)
+    await once(db, "refund_providers", _refund_providers)
+    await once(db, "replaced_tariffs_ended", _replaced_tariffs_ended)
     # At every start, not once: see ``heal_open_tariffs``.
     await heal_open_tariffs(db)
-    await _once(db, "charger_registrations", _charger_registrations)
-    await _once(db, "local_list_holders", _local_list_holders)
+    await once(db, "charger_registrations", _charger_registrations)
+    await once(db, "local_list_holders", _local_list_holders)
     # After ``plate_keys`` (``before_indexes``), with the unique index on the key built:
     # an owner's twins are removed before the car kept takes its new key.
-    await _once(db, "plate_forms", _plate_forms)
+    await once(db, "plate_forms", _plate_forms)
     # After ``plate_keys`` (``before_indexes``), which fills a field searched.
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
-            await _once(db, f"search_folded_{kind}_{name}", _search_folding(kind, name))
+            await once(db, f"search_folded_{kind}_{name}", _search_folding(kind, name))
     # After the shadows are there: those folded by an earlier rule, once per rule.
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):
-            await _once(db, _refold_step(kind, name), _search_refolding(kind, name))
+            await once(db, _refold_step(kind, name), _search_refolding(kind, name))
     # And those an instance of the version before wrote since (a rolling upgrade).
     await heal_search_shadows(db)
 
@@ -505,8 +509,27 @@ async def _fill_default(db: Any, kind: str, name: str) -> None:
                                {"$set": {**values, MARK: ObjectId()}})
 
 
+@dataclasses.dataclass
+class Steps:
+    """What one start's ``_once`` steps did (``MongoStore.start``): how many this start
+    ran, not how many are marked done (review r32-f: counting the marks, a start while
+    another instance migrated said "migrated" though it ran nothing, and read them
+    majority-committed right after its own writes); and whether each is said as it
+    ends: on an upgrade, not on a new database (review r32-f: some 40 lines before
+    create-user's one useful line)."""
+
+    say: bool = True
+    ran: int = 0
+
+
+async def new_database(db: Any) -> bool:
+    """Whether no start has run on ``db`` yet (no step's mark, no claim): read once, as a
+    start begins, before it writes."""
+    return await _migrations(db).find_one({}, {"_id": 1}) is None
+
+
 async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]],
-                known: int = SCHEMA_VERSION) -> None:
+                known: int = SCHEMA_VERSION, steps: Steps | None = None) -> None:
     """Runs ``step`` until one start has finished it, which records that in
     ``MIGRATIONS``; before it first writes, the build knowing ``known`` claims the
     database (``claim_schema``). For steps marked by a field new documents always carry,
@@ -515,22 +538,19 @@ async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]],
     entries) to find none. Several instances may run it at once until then (each step is
     idempotent). An instance of a version from before the field, still writing after the
     mark (a rolling upgrade), leaves its documents without it: they read as null (no
-    books)."""
+    books). Run here, it is counted in ``steps`` (``Steps``)."""
     if await _migrations(db).find_one({"_id": name, "done": True}, {"_id": 1}) is not None:
         return
     await claim_schema(db, known)
     began = time.monotonic()
     await step(db)
     await _migrations(db).update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
-    # Each step and its time, as SQLite's migrations (QA s32: an upgrade said nothing
-    # until ready).
-    log.info("migration step %s done in %.2f s", name, time.monotonic() - began)
-
-
-async def steps_done(db: Any) -> int:
-    """How many ``_once`` steps one start or another has finished: a start that raised
-    it migrated, and says so at its end (``MongoStore.start``)."""
-    return int(await _migrations(db).count_documents({"done": True}))
+    steps = steps or Steps()
+    steps.ran += 1
+    if steps.say:
+        # Each step and its time, as SQLite's migrations (QA s32: an upgrade said
+        # nothing until ready).
+        log.info("migration step %s done in %.2f s", name, time.monotonic() - began)
 
 
 async def _refunded_whole(db: Any) -> None:

@@ -32,6 +32,7 @@ from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import (
     SCHEMA_VERSION,
+    Steps,
     before_indexes,
     check_schema,
     claim_schema,
@@ -39,7 +40,7 @@ from store.mongo.migrations import (
     heal_cp_id_keys,
     heal_search_shadows,
     migrate,
-    steps_done,
+    new_database,
 )
 from store.mongo.outage import client_options, mapping_outages
 from store.mongo.query import (
@@ -145,16 +146,18 @@ class MongoStore:
         # start runs (``_once``), so one that fails before (an index it cannot build)
         # leaves the database to the build that had it.
         await check_schema(db)
-        began, done = time.monotonic(), await steps_done(db)
-        await before_indexes(db)
+        # Each step said on an upgrade, a new database's only by the end line (as SQLite's).
+        began, steps = time.monotonic(), Steps(say=not await new_database(db))
+        await before_indexes(db, steps)
         await ensure_indexes(db)
         await self._sweep_once()
-        await migrate(db)
+        await migrate(db, steps)
         # This build serves from here, writing documents by its rules: an older build
         # must not start on them, whether or not a step of this one was still to do.
         await claim_schema(db)
-        if await steps_done(db) > done:
-            log.info("migrated the database to schema %d in %.2f s", SCHEMA_VERSION,
+        if steps.ran:  # by this start: not another instance's steps meanwhile
+            log.info("migrated the database to schema %d in %.2f s" if steps.say else
+                     "created the database at schema %d in %.2f s", SCHEMA_VERSION,
                      time.monotonic() - began)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),

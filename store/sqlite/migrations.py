@@ -1894,6 +1894,7 @@ async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
                         stoppable)
     applied: list[int] = []
     began = time.monotonic()
+    upgrade = False  # from the first migration's start: each step said on an upgrade only
     for version, script in migrations:
         statements = split_statements(script)
         # IMMEDIATE takes the write lock before we re-read the version: two processes
@@ -1905,10 +1906,13 @@ async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
             if current >= version:
                 await conn.rollback()
                 continue
-            if not applied:
-                # An upgrade (or a new database, from 0) is worth a line: an operator
-                # checking a rolling upgrade reads which schema the file went from and
-                # to. Said by the instance that migrates, not by every one starting.
+            if not applied and current > 0:
+                # An upgrade is worth a line: an operator checking a rolling upgrade
+                # reads which schema the file went from and to. Said by the instance
+                # that migrates, not by every one starting. A new database is said by
+                # the end line alone (review r32-f: some 90 lines of its steps came
+                # before create-user's one useful line).
+                upgrade = True
                 log.info("migrating the database from schema %d to %d", current,
                          versions[-1])
             step = time.monotonic()
@@ -1926,8 +1930,10 @@ async def _apply(conn: aiosqlite.Connection, migrations: Sequence[Migration],
         # Each step and its time (QA s32: a long upgrade said only its first line, then
         # nothing until ready): an operator sees where it is and which step is slow. The
         # number is the migration's, as its comment in this file names it.
-        log.info("migration %d applied in %.2f s", version, time.monotonic() - step)
+        if upgrade:
+            log.info("migration %d applied in %.2f s", version, time.monotonic() - step)
     if applied:
-        log.info("migrated the database to schema %d in %.2f s", applied[-1],
+        log.info("migrated the database to schema %d in %.2f s" if upgrade else
+                 "created the database at schema %d in %.2f s", applied[-1],
                  time.monotonic() - began)
     return applied

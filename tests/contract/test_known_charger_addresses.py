@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from domain.entities import KnownChargerAddress, Station
+from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM
-from domain.ports import Store
+from domain.ports import Delete, Store
 from domain.query import ALL
 from domain.services import Services, charger_sign_ins, known_addresses
 from domain.services.charger_sign_ins import KNOWN_FOR, RETOLD_AFTER
@@ -108,6 +109,67 @@ async def test_a_removed_stations_pairs_go_with_it_and_none_is_written_after(
     assert not sign_ins.passed_from(cp.cp_id, CHARGER)
     assert [operation for _, operation, _ in told] == ["passed", "forgot"]
     assert told[0][2] == told[1][2]
+
+
+async def test_two_instances_keeping_one_pair_at_once_forget_nothing(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-f: the pair kept by another instance between this one's read and its
+    insert fails the insert as a duplicate (a ``Conflict``), taken for the station's
+    guard: every instance was told "forgot" with the station there and the pair stored."""
+    cp = station()
+    await put(store, cp)
+    pair = "ab" * 32
+    forgotten: list[list[str]] = []
+    get_many = store.get_many
+
+    async def the_other_keeping_first(*args: Any, **kwargs: Any) -> Any:
+        found = await get_many(*args, **kwargs)
+        monkeypatch.setattr(store, "get_many", get_many)  # the other reads as usual
+        await known_addresses.keep(store, cp.id, pair, T0, forgotten.append)
+        return found
+
+    monkeypatch.setattr(store, "get_many", the_other_keeping_first)
+    await known_addresses.keep(store, cp.id, pair, T0 + timedelta(seconds=1),
+                               forgotten.append)
+    assert forgotten == []
+    assert [(row.station_id, row.passed_at) for row in await kept(store)] == [(cp.id, T0)]
+
+
+async def test_a_removals_deletions_failing_still_forget_the_pairs_read(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-f: the store failing at a removal's second deletion ended them, the
+    pairs after it remembered on every instance up to ``KNOWN_FOR``. Now the page read
+    is forgotten in memory, the rows not deleted left to the sweep."""
+    clock = Clock()
+    services = instance(store, clock)
+    cp = station()
+    await put(store, cp)
+    addresses = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+    for address in addresses:
+        await passed(services, cp, address)
+    pairs = sorted(row.pair for row in await kept(store))
+    write = store.write
+    deletions: list[str] = []
+
+    async def failing_after_the_first_deletion(changes: Any, *args: Any,
+                                               **kwargs: Any) -> None:
+        if any(isinstance(change, Delete) and isinstance(change.record, KnownChargerAddress)
+               for change in changes):
+            deletions.append(changes[0].record.id)
+            if len(deletions) > 1:
+                raise StoreUnavailable("the disk is full", reason="disk full")
+        await write(changes, *args, **kwargs)
+
+    told: list[tuple[str, str, str]] = []
+    services.charging.sign_ins.known.share = lambda *message: told.append(message)
+    monkeypatch.setattr(store, "write", failing_after_the_first_deletion)
+    await services.stations.remove_station(SYSTEM, cp.id)
+    monkeypatch.undo()
+    assert len(deletions) == 2  # the second failed, no third tried
+    assert not any(services.charging.sign_ins.passed_from(cp.cp_id, address)
+                   for address in addresses)
+    assert sorted(key for _, operation, key in told if operation == "forgot") == pairs
+    assert len(await kept(store)) == 2  # left to the sweep
 
 
 async def test_a_pass_told_before_the_load_keeps_its_time_over_the_stored_one(

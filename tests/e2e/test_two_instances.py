@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from chargegraph.secrets import derived_key
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy, Viewer
@@ -143,12 +144,15 @@ async def test_a_lone_instance_keys_what_its_throttles_count_as_shared_ones_do(
     of an address anyone holding the database and a cpId could reverse by trying every
     IPv4 address. Every instance keys them with the deployment's key, as shared
     instances do; and freed card numbers (``FreedIdTag``, review r32-c: a short card UID
-    under a plain SHA-256) with the same key."""
+    under a plain SHA-256) with a key of their own from the same secret (review r32-f:
+    the throttles' label)."""
     async with running_service(tmp_path) as lone, two_instances(tmp_path / "pair") as (a, _):
-        keys = [{running.services.ctx.digest_key, *(throttle.secret for throttle in (
-            *running.services.accounts.throttles, *running.services.charging.sign_ins.shared))}
-            for running in (lone, a)]
-        assert keys[0] == keys[1] and len(keys[0]) == 1 and b"" not in keys[0]
+        keys = [({throttle.secret for throttle in (
+            *running.services.accounts.throttles, *running.services.charging.sign_ins.shared)},
+            running.services.ctx.digest_key) for running in (lone, a)]
+        secret = "e" * 40  # running_service's
+        assert keys == 2 * [({derived_key(secret, "sign-in throttle")},
+                             derived_key(secret, "freed card numbers"))]
 
 
 REMOVE_STATION = """mutation($input: RemoveStationInput!) { removeStation(input: $input) {

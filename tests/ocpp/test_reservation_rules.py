@@ -112,6 +112,16 @@ async def test_a_reservation_the_charger_refuses_is_audited_as_made_then_rejecte
                 (d.AuditAction.CREATE, "PENDING"), (d.AuditAction.UPDATE, "REJECTED")]
 
 
+async def reserved(central: Central) -> int:
+    """A driver's reservation of CP-1's plug 2 (its charger connected, taking it):
+    ACTIVE, its number."""
+    held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                             "expiresAt": soon()}, SELECTION,
+                     as_user="driver")
+    assert held["reservation"]["state"] == "ACTIVE", held
+    return int(held["reservation"]["reservationId"])
+
+
 async def station_offline(central: Central, cp_id: str) -> None:
     async def offline() -> bool:
         [station] = await central.store.find_all(d.Station, Eq("cp_id", cp_id))
@@ -251,11 +261,7 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
     is owed any more)."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiryDate": soon()}, SELECTION,
-                         as_user="driver")
-        assert held["reservation"]["state"] == "ACTIVE", held
-    number = held["reservation"]["reservationId"]
+        number = await reserved(central)
     await station_offline(central, "CP-1")
 
     cancel = await run(central, "cancelReservation", {"cpId": "CP-1",
@@ -312,11 +318,7 @@ async def test_a_cancel_whose_charger_drops_mid_call_is_cancelled_and_owed(
     async with connected(central.url, "CP-1", password=STATION_PASSWORD,
                          charge_point=DropsOnCancel) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiresAt": soon()}, SELECTION,
-                         as_user="driver")
-        assert held["reservation"]["state"] == "ACTIVE", held
-        number = held["reservation"]["reservationId"]
+        number = await reserved(central)
         cancel = await run(central, "cancelReservation", {"cpId": "CP-1",
                                                           "reservationId": number},
                            SELECTION, as_user="op")
@@ -366,11 +368,7 @@ async def test_a_cancel_lost_to_a_new_connection_says_so_and_is_owed(
     async with connected(central.url, "CP-1", password=STATION_PASSWORD,
                          charge_point=SilentOnCancel) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiresAt": soon()}, SELECTION,
-                         as_user="driver")
-        assert held["reservation"]["state"] == "ACTIVE", held
-        number = held["reservation"]["reservationId"]
+        number = await reserved(central)
         cancelling = asyncio.create_task(run(
             central, "cancelReservation", {"cpId": "CP-1", "reservationId": number},
             SELECTION, as_user="op"))
@@ -440,12 +438,9 @@ async def test_a_drivers_cancel_sends_the_station_s_older_owed_cancels_at_once(
 async def _reserve_then_go_offline(central: Central) -> int:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiryDate": soon()}, SELECTION,
-                         as_user="driver")
-        assert held["reservation"]["state"] == "ACTIVE", held
+        number = await reserved(central)
     await station_offline(central, "CP-1")
-    return int(held["reservation"]["reservationId"])
+    return number
 
 
 async def test_an_owed_cancel_is_sent_behind_a_hundred_ordinary_cancellations(
@@ -539,11 +534,7 @@ async def test_a_cancel_the_bus_cannot_carry_leaves_an_online_chargers_reservati
         await seed(central)
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.boot()
-            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                     "expiryDate": soon()}, SELECTION,
-                             as_user="driver")
-            assert held["reservation"]["state"] == "ACTIVE", held
-            number = held["reservation"]["reservationId"]
+            number = await reserved(central)
             _asker, _holder, wire = central.relays
             real = wire.publish
 
@@ -594,11 +585,7 @@ async def test_a_withdrawals_cancel_the_bus_cannot_carry_is_owed_and_swept_by_th
         await seed(central)
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.boot()
-            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                     "expiryDate": soon()}, SELECTION,
-                             as_user="driver")
-            assert held["reservation"]["state"] == "ACTIVE", held
-            number = held["reservation"]["reservationId"]
+            number = await reserved(central)
             _asker, _holder, wire = central.relays
             real = wire.publish
 

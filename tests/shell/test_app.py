@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -417,6 +418,33 @@ def test_a_mutation_answered_a_store_failure_counts_as_an_error_in_metrics(
     # The first sign-in and the wrong password: ok; the store's failure: an error.
     assert value(samples, requests, operation="mutation", outcome="ok") == 2
     assert value(samples, requests, operation="mutation", outcome="error") == 1
+
+
+def test_a_mutation_answered_store_refused_counts_as_ok_in_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-f: ``STORE_REFUSED`` (too large to store: the same request fails again)
+    is the request's fault, as a user error is, and was counted ``error``. Here the
+    store refuses the sign-in's write as MongoDB refuses a document over 16 MiB."""
+    from domain.errors import StoreRefused
+    from tests.e2e.test_metrics import parse, value
+
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    login = ('mutation { login(email: "root@example.com", password: "root-pass-123") '
+             '{ token errors { code } } }')
+    requests = "chargegraph_graphql_requests_total"
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise StoreRefused("the write was refused: too large", reason="too large")
+
+    with TestClient(app) as client:
+        _sign_in_admin(client, app)
+        monkeypatch.setattr(app.state.store, "write", refused)
+        answer = client.post("/graphql", json={"query": login}).json()
+        monkeypatch.undo()  # the service's stop writes
+        assert answer["data"]["login"]["errors"] == [{"code": "STORE_REFUSED"}]
+        samples, _ = parse(client.get("/metrics").text)
+    assert value(samples, requests, operation="mutation", outcome="ok") == 2
+    assert value(samples, requests, operation="mutation", outcome="error") is None
 
 
 async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(

@@ -8,6 +8,7 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -102,6 +103,31 @@ def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
                              "--name", "Olga"])
     assert op.exit_code == 0, op.output
     assert re.fullmatch(r"[0-9a-f]{24}\n", op.stdout)
+
+
+def test_create_user_builds_its_services_with_the_apps_card_key(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-f: the CLI built its services without the deployment's key, so a path
+    of its freeing or checking a card number (``freed_tags``) would have digested it with
+    an empty one, bypassing the hold. Its key is the app's: derived from the JWT secret
+    kept in the state dir (made by this first command, read by `serve` after)."""
+    import chargegraph.app
+    from chargegraph.secrets import derived_key, resolve_jwt_secret
+    from chargegraph.settings import Settings
+
+    build = chargegraph.app.build_services
+    keys: list[bytes] = []
+
+    def keeping_the_key(*args: Any, **kwargs: Any) -> Any:
+        services = build(*args, **kwargs)
+        keys.append(services.ctx.digest_key)
+        return services
+
+    monkeypatch.setattr(chargegraph.app, "build_services", keeping_the_key)
+    made = runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"])
+    assert made.exit_code == 0, made.output
+    assert keys == [derived_key(resolve_jwt_secret(Settings()), "freed card numbers")]
 
 
 def test_create_user_names_the_database_it_wrote_to(runner: CliRunner, tmp_path: Path,

@@ -429,7 +429,8 @@ def test_auto_registrations_per_hour_reach_the_charging_service(
 
     assert Settings().auto_register_per_hour == 50
     monkeypatch.setenv("CHARGEGRAPH_AUTO_REGISTER_PER_HOUR", "0")
-    services = build_services(Settings(), store=None, hasher=Argon2Hasher.fast())  # type: ignore[arg-type]
+    services = build_services(Settings(), store=None, hasher=Argon2Hasher.fast(),  # type: ignore[arg-type]
+                              jwt_secret="s" * 32)
     assert services.charging.registrations.limit == 0
 
 

@@ -48,13 +48,16 @@ from store.sqlite import SqliteStore
 from store.sqlite.migrations import MIGRATIONS, apply_migrations
 from tests.support.mongo_backend import open_mongo_store
 
+#: The deployment's secret the services' keys derive from (``build_services``).
+SECRET = "demo-test-secret-long-enough-for-hs256"
+
 
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
     store = SqliteStore(str(tmp_path / "demo.db"))
     await store.start()
     try:
-        yield build_services(Settings(), store, Argon2Hasher.fast())
+        yield build_services(Settings(), store, Argon2Hasher.fast(), SECRET)
     finally:
         await store.close()
 
@@ -206,7 +209,7 @@ async def test_the_database_a_graphql_only_service_runs_on_is_not_seeded(
         with pytest.raises(ConfigError, match="was not made by the demo"):
             await prepare_demo_database(url)  # as `chargegraph demo` looks before it opens
         async with started_store(url) as store:
-            services = build_services(settings, store, Argon2Hasher.fast())
+            services = build_services(settings, store, Argon2Hasher.fast(), SECRET)
             try:
                 with pytest.raises(ConfigError, match="was not made by the demo"):
                     await seed_demo(services, new=False)
@@ -271,7 +274,8 @@ async def test_two_demos_started_together_on_a_new_database(tmp_path: Path) -> N
         await store.start()
     try:
         outcomes = await asyncio.gather(
-            *(seed_demo(build_services(Settings(), store, Argon2Hasher.fast()), new=True)
+            *(seed_demo(build_services(Settings(), store, Argon2Hasher.fast(), SECRET),
+                        new=True)
               for store in stores), return_exceptions=True)
     finally:
         for store in stores:
@@ -292,9 +296,10 @@ async def test_two_demos_completing_one_interrupted_seed_together(tmp_path: Path
     try:
         await stores[0].next_sequence(DEMO_MADE)  # made, then stopped before any write
         outcomes = await asyncio.gather(
-            *(seed_demo(build_services(Settings(), store, Argon2Hasher.fast()), new=False)
+            *(seed_demo(build_services(Settings(), store, Argon2Hasher.fast(), SECRET),
+                        new=False)
               for store in stores), return_exceptions=True)
-        services = build_services(Settings(), stores[0], Argon2Hasher.fast())
+        services = build_services(Settings(), stores[0], Argon2Hasher.fast(), SECRET)
         failures = [o for o in outcomes if not isinstance(o, DemoSummary)]
         assert all(isinstance(o, ConfigError) and "being seeded by another demo" in str(o)
                    for o in failures), failures
@@ -438,7 +443,7 @@ async def test_the_refusal_of_a_mongodb_database_advises_what_works() -> None:
     url = "mongodb://user:secret@mongo:27017/chargegraph"
     database, own = database_location(url), own_database(url)
     async with open_mongo_store() as store:  # a deployment's, or an older demo's: no mark
-        services = build_services(Settings(), store, Argon2Hasher.fast())
+        services = build_services(Settings(), store, Argon2Hasher.fast(), SECRET)
         for refusal in (admit_mongo_database(store.db, database, own),
                         admit_demo(services, new=False, database=database, own=own)):
             with pytest.raises(ConfigError, match="was not made by the demo") as refused:
@@ -604,7 +609,7 @@ async def test_a_complete_demo_database_a_running_service_uses_is_refused(
         await store.write([Insert(d.InstanceLease(
             id="instance-1", host="web-1", started_at=now,
             expires_at=now + timedelta(minutes=5)))], [])
-        services = build_services(Settings(), store, Argon2Hasher.fast())
+        services = build_services(Settings(), store, Argon2Hasher.fast(), SECRET)
         with pytest.raises(ConfigError, match="in use by a running instance"):
             await admit_demo(services, new=False)  # the rule on the store as well
     with pytest.raises(ConfigError, match="in use by a running instance"):
@@ -640,7 +645,7 @@ async def test_a_marked_mongodb_database_a_service_took_over_is_not_seeded() -> 
     url = "mongodb://mongo:27017/chargegraph"
     database, own = database_location(url), own_database(url)
     async with open_mongo_store() as store:
-        services = build_services(Settings(), store, Argon2Hasher.fast())
+        services = build_services(Settings(), store, Argon2Hasher.fast(), SECRET)
         await store.next_sequence(DEMO_MADE)  # a demo marked it, then failed to start
         await services.accounts.create_user(  # an interrupted seed: the demo's logins
             SYSTEM, email="mia@demo.chargegraph.dev", password=DEMO_PASSWORD,

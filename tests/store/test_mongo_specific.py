@@ -3404,8 +3404,8 @@ async def test_a_newer_build_stopped_mid_migration_still_locks_out_an_older_one(
     await db["company"].insert_one({"name": "Acme"})
     real_migrate = store_module.migrate
 
-    async def newer_migrate_killed_midway(database: Any) -> None:
-        await real_migrate(database)
+    async def newer_migrate_killed_midway(database: Any, *args: Any) -> None:
+        await real_migrate(database, *args)
         await newer_step(database, latest + 1, killed_during=killed_during)
 
     with monkeypatch.context() as patched:
@@ -3569,9 +3569,7 @@ async def test_what_decides_a_start_or_a_claim_is_read_from_the_primary(
 
     def recording(collection: AsyncCollection, name: str) -> Any:
         said = (collection._c.read_preference.name, collection._c.read_concern.level)
-        # The steps' marks counted too (``steps_done``: whether a start migrated).
-        if collection._c.name == migrations.MIGRATIONS and name in {"find_one",
-                                                                     "count_documents"}:
+        if collection._c.name == migrations.MIGRATIONS and name == "find_one":
             reads.append(said)
         elif name in {"find", "find_one", "aggregate", "count_documents", "distinct"} \
                 and not collection._c.name.startswith(JOURNAL):
@@ -3651,23 +3649,55 @@ async def test_a_newer_schema_number_of_any_numeric_type_is_refused(
     assert record is not None and record["version"] == latest
 
 
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The store's lines, their times as ``T``."""
+    timed = re.compile(r" in \d+\.\d\d s$")
+    return [timed.sub(" in T s", r.getMessage()) for r in caplog.records
+            if r.name.startswith("chargegraph.store")]
+
+
+async def _start(database: Any) -> None:
+    store = MongoStore(database, sweep_every=None)
+    await store.start()
+    await store.close()
+
+
 async def test_an_upgrade_says_each_step_and_its_end(caplog: pytest.LogCaptureFixture) -> None:
     """QA s32: an upgrade said nothing from its start to the ready line. Each step a start
     runs is said with its time, then the schema it migrated to; a start with nothing left
-    to do says nothing (as SQLite's migrations)."""
-    from store.mongo.migrations import SCHEMA_VERSION, steps_done
-
+    to do says nothing (as SQLite's migrations). Review r32-f: a new database's some 40
+    steps came before create-user's one useful line: it says the end alone."""
     caplog.set_level(logging.INFO, logger="chargegraph.store")
     database = async_mongomock_database()
-    timed = re.compile(r" in \d+\.\d\d s$")
-    for _ in range(2):
-        store = MongoStore(database, sweep_every=None)
-        await store.start()
-        await store.close()
-    said = [timed.sub(" in T s", r.getMessage()) for r in caplog.records
-            if r.name.startswith("chargegraph.store")]
-    steps = await steps_done(database)
-    assert steps > 1
-    assert [line.startswith("migration step ") and line.endswith(" done in T s")
-            for line in said] == [True] * steps + [False]
-    assert said[-1] == f"migrated the database to schema {SCHEMA_VERSION} in T s"
+    await _start(database)
+    schema = migrations.SCHEMA_VERSION
+    assert _said(caplog) == [f"created the database at schema {schema} in T s"]
+    caplog.clear()
+    # Two steps a newer build brings (their marks gone): an upgrade.
+    await database[migrations.MIGRATIONS].delete_many({"_id": {"$in": ["books",
+                                                                        "plate_forms"]}})
+    await _start(database)
+    await _start(database)  # nothing left to do
+    assert _said(caplog) == ["migration step books done in T s",
+                             "migration step plate_forms done in T s",
+                             f"migrated the database to schema {schema} in T s"]
+
+
+async def test_a_start_while_another_migrates_says_only_what_it_ran(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-f: a start counted the steps' done marks, so one starting while another
+    instance migrated said "migrated the database" though it ran no step (and read the
+    marks majority-committed right after its own writes)."""
+    caplog.set_level(logging.INFO, logger="chargegraph.store")
+    database = async_mongomock_database()
+    before_indexes = store_module.before_indexes
+
+    async def another_migrating_first(*args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(store_module, "before_indexes", before_indexes)
+        await _start(database)  # the other instance, all its steps run
+        await before_indexes(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "before_indexes", another_migrating_first)
+    await _start(database)
+    assert _said(caplog) == [  # the other's alone
+        f"created the database at schema {migrations.SCHEMA_VERSION} in T s"]
