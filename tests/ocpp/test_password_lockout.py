@@ -1476,6 +1476,8 @@ async def test_a_check_not_done_in_time_is_answered_503_and_logged(
     assert said == [f"refused charge point 'CP-1' from {CHARGER}: "
                     f"{server_module.CHECK_NOT_DUE}"], warnings(caplog)  # once
     await soon(lambda: not central.server._checks)  # the check ran on to its end
-    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # from its digest
+    checked = counting_checks(central, monkeypatch)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert checked == []  # let in from the digest the cut check cached, not checked again
     password_hash = central.stations["CP-1"].auth_password_hash or ""
     assert charging.sign_ins.lockout("CP-1", password_hash, CHARGER) is None
