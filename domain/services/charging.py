@@ -188,8 +188,21 @@ MAX_LATE_SAMPLES = 1000
 STOP_BELOW_READINGS_SLACK_WH = 500
 
 #: Sessions closed without their stop whose charger still metered them, noted so that is
-#: logged once per session (``ChargingService._still_metered``); forgotten past this many.
+#: logged once per session (``ChargingService._still_metered``), and contradicting repeated
+#: stops (``_contradicting_repeat``); each set forgotten past this many.
 MAX_NOTED_CLOSES = 1000
+
+
+def first_noted(noted: set[Any], key: Any) -> bool:
+    """Whether ``key`` is new to ``noted`` (added now): what is logged once per key and
+    process. Bounded: past ``MAX_NOTED_CLOSES`` it starts over, at worst one more line
+    each."""
+    if key in noted:
+        return False
+    if len(noted) >= MAX_NOTED_CLOSES:
+        noted.clear()
+    noted.add(key)
+    return True
 
 #: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
 #: its own (the charger stamps the resend) and still be taken for the same start: the
@@ -610,6 +623,8 @@ class ChargingService(ChargerConnections):
         self.session_updates = LatestUpdates(self.publish)
         #: Sessions whose metering after their close without a stop was logged.
         self._metered_after_close: set[str] = set()
+        #: Sessions' contradicting repeated stops logged, with what differs.
+        self._contradictions: set[tuple[str, str]] = set()
         ctx.committed.append(self.cache.forget)
         #: Called with the station's id once a StartTransaction's answer went out
         #: (``start_answered``): the site's load management tells the new session its
@@ -2055,11 +2070,9 @@ class ChargingService(ChargerConnections):
         stop, when it comes, corrects the close with the real meterStop). Logged once
         per session and process, so an operator learns the close was wrong instead of
         the frames vanishing silently."""
-        if not closed_without_stop(session) or session.id in self._metered_after_close:
+        if not closed_without_stop(session) \
+                or not first_noted(self._metered_after_close, session.id):
             return
-        if len(self._metered_after_close) >= MAX_NOTED_CLOSES:
-            self._metered_after_close.clear()  # bounded: at worst one more line each
-        self._metered_after_close.add(session.id)
         log.warning("%s: transaction %s, closed without its stop by %s, is still metered "
                     "by its charger: its meter values are kept as history, adding "
                     "nothing until its StopTransaction corrects the close; end it at the "
@@ -2151,7 +2164,8 @@ class ChargingService(ChargerConnections):
         identical repeat (a lost answer) stays quiet. The meterStop as recorded (none for
         one no register can read, ``_stop``); the timestamp only where the recorded end
         is the stop's own: one stamped in our future or before its start, or on a clock
-        behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``)."""
+        behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``). Each
+        contradiction said once per session and process (``first_noted``)."""
         differs = []
         register = meter_stop if 0 <= meter_stop <= v.MAX_READING else None
         if register != session.meter_stop_wh:
@@ -2163,7 +2177,10 @@ class ChargingService(ChargerConnections):
             recorded = session.end_as_reported
             differs.append(f"timestamp {stamp.isoformat()}, recorded "
                            f"{recorded.isoformat() if recorded else None}")
-        if differs:
+        # Once per session and contradiction: a charger resends an unanswered stop
+        # verbatim, every few seconds until it is answered as it expects (review r32-e:
+        # a line each time).
+        if differs and first_noted(self._contradictions, (session.id, "; ".join(differs))):
             log.warning("%s: a repeated StopTransaction of transaction %s, stopped "
                         "already, differs from its recorded stop (%s): ignored, the "
                         "session kept as recorded; check the charger", session.cp_id,
