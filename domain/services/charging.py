@@ -20,7 +20,7 @@ from functools import partial, wraps
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 from domain import validation as v
-from domain.availability import connectors_held, connectors_reserved
+from domain.availability import connectors_held
 from domain.clock import as_utc
 from domain.entities import (
     BILLED_TIME_TOLERANCE,
@@ -92,6 +92,7 @@ from domain.services.charger_connections import (
     ChargerConnections,
 )
 from domain.services.charger_sign_ins import KNOWN_FOR, ChargerSignInLimits, ChargerSignIns
+from domain.services.commands import CANCEL_CLAIM_S
 from domain.services.edits import edit, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
@@ -1152,22 +1153,30 @@ class ChargingService(ChargerConnections):
                                        stated: _Reported, previous: _Reported | None
                                        ) -> bool:
         """Whether a plug's Reserved turning Available is left for its reservation's end
-        to announce: the charger let the reservation go (cancelled, or ended on its own
-        clock) while one is still live here, no session holding the plug. That end
-        (``Service.publish`` of the reservation's ``ReservationChanged``, on whichever
-        instance records it) tells the plug Available and free, once; announced here
-        too it read Available and not free just before (QA s32: a cancel's answer is
-        recorded after the charger's report of it). A read that fails announces it."""
+        to announce: the charger answering a cancel of a reservation still live here,
+        its answer not recorded yet (``Reservation.cancel_sending_since``, marked by the
+        cancel's send, ``CommandService._cancel_marked``; lapsed after
+        ``CANCEL_CLAIM_S``), no session holding the plug. That end (``Service.publish``
+        of the reservation's ``ReservationChanged``, on whichever instance records it)
+        tells the plug Available and free, once; announced here too it read Available
+        and not free just before (QA s32: a cancel's answer is recorded after the
+        charger's report of it). A charger that let a reservation go with no cancel
+        sent (a reboot, its own clock) is announced at once (review r32-e: held back,
+        the map showed the plug RESERVED until the reservation's end, while queries
+        said AVAILABLE). A read that fails announces it."""
         if connector is None or previous is None \
                 or previous.status is not ConnectorStatus.RESERVED \
                 or stated.status is not ConnectorStatus.AVAILABLE:
             return False
-        where = Eq("id", connector.id)
+        now = self.now()
         try:
-            reserved = await self.store.find_one(Connector, all_of(
-                where, connectors_reserved(self.now())))
+            reserved = await self.store.find_one(Reservation, all_of(
+                Eq("station_id", connector.station_id),
+                In("connector_id", (connector.connector_id, 0)), live_reservations(now),
+                Range("cancel_sending_since",
+                      gte=now - timedelta(seconds=CANCEL_CLAIM_S))))
             held = reserved is not None and await self.store.find_one(
-                Connector, all_of(where, connectors_held())) is not None
+                Connector, all_of(Eq("id", connector.id), connectors_held())) is not None
         except Exception:
             log.exception("reading whether connector %s is reserved failed", connector.id)
             return False
