@@ -530,10 +530,9 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             raise ConfigError("the demo's simulated chargers need its OCPP server, which "
                               "CHARGEGRAPH_OCPP_ENABLED=false turns off: leave it on, or "
                               "pass --no-chargers")
-        if not reset:
-            # Refused before anything is written: building the app keeps its JWT secret
-            # beside the database (ops QA s32). --reset decides for itself below.
-            asyncio.run(refuse_early(settings.database_url))
+        # Refused before anything is written: building the app keeps its JWT secret
+        # beside the database (ops QA s32); --reset by its own refusals (review r32-e).
+        asyncio.run(refuse_early(settings.database_url, reset=reset))
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)
         if reset and sqlite_path(settings.database_url) is not None:

@@ -49,6 +49,7 @@ from chargegraph.startup import starting
 from chargegraph.stores import (
     check_database_url,
     database_location,
+    refuse_reset_early,
     sqlite_path,
     started_store,
     store_label,
@@ -130,19 +131,25 @@ async def prepare_demo_database(database_url: str) -> None:
             await store.close()
 
 
-async def refuse_early(database_url: str) -> None:
+async def refuse_early(database_url: str, *, reset: bool = False) -> None:
     """``ConfigError`` for a database the demo would refuse (``prepare_demo_database``),
     by reads alone, before the command writes anything: the app it builds first keeps
     its JWT secret beside the database (ops QA s32: a refused database was "left
     untouched", a ``.chargegraph/jwt_secret`` made beside it). A database the demo may
-    use, or none, passes; ``prepare_demo_database`` decides again when it opens it."""
+    use, or none, passes; ``prepare_demo_database`` decides again when it opens it.
+    ``reset`` (``demo --reset``): the reset's refusals instead, those that read alone
+    (review r32-e: skipped for it, a deployment's MongoDB database was refused after
+    the secret was written): a MongoDB database the demo did not mark or one in use
+    (``_droppable``), a SQLite one in use (``refuse_reset_early``)."""
     check_database_url(database_url)
     database = database_location(database_url)
     own = own_database(database_url)
     path = sqlite_path(database_url)
     if path is not None:
         path = path.resolve()
-        if path.exists():
+        if reset:
+            refuse_reset_early(path)
+        elif path.exists():
             _admitted(path, database, own)
         return
     from store.mongo import MongoStore
@@ -150,7 +157,10 @@ async def refuse_early(database_url: str) -> None:
     with starting(store_label(database_url)):
         store = MongoStore.connect(database_url)
         try:
-            await _mongo_marked(store.db, database, own)
+            if reset:
+                await _droppable(store.db, database, own)
+            else:
+                await _mongo_marked(store.db, database, own)
         finally:
             await store.close()
 
@@ -408,6 +418,15 @@ async def drop_demo_mongo_database(db: Any, database: str, own: str) -> bool:
     """``demo --reset`` on MongoDB: drops a database that carries the demo's mark (whether
     it dropped one); refuses one without it (a deployment's: never dropped on a flag) and
     one an instance of the service runs on (a live lease)."""
+    if not await _droppable(db, database, own):
+        return False
+    await db.client.drop_database(db.name)
+    return True
+
+
+async def _droppable(db: Any, database: str, own: str) -> bool:
+    """Whether ``drop_demo_mongo_database`` has a database to drop (False: nothing there),
+    or its refusal. Reads only."""
     if not await db.list_collection_names():
         return False  # nothing there: nothing to drop
     if await db[COUNTERS].find_one({"_id": DEMO_MADE}) is None:
@@ -417,7 +436,6 @@ async def drop_demo_mongo_database(db: Any, database: str, own: str) -> bool:
     if await mongo_leased(db):
         raise ConfigError(f"--reset: {database} is in use by a running instance of the "
                           "service: stop it first")
-    await db.client.drop_database(db.name)
     return True
 
 

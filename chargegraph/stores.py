@@ -171,13 +171,7 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     # real path, and unlinking the link left the database it names (review r-ops2). The
     # link is kept: the next start creates the new database where it points.
     path = path.resolve()
-    from store.sqlite.backup import (
-        SIDE_FILES,
-        BackupError,
-        refuse_inaccessible,
-        refuse_open,
-        refuse_running,
-    )
+    from store.sqlite.backup import SIDE_FILES, BackupError, refuse_open
 
     # Not under a running instance (QA s24: a second `demo --reset` deleted the first
     # demo's database, which then refused every write, and only after that found its
@@ -191,9 +185,8 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     found = [candidate for candidate in
              (path, *(path.with_name(path.name + s) for s in SIDE_FILES))
              if candidate.exists()]
+    refuse_reset_early(path)
     try:
-        refuse_inaccessible(path, "reset")
-        refuse_running(path, "reset")
         refuse_open(path, "reset")
     except BackupError as exc:
         raise ConfigError(f"--reset: {exc}") from exc
@@ -205,6 +198,20 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
         if candidate not in found and candidate.exists():  # made by the checks' open
             candidate.unlink()
     return removed
+
+
+def refuse_reset_early(path: Path) -> None:
+    """``remove_sqlite_database``'s refusals that read alone (a database this user may not
+    read and write, one a running instance leases), so ``demo --reset`` says them before
+    anything is written (``demo_database.refuse_early``); whether another process has it
+    open is told by changing its journal mode, when the reset runs."""
+    from store.sqlite.backup import BackupError, refuse_inaccessible, refuse_running
+
+    try:
+        refuse_inaccessible(path, "reset")
+        refuse_running(path, "reset")
+    except BackupError as exc:
+        raise ConfigError(f"--reset: {exc}") from exc
 
 
 def backup_sqlite_database(database_url: str, target: Path, *, overwrite: bool

@@ -1038,7 +1038,10 @@ class Reservation(Record):
     #: that one for ``CANCEL_CLAIM_S`` (a withdrawal's relayed from another instance and
     #: the holder's sweep sent the charger the same cancel twice, review r28-leftan);
     #: ``None`` when no send has it, or one let it go undelivered
-    #: (``CommandService._claim_cancel``).
+    #: (``CommandService._claim_cancel``). On a live reservation: a cancel of it is being
+    #: sent, until its answer is recorded (``CommandService._cancel_marked``), which holds
+    #: its charger's Available back for the reservation's end to announce
+    #: (``ChargingService._left_to_reservation_end``).
     cancel_sending_since: datetime | None = None
 
     def state_at(self, now: datetime) -> ReservationState:

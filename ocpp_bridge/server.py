@@ -167,7 +167,8 @@ assert CHARGER_REFUSAL_DELAY_S <= HANDSHAKE_TIMEOUT_S / 5
 #: not be in time: the charger is answered 503 with Retry-After, as when the checks
 #: pending fill up, rather than dropped at the timeout with no answer at all (ops QA
 #: s32: chargers restarting behind one address, "did not receive a valid HTTP
-#: response", nothing in the log). Its check runs on, as a dropped one's does, so the
+#: response", nothing in the log). Its check runs on, or, still queued for its address's
+#: turn, keeps its place and runs when the turn comes (``OcppServer._cut``), so the
 #: retry of a right password is let in from the cached digest. The rest of the timeout
 #: is for the TLS and request before it and the answer after.
 CHECK_DUE_SHARE = 0.75
@@ -384,6 +385,11 @@ class OcppServer:
         #: client address as the limits count it, with the handshakes waiting for their
         #: turn (``MAX_PENDING_PER_ADDRESS``, ``_AddressTurns``).
         self._checks: set[asyncio.Task[bool]] = set()
+        #: Handshakes answered 503 at their due time (``_password_in_time``) whose
+        #: password's look goes on: queued for their address's turn, they keep their
+        #: place (within ``MAX_WAITING_PER_ADDRESS``) and start their check then (within
+        #: ``MAX_PENDING_CHECKS``), so the retry finds its digest; cancelled at ``stop``.
+        self._cut: set[asyncio.Future[bool | Refused]] = set()
         self._turns = _AddressTurns()
         #: cp_id → its checks pending from addresses its charger passed from, while any
         #: are (``KNOWN_SHARE_PER_STATION``): at most ``MAX_PENDING_CHECKS`` entries.
@@ -511,6 +517,10 @@ class OcppServer:
         self._server = None
         # Handshakes gone: nobody waits for them. What their arrival counted is withdrawn
         # (``_check_ended``): a password never checked counts as nothing.
+        for cut in list(self._cut):
+            cut.cancel()
+        if self._cut:
+            await asyncio.wait(list(self._cut))
         for check in list(self._checks):
             check.cancel()
         if self._checks:
@@ -874,8 +884,10 @@ class OcppServer:
                                 ) -> bool | Refused:
         """``_password_ok``, or, when its answer is not known ``CHECK_DUE_SHARE`` of the
         handshake timeout after it arrived (on ``handshake_timer``), 503 with
-        Retry-After (``CHECK_NOT_DUE``): cut there, it is as a handshake dropped at the
-        timeout, its check running on and nothing more counted."""
+        Retry-After (``CHECK_NOT_DUE``): its check runs on, and one still queued for
+        its address's turn keeps its place and is checked when it comes (``_cut``;
+        review r32-e: cancelled there, it never ran, and the retry needed a check of its
+        own), its answer told to nobody but the digest cache."""
         verdict = asyncio.ensure_future(self._password_ok(station, password, peer))
         due = asyncio.ensure_future(
             self.handshake_timer.sleep(HANDSHAKE_TIMEOUT_S * CHECK_DUE_SHARE))
@@ -887,13 +899,17 @@ class OcppServer:
         finally:
             due.cancel()
         if not verdict.done():
-            verdict.cancel()
-            # Its cancellation lets go of what it held (its address's turn, its place in
-            # the queue) before the charger is told to come back.
-            await asyncio.gather(verdict, return_exceptions=True)
-            if verdict.cancelled():
-                return checks_busy(CHECK_NOT_DUE)
+            self._cut.add(verdict)
+            verdict.add_done_callback(self._cut_done)
+            return checks_busy(CHECK_NOT_DUE, "the password check did not finish in time: "
+                                              "retry\n")
         return verdict.result()
+
+    def _cut_done(self, verdict: asyncio.Future[bool | Refused]) -> None:
+        self._cut.discard(verdict)
+        if not verdict.cancelled() and verdict.exception() is not None:
+            log.error("the password check of a handshake answered 503 failed",
+                      exc_info=verdict.exception())
 
     async def _password_ok(self, station: Any, password: str, peer: str = "", *,
                            turn: bool = False, arrived: float | None = None
@@ -1493,12 +1509,13 @@ def _host_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def checks_busy(reason: str) -> Refused:
+def checks_busy(reason: str,
+                message: str = "too many password checks pending: try again later\n"
+                ) -> Refused:
     """503 with Retry-After: no password check can be done for the handshake in time
     (the checks pending here are full, or its own is not done by the time it is due);
     logged at WARNING with ``reason``."""
-    return Refused(CHECKS_BUSY_RETRY_AFTER_S,
-                   "too many password checks pending: try again later\n",
+    return Refused(CHECKS_BUSY_RETRY_AFTER_S, message,
                    status=HTTPStatus.SERVICE_UNAVAILABLE, reason=reason,
                    level=logging.WARNING)
 

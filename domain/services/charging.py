@@ -20,7 +20,7 @@ from functools import partial, wraps
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 from domain import validation as v
-from domain.availability import connectors_held, connectors_reserved
+from domain.availability import connectors_held
 from domain.clock import as_utc
 from domain.entities import (
     BILLED_TIME_TOLERANCE,
@@ -92,6 +92,7 @@ from domain.services.charger_connections import (
     ChargerConnections,
 )
 from domain.services.charger_sign_ins import KNOWN_FOR, ChargerSignInLimits, ChargerSignIns
+from domain.services.commands import CANCEL_CLAIM_S
 from domain.services.edits import edit, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
@@ -188,8 +189,21 @@ MAX_LATE_SAMPLES = 1000
 STOP_BELOW_READINGS_SLACK_WH = 500
 
 #: Sessions closed without their stop whose charger still metered them, noted so that is
-#: logged once per session (``ChargingService._still_metered``); forgotten past this many.
+#: logged once per session (``ChargingService._still_metered``), and contradicting repeated
+#: stops (``_contradicting_repeat``); each set forgotten past this many.
 MAX_NOTED_CLOSES = 1000
+
+
+def first_noted(noted: set[Any], key: Any) -> bool:
+    """Whether ``key`` is new to ``noted`` (added now): what is logged once per key and
+    process. Bounded: past ``MAX_NOTED_CLOSES`` it starts over, at worst one more line
+    each."""
+    if key in noted:
+        return False
+    if len(noted) >= MAX_NOTED_CLOSES:
+        noted.clear()
+    noted.add(key)
+    return True
 
 #: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
 #: its own (the charger stamps the resend) and still be taken for the same start: the
@@ -617,6 +631,8 @@ class ChargingService(ChargerConnections):
         self.session_updates = LatestUpdates(self.publish)
         #: Sessions whose metering after their close without a stop was logged.
         self._metered_after_close: set[str] = set()
+        #: Sessions' contradicting repeated stops logged, with what differs.
+        self._contradictions: set[tuple[str, str]] = set()
         ctx.committed.append(self.cache.forget)
         #: Called with the station's id once a StartTransaction's answer went out
         #: (``start_answered``): the site's load management tells the new session its
@@ -1151,22 +1167,30 @@ class ChargingService(ChargerConnections):
                                        stated: _Reported, previous: _Reported | None
                                        ) -> bool:
         """Whether a plug's Reserved turning Available is left for its reservation's end
-        to announce: the charger let the reservation go (cancelled, or ended on its own
-        clock) while one is still live here, no session holding the plug. That end
-        (``Service.publish`` of the reservation's ``ReservationChanged``, on whichever
-        instance records it) tells the plug Available and free, once; announced here
-        too it read Available and not free just before (QA s32: a cancel's answer is
-        recorded after the charger's report of it). A read that fails announces it."""
+        to announce: the charger answering a cancel of a reservation still live here,
+        its answer not recorded yet (``Reservation.cancel_sending_since``, marked by the
+        cancel's send, ``CommandService._cancel_marked``; lapsed after
+        ``CANCEL_CLAIM_S``), no session holding the plug. That end (``Service.publish``
+        of the reservation's ``ReservationChanged``, on whichever instance records it)
+        tells the plug Available and free, once; announced here too it read Available
+        and not free just before (QA s32: a cancel's answer is recorded after the
+        charger's report of it). A charger that let a reservation go with no cancel
+        sent (a reboot, its own clock) is announced at once (review r32-e: held back,
+        the map showed the plug RESERVED until the reservation's end, while queries
+        said AVAILABLE). A read that fails announces it."""
         if connector is None or previous is None \
                 or previous.status is not ConnectorStatus.RESERVED \
                 or stated.status is not ConnectorStatus.AVAILABLE:
             return False
-        where = Eq("id", connector.id)
+        now = self.now()
         try:
-            reserved = await self.store.find_one(Connector, all_of(
-                where, connectors_reserved(self.now())))
+            reserved = await self.store.find_one(Reservation, all_of(
+                Eq("station_id", connector.station_id),
+                In("connector_id", (connector.connector_id, 0)), live_reservations(now),
+                Range("cancel_sending_since",
+                      gte=now - timedelta(seconds=CANCEL_CLAIM_S))))
             held = reserved is not None and await self.store.find_one(
-                Connector, all_of(where, connectors_held())) is not None
+                Connector, all_of(Eq("id", connector.id), connectors_held())) is not None
         except Exception:
             log.exception("reading whether connector %s is reserved failed", connector.id)
             return False
@@ -2076,11 +2100,9 @@ class ChargingService(ChargerConnections):
         stop, when it comes, corrects the close with the real meterStop). Logged once
         per session and process, so an operator learns the close was wrong instead of
         the frames vanishing silently."""
-        if not closed_without_stop(session) or session.id in self._metered_after_close:
+        if not closed_without_stop(session) \
+                or not first_noted(self._metered_after_close, session.id):
             return
-        if len(self._metered_after_close) >= MAX_NOTED_CLOSES:
-            self._metered_after_close.clear()  # bounded: at worst one more line each
-        self._metered_after_close.add(session.id)
         log.warning("%s: transaction %s, closed without its stop by %s, is still metered "
                     "by its charger: its meter values are kept as history, adding "
                     "nothing until its StopTransaction corrects the close; end it at the "
@@ -2172,7 +2194,8 @@ class ChargingService(ChargerConnections):
         identical repeat (a lost answer) stays quiet. The meterStop as recorded (none for
         one no register can read, ``_stop``); the timestamp only where the recorded end
         is the stop's own: one stamped in our future or before its start, or on a clock
-        behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``)."""
+        behind ours at the start, was ended elsewhere (``_stop``, ``billed_end``). Each
+        contradiction said once per session and process (``first_noted``)."""
         differs = []
         if stop_register(meter_stop) != session.meter_stop_wh:
             differs.append(f"meterStop {meter_stop} Wh, recorded {session.meter_stop_wh}")
@@ -2183,7 +2206,10 @@ class ChargingService(ChargerConnections):
             recorded = session.end_as_reported
             differs.append(f"timestamp {stamp.isoformat()}, recorded "
                            f"{recorded.isoformat() if recorded else None}")
-        if differs:
+        # Once per session and contradiction: a charger resends an unanswered stop
+        # verbatim, every few seconds until it is answered as it expects (review r32-e:
+        # a line each time).
+        if differs and first_noted(self._contradictions, (session.id, "; ".join(differs))):
             log.warning("%s: a repeated StopTransaction of transaction %s, stopped "
                         "already, differs from its recorded stop (%s): ignored, the "
                         "session kept as recorded; check the charger", session.cp_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
@@ -143,6 +143,8 @@ OWED_SWEEP_AT_ONCE = 4
 #: for a relay, so a send still waiting for its answer is never doubled; a claim left by
 #: a process that died mid-send lapses after it (``_claim_cancel``).
 CANCEL_CLAIM_S = 2 * int(COMMAND_TIMEOUT_S)
+#: What a cancel's mark of its live reservation writes (``CommandService._cancel_marked``).
+_SENDING = frozenset({"cancel_sending_since"})
 #: Before any cancel was owed (``Reservation.cancel_owed_since``): the bound that makes
 #: a ``Range`` of it "not null" on every store (null is never within a bound).
 _EVER = datetime(1970, 1, 1, tzinfo=UTC)
@@ -339,6 +341,10 @@ class CommandOutcome:
     #: Never handed to its charger: its SENT entry could not be written
     #: (``CommandService._audit_sent``; ``_undelivered``).
     unsent: bool = False
+    #: A CancelReservation of a live reservation: the ``cancel_sending_since`` its SENT
+    #: entry's write gave the reservation (``CommandService._cancel_marked``), taken
+    #: away with its answer.
+    cancel_marked: datetime | None = None
 
 
 #: How many times a remote start is stored again when its charger booted meanwhile
@@ -2212,9 +2218,13 @@ class CommandService(Service):
         be written, nothing is sent, and what the command stored (a PENDING reservation, a
         pending start) is settled as not sent rather than left holding the plug (review
         s17)."""
+        marked_at = self.now()
+        marked = self._cancel_marked(outcome, marked_at)
         try:
             await self.commit(viewer, [], extra_audit=[
-                self._audit_entry(viewer, outcome, payload, "SENT")])
+                self._audit_entry(viewer, outcome, payload, "SENT")], unaudited=marked)
+            if marked:
+                outcome.cancel_marked = marked_at
         except BaseException as exc:
             if outcome.reservation is not None or outcome.pending is not None:
                 # Not sent, so a definite no (the reservation removed), not an
@@ -2239,6 +2249,34 @@ class CommandService(Service):
                                       outcome.station.cp_id, outcome.pending.id_tag,
                                       outcome.pending.expires_at)
             raise
+
+    @staticmethod
+    def _cancel_marked(outcome: CommandOutcome, at: datetime) -> list[Update]:
+        """A live reservation's cancel, marked on it as being sent
+        (``cancel_sending_since``: ``at``) in its SENT entry's write, until its answer is
+        recorded (``_cancel_unmarked``): the charger reports the plug Available as it
+        answers, and that report is left to the reservation's end to announce while the
+        mark is there (``ChargingService._left_to_reservation_end``, on whichever
+        instance the charger is connected to; review r32-e: held back whenever a
+        reservation was live, a charger that dropped one on its own left the map
+        showing it RESERVED). An owed cancel's reservation is cancelled already and
+        claimed as it is sent (``_claim_cancel``). The field alone, unstamped: nobody's
+        change of the reservation (its answer's update is told landed by its stamps,
+        ``landed``)."""
+        reservation = outcome.reservation
+        if outcome.action != "CancelReservation" or reservation is None \
+                or reservation.state not in LIVE_RESERVATION_STATES:
+            return []
+        return [Update(replace(reservation, cancel_sending_since=at),
+                       _SENDING, only_if=("state", reservation.state))]
+
+    @staticmethod
+    def _cancel_unmarked(outcome: CommandOutcome) -> list[Update]:
+        """``_cancel_marked``'s mark taken away, only if still its own."""
+        if outcome.cancel_marked is None or outcome.reservation is None:
+            return []
+        return [Update(replace(outcome.reservation, cancel_sending_since=None),
+                       _SENDING, only_if=("cancel_sending_since", outcome.cancel_marked))]
 
     @staticmethod
     def _audit_entry(viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any],
@@ -2419,7 +2457,7 @@ class CommandService(Service):
                 else []
             taken = await self._interval_remembered(viewer, station, interval)
             await self.commit(viewer, [*changes, *taken, *remembered], extra_audit=[audit],
-                              unaudited=freed)
+                              unaudited=[*freed, *self._cancel_unmarked(outcome)])
             station_changes[:] = [*taken, *remembered]
             return changes
 

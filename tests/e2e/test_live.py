@@ -553,3 +553,42 @@ async def test_a_cancelled_reservation_is_one_event_of_its_plug_free(
         await cp.status(2, "Preparing")
         later = await _until_free(client, 2, False)
         assert all(event == (1, "AVAILABLE", True) for event in later[:-1]), later
+
+
+@pytest.mark.parametrize("instances", ["one", "two"])
+async def test_a_reservation_its_charger_drops_unasked_is_heard_at_once(
+        tmp_path: Path, instances: str) -> None:
+    """Review r32-e: a charger that lets a reservation go with no cancel sent (a reboot,
+    its own clock) and reports the plug Available was held back for the reservation's
+    end, the map showing it RESERVED for up to the reservation's hour while queries said
+    AVAILABLE. Only a cancel in flight holds the report back
+    (``test_a_cancelled_reservation_is_one_event_of_its_plug_free``): this one is told
+    at once, AVAILABLE and not free (the reservation still holds it here); across
+    instances too (the charger on A, the reservation and the subscriber on B)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if instances == "one":
+            holder = asker = await stack.enter_async_context(running_service(tmp_path))
+        else:
+            holder, asker = await stack.enter_async_context(two_instances(tmp_path))
+        op = await asker.token("op")
+        client = await GraphQLWS.open(asker.ws_url, token=op)
+        stack.push_async_callback(client.close)
+        await client.subscribe(MAP)
+        await asker.until_subscribed(1)
+        cp = await stack.enter_async_context(connected(
+            holder.ocpp_url, "CP-1", password=STATION_PASSWORD))
+        await cp.status(1, "Available")
+        await _until_free(client, 1, True)
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        reserved = (await asker.gql(RESERVE, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER", "expiryDate": expiry}},
+            token=op))["reserveNow"]["reservation"]
+        assert reserved["state"] == "ACTIVE"
+        taken = await _until_free(client, 1, False)
+        while taken[-1][1] != "RESERVED":  # the charger's report follows its answer
+            taken = await _until_free(client, 1, False)
+        await cp.status(1, "Available")  # the charger dropped it on its own
+        # Told by a later report of another plug: whatever came before it.
+        await cp.status(2, "Preparing")
+        later = await _until_free(client, 2, False)
+        assert later[:-1] == [(1, "AVAILABLE", False)], later

@@ -4,6 +4,7 @@ changes; with or without an event bus."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +17,12 @@ from domain.events import ConnectorStatusChanged
 from domain.services.webhooks import webhook_event
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
+from tests.helpers import soon
 from tests.ocpp import test_commands
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_charger_actions import ReservesWithoutSayingSo
 from tests.ocpp.test_commands import run, settle
+from tests.support.mongo_backend import open_mongo_store
 
 #: Every test runs with the OCPP bridge in this process and relayed from another.
 central = test_commands.central
@@ -149,3 +152,45 @@ async def test_a_reservation_is_heard_ending_without_an_event_bus(central: Centr
             "cpId": "CP-1", "reservationId": reserved["reservation"]["reservationId"]})
         await settle()
         assert _status(events, 1)[-1:] == [("Available", True)], _status(events, 1)
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def on_both(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
+    """``bused`` on each store."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_mongo_store()) \
+            if request.param == "mongo" else None
+        c = await start_central(tmp_path / "both.db", bus=MemoryEventBus(), store=store)
+        stack.push_async_callback(stop_central, c)
+        await seed(c)
+        yield c
+
+
+async def test_a_plug_freed_by_its_charger_is_held_back_only_for_a_cancel_sent(
+        on_both: Central) -> None:
+    """Review r32-e: a Reserved plug its charger reports Available while the reservation
+    is live here is left for the reservation's end only while a cancel of it is being
+    sent (its mark, ``cancel_sending_since``): the charger's answer to the cancel comes
+    with its report. One it drops on its own (a reboot) is heard at once, AVAILABLE
+    and not free; on both stores."""
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(on_both.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        events = _heard(on_both)
+        numbers: dict[int, int] = {}
+        for plug in (1, 2):
+            reserved = await run(on_both, "reserveNow", {
+                "cpId": "CP-1", "connectorId": plug, "idTag": "TAG-OTHER",
+                "expiryDate": expiry}, "status reservation { reservationId }")
+            assert reserved["status"] == "ACCEPTED", reserved
+            numbers[plug] = reserved["reservation"]["reservationId"]
+            await soon(lambda: "Reserved" in dict(_status(events, plug)))  # noqa: B023 (awaited here)
+        await cp.status(1, "Available")  # dropped unasked: the reply came with it
+        assert _status(events, 1)[-1] == ("Available", False)
+        before = len(_status(events, 2))
+        cancelled = await run(on_both, "cancelReservation", {
+            "cpId": "CP-1", "reservationId": numbers[2]})
+        assert cancelled["status"] == "ACCEPTED", cancelled
+        await soon(lambda: ("Available", True) in _status(events, 2)[before:])
+        await settle()
+        assert ("Available", False) not in _status(events, 2)[before:], _status(events, 2)

@@ -1468,14 +1468,56 @@ async def test_a_check_not_done_in_time_is_answered_503_and_logged(
                 assert not charger.done()  # nothing answered before it is due
                 await timer.advance_to(timer.wakes()[0])
                 status, body = await charger
-                assert (status, body) == (503, "too many password checks pending: try "
-                                               "again later\n")
+                assert (status, body) == (503, "the password check did not finish in "
+                                               "time: retry\n")
     finally:
         held.set()
     said = [w for w in warnings(caplog) if "password check" in w]
     assert said == [f"refused charge point 'CP-1' from {CHARGER}: "
                     f"{server_module.CHECK_NOT_DUE}"], warnings(caplog)  # once
     await soon(lambda: not central.server._checks)  # the check ran on to its end
-    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # from its digest
+    checked = counting_checks(central, monkeypatch)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert checked == []  # let in from the digest the cut check cached, not checked again
     password_hash = central.stations["CP-1"].auth_password_hash or ""
     assert charging.sign_ins.lockout("CP-1", password_hash, CHARGER) is None
+
+
+async def test_a_handshake_cut_while_queued_keeps_its_place_and_is_checked(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-e: a handshake cut at its due time while still queued behind its
+    address's running checks left the queue, its check never run, so its retry needed
+    a check of its own (and, the address still busy, met the same fate). It keeps its
+    place and is checked when its turn comes: the retry is let in from its digest, no
+    check run for it. Told by the checks' own order, the due time moved by the test."""
+    charging = central.services.charging
+    timer = ManualRefusalTimer()
+    central.server.handshake_timer = timer
+    real = charging.password_ok
+    held = threading.Event()  # set: the checks may end
+    checked: list[str] = []
+
+    def argon2(station: d.Station, password: str | None) -> bool:
+        checked.append(station.cp_id)
+        assert held.wait(10), "the checks were never let go"
+        return real(station, password)
+
+    monkeypatch.setattr(charging, "password_ok", argon2)
+    full = server_module.MAX_PENDING_PER_ADDRESS
+    try:
+        busy = [asyncio.ensure_future(told(central, f"NOPE-{i}", "guess", CHARGER))
+                for i in range(full)]  # the address's turns, all taken
+        await soon(lambda: len(central.server._checks) == full)
+        charger = asyncio.ensure_future(told(central, "CP-1", STATION_PASSWORD, CHARGER))
+        await soon(lambda: len(timer.sleeping) == full + 1)
+        await timer.advance_to(max(timer.wakes()))
+        assert await charger == (503, "the password check did not finish in time: retry\n")
+        assert "CP-1" not in checked  # cut still queued
+    finally:
+        held.set()
+    await asyncio.gather(*busy)
+    await soon(lambda: not central.server._cut and not central.server._checks)
+    assert "CP-1" in checked  # checked once its turn came
+    retried = counting_checks(central, monkeypatch)
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert retried == []  # from the digest the queued check cached

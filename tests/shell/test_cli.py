@@ -266,13 +266,17 @@ def test_demo_reset_on_mongodb_reads_its_database_first(
     assert "cannot start the store at mongodb://127.0.0.1:1/cg" in refused.stderr
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+@pytest.mark.parametrize(("kind", "args"), [("sqlite", []), ("mongo", []),
+                                            ("mongo", ["--reset"])])
 def test_demo_refuses_a_database_not_its_own_before_writing_anything(
         runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        kind: str) -> None:
+        kind: str, args: list[str]) -> None:
     """Ops QA s32: `chargegraph demo` on a database it refuses ("it is left untouched")
     had first built its app, which made `.chargegraph/jwt_secret` beside it (MongoDB's:
-    in the working directory). The refusal comes before anything is written."""
+    in the working directory). The refusal comes before anything is written; `--reset`'s
+    too (review r32-e: it skipped the early check). A SQLite database not the demo's is
+    one `--reset` deletes: its refusal is one in use
+    (``test_demo_reset_refuses_a_database_an_instance_runs_on``)."""
     import asyncio
 
     from store.mongo import MongoStore
@@ -293,7 +297,7 @@ def test_demo_refuses_a_database_not_its_own_before_writing_anything(
         monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:27017/cg")
     before = sorted(p.name for p in tmp_path.iterdir())
     never_serve(monkeypatch)
-    refused = runner.invoke(cli, ["demo"])
+    refused = runner.invoke(cli, ["demo", *args])
     assert refused.exit_code == 2, refused.output
     assert "was not made by the demo" in refused.stderr, refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .chargegraph/
@@ -320,10 +324,13 @@ def test_demo_reset_refuses_a_database_an_instance_runs_on(
         conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?, 1)',
                      ("i1", "system", "system", "host", far))
     never_serve(monkeypatch)
+    before = sorted(p.name for p in tmp_path.iterdir())
     refused = runner.invoke(cli, ["demo", "--reset"])
     assert refused.exit_code == 2, refused.output
     assert "an instance of the service runs on" in refused.stderr
     assert "stop every instance, then reset" in refused.stderr
+    # Before anything is written (review r32-e): no .chargegraph/ beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "cli.db").exists()
 
 
