@@ -66,9 +66,9 @@ class RetentionService(Service):
         if self.keep.meter_samples is not None:
             deleted += await sweep_expired(
                 self.store, MeterSample, samples_prunable(now - self.keep.meter_samples),
-                "at", BATCH)
+                "at", BATCH, oldest_by="at")
         if self.keep.status_events is not None:
             deleted += await sweep_expired(
                 self.store, StatusEvent, Range("at", lt=now - self.keep.status_events),
-                "at", BATCH)
+                "at", BATCH, oldest_by="at")
         return deleted
