@@ -2005,7 +2005,9 @@ async def test_the_sweeps_read_each_batch_from_the_oldest_through_their_index(
     """Review r32-g: read in id order, a sweep's batch walked the id index, the round's
     last batch through the whole table (300,000 samples: ``SCAN t0 USING INDEX
     sqlite_autoindex_meter_sample_1``); each is read by the field its expiry bounds, from
-    its index."""
+    its index. And a sample's session is looked up by its key, per sample: the set of
+    the sessions that may still change was built by a scan of every session, once per
+    batch (``LIST SUBQUERY`` over ``SCAN t1``)."""
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
                                        clock=lambda: T0),
                         retention=Retention(meter_samples=timedelta(days=30),
@@ -2023,7 +2025,8 @@ async def test_the_sweeps_read_each_batch_from_the_oldest_through_their_index(
     assert len(plans) == len(indexes)
     for plan, index in zip(plans, indexes, strict=True):
         assert f"SEARCH t0 USING INDEX {index}" in plan, plan
-        assert "SCAN t0" not in plan, plan
+        assert "SCAN" not in plan, plan
+    assert "SEARCH t1 USING INDEX sqlite_autoindex_session_1 (id=?)" in plans[0], plans[0]
 
 
 async def test_version_78_keys_each_station_by_its_cp_id_whatever_the_case(
