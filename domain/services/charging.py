@@ -2423,8 +2423,12 @@ class ChargingService(ChargerConnections):
             awaited=awaits_stop(session), stopped=True, readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
             meter=meter, stop_stamp=stamp)
+        # The samples' changes first: closed by its stop and ended before a retention's
+        # cut-off (a stop sent weeks late), the session's samples may go as soon as its
+        # close lands, which on MongoDB is before the rest of the write: a sweep landing
+        # in between deleted a sample the write then lowered, failing it (review r32-g).
         await self.commit(actor, changes,
-                          unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
+                          first=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
         return closed, updated_payments(changes)
 
     async def end_session(self, viewer: Viewer, session_id: str,

@@ -76,4 +76,4 @@ async def hold_back(store: Store, policy: Policy, viewer: Viewer, tag: str, hold
 async def sweep(store: Store, before: datetime) -> int:
     """Deletes the freeings at ``before`` (``HELD_FOR`` ago) or earlier; how many."""
     return await sweep_expired(store, FreedIdTag, Range("freed_at", lte=before), "freed_at",
-                               BATCH)
+                               BATCH, oldest_by="freed_at")

@@ -395,7 +395,7 @@ class IdempotencyService(Service):
         as a fresh key meanwhile stays); how many."""
         return await sweep_expired(self.store, IdempotencyKey,
                                    Range("expires_at", lte=self.now()), "claimant",
-                                   SWEEP_BATCH)
+                                   SWEEP_BATCH, oldest_by="expires_at")
 
     async def forget(self, user_id: str, mentioning: Sequence[str] = ()) -> None:
         """Deletes every key of the user, and every other user's whose kept answer holds

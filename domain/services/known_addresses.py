@@ -84,7 +84,7 @@ async def sweep(store: Store, before: datetime) -> int:
     """Deletes the pairs that last passed at ``before`` (``KNOWN_FOR`` ago) or earlier
     (one passing again meanwhile stays); how many."""
     return await sweep_expired(store, KnownChargerAddress, Range("passed_at", lte=before),
-                               "passed_at", BATCH)
+                               "passed_at", BATCH, oldest_by="passed_at")
 
 
 async def forget(store: Store, station_id: str,

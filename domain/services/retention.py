@@ -50,8 +50,14 @@ def samples_prunable(before: datetime) -> Filter:
                         Eq("stop_reason", None),
                         Eq("closed_without_stop", True),
                         Range("end_time", gte=before))
+    # Joined on the session's own id: a correlated check, each sample looking up its
+    # own session by its key. Uncorrelated, SQLite built the set of every changeable
+    # session once per batch, by a scan of the whole session table (those ended since
+    # the cut-off and those closed without their stop: a set that only grows; review
+    # r32-g).
     return all_of(Range("at", lt=before),
-                  NotSub("session_id", "session", changeable))
+                  NotSub("session_id", "session", changeable,
+                         joined=(("session_id", "id"),)))
 
 
 class RetentionService(Service):
@@ -66,9 +72,9 @@ class RetentionService(Service):
         if self.keep.meter_samples is not None:
             deleted += await sweep_expired(
                 self.store, MeterSample, samples_prunable(now - self.keep.meter_samples),
-                "at", BATCH)
+                "at", BATCH, oldest_by="at")
         if self.keep.status_events is not None:
             deleted += await sweep_expired(
                 self.store, StatusEvent, Range("at", lt=now - self.keep.status_events),
-                "at", BATCH)
+                "at", BATCH, oldest_by="at")
         return deleted

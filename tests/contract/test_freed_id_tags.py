@@ -6,9 +6,7 @@ staff at once, swept once past the hold-back; chargers answer it Invalid meanwhi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -19,9 +17,8 @@ from domain.ports import Delete, Store
 from domain.query import ALL
 from domain.services import Services, freed_tags
 from domain.services.freed_tags import HELD_FOR
-from store.sqlite import SqliteStore
 from tests.contract.factories import company, put, station, user
-from tests.contract.instances import KEY, T0, Clock, instance
+from tests.contract.instances import KEY, T0, Clock, instance, right_after
 
 TAG = "DEMO-0002"
 
@@ -123,40 +120,8 @@ async def test_an_erased_account_s_card_numbers_are_held_back_and_answered_inval
     await services.fleet.settled()
 
 
-def right_after_a_card_s_delete(store: Store, monkeypatch: pytest.MonkeyPatch,
-                                act: Callable[[], Awaitable[None]]) -> None:
-    """Runs ``act`` once, as soon as a card's delete is written: on MongoDB within its
-    batch, whose changes land one by one, each seen by other writers at once (the rest
-    of the batch still to come); on SQLite, one transaction, once the write is done."""
-    done = False
-
-    async def once() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            await act()
-
-    def deletes_a_card(change: object) -> bool:
-        return isinstance(change, Delete) and isinstance(change.record, IdTag)
-
-    if isinstance(store, SqliteStore):
-        write = store.write
-
-        async def written(changes: Any, *args: Any, **kwargs: Any) -> None:
-            await write(changes, *args, **kwargs)
-            if any(deletes_a_card(change) for change in changes):
-                await once()
-        monkeypatch.setattr(store, "write", written)
-        return
-    from store.mongo import writes
-    apply = writes.apply
-
-    async def applied(db: Any, step: Any, *args: Any, **kwargs: Any) -> Any:
-        out = await apply(db, step, *args, **kwargs)
-        if deletes_a_card(step):
-            await once()
-        return out
-    monkeypatch.setattr(writes, "apply", applied)
+def deletes_a_card(change: object) -> bool:
+    return isinstance(change, Delete) and isinstance(change.record, IdTag)
 
 
 @pytest.mark.parametrize("freed_by", ["removal", "erasure"])
@@ -178,7 +143,7 @@ async def test_an_issue_on_another_instance_landing_right_after_the_card_s_delet
             told.append("issued")
         except Conflict as error:
             told.append(f"{error.code} on {error.field}")
-    right_after_a_card_s_delete(store, monkeypatch, take)
+    right_after(store, monkeypatch, deletes_a_card, take)
     if freed_by == "removal":
         await a.fleet.remove_id_tag(Viewer.of(world.jonas), card.id)
     else:

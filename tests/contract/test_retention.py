@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from domain.entities import MeterSample, Payment, Session, SessionState, StatusEvent
-from domain.policy import Policy
-from domain.ports import Store
+from domain.entities import MeterSample, Payment, Role, Session, SessionState, StatusEvent
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.ports import Store, Update
 from domain.query import ALL, Eq
-from domain.services import ServiceContext, Services, retention
+from domain.services import ConnectorSpec, ServiceContext, Services, retention
+from domain.services.metering import MeterReading, SampledValue
 from domain.services.retention import Retention
 from tests.contract.factories import meter_sample, payment, put, session, station, status_event
+from tests.contract.instances import T0, Clock, instance, right_after
 from tests.helpers import FastHasher
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -116,3 +118,51 @@ async def test_the_sweep_deletes_a_batch_per_write(store: Store,
     assert writes == [2, 2, 1, 2, 1]
     assert await store.find_all(MeterSample, ALL) == []
     assert await store.find_all(StatusEvent, ALL) == []
+
+
+async def test_a_late_stop_s_samples_are_not_swept_from_under_its_write(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-g: a stop arriving after the retention (a charger's queue sent weeks
+    late) makes its session prunable by its close. On MongoDB a write's changes land one
+    by one, and the session's came before the samples' it changes: another instance's
+    sweep landing in between deleted the sample whose increment the stop lowers, the
+    stop's write failed on it and rolled back, and its retry billed a session whose
+    samples were gone. The samples' changes land first now: by the time the session is
+    closed, the stop's write has nothing left to do to them."""
+    clock = Clock()
+    a = instance(store, clock)
+    swept: list[int] = []
+
+    async def sweep() -> None:
+        other = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                        clock=clock), retention=Retention(meter_samples=KEEP))
+        swept.append(await other.retention.sweep())
+
+    driver = await a.accounts.create_user(SYSTEM, email="d@example.com",
+                                          password="password-123", name="d",
+                                          role=Role.DRIVER)
+    await a.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    await a.stations.create_station(SYSTEM, cp_id="CP-L", name="CP-L",
+                                    connectors=[ConnectorSpec(1)])
+    charging = a.charging
+    tx, _ = await charging.start_transaction("CP-L", 1, "TAG-1", 0, T0)
+    for wh, seconds in ((1000, 600), (9000, 1800)):  # the second believable, yet wrong
+        await charging.meter_values("CP-L", 1, tx, [MeterReading(
+            T0 + timedelta(seconds=seconds),
+            (SampledValue(str(wh), "Energy.Active.Import.Register", "Wh"),))])
+    clock.now = T0 + KEEP + timedelta(days=10)  # the stop comes that late
+
+    def closes(change: object) -> bool:
+        return isinstance(change, Update) and isinstance(change.record, Session) \
+            and change.record.state is SessionState.COMPLETED
+    right_after(store, monkeypatch, closes, sweep)
+    await charging.stop_transaction("CP-L", tx, 2000, T0 + timedelta(seconds=3000))
+    [closed] = await store.find_all(Session, Eq("transaction_id", tx))
+    samples = await store.find_all(MeterSample, Eq("session_id", closed.id))
+    # The sweep ran between the session's close and the rest of the write (on SQLite,
+    # after it) and took the session's curve whole, the stop's first write holding: not
+    # rolled back and retried over the samples left, whose closing sample took back, as
+    # -7000 Wh, the increment the sweep had deleted.
+    assert swept == [2]
+    assert (closed.energy_wh, closed.state) == (2000, SessionState.COMPLETED)
+    assert [s.delta_wh for s in samples] == []

@@ -13,7 +13,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
@@ -66,8 +66,10 @@ from domain.query import (
     Sub,
     all_of,
 )
+from domain.services import ServiceContext, Services, freed_tags, known_addresses
 from domain.services.base import holding_card
 from domain.services.charging import ChargingService
+from domain.services.retention import Retention
 from graph.history import NEWEST_FIRST, OLDEST_FIRST
 from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
@@ -90,6 +92,7 @@ from tests.contract.factories import (
     tariff,
     user,
 )
+from tests.helpers import FastHasher
 from tests.support.schema_at import roll_back
 
 SQL_TYPE = {"id": "TEXT", "str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER",
@@ -1994,6 +1997,35 @@ async def test_the_open_unknown_intervals_are_read_from_their_own_index(
     plan = await _plan(store, ConnectorInterval, all_of(
         Eq("end", None), Eq("known", False), Range("start", lte=T0)))
     assert "connector_interval_open_unknown_idx" in plan, plan
+
+
+async def test_the_sweeps_read_each_batch_from_the_oldest_through_their_index(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r32-g: read in id order, a sweep's batch walked the id index, the round's
+    last batch through the whole table (300,000 samples: ``SCAN t0 USING INDEX
+    sqlite_autoindex_meter_sample_1``); each is read by the field its expiry bounds, from
+    its index. And a sample's session is looked up by its key, per sample: the set of
+    the sessions that may still change was built by a scan of every session, once per
+    batch (``LIST SUBQUERY`` over ``SCAN t1``)."""
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                       clock=lambda: T0),
+                        retention=Retention(meter_samples=timedelta(days=30),
+                                            status_events=timedelta(days=30)))
+    statements = _recorded_reads(store, monkeypatch)
+    await services.retention.sweep()
+    await services.idempotency.sweep()
+    await known_addresses.sweep(store, T0)
+    await freed_tags.sweep(store, T0)
+    plans = [await _plan_of(store, *statement) for statement in statements]
+    indexes = ["meter_sample_at_delta_idx (at<?)", "status_event_at_idx (at<?)",
+               "idempotency_key_expires_at_idx (expires_at<?)",
+               "known_charger_address_passed_at_idx (passed_at<?)",
+               "freed_id_tag_freed_at_idx (freed_at<?)"]
+    assert len(plans) == len(indexes)
+    for plan, index in zip(plans, indexes, strict=True):
+        assert f"SEARCH t0 USING INDEX {index}" in plan, plan
+        assert "SCAN" not in plan, plan
+    assert "SEARCH t1 USING INDEX sqlite_autoindex_session_1 (id=?)" in plans[0], plans[0]
 
 
 async def test_version_78_keys_each_station_by_its_cp_id_whatever_the_case(
