@@ -26,7 +26,7 @@ from chargegraph.http_limits import HEALTHZ
 from chargegraph.listening import addresses_of, url_host
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
-from chargegraph.secrets import derived_key, resolve_jwt_secret
+from chargegraph.secrets import derived_key, secret_beside_database
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.signals import StoppableStart
@@ -34,9 +34,7 @@ from chargegraph.startup import PlainStartupFailures, starting
 from chargegraph.stores import (
     check_database_url,
     database_location,
-    make_database_folder,
     new_database,
-    sqlite_path,
     started_store,
     store_label,
 )
@@ -47,6 +45,7 @@ from domain.ids import new_id
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
+from domain.services.throttle import Shared
 from domain.services.throttle_sharing import ThrottleSharing
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
@@ -61,11 +60,15 @@ log = logging.getLogger("chargegraph")
 def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
                    jwt_secret: str, bus: Any = None) -> Services:
     """The services over ``store``, on every path that builds them (the app, the CLI's
-    create-user and demo): freed card numbers (``FreedIdTag``) digested with the key
-    derived from the deployment's ``jwt_secret``, the same everywhere (review r32-f: the
-    CLI's had an empty key, so a path of its freeing or checking a card would have
-    bypassed the hold)."""
-    return Services(
+    create-user and demo), keyed with keys derived from the deployment's ``jwt_secret``,
+    the same everywhere, sharing or not: what the throttles count and chargers' known
+    addresses (``KnownChargerAddress``) and freed card numbers (``FreedIdTag``) must be
+    no unkeyed hash of an address or a short card UID (review s31: a lone instance
+    digested with an empty key, so anyone holding the database and a cpId could try
+    every IPv4 address; review r32-c: card numbers likewise; review r32-f: the CLI's had
+    an empty key, so a path of its freeing or checking a card would have bypassed the
+    hold)."""
+    services = Services(
         ServiceContext(store=store, policy=Policy(public_map=settings.public_map),
                        hasher=hasher, bus=bus,
                        digest_key=derived_key(jwt_secret, "freed card numbers")),
@@ -80,6 +83,17 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         charger_sign_ins=settings.charger_sign_ins,
         retention=settings.retention,
     )
+    throttle_key = derived_key(jwt_secret, "sign-in throttle")
+    for throttle in shared_throttles(services):
+        throttle.secret = throttle_key
+    return services
+
+
+def shared_throttles(services: Services) -> list[Shared]:
+    """What the services count sign-ins and registrations with, across the instances
+    when they share a Redis (``ThrottleSharing``)."""
+    return [*services.accounts.throttles, *services.charging.sign_ins.shared,
+            services.charging.registrations, *services.personal_data.throttles]
 
 
 #: A request before the lifespan built the services: 503 in each door's error shape.
@@ -143,18 +157,14 @@ def _detach(sources: Sources) -> None:
 SETTLE_TIMEOUT_S = 5.0
 
 
-def schema_of(database_url: str) -> int:
+def schema_of() -> int:
     """The schema for /healthz: the highest SQLite migration this build applies, which
     its start brought the database to (or refused to start on a newer one), so instances
-    answering different numbers run different schemas. On MongoDB the same number: its
+    answering different numbers run different schemas. MongoDB's is the same number: its
     start steps record it (``claim_schema``'s ``SCHEMA_VERSION``, SQLite's last
     migration) before their first write and when the start completes, and refuse a
     database a newer build recorded (QA s32: MongoDB said none, and the version, 0.3.0
     since schema 29, could not tell builds apart)."""
-    if sqlite_path(database_url) is None:
-        from store.mongo.migrations import SCHEMA_VERSION
-
-        return SCHEMA_VERSION
     from store.sqlite.migrations import MIGRATIONS
 
     return MIGRATIONS[-1][0]
@@ -185,9 +195,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                           f"a port, or one address as CHARGEGRAPH_OCPP_HOST")
     # A folder that would leave the page blank stops the start, naming what is wrong.
     assets_route, assets_url = graphiql_assets_route(settings)
-    # Before the secret's folder beside it; one it cannot make is the store start's.
-    make_database_folder(settings.database_url, or_leave_it=True)
-    jwt_secret = resolve_jwt_secret(settings)
+    jwt_secret = secret_beside_database(settings)
     tokens = TokenService(jwt_secret, timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
     exports = _LateBound(EXPORT_STARTING)  # the CSV exports, built with the GraphQL app
@@ -211,14 +219,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             with starting("the event bus"):
                 await bus.start()
             stack.push_async_callback(bus.close)
-            # Every instance keys what it counts and what the store keeps by a digest
-            # with a key derived from the deployment's secret, sharing or not: chargers'
-            # known addresses (``KnownChargerAddress``, the throttles' key) and freed card
-            # numbers (``FreedIdTag``, ``build_services``') must be no unkeyed hash of an
-            # address or a short card UID (review s31: a lone instance digested with an
-            # empty key, so anyone holding the database and a cpId could try every IPv4
-            # address; review r32-c: card numbers likewise).
-            digest_key = derived_key(jwt_secret, "sign-in throttle")
             services = build_services(settings, store, hasher or Argon2Hasher(), jwt_secret,
                                       bus)
             try:
@@ -270,10 +270,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # GraphQL.
             instances_bus = bus if check_event_bus_url(settings.pubsub_url) == "redis" \
                 else None
-            throttles = [*services.accounts.throttles, *services.charging.sign_ins.shared,
-                         services.charging.registrations, *services.personal_data.throttles]
-            for throttle in throttles:
-                throttle.secret = digest_key
             gateway: ChargerGateway | None = local
             stoppable: OcppGateway | CommandRelay | None = local
             if instances_bus is not None:
@@ -287,7 +283,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # its throttles count, chargers' password checks included (and where
                 # chargers passed them from: a station locked by guesses on one instance
                 # still checks its charger's own address on another).
-                sharing = ThrottleSharing(instances_bus, throttles)
+                sharing = ThrottleSharing(instances_bus, shared_throttles(services))
                 await stack.enter_async_context(housekeeping.subscribed(
                     instances_bus, [SignInsCounted.topic], sharing.follow, "sign-in-counts"))
             if stoppable is not None:
@@ -393,7 +389,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
 
     # The version and the schema: which build a load balancer's instance runs, and with
     # which database schema (rolling upgrades).
-    build = {"version": __version__, "schema": schema_of(settings.database_url)}
+    build = {"version": __version__, "schema": schema_of()}
 
     async def healthz(request: Request) -> Response:
         store: Store | None = getattr(request.app.state, "store", None)

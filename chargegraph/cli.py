@@ -349,16 +349,14 @@ def create_user(
 
     async def run() -> str:
         from chargegraph.app import build_services
-        from chargegraph.secrets import resolve_jwt_secret
+        from chargegraph.secrets import secret_beside_database
         from chargegraph.security import Argon2Hasher
-        from chargegraph.stores import make_database_folder, new_database, started_store
+        from chargegraph.stores import new_database, started_store
         from domain.policy import SYSTEM
 
         fresh = new_database(settings.database_url)
-        # The app's secret, for the key its services digest with (``build_services``);
-        # as `serve` does, the database's folder made before the secret's beside it.
-        make_database_folder(settings.database_url, or_leave_it=True)
-        jwt_secret = resolve_jwt_secret(settings)
+        # The app's secret, for the key its services digest with (``build_services``).
+        jwt_secret = secret_beside_database(settings)
         async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher(), jwt_secret)
             company_id = None

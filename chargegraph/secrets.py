@@ -10,9 +10,18 @@ from pathlib import Path
 
 from chargegraph.errors import ConfigError
 from chargegraph.settings import Settings
+from chargegraph.stores import make_database_folder
 
 log = logging.getLogger("chargegraph")
 MIN_SECRET = 32
+
+
+def secret_beside_database(settings: Settings) -> str:
+    """``resolve_jwt_secret`` on a path that opens the database (`serve`, create-user):
+    the database's folder made first, as ``make_database_folder`` says why (the secret's
+    state folder is beside it by default); one it cannot make is the store start's."""
+    make_database_folder(settings.database_url, or_leave_it=True)
+    return resolve_jwt_secret(settings)
 
 
 def resolve_jwt_secret(settings: Settings) -> str:

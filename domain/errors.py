@@ -83,8 +83,12 @@ class TooManyRequests(DomainError):
 
     @property
     def retry_after_s(self) -> int:
-        """Whole seconds, at least one (what ``Retry-After`` says)."""
-        return max(1, math.ceil(self.retry_after.total_seconds()))
+        return retry_after_seconds(self.retry_after)
+
+
+def retry_after_seconds(retry_after: timedelta) -> int:
+    """Whole seconds, at least one (what ``Retry-After`` says)."""
+    return max(1, math.ceil(retry_after.total_seconds()))
 
 
 class UniqueViolation(Conflict):

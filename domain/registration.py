@@ -21,7 +21,8 @@ refused (``NEW_AUTHORIZATIONS``), a start or stop is answered without its card's
 Whatever a charger was told, what closes what is open on record is taken: the stop of
 its session still ACTIVE or closed without its stop, readings of its session still ACTIVE
 on that session's connector, and the states of the connectors its station has
-(``closes_recorded``); nothing it names creates or reopens a record (review r32-a).
+(``CLOSES_RECORDED``, ``STATE_REPORTS``, judged by ``ChargingService._on_record``);
+nothing it names creates or reopens a record (review r32-a).
 """
 
 from __future__ import annotations
@@ -67,13 +68,6 @@ def admits(registration: Registration, action: str,
     if _may_send(registration, action):
         return True
     return told is not None and action not in NEW_AUTHORIZATIONS and _may_send(told, action)
-
-
-def closes_recorded(action: str, recorded: bool) -> bool:
-    """Whether ``action``, from a charger ``admits`` refuses, is still taken: a stop,
-    readings or a state report naming what is open on record for it (``recorded``:
-    ``ChargingService`` judges that). A new start or authorization never is."""
-    return recorded and action in CLOSES_RECORDED | STATE_REPORTS
 
 
 def _may_send(registration: Registration, action: str) -> bool:

@@ -474,9 +474,7 @@ def cp_id(value: str | None, field: str = "cpId") -> str:
     2), which cannot hold one (RFC 7617), so such a station could never sign in. Checked
     when an identity is made (a station created or registered); one stored before keeps
     working without a password."""
-    value = _given(value, field)
-    if not value:
-        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    value = filled(value, field)
     if len(value) > MAX_CP_ID:
         raise ValidationError(f"at most {MAX_CP_ID} characters", field=field, code="TOO_LONG")
     if not re.fullmatch(r"[A-Za-z0-9._~\-*+|@]+", value):
@@ -494,9 +492,7 @@ def cp_id_key(cp_id: str) -> str:
 
 def id_tag(value: str | None, field: str = "tag") -> str:
     """OCPP 1.6 IdToken: CiString20Type, case-insensitive by the spec; stored upper-case."""
-    cleaned = _given(value, field).strip()
-    if not cleaned:
-        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    cleaned = filled(_given(value, field).strip(), field)
     if len(cleaned) > MAX_ID_TAG:
         raise ValidationError(f"at most {MAX_ID_TAG} characters", field=field, code="TOO_LONG")
     if not cleaned.isascii() or not cleaned.isprintable():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -355,13 +354,11 @@ class GraphQLHTTPHandler:
                 "a request with this Idempotency-Key is still running, or its instance "
                 "stopped while it ran and the key is held until it lapses: send it again "
                 "after Retry-After seconds", IDEMPOTENCY_KEY_IN_PROGRESS), 409, media,
-                {"Retry-After": str(math.ceil(begun.retry_after.total_seconds()))})
-        codes: list[str] = []
+                {"Retry-After": str(begun.retry_after_s)})
         reached: list[str] = []
-        marker = payload_codes.set(codes)
         outside = outside_effects.set(reached)
         try:
-            response, outcome, ran = await self._execute(
+            response, outcome, ran, codes = await self._execute(
                 query, variables, operation_name, allowed, context, media, "POST")
         except Exception:
             if not reached:
@@ -375,10 +372,9 @@ class GraphQLHTTPHandler:
             # the payment provider was reached: not run again, even so.
             log.exception("a mutation with an idempotency key failed after it reached "
                           "outside the service (%s); its answer is kept", ", ".join(reached))
-            response, outcome, ran = _response(_error_body(
-                REACHED_OUTSIDE, INTERNAL_SERVER_ERROR), 500, media), "error", False
+            response, outcome, ran, codes = _response(_error_body(
+                REACHED_OUTSIDE, INTERNAL_SERVER_ERROR), 500, media), "error", False, []
         finally:
-            payload_codes.reset(marker)
             outside_effects.reset(outside)
         # Cancelled (the client gone, the service stopping) it stays claimed: whether the
         # mutation ran is not known, so the key lapses (``LEASE``) rather than run again.
@@ -392,25 +388,21 @@ class GraphQLHTTPHandler:
     async def execute(self, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, allowed: set[OperationType],
                       context: GraphContext, media: str, method: str) -> Response:
-        marker = payload_codes.set([])
-        try:
-            response, outcome, _ = await self._execute(query, variables, operation_name,
-                                                    allowed, context, media, method)
-        finally:
-            payload_codes.reset(marker)
+        response, outcome, _, _ = await self._execute(query, variables, operation_name,
+                                                      allowed, context, media, method)
         self.metrics.graphql_request(operation_type(query, operation_name), outcome)
         return response
 
     async def _execute(self, query: str, variables: dict[str, Any] | None,
                        operation_name: str | None, allowed: set[OperationType],
                        context: GraphContext, media: str, method: str
-                       ) -> tuple[Response, str, bool]:
+                       ) -> tuple[Response, str, bool, list[str]]:
         """The response, its outcome for the metrics (``ok``, ``error``: executed, with
-        errors or a payload error of ``SERVICE_FAILURE_CODES`` among the ``payload_codes``
-        its caller collects, or ``invalid``: refused before execution), and whether the operation's
-        root fields all completed: an error is a root field's own (its use case failed,
-        path ``[field]``) or one of a field read for its answer after it ran
-        (``[field, …]``). ``_once`` keeps the answer of a mutation that ran, whatever
+        errors or a payload error of ``SERVICE_FAILURE_CODES``, or ``invalid``: refused
+        before execution), whether the operation's root fields all completed, and the
+        codes of its payload errors (``payload_codes``). An error is a root field's own
+        (its use case failed, path ``[field]``) or one of a field read for its answer
+        after it ran (``[field, …]``). ``_once`` keeps the answer of a mutation that ran, whatever
         failed in reading its answer: released, the retry ran the mutation again (QA: a
         car added twice, DUPLICATE). One whose write's outcome is unknown
         (``STORE_OUTCOME_UNKNOWN``, top-level too) counts as ran: part of it may stand."""
@@ -418,7 +410,9 @@ class GraphQLHTTPHandler:
             # Strawberry would run the first one; the GraphQL spec asks for an error.
             return self._request_failure(
                 "Must provide operation name if query contains multiple operations.",
-                media, OPERATION_RESOLUTION_FAILURE), "invalid", False
+                media, OPERATION_RESOLUTION_FAILURE), "invalid", False, []
+        codes: list[str] = []
+        marker = payload_codes.set(codes)
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context,
@@ -427,13 +421,15 @@ class GraphQLHTTPHandler:
         except InvalidOperationTypeError as exc:
             if method == "GET" and exc.operation_type is OperationType.MUTATION:
                 return _response(_error_body("mutations need POST"), 405, media,
-                                 {"Allow": "POST"}), "invalid", False
+                                 {"Allow": "POST"}), "invalid", False, codes
             return self._request_failure(
                 "subscriptions run over the websocket endpoint", media, BAD_REQUEST), \
-                "invalid", False
+                "invalid", False, codes
         except CannotGetOperationTypeError as exc:  # no operation of that name
             return self._request_failure(exc.as_http_error_reason(), media,
-                                         OPERATION_RESOLUTION_FAILURE), "invalid", False
+                                         OPERATION_RESOLUTION_FAILURE), "invalid", False, codes
+        finally:
+            payload_codes.reset(marker)
         errors = [e.formatted for e in result.errors] if result.errors else None
         no_data = isinstance(result, PreExecutionError) or (
             result.data is None and result.errors is not None
@@ -446,8 +442,7 @@ class GraphQLHTTPHandler:
             payload["extensions"] = result.extensions
         status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
         outcome = "invalid" if isinstance(result, PreExecutionError) \
-            else "error" if errors or not SERVICE_FAILURE_CODES.isdisjoint(
-                payload_codes.get() or ()) else "ok"
+            else "error" if errors or not SERVICE_FAILURE_CODES.isdisjoint(codes) else "ok"
         ran = not no_data and not any(e.path is None or len(e.path) < 2
                                       for e in result.errors or ())
         # A write whose outcome is unknown may stand, in part: its answer is kept as a
@@ -455,7 +450,7 @@ class GraphQLHTTPHandler:
         # resolver that let it through), for its retry would run over the first try.
         ran = ran or any((e.extensions or {}).get("code") == StoreOutcomeUnknown.code
                          for e in result.errors or ())
-        return _response(payload, status, media), outcome, ran
+        return _response(payload, status, media), outcome, ran, codes
 
     @staticmethod
     def _request_failure(message: str, media: str, code: str) -> Response:

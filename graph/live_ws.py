@@ -188,8 +188,8 @@ class LiveOperation:
         self.group = group
         self.accept = feed.accept
         self.last = feed.last
-        kind = "next" if connection.protocol == TRANSPORT_WS else "data"
-        self.prefix = f'{{"id":{dumps(op_id)},"type":"{kind}","payload":'
+        self.prefix = \
+            f'{{"id":{dumps(op_id)},"type":"{connection.result_type}","payload":'
         self.dropped = 0
         self.pending: deque[QueuedSend] = deque()
         self.stopped = False
@@ -335,6 +335,12 @@ class Connection:
         #: Closes the socket when its token expires (``valid_until``, on the timers).
         self.expiry_timer: Cancellable | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
+
+    @property
+    def result_type(self) -> str:
+        """The type of a message carrying a result: graphql-transport-ws's ``next``, the
+        legacy protocol's ``data``."""
+        return "next" if self.protocol == TRANSPORT_WS else "data"
 
     # -- messages -----------------------------------------------------------
     async def handle(self, raw: str) -> None:
@@ -648,8 +654,7 @@ class Connection:
         ends with EVENTS_LOST when the bus is back, as every other does (QA s32: it
         looked live and heard nothing from the other instances)."""
         formatted = mask(events_unavailable(), suggestions=self.hub.introspection).formatted
-        kind = "next" if self.protocol == TRANSPORT_WS else "data"
-        self.outbox.control({"type": kind, "id": op_id,
+        self.outbox.control({"type": self.result_type, "id": op_id,
                              "payload": {"data": None, "errors": [formatted]}})
 
     def _stop(self, op_id: str) -> None:
@@ -721,11 +726,10 @@ class Connection:
             self._drop(op_id)
             self._error(op_id, list(result.errors or []))
             return
-        kind = "next" if self.protocol == TRANSPORT_WS else "data"
         payload: dict[str, Any] = {"data": result.data}
         if result.errors:
             payload["errors"] = [e.formatted for e in result.errors]
-        self.outbox.control({"type": kind, "id": op_id, "payload": payload})
+        self.outbox.control({"type": self.result_type, "id": op_id, "payload": payload})
         self._drop(op_id)
         self.outbox.control({"type": "complete", "id": op_id})
 
@@ -805,14 +809,13 @@ class Connection:
             self.finish(op_id)
 
     async def _per_subscriber(self, op_id: str, executor: Executor, source: Any) -> None:
-        kind = "next" if self.protocol == TRANSPORT_WS else "data"
         try:
             async for payload in source:
                 per_event = executor.build_per_event_executor(payload)
                 outcome = execute_subscription_event(per_event)
                 if not isinstance(outcome, ExecutionResult):
                     outcome = await cast(Awaitable[ExecutionResult], outcome)
-                self.outbox.control({"type": kind, "id": op_id,
+                self.outbox.control({"type": self.result_type, "id": op_id,
                                      "payload": result_payload(outcome)})
         finally:
             with contextlib.suppress(Exception):

@@ -162,9 +162,7 @@ class ChargerClocks:
         opened = self._connected.get(cp_id)
         if opened is None or cp_id not in self._seen:
             return False
-        known = self.charger_time(cp_id, opened)
-        return known - MAX_QUEUED_BEFORE_RECORD <= charger_time \
-            < known - BILLED_TIME_TOLERANCE
+        return _in_queue_window(self.charger_time(cp_id, opened), charger_time)
 
     def replayed(self, cp_id: str, charger_time: datetime) -> bool:
         """Whether a start stamped ``charger_time``, asked before it is observed, was
@@ -190,8 +188,7 @@ class ChargerClocks:
         (to this instance) opened, on our clock, but not more than
         ``MAX_QUEUED_BEFORE_RECORD`` (a clock reset, 1970)."""
         opened = self._connected.get(cp_id)
-        return opened is not None \
-            and opened - MAX_QUEUED_BEFORE_RECORD <= charger_time < opened - BILLED_TIME_TOLERANCE
+        return opened is not None and _in_queue_window(opened, charger_time)
 
     def charger_now(self, cp_id: str) -> datetime:
         """The current instant on the charger's clock (our clock until it sent a
@@ -216,3 +213,10 @@ class ChargerClocks:
         today) is followed from its first new timestamp on."""
         seen = self._seen.get(cp_id)
         return None if seen is None else seen[1] + (charger_time - seen[0])
+
+
+def _in_queue_window(opened: datetime, at: datetime) -> bool:
+    """Whether ``at`` is more than ``BILLED_TIME_TOLERANCE`` before ``opened`` (a
+    connection's opening on one clock), but not more than ``MAX_QUEUED_BEFORE_RECORD``
+    (a clock reset, 1970): a report queued while the charger was away."""
+    return opened - MAX_QUEUED_BEFORE_RECORD <= at < opened - BILLED_TIME_TOLERANCE

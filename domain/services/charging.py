@@ -61,7 +61,7 @@ from domain.policy import Viewer, live_reservations, refuse_unless_staff
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
-from domain.registration import CLOSES_RECORDED, STATE_REPORTS, admits, closes_recorded
+from domain.registration import CLOSES_RECORDED, STATE_REPORTS, admits
 from domain.services import known_addresses
 from domain.services.background import Background
 from domain.services.base import (
@@ -714,14 +714,14 @@ class ChargingService(ChargerConnections):
         registration its last boot was answered with, which it acts on, or its station's
         as it is now (for a new authorization, that one alone), as cached for its other
         messages. Refused so, a frame naming what is open on record for it is still
-        taken (``closes_recorded``, ``_on_record``: ``transaction_id``,
-        ``connector_id`` and ``meter_stop`` as the frame has them). No store read for a
-        refused frame beyond the cached station's, but the one record it names."""
+        taken (``_on_record``: ``transaction_id``, ``connector_id`` and ``meter_stop`` as
+        the frame has them). No store read for a refused frame beyond the cached
+        station's, but the one record it names."""
         station = await self._require_station(cp_id)
         if admits(station.registration, action, station.charger_registration):
             return True
-        return closes_recorded(action, await self._on_record(
-            station, action, transaction_id, connector_id, meter_stop))
+        return await self._on_record(station, action, transaction_id, connector_id,
+                                     meter_stop)
 
     async def _on_record(self, station: Station, action: str, transaction_id: object,
                          connector_id: object, meter_stop: object = None) -> bool:
@@ -737,18 +737,20 @@ class ChargingService(ChargerConnections):
         5 and 9."""
         if action in STATE_REPORTS:
             return isinstance(connector_id, int) and (
-                connector_id == 0 or not (await self._connector(station, connector_id))[1])
+                connector_id == 0 or await self.store.find_one(Connector, all_of(
+                    Eq("station_id", station.id), Eq("connector_id", connector_id)))
+                is not None)
         if action not in CLOSES_RECORDED or not isinstance(transaction_id, int):
             return False
         session = await self._transaction(station.cp_id, transaction_id)
         if session is None:
             return False
-        if action == "StopTransaction" and (closed_without_stop(session) or (
+        if action == "StopTransaction":
+            # Not ``stoppable``: one flushed late (``awaits_stop``) is not taken so.
+            return session.state is SessionState.ACTIVE or closed_without_stop(session) or (
                 not stoppable(session) and isinstance(meter_stop, int)
-                and stop_register(meter_stop) == session.meter_stop_wh)):
-            return True
-        return session.state is SessionState.ACTIVE and (
-            action == "StopTransaction" or session.connector_id == connector_id)
+                and stop_register(meter_stop) == session.meter_stop_wh)
+        return session.state is SessionState.ACTIVE and session.connector_id == connector_id
 
     async def password_changed(self, cp_id: str, signed_in_with: str | None, *,
                                fresh: bool = False) -> bool:
@@ -2298,12 +2300,12 @@ class ChargingService(ChargerConnections):
                 status=ConnectorStatus.FINISHING.value, error_code=connector.error_code,
                 info=None))
 
-    async def _register_moved(self, session: Session | None) -> bool:
+    async def _register_moved(self, session: Session) -> bool:
         """Whether a register reading moved ``session``'s count (``RegisterCount.
         registered``): the reading that last moved it (``meter_at``) was a register's,
         as no interval counts after one. Told by its samples from there (one read on the
         (session, at) index), so no column records it; none for a count never moved."""
-        if session is None or session.meter_at is None:
+        if session.meter_at is None:
             return False
         return await self.store.find_one(MeterSample, all_of(
             Eq("session_id", session.id), Eq("measurand", ENERGY_REGISTER),

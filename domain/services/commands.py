@@ -2523,8 +2523,9 @@ class CommandService(Service):
             [current] = landed or await self.store.get_many(Reservation, [wrote.id])
             outcome.reservation = current or outcome.reservation
             error = outcome.error
-            if landed and wrote.cancel_owed_since is not None \
-                    and isinstance(error, ChargerOffline | ChargerLost) \
+            # A cancel is owed only for a charger offline or lost
+            # (``_reservation_answered``): that error, reworded.
+            if landed and wrote.cancel_owed_since is not None and error is not None \
                     and not isinstance(error, ChargerUnreachable):  # says so already
                 # Its own cause kept, of the same kind: a ChargerLost is also a graceful
                 # stop's, a relay's, a supersession's, not only a connection's going

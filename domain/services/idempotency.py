@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from domain.entities import IdempotencyKey, IdempotencyState, User
-from domain.errors import Conflict, NotFound, StoreRefused, UniqueViolation
+from domain.errors import Conflict, NotFound, StoreRefused, UniqueViolation, retry_after_seconds
 from domain.ids import new_id
 from domain.policy import Viewer
 from domain.ports import Delete, Insert, Update
@@ -143,6 +143,10 @@ class InProgress:
     until its lease lapses: ask again after ``retry_after`` (``SOON`` at least)."""
 
     retry_after: timedelta
+
+    @property
+    def retry_after_s(self) -> int:
+        return retry_after_seconds(self.retry_after)
 
 
 class Refusal(Enum):

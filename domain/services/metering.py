@@ -528,9 +528,18 @@ def register_count(session: Session | None, rated_kw: float, registered: bool = 
 
 
 def meters_intervals(readings: Iterable[MeterReading]) -> bool:
-    """Whether ``readings`` have an interval energy reading (``RegisterCount.interval``
-    needs to know whether a register moved the count before)."""
-    return any(sv.measurand == ENERGY_INTERVAL for r in readings for sv in r.values)
+    """Whether ``readings`` have an interval energy reading that counts
+    (``RegisterCount.interval`` needs to know whether a register moved the count
+    before)."""
+    return any(counted_interval(sv) for r in readings for sv in r.values)
+
+
+def counted_interval(sv: SampledValue) -> bool:
+    """Whether ``sv`` is an interval energy reading that counts where a reading has no
+    register (``samples_of``): the outlet's, periodic (``COUNTED_INTERVALS``), the total
+    or a line's."""
+    return sv.measurand == ENERGY_INTERVAL and sv.location in (None, "Outlet") \
+        and sv.context in COUNTED_INTERVALS and (sv.phase is None or sv.phase in LINE_OF_PHASE)
 
 
 def samples_of(station: Station, connector_id: int, transaction_id: int | None,
@@ -583,9 +592,7 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 elif sv.phase in LINE_OF_PHASE:
                     lines.setdefault(LINE_OF_PHASE[sv.phase],
                                      (to_wh(value, sv.unit), len(samples)))
-            elif count is not None and measurand == ENERGY_INTERVAL \
-                    and sv.location in (None, "Outlet") and sv.context in COUNTED_INTERVALS \
-                    and (sv.phase is None or sv.phase in LINE_OF_PHASE):
+            elif count is not None and counted_interval(sv):
                 intervals.setdefault(LINE_OF_PHASE.get(sv.phase or ""),
                                      (to_wh(value, sv.unit), len(samples)))
             # Stamped here rather than by stamp_new: the defaults would each read the

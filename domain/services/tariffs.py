@@ -232,18 +232,23 @@ async def _ending_as(store: Store, field: str, key: Any, tariff: Tariff) -> Tari
     s31: it was left open beside the new one, two versions listed open). Ending it at
     the new one's start prices as before: from there on the new one, later in
     ``LATEST_VERSION_FIRST``'s order with the same end, prices what it would have."""
-    found = await store.find_all(Tariff, all_of(
-        Eq(field, key), Range("valid_from", lte=tariff.valid_from),
-        _scope_filter(_scope_of(tariff)), Eq("valid_until", tariff.valid_until)),
-        LATEST_VERSION_FIRST, limit=1)
+    found = await store.find_all(
+        Tariff, _ending_filter(field, key, tariff, tariff.valid_until), LATEST_VERSION_FIRST,
+        limit=1)
     return found[0] if found else None
 
 
 def _replaced_filter(field: str, key: Any, tariff: Tariff) -> Filter:
     """Versions ``tariff`` replaced (``_replaced_by``), itself left out."""
-    return all_of(Eq(field, key), Range("valid_from", lte=tariff.valid_from),
-                  _scope_filter(_scope_of(tariff)), Eq("valid_until", tariff.valid_from),
+    return all_of(_ending_filter(field, key, tariff, tariff.valid_from),
                   NotSub("id", Tariff.kind, Eq("id", tariff.id)))
+
+
+def _ending_filter(field: str, key: Any, tariff: Tariff, end: datetime | None) -> Filter:
+    """Versions of ``tariff``'s owner (``field`` is ``key``) and scope from no later than
+    its start that end at ``end`` (``None``: open)."""
+    return all_of(Eq(field, key), Range("valid_from", lte=tariff.valid_from),
+                  _scope_filter(_scope_of(tariff)), Eq("valid_until", end))
 
 
 async def _replaced_by(store: Store, field: str, key: Any, tariff: Tariff) -> list[Tariff]:

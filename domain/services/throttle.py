@@ -66,9 +66,9 @@ DIGEST_CHARS = 32
 
 def digest(key: str, secret: bytes = b"") -> str:
     """What a key is kept and shared as: short whatever its length, and keyed with the
-    deployment's ``secret`` (``chargegraph.app`` keys every instance's): an unkeyed digest of an
-    email or an address is matched by anyone with a list of them, and forged by anyone
-    who may publish on the bus (QA s18)."""
+    deployment's ``secret`` (``chargegraph.app.build_services`` keys every instance's):
+    an unkeyed digest of an email or an address is matched by anyone with a list of
+    them, and forged by anyone who may publish on the bus (QA s18)."""
     return hashlib.blake2b(key.encode(), digest_size=DIGEST_CHARS // 2, key=secret
                            ).hexdigest()
 
@@ -89,7 +89,7 @@ class SignInThrottle:
         #: Told each operation counted here (``ThrottleSharing``); ``None``: kept here.
         self.share: Share | None = None
         #: What keys are digested with (``digest``): set before use (the deployment's
-        #: key, by ``chargegraph.app``).
+        #: key, by ``chargegraph.app.build_services``).
         self.secret = b""
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
         self._operations: dict[str, Callable[[str], bool | None]] = {

@@ -32,9 +32,9 @@ MAX_PER_EVENT = 500
 class ThrottleSharing:
     def __init__(self, bus: EventBus, throttles: Sequence[Shared]) -> None:
         """The throttles must not have counted anything yet, each keyed already with the
-        deployment's key (``secret``, set by ``chargegraph.app`` on every instance,
-        sharing or not: the one place, as a lone instance's digests are stored too),
-        which every instance digests keys with (``throttle.digest``)."""
+        deployment's key (``secret``, set by ``chargegraph.app.build_services`` on every
+        path, sharing or not: the one place, as a lone instance's digests are stored
+        too), which every instance digests keys with (``throttle.digest``)."""
         self.bus = bus
         #: This instance, so it skips its own counts when the bus brings them back.
         self.origin = new_id()

@@ -688,25 +688,11 @@ _MANUAL = constant_default(Refund, "provider")
 async def _refund_providers(db: Any) -> None:
     """Refunds recorded before they kept the provider that paid them back
     (``Refund.provider``, SQLite migration 84) take their payment's; one whose payment is
-    gone the default, ``manual``, as SQLite's column default gives it. Marked by the
-    field itself: new documents always carry it."""
-    while True:
-        docs = await db["refund"].find({"provider": {"$exists": False}},
-                                       {"payment_id": 1}).limit(BATCH).to_list()
-        if not docs:
-            break
-        # ``payment_id`` is kept as text, a payment's ``_id`` as an ObjectId.
-        # A refund without one (none kept) reads ``manual``, as SQLite's does: indexed,
-        # a missing field stopped the step, and every start with it (review r32-b).
-        ids = [ObjectId(doc["payment_id"]) for doc in docs
-               if ObjectId.is_valid(doc.get("payment_id"))]
-        providers = {str(p["_id"]): p.get("provider") for p in await db["payment"].find(
-            {"_id": {"$in": ids}}, {"provider": 1}).to_list()}
-        for doc in docs:
-            await db["refund"].update_one(
-                {"_id": doc["_id"], "provider": {"$exists": False}},
-                {"$set": {"provider": providers.get(doc.get("payment_id")) or _MANUAL,
-                          MARK: ObjectId()}})
+    gone (or none kept: indexed, a missing field stopped the step, and every start with
+    it, review r32-b) the default, ``manual``, as SQLite's column default gives it.
+    Marked by the field itself: new documents always carry it."""
+    await _fill_from_referenced(db, "refund", "provider", "payment_id",
+                                ("payment", "provider"), _MANUAL)
 
 
 async def _local_list_holders(db: Any) -> None:
@@ -715,20 +701,30 @@ async def _local_list_holders(db: Any) -> None:
     is still there, so a removed card issued again to its holder is put back (QA s26).
     Marked by the field itself: new documents always carry ``holder_id``, possibly
     null, as do those whose card is gone (its holder is not known)."""
+    await _fill_from_referenced(db, "local_list_entry", "holder_id", "card_id",
+                                ("id_tag", "user_id"))
+
+
+async def _fill_from_referenced(db: Any, collection: str, field: str, reference: str,
+                                source: tuple[str, str], default: Any = None) -> None:
+    """Documents of ``collection`` without ``field`` take it from the document their
+    ``reference`` names (``source``: its collection and field), ``default`` where that is
+    gone, names none or has none; in batches, each document marked."""
+    referenced, source_field = source
     while True:
-        docs = await db["local_list_entry"].find({"holder_id": {"$exists": False}},
-                                                 {"card_id": 1}).limit(BATCH).to_list()
+        docs = await db[collection].find({field: {"$exists": False}},
+                                         {reference: 1}).limit(BATCH).to_list()
         if not docs:
             break
-        # ``card_id`` is kept as text, a card's ``_id`` (and a holder) as an ObjectId.
-        card_ids = [ObjectId(doc["card_id"]) for doc in docs
-                    if ObjectId.is_valid(doc.get("card_id"))]
-        holders = {str(c["_id"]): c.get("user_id") for c in await db["id_tag"].find(
-            {"_id": {"$in": card_ids}}, {"user_id": 1}).to_list()} if card_ids else {}
+        # The reference is kept as text, the ``_id`` it names as an ObjectId.
+        ids = [id_ for doc in docs if (id_ := _as_id(doc.get(reference))) is not None]
+        values = {str(found["_id"]): found.get(source_field)
+                  for found in await db[referenced].find(
+                      {"_id": {"$in": ids}}, {source_field: 1}).to_list()} if ids else {}
         for doc in docs:
-            await db["local_list_entry"].update_one(
-                {"_id": doc["_id"], "holder_id": {"$exists": False}},
-                {"$set": {"holder_id": holders.get(doc.get("card_id")),
+            await db[collection].update_one(
+                {"_id": doc["_id"], field: {"$exists": False}},
+                {"$set": {field: values.get(doc.get(reference)) or default,
                           MARK: ObjectId()}})
 
 

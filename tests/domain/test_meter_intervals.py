@@ -22,6 +22,7 @@ from domain.services.metering import (
     RegisterCount,
     SampledValue,
     believed,
+    meters_intervals,
     samples_of,
 )
 from domain.timebuckets import Bucket
@@ -79,6 +80,18 @@ def test_clock_aligned_triggered_and_repeated_intervals_add_nothing() -> None:
     counted = active(energy_wh=2500, meter_at=START + timedelta(minutes=15))
     assert deltas(counted, reading(15, interval("2500")),
                   reading(10, interval("2500"))) == ([None, None], 2500)
+
+
+def test_only_intervals_that_count_ask_whether_a_register_moved_the_count() -> None:
+    """The frame's read of its session's samples (``_register_moved``) is for the
+    intervals ``samples_of`` counts alone: not a clock-aligned or triggered one, an
+    inlet's, or a phase-to-phase line's."""
+    assert meters_intervals([reading(15, interval("2500", "Sample.Periodic"))])
+    assert meters_intervals([reading(15, interval("800", phase="L1"))])
+    assert not meters_intervals([
+        reading(15, interval("2500", "Sample.Clock"), interval("2500", "Trigger")),
+        reading(16, SampledValue("2500", ENERGY_INTERVAL, "Wh", location="Inlet"),
+                interval("5000", phase="L1-L2"))])
 
 
 def test_an_interval_no_meter_could_show_adds_nothing() -> None:
