@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -131,10 +132,9 @@ def test_an_event_is_taken_up_to_the_most_an_instance_sends() -> None:
     assert len(throttle._failures) == throttle_sharing.MAX_PER_EVENT
 
 
-async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
-        bus: MemoryEventBus) -> None:
-    """A station locked by guesses on A still checks, on B, the address its charger
-    passed from on A; the guessers' failures on A lock them out on B too."""
+async def sign_ins_sharing(bus: MemoryEventBus) -> list[tuple[Any, Any, asyncio.Task[None]]]:
+    """Two instances' charger sign-ins sharing their counts over ``bus``, both following
+    it: (sign-ins, sharing, follower) each; the caller cancels the followers."""
     from domain.services.charger_sign_ins import ChargerSignIns
 
     instances = []
@@ -144,6 +144,14 @@ async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
         instances.append((sign_ins, sharing, asyncio.create_task(
             sharing.follow(bus.subscribe([SignInsCounted.topic])))))
     await asyncio.sleep(0)  # both subscribed
+    return instances
+
+
+async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
+        bus: MemoryEventBus) -> None:
+    """A station locked by guesses on A still checks, on B, the address its charger
+    passed from on A; the guessers' failures on A lock them out on B too."""
+    instances = await sign_ins_sharing(bus)
     (a, a_sharing, _), (b, _, _) = instances
     a.succeeded("CP-1", "hash", "198.51.100.10")  # the charger, on A
     for i in range(20):
@@ -165,15 +173,7 @@ async def test_a_removed_stations_known_addresses_are_forgotten_on_every_instanc
     """A removal's pairs (``KnownAddresses.forget``, told their digests as the store's
     rows are deleted) are dropped on the other instances too, not kept as known for up
     to 30 days; other stations' stay."""
-    from domain.services.charger_sign_ins import ChargerSignIns
-
-    instances = []
-    for _ in range(2):
-        sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = keyed_sharing(bus, sign_ins.shared)
-        instances.append((sign_ins, sharing, asyncio.create_task(
-            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
-    await asyncio.sleep(0)  # both subscribed
+    instances = await sign_ins_sharing(bus)
     (a, a_sharing, _), (b, _, _) = instances
     removed = a.succeeded("CP-1", "hash", "198.51.100.10")
     a.succeeded("CP-2", "hash", "198.51.100.10")
@@ -194,15 +194,7 @@ async def test_made_up_cp_ids_counts_are_shared_as_stations_are(
     """Review s26: made-up cpIds' failures were counted on each instance apart, so a
     lockout over two instances told a real cpId from a made-up one. Their tables of
     their own (``ChargerSignIns.unknown``) travel as the stations' do."""
-    from domain.services.charger_sign_ins import ChargerSignIns
-
-    instances = []
-    for _ in range(2):
-        sign_ins = ChargerSignIns(lambda: NOW)
-        sharing = keyed_sharing(bus, sign_ins.shared)
-        instances.append((sign_ins, sharing, asyncio.create_task(
-            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
-    await asyncio.sleep(0)  # both subscribed
+    instances = await sign_ins_sharing(bus)
     (a, a_sharing, _), (b, _, _) = instances
     assert a.unknown is not None and b.unknown is not None
     for i in range(20):

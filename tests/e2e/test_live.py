@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -514,15 +515,13 @@ async def _until_free(client: GraphQLWS, connector_id: int, free: bool
     raise AssertionError(f"never told connector {connector_id} free={free}: {got}")
 
 
-@pytest.mark.parametrize("instances", ["one", "two"])
-async def test_a_cancelled_reservation_is_one_event_of_its_plug_free(
-        tmp_path: Path, instances: str) -> None:
-    """QA s32: cancelling a reservation on a charger that reports Reserved told the map
-    AVAILABLE with free false, then AVAILABLE with free true: the charger reports the
-    plug Available as it answers the cancel, before the answer is recorded, so its
-    report was announced while the reservation still held the plug. The reservation's
-    end announces it, once, free; across instances too (the charger on A, the cancel
-    and the subscriber on B)."""
+@contextlib.asynccontextmanager
+async def _reserved_on_the_map(tmp_path: Path, instances: str) -> AsyncIterator[
+        tuple[Running, GraphQLWS, Any, str, dict[str, Any]]]:
+    """CP-1's plug 1 reserved for an hour (TAG-OTHER) and heard RESERVED on the map by an
+    operator subscribed on the asking instance; the charger on the holding one (the same
+    for "one", A and B for "two"). Yields the asker, the map's client, the charger, the
+    operator's token and the reservation."""
     async with contextlib.AsyncExitStack() as stack:
         if instances == "one":
             holder = asker = await stack.enter_async_context(running_service(tmp_path))
@@ -545,6 +544,19 @@ async def test_a_cancelled_reservation_is_one_event_of_its_plug_free(
         taken = await _until_free(client, 1, False)
         while taken[-1][1] != "RESERVED":  # the charger's report follows its answer
             taken = await _until_free(client, 1, False)
+        yield asker, client, cp, op, reserved
+
+
+@pytest.mark.parametrize("instances", ["one", "two"])
+async def test_a_cancelled_reservation_is_one_event_of_its_plug_free(
+        tmp_path: Path, instances: str) -> None:
+    """QA s32: cancelling a reservation on a charger that reports Reserved told the map
+    AVAILABLE with free false, then AVAILABLE with free true: the charger reports the
+    plug Available as it answers the cancel, before the answer is recorded, so its
+    report was announced while the reservation still held the plug. The reservation's
+    end announces it, once, free; across instances too (the charger on A, the cancel
+    and the subscriber on B)."""
+    async with _reserved_on_the_map(tmp_path, instances) as (asker, client, cp, op, reserved):
         cancelled = (await asker.gql(CANCEL, {"input": {
             "cpId": "CP-1", "reservationId": reserved["reservationId"]}}, token=op))
         assert cancelled["cancelReservation"]["status"] == "ACCEPTED", cancelled
@@ -565,28 +577,7 @@ async def test_a_reservation_its_charger_drops_unasked_is_heard_at_once(
     (``test_a_cancelled_reservation_is_one_event_of_its_plug_free``): this one is told
     at once, AVAILABLE and not free (the reservation still holds it here); across
     instances too (the charger on A, the reservation and the subscriber on B)."""
-    async with contextlib.AsyncExitStack() as stack:
-        if instances == "one":
-            holder = asker = await stack.enter_async_context(running_service(tmp_path))
-        else:
-            holder, asker = await stack.enter_async_context(two_instances(tmp_path))
-        op = await asker.token("op")
-        client = await GraphQLWS.open(asker.ws_url, token=op)
-        stack.push_async_callback(client.close)
-        await client.subscribe(MAP)
-        await asker.until_subscribed(1)
-        cp = await stack.enter_async_context(connected(
-            holder.ocpp_url, "CP-1", password=STATION_PASSWORD))
-        await cp.status(1, "Available")
-        await _until_free(client, 1, True)
-        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-        reserved = (await asker.gql(RESERVE, {"input": {
-            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER", "expiryDate": expiry}},
-            token=op))["reserveNow"]["reservation"]
-        assert reserved["state"] == "ACTIVE"
-        taken = await _until_free(client, 1, False)
-        while taken[-1][1] != "RESERVED":  # the charger's report follows its answer
-            taken = await _until_free(client, 1, False)
+    async with _reserved_on_the_map(tmp_path, instances) as (_, client, cp, _, _):
         await cp.status(1, "Available")  # the charger dropped it on its own
         # Told by a later report of another plug: whatever came before it.
         await cp.status(2, "Preparing")
