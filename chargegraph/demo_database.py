@@ -31,6 +31,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,22 +114,13 @@ async def prepare_demo_database(database_url: str) -> None:
     """Makes the demo's database if there is none (SQLite: built and marked, then put in
     place; MongoDB: marked first), or checks that the one there carries the demo's mark;
     ``ConfigError`` otherwise, before anything opens, migrates or writes to it."""
-    check_database_url(database_url)
-    database = database_location(database_url)
-    own = own_database(database_url)
-    path = sqlite_path(database_url)
+    database, own, path = _located(database_url)
     if path is not None:
         with starting(store_label(database_url)):  # an unwritable folder: one line
             await _prepare_sqlite(path.resolve(), database, own)
         return
-    from store.mongo import MongoStore
-
-    with starting(store_label(database_url)):
-        store = MongoStore.connect(database_url)  # a plain client: nothing started
-        try:
-            await admit_mongo_database(store.db, database, own)
-        finally:
-            await store.close()
+    async with _mongo_db(database_url) as db:
+        await admit_mongo_database(db, database, own)
 
 
 async def refuse_early(database_url: str, *, reset: bool = False) -> None:
@@ -141,10 +133,7 @@ async def refuse_early(database_url: str, *, reset: bool = False) -> None:
     (review r32-e: skipped for it, a deployment's MongoDB database was refused after
     the secret was written): a MongoDB database the demo did not mark or one in use
     (``_droppable``), a SQLite one in use (``refuse_reset_early``)."""
-    check_database_url(database_url)
-    database = database_location(database_url)
-    own = own_database(database_url)
-    path = sqlite_path(database_url)
+    database, own, path = _located(database_url)
     if path is not None:
         path = path.resolve()
         if reset:
@@ -152,15 +141,28 @@ async def refuse_early(database_url: str, *, reset: bool = False) -> None:
         elif path.exists():
             _admitted(path, database, own)
         return
+    async with _mongo_db(database_url) as db:
+        await (_droppable if reset else _mongo_marked)(db, database, own)
+
+
+def _located(database_url: str) -> tuple[str, str, Path | None]:
+    """A checked URL's database name, the name the demo's mark must carry, and its
+    SQLite file (None on MongoDB)."""
+    check_database_url(database_url)
+    return (database_location(database_url), own_database(database_url),
+            sqlite_path(database_url))
+
+
+@contextlib.asynccontextmanager
+async def _mongo_db(database_url: str) -> AsyncIterator[Any]:
+    """The MongoDB database the URL names, on a plain client (nothing started: no
+    indexes, no migrations), closed after; a failure to reach it said in one line."""
     from store.mongo import MongoStore
 
     with starting(store_label(database_url)):
         store = MongoStore.connect(database_url)
         try:
-            if reset:
-                await _droppable(store.db, database, own)
-            else:
-                await _mongo_marked(store.db, database, own)
+            yield store.db
         finally:
             await store.close()
 
@@ -441,13 +443,6 @@ async def _droppable(db: Any, database: str, own: str) -> bool:
 
 async def reset_demo_mongo_database(database_url: str) -> bool:
     """``drop_demo_mongo_database`` for the database a MongoDB URL names."""
-    from store.mongo import MongoStore
-
-    check_database_url(database_url)
-    with starting(store_label(database_url)):
-        store = MongoStore.connect(database_url)
-        try:
-            return await drop_demo_mongo_database(
-                store.db, database_location(database_url), own_database(database_url))
-        finally:
-            await store.close()
+    database, own, _ = _located(database_url)
+    async with _mongo_db(database_url) as db:
+        return await drop_demo_mongo_database(db, database, own)
