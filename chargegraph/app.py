@@ -366,8 +366,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.IDEMPOTENCY_SWEEP_S, services.idempotency.sweep,
                 "idempotency-key-expiry"))
-            # Meter samples and status reports past their retention (when set) are
-            # deleted, a batch per write (``RetentionService``).
+            # Meter samples, status reports and connection events past their retention
+            # (when set) are deleted, a batch per write (``RetentionService``).
             if services.retention.keep.prunes:
                 await stack.enter_async_context(housekeeping.every(
                     housekeeping.RETENTION_SWEEP_S, services.retention.sweep, "retention"))

@@ -48,8 +48,9 @@ KNOWN_ADDRESS_SWEEP_S = 3600.0
 #: How often card numbers freed 30 days ago are deleted (``FleetService.sweep_freed_tags``;
 #: an issue reads only the last 30 days' anyway).
 FREED_TAG_SWEEP_S = 3600.0
-#: How often meter samples and status reports past their retention are deleted, when
-#: the operator set one (``RetentionService.sweep``): an hour's growth a round.
+#: How often meter samples, status reports and connection events past their retention
+#: are deleted, when the operator set one (``RetentionService.sweep``): an hour's growth
+#: a round.
 RETENTION_SWEEP_S = 3600.0
 
 

@@ -222,7 +222,8 @@ class Settings(BaseSettings):
                     "follows only a delivered one, so a flap within the grace delivers "
                     "neither. 0: both at once. Live subscriptions are never delayed")
     # Unset (0), kept for good, as always: pruning is the operator's choice, and it
-    # thins the energy trends and fault counts of the ranges it prunes (README
+    # thins the energy trends, fault counts and connection histories of the ranges it
+    # prunes (README
     # "Database size"). At most a hundred years: a bound that still fits a timedelta.
     retain_meter_samples_days: int = Field(
         0, ge=0, le=36_500,
@@ -231,6 +232,10 @@ class Settings(BaseSettings):
     retain_status_events_days: int = Field(
         0, ge=0, le=36_500,
         description="Days connectors' status reports are kept; 0: for good")
+    retain_connection_events_days: int = Field(
+        0, ge=0, le=36_500,
+        description="Days chargers' connects and disconnects (a station's connection "
+                    "history) are kept; 0: for good")
     graphiql: bool = True
     # On by default (developers explore the API in GraphiQL); a production deployment
     # whose clients are its own apps turns it off, and GraphiQL with it (it reads the
@@ -311,7 +316,8 @@ class Settings(BaseSettings):
         def days(n: int) -> timedelta | None:
             return timedelta(days=n) if n else None
         return Retention(meter_samples=days(self.retain_meter_samples_days),
-                         status_events=days(self.retain_status_events_days))
+                         status_events=days(self.retain_status_events_days),
+                         connection_events=days(self.retain_connection_events_days))
 
     @field_validator("log_level", mode="before")
     @classmethod

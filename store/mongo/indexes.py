@@ -85,7 +85,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                          [("cp_id", ASCENDING), ("at", ASCENDING)],
                          # An operator's by their books.
                          [("company_id", ASCENDING), ("at", ASCENDING)],
-                         [("station_owner_id", ASCENDING), ("at", ASCENDING)]],
+                         [("station_owner_id", ASCENDING), ("at", ASCENDING)],
+                         # Their retention's sweep, oldest first (SQLite migration 86).
+                         [("at", ASCENDING)]],
     # The open unknown ones (``settle_outages``, every lease round): few ever are unknown.
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),

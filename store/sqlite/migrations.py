@@ -1685,6 +1685,14 @@ CREATE INDEX "freed_id_tag_tag_digest_freed_at_idx" ON "freed_id_tag" ("tag_dige
 CREATE INDEX "freed_id_tag_freed_at_idx" ON "freed_id_tag" ("freed_at");
 """
 
+# Version 86: connection events by their time alone, for their retention's sweep
+# (``CHARGEGRAPH_RETAIN_CONNECTION_EVENTS_DAYS``, ``RetentionService``: each batch read
+# oldest first, ``at < cut-off``), as status reports have theirs. MongoDB:
+# its ``at_1`` index (``indexes.INDEXES``).
+_V86 = """
+CREATE INDEX "connection_event_at_idx" ON "connection_event" ("at");
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1727,7 +1735,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (78, _V78), (79, _V79),
                                      (80, _V80), (81, _V81),
                                      (82, _V82), (83, _V83),
-                                     (84, _V84), (85, _V85))
+                                     (84, _V84), (85, _V85), (86, _V86))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -7,19 +7,28 @@ chargers)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from domain.entities import MeterSample, Payment, Role, Session, SessionState, StatusEvent
+from domain.entities import (
+    ConnectionEvent,
+    MeterSample,
+    Payment,
+    Role,
+    Session,
+    SessionState,
+    StatusEvent,
+)
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Store, Update
 from domain.query import ALL, Eq
 from domain.services import ConnectorSpec, ServiceContext, Services, retention
 from domain.services.metering import MeterReading, SampledValue
-from domain.services.retention import Retention
+from domain.services.retention import LATE_STOP_MARGIN, Retention, keeps_samples
 from tests.contract.factories import meter_sample, payment, put, session, station, status_event
 from tests.contract.instances import T0, Clock, instance, right_after
 from tests.helpers import FastHasher
@@ -28,6 +37,12 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KEEP = timedelta(days=30)
 OLD = NOW - KEEP - timedelta(days=1)
 RECENT = NOW - KEEP + timedelta(days=1)
+#: Ended before the cut-off by more than a late stop is waited for.
+BEYOND_MARGIN = NOW - KEEP - LATE_STOP_MARGIN - timedelta(days=1)
+
+
+def connection_event(st: Any, at: datetime, online: bool = True) -> ConnectionEvent:
+    return ConnectionEvent(station_id=st.id, cp_id=st.cp_id, online=online, at=at)
 
 
 def services(store: Store, keep: Retention) -> Services:
@@ -86,16 +101,75 @@ async def test_status_reports_older_than_their_retention_go(store: Store) -> Non
     assert [e.at for e in await store.find_all(StatusEvent, ALL)] == [RECENT]
 
 
+async def test_connection_events_older_than_their_retention_go(store: Store) -> None:
+    """Session 33: a station's connection history had no retention (nor an index on
+    ``at`` alone to sweep it by: migration 86)."""
+    cp = station()
+    await put(store, cp, connection_event(cp, OLD - timedelta(hours=1)),
+              connection_event(cp, OLD, online=False), connection_event(cp, RECENT))
+    keep = Retention(connection_events=KEEP)
+    assert keep.prunes
+    assert await services(store, keep).retention.sweep() == 2
+    assert [e.at for e in await store.find_all(ConnectionEvent, ALL)] == [RECENT]
+
+
+async def test_a_session_closed_without_its_stop_keeps_its_samples_for_the_margin(
+        store: Store) -> None:
+    """Session 33: the samples of a session closed without its StopTransaction (as lost,
+    by a reboot, by an operator's endSession) were kept until that stop came: for good
+    when it never did. Its stop is accepted however late, so they wait
+    ``LATE_STOP_MARGIN`` past the cut-off, then go whole."""
+    cp = station()
+    lost = closed(cp, stop_reason="Other", closed_without_stop=True, end=BEYOND_MARGIN)
+    lately_lost = closed(cp, stop_reason="Other", closed_without_stop=True, end=OLD)
+    awaiting = closed(cp, stop_reason=None, end=BEYOND_MARGIN)  # not billed yet: stays
+    await put(store, cp, lost, lately_lost, awaiting,
+              *[meter_sample(cp, s, at=end - timedelta(minutes=m), delta_wh=100)
+                for s, end in ((lost, BEYOND_MARGIN), (lately_lost, OLD),
+                               (awaiting, BEYOND_MARGIN)) for m in (0, 5)])
+    assert await services(store, Retention(meter_samples=KEEP)).retention.sweep() == 2
+    assert await sample_sessions(store) == {lately_lost.id, awaiting.id}
+
+
+#: Every kind of session the sweep may meet: open or completed, each stop reason it may
+#: carry (none: open or awaiting its stop), closed without its stop or not, ended never,
+#: beyond the margin, before the cut-off within it, or since the cut-off.
+SESSION_KINDS = list(itertools.product(
+    SessionState, (None, "Local", "Other"), (False, True),
+    (None, BEYOND_MARGIN, OLD, RECENT)))
+
+
+async def test_the_sweep_s_filter_says_what_keeps_samples_says(store: Store) -> None:
+    """The sweep's store filter (``samples_prunable``) restates ``keeps_samples``, whose
+    rule is ``charging.stoppable``'s with the margin: over every kind of session, each
+    keeps its samples by the one exactly when by the other."""
+    cp = station()
+    # Each on a connector of its own: one open session per connector.
+    sessions = [session(cp, n, state=state, stop_reason=reason, closed_without_stop=without,
+                        start_time=BEYOND_MARGIN - timedelta(hours=2), end_time=end)
+                for n, (state, reason, without, end) in enumerate(SESSION_KINDS, 1)]
+    await put(store, cp, *sessions,
+              *[meter_sample(cp, s, at=BEYOND_MARGIN - timedelta(hours=1))
+                for s in sessions])
+    await services(store, Retention(meter_samples=KEEP)).retention.sweep()
+    kept = await sample_sessions(store)
+    expected = {s.id for s in sessions if keeps_samples(s, NOW - KEEP)}
+    # Both ways found: the table holds sessions that keep and that give up their samples.
+    assert expected and len(expected) < len(sessions)
+    assert kept == expected
+
+
 async def test_unset_keeps_everything(store: Store) -> None:
     cp = station()
     old = closed(cp)
     await put(store, cp, old, meter_sample(cp, old, at=OLD), meter_sample(cp, None, at=OLD),
-              status_event(cp, at=OLD))
+              status_event(cp, at=OLD), connection_event(cp, OLD))
     keep = Retention()
     assert not keep.prunes
     assert await services(store, keep).retention.sweep() == 0
     assert len(await store.find_all(MeterSample, ALL)) == 2
     assert len(await store.find_all(StatusEvent, ALL)) == 1
+    assert len(await store.find_all(ConnectionEvent, ALL)) == 1
 
 
 async def test_the_sweep_deletes_a_batch_per_write(store: Store,
@@ -104,7 +178,8 @@ async def test_the_sweep_deletes_a_batch_per_write(store: Store,
     cp = station()
     await put(store, cp, *[meter_sample(cp, None, at=OLD - timedelta(minutes=m))
                            for m in range(5)],
-              *[status_event(cp, at=OLD - timedelta(minutes=m)) for m in range(3)])
+              *[status_event(cp, at=OLD - timedelta(minutes=m)) for m in range(3)],
+              *[connection_event(cp, OLD - timedelta(minutes=m)) for m in range(3)])
     writes: list[int] = []
     write = store.write
 
@@ -113,11 +188,12 @@ async def test_the_sweep_deletes_a_batch_per_write(store: Store,
         await write(changes, audit, *args)
 
     monkeypatch.setattr(store, "write", counted)
-    keep = Retention(meter_samples=KEEP, status_events=KEEP)
-    assert await services(store, keep).retention.sweep() == 8
-    assert writes == [2, 2, 1, 2, 1]
+    keep = Retention(meter_samples=KEEP, status_events=KEEP, connection_events=KEEP)
+    assert await services(store, keep).retention.sweep() == 11
+    assert writes == [2, 2, 1, 2, 1, 2, 1]
     assert await store.find_all(MeterSample, ALL) == []
     assert await store.find_all(StatusEvent, ALL) == []
+    assert await store.find_all(ConnectionEvent, ALL) == []
 
 
 async def test_a_late_stop_s_samples_are_not_swept_from_under_its_write(

@@ -22,6 +22,7 @@ from chargegraph.stores import (
     remove_sqlite_database,
     sqlite_path,
 )
+from domain.services.retention import Retention
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
 
@@ -49,9 +50,12 @@ def test_retention_settings_in_days(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHARGEGRAPH_RETAIN_METER_SAMPLES_DAYS", "90")
     monkeypatch.setenv("CHARGEGRAPH_RETAIN_STATUS_EVENTS_DAYS", "0")
+    monkeypatch.setenv("CHARGEGRAPH_RETAIN_CONNECTION_EVENTS_DAYS", "365")
     keep = Settings().retention
     assert keep.prunes
-    assert (keep.meter_samples, keep.status_events) == (timedelta(days=90), None)
+    assert (keep.meter_samples, keep.status_events, keep.connection_events) == (
+        timedelta(days=90), None, timedelta(days=365))
+    assert Retention(connection_events=timedelta(days=1)).prunes  # the sweep is wired
 
 
 def test_settings_from_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch,
@@ -257,6 +261,8 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
      "Input should be less than or equal to 36500"),
     ("CHARGEGRAPH_RETAIN_STATUS_EVENTS_DAYS", "1.5",
      "Input should be a valid integer, unable to parse string as an integer"),
+    ("CHARGEGRAPH_RETAIN_CONNECTION_EVENTS_DAYS", "-1",
+     "Input should be greater than or equal to 0"),
 ])
 def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                         variable: str, value: str, message: str) -> None:

@@ -2010,7 +2010,8 @@ async def test_the_sweeps_read_each_batch_from_the_oldest_through_their_index(
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
                                        clock=lambda: T0),
                         retention=Retention(meter_samples=timedelta(days=30),
-                                            status_events=timedelta(days=30)))
+                                            status_events=timedelta(days=30),
+                                            connection_events=timedelta(days=30)))
     statements = _recorded_reads(store, monkeypatch)
     await services.retention.sweep()
     await services.idempotency.sweep()
@@ -2018,6 +2019,7 @@ async def test_the_sweeps_read_each_batch_from_the_oldest_through_their_index(
     await freed_tags.sweep(store, T0)
     plans = [await _plan_of(store, *statement) for statement in statements]
     indexes = ["meter_sample_at_delta_idx (at<?)", "status_event_at_idx (at<?)",
+               "connection_event_at_idx (at<?)",  # migration 86
                "idempotency_key_expires_at_idx (expires_at<?)",
                "known_charger_address_passed_at_idx (passed_at<?)",
                "freed_id_tag_freed_at_idx (freed_at<?)"]
