@@ -553,12 +553,14 @@ def test_the_sampled_values_bound_reaches_the_ocpp_server(tmp_path: Path) -> Non
 
 def test_the_retention_set_has_the_app_delete_what_is_older(tmp_path: Path) -> None:
     """The retention settings through the app to its housekeeping: the sweep runs
-    as the service starts (then hourly) and deletes the meter samples and status reports
-    older than their retention, the newer ones kept (QA s32: nothing was ever deleted)."""
+    as the service starts (then hourly) and deletes the meter samples, status reports and
+    connection events (session 33) older than their retention, the newer ones kept (QA
+    s32: nothing was ever deleted)."""
     import sqlite3
     import time
     from datetime import UTC, datetime, timedelta
 
+    from domain.entities import ConnectionEvent
     from store.sqlite import SqliteStore
     from tests.contract.factories import meter_sample, put, station, status_event
 
@@ -572,23 +574,26 @@ def test_the_retention_set_has_the_app_delete_what_is_older(tmp_path: Path) -> N
             cp = station()
             await put(store, cp, meter_sample(cp, None, at=old),
                       meter_sample(cp, None, at=recent), status_event(cp, at=old),
-                      status_event(cp, at=recent, connector_id=2))
+                      status_event(cp, at=recent, connector_id=2),
+                      *[ConnectionEvent(station_id=cp.id, cp_id=cp.cp_id, online=True, at=at)
+                        for at in (old, recent)])
         finally:
             await store.close()
 
-    def counts() -> tuple[int, int]:
+    def counts() -> tuple[int, ...]:
         with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as db:
-            [(samples,)] = db.execute('SELECT count(*) FROM "meter_sample"').fetchall()
-            [(events,)] = db.execute('SELECT count(*) FROM "status_event"').fetchall()
-            return samples, events
+            return tuple(db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+                         for table in ("meter_sample", "status_event", "connection_event"))
 
     asyncio.run(seed())
-    assert counts() == (2, 2)
+    assert counts() == (2, 2, 2)
     app = create_app(settings_for(tmp_path, retain_meter_samples_days=30,
-                                  retain_status_events_days=30), hasher=Argon2Hasher.fast())
+                                  retain_status_events_days=30,
+                                  retain_connection_events_days=30),
+                     hasher=Argon2Hasher.fast())
     with TestClient(app):
         for _ in range(1000):  # bounded: 10 s
-            if counts() == (1, 1):
+            if counts() == (1, 1, 1):
                 break
             time.sleep(0.01)
-        assert counts() == (1, 1)
+        assert counts() == (1, 1, 1)
