@@ -525,6 +525,13 @@ def barred_by(card: IdTag | None, owner: User | None, at: datetime) -> bool:
     return card.status is not IdTagStatus.ACCEPTED and card.updated_at <= at
 
 
+def _admitted(station: Station, action: str) -> bool:
+    """Whether ``station``'s charger may send ``action`` by its registrations
+    (``domain.registration.admits``), as cached for its messages; refused so, only what
+    is open on record for it is taken (``ChargingService._on_record``)."""
+    return admits(station.registration, action, station.charger_registration)
+
+
 def _told(station: Station, info: IdTagInfo) -> IdTagInfo:
     """What the charger is told of its start's card (``info``: the card's status, which
     the session is recorded and billed by, ``ChargingService._answered``). A station
@@ -722,7 +729,7 @@ class ChargingService(ChargerConnections):
         the frame has them). No store read for a refused frame beyond the cached
         station's, but the one record it names."""
         station = await self._require_station(cp_id)
-        if admits(station.registration, action, station.charger_registration):
+        if _admitted(station, action):
             return True
         return await self._on_record(station, action, transaction_id, connector_id,
                                      meter_stop)
@@ -2141,6 +2148,14 @@ class ChargingService(ChargerConnections):
         session = await self._transaction(cp_id, transaction_id)
         readings = believed(readings, self.clocks.believable, self.now(),
                             session.start_time if session is not None else None)
+        if session is not None and not stoppable(session) \
+                and not _admitted(station, "StopTransaction"):
+            # A charger not admitted resending a stop already taken (``_on_record``):
+            # answered as a repeat, but its readings are a completed session's, which
+            # it may not send (its MeterValues of one are refused): none kept (session
+            # 33: a resend's new transactionData was stored). An admitted charger's are
+            # kept as history, as its MeterValues of a completed session are.
+            readings = []
         # What its records keep: none for an id we never issued (``issued_id``).
         kept_id = transaction_id if issued_id(transaction_id) else None
         # The stop's signed meter values (its transactionData: the record of the whole
