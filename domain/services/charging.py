@@ -505,20 +505,31 @@ def _recorded_as_replay(session: Session) -> bool:
         and session.created_at - session.start_time > BILLED_TIME_TOLERANCE
 
 
-def barred_by(card: IdTag | None, at: datetime) -> bool:
+def barred_by(card: IdTag | None, owner: User | None, at: datetime) -> bool:
     """Whether ``card`` was already refused at ``at`` as its record tells: its expiry
     passed by then, or its status (BLOCKED, EXPIRED) set by then, its last change
     (``updated_at``) no later: every edit stamps it, so one edited since cannot tell and
     is taken as barred since. A start replayed from an offline queue of a card barred
     before it charged (a stolen card used on a charger offline) is refused as a live one
-    is, unbilled; of one barred since, billed (review r32-a). An owner deactivated or gone
-    blocks the card at the charger (``IdTag.charger_status``) but leaves the card's record
-    as it was: not told by this."""
+    is, unbilled; of one barred since, billed (review r32-a). So too a card whose
+    ``owner`` was deactivated by then (an erasure too), which blocks it at the charger
+    (``IdTag.charger_status``) and leaves the card's record as it was: told by the
+    owner's record the same way, the deactivation its last change (session 33: billed).
+    An owner gone cannot tell when: barred since."""
     if card is None:
         return False
     if card.expires_at is not None and card.expires_at <= at:
         return True
+    if owner is not None and not owner.active and owner.updated_at <= at:
+        return True
     return card.status is not IdTagStatus.ACCEPTED and card.updated_at <= at
+
+
+def _admitted(station: Station, action: str) -> bool:
+    """Whether ``station``'s charger may send ``action`` by its registrations
+    (``domain.registration.admits``), as cached for its messages; refused so, only what
+    is open on record for it is taken (``ChargingService._on_record``)."""
+    return admits(station.registration, action, station.charger_registration)
 
 
 def _told(station: Station, info: IdTagInfo) -> IdTagInfo:
@@ -718,7 +729,7 @@ class ChargingService(ChargerConnections):
         the frame has them). No store read for a refused frame beyond the cached
         station's, but the one record it names."""
         station = await self._require_station(cp_id)
-        if admits(station.registration, action, station.charger_registration):
+        if _admitted(station, action):
             return True
         return await self._on_record(station, action, transaction_id, connector_id,
                                      meter_stop)
@@ -1574,22 +1585,25 @@ class ChargingService(ChargerConnections):
                 return await self._recorded_answer(session)
         return IdTagInfo("ConcurrentTx", info.expiry_date, info.parent_id_tag)
 
-    def _refusal(self, station: Station, session: Session, info: IdTagInfo,
-                 replayed: bool, card: IdTag | None) -> str | None:
+    async def _refusal(self, station: Station, session: Session, info: IdTagInfo,
+                       replayed: bool, card: IdTag | None) -> str | None:
         """What ``session.start_refused`` becomes when its start is answered ``info``
         (``_answered``) on ``card`` as read; ``replayed``: the start came from an offline
         queue (``_StartIdentity.replayed``): it charged before it could be told, and is
         billed whatever it is told now, unless its card was already barred at its time
-        (``barred_by``)."""
+        (``barred_by``; its owner read here, only for such a start)."""
         if info.status == "Accepted":
             return None
         if session.start_refused is not None:
             return session.start_refused  # refused again (a retry): the refusal stands
+        if not replayed:
+            return info.status
         # ``replayed`` excludes a clock known behind ours (``_StartIdentity``,
         # ``_recorded_as_replay``: ``start_clock_behind``), whose live start is stamped
         # hours ago; for a resend of a start recorded Accepted, only from both verdicts
         # (``_resent``), which keeps it billed.
-        late = replayed and not barred_by(card, session.start_time)
+        [owner] = [None] if card is None else await self.store.get_many(User, [card.user_id])
+        late = not barred_by(card, owner, session.start_time)
         if late:
             log.info("%s: transaction %s, queued offline, is told %s now and billed: it "
                      "charged before it could be told", station.cp_id,
@@ -1623,7 +1637,7 @@ class ChargingService(ChargerConnections):
         was told Accepted, a billed session holding a blocked card (review r28).
         When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
         again, and answers a closed session as recorded (refused)."""
-        refused = self._refusal(station, session, info, replayed, card)
+        refused = await self._refusal(station, session, info, replayed, card)
         if refused == session.start_refused:
             return session, info
         if session.state is not SessionState.ACTIVE:
@@ -1782,9 +1796,8 @@ class ChargingService(ChargerConnections):
         info = await self.authorize_start(cp_id, presented, [o.id for o in ended],
                                           card=(id_tag_record,), at=session.created_at,
                                           begun_by=identity.begun_by)
-        session = replace(session, start_refused=self._refusal(station, session, info,
-                                                               identity.replayed,
-                                                               id_tag_record))
+        session = replace(session, start_refused=await self._refusal(
+            station, session, info, identity.replayed, id_tag_record))
         guards = self._start_guards(station, plug, is_new, id_tag_record)
         if id_tag_record is None:
             # None on record as read: a card issued meanwhile fails the write, and the
@@ -2135,6 +2148,14 @@ class ChargingService(ChargerConnections):
         session = await self._transaction(cp_id, transaction_id)
         readings = believed(readings, self.clocks.believable, self.now(),
                             session.start_time if session is not None else None)
+        if session is not None and not stoppable(session) \
+                and not _admitted(station, "StopTransaction"):
+            # A charger not admitted resending a stop already taken (``_on_record``):
+            # answered as a repeat, but its readings are a completed session's, which
+            # it may not send (its MeterValues of one are refused): none kept (session
+            # 33: a resend's new transactionData was stored). An admitted charger's are
+            # kept as history, as its MeterValues of a completed session are.
+            readings = []
         # What its records keep: none for an id we never issued (``issued_id``).
         kept_id = transaction_id if issued_id(transaction_id) else None
         # The stop's signed meter values (its transactionData: the record of the whole

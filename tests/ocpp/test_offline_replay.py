@@ -210,3 +210,50 @@ async def test_a_replayed_start_of_a_card_barred_before_it_is_refused_unbilled(
             refused, 6_000, None)
         assert await _shown(central, tx) == {
             "transactionId": tx, "startRefused": refused.upper(), "cost": None}
+
+
+async def test_a_replayed_start_of_a_card_whose_owner_was_deactivated_before_it_is_refused(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 33: a card barred only by its owner's deactivation (its own record as it
+    was) was billed when the deactivation came before the replayed start, as if it came
+    after. Told by the owner's record as a card's block is by the card's: a driver
+    deactivated two hours ago, refused and billed nothing for a start 90 minutes ago;
+    one deactivated only now, billed for theirs. A live start of the card of an owner
+    deactivated is refused too, unbilled."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    accounts = central.services.accounts
+    with MovedClock(central.services.ctx) as moved:
+        # Their stamps on the services' clock, moved back, as they were then.
+        monkeypatch.setattr("domain.services.base.utcnow", lambda: moved.ctx.clock())
+        moved.by(-timedelta(hours=3))
+        gone = await accounts.create_user(SYSTEM, email="gone@example.com",
+                                          password="password-123", name="gone",
+                                          role=d.Role.DRIVER)
+        await central.services.fleet.issue_id_tag(SYSTEM, tag="TAG-GONE", user_id=gone.id)
+        moved.by(-timedelta(hours=2))
+        await accounts.deactivate_user(SYSTEM, gone.id)
+        await accounts.settled()
+    monkeypatch.undo()
+    async with connected(central.url, "CP-OPEN") as cp:
+        before, told_before = await _replayed(cp, 1, "TAG-GONE", now - timedelta(minutes=90),
+                                              (20_000, 23_000, 26_000))
+        await accounts.deactivate_user(SYSTEM, central.users["driver2"].id)
+        await accounts.settled()
+        since, told_since = await _replayed(cp, 2, "TAG-OTHER", now - timedelta(minutes=80),
+                                            (30_000, 36_000, 36_000))
+        live = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-GONE", meter_start=26_000,
+            timestamp=_stamp(datetime.now(UTC))))
+        assert live.id_tag_info["status"] == "Blocked"
+        await cp.call(call.StopTransaction(meter_stop=27_000,
+                                           transaction_id=live.transaction_id,
+                                           timestamp=_stamp(datetime.now(UTC)),
+                                           reason="DeAuthorized"))
+    assert (told_before, told_since) == ("Blocked", "Blocked")
+    for tx, refused, cost in ((before, "Blocked", None), (since, None, 240),
+                              (live.transaction_id, "Blocked", None)):
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED
+        assert (session.start_refused, session.cost_minor) == (refused, cost)
+    assert await _shown(central, before) == {"transactionId": before,
+                                             "startRefused": "BLOCKED", "cost": None}

@@ -574,6 +574,52 @@ async def test_a_charger_told_rejected_closes_only_what_is_open_on_record(
     assert first.status is d.ConnectorStatus.AVAILABLE
 
 
+async def test_a_charger_told_rejected_resending_a_taken_stop_stores_no_new_readings(
+        central: Central) -> None:
+    """Session 33: a charger told Rejected resent its stop once taken (the same
+    meterStop, answered as a repeat) with new transactionData, and its readings, plain
+    and signed, were stored on the completed session: readings it could not send as
+    MeterValues (refused for a completed session). The resend stores nothing; the
+    stop's own readings, sent while its session was open, stay."""
+    station = central.stations["CP-1"]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Accepted"
+        tx = (await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1000, timestamp=now()),
+            suppress=False)).transaction_id
+    changed = await central.gql(SET_REGISTRATION, {
+        "id": to_global_id("station", station.id), "r": "REJECTED"}, as_user="op")
+    assert changed["updateStation"]["errors"] == []
+
+    def data(wh: int, signed: str) -> list[dict]:
+        return [{"timestamp": now(), "sampledValue": [
+            {"value": str(wh), "context": "Transaction.End"},
+            {"value": signed, "format": "SignedData", "context": "Transaction.End"}]}]
+
+    async def kept() -> tuple[int, int]:
+        return (len(await central.store.find_all(
+                    d.MeterSample, Eq("transaction_id", tx), limit=100)),
+                len(await central.store.find_all(
+                    d.SignedMeterValue, Eq("transaction_id", tx), limit=100)))
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Rejected"
+        stamp = now()
+        await cp.call(call.StopTransaction(transaction_id=tx, meter_stop=3000,
+                                           timestamp=stamp,
+                                           transaction_data=data(3000, "OCMF|stop")),
+                      suppress=False)
+        taken, before = await central.session(tx), await kept()
+        assert before == (1, 1)
+        for wh in (3100, 3200):  # resent, its answer lost, with readings it never had
+            resent = await cp.call(call.StopTransaction(
+                transaction_id=tx, meter_stop=3000, timestamp=stamp,
+                transaction_data=data(wh, f"OCMF|{wh}")), suppress=False)
+            assert resent.id_tag_info is None
+    assert await kept() == before
+    assert await central.session(tx) == taken
+
+
 NEW_PASSWORD = "a-brand-new-password-9"
 
 
