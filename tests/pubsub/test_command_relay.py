@@ -337,8 +337,7 @@ async def test_a_stop_gives_up_on_a_command_the_holder_has_as_unanswered(
     on_b.answer = "never"
     asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
     await asyncio.wait_for(on_b.called.wait(), AT_ONCE)  # confirmed and sent
-    a.stop_commands(STOPPING, give_up_in=LONG)
-    a.give_up_commands()
+    a.stop_commands(STOPPING, give_up_in=0)  # the grace's margin already reached
     with pytest.raises(ChargerLost, match="may have acted"):
         await asyncio.wait_for(asked, AT_ONCE)
 
