@@ -155,6 +155,16 @@ def _detach(sources: Sources) -> None:
 #: How long a stop waits for background work of the services (their commands have
 #: already been failed by ``begin_shutdown``, so this is short).
 SETTLE_TIMEOUT_S = 5.0
+#: Of a stop's grace (``CHARGEGRAPH_SHUTDOWN_GRACE_S``), what is left after commands the
+#: chargers have are given up on: for their answers to be written out before uvicorn
+#: cuts the requests off.
+ANSWER_MARGIN_S = 1.0
+
+
+def give_up_after(grace_s: float) -> float:
+    """Seconds into a stop when commands still unanswered are given up on: the grace
+    less ``ANSWER_MARGIN_S``, or half of a grace shorter than two margins."""
+    return grace_s - min(ANSWER_MARGIN_S, grace_s / 2)
 
 
 def schema_of() -> int:
@@ -272,6 +282,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 else None
             gateway: ChargerGateway | None = local
             stoppable: OcppGateway | CommandRelay | None = local
+            relay: CommandRelay | None = None
             if instances_bus is not None:
                 gateway = stoppable = relay = CommandRelay(instances_bus, local)
                 with starting("the command relay"):
@@ -288,13 +299,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                     instances_bus, [SignInsCounted.topic], sharing.follow, "sign-in-counts"))
             if stoppable is not None:
                 # Called by the server when a stop begins, before it waits for requests
-                # in flight (``cli.GracefulServer``): a command waiting on a charger, here
-                # or (through the relay, also on a GraphQL-only instance) on another
-                # instance, then answers at once instead of holding the shutdown up
-                # until it is cut off with a bare 500.
+                # in flight (``cli.GracefulServer``): a command not sent yet to a charger,
+                # here or (through the relay, also on a GraphQL-only instance) on another
+                # instance, then answers at once and new ones are refused; one the
+                # charger has waits for its answer until a margin before the grace ends,
+                # then answers unanswered, never cut off with a bare 500.
                 stop_commands = stoppable.stop_commands
                 app.state.begin_shutdown = lambda: stop_commands(
-                    "the service is shutting down: try again in a moment")
+                    "the service is shutting down: try again in a moment",
+                    give_up_in=give_up_after(settings.shutdown_grace_s))
             # What other instances announce they changed reaches the services through
             # one subscription, on every instance: its chargers' cache drops it at
             # once, and an instance serving the API alone (whose chargers' cache stays
@@ -326,6 +339,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.
                 stack.push_async_callback(server.stop)
+                if relay is not None:
+                    # Before it: commands carried out for other instances' requests get
+                    # their chargers' answers through a stop (uvicorn waits only for
+                    # this instance's requests).
+                    stack.push_async_callback(relay.settle)
                 app.state.ocpp_port = server.bound_port
             if gateway is not None:
                 services.attach_gateway(gateway)

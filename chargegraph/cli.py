@@ -266,8 +266,9 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.before_shutdown is not None:
             await self.before_shutdown()
-        # Before uvicorn waits (up to 10 s) for requests in flight: those waiting on a
-        # charger's answer are answered now (``app.state.begin_shutdown``).
+        # Before uvicorn waits (up to CHARGEGRAPH_SHUTDOWN_GRACE_S) for requests in
+        # flight: commands not sent to a charger yet are answered now, those sent are
+        # given up on before the wait ends (``app.state.begin_shutdown``).
         state = getattr(self.config.app, "state", None)
         begin = getattr(state, "begin_shutdown", None)
         if callable(begin):
@@ -283,7 +284,9 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(),
                             log_config=logs.uvicorn_log_config(), lifespan="on",
-                            timeout_graceful_shutdown=10, proxy_headers=True,
+                            # Typed int, used as asyncio.timeout's delay (a float).
+                            timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+                            proxy_headers=True,
                             forwarded_allow_ips=settings.trusted_proxies,
                             ws_ping_interval=20, ws_ping_timeout=20,
                             # A websocket message is at most what a request over HTTP may

@@ -192,6 +192,15 @@ class Settings(BaseSettings):
                                     description="Seconds, sent to chargers on boot")
     command_timeout: float = Field(30.0, gt=0, le=3600,
                                    description="Seconds to wait for a charger's answer")
+    # Bounded: uvicorn waits this long for requests in flight at a stop, and a command
+    # the charger has is given up a second before its end (``app.ANSWER_MARGIN_S``);
+    # beyond an hour a supervisor kills the process first anyway.
+    shutdown_grace_s: float = Field(
+        10.0, gt=0, le=3600,
+        description="Seconds a graceful stop (SIGTERM) waits for requests in flight: "
+                    "commands the chargers already have wait for their answers until a "
+                    "second before its end, then are answered CHARGER_TIMEOUT (the "
+                    "charger may have acted)")
     # A charger caches an Accepted card until the answer's expiryDate: a card blocked
     # meanwhile charges there offline up to this long. A year at most: beyond that the
     # bound means nothing.

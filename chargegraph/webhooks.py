@@ -137,7 +137,9 @@ SWEEP_S = 5.0
 #: ...and at least: a grace of a few milliseconds would be a read loop.
 MIN_SWEEP_S = 0.05
 #: How long a stop waits for the store to take what it hands over: a store that does
-#: not answer must not hold the stop (uvicorn's graceful shutdown is 10 s in all).
+#: not answer must not hold the stop. It comes after uvicorn's wait for requests in
+#: flight (``CHARGEGRAPH_SHUTDOWN_GRACE_S``), in the app's shutdown: a supervisor's stop
+#: timeout needs room for both (README).
 HANDOVER_S = 5.0
 #: How long queued deliveries, and their tries, gather before one store write stores
 #: them (a crash loses what was queued within it: ``docs/performance.md``).

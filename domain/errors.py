@@ -160,6 +160,11 @@ class ChargerLost(ChargerTimeout):
 #: command (the local gateway, and a relay whose holder did not say more).
 OUTCOME_UNKNOWN = ("the charger went offline after receiving the command; its outcome is "
                    "unknown")
+#: A ``ChargerLost``'s message when this service's stop gave up waiting for the answer
+#: of a command the charger already had (the grace's end, ``give_up_commands``): never
+#: "try again", which would send it twice.
+STOPPED_UNANSWERED = ("the service stopped before the charger answered; it may have acted "
+                      "on the command: its outcome is unknown")
 
 
 class ChargerRejected(ChargerError):

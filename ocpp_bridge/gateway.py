@@ -3,6 +3,7 @@ and sending one command to one of them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -61,14 +62,24 @@ class OcppGateway:
         self._handlers[handler.id] = handler
         return previous if previous is not handler else None
 
-    def stop_commands(self, reason: str) -> None:
-        """The service is stopping: commands waiting on a charger fail now with
-        ``reason`` (``ChargerOffline``) and new ones are refused, so the requests that
-        sent them answer (and are audited) instead of holding up the shutdown until
-        they are cut off. Chargers' own messages are still served until the server stops."""
+    def stop_commands(self, reason: str, give_up_in: float | None = None) -> None:
+        """The service begins to stop: commands not sent yet fail now with ``reason``
+        (``ChargerOffline``) and new ones are refused, so their requests answer (and are
+        audited) instead of holding up the shutdown. Those the charger already has wait
+        for its answer, within their own timeout, until ``give_up_commands``: in
+        ``give_up_in`` seconds when given (before the stop's grace ends). Chargers' own
+        messages are still served until the server stops."""
         self._stopping = reason
         for handler in self._handlers.values():
             handler.stop_commands(reason)
+        if give_up_in is not None:
+            asyncio.get_running_loop().call_later(give_up_in, self.give_up_commands)
+
+    def give_up_commands(self) -> None:
+        """The stop's grace is nearly over: commands still waiting for their charger's
+        answer fail as unanswered (``ChargerLost``, ``STOPPED_UNANSWERED``)."""
+        for handler in self._handlers.values():
+            handler.give_up_commands()
 
     def unregister(self, handler: ChargePointHandler) -> bool:
         """Forget ``handler`` if it is still the live one; False if it was replaced."""
@@ -129,8 +140,8 @@ class OcppGateway:
             raise ChargerOffline(self._stopping or f"{cp_id} {handler.left or 'went offline'}"
                                  f" before {action} was sent") from exc
         except ChargerTimeout:
-            # Sent, never answered: the service is stopping (``stop_commands``), or the
-            # socket closed after the charger got it (``connection_closed``).
+            # Sent, never answered: the stop's grace ran out (``give_up_commands``), or
+            # the socket closed after the charger got it (``connection_closed``).
             raise
         except ChargerBusy as exc:
             raise ChargerBusy(f"{action} was not sent: {cp_id} was busy with other commands "

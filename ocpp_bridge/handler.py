@@ -41,6 +41,7 @@ from websockets.protocol import State
 from domain.command_rules import MAX_INT
 from domain.errors import (
     OUTCOME_UNKNOWN,
+    STOPPED_UNANSWERED,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
@@ -511,12 +512,18 @@ class ChargePointHandler(ChargePoint):
             raise
 
     def stop_commands(self, reason: str) -> None:
-        """The service is stopping (the socket stays open meanwhile): a command not sent
-        yet fails as never sent (``ChargerOffline``); one the charger has already got
-        fails as unanswered (``ChargerLost``, a ``ChargerTimeout``: it may still act on
-        it, so a reservation stays PENDING); later ones are refused."""
+        """The service begins to stop (the socket stays open meanwhile): a command not
+        sent yet fails as never sent (``ChargerOffline``), later ones are refused. One
+        the charger has already got keeps waiting for its answer (it may act on it: its
+        real answer is worth the wait), until its own timeout or ``give_up_commands``."""
         self._fail_all(lambda unique_id: ChargerOffline(reason) if unique_id in self._sending
-                       else ChargerLost(reason))
+                       else None)
+
+    def give_up_commands(self) -> None:
+        """The stop's grace is nearly over: a command the charger has and did not answer
+        fails as unanswered (``ChargerLost``: it may have acted, a reservation stays
+        PENDING), not "try again", which would send it twice."""
+        self._fail_all(lambda unique_id: ChargerLost(STOPPED_UNANSWERED))
 
     def connection_closed(self) -> None:
         """The socket is closed: commands fail at once, and later ones are refused. One
@@ -575,11 +582,14 @@ class ChargePointHandler(ChargePoint):
         self.password_changed()
         return True
 
-    def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
+    def _fail_all(self, error_for: Callable[[str], ChargerError | None]) -> None:
+        """Refuses later commands, and fails each waiting one with its error (``None``:
+        it keeps waiting)."""
         self._closed = True
         for unique_id, failed in self._pending.items():
-            if not failed.done():
-                failed.set_result(error_for(unique_id))
+            error = None if failed.done() else error_for(unique_id)
+            if error is not None:
+                failed.set_result(error)
 
     def _malformed_answer(self, error: FrameError) -> None:
         """A CALLRESULT or CALLERROR we cannot read. If its unique id names a command

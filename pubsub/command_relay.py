@@ -30,8 +30,11 @@ would have raised, so the mutation reads the same wherever it ran.
   says when a socket closes under a command); without it, a command confirmed to its
   holder may have reached the charger: ``ChargerLost``, its outcome unknown.
 * The bus cannot publish: ``ChargerOffline`` naming the cause; nothing was sent.
-* This instance begins to stop (``stop_commands``): its commands fail at once,
-  ``ChargerOffline`` if not yet confirmed to a holder, ``ChargerLost`` if confirmed.
+* This instance begins to stop (``stop_commands``): its commands not yet confirmed to a
+  holder fail at once (``ChargerOffline``); confirmed ones wait for their answer until the
+  stop gives up (``give_up_commands``, before its grace ends: ``ChargerLost``). A holder
+  that begins to stop refuses new commands and carries those it has to their answer in
+  the same way (``settle``).
 
 Redis pub/sub is at-most-once, so a relayed command is sent at most once as well.
 """
@@ -46,6 +49,7 @@ from typing import Any
 
 from domain.errors import (
     OUTCOME_UNKNOWN,
+    STOPPED_UNANSWERED,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
@@ -136,6 +140,9 @@ class CommandRelay:
         self._serving: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._stopping: str | None = None
+        #: When (the loop's clock) a stop gives up on commands sent (``stop_commands``).
+        self._give_up_at: float | None = None
+        self._give_up: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         # Subscribed before start() returns: a command sent right after is heard.
@@ -147,16 +154,17 @@ class CommandRelay:
                                              name="chargegraph-command-relay")
         self._listener.add_done_callback(_log_death)
 
-    def stop_commands(self, reason: str) -> None:
-        """The service is stopping (``app.state.begin_shutdown``, before uvicorn waits for
-        requests in flight): this instance's commands waiting on a charger elsewhere fail
-        now with ``reason``, as the local gateway's do, instead of holding their requests
-        until the relay closes after the 10 s wait (a bare 500). One no holder has claimed
-        yet, or not confirmed to it, was never sent: ``ChargerOffline``; one confirmed to
-        its holder may have reached the charger, which may still act on it:
-        ``ChargerLost``. An answer that came first wins. New commands are refused
-        (``ChargerOffline``). Those this instance carries out for others fail through the
-        local gateway (``stop_commands`` there), and their askers hear it."""
+    def stop_commands(self, reason: str, give_up_in: float | None = None) -> None:
+        """The service begins to stop (``app.state.begin_shutdown``, before uvicorn waits
+        for requests in flight): this instance's commands waiting on a charger elsewhere
+        that no holder has claimed yet, or not confirmed to it, were never sent: they fail
+        now with ``reason`` (``ChargerOffline``). One confirmed to its holder may have
+        reached the charger: it keeps waiting for the holder's answer, the charger's
+        real one, until ``give_up_commands`` (in ``give_up_in`` seconds when given, before
+        the stop's grace ends). New commands are refused (``ChargerOffline``). Those this
+        instance carries out for others are stopped in the local gateway the same way
+        (``stop_commands`` there: new ones refused, sent ones waited for), and their
+        askers hear the answers (``settle`` holds the OCPP server's stop for them)."""
         self._stopping = reason
         # The local gateway (``OcppGateway``) stops too; the port does not require it.
         stop_local = getattr(self.local, "stop_commands", None)
@@ -164,12 +172,41 @@ class CommandRelay:
             stop_local(reason)
         for pending in self._pending.values():
             pending.stop(reason)
+        if give_up_in is not None:
+            loop = asyncio.get_running_loop()
+            self._give_up_at = loop.time() + give_up_in
+            self._give_up = loop.call_at(self._give_up_at, self.give_up_commands)
+
+    def give_up_commands(self) -> None:
+        """The stop's grace is nearly over: commands still waiting for a charger's answer,
+        here (the local gateway's, also those carried out for others, whose askers hear
+        it) or confirmed to a holder elsewhere, fail as unanswered (``ChargerLost``,
+        ``STOPPED_UNANSWERED``: the charger may have acted)."""
+        give_up_local = getattr(self.local, "give_up_commands", None)
+        if callable(give_up_local):
+            give_up_local()
+        for pending in self._pending.values():
+            pending.give_up()
+
+    async def settle(self) -> None:
+        """Called as the app stops, before the OCPP server (whose close would fail them
+        at once, their answers lost): once a stop began, the commands this instance
+        carries out for other instances' requests (which uvicorn does not wait for) get
+        until ``give_up_commands`` to end, and the trip to publish how."""
+        if self._give_up_at is None:
+            return
+        commands = set(self._serving)
+        if commands:
+            left = self._give_up_at - asyncio.get_running_loop().time()
+            await asyncio.wait(commands, timeout=max(0.0, left) + self.claim_timeout)
 
     async def close(self) -> None:
         """Stops listening; commands this instance was carrying out for others are
         answered ``ChargerLost`` (a ``CHARGER_TIMEOUT``: the charger may have them), and
         its own that still wait: confirmed to their holder ``ChargerLost`` too, the rest
         ``CHARGER_OFFLINE``."""
+        if self._give_up is not None:
+            self._give_up.cancel()
         tasks = [*self._serving, *([self._listener] if self._listener else [])]
         self._listener = None
         for task in tasks:
@@ -183,9 +220,9 @@ class CommandRelay:
         reason = "the service is shutting down"
         for pending in self._pending.values():
             # One confirmed to its holder may have reached the charger: ChargerLost, as
-            # at a stop, also when no stop came first (review s31: a failed start's
+            # at a stop's end, also when no stop came first (review s31: a failed start's
             # close answered it ChargerOffline, and a ReserveNow lost its reservation).
-            pending.stop(reason)
+            pending.give_up()
             pending.fail(ChargerOffline(reason))  # the rest were never sent
 
     # ------------------------------------------------------------- the port
@@ -446,13 +483,17 @@ class _Pending:
             self.answered.set_exception(ChargerLost(OUTCOME_UNKNOWN))
 
     def stop(self, reason: str) -> None:
-        """Ends the wait because this instance is stopping: never claimed,
-        ``ChargerOffline``; confirmed to its holder (maybe sent), ``ChargerLost``. One
-        claimed but not confirmed yet is refused by ``call`` before it confirms."""
+        """This instance begins to stop: never claimed, the wait ends (``ChargerOffline``).
+        One claimed but not confirmed yet is refused by ``call`` before it confirms; one
+        confirmed (maybe sent) waits for its answer until ``give_up``."""
         if not self.claimed.done():
             self.claimed.set_exception(ChargerOffline(reason))
-        elif self.confirmed and not self.answered.done():
-            self.answered.set_exception(ChargerLost(reason))
+
+    def give_up(self) -> None:
+        """Confirmed to its holder (maybe sent) and unanswered when this instance's stop
+        gives up: ``ChargerLost``, the charger may have acted."""
+        if self.confirmed and not self.answered.done():
+            self.answered.set_exception(ChargerLost(STOPPED_UNANSWERED))
 
     def forget(self) -> None:
         """Retrieves what nobody awaited any more, so asyncio does not log it."""

@@ -1556,11 +1556,15 @@ async def test_a_cancel_sent_before_the_reservation_was_answered_cancels_it(
         await stop_central(central)
 
 
-async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsent(
-        tmp_path: Path) -> None:
-    """When the service stops, a ReserveNow the charger already has may still be acted on:
-    unanswered, the reservation PENDING. One still waiting for its turn was never sent."""
-    central = await start_central(tmp_path / "c.db", command_timeout=5)
+@pytest.mark.parametrize("answered", [True, False], ids=["answered", "given-up"])
+async def test_a_stop_waits_for_sent_commands_and_fails_queued_ones_as_unsent(
+        tmp_path: Path, answered: bool) -> None:
+    """When the service begins to stop, a ReserveNow the charger already has waits for its
+    answer (the charger may act on it): the charger's Accepted, the reservation ACTIVE;
+    unanswered when the stop gives up (the grace nearly over), CHARGER_TIMEOUT saying it
+    may have acted, the reservation PENDING, never "try again". One still waiting for
+    its turn was never sent: refused at once."""
+    central = await start_central(tmp_path / "c.db", command_timeout=30)
     await seed(central)
     expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     try:
@@ -1576,10 +1580,24 @@ async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsen
             queued = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
             await asyncio.sleep(0.1)  # waiting behind the ReserveNow
             central.gateway.stop_commands("the service is shutting down")
-            reserved, cleared = await sent, await queued
-            assert [e["code"] for e in reserved["errors"]] == ["CHARGER_TIMEOUT"]
-            assert reserved["reservation"]["state"] == "PENDING"
+            cleared = await queued
             assert [e["code"] for e in cleared["errors"]] == ["CHARGER_OFFLINE"]
+            assert not sent.done()  # the charger's answer is waited for
+            if answered:
+                [frame] = charger.received
+                await charger.ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+            else:
+                central.gateway.give_up_commands()
+            reserved = await sent
+            if answered:
+                assert (reserved["errors"], reserved["reservation"]["state"]) == (
+                    [], "ACTIVE")
+            else:
+                [error] = reserved["errors"]
+                assert error["code"] == "CHARGER_TIMEOUT"
+                assert "may have acted" in error["message"], error
+                assert "try again" not in error["message"], error
+                assert reserved["reservation"]["state"] == "PENDING"
             assert [f[2] for f in charger.received] == ["ReserveNow"]
     finally:
         await stop_central(central)

@@ -248,6 +248,10 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
     # An hour is the most that pages in time.
     ("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", "3601",
      "Input should be less than or equal to 3600"),
+    # uvicorn would not wait at all, and no command could be given up on before the end.
+    ("CHARGEGRAPH_SHUTDOWN_GRACE_S", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_SHUTDOWN_GRACE_S", "-1", "Input should be greater than 0"),
+    ("CHARGEGRAPH_SHUTDOWN_GRACE_S", "3601", "Input should be less than or equal to 3600"),
     ("CHARGEGRAPH_WS_KEEPALIVE_S", "-1", "Input should be greater than or equal to 0"),
     # A ping every few milliseconds on every socket: a busy loop.
     ("CHARGEGRAPH_WS_KEEPALIVE_S", "0.001",
@@ -282,7 +286,8 @@ FLOAT_SETTINGS = sorted(name for name, info in Settings.model_fields.items()
 
 def test_the_float_settings_are_found() -> None:
     assert {"command_timeout", "instance_lease_seconds", "ws_keepalive_s",
-            "offline_webhook_grace_s", "auth_cache_hours"} <= set(FLOAT_SETTINGS)
+            "offline_webhook_grace_s", "auth_cache_hours", "shutdown_grace_s"
+            } <= set(FLOAT_SETTINGS)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "Infinity"])
@@ -323,6 +328,20 @@ def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     for keepalive in ("0", "1", "2.5", "3600"):  # 0: no keep-alives
         monkeypatch.setenv("CHARGEGRAPH_WS_KEEPALIVE_S", keepalive)
         assert Settings().ws_keepalive_s == float(keepalive)
+    assert Settings().shutdown_grace_s == 10  # the default
+
+
+def test_the_shutdown_grace_bounds_uvicorns_wait_and_the_commands_given_up(
+        tmp_path: Path) -> None:
+    """uvicorn waits the grace for requests in flight; commands the chargers have are
+    given up on a second before it ends (half of a grace under two seconds), for their
+    answers to be written out."""
+    from chargegraph.app import give_up_after
+    from chargegraph.cli import _uvicorn
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/grace.db", shutdown_grace_s=2.5)
+    assert _uvicorn(settings).config.timeout_graceful_shutdown == 2.5
+    assert [give_up_after(grace) for grace in (10, 2.5, 1, 0.5)] == [9, 1.5, 0.5, 0.25]
 
 
 def test_misspelt_variables_are_named_with_the_closest_setting() -> None:

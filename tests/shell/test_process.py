@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,14 @@ from typing import Any
 import aiosqlite
 import httpx
 import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
 from chargegraph import __version__
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from store.sqlite.migrations import MIGRATION_LOCK_WAIT_S, MIGRATIONS, apply_migrations
-from tests.helpers import communicate, free_port, served_ports, wait_healthy
+from tests.helpers import communicate, free_port, served_ports, until, wait_healthy
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
 #: another checkout (a second git worktree, say); PYTHONPATH wins over it, so the process
@@ -417,63 +421,131 @@ def test_every_log_line_has_the_apps_format(launch: list[subprocess.Popen[str]],
     assert '"POST /graphql HTTP/1.1" 200' in stderr
 
 
-def test_a_stop_answers_commands_waiting_on_chargers_at_once(
-        launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
-    """SIGTERM while an operator's command waits for a charger that never answers: the
-    request gets its GraphQL answer (unanswered, "shutting down": the charger has the
-    command) when the stop begins, not a bare 500 when uvicorn cuts it off after its
-    10 s of waiting."""
+class HoldsItsReset(SimulatedChargePoint):
+    """A charger that says when it got a Reset (``got_reset``) and answers it Accepted
+    only once told (``answer_reset``): never, unless the test sets it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.got_reset = asyncio.Event()
+        self.answer_reset = asyncio.Event()
+
+    @on(Action.reset)
+    async def on_reset(self, type: str) -> result.Reset:
+        self.got_reset.set()
+        await self.answer_reset.wait()
+        return result.Reset(status="Accepted")  # type: ignore[arg-type]
+
+
+def demo_with_station(launch: list[subprocess.Popen[str]], tmp_path: Path, cp_id: str,
+                      **env: str) -> tuple[subprocess.Popen[str], str, int, str]:
+    """A ``demo --no-chargers`` process (``env`` added to its environment) with station
+    ``cp_id`` created: the process, its GraphQL URL, its OCPP port and an admin's
+    token."""
     process = subprocess.Popen(
         [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port", "0",
-         "--ocpp-port", "0"], cwd=tmp_path, env=clean_env(tmp_path), text=True,
+         "--ocpp-port", "0"], cwd=tmp_path, env={**clean_env(tmp_path), **env}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
     port, ocpp_port = served_ports(process)
     assert ocpp_port is not None
     url = f"http://127.0.0.1:{port}"
     wait_healthy(process, url)
+    token = sign_in_and_create(url, cp_id)
+    return process, url, ocpp_port, token
+
+
+def sign_in_and_create(url: str, cp_id: str) -> str:
+    """The demo admin's token, station ``cp_id`` created by it."""
     login = graphql(url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
                          'password: "chargegraph-demo") { token } }').json()
-    token = login["data"]["login"]["token"]
-    created = graphql(url, 'mutation { createStation(input: {cpId: "SHUT-1", name: "Shut"})'
-                           " { errors { code } } }", token).json()
+    token: str = login["data"]["login"]["token"]
+    created = graphql(url, f'mutation {{ createStation(input: {{cpId: "{cp_id}", '
+                           'name: "Stop"}) { errors { code } } }', token).json()
     assert created["data"]["createStation"]["errors"] == [], created
-    error = reset_answered_by_a_stop(url, token, ocpp_port, "SHUT-1", process)
-    assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
+    return token
 
 
-def reset_answered_by_a_stop(url: str, token: str, ocpp_port: int, cp_id: str,
-                             asker: subprocess.Popen[str]) -> dict[str, str]:
-    """A Reset asked of ``url`` for charger ``cp_id``, which connects to ``ocpp_port``
-    and never answers; ``asker`` (the process serving ``url``) is stopped once the Reset
-    reached the charger. The one error the answer carries (the answer itself must be a
-    GraphQL answer, not a bare 500)."""
-    import json
-    import threading
-
-    from websockets.sync.client import connect
-
-    answer: dict[str, httpx.Response] = {}
-
-    def reset() -> None:
-        answer["reset"] = httpx.post(
-            f"{url}/graphql", headers={"authorization": f"Bearer {token}"}, timeout=60,
-            json={"query": f'mutation {{ reset(input: {{cpId: "{cp_id}", type: SOFT}}) {{'
-                           " status errors { code message } } }"})
-
-    with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                 open_timeout=10) as charger:
-        asking = threading.Thread(target=reset)
-        asking.start()
-        frame = json.loads(charger.recv(timeout=20))
-        while frame[0] != 2 or frame[2] != "Reset":  # what else it is told
-            frame = json.loads(charger.recv(timeout=20))
-        stop(asker)  # never answered
-        asking.join(timeout=30)
-    response = answer["reset"]
+async def reset(client: httpx.AsyncClient, url: str, token: str, cp_id: str
+                ) -> dict[str, Any]:
+    """``reset`` of ``cp_id`` asked of ``url``: its payload (a GraphQL answer, never a
+    bare 500)."""
+    response = await client.post(
+        f"{url}/graphql", headers={"authorization": f"Bearer {token}"},
+        json={"query": f'mutation {{ reset(input: {{cpId: "{cp_id}", type: SOFT}}) {{'
+                       " status errors { code message } } }"})
     assert response.status_code == 200, response.text
-    [error] = response.json()["data"]["reset"]["errors"]
-    return dict(error)
+    answer: dict[str, Any] = response.json()["data"]["reset"]
+    return answer
+
+
+async def until_refused(url: str) -> None:
+    """Until ``url`` takes no new connection: its stop began (uvicorn closes its
+    listening socket once ``begin_shutdown`` was called)."""
+    async def refused() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                await client.get(f"{url}/healthz")
+        except httpx.TransportError:
+            return True
+        return False
+
+    await until(refused, attempts=300, step=0.05)
+
+
+async def stop_while_a_reset_is_held(
+        url: str, token: str, ocpp_port: int, cp_id: str, stopped: subprocess.Popen[str],
+        stopped_url: str, answer: bool,
+        meanwhile: Callable[[httpx.AsyncClient], Awaitable[None]] | None = None
+        ) -> dict[str, Any]:
+    """A Reset asked of ``url`` for ``cp_id``, a ``HoldsItsReset`` charger connected to
+    ``ocpp_port``; once the charger has it, ``stopped`` (serving ``stopped_url``) is sent
+    SIGTERM and, its stop begun, ``meanwhile`` runs and the charger answers if
+    ``answer``. The reset's payload."""
+    async with connected(f"ws://127.0.0.1:{ocpp_port}/ocpp", cp_id,
+                         charge_point=HoldsItsReset) as charger:
+        assert isinstance(charger, HoldsItsReset)
+        async with httpx.AsyncClient(timeout=60) as client:
+            asking = asyncio.create_task(reset(client, url, token, cp_id))
+            await asyncio.wait_for(charger.got_reset.wait(), 30)
+            stopped.send_signal(signal.SIGTERM)
+            await until_refused(stopped_url)
+            if meanwhile is not None:
+                await meanwhile(client)
+            if answer:
+                charger.answer_reset.set()
+            return await asyncio.wait_for(asking, 60)
+
+
+async def test_a_stop_waits_for_the_answer_of_a_command_the_charger_has(
+        launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """SIGTERM while an operator's Reset waits for a charger that has it: the request
+    waits through the stop for the charger's answer and gets it (before: CHARGER_TIMEOUT
+    "shutting down: try again in a moment" at once, though the charger may act)."""
+    process, url, ocpp_port, token = await asyncio.to_thread(
+        demo_with_station, launch, tmp_path, "SHUT-1")
+    answer = await stop_while_a_reset_is_held(url, token, ocpp_port, "SHUT-1", process, url,
+                                              answer=True)
+    assert answer == {"status": "ACCEPTED", "errors": []}, answer
+    _, stderr = await asyncio.to_thread(communicate, process, 60)
+    assert process.returncode == 0, stderr
+
+
+async def test_a_stop_gives_up_on_a_silent_charger_before_its_grace_ends(
+        launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """A charger that never answers, a 2 s grace: the request gets CHARGER_TIMEOUT saying
+    the charger may have acted (never "try again": it has the command), written out
+    before the process exits."""
+    process, url, ocpp_port, token = await asyncio.to_thread(
+        demo_with_station, launch, tmp_path, "SHUT-2", CHARGEGRAPH_SHUTDOWN_GRACE_S="2")
+    answer = await stop_while_a_reset_is_held(url, token, ocpp_port, "SHUT-2", process, url,
+                                              answer=False)
+    [error] = answer["errors"]
+    assert error["code"] == "CHARGER_TIMEOUT", answer
+    assert "may have acted" in error["message"] and "try again" not in error["message"]
+    _, stderr = await asyncio.to_thread(communicate, process, 60)
+    assert process.returncode == 0, stderr
+    assert "timeout graceful shutdown exceeded" not in stderr, stderr
 
 
 def test_backup_while_the_service_takes_writes(launch: list[subprocess.Popen[str]],
