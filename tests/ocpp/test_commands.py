@@ -1197,9 +1197,14 @@ async def test_a_commands_time_for_an_answer_starts_when_it_is_sent(tmp_path: Pa
     order, the first answered at once lets the second out, whose answer the charger
     holds past the second's time counted from its queuing: it is answered in time all
     the same, counted from its sending. The third never gets its turn within its time:
-    CHARGER_BUSY, never sent. Told by order (what is queued, what the charger got,
-    the third's refusal), not by wall time."""
-    central = await start_central(tmp_path / "c.db", command_timeout=1.0, relayed=relayed)
+    CHARGER_BUSY, never sent. Ordered by what is queued, what the charger got and the
+    third's refusal, not by sleeps; the one wait is time passing for the timeouts under
+    test, half the timeout, each step's margin on a loaded machine (the second's answer
+    must arrive after the third's refusal and within its own time: a margin of a few
+    milliseconds failed one run under load)."""
+    timeout = 2.0
+    central = await start_central(tmp_path / "c.db", command_timeout=timeout,
+                                  relayed=relayed)
     await seed(central)
     try:
         async with scripted_charger(central) as charger:
@@ -1219,6 +1224,9 @@ async def test_a_commands_time_for_an_answer_starts_when_it_is_sent(tmp_path: Pa
             await soon(lambda: len(handler._pending) == 2)  # queued behind the first
             third = clear_cache()
             await soon(lambda: len(handler._pending) == 3)
+            # The second is sent half a timeout after the third was queued: the third's
+            # refusal comes half a timeout before the second's time is out.
+            await asyncio.sleep(timeout / 2)
             first_go.set()
             await soon(lambda: len(charger.received) == 2)  # the second's turn
             # The third, queued after the second, is refused once its time is out: the
