@@ -1599,12 +1599,11 @@ async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsen
             sent = asyncio.create_task(run(central, "reserveNow", {
                 "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
                 "reservation { state }"))
-            for _ in range(200):
-                if charger.received:
-                    break
-                await asyncio.sleep(0.01)
+            await soon(lambda: bool(charger.received))
+            handler = central.gateway.handler_of("CP-1")
+            assert handler is not None
             queued = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-            await asyncio.sleep(0.1)  # waiting behind the ReserveNow
+            await soon(lambda: len(handler._pending) == 2)  # waiting behind the ReserveNow
             central.gateway.stop_commands("the service is shutting down")
             reserved, cleared = await sent, await queued
             assert [e["code"] for e in reserved["errors"]] == ["CHARGER_TIMEOUT"]

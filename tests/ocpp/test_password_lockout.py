@@ -1169,16 +1169,21 @@ async def test_a_guess_refused_lately_reads_the_same_for_a_real_and_a_made_up_cp
     charging = central.services.charging
     real = charging.password_ok
 
+    held = threading.Event()  # set: the filling checks may end
+
     def argon2(station: d.Station, password: str | None) -> bool:
-        time.sleep(0.4)
+        assert held.wait(10), "the checks were never let go"
         return real(station, password)
 
     monkeypatch.setattr(charging, "password_ok", argon2)
     fill = [asyncio.ensure_future(attempt(central, "guess", f"203.0.113.{90 + i}",
                                           f"FILL-{i}")) for i in range(4)]
-    await asyncio.sleep(0.1)  # the bound is full
+    # The bound full (each pending, held there, or refused): not for 0.4 s a loaded
+    # machine could outlast.
+    await soon(lambda: len(central.server._checks) + sum(f.done() for f in fill) == 4)
     answers = {cp_id: await attempt(central, "guess-G", prober, cp_id)
                for cp_id in ("CP-1", "CP-9")}
+    held.set()
     await asyncio.gather(*fill)
     assert answers == {"CP-1": 503, "CP-9": 503}, answers
 
