@@ -78,7 +78,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -338,7 +338,8 @@ class WebhookDispatcher:
                  refresh_s: float = REFRESH_S, offline_grace: float = 0.0,
                  sweep_s: float | None = None, handover_s: float = HANDOVER_S,
                  instance_id: str | None = None, lease_s: float = LEASE_S,
-                 serves_chargers: bool = False, persist_s: float = PERSIST_S) -> None:
+                 serves_chargers: bool = False, persist_s: float = PERSIST_S,
+                 lease_clock: Callable[[], float] | None = None) -> None:
         if tries < 1 or queue_size < 1 or not backoff:
             raise ValueError("tries and queue_size must be positive, backoff not empty")
         if offline_grace < 0:
@@ -355,6 +356,10 @@ class WebhookDispatcher:
         #: the deliveries it stores are its own until it stops or its lease expires.
         self.instance_id = instance_id or new_id()
         self.lease = timedelta(seconds=lease_s)
+        #: The clock the lease's renewals are timed on (seconds, the loop's by default):
+        #: a test moves it into the lease's last third, which a loaded machine's sleep
+        #: may overshoot.
+        self._lease_clock = lease_clock
         self.serves_chargers = serves_chargers
         self.persist_s = persist_s
         #: Deliveries whose record is to be written (stored, updated or deleted) by the
@@ -369,15 +374,15 @@ class WebhookDispatcher:
         #: it stops: review s30, a warning every ``PERSIST_RETRY_S`` while it lasted).
         self._persist_refused = False
         self._lease_keeper: asyncio.Task[None] | None = None
-        #: Until when (the loop's clock) this instance's lease is known live, by its last
+        #: Until when (``_lease_now``) this instance's lease is known live, by its last
         #: renewal (``LEASE_TRUSTED`` of it): nothing is stored nor claimed as its own
         #: past it.
         self._lease_until = 0.0
-        #: When (the loop's clock) the lease ends at the latest by this instance's last
+        #: When (``_lease_now``) the lease ends at the latest by this instance's last
         #: renewal: one renewal begun later may follow a lapse (``_lapsed``).
         self._lease_end = 0.0
         #: Renewals failed since the last that worked (0: it works), those not yet
-        #: logged, and when (the loop's clock) they may be said again.
+        #: logged, and when (``_lease_now``) they may be said again.
         self._renew_failures = 0
         self._renew_unlogged = 0
         self._next_renew_log = 0.0
@@ -854,15 +859,14 @@ class WebhookDispatcher:
         first time, then as one line at most every ``RENEW_LOG_S`` while they go on (the
         keeper and every waiting batch retry within ``PERSIST_RETRY_S``: review
         r27-durable2, a traceback a second during an outage), and the recovery once."""
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+        began = self._lease_now()
         try:
             lapsed = await self.services.instances.renew(
                 self.instance_id, _host_label(), self.lease,
                 serves_chargers=self.serves_chargers)
         except Exception as failure:
             self._renew_failures += 1
-            now = loop.time()
+            now = self._lease_now()
             if self._renew_failures == 1:
                 self._next_renew_log = now + RENEW_LOG_S
                 log.exception("renewing this instance's lease for its webhook deliveries "
@@ -942,11 +946,16 @@ class WebhookDispatcher:
         instance may take them over."""
         return self.lease * (1 - LEASE_TRUSTED)
 
+    def _lease_now(self) -> float:
+        if self._lease_clock is not None:
+            return self._lease_clock()
+        return asyncio.get_running_loop().time()
+
     async def _lease_live(self) -> bool:
         """Whether the lease is live now, as this instance last renewed it, with a
         margin (``LEASE_TRUSTED``); renewed now if not (its first renewal failed, or the
         store was out of reach past it)."""
-        if asyncio.get_running_loop().time() < self._lease_until:
+        if self._lease_now() < self._lease_until:
             return True
         return await self._renew_lease()
 

@@ -1098,8 +1098,9 @@ async def scripted_charger(central: Central, delay: float = 0.0
 
 
 class ScriptedCharger:
-    """A raw websocket charger that answers each command frame with ``answer(frame)``
-    after ``delay`` seconds (``None``: it stays silent), and records what it got."""
+    """A raw websocket charger that answers each command frame with its next scripted
+    answer after ``delay`` seconds (``None``: it stays silent), or once the answer's
+    third item, an ``asyncio.Event``, is set, and records what it got."""
 
     def __init__(self, ws: Any, delay: float = 0.0) -> None:
         self.ws = ws
@@ -1116,6 +1117,8 @@ class ScriptedCharger:
             if answer is None:
                 continue
             await asyncio.sleep(self.delay)
+            if len(answer) > 2:
+                await answer[2].wait()
             if answer[0] == "error":
                 await self.ws.send(json.dumps([4, frame[1], answer[1], "refused", {}]))
             else:
@@ -1190,25 +1193,52 @@ async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, rel
 @pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
 async def test_a_commands_time_for_an_answer_starts_when_it_is_sent(tmp_path: Path,
                                                                     relayed: bool) -> None:
-    """OCPP allows one command in flight per charger. A slow charger (0.6 s per answer,
-    timeout 1 s) answers the second of three commands sent at once in time, counted from
-    its sending; the third never gets its turn within 1 s: CHARGER_BUSY, never sent."""
-    central = await start_central(tmp_path / "c.db", command_timeout=1.0, relayed=relayed)
+    """OCPP allows one command in flight per charger. Of three commands queued in this
+    order, the first answered at once lets the second out, whose answer the charger
+    holds past the second's time counted from its queuing: it is answered in time all
+    the same, counted from its sending. The third never gets its turn within its time:
+    CHARGER_BUSY, never sent. Ordered by what is queued, what the charger got and the
+    third's refusal, not by sleeps; the one wait is time passing for the timeouts under
+    test, half the timeout, each step's margin on a loaded machine (the second's answer
+    must arrive after the third's refusal and within its own time: a margin of a few
+    milliseconds failed one run under load)."""
+    timeout = 2.0
+    central = await start_central(tmp_path / "c.db", command_timeout=timeout,
+                                  relayed=relayed)
     await seed(central)
     try:
-        async with scripted_charger(central, delay=0.6) as charger:
-            charger.answers.extend([("result", {"status": "Accepted"})] * 3)
-            first = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-            await asyncio.sleep(0.05)  # queued in this order
-            second = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-            await asyncio.sleep(0.05)
-            third = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-            answers = await asyncio.gather(first, second, third)
-            assert [a["status"] for a in answers[:2]] == ["ACCEPTED", "ACCEPTED"], answers
-            [busy] = answers[2]["errors"]
+        async with scripted_charger(central) as charger:
+            first_go, second_go = asyncio.Event(), asyncio.Event()
+            charger.answers.extend([("result", {"status": "Accepted"}, first_go),
+                                    ("result", {"status": "Accepted"}, second_go),
+                                    ("result", {"status": "Accepted"})])
+            handler = central.gateway.handler_of("CP-1")
+            assert handler is not None
+
+            def clear_cache() -> asyncio.Task[dict[str, Any]]:
+                return asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+
+            first = clear_cache()
+            await soon(lambda: len(charger.received) == 1)
+            second = clear_cache()
+            await soon(lambda: len(handler._pending) == 2)  # queued behind the first
+            third = clear_cache()
+            await soon(lambda: len(handler._pending) == 3)
+            # The second is sent half a timeout after the third was queued: the third's
+            # refusal comes half a timeout before the second's time is out.
+            await asyncio.sleep(timeout / 2)
+            first_go.set()
+            await soon(lambda: len(charger.received) == 2)  # the second's turn
+            # The third, queued after the second, is refused once its time is out: the
+            # second has by then waited longer than its time since it was queued.
+            [busy] = (await third)["errors"]
             assert busy["code"] == "CHARGER_BUSY" and "not sent" in busy["message"], busy
-            await asyncio.sleep(0.3)
-            assert len(charger.received) == 2
+            second_go.set()
+            answers = [await first, await second]
+            assert [a["status"] for a in answers] == ["ACCEPTED", "ACCEPTED"], answers
+            # The next command is the charger's third frame: the refused one never went.
+            assert (await run(central, "clearCache", {"cpId": "CP-1"}))["status"] == "ACCEPTED"
+            assert len(charger.received) == 3
     finally:
         await stop_central(central)
 
@@ -1573,12 +1603,11 @@ async def test_a_stop_waits_for_sent_commands_and_fails_queued_ones_as_unsent(
             sent = asyncio.create_task(run(central, "reserveNow", {
                 "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
                 "reservation { state }"))
-            for _ in range(200):
-                if charger.received:
-                    break
-                await asyncio.sleep(0.01)
+            await soon(lambda: bool(charger.received))
+            handler = central.gateway.handler_of("CP-1")
+            assert handler is not None
             queued = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-            await asyncio.sleep(0.1)  # waiting behind the ReserveNow
+            await soon(lambda: len(handler._pending) == 2)  # waiting behind the ReserveNow
             central.gateway.stop_commands("the service is shutting down")
             cleared = await queued
             assert [e["code"] for e in cleared["errors"]] == ["CHARGER_OFFLINE"]

@@ -367,18 +367,19 @@ async def test_a_burst_of_guesses_from_one_64_is_held_to_its_budget_and_the_righ
     one /64 (each from its own address) all passed the lockout check on arrival, and the
     right password sent among them opened the station. One password of a station is
     under way per /64, the right one too (429 while one is), and each is counted as it
-    arrives."""
+    arrives. The refusals wait on the test's clock: the right one is sent once each
+    guess is answered or waits for its refusal (a sleep let a loaded machine send it
+    before the guesses had arrived)."""
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # digest cached
-    central.server.refusal_delay = 0.5  # production's is longer still
-    guesses = [attempt(central, f"wrong-{i}", f"2001:db8:77::{i + 1:x}")
+    timer = central.server.refusal_timer = ManualRefusalTimer()
+    delay = central.server.refusal_delay = 0.5
+    guesses = [asyncio.ensure_future(attempt(central, f"wrong-{i}", f"2001:db8:77::{i + 1:x}"))
                for i in range(60)]
-
-    async def last() -> int:  # sent once the 60 are in flight
-        await asyncio.sleep(0.2)
-        return await attempt(central, STATION_PASSWORD, "2001:db8:77::ffff")
-
-    *wrong, right = await asyncio.gather(*guesses, last())
-    assert right == 429, f"the right password opened the station after {len(wrong)} guesses"
+    await soon(lambda: sum(g.done() for g in guesses) + len(timer.sleeping) == 60)
+    right = await attempt(central, STATION_PASSWORD, "2001:db8:77::ffff")
+    assert right == 429, "the right password opened the station among 60 guesses"
+    await timer.advance_to(delay)
+    wrong = await asyncio.gather(*guesses)
     assert wrong.count(401) <= 5  # the /64's budget: the rest never looked at
 
 
@@ -389,17 +390,19 @@ async def test_a_burst_from_many_addresses_is_counted_as_it_arrives(
     from 30 addresses (under each address's budget of 5): the station's 20 are counted
     as they arrive, the rest refused unchecked, and the right password from a new
     address, sent while their answers are still waited for, meets the station's
-    lockout."""
+    lockout. The refusals wait on the test's clock: the right one is sent once each
+    guess is answered or waits for its refusal (not after a sleep: session 33)."""
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # digest cached
-    central.server.refusal_delay = 1.0
-    guesses = [attempt(central, f"wrong-{i}", f"203.0.113.{i + 1}") for i in range(30)]
-
-    async def right_one() -> int:  # sent once the 30 are in flight
-        await asyncio.sleep(0.5)
-        return await attempt(central, STATION_PASSWORD, "192.0.2.200")
-
-    *got, right = await asyncio.gather(*guesses, right_one())
+    timer = central.server.refusal_timer = ManualRefusalTimer()
+    delay = central.server.refusal_delay = 1.0
+    guesses = [asyncio.ensure_future(attempt(central, f"wrong-{i}", f"203.0.113.{i + 1}"))
+               for i in range(30)]
+    await soon(lambda: sum(g.done() for g in guesses) + len(timer.sleeping) == 30)
+    right = await attempt(central, STATION_PASSWORD, "192.0.2.200")
     assert right == 429
+    assert timer.sleeping, "the guesses' answers were not waited for"
+    await timer.advance_to(delay)
+    got = await asyncio.gather(*guesses)
     assert sorted(got) == [401] * 20 + [429] * 10
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its own address
 
@@ -1166,16 +1169,21 @@ async def test_a_guess_refused_lately_reads_the_same_for_a_real_and_a_made_up_cp
     charging = central.services.charging
     real = charging.password_ok
 
+    held = threading.Event()  # set: the filling checks may end
+
     def argon2(station: d.Station, password: str | None) -> bool:
-        time.sleep(0.4)
+        assert held.wait(10), "the checks were never let go"
         return real(station, password)
 
     monkeypatch.setattr(charging, "password_ok", argon2)
     fill = [asyncio.ensure_future(attempt(central, "guess", f"203.0.113.{90 + i}",
                                           f"FILL-{i}")) for i in range(4)]
-    await asyncio.sleep(0.1)  # the bound is full
+    # The bound full (each pending, held there, or refused): not for 0.4 s a loaded
+    # machine could outlast.
+    await soon(lambda: len(central.server._checks) + sum(f.done() for f in fill) == 4)
     answers = {cp_id: await attempt(central, "guess-G", prober, cp_id)
                for cp_id in ("CP-1", "CP-9")}
+    held.set()
     await asyncio.gather(*fill)
     assert answers == {"CP-1": 503, "CP-9": 503}, answers
 
