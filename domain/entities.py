@@ -598,7 +598,9 @@ class Session(Record):
     #: its start predates its station's record, or came long after its timestamp over a
     #: connection open since before it. Such a session is billed no longer than our
     #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
-    #: transaction queued offline and sent later included.
+    #: transaction queued offline and sent later included. A close by a stop stamped as
+    #: long before its station's record as its start clears it: a queue replayed
+    #: (``charger_clocks.ticked_through``).
     start_clock_behind: bool = False
     #: The timestamp its StartTransaction carried when that was no time at all (before
     #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970 or 2000) and the

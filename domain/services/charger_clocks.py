@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from domain.entities import BILLED_TIME_TOLERANCE
+from domain.entities import BILLED_TIME_TOLERANCE, Session
 
 #: How far ahead of our clock a charger's timestamp may be and still be believed as its
 #: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch.
@@ -18,7 +18,9 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 NEVER_SET_BEFORE = datetime(2015, 1, 1, tzinfo=UTC)
 #: How long before its station's record a start may be stamped and still be believed:
 #: transactions a charger queued offline before it was registered here (moved from
-#: another central system). Older is a clock never set (1970, 2000).
+#: another central system). Older is taken for a clock behind ours, never set right
+#: (a firmware's date after a reset; 1970 and 2000 are ``NEVER_SET_BEFORE``'s) unless
+#: its stop is stamped as long before and later than our clock saw (``ticked_through``).
 MAX_QUEUED_BEFORE_RECORD = timedelta(days=30)
 #: How soon after its connection opened a boot is taken for the one the charger made
 #: before connecting (``ChargerClocks.boot_at``): a charger sends its BootNotification
@@ -93,13 +95,14 @@ class ChargerClocks:
     def behind_at(self, cp_id: str, start: datetime, station_since: datetime) -> bool:
         """Whether a start stamped ``start`` shows its charger's clock behind ours: it
         predates its station's record (``station_since``) by more than
-        ``MAX_QUEUED_BEFORE_RECORD`` (a clock never set, 1970), or its charger was
+        ``MAX_QUEUED_BEFORE_RECORD`` (a clock never set right; its stop may yet show a
+        queue replayed, ``ticked_through``), or its charger was
         connected here since before it (by our clock) and it still arrived more than
         ``BILLED_TIME_TOLERANCE`` after it: a connected charger sends at once. A start
         stamped before its connection opened may have been queued offline, and is
         believed: the two cannot be told apart."""
         now = self.now()
-        if start < station_since - MAX_QUEUED_BEFORE_RECORD:
+        if before_record(start, station_since):
             return True
         opened = self._connected.get(cp_id)
         return opened is not None and opened <= start \
@@ -213,6 +216,32 @@ class ChargerClocks:
         today) is followed from its first new timestamp on."""
         seen = self._seen.get(cp_id)
         return None if seen is None else seen[1] + (charger_time - seen[0])
+
+
+def before_record(at: datetime, station_since: datetime) -> bool:
+    """Whether ``at`` is more than ``MAX_QUEUED_BEFORE_RECORD`` before its station's
+    record (``station_since``)."""
+    return at < station_since - MAX_QUEUED_BEFORE_RECORD
+
+
+def ticked_through(session: Session, stop_stamp: datetime, station_since: datetime,
+                   ours: datetime) -> bool:
+    """Whether ``session``, its start taken for a clock behind ours for being stamped
+    long before its station's record (``behind_at``), was closed by a stop stamped on
+    that same clock, never set right between them: stamped as long before the record,
+    and later than its start by more than our clock saw (``Session.billed_end`` would
+    cut it). A clock set right mid-session stamps its stop today, not months back; so
+    the span is the clock's own ticking through a transaction queued offline and
+    replayed, start and stop together, and the session is one (its stamps its times, as
+    any queued one's). QA s33: its end was cut to what our clock saw (0.024 s of 3 h),
+    priced by a tariff set after the start it kept, its energy judged by the 3 h. Not a
+    clock never set (``reported_start``: dated on arrival), nor a stop that lasted no
+    longer than our clock saw (a live session on a clock behind, priced at its
+    receipt: by its stamp it predates every tariff)."""
+    return session.start_clock_behind and session.reported_start is None \
+        and before_record(session.start_time, station_since) \
+        and before_record(stop_stamp, station_since) \
+        and session.billed_end(stop_stamp, ours) < stop_stamp
 
 
 def _in_queue_window(opened: datetime, at: datetime) -> bool:

@@ -83,7 +83,12 @@ from domain.services.base import (
 )
 from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
-from domain.services.charger_clocks import MAX_CLOCK_AHEAD, NEVER_SET_BEFORE, ChargerClocks
+from domain.services.charger_clocks import (
+    MAX_CLOCK_AHEAD,
+    NEVER_SET_BEFORE,
+    ChargerClocks,
+    ticked_through,
+)
 from domain.services.charger_connections import (
     MAX_OPEN_PER_CONNECTOR,
     RECORD_ATTEMPTS,
@@ -2589,6 +2594,12 @@ class ChargingService(ChargerConnections):
         flagged). ``stop_stamp``: the timestamp its StopTransaction carried (``stopped``),
         kept for a session of a clock never set (``Session.reported_end``). A replay of an
         earlier session (``_replayed``) is priced nothing and flagged ``REPLAYED``."""
+        read = session  # as read: what the close is written onto
+        if stopped and stop_stamp is not None \
+                and ticked_through(session, stop_stamp, station.created_at, self.now()):
+            # Not behind ours after all: a queue replayed, its stamps believed for its
+            # times, end, tariff and energy alike (recorded so by the close).
+            session = replace(session, start_clock_behind=False)
         # No close ends before its start, so no duration anywhere comes out negative (a
         # stop stamped before it was moved to "now" on the timeline already, ``_stop``);
         # one stamped by a clock set right since a start far behind ours ends when our
@@ -2652,7 +2663,7 @@ class ChargingService(ChargerConnections):
                                         company_id=session.company_id,
                                         station_owner_id=session.station_owner_id),
                                 actor, self.now())
-        changes: list[tuple[Change, Any]] = [(close, session)]
+        changes: list[tuple[Change, Any]] = [(close, read)]
         if correcting:
             changes += await self._repriced_payment(session, payment, cost or 0, actor)
         elif payment is not None:

@@ -3,9 +3,11 @@ away (``ChargerClocks.queued``): the bounds of the rule, on the clocks alone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from domain.services.charger_clocks import ChargerClocks
+from domain.entities import Session
+from domain.services.charger_clocks import MAX_QUEUED_BEFORE_RECORD, ChargerClocks, ticked_through
 
 T = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
 
@@ -120,3 +122,29 @@ def test_a_boot_makes_a_clock_behind_its_clock_over_a_reconnect_too() -> None:
     assert clocks.replayed("CP", ours.now - timedelta(hours=1))
     clocks.told_time("CP")
     assert not clocks.replayed("CP", ours.now - timedelta(hours=1))
+
+
+def test_a_stop_as_far_behind_as_its_start_shows_a_clock_that_ticked_through_a_queue() -> None:
+    """QA s33: a start taken for a clock behind ours, stamped more than
+    ``MAX_QUEUED_BEFORE_RECORD`` before its station's record, is a queue replayed when its
+    stop is stamped as far back and later than our clock saw; a stop stamped today is a
+    clock set right mid-session, one no later than our clock saw a live session on a
+    clock behind, and a clock never set (``reported_start``) stays dated on arrival."""
+    recorded = T  # the station's record; the start and stop came at T + 1 h, 1 s apart
+    began = recorded - MAX_QUEUED_BEFORE_RECORD - timedelta(days=10)
+    session = Session(station_id="st", cp_id="CP", connector_id=1, transaction_id=1,
+                      id_tag="T", user_id="u", meter_start_wh=0, start_time=began,
+                      created_at=T + timedelta(hours=1), start_clock_behind=True)
+    stop_came = T + timedelta(hours=1, seconds=1)
+    assert ticked_through(session, began + timedelta(hours=3), recorded, stop_came)
+    assert not ticked_through(session, stop_came, recorded, stop_came)  # set right
+    # Lasting no longer than our clock saw (and its tolerance): live, priced on arrival.
+    assert not ticked_through(session, began + timedelta(minutes=2), recorded, stop_came)
+    # Its start within the month before the record: not taken for a clock behind by it.
+    near = replace(session, start_time=recorded - timedelta(days=11))
+    assert not ticked_through(near, near.start_time + timedelta(hours=3), recorded,
+                              stop_came)
+    assert not ticked_through(replace(session, start_clock_behind=False),
+                              began + timedelta(hours=3), recorded, stop_came)
+    never_set = replace(session, reported_start=datetime(1970, 1, 1, tzinfo=UTC))
+    assert not ticked_through(never_set, began + timedelta(hours=3), recorded, stop_came)

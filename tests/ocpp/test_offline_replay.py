@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from ocpp.v16 import call
 
 from domain import entities as d
 from domain.policy import SYSTEM
+from domain.pricing import cost_breakdown
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -257,3 +260,56 @@ async def test_a_replayed_start_of_a_card_whose_owner_was_deactivated_before_it_
         assert (session.start_refused, session.cost_minor) == (refused, cost)
     assert await _shown(central, before) == {"transactionId": before,
                                              "startRefused": "BLOCKED", "cost": None}
+
+
+@pytest.mark.parametrize("version_then", [True, False])
+async def test_a_replay_stamped_long_before_its_station_was_recorded_keeps_its_stamps(
+        central: Central, version_then: bool) -> None:
+    """QA s33: a station recorded today; its charger replays two transactions stamped
+    40 days back (3 h and 61 h long), start and stop together, beyond the month a start
+    may predate its station's record and still be believed (``MAX_QUEUED_BEFORE_RECORD``:
+    taken for a clock behind ours). They kept their starts, but ended 0.024 s and 0.4 s
+    later (what our clock saw), were priced by the version set today, after their start,
+    and their 33 kWh in 0.024 s went unflagged. Their stops stamped as far back show a
+    clock never set right between them: ended, priced and judged by their stamps, as a
+    transaction queued 11 days back is; by the version in force at their start, and by
+    none (unpriced) when none was."""
+    station = central.stations["CP-OPEN"]
+    tariffs = central.services.tariffs
+    now = datetime.now(UTC).replace(microsecond=0)
+    then = await tariffs.set_tariff(
+        SYSTEM, station_id=station.id, price_per_kwh=Decimal("0.30"),
+        price_per_minute=Decimal("0.01"), currency="EUR",
+        valid_from=now - timedelta(days=60)) if version_then else None
+    await tariffs.set_tariff(SYSTEM, station_id=station.id, price_per_kwh=Decimal("0.50"),
+                             currency="EUR", valid_from=now - timedelta(hours=1))
+    began = now - timedelta(days=40)
+    lasted = {2: timedelta(hours=3), 1: timedelta(hours=61)}
+    txs = {}
+    async with connected(central.url, "CP-OPEN") as cp:
+        for connector_id, tag, wh in ((2, "TAG-OK", 33_000), (1, "TAG-OTHER", 90_000)):
+            start = await cp.call(call.StartTransaction(
+                connector_id=connector_id, id_tag=tag, meter_start=1_000,
+                timestamp=_stamp(began)))
+            txs[connector_id] = start.transaction_id
+            await cp.call(call.StopTransaction(
+                meter_stop=1_000 + wh, transaction_id=start.transaction_id,
+                timestamp=_stamp(began + lasted[connector_id]), reason="EVDisconnected"))
+    answer = await central.gql("""{ sessions(first: 10) { nodes { transactionId
+        startTime endTime energyKwh meterAnomaly tariff { id } cost { amountMinor } } } }""",
+                               as_user="admin")
+    shown = {n["transactionId"]: n for n in answer["sessions"]["nodes"]}
+    for connector_id, wh in ((2, 33_000), (1, 90_000)):
+        session = await central.session(txs[connector_id])
+        assert session is not None and session.state is d.SessionState.COMPLETED
+        assert (session.start_time, session.end_time) == (began, began + lasted[connector_id])
+        assert not session.start_clock_behind
+        assert (session.energy_wh, session.meter_anomaly) == (wh, None)
+        node = shown[txs[connector_id]]
+        assert node["meterAnomaly"] is None
+        if then is None:
+            assert (session.cost_minor, node["tariff"], node["cost"]) == (None, None, None)
+        else:
+            cost = cost_breakdown(then, wh, began, began + lasted[connector_id]).gross
+            assert session.cost_minor == cost
+            assert node["tariff"] == {"id": to_global_id("tariff", then.id)}
