@@ -379,10 +379,12 @@ class Metrics(Protocol):
     def charger_command(self, action: str, outcome: str) -> None:
         """A command sent to a charger ended: ``ok`` or the failure's kind."""
 
-    def graphql_request(self, operation: str, outcome: str) -> None:
-        """A GraphQL request over HTTP answered: ``query``/``mutation``/``unknown`` and
-        ``ok``, ``error`` (executed, with errors) or ``invalid`` (refused before
-        execution)."""
+    def graphql_request(self, operation: str, outcome: str, transport: str = "http"
+                        ) -> None:
+        """A GraphQL request answered: ``query``/``mutation``/``subscription``/``unknown``
+        and ``ok``, ``error`` (executed, with errors) or ``invalid`` (refused before
+        execution); ``transport`` ``http``, or ``ws`` for an operation sent over a
+        websocket (a subscription counted once, as it starts)."""
 
     def export_request(self, export: str, outcome: str) -> None:
         """A CSV export over HTTP ended: its name (``sessions``, ``payments``, ``energy``,
@@ -403,7 +405,8 @@ class NoMetrics:
     def charger_command(self, action: str, outcome: str) -> None:
         return None
 
-    def graphql_request(self, operation: str, outcome: str) -> None:
+    def graphql_request(self, operation: str, outcome: str, transport: str = "http"
+                        ) -> None:
         return None
 
     def export_request(self, export: str, outcome: str) -> None:
