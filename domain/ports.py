@@ -307,10 +307,14 @@ class ChargerGateway(Protocol):
         """The cpIds of the chargers connected to this instance."""
         ...
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         """The charger's answer. Raises ``ChargerOffline``, ``ChargerTimeout`` or
-        ``ChargerError`` (a CALLERROR or a malformed answer)."""
+        ``ChargerError`` (a CALLERROR or a malformed answer). ``newest``: the station's
+        newest connection as the store recorded it (``Station.connection``, read for the
+        command): a connection here older than it was superseded on another instance,
+        whose announcement this one never heard (the bus between instances out), and is
+        not sent on (``ChargerUnclaimed``: nothing sent)."""
 
 
 class PaymentProvider(Protocol):

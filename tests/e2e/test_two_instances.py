@@ -157,6 +157,38 @@ async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
             {"code": "CHARGER_OFFLINE", "field": "cpId"}]
 
 
+async def test_a_command_is_not_sent_on_a_connection_superseded_in_a_redis_outage(
+        tmp_path: Path) -> None:
+    """Review s33: while Redis was out, B did not hear that its charger had connected to
+    A, and sent a command on its old socket, still open here (a charger whose modem
+    switched networks keeps it open on its side, here its old simulator): the command
+    read the station's newest connection, A's, and is not sent on an older one. B's lease
+    is long, so that no lease round closes that socket first."""
+    unlock = """mutation($cp: String!) { unlockConnector(input: {cpId: $cp,
+        connectorId: 1}) { status errors { code field message } } }"""
+    with RedisServer() as redis:
+        async with two_instances(tmp_path, redis, instance_lease_seconds=3600) as (a, b):
+            token = await b.token("op")
+            async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as old:
+                await old.boot()
+                redis.stop()
+                await soon(lambda: not a.services.ctx.bus.receiving  # type: ignore[union-attr]
+                           and not b.services.ctx.bus.receiving)  # type: ignore[union-attr]
+                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as new:
+                    await new.boot()
+                    # B still holds its old socket, as its own.
+                    gateway = b.services.commands.gateway
+                    assert gateway is not None and gateway.is_connected("CP-1")
+                    answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
+                    assert old.received == [] and new.received == []
+                    assert answer["unlockConnector"]["status"] is None
+                    # Online elsewhere, out of reach: nothing was sent.
+                    assert answer["unlockConnector"]["errors"] == [{
+                        "code": "CHARGER_OFFLINE", "field": "cpId", "message":
+                        "CP-1 is connected to another instance that does not answer now; "
+                        "try again in a moment"}]
+
+
 LOGIN = """mutation($p: String!) { login(email: "op@example.com", password: $p) {
     token errors { code } } }"""
 
