@@ -4,7 +4,8 @@ counters the hot paths increment stay plain dicts of ints.
 
 * Counters (``MetricsRegistry``, the ``domain.ports.Metrics`` the doors call): OCPP CALLs
   answered, by action and result; commands sent to chargers, by action and outcome;
-  GraphQL requests over HTTP, by operation type and outcome; CSV exports, by export and
+  GraphQL requests over HTTP and operations over websockets, by operation type, outcome
+  and transport; CSV exports, by export and
   outcome. Per process, from its start.
 * Gauges, read only when scraped (``Sources``): nothing on any hot path keeps them.
 """
@@ -40,7 +41,7 @@ class MetricsRegistry:
         #: action → [CALLRESULTs, CALLERRORs]
         self.ocpp: dict[str, list[int]] = {}
         self.commands: dict[tuple[str, str], int] = {}
-        self.graphql: dict[tuple[str, str], int] = {}
+        self.graphql: dict[tuple[str, str, str], int] = {}
         self.exports: dict[tuple[str, str], int] = {}
 
     def ocpp_message(self, action: str, ok: bool) -> None:
@@ -53,8 +54,9 @@ class MetricsRegistry:
         key = (action, outcome)
         self.commands[key] = self.commands.get(key, 0) + 1
 
-    def graphql_request(self, operation: str, outcome: str) -> None:
-        key = (operation, outcome)
+    def graphql_request(self, operation: str, outcome: str, transport: str = "http"
+                        ) -> None:
+        key = (operation, outcome, transport)
         self.graphql[key] = self.graphql.get(key, 0) + 1
 
     def export_request(self, export: str, outcome: str) -> None:
@@ -128,8 +130,8 @@ def counters(registry: MetricsRegistry) -> list[Family]:
             for result, count in (("ok", slots[0]), ("CALLERROR", slots[1])) if count]
     commands = [({"action": a, "outcome": o}, n)
                 for (a, o), n in sorted(registry.commands.items())]
-    graphql = [({"operation": op, "outcome": o}, n)
-               for (op, o), n in sorted(registry.graphql.items())]
+    graphql = [({"operation": op, "outcome": o, "transport": t}, n)
+               for (op, o, t), n in sorted(registry.graphql.items())]
     exports = [({"export": e, "outcome": o}, n)
                for (e, o), n in sorted(registry.exports.items())]
     return [
@@ -140,10 +142,11 @@ def counters(registry: MetricsRegistry) -> list[Family]:
                "Commands sent to chargers connected to this instance, by action and "
                "outcome", commands),
         Family("chargegraph_graphql_requests_total", "counter",
-               "GraphQL requests over HTTP, by operation type and outcome (ok, error: "
-               "executed with errors or a payload's service failure, STORE_*, "
-               "UNAVAILABLE, NOT_READ_BACK; invalid: refused before execution; "
-               "replayed)", graphql),
+               "GraphQL requests, by operation type, outcome (ok, error: executed with "
+               "errors or a payload's service failure, STORE_*, UNAVAILABLE, "
+               "NOT_READ_BACK; invalid: refused before execution; replayed) and "
+               "transport (http; ws: an operation sent over a websocket, a subscription "
+               "counted once as it starts)", graphql),
         Family("chargegraph_export_requests_total", "counter",
                "CSV and personal data exports over HTTP, by export and outcome (ok: every "
                "row sent, invalid: a malformed or unauthenticated request, forbidden, "

@@ -307,10 +307,14 @@ class ChargerGateway(Protocol):
         """The cpIds of the chargers connected to this instance."""
         ...
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         """The charger's answer. Raises ``ChargerOffline``, ``ChargerTimeout`` or
-        ``ChargerError`` (a CALLERROR or a malformed answer)."""
+        ``ChargerError`` (a CALLERROR or a malformed answer). ``newest``: the station's
+        newest connection as the store recorded it (``Station.connection``, read for the
+        command): a connection here older than it was superseded on another instance,
+        whose announcement this one never heard (the bus between instances out), and is
+        not sent on (``ChargerUnclaimed``: nothing sent)."""
 
 
 class PaymentProvider(Protocol):
@@ -379,10 +383,12 @@ class Metrics(Protocol):
     def charger_command(self, action: str, outcome: str) -> None:
         """A command sent to a charger ended: ``ok`` or the failure's kind."""
 
-    def graphql_request(self, operation: str, outcome: str) -> None:
-        """A GraphQL request over HTTP answered: ``query``/``mutation``/``unknown`` and
-        ``ok``, ``error`` (executed, with errors) or ``invalid`` (refused before
-        execution)."""
+    def graphql_request(self, operation: str, outcome: str, transport: str = "http"
+                        ) -> None:
+        """A GraphQL request answered: ``query``/``mutation``/``subscription``/``unknown``
+        and ``ok``, ``error`` (executed, with errors) or ``invalid`` (refused before
+        execution); ``transport`` ``http``, or ``ws`` for an operation sent over a
+        websocket (a subscription counted once, as it starts)."""
 
     def export_request(self, export: str, outcome: str) -> None:
         """A CSV export over HTTP ended: its name (``sessions``, ``payments``, ``energy``,
@@ -403,7 +409,8 @@ class NoMetrics:
     def charger_command(self, action: str, outcome: str) -> None:
         return None
 
-    def graphql_request(self, operation: str, outcome: str) -> None:
+    def graphql_request(self, operation: str, outcome: str, transport: str = "http"
+                        ) -> None:
         return None
 
     def export_request(self, export: str, outcome: str) -> None:

@@ -53,7 +53,8 @@ class GraphQLApp:
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
         self.websocket = LiveEndpoint(services, tokens, schema, self.bearer_viewer,
-                                      keep_alive=ws_keep_alive, introspection=introspection)
+                                      keep_alive=ws_keep_alive, introspection=introspection,
+                                      metrics=metrics)
         # The same viewer from the same token, the same services and metrics: an export
         # sees exactly what the GraphQL lists show.
         self.export = CsvExports(services, self.bearer_viewer, metrics)

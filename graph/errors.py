@@ -7,12 +7,13 @@ import dataclasses
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, TypeVar
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from domain.errors import DomainError, Forbidden, Unauthenticated, each
 from graph.request_errors import variable_refused
@@ -107,12 +108,22 @@ NOT_READ_BACK = "NOT_READ_BACK"
 #: request's fault; review r32-f).
 SERVICE_FAILURE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE",
                                    "STORE_OUTCOME_UNKNOWN", "UNAVAILABLE", NOT_READ_BACK})
-#: Set by ``graph.http`` around each request it executes: the codes of its payload
+#: Set by ``graph.http`` around each request it executes (and ``graph.live_ws`` around
+#: each query or mutation sent over a socket): the codes of its payload
 #: errors (for an idempotency key, whether one is of ``RETRYABLE_CODES``; for the
 #: metrics, of ``SERVICE_FAILURE_CODES``). Every payload error is made by ``user_error``,
 #: whichever resolver makes it, so it is told here, whether or not the client selected
 #: ``errors { code }``.
 payload_codes: ContextVar[list[str] | None] = ContextVar("payload_codes", default=None)
+
+
+def request_outcome(result: ExecutionResult, codes: Collection[str]) -> str:
+    """A result's outcome as ``/metrics`` counts it, over HTTP and the sockets alike:
+    ``invalid`` (refused before execution), ``error`` (executed with errors, or a payload
+    error of ``SERVICE_FAILURE_CODES`` among ``codes``, ``payload_codes``') or ``ok``."""
+    if isinstance(result, PreExecutionError):
+        return "invalid"
+    return "error" if result.errors or not SERVICE_FAILURE_CODES.isdisjoint(codes) else "ok"
 
 
 def user_error(error: DomainError) -> UserError:

@@ -37,7 +37,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services.idempotency import InProgress, Refusal, Replay
 from graph import exact_json
 from graph.context import GraphContext
-from graph.errors import RETRYABLE_CODES, SERVICE_FAILURE_CODES, payload_codes
+from graph.errors import RETRYABLE_CODES, payload_codes, request_outcome
 from graph.pipeline import mutation_fields, normalized, operation_type, operations_in
 
 log = logging.getLogger("chargegraph.graph")
@@ -441,8 +441,7 @@ class GraphQLHTTPHandler:
         if result.extensions:
             payload["extensions"] = result.extensions
         status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
-        outcome = "invalid" if isinstance(result, PreExecutionError) \
-            else "error" if errors or not SERVICE_FAILURE_CODES.isdisjoint(codes) else "ok"
+        outcome = request_outcome(result, codes)
         ran = not no_data and not any(e.path is None or len(e.path) < 2
                                       for e in result.errors or ())
         # A write whose outcome is unknown may stand, in part: its answer is kept as a

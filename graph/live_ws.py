@@ -65,12 +65,13 @@ from strawberry.types.execution import PreExecutionError
 from domain.errors import Unauthenticated
 from domain.events import AccessChanged, DomainEvent, EventsDropped
 from domain.policy import SYSTEM, Viewer
+from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from domain.services.live import Watch
 from graph import exact_json
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
-from graph.errors import mask
+from graph.errors import mask, payload_codes, request_outcome
 from graph.live_outbox import ABORT, CLOSE_WITHIN_S, Outbox, QueuedSend, dumps
 from graph.live_render import (
     MAX_RENDERS,
@@ -81,7 +82,7 @@ from graph.live_render import (
     reads_event_only,
     result_payload,
 )
-from graph.pipeline import prepared, too_complex
+from graph.pipeline import operation_type, prepared, too_complex
 from graph.subscription import LiveFeed, events_lost, events_unavailable
 
 log = logging.getLogger("chargegraph.graph")
@@ -162,6 +163,17 @@ def connection_authorization(payload: dict[str, Any], request: HTTPConnection
     return request.headers.get("authorization") or None
 
 
+def _operation_of(payload: Any) -> str:
+    """The operation type a ``subscribe``/``start`` payload asks for, as an HTTP request's
+    is told (``pipeline.operation_type``); ``unknown`` for a malformed payload."""
+    if not isinstance(payload, dict):
+        return "unknown"
+    query, name = payload.get("query"), payload.get("operationName")
+    if not isinstance(query, str) or (name is not None and not isinstance(name, str)):
+        return "unknown"
+    return operation_type(query, name)
+
+
 # ------------------------------------------------------------------ operations
 class LiveOperation:
     """One subscription of one connection, fed by the domain's pump."""
@@ -238,7 +250,8 @@ class LiveHub:
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
-                 render_backlog: int = RENDER_BACKLOG, introspection: bool = True) -> None:
+                 render_backlog: int = RENDER_BACKLOG, introspection: bool = True,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.services = services
         self.tokens = tokens
         self.schema = schema
@@ -246,6 +259,9 @@ class LiveHub:
         #: (``graph.pipeline``), as over HTTP.
         self.introspection = introspection
         self.queue_size = queue_size
+        #: Where the sockets' operations are counted, as HTTP's requests are
+        #: (``graphql_request``, transport ``ws``).
+        self.metrics = metrics
         self.groups: dict[tuple[Any, ...], RenderGroup] = {}
         self.renders = RenderQueue(max_renders, render_backlog)
         self.max_operations = max_operations
@@ -382,14 +398,17 @@ class Connection:
         elif kind == "pong":
             pass
         elif kind == "subscribe":
-            if self.context is None:
-                raise _Close(4401, "Unauthorized")
             op_id, payload = message.get("id"), message.get("payload")
+            if self.context is None:
+                self._count(_operation_of(payload), "invalid")
+                raise _Close(4401, "Unauthorized")
             if not isinstance(op_id, str) or not isinstance(payload, dict):
+                self._count("unknown", "invalid")
                 raise _Close(4400, "Failed to parse message")
             if op_id in self.operations:
+                self._count(_operation_of(payload), "invalid")
                 raise _Close(4409, f"Subscriber for {op_id} already exists")
-            if self._room_for(op_id):
+            if self._room_for(op_id, lambda: _operation_of(payload)):
                 await self._start(op_id, payload)
         elif kind == "complete":
             op_id = message.get("id")
@@ -427,12 +446,14 @@ class Connection:
         elif kind == "start":
             op_id, payload = message.get("id"), message.get("payload")
             if not isinstance(op_id, str) or not isinstance(payload, dict):
+                self._count("unknown", "invalid")
                 return
             if self.context is None:
+                self._count(_operation_of(payload), "invalid")
                 raise _Close(4401, "Unauthorized")
             if op_id in self.operations:
                 self._stop(op_id)
-            if self._room_for(op_id):
+            if self._room_for(op_id, lambda: _operation_of(payload)):
                 await self._start(op_id, payload)
         elif kind == "stop":
             op_id = message.get("id")
@@ -591,9 +612,10 @@ class Connection:
         return wait if wait > _EARLY else None
 
     # -- operations ---------------------------------------------------------
-    def _room_for(self, op_id: str) -> bool:
+    def _room_for(self, op_id: str, kind: Callable[[], str]) -> bool:
         """Whether the socket may run one more operation (per socket, per client address
-        and in all: ``LiveHub.refusal``); if not, the op gets an error. Each live
+        and in all: ``LiveHub.refusal``); if not, the op gets an error, counted as refused
+        (``kind``: its operation type, told only then). Each live
         operation costs rendering per event: thousands on one socket that never reads made
         every status change cost a third of a second of the event loop."""
         if len(self.operations) >= MAX_OPERATIONS_PER_SOCKET:
@@ -604,8 +626,15 @@ class Connection:
             refusal = self.hub.refusal(self.client)
         if refusal is None:
             return True
+        self._count(kind(), "invalid")
         self._error(op_id, [refusal])
         return False
+
+    def _count(self, kind: str, outcome: str) -> None:
+        """An operation sent over the socket, counted as an HTTP request is
+        (``Metrics.graphql_request``): ``invalid`` refused before it ran, else its
+        result's outcome; a subscription once, as it starts."""
+        self.hub.metrics.graphql_request(kind, outcome, "ws")
 
     def _add(self, op_id: str, operation: LiveOperation | asyncio.Task[None]) -> None:
         if op_id not in self.operations:
@@ -671,55 +700,69 @@ class Connection:
         if not isinstance(query, str) or (variables is not None
                                           and not isinstance(variables, dict)) or (
                 operation_name is not None and not isinstance(operation_name, str)):
+            self._count("unknown", "invalid")
             raise _Close(4400, "Invalid subscribe payload")
         try:
             document, errors = self.hub.document(query)
         except GraphQLSyntaxError as exc:
+            self._count("unknown", "invalid")
             if self.protocol == LEGACY_WS:
                 self._error(op_id, [exc])
                 return
             raise _Close(4400, exc.message) from None
         operation = get_operation_ast(document, operation_name)
         if operation is None:
+            self._count("unknown", "invalid")
             reason = (f"Unknown operation named '{operation_name}'." if operation_name
                       else "Can't get GraphQL operation type")
             if self.protocol == LEGACY_WS:
                 self._error(op_id, [GraphQLError(reason)])
                 return
             raise _Close(4400, reason)
+        kind = operation.operation.value
         if errors:
+            self._count(kind, "invalid")
             self._error(op_id, errors)
             return
         if operation.operation is not OperationType.SUBSCRIPTION:
             task = asyncio.get_running_loop().create_task(
-                self._single(op_id, query, variables, operation_name))
+                self._single(op_id, kind, query, variables, operation_name))
             self._add(op_id, task)
             return
         too_large = too_complex(self.hub.schema._schema, query, document, operation_name,
                                 variables)
         if too_large:  # per event: queries and mutations are checked by the pipeline
+            self._count(kind, "invalid")
             self._error(op_id, too_large)
             return
         await self._subscribe(op_id, document, query, variables, operation_name)
 
-    async def _single(self, op_id: str, query: str, variables: dict[str, Any] | None,
-                      operation_name: str | None) -> None:
+    async def _single(self, op_id: str, kind: str, query: str,
+                      variables: dict[str, Any] | None, operation_name: str | None) -> None:
         """A query or mutation sent over the socket: one result, then complete. The
         connection's rights are checked first (as an HTTP request would be)."""
         assert self.context is not None
         reason = await self.withdrawn()
         if reason is not None:
+            self._count(kind, "invalid")
             self._drop(op_id)
             await self.close(4403, reason)
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
                                      self.request, introspection=self.hub.introspection)
+        codes: list[str] = []  # the payload errors' codes, for its outcome (this task's)
+        marker = payload_codes.set(codes)
         try:
             result = await self.hub.schema.execute(query, variable_values=variables,
                                                    context_value=context,
                                                    operation_name=operation_name)
+            outcome = request_outcome(result, codes)
         except Exception as exc:
             result = PreExecutionError(data=None, errors=[GraphQLError(str(exc))])
+            outcome = "error"  # it failed as it ran: not refused
+        finally:
+            payload_codes.reset(marker)
+        self._count(kind, outcome)
         if self.operations.get(op_id) is not asyncio.current_task():
             return  # stopped meanwhile
         if isinstance(result, PreExecutionError):
@@ -744,24 +787,30 @@ class Connection:
         store read each (a network round trip on MongoDB), awaited in turn in the
         socket's message loop (review r2)."""
         assert self.context is not None
+        kind = OperationType.SUBSCRIPTION.value
         if self.expired():
+            self._count(kind, "invalid")
             raise _Close(4403, "Token expired")
         schema = self.hub.schema._schema
         built = Executor.build(schema, document, None, self.context, variables,
                                operation_name)
         if isinstance(built, list):
+            self._count(kind, "invalid")
             self._error(op_id, built)
             return
         executor = built
         source: Any = create_source_event_stream(executor)
         if asyncio.iscoroutine(source) or isinstance(source, Awaitable):
             source = await source
-        if isinstance(source, ExecutionResult):
+        if isinstance(source, ExecutionResult):  # its resolver ran and refused
+            self._count(kind, "error")
             self._error(op_id, list(source.errors or [GraphQLError("subscription failed")]))
             return
         if op_id in self.operations:  # the same id arrived while we awaited
+            self._count(kind, "invalid")
             raise _Close(4409, f"Subscriber for {op_id} already exists")
-        if not self._room_for(op_id):  # other sockets' operations started while we awaited
+        # Other sockets' operations may have started while we awaited.
+        if not self._room_for(op_id, lambda: kind):
             if not isinstance(source, LiveFeed):
                 with contextlib.suppress(Exception):
                     await source.aclose()
@@ -770,6 +819,7 @@ class Connection:
             # Not one of ours: run it per subscriber, the way graphql-core does.
             self._add(op_id, asyncio.get_running_loop().create_task(
                 self._per_subscriber(op_id, executor, source)))
+            self._count(kind, "ok")
             return
         root_type = schema.subscription_type
         assert root_type is not None
@@ -798,9 +848,11 @@ class Connection:
                                                       list(source.topics),
                                                       live.deliver, live.ended)
         except Exception:
+            self._count(kind, "error")
             self._drop(op_id)
             live.stop()
             raise
+        self._count(kind, "ok")  # once, as it starts: its events are not requests
         # Asked once it watches (review s16: an end published while it was asked,
         # before the watch, was never delivered): nothing left to follow, a session over
         # before it was asked for, and it completes now, unless its end came meanwhile.
@@ -860,12 +912,12 @@ class LiveEndpoint:
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
                  render_backlog: int = RENDER_BACKLOG, introspection: bool = True,
-                 timers: Timers | None = None) -> None:
+                 timers: Timers | None = None, metrics: Metrics = NO_METRICS) -> None:
         self.hub = LiveHub(services, tokens, schema, queue_size,
                            max_operations=max_operations,
                            max_operations_per_client=max_operations_per_client,
                            max_renders=max_renders, render_backlog=render_backlog,
-                           introspection=introspection)
+                           introspection=introspection, metrics=metrics)
         self.authorize = authorize
         self.connection_init_timeout = connection_init_timeout
         self.revalidate_every = revalidate_every

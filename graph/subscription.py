@@ -374,7 +374,9 @@ class LiveFeed(AsyncIterator[Any]):
     ``graph/live_ws.py`` reads these three and fans events out itself, shaping each event
     once for all subscribers that would get the same result. Iterated, the feed is an
     ordinary per-subscriber stream (its own bus subscription, fresh loaders per event),
-    which is what Strawberry's and graphql-core's own subscription machinery use."""
+    which is what Strawberry's and graphql-core's own subscription machinery use; it tells
+    what the sockets tell: EVENTS_UNAVAILABLE (yielded: a result, the feed goes on) and
+    EVENTS_LOST (raised: the end)."""
 
     def __init__(self, context: GraphContext, topic: str, accept: Callable[[Any], bool],
                  wrap: Callable[[Any, int], Any], *,
@@ -422,9 +424,13 @@ class LiveFeed(AsyncIterator[Any]):
             if isinstance(event, EventsDropped):
                 if event.interrupted:
                     raise events_lost()
-                # An ``unavailable`` marker (count 0) is not told on this path: a stream
-                # of the field's objects has no way to say it and go on (the sockets'
-                # path, ``graph/live_ws.py``, tells it); its return ends it as above.
+                if event.unavailable:
+                    # Told as the sockets tell it (``Connection.unheard``): a result with
+                    # no data and this error, the feed going on. graphql-core completes
+                    # an exception the source yields as the field's error (review s33:
+                    # this path said nothing, and looked live during the outage).
+                    yield events_unavailable()
+                    continue
                 dropped += event.count
                 continue
             if not self.accept(event):

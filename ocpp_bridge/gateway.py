@@ -21,6 +21,7 @@ from domain.errors import (
     ChargerLost,
     ChargerOffline,
     ChargerTimeout,
+    ChargerUnclaimed,
     ValidationError,
 )
 from domain.ports import NO_METRICS, Metrics
@@ -98,11 +99,24 @@ class OcppGateway:
         return list(self._handlers)
 
     # ------------------------------------------------------------- commands
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         """``_call``, counted by action and outcome. Counted here, on the instance the
         charger is connected to: a command relayed from another instance is counted
-        once, where it was sent."""
+        once, where it was sent. Not sent, nor counted, on a connection older than
+        ``newest`` (the store's, ``ChargerGateway.call``): during an outage of the bus
+        between instances this instance does not hear that its charger connected to
+        another, and its socket here stays open until a lease round finds it superseded
+        (``OcppServer.upkeep``) or it is noticed dead; a command sent on it meanwhile
+        reached no one or the charger twice (review s33)."""
+        handler = self._handlers.get(cp_id)
+        if handler is not None and newest is not None and handler.number is not None \
+                and newest > handler.number:
+            log.info("%s: its connection here (%s) is older than the one recorded (%s), on "
+                     "another instance: %s not sent on it", cp_id, handler.number, newest,
+                     action)
+            raise ChargerUnclaimed(f"{cp_id} is connected to another instance",
+                                   field="cpId")
         # Our own callers name the action, but only OCPP's are labels (bounded series).
         label = action if getattr(ocpp_call, action, None) is not None else "other"
         try:

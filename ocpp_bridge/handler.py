@@ -353,6 +353,9 @@ class ChargePointHandler(ChargePoint):
         self._actions: dict[str, str] = {}
         #: When this connection was recorded (``ChargingService.connect``).
         self.connected_at: datetime | None = None
+        #: The number the store drew for this connection, once recorded (``OcppServer.
+        #: _take``; ``Station.connection``): of two of its charger's, the newer is higher.
+        self.number: int | None = None
         self._highest_connector: int | None = None
         self._unique_id = ""
         #: Commands in progress (sent, or waiting to be sent after the one in flight):

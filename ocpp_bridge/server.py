@@ -348,10 +348,8 @@ class OcppServer:
         self._watcher: asyncio.Task[None] | None = None
         self._removals: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        # handler → the number of its connection (``ChargingService.connect``), once
-        # recorded; cp_id → the highest number another instance announced for it while
-        # this instance was still recording its own.
-        self._numbers: dict[ChargePointHandler, int] = {}
+        # cp_id → the highest number another instance announced for it while this
+        # instance was still recording its own (a handler's own: ``handler.number``).
         self._newer_elsewhere: dict[str, int] = {}
         #: A charge point's connections are taken one at a time (``_connection``).
         self._arriving = KeyedLocks()
@@ -591,7 +589,7 @@ class OcppServer:
         held: dict[str, int | None] = {}
         for cp_id in self.gateway.connected():
             handler = self.gateway.handler_of(cp_id)
-            held[cp_id] = self._numbers.get(handler) if handler is not None else None
+            held[cp_id] = handler.number if handler is not None else None
         return held
 
     def _close_superseded(self, cp_ids: list[str], held: dict[str, int | None]) -> None:
@@ -600,7 +598,7 @@ class OcppServer:
         that replaced them here while the store was read (``held``: the numbers read)."""
         for cp_id in cp_ids:
             handler = self.gateway.handler_of(cp_id)
-            if handler is not None and self._numbers.get(handler) == held[cp_id]:
+            if handler is not None and handler.number == held[cp_id]:
                 self._lost_to_elsewhere(handler)
 
     async def _record_connections_again(self, cp_ids: list[str]) -> None:
@@ -612,7 +610,7 @@ class OcppServer:
         while its socket is open, unless it is no longer the station's newest (then this
         socket is stale, and closed)."""
         handler = self.gateway.handler_of(cp_id)
-        number = self._numbers.get(handler) if handler is not None else None
+        number = handler.number if handler is not None else None
         if handler is None or number is None:
             return
         connected = await self.charging.connect(cp_id, instance=self.instance_id,
@@ -649,7 +647,7 @@ class OcppServer:
                     if handler.connected_at is None or event.at <= handler.connected_at:
                         continue
                 else:
-                    mine = self._numbers.get(handler)
+                    mine = handler.number
                     if mine is None:
                         newest = self._newer_elsewhere.get(event.cp_id, 0)
                         self._newer_elsewhere[event.cp_id] = max(newest, event.connection)
@@ -1221,7 +1219,7 @@ class OcppServer:
         arrival numbered ``number``: an older socket never replaces a newer one (had it
         done so, it would also lose to it in the store, and both would be closed)."""
         current = self.gateway.handler_of(cp_id)
-        held = self._numbers.get(current) if current is not None else None
+        held = current.number if current is not None else None
         return held is not None and held > number
 
     async def _take(self, handler: ChargePointHandler, number: int, peer: Any) -> bool:
@@ -1252,7 +1250,7 @@ class OcppServer:
             handler.station_removed()
             self.gateway.unregister(handler)
             return False
-        self._numbers[handler] = connected.number
+        handler.number = connected.number
         handler.connected_at = connected.at
         newer = self._newer_elsewhere.pop(cp_id, None)
         if not connected.newest or (newer is not None and newer > connected.number):
@@ -1331,7 +1329,7 @@ class OcppServer:
             # First: a command waiting for this charger's answer fails now with
             # CHARGER_OFFLINE, not at its timeout.
             handler.connection_closed()
-            recorded = self._numbers.pop(handler, None)
+            recorded, handler.number = handler.number, None
             # Not if it was let go already (superseded, ``_let_go``), or replaced here.
             if self.gateway.unregister(handler):
                 self._newer_elsewhere.pop(cp_id, None)

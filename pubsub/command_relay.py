@@ -235,10 +235,14 @@ class CommandRelay:
         """The chargers connected to this instance (not those others hold)."""
         return self.local.connected() if self.local is not None else []
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
+        elsewhere: ChargerUnclaimed | None = None
         if self.local is not None and self.local.is_connected(cp_id):
-            return await self.local.call(cp_id, action, payload, timeout)
+            try:
+                return await self.local.call(cp_id, action, payload, timeout, newest)
+            except ChargerUnclaimed as superseded:
+                elsewhere = superseded  # by ``newest``, elsewhere: relayed to its holder
         if self._stopping is not None:
             raise ChargerOffline(self._stopping)
         request_id = new_id()
@@ -252,6 +256,8 @@ class CommandRelay:
                     timeout=timeout))
             except Exception as exc:
                 log.warning("cannot relay %s to %s: %r", action, cp_id, exc)
+                if elsewhere is not None:  # connected to another instance, unreachable
+                    raise elsewhere from exc
                 raise ChargerOffline(f"{cp_id} is not connected here and the other "
                                      "instances cannot be reached", field="cpId") from exc
             try:

@@ -785,8 +785,10 @@ class CommandService(Service):
         # instance holding it): a keyed request is no longer run again by its retry.
         reaching_out(outcome.action)
         try:
+            # The station's newest connection, as read for this command: no connection
+            # older than it is sent on (``ChargerGateway.call``).
             result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
-                                             timeout)
+                                             timeout, outcome.station.connection)
         except ChargerUnclaimed as exc:
             outcome.error = await self._unclaimed(outcome.station, exc)
             return

@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from chargegraph import __version__
 from ocpp_bridge.simulator import connected
 from tests.e2e.conftest import Running, running_service
+from tests.e2e.wsclient import GraphQLWS
 from tests.ocpp.conftest import STATION_PASSWORD
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -117,9 +118,9 @@ async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
     assert value(samples, commands, action="ChangeConfiguration", outcome="rejected") == 1
     requests = "chargegraph_graphql_requests_total"
     # login, clear, and the refused change (a charger's refusal is no GraphQL error)
-    assert value(samples, requests, operation="mutation", outcome="ok") == 3
-    assert value(samples, requests, operation="query", outcome="ok") == 1
-    assert value(samples, requests, operation="query", outcome="invalid") == 1
+    assert value(samples, requests, transport="http", operation="mutation", outcome="ok") == 3
+    assert value(samples, requests, transport="http", operation="query", outcome="ok") == 1
+    assert value(samples, requests, transport="http", operation="query", outcome="invalid") == 1
 
     assert value(samples, "chargegraph_build_info", version=__version__) == 1
     assert types["chargegraph_chargers_connected"] == "gauge"
@@ -157,3 +158,74 @@ async def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     async with running_service(tmp_path, seed_data=False, metrics=False) as service, \
             httpx.AsyncClient() as client:
         assert (await client.get(f"{service.http_url}/metrics")).status_code == 404
+
+
+async def answers(socket: GraphQLWS, op_id: str) -> list[str]:
+    """The types of the messages of one operation sent over ``socket``, up to its end (its
+    ``complete`` or ``error``)."""
+    types: list[str] = []
+    for _ in range(10):
+        message = await socket.next()
+        assert message["id"] == op_id, message
+        types.append(message["type"])
+        if message["type"] in ("complete", "error"):
+            return types
+    raise AssertionError(f"no end after {types}")
+
+
+async def test_operations_over_the_websocket_are_counted_by_transport(
+        tmp_path: Path) -> None:
+    """Review s33: queries, mutations and subscriptions sent over the GraphQL websocket
+    were not counted at all. Counted as over HTTP, by the same outcome rules, with
+    ``transport="ws"``; a subscription once, as it starts, not per event."""
+    status = "subscription { connectorStatusChanged { cpId status } }"
+    async with running_service(tmp_path) as service:
+        token = await service.token("op")  # over HTTP
+        socket = await GraphQLWS.open(service.ws_url, token)
+        try:
+            query = await socket.subscribe("{ __typename }")
+            assert await answers(socket, query) == ["next", "complete"]
+            invalid = await socket.subscribe("{ nope }")
+            assert await answers(socket, invalid) == ["error"]
+            # Executed, and failed: a top-level error.
+            failed = await socket.subscribe(
+                '{ stations(filter: {search: "a\\u0001"}) { totalCount } }')
+            assert await answers(socket, failed) == ["next", "complete"]
+            # A payload's user error (the wrong password) is ok, as over HTTP.
+            login = await socket.subscribe('mutation { login(email: "op@example.com", '
+                                           'password: "wrong-pass-1") { errors { code } } }')
+            assert await answers(socket, login) == ["next", "complete"]
+            refused = await socket.subscribe(
+                'subscription { commandCompleted(filter: {commandId: "nope"}) { cpId } }')
+            assert await answers(socket, refused) == ["error"]
+            nothing = await socket.subscribe("subscription { nope }")
+            assert await answers(socket, nothing) == ["error"]
+            live = await socket.subscribe(status)
+            await service.until_subscribed(1)
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                await cp.boot()
+                for state in ("Preparing", "Charging"):
+                    await cp.status(1, state)
+                    event = await socket.next()
+                    assert event["id"] == live
+                    assert event["payload"]["data"]["connectorStatusChanged"]["status"] \
+                        == state.upper()
+            samples, _ = await scrape(service)
+        finally:
+            await socket.close()
+    requests = "chargegraph_graphql_requests_total"
+
+    def ws(operation: str, outcome: str) -> float | None:
+        return value(samples, requests, transport="ws", operation=operation,
+                     outcome=outcome)
+
+    assert ws("query", "ok") == 1
+    assert ws("query", "invalid") == 1
+    assert ws("query", "error") == 1
+    assert ws("mutation", "ok") == 1
+    assert ws("subscription", "ok") == 1  # two events, one subscription
+    assert ws("subscription", "error") == 1
+    assert ws("subscription", "invalid") == 1
+    assert value(samples, requests, transport="http", operation="mutation",
+                 outcome="ok") == 1  # the sign-in
+    assert sum(n for (name, labels), n in samples.items() if name == requests) == 8

@@ -4,6 +4,8 @@ from the instance holding a charger's websocket to the other."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,10 @@ from domain.query import Eq, all_of
 from domain.services import ServiceContext, Services
 from domain.services.base import patch
 from domain.services.charging import ChargingService
+from graph.auth import TokenService
+from graph.context import GraphContext
 from graph.ids import to_global_id
+from graph.schema import schema
 from ocpp_bridge.simulator import connected
 from pubsub.factory import open_event_bus
 from store.sqlite import SqliteStore
@@ -92,6 +97,40 @@ async def test_a_subscription_opened_while_redis_is_out_is_told_so_at_once(
             await watcher.close()
 
 
+async def test_an_iterated_subscription_opened_while_redis_is_out_is_told_so_too(
+        tmp_path: Path) -> None:
+    """The per-subscriber path (``LiveFeed`` iterated: Strawberry's and graphql-core's
+    own subscription machinery, and the sockets' for a source not ours) says what the
+    sockets say (review s33: it said nothing and went on, as if live): EVENTS_UNAVAILABLE
+    at once, B's own events after it, EVENTS_LOST once Redis is back."""
+    with RedisServer() as redis:
+        async with two_instances(tmp_path, redis) as (_, b):
+            redis.stop()
+            await soon(lambda: not b.services.ctx.bus.receiving)  # type: ignore[union-attr]
+            context = GraphContext.build(b.services, TokenService("t" * 40, timedelta(
+                hours=1)), SYSTEM)
+            stream = await schema.subscribe(STATUS, context_value=context)
+            assert isinstance(stream, AsyncGenerator), stream
+            async with contextlib.aclosing(stream):
+                told = await asyncio.wait_for(stream.__anext__(), 10)
+                assert told.data is None
+                assert [e.extensions for e in told.errors or ()] == [
+                    {"code": "EVENTS_UNAVAILABLE"}]
+                async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                    await cp.status(1, "Charging")
+                    local = await asyncio.wait_for(stream.__anext__(), 30)
+                assert local.errors is None
+                assert local.data == {"connectorStatusChanged": {
+                    "cpId": "CP-1", "connectorId": 1, "status": "CHARGING"}}
+                redis.start()  # the same port
+                back = await asyncio.wait_for(stream.__anext__(), 30)
+                assert back.data is None
+                assert [e.extensions for e in back.errors or ()] == [
+                    {"code": "EVENTS_LOST"}]
+                with pytest.raises(StopAsyncIteration):
+                    await asyncio.wait_for(stream.__anext__(), 10)
+
+
 async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
         tmp_path: Path) -> None:
     async with two_instances(tmp_path) as (a, b):
@@ -116,6 +155,38 @@ async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
         answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
         assert answer["unlockConnector"]["errors"] == [
             {"code": "CHARGER_OFFLINE", "field": "cpId"}]
+
+
+async def test_a_command_is_not_sent_on_a_connection_superseded_in_a_redis_outage(
+        tmp_path: Path) -> None:
+    """Review s33: while Redis was out, B did not hear that its charger had connected to
+    A, and sent a command on its old socket, still open here (a charger whose modem
+    switched networks keeps it open on its side, here its old simulator): the command
+    read the station's newest connection, A's, and is not sent on an older one. B's lease
+    is long, so that no lease round closes that socket first."""
+    unlock = """mutation($cp: String!) { unlockConnector(input: {cpId: $cp,
+        connectorId: 1}) { status errors { code field message } } }"""
+    with RedisServer() as redis:
+        async with two_instances(tmp_path, redis, instance_lease_seconds=3600) as (a, b):
+            token = await b.token("op")
+            async with connected(b.ocpp_url, "CP-1", password=STATION_PASSWORD) as old:
+                await old.boot()
+                redis.stop()
+                await soon(lambda: not a.services.ctx.bus.receiving  # type: ignore[union-attr]
+                           and not b.services.ctx.bus.receiving)  # type: ignore[union-attr]
+                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as new:
+                    await new.boot()
+                    # B still holds its old socket, as its own.
+                    gateway = b.services.commands.gateway
+                    assert gateway is not None and gateway.is_connected("CP-1")
+                    answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
+                    assert old.received == [] and new.received == []
+                    assert answer["unlockConnector"]["status"] is None
+                    # Online elsewhere, out of reach: nothing was sent.
+                    assert answer["unlockConnector"]["errors"] == [{
+                        "code": "CHARGER_OFFLINE", "field": "cpId", "message":
+                        "CP-1 is connected to another instance that does not answer now; "
+                        "try again in a moment"}]
 
 
 LOGIN = """mutation($p: String!) { login(email: "op@example.com", password: $p) {

@@ -395,7 +395,7 @@ class _Holding:
         return sorted(self.cp_ids)
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                   timeout: float) -> dict[str, Any]:
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         raise AssertionError(f"nothing is sent here ({action} to {cp_id})")
 
 

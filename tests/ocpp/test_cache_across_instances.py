@@ -313,8 +313,8 @@ class Answers:
     def __init__(self, answer: dict[str, Any]) -> None:
         self.answer = answer
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         return self.answer
 
 

@@ -168,8 +168,8 @@ class _ReportsBeforeAnswering:
     def __init__(self, central: Central) -> None:
         self.central = central
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         assert action == "UpdateFirmware"
         await self.central.services.charging.firmware_status(cp_id, "Downloading")
         return {}
@@ -428,8 +428,8 @@ class _ReportsFirst:
         self.statuses = [status] if isinstance(status, str) else status
         self.pause = pause
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         charging = self.central.services.charging
         report = charging.firmware_status if self.kind == "FIRMWARE" \
             else charging.diagnostics_status
@@ -616,8 +616,8 @@ class _EndsFirstOnce:
         self.central, self.uploads = central, 0
         self.report_first: str | None = None
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         if self.report_first is not None:
             report, self.report_first = self.report_first, None
             await self.central.services.charging.diagnostics_status(cp_id, report)
@@ -1418,8 +1418,8 @@ class _AcceptingCharger:
     def connected(self) -> list[str]:
         return []
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         hook, self.before_answer = self.before_answer, None
         if hook is not None:
             await hook()

@@ -538,8 +538,8 @@ class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
     request type does not take did)."""
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         raise ValidationError(f"{action}: bad request", field="input")
 
 

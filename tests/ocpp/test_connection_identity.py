@@ -350,7 +350,7 @@ async def test_an_arrival_queued_behind_a_slow_one_loses_to_a_newer_socket_elsew
             on_b = b.server.gateway.handler_of("CP-1")
             assert on_b is not None and found.online
             assert (found.connected_instance, found.connection) == (
-                b.server.instance_id, b.server._numbers[on_b])
+                b.server.instance_id, on_b.number)
             assert a.server.gateway.handler_of("CP-1") is None
 
 
@@ -385,4 +385,4 @@ async def test_of_two_arrivals_here_the_later_wins_whichever_draw_returns_first(
             await until(arrivals(a, 0))
             assert a.server.gateway.handler_of("CP-1") is newer and is_open(second)
             found = await station(a)
-            assert found.online and found.connection == a.server._numbers[newer]
+            assert found.online and found.connection == newer.number

@@ -467,11 +467,12 @@ class StartDuringCancel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    async def call(self, cp_id: str, action: str, payload: Any, timeout: float) -> Any:
+    async def call(self, cp_id: str, action: str, payload: Any, timeout: float,
+                   newest: int | None = None) -> Any:
         if action == "CancelReservation" and self.meanwhile is not None:
             go, self.meanwhile = self.meanwhile, None
             await go()
-        return await self.real.call(cp_id, action, payload, timeout)
+        return await self.real.call(cp_id, action, payload, timeout, newest)
 
 
 @pytest.mark.parametrize("what", ["connector", "station"])

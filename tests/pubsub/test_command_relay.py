@@ -61,8 +61,8 @@ class FakeChargers:
     def connected(self) -> list[str]:
         return sorted(self.cp_ids)
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         self.calls.append((cp_id, action, payload, timeout))
         self.called.set()
         if isinstance(self.answer, BaseException):
@@ -299,7 +299,7 @@ async def test_concurrent_commands_get_their_own_answers(
 
     class Echo(FakeChargers):
         async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                       timeout: float) -> dict[str, Any]:
+                       timeout: float, newest: int | None = None) -> dict[str, Any]:
             await asyncio.sleep(0.01 * (5 - payload["n"]))  # answers out of order
             return {"n": payload["n"]}
 
@@ -462,7 +462,7 @@ async def test_a_holder_still_at_it_is_waited_for(
 
     class Slow(FakeChargers):
         async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                       timeout: float) -> dict[str, Any]:
+                       timeout: float, newest: int | None = None) -> dict[str, Any]:
             await asyncio.sleep(timeout * 1.4 + CLAIM_TIMEOUT)  # past timeout + claim
             return {"status": "Accepted"}
 

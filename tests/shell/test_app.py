@@ -416,8 +416,10 @@ def test_a_mutation_answered_a_store_failure_counts_as_an_error_in_metrics(
         assert failed["data"]["login"]["errors"] == [{"code": "STORE_UNAVAILABLE"}]
         samples, _ = parse(client.get("/metrics").text)
     # The first sign-in and the wrong password: ok; the store's failure: an error.
-    assert value(samples, requests, operation="mutation", outcome="ok") == 2
-    assert value(samples, requests, operation="mutation", outcome="error") == 1
+    assert value(samples, requests, operation="mutation", transport="http",
+                 outcome="ok") == 2
+    assert value(samples, requests, operation="mutation", transport="http",
+                 outcome="error") == 1
 
 
 def test_a_mutation_answered_store_refused_counts_as_ok_in_metrics(
@@ -443,8 +445,10 @@ def test_a_mutation_answered_store_refused_counts_as_ok_in_metrics(
         monkeypatch.undo()  # the service's stop writes
         assert answer["data"]["login"]["errors"] == [{"code": "STORE_REFUSED"}]
         samples, _ = parse(client.get("/metrics").text)
-    assert value(samples, requests, operation="mutation", outcome="ok") == 2
-    assert value(samples, requests, operation="mutation", outcome="error") is None
+    assert value(samples, requests, operation="mutation", transport="http",
+                 outcome="ok") == 2
+    assert value(samples, requests, operation="mutation", transport="http",
+                 outcome="error") is None
 
 
 async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(

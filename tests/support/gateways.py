@@ -15,6 +15,6 @@ class Accepting:
     def connected(self) -> list[str]:
         return []
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
-                   ) -> dict[str, Any]:
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         return {"status": "Accepted"}
