@@ -470,7 +470,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description=(
         "A new charging card (OCPP idTag) for yourself, or for `userId` if you manage that "
-        "user; tags are unique (DUPLICATE)."))
+        "user; tags are unique (DUPLICATE). A driver issuing for themselves holds at most "
+        "the deployment's CHARGEGRAPH_MAX_CARDS_PER_DRIVER cards, any status "
+        "(LIMIT_REACHED on `tag`: remove one first); staff issuing are not capped."))
     async def issue_id_tag(self, info: Info, input: IssueIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 
