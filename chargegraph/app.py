@@ -82,6 +82,7 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         auth_cache=timedelta(hours=settings.auth_cache_hours),
         charger_sign_ins=settings.charger_sign_ins,
         retention=settings.retention,
+        max_cards_per_driver=settings.max_cards_per_driver,
     )
     throttle_key = derived_key(jwt_secret, "sign-in throttle")
     for throttle in shared_throttles(services):

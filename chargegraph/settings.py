@@ -27,6 +27,7 @@ from chargegraph.errors import ConfigError
 from chargegraph.stores import sqlite_path
 from domain.services.charger_connections import REGISTRATIONS_PER_ADDRESS
 from domain.services.charger_sign_ins import ChargerSignInLimits
+from domain.services.fleet import MAX_CARDS_PER_DRIVER
 from domain.services.retention import Retention
 from domain.validation import MAX_HEARTBEAT_S
 
@@ -188,6 +189,13 @@ class Settings(BaseSettings):
         REGISTRATIONS_PER_ADDRESS, ge=0, le=1_000_000,
         description="Stations auto-registered from one charger address in any hour; "
                     "0: no limit")
+    # One sign-up issuing itself card numbers by the dozen keeps them from everyone
+    # else (DUPLICATE, then IN_USE for 30 days after their removal), and sign-up lets
+    # one person open several accounts: a driver's own cards are capped (QA s33).
+    max_cards_per_driver: int = Field(
+        MAX_CARDS_PER_DRIVER, ge=0, le=10_000,
+        description="Cards a driver may hold (any status) when issuing one for "
+                    "themselves; staff issuing for them are not capped. 0: no limit")
     heartbeat_interval: int = Field(300, gt=0, le=MAX_HEARTBEAT_S,
                                     description="Seconds, sent to chargers on boot")
     command_timeout: float = Field(30.0, gt=0, le=3600,

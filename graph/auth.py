@@ -112,11 +112,16 @@ class TokenService:
         return TokenSubject(str(claims["sub"]), epoch, valid_until)
 
 
+#: What a credential not of the ``Bearer <token>`` form is told, over HTTP and as a
+#: websocket's close reason (``live_ws``): a format mistake, not a sign-out.
+BEARER_FORMAT = "use 'Authorization: Bearer <token>'"
+
+
 def bearer_token(header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header (scheme case-insensitive)."""
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("use 'Authorization: Bearer <token>'", code="INVALID_TOKEN")
+        raise Unauthenticated(BEARER_FORMAT, code="INVALID_TOKEN")
     return token.strip()

@@ -212,7 +212,10 @@ class UpdateIdTagInput:
         "remove, FORBIDDEN on `id`, and issues themselves no new card meanwhile). "
         "ACCEPTED does not lift an expiry: on a card whose `expiresAt` is past (as given "
         "here, or as it is) nothing is changed and EXPIRED is answered on `expiresAt`: "
-        "move it later or clear it."))
+        "move it later or clear it. BLOCKED while the card charges stops that session at "
+        "once (RemoteStopTransaction sent to its charger, by its holder too: a stolen "
+        "card must stop charging) and cancels its reservations; `removeIdTag` is refused "
+        "IN_USE meanwhile."))
     vehicle_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description=(
         "A vehicle of the card's holder it charges; null unlinks it."))
     expires_at: datetime | None = strawberry.field(default=strawberry.UNSET, description=(

@@ -69,7 +69,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from domain.services.live import Watch
 from graph import exact_json
-from graph.auth import TokenService, bearer_token
+from graph.auth import BEARER_FORMAT, TokenService, bearer_token
 from graph.context import GraphContext
 from graph.errors import mask, payload_codes, request_outcome
 from graph.live_outbox import ABORT, CLOSE_WITHIN_S, Outbox, QueuedSend, dumps
@@ -90,9 +90,13 @@ log = logging.getLogger("chargegraph.graph")
 
 def _close_reason(error: Unauthenticated) -> str:
     """The close reason for a token refused: an expired one says so (the client
-    refreshes and reconnects, as HTTP's ``TOKEN_EXPIRED`` tells it), any other
-    "Forbidden" (sign in again)."""
-    return "Token expired" if error.code == "TOKEN_EXPIRED" else "Forbidden"
+    refreshes and reconnects, as HTTP's ``TOKEN_EXPIRED`` tells it), one not sent as
+    ``Bearer <token>`` says that, as HTTP does (QA s33: a bare token closed "Forbidden",
+    as a revoked one, and an app could not tell its own mistake from a sign-out), any
+    other "Forbidden" (sign in again)."""
+    if error.code == "TOKEN_EXPIRED":
+        return "Token expired"
+    return BEARER_FORMAT if error.message == BEARER_FORMAT else "Forbidden"
 
 
 TRANSPORT_WS = "graphql-transport-ws"

@@ -470,7 +470,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description=(
         "A new charging card (OCPP idTag) for yourself, or for `userId` if you manage that "
-        "user; tags are unique (DUPLICATE)."))
+        "user; tags are unique (DUPLICATE). A driver issuing for themselves holds at most "
+        "the deployment's CHARGEGRAPH_MAX_CARDS_PER_DRIVER cards, any status "
+        "(LIMIT_REACHED on `tag`: remove one first); staff issuing are not capped."))
     async def issue_id_tag(self, info: Info, input: IssueIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 
@@ -506,11 +508,13 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         id_tag, errors = await attempt(ctx, run, input=input)
         return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
 
-    @strawberry.mutation(description="Removes a card (its sessions keep the tag they were "
-                                     "charged with); not while it charges (IN_USE). Its "
-                                     "reservations are cancelled and the chargers' local "
-                                     "lists that accept it told it is blocked. Returns it "
-                                     "as it was.")
+    @strawberry.mutation(description=(
+        "Removes a card (its sessions keep the tag they were charged with); not while it "
+        "charges (IN_USE), unlike a block: a removal is for a card out of use, and the "
+        "session under way stays the card's until it stops. To end it now, block the "
+        "card (`updateIdTag` status BLOCKED stops its session at once), then remove it. Its "
+        "reservations are cancelled and the chargers' local lists that accept it told it "
+        "is blocked. Returns it as it was."))
     async def remove_id_tag(self, info: Info, input: RemoveIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 

@@ -13,7 +13,7 @@ from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.services.charging import DEFAULT_AUTH_CACHE, ChargingService
 from domain.services.commands import CommandService
 from domain.services.erasure import Erasure
-from domain.services.fleet import FleetService
+from domain.services.fleet import MAX_CARDS_PER_DRIVER, FleetService
 from domain.services.idempotency import IdempotencyService
 from domain.services.instances import InstanceService
 from domain.services.live import LiveService
@@ -45,7 +45,8 @@ class Services:
                  refresh_ttl: timedelta = DEFAULT_TTL,
                  auth_cache: timedelta = DEFAULT_AUTH_CACHE,
                  charger_sign_ins: ChargerSignInLimits = ChargerSignInLimits(),
-                 retention: Retention = Retention()) -> None:
+                 retention: Retention = Retention(),
+                 max_cards_per_driver: int = MAX_CARDS_PER_DRIVER) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -53,6 +54,7 @@ class Services:
         self.accounts.sign_up_open = sign_up
         self.refresh_tokens = RefreshTokenService(ctx, refresh_ttl)
         self.fleet = FleetService(ctx)
+        self.fleet.max_cards_per_driver = max_cards_per_driver
         self.stations = StationService(ctx)
         self.tariffs = TariffService(ctx)
         self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,

@@ -47,6 +47,10 @@ from domain.services.withdrawal import (
 #: The most cards of one holder whose groups one query checks (``group_left_behind``).
 GROUP_BATCH = 200
 
+#: The most cards a driver may hold when issuing one for themselves (``issueIdTag``),
+#: by default (``FleetService.max_cards_per_driver``, ``CHARGEGRAPH_MAX_CARDS_PER_DRIVER``).
+MAX_CARDS_PER_DRIVER = 10
+
 #: A garage's cars: those not removed (``Vehicle.removed_at``). Lists of cars and every
 #: choice of one (a card's link, a remote start or reservation by car) read these; a
 #: session's car, ``node(id:)``, filters by a car's id and the CSV export read any car,
@@ -183,6 +187,9 @@ class FleetService(Service):
         #: what its withdrawals changed is put back), in the background the same way.
         self.on_restored: Callable[[Viewer, IdTag], Awaitable[None]] | None = None
         self._withdrawing = Background()
+        #: The cards (any status) a driver may hold when issuing one for themselves;
+        #: 0: no limit (``_refuse_over_cap``).
+        self.max_cards_per_driver = MAX_CARDS_PER_DRIVER
 
     async def settled(self) -> None:
         """Waits for what withdrawn cards set off in the background (tests, shutdown)."""
@@ -405,12 +412,6 @@ class FleetService(Service):
         guards = [not_erased(owner.id)]
         if vehicle_id is not None:
             guards.append(kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner))
-        if not self.policy.may_manage_user(viewer, owner):
-            guards.append(await self._refuse_if_withdrawn(owner))
-        held = await freed_tags.hold_back(self.store, self.policy, viewer, tag, owner.id,
-                                          self.now(), self.ctx.digest_key)
-        if held is not None:
-            guards.append(held)
         id_tag = stamp_new(
             IdTag(
                 tag=tag,
@@ -422,9 +423,40 @@ class FleetService(Service):
             ),
             viewer,
         )
+        if not self.policy.may_manage_user(viewer, owner):
+            guards.append(await self._refuse_if_withdrawn(owner))
+            cap = await self._refuse_over_cap(owner, id_tag)
+            if cap is not None:
+                guards.append(cap)
+        held = await freed_tags.hold_back(self.store, self.policy, viewer, tag, owner.id,
+                                          self.now(), self.ctx.digest_key)
+        if held is not None:
+            guards.append(held)
         marks = await reissue_marks(self.store, viewer, id_tag)
         await self.commit(viewer, [(Insert(id_tag), None)], guards=guards, unaudited=marks)
         return id_tag, bool(marks)
+
+    async def _refuse_over_cap(self, owner: User, new: IdTag) -> Guard | None:
+        """A driver issuing a card for themselves while holding ``max_cards_per_driver``
+        cards already (any status: a blocked one is held too; a removed one is gone) is
+        refused ``LIMIT_REACHED`` on ``tag`` (QA s33: one sign-up issued itself 40 numbers
+        in a row, each then refused to others as DUPLICATE, and for 30 days after its
+        removal as IN_USE: squatting whole ranges). Staff issuing for them are not capped:
+        they hand out their company's cards, and answer for it. Returns the guard the
+        write carries: no card of the driver stands once it lands but those read and
+        ``new``, so of two issues racing for the last place (here or on another
+        instance) the second's write fails, and, read again, is refused. ``None`` with
+        no limit (0)."""
+        cap = self.max_cards_per_driver
+        if not cap:
+            return None
+        mine = Eq("user_id", owner.id)
+        held = await self.store.find_all(IdTag, mine, limit=cap)
+        if len(held) >= cap:
+            raise Conflict(f"you hold {cap} cards already, the most a driver may: remove "
+                           "one you no longer use first", field="tag", code="LIMIT_REACHED")
+        known = In("id", (*(card.id for card in held), new.id))
+        return Guard(IdTag, all_of(mine, NotSub("id", IdTag.kind, known)), exists=False)
 
     async def _refuse_if_withdrawn(self, owner: User) -> Guard:
         """A driver issuing their own tag while one of theirs stands blocked by an operator

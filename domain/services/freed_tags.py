@@ -66,8 +66,11 @@ async def hold_back(store: Store, policy: Policy, viewer: Viewer, tag: str, hold
     if latest is not None and policy.may_manage_company(viewer, latest.company_id):
         return None
     if latest is not None and latest.holder_id != holder_id:
+        # Who may issue it now (``may_manage_company``): a company card's staff; a
+        # driver's own card (no company) has none, only the days (QA s33).
+        now_by = "" if latest.company_id is None else ", or by the company's staff now"
         raise Conflict("this card number was in use recently: it can be issued again "
-                       f"{HELD_FOR.days} days after it was freed, or by its operator now",
+                       f"{HELD_FOR.days} days after it was freed{now_by}",
                        field="tag", code="IN_USE")
     after = since if latest is None else max(since, latest.freed_at)
     return Guard(FreedIdTag, _held(tag, after, key), exists=False)

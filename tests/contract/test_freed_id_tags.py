@@ -98,6 +98,28 @@ async def test_its_holder_and_its_company_s_staff_may_issue_it_at_once(
     await services.fleet.settled()
 
 
+async def test_the_refusal_names_who_may_issue_it_now(store: Store) -> None:
+    """QA s33: it said "or by its operator now" of a sign-up's own card too, which has
+    no operator (no company): that one says the days only."""
+    clock, world = Clock(), World()
+    await world.stored(store)
+    services = instance(store, clock)
+    await removed(services, world)  # a card of Jonas, of Acme
+    company_card = await refused(services, Viewer.of(world.newcomer), world.newcomer.id)
+    assert company_card.message == (
+        "this card number was in use recently: it can be issued again 30 days after it "
+        "was freed, or by the company's staff now")
+    newcomer = Viewer.of(world.newcomer)
+    own = await services.fleet.issue_id_tag(newcomer, tag="OWN-0001")
+    await services.fleet.remove_id_tag(newcomer, own.id)
+    await services.fleet.settled()
+    with pytest.raises(Conflict) as caught:
+        await services.fleet.issue_id_tag(Viewer.of(world.jonas), tag="OWN-0001")
+    assert (caught.value.code, caught.value.field) == ("IN_USE", "tag")
+    assert caught.value.message == ("this card number was in use recently: it can be "
+                                    "issued again 30 days after it was freed")
+
+
 async def test_an_erased_account_s_card_numbers_are_held_back_and_answered_invalid(
         store: Store) -> None:
     clock, world = Clock(), World()

@@ -118,6 +118,37 @@ async def test_faults_and_connections_for_operators(service: Running) -> None:
         await driver.close()
 
 
+async def _closed_at_init(url: str, payload: dict[str, Any]) -> tuple[int, str]:
+    """The close code and reason a ``connection_init`` of ``payload`` is answered with."""
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with connect(url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_a_token_without_bearer_is_told_the_format_not_forbidden(
+        service: Running) -> None:
+    """QA s33: ``{"authorization": "<token>"}`` closed 4403 "Forbidden", as a revoked
+    token does, while HTTP says how to send it: an app could not tell its own mistake
+    from a sign-out. Same close code, HTTP's words."""
+    token = await service.token("driver")
+    assert await _closed_at_init(service.ws_url, {"authorization": token}) == (
+        4403, "use 'Authorization: Bearer <token>'")
+    # A token refused as such is still "Forbidden" (sign in again).
+    assert await _closed_at_init(service.ws_url, {"authorization": "Bearer not-a-token"}) \
+        == (4403, "Forbidden")
+    # Sent as the README says it is accepted: signed in.
+    signed_in = await GraphQLWS.open(service.ws_url, token)
+    await signed_in.close()
+
+
 async def test_bad_token_is_rejected_and_anonymous_needs_public_map(tmp_path: Path) -> None:
     async with running_service(tmp_path / "a") as service:
         from websockets.exceptions import ConnectionClosed

@@ -55,6 +55,28 @@ async def test_energy_trend_query(scripted: tuple[History, Api]) -> None:
     assert [b["energyKwh"] for b in other["energyTrend"]] == [0.0, 0.0, 0.0]  # not theirs
 
 
+async def test_sessions_and_energy_count_every_currency_the_money_one(
+        scripted: tuple[History, Api]) -> None:
+    """QA s33: what energy.csv's columns count was said only on `energyTrend`'s
+    `currency` argument. Asked in a currency none of the window's sessions was billed
+    in, the sessions and energy are theirs all the same, the revenue none."""
+    history, api = scripted
+    query = """query($f: EnergyTrendFilter!) { energyTrend(filter: $f, bucket: DAY,
+      timeZone: "Europe/Berlin", currency: "USD") { energyKwh sessions revenue currency } }"""
+    data = await api.gql(query, {"f": WINDOW}, as_user=history.users["admin"].id)
+    assert [(b["energyKwh"], b["sessions"], b["revenue"], b["currency"])
+            for b in data["energyTrend"]] == [
+        (2.0, 1, "0.00", "USD"), (27.0, 1, "0.00", "USD"), (5.0, 1, "0.00", "USD")]
+
+
+def test_the_csv_section_says_what_each_column_counts() -> None:
+    # The behaviour above, said where energy.csv's columns are described (QA s33).
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    csv_section = readme[readme.index("## CSV export"):readme.index("## Command line")]
+    assert ("`sessions` and `energyKwh` count every session, whatever currency it was "
+            "billed in") in csv_section
+
+
 YEAR_BY_HOUR = """energyTrend(filter: {from: "2025-01-01T00:00:00Z",
     to: "2026-01-01T00:00:00Z"}, bucket: HOUR) { start }"""
 

@@ -70,3 +70,17 @@ def test_a_session_ending_twice_is_told_where_its_subscription_is() -> None:
     assert "second ENDED" in (field.description or "")
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
     assert "A session can end twice." in readme
+
+
+def test_blocking_a_charging_card_says_it_stops_the_session_and_removal_why_not() -> None:
+    # QA s33: a driver's block of their own card while it charged sent a
+    # RemoteStopTransaction said only in domain/services/withdrawal.py, while removing it
+    # then is refused IN_USE: an app team reads the schema and the README.
+    status = schema._schema.type_map["UpdateIdTagInput"].fields["status"]  # type: ignore[attr-defined]
+    assert "RemoteStopTransaction" in status.description
+    assert "`removeIdTag` is refused IN_USE" in status.description
+    remove = schema._schema.mutation_type.fields["removeIdTag"]  # type: ignore[union-attr]
+    assert "unlike a block" in remove.description and "BLOCKED" in remove.description
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "**Cards** (`issueIdTag`, `updateIdTag`, `removeIdTag`)" in readme
+    assert "has that session stopped at once (RemoteStopTransaction" in readme

@@ -459,6 +459,28 @@ def test_auto_registrations_per_hour_reach_the_charging_service(
     assert services.charging.registrations.limit == 0
 
 
+def test_the_cards_a_driver_may_hold_reach_the_fleet_service(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CHARGEGRAPH_MAX_CARDS_PER_DRIVER`` (QA s33): 10 by default, 0 for no limit,
+    validated as the other counts."""
+    from pydantic import ValidationError
+
+    from chargegraph.app import build_services
+
+    assert Settings().max_cards_per_driver == 10
+    monkeypatch.setenv("CHARGEGRAPH_MAX_CARDS_PER_DRIVER", "25")
+    services = build_services(Settings(), store=None, hasher=Argon2Hasher.fast(),  # type: ignore[arg-type]
+                              jwt_secret="s" * 32)
+    assert services.fleet.max_cards_per_driver == 25
+    for value, message in [("-1", "greater than or equal to 0"),
+                           ("10001", "less than or equal to 10000"),
+                           ("2.5", "valid integer")]:
+        monkeypatch.setenv("CHARGEGRAPH_MAX_CARDS_PER_DRIVER", value)
+        with pytest.raises(ValidationError) as caught:
+            Settings()
+        assert message in str(caught.value)
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("99", "Input should be greater than or equal to 100"),
     ("0", "Input should be greater than or equal to 100"),
