@@ -1168,7 +1168,8 @@ class CommandService(Service):
         refused on ``idTag`` already), whatever its last report says (a charger may
         start a transaction without reporting Charging: availability's rule). One of the
         viewer's own is named so, with the ways to end it (QA s30: a driver's stuck
-        session on the plug was "another session")."""
+        session on the plug was "another session"), as is one to staff who keep its books
+        and so may end it (``end_session``)."""
         connector_id = payload.get("connectorId")
         if not connector_id:
             return
@@ -1180,6 +1181,14 @@ class CommandService(Service):
                            f"{held.transaction_id}): stop it with remoteStopTransaction, or, "
                            "if its charger lost it, ask the station's operator to end it "
                            "(endSession)", field="connectorId", code="IN_USE")
+        if held is not None and self.policy.keeps_books(viewer, held):
+            # Staff who may end it are told which and how (QA s33: a lost session blocked
+            # the plug and the operator was told nothing to act on); a driver is not told
+            # another's transaction.
+            raise Conflict(f"the connector is charging another session (transaction "
+                           f"{held.transaction_id}): stop it with remoteStopTransaction, "
+                           "or, if its charger lost it, end it (endSession)",
+                           field="connectorId", code="IN_USE")
         if held is not None:
             raise Conflict("the connector is charging another session", field="connectorId",
                            code="IN_USE")

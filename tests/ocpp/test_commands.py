@@ -1851,7 +1851,8 @@ async def test_a_drivers_start_on_the_plug_of_her_own_session_says_it_is_hers(
         central: Central) -> None:
     """QA s30: a driver starting with her second card on the plug her first still
     charges on (its stop lost) was told "the connector is charging another session".
-    She is told it is her own, and how it ends; another driver is told what he was."""
+    She is told it is her own, and how it ends; another driver is told what he was.
+    QA s33: an operator was told the same, with nothing to act on: told which and how."""
     driver = Viewer.of(central.users["driver"])
     await central.services.fleet.issue_id_tag(driver, tag="TAG-TWO")
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
@@ -1869,6 +1870,14 @@ async def test_a_drivers_start_on_the_plug_of_her_own_session_says_it_is_hers(
                           {"cpId": "CP-1", "connectorId": 1}, as_user="driver2")
         assert [(e["field"], e["message"]) for e in other["errors"]] == [
             ("connectorId", "the connector is charging another session")], other
+        # QA s33: staff, who may end it, are told which and how.
+        staff = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"})
+        assert [(e["field"], e["code"], e["message"]) for e in staff["errors"]] == [
+            ("connectorId", "IN_USE",
+             f"the connector is charging another session (transaction {tx}): stop it "
+             "with remoteStopTransaction, or, if its charger lost it, end it "
+             "(endSession)")], staff
         assert _starts_sent(cp) == []
 
 
