@@ -31,6 +31,7 @@ from domain.registration import admits
 from domain.services import ConnectorSpec
 from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
+from domain.wire import rfc3339
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatorConfig, basic_auth, connected
@@ -2654,12 +2655,44 @@ async def test_a_remote_start_without_an_answer_holds_its_card_for_its_window(
                            as_user="driver")
         assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"], silent
         [held] = await central.store.find_all(d.PendingStart, ALL)
-        assert held.id_tag == "TAG-OK" and held.connector_id == 1
+        assert held.id_tag == "TAG-OK" and held.connector_id == 1 and held.outcome_unknown
         again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
                           as_user="driver")
-        assert _codes(again) == [("idTag", "IN_USE")]
+        assert again["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                    unknown_outcome_held(held)}], again
     finally:
         await ws.close()
+        await stop_central(central)
+
+
+def unknown_outcome_held(held: d.PendingStart) -> str:
+    return ("this card is starting a session at CP-1: whether its charger took its "
+            "remote start is unknown (it may have started it): held until "
+            f"{rfc3339(held.expires_at)}")
+
+
+async def test_a_remote_start_answered_unreadably_says_its_outcome_is_unknown(
+        tmp_path: Path) -> None:
+    """QA s33: a remote start answered with a status that is none (``Weird``:
+    CHARGER_ERROR) held the card for its window, as it should (the charger may have
+    acted), but a second start was told "its remote start is waiting for the car". It
+    is told the first one's outcome is unknown and when the hold ends."""
+    central = await start_central(tmp_path / "c.db", command_timeout=0.5)
+    await seed(central)
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers.append(("result", {"status": "Weird"}))
+            odd = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                            as_user="driver")
+            assert [e["code"] for e in odd["errors"]] == ["CHARGER_ERROR"], odd
+            [held] = await central.store.find_all(d.PendingStart, ALL)
+            assert held.settled_at is None and held.outcome_unknown
+            again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                              as_user="driver")
+            assert again["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                        unknown_outcome_held(held)}], again
+            assert len(charger.received) == 1  # the second was not sent
+    finally:
         await stop_central(central)
 
 
