@@ -587,6 +587,13 @@ class Session(Record):
     #: charger still has the transaction, and the reboot's check does not close it as
     #: lost (``ChargingService._close_lost_at_reboot``). Null otherwise.
     named_at: datetime | None = None
+    #: Its charger's first boot (our clock) since it was recorded, or since a MeterValues
+    #: last named it (``named_at``: its charger still had it after the boot before);
+    #: written at each boot (``ChargingService._boot_since_sessions``). Where it ended
+    #: when its stop was lost (``lost_end``), whichever later boot's check closes it
+    #: (QA s33: closed at the last boot, the time between boots billed). Null: no boot
+    #: since, or recorded before SQLite migration 94 (the boot its check is for).
+    first_boot_at: datetime | None = None
     #: When (our clock) ``chargegraph restore`` put back a backup in which this session
     #: was open: its charger may have ended it since the backup was taken, its
     #: StopTransaction gone with the database replaced, and it never comes again. Such a
@@ -1089,6 +1096,12 @@ class PendingStart(Record):
     #: instances' clocks differ (review s25). ``None``: stored before SQLite migration 62
     #: (MongoDB: missing), or sent to a station never booted; judged by ``created_at``.
     station_booted_at: datetime | None = None
+    #: Its charger's answer did not tell whether it took the start: none came in time
+    #: (``ChargerTimeout``) or one we could not read (``ChargerError``). It holds its card
+    #: and plug all the same (the charger may have acted), and whoever it holds them from
+    #: is told the outcome is unknown, not that its car is awaited (QA s33). SQLite
+    #: migration 94 (older rows false; MongoDB: back-filled so).
+    outcome_unknown: bool = False
 
 
 @dataclass(kw_only=True)

@@ -232,14 +232,18 @@ STUCK_CLOCK_STAMPS: tuple[datetime, ...] = (datetime(1970, 1, 1, tzinfo=UTC),
 
 def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
     """Where a session whose StopTransaction was lost ended, on its own timeline: at its
-    charger's reboot when it rebooted since the session was recorded (``booted``, our
-    clock, moved onto the session's: its start is the charger's), else at ``cap`` (the
+    charger's first reboot since the session was recorded (``Session.first_boot_at``, or
+    ``booted`` for one that has none; our clock, moved onto the session's: its start is
+    the charger's; QA s33: at the last of several, the time between them billed), else
+    at ``cap`` (the
     next start on its connector); never after ``cap`` and never before its last
     reading up to it (a start flushed late from the charger's queue arrived after it
     began, and that delay is no clock offset; a reading stamped past ``cap`` is a clock
     glitch). Closed at the next start, it was billed the time until then, a reboot and
     all, with a per-minute price or an idle fee."""
     end = cap
+    if session.first_boot_at is not None:
+        booted = session.first_boot_at
     if booted is not None and session.created_at < booted:
         end = min(end, session.start_time + max(booted - session.created_at, timedelta(0)))
     read = [t for t in (session.meter_at, session.power_at, session.soc_at)
@@ -817,10 +821,32 @@ class ChargingService(ChargerConnections):
                            charger_registration=told)
             await self.store.write([update], [])
         self.cache.patched(station, cast(Station, update.record))
+        if booted is not None and not info.triggered:
+            await self._mark_first_boot(station, booted)
         # A boot (no trigger's) settles no remote start sent before it: they stop holding
         # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
         # charger still carries out still gets its car (review s25).
         return BootResult(station.registration, self.boot_interval(station), now)
+
+    async def _mark_first_boot(self, station: Station, booted: datetime) -> None:
+        """The boot at ``booted`` is the first (``Session.first_boot_at``) of each session
+        open on the station from before it with none since it was recorded or last named
+        by a MeterValues (its charger had it after that boot): the boot that lost it if
+        its stop never comes. A later boot leaves it, so it ends there whichever boot's
+        check closes it (QA s33). Telemetry (``touch``: no version, no audit, a MeterValues
+        meanwhile not refused), each guarded on the value read: two boots racing, the
+        first written stays."""
+        open_ = await self.store.find_all(Session, all_of(
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE),
+            Range("created_at", lt=booted)),
+            limit=MAX_OPEN_PER_CONNECTOR * v.MAX_CONNECTOR_ID)
+        marks: list[Change] = [
+            replace(touch(s, first_boot_at=booted), only_if=("first_boot_at", s.first_boot_at))
+            for s in open_ if s.first_boot_at is None or (
+                s.first_boot_at < booted and s.named_at is not None
+                and s.named_at >= s.first_boot_at)]
+        if marks:
+            await self.store.write(marks, [])
 
     def boot_interval(self, station: Station) -> int:
         """The interval a boot is answered with. For an Accepted station, its heartbeat
@@ -1221,10 +1247,15 @@ class ChargingService(ChargerConnections):
         closed as a lost stop is (energy as metered, reason ``Other``), ending at the
         reboot. Left open, it held its driver's card everywhere (``ConcurrentTx``) until
         an operator ended it. A stop the charger sends later still corrects the close
-        (``closed_without_stop``)."""
+        (``closed_without_stop``). Each ends at its first boot since it was recorded
+        (``Session.first_boot_at``), whichever boot this check is for: a boot since this
+        one moves neither the end nor this check (``RebootChecks.schedule``; QA s33: a
+        charger booting again within the grace kept the session open, a later boot's
+        check closed it at that boot). One whose first boot is later than this one (its
+        charger still had it after this boot) is that boot's check's to close."""
         station = await self.station(cp_id)
-        if station is None or station.booted_at != booted:
-            return  # removed, or booted again since: that boot's check decides
+        if station is None:
+            return  # removed
         # By when we recorded it (``created_at``), on our clock as the boot time is: a
         # session's start is on the charger's clock, which may be behind ours by any
         # amount (a session begun after the boot would read as begun before it).
@@ -1233,7 +1264,9 @@ class ChargingService(ChargerConnections):
             Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
             limit=MAX_OPEN_PER_CONNECTOR)
         for session in lost:
-            await self._close_if_lost(station, session, booted)
+            first = session.first_boot_at or booted
+            if first <= booted:
+                await self._close_if_lost(station, session, first)
 
     def charger_passed(self, station: Station, password_hash: str, address: str) -> None:
         """The station's charger passed the password check from ``address``

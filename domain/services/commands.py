@@ -109,6 +109,8 @@ from domain.services.pending_starts import (
     holds,
     live_pending_starts,
     settle,
+    unknown_outcome,
+    waiting,
 )
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
@@ -1081,8 +1083,8 @@ class CommandService(Service):
             if pending.vehicle_id == vehicle_id:
                 [where] = await self.store.get_many(Station, [pending.station_id])
                 raise Conflict(f"this car is starting a session at "
-                               f"{where.name if where else pending.cp_id}: its remote "
-                               "start is waiting for the car", field="idTag", code="IN_USE")
+                               f"{where.name if where else pending.cp_id}: "
+                               f"{waiting(pending)}", field="idTag", code="IN_USE")
 
     async def _check_start_tag(self, viewer: Viewer, payload: dict[str, Any]) -> IdTag:
         """An operator's (or admin's) remote start names any card (a driver of another
@@ -1170,7 +1172,8 @@ class CommandService(Service):
         refused on ``idTag`` already), whatever its last report says (a charger may
         start a transaction without reporting Charging: availability's rule). One of the
         viewer's own is named so, with the ways to end it (QA s30: a driver's stuck
-        session on the plug was "another session")."""
+        session on the plug was "another session"), as is one to staff who keep its books
+        and so may end it (``end_session``)."""
         connector_id = payload.get("connectorId")
         if not connector_id:
             return
@@ -1182,6 +1185,14 @@ class CommandService(Service):
                            f"{held.transaction_id}): stop it with remoteStopTransaction, or, "
                            "if its charger lost it, ask the station's operator to end it "
                            "(endSession)", field="connectorId", code="IN_USE")
+        if held is not None and self.policy.keeps_books(viewer, held):
+            # Staff who may end it are told which and how (QA s33: a lost session blocked
+            # the plug and the operator was told nothing to act on); a driver is not told
+            # another's transaction.
+            raise Conflict(f"the connector is charging another session (transaction "
+                           f"{held.transaction_id}): stop it with remoteStopTransaction, "
+                           "or, if its charger lost it, end it (endSession)",
+                           field="connectorId", code="IN_USE")
         if held is not None:
             raise Conflict("the connector is charging another session", field="connectorId",
                            code="IN_USE")
@@ -1305,8 +1316,8 @@ class CommandService(Service):
             return Conflict("this card is starting a session at another station now",
                             field="idTag", code="IN_USE")
         return Conflict(f"this card is starting a session at "
-                        f"{where.name if where else pending.cp_id}: its remote start is "
-                        "waiting for the car", field="idTag", code="IN_USE")
+                        f"{where.name if where else pending.cp_id}: {waiting(pending)}",
+                        field="idTag", code="IN_USE")
 
     async def _hold_start(self, viewer: Viewer, station: Station, payload: dict[str, Any],
                           holder: str | None, vehicle_id: str | None
@@ -2445,9 +2456,13 @@ class CommandService(Service):
         # longer; one accepted, or unanswered (it may have taken it), holds them until
         # its StartTransaction or its window's end. One accepted replaces the starts it
         # superseded (``_hold_start``): the charger took it, so it carries them out no
-        # more; refused or unanswered, they stay live for their StartTransaction.
+        # more; refused or unanswered, they stay live for their StartTransaction. One
+        # unanswered (or unreadable) is marked so, for what its hold says (QA s33).
         freed = [settle(outcome.pending, viewer, answered_at)] \
             if outcome.pending is not None and not _may_start(outcome.error) else []
+        if outcome.pending is not None and outcome.error is not None \
+                and _may_start(outcome.error):
+            freed.append(unknown_outcome(outcome.pending, viewer))
         if outcome.pending is not None and outcome.error is None:
             freed += [settle(p, viewer, answered_at) for p in outcome.superseded]
 

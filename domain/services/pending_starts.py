@@ -32,6 +32,7 @@ from domain.policy import Viewer
 from domain.ports import Update
 from domain.query import Eq, Filter, Range, all_of
 from domain.services.base import patch
+from domain.wire import rfc3339
 
 #: How long a remote start the charger may have taken is held: OCPP 1.6's
 #: ConnectionTimeOut, the time a charger waits for the cable after a remote start before
@@ -87,6 +88,23 @@ def settle(pending: PendingStart, actor: Viewer, now: datetime) -> Update:
     while it is unsettled, skipped without error when it is settled already or gone
     (swept), so two settlings never fail each other's write."""
     return patch(pending, actor, only_if=("settled_at", None), settled_at=now)
+
+
+def unknown_outcome(pending: PendingStart, actor: Viewer) -> Update:
+    """The write marking ``pending`` as sent with no answer telling whether its charger
+    took it (``PendingStart.outcome_unknown``), while it is unsettled: it holds its card
+    and plug all the same, and says so to whoever it holds them from."""
+    return patch(pending, actor, only_if=("settled_at", None), outcome_unknown=True)
+
+
+def waiting(pending: PendingStart) -> str:
+    """What a live ``pending`` is waiting for, as a refusal it causes says: its car, or,
+    its outcome unknown, the end of its hold (QA s33: a start its charger never answered
+    readably held the card for two minutes "waiting for the car")."""
+    if not pending.outcome_unknown:
+        return "its remote start is waiting for the car"
+    return ("whether its charger took its remote start is unknown (it may have started "
+            f"it): held until {rfc3339(pending.expires_at)}")
 
 
 def started_by(pending: Sequence[PendingStart], connector_id: int,

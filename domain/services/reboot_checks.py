@@ -62,8 +62,14 @@ class RebootChecks:
         self.lost_at = lost_at
         #: Tests shorten it.
         self.grace_s = grace_s
+        #: How a check waits out its grace: tests end it when they choose.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         #: (cp_id, connector) → (the boot it is for, the check's task).
         self.pending: dict[tuple[str, int], tuple[datetime, asyncio.Task[None]]] = {}
+        #: (cp_id, connector) → the latest boot reported for while an earlier boot's
+        #: check was pending, and when (loop time) its grace is over: armed once that
+        #: check is done.
+        self.later: dict[tuple[str, int], tuple[datetime, float]] = {}
 
     def schedule(self, cp_id: str, connector_id: int, booted: datetime, *,
                  reported_at: datetime | None = None, now: datetime | None = None) -> None:
@@ -71,26 +77,37 @@ class RebootChecks:
         Available has no transaction there any more. Its StopTransaction usually follows
         from its queue, with the real meterStop and reason (PowerLoss): it gets
         ``grace_s`` to come before what is still open is closed, in the background. A
-        check pending for an earlier boot gives way: the new boot's stop gets its whole
-        grace. ``reported_at`` (and ``now``, both our clock): the report came then, to an
-        earlier process; the grace runs from it, and once it is over the check runs at
-        once."""
+        check pending for an earlier boot stays when it is due (QA s33: each boot put it
+        back, and a charger booting again within the grace kept its session open for
+        good); the new boot's check is armed once it is done, its grace counted from
+        now (``later``). ``reported_at`` (and ``now``, both our clock): the report came
+        then, to an earlier process; the grace runs from it, and once it is over the
+        check runs at once."""
         key = (cp_id, connector_id)
-        pending = self.pending.get(key)
-        if pending is not None:
-            if pending[0] == booted:
-                return
-            pending[1].cancel()
         delay = self.grace_s
         if reported_at is not None and now is not None:
             delay = max(0.0, delay - (now - reported_at).total_seconds())
-        task = asyncio.create_task(self._after_grace(cp_id, connector_id, booted, delay),
-                                   name=f"reboot-check-{cp_id}-{connector_id}")
+        pending = self.pending.get(key)
+        if pending is None:
+            self._arm(key, booted, delay)
+            return
+        later = self.later.get(key)
+        if booted > pending[0] and (later is None or later[0] < booted):
+            self.later[key] = (booted, asyncio.get_running_loop().time() + delay)
+
+    def _arm(self, key: tuple[str, int], booted: datetime, delay: float) -> None:
+        task = asyncio.create_task(self._after_grace(*key, booted, delay),
+                                   name=f"reboot-check-{key[0]}-{key[1]}")
         self.pending[key] = (booted, task)
 
         def done(_: object) -> None:
-            if self.pending.get(key, (None, None))[1] is task:
-                del self.pending[key]
+            if self.pending.get(key, (None, None))[1] is not task:
+                return
+            del self.pending[key]
+            later = self.later.pop(key, None)
+            if later is not None and not task.cancelled():
+                self._arm(key, later[0],
+                          max(0.0, later[1] - asyncio.get_running_loop().time()))
 
         task.add_done_callback(done)
 
@@ -103,12 +120,13 @@ class RebootChecks:
         """Drops the pending checks (at shutdown: the store is closing). What they stand
         for is stored: the charger connecting again, to this instance or another, arms
         them again (``ChargingService.connect``), as does its next Available report."""
+        self.later.clear()
         for _, task in self.pending.values():
             task.cancel()
 
     async def _after_grace(self, cp_id: str, connector_id: int, booted: datetime,
                            delay: float) -> None:
-        await asyncio.sleep(delay)
+        await self.sleep(delay)
         try:
             await self.close_lost(cp_id, connector_id, booted)
         except Exception:  # the session stays open: its stop or an operator ends it

@@ -31,6 +31,7 @@ from domain.registration import admits
 from domain.services import ConnectorSpec
 from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
+from domain.wire import rfc3339
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
 from ocpp_bridge.simulator import SimulatorConfig, basic_auth, connected
@@ -1898,7 +1899,8 @@ async def test_a_drivers_start_on_the_plug_of_her_own_session_says_it_is_hers(
         central: Central) -> None:
     """QA s30: a driver starting with her second card on the plug her first still
     charges on (its stop lost) was told "the connector is charging another session".
-    She is told it is her own, and how it ends; another driver is told what he was."""
+    She is told it is her own, and how it ends; another driver is told what he was.
+    QA s33: an operator was told the same, with nothing to act on: told which and how."""
     driver = Viewer.of(central.users["driver"])
     await central.services.fleet.issue_id_tag(driver, tag="TAG-TWO")
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
@@ -1916,6 +1918,14 @@ async def test_a_drivers_start_on_the_plug_of_her_own_session_says_it_is_hers(
                           {"cpId": "CP-1", "connectorId": 1}, as_user="driver2")
         assert [(e["field"], e["message"]) for e in other["errors"]] == [
             ("connectorId", "the connector is charging another session")], other
+        # QA s33: staff, who may end it, are told which and how.
+        staff = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"})
+        assert [(e["field"], e["code"], e["message"]) for e in staff["errors"]] == [
+            ("connectorId", "IN_USE",
+             f"the connector is charging another session (transaction {tx}): stop it "
+             "with remoteStopTransaction, or, if its charger lost it, end it "
+             "(endSession)")], staff
         assert _starts_sent(cp) == []
 
 
@@ -2692,12 +2702,44 @@ async def test_a_remote_start_without_an_answer_holds_its_card_for_its_window(
                            as_user="driver")
         assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"], silent
         [held] = await central.store.find_all(d.PendingStart, ALL)
-        assert held.id_tag == "TAG-OK" and held.connector_id == 1
+        assert held.id_tag == "TAG-OK" and held.connector_id == 1 and held.outcome_unknown
         again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
                           as_user="driver")
-        assert _codes(again) == [("idTag", "IN_USE")]
+        assert again["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                    unknown_outcome_held(held)}], again
     finally:
         await ws.close()
+        await stop_central(central)
+
+
+def unknown_outcome_held(held: d.PendingStart) -> str:
+    return ("this card is starting a session at CP-1: whether its charger took its "
+            "remote start is unknown (it may have started it): held until "
+            f"{rfc3339(held.expires_at)}")
+
+
+async def test_a_remote_start_answered_unreadably_says_its_outcome_is_unknown(
+        tmp_path: Path) -> None:
+    """QA s33: a remote start answered with a status that is none (``Weird``:
+    CHARGER_ERROR) held the card for its window, as it should (the charger may have
+    acted), but a second start was told "its remote start is waiting for the car". It
+    is told the first one's outcome is unknown and when the hold ends."""
+    central = await start_central(tmp_path / "c.db", command_timeout=0.5)
+    await seed(central)
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers.append(("result", {"status": "Weird"}))
+            odd = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                            as_user="driver")
+            assert [e["code"] for e in odd["errors"]] == ["CHARGER_ERROR"], odd
+            [held] = await central.store.find_all(d.PendingStart, ALL)
+            assert held.settled_at is None and held.outcome_unknown
+            again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                              as_user="driver")
+            assert again["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                        unknown_outcome_held(held)}], again
+            assert len(charger.received) == 1  # the second was not sent
+    finally:
         await stop_central(central)
 
 

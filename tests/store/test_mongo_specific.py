@@ -58,6 +58,7 @@ from domain.entities import (
     MeterSample,
     Payment,
     PaymentStatus,
+    PendingStart,
     PowerType,
     Record,
     Refund,
@@ -3099,7 +3100,9 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
               ConnectorInterval(station_id=where.id, cp_id=where.cp_id, connector_id=1,
                                 status=ConnectorStatus.AVAILABLE, start=utcnow()),
               ConnectionEvent(station_id=where.id, cp_id=where.cp_id, online=False),
-              InstanceLease(host="old:1", started_at=utcnow(), expires_at=utcnow())]
+              InstanceLease(host="old:1", started_at=utcnow(), expires_at=utcnow()),
+              PendingStart(station_id=where.id, cp_id=where.cp_id, id_tag="TAG",
+                           expires_at=utcnow())]
     await mongo.write([Insert(r) for r in legacy], [])
     db = raw(mongo)
     for kind, name in migrations.ADDED_WITH_DEFAULT:  # written before the fields
@@ -3120,7 +3123,8 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
         ("connection_event", "server_outage"): False,
         ("station", "configuration_truncated"): False,
         ("station", "diagnostics_previous_uploading"): False, ("station", "sight"): 0,
-        ("instance_lease", "serves_chargers"): True}
+        ("instance_lease", "serves_chargers"): True,
+        ("pending_start", "outcome_unknown"): False}
     assert stored["tariff", "idle_price_per_minute"]["_n_idle_price_per_minute"] == 0.0
     assert db[migrations.MIGRATIONS].find_one({"_id": "default_user_token_epoch"})["done"]
 
