@@ -1693,7 +1693,7 @@ _V86 = """
 CREATE INDEX "connection_event_at_idx" ON "connection_event" ("at");
 """
 
-# Version 94: a session's first boot of its charger since it was recorded, or since a
+# Version 87: a session's first boot of its charger since it was recorded, or since a
 # MeterValues last showed its charger still had it (``Session.first_boot_at``, our clock):
 # where it ended when its stop was lost, whichever later boot closes it (QA s33: closed at
 # the charger's last boot, and a charger booting again within the grace kept it open).
@@ -1701,7 +1701,7 @@ CREATE INDEX "connection_event_at_idx" ON "connection_event" ("at");
 # (``PendingStart.outcome_unknown``: no answer, or one we could not read), named so to
 # whoever it holds the card from. Older rows: null (the boot the check is for), and 0.
 # MongoDB: ``outcome_unknown``'s default stored (``migrations.ADDED_WITH_DEFAULT``).
-_V94 = """
+_V87 = """
 ALTER TABLE "session" ADD COLUMN "first_boot_at" INTEGER;
 ALTER TABLE "pending_start" ADD COLUMN "outcome_unknown" INTEGER NOT NULL DEFAULT 0;
 """
@@ -1749,7 +1749,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (80, _V80), (81, _V81),
                                      (82, _V82), (83, _V83),
                                      (84, _V84), (85, _V85), (86, _V86),
-                                     (94, _V94))
+                                     (87, _V87))
 
 
 def identity_left(company_id: str, name: str) -> None:
