@@ -136,11 +136,12 @@ def _client(ctx: GraphContext) -> str | None:
     return getattr(getattr(ctx.request, "client", None), "host", None)
 
 
-@strawberry.type(description="The answer to `signOut`.")
+@strawberry.type(description="The answer to `signOut` and `signOutEverywhere`.")
 class SignOutPayload:
     signed_out: bool = strawberry.field(
-        description="True once the refresh token's session is ended (also when it was "
-                    "already). Access tokens issued to it stay valid until they expire.")
+        description="True once the session is ended (also when it was already). "
+                    "`signOut`: access tokens issued to that device stay valid until "
+                    "they expire; `signOutEverywhere`: none does.")
     errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
@@ -294,6 +295,26 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         _, errors = await attempt(ctx, lambda: ctx.services.refresh_tokens.revoke(token),
                                   public=True)
         return SignOutPayload(signed_out=not errors, errors=errors)
+
+    @strawberry.mutation(description=(
+        "Sign out everywhere: every refresh token (each device's) and every access token "
+        "of the user is revoked, this request's too, and their open subscriptions close "
+        "(4403), as a password change does; sign in again after. Yourself, or (admins "
+        "only, audited) `userId`."))
+    async def sign_out_everywhere(
+            self, info: Info,
+            user_id: Annotated[strawberry.ID | None, strawberry.argument(
+                description="Whose (admins); yourself when left out.")] = None
+    ) -> SignOutPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            checks = Checks()
+            return await ctx.services.accounts.sign_out_everywhere(
+                ctx.viewer, checked_id(checks, user_id, "user", "userId"), checks=checks)
+
+        user, errors = await attempt(ctx, run)
+        return SignOutPayload(signed_out=user is not None, errors=errors)
 
     @strawberry.mutation(description="Change your own password. Every earlier token (all "
                                      "devices) is revoked; the payload has new ones.")

@@ -279,6 +279,26 @@ async def test_sign_out_ends_that_session_only(api: Api, world: World) -> None:
     assert (await refresh(api, laptop["refreshToken"]))["errors"] == []
 
 
+EVERYWHERE = """mutation { signOutEverywhere { signedOut errors { field code } } }"""
+
+
+async def test_sign_out_everywhere_ends_every_session(api: Api, world: World) -> None:
+    """QA s33 (its subscriptions closing, and admins': ``tests/e2e``)."""
+    phone, laptop = await login(api), await login(api)
+    other = await login(api, "driver2@example.com")
+    out = (await api.post(EVERYWHERE, token=phone["token"])).json()["data"]
+    assert out["signOutEverywhere"] == {"signedOut": True, "errors": []}
+    for device in (phone, laptop):
+        assert (await me(api, device["token"])).status_code == 401
+        assert errors(await refresh(api, device["refreshToken"])) == [
+            ("token", "INVALID_TOKEN")]
+    assert (await me(api, other["token"])).status_code == 200
+    assert (await refresh(api, other["refreshToken"]))["errors"] == []
+    anonymous = (await api.post(EVERYWHERE)).json()["data"]["signOutEverywhere"]
+    assert anonymous["signedOut"] is False
+    assert [e["code"] for e in anonymous["errors"]] == ["UNAUTHENTICATED"]
+
+
 async def test_refresh_and_sign_out_check_their_token(api: Api, world: World) -> None:
     for given, expected in (("", ("token", "REQUIRED")), ("  ", ("token", "REQUIRED")),
                             ("not-a-token", ("token", "INVALID_TOKEN")),
