@@ -52,8 +52,9 @@ async def test_a_user_s_lists_are_the_root_lists_of_that_user(
         api: Api, services: Services, world: World, viewer: str) -> None:
     await _reserve(services, world)
     store = services.ctx.store
-    owner = {r.id: r.user_id for kind in (d.Reservation, d.Payment)
-             for r in await store.find_all(kind, ALL)}
+    rows: list[d.Reservation | d.Payment] = [*await store.find_all(d.Reservation, ALL),
+                                             *await store.find_all(d.Payment, ALL)]
+    owner = {r.id: r.user_id for r in rows}
     as_viewer = world.users[viewer].id
     roots = await api.gql(ROOTS, as_user=as_viewer)
     seen = {name: {n["id"] for n in roots[name]["nodes"]} for name in LISTS}
