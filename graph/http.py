@@ -38,7 +38,13 @@ from domain.services.idempotency import InProgress, Refusal, Replay
 from graph import exact_json
 from graph.context import GraphContext
 from graph.errors import RETRYABLE_CODES, payload_codes, request_outcome
-from graph.pipeline import mutation_fields, normalized, operation_type, operations_in
+from graph.pipeline import (
+    mutation_fields,
+    normalized,
+    operation_type,
+    operations_in,
+    payload_fields,
+)
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -95,6 +101,9 @@ REACHED_OUTSIDE = ("the request failed after it reached a charger or the payment
 #: and a refresh token), which the service keeps nowhere in clear, so there is no answer
 #: to give again; and sending them again is safe (another sign-in).
 KEYLESS_MUTATIONS = frozenset({"login", "signUp", "refreshToken", "changePassword"})
+#: Answer fields that hold such credentials in other mutations' payloads
+#: (``UserPayload.signedIn``): a key is refused for a request selecting one, as above.
+CREDENTIAL_FIELDS = frozenset({"signedIn"})
 
 
 class RequestError(Exception):
@@ -215,8 +224,10 @@ async def read_post(request: Request) -> dict[str, Any]:
     return parsed
 
 
-def _key_refusal(key: str, context: GraphContext, fields: list[str]) -> str | None:
-    """Why an ``Idempotency-Key`` cannot be taken with this request, if it cannot."""
+def _key_refusal(key: str, context: GraphContext, fields: list[str],
+                 answers: set[str]) -> str | None:
+    """Why an ``Idempotency-Key`` cannot be taken with this request (its root ``fields``,
+    the fields ``answers`` selects in their payloads), if it cannot."""
     if not _KEY.fullmatch(key):
         return "an Idempotency-Key is 1 to 255 visible ASCII characters (a UUID)"
     if context.viewer.anonymous:
@@ -226,6 +237,10 @@ def _key_refusal(key: str, context: GraphContext, fields: list[str]) -> str | No
     if fields[0] in KEYLESS_MUTATIONS:
         return f"{fields[0]} takes no Idempotency-Key: its answer holds credentials that " \
                "are never kept; send it again without one"
+    if answers & CREDENTIAL_FIELDS:
+        return f"{', '.join(sorted(answers & CREDENTIAL_FIELDS))} takes no " \
+               "Idempotency-Key: it holds credentials that are never kept; send it " \
+               "again without one"
     return None
 
 
@@ -307,7 +322,8 @@ class GraphQLHTTPHandler:
         charger command, payment or ping went out (``domain.outside``); after one, the
         service cannot know what the outside did, so whatever the answer is, it is kept
         (Stripe keeps its 500s too) and the client reads the outcome with a query."""
-        refused = _key_refusal(key, context, mutation_fields(query, operation_name))
+        refused = _key_refusal(key, context, mutation_fields(query, operation_name),
+                               payload_fields(query, operation_name))
         if refused is not None:
             self.metrics.graphql_request("mutation", "invalid")
             return _response(_error_body(refused), 400, media)

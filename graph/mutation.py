@@ -136,11 +136,12 @@ def _client(ctx: GraphContext) -> str | None:
     return getattr(getattr(ctx.request, "client", None), "host", None)
 
 
-@strawberry.type(description="The answer to `signOut`.")
+@strawberry.type(description="The answer to `signOut` and `signOutEverywhere`.")
 class SignOutPayload:
     signed_out: bool = strawberry.field(
-        description="True once the refresh token's session is ended (also when it was "
-                    "already). Access tokens issued to it stay valid until they expire.")
+        description="True once the session is ended (also when it was already). "
+                    "`signOut`: access tokens issued to that device stay valid until "
+                    "they expire; `signOutEverywhere`: none does.")
     errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
@@ -157,6 +158,11 @@ class UserPayload:
     user: User | None = strawberry.field(description=(
         "The user as the mutation left it (as it was, for a removal); null "
         "when it failed."))
+    signed_in: LoginPayload | None = strawberry.field(default=None, description=(
+        "Only when `updateUser` changed your OWN password: as `changePassword`, every "
+        "earlier token of yours (this request's, and every device's refresh token) is "
+        "revoked, and these are your new ones. Null otherwise (a password reset by an "
+        "admin or operator signs that user out everywhere and gives no tokens)."))
     errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
@@ -290,6 +296,26 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                                   public=True)
         return SignOutPayload(signed_out=not errors, errors=errors)
 
+    @strawberry.mutation(description=(
+        "Sign out everywhere: every refresh token (each device's) and every access token "
+        "of the user is revoked, this request's too, and their open subscriptions close "
+        "(4403), as a password change does; sign in again after. Yourself, or (admins "
+        "only, audited) `userId`."))
+    async def sign_out_everywhere(
+            self, info: Info,
+            user_id: Annotated[strawberry.ID | None, strawberry.argument(
+                description="Whose (admins); yourself when left out.")] = None
+    ) -> SignOutPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            checks = Checks()
+            return await ctx.services.accounts.sign_out_everywhere(
+                ctx.viewer, checked_id(checks, user_id, "user", "userId"), checks=checks)
+
+        user, errors = await attempt(ctx, run)
+        return SignOutPayload(signed_out=user is not None, errors=errors)
+
     @strawberry.mutation(description="Change your own password. Every earlier token (all "
                                      "devices) is revoked; the payload has new ones.")
     async def change_password(self, info: Info,
@@ -349,7 +375,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     @strawberry.mutation(description=(
         "Change what is given. Users change their own name, email and password (email and "
         "password with `currentPassword`); admins, and operators for their company's "
-        "non-admin people, also role, company and `active`, and reset passwords."))
+        "non-admin people, also role, company and `active`, and reset passwords. A new "
+        "password revokes every token of the user: your own new password gives you new "
+        "ones in `signedIn` (as `changePassword`); another's signs them out everywhere."))
     async def update_user(self, info: Info, input: UpdateUserInput) -> UserPayload:
         ctx = _ctx(info)
 
@@ -364,7 +392,16 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 checks=checks, client=_client(ctx))
 
         user, errors = await attempt(ctx, run, input=input)
-        return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
+        if user is None:
+            return UserPayload(user=None, errors=errors)
+        # One's own new password revoked the caller's tokens too (the token epoch moved
+        # on): the new pair, as changePassword gives, keeps them signed in (QA s33: the
+        # next request failed INVALID_TOKEN, the refresh token dead as well).
+        own_password = user.id == ctx.viewer.user_id \
+            and given(input.password) not in (UNSET, None)
+        return UserPayload(user=User.wrap(user, ctx),
+                           signed_in=await _signed_in(ctx, user) if own_password else None,
+                           errors=errors)
 
     @strawberry.mutation(description="Blocks sign-in and invalidates the user's tokens.")
     async def deactivate_user(self, info: Info, input: DeactivateUserInput) -> UserPayload:

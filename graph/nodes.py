@@ -462,6 +462,29 @@ class User(Node, Audited):
                                        self._r.id, ALL, NEWEST_FIRST,
                                        _page(first, after, last, before))
 
+    # Their reservations and payments as the root lists show them (QA s33: a driver's
+    # app had to read those and could not start from `me`), in the same order, by the
+    # viewer's scope: batched across a page of users as ``sessions`` is.
+    @strawberry.field(description="The reservations they made, in id order, as far as "
+                                  "the viewer may see them (the root `reservations`' "
+                                  "rules: an operator, those in their books and the "
+                                  "live ones of a station they run now).")
+    async def reservations(self, info: Info, first: int | None = None,
+                           after: str | None = None, last: int | None = None,
+                           before: str | None = None) -> Connection[Reservation]:
+        return await nested_connection(_ctx(info), d.Reservation, Reservation.wrap,
+                                       "user_id", self._r.id, ALL, (),
+                                       _page(first, after, last, before))
+
+    @strawberry.field(description="Their payments, in id order, as far as the viewer may "
+                                  "see them (the root `payments`' rules: an operator, "
+                                  "those in their books).")
+    async def payments(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Payment]:
+        return await nested_connection(_ctx(info), d.Payment, Payment.wrap, "user_id",
+                                       self._r.id, ALL, (), _page(first, after, last, before))
+
     @strawberry.field(description="Stations this user owns.")
     async def stations(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None

@@ -112,6 +112,28 @@ def mutation_fields(query: str, operation_name: str | None) -> list[str]:
     """The root fields the mutation ``query`` runs (``operation_name``'s, or the only
     one), one per selection (aliases of one field count apart), through fragments;
     ``__typename`` left out. Empty when it does not parse or names no operation."""
+    return [f.name.value for f in _root_fields(query, operation_name)]
+
+
+def payload_fields(query: str, operation_name: str | None) -> set[str]:
+    """The fields selected in the answers of the root fields of ``query`` (their
+    payloads' fields, by name whatever their alias, through fragments)."""
+    try:
+        fragments = _fragments(_parsed(query))
+    except GraphQLError:
+        return set()
+    return {f.name.value for root in _root_fields(query, operation_name)
+            if root.selection_set is not None
+            for f in _flattened(root.selection_set.selections, fragments)}
+
+
+def _fragments(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+    return {d.name.value: d for d in document.definitions
+            if isinstance(d, FragmentDefinitionNode)}
+
+
+def _root_fields(query: str, operation_name: str | None) -> list[FieldNode]:
+    """``mutation_fields``' nodes."""
     try:
         document = _parsed(query)
     except GraphQLError:
@@ -120,15 +142,20 @@ def mutation_fields(query: str, operation_name: str | None) -> list[str]:
                   and (operation_name is None or (d.name and d.name.value == operation_name))]
     if len(operations) != 1:
         return []
-    fragments = {d.name.value: d for d in document.definitions
-                 if isinstance(d, FragmentDefinitionNode)}
-    fields: list[str] = []
+    return _flattened(operations[0].selection_set.selections, _fragments(document))
+
+
+def _flattened(selections: Sequence[SelectionNode],
+               fragments: dict[str, FragmentDefinitionNode]) -> list[FieldNode]:
+    """The fields of a selection set, those of its fragments in place; ``__typename``
+    left out."""
+    fields: list[FieldNode] = []
 
     def collect(selections: Sequence[SelectionNode], seen: frozenset[str]) -> None:
         for selection in selections:
             if isinstance(selection, FieldNode):
                 if selection.name.value != "__typename":
-                    fields.append(selection.name.value)
+                    fields.append(selection)
             elif isinstance(selection, InlineFragmentNode):
                 collect(selection.selection_set.selections, seen)
             elif isinstance(selection, FragmentSpreadNode):
@@ -136,7 +163,7 @@ def mutation_fields(query: str, operation_name: str | None) -> list[str]:
                 if name in fragments and name not in seen:  # a cycle is invalid anyway
                     collect(fragments[name].selection_set.selections, seen | {name})
 
-    collect(operations[0].selection_set.selections, frozenset())
+    collect(selections, frozenset())
     return fields
 
 

@@ -521,6 +521,29 @@ class AccountService(Service):
         refuse_unless_staff(viewer, "deactivate users", checks)
         return await self.update_user(viewer, user_id, active=False)
 
+    async def sign_out_everywhere(self, viewer: Viewer, user_id: str | None = None,
+                                  checks: v.Checks | None = None) -> User:
+        """Revokes every token of the user (yours, or, for an admin, ``user_id``'s): each
+        device's refresh tokens and every access token, as a new password does (the token
+        epoch moves on), and their open GraphQL sockets close (``access_changed``).
+        Operators sign out only themselves: an operator's reach over their people is for
+        their records, not their sessions. Audited as an update of the user."""
+        if viewer.user_id is None:
+            raise Unauthenticated("sign in first")
+        target = viewer.user_id if user_id is None else user_id
+        refuse_unless(target == viewer.user_id or viewer.is_admin,
+                      "only admins sign out someone else", checks)
+
+        async def once() -> User:
+            user = await self.visible(viewer, User, target, field="userId")
+            update = edit(user, viewer, token_epoch=user.token_epoch + 1)
+            await self.commit(viewer, [(update, user)])
+            return cast(User, update.record)
+
+        signed_out = await retried(once)
+        await self.access_changed(signed_out.id)
+        return signed_out
+
     # ---------------------------------------------------------------- self-service
     async def sign_up(self, *, email: str, password: str, name: str,
                       client: str | None = None) -> User:

@@ -215,6 +215,9 @@ async def test_a_key_expires_after_24_hours(service: Running) -> None:
     ("""mutation($plate: String!) { a: addVehicle(input: {licensePlate: $plate}) { vehicle
        { id } } b: addVehicle(input: {licensePlate: "B-2"}) { vehicle { id } } }""",
      "driver", "k", "one mutation"),
+    # Its own new password's tokens (QA s33), under an alias and in a fragment too.
+    ("""mutation { updateUser(input: {id: "VXNlcjox", name: "N"}) { ...on UserPayload {
+       s: signedIn { token } } } }""", "driver", "k", "signedIn takes no Idempotency-Key"),
     (ADD_CAR, "driver", "", "1 to 255"),
     (ADD_CAR, "driver", "x" * 256, "1 to 255"),
     (ADD_CAR, "driver", "ä-key", "1 to 255"),

@@ -279,6 +279,26 @@ async def test_sign_out_ends_that_session_only(api: Api, world: World) -> None:
     assert (await refresh(api, laptop["refreshToken"]))["errors"] == []
 
 
+EVERYWHERE = """mutation { signOutEverywhere { signedOut errors { field code } } }"""
+
+
+async def test_sign_out_everywhere_ends_every_session(api: Api, world: World) -> None:
+    """QA s33 (its subscriptions closing, and admins': ``tests/e2e``)."""
+    phone, laptop = await login(api), await login(api)
+    other = await login(api, "driver2@example.com")
+    out = (await api.post(EVERYWHERE, token=phone["token"])).json()["data"]
+    assert out["signOutEverywhere"] == {"signedOut": True, "errors": []}
+    for device in (phone, laptop):
+        assert (await me(api, device["token"])).status_code == 401
+        assert errors(await refresh(api, device["refreshToken"])) == [
+            ("token", "INVALID_TOKEN")]
+    assert (await me(api, other["token"])).status_code == 200
+    assert (await refresh(api, other["refreshToken"]))["errors"] == []
+    anonymous = (await api.post(EVERYWHERE)).json()["data"]["signOutEverywhere"]
+    assert anonymous["signedOut"] is False
+    assert [e["code"] for e in anonymous["errors"]] == ["UNAUTHENTICATED"]
+
+
 async def test_refresh_and_sign_out_check_their_token(api: Api, world: World) -> None:
     for given, expected in (("", ("token", "REQUIRED")), ("  ", ("token", "REQUIRED")),
                             ("not-a-token", ("token", "INVALID_TOKEN")),
@@ -339,6 +359,44 @@ async def test_change_password_signs_everything_else_out(api: Api, world: World)
     assert (await refresh(api, changed["refreshToken"]))["errors"] == []
     assert errors(await login(api)) == [(None, "UNAUTHENTICATED")]
     assert (await login(api, password="a brand new secret"))["errors"] == []
+
+
+UPDATE_OWN = f"""mutation($i: UpdateUserInput!) {{ updateUser(input: $i) {{
+    user {{ email }} signedIn {{ {SESSION} }} errors {{ field code }} }} }}"""
+
+
+async def test_update_user_of_ones_own_password_gives_new_tokens_as_change_password(
+        api: Api, world: World) -> None:
+    """QA s33: the change revoked the caller's own token and gave no new one, so the
+    next request failed INVALID_TOKEN and the refresh token was dead too."""
+    me_id = to_global_id("user", world.users["driver1"].id)
+    phone, laptop = await login(api), await login(api)
+    updated = (await api.post(UPDATE_OWN, {"i": {
+        "id": me_id, "password": "a brand new secret", "currentPassword": PASSWORD}},
+        token=phone["token"])).json()["data"]["updateUser"]
+    assert updated["errors"] == [] and updated["user"]["email"] == "driver1@example.com"
+    new = updated["signedIn"]
+    assert new["errors"] == [] and new["user"]["email"] == "driver1@example.com"
+    for old in (phone, laptop):  # every earlier token, as changePassword
+        assert (await me(api, old["token"])).status_code == 401
+        assert errors(await refresh(api, old["refreshToken"])) == [
+            ("token", "INVALID_TOKEN")]
+    assert (await me(api, new["token"])).status_code == 200
+    assert (await refresh(api, new["refreshToken"]))["errors"] == []
+    # No new password, no new tokens.
+    renamed = (await api.post(UPDATE_OWN, {"i": {"id": me_id, "name": "Neo"}},
+                              token=new["token"])).json()["data"]["updateUser"]
+    assert renamed["errors"] == [] and renamed["signedIn"] is None
+
+
+async def test_a_password_reset_by_an_admin_gives_the_admin_no_tokens(
+        api: Api, world: World) -> None:
+    driver2 = to_global_id("user", world.users["driver2"].id)
+    held = await login(api, "driver2@example.com")
+    reset = (await api.gql(UPDATE_OWN, {"i": {"id": driver2, "password": "reset by admin"}},
+                           as_user=world.users["admin"].id))["updateUser"]
+    assert reset["errors"] == [] and reset["signedIn"] is None
+    assert (await me(api, held["token"])).status_code == 401  # signed out everywhere
 
 
 async def test_change_password_checks_its_fields(api: Api, world: World) -> None:
