@@ -23,7 +23,7 @@ from chargegraph.errors import ConfigError
 from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
 from chargegraph.http_limits import HEALTHZ
-from chargegraph.listening import addresses_of, url_host
+from chargegraph.listening import addresses_of, loopback_only, url_host
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
 from chargegraph.secrets import derived_key, secret_beside_database
@@ -55,6 +55,13 @@ if TYPE_CHECKING:  # imported when OCPP is enabled (an instance may serve only G
     from ocpp_bridge.gateway import OcppGateway
 
 log = logging.getLogger("chargegraph")
+
+#: Logged at start when the OCPP server takes chargers' passwords unencrypted from
+#: beyond this machine.
+PLAIN_OCPP = ("the OCPP server listens on %s:%s without TLS (CHARGEGRAPH_OCPP_TLS_CERT "
+              "unset): chargers' Basic-auth passwords travel unencrypted, unless a proxy "
+              "in front of it terminates TLS (wss://); set CHARGEGRAPH_OCPP_TLS_CERT, or "
+              "CHARGEGRAPH_OCPP_HOST=127.0.0.1 behind such a proxy on this machine")
 
 
 def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
@@ -337,6 +344,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                                         max_sampled_values=settings.ocpp_max_sampled_values,
                                         instance_id=instance_id)
                     await server.start()
+                if ocpp_ssl is None and not loopback_only(settings.ocpp_host):
+                    # Chargers sign in with Basic auth: over plain ws:// from beyond this
+                    # machine their passwords travel readable, unless a proxy in front
+                    # terminates TLS (no setting tells, so the line says it).
+                    log.warning(PLAIN_OCPP, settings.ocpp_host, server.bound_port)
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.
                 stack.push_async_callback(server.stop)

@@ -7,6 +7,15 @@ process, were all refused until the client let go).
   times a connection out only between requests (keep-alive, after a response), so one
   that never finished its first request head was held for ever. The OCPP port's
   websockets server closes an unfinished handshake after 10 s too (its open timeout).
+* A request body must be complete within ``BODY_TIMEOUT_S`` of its head's end, else it is
+  answered 408 and the connection closed (QA s33: a ``Content-Length: 100`` with one byte
+  sent was held for ever, uvicorn has no timer while a body is read, and five of them
+  took every connection ``CHARGEGRAPH_MAX_CONNECTIONS=5`` allows). A deadline for the
+  whole body, not a minimum rate: one timer, and a legal body (``graph.http.MAX_BODY``)
+  sent slowly but steadily passes well within it. Not a setting, as the head's is not:
+  both bound misbehaving clients, not a deployment's needs. No cap per client address:
+  behind a proxy (``CHARGEGRAPH_TRUSTED_PROXIES``) every connection comes from the
+  proxy's address, which a per-address cap would starve as a whole.
 * At most ``CHARGEGRAPH_MAX_CONNECTIONS`` connections are served at once: uvicorn's
   ``limit_concurrency`` answers the requests beyond them 503. Open websockets count toward
   it, though uvicorn never refuses an upgrade (the default leaves room for them). Its own line
@@ -28,6 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import h11
 from uvicorn._types import ASGISendEvent
@@ -42,6 +52,16 @@ from graph.live_outbox import ABORT, CLOSE_WITHIN_S
 #: kept alive, from the next request's first byte) until its blank line.
 HEAD_TIMEOUT_S = 10.0
 
+#: Seconds a request body may take, from its head's end until its last byte: 1 MB (the
+#: largest body taken) at 17 kB/s.
+BODY_TIMEOUT_S = 60.0
+
+#: What a body not complete in time is answered before its connection is closed.
+_BODY_TIMEOUT_MESSAGE = b"request body not complete in time"
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                   b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                   % (len(_BODY_TIMEOUT_MESSAGE), _BODY_TIMEOUT_MESSAGE))
+
 #: The health check's path (``app.create_app``), served at the connection cap too.
 HEALTHZ = "/healthz"
 
@@ -51,13 +71,17 @@ UVICORN_REFUSAL = "Exceeded concurrency limit."
 
 
 class _HeadTimer:
-    """The head timeout, shared by the HTTP protocols below. ``_arm`` starts it unless it
-    runs; ``_disarm`` stops it; when it fires, the connection is closed (no answer: the
-    client has not finished asking)."""
+    """The head and body timeouts, shared by the HTTP protocols below. ``_arm`` starts the
+    head's unless it runs, ``_disarm`` stops it; when it fires, the connection is closed
+    (no answer: the client has not finished asking). ``_arm_body`` starts the body's,
+    ``_disarm_body`` stops it; when it fires, the request is answered 408 unless its
+    response has begun, and the connection closed."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
+    cycle: Any
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -72,6 +96,26 @@ class _HeadTimer:
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _arm_body(self) -> None:
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timed_out)
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_started:
+            # The app waits for the rest of the body; the connection's loss tells it
+            # (``http.disconnect``), and its own answer then goes nowhere.
+            self.cycle.response_started = True
+            self.transport.write(REQUEST_TIMEOUT)
+        self.transport.close()
 
 
 class _HealthThroughCap:
@@ -107,13 +151,19 @@ class H11HeadTimeout(_HeadTimer, _HealthThroughCap, H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        state = self.conn.their_state
+        if state is h11.IDLE and not self.transport.is_closing():
             self._arm()
         else:
             self._disarm()
+        if state is h11.SEND_BODY and not self.transport.is_closing():
+            self._arm_body()
+        else:
+            self._disarm_body()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
 
@@ -127,7 +177,9 @@ else:
         """uvicorn's httptools protocol (the one ``http="auto"`` picks when httptools is
         installed) with the head timeout: armed when the connection opens and when a
         request begins, stopped when its head is complete (a websocket upgrade's too: the
-        websocket has timeouts of its own) or the connection is lost."""
+        websocket has timeouts of its own) or the connection is lost. The body timer runs
+        from the head's end (not an upgrade's) until the message is complete, at once for
+        a request without a body."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -140,9 +192,16 @@ else:
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
+            if not (self.parser.should_upgrade() and self._should_upgrade()):
+                self._arm_body()
+
+        def on_message_complete(self) -> None:
+            self._disarm_body()
+            super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._disarm_body()
             super().connection_lost(exc)
 
     HeadTimeoutProtocol = HttpToolsHeadTimeout

@@ -63,15 +63,29 @@ def _bound(host: str, port: int, last_try: bool = False) -> list[socket.socket]:
     return bound
 
 
-def addresses_of(host: str) -> int:
-    """How many addresses a server binding ``host`` listens on (one per address it
-    resolves to, as ``create_server`` binds); a name that does not resolve counts one,
-    its bind saying why."""
+def _bound_addresses(host: str) -> set[str] | None:
+    """The addresses a server binding ``host`` listens on (each it resolves to, as
+    ``create_server`` binds); ``None`` for a name that does not resolve."""
     try:
         found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError:
-        return 1
-    return len({info[4][0] for info in found})
+        return None
+    return {str(info[4][0]) for info in found}
+
+
+def addresses_of(host: str) -> int:
+    """How many addresses a server binding ``host`` listens on; a name that does not
+    resolve counts one, its bind saying why."""
+    found = _bound_addresses(host)
+    return 1 if found is None else len(found)
+
+
+def loopback_only(host: str) -> bool:
+    """Whether a server binding ``host`` is reached from this machine only (every address
+    it binds a loopback one; a wildcard is not)."""
+    found = _bound_addresses(host)
+    return bool(found) and found is not None and all(
+        ipaddress.ip_address(address.split("%")[0]).is_loopback for address in found)
 
 
 def url_host(host: str) -> str:

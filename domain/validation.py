@@ -467,11 +467,16 @@ def name_identity(text: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+#: The OCPP server's base path, which a charger's URL adds its identity to.
+OCPP_PATH = "ocpp"
+
+
 def cp_id(value: str | None, field: str = "cpId") -> str:
     """OCPP charge point identity: printable ASCII without spaces or URL-special characters
     (it is a path segment of the websocket URL), at most 48 characters. No ``:``: the
     identity is the user name of the charger's HTTP Basic auth (security profiles 1 and
-    2), which cannot hold one (RFC 7617), so such a station could never sign in. Checked
+    2), which cannot hold one (RFC 7617), so such a station could never sign in. Not
+    ``.``, ``..`` nor ``ocpp`` (brief x33-secfix). Checked
     when an identity is made (a station created or registered); one stored before keeps
     working without a password."""
     value = filled(value, field)
@@ -481,6 +486,13 @@ def cp_id(value: str | None, field: str = "cpId") -> str:
         raise ValidationError(
             "letters, digits and . _ ~ - * + | @ only", field=field, code="INVALID"
         )
+    if value in (".", "..") or value.lower() == OCPP_PATH:
+        # "." and "..": URL clients and proxies rewrite them as dot segments, so the
+        # charger's URL would not reach its own path. "ocpp": ``/ocpp`` is the base its
+        # URL adds the identity to, and the bare base would connect as that station.
+        raise ValidationError(
+            "not \".\", \"..\" nor \"ocpp\" (any case): a charger's URL is /ocpp/{cpId}, "
+            "and URL clients rewrite dot segments", field=field, code="INVALID")
     return value
 
 

@@ -149,12 +149,17 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+class ParamError(DomainError):
+    """A query parameter refused; its field is the parameter as sent, never camel-cased
+    as a filter input's is (brief x33-secfix: ``?foo_bar=1`` was told ``fooBar``)."""
+
+
 _WHOLE = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def _integer(name: str, raw: str) -> int:
     if _WHOLE.fullmatch(raw) is None:
-        raise DomainError("a whole number", field=name, code="INVALID")
+        raise ParamError("a whole number", field=name, code="INVALID")
     return int(raw)
 
 
@@ -172,7 +177,7 @@ def _instant(name: str, raw: str) -> datetime:
     try:
         return parse_instant(raw)
     except ValueError:
-        raise DomainError("an ISO 8601 date-time with an offset, such as "
+        raise ParamError("an ISO 8601 date-time with an offset, such as "
                           "2024-05-01T00:00:00Z", field=name, code="INVALID") from None
 
 
@@ -180,7 +185,7 @@ def _enum(kind: type[Enum]) -> Callable[[str, str], Enum]:
     def parse(name: str, raw: str) -> Enum:
         member = kind.__members__.get(raw)
         if member is None:
-            raise DomainError(f"one of {', '.join(kind.__members__)}", field=name,
+            raise ParamError(f"one of {', '.join(kind.__members__)}", field=name,
                               code="INVALID")
         return member
     return parse
@@ -211,15 +216,15 @@ class Params:
         for name in dict.fromkeys(raw.keys()):
             spec = accepted.get(name)
             if spec is None:
-                raise DomainError(f"not a parameter of this export; it takes "
+                raise ParamError(f"not a parameter of this export; it takes "
                                   f"{', '.join(accepted)}", field=name, code="INVALID")
             given = raw.getlist(name)
             if len(given) > 1 and not spec.many:
-                raise DomainError("given more than once", field=name, code="INVALID")
+                raise ParamError("given more than once", field=name, code="INVALID")
             if spec.many:
                 given = _items(given)
             if any(not value.strip() for value in given):
-                raise DomainError("give a value or leave the parameter out" + (
+                raise ParamError("give a value or leave the parameter out" + (
                     " (no empty item between commas)" if spec.many else ""), field=name,
                     code="REQUIRED")
             parsed = [spec.parse(name, value) for value in given]
@@ -231,7 +236,7 @@ class Params:
     def required(self, name: str) -> Any:
         value = self._values.get(name)
         if value is None:
-            raise DomainError("required", field=name, code="REQUIRED")
+            raise ParamError("required", field=name, code="REQUIRED")
         return value
 
 
@@ -239,7 +244,7 @@ def _one_cp_id(name: str, value: str) -> str:
     """The deprecated ``cpId``: one cpId, which holds no comma (``_items``), so one given
     is a list asked of the wrong parameter (QA s31: it silently matched nothing)."""
     if "," in value:
-        raise DomainError("one cpId (no cpId holds a comma): give several as cpIds=A,B",
+        raise ParamError("one cpId (no cpId holds a comma): give several as cpIds=A,B",
                           field=name, code="INVALID")
     return value
 
@@ -434,17 +439,18 @@ EXPORTS: dict[str, Export] = {
 
 
 # ------------------------------------------------------------------------ HTTP
-def _field(name: str | None) -> str | None:
-    """A filter input's field (``filter.stationIds``) as the query parameter it came from."""
-    if name is None:
-        return None
-    return camel(name.removeprefix("filter."))
+def _field(error: DomainError) -> str | None:
+    """The query parameter at fault: a filter input's field (``filter.station_ids``) as
+    the parameter it came from, a refused parameter as it was sent."""
+    if error.field is None or isinstance(error, ParamError):
+        return error.field
+    return camel(error.field.removeprefix("filter."))
 
 
 def error_response(error: DomainError, status: int,
                    headers: dict[str, str] | None = None) -> Response:
     """``{errors: [{field, code, message}]}``, the API's user errors."""
-    return JSONResponse({"errors": [{"field": _field(error.field), "code": error.code,
+    return JSONResponse({"errors": [{"field": _field(error), "code": error.code,
                                      "message": error.message}]},
                         status_code=status, headers=headers)
 

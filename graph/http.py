@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from graphql import GraphQLError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
@@ -193,11 +193,18 @@ async def _capped_body(request: Request) -> bytes:
         raise RequestError("request body too large", status=413)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise RequestError("request body too large", status=413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise RequestError("request body too large", status=413)
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # The connection closed mid-body: the client left, or the server's body deadline
+        # (``chargegraph.http_limits``, which answered 408 itself). No one reads this
+        # answer; an exception would log a traceback for a client's doing.
+        raise RequestError("the connection closed before the request body was complete",
+                           status=408) from exc
     return b"".join(chunks)
 
 

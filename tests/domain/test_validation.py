@@ -68,11 +68,15 @@ def test_a_plate_of_16_letters_and_digits_may_have_its_separators() -> None:
 
 def test_cp_id_charset_and_length() -> None:
     assert v.cp_id("CP-001_a.b~c*d+e|f@g") == "CP-001_a.b~c*d+e|f@g"
+    assert [v.cp_id(ok) for ok in ("...", "ocpp1", ".a", "-")] == ["...", "ocpp1", ".a", "-"]
     # QA (s16): "AB:1" was a station whose Basic auth (user "AB", as RFC 7617 reads the
     # first colon) could never succeed.
     for bad, code in (("", "REQUIRED"), ("a" * 49, "TOO_LONG"), ("a/b", "INVALID"),
                       ("AB:1", "INVALID"),
-                      ("a b", "INVALID"), ("ä", "INVALID")):
+                      ("a b", "INVALID"), ("ä", "INVALID"),
+                      # A dot segment URL clients rewrite; the OCPP base path itself.
+                      (".", "INVALID"), ("..", "INVALID"), ("ocpp", "INVALID"),
+                      ("OCPP", "INVALID"), ("OcPp", "INVALID")):
         with pytest.raises(ValidationError) as err:
             v.cp_id(bad)
         assert err.value.code == code

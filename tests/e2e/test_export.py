@@ -218,6 +218,9 @@ async def test_bad_parameters_are_400_user_errors(service: Running) -> None:
     token = await service.token("admin")
     cases: list[tuple[str, dict[str, Any], str, str]] = [
         ("sessions.csv", {"stationId": "x", "stationID": "x"}, "stationID", "INVALID"),
+        # An unknown parameter as it was sent (brief x33-secfix: told "fooBar").
+        ("sessions.csv", {"foo_bar": "1"}, "foo_bar", "INVALID"),
+        ("audit.csv", {"entity_id": "1"}, "entity_id", "INVALID"),
         ("sessions.csv", {"stationIds": "nope"}, "stationIds", "INVALID_ID"),
         ("sessions.csv", {"state": "DONE"}, "state", "INVALID"),
         ("sessions.csv", {"from": "yesterday"}, "from", "INVALID"),

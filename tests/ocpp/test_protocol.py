@@ -1524,6 +1524,21 @@ async def test_an_identity_with_a_colon_is_no_new_station_nor_one_with_a_passwor
     assert (no_password.value.field, no_password.value.code) == ("password", "INVALID")
 
 
+async def test_the_base_path_and_dot_segments_are_no_new_station_s_identity(
+        central: Central) -> None:
+    """Brief x33-secfix: "ocpp" (the bare /ocpp connected as it), "." and ".." (which URL
+    clients rewrite) were taken by createStation. A station stored with one before still
+    connects."""
+    for cp_id in ("ocpp", "OCPP", ".", ".."):
+        with pytest.raises(ValidationError) as refused:
+            await central.services.stations.create_station(SYSTEM, cp_id=cp_id, name="x")
+        assert (refused.value.field, refused.value.code) == ("cpId", "INVALID"), cp_id
+    older = d.Station(cp_id="ocpp", name="stored before", company_id=None)
+    await central.store.write([Insert(stamp_new(older, SYSTEM))], [])
+    async with connected(central.url, "ocpp") as cp:
+        assert (await cp.boot()).status == "Accepted"
+
+
 @pytest.mark.parametrize("stamp", ["2026-02-30T10:00:00Z", "0001-01-01T00:30:00+01:00",
                                    "2026-13-01T10:00:00Z"])
 async def test_a_reading_dated_on_no_real_instant_is_left_out_not_the_stop(

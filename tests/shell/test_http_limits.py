@@ -168,6 +168,86 @@ async def test_a_request_head_not_complete_in_time_closes_its_connection(
             await asyncio.wait_for(await ws.ping(), 30)
 
 
+class BodyTimers:
+    """The server's body timers, fired when the test says (as ``HeadTimers``)."""
+
+    def __init__(self) -> None:
+        self.armed: list[Any] = []
+
+    def pending(self) -> list[Any]:
+        return [p for p in dict.fromkeys(self.armed) if p._body_timer is not None]
+
+    def fire(self) -> int:
+        pending = self.pending()
+        for protocol in pending:
+            protocol._body_timer.cancel()
+            protocol._body_timed_out()
+        return len(pending)
+
+
+@pytest.fixture
+def body_timers(head_timeout: str, monkeypatch: pytest.MonkeyPatch) -> BodyTimers:
+    """The body timeout on both protocols, an hour long: it fires when the test fires it."""
+    monkeypatch.setattr(http_limits, "BODY_TIMEOUT_S", 3600)
+    timers = BodyTimers()
+    arm = http_limits._HeadTimer._arm_body
+
+    def recorded(protocol: http_limits._HeadTimer) -> None:
+        arm(protocol)
+        timers.armed.append(protocol)
+
+    monkeypatch.setattr(http_limits._HeadTimer, "_arm_body", recorded)
+    return timers
+
+
+POST_HEAD = (b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\n\r\n")
+
+
+async def test_a_request_body_not_complete_in_time_is_answered_408_and_closed(
+        tmp_path: Path, body_timers: BodyTimers, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s33: a body declared 100 bytes long, one sent, held its connection for ever;
+    five of them took every connection the cap allowed. A slow body still passes: the
+    deadline is for the whole body, from its head's end."""
+    # uvicorn answers 503 from the cap on, these six connections counted each time.
+    async with serving(tmp_path, max_connections=7) as port:
+        stalled = [opened(port, POST_HEAD % 100 + b"{") for _ in range(5)]
+        body = b'{"query":"{__typename}"}'
+        slow = opened(port, POST_HEAD % len(body))
+        await soon(lambda: len(body_timers.pending()) == 6)
+        loop = asyncio.get_running_loop()
+        assert all(p._body_timer.when() > loop.time() + 3000 for p in body_timers.pending())
+        for piece in (body[:5], body[5:12], body[12:]):  # a byte now and then, moving on
+            slow.sendall(piece)
+            await asyncio.sleep(0)
+        assert (await answered(slow)).startswith(b"HTTP/1.1 200")
+        await soon(lambda: len(body_timers.pending()) == 5)  # the slow body's stopped
+        # A request without a body stops it at once: the kept-alive connection's next.
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await answered(slow)).startswith(b"HTTP/1.1 200")
+        assert len(body_timers.pending()) == 5
+        assert all(still_open(s) for s in stalled)  # until their timers fire
+        url = f"http://127.0.0.1:{port}/graphql"
+        async with httpx.AsyncClient() as client:  # the cap is reached
+            assert (await client.post(url, json={"query": "{__typename}"})).status_code == 503
+        assert body_timers.fire() == 5
+        for sock in stalled:
+            sock.setblocking(True)
+            sock.settimeout(30)
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 408")
+            sock.setblocking(False)
+        await asyncio.gather(*(closed(s) for s in stalled))
+        async with httpx.AsyncClient() as client:  # the connections are free again
+
+            async def served() -> bool:
+                response = await client.post(url, json={"query": "{__typename}"})
+                return response.status_code == 200
+
+            await until(served)
+    # The app, told of the closed connection mid-body, answers nobody, quietly.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_connections_beyond_the_cap_are_answered_503_and_logged_now_and_then(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -22,3 +22,18 @@ def test_upgrading_says_how_long_a_start_waits_for_another_migrating() -> None:
 
     text = " ".join(README.read_text(encoding="utf-8").split())
     assert f"up to {MIGRATION_LOCK_WAIT_S // 60} minutes" in text
+
+
+def test_the_cors_row_lists_the_headers_the_code_allows_and_exposes() -> None:
+    """README's CHARGEGRAPH_CORS_ORIGINS row names each header a preflight allows and an
+    answer exposes (brief x33-secfix: Idempotency-Key, Retry-After and
+    Idempotent-Replayed were missing)."""
+    from chargegraph.cors import EXPOSED, HEADERS
+
+    [row] = [line for line in README.read_text(encoding="utf-8").splitlines()
+             if line.startswith("| `CHARGEGRAPH_CORS_ORIGINS`")]
+    allowed, _, exposed = row.partition("a page may read")
+    exposed = exposed.partition("credentials mode")[0]
+    assert set(re.findall(r"`([A-Z][A-Za-z-]+)`", allowed)) == {
+        *HEADERS, "Accept", "Accept-Language", "Content-Language"}
+    assert set(re.findall(r"`([A-Z][A-Za-z-]+)`", exposed)) == set(EXPOSED)

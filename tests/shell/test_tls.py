@@ -3,6 +3,7 @@ and a mistake names the file instead of failing inside the lifespan."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import chargegraph.app as app_module
 from chargegraph.app import create_app
 from chargegraph.cli import app as cli
 from chargegraph.errors import ConfigError
+from chargegraph.listening import loopback_only
 from chargegraph.settings import Settings
 from chargegraph.tls import ocpp_ssl_context
 from tests.shell.guards import never_serve
@@ -126,3 +129,36 @@ async def test_the_demos_chargers_trust_its_wss_server(pem: Path, tmp_path: Path
         await connection.wait_closed()
     assert reached == ["/ocpp/DEMO-1"]
     assert demo_tls(settings(tmp_path, None, None)) is None  # plain ws://: no context
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("::1", True), ("localhost", True), ("127.0.0.2", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.1", False), ("fe80::1%1", False)])
+def test_which_hosts_are_reached_from_this_machine_only(host: str, loopback: bool) -> None:
+    assert loopback_only(host) is loopback
+
+
+@pytest.mark.parametrize(("beyond", "tls", "warned"), [
+    (True, False, True), (False, False, False), (True, True, False)])
+async def test_plain_ws_beyond_this_machine_is_warned_of_at_start(
+        pem: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, beyond: bool, tls: bool, warned: bool) -> None:
+    """Brief x33-secfix: chargers' Basic-auth passwords went over plain ws:// from beyond
+    the machine (the Docker image binds 0.0.0.0) without a word. The server binds
+    127.0.0.1 here; ``beyond`` has the host read as another (``loopback_only``, whose
+    reading of hosts the test above holds)."""
+    monkeypatch.setattr(app_module, "loopback_only", lambda host: not beyond)
+    cert = pem / "combined.pem" if tls else None
+    configured = settings(tmp_path, cert, None).model_copy(update={"ocpp_port": 0})
+    app = create_app(configured)
+    with caplog.at_level(logging.WARNING, logger="chargegraph"):
+        async with app.router.lifespan_context(app):
+            port = app.state.ocpp_port
+    lines = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
+    assert lines == ([f"the OCPP server listens on 127.0.0.1:{port} without TLS "
+                      "(CHARGEGRAPH_OCPP_TLS_CERT unset): chargers' Basic-auth passwords "
+                      "travel unencrypted, unless a proxy in front of it terminates TLS "
+                      "(wss://); set CHARGEGRAPH_OCPP_TLS_CERT, or "
+                      "CHARGEGRAPH_OCPP_HOST=127.0.0.1 behind such a proxy on this "
+                      "machine"]
+                     if warned else [])
