@@ -101,7 +101,8 @@ def shared_throttles(services: Services) -> list[Shared]:
     """What the services count sign-ins and registrations with, across the instances
     when they share a Redis (``ThrottleSharing``)."""
     return [*services.accounts.throttles, *services.charging.sign_ins.shared,
-            services.charging.registrations, *services.personal_data.throttles]
+            services.charging.registrations, *services.personal_data.throttles,
+            *services.fleet.throttles]
 
 
 #: A request before the lifespan built the services: 503 in each door's error shape.

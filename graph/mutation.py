@@ -509,7 +509,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         "A new charging card (OCPP idTag) for yourself, or for `userId` if you manage that "
         "user; tags are unique (DUPLICATE). A driver issuing for themselves holds at most "
         "the deployment's CHARGEGRAPH_MAX_CARDS_PER_DRIVER cards, any status "
-        "(LIMIT_REACHED on `tag`: remove one first); staff issuing are not capped."))
+        "(LIMIT_REACHED on `tag`: remove one first); staff issuing are not capped. A "
+        "number refused as someone's (DUPLICATE, IN_USE) counts against you: 20 an hour, "
+        "then TOO_MANY_ATTEMPTS before any number is looked at (admins not counted)."))
     async def issue_id_tag(self, info: Info, input: IssueIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 

@@ -31,7 +31,7 @@ from domain.services.base import UNSET, Service, ServiceContext, stamp_new, touc
 from domain.services.edits import edit, retried
 from domain.services.fleet import group_left_behind
 from domain.services.stations import may_own
-from domain.services.throttle import RollingLimit, Shared, SignInThrottle
+from domain.services.throttle import RollingLimit, Shared, SignInThrottle, counting_probes
 
 log = logging.getLogger("chargegraph.accounts")
 
@@ -370,8 +370,7 @@ class AccountService(Service):
             return self._counting_taken_emails(client_key(client))
         return self._counting_operator_probes(viewer)
 
-    @contextmanager
-    def _counting_operator_probes(self, viewer: Viewer) -> Iterator[None]:
+    def _counting_operator_probes(self, viewer: Viewer) -> AbstractContextManager[None]:
         """An operator's attempt that may find an email taken (``createUser``, a change of
         one of their people's email): refused while they have been told
         ``OPERATOR_TAKEN_EMAILS`` taken ones within the hour, and counted only when it is
@@ -382,23 +381,11 @@ class AccountService(Service):
         when the budget runs out still get their answer (the count lands as each ends):
         an operator sending many at once learns at most that many more, and every one
         is theirs, signed in. Admins are not counted: they see every account."""
-        operator = None if viewer.is_admin else viewer.user_id
-        if operator is None:
-            yield
-            return
-        wait = self.operator_probes.refused_for(operator)
-        if wait is not None:
-            minutes = max(1, round(wait.total_seconds() / 60))
-            raise Unauthenticated(
-                f"too many emails that have an account already: at most "
-                f"{self.operator_probes.limit} an hour; try again in {minutes} min",
-                code="TOO_MANY_ATTEMPTS")
-        try:
-            yield
-        except UniqueViolation as exc:
-            if exc.field == "email":
-                self.operator_probes.take(operator)
-            raise
+        return counting_probes(
+            self.operator_probes, None if viewer.is_admin else viewer.user_id,
+            f"too many emails that have an account already: at most "
+            f"{self.operator_probes.limit} an hour",
+            lambda exc: isinstance(exc, UniqueViolation) and exc.field == "email")
 
     async def _edit_user(self, viewer: Viewer, user_id: str, given: dict[str, Any],
                          current_password: Any, client: str | None

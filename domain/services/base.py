@@ -843,6 +843,14 @@ def not_erased(user_id: str) -> Guard:
     return Guard(User, all_of(Eq("id", user_id), Eq("erased_at", None)))
 
 
+def still_active(user_id: str) -> Guard:
+    """``not_erased``, and still active: a write judged on its person being active (a
+    live start Accepted) holds only while no deactivation landed since the read, here or
+    on another instance (session 33: one between the card's check and the session's
+    write was answered Accepted)."""
+    return Guard(User, all_of(Eq("id", user_id), Eq("active", True), Eq("erased_at", None)))
+
+
 #: What makes a session hold its card and car: open, and not refused at its start.
 _HOLDS_ITS_CARD = all_of(Eq("state", SessionState.ACTIVE), Eq("start_refused", None))
 

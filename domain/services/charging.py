@@ -78,6 +78,7 @@ from domain.services.base import (
     reservation_changed,
     reserved_for_card,
     stamp_new,
+    still_active,
     still_in_books,
     touch,
 )
@@ -1670,7 +1671,8 @@ class ChargingService(ChargerConnections):
         COMPLETED session made an accepted one, the charger told Accepted for a card
         that was gone, and its stop billed to the erased account (review r27-accounts).
         Accepted onto the card as judged (``card``, the one ``info`` was given on): only
-        while it is unchanged (its ``updated_at``), as a first start's is; guarded on
+        while it is unchanged (its ``updated_at``) and, live, its holder still active, as
+        a first start's is; guarded on
         its tag and holder alone, a block landing between the judgement and the write
         was told Accepted, a billed session holding a blocked card (review r28).
         When a guard trips nothing is written and ``None`` returned: ``_resent`` reads
@@ -1697,7 +1699,10 @@ class ChargingService(ChargerConnections):
             if card is not None:
                 guards.append(self._card_unchanged(card))
             if session.user_id is not None:
-                guards.append(not_erased(session.user_id))
+                # Live, its holder still active as judged, as a first start's
+                # (``_open_session``); a replay judged by the deactivation's time.
+                guards.append(not_erased(session.user_id) if replayed
+                              else still_active(session.user_id))
         try:
             await self.commit(actor, [(change, session)], guards=guards)
         except Conflict:
@@ -1852,6 +1857,13 @@ class ChargingService(ChargerConnections):
             # removal is guarded the other way (``FleetService._remove_id_tag``: no
             # session holding the card).
             guards.append(self._card_unchanged(id_tag_record))
+            if not identity.replayed:
+                # Its holder still active, as judged: a deactivation leaves the card's
+                # record as it was, so the guard above does not see one landing between
+                # the read and this write (session 33: answered Accepted). A replayed
+                # start is judged by the deactivation's time (``barred_by``), read
+                # again it may still be Accepted: not guarded so, or it would trip again.
+                guards.append(still_active(id_tag_record.user_id))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)

@@ -4,7 +4,7 @@ transaction to a user and a vehicle."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from domain import validation as v
@@ -19,7 +19,14 @@ from domain.entities import (
     User,
     Vehicle,
 )
-from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, ValidationError
+from domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    NotFound,
+    UniqueViolation,
+    ValidationError,
+)
 from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, Filter, In, NotSub, Range, all_of, any_of
@@ -36,6 +43,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.edits import edit, removal, retried
+from domain.services.throttle import RollingLimit, counting_probes
 from domain.services.withdrawal import (
     ACCEPTED,
     list_status,
@@ -50,6 +58,16 @@ GROUP_BATCH = 200
 #: The most cards a driver may hold when issuing one for themselves (``issueIdTag``),
 #: by default (``FleetService.max_cards_per_driver``, ``CHARGEGRAPH_MAX_CARDS_PER_DRIVER``).
 MAX_CARDS_PER_DRIVER = 10
+
+#: Card numbers a user (a driver, an operator) may be told are someone's within any
+#: ``CARD_PROBE_WINDOW`` (``issueIdTag`` refused DUPLICATE, or IN_USE: another company's
+#: card group, a freed number held back), then ``TOO_MANY_ATTEMPTS`` until the oldest of
+#: them is out of it: each such answer confirms a number exists (review s33: a driver
+#: tried 60 in 5 s, unthrottled, and could claim a physical card's number before its
+#: holder). As operators' taken emails (``accounts.OPERATOR_TAKEN_EMAILS``): by user,
+#: admins not counted; a number mistyped now and then fits well within it.
+TAKEN_CARD_NUMBERS = 20
+CARD_PROBE_WINDOW = timedelta(hours=1)
 
 #: A garage's cars: those not removed (``Vehicle.removed_at``). Lists of cars and every
 #: choice of one (a card's link, a remote start or reservation by car) read these; a
@@ -190,6 +208,14 @@ class FleetService(Service):
         #: The cards (any status) a driver may hold when issuing one for themselves;
         #: 0: no limit (``_refuse_over_cap``).
         self.max_cards_per_driver = MAX_CARDS_PER_DRIVER
+        #: Card numbers told to each user (``TAKEN_CARD_NUMBERS``).
+        self.card_probes = RollingLimit(ctx.clock, limit=TAKEN_CARD_NUMBERS,
+                                        window=CARD_PROBE_WINDOW, name="taken_card_numbers")
+
+    @property
+    def throttles(self) -> list[RollingLimit]:
+        """The limits the instances share (``ThrottleSharing``)."""
+        return [self.card_probes]
 
     async def settled(self) -> None:
         """Waits for what withdrawn cards set off in the background (tests, shutdown)."""
@@ -381,15 +407,21 @@ class FleetService(Service):
                            parent_tag: str | None = None, checks: v.Checks | None = None
                            ) -> IdTag:
         """Every invalid field is reported at once (with the caller's ``checks``), before
-        the holder, vehicle and group are looked up."""
+        the holder, vehicle and group are looked up. A refusal saying the number (or the
+        group) is someone's is counted against the caller (``TAKEN_CARD_NUMBERS``)."""
         checks = checks or v.Checks()
         tag = checks(v.id_tag, tag)
         expires_at = checks(_future, expires_at)
         if parent_tag is not None:
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
-        issued, reissued = await retried(lambda: self._issue_id_tag(
-            viewer, tag, user_id, vehicle_id, expires_at, parent_tag))
+        # Refused once spent before anything is read, so the refusal tells nothing.
+        with counting_probes(
+                self.card_probes, None if viewer.is_admin else viewer.user_id,
+                "too many card numbers that are in use already: at most "
+                f"{self.card_probes.limit} an hour", _tells_number_taken):
+            issued, reissued = await retried(lambda: self._issue_id_tag(
+                viewer, tag, user_id, vehicle_id, expires_at, parent_tag))
         if reissued:  # its holder's removed card again: put back at the chargers
             self._restored(viewer, issued)
         return issued
@@ -720,3 +752,11 @@ class FleetService(Service):
         if vehicle.owner_id != owner.id:
             raise ValidationError("the vehicle belongs to someone else", field="vehicleId")
         return vehicle
+
+
+def _tells_number_taken(exc: DomainError) -> bool:
+    """Whether ``issue_id_tag``'s refusal says a card number or group is someone's:
+    DUPLICATE from the store's unique index, IN_USE of another company's card group
+    (``tag`` or ``parentIdTag``) or of a freed number held back (``freed_tags``)."""
+    return (isinstance(exc, UniqueViolation) and exc.field == "tag") or (
+        exc.code == "IN_USE" and exc.field in ("tag", "parentIdTag"))

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from domain.errors import DomainError, Unauthenticated
 
 #: Keys tracked at most; the least recently failed are forgotten first.
 MAX_TRACKED = 100_000
@@ -255,3 +258,30 @@ class RollingLimit:
         times = self._current(key)
         if times:
             times.pop()
+
+
+@contextmanager
+def counting_probes(limit: RollingLimit, key: str | None, too_many: str,
+                    told: Callable[[DomainError], bool]) -> Iterator[None]:
+    """An attempt whose refusal may tell ``key`` (a user) whether something exists (an
+    email with an account, a card number): refused ``TOO_MANY_ATTEMPTS`` while ``limit``
+    is spent, *before* anything is read (the refusal cannot leak), and counted only
+    when its refusal ``told`` them (the ``DomainError`` raised). Attempts already under
+    way when it runs out still get their answer (each counted as it ends): a caller
+    sending many at once learns at most that many more, and every one is theirs,
+    signed in. ``key`` ``None``: not counted (admins: they see everything anyway).
+    ``too_many`` says what ran out, the minutes to wait follow it."""
+    if key is None:
+        yield
+        return
+    wait = limit.refused_for(key)
+    if wait is not None:
+        minutes = max(1, round(wait.total_seconds() / 60))
+        raise Unauthenticated(f"{too_many}; try again in {minutes} min",
+                              code="TOO_MANY_ATTEMPTS")
+    try:
+        yield
+    except DomainError as exc:
+        if told(exc):
+            limit.take(key)
+        raise

@@ -485,6 +485,32 @@ async def test_late_readings_racing_move_each_share_once(
 
 
 # ------------------------------------------------------------------ drivers' cards and cars
+async def test_a_start_whose_holder_was_deactivated_meanwhile_is_not_accepted(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's start reads the card and its holder (active: Accepted); A's operator
+    deactivates the driver once B has judged it (``_refusal``: none), before B writes
+    the start. A
+    deactivation leaves the card's record as it was, so the card-unchanged guard does
+    not see it (session 33: told Accepted, a billed session of a deactivated driver
+    whose card the deactivation's withdrawal had already left): the write is guarded on
+    the holder still active, trips, and the start read again is told Blocked."""
+    boss, driver, _, card = await fleet_of(two)
+    charging = two.b.charging
+    monkeypatch.setattr(charging, "_refusal", once(
+        lambda: two.a.accounts.update_user(Viewer.of(boss), driver.id, active=False),
+        charging._refusal))
+    _, told = await charging.start_transaction(
+        CP, 1, card.tag, 0, datetime.now(UTC).replace(microsecond=0))
+    [stored] = await two.store.get_many(d.User, [driver.id])
+    assert stored is not None and not stored.active
+    [session] = await sessions(two.store)
+    assert told.status == "Blocked", (told.status, session.start_refused)
+    assert session.start_refused == "Blocked"
+    for services in (two.a, two.b):
+        await services.accounts.settled()
+        await services.fleet.settled()
+
+
 async def fleet_of(two: Instances) -> tuple[d.User, d.User, d.Vehicle, d.IdTag]:
     """An operator of a company, a driver of it with a car and a card linked to it."""
     company = await two.a.accounts.create_company(SYSTEM, name="Fleet Co")
@@ -726,6 +752,31 @@ async def test_a_resend_accepted_onto_a_refused_start_is_guarded_on_the_card_as_
     assert (told.status, session.start_refused) == ("Blocked", "Blocked")
     await two.a.fleet.settled()
     await two.b.fleet.settled()
+
+
+async def test_a_resend_accepted_onto_a_refused_start_is_guarded_on_its_holder_active(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, the driver deactivated between the resend's judgement and its write
+    instead: the card's record stays as it was, so the write is guarded on the holder
+    still active too (session 33); it trips, and the resend read again is told
+    Blocked, the session still refused."""
+    boss, driver, _, card = await fleet_of(two)
+    fleet, charging = two.a.fleet, two.b.charging
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.BLOCKED)
+    tx, first = await charging.start_transaction(CP, 1, card.tag, 0, stamp)
+    assert first.status == "Blocked"
+    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.ACCEPTED)
+    monkeypatch.setattr(charging, "authorize_start", once(
+        lambda: two.a.accounts.update_user(Viewer.of(boss), driver.id, active=False),
+        charging.authorize_start))
+    again, told = await charging.start_transaction(CP, 1, card.tag, 0, stamp)
+    assert again == tx
+    [session] = await sessions(two.store)
+    assert (told.status, session.start_refused) == ("Blocked", "Blocked")
+    for services in (two.a, two.b):
+        await services.accounts.settled()
+        await services.fleet.settled()
 
 
 async def test_a_card_removed_after_an_edit_meanwhile_is_audited_as_it_was(
