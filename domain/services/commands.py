@@ -744,6 +744,14 @@ class CommandService(Service):
                      timeout: float | None = None) -> None:
         """Audits, sends and records the answer of a command authorized already; each
         of its waits lasts ``timeout`` (the service's by default)."""
+        if self.gateway is not None and await self._known_offline(outcome.station):
+            # Never sent: one entry saying so (stage NOT_SENT), not a SENT one the
+            # charger never got followed by its CHARGER_OFFLINE (QA s33).
+            outcome.error = ChargerOffline(f"{outcome.station.cp_id} is not connected",
+                                           field="cpId")
+            outcome.unsent = True
+            await self._after(viewer, outcome, payload)
+            return
         if outcome.action == "ChangeConfiguration":
             outcome.sent_at = await self._send_moment()
         if self.gateway is not None:
@@ -758,6 +766,16 @@ class CommandService(Service):
             await asyncio.shield(self._after(viewer, outcome, payload))
             raise
         await self._after(viewer, outcome, payload)
+
+    async def _known_offline(self, station: Station) -> bool:
+        """Whether the charger is connected nowhere: not to this instance, and recorded
+        offline (read now; a charger connected to another instance is recorded online as
+        its socket opens). A command to it is not sent: the gateway would refuse it
+        (this instance) or find no instance to take it (``ChargerUnclaimed``)."""
+        assert self.gateway is not None
+        [now] = await self.store.get_many(Station, [station.id])
+        return (now is None or not now.online) and not self.gateway.is_connected(
+            station.cp_id)
 
     async def _send_moment(self) -> datetime:
         """A moment later than any this service's clock gave before, taken before a
@@ -2428,7 +2446,10 @@ class CommandService(Service):
                      ) -> None:
         station = outcome.station
         await self._cancel_unreached(outcome)
-        audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
+        # A command never sent (kept from a charger known offline, ``_carry``; its SENT
+        # entry not written, ``_audit_sent``) has this one entry, saying so.
+        stage = "NOT_SENT" if outcome.unsent else "ANSWERED"
+        audit = self._audit_entry(viewer, outcome, payload, stage)
         interval = _interval_taken(outcome, payload)
         answered_at = outcome.answered_at = self.now()
         rollout = _rollout(outcome, payload, answered_at)

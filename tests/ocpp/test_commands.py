@@ -536,7 +536,10 @@ async def test_a_start_on_a_clock_behind_ours_is_judged_at_its_arrival(
 
 class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
-    request type does not take did)."""
+    request type does not take did), its charger connected here."""
+
+    def is_connected(self, cp_id: str) -> bool:
+        return True
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
