@@ -2302,6 +2302,11 @@ class CommandService(Service):
         """The audit log's record of a command: ``SENT`` before the charger has it,
         ``ANSWERED`` with its answer (or why there is none)."""
         company_id, station_owner_id = books_of(outcome.station)  # the books it is in
+        # A DataTransfer's answer carries the charger's own data, what support asks the
+        # entry for (QA s33: only its status was kept); bounded as the request's.
+        answer = {"answer": with_data_bounded(outcome.result)} \
+            if stage == "ANSWERED" and outcome.action == "DataTransfer" \
+            and outcome.result else {}
         return AuditEntry(
             entity="station", entity_id=outcome.station.id, action=AuditAction.COMMAND,
             command=outcome.action, actor=viewer.actor, created_by=viewer.actor,
@@ -2310,7 +2315,7 @@ class CommandService(Service):
             after={"command": outcome.action, "commandId": outcome.command_id,
                    "stage": stage, "request": _audited(outcome.action, payload),
                    "status": outcome.status,
-                   "error": outcome.error.code if outcome.error else None},
+                   "error": outcome.error.code if outcome.error else None, **answer},
         )
 
     async def _cancel_unreached(self, outcome: CommandOutcome) -> None:
