@@ -361,7 +361,7 @@ class Policy:
                 return books
             case "connector":
                 return on_stations
-            case "configuration_key":
+            case "configuration_key" | "local_list":
                 # Its charger's internals, as the station's private view: those who run
                 # it (drivers and the map see none: the driver scope has no case).
                 return on_stations

@@ -67,6 +67,7 @@ from domain.errors import (
     NotFound,
     Unauthenticated,
     ValidationError,
+    ValidationErrors,
 )
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
@@ -111,7 +112,14 @@ from domain.services.pending_starts import (
     settle,
 )
 from domain.services.stations import connector_in_range
-from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
+from domain.services.withdrawal import (
+    ACCEPTED,
+    card_states,
+    cards_named,
+    hold_pending,
+    record_local_list,
+    settle_pending,
+)
 from domain.validation import (
     MAX_CONNECTOR_ID,
     Checks,
@@ -1660,6 +1668,9 @@ class CommandService(Service):
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
         full = payload.get("updateType") == "Full"
+        if not full:
+            await self._refuse_stale_version(station, payload)
+        await self._refuse_withdrawn_cards(entries)
         removals = not full and all(e.get("idTagInfo") is None for e in entries)
         if len(entries) <= 1 and (full or removals):
             return  # fits one message (at least 1 entry), and the list (grows nothing)
@@ -1699,6 +1710,50 @@ class CommandService(Service):
             f"this one would leave it holding {len(tags)}: {fit}, {len(left_out)} of "
             f"this list's would not ({named}{more}). {advice}",
             field=field_name, code="OUT_OF_RANGE")
+
+    async def _refuse_stale_version(self, station: Station, payload: dict[str, Any]
+                                    ) -> None:
+        """A Differential list at or below the version the charger last accepted
+        (``LocalList.version``, ``Station.localListVersion``): OCPP 1.6 has the charger
+        ignore or refuse it (QA s33: v1 after a Full v1 was sent). Withdrawals raise the
+        version on their own, so an operator's "last + 1" may be stale: the message
+        names the version now. Not known (nothing recorded): not judged."""
+        [recorded] = await self.store.get_many(LocalList, [station.id])
+        if recorded is None or int(payload.get("listVersion") or 0) > recorded.version:
+            return
+        raise ValidationError(
+            f"this charger's list is at version {recorded.version} (the last it accepted, "
+            f"withdrawals of blocked cards included): a DIFFERENTIAL list needs a version "
+            f"above it, such as {recorded.version + 1}", field="listVersion",
+            code="OUT_OF_RANGE")
+
+    async def _refuse_withdrawn_cards(self, entries: list[dict[str, Any]]) -> None:
+        """An operator's list giving a card of ours Accepted that we would not accept
+        (blocked, expired, its holder deactivated: ``withdrawal.card_states``): its
+        withdrawal would follow at once (QA s33: sent, answered ACCEPTED, then withdrawn
+        within a second). Refused, as a remote start with such a card is
+        (``INVALID_STATE``), every such entry at once; operators do not override it: the
+        card's status is changed on the card. A tag of no card here (another network's,
+        or a removed card's, whose tag is free again) is the operator's to list."""
+        accepted = [(i, str(e.get("idTag")).upper()) for i, e in enumerate(entries)
+                    if isinstance(e.get("idTagInfo"), dict)
+                    and e["idTagInfo"].get("status") == "Accepted"]
+        if not accepted:
+            return
+        named = await cards_named(self.store, sorted({tag for _, tag in accepted}))
+        states = await card_states(self.store, sorted(c.id for c in named.values()),
+                                   self.now())
+        errors = [ValidationError(
+            f"card {tag} is {states[named[tag].id].lower()} here: the charger would be "
+            f"told to accept a card it is then told to refuse; list it as "
+            f"{states[named[tag].id].upper()}, or change the card's status first",
+            field=f"localAuthorizationList.{i}.idTagInfo.status", code="INVALID_STATE")
+            for i, tag in accepted
+            if tag in named and states.get(named[tag].id, ACCEPTED) != ACCEPTED]
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ValidationErrors(errors)
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
                           entries: list[dict[str, Any]]
