@@ -2364,7 +2364,8 @@ class CommandService(Service):
             and outcome.result else {}
         return AuditEntry(
             entity="station", entity_id=outcome.station.id, action=AuditAction.COMMAND,
-            command=outcome.action, actor=viewer.actor, created_by=viewer.actor,
+            command=outcome.action, command_id=outcome.command_id, actor=viewer.actor,
+            created_by=viewer.actor,
             updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,

@@ -309,6 +309,7 @@ async def migrate(db: Any, steps: Steps | None = None) -> None:
     await once(db, "audit_books", _audit_books)
     await once(db, "audit_holders", _audit_holders)
     await once(db, "audit_commands", _audit_commands)
+    await once(db, "audit_command_ids", _audit_command_ids)
     await once(db, "reservation_books", _reservation_books)
     await once(db, "state_history_books", _state_history_books)
     await once(db, "refunded_whole", _refunded_whole)
@@ -945,6 +946,14 @@ async def _audit_commands(db: Any) -> None:
     await db["audit_entry"].update_many(
         {"action": "COMMAND", "command": {"$exists": False}},
         [{"$set": {"command": "$after.command"}}])
+
+
+async def _audit_command_ids(db: Any) -> None:
+    """What SQLite migration 95 does: command entries written before they carried their
+    command's id beside the image (``AuditEntry.command_id``) take the image's."""
+    await db["audit_entry"].update_many(
+        {"action": "COMMAND", "command_id": {"$exists": False}},
+        [{"$set": {"command_id": "$after.commandId"}}])
 
 
 #: The field of an audit image naming the person the record belongs to, by kind (a
