@@ -896,8 +896,8 @@ class Station(Node, Audited):
     async def local_list_version(self, info: Info) -> int | None:
         if not self._private:
             return None
-        recorded = await _ctx(info).loaders.one_by(
-            d.LocalList, "station_id", ALL, (), self._seen_kind(info)).load(self._r.id)
+        # Its id is its station's (one per station).
+        recorded = await _ctx(info).loaders.by_id(d.LocalList).load(self._r.id)
         return None if recorded is None else int(recorded.version)
 
     @strawberry.field(description=(

@@ -168,6 +168,9 @@ class _ReportsBeforeAnswering:
     def __init__(self, central: Central) -> None:
         self.central = central
 
+    def is_connected(self, cp_id: str) -> bool:
+        return True  # its charger, reached through it
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         assert action == "UpdateFirmware"
@@ -428,6 +431,9 @@ class _ReportsFirst:
         self.statuses = [status] if isinstance(status, str) else status
         self.pause = pause
 
+    def is_connected(self, cp_id: str) -> bool:
+        return True  # its charger, reached through it
+
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         charging = self.central.services.charging
@@ -615,6 +621,9 @@ class _EndsFirstOnce:
     def __init__(self, central: Central) -> None:
         self.central, self.uploads = central, 0
         self.report_first: str | None = None
+
+    def is_connected(self, cp_id: str) -> bool:
+        return True  # its charger, reached through it
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
