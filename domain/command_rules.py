@@ -269,6 +269,12 @@ def _consistent(action: str, payload: dict[str, Any], checks: v.Checks) -> None:
                    f"{key}.recurrencyKind", "REQUIRED")
     if action == "SendLocalList":
         _local_list(payload, checks)
+    if action == "ChangeConfiguration" and isinstance(payload.get("key"), str) \
+            and not checks.failed("key", "value"):
+        # A standard key's value by its spec type: a charger that accepts it keeps it in
+        # force, and the product reads some (``SendLocalListMaxLength``).
+        checks(v.configuration_value, folded_key(payload["key"]),
+               str(payload.get("value", "")), "value")
     if action == "ChangeConfiguration" and is_heartbeat_key(payload.get("key")) \
             and not checks.failed("value"):
         # Accepted, it is what the station's boots are answered with from then on

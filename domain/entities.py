@@ -592,7 +592,7 @@ class Session(Record):
     #: written at each boot (``ChargingService._boot_since_sessions``). Where it ended
     #: when its stop was lost (``lost_end``), whichever later boot's check closes it
     #: (QA s33: closed at the last boot, the time between boots billed). Null: no boot
-    #: since, or recorded before SQLite migration 94 (the boot its check is for).
+    #: since, or recorded before SQLite migration 87 (the boot its check is for).
     first_boot_at: datetime | None = None
     #: When (our clock) ``chargegraph restore`` put back a backup in which this session
     #: was open: its charger may have ended it since the backup was taken, its
@@ -1100,7 +1100,7 @@ class PendingStart(Record):
     #: (``ChargerTimeout``) or one we could not read (``ChargerError``). It holds its card
     #: and plug all the same (the charger may have acted), and whoever it holds them from
     #: is told the outcome is unknown, not that its car is awaited (QA s33). SQLite
-    #: migration 94 (older rows false; MongoDB: back-filled so).
+    #: migration 87 (older rows false; MongoDB: back-filled so).
     outcome_unknown: bool = False
 
 
@@ -1242,6 +1242,11 @@ class AuditEntry(Record):
     #: (``SiteLoad._overridden``: a person's profile commands, which the site's own
     #: traffic to the station must not push out of what is read); ``None`` for others.
     command: str | None = None
+    #: A ``COMMAND`` entry's command id (``after["commandId"]``, SQLite migration 95),
+    #: the ``commandId`` a command's mutation answers: a column of its own, so
+    #: ``auditLog(filter: {commandId})`` finds its entries through an index (QA s33: a
+    #: mutation's outcome could not be looked up by it); ``None`` for others.
+    command_id: str | None = None
     #: Whose books the entry was written in (``base.Service._whose``), as sessions record
     #: theirs: for what happens at a station (its record, commands to its charger, its
     #: connectors, tariffs and reservations) the station's company then, or for a station

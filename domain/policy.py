@@ -361,6 +361,10 @@ class Policy:
                 return books
             case "connector":
                 return on_stations
+            case "local_list":
+                # As a configuration key (below), by its id, its station's: the table
+                # has no station_id index (one row per station).
+                return Sub("id", "station", stations)
             case "configuration_key":
                 # Its charger's internals, as the station's private view: those who run
                 # it (drivers and the map see none: the driver scope has no case).

@@ -13,6 +13,7 @@ from typing import ParamSpec, TypeVar, cast
 from domain.common_passwords import COMMON_PASSWORDS
 from domain.currencies import MINOR_DIGITS
 from domain.errors import ValidationError, ValidationErrors
+from domain.ocpp16 import Measurand
 
 # Deliberately simple: one @, a dot in the domain, no spaces. Deliverability is the mail
 # system's job; this catches typos and garbage.
@@ -640,6 +641,80 @@ def heartbeat_interval(value: int | str, field: str) -> int:
     if not 1 <= value <= MAX_HEARTBEAT_S:
         raise ValidationError(f"must be within 1..{MAX_HEARTBEAT_S} seconds", field=field,
                               code="OUT_OF_RANGE")
+    return value
+
+
+#: OCPP 1.6 §9's standard configuration keys (folded, as ``command_rules.folded_key``)
+#: by the type the spec gives their value: a ChangeConfiguration of one is checked by it
+#: (``configuration_value``) before it is sent, since a charger that accepts it has it
+#: stored as its ``valueInForce`` and the product reads some of them
+#: (``SendLocalListMaxLength`` judges lists; QA s33: "abc" was sent and stored). Read-only
+#: keys are here too: a charger that wrongly accepts a change of one has it in force.
+#: ``HeartbeatInterval`` has its own bounds on top (``heartbeat_interval``). Vendor keys
+#: are free-form (CiString500, checked by the command's schema).
+_INTEGER_KEYS = (
+    "BlinkRepeat", "ClockAlignedDataInterval", "ConnectionTimeOut",
+    "ConnectorPhaseRotationMaxLength", "GetConfigurationMaxKeys", "HeartbeatInterval",
+    "MaxEnergyOnInvalidId", "MeterValuesAlignedDataMaxLength",
+    "MeterValuesSampledDataMaxLength", "MeterValueSampleInterval", "MinimumStatusDuration",
+    "NumberOfConnectors", "ResetRetries", "StopTxnAlignedDataMaxLength",
+    "StopTxnSampledDataMaxLength", "SupportedFeatureProfilesMaxLength",
+    "TransactionMessageAttempts", "TransactionMessageRetryInterval", "WebSocketPingInterval",
+    "LocalAuthListMaxLength", "SendLocalListMaxLength", "ChargeProfileMaxStackLevel",
+    "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled")
+_BOOLEAN_KEYS = (
+    "AllowOfflineTxForUnknownId", "AuthorizationCacheEnabled", "AuthorizeRemoteTxRequests",
+    "LocalAuthorizeOffline", "LocalPreAuthorize", "StopTransactionOnEVSideDisconnect",
+    "StopTransactionOnInvalidId", "UnlockConnectorOnEVSideDisconnect",
+    "LocalAuthListEnabled", "ReserveConnectorZeroSupported",
+    "ConnectorSwitch3to1PhaseSupported")
+_MEASURAND_KEYS = ("MeterValuesAlignedData", "MeterValuesSampledData",
+                   "StopTxnAlignedData", "StopTxnSampledData")
+#: OCPP 1.6's Measurand values.
+MEASURANDS = frozenset(Measurand)
+#: Named lists of the spec's other CSL keys.
+_NAMED_LISTS: dict[str, frozenset[str]] = {
+    "supportedfeatureprofiles": frozenset({
+        "Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation",
+        "SmartCharging", "RemoteTrigger"}),
+    "chargingscheduleallowedchargingrateunit": frozenset({"Current", "Power"}),
+}
+#: The most an integer key's value may be: OCPP's integers are 32-bit.
+MAX_CONFIG_INTEGER = 2**31 - 1
+#: Per folded key, the check of its value.
+CONFIGURATION_KINDS: dict[str, str] = {
+    **{key.lower(): "integer" for key in _INTEGER_KEYS},
+    **{key.lower(): "boolean" for key in _BOOLEAN_KEYS},
+    **{key.lower(): "measurands" for key in _MEASURAND_KEYS},
+    **{key: "named" for key in _NAMED_LISTS},
+    "lightintensity": "percent",
+}
+
+
+def configuration_value(key: str, value: str, field: str = "value") -> str:
+    """``value`` as OCPP 1.6 §9 types standard key ``key`` (folded): an integer is its
+    ASCII digits alone (as ``heartbeat_interval`` reads them: chargers parse " 90" or
+    "9e2" their own ways), a boolean ``true`` or ``false``, a CSL its known names
+    separated by commas (empty: none). A key the spec does not name is not checked."""
+    kind = CONFIGURATION_KINDS.get(key)
+    if kind in ("integer", "percent"):
+        if not (value.isascii() and value.isdigit()):
+            raise ValidationError("a whole number, digits only", field=field, code="INVALID")
+        bound = 100 if kind == "percent" else MAX_CONFIG_INTEGER
+        significant = value.lstrip("0") or "0"
+        if len(significant) > 10 or int(significant) > bound:
+            raise ValidationError(f"must be within 0..{bound}", field=field,
+                                  code="OUT_OF_RANGE")
+    elif kind == "boolean" and value not in ("true", "false"):
+        raise ValidationError('"true" or "false"', field=field, code="INVALID")
+    elif kind in ("measurands", "named") and value != "":
+        known = MEASURANDS if kind == "measurands" else _NAMED_LISTS[key]
+        unknown = [name for name in value.split(",") if name.strip() not in known]
+        if unknown:
+            raise ValidationError(
+                f"a comma-separated list of {'measurands' if kind == 'measurands' else 'names'}"
+                f" ({', '.join(sorted(known))}); not one: {unknown[0][:40]!r}",
+                field=field, code="INVALID")
     return value
 
 

@@ -167,8 +167,12 @@ class ChangeConfigurationInput:
         "The configuration key, at most 50 characters (OCPP keys ignore case). Not "
         "`AuthorizationKey` (INVALID): set the charger's password with `updateStation`."))
     value: str = strawberry.field(description=(
-        "The new value, at most 500 characters. `HeartbeatInterval`: whole seconds, 1 to "
-        "86400; once accepted, the station's boots are answered with it."))
+        "The new value, at most 500 characters. OCPP 1.6's standard keys by their type "
+        "(INVALID otherwise): integers as digits alone, 0 to 2147483647 "
+        "(`LightIntensity` 0 to 100), booleans `true` or `false`, measurand lists "
+        "(`MeterValuesSampledData`...) comma-separated measurand names; other keys are "
+        "free text. `HeartbeatInterval`: whole seconds, 1 to 86400; once accepted, the "
+        "station's boots are answered with it."))
 
 
 @strawberry.input(description="Read configuration keys of a charger (OCPP GetConfiguration).")

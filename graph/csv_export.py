@@ -363,7 +363,8 @@ async def _audit_rows(reads: ReadService, viewer: Viewer, entries: list[d.AuditE
 async def _audit(services: Services, viewer: Viewer, q: Params) -> Pages:
     where = AuditFilter(
         entity=q.get("entity"), entity_id=q.get("entityId"), actor_id=q.get("actorId"),
-        action=q.get("action"), from_=q.get("from"), to=q.get("to")).to_domain()
+        action=q.get("action"), command_id=q.get("commandId"), from_=q.get("from"),
+        to=q.get("to")).to_domain()
     return await _paged(services.reads, viewer, d.AuditEntry, where, NEWEST_AUDIT,
                         _audit_rows)
 
@@ -434,7 +435,8 @@ EXPORTS: dict[str, Export] = {
         "vehicleId": _ID}, _energy),
     "audit": Export(AUDIT_COLUMNS, {
         "entity": Param(), "entityId": _ID, "actorId": _ID,
-        "action": Param(_enum(d.AuditAction)), "from": _WHEN, "to": _WHEN}, _audit),
+        "action": Param(_enum(d.AuditAction)), "commandId": _ID, "from": _WHEN,
+        "to": _WHEN}, _audit),
 }
 
 

@@ -635,6 +635,10 @@ class AuditFilter:
     )
     action: AuditAction | None = strawberry.field(default=None, description=(
         "Of this kind of change."))
+    command_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Of this command to a charger: the `commandId` its mutation answered (and "
+        "`commandCompleted` carried); its entries are `COMMAND`s, stage `SENT` then "
+        "`ANSWERED` (or one `NOT_SENT`)."))
     from_: datetime | None = strawberry.field(default=None, name="from", description=(
         "Made at or after this instant."))
     to: datetime | None = strawberry.field(default=None, description=(
@@ -653,5 +657,6 @@ class AuditFilter:
             _eq("entity_id", entity_id),
             _eq("actor", actor),
             _eq("action", self.action),
+            _eq("command_id", None if self.command_id is None else str(self.command_id)),
             window("at", self.from_, self.to, "filter"),
         )

@@ -911,6 +911,19 @@ class Station(Node, Audited):
                                        seen=self._seen_kind(info))
 
     @strawberry.field(description=(
+        "The version of the local authorization list its charger last accepted, as the "
+        "product recorded it (an operator's `sendLocalList`, the product's own "
+        "withdrawals of cards, which raise it too, and a `getLocalListVersion` answer): "
+        "a DIFFERENTIAL list needs a version above it. Null when not known. Admins and "
+        "the station's operators; null for others."))
+    async def local_list_version(self, info: Info) -> int | None:
+        if not self._private:
+            return None
+        # Its id is its station's (one per station).
+        recorded = await _ctx(info).loaders.by_id(d.LocalList).load(self._r.id)
+        return None if recorded is None else int(recorded.version)
+
+    @strawberry.field(description=(
         "Its charger's configuration as last known, by key: from every `getConfiguration` "
         "answer and every `changeConfiguration` the charger took, so it shows while the "
         "charger is offline (a key known from neither is not here). Secret keys' values "

@@ -67,6 +67,7 @@ from domain.errors import (
     NotFound,
     Unauthenticated,
     ValidationError,
+    ValidationErrors,
 )
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
@@ -113,7 +114,14 @@ from domain.services.pending_starts import (
     waiting,
 )
 from domain.services.stations import connector_in_range
-from domain.services.withdrawal import hold_pending, record_local_list, settle_pending
+from domain.services.withdrawal import (
+    ACCEPTED,
+    card_states,
+    cards_named,
+    hold_pending,
+    record_local_list,
+    settle_pending,
+)
 from domain.validation import (
     MAX_CONNECTOR_ID,
     Checks,
@@ -746,6 +754,14 @@ class CommandService(Service):
                      timeout: float | None = None) -> None:
         """Audits, sends and records the answer of a command authorized already; each
         of its waits lasts ``timeout`` (the service's by default)."""
+        if self.gateway is not None and await self._known_offline(outcome.station):
+            # Never sent: one entry saying so (stage NOT_SENT), not a SENT one the
+            # charger never got followed by its CHARGER_OFFLINE (QA s33).
+            outcome.error = ChargerOffline(f"{outcome.station.cp_id} is not connected",
+                                           field="cpId")
+            outcome.unsent = True
+            await self._after(viewer, outcome, payload)
+            return
         if outcome.action == "ChangeConfiguration":
             outcome.sent_at = await self._send_moment()
         if self.gateway is not None:
@@ -760,6 +776,16 @@ class CommandService(Service):
             await asyncio.shield(self._after(viewer, outcome, payload))
             raise
         await self._after(viewer, outcome, payload)
+
+    async def _known_offline(self, station: Station) -> bool:
+        """Whether the charger is connected nowhere: not to this instance, and recorded
+        offline (read now; a charger connected to another instance is recorded online as
+        its socket opens). A command to it is not sent: the gateway would refuse it
+        (this instance) or find no instance to take it (``ChargerUnclaimed``)."""
+        assert self.gateway is not None
+        [now] = await self.store.get_many(Station, [station.id])
+        return (now is None or not now.online) and not self.gateway.is_connected(
+            station.cp_id)
 
     async def _send_moment(self) -> datetime:
         """A moment later than any this service's clock gave before, taken before a
@@ -1655,6 +1681,9 @@ class CommandService(Service):
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
         full = payload.get("updateType") == "Full"
+        if not full:
+            await self._refuse_stale_version(station, payload)
+        await self._refuse_withdrawn_cards(entries)
         removals = not full and all(e.get("idTagInfo") is None for e in entries)
         if len(entries) <= 1 and (full or removals):
             return  # fits one message (at least 1 entry), and the list (grows nothing)
@@ -1694,6 +1723,50 @@ class CommandService(Service):
             f"this one would leave it holding {len(tags)}: {fit}, {len(left_out)} of "
             f"this list's would not ({named}{more}). {advice}",
             field=field_name, code="OUT_OF_RANGE")
+
+    async def _refuse_stale_version(self, station: Station, payload: dict[str, Any]
+                                    ) -> None:
+        """A Differential list at or below the version the charger last accepted
+        (``LocalList.version``, ``Station.localListVersion``): OCPP 1.6 has the charger
+        ignore or refuse it (QA s33: v1 after a Full v1 was sent). Withdrawals raise the
+        version on their own, so an operator's "last + 1" may be stale: the message
+        names the version now. Not known (nothing recorded): not judged."""
+        [recorded] = await self.store.get_many(LocalList, [station.id])
+        if recorded is None or int(payload.get("listVersion") or 0) > recorded.version:
+            return
+        raise ValidationError(
+            f"this charger's list is at version {recorded.version} (the last it accepted, "
+            f"withdrawals of blocked cards included): a DIFFERENTIAL list needs a version "
+            f"above it, such as {recorded.version + 1}", field="listVersion",
+            code="OUT_OF_RANGE")
+
+    async def _refuse_withdrawn_cards(self, entries: list[dict[str, Any]]) -> None:
+        """An operator's list giving a card of ours Accepted that we would not accept
+        (blocked, expired, its holder deactivated: ``withdrawal.card_states``): its
+        withdrawal would follow at once (QA s33: sent, answered ACCEPTED, then withdrawn
+        within a second). Refused, as a remote start with such a card is
+        (``INVALID_STATE``), every such entry at once; operators do not override it: the
+        card's status is changed on the card. A tag of no card here (another network's,
+        or a removed card's, whose tag is free again) is the operator's to list."""
+        accepted = [(i, str(e.get("idTag")).upper()) for i, e in enumerate(entries)
+                    if isinstance(e.get("idTagInfo"), dict)
+                    and e["idTagInfo"].get("status") == "Accepted"]
+        if not accepted:
+            return
+        named = await cards_named(self.store, sorted({tag for _, tag in accepted}))
+        states = await card_states(self.store, sorted(c.id for c in named.values()),
+                                   self.now())
+        errors = [ValidationError(
+            f"card {tag} is {states[named[tag].id].lower()} here: the charger would be "
+            f"told to accept a card it is then told to refuse; list it as "
+            f"{states[named[tag].id].upper()}, or change the card's status first",
+            field=f"localAuthorizationList.{i}.idTagInfo.status", code="INVALID_STATE")
+            for i, tag in accepted
+            if tag in named and states.get(named[tag].id, ACCEPTED) != ACCEPTED]
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ValidationErrors(errors)
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
                           entries: list[dict[str, Any]]
@@ -2297,15 +2370,21 @@ class CommandService(Service):
         """The audit log's record of a command: ``SENT`` before the charger has it,
         ``ANSWERED`` with its answer (or why there is none)."""
         company_id, station_owner_id = books_of(outcome.station)  # the books it is in
+        # A DataTransfer's answer carries the charger's own data, what support asks the
+        # entry for (QA s33: only its status was kept); bounded as the request's.
+        answer = {"answer": with_data_bounded(outcome.result)} \
+            if stage == "ANSWERED" and outcome.action == "DataTransfer" \
+            and outcome.result else {}
         return AuditEntry(
             entity="station", entity_id=outcome.station.id, action=AuditAction.COMMAND,
-            command=outcome.action, actor=viewer.actor, created_by=viewer.actor,
+            command=outcome.action, command_id=outcome.command_id, actor=viewer.actor,
+            created_by=viewer.actor,
             updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,
                    "stage": stage, "request": _audited(outcome.action, payload),
                    "status": outcome.status,
-                   "error": outcome.error.code if outcome.error else None},
+                   "error": outcome.error.code if outcome.error else None, **answer},
         )
 
     async def _cancel_unreached(self, outcome: CommandOutcome) -> None:
@@ -2441,7 +2520,10 @@ class CommandService(Service):
                      ) -> None:
         station = outcome.station
         await self._cancel_unreached(outcome)
-        audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
+        # A command never sent (kept from a charger known offline, ``_carry``; its SENT
+        # entry not written, ``_audit_sent``) has this one entry, saying so.
+        stage = "NOT_SENT" if outcome.unsent else "ANSWERED"
+        audit = self._audit_entry(viewer, outcome, payload, stage)
         interval = _interval_taken(outcome, payload)
         answered_at = outcome.answered_at = self.now()
         rollout = _rollout(outcome, payload, answered_at)

@@ -496,7 +496,7 @@ async def _record(store: Store, station: Station, current: LocalList | None,
         else all_of(Eq("station_id", station.id), In("tag", tuple(given)))
     held = {e.tag: e for e in await store.find_all(LocalListEntry, where, limit=MAX_LIST)} \
         if full or given else {}
-    named = await _cards_named(store, [tag for tag, status in given.items()
+    named = await cards_named(store, [tag for tag, status in given.items()
                                        if status is not None])
     cards = {tag: card.id for tag, card in named.items()}
     holders = {tag: card.user_id for tag, card in named.items()}
@@ -554,7 +554,7 @@ async def card_states(store: Store, card_ids: Sequence[str], now: datetime
     return states
 
 
-async def _cards_named(store: Store, tags: Sequence[str]) -> dict[str, IdTag]:
+async def cards_named(store: Store, tags: Sequence[str]) -> dict[str, IdTag]:
     """The card each of ``tags`` names now (tags of no card left out)."""
     named: dict[str, IdTag] = {}
     for start in range(0, len(tags), BATCH):

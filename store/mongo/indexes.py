@@ -136,7 +136,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                     # A driver's audit log: what was theirs (``holder_id``).
                     [("holder_id", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)],
                     # A station's commands of a few kinds (``SiteLoad._overridden``).
-                    [("entity_id", ASCENDING), ("command", ASCENDING), ("at", DESCENDING)]],
+                    [("entity_id", ASCENDING), ("command", ASCENDING), ("at", DESCENDING)],
+                    # A command's entries by its id (``auditLog(filter: {commandId})``).
+                    [("command_id", ASCENDING)]],
     # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
     # every instance routes events to.
     "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80, 83, 84 and 87).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60, 61, 64, 66, 76, 80, 83, 84, 87 and 88).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -309,6 +309,7 @@ async def migrate(db: Any, steps: Steps | None = None) -> None:
     await once(db, "audit_books", _audit_books)
     await once(db, "audit_holders", _audit_holders)
     await once(db, "audit_commands", _audit_commands)
+    await once(db, "audit_command_ids", _audit_command_ids)
     await once(db, "reservation_books", _reservation_books)
     await once(db, "state_history_books", _state_history_books)
     await once(db, "refunded_whole", _refunded_whole)
@@ -946,6 +947,14 @@ async def _audit_commands(db: Any) -> None:
     await db["audit_entry"].update_many(
         {"action": "COMMAND", "command": {"$exists": False}},
         [{"$set": {"command": "$after.command"}}])
+
+
+async def _audit_command_ids(db: Any) -> None:
+    """What SQLite migration 88 does: command entries written before they carried their
+    command's id beside the image (``AuditEntry.command_id``) take the image's."""
+    await db["audit_entry"].update_many(
+        {"action": "COMMAND", "command_id": {"$exists": False}},
+        [{"$set": {"command_id": "$after.commandId"}}])
 
 
 #: The field of an audit image naming the person the record belongs to, by kind (a

@@ -1706,6 +1706,16 @@ ALTER TABLE "session" ADD COLUMN "first_boot_at" INTEGER;
 ALTER TABLE "pending_start" ADD COLUMN "outcome_unknown" INTEGER NOT NULL DEFAULT 0;
 """
 
+# Version 88: a command's audit entries carry its id beside the image
+# (``AuditEntry.command_id``), so ``auditLog(filter: {commandId})`` finds them by index
+# (QA s33: a mutation's commandId could not be looked up).
+_V88 = """
+ALTER TABLE "audit_entry" ADD COLUMN "command_id" TEXT;
+UPDATE "audit_entry" SET "command_id" = json_extract("after", '$.commandId')
+WHERE "action" = 'COMMAND';
+CREATE INDEX "audit_entry_command_id_idx" ON "audit_entry" ("command_id");
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1749,7 +1759,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (80, _V80), (81, _V81),
                                      (82, _V82), (83, _V83),
                                      (84, _V84), (85, _V85), (86, _V86),
-                                     (87, _V87))
+                                     (87, _V87), (88, _V88))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -281,6 +281,28 @@ def test_a_heartbeat_interval_is_read_from_its_digits_however_many() -> None:
         assert caught.value.code == code, text
 
 
+def test_standard_configuration_keys_are_checked_by_their_spec_type() -> None:
+    """OCPP 1.6 §9's keys by type (QA s33: "abc" was sent as SendLocalListMaxLength);
+    a vendor's key is not checked here (its length is, by the command's schema)."""
+    for key, good in (("meterValueSampleInterval", "0"), ("sendlocallistmaxlength", "0100"),
+                      ("localauthorizeoffline", "false"), ("lightintensity", "100"),
+                      ("metervaluessampleddata", "Energy.Active.Import.Register,SoC"),
+                      ("stoptxnaligneddata", ""), ("vendorthing", "a,b;\"c\"\né☃"),
+                      ("supportedfeatureprofiles", "Core,SmartCharging")):
+        assert v.configuration_value(key, good) == good
+    for key, bad, code in (("metervaluesampleinterval", "a,b", "INVALID"),
+                           ("metervaluesampleinterval", " 60", "INVALID"),
+                           ("metervaluesampleinterval", "2147483648", "OUT_OF_RANGE"),
+                           ("sendlocallistmaxlength", "", "INVALID"),
+                           ("localauthorizeoffline", "1", "INVALID"),
+                           ("lightintensity", "101", "OUT_OF_RANGE"),
+                           ("metervaluessampleddata", "Voltage,,SoC", "INVALID"),
+                           ("chargingscheduleallowedchargingrateunit", "Amps", "INVALID")):
+        with pytest.raises(ValidationError) as caught:
+            v.configuration_value(key, bad)
+        assert (caught.value.field, caught.value.code) == ("value", code), (key, bad)
+
+
 @pytest.mark.parametrize(("typed", "code"), [
     ("¼¼¼", "TOO_SHORT"),          # three keystrokes ("1⁄41⁄41⁄4", 9 long, once normalized)
     ("㍍" * 8, "TOO_WEAK"),         # one key pressed eight times ("メートル" x 8 normalized)

@@ -168,8 +168,11 @@ class _ReportsBeforeAnswering:
     def __init__(self, central: Central) -> None:
         self.central = central
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                   timeout: float, newest: int | None = None) -> dict[str, Any]:
+    def is_connected(self, cp_id: str) -> bool:
+        return True  # its charger, reached through it
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         assert action == "UpdateFirmware"
         await self.central.services.charging.firmware_status(cp_id, "Downloading")
         return {}
@@ -428,8 +431,11 @@ class _ReportsFirst:
         self.statuses = [status] if isinstance(status, str) else status
         self.pause = pause
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                   timeout: float, newest: int | None = None) -> dict[str, Any]:
+    def is_connected(self, cp_id: str) -> bool:
+        return True  # its charger, reached through it
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         charging = self.central.services.charging
         report = charging.firmware_status if self.kind == "FIRMWARE" \
             else charging.diagnostics_status
@@ -616,8 +622,11 @@ class _EndsFirstOnce:
         self.central, self.uploads = central, 0
         self.report_first: str | None = None
 
-    async def call(self, cp_id: str, action: str, payload: dict[str, Any],
-                   timeout: float, newest: int | None = None) -> dict[str, Any]:
+    def is_connected(self, cp_id: str) -> bool:
+        return True  # its charger, reached through it
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
+                   newest: int | None = None) -> dict[str, Any]:
         if self.report_first is not None:
             report, self.report_first = self.report_first, None
             await self.central.services.charging.diagnostics_status(cp_id, report)

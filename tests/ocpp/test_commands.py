@@ -537,7 +537,10 @@ async def test_a_start_on_a_clock_behind_ours_is_judged_at_its_arrival(
 
 class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
-    request type does not take did)."""
+    request type does not take did), its charger connected here."""
+
+    def is_connected(self, cp_id: str) -> bool:
+        return True
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any],
                    timeout: float, newest: int | None = None) -> dict[str, Any]:
@@ -719,6 +722,25 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("changeConfiguration", {"key": "HeartbeatInterval", "value": "9e2"}, "value", "INVALID"),
     ("changeConfiguration", {"key": "HeartbeatInterval", "value": "9" * 501}, "value",
      "TOO_LONG"),
+    # OCPP 1.6 §9's standard keys by their type (QA s33: these were sent, and stored as
+    # in force when the charger took them); case-insensitive keys as chargers read them.
+    ("changeConfiguration", {"key": "MeterValueSampleInterval",
+                             "value": 'a,b;"c"\né☃ <x>'}, "value", "INVALID"),
+    ("changeConfiguration", {"key": "SendLocalListMaxLength", "value": "abc"}, "value",
+     "INVALID"),
+    ("changeConfiguration", {"key": "sendlocallistmaxlength", "value": "-5"}, "value",
+     "INVALID"),
+    ("changeConfiguration", {"key": "ConnectionTimeOut", "value": "9" * 11}, "value",
+     "OUT_OF_RANGE"),
+    ("changeConfiguration", {"key": "LightIntensity", "value": "101"}, "value",
+     "OUT_OF_RANGE"),
+    ("changeConfiguration", {"key": "LocalAuthorizeOffline", "value": "yes"}, "value",
+     "INVALID"),
+    ("changeConfiguration", {"key": "MeterValuesSampledData",
+                             "value": "Energy.Active.Import.Register,Watts"}, "value",
+     "INVALID"),
+    ("changeConfiguration", {"key": "SupportedFeatureProfiles", "value": "Core,Magic"},
+     "value", "INVALID"),
     ("getConfiguration", {"key": ["HeartbeatInterval", "K" * 51]}, "key.1", "TOO_LONG"),
     ("dataTransfer", {"vendorId": "V" * 256}, "vendorId", "TOO_LONG"),
     ("getCompositeSchedule", {"connectorId": 1, "duration": -60}, "duration", "OUT_OF_RANGE"),

@@ -155,11 +155,33 @@ async def test_the_audit_keeps_a_bounded_start_of_a_data_transfers_data(
         assert request["data"] == data[:AUDIT_DATA_KEPT]
         assert request["dataLength"] == len(data)
         assert request["dataSha256"] == hashlib.sha256(data.encode()).hexdigest()
+    # The charger's reply (this one echoes the data): kept in the ANSWERED entry, bounded
+    # alike (QA s33: only its status was).
+    assert "answer" not in kept[1]
+    assert kept[0]["answer"] == {"status": "Accepted", "data": data[:AUDIT_DATA_KEPT],
+                                 "dataLength": len(data),
+                                 "dataSha256": hashlib.sha256(data.encode()).hexdigest()}
     # As written: the entries themselves are bounded, not only what is read of them.
     stored = await central.store.find_all(d.AuditEntry, Eq("command", "DataTransfer"))
     assert len(stored) == 2
+    assert all(len(str(e.after)) < 3 * AUDIT_DATA_KEPT for e in stored)
     assert all(e.after is not None and e.after["request"]["data"] == data[:AUDIT_DATA_KEPT]
                for e in stored)
+
+
+async def test_a_data_transfers_short_reply_is_kept_whole_in_its_answered_entry(
+        central: Central) -> None:
+    """QA s33: the charger's reply ``data`` was not in the audit, only its status."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        answer = await run(central, "dataTransfer", {
+            "cpId": "CP-1", "vendorId": simulator.VENDOR, "data": "ping:7"},
+            "status data errors { code }")
+        assert (answer["status"], answer["data"]) == ("ACCEPTED", "ping:7")
+    nodes = (await central.gql(AUDIT, as_user="op"))["auditLog"]["nodes"]
+    [answered] = [n["after"] for n in nodes if n["action"] == "COMMAND"
+                  and n["after"]["stage"] == "ANSWERED"]
+    assert answered["answer"] == {"status": "Accepted", "data": "ping:7"}
 
 
 async def test_an_older_audit_entry_of_a_data_transfer_is_read_bounded(

@@ -17,6 +17,7 @@ from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
 from domain.services import commands
 from domain.services.base import patch
+from domain.services.commands import CommandService
 from domain.services.withdrawal import Withdrawal
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import until
@@ -230,15 +231,23 @@ async def test_an_operators_list_is_not_taken_for_our_withdrawal(central: Centra
         assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
 
 
+async def _checked_before(self: Any, entries: Any) -> None:
+    """``CommandService._refuse_withdrawn_cards`` as it judged a list checked just
+    before its card was blocked: nothing to refuse then."""
+
+
 async def test_an_operators_list_accepting_a_blocked_card_has_it_withdrawn(
-        central: Central) -> None:
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """A list the charger accepted is judged by the cards' state now, whoever sent it:
     a blocked card the operator's list accepts is withdrawn there (as the boot check
-    would), at once."""
+    would), at once. Such a list is refused before it is sent since QA s33
+    (test_local_list_judged); one checked just before the card was blocked still
+    reaches the charger, and stands for it here (the check left out)."""
     await central.services.fleet.update_id_tag(
         Viewer.of(central.users["admin"]), central.tags["other"].id,
         status=d.IdTagStatus.BLOCKED)
     await settled(central)
+    monkeypatch.setattr(CommandService, "_refuse_withdrawn_cards", _checked_before)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         await send_full_list(central, "CP-1", "TAG-OTHER", "TAG-OK")
@@ -265,6 +274,9 @@ async def test_our_record_landing_after_an_operators_later_list_changes_nothing(
             await release.wait()  # our record comes late (its audit commit first)
         return await real(store, station, payload, actor, ours=ours, now=now)
     monkeypatch.setattr(commands, "record_local_list", slow)
+    # The operator's v5 checked before the card was blocked (the one window the
+    # refusal of QA s33 leaves): it reaches the charger.
+    monkeypatch.setattr(CommandService, "_refuse_withdrawn_cards", _checked_before)
 
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()

@@ -2609,6 +2609,33 @@ async def test_command_entries_from_before_get_their_command(mongo: MongoStore) 
     assert db[migrations.MIGRATIONS].find_one({"_id": "audit_commands"})["done"] is True
 
 
+async def test_command_entries_from_before_get_their_command_id(mongo: MongoStore) -> None:
+    """What SQLite migration 88 does: command entries written before they carried their
+    command's id beside the image (``AuditEntry.command_id``) take the image's, so
+    ``auditLog(filter: {commandId})`` finds them; other entries have none."""
+    entries = {
+        "sent": AuditEntry(entity="station", entity_id="st1", action=AuditAction.COMMAND,
+                           actor="u1", after={"command": "Reset", "commandId": "c1"}),
+        "other": AuditEntry(entity="station", entity_id="st1", action=AuditAction.COMMAND,
+                            actor="u1", after={"command": "Reset", "commandId": "c2"}),
+        "update": AuditEntry(entity="station", entity_id="st1", action=AuditAction.UPDATE,
+                             actor="u1", after={"commandId": "c1"}),
+    }
+    await mongo.write([], list(entries.values()))
+    db = raw(mongo)
+    db["audit_entry"].update_many({}, {"$unset": {"command_id": ""}})  # written before
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the migrations
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    stored = {e.id: e.command_id for e in await mongo.find_all(AuditEntry, ALL)}
+    assert {name: stored[e.id] for name, e in entries.items()} == {
+        "sent": "c1", "other": "c2", "update": None}
+    found = await mongo.find_all(AuditEntry, Eq("command_id", "c1"))
+    assert [e.id for e in found] == [entries["sent"].id]
+
+
 async def test_reservations_from_before_get_their_books_once(mongo: MongoStore) -> None:
     """What SQLite migration 23 does: reservations take their station's books (its
     company, or its owner for a station of no company; none when it is gone). The step

@@ -120,6 +120,25 @@ def raw(db_path: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[o
         return conn.execute(sql, params).fetchall()
 
 
+async def test_command_entries_from_before_migration_95_get_their_command_id(
+        db_path: str) -> None:
+    """Migration 88: command entries take their image's ``commandId`` as
+    ``command_id`` (``auditLog(filter: {commandId})``); other entries none."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 88])
+        for entry_id, action, after in (("e1", "COMMAND", '{"commandId": "c1"}'),
+                                        ("e2", "COMMAND", '{"command": "Reset"}'),
+                                        ("e3", "UPDATE", '{"commandId": "c1"}')):
+            await conn.execute(
+                'INSERT INTO "audit_entry" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "entity", "entity_id", "action", "actor", "at", "after") '
+                "VALUES (?, 0, 0, 'system', 'system', 'station', 'st1', ?, 'op', 0, ?)",
+                (entry_id, action, after))
+        assert 88 in await apply_migrations(conn)
+    assert raw(db_path, 'SELECT "id", "command_id" FROM "audit_entry" ORDER BY "id"') == [
+        ("e1", "c1"), ("e2", None), ("e3", None)]
+
+
 # ---------------------------------------------------------------------------- the file
 
 
