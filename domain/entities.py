@@ -1242,7 +1242,7 @@ class AuditEntry(Record):
     #: (``SiteLoad._overridden``: a person's profile commands, which the site's own
     #: traffic to the station must not push out of what is read); ``None`` for others.
     command: str | None = None
-    #: A ``COMMAND`` entry's command id (``after["commandId"]``, SQLite migration 95),
+    #: A ``COMMAND`` entry's command id (``after["commandId"]``, SQLite migration 88),
     #: the ``commandId`` a command's mutation answers: a column of its own, so
     #: ``auditLog(filter: {commandId})`` finds its entries through an index (QA s33: a
     #: mutation's outcome could not be looked up by it); ``None`` for others.

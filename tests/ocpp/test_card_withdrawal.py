@@ -650,11 +650,12 @@ async def test_a_withdrawal_unanswered_at_connection_is_sent_again_by_the_expiry
     tried: list[str] = []
 
     async def unanswered(cp_id: str, action: str, payload: dict[str, Any],
-                         timeout: float) -> dict[str, Any]:
+                         timeout: float, newest: int | None = None
+                      ) -> dict[str, Any]:
         if action == "SendLocalList":
             tried.append(cp_id)
             raise ChargerTimeout(f"{cp_id} did not answer {action}")
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
     monkeypatch.setattr(central.gateway, "call", unanswered)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
         back.local_list_version, back.local_list = left.local_list_version, left.local_list
@@ -704,11 +705,12 @@ async def test_a_charger_refusing_lists_is_sent_them_less_and_less_often(
     refused: list[int] = []
 
     async def failing(cp_id: str, action: str, payload: dict[str, Any],
-                      timeout: float) -> dict[str, Any]:
+                      timeout: float, newest: int | None = None
+                      ) -> dict[str, Any]:
         if action == "SendLocalList" and payload.get("updateType") == "Differential":
             refused.append(payload["listVersion"])
             return {"status": "Failed"}
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
 
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
@@ -752,10 +754,11 @@ async def test_an_unanswered_full_list_below_the_recorded_version_is_not_taken_f
         real = central.gateway.call
 
         async def never_delivered(cp_id: str, action: str, payload: dict[str, Any],
-                                  timeout: float) -> dict[str, Any]:
+                                  timeout: float, newest: int | None = None
+                      ) -> dict[str, Any]:
             if action == "SendLocalList" and payload.get("listVersion") == 1:
                 raise ChargerLost(f"{cp_id}: its holder went")
-            return await real(cp_id, action, payload, timeout)
+            return await real(cp_id, action, payload, timeout, newest)
         monkeypatch.setattr(central.gateway, "call", never_delivered)
         await central.gql(SEND_LIST, full_list(1, "TAG-OTHER"), as_user="op")
         monkeypatch.setattr(central.gateway, "call", real)
@@ -784,7 +787,8 @@ async def test_a_blocked_card_a_pending_full_list_accepts_is_withdrawn_at_once(
         real = central.gateway.call
 
         async def answer_lost(cp_id: str, action: str, payload: dict[str, Any],
-                              timeout: float) -> dict[str, Any]:
+                              timeout: float, newest: int | None = None
+                      ) -> dict[str, Any]:
             result = await real(cp_id, action, payload, timeout)
             if action == "SendLocalList" and payload.get("updateType") == "Full":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
@@ -821,7 +825,8 @@ async def test_a_differential_resent_at_the_version_the_charger_took_is_not_reco
         real = central.gateway.call
 
         async def answers_lost(cp_id: str, action: str, payload: dict[str, Any],
-                               timeout: float) -> dict[str, Any]:
+                               timeout: float, newest: int | None = None
+                      ) -> dict[str, Any]:
             if action == "GetLocalListVersion":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
             result = await real(cp_id, action, payload, timeout)
@@ -860,11 +865,12 @@ async def test_an_edit_of_a_blocked_card_its_refusing_charger_still_accepts_is_n
     refused: list[int] = []
 
     async def failing(cp_id: str, action: str, payload: dict[str, Any],
-                      timeout: float) -> dict[str, Any]:
+                      timeout: float, newest: int | None = None
+                      ) -> dict[str, Any]:
         if action == "SendLocalList" and payload.get("updateType") == "Differential":
             refused.append(payload["listVersion"])
             return {"status": "Failed"}
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
 
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
