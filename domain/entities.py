@@ -1438,6 +1438,10 @@ class RefreshFamily(Record):
     expires_at: datetime
     last_refreshed_at: datetime | None = None
     revoked_at: datetime | None = None
+    #: The ``User-Agent`` it last signed in or refreshed with (``device_agent``), for its
+    #: person to tell their devices apart; null when none was sent, and for families
+    #: started before it was kept (schema 90).
+    user_agent: str | None = None
 
 
 @dataclass(kw_only=True)

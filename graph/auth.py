@@ -1,7 +1,10 @@
 """Bearer tokens: HS256 JWTs naming the user and the user's token epoch. The token only
 carries identity; role and company are read fresh on every request, so a demotion takes
 effect at once, and a password change or deactivation raises the epoch, which revokes
-every token issued before (also once the account is active again)."""
+every token issued before (also once the account is active again). A token issued with a
+refresh token names its device (``fid``, the refresh family), so ``User.devices`` can tell
+the caller's own; it is not checked against the family: signing one device out ends its
+refresh chain, and its access tokens live until they expire (README)."""
 
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ class TokenSubject:
     #: When ``subject`` starts refusing the token as expired: its ``exp`` and the
     #: ``LEEWAY``.
     valid_until: datetime
+    #: The device (refresh family) it was issued to; ``None`` for tokens issued without
+    #: one (the CLI's, and those older than devices).
+    family_id: str | None = None
 
 
 class TokenService:
@@ -65,10 +71,11 @@ class TokenService:
         key = hmac.new(self._secret.encode(), purpose.encode(), hashlib.sha256).digest()
         return hmac.new(key, data, hashlib.sha256).hexdigest()
 
-    def issue(self, user_id: str, epoch: int = 0) -> IssuedToken:
+    def issue(self, user_id: str, epoch: int = 0, family_id: str | None = None
+              ) -> IssuedToken:
         now = self._clock()
         expires = now + self._ttl
-        claims = {
+        claims: dict[str, object] = {
             "sub": user_id,
             "iat": int(now.timestamp()),
             "nbf": int(now.timestamp()),
@@ -78,6 +85,8 @@ class TokenService:
             "jti": uuid.uuid4().hex,
             "epoch": epoch,
         }
+        if family_id is not None:
+            claims["fid"] = family_id
         return IssuedToken(jwt.encode(claims, self._secret, algorithm="HS256"), expires)
 
     def subject(self, token: str) -> TokenSubject:
@@ -109,7 +118,9 @@ class TokenService:
         epoch = claims.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise Unauthenticated("the token is not valid", code="INVALID_TOKEN")
-        return TokenSubject(str(claims["sub"]), epoch, valid_until)
+        family = claims.get("fid")
+        return TokenSubject(str(claims["sub"]), epoch, valid_until,
+                            family if isinstance(family, str) else None)
 
 
 #: What a credential not of the ``Bearer <token>`` form is told, over HTTP and as a

@@ -92,6 +92,8 @@ EXPORT_ONLY: dict[str, set[str]] = {
     "Refund": {"id", "paymentId"},  # listed under its payment in the API
     "Webhook": {"companyId"},
     "AuditEntry": {"aboutYou"},
+    # ``User.devices`` lists the signed-in ones only; the copy every device kept.
+    "Device": {"signedOutAt", "signedIn"},
 }
 
 
@@ -167,8 +169,10 @@ def _webhook(w: d.Webhook) -> Item:
 def _device(f: d.RefreshFamily, user: d.User) -> Item:
     # When each device signed in and last refreshed; never a token nor its hash.
     # Signed in while its refresh tokens still sign in, by the rule refreshing uses:
-    # not once the account is deactivated or its tokens revoked.
-    return {"signedInAt": _when(f.created_at), "lastRefreshedAt": _when(f.last_refreshed_at),
+    # not once the account is deactivated or its tokens revoked: those ``User.devices``
+    # lists, by the same id and user agent.
+    return {"id": _gid("refresh_family", f.id), "userAgent": f.user_agent,
+            "signedInAt": _when(f.created_at), "lastRefreshedAt": _when(f.last_refreshed_at),
             "expiresAt": _when(f.expires_at), "signedOutAt": _when(f.revoked_at),
             "signedIn": still_signs_in(f, user, utcnow())}
 

@@ -25,6 +25,9 @@ TYPE_BY_KIND = {
     "meter_sample": "MeterSample",
     "webhook": "Webhook",
     "site": "Site",
+    # Not a Node (``node(id:)`` reads null): a signed-in device is no record anyone
+    # reads by the policy, only its person and admins through ``User.devices``.
+    "refresh_family": "Device",
 }
 KIND_BY_TYPE = {v: k for k, v in TYPE_BY_KIND.items()}
 

@@ -120,10 +120,10 @@ async def _signed_in(ctx: GraphContext, user: Any, refresh: IssuedRefresh | None
         # Refused when the account changed while its password was checked (erased,
         # deactivated, a new password): a failed sign-in in the payload, as any other.
         refresh, errors = await attempt(
-            ctx, lambda: ctx.services.refresh_tokens.start(user), public=True)
+            ctx, lambda: ctx.services.refresh_tokens.start(user, _agent(ctx)), public=True)
         if refresh is None:
             return _failed_sign_in(errors)
-    issued = ctx.tokens.issue(user.id, user.token_epoch)
+    issued = ctx.tokens.issue(user.id, user.token_epoch, refresh.family_id)
     own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
     return LoginPayload(token=issued.token, expires_at=issued.expires_at,
                         refresh_token=refresh.token, refresh_expires_at=refresh.expires_at,
@@ -136,12 +136,19 @@ def _client(ctx: GraphContext) -> str | None:
     return getattr(getattr(ctx.request, "client", None), "host", None)
 
 
-@strawberry.type(description="The answer to `signOut` and `signOutEverywhere`.")
+def _agent(ctx: GraphContext) -> str | None:
+    """The caller's ``User-Agent``: what a device list names the device by."""
+    headers = getattr(ctx.request, "headers", None)
+    return headers.get("user-agent") if headers is not None else None
+
+
+@strawberry.type(description="The answer to `signOut`, `signOutEverywhere` and "
+                             "`signOutDevice`.")
 class SignOutPayload:
     signed_out: bool = strawberry.field(
         description="True once the session is ended (also when it was already). "
-                    "`signOut`: access tokens issued to that device stay valid until "
-                    "they expire; `signOutEverywhere`: none does.")
+                    "`signOut` and `signOutDevice`: access tokens issued to that device "
+                    "stay valid until they expire; `signOutEverywhere`: none does.")
     errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
@@ -282,7 +289,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     async def refresh_token(self, info: Info, token: RefreshToken) -> LoginPayload:
         ctx = _ctx(info)
         rotated, errors = await attempt(
-            ctx, lambda: ctx.services.refresh_tokens.rotate(token), public=True)
+            ctx, lambda: ctx.services.refresh_tokens.rotate(token, _agent(ctx)), public=True)
         if rotated is None:
             return _failed_sign_in(errors)
         user, refresh = rotated
@@ -295,6 +302,25 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         _, errors = await attempt(ctx, lambda: ctx.services.refresh_tokens.revoke(token),
                                   public=True)
         return SignOutPayload(signed_out=not errors, errors=errors)
+
+    @strawberry.mutation(description=(
+        "Sign one device out by its id (`User.devices`): its refresh token stops working "
+        "at once; access tokens already issued to it stay valid until they expire, as "
+        "with signOut. Your own devices, or (admins only) anyone's, audited either way; "
+        "another's reads NOT_FOUND. One signed out already answers signedOut too."))
+    async def sign_out_device(
+            self, info: Info,
+            id: Annotated[strawberry.ID, strawberry.argument(
+                description="The device's id, as `Device.id` gives it.")]
+    ) -> SignOutPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.refresh_tokens.sign_out_device(
+                ctx.viewer, expect_id(str(id), "refresh_family", "id"))
+
+        device, errors = await attempt(ctx, run)
+        return SignOutPayload(signed_out=device is not None, errors=errors)
 
     @strawberry.mutation(description=(
         "Sign out everywhere: every refresh token (each device's) and every access token "

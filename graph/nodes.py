@@ -35,6 +35,7 @@ from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE, expiry_set_by_staff
 from domain.services.intervals import IdleSpan
+from domain.services.refresh_tokens import AGENT_MAX, DEVICES_LIMIT
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt, open_at
 from domain.tariff_bands import session_split
 from graph import history, signed
@@ -401,6 +402,31 @@ class Company(Node, Audited):
                                        ALL, (), _page(first, after, last, before))
 
 
+@strawberry.type(description=(
+    "A device a user is signed in on: one sign-in (login, signUp, changePassword) and "
+    "the refreshes since. Never its tokens."))
+class Device:
+    id: strawberry.ID = strawberry.field(description="What signOutDevice takes.")
+    signed_in_at: datetime = strawberry.field(description="When it signed in.")
+    last_refreshed_at: datetime | None = strawberry.field(description=(
+        "When it last exchanged its refresh token (refreshToken); null when not since "
+        "it signed in."))
+    expires_at: datetime = strawberry.field(description=(
+        "When its refresh token expires unless used before: it is signed out then."))
+    user_agent: str | None = strawberry.field(description=(
+        f"The User-Agent it last signed in or refreshed with, one line, at most "
+        f"{AGENT_MAX} characters; null when it sent none (and for devices signed in "
+        f"before it was kept)."))
+    current: bool = strawberry.field(description=(
+        "Whether it is the device of this request's access token."))
+
+    @classmethod
+    def wrap(cls, f: d.RefreshFamily, current: str | None) -> Device:
+        return cls(id=strawberry.ID(to_global_id(f.kind, f.id)), signed_in_at=f.created_at,
+                   last_refreshed_at=f.last_refreshed_at, expires_at=f.expires_at,
+                   user_agent=f.user_agent, current=f.id == current)
+
+
 @strawberry.type(description="A person: driver, operator or admin.")
 class User(Node, Audited):
     name: str = strawberry.field(description="As entered; every viewer who sees the user "
@@ -435,6 +461,19 @@ class User(Node, Audited):
         if not self._private:
             return None
         return await _related(info, Company, self._r.company_id)
+
+    @strawberry.field(description=(
+        f"The devices they are signed in on (one per sign-in, each refresh keeping it), "
+        f"newest sign-in first, at most {DEVICES_LIMIT}: not those signed out, expired, "
+        f"or ended by a new password, a deactivation or signOutEverywhere. Sign one out "
+        f"with signOutDevice. Only they and admins see it: null for anyone else."))
+    async def devices(self, info: Info) -> list[Device] | None:
+        ctx = _ctx(info)
+        found = await ctx.services.refresh_tokens.devices(ctx.viewer, self._r)
+        if found is None:
+            return None
+        current = ctx.device_id()
+        return [Device.wrap(f, current) for f in found]
 
     @strawberry.field(description="Their vehicles (their garage: not those removed), in "
                                   "creation order, as far as the viewer may see them.")

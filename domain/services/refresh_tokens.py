@@ -13,7 +13,13 @@ family of the user without a write of their own.
 Tokens are 256 random bits; the store keeps their SHA-256. A fast hash is enough for
 that much entropy (argon2 defends guessable passwords) and, unsalted, it is the key the
 token is looked up by. Everything is stored, so a token works on any instance and after a
-restart. These writes are not audited: they are sign-in bookkeeping, as sign-ins are.
+restart. These writes are not audited: they are sign-in bookkeeping, as sign-ins are. A
+person signing one of their devices out by its id (``sign_out_device``, an admin anyone's)
+is audited: it is an act on an account, as ``signOutEverywhere`` is.
+
+A family keeps the user agent its device last signed in or refreshed with
+(``device_agent``), so its person can tell their devices apart (``devices``); never the
+client's address (nothing else of a person's whereabouts is kept either).
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from domain.entities import Record, RefreshFamily, RefreshToken, User
 from domain.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Guard, Insert
-from domain.query import Eq, Range, all_of
+from domain.query import Eq, Range, all_of, newest_first
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+from domain.validation import shown_text
 
 log = logging.getLogger("chargegraph.accounts")
 
@@ -43,14 +51,22 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 PRUNE_LIMIT = 500
 #: Tokens (or families) deleted per store write when a user's are all forgotten.
 FORGET_BATCH = 500
+#: A device's user agent kept, at most (characters): enough to tell an app, a browser
+#: and their versions apart, not room for whatever a client sends in the header.
+AGENT_MAX = 256
+#: Devices ``devices`` lists, newest sign-in first: each sign-in starts one and the
+#: expired go at the next, so only a script signing in over and over reaches it.
+DEVICES_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedRefresh:
-    """A refresh token as its holder gets it: the only time it exists in clear."""
+    """A refresh token as its holder gets it: the only time it exists in clear; and its
+    family (the device), which the access tokens issued with it name."""
 
     token: str
     expires_at: datetime
+    family_id: str
 
 
 def account_keeps(family: RefreshFamily, user: User) -> bool:
@@ -65,6 +81,13 @@ def still_signs_in(family: RefreshFamily, user: User, now: datetime) -> bool:
     expired, and its account keeps it (``account_keeps``), as ``rotate`` checks."""
     return family.revoked_at is None and family.expires_at > now \
         and account_keeps(family, user)
+
+
+def device_agent(given: str | None) -> str | None:
+    """A ``User-Agent`` as a device keeps it: shown to its person, so without control or
+    invisible characters (``shown_text``), one line, at most ``AGENT_MAX`` characters."""
+    agent = " ".join((shown_text(given) or "").split())[:AGENT_MAX]
+    return agent or None
 
 
 def digest(token: str) -> str:
@@ -93,13 +116,15 @@ class RefreshTokenService(Service):
         super().__init__(ctx)
         self.ttl = ttl
 
-    async def start(self, user: User) -> IssuedRefresh:
+    async def start(self, user: User, agent: str | None = None) -> IssuedRefresh:
         """A new family's first token, for a user who has just proved who they are (a
-        sign-in, a sign-up, a password change). The user's expired tokens go meanwhile."""
+        sign-in, a sign-up, a password change) with the ``User-Agent`` ``agent``. The
+        user's expired tokens go meanwhile."""
         now = self.now()
         viewer = Viewer.of(user)
         family = stamp_new(RefreshFamily(user_id=user.id, token_epoch=user.token_epoch,
-                                         expires_at=now + self.ttl), viewer, now)
+                                         expires_at=now + self.ttl,
+                                         user_agent=device_agent(agent)), viewer, now)
         issued, token = self._next(family, now)
         try:
             # Only while the user is as they proved themselves: a sign-in whose password
@@ -118,9 +143,12 @@ class RefreshTokenService(Service):
         await self._prune(user, now)
         return issued
 
-    async def rotate(self, given: str | None) -> tuple[User, IssuedRefresh]:
+    async def rotate(self, given: str | None, agent: str | None = None
+                     ) -> tuple[User, IssuedRefresh]:
         """The user of a valid refresh token and its successor; the token given stops
-        working. A token used already revokes its family (``TOKEN_REUSED``)."""
+        working. A token used already revokes its family (``TOKEN_REUSED``). The
+        family keeps ``agent`` (the device's ``User-Agent`` now: an app updated since)
+        when one is given."""
         token = await self._find(checked_token(given))
         now = self.now()
         if token.used_at is not None:
@@ -138,7 +166,8 @@ class RefreshTokenService(Service):
         # the reads above fails the whole write (CHANGED), and no successor is stored.
         rotation: list[Change] = [
             patch(family, viewer, only_if=("revoked_at", None), required=True,
-                  last_refreshed_at=now, expires_at=successor.expires_at),
+                  last_refreshed_at=now, expires_at=successor.expires_at,
+                  user_agent=device_agent(agent) or family.user_agent),
             patch(token, viewer, only_if=("used_at", None), required=True, used_at=now),
             Insert(successor)]
         try:
@@ -155,6 +184,42 @@ class RefreshTokenService(Service):
         token = await self._find(checked_token(given))
         family = await self._family(token, revoked_ok=True)
         await self._revoke(family, self.now())
+
+    async def devices(self, viewer: Viewer, user: User) -> list[RefreshFamily] | None:
+        """The devices ``user`` is signed in on (``still_signs_in``), newest sign-in first,
+        for themselves and admins; ``None`` for anyone else (an operator's reach over their
+        people is for their records, not their sessions, as ``sign_out_everywhere``
+        has it). Read here, not through the policy: families are credentials
+        (``CREDENTIAL_KINDS``), no read scope shows them."""
+        if viewer.user_id != user.id and not viewer.is_admin:
+            return None
+        now = self.now()
+        if not user.active:
+            return []
+        found = await self.store.find_all(RefreshFamily, all_of(
+            Eq("user_id", user.id), Eq("token_epoch", user.token_epoch),
+            Eq("revoked_at", None), Range("expires_at", gt=now)),
+            list(newest_first("created_at")), limit=DEVICES_LIMIT)
+        return [f for f in found if still_signs_in(f, user, now)]
+
+    async def sign_out_device(self, viewer: Viewer, family_id: str) -> RefreshFamily:
+        """Signs one device out by its id (``devices``): its refresh chain ends at once,
+        as ``revoke`` ends it for its holder; yours, or an admin's of anyone. Audited as
+        an update of the device. One signed out already (or expired) stays so, and
+        answers as done; someone else's reads as missing (``NOT_FOUND``)."""
+        if viewer.user_id is None:
+            raise Unauthenticated("sign in first")
+        [family] = await self.store.get_many(RefreshFamily, [family_id])
+        if family is None or (family.user_id != viewer.user_id and not viewer.is_admin):
+            raise NotFound("no such device", field="id")
+        if family.revoked_at is None:
+            # Guarded, not required: a sign-out that landed meanwhile is as good as this
+            # one, and is then the only one audited (``AuditIfApplied``).
+            revoked = patch(family, viewer, only_if=("revoked_at", None),
+                            revoked_at=self.now())
+            await self.commit(viewer, [(revoked, family)])
+            return cast(RefreshFamily, revoked.record)
+        return family
 
     async def _find(self, token: str) -> RefreshToken:
         found = await self.store.find_one(RefreshToken, Eq("token_hash", digest(token)))
@@ -202,7 +267,7 @@ class RefreshTokenService(Service):
         token = RefreshToken(family_id=family.id, user_id=family.user_id,
                              token_hash=digest(plain), expires_at=now + self.ttl)
         stamp_new(token, Viewer(user_id=family.user_id), now)
-        return IssuedRefresh(plain, token.expires_at), token
+        return IssuedRefresh(plain, token.expires_at, family.id), token
 
     async def _prune(self, user: User, now: datetime) -> None:
         """Deletes the user's tokens and families past their expiry: nothing can be

@@ -1716,6 +1716,14 @@ WHERE "action" = 'COMMAND';
 CREATE INDEX "audit_entry_command_id_idx" ON "audit_entry" ("command_id");
 """
 
+# Version 89: a signed-in device's user agent (``RefreshFamily.user_agent``, the one it
+# last signed in or refreshed with), for its person to tell their devices apart
+# (``User.devices``). Older families: null. MongoDB: nothing to change (a field a
+# document lacks reads as its default, null).
+_V89 = """
+ALTER TABLE "refresh_family" ADD COLUMN "user_agent" TEXT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
@@ -1759,7 +1767,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (80, _V80), (81, _V81),
                                      (82, _V82), (83, _V83),
                                      (84, _V84), (85, _V85), (86, _V86),
-                                     (87, _V87), (88, _V88))
+                                     (87, _V87), (88, _V88), (89, _V89))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -91,8 +91,11 @@ async def test_a_driver_downloads_their_data_and_nothing_of_other_drivers(
         (494, "4.94", "EUR"), (80, "0.80", "EUR")}
     assert sorted(p["id"] for p in doc["payments"]) == sorted(
         n["id"] for n in listed["payments"]["nodes"])
-    # The device they signed in on, no token.
+    # The device they signed in on, no token: as ``me { devices }`` lists it.
     assert len(doc["devices"]) == 1 and doc["devices"][0]["signedIn"] is True
+    mine = (await service.gql("{ me { devices { id userAgent } } }", token=token)
+            )["me"]["devices"]
+    assert [{k: d[k] for k in ("id", "userAgent")} for d in doc["devices"]] == mine
     # Newest first: this export, recorded before the copy was written.
     assert doc["auditLog"][0]["action"] == "EXPORT"
     assert doc["auditLog"][0]["actor"] == gid("user", driver.id)
@@ -360,8 +363,8 @@ async def test_ten_copies_an_hour_is_a_rolling_hour(
     assert int(refused.headers["Retry-After"]) == 58 * 60  # the 08:59 copies: at 09:59
 
 
-#: The type of each section's items (``user`` is one); ``devices`` has none in the API.
-SECTION_TYPES = {"user": "User", "vehicles": "Vehicle", "idTags": "IdTag",
+#: The type of each section's items (``user`` is one).
+SECTION_TYPES = {"user": "User", "vehicles": "Vehicle", "idTags": "IdTag", "devices": "Device",
                  "sessions": "Session", "payments": "Payment", "refunds": "Refund",
                  "reservations": "Reservation", "webhooks": "Webhook",
                  "auditLog": "AuditEntry"}

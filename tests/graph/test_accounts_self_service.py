@@ -523,7 +523,7 @@ async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
     password) overtook is refused; the sign-in fails as any other, in the payload."""
     from domain.errors import Unauthenticated
 
-    async def overtaken(user: User) -> Any:
+    async def overtaken(user: User, agent: str | None = None) -> Any:
         raise Unauthenticated("the account changed while signing in: sign in again")
 
     monkeypatch.setattr(services.refresh_tokens, "start", overtaken)

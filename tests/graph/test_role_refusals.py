@@ -17,7 +17,8 @@ from tests.graph.world import World
 #: What each mutation a driver may make is (tested with their refusals elsewhere).
 DRIVERS_MAY = {"remoteStartTransaction", "remoteStopTransaction", "reserveNow",
                "cancelReservation", "login", "signUp", "refreshToken", "signOut",
-               "changePassword", "updateUser", "signOutEverywhere", "eraseMyAccount",
+               "changePassword", "updateUser", "signOutEverywhere", "signOutDevice",
+               "eraseMyAccount",
                "addVehicle", "updateVehicle", "removeVehicle", "issueIdTag", "updateIdTag",
                "removeIdTag"}
 
