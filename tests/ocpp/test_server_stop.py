@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ocpp_bridge.gateway
 import ocpp_bridge.server
+from chargegraph.app import create_app
+from chargegraph.settings import Settings
 from domain import entities as d
 from domain.query import Eq
+from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import CLOSE_TIMEOUT_S, STOP_CLOSE_TIMEOUT_S
 from ocpp_bridge.simulator import basic_auth, connected
 from tests.ocpp.conftest import STATION_PASSWORD, seed, start_central, stop_central
@@ -102,3 +107,28 @@ async def test_a_charger_that_reconnected_just_before_the_stop_does_not_hold_it(
         assert station is not None and not station.online
     finally:
         await stop_central(central)
+
+
+async def test_the_stops_give_up_timer_ends_with_the_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r33-a: the stop's second stage (``give_up_commands``, due a margin before
+    the grace ends) was put on the loop and its handle dropped: a service whose stop
+    ended sooner left it there, to run past its end. Kept and cancelled as the OCPP
+    server's gateway closes (``OcppGateway.close``), as ``CommandRelay.close`` cancels
+    its own."""
+    made: list[OcppGateway] = []
+
+    class Recorded(OcppGateway):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ocpp_bridge.gateway, "OcppGateway", Recorded)
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/stop.db",  # type: ignore[arg-type]
+                              jwt_secret="j" * 40, ocpp_port=0, shutdown_grace_s=3600))
+    async with app.router.lifespan_context(app):
+        app.state.begin_shutdown()
+        [gateway] = made
+        timer = gateway._give_up
+        assert timer is not None and not timer.cancelled()
+    assert timer.cancelled()
