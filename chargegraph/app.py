@@ -284,6 +284,9 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 from ocpp_bridge.gateway import OcppGateway
 
                 local = sources.gateway = OcppGateway(metrics)
+                # Left after the OCPP server stops (registered before it): the stop's
+                # second stage, if still due, is cancelled.
+                stack.callback(local.close)
             # With Redis, several instances share the database: a command reaches the
             # charger wherever it is connected, also from an instance that serves only
             # GraphQL.

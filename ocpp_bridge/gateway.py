@@ -51,6 +51,9 @@ class OcppGateway:
     def __init__(self, metrics: Metrics = NO_METRICS) -> None:
         self._handlers: dict[str, ChargePointHandler] = {}
         self._stopping: str | None = None
+        #: The stop's second stage, due (``stop_commands``' ``give_up_in``) until
+        #: ``close`` cancels it.
+        self._give_up: asyncio.TimerHandle | None = None
         self.metrics = metrics
 
     # ------------------------------------------------------------- registry
@@ -74,7 +77,16 @@ class OcppGateway:
         for handler in self._handlers.values():
             handler.stop_commands(reason)
         if give_up_in is not None:
-            asyncio.get_running_loop().call_later(give_up_in, self.give_up_commands)
+            self._give_up = asyncio.get_running_loop().call_later(give_up_in,
+                                                                  self.give_up_commands)
+
+    def close(self) -> None:
+        """The stop is over (its OCPP server stopped): the stop's second stage, if still
+        due, is cancelled, as ``CommandRelay.close`` cancels its own, rather than left
+        on the loop to run past the service's end."""
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
 
     def give_up_commands(self) -> None:
         """The stop's grace is nearly over: commands still waiting for their charger's

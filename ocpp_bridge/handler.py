@@ -20,7 +20,6 @@ was not sent yet, ``ChargerLost``, a ``ChargerTimeout``, if the charger got it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
@@ -743,10 +742,10 @@ class ChargePointHandler(ChargePoint):
         writes; otherwise through ``send``, which waits for the buffer to drain, so a
         charger that stops reading cannot make us buffer without bound. ``send`` runs an
         async context manager per frame: a tenth of a MeterValues frame's cost."""
-        if wire_log.isEnabledFor(logging.INFO):
-            wire_log.info("%s: send %s", self.id, logged_frame(message))
         if self._sending:
             self._mark_sent(message)
+        if wire_log.isEnabledFor(logging.INFO):
+            wire_log.info("%s: send %s", self.id, logged_frame(message))
         connection = self._connection
         if isinstance(connection, ServerConnection) \
                 and connection.protocol.state is State.OPEN \
@@ -760,13 +759,26 @@ class ChargePointHandler(ChargePoint):
 
     def _mark_sent(self, message: str) -> None:
         """A command's frame is going out: its wait for an answer starts now. (Looked
-        for only while commands wait, so answers to the charger pay nothing.)"""
+        for only while commands wait, so answers to the charger pay nothing.) One that
+        already failed as never sent is not written: its failure is raised instead, so
+        what its caller is told stays true. A stop (or a supersession) can fail a
+        command queued behind another after that one left the package's lock but before
+        this one's turn ran; written then, the charger acted on a command answered
+        "nothing was sent" (review r33-a: a ReserveNow's reservation deleted while the
+        charger held the plug)."""
         if not message.startswith("[2,"):
             return
-        with contextlib.suppress(ValueError, IndexError, TypeError):
-            sent = self._sending.pop(str(orjson.loads(message)[1]), None)
-            if sent is not None and not sent.done():
-                sent.set_result(None)
+        try:
+            unique_id = str(orjson.loads(message)[1])
+        except (ValueError, IndexError, TypeError):
+            return
+        sent = self._sending.pop(unique_id, None)
+        if sent is None or sent.done():
+            return
+        failed = self._pending.get(unique_id)
+        if failed is not None and failed.done():
+            raise failed.result()
+        sent.set_result(None)
 
     async def hang_up(self, code: int, reason: str) -> None:
         """Close the websocket (the charger is expected to reconnect)."""

@@ -20,7 +20,8 @@ NEVER_SET_BEFORE = datetime(2015, 1, 1, tzinfo=UTC)
 #: transactions a charger queued offline before it was registered here (moved from
 #: another central system). Older is taken for a clock behind ours, never set right
 #: (a firmware's date after a reset; 1970 and 2000 are ``NEVER_SET_BEFORE``'s) unless
-#: its stop is stamped as long before and later than our clock saw (``ticked_through``).
+#: its stop is stamped as long before and later than our clock saw, and reached us with
+#: its start (``ticked_through``).
 MAX_QUEUED_BEFORE_RECORD = timedelta(days=30)
 #: How soon after its connection opened a boot is taken for the one the charger made
 #: before connecting (``ChargerClocks.boot_at``): a charger sends its BootNotification
@@ -234,11 +235,16 @@ def ticked_through(session: Session, stop_stamp: datetime, station_since: dateti
     the span is the clock's own ticking through a transaction queued offline and
     replayed, start and stop together, and the session is one (its stamps its times, as
     any queued one's). QA s33: its end was cut to what our clock saw (0.024 s of 3 h),
-    priced by a tariff set after the start it kept, its energy judged by the 3 h. Not a
-    clock never set (``reported_start``: dated on arrival), nor a stop that lasted no
-    longer than our clock saw (a live session on a clock behind, priced at its
-    receipt: by its stamp it predates every tariff)."""
+    priced by a tariff set after the start it kept, its energy judged by the 3 h. Only
+    when the stop reached us (``ours``) within ``BILLED_TIME_TOLERANCE`` of its start's
+    receipt (``created_at``): both flushed from the queue together. A live session on a
+    clock far behind whose start merely arrived late (queued through a short drop) has
+    its stop stamped later than our clock saw too, and was left unpriced for it
+    (review r33-a). Not a clock never set (``reported_start``: dated on arrival), nor a
+    stop that lasted no longer than our clock saw (a live session on a clock behind,
+    priced at its receipt: by its stamp it predates every tariff)."""
     return session.start_clock_behind and session.reported_start is None \
+        and ours - session.created_at <= BILLED_TIME_TOLERANCE \
         and before_record(session.start_time, station_since) \
         and before_record(stop_stamp, station_since) \
         and session.billed_end(stop_stamp, ours) < stop_stamp

@@ -17,8 +17,9 @@ them, ``ChargingService._band_energy`` and ``_settled_samples``), and it ended b
 cut-off, so a session's curve is kept whole or not at all. One closed without its stop
 (``charging.closed_without_stop``: as lost, or by an operator) is corrected by that stop
 however late it comes (no bound: a charger's queue may be sent weeks later), so its
-samples wait ``LATE_STOP_MARGIN`` longer past the cut-off; else they were kept for good
-when the stop never came. Samples of no session go by their own time.
+samples wait ``LATE_STOP_MARGIN`` longer past the cut-off, counted from when the close
+was written; else they were kept for good when the stop never came. Samples of no
+session go by their own time.
 """
 
 from __future__ import annotations
@@ -60,12 +61,19 @@ def keeps_samples(session: Session, before: datetime) -> bool:
     still come and change it (``charging.stoppable``), unless it was closed without it
     longer than ``LATE_STOP_MARGIN`` before the cut-off; or it ended since the cut-off.
     The rule; ``samples_prunable`` says it again as a store filter (the sweep cannot
-    read each session into Python), a table test holding the two together."""
+    read each session into Python), a table test holding the two together.
+
+    A close without its stop counts from the later of its end and its last write
+    (``updated_at``, which only moves later: keeping longer is safe): a lost session's
+    end is the next start's time or its last reading (``lost_end``, ``last_known``),
+    weeks maybe before the close was written, and its samples went at the next sweep
+    with no margin at all (review r33-a)."""
     end = session.end_time
     if end is not None and end >= before:
         return True
     if closed_without_stop(session):
-        return end is not None and end >= before - LATE_STOP_MARGIN
+        margin = before - LATE_STOP_MARGIN
+        return session.updated_at >= margin or (end is not None and end >= margin)
     return stoppable(session)
 
 
@@ -74,11 +82,13 @@ def samples_prunable(before: datetime) -> Filter:
     (``keeps_samples``), or of no session."""
     # ``keeps_samples`` as a filter: ``stoppable``'s open and awaiting its stop
     # (``charging.awaits_stop``), closed without it (``charging.closed_without_stop``)
-    # within the margin, or ended since the cut-off.
+    # within the margin of its end or its last write, or ended since the cut-off.
+    margin = before - LATE_STOP_MARGIN
     changeable = any_of(Eq("state", SessionState.ACTIVE),
                         all_of(Eq("stop_reason", None), Eq("closed_without_stop", False)),
                         all_of(Eq("closed_without_stop", True),
-                               Range("end_time", gte=before - LATE_STOP_MARGIN)),
+                               any_of(Range("end_time", gte=margin),
+                                      Range("updated_at", gte=margin))),
                         Range("end_time", gte=before))
     # Joined on the session's own id: a correlated check, each sample looking up its
     # own session by its key. Uncorrelated, SQLite built the set of every changeable

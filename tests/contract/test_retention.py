@@ -51,9 +51,11 @@ def services(store: Store, keep: Retention) -> Services:
 
 
 def closed(st: Any, **kw: Any) -> Session:
-    """A session its StopTransaction closed (``stop_reason`` set), ending at ``end``."""
+    """A session its StopTransaction closed (``stop_reason`` set), ending at ``end``,
+    its close written then (``updated_at``)."""
     end = kw.pop("end", OLD)
     kw.setdefault("stop_reason", "Local")
+    kw.setdefault("updated_at", end)
     return session(st, state=SessionState.COMPLETED, start_time=end - timedelta(hours=2),
                    end_time=end, energy_wh=5000, **kw)
 
@@ -131,12 +133,34 @@ async def test_a_session_closed_without_its_stop_keeps_its_samples_for_the_margi
     assert await sample_sessions(store) == {lately_lost.id, awaiting.id}
 
 
+async def test_a_lost_session_closed_lately_keeps_its_samples_for_the_margin(
+        store: Store) -> None:
+    """Review r33-a: a session closed as lost ends at the next start's time or its last
+    reading (``lost_end``, ``last_known``), maybe weeks before the close is written; its
+    samples went at the next sweep, the margin counted from that end. Counted from when
+    the close was written (its ``updated_at``): kept the margin from then."""
+    cp = station()
+    closed_now = closed(cp, stop_reason="Other", closed_without_stop=True,
+                        end=BEYOND_MARGIN, updated_at=NOW - timedelta(hours=1))
+    closed_then = closed(cp, stop_reason="Other", closed_without_stop=True,
+                         end=BEYOND_MARGIN)
+    await put(store, cp, closed_now, closed_then,
+              *[meter_sample(cp, s, at=BEYOND_MARGIN - timedelta(minutes=m), delta_wh=100)
+                for s in (closed_now, closed_then) for m in (0, 5)])
+    assert await services(store, Retention(meter_samples=KEEP)).retention.sweep() == 2
+    assert await sample_sessions(store) == {closed_now.id}
+    assert keeps_samples(closed_now, NOW - KEEP)
+    assert not keeps_samples(closed_then, NOW - KEEP)
+
+
 #: Every kind of session the sweep may meet: open or completed, each stop reason it may
 #: carry (none: open or awaiting its stop), closed without its stop or not, ended never,
-#: beyond the margin, before the cut-off within it, or since the cut-off.
+#: beyond the margin, before the cut-off within it, or since the cut-off; last written
+#: (``updated_at``: its close, for a closed one) beyond the margin, within it, or since
+#: the cut-off.
 SESSION_KINDS = list(itertools.product(
     SessionState, (None, "Local", "Other"), (False, True),
-    (None, BEYOND_MARGIN, OLD, RECENT)))
+    (None, BEYOND_MARGIN, OLD, RECENT), (BEYOND_MARGIN, OLD, RECENT)))
 
 
 async def test_the_sweep_s_filter_says_what_keeps_samples_says(store: Store) -> None:
@@ -146,8 +170,9 @@ async def test_the_sweep_s_filter_says_what_keeps_samples_says(store: Store) -> 
     cp = station()
     # Each on a connector of its own: one open session per connector.
     sessions = [session(cp, n, state=state, stop_reason=reason, closed_without_stop=without,
-                        start_time=BEYOND_MARGIN - timedelta(hours=2), end_time=end)
-                for n, (state, reason, without, end) in enumerate(SESSION_KINDS, 1)]
+                        start_time=BEYOND_MARGIN - timedelta(hours=2), end_time=end,
+                        updated_at=written)
+                for n, (state, reason, without, end, written) in enumerate(SESSION_KINDS, 1)]
     await put(store, cp, *sessions,
               *[meter_sample(cp, s, at=BEYOND_MARGIN - timedelta(hours=1))
                 for s in sessions])

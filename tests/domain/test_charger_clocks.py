@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from domain.entities import Session
+from domain.entities import BILLED_TIME_TOLERANCE, Session
 from domain.services.charger_clocks import MAX_QUEUED_BEFORE_RECORD, ChargerClocks, ticked_through
 
 T = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
@@ -148,3 +148,24 @@ def test_a_stop_as_far_behind_as_its_start_shows_a_clock_that_ticked_through_a_q
                               began + timedelta(hours=3), recorded, stop_came)
     never_set = replace(session, reported_start=datetime(1970, 1, 1, tzinfo=UTC))
     assert not ticked_through(never_set, began + timedelta(hours=3), recorded, stop_came)
+
+
+def test_a_live_stop_of_a_start_that_arrived_late_is_no_replay() -> None:
+    """Review r33-a: a live session on a clock far behind whose start merely arrived late
+    (queued through a short drop) has its stop stamped later than our clock saw too; it
+    is a queue replayed only if the stop reached us with its start (within
+    ``BILLED_TIME_TOLERANCE`` of its receipt), not hours on."""
+    recorded = T
+    began = recorded - MAX_QUEUED_BEFORE_RECORD - timedelta(days=10)
+    arrived = T + timedelta(hours=1)
+    session = Session(station_id="st", cp_id="CP", connector_id=1, transaction_id=1,
+                      id_tag="T", user_id="u", meter_start_wh=0, start_time=began,
+                      created_at=arrived, start_clock_behind=True)
+    # Charged live for 2 h after the start (queued 1 h) arrived: stamped 3 h.
+    assert not ticked_through(session, began + timedelta(hours=3), recorded,
+                              arrived + timedelta(hours=2))
+    # The bound: flushed together, the stop at most the tolerance after the start.
+    assert ticked_through(session, began + timedelta(hours=3), recorded,
+                          arrived + BILLED_TIME_TOLERANCE)
+    assert not ticked_through(session, began + timedelta(hours=3), recorded,
+                              arrived + BILLED_TIME_TOLERANCE + timedelta(seconds=1))

@@ -1655,6 +1655,52 @@ async def test_a_stop_waits_for_sent_commands_and_fails_queued_ones_as_unsent(
         await stop_central(central)
 
 
+async def test_a_command_failed_as_unsent_when_its_turn_came_is_not_sent(
+        tmp_path: Path) -> None:
+    """Review r33-a: a ReserveNow queued behind a ClearCache, failed by the stop after
+    the ClearCache left the package's lock but before the ReserveNow's turn ran, was
+    written to the charger all the same, while its caller was told CHARGER_OFFLINE and
+    its reservation deleted (the charger holding the plug). Forced here: the stop runs
+    inside the lock's release. Never written now: the charger got the ClearCache
+    only."""
+    central = await start_central(tmp_path / "c.db", command_timeout=30)
+    await seed(central)
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers.extend([None, None])
+            cleared = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+            await soon(lambda: bool(charger.received))
+            handler = central.gateway.handler_of("CP-1")
+            assert handler is not None
+            reserved = asyncio.create_task(run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": expiry},
+                "reservation { state }"))
+            await soon(lambda: len(handler._pending) == 2)  # waiting behind the ClearCache
+            lock = handler._call_lock
+            release = lock.release
+
+            def release_then_stop() -> None:
+                release()  # the ReserveNow's turn is due now...
+                del lock.release  # type: ignore[method-assign]
+                # ...and the stop comes before it runs.
+                central.gateway.stop_commands("the service is shutting down")
+
+            lock.release = release_then_stop  # type: ignore[method-assign]
+            [frame] = charger.received
+            await charger.ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+            assert (await cleared)["errors"] == []
+            answer = await reserved
+            assert [e["code"] for e in answer["errors"]] == ["CHARGER_OFFLINE"]
+            # A heartbeat's answer comes after any frame written before it.
+            await charger.ws.send(json.dumps([2, "hb", "Heartbeat", {}]))
+            await soon(lambda: any(f[:2] == [3, "hb"] for f in charger.received))
+            assert [f[2] for f in charger.received if f[0] == 2] == ["ClearCache"]
+            assert await central.store.find_all(d.Reservation, ALL) == []
+    finally:
+        await stop_central(central)
+
+
 async def test_a_relayed_command_nobody_took_says_whether_the_station_is_online(
         tmp_path: Path) -> None:
     """QA: for a few seconds after Redis came back, the instance holding a charger did

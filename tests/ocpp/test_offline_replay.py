@@ -313,3 +313,36 @@ async def test_a_replay_stamped_long_before_its_station_was_recorded_keeps_its_s
             cost = cost_breakdown(then, wh, began, began + lasted[connector_id]).gross
             assert session.cost_minor == cost
             assert node["tariff"] == {"id": to_global_id("tariff", then.id)}
+
+
+async def test_a_live_session_on_a_clock_far_behind_whose_start_came_late_is_billed(
+        central: Central) -> None:
+    """Review r33-a: a charger whose clock is 40 days behind (more than the month a start
+    may predate its station's record) sends a start that was held back through a short
+    drop, then charges live for two hours; its stop is stamped three hours after the
+    start, later than our clock saw, as a queue replayed is. But the stop came hours
+    after the start, not flushed with it: a live session on a clock behind, billed what
+    our clock saw by the tariff in force at the start's receipt, not ended at its stamp
+    and left unpriced (no version 40 days back)."""
+    station = central.stations["CP-OPEN"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, price_per_kwh=Decimal("0.50"), currency="EUR",
+        valid_from=now - timedelta(hours=1))
+    began = now - timedelta(days=40)
+    with MovedClock(central.services.ctx) as moved:
+        async with connected(central.url, "CP-OPEN") as cp:
+            start = await cp.call(call.StartTransaction(
+                connector_id=2, id_tag="TAG-OK", meter_start=1_000,
+                timestamp=_stamp(began)))
+            moved.by(timedelta(hours=2))  # charging live since
+            await cp.call(call.StopTransaction(
+                meter_stop=21_000, transaction_id=start.transaction_id,
+                timestamp=_stamp(began + timedelta(hours=3)), reason="EVDisconnected"))
+        session = await central.session(start.transaction_id)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.start_clock_behind
+    assert session.end_time is not None
+    assert timedelta(hours=2) <= session.end_time - began \
+        < timedelta(hours=2) + d.BILLED_TIME_TOLERANCE
+    assert (session.energy_wh, session.cost_minor) == (20_000, 1_000)

@@ -4,13 +4,22 @@ modem gone silent, its TCP connection half-open, as happens in the field every d
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ocpp_bridge.gateway
 import ocpp_bridge.server
+import pubsub.command_relay
+import pubsub.redis
+from chargegraph.app import SETTLE_TIMEOUT_S, create_app
+from chargegraph.settings import Settings
+from chargegraph.webhooks import HANDOVER_S
 from domain import entities as d
 from domain.query import Eq
+from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import CLOSE_TIMEOUT_S, STOP_CLOSE_TIMEOUT_S
 from ocpp_bridge.simulator import basic_auth, connected
 from tests.ocpp.conftest import STATION_PASSWORD, seed, start_central, stop_central
@@ -102,3 +111,52 @@ async def test_a_charger_that_reconnected_just_before_the_stop_does_not_hold_it(
         assert station is not None and not station.online
     finally:
         await stop_central(central)
+
+
+async def test_the_stops_give_up_timer_ends_with_the_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review r33-a: the stop's second stage (``give_up_commands``, due a margin before
+    the grace ends) was put on the loop and its handle dropped: a service whose stop
+    ended sooner left it there, to run past its end. Kept and cancelled as the OCPP
+    server's gateway closes (``OcppGateway.close``), as ``CommandRelay.close`` cancels
+    its own."""
+    made: list[OcppGateway] = []
+
+    class Recorded(OcppGateway):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ocpp_bridge.gateway, "OcppGateway", Recorded)
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/stop.db",  # type: ignore[arg-type]
+                              jwt_secret="j" * 40, ocpp_port=0, shutdown_grace_s=3600))
+    async with app.router.lifespan_context(app):
+        app.state.begin_shutdown()
+        [gateway] = made
+        timer = gateway._give_up
+        assert timer is not None and not timer.cancelled()
+    assert timer.cancelled()
+
+
+def test_the_stops_worst_case_is_what_the_readme_says() -> None:
+    """Review r33-a: the README and the architecture said a stop takes up to the grace
+    plus 5 s (the webhooks' handover); after uvicorn's wait the lifespan's end runs more
+    bounded steps in series. Summed from their constants: what the README says, what it
+    asks of a supervisor covers it, and the Compose file (with Redis) gives it."""
+    root = Path(__file__).resolve().parents[2]
+    one = STOP_CLOSE_TIMEOUT_S + HANDOVER_S + SETTLE_TIMEOUT_S
+    # The relay's settle beyond the grace, its close, and the bus's listener and two
+    # clients while Redis hangs.
+    shared = one + pubsub.command_relay.CLAIM_TIMEOUT_S \
+        + pubsub.command_relay.CLOSE_TIMEOUT_S + 3 * pubsub.redis.CLOSE_TIMEOUT_S
+    readme = " ".join((root / "README.md").read_text().split())
+    assert f"up to the grace plus {one:g} s on one instance" in readme
+    assert f"up to the grace plus {shared:g} s." in readme
+    asked = re.search(r"at least the grace plus (\d+) s on one instance and the grace "
+                      r"plus (\d+) s with Redis", readme)
+    assert asked is not None
+    assert int(asked[1]) >= one and int(asked[2]) >= shared
+    compose = re.search(r"stop_grace_period: (\d+)s",
+                        (root / "docker-compose.yml").read_text())
+    grace = Settings.model_fields["shutdown_grace_s"].default
+    assert compose is not None and int(compose[1]) >= grace + shared
