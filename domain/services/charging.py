@@ -506,6 +506,15 @@ def recorded_answer(session: Session) -> IdTagInfo:
     return IdTagInfo(session.start_refused or "Accepted")
 
 
+def _refused_for_the_plug(session: Session) -> bool:
+    """Whether ``session``'s start was refused because its plug was reserved for another
+    card (``ChargingService._held_for_another``): told Invalid while its card was on
+    record (its holder recorded), which a card's status alone never tells (Invalid is
+    for a card we do not hold, ``_card_answer``). A resend of it is answered so again:
+    judged on the card alone it was told Accepted and billed."""
+    return session.start_refused == "Invalid" and session.user_id is not None
+
+
 def _recorded_as_replay(session: Session) -> bool:
     """Whether ``session``'s start was judged one replayed from an offline queue
     (``_StartIdentity.replayed``), as the session records it: it arrived (``created_at``)
@@ -1582,7 +1591,9 @@ class ChargingService(ChargerConnections):
         its status: Accepted, its write's guard (``_answered``) could never hold, and it
         was tried three times and told ConcurrentTx while no transaction held the card
         (review r27-accounts3); else the charger was told another driver's card's
-        status, Blocked for an Invalid start (review r27-accounts4). One whose card is
+        status, Blocked for an Invalid start (review r27-accounts4). So is one refused
+        because its plug was reserved for another card (``_refused_for_the_plug``):
+        judged on its card alone, it was told Accepted. One whose card is
         on record no more is judged (Invalid): no one else's status is told.
         ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``,
         the clocks' verdict now). A copy of one recorded Accepted (billed) is judged a
@@ -1601,8 +1612,8 @@ class ChargingService(ChargerConnections):
             else replayed and recorded
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
-            if session.start_refused is not None and card is not None \
-                    and card.user_id != session.user_id:
+            if session.start_refused is not None and card is not None and (
+                    card.user_id != session.user_id or _refused_for_the_plug(session)):
                 return recorded_answer(session)
             info = await self.authorize_start(
                 station.cp_id, presented, (session.id,),
@@ -1776,6 +1787,13 @@ class ChargingService(ChargerConnections):
             reservation = await self._reservation_kept(station, connector_id, presented,
                                                        id_tag_record)
             reservation_id = reservation.reservation_id if reservation else None
+        held = None if reservation is not None and reservation.connector_id == connector_id \
+            else await self._held_for_another(station, connector_id, presented,
+                                              id_tag_record, identity)
+        if held is not None:
+            # The plug was another card's (1.6, 5.13): this start takes up none of its
+            # card's reservations (one on connector 0 waits for a free plug).
+            reservation_id, reservation = None, None
         plug, is_new = await self._connector(station, connector_id)
         session = stamp_new(Session(
             transaction_id=await self.store.next_sequence("transaction"),
@@ -1831,6 +1849,18 @@ class ChargingService(ChargerConnections):
                         state=ReservationState.USED)
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
+        elif held is not None and identity.replayed:
+            # Replayed from an offline queue: the plug was taken, charged and billed
+            # before anyone could refuse it; the reservation can no longer be used, and
+            # left live it would keep its driver from reserving elsewhere until it
+            # expired. Cancelled, its driver told (``reservationChanged``).
+            log.info("%s: transaction stamped %s, replayed from the offline queue, took "
+                     "connector %s reserved for another card; reservation %s cancelled",
+                     cp_id, rfc3339(start), connector_id, held.reservation_id)
+            end = patch(held, actor, only_if=("state", held.state),
+                        state=ReservationState.CANCELLED)
+            used = cast(Reservation, end.record)
+            changes.append((end, held))
         # Judged on the card as read above, the one the session is written with (its
         # holder, its car): read again here, a card issued in between was Accepted onto
         # a session of no one's, which its removal did not see (review r27-accounts3).
@@ -1839,6 +1869,8 @@ class ChargingService(ChargerConnections):
         info = await self.authorize_start(cp_id, presented, [o.id for o in ended],
                                           card=(id_tag_record,), at=session.created_at,
                                           begun_by=identity.begun_by)
+        if held is not None and not identity.replayed and info.status == "Accepted":
+            info = IdTagInfo("Invalid")  # a live start the charger can still call off
         session = replace(session, start_refused=await self._refusal(
             station, session, info, identity.replayed, id_tag_record))
         guards = self._start_guards(station, plug, is_new, id_tag_record)
@@ -2019,6 +2051,26 @@ class ChargingService(ChargerConnections):
         for reservation in sorted(live, key=lambda r: r.connector_id, reverse=True):
             if await self._reserved_for(reservation, connector_id, presented, card):
                 return reservation  # its own connector's before connector 0's
+        return None
+
+    async def _held_for_another(self, station: Station, connector_id: int, presented: str,
+                                card: IdTag | None, identity: _StartIdentity
+                                ) -> Reservation | None:
+        """The live reservation, at the start's time (``_StartIdentity.started_by``), of
+        this very connector for another card: neither its id nor of its group
+        (``reserved_for_card``). A live start on it is told Invalid, refused and billed
+        nothing (OCPP 1.6, 5.13: the plug is held for that card; QA s33: another card was
+        Accepted there, and the reservation stayed ACTIVE on a plug charging another
+        session). One on connector 0 holds no connector in particular: any free one
+        serves another card. A replayed start counts only one made by its time."""
+        at = identity.started_by(self.now())
+        live = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), Eq("connector_id", connector_id),
+            live_reservations(at),
+            Range("created_at", lte=at) if identity.replayed else None), limit=10)
+        for reservation in live:
+            if not await reserved_for_card(self.store, reservation, presented, card):
+                return reservation
         return None
 
     async def _reserved_for(self, reservation: Reservation, connector_id: int,

@@ -436,7 +436,8 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
     """QA (s16): a charger that starts a reserved connector for its card without naming
     the reservation (the demo's, after a remote start; field chargers after a tap) left it
     ACTIVE through the session: the driver could reserve nothing else until it expired.
-    It is USED by the start of its card on its connector, not by another card's."""
+    It is USED by the start of its card on its connector, not by another card's, which
+    is refused there (QA s33: Invalid, the plug held for driver2's card)."""
     expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
@@ -447,7 +448,8 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
                                                   "expiryDate": expiry},
                           "reservation { reservationId }", as_user="driver2")
         assert mine["errors"] == other["errors"] == []
-        await cp.start_transaction(2, "TAG-OK")  # on driver2's connector: not theirs
+        _, refused = await cp.start_transaction(2, "TAG-OK")  # driver2's connector
+        assert refused == "Invalid"
         await cp.stop_transaction(2)
         tx, status = await cp.start_transaction(1, "TAG-OK")
         assert status == "Accepted"
