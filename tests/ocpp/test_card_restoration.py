@@ -266,8 +266,8 @@ async def test_a_tag_the_operators_unanswered_list_dropped_is_not_put_back(
         real = central.gateway.call
 
         async def answer_lost(cp_id: str, action: str, payload: dict[str, Any],
-                              timeout: float) -> dict[str, Any]:
-            result = await real(cp_id, action, payload, timeout)
+                              timeout: float, newest: int | None = None) -> dict[str, Any]:
+            result = await real(cp_id, action, payload, timeout, newest)
             if action == "SendLocalList" and payload.get("updateType") == "Full":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
             return result
@@ -305,10 +305,10 @@ async def test_of_two_unanswered_lists_the_one_the_charger_took_is_recorded(
         real = central.gateway.call
 
         async def answer_lost(cp_id: str, action: str, payload: dict[str, Any],
-                              timeout: float) -> dict[str, Any]:
+                              timeout: float, newest: int | None = None) -> dict[str, Any]:
             if action == "SendLocalList" and payload.get("listVersion") == 3:
                 raise ChargerLost(f"{cp_id}: its holder went")  # never delivered
-            result = await real(cp_id, action, payload, timeout)
+            result = await real(cp_id, action, payload, timeout, newest)
             if action == "SendLocalList" and payload.get("updateType") == "Full":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
             return result

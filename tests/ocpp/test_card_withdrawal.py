@@ -789,7 +789,7 @@ async def test_a_blocked_card_a_pending_full_list_accepts_is_withdrawn_at_once(
         async def answer_lost(cp_id: str, action: str, payload: dict[str, Any],
                               timeout: float, newest: int | None = None
                       ) -> dict[str, Any]:
-            result = await real(cp_id, action, payload, timeout)
+            result = await real(cp_id, action, payload, timeout, newest)
             if action == "SendLocalList" and payload.get("updateType") == "Full":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
             return result
@@ -829,7 +829,7 @@ async def test_a_differential_resent_at_the_version_the_charger_took_is_not_reco
                       ) -> dict[str, Any]:
             if action == "GetLocalListVersion":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
-            result = await real(cp_id, action, payload, timeout)
+            result = await real(cp_id, action, payload, timeout, newest)
             if action == "SendLocalList":
                 raise ChargerTimeout(f"{cp_id} did not answer {action} in time")
             return result

@@ -585,9 +585,9 @@ async def test_a_list_limit_change_and_its_read_share_one_budget_of_twice_the_ti
     gateway_call = central.gateway.call
 
     async def budgeted(cp_id: str, action: str, payload: dict[str, Any],
-                       budget: float) -> dict[str, Any]:
+                       budget: float, newest: int | None = None) -> dict[str, Any]:
         budgets.append((action, budget))
-        return await gateway_call(cp_id, action, payload, budget)
+        return await gateway_call(cp_id, action, payload, budget, newest)
 
     monkeypatch.setattr(central.gateway, "call", budgeted)
     op = Viewer.of(central.users["op"])

@@ -658,11 +658,11 @@ async def test_the_sweep_sends_only_its_own_chargers_and_none_waits_for_a_silent
     asked: list[str] = []
     mute, never = asyncio.Event(), asyncio.Event()
 
-    async def call(cp_id, action, payload, timeout):  # type: ignore[no-untyped-def]
+    async def call(cp_id, action, payload, timeout, newest=None):  # type: ignore[no-untyped-def]
         asked.append(cp_id)
         if cp_id == silent and action == "CancelReservation" and mute.is_set():
             await never.wait()
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
     monkeypatch.setattr(gateway, "call", call)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as one, \
             connected(central.url, "CP-OPEN") as other:
@@ -786,12 +786,12 @@ async def test_a_charger_silent_to_lists_does_not_hold_up_an_expired_cards_cance
     real = central.gateway.call
 
     async def silent(cp_id: str, action: str, payload: dict[str, Any],
-                     timeout: float) -> dict[str, Any]:
+                     timeout: float, newest: int | None = None) -> dict[str, Any]:
         if cp_id == "CP-OPEN" and action == "SendLocalList" \
                 and payload.get("updateType") == "Differential":
             await asyncio.sleep(timeout)
             raise ChargerTimeout(f"{cp_id} did not answer {action}")
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
 
     async with connected(central.url, "CP-OPEN") as silent_cp, connected(
             central.url, "CP-1", password=STATION_PASSWORD) as cp:
@@ -835,20 +835,20 @@ async def test_an_expiry_sweep_pushes_to_its_chargers_side_by_side(
     both, release = asyncio.Event(), asyncio.Event()
 
     async def unanswered(cp_id: str, action: str, payload: dict[str, Any],
-                         timeout: float) -> dict[str, Any]:
+                         timeout: float, newest: int | None = None) -> dict[str, Any]:
         if action == "SendLocalList" and payload.get("updateType") == "Differential":
             raise ChargerTimeout(f"{cp_id} did not answer {action}")
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
 
     async def held(cp_id: str, action: str, payload: dict[str, Any],
-                   timeout: float) -> dict[str, Any]:
+                   timeout: float, newest: int | None = None) -> dict[str, Any]:
         if action == "SendLocalList" and payload.get("updateType") == "Differential":
             called.add(cp_id)
             if len(called) == 2:
                 both.set()
             await release.wait()
             raise ChargerTimeout(f"{cp_id} did not answer {action}")
-        return await real(cp_id, action, payload, timeout)
+        return await real(cp_id, action, payload, timeout, newest)
 
     async with connected(central.url, "CP-OPEN") as one, connected(
             central.url, "CP-1", password=STATION_PASSWORD) as two:
