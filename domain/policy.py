@@ -8,7 +8,7 @@ A hidden record reads exactly like a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -89,6 +89,24 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     "refund": frozenset({"company_id", "station_owner_id"}),
     "reservation": frozenset({"company_id", "station_owner_id"}),
 }
+
+#: The fields of an audited record that name who holds it, by kind: field -> the kind
+#: it names. An entry of a hand-over (a car given to another driver, a station to another
+#: company) holds both sides' ids, and whoever reads it sees each only if they see the
+#: record it names (``Policy.audit_references``, ``audit_snapshot``'s ``seen``): a car's
+#: former owner is not told its new owner's id, as the car's own read does not tell them.
+AUDIT_REFERENCES: dict[str, dict[str, str]] = {
+    "vehicle": {"owner_id": "user"},
+    "id_tag": {"user_id": "user"},
+    "station": {"owner_id": "user", "company_id": "company", "site_id": "site"},
+    "tariff": {"company_id": "company"},
+    "site": {"company_id": "company"},
+    "user": {"company_id": "company"},
+    "webhook": {"owner_id": "user", "company_id": "company"},
+}
+
+#: Records an audit image names that the viewer sees, by kind: ids (``audit_snapshot``).
+Seen = Mapping[str, Collection[str]]
 
 #: Kinds whose private fields only their holder (and admins) read (``private_view``): a
 #: change of nothing else is written in no company's books (``base._whose``).
@@ -536,12 +554,17 @@ class Policy:
         return _rewrite_conditions(where, guarded)
 
     def audit_snapshot(self, viewer: Viewer, entry: AuditEntry,
-                       snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+                       snapshot: dict[str, Any] | None, seen: Seen
+                       ) -> dict[str, Any] | None:
         """An audit entry's before or after image as ``viewer`` may read it: without the
         private fields of a kind whose private view they have not of that record (a
         driver reading their own session's entries is not told whose books it went to,
         as no read of the session tells them; an operator reading their company's
         drivers' cars is not told their batteries, as the car's own read does not).
+        Without the references to whoever held the record in this image
+        (``AUDIT_REFERENCES``) that name a record they do not see: ``seen``, what they
+        see of ``audit_references``, looked up by the caller for a page of entries at
+        once; so each image, before and after, is judged by who held it then.
         A command's secrets as the rules are now (``without_secret_value``), a record's
         URLs without their credentials (``without_url_credentials``), also in entries
         written before they were hidden."""
@@ -549,10 +572,45 @@ class Policy:
             snapshot = without_secret_value(snapshot)
         else:
             snapshot = without_url_credentials(entry.entity, snapshot)
-        private = PRIVATE_FIELDS.get(entry.entity)
-        if snapshot is None or not private or self._sees_image_private(viewer, entry):
+        if snapshot is None:
+            return None
+        hidden: set[str] = set() if self._sees_image_private(viewer, entry) \
+            else set(PRIVATE_FIELDS.get(entry.entity, frozenset()))
+        for field, kind, ref in self._references(viewer, entry, snapshot):
+            if ref not in seen.get(kind, ()):
+                hidden.add(field)
+        if hidden.isdisjoint(snapshot):
             return snapshot
-        return {key: value for key, value in snapshot.items() if key not in private}
+        return {key: value for key, value in snapshot.items() if key not in hidden}
+
+    def audit_references(self, viewer: Viewer, entries: Iterable[AuditEntry]
+                         ) -> dict[str, set[str]]:
+        """The records the entries' images name as their holders (``AUDIT_REFERENCES``)
+        whose sight by ``viewer`` only a read can tell, by kind: the caller reads them
+        through the viewer's scope (one read per kind for a page) and passes those found
+        to ``audit_snapshot``."""
+        wanted: dict[str, set[str]] = {}
+        for entry in entries:
+            for image in (entry.before, entry.after):
+                if image is not None:
+                    for _, kind, ref in self._references(viewer, entry, image):
+                        wanted.setdefault(kind, set()).add(ref)
+        return wanted
+
+    @staticmethod
+    def _references(viewer: Viewer, entry: AuditEntry, image: dict[str, Any]
+                    ) -> Iterable[tuple[str, str, str]]:
+        """(field, kind, id) of the records ``image`` names as its holders that ``viewer``
+        may not see: none for an admin nor in a command's (not a record's image), and
+        not themselves nor their own company, which every scope holds."""
+        if viewer.is_admin or entry.action is AuditAction.COMMAND:
+            return
+        for field, kind in AUDIT_REFERENCES.get(entry.entity, {}).items():
+            ref = image.get(field)
+            if isinstance(ref, str) and not (
+                    (kind == "user" and ref == viewer.user_id)
+                    or (kind == "company" and ref == viewer.company_id)):
+                yield field, kind, ref
 
     def _sees_image_private(self, viewer: Viewer, entry: AuditEntry) -> bool:
         """``sees_*_private`` for the record an entry is about, as it was then: a

@@ -353,11 +353,12 @@ def _image(snapshot: dict[str, Any] | None) -> str | None:
 async def _audit_rows(reads: ReadService, viewer: Viewer, entries: list[d.AuditEntry]
                       ) -> list[Row]:
     policy = reads.policy  # the images as the GraphQL AuditEntry shows them
+    seen = await reads.audit_seen(viewer, entries)
     return [(global_id("audit_entry", e.id), e.at, e.entity,
              to_global_id(e.entity, e.entity_id) if e.entity in TYPE_BY_KIND
              else e.entity_id, e.action, shown_actor(e.actor),
-             _image(policy.audit_snapshot(viewer, e, e.before)),
-             _image(policy.audit_snapshot(viewer, e, e.after))) for e in entries]
+             _image(policy.audit_snapshot(viewer, e, e.before, seen)),
+             _image(policy.audit_snapshot(viewer, e, e.after, seen))) for e in entries]
 
 
 async def _audit(services: Services, viewer: Viewer, q: Params) -> Pages:

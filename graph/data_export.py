@@ -39,9 +39,9 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.currencies import major_units
 from domain.errors import DomainError, Forbidden, NotFound, TooManyRequests
-from domain.policy import Viewer
+from domain.policy import Seen, Viewer
 from domain.services import Services
-from domain.services.personal_data import AUDIT_CAP, PersonalData
+from domain.services.personal_data import AUDIT_CAP, AuditItem, PersonalData
 from domain.services.refresh_tokens import still_signs_in
 from domain.wire import rfc3339
 from graph.csv_export import CsvStream, ExportDoor, error_response
@@ -229,7 +229,7 @@ async def document(services: Services, data: PersonalData) -> AsyncGenerator[byt
 
     policy = services.policy
 
-    def audit_item(entry: d.AuditEntry, about_them: bool) -> Item:
+    def audit_item(entry: d.AuditEntry, about_them: bool, seen: Seen) -> Item:
         # Images only of what was theirs, as they read them; of what they changed
         # that was someone else's, that they did it, not what it held.
         return {"id": _gid("audit_entry", entry.id), "at": _when(entry.at),
@@ -238,10 +238,15 @@ async def document(services: Services, data: PersonalData) -> AsyncGenerator[byt
                 if entry.entity in TYPE_BY_KIND else entry.entity_id,
                 "action": entry.action.name, "actor": shown_actor(entry.actor),
                 "aboutYou": about_them,
-                "before": policy.audit_snapshot(holder, entry, entry.before)
+                "before": policy.audit_snapshot(holder, entry, entry.before, seen)
                 if about_them else None,
-                "after": policy.audit_snapshot(holder, entry, entry.after)
+                "after": policy.audit_snapshot(holder, entry, entry.after, seen)
                 if about_them else None}
+
+    async def audit_items(page: list[AuditItem]) -> list[Item]:
+        seen = await services.reads.audit_seen(
+            holder, [item.entry for item in page if item.about_them])
+        return [audit_item(item.entry, item.about_them, seen) for item in page]
 
     yield (b'{"format":' + dump(FORMAT) + b',"exportedAt":' + dump(_when(data.exported_at))
            + b',"exportedBy":' + dump(shown_actor(data.exported_by)) + b',"user":'
@@ -262,8 +267,7 @@ async def document(services: Services, data: PersonalData) -> AsyncGenerator[byt
             yield chunk
     log_ = data.audit_log()
     yield b',"auditLog":'
-    async for chunk in _array(aiter(log_), lambda p: plain(
-            p, lambda item: audit_item(item.entry, item.about_them))):
+    async for chunk in _array(aiter(log_), audit_items):
         yield chunk
     yield (b',"auditLogCap":' + dump(AUDIT_CAP) + b',"auditLogComplete":'
            + dump(log_.complete) + b"}")

@@ -323,6 +323,22 @@ async def _actor_user(info: Info, actor: str | None) -> User | None:
     return await _related(info, User, actor)  # type: ignore[no-any-return]
 
 
+async def _audit_image(info: Info, entry: d.AuditEntry, image: dict[str, Any] | None
+                       ) -> JSON | None:
+    """An audit entry's image as the policy lets the viewer read it
+    (``Policy.audit_snapshot``, as the CSV export shows it): the holders it names read
+    through the request's batched loads, one read per kind for a page of entries."""
+    ctx = _ctx(info)
+    policy = ctx.services.policy
+    wanted = policy.audit_references(ctx.viewer, [entry])
+    seen: dict[str, set[str]] = {}
+    for kind, ids in wanted.items():
+        found = await asyncio.gather(*(ctx.loaders.by_id(d.ENTITY_BY_KIND[kind]).load(i)
+                                       for i in ids))
+        seen[kind] = {record.id for record in found if record is not None}
+    return cast(JSON, policy.audit_snapshot(ctx.viewer, entry, image, seen))
+
+
 def _staff(ctx: GraphContext) -> bool:
     """Whether the viewer sees the audit stamps of shared, public records (the policy's
     ``sees_audit_stamps``)."""
@@ -1646,31 +1662,37 @@ class AuditEntry(Node, Audited):
     actor: str = strawberry.field(description=(
         "Who made it: a user's global id (as `User.id`), `ocpp:<cpId>` or `system`."))
     at: datetime = strawberry.field(description="When it happened, UTC.")
-    before: JSON | None = strawberry.field(description=(
-        "The record before the change, as stored: snake_case fields and raw record ids "
-        "(`station_id`); private fields hidden as reads hide them. `entityId` is the "
-        "changed record's global id; another record's is base64 of `<TypeName>:<raw id>`, "
-        "e.g. `Station:…`. Values as stored too, not as the API writes them out: a "
-        "price as it was typed (`\"0.5900\"`, which the tariff shows `\"0.59\"`), money "
-        "in minor units (a payment's `amount_minor`). Null for a CREATE."))
-    after: JSON | None = strawberry.field(description=(
-        "The record after the change, shaped as `before`. Null for a DELETE."))
     _r: strawberry.Private[d.AuditEntry]
 
     @classmethod
     def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
         entity_id = to_global_id(r.entity, r.entity_id) if r.entity in TYPE_BY_KIND \
             else r.entity_id
-        policy = ctx.services.policy  # private fields as reads hide them
         return _audited(cls, r, {
             "entity": r.entity,
             "entity_id": strawberry.ID(entity_id),
             "action": r.action,
             "actor": shown_actor(r.actor),
             "at": r.at,
-            "before": cast(JSON, policy.audit_snapshot(ctx.viewer, r, r.before)),
-            "after": cast(JSON, policy.audit_snapshot(ctx.viewer, r, r.after)),
         })
+
+    @strawberry.field(description=(
+        "The record before the change, as stored: snake_case fields and raw record ids "
+        "(`station_id`); private fields hidden as reads hide them, and so is an id of "
+        "whoever held the record then (`owner_id`, `user_id`, `company_id`, a station's "
+        "`site_id`) naming a record the viewer does not see: a car's former owner is not "
+        "told its new owner. `entityId` is the "
+        "changed record's global id; another record's is base64 of `<TypeName>:<raw id>`, "
+        "e.g. `Station:…`. Values as stored too, not as the API writes them out: a "
+        "price as it was typed (`\"0.5900\"`, which the tariff shows `\"0.59\"`), money "
+        "in minor units (a payment's `amount_minor`). Null for a CREATE."))
+    async def before(self, info: Info) -> JSON | None:
+        return await _audit_image(info, self._r, self._r.before)
+
+    @strawberry.field(description=(
+        "The record after the change, shaped as `before`. Null for a DELETE."))
+    async def after(self, info: Info) -> JSON | None:
+        return await _audit_image(info, self._r, self._r.after)
 
     @strawberry.field(description="The user who made the change, when it was a user.")
     async def actor_user(self, info: Info) -> User | None:

@@ -8,8 +8,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from domain.entities import E, MeterSample, Tariff
-from domain.policy import Viewer
+from domain.entities import ENTITY_BY_KIND, AuditEntry, E, MeterSample, Tariff
+from domain.policy import Seen, Viewer
 from domain.query import (
     ALL,
     POSITIONED,
@@ -67,6 +67,16 @@ class ReadService(Service):
     async def get_many(self, viewer: Viewer, kind: type[E], ids: Sequence[str]
                        ) -> list[E | None]:
         return await self.store.get_many(kind, ids, self.scoped(viewer, kind))
+
+    async def audit_seen(self, viewer: Viewer, entries: Sequence[AuditEntry]) -> Seen:
+        """What the viewer sees of the holders the entries' images name
+        (``Policy.audit_references``): one read per kind for the whole page, for
+        ``Policy.audit_snapshot``. The graph reads them through its request's loaders."""
+        seen: dict[str, set[str]] = {}
+        for kind, ids in self.policy.audit_references(viewer, entries).items():
+            found = await self.get_many(viewer, ENTITY_BY_KIND[kind], sorted(ids))
+            seen[kind] = {record.id for record in found if record is not None}
+        return seen
 
     async def find_one(self, viewer: Viewer, kind: type[E], where: Filter) -> E | None:
         return await self.store.find_one(kind, self.scoped(viewer, kind, where))

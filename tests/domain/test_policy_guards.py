@@ -61,7 +61,7 @@ def test_a_persons_audit_image_is_private_to_them_admins_and_their_company_s_ope
         "an operator of no company": Viewer(user_id="o3", role=Role.OPERATOR),
         "a colleague driver": Viewer(user_id="d2", role=Role.DRIVER, company_id="c1"),
     }
-    told = {who: policy.audit_snapshot(viewer, entry, image)
+    told = {who: policy.audit_snapshot(viewer, entry, image, {})
             for who, viewer in viewers.items()}
     assert {who for who, shown in told.items() if shown == image} == {
         "herself", "admin", "her company's operator"}
@@ -70,4 +70,4 @@ def test_a_persons_audit_image_is_private_to_them_admins_and_their_company_s_ope
     loose = AuditEntry(entity="user", entity_id="u1", action=AuditAction.UPDATE,
                        actor="a1", after=image)
     assert [who for who, viewer in viewers.items()
-            if policy.audit_snapshot(viewer, loose, image) == image] == ["herself", "admin"]
+            if policy.audit_snapshot(viewer, loose, image, {}) == image] == ["herself", "admin"]
