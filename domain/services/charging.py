@@ -830,7 +830,13 @@ class ChargingService(ChargerConnections):
             await self.store.write([update], [])
         self.cache.patched(station, cast(Station, update.record))
         if booted is not None and not info.triggered:
-            await self._mark_first_boot(station, booted)
+            try:
+                await self._mark_first_boot(station, booted)
+            except Exception:  # the boot stands, recorded: an error would have the charger
+                # send it again, dated later. Unmarked, a lost session ends at its
+                # station's latest boot instead (``lost_end``'s ``booted``).
+                log.warning("%s: marking the sessions open across its boot failed", cp_id,
+                            exc_info=True)
         # A boot (no trigger's) settles no remote start sent before it: they stop holding
         # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
         # charger still carries out still gets its car (review s25).
