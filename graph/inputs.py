@@ -92,7 +92,8 @@ class UpdateUserInput:
         _EMAIL + " Your own needs `currentPassword`."))
     password: str | None = strawberry.field(default=strawberry.UNSET, description=(
         _PASSWORD + " Revokes every token issued before. Your own needs "
-        "`currentPassword`, and the payload's `signedIn` has your new tokens; a manager "
+        "`currentPassword`, and the payload's `signedIn`, if selected, has your new "
+        "tokens; a manager "
         "resets another's without it, signing them out everywhere."))
     current_password: str | None = strawberry.field(
         default=strawberry.UNSET,

@@ -59,6 +59,7 @@ from graph.nodes import (
     Tariff,
     User,
     Vehicle,
+    wants,
 )
 from graph.sites import SiteMutation
 from graph.webhooks import WebhookMutation
@@ -403,7 +404,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         "password with `currentPassword`); admins, and operators for their company's "
         "non-admin people, also role, company and `active`, and reset passwords. A new "
         "password revokes every token of the user: your own new password gives you new "
-        "ones in `signedIn` (as `changePassword`); another's signs them out everywhere."))
+        "ones in `signedIn` (as `changePassword`) when you select it; another's signs "
+        "them out everywhere."))
     async def update_user(self, info: Info, input: UpdateUserInput) -> UserPayload:
         ctx = _ctx(info)
 
@@ -422,9 +424,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
             return UserPayload(user=None, errors=errors)
         # One's own new password revoked the caller's tokens too (the token epoch moved
         # on): the new pair, as changePassword gives, keeps them signed in (QA s33: the
-        # next request failed INVALID_TOKEN, the refresh token dead as well).
+        # next request failed INVALID_TOKEN, the refresh token dead as well). Only when
+        # asked for (``wants``: through aliases and fragments): each pair stores a refresh
+        # family, a device signed in that nobody would hold (review r33).
         own_password = user.id == ctx.viewer.user_id \
-            and given(input.password) not in (UNSET, None)
+            and given(input.password) not in (UNSET, None) and wants(info, "signedIn")
         return UserPayload(user=User.wrap(user, ctx),
                            signed_in=await _signed_in(ctx, user) if own_password else None,
                            errors=errors)

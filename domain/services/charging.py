@@ -231,7 +231,8 @@ STUCK_CLOCK_STAMPS: tuple[datetime, ...] = (datetime(1970, 1, 1, tzinfo=UTC),
                                             datetime(2000, 1, 1, tzinfo=UTC))
 
 
-def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
+def lost_end(session: Session, booted: datetime | None, cap: datetime, *,
+             first_boot: bool = True) -> datetime:
     """Where a session whose StopTransaction was lost ended, on its own timeline: at its
     charger's first reboot since the session was recorded (``Session.first_boot_at``, or
     ``booted`` for one that has none; our clock, moved onto the session's: its start is
@@ -241,9 +242,10 @@ def lost_end(session: Session, booted: datetime | None, cap: datetime) -> dateti
     reading up to it (a start flushed late from the charger's queue arrived after it
     began, and that delay is no clock offset; a reading stamped past ``cap`` is a clock
     glitch). Closed at the next start, it was billed the time until then, a reboot and
-    all, with a per-minute price or an idle fee."""
+    all, with a per-minute price or an idle fee. ``first_boot`` false: ``booted`` alone
+    (``end_without_stop``'s, for ``endSession``)."""
     end = cap
-    if session.first_boot_at is not None:
+    if first_boot and session.first_boot_at is not None:
         booted = session.first_boot_at
     if booted is not None and session.created_at < booted:
         end = min(end, session.start_time + max(booted - session.created_at, timedelta(0)))
@@ -277,7 +279,8 @@ def unheard_since_restore(session: Session) -> bool:
         session.named_at is None or session.named_at < session.open_at_restore)
 
 
-def end_without_stop(session: Session, booted: datetime | None, cap: datetime) -> datetime:
+def end_without_stop(session: Session, booted: datetime | None, cap: datetime, *,
+                     first_boot: bool = True) -> datetime:
     """Where ``session``, closed without its StopTransaction, ended: the one rule for
     every such close (the reboot's check, the restore's, a newer start on its
     connector, an operator's ``endSession`` by default). A session a restore brought
@@ -286,10 +289,14 @@ def end_without_stop(session: Session, booted: datetime | None, cap: datetime) -
     between that reading and the restore, and a later end (its charger's reboot after
     the restore, the next start, now) bills the hours between with a per-minute price or
     an idle fee (review r27-restore: the reboot's check, run first, closed it at the
-    boot). Any other ends by ``lost_end`` (``booted``, ``cap`` as there)."""
+    boot). Any other ends by ``lost_end`` (``booted``, ``cap`` as there). ``first_boot``
+    false: not at ``Session.first_boot_at`` (``endSession``: a boot marks every session
+    open across it, one its charger kept after it too, reporting it Charging or metering
+    it without MeterValues; staff who end it without a time end it now, as documented,
+    review r33)."""
     if unheard_since_restore(session):
         return last_known(session, cast(datetime, session.open_at_restore))
-    return lost_end(session, booted, cap)
+    return lost_end(session, booted, cap, first_boot=first_boot)
 
 
 class _StartIdentity(NamedTuple):
@@ -832,7 +839,13 @@ class ChargingService(ChargerConnections):
             await self.store.write([update], [])
         self.cache.patched(station, cast(Station, update.record))
         if booted is not None and not info.triggered:
-            await self._mark_first_boot(station, booted)
+            try:
+                await self._mark_first_boot(station, booted)
+            except Exception:  # the boot stands, recorded: an error would have the charger
+                # send it again, dated later. Unmarked, a lost session ends at its
+                # station's latest boot instead (``lost_end``'s ``booted``).
+                log.warning("%s: marking the sessions open across its boot failed", cp_id,
+                            exc_info=True)
         # A boot (no trigger's) settles no remote start sent before it: they stop holding
         # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
         # charger still carries out still gets its car (review s25).
@@ -2584,8 +2597,9 @@ class ChargingService(ChargerConnections):
             # recorded (at its start; no later time is known). One a restore brought back
             # open and not heard of since: at its last reading, as every close without
             # its stop ends it (``end_without_stop``), not now, days after it may be.
+            # Any other now, not at a boot since it began: its charger may have kept it.
             default = session.end_time if awaited and session.end_time is not None \
-                else min(end_without_stop(session, None, now), now)
+                else min(end_without_stop(session, None, now, first_boot=False), now)
             end = default if end_time is None else v.instant(end_time, "endTime")
             if not session.start_time <= end <= now:
                 raise ValidationError("between the session's start and now",

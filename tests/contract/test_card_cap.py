@@ -5,6 +5,7 @@ days after its removal). Staff issuing for a driver are not capped."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -46,10 +47,13 @@ async def test_a_driver_issues_themselves_no_card_beyond_the_cap(store: Store) -
     await services.fleet.update_id_tag(me, cards[0].id, status=IdTagStatus.BLOCKED)
     await services.fleet.settled()
     error = await refused(services, me, "BENX-003")
-    assert f"you hold {CAP} cards already" in error.message
+    assert f"you hold {CAP} cards already, {CAP} the most" in error.message
     # Their company's staff hand out cards beyond it; those count toward the driver's own.
     await services.fleet.issue_id_tag(Viewer.of(operator), tag="ACME-0001",
                                       user_id=driver.id)
+    # The refusal says what they hold, not the cap (review r33: "you hold 3").
+    error = await refused(services, me, "BENX-003")
+    assert f"you hold {CAP + 1} cards already, {CAP} the most" in error.message
     # A card removed no longer counts: one place freed, one more card.
     await services.fleet.remove_id_tag(me, cards[1].id)
     await services.fleet.remove_id_tag(me, cards[2].id)
@@ -90,3 +94,44 @@ async def test_two_issues_racing_for_the_last_place_on_two_instances_keep_one(
     held = await store.find_all(IdTag, Eq("user_id", driver.id))
     assert raced and len(held) == CAP
     assert "BENX-B" in {card.tag for card in held}
+
+
+async def test_two_issues_at_once_below_the_cap_both_land(store: Store) -> None:
+    """Two issues at once by a driver with room for both (on two instances): neither
+    takes the last place, so neither carries the cap's guard; on MongoDB, where guards
+    are read after the write, each saw the other's card, both were undone and, retried
+    in step, both answered CHANGED (review r33)."""
+    driver = user()
+    await put(store, driver)
+    clock = Clock()
+    a, b = capped(store, clock), capped(store, clock)
+    # No pause to part them: both fit, neither should need to run again.
+    a.fleet.pause_to_retry = b.fleet.pause_to_retry = None
+    me = Viewer.of(driver)
+    await asyncio.gather(a.fleet.issue_id_tag(me, tag="BENX-A"),
+                         b.fleet.issue_id_tag(me, tag="BENX-B"))
+    held = await store.find_all(IdTag, Eq("user_id", driver.id))
+    assert {card.tag for card in held} == {"BENX-A", "BENX-B"}
+
+
+async def test_two_issues_at_once_for_the_last_place_give_one_card_and_one_refusal(
+        store: Store) -> None:
+    """Both carry the cap's guard; on MongoDB both may be undone, and the retries'
+    random pauses (``pause_to_retry``) part them: one lands, the other, read again, is
+    refused, not CHANGED (review r33: CHANGED, CHANGED in 8 races of 8)."""
+    driver = user()
+    await put(store, driver)
+    clock = Clock()
+    a, b = capped(store, clock), capped(store, clock)
+    me = Viewer.of(driver)
+    for n in range(CAP - 1):
+        await a.fleet.issue_id_tag(me, tag=f"BENX-{n:03}")
+    answers = await asyncio.gather(a.fleet.issue_id_tag(me, tag="BENX-A"),
+                                   b.fleet.issue_id_tag(me, tag="BENX-B"),
+                                   return_exceptions=True)
+    issued = [answer for answer in answers if isinstance(answer, IdTag)]
+    refusals = [answer for answer in answers if isinstance(answer, Conflict)]
+    assert len(issued) == 1 and len(refusals) == 1, answers
+    assert refusals[0].code == "LIMIT_REACHED"
+    held = await store.find_all(IdTag, Eq("user_id", driver.id))
+    assert len(held) == CAP and issued[0].tag in {card.tag for card in held}

@@ -603,7 +603,8 @@ async def test_a_session_begun_after_the_reboot_on_a_clock_behind_ours_stays_ope
     assert (await world.session(live)).state is d.SessionState.ACTIVE
 
 
-async def test_a_second_reboot_gives_its_stop_the_whole_grace(world: World) -> None:
+async def test_a_first_boots_check_leaves_alone_a_session_begun_after_that_boot(
+        world: World) -> None:
     """A check pending for an earlier boot used to fire on its own deadline against the
     newer boot, closing a session whose queued stop was still to come. It still fires on
     its deadline (QA s33: put back by each boot, a boot loop kept sessions open for

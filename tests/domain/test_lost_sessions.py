@@ -3,11 +3,13 @@ restart of the service, and corrected by the stop that comes after all."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,6 +215,55 @@ async def test_a_stop_after_an_operators_end_session_corrects_it(world: World) -
     [again] = await world.events_until(lambda e: e.change == "ENDED")
     assert (first.energy_wh, again.energy_wh) == (1000, 5000)
     assert again.session_id == first.session_id == stopped.id
+
+
+async def test_end_session_without_an_end_time_ends_now_after_a_boot_the_session_survived(
+        world: World) -> None:
+    """Its charger rebooted and kept the transaction (reported it Charging): the boot
+    marked it (``Session.first_boot_at``), and endSession's default, documented as now,
+    ended it at that boot, the ten minutes since unbilled (review r33)."""
+    charging = world.services.charging
+    charging.reboot_checks.grace_s = 30.0
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await booted_later(charging)
+    await charging.status_notification(CP, 1, "Charging", "NoError")
+    assert (await world.session(tx)).first_boot_at is not None
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    charging.ctx.clock = lambda: later
+    ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
+    assert ended.end_time is not None
+    assert ended.end_time - ended.start_time >= timedelta(minutes=10)
+    charging.reboot_checks.stop()
+
+
+async def test_a_boot_whose_sessions_cannot_be_marked_is_answered_all_the_same(
+        world: World, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The boot is recorded before the sessions open across it are marked
+    (``Session.first_boot_at``): a failing mark errored the BootNotification, and the
+    charger's retry was recorded as a later boot (review r33). Logged, as other
+    telemetry writes are."""
+    from domain.services.charging import BootInfo
+
+    charging = world.services.charging
+    charging.reboot_checks.grace_s = 30.0
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    write = world.store.write
+
+    async def failing(changes: Any, *args: Any, **kwargs: Any) -> None:
+        if any("first_boot_at" in (getattr(c, "fields", None) or ()) for c in changes):
+            raise OSError("disk I/O error")
+        await write(changes, *args, **kwargs)
+    monkeypatch.setattr(world.store, "write", failing)
+    await asyncio.sleep(0.002)  # the boot after the session was recorded (our clock)
+    with caplog.at_level(logging.WARNING, "chargegraph.charging"):
+        answer = await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    assert answer.status is d.Registration.ACCEPTED
+    assert "marking the sessions open across its boot failed" in caplog.text
+    station = await world.store.find_one(d.Station, Eq("cp_id", CP))
+    assert station is not None and station.booted_at is not None
+    assert (await world.session(tx)).first_boot_at is None
+    charging.reboot_checks.stop()
 
 
 async def test_a_payment_already_captured_keeps_its_money(

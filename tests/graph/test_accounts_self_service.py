@@ -389,6 +389,56 @@ async def test_update_user_of_ones_own_password_gives_new_tokens_as_change_passw
     assert renamed["errors"] == [] and renamed["signedIn"] is None
 
 
+async def test_update_user_of_ones_own_password_mints_tokens_only_when_signed_in_is_selected(
+        api: Api, services: Services, world: World) -> None:
+    """Review r33: each own-password change stored a refresh family (a device, in the
+    data export) though the request never asked for the tokens."""
+    me_id = to_global_id("user", world.users["driver1"].id)
+    token = (await login(api))["token"]
+    store = services.ctx.store
+    families = await store.count(RefreshFamily, ALL)
+    unasked = (await api.post(
+        """mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+            user { email } errors { field code } } }""",
+        {"i": {"id": me_id, "password": "a brand new secret", "currentPassword": PASSWORD}},
+        token=token)).json()["data"]["updateUser"]
+    assert unasked["errors"] == [] and await store.count(RefreshFamily, ALL) == families
+    # Revoked as before: the old token no longer works, the new password does.
+    assert (await me(api, token)).status_code == 401
+    token = (await login(api, password="a brand new secret"))["token"]
+    families = await store.count(RefreshFamily, ALL)
+    # Asked for under an alias, through a fragment: given.
+    asked = (await api.post(
+        f"""mutation($i: UpdateUserInput!) {{ updateUser(input: $i) {{ ...Tokens }} }}
+        fragment Tokens on UserPayload {{ pair: signedIn {{ {SESSION} }} }}""",
+        {"i": {"id": me_id, "password": "another secret", "currentPassword":
+               "a brand new secret"}}, token=token)).json()["data"]["updateUser"]
+    assert asked["pair"]["errors"] == [] and (await me(api, asked["pair"]["token"])
+                                              ).status_code == 200
+    assert await store.count(RefreshFamily, ALL) == families + 1
+
+
+async def test_an_admin_changes_their_own_password_with_update_user(
+        api: Api, world: World) -> None:
+    """As a driver does: ``currentPassword`` required (an admin may reset others'
+    without), and ``signedIn`` keeps them signed in."""
+    admin = world.users["admin"]
+    admin_id = to_global_id("user", admin.id)
+    token = (await login(api, admin.email))["token"]
+    unproven = (await api.post(UPDATE_OWN, {"i": {"id": admin_id, "password": "admin anew"}},
+                               token=token)).json()["data"]["updateUser"]
+    assert errors(unproven) == [("currentPassword", "REQUIRED")]
+    assert unproven["signedIn"] is None and (await me(api, token)).status_code == 200
+    changed_ = (await api.post(UPDATE_OWN, {"i": {
+        "id": admin_id, "password": "admin anew", "currentPassword": PASSWORD}},
+        token=token)).json()["data"]["updateUser"]
+    assert changed_["errors"] == [] and changed_["signedIn"]["errors"] == []
+    assert changed_["signedIn"]["user"]["role"] == "ADMIN"
+    assert (await me(api, token)).status_code == 401
+    assert (await me(api, changed_["signedIn"]["token"])).status_code == 200
+    assert (await login(api, admin.email, "admin anew"))["errors"] == []
+
+
 async def test_a_password_reset_by_an_admin_gives_the_admin_no_tokens(
         api: Api, world: World) -> None:
     driver2 = to_global_id("user", world.users["driver2"].id)
