@@ -1683,7 +1683,7 @@ class CommandService(Service):
         full = payload.get("updateType") == "Full"
         if not full:
             await self._refuse_stale_version(station, payload)
-        await self._refuse_withdrawn_cards(entries)
+        await self._refuse_withdrawn_cards(viewer, entries)
         removals = not full and all(e.get("idTagInfo") is None for e in entries)
         if len(entries) <= 1 and (full or removals):
             return  # fits one message (at least 1 entry), and the list (grows nothing)
@@ -1740,20 +1740,27 @@ class CommandService(Service):
             f"above it, such as {recorded.version + 1}", field="listVersion",
             code="OUT_OF_RANGE")
 
-    async def _refuse_withdrawn_cards(self, entries: list[dict[str, Any]]) -> None:
+    async def _refuse_withdrawn_cards(self, viewer: Viewer,
+                                      entries: list[dict[str, Any]]) -> None:
         """An operator's list giving a card of ours Accepted that we would not accept
         (blocked, expired, its holder deactivated: ``withdrawal.card_states``): its
         withdrawal would follow at once (QA s33: sent, answered ACCEPTED, then withdrawn
         within a second). Refused, as a remote start with such a card is
         (``INVALID_STATE``), every such entry at once; operators do not override it: the
         card's status is changed on the card. A tag of no card here (another network's,
-        or a removed card's, whose tag is free again) is the operator's to list."""
+        or a removed card's, whose tag is free again) is the operator's to list.
+
+        Only cards the operator may see (the ``id_tag`` scope: their company's people's)
+        are judged: judging any card told them the status of any card in the product,
+        many per list (review r33-d). A card they may not see is sent as they list it,
+        as a tag of no card here is, and left to the product's own withdrawal."""
         accepted = [(i, str(e.get("idTag")).upper()) for i, e in enumerate(entries)
                     if isinstance(e.get("idTagInfo"), dict)
                     and e["idTagInfo"].get("status") == "Accepted"]
         if not accepted:
             return
-        named = await cards_named(self.store, sorted({tag for _, tag in accepted}))
+        named = await cards_named(self.store, sorted({tag for _, tag in accepted}),
+                                  self.policy.scope(viewer, "id_tag"))
         states = await card_states(self.store, sorted(c.id for c in named.values()),
                                    self.now())
         errors = [ValidationError(
