@@ -349,7 +349,9 @@ class CommandOutcome:
     #: (``CommandService._hold_start``).
     superseded: list[PendingStart] = field(default_factory=list)
     #: Never handed to its charger: its SENT entry could not be written
-    #: (``CommandService._audit_sent``; ``_undelivered``).
+    #: (``CommandService._audit_sent``; ``_undelivered``), or its charger is connected
+    #: nowhere, not here and recorded offline (``CommandService._known_offline``: stage
+    #: ``NOT_SENT``).
     unsent: bool = False
     #: A CancelReservation of a live reservation: the ``cancel_sending_since`` its SENT
     #: entry's write gave the reservation (``CommandService._cancel_marked``), taken
@@ -779,13 +781,25 @@ class CommandService(Service):
 
     async def _known_offline(self, station: Station) -> bool:
         """Whether the charger is connected nowhere: not to this instance, and recorded
-        offline (read now; a charger connected to another instance is recorded online as
-        its socket opens). A command to it is not sent: the gateway would refuse it
-        (this instance) or find no instance to take it (``ChargerUnclaimed``)."""
+        offline (read now, only when not connected here: a command to a charger here
+        reads nothing more; a charger connected to another instance is recorded online
+        as its socket opens). A command to it is not sent: the gateway would refuse it
+        (this instance) or find no instance to take it (``ChargerUnclaimed``).
+
+        With several instances (Redis) the record may lag the connection in two
+        windows, and a command that the relay would have taken to the charger is then
+        answered ``CHARGER_OFFLINE``, stage ``NOT_SENT`` (nothing was sent: try again):
+        after another instance's lease sweep marked offline the chargers of an instance
+        whose lease lapsed (a stalled loop, a Redis outage) until that instance's
+        renewal records them online again; and between another instance taking a
+        charger's reconnection and its write of ``online`` true. Relaying whenever the
+        bus is up would close them at the price of a SENT entry and the relay's claim
+        wait for every charger truly offline (what QA s33 had removed); not done."""
         assert self.gateway is not None
+        if self.gateway.is_connected(station.cp_id):
+            return False
         [now] = await self.store.get_many(Station, [station.id])
-        return (now is None or not now.online) and not self.gateway.is_connected(
-            station.cp_id)
+        return now is None or not now.online
 
     async def _send_moment(self) -> datetime:
         """A moment later than any this service's clock gave before, taken before a
