@@ -2402,6 +2402,12 @@ class CommandService(Service):
             created_by=viewer.actor,
             updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
+            # A driver's own command (a remote start or stop, a reservation or its
+            # cancel: all a driver may send) is about them, so they read it, by its
+            # ``commandId`` too (review r33-d: the entries were no driver's, and a
+            # driver's lookup was always empty). Its images hold what they sent and were
+            # answered, nothing else of the charger.
+            holder_id=viewer.user_id if viewer.is_driver else None,
             after={"command": outcome.action, "commandId": outcome.command_id,
                    "stage": stage, "request": _audited(outcome.action, payload),
                    "status": outcome.status,
