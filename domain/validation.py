@@ -13,7 +13,7 @@ from typing import ParamSpec, TypeVar, cast
 from domain.common_passwords import COMMON_PASSWORDS
 from domain.currencies import MINOR_DIGITS
 from domain.errors import ValidationError, ValidationErrors
-from domain.ocpp16 import Measurand
+from domain.ocpp16 import Measurand, Phase
 
 # Deliberately simple: one @, a dot in the domain, no spaces. Deliverability is the mail
 # system's job; this catches typos and garbage.
@@ -670,8 +670,11 @@ _BOOLEAN_KEYS = (
     "ConnectorSwitch3to1PhaseSupported")
 _MEASURAND_KEYS = ("MeterValuesAlignedData", "MeterValuesSampledData",
                    "StopTxnAlignedData", "StopTxnSampledData")
-#: OCPP 1.6's Measurand values.
+#: OCPP 1.6's Measurand values, each also combined with a phase (§9: "Where
+#: applicable, the Measurand is combined with the optional phase; for instance:
+#: Voltage.L1"; review r33-d: those were refused).
 MEASURANDS = frozenset(Measurand)
+_PHASED_MEASURANDS = MEASURANDS | {f"{m}.{p}" for m in Measurand for p in Phase}
 #: Named lists of the spec's other CSL keys.
 _NAMED_LISTS: dict[str, frozenset[str]] = {
     "supportedfeatureprofiles": frozenset({
@@ -695,7 +698,10 @@ def configuration_value(key: str, value: str, field: str = "value") -> str:
     """``value`` as OCPP 1.6 §9 types standard key ``key`` (folded): an integer is its
     ASCII digits alone (as ``heartbeat_interval`` reads them: chargers parse " 90" or
     "9e2" their own ways), a boolean ``true`` or ``false``, a CSL its known names
-    separated by commas (empty: none). A key the spec does not name is not checked."""
+    separated by commas (empty: none; an empty name between commas, a trailing comma's,
+    is none too, as chargers split the list), a measurand with or without its phase
+    (``Voltage.L1``). Booleans are compared ignoring case, as chargers report them
+    (``True``, ``TRUE``). A key the spec does not name is not checked."""
     kind = CONFIGURATION_KINDS.get(key)
     if kind in ("integer", "percent"):
         if not (value.isascii() and value.isdigit()):
@@ -705,15 +711,19 @@ def configuration_value(key: str, value: str, field: str = "value") -> str:
         if len(significant) > 10 or int(significant) > bound:
             raise ValidationError(f"must be within 0..{bound}", field=field,
                                   code="OUT_OF_RANGE")
-    elif kind == "boolean" and value not in ("true", "false"):
+    elif kind == "boolean" and value.lower() not in ("true", "false"):
         raise ValidationError('"true" or "false"', field=field, code="INVALID")
-    elif kind in ("measurands", "named") and value != "":
-        known = MEASURANDS if kind == "measurands" else _NAMED_LISTS[key]
-        unknown = [name for name in value.split(",") if name.strip() not in known]
+    elif kind in ("measurands", "named"):
+        measurands = kind == "measurands"
+        known = _PHASED_MEASURANDS if measurands else _NAMED_LISTS[key]
+        unknown = [name for name in value.split(",") if name.strip() not in known
+                   and name.strip()]
         if unknown:
+            named = (f"measurands ({', '.join(sorted(MEASURANDS))}), each with or without "
+                     f"a phase ({', '.join(Phase)}), such as Voltage.L1"
+                     if measurands else f"names ({', '.join(sorted(known))})")
             raise ValidationError(
-                f"a comma-separated list of {'measurands' if kind == 'measurands' else 'names'}"
-                f" ({', '.join(sorted(known))}); not one: {unknown[0][:40]!r}",
+                f"a comma-separated list of {named}; not one: {unknown[0][:40]!r}",
                 field=field, code="INVALID")
     return value
 

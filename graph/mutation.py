@@ -561,7 +561,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         "and lift a block of their own; other unblocking and the expiry are for admins "
         "and the holder's operators. Blocking it stops its session under way and "
         "cancels its reservations; blocked or expired, the chargers' local lists that "
-        "accept it are told (in the background)."))
+        "accept it are told (in the background). A `parentIdTag` refused as another "
+        "company's (IN_USE) counts against you as issueIdTag's refusals do: once spent, "
+        "edits naming a `parentIdTag` answer TOO_MANY_ATTEMPTS (admins not counted)."))
     async def update_id_tag(self, info: Info, input: UpdateIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 

@@ -349,7 +349,9 @@ class CommandOutcome:
     #: (``CommandService._hold_start``).
     superseded: list[PendingStart] = field(default_factory=list)
     #: Never handed to its charger: its SENT entry could not be written
-    #: (``CommandService._audit_sent``; ``_undelivered``).
+    #: (``CommandService._audit_sent``; ``_undelivered``), or its charger is connected
+    #: nowhere, not here and recorded offline (``CommandService._known_offline``: stage
+    #: ``NOT_SENT``).
     unsent: bool = False
     #: A CancelReservation of a live reservation: the ``cancel_sending_since`` its SENT
     #: entry's write gave the reservation (``CommandService._cancel_marked``), taken
@@ -779,13 +781,25 @@ class CommandService(Service):
 
     async def _known_offline(self, station: Station) -> bool:
         """Whether the charger is connected nowhere: not to this instance, and recorded
-        offline (read now; a charger connected to another instance is recorded online as
-        its socket opens). A command to it is not sent: the gateway would refuse it
-        (this instance) or find no instance to take it (``ChargerUnclaimed``)."""
+        offline (read now, only when not connected here: a command to a charger here
+        reads nothing more; a charger connected to another instance is recorded online
+        as its socket opens). A command to it is not sent: the gateway would refuse it
+        (this instance) or find no instance to take it (``ChargerUnclaimed``).
+
+        With several instances (Redis) the record may lag the connection in two
+        windows, and a command that the relay would have taken to the charger is then
+        answered ``CHARGER_OFFLINE``, stage ``NOT_SENT`` (nothing was sent: try again):
+        after another instance's lease sweep marked offline the chargers of an instance
+        whose lease lapsed (a stalled loop, a Redis outage) until that instance's
+        renewal records them online again; and between another instance taking a
+        charger's reconnection and its write of ``online`` true. Relaying whenever the
+        bus is up would close them at the price of a SENT entry and the relay's claim
+        wait for every charger truly offline (what QA s33 had removed); not done."""
         assert self.gateway is not None
+        if self.gateway.is_connected(station.cp_id):
+            return False
         [now] = await self.store.get_many(Station, [station.id])
-        return (now is None or not now.online) and not self.gateway.is_connected(
-            station.cp_id)
+        return now is None or not now.online
 
     async def _send_moment(self) -> datetime:
         """A moment later than any this service's clock gave before, taken before a
@@ -1683,7 +1697,7 @@ class CommandService(Service):
         full = payload.get("updateType") == "Full"
         if not full:
             await self._refuse_stale_version(station, payload)
-        await self._refuse_withdrawn_cards(entries)
+        await self._refuse_withdrawn_cards(viewer, entries)
         removals = not full and all(e.get("idTagInfo") is None for e in entries)
         if len(entries) <= 1 and (full or removals):
             return  # fits one message (at least 1 entry), and the list (grows nothing)
@@ -1740,20 +1754,27 @@ class CommandService(Service):
             f"above it, such as {recorded.version + 1}", field="listVersion",
             code="OUT_OF_RANGE")
 
-    async def _refuse_withdrawn_cards(self, entries: list[dict[str, Any]]) -> None:
+    async def _refuse_withdrawn_cards(self, viewer: Viewer,
+                                      entries: list[dict[str, Any]]) -> None:
         """An operator's list giving a card of ours Accepted that we would not accept
         (blocked, expired, its holder deactivated: ``withdrawal.card_states``): its
         withdrawal would follow at once (QA s33: sent, answered ACCEPTED, then withdrawn
         within a second). Refused, as a remote start with such a card is
         (``INVALID_STATE``), every such entry at once; operators do not override it: the
         card's status is changed on the card. A tag of no card here (another network's,
-        or a removed card's, whose tag is free again) is the operator's to list."""
+        or a removed card's, whose tag is free again) is the operator's to list.
+
+        Only cards the operator may see (the ``id_tag`` scope: their company's people's)
+        are judged: judging any card told them the status of any card in the product,
+        many per list (review r33-d). A card they may not see is sent as they list it,
+        as a tag of no card here is, and left to the product's own withdrawal."""
         accepted = [(i, str(e.get("idTag")).upper()) for i, e in enumerate(entries)
                     if isinstance(e.get("idTagInfo"), dict)
                     and e["idTagInfo"].get("status") == "Accepted"]
         if not accepted:
             return
-        named = await cards_named(self.store, sorted({tag for _, tag in accepted}))
+        named = await cards_named(self.store, sorted({tag for _, tag in accepted}),
+                                  self.policy.scope(viewer, "id_tag"))
         states = await card_states(self.store, sorted(c.id for c in named.values()),
                                    self.now())
         errors = [ValidationError(
@@ -2381,6 +2402,12 @@ class CommandService(Service):
             created_by=viewer.actor,
             updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
+            # A driver's own command (a remote start or stop, a reservation or its
+            # cancel: all a driver may send) is about them, so they read it, by its
+            # ``commandId`` too (review r33-d: the entries were no driver's, and a
+            # driver's lookup was always empty). Its images hold what they sent and were
+            # answered, nothing else of the charger.
+            holder_id=viewer.user_id if viewer.is_driver else None,
             after={"command": outcome.action, "commandId": outcome.command_id,
                    "stage": stage, "request": _audited(outcome.action, payload),
                    "status": outcome.status,

@@ -4,6 +4,7 @@ transaction to a user and a vehicle."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -421,11 +422,7 @@ class FleetService(Service):
         if parent_tag is not None:
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
-        # Refused once spent before anything is read, so the refusal tells nothing.
-        with counting_probes(
-                self.card_probes, None if viewer.is_admin else viewer.user_id,
-                "too many card numbers that are in use already: at most "
-                f"{self.card_probes.limit} an hour", _tells_number_taken):
+        with self._counting_card_probes(viewer):
             issued, reissued = await retried(lambda: self._issue_id_tag(
                 viewer, tag, user_id, vehicle_id, expires_at, parent_tag),
                 pause=self.pause_to_retry)
@@ -539,8 +536,11 @@ class FleetService(Service):
         if parent_tag not in (UNSET, None):
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
-        updated, withdrawn, restored = await retried(lambda: self._edit_id_tag(
-            viewer, id_tag_id, status, vehicle_id, expires_at, parent_tag))
+        # A group given may be refused as another company's (``_parent_tag``): counted
+        # as an issue's is. An edit naming no group tells no number, nor is refused.
+        with self._counting_card_probes(viewer, asks=isinstance(parent_tag, str)):
+            updated, withdrawn, restored = await retried(lambda: self._edit_id_tag(
+                viewer, id_tag_id, status, vehicle_id, expires_at, parent_tag))
         if withdrawn is not None:
             # Blocked now (a lost card) it may not go on charging; expired, a session it
             # started before stays authorized. Withdrawn again (unusable before the edit
@@ -735,6 +735,17 @@ class FleetService(Service):
         """Deletes the card numbers freed ``freed_tags.HELD_FOR`` ago or longer: free
         to anyone again (the hold-back reads only the last ``HELD_FOR`` anyway)."""
         return await freed_tags.sweep(self.store, self.now() - freed_tags.HELD_FOR)
+
+    def _counting_card_probes(self, viewer: Viewer, *, asks: bool = True
+                              ) -> AbstractContextManager[None]:
+        """``counting_probes`` of ``card_probes`` for an attempt that may be told a card
+        number or group is someone's (``asks``; ``_tells_number_taken``): refused once
+        spent before anything is read, so the refusal tells nothing. Admins, and
+        attempts naming no number, are not counted nor refused."""
+        return counting_probes(
+            self.card_probes, viewer.user_id if asks and not viewer.is_admin else None,
+            "too many card numbers that are in use already: at most "
+            f"{self.card_probes.limit} an hour", _tells_number_taken)
 
     async def _parent_tag(self, viewer: Viewer, owner: User, group: str | None
                           ) -> str | None:

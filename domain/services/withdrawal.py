@@ -71,7 +71,7 @@ from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
-from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
+from domain.query import ALL, Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
 from domain.services.edits import retried
@@ -554,13 +554,15 @@ async def card_states(store: Store, card_ids: Sequence[str], now: datetime
     return states
 
 
-async def cards_named(store: Store, tags: Sequence[str]) -> dict[str, IdTag]:
-    """The card each of ``tags`` names now (tags of no card left out)."""
+async def cards_named(store: Store, tags: Sequence[str], where: Filter = ALL
+                      ) -> dict[str, IdTag]:
+    """The card each of ``tags`` names now (tags of no card left out), among the cards
+    ``where`` takes (a viewer's scope: those of cards they may not see left out too)."""
     named: dict[str, IdTag] = {}
     for start in range(0, len(tags), BATCH):
         batch = tuple(tags[start:start + BATCH])
         named.update((c.tag, c) for c in await store.find_all(
-            IdTag, In("tag", batch), limit=BATCH))
+            IdTag, all_of(where, In("tag", batch)), limit=BATCH))
     return named
 
 

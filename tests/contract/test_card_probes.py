@@ -117,6 +117,41 @@ async def test_operators_are_counted_by_their_own_budget_admins_not(store: Store
     await refused(services, Viewer.of(world.holder), "DEMO-0001", "DUPLICATE")
 
 
+async def test_a_group_refused_on_a_cards_edit_is_counted_as_an_issues(
+        store: Store) -> None:
+    """Review r33-d: ``updateIdTag(parentIdTag)`` answered IN_USE "this card group is
+    another company's" 12 times with a budget of 3 (``_parent_tag`` matches other
+    companies' card numbers too). It is counted in the same budget, refused once spent
+    before the group is read, taken or free; an edit naming no group is neither."""
+    clock, world = Clock(), World()
+    services = limited(store, clock)
+    await world.stored(store, services)
+    operator = Viewer.of(world.operator)
+    card = await services.fleet.issue_id_tag(operator, tag="ACME-1",
+                                             user_id=world.holder.id)
+
+    async def edit_refused(group: str, code: str) -> DomainError:
+        with pytest.raises(DomainError) as caught:
+            await services.fleet.update_id_tag(operator, card.id, parent_tag=group)
+        assert caught.value.code == code, caught.value.message
+        return caught.value
+
+    await services.fleet.update_id_tag(operator, card.id, parent_tag="ACME-GRP")  # free
+    await edit_refused("GROUP-1", "IN_USE")  # another company's group
+    await edit_refused("OTHR-1", "IN_USE")  # another company's card number
+    await refused(services, operator, "DEMO-0001", "DUPLICATE", user_id=world.holder.id)
+    error = await edit_refused("GROUP-1", "TOO_MANY_ATTEMPTS")
+    assert f"at most {LIMIT} an hour" in error.message
+    await edit_refused("ACME-GRP2", "TOO_MANY_ATTEMPTS")  # free alike, and not set
+    assert (await services.fleet.update_id_tag(operator, card.id, vehicle_id=None)
+            ).parent_tag == "ACME-GRP"  # an edit naming no group still goes through
+    await refused(services, operator, "ACME-2", "TOO_MANY_ATTEMPTS",
+                  user_id=world.holder.id)  # one budget with issues
+    admin = Viewer.of(world.admin)
+    for _ in range(LIMIT + 1):
+        await services.fleet.update_id_tag(admin, card.id, parent_tag="GROUP-1")
+
+
 async def test_the_budget_is_shared_across_instances(store: Store) -> None:
     """A prober spreading tries over the instances meets one budget: ``shared_throttles``
     includes it, shared over the bus as sign-ins are (``ThrottleSharing``)."""

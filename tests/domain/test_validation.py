@@ -296,11 +296,48 @@ def test_standard_configuration_keys_are_checked_by_their_spec_type() -> None:
                            ("sendlocallistmaxlength", "", "INVALID"),
                            ("localauthorizeoffline", "1", "INVALID"),
                            ("lightintensity", "101", "OUT_OF_RANGE"),
-                           ("metervaluessampleddata", "Voltage,,SoC", "INVALID"),
+                           ("metervaluessampleddata", "Voltage,X", "INVALID"),
                            ("chargingscheduleallowedchargingrateunit", "Amps", "INVALID")):
         with pytest.raises(ValidationError) as caught:
             v.configuration_value(key, bad)
         assert (caught.value.field, caught.value.code) == ("value", code), (key, bad)
+
+
+@pytest.mark.parametrize(("key", "value", "taken"), [
+    # §9: "the Measurand is combined with the optional phase; for instance: Voltage.L1",
+    # on all four measurand keys, with each of OCPP's phases (review r33-d).
+    ("metervaluessampleddata", "Voltage.L1", True),
+    ("metervaluessampleddata", "Current.Import.L1,Energy.Active.Import.Register", True),
+    ("metervaluesaligneddata", "Voltage.L1-N,Voltage.L2-N,Voltage.L3-N", True),
+    ("stoptxnsampleddata", "Current.Import.N", True),
+    ("stoptxnaligneddata", "Voltage.L1-L2,Voltage.L2-L3,Voltage.L3-L1,Power.Active.Import.L3",
+     True),
+    ("metervaluessampleddata", "Voltage.L4", False),
+    ("metervaluessampleddata", "Voltage.l1", False),
+    ("metervaluessampleddata", "Voltage.", False),
+    ("metervaluessampleddata", "L1", False),
+    ("metervaluessampleddata", "Voltage.L1.L2", False),
+    # Booleans as chargers report them, in any case.
+    ("localauthorizeoffline", "True", True),
+    ("authorizeremotetxrequests", "TRUE", True),
+    ("stoptransactiononinvalidid", "False", True),
+    ("localauthorizeoffline", "yes", False),
+    ("localauthorizeoffline", "", False),
+    # A CSL: an empty name, a trailing comma's or between two, names nothing, as the
+    # empty list does (chargers split the list so).
+    ("metervaluessampleddata", "", True),
+    ("metervaluessampleddata", "Energy.Active.Import.Register,", True),
+    ("metervaluessampleddata", "Voltage,,SoC", True),
+    ("supportedfeatureprofiles", "Core,", True),
+    ("metervaluessampleddata", "Energy.Active.Import.Register,Bogus", False),
+])
+def test_ocpp_values_chargers_use_are_taken(key: str, value: str, taken: bool) -> None:
+    if taken:
+        assert v.configuration_value(key, value) == value
+        return
+    with pytest.raises(ValidationError) as caught:
+        v.configuration_value(key, value)
+    assert (caught.value.field, caught.value.code) == ("value", "INVALID")
 
 
 @pytest.mark.parametrize(("typed", "code"), [

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain import entities as d
+from domain.policy import Viewer
 from ocpp_bridge.simulator import connected
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_card_withdrawal import (
     SEND_LIST,
     block,
+    issue,
     local_lists_sent,
     send_full_list,
     settled,
@@ -67,28 +71,60 @@ async def test_a_differential_at_or_below_the_version_recorded_is_refused_naming
 async def test_a_list_accepting_a_card_the_product_refuses_is_refused_entry_by_entry(
         central: Central) -> None:
     """A Full list giving a blocked card Accepted was sent, answered ACCEPTED, and
-    withdrawn within a second. Each such entry is refused (INVALID_STATE, as a remote
-    start with the card); the card listed as what it is, and tags of no card here
-    (another network's), are sent."""
+    withdrawn within a second. Each such entry of a card the operator may see (their
+    company's people's) is refused (INVALID_STATE, as a remote start with the card);
+    the card listed as what it is, and tags of no card here (another network's), are
+    sent."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        await block(central, "ok", who="driver")
+        holder = await central.services.accounts.create_user(
+            Viewer.of(central.users["op"]), email="volt-driver@example.com",
+            password="password-123", name="volt-driver", role=d.Role.DRIVER)
+        for tag in ("VOLT-1", "VOLT-2"):
+            await issue(central, "op", tag, holder)
+            await block(central, tag, who="op")
         await settled(central)
         entries: list[dict[str, Any]] = [
             {"idTag": "ROAMING-1", "idTagInfo": {"status": "ACCEPTED"}},
-            {"idTag": "tag-ok", "idTagInfo": {"status": "ACCEPTED"}},
-            {"idTag": "TAG-BLOCKED", "idTagInfo": {"status": "ACCEPTED"}}]
+            {"idTag": "volt-1", "idTagInfo": {"status": "ACCEPTED"}},
+            {"idTag": "VOLT-2", "idTagInfo": {"status": "ACCEPTED"}}]
         wrong = {"input": {"cpId": "CP-1", "listVersion": 1, "updateType": "FULL",
                            "localAuthorizationList": entries}}
         answer = (await central.gql(SEND_LIST, wrong, as_user="op"))["sendLocalList"]
         assert [(e["field"], e["code"]) for e in answer["errors"]] == [
             ("localAuthorizationList.1.idTagInfo.status", "INVALID_STATE"),
             ("localAuthorizationList.2.idTagInfo.status", "INVALID_STATE")], answer
-        assert "TAG-OK is blocked" in answer["errors"][0]["message"]
+        assert "VOLT-1 is blocked" in answer["errors"][0]["message"]
         assert answer["status"] is None and local_lists_sent(cp) == []
         entries[1]["idTagInfo"]["status"] = entries[2]["idTagInfo"]["status"] = "BLOCKED"
         right = (await central.gql(SEND_LIST, wrong, as_user="op"))["sendLocalList"]
         assert right == {"status": "ACCEPTED", "errors": []}
-        assert cp.local_list["TAG-OK"]["status"] == "Blocked"
+        assert cp.local_list["VOLT-1"]["status"] == "Blocked"
         await settled(central)
         assert len(local_lists_sent(cp)) == 1  # no withdrawal followed
+
+
+async def test_a_card_the_operator_may_not_see_is_not_judged_and_tells_nothing(
+        central: Central) -> None:
+    """Review r33-d: op (Volt GmbH) was told "card TAG-OK is blocked here" of a driver's
+    own card outside its card visibility, before anything was sent, of any card in the
+    product. Such a card is sent as listed, as a tag of no card here is, the answer the
+    same whatever its state, and the product's own withdrawal follows."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await block(central, "ok", who="driver")
+        await settled(central)
+        listed = {"input": {"cpId": "CP-1", "listVersion": 1, "updateType": "FULL",
+                            "localAuthorizationList": [
+                                {"idTag": tag, "idTagInfo": {"status": "ACCEPTED"}}
+                                for tag in ("TAG-OK", "TAG-BLOCKED", "TAG-OTHER")]}}
+        answer = (await central.gql(SEND_LIST, listed, as_user="op"))["sendLocalList"]
+        assert answer == {"status": "ACCEPTED", "errors": []}
+        assert len(local_lists_sent(cp)) == 1
+        await settled(central)
+
+        async def withdrawn() -> bool:
+            return all(cp.local_list.get(tag) == {"status": "Blocked"}
+                       for tag in ("TAG-OK", "TAG-BLOCKED"))
+        await until(withdrawn)
+        assert cp.local_list["TAG-OTHER"]["status"] == "Accepted"  # as listed

@@ -231,7 +231,7 @@ async def test_an_operators_list_is_not_taken_for_our_withdrawal(central: Centra
         assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
 
 
-async def _checked_before(self: Any, entries: Any) -> None:
+async def _checked_before(self: Any, viewer: Any, entries: Any) -> None:
     """``CommandService._refuse_withdrawn_cards`` as it judged a list checked just
     before its card was blocked: nothing to refuse then."""
 
