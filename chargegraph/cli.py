@@ -278,7 +278,7 @@ class GracefulServer(uvicorn.Server):
 
 def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
-    from chargegraph.http_limits import HeadTimeoutProtocol, WebSocketProtocol, log_refusals
+    from chargegraph.http_limits import HttpProtocol, WebSocketProtocol, log_refusals
     from graph.http import MAX_BODY
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
@@ -298,7 +298,7 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
                             # connection, and connections beyond the cap are answered
                             # 503: idle or half-sent sockets held for ever filled the
                             # open files this process shares with the chargers' sockets.
-                            http=HeadTimeoutProtocol,
+                            http=HttpProtocol,
                             # Lets the app drop a websocket whose client reads nothing
                             # (its close would wait for ever to be sent).
                             ws=WebSocketProtocol,

@@ -70,7 +70,7 @@ HEALTHZ = "/healthz"
 UVICORN_REFUSAL = "Exceeded concurrency limit."
 
 
-class _HeadTimer:
+class _RequestTimers:
     """The head and body timeouts, shared by the HTTP protocols below. ``_arm`` starts the
     head's unless it runs, ``_disarm`` stops it; when it fires, the connection is closed
     (no answer: the client has not finished asking). ``_arm_body`` starts the body's,
@@ -141,9 +141,11 @@ class _HealthThroughCap:
         self._cap = cap  # uvicorn's ``__init__`` sets it from its config
 
 
-class H11HeadTimeout(_HeadTimer, _HealthThroughCap, H11Protocol):
-    """uvicorn's h11 protocol (where httptools is not installed) with the head timeout:
-    h11 reports the peer ``IDLE`` until a request's head is complete."""
+class H11Bounded(_RequestTimers, _HealthThroughCap, H11Protocol):
+    """uvicorn's h11 protocol (where httptools is not installed) with the head and body
+    timeouts: h11 reports the peer ``IDLE`` until a request's head is complete, then
+    ``SEND_BODY`` until its body is. No timer runs once the connection is upgraded to a
+    websocket (as on httptools)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -151,6 +153,13 @@ class H11HeadTimeout(_HeadTimer, _HealthThroughCap, H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.transport.get_protocol() is not self:
+            # Upgraded to a websocket, which has timeouts of its own: h11 still reports
+            # the request's body (SEND_BODY), but the connection is no longer ours, and
+            # its ``connection_lost`` is the websocket's, which would stop no timer here.
+            self._disarm()
+            self._disarm_body()
+            return
         state = self.conn.their_state
         if state is h11.IDLE and not self.transport.is_closing():
             self._arm()
@@ -167,19 +176,19 @@ class H11HeadTimeout(_HeadTimer, _HealthThroughCap, H11Protocol):
         super().connection_lost(exc)
 
 
-HeadTimeoutProtocol: type[asyncio.Protocol]
+HttpProtocol: type[asyncio.Protocol]
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools on CPython
-    HeadTimeoutProtocol = H11HeadTimeout
+    HttpProtocol = H11Bounded
 else:
-    class HttpToolsHeadTimeout(_HeadTimer, _HealthThroughCap, HttpToolsProtocol):
+    class HttpToolsBounded(_RequestTimers, _HealthThroughCap, HttpToolsProtocol):
         """uvicorn's httptools protocol (the one ``http="auto"`` picks when httptools is
-        installed) with the head timeout: armed when the connection opens and when a
-        request begins, stopped when its head is complete (a websocket upgrade's too: the
-        websocket has timeouts of its own) or the connection is lost. The body timer runs
-        from the head's end (not an upgrade's) until the message is complete, at once for
-        a request without a body."""
+        installed) with the head and body timeouts: the head's armed when the connection
+        opens and when a request begins, stopped when its head is complete (a websocket
+        upgrade's too: the websocket has timeouts of its own) or the connection is lost.
+        The body timer runs from the head's end (not an upgrade's) until the message is
+        complete, at once for a request without a body."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -204,7 +213,7 @@ else:
             self._disarm_body()
             super().connection_lost(exc)
 
-    HeadTimeoutProtocol = HttpToolsHeadTimeout
+    HttpProtocol = HttpToolsBounded
 
 
 class RefusalLog(logging.Filter):

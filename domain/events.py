@@ -219,6 +219,11 @@ class ChargerCommandRelayed(DomainEvent):
     action: str
     payload: dict[str, Any]
     timeout: float
+    #: The station's newest connection as the asker read it (``ChargerGateway.call``'s
+    #: ``newest``): a holder whose connection is older does not claim the command, which
+    #: would go out on a superseded socket (review s33). ``None`` from an instance that
+    #: predates it (a rolling upgrade), or a caller that read none.
+    newest: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -301,7 +301,11 @@ class ChargerGateway(Protocol):
     """Commands to connected chargers (implemented by the OCPP bridge). Payloads and
     answers use OCPP 1.6 JSON field names."""
 
-    def is_connected(self, cp_id: str) -> bool: ...
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
+        """Whether the charger is connected to this instance; with ``newest`` (as
+        ``call``'s), by a connection not older than it: an older one was superseded on
+        another instance."""
+        ...
 
     def connected(self) -> list[str]:
         """The cpIds of the chargers connected to this instance."""

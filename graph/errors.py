@@ -117,11 +117,23 @@ SERVICE_FAILURE_CODES = frozenset({"STORE_BUSY", "STORE_UNAVAILABLE",
 payload_codes: ContextVar[list[str] | None] = ContextVar("payload_codes", default=None)
 
 
+def not_executed(result: ExecutionResult) -> bool:
+    """Whether ``result`` was refused before any field ran: by strawberry (a
+    ``PreExecutionError``: the document's syntax or validation) or by graphql-core's own
+    start (a variable's value not coerced, as ``$n: Int!`` given "x", or no operation to
+    run: a plain result, no data and no error at a path)."""
+    return isinstance(result, PreExecutionError) or (
+        result.data is None and bool(result.errors)
+        and all(e.path is None for e in result.errors or ()))
+
+
 def request_outcome(result: ExecutionResult, codes: Collection[str]) -> str:
     """A result's outcome as ``/metrics`` counts it, over HTTP and the sockets alike:
-    ``invalid`` (refused before execution), ``error`` (executed with errors, or a payload
-    error of ``SERVICE_FAILURE_CODES`` among ``codes``, ``payload_codes``') or ``ok``."""
-    if isinstance(result, PreExecutionError):
+    ``invalid`` (refused before execution, ``not_executed``: the client's, a variable's
+    value too, as a subscription's (``live_ws._subscribe``)), ``error`` (executed with
+    errors, or a payload error of ``SERVICE_FAILURE_CODES`` among ``codes``,
+    ``payload_codes``') or ``ok``."""
+    if not_executed(result):
         return "invalid"
     return "error" if result.errors or not SERVICE_FAILURE_CODES.isdisjoint(codes) else "ok"
 

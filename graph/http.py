@@ -28,7 +28,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
 from domain.errors import DomainError, StoreOutcomeUnknown, Unauthenticated
@@ -37,7 +36,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services.idempotency import InProgress, Refusal, Replay
 from graph import exact_json
 from graph.context import GraphContext
-from graph.errors import RETRYABLE_CODES, payload_codes, request_outcome
+from graph.errors import RETRYABLE_CODES, not_executed, payload_codes, request_outcome
 from graph.pipeline import (
     mutation_fields,
     normalized,
@@ -454,10 +453,7 @@ class GraphQLHTTPHandler:
         finally:
             payload_codes.reset(marker)
         errors = [e.formatted for e in result.errors] if result.errors else None
-        no_data = isinstance(result, PreExecutionError) or (
-            result.data is None and result.errors is not None
-            and all(e.path is None for e in result.errors)
-        )
+        no_data = not_executed(result)
         payload: dict[str, Any] = {} if no_data else {"data": result.data}
         if errors:
             payload["errors"] = errors

@@ -101,8 +101,9 @@ class OcppGateway:
             return True
         return False
 
-    def is_connected(self, cp_id: str) -> bool:
-        return cp_id in self._handlers
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
+        handler = self._handlers.get(cp_id)
+        return handler is not None and not _superseded(handler, newest)
 
     def handler_of(self, cp_id: str) -> ChargePointHandler | None:
         return self._handlers.get(cp_id)
@@ -122,8 +123,7 @@ class OcppGateway:
         (``OcppServer.upkeep``) or it is noticed dead; a command sent on it meanwhile
         reached no one or the charger twice (review s33)."""
         handler = self._handlers.get(cp_id)
-        if handler is not None and newest is not None and handler.number is not None \
-                and newest > handler.number:
+        if handler is not None and _superseded(handler, newest):
             log.info("%s: its connection here (%s) is older than the one recorded (%s), on "
                      "another instance: %s not sent on it", cp_id, handler.number, newest,
                      action)
@@ -205,6 +205,12 @@ class OcppGateway:
 #: Date-times in the answers of commands (GetCompositeSchedule's); the 1.6 schemas only
 #: type them as strings.
 ANSWER_TIMES = frozenset({"scheduleStart", "startSchedule"})
+
+
+def _superseded(handler: ChargePointHandler, newest: int | None) -> bool:
+    """Whether ``handler``'s connection is older than ``newest``, the station's newest as
+    the store recorded it: that one is on another instance (``OcppGateway.call``)."""
+    return newest is not None and handler.number is not None and newest > handler.number
 
 
 def _times_in_utc(value: Any, path: str = "") -> Any:

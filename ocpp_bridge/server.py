@@ -54,7 +54,7 @@ from domain.ports import NO_METRICS, EventBus, Metrics
 from domain.services.charger_sign_ins import ChargerSignIns, Limit, Lockout, address_key
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
-from domain.validation import cp_id_key
+from domain.validation import OCPP_PATH, cp_id_key
 from ocpp_bridge.frames import MAX_SAMPLED_VALUES
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import (
@@ -283,7 +283,7 @@ class _UnderWay:
 def cp_id_from_path(path: str) -> str | None:
     path = path.split("?", 1)[0]
     parts = [p for p in path.split("/") if p]
-    if len(parts) == 2 and parts[0] == "ocpp":
+    if len(parts) == 2 and parts[0] == OCPP_PATH:
         raw = parts[1]
     elif len(parts) == 1:
         raw = parts[0]

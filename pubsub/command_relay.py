@@ -226,10 +226,10 @@ class CommandRelay:
             pending.fail(ChargerOffline(reason))  # the rest were never sent
 
     # ------------------------------------------------------------- the port
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         """Whether the charger is connected to this instance (others are asked by
         ``call``; the store's ``Station.online`` is the deployment-wide view)."""
-        return self.local is not None and self.local.is_connected(cp_id)
+        return self.local is not None and self.local.is_connected(cp_id, newest)
 
     def connected(self) -> list[str]:
         """The chargers connected to this instance (not those others hold)."""
@@ -253,7 +253,7 @@ class CommandRelay:
                 await self.bus.publish(ChargerCommandRelayed(
                     station_id=None, cp_id=cp_id, request_id=request_id,
                     origin=self.instance, action=action, payload=wire_json(payload),
-                    timeout=timeout))
+                    timeout=timeout, newest=newest))
             except Exception as exc:
                 log.warning("cannot relay %s to %s: %r", action, cp_id, exc)
                 if elsewhere is not None:  # connected to another instance, unreachable
@@ -324,8 +324,11 @@ class CommandRelay:
                                 event.count)
 
     def _on_request(self, request: ChargerCommandRelayed) -> None:
+        # Not claimed on a connection older than the newest the asker read: the charger
+        # connected to another instance since (this one did not hear it, the bus was
+        # out), whose claim this one's would beat, sending on the old socket (review s33).
         if request.origin == self.instance or self.local is None \
-                or not self.local.is_connected(request.cp_id):
+                or not self.local.is_connected(request.cp_id, request.newest):
             return
         task = asyncio.create_task(self._serve(self.local, request))
         self._serving.add(task)
@@ -361,7 +364,7 @@ class CommandRelay:
             progress.add_done_callback(self._serving.discard)
             try:
                 result = await local.call(request.cp_id, request.action, request.payload,
-                                          request.timeout)
+                                          request.timeout, request.newest)
             except DomainError as error:
                 await fail(error)
                 return

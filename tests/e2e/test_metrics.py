@@ -229,3 +229,38 @@ async def test_operations_over_the_websocket_are_counted_by_transport(
     assert value(samples, requests, transport="http", operation="mutation",
                  outcome="ok") == 1  # the sign-in
     assert sum(n for (name, labels), n in samples.items() if name == requests) == 8
+
+
+async def test_a_variable_s_refused_value_is_counted_invalid_on_both_transports(
+        tmp_path: Path) -> None:
+    """Review s33: a subscription whose variable was refused was counted ``invalid`` and
+    a query's or mutation's ``error`` (graphql-core refuses it before any field runs, as
+    a plain result). One rule: the value is the client's, ``invalid``, over HTTP and the
+    socket alike."""
+    query = "query($b: Boolean!) { __typename @include(if: $b) }"
+    mutation = 'mutation($p: String!) { login(email: "op@example.com", password: $p) { token } }'
+    subscription = ("subscription($b: Boolean!) { connectorStatusChanged "
+                    "{ cpId @include(if: $b) } }")
+    async with running_service(tmp_path) as service:
+        token = await service.token("op")  # over HTTP: the one mutation counted ok
+        async with httpx.AsyncClient() as client:
+            for document, variables in ((query, {"b": "x"}), (mutation, {"p": 5})):
+                answer = await client.post(f"{service.http_url}/graphql", json={
+                    "query": document, "variables": variables})
+                assert "data" not in answer.json(), answer.text
+        socket = await GraphQLWS.open(service.ws_url, token)
+        try:
+            for document, variables in ((query, {"b": "x"}), (mutation, {"p": 5}),
+                                        (subscription, {"b": "x"})):
+                op_id = await socket.subscribe(document, variables)
+                assert (await answers(socket, op_id))[-1] in ("complete", "error")
+            samples, _ = await scrape(service)
+        finally:
+            await socket.close()
+    requests = "chargegraph_graphql_requests_total"
+    for transport, operation in (("http", "query"), ("http", "mutation"), ("ws", "query"),
+                                 ("ws", "mutation"), ("ws", "subscription")):
+        assert value(samples, requests, transport=transport, operation=operation,
+                     outcome="invalid") == 1, (transport, operation)
+        assert value(samples, requests, transport=transport, operation=operation,
+                     outcome="error") is None, (transport, operation)

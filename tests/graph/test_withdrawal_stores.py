@@ -388,7 +388,7 @@ class _Holding:
     def __init__(self, *cp_ids: str) -> None:
         self.cp_ids = set(cp_ids)
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return cp_id in self.cp_ids
 
     def connected(self) -> list[str]:

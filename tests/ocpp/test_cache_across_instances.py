@@ -313,7 +313,7 @@ class Answers:
     def __init__(self, answer: dict[str, Any]) -> None:
         self.answer = answer
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True  # its charger reachable through it
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,

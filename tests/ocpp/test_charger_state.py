@@ -168,7 +168,7 @@ class _ReportsBeforeAnswering:
     def __init__(self, central: Central) -> None:
         self.central = central
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True  # its charger, reached through it
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
@@ -431,7 +431,7 @@ class _ReportsFirst:
         self.statuses = [status] if isinstance(status, str) else status
         self.pause = pause
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True  # its charger, reached through it
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
@@ -622,7 +622,7 @@ class _EndsFirstOnce:
         self.central, self.uploads = central, 0
         self.report_first: str | None = None
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True  # its charger, reached through it
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float,
@@ -1421,7 +1421,7 @@ class _AcceptingCharger:
     def __init__(self) -> None:
         self.before_answer: Callable[[], Awaitable[None]] | None = None
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True
 
     def connected(self) -> list[str]:

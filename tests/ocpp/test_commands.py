@@ -541,7 +541,7 @@ class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
     request type does not take did), its charger connected here."""
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True
 
     async def call(self, cp_id: str, action: str, payload: dict[str, Any],

@@ -5,6 +5,7 @@ carries it) and over two real Redis connections."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -29,6 +30,7 @@ from domain.events import (
 )
 from domain.services.commands import not_the_chargers_answer
 from pubsub import command_relay
+from pubsub.codec import decode, encode
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
 from pubsub.memory import MemoryEventBus
@@ -54,9 +56,14 @@ class FakeChargers:
         self.called = asyncio.Event()
         #: What an answer ``"held"`` waits for.
         self.released = asyncio.Event()
+        #: The number the store drew for a charger's connection here, where a test gives
+        #: one (``ChargePointHandler.number``): older than ``newest``, it was superseded.
+        self.numbers: dict[str, int] = {}
 
-    def is_connected(self, cp_id: str) -> bool:
-        return cp_id in self.cp_ids
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
+        number = self.numbers.get(cp_id)
+        return cp_id in self.cp_ids and not (
+            newest is not None and number is not None and newest > number)
 
     def connected(self) -> list[str]:
         return sorted(self.cp_ids)
@@ -565,6 +572,53 @@ async def test_a_holder_stops_in_bounded_time_when_the_bus_hangs(
         with pytest.raises(DomainError):
             await asyncio.wait_for(asked, AT_ONCE)
         await bus.close()
+
+
+async def test_a_holder_on_a_superseded_connection_does_not_claim(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """Review s33: after an outage of the bus, instance B still held the charger's old
+    socket, not knowing it had connected to C since; a command asked on A, carrying no
+    connection number, was claimed by B (first, or alone) and sent on the old socket.
+    The asker's ``newest`` travels with the request, and B's older connection does not
+    claim it."""
+    stale, current = FakeChargers("CP-1"), FakeChargers("CP-1")
+    stale.numbers["CP-1"], current.numbers["CP-1"] = 1, 2
+    a = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    b = CommandRelay(buses[1], stale, claim_timeout=CLAIM_TIMEOUT)
+    c = CommandRelay(buses[1], current, claim_timeout=CLAIM_TIMEOUT)
+    unlock = {"connectorId": 1}
+    await a.start()
+    await b.start()
+    try:
+        # C does not hear the bus yet: nobody claims it, and nothing is sent.
+        with pytest.raises(ChargerOffline):
+            await a.call("CP-1", "UnlockConnector", unlock, LONG, newest=2)
+        assert stale.calls == []
+        # A request without a number (an older asker in a rolling upgrade) is claimed by
+        # whoever holds the charger, as before.
+        assert await a.call("CP-1", "UnlockConnector", unlock, LONG) == {"status": "Accepted"}
+        assert len(stale.calls) == 1
+        await c.start()
+        for _ in range(3):  # B's claim, had it made one, could come first
+            answer = await a.call("CP-1", "UnlockConnector", unlock, LONG, newest=2)
+            assert answer == {"status": "Accepted"}
+        assert len(current.calls) == 3
+        assert len(stale.calls) == 1
+    finally:
+        for relay in (a, b, c):
+            await relay.close()
+
+
+def test_a_relayed_command_without_a_connection_number_is_read() -> None:
+    """An older instance's request carries no ``newest``: it decodes, as one with it does
+    on an older instance (which ignores a field it does not know)."""
+    request = ChargerCommandRelayed(station_id=None, cp_id="CP-1", request_id="r", origin="o",
+                                    action="Reset", payload={}, timeout=5.0, newest=7)
+    raw = json.loads(encode(request))
+    assert raw["newest"] == 7
+    del raw["newest"]
+    older = decode(json.dumps(raw))
+    assert isinstance(older, ChargerCommandRelayed) and older.newest is None
 
 
 # A rolling upgrade: instances of two versions, the wire carrying an error's class name

@@ -133,7 +133,8 @@ async def test_the_demos_chargers_trust_its_wss_server(pem: Path, tmp_path: Path
 
 @pytest.mark.parametrize(("host", "loopback"), [
     ("127.0.0.1", True), ("::1", True), ("localhost", True), ("127.0.0.2", True),
-    ("0.0.0.0", False), ("::", False), ("192.0.2.1", False), ("fe80::1%1", False)])
+    ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::", False), ("192.0.2.1", False),
+    ("::ffff:192.0.2.1", False), ("fe80::1%1", False)])
 def test_which_hosts_are_reached_from_this_machine_only(host: str, loopback: bool) -> None:
     assert loopback_only(host) is loopback
 

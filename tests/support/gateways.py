@@ -9,7 +9,7 @@ from typing import Any
 class Accepting:
     """A charger that accepts every command it is sent."""
 
-    def is_connected(self, cp_id: str) -> bool:
+    def is_connected(self, cp_id: str, newest: int | None = None) -> bool:
         return True
 
     def connected(self) -> list[str]:
