@@ -606,9 +606,9 @@ class Session(Record):
     #: connection open since before it. Such a session is billed no longer than our
     #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
     #: transaction queued offline and sent later included. A close by a stop stamped as
-    #: long before its station's record as its start, arriving with it (within
-    #: ``BILLED_TIME_TOLERANCE`` of its receipt), clears it: a queue replayed
-    #: (``charger_clocks.ticked_through``).
+    #: long before its station's record as its start, and more than
+    #: ``BILLED_TIME_TOLERANCE`` before its charger's clock as tracked when it arrived,
+    #: clears it: a queue replayed (``charger_clocks.ticked_through``).
     start_clock_behind: bool = False
     #: The timestamp its StartTransaction carried when that was no time at all (before
     #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970 or 2000) and the

@@ -2503,6 +2503,9 @@ class ChargingService(ChargerConnections):
             # comes (review s20: 6 h billed for a 10-minute session).
             end = session.end_time if closed_without_stop(session) \
                 and session.end_time is not None else self._timeline_now(session)
+        # The charger's clock as tracked before this stop's own stamp moves it: one
+        # stamped long before it was queued (``ticked_through``).
+        charger_clock = self.clocks.known_now(cp_id)
         await self._clock_report(station, end)
         # meterStop is the transaction's own final register (what the charger signs and
         # bills by), so it decides the energy, counted across a rollover or reset of the
@@ -2574,7 +2577,7 @@ class ChargingService(ChargerConnections):
             station, session, register, end, reason or "Local", actor, energy_wh=energy,
             awaited=awaits_stop(session), stopped=True, readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
-            meter=meter, stop_stamp=stamp)
+            meter=meter, stop_stamp=stamp, charger_clock=charger_clock)
         # The samples' changes first: closed by its stop and ended before a retention's
         # cut-off (a stop sent weeks late), the session's samples may go as soon as its
         # close lands, which on MongoDB is before the rest of the write: a sweep landing
@@ -2697,7 +2700,8 @@ class ChargingService(ChargerConnections):
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
                      meter: dict[str, Any] | None = None,
-                     stop_stamp: datetime | None = None
+                     stop_stamp: datetime | None = None,
+                     charger_clock: datetime | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -2717,11 +2721,13 @@ class ChargingService(ChargerConnections):
         time-of-day prices count over the stored ones. ``meter``: its register's count as
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
         flagged). ``stop_stamp``: the timestamp its StopTransaction carried (``stopped``),
-        kept for a session of a clock never set (``Session.reported_end``). A replay of an
+        kept for a session of a clock never set (``Session.reported_end``);
+        ``charger_clock``: what its charger's clock read when the stop arrived
+        (``ChargerClocks.known_now``, ``ticked_through``). A replay of an
         earlier session (``_replayed``) is priced nothing and flagged ``REPLAYED``."""
         read = session  # as read: what the close is written onto
         if stopped and stop_stamp is not None \
-                and ticked_through(session, stop_stamp, station.created_at, self.now()):
+                and ticked_through(session, stop_stamp, station.created_at, charger_clock):
             # Not behind ours after all: a queue replayed, its stamps believed for its
             # times, end, tariff and energy alike (recorded so by the close).
             session = replace(session, start_clock_behind=False)
