@@ -5,10 +5,8 @@ the ``ocpp`` package as the charger, to a process that has not heard the charger
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from ocpp.v16 import call
@@ -19,26 +17,12 @@ from domain.pricing import cost_breakdown
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
-from tests.support.mongo_backend import open_mongo_store
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import central_on_each_store as central
+
+__all__ = ["central"]  # the fixture, on each store
 
 ENERGY = "Energy.Active.Import.Register"
-
-
-@pytest.fixture(params=["sqlite", "mongo"])
-async def central(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
-    if request.param == "sqlite":
-        c = await start_central(tmp_path / "central.db")
-    else:
-        async with open_mongo_store() as mongo:
-            c = await start_central(tmp_path / "unused.db", store=mongo)
-            await seed(c)
-            yield c
-            await stop_central(c)
-        return
-    await seed(c)
-    yield c
-    await stop_central(c)
 
 
 def _stamp(at: datetime) -> str:

@@ -8,9 +8,7 @@ with the ``ocpp`` package as the charger, on both stores."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from ocpp.v16 import call
@@ -22,25 +20,11 @@ from domain.ports import Insert
 from domain.query import Eq
 from domain.services.base import stamp_new
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import central_on_each_store as central
 from tests.ocpp.test_commands import run
-from tests.support.mongo_backend import open_mongo_store
 
-
-@pytest.fixture(params=["sqlite", "mongo"])
-async def central(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
-    if request.param == "sqlite":
-        c = await start_central(tmp_path / "central.db")
-    else:
-        async with open_mongo_store() as mongo:
-            c = await start_central(tmp_path / "unused.db", store=mongo)
-            await seed(c)
-            yield c
-            await stop_central(c)
-        return
-    await seed(c)
-    yield c
-    await stop_central(c)
+__all__ = ["central"]  # the fixture, on each store
 
 
 def _stamp(at: datetime) -> str:
