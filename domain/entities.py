@@ -167,6 +167,9 @@ class Record:
     kind: ClassVar[str] = "record"
     #: Fields never copied into audit snapshots (secrets).
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    #: Fields never copied into audit snapshots either, though no secret: personal, and
+    #: in entries no erasure finds by their person (``RefreshFamily.user_agent``).
+    unaudited_fields: ClassVar[frozenset[str]] = frozenset()
     #: (secret field, marker): an update's audit image says ``marker: true`` when the
     #: secret changed (``audit_after``), so a password reset shows without the secret.
     secret_markers: ClassVar[tuple[tuple[str, str], ...]] = ()
@@ -606,9 +609,9 @@ class Session(Record):
     #: connection open since before it. Such a session is billed no longer than our
     #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
     #: transaction queued offline and sent later included. A close by a stop stamped as
-    #: long before its station's record as its start, arriving with it (within
-    #: ``BILLED_TIME_TOLERANCE`` of its receipt), clears it: a queue replayed
-    #: (``charger_clocks.ticked_through``).
+    #: long before its station's record as its start, and more than
+    #: ``BILLED_TIME_TOLERANCE`` before its charger's clock as tracked when it arrived,
+    #: clears it: a queue replayed (``charger_clocks.ticked_through``).
     start_clock_behind: bool = False
     #: The timestamp its StartTransaction carried when that was no time at all (before
     #: ``charger_clocks.NEVER_SET_BEFORE``: a clock never set, 1970 or 2000) and the
@@ -1433,6 +1436,11 @@ class RefreshFamily(Record):
 
     kind: ClassVar[str] = "refresh_family"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"token_epoch"})
+    #: Its audit entries (a device signed out) are of no one's books (``Service._whose``:
+    #: admins' alone), so an erasure, which scrubs the entries about its person, never
+    #: finds them: the user agent stays out of their images (review r33: an erased
+    #: person's user agents stayed there next to their user id).
+    unaudited_fields: ClassVar[frozenset[str]] = frozenset({"user_agent"})
     user_id: str
     token_epoch: int
     #: The newest token's expiry: a family past it can be deleted.
@@ -1588,7 +1596,7 @@ def snapshot(record: Record) -> dict[str, Any]:
     URLs without their credentials: ``Record.url_fields``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
-        if f.name in record.secret_fields:
+        if f.name in record.secret_fields or f.name in record.unaudited_fields:
             continue
         value = getattr(record, f.name)
         if f.name in record.url_fields and isinstance(value, str):

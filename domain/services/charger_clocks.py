@@ -20,8 +20,8 @@ NEVER_SET_BEFORE = datetime(2015, 1, 1, tzinfo=UTC)
 #: transactions a charger queued offline before it was registered here (moved from
 #: another central system). Older is taken for a clock behind ours, never set right
 #: (a firmware's date after a reset; 1970 and 2000 are ``NEVER_SET_BEFORE``'s) unless
-#: its stop is stamped as long before and later than our clock saw, and reached us with
-#: its start (``ticked_through``).
+#: its stop is stamped as long before and long before the charger's clock read when it
+#: arrived (``ticked_through``).
 MAX_QUEUED_BEFORE_RECORD = timedelta(days=30)
 #: How soon after its connection opened a boot is taken for the one the charger made
 #: before connecting (``ChargerClocks.boot_at``): a charger sends its BootNotification
@@ -201,6 +201,12 @@ class ChargerClocks:
         clock is off (or a test replays history)."""
         return self.charger_time(cp_id, self.now())
 
+    def known_now(self, cp_id: str) -> datetime | None:
+        """The current instant on the charger's clock as this process tracks it from its
+        timestamps (``charger_now``), or ``None`` when it has sent this process none: a
+        stop stamped long before it was queued (``ticked_through``)."""
+        return self.charger_now(cp_id) if cp_id in self._seen else None
+
     def charger_time(self, cp_id: str, at: datetime) -> datetime:
         """Our instant ``at`` on the charger's clock (ours until it sent a timestamp): a
         disconnect dated before now (when a charger whose connection was lost with a
@@ -226,28 +232,29 @@ def before_record(at: datetime, station_since: datetime) -> bool:
 
 
 def ticked_through(session: Session, stop_stamp: datetime, station_since: datetime,
-                   ours: datetime) -> bool:
+                   charger_clock: datetime | None) -> bool:
     """Whether ``session``, its start taken for a clock behind ours for being stamped
-    long before its station's record (``behind_at``), was closed by a stop stamped on
-    that same clock, never set right between them: stamped as long before the record,
-    and later than its start by more than our clock saw (``Session.billed_end`` would
-    cut it). A clock set right mid-session stamps its stop today, not months back; so
-    the span is the clock's own ticking through a transaction queued offline and
-    replayed, start and stop together, and the session is one (its stamps its times, as
-    any queued one's). QA s33: its end was cut to what our clock saw (0.024 s of 3 h),
-    priced by a tariff set after the start it kept, its energy judged by the 3 h. Only
-    when the stop reached us (``ours``) within ``BILLED_TIME_TOLERANCE`` of its start's
-    receipt (``created_at``): both flushed from the queue together. A live session on a
-    clock far behind whose start merely arrived late (queued through a short drop) has
-    its stop stamped later than our clock saw too, and was left unpriced for it
-    (review r33-a). Not a clock never set (``reported_start``: dated on arrival), nor a
-    stop that lasted no longer than our clock saw (a live session on a clock behind,
-    priced at its receipt: by its stamp it predates every tariff)."""
+    long before its station's record (``behind_at``), was closed by a stop queued with
+    it: stamped as long before the record, and more than ``BILLED_TIME_TOLERANCE``
+    before what the charger's clock read when the stop arrived (``charger_clock``,
+    ``ChargerClocks.known_now``, read before the stop itself is observed). The stop
+    happened long before it was sent: a transaction queued offline and replayed, start
+    and stop together, and the session is one (its stamps its times, as any queued
+    one's). QA s33: its end was cut to what our clock saw (0.024 s of 3 h), priced by a
+    tariff set after the start it kept, its energy judged by the 3 h. A stop stamped
+    within the tolerance of the charger's clock (or after it) is live on that clock, a
+    clock far behind ours: billed by arrival (``Session.billed_end``), whatever the time
+    between the start's and the stop's arrival (review r33: a 2-minute bound on that
+    billed a 61 h queue whose stop came 3 minutes after its start 3 minutes, and priced a
+    live session on a clock 40 days behind, its start held by a drop, by its stamps).
+    So is one whose charger's clock this process does not know (``None``: no timestamp
+    of it seen yet), the conservative answer. Not a clock never set (``reported_start``:
+    dated on arrival), nor a stop stamped today (a clock set right mid-session)."""
     return session.start_clock_behind and session.reported_start is None \
-        and ours - session.created_at <= BILLED_TIME_TOLERANCE \
+        and charger_clock is not None \
         and before_record(session.start_time, station_since) \
         and before_record(stop_stamp, station_since) \
-        and session.billed_end(stop_stamp, ours) < stop_stamp
+        and stop_stamp < charger_clock - BILLED_TIME_TOLERANCE
 
 
 def _in_queue_window(opened: datetime, at: datetime) -> bool:

@@ -1477,7 +1477,7 @@ class ChargingService(ChargerConnections):
                     # start_refused, its charge read as refused).
                     return same.transaction_id, _told(station,
                                                       await self._recorded_answer(same))
-                info = await self._resent(station, same, presented, identity.replayed)
+                info = await self._resent(station, same, presented, identity)
                 return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
             # from Available straight to StartTransaction says nothing the map hears.
@@ -1506,7 +1506,7 @@ class ChargingService(ChargerConnections):
                 await self.pause_to_retry(attempt)
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                info = await self._resent(station, opened, presented, identity.replayed)
+                info = await self._resent(station, opened, presented, identity)
                 return opened.transaction_id, _told(station, info)
             session, ended, used, repriced, info = opened
             break
@@ -1583,7 +1583,7 @@ class ChargingService(ChargerConnections):
                 log.exception("a listener of %s's %s failed", cp_id, what)
 
     async def _resent(self, station: Station, session: Session, presented: str,
-                      replayed: bool) -> IdTagInfo:
+                      identity: _StartIdentity) -> IdTagInfo:
         """The answer to a start whose session a copy of it wrote (``session``): judged as
         its first copy was. One accepted then is held up only by earlier transactions
         still holding the card: a later one of the same card (tapped on another connector
@@ -1606,12 +1606,18 @@ class ChargingService(ChargerConnections):
         (review r27-accounts3); else the charger was told another driver's card's
         status, Blocked for an Invalid start (review r27-accounts4). So is one refused
         because its plug was reserved for another card (``_refused_for_the_plug``):
-        judged on its card alone, it was told Accepted. One whose card is
-        on record no more is judged (Invalid): no one else's status is told.
-        ``replayed``: the copy came from an offline queue (``_StartIdentity.replayed``,
-        the clocks' verdict now). A copy of one recorded Accepted (billed) is judged a
-        replayed start when either the clocks say so now or its session does
-        (``_recorded_as_replay``: it arrived long after its time, its clock not behind):
+        judged on its card alone, it was told Accepted. One refused for another reason
+        (ConcurrentTx, Blocked) on a plug that a live reservation holds for another card
+        (``_held_for_another``, judged as its first copy was) is told Invalid where its
+        card alone would accept it, its refusal kept as recorded (review r33: the first
+        copy's check turned only an Accepted into Invalid, and a resend after the card's
+        other session stopped was Accepted, billed, on the reserved plug).
+        One whose card is on record no more is judged (Invalid): no one else's status
+        is told. ``identity.replayed``: the copy came from an offline queue
+        (``_StartIdentity.replayed``, the clocks' verdict now). A copy of one recorded
+        Accepted (billed) is judged a replayed start when either the clocks say so now
+        or its session does (``_recorded_as_replay``: it arrived long after its time,
+        its clock not behind):
         its first copy may have been judged late by a verdict neither records, the
         charger's clock known then (a clock 3 min ahead, a start 4 min old on it), or one
         another process knows not; its resend, judged live by the other, was told
@@ -1621,8 +1627,8 @@ class ChargingService(ChargerConnections):
         billed. A copy of one recorded refused is judged replayed only when both say so:
         its refusal stands until its card is free."""
         recorded = _recorded_as_replay(session)
-        replayed = (replayed or recorded) if session.start_refused is None \
-            else replayed and recorded
+        replayed = (identity.replayed or recorded) if session.start_refused is None \
+            else identity.replayed and recorded
         for attempt in range(1, START_ATTEMPTS + 1):
             card = await self.store.find_one(IdTag, Eq("tag", presented))
             if session.start_refused is not None and card is not None and (
@@ -1632,6 +1638,11 @@ class ChargingService(ChargerConnections):
                 station.cp_id, presented, (session.id,),
                 before=session.transaction_id if session.start_refused is None else None,
                 card=(card,), begun_by=session.start_time if replayed else None)
+            if info.status == "Accepted" and session.start_refused is not None \
+                    and not replayed and await self._held_for_another(
+                        station, session.connector_id, presented, card,
+                        identity._replace(replayed=False)):
+                info = IdTagInfo("Invalid")  # as a first copy's live start (``_open_session``)
             answered = await self._answered(station, session, info, replayed, card)
             if answered is not None:
                 return answered[1]
@@ -1862,11 +1873,14 @@ class ChargingService(ChargerConnections):
                         state=ReservationState.USED)
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
-        elif held is not None and identity.replayed:
+        elif held is not None and identity.replayed \
+                and held.state_at(self.now()) is not ReservationState.EXPIRED:
             # Replayed from an offline queue: the plug was taken, charged and billed
             # before anyone could refuse it; the reservation can no longer be used, and
             # left live it would keep its driver from reserving elsewhere until it
-            # expired. Cancelled, its driver told (``reservationChanged``).
+            # expired. Cancelled, its driver told (``reservationChanged``). One past its
+            # expiry by now is over already: left to the expiry sweep to store EXPIRED
+            # (review r33: it was CANCELLED, its driver told a cancellation).
             log.info("%s: transaction stamped %s, replayed from the offline queue, took "
                      "connector %s reserved for another card; reservation %s cancelled",
                      cp_id, rfc3339(start), connector_id, held.reservation_id)
@@ -2489,6 +2503,9 @@ class ChargingService(ChargerConnections):
             # comes (review s20: 6 h billed for a 10-minute session).
             end = session.end_time if closed_without_stop(session) \
                 and session.end_time is not None else self._timeline_now(session)
+        # The charger's clock as tracked before this stop's own stamp moves it: one
+        # stamped long before it was queued (``ticked_through``).
+        charger_clock = self.clocks.known_now(cp_id)
         await self._clock_report(station, end)
         # meterStop is the transaction's own final register (what the charger signs and
         # bills by), so it decides the energy, counted across a rollover or reset of the
@@ -2560,7 +2577,7 @@ class ChargingService(ChargerConnections):
             station, session, register, end, reason or "Local", actor, energy_wh=energy,
             awaited=awaits_stop(session), stopped=True, readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
-            meter=meter, stop_stamp=stamp)
+            meter=meter, stop_stamp=stamp, charger_clock=charger_clock)
         # The samples' changes first: closed by its stop and ended before a retention's
         # cut-off (a stop sent weeks late), the session's samples may go as soon as its
         # close lands, which on MongoDB is before the rest of the write: a sweep landing
@@ -2683,7 +2700,8 @@ class ChargingService(ChargerConnections):
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
                      meter: dict[str, Any] | None = None,
-                     stop_stamp: datetime | None = None
+                     stop_stamp: datetime | None = None,
+                     charger_clock: datetime | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -2703,11 +2721,13 @@ class ChargingService(ChargerConnections):
         time-of-day prices count over the stored ones. ``meter``: its register's count as
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
         flagged). ``stop_stamp``: the timestamp its StopTransaction carried (``stopped``),
-        kept for a session of a clock never set (``Session.reported_end``). A replay of an
+        kept for a session of a clock never set (``Session.reported_end``);
+        ``charger_clock``: what its charger's clock read when the stop arrived
+        (``ChargerClocks.known_now``, ``ticked_through``). A replay of an
         earlier session (``_replayed``) is priced nothing and flagged ``REPLAYED``."""
         read = session  # as read: what the close is written onto
         if stopped and stop_stamp is not None \
-                and ticked_through(session, stop_stamp, station.created_at, self.now()):
+                and ticked_through(session, stop_stamp, station.created_at, charger_clock):
             # Not behind ours after all: a queue replayed, its stamps believed for its
             # times, end, tariff and energy alike (recorded so by the close).
             session = replace(session, start_clock_behind=False)

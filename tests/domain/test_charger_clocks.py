@@ -124,48 +124,54 @@ def test_a_boot_makes_a_clock_behind_its_clock_over_a_reconnect_too() -> None:
     assert not clocks.replayed("CP", ours.now - timedelta(hours=1))
 
 
-def test_a_stop_as_far_behind_as_its_start_shows_a_clock_that_ticked_through_a_queue() -> None:
-    """QA s33: a start taken for a clock behind ours, stamped more than
-    ``MAX_QUEUED_BEFORE_RECORD`` before its station's record, is a queue replayed when its
-    stop is stamped as far back and later than our clock saw; a stop stamped today is a
-    clock set right mid-session, one no later than our clock saw a live session on a
-    clock behind, and a clock never set (``reported_start``) stays dated on arrival."""
-    recorded = T  # the station's record; the start and stop came at T + 1 h, 1 s apart
+def test_a_stop_long_before_its_chargers_clock_shows_a_queue_replayed() -> None:
+    """QA s33, review r33: a start taken for a clock behind ours, stamped more than
+    ``MAX_QUEUED_BEFORE_RECORD`` before its station's record, is a queue replayed when
+    its stop is stamped as far back and more than ``BILLED_TIME_TOLERANCE`` before what
+    the charger's clock read at the stop's arrival (a clock shown by its live messages),
+    however soon after the start it came; a stop stamped by that clock (within the
+    tolerance, or after it) is live on a clock behind, billed by arrival, however long
+    after its start it came; a clock this process does not know is taken for live; a
+    stop stamped today is a clock set right mid-session, and a clock never set
+    (``reported_start``) stays dated on arrival."""
+    recorded = T  # the station's record; the start came at T + 1 h
     began = recorded - MAX_QUEUED_BEFORE_RECORD - timedelta(days=10)
     session = Session(station_id="st", cp_id="CP", connector_id=1, transaction_id=1,
                       id_tag="T", user_id="u", meter_start_wh=0, start_time=began,
                       created_at=T + timedelta(hours=1), start_clock_behind=True)
-    stop_came = T + timedelta(hours=1, seconds=1)
-    assert ticked_through(session, began + timedelta(hours=3), recorded, stop_came)
-    assert not ticked_through(session, stop_came, recorded, stop_came)  # set right
-    # Lasting no longer than our clock saw (and its tolerance): live, priced on arrival.
-    assert not ticked_through(session, began + timedelta(minutes=2), recorded, stop_came)
+    stop = began + timedelta(hours=61)
+    today = T + timedelta(hours=1, minutes=3)  # the clock set right: a queue
+    assert ticked_through(session, stop, recorded, today)
+    assert ticked_through(session, began + timedelta(minutes=2), recorded, today)
+    # The bound: more than the tolerance before the charger's clock, a queue; at it or
+    # within it, or after it (a clock taken from the queue's own stamps), live.
+    assert ticked_through(session, stop, recorded,
+                          stop + BILLED_TIME_TOLERANCE + timedelta(seconds=1))
+    assert not ticked_through(session, stop, recorded, stop + BILLED_TIME_TOLERANCE)
+    assert not ticked_through(session, stop, recorded, stop)
+    assert not ticked_through(session, stop, recorded, began + timedelta(minutes=3))
+    assert not ticked_through(session, stop, recorded, None)  # not known: by arrival
+    assert not ticked_through(session, today, recorded, today)  # set right
     # Its start within the month before the record: not taken for a clock behind by it.
     near = replace(session, start_time=recorded - timedelta(days=11))
-    assert not ticked_through(near, near.start_time + timedelta(hours=3), recorded,
-                              stop_came)
-    assert not ticked_through(replace(session, start_clock_behind=False),
-                              began + timedelta(hours=3), recorded, stop_came)
+    assert not ticked_through(near, near.start_time + timedelta(hours=3), recorded, today)
+    assert not ticked_through(replace(session, start_clock_behind=False), stop, recorded,
+                              today)
     never_set = replace(session, reported_start=datetime(1970, 1, 1, tzinfo=UTC))
-    assert not ticked_through(never_set, began + timedelta(hours=3), recorded, stop_came)
+    assert not ticked_through(never_set, stop, recorded, today)
 
 
-def test_a_live_stop_of_a_start_that_arrived_late_is_no_replay() -> None:
-    """Review r33-a: a live session on a clock far behind whose start merely arrived late
-    (queued through a short drop) has its stop stamped later than our clock saw too; it
-    is a queue replayed only if the stop reached us with its start (within
-    ``BILLED_TIME_TOLERANCE`` of its receipt), not hours on."""
-    recorded = T
-    began = recorded - MAX_QUEUED_BEFORE_RECORD - timedelta(days=10)
-    arrived = T + timedelta(hours=1)
-    session = Session(station_id="st", cp_id="CP", connector_id=1, transaction_id=1,
-                      id_tag="T", user_id="u", meter_start_wh=0, start_time=began,
-                      created_at=arrived, start_clock_behind=True)
-    # Charged live for 2 h after the start (queued 1 h) arrived: stamped 3 h.
-    assert not ticked_through(session, began + timedelta(hours=3), recorded,
-                              arrived + timedelta(hours=2))
-    # The bound: flushed together, the stop at most the tolerance after the start.
-    assert ticked_through(session, began + timedelta(hours=3), recorded,
-                          arrived + BILLED_TIME_TOLERANCE)
-    assert not ticked_through(session, began + timedelta(hours=3), recorded,
-                              arrived + BILLED_TIME_TOLERANCE + timedelta(seconds=1))
+def test_the_chargers_clock_is_known_from_its_own_timestamps_only() -> None:
+    """``known_now``: none before the charger sent this process a timestamp; after, its
+    clock as its newest one showed it, run on by ours, not moved by a queued report."""
+    ours = Ours()
+    clocks = ChargerClocks(ours)
+    clocks.connected("CP", T)
+    assert clocks.known_now("CP") is None
+    behind = T - timedelta(days=40)
+    clocks.observe("CP", behind)
+    ours.now = T + timedelta(minutes=5)
+    assert clocks.known_now("CP") == behind + timedelta(minutes=5)
+    clocks.connected("CP", ours.now)
+    clocks.observe("CP", behind + timedelta(minutes=1))  # queued through the drop
+    assert clocks.known_now("CP") == behind + timedelta(minutes=5)

@@ -109,6 +109,9 @@ async def test_sign_out_device_ends_that_devices_refresh_chain_only(
     assert (entry.actor, entry.after is not None and "revoked_at" in entry.after) == (
         world.users["driver1"].id, True)
     assert "token_hash" not in str(entry.after)
+    # Nor the device's user agent: the entry is no one's books, so an erasure of the
+    # person never finds it (review r33).
+    assert "Laptop" not in str((entry.before, entry.after))
 
 
 async def test_only_the_person_and_admins_see_and_sign_out_their_devices(

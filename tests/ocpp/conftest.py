@@ -26,6 +26,7 @@ from ocpp_bridge.server import OcppServer
 from pubsub.command_relay import CommandRelay
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher, graphql_in_process
+from tests.support.mongo_backend import open_mongo_store
 from tests.support.wire_bus import WireBus
 
 SECRET = "ocpp-test-secret-long-enough-for-hs256-keys"
@@ -166,3 +167,18 @@ async def central(tmp_path: Path) -> AsyncIterator[Central]:
     await seed(c)
     yield c
     await stop_central(c)
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def central_on_each_store(request: pytest.FixtureRequest, tmp_path: Path
+                                ) -> AsyncIterator[Central]:
+    """``central``, seeded, on SQLite and on MongoDB (mongomock) in turn: a module takes
+    it as its ``central`` (``from tests.ocpp.conftest import central_on_each_store as
+    central``)."""
+    async with AsyncExitStack() as stack:
+        store = None if request.param == "sqlite" \
+            else await stack.enter_async_context(open_mongo_store())
+        c = await start_central(tmp_path / "central.db", store=store)
+        await seed(c)
+        yield c
+        await stop_central(c)

@@ -16,8 +16,8 @@ from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import central_on_each_store as central
 from tests.ocpp.test_lost_sessions import meter, stamp, start
-from tests.ocpp.test_offline_replay import central
 
 __all__ = ["central"]  # the fixture, on each store
 

@@ -5,10 +5,8 @@ the ``ocpp`` package as the charger, to a process that has not heard the charger
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from ocpp.v16 import call
@@ -19,26 +17,12 @@ from domain.pricing import cost_breakdown
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
-from tests.support.mongo_backend import open_mongo_store
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import central_on_each_store as central
+
+__all__ = ["central"]  # the fixture, on each store
 
 ENERGY = "Energy.Active.Import.Register"
-
-
-@pytest.fixture(params=["sqlite", "mongo"])
-async def central(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
-    if request.param == "sqlite":
-        c = await start_central(tmp_path / "central.db")
-    else:
-        async with open_mongo_store() as mongo:
-            c = await start_central(tmp_path / "unused.db", store=mongo)
-            await seed(c)
-            yield c
-            await stop_central(c)
-        return
-    await seed(c)
-    yield c
-    await stop_central(c)
 
 
 def _stamp(at: datetime) -> str:
@@ -273,7 +257,11 @@ async def test_a_replay_stamped_long_before_its_station_was_recorded_keeps_its_s
     and their 33 kWh in 0.024 s went unflagged. Their stops stamped as far back show a
     clock never set right between them: ended, priced and judged by their stamps, as a
     transaction queued 11 days back is; by the version in force at their start, and by
-    none (unpriced) when none was."""
+    none (unpriced) when none was. The charger shows its clock, set right, by a
+    StatusNotification first; the queue carries readings between start and stop, and
+    its flush is paced over minutes of our clock (review r33: a stop that came more than
+    2 minutes after its start was taken for a live one and its 61 h billed 3 minutes):
+    each stop is stamped long before the charger's clock reads when it arrives."""
     station = central.stations["CP-OPEN"]
     tariffs = central.services.tariffs
     now = datetime.now(UTC).replace(microsecond=0)
@@ -286,15 +274,29 @@ async def test_a_replay_stamped_long_before_its_station_was_recorded_keeps_its_s
     began = now - timedelta(days=40)
     lasted = {2: timedelta(hours=3), 1: timedelta(hours=61)}
     txs = {}
-    async with connected(central.url, "CP-OPEN") as cp:
-        for connector_id, tag, wh in ((2, "TAG-OK", 33_000), (1, "TAG-OTHER", 90_000)):
-            start = await cp.call(call.StartTransaction(
-                connector_id=connector_id, id_tag=tag, meter_start=1_000,
-                timestamp=_stamp(began)))
-            txs[connector_id] = start.transaction_id
-            await cp.call(call.StopTransaction(
-                meter_stop=1_000 + wh, transaction_id=start.transaction_id,
-                timestamp=_stamp(began + lasted[connector_id]), reason="EVDisconnected"))
+    flushed = timedelta(0)  # how far our clock ran through the flush
+    with MovedClock(central.services.ctx) as moved:
+        async with connected(central.url, "CP-OPEN") as cp:
+            await cp.call(call.StatusNotification(
+                connector_id=0, error_code="NoError", status="Available",
+                timestamp=_stamp(datetime.now(UTC))))
+            for connector_id, tag, wh in ((2, "TAG-OK", 33_000), (1, "TAG-OTHER", 90_000)):
+                start = await cp.call(call.StartTransaction(
+                    connector_id=connector_id, id_tag=tag, meter_start=1_000,
+                    timestamp=_stamp(began)))
+                tx = txs[connector_id] = start.transaction_id
+                for part in (1, 2, 3):  # the queue's readings, flushed a minute apart
+                    flushed += timedelta(minutes=1)
+                    moved.by(flushed)
+                    await cp.call(call.MeterValues(
+                        connector_id=connector_id, transaction_id=tx, meter_value=[{
+                            "timestamp": _stamp(began + lasted[connector_id] * part / 4),
+                            "sampledValue": [{"value": str(1_000 + wh * part // 4),
+                                              "measurand": ENERGY, "unit": "Wh"}]}]))
+                await cp.call(call.StopTransaction(
+                    meter_stop=1_000 + wh, transaction_id=tx,
+                    timestamp=_stamp(began + lasted[connector_id]),
+                    reason="EVDisconnected"))
     answer = await central.gql("""{ sessions(first: 10) { nodes { transactionId
         startTime endTime energyKwh meterAnomaly tariff { id } cost { amountMinor } } } }""",
                                as_user="admin")
@@ -346,3 +348,38 @@ async def test_a_live_session_on_a_clock_far_behind_whose_start_came_late_is_bil
     assert timedelta(hours=2) <= session.end_time - began \
         < timedelta(hours=2) + d.BILLED_TIME_TOLERANCE
     assert (session.energy_wh, session.cost_minor) == (20_000, 1_000)
+
+
+async def test_a_live_session_on_a_clock_far_behind_whose_start_was_held_by_a_drop(
+        central: Central) -> None:
+    """Review r33: a charger whose clock is 40 days behind shows it live (a
+    StatusNotification), loses its connection for five minutes, a card starting there a
+    minute in; the start is flushed on reconnecting, four minutes late, and the stop,
+    stamped by that clock as it reads now, comes a minute after it (within 2 minutes of
+    the start, as a queue's would). Stamped at what the charger's clock reads, it is
+    live on a clock behind: billed what our clock saw by the tariff in force at the
+    start's receipt, not priced by its stamps (no version 40 days back: unpriced)."""
+    station = central.stations["CP-OPEN"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, price_per_kwh=Decimal("0.50"), currency="EUR",
+        valid_from=now - timedelta(hours=1))
+    behind = now - timedelta(days=40)  # the charger's clock, at our ``now``
+    with MovedClock(central.services.ctx) as moved:
+        async with connected(central.url, "CP-OPEN") as cp:
+            await cp.call(call.StatusNotification(
+                connector_id=0, error_code="NoError", status="Available",
+                timestamp=_stamp(behind)))
+        moved.by(timedelta(minutes=5))  # the drop; the card started a minute in
+        async with connected(central.url, "CP-OPEN") as cp:
+            start = await cp.call(call.StartTransaction(
+                connector_id=2, id_tag="TAG-OK", meter_start=1_000,
+                timestamp=_stamp(behind + timedelta(minutes=1))))
+            moved.by(timedelta(minutes=6))
+            await cp.call(call.StopTransaction(
+                meter_stop=1_500, transaction_id=start.transaction_id,
+                timestamp=_stamp(behind + timedelta(minutes=6)), reason="EVDisconnected"))
+        session = await central.session(start.transaction_id)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.start_clock_behind
+    assert (session.energy_wh, session.cost_minor) == (500, 25)

@@ -8,9 +8,7 @@ with the ``ocpp`` package as the charger, on both stores."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from ocpp.v16 import call
@@ -22,25 +20,11 @@ from domain.ports import Insert
 from domain.query import Eq
 from domain.services.base import stamp_new
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import central_on_each_store as central
 from tests.ocpp.test_commands import run
-from tests.support.mongo_backend import open_mongo_store
 
-
-@pytest.fixture(params=["sqlite", "mongo"])
-async def central(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
-    if request.param == "sqlite":
-        c = await start_central(tmp_path / "central.db")
-    else:
-        async with open_mongo_store() as mongo:
-            c = await start_central(tmp_path / "unused.db", store=mongo)
-            await seed(c)
-            yield c
-            await stop_central(c)
-        return
-    await seed(c)
-    yield c
-    await stop_central(c)
+__all__ = ["central"]  # the fixture, on each store
 
 
 def _stamp(at: datetime) -> str:
@@ -153,3 +137,63 @@ async def test_a_replayed_start_on_a_reserved_plug_is_billed_and_ends_the_reserv
     assert await _state(central, held.reservation_id) is d.ReservationState.CANCELLED
     assert [(e.reservation_id, e.user_id, e.state) for e in heard] == [
         (held.reservation_id, central.users["driver2"].id, "CANCELLED")]
+
+
+async def test_a_resend_of_a_start_refused_otherwise_on_a_reserved_plug_stays_refused(
+        central: Central) -> None:
+    """TAG-OK charges on CP-1's connector 1 and starts on connector 2, reserved for
+    driver2's TAG-OTHER: told ConcurrentTx (its card is busy). Its session on connector 1
+    stops, and the start on connector 2 is resent (the answer lost): judged on the card
+    alone it is free now, but the plug is still held for another card, so it is told
+    Invalid, the same transaction, billed nothing, and the reservation stays ACTIVE
+    (review r33: it was Accepted, billed, on the reserved plug)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        first, first_told = await _start(cp, 1, "TAG-OK", datetime.now(UTC))
+        assert first_told == "Accepted"
+        number = await _reserve(central, 2)
+        at = datetime.now(UTC).replace(microsecond=0)
+        tx, told = await _start(cp, 2, "TAG-OK", at)
+        assert told == "ConcurrentTx"
+        await _stop(cp, first, datetime.now(UTC))
+        assert await _start(cp, 2, "TAG-OK", at) == (tx, "Invalid")
+        assert await _state(central, number) is d.ReservationState.ACTIVE
+        await _stop(cp, tx, datetime.now(UTC))
+    refused = await central.session(tx)
+    assert refused is not None and refused.state is d.SessionState.COMPLETED
+    assert refused.start_refused is not None and refused.cost_minor is None
+    assert refused.reservation_id is None
+    assert await _state(central, number) is d.ReservationState.ACTIVE
+
+
+async def test_a_replayed_start_leaves_a_reservation_past_its_expiry_to_the_sweep(
+        central: Central) -> None:
+    """As the replay above, but the reservation, live when TAG-OK started 90 minutes ago,
+    expired 5 minutes ago and the sweep has not run yet: the start is billed, and the
+    reservation is not CANCELLED (it is over already): left ACTIVE as stored, no
+    ``reservationChanged`` told, and the expiry sweep stores it EXPIRED."""
+    heard: list[ReservationChanged] = []
+    central.services.ctx.published.append(
+        lambda e: heard.append(e) if isinstance(e, ReservationChanged) else None)
+    now = datetime.now(UTC).replace(microsecond=0)
+    station = central.stations["CP-OPEN"]
+    held = stamp_new(d.Reservation(
+        reservation_id=await central.store.next_sequence("reservation"),
+        station_id=station.id, cp_id="CP-OPEN", connector_id=2, id_tag="TAG-OTHER",
+        user_id=central.users["driver2"].id, expires_at=now - timedelta(minutes=5),
+        state=d.ReservationState.ACTIVE, company_id=station.company_id),
+        SYSTEM, now - timedelta(hours=2))
+    await central.store.write([Insert(held)], [])
+    async with connected(central.url, "CP-OPEN") as cp:
+        start = now - timedelta(minutes=90)
+        tx, told = await _start(cp, 2, "TAG-OK", start)
+        assert told == "Accepted"
+        await _stop(cp, tx, start + timedelta(hours=1))
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert (session.start_refused, session.reservation_id, session.cost_minor) == (
+        None, None, 200)
+    assert await _state(central, held.reservation_id) is d.ReservationState.ACTIVE
+    assert heard == []
+    assert await central.services.commands.expire_reservations() == 1
+    assert await _state(central, held.reservation_id) is d.ReservationState.EXPIRED

@@ -142,7 +142,10 @@ def test_the_stops_worst_case_is_what_the_readme_says() -> None:
     """Review r33-a: the README and the architecture said a stop takes up to the grace
     plus 5 s (the webhooks' handover); after uvicorn's wait the lifespan's end runs more
     bounded steps in series. Summed from their constants: what the README says, what it
-    asks of a supervisor covers it, and the Compose file (with Redis) gives it."""
+    asks of a supervisor covers it, and the Compose file (with Redis) gives it. A
+    consistency check of the README and Compose file against those constants, which
+    steps count being chosen here by hand (review r33): not a proof of the worst case,
+    which no run measures (a step added to the stop and left out of the sum passes)."""
     root = Path(__file__).resolve().parents[2]
     one = STOP_CLOSE_TIMEOUT_S + HANDOVER_S + SETTLE_TIMEOUT_S
     # The relay's settle beyond the grace, its close, and the bus's listener and two
