@@ -170,7 +170,7 @@ async def cancels_answered(central: Central, *tags: str) -> None:
     cancels answered (none owed): what a fixed pause after ``settled`` hoped for (the
     relay's answer is recorded after the withdrawal that sent it returned)."""
     async def answered() -> bool:
-        held = await central.store.find_all(d.Reservation, In("id_tag", list(tags)))
+        held = await central.store.find_all(d.Reservation, In("id_tag", tags))
         return len(held) == len(tags) and all(
             r.state is d.ReservationState.CANCELLED and r.cancel_owed_since is None
             for r in held)

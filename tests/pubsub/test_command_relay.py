@@ -488,11 +488,18 @@ async def test_a_charger_recorded_offline_ends_the_wait_at_once(
         pending = relay._pending[await claimed_by_a_silent_holder(buses[1], requests)]
         await soon(lambda: pending.confirmed)  # the claim heard, confirmed to the holder
         told: list[None] = []  # the records it was told of (went_offline)
-        real = pending.went_offline
-        pending.went_offline = lambda: (told.append(None), real())[1]  # type: ignore[method-assign]
         heard: list[str] = []  # the offline records the relay heard
-        on_offline = relay._on_offline
-        relay._on_offline = lambda cp_id: (heard.append(cp_id), on_offline(cp_id))[1]  # type: ignore[method-assign]
+        real, on_offline = pending.went_offline, relay._on_offline
+
+        def went_offline() -> None:
+            told.append(None)
+            real()
+
+        def hearing(cp_id: str) -> None:
+            heard.append(cp_id)
+            on_offline(cp_id)
+        pending.went_offline = went_offline  # type: ignore[method-assign]
+        relay._on_offline = hearing  # type: ignore[method-assign]
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-C",
                                                         online=False))
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
