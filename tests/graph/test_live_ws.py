@@ -385,16 +385,25 @@ async def test_a_ping_behind_a_backlog_is_awaited_from_when_it_went_out(
 async def test_a_socket_that_takes_nothing_is_closed_with_its_ping_unsent(
         live: Setup) -> None:
     """A client that stopped reading (a frozen tab, a half-open socket behind full
-    buffers) never gets the ping: a socket that took nothing for an interval is closed."""
-    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=0.2))
-    socket = await live.open("admin")
+    buffers) never gets the ping: a socket that took nothing for an interval is closed.
+    On the test's clock (``ManualTimers``): on the wall's, a loaded machine's set-up ran
+    past the interval and the ping went out before the socket stopped taking."""
+    timers = ManualTimers()
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=1),
+                 timers=timers)
+    socket = await live.open("admin")  # acknowledged at 0: the last the socket took
     socket.subscribe("1", LOCAL)
     await live.subscribed(1)
     socket.gate.clear()
     for i in range(3):
         await live.bus.publish(live.status("A-001", f"s{i}"))
-    assert await socket.raw(2) == {"type": "websocket.close", "code": 4408,
-                                   "reason": "Pong timeout"}
+    await timers.advance_to(1.0)  # quiet for an interval: the ping queued behind them
+    assert socket.nothing_pending()
+    await timers.advance_to(1.9)  # the socket took nothing: still less than an interval
+    assert socket.nothing_pending()
+    await timers.advance_to(2.0)  # an interval since it took anything: closed
+    assert await socket.raw() == {"type": "websocket.close", "code": 4408,
+                                  "reason": "Pong timeout"}
     await socket.close()
     assert live.services.live.watching == 0
 

@@ -2888,13 +2888,15 @@ async def test_a_drivers_vehicle_is_the_sessions_car(central: Central) -> None:
                 "cpId": "CP-1", "connectorId": connector,
                 "vehicleId": to_global_id("vehicle", second.id), **extra}, as_user="driver")
             assert started["status"] == "ACCEPTED", (extra, started)
-            await cp.starts_answered()
-            await settle()
+            # The charger starts after its answer (an after-handler, a task of its own):
+            # its transaction known (the one before was stopped), the StartTransaction
+            # was answered, the session written before.
+            await soon(lambda: any(c.transaction_id is not None
+                                   for c in cp.connectors.values()))
             [session] = await central.store.find_all(d.Session, all_of(
                 Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
             assert (session.id_tag, session.vehicle_id) == ("TAG-OK", second.id), extra
-            await cp.stop_transaction(connector)
-            await settle()
+            await cp.stop_transaction(connector)  # answered: the session is closed
     assert [p.settled_at is not None for p in
             await central.store.find_all(d.PendingStart, ALL)] == [True, True]
 
@@ -2971,13 +2973,15 @@ async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Centra
         asked = await run(central, "triggerMessage",
                           {"cpId": "CP-1", "requestedMessage": "BOOT_NOTIFICATION"})
         assert asked["status"] == "ACCEPTED", asked
-        await settle()  # the triggered boot came: no restart, the start still held
+        # The triggered boot came and was answered: no restart, the start still held.
+        await asyncio.wait_for(cp.followed_up(), 10)
         held = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
                          as_user="driver")
         assert _codes(held) == [("idTag", "IN_USE")], held
         reset = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"})
         assert reset["status"] == "ACCEPTED", reset
-        await settle()  # the charger rebooted: BootNotification, its plugs Available
+        # The charger rebooted: its BootNotification and plugs Available answered.
+        await asyncio.wait_for(cp.followed_up(), 10)
         [pending] = await central.store.find_all(d.PendingStart, ALL)
         assert pending.settled_at is None  # its StartTransaction would still match it
         again = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
@@ -3012,8 +3016,7 @@ async def test_a_boot_at_a_reconnect_keeps_the_car_the_driver_chose(central: Cen
         await cp.boot()
         await cp.report_all()
         # The car plugged in now: the charger carries out the start it held.
-        await cp.start_transaction(1, "TAG-OK")
-        await settle()
+        await cp.start_transaction(1, "TAG-OK")  # answered: the session is written
         [session] = await central.store.find_all(d.Session, all_of(
             Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
         assert session.vehicle_id == second.id, (
@@ -3061,7 +3064,6 @@ async def test_a_start_the_charger_refuses_leaves_the_held_start_its_car(
                           as_user="driver")
         assert again["status"] == "REJECTED", again
         await cp.start_transaction(1, "TAG-OK")  # the car came: the first start runs
-        await settle()
         [session] = await central.store.find_all(d.Session, all_of(
             Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
         assert session.vehicle_id == second.id, (
@@ -3169,7 +3171,9 @@ async def test_a_restarted_charger_starting_at_once_books_the_retry_s_car(
             "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
             "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
         assert again["status"] == "ACCEPTED", again
-        await settle()
+        # The charger starts at once, after its answer: its transaction known, the
+        # session is written.
+        await soon(lambda: cp.connectors[1].transaction_id is not None)
         [session] = await central.store.find_all(d.Session, all_of(
             Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
         live = [p.id for p in await central.store.find_all(d.PendingStart, ALL)

@@ -29,7 +29,7 @@ from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
 from store.sqlite import SqliteStore
-from tests.helpers import FastHasher, until
+from tests.helpers import FastHasher, all_taken, soon, until
 
 
 @dataclass
@@ -239,7 +239,9 @@ async def test_a_newer_connection_announced_while_this_one_is_recorded_still_win
             await recorded.wait()
             async with connected(b.url, "CP-1") as new:
                 await until(lambda: _settled(a, b.server))
-                await asyncio.sleep(0.05)  # A's watcher hears B's announcement
+                # A's watcher has heard B's announcement (it acts on it as it takes it),
+                # A's own connection still being recorded.
+                await soon(lambda: all_taken(bus))
                 go.set()
                 await until(lambda: _closed(old))
                 assert old._connection.close_reason == "connected to another instance"

@@ -788,7 +788,7 @@ async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_wr
         old = await raw(central, "CP-1", STATION_PASSWORD)
         assert await boot_told(old) == "Accepted"
 
-        held, release = asyncio.Event(), asyncio.Event()
+        held, release, written = asyncio.Event(), asyncio.Event(), asyncio.Event()
         write = charging.telemetry.write
 
         async def slow_write(changes):  # one store write that takes a while
@@ -796,18 +796,28 @@ async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_wr
             held.set()
             await release.wait()
             await write(changes)
+            # Its caller patches the cache as this returns, before the test hears it.
+            written.set()
 
         charging.telemetry.write = slow_write  # type: ignore[method-assign]
+        before = charging.cache.station("CP-1")
+        assert before is not None  # the copy its heartbeat patches
+        stale = before.auth_password_hash
         await old.send(json.dumps([2, "h0", "Heartbeat", {}]))  # in flight
         await asyncio.wait_for(held.wait(), 5)
         await central.services.stations.update_station(SYSTEM, station_id,
                                                        password=NEW_PASSWORD)
-        await asyncio.sleep(0.3)  # the old connection shut out
+        assert await close_code_within(old, 10) == 1008  # the old connection shut out
         new = await raw(central, "CP-1", NEW_PASSWORD)
         try:
             assert await boot_told(new, "b1") == "Accepted"
             release.set()  # the old connection's write ends
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(written.wait(), 10)
+            # Its copy, read before the change, is not put back (else only the check's
+            # read as stored, below, kept the new connection in: the cache's own rule
+            # went untested).
+            cached = charging.cache.station("CP-1")
+            assert cached is None or cached.auth_password_hash != stale, "put back"
             answer = await exchange(new, json.dumps([2, "h1", "Heartbeat", {}]))
             assert answer[0] == 3, (
                 f"the connection signed in with the new password was refused: {answer}")
@@ -836,7 +846,7 @@ async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_re
         old = await raw(central, "CP-1", STATION_PASSWORD)
         assert await boot_told(old) == "Accepted"
         charging.cache.drop_station("CP-1")  # its copy expired: the next message reads
-        held, release = asyncio.Event(), asyncio.Event()
+        held, release, read_over = asyncio.Event(), asyncio.Event(), asyncio.Event()
         read = charging.station
 
         async def slow_read(cp_id: str) -> d.Station | None:  # a read that takes a while
@@ -844,6 +854,8 @@ async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_re
             station = await read(cp_id)
             held.set()
             await release.wait()
+            # Its caller caches it as this returns, before the test hears it.
+            read_over.set()
             return station
 
         charging.station = slow_read  # type: ignore[method-assign]
@@ -851,12 +863,12 @@ async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_re
         await asyncio.wait_for(held.wait(), 5)
         await central.services.stations.update_station(SYSTEM, station_id,
                                                        password=NEW_PASSWORD)
-        await asyncio.sleep(0.3)  # the old connection shut out
+        assert await close_code_within(old, 10) == 1008  # the old connection shut out
         new = await raw(central, "CP-1", NEW_PASSWORD)
         try:
             assert await boot_told(new, "b1") == "Accepted"
             release.set()  # the old read ends, and is cached
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(read_over.wait(), 10)
             answer = await exchange(new, json.dumps([2, "h1", "Heartbeat", {}]))
             assert answer[0] == 3, (
                 f"the connection signed in with the new password was refused: {answer}")

@@ -25,7 +25,7 @@ from graph.ids import to_global_id
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
 from ocpp_bridge.simulator import basic_auth, connected
 from pubsub.memory import MemoryEventBus
-from tests.helpers import until
+from tests.helpers import all_taken, soon, until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
 
@@ -705,7 +705,9 @@ async def test_a_late_removal_leaves_the_connection_of_the_station_created_again
         connection = central.gateway.handler_of("CP-1")
         assert connection is not None
         await bus.publish(StationRemoved(**owned_by(removed)))  # late, as delivered
-        await asyncio.sleep(0.3)  # what it sets off is done by then
+        # Taken by every subscriber: the OCPP server's watcher acts on a removal in the
+        # step that takes it (nothing awaited), so it has been judged.
+        await soon(lambda: all_taken(bus))
         assert central.gateway.handler_of("CP-1") is connection
         await ws.send('[2, "h2", "Heartbeat", {}]')
         assert str(await asyncio.wait_for(ws.recv(), 5)).startswith('[3,"h2"')

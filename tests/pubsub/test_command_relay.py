@@ -35,6 +35,7 @@ from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
 from pubsub.memory import MemoryEventBus
 from pubsub.redis import RedisEventBus
+from tests.helpers import soon
 from tests.support.redis_server import RedisServer
 from tests.support.wire_bus import WireBus
 
@@ -491,15 +492,35 @@ async def test_a_charger_recorded_offline_ends_the_wait_at_once(
     requests = buses[1].subscribe([ChargerCommandRelayed.topic])
     try:
         asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
-        await claimed_by_a_silent_holder(buses[1], requests)
+        pending = relay._pending[await claimed_by_a_silent_holder(buses[1], requests)]
+        await soon(lambda: pending.confirmed)  # the claim heard, confirmed to the holder
+        told: list[None] = []  # the records it was told of (went_offline)
+        heard: list[str] = []  # the offline records the relay heard
+        real, on_offline = pending.went_offline, relay._on_offline
+
+        def went_offline() -> None:
+            told.append(None)
+            real()
+
+        def hearing(cp_id: str) -> None:
+            heard.append(cp_id)
+            on_offline(cp_id)
+        pending.went_offline = went_offline  # type: ignore[method-assign]
+        relay._on_offline = hearing  # type: ignore[method-assign]
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-C",
                                                         online=False))
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
                                                         online=True))
-        await asyncio.sleep(0.2)
-        assert not asked.done()  # another charger, or a connect: nothing to do with it
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
                                                         online=False))
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-Z",
+                                                        online=False))
+        # Heard in order (one topic): once the last is, so are those before. CP-B's
+        # offline record alone was its command's (another charger's, or a connect, had
+        # nothing to do with it): the wait for the holder's word armed, nothing ended.
+        await soon(lambda: "CP-Z" in heard)
+        assert (len(told), pending._offline is not None, pending.answered.done()) == (
+            1, True, False), pending.answered
         # Confirmed to its holder, which says nothing more: the charger may have got it.
         with pytest.raises(ChargerLost, match=r"^the charger went offline after "
                            r"receiving the command; its outcome is unknown$"):
@@ -522,9 +543,12 @@ async def test_a_holder_that_answers_after_its_charger_went_offline_is_heard(
     try:
         asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
         request_id = await claimed_by_a_silent_holder(buses[1], requests)
+        pending = relay._pending[request_id]
+        await soon(lambda: pending.confirmed)  # the claim heard, confirmed to the holder
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
                                                         online=False))
-        await asyncio.sleep(0.1)  # the offline record heard first (as it may be)
+        # The offline record heard first (as it may be: it and the answer travel apart).
+        await soon(lambda: pending._offline is not None)
         await buses[1].publish(ChargerCommandAnswered(
             station_id=None, cp_id="CP-B", request_id=request_id, origin=relay.instance,
             holder="killed", stage="failed", error_type="ChargerOffline",
