@@ -231,22 +231,18 @@ STUCK_CLOCK_STAMPS: tuple[datetime, ...] = (datetime(1970, 1, 1, tzinfo=UTC),
                                             datetime(2000, 1, 1, tzinfo=UTC))
 
 
-def lost_end(session: Session, booted: datetime | None, cap: datetime, *,
-             first_boot: bool = True) -> datetime:
+def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
     """Where a session whose StopTransaction was lost ended, on its own timeline: at its
-    charger's first reboot since the session was recorded (``Session.first_boot_at``, or
-    ``booted`` for one that has none; our clock, moved onto the session's: its start is
-    the charger's; QA s33: at the last of several, the time between them billed), else
-    at ``cap`` (the
+    charger's first reboot since the session was recorded (``booted``: the callers pass
+    ``Session.first_boot_at`` when it has one; our clock, moved onto the session's: its
+    start is the charger's; QA s33: at the last of several, the time between them
+    billed), else at ``cap`` (the
     next start on its connector); never after ``cap`` and never before its last
     reading up to it (a start flushed late from the charger's queue arrived after it
     began, and that delay is no clock offset; a reading stamped past ``cap`` is a clock
     glitch). Closed at the next start, it was billed the time until then, a reboot and
-    all, with a per-minute price or an idle fee. ``first_boot`` false: ``booted`` alone
-    (``end_without_stop``'s, for ``endSession``)."""
+    all, with a per-minute price or an idle fee."""
     end = cap
-    if first_boot and session.first_boot_at is not None:
-        booted = session.first_boot_at
     if booted is not None and session.created_at < booted:
         end = min(end, session.start_time + max(booted - session.created_at, timedelta(0)))
     read = [t for t in (session.meter_at, session.power_at, session.soc_at)
@@ -279,8 +275,8 @@ def unheard_since_restore(session: Session) -> bool:
         session.named_at is None or session.named_at < session.open_at_restore)
 
 
-def end_without_stop(session: Session, booted: datetime | None, cap: datetime, *,
-                     first_boot: bool = True) -> datetime:
+def end_without_stop(session: Session, booted: datetime | None, cap: datetime
+                     ) -> datetime:
     """Where ``session``, closed without its StopTransaction, ended: the one rule for
     every such close (the reboot's check, the restore's, a newer start on its
     connector, an operator's ``endSession`` by default). A session a restore brought
@@ -289,14 +285,10 @@ def end_without_stop(session: Session, booted: datetime | None, cap: datetime, *
     between that reading and the restore, and a later end (its charger's reboot after
     the restore, the next start, now) bills the hours between with a per-minute price or
     an idle fee (review r27-restore: the reboot's check, run first, closed it at the
-    boot). Any other ends by ``lost_end`` (``booted``, ``cap`` as there). ``first_boot``
-    false: not at ``Session.first_boot_at`` (``endSession``: a boot marks every session
-    open across it, one its charger kept after it too, reporting it Charging or metering
-    it without MeterValues; staff who end it without a time end it now, as documented,
-    review r33)."""
+    boot). Any other ends by ``lost_end`` (``booted``, ``cap`` as there)."""
     if unheard_since_restore(session):
         return last_known(session, cast(datetime, session.open_at_restore))
-    return lost_end(session, booted, cap, first_boot=first_boot)
+    return lost_end(session, booted, cap)
 
 
 class _StartIdentity(NamedTuple):
@@ -515,7 +507,7 @@ def recorded_answer(session: Session) -> IdTagInfo:
 
 def _refused_for_the_plug(session: Session) -> bool:
     """Whether ``session``'s start was refused because its plug was reserved for another
-    card (``ChargingService._held_for_another``): told Invalid while its card was on
+    card (``ChargingService._plug_reservations``): told Invalid while its card was on
     record (its holder recorded), which a card's status alone never tells (Invalid is
     for a card we do not hold, ``_card_answer``). A resend of it is answered so again:
     judged on the card alone it was told Accepted and billed."""
@@ -1608,7 +1600,7 @@ class ChargingService(ChargerConnections):
         because its plug was reserved for another card (``_refused_for_the_plug``):
         judged on its card alone, it was told Accepted. One refused for another reason
         (ConcurrentTx, Blocked) on a plug that a live reservation holds for another card
-        (``_held_for_another``, judged as its first copy was) is told Invalid where its
+        (``_plug_reservations``, judged as its first copy was) is told Invalid where its
         card alone would accept it, its refusal kept as recorded (review r33: the first
         copy's check turned only an Accepted into Invalid, and a resend after the card's
         other session stopped was Accepted, billed, on the reserved plug).
@@ -1639,9 +1631,9 @@ class ChargingService(ChargerConnections):
                 before=session.transaction_id if session.start_refused is None else None,
                 card=(card,), begun_by=session.start_time if replayed else None)
             if info.status == "Accepted" and session.start_refused is not None \
-                    and not replayed and await self._held_for_another(
+                    and not replayed and (await self._plug_reservations(
                         station, session.connector_id, presented, card,
-                        identity._replace(replayed=False)):
+                        identity._replace(replayed=False), keeps=False))[1] is not None:
                 info = IdTagInfo("Invalid")  # as a first copy's live start (``_open_session``)
             answered = await self._answered(station, session, info, replayed, card)
             if answered is not None:
@@ -1807,13 +1799,16 @@ class ChargingService(ChargerConnections):
             # offline before the expiry and flushed after it used it in time) it is
             # over: it stays EXPIRED, not USED by a start its charger let through late.
             reservation_id, reservation = None, None
-        if reservation is None:
-            reservation = await self._reservation_kept(station, connector_id, presented,
-                                                       id_tag_record)
-            reservation_id = reservation.reservation_id if reservation else None
-        held = None if reservation is not None and reservation.connector_id == connector_id \
-            else await self._held_for_another(station, connector_id, presented,
-                                              id_tag_record, identity)
+        held = None
+        if reservation is None or reservation.connector_id != connector_id:
+            kept, held = await self._plug_reservations(
+                station, connector_id, presented, id_tag_record, identity,
+                keeps=reservation is None)
+            if reservation is None:
+                reservation = kept
+                reservation_id = kept.reservation_id if kept else None
+        if reservation is not None and reservation.connector_id == connector_id:
+            held = None  # its card's reservation of this very plug: none other holds it
         if held is not None:
             # The plug was another card's (1.6, 5.13): this start takes up none of its
             # card's reservations (one on connector 0 waits for a free plug).
@@ -1900,12 +1895,19 @@ class ChargingService(ChargerConnections):
             info = IdTagInfo("Invalid")  # a live start the charger can still call off
         session = replace(session, start_refused=await self._refusal(
             station, session, info, identity.replayed, id_tag_record))
-        guards = self._start_guards(station, plug, is_new, id_tag_record)
+        accepted = info.status == "Accepted" and session.state is SessionState.ACTIVE
+        # Its holder still active, as judged, for a live one Accepted: a deactivation
+        # leaves the card's record as it was, so the card's guard below does not see one
+        # landing between the read and this write (session 33: answered Accepted). A
+        # replayed start is judged by the deactivation's time (``barred_by``), read
+        # again it may still be Accepted: not guarded so, or it would trip again.
+        guards = self._start_guards(station, plug, is_new, id_tag_record,
+                                    active=accepted and not identity.replayed)
         if id_tag_record is None:
             # None on record as read: a card issued meanwhile fails the write, and the
             # start reads again and is judged on it.
             guards.append(Guard(IdTag, Eq("tag", presented), exists=False))
-        elif info.status == "Accepted" and session.state is SessionState.ACTIVE:
+        elif accepted:
             guards.append(self._card_free(session, identity.replayed))
             # Accepted on the card read: only while it is still on record, unchanged
             # (its ``updated_at``). A removal landing between that read and this write
@@ -1916,13 +1918,6 @@ class ChargingService(ChargerConnections):
             # removal is guarded the other way (``FleetService._remove_id_tag``: no
             # session holding the card).
             guards.append(self._card_unchanged(id_tag_record))
-            if not identity.replayed:
-                # Its holder still active, as judged: a deactivation leaves the card's
-                # record as it was, so the guard above does not see one landing between
-                # the read and this write (session 33: answered Accepted). A replayed
-                # start is judged by the deactivation's time (``barred_by``), read
-                # again it may still be Accepted: not guarded so, or it would trip again.
-                guards.append(still_active(id_tag_record.user_id))
         changes.append((Insert(session), None))
         consumed = [settle(pending, actor, now)] if pending is not None else []
         await self.commit(actor, changes, unaudited=[*samples, *consumed], guards=guards)
@@ -1930,7 +1925,7 @@ class ChargingService(ChargerConnections):
 
     @staticmethod
     def _start_guards(station: Station, plug: Connector, is_new: bool,
-                      card: IdTag | None) -> list[Guard]:
+                      card: IdTag | None, *, active: bool) -> list[Guard]:
         """A session is written only while its station, and the connector it was read
         with, are there: ``station`` may be a cached copy, and a removal on another
         instance may land between the reads and this write (QA s21: a session ACTIVE on
@@ -1940,7 +1935,9 @@ class ChargingService(ChargerConnections):
         holder only while they are not erased: an erasure landing after the card was
         read left an ACTIVE session on the erased account (review s22); refused, the
         start reads again, finds the card gone and is a session of no one's. The
-        erasure is guarded the other way (no ACTIVE session of theirs). And only while
+        erasure is guarded the other way (no ACTIVE session of theirs). ``active``: and
+        while they are still active (``still_active``, which includes the former). And
+        only while
         the station is still in the books the session is written to (``books_of``): a
         handover landing between the start's read and this write left a session that
         began on the new company's station in the books of the company that had left
@@ -1950,7 +1947,7 @@ class ChargingService(ChargerConnections):
         if not is_new:
             guards.append(Guard(Connector, Eq("id", plug.id)))
         if card is not None:
-            guards.append(not_erased(card.user_id))
+            guards.append(still_active(card.user_id) if active else not_erased(card.user_id))
         return guards
 
     async def _car_started(self, pending: PendingStart | None, card: IdTag | None
@@ -1979,7 +1976,9 @@ class ChargingService(ChargerConnections):
         ``NEXT_START_BELOW_READINGS`` (QA s21: billed to its last reading, the newer
         from its meterStart, the energy between twice)."""
         actor = charger(station.cp_id)
-        end = end_without_stop(stale, station.booted_at, min(identity.start, self.now()))
+        # At its charger's first boot since it was recorded, else at the latest boot.
+        end = end_without_stop(stale, stale.first_boot_at or station.booted_at,
+                               min(identity.start, self.now()))
         register = cut_at_next_start(stale, identity.meter_start,
                                      await self._own_register(stale))
         if register is None:
@@ -2063,42 +2062,47 @@ class ChargingService(ChargerConnections):
             Eq("session_id", session.id),
             Eq("transaction_id", session.transaction_id))) is not None
 
-    async def _reservation_kept(self, station: Station, connector_id: int, presented: str,
-                                card: IdTag | None) -> Reservation | None:
-        """The live reservation this start keeps though it names none: one on its
-        connector (or the station's connector 0) for its card or group. OCPP 1.6 has the
-        charger name it (``reservationId``), but chargers that start a reserved
-        connector by a remote start or a tap leave it out; the reservation stayed ACTIVE
-        through the session, and its driver could reserve nothing else until it
-        expired."""
-        live = await self.store.find_all(Reservation, all_of(
-            Eq("station_id", station.id), In("connector_id", (connector_id, 0)),
-            live_reservations(self.now())),
-            limit=10)
-        for reservation in sorted(live, key=lambda r: r.connector_id, reverse=True):
-            if await self._reserved_for(reservation, connector_id, presented, card):
-                return reservation  # its own connector's before connector 0's
-        return None
+    async def _plug_reservations(self, station: Station, connector_id: int,
+                                 presented: str, card: IdTag | None,
+                                 identity: _StartIdentity, *, keeps: bool
+                                 ) -> tuple[Reservation | None, Reservation | None]:
+        """What the live reservations of this start's connector and of the station's
+        connector 0 are to it, read once and each judged once (``reserved_for_card``):
+        the one it keeps, and the one holding its plug for another card.
 
-    async def _held_for_another(self, station: Station, connector_id: int, presented: str,
-                                card: IdTag | None, identity: _StartIdentity
-                                ) -> Reservation | None:
-        """The live reservation, at the start's time (``_StartIdentity.started_by``), of
-        this very connector for another card: neither its id nor of its group
-        (``reserved_for_card``). A live start on it is told Invalid, refused and billed
-        nothing (OCPP 1.6, 5.13: the plug is held for that card; QA s33: another card was
-        Accepted there, and the reservation stayed ACTIVE on a plug charging another
-        session). One on connector 0 holds no connector in particular: any free one
-        serves another card. A replayed start counts only one made by its time."""
-        at = identity.started_by(self.now())
-        live = await self.store.find_all(Reservation, all_of(
-            Eq("station_id", station.id), Eq("connector_id", connector_id),
-            live_reservations(at),
-            Range("created_at", lte=at) if identity.replayed else None), limit=10)
-        for reservation in live:
-            if not await reserved_for_card(self.store, reservation, presented, card):
-                return reservation
-        return None
+        Kept (asked only when ``keeps``): live now, for its card or group, its own
+        connector's before connector 0's; the start keeps it though it names none. OCPP
+        1.6 has the charger name it (``reservationId``), but chargers that start a
+        reserved connector by a remote start or a tap leave it out; the reservation
+        stayed ACTIVE through the session, and its driver could reserve nothing else
+        until it expired.
+
+        Held: live at the start's time (``_StartIdentity.started_by``), of this very
+        connector, for another card: neither its id nor of its group. A live start on it
+        is told Invalid, refused and billed nothing (OCPP 1.6, 5.13: the plug is held
+        for that card; QA s33: another card was Accepted there, and the reservation
+        stayed ACTIVE on a plug charging another session). One on connector 0 holds no
+        connector in particular: any free one serves another card. A replayed start
+        counts only one made by its time."""
+        now = self.now()
+        at = identity.started_by(now)  # never after now: those live now are among them
+        found = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), In("connector_id", (connector_id, 0)),
+            live_reservations(at)), limit=20)
+        kept: Reservation | None = None
+        held: Reservation | None = None
+        for reservation in sorted(found, key=lambda r: r.connector_id, reverse=True):
+            may_keep = keeps and kept is None \
+                and reservation.state_at(now) is not ReservationState.EXPIRED
+            may_hold = held is None and reservation.connector_id == connector_id \
+                and (not identity.replayed or reservation.created_at <= at)
+            if not (may_keep or may_hold):
+                continue  # judged for nothing: its IdTag not read
+            if await reserved_for_card(self.store, reservation, presented, card):
+                kept = reservation if may_keep else kept
+            elif may_hold:
+                held = reservation
+        return kept, held
 
     async def _reserved_for(self, reservation: Reservation, connector_id: int,
                             presented: str, card: IdTag | None) -> bool:
@@ -2614,9 +2618,11 @@ class ChargingService(ChargerConnections):
             # recorded (at its start; no later time is known). One a restore brought back
             # open and not heard of since: at its last reading, as every close without
             # its stop ends it (``end_without_stop``), not now, days after it may be.
-            # Any other now, not at a boot since it began: its charger may have kept it.
+            # Any other now, not at a boot since it began (``Session.first_boot_at``): a
+            # boot marks every session open across it, one its charger kept and reported
+            # Charging too (review r33).
             default = session.end_time if awaited and session.end_time is not None \
-                else min(end_without_stop(session, None, now, first_boot=False), now)
+                else min(end_without_stop(session, None, now), now)
             end = default if end_time is None else v.instant(end_time, "endTime")
             if not session.start_time <= end <= now:
                 raise ValidationError("between the session's start and now",
