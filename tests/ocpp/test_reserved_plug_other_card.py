@@ -113,27 +113,7 @@ async def test_a_replayed_start_on_a_reserved_plug_is_billed_and_ends_the_reserv
     reconnecting. It charged before it could be told: Accepted and billed (5 kWh at
     0.40 EUR). The reservation can no longer be used (the plug was taken): CANCELLED,
     and its driver told (``reservationChanged``), not left ACTIVE until it expires."""
-    heard: list[ReservationChanged] = []
-    central.services.ctx.published.append(
-        lambda e: heard.append(e) if isinstance(e, ReservationChanged) else None)
-    now = datetime.now(UTC).replace(microsecond=0)
-    station = central.stations["CP-OPEN"]
-    held = stamp_new(d.Reservation(
-        reservation_id=await central.store.next_sequence("reservation"),
-        station_id=station.id, cp_id="CP-OPEN", connector_id=2, id_tag="TAG-OTHER",
-        user_id=central.users["driver2"].id, expires_at=now + timedelta(hours=1),
-        state=d.ReservationState.ACTIVE, company_id=station.company_id),
-        SYSTEM, now - timedelta(hours=2))
-    await central.store.write([Insert(held)], [])
-    async with connected(central.url, "CP-OPEN") as cp:
-        start = now - timedelta(minutes=90)
-        tx, told = await _start(cp, 2, "TAG-OK", start)
-        assert told == "Accepted"
-        await _stop(cp, tx, start + timedelta(hours=1))
-    session = await central.session(tx)
-    assert session is not None and session.state is d.SessionState.COMPLETED
-    assert (session.start_refused, session.reservation_id, session.cost_minor) == (
-        None, None, 200)
+    held, heard = await _replayed_on_reserved_plug(central, timedelta(hours=1))
     assert await _state(central, held.reservation_id) is d.ReservationState.CANCELLED
     assert [(e.reservation_id, e.user_id, e.state) for e in heard] == [
         (held.reservation_id, central.users["driver2"].id, "CANCELLED")]
@@ -172,6 +152,19 @@ async def test_a_replayed_start_leaves_a_reservation_past_its_expiry_to_the_swee
     expired 5 minutes ago and the sweep has not run yet: the start is billed, and the
     reservation is not CANCELLED (it is over already): left ACTIVE as stored, no
     ``reservationChanged`` told, and the expiry sweep stores it EXPIRED."""
+    held, heard = await _replayed_on_reserved_plug(central, -timedelta(minutes=5))
+    assert await _state(central, held.reservation_id) is d.ReservationState.ACTIVE
+    assert heard == []
+    assert await central.services.commands.expire_reservations() == 1
+    assert await _state(central, held.reservation_id) is d.ReservationState.EXPIRED
+
+
+async def _replayed_on_reserved_plug(central: Central, expires_in: timedelta
+                                     ) -> tuple[d.Reservation, list[ReservationChanged]]:
+    """CP-OPEN's connector 2 reserved two hours ago for driver2's TAG-OTHER, expiring
+    ``expires_in`` from now; TAG-OK's start there 90 minutes ago replayed and stopped an
+    hour later: Accepted and billed (5 kWh at 0.40 EUR). The reservation and the
+    ``reservationChanged`` events heard meanwhile."""
     heard: list[ReservationChanged] = []
     central.services.ctx.published.append(
         lambda e: heard.append(e) if isinstance(e, ReservationChanged) else None)
@@ -180,7 +173,7 @@ async def test_a_replayed_start_leaves_a_reservation_past_its_expiry_to_the_swee
     held = stamp_new(d.Reservation(
         reservation_id=await central.store.next_sequence("reservation"),
         station_id=station.id, cp_id="CP-OPEN", connector_id=2, id_tag="TAG-OTHER",
-        user_id=central.users["driver2"].id, expires_at=now - timedelta(minutes=5),
+        user_id=central.users["driver2"].id, expires_at=now + expires_in,
         state=d.ReservationState.ACTIVE, company_id=station.company_id),
         SYSTEM, now - timedelta(hours=2))
     await central.store.write([Insert(held)], [])
@@ -193,7 +186,4 @@ async def test_a_replayed_start_leaves_a_reservation_past_its_expiry_to_the_swee
     assert session is not None and session.state is d.SessionState.COMPLETED
     assert (session.start_refused, session.reservation_id, session.cost_minor) == (
         None, None, 200)
-    assert await _state(central, held.reservation_id) is d.ReservationState.ACTIVE
-    assert heard == []
-    assert await central.services.commands.expire_reservations() == 1
-    assert await _state(central, held.reservation_id) is d.ReservationState.EXPIRED
+    return held, heard
