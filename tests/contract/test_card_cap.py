@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from domain.entities import IdTag, IdTagStatus, Role
+from domain.entities import IdTag, IdTagStatus, Role, User
 from domain.errors import Conflict
 from domain.policy import Viewer
 from domain.ports import Insert, Store
@@ -70,10 +70,7 @@ async def test_two_issues_racing_for_the_last_place_on_two_instances_keep_one(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both read the driver holding one card fewer than the cap; the one whose write
     lands second fails its guard and, read again, is refused."""
-    driver = user()
-    await put(store, driver)
-    clock = Clock()
-    a, b = capped(store, clock), capped(store, clock)
+    driver, a, b = await _driver_on_two_instances(store)
     me = Viewer.of(driver)
     for n in range(CAP - 1):
         await a.fleet.issue_id_tag(me, tag=f"BENX-{n:03}")
@@ -101,10 +98,7 @@ async def test_two_issues_at_once_below_the_cap_both_land(store: Store) -> None:
     takes the last place, so neither carries the cap's guard; on MongoDB, where guards
     are read after the write, each saw the other's card, both were undone and, retried
     in step, both answered CHANGED (review r33)."""
-    driver = user()
-    await put(store, driver)
-    clock = Clock()
-    a, b = capped(store, clock), capped(store, clock)
+    driver, a, b = await _driver_on_two_instances(store)
     # No pause to part them: both fit, neither should need to run again.
     a.fleet.pause_to_retry = b.fleet.pause_to_retry = None
     me = Viewer.of(driver)
@@ -119,10 +113,7 @@ async def test_two_issues_at_once_for_the_last_place_give_one_card_and_one_refus
     """Both carry the cap's guard; on MongoDB both may be undone, and the retries'
     random pauses (``pause_to_retry``) part them: one lands, the other, read again, is
     refused, not CHANGED (review r33: CHANGED, CHANGED in 8 races of 8)."""
-    driver = user()
-    await put(store, driver)
-    clock = Clock()
-    a, b = capped(store, clock), capped(store, clock)
+    driver, a, b = await _driver_on_two_instances(store)
     me = Viewer.of(driver)
     for n in range(CAP - 1):
         await a.fleet.issue_id_tag(me, tag=f"BENX-{n:03}")
@@ -135,3 +126,11 @@ async def test_two_issues_at_once_for_the_last_place_give_one_card_and_one_refus
     assert refusals[0].code == "LIMIT_REACHED"
     held = await store.find_all(IdTag, Eq("user_id", driver.id))
     assert len(held) == CAP and issued[0].tag in {card.tag for card in held}
+
+
+async def _driver_on_two_instances(store: Store) -> tuple[User, Services, Services]:
+    """A driver holding no card, and two instances' services on one clock."""
+    driver = user()
+    await put(store, driver)
+    clock = Clock()
+    return driver, capped(store, clock), capped(store, clock)
