@@ -488,8 +488,7 @@ class User(Node, Audited):
         found = await ctx.services.refresh_tokens.devices(ctx.viewer, self._r)
         if found is None:
             return None
-        current = ctx.device_id()
-        return [Device.wrap(f, current) for f in found]
+        return [Device.wrap(f, ctx.device_id) for f in found]
 
     @strawberry.field(description="Their vehicles (their garage: not those removed), in "
                                   "creation order, as far as the viewer may see them.")
