@@ -69,7 +69,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from domain.services.live import Watch
 from graph import exact_json
-from graph.auth import BEARER_FORMAT, TokenService, bearer_token
+from graph.auth import BEARER_FORMAT, BadBearerFormat, TokenService, bearer_token
 from graph.context import GraphContext
 from graph.errors import mask, payload_codes, request_outcome
 from graph.live_outbox import ABORT, CLOSE_WITHIN_S, Outbox, QueuedSend, dumps
@@ -96,7 +96,7 @@ def _close_reason(error: Unauthenticated) -> str:
     other "Forbidden" (sign in again)."""
     if error.code == "TOKEN_EXPIRED":
         return "Token expired"
-    return BEARER_FORMAT if error.message == BEARER_FORMAT else "Forbidden"
+    return BEARER_FORMAT if isinstance(error, BadBearerFormat) else "Forbidden"
 
 
 TRANSPORT_WS = "graphql-transport-ws"
