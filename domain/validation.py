@@ -623,19 +623,27 @@ def whole(value: int, field: str, *, max_value: int) -> int:
 MAX_HEARTBEAT_S = 24 * 60 * 60
 
 
+def digits_value(value: str, bound: int) -> int | None:
+    """The number ``value`` writes in ASCII digits alone, ``None`` when it is anything
+    else: chargers parse " 90" or "9e2" their own ways. Digits alone are a number however
+    many ("0000000060" is 60); too many to be within ``bound`` read as ``bound + 1``:
+    out of range, not "not a number" (QA s18: "99999999999")."""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    significant = value.lstrip("0") or "0"
+    return int(significant) if len(significant) <= len(str(bound)) else bound + 1
+
+
 def heartbeat_interval(value: int | str, field: str) -> int:
     """A heartbeat interval a boot may be answered with: whole seconds, 1 s to a day, as
     the global one. Text (a ChangeConfiguration's value, CiString500) must be its digits
-    alone, as chargers parse it: " 90" or "9e2" may be read otherwise by each."""
+    alone (``digits_value``)."""
     if isinstance(value, str):
-        if value.isascii() and value.isdigit():
-            # Digits alone are a number however many ("0000000060" is 60); too many to
-            # be in range are out of it, not "not a number" (QA s18: "99999999999").
-            significant = value.lstrip("0") or "0"
-            value = int(significant) if len(significant) <= 9 else MAX_HEARTBEAT_S + 1
-        else:
+        number = digits_value(value, MAX_HEARTBEAT_S)
+        if number is None:
             raise ValidationError("a HeartbeatInterval is whole seconds, digits only",
                                   field=field, code="INVALID")
+        value = number
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError("a whole number of seconds", field=field)
     if not 1 <= value <= MAX_HEARTBEAT_S:
@@ -650,11 +658,12 @@ def heartbeat_interval(value: int | str, field: str) -> int:
 #: stored as its ``valueInForce`` and the product reads some of them
 #: (``SendLocalListMaxLength`` judges lists; QA s33: "abc" was sent and stored). Read-only
 #: keys are here too: a charger that wrongly accepts a change of one has it in force.
-#: ``HeartbeatInterval`` has its own bounds on top (``heartbeat_interval``). Vendor keys
-#: are free-form (CiString500, checked by the command's schema).
+#: ``HeartbeatInterval``, an integer, is not here: its own, stricter check
+#: (``heartbeat_interval``) judges it alone. Vendor keys are free-form (CiString500,
+#: checked by the command's schema).
 _INTEGER_KEYS = (
     "BlinkRepeat", "ClockAlignedDataInterval", "ConnectionTimeOut",
-    "ConnectorPhaseRotationMaxLength", "GetConfigurationMaxKeys", "HeartbeatInterval",
+    "ConnectorPhaseRotationMaxLength", "GetConfigurationMaxKeys",
     "MaxEnergyOnInvalidId", "MeterValuesAlignedDataMaxLength",
     "MeterValuesSampledDataMaxLength", "MeterValueSampleInterval", "MinimumStatusDuration",
     "NumberOfConnectors", "ResetRetries", "StopTxnAlignedDataMaxLength",
@@ -675,7 +684,8 @@ _MEASURAND_KEYS = ("MeterValuesAlignedData", "MeterValuesSampledData",
 #: Voltage.L1"; review r33-d: those were refused).
 MEASURANDS = frozenset(Measurand)
 _PHASED_MEASURANDS = MEASURANDS | {f"{m}.{p}" for m in Measurand for p in Phase}
-#: Named lists of the spec's other CSL keys.
+#: Named lists of the spec's other CSL keys; names compared ignoring case, as
+#: ``commands.units_named`` reads the units a charger takes.
 _NAMED_LISTS: dict[str, frozenset[str]] = {
     "supportedfeatureprofiles": frozenset({
         "Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation",
@@ -700,15 +710,16 @@ def configuration_value(key: str, value: str, field: str = "value") -> str:
     "9e2" their own ways), a boolean ``true`` or ``false``, a CSL its known names
     separated by commas (empty: none; an empty name between commas, a trailing comma's,
     is none too, as chargers split the list), a measurand with or without its phase
-    (``Voltage.L1``). Booleans are compared ignoring case, as chargers report them
-    (``True``, ``TRUE``). A key the spec does not name is not checked."""
+    (``Voltage.L1``). Booleans and the names of the other CSLs are compared ignoring
+    case, as chargers report them (``True``, ``TRUE``) and the product reads them
+    (``commands.units_named``). A key the spec does not name is not checked."""
     kind = CONFIGURATION_KINDS.get(key)
     if kind in ("integer", "percent"):
-        if not (value.isascii() and value.isdigit()):
-            raise ValidationError("a whole number, digits only", field=field, code="INVALID")
         bound = 100 if kind == "percent" else MAX_CONFIG_INTEGER
-        significant = value.lstrip("0") or "0"
-        if len(significant) > 10 or int(significant) > bound:
+        number = digits_value(value, bound)
+        if number is None:
+            raise ValidationError("a whole number, digits only", field=field, code="INVALID")
+        if number > bound:
             raise ValidationError(f"must be within 0..{bound}", field=field,
                                   code="OUT_OF_RANGE")
     elif kind == "boolean" and value.lower() not in ("true", "false"):
@@ -716,8 +727,9 @@ def configuration_value(key: str, value: str, field: str = "value") -> str:
     elif kind in ("measurands", "named"):
         measurands = kind == "measurands"
         known = _PHASED_MEASURANDS if measurands else _NAMED_LISTS[key]
-        unknown = [name for name in value.split(",") if name.strip() not in known
-                   and name.strip()]
+        folded = known if measurands else {name.lower() for name in known}
+        unknown = [name for name in value.split(",") if name.strip()
+                   and (name.strip() if measurands else name.strip().lower()) not in folded]
         if unknown:
             named = (f"measurands ({', '.join(sorted(MEASURANDS))}), each with or without "
                      f"a phase ({', '.join(Phase)}), such as Voltage.L1"

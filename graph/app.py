@@ -23,18 +23,27 @@ from graph.live_ws import KEEPALIVE, LiveEndpoint
 from graph.schema import schema
 
 
-async def resolve_viewer(services: Services, tokens: TokenService, authorization: str | None
-                         ) -> Viewer:
+async def resolve_caller(services: Services, tokens: TokenService, authorization: str | None
+                         ) -> tuple[Viewer, str | None]:
     """Anonymous without a token; the token's user (read fresh) with one; a bad token or a
-    deactivated user is an error, never a silent downgrade to anonymous."""
+    deactivated user is an error, never a silent downgrade to anonymous. With the viewer,
+    the device the token was issued to (``GraphContext.device_id``), read in the same
+    decoding."""
     token = bearer_token(authorization)
     if token is None:
-        return ANONYMOUS
+        return ANONYMOUS, None
     subject = tokens.subject(token)
     viewer = await services.accounts.viewer_for(subject.user_id, subject.epoch)
     if viewer is None:
         raise Unauthenticated("the account is not active or the token was revoked",
                               code="INVALID_TOKEN")
+    return viewer, subject.family_id
+
+
+async def resolve_viewer(services: Services, tokens: TokenService, authorization: str | None
+                         ) -> Viewer:
+    """``resolve_caller``'s viewer."""
+    viewer, _ = await resolve_caller(services, tokens, authorization)
     return viewer
 
 
@@ -65,10 +74,10 @@ class GraphQLApp:
         return await resolve_viewer(self.services, self.tokens, authorization)
 
     async def http_context(self, request: Request) -> GraphContext:
-        viewer = await resolve_viewer(self.services, self.tokens,
-                                      request.headers.get("authorization"))
+        viewer, device_id = await resolve_caller(self.services, self.tokens,
+                                                 request.headers.get("authorization"))
         return GraphContext.build(self.services, self.tokens, viewer, request,
-                                  introspection=self.introspection)
+                                  introspection=self.introspection, device_id=device_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -128,11 +128,19 @@ class TokenService:
 BEARER_FORMAT = "use 'Authorization: Bearer <token>'"
 
 
+class BadBearerFormat(Unauthenticated):
+    """A credential not of the ``Bearer <token>`` form: over HTTP the same code and
+    message as any bad token's; a websocket closes with ``BEARER_FORMAT`` as its reason."""
+
+    def __init__(self) -> None:
+        super().__init__(BEARER_FORMAT, code="INVALID_TOKEN")
+
+
 def bearer_token(header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header (scheme case-insensitive)."""
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated(BEARER_FORMAT, code="INVALID_TOKEN")
+        raise BadBearerFormat()
     return token.strip()

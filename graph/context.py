@@ -7,10 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from domain.clock import utcnow
-from domain.errors import Unauthenticated
 from domain.policy import Viewer
 from domain.services import Services
-from graph.auth import TokenService, bearer_token
+from graph.auth import TokenService
 from graph.loaders import Loaders
 
 
@@ -32,25 +31,14 @@ class GraphContext:
     #: Whether ``__schema`` and ``__type`` may be asked (``CHARGEGRAPH_INTROSPECTION``;
     #: ``graph.pipeline``).
     introspection: bool = True
+    #: The device (refresh family) the caller's access token was issued to, kept when the
+    #: token is checked (HTTP's ``Authorization``, the socket's ``connection_init``);
+    #: ``None`` without one or for a token naming none (``TokenSubject.family_id``).
+    device_id: str | None = None
 
     @classmethod
     def build(cls, services: Services, tokens: TokenService, viewer: Viewer,
-              request: Any = None, *, introspection: bool = True) -> GraphContext:
+              request: Any = None, *, introspection: bool = True,
+              device_id: str | None = None) -> GraphContext:
         return cls(services, tokens, viewer, Loaders(services.reads, viewer), request,
-                   introspection=introspection)
-
-    def device_id(self) -> str | None:
-        """The device (refresh family) the caller's access token was issued to: the
-        request's ``Authorization``, or the socket's ``connection_init`` one. ``None``
-        without one, or for a token naming none (``TokenSubject.family_id``)."""
-        if self.connection_params is not None:
-            authorization = self.connection_params.get("authorization")
-        else:
-            headers = getattr(self.request, "headers", None)
-            authorization = headers.get("authorization") if headers is not None else None
-        try:
-            token = bearer_token(authorization)
-            return self.tokens.subject(token).family_id if token else None
-        except Unauthenticated:
-            # Expired since the request was let in: it names no device now.
-            return None
+                   introspection=introspection, device_id=device_id)

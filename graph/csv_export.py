@@ -255,16 +255,6 @@ _WHEN = Param(_instant)
 
 
 # ------------------------------------------------------------------------ reading
-async def _shown(reads: ReadService, viewer: Viewer, kind: type[d.Record],
-                 ids: Iterable[str | None]) -> set[str]:
-    """Which of ``ids`` the viewer sees: one scoped read, as the GraphQL relation's
-    loader makes (a hidden record reads null there, so its id is left out here)."""
-    wanted = list({i for i in ids if i is not None})
-    if not wanted:
-        return set()
-    return {r.id for r in await reads.get_many(viewer, kind, wanted) if r is not None}
-
-
 ToRows = Callable[[ReadService, Viewer, list[Any]], Awaitable[list[Row]]]
 
 
@@ -296,9 +286,9 @@ SESSION_COLUMNS = ("id", "transactionId", "stationId", "cpId", "connectorId", "u
 
 async def _session_rows(reads: ReadService, viewer: Viewer, sessions: list[d.Session]
                         ) -> list[Row]:
-    stations = await _shown(reads, viewer, d.Station, (s.station_id for s in sessions))
-    users = await _shown(reads, viewer, d.User, (s.user_id for s in sessions))
-    vehicles = await _shown(reads, viewer, d.Vehicle, (s.vehicle_id for s in sessions))
+    stations = await reads.visible_ids(viewer, d.Station, (s.station_id for s in sessions))
+    users = await reads.visible_ids(viewer, d.User, (s.user_id for s in sessions))
+    vehicles = await reads.visible_ids(viewer, d.Vehicle, (s.vehicle_id for s in sessions))
     return [(global_id("session", s.id), s.transaction_id,
              global_id("station", s.station_id, stations), s.cp_id, s.connector_id,
              global_id("user", s.user_id, users),
@@ -323,8 +313,8 @@ PAYMENT_COLUMNS = ("id", "sessionId", "userId", "status", "amount", "refunded", 
 
 async def _payment_rows(reads: ReadService, viewer: Viewer, payments: list[d.Payment]
                         ) -> list[Row]:
-    sessions = await _shown(reads, viewer, d.Session, (p.session_id for p in payments))
-    users = await _shown(reads, viewer, d.User, (p.user_id for p in payments))
+    sessions = await reads.visible_ids(viewer, d.Session, (p.session_id for p in payments))
+    users = await reads.visible_ids(viewer, d.User, (p.user_id for p in payments))
     return [(global_id("payment", p.id), global_id("session", p.session_id, sessions),
              global_id("user", p.user_id, users), p.status,
              money(p.amount_minor, p.currency), money(p.refunded_minor, p.currency),
@@ -380,7 +370,7 @@ async def _energy_rows(reads: ReadService, viewer: Viewer, buckets: list[EnergyB
                        ) -> list[Row]:
     # ``EnergyBucket.station`` of the API: energy follows its sessions' books, which an
     # operator may keep for a station they no longer run (and so do not see).
-    stations = await _shown(reads, viewer, d.Station, (b.station_id for b in buckets))
+    stations = await reads.visible_ids(viewer, d.Station, (b.station_id for b in buckets))
     return [(b.start, b.cp_id, b.connector_id, global_id("station", b.station_id, stations),
              kwh(b.energy_wh), b.sessions, money(b.revenue_minor, b.currency), b.currency,
              money(b.refunds_minor, b.currency), money(b.net_minor, b.currency))

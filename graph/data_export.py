@@ -178,16 +178,6 @@ def _device(f: d.RefreshFamily, user: d.User) -> Item:
 
 
 # ------------------------------------------------------------------------ the document
-async def _shown(services: Services, viewer: Viewer, kind: type[d.Record],
-                 ids: Iterable[str | None]) -> set[str]:
-    """Which of ``ids`` the person sees (a related record's id is given only then)."""
-    wanted = list({i for i in ids if i is not None})
-    if not wanted:
-        return set()
-    found = await services.reads.get_many(viewer, kind, wanted)
-    return {r.id for r in found if r is not None}
-
-
 Render = Callable[[list[R]], Awaitable[list[Item]]]
 
 
@@ -210,21 +200,24 @@ async def document(services: Services, data: PersonalData) -> AsyncGenerator[byt
     async def plain(page: list[Any], to: Callable[[Any], Item]) -> list[Item]:
         return [to(r) for r in page]
 
+    async def shown(kind: type[d.Record], ids: Iterable[str | None]) -> set[str]:
+        return await services.reads.visible_ids(holder, kind, ids)
+
     async def sessions(page: list[d.Session]) -> list[Item]:
-        stations = await _shown(services, holder, d.Station, (s.station_id for s in page))
-        vehicles = await _shown(services, holder, d.Vehicle, (s.vehicle_id for s in page))
+        stations = await shown(d.Station, (s.station_id for s in page))
+        vehicles = await shown(d.Vehicle, (s.vehicle_id for s in page))
         return [_session(s, stations, vehicles) for s in page]
 
     async def payments(page: list[d.Payment]) -> list[Item]:
-        shown = await _shown(services, holder, d.Session, (p.session_id for p in page))
-        return [_payment(p, shown) for p in page]
+        seen = await shown(d.Session, (p.session_id for p in page))
+        return [_payment(p, seen) for p in page]
 
     async def refunds(page: list[d.Refund]) -> list[Item]:
-        shown = await _shown(services, holder, d.Payment, (r.payment_id for r in page))
-        return [_refund(r, shown) for r in page]
+        seen = await shown(d.Payment, (r.payment_id for r in page))
+        return [_refund(r, seen) for r in page]
 
     async def reservations(page: list[d.Reservation]) -> list[Item]:
-        stations = await _shown(services, holder, d.Station, (r.station_id for r in page))
+        stations = await shown(d.Station, (r.station_id for r in page))
         return [_reservation(r, stations) for r in page]
 
     policy = services.policy

@@ -310,7 +310,8 @@ class RenderGroup:
         base = self.context
         return GraphContext(base.services, base.tokens, base.viewer,
                             Loaders(base.services.reads, base.viewer), base.request,
-                            connection_params=base.connection_params)
+                            connection_params=base.connection_params,
+                            device_id=base.device_id)
 
     def _execute(self, event: DomainEvent, dropped: int) -> str | Coroutine[Any, Any, str]:
         try:

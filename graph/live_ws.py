@@ -69,7 +69,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from domain.services.live import Watch
 from graph import exact_json
-from graph.auth import BEARER_FORMAT, TokenService, bearer_token
+from graph.auth import BEARER_FORMAT, BadBearerFormat, TokenService, bearer_token
 from graph.context import GraphContext
 from graph.errors import mask, payload_codes, request_outcome
 from graph.live_outbox import ABORT, CLOSE_WITHIN_S, Outbox, QueuedSend, dumps
@@ -96,7 +96,7 @@ def _close_reason(error: Unauthenticated) -> str:
     other "Forbidden" (sign in again)."""
     if error.code == "TOKEN_EXPIRED":
         return "Token expired"
-    return BEARER_FORMAT if error.message == BEARER_FORMAT else "Forbidden"
+    return BEARER_FORMAT if isinstance(error, BadBearerFormat) else "Forbidden"
 
 
 TRANSPORT_WS = "graphql-transport-ws"
@@ -475,8 +475,10 @@ class Connection:
             # at init instead (4403), as graphql-transport-ws allows.
             raise Unauthenticated("sign in first")
         token = bearer_token(self.authorization)
-        # Read once, for the check before each new subscription (``expired``).
-        self.valid_until = self.hub.tokens.subject(token).valid_until if token else None
+        # Read once, for the check before each new subscription (``expired``), and the
+        # device for every operation's context (``GraphContext.device_id``).
+        subject = self.hub.tokens.subject(token) if token else None
+        self.valid_until = subject.valid_until if subject is not None else None
         if self.valid_until is not None:
             # Closed when it expires, not at the next periodic re-check: that let a
             # subscription go on sending events for up to a period after (QA s32).
@@ -484,7 +486,8 @@ class Connection:
             self.expiry_timer = self.endpoint.timers.call_later(max(left, 0.0),
                                                                 self._expire)
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request,
-                                     introspection=self.hub.introspection)
+                                     introspection=self.hub.introspection,
+                                     device_id=subject.family_id if subject else None)
         # Only what is used, not the payload: it lives as long as the socket, and a client
         # could make it as large as a message may be.
         context.connection_params = ({"authorization": self.authorization}
@@ -753,7 +756,8 @@ class Connection:
             await self.close(4403, reason)
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
-                                     self.request, introspection=self.hub.introspection)
+                                     self.request, introspection=self.hub.introspection,
+                                     device_id=self.context.device_id)
         codes: list[str] = []  # the payload errors' codes, for its outcome (this task's)
         marker = payload_codes.set(codes)
         try:

@@ -30,11 +30,13 @@ from domain.currencies import major_units, price_shown, rate_shown
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.ocpp16 import member
+from domain.policy import Seen
 from domain.query import ALL, Eq, Filter, Range, Sort, all_of, newest_first
 from domain.services.charging import last_known, unheard_since_restore
 from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE, expiry_set_by_staff
 from domain.services.intervals import IdleSpan
+from domain.services.reads import Load
 from domain.services.refresh_tokens import AGENT_MAX, DEVICES_LIMIT
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt, open_at
 from domain.tariff_bands import session_split
@@ -323,20 +325,13 @@ async def _actor_user(info: Info, actor: str | None) -> User | None:
     return await _related(info, User, actor)  # type: ignore[no-any-return]
 
 
-async def _audit_image(info: Info, entry: d.AuditEntry, image: dict[str, Any] | None
-                       ) -> JSON | None:
-    """An audit entry's image as the policy lets the viewer read it
-    (``Policy.audit_snapshot``, as the CSV export shows it): the holders it names read
-    through the request's batched loads, one read per kind for a page of entries."""
-    ctx = _ctx(info)
-    policy = ctx.services.policy
-    wanted = policy.audit_references(ctx.viewer, [entry])
-    seen: dict[str, set[str]] = {}
-    for kind, ids in wanted.items():
-        found = await asyncio.gather(*(ctx.loaders.by_id(d.ENTITY_BY_KIND[kind]).load(i)
-                                       for i in ids))
-        seen[kind] = {record.id for record in found if record is not None}
-    return cast(JSON, policy.audit_snapshot(ctx.viewer, entry, image, seen))
+def _loading(ctx: GraphContext) -> Load:
+    """``ReadService.visible_ids``' ``load`` through the request's batched loads: one
+    read per kind for a page."""
+    async def load(kind: type[d.Record], ids: Sequence[str]) -> list[d.Record | None]:
+        loader = ctx.loaders.by_id(kind)
+        return list(await asyncio.gather(*(loader.load(i) for i in ids)))
+    return load
 
 
 def _staff(ctx: GraphContext) -> bool:
@@ -488,8 +483,7 @@ class User(Node, Audited):
         found = await ctx.services.refresh_tokens.devices(ctx.viewer, self._r)
         if found is None:
             return None
-        current = ctx.device_id()
-        return [Device.wrap(f, current) for f in found]
+        return [Device.wrap(f, ctx.device_id) for f in found]
 
     @strawberry.field(description="Their vehicles (their garage: not those removed), in "
                                   "creation order, as far as the viewer may see them.")
@@ -1663,6 +1657,9 @@ class AuditEntry(Node, Audited):
         "Who made it: a user's global id (as `User.id`), `ocpp:<cpId>` or `system`."))
     at: datetime = strawberry.field(description="When it happened, UTC.")
     _r: strawberry.Private[d.AuditEntry]
+    #: What the viewer sees of the holders its images name, read once for ``before`` and
+    #: ``after`` (``_image``).
+    _seen: strawberry.Private[asyncio.Future[Seen] | None]
 
     @classmethod
     def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
@@ -1674,6 +1671,7 @@ class AuditEntry(Node, Audited):
             "action": r.action,
             "actor": shown_actor(r.actor),
             "at": r.at,
+            "_seen": None,
         })
 
     @strawberry.field(description=(
@@ -1687,12 +1685,23 @@ class AuditEntry(Node, Audited):
         "price as it was typed (`\"0.5900\"`, which the tariff shows `\"0.59\"`), money "
         "in minor units (a payment's `amount_minor`). Null for a CREATE."))
     async def before(self, info: Info) -> JSON | None:
-        return await _audit_image(info, self._r, self._r.before)
+        return await self._image(info, self._r.before)
 
     @strawberry.field(description=(
         "The record after the change, shaped as `before`. Null for a DELETE."))
     async def after(self, info: Info) -> JSON | None:
-        return await _audit_image(info, self._r, self._r.after)
+        return await self._image(info, self._r.after)
+
+    async def _image(self, info: Info, image: dict[str, Any] | None) -> JSON | None:
+        """An image as the policy lets the viewer read it (``Policy.audit_snapshot``, as
+        the CSV export shows it): what the viewer sees of the holders it names is read
+        once for both images (``_seen``), through the request's batched loads."""
+        ctx = _ctx(info)
+        if self._seen is None:
+            self._seen = asyncio.ensure_future(ctx.services.reads.audit_seen(
+                ctx.viewer, [self._r], _loading(ctx)))
+        seen = await asyncio.shield(self._seen)
+        return cast(JSON, ctx.services.policy.audit_snapshot(ctx.viewer, self._r, image, seen))
 
     @strawberry.field(description="The user who made the change, when it was a user.")
     async def actor_user(self, info: Info) -> User | None:

@@ -112,18 +112,14 @@ def mutation_fields(query: str, operation_name: str | None) -> list[str]:
     """The root fields the mutation ``query`` runs (``operation_name``'s, or the only
     one), one per selection (aliases of one field count apart), through fragments;
     ``__typename`` left out. Empty when it does not parse or names no operation."""
-    return [f.name.value for f in _root_fields(query, operation_name)]
+    return [f.name.value for f in _root_fields(query, operation_name)[0]]
 
 
 def payload_fields(query: str, operation_name: str | None) -> set[str]:
     """The fields selected in the answers of the root fields of ``query`` (their
     payloads' fields, by name whatever their alias, through fragments)."""
-    try:
-        fragments = _fragments(_parsed(query))
-    except GraphQLError:
-        return set()
-    return {f.name.value for root in _root_fields(query, operation_name)
-            if root.selection_set is not None
+    roots, fragments = _root_fields(query, operation_name)
+    return {f.name.value for root in roots if root.selection_set is not None
             for f in _flattened(root.selection_set.selections, fragments)}
 
 
@@ -132,17 +128,19 @@ def _fragments(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
             if isinstance(d, FragmentDefinitionNode)}
 
 
-def _root_fields(query: str, operation_name: str | None) -> list[FieldNode]:
-    """``mutation_fields``' nodes."""
+def _root_fields(query: str, operation_name: str | None
+                 ) -> tuple[list[FieldNode], dict[str, FragmentDefinitionNode]]:
+    """``mutation_fields``' nodes, and the document's fragments (for what they select)."""
     try:
         document = _parsed(query)
     except GraphQLError:
-        return []
+        return [], {}
+    fragments = _fragments(document)
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)
                   and (operation_name is None or (d.name and d.name.value == operation_name))]
     if len(operations) != 1:
-        return []
-    return _flattened(operations[0].selection_set.selections, _fragments(document))
+        return [], fragments
+    return _flattened(operations[0].selection_set.selections, fragments), fragments
 
 
 def _flattened(selections: Sequence[SelectionNode],

@@ -69,10 +69,9 @@ class Services:
         self.stations.cancel_at_chargers = self.withdrawal.cancel_reservations
         self.stations.close_refused = self.charging.refused_closes
         self.stations.announce_closed = self.charging.announce_closed
-        self.stations.pause_to_retry = self.charging.pause_to_retry  # the one pause
+        for retrying in (self.stations, self.tariffs, self.fleet):
+            retrying.pause_to_retry = self.charging.pause_to_retry  # the one pause
         self.stations.forget_known = self.charging.sign_ins.known.forget
-        self.tariffs.pause_to_retry = self.charging.pause_to_retry
-        self.fleet.pause_to_retry = self.charging.pause_to_retry
         self.accounts.on_deactivated = self.withdrawal.withdraw_user
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user

@@ -371,16 +371,8 @@ class AccountService(Service):
         return self._counting_operator_probes(viewer)
 
     def _counting_operator_probes(self, viewer: Viewer) -> AbstractContextManager[None]:
-        """An operator's attempt that may find an email taken (``createUser``, a change of
-        one of their people's email): refused while they have been told
-        ``OPERATOR_TAKEN_EMAILS`` taken ones within the hour, and counted only when it is
-        told one (DUPLICATE on ``email``), by the operator, not their address: review
-        s26, counted as each attempt started by the address's sign-in limit, an
-        operator's parallel creations of free emails were refused TOO_MANY_ATTEMPTS and
-        locked their colleagues' sign-ins from the office. Attempts already under way
-        when the budget runs out still get their answer (the count lands as each ends):
-        an operator sending many at once learns at most that many more, and every one
-        is theirs, signed in. Admins are not counted: they see every account."""
+        """``throttle.counting_probes`` for an operator's attempts that may find an email
+        taken (told DUPLICATE on ``email``; ``OPERATOR_TAKEN_EMAILS``); admins not counted."""
         return counting_probes(
             self.operator_probes, None if viewer.is_admin else viewer.user_id,
             f"too many emails that have an account already: at most "

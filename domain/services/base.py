@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -348,6 +348,15 @@ _HOLDING = frozenset(s.value for s in LIVE_RESERVATION_STATES)
 
 
 class Service:
+    #: The pause before a write that met a change is run again, with the attempt's number
+    #: (``retried``'s ``pause``). ``Services`` wires ``ChargingService.pause_to_retry``
+    #: (the one pause of writes tried again: random, each instance its own, its jitter
+    #: injectable) into the services that retry (stations, tariffs, fleet): on MongoDB
+    #: guards are read after the write, so two writes racing each read the other's in
+    #: flight, both are rolled back, and run again at once they meet again in step
+    #: (reviews s31, r33). None (a bare service): at once.
+    pause_to_retry: Callable[[int], Awaitable[None]] | None = None
+
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.store = ctx.store
@@ -848,7 +857,7 @@ def still_active(user_id: str) -> Guard:
     live start Accepted) holds only while no deactivation landed since the read, here or
     on another instance (session 33: one between the card's check and the session's
     write was answered Accepted)."""
-    return Guard(User, all_of(Eq("id", user_id), Eq("active", True), Eq("erased_at", None)))
+    return Guard(User, all_of(not_erased(user_id).condition(), Eq("active", True)))
 
 
 #: What makes a session hold its card and car: open, and not refused at its start.

@@ -67,7 +67,6 @@ from domain.errors import (
     NotFound,
     Unauthenticated,
     ValidationError,
-    ValidationErrors,
 )
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
@@ -116,11 +115,11 @@ from domain.services.pending_starts import (
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import (
     ACCEPTED,
-    card_states,
     cards_named,
     hold_pending,
     record_local_list,
     settle_pending,
+    states_of,
 )
 from domain.validation import (
     MAX_CONNECTOR_ID,
@@ -798,6 +797,10 @@ class CommandService(Service):
         assert self.gateway is not None
         if self.gateway.is_connected(station.cp_id):
             return False
+        return await self._recorded_offline(station)
+
+    async def _recorded_offline(self, station: Station) -> bool:
+        """Whether the station is recorded offline (or gone), read now."""
         [now] = await self.store.get_many(Station, [station.id])
         return now is None or not now.online
 
@@ -861,8 +864,7 @@ class CommandService(Service):
         now: it may have gone during the wait), its charger is connected to an instance
         that cannot hear the relay right now (its Redis connection is coming back), and
         "not connected" would contradict what every client is shown."""
-        [now] = await self.store.get_many(Station, [station.id])
-        if now is None or not now.online:
+        if await self._recorded_offline(station):
             return error
         return ChargerUnreachable(f"{station.cp_id} is connected to another instance that "
                                   "does not answer now; try again in a moment", field="cpId")
@@ -1220,22 +1222,21 @@ class CommandService(Service):
         held = await self.store.find_one(Session, all_of(
             Eq("station_id", station.id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE)))
-        if held is not None and viewer.user_id is not None and held.user_id == viewer.user_id:
-            raise Conflict(f"the connector is charging your own session (transaction "
-                           f"{held.transaction_id}): stop it with remoteStopTransaction, or, "
-                           "if its charger lost it, ask the station's operator to end it "
-                           "(endSession)", field="connectorId", code="IN_USE")
-        if held is not None and self.policy.keeps_books(viewer, held):
+        if held is None:
+            return
+        ways = (f" (transaction {held.transaction_id}): stop it with remoteStopTransaction, "
+                "or, if its charger lost it, ")
+        if viewer.user_id is not None and held.user_id == viewer.user_id:
+            message = (f"the connector is charging your own session{ways}ask the "
+                       "station's operator to end it (endSession)")
+        elif self.policy.keeps_books(viewer, held):
             # Staff who may end it are told which and how (QA s33: a lost session blocked
             # the plug and the operator was told nothing to act on); a driver is not told
             # another's transaction.
-            raise Conflict(f"the connector is charging another session (transaction "
-                           f"{held.transaction_id}): stop it with remoteStopTransaction, "
-                           "or, if its charger lost it, end it (endSession)",
-                           field="connectorId", code="IN_USE")
-        if held is not None:
-            raise Conflict("the connector is charging another session", field="connectorId",
-                           code="IN_USE")
+            message = f"the connector is charging another session{ways}end it (endSession)"
+        else:
+            message = "the connector is charging another session"
+        raise Conflict(message, field="connectorId", code="IN_USE")
 
     async def _refuse_out_of_service(self, station: Station, payload: dict[str, Any]
                                      ) -> None:
@@ -1695,8 +1696,7 @@ class CommandService(Service):
         entries = [e for e in payload.get("localAuthorizationList") or ()
                    if isinstance(e, dict)]
         full = payload.get("updateType") == "Full"
-        if not full:
-            await self._refuse_stale_version(station, payload)
+        recorded = None if full else await self._refuse_stale_version(station, payload)
         await self._refuse_withdrawn_cards(viewer, entries)
         removals = not full and all(e.get("idTagInfo") is None for e in entries)
         if len(entries) <= 1 and (full or removals):
@@ -1712,7 +1712,7 @@ class CommandService(Service):
                 field=field_name, code="OUT_OF_RANGE")
         if limits.holds is None or removals:
             return  # removals never grow the list
-        after = await self._list_after(station, payload, entries)
+        after = await self._list_after(station, payload, entries, recorded)
         if after is None:
             return
         tags, held, kept = after
@@ -1739,15 +1739,16 @@ class CommandService(Service):
             field=field_name, code="OUT_OF_RANGE")
 
     async def _refuse_stale_version(self, station: Station, payload: dict[str, Any]
-                                    ) -> None:
+                                    ) -> LocalList | None:
         """A Differential list at or below the version the charger last accepted
         (``LocalList.version``, ``Station.localListVersion``): OCPP 1.6 has the charger
         ignore or refuse it (QA s33: v1 after a Full v1 was sent). Withdrawals raise the
         version on their own, so an operator's "last + 1" may be stale: the message
-        names the version now. Not known (nothing recorded): not judged."""
+        names the version now. Not known (nothing recorded): not judged. Answers the list
+        as recorded (``_list_after``'s)."""
         [recorded] = await self.store.get_many(LocalList, [station.id])
         if recorded is None or int(payload.get("listVersion") or 0) > recorded.version:
-            return
+            return recorded
         raise ValidationError(
             f"this charger's list is at version {recorded.version} (the last it accepted, "
             f"withdrawals of blocked cards included): a DIFFERENTIAL list needs a version "
@@ -1770,37 +1771,35 @@ class CommandService(Service):
         as a tag of no card here is, and left to the product's own withdrawal."""
         accepted = [(i, str(e.get("idTag")).upper()) for i, e in enumerate(entries)
                     if isinstance(e.get("idTagInfo"), dict)
-                    and e["idTagInfo"].get("status") == "Accepted"]
+                    and e["idTagInfo"].get("status") == ACCEPTED]
         if not accepted:
             return
         named = await cards_named(self.store, sorted({tag for _, tag in accepted}),
                                   self.policy.scope(viewer, "id_tag"))
-        states = await card_states(self.store, sorted(c.id for c in named.values()),
-                                   self.now())
-        errors = [ValidationError(
+        states = await states_of(self.store, list(named.values()), self.now())
+        checks = Checks()
+        checks.errors.extend(ValidationError(
             f"card {tag} is {states[named[tag].id].lower()} here: the charger would be "
             f"told to accept a card it is then told to refuse; list it as "
             f"{states[named[tag].id].upper()}, or change the card's status first",
             field=f"localAuthorizationList.{i}.idTagInfo.status", code="INVALID_STATE")
             for i, tag in accepted
-            if tag in named and states.get(named[tag].id, ACCEPTED) != ACCEPTED]
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ValidationErrors(errors)
+            if tag in named and states.get(named[tag].id, ACCEPTED) != ACCEPTED)
+        checks.done()
 
     async def _list_after(self, station: Station, payload: dict[str, Any],
-                          entries: list[dict[str, Any]]
+                          entries: list[dict[str, Any]], recorded: LocalList | None
                           ) -> tuple[list[str], int, int] | None:
         """The tags the station's list would hold after ``payload``, in the order they
         would be taken (those it keeps first, then those the list adds, in its order),
         how many it holds before, and how many of those it keeps: a Full list's (0
         before: it replaces them); a Differential applied to the list as recorded
-        (``LocalListEntry``), ``None`` when nothing is recorded of it (not known)."""
+        (``LocalListEntry``), ``None`` when nothing is recorded of it (``recorded``, as
+        ``_refuse_stale_version`` read it: not known)."""
         given = [str(e.get("idTag")).upper() for e in entries]
         if payload.get("updateType") == "Full":
             return list(dict.fromkeys(given)), 0, 0
-        if await self.store.find_one(LocalList, Eq("station_id", station.id)) is None:
+        if recorded is None:
             return None
         held = [e.tag for e in await self.store.find_all(
             LocalListEntry, Eq("station_id", station.id), [Sort("tag")],
@@ -2567,13 +2566,15 @@ class CommandService(Service):
         # superseded (``_hold_start``): the charger took it, so it carries them out no
         # more; refused or unanswered, they stay live for their StartTransaction. One
         # unanswered (or unreadable) is marked so, for what its hold says (QA s33).
-        freed = [settle(outcome.pending, viewer, answered_at)] \
-            if outcome.pending is not None and not _may_start(outcome.error) else []
-        if outcome.pending is not None and outcome.error is not None \
-                and _may_start(outcome.error):
-            freed.append(unknown_outcome(outcome.pending, viewer))
-        if outcome.pending is not None and outcome.error is None:
-            freed += [settle(p, viewer, answered_at) for p in outcome.superseded]
+        pending = outcome.pending
+        freed: list[Change] = []
+        if pending is not None:
+            if not _may_start(outcome.error):
+                freed.append(settle(pending, viewer, answered_at))
+            elif outcome.error is not None:
+                freed.append(unknown_outcome(pending, viewer))
+            else:
+                freed += [settle(p, viewer, answered_at) for p in outcome.superseded]
 
         #: The station's own changes as committed: the interval's is read on each try.
         station_changes: list[tuple[Change, Any]] = list(remembered)

@@ -209,12 +209,6 @@ class FleetService(Service):
         #: The cards (any status) a driver may hold when issuing one for themselves;
         #: 0: no limit (``_refuse_over_cap``).
         self.max_cards_per_driver = MAX_CARDS_PER_DRIVER
-        #: The pause before an issue whose write met a change runs again (``Services``
-        #: wires in ``ChargingService.pause_to_retry``: random, each instance its own).
-        #: On MongoDB guards are read after the write: two issues racing for a driver's
-        #: last place each saw the other's card, both were undone and, run again at
-        #: once, met again in step (review r33: CHANGED, CHANGED). None: at once.
-        self.pause_to_retry: Callable[[int], Awaitable[None]] | None = None
         #: Card numbers told to each user (``TAKEN_CARD_NUMBERS``).
         self.card_probes = RollingLimit(ctx.clock, limit=TAKEN_CARD_NUMBERS,
                                         window=CARD_PROBE_WINDOW, name="taken_card_numbers")
@@ -423,6 +417,8 @@ class FleetService(Service):
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
         with self._counting_card_probes(viewer):
+            # After a pause (``Service.pause_to_retry``): two issues racing for a driver's
+            # last place each saw the other's card on MongoDB (review r33).
             issued, reissued = await retried(lambda: self._issue_id_tag(
                 viewer, tag, user_id, vehicle_id, expires_at, parent_tag),
                 pause=self.pause_to_retry)

@@ -3,12 +3,12 @@ ANDed into the store query: the single enforcement point for visibility."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from domain.entities import ENTITY_BY_KIND, AuditEntry, E, MeterSample, Tariff
+from domain.entities import ENTITY_BY_KIND, AuditEntry, E, MeterSample, Record, Tariff
 from domain.policy import Seen, Viewer
 from domain.query import (
     ALL,
@@ -26,6 +26,10 @@ from domain.services.base import Service
 from domain.services.intervals import IdleSpan, idle_times
 from domain.services.metering import register_readings
 from domain.services.tariffs import PricedAt, tariffs_in_force
+
+#: Reads records of a kind by id as the viewer may see them, ``None`` for one not seen
+#: (``ReadService.visible_ids``: the graph's request loaders).
+Load = Callable[[type[Record], Sequence[str]], Awaitable[Sequence[Record | None]]]
 
 
 class ReadService(Service):
@@ -68,15 +72,25 @@ class ReadService(Service):
                        ) -> list[E | None]:
         return await self.store.get_many(kind, ids, self.scoped(viewer, kind))
 
-    async def audit_seen(self, viewer: Viewer, entries: Sequence[AuditEntry]) -> Seen:
+    async def visible_ids(self, viewer: Viewer, kind: type[Record],
+                          ids: Iterable[str | None], load: Load | None = None) -> set[str]:
+        """Which of ``ids`` the viewer sees: one scoped read (``get_many``, or ``load``:
+        the graph's request loaders, which make it one per kind for a page), as a
+        relation reads them (a hidden record reads null there, so its id is left out)."""
+        wanted = sorted({i for i in ids if i is not None})
+        if not wanted:
+            return set()
+        found = await (load(kind, wanted) if load is not None
+                       else self.get_many(viewer, kind, wanted))
+        return {record.id for record in found if record is not None}
+
+    async def audit_seen(self, viewer: Viewer, entries: Sequence[AuditEntry],
+                         load: Load | None = None) -> Seen:
         """What the viewer sees of the holders the entries' images name
-        (``Policy.audit_references``): one read per kind for the whole page, for
-        ``Policy.audit_snapshot``. The graph reads them through its request's loaders."""
-        seen: dict[str, set[str]] = {}
-        for kind, ids in self.policy.audit_references(viewer, entries).items():
-            found = await self.get_many(viewer, ENTITY_BY_KIND[kind], sorted(ids))
-            seen[kind] = {record.id for record in found if record is not None}
-        return seen
+        (``Policy.audit_references``, ``visible_ids``): one read per kind for the whole
+        page, for ``Policy.audit_snapshot``."""
+        return {kind: await self.visible_ids(viewer, ENTITY_BY_KIND[kind], ids, load)
+                for kind, ids in self.policy.audit_references(viewer, entries).items()}
 
     async def find_one(self, viewer: Viewer, kind: type[E], where: Filter) -> E | None:
         return await self.store.find_one(kind, self.scoped(viewer, kind, where))

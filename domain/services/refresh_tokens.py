@@ -38,7 +38,14 @@ from domain.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Guard, Insert
 from domain.query import Eq, Range, all_of, newest_first
-from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
+from domain.services.base import (
+    Service,
+    ServiceContext,
+    pages,
+    patch,
+    stamp_new,
+    still_active,
+)
 from domain.validation import shown_text
 
 log = logging.getLogger("chargegraph.accounts")
@@ -133,8 +140,7 @@ class RefreshTokenService(Service):
             # erasure's deletion of the person's tokens ran before this insert, and the
             # erased person's device record stayed for good).
             await self.store.write([Insert(family), Insert(token)], [], [Guard(User, all_of(
-                Eq("id", user.id), Eq("token_epoch", user.token_epoch),
-                Eq("active", True), Eq("erased_at", None)))])
+                still_active(user.id).condition(), Eq("token_epoch", user.token_epoch)))])
         except Conflict as conflict:
             if conflict.code != "CHANGED":
                 raise
@@ -193,14 +199,14 @@ class RefreshTokenService(Service):
         (``CREDENTIAL_KINDS``), no read scope shows them."""
         if viewer.user_id != user.id and not viewer.is_admin:
             return None
-        now = self.now()
         if not user.active:
             return []
-        found = await self.store.find_all(RefreshFamily, all_of(
+        # ``still_signs_in``, asked of the store: in the user's epoch, not signed out or
+        # expired (the account's being active, above).
+        return await self.store.find_all(RefreshFamily, all_of(
             Eq("user_id", user.id), Eq("token_epoch", user.token_epoch),
-            Eq("revoked_at", None), Range("expires_at", gt=now)),
+            Eq("revoked_at", None), Range("expires_at", gt=self.now())),
             list(newest_first("created_at")), limit=DEVICES_LIMIT)
-        return [f for f in found if still_signs_in(f, user, now)]
 
     async def sign_out_device(self, viewer: Viewer, family_id: str) -> RefreshFamily:
         """Signs one device out by its id (``devices``): its refresh chain ends at once,
@@ -212,14 +218,7 @@ class RefreshTokenService(Service):
         [family] = await self.store.get_many(RefreshFamily, [family_id])
         if family is None or (family.user_id != viewer.user_id and not viewer.is_admin):
             raise NotFound("no such device", field="id")
-        if family.revoked_at is None:
-            # Guarded, not required: a sign-out that landed meanwhile is as good as this
-            # one, and is then the only one audited (``AuditIfApplied``).
-            revoked = patch(family, viewer, only_if=("revoked_at", None),
-                            revoked_at=self.now())
-            await self.commit(viewer, [(revoked, family)])
-            return cast(RefreshFamily, revoked.record)
-        return family
+        return await self._revoke(family, self.now(), viewer)
 
     async def _find(self, token: str) -> RefreshToken:
         found = await self.store.find_one(RefreshToken, Eq("token_hash", digest(token)))
@@ -254,12 +253,21 @@ class RefreshTokenService(Service):
             await self._reused(stored, now)
         raise _invalid("the refresh token was revoked (signed out): sign in again")
 
-    async def _revoke(self, family: RefreshFamily, now: datetime) -> None:
+    async def _revoke(self, family: RefreshFamily, now: datetime,
+                      viewer: Viewer | None = None) -> RefreshFamily:
+        """``family`` revoked (as it was, when it was already); by ``viewer``'s act,
+        audited, with one (``sign_out_device``), unaudited as the system's without."""
         if family.revoked_at is not None:
-            return
-        # Guarded, not required: a revocation that landed meanwhile is as good as this one.
-        await self.store.write([patch(family, SYSTEM, only_if=("revoked_at", None),
-                                      revoked_at=now)], [])
+            return family
+        # Guarded, not required: a revocation that landed meanwhile is as good as this one
+        # (and is then the only one audited: ``AuditIfApplied``).
+        revoked = patch(family, viewer or SYSTEM, only_if=("revoked_at", None),
+                        revoked_at=now)
+        if viewer is None:
+            await self.store.write([revoked], [])
+        else:
+            await self.commit(viewer, [(revoked, family)])
+        return cast(RefreshFamily, revoked.record)
 
     def _next(self, family: RefreshFamily, now: datetime) -> tuple[IssuedRefresh,
                                                                      RefreshToken]:

@@ -242,11 +242,6 @@ class StationService(Service):
         #: Without them (a bare service) it refuses the removal as an accepted one does.
         self.close_refused: RefusedCloses | None = None
         self.announce_closed: Callable[[Station, Session], Awaitable[None]] | None = None
-        #: The pause before ``create_station`` writes again, with the attempt's number
-        #: (``Services`` wires in ``ChargingService.pause_to_retry``: the one pause of
-        #: writes tried again, random, its jitter injectable: ``retry_jitter``). A bare
-        #: service tries again at once.
-        self.pause_to_retry: Callable[[int], Awaitable[None]] | None = None
         #: Told the digests of a removed station's known charger addresses as they are
         #: deleted (``Services`` wires in ``KnownAddresses.forget``: dropped from every
         #: instance's memory too). A bare service deletes them only.

@@ -4,7 +4,7 @@ that was in force when they started."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -320,14 +320,10 @@ def _valid_from(valid_from: datetime, viewer: Viewer) -> datetime:
 
 
 class TariffService(Service):
-    #: The pause before a set or a removal that met a change is run again (``Services``
-    #: wires in ``ChargingService.pause_to_retry``: random, up to 50 ms times the
-    #: attempt). On MongoDB guards are read after the write: an admin's price dated back
-    #: and a removal, both writing the version the removed one replaced, each read the
-    #: other's write in flight, both were rolled back, ran again in step and met again,
-    #: and CHANGED reached the client in a quarter of such races (review s31). None: at
-    #: once.
-    pause_to_retry: Callable[[int], Awaitable[None]] | None = None
+    # A set or a removal that met a change is run again after ``pause_to_retry``: an
+    # admin's price dated back and a removal, both writing the version the removed one
+    # replaced, each read the other's write in flight on MongoDB and met again in step
+    # (review s31: CHANGED reached the client in a quarter of such races).
 
     async def set_tariff(self, viewer: Viewer, *, price_per_kwh: Decimal | str,
                          currency: str, company_id: str | None = None,

@@ -500,7 +500,7 @@ async def _record(store: Store, station: Station, current: LocalList | None,
                                        if status is not None])
     cards = {tag: card.id for tag, card in named.items()}
     holders = {tag: card.user_id for tag, card in named.items()}
-    states = await card_states(store, sorted(set(cards.values())), now)
+    states = await states_of(store, list(named.values()), now)
     changes: list[Change] = []
     wanting = False
     for tag, entry in held.items():
@@ -538,19 +538,29 @@ async def _record(store: Store, station: Station, current: LocalList | None,
     return wanting
 
 
+async def states_of(store: Store, cards: Sequence[IdTag], now: datetime
+                    ) -> dict[str, str]:
+    """Each of ``cards``' (by id) state at ``now`` as a list spells it: its status as a
+    charger is told it (``IdTag.charger_status``: a deactivated holder's card Blocked).
+    Only their holders are read: for cards in hand."""
+    states: dict[str, str] = {}
+    for start in range(0, len(cards), BATCH):
+        batch = cards[start:start + BATCH]
+        owners = {u.id: u for u in await store.get_many(
+            User, sorted({c.user_id for c in batch})) if u is not None}
+        states.update((c.id, list_status(c.charger_status(owners.get(c.user_id), now)))
+                      for c in batch)
+    return states
+
+
 async def card_states(store: Store, card_ids: Sequence[str], now: datetime
                       ) -> dict[str, str]:
-    """Each card's (by id) state at ``now`` as a list spells it: its status as a
-    charger is told it (``IdTag.charger_status``: a deactivated holder's card Blocked);
-    a card gone is left out."""
+    """``states_of`` the cards of ``card_ids``, read; a card gone is left out."""
     states: dict[str, str] = {}
     for start in range(0, len(card_ids), BATCH):
-        cards = [c for c in await store.get_many(IdTag, card_ids[start:start + BATCH])
-                 if c is not None]
-        owners = {u.id: u for u in await store.get_many(
-            User, sorted({c.user_id for c in cards})) if u is not None}
-        states.update((c.id, list_status(c.charger_status(owners.get(c.user_id), now)))
-                      for c in cards)
+        states.update(await states_of(store, [
+            c for c in await store.get_many(IdTag, card_ids[start:start + BATCH])
+            if c is not None], now))
     return states
 
 
@@ -1061,7 +1071,7 @@ class Withdrawal(Service):
             return
         cards = await self.store.find_all(IdTag, In("tag", tuple({r.id_tag for r in held})),
                                           limit=BATCH)
-        states = await card_states(self.store, [c.id for c in cards], self.now())
+        states = await states_of(self.store, cards, self.now())
         usable = {(c.tag, c.user_id) for c in cards if states.get(c.id) == ACCEPTED}
         dead = [r.id for r in held if (r.id_tag, r.user_id) not in usable]
         if dead:

@@ -145,3 +145,22 @@ def test_a_limits_bounds_are_written_out_not_in_scientific_notation() -> None:
 
     assert refusal(-5, ocpp16.ChargingRateUnitType.A) == "must be within 0..10000000"
     assert refusal(3000.5, ocpp16.ChargingRateUnitType.A) == "at most 3000 A"
+
+
+@pytest.mark.parametrize(("value", "code", "says"), [
+    (" 90", "INVALID", "a HeartbeatInterval is whole seconds, digits only"),
+    ("99999999999", "OUT_OF_RANGE", "must be within 1..86400 seconds"),
+    ("0", "OUT_OF_RANGE", "must be within 1..86400 seconds"),
+    ("86401", "OUT_OF_RANGE", "must be within 1..86400 seconds"),
+])
+def test_a_heartbeat_interval_change_is_told_its_own_bounds(value: str, code: str,
+                                                            says: str) -> None:
+    """``HeartbeatInterval`` is judged by its own, stricter check alone: the integer
+    keys' check (0..2^31-1) ran first and told a value out of either range the wrong
+    bounds, or "a whole number" (review s33)."""
+    for key in ("HeartbeatInterval", "heartbeatinterval"):
+        with pytest.raises(ValidationError) as refused:
+            check("ChangeConfiguration", {"key": key, "value": value})
+        assert (refused.value.field, refused.value.code, refused.value.message) == (
+            "value", code, says), (key, value)
+    assert check("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "0090"})

@@ -329,6 +329,13 @@ def test_standard_configuration_keys_are_checked_by_their_spec_type() -> None:
     ("metervaluessampleddata", "Energy.Active.Import.Register,", True),
     ("metervaluessampleddata", "Voltage,,SoC", True),
     ("supportedfeatureprofiles", "Core,", True),
+    # The other CSLs' names in any case, as the product reads the units a charger takes
+    # (``commands.units_named``; review s33: "current" was refused, read as Current).
+    ("supportedfeatureprofiles", "core,SMARTCHARGING, Reservation", True),
+    ("chargingscheduleallowedchargingrateunit", "current,POWER", True),
+    ("chargingscheduleallowedchargingrateunit", " Power", True),
+    ("chargingscheduleallowedchargingrateunit", "Amps", False),
+    ("supportedfeatureprofiles", "Core,magic", False),
     ("metervaluessampleddata", "Energy.Active.Import.Register,Bogus", False),
 ])
 def test_ocpp_values_chargers_use_are_taken(key: str, value: str, taken: bool) -> None:

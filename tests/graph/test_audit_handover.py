@@ -194,3 +194,29 @@ async def test_a_page_of_hand_overs_reads_their_holders_once(
     five_calls, five = await hand_over(4)
     assert (one, five) == (1, 5)
     assert five_calls == one_call
+
+
+async def test_an_entry_s_holders_are_judged_once_for_both_images(
+        api: Api, world: World, services: Services, monkeypatch: Any) -> None:
+    """``before`` and ``after`` of one entry share what the viewer sees of the holders it
+    names (review s33: worked out once per image); still told apart per image."""
+    newcomer = await services.accounts.create_user(
+        SYSTEM, email="new@example.com", password=PASSWORD, name="Newcomer",
+        role=d.Role.DRIVER, company_id=world.companies["a"].id)
+    car = world.vehicles["driver_a"].id
+    driver_a = world.users["driver_a"].id
+    await move_vehicle(api, world, "op_a", car, newcomer.id)
+    asked: list[list[str]] = []
+    references = services.policy.audit_references
+
+    def counted(viewer: Any, entries: Any) -> Any:
+        asked.append([e.id for e in entries])
+        return references(viewer, entries)
+
+    monkeypatch.setattr(services.policy, "audit_references", counted)
+    entries = await images(api, world, "op_a", "vehicle", car)
+    assert told(entries, "owner_id") == [
+        ("CREATE", "-", driver_a), ("UPDATE", driver_a, newcomer.id)]
+    # One judgement per entry, each of one entry: not one per image.
+    assert len(asked) == 2 and all(len(ids) == 1 for ids in asked)
+    assert len({ids[0] for ids in asked}) == 2
