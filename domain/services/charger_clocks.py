@@ -249,10 +249,13 @@ def ticked_through(session: Session, stop_stamp: datetime, station_since: dateti
     live session on a clock 40 days behind, its start held by a drop, by its stamps).
     So is one whose charger's clock this process does not know (``None``: no timestamp
     of it seen yet), the conservative answer. Not a clock never set (``reported_start``:
-    dated on arrival), nor a stop stamped today (a clock set right mid-session)."""
+    dated on arrival), nor a stop stamped today (a clock set right mid-session), nor one
+    stamped before its start (a clock reset mid-session, to 1970: a queue's stop comes
+    after its start; it ends when our clock saw it end)."""
     return session.start_clock_behind and session.reported_start is None \
         and charger_clock is not None \
         and before_record(session.start_time, station_since) \
+        and session.start_time < stop_stamp \
         and before_record(stop_stamp, station_since) \
         and stop_stamp < charger_clock - BILLED_TIME_TOLERANCE
 

@@ -152,6 +152,9 @@ def test_a_stop_long_before_its_chargers_clock_shows_a_queue_replayed() -> None:
     assert not ticked_through(session, stop, recorded, began + timedelta(minutes=3))
     assert not ticked_through(session, stop, recorded, None)  # not known: by arrival
     assert not ticked_through(session, today, recorded, today)  # set right
+    # A stop stamped before its start: the clock reset mid-session (1970), no queue.
+    assert not ticked_through(session, datetime(1970, 1, 1, tzinfo=UTC), recorded, today)
+    assert not ticked_through(session, began - timedelta(hours=1), recorded, today)
     # Its start within the month before the record: not taken for a clock behind by it.
     near = replace(session, start_time=recorded - timedelta(days=11))
     assert not ticked_through(near, near.start_time + timedelta(hours=3), recorded, today)
