@@ -726,6 +726,19 @@ async def test_a_resend_of_an_invalid_start_after_its_tag_is_issued_and_blocked_
     await two.b.fleet.settled()
 
 
+async def _refused_then_found(two: Instances
+                              ) -> tuple[d.User, d.User, d.IdTag, int, datetime]:
+    """A start of a blocked card on B refused Blocked, then the card unblocked on A (found):
+    the boss, the driver, the card, the refused start's transaction and its stamp."""
+    boss, driver, _, card = await fleet_of(two)
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    await two.a.fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.BLOCKED)
+    tx, first = await two.b.charging.start_transaction(CP, 1, card.tag, 0, stamp)
+    assert first.status == "Blocked"
+    await two.a.fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.ACCEPTED)
+    return boss, driver, card, tx, stamp
+
+
 async def test_a_resend_accepted_onto_a_refused_start_is_guarded_on_the_card_as_judged(
         two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
     """A start of a blocked card is refused Blocked; the card is unblocked (found) and
@@ -735,13 +748,8 @@ async def test_a_resend_accepted_onto_a_refused_start_is_guarded_on_the_card_as_
     is: it trips, the resend reads again and is told Blocked, the session still
     refused. Guarded only on the tag and holder, it was told Accepted and billed, an
     ACTIVE session holding a blocked card (review r28)."""
-    boss, _, _, card = await fleet_of(two)
+    boss, _, card, tx, stamp = await _refused_then_found(two)
     fleet, charging = two.a.fleet, two.b.charging
-    stamp = datetime.now(UTC).replace(microsecond=0)
-    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.BLOCKED)
-    tx, first = await charging.start_transaction(CP, 1, card.tag, 0, stamp)
-    assert first.status == "Blocked"
-    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.ACCEPTED)
     monkeypatch.setattr(charging, "authorize_start", once(
         lambda: fleet.update_id_tag(Viewer.of(boss), card.id,
                                     status=d.IdTagStatus.BLOCKED),
@@ -760,13 +768,8 @@ async def test_a_resend_accepted_onto_a_refused_start_is_guarded_on_its_holder_a
     instead: the card's record stays as it was, so the write is guarded on the holder
     still active too (session 33); it trips, and the resend read again is told
     Blocked, the session still refused."""
-    boss, driver, _, card = await fleet_of(two)
-    fleet, charging = two.a.fleet, two.b.charging
-    stamp = datetime.now(UTC).replace(microsecond=0)
-    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.BLOCKED)
-    tx, first = await charging.start_transaction(CP, 1, card.tag, 0, stamp)
-    assert first.status == "Blocked"
-    await fleet.update_id_tag(Viewer.of(boss), card.id, status=d.IdTagStatus.ACCEPTED)
+    boss, driver, card, tx, stamp = await _refused_then_found(two)
+    charging = two.b.charging
     monkeypatch.setattr(charging, "authorize_start", once(
         lambda: two.a.accounts.update_user(Viewer.of(boss), driver.id, active=False),
         charging.authorize_start))
