@@ -165,11 +165,9 @@ class Record:
     """Fields every stored entity carries: identity and the four audit fields."""
 
     kind: ClassVar[str] = "record"
-    #: Fields never copied into audit snapshots (secrets).
+    #: Fields never copied into audit snapshots: secrets, and personal data in entries no
+    #: erasure finds by their person (``RefreshFamily.user_agent``).
     secret_fields: ClassVar[frozenset[str]] = frozenset()
-    #: Fields never copied into audit snapshots either, though no secret: personal, and
-    #: in entries no erasure finds by their person (``RefreshFamily.user_agent``).
-    unaudited_fields: ClassVar[frozenset[str]] = frozenset()
     #: (secret field, marker): an update's audit image says ``marker: true`` when the
     #: secret changed (``audit_after``), so a password reset shows without the secret.
     secret_markers: ClassVar[tuple[tuple[str, str], ...]] = ()
@@ -1435,12 +1433,11 @@ class RefreshFamily(Record):
     still the one it was started in: a password change or a deactivation ends it too."""
 
     kind: ClassVar[str] = "refresh_family"
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"token_epoch"})
     #: Its audit entries (a device signed out) are of no one's books (``Service._whose``:
     #: admins' alone), so an erasure, which scrubs the entries about its person, never
-    #: finds them: the user agent stays out of their images (review r33: an erased
-    #: person's user agents stayed there next to their user id).
-    unaudited_fields: ClassVar[frozenset[str]] = frozenset({"user_agent"})
+    #: finds them: the user agent stays out of their images as the epoch does (review
+    #: r33: an erased person's user agents stayed there next to their user id).
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"token_epoch", "user_agent"})
     user_id: str
     token_epoch: int
     #: The newest token's expiry: a family past it can be deleted.
@@ -1596,7 +1593,7 @@ def snapshot(record: Record) -> dict[str, Any]:
     URLs without their credentials: ``Record.url_fields``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
-        if f.name in record.secret_fields or f.name in record.unaudited_fields:
+        if f.name in record.secret_fields:
             continue
         value = getattr(record, f.name)
         if f.name in record.url_fields and isinstance(value, str):

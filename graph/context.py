@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,3 +42,10 @@ class GraphContext:
               device_id: str | None = None) -> GraphContext:
         return cls(services, tokens, viewer, Loaders(services.reads, viewer), request,
                    introspection=introspection, device_id=device_id)
+
+    def renewed(self) -> GraphContext:
+        """This connection's context for one more execution (a socket's query, a live
+        event's render): the same caller, fresh loaders, its own "now" and ``extra``
+        (analytics keeps a request's budget there)."""
+        return replace(self, loaders=Loaders(self.services.reads, self.viewer),
+                       now=utcnow(), extra={})

@@ -28,7 +28,6 @@ from domain.events import DomainEvent
 from graph.context import GraphContext
 from graph.errors import mask
 from graph.live_outbox import Message, dumps
-from graph.loaders import Loaders
 from graph.subscription import LiveFeed
 
 if TYPE_CHECKING:
@@ -307,11 +306,7 @@ class RenderGroup:
     def _context(self) -> GraphContext:
         if self.shared:
             return self.context  # the selection reads no context (event fields only)
-        base = self.context
-        return GraphContext(base.services, base.tokens, base.viewer,
-                            Loaders(base.services.reads, base.viewer), base.request,
-                            connection_params=base.connection_params,
-                            device_id=base.device_id)
+        return self.context.renewed()
 
     def _execute(self, event: DomainEvent, dropped: int) -> str | Coroutine[Any, Any, str]:
         try:

@@ -755,9 +755,7 @@ class Connection:
             self._drop(op_id)
             await self.close(4403, reason)
             return
-        context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
-                                     self.request, introspection=self.hub.introspection,
-                                     device_id=self.context.device_id)
+        context = self.context.renewed()
         codes: list[str] = []  # the payload errors' codes, for its outcome (this task's)
         marker = payload_codes.set(codes)
         try:

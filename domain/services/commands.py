@@ -1758,7 +1758,7 @@ class CommandService(Service):
     async def _refuse_withdrawn_cards(self, viewer: Viewer,
                                       entries: list[dict[str, Any]]) -> None:
         """An operator's list giving a card of ours Accepted that we would not accept
-        (blocked, expired, its holder deactivated: ``withdrawal.card_states``): its
+        (blocked, expired, its holder deactivated: ``withdrawal.states_of``): its
         withdrawal would follow at once (QA s33: sent, answered ACCEPTED, then withdrawn
         within a second). Refused, as a remote start with such a card is
         (``INVALID_STATE``), every such entry at once; operators do not override it: the
